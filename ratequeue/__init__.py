@@ -1,0 +1,24 @@
+"""Ratequeue: per-number rate-limited queues on horizontally sharded Redis.
+
+The public surface is small: `RatequeueClient` / `AsyncRatequeueClient` for producers and
+consumers, the error classes in `ratequeue.errors`, and the `ratequeue` CLI (`serve`).
+"""
+
+from ratequeue.client import AsyncRatequeueClient, RatequeueClient
+from ratequeue.errors import (
+    DurabilityNotMet,
+    InvalidInput,
+    QueueFull,
+    RatequeueError,
+    ShardUnavailable,
+)
+
+__all__ = [
+    "AsyncRatequeueClient",
+    "DurabilityNotMet",
+    "InvalidInput",
+    "QueueFull",
+    "RatequeueClient",
+    "RatequeueError",
+    "ShardUnavailable",
+]

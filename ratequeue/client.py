@@ -1,0 +1,502 @@
+"""The Python client: routes each number to its shard's primary by the topology, retries what is
+retryable with exponential backoff and jitter within a time bound, and refreshes the topology on
+a connection error, `READONLY`, an epoch mismatch, a notification, or periodically.
+
+`AsyncRatequeueClient` is the implementation; `RatequeueClient` runs it on a private event loop
+thread for synchronous callers. Not for: HTTP (the service wraps this client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ratequeue.errors import (
+    InvalidInput,
+    QueueFull,
+    RetryableError,
+    ShardUnavailable,
+    TopologyUnavailable,
+)
+from ratequeue.numbers import normalize_number, number_type
+from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS, DEFAULT_RATES, Rate
+from ratequeue.segments import segments_for_body
+from ratequeue.shard import (
+    EnqueueOutcome,
+    LeasedMessage,
+    NumberState,
+    OutgoingMessage,
+    ShardQueue,
+    ShardStats,
+    parse_receipt,
+)
+from ratequeue.slots import slot_for
+from ratequeue.topology import TOPOLOGY_CHANNEL, NodeRef, Shard, Topology, TopologyStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by attempts and by total time."""
+
+    max_attempts: int = 6
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+    deadline: float = 4.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    min_replicas: int = 1
+    wait_timeout_ms: int = 1000
+    dedup_window_seconds: int = 3600
+    max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS
+    refresh_interval: float = 2.0
+    connect_timeout: float = 0.5
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    id: str
+    number: str
+    shard: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class NumberInfo:
+    number: str
+    type: str
+    shard: str
+    depth: int
+    held_segments: int
+    capacity_segments: int
+    rate: Rate
+    rate_source: str
+    next_eligible_at: float
+    """Unix time (seconds) when the number may send next."""
+
+
+def encode_body(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_message_id(message_id: str) -> str:
+    if not isinstance(message_id, str) or not MESSAGE_ID.match(message_id):
+        raise InvalidInput(
+            "id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit",
+            code="invalid_id",
+        )
+    return message_id
+
+
+class AsyncRatequeueClient:
+    def __init__(self, control_url: str, settings: ClientSettings | None = None) -> None:
+        self.settings = settings or ClientSettings()
+        self._control = aioredis.Redis.from_url(
+            control_url,
+            socket_connect_timeout=self.settings.connect_timeout,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._store = TopologyStore(self._control)
+        self._topology: Topology | None = None
+        self._topology_loaded_at = 0.0
+        self._nodes: dict[str, aioredis.Redis] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._background: list[asyncio.Task] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> AsyncRatequeueClient:
+        """Load the topology and start following changes. Raises TopologyUnavailable if the
+        control store holds none or cannot be reached."""
+        await self.refresh_topology()
+        if self._topology is None:
+            raise TopologyUnavailable("no topology in the control store")
+        self._background = [
+            asyncio.create_task(self._follow_notifications(), name="topology-notifications"),
+            asyncio.create_task(self._refresh_periodically(), name="topology-refresh"),
+        ]
+        return self
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for node in self._nodes.values():
+            await node.aclose()
+        await self._control.aclose()
+
+    async def __aenter__(self) -> AsyncRatequeueClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- topology --------------------------------------------------------------------------
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            raise TopologyUnavailable("topology not loaded")
+        return self._topology
+
+    @property
+    def topology_age(self) -> float:
+        return time.monotonic() - self._topology_loaded_at
+
+    async def refresh_topology(self) -> Topology | None:
+        """Read the topology; keep the cached one if the control store cannot be reached."""
+        async with self._refresh_lock:
+            try:
+                loaded = await self._store.load()
+            except Exception as error:
+                log.warning("topology refresh failed: %s", error)
+                return self._topology
+            if loaded is not None and (
+                self._topology is None or loaded.epoch >= self._topology.epoch
+            ):
+                self._topology = loaded
+                self._topology_loaded_at = time.monotonic()
+            return self._topology
+
+    async def _follow_notifications(self) -> None:
+        while True:
+            try:
+                pubsub = self._control.pubsub()
+                await pubsub.subscribe(TOPOLOGY_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self.refresh_topology()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.debug("topology notifications interrupted: %s", error)
+                await asyncio.sleep(self.settings.refresh_interval)
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_interval)
+            await self.refresh_topology()
+
+    def _node(self, node: NodeRef) -> aioredis.Redis:
+        connection = self._nodes.get(node.address)
+        if connection is None:
+            connection = aioredis.Redis(
+                host=node.host,
+                port=node.port,
+                socket_connect_timeout=self.settings.connect_timeout,
+                socket_timeout=self.settings.wait_timeout_ms / 1000 + 1.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._nodes[node.address] = connection
+        return connection
+
+    def _queue(self, shard: Shard) -> ShardQueue:
+        return ShardQueue(
+            shard.id,
+            self._node(shard.primary),
+            dedup_window_seconds=self.settings.dedup_window_seconds,
+            max_queue_seconds=self.settings.max_queue_seconds,
+        )
+
+    def shard_for(self, number: str) -> Shard:
+        return self.topology.shard_for_slot(slot_for(number))
+
+    async def _with_retries(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` (which routes by the current topology on each call), retrying
+        retryable failures after refreshing the topology, within the retry policy's bounds."""
+        policy = self.settings.retry
+        deadline = time.monotonic() + policy.deadline
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except RetryableError as error:
+                attempt += 1
+                delay = policy.delay(attempt)
+                if attempt >= policy.max_attempts or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("retrying after %s (attempt %d)", error, attempt)
+                await self.refresh_topology()
+                await asyncio.sleep(delay)
+
+    # -- producers -------------------------------------------------------------------------
+    def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
+        """Validate and encode one message (raises InvalidInput / InvalidNumber)."""
+        canonical = normalize_number(number)
+        return OutgoingMessage(
+            id=validate_message_id(message_id) if message_id is not None else new_message_id(),
+            number=canonical,
+            segments=segments_for_body(body),
+            default_rate=DEFAULT_RATES[number_type(canonical)],
+            body_json=encode_body(body),
+        )
+
+    async def enqueue(self, number: str, body: Any, message_id: str | None = None) -> Enqueued:
+        """Queue one message; returns once `min_replicas` replicas hold it.
+
+        Raises QueueFull (nothing written), or a RetryableError once retries are exhausted:
+        then retry later with the same id."""
+        results = await self.enqueue_many([self.prepare(number, body, message_id)])
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
+        """Queue prepared messages in one batch per shard, shards in parallel. Each entry of the
+        result is the message's acknowledgement or the error that refused it (QueueFull, or a
+        RetryableError)."""
+        messages = list(messages)
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for index, message in enumerate(messages):
+            by_shard[self.shard_for(message.number).id].append(index)
+        results: list[Enqueued | Exception] = [None] * len(messages)  # type: ignore[list-item]
+
+        async def enqueue_shard_batch(indexes: list[int]) -> None:
+            batch = [messages[i] for i in indexes]
+
+            async def attempt() -> tuple[Shard, list[EnqueueOutcome]]:
+                # Route again on every attempt: a failover may have moved the shard.
+                shard = self.shard_for(batch[0].number)
+                outcomes = await self._queue(shard).enqueue_batch(
+                    shard.epoch,
+                    batch,
+                    min_replicas=self.settings.min_replicas,
+                    wait_timeout_ms=self.settings.wait_timeout_ms,
+                )
+                return shard, outcomes
+
+            try:
+                shard, outcomes = await self._with_retries(attempt)
+            except RetryableError as error:
+                for i in indexes:
+                    results[i] = error
+                return
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                message = messages[i]
+                if outcome.status == "full":
+                    results[i] = QueueFull(outcome.detail)
+                else:
+                    results[i] = Enqueued(
+                        id=message.id,
+                        number=message.number,
+                        shard=shard.id,
+                        duplicate=outcome.status == "duplicate",
+                    )
+
+        await asyncio.gather(*(enqueue_shard_batch(ix) for ix in by_shard.values()))
+        return results
+
+    # -- consumers -------------------------------------------------------------------------
+    async def dequeue(self, max_messages: int, lease_seconds: float) -> list[LeasedMessage]:
+        """Lease up to `max_messages` due messages, spread over the shards. A shard that cannot be
+        reached contributes nothing this time (its messages wait; none is lost)."""
+        shards = self.topology.shards
+        lease_ms = max(1, round(lease_seconds * 1000))
+        # Spread the quota; rotate who gets the remainder so no shard is favoured.
+        offset = random.randrange(len(shards))
+        quotas = [max_messages // len(shards)] * len(shards)
+        for k in range(max_messages % len(shards)):
+            quotas[(offset + k) % len(shards)] += 1
+
+        async def from_shard(shard: Shard, quota: int) -> list[LeasedMessage]:
+            if quota <= 0:
+                return []
+            try:
+                return await self._queue(shard).dequeue(quota, lease_ms)
+            except RetryableError as error:
+                log.info("dequeue skipped shard %s: %s", shard.id, error)
+                asyncio.get_running_loop().create_task(self.refresh_topology())
+                return []
+
+        batches = await asyncio.gather(
+            *(from_shard(s, q) for s, q in zip(shards, quotas, strict=True))
+        )
+        leased = [message for batch in batches for message in batch]
+        shortfall = max_messages - len(leased)
+        full_shards = [s for s, b, q in zip(shards, batches, quotas, strict=True) if len(b) == q]
+        if shortfall > 0 and full_shards and len(full_shards) < len(shards):
+            # Shards with more due messages may fill what the emptier shards could not.
+            extra = await asyncio.gather(
+                *(from_shard(s, shortfall // len(full_shards)) for s in full_shards)
+            )
+            leased += [message for batch in extra for message in batch]
+        return leased
+
+    async def ack(self, receipts: Iterable[str]) -> int:
+        """Acknowledge receipts; returns how many leases were still held and are now done."""
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for receipt in receipts:
+            try:
+                shard_id = parse_receipt(receipt)[0]
+            except ValueError as error:
+                raise InvalidInput(str(error), code="invalid_receipt") from error
+            by_shard[shard_id].append(receipt)
+        known = {shard.id for shard in self.topology.shards}
+        unknown = sorted(set(by_shard) - known)
+        if unknown:
+            raise InvalidInput(f"receipts name unknown shard(s) {unknown}", code="invalid_receipt")
+
+        async def ack_shard(shard_id: str, shard_receipts: list[str]) -> int:
+            return await self._with_retries(
+                lambda: self._queue(self.topology.shard(shard_id)).ack(shard_receipts)
+            )
+
+        counts = await asyncio.gather(*(ack_shard(s, r) for s, r in by_shard.items()))
+        return sum(counts)
+
+    # -- numbers ---------------------------------------------------------------------------
+    async def set_rate(self, number: str, rate: Rate) -> str:
+        canonical = normalize_number(number)
+
+        async def attempt() -> str:
+            shard = self.shard_for(canonical)
+            await self._queue(shard).set_rate(
+                shard.epoch,
+                canonical,
+                rate,
+                min_replicas=self.settings.min_replicas,
+                wait_timeout_ms=self.settings.wait_timeout_ms,
+            )
+            return shard.id
+
+        return await self._with_retries(attempt)
+
+    async def number_info(self, number: str) -> NumberInfo:
+        canonical = normalize_number(number)
+        kind = number_type(canonical)
+
+        async def attempt() -> tuple[Shard, NumberState]:
+            shard = self.shard_for(canonical)
+            return shard, await self._queue(shard).number_state(canonical, DEFAULT_RATES[kind])
+
+        shard, state = await self._with_retries(attempt)
+        eligible_in = max(0.0, state.next_eligible_ms - state.now_ms) / 1000
+        return NumberInfo(
+            number=canonical,
+            type=kind.value,
+            shard=shard.id,
+            depth=state.depth,
+            held_segments=state.held_segments,
+            capacity_segments=int(state.rate.per_second * self.settings.max_queue_seconds),
+            rate=state.rate,
+            rate_source=state.rate_source,
+            next_eligible_at=time.time() + eligible_in,
+        )
+
+    # -- health ----------------------------------------------------------------------------
+    async def shard_stats(self) -> dict[str, ShardStats | Exception]:
+        """Per shard: queue statistics from its primary, or the error reaching it."""
+
+        async def one(shard: Shard) -> ShardStats | Exception:
+            try:
+                return await asyncio.wait_for(self._queue(shard).stats(), timeout=1.0)
+            except (RetryableError, TimeoutError) as error:
+                return (
+                    error
+                    if isinstance(error, RetryableError)
+                    else ShardUnavailable(f"shard {shard.id}: no answer within 1 s")
+                )
+
+        shards = self.topology.shards
+        stats = await asyncio.gather(*(one(s) for s in shards))
+        return {shard.id: stat for shard, stat in zip(shards, stats, strict=True)}
+
+    async def control_store_reachable(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._control.ping(), timeout=1.0))
+        except Exception:
+            return False
+
+
+class RatequeueClient:
+    """Synchronous facade: each call runs the async client on a private loop thread."""
+
+    def __init__(self, control_url: str, settings: ClientSettings | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="ratequeue-client", daemon=True
+        )
+        self._thread.start()
+        self._client = AsyncRatequeueClient(control_url, settings)
+        try:
+            self._call(self._client.start())
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def topology(self) -> Topology:
+        return self._client.topology
+
+    def refresh_topology(self) -> Topology | None:
+        return self._call(self._client.refresh_topology())
+
+    def enqueue(self, number: str, body: Any, message_id: str | None = None) -> Enqueued:
+        return self._call(self._client.enqueue(number, body, message_id))
+
+    def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
+        return self._call(self._client.enqueue_many(list(messages)))
+
+    def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
+        return self._client.prepare(number, body, message_id)
+
+    def dequeue(self, max_messages: int, lease_seconds: float) -> list[LeasedMessage]:
+        return self._call(self._client.dequeue(max_messages, lease_seconds))
+
+    def ack(self, receipts: Iterable[str]) -> int:
+        return self._call(self._client.ack(list(receipts)))
+
+    def set_rate(self, number: str, rate: Rate) -> str:
+        return self._call(self._client.set_rate(number, rate))
+
+    def number_info(self, number: str) -> NumberInfo:
+        return self._call(self._client.number_info(number))
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                self._call(self._client.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> RatequeueClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

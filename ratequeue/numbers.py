@@ -1,0 +1,60 @@
+"""Phone numbers: normalization to one canonical form, and the number's type.
+
+The canonical form is what routes a number to its shard and names its queue, so two spellings of
+one number must normalize to the same string. Not for: rates (see `ratequeue.rates`).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from ratequeue.errors import InvalidNumber
+
+# North American toll-free area codes (NANP).
+TOLL_FREE_AREA_CODES = frozenset({"800", "833", "844", "855", "866", "877", "888"})
+
+_SEPARATORS = re.compile(r"[\s().\-]")
+_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+_SHORT_CODE = re.compile(r"^[1-9]\d{4,5}$")
+
+
+class NumberType(StrEnum):
+    LONG_CODE = "long_code"
+    TOLL_FREE = "toll_free"
+    SHORT_CODE = "short_code"
+
+
+def normalize_number(raw: str) -> str:
+    """Return the canonical number: E.164 (`+14155550100`) or a 5-6 digit short code.
+
+    Separators (spaces, dashes, dots, parentheses) are ignored; a bare 10-digit or 1-prefixed
+    11-digit number is taken as North American.
+    """
+    if not isinstance(raw, str) or len(raw) > 32:
+        raise InvalidNumber("number must be a string of at most 32 characters")
+    compact = _SEPARATORS.sub("", raw)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if compact.isdigit():
+        if len(compact) == 10 and compact[0] in "23456789":
+            compact = "+1" + compact
+        elif len(compact) == 11 and compact[0] == "1":
+            compact = "+" + compact
+        elif _SHORT_CODE.match(compact):
+            return compact
+    if _E164.match(compact):
+        return compact
+    raise InvalidNumber(
+        f"number {raw!r} is not a phone number: expected E.164 (+ and 8-15 digits), "
+        "a 10-digit North American number, or a 5-6 digit short code"
+    )
+
+
+def number_type(number: str) -> NumberType:
+    """Classify a canonical number (as returned by `normalize_number`)."""
+    if not number.startswith("+"):
+        return NumberType.SHORT_CODE
+    if number.startswith("+1") and number[2:5] in TOLL_FREE_AREA_CODES:
+        return NumberType.TOLL_FREE
+    return NumberType.LONG_CODE

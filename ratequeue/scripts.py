@@ -1,0 +1,254 @@
+"""The Lua scripts that run on each shard primary, one per queue operation.
+
+Each operation is a single script so it costs one round trip and is atomic on the shard. Keys are
+computed inside the scripts: a shard is a standalone primary (never Redis Cluster), so every key
+of a shard lives on the same node.
+
+Key layout on a shard (`N` is a canonical number):
+  rq:fence          the shard epoch this node was made primary in; writes carry the epoch the
+                    client routed by and are refused on a mismatch (fencing after a failover)
+  rq:q:N            list of message ids waiting to be sent, head first; Redis deletes it when empty
+  rq:msg            hash id -> record `attempt|segments|enqueued_ms|number|body`
+  rq:seg            hash N -> segments queued or leased (the capacity check); field gone at zero
+  rq:dr             hash N -> default `rate:burst`, kept while N has queued or leased messages
+  rq:rates          hash N -> override `rate:burst` (configuration, set by the API)
+  rq:tat:N          GCRA theoretical arrival time (ms); expires by itself once it no longer limits
+  rq:ready          zset N -> ms when N may send next; holds exactly the numbers with queued ids
+  rq:leases         zset receipt -> lease expiry (ms)
+  rq:lease          hash receipt -> id
+  rq:lease_seq      receipt counter
+  rq:ids:W          set of ids enqueued in dedup window W (expires after two windows)
+  rq:barrier        written by every enqueue so WAIT covers earlier writes of the same ids
+
+Times come from the shard's own clock (`TIME`); scripts are replicated by effects, so replicas
+apply the same values.
+"""
+
+from __future__ import annotations
+
+# Helpers shared by the scripts (prepended to each; Lua has no imports inside Redis).
+_PRELUDE = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function check_fence(expected)
+  local fence = redis.call('GET', 'rq:fence')
+  if fence ~= expected then
+    return redis.error_reply('STALEEPOCH node=' .. tostring(fence) .. ' client=' .. expected)
+  end
+  return nil
+end
+
+local function parse_rate(raw)
+  local per_second, burst = string.match(raw, '^([^:]+):(%d+)$')
+  return tonumber(per_second), tonumber(burst)
+end
+
+local function rate_of(number, default_raw)
+  local raw = redis.call('HGET', 'rq:rates', number)
+  if not raw then raw = default_raw or redis.call('HGET', 'rq:dr', number) end
+  if not raw then return 1, 1 end
+  return parse_rate(raw)
+end
+
+local function parse_record(rec)
+  local attempt, segments, enqueued, number, body =
+    string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  return tonumber(attempt), tonumber(segments), enqueued, number, body
+end
+
+-- GCRA: interval T ms per segment, tolerance tau = (burst - 1) * T. A number may send when
+-- tat - now <= tau; sending s segments moves tat to max(tat, now) + s * T.
+local function eligible_at(number, now, per_second, burst)
+  local interval = 1000.0 / per_second
+  local tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
+  local at = tat - (burst - 1) * interval
+  if at < now then at = now end
+  return at
+end
+"""
+
+ENQUEUE_BATCH = (
+    _PRELUDE
+    + r"""
+-- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, then per message:
+--       id, number, segments, default_rate ("rate:burst"), body
+-- Returns per message {status, detail}: status ok | duplicate | full.
+local refused = check_fence(ARGV[1])
+if refused then return refused end
+local now = now_ms()
+local window = tonumber(ARGV[2])
+local max_queue_seconds = tonumber(ARGV[3])
+local w = math.floor(now / 1000 / window)
+local ids_now, ids_before = 'rq:ids:' .. w, 'rq:ids:' .. (w - 1)
+local results = {}
+for i = 4, #ARGV, 5 do
+  local id, number, segments, default_raw, body =
+    ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  if redis.call('HEXISTS', 'rq:msg', id) == 1
+      or redis.call('SISMEMBER', ids_now, id) == 1
+      or redis.call('SISMEMBER', ids_before, id) == 1 then
+    results[#results + 1] = {'duplicate', ''}
+  else
+    local per_second, burst = rate_of(number, default_raw)
+    local held = tonumber(redis.call('HGET', 'rq:seg', number) or '0')
+    local capacity = math.floor(per_second * max_queue_seconds)
+    if held + segments > capacity then
+      results[#results + 1] = {'full', 'queue for ' .. number .. ' holds ' .. held ..
+        ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
+        ' (' .. max_queue_seconds .. ' s of sending at ' .. per_second .. '/s)'}
+    else
+      redis.call('HSET', 'rq:msg', id, '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body)
+      redis.call('HINCRBY', 'rq:seg', number, segments)
+      redis.call('HSET', 'rq:dr', number, default_raw)
+      redis.call('SADD', ids_now, id)
+      if redis.call('RPUSH', 'rq:q:' .. number, id) == 1 then
+        redis.call('ZADD', 'rq:ready', eligible_at(number, now, per_second, burst), number)
+      end
+      results[#results + 1] = {'ok', ''}
+    end
+  end
+end
+redis.call('PEXPIRE', ids_now, window * 2000)
+-- Always write, so the WAIT that follows on this connection covers this node's replication
+-- offset as of now: a duplicate of an unacknowledged earlier write is then acknowledged only
+-- once that earlier write has reached the replicas too.
+redis.call('INCR', 'rq:barrier')
+return results
+"""
+)
+
+DEQUEUE = (
+    _PRELUDE
+    + r"""
+-- ARGV: max, lease_ms, requeue_limit
+-- Returns {now_ms, {receipt, id, number, attempt, body}...}
+local now = now_ms()
+local max = tonumber(ARGV[1])
+local lease_ms = tonumber(ARGV[2])
+
+-- Expired leases go back to the head of their queue with attempt + 1.
+local expired = redis.call('ZRANGEBYSCORE', 'rq:leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, receipt in ipairs(expired) do
+  local id = redis.call('HGET', 'rq:lease', receipt)
+  redis.call('HDEL', 'rq:lease', receipt)
+  redis.call('ZREM', 'rq:leases', receipt)
+  local rec = id and redis.call('HGET', 'rq:msg', id)
+  if rec then
+    local attempt, segments, enqueued, number, body = parse_record(rec)
+    redis.call('HSET', 'rq:msg', id,
+      (attempt + 1) .. '|' .. segments .. '|' .. enqueued .. '|' .. number .. '|' .. body)
+    if redis.call('LPUSH', 'rq:q:' .. number, id) == 1 then
+      local per_second, burst = rate_of(number)
+      redis.call('ZADD', 'rq:ready', eligible_at(number, now, per_second, burst), number)
+    end
+  end
+end
+
+-- Serve due numbers in rounds, one message per number per round, longest-waiting first.
+local out = {}
+while #out < max do
+  local due = redis.call('ZRANGEBYSCORE', 'rq:ready', '-inf', now, 'LIMIT', 0, max - #out)
+  if #due == 0 then break end
+  for _, number in ipairs(due) do
+    local per_second, burst = rate_of(number)
+    local interval = 1000.0 / per_second
+    local tau = (burst - 1) * interval
+    local tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
+    if tat < now then tat = now end
+    if tat - now > tau + 0.001 then
+      -- The rate was lowered since the number was scheduled: not due yet after all.
+      redis.call('ZADD', 'rq:ready', tat - tau, number)
+    else
+      local id = redis.call('LPOP', 'rq:q:' .. number)
+      local rec = id and redis.call('HGET', 'rq:msg', id)
+      if not rec then
+        if not id then redis.call('ZREM', 'rq:ready', number) end
+      else
+        local attempt, segments, _, _, body = parse_record(rec)
+        local new_tat = tat + segments * interval
+        redis.call('SET', 'rq:tat:' .. number, tostring(new_tat),
+          'PX', math.max(1, math.ceil(new_tat - now)))
+        local receipt = redis.call('INCR', 'rq:lease_seq')
+        redis.call('ZADD', 'rq:leases', now + lease_ms, receipt)
+        redis.call('HSET', 'rq:lease', receipt, id)
+        if redis.call('LLEN', 'rq:q:' .. number) > 0 then
+          local at = new_tat - tau
+          if at < now then at = now end
+          redis.call('ZADD', 'rq:ready', at, number)
+        else
+          redis.call('ZREM', 'rq:ready', number)
+        end
+        out[#out + 1] = {tostring(receipt), id, number, attempt, body}
+      end
+    end
+  end
+end
+return {now, out}
+"""
+)
+
+ACK = r"""
+-- ARGV: pairs of lease sequence and message id. Returns the number of leases acknowledged.
+-- A pair that no longer matches a lease (expired and redelivered, or issued by a primary that
+-- died before replicating it) acknowledges nothing.
+local acked = 0
+for i = 1, #ARGV, 2 do
+  local receipt = ARGV[i]
+  local id = redis.call('HGET', 'rq:lease', receipt)
+  if id and id == ARGV[i + 1] then
+    redis.call('HDEL', 'rq:lease', receipt)
+    redis.call('ZREM', 'rq:leases', receipt)
+    local rec = redis.call('HGET', 'rq:msg', id)
+    if rec then
+      local segments, number = string.match(rec, '^%d+|(%d+)|%d+|([^|]*)|')
+      redis.call('HDEL', 'rq:msg', id)
+      if redis.call('HINCRBY', 'rq:seg', number, -tonumber(segments)) <= 0 then
+        redis.call('HDEL', 'rq:seg', number)
+        redis.call('HDEL', 'rq:dr', number)
+      end
+    end
+    acked = acked + 1
+  end
+end
+return acked
+"""
+
+SET_RATE = (
+    _PRELUDE
+    + r"""
+-- ARGV: fence_epoch, number, rate ("rate:burst")
+local refused = check_fence(ARGV[1])
+if refused then return refused end
+local number = ARGV[2]
+redis.call('HSET', 'rq:rates', number, ARGV[3])
+if redis.call('ZSCORE', 'rq:ready', number) then
+  local per_second, burst = parse_rate(ARGV[3])
+  redis.call('ZADD', 'rq:ready', eligible_at(number, now_ms(), per_second, burst), number)
+end
+return 'OK'
+"""
+)
+
+NUMBER_STATUS = (
+    _PRELUDE
+    + r"""
+-- ARGV: number, default_rate. Returns {now, depth, held_segments, rate, rate_source, eligible}
+local now = now_ms()
+local number = ARGV[1]
+local override = redis.call('HGET', 'rq:rates', number)
+local rate = override or ARGV[2]
+local per_second, burst = parse_rate(rate)
+return {now, redis.call('LLEN', 'rq:q:' .. number),
+  tonumber(redis.call('HGET', 'rq:seg', number) or '0'), rate,
+  override and 'override' or 'default', tostring(eligible_at(number, now, per_second, burst))}
+"""
+)
+
+SHARD_STATS = r"""
+-- Returns {messages (queued + leased), leased, ready numbers}
+return {redis.call('HLEN', 'rq:msg'), redis.call('ZCARD', 'rq:leases'),
+  redis.call('ZCARD', 'rq:ready')}
+"""

@@ -1,0 +1,247 @@
+"""Queue operations on one shard primary: the scripts of `ratequeue.scripts` plus the durable
+enqueue rule (a write is acknowledged only after `WAIT` confirms `min_replicas`).
+
+Not for: choosing the shard or retrying (the client does both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ratequeue import scripts
+from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
+from ratequeue.rates import Rate
+
+# Expired leases returned to their queues per dequeue call: bounds the work of one call.
+REQUEUE_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    id: str
+    number: str
+    segments: int
+    default_rate: Rate
+    body_json: str
+
+
+@dataclass(frozen=True)
+class EnqueueOutcome:
+    """`status` is `ok` (queued now), `duplicate` (the id was queued before) or `full`."""
+
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LeasedMessage:
+    id: str
+    number: str
+    body: Any
+    receipt: str
+    attempt: int
+    shard: str
+
+
+@dataclass(frozen=True)
+class NumberState:
+    depth: int
+    held_segments: int
+    rate: Rate
+    rate_source: str
+    next_eligible_ms: float
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    messages: int
+    leased: int
+    ready_numbers: int
+
+
+def make_receipt(shard_id: str, lease_seq: str, message_id: str) -> str:
+    # The message id is part of the receipt so that a receipt issued by a primary that died
+    # before replicating can never acknowledge a different message leased later under the same
+    # sequence number by its successor.
+    return f"{shard_id}:{lease_seq}:{message_id}"
+
+
+def parse_receipt(receipt: str) -> tuple[str, str, str]:
+    """Split a receipt into (shard id, lease sequence, message id)."""
+    parts = receipt.split(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
+        raise ValueError(f"malformed receipt {receipt!r}")
+    return parts[0], parts[1], parts[2]
+
+
+class _Script:
+    """A Lua script run by EVALSHA, reloaded when a node (e.g. a newly promoted replica) lacks
+    it. Unlike redis-py's Script in a pipeline, it costs no SCRIPT EXISTS round trip."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+ENQUEUE_BATCH = _Script(scripts.ENQUEUE_BATCH)
+DEQUEUE = _Script(scripts.DEQUEUE)
+ACK = _Script(scripts.ACK)
+SET_RATE = _Script(scripts.SET_RATE)
+NUMBER_STATUS = _Script(scripts.NUMBER_STATUS)
+SHARD_STATS = _Script(scripts.SHARD_STATS)
+
+
+def _translate(error: Exception, shard_id: str) -> Exception:
+    if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
+        return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
+    if isinstance(error, ResponseError):
+        text = str(error)
+        if text.startswith("STALEEPOCH") or "STALEEPOCH" in text:
+            return StaleEpoch(f"shard {shard_id}: {text}")
+        if text.startswith("READONLY") or "READONLY" in text:
+            return ShardUnavailable(f"shard {shard_id}: node is a replica now ({text})")
+        if text.startswith(("LOADING", "MASTERDOWN", "BUSY")):
+            return ShardUnavailable(f"shard {shard_id}: {text}")
+    return error
+
+
+class ShardQueue:
+    """The queue on one shard, reached through its current primary."""
+
+    def __init__(
+        self,
+        shard_id: str,
+        primary: aioredis.Redis,
+        *,
+        dedup_window_seconds: int = 3600,
+        max_queue_seconds: float = 36_000,
+    ) -> None:
+        self.shard_id = shard_id
+        self.primary = primary
+        self.dedup_window_seconds = dedup_window_seconds
+        self.max_queue_seconds = max_queue_seconds
+
+    async def _run(self, script: _Script, *args: Any, then_wait: tuple[int, int] | None = None):
+        """EVALSHA (loading the script if needed); with `then_wait`, follow it by WAIT on the same
+        connection in the same round trip. Returns (script result, replicas acknowledged)."""
+        for _ in range(2):
+            try:
+                async with self.primary.pipeline(transaction=False) as pipe:
+                    pipe.execute_command("EVALSHA", script.sha, 0, *args)
+                    if then_wait is not None:
+                        pipe.execute_command("WAIT", *then_wait)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as error:  # connection-level failures
+                raise _translate(error, self.shard_id) from error
+            result = results[0]
+            if isinstance(result, NoScriptError):
+                try:
+                    await self.primary.script_load(script.source)
+                except Exception as error:
+                    raise _translate(error, self.shard_id) from error
+                continue
+            if isinstance(result, Exception):
+                raise _translate(result, self.shard_id) from result
+            replicas = None
+            if then_wait is not None:
+                replicas = results[1]
+                if isinstance(replicas, Exception):
+                    raise _translate(replicas, self.shard_id) from replicas
+            return result, replicas
+        raise RatequeueError(f"shard {self.shard_id}: script could not be loaded")
+
+    async def enqueue_batch(
+        self,
+        epoch: int,
+        messages: list[OutgoingMessage],
+        *,
+        min_replicas: int,
+        wait_timeout_ms: int,
+    ) -> list[EnqueueOutcome]:
+        """Queue `messages` and acknowledge them only when `min_replicas` replicas hold them.
+
+        Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
+        back) and a retry with the same ids is then a no-op that is acknowledged once durable.
+        """
+        args: list[Any] = [epoch, self.dedup_window_seconds, self.max_queue_seconds]
+        for message in messages:
+            args += [
+                message.id,
+                message.number,
+                message.segments,
+                message.default_rate.encode(),
+                message.body_json,
+            ]
+        wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
+        rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
+        outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]
+        if wait is not None and replicas < min_replicas:
+            if any(outcome.status != "full" for outcome in outcomes):
+                raise DurabilityNotMet(
+                    f"shard {self.shard_id}: WAIT confirmed {replicas} of {min_replicas} "
+                    f"required replicas within {wait_timeout_ms} ms; not acknowledged"
+                )
+        return outcomes
+
+    async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
+        result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        leased = []
+        for seq, message_id, number, attempt, body in result[1]:
+            message_id = message_id.decode()
+            leased.append(
+                LeasedMessage(
+                    id=message_id,
+                    number=number.decode(),
+                    body=json.loads(body),
+                    receipt=make_receipt(self.shard_id, seq.decode(), message_id),
+                    attempt=int(attempt),
+                    shard=self.shard_id,
+                )
+            )
+        return leased
+
+    async def ack(self, receipts: list[str]) -> int:
+        """Acknowledge leases of this shard. A receipt whose lease expired acknowledges nothing."""
+        args: list[str] = []
+        for receipt in receipts:
+            _, seq, message_id = parse_receipt(receipt)
+            args += [seq, message_id]
+        if not args:
+            return 0
+        acked, _ = await self._run(ACK, *args)
+        return int(acked)
+
+    async def set_rate(
+        self, epoch: int, number: str, rate: Rate, *, min_replicas: int, wait_timeout_ms: int
+    ) -> None:
+        wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
+        _, replicas = await self._run(SET_RATE, epoch, number, rate.encode(), then_wait=wait)
+        if wait is not None and replicas < min_replicas:
+            raise DurabilityNotMet(
+                f"shard {self.shard_id}: rate change reached {replicas} of {min_replicas} replicas"
+            )
+
+    async def number_state(self, number: str, default_rate: Rate) -> NumberState:
+        row, _ = await self._run(NUMBER_STATUS, number, default_rate.encode())
+        now_ms, depth, held, rate, source, eligible = row
+        return NumberState(
+            depth=int(depth),
+            held_segments=int(held),
+            rate=Rate.decode(rate),
+            rate_source=source.decode(),
+            next_eligible_ms=float(eligible),
+            now_ms=int(now_ms),
+        )
+
+    async def stats(self) -> ShardStats:
+        row, _ = await self._run(SHARD_STATS)
+        return ShardStats(messages=int(row[0]), leased=int(row[1]), ready_numbers=int(row[2]))

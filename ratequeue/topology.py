@@ -1,0 +1,147 @@
+"""The shard map: which node is each shard's primary, in which epoch, for which slots.
+
+The map lives in the control store as one JSON document. Every change is a compare-and-set on
+the global `epoch` and is announced on a pub/sub channel; readers also refresh periodically, so a
+missed notification only delays them. Each shard also carries the epoch in which its current
+primary was appointed; the same value is written to that primary's `rq:fence` key, and queue
+writes carry it, so a node that is no longer the primary of its shard's epoch refuses them.
+
+Not for: choosing a new primary (that is the failover workflow's job).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ratequeue.slots import SLOT_COUNT
+
+TOPOLOGY_KEY = "rq:topology"
+TOPOLOGY_CHANNEL = "rq:topology:changed"
+FENCE_KEY = "rq:fence"
+
+
+class NodeRef(BaseModel):
+    """A Redis node. `host` is where clients reach it; `peer_host` is where replicas, sensors
+    and controllers reach it (the same node on a second address, so the two paths can be cut
+    separately in partition experiments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    peer_host: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.peer_host or self.host}:{self.port}"
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    slots: tuple[int, int] = Field(description="inclusive slot range")
+    epoch: int = Field(ge=1, description="epoch in which the current primary was appointed")
+    primary: NodeRef
+    replicas: list[NodeRef] = Field(default_factory=list)
+    forensics: list[NodeRef] = Field(
+        default_factory=list, description="former primaries held out of service"
+    )
+    status: Literal["ok", "failing_over", "escalated"] = "ok"
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=1)
+    shards: list[Shard]
+
+    @model_validator(mode="after")
+    def _slots_cover_every_slot_once(self) -> Topology:
+        ranges = sorted(shard.slots for shard in self.shards)
+        expected = 0
+        for low, high in ranges:
+            if low != expected or high < low:
+                raise ValueError(f"slot ranges must cover 0..{SLOT_COUNT - 1} without gaps")
+            expected = high + 1
+        if expected != SLOT_COUNT:
+            raise ValueError(f"slot ranges must cover 0..{SLOT_COUNT - 1} without gaps")
+        return self
+
+    def shard_for_slot(self, slot: int) -> Shard:
+        for shard in self.shards:
+            if shard.slots[0] <= slot <= shard.slots[1]:
+                return shard
+        raise LookupError(slot)  # unreachable: the validator guarantees full coverage
+
+    def shard(self, shard_id: str) -> Shard:
+        for shard in self.shards:
+            if shard.id == shard_id:
+                return shard
+        raise KeyError(shard_id)
+
+
+def even_slot_ranges(count: int) -> list[tuple[int, int]]:
+    """Split the slot space into `count` contiguous ranges of (nearly) equal size."""
+    bounds = [round(i * SLOT_COUNT / count) for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
+
+
+# Sets the topology only if the stored epoch is the expected one; publishes the change.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+local epoch = 0
+if current then epoch = tonumber(cjson.decode(current)['epoch']) end
+if epoch ~= tonumber(ARGV[1]) then return epoch end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return -1
+"""
+
+
+class EpochConflict(Exception):
+    """Someone else changed the topology first."""
+
+    def __init__(self, expected: int, found: int) -> None:
+        super().__init__(f"topology epoch is {found}, expected {expected}")
+        self.expected = expected
+        self.found = found
+
+
+class TopologyStore:
+    """Reads and compare-and-sets the topology in the control store."""
+
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+        self._cas = control.register_script(_COMPARE_AND_SET)
+
+    async def load(self) -> Topology | None:
+        raw = await self._control.get(TOPOLOGY_KEY)
+        return None if raw is None else Topology.model_validate_json(raw)
+
+    async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
+        """Store `topology` if the stored epoch is `expected_epoch` (0: none stored yet)."""
+        found = await self._cas(
+            keys=[TOPOLOGY_KEY, TOPOLOGY_CHANNEL],
+            args=[expected_epoch, topology.model_dump_json(), str(topology.epoch)],
+        )
+        if int(found) != -1:
+            raise EpochConflict(expected_epoch, int(found))
+
+
+async def write_fence(node: aioredis.Redis, epoch: int) -> None:
+    """Record on a (new) primary the shard epoch it serves in."""
+    await node.set(FENCE_KEY, str(epoch))
+
+
+def topology_json(topology: Topology) -> dict:
+    return json.loads(topology.model_dump_json())
