@@ -100,7 +100,8 @@ for i = 4, #ARGV, 5 do
         ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
         ' (' .. max_queue_seconds .. ' s of sending at ' .. per_second .. '/s)'}
     else
-      redis.call('HSET', 'rq:msg', id, '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body)
+      local record = '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body
+      redis.call('HSET', 'rq:msg', id, record)
       redis.call('HINCRBY', 'rq:seg', number, segments)
       redis.call('HSET', 'rq:dr', number, default_raw)
       redis.call('SADD', ids_now, id)

@@ -184,12 +184,12 @@ class ShardQueue:
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]
-        if wait is not None and replicas < min_replicas:
-            if any(outcome.status != "full" for outcome in outcomes):
-                raise DurabilityNotMet(
-                    f"shard {self.shard_id}: WAIT confirmed {replicas} of {min_replicas} "
-                    f"required replicas within {wait_timeout_ms} ms; not acknowledged"
-                )
+        written = any(outcome.status != "full" for outcome in outcomes)
+        if wait is not None and replicas < min_replicas and written:
+            raise DurabilityNotMet(
+                f"shard {self.shard_id}: WAIT confirmed {replicas} of {min_replicas} "
+                f"required replicas within {wait_timeout_ms} ms; not acknowledged"
+            )
         return outcomes
 
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
