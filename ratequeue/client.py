@@ -135,11 +135,12 @@ class AsyncRatequeueClient:
         self._background: list[asyncio.Task] = []
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> AsyncRatequeueClient:
+    async def start(self, *, require_topology: bool = True) -> AsyncRatequeueClient:
         """Load the topology and start following changes. Raises TopologyUnavailable if the
-        control store holds none or cannot be reached."""
+        control store holds none or cannot be reached, unless `require_topology` is False (then
+        the periodic refresh keeps trying, and calls fail with TopologyUnavailable meanwhile)."""
         await self.refresh_topology()
-        if self._topology is None:
+        if self._topology is None and require_topology:
             raise TopologyUnavailable("no topology in the control store")
         self._background = [
             asyncio.create_task(self._follow_notifications(), name="topology-notifications"),

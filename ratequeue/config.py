@@ -1,0 +1,60 @@
+"""Settings of the ratequeue service, validated before anything starts.
+
+A bad value stops the service with a message naming the setting (`InvalidSetting`); settings come
+from CLI options or `RATEQUEUE_*` environment variables. Not for: per-number rates (API state).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ratequeue.client import ClientSettings, RetryPolicy
+from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
+
+
+class InvalidSetting(ValueError):
+    pass
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    control_url: str = Field(description="redis:// URL of the control store")
+    min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
+    wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    max_body_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_queue_seconds: float = Field(DEFAULT_MAX_QUEUE_SECONDS, gt=0)
+    dedup_window_seconds: int = Field(3600, ge=1)
+    refresh_interval: float = Field(2.0, gt=0, le=300)
+    retry_deadline: float = Field(3.0, ge=0, le=60, description="seconds to retry internally")
+    max_dequeue: int = Field(1000, ge=1, le=100_000)
+    max_lease_seconds: float = Field(3600, gt=0)
+
+    @field_validator("control_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://host:port URL")
+        return value
+
+    @classmethod
+    def parse(cls, **values: object) -> ServiceSettings:
+        """Validate; raise InvalidSetting naming each bad setting and what was expected."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as error:
+            problems = "; ".join(
+                f"setting '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+                for e in error.errors()
+            )
+            raise InvalidSetting(problems) from None
+
+    def client_settings(self) -> ClientSettings:
+        return ClientSettings(
+            min_replicas=self.min_replicas,
+            wait_timeout_ms=self.wait_timeout_ms,
+            dedup_window_seconds=self.dedup_window_seconds,
+            max_queue_seconds=self.max_queue_seconds,
+            refresh_interval=self.refresh_interval,
+            retry=RetryPolicy(deadline=self.retry_deadline),
+        )
