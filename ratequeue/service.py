@@ -263,8 +263,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         control_ok = await client.control_store_reachable()
-        checks = [check("control_store", control_ok,
-                        "reachable" if control_ok else "unreachable; using cached topology")]  # fmt: skip
+        detail = "reachable" if control_ok else "unreachable; using the cached topology"
+        checks = [check("control_store", control_ok, detail)]
         try:
             current = client.topology
         except RatequeueError as error:
