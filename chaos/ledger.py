@@ -1,0 +1,125 @@
+"""The ledger of a load run, in the spirit of Jepsen's checkers: every enqueue attempt, every
+acknowledgement, every delivery, and the verdicts computed from them (lost, duplicated,
+availability per shard, rate conformance per number).
+
+Not for: generating load (see `chaos.load`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ratequeue.rates import Rate
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at: float
+    number: str
+    shard: str
+    ok: bool
+    outcome: str  # acknowledged | duplicate | an error code
+    latency: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    at: float
+    id: str
+    number: str
+    attempt: int
+    segments: int
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    number: str
+    deliveries: int
+    max_early_seconds: float
+    """How much earlier than its rate allows the worst delivery came (0: never early)."""
+
+
+@dataclass
+class Ledger:
+    attempts: list[Attempt] = field(default_factory=list)
+    acknowledged: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    """id -> (number, shard, time acknowledged)"""
+    segments: dict[str, int] = field(default_factory=dict)
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    # -- recording -------------------------------------------------------------------------
+    def record_attempt(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+
+    def record_ack(
+        self, message_id: str, number: str, shard: str, at: float, segments: int
+    ) -> None:
+        self.acknowledged.setdefault(message_id, (number, shard, at))
+        self.segments[message_id] = segments
+
+    def record_delivery(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+
+    # -- verdicts --------------------------------------------------------------------------
+    @property
+    def delivered_ids(self) -> set[str]:
+        return {d.id for d in self.deliveries}
+
+    def lost(self) -> set[str]:
+        """Acknowledged and never delivered."""
+        return set(self.acknowledged) - self.delivered_ids
+
+    def duplicates(self) -> int:
+        """Deliveries beyond the first of each id (redeliveries after a lease or a failover)."""
+        return len(self.deliveries) - len(self.delivered_ids)
+
+    def availability(self, shard: str | None = None, since: float = 0.0,
+                     until: float = float("inf")) -> float | None:  # fmt: skip
+        """Share of enqueue attempts that succeeded, optionally for one shard and time span."""
+        chosen = [
+            a for a in self.attempts
+            if (shard is None or a.shard == shard) and since <= a.at <= until
+        ]  # fmt: skip
+        if not chosen:
+            return None
+        return sum(a.ok for a in chosen) / len(chosen)
+
+    def first_ack_after(self, moment: float, shard: str | None = None) -> float | None:
+        """Time of the first successful enqueue attempt that started after `moment`."""
+        times = [
+            a.at + a.latency for a in self.attempts
+            if a.ok and a.at >= moment and (shard is None or a.shard == shard)
+        ]  # fmt: skip
+        return min(times, default=None)
+
+    def latency_percentiles(self, shard: str | None = None) -> dict[str, float]:
+        values = sorted(a.latency for a in self.attempts
+                        if a.ok and (shard is None or a.shard == shard))  # fmt: skip
+        if not values:
+            return {}
+        if len(values) == 1:
+            return {"p50": values[0], "p99": values[0]}
+        cuts = statistics.quantiles(values, n=100, method="inclusive")
+        return {"p50": cuts[49], "p99": cuts[98]}
+
+    def rate_checks(self, rates: dict[str, Rate]) -> list[RateCheck]:
+        """Replay each number's deliveries through GCRA at its rate: the worst lead over what
+        the rate allows is the overshoot (observation jitter included)."""
+        by_number: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in self.deliveries:
+            by_number[delivery.number].append(delivery)
+        checks = []
+        for number, deliveries in sorted(by_number.items()):
+            rate = rates[number]
+            interval = 1.0 / rate.per_second
+            tolerance = (rate.burst - 1) * interval
+            tat = float("-inf")
+            worst = 0.0
+            for delivery in sorted(deliveries, key=lambda d: d.at):
+                tat = max(tat, delivery.at)
+                worst = max(worst, tat - delivery.at - tolerance)
+                tat += delivery.segments * interval
+            checks.append(RateCheck(number, len(deliveries), worst))
+        return checks

@@ -1,0 +1,184 @@
+"""Load through the real ratequeue HTTP API: producers that retry a refused enqueue with the same
+id, consumers that lease, record and ack, all written to a `Ledger`.
+
+Not for: judging the results (the ledger and the hypotheses do that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from chaos.ledger import Attempt, Delivery, Ledger
+from ratequeue.numbers import normalize_number, number_type
+from ratequeue.rates import DEFAULT_RATES, Rate
+from ratequeue.segments import segments_for_body
+from ratequeue.slots import slot_for
+from ratequeue.topology import Topology
+
+
+class LoadProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    numbers: int = Field(200, ge=1, le=100_000, description="size of the number pool")
+    toll_free_share: float = Field(0.1, ge=0, le=1)
+    short_code_share: float = Field(0.02, ge=0, le=1)
+    enqueue_per_second: float = Field(100, gt=0, le=50_000)
+    producers: int = Field(8, ge=1, le=512)
+    consumers: int = Field(4, ge=1, le=512)
+    dequeue_batch: int = Field(100, ge=1, le=1000)
+    lease_seconds: float = Field(10, gt=0, le=3600)
+    give_up_after: float = Field(30, gt=0, description="seconds a producer retries one message")
+
+
+def number_pool(profile: LoadProfile, seed: int = 7) -> list[str]:
+    """A deterministic mix of long codes, toll-free numbers and short codes."""
+    rng = random.Random(seed)
+    pool = []
+    for index in range(profile.numbers):
+        draw = rng.random()
+        if draw < profile.short_code_share:
+            pool.append(str(20000 + index))
+        elif draw < profile.short_code_share + profile.toll_free_share:
+            pool.append(f"+1800{5550000 + index:07d}")
+        else:
+            pool.append(f"+1415{5550000 + index:07d}")
+    return [normalize_number(n) for n in pool]
+
+
+def default_rates(numbers: list[str]) -> dict[str, Rate]:
+    return {n: DEFAULT_RATES[number_type(n)] for n in numbers}
+
+
+@dataclass
+class LoadRun:
+    """Producers and consumers against one API; `run()` produces for `duration` seconds, then
+    keeps consuming until every acknowledged message is delivered or `drain_timeout` passes."""
+
+    api: str
+    profile: LoadProfile
+    ledger: Ledger
+    stop_producing: asyncio.Event | None = None
+
+    async def run(self, duration: float, drain_timeout: float = 60.0) -> Ledger:
+        numbers = number_pool(self.profile)
+        limits = httpx.Limits(max_connections=self.profile.producers + self.profile.consumers + 4)
+        async with httpx.AsyncClient(base_url=self.api, timeout=10, limits=limits) as http:
+            topology = Topology.model_validate((await http.get("/v1/topology")).json())
+            shard_of = {n: topology.shard_for_slot(slot_for(n)).id for n in numbers}
+            stop_producing = self.stop_producing or asyncio.Event()
+            stop_consuming = asyncio.Event()
+            interval = self.profile.producers / self.profile.enqueue_per_second
+            producers = [
+                asyncio.create_task(
+                    self._produce(http, numbers, shard_of, interval, stop_producing)
+                )
+                for _ in range(self.profile.producers)
+            ]
+            consumers = [
+                asyncio.create_task(self._consume(http, stop_consuming))
+                for _ in range(self.profile.consumers)
+            ]
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop_producing.wait(), timeout=duration)
+                stop_producing.set()
+                await asyncio.gather(*producers)
+                deadline = time.monotonic() + drain_timeout
+                while self.ledger.lost() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+            finally:
+                stop_producing.set()
+                stop_consuming.set()
+                for task in producers + consumers:
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(*producers, *consumers, return_exceptions=True)
+        return self.ledger
+
+    async def _produce(
+        self,
+        http: httpx.AsyncClient,
+        numbers: list[str],
+        shard_of: dict[str, str],
+        interval: float,
+        stop: asyncio.Event,
+    ) -> None:
+        rng = random.Random()
+        next_at = time.monotonic() + rng.uniform(0, interval)
+        while not stop.is_set():
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            number = rng.choice(numbers)
+            body = {"text": f"load {uuid.uuid4().hex[:8]}"}
+            await self._enqueue_until_acknowledged(http, number, shard_of[number], body)
+
+    async def _enqueue_until_acknowledged(
+        self, http: httpx.AsyncClient, number: str, shard: str, body: dict
+    ) -> None:
+        message_id = uuid.uuid4().hex
+        give_up = time.monotonic() + self.profile.give_up_after
+        delay = 0.05
+        while time.monotonic() < give_up:
+            started_wall, started = time.time(), time.monotonic()
+            try:
+                response = await http.post(
+                    f"/v1/numbers/{number}/messages", json={"id": message_id, "body": body}
+                )
+                code = response.status_code
+                payload = response.json()
+            except (httpx.HTTPError, ValueError) as error:
+                code, payload = 0, {"error": {"code": type(error).__name__}}
+            latency = time.monotonic() - started
+            if code == 201:
+                outcome = "duplicate" if payload.get("duplicate") else "acknowledged"
+                self.ledger.record_attempt(
+                    Attempt(started_wall, number, shard, True, outcome, latency)
+                )
+                self.ledger.record_ack(
+                    message_id, number, payload["shard"], started_wall + latency,
+                    segments_for_body(body),
+                )  # fmt: skip
+                return
+            error_code = payload.get("error", {}).get("code", str(code))
+            self.ledger.record_attempt(
+                Attempt(started_wall, number, shard, False, error_code, latency)
+            )
+            if code not in (0, 503):
+                return  # not retryable (e.g. 429 queue full): nothing was written
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 1.0)
+
+    async def _consume(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                response = await http.post(
+                    "/v1/messages:dequeue",
+                    json={"max": self.profile.dequeue_batch,
+                          "lease_seconds": self.profile.lease_seconds},
+                )  # fmt: skip
+                messages = (
+                    response.json().get("messages", []) if response.status_code == 200 else []
+                )
+            except (httpx.HTTPError, ValueError):
+                messages = []
+            now = time.time()
+            for message in messages:
+                self.ledger.record_delivery(
+                    Delivery(now, message["id"], message["number"], message["attempt"],
+                             segments_for_body(message["body"]))
+                )  # fmt: skip
+            if messages:
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.post(
+                        "/v1/messages:ack", json={"receipts": [m["receipt"] for m in messages]}
+                    )
+            else:
+                await asyncio.sleep(0.05)

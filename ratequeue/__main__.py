@@ -1,0 +1,3 @@
+from ratequeue.cli import app
+
+app()
