@@ -123,10 +123,15 @@ class RedisProcess:
         """Stop the process (SIGCONT first, in case an experiment left it paused)."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGCONT)
-            os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        # Redis ignores SIGTERM while it writes its initial AOF (right after a sync), so repeat it.
         while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            for _ in range(10):
+                if not self.alive():
+                    break
+                time.sleep(0.02)
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
@@ -237,18 +242,27 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def wait_for_replicas_in_sync(replicas: list[RedisProcess], timeout: float = 15.0) -> None:
-    """Return once every replica reports `master_link_status:up`."""
+def wait_for_replicas_in_sync(
+    primary: RedisProcess, replicas: list[RedisProcess], timeout: float = 15.0
+) -> None:
+    """Return once every replica reports `master_link_status:up` and the primary counts all of
+    them in `WAIT` after a write. After a diskless sync the primary streams writes to a replica
+    only from its first REPLCONF ACK, up to a second later; a WAIT before that falls short."""
     deadline = time.monotonic() + timeout
     pending = list(replicas)
     while pending:
         pending = [r for r in pending if r.replication().get("master_link_status") != "up"]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            names = ", ".join(r.name for r in pending)
-            raise RedisStartError(f"replicas not in sync after {timeout:.0f} s: {names}")
-        time.sleep(0.02)
+        if pending:
+            if time.monotonic() > deadline:
+                names = ", ".join(r.name for r in pending)
+                raise RedisStartError(f"replicas not in sync after {timeout:.0f} s: {names}")
+            time.sleep(0.02)
+    with primary.client() as conn:
+        while conn.incr("rq:barrier") and int(
+            conn.execute_command("WAIT", len(replicas), 100)
+        ) < len(replicas):
+            if time.monotonic() > deadline:
+                raise RedisStartError(f"{primary.name}: replicas never acknowledged a write")
 
 
 @dataclass
@@ -289,7 +303,8 @@ class LocalCluster:
                             replica_of=primary, detached=detached,
                         )
                     )  # fmt: skip
-            wait_for_replicas_in_sync([r for s in cluster.shards for r in s.replicas])
+            for shard in cluster.shards:
+                wait_for_replicas_in_sync(shard.primary, shard.replicas)
             cluster.publish_initial_topology()
         except BaseException:
             cluster.stop()

@@ -1,0 +1,120 @@
+"""Fixtures: real redis-server clusters on free loopback ports, a sync client, and the HTTP API
+served by uvicorn in a thread. Everything started here is stopped at teardown, also on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ratequeue.client import ClientSettings, RatequeueClient, RetryPolicy
+from ratequeue.config import ServiceSettings
+from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from ratequeue.service import create_app
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadline=0.5)
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    started: list[LocalCluster] = []
+
+    def start(shards: int = 1, replicas: int = 1) -> LocalCluster:
+        cluster = LocalCluster.start(tmp_path / f"cluster{len(started)}", shards=shards,
+                                     replicas=replicas)  # fmt: skip
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    """Two shards, one replica each."""
+    return start_cluster(shards=2, replicas=1)
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., RatequeueClient]]:
+    clients: list[RatequeueClient] = []
+
+    def make(cluster: LocalCluster, **settings: object) -> RatequeueClient:
+        options = {"wait_timeout_ms": 300, "retry": FAST_RETRY, "refresh_interval": 0.5}
+        options.update(settings)
+        client = RatequeueClient(cluster.control.url, ClientSettings(**options))  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(cluster: LocalCluster, make_client: Callable[..., RatequeueClient]) -> RatequeueClient:
+    return make_client(cluster)
+
+
+class ServedApi:
+    """The ratequeue app served over real HTTP on a free loopback port."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.port = free_port((CLIENT_HOST,))
+        self.url = f"http://{CLIENT_HOST}:{self.port}"
+        config = uvicorn.Config(create_app(settings), host=CLIENT_HOST, port=self.port,
+                                log_level="error", lifespan="on")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServedApi:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("API did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve_api() -> Iterator[Callable[..., ServedApi]]:
+    served: list[ServedApi] = []
+
+    def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
+        options: dict[str, object] = {"wait_timeout_ms": 300, "retry_deadline": 0.5,
+                                      "refresh_interval": 0.5}  # fmt: skip
+        options.update(settings)
+        api = ServedApi(ServiceSettings(control_url=cluster.control.url, **options))  # type: ignore[arg-type]
+        served.append(api.__enter__())
+        return api
+
+    yield serve
+    for api in served:
+        api.__exit__(None, None, None)
+
+
+@pytest.fixture
+def http(cluster: LocalCluster, serve_api: Callable[..., ServedApi]) -> Iterator[httpx.Client]:
+    api = serve_api(cluster)
+    with httpx.Client(base_url=api.url, timeout=10) as session:
+        yield session
+
+
+def shard_key_count(cluster: LocalCluster) -> int:
+    """Keys on all shard primaries other than the fence (a 'nothing was written' probe)."""
+    total = 0
+    for shard in cluster.shards:
+        with shard.primary.client() as conn:
+            total += sum(1 for key in conn.scan_iter() if key not in (b"rq:fence", b"rq:barrier"))
+    return total

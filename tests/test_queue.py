@@ -1,0 +1,146 @@
+"""Queue behaviour on real redis-server shards, through the Python client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ratequeue.client import RatequeueClient
+from ratequeue.errors import QueueFull
+from ratequeue.rates import Rate
+from ratequeue.redis_processes import LocalCluster
+
+NUMBER = "+14155550100"
+
+
+def drain(client: RatequeueClient, seconds: float, max_messages: int = 100) -> list:
+    """Dequeue and ack for `seconds`; returns (time, message) pairs in delivery order."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        leased = client.dequeue(max_messages, 30)
+        now = time.monotonic()
+        got += [(now, m) for m in leased]
+        if leased:
+            client.ack([m.receipt for m in leased])
+        else:
+            time.sleep(0.005)
+    return got
+
+
+def test_an_enqueue_retried_with_the_same_id_is_queued_once(client: RatequeueClient) -> None:
+    first = client.enqueue(NUMBER, "hello", "order-1")
+    again = client.enqueue(NUMBER, "hello", "order-1")
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert client.number_info(NUMBER).depth == 1
+
+
+def test_an_acked_id_enqueued_again_within_the_dedup_window_is_not_requeued(
+    client: RatequeueClient,
+) -> None:
+    client.enqueue(NUMBER, "hello", "order-2")
+    leased = client.dequeue(10, 30)
+    assert client.ack([m.receipt for m in leased]) == 1
+    assert client.enqueue(NUMBER, "hello", "order-2").duplicate
+    assert client.number_info(NUMBER).depth == 0
+
+
+def test_a_queue_that_empties_leaves_no_keys_behind(
+    client: RatequeueClient, cluster: LocalCluster
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    for i in range(3):
+        client.enqueue(NUMBER, f"m{i}", f"k{i}")
+    delivered = drain(client, 0.3)
+    assert len(delivered) == 3
+    time.sleep(0.05)  # the GCRA key expires once it no longer limits (a few ms here)
+    leftovers = []
+    for shard in cluster.shards:
+        with shard.primary.client() as conn:
+            leftovers += [k for k in conn.scan_iter() if b"14155550100" in k]
+            assert conn.hget("rq:seg", NUMBER) is None and conn.hget("rq:dr", NUMBER) is None
+            assert conn.zscore("rq:ready", NUMBER) is None
+    assert leftovers == []
+
+
+def test_messages_of_one_number_leave_in_order_one_per_interval(client: RatequeueClient) -> None:
+    client.set_rate(NUMBER, Rate(per_second=10, burst=1))
+    for i in range(5):
+        client.enqueue(NUMBER, f"m{i}", f"o{i}")
+    delivered = drain(client, 0.65)
+    assert [m.id for _, m in delivered] == [f"o{i}" for i in range(5)]
+    gaps = [b[0] - a[0] for a, b in zip(delivered, delivered[1:], strict=False)]
+    assert min(gaps) >= 0.1 - 0.02
+
+
+def test_a_three_segment_message_takes_three_intervals_of_its_number(
+    client: RatequeueClient,
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=10, burst=1))
+    client.enqueue(NUMBER, "a" * 400, "long")  # 400 GSM-7 characters: 3 segments
+    client.enqueue(NUMBER, "short", "next")
+    delivered = drain(client, 0.5)
+    assert [m.id for _, m in delivered] == ["long", "next"]
+    assert delivered[1][0] - delivered[0][0] >= 0.3 - 0.03
+
+
+def test_a_dequeue_serves_every_due_number_before_any_number_twice(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(start_cluster(shards=1, replicas=1))
+    numbers = [f"2000{i}" for i in range(5)]  # short codes: 100/s, burst 100
+    for number in numbers:
+        for i in range(10):
+            client.enqueue(number, "x", f"{number}-{i}")
+    leased = client.dequeue(5, 30)
+    assert sorted(m.number for m in leased) == sorted(numbers)
+
+
+def test_an_expired_lease_returns_the_message_to_the_head_with_attempt_plus_one(
+    client: RatequeueClient,
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "first", "a")
+    client.enqueue(NUMBER, "second", "b")
+    leased = client.dequeue(1, 0.2)
+    assert [(m.id, m.attempt) for m in leased] == [("a", 0)]
+    time.sleep(0.25)
+    again = client.dequeue(1, 30)
+    assert [(m.id, m.attempt) for m in again] == [("a", 1)]
+
+
+def test_a_receipt_of_an_expired_lease_acknowledges_nothing(client: RatequeueClient) -> None:
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "first", "a")
+    stale = client.dequeue(1, 0.1)
+    time.sleep(0.15)
+    fresh = client.dequeue(1, 30)
+    assert client.ack([stale[0].receipt]) == 0
+    assert client.ack([fresh[0].receipt]) == 1
+    assert client.dequeue(10, 30) == []
+
+
+def test_a_full_queue_refuses_with_a_reason_and_writes_nothing(
+    cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(cluster, max_queue_seconds=3)  # 3 s of a 1/s long code: 3 segments
+    client.enqueue(NUMBER, "a" * 300, "two-segments")
+    with pytest.raises(QueueFull, match="exceed its limit of 3"):
+        client.enqueue(NUMBER, "a" * 300, "another-two")
+    assert client.number_info(NUMBER).depth == 1
+    assert client.enqueue(NUMBER, "one", "one-more").duplicate is False
+
+
+def test_default_rates_follow_the_number_type(client: RatequeueClient) -> None:
+    assert client.number_info("+14155550100").rate == Rate(per_second=1, burst=1)
+    assert client.number_info("+18005550100").rate == Rate(per_second=3, burst=3)
+    assert client.number_info("12345").rate == Rate(per_second=100, burst=100)
+
+
+def test_a_rate_override_replaces_the_default_for_that_number(client: RatequeueClient) -> None:
+    client.set_rate(NUMBER, Rate(per_second=7, burst=2))
+    info = client.number_info(NUMBER)
+    assert (info.rate, info.rate_source) == (Rate(per_second=7, burst=2), "override")
+    assert info.capacity_segments == 7 * 36_000

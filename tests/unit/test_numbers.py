@@ -1,0 +1,34 @@
+import pytest
+
+from ratequeue.errors import InvalidNumber
+from ratequeue.numbers import NumberType, normalize_number, number_type
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["+14155550100", "+1 (415) 555-0100", "415.555.0100", "4155550100", "14155550100",
+     "0014155550100"],
+)  # fmt: skip
+def test_spellings_of_one_number_normalize_to_the_same_e164(raw: str) -> None:
+    assert normalize_number(raw) == "+14155550100"
+
+
+def test_short_codes_stay_as_digits() -> None:
+    assert normalize_number("12345") == "12345"
+    assert number_type("12345") is NumberType.SHORT_CODE
+
+
+def test_toll_free_area_codes_are_toll_free() -> None:
+    assert number_type(normalize_number("+1 800 555 0100")) is NumberType.TOLL_FREE
+    assert number_type(normalize_number("+18885550100")) is NumberType.TOLL_FREE
+
+
+def test_other_numbers_are_long_codes() -> None:
+    assert number_type("+14155550100") is NumberType.LONG_CODE
+    assert number_type("+447700900123") is NumberType.LONG_CODE
+
+
+@pytest.mark.parametrize("raw", ["", "abc", "+", "+0123456789", "123", "12|34567", "+1" + "2" * 20])
+def test_malformed_numbers_are_refused_with_the_expected_forms(raw: str) -> None:
+    with pytest.raises(InvalidNumber, match="E.164"):
+        normalize_number(raw)
