@@ -131,6 +131,7 @@ class AsyncRatequeueClient:
         self._topology: Topology | None = None
         self._topology_loaded_at = 0.0
         self._nodes: dict[str, aioredis.Redis] = {}
+        self._queues: dict[tuple[str, str], ShardQueue] = {}
         self._refresh_lock = asyncio.Lock()
         self._background: list[asyncio.Task] = []
 
@@ -223,12 +224,16 @@ class AsyncRatequeueClient:
         return connection
 
     def _queue(self, shard: Shard) -> ShardQueue:
-        return ShardQueue(
-            shard.id,
-            self._node(shard.primary),
-            dedup_window_seconds=self.settings.dedup_window_seconds,
-            max_queue_seconds=self.settings.max_queue_seconds,
-        )
+        key = (shard.id, shard.primary.address)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ShardQueue(
+                shard.id,
+                self._node(shard.primary),
+                dedup_window_seconds=self.settings.dedup_window_seconds,
+                max_queue_seconds=self.settings.max_queue_seconds,
+            )
+        return queue
 
     def shard_for(self, number: str) -> Shard:
         return self.topology.shard_for_slot(slot_for(number))

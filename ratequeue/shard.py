@@ -98,6 +98,7 @@ ACK = _Script(scripts.ACK)
 SET_RATE = _Script(scripts.SET_RATE)
 NUMBER_STATUS = _Script(scripts.NUMBER_STATUS)
 SHARD_STATS = _Script(scripts.SHARD_STATS)
+ALL_SCRIPTS = (ENQUEUE_BATCH, DEQUEUE, ACK, SET_RATE, NUMBER_STATUS, SHARD_STATS)
 
 
 def _translate(error: Exception, shard_id: str) -> Exception:
@@ -129,11 +130,25 @@ class ShardQueue:
         self.primary = primary
         self.dedup_window_seconds = dedup_window_seconds
         self.max_queue_seconds = max_queue_seconds
+        self._scripts_loaded = False
+
+    async def _load_scripts(self) -> None:
+        # Loaded up front: a NOSCRIPT inside an EVALSHA+WAIT pipeline would also cost the WAIT.
+        try:
+            async with self.primary.pipeline(transaction=False) as pipe:
+                for script in ALL_SCRIPTS:
+                    pipe.script_load(script.source)
+                await pipe.execute()
+        except Exception as error:
+            raise _translate(error, self.shard_id) from error
+        self._scripts_loaded = True
 
     async def _run(self, script: _Script, *args: Any, then_wait: tuple[int, int] | None = None):
         """EVALSHA (loading the script if needed); with `then_wait`, follow it by WAIT on the same
         connection in the same round trip. Returns (script result, replicas acknowledged)."""
         for _ in range(2):
+            if not self._scripts_loaded:
+                await self._load_scripts()
             try:
                 async with self.primary.pipeline(transaction=False) as pipe:
                     pipe.execute_command("EVALSHA", script.sha, 0, *args)
@@ -143,11 +158,8 @@ class ShardQueue:
             except Exception as error:  # connection-level failures
                 raise _translate(error, self.shard_id) from error
             result = results[0]
-            if isinstance(result, NoScriptError):
-                try:
-                    await self.primary.script_load(script.source)
-                except Exception as error:
-                    raise _translate(error, self.shard_id) from error
+            if isinstance(result, NoScriptError):  # e.g. the node restarted since
+                self._scripts_loaded = False
                 continue
             if isinstance(result, Exception):
                 raise _translate(result, self.shard_id) from result

@@ -17,7 +17,7 @@ from ratequeue.config import ServiceSettings
 from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
 from ratequeue.service import create_app
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadline=0.5)
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadline=1.5)
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""Topology changes: compare-and-set on the epoch, clients follow them, old primaries are fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from ratequeue.client import RatequeueClient
+from ratequeue.errors import StaleEpoch
+from ratequeue.numbers import normalize_number
+from ratequeue.rates import Rate
+from ratequeue.redis_processes import LocalCluster
+from ratequeue.shard import OutgoingMessage, ShardQueue
+from ratequeue.slots import slot_for
+from ratequeue.topology import EpochConflict, Topology, TopologyStore
+
+
+def number_on(topology: Topology, shard_id: str) -> str:
+    for i in range(10_000):
+        number = normalize_number(f"+1415{5550000 + i:07d}")
+        if topology.shard_for_slot(slot_for(number)).id == shard_id:
+            return number
+    raise AssertionError("no number found")
+
+
+def promote_replica_by_hand(cluster: LocalCluster, shard_id: str) -> Topology:
+    """What the failover workflow will do, reduced to its effect on routing."""
+    shard_nodes = cluster.shard(shard_id)
+    new_primary = shard_nodes.replicas[0]
+
+    async def publish() -> Topology:
+        control = aioredis.Redis.from_url(cluster.control.url)
+        node = aioredis.Redis.from_url(new_primary.url)
+        try:
+            store = TopologyStore(control)
+            current = await store.load()
+            assert current is not None
+            await node.execute_command("REPLICAOF", "NO", "ONE")
+            await node.set("rq:fence", str(current.epoch + 1))
+            for other in shard_nodes.replicas[1:]:
+                with other.client() as conn:
+                    conn.execute_command("REPLICAOF", new_primary.peer_host, new_primary.port)
+            shards = []
+            for shard in current.shards:
+                if shard.id == shard_id:
+                    shard = shard.model_copy(update={
+                        "primary": new_primary.ref(),
+                        "replicas": [r.ref() for r in shard_nodes.replicas[1:]],
+                        "epoch": current.epoch + 1, "forensics": [shard.primary]})  # fmt: skip
+                shards.append(shard)
+            changed = Topology(epoch=current.epoch + 1, shards=shards)
+            await store.compare_and_set(current.epoch, changed)
+            return changed
+        finally:
+            await control.aclose()
+            await node.aclose()
+
+    return asyncio.run(publish())
+
+
+def test_a_topology_change_with_a_stale_epoch_is_refused(cluster: LocalCluster) -> None:
+    async def attempt() -> None:
+        control = aioredis.Redis.from_url(cluster.control.url)
+        try:
+            store = TopologyStore(control)
+            current = await store.load()
+            assert current is not None
+            newer = current.model_copy(update={"epoch": current.epoch + 1})
+            await store.compare_and_set(current.epoch, newer)
+            with pytest.raises(EpochConflict, match="is 2, expected 1"):
+                await store.compare_and_set(current.epoch, newer)
+        finally:
+            await control.aclose()
+
+    asyncio.run(attempt())
+
+
+def test_a_client_learns_of_a_new_epoch_by_notification(
+    cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(cluster, refresh_interval=60)  # periodic refresh out of the picture
+    promote_replica_by_hand(cluster, "s0")
+    deadline = time.monotonic() + 2
+    while client.topology.epoch != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.topology.epoch == 2
+
+
+def test_after_an_epoch_change_writes_go_to_the_new_primary(
+    cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(cluster, min_replicas=0)
+    number = number_on(client.topology, "s0")
+    promote_replica_by_hand(cluster, "s0")
+    client.refresh_topology()
+    client.enqueue(number, "after", "after-failover")
+    new_primary, old_primary = cluster.shard("s0").replicas[0], cluster.shard("s0").primary
+    with new_primary.client() as conn:
+        assert conn.hexists("rq:msg", "after-failover")
+    with old_primary.client() as conn:
+        assert not conn.hexists("rq:msg", "after-failover")
+
+
+def test_a_stale_client_is_rerouted_when_the_old_primary_cannot_acknowledge(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    client = make_client(cluster, refresh_interval=60)
+    number = number_on(client.topology, "s0")
+    promote_replica_by_hand(cluster, "s0")
+    # Whether or not the notification arrived first, the write ends on the new primary: on the
+    # old one WAIT cannot succeed (its replica left), so the client refreshes and retries.
+    client.enqueue(number, "x", "rerouted")
+    with cluster.shard("s0").replicas[0].client() as conn:
+        assert conn.hexists("rq:msg", "rerouted")
+
+
+def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
+    cluster: LocalCluster,
+) -> None:
+    async def write_with_epoch(epoch: int) -> None:
+        node = aioredis.Redis.from_url(cluster.shard("s0").primary.url)
+        try:
+            message = OutgoingMessage("m", "+14155550100", 1, Rate(per_second=1, burst=1), '"x"')
+            await ShardQueue("s0", node).enqueue_batch(
+                epoch, [message], min_replicas=0, wait_timeout_ms=100
+            )
+        finally:
+            await node.aclose()
+
+    with pytest.raises(StaleEpoch, match="node=1 client=2"):
+        asyncio.run(write_with_epoch(2))
