@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -71,7 +72,7 @@ def test_messages_of_one_number_leave_in_order_one_per_interval(client: Ratequeu
         client.enqueue(NUMBER, f"m{i}", f"o{i}")
     delivered = drain(client, 0.65)
     assert [m.id for _, m in delivered] == [f"o{i}" for i in range(5)]
-    gaps = [b[0] - a[0] for a, b in zip(delivered, delivered[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(delivered)]
     assert min(gaps) >= 0.1 - 0.02
 
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from pydantic import ValidationError
 
@@ -16,7 +18,7 @@ def test_slot_is_crc16_of_the_number_mod_16384() -> None:
 def test_even_slot_ranges_cover_every_slot_once() -> None:
     ranges = even_slot_ranges(3)
     assert ranges[0][0] == 0 and ranges[-1][1] == SLOT_COUNT - 1
-    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
 
 
 def _shard(shard_id: str, slots: tuple[int, int]) -> Shard:
