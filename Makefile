@@ -1,0 +1,53 @@
+# Two commands do all set-up on a fresh Debian machine:
+#   make demo   start the embedded local testbed, push traffic through it, print what happened
+#   make test   run the whole test suite against real redis-server processes
+# Both create .venv, install the project and make sure redis-server exists.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint setup system-packages clean
+
+demo: setup
+	$(BIN)/chaos demo
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+setup: system-packages $(STAMP)
+
+# redis-server (and redis-sentinel, iptables for the fault experiments): installed when running
+# as root and missing; otherwise the exact command to run is printed.
+system-packages:
+	@missing=""; \
+	for pair in redis-server:redis-server redis-sentinel:redis-sentinel iptables:iptables; do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /usr/bin/$$cmd ] \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing; install them with: sudo apt-get install$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+	@# The Debian package starts a system redis on 6379; the project never uses it.
+	@if [ "$$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then \
+	  systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,load]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
