@@ -1,0 +1,115 @@
+"""The event schema: what sensors publish and the controller consumes (DESIGN.md, "Event").
+
+One JSON shape travels the stream and `POST /v1/events`. `parse_event` validates it strictly and
+raises `InvalidEvent` naming each bad field, so a malformed event can be dead-lettered with the
+reason instead of stopping a consumer. Not for: deciding what an event means (the rules do).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+EventType = Literal[
+    "RedisMasterDown",
+    "RedisMasterRecovered",
+    "RedisReplicaDown",
+    "SensorHeartbeat",
+    "HealthcheckDown",
+    "NagiosHostAlarm",
+]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+
+
+class InvalidEvent(ValueError):
+    """The event does not follow the schema; `reason` names the fields and what was expected."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    type: EventType
+    environment: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
+    region: str = Field(min_length=1, max_length=64)
+    service: str = Field(min_length=1, max_length=128)
+    shard: str | None = Field(None, max_length=64)
+    host: str = Field(min_length=1, max_length=255, description="the entity the event is about")
+    source: str = Field(min_length=1, max_length=255, description="who observed it")
+    incident_key: str | None = Field(None, max_length=255)
+    occurred_at: AwareDatetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @property
+    def dedup_key(self) -> str:
+        """Events with the same key describe the same incident (several sensors, one cause)."""
+        return self.incident_key or f"{self.service}/{self.shard or '-'}/{self.type}/{self.host}"
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.occurred_at).total_seconds()
+
+
+def new_event(
+    type: str,
+    *,
+    environment: str,
+    region: str,
+    service: str,
+    host: str,
+    source: str,
+    shard: str | None = None,
+    incident_key: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    return parse_event(
+        {
+            "id": uuid.uuid4().hex,
+            "type": type,
+            "environment": environment,
+            "region": region,
+            "service": service,
+            "shard": shard,
+            "host": host,
+            "source": source,
+            "incident_key": incident_key,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "data": data or {},
+        }
+    )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    parts = []
+    for problem in error.errors():
+        location = ".".join(str(p) for p in problem["loc"]) or "event"
+        expected = problem["msg"]
+        if problem["type"] == "literal_error":
+            expected = f"expected one of {', '.join(EVENT_TYPES)}"
+        parts.append(f"field '{location}': {expected}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
+    """Validate an event from JSON text or a dict; raise InvalidEvent naming what is wrong."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidEvent(f"event is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event must be a JSON object")
+    try:
+        return Event.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidEvent(describe_validation_error(error)) from None

@@ -1,0 +1,159 @@
+"""The event stream between sensors and controllers, behind one interface with two backends:
+Redis Streams on the control store (the default) and AWS Kinesis (see `failover.kinesis`).
+
+Every entry is validated on receipt: a malformed one is written to the dead-letter stream with
+the reason and acknowledged, so it never stops a consumer. Entries a consumer took and never
+acknowledged (it died) are reclaimed by the others after `reclaim_idle_ms`.
+Not for: deciding what to do with an event (lazarus_lite does that).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from failover.events import Event, InvalidEvent, parse_event
+
+EVENTS_STREAM = "lz:events"
+DEAD_LETTER_STREAM = "lz:events:dead"
+CONSUMER_GROUP = "lazarus"
+STREAM_MAX_LENGTH = 100_000
+
+
+@dataclass(frozen=True)
+class Received:
+    """One valid event taken from the stream; pass it back to `ack` once it is handled."""
+
+    receipt: str
+    event: Event
+
+
+class EventStream(Protocol):
+    async def publish(self, event: Event) -> str:
+        """Append an event; returns its position in the stream."""
+
+    async def receive(
+        self, consumer: str, *, count: int = 10, block_ms: int = 100
+    ) -> list[Received]:
+        """Take up to `count` valid events for `consumer` (waiting up to `block_ms`)."""
+
+    async def ack(self, received: Received) -> None:
+        """Mark an event handled, so no other consumer reclaims it."""
+
+    async def close(self) -> None: ...
+
+
+class DeadLetters:
+    """Malformed entries with the reason they were refused, kept in the control store."""
+
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def record(self, raw: str | bytes, reason: str, *, backend: str, position: str) -> None:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        await self._control.xadd(
+            DEAD_LETTER_STREAM,
+            {"raw": text[:65536], "reason": reason, "backend": backend, "position": position,
+             "at": str(time.time())},
+            maxlen=STREAM_MAX_LENGTH, approximate=True,
+        )  # fmt: skip
+
+    async def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = await self._control.xrevrange(DEAD_LETTER_STREAM, count=limit)
+        return [
+            {"id": entry_id.decode(), **{k.decode(): v.decode() for k, v in fields.items()}}
+            for entry_id, fields in entries
+        ]
+
+
+def validate_entry(raw: str | bytes) -> Event:
+    """Parse a stream entry's payload; raises InvalidEvent."""
+    return parse_event(raw)
+
+
+class RedisEventStream:
+    """Redis Streams on the control store, read through one consumer group."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        control: aioredis.Redis,
+        *,
+        stream: str = EVENTS_STREAM,
+        group: str = CONSUMER_GROUP,
+        reclaim_idle_ms: int = 10_000,
+    ) -> None:
+        self._control = control
+        self._stream = stream
+        self._group = group
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._group_ready = False
+        self.dead_letters = DeadLetters(control)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisEventStream:
+        return cls(aioredis.Redis.from_url(url, socket_timeout=5), **options)
+
+    async def publish(self, event: Event) -> str:
+        entry_id = await self._control.xadd(
+            self._stream, {"event": event.to_json()}, maxlen=STREAM_MAX_LENGTH, approximate=True
+        )
+        return entry_id.decode()
+
+    async def publish_raw(self, payload: str) -> str:
+        """Append an unvalidated payload (for tests of the dead-letter path and for relays)."""
+        entry_id = await self._control.xadd(self._stream, {"event": payload})
+        return entry_id.decode()
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._control.xgroup_create(self._stream, self._group, id="0", mkstream=True)
+        except aioredis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._group_ready = True
+
+    async def receive(
+        self, consumer: str, *, count: int = 10, block_ms: int = 100
+    ) -> list[Received]:
+        await self._ensure_group()
+        # Entries a dead consumer took first: they are older than anything new.
+        _, claimed, *_ = await self._control.xautoclaim(
+            self._stream, self._group, consumer, self._reclaim_idle_ms, start_id="0-0", count=count
+        )
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not entries:
+            answer = await self._control.xreadgroup(
+                self._group, consumer, {self._stream: ">"}, count=count, block=block_ms
+            )
+            entries = answer[0][1] if answer else []
+        received = []
+        for entry_id, fields in entries:
+            position = entry_id.decode()
+            raw = fields.get(b"event", b"")
+            try:
+                event = validate_entry(raw)
+            except InvalidEvent as error:
+                await self.dead_letters.record(raw, error.reason, backend=self.backend,
+                                               position=position)  # fmt: skip
+                await self._control.xack(self._stream, self._group, entry_id)
+                continue
+            received.append(Received(receipt=position, event=event))
+        return received
+
+    async def ack(self, received: Received) -> None:
+        await self._control.xack(self._stream, self._group, received.receipt)
+
+    async def pending(self) -> int:
+        await self._ensure_group()
+        summary = await self._control.xpending(self._stream, self._group)
+        return int(summary["pending"])
+
+    async def close(self) -> None:
+        await self._control.aclose()
