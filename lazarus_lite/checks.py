@@ -1,0 +1,237 @@
+"""Precondition checks: guard conditions every controller node evaluates on its own, from its own
+vantage point, before an action may be scheduled (DESIGN.md, "Lazarus rule").
+
+A check is an async function of a `CheckContext` registered by name; it returns a `CheckResult`
+and never raises (an error is a failed check, with the reason). Probes within one evaluation are
+memoised, so several checks looking at the same replica cost one round trip.
+Not for: counting votes (see `quorum`) or acting (see `workflow`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from failover.probes import ProbeResult, ping, replication_info
+from pydantic import BaseModel
+
+from failover.events import Event
+from lazarus_lite.rules import CheckSpec
+from ratequeue.topology import NodeRef, Shard, Topology
+
+
+class CheckResult(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    data: dict[str, Any] = {}
+
+
+@dataclass
+class CheckContext:
+    event: Event
+    topology: Topology | None
+    spec: CheckSpec
+    min_replicas: int = 1
+    probe_timeout: float = 0.25
+    _pings: dict[str, ProbeResult] = field(default_factory=dict)
+    _infos: dict[str, dict | None] = field(default_factory=dict)
+
+    @property
+    def shard(self) -> Shard:
+        if self.topology is None:
+            raise LookupError("no topology in the control store")
+        if not self.event.shard:
+            raise LookupError("the event names no shard")
+        return self.topology.shard(self.event.shard)
+
+    async def ping(self, node: NodeRef) -> ProbeResult:
+        if node.peer_address not in self._pings:
+            host = node.peer_host or node.host
+            result = await ping(host, node.port, self.probe_timeout)
+            if not result.ok:  # one retry: a single lost packet is not a dead primary
+                result = await ping(host, node.port, self.probe_timeout)
+            self._pings[node.peer_address] = result
+        return self._pings[node.peer_address]
+
+    async def replication(self, node: NodeRef) -> dict | None:
+        if node.peer_address not in self._infos:
+            host = node.peer_host or node.host
+            self._infos[node.peer_address] = await replication_info(
+                host, node.port, self.probe_timeout * 2
+            )
+        return self._infos[node.peer_address]
+
+    async def replica_states(self) -> list[tuple[NodeRef, dict | None]]:
+        replicas = self.shard.replicas
+        infos = await asyncio.gather(*(self.replication(r) for r in replicas))
+        return list(zip(replicas, infos, strict=True))
+
+    def replicas_needed(self) -> int:
+        """Fresh offsets from N - k + 1 replicas include one holding every acknowledged write
+        (each acknowledged write is on k of the N)."""
+        return max(1, len(self.shard.replicas) - self.min_replicas + 1)
+
+
+CheckFunction = Callable[[CheckContext], Awaitable[CheckResult]]
+CHECKS: dict[str, CheckFunction] = {}
+
+
+def check(name: str) -> Callable[[CheckFunction], CheckFunction]:
+    def register(function: CheckFunction) -> CheckFunction:
+        CHECKS[name] = function
+        return function
+
+    return register
+
+
+async def run_check(context: CheckContext) -> CheckResult:
+    name = context.spec.check_name
+    try:
+        return await CHECKS[name](context)
+    except Exception as error:  # a check that cannot decide has not passed
+        return CheckResult(name=name, ok=False, detail=f"check could not run: {error}")
+
+
+async def run_checks(
+    event: Event,
+    topology: Topology | None,
+    specs: list[CheckSpec],
+    *,
+    min_replicas: int = 1,
+    probe_timeout: float = 0.25,
+) -> list[CheckResult]:
+    """Evaluate `specs` in order, sharing probes; every check runs (the audit shows them all)."""
+    shared = CheckContext(event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout)
+    results = []
+    for spec in specs:
+        context = CheckContext(
+            event, topology, spec, min_replicas, probe_timeout, shared._pings, shared._infos
+        )
+        results.append(await run_check(context))
+    return results
+
+
+@check("MasterDown")
+async def master_down(ctx: CheckContext) -> CheckResult:
+    """The event's primary is still the shard's primary, and this node cannot reach it either."""
+    shard = ctx.shard
+    reported = ctx.event.data.get("primary")
+    reported_epoch = ctx.event.data.get("shard_epoch")
+    if reported is not None and reported != shard.primary.name:
+        return CheckResult(
+            name="MasterDown",
+            ok=False,
+            detail=f"stale: {reported} is no longer the primary of {shard.id} "
+            f"(now {shard.primary.name}, epoch {shard.epoch})",
+        )
+    if reported_epoch is not None and int(reported_epoch) != shard.epoch:
+        return CheckResult(
+            name="MasterDown",
+            ok=False,
+            detail=f"stale: event for shard epoch {reported_epoch}, "
+            f"shard is at epoch {shard.epoch}",
+        )
+    probe = await ctx.ping(shard.primary)
+    if probe.ok:
+        return CheckResult(
+            name="MasterDown",
+            ok=False,
+            detail=f"primary {shard.primary.peer_address} answers "
+            f"({probe.latency_s * 1000:.1f} ms) from this node",
+        )
+    return CheckResult(
+        name="MasterDown",
+        ok=True,
+        detail=f"primary {shard.primary.peer_address} does not answer: {probe.error}",
+    )
+
+
+@check("ReplicasReachable")
+async def replicas_reachable(ctx: CheckContext) -> CheckResult:
+    states = await ctx.replica_states()
+    reachable = [node.name for node, info in states if info is not None]
+    needed = ctx.replicas_needed()
+    ok = len(reachable) >= needed
+    return CheckResult(
+        name="ReplicasReachable",
+        ok=ok,
+        detail=f"{len(reachable)} of {len(states)} replicas answer; {needed} needed to know "
+        f"which holds every write acknowledged at {ctx.min_replicas}",
+        data={"reachable": reachable},
+    )
+
+
+def replica_offset(info: dict) -> tuple[str, int]:
+    """(replication id, offset) of a replica, or of a fenced/promoted node's history."""
+    if info.get("role") == "slave":
+        return str(info.get("master_replid", "")), int(info.get("slave_repl_offset", -1))
+    return str(info.get("master_replid2") or info.get("master_replid", "")), int(
+        info.get("master_repl_offset", -1)
+    )
+
+
+@check("ReplicaCaughtUp")
+async def replica_caught_up(ctx: CheckContext) -> CheckResult:
+    """The best replica holds every acknowledged write: it has the highest offset among enough
+    replicas of one replication history."""
+    states = [(node, info) for node, info in await ctx.replica_states() if info is not None]
+    needed = ctx.replicas_needed()
+    if len(states) < needed:
+        return CheckResult(
+            name="ReplicaCaughtUp",
+            ok=False,
+            detail=f"only {len(states)} replicas answered; {needed} needed",
+        )
+    offsets = {node.name: replica_offset(info) for node, info in states}
+    histories = {replid for replid, _ in offsets.values()}
+    if len(histories) > 1:
+        return CheckResult(
+            name="ReplicaCaughtUp",
+            ok=False,
+            detail=f"replicas follow different histories: {sorted(histories)}",
+            data={"offsets": offsets},
+        )
+    best = max(offsets, key=lambda name: (offsets[name][1], name))
+    return CheckResult(
+        name="ReplicaCaughtUp",
+        ok=offsets[best][1] >= 0,
+        detail=f"candidate {best} at offset {offsets[best][1]} (highest of {len(offsets)})",
+        data={"candidate": best, "offsets": {n: o for n, (_, o) in offsets.items()}},
+    )
+
+
+@check("PeerCheck")
+async def peer_check(ctx: CheckContext) -> CheckResult:
+    """The other shards are healthy: several shards failing at once is an outage with a common
+    cause, not a case for remediation."""
+    if ctx.topology is None:
+        raise LookupError("no topology")
+    allowed = int(ctx.spec.params.get("max_failing_peers", ctx.spec.default or 0))
+    others = [s for s in ctx.topology.shards if s.id != ctx.event.shard]
+    probes = await asyncio.gather(*(ctx.ping(s.primary) for s in others))
+    failing = [s.id for s, probe in zip(others, probes, strict=True) if not probe.ok]
+    return CheckResult(
+        name="PeerCheck",
+        ok=len(failing) <= allowed,
+        detail=(
+            f"{len(others) - len(failing)} of {len(others)} other shards healthy"
+            + (f"; failing: {', '.join(failing)}" if failing else "")
+        ),
+        data={"failing": failing},
+    )
+
+
+@check("MinActiveHosts")
+async def min_active_hosts(ctx: CheckContext) -> CheckResult:
+    """At least `default` replicas answer, so the shard keeps a primary after the promotion."""
+    minimum = int(ctx.spec.default if ctx.spec.default is not None else 1)
+    states = await ctx.replica_states()
+    active = sum(1 for _, info in states if info is not None)
+    return CheckResult(
+        name="MinActiveHosts",
+        ok=active >= minimum,
+        detail=f"{active} active replicas; minimum {minimum}",
+    )

@@ -1,0 +1,525 @@
+"""The durable workflow engine: YAML DAGs of named, idempotent Python steps.
+
+Every step's start and result is written to the control store before the next step begins, and
+the workflow's record carries a snapshot of its definition; so any controller node can resume an
+interrupted workflow from its history, under the definition it started with (versioning). A node
+owns a running workflow through a short lease it renews; when the owner dies the lease lapses and
+another node claims and resumes it. A step fails after its retries, or raises `Escalate`: the
+workflow runs its `on_failure` step and is escalated to a person.
+Not for: the steps themselves (see `ratequeue_failover`) or deciding to start (see `controller`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lazarus_lite.locks import HeldLock, Locks
+
+log = logging.getLogger(__name__)
+
+ACTIVE_WORKFLOWS = "lz:wf:active"
+OWNER_LEASE_MS = 3000
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from `90`, `1.5`, `500ms`, `5s`, `10m`, `4h`."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+    if not match:
+        raise ValueError(f"'{value}' is not a duration (e.g. 500ms, 5s, 10m, 4h)")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+class WorkflowError(ValueError):
+    """A workflow definition is invalid; the message names the file, the step and the field."""
+
+
+class Escalate(Exception):
+    """A step found that a person must decide: no retry, the workflow escalates."""
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(1, ge=1, le=100)
+    backoff: float = Field(0.2, ge=0, le=600, description="seconds before the 2nd attempt")
+    factor: float = Field(2.0, ge=1, le=10)
+
+    def delay(self, attempt: int) -> float:
+        return self.backoff * self.factor ** max(0, attempt - 1)
+
+
+class StepDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    run: str
+    needs: list[str] = Field(default_factory=list)
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float = Field(30.0, gt=0)
+    changes_state: bool = True
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class WorkflowDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.]*$")
+    version: int = Field(1, ge=1)
+    description: str = ""
+    timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
+    steps: list[StepDefinition] = Field(min_length=1)
+    on_failure: str | None = Field(None, description="registered step run when escalating")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _a_dag_of_known_names(self) -> WorkflowDefinition:
+        names = [s.name for s in self.steps]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"step names used twice: {sorted(duplicates)}")
+        for step in self.steps:
+            unknown = [n for n in step.needs if n not in names]
+            if unknown:
+                raise ValueError(f"step '{step.name}': needs unknown steps {unknown}")
+        self.order()  # raises on a cycle
+        return self
+
+    def order(self) -> list[StepDefinition]:
+        """Steps in an order that respects `needs` (file order among independent steps)."""
+        done: list[str] = []
+        pending = list(self.steps)
+        while pending:
+            ready = [s for s in pending if all(n in done for n in s.needs)]
+            if not ready:
+                raise ValueError(f"steps form a cycle: {[s.name for s in pending]}")
+            done.append(ready[0].name)
+            pending.remove(ready[0])
+        by_name = {s.name: s for s in self.steps}
+        return [by_name[n] for n in done]
+
+
+class StepRecord(BaseModel):
+    status: Literal["pending", "running", "succeeded", "failed"] = "pending"
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    node: str | None = None
+    output: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class WorkflowRecord(BaseModel):
+    id: str
+    definition: WorkflowDefinition
+    inputs: dict[str, Any]
+    event_id: str | None = None
+    status: Literal["running", "succeeded", "escalated"] = "running"
+    created_at: float
+    deadline: float
+    finished_at: float | None = None
+    escalation: str | None = None
+    steps: dict[str, StepRecord]
+    nodes: list[str] = Field(default_factory=list, description="nodes that ran it, in order")
+
+    def output(self, step: str) -> dict[str, Any]:
+        return self.steps[step].output
+
+
+# -- step registry ---------------------------------------------------------------------------
+@dataclass
+class StepEnvironment:
+    """What steps may use: the control store, the locks, the node, and named collaborators
+    (such as the actuator) the controller provides."""
+
+    control: aioredis.Redis
+    locks: Locks
+    node_id: str
+    collaborators: dict[str, Any] = field(default_factory=dict)
+    before_state_change: Callable[[WorkflowRecord, str], Awaitable[None]] | None = None
+
+
+@dataclass
+class StepContext:
+    workflow: WorkflowRecord
+    step: str
+    env: StepEnvironment
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.workflow.inputs
+
+    def output(self, step: str) -> dict[str, Any]:
+        return self.workflow.output(step)
+
+    def held_lock(self) -> HeldLock | None:
+        for record in self.workflow.steps.values():
+            lock = record.output.get("lock")
+            if lock:
+                return HeldLock(lock["key"], lock["holder"], int(lock["token"]))
+        return None
+
+    async def assert_lock(self) -> None:
+        """Call before changing state: raises LockLost when the workflow's lock is gone."""
+        lock = self.held_lock()
+        if lock is not None:
+            await self.env.locks.assert_held(lock)
+
+
+StepFunction = Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+STEPS: dict[str, StepFunction] = {}
+
+
+def step(name: str) -> Callable[[StepFunction], StepFunction]:
+    def register(function: StepFunction) -> StepFunction:
+        STEPS[name] = function
+        return function
+
+    return register
+
+
+def parse_workflow(text: str, source: str) -> WorkflowDefinition:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise WorkflowError(f"{source}: not valid YAML: {error}") from None
+    try:
+        definition = WorkflowDefinition.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
+        )
+        raise WorkflowError(f"{source}: {problems}") from None
+    for s in definition.steps:
+        if s.run not in STEPS:
+            raise WorkflowError(
+                f"{source}: step '{s.name}': unknown step function '{s.run}'; "
+                f"expected one of {sorted(STEPS)}"
+            )
+    if definition.on_failure is not None and definition.on_failure not in STEPS:
+        raise WorkflowError(
+            f"{source}: on_failure: unknown step function '{definition.on_failure}'"
+        )
+    return definition
+
+
+def load_workflows(directory: Path) -> dict[str, WorkflowDefinition]:
+    found = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        definition = parse_workflow(path.read_text(), str(path))
+        found[definition.name] = definition
+    return found
+
+
+# -- persistence -----------------------------------------------------------------------------
+def record_key(workflow_id: str) -> str:
+    return f"lz:wf:{workflow_id}"
+
+
+def history_key(workflow_id: str) -> str:
+    return f"lz:wf:{workflow_id}:history"
+
+
+def owner_key(workflow_id: str) -> str:
+    return f"lz:wf:{workflow_id}:owner"
+
+
+class WorkflowStore:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def save(self, record: WorkflowRecord, entry: dict[str, Any] | None = None) -> None:
+        async with self._control.pipeline(transaction=True) as pipe:
+            pipe.set(record_key(record.id), record.model_dump_json())
+            if entry is not None:
+                pipe.rpush(history_key(record.id), _json({"at": time.time(), **entry}))
+            if record.status == "running":
+                pipe.sadd(ACTIVE_WORKFLOWS, record.id)
+            else:
+                pipe.srem(ACTIVE_WORKFLOWS, record.id)
+            await pipe.execute()
+
+    async def load(self, workflow_id: str) -> WorkflowRecord | None:
+        raw = await self._control.get(record_key(workflow_id))
+        return None if raw is None else WorkflowRecord.model_validate_json(raw)
+
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in await self._control.lrange(history_key(workflow_id), 0, -1)]
+
+    async def active(self) -> list[str]:
+        return sorted(m.decode() for m in await self._control.smembers(ACTIVE_WORKFLOWS))
+
+    async def claim(self, workflow_id: str, node_id: str) -> bool:
+        return bool(
+            await self._control.set(owner_key(workflow_id), node_id, nx=True, px=OWNER_LEASE_MS)
+        )
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        key = owner_key(workflow_id)
+        async with self._control.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pexpire(key, OWNER_LEASE_MS)
+            current, _ = await pipe.execute()
+        return current is not None and current.decode() == node_id
+
+    async def disown(self, workflow_id: str) -> None:
+        await self._control.delete(owner_key(workflow_id))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+class OwnershipLost(RuntimeError):
+    pass
+
+
+# -- the engine ------------------------------------------------------------------------------
+class WorkflowEngine:
+    def __init__(
+        self,
+        env: StepEnvironment,
+        definitions: dict[str, WorkflowDefinition],
+        *,
+        on_finished: Callable[[WorkflowRecord], Awaitable[None]] | None = None,
+    ) -> None:
+        self.env = env
+        self.store = WorkflowStore(env.control)
+        self.definitions = definitions
+        self.on_finished = on_finished
+        self._running: dict[str, asyncio.Task] = {}
+
+    async def start(
+        self, name: str, inputs: dict[str, Any], *, event_id: str | None = None
+    ) -> WorkflowRecord:
+        """Record a new workflow, claim it, and run it in the background."""
+        definition = self.definitions[name]
+        now = time.time()
+        record = WorkflowRecord(
+            id=f"wf-{uuid.uuid4().hex[:16]}",
+            definition=definition,
+            inputs=inputs,
+            event_id=event_id,
+            created_at=now,
+            deadline=now + definition.timeout,
+            steps={s.name: StepRecord() for s in definition.steps},
+        )
+        await self.store.claim(record.id, self.env.node_id)
+        await self.store.save(
+            record,
+            {
+                "kind": "workflow_started",
+                "node": self.env.node_id,
+                "definition": definition.name,
+                "version": definition.version,
+            },
+        )
+        self._spawn(record.id)
+        return record
+
+    def _spawn(self, workflow_id: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id))
+        self._running[workflow_id] = task
+        task.add_done_callback(lambda _: self._running.pop(workflow_id, None))
+        return task
+
+    async def wait(self, workflow_id: str) -> None:
+        task = self._running.get(workflow_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def resume_orphans(self) -> list[str]:
+        """Claim and resume every running workflow whose owner's lease has lapsed."""
+        resumed = []
+        for workflow_id in await self.store.active():
+            if workflow_id in self._running:
+                continue
+            if await self.store.claim(workflow_id, self.env.node_id):
+                log.warning("node %s resumes workflow %s", self.env.node_id, workflow_id)
+                self._spawn(workflow_id)
+                resumed.append(workflow_id)
+        return resumed
+
+    async def _run_owned(self, workflow_id: str) -> None:
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_ownership(workflow_id))
+        try:
+            await self.run(workflow_id, heartbeat)
+        except OwnershipLost as error:
+            log.error("workflow %s: %s", workflow_id, error)
+        except Exception:
+            log.exception("workflow %s crashed on node %s", workflow_id, self.env.node_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+
+    async def _keep_ownership(self, workflow_id: str) -> None:
+        while True:
+            await asyncio.sleep(OWNER_LEASE_MS / 3000)
+            try:
+                if not await self.store.renew(workflow_id, self.env.node_id):
+                    return
+            except Exception as error:  # the control store blinked: try again next time
+                log.warning("workflow %s: lease renewal failed: %s", workflow_id, error)
+
+    async def run(self, workflow_id: str, heartbeat: asyncio.Task | None = None) -> WorkflowRecord:
+        record = await self.store.load(workflow_id)
+        if record is None:
+            raise LookupError(workflow_id)
+        if record.status != "running":
+            return record
+        if not record.nodes or record.nodes[-1] != self.env.node_id:
+            record.nodes.append(self.env.node_id)
+            await self.store.save(
+                record,
+                {
+                    "kind": "workflow_resumed" if len(record.nodes) > 1 else "workflow_running",
+                    "node": self.env.node_id,
+                },
+            )
+        for definition in record.definition.order():
+            if record.steps[definition.name].status == "succeeded":
+                continue
+            if heartbeat is not None and heartbeat.done():
+                raise OwnershipLost(f"node {self.env.node_id} lost the lease on {workflow_id}")
+            if time.time() > record.deadline:
+                return await self._escalate(
+                    record,
+                    definition.name,
+                    f"workflow timed out after {record.definition.timeout:g} s",
+                )
+            error = await self._run_step(record, definition)
+            if error is not None:
+                return await self._escalate(record, definition.name, error)
+        record.status = "succeeded"
+        record.finished_at = time.time()
+        await self.store.save(record, {"kind": "workflow_succeeded", "node": self.env.node_id})
+        await self.store.disown(record.id)
+        if self.on_finished is not None:
+            await self.on_finished(record)
+        return record
+
+    async def _run_step(self, record: WorkflowRecord, definition: StepDefinition) -> str | None:
+        """Run one step with its retries and timeout; returns None or the final error."""
+        step_record = record.steps[definition.name]
+        function = STEPS[definition.run]
+        context = StepContext(workflow=record, step=definition.name, env=self.env)
+        while True:
+            step_record.status = "running"
+            step_record.attempts += 1
+            step_record.started_at = time.time()
+            step_record.node = self.env.node_id
+            step_record.error = None
+            await self.store.save(
+                record,
+                {
+                    "kind": "step_started",
+                    "step": definition.name,
+                    "attempt": step_record.attempts,
+                    "node": self.env.node_id,
+                },
+            )
+            try:
+                if definition.changes_state and self.env.before_state_change is not None:
+                    await self.env.before_state_change(record, definition.name)
+                output = await asyncio.wait_for(function(context), timeout=definition.timeout)
+            except Escalate as error:
+                return await self._fail_step(record, definition, f"escalated: {error}")
+            except TimeoutError:
+                failure = f"timed out after {definition.timeout:g} s"
+            except Exception as error:
+                failure = f"{type(error).__name__}: {error}"
+            else:
+                step_record.status = "succeeded"
+                step_record.finished_at = time.time()
+                step_record.output = output or {}
+                await self.store.save(
+                    record,
+                    {
+                        "kind": "step_succeeded",
+                        "step": definition.name,
+                        "node": self.env.node_id,
+                        "seconds": step_record.finished_at - step_record.started_at,
+                    },
+                )
+                return None
+            if step_record.attempts >= definition.retry.max_attempts:
+                return await self._fail_step(record, definition, failure)
+            await self.store.save(
+                record,
+                {
+                    "kind": "step_retrying",
+                    "step": definition.name,
+                    "error": failure,
+                    "node": self.env.node_id,
+                },
+            )
+            await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    async def _fail_step(
+        self, record: WorkflowRecord, definition: StepDefinition, failure: str
+    ) -> str:
+        step_record = record.steps[definition.name]
+        step_record.status = "failed"
+        step_record.finished_at = time.time()
+        step_record.error = failure
+        await self.store.save(
+            record,
+            {
+                "kind": "step_failed",
+                "step": definition.name,
+                "error": failure,
+                "node": self.env.node_id,
+            },
+        )
+        return failure
+
+    async def _escalate(
+        self, record: WorkflowRecord, step_name: str, reason: str
+    ) -> WorkflowRecord:
+        record.escalation = f"step {step_name}: {reason}"
+        if record.definition.on_failure is not None:
+            context = StepContext(workflow=record, step="on_failure", env=self.env)
+            try:
+                await asyncio.wait_for(STEPS[record.definition.on_failure](context), timeout=30)
+            except Exception as error:
+                record.escalation += f"; on_failure step failed: {error}"
+        record.status = "escalated"
+        record.finished_at = time.time()
+        await self.store.save(
+            record,
+            {"kind": "workflow_escalated", "reason": record.escalation, "node": self.env.node_id},
+        )
+        await self.store.disown(record.id)
+        if self.on_finished is not None:
+            await self.on_finished(record)
+        return record
+
+    async def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
