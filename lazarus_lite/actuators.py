@@ -1,0 +1,114 @@
+"""Actuators: how the controller changes the fleet (here: provisions a replacement replica).
+
+`LocalProcessActuator` starts a real `redis-server` replica on loopback (and a heartbeat sensor
+beside it, when told the control store), and records every process it started in
+`WORKDIR/provisioned.jsonl`, so the testbed's `down` stops them too. A cloud actuator would
+implement the same `Actuator` protocol. Not for: deciding whether to provision (the workflow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from ratequeue.redis_processes import (
+    CLIENT_HOST,
+    PEER_HOST,
+    RedisProcess,
+    start_redis,
+    wait_for_replicas_in_sync,
+)
+from ratequeue.topology import NodeRef
+
+PROVISIONED_FILE = "provisioned.jsonl"
+
+
+class Actuator(Protocol):
+    async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
+        """Start a replica of `primary` named `name`; return once it is in sync."""
+
+
+class LocalProcessActuator:
+    def __init__(self, workdir: Path, *, control_url: str | None = None) -> None:
+        self.workdir = workdir
+        self.control_url = control_url
+        self._lock = threading.Lock()
+
+    def provisioned(self) -> list[dict]:
+        path = self.workdir / PROVISIONED_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _record(self, entry: dict) -> None:
+        with self._lock, (self.workdir / PROVISIONED_FILE).open("a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
+        return await asyncio.to_thread(self._provision_replica, shard, name, primary)
+
+    def _provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        primary_process = RedisProcess(
+            name=primary.name,
+            role="primary",
+            shard=shard,
+            port=primary.port,
+            workdir=self.workdir,
+            pid=0,
+            host=primary.host,
+            peer_host=primary.peer_host or primary.host,
+        )
+        replica = start_redis(
+            name, "replica", shard, self.workdir, replica_of=primary_process, detached=True
+        )
+        self._record(
+            {
+                "name": name,
+                "role": "replica",
+                "shard": shard,
+                "host": replica.host,
+                "port": replica.port,
+                "pid": replica.pid,
+            }
+        )
+        wait_for_replicas_in_sync(primary_process, [replica], timeout=20)
+        if self.control_url is not None:
+            self._start_sensor(shard, replica)
+        return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
+
+    def _start_sensor(self, shard: str, replica: RedisProcess) -> None:
+        log = self.workdir / f"sensor-{replica.name}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "failover",
+                    "sensor",
+                    "--control",
+                    str(self.control_url),
+                    "--replica",
+                    f"{PEER_HOST}:{replica.port}",
+                    "--name",
+                    f"sensor-{replica.name}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._record(
+            {
+                "name": f"sensor-{replica.name}",
+                "role": "sensor",
+                "shard": shard,
+                "host": PEER_HOST,
+                "port": replica.port,
+                "pid": process.pid,
+            }
+        )
