@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from failover.probes import ProbeResult, ping, replication_info
 from pydantic import BaseModel
 
 from failover.events import Event
+from failover.probes import ProbeResult, ping, replication_info
 from lazarus_lite.rules import CheckSpec
 from ratequeue.topology import NodeRef, Shard, Topology
 
