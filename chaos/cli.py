@@ -22,10 +22,13 @@ def testbed_up(
     dir: Path = typer.Option(..., "--dir", help="directory for state, data and logs"),
     shards: int = typer.Option(3, min=1, max=64),
     replicas: int = typer.Option(2, min=1, max=8),
+    controllers: int = typer.Option(3, min=0, max=9, help="Lazarus-lite nodes (0: none)"),
+    sensors: bool = typer.Option(True, help="a heartbeat sensor beside every replica"),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
     try:
-        state = testbed_module.up(dir, shards=shards, replicas=replicas)
+        state = testbed_module.up(dir, shards=shards, replicas=replicas,
+                                  controllers=controllers, sensors=sensors)
     except (testbed_module.TestbedError, RuntimeError) as error:
         console.print(f"[red]testbed up failed:[/] {error}")
         raise typer.Exit(1) from None

@@ -1,5 +1,6 @@
-"""The local testbed: a whole deployment on loopback (control store, shards, ratequeue API),
-started in the background and described by `DIR/testbed.json` so other commands can find it.
+"""The local testbed: a whole deployment on loopback (control store, shards, ratequeue API, a
+heartbeat sensor beside every replica, three Lazarus-lite controller nodes), started in the
+background and described by `DIR/testbed.json` so other commands can find it.
 
 `up` returns with everything running; `down` stops exactly the processes `up` started (checked
 by command line, so a recycled pid is never killed). Not for: faults (see the fault backends).
@@ -19,7 +20,8 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from lazarus_lite.actuators import PROVISIONED_FILE
+from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
 
 STATE_FILE = "testbed.json"
 
@@ -28,7 +30,7 @@ class TestbedNode(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: str  # control | primary | replica | api
+    role: str  # control | primary | replica | api | sensor | lazarus
     shard: str | None = None
     host: str
     port: int
@@ -62,8 +64,12 @@ def load_state(directory: Path) -> TestbedState:
     return TestbedState.model_validate_json(path.read_text())
 
 
+REDIS_ROLES = {"control", "primary", "replica"}
+PROGRAM_OF_ROLE = {"api": "ratequeue", "sensor": "failover", "lazarus": "lazarus_lite"}
+
+
 def _expected_program(node: TestbedNode) -> str:
-    return "redis-server" if node.role in {"control", "primary", "replica"} else "ratequeue"
+    return "redis-server" if node.role in REDIS_ROLES else PROGRAM_OF_ROLE[node.role]
 
 
 def process_alive(node: TestbedNode) -> bool:
@@ -76,53 +82,194 @@ def process_alive(node: TestbedNode) -> bool:
     return state != "Z" and _expected_program(node) in cmdline
 
 
+def _spawn(directory: Path, name: str, args: list[str]) -> subprocess.Popen:
+    log = directory / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_healthy(node: TestbedNode, process: subprocess.Popen, directory: Path) -> None:
+    url = f"http://{node.host}:{node.port}/healthz"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TestbedError(f"{node.name} exited at start; see {directory}/logs/{node.name}.log")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    _terminate(node)
+    raise TestbedError(f"{node.name} not healthy within 20 s; see {directory}/logs")
+
+
 def start_api(
     directory: Path, control_url: str, extra_args: list[str] | None = None
 ) -> TestbedNode:
     port = free_port((CLIENT_HOST,))
-    log = (directory / "logs").joinpath("api.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ratequeue", "serve", "--control", control_url,
-             "--host", CLIENT_HOST, "--port", str(port), *(extra_args or [])],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    process = _spawn(
+        directory,
+        "api",
+        [
+            "ratequeue",
+            "serve",
+            "--control",
+            control_url,
+            "--host",
+            CLIENT_HOST,
+            "--port",
+            str(port),
+            *(extra_args or []),
+        ],
+    )
     node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=port, pid=process.pid)
-    url = f"http://{CLIENT_HOST}:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise TestbedError(f"ratequeue API exited at start; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return node
-        time.sleep(0.1)
-    _terminate(node)
-    raise TestbedError(f"ratequeue API not healthy within 20 s; see {log}")
+    _wait_healthy(node, process, directory)
+    return node
 
 
-def up(directory: Path, *, shards: int = 3, replicas: int = 2) -> TestbedState:
-    """Start a testbed in `directory` and leave it running."""
+def start_controllers(
+    directory: Path, control_url: str, count: int, extra_args: list[str] | None = None
+) -> list[TestbedNode]:
+    """`count` Lazarus-lite nodes, each knowing the others as its quorum peers."""
+    ports = []
+    while len(ports) < count:
+        port = free_port((CLIENT_HOST,))
+        if port not in ports:
+            ports.append(port)
+    urls = [f"http://{CLIENT_HOST}:{p}" for p in ports]
+    started: list[tuple[TestbedNode, subprocess.Popen]] = []
+    try:
+        for index, port in enumerate(ports):
+            name = f"lazarus{index + 1}"
+            peers = [arg for url in urls if url != urls[index] for arg in ("--peer", url)]
+            process = _spawn(
+                directory,
+                name,
+                [
+                    "lazarus_lite",
+                    "serve",
+                    "--node-id",
+                    name,
+                    "--control",
+                    control_url,
+                    "--host",
+                    CLIENT_HOST,
+                    "--port",
+                    str(port),
+                    "--quorum",
+                    str(min(2, count)),
+                    "--actuator-dir",
+                    str(directory / "redis"),
+                    "--log-level",
+                    "info",
+                    *peers,
+                    *(extra_args or []),
+                ],
+            )
+            node = TestbedNode(
+                name=name, role="lazarus", host=CLIENT_HOST, port=port, pid=process.pid
+            )
+            started.append((node, process))
+        for node, process in started:
+            _wait_healthy(node, process, directory)
+    except BaseException:
+        for node, _ in started:
+            _terminate(node)
+        raise
+    return [node for node, _ in started]
+
+
+def start_sensor(
+    directory: Path, control_url: str, replica: TestbedNode, extra_args: list[str] | None = None
+) -> TestbedNode:
+    name = f"sensor-{replica.name}"
+    process = _spawn(
+        directory,
+        name,
+        [
+            "failover",
+            "sensor",
+            "--control",
+            control_url,
+            "--replica",
+            f"{PEER_HOST}:{replica.port}",
+            "--name",
+            name,
+            *(extra_args or []),
+        ],
+    )
+    return TestbedNode(
+        name=name,
+        role="sensor",
+        shard=replica.shard,
+        host=PEER_HOST,
+        port=replica.port,
+        pid=process.pid,
+    )
+
+
+def provisioned_nodes(directory: Path) -> list[TestbedNode]:
+    """Processes the controllers' local actuator started (replacement replicas, their sensors)."""
+    path = directory / "redis" / PROVISIONED_FILE
+    if not path.exists():
+        return []
+    nodes = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            nodes.append(TestbedNode.model_validate_json(line))
+    return nodes
+
+
+def up(
+    directory: Path,
+    *,
+    shards: int = 3,
+    replicas: int = 2,
+    controllers: int = 3,
+    sensors: bool = True,
+) -> TestbedState:
+    """Start a testbed in `directory` and leave it running. With `controllers=0` and
+    `sensors=False` it is the queue alone (no automated failover)."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
         if any(process_alive(n) for n in existing.nodes):
             raise TestbedError(f"a testbed is already running in {directory}; run down first")
-    cluster = LocalCluster.start(directory / "redis", shards=shards, replicas=replicas,
-                                 detached=True)  # fmt: skip
+    cluster = LocalCluster.start(
+        directory / "redis", shards=shards, replicas=replicas, detached=True
+    )
     nodes = [
         TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid)
         for n in cluster.nodes()
     ]
+    started: list[TestbedNode] = []
     try:
         api = start_api(directory, cluster.control.url)
+        started.append(api)
+        lazarus = start_controllers(directory, cluster.control.url, controllers)
+        started += lazarus
+        if sensors:
+            started += [
+                start_sensor(directory, cluster.control.url, n)
+                for n in nodes
+                if n.role == "replica"
+            ]
     except BaseException:
+        for node in started:
+            _terminate(node)
         cluster.stop()
         raise
-    nodes.append(api)
+    nodes += started
     state = TestbedState(
-        api=f"http://{api.host}:{api.port}", control=cluster.control.url, nodes=nodes
+        api=f"http://{api.host}:{api.port}",
+        control=cluster.control.url,
+        nodes=nodes,
+        lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
     )
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state
@@ -146,8 +293,9 @@ def down(directory: Path) -> list[str]:
     """Stop every process the testbed in `directory` started; returns their names."""
     state = load_state(directory)
     stopped = []
-    # API and controllers first, so nothing reacts to the Redis nodes going away.
-    order = sorted(state.nodes, key=lambda n: n.role in {"control", "primary", "replica"})
+    # API, controllers and sensors first, so nothing reacts to the Redis nodes going away.
+    everything = [*state.nodes, *provisioned_nodes(directory)]
+    order = sorted(everything, key=lambda n: n.role in REDIS_ROLES)
     for node in order:
         if process_alive(node):
             _terminate(node)
@@ -169,10 +317,17 @@ def status(directory: Path) -> tuple[TestbedState, dict[str, bool], dict | None]
 
 @contextlib.contextmanager
 def running_testbed(
-    directory: Path, *, shards: int = 3, replicas: int = 2
+    directory: Path,
+    *,
+    shards: int = 3,
+    replicas: int = 2,
+    controllers: int = 3,
+    sensors: bool = True,
 ) -> Iterator[TestbedState]:
     """A testbed for the duration of a `with` block, stopped on the way out, also on error."""
-    state = up(directory, shards=shards, replicas=replicas)
+    state = up(
+        directory, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
+    )
     try:
         yield state
     finally:

@@ -249,7 +249,9 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
     if actuator is None:
         return {"skipped": "no actuator configured"}
     shard_id = ctx.inputs["shard"]
-    target = int(ctx.inputs.get("target_replicas") or 0)
+    target = int(
+        ctx.inputs.get("target_replicas") or ctx.output("fence_old_primary")["replica_count"]
+    )
     topology = await load_topology(ctx)
     shard = topology.shard(shard_id)
     if len(shard.replicas) >= target:

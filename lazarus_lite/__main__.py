@@ -1,0 +1,3 @@
+from lazarus_lite.cli import app
+
+app()

@@ -1,0 +1,119 @@
+"""The audit trail: for every event, what the controller decided and why (rule matched, each
+node's check results, the quorum outcome, the gates that stopped an action, notifications, and
+the workflow with every step), kept in the control store and served by REST and CLI.
+
+Not for: making decisions; records are written by the controller as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, Field
+
+from lazarus_lite.checks import CheckResult
+
+AUDIT_INDEX = "lz:audit:index"
+AUDIT_RETENTION_SECONDS = 30 * 24 * 3600
+
+Outcome = Literal[
+    "received",  # being decided
+    "ignored",  # not an incident (heartbeats)
+    "duplicate",  # same incident as an earlier event
+    "stale",  # too old to act on
+    "escalated",  # handed to a person, no action
+    "no_action",  # a gate stopped the action (kill switch, rate limit, breaker, shadow)
+    "recorded",  # the rule's action is to record it
+    "scheduled",  # the workflow runs
+    "remediated",  # the workflow succeeded
+]
+
+
+class NodeVerdict(BaseModel):
+    node: str
+    passed: bool
+    results: list[CheckResult] = Field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class QuorumOutcome(BaseModel):
+    required: int
+    passed: list[str]
+    failed: list[str]
+    unanswered: list[str]
+
+    @property
+    def reached(self) -> bool:
+        return len(self.passed) >= self.required
+
+
+class Note(BaseModel):
+    at: float
+    kind: str
+    detail: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditRecord(BaseModel):
+    event_id: str
+    event: dict[str, Any]
+    service: str
+    received_at: float
+    coordinator: str
+    outcome: Outcome = "received"
+    reason: str = ""
+    rule: str | None = None
+    verdicts: list[NodeVerdict] = Field(default_factory=list)
+    quorum: QuorumOutcome | None = None
+    workflow_id: str | None = None
+    decided_at: float | None = None
+    notes: list[Note] = Field(default_factory=list)
+
+    def note(self, kind: str, detail: str, **data: Any) -> None:
+        self.notes.append(Note(at=time.time(), kind=kind, detail=detail, data=data))
+
+
+def audit_key(event_id: str) -> str:
+    return f"lz:audit:{event_id}"
+
+
+class AuditLog:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def save(self, record: AuditRecord) -> None:
+        async with self._control.pipeline(transaction=True) as pipe:
+            pipe.set(
+                audit_key(record.event_id), record.model_dump_json(), ex=AUDIT_RETENTION_SECONDS
+            )
+            pipe.zadd(AUDIT_INDEX, {record.event_id: record.received_at})
+            await pipe.execute()
+
+    async def get(self, event_id: str) -> AuditRecord | None:
+        raw = await self._control.get(audit_key(event_id))
+        return None if raw is None else AuditRecord.model_validate_json(raw)
+
+    async def exists(self, event_id: str) -> bool:
+        return bool(await self._control.exists(audit_key(event_id)))
+
+    async def list(
+        self, *, service: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        """Newest first."""
+        ids = await self._control.zrevrangebyscore(
+            AUDIT_INDEX,
+            "+inf",
+            since if since is not None else "-inf",
+            start=0,
+            num=max(limit * 5, limit) if service else limit,
+        )
+        if not ids:
+            return []
+        raws = await self._control.mget([audit_key(i.decode()) for i in ids])
+        records = [AuditRecord.model_validate_json(r) for r in raws if r is not None]
+        if service is not None:
+            records = [r for r in records if r.service == service]
+        return records[:limit]

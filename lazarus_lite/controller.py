@@ -1,0 +1,325 @@
+"""A Lazarus-lite controller node: takes events from the stream, matches a rule, coordinates the
+quorum of nodes on the rule's precondition checks, and schedules the rule's workflow, or
+escalates; it also resumes orphaned workflows and holds returning former primaries.
+
+The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
+evaluate them on their own (`evaluate`), and needs `quorum` nodes whose every check passed.
+Anything less, or no matching rule, escalates without acting. Each decision is written to the
+audit trail as it is made. Not for: HTTP (see `service`) or the steps (see `ratequeue_failover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from failover.events import Event
+from failover.streams import EventStream, Received
+from lazarus_lite import lock_steps, ratequeue_failover  # noqa: F401  (registers the steps)
+from lazarus_lite.actuators import LocalProcessActuator
+from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome
+from lazarus_lite.checks import CHECKS, run_checks
+from lazarus_lite.locks import Locks
+from lazarus_lite.rules import Rule, RuleBook, load_rules
+from lazarus_lite.settings import ControllerSettings
+from lazarus_lite.workflow import StepEnvironment, WorkflowEngine, WorkflowRecord, load_workflows
+from ratequeue.topology import TopologyStore
+
+log = logging.getLogger(__name__)
+
+RECORD_ONLY_ACTION = "default.record"
+ESCALATIONS_STREAM = "lz:escalations"
+SENSORS_KEY = "lz:sensors"
+
+
+def incident_claim_key(event: Event) -> str:
+    return f"lz:incident:{event.type}:{event.dedup_key}"
+
+
+def lock_resource(rule: Rule, event: Event) -> str:
+    if rule.lock == "shard":
+        return f"{event.service}/{event.shard}"
+    if rule.lock == "service":
+        return event.service
+    return event.host
+
+
+class ControllerNode:
+    def __init__(
+        self, settings: ControllerSettings, *, control: aioredis.Redis, stream: EventStream
+    ) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.control = control
+        self.stream = stream
+        self.definitions = load_workflows(settings.workflows)
+        self.rules: RuleBook = load_rules(
+            settings.rules,
+            known_checks=CHECKS,
+            known_actions=[*self.definitions, RECORD_ONLY_ACTION],
+        )
+        actuator = (
+            LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
+            if settings.actuator_dir is not None
+            else None
+        )
+        self.locks = Locks(control)
+        self.engine = WorkflowEngine(
+            StepEnvironment(control, self.locks, self.node_id, {"actuator": actuator}),
+            self.definitions,
+            on_finished=self._workflow_finished,
+        )
+        self.audit = AuditLog(control)
+        self.topology = TopologyStore(control)
+        self._http = httpx.AsyncClient(timeout=settings.quorum_timeout)
+        self._tasks: list[asyncio.Task] = []
+        self._handling: set[asyncio.Task] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._consume(), name=f"{self.node_id}-consume"),
+            asyncio.create_task(self._resume_orphans(), name=f"{self.node_id}-resume"),
+            asyncio.create_task(self._hold_forensics(), name=f"{self.node_id}-forensics"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._handling]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._handling, return_exceptions=True)
+        await self.engine.stop()
+        await self._http.aclose()
+
+    # -- intake ----------------------------------------------------------------------------
+    async def submit(self, event: Event) -> str:
+        """Deposit an event into the stream (the REST intake)."""
+        return await self.stream.publish(event)
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                batch = await self.stream.receive(self.node_id, count=10, block_ms=200)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("%s: stream unavailable: %s", self.node_id, error)
+                await asyncio.sleep(0.5)
+                continue
+            for received in batch:
+                task = asyncio.create_task(self._handle_and_ack(received))
+                self._handling.add(task)
+                task.add_done_callback(self._handling.discard)
+
+    async def _handle_and_ack(self, received: Received) -> None:
+        try:
+            await self.handle(received.event)
+            await self.stream.ack(received)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not acked: another node reclaims it after the stream's reclaim interval.
+            log.exception("%s: event %s not handled", self.node_id, received.event.id)
+
+    async def handle(self, event: Event) -> AuditRecord | None:
+        """Decide one event as its coordinator; returns its audit record (None for heartbeats)."""
+        if event.type == "SensorHeartbeat":
+            await self.control.hset(SENSORS_KEY, event.source, event.to_json())
+            return None
+        existing = await self.audit.get(event.id)
+        if existing is not None and existing.outcome != "received":
+            return existing  # decided already (a reclaimed entry)
+        record = AuditRecord(
+            event_id=event.id,
+            event=event.model_dump(mode="json"),
+            service=event.service,
+            received_at=time.time(),
+            coordinator=self.node_id,
+        )
+        await self.audit.save(record)
+        claimed = await self.control.set(
+            incident_claim_key(event), event.id, nx=True, ex=int(self.settings.incident_ttl)
+        )
+        if not claimed:
+            first = await self.control.get(incident_claim_key(event))
+            first_id = first.decode() if first else "?"
+            if first_id != event.id:
+                return await self._decide(record, "duplicate", f"same incident as event {first_id}")
+        rule = self.rules.match(event)
+        if rule is None:
+            return await self._escalate(record, "no rule matches this event")
+        record.rule = rule.name
+        if rule.action.name == RECORD_ONLY_ACTION:
+            await self._release_incident(event)
+            return await self._decide(record, "recorded", f"rule {rule.name} records the event")
+        verdicts, quorum = await self.gather_verdicts(event, rule)
+        record.verdicts, record.quorum = verdicts, quorum
+        if not quorum.reached:
+            failing = sorted({r.name for v in verdicts for r in v.results if not r.ok})
+            return await self._escalate(
+                record,
+                f"quorum not reached: {len(quorum.passed)} of {quorum.required} nodes passed "
+                f"every check" + (f" (failed: {', '.join(failing)})" if failing else ""),
+            )
+        workflow = await self.engine.start(
+            rule.action.name, self.workflow_inputs(rule, event), event_id=event.id
+        )
+        record.workflow_id = workflow.id
+        return await self._decide(record, "scheduled", f"quorum reached; {workflow.id} runs")
+
+    def workflow_inputs(self, rule: Rule, event: Event) -> dict[str, Any]:
+        return {
+            **rule.action.inputs,
+            "event_id": event.id,
+            "service": event.service,
+            "shard": event.shard,
+            "failed_primary": event.data.get("primary"),
+            "failed_shard_epoch": event.data.get("shard_epoch"),
+            "min_replicas": self.settings.min_replicas,
+            "forensics_policy": self.settings.forensics_policy,
+            "target_replicas": event.data.get("replica_count"),
+            "lock_kind": rule.lock or "service",
+            "lock_resource": lock_resource(rule, event),
+        }
+
+    async def _decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
+        record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
+        await self.audit.save(record)
+        log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
+        return record
+
+    async def _escalate(self, record: AuditRecord, reason: str) -> AuditRecord:
+        await self.control.xadd(
+            ESCALATIONS_STREAM,
+            {"event_id": record.event_id, "reason": reason, "node": self.node_id},
+            maxlen=10_000,
+            approximate=True,
+        )
+        record.note("escalation", reason)
+        log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
+        return await self._decide(record, "escalated", reason)
+
+    async def _release_incident(self, event: Event) -> None:
+        """A recovery ends the incident: a later failure of the same primary is a new one."""
+        if event.incident_key:
+            with contextlib.suppress(Exception):
+                key = f"lz:incident:RedisMasterDown:{event.incident_key}"
+                first = await self.control.get(key)
+                if first is not None:
+                    down = await self.audit.get(first.decode())
+                    if down is None or down.outcome in {"escalated", "duplicate", "no_action"}:
+                        await self.control.delete(key)
+
+    # -- quorum ----------------------------------------------------------------------------
+    async def evaluate(self, event: Event, rule: Rule) -> NodeVerdict:
+        """Run the rule's checks from this node's own vantage point."""
+        started = time.monotonic()
+        try:
+            topology = await self.topology.load()
+            results = await run_checks(
+                event,
+                topology,
+                rule.checks,
+                min_replicas=self.settings.min_replicas,
+                probe_timeout=self.settings.probe_timeout,
+            )
+        except Exception as error:
+            return NodeVerdict(
+                node=self.node_id,
+                passed=False,
+                error=str(error),
+                seconds=time.monotonic() - started,
+            )
+        return NodeVerdict(
+            node=self.node_id,
+            passed=all(r.ok for r in results),
+            results=results,
+            seconds=time.monotonic() - started,
+        )
+
+    async def _ask_peer(self, url: str, event: Event, rule: Rule) -> NodeVerdict:
+        started = time.monotonic()
+        try:
+            response = await self._http.post(
+                f"{url}/v1/quorum/evaluate",
+                json={"event": event.model_dump(mode="json"), "rule": rule.name},
+            )
+            response.raise_for_status()
+            return NodeVerdict.model_validate(response.json())
+        except Exception as error:
+            return NodeVerdict(
+                node=url,
+                passed=False,
+                error=f"no answer: {error}",
+                seconds=time.monotonic() - started,
+            )
+
+    async def gather_verdicts(
+        self, event: Event, rule: Rule
+    ) -> tuple[list[NodeVerdict], QuorumOutcome]:
+        asks = [
+            self.evaluate(event, rule),
+            *(self._ask_peer(u, event, rule) for u in self.settings.peers),
+        ]
+        verdicts = list(await asyncio.gather(*asks))
+        quorum = QuorumOutcome(
+            required=self.settings.quorum,
+            passed=[v.node for v in verdicts if v.passed],
+            failed=[v.node for v in verdicts if not v.passed and v.error is None],
+            unanswered=[v.node for v in verdicts if v.error is not None],
+        )
+        return verdicts, quorum
+
+    # -- background duties -----------------------------------------------------------------
+    async def _workflow_finished(self, workflow: WorkflowRecord) -> None:
+        if workflow.event_id is None:
+            return
+        record = await self.audit.get(workflow.event_id)
+        if record is None:
+            return
+        if workflow.status == "succeeded":
+            record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
+        else:
+            record.outcome, record.reason = (
+                "escalated",
+                f"workflow {workflow.id}: {workflow.escalation}",
+            )
+            await self.control.xadd(
+                ESCALATIONS_STREAM,
+                {"event_id": record.event_id, "reason": record.reason, "node": self.node_id},
+            )
+        record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        await self.audit.save(record)
+
+    async def _resume_orphans(self) -> None:
+        while True:
+            try:
+                await self.engine.resume_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("%s: resume scan failed: %s", self.node_id, error)
+            await asyncio.sleep(self.settings.resume_interval)
+
+    async def _hold_forensics(self) -> None:
+        """Former primaries never rejoin on their own: when one answers again, apply the policy."""
+        while True:
+            await asyncio.sleep(self.settings.forensics_interval)
+            try:
+                topology = await self.topology.load()
+                for shard in topology.shards if topology else []:
+                    for node in shard.forensics:
+                        state = await ratequeue_failover.hold_for_forensics(
+                            node, self.settings.forensics_policy
+                        )
+                        if state in {"demoted", "stopped"}:
+                            log.warning("%s: former primary %s %s", self.node_id, node.name, state)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("%s: forensics watch failed: %s", self.node_id, error)

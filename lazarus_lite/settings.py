@@ -1,0 +1,65 @@
+"""Settings of a controller node, validated before it starts: a bad value stops the node with a
+message naming the setting. Not for: rules or workflows (YAML files, see `rules`, `workflow`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFINITIONS = Path(__file__).parent / "definitions"
+
+
+class InvalidSetting(ValueError):
+    pass
+
+
+class ControllerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    control_url: str
+    peers: list[str] = Field(default_factory=list, description="URLs of the other nodes")
+    quorum: int = Field(2, ge=1, le=15)
+    quorum_timeout: float = Field(2.0, gt=0, le=60)
+    min_replicas: int = Field(1, ge=0, le=16, description="what ratequeue's WAIT requires")
+    probe_timeout: float = Field(0.25, gt=0, le=10)
+    rules: list[Path] = Field(default_factory=lambda: [DEFINITIONS / "rules"])
+    workflows: Path = DEFINITIONS / "workflows"
+    actuator_dir: Path | None = None
+    forensics_policy: Literal["demote", "stop"] = "demote"
+    stream: Literal["redis", "kinesis"] = "redis"
+    kinesis_stream: str = "lazarus-events"
+    kinesis_region: str = "us-east-1"
+    kinesis_endpoint: str | None = None
+    incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
+    resume_interval: float = Field(1.0, gt=0, le=60)
+    forensics_interval: float = Field(2.0, gt=0, le=600)
+
+    @field_validator("control_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://host:port URL")
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"'{url}' is not an http(s):// URL")
+        return [url.rstrip("/") for url in value]
+
+    @classmethod
+    def parse(cls, **values: object) -> ControllerSettings:
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as error:
+            raise InvalidSetting(
+                "; ".join(
+                    f"setting '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+                    for e in error.errors()
+                )
+            ) from None
