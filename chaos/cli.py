@@ -27,8 +27,9 @@ def testbed_up(
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
     try:
-        state = testbed_module.up(dir, shards=shards, replicas=replicas,
-                                  controllers=controllers, sensors=sensors)
+        state = testbed_module.up(
+            dir, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
+        )
     except (testbed_module.TestbedError, RuntimeError) as error:
         console.print(f"[red]testbed up failed:[/] {error}")
         raise typer.Exit(1) from None

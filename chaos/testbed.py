@@ -232,6 +232,7 @@ def up(
     replicas: int = 2,
     controllers: int = 3,
     sensors: bool = True,
+    controller_args: list[str] | None = None,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover)."""
@@ -251,7 +252,7 @@ def up(
     try:
         api = start_api(directory, cluster.control.url)
         started.append(api)
-        lazarus = start_controllers(directory, cluster.control.url, controllers)
+        lazarus = start_controllers(directory, cluster.control.url, controllers, controller_args)
         started += lazarus
         if sensors:
             started += [
@@ -323,10 +324,16 @@ def running_testbed(
     replicas: int = 2,
     controllers: int = 3,
     sensors: bool = True,
+    controller_args: list[str] | None = None,
 ) -> Iterator[TestbedState]:
     """A testbed for the duration of a `with` block, stopped on the way out, also on error."""
     state = up(
-        directory, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
+        directory,
+        shards=shards,
+        replicas=replicas,
+        controllers=controllers,
+        sensors=sensors,
+        controller_args=controller_args,
     )
     try:
         yield state

@@ -21,7 +21,11 @@ import redis.asyncio as aioredis
 
 from failover.events import Event
 from failover.streams import EventStream, Received
-from lazarus_lite import lock_steps, ratequeue_failover  # noqa: F401  (registers the steps)
+from lazarus_lite import (  # noqa: F401  (importing registers the steps)
+    approval_steps,
+    lock_steps,
+    ratequeue_failover,
+)
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome
 from lazarus_lite.checks import CHECKS, run_checks

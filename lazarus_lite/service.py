@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from failover.events import InvalidEvent, parse_event
 from failover.stream_factory import open_event_stream
 from failover.streams import EventStream
+from lazarus_lite.approval_steps import approve
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.workflow import WorkflowStore
@@ -150,6 +151,22 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         if found is None:
             raise ApiError(404, "not_found", f"no workflow {workflow_id}")
         return found
+
+    @app.post("/v1/workflows/{workflow_id}/approve")
+    async def approve_step(workflow_id: str, request: Request) -> dict:
+        body = await read_body(request)
+        step_name = body.get("step") if isinstance(body, dict) else None
+        if not isinstance(step_name, str) or not step_name:
+            raise ApiError(400, "invalid_request", "field 'step': expected the gate's step name")
+        found = await workflows.load(workflow_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no workflow {workflow_id}")
+        if step_name not in found.steps:
+            raise ApiError(
+                400, "invalid_request", f"field 'step': {workflow_id} has no step '{step_name}'"
+            )
+        await approve(control, workflow_id, step_name)
+        return {"workflow": workflow_id, "step": step_name, "approved": True}
 
     @app.post("/v1/quorum/evaluate")
     async def evaluate(request: Request) -> dict:

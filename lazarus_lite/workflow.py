@@ -74,6 +74,7 @@ class StepDefinition(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     timeout: float = Field(30.0, gt=0)
     changes_state: bool = True
+    params: dict[str, Any] = Field(default_factory=dict, description="given to the step")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -172,6 +173,13 @@ class StepContext:
     @property
     def inputs(self) -> dict[str, Any]:
         return self.workflow.inputs
+
+    @property
+    def params(self) -> dict[str, Any]:
+        for definition in self.workflow.definition.steps:
+            if definition.name == self.step:
+                return definition.params
+        return {}
 
     def output(self, step: str) -> dict[str, Any]:
         return self.workflow.output(step)

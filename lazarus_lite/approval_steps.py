@@ -1,0 +1,34 @@
+"""An approval gate for workflows: a step that holds the workflow until an operator approves it
+(`POST /v1/workflows/{id}/approve`), for services that want a person in the loop before a
+destructive step. Its waiting is durable like any step: if the node dies, the node that resumes
+the workflow waits on the same approval. Not for: notifications (the pager says a gate waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lazarus_lite.workflow import StepContext, step
+
+APPROVED = b"approved"
+
+
+def approval_key(workflow_id: str, step_name: str) -> str:
+    return f"lz:approval:{workflow_id}:{step_name}"
+
+
+async def approve(control: aioredis.Redis, workflow_id: str, step_name: str) -> None:
+    await control.set(approval_key(workflow_id, step_name), APPROVED, ex=7 * 24 * 3600)
+
+
+@step("approval.wait")
+async def wait_for_approval(ctx: StepContext) -> dict[str, Any]:
+    """Wait (within the step's timeout) until the gate is approved."""
+    key = approval_key(ctx.workflow.id, ctx.step)
+    poll = float(ctx.params.get("poll_seconds", 0.2))
+    while await ctx.env.control.get(key) != APPROVED:
+        await asyncio.sleep(poll)
+    return {"approved": True}
