@@ -1,0 +1,275 @@
+"""The event stream's two backends against real servers: Redis Streams on a real redis-server,
+and Kinesis through boto3 against moto's standalone server over HTTP (its group state, leases,
+checkpoints and dead letters on a real redis-server). Shared behaviour is parametrized over both
+backends and opened through `open_event_stream`, the way sensors and controllers open it.
+
+One moto server serves the whole module (each test uses its own Kinesis stream); each test gets
+its own redis-server. Reclaim intervals are short so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from failover.events import Event, new_event
+from failover.kinesis import KinesisEventStream, parse_receipt
+from failover.stream_factory import open_event_stream
+from failover.streams import DeadLetters, Received
+from ratequeue.redis_processes import RedisProcess, start_redis
+from tests.moto_server import MotoServer
+
+RECLAIM_MS = 400  # Redis: reclaim_idle_ms; Kinesis: shard lease
+POLL_MS = 20
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server over HTTP, with dummy credentials in the environment for boto3."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+            env.delenv(name, raising=False)
+        with MotoServer() as moto:
+            yield moto.url
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[RedisProcess]:
+    node = start_redis("control", "control", None, tmp_path)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+class Streams:
+    """Opens consumers (each with its own connections) on one event stream; closes them all."""
+
+    def __init__(self, backend: str, control_url: str, kinesis_endpoint: str | None) -> None:
+        self.backend = backend
+        self.control_url = control_url
+        self.kinesis_endpoint = kinesis_endpoint
+        self.kinesis_stream = f"events-{uuid.uuid4().hex[:10]}"
+        self.opened: list[Any] = []
+
+    def open(self) -> Any:
+        options: dict[str, Any] = {}
+        if self.backend == "kinesis":
+            options = {
+                "kinesis_stream": self.kinesis_stream,
+                "kinesis_region": REGION,
+                "kinesis_endpoint": self.kinesis_endpoint,
+                "poll_interval_ms": POLL_MS,
+            }
+        stream = open_event_stream(self.backend, self.control_url, reclaim_ms=RECLAIM_MS, **options)
+        self.opened.append(stream)
+        return stream
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        control = aioredis.Redis.from_url(self.control_url)
+        try:
+            return await DeadLetters(control).list()
+        finally:
+            await control.aclose()
+
+    async def close(self) -> None:
+        for stream in self.opened:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+
+@pytest.fixture(params=["redis", "kinesis"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    endpoint = request.getfixturevalue("moto_url") if request.param == "kinesis" else None
+    return request.param, endpoint
+
+
+async def open_streams(
+    backend: str, control: RedisProcess, endpoint: str | None, shard_count: int = 1
+) -> Streams:
+    streams = Streams(backend, control.url, endpoint)
+    if backend == "kinesis":
+        await streams.open().ensure_stream(shard_count)
+    return streams
+
+
+@pytest.fixture
+async def streams(backend: tuple[str, str | None], control: RedisProcess) -> AsyncIterator[Streams]:
+    opened = await open_streams(backend[0], control, backend[1])
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def kinesis(moto_url: str, control: RedisProcess) -> AsyncIterator[Streams]:
+    opened = await open_streams("kinesis", control, moto_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def sample_event(incident: str | None = None) -> Event:
+    return new_event(
+        "RedisMasterDown", environment="dev", region="local", service="ratequeue", shard="s0",
+        host="127.0.0.2:7001", source="sensor-s0-replica1", incident_key=incident,
+        data={"master_link_status": "down"},
+    )  # fmt: skip
+
+
+async def receive_n(stream: Any, consumer: str, n: int, timeout: float = 5.0) -> list[Received]:
+    """Receive until `n` events arrived (or `timeout`); returns what arrived."""
+    got: list[Received] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += await stream.receive(consumer, count=n - len(got), block_ms=100)
+    return got
+
+
+async def test_published_event_is_received_once_as_published(streams: Streams) -> None:
+    stream, other = streams.open(), streams.open()
+    event = sample_event()
+    await stream.publish(event)
+
+    got = await receive_n(stream, "c1", 1)
+
+    assert [r.event for r in got] == [event]
+    assert await stream.receive("c1", block_ms=50) == []
+    assert await other.receive("c2", block_ms=50) == []  # well within the reclaim interval
+
+
+MISSING_HOST = {k: v for k, v in json.loads(sample_event().to_json()).items() if k != "host"}
+UNKNOWN_TYPE = {**json.loads(sample_event().to_json()), "type": "RedisOnFire"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason_names"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps(MISSING_HOST), "'host'"),
+        (json.dumps(UNKNOWN_TYPE), "'type'"),
+    ],
+    ids=["bad-json", "missing-field", "unknown-type"],
+)
+async def test_malformed_entry_is_dead_lettered_and_consumer_moves_on(
+    streams: Streams, payload: str, reason_names: str
+) -> None:
+    stream = streams.open()
+    position = await stream.publish_raw(payload)
+    valid = sample_event()
+    await stream.publish(valid)
+
+    got = await receive_n(stream, "c1", 1)
+
+    assert [r.event for r in got] == [valid]
+    [dead] = await streams.dead_letters()
+    assert reason_names in dead["reason"]
+    assert (dead["raw"], dead["backend"], dead["position"]) == (payload, streams.backend, position)
+
+
+async def test_unacked_event_is_redelivered_to_another_consumer_after_reclaim(
+    streams: Streams,
+) -> None:
+    dying, survivor = streams.open(), streams.open()
+    event = sample_event()
+    await dying.publish(event)
+    assert [r.event for r in await receive_n(dying, "dying", 1)] == [event]  # and never acked
+    assert await survivor.receive("survivor", block_ms=50) == []
+
+    await asyncio.sleep(RECLAIM_MS / 1000 + 0.1)
+    got = await receive_n(survivor, "survivor", 1)
+
+    assert [r.event for r in got] == [event]
+
+
+async def test_acked_event_is_not_delivered_again_even_to_a_new_consumer(
+    streams: Streams,
+) -> None:
+    first = streams.open()
+    handled, later = sample_event("incident-1"), sample_event("incident-2")
+    await first.publish(handled)
+    [taken] = await receive_n(first, "first", 1)
+    await first.ack(taken)
+    await asyncio.sleep(RECLAIM_MS / 1000 + 0.1)  # `first` went silent: its claim has lapsed
+
+    newcomer = streams.open()
+    assert await newcomer.receive("newcomer", block_ms=RECLAIM_MS) == []
+    await newcomer.publish(later)
+    assert [r.event for r in await receive_n(newcomer, "newcomer", 1)] == [later]
+
+
+async def test_kinesis_restart_resumes_from_the_checkpoint(kinesis: Streams) -> None:
+    before = kinesis.open()
+    acked, unacked = sample_event("incident-1"), sample_event("incident-2")
+    await before.publish(acked)
+    await before.publish(unacked)
+    first, second = await receive_n(before, "node-1", 2)
+    await before.ack(first)
+    await before.close()  # a clean stop gives the shard lease up
+
+    after = kinesis.open()
+    got = await receive_n(after, "node-1", 1)
+
+    assert [r.event for r in got] == [unacked]
+    assert got[0].receipt == second.receipt
+
+
+async def test_kinesis_out_of_order_ack_never_skips_an_unacked_record(kinesis: Streams) -> None:
+    stream = kinesis.open()
+    events = [sample_event(f"incident-{i}") for i in range(3)]
+    for event in events:
+        await stream.publish(event)
+    first, second, third = await receive_n(stream, "node-1", 3)
+    shard_id = parse_receipt(first.receipt)[0]
+
+    await stream.ack(third)
+    await stream.ack(second)
+    assert await stream.checkpoints() == {}
+    await stream.ack(first)
+
+    assert await stream.checkpoints() == {shard_id: parse_receipt(third.receipt)[1]}
+
+
+async def test_kinesis_reads_every_shard_and_one_consumer_holds_each(
+    moto_url: str, control: RedisProcess
+) -> None:
+    streams = await open_streams("kinesis", control, moto_url, shard_count=2)
+    try:
+        reader, other = streams.open(), streams.open()
+        events = [sample_event(f"incident-{i}") for i in range(8)]
+        positions = {await reader.publish(event) for event in events}
+        assert len({parse_receipt(p)[0] for p in positions}) == 2  # both shards got some
+
+        got = await receive_n(reader, "node-1", len(events))
+
+        assert sorted(r.event.id for r in got) == sorted(e.id for e in events)
+        assert await other.receive("node-2", block_ms=50) == []
+    finally:
+        await streams.close()
+
+
+async def test_kinesis_stream_is_created_once_and_active(kinesis: Streams) -> None:
+    stream: KinesisEventStream = kinesis.open()
+    await stream.ensure_stream()  # already there: no error, nothing recreated
+    await stream.publish(sample_event())
+    await stream.ensure_stream()
+    assert len(await receive_n(stream, "node-1", 1)) == 1
+
+
+def test_open_event_stream_rejects_an_unknown_backend(control: RedisProcess) -> None:
+    with pytest.raises(ValueError, match="kafka"):
+        open_event_stream("kafka", control.url)
