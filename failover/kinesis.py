@@ -46,7 +46,7 @@ from botocore.exceptions import ClientError
 from failover.events import Event, InvalidEvent
 from failover.streams import CONSUMER_GROUP, DeadLetters, Received, validate_entry
 
-DEFAULT_STREAM_NAME = "lz-events"
+DEFAULT_STREAM_NAME = "lazarus-events"  # same default as lazarus_lite.settings
 DEFAULT_REGION = "us-east-1"
 CONTROL_PREFIX = "lz:kinesis"
 MAX_PARTITION_KEY_LENGTH = 256
