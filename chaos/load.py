@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -143,9 +144,12 @@ class LoadRun:
                     Attempt(started_wall, number, shard, True, outcome, latency)
                 )
                 self.ledger.record_ack(
-                    message_id, number, payload["shard"], started_wall + latency,
+                    message_id,
+                    number,
+                    payload["shard"],
+                    started_wall + latency,
                     segments_for_body(body),
-                )  # fmt: skip
+                )
                 return
             error_code = payload.get("error", {}).get("code", str(code))
             self.ledger.record_attempt(
@@ -161,9 +165,11 @@ class LoadRun:
             try:
                 response = await http.post(
                     "/v1/messages:dequeue",
-                    json={"max": self.profile.dequeue_batch,
-                          "lease_seconds": self.profile.lease_seconds},
-                )  # fmt: skip
+                    json={
+                        "max": self.profile.dequeue_batch,
+                        "lease_seconds": self.profile.lease_seconds,
+                    },
+                )
                 messages = (
                     response.json().get("messages", []) if response.status_code == 200 else []
                 )
@@ -172,9 +178,14 @@ class LoadRun:
             now = time.time()
             for message in messages:
                 self.ledger.record_delivery(
-                    Delivery(now, message["id"], message["number"], message["attempt"],
-                             segments_for_body(message["body"]))
-                )  # fmt: skip
+                    Delivery(
+                        now,
+                        message["id"],
+                        message["number"],
+                        message["attempt"],
+                        segments_for_body(message["body"]),
+                    )
+                )
             if messages:
                 with contextlib.suppress(httpx.HTTPError):
                     await http.post(
@@ -182,3 +193,57 @@ class LoadRun:
                     )
             else:
                 await asyncio.sleep(0.05)
+
+
+class BackgroundLoad:
+    """A `LoadRun` on a thread of its own, for callers that inject faults while it runs:
+    `start()`, then `stop_producing()` when the experiment is over, then `join()` waits for the
+    drain (every acknowledged message delivered, or `drain_timeout`) and returns the ledger."""
+
+    def __init__(
+        self,
+        api: str,
+        profile: LoadProfile,
+        *,
+        max_duration: float = 3600,
+        drain_timeout: float = 60.0,
+    ) -> None:
+        self.ledger = Ledger()
+        self._run = LoadRun(api, profile, self.ledger)
+        self._max_duration = max_duration
+        self._drain_timeout = drain_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="background-load", daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._run.stop_producing = asyncio.Event()
+            self._ready.set()
+            await self._run.run(self._max_duration, drain_timeout=self._drain_timeout)
+
+        try:
+            asyncio.run(run())
+        except BaseException as error:
+            self._error = error
+        finally:
+            self._ready.set()
+
+    def start(self) -> BackgroundLoad:
+        self._thread.start()
+        self._ready.wait(timeout=10)
+        return self
+
+    def stop_producing(self) -> None:
+        if self._loop is not None and self._run.stop_producing is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(self._run.stop_producing.set)
+
+    def join(self, timeout: float | None = None) -> Ledger:
+        self.stop_producing()
+        self._thread.join(timeout=timeout if timeout is not None else self._drain_timeout + 30)
+        if self._error is not None:
+            raise RuntimeError(f"load run failed: {self._error!r}") from self._error
+        return self.ledger

@@ -27,6 +27,7 @@ STATE_FILE = "testbed.json"
 
 
 class TestbedNode(BaseModel):
+    __test__ = False  # not a pytest test class
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -38,6 +39,7 @@ class TestbedNode(BaseModel):
 
 
 class TestbedState(BaseModel):
+    __test__ = False
     model_config = ConfigDict(extra="forbid")
 
     api: str
@@ -50,6 +52,7 @@ class TestbedState(BaseModel):
 
 
 class TestbedError(RuntimeError):
+    __test__ = False
     pass
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratequeue import scripts
@@ -104,6 +104,8 @@ ALL_SCRIPTS = (ENQUEUE_BATCH, DEQUEUE, ACK, SET_RATE, NUMBER_STATUS, SHARD_STATS
 def _translate(error: Exception, shard_id: str) -> Exception:
     if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
         return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
+    if isinstance(error, ReadOnlyError):  # redis-py strips the READONLY prefix from its text
+        return ShardUnavailable(f"shard {shard_id}: node is a replica now ({error})")
     if isinstance(error, ResponseError):
         text = str(error)
         if text.startswith("STALEEPOCH") or "STALEEPOCH" in text:

@@ -1,0 +1,83 @@
+"""What the end-to-end failover tests share: the testbed's topology and processes, waiting for a
+condition, and which nodes of a shard answer as primaries."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+import redis
+
+from chaos.testbed import TestbedState
+from ratequeue.topology import NodeRef, Topology
+
+T = TypeVar("T")
+
+# Load small enough for 2 cores, large enough that a failover happens mid-stream.
+LOAD = {"numbers": 40, "enqueue_per_second": 40, "producers": 4, "consumers": 2,
+        "lease_seconds": 5, "give_up_after": 30}  # fmt: skip
+
+
+def topology(state: TestbedState) -> Topology:
+    return Topology.model_validate(httpx.get(f"{state.api}/v1/topology", timeout=5).json())
+
+
+def control_topology(state: TestbedState) -> Topology:
+    with redis.Redis.from_url(state.control) as conn:
+        return Topology.model_validate_json(conn.get("rq:topology"))
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30,
+             interval: float = 0.1) -> T:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def pid_of(state: TestbedState, name: str) -> int:
+    return state.node(name).pid
+
+
+def send(state: TestbedState, name: str, signum: int) -> None:
+    os.kill(pid_of(state, name), signum)
+
+
+def role(node: NodeRef) -> str | None:
+    try:
+        with redis.Redis(host=node.host, port=node.port, socket_timeout=1,
+                         socket_connect_timeout=1) as conn:  # fmt: skip
+            return conn.info("replication")["role"]
+    except (redis.RedisError, OSError):
+        return None
+
+
+def primaries_answering(state: TestbedState, shard_id: str) -> list[str]:
+    """Nodes of the shard (primary, replicas and held former primaries) that answer as masters."""
+    shard = control_topology(state).shard(shard_id)
+    nodes = [shard.primary, *shard.replicas, *shard.forensics]
+    return [n.name for n in nodes if role(n) == "master"]
+
+
+def failed_over(state: TestbedState, shard_id: str, old_primary: str) -> Topology | None:
+    current = control_topology(state)
+    return current if current.shard(shard_id).primary.name != old_primary else None
+
+
+def lazarus_events(state: TestbedState, **params: object) -> list[dict]:
+    answer = httpx.get(f"{state.lazarus[0]}/v1/events", params=params, timeout=5)
+    return answer.json()["events"]
+
+
+def resume(state: TestbedState, name: str) -> None:
+    """SIGCONT, ignoring a process that is already gone."""
+    with contextlib.suppress(ProcessLookupError):
+        send(state, name, signal.SIGCONT)
