@@ -1,0 +1,136 @@
+"""Controller nodes on a running testbed: event intake over REST, the audit trail, and the cases
+where the right answer is to escalate and not act (no rule, quorum refused, several shards)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from chaos.testbed import TestbedState, running_testbed
+from failover.events import new_event
+from failover.streams import EVENTS_STREAM
+from tests.e2e.support import control_topology, send, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestbedState]:
+    with running_testbed(tmp_path_factory.mktemp("ctl") / "tb", shards=2, replicas=2) as state:
+        yield state
+
+
+def stream_length(state: TestbedState) -> int:
+    with redis.Redis.from_url(state.control) as conn:
+        return int(conn.xlen(EVENTS_STREAM))
+
+
+def decided(state: TestbedState, event_id: str) -> dict:
+    def probe() -> dict | None:
+        answer = httpx.get(f"{state.lazarus[1]}/v1/events/{event_id}", timeout=5)
+        if answer.status_code == 200 and answer.json()["outcome"] != "received":
+            return answer.json()
+        return None
+
+    return wait_for(f"event {event_id} to be decided", probe, timeout=20)
+
+
+def master_down_event(state: TestbedState, shard_id: str, **changes: object) -> dict:
+    shard = control_topology(state).shard(shard_id)
+    fields: dict = {
+        "environment": "dev", "region": "local", "service": "ratequeue", "shard": shard_id,
+        "host": shard.primary.address, "source": "sensor-cut-off",
+        "incident_key": f"test/{shard_id}/{changes.pop('tag', 'x')}",
+        "data": {"master_link_status": "down", "primary": shard.primary.name,
+                 "shard_epoch": shard.epoch},
+    }  # fmt: skip
+    fields.update(changes)
+    return new_event("RedisMasterDown", **fields).model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('{"id": "e1"', "not valid JSON"),
+        ('{"id": "e1", "type": "RedisMasterDown"}', "field 'environment'"),
+        ('{"id": "e1", "type": "PrimaryExploded", "environment": "dev", "region": "r", '
+         '"service": "s", "host": "h", "source": "s", "occurred_at": "2026-01-01T00:00:00Z"}',
+         "field 'type'"),
+        ('{"id": "e1", "type": "RedisMasterDown", "environment": "dev", "region": "r", '
+         '"service": "s", "host": "h", "source": "s", "occurred_at": "yesterday"}',
+         "field 'occurred_at'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_event_is_refused_naming_the_field_and_nothing_is_deposited(
+    testbed: TestbedState, body: str, named: str
+) -> None:
+    before = stream_length(testbed)
+    answer = httpx.post(f"{testbed.lazarus[0]}/v1/events", content=body, timeout=5)
+    assert answer.status_code == 400
+    assert named in answer.json()["error"]["message"]
+    assert stream_length(testbed) == before
+
+
+def test_an_event_no_rule_matches_is_escalated(testbed: TestbedState) -> None:
+    event = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
+                      host="10.0.0.9", source="nagios").model_dump(mode="json")  # fmt: skip
+    assert httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event).status_code == 202
+    record = decided(testbed, event["id"])
+    assert record["outcome"] == "escalated"
+    assert record["reason"] == "no rule matches this event"
+
+
+def test_a_down_report_for_a_healthy_primary_is_refused_by_the_quorum(
+    testbed: TestbedState,
+) -> None:
+    before = control_topology(testbed)
+    event = master_down_event(testbed, "s0", tag="healthy")
+    httpx.post(f"{testbed.lazarus[2]}/v1/events", json=event)
+    record = decided(testbed, event["id"])
+
+    assert record["outcome"] == "escalated" and record["rule"] == "ratequeue_master_down"
+    assert record["quorum"]["passed"] == [] and len(record["verdicts"]) == 3
+    for verdict in record["verdicts"]:
+        master_down = next(r for r in verdict["results"] if r["name"] == "MasterDown")
+        assert not master_down["ok"] and "answers" in master_down["detail"]
+    assert record["workflow_id"] is None
+    assert control_topology(testbed) == before
+
+
+def test_a_report_about_a_former_primary_is_stale_and_not_acted_on(testbed: TestbedState) -> None:
+    event = master_down_event(testbed, "s1", tag="stale")
+    event["data"]["primary"] = "s1-old-primary"
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event)
+    record = decided(testbed, event["id"])
+    assert record["outcome"] == "escalated"
+    details = [r["detail"] for v in record["verdicts"] for r in v["results"]
+               if r["name"] == "MasterDown"]  # fmt: skip
+    assert details and all(d.startswith("stale:") for d in details)
+
+
+def test_an_unknown_event_id_is_a_404_with_a_json_error(testbed: TestbedState) -> None:
+    answer = httpx.get(f"{testbed.lazarus[0]}/v1/events/nope")
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+
+
+def test_two_shards_down_at_once_is_escalated_and_nothing_is_promoted(tmp_path: Path) -> None:
+    with running_testbed(tmp_path / "tb", shards=3, replicas=2) as testbed:
+        before = control_topology(testbed)
+        send(testbed, "s0-primary", signal.SIGKILL)
+        send(testbed, "s1-primary", signal.SIGKILL)
+
+        def both_decided() -> list[dict] | None:
+            events = httpx.get(f"{testbed.lazarus[0]}/v1/events").json()["events"]
+            firsts = [e for e in events if e["outcome"] not in ("received", "duplicate")]
+            return firsts if {e["event"]["shard"] for e in firsts} >= {"s0", "s1"} else None
+
+        for record in wait_for("both incidents to be decided", both_decided, timeout=20):
+            assert record["outcome"] == "escalated"
+            failed = {r["name"] for v in record["verdicts"] for r in v["results"] if not r["ok"]}
+            assert failed == {"PeerCheck"}
+        assert control_topology(testbed).epoch == before.epoch
