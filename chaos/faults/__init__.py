@@ -1,0 +1,1 @@
+"""Fault backends: how an experiment kills, pauses, stops or cuts off a node (see `base`)."""

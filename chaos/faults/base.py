@@ -1,0 +1,90 @@
+"""The one interface every fault backend implements (local signals and iptables, Docker, a
+Gremlin-compatible API): inject a named action on a node, get back what was done and how to
+undo it. Rollbacks always run: the runner calls `InjectedFault.rollback()` for every injected
+fault, also after an error or Ctrl-C, and a rollback is safe to call twice.
+
+Not for: choosing targets or judging results (the experiment runner does both).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency"]
+FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
+
+
+class FaultError(RuntimeError):
+    """A fault could not be injected (or rolled back); the message says which and why."""
+
+
+class NodeTarget(BaseModel):
+    """A node as a fault backend reaches it: by pid (local), container (docker) or Gremlin
+    target (gremlin); `host`/`port` are where clients reach it, `peer_host` where replicas,
+    sensors and controllers do (a blackhole cuts that path and leaves the client path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str
+    shard: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(gt=0, lt=65536)
+    peer_host: str | None = None
+    pid: int | None = None
+    container: str | None = None
+    gremlin: dict[str, Any] | None = None
+
+
+@dataclass
+class InjectedFault:
+    action: str
+    target: NodeTarget
+    backend: str
+    injected_at: float = field(default_factory=time.time)
+    details: dict[str, Any] = field(default_factory=dict)
+    undo: Callable[[], None] | None = None
+    rolled_back_at: float | None = None
+    rollback_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def rollback(self) -> None:
+        """Undo the fault (idempotent); a failure is recorded, then raised."""
+        with self._lock:
+            if self.rolled_back_at is not None or self.undo is None:
+                return
+            try:
+                self.undo()
+            except Exception as error:
+                self.rollback_error = str(error)
+                raise FaultError(
+                    f"rollback of {self.action} on {self.target.name}: {error}"
+                ) from error
+            self.rolled_back_at = time.time()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "target": self.target.name,
+            "backend": self.backend,
+            "injected_at": self.injected_at,
+            "rolled_back_at": self.rolled_back_at,
+            "rollback_error": self.rollback_error,
+            "details": self.details,
+        }
+
+
+class FaultBackend(Protocol):
+    name: str
+
+    def supports(self, action: str) -> bool: ...
+
+    def inject(self, action: str, target: NodeTarget, **params: Any) -> InjectedFault:
+        """Apply `action` to `target` now. Params: `seconds` (pause/stop: undo after this long,
+        optional), `latency_ms` (latency). Raises FaultError."""
