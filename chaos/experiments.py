@@ -1,0 +1,256 @@
+"""Experiments: typed models of the YAML files in `scenarios/` (title, load profile, steady-state
+probes with tolerances, method, hypotheses, rollbacks), in the spirit of Chaos Toolkit's
+experiment model but validated up front: a mistake is reported with the file, the field and what
+was expected, before anything is touched.
+
+Not for: running them (see `runner`) or judging results (see `hypotheses`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from chaos.faults.base import FAULT_ACTIONS
+from chaos.load import LoadProfile
+from lazarus_lite.workflow import parse_duration
+
+
+class ExperimentError(ValueError):
+    """An experiment file is invalid: the message names the file, the field and the problem."""
+
+
+def _seconds(value: Any) -> float:
+    return parse_duration(value)
+
+
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoadSettings(LoadProfile):
+    """The load profile plus how long producers run in all (the fault happens inside)."""
+
+    duration: float = Field(12.0, gt=0, le=24 * 3600)
+    drain_seconds: float = Field(30.0, ge=0, le=3600, description="wait for deliveries after")
+
+    @field_validator("duration", "drain_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _seconds(value)
+
+
+class Selector(Strict):
+    """Which node a step acts on. `shard: random` picks one shard for the whole run (one shard
+    at a time); `other` picks a different one; `same` is the run's shard."""
+
+    role: Literal["primary", "replica", "controller", "sensor", "api"]
+    shard: str = "random"
+    which: Literal["first", "random", "coordinator", "all"] = "first"
+
+
+class FaultStep(Strict):
+    action: Literal[FAULT_ACTIONS]  # type: ignore[valid-type]
+    target: Selector
+    backend: Literal["local", "docker", "gremlin"] = "local"
+    at: float = Field(2.0, description="seconds after the load starts")
+    duration: float | None = Field(None, description="roll back by itself after this long")
+    when: Literal["now", "workflow_running", "workflow_waiting"] = "now"
+    latency_ms: int | None = Field(None, gt=0, le=60_000)
+    from_node: Selector | None = Field(None, description="blackhole: cut only this node's path")
+
+    @field_validator("at", "duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else _seconds(value)
+
+    @model_validator(mode="after")
+    def _latency_needs_ms(self) -> FaultStep:
+        if self.action == "latency" and self.latency_ms is None:
+            raise ValueError("a latency fault needs latency_ms")
+        return self
+
+
+class ApproveStep(Strict):
+    """Approve a waiting workflow gate through a live controller node."""
+
+    approve: str = Field(description="the gate's step name")
+    at: float = 0.0
+    when: Literal["now", "workflow_running", "workflow_waiting"] = "workflow_waiting"
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _seconds(value)
+
+
+def _method_step_kind(value: Any) -> str:
+    if isinstance(value, ApproveStep) or (isinstance(value, dict) and "approve" in value):
+        return "approve"
+    return "fault"
+
+
+MethodStep = Annotated[
+    Annotated[FaultStep, Tag("fault")] | Annotated[ApproveStep, Tag("approve")],
+    Discriminator(_method_step_kind),
+]
+
+
+class Probe(Strict):
+    """A steady-state probe; checked before the fault (the run aborts if it fails) and, with
+    `after: true`, once more after recovery."""
+
+    probe: Literal[
+        "api_healthy", "controllers_healthy", "every_shard_writable", "one_primary_per_shard"
+    ]
+    after: bool = True
+    timeout: float = Field(10.0, gt=0)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _seconds(value)
+
+
+class RecoveredWithin(Strict):
+    type: Literal["recovered_within"]
+    seconds: float = Field(gt=0)
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _seconds(value)
+
+
+class AcknowledgedLost(Strict):
+    type: Literal["acknowledged_lost"]
+    max: int = Field(0, ge=0)
+
+
+class Duplicates(Strict):
+    type: Literal["duplicates"]
+    max: int = Field(ge=0)
+
+
+class OtherShardsAvailability(Strict):
+    type: Literal["other_shards_availability"]
+    min: float = Field(ge=0, le=1)
+
+
+class OnePrimaryPerShard(Strict):
+    type: Literal["one_primary_per_shard"]
+
+
+class RateLimitsHeld(Strict):
+    type: Literal["rate_limits_held"]
+    tolerance_seconds: float = Field(0.25, ge=0)
+
+
+class Escalated(Strict):
+    type: Literal["escalated"]
+
+
+class NotRemediated(Strict):
+    type: Literal["not_remediated"]
+
+
+class CompletedByAnotherNode(Strict):
+    """The failover workflow was resumed and finished by a node other than its coordinator."""
+
+    type: Literal["completed_by_another_node"]
+
+
+Hypothesis = Annotated[
+    RecoveredWithin
+    | AcknowledgedLost
+    | Duplicates
+    | OtherShardsAvailability
+    | OnePrimaryPerShard
+    | RateLimitsHeld
+    | Escalated
+    | NotRemediated
+    | CompletedByAnotherNode,
+    Field(discriminator="type"),
+]
+
+
+class Rollback(Strict):
+    """Extra rollbacks after the method's own (every fault is rolled back regardless)."""
+
+    action: Literal["resume_all", "remove_network_faults"]
+
+
+class TestbedOptions(Strict):
+    """How the embedded testbed is started for this experiment (ignored with --target)."""
+
+    shards: int = Field(3, ge=1, le=16)
+    replicas: int = Field(2, ge=1, le=4)
+    controller_args: list[str] = Field(default_factory=list)
+
+
+class Experiment(Strict):
+    title: str = Field(min_length=1)
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    testbed: TestbedOptions = TestbedOptions()
+    load: LoadSettings = LoadSettings()
+    steady_state: list[Probe] = Field(default_factory=list)
+    method: list[MethodStep] = Field(min_length=1)
+    watch_seconds: float = Field(20.0, gt=0, description="longest wait for the outcome")
+    expect: Literal["remediation", "escalation", "nothing"] = "remediation"
+    hypotheses: list[Hypothesis] = Field(min_length=1)
+    rollbacks: list[Rollback] = Field(default_factory=list)
+
+    @field_validator("watch_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _seconds(value)
+
+    @property
+    def faults(self) -> list[FaultStep]:
+        return [s for s in self.method if isinstance(s, FaultStep)]
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        # Leave out pydantic's union tags and validator wrappers: they are not fields.
+        parts = [str(p) for p in problem["loc"]]
+        parts = [p for p in parts if "[" not in p and p not in {"fault", "approve"}]
+        location = ".".join(parts) or "experiment"
+        problems.append(f"field '{location}': {problem['msg']}")
+    return "; ".join(problems)
+
+
+def parse_experiment(text: str, source: str) -> Experiment:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ExperimentError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{source}: expected a mapping with title, method and hypotheses")
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as error:
+        raise ExperimentError(f"{source}: {_describe(error)}") from None
+
+
+def load_experiment(path: Path) -> Experiment:
+    if not path.exists():
+        raise ExperimentError(f"{path}: no such file")
+    return parse_experiment(path.read_text(), str(path))

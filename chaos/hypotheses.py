@@ -1,0 +1,180 @@
+"""Hypotheses: each turns what a run observed into a verdict with the measured value, so the
+journal says not only pass/fail but by how much. Not for: observing (the runner gathers the
+`Observations`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.experiments import (
+    AcknowledgedLost,
+    CompletedByAnotherNode,
+    Duplicates,
+    Escalated,
+    Hypothesis,
+    NotRemediated,
+    OnePrimaryPerShard,
+    OtherShardsAvailability,
+    RateLimitsHeld,
+    RecoveredWithin,
+)
+from chaos.journal import HypothesisOutcome
+from chaos.ledger import Ledger
+from chaos.load import default_rates
+from ratequeue.topology import Topology
+
+
+@dataclass
+class Observations:
+    ledger: Ledger
+    shard: str
+    faulted_shards: set[str]
+    fault_at: float
+    recovered_at: float | None
+    topology_before: Topology
+    topology_after: Topology
+    primaries_answering: dict[str, list[str]]
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    workflows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
+    measured = None if o.recovered_at is None else round(o.recovered_at - o.fault_at, 3)
+    return HypothesisOutcome(
+        hypothesis="recovered_within",
+        ok=measured is not None and measured <= h.seconds,
+        expected=f"<= {h.seconds:g} s",
+        measured=measured,
+        detail="fault to first acknowledged write on the shard"
+        if measured is not None
+        else "no acknowledged write on the shard after the fault",
+    )
+
+
+def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcome:
+    lost = sorted(o.ledger.lost())
+    return HypothesisOutcome(
+        hypothesis="acknowledged_lost",
+        ok=len(lost) <= h.max,
+        expected=f"<= {h.max}",
+        measured=len(lost),
+        detail=f"{len(o.ledger.acknowledged)} acknowledged; lost ids: {lost[:10]}"
+        if lost
+        else f"{len(o.ledger.acknowledged)} acknowledged, all delivered",
+    )
+
+
+def _duplicates(h: Duplicates, o: Observations) -> HypothesisOutcome:
+    count = o.ledger.duplicates()
+    return HypothesisOutcome(
+        hypothesis="duplicates",
+        ok=count <= h.max,
+        expected=f"<= {h.max}",
+        measured=count,
+        detail="deliveries beyond the first of each id",
+    )
+
+
+def _other_shards_availability(h: OtherShardsAvailability, o: Observations) -> HypothesisOutcome:
+    measured = {}
+    for shard in o.topology_before.shards:
+        if shard.id in o.faulted_shards:
+            continue
+        value = o.ledger.availability(shard.id, since=o.fault_at)
+        if value is not None:
+            measured[shard.id] = round(value, 4)
+    worst = min(measured.values(), default=None)
+    return HypothesisOutcome(
+        hypothesis="other_shards_availability",
+        ok=worst is not None and worst >= h.min,
+        expected=f">= {h.min:g}",
+        measured=measured,
+        detail="share of enqueue attempts acknowledged on the untouched shards after the fault",
+    )
+
+
+def _one_primary_per_shard(h: OnePrimaryPerShard, o: Observations) -> HypothesisOutcome:
+    wrong = {s: names for s, names in o.primaries_answering.items() if len(names) != 1}
+    return HypothesisOutcome(
+        hypothesis="one_primary_per_shard",
+        ok=not wrong,
+        expected="1 per shard",
+        measured=o.primaries_answering,
+        detail=f"shards with other than one primary: {wrong}" if wrong else "",
+    )
+
+
+def _rate_limits_held(h: RateLimitsHeld, o: Observations) -> HypothesisOutcome:
+    numbers = sorted({d.number for d in o.ledger.deliveries})
+    checks = o.ledger.rate_checks(default_rates(numbers))
+    worst = max(checks, key=lambda c: c.max_early_seconds, default=None)
+    early = 0.0 if worst is None else round(worst.max_early_seconds, 4)
+    return HypothesisOutcome(
+        hypothesis="rate_limits_held",
+        ok=early <= h.tolerance_seconds,
+        expected=f"no delivery earlier than its rate allows by > {h.tolerance_seconds:g} s",
+        measured=early,
+        detail=f"{len(checks)} numbers; worst {worst.number}" if worst else "no deliveries",
+    )
+
+
+def _shard_decisions(o: Observations) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in o.decisions
+        if d["event"].get("shard") in o.faulted_shards and d["outcome"] != "duplicate"
+    ]
+
+
+def _escalated(h: Escalated, o: Observations) -> HypothesisOutcome:
+    decisions = _shard_decisions(o)
+    escalated = [d for d in decisions if d["outcome"] == "escalated"]
+    return HypothesisOutcome(
+        hypothesis="escalated",
+        ok=bool(escalated) and not any(d["workflow_id"] for d in decisions),
+        expected="the incident escalated to a person, no workflow",
+        measured=[f"{d['outcome']}: {d['reason']}" for d in decisions],
+    )
+
+
+def _not_remediated(h: NotRemediated, o: Observations) -> HypothesisOutcome:
+    changed = [
+        s.id
+        for s in o.topology_after.shards
+        if s.primary.name != o.topology_before.shard(s.id).primary.name
+    ]
+    return HypothesisOutcome(
+        hypothesis="not_remediated",
+        ok=not changed and not o.workflows,
+        expected="no primary changed, no workflow ran",
+        measured={"promoted_shards": changed, "workflows": [w["id"] for w in o.workflows]},
+    )
+
+
+def _completed_by_another_node(h: CompletedByAnotherNode, o: Observations) -> HypothesisOutcome:
+    finished = [w for w in o.workflows if w["status"] == "succeeded" and len(w["nodes"]) > 1]
+    return HypothesisOutcome(
+        hypothesis="completed_by_another_node",
+        ok=bool(finished),
+        expected="a workflow resumed and finished by another node",
+        measured=[{"id": w["id"], "status": w["status"], "nodes": w["nodes"]} for w in o.workflows],
+    )
+
+
+CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
+    RecoveredWithin: _recovered_within,
+    AcknowledgedLost: _acknowledged_lost,
+    Duplicates: _duplicates,
+    OtherShardsAvailability: _other_shards_availability,
+    OnePrimaryPerShard: _one_primary_per_shard,
+    RateLimitsHeld: _rate_limits_held,
+    Escalated: _escalated,
+    NotRemediated: _not_remediated,
+    CompletedByAnotherNode: _completed_by_another_node,
+}
+
+
+def evaluate(hypotheses: list[Hypothesis], observations: Observations) -> list[HypothesisOutcome]:
+    return [CHECKERS[type(h)](h, observations) for h in hypotheses]

@@ -1,0 +1,101 @@
+"""The journal of one experiment run: what was planned, what was done, what was seen and the
+verdict, written as JSON so a person who was not there can read what happened (and `chaos
+report` can chart it). Not for: deciding the verdict (see `hypotheses`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+TIMELINE_ORDER = (
+    "load_started",
+    "fault_injected",
+    "first_sensor_event",
+    "decision",
+    "promotion",
+    "topology_published",
+    "first_acknowledged_write",
+    "rolled_back",
+    "load_drained",
+)
+
+
+class TimelineEntry(BaseModel):
+    name: str
+    at: float
+    offset: float = Field(description="seconds after the fault (negative: before it)")
+    detail: str = ""
+
+
+class ProbeOutcome(BaseModel):
+    probe: str
+    ok: bool
+    detail: str
+
+
+class HypothesisOutcome(BaseModel):
+    hypothesis: str
+    ok: bool
+    expected: str
+    measured: Any
+    detail: str = ""
+
+
+class Journal(BaseModel):
+    run_id: str
+    experiment: str
+    experiment_file: str | None = None
+    deployment: str
+    environment: str
+    started_at: float
+    ended_at: float | None = None
+    dry_run: bool = False
+    shard: str | None = None
+    status: Literal["running", "completed", "aborted", "interrupted", "error"] = "running"
+    verdict: Literal["passed", "failed", "aborted", "not_run"] = "not_run"
+    steady_state_before: list[ProbeOutcome] = Field(default_factory=list)
+    steady_state_after: list[ProbeOutcome] = Field(default_factory=list)
+    plan: list[str] = Field(default_factory=list)
+    faults: list[dict[str, Any]] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    hypotheses: list[HypothesisOutcome] = Field(default_factory=list)
+    load: dict[str, Any] = Field(default_factory=dict)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+
+    def mark(self, name: str, at: float, fault_at: float | None, detail: str = "") -> None:
+        if any(entry.name == name for entry in self.timeline):
+            return
+        offset = at - fault_at if fault_at is not None else 0.0
+        self.timeline.append(
+            TimelineEntry(name=name, at=at, offset=round(offset, 4), detail=detail)
+        )
+        self.timeline.sort(key=lambda e: e.at)
+
+    def moment(self, name: str) -> float | None:
+        return next((e.at for e in self.timeline if e.name == name), None)
+
+    def recovery_seconds(self) -> float | None:
+        fault, recovered = self.moment("fault_injected"), self.moment("first_acknowledged_write")
+        return None if fault is None or recovered is None else recovered - fault
+
+    def write(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.run_id}.json"
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(json.loads(self.model_dump_json()), indent=2))
+        temporary.replace(path)
+        return path
+
+
+def read_journals(directory: Path) -> list[Journal]:
+    journals = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            journals.append(Journal.model_validate_json(path.read_text()))
+        except ValueError:
+            continue  # not a journal
+    return sorted(journals, key=lambda j: j.started_at)

@@ -1,0 +1,162 @@
+"""The deployment an experiment runs against: the embedded local testbed, or an existing one
+described by `--target FILE` (API URL, control store URL, controller URLs, and how each node is
+reached: pid, container name or Gremlin target).
+
+Redis roles follow the live topology (after a failover the primary is another node), so a
+selector is resolved against the control store's shard map at the moment of the fault.
+Not for: injecting faults (see `chaos.faults`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chaos.faults.base import NodeTarget
+from chaos.testbed import TestbedState, provisioned_nodes
+from ratequeue.topology import TOPOLOGY_KEY, Topology
+
+Backend = Literal["local", "docker", "gremlin"]
+
+
+class TargetError(ValueError):
+    pass
+
+
+class DeploymentNode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str
+    shard: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, lt=65536)
+    peer_host: str | None = None
+    pid: int | None = None
+    container: str | None = None
+    gremlin: dict[str, Any] | None = None
+    url: str | None = None
+
+
+class Deployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "local-testbed"
+    environment: str = "dev"
+    api: str
+    control: str
+    lazarus: list[str] = Field(default_factory=list)
+    default_backend: Backend = "local"
+    nodes: list[DeploymentNode] = Field(default_factory=list)
+    testbed_dir: Path | None = Field(None, description="set for the embedded testbed")
+
+    def refresh_nodes(self) -> None:
+        """Pick up processes the local actuator started since (replacement replicas)."""
+        if self.testbed_dir is None:
+            return
+        known = {n.name for n in self.nodes}
+        for extra in provisioned_nodes(self.testbed_dir):
+            if extra.name not in known:
+                self.nodes.append(DeploymentNode(**extra.model_dump(), peer_host="127.0.0.2"))
+
+    def node(self, name: str) -> DeploymentNode:
+        self.refresh_nodes()
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise TargetError(f"node {name} is not in deployment {self.name}")
+
+    def topology(self) -> Topology:
+        with redis.Redis.from_url(self.control, socket_timeout=3) as conn:
+            raw = conn.get(TOPOLOGY_KEY)
+        if raw is None:
+            raise TargetError(f"no topology in the control store {self.control}")
+        return Topology.model_validate_json(raw)
+
+    def controller_urls(self) -> list[str]:
+        return self.lazarus or [n.url for n in self.nodes if n.role == "lazarus" and n.url]
+
+    def as_target(self, node: DeploymentNode) -> NodeTarget:
+        return NodeTarget(
+            name=node.name,
+            role=node.role,
+            shard=node.shard,
+            host=node.host,
+            port=node.port or 1,
+            peer_host=node.peer_host,
+            pid=node.pid,
+            container=node.container,
+            gremlin=node.gremlin,
+        )
+
+
+def from_testbed(state: TestbedState, directory: Path) -> Deployment:
+    nodes = [
+        DeploymentNode(
+            name=n.name,
+            role=n.role,
+            shard=n.shard,
+            host=n.host,
+            port=n.port,
+            pid=n.pid,
+            peer_host="127.0.0.2" if n.role in {"primary", "replica", "control"} else None,
+            url=f"http://{n.host}:{n.port}" if n.role in {"lazarus", "api"} else None,
+        )
+        for n in state.nodes
+    ]
+    return Deployment(
+        api=state.api,
+        control=state.control,
+        lazarus=state.lazarus,
+        nodes=nodes,
+        testbed_dir=directory,
+    )
+
+
+def load_deployment(path: Path) -> Deployment:
+    """A target file (YAML or JSON), or a testbed's `testbed.json`."""
+    if not path.exists():
+        raise TargetError(f"{path}: no such file")
+    try:
+        raw = (
+            yaml.safe_load(path.read_text())
+            if path.suffix in {".yaml", ".yml"}
+            else json.loads(path.read_text())
+        )
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise TargetError(f"{path}: not valid YAML/JSON: {error}") from None
+    if path.name.startswith("testbed.json"):
+        return from_testbed(TestbedState.model_validate(raw), path.parent)
+    try:
+        return Deployment.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
+        )
+        raise TargetError(f"{path}: {problems}") from None
+
+
+class ShardChoice:
+    """The shard a run acts on (one shard at a time), and a second one for `shard: other`."""
+
+    def __init__(self, shard_ids: list[str], rng: random.Random) -> None:
+        if not shard_ids:
+            raise TargetError("the topology has no shards")
+        self.chosen = rng.choice(shard_ids)
+        others = [s for s in shard_ids if s != self.chosen]
+        self.other = rng.choice(others) if others else None
+
+    def resolve(self, wanted: str) -> str:
+        if wanted in {"random", "same"}:
+            return self.chosen
+        if wanted == "other":
+            if self.other is None:
+                raise TargetError("'shard: other' needs at least two shards")
+            return self.other
+        return wanted
