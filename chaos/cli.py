@@ -34,8 +34,10 @@ def testbed_up(
         console.print(f"[red]testbed up failed:[/] {error}")
         raise typer.Exit(1) from None
     where = testbed_module.state_path(dir)
-    console.print(f"testbed up: API {state.api}, control {state.control}, "
-                  f"{len(state.nodes)} processes; state in {where}")  # fmt: skip
+    console.print(
+        f"testbed up: API {state.api}, control {state.control}, "
+        f"{len(state.nodes)} processes; state in {where}"
+    )
 
 
 @testbed_app.command("status")
@@ -50,8 +52,14 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     for column in ("name", "role", "shard", "address", "pid", "alive"):
         table.add_column(column)
     for node in state.nodes:
-        table.add_row(node.name, node.role, node.shard or "", f"{node.host}:{node.port}",
-                      str(node.pid), "yes" if alive[node.name] else "[red]no[/]")  # fmt: skip
+        table.add_row(
+            node.name,
+            node.role,
+            node.shard or "",
+            f"{node.host}:{node.port}",
+            str(node.pid),
+            "yes" if alive[node.name] else "[red]no[/]",
+        )
     console.print(table)
     in_lb = bool(health and health.get("in_load_balancer"))
     console.print(f"API {state.api}: " + ("healthy" if in_lb else "[red]not healthy[/]"))
@@ -82,6 +90,150 @@ def demo(
     from chaos.demo import run_demo
 
     profile = LoadProfile(numbers=numbers, enqueue_per_second=rate)
-    ok = run_demo(shards=shards, replicas=replicas, seconds=seconds, profile=profile,
-                  console=console)  # fmt: skip
+    ok = run_demo(
+        shards=shards, replicas=replicas, seconds=seconds, profile=profile, console=console
+    )
     raise typer.Exit(0 if ok else 1)
+
+
+def _parse_duration_option(value: str | None, option: str) -> float | None:
+    from lazarus_lite.workflow import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        console.print(f"[red]invalid value for {option}:[/] {error}")
+        raise typer.Exit(2) from None
+
+
+def print_verdict(journal: object) -> None:
+    from chaos.journal import Journal
+
+    assert isinstance(journal, Journal)
+    table = Table(title=f"{journal.experiment} — {journal.verdict.upper()}")
+    for column in ("hypothesis", "expected", "measured", "ok"):
+        table.add_column(column)
+    for outcome in journal.hypotheses:
+        table.add_row(
+            outcome.hypothesis,
+            outcome.expected,
+            str(outcome.measured),
+            "[green]yes[/]" if outcome.ok else "[red]NO[/]",
+        )
+    console.print(table)
+    timeline = Table(title="timeline (seconds after the fault)")
+    timeline.add_column("moment")
+    timeline.add_column("t", justify="right")
+    timeline.add_column("detail")
+    for entry in journal.timeline:
+        timeline.add_row(entry.name, f"{entry.offset:+.3f}", entry.detail)
+    console.print(timeline)
+    for error in journal.errors:
+        console.print(f"[red]error:[/] {error}")
+
+
+@app.command()
+def run(
+    experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
+    target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
+    every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
+    jitter: str = typer.Option(None, "--jitter", help="random +/- DURATION around --every"),
+    journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
+    allow_prod: bool = typer.Option(False, "--allow-prod", help="allow a prod target"),
+) -> None:
+    """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
+    import signal
+    import threading
+
+    from chaos.experiments import ExperimentError, load_experiment
+    from chaos.scheduler import RefusedTarget, check_target_allowed, run_schedule
+    from chaos.targets import TargetError, load_deployment
+
+    period = _parse_duration_option(every, "--every")
+    spread = _parse_duration_option(jitter, "--jitter") or 0.0
+    try:
+        for path in experiments:
+            load_experiment(path)
+        deployment = load_deployment(target) if target is not None else None
+        if deployment is not None:
+            check_target_allowed(deployment, allow_prod)
+    except (ExperimentError, TargetError, RefusedTarget) as error:
+        console.print(f"[red]refused:[/] {error}")
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+
+    def finish_rollbacks_and_exit(signum: int, frame: object) -> None:
+        console.print("[yellow]stopping: rolling back the current run[/]")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
+    signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
+    with console.status("chaos run") as status:
+
+        def say(message: str) -> None:
+            status.update(f"[bold]{message}")
+            console.log(message)
+
+        journals = run_schedule(
+            experiments,
+            target=deployment,
+            journal_dir=journal_dir,
+            every=period,
+            jitter=spread,
+            dry_run=dry_run,
+            say=say,
+            stop=stop,
+            on_journal=lambda j: console.log(f"journal: {journal_dir / (j.run_id + '.json')}"),
+        )
+    for journal in journals:
+        print_verdict(journal)
+    if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(experiments: list[Path] = typer.Argument(...)) -> None:
+    """Check experiment files; name the file, field and what was expected for each mistake."""
+    from chaos.experiments import ExperimentError, load_experiment
+
+    failed = False
+    for path in experiments:
+        try:
+            experiment = load_experiment(path)
+        except ExperimentError as error:
+            console.print(f"[red]invalid:[/] {error}")
+            failed = True
+            continue
+        console.print(
+            f"ok: {path}: {experiment.title} ({len(experiment.method)} steps, "
+            f"{len(experiment.hypotheses)} hypotheses)"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
+    """Stop the running experiment; it rolls back its faults before exiting."""
+    from chaos.scheduler import halt as halt_run
+
+    pid = halt_run(journal_dir)
+    if pid is None:
+        console.print(f"no chaos run is running (no live pid in {journal_dir})")
+        raise typer.Exit(1)
+    console.print(f"halted chaos run {pid}; its faults were rolled back")
+
+
+@app.command()
+def report(
+    journal_dir: Path = typer.Argument(..., help="directory of run journals"),
+    output: Path = typer.Option(None, "--output", help="default: JOURNAL_DIR/report.html"),
+) -> None:
+    """Write an HTML report (timeline per run, recovery trend) and a markdown summary."""
+    from chaos.report import write_report
+
+    html, markdown = write_report(journal_dir, output)
+    console.print(f"report: {html}\nsummary: {markdown}")

@@ -1,0 +1,186 @@
+"""Running experiments once or on a schedule (`chaos run --every 4h --jitter 10m`): no two runs
+overlap (a lock in the control store), a failed run does not stop the schedule, and SIGTERM lets
+the current run finish its rollbacks before the process exits. With no target, each run starts
+the embedded local testbed and stops it afterwards.
+
+Not for: what happens inside a run (see `runner`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import redis
+
+from chaos.experiments import Experiment, load_experiment
+from chaos.journal import Journal
+from chaos.runner import ExperimentRunner, Say
+from chaos.targets import Deployment, TargetError, from_testbed
+from chaos.testbed import running_testbed
+
+RUN_LOCK_KEY = "chaos:run-lock"
+PID_FILE = "chaos-run.pid"
+
+
+class RefusedTarget(Exception):
+    pass
+
+
+def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
+    if deployment.environment.lower() in {"prod", "production"} and not allow_prod:
+        raise RefusedTarget(
+            f"target {deployment.name} is a production environment "
+            f"({deployment.environment}); pass --allow-prod to run against it"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
+    """Hold the deployment's run lock; raise TargetError if another run holds it."""
+    with redis.Redis.from_url(deployment.control, socket_timeout=3) as conn:
+        if not conn.set(RUN_LOCK_KEY, holder, nx=True, px=int(ttl_seconds * 1000)):
+            current = conn.get(RUN_LOCK_KEY)
+            raise TargetError(f"another chaos run holds {RUN_LOCK_KEY}: {current!r}")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                if conn.get(RUN_LOCK_KEY) == holder.encode():
+                    conn.delete(RUN_LOCK_KEY)
+
+
+def resolve_controller_args(args: list[str], experiment_file: Path | None) -> list[str]:
+    """Paths in an experiment's controller args are relative to the project or the file."""
+    resolved = []
+    for arg in args:
+        candidates = [Path(arg)]
+        if experiment_file is not None:
+            candidates += [experiment_file.parent / arg, experiment_file.parent.parent / arg]
+        found = next((c for c in candidates if c.exists()), None)
+        resolved.append(
+            str(found.resolve()) if found is not None and not arg.startswith("-") else arg
+        )
+    return resolved
+
+
+def run_one(
+    path: Path,
+    experiment: Experiment,
+    *,
+    target: Deployment | None,
+    journal_dir: Path,
+    dry_run: bool,
+    say: Say,
+    stop: threading.Event,
+    seed: int | None = None,
+) -> Journal:
+    """One experiment against `target`, or against a fresh embedded testbed."""
+    if target is not None:
+        budget = experiment.load.duration + experiment.watch_seconds + 120
+        with run_lock(target, f"{os.uname().nodename}:{os.getpid()}", budget):
+            runner = ExperimentRunner(
+                target, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+            )
+            return runner.run(experiment, str(path), dry_run=dry_run)
+    options = experiment.testbed
+    with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
+        say(
+            f"starting the embedded testbed ({options.shards} shards x "
+            f"{options.replicas} replicas, 3 controllers)"
+        )
+        args = resolve_controller_args(options.controller_args, path)
+        with running_testbed(
+            Path(scratch), shards=options.shards, replicas=options.replicas, controller_args=args
+        ) as state:
+            deployment = from_testbed(state, Path(scratch))
+            runner = ExperimentRunner(
+                deployment, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+            )
+            return runner.run(experiment, str(path), dry_run=dry_run)
+
+
+def run_schedule(
+    paths: list[Path],
+    *,
+    target: Deployment | None,
+    journal_dir: Path,
+    every: float | None,
+    jitter: float,
+    dry_run: bool,
+    say: Say,
+    stop: threading.Event,
+    on_journal: Callable[[Journal], None] = lambda _: None,
+    max_runs: int | None = None,
+) -> list[Journal]:
+    """Run every experiment once, or (with `every`) again and again until `stop` is set."""
+    experiments = [(p, load_experiment(p)) for p in paths]  # all validated before any run
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = journal_dir / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+    journals: list[Journal] = []
+    rng = random.Random()
+    try:
+        while not stop.is_set():
+            for path, experiment in experiments:
+                if stop.is_set():
+                    break
+                try:
+                    journal = run_one(
+                        path,
+                        experiment,
+                        target=target,
+                        journal_dir=journal_dir,
+                        dry_run=dry_run,
+                        say=say,
+                        stop=stop,
+                    )
+                except Exception as error:  # a failed run must not stop the schedule
+                    say(f"run of {path} failed: {type(error).__name__}: {error}")
+                    if every is None:
+                        raise
+                    continue
+                journals.append(journal)
+                on_journal(journal)
+                if max_runs is not None and len(journals) >= max_runs:
+                    return journals
+            if every is None:
+                break
+            pause = every + rng.uniform(-jitter, jitter)
+            say(f"next run in {pause:.0f} s")
+            stop.wait(timeout=max(0.0, pause))
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text() == str(os.getpid()):
+                pid_file.unlink()
+    return journals
+
+
+def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
+    """Ask the running `chaos run` to stop and roll back; returns its pid (None: none ran)."""
+    import signal
+
+    pid_file = journal_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return None
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    return pid
