@@ -75,6 +75,13 @@ class Journal(BaseModel):
         )
         self.timeline.sort(key=lambda e: e.at)
 
+    def measure_from_fault(self) -> None:
+        """Express every offset relative to the fault (known only once it happened)."""
+        fault = self.moment("fault_injected")
+        if fault is not None:
+            for entry in self.timeline:
+                entry.offset = round(entry.at - fault, 4)
+
     def moment(self, name: str) -> float | None:
         return next((e.at for e in self.timeline if e.name == name), None)
 

@@ -139,6 +139,7 @@ class ExperimentRunner:
                 if journal.status == "running":
                     self.conclude(experiment, journal, ledger, faulted or {before.shards[0].id})
             journal.ended_at = time.time()
+            journal.measure_from_fault()
             if journal.status == "running":
                 journal.status = "completed"
             journal.write(self.journal_dir)

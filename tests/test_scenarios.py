@@ -1,0 +1,25 @@
+"""The CI scenario suite: every experiment in scenarios/ runs on its own embedded local testbed
+(real redis-server processes, sensors, three controllers) and must pass its hypotheses."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from chaos.experiments import load_experiment
+from chaos.scheduler import run_one
+
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_the_scenario_passes_on_the_embedded_testbed(path: Path, tmp_path: Path) -> None:
+    journal = run_one(path, load_experiment(path), target=None, journal_dir=tmp_path,
+                      dry_run=False, say=print, stop=threading.Event(), seed=11)  # fmt: skip
+    failed = [h for h in journal.hypotheses if not h.ok]
+    assert journal.verdict == "passed", (journal.errors, failed, journal.steady_state_after)
+    assert (tmp_path / f"{journal.run_id}.json").exists()
