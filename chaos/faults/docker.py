@@ -1,0 +1,343 @@
+"""The Docker fault backend: kill, pause/resume, stop/start and blackhole a node that runs as a
+container on a real Docker engine, through the Docker SDK (`docker` package). `NodeTarget.container`
+is the container's name (or id); the engine is found the usual way (`DOCKER_HOST`, else the local
+socket) unless a `base_url` or client is given.
+
+Actions and their rollbacks:
+- `kill`: `container.kill()` (SIGKILL, or `signal=`), waits until the container has exited. No
+  undo by default: a killed primary must not silently come back as a primary (the controller or
+  testbed decides what it becomes); `restart=True` makes the rollback start it again.
+- `pause` (freezer cgroup: the process stops answering, its sockets stay open): undo unpauses.
+- `resume`, `start`: the plain inverse actions, no undo.
+- `stop`: `container.stop(timeout=)` (SIGTERM, then SIGKILL after `timeout` s): undo starts it.
+- `blackhole`: disconnects the container from every network it is on (or only `network=`),
+  undo reconnects it with its aliases (and its old address on user-defined networks, when the
+  engine accepts that). Host-network containers (how this project runs Redis) share the host's
+  network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
+  points to the local backend's iptables blackhole, which cuts a port on loopback.
+- `latency` is not supported (use the local backend's TCP proxy).
+`seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
+long from a timer thread; an earlier `rollback()` cancels the timer.
+
+Every engine or container problem (engine unreachable, container missing, API error) surfaces as
+a FaultError naming the container and the cause.
+
+Not for: building the image (`docker/redis-image.sh`), starting containers for a deployment
+(`docker-compose.yml`, tests), or choosing targets (the experiment runner).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+
+log = logging.getLogger(__name__)
+
+DOCKER_ACTIONS: frozenset[str] = frozenset(
+    {"kill", "pause", "resume", "stop", "start", "blackhole"}
+)
+EXITED_STATES = frozenset({"exited", "dead"})
+# Network modes that have no network of the container's own to disconnect.
+_SHARED_NETWORK_MODES = ("host", "none")
+
+
+def engine_unavailable_reason(base_url: str | None = None, timeout: float = 5.0) -> str | None:
+    """None when a Docker engine answers a ping, else a one-line reason (for skips and logs)."""
+    try:
+        client = (
+            docker.DockerClient(base_url=base_url, timeout=int(timeout))
+            if base_url
+            else docker.from_env(timeout=int(timeout))
+        )
+    except docker.errors.DockerException as error:
+        return f"Docker engine unreachable ({base_url or 'DOCKER_HOST or local socket'}): {error}"
+    try:
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        return f"Docker engine at {client.api.base_url} does not answer: {error}"
+    finally:
+        client.close()
+    return None
+
+
+class DockerFaultBackend:
+    """Faults on containers of one Docker engine (see the module docstring for each action)."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        base_url: str | None = None,
+        stop_timeout: int = 10,
+        api_timeout: float = 60.0,
+        settle_timeout: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._stop_timeout = stop_timeout
+        self._api_timeout = api_timeout
+        self._settle_timeout = settle_timeout
+        self._client_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine client, created on first use (constructing the backend needs no engine)."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    if self._base_url:
+                        self._client = docker.DockerClient(
+                            base_url=self._base_url, timeout=int(self._api_timeout)
+                        )
+                    else:
+                        self._client = docker.from_env(timeout=int(self._api_timeout))
+                except docker.errors.DockerException as error:
+                    where = self._base_url or "DOCKER_HOST or the local socket"
+                    raise FaultError(
+                        f"docker backend: Docker engine unreachable ({where}): {error}"
+                    ) from error
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @contextmanager
+    def _engine(self, what: str) -> Iterator[None]:
+        """Turn every SDK/transport error into a FaultError that says what was being done."""
+        try:
+            yield
+        except FaultError:
+            raise
+        except docker.errors.NotFound as error:
+            raise FaultError(f"{what}: not found: {_explain(error)}") from error
+        except docker.errors.APIError as error:
+            raise FaultError(f"{what}: Docker engine refused: {_explain(error)}") from error
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise FaultError(f"{what}: Docker engine unreachable: {error}") from error
+
+    def _container(self, target: NodeTarget) -> Container:
+        if not target.container:
+            raise FaultError(
+                f"docker backend: target {target.name} has no container (set NodeTarget.container)"
+            )
+        with self._engine(f"docker backend: container {target.container!r} ({target.name})"):
+            try:
+                return self.client.containers.get(target.container)
+            except docker.errors.NotFound as error:
+                raise FaultError(
+                    f"docker backend: container {target.container!r} of {target.name} does not "
+                    "exist on this Docker engine"
+                ) from error
+
+    def _wait_status(self, container: Container, wanted: frozenset[str]) -> str:
+        deadline = time.monotonic() + self._settle_timeout
+        while True:
+            container.reload()
+            if container.status in wanted or time.monotonic() > deadline:
+                return container.status
+            time.sleep(0.05)
+
+    # -- the FaultBackend interface ---------------------------------------------------------
+
+    def supports(self, action: str) -> bool:
+        return action in DOCKER_ACTIONS
+
+    def inject(self, action: str, target: NodeTarget, **params: Any) -> InjectedFault:
+        if not self.supports(action):
+            hint = " (use the local backend's TCP proxy)" if action == "latency" else ""
+            raise FaultError(f"docker backend does not support {action!r}{hint}")
+        container = self._container(target)
+        what = f"docker {action} on {target.name} (container {container.name})"
+        handler: Callable[[Container, NodeTarget, str, dict[str, Any]], InjectedFault] = getattr(
+            self, f"_{action}"
+        )
+        with self._engine(what):
+            fault = handler(container, target, what, params)
+        fault.details.setdefault("container", container.name)
+        fault.details.setdefault("container_id", container.id)
+        seconds = params.get("seconds")
+        if seconds is not None and fault.undo is not None:
+            self._schedule_rollback(fault, float(seconds))
+        return fault
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _fault(
+        self,
+        action: str,
+        target: NodeTarget,
+        details: dict[str, Any],
+        undo: Callable[[], None] | None,
+    ) -> InjectedFault:
+        return InjectedFault(
+            action=action, target=target, backend=self.name, details=details, undo=undo
+        )
+
+    def _kill(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        signal = params.get("signal", "SIGKILL")
+        container.kill(signal=signal)
+        status = self._wait_status(container, EXITED_STATES) if signal == "SIGKILL" else None
+        undo = self._undo(what, container.id, "start") if params.get("restart") else None
+        return self._fault("kill", target, {"signal": signal, "status": status}, undo)
+
+    def _pause(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        container.pause()
+        return self._fault("pause", target, {}, self._undo(what, container.id, "unpause"))
+
+    def _resume(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        container.reload()
+        if container.status == "paused":
+            container.unpause()
+        return self._fault("resume", target, {}, None)
+
+    def _stop(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        timeout = int(params.get("timeout", self._stop_timeout))
+        container.stop(timeout=timeout)
+        status = self._wait_status(container, EXITED_STATES)
+        undo = self._undo(what, container.id, "start")
+        return self._fault("stop", target, {"timeout": timeout, "status": status}, undo)
+
+    def _start(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        container.reload()
+        if container.status != "running":
+            container.start()
+        return self._fault("start", target, {}, None)
+
+    def _blackhole(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        container.reload()
+        mode = container.attrs.get("HostConfig", {}).get("NetworkMode") or "default"
+        if mode in _SHARED_NETWORK_MODES or mode.startswith("container:"):
+            raise FaultError(
+                f"{what}: refused: the container uses network mode {mode!r}, so it has no "
+                "network of its own to disconnect (with host networking it shares the host's "
+                "stack). Use the local backend's blackhole (iptables rules on the node's "
+                f"loopback address and port {target.port}) instead."
+            )
+        attached: dict[str, dict[str, Any]] = dict(
+            container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        )
+        wanted = params.get("network")
+        if wanted is not None:
+            if wanted not in attached:
+                raise FaultError(
+                    f"{what}: container is not on network {wanted!r} (it is on "
+                    f"{sorted(attached) or 'no network'})"
+                )
+            attached = {wanted: attached[wanted]}
+        if not attached:
+            raise FaultError(f"{what}: container is on no network; nothing to disconnect")
+        disconnected: list[tuple[str, dict[str, Any]]] = []
+        try:
+            for network_name, settings in attached.items():
+                self.client.networks.get(network_name).disconnect(container, force=True)
+                disconnected.append((network_name, settings))
+        except Exception:
+            # Leave nothing half-done: put back what was already cut, then report.
+            self._reconnect(container.id, disconnected)
+            raise
+        details = {
+            "networks": {name: s.get("IPAddress") or None for name, s in disconnected},
+        }
+
+        def undo() -> None:
+            with self._engine(f"rollback of {what}"):
+                self._reconnect(container.id, disconnected)
+
+        return self._fault("blackhole", target, details, undo)
+
+    # -- rollbacks --------------------------------------------------------------------------
+
+    def _undo(self, what: str, container_id: str, method: str) -> Callable[[], None]:
+        def undo() -> None:
+            with self._engine(f"rollback of {what}"):
+                container = self.client.containers.get(container_id)
+                if method == "unpause":
+                    if container.status == "paused":
+                        container.unpause()
+                elif method == "start":
+                    if container.status != "running":
+                        container.start()
+                else:  # pragma: no cover - programming error
+                    raise ValueError(method)
+
+        return undo
+
+    def _reconnect(self, container_id: str, networks: list[tuple[str, dict[str, Any]]]) -> None:
+        for network_name, settings in networks:
+            network = self.client.networks.get(network_name)
+            network.reload()
+            if any(c.id == container_id for c in network.containers):
+                continue  # already back (rollback twice, or never fully cut)
+            aliases = [a for a in settings.get("Aliases") or [] if not container_id.startswith(a)]
+            options: dict[str, Any] = {"aliases": aliases or None}
+            links = settings.get("Links")
+            if links:
+                options["links"] = links
+            address = settings.get("IPAddress")
+            if address and network_name != "bridge":
+                # Keep the old address where the engine allows a chosen one (user-defined
+                # networks with a configured subnet); otherwise take any.
+                try:
+                    network.connect(container_id, ipv4_address=address, **options)
+                    continue
+                except docker.errors.APIError as error:
+                    log.info("reconnect %s to %s without its old address: %s",
+                             container_id[:12], network_name, _explain(error))  # fmt: skip
+            network.connect(container_id, **options)
+
+    def _schedule_rollback(self, fault: InjectedFault, seconds: float) -> None:
+        def fire() -> None:
+            try:
+                fault.rollback()
+            except FaultError as error:
+                log.error("timed rollback failed: %s", error)
+
+        timer = threading.Timer(seconds, fire)
+        timer.daemon = True
+        timer.name = f"docker-rollback-{fault.target.name}"
+        original = fault.undo
+        assert original is not None
+
+        def undo() -> None:
+            if threading.current_thread() is not timer:
+                timer.cancel()
+            original()
+
+        fault.undo = undo
+        fault.details["rollback_after_s"] = seconds
+        timer.start()
+
+
+def _explain(error: docker.errors.APIError | docker.errors.NotFound) -> str:
+    explanation = getattr(error, "explanation", None)
+    return str(explanation or error)

@@ -1,0 +1,259 @@
+"""The docker fault backend against a real Docker engine: redis-server containers from the local
+image `ratequeue-redis:local` (built by docker/redis-image.sh when missing) on host networking,
+each on a free loopback port. Containers are started and removed with testcontainers (reaper
+disabled: its image cannot be pulled here); every container is removed at teardown, also on
+failure. With no engine reachable the whole module skips and says why.
+
+Not for: the local or gremlin backends, or experiments (tests of the runner).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from testcontainers.core.config import testcontainers_config
+from testcontainers.core.container import DockerContainer
+
+from chaos.faults.base import FaultError, NodeTarget
+from chaos.faults.docker import DockerFaultBackend, engine_unavailable_reason
+from ratequeue.redis_processes import free_port
+
+_UNAVAILABLE = engine_unavailable_reason()
+if _UNAVAILABLE is not None:
+    pytest.skip(f"docker fault backend tests need a Docker engine: {_UNAVAILABLE}",
+                allow_module_level=True)  # fmt: skip
+
+testcontainers_config.ryuk_disabled = True  # the reaper's image cannot be pulled (no registry)
+
+IMAGE = "ratequeue-redis:local"
+IMAGE_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "redis-image.sh"
+LABEL = {"ratequeue.test": "docker-faults"}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The local Redis image; built from the host's redis-server if it is not there yet."""
+    client = docker.from_env()
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        build = subprocess.run([str(IMAGE_SCRIPT)], capture_output=True, text=True, timeout=300)
+        assert build.returncode == 0, f"{IMAGE_SCRIPT} failed:\n{build.stdout}\n{build.stderr}"
+    finally:
+        client.close()
+    return IMAGE
+
+
+@pytest.fixture
+def backend() -> Iterator[DockerFaultBackend]:
+    backend = DockerFaultBackend(stop_timeout=2)
+    yield backend
+    backend.close()
+
+
+def _connect(host: str, port: int, timeout: float = 0.5) -> redis.Redis:
+    """A client that fails at once: redis-py's default retries would hide a timeout for seconds."""
+    return redis.Redis(host=host, port=port, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))  # fmt: skip
+
+
+def _ping(port: int, timeout: float = 0.5, host: str = "127.0.0.1") -> bool:
+    connection = _connect(host, port, timeout)
+    try:
+        return bool(connection.ping())
+    finally:
+        connection.close()
+
+
+def _wait_ping(port: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if _ping(port):
+                return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _status(name: str) -> str:
+    client = docker.from_env()
+    try:
+        return client.containers.get(name).status
+    finally:
+        client.close()
+
+
+class RedisContainer:
+    def __init__(self, wrapped: DockerContainer, name: str, port: int) -> None:
+        self.wrapped = wrapped
+        self.name = name
+        self.port = port
+
+    def target(self) -> NodeTarget:
+        return NodeTarget(name=self.name, role="primary", shard="s0", port=self.port,
+                          container=self.name)  # fmt: skip
+
+
+@pytest.fixture
+def start_redis(image: str) -> Iterator[Callable[..., RedisContainer]]:
+    started: list[DockerContainer] = []
+
+    def start(host_network: bool = True) -> RedisContainer:
+        name = f"rq-docker-fault-{uuid.uuid4().hex[:10]}"
+        port = free_port(("127.0.0.1",)) if host_network else 6379
+        command = ["--port", str(port), "--save", "", "--appendonly", "no"]
+        if host_network:
+            command += ["--bind", "127.0.0.1"]
+            kwargs: dict[str, object] = {"network_mode": "host"}
+        else:
+            command += ["--protected-mode", "no"]
+            kwargs = {}
+        container = (
+            DockerContainer(image)
+            .with_name(name)
+            .with_command(command)
+            .with_kwargs(labels=LABEL, **kwargs)
+        )
+        started.append(container)
+        container.start()
+        if host_network:
+            _wait_ping(port)
+        return RedisContainer(container, name, port)
+
+    yield start
+    for container in started:
+        wrapped = container._container
+        try:
+            if wrapped is not None:
+                wrapped.reload()
+                if wrapped.status == "paused":
+                    wrapped.unpause()
+        except docker.errors.DockerException:
+            pass
+        container.stop()  # removes it (force, with volumes)
+
+
+def test_kill_stops_the_container(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis()
+    fault = backend.inject("kill", node.target())
+    assert _status(node.name) == "exited"
+    assert fault.details["status"] == "exited"
+    with pytest.raises(redis.ConnectionError):
+        _ping(node.port)
+    fault.rollback()  # no undo for a kill: it stays down
+    assert _status(node.name) == "exited"
+
+
+def test_pause_makes_ping_time_out_and_rollback_answers_again(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis()
+    fault = backend.inject("pause", node.target())
+    assert _status(node.name) == "paused"
+    with pytest.raises(redis.TimeoutError):
+        _ping(node.port, timeout=0.5)
+    fault.rollback()
+    fault.rollback()  # idempotent
+    assert _ping(node.port)
+    assert _status(node.name) == "running"
+
+
+def test_stop_then_rollback_starts_it_again(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis()
+    fault = backend.inject("stop", node.target(), timeout=2)
+    assert _status(node.name) == "exited"
+    with pytest.raises(redis.ConnectionError):
+        _ping(node.port)
+    fault.rollback()
+    _wait_ping(node.port)
+    assert _status(node.name) == "running"
+
+
+def test_missing_container_is_a_fault_error(backend: DockerFaultBackend) -> None:
+    target = NodeTarget(name="ghost", role="primary", port=6399, container="rq-no-such-container")
+    with pytest.raises(FaultError, match=r"rq-no-such-container.*does not exist"):
+        backend.inject("kill", target)
+
+
+def test_blackhole_on_host_network_is_refused_with_a_pointer_to_iptables(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis()
+    with pytest.raises(FaultError, match="local backend's blackhole"):
+        backend.inject("blackhole", node.target())
+    assert _ping(node.port)
+
+
+def test_blackhole_on_a_bridge_network_disconnects_and_rollback_reconnects(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis(host_network=False)
+    client = docker.from_env()
+
+    def address() -> str:
+        settings = client.containers.get(node.name).attrs["NetworkSettings"]["Networks"]
+        return next((n["IPAddress"] for n in settings.values() if n.get("IPAddress")), "")
+
+    try:
+        before = address()
+        if not before:
+            pytest.skip("this Docker engine gives bridge containers no address (--bridge=none?)")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert _ping(6379, host=before)
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        fault = backend.inject("blackhole", node.target())
+        assert fault.details["networks"] == {"bridge": before}
+        assert address() == ""
+        with pytest.raises(redis.RedisError):
+            _ping(6379, host=before)
+        fault.rollback()
+        after = address()
+        assert after
+        assert _ping(6379, timeout=2, host=after)
+    finally:
+        client.close()
+
+
+def test_timed_pause_rolls_itself_back(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    node = start_redis()
+    fault = backend.inject("pause", node.target(), seconds=0.5)
+    assert _status(node.name) == "paused"
+    _wait_ping(node.port, within=5)
+    deadline = time.monotonic() + 5
+    while fault.rolled_back_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the timer records the rollback just after unpausing
+    assert fault.rolled_back_at is not None
+    assert _status(node.name) == "running"
+
+
+def test_unreachable_engine_is_a_fault_error() -> None:
+    backend = DockerFaultBackend(base_url="unix:///nonexistent/docker.sock", api_timeout=2)
+    target = NodeTarget(name="n", role="primary", port=6399, container="whatever")
+    with pytest.raises(FaultError, match="unreachable"):
+        backend.inject("pause", target)
+    assert not backend.supports("latency")
+    with pytest.raises(FaultError, match="does not support 'latency'"):
+        backend.inject("latency", target)
