@@ -290,10 +290,14 @@ class ExperimentRunner:
         workflow = self._shard_workflow(choice.chosen)
         if workflow is None:
             raise TargetError("no workflow to approve")
+        token = self.deployment.lazarus_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         for url in self.deployment.controller_urls():
             with contextlib.suppress(httpx.HTTPError):
                 answer = self._http.post(
-                    f"{url}/v1/workflows/{workflow['id']}/approve", json={"step": step.approve}
+                    f"{url}/v1/workflows/{workflow['id']}/approve",
+                    json={"step": step.approve},
+                    headers=headers,
                 )
                 if answer.status_code == 200:
                     self.say(f"approved gate '{step.approve}' of {workflow['id']} via {url}")

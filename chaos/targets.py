@@ -52,6 +52,7 @@ class Deployment(BaseModel):
     api: str
     control: str
     lazarus: list[str] = Field(default_factory=list)
+    lazarus_token: str | None = Field(None, description="bearer token for approvals")
     default_backend: Backend = "local"
     nodes: list[DeploymentNode] = Field(default_factory=list)
     testbed_dir: Path | None = Field(None, description="set for the embedded testbed")

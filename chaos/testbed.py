@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class TestbedState(BaseModel):
     control: str
     nodes: list[TestbedNode]
     lazarus: list[str] = []
+    lazarus_token: str | None = None
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
@@ -136,7 +138,11 @@ def start_api(
 
 
 def start_controllers(
-    directory: Path, control_url: str, count: int, extra_args: list[str] | None = None
+    directory: Path,
+    control_url: str,
+    count: int,
+    extra_args: list[str] | None = None,
+    token: str = "",
 ) -> list[TestbedNode]:
     """`count` Lazarus-lite nodes, each knowing the others as its quorum peers."""
     ports = []
@@ -170,6 +176,8 @@ def start_controllers(
                     str(directory / "redis"),
                     "--log-level",
                     "info",
+                    "--api-token",
+                    token,
                     *peers,
                     *(extra_args or []),
                 ],
@@ -252,10 +260,13 @@ def up(
         for n in cluster.nodes()
     ]
     started: list[TestbedNode] = []
+    token = secrets.token_urlsafe(24)
     try:
         api = start_api(directory, cluster.control.url)
         started.append(api)
-        lazarus = start_controllers(directory, cluster.control.url, controllers, controller_args)
+        lazarus = start_controllers(
+            directory, cluster.control.url, controllers, controller_args, token
+        )
         started += lazarus
         if sensors:
             started += [
@@ -274,6 +285,7 @@ def up(
         control=cluster.control.url,
         nodes=nodes,
         lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
+        lazarus_token=token if lazarus else None,
     )
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state

@@ -69,6 +69,8 @@ class AuditRecord(BaseModel):
     verdicts: list[NodeVerdict] = Field(default_factory=list)
     quorum: QuorumOutcome | None = None
     workflow_id: str | None = None
+    gate: str | None = Field(None, description="the safety gate that stopped the action")
+    would_run: str | None = Field(None, description="shadow mode: the action not taken")
     decided_at: float | None = None
     notes: list[Note] = Field(default_factory=list)
 

@@ -34,6 +34,16 @@ def serve(
     kinesis_stream: str = typer.Option(None),
     kinesis_region: str = typer.Option(None),
     kinesis_endpoint: str = typer.Option(None),
+    api_token: str = typer.Option(None, envvar="LAZARUS_API_TOKEN", help="bearer token"),
+    region: str = typer.Option(None, envvar="LAZARUS_REGION"),
+    control_realm: list[str] = typer.Option(None, "--control-realm", help="controlled region"),
+    max_event_age: float = typer.Option(None, help="seconds; older events are stale"),
+    rate_limit_threshold: int = typer.Option(None, help="incidents per service per window"),
+    rate_limit_window: float = typer.Option(None, help="seconds"),
+    breaker_threshold: int = typer.Option(None, help="failing services per region"),
+    breaker_window: float = typer.Option(None, help="seconds"),
+    notifications: Path = typer.Option(None, "--notifications", help="channels (YAML)"),
+    services: Path = typer.Option(None, "--services", help="service profiles directory"),
     log_level: str = typer.Option("warning", envvar="LAZARUS_LOG_LEVEL"),
 ) -> None:
     """Run one controller node (HTTP API + stream consumer + workflow engine)."""
@@ -57,6 +67,16 @@ def serve(
             kinesis_stream=kinesis_stream,
             kinesis_region=kinesis_region,
             kinesis_endpoint=kinesis_endpoint,
+            api_token=api_token,
+            region=region,
+            control_realm=control_realm or None,
+            max_event_age=max_event_age,
+            rate_limit_threshold=rate_limit_threshold,
+            rate_limit_window=rate_limit_window,
+            breaker_threshold=breaker_threshold,
+            breaker_window=breaker_window,
+            notifications=notifications,
+            services=services,
         )
         from lazarus_lite.service import create_app
 
@@ -138,3 +158,144 @@ def event(
     typer.echo(json.dumps(response.json(), indent=2))
     if response.status_code != 200:
         raise typer.Exit(1)
+
+
+def _url_option() -> str:
+    return typer.Option("http://127.0.0.1:8090", "--url", envvar="LAZARUS_URL")
+
+
+def _token_option() -> str:
+    return typer.Option(None, "--token", envvar="LAZARUS_API_TOKEN", help="bearer token")
+
+
+def _call(method: str, url: str, token: str | None = None, **kwargs: object) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
+    except httpx.HTTPError as error:
+        typer.echo(f"cannot reach {url}: {error}", err=True)
+        raise typer.Exit(1) from None
+    body = response.json()
+    if response.status_code >= 400:
+        typer.echo(f"refused ({response.status_code}): {body.get('error', body)}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+killswitch_app = typer.Typer(help="Suspend remediation per event category.", no_args_is_help=True)
+shadow_app = typer.Typer(help="Notification-only mode per service.", no_args_is_help=True)
+app.add_typer(killswitch_app, name="killswitch")
+app.add_typer(shadow_app, name="shadow")
+
+
+def _print_switches(engaged: dict) -> None:
+    if not engaged:
+        console.print("kill switch: off for every category")
+    for category, info in engaged.items():
+        console.print(
+            f"kill switch ON: {'all categories' if category == '*' else category}"
+            f" (by {info.get('by') or '?'}: {info.get('reason') or 'no reason given'})"
+        )
+
+
+@killswitch_app.command("enable")
+def killswitch_enable(
+    category: str = typer.Option(
+        "all", "--category", help="failover | host_replacement | scaling | all"
+    ),
+    reason: str = typer.Option("", "--reason"),
+    url: str = _url_option(),
+    token: str = _token_option(),
+) -> None:
+    """Suspend every action of a category: events escalate to a person instead."""
+    import getpass
+
+    body = _call(
+        "POST",
+        f"{url}/v1/killswitch",
+        token,
+        json={"enabled": True, "category": category, "reason": reason, "by": getpass.getuser()},
+    )
+    _print_switches(body["engaged"])
+
+
+@killswitch_app.command("disable")
+def killswitch_disable(
+    category: str = typer.Option("all", "--category"),
+    url: str = _url_option(),
+    token: str = _token_option(),
+) -> None:
+    body = _call(
+        "POST", f"{url}/v1/killswitch", token, json={"enabled": False, "category": category}
+    )
+    _print_switches(body["engaged"])
+
+
+@killswitch_app.command("status")
+def killswitch_status(url: str = _url_option()) -> None:
+    _print_switches(_call("GET", f"{url}/v1/killswitch")["engaged"])
+
+
+@shadow_app.command("enable")
+def shadow_enable(
+    service: str = typer.Option("*", "--service", help="a service, or * for all"),
+    url: str = _url_option(),
+    token: str = _token_option(),
+) -> None:
+    """Decide as usual, record what would have been done, do nothing."""
+    body = _call("POST", f"{url}/v1/shadow", token, json={"enabled": True, "service": service})
+    console.print(f"shadow mode: {body['services'] or 'off everywhere'}")
+
+
+@shadow_app.command("disable")
+def shadow_disable(
+    service: str = typer.Option("*", "--service"),
+    url: str = _url_option(),
+    token: str = _token_option(),
+) -> None:
+    body = _call("POST", f"{url}/v1/shadow", token, json={"enabled": False, "service": service})
+    console.print(f"shadow mode: {body['services'] or 'off everywhere'}")
+
+
+@shadow_app.command("status")
+def shadow_status(url: str = _url_option()) -> None:
+    services = _call("GET", f"{url}/v1/shadow")["services"]
+    console.print(f"shadow mode: {services or 'off everywhere'}")
+
+
+@app.command("shadow-report")
+def shadow_report_command(url: str = _url_option()) -> None:
+    """What shadow mode would have done, next to what happened afterwards."""
+    from rich.table import Table
+
+    table = Table(title="shadow decisions")
+    for column in ("event", "service", "shard", "would run", "afterwards", "agrees"):
+        table.add_column(column)
+    for row in _call("GET", f"{url}/v1/shadow-report")["decisions"]:
+        agrees = {True: "yes", False: "[red]no[/]", None: "?"}[row["agrees"]]
+        table.add_row(
+            row["event_id"],
+            row["service"],
+            row.get("shard") or "",
+            row["action"],
+            row["afterwards"],
+            agrees,
+        )
+    console.print(table)
+
+
+@app.command()
+def breaker(url: str = _url_option(), region: str = typer.Option(None, "--region")) -> None:
+    """Circuit breaker state per region."""
+    params = {"region": region} if region else {}
+    states = _call("GET", f"{url}/v1/breaker", params=params)["breakers"]
+    if not states:
+        console.print("no failing services recorded in any region: every breaker closed")
+    for state in states:
+        status = "[red]OPEN[/]" if state["open"] else "closed"
+        console.print(
+            f"{state['region']}: {status} — {len(state['failing'])} failing services "
+            f"(threshold {state['threshold']}): {', '.join(state['failing'])}"
+        )

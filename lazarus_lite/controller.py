@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -29,10 +30,29 @@ from lazarus_lite import (  # noqa: F401  (importing registers the steps)
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome
 from lazarus_lite.checks import CHECKS, run_checks
+from lazarus_lite.gates import (
+    CircuitBreaker,
+    ControlRealm,
+    GateStop,
+    KillSwitch,
+    ServiceRateLimit,
+    ShadowMode,
+    StaleEventFilter,
+    is_failure,
+)
 from lazarus_lite.locks import Locks
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
-from lazarus_lite.workflow import StepEnvironment, WorkflowEngine, WorkflowRecord, load_workflows
+from lazarus_lite.shadow_report import SHADOW_DECISIONS
+from lazarus_lite.workflow import (
+    Escalate,
+    StepEnvironment,
+    WorkflowCancelled,
+    WorkflowDefinition,
+    WorkflowEngine,
+    WorkflowRecord,
+    load_workflows,
+)
 from ratequeue.topology import TopologyStore
 
 log = logging.getLogger(__name__)
@@ -74,8 +94,28 @@ class ControllerNode:
             else None
         )
         self.locks = Locks(control)
+        self.stale_filter = StaleEventFilter(settings.max_event_age)
+        self.rate_limit = ServiceRateLimit(
+            control,
+            window=settings.rate_limit_window,
+            threshold=settings.rate_limit_threshold,
+            overrides=settings.rate_limit_overrides,
+        )
+        self.breaker = CircuitBreaker(
+            control, window=settings.breaker_window, threshold=settings.breaker_threshold
+        )
+        self.kill_switch = KillSwitch(control)
+        self.shadow = ShadowMode(control)
+        self.realm = ControlRealm(settings.region, settings.control_realm)
         self.engine = WorkflowEngine(
-            StepEnvironment(control, self.locks, self.node_id, {"actuator": actuator}),
+            StepEnvironment(
+                control,
+                self.locks,
+                self.node_id,
+                {"actuator": actuator},
+                before_state_change=self._before_state_change,
+                before_start=self._before_start,
+            ),
             self.definitions,
             on_finished=self._workflow_finished,
         )
@@ -146,6 +186,10 @@ class ControllerNode:
             coordinator=self.node_id,
         )
         await self.audit.save(record)
+        stale = self.stale_filter.check(event)
+        if stale is not None:
+            record.gate = stale.gate
+            return await self._decide(record, "stale", stale.reason)
         claimed = await self.control.set(
             incident_claim_key(event), event.id, nx=True, ex=int(self.settings.incident_ttl)
         )
@@ -154,6 +198,10 @@ class ControllerNode:
             first_id = first.decode() if first else "?"
             if first_id != event.id:
                 return await self._decide(record, "duplicate", f"same incident as event {first_id}")
+        incidents = 0
+        if is_failure(event):
+            incidents = await self.rate_limit.record(event)
+            await self.breaker.record(event)
         rule = self.rules.match(event)
         if rule is None:
             return await self._escalate(record, "no rule matches this event")
@@ -161,6 +209,13 @@ class ControllerNode:
         if rule.action.name == RECORD_ONLY_ACTION:
             await self._release_incident(event)
             return await self._decide(record, "recorded", f"rule {rule.name} records the event")
+        for stop in (
+            await self.rate_limit.check(event, incidents),
+            await self.breaker.check(event),
+            self.realm.check(event.region),
+        ):
+            if stop is not None:
+                return await self._stopped_by_gate(record, stop)
         verdicts, quorum = await self.gather_verdicts(event, rule)
         record.verdicts, record.quorum = verdicts, quorum
         if not quorum.reached:
@@ -170,9 +225,22 @@ class ControllerNode:
                 f"quorum not reached: {len(quorum.passed)} of {quorum.required} nodes passed "
                 f"every check" + (f" (failed: {', '.join(failing)})" if failing else ""),
             )
-        workflow = await self.engine.start(
-            rule.action.name, self.workflow_inputs(rule, event), event_id=event.id
-        )
+        shadow = await self.shadow.check(event.service)
+        if shadow is not None:
+            record.would_run = rule.action.name
+            await self._remember_shadow_decision(record, rule, event)
+            record.gate = shadow.gate
+            return await self._decide(
+                record, "no_action", f"{shadow.reason}: would run {rule.action.name}"
+            )
+        try:
+            workflow = await self.engine.start(
+                rule.action.name, self.workflow_inputs(rule, event), event_id=event.id
+            )
+        except WorkflowCancelled as cancelled:
+            stop = cancelled.args[0] if cancelled.args else GateStop("kill_switch", "cancelled")
+            record.note("workflow_cancelled", stop.reason)
+            return await self._stopped_by_gate(record, stop)
         record.workflow_id = workflow.id
         return await self._decide(record, "scheduled", f"quorum reached; {workflow.id} runs")
 
@@ -198,6 +266,16 @@ class ControllerNode:
         return record
 
     async def _escalate(self, record: AuditRecord, reason: str) -> AuditRecord:
+        await self._notify_escalation(record, reason)
+        return await self._decide(record, "escalated", reason)
+
+    async def _stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
+        """A gate stopped the action: NO_ACTION, and a person gets the event."""
+        record.gate = stop.gate
+        await self._notify_escalation(record, stop.reason)
+        return await self._decide(record, "no_action", stop.reason)
+
+    async def _notify_escalation(self, record: AuditRecord, reason: str) -> None:
         await self.control.xadd(
             ESCALATIONS_STREAM,
             {"event_id": record.event_id, "reason": reason, "node": self.node_id},
@@ -206,7 +284,44 @@ class ControllerNode:
         )
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
-        return await self._decide(record, "escalated", reason)
+
+    async def _before_start(self, definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
+        """The workflow engine's last word before a workflow starts (the seed's kill switch
+        placement: one check, right before execution)."""
+        stop = self.realm.check() or await self.kill_switch.check(definition.category)
+        if stop is not None:
+            raise WorkflowCancelled(stop)
+
+    async def _before_state_change(self, workflow: WorkflowRecord, step: str) -> None:
+        stop = self.realm.check() or await self.kill_switch.check(workflow.definition.category)
+        if stop is not None:
+            raise Escalate(f"{stop.gate}: {stop.reason}")
+
+    async def _remember_shadow_decision(
+        self, record: AuditRecord, rule: Rule, event: Event
+    ) -> None:
+        topology = await self.topology.load()
+        primary = None
+        if topology is not None and event.shard:
+            try:
+                primary = topology.shard(event.shard).primary.name
+            except KeyError:
+                primary = None
+        await self.control.rpush(
+            SHADOW_DECISIONS,
+            json.dumps(
+                {
+                    "event_id": event.id,
+                    "service": event.service,
+                    "shard": event.shard,
+                    "type": event.type,
+                    "action": rule.action.name,
+                    "decided_at": time.time(),
+                    "primary_then": primary,
+                    "topology_epoch_then": topology.epoch if topology else None,
+                }
+            ),
+        )
 
     async def _release_incident(self, event: Event) -> None:
         """A recovery ends the incident: a later failure of the same primary is a new one."""
@@ -252,6 +367,7 @@ class ControllerNode:
             response = await self._http.post(
                 f"{url}/v1/quorum/evaluate",
                 json={"event": event.model_dump(mode="json"), "rule": rule.name},
+                headers={"Authorization": f"Bearer {self.settings.api_token}"},
             )
             response.raise_for_status()
             return NodeVerdict.model_validate(response.json())
@@ -289,14 +405,9 @@ class ControllerNode:
         if workflow.status == "succeeded":
             record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
         else:
-            record.outcome, record.reason = (
-                "escalated",
-                f"workflow {workflow.id}: {workflow.escalation}",
-            )
-            await self.control.xadd(
-                ESCALATIONS_STREAM,
-                {"event_id": record.event_id, "reason": record.reason, "node": self.node_id},
-            )
+            record.outcome = "escalated"
+            record.reason = f"workflow {workflow.id}: {workflow.escalation}"
+            await self._notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
         await self.audit.save(record)
 

@@ -8,8 +8,10 @@ changes nothing. Not for: decisions (see `controller`).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +28,9 @@ from failover.stream_factory import open_event_stream
 from failover.streams import EventStream
 from lazarus_lite.approval_steps import approve
 from lazarus_lite.controller import ControllerNode
+from lazarus_lite.gates import ALL, CATEGORIES
 from lazarus_lite.settings import ControllerSettings
+from lazarus_lite.shadow_report import shadow_report
 from lazarus_lite.workflow import WorkflowStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,30 @@ def open_stream(settings: ControllerSettings) -> EventStream:
         kinesis_region=settings.kinesis_region,
         kinesis_endpoint=settings.kinesis_endpoint,
     )
+
+
+def require_token(request: Request, token: str) -> None:
+    """Mutating endpoints need `Authorization: Bearer <token>`; anything else is a 401."""
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    category: str = "all"
+    reason: str = ""
+    by: str = ""
+
+
+class ShadowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    service: str = "*"
 
 
 def create_app(settings: ControllerSettings) -> FastAPI:
@@ -109,8 +137,12 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             {"error": {"code": "internal", "message": "internal error"}}, status_code=500
         )
 
+    def authorized(request: Request) -> None:
+        require_token(request, settings.api_token)
+
     @app.post("/v1/events", status_code=202)
     async def post_event(request: Request) -> JSONResponse:
+        authorized(request)
         try:
             event = parse_event(await read_body(request))
         except InvalidEvent as error:
@@ -154,6 +186,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @app.post("/v1/workflows/{workflow_id}/approve")
     async def approve_step(workflow_id: str, request: Request) -> dict:
+        authorized(request)
         body = await read_body(request)
         step_name = body.get("step") if isinstance(body, dict) else None
         if not isinstance(step_name, str) or not step_name:
@@ -170,6 +203,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @app.post("/v1/quorum/evaluate")
     async def evaluate(request: Request) -> dict:
+        authorized(request)
         try:
             payload = EvaluateRequest.model_validate(await read_body(request))
             event = parse_event(payload.event)
@@ -183,6 +217,65 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             raise ApiError(404, "unknown_rule", f"this node has no rule '{payload.rule}'") from None
         verdict = await node.evaluate(event, rule)
         return json.loads(verdict.model_dump_json())
+
+    async def validated(request: Request, model: type[BaseModel]) -> Any:
+        try:
+            return model.model_validate(await read_body(request))
+        except ValidationError as error:
+            problems = "; ".join(
+                f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
+            )
+            raise ApiError(400, "invalid_request", problems) from None
+
+    @app.get("/v1/killswitch")
+    async def killswitch_status() -> dict:
+        return {"engaged": await node.kill_switch.status(), "categories": [*CATEGORIES, "all"]}
+
+    @app.post("/v1/killswitch")
+    async def killswitch_set(request: Request) -> dict:
+        authorized(request)
+        change = await validated(request, SwitchRequest)
+        if change.category not in (*CATEGORIES, "all"):
+            raise ApiError(
+                400, "invalid_request", f"field 'category': expected one of {[*CATEGORIES, 'all']}"
+            )
+        category = ALL if change.category == "all" else change.category
+        await node.kill_switch.set(category, change.enabled, by=change.by, reason=change.reason)
+        return {"engaged": await node.kill_switch.status()}
+
+    @app.get("/v1/shadow")
+    async def shadow_status() -> dict:
+        return {"services": await node.shadow.services()}
+
+    @app.post("/v1/shadow")
+    async def shadow_set(request: Request) -> dict:
+        authorized(request)
+        change = await validated(request, ShadowRequest)
+        await node.shadow.set(change.service, change.enabled)
+        return {"services": await node.shadow.services()}
+
+    @app.get("/v1/shadow-report")
+    async def get_shadow_report() -> dict:
+        return {"decisions": await shadow_report(control)}
+
+    @app.get("/v1/breaker")
+    async def breaker_status(region: str | None = None) -> dict:
+        regions = [region] if region else await node.breaker.regions()
+        return {"breakers": [await node.breaker.state(r) for r in regions]}
+
+    @app.get("/v1/rate-limits/{service}")
+    async def rate_limit_status(service: str) -> dict:
+        now = time.time()
+        key = node.rate_limit.key(service)
+        count = await control.zcount(key, now - node.rate_limit.window, "+inf")
+        limit = node.rate_limit.overrides.get(service, node.rate_limit.threshold)
+        return {
+            "service": service,
+            "incidents": count,
+            "limit": limit,
+            "suspended": count > limit,
+            "window_seconds": node.rate_limit.window,
+        }
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -35,6 +35,17 @@ class ControllerSettings(BaseModel):
     kinesis_endpoint: str | None = None
     incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
     resume_interval: float = Field(1.0, gt=0, le=60)
+    api_token: str = Field(min_length=16, description="bearer token of mutating endpoints")
+    region: str = Field("local", description="where this node runs")
+    control_realm: list[str] | None = Field(None, description="regions this deployment controls")
+    max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")
+    rate_limit_window: float = Field(600, gt=0)
+    rate_limit_threshold: int = Field(10, ge=1, description="incidents per service per window")
+    rate_limit_overrides: dict[str, int] = Field(default_factory=dict)
+    breaker_window: float = Field(600, gt=0)
+    breaker_threshold: int = Field(3, ge=1, description="distinct failing services per region")
+    notifications: Path | None = Field(None, description="notification channels (YAML)")
+    services: Path | None = Field(None, description="service profiles directory (YAML)")
     forensics_interval: float = Field(2.0, gt=0, le=600)
 
     @field_validator("control_url")

@@ -54,6 +54,11 @@ class Escalate(Exception):
     """A step found that a person must decide: no retry, the workflow escalates."""
 
 
+class WorkflowCancelled(Exception):
+    """The engine refused to start a workflow (kill switch, control realm): the coordinator is
+    told, marks the event NO_ACTION and escalates it."""
+
+
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +94,7 @@ class WorkflowDefinition(BaseModel):
     version: int = Field(1, ge=1)
     description: str = ""
     timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
+    category: str = Field("failover", description="kill switch category")
     steps: list[StepDefinition] = Field(min_length=1)
     on_failure: str | None = Field(None, description="registered step run when escalating")
 
@@ -162,6 +168,7 @@ class StepEnvironment:
     node_id: str
     collaborators: dict[str, Any] = field(default_factory=dict)
     before_state_change: Callable[[WorkflowRecord, str], Awaitable[None]] | None = None
+    before_start: Callable[[WorkflowDefinition, dict[str, Any]], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -326,6 +333,8 @@ class WorkflowEngine:
     ) -> WorkflowRecord:
         """Record a new workflow, claim it, and run it in the background."""
         definition = self.definitions[name]
+        if self.env.before_start is not None:
+            await self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
         now = time.time()
         record = WorkflowRecord(
             id=f"wf-{uuid.uuid4().hex[:16]}",

@@ -136,7 +136,11 @@ def test_a_controller_that_dies_mid_failover_is_replaced_by_another_that_finishe
         send(testbed, coordinator, signal.SIGKILL)
         survivor = next(u for u, n in zip(testbed.lazarus, ["lazarus1", "lazarus2", "lazarus3"],
                                           strict=True) if n != coordinator)  # fmt: skip
-        httpx.post(f"{survivor}/v1/workflows/{workflow_id}/approve", json={"step": "hold_for_test"})
+        httpx.post(
+            f"{survivor}/v1/workflows/{workflow_id}/approve",
+            json={"step": "hold_for_test"},
+            headers={"Authorization": f"Bearer {testbed.lazarus_token}"},
+        )
         done = wait_for("another node to finish the workflow", lambda: (
             w := httpx.get(f"{survivor}/v1/workflows/{workflow_id}").json()
         )["status"] != "running" and w, timeout=40)  # fmt: skip

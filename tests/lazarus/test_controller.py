@@ -25,6 +25,10 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestbedState]:
         yield state
 
 
+def auth(state: TestbedState) -> dict[str, str]:
+    return {"Authorization": f"Bearer {state.lazarus_token}"}
+
+
 def stream_length(state: TestbedState) -> int:
     with redis.Redis.from_url(state.control) as conn:
         return int(conn.xlen(EVENTS_STREAM))
@@ -70,7 +74,9 @@ def test_a_malformed_event_is_refused_naming_the_field_and_nothing_is_deposited(
     testbed: TestbedState, body: str, named: str
 ) -> None:
     before = stream_length(testbed)
-    answer = httpx.post(f"{testbed.lazarus[0]}/v1/events", content=body, timeout=5)
+    answer = httpx.post(
+        f"{testbed.lazarus[0]}/v1/events", content=body, timeout=5, headers=auth(testbed)
+    )
     assert answer.status_code == 400
     assert named in answer.json()["error"]["message"]
     assert stream_length(testbed) == before
@@ -79,7 +85,8 @@ def test_a_malformed_event_is_refused_naming_the_field_and_nothing_is_deposited(
 def test_an_event_no_rule_matches_is_escalated(testbed: TestbedState) -> None:
     event = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
                       host="10.0.0.9", source="nagios").model_dump(mode="json")  # fmt: skip
-    assert httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event).status_code == 202
+    answer = httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event, headers=auth(testbed))
+    assert answer.status_code == 202
     record = decided(testbed, event["id"])
     assert record["outcome"] == "escalated"
     assert record["reason"] == "no rule matches this event"
@@ -90,7 +97,7 @@ def test_a_down_report_for_a_healthy_primary_is_refused_by_the_quorum(
 ) -> None:
     before = control_topology(testbed)
     event = master_down_event(testbed, "s0", tag="healthy")
-    httpx.post(f"{testbed.lazarus[2]}/v1/events", json=event)
+    httpx.post(f"{testbed.lazarus[2]}/v1/events", json=event, headers=auth(testbed))
     record = decided(testbed, event["id"])
 
     assert record["outcome"] == "escalated" and record["rule"] == "ratequeue_master_down"
@@ -105,12 +112,30 @@ def test_a_down_report_for_a_healthy_primary_is_refused_by_the_quorum(
 def test_a_report_about_a_former_primary_is_stale_and_not_acted_on(testbed: TestbedState) -> None:
     event = master_down_event(testbed, "s1", tag="stale")
     event["data"]["primary"] = "s1-old-primary"
-    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event)
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event, headers=auth(testbed))
     record = decided(testbed, event["id"])
     assert record["outcome"] == "escalated"
     details = [r["detail"] for v in record["verdicts"] for r in v["results"]
                if r["name"] == "MasterDown"]  # fmt: skip
     assert details and all(d.startswith("stale:") for d in details)
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token-0123456789", "Basic abc"])
+def test_a_mutating_request_without_the_right_token_gets_401_and_changes_nothing(
+    testbed: TestbedState, header: str | None
+) -> None:
+    before = stream_length(testbed)
+    event = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
+                      host="10.0.0.9", source="nagios").model_dump(mode="json")  # fmt: skip
+    headers = {"Authorization": header} if header else {}
+    for path, body in (("/v1/events", event), ("/v1/killswitch", {"enabled": True}),
+                       ("/v1/shadow", {"enabled": True})):  # fmt: skip
+        answer = httpx.post(f"{testbed.lazarus[0]}{path}", json=body, headers=headers)
+        assert answer.status_code == 401, path
+        assert answer.json()["error"]["code"] == "unauthorized"
+    assert stream_length(testbed) == before
+    assert httpx.get(f"{testbed.lazarus[0]}/v1/killswitch").json()["engaged"] == {}
+    assert httpx.get(f"{testbed.lazarus[0]}/v1/shadow").json()["services"] == []
 
 
 def test_an_unknown_event_id_is_a_404_with_a_json_error(testbed: TestbedState) -> None:

@@ -1,0 +1,235 @@
+"""Safety gates: the reasons the controller declines to act even when a rule matches and the
+checks pass (Lazarus: "know when not to act"). Each gate answers with a `GateStop` naming
+itself and the reason, or None; the controller records the stop in the audit trail and hands
+the event to a person.
+
+- stale events (older than `max_event_age`) are dropped;
+- a per-service rate limit: more than N incidents of one service in a rolling window suspends
+  that service's actions until the rate falls;
+- a circuit breaker per region: more than N distinct failing services in the window suspends
+  every action in the region, and closes by itself when the rate falls;
+- a kill switch per event category (failover, host_replacement, scaling, or `all`), checked by
+  the workflow engine right before a workflow starts and before each state-changing step;
+- a control realm: a node outside the realm it controls refuses to execute;
+- shadow (notification-only) mode per service or globally: decide, record, do not act.
+All state is in the control store, so every node sees the same gates.
+Not for: precondition checks about the failing entity (see `checks`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from failover.events import Event
+
+KILLSWITCH_KEY = "lz:killswitch"
+SHADOW_KEY = "lz:shadow"
+ALL = "*"
+CATEGORIES = ("failover", "host_replacement", "scaling")
+
+
+@dataclass(frozen=True)
+class GateStop:
+    gate: str  # stale | rate_limit | circuit_breaker | kill_switch | control_realm | shadow
+    reason: str
+    data: dict[str, Any] | None = None
+
+
+def is_failure(event: Event) -> bool:
+    """Events that report something broken (what rate limits and breakers count)."""
+    return event.type not in {"SensorHeartbeat", "RedisMasterRecovered"}
+
+
+class StaleEventFilter:
+    def __init__(self, max_age_seconds: float) -> None:
+        self.max_age = max_age_seconds
+
+    def check(self, event: Event) -> GateStop | None:
+        age = event.age_seconds()
+        if age > self.max_age:
+            return GateStop(
+                "stale",
+                f"event is {age:.0f} s old; events older than {self.max_age:g} s are not acted on",
+            )
+        return None
+
+
+class ServiceRateLimit:
+    """Incidents per service over a rolling window (a sorted set of incident keys by time)."""
+
+    def __init__(
+        self,
+        control: aioredis.Redis,
+        *,
+        window: float,
+        threshold: int,
+        overrides: dict[str, int] | None = None,
+    ) -> None:
+        self._control = control
+        self.window = window
+        self.threshold = threshold
+        self.overrides = overrides or {}
+
+    def key(self, service: str) -> str:
+        return f"lz:rate:{service}"
+
+    async def record(self, event: Event) -> int:
+        """Count this incident; returns the service's incidents within the window."""
+        now = time.time()
+        key = self.key(event.service)
+        async with self._control.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {event.dedup_key: now})
+            pipe.zremrangebyscore(key, "-inf", now - self.window)
+            pipe.zcard(key)
+            pipe.expire(key, int(self.window) + 60)
+            _, _, count, _ = await pipe.execute()
+        return int(count)
+
+    async def check(self, event: Event, count: int) -> GateStop | None:
+        limit = self.overrides.get(event.service, self.threshold)
+        if count > limit:
+            return GateStop(
+                "rate_limit",
+                f"{count} incidents of {event.service} within "
+                f"{self.window:g} s exceed its limit of {limit}: actions on "
+                f"{event.service} are suspended",
+                {"count": count, "limit": limit},
+            )
+        return None
+
+
+class CircuitBreaker:
+    """Distinct failing services per region in a rolling window; open above the threshold."""
+
+    def __init__(self, control: aioredis.Redis, *, window: float, threshold: int) -> None:
+        self._control = control
+        self.window = window
+        self.threshold = threshold
+
+    def key(self, region: str) -> str:
+        return f"lz:breaker:{region}"
+
+    async def record(self, event: Event) -> None:
+        now = time.time()
+        key = self.key(event.region)
+        async with self._control.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {event.service: now})
+            pipe.zremrangebyscore(key, "-inf", now - self.window)
+            pipe.expire(key, int(self.window) + 60)
+            await pipe.execute()
+
+    async def failing_services(self, region: str) -> list[str]:
+        now = time.time()
+        members = await self._control.zrangebyscore(self.key(region), now - self.window, "+inf")
+        return sorted(m.decode() for m in members)
+
+    async def state(self, region: str) -> dict[str, Any]:
+        failing = await self.failing_services(region)
+        return {
+            "region": region,
+            "open": len(failing) > self.threshold,
+            "failing": failing,
+            "threshold": self.threshold,
+            "window_seconds": self.window,
+        }
+
+    async def regions(self) -> list[str]:
+        keys = [k.decode() async for k in self._control.scan_iter(match="lz:breaker:*")]
+        return sorted(k.split(":", 2)[2] for k in keys)
+
+    async def check(self, event: Event) -> GateStop | None:
+        state = await self.state(event.region)
+        if state["open"]:
+            return GateStop(
+                "circuit_breaker",
+                f"circuit breaker open in {event.region}: "
+                f"{len(state['failing'])} services failing within "
+                f"{self.window:g} s (threshold {self.threshold}): "
+                f"{', '.join(state['failing'])}",
+                state,
+            )
+        return None
+
+
+class KillSwitch:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def set(self, category: str, enabled: bool, *, by: str = "", reason: str = "") -> None:
+        if enabled:
+            await self._control.hset(
+                KILLSWITCH_KEY,
+                category,
+                json.dumps({"enabled_at": time.time(), "by": by, "reason": reason}),
+            )
+        else:
+            await self._control.hdel(KILLSWITCH_KEY, category)
+
+    async def status(self) -> dict[str, dict[str, Any]]:
+        raw = await self._control.hgetall(KILLSWITCH_KEY)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    async def check(self, category: str) -> GateStop | None:
+        engaged = await self._control.hmget(KILLSWITCH_KEY, [category, ALL])
+        for name, value in zip((category, ALL), engaged, strict=True):
+            if value is not None:
+                info = json.loads(value)
+                scope = "all categories" if name == ALL else category
+                why = f" ({info['reason']})" if info.get("reason") else ""
+                return GateStop(
+                    "kill_switch",
+                    f"kill switch on for {scope}{why}: {category} "
+                    "actions are suspended; escalating",
+                    info,
+                )
+        return None
+
+
+class ShadowMode:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def set(self, service: str, enabled: bool) -> None:
+        if enabled:
+            await self._control.sadd(SHADOW_KEY, service)
+        else:
+            await self._control.srem(SHADOW_KEY, service)
+
+    async def services(self) -> list[str]:
+        return sorted(m.decode() for m in await self._control.smembers(SHADOW_KEY))
+
+    async def check(self, service: str) -> GateStop | None:
+        flags = await self._control.smismember(SHADOW_KEY, [service, ALL])
+        if any(flags):
+            scope = "globally" if flags[1] else f"for {service}"
+            return GateStop("shadow", f"notification-only mode {scope}: decided, not acted on")
+        return None
+
+
+class ControlRealm:
+    """Which regions this deployment controls, and where this node is."""
+
+    def __init__(self, node_region: str, realm: list[str] | None) -> None:
+        self.node_region = node_region
+        self.realm = realm
+
+    def check(self, event_region: str | None = None) -> GateStop | None:
+        if self.realm is None:
+            return None
+        if self.node_region not in self.realm:
+            return GateStop(
+                "control_realm",
+                f"this node (region {self.node_region}) is outside "
+                f"the control realm {self.realm}: it does not execute actions",
+            )
+        if event_region is not None and event_region not in self.realm:
+            return GateStop(
+                "control_realm",
+                f"event region {event_region} is outside the control realm {self.realm}",
+            )
+        return None

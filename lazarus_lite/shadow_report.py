@@ -1,0 +1,48 @@
+"""`lazarus shadow-report`: what notification-only (shadow) mode decided, next to what happened
+afterwards, so a team can judge the automation before letting it act (the seed's way of finding
+false positives: compare what Lazarus would have done with what on-call engineers did).
+
+Not for: deciding (the controller records the shadow decisions as it makes them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from failover.probes import ping
+from ratequeue.topology import TopologyStore
+
+SHADOW_DECISIONS = "lz:shadow:decisions"
+
+
+async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[str, Any]]:
+    raw = await control.lrange(SHADOW_DECISIONS, -limit, -1)
+    topology = await TopologyStore(control).load()
+    rows = []
+    for entry in raw:
+        decision = json.loads(entry)
+        row = {**decision, "afterwards": "unknown", "agrees": None}
+        if topology is not None and decision.get("shard"):
+            try:
+                shard = topology.shard(decision["shard"])
+            except KeyError:
+                rows.append(row)
+                continue
+            if decision.get("primary_then") and shard.primary.name != decision["primary_then"]:
+                row["afterwards"] = (f"the primary changed to {shard.primary.name} (a person or "
+                                     "another system failed it over)")  # fmt: skip
+                row["agrees"] = True
+            else:
+                probe = await ping(shard.primary.peer_host or shard.primary.host,
+                                   shard.primary.port, 0.5)  # fmt: skip
+                if probe.ok:
+                    row["afterwards"] = "the primary answers again without any action"
+                    row["agrees"] = False
+                else:
+                    row["afterwards"] = "the primary is still down and nobody acted"
+                    row["agrees"] = True
+        rows.append(row)
+    return rows
