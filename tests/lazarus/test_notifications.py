@@ -1,0 +1,551 @@
+"""Notification channels and the pager policy against real servers on loopback: an HTTP server
+that plays Slack's incoming webhook and PagerDuty's Events API v2, and an SMTP server (aiosmtpd);
+both record what they received."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from lazarus_lite.notifications import (
+    Delivery,
+    NotificationConfig,
+    NotificationConfigError,
+    Notifier,
+    PageState,
+    escalation_key,
+    load_notification_config,
+    note_deliveries,
+)
+
+ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
+ESCALATION_ROUTING_KEY = "R0UT1NGKEY00000000000000000000E5"
+FAST_RETRY = {"attempts": 3, "backoff_seconds": 0.05, "timeout_seconds": 2}
+
+
+# -- the servers --------------------------------------------------------------------------------
+class HttpRecorder:
+    """Slack webhook at /slack/..., PagerDuty Events API v2 at /v2/enqueue, HTTP 500 at /fail/...,
+    404 at /gone/... Every request is recorded as (path, JSON body)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                with recorder.lock:
+                    recorder.requests.append((self.path, body))
+                if self.path.startswith("/slack/"):
+                    self.answer(200, b"ok", "text/plain")
+                elif self.path == "/v2/enqueue":
+                    self.pagerduty(body)
+                elif self.path.startswith("/fail/"):
+                    self.answer(500, b"internal error", "text/plain")
+                else:
+                    self.answer(404, b"no_service", "text/plain")
+
+            def pagerduty(self, event: Any) -> None:
+                errors = pagerduty_errors(event)
+                if errors:
+                    answer = {
+                        "status": "invalid event",
+                        "message": "Event object is invalid",
+                        "errors": errors,
+                    }
+                    self.answer(400, json.dumps(answer).encode(), "application/json")
+                    return
+                key = event.get("dedup_key") or uuid.uuid4().hex
+                answer = {"status": "success", "message": "Event processed", "dedup_key": key}
+                self.answer(202, json.dumps(answer).encode(), "application/json")
+
+            def answer(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def received(self, prefix: str) -> list[Any]:
+        with self.lock:
+            return [body for path, body in self.requests if path.startswith(prefix)]
+
+    def pagerduty_events(self) -> list[dict[str, Any]]:
+        return self.received("/v2/enqueue")
+
+
+def pagerduty_errors(event: Any) -> list[str]:
+    """What PagerDuty's Events API v2 would reject."""
+    if not isinstance(event, dict):
+        return ["body is not a JSON object"]
+    errors = []
+    if not event.get("routing_key"):
+        errors.append("'routing_key' is missing")
+    action = event.get("event_action")
+    if action not in {"trigger", "acknowledge", "resolve"}:
+        errors.append("'event_action' is invalid")
+    if action in {"acknowledge", "resolve"} and not event.get("dedup_key"):
+        errors.append("'dedup_key' is missing")
+    if action == "trigger":
+        payload = event.get("payload") or {}
+        for field in ("summary", "source", "severity"):
+            if not payload.get(field):
+                errors.append(f"'payload.{field}' is missing")
+        if payload.get("severity") not in {None, "critical", "error", "warning", "info"}:
+            errors.append("'payload.severity' is invalid")
+    if len(event.get("dedup_key") or "") > 255:
+        errors.append("'dedup_key' is too long")
+    return errors
+
+
+class SmtpRecorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], EmailMessage]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+
+class LoopbackSmtp(Controller):
+    """aiosmtpd's Controller, bound to port 0: the port is read back from the bound socket."""
+
+    def _create_server(self) -> Any:
+        async def bind() -> asyncio.AbstractServer:
+            server = await self.loop.create_server(
+                self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
+            )
+            self.port = server.sockets[0].getsockname()[1]
+            return server
+
+        return bind()
+
+
+@pytest.fixture
+def http() -> Iterator[HttpRecorder]:
+    recorder = HttpRecorder()
+    recorder.thread.start()
+    yield recorder
+    recorder.server.shutdown()
+    recorder.server.server_close()
+    recorder.thread.join(5)
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[SmtpRecorder, int]]:
+    handler = SmtpRecorder()
+    controller = LoopbackSmtp(handler, hostname="127.0.0.1", port=0)
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+def refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed on exit: nothing listens there
+
+
+def config_for(http: HttpRecorder, smtp_port: int, **overrides: Any) -> NotificationConfig:
+    data: dict[str, Any] = {
+        "ack_deadline_seconds": 60,
+        "retry": FAST_RETRY,
+        "teams": {
+            "ratequeue-oncall": {
+                "slack": {"webhook_url": f"{http.url}/slack/T000/B000/secret"},
+                "pagerduty": {"routing_key": ROUTING_KEY, "url": f"{http.url}/v2/enqueue"},
+                "email": {
+                    "smtp_host": "127.0.0.1",
+                    "smtp_port": smtp_port,
+                    "sender": "lazarus@example.com",
+                    "to": ["oncall@example.com"],
+                },
+                "channels": ["pagerduty", "email"],
+            },
+        },
+        "services": {
+            "ratequeue": {"team": "ratequeue-oncall", "channels": ["pagerduty", "slack"]},
+            "ratequeue-http": {"team": "ratequeue-oncall"},
+        },
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return NotificationConfig.parse(data)
+
+
+@pytest.fixture
+async def notifier(http: HttpRecorder, smtp: tuple[SmtpRecorder, int]) -> AsyncIterator[Notifier]:
+    async with Notifier(config_for(http, smtp[1])) as instance:
+        yield instance
+
+
+def all_ok(deliveries: list[Delivery]) -> bool:
+    return bool(deliveries) and all(d.ok for d in deliveries)
+
+
+# -- channels -----------------------------------------------------------------------------------
+async def test_trigger_acknowledge_resolve_carry_the_incident_key(
+    notifier: Notifier, http: HttpRecorder
+) -> None:
+    key = "ratequeue/s0/RedisMasterDown/10.0.0.5:6379"
+    paged = await notifier.page(
+        key,
+        "ratequeue",
+        "primary of s0 down",
+        {"shard": "s0"},
+        source="10.0.0.5:6379",
+        component="redis",
+    )
+    acked = await notifier.acknowledge(key, "ratequeue")
+    resolved = await notifier.resolve(key, "ratequeue", "replica promoted")
+    assert all_ok(paged + acked + resolved)
+
+    events = http.pagerduty_events()
+    assert [e["event_action"] for e in events] == ["trigger", "acknowledge", "resolve"]
+    assert {e["dedup_key"] for e in events} == {key}
+    assert {e["routing_key"] for e in events} == {ROUTING_KEY}
+    payload = events[0]["payload"]
+    assert payload["summary"] == "ratequeue: primary of s0 down"
+    assert (payload["source"], payload["severity"]) == ("10.0.0.5:6379", "critical")
+    assert (payload["component"], payload["group"]) == ("redis", "ratequeue")
+    assert payload["custom_details"] == {"shard": "s0"}
+    assert "payload" not in events[1] and "payload" not in events[2]
+
+    pd = [d for d in paged + acked + resolved if d.channel == "pagerduty"]
+    assert [(d.action, d.status, d.dedup_key) for d in pd] == [
+        ("trigger", 202, key),
+        ("acknowledge", 202, key),
+        ("resolve", 202, key),
+    ]
+    assert [d.purpose for d in pd] == ["page", "acknowledge", "resolve"]
+    assert all(ROUTING_KEY not in d.model_dump_json() for d in paged + acked + resolved)
+
+
+async def test_slack_gets_the_message_text(notifier: Notifier, http: HttpRecorder) -> None:
+    deliveries = await notifier.escalate(
+        "inc-42", "ratequeue", "quorum not reached: 1 of 2 nodes passed"
+    )
+    slack = [d for d in deliveries if d.channel == "slack"]
+    assert len(slack) == 1 and slack[0].ok and slack[0].status == 200
+    assert "secret" not in slack[0].target  # the webhook path is a credential
+    (message,) = http.received("/slack/")
+    assert "ESCALATED" in message["text"]
+    assert "quorum not reached" in message["text"] and "inc-42" in message["text"]
+    assert message["blocks"][0]["type"] == "section"
+
+
+async def test_email_arrives_naming_the_incident(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp
+    async with Notifier(config_for(http, port)) as notifier:  # ratequeue-http: team default
+        deliveries = await notifier.escalate(
+            "inc-mail-7", "ratequeue-http", "workflow failed", {"workflow": "wf-9"}
+        )
+    (mail,) = [d for d in deliveries if d.channel == "email"]
+    assert mail.ok and mail.attempts == 1
+    ((sender, recipients, message),) = recorder.messages
+    assert (sender, recipients) == ("lazarus@example.com", ["oncall@example.com"])
+    assert "ESCALATED" in message["Subject"] and "inc-mail-7" in message["Subject"]
+    body = message.get_content()
+    assert "incident: inc-mail-7" in body and "workflow failed" in body and "wf-9" in body
+
+
+async def test_each_service_gets_its_own_channels_or_its_teams(
+    notifier: Notifier, http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    own = await notifier.notify("ratequeue", "shadow mode on", incident_key="a")
+    assert [d.channel for d in own] == ["slack"]  # pagerduty is for pages, not information
+    team_default = await notifier.page("b", "ratequeue-http", "healthz failing")
+    assert sorted(d.channel for d in team_default) == ["email", "pagerduty"]
+    assert all_ok(own + team_default)
+    assert len(http.received("/slack/")) == 1 and len(smtp[0].messages) == 1
+    assert [e["dedup_key"] for e in http.pagerduty_events()] == ["b"]
+
+    (unrouted,) = await notifier.page("c", "unknown-service", "who owns this?")
+    assert (unrouted.channel, unrouted.ok) == ("notifier", False)
+    assert "no notification route for service 'unknown-service'" in (unrouted.error or "")
+
+
+async def test_default_team_routes_unlisted_services(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], default_team="ratequeue-oncall")
+    async with Notifier(config) as notifier:
+        deliveries = await notifier.page("d", "billing", "down")
+    assert sorted(d.channel for d in deliveries) == ["email", "pagerduty"]
+
+
+async def test_a_failing_channel_is_a_failed_delivery_after_bounded_retries(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    teams = {
+        "broken": {
+            "slack": {"webhook_url": f"{http.url}/fail/T000/B000/secret"},
+            "pagerduty": {
+                "routing_key": ROUTING_KEY,
+                "url": f"http://127.0.0.1:{refused_port()}/v2/enqueue",
+            },
+            "email": {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": refused_port(),
+                "sender": "lazarus@example.com",
+                "to": ["oncall@example.com"],
+            },
+        },
+        "gone": {"slack": {"webhook_url": f"{http.url}/gone/T000/B000/secret"}},
+    }
+    services = {"flaky": {"team": "broken"}, "gone": {"team": "gone"}}
+    config = config_for(http, smtp[1], teams=teams, services=services)
+    started = time.monotonic()
+    async with Notifier(config) as notifier:
+        deliveries = await notifier.page("e", "flaky", "everything is broken")
+        (gone,) = await notifier.notify("gone", "nobody listens")
+    assert time.monotonic() - started < 10
+    by_channel = {d.channel: d for d in deliveries}
+    assert sorted(by_channel) == ["email", "pagerduty", "slack"]
+    for delivery in deliveries:
+        assert not delivery.ok and delivery.attempts == 3, delivery
+    assert by_channel["slack"].status == 500 and "500" in (by_channel["slack"].error or "")
+    assert "Connect" in (by_channel["pagerduty"].error or "")
+    assert "Connection refused" in (by_channel["email"].error or "")
+    assert len(http.received("/fail/")) == 3  # every attempt reached the server
+    assert all("secret" not in d.model_dump_json() for d in deliveries)
+    # a 4xx other than 429 is final: no retry
+    assert (gone.ok, gone.status, gone.attempts) == (False, 404, 1)
+
+
+# -- the acknowledgement deadline ---------------------------------------------------------------
+async def test_an_acknowledged_page_not_resolved_by_the_deadline_is_escalated(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    escalated: asyncio.Queue[tuple[PageState, list[Delivery]]] = asyncio.Queue()
+
+    async def on_deadline(state: PageState, deliveries: list[Delivery]) -> None:
+        await escalated.put((state, deliveries))
+
+    config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
+    async with Notifier(config, on_deadline=on_deadline) as notifier:
+        key = "held-page"
+        notifier.track(key, "ratequeue", summary="primary of s1 down")  # the sensor paged
+        assert all_ok(await notifier.acknowledge(key, "ratequeue"))
+        state, deliveries = await asyncio.wait_for(escalated.get(), timeout=5)
+        assert state.status == "escalated" and state.escalated_at is not None
+        assert state.escalated_at - state.triggered_at < 1.5
+        assert "not resolved within the 0.3s deadline" in state.reason
+        assert all_ok(deliveries) and {d.purpose for d in deliveries} == {"escalate"}
+
+        events = http.pagerduty_events()
+        assert [(e["event_action"], e["dedup_key"]) for e in events] == [
+            ("acknowledge", key),
+            ("trigger", escalation_key(key)),
+        ]
+        details = events[1]["payload"]["custom_details"]
+        assert details["incident_key"] == key and "0.3s deadline" in details["escalation_reason"]
+        assert "ESCALATED" in http.received("/slack/")[-1]["text"]
+
+        # the controller never takes the page back ...
+        (refused,) = await notifier.acknowledge(key, "ratequeue")
+        assert (refused.channel, refused.ok) == ("notifier", False)
+        assert "escalated" in (refused.error or "")
+        # ... but resolves both alerts when its workflow succeeds after all
+        resolved = await notifier.resolve(key, "ratequeue")
+        assert all_ok(resolved)
+    resolves = [e["dedup_key"] for e in http.pagerduty_events() if e["event_action"] == "resolve"]
+    assert sorted(resolves) == [key, escalation_key(key)]  # sent at once, in either order
+    assert len([e for e in http.pagerduty_events() if e["event_action"] == "acknowledge"]) == 1
+
+
+async def test_an_undecided_page_is_escalated_and_a_late_ack_refused(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
+    async with Notifier(config, watch=False) as notifier:
+        notifier.track("late", "ratequeue", summary="s2 down", triggered_at=time.time() - 1)
+        deliveries = await notifier.acknowledge("late", "ratequeue")
+        refusal, *escalation = deliveries
+        assert (refusal.channel, refusal.ok) == ("notifier", False)
+        assert "past the 0.3s deadline" in (refusal.error or "")
+        assert all_ok(escalation) and {d.purpose for d in escalation} == {"escalate"}
+        # never acknowledged; the still-triggered page is re-triggered with the reason
+        assert [(e["event_action"], e["dedup_key"]) for e in http.pagerduty_events()] == [
+            ("trigger", "late")
+        ]
+        assert "escalation_reason" in http.pagerduty_events()[0]["payload"]["custom_details"]
+
+        notifier.track("silent", "ratequeue", summary="s3 down")
+        deliveries = await asyncio.wait_for(notifier.enforce_ack_deadline("silent"), timeout=5)
+        assert all_ok(deliveries)
+        state = notifier.page_state("silent")
+        assert state is not None and state.status == "escalated"
+        assert "no decision within the 0.3s" in state.reason
+
+
+async def test_a_page_resolved_in_time_is_not_escalated(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    fired: list[PageState] = []
+
+    async def on_deadline(state: PageState, deliveries: list[Delivery]) -> None:
+        fired.append(state)
+
+    config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
+    async with Notifier(config, on_deadline=on_deadline) as notifier:
+        await notifier.page("quick", "ratequeue", "s0 down")
+        await notifier.acknowledge("quick", "ratequeue")
+        await notifier.resolve("quick", "ratequeue")
+        assert await notifier.enforce_ack_deadline("quick") == []
+        await asyncio.sleep(0.5)
+    assert fired == []
+    assert [e["event_action"] for e in http.pagerduty_events()] == [
+        "trigger",
+        "acknowledge",
+        "resolve",
+    ]
+
+
+def test_deliveries_go_into_the_audit_record() -> None:
+    from lazarus_lite.audit import AuditRecord
+
+    record = AuditRecord(
+        event_id="e1", event={}, service="ratequeue", received_at=0.0, coordinator="n1"
+    )
+    delivered = Delivery(
+        channel="pagerduty",
+        action="acknowledge",
+        ok=True,
+        status=202,
+        attempts=1,
+        purpose="acknowledge",
+        incident_key="k",
+        dedup_key="k",
+    )
+    failed = Delivery(
+        channel="slack",
+        action="message",
+        ok=False,
+        status=500,
+        attempts=3,
+        error="slack webhook answered HTTP 500",
+        purpose="acknowledge",
+    )
+    note_deliveries(record, [delivered, failed])
+    assert [n.kind for n in record.notes] == ["notification", "notification"]
+    assert record.notes[0].detail == "acknowledge: pagerduty acknowledge delivered (202)"
+    assert "FAILED after 3 attempt(s)" in record.notes[1].detail
+    assert record.notes[1].data["status"] == 500 and record.notes[0].data["dedup_key"] == "k"
+
+
+# -- configuration ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            lambda d: d["teams"]["oncall"]["email"].update(smtp_port="25"),
+            "field 'teams.oncall.email.smtp_port'",
+        ),
+        (
+            lambda d: d["teams"]["oncall"].update(slak={"webhook_url": "http://x"}),
+            "field 'teams.oncall.slak'",
+        ),
+        (
+            lambda d: d["services"]["ratequeue"].update(team="nobody"),
+            "field 'services.ratequeue.team'",
+        ),
+        (
+            lambda d: d["services"]["ratequeue"].update(channels=["pager"]),
+            "field 'services.ratequeue.channels.0'",
+        ),
+        (
+            lambda d: d["teams"]["oncall"]["pagerduty"].update(routing_key=""),
+            "field 'teams.oncall.pagerduty.routing_key'",
+        ),
+        (
+            lambda d: d["teams"]["oncall"].update(channels=["slack"]),
+            "field 'teams.oncall.channels'",
+        ),
+        (lambda d: d.update(ack_deadline_seconds=0), "field 'ack_deadline_seconds'"),
+    ],
+)
+def test_a_bad_config_names_the_field(tmp_path: Path, change: Any, named: str) -> None:
+    import yaml
+
+    data: dict[str, Any] = {
+        "teams": {
+            "oncall": {
+                "pagerduty": {"routing_key": "${PD_KEY}"},
+                "email": {
+                    "smtp_host": "localhost",
+                    "smtp_port": 25,
+                    "sender": "lazarus@example.com",
+                    "to": ["oncall@example.com"],
+                },
+            }
+        },
+        "services": {"ratequeue": {"team": "oncall", "channels": ["pagerduty"]}},
+    }
+    path = tmp_path / "notifications.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_notification_config(path, env={"PD_KEY": "k"}).route("ratequeue") is not None
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(NotificationConfigError) as error:
+        load_notification_config(path, env={"PD_KEY": "k"})
+    assert named in str(error.value) and str(path) in str(error.value)
+
+
+def test_an_unset_environment_variable_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "n.yaml"
+    path.write_text("teams:\n  t:\n    slack: {webhook_url: '${NO_SUCH_HOOK}'}\n")
+    with pytest.raises(NotificationConfigError, match=r"teams\.t\.slack\.webhook_url.*NO_SUCH"):
+        load_notification_config(path, env={})
+
+
+def test_the_example_config_loads() -> None:
+    example = (
+        Path(__file__).parents[2] / "lazarus_lite" / "definitions" / "notifications.example.yaml"
+    )
+    env = {
+        "RATEQUEUE_SLACK_WEBHOOK": "https://hooks.slack.example/services/T/B/x",
+        "RATEQUEUE_PD_ROUTING_KEY": "k" * 32,
+        "PLATFORM_SLACK_WEBHOOK": "https://hooks.slack.example/services/T/B/y",
+    }
+    config = load_notification_config(example, env=env)
+    ratequeue = config.route("ratequeue")
+    assert ratequeue is not None and ratequeue.channels == ("pagerduty", "slack")
+    http_route = config.route("ratequeue-http")
+    assert http_route is not None
+    assert http_route.channels == ("pagerduty", "slack", "email")
+    assert (ratequeue.ack_deadline, http_route.ack_deadline) == (60, 120)
+    assert config.route("lazarus") is not None and config.route("lazarus").team == "platform"
+    assert config.route("unlisted") is not None  # default_team
