@@ -209,9 +209,10 @@ class ControllerNode:
         if rule.action.name == RECORD_ONLY_ACTION:
             await self._release_incident(event)
             return await self._decide(record, "recorded", f"rule {rule.name} records the event")
+        # The regional breaker first: in an outage of many services every event escalates.
         for stop in (
-            await self.rate_limit.check(event, incidents),
             await self.breaker.check(event),
+            await self.rate_limit.check(event, incidents),
             self.realm.check(event.region),
         ):
             if stop is not None:
