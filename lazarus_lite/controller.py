@@ -41,6 +41,7 @@ from lazarus_lite.gates import (
     is_failure,
 )
 from lazarus_lite.locks import Locks
+from lazarus_lite.notifications import Delivery, Notifier, PageState, note_deliveries
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import SHADOW_DECISIONS
@@ -121,6 +122,12 @@ class ControllerNode:
         )
         self.audit = AuditLog(control)
         self.topology = TopologyStore(control)
+        self.notifier = (
+            Notifier.from_file(settings.notifications, on_deadline=self._page_deadline_passed)
+            if settings.notifications is not None
+            else None
+        )
+        self._event_of_incident: dict[str, str] = {}
         self._http = httpx.AsyncClient(timeout=settings.quorum_timeout)
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
@@ -139,6 +146,8 @@ class ControllerNode:
         await asyncio.gather(*self._tasks, *self._handling, return_exceptions=True)
         await self.engine.stop()
         await self._http.aclose()
+        if self.notifier is not None:
+            await self.notifier.aclose()
 
     # -- intake ----------------------------------------------------------------------------
     async def submit(self, event: Event) -> str:
@@ -199,6 +208,15 @@ class ControllerNode:
             if first_id != event.id:
                 return await self._decide(record, "duplicate", f"same incident as event {first_id}")
         incidents = 0
+        if is_failure(event) and self.notifier is not None:
+            # The sensor paged; its acknowledgement deadline runs from when it saw the failure.
+            self.notifier.track(
+                event.dedup_key,
+                event.service,
+                triggered_at=event.occurred_at,
+                summary=f"{event.type} {event.service}/{event.shard} {event.host}",
+            )
+            self._event_of_incident[event.dedup_key] = event.id
         if is_failure(event):
             incidents = await self.rate_limit.record(event)
             await self.breaker.record(event)
@@ -243,6 +261,8 @@ class ControllerNode:
             record.note("workflow_cancelled", stop.reason)
             return await self._stopped_by_gate(record, stop)
         record.workflow_id = workflow.id
+        if self.notifier is not None:
+            note_deliveries(record, await self.notifier.acknowledge(event.dedup_key, event.service))
         return await self._decide(record, "scheduled", f"quorum reached; {workflow.id} runs")
 
     def workflow_inputs(self, rule: Rule, event: Event) -> dict[str, Any]:
@@ -285,6 +305,9 @@ class ControllerNode:
         )
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
+        if self.notifier is not None:
+            incident = _incident_key(record)
+            note_deliveries(record, await self.notifier.escalate(incident, record.service, reason))
 
     async def _before_start(self, definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
         """The workflow engine's last word before a workflow starts (the seed's kill switch
@@ -405,12 +428,28 @@ class ControllerNode:
             return
         if workflow.status == "succeeded":
             record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
+            if self.notifier is not None:
+                note_deliveries(
+                    record,
+                    await self.notifier.resolve(
+                        _incident_key(record), record.service, f"remediated by {workflow.id}"
+                    ),
+                )
         else:
             record.outcome = "escalated"
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self._notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
         await self.audit.save(record)
+
+    async def _page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
+        """The acknowledgement deadline passed with the page still held: it went to a person."""
+        event_id = self._event_of_incident.get(page.incident_key)
+        record = await self.audit.get(event_id) if event_id else None
+        if record is not None:
+            record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
+            note_deliveries(record, deliveries)
+            await self.audit.save(record)
 
     async def _resume_orphans(self) -> None:
         while True:
@@ -439,3 +478,7 @@ class ControllerNode:
                 raise
             except Exception as error:
                 log.warning("%s: forensics watch failed: %s", self.node_id, error)
+
+
+def _incident_key(record: AuditRecord) -> str:
+    return Event.model_validate(record.event).dedup_key

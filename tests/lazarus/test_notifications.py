@@ -5,21 +5,13 @@ both record what they received."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
-import json
 import socket
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from lazarus_lite.notifications import (
     Delivery,
@@ -31,124 +23,11 @@ from lazarus_lite.notifications import (
     load_notification_config,
     note_deliveries,
 )
+from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
 ESCALATION_ROUTING_KEY = "R0UT1NGKEY00000000000000000000E5"
 FAST_RETRY = {"attempts": 3, "backoff_seconds": 0.05, "timeout_seconds": 2}
-
-
-# -- the servers --------------------------------------------------------------------------------
-class HttpRecorder:
-    """Slack webhook at /slack/..., PagerDuty Events API v2 at /v2/enqueue, HTTP 500 at /fail/...,
-    404 at /gone/... Every request is recorded as (path, JSON body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, Any]] = []
-        self.lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                with recorder.lock:
-                    recorder.requests.append((self.path, body))
-                if self.path.startswith("/slack/"):
-                    self.answer(200, b"ok", "text/plain")
-                elif self.path == "/v2/enqueue":
-                    self.pagerduty(body)
-                elif self.path.startswith("/fail/"):
-                    self.answer(500, b"internal error", "text/plain")
-                else:
-                    self.answer(404, b"no_service", "text/plain")
-
-            def pagerduty(self, event: Any) -> None:
-                errors = pagerduty_errors(event)
-                if errors:
-                    answer = {
-                        "status": "invalid event",
-                        "message": "Event object is invalid",
-                        "errors": errors,
-                    }
-                    self.answer(400, json.dumps(answer).encode(), "application/json")
-                    return
-                key = event.get("dedup_key") or uuid.uuid4().hex
-                answer = {"status": "success", "message": "Event processed", "dedup_key": key}
-                self.answer(202, json.dumps(answer).encode(), "application/json")
-
-            def answer(self, status: int, body: bytes, kind: str) -> None:
-                self.send_response(status)
-                self.send_header("content-type", kind)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def received(self, prefix: str) -> list[Any]:
-        with self.lock:
-            return [body for path, body in self.requests if path.startswith(prefix)]
-
-    def pagerduty_events(self) -> list[dict[str, Any]]:
-        return self.received("/v2/enqueue")
-
-
-def pagerduty_errors(event: Any) -> list[str]:
-    """What PagerDuty's Events API v2 would reject."""
-    if not isinstance(event, dict):
-        return ["body is not a JSON object"]
-    errors = []
-    if not event.get("routing_key"):
-        errors.append("'routing_key' is missing")
-    action = event.get("event_action")
-    if action not in {"trigger", "acknowledge", "resolve"}:
-        errors.append("'event_action' is invalid")
-    if action in {"acknowledge", "resolve"} and not event.get("dedup_key"):
-        errors.append("'dedup_key' is missing")
-    if action == "trigger":
-        payload = event.get("payload") or {}
-        for field in ("summary", "source", "severity"):
-            if not payload.get(field):
-                errors.append(f"'payload.{field}' is missing")
-        if payload.get("severity") not in {None, "critical", "error", "warning", "info"}:
-            errors.append("'payload.severity' is invalid")
-    if len(event.get("dedup_key") or "") > 255:
-        errors.append("'dedup_key' is too long")
-    return errors
-
-
-class SmtpRecorder:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], EmailMessage]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))
-        return "250 Message accepted for delivery"
-
-
-class LoopbackSmtp(Controller):
-    """aiosmtpd's Controller, bound to port 0: the port is read back from the bound socket."""
-
-    def _create_server(self) -> Any:
-        async def bind() -> asyncio.AbstractServer:
-            server = await self.loop.create_server(
-                self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
-            )
-            self.port = server.sockets[0].getsockname()[1]
-            return server
-
-        return bind()
 
 
 @pytest.fixture
