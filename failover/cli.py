@@ -1,10 +1,163 @@
-"""`failover` command line (filled in by the failover issue)."""
+"""`failover` command line: run a heartbeat sensor beside a replica (`failover sensor`), or check a
+replica's primary once as a Nagios plugin (`failover check`).
+
+For: starting sensors (by hand, from the testbed, from a unit file) and Nagios/NRPE.
+Not for: remediation; that is `lazarus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from failover import nagios
+from failover.sensor import InvalidSensorConfig, Sensor, SensorConfig
+
+app = typer.Typer(
+    help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
+    no_args_is_help=True,
+)
+
+STREAM_BACKENDS = ("redis", "kinesis")
 
 
-@app.callback()
-def main() -> None:
-    """Not implemented yet: see the failover issue."""
+def _option_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _bad_option(command: str, option: str, message: str, code: int) -> typer.Exit:
+    typer.echo(f"failover {command}: invalid value for {option}: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def sensor(
+    control: str = typer.Option(
+        ..., envvar="FAILOVER_CONTROL_URL", help="control store URL (topology; Redis event stream)"
+    ),
+    replica: str = typer.Option(
+        ..., envvar="FAILOVER_REPLICA", help="the watched replica, HOST:PORT on its peer address"
+    ),
+    name: str = typer.Option(
+        None,
+        envvar="FAILOVER_SENSOR_NAME",
+        help="sensor name, the events' source (default: sensor@REPLICA)",
+    ),
+    environment: str = typer.Option("dev", envvar="FAILOVER_ENVIRONMENT"),
+    region: str = typer.Option("local", envvar="FAILOVER_REGION"),
+    service: str = typer.Option("ratequeue", envvar="FAILOVER_SERVICE"),
+    interval: float = typer.Option(0.25, help="seconds between checks"),
+    threshold: int = typer.Option(3, help="consecutive failed PINGs that make the primary down"),
+    ping_timeout: float = typer.Option(0.2, help="seconds a PING of the primary may take"),
+    heartbeat_every: float = typer.Option(5.0, help="seconds between SensorHeartbeat events"),
+    stream: str = typer.Option(
+        "redis", envvar="FAILOVER_STREAM", help="event stream backend: redis | kinesis"
+    ),
+    kinesis_stream: str = typer.Option(None, envvar="FAILOVER_KINESIS_STREAM"),
+    kinesis_region: str = typer.Option(None, envvar="FAILOVER_KINESIS_REGION"),
+    kinesis_endpoint: str = typer.Option(None, envvar="FAILOVER_KINESIS_ENDPOINT"),
+    log_level: str = typer.Option("info", envvar="FAILOVER_LOG_LEVEL"),
+) -> None:
+    """Watch the primary of one replica and publish RedisMasterDown / RedisMasterRecovered /
+    SensorHeartbeat events. Runs until SIGTERM or SIGINT."""
+    try:
+        config = SensorConfig(
+            control_url=control, replica=replica, environment=environment, region=region,
+            service=service, interval=interval, threshold=threshold, ping_timeout=ping_timeout,
+            heartbeat_every=heartbeat_every, name=name,
+        )  # fmt: skip
+    except InvalidSensorConfig as error:
+        raise _bad_option("sensor", _option_name(error.setting), error.message, 2) from None
+    backend = stream.strip().lower()
+    if backend not in STREAM_BACKENDS:
+        raise _bad_option("sensor", "--stream", f"{stream!r} is not one of redis, kinesis", 2)
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise _bad_option("sensor", "--log-level", f"{log_level!r} is not a logging level", 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kinesis = {"kinesis_stream": kinesis_stream, "kinesis_region": kinesis_region,
+               "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
+    try:
+        asyncio.run(_run_sensor(config, backend, kinesis))
+    except ValueError as error:  # a control URL redis-py refuses
+        raise _bad_option("sensor", "--control", str(error), 2) from None
+
+
+def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) -> Any:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    if backend == "redis":
+        from failover.streams import RedisEventStream
+
+        # Short timeouts, no retries: a publish that cannot finish is retried on the next cycle.
+        connection = aioredis.Redis.from_url(
+            config.control_url,
+            socket_timeout=config.control_timeout,
+            socket_connect_timeout=config.control_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return RedisEventStream(connection)
+    from failover.stream_factory import open_event_stream
+
+    return open_event_stream(backend, config.control_url, **kinesis)
+
+
+async def _run_sensor(config: SensorConfig, backend: str, kinesis: dict[str, Any]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    event_stream = _open_stream(config, backend, kinesis)
+    try:
+        async with Sensor(config, event_stream) as watcher:
+            await watcher.run(stop)
+    finally:
+        with contextlib.suppress(Exception):
+            await event_stream.close()
+    logging.getLogger(__name__).info("%s: stopped", config.source)
+
+
+# Nagios plugin guidelines: bad arguments are UNKNOWN (3), never CRITICAL (2, "the primary is
+# down"). So every option is taken as text and parsed here, and unknown options are collected
+# instead of being refused by the option parser (which would exit 2).
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def check(
+    ctx: typer.Context,
+    replica: str = typer.Option(
+        None, metavar="HOST:PORT", help="the replica (its peer address), required"
+    ),
+    primary: str = typer.Option(
+        None,
+        metavar="HOST:PORT",
+        help="the primary to PING (default: the replica's master_host:master_port)",
+    ),
+    warning_io_seconds: str = typer.Option(
+        "2",
+        metavar="SECONDS",
+        help="WARNING when the replica's last I/O from its primary is this old",
+    ),
+    critical_io_seconds: str = typer.Option(
+        "5", metavar="SECONDS", help="CRITICAL when it is this old"
+    ),
+    timeout: str = typer.Option("1", metavar="SECONDS", help="seconds each probe may take"),
+) -> None:
+    """Check the primary of a replica once, as a Nagios plugin: exit 0 OK, 1 WARNING,
+    2 CRITICAL, 3 UNKNOWN (also for bad options), and one status line with perfdata."""
+    try:
+        request = nagios.parse_request(
+            replica=replica, primary=primary, warning_io_seconds=warning_io_seconds,
+            critical_io_seconds=critical_io_seconds, timeout=timeout, extra=ctx.args,
+        )  # fmt: skip
+    except nagios.UsageProblem as problem:
+        typer.echo(nagios.unknown(str(problem)).line())
+        raise typer.Exit(int(nagios.Status.UNKNOWN)) from None
+    outcome = asyncio.run(nagios.run_request(request))
+    typer.echo(outcome.line())
+    raise typer.Exit(outcome.exit_code)

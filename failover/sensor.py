@@ -1,0 +1,358 @@
+"""The heartbeat sensor that runs beside one replica and watches that replica's primary.
+
+Every `interval` the sensor looks up, in the topology, the shard whose replicas include its
+replica, PINGs that shard's primary on the peer address with a short timeout, and reads its own
+replica's `INFO replication`. After `threshold` consecutive failed PINGs it publishes one
+`RedisMasterDown` for the incident (key `{service}/{shard}/RedisMasterDown/{primary}@{epoch}`,
+the same for every sensor of the shard, so the controller can correlate them); when the primary
+answers again it publishes one `RedisMasterRecovered` with the same key. Every `heartbeat_every`
+it publishes a `SensorHeartbeat`, so a sensor that went silent is itself visible. A replica that
+is not a replica of any shard in the topology (promoted, held for forensics, unknown) makes the
+sensor idle: it publishes nothing.
+
+An event that could not be published (control store or stream unreachable) is retried on the
+next cycle; no error stops the sensor.
+
+For: detection. Not for: remediation or any write to Redis: sensors only read (the controller
+verifies and acts; detection stays separate from action).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from failover import probes
+from failover.events import Event, InvalidEvent, new_event
+from failover.probes import ProbeResult
+from failover.streams import EventStream
+from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
+
+log = logging.getLogger(__name__)
+
+SensorState = Literal["idle", "ok", "failing", "down"]
+
+
+class InvalidSensorConfig(ValueError):
+    """A setting is out of range; `setting` names it (the field name of `SensorConfig`)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    control_url: str
+    replica: str  # 'host:port' of the watched replica, on its peer address
+    environment: str = "dev"
+    region: str = "local"
+    service: str = "ratequeue"
+    interval: float = 0.25
+    threshold: int = 3
+    ping_timeout: float = 0.2
+    heartbeat_every: float = 5.0
+    name: str | None = None  # default: sensor@<replica>
+    info_timeout: float = 0.5
+    control_timeout: float = 1.0  # bound on a topology read or a publish
+    topology_refresh: float = 1.0  # re-read the topology at most this often
+
+    def __post_init__(self) -> None:
+        try:
+            probes.parse_address(self.replica)
+        except ValueError as error:
+            raise InvalidSensorConfig("replica", str(error)) from None
+        positive = ("interval", "ping_timeout", "heartbeat_every", "info_timeout",
+                    "control_timeout")  # fmt: skip
+        for setting in positive:
+            value = getattr(self, setting)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise InvalidSensorConfig(setting, f"{value!r} is not a number > 0")
+        if not (isinstance(self.topology_refresh, int | float) and self.topology_refresh >= 0):
+            raise InvalidSensorConfig("topology_refresh", f"{self.topology_refresh!r} is not >= 0")
+        if not isinstance(self.threshold, int) or self.threshold < 1:
+            raise InvalidSensorConfig("threshold", f"{self.threshold!r} is not an integer >= 1")
+        # Every event the sensor will publish must pass the schema: refuse now, not per event.
+        try:
+            new_event("SensorHeartbeat", environment=self.environment, region=self.region,
+                      service=self.service, host=self.replica, source=self.source)  # fmt: skip
+        except InvalidEvent as error:
+            for event_field, setting in (("environment", "environment"), ("region", "region"),
+                                         ("service", "service"), ("source", "name")):  # fmt: skip
+                if f"field '{event_field}'" in error.reason:
+                    raise InvalidSensorConfig(setting, error.reason) from None
+            raise InvalidSensorConfig("replica", error.reason) from None
+
+    @property
+    def source(self) -> str:
+        return self.name or f"sensor@{self.replica}"
+
+
+@dataclass
+class _Watch:
+    """What the sensor watches now; replaced when the shard, its primary or its epoch change."""
+
+    shard: str
+    epoch: int
+    primary: NodeRef
+    replica: NodeRef
+    failures: int = 0
+    last_error: str | None = None
+    down_reported: bool = False  # RedisMasterDown published, RedisMasterRecovered not yet
+
+    def same_target(self, shard: Shard) -> bool:
+        return (self.shard, self.epoch, self.primary) == (shard.id, shard.epoch, shard.primary)
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one check cycle saw and published (for tests, logs and `status`)."""
+
+    state: SensorState
+    shard: str | None = None
+    primary: str | None = None
+    consecutive_failures: int = 0
+    probe: ProbeResult | None = None
+    replica_info: dict[str, Any] | None = None
+    published: list[Event] = field(default_factory=list)
+    reason: str | None = None  # why idle
+
+
+def find_replica(topology: Topology, host: str, port: int) -> tuple[Shard, NodeRef] | None:
+    """The shard listing `host:port` (client or peer address) among its replicas."""
+    for shard in topology.shards:
+        for replica in shard.replicas:
+            if replica.port == port and host in (replica.host, replica.peer_host):
+                return shard, replica
+    return None
+
+
+def incident_key(service: str, shard: str, primary: str, epoch: int) -> str:
+    return f"{service}/{shard}/RedisMasterDown/{primary}@{epoch}"
+
+
+def _address(node: NodeRef) -> tuple[str, int]:
+    return node.peer_host or node.host, node.port
+
+
+class Sensor:
+    """Watches the primary of one replica; see the module docstring. The stream is the
+    caller's (it closes it); the sensor's own control-store connection is closed by `aclose`."""
+
+    def __init__(
+        self,
+        config: SensorConfig,
+        stream: EventStream,
+        *,
+        control: aioredis.Redis | None = None,
+    ) -> None:
+        self.config = config
+        self.stream = stream
+        self.name = config.source
+        self._host, self._port = probes.parse_address(config.replica)
+        self._owns_control = control is None
+        self._control = control or aioredis.Redis.from_url(
+            config.control_url,
+            socket_timeout=config.control_timeout,
+            socket_connect_timeout=config.control_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._topology: Topology | None = None
+        self._topology_raw: bytes | None = None
+        self._topology_read_at = -math.inf
+        self._control_ok = True
+        self._watch: _Watch | None = None
+        self._last_heartbeat = -math.inf
+        self.last_result: CycleResult | None = None
+
+    # -- the control store -------------------------------------------------------------------
+
+    async def _refresh_topology(self) -> Topology | None:
+        """The topology, re-read at most every `topology_refresh` s; on a failed read the last
+        one read (the sensor keeps watching what it knew)."""
+        now = time.monotonic()
+        if now - self._topology_read_at < self.config.topology_refresh:
+            return self._topology
+        self._topology_read_at = now
+        try:
+            async with asyncio.timeout(self.config.control_timeout):
+                raw = await self._control.get(TOPOLOGY_KEY)
+        except Exception as error:
+            self._control_trouble(f"cannot read the topology: {probes.describe_error(error)}")
+            return self._topology
+        self._control_back()
+        if raw != self._topology_raw:
+            self._topology_raw = raw  # an invalid document is reported once, not every cycle
+            try:
+                self._topology = None if raw is None else Topology.model_validate_json(raw)
+            except ValueError as error:
+                log.error("%s: the stored topology is invalid, keeping the last one: %s",
+                          self.name, error)  # fmt: skip
+        return self._topology
+
+    def _control_trouble(self, message: str) -> None:
+        if self._control_ok:
+            log.warning("%s: %s (retrying every cycle)", self.name, message)
+        else:
+            log.debug("%s: %s", self.name, message)
+        self._control_ok = False
+
+    def _control_back(self) -> None:
+        if not self._control_ok:
+            log.warning("%s: control store reachable again", self.name)
+        self._control_ok = True
+
+    async def _publish(self, event: Event) -> bool:
+        try:
+            async with asyncio.timeout(self.config.control_timeout):
+                await self.stream.publish(event)
+        except Exception as error:
+            self._control_trouble(f"cannot publish {event.type}: {probes.describe_error(error)}")
+            return False
+        level = logging.DEBUG if event.type == "SensorHeartbeat" else logging.WARNING
+        log.log(level, "%s: published %s %s", self.name, event.type,
+                event.incident_key or event.host)  # fmt: skip
+        return True
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def check_once(self) -> CycleResult:
+        """Run one check cycle; never raises for an unreachable node, store or stream."""
+        # Heartbeats are timed from cycle starts: those stay on the interval grid, while cycle
+        # ends jitter with the probes' latency (and would skip a heartbeat now and then).
+        cycle_started = time.monotonic()
+        topology = await self._refresh_topology()
+        if topology is None:
+            return self._idle("no topology in the control store (yet)")
+        found = find_replica(topology, self._host, self._port)
+        if found is None:
+            return self._idle(f"{self.config.replica} is not a replica of any shard")
+        shard, replica = found
+        if self._watch is None or not self._watch.same_target(shard):
+            if self._watch is not None:
+                log.info("%s: now watching %s of shard %s at epoch %d", self.name,
+                         shard.primary.name, shard.id, shard.epoch)  # fmt: skip
+            self._watch = _Watch(shard.id, shard.epoch, shard.primary, replica)
+        watch = self._watch
+        watch.replica = replica
+
+        primary_host, primary_port = _address(watch.primary)
+        probe, (info, _) = await asyncio.gather(
+            probes.ping(primary_host, primary_port, self.config.ping_timeout),
+            probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
+        )
+        published: list[Event] = []
+        if probe.ok:
+            watch.failures = 0
+            watch.last_error = None
+            if watch.down_reported:
+                event = self._event("RedisMasterRecovered", watch, probe, info)
+                if await self._publish(event):
+                    watch.down_reported = False
+                    published.append(event)
+        else:
+            watch.failures += 1
+            watch.last_error = probe.error
+            if watch.failures >= self.config.threshold and not watch.down_reported:
+                event = self._event("RedisMasterDown", watch, probe, info)
+                if await self._publish(event):
+                    watch.down_reported = True
+                    published.append(event)
+
+        if cycle_started - self._last_heartbeat >= self.config.heartbeat_every:
+            self._last_heartbeat = cycle_started
+            heartbeat = new_event(
+                "SensorHeartbeat", environment=self.config.environment,
+                region=self.config.region, service=self.config.service, shard=watch.shard,
+                host=watch.replica.address, source=self.name,
+                data={"primary": watch.primary.name, "ok": probe.ok,
+                      "consecutive_failures": watch.failures, "shard_epoch": watch.epoch,
+                      "latency_s": probe.latency_s if probe.ok else None},
+            )  # fmt: skip
+            if await self._publish(heartbeat):
+                published.append(heartbeat)
+
+        if watch.down_reported:
+            state: SensorState = "down"
+        else:
+            state = "ok" if probe.ok else "failing"
+        self.last_result = CycleResult(
+            state=state, shard=watch.shard, primary=watch.primary.name,
+            consecutive_failures=watch.failures, probe=probe, replica_info=info,
+            published=published,
+        )  # fmt: skip
+        return self.last_result
+
+    def _idle(self, reason: str) -> CycleResult:
+        if self._watch is not None or self.last_result is None or self.last_result.state != "idle":
+            log.info("%s: idle: %s", self.name, reason)
+        self._watch = None
+        self.last_result = CycleResult(state="idle", reason=reason)
+        return self.last_result
+
+    def _event(
+        self, type: str, watch: _Watch, probe: ProbeResult, info: dict[str, Any] | None
+    ) -> Event:
+        info = info or {}
+        data: dict[str, Any] = {
+            "master_link_status": "down" if type == "RedisMasterDown" else "up",
+            "replica_link_status": info.get("master_link_status"),
+            "master_last_io_seconds_ago": info.get("master_last_io_seconds_ago"),
+            "slave_repl_offset": info.get("slave_repl_offset"),
+            "replica_master": probes.replica_master(info) if info else None,
+            "consecutive_failures": watch.failures,
+            "primary": watch.primary.name,
+            "primary_address": watch.primary.address,
+            "primary_peer_address": watch.primary.peer_address,
+            "shard_epoch": watch.epoch,
+            "replica": watch.replica.address,
+            "replica_reachable": bool(info),
+            "last_error": watch.last_error if type == "RedisMasterDown" else None,
+        }
+        if type == "RedisMasterRecovered":
+            data["latency_s"] = probe.latency_s
+        return new_event(
+            type, environment=self.config.environment, region=self.config.region,
+            service=self.config.service, shard=watch.shard, host=watch.primary.address,
+            source=self.name, data=data,
+            incident_key=incident_key(self.config.service, watch.shard, watch.primary.name,
+                                      watch.epoch),
+        )  # fmt: skip
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every `interval` until `stop` is set. Errors are logged, never raised."""
+        log.info("%s: watching the primary of replica %s every %.3g s (threshold %d)",
+                 self.name, self.config.replica, self.config.interval,
+                 self.config.threshold)  # fmt: skip
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("%s: check cycle failed; continuing", self.name)
+            remaining = self.config.interval - (time.monotonic() - started)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), remaining)
+
+    async def aclose(self) -> None:
+        if self._owns_control:
+            await self._control.aclose()
+
+    async def __aenter__(self) -> Sensor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

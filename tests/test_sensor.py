@@ -1,0 +1,268 @@
+"""Heartbeat sensors and `failover check` against real redis-server processes, publishing on a
+real Redis event stream in the control store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from typer.testing import CliRunner
+
+from failover.cli import app
+from failover.events import Event, parse_event
+from failover.sensor import Sensor, SensorConfig
+from failover.streams import EVENTS_STREAM, RedisEventStream
+from ratequeue.redis_processes import LocalCluster, RedisProcess, free_port
+from ratequeue.topology import TopologyStore
+
+REPO = Path(__file__).resolve().parents[1]
+MakeSensor = Callable[..., Awaitable[Sensor]]
+
+
+def published(cluster: LocalCluster, type: str | None = None) -> list[Event]:
+    with cluster.control.client() as conn:
+        entries = conn.xrange(EVENTS_STREAM)
+    events = [parse_event(fields[b"event"]) for _, fields in entries]
+    return [event for event in events if type is None or event.type == type]
+
+
+def peer(node: RedisProcess) -> str:
+    return f"{node.peer_host}:{node.port}"
+
+
+def kill(node: RedisProcess) -> None:
+    node.signal(signal.SIGKILL)
+    assert node.process is not None
+    node.process.wait(timeout=5)
+
+
+@pytest.fixture
+async def make_sensor() -> AsyncIterator[MakeSensor]:
+    made: list[tuple[Sensor, RedisEventStream]] = []
+
+    async def make(cluster: LocalCluster, replica: RedisProcess, **settings: object) -> Sensor:
+        options: dict[str, object] = {"interval": 0.05, "heartbeat_every": 60.0,
+                                      "topology_refresh": 0.0, "control_timeout": 0.5}  # fmt: skip
+        options.update(settings)
+        connection = aioredis.Redis.from_url(cluster.control.url, socket_timeout=0.5,
+                                             socket_connect_timeout=0.5,
+                                             retry=Retry(NoBackoff(), 0))  # fmt: skip
+        stream = RedisEventStream(connection)
+        config = SensorConfig(control_url=cluster.control.url, replica=peer(replica), **options)  # type: ignore[arg-type]
+        sensor = Sensor(config, stream)
+        made.append((sensor, stream))
+        return sensor
+
+    yield make
+    for sensor, stream in made:
+        await sensor.aclose()
+        await stream.close()
+
+
+async def test_a_healthy_primary_produces_only_heartbeats(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    replica = cluster.shard("s0").replicas[0]
+    sensor = await make_sensor(cluster, replica, heartbeat_every=0.2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(sensor.run(stop))
+    await asyncio.sleep(0.7)
+    stop.set()
+    await asyncio.wait_for(running, 2)
+
+    events = published(cluster)
+    assert {event.type for event in events} == {"SensorHeartbeat"}
+    assert 2 <= len(events) <= 5
+    heartbeat = events[-1]
+    assert (heartbeat.host, heartbeat.shard, heartbeat.source) == (
+        replica.ref().address, "s0", f"sensor@{peer(replica)}")  # fmt: skip
+    assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
+
+
+async def test_a_killed_primary_is_reported_down_once_after_the_threshold(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    replica = shard.replicas[0]
+    sensor = await make_sensor(cluster, replica, name="sensor-a", threshold=3)
+    assert (await sensor.check_once()).state == "ok"
+    kill(shard.primary)
+
+    states = [(await sensor.check_once()).state for _ in range(3)]
+    assert states == ["failing", "failing", "down"]
+    for _ in range(20):
+        assert (await sensor.check_once()).state == "down"
+
+    [down] = published(cluster, "RedisMasterDown")
+    assert (down.shard, down.host, down.source) == ("s0", shard.primary.ref().address, "sensor-a")
+    assert down.incident_key == "ratequeue/s0/RedisMasterDown/s0-primary@1"
+    assert (down.environment, down.region, down.service) == ("dev", "local", "ratequeue")
+    data = down.data
+    assert data["master_link_status"] == "down"
+    assert data["replica_link_status"] in ("up", "down")  # the replica's own, raw view
+    assert isinstance(data["master_last_io_seconds_ago"], int)
+    assert data["slave_repl_offset"] > 0
+    assert data["consecutive_failures"] == 3
+    assert (data["primary"], data["primary_address"], data["shard_epoch"]) == (
+        "s0-primary", shard.primary.ref().address, 1)  # fmt: skip
+    assert data["replica"] == replica.ref().address
+    assert "111" in data["last_error"] or "refused" in data["last_error"].lower()
+    assert published(cluster, "RedisMasterRecovered") == []
+
+
+async def test_two_sensors_of_one_shard_report_the_same_incident(
+    start_cluster: Callable[..., LocalCluster], make_sensor: MakeSensor
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    shard = cluster.shard("s0")
+    sensors = [await make_sensor(cluster, replica) for replica in shard.replicas]
+    kill(shard.primary)
+    for _ in range(3):
+        for sensor in sensors:
+            await sensor.check_once()
+
+    downs = published(cluster, "RedisMasterDown")
+    assert sorted(event.source for event in downs) == sorted(s.name for s in sensors)
+    assert {event.incident_key for event in downs} == {"ratequeue/s0/RedisMasterDown/s0-primary@1"}
+
+
+async def test_a_paused_primary_is_reported_down_and_then_recovered(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    primary = cluster.shard("s1").primary
+    sensor = await make_sensor(cluster, cluster.shard("s1").replicas[0], ping_timeout=0.2)
+    primary.signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            result = await sensor.check_once()
+            assert time.monotonic() - started < 1.0  # the PING timed out, it did not hang
+            assert result.probe is not None and result.probe.error == "timed out"
+        assert result.state == "down"
+    finally:
+        primary.signal(signal.SIGCONT)
+    assert (await sensor.check_once()).state == "ok"
+    await sensor.check_once()
+
+    [down] = published(cluster, "RedisMasterDown")
+    [recovered] = published(cluster, "RedisMasterRecovered")
+    assert (
+        recovered.incident_key == down.incident_key == "ratequeue/s1/RedisMasterDown/s1-primary@1"
+    )
+    assert recovered.data["master_link_status"] == "up"
+
+
+async def test_a_sensor_whose_replica_is_not_listed_publishes_nothing(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    control = aioredis.Redis.from_url(cluster.control.url)
+    try:  # the replica is held for forensics: no longer a replica of any shard
+        store = TopologyStore(control)
+        current = await store.load()
+        assert current is not None
+        moved = [s.model_copy(update={"replicas": [], "forensics": s.replicas})
+                 if s.id == "s0" else s for s in current.shards]  # fmt: skip
+        await store.compare_and_set(current.epoch, current.model_copy(
+            update={"epoch": current.epoch + 1, "shards": moved}))  # fmt: skip
+    finally:
+        await control.aclose()
+    sensor = await make_sensor(cluster, shard.replicas[0], heartbeat_every=0.01)
+    kill(shard.primary)
+    for _ in range(5):
+        result = await sensor.check_once()
+        assert result.state == "idle" and "not a replica" in (result.reason or "")
+    assert published(cluster) == []
+
+
+async def test_the_sensor_survives_an_unreachable_control_store(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0])
+    assert (await sensor.check_once()).state == "ok"
+    cluster.control.stop()
+    kill(shard.primary)
+    for _ in range(5):  # the topology read and the publish fail; the sensor goes on
+        result = await sensor.check_once()
+        assert result.state == "failing" and result.consecutive_failures >= 1
+    cluster.control.restart()
+
+    assert (await sensor.check_once()).state == "down"  # published on the first cycle back
+    for _ in range(3):
+        await sensor.check_once()
+    [down] = published(cluster, "RedisMasterDown")
+    assert down.data["consecutive_failures"] == 6
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def failover(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "failover", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+def test_failover_check_is_ok_for_a_healthy_pair(cluster: LocalCluster) -> None:
+    shard = cluster.shard("s0")
+    done = failover("check", "--replica", peer(shard.replicas[0]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"REDIS-PRIMARY OK - primary {peer(shard.primary)} answers in ")
+    assert " | latency=" in done.stdout and done.stdout.count("\n") == 1
+
+
+def test_failover_check_is_critical_when_the_primary_is_killed(cluster: LocalCluster) -> None:
+    shard = cluster.shard("s0")
+    kill(shard.primary)
+    done = failover("check", "--replica", peer(shard.replicas[0]), "--primary", peer(shard.primary))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith(f"REDIS-PRIMARY CRITICAL - primary {peer(shard.primary)} ")
+
+
+def test_failover_check_is_unknown_when_the_replica_cannot_be_reached() -> None:
+    done = failover("check", "--replica", f"127.0.0.2:{free_port()}", "--timeout", "0.5")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith("REDIS-PRIMARY UNKNOWN - replica 127.0.0.2:")
+
+
+def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: LocalCluster) -> None:
+    replica = cluster.shard("s1").replicas[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "failover", "sensor", "--control", cluster.control.url,
+         "--replica", peer(replica), "--name", "cli-sensor", "--heartbeat-every", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not published(cluster, "SensorHeartbeat"):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    assert published(cluster)[0].source == "cli-sensor"
+
+
+def test_bad_sensor_options_are_named_and_exit_2() -> None:
+    runner = CliRunner()
+    for option, value in (("--threshold", "0"), ("--interval", "-1"), ("--replica", "nope"),
+                          ("--environment", "Prod"), ("--stream", "kafka")):  # fmt: skip
+        args = {"--control": "redis://127.0.0.1:1/0", "--replica": "127.0.0.2:1", option: value}
+        result = runner.invoke(app, ["sensor", *[x for pair in args.items() for x in pair]])
+        assert result.exit_code == 2, (option, result.output)
+        assert f"invalid value for {option}" in result.output
