@@ -64,7 +64,8 @@ class Deployment(BaseModel):
         known = {n.name for n in self.nodes}
         for extra in provisioned_nodes(self.testbed_dir):
             if extra.name not in known:
-                self.nodes.append(DeploymentNode(**extra.model_dump(), peer_host="127.0.0.2"))
+                fields = extra.model_dump(exclude={"program"})
+                self.nodes.append(DeploymentNode(**fields, peer_host="127.0.0.2"))
 
     def node(self, name: str) -> DeploymentNode:
         self.refresh_nodes()

@@ -9,6 +9,7 @@ by command line, so a recycled pid is never killed). Not for: faults (see the fa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -19,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import redis
 from pydantic import BaseModel, ConfigDict
 
 from lazarus_lite.actuators import PROVISIONED_FILE
+from lazarus_lite.service_registry import members_key
 from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
 
 STATE_FILE = "testbed.json"
@@ -37,6 +40,7 @@ class TestbedNode(BaseModel):
     host: str
     port: int
     pid: int
+    program: str | None = None  # what its command line runs, when its role does not say
 
 
 class TestbedState(BaseModel):
@@ -74,6 +78,8 @@ PROGRAM_OF_ROLE = {"api": "ratequeue", "sensor": "failover", "lazarus": "lazarus
 
 
 def _expected_program(node: TestbedNode) -> str:
+    if node.program:
+        return node.program
     return "redis-server" if node.role in REDIS_ROLES else PROGRAM_OF_ROLE[node.role]
 
 
@@ -135,6 +141,16 @@ def start_api(
     node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=port, pid=process.pid)
     _wait_healthy(node, process, directory)
     return node
+
+
+def register_in_balancer(control_url: str, service: str, node: TestbedNode) -> None:
+    """List a stateless host in the service's balancer (the stateless profile replaces it)."""
+    with redis.Redis.from_url(control_url) as conn:
+        conn.hset(
+            members_key(service),
+            f"http://{node.host}:{node.port}",
+            json.dumps({"name": node.name, "added_at": time.time()}),
+        )
 
 
 def start_controllers(
@@ -264,6 +280,7 @@ def up(
     try:
         api = start_api(directory, cluster.control.url)
         started.append(api)
+        register_in_balancer(cluster.control.url, "ratequeue-api", api)
         lazarus = start_controllers(
             directory, cluster.control.url, controllers, controller_args, token
         )

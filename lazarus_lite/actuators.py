@@ -9,17 +9,22 @@ implement the same `Actuator` protocol. Not for: deciding whether to provision (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
+
+import httpx
 
 from ratequeue.redis_processes import (
     CLIENT_HOST,
     PEER_HOST,
     RedisProcess,
+    free_port,
     start_redis,
     wait_for_replicas_in_sync,
 )
@@ -31,6 +36,11 @@ PROVISIONED_FILE = "provisioned.jsonl"
 class Actuator(Protocol):
     async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
         """Start a replica of `primary` named `name`; return once it is in sync."""
+
+    async def provision_instance(
+        self, service: str, name: str, command: list[str], healthcheck_path: str
+    ) -> str:
+        """Start a host of a stateless service; return its base URL once it is healthy."""
 
 
 class LocalProcessActuator:
@@ -81,6 +91,54 @@ class LocalProcessActuator:
         if self.control_url is not None:
             self._start_sensor(shard, replica)
         return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
+
+    async def provision_instance(
+        self, service: str, name: str, command: list[str], healthcheck_path: str
+    ) -> str:
+        return await asyncio.to_thread(
+            self._provision_instance, service, name, command, healthcheck_path
+        )
+
+    def _provision_instance(
+        self, service: str, name: str, command: list[str], healthcheck_path: str
+    ) -> str:
+        """`command` may use {python}, {host}, {port} and {control_url}."""
+        port = free_port((CLIENT_HOST,))
+        values = {
+            "python": sys.executable,
+            "host": CLIENT_HOST,
+            "port": str(port),
+            "control_url": self.control_url or "",
+        }
+        argv = [part.format(**values) for part in command]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / f"{name}.log").open("ab") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        program = Path(argv[2] if argv[:2] == [sys.executable, "-m"] else argv[0]).name
+        self._record(
+            {
+                "name": name,
+                "role": "instance",
+                "shard": None,
+                "host": CLIENT_HOST,
+                "port": port,
+                "pid": process.pid,
+                "program": program,
+            }
+        )
+        url = f"http://{CLIENT_HOST}:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited at start; see {self.workdir}/{name}.log")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}{healthcheck_path}", timeout=1).status_code == 200:
+                    return url
+            time.sleep(0.1)
+        process.kill()
+        raise RuntimeError(f"{name} not healthy within 20 s")
 
     def _start_sensor(self, shard: str, replica: RedisProcess) -> None:
         log = self.workdir / f"sensor-{replica.name}.log"

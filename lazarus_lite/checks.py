@@ -14,11 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from failover.events import Event
 from failover.probes import ProbeResult, ping, replication_info
 from lazarus_lite.rules import CheckSpec
+from lazarus_lite.service_registry import ServiceRegistry
 from ratequeue.topology import NodeRef, Shard, Topology
 
 
@@ -36,6 +39,7 @@ class CheckContext:
     spec: CheckSpec
     min_replicas: int = 1
     probe_timeout: float = 0.25
+    control: aioredis.Redis | None = None
     _pings: dict[str, ProbeResult] = field(default_factory=dict)
     _infos: dict[str, dict | None] = field(default_factory=dict)
 
@@ -102,13 +106,23 @@ async def run_checks(
     *,
     min_replicas: int = 1,
     probe_timeout: float = 0.25,
+    control: aioredis.Redis | None = None,
 ) -> list[CheckResult]:
     """Evaluate `specs` in order, sharing probes; every check runs (the audit shows them all)."""
-    shared = CheckContext(event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout)
+    shared = CheckContext(
+        event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, control
+    )
     results = []
     for spec in specs:
         context = CheckContext(
-            event, topology, spec, min_replicas, probe_timeout, shared._pings, shared._infos
+            event,
+            topology,
+            spec,
+            min_replicas,
+            probe_timeout,
+            control,
+            shared._pings,
+            shared._infos,
         )
         results.append(await run_check(context))
     return results
@@ -226,12 +240,71 @@ async def peer_check(ctx: CheckContext) -> CheckResult:
 
 @check("MinActiveHosts")
 async def min_active_hosts(ctx: CheckContext) -> CheckResult:
-    """At least `default` replicas answer, so the shard keeps a primary after the promotion."""
+    """A shard: at least `default` replicas answer, so it keeps a primary after the promotion.
+    A stateless service: at least `default` other hosts in its balancer answer their
+    healthcheck, so taking this one out leaves enough."""
     minimum = int(ctx.spec.default if ctx.spec.default is not None else 1)
-    states = await ctx.replica_states()
-    active = sum(1 for _, info in states if info is not None)
+    if ctx.event.shard:
+        states = await ctx.replica_states()
+        active = sum(1 for _, info in states if info is not None)
+        return CheckResult(
+            name="MinActiveHosts",
+            ok=active >= minimum,
+            detail=f"{active} active replicas; minimum {minimum}",
+        )
+    healthy, _ = await _balancer_health(ctx)
     return CheckResult(
         name="MinActiveHosts",
-        ok=active >= minimum,
-        detail=f"{active} active replicas; minimum {minimum}",
+        ok=len(healthy) >= minimum,
+        detail=f"{len(healthy)} other healthy hosts; minimum {minimum}",
     )
+
+
+def _healthcheck_url(host: str, ctx: CheckContext) -> str:
+    path = str(ctx.spec.params.get("path", "/healthz"))
+    base = host if host.startswith("http") else f"http://{host}"
+    return f"{base.rstrip('/')}{path}"
+
+
+async def _healthy(url: str, timeout: float) -> tuple[bool, str]:
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            answer = await http.get(url)
+        return answer.status_code == 200, f"HTTP {answer.status_code}"
+    except httpx.HTTPError as error:
+        return False, f"{type(error).__name__}: {error}"
+
+
+async def _balancer_health(ctx: CheckContext) -> tuple[list[str], list[str]]:
+    """(healthy, unhealthy) hosts of the event's service other than the event's host."""
+    if ctx.control is None:
+        raise LookupError("no control store to read the balancer from")
+    members = await ServiceRegistry(ctx.control).members(ctx.event.service)
+    others = [url for url in members if url.rstrip("/") != ctx.event.host.rstrip("/")]
+    answers = await asyncio.gather(
+        *(_healthy(_healthcheck_url(u, ctx), ctx.probe_timeout * 4) for u in others)
+    )
+    healthy = [u for u, (ok, _) in zip(others, answers, strict=True) if ok]
+    return healthy, [u for u in others if u not in healthy]
+
+
+@check("HealthCheckDown")
+async def healthcheck_down(ctx: CheckContext) -> CheckResult:
+    """The host's healthcheck fails from this node too (not just from the sensor's side of a
+    partition)."""
+    url = _healthcheck_url(ctx.event.host, ctx)
+    ok, detail = await _healthy(url, ctx.probe_timeout * 4)
+    return CheckResult(
+        name="HealthCheckDown", ok=not ok, detail=f"{url}: {'answers healthy' if ok else detail}"
+    )
+
+
+@check("HostPeersHealthy")
+async def host_peers_healthy(ctx: CheckContext) -> CheckResult:
+    """The service's other hosts are healthy: when they all fail together the cause is
+    downstream, and replacing hosts would not help."""
+    healthy, unhealthy = await _balancer_health(ctx)
+    detail = f"{len(healthy)} other hosts healthy"
+    if unhealthy:
+        detail += f"; failing: {', '.join(unhealthy)}"
+    return CheckResult(name="HostPeersHealthy", ok=not unhealthy, detail=detail)

@@ -95,7 +95,7 @@ def validate_rules(
     paths: list[Path] = typer.Argument(..., help="rule files or directories"),
 ) -> None:
     """Load rule files strictly; name the file, rule and field of every mistake."""
-    from lazarus_lite import controller  # noqa: F401  (registers the steps)
+    from lazarus_lite import steps  # noqa: F401  (registers the steps)
     from lazarus_lite.checks import CHECKS
     from lazarus_lite.rules import RuleError, load_rules
     from lazarus_lite.workflow import WorkflowError, load_workflows

@@ -22,11 +22,8 @@ import redis.asyncio as aioredis
 
 from failover.events import Event
 from failover.streams import EventStream, Received
-from lazarus_lite import (  # noqa: F401  (importing registers the steps)
-    approval_steps,
-    lock_steps,
-    ratequeue_failover,
-)
+from lazarus_lite import ratequeue_failover
+from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome
 from lazarus_lite.checks import CHECKS, run_checks
@@ -42,6 +39,7 @@ from lazarus_lite.gates import (
 )
 from lazarus_lite.locks import Locks
 from lazarus_lite.notifications import Delivery, Notifier, PageState, note_deliveries
+from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import SHADOW_DECISIONS
@@ -84,11 +82,16 @@ class ControllerNode:
         self.control = control
         self.stream = stream
         self.definitions = load_workflows(settings.workflows)
+        profile_rules: list[Rule] = []
+        if settings.services is not None and settings.services.is_dir():
+            profile_rules, profile_workflows = load_profiles(settings.services)
+            self.definitions.update(profile_workflows)
         self.rules: RuleBook = load_rules(
             settings.rules,
             known_checks=CHECKS,
             known_actions=[*self.definitions, RECORD_ONLY_ACTION],
         )
+        self.rules = RuleBook([*self.rules.rules, *profile_rules])
         actuator = (
             LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
             if settings.actuator_dir is not None
@@ -269,6 +272,7 @@ class ControllerNode:
         return {
             **rule.action.inputs,
             "event_id": event.id,
+            "host": event.host,
             "service": event.service,
             "shard": event.shard,
             "failed_primary": event.data.get("primary"),
@@ -370,6 +374,7 @@ class ControllerNode:
                 rule.checks,
                 min_replicas=self.settings.min_replicas,
                 probe_timeout=self.settings.probe_timeout,
+                control=self.control,
             )
         except Exception as error:
             return NodeVerdict(

@@ -45,7 +45,7 @@ class ControllerSettings(BaseModel):
     breaker_window: float = Field(600, gt=0)
     breaker_threshold: int = Field(3, ge=1, description="distinct failing services per region")
     notifications: Path | None = Field(None, description="notification channels (YAML)")
-    services: Path | None = Field(None, description="service profiles directory (YAML)")
+    services: Path | None = Field(DEFINITIONS / "services", description="service profiles (YAML)")
     forensics_interval: float = Field(2.0, gt=0, le=600)
 
     @field_validator("control_url")

@@ -90,7 +90,7 @@ class StepDefinition(BaseModel):
 class WorkflowDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_.]*$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]*$")
     version: int = Field(1, ge=1)
     description: str = ""
     timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
