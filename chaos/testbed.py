@@ -212,8 +212,14 @@ def start_controllers(
 
 
 def start_sensor(
-    directory: Path, control_url: str, replica: TestbedNode, extra_args: list[str] | None = None
+    directory: Path,
+    control_url: str,
+    replica: TestbedNode,
+    source_host: str,
+    extra_args: list[str] | None = None,
 ) -> TestbedNode:
+    """A sensor beside `replica`; its PINGs leave from `source_host` (its own loopback address,
+    so an experiment can cut one sensor's path to the primary and leave the others')."""
     name = f"sensor-{replica.name}"
     process = _spawn(
         directory,
@@ -227,6 +233,8 @@ def start_sensor(
             f"{PEER_HOST}:{replica.port}",
             "--name",
             name,
+            "--source-host",
+            source_host,
             *(extra_args or []),
         ],
     )
@@ -234,7 +242,7 @@ def start_sensor(
         name=name,
         role="sensor",
         shard=replica.shard,
-        host=PEER_HOST,
+        host=source_host,
         port=replica.port,
         pid=process.pid,
     )
@@ -286,10 +294,10 @@ def up(
         )
         started += lazarus
         if sensors:
+            replicas_started = [n for n in nodes if n.role == "replica"]
             started += [
-                start_sensor(directory, cluster.control.url, n)
-                for n in nodes
-                if n.role == "replica"
+                start_sensor(directory, cluster.control.url, n, f"127.0.1.{index + 1}")
+                for index, n in enumerate(replicas_started)
             ]
     except BaseException:
         for node in started:

@@ -55,6 +55,9 @@ def sensor(
     threshold: int = typer.Option(3, help="consecutive failed PINGs that make the primary down"),
     ping_timeout: float = typer.Option(0.2, help="seconds a PING of the primary may take"),
     heartbeat_every: float = typer.Option(5.0, help="seconds between SensorHeartbeat events"),
+    source_host: str = typer.Option(
+        None, envvar="FAILOVER_SOURCE_HOST", help="local address the PINGs leave from"
+    ),
     stream: str = typer.Option(
         "redis", envvar="FAILOVER_STREAM", help="event stream backend: redis | kinesis"
     ),
@@ -69,7 +72,7 @@ def sensor(
         config = SensorConfig(
             control_url=control, replica=replica, environment=environment, region=region,
             service=service, interval=interval, threshold=threshold, ping_timeout=ping_timeout,
-            heartbeat_every=heartbeat_every, name=name,
+            heartbeat_every=heartbeat_every, name=name, source_host=source_host,
         )  # fmt: skip
     except InvalidSensorConfig as error:
         raise _bad_option("sensor", _option_name(error.setting), error.message, 2) from None

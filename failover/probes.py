@@ -82,9 +82,15 @@ async def _close(connection: aioredis.Redis) -> None:
         await connection.aclose()
 
 
-async def ping(host: str, port: int, timeout: float = 0.2) -> ProbeResult:
+async def ping(
+    host: str, port: int, timeout: float = 0.2, *, source_host: str | None = None
+) -> ProbeResult:
     """PING `host:port` over a fresh connection; connect and PING together take at most about
-    `timeout` seconds. A reply other than PONG (e.g. LOADING) counts as failed."""
+    `timeout` seconds. A reply other than PONG (e.g. LOADING) counts as failed. With
+    `source_host`, the connection leaves from that local address (a sensor's own address, so
+    the path from one sensor can be told apart, and cut, in partition experiments)."""
+    if source_host is not None:
+        return await _ping_from(source_host, host, port, timeout)
     started = time.perf_counter()
     connection = _connection(host, port, timeout)
     try:
@@ -100,6 +106,31 @@ async def ping(host: str, port: int, timeout: float = 0.2) -> ProbeResult:
         return ProbeResult(False, time.perf_counter() - started, describe_error(error))
     finally:
         await _close(connection)
+
+
+async def _ping_from(source_host: str, host: str, port: int, timeout: float) -> ProbeResult:
+    # redis-py cannot bind a source address, and a PING is one line of RESP each way.
+    started = time.perf_counter()
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port,
+                                                           local_addr=(source_host, 0))  # fmt: skip
+            sent = time.perf_counter()
+            writer.write(b"*1\r\n$4\r\nPING\r\n")
+            await writer.drain()
+            answer = await reader.readline()
+        latency = time.perf_counter() - sent
+        if answer.strip() != b"+PONG":
+            return ProbeResult(False, latency, f"unexpected PING reply {answer.strip()!r}")
+        return ProbeResult(True, latency, None)
+    except Exception as error:
+        return ProbeResult(False, time.perf_counter() - started, describe_error(error))
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
 
 async def replication_info_or_error(

@@ -61,6 +61,7 @@ class SensorConfig:
     interval: float = 0.25
     threshold: int = 3
     ping_timeout: float = 0.2
+    source_host: str | None = None  # local address the PINGs leave from (default: any)
     heartbeat_every: float = 5.0
     name: str | None = None  # default: sensor@<replica>
     info_timeout: float = 0.5
@@ -248,7 +249,12 @@ class Sensor:
 
         primary_host, primary_port = _address(watch.primary)
         probe, (info, _) = await asyncio.gather(
-            probes.ping(primary_host, primary_port, self.config.ping_timeout),
+            probes.ping(
+                primary_host,
+                primary_port,
+                self.config.ping_timeout,
+                source_host=self.config.source_host,
+            ),
             probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
         )
         published: list[Event] = []
