@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine:
-#   make demo   start the embedded local testbed, push traffic through it, print what happened
+#   make demo   the main job: kill a shard primary under load on the embedded local testbed,
+#               watch the automated failover and print the verdict table
 #   make test   run the whole test suite against real redis-server processes
 # Both create .venv, install the project and make sure redis-server exists.
 
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint setup system-packages clean
 
 demo: setup
-	$(BIN)/chaos demo
+	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
 test: setup
 	$(BIN)/pytest
