@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ratequeue.client import AsyncRatequeueClient
+from ratequeue.client import AsyncRatequeueClient, validate_message_id
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
     DurabilityNotMet,
@@ -35,7 +36,7 @@ from ratequeue.errors import (
 )
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.rates import Rate
-from ratequeue.shard import ShardStats
+from ratequeue.shard import ShardStats, parse_receipt
 from ratequeue.topology import topology_json
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,37 @@ def _describe(error: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+# Deeper JSON is refused: the response serializer has a depth limit of its own, and a message it
+# could not serialize would fail every dequeue that leased it (and the others leased with it).
+MAX_JSON_DEPTH = 64
+
+
+def _not_json(constant: str) -> None:
+    """`json.loads` takes NaN and Infinity; JSON has neither (and they cannot be answered)."""
+    raise InvalidInput(f"request body is not valid JSON: {constant} is not a JSON value",
+                       code="bad_json")  # fmt: skip
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e400, which float() makes infinite
+        raise InvalidInput(f"request body: number {text} is out of range", code="bad_json")
+    return value
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            pending += [(child, depth + 1) for child in item]
+    return False
+
+
 async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
     """Parse and validate a JSON request body within the size limit."""
     declared = request.headers.get("content-length")
@@ -105,10 +137,21 @@ async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
                 f"request body exceeds the limit of {max_bytes} bytes",
                 code="body_too_large", http_status=413,
             )  # fmt: skip
+    too_deep = InvalidInput(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+    except ValueError as error:  # also bad UTF-8, and integers of over 4300 digits
         raise InvalidInput(f"request body is not valid JSON: {error}", code="bad_json") from None
+    except RecursionError:
+        raise too_deep from None
+    if _nesting_exceeds(data, MAX_JSON_DEPTH):
+        raise too_deep
+    try:
+        # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidInput("request body holds a string with a lone UTF-16 surrogate",
+                           code="bad_json") from None  # fmt: skip
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", code="invalid_request")
     try:
@@ -166,6 +209,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         started = time.perf_counter()
         try:
             payload = await read_json(request, EnqueueRequest, settings.max_body_bytes)
+            if payload.id is not None:
+                try:
+                    validate_message_id(payload.id)
+                except InvalidInput as error:
+                    raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
             enqueued = await client.enqueue_many([message])
         except InvalidInput:
@@ -223,6 +271,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def ack(request: Request) -> dict:
         started = time.perf_counter()
         payload = await read_json(request, AckRequest, settings.max_body_bytes)
+        for index, receipt in enumerate(payload.receipts):
+            try:
+                parse_receipt(receipt)
+            except ValueError as error:
+                raise InvalidInput(f"field 'receipts.{index}': {error}",
+                                   code="invalid_receipt") from None  # fmt: skip
         acked = await client.ack(payload.receipts)
         metrics.acked.inc(acked)
         metrics.latency.labels("ack").observe(time.perf_counter() - started)

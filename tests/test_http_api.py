@@ -1,0 +1,634 @@
+"""The ratequeue HTTP API (DESIGN.md, "Ratequeue HTTP API") over real HTTP and real redis-server
+shards: bad input, happy paths, a full queue, unreachable Redis, health, metrics, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ratequeue.config import ServiceSettings
+from ratequeue.redis_processes import LocalCluster
+from ratequeue.service import MAX_JSON_DEPTH
+from tests.conftest import ServedApi, shard_key_count
+
+ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
+ON_S1 = "+14155550102"  # slot 10386: shard s1 of two
+DEFAULT_BODY_LIMIT = 64 * 1024
+
+
+def messages_url(number: str) -> str:
+    return f"/v1/numbers/{number}/messages"
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *mentions: str) -> str:
+    """The response is a JSON error `{"error": {"code", "message"}}`; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"}
+    assert error["code"] == code, error
+    for mention in mentions:
+        assert mention in error["message"], error["message"]
+    return error["message"]
+
+
+def enqueue(http: httpx.Client, number: str, body: object, message_id: str | None = None) -> dict:
+    payload = {"body": body} if message_id is None else {"id": message_id, "body": body}
+    response = http.post(messages_url(number), json=payload)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def lease_one(http: httpx.Client, number: str = ON_S0) -> dict:
+    enqueue(http, number, "hello", "m-1")
+    response = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
+    [message] = response.json()["messages"]
+    return message
+
+
+def request_of(size: int) -> bytes:
+    """An enqueue request of exactly `size` bytes."""
+    envelope = b'{"id": "big", "body": ""}'
+    return envelope.replace(b'""', b'"' + b"a" * (size - len(envelope)) + b'"')
+
+
+def nested(levels: int) -> object:
+    """A JSON value of lists nested `levels` deep."""
+    value: object = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text → {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for the refusal tests, which write nothing when they pass (each test checks
+    that), so they need no fresh cluster each: that keeps this module quick."""
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("shared"), shards=2, replicas=1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def refusing(shared_cluster: LocalCluster) -> Iterator[httpx.Client]:
+    """An HTTP session with the API served over `shared_cluster`."""
+    settings = ServiceSettings(control_url=shared_cluster.control.url, wait_timeout_ms=300,
+                               retry_deadline=0.5, refresh_interval=0.5)  # fmt: skip
+    with ServedApi(settings) as api, httpx.Client(base_url=api.url, timeout=10) as session:
+        yield session
+
+
+# -- bad input: a 4xx JSON error, and nothing written ---------------------------------------------
+# These share one cluster (`refusing`, `shared_cluster`): each checks that it wrote nothing.
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_malformed_number_is_refused_with_400_and_nothing_written(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url("not-a-number"), json={"body": "hello"})
+    assert_error(response, 400, "invalid_number", "number", "not-a-number")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_malformed_number_is_refused_by_number_info_and_by_set_rate(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    assert_error(refusing.get("/v1/numbers/12"), 400, "invalid_number", "number")
+    response = refusing.put("/v1/numbers/12/rate", json={"per_second": 5})
+    assert_error(response, 400, "invalid_number", "number")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_body_of_one_byte_over_64_kib_is_refused_with_413_and_nothing_written(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    over = refusing.post(messages_url(ON_S0), content=request_of(DEFAULT_BODY_LIMIT + 1),
+                         headers=JSON)  # fmt: skip
+    assert_error(over, 413, "body_too_large", str(DEFAULT_BODY_LIMIT))
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_body_over_the_limit_with_an_honest_content_length_is_refused_with_413(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), json={"body": "a" * 100_000})
+    assert int(response.request.headers["content-length"]) > DEFAULT_BODY_LIMIT
+    assert_error(response, 413, "body_too_large", str(DEFAULT_BODY_LIMIT))
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_body_over_the_limit_streamed_without_a_content_length_is_refused_with_413(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"body": "'
+        for _ in range(20):
+            yield b"a" * 8192
+        yield b'"}'
+
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), content=chunks(), headers=JSON)
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert_error(response, 413, "body_too_large", str(DEFAULT_BODY_LIMIT))
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("content", [b'{"body": "unterminated', b"", b'{"body": "\xff\xfe"}'],
+                         ids=["truncated", "empty", "not-utf8"])  # fmt: skip
+def test_a_body_that_is_not_json_is_refused_with_400_and_nothing_written(
+    refusing: httpx.Client, shared_cluster: LocalCluster, content: bytes
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), content=content, headers=JSON)
+    assert_error(response, 400, "bad_json", "not valid JSON")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "1" * 5000])
+def test_numbers_json_cannot_carry_are_refused_with_400_not_stored_or_500(
+    refusing: httpx.Client, shared_cluster: LocalCluster, value: str
+) -> None:
+    # Python's parser takes NaN and Infinity, makes 1e400 infinite, and refuses integers of over
+    # 4300 digits with a ValueError: none may be stored (it would come back altered or as a 500).
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), content=f'{{"body": {value}}}'.encode(),
+                             headers=JSON)  # fmt: skip
+    assert_error(response, 400, "bad_json")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 300, 30_000])
+def test_json_nested_deeper_than_the_limit_is_refused_with_400_not_500(
+    refusing: httpx.Client, shared_cluster: LocalCluster, levels: int
+) -> None:
+    before = shard_key_count(shared_cluster)
+    # Written out by hand: the test's own json.dumps could not nest 30 000 deep either.
+    content = b'{"body": ' + b"[" * (levels - 1) + b"0" + b"]" * (levels - 1) + b"}"
+    response = refusing.post(messages_url(ON_S0), content=content, headers=JSON)
+    assert_error(response, 400, "invalid_request", f"deeper than {MAX_JSON_DEPTH} levels")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_lone_surrogate_in_a_json_string_is_refused_with_400_not_500(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), content=b'{"body": "half \\ud800 a pair"}',
+                             headers=JSON)  # fmt: skip
+    assert_error(response, 400, "bad_json", "surrogate")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("payload", [[{"body": "hello"}], "hello", 42, None])
+def test_json_that_is_not_an_object_is_refused_with_400(
+    refusing: httpx.Client, shared_cluster: LocalCluster, payload: object
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), content=json.dumps(payload), headers=JSON)
+    assert_error(response, 400, "invalid_request", "JSON object")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload"),
+    [
+        ("POST", messages_url(ON_S0), {"body": "hello", "priority": 1}),
+        ("POST", "/v1/messages:dequeue", {"max": 1, "lease_seconds": 30, "priority": 1}),
+        ("POST", "/v1/messages:ack", {"receipts": [], "priority": 1}),
+        ("PUT", f"/v1/numbers/{ON_S0}/rate", {"per_second": 5, "priority": 1}),
+    ],
+    ids=["enqueue", "dequeue", "ack", "rate"],
+)
+def test_an_unknown_field_is_refused_naming_the_field(
+    refusing: httpx.Client, shared_cluster: LocalCluster, method: str, path: str, payload: dict
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.request(method, path, json=payload)
+    assert_error(response, 400, "invalid_request", "'priority'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [
+        ("POST", messages_url(ON_S0), "body"),
+        ("POST", "/v1/messages:dequeue", "lease_seconds"),
+        ("POST", "/v1/messages:ack", "receipts"),
+        ("PUT", f"/v1/numbers/{ON_S0}/rate", "per_second"),
+    ],
+    ids=["enqueue", "dequeue", "ack", "rate"],
+)
+def test_a_missing_required_field_is_refused_naming_the_field(
+    refusing: httpx.Client, shared_cluster: LocalCluster, method: str, path: str, field: str
+) -> None:
+    before = shard_key_count(shared_cluster)
+    payload = {"max": 1} if path.endswith("dequeue") else {}
+    response = refusing.request(method, path, json=payload)
+    assert_error(response, 400, "invalid_request", f"'{field}'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("per_second", [0, -1, 100_001, "fast"])
+def test_a_rate_that_is_not_a_positive_number_in_range_is_refused_naming_per_second(
+    refusing: httpx.Client, shared_cluster: LocalCluster, per_second: object
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.put(f"/v1/numbers/{ON_S0}/rate", json={"per_second": per_second})
+    assert_error(response, 400, "invalid_request", "'per_second'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("burst", [1.5, "2", True, 0, -3])
+def test_a_burst_that_is_not_a_positive_integer_is_refused_naming_burst(
+    refusing: httpx.Client, shared_cluster: LocalCluster, burst: object
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.put(f"/v1/numbers/{ON_S0}/rate", json={"per_second": 5, "burst": burst})
+    assert_error(response, 400, "invalid_request", "'burst'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize(("lease_seconds", "code"),
+                         [(0, "invalid_request"), (-5, "invalid_request"),
+                          (3600.5, "invalid_lease"), (1e300, "invalid_lease")])  # fmt: skip
+def test_a_lease_out_of_range_is_refused_naming_lease_seconds(
+    refusing: httpx.Client, shared_cluster: LocalCluster, lease_seconds: float, code: str
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post("/v1/messages:dequeue",
+                             json={"max": 1, "lease_seconds": lease_seconds})  # fmt: skip
+    assert_error(response, 400, code, "'lease_seconds'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize("max_messages", [0, -1, 1001, 2.0, "3"])
+def test_a_dequeue_max_out_of_range_or_not_an_integer_is_refused_naming_max(
+    refusing: httpx.Client, shared_cluster: LocalCluster, max_messages: object
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post("/v1/messages:dequeue",
+                             json={"max": max_messages, "lease_seconds": 30})  # fmt: skip
+    assert_error(response, 400, "invalid_request", "'max'")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_receipt_of_an_unknown_shard_is_refused_naming_receipts(
+    refusing: httpx.Client,
+) -> None:
+    response = refusing.post("/v1/messages:ack", json={"receipts": ["s9:1:m-1"]})
+    assert_error(response, 400, "invalid_receipt", "receipts", "s9")
+
+
+@pytest.mark.parametrize("message_id", ["has space", "-leading-dash", "x" * 129, "ünïcode", ""])
+def test_an_invalid_message_id_is_refused_naming_id_and_nothing_written(
+    refusing: httpx.Client, shared_cluster: LocalCluster, message_id: str
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), json={"id": message_id, "body": "hello"})
+    assert_error(response, 400, "invalid_id", "'id'")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_message_id_that_is_not_a_string_is_refused_naming_id(
+    refusing: httpx.Client, shared_cluster: LocalCluster
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post(messages_url(ON_S0), json={"id": 42, "body": "hello"})
+    assert_error(response, 400, "invalid_request", "'id'")
+    assert shard_key_count(shared_cluster) == before
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"),
+                         [("GET", "/v2/nothing", 404, "not_found"),
+                          ("GET", "/v1/messages:dequeue", 405, "method_not_allowed")])  # fmt: skip
+def test_an_unknown_route_or_method_is_a_json_error(
+    refusing: httpx.Client, method: str, path: str, status: int, code: str
+) -> None:
+    assert_error(refusing.request(method, path), status, code)
+
+
+# -- bad input that needs a message of its own ---------------------------------------------------
+
+
+def test_a_malformed_receipt_is_refused_naming_it_and_acknowledges_nothing_of_its_batch(
+    http: httpx.Client,
+) -> None:
+    good = lease_one(http)["receipt"]
+    for malformed in ["garbage", "s0:notanumber:m-1", "s0:1:", ""]:
+        response = http.post("/v1/messages:ack", json={"receipts": [good, malformed]})
+        assert_error(response, 400, "invalid_receipt", "'receipts.1'", repr(malformed))
+    # The well-formed receipt of the refused batches was not acknowledged: it still holds a lease.
+    assert http.post("/v1/messages:ack", json={"receipts": [good]}).json() == {"acked": 1}
+
+
+def test_a_refused_dequeue_leases_nothing(http: httpx.Client) -> None:
+    enqueue(http, ON_S0, "hello", "m-1")
+    for payload in ({"max": 0, "lease_seconds": 30}, {"max": 1, "lease_seconds": 3601}):
+        assert http.post("/v1/messages:dequeue", json=payload).status_code == 400
+    leased = http.post("/v1/messages:dequeue", json={"max": 1, "lease_seconds": 30}).json()
+    assert [(m["id"], m["attempt"]) for m in leased["messages"]] == [("m-1", 0)]
+
+
+def test_a_body_of_exactly_64_kib_is_accepted(http: httpx.Client) -> None:
+    response = http.post(messages_url(ON_S0), content=request_of(DEFAULT_BODY_LIMIT),
+                         headers=JSON)  # fmt: skip
+    assert response.status_code == 201, response.text
+
+
+def test_a_body_nested_to_the_limit_is_accepted_and_delivered_intact(http: httpx.Client) -> None:
+    body = nested(MAX_JSON_DEPTH - 1)  # under the request's top-level object
+    enqueue(http, ON_S0, body, "deep")
+    response = http.post("/v1/messages:dequeue", json={"max": 1, "lease_seconds": 30})
+    assert response.status_code == 200, response.text
+    assert response.json()["messages"][0]["body"] == body
+
+
+# -- happy paths ----------------------------------------------------------------------------------
+
+
+def test_an_enqueue_answers_201_with_the_id_the_canonical_number_and_the_shard(
+    http: httpx.Client,
+) -> None:
+    response = http.post(messages_url("(415) 555-0100"), json={"id": "m-1", "body": "hello"})
+    assert response.status_code == 201, response.text
+    assert response.json() == {"id": "m-1", "number": ON_S0, "shard": "s0", "duplicate": False}
+    assert enqueue(http, ON_S1, "hi")["shard"] == "s1"
+
+
+def test_an_enqueue_without_an_id_is_given_one(http: httpx.Client) -> None:
+    first, second = enqueue(http, ON_S0, "hello"), enqueue(http, ON_S0, "hello")
+    assert first["id"] and second["id"] and first["id"] != second["id"]
+    assert http.get(f"/v1/numbers/{ON_S0}").json()["depth"] == 2
+
+
+def test_a_dequeue_returns_the_message_with_its_body_a_receipt_and_the_attempt(
+    http: httpx.Client,
+) -> None:
+    body = {"text": "hello", "meta": [1, None, True]}
+    enqueue(http, ON_S0, body, "m-1")
+    response = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
+    assert response.status_code == 200, response.text
+    [message] = response.json()["messages"]
+    assert set(message) == {"id", "number", "body", "receipt", "attempt"}
+    assert (message["id"], message["number"], message["body"]) == ("m-1", ON_S0, body)
+    assert message["attempt"] == 0 and message["receipt"].startswith("s0:")
+    assert http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30}).json() == {
+        "messages": []
+    }
+
+
+def test_an_ack_of_a_held_lease_answers_acked_1_and_the_message_is_gone(
+    http: httpx.Client,
+) -> None:
+    receipt = lease_one(http)["receipt"]
+    response = http.post("/v1/messages:ack", json={"receipts": [receipt]})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"acked": 1}
+    assert http.post("/v1/messages:ack", json={"receipts": [receipt]}).json() == {"acked": 0}
+    info = http.get(f"/v1/numbers/{ON_S0}").json()
+    assert (info["depth"], info["held_segments"]) == (0, 0)
+
+
+def test_number_info_gives_depth_rate_and_next_eligible_time(http: httpx.Client) -> None:
+    for i in range(3):
+        enqueue(http, ON_S0, f"m{i}", f"m-{i}")
+    sent_after = time.time()
+    http.post("/v1/messages:dequeue", json={"max": 1, "lease_seconds": 30})  # spends 1 s of rate
+    sent_before = time.time()
+    response = http.get(f"/v1/numbers/{ON_S0}")
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert (info["number"], info["type"], info["shard"]) == (ON_S0, "long_code", "s0")
+    assert (info["depth"], info["held_segments"]) == (2, 3)
+    assert info["rate"] == {"per_second": 1.0, "burst": 1, "source": "default"}
+    # One segment at 1/s: eligible again 1 s after the send (to the millisecond of the shard).
+    eligible_at = datetime.fromisoformat(info["next_eligible_at"]).timestamp()
+    assert sent_after + 1 - 0.05 <= eligible_at <= sent_before + 1 + 0.05
+
+
+def test_a_rate_set_by_put_is_shown_by_get(http: httpx.Client) -> None:
+    response = http.put(f"/v1/numbers/{ON_S0}/rate", json={"per_second": 7.5, "burst": 2})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"number": ON_S0, "shard": "s0", "per_second": 7.5, "burst": 2}
+    info = http.get(f"/v1/numbers/{ON_S0}").json()
+    assert info["rate"] == {"per_second": 7.5, "burst": 2, "source": "override"}
+    assert info["capacity_segments"] == int(7.5 * 36_000)
+    other = http.get(f"/v1/numbers/{ON_S1}").json()
+    assert other["rate"]["source"] == "default"
+
+
+def test_the_topology_has_an_epoch_and_shards_with_id_primary_and_replicas(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    response = http.get("/v1/topology")
+    assert response.status_code == 200, response.text
+    topology = response.json()
+    assert topology["epoch"] == 1
+    assert [s["id"] for s in topology["shards"]] == ["s0", "s1"]
+    for shard, nodes in zip(topology["shards"], cluster.shards, strict=True):
+        assert (shard["primary"]["host"], shard["primary"]["port"]) == (
+            nodes.primary.host,
+            nodes.primary.port,
+        )
+        assert [r["port"] for r in shard["replicas"]] == [r.port for r in nodes.replicas]
+
+
+# -- a full queue ---------------------------------------------------------------------------------
+
+
+def test_a_full_queue_answers_429_with_the_reason_and_writes_nothing(
+    cluster: LocalCluster, serve_api: Callable
+) -> None:
+    api = serve_api(cluster, max_queue_seconds=3)  # 3 s of a 1/s long code: 3 segments
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        enqueue(http, ON_S0, "a" * 300, "two-segments")
+        before = shard_key_count(cluster)
+        response = http.post(messages_url(ON_S0), json={"id": "two-more", "body": "a" * 300})
+        assert_error(response, 429, "queue_full", ON_S0, "limit of 3")
+        assert shard_key_count(cluster) == before
+        assert http.get(f"/v1/numbers/{ON_S0}").json()["depth"] == 1
+        assert enqueue(http, ON_S0, "one", "one-more")["duplicate"] is False
+
+
+# -- Redis unreachable ----------------------------------------------------------------------------
+
+
+def test_a_shard_whose_primary_is_down_answers_503_with_retry_after_never_500(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    cluster.shards[0].primary.stop()
+    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    assert_error(response, 503, "shard_unavailable", "s0")
+    assert int(response.headers["retry-after"]) >= 1
+    info = http.get(f"/v1/numbers/{ON_S0}")
+    assert_error(info, 503, "shard_unavailable")
+    assert "retry-after" in info.headers
+
+
+def test_numbers_on_other_shards_are_served_while_one_shard_is_down(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    cluster.shards[0].primary.stop()
+    assert enqueue(http, ON_S1, "hello", "m-1")["shard"] == "s1"
+    leased = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
+    assert leased.status_code == 200, leased.text
+    [message] = leased.json()["messages"]
+    assert message["id"] == "m-1"
+    acked = http.post("/v1/messages:ack", json={"receipts": [message["receipt"]]})
+    assert acked.json() == {"acked": 1}
+
+
+def test_with_the_control_store_down_the_api_serves_from_its_cached_topology(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    cluster.control.stop()
+    assert enqueue(http, ON_S0, "hello", "m-1")["shard"] == "s0"
+    assert enqueue(http, ON_S1, "hello", "m-2")["shard"] == "s1"
+    assert http.get("/v1/topology").json()["epoch"] == 1
+    health = http.get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json()["in_load_balancer"] is True
+    checks = {c["name"]: c for c in health.json()["checks"]}
+    assert checks["control_store"]["ok"] is False
+    assert "cached" in checks["control_store"]["detail"]
+    assert checks["topology"]["ok"] is True
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+def test_healthz_is_200_in_the_load_balancer_with_named_checks_when_all_is_well(
+    http: httpx.Client,
+) -> None:
+    response = http.get("/healthz")
+    assert response.status_code == 200, response.text
+    health = response.json()
+    assert health["in_load_balancer"] is True
+    checks = {c["name"]: c for c in health["checks"]}
+    assert set(checks) == {"control_store", "topology", "shard:s0", "shard:s1"}
+    assert all(c["ok"] is True and c["detail"] for c in checks.values())
+
+
+def test_healthz_is_503_out_of_the_load_balancer_when_no_shard_can_be_served(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    for shard in cluster.shards:
+        shard.primary.stop()
+    response = http.get("/healthz")
+    assert response.status_code == 503, response.text
+    health = response.json()
+    assert health["in_load_balancer"] is False
+    checks = {c["name"]: c["ok"] for c in health["checks"]}
+    assert checks == {"control_store": True, "topology": True, "shard:s0": False,
+                      "shard:s1": False}  # fmt: skip
+
+
+def test_healthz_stays_200_while_at_least_one_shard_can_be_served(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    cluster.shards[0].primary.stop()
+    response = http.get("/healthz")
+    assert response.status_code == 200, response.text
+    checks = {c["name"]: c["ok"] for c in response.json()["checks"]}
+    assert (checks["shard:s0"], checks["shard:s1"]) == (False, True)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_by_outcome_and_report_messages_per_shard(
+    http: httpx.Client,
+) -> None:
+    enqueue(http, ON_S0, "a", "m-1")
+    enqueue(http, ON_S0, "b", "m-2")
+    enqueue(http, ON_S0, "a", "m-1")  # a duplicate
+    enqueue(http, ON_S1, "c", "m-3")
+    http.post(messages_url("nope"), json={"body": "x"})
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = metric_samples(response.text)
+    assert samples[("ratequeue_enqueue_total", (("outcome", "acknowledged"),))] == 3
+    assert samples[("ratequeue_enqueue_total", (("outcome", "duplicate"),))] == 1
+    assert samples[("ratequeue_enqueue_total", (("outcome", "invalid"),))] == 1
+    assert samples[("ratequeue_request_seconds_count", (("operation", "enqueue"),))] == 4
+    assert samples[("ratequeue_wait_failures_total", ())] == 0
+    assert samples[("ratequeue_shard_messages", (("shard", "s0"),))] == 2
+    assert samples[("ratequeue_shard_messages", (("shard", "s1"),))] == 1
+
+
+def test_metrics_count_a_write_that_wait_did_not_confirm_as_a_wait_failure(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    cluster.shards[0].replicas[0].stop()
+    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    assert_error(response, 503, "durability_not_met")
+    samples = metric_samples(http.get("/metrics").text)
+    assert samples[("ratequeue_wait_failures_total", ())] == 1
+    assert samples[("ratequeue_enqueue_total", (("outcome", "unavailable"),))] == 1
+
+
+# -- bad configuration ----------------------------------------------------------------------------
+
+
+def serve_command(*options: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATEQUEUE_")}
+    return subprocess.run([sys.executable, "-m", "ratequeue", "serve", *options],
+                          capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+
+
+def test_a_control_url_that_is_not_a_redis_url_stops_serve_with_exit_2_naming_control_url() -> None:
+    result = serve_command("--control", "notaurl", "--port", "1")
+    assert result.returncode == 2, result.stderr
+    assert "'control_url'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_negative_min_replicas_stops_serve_with_exit_2_naming_min_replicas() -> None:
+    result = serve_command("--control", "redis://127.0.0.1:1/0", "--min-replicas", "-1",
+                           "--port", "1")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "'min_replicas'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_from_the_environment_is_refused_the_same_way() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATEQUEUE_")}
+    env |= {"RATEQUEUE_CONTROL_URL": "redis://127.0.0.1:1/0", "RATEQUEUE_MAX_BODY_BYTES": "10"}
+    result = subprocess.run([sys.executable, "-m", "ratequeue", "serve", "--port", "1"],
+                            capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "'max_body_bytes'" in result.stderr
+
+
+def test_every_bad_setting_is_named_at_once() -> None:
+    result = serve_command("--control", "notaurl", "--min-replicas", "99", "--port", "1")
+    assert result.returncode == 2, result.stderr
+    assert "'control_url'" in result.stderr and "'min_replicas'" in result.stderr
