@@ -134,6 +134,7 @@ class AsyncRatequeueClient:
         self._queues: dict[tuple[str, str], ShardQueue] = {}
         self._refresh_lock = asyncio.Lock()
         self._background: list[asyncio.Task] = []
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, *, require_topology: bool = True) -> AsyncRatequeueClient:
@@ -150,11 +151,16 @@ class AsyncRatequeueClient:
         return self
 
     async def close(self) -> None:
-        for task in self._background:
+        self._closing = True
+        pending = set(self._background)
+        for task in pending:
             task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        while pending:
+            # On Python 3.11 a wait_for inside redis-py can swallow a cancellation; ask again
+            # rather than wait forever (the loops also stop at their next turn via _closing).
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            for task in pending:
+                task.cancel()
         for node in self._nodes.values():
             await node.aclose()
         await self._control.aclose()
@@ -192,7 +198,7 @@ class AsyncRatequeueClient:
             return self._topology
 
     async def _follow_notifications(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 pubsub = self._control.pubsub()
                 await pubsub.subscribe(TOPOLOGY_CHANNEL)
@@ -206,7 +212,7 @@ class AsyncRatequeueClient:
                 await asyncio.sleep(self.settings.refresh_interval)
 
     async def _refresh_periodically(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.refresh_interval)
             await self.refresh_topology()
 
