@@ -237,3 +237,54 @@ def report(
 
     html, markdown = write_report(journal_dir, output)
     console.print(f"report: {html}\nsummary: {markdown}")
+
+
+@app.command()
+def agent(
+    targets: Path = typer.Option(
+        ..., "--targets", help="testbed.json (or its directory) or a targets YAML/JSON file"
+    ),
+    allow: list[str] = typer.Option(
+        ..., "--allow", help="a target identifier attacks may name (repeat, or comma-separate)"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="a loopback address"),
+    port: int = typer.Option(9090, "--port", min=1, max=65535),
+    api_key_env: str = typer.Option(
+        "GREMLIN_API_KEY", "--api-key-env", help="environment variable holding the API key"
+    ),
+    team_id_env: str = typer.Option(
+        "GREMLIN_TEAM_ID",
+        "--team-id-env",
+        help="environment variable with the teamId to require (unset: any)",
+    ),
+    chain: str = typer.Option("RQCHAOS", "--chain", help="iptables chain for network attacks"),
+) -> None:
+    """Serve a Gremlin-compatible attacks API on loopback; attacks run on this machine."""
+    import os
+
+    import uvicorn
+
+    from chaos.agent import Agent, TargetSource, create_app, is_loopback
+    from chaos.faults.local import LocalFaultBackend
+
+    if not is_loopback(host):
+        console.print(f"[red]chaos agent serves on loopback only, not {host}[/]")
+        raise typer.Exit(2)
+    api_key = os.environ.get(api_key_env, "")
+    if not api_key:
+        console.print(f"[red]no API key: set {api_key_env}[/]")
+        raise typer.Exit(2)
+    names = {name.strip() for item in allow for name in item.split(",") if name.strip()}
+    try:
+        source = TargetSource(targets)
+    except ValueError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from None
+    unknown = sorted(names - set(source.get_all()))
+    if unknown:
+        console.print(f"[yellow]allowed but not in {targets}: {', '.join(unknown)}[/]")
+    service = Agent(api_key=api_key, allow=names, targets=source,
+                    backend=LocalFaultBackend(chain=chain),
+                    team_id=os.environ.get(team_id_env) or None)  # fmt: skip
+    console.print(f"chaos agent on http://{host}:{port}/v1, allowing {', '.join(sorted(names))}")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="info")

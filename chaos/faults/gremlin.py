@@ -29,16 +29,21 @@ The API as used here, and where it comes from:
   Besides the stages in `TERMINAL_STAGES`, a `stageLifecycle` of `Error` ends the wait as a
   failure.
 
-Action mapping (`GremlinFaultBackend.inject`): kill → `process_killer -p <program>` (the
-node's program, `redis-server` for Redis roles; param `process`), stop → `shutdown -d DELAY` (minutes, param `delay`, default 0; gremlin-python
-only allows 1 or more, so pass `delay=1` against the real API),
-pause → `process_pause -p <program>` (an agent extension: Gremlin has no pause attack, so this
-works against `chaos agent` only), blackhole → `blackhole -p PORT -n PORT -h PEER_HOST`,
-latency → `latency -m MS -p PORT -h PEER_HOST`. Every attack gets `-l` from `length` or
-`seconds` (default `default_length`, 300 s), so a forgotten attack ends by itself. The target is
-`NodeTarget.gremlin` or `{"type": "Exact", "exact": [target.name]}`. inject() returns once the
-attack is Running (or already Successful); undo halts it and waits until Gremlin reports it
-ended.
+Action mapping (`GremlinFaultBackend.inject`):
+
+- kill → `process_killer -i 1 -p <program>` (param `process`, default the node's program:
+  `redis-server` for Redis roles). Gremlin keeps killing for the attack's length.
+- stop → `shutdown -d DELAY` (minutes, param `delay`, default 0; gremlin-python allows only 1
+  or more, so pass `delay=1` against the real API).
+- pause → `process_pause -p <program>`: an extension of `chaos agent`; Gremlin has no pause
+  attack, so against the real API this fails with the API's 400.
+- blackhole → `blackhole -p PORTS -n PORTS -h PEER_HOST` (params `ports`, `peer_host`).
+- latency → `latency -m MS -p PORTS -h PEER_HOST` (param `latency_ms`).
+
+Every attack but shutdown gets `-l` from `length` or `seconds` (default `default_length`,
+300 s), so a forgotten attack ends by itself. The target is `NodeTarget.gremlin` or
+`{"type": "Exact", "exact": [target.name]}`. inject() returns once the attack is Running (or
+already Successful); undo halts it and waits until the API reports it ended.
 
 Not for: Gremlin scenarios, templates, Kubernetes targets, or the Gremlin agent install.
 """
@@ -218,6 +223,12 @@ class GremlinFaultBackend:
         self.start_timeout = start_timeout
         self.halt_timeout = halt_timeout
         self.poll_interval = poll_interval
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> GremlinFaultBackend:
+        """A backend on `GremlinClient.from_env()` (GREMLIN_API_KEY, GREMLIN_TEAM_ID,
+        GREMLIN_API_URL); raises GremlinError when there is no API key."""
+        return cls(GremlinClient.from_env(), **kwargs)
 
     def supports(self, action: str) -> bool:
         return action in self.ACTIONS

@@ -1,0 +1,780 @@
+"""`chaos agent`: a Gremlin-compatible attacks API on loopback that runs attacks on this
+machine's nodes through the local fault backend, so experiments written for Gremlin (and the
+gremlin fault backend) run against the local testbed unchanged.
+
+It serves, under `/v1` (the shape `chaos.faults.gremlin` documents, with its sources):
+`POST /attacks/new` (201, the attack guid as text/plain), `GET /attacks/{guid}` (the attack
+with `stage` and `stageLifecycle`), `DELETE /attacks/{guid}` (halt: roll back; 202),
+`GET /attacks`, `/attacks/active`, `/attacks/completed`, `DELETE /attacks` (halt all),
+`GET /executions?taskId={guid}` (one entry per target), and `GET /healthz` (no key needed).
+
+Safety, in this order, before anything is done: the API key (`Authorization: Key <key>`; 401),
+the request shape (400 naming the field), the allowlist of target identifiers (403), the
+command and its args (400 naming the field). Only `{"type": "Exact", "exact": [...]}` targets
+(or `hosts.ids` / `containers.ids`) are accepted, only on identifiers the targets file knows;
+network attacks may only name the target's own port and its own addresses. Errors are JSON;
+no answer carries a traceback.
+
+Commands: `process_killer` (kill; `-p` must name the node's program), `process_pause` (agent
+extension: SIGSTOP, halted by SIGCONT), `shutdown` (SIGTERM then SIGKILL; `-r` restarts it when
+the targets file gives a `command`), `blackhole` (`-p`/`-n` ports, `-h`/`-i` addresses),
+`latency` (`-m MS`, `-p`, `-h`). `-l`/`--length` (default 60 s, Gremlin's) rolls the attack
+back by itself; stages go Pending → Distributed → Running → Successful, or → HaltRequested →
+Halted on DELETE, or → Failed (with `output`) when the fault could not be injected.
+
+Targets come from a testbed (`testbed.json` or its directory, re-read when it changes, so
+replaced nodes' pids are current) or a targets file (YAML or JSON): `{"targets": [{"name":
+..., "role": ..., "port": ..., "pid": ..., "peer_host": ..., "command": [argv to restart],
+"expect": "program"}]}`.
+
+Not for: anything off loopback, scheduling experiments, or Gremlin's scenarios and templates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.faults.gremlin import MAX_LENGTH, program_of
+from chaos.faults.local import LocalFaultBackend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LENGTH = 60
+PEER_HOST = "127.0.0.2"
+REDIS_ROLES = frozenset({"control", "primary", "replica"})
+LIFECYCLE = {
+    "Pending": "NotStarted",
+    "Distributed": "Active",
+    "Running": "Active",
+    "HaltRequested": "Active",
+    "Successful": "Complete",
+    "Halted": "Complete",
+    "Failed": "Error",
+}
+TERMINAL = frozenset({"Successful", "Halted", "Failed"})
+
+
+class AgentError(Exception):
+    """A request the agent refuses: HTTP status, the field at fault (if any), and why."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {
+            "error": _REASONS.get(self.status, "Error"),
+            "message": self.message,
+        }
+        if self.field:
+            body["field"] = self.field
+        return JSONResponse(body, status_code=self.status)
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+}
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+class AgentTarget(BaseModel):
+    """A node the agent may attack: where it is, and optionally how to restart it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node: NodeTarget
+    command: list[str] | None = None
+    expect: str | None = None
+
+
+class _TargetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str
+    shard: str | None = None
+    host: str = "127.0.0.1"
+    port: int
+    peer_host: str | None = None
+    pid: int | None = None
+    command: list[str] | None = None
+    expect: str | None = None
+
+
+def load_targets(path: Path) -> dict[str, AgentTarget]:
+    """Targets by identifier from a testbed (`testbed.json` or its directory) or a targets
+    file (`targets:` list in YAML or JSON). Raises ValueError with the reason."""
+    if path.is_dir():
+        path = path / "testbed.json"
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read targets from {path}: {error}") from error
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"
+        ) from None
+    if isinstance(data, dict) and "nodes" in data:
+        return _testbed_targets(data, path)
+    entries = data.get("targets") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a testbed.json or a 'targets:' list")
+    targets: dict[str, AgentTarget] = {}
+    for index, raw in enumerate(entries):
+        try:
+            entry = _TargetEntry.model_validate(raw)
+            node = NodeTarget(**entry.model_dump(exclude={"command", "expect"}))
+        except ValidationError as error:
+            raise ValueError(f"{path}: targets[{index}]: {error}") from None
+        targets[entry.name] = AgentTarget(node=node, command=entry.command, expect=entry.expect)
+    return targets
+
+
+def _testbed_targets(data: dict[str, Any], path: Path) -> dict[str, AgentTarget]:
+    from chaos.testbed import TestbedState
+
+    try:
+        state = TestbedState.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"{path}: not a valid testbed state: {error}") from None
+    targets = {}
+    for node in state.nodes:
+        peer = PEER_HOST if node.role in REDIS_ROLES else None
+        targets[node.name] = AgentTarget(
+            node=NodeTarget(
+                name=node.name,
+                role=node.role,
+                shard=node.shard,
+                host=node.host,
+                port=node.port,
+                peer_host=peer,
+                pid=node.pid,
+            )
+        )
+    return targets
+
+
+class TargetSource:
+    """A targets file, re-read whenever it changes (a testbed replaces nodes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._targets: dict[str, AgentTarget] = {}
+        self._lock = threading.Lock()
+        self.get_all()  # fail at start, not at the first attack
+
+    def _file(self) -> Path:
+        return self.path / "testbed.json" if self.path.is_dir() else self.path
+
+    def get_all(self) -> dict[str, AgentTarget]:
+        with self._lock:
+            try:
+                stat = self._file().stat()
+                stamp = (stat.st_mtime, stat.st_size)
+            except OSError:
+                stamp = None
+            if stamp is None or stamp != self._stamp:
+                self._targets = load_targets(self.path)
+                self._stamp = stamp
+            return dict(self._targets)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass
+class Plan:
+    """What an attack does on each target: a local action with its params."""
+
+    type: str
+    action: str
+    length: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+    reboot: bool = False
+    process: str | None = None
+    ports: list[int] | None = None
+    hosts: list[str] | None = None
+
+
+# flag -> (canonical name, takes a value)
+_COMMON = {"-l": ("length", True), "--length": ("length", True)}
+_FLAGS: dict[str, dict[str, tuple[str, bool]]] = {
+    "process_killer": {
+        **_COMMON,
+        "-p": ("process", True), "--process": ("process", True),
+        "-i": ("interval", True), "--interval": ("interval", True),
+        "-g": ("group", True), "-u": ("user", True),
+        "-e": ("exact", False), "--exact": ("exact", False),
+        "-f": ("full", False), "--full": ("full", False),
+        "-c": ("kill_children", False), "--kill_children": ("kill_children", False),
+        "-n": ("newest", False), "--newest": ("newest", False),
+        "-o": ("oldest", False), "--oldest": ("oldest", False),
+    },
+    "process_pause": {**_COMMON, "-p": ("process", True), "--process": ("process", True)},
+    "shutdown": {
+        "-d": ("delay", True), "--delay": ("delay", True),
+        "-r": ("reboot", False), "--reboot": ("reboot", False),
+    },
+    "blackhole": {
+        **_COMMON,
+        "-p": ("egress_ports", True), "--egress_ports": ("egress_ports", True),
+        "-n": ("ingress_ports", True), "--ingress_ports": ("ingress_ports", True),
+        "-h": ("hostnames", True), "--hostnames": ("hostnames", True),
+        "-i": ("ips", True), "--ipaddresses": ("ips", True),
+        "-P": ("protocol", True), "--protocol": ("protocol", True),
+        "-d": ("device", True), "--device": ("device", True),
+    },
+    "latency": {
+        **_COMMON,
+        "-m": ("ms", True), "--ms": ("ms", True),
+        "-p": ("egress_ports", True), "--egress_ports": ("egress_ports", True),
+        "-h": ("hostnames", True), "--hostnames": ("hostnames", True),
+        "-i": ("ips", True), "--ipaddresses": ("ips", True),
+        "-P": ("protocol", True), "--protocol": ("protocol", True),
+        "-d": ("device", True), "--device": ("device", True),
+    },
+}  # fmt: skip
+_ACTION = {
+    "process_killer": "kill",
+    "process_pause": "pause",
+    "shutdown": "stop",
+    "blackhole": "blackhole",
+    "latency": "latency",
+}
+
+
+def _int(value: str, where: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise AgentError(400, f"{value!r} is not an integer", where) from None
+    if not low <= number <= high:
+        raise AgentError(400, f"{number} is outside {low}..{high}", where)
+    return number
+
+
+def _ports(value: str, where: str) -> list[int]:
+    ports = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("^") or "-" in part:
+            raise AgentError(400, f"port exclusions and ranges are not supported: {part!r}", where)
+        ports.append(_int(part, where, 1, 65535))
+    return ports
+
+
+def parse_command(command: Any) -> Plan:
+    """Validate a Gremlin `command` object; raises AgentError(400) naming the field."""
+    if not isinstance(command, dict):
+        raise AgentError(400, "must be an object with 'type' and 'args'", "command")
+    kind = command.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise AgentError(400, "missing or not a string", "command.type")
+    if kind not in _FLAGS:
+        raise AgentError(
+            400,
+            f"unsupported attack type {kind!r}; this agent runs {', '.join(sorted(_FLAGS))}",
+            "command.type",
+        )
+    raw_args = command.get("args", [])
+    if not isinstance(raw_args, list):
+        raise AgentError(400, "must be a list of strings", "command.args")
+    args: list[str] = []
+    for index, arg in enumerate(raw_args):
+        if isinstance(arg, bool) or not isinstance(arg, str | int | float):
+            raise AgentError(400, "must be a string", f"command.args[{index}]")
+        args.append(str(arg))
+    # Gremlin's own payloads may repeat the attack type as the first CLI arg.
+    if args and args[0] == kind:
+        args = args[1:]
+    flags = _FLAGS[kind]
+    values: dict[str, str | bool] = {}
+    index = 0
+    while index < len(args):
+        flag = args[index]
+        where = f"command.args[{index}]"
+        if flag not in flags:
+            raise AgentError(400, f"unknown flag {flag!r} for {kind}", where)
+        name, takes_value = flags[flag]
+        if takes_value:
+            if index + 1 >= len(args):
+                raise AgentError(400, f"{flag} needs a value", where)
+            values[name] = args[index + 1]
+            index += 2
+        else:
+            values[name] = True
+            index += 1
+
+    def arg(name: str) -> str | None:
+        value = values.get(name)
+        return value if isinstance(value, str) else None
+
+    def where(name: str) -> str:
+        flag = next(f for f, (n, _) in flags.items() if n == name)
+        return f"command.args {flag}"
+
+    length: int | None = None
+    if kind != "shutdown":
+        raw = arg("length")
+        length = DEFAULT_LENGTH if raw is None else _int(raw, where("length"), 1, MAX_LENGTH)
+    plan = Plan(type=kind, action=_ACTION[kind], length=length)
+    if kind in ("process_killer", "process_pause"):
+        plan.process = arg("process")
+        if kind == "process_killer" and not plan.process:
+            raise AgentError(400, "process_killer needs -p PROCESS", "command.args -p")
+        if arg("interval") is not None:
+            _int(arg("interval") or "", where("interval"), 1, MAX_LENGTH)
+    elif kind == "shutdown":
+        delay = _int(arg("delay") or "0", where("delay"), 0, 60 * 24)
+        plan.params["delay_minutes"] = delay
+        plan.reboot = bool(values.get("reboot"))
+    else:
+        protocol = arg("protocol")
+        if protocol is not None and protocol.upper() != "TCP":
+            raise AgentError(400, "only TCP traffic can be impacted here", where("protocol"))
+        device = arg("device")
+        if device is not None and device != "lo":
+            raise AgentError(400, "only the loopback device 'lo' exists here", where("device"))
+        ports: list[int] = []
+        for name in ("egress_ports", "ingress_ports"):
+            raw = arg(name)
+            if raw is not None:
+                ports += _ports(raw, where(name))
+        plan.ports = sorted(set(ports)) or None
+        hosts: list[str] = []
+        for name in ("hostnames", "ips"):
+            raw = arg(name)
+            if raw is not None:
+                for host in (h.strip() for h in raw.split(",") if h.strip()):
+                    if host.startswith("^"):
+                        raise AgentError(
+                            400, f"exclusions are not supported: {host!r}", where(name)
+                        )
+                    hosts.append(host)
+        plan.hosts = sorted(set(hosts)) or None
+        if kind == "latency":
+            if arg("ms") is None:
+                raise AgentError(400, "latency needs -m MILLISECONDS", "command.args -m")
+            plan.params["latency_ms"] = _int(arg("ms") or "", where("ms"), 0, 600_000)
+    return plan
+
+
+def parse_target(target: Any) -> list[str]:
+    """Host identifiers of an Exact target; raises AgentError(400) naming the field."""
+    if not isinstance(target, dict):
+        raise AgentError(400, "must be an object", "target")
+    kind = target.get("type")
+    if kind != "Exact":
+        raise AgentError(400, f"only 'Exact' targets are supported, not {kind!r}", "target.type")
+    ids: Any = target.get("exact")
+    where = "target.exact"
+    if ids is None:
+        for key in ("hosts", "containers"):
+            if isinstance(target.get(key), dict) and "ids" in target[key]:
+                ids, where = target[key]["ids"], f"target.{key}.ids"
+                break
+    if not isinstance(ids, list) or not ids:
+        raise AgentError(400, "must be a non-empty list of host identifiers", where)
+    for index, identifier in enumerate(ids):
+        if not isinstance(identifier, str) or not identifier:
+            raise AgentError(400, "must be a host identifier (string)", f"{where}[{index}]")
+    return list(dict.fromkeys(ids))
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+@dataclass
+class Attack:
+    guid: str
+    command: dict[str, Any]
+    target: dict[str, Any]
+    identifiers: list[str]
+    plan: Plan
+    nodes: list[AgentTarget]
+    stage: str = "Pending"
+    created_at: float = field(default_factory=time.time)
+    start_time: float | None = None
+    end_time: float | None = None
+    output: str = ""
+    stages: dict[str, str] = field(default_factory=dict)
+    faults: list[InjectedFault] = field(default_factory=list)
+    halt: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "guid": self.guid,
+            "stage": self.stage,
+            "stageLifecycle": LIFECYCLE.get(self.stage, "Active"),
+            "command": self.command,
+            "target": self.target,
+            "targets": self.identifiers,
+            "createdAt": _iso(self.created_at),
+            "startTime": _iso(self.start_time),
+            "endTime": _iso(self.end_time),
+            "output": self.output or None,
+            "source": "Adhoc",
+        }
+
+    def executions(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "guid": f"{self.guid}:{name}",
+                "taskId": self.guid,
+                "identifier": name,
+                "stage": self.stages.get(name, self.stage),
+                "stageLifecycle": LIFECYCLE.get(self.stages.get(name, self.stage), "Active"),
+                "endTime": _iso(self.end_time),
+                "output": self.output or None,
+            }
+            for name in self.identifiers
+        ]
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp % 1 * 1000):03d}Z"
+
+
+class Agent:
+    """Attacks by guid, each run by its own thread through the local backend."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        allow: set[str] | frozenset[str],
+        targets: TargetSource,
+        backend: LocalFaultBackend | None = None,
+        team_id: str | None = None,
+        halt_wait: float = 10.0,
+    ) -> None:
+        if not api_key:
+            raise ValueError("the agent needs an API key")
+        self.api_key = api_key
+        self.allow = frozenset(allow)
+        self.targets = targets
+        self.backend = backend or LocalFaultBackend()
+        self.team_id = team_id or None
+        self.halt_wait = halt_wait
+        self.attacks: dict[str, Attack] = {}
+        self._lock = threading.Lock()
+
+    # -- checks
+
+    def authorize(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme != "Key" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise AgentError(401, "a valid 'Authorization: Key <API key>' header is required")
+        if self.team_id and request.query_params.get("teamId") != self.team_id:
+            raise AgentError(403, "teamId does not match this agent's team", "teamId")
+
+    def create(self, body: Any) -> Attack:
+        if not isinstance(body, dict):
+            raise AgentError(400, "the body must be a JSON object with command and target", "body")
+        for name in ("command", "target"):
+            if name not in body:
+                raise AgentError(400, "missing", name)
+        identifiers = parse_target(body["target"])
+        refused = [i for i in identifiers if i not in self.allow]
+        if refused:
+            raise AgentError(403, f"not on this agent's allowlist: {', '.join(refused)}", "target")
+        plan = parse_command(body["command"])
+        try:
+            known = self.targets.get_all()
+        except ValueError as error:
+            raise AgentError(400, f"the agent's targets file is unusable: {error}") from None
+        nodes = []
+        for index, identifier in enumerate(identifiers):
+            if identifier not in known:
+                raise AgentError(
+                    400,
+                    f"no such target {identifier!r} in the targets file",
+                    f"target.exact[{index}]",
+                )
+            nodes.append(known[identifier])
+        for node in nodes:
+            self._check_plan(plan, node)
+        attack = Attack(
+            guid=str(uuid.uuid4()),
+            command=body["command"],
+            target=body["target"],
+            identifiers=identifiers,
+            plan=plan,
+            nodes=nodes,
+        )
+        with self._lock:
+            self.attacks[attack.guid] = attack
+        threading.Thread(
+            target=self._run, args=(attack,), name=f"attack-{attack.guid[:8]}", daemon=True
+        ).start()
+        return attack
+
+    def _check_plan(self, plan: Plan, target: AgentTarget) -> None:
+        node = target.node
+        if plan.process is not None:
+            program = target.expect or program_of(node)
+            if plan.process != program:
+                raise AgentError(
+                    400, f"{node.name} runs {program!r}, not {plan.process!r}", "command.args -p"
+                )
+        if plan.action in ("blackhole", "latency"):
+            bad = [p for p in plan.ports or [] if p != node.port]
+            if bad:
+                raise AgentError(
+                    400,
+                    f"{node.name} listens on {node.port} only; refusing ports {bad}",
+                    "command.args -p",
+                )
+            peer = node.peer_host or PEER_HOST
+            allowed = {peer} if plan.action == "latency" else {peer, node.host}
+            for host in plan.hosts or []:
+                if host not in allowed:
+                    raise AgentError(
+                        400,
+                        f"{node.name} is reached at {sorted(allowed)} here, not {host!r}",
+                        "command.args -h",
+                    )
+        if plan.action == "stop" and plan.reboot and not target.command:
+            raise AgentError(
+                400, f"{node.name} has no restart command in the targets file", "command.args -r"
+            )
+
+    # -- running
+
+    def _inject(self, attack: Attack, target: AgentTarget) -> list[InjectedFault]:
+        plan, node = attack.plan, target.node
+        params: dict[str, Any] = {}
+        if plan.action in ("kill", "pause", "stop") and target.expect:
+            params["expect"] = target.expect
+        if plan.action in ("blackhole", "latency"):
+            if "latency_ms" in plan.params:
+                params["latency_ms"] = plan.params["latency_ms"]
+            if plan.action == "blackhole" and plan.ports:
+                params["ports"] = plan.ports
+            hosts = plan.hosts or [node.peer_host or PEER_HOST]
+            return [self.backend.inject(plan.action, node, peer_host=h, **params) for h in hosts]
+        if plan.action == "stop" and target.command:
+            params["command"] = target.command
+        return [self.backend.inject(plan.action, node, **params)]
+
+    def _run(self, attack: Attack) -> None:
+        try:
+            self._run_stages(attack)
+        except Exception as error:  # never leave an attack without an end
+            log.exception("attack %s failed", attack.guid)
+            self._rollback(attack)
+            self._finish(attack, "Failed", f"{type(error).__name__}: {error}")
+
+    def _run_stages(self, attack: Attack) -> None:
+        plan = attack.plan
+        attack.stage = "Distributed"
+        delay = plan.params.get("delay_minutes", 0) * 60
+        if delay and attack.halt.wait(delay):
+            self._finish(attack, "Halted", "halted before the shutdown")
+            return
+        for target in attack.nodes:
+            if attack.halt.is_set():
+                break
+            try:
+                attack.faults += self._inject(attack, target)
+            except FaultError as error:
+                attack.stages[target.node.name] = "Failed"
+                self._rollback(attack)
+                self._finish(attack, "Failed", str(error))
+                return
+            attack.stages[target.node.name] = "Running"
+        attack.start_time = time.time()
+        if plan.action == "stop":
+            attack.stage = "Running"
+            if plan.reboot:
+                for fault in attack.faults:
+                    fault.rollback()
+            self._finish(attack, "Successful", "")
+            return
+        if not attack.halt.is_set():
+            attack.stage = "Running"
+        halted = attack.halt.wait(plan.length or DEFAULT_LENGTH)
+        error = self._rollback(attack)
+        if error:
+            self._finish(attack, "Failed", f"rollback: {error}")
+        else:
+            self._finish(attack, "Halted" if halted else "Successful", "")
+
+    def _rollback(self, attack: Attack) -> str:
+        errors = []
+        for fault in reversed(attack.faults):
+            try:
+                fault.rollback()
+            except FaultError as error:
+                errors.append(str(error))
+        return "; ".join(errors)
+
+    def _finish(self, attack: Attack, stage: str, output: str) -> None:
+        attack.output = output
+        attack.end_time = time.time()
+        for name in attack.identifiers:
+            if attack.stages.get(name) != "Failed":
+                attack.stages[name] = stage
+        attack.stage = stage
+        attack.done.set()
+
+    # -- queries and halts
+
+    def get(self, guid: str) -> Attack:
+        with self._lock:
+            attack = self.attacks.get(guid)
+        if attack is None:
+            raise AgentError(404, f"no attack {guid}")
+        return attack
+
+    def listing(self, which: str = "all") -> list[Attack]:
+        with self._lock:
+            attacks = sorted(self.attacks.values(), key=lambda a: a.created_at, reverse=True)
+        if which == "active":
+            return [a for a in attacks if a.stage not in TERMINAL]
+        if which == "completed":
+            return [a for a in attacks if a.stage in TERMINAL]
+        return attacks
+
+    def halt(self, guid: str, wait: float | None = None) -> Attack:
+        attack = self.get(guid)
+        if attack.stage not in TERMINAL:
+            if attack.stage in ("Running", "Distributed"):
+                attack.stage = "HaltRequested"
+            attack.halt.set()
+            attack.done.wait(self.halt_wait if wait is None else wait)
+        return attack
+
+    def halt_all(self, wait: float | None = None) -> list[Attack]:
+        return [self.halt(a.guid, wait) for a in self.listing("active")]
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(agent: Agent) -> FastAPI:
+    """The HTTP API around `agent`; halts every active attack when the app shuts down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await anyio.to_thread.run_sync(agent.halt_all)
+
+    app = FastAPI(title="chaos agent (Gremlin-compatible attacks API)", lifespan=lifespan)
+    app.state.agent = agent
+
+    @app.exception_handler(AgentError)
+    async def agent_error(_: Request, error: AgentError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return AgentError(error.status_code, str(error.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def any_error(_: Request, error: Exception) -> JSONResponse:
+        log.exception("agent request failed")
+        return JSONResponse(
+            {"error": "Internal Server Error", "message": type(error).__name__}, status_code=500
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "active": len(agent.listing("active"))}
+
+    @app.post("/v1/attacks/new")
+    async def new_attack(request: Request) -> Response:
+        agent.authorize(request)
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            raise AgentError(400, "the body is not JSON", "body") from None
+        attack = await anyio.to_thread.run_sync(agent.create, body)
+        return PlainTextResponse(attack.guid, status_code=201)
+
+    @app.get("/v1/attacks/active")
+    def active(request: Request) -> list[dict[str, Any]]:
+        agent.authorize(request)
+        return [a.view() for a in agent.listing("active")]
+
+    @app.get("/v1/attacks/completed")
+    def completed(request: Request) -> list[dict[str, Any]]:
+        agent.authorize(request)
+        return [a.view() for a in agent.listing("completed")]
+
+    @app.get("/v1/attacks")
+    def all_attacks(request: Request) -> list[dict[str, Any]]:
+        agent.authorize(request)
+        return [a.view() for a in agent.listing()]
+
+    @app.delete("/v1/attacks")
+    def halt_all(request: Request) -> Response:
+        agent.authorize(request)
+        agent.halt_all()
+        return Response(status_code=202)
+
+    @app.get("/v1/attacks/{guid}")
+    def get_attack(guid: str, request: Request) -> dict[str, Any]:
+        agent.authorize(request)
+        return agent.get(guid).view()
+
+    @app.delete("/v1/attacks/{guid}")
+    def halt_attack(guid: str, request: Request) -> Response:
+        agent.authorize(request)
+        agent.halt(guid)
+        return Response(status_code=202)
+
+    @app.get("/v1/executions")
+    def executions(request: Request, taskId: str = "") -> list[dict[str, Any]]:
+        agent.authorize(request)
+        if not taskId:
+            raise AgentError(400, "missing", "taskId")
+        return agent.get(taskId).executions()
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,256 @@
+"""The gremlin fault backend against `chaos agent` over real HTTP (uvicorn in a thread on a
+free loopback port), with real redis-server processes as targets: attacks pause and resume a
+node, stages are polled, and a bad key, a target off the allowlist or a malformed command is
+refused with nothing done. Every attack, rule and process is removed at teardown."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from chaos.agent import Agent, TargetSource, create_app, load_targets
+from chaos.faults.base import NodeTarget
+from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
+from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.testbed import TestbedNode, TestbedState
+from ratequeue.redis_processes import CLIENT_HOST, RedisProcess, free_port, start_redis
+
+API_KEY = f"test-key-{uuid.uuid4().hex}"
+TEAM = "team-test"
+NO_IPTABLES = iptables_unavailable_reason()
+
+
+def answers(node: RedisProcess, host: str | None = None, timeout: float = 0.5) -> bool:
+    conn = redis.Redis(host=host or node.host, port=node.port, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))  # fmt: skip
+    try:
+        return bool(conn.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        conn.close()
+
+
+def target_of(node: RedisProcess) -> NodeTarget:
+    return NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
+                      port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
+
+
+class ServedAgent:
+    """`chaos agent`'s app on a free loopback port, its nodes, and a client for it."""
+
+    def __init__(self, tmp_path: Path, nodes: list[RedisProcess], allow: set[str]) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        path = tmp_path / "targets.yaml"
+        path.write_text(yaml.safe_dump({"targets": [
+            {"name": n.name, "role": n.role, "shard": n.shard, "port": n.port,
+             "peer_host": n.peer_host, "pid": n.pid} for n in nodes
+        ]}))  # fmt: skip
+        self.backend = LocalFaultBackend(chain=f"RQA{uuid.uuid4().hex[:10].upper()}")
+        self.agent = Agent(api_key=API_KEY, allow=allow, targets=TargetSource(path),
+                           backend=self.backend, team_id=TEAM)  # fmt: skip
+        self.port = free_port((CLIENT_HOST,))
+        self.url = f"http://{CLIENT_HOST}:{self.port}/v1"
+        config = uvicorn.Config(create_app(self.agent), host=CLIENT_HOST, port=self.port,
+                                log_level="warning", lifespan="on")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.client = GremlinClient(API_KEY, team_id=TEAM, base_url=self.url)
+        self.gremlin = GremlinFaultBackend(self.client, poll_interval=0.05, start_timeout=10,
+                                           halt_timeout=10)  # fmt: skip
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("chaos agent did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.agent.halt_all(wait=10)
+        self.client.close()
+        if NO_IPTABLES is None:
+            self.backend.cleanup_all()
+
+    def post(self, body: Any, key: str = API_KEY) -> httpx.Response:
+        return httpx.post(f"{self.url}/attacks/new", params={"teamId": TEAM}, json=body,
+                          headers={"Authorization": f"Key {key}"}, timeout=10)  # fmt: skip
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServedAgent]:
+    nodes: list[RedisProcess] = []
+    agent: ServedAgent | None = None
+    try:
+        nodes.append(start_redis("s0-primary", "primary", "s0", tmp_path))
+        nodes.append(start_redis("s1-primary", "primary", "s1", tmp_path))
+        agent = ServedAgent(tmp_path, nodes, allow={"s0-primary"})
+        agent.start()
+        yield agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        for node in nodes:
+            node.stop()
+
+
+def pause_body(name: str, length: int = 60) -> dict[str, Any]:
+    return {"command": {"type": "process_pause", "args": ["-l", str(length), "-p", "redis-server"]},
+            "target": {"type": "Exact", "exact": [name]}}  # fmt: skip
+
+
+def test_pause_attack_stops_the_node_and_halting_resumes_it(served: ServedAgent) -> None:
+    node = served.nodes["s0-primary"]
+    fault = served.gremlin.inject("pause", target_of(node))
+    assert fault.details["stage"] == "Running"
+    assert fault.details["command"]["type"] == "process_pause"
+    assert not answers(node)
+    fault.rollback()
+    assert fault.details["stage"] == "Halted"
+    assert answers(node)
+
+
+def test_stage_polling_reports_running_then_halted(served: ServedAgent) -> None:
+    body = pause_body("s0-primary")
+    guid = served.client.create_attack(body["command"], body["target"])
+    seen = [served.client.stage(guid)]
+    assert served.client.wait_for_stage(guid, {"Running"}, timeout=10, interval=0.02) == "Running"
+    seen.append(served.client.stage(guid))
+    served.client.halt_attack(guid)
+    seen.append(served.client.wait_for_stage(guid, set(), timeout=10, interval=0.02))
+    assert seen[-2:] == ["Running", "Halted"]
+    assert seen[0] in ("Pending", "Distributed", "Running")
+    attack = served.client.get_attack(guid)
+    assert attack["stageLifecycle"] == "Complete" and attack["endTime"]
+    assert [e["stage"] for e in served.client.executions(guid)] == ["Halted"]
+    assert answers(served.nodes["s0-primary"])
+
+
+def test_a_length_rolls_the_attack_back_by_itself(served: ServedAgent) -> None:
+    node = served.nodes["s0-primary"]
+    body = pause_body(node.name, length=1)
+    guid = served.client.create_attack(body["command"], body["target"])
+    assert served.client.wait_for_stage(guid, {"Running"}, timeout=10, interval=0.02) == "Running"
+    assert not answers(node, timeout=0.3)
+    assert served.client.wait_for_stage(guid, set(), timeout=10) == "Successful"
+    assert answers(node)
+
+
+def test_a_wrong_api_key_gets_401_and_nothing_happens(served: ServedAgent) -> None:
+    answer = served.post(pause_body("s0-primary"), key="not-the-key")
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "Unauthorized"
+    assert "Traceback" not in answer.text
+    wrong = GremlinClient("wrong", team_id=TEAM, base_url=served.url)
+    with pytest.raises(GremlinError) as refused:
+        GremlinFaultBackend(wrong).inject("pause", target_of(served.nodes["s0-primary"]))
+    wrong.close()
+    assert refused.value.status == 401
+    assert httpx.get(f"{served.url}/attacks", timeout=5).status_code == 401
+    assert served.agent.attacks == {}
+    assert answers(served.nodes["s0-primary"])
+
+
+def test_a_target_outside_the_allowlist_gets_403_and_nothing_happens(
+    served: ServedAgent,
+) -> None:
+    outsider = served.nodes["s1-primary"]
+    answer = served.post(pause_body(outsider.name))
+    assert answer.status_code == 403
+    assert "s1-primary" in answer.json()["message"]
+    with pytest.raises(GremlinError) as refused:
+        served.gremlin.inject("kill", target_of(outsider))
+    assert refused.value.status == 403
+    assert served.agent.attacks == {}
+    assert answers(outsider) and outsider.alive()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"command": {"type": "latency", "args": ["-l", "10"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -m"),
+        ({"command": {"type": "cpu", "args": ["-c", "1"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.type"),
+        ({"command": {"type": "process_pause", "args": "-l 10"},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args"),
+        ({"command": {"type": "process_pause", "args": ["-l", "soon"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -l"),
+        ({"command": {"type": "process_pause", "args": ["--frobnicate"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args[0]"),
+        ({"command": {"type": "process_killer", "args": ["-p", "sshd"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -p"),
+        ({"command": {"type": "blackhole", "args": ["-p", "22"]},
+          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -p"),
+        ({"command": {"type": "process_pause", "args": []},
+          "target": {"type": "Random", "percent": 100}}, "target.type"),
+        ({"command": {"type": "process_pause", "args": []}}, "target"),
+    ],
+)  # fmt: skip
+def test_a_malformed_command_gets_400_naming_the_field(
+    served: ServedAgent, body: dict[str, Any], field: str
+) -> None:
+    answer = served.post(body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == field
+    assert served.agent.attacks == {}
+    assert answers(served.nodes["s0-primary"])
+
+
+def test_a_body_that_is_not_json_gets_400_and_an_unknown_attack_404(served: ServedAgent) -> None:
+    answer = httpx.post(f"{served.url}/attacks/new", content=b"{not json",
+                        params={"teamId": TEAM}, headers={"Authorization": f"Key {API_KEY}"},
+                        timeout=5)  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["field"] == "body"
+    with pytest.raises(GremlinError) as missing:
+        served.client.get_attack("no-such-attack")
+    assert missing.value.status == 404
+
+
+@pytest.mark.skipif(NO_IPTABLES is not None, reason=f"needs iptables: {NO_IPTABLES}")
+def test_a_blackhole_attack_cuts_the_peer_path_until_halted(served: ServedAgent) -> None:
+    node = served.nodes["s0-primary"]
+    fault = served.gremlin.inject("blackhole", target_of(node))
+    assert fault.details["command"]["args"][-2:] == ["-h", node.peer_host]
+    assert not answers(node, host=node.peer_host)
+    assert answers(node)
+    fault.rollback()
+    assert answers(node, host=node.peer_host)
+    assert served.backend.rules() == []
+
+
+def test_targets_come_from_a_testbed_state_file(tmp_path: Path) -> None:
+    state = TestbedState(api="http://127.0.0.1:1", control="redis://127.0.0.1:2/0", nodes=[
+        TestbedNode(name="s0-primary", role="primary", shard="s0", host="127.0.0.1", port=7001,
+                    pid=11),
+        TestbedNode(name="api", role="api", host="127.0.0.1", port=8000, pid=12),
+    ])  # fmt: skip
+    (tmp_path / "testbed.json").write_text(state.model_dump_json())
+    targets = load_targets(tmp_path)
+    assert targets["s0-primary"].node.peer_host == "127.0.0.2"
+    assert targets["s0-primary"].node.pid == 11
+    assert targets["api"].node.peer_host is None
+
+
+def test_a_process_killer_attack_kills_the_node(served: ServedAgent) -> None:
+    node = served.nodes["s0-primary"]
+    fault = served.gremlin.inject("kill", target_of(node))
+    assert fault.details["command"]["args"][-2:] == ["-p", "redis-server"]
+    assert node.process is not None and node.process.wait(timeout=5) == -9
+    fault.rollback()
+    assert fault.details["stage"] == "Halted"
