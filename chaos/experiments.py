@@ -67,7 +67,9 @@ class Selector(Strict):
 class FaultStep(Strict):
     action: Literal[FAULT_ACTIONS]  # type: ignore[valid-type]
     target: Selector
-    backend: Literal["local", "docker", "gremlin"] = "local"
+    backend: Literal["local", "docker", "gremlin"] | None = Field(
+        None, description="fault backend; default: the deployment's default_backend"
+    )
     at: float = Field(2.0, description="seconds after the load starts")
     duration: float | None = Field(None, description="roll back by itself after this long")
     when: Literal["now", "workflow_running", "workflow_waiting"] = "now"

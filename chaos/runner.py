@@ -157,7 +157,7 @@ class ExperimentRunner:
                 shard = choice.resolve(step.target.shard)
                 lines.append(
                     f"t+{step.at:g}s {step.action} {step.target.role} of {shard} via "
-                    f"{step.backend}"
+                    f"{self.backend_name(step)}"
                     + (f" for {step.duration:g}s" if step.duration else "")
                     + (f" when {step.when}" if step.when != "now" else "")
                 )
@@ -246,9 +246,9 @@ class ExperimentRunner:
                     "fault_injected",
                     fault.injected_at,
                     fault.injected_at,
-                    f"{step.action} {node.name} via {step.backend}",
+                    f"{step.action} {node.name} via {self.backend_name(step)}",
                 )
-                self.say(f"fault: {step.action} {node.name} ({step.backend})")
+                self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
         topology = self.deployment.topology()
@@ -273,12 +273,22 @@ class ExperimentRunner:
             return nodes
         return [self.rng.choice(nodes) if selector.which == "random" else nodes[0]]
 
+    def backend_name(self, step: FaultStep) -> str:
+        """The step's own backend, else the deployment's default (local for the testbed)."""
+        return step.backend or self.deployment.default_backend
+
     def inject(self, step: FaultStep, node: DeploymentNode) -> InjectedFault:
-        backend = self._backends.get(step.backend) or open_backend(step.backend)
-        self._backends[step.backend] = backend
+        name = self.backend_name(step)
+        backend = self._backends.get(name) or open_backend(name)
+        self._backends[name] = backend
         params: dict[str, Any] = {}
         if step.latency_ms is not None:
             params["latency_ms"] = step.latency_ms
+        if step.from_node is not None:
+            # Cut only the path from that node (e.g. one sensor) to the target.
+            shard = node.shard or step.target.shard
+            source = self.select(step.from_node, shard)[0]
+            params["from_target"] = self.deployment.as_target(source)
         fault = backend.inject(step.action, self.deployment.as_target(node), **params)
         if step.duration:
             timer = threading.Timer(step.duration, _quiet_rollback, args=(fault,))
@@ -292,17 +302,22 @@ class ExperimentRunner:
             raise TargetError("no workflow to approve")
         token = self.deployment.lazarus_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answers = []
         for url in self.deployment.controller_urls():
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 answer = self._http.post(
                     f"{url}/v1/workflows/{workflow['id']}/approve",
                     json={"step": step.approve},
                     headers=headers,
                 )
-                if answer.status_code == 200:
-                    self.say(f"approved gate '{step.approve}' of {workflow['id']} via {url}")
-                    return
-        raise TargetError(f"no controller accepted the approval of {workflow['id']}")
+            except httpx.HTTPError as error:
+                answers.append(f"{url}: {type(error).__name__}")
+                continue
+            if answer.status_code == 200:
+                self.say(f"approved gate '{step.approve}' of {workflow['id']} via {url}")
+                return
+            answers.append(f"{url}: {answer.status_code} {answer.text[:200]}")
+        raise TargetError(f"no controller accepted the approval of {workflow['id']}: {answers}")
 
     def watch(
         self,

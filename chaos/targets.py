@@ -116,6 +116,7 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
         api=state.api,
         control=state.control,
         lazarus=state.lazarus,
+        lazarus_token=state.lazarus_token,
         nodes=nodes,
         testbed_dir=directory,
     )

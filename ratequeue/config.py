@@ -56,5 +56,7 @@ class ServiceSettings(BaseModel):
             dedup_window_seconds=self.dedup_window_seconds,
             max_queue_seconds=self.max_queue_seconds,
             refresh_interval=self.refresh_interval,
-            retry=RetryPolicy(deadline=self.retry_deadline),
+            # Bounded by time, not by a count: a failover takes about a second, and six quick
+            # attempts would give up long before the deadline.
+            retry=RetryPolicy(max_attempts=100, deadline=self.retry_deadline),
         )
