@@ -137,6 +137,9 @@ class ControllerNode:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        ensure_stream = getattr(self.stream, "ensure_stream", None)
+        if ensure_stream is not None:  # Kinesis: create the stream on first start
+            await ensure_stream()
         self._tasks = [
             asyncio.create_task(self._consume(), name=f"{self.node_id}-consume"),
             asyncio.create_task(self._resume_orphans(), name=f"{self.node_id}-resume"),
