@@ -268,6 +268,7 @@ def up(
     controllers: int = 3,
     sensors: bool = True,
     controller_args: list[str] | None = None,
+    sensor_args: list[str] | None = None,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover)."""
@@ -296,7 +297,7 @@ def up(
         if sensors:
             replicas_started = [n for n in nodes if n.role == "replica"]
             started += [
-                start_sensor(directory, cluster.control.url, n, f"127.0.1.{index + 1}")
+                start_sensor(directory, cluster.control.url, n, f"127.0.1.{index + 1}", sensor_args)
                 for index, n in enumerate(replicas_started)
             ]
     except BaseException:
@@ -365,6 +366,7 @@ def running_testbed(
     controllers: int = 3,
     sensors: bool = True,
     controller_args: list[str] | None = None,
+    sensor_args: list[str] | None = None,
 ) -> Iterator[TestbedState]:
     """A testbed for the duration of a `with` block, stopped on the way out, also on error."""
     state = up(
@@ -374,6 +376,7 @@ def running_testbed(
         controllers=controllers,
         sensors=sensors,
         controller_args=controller_args,
+        sensor_args=sensor_args,
     )
     try:
         yield state
