@@ -1,15 +1,20 @@
-"""`ratequeue` command line: run the HTTP service, look at the topology."""
+"""`ratequeue` command line: run the HTTP service, look at the topology, write the first one."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
 
 from ratequeue.config import InvalidSetting, ServiceSettings
+
+if TYPE_CHECKING:
+    from ratequeue.topology import Topology
 
 app = typer.Typer(help="Per-number rate-limited queues on sharded Redis.", no_args_is_help=True)
 
@@ -74,3 +79,156 @@ def topology(
         typer.echo("no topology in the control store", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(found, indent=2))
+
+
+def parse_shard_spec(spec: str) -> tuple[str, list[tuple[str, int]]]:
+    """`ID=HOST:PORT,HOST:PORT,...` → the shard id and its nodes (the primary first).
+
+    Raises ValueError with a message naming the spec and what was expected."""
+    shard_id, sep, nodes = spec.partition("=")
+    shard_id = shard_id.strip()
+    if not sep or not shard_id or not nodes.strip():
+        raise ValueError(f"--shard {spec!r}: expected ID=PRIMARY_HOST:PORT[,REPLICA_HOST:PORT...]")
+    addresses: list[tuple[str, int]] = []
+    for item in nodes.split(","):
+        host, colon, port_text = item.strip().rpartition(":")
+        if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"--shard {spec!r}: {item.strip()!r} is not HOST:PORT (port 1-65535)")
+        addresses.append((host, int(port_text)))
+    return shard_id, addresses
+
+
+def initial_topology(
+    shards: list[tuple[str, list[tuple[str, int]]]], peer_host: str | None
+) -> Topology:
+    """Epoch 1 of a deployment: per shard, the first node is the primary; nodes are named like
+    the local testbed's (`s0-primary`, `s0-replica1`, ...), which target files refer to."""
+    from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
+
+    ranges = even_slot_ranges(len(shards))
+    entries = []
+    for (shard_id, addresses), slots in zip(shards, ranges, strict=True):
+        (primary_host, primary_port), *replicas = addresses
+        entries.append(
+            Shard(
+                id=shard_id,
+                slots=slots,
+                epoch=1,
+                primary=NodeRef(
+                    name=f"{shard_id}-primary",
+                    host=primary_host,
+                    port=primary_port,
+                    peer_host=peer_host,
+                ),
+                replicas=[
+                    NodeRef(name=f"{shard_id}-replica{i}", host=h, port=p, peer_host=peer_host)
+                    for i, (h, p) in enumerate(replicas, start=1)
+                ],
+            )
+        )
+    return Topology(epoch=1, shards=entries)
+
+
+async def _publish_initial_topology(
+    control_url: str, topology: Topology, wait: float, say: Callable[[str], None]
+) -> tuple[bool, int]:
+    """Wait for every node, fence each primary with epoch 1, then store the topology only if the
+    control store holds none (compare-and-set on epoch 0). Returns (published, stored epoch)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from ratequeue.topology import FENCE_KEY, EpochConflict, TopologyStore
+
+    deadline = asyncio.get_running_loop().time() + wait
+
+    async def answer(url: str, what: str, check: Callable[[dict], bool] | None = None) -> None:
+        # Containers and processes come up in any order: retry until the deadline.
+        last = "no answer"
+        while True:
+            connection = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            try:
+                await connection.ping()
+                if check is None or check(await connection.info("replication")):
+                    return
+                last = "replication link not up yet"
+            except (RedisError, OSError) as error:
+                last = str(error)
+            finally:
+                await connection.aclose()
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{what} ({url}): {last} after {wait:g} s")
+            await asyncio.sleep(0.5)
+
+    def link_up(info: dict) -> bool:
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    await answer(control_url, "control store")
+    control = aioredis.Redis.from_url(control_url, socket_timeout=5)
+    try:
+        store = TopologyStore(control)
+        existing = await store.load()
+        if existing is not None:
+            return False, existing.epoch
+        for shard in topology.shards:
+            await answer(f"redis://{shard.primary.address}/0", shard.primary.name)
+            for replica in shard.replicas:
+                await answer(f"redis://{replica.address}/0", replica.name, link_up)
+        # Fences first: a primary without its fence refuses queue writes, so the map must
+        # never name a primary whose fence is not there yet.
+        for shard in topology.shards:
+            primary = aioredis.Redis.from_url(f"redis://{shard.primary.address}/0")
+            try:
+                await primary.set(FENCE_KEY, str(shard.epoch))
+            finally:
+                await primary.aclose()
+            say(f"fenced {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
+        try:
+            await store.compare_and_set(0, topology)
+        except EpochConflict as conflict:
+            return False, conflict.found  # another init won the race; theirs stands
+        return True, topology.epoch
+    finally:
+        await control.aclose()
+
+
+@app.command("topology-init")
+def topology_init(
+    control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
+    shard: list[str] = typer.Option(
+        ...,
+        "--shard",
+        help="ID=PRIMARY_HOST:PORT[,REPLICA_HOST:PORT...] (repeat, in slot order)",
+    ),
+    peer_host: str = typer.Option(
+        None, "--peer-host", help="second address of every node (replication, controllers)"
+    ),
+    wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
+) -> None:
+    """Write the initial topology (epoch 1) and each primary's fence key, once: an existing
+    topology is never overwritten (exit 0, nothing touched). Waits for the control store,
+    every primary, and every replica's replication link first."""
+    try:
+        specs = [parse_shard_spec(spec) for spec in shard]
+        ids = [shard_id for shard_id, _ in specs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"--shard: shard ids repeat: {ids}")
+        addresses = [address for _, nodes in specs for address in nodes]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("--shard: a HOST:PORT appears twice")
+        topology = initial_topology(specs, peer_host)
+    except ValueError as error:
+        typer.echo(f"ratequeue topology-init: {error}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        published, epoch = asyncio.run(
+            _publish_initial_topology(control, topology, wait, typer.echo)
+        )
+    except TimeoutError as error:
+        typer.echo(f"ratequeue topology-init: not reachable: {error}", err=True)
+        raise typer.Exit(1) from None
+    if published:
+        summary = ", ".join(f"{s.id}: {s.primary.name} + {len(s.replicas)} replicas"
+                            for s in topology.shards)  # fmt: skip
+        typer.echo(f"published topology epoch {epoch} ({summary})")
+    else:
+        typer.echo(f"a topology is already stored (epoch {epoch}); left as it is")

