@@ -177,10 +177,15 @@ def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
         pid_file.unlink(missing_ok=True)
         return None
     deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.2)
     return pid
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a finished child its parent has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

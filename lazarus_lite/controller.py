@@ -61,8 +61,15 @@ ESCALATIONS_STREAM = "lz:escalations"
 SENSORS_KEY = "lz:sensors"
 
 
+UNACTED = {"escalated", "duplicate", "no_action", "stale"}
+
+
 def incident_claim_key(event: Event) -> str:
     return f"lz:incident:{event.type}:{event.dedup_key}"
+
+
+def recovered_flag_key(claim_key: str) -> str:
+    return f"{claim_key}:recovered"
 
 
 def lock_resource(rule: Rule, event: Event) -> str:
@@ -290,6 +297,7 @@ class ControllerNode:
     async def _decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
         await self.audit.save(record)
+        await self._forget_incident_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
         return record
 
@@ -355,15 +363,30 @@ class ControllerNode:
         )
 
     async def _release_incident(self, event: Event) -> None:
-        """A recovery ends the incident: a later failure of the same primary is a new one."""
-        if event.incident_key:
-            with contextlib.suppress(Exception):
-                key = f"lz:incident:RedisMasterDown:{event.incident_key}"
-                first = await self.control.get(key)
-                if first is not None:
-                    down = await self.audit.get(first.decode())
-                    if down is None or down.outcome in {"escalated", "duplicate", "no_action"}:
-                        await self.control.delete(key)
+        """A recovery ends the incident: a later failure of the same primary is a new one. If
+        the failure is still being decided, it is released as soon as that decision is made
+        without action (otherwise a real failure right after a false alarm would be dropped
+        as its duplicate)."""
+        if not event.incident_key:
+            return
+        key = f"lz:incident:RedisMasterDown:{event.incident_key}"
+        with contextlib.suppress(Exception):
+            first = await self.control.get(key)
+            if first is None:
+                return
+            down = await self.audit.get(first.decode())
+            if down is None or down.outcome in UNACTED:
+                await self.control.delete(key)
+            elif down.outcome == "received":
+                await self.control.set(recovered_flag_key(key), "1",
+                                       ex=int(self.settings.incident_ttl))  # fmt: skip
+
+    async def _forget_incident_if_recovered(self, record: AuditRecord) -> None:
+        if record.outcome not in UNACTED:
+            return
+        key = incident_claim_key(Event.model_validate(record.event))
+        if await self.control.delete(recovered_flag_key(key)):
+            await self.control.delete(key)
 
     # -- quorum ----------------------------------------------------------------------------
     async def evaluate(self, event: Event, rule: Rule) -> NodeVerdict:

@@ -159,3 +159,22 @@ def test_two_shards_down_at_once_is_escalated_and_nothing_is_promoted(tmp_path: 
             failed = {r["name"] for v in record["verdicts"] for r in v["results"] if not r["ok"]}
             assert failed == {"PeerCheck"}
         assert control_topology(testbed).epoch == before.epoch
+
+
+def test_after_a_recovery_the_same_incident_key_is_decided_again_not_dropped(
+    testbed: TestbedState,
+) -> None:
+    first = master_down_event(testbed, "s0", tag="flap")
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=first, headers=auth(testbed))
+    assert decided(testbed, first["id"])["outcome"] == "escalated"
+    recovered = new_event(
+        "RedisMasterRecovered", environment="dev", region="local", service="ratequeue",
+        shard="s0", host=first["host"], source="sensor-cut-off",
+        incident_key=first["incident_key"],
+    ).model_dump(mode="json")  # fmt: skip
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=recovered, headers=auth(testbed))
+    assert decided(testbed, recovered["id"])["outcome"] == "recorded"
+    again = master_down_event(testbed, "s0", tag="flap")
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=again, headers=auth(testbed))
+    record = decided(testbed, again["id"])
+    assert record["outcome"] == "escalated" and record["quorum"] is not None

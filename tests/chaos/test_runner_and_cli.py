@@ -1,0 +1,188 @@
+"""The chaos runner and CLI around the experiments: validation before anything is touched, dry
+runs, prod targets refused, the run lock, a schedule that survives a failed run, halting a run
+(its faults rolled back), and the report."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from chaos import scheduler
+from chaos.cli import app
+from chaos.journal import HypothesisOutcome, Journal, read_journals
+from chaos.report import write_report
+from chaos.scheduler import run_lock, run_schedule
+from chaos.targets import TargetError, from_testbed
+from chaos.testbed import TestbedState, process_alive, running_testbed
+
+SCENARIOS = Path(__file__).parents[2] / "scenarios"
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestbedState, Path]]:
+    directory = tmp_path_factory.mktemp("runner") / "tb"
+    with running_testbed(directory, shards=2, replicas=1, controllers=1) as state:
+        yield state, directory
+
+
+def test_an_invalid_experiment_is_refused_naming_the_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (SCENARIOS / "primary_kill.yaml").read_text()
+    bad.write_text(text.replace("seconds: 10", "secs: 10"))
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    output = result.output.replace("\n", "")
+    assert result.exit_code == 1
+    assert (
+        "bad.yaml" in output and "'hypotheses.0.recovered_within.seconds': Field required" in output
+    )
+
+
+def test_every_shipped_scenario_validates() -> None:
+    result = CliRunner().invoke(app, ["validate", *map(str, sorted(SCENARIOS.glob("*.yaml")))])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_prod_target_is_refused_without_allow_prod(tmp_path: Path) -> None:
+    target = tmp_path / "prod.yaml"
+    target.write_text("name: prod-east\nenvironment: prod\napi: http://127.0.0.1:1\n"
+                      "control: redis://127.0.0.1:1/0\n")  # fmt: skip
+    kill = str(SCENARIOS / "primary_kill.yaml")
+    result = CliRunner().invoke(
+        app, ["run", kill, "--target", str(target), "--journal-dir", str(tmp_path / "j")]
+    )
+    assert result.exit_code == 2
+    assert "--allow-prod" in result.output
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.slow
+def test_a_dry_run_plans_and_touches_nothing(
+    testbed: tuple[TestbedState, Path], tmp_path: Path
+) -> None:
+    state, directory = testbed
+    target = directory / "testbed.json"
+    kill = str(SCENARIOS / "primary_kill.yaml")
+    result = CliRunner().invoke(
+        app, ["run", kill, "--target", str(target), "--dry-run", "--journal-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    (journal,) = read_journals(tmp_path)
+    assert journal.dry_run and journal.verdict == "not_run" and journal.faults == []
+    assert any("kill primary" in line for line in journal.plan)
+    assert all(process_alive(node) for node in state.nodes)
+
+
+@pytest.mark.slow
+def test_a_second_run_against_the_same_deployment_is_refused_while_one_runs(
+    testbed: tuple[TestbedState, Path],
+) -> None:
+    state, directory = testbed
+    deployment = from_testbed(state, directory)
+    with (
+        run_lock(deployment, "first", ttl_seconds=30),
+        pytest.raises(TargetError, match="another chaos run"),
+        run_lock(deployment, "second", ttl_seconds=30),
+    ):
+        pass
+    with run_lock(deployment, "third", ttl_seconds=30):
+        pass  # released after the first
+
+
+def test_a_failed_run_does_not_stop_the_schedule(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outcomes: list[str] = []
+
+    def flaky_run(path: Path, experiment: object, **_: object) -> Journal:
+        outcomes.append("run")
+        if len(outcomes) == 1:
+            raise RuntimeError("the testbed would not start")
+        return Journal(run_id=f"r{len(outcomes)}", experiment="x", deployment="d",
+                       environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
+
+    monkeypatch.setattr(scheduler, "run_one", flaky_run)
+    journals = run_schedule([SCENARIOS / "replica_kill.yaml"], target=None, journal_dir=tmp_path,
+                            every=0.01, jitter=0, dry_run=False, say=lambda _: None,
+                            stop=threading.Event(), max_runs=2)  # fmt: skip
+    assert len(outcomes) == 3 and [j.run_id for j in journals] == ["r2", "r3"]
+    assert not (tmp_path / scheduler.PID_FILE).exists()
+
+
+@pytest.mark.slow
+def test_halt_stops_a_running_experiment_and_rolls_its_fault_back(
+    testbed: tuple[TestbedState, Path], tmp_path: Path
+) -> None:
+    state, directory = testbed
+    experiment = tmp_path / "long_pause.yaml"
+    experiment.write_text(
+        "title: A long pause\nload: {numbers: 10, enqueue_per_second: 10, duration: 60s}\n"
+        "method:\n  - {action: pause, target: {role: primary, shard: random}, at: 1s}\n"
+        "expect: nothing\nwatch_seconds: 60s\nhypotheses:\n  - {type: one_primary_per_shard}\n"
+    )
+    journals = tmp_path / "journals"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "chaos", "run", str(experiment), "--target",
+         str(directory / "testbed.json"), "--journal-dir", str(journals)],
+        stdout=(tmp_path / "run.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        paused = _wait_for_paused_primary(state)
+        halted = CliRunner().invoke(app, ["halt", "--journal-dir", str(journals)])
+        assert halted.exit_code == 0, halted.output
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGKILL)
+    (journal,) = read_journals(journals)
+    assert journal.status == "aborted" and journal.faults[0]["rolled_back_at"] is not None
+    assert _process_state(state.node(paused).pid) != "T"
+
+
+def _wait_for_paused_primary(state: TestbedState) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for node in state.nodes:
+            if node.role == "primary" and _process_state(node.pid) == "T":
+                return node.name
+        time.sleep(0.1)
+    raise AssertionError("no primary was paused")
+
+
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+
+
+def test_the_report_has_a_timeline_per_run_and_the_recovery_trend(tmp_path: Path) -> None:
+    for index, recovery in enumerate((0.7, 0.9)):
+        journal = Journal(run_id=f"run-{index}", experiment="Kill a shard primary",
+                          deployment="local", environment="dev", started_at=1000.0 + index,
+                          shard="s1", verdict="passed" if index else "failed")  # fmt: skip
+        journal.mark("fault_injected", 1000.0 + index, 1000.0 + index)
+        journal.mark("first_acknowledged_write", 1000.0 + index + recovery, 1000.0 + index)
+        journal.hypotheses = [HypothesisOutcome(hypothesis="acknowledged_lost", ok=bool(index),
+                                                expected="<= 0", measured=1 - index)]  # fmt: skip
+        journal.write(tmp_path)
+    html, markdown = write_report(tmp_path)
+    page = html.read_text()
+    assert page.count("<svg") == 3  # the trend and one timeline per run
+    assert "run-0" in page and "run-1" in page and "first_acknowledged_write" in page
+    summary = markdown.read_text()
+    assert "| 0.70 |" in summary and "run-0: acknowledged_lost measured 1" in summary
+
+
+def test_a_journal_round_trips_as_json(tmp_path: Path) -> None:
+    journal = Journal(run_id="r", experiment="x", deployment="d", environment="dev",
+                      started_at=1.0)  # fmt: skip
+    path = journal.write(tmp_path)
+    assert json.loads(path.read_text())["run_id"] == "r"
+    assert redis  # imported for the lock test's deployment
