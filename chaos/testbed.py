@@ -335,13 +335,15 @@ def down(directory: Path) -> list[str]:
     """Stop every process the testbed in `directory` started; returns their names."""
     state = load_state(directory)
     stopped = []
-    # API, controllers and sensors first, so nothing reacts to the Redis nodes going away.
-    everything = [*state.nodes, *provisioned_nodes(directory)]
-    order = sorted(everything, key=lambda n: n.role in REDIS_ROLES)
-    for node in order:
-        if process_alive(node):
-            _terminate(node)
-            stopped.append(node.name)
+    # Controllers first (one may be provisioning a replica right now), then read what their
+    # actuator started; then API and sensors, so nothing reacts to the Redis nodes going away.
+    controllers = [n for n in state.nodes if n.role == "lazarus"]
+    rest = [n for n in state.nodes if n.role != "lazarus"]
+    for group in (controllers, [*rest, *provisioned_nodes(directory)]):
+        for node in sorted(group, key=lambda n: n.role in REDIS_ROLES):
+            if process_alive(node):
+                _terminate(node)
+                stopped.append(node.name)
     state_path(directory).rename(directory / f"{STATE_FILE}.stopped")
     return stopped
 
