@@ -344,8 +344,32 @@ def down(directory: Path) -> list[str]:
             if process_alive(node):
                 _terminate(node)
                 stopped.append(node.name)
+    stopped += sweep(directory)
     state_path(directory).rename(directory / f"{STATE_FILE}.stopped")
     return stopped
+
+
+def sweep(directory: Path) -> list[str]:
+    """Stop any process still working in `directory` (its working directory or an open file is
+    there): what an interrupted start or a provisioning cut short left behind. The caller and
+    its parents are never touched."""
+    root = str(directory.resolve())
+    spared = {os.getpid(), os.getppid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            places = [os.readlink(entry / "cwd")]
+            places += [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(place == root or place.startswith(root + "/") for place in places):
+            pid = int(entry.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            found.append(f"pid {pid}")
+    return found
 
 
 def status(directory: Path) -> tuple[TestbedState, dict[str, bool], dict | None]:
