@@ -58,6 +58,9 @@ def sensor(
     source_host: str = typer.Option(
         None, envvar="FAILOVER_SOURCE_HOST", help="local address the PINGs leave from"
     ),
+    notifications: str = typer.Option(
+        None, envvar="FAILOVER_NOTIFICATIONS", help="page on-call directly (channels YAML)"
+    ),
     stream: str = typer.Option(
         "redis", envvar="FAILOVER_STREAM", help="event stream backend: redis | kinesis"
     ),
@@ -85,8 +88,16 @@ def sensor(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kinesis = {"kinesis_stream": kinesis_stream, "kinesis_region": kinesis_region,
                "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
+    pager_config = None
+    if notifications is not None:
+        from failover.notifications import NotificationConfigError, load_notification_config
+
+        try:
+            pager_config = load_notification_config(notifications)
+        except NotificationConfigError as error:
+            raise _bad_option("sensor", "--notifications", str(error), 2) from None
     try:
-        asyncio.run(_run_sensor(config, backend, kinesis))
+        asyncio.run(_run_sensor(config, backend, kinesis, pager_config))
     except ValueError as error:  # a control URL redis-py refuses
         raise _bad_option("sensor", "--control", str(error), 2) from None
 
@@ -112,18 +123,29 @@ def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) ->
     return open_event_stream(backend, config.control_url, **kinesis)
 
 
-async def _run_sensor(config: SensorConfig, backend: str, kinesis: dict[str, Any]) -> None:
+async def _run_sensor(
+    config: SensorConfig, backend: str, kinesis: dict[str, Any], pager_config: Any = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     event_stream = _open_stream(config, backend, kinesis)
+    pager = None
+    if pager_config is not None:
+        from failover.notifications import Notifier
+
+        # The sensor only triggers pages; deadlines are the controller's to enforce.
+        pager = Notifier(pager_config, watch=False)
     try:
-        async with Sensor(config, event_stream) as watcher:
+        async with Sensor(config, event_stream, pager=pager) as watcher:
             await watcher.run(stop)
     finally:
         with contextlib.suppress(Exception):
             await event_stream.close()
+        if pager is not None:
+            with contextlib.suppress(Exception):
+                await pager.aclose()
     logging.getLogger(__name__).info("%s: stopped", config.source)
 
 

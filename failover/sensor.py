@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 
 from failover import probes
 from failover.events import Event, InvalidEvent, new_event
+from failover.notifications import Notifier
 from failover.probes import ProbeResult
 from failover.streams import EventStream
 from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
@@ -156,9 +157,11 @@ class Sensor:
         stream: EventStream,
         *,
         control: aioredis.Redis | None = None,
+        pager: Notifier | None = None,
     ) -> None:
         self.config = config
         self.stream = stream
+        self.pager = pager  # pages the on-call directly when the primary goes down
         self.name = config.source
         self._host, self._port = probes.parse_address(config.replica)
         self._owns_control = control is None
@@ -212,6 +215,19 @@ class Sensor:
         if not self._control_ok:
             log.warning("%s: control store reachable again", self.name)
         self._control_ok = True
+
+    async def _page(self, event: Event) -> None:
+        if self.pager is None:
+            return
+        try:
+            await self.pager.page(
+                event.dedup_key, event.service,
+                f"{event.service} shard {event.shard}: primary {event.host} down "
+                f"(seen from {self.name})",
+                details=event.data, source=self.name,
+            )  # fmt: skip
+        except Exception as error:  # paging must never stop detection
+            log.warning("%s: paging failed: %s", self.name, error)
 
     async def _publish(self, event: Event) -> bool:
         try:
@@ -271,7 +287,10 @@ class Sensor:
             watch.last_error = probe.error
             if watch.failures >= self.config.threshold and not watch.down_reported:
                 event = self._event("RedisMasterDown", watch, probe, info)
-                if await self._publish(event):
+                # Page and tell the controller in parallel: the controller acknowledges the
+                # page only once its checks pass, and a person gets it if it does not.
+                published_ok, _ = await asyncio.gather(self._publish(event), self._page(event))
+                if published_ok:
                     watch.down_reported = True
                     published.append(event)
 

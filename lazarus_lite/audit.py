@@ -13,6 +13,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
+from failover.notifications import Delivery
 from lazarus_lite.checks import CheckResult
 
 AUDIT_INDEX = "lz:audit:index"
@@ -119,3 +120,9 @@ class AuditLog:
         if service is not None:
             records = [r for r in records if r.service == service]
         return records[:limit]
+
+
+def note_deliveries(record: AuditRecord, deliveries: list[Delivery]) -> None:
+    """Put notification deliveries in an audit record's notes (kind `notification`)."""
+    for delivery in deliveries:
+        record.note("notification", delivery.describe(), **delivery.model_dump(mode="json"))

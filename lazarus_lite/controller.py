@@ -21,11 +21,12 @@ import httpx
 import redis.asyncio as aioredis
 
 from failover.events import Event
+from failover.notifications import Delivery, Notifier, PageState
 from failover.streams import EventStream, Received
 from lazarus_lite import ratequeue_failover
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome
+from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome, note_deliveries
 from lazarus_lite.checks import CHECKS, run_checks
 from lazarus_lite.gates import (
     CircuitBreaker,
@@ -38,7 +39,6 @@ from lazarus_lite.gates import (
     is_failure,
 )
 from lazarus_lite.locks import Locks
-from lazarus_lite.notifications import Delivery, Notifier, PageState, note_deliveries
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings

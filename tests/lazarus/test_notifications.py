@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lazarus_lite.notifications import (
+from failover.notifications import (
     Delivery,
     NotificationConfig,
     NotificationConfigError,
@@ -21,8 +21,8 @@ from lazarus_lite.notifications import (
     PageState,
     escalation_key,
     load_notification_config,
-    note_deliveries,
 )
+from lazarus_lite.audit import note_deliveries
 from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"

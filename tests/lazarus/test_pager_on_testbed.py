@@ -1,5 +1,6 @@
-"""The pager policy on a real testbed: a remediated failover acknowledges then resolves the
-sensor's page (same dedup_key: the incident key); a refused one escalates it to a person. The
+"""The pager policy on a real testbed: the sensors page directly and tell the controller in
+parallel; a remediated failover acknowledges then resolves that page (same dedup_key: the
+incident key); a refused one escalates it to a person. The
 PagerDuty and Slack endpoints are a recording HTTP server on loopback."""
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ def testbed(recorder: HttpRecorder, tmp_path_factory: pytest.TempPathFactory
         }},
         "services": {"ratequeue": {"team": "ratequeue-oncall", "channels": ["pagerduty", "slack"]}},
     }))  # fmt: skip
-    with running_testbed(directory / "tb", shards=2, replicas=2,
-                         controller_args=["--notifications", str(config)]) as state:  # fmt: skip
+    pager = ["--notifications", str(config)]
+    with running_testbed(directory / "tb", shards=2, replicas=2, controller_args=pager,
+                         sensor_args=pager) as state:  # fmt: skip
         yield state
 
 
-def test_a_remediated_failover_acknowledges_then_resolves_the_page(
+def test_the_sensor_pages_and_the_controller_acknowledges_then_resolves_the_page(
     testbed: TestbedState, recorder: HttpRecorder
 ) -> None:
     incident = "ratequeue/s0/RedisMasterDown/s0-primary@1"
@@ -58,8 +60,11 @@ def test_a_remediated_failover_acknowledges_then_resolves_the_page(
         return done[0] if done else None
 
     record = wait_for("the failover to be remediated", remediated, timeout=30)
-    actions = [(e["event_action"], e["dedup_key"]) for e in recorder.pagerduty_events()]
-    assert actions[:2] == [("acknowledge", incident), ("resolve", incident)]
+    actions = [(e["event_action"], e["dedup_key"]) for e in recorder.pagerduty_events()
+               if e["dedup_key"] == incident]  # fmt: skip
+    triggers = [a for a in actions if a[0] == "trigger"]  # one per sensor of the shard
+    assert triggers and actions[: len(triggers)] == triggers
+    assert actions[len(triggers) :] == [("acknowledge", incident), ("resolve", incident)]
     kinds = [n["data"].get("action") for n in record["notes"] if n["kind"] == "notification"]
     assert "acknowledge" in kinds and "resolve" in kinds
 

@@ -1,6 +1,7 @@
-"""Notifications and the pager policy of the controller: Slack incoming webhooks, PagerDuty Events
-API v2 and SMTP email, chosen per service with team defaults, and the rule that the controller
-never holds a page past its acknowledgement deadline.
+"""Notifications and the pager policy: Slack incoming webhooks, PagerDuty Events API v2 and SMTP
+email, chosen per service with team defaults, and the rule that the controller never holds a
+page past its acknowledgement deadline. It lives beside the sensors because they page first;
+the controller imports it (`lazarus_lite.audit.note_deliveries` files deliveries in the audit).
 
 What it is for. Sensors page directly (PagerDuty `trigger`, dedup_key = the event's incident key)
 and tell the controller in parallel. The controller, first responder in the escalation policy,
@@ -70,15 +71,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-if TYPE_CHECKING:
-    from lazarus_lite.audit import AuditRecord
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +120,6 @@ class Delivery(BaseModel):
         if self.ok:
             return f"{what} delivered" + (f" ({self.status})" if self.status else "")
         return f"{what} FAILED after {self.attempts} attempt(s): {self.error}"
-
-
-def note_deliveries(record: AuditRecord, deliveries: list[Delivery]) -> None:
-    """Put deliveries in an audit record's notes (kind `notification`)."""
-    for delivery in deliveries:
-        record.note("notification", delivery.describe(), **delivery.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)
