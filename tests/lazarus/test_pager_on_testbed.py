@@ -62,9 +62,10 @@ def test_the_sensor_pages_and_the_controller_acknowledges_then_resolves_the_page
     record = wait_for("the failover to be remediated", remediated, timeout=30)
     actions = [(e["event_action"], e["dedup_key"]) for e in recorder.pagerduty_events()
                if e["dedup_key"] == incident]  # fmt: skip
-    triggers = [a for a in actions if a[0] == "trigger"]  # one per sensor of the shard
-    assert triggers and actions[: len(triggers)] == triggers
-    assert actions[len(triggers) :] == [("acknowledge", incident), ("resolve", incident)]
+    # A sensor pages first; a second sensor's trigger of the same incident may come later and
+    # is deduplicated by PagerDuty (same dedup_key).
+    assert actions[0] == ("trigger", incident)
+    assert [a for a, _ in actions if a != "trigger"] == ["acknowledge", "resolve"]
     kinds = [n["data"].get("action") for n in record["notes"] if n["kind"] == "notification"]
     assert "acknowledge" in kinds and "resolve" in kinds
 
