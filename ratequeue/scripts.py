@@ -87,24 +87,28 @@ local results = {}
 for i = 4, #ARGV, 5 do
   local id, number, segments, default_raw, body =
     ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  -- SADD both records the id in this window and tells whether it was there already.
   if redis.call('HEXISTS', 'rq:msg', id) == 1
-      or redis.call('SISMEMBER', ids_now, id) == 1
-      or redis.call('SISMEMBER', ids_before, id) == 1 then
+      or redis.call('SISMEMBER', ids_before, id) == 1
+      or redis.call('SADD', ids_now, id) == 0 then
     results[#results + 1] = {'duplicate', ''}
   else
     local per_second, burst = rate_of(number, default_raw)
     local held = tonumber(redis.call('HGET', 'rq:seg', number) or '0')
     local capacity = math.floor(per_second * max_queue_seconds)
     if held + segments > capacity then
+      redis.call('SREM', ids_now, id)  -- refused: nothing of it stays
       results[#results + 1] = {'full', 'queue for ' .. number .. ' holds ' .. held ..
         ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
         ' (' .. max_queue_seconds .. ' s of sending at ' .. per_second .. '/s)'}
     else
       local record = '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body
       redis.call('HSET', 'rq:msg', id, record)
+      if held == 0 then
+        -- The number's first held message records its default rate (kept until the last ack).
+        redis.call('HSET', 'rq:dr', number, default_raw)
+      end
       redis.call('HINCRBY', 'rq:seg', number, segments)
-      redis.call('HSET', 'rq:dr', number, default_raw)
-      redis.call('SADD', ids_now, id)
       if redis.call('RPUSH', 'rq:q:' .. number, id) == 1 then
         redis.call('ZADD', 'rq:ready', eligible_at(number, now, per_second, burst), number)
       end
@@ -150,6 +154,7 @@ end
 
 -- Serve due numbers in rounds, one message per number per round, longest-waiting first.
 local out = {}
+local next_seq = nil
 while #out < max do
   local due = redis.call('ZRANGEBYSCORE', 'rq:ready', '-inf', now, 'LIMIT', 0, max - #out)
   if #due == 0 then break end
@@ -172,7 +177,12 @@ while #out < max do
         local new_tat = tat + segments * interval
         redis.call('SET', 'rq:tat:' .. number, tostring(new_tat),
           'PX', math.max(1, math.ceil(new_tat - now)))
-        local receipt = redis.call('INCR', 'rq:lease_seq')
+        if not next_seq then
+          -- One counter write per call, not per message (unused numbers are simply skipped).
+          next_seq = redis.call('INCRBY', 'rq:lease_seq', max - #out) - (max - #out)
+        end
+        next_seq = next_seq + 1
+        local receipt = next_seq
         redis.call('ZADD', 'rq:leases', now + lease_ms, receipt)
         redis.call('HSET', 'rq:lease', receipt, id)
         if redis.call('LLEN', 'rq:q:' .. number) > 0 then
