@@ -14,8 +14,7 @@ Key layout on a shard (`N` is a canonical number):
   rq:rates          hash N -> override `rate:burst` (configuration, set by the API)
   rq:tat:N          GCRA theoretical arrival time (ms); expires by itself once it no longer limits
   rq:ready          zset N -> ms when N may send next; holds exactly the numbers with queued ids
-  rq:leases         zset receipt -> lease expiry (ms)
-  rq:lease          hash receipt -> id
+  rq:leases         zset "seq:id" -> lease expiry (ms); a receipt names its member
   rq:lease_seq      receipt counter
   rq:ids:W          set of ids enqueued in dedup window W (expires after two windows)
   rq:barrier        written by every enqueue so WAIT covers earlier writes of the same ids
@@ -136,10 +135,9 @@ local lease_ms = tonumber(ARGV[2])
 
 -- Expired leases go back to the head of their queue with attempt + 1.
 local expired = redis.call('ZRANGEBYSCORE', 'rq:leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, receipt in ipairs(expired) do
-  local id = redis.call('HGET', 'rq:lease', receipt)
-  redis.call('HDEL', 'rq:lease', receipt)
-  redis.call('ZREM', 'rq:leases', receipt)
+for _, lease in ipairs(expired) do
+  redis.call('ZREM', 'rq:leases', lease)
+  local id = string.match(lease, '^%d+:(.*)$')
   local rec = id and redis.call('HGET', 'rq:msg', id)
   if rec then
     local attempt, segments, enqueued, number, body = parse_record(rec)
@@ -182,9 +180,8 @@ while #out < max do
           next_seq = redis.call('INCRBY', 'rq:lease_seq', max - #out) - (max - #out)
         end
         next_seq = next_seq + 1
-        local receipt = next_seq
-        redis.call('ZADD', 'rq:leases', now + lease_ms, receipt)
-        redis.call('HSET', 'rq:lease', receipt, id)
+        local receipt = string.format('%.0f', next_seq)
+        redis.call('ZADD', 'rq:leases', now + lease_ms, receipt .. ':' .. id)
         if redis.call('LLEN', 'rq:q:' .. number) > 0 then
           local at = new_tat - tau
           if at < now then at = now end
@@ -192,7 +189,7 @@ while #out < max do
         else
           redis.call('ZREM', 'rq:ready', number)
         end
-        out[#out + 1] = {tostring(receipt), id, number, attempt, body}
+        out[#out + 1] = {receipt, id, number, attempt, body}
       end
     end
   end
@@ -207,11 +204,8 @@ ACK = r"""
 -- died before replicating it) acknowledges nothing.
 local acked = 0
 for i = 1, #ARGV, 2 do
-  local receipt = ARGV[i]
-  local id = redis.call('HGET', 'rq:lease', receipt)
-  if id and id == ARGV[i + 1] then
-    redis.call('HDEL', 'rq:lease', receipt)
-    redis.call('ZREM', 'rq:leases', receipt)
+  local id = ARGV[i + 1]
+  if redis.call('ZREM', 'rq:leases', ARGV[i] .. ':' .. id) == 1 then
     local rec = redis.call('HGET', 'rq:msg', id)
     if rec then
       local segments, number = string.match(rec, '^%d+|(%d+)|%d+|([^|]*)|')
