@@ -138,6 +138,11 @@ local expired = redis.call('ZRANGEBYSCORE', 'rq:leases', '-inf', now, 'LIMIT', 0
 for _, lease in ipairs(expired) do
   redis.call('ZREM', 'rq:leases', lease)
   local id = string.match(lease, '^%d+:(.*)$')
+  if not id then
+    -- A lease written before leases named their message (member = seq, id in rq:lease).
+    id = redis.call('HGET', 'rq:lease', lease)
+    redis.call('HDEL', 'rq:lease', lease)
+  end
   local rec = id and redis.call('HGET', 'rq:msg', id)
   if rec then
     local attempt, segments, enqueued, number, body = parse_record(rec)
