@@ -15,6 +15,7 @@ demo: setup
 	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: setup
