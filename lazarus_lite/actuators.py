@@ -62,6 +62,27 @@ class LocalProcessActuator:
     async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
         return await asyncio.to_thread(self._provision_replica, shard, name, primary)
 
+    def _running_replica(self, name: str) -> RedisProcess | None:
+        """The live redis-server this actuator started under `name`, if any."""
+        for entry in reversed(self.provisioned()):
+            if entry.get("name") != name or entry.get("role") != "replica":
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes()
+            except OSError:
+                return None
+            if b"redis-server" not in cmdline:
+                return None
+            return RedisProcess(
+                name=name,
+                role="replica",
+                shard=entry.get("shard"),
+                port=int(entry["port"]),
+                workdir=self.workdir,
+                pid=int(entry["pid"]),
+            )
+        return None
+
     def _provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
         self.workdir.mkdir(parents=True, exist_ok=True)
         primary_process = RedisProcess(
@@ -74,6 +95,15 @@ class LocalProcessActuator:
             host=primary.host,
             peer_host=primary.peer_host or primary.host,
         )
+        existing = self._running_replica(name)
+        if existing is not None:
+            # Provisioned by an earlier, interrupted run of the step: the same node, not a
+            # second one (an unlisted replica would be counted by WAIT).
+            replica = existing
+            with replica.client() as conn:
+                conn.execute_command("REPLICAOF", primary_process.peer_host, primary.port)
+            wait_for_replicas_in_sync(primary_process, [replica], timeout=20)
+            return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
         replica = start_redis(
             name, "replica", shard, self.workdir, replica_of=primary_process, detached=True
         )

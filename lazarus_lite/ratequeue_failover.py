@@ -279,12 +279,33 @@ async def verify_health(ctx: StepContext) -> dict[str, Any]:
     """The new primary answers and WAIT confirms `min_replicas` replicas."""
     shard = (await load_topology(ctx)).shard(ctx.inputs["shard"])
     k = int(ctx.inputs.get("min_replicas", 1))
+    detached = await detach_unlisted_replicas(ctx, shard)
     async with connect(shard.primary, timeout=3) as conn:
         await conn.incr("rq:barrier")
         confirmed = int(await conn.execute_command("WAIT", k, 1000))
     if confirmed < k:
         raise RuntimeError(f"WAIT confirmed {confirmed} of {k} replicas on {shard.primary.name}")
-    return {"primary": shard.primary.name, "replicas_confirmed": confirmed}
+    return {"primary": shard.primary.name, "replicas_confirmed": confirmed, "detached": detached}
+
+
+async def detach_unlisted_replicas(ctx: StepContext, shard: Any) -> list[str]:
+    """Only listed replicas may follow the primary: `WAIT` counts every replica, and the next
+    failover can only ask the listed ones (N - k + 1). A replica attached but not listed (say,
+    one provisioned by an interrupted run of a step) is pointed at the sink."""
+    listed = {r.port for r in shard.replicas}
+    async with connect(shard.primary, timeout=3) as conn:
+        info = await conn.info("replication")
+    strays = []
+    for key, value in info.items():
+        if key.startswith("slave") and isinstance(value, dict) and value["port"] not in listed:
+            strays.append((str(value["ip"]), int(value["port"])))
+    if strays:
+        await ctx.assert_lock()
+    for host, port in strays:
+        stray = NodeRef(name=f"unlisted-{port}", host=host, port=port)
+        with contextlib.suppress(RedisError, OSError):
+            await fence_node(stray)
+    return [f"{host}:{port}" for host, port in strays]
 
 
 async def hold_for_forensics(node: NodeRef, policy: str) -> str:
@@ -318,6 +339,10 @@ async def mark_escalated(ctx: StepContext) -> dict[str, Any]:
     """On failure: leave the shard as it is (one primary per epoch holds at every step), flag it
     for a person, and give the lock back."""
     shard_id = ctx.inputs["shard"]
+    held = ctx.held_lock()
+    if held is None or not await ctx.env.locks.renew(held):
+        # Not this workflow's shard to flag: it never took the lock, or lost it to another.
+        return {"shard": shard_id, "status": "unchanged: this workflow did not hold the lock"}
 
     async def change(topology: Topology) -> Topology | None:
         shard = topology.shard(shard_id)
@@ -331,7 +356,5 @@ async def mark_escalated(ctx: StepContext) -> dict[str, Any]:
 
     with contextlib.suppress(Exception):
         await compare_and_set_loop(ctx, change, attempts=3)
-    held = ctx.held_lock()
-    if held is not None:
-        await ctx.env.locks.release(held)
+    await ctx.env.locks.release(held)
     return {"shard": shard_id, "status": "escalated"}

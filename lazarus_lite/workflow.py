@@ -12,7 +12,6 @@ Not for: the steps themselves (see `ratequeue_failover`) or deciding to start (s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -263,20 +262,60 @@ def owner_key(workflow_id: str) -> str:
     return f"lz:wf:{workflow_id}:owner"
 
 
+# Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
+# owner's record.
+_SAVE = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[5])
+else redis.call('SREM', KEYS[3], ARGV[5]) end
+return 1
+"""
+_RENEW_OWNER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_DISOWN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class WorkflowStore:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
+        self._save = control.register_script(_SAVE)
+        self._renew = control.register_script(_RENEW_OWNER)
+        self._disown = control.register_script(_DISOWN)
 
-    async def save(self, record: WorkflowRecord, entry: dict[str, Any] | None = None) -> None:
-        async with self._control.pipeline(transaction=True) as pipe:
-            pipe.set(record_key(record.id), record.model_dump_json())
-            if entry is not None:
-                pipe.rpush(history_key(record.id), _json({"at": time.time(), **entry}))
-            if record.status == "running":
-                pipe.sadd(ACTIVE_WORKFLOWS, record.id)
-            else:
-                pipe.srem(ACTIVE_WORKFLOWS, record.id)
-            await pipe.execute()
+    async def save(
+        self,
+        record: WorkflowRecord,
+        entry: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        """Write the record (and a history entry) in one step; with `owner`, only while that
+        node still holds the workflow's lease (else OwnershipLost: another node took over)."""
+        written = await self._save(
+            keys=[
+                record_key(record.id),
+                history_key(record.id),
+                ACTIVE_WORKFLOWS,
+                owner_key(record.id),
+            ],
+            args=[
+                record.model_dump_json(),
+                _json({"at": time.time(), **entry}) if entry is not None else "",
+                "1" if record.status == "running" else "0",
+                owner or "",
+                record.id,
+            ],
+        )
+        if not int(written):
+            raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None:
         raw = await self._control.get(record_key(workflow_id))
@@ -294,15 +333,11 @@ class WorkflowStore:
         )
 
     async def renew(self, workflow_id: str, node_id: str) -> bool:
-        key = owner_key(workflow_id)
-        async with self._control.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.pexpire(key, OWNER_LEASE_MS)
-            current, _ = await pipe.execute()
-        return current is not None and current.decode() == node_id
+        keys = [owner_key(workflow_id)]
+        return bool(int(await self._renew(keys=keys, args=[node_id, OWNER_LEASE_MS])))
 
-    async def disown(self, workflow_id: str) -> None:
-        await self._control.delete(owner_key(workflow_id))
+    async def disown(self, workflow_id: str, node_id: str) -> None:
+        await self._disown(keys=[owner_key(workflow_id)], args=[node_id])
 
 
 def _json(value: Any) -> str:
@@ -328,6 +363,10 @@ class WorkflowEngine:
         self.on_finished = on_finished
         self._running: dict[str, asyncio.Task] = {}
 
+    async def _record(self, record: WorkflowRecord, entry: dict[str, Any] | None = None) -> None:
+        """Save as this workflow's owner (raises OwnershipLost once another node took over)."""
+        await self.store.save(record, entry, owner=self.env.node_id)
+
     async def start(
         self, name: str, inputs: dict[str, Any], *, event_id: str | None = None
     ) -> WorkflowRecord:
@@ -335,9 +374,20 @@ class WorkflowEngine:
         definition = self.definitions[name]
         if self.env.before_start is not None:
             await self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
+        workflow_id = f"wf-{uuid.uuid4().hex[:16]}"
+        if event_id is not None:
+            # One workflow per event: an event handled again (its first coordinator died after
+            # starting the workflow) adopts the workflow that exists.
+            key = f"lz:event:{event_id}:workflow"
+            if not await self.env.control.set(key, workflow_id, nx=True, ex=30 * 24 * 3600):
+                existing = await self.env.control.get(key)
+                found = await self.store.load(existing.decode()) if existing else None
+                if found is not None:
+                    return found
+                await self.env.control.set(key, workflow_id, ex=30 * 24 * 3600)
         now = time.time()
         record = WorkflowRecord(
-            id=f"wf-{uuid.uuid4().hex[:16]}",
+            id=workflow_id,
             definition=definition,
             inputs=inputs,
             event_id=event_id,
@@ -346,7 +396,7 @@ class WorkflowEngine:
             steps={s.name: StepRecord() for s in definition.steps},
         )
         await self.store.claim(record.id, self.env.node_id)
-        await self.store.save(
+        await self._record(
             record,
             {
                 "kind": "workflow_started",
@@ -382,28 +432,56 @@ class WorkflowEngine:
         return resumed
 
     async def _run_owned(self, workflow_id: str) -> None:
-        heartbeat = asyncio.get_running_loop().create_task(self._keep_ownership(workflow_id))
+        """Run while holding the lease; if the lease is lost (another node may have taken the
+        workflow over), the step in flight is cancelled: two nodes never go on side by side."""
+        loop = asyncio.get_running_loop()
+        heartbeat = loop.create_task(self._keep_ownership(workflow_id))
+        running = loop.create_task(self.run(workflow_id))
         try:
-            await self.run(workflow_id, heartbeat)
-        except OwnershipLost as error:
-            log.error("workflow %s: %s", workflow_id, error)
+            await asyncio.wait({running, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                log.error(
+                    "workflow %s: node %s lost its lease; stopping here",
+                    workflow_id,
+                    self.env.node_id,
+                )
+                running.cancel()
+            await running
+        except (OwnershipLost, asyncio.CancelledError) as error:
+            log.error("workflow %s on %s: %s", workflow_id, self.env.node_id, error or "stopped")
         except Exception:
             log.exception("workflow %s crashed on node %s", workflow_id, self.env.node_id)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await heartbeat
+            for task in (heartbeat, running):
+                task.cancel()
+            await asyncio.gather(heartbeat, running, return_exceptions=True)
 
     async def _keep_ownership(self, workflow_id: str) -> None:
+        """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
+        Without a successful renewal for most of a lease, assume it lost (self-fencing)."""
+        last_renewed = time.monotonic()
         while True:
             await asyncio.sleep(OWNER_LEASE_MS / 3000)
             try:
                 if not await self.store.renew(workflow_id, self.env.node_id):
                     return
-            except Exception as error:  # the control store blinked: try again next time
+                last_renewed = time.monotonic()
+                await self._renew_lock(workflow_id)
+            except Exception as error:  # the control store blinked
                 log.warning("workflow %s: lease renewal failed: %s", workflow_id, error)
+                if time.monotonic() - last_renewed > OWNER_LEASE_MS * 0.6 / 1000:
+                    return
 
-    async def run(self, workflow_id: str, heartbeat: asyncio.Task | None = None) -> WorkflowRecord:
+    async def _renew_lock(self, workflow_id: str) -> None:
+        """A long step (an approval gate) must not let the workflow's lock expire."""
+        record = await self.store.load(workflow_id)
+        if record is None:
+            return
+        held = StepContext(workflow=record, step="-", env=self.env).held_lock()
+        if held is not None:
+            await self.env.locks.renew(held)
+
+    async def run(self, workflow_id: str) -> WorkflowRecord:
         record = await self.store.load(workflow_id)
         if record is None:
             raise LookupError(workflow_id)
@@ -411,7 +489,7 @@ class WorkflowEngine:
             return record
         if not record.nodes or record.nodes[-1] != self.env.node_id:
             record.nodes.append(self.env.node_id)
-            await self.store.save(
+            await self._record(
                 record,
                 {
                     "kind": "workflow_resumed" if len(record.nodes) > 1 else "workflow_running",
@@ -421,8 +499,6 @@ class WorkflowEngine:
         for definition in record.definition.order():
             if record.steps[definition.name].status == "succeeded":
                 continue
-            if heartbeat is not None and heartbeat.done():
-                raise OwnershipLost(f"node {self.env.node_id} lost the lease on {workflow_id}")
             if time.time() > record.deadline:
                 return await self._escalate(
                     record,
@@ -434,8 +510,8 @@ class WorkflowEngine:
                 return await self._escalate(record, definition.name, error)
         record.status = "succeeded"
         record.finished_at = time.time()
-        await self.store.save(record, {"kind": "workflow_succeeded", "node": self.env.node_id})
-        await self.store.disown(record.id)
+        await self._record(record, {"kind": "workflow_succeeded", "node": self.env.node_id})
+        await self.store.disown(record.id, self.env.node_id)
         if self.on_finished is not None:
             await self.on_finished(record)
         return record
@@ -451,7 +527,7 @@ class WorkflowEngine:
             step_record.started_at = time.time()
             step_record.node = self.env.node_id
             step_record.error = None
-            await self.store.save(
+            await self._record(
                 record,
                 {
                     "kind": "step_started",
@@ -474,7 +550,7 @@ class WorkflowEngine:
                 step_record.status = "succeeded"
                 step_record.finished_at = time.time()
                 step_record.output = output or {}
-                await self.store.save(
+                await self._record(
                     record,
                     {
                         "kind": "step_succeeded",
@@ -486,7 +562,7 @@ class WorkflowEngine:
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
                 return await self._fail_step(record, definition, failure)
-            await self.store.save(
+            await self._record(
                 record,
                 {
                     "kind": "step_retrying",
@@ -504,7 +580,7 @@ class WorkflowEngine:
         step_record.status = "failed"
         step_record.finished_at = time.time()
         step_record.error = failure
-        await self.store.save(
+        await self._record(
             record,
             {
                 "kind": "step_failed",
@@ -527,11 +603,11 @@ class WorkflowEngine:
                 record.escalation += f"; on_failure step failed: {error}"
         record.status = "escalated"
         record.finished_at = time.time()
-        await self.store.save(
+        await self._record(
             record,
             {"kind": "workflow_escalated", "reason": record.escalation, "node": self.env.node_id},
         )
-        await self.store.disown(record.id)
+        await self.store.disown(record.id, self.env.node_id)
         if self.on_finished is not None:
             await self.on_finished(record)
         return record
