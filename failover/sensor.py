@@ -64,6 +64,9 @@ class SensorConfig:
     ping_timeout: float = 0.2
     source_host: str | None = None  # local address the PINGs leave from (default: any)
     heartbeat_every: float = 5.0
+    # While the primary stays down, report it again this often: a first report the controller
+    # declined (a check raced, a gate was closed) must not silence the incident for good.
+    reemit_every: float = 30.0
     name: str | None = None  # default: sensor@<replica>
     info_timeout: float = 0.5
     control_timeout: float = 1.0  # bound on a topology read or a publish
@@ -74,7 +77,7 @@ class SensorConfig:
             probes.parse_address(self.replica)
         except ValueError as error:
             raise InvalidSensorConfig("replica", str(error)) from None
-        positive = ("interval", "ping_timeout", "heartbeat_every", "info_timeout",
+        positive = ("interval", "ping_timeout", "heartbeat_every", "reemit_every", "info_timeout",
                     "control_timeout")  # fmt: skip
         for setting in positive:
             value = getattr(self, setting)
@@ -111,6 +114,7 @@ class _Watch:
     failures: int = 0
     last_error: str | None = None
     down_reported: bool = False  # RedisMasterDown published, RedisMasterRecovered not yet
+    reported_at: float = 0.0  # when the last RedisMasterDown of this incident was published
 
     def same_target(self, shard: Shard) -> bool:
         return (self.shard, self.epoch, self.primary) == (shard.id, shard.epoch, shard.primary)
@@ -285,13 +289,19 @@ class Sensor:
         else:
             watch.failures += 1
             watch.last_error = probe.error
-            if watch.failures >= self.config.threshold and not watch.down_reported:
+            due_again = (
+                watch.down_reported
+                and cycle_started - watch.reported_at >= self.config.reemit_every
+            )
+            if watch.failures >= self.config.threshold and (not watch.down_reported or due_again):
                 event = self._event("RedisMasterDown", watch, probe, info)
                 # Page and tell the controller in parallel: the controller acknowledges the
                 # page only once its checks pass, and a person gets it if it does not.
-                published_ok, _ = await asyncio.gather(self._publish(event), self._page(event))
+                page = self._page(event) if not watch.down_reported else asyncio.sleep(0)
+                published_ok, _ = await asyncio.gather(self._publish(event), page)
                 if published_ok:
                     watch.down_reported = True
+                    watch.reported_at = cycle_started
                     published.append(event)
 
         if cycle_started - self._last_heartbeat >= self.config.heartbeat_every:

@@ -38,6 +38,9 @@ def serve(
     region: str = typer.Option(None, envvar="LAZARUS_REGION"),
     control_realm: list[str] = typer.Option(None, "--control-realm", help="controlled region"),
     max_event_age: float = typer.Option(None, help="seconds; older events are stale"),
+    incident_retry_seconds: float = typer.Option(
+        None, help="a declined incident is decided again on a report this much later"
+    ),
     rate_limit_threshold: int = typer.Option(None, help="incidents per service per window"),
     rate_limit_window: float = typer.Option(None, help="seconds"),
     breaker_threshold: int = typer.Option(None, help="failing services per region"),
@@ -71,6 +74,7 @@ def serve(
             region=region,
             control_realm=control_realm or None,
             max_event_age=max_event_age,
+            incident_retry_seconds=incident_retry_seconds,
             rate_limit_threshold=rate_limit_threshold,
             rate_limit_window=rate_limit_window,
             breaker_threshold=breaker_threshold,

@@ -218,7 +218,9 @@ class ControllerNode:
         if not claimed:
             first = await self.control.get(incident_claim_key(event))
             first_id = first.decode() if first else "?"
-            if first_id != event.id:
+            if first_id != event.id and not await self._take_over_declined_incident(
+                event, first_id
+            ):
                 return await self._decide(record, "duplicate", f"same incident as event {first_id}")
         incidents = 0
         if is_failure(event) and self.notifier is not None:
@@ -380,6 +382,19 @@ class ControllerNode:
             elif down.outcome == "received":
                 await self.control.set(recovered_flag_key(key), "1",
                                        ex=int(self.settings.incident_ttl))  # fmt: skip
+
+    async def _take_over_declined_incident(self, event: Event, first_id: str) -> bool:
+        """A later report of an incident whose first report was declined (escalated, stopped by
+        a gate) more than `incident_retry_seconds` ago is decided afresh: the sensors report a
+        primary that stays down again, and conditions (a raced check, a closed gate) change."""
+        first = await self.audit.get(first_id)
+        if first is None or first.outcome not in {"escalated", "no_action"}:
+            return False
+        if time.time() - (first.decided_at or time.time()) < self.settings.incident_retry_seconds:
+            return False
+        key = incident_claim_key(event)
+        taken = await self.control.set(key, event.id, xx=True, ex=int(self.settings.incident_ttl))
+        return bool(taken)
 
     async def _forget_incident_if_recovered(self, record: AuditRecord) -> None:
         if record.outcome not in UNACTED:

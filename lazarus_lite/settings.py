@@ -34,6 +34,9 @@ class ControllerSettings(BaseModel):
     kinesis_region: str = "us-east-1"
     kinesis_endpoint: str | None = None
     incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
+    incident_retry_seconds: float = Field(
+        20, ge=0, description="a declined incident is decided again on a report this much later"
+    )
     resume_interval: float = Field(1.0, gt=0, le=60)
     api_token: str = Field(min_length=16, description="bearer token of mutating endpoints")
     region: str = Field("local", description="where this node runs")

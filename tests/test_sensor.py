@@ -120,6 +120,22 @@ async def test_a_killed_primary_is_reported_down_once_after_the_threshold(
     assert published(cluster, "RedisMasterRecovered") == []
 
 
+async def test_a_primary_that_stays_down_is_reported_again_after_the_reemit_interval(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0], name="sensor-a", threshold=1,
+                               reemit_every=0.3)  # fmt: skip
+    kill(shard.primary)
+    await sensor.check_once()
+    await sensor.check_once()  # still down, too soon to report again
+    assert len(published(cluster, "RedisMasterDown")) == 1
+    await asyncio.sleep(0.35)
+    await sensor.check_once()
+    first, second = published(cluster, "RedisMasterDown")
+    assert first.incident_key == second.incident_key and first.id != second.id
+
+
 async def test_two_sensors_of_one_shard_report_the_same_incident(
     start_cluster: Callable[..., LocalCluster], make_sensor: MakeSensor
 ) -> None:

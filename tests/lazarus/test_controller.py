@@ -4,6 +4,7 @@ where the right answer is to escalate and not act (no rule, quorum refused, seve
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestbedState]:
-    with running_testbed(tmp_path_factory.mktemp("ctl") / "tb", shards=2, replicas=2) as state:
+    directory = tmp_path_factory.mktemp("ctl") / "tb"
+    retry = ["--incident-retry-seconds", "1"]
+    with running_testbed(directory, shards=2, replicas=2, controller_args=retry) as state:
         yield state
 
 
@@ -177,6 +180,17 @@ def test_after_a_recovery_the_same_incident_key_is_decided_again_not_dropped(
     httpx.post(f"{testbed.lazarus[0]}/v1/events", json=recovered, headers=auth(testbed))
     assert decided(testbed, recovered["id"])["outcome"] == "recorded"
     again = master_down_event(testbed, "s0", tag="flap")
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=again, headers=auth(testbed))
+    record = decided(testbed, again["id"])
+    assert record["outcome"] == "escalated" and record["quorum"] is not None
+
+
+def test_a_declined_incident_reported_again_later_is_decided_afresh(testbed: TestbedState) -> None:
+    first = master_down_event(testbed, "s1", tag="again")
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=first, headers=auth(testbed))
+    assert decided(testbed, first["id"])["outcome"] == "escalated"
+    time.sleep(1.2)  # the testbed's controllers retry a declined incident after 1 s
+    again = master_down_event(testbed, "s1", tag="again")
     httpx.post(f"{testbed.lazarus[0]}/v1/events", json=again, headers=auth(testbed))
     record = decided(testbed, again["id"])
     assert record["outcome"] == "escalated" and record["quorum"] is not None
