@@ -37,6 +37,7 @@ class LoadProfile(BaseModel):
     dequeue_batch: int = Field(100, ge=1, le=1000)
     lease_seconds: float = Field(10, gt=0, le=3600)
     give_up_after: float = Field(30, gt=0, description="seconds a producer retries one message")
+    in_flight: int = Field(64, ge=1, le=10_000, description="retrying messages per producer")
 
 
 def number_pool(profile: LoadProfile, seed: int = 7) -> list[str]:
@@ -112,14 +113,30 @@ class LoadRun:
         interval: float,
         stop: asyncio.Event,
     ) -> None:
+        # Each message is retried on its own task: a message held up by a dead shard must not
+        # hold up the messages for the shards that still work (that is what availability of the
+        # other shards measures). At most `in_flight` retrying messages per producer.
         rng = random.Random()
+        in_flight: set[asyncio.Task] = set()
         next_at = time.monotonic() + rng.uniform(0, interval)
-        while not stop.is_set():
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
-            number = rng.choice(numbers)
-            body = {"text": f"load {uuid.uuid4().hex[:8]}"}
-            await self._enqueue_until_acknowledged(http, number, shard_of[number], body)
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+                if len(in_flight) >= self.profile.in_flight:
+                    continue  # the deployment is this far behind: skip a beat
+                number = rng.choice(numbers)
+                body = {"text": f"load {uuid.uuid4().hex[:8]}"}
+                task = asyncio.create_task(
+                    self._enqueue_until_acknowledged(http, number, shard_of[number], body)
+                )
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            # Messages still retrying were never acknowledged: nothing to deliver, nothing lost.
+            for task in list(in_flight):
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _enqueue_until_acknowledged(
         self, http: httpx.AsyncClient, number: str, shard: str, body: dict
