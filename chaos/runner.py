@@ -74,6 +74,7 @@ class ExperimentRunner:
         self.rng = random.Random(seed)
         self._backends = dict(backends or {})
         self._http = httpx.Client(timeout=5)
+        self.primary_faulted: set[str] = set()
 
     # -- the run ---------------------------------------------------------------------------
     def run(
@@ -128,16 +129,21 @@ class ExperimentRunner:
         except (KeyboardInterrupt, InterruptedError):
             journal.status, journal.verdict = "interrupted", "aborted"
             journal.errors.append("interrupted; rolled back")
-        except (FaultError, TargetError, httpx.HTTPError, redis.RedisError, OSError) as error:
+        except Exception as error:  # whatever went wrong, the run did not complete
             journal.status, journal.verdict = "error", "failed"
             journal.errors.append(f"{type(error).__name__}: {error}")
-            self.say(f"error: {error}")
+            self.say(f"error: {type(error).__name__}: {error}")
         finally:
             self.roll_back(injected, experiment, journal)
             if load is not None:
                 ledger = self._drain(load, journal)
                 if journal.status == "running":
-                    self.conclude(experiment, journal, ledger, faulted or {before.shards[0].id})
+                    self.conclude(
+                        experiment,
+                        journal,
+                        ledger,
+                        faulted or ({journal.shard} if journal.shard else set()),
+                    )
             journal.ended_at = time.time()
             journal.measure_from_fault()
             if journal.status == "running":
@@ -241,6 +247,8 @@ class ExperimentRunner:
                 injected.append(fault)
                 if node.role in {"primary", "replica"}:
                     faulted.add(shard)
+                if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
+                    self.primary_faulted.add(shard)
                 journal.faults.append(fault.summary())
                 journal.mark(
                     "fault_injected",
@@ -347,13 +355,25 @@ class ExperimentRunner:
             except FaultError as error:
                 journal.errors.append(str(error))
         for extra in experiment.rollbacks:
-            for fault in injected:
-                if extra.action == "resume_all" and fault.action == "pause":
-                    _quiet_rollback(fault)
+            if extra.action == "resume_all":
+                for fault in injected:
+                    if fault.action == "pause":
+                        _quiet_rollback(fault)
+            elif extra.action == "remove_network_faults":
+                with contextlib.suppress(FaultError, ImportError):
+                    from chaos.faults.local import LocalFaultBackend
+
+                    LocalFaultBackend().cleanup_all()
         if injected:
             journal.faults = [f.summary() for f in injected]
-            journal.mark("rolled_back", time.time(), journal.moment("fault_injected"))
-            self.say(f"rolled back {len(injected)} fault(s)")
+            undone = [f.rolled_back_at for f in injected if f.rolled_back_at is not None]
+            if undone:  # when the last fault was really undone (a timed one: by its timer)
+                journal.mark("rolled_back", max(undone), journal.moment("fault_injected"))
+            permanent = sum(1 for f in injected if f.undo is None)
+            self.say(
+                f"rolled back {len(undone)} fault(s)"
+                + (f"; {permanent} cannot be undone (e.g. a kill)" if permanent else "")
+            )
 
     def conclude(
         self, experiment: Experiment, journal: Journal, ledger: Any, faulted: set[str]
@@ -445,10 +465,13 @@ class ExperimentRunner:
                         fault_at,
                         str(steps[step].get("output", {}).get("primary", "")),
                     )
-        for shard in faulted:
-            acked = load.ledger.first_ack_after(fault_at, shard)
-            if acked is not None and journal.moment("topology_published"):
-                journal.mark("first_acknowledged_write", acked, fault_at, shard)
+        # Recovered: every shard whose primary was hit has acknowledged a write again (the
+        # slowest one counts; a shard that only lost a replica never stopped).
+        shards = self.primary_faulted or faulted
+        acks = {shard: load.ledger.first_ack_after(fault_at, shard) for shard in sorted(shards)}
+        if acks and all(at is not None for at in acks.values()):
+            slowest = max(acks, key=lambda shard: acks[shard] or 0.0)
+            journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
 
     def _outcome_reached(
         self,
