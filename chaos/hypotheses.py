@@ -57,8 +57,9 @@ def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcom
     lost = sorted(o.ledger.lost())
     return HypothesisOutcome(
         hypothesis="acknowledged_lost",
-        ok=len(lost) <= h.max,
-        expected=f"<= {h.max}",
+        # Nothing acknowledged proves nothing: the load did not run.
+        ok=bool(o.ledger.acknowledged) and len(lost) <= h.max,
+        expected=f"<= {h.max} (of > 0 acknowledged)",
         measured=len(lost),
         detail=f"{len(o.ledger.acknowledged)} acknowledged; lost ids: {lost[:10]}"
         if lost
@@ -70,8 +71,8 @@ def _duplicates(h: Duplicates, o: Observations) -> HypothesisOutcome:
     count = o.ledger.duplicates()
     return HypothesisOutcome(
         hypothesis="duplicates",
-        ok=count <= h.max,
-        expected=f"<= {h.max}",
+        ok=bool(o.ledger.deliveries) and count <= h.max,
+        expected=f"<= {h.max} (of > 0 deliveries)",
         measured=count,
         detail="deliveries beyond the first of each id",
     )
@@ -113,7 +114,7 @@ def _rate_limits_held(h: RateLimitsHeld, o: Observations) -> HypothesisOutcome:
     early = 0.0 if worst is None else round(worst.max_early_seconds, 4)
     return HypothesisOutcome(
         hypothesis="rate_limits_held",
-        ok=early <= h.tolerance_seconds,
+        ok=bool(checks) and early <= h.tolerance_seconds,
         expected=f"no delivery earlier than its rate allows by > {h.tolerance_seconds:g} s",
         measured=early,
         detail=f"{len(checks)} numbers; worst {worst.number}" if worst else "no deliveries",
