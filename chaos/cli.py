@@ -220,7 +220,11 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
     """Stop the running experiment; it rolls back its faults before exiting."""
     from chaos.scheduler import halt as halt_run
 
-    pid = halt_run(journal_dir)
+    try:
+        pid = halt_run(journal_dir)
+    except TimeoutError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
     if pid is None:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)

@@ -148,7 +148,8 @@ class ExperimentRunner:
             journal.measure_from_fault()
             if journal.status == "running":
                 journal.status = "completed"
-            journal.write(self.journal_dir)
+            if not dry_run:  # a plan is printed, not journaled: it did not happen
+                journal.write(self.journal_dir)
             self._http.close()
         return journal
 

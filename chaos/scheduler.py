@@ -22,7 +22,7 @@ import redis
 from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal
 from chaos.runner import ExperimentRunner, Say
-from chaos.targets import Deployment, TargetError, from_testbed
+from chaos.targets import Deployment, ShardChoice, TargetError, from_testbed
 from chaos.testbed import running_testbed
 
 RUN_LOCK_KEY = "chaos:run-lock"
@@ -44,13 +44,27 @@ def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
 @contextlib.contextmanager
 def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
     """Hold the deployment's run lock; raise TargetError if another run holds it."""
+    ttl_ms = int(ttl_seconds * 1000)
     with redis.Redis.from_url(deployment.control, socket_timeout=3) as conn:
-        if not conn.set(RUN_LOCK_KEY, holder, nx=True, px=int(ttl_seconds * 1000)):
+        if not conn.set(RUN_LOCK_KEY, holder, nx=True, px=ttl_ms):
             current = conn.get(RUN_LOCK_KEY)
             raise TargetError(f"another chaos run holds {RUN_LOCK_KEY}: {current!r}")
+        released = threading.Event()
+
+        def keep_lock() -> None:
+            # Renewed while the run lasts, however long its drain or probes take.
+            while not released.wait(timeout=ttl_seconds / 3):
+                with contextlib.suppress(redis.RedisError):
+                    if conn.get(RUN_LOCK_KEY) == holder.encode():
+                        conn.pexpire(RUN_LOCK_KEY, ttl_ms)
+
+        renewer = threading.Thread(target=keep_lock, name="chaos-run-lock", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            released.set()
+            renewer.join(timeout=5)
             with contextlib.suppress(redis.RedisError):
                 if conn.get(RUN_LOCK_KEY) == holder.encode():
                     conn.delete(RUN_LOCK_KEY)
@@ -90,6 +104,29 @@ def run_one(
             )
             return runner.run(experiment, str(path), dry_run=dry_run)
     options = experiment.testbed
+    if dry_run:  # plan against the testbed the run would start, without starting it
+        offline = Deployment(
+            name="embedded testbed (not started: dry run)",
+            api="http://127.0.0.1",
+            control="redis://127.0.0.1",
+        )
+        runner = ExperimentRunner(offline, journal_dir=journal_dir, say=say, stop=stop, seed=seed)
+        choice = ShardChoice([f"s{i}" for i in range(options.shards)], random.Random(seed))
+        plan = runner.plan(experiment, choice)
+        for line in plan:
+            say(f"plan: {line}")
+        return Journal(
+            run_id="dry-run",
+            experiment=experiment.title,
+            experiment_file=str(path),
+            deployment=offline.name,
+            environment="dev",
+            started_at=time.time(),
+            dry_run=True,
+            shard=choice.chosen,
+            plan=plan,
+            status="completed",
+        )
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
@@ -172,6 +209,14 @@ def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
     except (OSError, ValueError):
         return None
     try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = []
+    if not any(part.endswith(b"chaos") for part in cmdline) or b"run" not in cmdline:
+        # A stale pid file (the run was killed); the pid may be someone else's now.
+        pid_file.unlink(missing_ok=True)
+        return None
+    try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pid_file.unlink(missing_ok=True)
@@ -179,6 +224,8 @@ def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline and _running(pid):
         time.sleep(0.2)
+    if _running(pid):
+        raise TimeoutError(f"chaos run {pid} is still rolling back after {wait_seconds:g} s")
     return pid
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,6 +278,9 @@ def up(
         existing = load_state(directory)
         if any(process_alive(n) for n in existing.nodes):
             raise TestbedError(f"a testbed is already running in {directory}; run down first")
+    # A new testbed starts empty: data a stopped one left (AOF files, a kill switch, queued
+    # messages) must not leak into the next experiment.
+    shutil.rmtree(directory / "redis", ignore_errors=True)
     cluster = LocalCluster.start(
         directory / "redis", shards=shards, replicas=replicas, detached=True
     )

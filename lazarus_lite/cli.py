@@ -124,22 +124,23 @@ def events(
     limit: int = typer.Option(50, "--limit"),
 ) -> None:
     """The audit trail, newest first."""
-    import httpx
+    from datetime import datetime
+
+    from rich.table import Table
 
     params = {
         k: v
         for k, v in {"service": service, "since": since, "limit": limit}.items()
         if v is not None
     }
-    answer = httpx.get(f"{url}/v1/events", params=params, timeout=10).json()
-    from rich.table import Table
-
+    answer = _call("GET", f"{url}/v1/events", params=params)
     table = Table(title="lazarus events")
-    for column in ("event", "type", "shard", "outcome", "rule", "reason"):
-        table.add_column(column)
+    for column in ("received", "event", "type", "shard", "outcome", "rule", "reason"):
+        table.add_column(column, overflow="fold")
     for record in answer.get("events", []):
         event = record["event"]
         table.add_row(
+            datetime.fromtimestamp(record["received_at"]).strftime("%H:%M:%S"),
             record["event_id"],
             event["type"],
             event.get("shard") or "",
@@ -156,12 +157,7 @@ def event(
     url: str = typer.Option("http://127.0.0.1:8090", "--url", envvar="LAZARUS_URL"),
 ) -> None:
     """One event's whole audit record (checks per node, quorum, workflow steps) as JSON."""
-    import httpx
-
-    response = httpx.get(f"{url}/v1/events/{event_id}", timeout=10)
-    typer.echo(json.dumps(response.json(), indent=2))
-    if response.status_code != 200:
-        raise typer.Exit(1)
+    typer.echo(json.dumps(_call("GET", f"{url}/v1/events/{event_id}"), indent=2))
 
 
 def _url_option() -> str:
@@ -181,9 +177,15 @@ def _call(method: str, url: str, token: str | None = None, **kwargs: object) -> 
     except httpx.HTTPError as error:
         typer.echo(f"cannot reach {url}: {error}", err=True)
         raise typer.Exit(1) from None
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:200]}}
     if response.status_code >= 400:
-        typer.echo(f"refused ({response.status_code}): {body.get('error', body)}", err=True)
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message", body) if isinstance(error, dict) else body
+        hint = " (pass --token or set LAZARUS_API_TOKEN)" if response.status_code == 401 else ""
+        typer.echo(f"refused ({response.status_code}): {message}{hint}", err=True)
         raise typer.Exit(1)
     return body
 

@@ -161,6 +161,10 @@ class KillSwitch:
         self._control = control
 
     async def set(self, category: str, enabled: bool, *, by: str = "", reason: str = "") -> None:
+        """Switch one category (or `*`: all) on or off; switching `*` off clears every one."""
+        if not enabled and category == ALL:
+            await self._control.delete(KILLSWITCH_KEY)
+            return
         if enabled:
             await self._control.hset(
                 KILLSWITCH_KEY,
@@ -195,6 +199,10 @@ class ShadowMode:
         self._control = control
 
     async def set(self, service: str, enabled: bool) -> None:
+        """Shadow one service (or `*`: all) or not; switching `*` off clears every one."""
+        if not enabled and service == ALL:
+            await self._control.delete(SHADOW_KEY)
+            return
         if enabled:
             await self._control.sadd(SHADOW_KEY, service)
         else:
