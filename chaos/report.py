@@ -5,7 +5,7 @@ someone who was not there can read what happened. Not for: running anything."""
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos.journal import TIMELINE_ORDER, Journal, read_journals
@@ -24,7 +24,7 @@ COLOURS = {
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def timeline_svg(journal: Journal, width: int = 760) -> str:
@@ -139,11 +139,42 @@ def render_html(journals: list[Journal]) -> str:
             for d in j.decisions
         )
         errors = "".join(f"<li>{html.escape(e)}</li>" for e in j.errors)
+        plan = "".join(f"<li>{html.escape(line)}</li>" for line in j.plan)
+        faults = "".join(
+            f"<li>{html.escape(str(f['action']))} <b>{html.escape(str(f['target']))}</b> via "
+            f"{html.escape(str(f['backend']))} at {_when(f['injected_at'])}; "
+            + (
+                f"rolled back at {_when(f['rolled_back_at'])}"
+                if f.get("rolled_back_at")
+                else "nothing to roll back (e.g. a kill)"
+                if not f.get("rollback_error")
+                else f"rollback failed: {html.escape(str(f['rollback_error']))}"
+            )
+            + "</li>"
+            for f in j.faults
+        )
+        probes = "".join(
+            f"<li>{stage}: {html.escape(p.probe)} {'ok' if p.ok else 'FAILED'} "
+            f"({html.escape(p.detail)})</li>"
+            for stage, outcomes in (
+                ("before", j.steady_state_before),
+                ("after", j.steady_state_after),
+            )
+            for p in outcomes
+        )
+        load = ", ".join(
+            f"{k}: {html.escape(str(v))}" for k, v in j.load.items() if k != "availability"
+        )
         runs.append(
             f"<section><h2>{html.escape(j.experiment)} <small>{_when(j.started_at)} · "
             f"{html.escape(j.run_id)} · shard {html.escape(j.shard or '-')} · "
             f"<span class='{j.verdict}'>{j.verdict}</span></small></h2>"
-            f"{timeline_svg(j)}<h3>Hypotheses</h3><ul>{hypotheses}</ul>"
+            + (f"<h3>Plan</h3><ul>{plan}</ul>" if plan else "")
+            + (f"<h3>Faults</h3><ul>{faults}</ul>" if faults else "")
+            + (f"<h3>Steady state</h3><ul>{probes}</ul>" if probes else "")
+            + (f"<p>Load: {load}</p>" if load else "")
+            + f"<h3>Timeline</h3><p>Seconds after the fault; hover a point for its detail."
+            f"</p>{timeline_svg(j)}<h3>Hypotheses</h3><ul>{hypotheses}</ul>"
             + (f"<h3>Controller decisions</h3><ul>{decisions}</ul>" if decisions else "")
             + (f"<h3>Errors</h3><ul>{errors}</ul>" if errors else "")
             + "</section>"
@@ -158,8 +189,9 @@ section {{ border-top: 2px solid #eee; margin-top: 2em; }}
 small {{ color: #666; font-weight: normal; }}
 </style></head><body>
 <h1>Chaos runs</h1>
-<p>{len(journals)} runs, {passed} passed. Recovery is the time from the fault to the first
-acknowledged write on the shard.</p>
+<p>{len(journals)} run(s), {passed} passed. Recovery is the time from the fault to the first
+acknowledged write on the shard whose primary was hit (blank: the run measured none, e.g. an
+experiment where nothing was expected to fail over).</p>
 <h2>Recovery time across runs</h2>{trend_svg(journals)}
 <h2>Runs</h2><table><tr><th>started</th><th>experiment</th><th>shard</th><th>verdict</th>
 <th>recovery</th><th>acknowledged</th><th>lost</th></tr>{rows}</table>
