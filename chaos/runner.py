@@ -270,6 +270,16 @@ class ExperimentRunner:
             if selector.which == "coordinator":
                 owner = self._workflow_owner(shard)
                 nodes = [n for n in nodes if n.name == owner]
+        elif selector.role == "sensor":
+            # The sensors beside the shard's current replicas (after a failover, the sensor of
+            # a promoted or lost replica no longer watches this shard's primary).
+            self.deployment.refresh_nodes()
+            watching = {r.port for r in topology.shard(shard).replicas}
+            nodes = [
+                n
+                for n in self.deployment.nodes
+                if n.role == "sensor" and n.shard == shard and n.port in watching
+            ]
         else:
             nodes = [
                 n
