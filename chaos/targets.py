@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes
 from ratequeue.topology import TOPOLOGY_KEY, Topology
+from ratequeue.validation import describe_problems
 
 Backend = Literal["local", "docker", "gremlin"]
 
@@ -139,10 +140,7 @@ def load_deployment(path: Path) -> Deployment:
     try:
         return Deployment.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
-        )
-        raise TargetError(f"{path}: {problems}") from None
+        raise TargetError(f"{path}: {describe_problems(error)}") from None
 
 
 class ShardChoice:

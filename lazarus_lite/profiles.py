@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.rules import Rule
 from lazarus_lite.workflow import WorkflowDefinition, parse_duration, parse_workflow
+from ratequeue.validation import describe_problems
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -198,10 +199,7 @@ def load_profiles(directory: Path) -> tuple[list[Rule], dict[str, WorkflowDefini
             profile = ServiceProfile.model_validate(yaml.safe_load(path.read_text()))
             generated_rules, generated_workflows = TEMPLATES[profile.profile](profile)
         except ValidationError as error:
-            problems = "; ".join(
-                f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
-            )
-            raise ProfileError(f"{path}: {problems}") from None
+            raise ProfileError(f"{path}: {describe_problems(error)}") from None
         except (ValueError, yaml.YAMLError) as error:
             raise ProfileError(f"{path}: {error}") from None
         rules += generated_rules

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from failover.events import EVENT_TYPES, Event
+from ratequeue.validation import describe_problems
 
 LockKind = Literal["host", "service", "shard"]
 
@@ -115,12 +116,6 @@ class RuleBook:
         raise KeyError(name)
 
 
-def _describe(error: ValidationError) -> str:
-    return "; ".join(
-        f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
-    )
-
-
 def parse_rules(
     text: str, source: str, *, known_checks: Iterable[str], known_actions: Iterable[str]
 ) -> list[Rule]:
@@ -141,7 +136,7 @@ def parse_rules(
         try:
             rule = Rule.model_validate(raw)
         except ValidationError as error:
-            raise RuleError(f"{source}: rule {label}: {_describe(error)}") from None
+            raise RuleError(f"{source}: rule {label}: {describe_problems(error)}") from None
         for spec in rule.checks:
             if spec.check_name not in checks:
                 raise RuleError(

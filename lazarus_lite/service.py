@@ -32,6 +32,7 @@ from lazarus_lite.gates import ALL, CATEGORIES
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import shadow_report
 from lazarus_lite.workflow import WorkflowStore
+from ratequeue.validation import describe_problems
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
@@ -222,10 +223,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         try:
             return model.model_validate(await read_body(request))
         except ValidationError as error:
-            problems = "; ".join(
-                f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
-            )
-            raise ApiError(400, "invalid_request", problems) from None
+            raise ApiError(400, "invalid_request", describe_problems(error)) from None
 
     @app.get("/v1/killswitch")
     async def killswitch_status() -> dict:

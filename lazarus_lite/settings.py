@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ratequeue.validation import describe_problems
+
 DEFINITIONS = Path(__file__).parent / "definitions"
 
 
@@ -71,9 +73,4 @@ class ControllerSettings(BaseModel):
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as error:
-            raise InvalidSetting(
-                "; ".join(
-                    f"setting '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
-                    for e in error.errors()
-                )
-            ) from None
+            raise InvalidSetting(describe_problems(error, "setting")) from None

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lazarus_lite.locks import HeldLock, Locks
+from ratequeue.validation import describe_problems
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,7 @@ def parse_workflow(text: str, source: str) -> WorkflowDefinition:
     try:
         definition = WorkflowDefinition.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in error.errors()
-        )
-        raise WorkflowError(f"{source}: {problems}") from None
+        raise WorkflowError(f"{source}: {describe_problems(error)}") from None
     for s in definition.steps:
         if s.run not in STEPS:
             raise WorkflowError(

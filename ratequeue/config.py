@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ratequeue.client import ClientSettings, RetryPolicy
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
+from ratequeue.validation import describe_problems
 
 
 class InvalidSetting(ValueError):
@@ -43,11 +44,7 @@ class ServiceSettings(BaseModel):
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as error:
-            problems = "; ".join(
-                f"setting '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
-                for e in error.errors()
-            )
-            raise InvalidSetting(problems) from None
+            raise InvalidSetting(describe_problems(error, "setting")) from None
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(
