@@ -21,6 +21,7 @@ import redis
 
 from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal
+from chaos.processes import read_cmdline, running
 from chaos.runner import ExperimentRunner, Say
 from chaos.targets import Deployment, ShardChoice, TargetError, from_testbed
 from chaos.testbed import running_testbed
@@ -208,11 +209,8 @@ def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
         pid = int(pid_file.read_text())
     except (OSError, ValueError):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        cmdline = []
-    if not any(part.endswith(b"chaos") for part in cmdline) or b"run" not in cmdline:
+    argv = read_cmdline(pid) or []
+    if not any(part.endswith("chaos") for part in argv) or "run" not in argv:
         # A stale pid file (the run was killed); the pid may be someone else's now.
         pid_file.unlink(missing_ok=True)
         return None
@@ -222,17 +220,8 @@ def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
         pid_file.unlink(missing_ok=True)
         return None
     deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and running(pid):
         time.sleep(0.2)
-    if _running(pid):
+    if running(pid):
         raise TimeoutError(f"chaos run {pid} is still rolling back after {wait_seconds:g} s")
     return pid
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a finished child its parent has not reaped yet)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -24,6 +24,7 @@ import httpx
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from chaos.processes import read_cmdline
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
 from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
@@ -86,12 +87,8 @@ def _expected_program(node: TestbedNode) -> str:
 
 def process_alive(node: TestbedNode) -> bool:
     """True if the node's pid still runs the program the testbed started there."""
-    try:
-        cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{node.pid}/stat").read_text().split(") ", 1)[1][0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and _expected_program(node) in cmdline
+    argv = read_cmdline(node.pid)  # None once it is gone or a zombie
+    return argv is not None and _expected_program(node) in " ".join(argv)
 
 
 def _spawn(directory: Path, name: str, args: list[str]) -> subprocess.Popen:

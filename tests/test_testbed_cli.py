@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from chaos import testbed
+from chaos.processes import running
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_FIELDS = {"name", "role", "shard", "host", "port", "pid"}
@@ -25,15 +26,6 @@ def chaos(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     """Run the `chaos` console script's app (`chaos = chaos.cli:app`) in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", "from chaos.cli import app; app()", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)  # fmt: skip
-
-
-def running(pid: int) -> bool:
-    """True while /proc shows the pid as a live (not zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(") ", 1)[1][0] != "Z"
 
 
 @pytest.mark.slow  # 7-20 s here: `up` starts redis nodes, the API, controllers and sensors

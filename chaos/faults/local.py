@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import FAULT_ACTIONS, FaultError, InjectedFault, NodeTarget
+from chaos.processes import process_state, read_cmdline, running
 
 DEFAULT_CHAIN = "RQCHAOS"
 DEFAULT_PEER_HOST = "127.0.0.2"
@@ -73,30 +74,6 @@ _JUMPS = {"filter": ("INPUT", "OUTPUT"), "nat": ("OUTPUT",)}
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def read_cmdline(pid: int) -> list[str] | None:
-    """The argv of `pid` (None if it is gone or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return None
-    if state in ("Z", "X") or not raw:
-        return None
-    return [part for part in raw.decode(errors="replace").split("\0") if part]
-
-
-def process_state(pid: int) -> str | None:
-    """The one-letter state from /proc/PID/stat (R, S, T, Z, ...), None if there is no pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return None
-
-
-def running(pid: int) -> bool:
-    return process_state(pid) not in (None, "Z", "X")
 
 
 def expected_program(target: NodeTarget, expect: str | None = None) -> list[str]:

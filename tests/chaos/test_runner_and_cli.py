@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from chaos import scheduler
 from chaos.cli import app
 from chaos.journal import HypothesisOutcome, Journal, read_journals
+from chaos.processes import process_state
 from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import TargetError, from_testbed
@@ -175,7 +176,7 @@ def _wait_for_paused_primary(state: TestbedState) -> str:
 
 
 def _process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    return process_state(pid) or ""
 
 
 def test_the_report_has_a_timeline_per_run_and_the_recovery_trend(tmp_path: Path) -> None:
