@@ -75,6 +75,7 @@ class ExperimentRunner:
         self._backends = dict(backends or {})
         self._http = httpx.Client(timeout=5)
         self.primary_faulted: set[str] = set()
+        self._topology_before: Topology | None = None
 
     # -- the run ---------------------------------------------------------------------------
     def run(
@@ -418,8 +419,6 @@ class ExperimentRunner:
             )
 
     # -- observation helpers ---------------------------------------------------------------
-    _topology_before: Topology | None = None
-
     def read_decisions(self, since: float, shards: set[str]) -> tuple[list[dict], list[dict]]:
         """Audit records about the faulted shards since the fault, and their workflows."""
         for url in self.deployment.controller_urls():
