@@ -1,7 +1,9 @@
 """Actuators: how the controller changes the fleet (here: provisions a replacement replica).
 
-`LocalProcessActuator` starts a real `redis-server` replica on loopback (and a heartbeat sensor
-beside it, when told the control store), and records every process it started in
+`LocalProcessActuator` starts a real `redis-server` node on loopback, parked (it follows nobody
+and refuses writes: the workflow lists it in the topology before attaching it to the primary),
+with a heartbeat sensor beside it when told the control store, and records every process it
+started in
 `WORKDIR/provisioned.jsonl`, so the testbed's `down` stops them too. A cloud actuator would
 implement the same `Actuator` protocol. Not for: deciding whether to provision (the workflow).
 """
@@ -26,7 +28,6 @@ from ratequeue.redis_processes import (
     RedisProcess,
     free_port,
     start_redis,
-    wait_for_replicas_in_sync,
 )
 from ratequeue.topology import NodeRef
 
@@ -34,8 +35,9 @@ PROVISIONED_FILE = "provisioned.jsonl"
 
 
 class Actuator(Protocol):
-    async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
-        """Start a replica of `primary` named `name`; return once it is in sync."""
+    async def provision_replica(self, shard: str, name: str) -> NodeRef:
+        """Start a parked node named `name` for `shard` (or find the one an earlier call started)
+        and return where it answers. It must not follow any primary yet."""
 
     async def provision_instance(
         self, service: str, name: str, command: list[str], healthcheck_path: str
@@ -59,8 +61,8 @@ class LocalProcessActuator:
         with self._lock, (self.workdir / PROVISIONED_FILE).open("a") as out:
             out.write(json.dumps(entry) + "\n")
 
-    async def provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
-        return await asyncio.to_thread(self._provision_replica, shard, name, primary)
+    async def provision_replica(self, shard: str, name: str) -> NodeRef:
+        return await asyncio.to_thread(self._provision_replica, shard, name)
 
     def _running_replica(self, name: str) -> RedisProcess | None:
         """The live redis-server this actuator started under `name`, if any."""
@@ -83,43 +85,24 @@ class LocalProcessActuator:
             )
         return None
 
-    def _provision_replica(self, shard: str, name: str, primary: NodeRef) -> NodeRef:
+    def _provision_replica(self, shard: str, name: str) -> NodeRef:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        primary_process = RedisProcess(
-            name=primary.name,
-            role="primary",
-            shard=shard,
-            port=primary.port,
-            workdir=self.workdir,
-            pid=0,
-            host=primary.host,
-            peer_host=primary.peer_host or primary.host,
-        )
-        existing = self._running_replica(name)
-        if existing is not None:
-            # Provisioned by an earlier, interrupted run of the step: the same node, not a
-            # second one (an unlisted replica would be counted by WAIT).
-            replica = existing
-            with replica.client() as conn:
-                conn.execute_command("REPLICAOF", primary_process.peer_host, primary.port)
-            wait_for_replicas_in_sync(primary_process, [replica], timeout=20)
-            return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
-        replica = start_redis(
-            name, "replica", shard, self.workdir, replica_of=primary_process, detached=True
-        )
-        self._record(
-            {
-                "name": name,
-                "role": "replica",
-                "shard": shard,
-                "host": replica.host,
-                "port": replica.port,
-                "pid": replica.pid,
-            }
-        )
-        wait_for_replicas_in_sync(primary_process, [replica], timeout=20)
-        if self.control_url is not None:
-            self._start_sensor(shard, replica)
+        replica = self._running_replica(name)
+        if replica is None:
+            replica = start_redis(name, "replica", shard, self.workdir, detached=True)
+            self._record(
+                {
+                    "name": name,
+                    "role": "replica",
+                    "shard": shard,
+                    "host": replica.host,
+                    "port": replica.port,
+                    "pid": replica.pid,
+                }
+            )
+            if self.control_url is not None:
+                self._start_sensor(shard, replica)
+        # else: started by an earlier, interrupted run of the step: the same node, not a second.
         return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
 
     async def provision_instance(

@@ -22,6 +22,7 @@ from failover.events import Event
 from failover.probes import ProbeResult, ping, replication_info
 from lazarus_lite.rules import CheckSpec
 from lazarus_lite.service_registry import ServiceRegistry
+from ratequeue import membership
 from ratequeue.topology import NodeRef, Shard, Topology
 
 
@@ -178,42 +179,39 @@ async def replicas_reachable(ctx: CheckContext) -> CheckResult:
     )
 
 
-def replica_offset(info: dict) -> tuple[str, int]:
-    """(replication id, offset) of a replica, or of a fenced/promoted node's history."""
-    if info.get("role") == "slave":
-        return str(info.get("master_replid", "")), int(info.get("slave_repl_offset", -1))
-    return str(info.get("master_replid2") or info.get("master_replid", "")), int(
-        info.get("master_repl_offset", -1)
-    )
-
-
 @check("ReplicaCaughtUp")
 async def replica_caught_up(ctx: CheckContext) -> CheckResult:
-    """The best replica holds every acknowledged write: it has the highest offset among enough
-    replicas of one replication history."""
-    states = [(node, info) for node, info in await ctx.replica_states() if info is not None]
-    needed = ctx.replicas_needed()
-    if len(states) < needed:
+    """Some replica can be shown to hold every acknowledged write: the rule the failover applies
+    (`ratequeue.membership.most_complete_replica`), on positions read from this node."""
+    states = await ctx.replica_states()
+    positions = [
+        membership.position_of(node.name, info, keys=int(info.get("db0", {}).get("keys", 0)))
+        for node, info in states
+        if info is not None
+    ]
+    try:
+        best, ignored = membership.most_complete_replica(
+            positions,
+            ctx.shard.lineage,
+            listed=len(states),
+            min_replicas=ctx.min_replicas,
+        )
+    except membership.NoSafeCandidate as refusal:
         return CheckResult(
             name="ReplicaCaughtUp",
             ok=False,
-            detail=f"only {len(states)} replicas answered; {needed} needed",
+            detail=str(refusal),
+            data={"offsets": {p.name: [p.replid, p.offset] for p in positions}},
         )
-    offsets = {node.name: replica_offset(info) for node, info in states}
-    histories = {replid for replid, _ in offsets.values()}
-    if len(histories) > 1:
-        return CheckResult(
-            name="ReplicaCaughtUp",
-            ok=False,
-            detail=f"replicas follow different histories: {sorted(histories)}",
-            data={"offsets": offsets},
-        )
-    best = max(offsets, key=lambda name: (offsets[name][1], name))
     return CheckResult(
         name="ReplicaCaughtUp",
-        ok=offsets[best][1] >= 0,
-        detail=f"candidate {best} at offset {offsets[best][1]} (highest of {len(offsets)})",
-        data={"candidate": best, "offsets": {n: o for n, (_, o) in offsets.items()}},
+        ok=True,
+        detail=f"candidate {best.name} at offset {best.offset} (highest of {len(positions)})",
+        data={
+            "candidate": best.name,
+            "offsets": {p.name: p.offset for p in positions},
+            "not_comparable": ignored,
+        },
     )
 
 

@@ -1,6 +1,6 @@
 """A Lazarus-lite controller node: takes events from the stream, matches a rule, coordinates the
 quorum of nodes on the rule's precondition checks, and schedules the rule's workflow, or
-escalates; it also resumes orphaned workflows and holds returning former primaries.
+escalates; it also resumes orphaned workflows and runs the shard keeper (returning nodes).
 
 The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
 evaluate them on their own (`evaluate`), and needs `quorum` nodes whose every check passed.
@@ -23,7 +23,6 @@ import redis.asyncio as aioredis
 from failover.events import Event
 from failover.notifications import Delivery, Notifier, PageState
 from failover.streams import EventStream, Received
-from lazarus_lite import ratequeue_failover
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome, note_deliveries
@@ -43,6 +42,7 @@ from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import SHADOW_DECISIONS
+from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.workflow import (
     Escalate,
     StepEnvironment,
@@ -132,6 +132,7 @@ class ControllerNode:
         )
         self.audit = AuditLog(control)
         self.topology = TopologyStore(control)
+        self.keeper = ShardKeeper(control, self.locks, self.node_id, settings.forensics_policy)
         self.notifier = (
             Notifier.from_file(settings.notifications, on_deadline=self._page_deadline_passed)
             if settings.notifications is not None
@@ -150,7 +151,7 @@ class ControllerNode:
         self._tasks = [
             asyncio.create_task(self._consume(), name=f"{self.node_id}-consume"),
             asyncio.create_task(self._resume_orphans(), name=f"{self.node_id}-resume"),
-            asyncio.create_task(self._hold_forensics(), name=f"{self.node_id}-forensics"),
+            asyncio.create_task(self._keep_shards(), name=f"{self.node_id}-shard-keeper"),
         ]
 
     async def stop(self) -> None:
@@ -507,23 +508,17 @@ class ControllerNode:
                 log.warning("%s: resume scan failed: %s", self.node_id, error)
             await asyncio.sleep(self.settings.resume_interval)
 
-    async def _hold_forensics(self) -> None:
-        """Former primaries never rejoin on their own: when one answers again, apply the policy."""
+    async def _keep_shards(self) -> None:
+        """Nodes that come back are put where the topology says (see `shard_keeper`)."""
         while True:
             await asyncio.sleep(self.settings.forensics_interval)
             try:
-                topology = await self.topology.load()
-                for shard in topology.shards if topology else []:
-                    for node in shard.forensics:
-                        state = await ratequeue_failover.hold_for_forensics(
-                            node, self.settings.forensics_policy
-                        )
-                        if state in {"demoted", "stopped"}:
-                            log.warning("%s: former primary %s %s", self.node_id, node.name, state)
+                for change in await self.keeper.run_once():
+                    log.warning("%s: %s", self.node_id, change)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("%s: forensics watch failed: %s", self.node_id, error)
+                log.warning("%s: shard keeper pass failed: %s", self.node_id, error)
 
 
 def _incident_key(record: AuditRecord) -> str:

@@ -1,11 +1,13 @@
 """The Ratequeue failover: workflow steps that promote the replica holding every acknowledged
-write, with the old primary fenced (DESIGN.md, "The zero-loss argument").
+write, with the old primary fenced (DESIGN.md, "The zero-loss argument"; the membership rules
+these steps keep are in docs/membership.md).
 
-Order: fence the old primary (every reachable replica is pointed at a dead end, which freezes
-its offset but keeps its replication history, so its siblings can later resync partially from
-the promoted one) → choose the replica with the highest offset among enough replicas → promote
-it and write its new fence epoch → repoint the others → publish the topology with epoch + 1 →
-provision a replacement replica → verify health → hold the old primary for forensics.
+Order: fence the old primary (every reachable replica is parked at the sink, which freezes its
+offset but keeps its replication history, so its siblings can later resync partially from the
+promoted one) → choose the replica with the highest offset on the primary's lineage among enough
+replicas → appoint it (fence epoch, writable) → repoint the others → publish the topology with
+epoch + 1 and the new lineage → provision a replacement replica (started parked, listed, only
+then attached) → verify health → hold the old primary for forensics.
 Each step is idempotent: a resumed workflow may run a step again. Not for: deciding whether to
 fail over (the rule's checks and the quorum do that).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,11 +26,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from lazarus_lite.workflow import Escalate, StepContext, step
-from ratequeue.topology import FENCE_KEY, EpochConflict, NodeRef, Topology, TopologyStore
+from ratequeue import membership
+from ratequeue.membership import NoSafeCandidate, ReplicaPosition
+from ratequeue.topology import EpochConflict, Lineage, NodeRef, Topology, TopologyStore
 
-# Where a fenced node is pointed: nothing listens on port 1, so it replicates from nobody, keeps
-# its offset and replication id, and refuses writes (a replica is read-only).
-FENCE_SINK = ("127.0.0.1", 1)
 FORENSICS_POLICIES = ("demote", "stop")
 
 
@@ -56,27 +57,14 @@ async def load_topology(ctx: StepContext) -> Topology:
     return topology
 
 
-def _points_at(info: dict, host: str, port: int) -> bool:
-    return str(info.get("master_host")) == host and int(info.get("master_port", 0)) == port
-
-
-def _offset_of(info: dict) -> tuple[str, int]:
-    if info.get("role") == "slave":
-        return str(info.get("master_replid")), int(info.get("slave_repl_offset", -1))
-    return str(info.get("master_replid2") or info.get("master_replid")), int(
-        info.get("master_repl_offset", -1)
-    )
-
-
-async def fence_node(node: NodeRef) -> dict[str, Any]:
-    """Point a node at the sink unless it is already there; report its frozen offset."""
+async def fence_node(node: NodeRef, *, drop_fence: bool = False) -> dict[str, Any]:
+    """Park a node at the sink unless it is already there; report its frozen position."""
     async with connect(node) as conn:
-        info = await conn.info("replication")
-        if not _points_at(info, *FENCE_SINK):
-            await conn.execute_command("REPLICAOF", *FENCE_SINK)
-            info = await conn.info("replication")
-    replid, offset = _offset_of(info)
-    return {"name": node.name, "reachable": True, "replid": replid, "offset": offset}
+        info = await membership.park(conn, drop_fence=drop_fence)
+        keys = int(await conn.dbsize())
+    position = membership.position_of(node.name, info, keys=keys)
+    return {"name": node.name, "reachable": True, "replid": position.replid,
+            "offset": position.offset, "empty": position.empty}  # fmt: skip
 
 
 @step("ratequeue.fence_old_primary")
@@ -90,46 +78,61 @@ async def fence_old_primary(ctx: StepContext) -> dict[str, Any]:
             f"shard {shard.id}'s primary is now {shard.primary.name}, not "
             f"{ctx.inputs['failed_primary']}: the topology moved on"
         )
+    failed_epoch = ctx.inputs.get("failed_shard_epoch")
+    if failed_epoch is not None and int(failed_epoch) != shard.epoch:
+        raise Escalate(
+            f"{shard.primary.name} was appointed again (shard epoch {shard.epoch}, the report was "
+            f"about {failed_epoch}): the topology moved on"
+        )
     await ctx.assert_lock()
 
-    async def fence_replica(node: NodeRef) -> dict[str, Any]:
+    async def fence_replica(node: NodeRef, drop_fence: bool = False) -> dict[str, Any]:
         try:
-            return await fence_node(node)
+            return await fence_node(node, drop_fence=drop_fence)
         except (RedisError, OSError) as error:
             return {"name": node.name, "reachable": False, "error": str(error)}
 
     replicas = await asyncio.gather(*(fence_replica(r) for r in shard.replicas))
-    old_primary = await fence_replica(shard.primary)
+    old_primary = await fence_replica(shard.primary, drop_fence=True)
     return {
         "replicas": list(replicas),
         "old_primary_demoted": old_primary["reachable"],
         "topology_epoch": topology.epoch,
         "replica_count": len(shard.replicas),
+        "lineage": shard.lineage.model_dump() if shard.lineage else None,
     }
 
 
 @step("ratequeue.choose_candidate")
 async def choose_candidate(ctx: StepContext) -> dict[str, Any]:
-    """The replica with the highest offset, provided fresh offsets came from at least N - k + 1
-    replicas of one history (then one of them holds every write acknowledged at k)."""
+    """The replica with the highest offset on the primary's lineage, provided fresh positions
+    came from at least N - k + 1 listed replicas (then one of them holds every write
+    acknowledged at k); see `ratequeue.membership.most_complete_replica`."""
     fenced = ctx.output("fence_old_primary")
     replicas = fenced["replicas"]
-    reachable = [r for r in replicas if r["reachable"]]
-    k = int(ctx.inputs.get("min_replicas", 1))
-    needed = max(1, len(replicas) - k + 1)
-    if len(reachable) < needed:
-        raise Escalate(
-            f"only {len(reachable)} of {len(replicas)} replicas could be asked; {needed} are "
-            f"needed to be sure the promoted one holds every write acknowledged at {k}"
+    positions = [
+        ReplicaPosition(r["name"], r["replid"], int(r["offset"]), bool(r.get("empty")))
+        for r in replicas
+        if r["reachable"]
+    ]
+    lineage = Lineage.model_validate(fenced["lineage"]) if fenced.get("lineage") else None
+    try:
+        best, ignored = membership.most_complete_replica(
+            positions,
+            lineage,
+            listed=len(replicas),
+            min_replicas=int(ctx.inputs.get("min_replicas", 1)),
         )
-    histories = {r["replid"] for r in reachable}
-    if len(histories) != 1:
-        raise Escalate(f"replicas follow different replication histories: {sorted(histories)}")
-    best = max(reachable, key=lambda r: (r["offset"], r["name"]))
+    except NoSafeCandidate as refusal:
+        unreachable = [r["name"] for r in replicas if not r["reachable"]]
+        raise Escalate(
+            str(refusal) + (f"; unreachable: {', '.join(unreachable)}" if unreachable else "")
+        ) from None
     return {
-        "candidate": best["name"],
-        "offset": best["offset"],
-        "offsets": {r["name"]: r["offset"] for r in reachable},
+        "candidate": best.name,
+        "offset": best.offset,
+        "offsets": {p.name: p.offset for p in positions},
+        "not_comparable": ignored,
         "epoch": int(fenced["topology_epoch"]) + 1,
     }
 
@@ -144,17 +147,15 @@ def _node_named(topology: Topology, shard_id: str, name: str) -> NodeRef:
 
 @step("ratequeue.promote_candidate")
 async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
-    """REPLICAOF NO ONE on the candidate and write its fence epoch."""
+    """Appoint the candidate: REPLICAOF NO ONE, writable, its fence epoch; record its lineage."""
     choice = ctx.output("choose_candidate")
     topology = await load_topology(ctx)
     candidate = _node_named(topology, ctx.inputs["shard"], choice["candidate"])
     await ctx.assert_lock()
     async with connect(candidate) as conn:
-        info = await conn.info("replication")
-        if info.get("role") != "master":
-            await conn.execute_command("REPLICAOF", "NO", "ONE")
-        await conn.set(FENCE_KEY, str(choice["epoch"]))
-    return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time()}
+        lineage = await membership.appoint_primary(conn, choice["epoch"])
+    return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time(),
+            "lineage": lineage.model_dump() if lineage else None}  # fmt: skip
 
 
 @step("ratequeue.repoint_replicas")
@@ -170,13 +171,12 @@ async def repoint_replicas(ctx: StepContext) -> dict[str, Any]:
         if r["reachable"] and r["name"] != candidate.name
     ]
     await ctx.assert_lock()
-    host, port = candidate.peer_host or candidate.host, candidate.port
 
     async def repoint(node: NodeRef) -> str | None:
+        # Listed already (as replicas of the old primary), so they may follow the new one.
         try:
             async with connect(node) as conn:
-                if not _points_at(await conn.info("replication"), host, port):
-                    await conn.execute_command("REPLICAOF", host, str(port))
+                await membership.attach(conn, candidate)
             return node.name
         except (RedisError, OSError):
             return None
@@ -189,12 +189,25 @@ async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10
     """Apply `change(topology) -> Topology | None` with compare-and-set, retrying on conflicts
     (another shard's failover may publish in between). None means: nothing to change."""
     store = TopologyStore(ctx.env.control)
+    return await compare_and_set_loop_on(store, change, ctx.assert_lock, attempts)
+
+
+async def compare_and_set_loop_on(
+    store: TopologyStore,
+    change: Callable[[Topology], Awaitable[Topology | None]],
+    assert_lock: Callable[[], Awaitable[None]],
+    attempts: int = 10,
+) -> Topology:
+    """`compare_and_set_loop` for any holder of the shard's lock (`assert_lock` raises once it
+    is lost, before anything is stored)."""
     for _ in range(attempts):
-        current = await load_topology(ctx)
+        current = await store.load()
+        if current is None:
+            raise RuntimeError("no topology in the control store")
         updated = await change(current)
         if updated is None:
             return current
-        await ctx.assert_lock()
+        await assert_lock()
         try:
             await store.compare_and_set(current.epoch, updated)
             return updated
@@ -209,6 +222,8 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
     could not be repointed are held for forensics."""
     shard_id = ctx.inputs["shard"]
     choice = ctx.output("choose_candidate")
+    promoted = ctx.output("promote_candidate").get("lineage")
+    lineage = Lineage.model_validate(promoted) if promoted else None
     repointed = set(ctx.output("repoint_replicas")["replicas"])
 
     async def change(topology: Topology) -> Topology | None:
@@ -219,7 +234,7 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
         candidate = _node_named(topology, shard_id, choice["candidate"])
         if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
-                await conn.set(FENCE_KEY, str(epoch))
+                await membership.appoint_primary(conn, epoch)
         held = [shard.primary] + [
             r for r in shard.replicas if r.name not in repointed and r.name != candidate.name
         ]
@@ -230,6 +245,7 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
                 "forensics": [*shard.forensics, *held],
                 "epoch": epoch,
                 "status": "ok",
+                "lineage": lineage,
             }
         )
         return Topology(
@@ -243,8 +259,9 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
 
 @step("ratequeue.provision_replacement")
 async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
-    """Bring the shard back to its replica count through the actuator, then list the new replica
-    in the topology (epoch + 1; the primary's shard epoch does not change)."""
+    """Bring the shard back to its replica count: the actuator starts a parked node, the topology
+    lists it (epoch + 1; the primary's shard epoch does not change), and only then does it attach
+    to the primary, so `WAIT` never counts a replica the N - k + 1 rule cannot see."""
     actuator = ctx.env.collaborators.get("actuator")
     if actuator is None:
         return {"skipped": "no actuator configured"}
@@ -254,11 +271,12 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
     )
     topology = await load_topology(ctx)
     shard = topology.shard(shard_id)
-    if len(shard.replicas) >= target:
+    name = f"{shard_id}-replica-e{shard.epoch}"
+    listed = any(r.name == name for r in shard.replicas)
+    if not listed and len(shard.replicas) >= target:
         return {"skipped": f"shard has {len(shard.replicas)} replicas (target {target})"}
     await ctx.assert_lock()
-    name = f"{shard_id}-replica-e{shard.epoch}"
-    node = await actuator.provision_replica(shard_id, name, shard.primary)
+    node = await actuator.provision_replica(shard_id, name)
 
     async def change(current: Topology) -> Topology | None:
         current_shard = current.shard(shard_id)
@@ -270,8 +288,29 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
             shards=[new_shard if s.id == shard_id else s for s in current.shards],
         )
 
-    await compare_and_set_loop(ctx, change)
+    primary = (await compare_and_set_loop(ctx, change)).shard(shard_id).primary
+    await ctx.assert_lock()
+    try:
+        async with connect(node) as replica_conn, connect(primary) as primary_conn:
+            await membership.attach(replica_conn, primary)
+            await membership.wait_in_sync(primary_conn, replica_conn, timeout=20)
+    except (RedisError, OSError) as error:
+        if not await answers(primary):
+            # A second failure: this workflow's work is done or moot; give the lock back so
+            # the failover of the new primary is not kept waiting on it.
+            raise Escalate(
+                f"primary {primary.name} stopped answering while {node.name} was joining it"
+            ) from error
+        raise
     return {"replica": node.name, "address": node.peer_address}
+
+
+async def answers(node: NodeRef) -> bool:
+    try:
+        async with connect(node, timeout=0.5) as conn:
+            return bool(await conn.ping())
+    except (RedisError, OSError):
+        return False
 
 
 @step("ratequeue.verify_health")
@@ -309,18 +348,18 @@ async def detach_unlisted_replicas(ctx: StepContext, shard: Any) -> list[str]:
 
 
 async def hold_for_forensics(node: NodeRef, policy: str) -> str:
-    """Apply the forensics policy to a former primary: `demote` points it at the sink (read-only,
-    its data kept for examination), `stop` shuts it down. Returns what was done."""
+    """Apply the forensics policy to a former primary: `demote` parks it (read-only, its fence
+    dropped, its data kept for examination), `stop` shuts it down. Returns what was done. A
+    former primary that restarts boots parked already: it is simply held."""
     try:
         async with connect(node, timeout=0.5) as conn:
             if policy == "stop":
                 with contextlib.suppress(RedisError):  # SHUTDOWN closes the connection
                     await conn.execute_command("SHUTDOWN", "NOSAVE")
                 return "stopped"
-            info = await conn.info("replication")
-            if _points_at(info, *FENCE_SINK):
+            if membership.is_parked(await conn.info("replication")):
                 return "held"
-            await conn.execute_command("REPLICAOF", *FENCE_SINK)
+            await membership.park(conn, drop_fence=True)
             return "demoted"
     except (RedisError, OSError):
         return "unreachable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -132,12 +133,14 @@ def initial_topology(
 async def _publish_initial_topology(
     control_url: str, topology: Topology, wait: float, say: Callable[[str], None]
 ) -> tuple[bool, int]:
-    """Wait for every node, fence each primary with epoch 1, then store the topology only if the
-    control store holds none (compare-and-set on epoch 0). Returns (published, stored epoch)."""
+    """Only if the control store holds no topology: wait for every node, appoint each primary at
+    epoch 1, store the topology (compare-and-set on epoch 0), then attach the replicas and wait
+    for their links. Returns (published, stored epoch)."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from ratequeue.topology import FENCE_KEY, EpochConflict, TopologyStore
+    from ratequeue import membership
+    from ratequeue.topology import EpochConflict, TopologyStore
 
     deadline = asyncio.get_running_loop().time() + wait
 
@@ -168,24 +171,50 @@ async def _publish_initial_topology(
         store = TopologyStore(control)
         existing = await store.load()
         if existing is not None:
-            return False, existing.epoch
+            return False, existing.epoch  # restarted nodes are put back by the controllers
         for shard in topology.shards:
-            await answer(f"redis://{shard.primary.address}/0", shard.primary.name)
-            for replica in shard.replicas:
-                await answer(f"redis://{replica.address}/0", replica.name, link_up)
-        # Fences first: a primary without its fence refuses queue writes, so the map must
-        # never name a primary whose fence is not there yet.
+            for node in [shard.primary, *shard.replicas]:
+                await answer(f"redis://{node.address}/0", node.name)
+        # The order the membership argument needs (docs/membership.md): every node booted
+        # parked; appoint each primary, store the map listing every replica, then attach them.
         for shard in topology.shards:
             primary = aioredis.Redis.from_url(f"redis://{shard.primary.address}/0")
             try:
-                await primary.set(FENCE_KEY, str(shard.epoch))
+                await membership.appoint_primary(primary, shard.epoch)
             finally:
                 await primary.aclose()
-            say(f"fenced {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
+            say(f"appointed {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
         try:
             await store.compare_and_set(0, topology)
         except EpochConflict as conflict:
             return False, conflict.found  # another init won the race; theirs stands
+        for shard in topology.shards:
+            for replica in shard.replicas:
+                node = aioredis.Redis.from_url(f"redis://{replica.address}/0")
+                try:
+                    await membership.attach(node, shard.primary)
+                finally:
+                    await node.aclose()
+                await answer(f"redis://{replica.address}/0", replica.name, link_up)
+        # A new primary's replication id is final once its first replica synced: record it.
+        settled = {}
+        for shard in topology.shards:
+            primary = aioredis.Redis.from_url(f"redis://{shard.primary.address}/0")
+            try:
+                settled[shard.id] = membership.settled_lineage(await primary.info("replication"))
+            finally:
+                await primary.aclose()
+        with contextlib.suppress(EpochConflict):  # a controller changed it first: theirs stands
+            await store.compare_and_set(
+                topology.epoch,
+                topology.model_copy(
+                    update={
+                        "shards": [
+                            s.model_copy(update={"lineage": settled[s.id]}) for s in topology.shards
+                        ]
+                    }
+                ),
+            )
         return True, topology.epoch
     finally:
         await control.aclose()
@@ -204,9 +233,9 @@ def topology_init(
     ),
     wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
 ) -> None:
-    """Write the initial topology (epoch 1) and each primary's fence key, once: an existing
-    topology is never overwritten (exit 0, nothing touched). Waits for the control store,
-    every primary, and every replica's replication link first."""
+    """Make the first primaries and write the initial topology (epoch 1), once: an existing
+    topology is never overwritten (exit 0, nothing touched). Nodes boot parked; this appoints
+    each shard's first node, lists the others, then attaches them and waits for their links."""
     try:
         specs = [parse_shard_spec(spec) for spec in shard]
         ids = [shard_id for shard_id, _ in specs]

@@ -3,7 +3,9 @@ replicas, on free ports, torn down on error and at exit.
 
 Each node listens on two loopback addresses: `127.0.0.1` for clients and `127.0.0.2` for
 replication, sensors and controllers, so experiments can cut one path and keep the other.
-Test fixtures and the local testbed both start nodes here. Not for: deciding topology changes.
+Shard nodes boot parked (`ratequeue.membership`): however often one is restarted, it accepts no
+write until the topology's initialisation or a controller appoints it. Test fixtures and the
+local testbed both start nodes here. Not for: deciding topology changes.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import redis
 
+from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE, boot_arguments, settled_lineage
 from ratequeue.topology import (
     FENCE_KEY,
     TOPOLOGY_CHANNEL,
     TOPOLOGY_KEY,
+    Lineage,
     NodeRef,
     Shard,
     Topology,
@@ -35,6 +39,7 @@ from ratequeue.topology import (
 
 CLIENT_HOST = "127.0.0.1"
 PEER_HOST = "127.0.0.2"
+SHARD_ROLES = {"primary", "replica"}
 
 _live: set[RedisProcess] = set()
 _live_lock = threading.Lock()
@@ -142,19 +147,44 @@ class RedisProcess:
             _live.discard(self)
 
     def restart(self, *, replica_of: RedisProcess | None = None, timeout: float = 10.0) -> None:
-        """Start the node again on the same port and data directory."""
+        """Start the node again on the same port and data directory (a shard node boots
+        parked), then, with `replica_of`, attach it to that primary."""
         self.stop()
         fresh = start_redis(
             self.name,
             self.role,
             self.shard,
             self.workdir,
-            replica_of=replica_of,
             port=self.port,
             detached=self.process is None,
             timeout=timeout,
         )
         self.process, self.pid = fresh.process, fresh.pid
+        if replica_of is not None:
+            self.attach_to(replica_of)
+
+    def attach_to(self, primary: RedisProcess) -> None:
+        """Follow `primary` (its peer address). Only for a node listed as its replica."""
+        with self.client() as conn:
+            conn.execute_command("REPLICAOF", primary.peer_host, str(primary.port))
+
+    def appoint(self, epoch: int) -> None:
+        """Make this node the primary of a shard epoch (`ratequeue.membership.appoint_primary`,
+        for synchronous set-up code)."""
+        with self.client() as conn:
+            if conn.info("replication").get("role") != "master":
+                conn.execute_command("REPLICAOF", "NO", "ONE")
+            conn.config_set("min-replicas-to-write", 0)
+            conn.set(FENCE_KEY, str(epoch))
+
+    def lineage(self) -> Lineage | None:
+        return settled_lineage(self.replication())
+
+    def park(self) -> None:
+        """Point the node at the sink and make it refuse writes, as it boots."""
+        with self.client() as conn:
+            conn.config_set("min-replicas-to-write", NEVER_WRITABLE)
+            conn.execute_command("REPLICAOF", *FENCE_SINK)
 
     def replication(self) -> dict:
         with self.client() as conn:
@@ -167,12 +197,12 @@ def start_redis(
     shard: str | None,
     workdir: Path,
     *,
-    replica_of: RedisProcess | None = None,
     port: int | None = None,
     detached: bool = False,
     timeout: float = 10.0,
 ) -> RedisProcess:
-    """Start one redis-server and return when it answers PING.
+    """Start one redis-server and return when it answers PING. A shard node (role `primary` or
+    `replica`) boots parked: it follows nothing and refuses writes until appointed or attached.
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
     binary = redis_server_binary()
@@ -196,8 +226,8 @@ def start_redis(
             "--repl-ping-replica-period", "1",
             "--repl-timeout", "5",
         ]  # fmt: skip
-        if replica_of is not None:
-            args += ["--replicaof", replica_of.peer_host, str(replica_of.port)]
+        if role in SHARD_ROLES:
+            args += boot_arguments()
         kwargs: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         if detached:
             kwargs["start_new_session"] = True
@@ -300,11 +330,9 @@ class LocalCluster:
                     shard.replicas.append(
                         start_redis(
                             f"{shard_id}-replica{r + 1}", "replica", shard_id, workdir,
-                            replica_of=primary, detached=detached,
+                            detached=detached,
                         )
                     )  # fmt: skip
-            for shard in cluster.shards:
-                wait_for_replicas_in_sync(shard.primary, shard.replicas)
             cluster.publish_initial_topology()
         except BaseException:
             cluster.stop()
@@ -319,7 +347,7 @@ class LocalCluster:
     def shard(self, shard_id: str) -> ShardNodes:
         return next(s for s in self.shards if s.id == shard_id)
 
-    def initial_topology(self) -> Topology:
+    def initial_topology(self, lineages: dict[str, Lineage] | None = None) -> Topology:
         ranges = even_slot_ranges(len(self.shards))
         return Topology(
             epoch=1,
@@ -330,20 +358,32 @@ class LocalCluster:
                     epoch=1,
                     primary=shard.primary.ref(),
                     replicas=[r.ref() for r in shard.replicas],
+                    lineage=(lineages or {}).get(shard.id),
                 )
                 for shard, slots in zip(self.shards, ranges, strict=True)
             ],
         )
 
     def publish_initial_topology(self) -> Topology:
-        """Write epoch 1: fence each primary, then store the map in the control store."""
-        topology = self.initial_topology()
+        """Epoch 1, in the order the membership argument needs: appoint each primary (fence and
+        lineage), store the map listing every replica, and only then attach the replicas."""
         for shard in self.shards:
-            with shard.primary.client() as conn:
-                conn.set(FENCE_KEY, "1")
+            shard.primary.appoint(1)
+        topology = self.initial_topology()
         with self.control.client() as conn:
             conn.set(TOPOLOGY_KEY, topology.model_dump_json())
             conn.publish(TOPOLOGY_CHANNEL, "1")
+        for shard in self.shards:
+            for replica in shard.replicas:
+                replica.attach_to(shard.primary)
+        for shard in self.shards:
+            wait_for_replicas_in_sync(shard.primary, shard.replicas)
+        # A new primary's replication id is final once its first replica synced: record it now
+        # (a controller's shard keeper would, too).
+        lineages = {shard.id: shard.primary.lineage() for shard in self.shards}
+        topology = self.initial_topology({k: v for k, v in lineages.items() if v is not None})
+        with self.control.client() as conn:
+            conn.set(TOPOLOGY_KEY, topology.model_dump_json())
         return topology
 
     def stop(self) -> None:

@@ -112,7 +112,7 @@ def _translate(error: Exception, shard_id: str) -> Exception:
             return StaleEpoch(f"shard {shard_id}: {text}")
         if text.startswith("READONLY") or "READONLY" in text:
             return ShardUnavailable(f"shard {shard_id}: node is a replica now ({text})")
-        if text.startswith(("LOADING", "MASTERDOWN", "BUSY")):
+        if text.startswith(("LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS")):
             return ShardUnavailable(f"shard {shard_id}: {text}")
     return error
 

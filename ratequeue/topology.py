@@ -45,6 +45,20 @@ class NodeRef(BaseModel):
         return f"{self.peer_host or self.host}:{self.port}"
 
 
+class Lineage(BaseModel):
+    """The replication stream of a shard's current primary, recorded when it was appointed.
+
+    Offsets along one lineage are positions in one stream: a replica that reports `replid` at
+    offset o holds the stream up to o; one that still reports `previous` at an offset at or below
+    `since` holds a prefix of it (the part written before this primary was appointed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replid: str
+    since: int = Field(ge=0, description="offset at which the primary was appointed")
+    previous: str | None = Field(None, description="replication id it continued from")
+
+
 class Shard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +71,9 @@ class Shard(BaseModel):
         default_factory=list, description="former primaries held out of service"
     )
     status: Literal["ok", "failing_over", "escalated"] = "ok"
+    lineage: Lineage | None = Field(
+        None, description="the current primary's replication stream (None: not recorded)"
+    )
 
 
 class Topology(BaseModel):

@@ -31,6 +31,7 @@ from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment, DeploymentNode, load_deployment
 from ratequeue.cli import app as ratequeue_app
+from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE
 from ratequeue.redis_processes import RedisProcess, start_redis
 from ratequeue.topology import FENCE_KEY, TOPOLOGY_KEY, Topology
 
@@ -132,7 +133,7 @@ def test_redis_nodes_use_the_testbed_flags(services: dict[str, dict[str, Any]]) 
         assert service.get("restart") == "no", f"{name}: restart {service.get('restart')}"
 
 
-def test_ports_are_distinct_uncommon_and_replicas_follow_their_primary(
+def test_ports_are_distinct_uncommon_and_every_shard_node_boots_parked(
     services: dict[str, dict[str, Any]],
 ) -> None:
     ports = {name: redis_port(services[name]) for name in REDIS_NODES}
@@ -141,11 +142,14 @@ def test_ports_are_distinct_uncommon_and_replicas_follow_their_primary(
     every = [*ports.values(), api_port, *lazarus_ports]
     assert len(set(every)) == len(every), f"ports repeat: {Counter(every)}"
     assert all(17000 <= p <= 17100 for p in every), every
+    # No node boots writable: topology-init or a controller appoints the primaries and attaches
+    # the replicas (docs/membership.md); the boot flags are the ones every testbed node gets.
     for shard in SHARDS:
-        assert not option(argv(services[f"{shard}-primary"]), "--replicaof")
-        for replica in REPLICAS:
-            args = argv(services[f"{shard}-{replica}"])
-            assert option(args, "--replicaof", 2) == ["127.0.0.2", str(ports[f"{shard}-primary"])]
+        for node in ["primary", *REPLICAS]:
+            args = argv(services[f"{shard}-{node}"])
+            assert option(args, "--replicaof", 2) == [str(v) for v in FENCE_SINK], args
+            assert option(args, "--min-replicas-to-write") == [str(NEVER_WRITABLE)], args
+    assert not option(argv(services["control"]), "--replicaof")
 
 
 def test_every_variable_has_one_default_everywhere() -> None:
@@ -303,7 +307,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     )
     resolved = json.loads(overridden.stdout)["services"]
     assert "17110" in resolved["s0-primary"]["command"]
-    assert option(resolved["s0-replica1"]["command"], "--replicaof", 2) == ["127.0.0.2", "17110"]
+    assert "17110" in " ".join(resolved["topology-init"]["command"])
 
 
 # -- the target file ---------------------------------------------------------------------------
@@ -377,13 +381,13 @@ def test_a_step_without_backend_uses_the_targets_default(tmp_path: Path) -> None
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Any:
-    """A control store and one shard of a primary + a replica (no topology yet)."""
+    """A control store and one shard of two parked nodes (no topology yet)."""
     started: list[RedisProcess] = []
     control = start_redis("control", "control", None, tmp_path)
     started.append(control)
     primary = start_redis("s0-primary", "primary", "s0", tmp_path)
     started.append(primary)
-    replica = start_redis("s0-replica1", "replica", "s0", tmp_path, replica_of=primary)
+    replica = start_redis("s0-replica1", "replica", "s0", tmp_path)
     started.append(replica)
     yield control, primary, replica
     for node in reversed(started):
@@ -397,9 +401,11 @@ def _init(control: RedisProcess, *specs: str, wait: str = "15") -> Any:
     return CliRunner().invoke(ratequeue_app, args)
 
 
-def test_topology_init_writes_epoch_1_and_fences_once(nodes: Any) -> None:
+def test_topology_init_appoints_the_first_primary_and_writes_epoch_1_once(nodes: Any) -> None:
     control, primary, replica = nodes
     spec = f"s0=127.0.0.1:{primary.port},127.0.0.1:{replica.port}"
+    with primary.client() as conn:  # booted parked: not writable by its command line
+        assert conn.info("replication")["role"] == "slave"
     first = _init(control, spec)
     assert first.exit_code == 0, first.output
     assert "published topology epoch 1" in first.output
@@ -413,6 +419,10 @@ def test_topology_init_writes_epoch_1_and_fences_once(nodes: Any) -> None:
     assert [r.name for r in shard.replicas] == ["s0-replica1"]
     with primary.client() as conn:
         assert conn.get(FENCE_KEY) == b"1"
+        assert conn.info("replication")["role"] == "master"
+        assert shard.lineage is not None
+        assert shard.lineage.replid == conn.info("replication")["master_replid"]
+    assert replica.replication()["master_link_status"] == "up"
 
     # After a failover the stored topology is newer: a second init must leave it alone, and
     # must not touch any fence either.

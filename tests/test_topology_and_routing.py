@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
+from ratequeue import membership
 from ratequeue.client import RatequeueClient
 from ratequeue.errors import StaleEpoch
 from ratequeue.numbers import normalize_number
@@ -39,8 +40,7 @@ def promote_replica_by_hand(cluster: LocalCluster, shard_id: str) -> Topology:
             store = TopologyStore(control)
             current = await store.load()
             assert current is not None
-            await node.execute_command("REPLICAOF", "NO", "ONE")
-            await node.set("rq:fence", str(current.epoch + 1))
+            await membership.appoint_primary(node, current.epoch + 1)
             for other in shard_nodes.replicas[1:]:
                 with other.client() as conn:
                     conn.execute_command("REPLICAOF", new_primary.peer_host, new_primary.port)

@@ -62,8 +62,12 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
 
     def start(name: str = "s0-primary", replica_of: RedisProcess | None = None) -> RedisProcess:
         role = "replica" if replica_of else "primary"
-        node = start_redis(name, role, "s0", tmp_path, replica_of=replica_of)
+        node = start_redis(name, role, "s0", tmp_path)  # boots parked
         started.append(node)
+        if replica_of is None:
+            node.appoint(1)
+        else:
+            node.attach_to(replica_of)
         return node
 
     yield start

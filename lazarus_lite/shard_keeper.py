@@ -1,0 +1,188 @@
+"""The shard keeper: puts nodes that came back where the topology says they belong.
+
+Every shard node boots parked (`ratequeue.membership`): after a restart it follows nobody and
+refuses writes until somebody puts it back. Each controller node runs the keeper every
+`forensics_interval` seconds:
+- a listed replica that answers but does not follow its shard's primary (it restarted, or an
+  interrupted workflow left it parked) is attached to the primary again;
+- a listed primary that answers parked (it restarted before anyone failed it over, or its
+  failover escalated because no replica held what it held) is appointed again in a new shard
+  epoch, and its replicas follow it; a process that restarts keeps what it wrote (its AOF is
+  written before a reply or a replication byte leaves it);
+- a primary whose lineage is not recorded yet (a new primary's replication id is final only
+  once its first replica synced) gets it recorded;
+- former primaries held for forensics get the forensics policy (`ratequeue_failover`).
+
+Every change is made under the shard's lock, the one a failover workflow holds, so the keeper
+and a failover never interleave; a shard whose lock is busy is left alone this round.
+Not for: failing over (the failover workflow) or provisioning replicas (the actuator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from lazarus_lite.locks import LockBusy, Locks
+from lazarus_lite.ratequeue_failover import compare_and_set_loop_on, connect, hold_for_forensics
+from ratequeue import membership
+from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology, TopologyStore
+
+log = logging.getLogger(__name__)
+
+# The service name the sensors report shards under: the failover rule locks `service/shard`.
+RATEQUEUE_SERVICE = "ratequeue"
+
+
+async def _replication(node: NodeRef) -> dict[str, Any] | None:
+    try:
+        async with connect(node, timeout=0.5) as conn:
+            return dict(await conn.info("replication"))
+    except (RedisError, OSError):
+        return None
+
+
+class ShardKeeper:
+    def __init__(
+        self, control: aioredis.Redis, locks: Locks, node_id: str, forensics_policy: str
+    ) -> None:
+        self.topology = TopologyStore(control)
+        self.control = control
+        self.locks = locks
+        self.holder = f"shard-keeper:{node_id}"
+        self.forensics_policy = forensics_policy
+
+    async def run_once(self) -> list[str]:
+        """One pass over every shard; returns what was done, one line per change."""
+        topology = await self.topology.load()
+        done: list[str] = []
+        for shard in topology.shards if topology else []:
+            done += await self.keep(shard)
+        return done
+
+    async def keep(self, shard: Shard) -> list[str]:
+        done = []
+        for node in shard.forensics:
+            state = await hold_for_forensics(node, self.forensics_policy)
+            if state in {"demoted", "stopped"}:
+                done.append(f"former primary {node.name} {state}")
+        primary = await _replication(shard.primary)
+        if primary is None:
+            return done  # down, paused or cut off: the sensors and the failover handle it
+        infos = await asyncio.gather(*(_replication(r) for r in shard.replicas))
+        host, port = shard.primary.peer_host or shard.primary.host, shard.primary.port
+        strays = [
+            replica
+            for replica, info in zip(shard.replicas, infos, strict=True)
+            if info is not None and not membership.points_at(info, host, port)
+        ]
+        if membership.is_parked(primary):
+            return done + await self._under_lock(shard, self._reappoint)
+        if primary.get("role") == "master" and strays:
+            done += await self._under_lock(shard, self._rejoin)
+        settled = membership.settled_lineage(primary)
+        if primary.get("role") == "master" and shard.lineage is None and settled is not None:
+            done += await self._under_lock(shard, self._record_lineage)
+        return done
+
+    async def _under_lock(self, shard: Shard, action: Any) -> list[str]:
+        try:
+            held = await self.locks.acquire("shard", f"{RATEQUEUE_SERVICE}/{shard.id}", self.holder)
+        except LockBusy:
+            return []  # a failover (or another keeper) is at work on this shard
+        try:
+            # Read again under the lock: the shard may have changed since the first look.
+            topology = await self.topology.load()
+            current = topology.shard(shard.id) if topology else None
+            if current is None or current.primary.name != shard.primary.name:
+                return []
+            return await action(current, held)
+        finally:
+            await self.locks.release(held)
+
+    async def _rejoin(self, shard: Shard, held: Any) -> list[str]:
+        """Attach every listed replica that answers and follows anything else."""
+        async with connect(shard.primary) as conn:
+            info = await conn.info("replication")
+            fence = await conn.get(FENCE_KEY)
+        if info.get("role") != "master" or fence is None or int(fence) != shard.epoch:
+            return []  # not the appointed primary of this epoch (any more): leave it be
+        done = []
+        for replica in shard.replicas:
+            with contextlib.suppress(RedisError, OSError):
+                async with connect(replica) as conn:
+                    host = shard.primary.peer_host or shard.primary.host
+                    if membership.points_at(
+                        await conn.info("replication"), host, shard.primary.port
+                    ):
+                        continue
+                    await self.locks.assert_held(held)
+                    await membership.attach(conn, shard.primary)
+                    done.append(
+                        f"{shard.id}: listed replica {replica.name} rejoined {shard.primary.name}"
+                    )
+        return done
+
+    async def _reappoint(self, shard: Shard, held: Any) -> list[str]:
+        """The listed primary restarted (it boots parked) and nobody replaced it: appoint it again
+        in a new shard epoch, then let its listed replicas follow it."""
+        async with connect(shard.primary) as conn:
+            if not membership.is_parked(await conn.info("replication")):
+                return []
+            epoch_holder: dict[str, int] = {}
+
+            async def change(topology: Topology) -> Topology | None:
+                current = topology.shard(shard.id)
+                if current.primary.name != shard.primary.name:
+                    return None
+                epoch = topology.epoch + 1
+                await self.locks.assert_held(held)
+                lineage = await membership.appoint_primary(conn, epoch)
+                epoch_holder["epoch"] = epoch
+                updated = current.model_copy(
+                    update={"epoch": epoch, "lineage": lineage, "status": "ok"}
+                )
+                return Topology(
+                    epoch=epoch,
+                    shards=[updated if s.id == shard.id else s for s in topology.shards],
+                )
+
+            await compare_and_set_loop_on(
+                self.topology, change, lambda: self.locks.assert_held(held)
+            )
+        done = [
+            f"{shard.id}: primary {shard.primary.name} answered parked after a restart; "
+            f"appointed again at epoch {epoch_holder.get('epoch')}"
+        ]
+        topology = await self.topology.load()
+        if topology is not None:
+            done += await self._rejoin(topology.shard(shard.id), held)
+        return done
+
+    async def _record_lineage(self, shard: Shard, held: Any) -> list[str]:
+        if shard.lineage is not None:
+            return []
+        async with connect(shard.primary) as conn:
+            info = await conn.info("replication")
+            fence = await conn.get(FENCE_KEY)
+        lineage = membership.settled_lineage(info)
+        if lineage is None or fence is None or int(fence) != shard.epoch:
+            return []
+
+        async def change(topology: Topology) -> Topology | None:
+            current = topology.shard(shard.id)
+            if current.primary.name != shard.primary.name or current.lineage is not None:
+                return None
+            updated = current.model_copy(update={"lineage": lineage})
+            return Topology(
+                epoch=topology.epoch + 1,
+                shards=[updated if s.id == shard.id else s for s in topology.shards],
+            )
+
+        await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
+        return [f"{shard.id}: recorded the lineage of {shard.primary.name} ({lineage.replid[:8]}…)"]

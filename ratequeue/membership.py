@@ -1,0 +1,218 @@
+"""Shard membership: how a node becomes a shard's primary or a member replica, how it is parked,
+and which replica holds every acknowledged write.
+
+These are the moves that keep the zero-loss argument true (`docs/membership.md`):
+- every shard node boots *parked*: a replica of a sink where nothing listens, and configured to
+  refuse writes even if someone makes it a primary by hand; no node boots writable;
+- a node becomes a primary only by `appoint_primary`, which records its fence epoch and the
+  lineage of its replication stream;
+- a replica is `attach`ed to a primary only once the topology lists it as a member, so `WAIT`
+  never counts a node that the N - k + 1 rule does not read;
+- `most_complete_replica` applies that rule on the lineage the topology recorded.
+
+Not for: deciding when to fail over or rejoin (lazarus_lite does), starting processes
+(`redis_processes` does), or routing (the client does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
+
+# Where a parked node points: nothing listens on port 1, so it replicates from nobody, keeps its
+# data, offset and replication id, and refuses writes (a replica is read-only).
+FENCE_SINK = ("127.0.0.1", 1)
+# `min-replicas-to-write` of a node no controller has appointed: more replicas than any shard
+# has, so even a node made primary by hand (`REPLICAOF NO ONE`) refuses every write.
+NEVER_WRITABLE = 1_000_000
+NO_REPLICATION_ID = "0" * 40
+
+
+def boot_arguments() -> list[str]:
+    """The redis-server flags every shard node starts with (processes, containers, compose)."""
+    host, port = FENCE_SINK
+    return ["--replicaof", host, str(port), "--min-replicas-to-write", str(NEVER_WRITABLE)]
+
+
+def points_at(info: dict[str, Any], host: str, port: int) -> bool:
+    """Does `INFO replication` say this node follows host:port?"""
+    return str(info.get("master_host")) == host and int(info.get("master_port", 0)) == port
+
+
+def is_parked(info: dict[str, Any]) -> bool:
+    return info.get("role") == "slave" and points_at(info, *FENCE_SINK)
+
+
+@dataclass(frozen=True)
+class ReplicaPosition:
+    """Where a replica stands in a replication stream, read fresh from `INFO replication`."""
+
+    name: str
+    replid: str
+    offset: int
+    empty: bool = False  # holds no key at all: it never synced (every synced node has a fence)
+
+
+def position_of(name: str, info: dict[str, Any], *, keys: int | None = None) -> ReplicaPosition:
+    """A replica's (or a demoted primary's) replication id and offset. `slave_repl_offset`, not
+    `ROLE`: ROLE reports -1 once the link to the primary is down. `keys`: its DBSIZE."""
+    empty = keys == 0
+    if info.get("role") == "slave":
+        return ReplicaPosition(
+            name, str(info.get("master_replid", "")), int(info.get("slave_repl_offset", -1)), empty
+        )
+    replid2 = str(info.get("master_replid2") or NO_REPLICATION_ID)
+    replid = replid2 if replid2 != NO_REPLICATION_ID else str(info.get("master_replid", ""))
+    return ReplicaPosition(name, replid, int(info.get("master_repl_offset", -1)), empty)
+
+
+def lineage_of(info: dict[str, Any]) -> Lineage:
+    """The lineage of a node that is now a primary: its stream, and the stream it continued
+    from up to the offset where it was appointed (`second_repl_offset` is that offset + 1)."""
+    previous = str(info.get("master_replid2") or NO_REPLICATION_ID)
+    second = int(info.get("second_repl_offset", -1))
+    return Lineage(
+        replid=str(info["master_replid"]),
+        since=max(0, second - 1) if second > 0 else 0,
+        previous=None if previous == NO_REPLICATION_ID else previous,
+    )
+
+
+def on_lineage(position: ReplicaPosition, lineage: Lineage) -> bool:
+    """Is this position a point in the lineage's stream (its own, or the prefix it continued)?"""
+    if position.replid == lineage.replid:
+        return True
+    return position.replid == lineage.previous and 0 <= position.offset <= lineage.since
+
+
+class NoSafeCandidate(Exception):
+    """No replica can be shown to hold every acknowledged write: promote none, escalate."""
+
+
+def most_complete_replica(
+    positions: list[ReplicaPosition],
+    lineage: Lineage | None,
+    *,
+    listed: int,
+    min_replicas: int,
+) -> tuple[ReplicaPosition, dict[str, str]]:
+    """The replica to promote, and the replicas left out of the comparison with why.
+
+    Every write acknowledged by the current primary is on `min_replicas` (k) of its `listed`
+    (N) members, so fresh positions from N - k + 1 members include one that holds it. A
+    position counts only if it is on the primary's lineage: the primary's own stream, or the
+    stream it continued from at or below the offset where it was appointed (a member that has not
+    resynced yet: it holds a prefix, and nothing the primary acknowledged since). A node that
+    restarted or never synced reports a replication id of its own: what it holds is unknown, so
+    it does not count, unless it holds no key at all (a replacement listed but not synced yet:
+    it holds nothing, so it acknowledged nothing). The chosen replica must also reach the
+    appointment offset, or writes acknowledged before the primary was appointed may be on the
+    primary alone.
+    """
+    needed = max(1, listed - min_replicas + 1)
+    ignored: dict[str, str] = {}
+    if lineage is None:
+        # Not recorded (yet): positions are comparable only within one history.
+        counted = [p if not p.empty else ReplicaPosition(p.name, p.replid, 0, True)
+                   for p in positions]  # fmt: skip
+        histories = sorted({p.replid for p in counted if not p.empty})
+        if len(histories) > 1:
+            raise NoSafeCandidate(f"replicas follow different replication histories: {histories}")
+    else:
+        counted = []
+        for position in positions:
+            if on_lineage(position, lineage):
+                counted.append(position)
+            elif position.empty:
+                counted.append(ReplicaPosition(position.name, position.replid, 0, True))
+            else:
+                ignored[position.name] = (
+                    f"replication id {position.replid[:8]}… at offset {position.offset} is not "
+                    f"on the primary's lineage ({lineage.replid[:8]}…): restarted, never synced, "
+                    "or diverged; what it holds is unknown"
+                )
+    if len(counted) < needed:
+        left_out = "; ".join(f"{name}: {why}" for name, why in sorted(ignored.items()))
+        raise NoSafeCandidate(
+            f"{len(counted)} of {listed} listed replicas report a comparable position; {needed} "
+            f"are needed to be sure one holds every write acknowledged at {min_replicas}"
+            + (f" ({left_out})" if left_out else "")
+        )
+    best = max(counted, key=lambda p: (p.offset, p.name))
+    if lineage is not None and best.offset < lineage.since:
+        raise NoSafeCandidate(
+            f"the most complete replica, {best.name}, is at offset {best.offset}, below "
+            f"{lineage.since} where the primary was appointed: writes acknowledged before then "
+            "may be on the primary alone (bring it back and it is re-appointed)"
+        )
+    return best, ignored
+
+
+def settled_lineage(info: dict[str, Any]) -> Lineage | None:
+    """The lineage of a primary, or None while it has no replication backlog: Redis starts a new
+    replication id (and forgets the previous one) when the first replica of such a primary
+    syncs, so its id is not final until then. A promoted replica has a backlog already."""
+    if not int(info.get("repl_backlog_active", 0)):
+        return None
+    return lineage_of(info)
+
+
+async def appoint_primary(node: aioredis.Redis, epoch: int) -> Lineage | None:
+    """Make `node` the primary of a shard epoch: stop replicating, accept writes, write the fence.
+    Idempotent. Returns the lineage to record in the topology (None: record it once a replica
+    has synced, see `settled_lineage`)."""
+    info = await node.info("replication")
+    if info.get("role") != "master":
+        await node.execute_command("REPLICAOF", "NO", "ONE")
+        info = await node.info("replication")
+    await node.config_set("min-replicas-to-write", 0)
+    await node.set(FENCE_KEY, str(epoch))
+    return settled_lineage(info)
+
+
+async def attach(node: aioredis.Redis, primary: NodeRef) -> None:
+    """Make a listed member follow `primary` (at its peer address). Idempotent.
+
+    Call only once the topology lists the node as a replica of the primary's shard."""
+    host = primary.peer_host or primary.host
+    if not points_at(await node.info("replication"), host, primary.port):
+        await node.execute_command("REPLICAOF", host, str(primary.port))
+
+
+async def park(node: aioredis.Redis, *, drop_fence: bool = False) -> dict[str, Any]:
+    """Point `node` at the sink and make it refuse writes again; returns its replication info
+    (its position is frozen from here on). `drop_fence` deletes a primary's fence first, so a
+    node demoted from primary can never pass a fence check again, even if made writable by hand."""
+    info = await node.info("replication")
+    if info.get("role") == "master" and drop_fence:
+        await node.delete(FENCE_KEY)
+    await node.config_set("min-replicas-to-write", NEVER_WRITABLE)
+    if not points_at(info, *FENCE_SINK):
+        await node.execute_command("REPLICAOF", *FENCE_SINK)
+        info = await node.info("replication")
+    return info
+
+
+async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout: float) -> None:
+    """Return once `replica`'s link is up and it has reached the primary's offset as of the
+    moment the link came up (so it holds everything acknowledged before it joined)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    target: int | None = None
+    while True:
+        info = await replica.info("replication")
+        if info.get("master_link_status") == "up":
+            if target is None:
+                target = int((await primary.info("replication"))["master_repl_offset"])
+            if int(info.get("slave_repl_offset", -1)) >= target:
+                return
+        if loop.time() > deadline:
+            raise TimeoutError(
+                f"replica not in sync after {timeout:g} s (link {info.get('master_link_status')})"
+            )
+        await asyncio.sleep(0.05)

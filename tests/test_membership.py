@@ -1,0 +1,222 @@
+"""Membership and fencing on real redis-server processes: no node boots writable, a write of an
+older epoch is refused everywhere, a replacement replica does not attach by itself, and the
+choice of the replica to promote follows the primary's lineage (docs/membership.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from lazarus_lite.actuators import LocalProcessActuator
+from ratequeue import membership
+from ratequeue.errors import RetryableError, ShardUnavailable, StaleEpoch
+from ratequeue.membership import NoSafeCandidate, ReplicaPosition, most_complete_replica
+from ratequeue.rates import Rate
+from ratequeue.redis_processes import LocalCluster, RedisProcess, start_redis
+from ratequeue.shard import OutgoingMessage, ShardQueue
+from ratequeue.topology import Lineage
+
+H, H_PREV, OTHER = "a" * 40, "b" * 40, "c" * 40
+LINEAGE = Lineage(replid=H, since=1000, previous=H_PREV)
+
+
+def message(message_id: str = "m1") -> OutgoingMessage:
+    return OutgoingMessage(
+        message_id, "+14155550100", 1, Rate(per_second=1, burst=1), '{"text": "hi"}'
+    )
+
+
+async def enqueue(node: RedisProcess, epoch: int, message_id: str = "m1") -> None:
+    connection = aioredis.Redis(host=node.host, port=node.port, socket_timeout=2)
+    try:
+        queue = ShardQueue("s0", connection)
+        await queue.enqueue_batch(epoch, [message(message_id)], min_replicas=0, wait_timeout_ms=100)
+    finally:
+        await connection.aclose()
+
+
+def keys(node: RedisProcess) -> int:
+    with node.client() as conn:
+        return int(conn.dbsize())
+
+
+# -- nodes boot parked -------------------------------------------------------------------------
+
+
+def test_a_shard_node_boots_parked_and_refuses_writes(tmp_path: Path) -> None:
+    node = start_redis("s0-primary", "primary", "s0", tmp_path)
+    try:
+        info = node.replication()
+        assert info["role"] == "slave" and membership.is_parked(info)
+        with pytest.raises(RetryableError):
+            asyncio.run(enqueue(node, 1))
+        assert keys(node) == 0
+    finally:
+        node.stop()
+
+
+def test_a_node_made_primary_by_hand_still_refuses_every_write(tmp_path: Path) -> None:
+    node = start_redis("s0-primary", "primary", "s0", tmp_path)
+    try:
+        with node.client() as conn:
+            conn.execute_command("REPLICAOF", "NO", "ONE")
+            with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+                conn.set("rq:fence", "1")
+        assert keys(node) == 0
+    finally:
+        node.stop()
+
+
+def test_a_restarted_primary_comes_back_parked_with_its_data(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = cluster.shards[0].primary
+    asyncio.run(enqueue(primary, 1))
+    primary.restart()
+    assert membership.is_parked(primary.replication())
+    with pytest.raises(ShardUnavailable, match="replica"):
+        asyncio.run(enqueue(primary, 1, "m2"))
+    with primary.client() as conn:
+        assert conn.hexists("rq:msg", "m1")
+        conn.execute_command("REPLICAOF", "NO", "ONE")  # by hand: its old fence is still there
+    with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
+        asyncio.run(enqueue(primary, 1, "m2"))
+    with primary.client() as conn:
+        assert not conn.hexists("rq:msg", "m2")
+
+
+# -- the fence ---------------------------------------------------------------------------------
+
+
+def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = cluster.shards[0].primary
+    primary.appoint(2)
+    with pytest.raises(StaleEpoch):
+        asyncio.run(enqueue(primary, 1))
+    with pytest.raises(StaleEpoch):  # nor a newer one it was never told of
+        asyncio.run(enqueue(primary, 3))
+    asyncio.run(enqueue(primary, 2))
+
+
+def test_a_demoted_primary_passes_no_fence_even_if_made_writable_again(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = cluster.shards[0].primary
+
+    async def demote() -> None:
+        connection = aioredis.Redis(host=primary.host, port=primary.port)
+        try:
+            await membership.park(connection, drop_fence=True)
+        finally:
+            await connection.aclose()
+
+    asyncio.run(demote())
+    with primary.client() as conn:
+        assert conn.get("rq:fence") is None
+        conn.execute_command("REPLICAOF", "NO", "ONE")
+        conn.config_set("min-replicas-to-write", 0)  # even past the boot-time guard
+    with pytest.raises(StaleEpoch):
+        asyncio.run(enqueue(primary, 1))
+
+
+# -- a replacement replica does not attach itself -----------------------------------------------
+
+
+def test_the_actuator_starts_a_replacement_parked_and_reuses_it(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    actuator = LocalProcessActuator(tmp_path / "actuator")
+    node = asyncio.run(actuator.provision_replica("s0", "s0-replica-e1"))
+    replacement = RedisProcess("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=0)
+    try:
+        assert membership.is_parked(replacement.replication())
+        assert cluster.shards[0].primary.replication()["connected_slaves"] == 1
+        again = asyncio.run(actuator.provision_replica("s0", "s0-replica-e1"))
+        assert again.port == node.port
+    finally:
+        entry = actuator.provisioned()[0]
+        RedisProcess("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=entry["pid"]).stop()
+
+
+# -- the candidate rule (pure logic) -----------------------------------------------------------
+
+
+def test_the_highest_offset_on_the_lineage_is_chosen() -> None:
+    best, ignored = most_complete_replica(
+        [ReplicaPosition("r2", H_PREV, 900), ReplicaPosition("r3", H, 1500)],
+        LINEAGE,
+        listed=2,
+        min_replicas=1,
+    )
+    assert best.name == "r3" and ignored == {}
+
+
+def test_a_replica_that_has_not_resynced_counts_but_holds_only_a_prefix() -> None:
+    best, _ = most_complete_replica(
+        [ReplicaPosition("r2", H_PREV, 1000)], LINEAGE, listed=1, min_replicas=1
+    )
+    assert best.name == "r2"
+
+
+def test_writes_acknowledged_before_the_promotion_on_the_primary_alone_escalate() -> None:
+    # r2 lagged when the primary was appointed at 1000; r3 joined but never synced.
+    with pytest.raises(NoSafeCandidate, match="below 1000"):
+        most_complete_replica(
+            [ReplicaPosition("r2", H_PREV, 700), ReplicaPosition("r3", OTHER, 1, empty=True)],
+            LINEAGE,
+            listed=2,
+            min_replicas=1,
+        )
+
+
+def test_a_restarted_replica_is_not_comparable_and_does_not_count() -> None:
+    with pytest.raises(NoSafeCandidate, match="1 of 2 listed replicas"):
+        most_complete_replica(
+            [ReplicaPosition("r2", H, 1500), ReplicaPosition("r3", OTHER, 1)],
+            LINEAGE,
+            listed=2,
+            min_replicas=1,
+        )
+
+
+def test_a_position_past_the_appointment_on_the_previous_stream_has_diverged() -> None:
+    _, ignored = most_complete_replica(
+        [ReplicaPosition("r2", H_PREV, 1200), ReplicaPosition("r3", H, 1300)],
+        LINEAGE,
+        listed=2,
+        min_replicas=2,
+    )
+    assert "r2" in ignored
+
+
+def test_n_minus_k_plus_one_positions_are_needed() -> None:
+    with pytest.raises(NoSafeCandidate, match="2 are needed"):
+        most_complete_replica([ReplicaPosition("r1", H, 2000)], LINEAGE, listed=2, min_replicas=1)
+
+
+def test_without_a_recorded_lineage_one_history_is_required() -> None:
+    with pytest.raises(NoSafeCandidate, match="different replication histories"):
+        most_complete_replica(
+            [ReplicaPosition("r1", H, 10), ReplicaPosition("r2", OTHER, 20)],
+            None,
+            listed=2,
+            min_replicas=1,
+        )
+    best, _ = most_complete_replica(
+        [ReplicaPosition("r1", H, 10), ReplicaPosition("r2", OTHER, 1, empty=True)],
+        None,
+        listed=2,
+        min_replicas=1,
+    )
+    assert best.name == "r1"
