@@ -1,0 +1,289 @@
+"""The compound fault schedules that once lost or stranded acknowledged messages
+(`../shared/findings/compound-faults-2026-12.md`, issue "Zero loss has two holes"), on the
+embedded testbed with an independent ledger through the HTTP API. Each runs three times.
+
+1. A lagging replica, then a second kill: R2's replication is cut while it stays reachable; P
+   keeps acknowledging through R1; P is killed, R1 promoted; R1 is killed at the moment it is
+   promoted, while its replacement is being provisioned, or right after the replacement is
+   listed; R2's link heals. Either a replica that holds every acknowledged write is promoted, or
+   the controllers refuse (nothing listed holds what R1 held) and R1, restarted, is appointed
+   again. Nothing acknowledged is lost or left stranded.
+2. A stale API, then the old pair restarts: a second API instance is cut off from the control
+   store and keeps its cached topology; the shard fails over; the old primary and a replica
+   restart with their boot arguments, in either order. They boot parked, so the stale API gets
+   no acknowledgement from them, and every acknowledgement it did get is delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from chaos.faults.base import NodeTarget
+from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.load import BackgroundLoad, LoadProfile
+from chaos.processes import read_cmdline
+from chaos.testbed import TestbedNode, TestbedState, _terminate, running_testbed, start_api
+from ratequeue.topology import NodeRef
+from tests.e2e.support import LOAD, control_topology, lazarus_events, role, send, wait_for
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        iptables_unavailable_reason() is not None,
+        reason=f"needs iptables: {iptables_unavailable_reason()}",
+    ),
+]
+
+RUNS = range(int(os.environ.get("RATEQUEUE_COMPOUND_RUNS", "3")))
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[TestbedState]:
+    with running_testbed(tmp_path / "tb", shards=1, replicas=2) as state:
+        yield state
+
+
+@pytest.fixture
+def faults() -> Iterator[LocalFaultBackend]:
+    backend = LocalFaultBackend()
+    injected: list = []
+    backend_inject = backend.inject
+
+    def inject(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        fault = backend_inject(*args, **kwargs)  # type: ignore[arg-type]
+        injected.append(fault)
+        return fault
+
+    backend.inject = inject  # type: ignore[method-assign]
+    yield backend
+    for fault in reversed(injected):
+        with contextlib.suppress(Exception):
+            fault.rollback()
+
+
+def target(node: TestbedNode, peer_host: str | None = "127.0.0.2") -> NodeTarget:
+    return NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
+                      port=node.port, peer_host=peer_host, pid=node.pid)  # fmt: skip
+
+
+def ref(node: TestbedNode) -> NodeRef:
+    return NodeRef(name=node.name, host=node.host, port=node.port, peer_host="127.0.0.2")
+
+
+def replication(node: TestbedNode) -> dict:
+    with redis.Redis(host=node.host, port=node.port, socket_timeout=1) as conn:
+        return conn.info("replication")
+
+
+def restart_with_boot_arguments(argv: list[str]) -> int:
+    """Start a redis-server again exactly as it was started (the testbed's `down` sweeps it)."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    return process.pid
+
+
+def escalated_since(state: TestbedState, moment: float) -> bool:
+    return any(
+        e["outcome"] == "escalated" and e["received_at"] >= moment
+        for e in lazarus_events(state, since=moment)
+    )
+
+
+def drain_everything(api: str, seconds: float = 20) -> set[str]:
+    """Dequeue and ack whatever is left, until a few empty answers in a row."""
+    delivered: set[str] = set()
+    empty_in_a_row = 0
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=api, timeout=5) as http:
+        while empty_in_a_row < 5 and time.monotonic() < deadline:
+            answer = http.post("/v1/messages:dequeue", json={"max": 100, "lease_seconds": 30})
+            messages = answer.json().get("messages", []) if answer.status_code == 200 else []
+            if not messages:
+                empty_in_a_row += 1
+                time.sleep(0.5)
+                continue
+            empty_in_a_row = 0
+            delivered |= {m["id"] for m in messages}
+            http.post("/v1/messages:ack", json={"receipts": [m["receipt"] for m in messages]})
+    return delivered
+
+
+# -- 1. a replica that acknowledges before it is a member -------------------------------------
+
+
+def _replacement_started(state: TestbedState, directory: Path) -> bool:
+    provisioned = directory / "redis" / "provisioned.jsonl"
+    listed = {r.name for r in control_topology(state).shard("s0").replicas}
+    if not provisioned.exists():
+        return False
+    started = [line for line in provisioned.read_text().splitlines() if '"replica"' in line]
+    return bool(started) and not any("-e" in name for name in listed)
+
+
+def _replacement_listed(state: TestbedState) -> bool:
+    return any("-e" in r.name for r in control_topology(state).shard("s0").replicas)
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("second_kill", ["at_promotion", "during_provisioning", "after_listing"])
+def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
+    testbed: TestbedState, faults: LocalFaultBackend, tmp_path: Path, second_kill: str, run: int
+) -> None:
+    directory = tmp_path / "tb"
+    primary, r1, r2 = (testbed.node(n) for n in ("s0-primary", "s0-replica1", "s0-replica2"))
+    r1_argv = read_cmdline(r1.pid)
+    assert r1_argv is not None
+    load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
+    try:
+        time.sleep(1.5)
+        cut = faults.inject("blackhole", target(primary), from_target=target(r2))
+        wait_for("R2's link to P to drop", lambda: replication(r2)["master_link_status"] != "up",
+                 timeout=10)  # fmt: skip
+        time.sleep(2)  # P acknowledges through R1 alone; R2 falls behind
+        killed_at = time.time()
+        send(testbed, "s0-primary", signal.SIGKILL)
+        if second_kill == "at_promotion":
+            wait_for("R1 promoted", lambda: role(ref(r1)) == "master", timeout=20, interval=0.005)
+        elif second_kill == "during_provisioning":
+            wait_for("a replacement started, not listed yet",
+                     lambda: _replacement_started(testbed, directory), timeout=20,
+                     interval=0.005)  # fmt: skip
+        else:
+            wait_for("a replacement listed", lambda: _replacement_listed(testbed), timeout=30,
+                     interval=0.005)  # fmt: skip
+        os.kill(r1.pid, signal.SIGKILL)
+        second_at = time.time()
+        time.sleep(2)
+        cut.rollback()  # R2's replication comes back a few seconds later
+
+        def settled() -> str | None:
+            shard = control_topology(testbed).shard("s0")
+            if shard.primary.name not in {"s0-primary", "s0-replica1"}:
+                return "failed over" if role(shard.primary) == "master" else None
+            return "escalated" if escalated_since(testbed, second_at) else None
+
+        outcome = wait_for("a second failover or a refusal", settled, timeout=60, interval=0.2)
+        if outcome == "escalated":
+            # Nothing listed holds what R1 held: R1 restarted (its data is on its disk) is
+            # appointed again by the shard keeper.
+            restart_with_boot_arguments(r1_argv)
+            wait_for("R1 appointed again", lambda: (
+                control_topology(testbed).shard("s0").primary.name == "s0-replica1"
+                and role(ref(r1)) == "master"), timeout=30)  # fmt: skip
+        wait_for("an acknowledged write after the second kill",
+                 lambda: load.ledger.first_ack_after(second_at + 0.5, "s0"), timeout=60)  # fmt: skip
+    finally:
+        ledger = load.join(timeout=150)
+    assert len(ledger.acknowledged) > 50
+    assert ledger.lost() == set(), f"{second_kill}: lost {sorted(ledger.lost())[:10]}"
+    answering = [n.name for n in _shard_nodes(testbed) if role(n) == "master"]
+    assert answering == [control_topology(testbed).shard("s0").primary.name]
+    assert killed_at < second_at
+
+
+def _shard_nodes(state: TestbedState) -> list[NodeRef]:
+    shard = control_topology(state).shard("s0")
+    return [shard.primary, *shard.replicas, *shard.forensics]
+
+
+# -- 2. an old pair that restarts writable ------------------------------------------------------
+
+
+class StaleProducer:
+    """Enqueues through one API instance on numbers of its own, keeping the ids it got 201 for."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.acknowledged: dict[str, float] = {}
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        sequence = 0
+        with httpx.Client(base_url=self.api, timeout=5) as http:
+            while not self._stop.is_set():
+                sequence += 1
+                message_id = f"stale-{sequence}"
+                number = f"2{sequence % 10:04d}"  # short codes: they drain at 100/s
+                with contextlib.suppress(httpx.HTTPError):
+                    answer = http.post(f"/v1/numbers/{number}/messages",
+                                       json={"id": message_id, "body": {"n": sequence}})  # fmt: skip
+                    if answer.status_code == 201:
+                        self.acknowledged[message_id] = time.time()
+                    else:
+                        self.refused += 1
+                time.sleep(0.02)
+
+    def start(self) -> StaleProducer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("first_back", ["old_primary", "replica"])
+def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
+    testbed: TestbedState, faults: LocalFaultBackend, tmp_path: Path, first_back: str, run: int
+) -> None:
+    directory = tmp_path / "tb"
+    primary, r2 = testbed.node("s0-primary"), testbed.node("s0-replica2")
+    pair_argv = {n.name: read_cmdline(n.pid) for n in (primary, r2)}
+    control = TestbedNode(name="control", role="control", host="127.0.0.1",
+                          port=int(testbed.control.rsplit(":", 1)[1].split("/")[0]), pid=0)  # fmt: skip
+    stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5"])
+    load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
+    stale = StaleProducer(f"http://{stale_api.host}:{stale_api.port}").start()
+    try:
+        time.sleep(1.5)
+        faults.inject("blackhole", target(control, peer_host="127.0.0.1"),
+                      from_target=target(stale_api), from_expect="ratequeue")  # fmt: skip
+        time.sleep(2.5)  # the stale API keeps its cached topology
+        send(testbed, "s0-primary", signal.SIGKILL)
+        wait_for("s0 to fail over",
+                 lambda: control_topology(testbed).shard("s0").primary.name != "s0-primary")  # fmt: skip
+        failed_over_at = time.time()
+        order = ["s0-primary", "s0-replica2"]
+        if first_back == "replica":
+            order.reverse()
+        for name in order:
+            if name == "s0-replica2":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r2.pid, signal.SIGKILL)
+                time.sleep(0.2)
+            argv = pair_argv[name]
+            assert argv is not None
+            restart_with_boot_arguments(argv)
+            time.sleep(0.5)
+        time.sleep(4)  # the stale API keeps writing at its old epoch
+        acknowledged_late = [i for i, at in stale.acknowledged.items() if at > failed_over_at + 1]
+        wait_for("the restarted replica to rejoin the new primary", lambda: (
+            replication(r2).get("master_link_status") == "up"
+            and replication(r2).get("master_port")
+            == control_topology(testbed).shard("s0").primary.port), timeout=20)  # fmt: skip
+    finally:
+        stale.stop()
+        ledger = load.join(timeout=150)
+        _terminate(stale_api)
+    delivered = ledger.delivered_ids() | drain_everything(testbed.api)
+    assert ledger.lost() == set()
+    assert set(stale.acknowledged) - delivered == set()
+    assert acknowledged_late == [], "a node that is not the current primary acknowledged"
+    assert stale.refused > 0
+    shard = control_topology(testbed).shard("s0")
+    assert role(NodeRef(name="p", host=primary.host, port=primary.port)) == "slave"
+    assert [n.name for n in _shard_nodes(testbed) if role(n) == "master"] == [shard.primary.name]
