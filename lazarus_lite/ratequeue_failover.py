@@ -294,7 +294,7 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
         async with connect(node) as replica_conn, connect(primary) as primary_conn:
             await membership.attach(replica_conn, primary)
             await membership.wait_in_sync(primary_conn, replica_conn, timeout=20)
-    except (RedisError, OSError) as error:
+    except (RedisError, OSError, TimeoutError) as error:
         if not await answers(primary):
             # A second failure: this workflow's work is done or moot; give the lock back so
             # the failover of the new primary is not kept waiting on it.

@@ -205,6 +205,7 @@ async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout
     deadline = loop.time() + timeout
     target: int | None = None
     while True:
+        await primary.ping()  # a primary that died meanwhile ends the wait at once
         info = await replica.info("replication")
         if info.get("master_link_status") == "up":
             if target is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ import redis
 from chaos.faults.base import NodeTarget
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
 from chaos.load import BackgroundLoad, LoadProfile
-from chaos.processes import read_cmdline
 from chaos.testbed import TestbedNode, TestbedState, _terminate, running_testbed, start_api
+from ratequeue.redis_processes import start_redis
 from ratequeue.topology import NodeRef
 from tests.e2e.support import LOAD, control_topology, lazarus_events, role, send, wait_for
 
@@ -73,8 +72,15 @@ def faults() -> Iterator[LocalFaultBackend]:
 
 
 def target(node: TestbedNode, peer_host: str | None = "127.0.0.2") -> NodeTarget:
-    return NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
-                      port=node.port, peer_host=peer_host, pid=node.pid)  # fmt: skip
+    return NodeTarget(
+        name=node.name,
+        role=node.role,
+        shard=node.shard,
+        host=node.host,
+        port=node.port,
+        peer_host=peer_host,
+        pid=node.pid,
+    )
 
 
 def ref(node: TestbedNode) -> NodeRef:
@@ -86,11 +92,14 @@ def replication(node: TestbedNode) -> dict:
         return conn.info("replication")
 
 
-def restart_with_boot_arguments(argv: list[str]) -> int:
-    """Start a redis-server again exactly as it was started (the testbed's `down` sweeps it)."""
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
-    return process.pid
+def restart_with_boot_arguments(directory: Path, node: TestbedNode) -> int:
+    """Start a node again as the testbed started it: same flags, port and data directory (the
+    testbed's `down` sweeps it)."""
+    assert node.shard is not None
+    again = start_redis(
+        node.name, node.role, node.shard, directory / "redis", port=node.port, detached=True
+    )
+    return again.pid
 
 
 def escalated_since(state: TestbedState, moment: float) -> bool:
@@ -122,13 +131,11 @@ def drain_everything(api: str, seconds: float = 20) -> set[str]:
 # -- 1. a replica that acknowledges before it is a member -------------------------------------
 
 
-def _replacement_started(state: TestbedState, directory: Path) -> bool:
+def _replacement_started(directory: Path) -> bool:
+    """The actuator has started a replacement: the failover workflow is in its provisioning step
+    (listing and attaching follow within milliseconds)."""
     provisioned = directory / "redis" / "provisioned.jsonl"
-    listed = {r.name for r in control_topology(state).shard("s0").replicas}
-    if not provisioned.exists():
-        return False
-    started = [line for line in provisioned.read_text().splitlines() if '"replica"' in line]
-    return bool(started) and not any("-e" in name for name in listed)
+    return provisioned.exists() and '"replica"' in provisioned.read_text()
 
 
 def _replacement_listed(state: TestbedState) -> bool:
@@ -142,26 +149,34 @@ def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
 ) -> None:
     directory = tmp_path / "tb"
     primary, r1, r2 = (testbed.node(n) for n in ("s0-primary", "s0-replica1", "s0-replica2"))
-    r1_argv = read_cmdline(r1.pid)
-    assert r1_argv is not None
     load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
     try:
         time.sleep(1.5)
         cut = faults.inject("blackhole", target(primary), from_target=target(r2))
-        wait_for("R2's link to P to drop", lambda: replication(r2)["master_link_status"] != "up",
-                 timeout=10)  # fmt: skip
+        wait_for(
+            "R2's link to P to drop",
+            lambda: replication(r2)["master_link_status"] != "up",
+            timeout=10,
+        )
         time.sleep(2)  # P acknowledges through R1 alone; R2 falls behind
         killed_at = time.time()
         send(testbed, "s0-primary", signal.SIGKILL)
         if second_kill == "at_promotion":
             wait_for("R1 promoted", lambda: role(ref(r1)) == "master", timeout=20, interval=0.005)
         elif second_kill == "during_provisioning":
-            wait_for("a replacement started, not listed yet",
-                     lambda: _replacement_started(testbed, directory), timeout=20,
-                     interval=0.005)  # fmt: skip
+            wait_for(
+                "a replacement started",
+                lambda: _replacement_started(directory),
+                timeout=20,
+                interval=0.005,
+            )
         else:
-            wait_for("a replacement listed", lambda: _replacement_listed(testbed), timeout=30,
-                     interval=0.005)  # fmt: skip
+            wait_for(
+                "a replacement listed",
+                lambda: _replacement_listed(testbed),
+                timeout=30,
+                interval=0.005,
+            )
         os.kill(r1.pid, signal.SIGKILL)
         second_at = time.time()
         time.sleep(2)
@@ -177,12 +192,20 @@ def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
         if outcome == "escalated":
             # Nothing listed holds what R1 held: R1 restarted (its data is on its disk) is
             # appointed again by the shard keeper.
-            restart_with_boot_arguments(r1_argv)
-            wait_for("R1 appointed again", lambda: (
-                control_topology(testbed).shard("s0").primary.name == "s0-replica1"
-                and role(ref(r1)) == "master"), timeout=30)  # fmt: skip
-        wait_for("an acknowledged write after the second kill",
-                 lambda: load.ledger.first_ack_after(second_at + 0.5, "s0"), timeout=60)  # fmt: skip
+            restart_with_boot_arguments(directory, r1)
+            wait_for(
+                "R1 appointed again",
+                lambda: (
+                    control_topology(testbed).shard("s0").primary.name == "s0-replica1"
+                    and role(ref(r1)) == "master"
+                ),
+                timeout=30,
+            )
+        wait_for(
+            "an acknowledged write after the second kill",
+            lambda: load.ledger.first_ack_after(second_at + 0.5, "s0"),
+            timeout=60,
+        )
     finally:
         ledger = load.join(timeout=150)
     assert len(ledger.acknowledged) > 50
@@ -218,8 +241,10 @@ class StaleProducer:
                 message_id = f"stale-{sequence}"
                 number = f"2{sequence % 10:04d}"  # short codes: they drain at 100/s
                 with contextlib.suppress(httpx.HTTPError):
-                    answer = http.post(f"/v1/numbers/{number}/messages",
-                                       json={"id": message_id, "body": {"n": sequence}})  # fmt: skip
+                    answer = http.post(
+                        f"/v1/numbers/{number}/messages",
+                        json={"id": message_id, "body": {"n": sequence}},
+                    )
                     if answer.status_code == 201:
                         self.acknowledged[message_id] = time.time()
                     else:
@@ -241,45 +266,66 @@ def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
     testbed: TestbedState, faults: LocalFaultBackend, tmp_path: Path, first_back: str, run: int
 ) -> None:
     directory = tmp_path / "tb"
-    primary, r2 = testbed.node("s0-primary"), testbed.node("s0-replica2")
-    pair_argv = {n.name: read_cmdline(n.pid) for n in (primary, r2)}
-    control = TestbedNode(name="control", role="control", host="127.0.0.1",
-                          port=int(testbed.control.rsplit(":", 1)[1].split("/")[0]), pid=0)  # fmt: skip
+    primary = testbed.node("s0-primary")
+    control = TestbedNode(
+        name="control",
+        role="control",
+        host="127.0.0.1",
+        port=int(testbed.control.rsplit(":", 1)[1].split("/")[0]),
+        pid=0,
+    )
     stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5"])
     load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
     stale = StaleProducer(f"http://{stale_api.host}:{stale_api.port}").start()
     try:
         time.sleep(1.5)
-        faults.inject("blackhole", target(control, peer_host="127.0.0.1"),
-                      from_target=target(stale_api), from_expect="ratequeue")  # fmt: skip
+        faults.inject(
+            "blackhole",
+            target(control, peer_host="127.0.0.1"),
+            from_target=target(stale_api),
+            from_expect="ratequeue",
+        )
         time.sleep(2.5)  # the stale API keeps its cached topology
         send(testbed, "s0-primary", signal.SIGKILL)
-        wait_for("s0 to fail over",
-                 lambda: control_topology(testbed).shard("s0").primary.name != "s0-primary")  # fmt: skip
+        wait_for(
+            "s0 to fail over",
+            lambda: control_topology(testbed).shard("s0").primary.name != "s0-primary",
+        )
         failed_over_at = time.time()
-        order = ["s0-primary", "s0-replica2"]
+        # The old pair: the old primary and the replica that is still a replica now.
+        follower = testbed.node(
+            next(
+                r.name
+                for r in control_topology(testbed).shard("s0").replicas
+                if r.name.startswith("s0-replica") and "-e" not in r.name
+            )
+        )
+        order = ["s0-primary", follower.name]
         if first_back == "replica":
             order.reverse()
         for name in order:
-            if name == "s0-replica2":
+            if name == follower.name:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(r2.pid, signal.SIGKILL)
+                    os.kill(follower.pid, signal.SIGKILL)
                 time.sleep(0.2)
-            argv = pair_argv[name]
-            assert argv is not None
-            restart_with_boot_arguments(argv)
+            restart_with_boot_arguments(directory, testbed.node(name))
             time.sleep(0.5)
         time.sleep(4)  # the stale API keeps writing at its old epoch
         acknowledged_late = [i for i, at in stale.acknowledged.items() if at > failed_over_at + 1]
-        wait_for("the restarted replica to rejoin the new primary", lambda: (
-            replication(r2).get("master_link_status") == "up"
-            and replication(r2).get("master_port")
-            == control_topology(testbed).shard("s0").primary.port), timeout=20)  # fmt: skip
+        wait_for(
+            "the restarted replica to rejoin the new primary",
+            lambda: (
+                replication(follower).get("master_link_status") == "up"
+                and replication(follower).get("master_port")
+                == control_topology(testbed).shard("s0").primary.port
+            ),
+            timeout=20,
+        )
     finally:
         stale.stop()
         ledger = load.join(timeout=150)
         _terminate(stale_api)
-    delivered = ledger.delivered_ids() | drain_everything(testbed.api)
+    delivered = ledger.delivered_ids | drain_everything(testbed.api)
     assert ledger.lost() == set()
     assert set(stale.acknowledged) - delivered == set()
     assert acknowledged_late == [], "a node that is not the current primary acknowledged"
