@@ -800,7 +800,15 @@ class SentinelBench:
             workdir=victim.workdir, peer_host=new_host,
         )  # fmt: skip
         victim.restart(replica_of=stand_in)
+        writable_when_promoted(victim)
         return result
+
+
+def writable_when_promoted(node: RedisProcess) -> None:
+    """Sentinel, not our controllers, manages these nodes: lift the boot-time guard
+    (`ratequeue.membership.NEVER_WRITABLE`) so the replica Sentinel promotes accepts writes."""
+    with node.client() as conn:
+        conn.config_set("min-replicas-to-write", 0)
 
 
 def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
@@ -811,6 +819,8 @@ def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
     try:
         with interrupts_deferred():  # as for the testbed: start completely, then stop
             cluster = LocalCluster.start(workdir / "redis", shards=1, replicas=REPLICAS)
+            for replica in cluster.shards[0].replicas:
+                writable_when_promoted(replica)
             for index in range(3):
                 sentinels.append(start_sentinel(workdir, index + 1, cluster.shards[0].primary))
         bench = SentinelBench(cluster, sentinels)

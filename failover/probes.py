@@ -136,12 +136,11 @@ async def _ping_from(source_host: str, host: str, port: int, timeout: float) -> 
 async def replication_info_or_error(
     host: str, port: int, timeout: float = 0.5
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """`INFO replication` of `host:port` as a dict, or (None, why it could not be read). The
-    keyspace section comes with it (`db0`, absent when the node holds no key)."""
+    """`INFO replication` of `host:port` as a dict, or (None, why it could not be read)."""
     connection = _connection(host, port, timeout)
     try:
         async with asyncio.timeout(timeout):
-            info = await connection.info("replication", "keyspace")
+            info = await connection.info("replication")
         return dict(info), None
     except Exception as error:
         return None, describe_error(error)

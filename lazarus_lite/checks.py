@@ -69,6 +69,19 @@ class CheckContext:
             )
         return self._infos[node.peer_address]
 
+    async def enqueues_applied(self, node: NodeRef) -> int | None:
+        """The node's enqueue count (`ratequeue.membership.enqueues_applied`), None if unread."""
+        connection = aioredis.Redis(
+            host=node.peer_host or node.host, port=node.port,
+            socket_timeout=self.probe_timeout * 2, socket_connect_timeout=self.probe_timeout * 2,
+        )  # fmt: skip
+        try:
+            return await membership.enqueues_applied(connection)
+        except Exception:
+            return None
+        finally:
+            await connection.aclose()
+
     async def replica_states(self) -> list[tuple[NodeRef, dict | None]]:
         replicas = self.shard.replicas
         infos = await asyncio.gather(*(self.replication(r) for r in replicas))
@@ -184,10 +197,11 @@ async def replica_caught_up(ctx: CheckContext) -> CheckResult:
     """Some replica can be shown to hold every acknowledged write: the rule the failover applies
     (`ratequeue.membership.most_complete_replica`), on positions read from this node."""
     states = await ctx.replica_states()
+    reachable = [(node, info) for node, info in states if info is not None]
+    counts = await asyncio.gather(*(ctx.enqueues_applied(node) for node, _ in reachable))
     positions = [
-        membership.position_of(node.name, info, keys=int(info.get("db0", {}).get("keys", 0)))
-        for node, info in states
-        if info is not None
+        membership.position_of(node.name, info, enqueues=count)
+        for (node, info), count in zip(reachable, counts, strict=True)
     ]
     try:
         best, ignored = membership.most_complete_replica(
@@ -195,6 +209,7 @@ async def replica_caught_up(ctx: CheckContext) -> CheckResult:
             ctx.shard.lineage,
             listed=len(states),
             min_replicas=ctx.min_replicas,
+            appointed_enqueues=ctx.shard.appointed_enqueues,
         )
     except membership.NoSafeCandidate as refusal:
         return CheckResult(

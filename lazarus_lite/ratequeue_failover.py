@@ -61,10 +61,10 @@ async def fence_node(node: NodeRef, *, drop_fence: bool = False) -> dict[str, An
     """Park a node at the sink unless it is already there; report its frozen position."""
     async with connect(node) as conn:
         info = await membership.park(conn, drop_fence=drop_fence)
-        keys = int(await conn.dbsize())
-    position = membership.position_of(node.name, info, keys=keys)
+        enqueues = await membership.enqueues_applied(conn)
+    position = membership.position_of(node.name, info, enqueues=enqueues)
     return {"name": node.name, "reachable": True, "replid": position.replid,
-            "offset": position.offset, "empty": position.empty}  # fmt: skip
+            "offset": position.offset, "enqueues": position.enqueues}  # fmt: skip
 
 
 @step("ratequeue.fence_old_primary")
@@ -100,6 +100,7 @@ async def fence_old_primary(ctx: StepContext) -> dict[str, Any]:
         "topology_epoch": topology.epoch,
         "replica_count": len(shard.replicas),
         "lineage": shard.lineage.model_dump() if shard.lineage else None,
+        "appointed_enqueues": shard.appointed_enqueues,
     }
 
 
@@ -111,7 +112,7 @@ async def choose_candidate(ctx: StepContext) -> dict[str, Any]:
     fenced = ctx.output("fence_old_primary")
     replicas = fenced["replicas"]
     positions = [
-        ReplicaPosition(r["name"], r["replid"], int(r["offset"]), bool(r.get("empty")))
+        ReplicaPosition(r["name"], r["replid"], int(r["offset"]), r.get("enqueues"))
         for r in replicas
         if r["reachable"]
     ]
@@ -122,6 +123,7 @@ async def choose_candidate(ctx: StepContext) -> dict[str, Any]:
             lineage,
             listed=len(replicas),
             min_replicas=int(ctx.inputs.get("min_replicas", 1)),
+            appointed_enqueues=fenced.get("appointed_enqueues"),
         )
     except NoSafeCandidate as refusal:
         unreachable = [r["name"] for r in replicas if not r["reachable"]]
@@ -154,8 +156,10 @@ async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
     await ctx.assert_lock()
     async with connect(candidate) as conn:
         lineage = await membership.appoint_primary(conn, choice["epoch"])
+        enqueues = await membership.enqueues_applied(conn)
     return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time(),
-            "lineage": lineage.model_dump() if lineage else None}  # fmt: skip
+            "lineage": lineage.model_dump() if lineage else None,
+            "appointed_enqueues": enqueues}  # fmt: skip
 
 
 @step("ratequeue.repoint_replicas")
@@ -246,6 +250,7 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
                 "epoch": epoch,
                 "status": "ok",
                 "lineage": lineage,
+                "appointed_enqueues": ctx.output("promote_candidate").get("appointed_enqueues"),
             }
         )
         return Topology(

@@ -143,9 +143,15 @@ class ShardKeeper:
                 epoch = topology.epoch + 1
                 await self.locks.assert_held(held)
                 lineage = await membership.appoint_primary(conn, epoch)
+                enqueues = await membership.enqueues_applied(conn)
                 epoch_holder["epoch"] = epoch
                 updated = current.model_copy(
-                    update={"epoch": epoch, "lineage": lineage, "status": "ok"}
+                    update={
+                        "epoch": epoch,
+                        "lineage": lineage,
+                        "appointed_enqueues": enqueues,
+                        "status": "ok",
+                    }
                 )
                 return Topology(
                     epoch=epoch,

@@ -210,7 +210,8 @@ async def _publish_initial_topology(
                 topology.model_copy(
                     update={
                         "shards": [
-                            s.model_copy(update={"lineage": settled[s.id]}) for s in topology.shards
+                            s.model_copy(update={"lineage": settled[s.id], "appointed_enqueues": 0})
+                            for s in topology.shards
                         ]
                     }
                 ),

@@ -24,6 +24,9 @@ import redis.asyncio as aioredis
 
 from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 
+# Every enqueue increments it (`ratequeue.scripts`): the count of enqueues a node has applied.
+BARRIER_KEY = "rq:barrier"
+
 # Where a parked node points: nothing listens on port 1, so it replicates from nobody, keeps its
 # data, offset and replication id, and refuses writes (a replica is read-only).
 FENCE_SINK = ("127.0.0.1", 1)
@@ -50,25 +53,38 @@ def is_parked(info: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class ReplicaPosition:
-    """Where a replica stands in a replication stream, read fresh from `INFO replication`."""
+    """Where a replica stands, read fresh: its replication stream and offset (`INFO
+    replication`), and how many enqueues it has applied (the `rq:barrier` counter every enqueue
+    increments; it survives a restart with the data, where a replication id does not)."""
 
     name: str
     replid: str
     offset: int
-    empty: bool = False  # holds no key at all: it never synced (every synced node has a fence)
+    enqueues: int | None = None  # None: not read
+
+    @property
+    def holds_nothing(self) -> bool:
+        """Applied no enqueue at all: it holds no acknowledged message (a replacement listed
+        but not synced yet; every synced node has applied the writes that set it up)."""
+        return self.enqueues == 0
 
 
-def position_of(name: str, info: dict[str, Any], *, keys: int | None = None) -> ReplicaPosition:
+def position_of(name: str, info: dict[str, Any], *, enqueues: int | None = None) -> ReplicaPosition:
     """A replica's (or a demoted primary's) replication id and offset. `slave_repl_offset`, not
-    `ROLE`: ROLE reports -1 once the link to the primary is down. `keys`: its DBSIZE."""
-    empty = keys == 0
+    `ROLE`: ROLE reports -1 once the link to the primary is down."""
     if info.get("role") == "slave":
         return ReplicaPosition(
-            name, str(info.get("master_replid", "")), int(info.get("slave_repl_offset", -1)), empty
-        )
+            name, str(info.get("master_replid", "")), int(info.get("slave_repl_offset", -1)),
+            enqueues,
+        )  # fmt: skip
     replid2 = str(info.get("master_replid2") or NO_REPLICATION_ID)
     replid = replid2 if replid2 != NO_REPLICATION_ID else str(info.get("master_replid", ""))
-    return ReplicaPosition(name, replid, int(info.get("master_repl_offset", -1)), empty)
+    return ReplicaPosition(name, replid, int(info.get("master_repl_offset", -1)), enqueues)
+
+
+async def enqueues_applied(node: aioredis.Redis) -> int:
+    """How many enqueues `node` has applied (0 for a node that never synced)."""
+    return int(await node.get(BARRIER_KEY) or 0)
 
 
 def lineage_of(info: dict[str, Any]) -> Lineage:
@@ -100,49 +116,82 @@ def most_complete_replica(
     *,
     listed: int,
     min_replicas: int,
+    appointed_enqueues: int | None = None,
 ) -> tuple[ReplicaPosition, dict[str, str]]:
     """The replica to promote, and the replicas left out of the comparison with why.
 
     Every write acknowledged by the current primary is on `min_replicas` (k) of its `listed`
-    (N) members, so fresh positions from N - k + 1 members include one that holds it. A
-    position counts only if it is on the primary's lineage: the primary's own stream, or the
-    stream it continued from at or below the offset where it was appointed (a member that has not
-    resynced yet: it holds a prefix, and nothing the primary acknowledged since). A node that
-    restarted or never synced reports a replication id of its own: what it holds is unknown, so
-    it does not count, unless it holds no key at all (a replacement listed but not synced yet:
-    it holds nothing, so it acknowledged nothing). The chosen replica must also reach the
-    appointment offset, or writes acknowledged before the primary was appointed may be on the
-    primary alone.
+    (N) members, so fresh positions from N - k + 1 members include one that holds it.
+
+    By replication offset first: a position counts if it is on the primary's lineage (the
+    primary's own stream, or the stream it continued from at or below the offset where it was
+    appointed: a member that has not resynced yet holds a prefix, and nothing the primary
+    acknowledged since), or if the node applied no enqueue at all. The chosen replica must also
+    reach the appointment offset, or writes acknowledged before the primary was appointed may
+    be on the primary alone.
+
+    A node that restarted reports a replication id of its own, so its offset says nothing; its
+    data still does. When offsets cannot decide because of such nodes, every position is
+    compared by enqueues applied (a prefix count of the one stream all listed members follow),
+    provided the topology recorded how many the primary had applied when it was appointed: the
+    chosen replica must have applied at least that many.
     """
-    needed = max(1, listed - min_replicas + 1)
+    try:
+        return _by_offset(positions, lineage, listed=listed, min_replicas=min_replicas)
+    except _NotComparable as refusal:
+        if appointed_enqueues is None or any(p.enqueues is None for p in positions):
+            raise NoSafeCandidate(str(refusal)) from None
+        return _by_enqueues(positions, appointed_enqueues, listed=listed,
+                            min_replicas=min_replicas, left_out=refusal.left_out)  # fmt: skip
+
+
+class _NotComparable(NoSafeCandidate):
+    def __init__(self, message: str, left_out: dict[str, str]) -> None:
+        super().__init__(message)
+        self.left_out = left_out
+
+
+def _needed(listed: int, min_replicas: int) -> int:
+    return max(1, listed - min_replicas + 1)
+
+
+def _by_offset(
+    positions: list[ReplicaPosition], lineage: Lineage | None, *, listed: int, min_replicas: int
+) -> tuple[ReplicaPosition, dict[str, str]]:
+    needed = _needed(listed, min_replicas)
     ignored: dict[str, str] = {}
+    nothing = [ReplicaPosition(p.name, p.replid, 0, 0) for p in positions if p.holds_nothing]
+    holding = [p for p in positions if not p.holds_nothing]
     if lineage is None:
-        # Not recorded (yet): positions are comparable only within one history.
-        counted = [p if not p.empty else ReplicaPosition(p.name, p.replid, 0, True)
-                   for p in positions]  # fmt: skip
-        histories = sorted({p.replid for p in counted if not p.empty})
+        # Not recorded (yet): offsets are comparable only within one history.
+        counted = holding + nothing
+        histories = sorted({p.replid for p in holding})
         if len(histories) > 1:
-            raise NoSafeCandidate(f"replicas follow different replication histories: {histories}")
+            for p in holding:
+                ignored[p.name] = f"replication id {p.replid[:8]}… (no lineage recorded)"
+            raise _NotComparable(
+                f"replicas follow different replication histories: {histories}", ignored
+            )
     else:
-        counted = []
-        for position in positions:
+        counted = list(nothing)
+        for position in holding:
             if on_lineage(position, lineage):
                 counted.append(position)
-            elif position.empty:
-                counted.append(ReplicaPosition(position.name, position.replid, 0, True))
             else:
                 ignored[position.name] = (
                     f"replication id {position.replid[:8]}… at offset {position.offset} is not "
-                    f"on the primary's lineage ({lineage.replid[:8]}…): restarted, never synced, "
-                    "or diverged; what it holds is unknown"
+                    f"on the primary's lineage ({lineage.replid[:8]}…): restarted, or diverged"
                 )
     if len(counted) < needed:
         left_out = "; ".join(f"{name}: {why}" for name, why in sorted(ignored.items()))
-        raise NoSafeCandidate(
+        message = (
             f"{len(counted)} of {listed} listed replicas report a comparable position; {needed} "
             f"are needed to be sure one holds every write acknowledged at {min_replicas}"
             + (f" ({left_out})" if left_out else "")
         )
+        if ignored:
+            raise _NotComparable(message, ignored)
+        raise NoSafeCandidate(message)
     best = max(counted, key=lambda p: (p.offset, p.name))
     if lineage is not None and best.offset < lineage.since:
         raise NoSafeCandidate(
@@ -151,6 +200,30 @@ def most_complete_replica(
             "may be on the primary alone (bring it back and it is re-appointed)"
         )
     return best, ignored
+
+
+def _by_enqueues(
+    positions: list[ReplicaPosition],
+    appointed_enqueues: int,
+    *,
+    listed: int,
+    min_replicas: int,
+    left_out: dict[str, str],
+) -> tuple[ReplicaPosition, dict[str, str]]:
+    needed = _needed(listed, min_replicas)
+    if len(positions) < needed:
+        raise NoSafeCandidate(
+            f"{len(positions)} of {listed} listed replicas answer; {needed} are needed"
+        )
+    best = max(positions, key=lambda p: (p.enqueues or 0, p.name))
+    if (best.enqueues or 0) < appointed_enqueues:
+        raise NoSafeCandidate(
+            f"the most complete replica, {best.name}, applied {best.enqueues} enqueues, fewer "
+            f"than the {appointed_enqueues} the primary held when it was appointed: writes "
+            "acknowledged before then may be on the primary alone"
+        )
+    compared = {name: f"{why}; compared by enqueues applied" for name, why in left_out.items()}
+    return best, compared
 
 
 def settled_lineage(info: dict[str, Any]) -> Lineage | None:

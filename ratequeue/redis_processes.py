@@ -359,6 +359,7 @@ class LocalCluster:
                     primary=shard.primary.ref(),
                     replicas=[r.ref() for r in shard.replicas],
                     lineage=(lineages or {}).get(shard.id),
+                    appointed_enqueues=0,  # appointed empty
                 )
                 for shard, slots in zip(self.shards, ranges, strict=True)
             ],

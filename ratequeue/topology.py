@@ -74,6 +74,9 @@ class Shard(BaseModel):
     lineage: Lineage | None = Field(
         None, description="the current primary's replication stream (None: not recorded)"
     )
+    appointed_enqueues: int | None = Field(
+        None, ge=0, description="enqueues the primary had applied when it was appointed"
+    )
 
 
 class Topology(BaseModel):

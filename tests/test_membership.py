@@ -173,7 +173,7 @@ def test_writes_acknowledged_before_the_promotion_on_the_primary_alone_escalate(
     # r2 lagged when the primary was appointed at 1000; r3 joined but never synced.
     with pytest.raises(NoSafeCandidate, match="below 1000"):
         most_complete_replica(
-            [ReplicaPosition("r2", H_PREV, 700), ReplicaPosition("r3", OTHER, 1, empty=True)],
+            [ReplicaPosition("r2", H_PREV, 700), ReplicaPosition("r3", OTHER, 1, enqueues=0)],
             LINEAGE,
             listed=2,
             min_replicas=1,
@@ -214,9 +214,33 @@ def test_without_a_recorded_lineage_one_history_is_required() -> None:
             min_replicas=1,
         )
     best, _ = most_complete_replica(
-        [ReplicaPosition("r1", H, 10), ReplicaPosition("r2", OTHER, 1, empty=True)],
+        [ReplicaPosition("r1", H, 10), ReplicaPosition("r2", OTHER, 1, enqueues=0)],
         None,
         listed=2,
         min_replicas=1,
     )
     assert best.name == "r1"
+
+
+def test_a_restarted_replica_is_compared_by_enqueues_applied_when_offsets_cannot_decide() -> None:
+    # R1 was being promoted when it died; restarted, its replication id is new, its data is not.
+    positions = [ReplicaPosition("r1", OTHER, 1, enqueues=500),
+                 ReplicaPosition("r2", H, 900, enqueues=420)]  # fmt: skip
+    best, compared = most_complete_replica(
+        positions, LINEAGE, listed=2, min_replicas=1, appointed_enqueues=10
+    )
+    assert best.name == "r1" and "enqueues" in compared["r1"]
+
+
+def test_enqueue_counts_below_the_appointment_escalate() -> None:
+    positions = [ReplicaPosition("r1", OTHER, 1, enqueues=5),
+                 ReplicaPosition("r2", H, 900, enqueues=4)]  # fmt: skip
+    with pytest.raises(NoSafeCandidate, match="fewer than the 10"):
+        most_complete_replica(positions, LINEAGE, listed=2, min_replicas=1, appointed_enqueues=10)
+
+
+def test_without_the_appointment_count_a_restarted_replica_is_not_compared() -> None:
+    positions = [ReplicaPosition("r1", OTHER, 1, enqueues=500),
+                 ReplicaPosition("r2", H, 900, enqueues=420)]  # fmt: skip
+    with pytest.raises(NoSafeCandidate, match="1 of 2"):
+        most_complete_replica(positions, LINEAGE, listed=2, min_replicas=1)
