@@ -14,9 +14,11 @@ from ratequeue.errors import InvalidNumber
 # North American toll-free area codes (NANP).
 TOLL_FREE_AREA_CODES = frozenset({"800", "833", "844", "855", "866", "877", "888"})
 
-_SEPARATORS = re.compile(r"[\s().\-]")
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
-_SHORT_CODE = re.compile(r"^[1-9]\d{4,5}$")
+# ASCII only: `\d` and str.isdigit() also match other scripts' digits (Arabic-Indic, ...), which
+# would make one number spell itself two ways.
+_SEPARATORS = re.compile(r"[\s().\-]", re.ASCII)
+_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+_SHORT_CODE = re.compile(r"^[1-9][0-9]{4,5}$")
 
 
 class NumberType(StrEnum):
@@ -36,7 +38,7 @@ def normalize_number(raw: str) -> str:
     compact = _SEPARATORS.sub("", raw)
     if compact.startswith("00"):
         compact = "+" + compact[2:]
-    if compact.isdigit():
+    if compact.isascii() and compact.isdigit():
         if len(compact) == 10 and compact[0] in "23456789":
             compact = "+1" + compact
         elif len(compact) == 11 and compact[0] == "1":
@@ -46,7 +48,7 @@ def normalize_number(raw: str) -> str:
     if _E164.match(compact):
         return compact
     raise InvalidNumber(
-        f"number {raw!r} is not a phone number: expected E.164 (+ and 8-15 digits), "
+        f"number {raw!r} is not a phone number: expected E.164 (+ and 8-15 ASCII digits), "
         "a 10-digit North American number, or a 5-6 digit short code"
     )
 

@@ -10,12 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ratequeue.numbers import NumberType
 
+# The allowed range of a rate. The floor keeps every GCRA time the scripts compute (interval,
+# tolerance, the theoretical arrival time's expiry) a finite number of milliseconds that Redis
+# accepts, and a queue's capacity (10 hours of sending) at least one segment.
+MIN_PER_SECOND = 0.001
+MAX_PER_SECOND = 100_000
+MAX_BURST = 1_000_000
+
 
 class Rate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    per_second: float = Field(gt=0, le=100_000, description="segments per second")
-    burst: int = Field(ge=1, le=1_000_000, description="segments that may be sent back to back")
+    per_second: float = Field(
+        ge=MIN_PER_SECOND, le=MAX_PER_SECOND, description="segments per second"
+    )
+    burst: int = Field(ge=1, le=MAX_BURST, description="segments that may be sent back to back")
 
     def encode(self) -> str:
         """The `per_second:burst` form the Lua scripts store and read."""

@@ -25,8 +25,13 @@ apply the same values.
 
 from __future__ import annotations
 
+from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
+
 # Helpers shared by the scripts (prepended to each; Lua has no imports inside Redis).
-_PRELUDE = r"""
+_PRELUDE = (
+    f"local MIN_PER_SECOND, MAX_PER_SECOND, MAX_BURST = {MIN_PER_SECOND!r}, {MAX_PER_SECOND!r}, "
+    f"{MAX_BURST!r}\n"
+    + r"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -40,9 +45,18 @@ local function check_fence(expected)
   return nil
 end
 
+-- A stored rate outside the allowed range (written before the API checked it, or by hand) is
+-- clamped into it, so no time computed from it can make a command fail half-way.
 local function parse_rate(raw)
   local per_second, burst = string.match(raw, '^([^:]+):(%d+)$')
-  return tonumber(per_second), tonumber(burst)
+  per_second, burst = tonumber(per_second), tonumber(burst)
+  if not per_second or per_second ~= per_second or per_second < MIN_PER_SECOND then
+    per_second = MIN_PER_SECOND
+  elseif per_second > MAX_PER_SECOND then
+    per_second = MAX_PER_SECOND
+  end
+  if not burst or burst < 1 then burst = 1 elseif burst > MAX_BURST then burst = MAX_BURST end
+  return per_second, burst
 end
 
 local function rate_of(number, default_raw)
@@ -68,6 +82,7 @@ local function eligible_at(number, now, per_second, burst)
   return at
 end
 """
+)
 
 ENQUEUE_BATCH = (
     _PRELUDE
@@ -176,6 +191,7 @@ while #out < max do
       if not rec then
         if not id then redis.call('ZREM', 'rq:ready', number) end
       else
+        -- Every value is bounded by the clamped rate: nothing below can fail after the LPOP.
         local attempt, segments, _, _, body = parse_record(rec)
         local new_tat = tat + segments * interval
         redis.call('SET', 'rq:tat:' .. number, tostring(new_tat),
@@ -203,14 +219,21 @@ return {now, out}
 """
 )
 
-ACK = r"""
+ACK = (
+    _PRELUDE
+    + r"""
 -- ARGV: pairs of lease sequence and message id. Returns the number of leases acknowledged.
--- A pair that no longer matches a lease (expired and redelivered, or issued by a primary that
--- died before replicating it) acknowledges nothing.
+-- A pair that no longer matches a live lease (expired, whether or not a dequeue has returned it
+-- to its queue yet, or issued by a primary that died before replicating it) acknowledges
+-- nothing: an expired lease belongs to the next consumer.
+local now = now_ms()
 local acked = 0
 for i = 1, #ARGV, 2 do
   local id = ARGV[i + 1]
-  if redis.call('ZREM', 'rq:leases', ARGV[i] .. ':' .. id) == 1 then
+  local lease = ARGV[i] .. ':' .. id
+  local expires = redis.call('ZSCORE', 'rq:leases', lease)
+  if expires and tonumber(expires) >= now then
+    redis.call('ZREM', 'rq:leases', lease)
     local rec = redis.call('HGET', 'rq:msg', id)
     if rec then
       local segments, number = string.match(rec, '^%d+|(%d+)|%d+|([^|]*)|')
@@ -225,6 +248,7 @@ for i = 1, #ARGV, 2 do
 end
 return acked
 """
+)
 
 SET_RATE = (
     _PRELUDE
@@ -233,10 +257,11 @@ SET_RATE = (
 local refused = check_fence(ARGV[1])
 if refused then return refused end
 local number = ARGV[2]
+local per_second, burst = parse_rate(ARGV[3])
+local eligible = eligible_at(number, now_ms(), per_second, burst)  -- before any write
 redis.call('HSET', 'rq:rates', number, ARGV[3])
 if redis.call('ZSCORE', 'rq:ready', number) then
-  local per_second, burst = parse_rate(ARGV[3])
-  redis.call('ZADD', 'rq:ready', eligible_at(number, now_ms(), per_second, burst), number)
+  redis.call('ZADD', 'rq:ready', eligible, number)
 end
 return 'OK'
 """
@@ -251,6 +276,10 @@ local number = ARGV[1]
 local override = redis.call('HGET', 'rq:rates', number)
 local rate = override or ARGV[2]
 local per_second, burst = parse_rate(rate)
+local stored_rate, stored_burst = string.match(rate, '^([^:]+):(%d+)$')
+if tonumber(stored_rate) ~= per_second or tonumber(stored_burst) ~= burst then
+  rate = per_second .. ':' .. burst  -- the rate in force, clamped into the allowed range
+end
 return {now, redis.call('LLEN', 'rq:q:' .. number),
   tonumber(redis.call('HGET', 'rq:seg', number) or '0'), rate,
   override and 'override' or 'default', tostring(eligible_at(number, now, per_second, burst))}

@@ -35,7 +35,7 @@ from ratequeue.errors import (
     RetryableError,
 )
 from ratequeue.metrics import ServiceMetrics
-from ratequeue.rates import Rate
+from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
 from ratequeue.shard import ShardStats, parse_receipt
 from ratequeue.topology import topology_json
 
@@ -66,8 +66,8 @@ class AckRequest(BaseModel):
 class RateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    per_second: float = Field(..., gt=0, le=100_000)
-    burst: int = Field(1, ge=1, le=1_000_000, strict=True)
+    per_second: float = Field(..., ge=MIN_PER_SECOND, le=MAX_PER_SECOND)
+    burst: int = Field(1, ge=1, le=MAX_BURST, strict=True)
 
 
 def error_response(
@@ -119,6 +119,14 @@ def _nesting_exceeds(value: Any, limit: int) -> bool:
                 return True
             pending += [(child, depth + 1) for child in item]
     return False
+
+
+def _iso_time(seconds: float) -> str:
+    """RFC 3339 UTC; a time past what a datetime can hold is shown as the largest one."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
 async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
@@ -298,12 +306,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "burst": info.rate.burst,
                 "source": info.rate_source,
             },
-            "next_eligible_at": datetime.fromtimestamp(info.next_eligible_at, UTC).isoformat(),
+            "next_eligible_at": _iso_time(info.next_eligible_at),
         }
 
     @app.put("/v1/numbers/{number}/rate")
     async def set_rate(number: str, request: Request) -> dict:
         payload = await read_json(request, RateRequest, settings.max_body_bytes)
+        if math.floor(payload.per_second * settings.max_queue_seconds) < 1:
+            raise InvalidInput(
+                f"field 'per_second': {payload.per_second:g}/s would let the queue hold no "
+                f"segment ({settings.max_queue_seconds:g} s of sending); at least "
+                f"{1 / settings.max_queue_seconds:.3g}/s is needed"
+            )
         rate = Rate(per_second=payload.per_second, burst=payload.burst)
         shard = await client.set_rate(number, rate)
         return {"number": number, "shard": shard, "per_second": rate.per_second,

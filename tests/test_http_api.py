@@ -22,6 +22,7 @@ from tests.conftest import ServedApi, shard_key_count
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
 ON_S1 = "+14155550102"  # slot 10386: shard s1 of two
+ON_S0_OTHER = "+14155550101"  # slot 6385: shard s0 of two
 DEFAULT_BODY_LIMIT = 64 * 1024
 
 
@@ -255,13 +256,15 @@ def test_a_missing_required_field_is_refused_naming_the_field(
     assert shard_key_count(shared_cluster) == before
 
 
-@pytest.mark.parametrize("per_second", [0, -1, 100_001, "fast"])
+@pytest.mark.parametrize("per_second", [0, -1, 100_001, "fast", 1e-15, 5e-324, 0.0009])
 def test_a_rate_that_is_not_a_positive_number_in_range_is_refused_naming_per_second(
     refusing: httpx.Client, shared_cluster: LocalCluster, per_second: object
 ) -> None:
     before = shard_key_count(shared_cluster)
     response = refusing.put(f"/v1/numbers/{ON_S0}/rate", json={"per_second": per_second})
     assert_error(response, 400, "invalid_request", "'per_second'")
+    if isinstance(per_second, float) and per_second < 1:
+        assert "0.001" in response.json()["error"]["message"]  # the allowed range is named
     assert shard_key_count(shared_cluster) == before
 
 
@@ -442,6 +445,29 @@ def test_a_rate_set_by_put_is_shown_by_get(http: httpx.Client) -> None:
     assert info["capacity_segments"] == int(7.5 * 36_000)
     other = http.get(f"/v1/numbers/{ON_S1}").json()
     assert other["rate"]["source"] == "default"
+
+
+def test_a_rate_stored_out_of_range_poisons_no_queue_and_loses_no_message(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    # As a rate written before the API checked the range, or by hand, would be stored.
+    for number, message_id in ((ON_S0, "tiny-rate"), (ON_S0_OTHER, "neighbour")):
+        assert enqueue(http, number, "hi", message_id)["id"] == message_id
+    with cluster.shard("s0").primary.client() as conn:
+        conn.hset("rq:rates", ON_S0, "1e-15:1")
+        conn.hset("rq:rates", ON_S0_OTHER, "5e-324:1")
+    for _ in range(3):
+        answer = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
+        assert answer.status_code == 200, answer.text
+    leased = {m["id"] for m in answer.json()["messages"]}
+    with cluster.shard("s0").primary.client() as conn:
+        queued = {i.decode() for n in (ON_S0, ON_S0_OTHER) for i in conn.lrange(f"rq:q:{n}", 0, -1)}
+        leases = {m.decode().split(":", 1)[1] for m in conn.zrange("rq:leases", 0, -1)}
+    assert {"tiny-rate", "neighbour"} <= queued | leases | leased
+    for number in (ON_S0, ON_S0_OTHER):
+        info = http.get(f"/v1/numbers/{number}")
+        assert info.status_code == 200, info.text
+        assert info.json()["rate"]["per_second"] == 0.001  # the floor in force
 
 
 def test_the_topology_has_an_epoch_and_shards_with_id_primary_and_replicas(

@@ -123,6 +123,17 @@ def test_a_receipt_of_an_expired_lease_acknowledges_nothing(client: RatequeueCli
     assert client.dequeue(10, 30) == []
 
 
+def test_an_expired_lease_acknowledges_nothing_even_before_any_dequeue_returns_it(
+    client: RatequeueClient,
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "first", "a")
+    stale = client.dequeue(1, 0.1)
+    time.sleep(0.15)
+    assert client.ack([stale[0].receipt]) == 0
+    assert [(m.id, m.attempt) for m in client.dequeue(1, 30)] == [("a", 1)]
+
+
 def test_a_full_queue_refuses_with_a_reason_and_writes_nothing(
     cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
 ) -> None:

@@ -32,3 +32,15 @@ def test_other_numbers_are_long_codes() -> None:
 def test_malformed_numbers_are_refused_with_the_expected_forms(raw: str) -> None:
     with pytest.raises(InvalidNumber, match=r"E\.164"):
         normalize_number(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["+1\u0664\u0661\u0665\u0665\u0665\u0665\u0660\u0661\u0660\u0660",  # Arabic-Indic
+     "\u0664\u0661\u0665\u0665\u0665\u0665\u0660\u0661\u0660\u0660",
+     "2\u0660\u0660\u0660\u0660",  # a short code with one
+     "+1415555\uff10\uff11\uff10\uff10"],  # fullwidth
+)  # fmt: skip
+def test_digits_of_other_scripts_are_refused_not_taken_as_another_number(raw: str) -> None:
+    with pytest.raises(InvalidNumber, match="ASCII"):
+        normalize_number(raw)
