@@ -64,45 +64,41 @@ class LocalProcessActuator:
     async def provision_replica(self, shard: str, name: str) -> NodeRef:
         return await asyncio.to_thread(self._provision_replica, shard, name)
 
-    def _running_replica(self, name: str) -> RedisProcess | None:
-        """The live redis-server this actuator started under `name`, if any."""
+    def _recorded_replica(self, name: str) -> tuple[dict, bool] | None:
+        """The last node this actuator started under `name`, and whether it still runs."""
         for entry in reversed(self.provisioned()):
             if entry.get("name") != name or entry.get("role") != "replica":
                 continue
             try:
                 cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes()
             except OSError:
-                return None
-            if b"redis-server" not in cmdline:
-                return None
-            return RedisProcess(
-                name=name,
-                role="replica",
-                shard=entry.get("shard"),
-                port=int(entry["port"]),
-                workdir=self.workdir,
-                pid=int(entry["pid"]),
-            )
+                return entry, False
+            return entry, b"redis-server" in cmdline
         return None
 
     def _provision_replica(self, shard: str, name: str) -> NodeRef:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        replica = self._running_replica(name)
-        if replica is None:
-            replica = start_redis(name, "replica", shard, self.workdir, detached=True)
-            self._record(
-                {
-                    "name": name,
-                    "role": "replica",
-                    "shard": shard,
-                    "host": replica.host,
-                    "port": replica.port,
-                    "pid": replica.pid,
-                }
-            )
-            if self.control_url is not None:
-                self._start_sensor(shard, replica)
-        # else: started by an earlier, interrupted run of the step: the same node, not a second.
+        recorded = self._recorded_replica(name)
+        if recorded is not None and recorded[1]:
+            # Started by an earlier, interrupted run of the step: the same node, not a second.
+            return NodeRef(name=name, host=CLIENT_HOST, port=int(recorded[0]["port"]),
+                           peer_host=PEER_HOST)  # fmt: skip
+        # A node that died is started again where it was (port and data), so the address the
+        # topology may list already stays the node's; a first start takes a free port.
+        port = int(recorded[0]["port"]) if recorded is not None else None
+        replica = start_redis(name, "replica", shard, self.workdir, port=port, detached=True)
+        self._record(
+            {
+                "name": name,
+                "role": "replica",
+                "shard": shard,
+                "host": replica.host,
+                "port": replica.port,
+                "pid": replica.pid,
+            }
+        )
+        if self.control_url is not None and recorded is None:
+            self._start_sensor(shard, replica)
         return NodeRef(name=name, host=CLIENT_HOST, port=replica.port, peer_host=PEER_HOST)
 
     async def provision_instance(

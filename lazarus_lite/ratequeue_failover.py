@@ -222,13 +222,12 @@ async def compare_and_set_loop_on(
 
 @step("ratequeue.publish_topology")
 async def publish_topology(ctx: StepContext) -> dict[str, Any]:
-    """Epoch + 1: the candidate is the shard's primary, the old primary and any replica that
-    could not be repointed are held for forensics."""
+    """Epoch + 1: the candidate is the shard's primary, the other replicas stay listed (repointed
+    or not), and the old primary is held for forensics."""
     shard_id = ctx.inputs["shard"]
     choice = ctx.output("choose_candidate")
     promoted = ctx.output("promote_candidate").get("lineage")
     lineage = Lineage.model_validate(promoted) if promoted else None
-    repointed = set(ctx.output("repoint_replicas")["replicas"])
 
     async def change(topology: Topology) -> Topology | None:
         shard = topology.shard(shard_id)
@@ -239,14 +238,14 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
         if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
                 await membership.appoint_primary(conn, epoch)
-        held = [shard.primary] + [
-            r for r in shard.replicas if r.name not in repointed and r.name != candidate.name
-        ]
+        # A replica whose repoint failed stays listed: the command may still have reached it
+        # (a timeout is not a refusal), and only a listed replica is read by the N - k + 1 rule
+        # (docs/membership.md, M4); the shard keeper attaches it once it answers.
         new_shard = shard.model_copy(
             update={
                 "primary": candidate,
-                "replicas": [r for r in shard.replicas if r.name in repointed],
-                "forensics": [*shard.forensics, *held],
+                "replicas": [r for r in shard.replicas if r.name != candidate.name],
+                "forensics": [*shard.forensics, shard.primary],
                 "epoch": epoch,
                 "status": "ok",
                 "lineage": lineage,
@@ -347,8 +346,13 @@ async def detach_unlisted_replicas(ctx: StepContext, shard: Any) -> list[str]:
         await ctx.assert_lock()
     for host, port in strays:
         stray = NodeRef(name=f"unlisted-{port}", host=host, port=port)
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await fence_node(stray)
+        except (RedisError, OSError) as error:
+            # WAIT would count it: the replicas cannot be trusted until it is parked.
+            raise RuntimeError(
+                f"unlisted replica {host}:{port} could not be parked: {error}"
+            ) from error
     return [f"{host}:{port}" for host, port in strays]
 
 

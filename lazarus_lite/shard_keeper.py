@@ -134,6 +134,16 @@ class ShardKeeper:
         async with connect(shard.primary) as conn:
             if not membership.is_parked(await conn.info("replication")):
                 return []
+            behind = await self._holds_less_than_a_replica(conn, shard)
+            if behind:
+                # Its disk kept less than it had (an AOF not rewritten yet after a full sync, a
+                # postponed write): appointing it would make the replicas drop what it lacks.
+                if not await self._flag(shard, held):
+                    return []  # flagged already
+                return [
+                    f"{shard.id}: primary {shard.primary.name} came back parked but {behind}; "
+                    "not appointed again: a person must choose (docs/membership.md)"
+                ]
             epoch_holder: dict[str, int] = {}
 
             async def change(topology: Topology) -> Topology | None:
@@ -169,6 +179,40 @@ class ShardKeeper:
         if topology is not None:
             done += await self._rejoin(topology.shard(shard.id), held)
         return done
+
+    async def _holds_less_than_a_replica(self, primary: aioredis.Redis, shard: Shard) -> str:
+        """Why the restarted primary may hold less than it acknowledged, or '' if it cannot."""
+        mine = await membership.enqueues_applied(primary)
+        if shard.appointed_enqueues is not None and mine < shard.appointed_enqueues:
+            return (
+                f"applied {mine} enqueues, fewer than the {shard.appointed_enqueues} it was "
+                "appointed with"
+            )
+        for replica in shard.replicas:
+            with contextlib.suppress(RedisError, OSError):
+                async with connect(replica) as conn:
+                    theirs = await membership.enqueues_applied(conn)
+                if theirs > mine:
+                    return f"applied {mine} enqueues where {replica.name} applied {theirs}"
+        return ""
+
+    async def _flag(self, shard: Shard, held: Any) -> bool:
+        """Mark the shard escalated in the topology; False if it was already."""
+        if shard.status == "escalated":
+            return False
+
+        async def change(topology: Topology) -> Topology | None:
+            current = topology.shard(shard.id)
+            if current.status == "escalated" or current.primary.name != shard.primary.name:
+                return None
+            updated = current.model_copy(update={"status": "escalated"})
+            return Topology(
+                epoch=topology.epoch + 1,
+                shards=[updated if s.id == shard.id else s for s in topology.shards],
+            )
+
+        await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
+        return True
 
     async def _record_lineage(self, shard: Shard, held: Any) -> list[str]:
         if shard.lineage is not None:

@@ -39,7 +39,10 @@ NO_REPLICATION_ID = "0" * 40
 def boot_arguments() -> list[str]:
     """The redis-server flags every shard node starts with (processes, containers, compose)."""
     host, port = FENCE_SINK
-    return ["--replicaof", host, str(port), "--min-replicas-to-write", str(NEVER_WRITABLE)]
+    # A primary with no replica for `repl-backlog-ttl` frees its backlog and later starts a new
+    # replication id, which would orphan the lineage the topology recorded: never free it.
+    return ["--replicaof", host, str(port), "--min-replicas-to-write", str(NEVER_WRITABLE),
+            "--repl-backlog-ttl", "0"]  # fmt: skip
 
 
 def points_at(info: dict[str, Any], host: str, port: int) -> bool:
@@ -62,12 +65,6 @@ class ReplicaPosition:
     offset: int
     enqueues: int | None = None  # None: not read
 
-    @property
-    def holds_nothing(self) -> bool:
-        """Applied no enqueue at all: it holds no acknowledged message (a replacement listed
-        but not synced yet; every synced node has applied the writes that set it up)."""
-        return self.enqueues == 0
-
 
 def position_of(name: str, info: dict[str, Any], *, enqueues: int | None = None) -> ReplicaPosition:
     """A replica's (or a demoted primary's) replication id and offset. `slave_repl_offset`, not
@@ -83,7 +80,8 @@ def position_of(name: str, info: dict[str, Any], *, enqueues: int | None = None)
 
 
 async def enqueues_applied(node: aioredis.Redis) -> int:
-    """How many enqueues `node` has applied (0 for a node that never synced)."""
+    """How many enqueues (and rate changes: every write acknowledged after `WAIT`) `node` has
+    applied; 0 for a node that never synced."""
     return int(await node.get(BARRIER_KEY) or 0)
 
 
@@ -126,12 +124,12 @@ def most_complete_replica(
     By replication offset first: a position counts if it is on the primary's lineage (the
     primary's own stream, or the stream it continued from at or below the offset where it was
     appointed: a member that has not resynced yet holds a prefix, and nothing the primary
-    acknowledged since), or if the node applied no enqueue at all. The chosen replica must also
-    reach the appointment offset, or writes acknowledged before the primary was appointed may
-    be on the primary alone.
+    acknowledged since). The chosen replica must also reach the appointment offset, or writes
+    acknowledged before the primary was appointed may be on the primary alone.
 
-    A node that restarted reports a replication id of its own, so its offset says nothing; its
-    data still does. When offsets cannot decide because of such nodes, every position is
+    A node that restarted, or a replacement that never synced, reports a replication id of its
+    own, so its offset says nothing; its data still does. When offsets cannot decide because of
+    such nodes, every position is
     compared by enqueues applied (a prefix count of the one stream all listed members follow),
     provided the topology recorded how many the primary had applied when it was appointed: the
     chosen replica must have applied at least that many.
@@ -141,7 +139,7 @@ def most_complete_replica(
     except _NotComparable as refusal:
         if appointed_enqueues is None or any(p.enqueues is None for p in positions):
             raise NoSafeCandidate(str(refusal)) from None
-        return _by_enqueues(positions, appointed_enqueues, listed=listed,
+        return _by_enqueues(positions, lineage, appointed_enqueues, listed=listed,
                             min_replicas=min_replicas, left_out=refusal.left_out)  # fmt: skip
 
 
@@ -160,21 +158,19 @@ def _by_offset(
 ) -> tuple[ReplicaPosition, dict[str, str]]:
     needed = _needed(listed, min_replicas)
     ignored: dict[str, str] = {}
-    nothing = [ReplicaPosition(p.name, p.replid, 0, 0) for p in positions if p.holds_nothing]
-    holding = [p for p in positions if not p.holds_nothing]
     if lineage is None:
         # Not recorded (yet): offsets are comparable only within one history.
-        counted = holding + nothing
-        histories = sorted({p.replid for p in holding})
+        counted = list(positions)
+        histories = sorted({p.replid for p in positions})
         if len(histories) > 1:
-            for p in holding:
+            for p in positions:
                 ignored[p.name] = f"replication id {p.replid[:8]}… (no lineage recorded)"
             raise _NotComparable(
                 f"replicas follow different replication histories: {histories}", ignored
             )
     else:
-        counted = list(nothing)
-        for position in holding:
+        counted = []
+        for position in positions:
             if on_lineage(position, lineage):
                 counted.append(position)
             else:
@@ -204,6 +200,7 @@ def _by_offset(
 
 def _by_enqueues(
     positions: list[ReplicaPosition],
+    lineage: Lineage | None,
     appointed_enqueues: int,
     *,
     listed: int,
@@ -215,7 +212,14 @@ def _by_enqueues(
         raise NoSafeCandidate(
             f"{len(positions)} of {listed} listed replicas answer; {needed} are needed"
         )
-    best = max(positions, key=lambda p: (p.enqueues or 0, p.name))
+
+    # Equal counts: a position on the lineage, then the higher offset there, holds the later
+    # writes that count no enqueue (rate changes, dequeues, acks).
+    def rank(p: ReplicaPosition) -> tuple[int, bool, int, str]:
+        on = lineage is not None and on_lineage(p, lineage)
+        return (p.enqueues or 0, on, p.offset if on else -1, p.name)
+
+    best = max(positions, key=rank)
     if (best.enqueues or 0) < appointed_enqueues:
         raise NoSafeCandidate(
             f"the most complete replica, {best.name}, applied {best.enqueues} enqueues, fewer "

@@ -17,7 +17,9 @@ Key layout on a shard (`N` is a canonical number):
   rq:leases         zset "seq:id" -> lease expiry (ms); a receipt names its member
   rq:lease_seq      receipt counter
   rq:ids:W          set of ids enqueued in dedup window W (expires after two windows)
-  rq:barrier        written by every enqueue so WAIT covers earlier writes of the same ids
+  rq:barrier        incremented by every enqueue and rate change: WAIT after a duplicate covers
+                    the earlier write of the same id, and the count orders nodes by how much of
+                    the acknowledged stream they hold (`ratequeue.membership`)
 
 Times come from the shard's own clock (`TIME`); scripts are replicated by effects, so replicas
 apply the same values.
@@ -263,6 +265,7 @@ redis.call('HSET', 'rq:rates', number, ARGV[3])
 if redis.call('ZSCORE', 'rq:ready', number) then
   redis.call('ZADD', 'rq:ready', eligible, number)
 end
+redis.call('INCR', 'rq:barrier')  -- acknowledged after WAIT, like an enqueue: counted like one
 return 'OK'
 """
 )

@@ -170,14 +170,17 @@ def test_a_replica_that_has_not_resynced_counts_but_holds_only_a_prefix() -> Non
 
 
 def test_writes_acknowledged_before_the_promotion_on_the_primary_alone_escalate() -> None:
-    # r2 lagged when the primary was appointed at 1000; r3 joined but never synced.
+    # r2 lagged when the primary was appointed at offset 1000; r3 is listed but never synced.
     with pytest.raises(NoSafeCandidate, match="below 1000"):
         most_complete_replica(
-            [ReplicaPosition("r2", H_PREV, 700), ReplicaPosition("r3", OTHER, 1, enqueues=0)],
-            LINEAGE,
-            listed=2,
-            min_replicas=1,
+            [ReplicaPosition("r2", H_PREV, 700, enqueues=80)], LINEAGE, listed=1, min_replicas=1
         )
+    with pytest.raises(NoSafeCandidate, match="fewer than the 100"):
+        most_complete_replica(
+            [ReplicaPosition("r2", H_PREV, 700, enqueues=80),
+             ReplicaPosition("r3", OTHER, 1, enqueues=0)],
+            LINEAGE, listed=2, min_replicas=1, appointed_enqueues=100,
+        )  # fmt: skip
 
 
 def test_a_restarted_replica_is_not_comparable_and_does_not_count() -> None:
@@ -214,10 +217,21 @@ def test_without_a_recorded_lineage_one_history_is_required() -> None:
             min_replicas=1,
         )
     best, _ = most_complete_replica(
-        [ReplicaPosition("r1", H, 10), ReplicaPosition("r2", OTHER, 1, enqueues=0)],
+        [ReplicaPosition("r1", H, 10, enqueues=3), ReplicaPosition("r2", OTHER, 1, enqueues=0)],
         None,
         listed=2,
         min_replicas=1,
+        appointed_enqueues=0,
+    )
+    assert best.name == "r1"
+
+
+def test_equal_enqueue_counts_prefer_the_lineage_and_the_higher_offset() -> None:
+    positions = [ReplicaPosition("r1", H, 9000, enqueues=50),
+                 ReplicaPosition("r2", H, 8000, enqueues=50),
+                 ReplicaPosition("r3", OTHER, 1, enqueues=50)]  # fmt: skip
+    best, _ = most_complete_replica(
+        positions, LINEAGE, listed=3, min_replicas=1, appointed_enqueues=10
     )
     assert best.name == "r1"
 

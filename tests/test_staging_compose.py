@@ -149,6 +149,7 @@ def test_ports_are_distinct_uncommon_and_every_shard_node_boots_parked(
             args = argv(services[f"{shard}-{node}"])
             assert option(args, "--replicaof", 2) == [str(v) for v in FENCE_SINK], args
             assert option(args, "--min-replicas-to-write") == [str(NEVER_WRITABLE)], args
+            assert option(args, "--repl-backlog-ttl") == ["0"], args
     assert not option(argv(services["control"]), "--replicaof")
 
 

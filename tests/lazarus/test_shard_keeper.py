@@ -1,0 +1,87 @@
+"""The shard keeper on real redis-server processes: a restarted replica rejoins its primary, a
+restarted primary nobody replaced is appointed again, and one that came back with less than its
+replica is not (docs/membership.md, M6)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from lazarus_lite.locks import Locks
+from lazarus_lite.shard_keeper import ShardKeeper
+from ratequeue import membership
+from ratequeue.redis_processes import LocalCluster, wait_for_replicas_in_sync
+from ratequeue.topology import Topology, TopologyStore
+
+
+def keep_once(cluster: LocalCluster) -> tuple[list[str], Topology]:
+    async def run() -> tuple[list[str], Topology]:
+        control = aioredis.Redis.from_url(cluster.control.url)
+        try:
+            keeper = ShardKeeper(control, Locks(control), "test", "demote")
+            done = await keeper.run_once()
+            topology = await TopologyStore(control).load()
+            assert topology is not None
+            return done, topology
+        finally:
+            await control.aclose()
+
+    return asyncio.run(run())
+
+
+def write_some(cluster: LocalCluster, count: int) -> None:
+    primary = cluster.shards[0].primary
+    with primary.client() as conn:
+        for _ in range(count):
+            conn.incr(membership.BARRIER_KEY)
+    wait_for_replicas_in_sync(primary, cluster.shards[0].replicas)
+
+
+def test_a_restarted_replica_rejoins_its_primary(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    replica = cluster.shards[0].replicas[0]
+    replica.restart()
+    assert membership.is_parked(replica.replication())
+    done, _ = keep_once(cluster)
+    assert any("rejoined" in line for line in done), done
+    wait_for_replicas_in_sync(cluster.shards[0].primary, [replica])
+
+
+def test_a_restarted_primary_nobody_replaced_is_appointed_again_in_a_new_epoch(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    write_some(cluster, 5)
+    primary = cluster.shards[0].primary
+    primary.restart()
+    assert membership.is_parked(primary.replication())
+    done, topology = keep_once(cluster)
+    assert any("appointed again" in line for line in done), done
+    assert primary.replication()["role"] == "master"
+    shard = topology.shard("s0")
+    assert shard.epoch == topology.epoch > 1 and shard.status == "ok"
+    with primary.client() as conn:
+        assert conn.get("rq:fence") == str(shard.epoch).encode()
+    wait_for_replicas_in_sync(primary, cluster.shards[0].replicas)
+
+
+def test_a_primary_that_came_back_with_less_than_its_replica_is_not_appointed(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    write_some(cluster, 5)
+    primary = cluster.shards[0].primary
+    primary.stop()
+    shutil.rmtree(primary.workdir / primary.name / "appendonlydir")  # its disk lost it all
+    primary.restart()
+    done, topology = keep_once(cluster)
+    assert any("not appointed again" in line for line in done), done
+    assert membership.is_parked(primary.replication())
+    assert topology.shard("s0").status == "escalated"
+    with cluster.shards[0].replicas[0].client() as conn:
+        assert int(conn.get(membership.BARRIER_KEY)) >= 5  # the replica kept what it had
