@@ -252,9 +252,7 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
                 "appointed_enqueues": ctx.output("promote_candidate").get("appointed_enqueues"),
             }
         )
-        return Topology(
-            epoch=epoch, shards=[new_shard if s.id == shard_id else s for s in topology.shards]
-        )
+        return topology.next_with(new_shard)
 
     published = await compare_and_set_loop(ctx, change)
     shard = published.shard(shard_id)
@@ -287,10 +285,7 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
         if any(r.name == node.name for r in current_shard.replicas):
             return None
         new_shard = current_shard.model_copy(update={"replicas": [*current_shard.replicas, node]})
-        return Topology(
-            epoch=current.epoch + 1,
-            shards=[new_shard if s.id == shard_id else s for s in current.shards],
-        )
+        return current.next_with(new_shard)
 
     primary = (await compare_and_set_loop(ctx, change)).shard(shard_id).primary
     await ctx.assert_lock()
@@ -397,10 +392,7 @@ async def mark_escalated(ctx: StepContext) -> dict[str, Any]:
         if shard.status == "escalated":
             return None
         new_shard = shard.model_copy(update={"status": "escalated"})
-        return Topology(
-            epoch=topology.epoch + 1,
-            shards=[new_shard if s.id == shard_id else s for s in topology.shards],
-        )
+        return topology.next_with(new_shard)
 
     with contextlib.suppress(Exception):
         await compare_and_set_loop(ctx, change, attempts=3)

@@ -163,10 +163,7 @@ class ShardKeeper:
                         "status": "ok",
                     }
                 )
-                return Topology(
-                    epoch=epoch,
-                    shards=[updated if s.id == shard.id else s for s in topology.shards],
-                )
+                return topology.next_with(updated)
 
             await compare_and_set_loop_on(
                 self.topology, change, lambda: self.locks.assert_held(held)
@@ -206,10 +203,7 @@ class ShardKeeper:
             if current.status == "escalated" or current.primary.name != shard.primary.name:
                 return None
             updated = current.model_copy(update={"status": "escalated"})
-            return Topology(
-                epoch=topology.epoch + 1,
-                shards=[updated if s.id == shard.id else s for s in topology.shards],
-            )
+            return topology.next_with(updated)
 
         await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
         return True
@@ -229,10 +223,7 @@ class ShardKeeper:
             if current.primary.name != shard.primary.name or current.lineage is not None:
                 return None
             updated = current.model_copy(update={"lineage": lineage})
-            return Topology(
-                epoch=topology.epoch + 1,
-                shards=[updated if s.id == shard.id else s for s in topology.shards],
-            )
+            return topology.next_with(updated)
 
         await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
         return [f"{shard.id}: recorded the lineage of {shard.primary.name} ({lineage.replid[:8]}…)"]

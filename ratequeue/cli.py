@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import typer
@@ -162,6 +162,14 @@ async def _publish_initial_topology(
                 raise TimeoutError(f"{what} ({url}): {last} after {wait:g} s")
             await asyncio.sleep(0.5)
 
+    @contextlib.asynccontextmanager
+    async def connected(address: str) -> AsyncIterator[aioredis.Redis]:
+        connection = aioredis.Redis.from_url(f"redis://{address}/0")
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+
     def link_up(info: dict) -> bool:
         return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
@@ -178,11 +186,8 @@ async def _publish_initial_topology(
         # The order the membership argument needs (docs/membership.md): every node booted
         # parked; appoint each primary, store the map listing every replica, then attach them.
         for shard in topology.shards:
-            primary = aioredis.Redis.from_url(f"redis://{shard.primary.address}/0")
-            try:
+            async with connected(shard.primary.address) as primary:
                 await membership.appoint_primary(primary, shard.epoch)
-            finally:
-                await primary.aclose()
             say(f"appointed {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
         try:
             await store.compare_and_set(0, topology)
@@ -190,20 +195,14 @@ async def _publish_initial_topology(
             return False, conflict.found  # another init won the race; theirs stands
         for shard in topology.shards:
             for replica in shard.replicas:
-                node = aioredis.Redis.from_url(f"redis://{replica.address}/0")
-                try:
+                async with connected(replica.address) as node:
                     await membership.attach(node, shard.primary)
-                finally:
-                    await node.aclose()
                 await answer(f"redis://{replica.address}/0", replica.name, link_up)
         # A new primary's replication id is final once its first replica synced: record it.
         settled = {}
         for shard in topology.shards:
-            primary = aioredis.Redis.from_url(f"redis://{shard.primary.address}/0")
-            try:
+            async with connected(shard.primary.address) as primary:
                 settled[shard.id] = membership.settled_lineage(await primary.info("replication"))
-            finally:
-                await primary.aclose()
         with contextlib.suppress(EpochConflict):  # a controller changed it first: theirs stands
             await store.compare_and_set(
                 topology.epoch,

@@ -109,6 +109,13 @@ class Topology(BaseModel):
                 return shard
         raise KeyError(shard_id)
 
+    def next_with(self, changed: Shard) -> Topology:
+        """The next epoch of this map, with `changed` in place of the shard of the same id."""
+        return Topology(
+            epoch=self.epoch + 1,
+            shards=[changed if s.id == changed.id else s for s in self.shards],
+        )
+
 
 def even_slot_ranges(count: int) -> list[tuple[int, int]]:
     """Split the slot space into `count` contiguous ranges of (nearly) equal size."""
