@@ -222,10 +222,12 @@ async def compare_and_set_loop_on(
 
 @step("ratequeue.publish_topology")
 async def publish_topology(ctx: StepContext) -> dict[str, Any]:
-    """Epoch + 1: the candidate is the shard's primary, the other replicas stay listed (repointed
-    or not), and the old primary is held for forensics."""
+    """Epoch + 1: the candidate is the shard's primary, the other replicas the fence parked stay
+    listed (repointed or not), the old primary and any replica the fence could not reach are
+    held for forensics."""
     shard_id = ctx.inputs["shard"]
     choice = ctx.output("choose_candidate")
+    parked = {r["name"] for r in ctx.output("fence_old_primary")["replicas"] if r["reachable"]}
     promoted = ctx.output("promote_candidate").get("lineage")
     lineage = Lineage.model_validate(promoted) if promoted else None
 
@@ -238,14 +240,19 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
         if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
                 await membership.appoint_primary(conn, epoch)
-        # A replica whose repoint failed stays listed: the command may still have reached it
-        # (a timeout is not a refusal), and only a listed replica is read by the N - k + 1 rule
-        # (docs/membership.md, M4); the shard keeper attaches it once it answers.
+        # Every replica parked by the fence stays listed, repointed or not: a repoint that timed
+        # out may still land, and only a listed replica is read by the N - k + 1 rule
+        # (docs/membership.md, M4); the shard keeper attaches it once it answers. A replica
+        # the fence could not reach may still follow the old primary (and apply writes it never
+        # acknowledged): it goes to forensics with it, and no controller ever attaches it.
+        unreached = [r for r in shard.replicas if r.name not in parked]
         new_shard = shard.model_copy(
             update={
                 "primary": candidate,
-                "replicas": [r for r in shard.replicas if r.name != candidate.name],
-                "forensics": [*shard.forensics, shard.primary],
+                "replicas": [
+                    r for r in shard.replicas if r.name in parked and r.name != candidate.name
+                ],
+                "forensics": [*shard.forensics, shard.primary, *unreached],
                 "epoch": epoch,
                 "status": "ok",
                 "lineage": lineage,

@@ -178,7 +178,12 @@ class ShardKeeper:
         return done
 
     async def _holds_less_than_a_replica(self, primary: aioredis.Redis, shard: Shard) -> str:
-        """Why the restarted primary may hold less than it acknowledged, or '' if it cannot."""
+        """Why the restarted primary may hold less than it acknowledged, or '' if it cannot.
+        A replica that does not answer makes it impossible to tell: that is a reason too."""
+        fence = await primary.get(FENCE_KEY)
+        if fence is None or int(fence) != shard.epoch:
+            # Written into its data at its appointment: an older one means its disk predates it.
+            return f"its data holds fence {fence!r}, not its appointment's epoch {shard.epoch}"
         mine = await membership.enqueues_applied(primary)
         if shard.appointed_enqueues is not None and mine < shard.appointed_enqueues:
             return (
@@ -186,11 +191,13 @@ class ShardKeeper:
                 "appointed with"
             )
         for replica in shard.replicas:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 async with connect(replica) as conn:
                     theirs = await membership.enqueues_applied(conn)
-                if theirs > mine:
-                    return f"applied {mine} enqueues where {replica.name} applied {theirs}"
+            except (RedisError, OSError) as error:
+                return f"{replica.name} cannot tell what it holds ({error})"
+            if theirs > mine:
+                return f"applied {mine} enqueues where {replica.name} applied {theirs}"
         return ""
 
     async def _flag(self, shard: Shard, held: Any) -> bool:

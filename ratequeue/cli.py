@@ -202,14 +202,22 @@ async def _publish_initial_topology(
         settled = {}
         for shard in topology.shards:
             async with connected(shard.primary.address) as primary:
-                settled[shard.id] = membership.settled_lineage(await primary.info("replication"))
+                settled[shard.id] = (
+                    membership.settled_lineage(await primary.info("replication")),
+                    await membership.enqueues_applied(primary),
+                )
         with contextlib.suppress(EpochConflict):  # a controller changed it first: theirs stands
             await store.compare_and_set(
                 topology.epoch,
                 topology.model_copy(
                     update={
                         "shards": [
-                            s.model_copy(update={"lineage": settled[s.id], "appointed_enqueues": 0})
+                            s.model_copy(
+                                update={
+                                    "lineage": settled[s.id][0],
+                                    "appointed_enqueues": settled[s.id][1],
+                                }
+                            )
                             for s in topology.shards
                         ]
                     }

@@ -208,13 +208,21 @@ def _by_enqueues(
     left_out: dict[str, str],
 ) -> tuple[ReplicaPosition, dict[str, str]]:
     needed = _needed(listed, min_replicas)
+    diverged = {
+        p.name
+        for p in positions
+        if lineage is not None and p.replid == lineage.previous and p.offset > lineage.since
+    }
+    positions = [p for p in positions if p.name not in diverged]  # applied what was never acked
     if len(positions) < needed:
         raise NoSafeCandidate(
-            f"{len(positions)} of {listed} listed replicas answer; {needed} are needed"
+            f"{len(positions)} of {listed} listed replicas answer with comparable counts; "
+            f"{needed} are needed"
+            + (f" (diverged: {', '.join(sorted(diverged))})" if diverged else "")
         )
 
     # Equal counts: a position on the lineage, then the higher offset there, holds the later
-    # writes that count no enqueue (rate changes, dequeues, acks).
+    # writes that the count does not see (dequeues, acks).
     def rank(p: ReplicaPosition) -> tuple[int, bool, int, str]:
         on = lineage is not None and on_lineage(p, lineage)
         return (p.enqueues or 0, on, p.offset if on else -1, p.name)

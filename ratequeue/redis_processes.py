@@ -258,10 +258,12 @@ def _wait_until_answers(node: RedisProcess, process: subprocess.Popen, timeout: 
             return False
         try:
             with node.client(timeout=0.5) as conn:
-                if conn.ping():
+                # The process just started, not another one that already held the port.
+                if conn.ping() and int(conn.info("server")["process_id"]) == process.pid:
                     return True
         except redis.RedisError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     return False
 
 

@@ -17,7 +17,7 @@ from ratequeue import membership
 from ratequeue.errors import RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.membership import NoSafeCandidate, ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster, RedisProcess, start_redis
+from ratequeue.redis_processes import LocalCluster, RedisProcess, RedisStartError, start_redis
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
 
@@ -258,3 +258,23 @@ def test_without_the_appointment_count_a_restarted_replica_is_not_compared() -> 
                  ReplicaPosition("r2", H, 900, enqueues=420)]  # fmt: skip
     with pytest.raises(NoSafeCandidate, match="1 of 2"):
         most_complete_replica(positions, LINEAGE, listed=2, min_replicas=1)
+
+
+def test_a_replica_that_applied_writes_past_the_appointment_is_not_compared_by_count() -> None:
+    # r3 kept following the old primary, cut off with it: what it applied was never acknowledged.
+    positions = [ReplicaPosition("r2", H, 1500, enqueues=60),
+                 ReplicaPosition("r3", H_PREV, 4000, enqueues=900),
+                 ReplicaPosition("r4", OTHER, 1, enqueues=0)]  # fmt: skip
+    best, _ = most_complete_replica(
+        positions, LINEAGE, listed=3, min_replicas=2, appointed_enqueues=10
+    )
+    assert best.name == "r2"
+
+
+def test_a_node_cannot_start_on_a_port_another_redis_holds(tmp_path: Path) -> None:
+    other = start_redis("other", "primary", "s9", tmp_path)
+    try:
+        with pytest.raises(RedisStartError):
+            start_redis("s0-replica-e2", "replica", "s0", tmp_path, port=other.port, timeout=3)
+    finally:
+        other.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -85,3 +86,22 @@ def test_a_primary_that_came_back_with_less_than_its_replica_is_not_appointed(
     assert topology.shard("s0").status == "escalated"
     with cluster.shards[0].replicas[0].client() as conn:
         assert int(conn.get(membership.BARRIER_KEY)) >= 5  # the replica kept what it had
+
+
+def test_a_restarted_primary_is_not_appointed_while_a_replica_cannot_say_what_it_holds(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    write_some(cluster, 5)
+    primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+    primary.restart()
+    replica.signal(signal.SIGSTOP)
+    try:
+        done, topology = keep_once(cluster)
+    finally:
+        replica.signal(signal.SIGCONT)
+    assert any("cannot tell" in line for line in done), done
+    assert membership.is_parked(primary.replication())
+    done, topology = keep_once(cluster)  # once it answers and holds no more, it is
+    assert primary.replication()["role"] == "master"
+    assert topology.shard("s0").status == "ok"
