@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from lazarus_lite.workflow import Escalate, StepContext, step
 from ratequeue import membership
 from ratequeue.membership import NoSafeCandidate, ReplicaPosition
-from ratequeue.topology import EpochConflict, Lineage, NodeRef, Topology, TopologyStore
+from ratequeue.topology import EpochConflict, Lineage, NodeRef, Shard, Topology, TopologyStore
 
 FORENSICS_POLICIES = ("demote", "stop")
 
@@ -324,7 +324,7 @@ async def verify_health(ctx: StepContext) -> dict[str, Any]:
     """The new primary answers and WAIT confirms `min_replicas` replicas."""
     shard = (await load_topology(ctx)).shard(ctx.inputs["shard"])
     k = int(ctx.inputs.get("min_replicas", 1))
-    detached = await detach_unlisted_replicas(ctx, shard)
+    detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
     async with connect(shard.primary, timeout=3) as conn:
         await conn.incr("rq:barrier")
         confirmed = int(await conn.execute_command("WAIT", k, 1000))
@@ -333,19 +333,26 @@ async def verify_health(ctx: StepContext) -> dict[str, Any]:
     return {"primary": shard.primary.name, "replicas_confirmed": confirmed, "detached": detached}
 
 
-async def detach_unlisted_replicas(ctx: StepContext, shard: Any) -> list[str]:
+def unlisted_replicas(shard: Shard, info: dict[str, Any]) -> list[tuple[str, int]]:
+    """(ip, port) of the replicas the primary's `INFO replication` shows that are not listed."""
+    listed = {r.port for r in shard.replicas}
+    return [
+        (str(value["ip"]), int(value["port"]))
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict) and value["port"] not in listed
+    ]
+
+
+async def detach_unlisted_replicas(
+    shard: Shard, assert_lock: Callable[[], Awaitable[None]]
+) -> list[str]:
     """Only listed replicas may follow the primary: `WAIT` counts every replica, and the next
     failover can only ask the listed ones (N - k + 1). A replica attached but not listed (say,
-    one provisioned by an interrupted run of a step) is pointed at the sink."""
-    listed = {r.port for r in shard.replicas}
+    one provisioned by an interrupted run of a step) is parked."""
     async with connect(shard.primary, timeout=3) as conn:
-        info = await conn.info("replication")
-    strays = []
-    for key, value in info.items():
-        if key.startswith("slave") and isinstance(value, dict) and value["port"] not in listed:
-            strays.append((str(value["ip"]), int(value["port"])))
+        strays = unlisted_replicas(shard, await conn.info("replication"))
     if strays:
-        await ctx.assert_lock()
+        await assert_lock()
     for host, port in strays:
         stray = NodeRef(name=f"unlisted-{port}", host=host, port=port)
         try:

@@ -3,6 +3,7 @@
 Every shard node boots parked (`ratequeue.membership`): after a restart it follows nobody and
 refuses writes until somebody puts it back. Each controller node runs the keeper every
 `forensics_interval` seconds:
+- a node attached to a primary but not listed as its replica is parked (`WAIT` counts it);
 - a listed replica that answers but does not follow its shard's primary (it restarted, or an
   interrupted workflow left it parked) is attached to the primary again;
 - a listed primary that answers parked (it restarted before anyone failed it over, or its
@@ -29,7 +30,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lazarus_lite.locks import LockBusy, Locks
-from lazarus_lite.ratequeue_failover import compare_and_set_loop_on, connect, hold_for_forensics
+from lazarus_lite.ratequeue_failover import (
+    compare_and_set_loop_on,
+    connect,
+    detach_unlisted_replicas,
+    hold_for_forensics,
+    unlisted_replicas,
+)
 from ratequeue import membership
 from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology, TopologyStore
 
@@ -83,6 +90,8 @@ class ShardKeeper:
         ]
         if membership.is_parked(primary):
             return done + await self._under_lock(shard, self._reappoint)
+        if primary.get("role") == "master" and unlisted_replicas(shard, primary):
+            done += await self._under_lock(shard, self._park_strays)
         if primary.get("role") == "master" and strays:
             done += await self._under_lock(shard, self._rejoin)
         settled = membership.settled_lineage(primary)
@@ -104,6 +113,10 @@ class ShardKeeper:
             return await action(current, held)
         finally:
             await self.locks.release(held)
+
+    async def _park_strays(self, shard: Shard, held: Any) -> list[str]:
+        parked = await detach_unlisted_replicas(shard, lambda: self.locks.assert_held(held))
+        return [f"{shard.id}: parked {address}, attached but not listed" for address in parked]
 
     async def _rejoin(self, shard: Shard, held: Any) -> list[str]:
         """Attach every listed replica that answers and follows anything else."""

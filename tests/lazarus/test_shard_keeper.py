@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
 from ratequeue import membership
-from ratequeue.redis_processes import LocalCluster, wait_for_replicas_in_sync
+from ratequeue.redis_processes import LocalCluster, start_redis, wait_for_replicas_in_sync
 from ratequeue.topology import Topology, TopologyStore
 
 
@@ -105,3 +105,19 @@ def test_a_restarted_primary_is_not_appointed_while_a_replica_cannot_say_what_it
     done, topology = keep_once(cluster)  # once it answers and holds no more, it is
     assert primary.replication()["role"] == "master"
     assert topology.shard("s0").status == "ok"
+
+
+def test_a_node_attached_but_not_listed_is_parked(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = cluster.shards[0].primary
+    stray = start_redis("stray", "replica", "s0", primary.workdir)
+    try:
+        stray.attach_to(primary)
+        wait_for_replicas_in_sync(primary, [stray])
+        done, _ = keep_once(cluster)
+        assert any("attached but not listed" in line for line in done), done
+        assert membership.is_parked(stray.replication())
+    finally:
+        stray.stop()
