@@ -14,9 +14,13 @@ STAMP  := $(VENV)/.installed
 demo: setup
 	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
+# The compound fault schedules run in a pytest process of their own: earlier tests leave
+# signal handlers and timers in the process (the chaos CLI's, fault auto-rollbacks), and with
+# pids recycled that fast a leftover can reach a process of a later testbed.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/test_compound_faults.py
+	$(BIN)/pytest tests/test_compound_faults.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
