@@ -14,9 +14,9 @@ STAMP  := $(VENV)/.installed
 demo: setup
 	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
-# The compound fault schedules run in a pytest process of their own: earlier tests leave
-# signal handlers and timers in the process (the chaos CLI's, fault auto-rollbacks), and with
-# pids recycled that fast a leftover can reach a process of a later testbed.
+# The compound fault schedules run in a pytest process of their own, so nothing an earlier test
+# leaves in the process (the chaos CLI installs SIGTERM/SIGINT handlers; fault auto-rollback
+# timers) can act during them.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest --ignore=tests/test_compound_faults.py
