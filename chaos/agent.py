@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.gremlin import MAX_LENGTH, program_of
 from chaos.faults.local import LocalFaultBackend
+from ratequeue import bounded_yaml
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def load_targets(path: Path) -> dict[str, AgentTarget]:
     except OSError as error:
         raise ValueError(f"cannot read targets from {path}: {error}") from error
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else bounded_yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
         raise ValueError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"

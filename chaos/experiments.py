@@ -26,6 +26,7 @@ from pydantic import (
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
 from lazarus_lite.workflow import parse_duration
+from ratequeue import bounded_yaml
 
 
 class ExperimentError(ValueError):
@@ -241,7 +242,7 @@ def _describe(error: ValidationError) -> str:
 
 def parse_experiment(text: str, source: str) -> Experiment:
     try:
-        raw = yaml.safe_load(text)
+        raw = bounded_yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ExperimentError(f"{source}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes
+from ratequeue import bounded_yaml
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 from ratequeue.validation import describe_problems
 
@@ -129,7 +130,7 @@ def load_deployment(path: Path) -> Deployment:
         raise TargetError(f"{path}: no such file")
     try:
         raw = (
-            yaml.safe_load(path.read_text())
+            bounded_yaml.safe_load(path.read_text())
             if path.suffix in {".yaml", ".yml"}
             else json.loads(path.read_text())
         )

@@ -78,6 +78,8 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ratequeue import bounded_yaml
+
 log = logging.getLogger(__name__)
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -688,7 +690,7 @@ def load_notification_config(
     Raises NotificationConfigError naming the file and the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = bounded_yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise NotificationConfigError(f"{path}: {error}") from None
     if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.rules import Rule
 from lazarus_lite.workflow import WorkflowDefinition, parse_duration, parse_workflow
+from ratequeue import bounded_yaml
 from ratequeue.validation import describe_problems
 
 DEFINITIONS = Path(__file__).parent / "definitions"
@@ -196,7 +197,7 @@ def load_profiles(directory: Path) -> tuple[list[Rule], dict[str, WorkflowDefini
     workflows: dict[str, WorkflowDefinition] = {}
     for path in sorted(directory.glob("*.y*ml")):
         try:
-            profile = ServiceProfile.model_validate(yaml.safe_load(path.read_text()))
+            profile = ServiceProfile.model_validate(bounded_yaml.safe_load(path.read_text()))
             generated_rules, generated_workflows = TEMPLATES[profile.profile](profile)
         except ValidationError as error:
             raise ProfileError(f"{path}: {describe_problems(error)}") from None

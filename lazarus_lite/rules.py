@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from failover.events import EVENT_TYPES, Event
+from ratequeue import bounded_yaml
 from ratequeue.validation import describe_problems
 
 LockKind = Literal["host", "service", "shard"]
@@ -122,7 +123,7 @@ def parse_rules(
     """Rules from YAML text (one rule, a list of rules, or several documents)."""
     checks, actions = set(known_checks), set(known_actions)
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in bounded_yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
         raise RuleError(f"{source}: not valid YAML: {error}") from None
     raw_rules: list[Any] = []

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lazarus_lite.locks import HeldLock, Locks
+from ratequeue import bounded_yaml
 from ratequeue.validation import describe_problems
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def step(name: str) -> Callable[[StepFunction], StepFunction]:
 
 def parse_workflow(text: str, source: str) -> WorkflowDefinition:
     try:
-        raw = yaml.safe_load(text)
+        raw = bounded_yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise WorkflowError(f"{source}: not valid YAML: {error}") from None
     try:
