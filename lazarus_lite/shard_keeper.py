@@ -59,7 +59,6 @@ class ShardKeeper:
         self, control: aioredis.Redis, locks: Locks, node_id: str, forensics_policy: str
     ) -> None:
         self.topology = TopologyStore(control)
-        self.control = control
         self.locks = locks
         self.holder = f"shard-keeper:{node_id}"
         self.forensics_policy = forensics_policy
@@ -157,7 +156,6 @@ class ShardKeeper:
                     f"{shard.id}: primary {shard.primary.name} came back parked but {behind}; "
                     "not appointed again: a person must choose (docs/membership.md)"
                 ]
-            epoch_holder: dict[str, int] = {}
 
             async def change(topology: Topology) -> Topology | None:
                 current = topology.shard(shard.id)
@@ -167,7 +165,6 @@ class ShardKeeper:
                 await self.locks.assert_held(held)
                 lineage = await membership.appoint_primary(conn, epoch)
                 enqueues = await membership.enqueues_applied(conn)
-                epoch_holder["epoch"] = epoch
                 updated = current.model_copy(
                     update={
                         "epoch": epoch,
@@ -178,17 +175,15 @@ class ShardKeeper:
                 )
                 return topology.next_with(updated)
 
-            await compare_and_set_loop_on(
+            published = await compare_and_set_loop_on(
                 self.topology, change, lambda: self.locks.assert_held(held)
             )
+        appointed = published.shard(shard.id)
         done = [
             f"{shard.id}: primary {shard.primary.name} answered parked after a restart; "
-            f"appointed again at epoch {epoch_holder.get('epoch')}"
+            f"appointed again at epoch {appointed.epoch}"
         ]
-        topology = await self.topology.load()
-        if topology is not None:
-            done += await self._rejoin(topology.shard(shard.id), held)
-        return done
+        return done + await self._rejoin(appointed, held)
 
     async def _holds_less_than_a_replica(self, primary: aioredis.Redis, shard: Shard) -> str:
         """Why the restarted primary may hold less than it acknowledged, or '' if it cannot.

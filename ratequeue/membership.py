@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 
 from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 
-# Every enqueue increments it (`ratequeue.scripts`): the count of enqueues a node has applied.
+# Every enqueue and rate change increments it (`ratequeue.scripts`): how many writes acknowledged
+# after `WAIT` a node has applied.
 BARRIER_KEY = "rq:barrier"
 
 # Where a parked node points: nothing listens on port 1, so it replicates from nobody, keeps its
@@ -129,10 +130,9 @@ def most_complete_replica(
 
     A node that restarted, or a replacement that never synced, reports a replication id of its
     own, so its offset says nothing; its data still does. When offsets cannot decide because of
-    such nodes, every position is
-    compared by enqueues applied (a prefix count of the one stream all listed members follow),
-    provided the topology recorded how many the primary had applied when it was appointed: the
-    chosen replica must have applied at least that many.
+    such nodes, every position is compared by enqueues applied (a prefix count of the one stream
+    all listed members follow), provided the topology recorded how many the primary had applied
+    when it was appointed: the chosen replica must have applied at least that many.
     """
     try:
         return _by_offset(positions, lineage, listed=listed, min_replicas=min_replicas)

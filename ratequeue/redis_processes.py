@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE, boot_arguments, settled_lineage
+from ratequeue.membership import boot_arguments, settled_lineage
 from ratequeue.topology import (
     FENCE_KEY,
     TOPOLOGY_CHANNEL,
@@ -179,12 +179,6 @@ class RedisProcess:
 
     def lineage(self) -> Lineage | None:
         return settled_lineage(self.replication())
-
-    def park(self) -> None:
-        """Point the node at the sink and make it refuse writes, as it boots."""
-        with self.client() as conn:
-            conn.config_set("min-replicas-to-write", NEVER_WRITABLE)
-            conn.execute_command("REPLICAOF", *FENCE_SINK)
 
     def replication(self) -> dict:
         with self.client() as conn:
