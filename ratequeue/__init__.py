@@ -7,6 +7,7 @@ consumers, the error classes in `ratequeue.errors`, and the `ratequeue` CLI (`se
 from ratequeue.client import AsyncRatequeueClient, RatequeueClient
 from ratequeue.errors import (
     DurabilityNotMet,
+    IdConflict,
     InvalidInput,
     QueueFull,
     RatequeueError,
@@ -16,6 +17,7 @@ from ratequeue.errors import (
 __all__ = [
     "AsyncRatequeueClient",
     "DurabilityNotMet",
+    "IdConflict",
     "InvalidInput",
     "QueueFull",
     "RatequeueClient",

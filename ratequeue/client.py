@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ratequeue.errors import (
+    IdConflict,
     InvalidInput,
     QueueFull,
     RetryableError,
@@ -277,8 +278,8 @@ class AsyncRatequeueClient:
     async def enqueue(self, number: str, body: Any, message_id: str | None = None) -> Enqueued:
         """Queue one message; returns once `min_replicas` replicas hold it.
 
-        Raises QueueFull (nothing written), or a RetryableError once retries are exhausted:
-        then retry later with the same id."""
+        Raises QueueFull or IdConflict (nothing written), or a RetryableError once retries are
+        exhausted: then retry later with the same id."""
         results = await self.enqueue_many([self.prepare(number, body, message_id)])
         result = results[0]
         if isinstance(result, Exception):
@@ -287,8 +288,8 @@ class AsyncRatequeueClient:
 
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
         """Queue prepared messages in one batch per shard, shards in parallel. Each entry of the
-        result is the message's acknowledgement or the error that refused it (QueueFull, or a
-        RetryableError)."""
+        result is the message's acknowledgement or the error that refused it (QueueFull,
+        IdConflict, or a RetryableError)."""
         messages = list(messages)
         by_shard: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
@@ -319,6 +320,8 @@ class AsyncRatequeueClient:
                 message = messages[i]
                 if outcome.status == "full":
                     results[i] = QueueFull(outcome.detail)
+                elif outcome.status == "conflict":
+                    results[i] = IdConflict(outcome.detail)
                 else:
                     results[i] = Enqueued(
                         id=message.id,

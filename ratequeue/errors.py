@@ -1,5 +1,16 @@
 """The exception hierarchy every part of ratequeue raises, and the HTTP status each maps to.
 
+    RatequeueError                 500
+    ├── InvalidInput               400  (the request is wrong; retrying it cannot succeed)
+    │   └── InvalidNumber          400
+    ├── QueueFull                  429  (nothing written)
+    ├── IdConflict                 409  (the id names another message of that number)
+    └── RetryableError             503  (retry later with the same message id)
+        ├── DurabilityNotMet
+        ├── ShardUnavailable
+        ├── StaleEpoch
+        └── TopologyUnavailable
+
 Not for: formatting HTTP responses (the service does that from `code` and `http_status`).
 """
 
@@ -40,6 +51,14 @@ class QueueFull(RatequeueError):
 
     code = "queue_full"
     http_status = 429
+
+
+class IdConflict(RatequeueError):
+    """The message's id was used for another message to the same number within the dedup window
+    (another body); nothing was written. A retry of the same message is a duplicate, not this."""
+
+    code = "id_conflict"
+    http_status = 409
 
 
 class RetryableError(RatequeueError):

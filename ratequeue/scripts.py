@@ -8,15 +8,17 @@ Key layout on a shard (`N` is a canonical number):
   rq:fence          the shard epoch this node was made primary in; writes carry the epoch the
                     client routed by and are refused on a mismatch (fencing after a failover)
   rq:q:N            list of message ids waiting to be sent, head first; Redis deletes it when empty
-  rq:msg            hash id -> record `attempt|segments|enqueued_ms|number|body`
+  rq:msg            hash N/id -> record `attempt|segments|enqueued_ms|number|body`; a message is
+                    named by its number and id (`N/id`, the "message key"): ids are per number
   rq:seg            hash N -> segments queued or leased (the capacity check); field gone at zero
   rq:dr             hash N -> default `rate:burst`, kept while N has queued or leased messages
   rq:rates          hash N -> override `rate:burst` (configuration, set by the API)
   rq:tat:N          GCRA theoretical arrival time (ms); expires by itself once it no longer limits
   rq:ready          zset N -> ms when N may send next; holds exactly the numbers with queued ids
-  rq:leases         zset "seq:id" -> lease expiry (ms); a receipt names its member
+  rq:leases         zset "seq:N/id" -> lease expiry (ms); a receipt names its member
   rq:lease_seq      receipt counter
-  rq:ids:W          set of ids enqueued in dedup window W (expires after two windows)
+  rq:seen:W         hash N/id -> body fingerprint, for messages enqueued in dedup window W
+                    (expires after two windows): a retry is a duplicate, another body a conflict
   rq:barrier        incremented by every enqueue and rate change: WAIT after a duplicate covers
                     the earlier write of the same id, and the count orders nodes by how much of
                     the acknowledged stream they hold (`ratequeue.membership`)
@@ -28,6 +30,12 @@ apply the same values.
 from __future__ import annotations
 
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
+
+
+def message_key(number: str, message_id: str) -> str:
+    """How `rq:msg` and `rq:leases` name a message: message ids are per number."""
+    return f"{number}/{message_id}"
+
 
 # Helpers shared by the scripts (prepended to each; Lua has no imports inside Redis).
 _PRELUDE = (
@@ -68,6 +76,11 @@ local function rate_of(number, default_raw)
   return parse_rate(raw)
 end
 
+-- A message key is `number/id`; keys written before ids were per number are the bare id.
+local function id_of(key)
+  return string.match(key, '/(.*)$') or key
+end
+
 local function parse_record(rec)
   local attempt, segments, enqueued, number, body =
     string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
@@ -91,35 +104,46 @@ ENQUEUE_BATCH = (
     + r"""
 -- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, then per message:
 --       id, number, segments, default_rate ("rate:burst"), body
--- Returns per message {status, detail}: status ok | duplicate | full.
+-- Returns per message {status, detail}: status ok | duplicate | conflict | full.
 local refused = check_fence(ARGV[1])
 if refused then return refused end
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local max_queue_seconds = tonumber(ARGV[3])
 local w = math.floor(now / 1000 / window)
-local ids_now, ids_before = 'rq:ids:' .. w, 'rq:ids:' .. (w - 1)
+local seen_now, seen_before = 'rq:seen:' .. w, 'rq:seen:' .. (w - 1)
 local results = {}
 for i = 4, #ARGV, 5 do
   local id, number, segments, default_raw, body =
     ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
-  -- SADD both records the id in this window and tells whether it was there already.
-  if redis.call('HEXISTS', 'rq:msg', id) == 1
-      or redis.call('SISMEMBER', ids_before, id) == 1
-      or redis.call('SADD', ids_now, id) == 0 then
+  local key = number .. '/' .. id
+  -- 16 hex digits of SHA-1 tell a retry from another message under the same id; a collision
+  -- would only make a different body count as a retry.
+  local fingerprint = string.sub(redis.sha1hex(body), 1, 16)
+  local record = redis.call('HGET', 'rq:msg', key)
+  local seen = redis.call('HGET', seen_now, key) or redis.call('HGET', seen_before, key)
+  local earlier = seen
+  if record then
+    local _, _, _, _, earlier_body = parse_record(record)
+    earlier = string.sub(redis.sha1hex(earlier_body), 1, 16)
+  end
+  if earlier and earlier ~= fingerprint then
+    results[#results + 1] = {'conflict', 'id ' .. id .. ' was used for another message to ' ..
+      number .. ' within the dedup window; use a new id for a new message'}
+  elseif earlier then
     results[#results + 1] = {'duplicate', ''}
   else
     local per_second, burst = rate_of(number, default_raw)
     local held = tonumber(redis.call('HGET', 'rq:seg', number) or '0')
     local capacity = math.floor(per_second * max_queue_seconds)
     if held + segments > capacity then
-      redis.call('SREM', ids_now, id)  -- refused: nothing of it stays
       results[#results + 1] = {'full', 'queue for ' .. number .. ' holds ' .. held ..
         ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
         ' (' .. max_queue_seconds .. ' s of sending at ' .. per_second .. '/s)'}
     else
-      local record = '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body
-      redis.call('HSET', 'rq:msg', id, record)
+      redis.call('HSET', 'rq:msg', key,
+        '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body)
+      redis.call('HSET', seen_now, key, fingerprint)
       if held == 0 then
         -- The number's first held message records its default rate (kept until the last ack).
         redis.call('HSET', 'rq:dr', number, default_raw)
@@ -132,7 +156,7 @@ for i = 4, #ARGV, 5 do
     end
   end
 end
-redis.call('PEXPIRE', ids_now, window * 2000)
+redis.call('PEXPIRE', seen_now, window * 2000)
 -- Always write, so the WAIT that follows on this connection covers this node's replication
 -- offset as of now: a duplicate of an unacknowledged earlier write is then acknowledged only
 -- once that earlier write has reached the replicas too.
@@ -145,7 +169,7 @@ DEQUEUE = (
     _PRELUDE
     + r"""
 -- ARGV: max, lease_ms, requeue_limit
--- Returns {now_ms, {receipt, id, number, attempt, body}...}
+-- Returns {now_ms, {lease, id, number, attempt, body}...}; a receipt names its lease.
 local now = now_ms()
 local max = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
@@ -154,18 +178,18 @@ local lease_ms = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', 'rq:leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, lease in ipairs(expired) do
   redis.call('ZREM', 'rq:leases', lease)
-  local id = string.match(lease, '^%d+:(.*)$')
-  if not id then
+  local key = string.match(lease, '^%d+:(.*)$')
+  if not key then
     -- A lease written before leases named their message (member = seq, id in rq:lease).
-    id = redis.call('HGET', 'rq:lease', lease)
+    key = redis.call('HGET', 'rq:lease', lease)
     redis.call('HDEL', 'rq:lease', lease)
   end
-  local rec = id and redis.call('HGET', 'rq:msg', id)
+  local rec = key and redis.call('HGET', 'rq:msg', key)
   if rec then
     local attempt, segments, enqueued, number, body = parse_record(rec)
-    redis.call('HSET', 'rq:msg', id,
+    redis.call('HSET', 'rq:msg', key,
       (attempt + 1) .. '|' .. segments .. '|' .. enqueued .. '|' .. number .. '|' .. body)
-    if redis.call('LPUSH', 'rq:q:' .. number, id) == 1 then
+    if redis.call('LPUSH', 'rq:q:' .. number, id_of(key)) == 1 then
       local per_second, burst = rate_of(number)
       redis.call('ZADD', 'rq:ready', eligible_at(number, now, per_second, burst), number)
     end
@@ -189,7 +213,12 @@ while #out < max do
       redis.call('ZADD', 'rq:ready', tat - tau, number)
     else
       local id = redis.call('LPOP', 'rq:q:' .. number)
-      local rec = id and redis.call('HGET', 'rq:msg', id)
+      local key = id and number .. '/' .. id
+      local rec = id and redis.call('HGET', 'rq:msg', key)
+      if id and not rec then
+        key = id  -- queued before ids were per number
+        rec = redis.call('HGET', 'rq:msg', key)
+      end
       if not rec then
         if not id then redis.call('ZREM', 'rq:ready', number) end
       else
@@ -203,8 +232,8 @@ while #out < max do
           next_seq = redis.call('INCRBY', 'rq:lease_seq', max - #out) - (max - #out)
         end
         next_seq = next_seq + 1
-        local receipt = string.format('%.0f', next_seq)
-        redis.call('ZADD', 'rq:leases', now + lease_ms, receipt .. ':' .. id)
+        local lease = string.format('%.0f', next_seq) .. ':' .. key
+        redis.call('ZADD', 'rq:leases', now + lease_ms, lease)
         if redis.call('LLEN', 'rq:q:' .. number) > 0 then
           local at = new_tat - tau
           if at < now then at = now end
@@ -212,7 +241,7 @@ while #out < max do
         else
           redis.call('ZREM', 'rq:ready', number)
         end
-        out[#out + 1] = {receipt, id, number, attempt, body}
+        out[#out + 1] = {lease, id, number, attempt, body}
       end
     end
   end
@@ -224,22 +253,21 @@ return {now, out}
 ACK = (
     _PRELUDE
     + r"""
--- ARGV: pairs of lease sequence and message id. Returns the number of leases acknowledged.
+-- ARGV: leases ("seq:N/id", as named by receipts). Returns the number of leases acknowledged.
 -- A pair that no longer matches a live lease (expired, whether or not a dequeue has returned it
 -- to its queue yet, or issued by a primary that died before replicating it) acknowledges
 -- nothing: an expired lease belongs to the next consumer.
 local now = now_ms()
 local acked = 0
-for i = 1, #ARGV, 2 do
-  local id = ARGV[i + 1]
-  local lease = ARGV[i] .. ':' .. id
+for _, lease in ipairs(ARGV) do
+  local key = string.match(lease, '^%d+:(.*)$')
   local expires = redis.call('ZSCORE', 'rq:leases', lease)
   if expires and tonumber(expires) >= now then
     redis.call('ZREM', 'rq:leases', lease)
-    local rec = redis.call('HGET', 'rq:msg', id)
+    local rec = redis.call('HGET', 'rq:msg', key)
     if rec then
       local segments, number = string.match(rec, '^%d+|(%d+)|%d+|([^|]*)|')
-      redis.call('HDEL', 'rq:msg', id)
+      redis.call('HDEL', 'rq:msg', key)
       if redis.call('HINCRBY', 'rq:seg', number, -tonumber(segments)) <= 0 then
         redis.call('HDEL', 'rq:seg', number)
         redis.call('HDEL', 'rq:dr', number)

@@ -29,6 +29,7 @@ from ratequeue.client import AsyncRatequeueClient, validate_message_id
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
     DurabilityNotMet,
+    IdConflict,
     InvalidInput,
     QueueFull,
     RatequeueError,
@@ -228,8 +229,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             metrics.enqueued.labels("invalid").inc()
             raise
         result = enqueued[0]
-        if isinstance(result, QueueFull):
-            metrics.enqueued.labels("full").inc()
+        if isinstance(result, QueueFull | IdConflict):
+            metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):

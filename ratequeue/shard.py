@@ -35,7 +35,8 @@ class OutgoingMessage:
 
 @dataclass(frozen=True)
 class EnqueueOutcome:
-    """`status` is `ok` (queued now), `duplicate` (the id was queued before) or `full`."""
+    """`status` is `ok` (queued now), `duplicate` (the same message was queued before),
+    `conflict` (its number used the id for another body within the dedup window) or `full`."""
 
     status: str
     detail: str = ""
@@ -68,19 +69,20 @@ class ShardStats:
     ready_numbers: int
 
 
-def make_receipt(shard_id: str, lease_seq: str, message_id: str) -> str:
-    # The message id is part of the receipt so that a receipt issued by a primary that died
+def make_receipt(shard_id: str, lease: str) -> str:
+    # The lease names the message (`seq:number/id`), so a receipt issued by a primary that died
     # before replicating can never acknowledge a different message leased later under the same
     # sequence number by its successor.
-    return f"{shard_id}:{lease_seq}:{message_id}"
+    return f"{shard_id}:{lease}"
 
 
-def parse_receipt(receipt: str) -> tuple[str, str, str]:
-    """Split a receipt into (shard id, lease sequence, message id)."""
+def parse_receipt(receipt: str) -> tuple[str, str]:
+    """Split a receipt into (shard id, lease). Raises ValueError naming what is wrong."""
     parts = receipt.split(":", 2)
     if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
-        raise ValueError(f"malformed receipt {receipt!r}")
-    return parts[0], parts[1], parts[2]
+        shown = receipt if len(receipt) <= 64 else receipt[:64] + "..."  # never echo unbounded
+        raise ValueError(f"malformed receipt {shown!r}: expected one a dequeue returned")
+    return parts[0], f"{parts[1]}:{parts[2]}"
 
 
 class _Script:
@@ -198,7 +200,7 @@ class ShardQueue:
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]
-        written = any(outcome.status != "full" for outcome in outcomes)
+        written = any(outcome.status in ("ok", "duplicate") for outcome in outcomes)
         if wait is not None and replicas < min_replicas and written:
             raise DurabilityNotMet(
                 f"shard {self.shard_id}: WAIT confirmed {replicas} of {min_replicas} "
@@ -209,14 +211,13 @@ class ShardQueue:
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
         result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
         leased = []
-        for seq, message_id, number, attempt, body in result[1]:
-            message_id = message_id.decode()
+        for lease, message_id, number, attempt, body in result[1]:
             leased.append(
                 LeasedMessage(
-                    id=message_id,
+                    id=message_id.decode(),
                     number=number.decode(),
                     body=json.loads(body),
-                    receipt=make_receipt(self.shard_id, seq.decode(), message_id),
+                    receipt=make_receipt(self.shard_id, lease.decode()),
                     attempt=int(attempt),
                     shard=self.shard_id,
                 )
@@ -225,10 +226,7 @@ class ShardQueue:
 
     async def ack(self, receipts: list[str]) -> int:
         """Acknowledge leases of this shard. A receipt whose lease expired acknowledges nothing."""
-        args: list[str] = []
-        for receipt in receipts:
-            _, seq, message_id = parse_receipt(receipt)
-            args += [seq, message_id]
+        args = [parse_receipt(receipt)[1] for receipt in receipts]
         if not args:
             return 0
         acked, _ = await self._run(ACK, *args)

@@ -385,6 +385,17 @@ def test_an_enqueue_answers_201_with_the_id_the_canonical_number_and_the_shard(
     assert enqueue(http, ON_S1, "hi")["shard"] == "s1"
 
 
+def test_an_id_reused_for_another_body_answers_409_and_keeps_the_first(
+    http: httpx.Client,
+) -> None:
+    enqueue(http, ON_S0, "hello", "m-1")
+    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "goodbye"})
+    assert_error(response, 409, "id_conflict", "m-1")
+    assert enqueue(http, ON_S0, "hello", "m-1")["duplicate"] is True
+    dequeued = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
+    assert [m["body"] for m in dequeued.json()["messages"]] == ["hello"]
+
+
 def test_an_enqueue_without_an_id_is_given_one(http: httpx.Client) -> None:
     first, second = enqueue(http, ON_S0, "hello"), enqueue(http, ON_S0, "hello")
     assert first["id"] and second["id"] and first["id"] != second["id"]
@@ -462,7 +473,7 @@ def test_a_rate_stored_out_of_range_poisons_no_queue_and_loses_no_message(
     leased = {m["id"] for m in answer.json()["messages"]}
     with cluster.shard("s0").primary.client() as conn:
         queued = {i.decode() for n in (ON_S0, ON_S0_OTHER) for i in conn.lrange(f"rq:q:{n}", 0, -1)}
-        leases = {m.decode().split(":", 1)[1] for m in conn.zrange("rq:leases", 0, -1)}
+        leases = {m.decode().split("/", 1)[1] for m in conn.zrange("rq:leases", 0, -1)}
     assert {"tiny-rate", "neighbour"} <= queued | leases | leased
     for number in (ON_S0, ON_S0_OTHER):
         info = http.get(f"/v1/numbers/{number}")

@@ -18,6 +18,7 @@ from ratequeue.errors import RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.membership import NoSafeCandidate, ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
 from ratequeue.redis_processes import LocalCluster, RedisProcess, RedisStartError, start_redis
+from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
 
@@ -83,12 +84,12 @@ def test_a_restarted_primary_comes_back_parked_with_its_data(
     with pytest.raises(ShardUnavailable, match="replica"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert conn.hexists("rq:msg", "m1")
+        assert conn.hexists("rq:msg", message_key("+14155550100", "m1"))
         conn.execute_command("REPLICAOF", "NO", "ONE")  # by hand: its old fence is still there
     with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert not conn.hexists("rq:msg", "m2")
+        assert not conn.hexists("rq:msg", message_key("+14155550100", "m2"))
 
 
 # -- the fence ---------------------------------------------------------------------------------

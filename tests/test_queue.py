@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ratequeue.client import RatequeueClient
-from ratequeue.errors import QueueFull
+from ratequeue.errors import IdConflict, QueueFull
 from ratequeue.rates import Rate
 from ratequeue.redis_processes import LocalCluster
 
@@ -46,6 +46,54 @@ def test_an_acked_id_enqueued_again_within_the_dedup_window_is_not_requeued(
     assert client.ack([m.receipt for m in leased]) == 1
     assert client.enqueue(NUMBER, "hello", "order-2").duplicate
     assert client.number_info(NUMBER).depth == 0
+
+
+def test_an_id_reused_for_another_body_of_the_same_number_is_refused_as_a_conflict(
+    client: RatequeueClient,
+) -> None:
+    client.enqueue(NUMBER, "hello", "order-3")
+    with pytest.raises(IdConflict, match="order-3"):
+        client.enqueue(NUMBER, "goodbye", "order-3")
+    [message] = client.dequeue(10, 30)
+    assert (message.id, message.body) == ("order-3", "hello")
+
+
+def test_an_acked_id_reused_for_another_body_within_the_dedup_window_is_a_conflict(
+    client: RatequeueClient,
+) -> None:
+    client.enqueue(NUMBER, "hello", "order-4")
+    assert client.ack([m.receipt for m in client.dequeue(10, 30)]) == 1
+    with pytest.raises(IdConflict):
+        client.enqueue(NUMBER, "goodbye", "order-4")
+    assert client.number_info(NUMBER).depth == 0
+
+
+def test_the_same_id_for_two_numbers_names_two_messages(client: RatequeueClient) -> None:
+    other = "+14155550101"
+    assert client.number_info(other).shard == client.number_info(NUMBER).shard  # one key space
+    assert not client.enqueue(NUMBER, "to the first", "shared-id").duplicate
+    assert not client.enqueue(other, "to the second", "shared-id").duplicate
+    leased = client.dequeue(10, 30)
+    assert sorted((m.number, m.body) for m in leased) == [
+        (NUMBER, "to the first"),
+        (other, "to the second"),
+    ]
+    assert client.ack([m.receipt for m in leased]) == 2
+
+
+def test_a_message_queued_before_ids_were_per_number_is_still_delivered_and_acked(
+    client: RatequeueClient, cluster: LocalCluster
+) -> None:
+    shard = client.number_info(NUMBER).shard
+    with cluster.shard(shard).primary.client() as conn:  # the layout before: keyed by bare id
+        conn.hset("rq:msg", "old-1", f'0|1|{int(time.time() * 1000)}|{NUMBER}|"from before"')
+        conn.hset("rq:seg", NUMBER, 1)
+        conn.rpush(f"rq:q:{NUMBER}", "old-1")
+        conn.zadd("rq:ready", {NUMBER: 0})
+    [message] = client.dequeue(10, 30)
+    assert (message.id, message.body) == ("old-1", "from before")
+    assert client.ack([message.receipt]) == 1
+    assert client.number_info(NUMBER).held_segments == 0
 
 
 def test_a_queue_that_empties_leaves_no_keys_behind(
