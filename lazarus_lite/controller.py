@@ -132,7 +132,9 @@ class ControllerNode:
         )
         self.audit = AuditLog(control)
         self.topology = TopologyStore(control)
-        self.keeper = ShardKeeper(control, self.locks, self.node_id, settings.forensics_policy)
+        self.keeper = ShardKeeper(
+            control, self.locks, self.node_id, settings.forensics_policy, settings.min_replicas
+        )
         self.notifier = (
             Notifier.from_file(settings.notifications, on_deadline=self._page_deadline_passed)
             if settings.notifications is not None

@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from lazarus_lite.workflow import Escalate, StepContext, step
 from ratequeue import membership
@@ -155,7 +155,9 @@ async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
     candidate = _node_named(topology, ctx.inputs["shard"], choice["candidate"])
     await ctx.assert_lock()
     async with connect(candidate) as conn:
-        lineage = await membership.appoint_primary(conn, choice["epoch"])
+        lineage = await membership.appoint_primary(
+            conn, choice["epoch"], min_replicas=int(ctx.inputs.get("min_replicas", 1))
+        )
         enqueues = await membership.enqueues_applied(conn)
     return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time(),
             "lineage": lineage.model_dump() if lineage else None,
@@ -239,7 +241,9 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
         candidate = _node_named(topology, shard_id, choice["candidate"])
         if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
-                await membership.appoint_primary(conn, epoch)
+                await membership.appoint_primary(
+                    conn, epoch, min_replicas=int(ctx.inputs.get("min_replicas", 1))
+                )
         # Every replica parked by the fence stays listed, repointed or not: a repoint that timed
         # out may still land, and only a listed replica is read by the N - k + 1 rule
         # (docs/membership.md, M4); the shard keeper attaches it once it answers. A replica
@@ -326,11 +330,24 @@ async def verify_health(ctx: StepContext) -> dict[str, Any]:
     k = int(ctx.inputs.get("min_replicas", 1))
     detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
     async with connect(shard.primary, timeout=3) as conn:
-        await conn.incr("rq:barrier")
+        await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
         confirmed = int(await conn.execute_command("WAIT", k, 1000))
     if confirmed < k:
         raise RuntimeError(f"WAIT confirmed {confirmed} of {k} replicas on {shard.primary.name}")
     return {"primary": shard.primary.name, "replicas_confirmed": confirmed, "detached": detached}
+
+
+async def write_once_replicas_follow(conn: aioredis.Redis, deadline: float) -> None:
+    """One write for `WAIT` to cover. An appointed primary refuses writes (NOREPLICAS) until
+    `min_replicas` replicas follow it, which takes a moment after a repoint."""
+    while True:
+        try:
+            await conn.incr("rq:barrier")
+            return
+        except ResponseError as error:
+            if not str(error).startswith("NOREPLICAS") or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 def unlisted_replicas(shard: Shard, info: dict[str, Any]) -> list[tuple[str, int]]:

@@ -56,12 +56,18 @@ async def _replication(node: NodeRef) -> dict[str, Any] | None:
 
 class ShardKeeper:
     def __init__(
-        self, control: aioredis.Redis, locks: Locks, node_id: str, forensics_policy: str
+        self,
+        control: aioredis.Redis,
+        locks: Locks,
+        node_id: str,
+        forensics_policy: str,
+        min_replicas: int = 1,
     ) -> None:
         self.topology = TopologyStore(control)
         self.locks = locks
         self.holder = f"shard-keeper:{node_id}"
         self.forensics_policy = forensics_policy
+        self.min_replicas = min_replicas  # what the API's WAIT requires
 
     async def run_once(self) -> list[str]:
         """One pass over every shard; returns what was done, one line per change."""
@@ -163,7 +169,9 @@ class ShardKeeper:
                     return None
                 epoch = topology.epoch + 1
                 await self.locks.assert_held(held)
-                lineage = await membership.appoint_primary(conn, epoch)
+                lineage = await membership.appoint_primary(
+                    conn, epoch, min_replicas=min(self.min_replicas, len(current.replicas))
+                )
                 enqueues = await membership.enqueues_applied(conn)
                 updated = current.model_copy(
                     update={

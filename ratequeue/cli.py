@@ -131,7 +131,11 @@ def initial_topology(
 
 
 async def _publish_initial_topology(
-    control_url: str, topology: Topology, wait: float, say: Callable[[str], None]
+    control_url: str,
+    topology: Topology,
+    wait: float,
+    min_replicas: int,
+    say: Callable[[str], None],
 ) -> tuple[bool, int]:
     """Only if the control store holds no topology: wait for every node, appoint each primary at
     epoch 1, store the topology (compare-and-set on epoch 0), then attach the replicas and wait
@@ -187,7 +191,9 @@ async def _publish_initial_topology(
         # parked; appoint each primary, store the map listing every replica, then attach them.
         for shard in topology.shards:
             async with connected(shard.primary.address) as primary:
-                await membership.appoint_primary(primary, shard.epoch)
+                await membership.appoint_primary(
+                    primary, shard.epoch, min_replicas=min(min_replicas, len(shard.replicas))
+                )
             say(f"appointed {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
         try:
             await store.compare_and_set(0, topology)
@@ -240,6 +246,10 @@ def topology_init(
         None, "--peer-host", help="second address of every node (replication, controllers)"
     ),
     wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
+    min_replicas: int = typer.Option(
+        1, "--min-replicas", envvar="RATEQUEUE_MIN_REPLICAS", min=0, max=16,
+        help="replicas the API's WAIT requires; a primary with fewer refuses every write",
+    ),
 ) -> None:
     """Make the first primaries and write the initial topology (epoch 1), once: an existing
     topology is never overwritten (exit 0, nothing touched). Nodes boot parked; this appoints
@@ -258,7 +268,7 @@ def topology_init(
         raise typer.Exit(2) from None
     try:
         published, epoch = asyncio.run(
-            _publish_initial_topology(control, topology, wait, typer.echo)
+            _publish_initial_topology(control, topology, wait, min_replicas, typer.echo)
         )
     except TimeoutError as error:
         typer.echo(f"ratequeue topology-init: not reachable: {error}", err=True)

@@ -35,6 +35,20 @@ FENCE_SINK = ("127.0.0.1", 1)
 # has, so even a node made primary by hand (`REPLICAOF NO ONE`) refuses every write.
 NEVER_WRITABLE = 1_000_000
 NO_REPLICATION_ID = "0" * 40
+# How long an appointed primary goes on accepting writes after the last acknowledgement from its
+# k-th replica. Past it the primary refuses every write, dequeues included: a primary cut off
+# from its replicas (the shard failed over behind it) stops leasing messages to stale clients
+# within this plus up to a second (Redis counts the lag in whole seconds, acks come each second).
+REPLICA_MAX_LAG_SECONDS = 2
+
+
+def write_quorum(min_replicas: int) -> dict[str, int]:
+    """The settings of an appointed primary: it accepts writes only while `min_replicas` replicas
+    (what `WAIT` requires) acknowledged it within `REPLICA_MAX_LAG_SECONDS`."""
+    return {
+        "min-replicas-to-write": min_replicas,
+        "min-replicas-max-lag": REPLICA_MAX_LAG_SECONDS,
+    }
 
 
 def boot_arguments() -> list[str]:
@@ -247,16 +261,20 @@ def settled_lineage(info: dict[str, Any]) -> Lineage | None:
     return lineage_of(info)
 
 
-async def appoint_primary(node: aioredis.Redis, epoch: int) -> Lineage | None:
-    """Make `node` the primary of a shard epoch: stop replicating, accept writes, write the fence.
-    Idempotent. Returns the lineage to record in the topology (None: record it once a replica
-    has synced, see `settled_lineage`)."""
+async def appoint_primary(node: aioredis.Redis, epoch: int, *, min_replicas: int) -> Lineage | None:
+    """Make `node` the primary of a shard epoch: stop replicating, write the fence, then accept
+    writes while `min_replicas` replicas follow it (`write_quorum`). Idempotent. Returns the
+    lineage to record in the topology (None: record it once a replica has synced, see
+    `settled_lineage`)."""
     info = await node.info("replication")
     if info.get("role") != "master":
         await node.execute_command("REPLICAOF", "NO", "ONE")
         info = await node.info("replication")
+    # The fence is written before any replica follows: for that one write, ask for none.
     await node.config_set("min-replicas-to-write", 0)
     await node.set(FENCE_KEY, str(epoch))
+    for name, value in write_quorum(min_replicas).items():
+        await node.config_set(name, value)
     return settled_lineage(info)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from ratequeue.membership import boot_arguments, settled_lineage
+from ratequeue.membership import boot_arguments, settled_lineage, write_quorum
 from ratequeue.topology import (
     FENCE_KEY,
     TOPOLOGY_CHANNEL,
@@ -168,7 +168,7 @@ class RedisProcess:
         with self.client() as conn:
             conn.execute_command("REPLICAOF", primary.peer_host, str(primary.port))
 
-    def appoint(self, epoch: int) -> None:
+    def appoint(self, epoch: int, *, min_replicas: int) -> None:
         """Make this node the primary of a shard epoch (`ratequeue.membership.appoint_primary`,
         for synchronous set-up code)."""
         with self.client() as conn:
@@ -176,6 +176,8 @@ class RedisProcess:
                 conn.execute_command("REPLICAOF", "NO", "ONE")
             conn.config_set("min-replicas-to-write", 0)
             conn.set(FENCE_KEY, str(epoch))
+            for name, value in write_quorum(min_replicas).items():
+                conn.config_set(name, value)
 
     def lineage(self) -> Lineage | None:
         return settled_lineage(self.replication())
@@ -284,11 +286,18 @@ def wait_for_replicas_in_sync(
                 raise RedisStartError(f"replicas not in sync after {timeout:.0f} s: {names}")
             time.sleep(0.02)
     with primary.client() as conn:
-        while conn.incr("rq:barrier") and int(
-            conn.execute_command("WAIT", len(replicas), 100)
-        ) < len(replicas):
+        while True:
+            try:
+                conn.incr("rq:barrier")
+                if int(conn.execute_command("WAIT", len(replicas), 100)) >= len(replicas):
+                    return
+            except redis.ResponseError as error:
+                # An appointed primary refuses writes until its replicas acknowledge it.
+                if not str(error).startswith("NOREPLICAS"):
+                    raise
             if time.monotonic() > deadline:
                 raise RedisStartError(f"{primary.name}: replicas never acknowledged a write")
+            time.sleep(0.02)
 
 
 @dataclass
@@ -306,14 +315,22 @@ class LocalCluster:
     workdir: Path
     control: RedisProcess
     shards: list[ShardNodes] = field(default_factory=list)
+    min_replicas: int = 1
+    """What clients' `WAIT` requires: an appointed primary with fewer replicas refuses writes."""
 
     @classmethod
     def start(
-        cls, workdir: Path, *, shards: int = 3, replicas: int = 2, detached: bool = False
+        cls,
+        workdir: Path,
+        *,
+        shards: int = 3,
+        replicas: int = 2,
+        min_replicas: int = 1,
+        detached: bool = False,
     ) -> LocalCluster:
         workdir.mkdir(parents=True, exist_ok=True)
         control = start_redis("control", "control", None, workdir, detached=detached)
-        cluster = cls(workdir=workdir, control=control)
+        cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
         try:
             for index in range(shards):
                 shard_id = f"s{index}"
@@ -365,7 +382,7 @@ class LocalCluster:
         """Epoch 1, in the order the membership argument needs: appoint each primary (fence and
         lineage), store the map listing every replica, and only then attach the replicas."""
         for shard in self.shards:
-            shard.primary.appoint(1)
+            shard.primary.appoint(1, min_replicas=min(self.min_replicas, len(shard.replicas)))
         topology = self.initial_topology()
         with self.control.client() as conn:
             conn.set(TOPOLOGY_KEY, topology.model_dump_json())

@@ -24,9 +24,9 @@ FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadlin
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     started: list[LocalCluster] = []
 
-    def start(shards: int = 1, replicas: int = 1) -> LocalCluster:
+    def start(shards: int = 1, replicas: int = 1, min_replicas: int = 1) -> LocalCluster:
         cluster = LocalCluster.start(tmp_path / f"cluster{len(started)}", shards=shards,
-                                     replicas=replicas)  # fmt: skip
+                                     replicas=replicas, min_replicas=min_replicas)  # fmt: skip
         started.append(cluster)
         return cluster
 

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from ratequeue.client import RatequeueClient
-from ratequeue.errors import DurabilityNotMet
-from ratequeue.redis_processes import LocalCluster, wait_for_replicas_in_sync
+from ratequeue.client import RatequeueClient, RetryPolicy
+from ratequeue.errors import DurabilityNotMet, ShardUnavailable
+from ratequeue.redis_processes import LocalCluster, RedisProcess, wait_for_replicas_in_sync
 
 NUMBER = "+14155550100"
+# One attempt: a paused replica is still counted by the primary for a second or more
+# (`membership.REPLICA_MAX_LAG_SECONDS`), so within it only WAIT tells it is not there.
+ONE_ATTEMPT = RetryPolicy(max_attempts=1, deadline=0)
+
+
+@contextmanager
+def paused(node: RedisProcess) -> Iterator[None]:
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -19,16 +34,26 @@ def single(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     return start_cluster(shards=1, replicas=1)
 
 
-def test_with_its_only_replica_stopped_an_enqueue_is_not_acknowledged(
+def test_with_its_only_replica_gone_an_enqueue_is_refused_and_nothing_is_written(
     single: LocalCluster, make_client: Callable[..., RatequeueClient]
 ) -> None:
     client = make_client(single)
     single.shards[0].replicas[0].stop()
-    with pytest.raises(DurabilityNotMet, match="0 of 1"):
+    with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
+        client.enqueue(NUMBER, "hello", "m-1")
+    with single.shards[0].primary.client() as conn:
+        assert conn.hlen("rq:msg") == 0
+
+
+def test_with_its_only_replica_not_acknowledging_an_enqueue_is_not_acknowledged(
+    single: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(single, retry=ONE_ATTEMPT)
+    with paused(single.shards[0].replicas[0]), pytest.raises(DurabilityNotMet, match="0 of 1"):
         client.enqueue(NUMBER, "hello", "m-1")
 
 
-def test_the_api_answers_503_with_retry_after_when_durability_is_not_met(
+def test_the_api_answers_503_with_retry_after_when_no_replica_follows(
     single: LocalCluster, serve_api: Callable
 ) -> None:
     api = serve_api(single)
@@ -37,26 +62,25 @@ def test_the_api_answers_503_with_retry_after_when_durability_is_not_met(
                           json={"id": "m-1", "body": "hello"}, timeout=10)  # fmt: skip
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
-    assert response.json()["error"]["code"] == "durability_not_met"
+    assert response.json()["error"]["code"] == "shard_unavailable"
 
 
 def test_a_retry_with_the_same_id_is_acknowledged_once_a_replica_is_back_and_queued_once(
     single: LocalCluster, make_client: Callable[..., RatequeueClient]
 ) -> None:
-    client = make_client(single)
+    client = make_client(single, retry=ONE_ATTEMPT)
     shard = single.shards[0]
-    shard.replicas[0].stop()
-    with pytest.raises(DurabilityNotMet):
-        client.enqueue(NUMBER, "hello", "m-1")
-    shard.replicas[0].restart(replica_of=shard.primary)
+    with paused(shard.replicas[0]), pytest.raises(DurabilityNotMet):
+        client.enqueue(NUMBER, "hello", "m-1")  # written on the primary, not acknowledged
     wait_for_replicas_in_sync(shard.primary, shard.replicas)
-    assert client.enqueue(NUMBER, "hello", "m-1").id == "m-1"
+    assert client.enqueue(NUMBER, "hello", "m-1").duplicate
     assert client.number_info(NUMBER).depth == 1
 
 
 def test_with_min_replicas_zero_no_replica_is_needed(
-    single: LocalCluster, make_client: Callable[..., RatequeueClient]
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:
-    client = make_client(single, min_replicas=0)
-    single.shards[0].replicas[0].stop()
+    cluster = start_cluster(shards=1, replicas=1, min_replicas=0)
+    client = make_client(cluster, min_replicas=0)
+    cluster.shards[0].replicas[0].stop()
     assert client.enqueue(NUMBER, "hello", "m-1").duplicate is False

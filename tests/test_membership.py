@@ -5,6 +5,9 @@ choice of the replica to promote follows the primary's lineage (docs/membership.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +40,14 @@ async def enqueue(node: RedisProcess, epoch: int, message_id: str = "m1") -> Non
     try:
         queue = ShardQueue("s0", connection)
         await queue.enqueue_batch(epoch, [message(message_id)], min_replicas=0, wait_timeout_ms=100)
+    finally:
+        await connection.aclose()
+
+
+async def dequeue(node: RedisProcess) -> list:
+    connection = aioredis.Redis(host=node.host, port=node.port, socket_timeout=2)
+    try:
+        return await ShardQueue("s0", connection).dequeue(10, 30_000)
     finally:
         await connection.aclose()
 
@@ -100,7 +111,7 @@ def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(
 ) -> None:
     cluster = start_cluster(shards=1, replicas=1)
     primary = cluster.shards[0].primary
-    primary.appoint(2)
+    primary.appoint(2, min_replicas=1)
     with pytest.raises(StaleEpoch):
         asyncio.run(enqueue(primary, 1))
     with pytest.raises(StaleEpoch):  # nor a newer one it was never told of
@@ -279,3 +290,32 @@ def test_a_node_cannot_start_on_a_port_another_redis_holds(tmp_path: Path) -> No
             start_redis("s0-replica-e2", "replica", "s0", tmp_path, port=other.port, timeout=3)
     finally:
         other.stop()
+
+
+# -- a primary cut off from its replicas ---------------------------------------------------------
+
+
+def test_a_primary_whose_replicas_stopped_acknowledging_refuses_dequeues_and_leases_nothing(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+    asyncio.run(enqueue(primary, 1))
+    os.kill(replica.pid, signal.SIGSTOP)  # as seen from the primary: a partition
+    try:
+        time.sleep(membership.REPLICA_MAX_LAG_SECONDS + 1.5)
+        with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
+            asyncio.run(dequeue(primary))
+        with primary.client() as conn:
+            assert conn.llen("rq:q:+14155550100") == 1 and conn.zcard("rq:leases") == 0
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while True:  # the replica acknowledges again: the primary serves again
+        try:
+            [leased] = asyncio.run(dequeue(primary))
+            break
+        except ShardUnavailable:
+            assert time.monotonic() < deadline, "the primary did not serve again"
+            time.sleep(0.2)
+    assert leased.id == "m1"

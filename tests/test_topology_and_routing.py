@@ -41,7 +41,9 @@ def promote_replica_by_hand(cluster: LocalCluster, shard_id: str) -> Topology:
             store = TopologyStore(control)
             current = await store.load()
             assert current is not None
-            await membership.appoint_primary(node, current.epoch + 1)
+            await membership.appoint_primary(
+                node, current.epoch + 1, min_replicas=min(1, len(shard_nodes.replicas) - 1)
+            )
             for other in shard_nodes.replicas[1:]:
                 with other.client() as conn:
                     conn.execute_command("REPLICAOF", new_primary.peer_host, new_primary.port)

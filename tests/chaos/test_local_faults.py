@@ -65,7 +65,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
         node = start_redis(name, role, "s0", tmp_path)  # boots parked
         started.append(node)
         if replica_of is None:
-            node.appoint(1)
+            node.appoint(1, min_replicas=0)  # fault tests: replicas are optional
         else:
             node.attach_to(replica_of)
         return node
