@@ -293,7 +293,15 @@ async def park(node: aioredis.Redis, *, drop_fence: bool = False) -> dict[str, A
     node demoted from primary can never pass a fence check again, even if made writable by hand."""
     info = await node.info("replication")
     if info.get("role") == "master" and drop_fence:
-        await node.delete(FENCE_KEY)
+        # Deleting the fence is a write, which a primary cut off from its replicas refuses
+        # (`write_quorum`): lift the quorum for that one command, in one round trip. A write
+        # of another client slipping in between can be no enqueue acknowledged (WAIT has no
+        # replica to count), at worst a lease delivered twice.
+        async with node.pipeline(transaction=False) as pipe:
+            pipe.config_set("min-replicas-to-write", 0)
+            pipe.delete(FENCE_KEY)
+            pipe.config_set("min-replicas-to-write", NEVER_WRITABLE)
+            await pipe.execute()
     await node.config_set("min-replicas-to-write", NEVER_WRITABLE)
     if not points_at(info, *FENCE_SINK):
         await node.execute_command("REPLICAOF", *FENCE_SINK)
