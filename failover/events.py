@@ -19,6 +19,8 @@ EventType = Literal[
     "RedisMasterRecovered",
     "RedisReplicaDown",
     "SensorHeartbeat",
+    "SensorSilent",
+    "ShardUnwritable",
     "HealthcheckDown",
     "NagiosHostAlarm",
 ]

@@ -47,6 +47,17 @@ def serve(
     breaker_window: float = typer.Option(None, help="seconds"),
     notifications: Path = typer.Option(None, "--notifications", help="channels (YAML)"),
     services: Path = typer.Option(None, "--services", help="service profiles directory"),
+    environment: str = typer.Option(None, envvar="LAZARUS_ENVIRONMENT"),
+    watch_interval: float = typer.Option(None, envvar="LAZARUS_WATCH_INTERVAL", help="seconds"),
+    sensor_silence_after: float = typer.Option(
+        None, envvar="LAZARUS_SENSOR_SILENCE_AFTER", help="seconds without a sensor heartbeat"
+    ),
+    self_report_after: float = typer.Option(
+        None, envvar="LAZARUS_SELF_REPORT_AFTER", help="seconds a primary is down, unreported"
+    ),
+    unwritable_after: float = typer.Option(
+        None, envvar="LAZARUS_UNWRITABLE_AFTER", help="seconds a shard may stay unwritable"
+    ),
     log_level: str = typer.Option("warning", envvar="LAZARUS_LOG_LEVEL"),
 ) -> None:
     """Run one controller node (HTTP API + stream consumer + workflow engine)."""
@@ -81,6 +92,11 @@ def serve(
             breaker_window=breaker_window,
             notifications=notifications,
             services=services,
+            environment=environment,
+            watch_interval=watch_interval,
+            sensor_silence_after=sensor_silence_after,
+            self_report_after=self_report_after,
+            unwritable_after=unwritable_after,
         )
         from lazarus_lite.service import create_app
 

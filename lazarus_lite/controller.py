@@ -43,6 +43,13 @@ from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import SHADOW_DECISIONS
 from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.shard_watch import (
+    SENSORS_KEY,
+    WATCH_EVENT_TYPES,
+    ShardWatch,
+    WatchSettings,
+    watch_forever,
+)
 from lazarus_lite.workflow import (
     Escalate,
     StepEnvironment,
@@ -58,7 +65,6 @@ log = logging.getLogger(__name__)
 
 RECORD_ONLY_ACTION = "default.record"
 ESCALATIONS_STREAM = "lz:escalations"
-SENSORS_KEY = "lz:sensors"
 
 
 UNACTED = {"escalated", "duplicate", "no_action", "stale"}
@@ -135,6 +141,23 @@ class ControllerNode:
         self.keeper = ShardKeeper(
             control, self.locks, self.node_id, settings.forensics_policy, settings.min_replicas
         )
+        self.watch = ShardWatch(
+            control,
+            stream,
+            self.keeper,
+            self.node_id,
+            WatchSettings(
+                interval=settings.watch_interval,
+                sensor_silence_after=settings.sensor_silence_after,
+                self_report_after=settings.self_report_after,
+                unwritable_after=settings.unwritable_after,
+                probe_timeout=max(settings.probe_timeout, 0.5),
+                min_replicas=settings.min_replicas,
+                environment=settings.environment,
+                region=settings.region,
+                report_ttl=int(settings.incident_ttl),
+            ),
+        )
         self.notifier = (
             Notifier.from_file(settings.notifications, on_deadline=self._page_deadline_passed)
             if settings.notifications is not None
@@ -154,6 +177,7 @@ class ControllerNode:
             asyncio.create_task(self._consume(), name=f"{self.node_id}-consume"),
             asyncio.create_task(self._resume_orphans(), name=f"{self.node_id}-resume"),
             asyncio.create_task(self._keep_shards(), name=f"{self.node_id}-shard-keeper"),
+            asyncio.create_task(watch_forever(self.watch), name=f"{self.node_id}-shard-watch"),
         ]
 
     async def stop(self) -> None:
@@ -238,6 +262,10 @@ class ControllerNode:
         if is_failure(event):
             incidents = await self.rate_limit.record(event)
             await self.breaker.record(event)
+        if event.type in WATCH_EVENT_TYPES:
+            # A controller's own report about the watchers: a person must look (the reason
+            # says what was seen); nothing here acts on it.
+            return await self._escalate(record, str(event.data.get("reason", event.type)))
         rule = self.rules.match(event)
         if rule is None:
             return await self._escalate(record, "no rule matches this event")

@@ -41,8 +41,12 @@ class GateStop:
 
 
 def is_failure(event: Event) -> bool:
-    """Events that report something broken (what rate limits and breakers count)."""
-    return event.type not in {"SensorHeartbeat", "RedisMasterRecovered"}
+    """Events that report something broken (what rate limits and breakers count). The
+    controllers' own reports about the watchers (a silent sensor, a shard left unwritable) are
+    not: they must never use up the budget a real failover needs."""
+    return event.type not in {
+        "SensorHeartbeat", "RedisMasterRecovered", "SensorSilent", "ShardUnwritable"
+    }
 
 
 class StaleEventFilter:

@@ -52,6 +52,20 @@ class ControllerSettings(BaseModel):
     notifications: Path | None = Field(None, description="notification channels (YAML)")
     services: Path | None = Field(DEFINITIONS / "services", description="service profiles (YAML)")
     forensics_interval: float = Field(2.0, gt=0, le=600)
+    environment: str = Field(
+        "dev", pattern=r"^[a-z][a-z0-9_-]*$",
+        description="environment of the controllers' own reports when no sensor ever spoke",
+    )
+    watch_interval: float = Field(1.0, gt=0, le=60, description="seconds between shard watches")
+    sensor_silence_after: float = Field(
+        15.0, gt=0, description="a sensor silent this long is reported (3 heartbeat periods)"
+    )
+    self_report_after: float = Field(
+        3.0, gt=0, description="a primary this node cannot reach this long, unreported, is reported"
+    )
+    unwritable_after: float = Field(
+        20.0, gt=0, description="a shard without a writable primary this long is escalated"
+    )
 
     @field_validator("control_url")
     @classmethod

@@ -220,16 +220,34 @@ class ShardKeeper:
         """Mark the shard escalated in the topology; False if it was already."""
         if shard.status == "escalated":
             return False
+        await self._store_status(shard, held, "escalated", only_from=None)
+        return True
 
+    async def set_status(self, shard: Shard, status: str, *, only_from: str) -> None:
+        """Set the shard's status if it still has the same primary and status `only_from`, under
+        the shard's lock (never while a failover changes the shard; a busy lock skips it: the
+        caller tries again on its next pass)."""
+
+        async def store(current: Shard, held: Any) -> list[str]:
+            await self._store_status(current, held, status, only_from=only_from)
+            return []
+
+        await self._under_lock(shard, store)
+
+    async def _store_status(
+        self, shard: Shard, held: Any, status: str, *, only_from: str | None
+    ) -> None:
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)
-            if current.status == "escalated" or current.primary.name != shard.primary.name:
+            if (
+                current.status == status
+                or current.primary.name != shard.primary.name
+                or (only_from is not None and current.status != only_from)
+            ):
                 return None
-            updated = current.model_copy(update={"status": "escalated"})
-            return topology.next_with(updated)
+            return topology.next_with(current.model_copy(update={"status": status}))
 
         await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
-        return True
 
     async def _record_lineage(self, shard: Shard, held: Any) -> list[str]:
         if shard.lineage is not None:

@@ -70,7 +70,9 @@ class Shard(BaseModel):
     forensics: list[NodeRef] = Field(
         default_factory=list, description="former primaries held out of service"
     )
-    status: Literal["ok", "failing_over", "escalated"] = "ok"
+    status: Literal["ok", "failing_over", "escalated", "unwritable"] = Field(
+        "ok", description="unwritable: no writable primary for longer than the controllers' bound"
+    )
     lineage: Lineage | None = Field(
         None, description="the current primary's replication stream (None: not recorded)"
     )

@@ -1,0 +1,302 @@
+"""Who watches the watchers: every controller node looks at every shard itself, so a shard that
+cannot write is never silent, even when the sensors are.
+
+Each controller node runs one pass every `watch_interval` seconds; for each shard of the
+topology it:
+- reports a **silent sensor** (`SensorSilent`): a sensor beside a listed replica whose last
+  heartbeat is older than `sensor_silence_after`, once per silence;
+- **probes the primary** itself and, when it has not answered for `self_report_after` seconds and
+  no report about it has come in (no incident claimed for it: its sensors are dead, cut off or
+  slow), reports it (`RedisMasterDown`, source `lazarus:<node>`) into the same stream the
+  sensors use, so it goes through the same rule, quorum, checks and gates as theirs;
+- watches the **outcome**: a shard whose primary cannot take writes (unreachable, not a primary,
+  another fence epoch, fewer than `min_replicas` replicas acknowledging it) for
+  `unwritable_after` seconds is reported (`ShardUnwritable`, with what the probe saw and the
+  last decision about the shard) and marked `unwritable` in the topology until it writes again.
+
+Reports are events: the controller that takes one audits it, escalates it and pages. Each report
+is filed once per episode across all controller nodes (a claim in the control store).
+Not for: deciding or acting on a shard (the controller's rules and the failover workflow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from failover.events import Event, new_event
+from failover.probes import describe_error
+from failover.sensor import incident_key
+from failover.streams import EventStream
+from lazarus_lite.audit import AuditLog
+from lazarus_lite.ratequeue_failover import connect
+from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
+from ratequeue.membership import REPLICA_MAX_LAG_SECONDS
+from ratequeue.topology import FENCE_KEY, Shard, Topology, TopologyStore
+
+log = logging.getLogger(__name__)
+
+SENSORS_KEY = "lz:sensors"
+REPORTED_KEY = "lz:watch:reported:{}"
+WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    interval: float = 1.0
+    sensor_silence_after: float = 15.0
+    self_report_after: float = 3.0
+    unwritable_after: float = 20.0
+    probe_timeout: float = 0.5
+    min_replicas: int = 1
+    environment: str = "dev"
+    region: str = "local"
+    report_ttl: int = 600
+
+
+@dataclass(frozen=True)
+class Writability:
+    """What one look at a shard's primary found: `problem` is None when it can take writes."""
+
+    reachable: bool
+    problem: str | None
+
+
+async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -> Writability:
+    """Can the shard's primary take a write now? Read-only: INFO replication and its fence."""
+    try:
+        async with connect(shard.primary, timeout=timeout) as conn:
+            info = await conn.info("replication")
+            fence = await conn.get(FENCE_KEY)
+    except (RedisError, OSError) as error:
+        return Writability(False, f"primary {shard.primary.name} unreachable "
+                                  f"({describe_error(error)})")  # fmt: skip
+    if info.get("role") != "master":
+        return Writability(True, f"primary {shard.primary.name} is not a primary "
+                                 f"(role {info.get('role')})")  # fmt: skip
+    if fence is None or int(fence) != shard.epoch:
+        return Writability(True, f"primary {shard.primary.name} holds fence "
+                                 f"{fence.decode() if fence else 'none'}, not epoch {shard.epoch}")
+    needed = min(min_replicas, len(shard.replicas))
+    following = [
+        value
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict)
+        and value.get("state") == "online" and int(value.get("lag", 0)) <= REPLICA_MAX_LAG_SECONDS
+    ]  # fmt: skip
+    if len(following) < needed:
+        return Writability(True, f"primary {shard.primary.name} has {len(following)} of the "
+                                 f"{needed} replicas it needs to accept writes")  # fmt: skip
+    return Writability(True, None)
+
+
+class ShardWatch:
+    def __init__(
+        self,
+        control: aioredis.Redis,
+        stream: EventStream,
+        keeper: ShardKeeper,
+        node_id: str,
+        settings: WatchSettings,
+    ) -> None:
+        self.control = control
+        self.stream = stream
+        self.keeper = keeper
+        self.node_id = node_id
+        self.settings = settings
+        self.topology = TopologyStore(control)
+        self.audit = AuditLog(control)
+        self._down_since: dict[str, float] = {}  # primary@epoch -> when this node first failed
+        self._unwritable_since: dict[str, tuple[str, float]] = {}  # shard -> (episode, since)
+
+    async def run_once(self) -> list[Event]:
+        """One pass over every shard; returns the reports this node filed."""
+        topology = await self.topology.load()
+        if topology is None:
+            return []
+        sensors = await self._sensor_heartbeats()
+        filed: list[Event] = []
+        for shard in topology.shards:
+            filed += await self._silent_sensors(shard, sensors)
+            filed += await self._watch_primary(topology, shard, sensors)
+        return filed
+
+    # -- sensors -----------------------------------------------------------------------------
+    async def _sensor_heartbeats(self) -> list[Event]:
+        raw = await self.control.hgetall(SENSORS_KEY)
+        heartbeats = []
+        for value in raw.values():
+            with contextlib.suppress(ValueError):
+                heartbeats.append(Event.model_validate_json(value))
+        return heartbeats
+
+    async def _silent_sensors(self, shard: Shard, heartbeats: list[Event]) -> list[Event]:
+        listed = {r.peer_address for r in shard.replicas} | {r.address for r in shard.replicas}
+        filed = []
+        for heartbeat in heartbeats:
+            # Only a sensor beside a listed replica is expected to speak: one beside a node
+            # promoted or held for forensics has nothing to watch and falls silent by design.
+            if heartbeat.shard != shard.id or heartbeat.host not in listed:
+                continue
+            silent_for = heartbeat.age_seconds()
+            if silent_for < self.settings.sensor_silence_after:
+                continue
+            reason = (
+                f"sensor {heartbeat.source} beside {heartbeat.host} (shard {shard.id}) sent no "
+                f"heartbeat for {silent_for:.0f} s (bound {self.settings.sensor_silence_after:g}"
+                " s): its shard's primary is watched by the controllers' own probes meanwhile"
+            )
+            episode = f"{heartbeat.source}@{heartbeat.occurred_at.timestamp():.3f}"
+            report = self._report(
+                "SensorSilent", shard, heartbeat.host, episode, reason, template=heartbeat
+            )
+            if await self._file_once(report):
+                filed.append(report)
+        return filed
+
+    # -- the primary -------------------------------------------------------------------------
+    async def _watch_primary(
+        self, topology: Topology, shard: Shard, heartbeats: list[Event]
+    ) -> list[Event]:
+        now = time.monotonic()
+        seen = await primary_writability(
+            shard, self.settings.min_replicas, self.settings.probe_timeout
+        )
+        template = next((h for h in heartbeats if h.shard == shard.id), None)
+        filed = []
+        target = f"{shard.primary.name}@{shard.epoch}"
+        if seen.reachable:
+            self._down_since.pop(target, None)
+        else:
+            since = self._down_since.setdefault(target, now)
+            if now - since >= self.settings.self_report_after:
+                report = await self._self_report(shard, seen, now - since, template)
+                if report is not None:
+                    filed.append(report)
+        filed += await self._watch_outcome(shard, seen, now, template)
+        return filed
+
+    async def _self_report(
+        self, shard: Shard, seen: Writability, down_for: float, template: Event | None
+    ) -> Event | None:
+        """Report the primary down as a sensor would, unless a report about it came in."""
+        service = template.service if template else RATEQUEUE_SERVICE
+        key = incident_key(service, shard.id, shard.primary.name, shard.epoch)
+        if await self.control.exists(f"lz:incident:RedisMasterDown:{key}"):
+            return None  # reported already (by a sensor, or by a node of ours)
+        event = new_event(
+            "RedisMasterDown",
+            environment=template.environment if template else self.settings.environment,
+            region=template.region if template else self.settings.region,
+            service=service,
+            shard=shard.id,
+            host=shard.primary.address,
+            source=f"lazarus:{self.node_id}",
+            incident_key=key,
+            data={
+                "master_link_status": "down",
+                "primary": shard.primary.name,
+                "primary_address": shard.primary.address,
+                "primary_peer_address": shard.primary.peer_address,
+                "shard_epoch": shard.epoch,
+                "last_error": seen.problem,
+                "observer": "controller",
+                "down_for_seconds": round(down_for, 1),
+            },
+        )
+        if not await self._file_once(event, claim=f"self:{key}"):
+            return None
+        log.warning("%s: %s (no sensor reported it): reported it", self.node_id, seen.problem)
+        return event
+
+    async def _watch_outcome(
+        self, shard: Shard, seen: Writability, now: float, template: Event | None
+    ) -> list[Event]:
+        if seen.problem is None:
+            self._unwritable_since.pop(shard.id, None)
+            if shard.status == "unwritable":
+                await self.keeper.set_status(shard, "ok", only_from="unwritable")
+            return []
+        episode = f"{shard.primary.name}@{shard.epoch}"
+        if self._unwritable_since.get(shard.id, ("", 0.0))[0] != episode:
+            self._unwritable_since[shard.id] = (episode, now)
+        unwritable_for = now - self._unwritable_since[shard.id][1]
+        if unwritable_for < self.settings.unwritable_after:
+            return []
+        last = await self._last_decision(shard)
+        reason = (
+            f"shard {shard.id} has had no writable primary for {unwritable_for:.0f} s "
+            f"(bound {self.settings.unwritable_after:g} s): {seen.problem}; "
+            + (f"last decision: {last}" if last else "no decision about it is recorded")
+        )
+        report = self._report("ShardUnwritable", shard, shard.primary.address, episode, reason,
+                              template=template)  # fmt: skip
+        filed = [report] if await self._file_once(report) else []
+        if shard.status == "ok":
+            await self.keeper.set_status(shard, "unwritable", only_from="ok")
+        return filed
+
+    async def _last_decision(self, shard: Shard) -> str | None:
+        """The newest decision the audit trail holds about the shard, as `outcome: reason`."""
+        for record in await self.audit.list(limit=200):
+            if record.event.get("shard") != shard.id or record.event.get("type") in {
+                "SensorHeartbeat", *WATCH_EVENT_TYPES
+            }:
+                continue
+            if record.outcome in {"received", "duplicate"}:
+                continue
+            return f"{record.event.get('type')} {record.outcome}: {record.reason}"
+        return None
+
+    # -- filing ------------------------------------------------------------------------------
+    def _report(
+        self,
+        type: str,
+        shard: Shard,
+        host: str,
+        episode: str,
+        reason: str,
+        *,
+        template: Event | None,
+    ) -> Event:
+        return new_event(
+            type,
+            environment=template.environment if template else self.settings.environment,
+            region=template.region if template else self.settings.region,
+            service=template.service if template else RATEQUEUE_SERVICE,
+            shard=shard.id,
+            host=host,
+            source=f"lazarus:{self.node_id}",
+            incident_key=f"{RATEQUEUE_SERVICE}/{shard.id}/{type}/{episode}"[:255],
+            data={"reason": reason, "primary": shard.primary.name, "shard_epoch": shard.epoch},
+        )
+
+    async def _file_once(self, event: Event, claim: str | None = None) -> bool:
+        """Publish `event` unless a controller node filed it already in this episode."""
+        key = REPORTED_KEY.format(claim or event.dedup_key)
+        if not await self.control.set(key, self.node_id, nx=True, ex=self.settings.report_ttl):
+            return False
+        try:
+            await self.stream.publish(event)
+        except Exception:
+            await self.control.delete(key)  # let the next pass (of any node) file it
+            raise
+        return True
+
+
+async def watch_forever(watch: ShardWatch) -> None:
+    """The controller's background duty: one pass every `interval` seconds."""
+    while True:
+        try:
+            await watch.run_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: shard watch pass failed: %s", watch.node_id, error)
+        await asyncio.sleep(watch.settings.interval)
