@@ -12,6 +12,7 @@ each other (journals, the actuator's records), which are read where they are wri
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import stat
@@ -40,20 +41,24 @@ def read_text(path: Path, *, error: ErrorClass = InputFileError) -> str:
     """The file's text, decoded as UTF-8 (a leading byte-order mark is dropped)."""
     try:
         mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise error(f"{path}: is a directory; expected a file")
-        if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
-            raise error(f"{path}: not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
     except OSError as problem:
         raise error(f"{path}: cannot read it: {problem.strerror or problem}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: is a directory; expected a file")
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+        raise error(f"{path}: not a regular file")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as problem:
+        raise error(f"{path}: cannot read it: {problem.strerror or problem}") from None
     if len(data) > MAX_FILE_BYTES:
         raise error(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; refused")
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as problem:
         line = data.count(b"\n", 0, problem.start) + 1
         raise error(
