@@ -46,16 +46,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.gremlin import MAX_LENGTH, program_of
 from chaos.faults.local import LocalFaultBackend
-from ratequeue import bounded_yaml
+from ratequeue import input_files
+from ratequeue.input_files import InputFileError
+from ratequeue.validation import validated
 
 log = logging.getLogger(__name__)
 
@@ -134,28 +135,19 @@ def load_targets(path: Path) -> dict[str, AgentTarget]:
     file (`targets:` list in YAML or JSON). Raises ValueError with the reason."""
     if path.is_dir():
         path = path / "testbed.json"
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ValueError(f"cannot read targets from {path}: {error}") from error
-    try:
-        data = json.loads(text) if path.suffix == ".json" else bounded_yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise ValueError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"
-        ) from None
+    expected = "a testbed.json or a 'targets:' list"
+    data = input_files.load(path, expected=expected, shape=(dict, list))
     if isinstance(data, dict) and "nodes" in data:
         return _testbed_targets(data, path)
     entries = data.get("targets") if isinstance(data, dict) else data
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a testbed.json or a 'targets:' list")
+        raise InputFileError(f"{path}: expected {expected}")
     targets: dict[str, AgentTarget] = {}
     for index, raw in enumerate(entries):
-        try:
-            entry = _TargetEntry.model_validate(raw)
-            node = NodeTarget(**entry.model_dump(exclude={"command", "expect"}))
-        except ValidationError as error:
-            raise ValueError(f"{path}: targets[{index}]: {error}") from None
+        where = f"{path}: targets[{index}]"
+        entry = validated(_TargetEntry, raw, where, error=InputFileError)
+        fields = entry.model_dump(exclude={"command", "expect"})
+        node = validated(NodeTarget, fields, where, error=InputFileError)
         targets[entry.name] = AgentTarget(node=node, command=entry.command, expect=entry.expect)
     return targets
 
@@ -163,10 +155,7 @@ def load_targets(path: Path) -> dict[str, AgentTarget]:
 def _testbed_targets(data: dict[str, Any], path: Path) -> dict[str, AgentTarget]:
     from chaos.testbed import TestbedState
 
-    try:
-        state = TestbedState.model_validate(data)
-    except ValidationError as error:
-        raise ValueError(f"{path}: not a valid testbed state: {error}") from None
+    state = validated(TestbedState, data, str(path), error=InputFileError)
     targets = {}
     for node in state.nodes:
         peer = PEER_HOST if node.role in REDIS_ROLES else None

@@ -1,4 +1,7 @@
-"""`chaos` command line: the local testbed and the main job."""
+"""`chaos` command line: the local testbed and the main job.
+
+A bad file, option or deployment is one line naming it (messages are printed escaped: a file
+name or value may look like rich markup). Not for: the work itself (see `runner`, `testbed`)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
@@ -31,7 +35,7 @@ def testbed_up(
             dir, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
         )
     except (testbed_module.TestbedError, RuntimeError) as error:
-        console.print(f"[red]testbed up failed:[/] {error}")
+        console.print(f"[red]testbed up failed:[/] {escape(str(error))}")
         raise typer.Exit(1) from None
     where = testbed_module.state_path(dir)
     console.print(
@@ -46,7 +50,7 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     try:
         state, alive, health = testbed_module.status(dir)
     except testbed_module.TestbedError as error:
-        console.print(f"[red]{error}[/]")
+        console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(1) from None
     table = Table(title=f"testbed {dir}")
     for column in ("name", "role", "shard", "address", "pid", "alive"):
@@ -73,7 +77,7 @@ def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     try:
         stopped = testbed_module.down(dir)
     except testbed_module.TestbedError as error:
-        console.print(f"[red]{error}[/]")
+        console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(1) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")
 
@@ -104,7 +108,7 @@ def _parse_duration_option(value: str | None, option: str) -> float | None:
     try:
         return parse_duration(value)
     except ValueError as error:
-        console.print(f"[red]invalid value for {option}:[/] {error}")
+        console.print(f"[red]invalid value for {option}:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
 
 
@@ -131,7 +135,7 @@ def print_verdict(journal: object) -> None:
         timeline.add_row(entry.name, f"{entry.offset:+.3f}", entry.detail)
     console.print(timeline)
     for error in journal.errors:
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {escape(str(error))}")
 
 
 @app.command()
@@ -149,6 +153,7 @@ def run(
     import threading
 
     from chaos.experiments import ExperimentError, load_experiment
+    from chaos.journal import Journal
     from chaos.scheduler import RefusedTarget, check_target_allowed, run_schedule
     from chaos.targets import TargetError, load_deployment
 
@@ -161,7 +166,7 @@ def run(
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
     except (ExperimentError, TargetError, RefusedTarget) as error:
-        console.print(f"[red]refused:[/] {error}")
+        console.print(f"[red]refused:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
     stop = threading.Event()
 
@@ -171,23 +176,35 @@ def run(
 
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
-    with console.status("chaos run") as status:
 
-        def say(message: str) -> None:
-            status.update(f"[bold]{message}")
-            console.log(message)
+    def say_where_journaled(journal: Journal) -> None:
+        if not journal.dry_run:  # a plan is not journaled
+            console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
-        journals = run_schedule(
-            experiments,
-            target=deployment,
-            journal_dir=journal_dir,
-            every=period,
-            jitter=spread,
-            dry_run=dry_run,
-            say=say,
-            stop=stop,
-            on_journal=lambda j: console.log(f"journal: {journal_dir / (j.run_id + '.json')}"),
-        )
+    try:
+        with console.status("chaos run") as status:
+
+            def say(message: str) -> None:
+                status.update(f"[bold]{message}")
+                console.log(message)
+
+            journals = run_schedule(
+                experiments,
+                target=deployment,
+                journal_dir=journal_dir,
+                every=period,
+                jitter=spread,
+                dry_run=dry_run,
+                say=say,
+                stop=stop,
+                on_journal=say_where_journaled,
+            )
+    except (TargetError, testbed_module.TestbedError) as error:
+        # The deployment could not be reached or locked, or the testbed would not start: a
+        # sentence, not a traceback (a run that started reports its errors in its journal).
+        what = "chaos run (dry run)" if dry_run else "chaos run"
+        console.print(f"[red]{what} failed:[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
     for journal in journals:
         print_verdict(journal)
     if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
@@ -204,11 +221,11 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
         try:
             experiment = load_experiment(path)
         except ExperimentError as error:
-            console.print(f"[red]invalid:[/] {error}")
+            console.print(f"[red]invalid:[/] {escape(str(error))}")
             failed = True
             continue
         console.print(
-            f"ok: {path}: {experiment.title} ({len(experiment.method)} steps, "
+            f"ok: {escape(str(path))}: {escape(experiment.title)} ({len(experiment.method)} steps, "
             f"{len(experiment.hypotheses)} hypotheses)"
         )
     if failed:
@@ -223,7 +240,7 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
-        console.print(f"[red]{error}[/]")
+        console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(1) from None
     if pid is None:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
@@ -233,13 +250,19 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
 
 @app.command()
 def report(
-    journal_dir: Path = typer.Argument(..., help="directory of run journals"),
+    journal_dir: Path = typer.Argument(
+        ..., help="directory of run journals", exists=True, file_okay=False
+    ),
     output: Path = typer.Option(None, "--output", help="default: JOURNAL_DIR/report.html"),
 ) -> None:
     """Write an HTML report (timeline per run, recovery trend) and a markdown summary."""
     from chaos.report import write_report
 
-    html, markdown = write_report(journal_dir, output)
+    try:
+        html, markdown = write_report(journal_dir, output)
+    except OSError as error:
+        console.print(f"[red]cannot write the report:[/] {escape(str(error))}")
+        raise typer.Exit(1) from None
     console.print(f"report: {html}\nsummary: {markdown}")
 
 
@@ -272,7 +295,7 @@ def agent(
     from chaos.faults.local import LocalFaultBackend
 
     if not is_loopback(host):
-        console.print(f"[red]chaos agent serves on loopback only, not {host}[/]")
+        console.print(f"[red]chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
     api_key = os.environ.get(api_key_env, "")
     if not api_key:
@@ -282,7 +305,7 @@ def agent(
     try:
         source = TargetSource(targets)
     except ValueError as error:
-        console.print(f"[red]{error}[/]")
+        console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(2) from None
     unknown = sorted(names - set(source.get_all()))
     if unknown:

@@ -11,14 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,7 +24,8 @@ from pydantic import (
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
 from lazarus_lite.workflow import parse_duration
-from ratequeue import bounded_yaml
+from ratequeue import input_files
+from ratequeue.validation import validated
 
 
 class ExperimentError(ValueError):
@@ -229,31 +228,13 @@ class Experiment(Strict):
         return [s for s in self.method if isinstance(s, FaultStep)]
 
 
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for problem in error.errors():
-        # Leave out pydantic's union tags and validator wrappers: they are not fields.
-        parts = [str(p) for p in problem["loc"]]
-        parts = [p for p in parts if "[" not in p and p not in {"fault", "approve"}]
-        location = ".".join(parts) or "experiment"
-        problems.append(f"field '{location}': {problem['msg']}")
-    return "; ".join(problems)
-
-
 def parse_experiment(text: str, source: str) -> Experiment:
-    try:
-        raw = bounded_yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ExperimentError(f"{source}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ExperimentError(f"{source}: expected a mapping with title, method and hypotheses")
-    try:
-        return Experiment.model_validate(raw)
-    except ValidationError as error:
-        raise ExperimentError(f"{source}: {_describe(error)}") from None
+    raw = input_files.parse(
+        text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
+    )
+    # The method's union tags are not fields a person wrote.
+    return validated(Experiment, raw, source, error=ExperimentError, hide={"fault", "approve"})
 
 
 def load_experiment(path: Path) -> Experiment:
-    if not path.exists():
-        raise ExperimentError(f"{path}: no such file")
-    return parse_experiment(path.read_text(), str(path))
+    return parse_experiment(input_files.read_text(path, error=ExperimentError), str(path))

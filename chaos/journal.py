@@ -103,6 +103,6 @@ def read_journals(directory: Path) -> list[Journal]:
     for path in sorted(directory.glob("*.json")):
         try:
             journals.append(Journal.model_validate_json(path.read_text()))
-        except ValueError:
-            continue  # not a journal
+        except (OSError, ValueError):
+            continue  # not a journal (or not a file: a directory named *.json)
     return sorted(journals, key=lambda j: j.started_at)

@@ -78,32 +78,15 @@ class ExperimentRunner:
         self._topology_before: Topology | None = None
 
     # -- the run ---------------------------------------------------------------------------
-    def run(
-        self, experiment: Experiment, source: str | None = None, *, dry_run: bool = False
-    ) -> Journal:
-        started = time.time()
-        journal = Journal(
-            run_id=f"{datetime.fromtimestamp(started):%Y%m%dT%H%M%S}-{slug(experiment.title)}",
-            experiment=experiment.title,
-            experiment_file=source,
-            deployment=self.deployment.name,
-            environment=self.deployment.environment,
-            started_at=started,
-            dry_run=dry_run,
-        )
+    def run(self, experiment: Experiment, source: str | None = None) -> Journal:
+        journal = self._new_journal(experiment, source)
         injected: list[InjectedFault] = []
         faulted: set[str] = set()
         load: BackgroundLoad | None = None
         try:
             before = self._topology_before = self.deployment.topology()
             choice = ShardChoice([s.id for s in before.shards], self.rng)
-            journal.shard = choice.chosen
-            journal.plan = self.plan(experiment, choice)
-            for line in journal.plan:
-                self.say(f"plan: {line}")
-            if dry_run:
-                journal.status = "completed"
-                return journal
+            self._plan_into(journal, experiment, choice)
             journal.steady_state_before = self.check_steady_state(experiment.steady_state)
             if not all(p.ok for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
@@ -149,12 +132,49 @@ class ExperimentRunner:
             journal.measure_from_fault()
             if journal.status == "running":
                 journal.status = "completed"
-            if not dry_run:  # a plan is printed, not journaled: it did not happen
-                journal.write(self.journal_dir)
+            journal.write(self.journal_dir)
             self._http.close()
         return journal
 
+    def dry_run(
+        self, experiment: Experiment, source: str | None = None, shard_ids: list[str] | None = None
+    ) -> Journal:
+        """The plan and nothing else: no lock, load, fault or rollback, and no journal file (a
+        plan did not happen). The shards come from the live topology, read only, or are
+        `shard_ids` (a testbed the dry run does not start). An unreachable control store
+        raises TargetError naming it."""
+        journal = self._new_journal(experiment, source, dry_run=True)
+        try:
+            if shard_ids is None:
+                shard_ids = [s.id for s in self.deployment.topology().shards]
+        finally:
+            self._http.close()
+        self._plan_into(journal, experiment, ShardChoice(shard_ids, self.rng))
+        journal.status = "completed"
+        journal.ended_at = time.time()
+        return journal
+
+    def _new_journal(
+        self, experiment: Experiment, source: str | None, *, dry_run: bool = False
+    ) -> Journal:
+        started = time.time()
+        return Journal(
+            run_id=f"{datetime.fromtimestamp(started):%Y%m%dT%H%M%S}-{slug(experiment.title)}",
+            experiment=experiment.title,
+            experiment_file=source,
+            deployment=self.deployment.name,
+            environment=self.deployment.environment,
+            started_at=started,
+            dry_run=dry_run,
+        )
+
     # -- steps -----------------------------------------------------------------------------
+    def _plan_into(self, journal: Journal, experiment: Experiment, choice: ShardChoice) -> None:
+        journal.shard = choice.chosen
+        journal.plan = self.plan(experiment, choice)
+        for line in journal.plan:
+            self.say(f"plan: {line}")
+
     def plan(self, experiment: Experiment, choice: ShardChoice) -> list[str]:
         lines = [
             f"deployment {self.deployment.name} ({self.deployment.environment}); "

@@ -23,7 +23,7 @@ from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal
 from chaos.processes import read_cmdline, running
 from chaos.runner import ExperimentRunner, Say
-from chaos.targets import Deployment, ShardChoice, TargetError, from_testbed
+from chaos.targets import Deployment, TargetError, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
 
 RUN_LOCK_KEY = "chaos:run-lock"
@@ -44,11 +44,16 @@ def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
 
 @contextlib.contextmanager
 def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
-    """Hold the deployment's run lock; raise TargetError if another run holds it."""
+    """Hold the deployment's run lock; raise TargetError if another run holds it, or if the
+    control store cannot be reached."""
     ttl_ms = int(ttl_seconds * 1000)
     with redis.Redis.from_url(deployment.control, socket_timeout=3) as conn:
-        if not conn.set(RUN_LOCK_KEY, holder, nx=True, px=ttl_ms):
-            current = conn.get(RUN_LOCK_KEY)
+        try:
+            taken = conn.set(RUN_LOCK_KEY, holder, nx=True, px=ttl_ms)
+            current = None if taken else conn.get(RUN_LOCK_KEY)
+        except redis.RedisError as error:
+            raise store_unreachable(deployment.control, error) from None
+        if not taken:
             raise TargetError(f"another chaos run holds {RUN_LOCK_KEY}: {current!r}")
         released = threading.Event()
 
@@ -96,38 +101,28 @@ def run_one(
     stop: threading.Event,
     seed: int | None = None,
 ) -> Journal:
-    """One experiment against `target`, or against a fresh embedded testbed."""
+    """One experiment against `target`, or against a fresh embedded testbed. A dry run only
+    plans: it takes no run lock and starts nothing (see `ExperimentRunner.dry_run`)."""
+    options = experiment.testbed
+    if dry_run:
+        # Without a target, plan against the testbed the run would start, without starting it.
+        deployment = target or Deployment(
+            name="embedded testbed (not started: dry run)",
+            api="http://127.0.0.1",
+            control="redis://127.0.0.1",
+        )
+        runner = ExperimentRunner(
+            deployment, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+        )
+        shard_ids = None if target else [f"s{i}" for i in range(options.shards)]
+        return runner.dry_run(experiment, str(path), shard_ids)
     if target is not None:
         budget = experiment.load.duration + experiment.watch_seconds + 120
         with run_lock(target, f"{os.uname().nodename}:{os.getpid()}", budget):
             runner = ExperimentRunner(
                 target, journal_dir=journal_dir, say=say, stop=stop, seed=seed
             )
-            return runner.run(experiment, str(path), dry_run=dry_run)
-    options = experiment.testbed
-    if dry_run:  # plan against the testbed the run would start, without starting it
-        offline = Deployment(
-            name="embedded testbed (not started: dry run)",
-            api="http://127.0.0.1",
-            control="redis://127.0.0.1",
-        )
-        runner = ExperimentRunner(offline, journal_dir=journal_dir, say=say, stop=stop, seed=seed)
-        choice = ShardChoice([f"s{i}" for i in range(options.shards)], random.Random(seed))
-        plan = runner.plan(experiment, choice)
-        for line in plan:
-            say(f"plan: {line}")
-        return Journal(
-            run_id="dry-run",
-            experiment=experiment.title,
-            experiment_file=str(path),
-            deployment=offline.name,
-            environment="dev",
-            started_at=time.time(),
-            dry_run=True,
-            shard=choice.chosen,
-            plan=plan,
-            status="completed",
-        )
+            return runner.run(experiment, str(path))
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
@@ -141,7 +136,7 @@ def run_one(
             runner = ExperimentRunner(
                 deployment, journal_dir=journal_dir, say=say, stop=stop, seed=seed
             )
-            return runner.run(experiment, str(path), dry_run=dry_run)
+            return runner.run(experiment, str(path))
 
 
 def run_schedule(
@@ -157,11 +152,13 @@ def run_schedule(
     on_journal: Callable[[Journal], None] = lambda _: None,
     max_runs: int | None = None,
 ) -> list[Journal]:
-    """Run every experiment once, or (with `every`) again and again until `stop` is set."""
+    """Run every experiment once, or (with `every`) again and again until `stop` is set. A
+    failed single run raises; a dry run writes nothing (no pid file either: nothing to halt)."""
     experiments = [(p, load_experiment(p)) for p in paths]  # all validated before any run
-    journal_dir.mkdir(parents=True, exist_ok=True)
     pid_file = journal_dir / PID_FILE
-    pid_file.write_text(str(os.getpid()))
+    if not dry_run:
+        journal_dir.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(str(os.getpid()))
     journals: list[Journal] = []
     rng = random.Random()
     try:
@@ -180,9 +177,9 @@ def run_schedule(
                         stop=stop,
                     )
                 except Exception as error:  # a failed run must not stop the schedule
-                    say(f"run of {path} failed: {type(error).__name__}: {error}")
                     if every is None:
-                        raise
+                        raise  # the caller says it, once
+                    say(f"run of {path} failed: {type(error).__name__}: {error}")
                     continue
                 journals.append(journal)
                 on_journal(journal)

@@ -9,26 +9,25 @@ Not for: injecting faults (see `chaos.faults`).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Literal
 
 import redis
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.faults.base import NodeTarget
-from chaos.testbed import TestbedState, provisioned_nodes
-from ratequeue import bounded_yaml
+from chaos.testbed import TestbedState, provisioned_nodes, read_state
+from ratequeue import input_files
 from ratequeue.topology import TOPOLOGY_KEY, Topology
-from ratequeue.validation import describe_problems
+from ratequeue.validation import HttpUrlText, RedisUrlText, validated
 
 Backend = Literal["local", "docker", "gremlin"]
 
 
 class TargetError(ValueError):
-    pass
+    """The deployment cannot be used: its target file is invalid (the message names the file and
+    the field), or a part of it (the control store, a node) cannot be reached or found."""
 
 
 class DeploymentNode(BaseModel):
@@ -51,9 +50,9 @@ class Deployment(BaseModel):
 
     name: str = "local-testbed"
     environment: str = "dev"
-    api: str
-    control: str
-    lazarus: list[str] = Field(default_factory=list)
+    api: HttpUrlText
+    control: RedisUrlText
+    lazarus: list[HttpUrlText] = Field(default_factory=list)
     lazarus_token: str | None = Field(None, description="bearer token for approvals")
     default_backend: Backend = "local"
     nodes: list[DeploymentNode] = Field(default_factory=list)
@@ -77,8 +76,11 @@ class Deployment(BaseModel):
         raise TargetError(f"node {name} is not in deployment {self.name}")
 
     def topology(self) -> Topology:
-        with redis.Redis.from_url(self.control, socket_timeout=3) as conn:
-            raw = conn.get(TOPOLOGY_KEY)
+        try:
+            with redis.Redis.from_url(self.control, socket_timeout=3) as conn:
+                raw = conn.get(TOPOLOGY_KEY)
+        except redis.RedisError as error:
+            raise store_unreachable(self.control, error) from None
         if raw is None:
             raise TargetError(f"no topology in the control store {self.control}")
         return Topology.model_validate_json(raw)
@@ -124,24 +126,21 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
     )
 
 
+def store_unreachable(control: str, error: redis.RedisError) -> TargetError:
+    return TargetError(f"the control store {control} is unreachable: {error}")
+
+
 def load_deployment(path: Path) -> Deployment:
     """A target file (YAML or JSON), or a testbed's `testbed.json`."""
-    if not path.exists():
-        raise TargetError(f"{path}: no such file")
-    try:
-        raw = (
-            bounded_yaml.safe_load(path.read_text())
-            if path.suffix in {".yaml", ".yml"}
-            else json.loads(path.read_text())
-        )
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise TargetError(f"{path}: not valid YAML/JSON: {error}") from None
     if path.name.startswith("testbed.json"):
-        return from_testbed(TestbedState.model_validate(raw), path.parent)
-    try:
-        return Deployment.model_validate(raw)
-    except ValidationError as error:
-        raise TargetError(f"{path}: {describe_problems(error)}") from None
+        return from_testbed(read_state(path, error=TargetError), path.parent)
+    raw = input_files.load(
+        path,
+        expected="a deployment: a mapping with api, control and nodes",
+        as_json=path.suffix not in {".yaml", ".yml"},
+        error=TargetError,
+    )
+    return validated(Deployment, raw, str(path), error=TargetError)
 
 
 class ShardChoice:

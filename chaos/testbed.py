@@ -17,17 +17,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.processes import read_cmdline
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
+from ratequeue import input_files
 from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
+from ratequeue.validation import HttpUrlText, RedisUrlText, validated
 
 STATE_FILE = "testbed.json"
 
@@ -40,7 +42,7 @@ class TestbedNode(BaseModel):
     role: str  # control | primary | replica | api | sensor | lazarus
     shard: str | None = None
     host: str
-    port: int
+    port: int = Field(gt=0, lt=65536)
     pid: int
     program: str | None = None  # what its command line runs, when its role does not say
 
@@ -49,10 +51,10 @@ class TestbedState(BaseModel):
     __test__ = False
     model_config = ConfigDict(extra="forbid")
 
-    api: str
-    control: str
+    api: HttpUrlText
+    control: RedisUrlText
     nodes: list[TestbedNode]
-    lazarus: list[str] = []
+    lazarus: list[HttpUrlText] = []
     lazarus_token: str | None = None
 
     def node(self, name: str) -> TestbedNode:
@@ -72,7 +74,15 @@ def load_state(directory: Path) -> TestbedState:
     path = state_path(directory)
     if not path.exists():
         raise TestbedError(f"no testbed in {directory} ({STATE_FILE} not found)")
-    return TestbedState.model_validate_json(path.read_text())
+    return read_state(path, error=TestbedError)
+
+
+def read_state(path: Path, *, error: Callable[[str], Exception]) -> TestbedState:
+    """A `testbed.json` someone pointed a command at; a bad one raises `error` naming the file
+    and the field (it may have been edited, truncated, or be another file of that name)."""
+    raw = input_files.load(path, expected="a testbed state (api, control, nodes)", as_json=True,
+                           error=error)  # fmt: skip
+    return validated(TestbedState, raw, str(path), error=error)
 
 
 REDIS_ROLES = {"control", "primary", "replica"}

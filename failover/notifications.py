@@ -75,10 +75,17 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ratequeue import bounded_yaml
+from ratequeue import input_files
+from ratequeue.validation import (
+    LOCATION_CHARS,
+    QUOTE_CHARS,
+    HttpUrlText,
+    bounded,
+    quoted,
+    validated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -460,24 +467,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"'{value}' is not an http(s):// URL")
-    return value
-
-
 class SlackConfig(_Strict):
-    webhook_url: str = Field(repr=False)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value)
+    webhook_url: HttpUrlText = Field(repr=False)
 
 
 class PagerDutyConfig(_Strict):
     routing_key: str = Field(min_length=1, repr=False)
-    url: str = PAGERDUTY_EVENTS_URL
+    url: HttpUrlText = PAGERDUTY_EVENTS_URL
     escalation_routing_key: str | None = Field(
         None,
         min_length=1,
@@ -486,18 +482,13 @@ class PagerDutyConfig(_Strict):
     )
     severity: Severity = "critical"
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value)
-
 
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
 def _address(value: str) -> str:
     if not _ADDRESS.match(value):
-        raise ValueError(f"'{value}' is not an email address")
+        raise ValueError(f"{quoted(value)} is not an email address")
     return value
 
 
@@ -526,7 +517,7 @@ def _unique(value: list[ChannelName] | None) -> list[ChannelName] | None:
         if not value:
             raise ValueError("name at least one channel (or leave it out for the default)")
         if len(set(value)) != len(value):
-            raise ValueError(f"channels repeat: {value}")
+            raise ValueError(f"channels repeat: {quoted(value)}")
     return value
 
 
@@ -609,14 +600,14 @@ class NotificationConfig(_Strict):
                 )
         if self.default_team is not None and self.default_team not in self.teams:
             raise ValueError(
-                f"field 'default_team': unknown team '{self.default_team}' "
+                f"field 'default_team': unknown team {quoted(self.default_team)} "
                 f"(teams: {sorted(self.teams)})"
             )
         for name, service in self.services.items():
             team = self.teams.get(service.team)
             if team is None:
                 raise ValueError(
-                    f"field 'services.{name}.team': unknown team '{service.team}' "
+                    f"field 'services.{name}.team': unknown team {quoted(service.team)} "
                     f"(teams: {sorted(self.teams)})"
                 )
             missing = [c for c in service.channels or [] if c not in team.configured]
@@ -645,19 +636,7 @@ class NotificationConfig(_Strict):
 
     @classmethod
     def parse(cls, data: Any, *, origin: str = "notification config") -> NotificationConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise NotificationConfigError(f"{origin}: {_describe(error)}") from None
-
-
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        message = str(item["msg"]).removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in item["loc"])
-        problems.append(message if not loc else f"field '{loc}': {message}")
-    return "; ".join(problems)
+        return validated(cls, data, origin, error=NotificationConfigError)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -671,7 +650,8 @@ def _expand_env(value: Any, path: str, env: Mapping[str, str]) -> Any:
             name = match.group(1)
             if name not in env:
                 raise NotificationConfigError(
-                    f"field '{path}': environment variable {name} is not set"
+                    f"field '{bounded(path, LOCATION_CHARS)}': environment variable "
+                    f"{bounded(name, QUOTE_CHARS)} is not set"
                 )
             return env[name]
 
@@ -689,12 +669,9 @@ def load_notification_config(
     """Load and validate a YAML notification config; ${NAME} is read from the environment.
     Raises NotificationConfigError naming the file and the field."""
     path = Path(path)
-    try:
-        data = bounded_yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise NotificationConfigError(f"{path}: {error}") from None
-    if not isinstance(data, dict):
-        raise NotificationConfigError(f"{path}: expected a mapping with 'teams' and 'services'")
+    data = input_files.load(
+        path, expected="a mapping with 'teams' and 'services'", error=NotificationConfigError
+    )
     try:
         data = _expand_env(data, "", os.environ if env is None else env)
     except NotificationConfigError as error:

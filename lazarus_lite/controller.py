@@ -96,7 +96,7 @@ class ControllerNode:
         self.stream = stream
         self.definitions = load_workflows(settings.workflows)
         profile_rules: list[Rule] = []
-        if settings.services is not None and settings.services.is_dir():
+        if settings.services is not None:  # a directory that is not there is refused
             profile_rules, profile_workflows = load_profiles(settings.services)
             self.definitions.update(profile_workflows)
         self.rules: RuleBook = load_rules(

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.rules import Rule
 from lazarus_lite.workflow import WorkflowDefinition, parse_duration, parse_workflow
-from ratequeue import bounded_yaml
-from ratequeue.validation import describe_problems
+from ratequeue import input_files
+from ratequeue.validation import describe_problems, validated
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -57,7 +57,7 @@ class StatelessParameters(BaseModel):
 class ServiceProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    service: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    service: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     profile: Literal["redis_shard", "stateless"]
     team: str = Field(min_length=1, description="notification group")
     environments: str = "dev|stage|prod"
@@ -111,9 +111,7 @@ def _stateless(p: ServiceProfile) -> tuple[list[Rule], list[WorkflowDefinition]]
     try:
         parameters = StatelessParameters.model_validate(p.parameters)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ValueError(f"field 'parameters.{where}': {first['msg']}") from None
+        raise ValueError(describe_problems(error, within="parameters")) from None
     steps = [
         {
             "name": "acquire_lock",
@@ -195,13 +193,16 @@ def load_profiles(directory: Path) -> tuple[list[Rule], dict[str, WorkflowDefini
     """Rules and workflows for every service file (*.yaml) in `directory`."""
     rules: list[Rule] = []
     workflows: dict[str, WorkflowDefinition] = {}
-    for path in sorted(directory.glob("*.y*ml")):
+    for path in input_files.yaml_files(directory, what="service files", error=ProfileError):
+        raw = input_files.load(
+            path, expected="a mapping with service, profile and team", error=ProfileError
+        )
+        profile = validated(ServiceProfile, raw, str(path), error=ProfileError)
         try:
-            profile = ServiceProfile.model_validate(bounded_yaml.safe_load(path.read_text()))
             generated_rules, generated_workflows = TEMPLATES[profile.profile](profile)
-        except ValidationError as error:
+        except ValidationError as error:  # what the template generated from the values
             raise ProfileError(f"{path}: {describe_problems(error)}") from None
-        except (ValueError, yaml.YAMLError) as error:
+        except ValueError as error:  # the template's parameters
             raise ProfileError(f"{path}: {error}") from None
         rules += generated_rules
         workflows.update({w.name: w for w in generated_workflows})

@@ -9,18 +9,20 @@ actions (see `checks` and `workflow`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from failover.events import EVENT_TYPES, Event
-from ratequeue import bounded_yaml
-from ratequeue.validation import describe_problems
+from ratequeue import input_files
+from ratequeue.validation import kind_of, quoted, validated
 
 LockKind = Literal["host", "service", "shard"]
+# Bounded: a rule's name is quoted in every message about it.
+RULE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 
 
 class RuleError(ValueError):
@@ -41,7 +43,9 @@ class Criteria(BaseModel):
     def _known_event_types(cls, value: str) -> str:
         unknown = [t for t in value.split("|") if t not in EVENT_TYPES]
         if unknown:
-            raise ValueError(f"unknown event type {unknown}; expected one of {list(EVENT_TYPES)}")
+            raise ValueError(
+                f"unknown event type {quoted(unknown)}; expected one of {list(EVENT_TYPES)}"
+            )
         return value
 
 
@@ -66,7 +70,7 @@ class Action(BaseModel):
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=RULE_NAME)
     description: str = ""
     criteria: Criteria
     checks: list[CheckSpec] = Field(default_factory=list)
@@ -122,35 +126,40 @@ def parse_rules(
 ) -> list[Rule]:
     """Rules from YAML text (one rule, a list of rules, or several documents)."""
     checks, actions = set(known_checks), set(known_actions)
-    try:
-        documents = [d for d in bounded_yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise RuleError(f"{source}: not valid YAML: {error}") from None
+    documents = input_files.parse_documents(
+        text, source, expected="a rule (a mapping) or a list of rules", error=RuleError
+    )
     raw_rules: list[Any] = []
     for document in documents:
         raw_rules.extend(document if isinstance(document, list) else [document])
     rules = []
     for index, raw in enumerate(raw_rules):
-        label = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
+        label = _label(raw, index)
         if not isinstance(raw, dict):
-            raise RuleError(f"{source}: rule {label}: expected a mapping")
-        try:
-            rule = Rule.model_validate(raw)
-        except ValidationError as error:
-            raise RuleError(f"{source}: rule {label}: {describe_problems(error)}") from None
+            raise RuleError(f"{source}: rule {label}: expected a mapping, not {kind_of(raw)}")
+        rule = validated(Rule, raw, f"{source}: rule {label}", error=RuleError)
         for spec in rule.checks:
             if spec.check_name not in checks:
                 raise RuleError(
-                    f"{source}: rule {rule.name}: unknown check '{spec.check_name}'; "
+                    f"{source}: rule {rule.name}: unknown check {quoted(spec.check_name)}; "
                     f"expected one of {sorted(checks)}"
                 )
         if rule.action.name not in actions:
             raise RuleError(
-                f"{source}: rule {rule.name}: unknown action '{rule.action.name}'; "
+                f"{source}: rule {rule.name}: unknown action {quoted(rule.action.name)}; "
                 f"expected one of {sorted(actions)}"
             )
         rules.append(rule)
     return rules
+
+
+def _label(raw: Any, index: int) -> str:
+    """How messages name a rule: its name as written when it is a valid one, else quoted (so a
+    huge or odd name stays short), else its position."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if name is None:
+        return f"#{index + 1}"
+    return name if isinstance(name, str) and re.fullmatch(RULE_NAME, name) else quoted(name)
 
 
 def load_rules(
@@ -161,17 +170,14 @@ def load_rules(
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix in {".yaml", ".yml"})
-        elif path.exists():
-            files.append(path)
+            files += input_files.yaml_files(path, what="rule files", error=RuleError)
         else:
-            raise RuleError(f"{path}: no such file or directory")
+            files.append(path)  # read_text names it if it is missing
     rules: list[Rule] = []
     seen: dict[str, Path] = {}
     for file in files:
-        for rule in parse_rules(
-            file.read_text(), str(file), known_checks=checks, known_actions=actions
-        ):
+        text = input_files.read_text(file, error=RuleError)
+        for rule in parse_rules(text, str(file), known_checks=checks, known_actions=actions):
             if rule.name in seen:
                 raise RuleError(f"{file}: rule {rule.name}: name already used in {seen[rule.name]}")
             seen[rule.name] = file

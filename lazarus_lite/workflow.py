@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -23,12 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lazarus_lite.locks import HeldLock, Locks
-from ratequeue import bounded_yaml
-from ratequeue.validation import describe_problems
+from ratequeue import input_files
+from ratequeue.validation import kind_of, quoted, validated
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,19 @@ ACTIVE_WORKFLOWS = "lz:wf:active"
 OWNER_LEASE_MS = 3000
 
 
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from `90`, `1.5`, `500ms`, `5s`, `10m`, `4h`."""
-    if isinstance(value, int | float):
+def parse_duration(value: object) -> float:
+    """Seconds from `90`, `1.5`, `500ms`, `5s`, `10m`, `4h`; anything else (a list, null,
+    true, a word) is a ValueError that says what a duration looks like."""
+    # bool is an int: `timeout: yes` must not quietly mean one second.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a duration (e.g. 500ms, 5s, 10m, 4h)")
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration (e.g. 500ms, 5s, 10m, 4h), not {kind_of(value)}")
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
     if not match:
-        raise ValueError(f"'{value}' is not a duration (e.g. 500ms, 5s, 10m, 4h)")
+        raise ValueError(f"{quoted(value)} is not a duration (e.g. 500ms, 5s, 10m, 4h)")
     number, unit = float(match.group(1)), match.group(2) or "s"
     return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
@@ -74,7 +80,7 @@ class RetryPolicy(BaseModel):
 class StepDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,99}$")
     run: str
     needs: list[str] = Field(default_factory=list)
     retry: RetryPolicy = RetryPolicy()
@@ -91,7 +97,7 @@ class StepDefinition(BaseModel):
 class WorkflowDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")
     version: int = Field(1, ge=1)
     description: str = ""
     timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
@@ -113,7 +119,7 @@ class WorkflowDefinition(BaseModel):
         for step in self.steps:
             unknown = [n for n in step.needs if n not in names]
             if unknown:
-                raise ValueError(f"step '{step.name}': needs unknown steps {unknown}")
+                raise ValueError(f"step '{step.name}': needs unknown steps {quoted(unknown)}")
         self.order()  # raises on a cycle
         return self
 
@@ -219,31 +225,28 @@ def step(name: str) -> Callable[[StepFunction], StepFunction]:
 
 
 def parse_workflow(text: str, source: str) -> WorkflowDefinition:
-    try:
-        raw = bounded_yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise WorkflowError(f"{source}: not valid YAML: {error}") from None
-    try:
-        definition = WorkflowDefinition.model_validate(raw)
-    except ValidationError as error:
-        raise WorkflowError(f"{source}: {describe_problems(error)}") from None
+    raw = input_files.parse(
+        text, source, expected="a workflow: a mapping with name and steps", error=WorkflowError
+    )
+    definition = validated(WorkflowDefinition, raw, source, error=WorkflowError)
     for s in definition.steps:
         if s.run not in STEPS:
             raise WorkflowError(
-                f"{source}: step '{s.name}': unknown step function '{s.run}'; "
+                f"{source}: step '{s.name}': unknown step function {quoted(s.run)}; "
                 f"expected one of {sorted(STEPS)}"
             )
     if definition.on_failure is not None and definition.on_failure not in STEPS:
         raise WorkflowError(
-            f"{source}: on_failure: unknown step function '{definition.on_failure}'"
+            f"{source}: field 'on_failure': unknown step function "
+            f"{quoted(definition.on_failure)}; expected one of {sorted(STEPS)}"
         )
     return definition
 
 
 def load_workflows(directory: Path) -> dict[str, WorkflowDefinition]:
     found = {}
-    for path in sorted(directory.glob("*.y*ml")):
-        definition = parse_workflow(path.read_text(), str(path))
+    for path in input_files.yaml_files(directory, what="workflow files", error=WorkflowError):
+        definition = parse_workflow(input_files.read_text(path, error=WorkflowError), str(path))
         found[definition.name] = definition
     return found
 

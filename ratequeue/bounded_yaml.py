@@ -1,11 +1,14 @@
 """YAML that people write (rules, workflows, experiments, targets, profiles, notification
-channels), parsed like `yaml.safe_load` but refusing documents whose aliases expand too far.
+channels), parsed like `yaml.safe_load` but refusing documents whose aliases expand too far or
+whose nesting is too deep.
 
 A few hundred bytes of nested aliases (a "billion laughs" file) describe a value of billions of
 nodes: PyYAML builds it as shared references in no time, but whatever walks it afterwards
 (validation, an error message that shows the value) never finishes. The size is counted on the
-parsed node graph before anything is built, in time proportional to the file. Not for: JSON, or
-data that programs exchange.
+parsed node graph before anything is built, in time proportional to the file. PyYAML composes
+one nested collection per level of recursion, so a few hundred `[` end in a RecursionError: the
+depth is counted while composing and refused long before that. Not for: reading files and
+reporting their problems (see `input_files`), JSON, or data that programs exchange.
 """
 
 from __future__ import annotations
@@ -16,10 +19,37 @@ import yaml
 
 # Far above any hand-written file here (the largest shipped one has a few hundred nodes).
 MAX_EXPANDED_NODES = 100_000
+# Shipped files nest 5 levels deep; each level costs the composer two Python frames, so this
+# stays far from the interpreter's recursion limit wherever the loader is called from.
+MAX_DEPTH = 100
 
 
 class AliasBomb(yaml.YAMLError):
     """The document's aliases expand beyond MAX_EXPANDED_NODES."""
+
+
+class TooDeep(yaml.MarkedYAMLError):
+    """The document nests collections deeper than MAX_DEPTH (the mark says where)."""
+
+
+class _DepthBoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses to go deeper than MAX_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise TooDeep(
+                    problem=f"nested deeper than {MAX_DEPTH} levels; refused",
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -59,8 +89,9 @@ def _checked(node: yaml.Node) -> yaml.Node:
 
 
 def safe_load(text: str) -> Any:
-    """Like `yaml.safe_load`, with aliases bounded (AliasBomb, a yaml.YAMLError)."""
-    loader = yaml.SafeLoader(text)
+    """Like `yaml.safe_load`, with aliases and depth bounded (AliasBomb, TooDeep: both are
+    yaml.YAMLError)."""
+    loader = _DepthBoundedLoader(text)
     try:
         node = loader.get_single_node()
         return None if node is None else loader.construct_document(_checked(node))
@@ -69,8 +100,8 @@ def safe_load(text: str) -> Any:
 
 
 def safe_load_all(text: str) -> list[Any]:
-    """Like `yaml.safe_load_all` (as a list), with aliases bounded."""
-    loader = yaml.SafeLoader(text)
+    """Like `yaml.safe_load_all` (as a list), with aliases and depth bounded."""
+    loader = _DepthBoundedLoader(text)
     documents = []
     try:
         while loader.check_node():

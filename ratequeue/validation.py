@@ -1,15 +1,111 @@
-"""How a pydantic validation error is told to a person: one problem after another, each naming
-the field (or setting) and what was expected. Every package's strict loaders use it, so bad
-input reads the same everywhere. Not for: validating anything."""
+"""How a problem with input is told to a person: a pydantic validation error as one problem after
+another, each naming the field (or setting) and what was expected, and any value quoted in a
+message cut short. Every package's strict loaders use it, so bad input reads the same everywhere
+and no message grows with the input (a 1 MB string in a field is quoted as its first few dozen
+characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`).
+Not for: the models themselves, or reading files (see `input_files`)."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import reprlib
+from collections.abc import Callable, Collection
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ValidationError
+
+# What a message may show of one value, of a field's location (mapping keys are the file's own
+# text too), of one problem, and how many problems it lists.
+QUOTE_CHARS = 60
+LOCATION_CHARS = 120
+PROBLEM_CHARS = 300
+MAX_PROBLEMS = 5
+
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = QUOTE_CHARS
+_QUOTE.maxother = QUOTE_CHARS
+_QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxset = _QUOTE.maxdict = 5
+_QUOTE.maxlevel = 3
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
-def describe_problems(error: ValidationError, what: str = "field") -> str:
-    """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`)."""
-    return "; ".join(
-        f"{what} '{'.'.join(str(part) for part in problem['loc'])}': {problem['msg']}"
-        for problem in error.errors()
-    )
+def quoted(value: object) -> str:
+    """`value` as a message shows it: its repr, at most about QUOTE_CHARS characters (reprlib
+    never builds the whole repr, so this is cheap for a huge or deeply nested value)."""
+    return _QUOTE.repr(value)
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text`, cut after `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
+def kind_of(value: object) -> str:
+    """What a YAML/JSON value is, in the words a person who wrote the file would use."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+def describe_problems(
+    error: ValidationError, what: str = "field", hide: Collection[str] = (), within: str = ""
+) -> str:
+    """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
+    MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
+    `within` is the field the validated value came from, when it was not the whole document."""
+    problems = []
+    for problem in error.errors():
+        # pydantic's validator wrappers ("function-after[...]") are not fields either.
+        parts = [within, *(str(p) for p in problem["loc"])]
+        location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
+        location = bounded(location, LOCATION_CHARS)
+        message = bounded(str(problem["msg"]).removeprefix("Value error, "), PROBLEM_CHARS)
+        problems.append(f"{what} '{location}': {message}" if location else message)
+    more = len(problems) - MAX_PROBLEMS
+    shown = "; ".join(problems[:MAX_PROBLEMS])
+    return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"
+
+
+def validated(
+    model: type[Model],
+    data: Any,
+    source: str,
+    *,
+    error: Callable[[str], Exception],
+    hide: Collection[str] = (),
+) -> Model:
+    """`model` validated from `data`; a problem raises `error("SOURCE: field '...': ...")`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as problem:
+        raise error(f"{source}: {describe_problems(problem, hide=hide)}") from None
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{quoted(value)} is not a redis://HOST:PORT URL")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{quoted(value)} is not an http(s):// URL")
+    return value
+
+
+# Checked when the file is loaded: a wrong scheme would otherwise surface mid-run, as redis-py's
+# or httpx's error about a URL the message no longer ties to the file.
+RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]

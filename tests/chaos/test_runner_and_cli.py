@@ -25,8 +25,10 @@ from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import TargetError, from_testbed
 from chaos.testbed import TestbedState, process_alive, running_testbed
+from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
 
-SCENARIOS = Path(__file__).parents[2] / "scenarios"
+PROJECT = Path(__file__).parents[2]
+SCENARIOS = PROJECT / "scenarios"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,79 @@ def test_a_dry_run_without_a_target_starts_no_testbed(tmp_path: Path) -> None:
     assert "kill primary" in result.output.replace("\n", " ")
     started = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()} - before
     assert not any(b"redis-server" in _cmdline(pid) for pid in started)
+
+
+def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> None:
+    journals = tmp_path / "journals"
+    result = CliRunner().invoke(app, ["run", str(SCENARIOS / "replica_kill.yaml"), "--dry-run",
+                                      "--journal-dir", str(journals)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not journals.exists()
+
+
+def test_a_dry_run_against_an_unreachable_control_store_names_it_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    port = free_port((CLIENT_HOST,))  # nothing listens there
+    control = f"redis://{CLIENT_HOST}:{port}/0"
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:{port}\ncontrol: {control}\n")
+    # The real command in its own process: what a person sees, traceback or not.
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
+         str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"control store {control} is unreachable" in " ".join(output.split())
+    assert not (tmp_path / "journals").exists()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A control store holding a one-shard topology: what a dry run reads."""
+    with LocalCluster.start(tmp_path_factory.mktemp("store"), shards=1, replicas=0) as cluster:
+        yield cluster
+
+
+def dry_run_against(store: LocalCluster, tmp_path: Path, experiment: Path) -> str:
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: {store.control.url}\n")
+    journals = str(tmp_path / "j")
+    result = CliRunner().invoke(app, ["run", str(experiment), "--target", str(target),
+                                      "--dry-run", "--journal-dir", journals])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "j").exists()
+    return " ".join(result.output.split())
+
+
+def test_a_dry_run_takes_no_run_lock_and_leaves_another_runs_alone(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    with store.control.client() as conn:
+        conn.set(scheduler.RUN_LOCK_KEY, "another run", px=60_000)
+        try:
+            output = dry_run_against(store, tmp_path, SCENARIOS / "primary_kill.yaml")
+            assert "kill primary of s0" in output
+            assert conn.get(scheduler.RUN_LOCK_KEY) == b"another run"
+        finally:
+            conn.delete(scheduler.RUN_LOCK_KEY)
+
+
+def test_a_dry_run_runs_no_rollbacks(
+    store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chaos.faults.local import LocalFaultBackend
+
+    cleanups: list[object] = []
+    monkeypatch.setattr(LocalFaultBackend, "cleanup_all", lambda self: cleanups.append(self))
+    experiment = tmp_path / "with_rollbacks.yaml"
+    experiment.write_text((SCENARIOS / "primary_kill.yaml").read_text()
+                          + "rollbacks:\n  - {action: remove_network_faults}\n")  # fmt: skip
+    dry_run_against(store, tmp_path, experiment)
+    assert cleanups == []  # a real run's network faults are not a plan's to remove
 
 
 def _cmdline(pid: str) -> bytes:

@@ -45,3 +45,19 @@ def test_a_rules_file_that_is_an_alias_bomb_is_refused_naming_the_file() -> None
 def test_an_experiment_that_is_an_alias_bomb_is_refused_naming_the_file() -> None:
     with pytest.raises(ExperimentError, match=r"bomb\.yaml: not valid YAML: .*aliases expand"):
         parse_experiment(alias_bomb(), "bomb.yaml")
+
+
+def test_nesting_deeper_than_the_bound_is_refused_before_the_python_stack_runs_out() -> None:
+    for deep in ("- " * 5000 + "x\n", "a: " + "[" * 5000):
+        with pytest.raises(bounded_yaml.TooDeep, match="nested deeper than 100 levels"):
+            bounded_yaml.safe_load(deep)
+        with pytest.raises(bounded_yaml.TooDeep):
+            bounded_yaml.safe_load_all("a: 1\n---\n" + deep)
+
+
+def test_nesting_as_deep_as_the_bound_still_loads() -> None:
+    deepest = "[" * bounded_yaml.MAX_DEPTH + "]" * bounded_yaml.MAX_DEPTH
+    value = bounded_yaml.safe_load(deepest)
+    for _ in range(bounded_yaml.MAX_DEPTH - 1):
+        (value,) = value
+    assert value == []
