@@ -32,9 +32,16 @@ from chaos.faults.base import NodeTarget
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.testbed import TestbedNode, TestbedState, _terminate, running_testbed, start_api
-from ratequeue.redis_processes import start_redis
 from ratequeue.topology import NodeRef
-from tests.e2e.support import LOAD, control_topology, lazarus_events, role, send, wait_for
+from tests.e2e.support import (
+    LOAD,
+    control_topology,
+    lazarus_events,
+    restart_with_boot_arguments,
+    role,
+    send,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -90,16 +97,6 @@ def ref(node: TestbedNode) -> NodeRef:
 def replication(node: TestbedNode) -> dict:
     with redis.Redis(host=node.host, port=node.port, socket_timeout=1) as conn:
         return conn.info("replication")
-
-
-def restart_with_boot_arguments(directory: Path, node: TestbedNode) -> int:
-    """Start a node again as the testbed started it: same flags, port and data directory (the
-    testbed's `down` sweeps it)."""
-    assert node.shard is not None
-    again = start_redis(
-        node.name, node.role, node.shard, directory / "redis", port=node.port, detached=True
-    )
-    return again.pid
 
 
 def escalated_since(state: TestbedState, moment: float) -> bool:

@@ -8,12 +8,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import redis
 
-from chaos.testbed import TestbedState
+from chaos.testbed import TestbedNode, TestbedState
+from ratequeue.redis_processes import start_redis
 from ratequeue.topology import NodeRef, Topology
 
 T = TypeVar("T")
@@ -81,3 +83,13 @@ def resume(state: TestbedState, name: str) -> None:
     """SIGCONT, ignoring a process that is already gone."""
     with contextlib.suppress(ProcessLookupError):
         send(state, name, signal.SIGCONT)
+
+
+def restart_with_boot_arguments(directory: Path, node: TestbedNode) -> int:
+    """Start a node again as the testbed started it: same flags, port and data directory (the
+    testbed's `down` sweeps it)."""
+    assert node.shard is not None
+    again = start_redis(
+        node.name, node.role, node.shard, directory / "redis", port=node.port, detached=True
+    )
+    return again.pid
