@@ -10,9 +10,10 @@ topology it:
   slow), reports it (`RedisMasterDown`, source `lazarus:<node>`) into the same stream the
   sensors use, so it goes through the same rule, quorum, checks and gates as theirs;
 - watches the **outcome**: a shard whose primary cannot take writes (unreachable, not a primary,
-  another fence epoch, fewer than `min_replicas` replicas acknowledging it) for
-  `unwritable_after` seconds is reported (`ShardUnwritable`, with what the probe saw and the
-  last decision about the shard) and marked `unwritable` in the topology until it writes again.
+  another fence epoch, fewer than `min_replicas` replicas acknowledging it), or whose writes
+  through the API keep failing (`ratequeue.write_failures`: evidence to look, never a reason to
+  act), for `unwritable_after` seconds is reported (`ShardUnwritable`, with what was seen and
+  the last decision about the shard) and marked `unwritable` in the topology until it writes.
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
 is filed once per episode across all controller nodes (a claim in the control store).
@@ -38,7 +39,8 @@ from lazarus_lite.audit import AuditLog
 from lazarus_lite.ratequeue_failover import connect
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS
-from ratequeue.topology import FENCE_KEY, Shard, Topology, TopologyStore
+from ratequeue.topology import FENCE_KEY, Shard, TopologyStore
+from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun, read_write_failures
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +123,11 @@ class ShardWatch:
         if topology is None:
             return []
         sensors = await self._sensor_heartbeats()
+        failing_writes = await read_write_failures(self.control)
         filed: list[Event] = []
         for shard in topology.shards:
             filed += await self._silent_sensors(shard, sensors)
-            filed += await self._watch_primary(topology, shard, sensors)
+            filed += await self._watch_primary(shard, sensors, failing_writes.get(shard.id, []))
         return filed
 
     # -- sensors -----------------------------------------------------------------------------
@@ -162,12 +165,17 @@ class ShardWatch:
 
     # -- the primary -------------------------------------------------------------------------
     async def _watch_primary(
-        self, topology: Topology, shard: Shard, heartbeats: list[Event]
+        self, shard: Shard, heartbeats: list[Event], failing_writes: list[FailureRun]
     ) -> list[Event]:
         now = time.monotonic()
         seen = await primary_writability(
             shard, self.settings.min_replicas, self.settings.probe_timeout
         )
+        api_problem = self._api_evidence(failing_writes)
+        if seen.problem is None and api_problem is not None:
+            # The API cannot write where this node sees a healthy primary (another path, a
+            # stale route): not a reason to act, but the shard is not writable for its users.
+            seen = Writability(seen.reachable, api_problem)
         template = next((h for h in heartbeats if h.shard == shard.id), None)
         filed = []
         target = f"{shard.primary.name}@{shard.epoch}"
@@ -181,6 +189,21 @@ class ShardWatch:
                     filed.append(report)
         filed += await self._watch_outcome(shard, seen, now, template)
         return filed
+
+    def _api_evidence(self, runs: list[FailureRun]) -> str | None:
+        """The API's writes to the shard have failed for `self_report_after` seconds and still
+        fail (a run updated within the last few seconds)."""
+        now = time.time()
+        current = [
+            r for r in runs
+            if now - r.at <= 5 * FLUSH_EVERY_SECONDS + self.settings.interval
+            and now - r.since >= self.settings.self_report_after
+        ]  # fmt: skip
+        if not current:
+            return None
+        run = max(current, key=lambda r: r.count)
+        return (f"the API's writes to it have failed {run.count} times in a row for "
+                f"{now - run.since:.0f} s (last: {run.last_error})")  # fmt: skip
 
     async def _self_report(
         self, shard: Shard, seen: Writability, down_for: float, template: Event | None

@@ -8,6 +8,7 @@ traceback. Not for: queue logic (the Lua scripts) or routing (the client).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -39,6 +41,7 @@ from ratequeue.metrics import ServiceMetrics
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
 from ratequeue.shard import ShardStats, parse_receipt
 from ratequeue.topology import topology_json
+from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -172,12 +175,16 @@ async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
 def create_app(settings: ServiceSettings) -> FastAPI:
     metrics = ServiceMetrics()
     client = AsyncRatequeueClient(settings.control_url, settings.client_settings())
+    reporter = WriteFailureReporter(
+        aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await client.start(require_topology=False)
         yield
         await client.close()
+        await reporter.control.aclose()
 
     app = FastAPI(title="ratequeue", version="1", lifespan=lifespan)
     app.state.client = client
@@ -236,7 +243,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if isinstance(result, DurabilityNotMet):
                 metrics.wait_failures.inc()
             metrics.enqueued.labels("unavailable").inc()
+            with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
+                await reporter.failed(client.shard_for(message.number).id, result)
             raise result
+        await reporter.succeeded(result.shard)
         metrics.enqueued.labels("duplicate" if result.duplicate else "acknowledged").inc()
         metrics.latency.labels("enqueue").observe(time.perf_counter() - started)
         return JSONResponse(

@@ -136,3 +136,32 @@ def test_a_shard_left_without_a_writable_primary_is_escalated_and_marked_until_i
         lambda: control_topology(testbed).shard("s0").status == "ok",
         timeout=30,
     )
+
+
+def test_a_second_kill_a_second_after_the_first_failover_fails_over_again_quickly(
+    testbed: TestbedState,
+) -> None:
+    load = BackgroundLoad(testbed.api, LoadProfile(**LOAD)).start()
+    try:
+        time.sleep(1.5)
+        send(testbed, "s0-primary", signal.SIGKILL)
+        first = wait_for("s0 to fail over", lambda: failed_over(testbed, "s0", "s0-primary"))
+        promoted = first.shard("s0").primary.name
+        time.sleep(1)
+        second_at = time.time()
+        send(testbed, promoted, signal.SIGKILL)
+        wait_for(
+            "s0 to fail over again",
+            lambda: failed_over(testbed, "s0", promoted),
+            timeout=20,
+        )
+        wait_for(
+            "an acknowledged write after the second kill",
+            lambda: load.ledger.first_ack_after(second_at + 0.5, "s0"),
+            timeout=20,
+        )
+        recovered_in = time.time() - second_at
+    finally:
+        ledger = load.join()
+    assert ledger.lost() == set()
+    assert recovered_in < 20

@@ -1,0 +1,122 @@
+"""The shard watch on real redis-server processes: a primary nobody reported is reported once by
+the controllers, one already reported is not, and a shard whose API writes keep failing is
+reported unwritable with the API's evidence even though its primary answers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from failover.events import Event
+from failover.sensor import incident_key
+from lazarus_lite.locks import Locks
+from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.shard_watch import ShardWatch, WatchSettings
+from ratequeue.errors import ShardUnavailable
+from ratequeue.redis_processes import LocalCluster
+from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
+
+QUICK = WatchSettings(interval=0.05, self_report_after=0.3, unwritable_after=0.6)
+
+
+class PublishedEvents:
+    """The event stream as the watch sees it: where its reports go."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> str:
+        self.events.append(event)
+        return str(len(self.events))
+
+
+async def watch_for(
+    cluster: LocalCluster, seconds: float, nodes: int = 1, before: Callable | None = None
+) -> list[Event]:
+    """Run `nodes` controller nodes' watches for `seconds`; returns what they published."""
+    control = aioredis.Redis.from_url(cluster.control.url)
+    stream = PublishedEvents()
+    try:
+        if before is not None:
+            await before(control)
+        keepers = [ShardKeeper(control, Locks(control), f"n{i}", "demote") for i in range(nodes)]
+        watches = [
+            ShardWatch(control, stream, keeper, f"n{i}", QUICK) for i, keeper in enumerate(keepers)
+        ]
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for watch in watches:
+                await watch.run_once()
+            await asyncio.sleep(QUICK.interval)
+        return stream.events
+    finally:
+        await control.aclose()
+
+
+def test_a_primary_nobody_reported_is_reported_once_by_the_controllers(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+    events = asyncio.run(watch_for(cluster, 1.5, nodes=3))
+    [report] = [e for e in events if e.type == "RedisMasterDown"]
+    assert report.source.startswith("lazarus:")
+    assert report.data["primary"] == "s0-primary" and report.data["shard_epoch"] == 1
+    assert report.incident_key == incident_key("ratequeue", "s0", "s0-primary", 1)
+
+
+def test_a_primary_a_sensor_reported_is_not_reported_again(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+
+    async def a_sensor_reported_it(control: aioredis.Redis) -> None:
+        key = incident_key("ratequeue", "s0", "s0-primary", 1)
+        await control.set(f"lz:incident:RedisMasterDown:{key}", "sensor-event")
+
+    events = asyncio.run(watch_for(cluster, 1.0, before=a_sensor_reported_it))
+    assert [e for e in events if e.type == "RedisMasterDown"] == []
+
+
+def test_a_shard_whose_api_writes_keep_failing_is_reported_unwritable_with_that_evidence(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+
+    async def writes_keep_failing(control: aioredis.Redis) -> None:
+        reporter = WriteFailureReporter(control, "api-1")
+        await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
+        # Still failing a moment later (the run is kept fresh while it lasts).
+        await asyncio.sleep(QUICK.self_report_after + 0.1)
+        reporter._flushed_at.clear()
+        await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
+
+    events = asyncio.run(watch_for(cluster, 1.5, before=writes_keep_failing))
+    [report] = [e for e in events if e.type == "ShardUnwritable"]
+    assert "the API's writes to it have failed 2 times" in report.data["reason"]
+    assert "primary unreachable" in report.data["reason"]
+    assert [e for e in events if e.type == "RedisMasterDown"] == []  # evidence, not an action
+
+
+def test_the_first_successful_write_clears_the_apis_report(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=0)
+
+    async def fail_then_succeed() -> int:
+        control = aioredis.Redis.from_url(cluster.control.url)
+        try:
+            reporter = WriteFailureReporter(control, "api-1")
+            await reporter.failed("s0", ShardUnavailable("down"))
+            assert await control.hlen(WRITE_FAILURES_KEY) == 1
+            await reporter.succeeded("s0")
+            return int(await control.hlen(WRITE_FAILURES_KEY))
+        finally:
+            await control.aclose()
+
+    assert asyncio.run(fail_then_succeed()) == 0
