@@ -42,7 +42,7 @@ from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import SHADOW_DECISIONS
-from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.shard_watch import (
     SENSORS_KEY,
     WATCH_EVENT_TYPES,
@@ -177,7 +177,10 @@ class ControllerNode:
             asyncio.create_task(self._consume(), name=f"{self.node_id}-consume"),
             asyncio.create_task(self._resume_orphans(), name=f"{self.node_id}-resume"),
             asyncio.create_task(self._keep_shards(), name=f"{self.node_id}-shard-keeper"),
-            asyncio.create_task(watch_forever(self.watch), name=f"{self.node_id}-shard-watch"),
+            asyncio.create_task(
+                watch_forever(self.watch, on_blind=self._watch_blind),
+                name=f"{self.node_id}-shard-watch",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -527,6 +530,12 @@ class ControllerNode:
             record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
             note_deliveries(record, deliveries)
             await self.audit.save(record)
+
+    async def _watch_blind(self, reason: str) -> None:
+        """This node cannot watch the shards (nor file a report): tell a person directly."""
+        log.error("%s: %s", self.node_id, reason)
+        if self.notifier is not None:
+            await self.notifier.escalate(f"lazarus/{self.node_id}/blind", RATEQUEUE_SERVICE, reason)
 
     async def _resume_orphans(self) -> None:
         while True:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -313,13 +314,34 @@ class ShardWatch:
         return True
 
 
-async def watch_forever(watch: ShardWatch) -> None:
-    """The controller's background duty: one pass every `interval` seconds."""
+async def watch_forever(
+    watch: ShardWatch, on_blind: Callable[[str], Awaitable[None]] | None = None
+) -> None:
+    """The controller's background duty: one pass every `interval` seconds. A node that cannot
+    watch (the control store unreachable) for `unwritable_after` seconds says so once through
+    `on_blind` (a page: its reports could not be filed either), and again after it recovers
+    and loses the store anew."""
+    blind_since: float | None = None
+    told = False
     while True:
         try:
             await watch.run_once()
+            blind_since, told = None, False
         except asyncio.CancelledError:
             raise
         except Exception as error:
             log.warning("%s: shard watch pass failed: %s", watch.node_id, error)
+            now = time.monotonic()
+            blind_since = now if blind_since is None else blind_since
+            if on_blind is not None and not told and now - blind_since >= (
+                watch.settings.unwritable_after
+            ):
+                told = True
+                reason = (f"controller {watch.node_id} cannot watch the shards for "
+                          f"{now - blind_since:.0f} s: {describe_error(error)}")  # fmt: skip
+                try:
+                    await on_blind(reason)
+                except Exception as failure:  # telling must never stop watching
+                    log.error("%s: %s; and telling a person failed: %s", watch.node_id, reason,
+                              failure)  # fmt: skip
         await asyncio.sleep(watch.settings.interval)

@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from failover.events import Event
 from failover.sensor import incident_key
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import ShardWatch, WatchSettings
+from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
-from ratequeue.redis_processes import LocalCluster
+from ratequeue.redis_processes import LocalCluster, free_port
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 
 QUICK = WatchSettings(interval=0.05, self_report_after=0.3, unwritable_after=0.6)
@@ -120,3 +122,27 @@ def test_the_first_successful_write_clears_the_apis_report(
             await control.aclose()
 
     assert asyncio.run(fail_then_succeed()) == 0
+
+
+def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
+    told: list[str] = []
+
+    async def blind_for_a_while() -> None:
+        control = aioredis.Redis(
+            port=free_port(("127.0.0.1",)), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+        )
+        keeper = ShardKeeper(control, Locks(control), "n1", "demote")
+        watch = ShardWatch(control, PublishedEvents(), keeper, "n1", QUICK)
+
+        async def tell(reason: str) -> None:
+            told.append(reason)
+
+        task = asyncio.create_task(watch_forever(watch, on_blind=tell))
+        await asyncio.sleep(QUICK.unwritable_after + 1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await control.aclose()
+
+    asyncio.run(blind_for_a_while())
+    [reason] = told
+    assert "controller n1 cannot watch the shards" in reason
