@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ratequeue import scripts
 from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
 from ratequeue.rates import Rate
+from ratequeue.validation import clip
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -75,11 +76,17 @@ def make_receipt(shard_id: str, lease_seq: str, message_id: str) -> str:
     return f"{shard_id}:{lease_seq}:{message_id}"
 
 
+# What `parse_receipt` accepts, for the published API schema.
+RECEIPT_PATTERN = r"^[^:]+:[0-9]+:[\s\S]+$"
+
+
 def parse_receipt(receipt: str) -> tuple[str, str, str]:
     """Split a receipt into (shard id, lease sequence, message id)."""
     parts = receipt.split(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
-        raise ValueError(f"malformed receipt {receipt!r}")
+    # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits.
+    sequence_ok = len(parts) == 3 and parts[1].isascii() and parts[1].isdigit()
+    if not sequence_ok or not parts[0] or not parts[2]:
+        raise ValueError(f"malformed receipt {clip(receipt)}: expected SHARD:SEQUENCE:MESSAGE_ID")
     return parts[0], parts[1], parts[2]
 
 
