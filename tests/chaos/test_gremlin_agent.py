@@ -5,6 +5,8 @@ refused with nothing done. Every attack, rule and process is removed at teardown
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,9 @@ from chaos.agent import Agent, TargetSource, create_app, load_targets
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.processes import process_state
 from chaos.testbed import TestbedNode, TestbedState
-from ratequeue.redis_processes import RedisProcess, start_redis
+from ratequeue.redis_processes import CLIENT_HOST, RedisProcess, free_port, start_redis
 from tests.conftest import ServedApp
 
 API_KEY = f"test-key-{uuid.uuid4().hex}"
@@ -302,3 +305,42 @@ def test_a_long_value_is_not_echoed_back_whole(served: ServedAgent) -> None:
 def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
     answer = httpx.get(f"{served.url}/executions", timeout=5)
     assert answer.status_code == 401, answer.text
+
+
+# -- the program, not a word among its arguments ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        # a shell that waits for its `sleep`, with the words as its own arguments
+        {"argv": ["sh", "-c", "sleep 300; true", "redis-server", "127.0.0.1:{port}"],
+         "role": "primary"},
+        {"argv": [sys.executable, "-c", "import time; time.sleep(300)  # redis-server :{port}"],
+         "role": "replica"},
+        {"argv": ["sh", "-c", "sleep 300; true", "redis-server"], "role": "api",
+         "expect": "redis-server"},
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("attack", ["process_pause", "process_killer"])
+def test_a_process_that_only_names_the_program_in_its_arguments_is_not_signalled(
+    tmp_path: Path, decoy: dict[str, Any], attack: str
+) -> None:
+    port = free_port((CLIENT_HOST,))
+    process = subprocess.Popen([arg.format(port=port) for arg in decoy["argv"]])
+    agent: ServedAgent | None = None
+    try:
+        target = {"name": "decoy", "role": decoy["role"], "port": port, "pid": process.pid,
+                  **({"expect": decoy["expect"]} if "expect" in decoy else {})}  # fmt: skip
+        agent = ServedAgent(tmp_path, [], allow={"decoy"}, others=[target])
+        agent.start()
+        command = {"type": attack, "args": ["-l", "30", "-p", "redis-server"]}
+        guid = agent.client.create_attack(command, {"type": "Exact", "exact": ["decoy"]})
+        assert agent.client.wait_for_stage(guid, set(), timeout=10, interval=0.02) == "Failed"
+        assert "refusing to signal" in agent.client.get_attack(guid)["output"]
+        assert process.poll() is None and process_state(process.pid) not in ("T", "t")
+    finally:
+        if agent is not None:
+            agent.stop()
+        process.kill()
+        process.wait(timeout=10)
