@@ -5,6 +5,8 @@ refused with nothing done. Every attack, rule and process is removed at teardown
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -327,7 +329,9 @@ def test_a_process_that_only_names_the_program_in_its_arguments_is_not_signalled
     tmp_path: Path, decoy: dict[str, Any], attack: str
 ) -> None:
     port = free_port((CLIENT_HOST,))
-    process = subprocess.Popen([arg.format(port=port) for arg in decoy["argv"]])
+    # A session of its own, so the shell's `sleep` goes with it at the end.
+    process = subprocess.Popen([arg.format(port=port) for arg in decoy["argv"]],
+                               start_new_session=True)  # fmt: skip
     agent: ServedAgent | None = None
     try:
         target = {"name": "decoy", "role": decoy["role"], "port": port, "pid": process.pid,
@@ -342,5 +346,5 @@ def test_a_process_that_only_names_the_program_in_its_arguments_is_not_signalled
     finally:
         if agent is not None:
             agent.stop()
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
