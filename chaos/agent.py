@@ -12,8 +12,12 @@ Safety, in this order, before anything is done: the API key (`Authorization: Key
 the request shape (400 naming the field), the allowlist of target identifiers (403), the
 command and its args (400 naming the field). Only `{"type": "Exact", "exact": [...]}` targets
 (or `hosts.ids` / `containers.ids`) are accepted, only on identifiers the targets file knows;
-network attacks may only name the target's own port and its own addresses. Errors are JSON;
-no answer carries a traceback.
+network attacks may only name the target's own port and its own addresses; the backend then
+signals a pid only if its program (the executable, or a Python script or module: never a word
+among its arguments) is the target's. Every refusal, the framework's too (unknown path 404,
+another method 405 with `Allow`, a body over 64 KiB 413), is JSON `{"error": <reason>,
+"message", "field"?}` quoting no long value back; no answer carries a traceback. The published
+OpenAPI declares the body, the key and every status each operation answers.
 
 Commands: `process_killer` (kill; `-p` must name the node's program), `process_pause` (agent
 extension: SIGSTOP, halted by SIGCONT), `shutdown` (SIGTERM then SIGKILL; `-r` restarts it when
@@ -33,30 +37,40 @@ Not for: anything off loopback, scheduling experiments, or Gremlin's scenarios a
 from __future__ import annotations
 
 import contextlib
-import hmac
 import ipaddress
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.gremlin import MAX_LENGTH, program_of
 from chaos.faults.local import LocalFaultBackend
 from ratequeue import input_files
+from ratequeue.errors import InvalidInput
+from ratequeue.http_contract import (
+    REASONS,
+    ErrorShape,
+    credential,
+    error_responses,
+    install_error_handlers,
+    json_request_body,
+    publish_contract,
+    read_json_body,
+    same_secret,
+)
 from ratequeue.input_files import InputFileError
-from ratequeue.validation import validated
+from ratequeue.validation import quoted, validated
 
 log = logging.getLogger(__name__)
 
@@ -75,32 +89,32 @@ LIFECYCLE = {
 TERMINAL = frozenset({"Successful", "Halted", "Failed"})
 
 
-class AgentError(Exception):
+class AgentError(InvalidInput):
     """A request the agent refuses: HTTP status, the field at fault (if any), and why."""
 
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, code=REASONS.get(status, "Error"), http_status=status)
         self.status = status
-        self.message = message
         self.field = field
 
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {
-            "error": _REASONS.get(self.status, "Error"),
-            "message": self.message,
-        }
-        if self.field:
-            body["field"] = self.field
-        return JSONResponse(body, status_code=self.status)
+
+class AgentErrorBody(BaseModel):
+    """The agent's error envelope: the status's reason, why, and the request field at fault."""
+
+    error: str
+    message: str
+    field: str | None = None
 
 
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-}
+def _agent_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": REASONS.get(status, "Error"), "message": message}
+    if field:
+        body["field"] = field
+    return body
+
+
+AGENT_ERRORS = ErrorShape(AgentErrorBody, _agent_error)
+MAX_BODY_BYTES = 64 * 1024
 
 
 # ----------------------------------------------------------------------------- targets
@@ -267,9 +281,9 @@ def _int(value: str, where: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise AgentError(400, f"{value!r} is not an integer", where) from None
+        raise AgentError(400, f"{quoted(value)} is not an integer", where) from None
     if not low <= number <= high:
-        raise AgentError(400, f"{number} is outside {low}..{high}", where)
+        raise AgentError(400, f"{quoted(number)} is outside {low}..{high}", where)
     return number
 
 
@@ -280,7 +294,8 @@ def _ports(value: str, where: str) -> list[int]:
         if not part:
             continue
         if part.startswith("^") or "-" in part:
-            raise AgentError(400, f"port exclusions and ranges are not supported: {part!r}", where)
+            problem = f"port exclusions and ranges are not supported: {quoted(part)}"
+            raise AgentError(400, problem, where)
         ports.append(_int(part, where, 1, 65535))
     return ports
 
@@ -295,7 +310,7 @@ def parse_command(command: Any) -> Plan:
     if kind not in _FLAGS:
         raise AgentError(
             400,
-            f"unsupported attack type {kind!r}; this agent runs {', '.join(sorted(_FLAGS))}",
+            f"unsupported attack type {quoted(kind)}; this agent runs {', '.join(sorted(_FLAGS))}",
             "command.type",
         )
     raw_args = command.get("args", [])
@@ -316,7 +331,7 @@ def parse_command(command: Any) -> Plan:
         flag = args[index]
         where = f"command.args[{index}]"
         if flag not in flags:
-            raise AgentError(400, f"unknown flag {flag!r} for {kind}", where)
+            raise AgentError(400, f"unknown flag {quoted(flag)} for {kind}", where)
         name, takes_value = flags[flag]
         if takes_value:
             if index + 1 >= len(args):
@@ -370,7 +385,7 @@ def parse_command(command: Any) -> Plan:
                 for host in (h.strip() for h in raw.split(",") if h.strip()):
                     if host.startswith("^"):
                         raise AgentError(
-                            400, f"exclusions are not supported: {host!r}", where(name)
+                            400, f"exclusions are not supported: {quoted(host)}", where(name)
                         )
                     hosts.append(host)
         plan.hosts = sorted(set(hosts)) or None
@@ -387,7 +402,8 @@ def parse_target(target: Any) -> list[str]:
         raise AgentError(400, "must be an object", "target")
     kind = target.get("type")
     if kind != "Exact":
-        raise AgentError(400, f"only 'Exact' targets are supported, not {kind!r}", "target.type")
+        problem = f"only 'Exact' targets are supported, not {quoted(kind)}"
+        raise AgentError(400, problem, "target.type")
     ids: Any = target.get("exact")
     where = "target.exact"
     if ids is None:
@@ -487,9 +503,7 @@ class Agent:
     # -- checks
 
     def authorize(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme != "Key" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+        if not same_secret(credential(request, "Key"), self.api_key):
             raise AgentError(401, "a valid 'Authorization: Key <API key>' header is required")
         if self.team_id and request.query_params.get("teamId") != self.team_id:
             raise AgentError(403, "teamId does not match this agent's team", "teamId")
@@ -503,7 +517,9 @@ class Agent:
         identifiers = parse_target(body["target"])
         refused = [i for i in identifiers if i not in self.allow]
         if refused:
-            raise AgentError(403, f"not on this agent's allowlist: {', '.join(refused)}", "target")
+            raise AgentError(
+                403, f"not on this agent's allowlist: {quoted(', '.join(refused))}", "target"
+            )
         plan = parse_command(body["command"])
         try:
             known = self.targets.get_all()
@@ -514,7 +530,7 @@ class Agent:
             if identifier not in known:
                 raise AgentError(
                     400,
-                    f"no such target {identifier!r} in the targets file",
+                    f"no such target {quoted(identifier)} in the targets file",
                     f"target.exact[{index}]",
                 )
             nodes.append(known[identifier])
@@ -540,9 +556,8 @@ class Agent:
         if plan.process is not None:
             program = target.expect or program_of(node)
             if plan.process != program:
-                raise AgentError(
-                    400, f"{node.name} runs {program!r}, not {plan.process!r}", "command.args -p"
-                )
+                problem = f"{node.name} runs {program!r}, not {quoted(plan.process)}"
+                raise AgentError(400, problem, "command.args -p")
         if plan.action in ("blackhole", "latency"):
             bad = [p for p in plan.ports or [] if p != node.port]
             if bad:
@@ -557,7 +572,7 @@ class Agent:
                 if host not in allowed:
                     raise AgentError(
                         400,
-                        f"{node.name} is reached at {sorted(allowed)} here, not {host!r}",
+                        f"{node.name} is reached at {sorted(allowed)} here, not {quoted(host)}",
                         "command.args -h",
                     )
         if plan.action == "stop" and plan.reboot and not target.command:
@@ -650,7 +665,7 @@ class Agent:
         with self._lock:
             attack = self.attacks.get(guid)
         if attack is None:
-            raise AgentError(404, f"no attack {guid}")
+            raise AgentError(404, f"no attack {quoted(guid)}")
         return attack
 
     def listing(self, which: str = "all") -> list[Attack]:
@@ -677,6 +692,67 @@ class Agent:
 
 # ----------------------------------------------------------------------------- the app
 
+KEY_HEADER = APIKeyHeader(name="Authorization", scheme_name="apiKey", auto_error=False,
+                          description="`Key <API key>`")  # fmt: skip
+_IDS = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+# What `parse_command` and `parse_target` take, as published; they decide, naming the field.
+ATTACK_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["command", "target"],
+    "properties": {
+        "command": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"enum": sorted(_FLAGS)},
+                "args": {"type": "array", "items": {"type": ["string", "number"]},
+                         "description": "the Gremlin CLI flags of the attack type"},
+            },
+        },
+        "target": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"const": "Exact"},
+                "exact": _IDS,
+                "hosts": {"type": "object", "required": ["ids"], "properties": {"ids": _IDS}},
+                "containers": {"type": "object", "required": ["ids"], "properties": {"ids": _IDS}},
+            },
+            "anyOf": [{"required": ["exact"]}, {"required": ["hosts"]},
+                      {"required": ["containers"]}],
+        },
+    },
+}  # fmt: skip
+
+
+class AttackView(BaseModel):
+    guid: str
+    stage: str
+    stageLifecycle: str
+    command: dict[str, Any]
+    target: dict[str, Any]
+    targets: list[str]
+    createdAt: str
+    startTime: str | None
+    endTime: str | None
+    output: str | None
+    source: str
+
+
+class Execution(BaseModel):
+    guid: str
+    taskId: str
+    identifier: str
+    stage: str
+    stageLifecycle: str
+    endTime: str | None
+    output: str | None
+
+
+class Health(BaseModel):
+    ok: bool
+    active: int
+
 
 def create_app(agent: Agent) -> FastAPI:
     """The HTTP API around `agent`; halts every active attack when the app shuts down."""
@@ -688,74 +764,81 @@ def create_app(agent: Agent) -> FastAPI:
 
     app = FastAPI(title="chaos agent (Gremlin-compatible attacks API)", lifespan=lifespan)
     app.state.agent = agent
+    publish_contract(app, AGENT_ERRORS)
+    install_error_handlers(app, AGENT_ERRORS)
 
-    @app.exception_handler(AgentError)
-    async def agent_error(_: Request, error: AgentError) -> JSONResponse:
-        return error.response()
+    def authorized(request: Request, _: str | None = Security(KEY_HEADER)) -> None:
+        agent.authorize(request)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return AgentError(error.status_code, str(error.detail)).response()
+    def v1(method: str, path: str, **options: Any) -> Callable[[Callable], Callable]:
+        """Route `/v1{path}` behind the key. The key comes first (a dependency runs before the
+        parameters are checked): a request without it learns nothing, not even what else is
+        wrong with it."""
+        return app.api_route(f"/v1{path}", methods=[method],
+                             dependencies=[Depends(authorized)], **options)  # fmt: skip
 
-    @app.exception_handler(Exception)
-    async def any_error(_: Request, error: Exception) -> JSONResponse:
-        log.exception("agent request failed")
-        return JSONResponse(
-            {"error": "Internal Server Error", "message": type(error).__name__}, status_code=500
-        )
+    team = Query(None, description="the team of a team-scoped key (403 if it is not the agent's)")
+    halting = {202: {"description": "halting: rolled back, or rolling back"}}
 
-    @app.get("/healthz")
+    def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+        return error_responses(AGENT_ERRORS, (401, 403, *statuses))
+
+    @app.get("/healthz", response_model=Health)
     def healthz() -> dict[str, Any]:
         return {"ok": True, "active": len(agent.listing("active"))}
 
-    @app.post("/v1/attacks/new")
-    async def new_attack(request: Request) -> Response:
-        agent.authorize(request)
-        raw = await request.body()
+    guid_text = {"text/plain": {"schema": {"type": "string"}}}
+
+    @v1(
+        "POST",
+        "/attacks/new",
+        status_code=201,
+        response_class=PlainTextResponse,
+        openapi_extra=json_request_body(ATTACK_REQUEST),
+        responses={201: {"description": "the new attack's guid", "content": guid_text},
+                   **errors(400, 413)},
+    )  # fmt: skip
+    async def new_attack(request: Request, teamId: str | None = team) -> Response:
         try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            raise AgentError(400, "the body is not JSON", "body") from None
+            body = await read_json_body(request, MAX_BODY_BYTES)
+        except InvalidInput as error:
+            raise AgentError(error.http_status, error.message, "body") from None
         attack = await anyio.to_thread.run_sync(agent.create, body)
         return PlainTextResponse(attack.guid, status_code=201)
 
-    @app.get("/v1/attacks/active")
-    def active(request: Request) -> list[dict[str, Any]]:
-        agent.authorize(request)
+    @v1("GET", "/attacks/active", response_model=list[AttackView], responses=errors())
+    def active(teamId: str | None = team) -> list[dict[str, Any]]:
         return [a.view() for a in agent.listing("active")]
 
-    @app.get("/v1/attacks/completed")
-    def completed(request: Request) -> list[dict[str, Any]]:
-        agent.authorize(request)
+    @v1("GET", "/attacks/completed", response_model=list[AttackView], responses=errors())
+    def completed(teamId: str | None = team) -> list[dict[str, Any]]:
         return [a.view() for a in agent.listing("completed")]
 
-    @app.get("/v1/attacks")
-    def all_attacks(request: Request) -> list[dict[str, Any]]:
-        agent.authorize(request)
+    @v1("GET", "/attacks", response_model=list[AttackView], responses=errors())
+    def all_attacks(teamId: str | None = team) -> list[dict[str, Any]]:
         return [a.view() for a in agent.listing()]
 
-    @app.delete("/v1/attacks")
-    def halt_all(request: Request) -> Response:
-        agent.authorize(request)
+    @v1("DELETE", "/attacks", status_code=202, response_class=Response,
+               responses={**halting, **errors()})  # fmt: skip
+    def halt_all(teamId: str | None = team) -> Response:
         agent.halt_all()
         return Response(status_code=202)
 
-    @app.get("/v1/attacks/{guid}")
-    def get_attack(guid: str, request: Request) -> dict[str, Any]:
-        agent.authorize(request)
+    @v1("GET", "/attacks/{guid}", response_model=AttackView, responses=errors(404))
+    def get_attack(guid: str, teamId: str | None = team) -> dict[str, Any]:
         return agent.get(guid).view()
 
-    @app.delete("/v1/attacks/{guid}")
-    def halt_attack(guid: str, request: Request) -> Response:
-        agent.authorize(request)
+    @v1("DELETE", "/attacks/{guid}", status_code=202, response_class=Response,
+               responses={**halting, **errors(404)})  # fmt: skip
+    def halt_attack(guid: str, teamId: str | None = team) -> Response:
         agent.halt(guid)
         return Response(status_code=202)
 
-    @app.get("/v1/executions")
-    def executions(request: Request, taskId: str = "") -> list[dict[str, Any]]:
-        agent.authorize(request)
-        if not taskId:
-            raise AgentError(400, "missing", "taskId")
+    @v1("GET", "/executions", response_model=list[Execution], responses=errors(400, 404))
+    def executions(
+        taskId: str = Query(..., min_length=1, description="the attack's guid"),
+        teamId: str | None = team,
+    ) -> list[dict[str, Any]]:
         return agent.get(taskId).executions()
 
     return app

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 EventType = Literal[
     "RedisMasterDown",
@@ -49,6 +49,14 @@ class Event(BaseModel):
     incident_key: str | None = Field(None, max_length=255)
     occurred_at: AwareDatetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any) -> Any:
+        # Left to pydantic, a number would pass as Unix time; the schema says RFC 3339 text.
+        if not isinstance(value, str | datetime):
+            raise ValueError("expected an RFC 3339 date-time string")
+        return value
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -3,62 +3,77 @@ the audit trail (`GET /v1/events`, `GET /v1/events/{id}`), workflows, and the pe
 coordinating node calls for the quorum (`POST /v1/quorum/evaluate`).
 
 Errors are JSON `{"error": {"code", "message"}}`; bad input is a 4xx naming the field and
-changes nothing. Not for: decisions (see `controller`).
+changes nothing, and no answer is a traceback (`ratequeue.http_contract` installs the handlers
+and the body limits). The published OpenAPI declares each request body, the bearer token of the
+mutating endpoints, and every status an operation answers. Not for: decisions (see
+`controller`).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from failover.events import InvalidEvent, parse_event
+from failover.events import Event, InvalidEvent, parse_event
 from failover.stream_factory import open_event_stream
 from failover.streams import EventStream
 from lazarus_lite.approval_steps import approve
+from lazarus_lite.audit import AuditRecord, NodeVerdict
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.gates import ALL, CATEGORIES
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import shadow_report
 from lazarus_lite.workflow import WorkflowStore
-from ratequeue.validation import describe_problems
+from ratequeue.errors import InvalidInput
+from ratequeue.http_contract import (
+    PROJECT_ERRORS,
+    JsonBody,
+    answers,
+    credential,
+    describe_request_problems,
+    install_error_handlers,
+    json_request_body,
+    publish_contract,
+    read_json_body,
+    same_secret,
+)
+from ratequeue.validation import quoted
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
+BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
+                    description="the node's API token (`--api-token`)")  # fmt: skip
 
 
-class ApiError(Exception):
+class ApiError(InvalidInput):
+    """A refusal with its HTTP status and code (the error handlers answer it)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        super().__init__(message, code=code, http_status=status)
 
 
-class EvaluateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    event: dict[str, Any]
+class EvaluateRequest(JsonBody):
+    event: dict[str, Any] = Field(json_schema_extra=Event.model_json_schema())
     rule: str
 
 
+class ApproveRequest(JsonBody):
+    step: str = Field(min_length=1, description="the gate's step name")
+
+
 async def read_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON: {error}") from None
+    return await read_json_body(request, MAX_BODY_BYTES)
 
 
 def open_stream(settings: ControllerSettings) -> EventStream:
@@ -73,26 +88,77 @@ def open_stream(settings: ControllerSettings) -> EventStream:
 
 def require_token(request: Request, token: str) -> None:
     """Mutating endpoints need `Authorization: Bearer <token>`; anything else is a 401."""
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+    if not same_secret(credential(request, "bearer"), token):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
-class SwitchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SwitchRequest(JsonBody):
     enabled: bool
     category: str = "all"
     reason: str = ""
     by: str = ""
 
 
-class ShadowRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ShadowRequest(JsonBody):
     enabled: bool
     service: str = "*"
+
+
+# -- answers, as published -------------------------------------------------------------------
+
+
+class Accepted(BaseModel):
+    id: str
+    position: str
+
+
+class EventList(BaseModel):
+    events: list[AuditRecord]
+
+
+class Approved(BaseModel):
+    workflow: str
+    step: str
+    approved: bool
+
+
+class SwitchState(BaseModel):
+    engaged: dict[str, dict[str, Any]]
+    categories: list[str] | None = None
+
+
+class ShadowState(BaseModel):
+    services: list[str]
+
+
+class ShadowDecisions(BaseModel):
+    decisions: list[dict[str, Any]]
+
+
+class BreakerState(BaseModel):
+    region: str
+    open: bool
+    failing: list[str]
+    threshold: int
+    window_seconds: float
+
+
+class Breakers(BaseModel):
+    breakers: list[BreakerState]
+
+
+class RateLimitState(BaseModel):
+    service: str
+    incidents: int
+    limit: int
+    suspended: bool
+    window_seconds: float
+
+
+class Health(BaseModel):
+    node: str
+    healthy: bool
+    checks: list[dict[str, Any]]
 
 
 def create_app(settings: ControllerSettings) -> FastAPI:
@@ -109,41 +175,38 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     app = FastAPI(title=f"lazarus {settings.node_id}", version="1", lifespan=lifespan)
     app.state.node = node
-
-    @app.exception_handler(ApiError)
-    async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"code": error.code, "message": error.message}}, status_code=error.status
-        )
+    publish_contract(app)
+    install_error_handlers(app)
 
     @app.exception_handler(RedisError)
     async def on_redis_error(request: Request, error: RedisError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"code": "control_store_unavailable", "message": str(error)}},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return PROJECT_ERRORS.response(503, "control_store_unavailable", str(error),
+                                       headers={"Retry-After": "1"})  # fmt: skip
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"code": code, "message": str(error.detail)}}, status_code=error.status_code
-        )
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"error": {"code": "internal", "message": "internal error"}}, status_code=500
-        )
-
-    def authorized(request: Request) -> None:
+    def authorized(request: Request, _: object = Security(BEARER)) -> None:
         require_token(request, settings.api_token)
 
-    @app.post("/v1/events", status_code=202)
+    def mutating(
+        path: str,
+        body: type[BaseModel] | dict[str, Any],
+        success: dict[int, type[BaseModel] | None],
+        *errors: int,
+        status_code: int = 200,
+    ) -> Callable[[Callable], Callable]:
+        """A POST behind the token (a dependency: checked before anything else), with its body
+        and its answers: 400, 401, 413 and 503 besides `errors`."""
+        return app.post(path, status_code=status_code, response_model=None,
+                        dependencies=[Depends(authorized)], openapi_extra=json_request_body(body),
+                        responses=answers(success, 400, 401, 413, 503, *errors))  # fmt: skip
+
+    async def validated(request: Request, model: type[BaseModel]) -> Any:
+        try:
+            return model.model_validate(await read_body(request))
+        except ValidationError as error:
+            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
+
+    @mutating("/v1/events", Event, {202: Accepted}, status_code=202)
     async def post_event(request: Request) -> JSONResponse:
-        authorized(request)
         try:
             event = parse_event(await read_body(request))
         except InvalidEvent as error:
@@ -151,20 +214,25 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         position = await node.submit(event)
         return JSONResponse({"id": event.id, "position": position}, status_code=202)
 
-    @app.get("/v1/events")
+    @app.get("/v1/events", response_model=None, responses=answers({200: EventList}, 400, 503))
     async def list_events(
-        service: str | None = None, since: float | None = None, limit: int = 100
+        service: str | None = None,
+        # NaN or infinity would reach the control store, which refuses them (a 503 before).
+        since: float | None = Query(None, allow_inf_nan=False, description="Unix time"),
+        limit: int = Query(100, ge=1, le=1000),
     ) -> dict:
-        if not 1 <= limit <= 1000:
-            raise ApiError(400, "invalid_request", "query 'limit': must be 1-1000")
         records = await node.audit.list(service=service, since=since, limit=limit)
         return {"events": [json.loads(r.model_dump_json()) for r in records]}
 
-    @app.get("/v1/events/{event_id}")
+    @app.get(
+        "/v1/events/{event_id}",
+        response_model=None,
+        responses=answers({200: AuditRecord}, 404, 503),
+    )
     async def get_event(event_id: str) -> dict:
         record = await node.audit.get(event_id)
         if record is None:
-            raise ApiError(404, "not_found", f"no event {event_id} in the audit trail")
+            raise ApiError(404, "not_found", f"no event {quoted(event_id)} in the audit trail")
         answer = json.loads(record.model_dump_json())
         if record.workflow_id:
             answer["workflow"] = await _workflow(record.workflow_id)
@@ -178,60 +246,52 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         answer["history"] = await workflows.history(workflow_id)
         return answer
 
-    @app.get("/v1/workflows/{workflow_id}")
+    @app.get(
+        "/v1/workflows/{workflow_id}",
+        response_model=None,
+        responses=answers({200: None}, 404, 503),
+    )
     async def get_workflow(workflow_id: str) -> dict:
         found = await _workflow(workflow_id)
         if found is None:
-            raise ApiError(404, "not_found", f"no workflow {workflow_id}")
+            raise ApiError(404, "not_found", f"no workflow {quoted(workflow_id)}")
         return found
 
-    @app.post("/v1/workflows/{workflow_id}/approve")
+    @mutating("/v1/workflows/{workflow_id}/approve", ApproveRequest, {200: Approved}, 404)
     async def approve_step(workflow_id: str, request: Request) -> dict:
-        authorized(request)
-        body = await read_body(request)
-        step_name = body.get("step") if isinstance(body, dict) else None
-        if not isinstance(step_name, str) or not step_name:
-            raise ApiError(400, "invalid_request", "field 'step': expected the gate's step name")
+        step_name = (await validated(request, ApproveRequest)).step
         found = await workflows.load(workflow_id)
         if found is None:
-            raise ApiError(404, "not_found", f"no workflow {workflow_id}")
+            raise ApiError(404, "not_found", f"no workflow {quoted(workflow_id)}")
         if step_name not in found.steps:
-            raise ApiError(
-                400, "invalid_request", f"field 'step': {workflow_id} has no step '{step_name}'"
-            )
+            problem = f"field 'step': {quoted(workflow_id)} has no step {quoted(step_name)}"
+            raise ApiError(400, "invalid_request", problem)
         await approve(control, workflow_id, step_name)
         return {"workflow": workflow_id, "step": step_name, "approved": True}
 
-    @app.post("/v1/quorum/evaluate")
+    @mutating("/v1/quorum/evaluate", EvaluateRequest, {200: NodeVerdict}, 404)
     async def evaluate(request: Request) -> dict:
-        authorized(request)
         try:
             payload = EvaluateRequest.model_validate(await read_body(request))
             event = parse_event(payload.event)
         except ValidationError as error:
-            raise ApiError(400, "invalid_request", str(error)) from None
+            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
         except InvalidEvent as error:
-            raise ApiError(400, "invalid_event", error.reason) from None
+            raise ApiError(400, "invalid_event", f"field 'event': {error.reason}") from None
         try:
             rule = node.rules.get(payload.rule)
         except KeyError:
-            raise ApiError(404, "unknown_rule", f"this node has no rule '{payload.rule}'") from None
+            raise ApiError(404, "unknown_rule",
+                           f"this node has no rule {quoted(payload.rule)}") from None  # fmt: skip
         verdict = await node.evaluate(event, rule)
         return json.loads(verdict.model_dump_json())
 
-    async def validated(request: Request, model: type[BaseModel]) -> Any:
-        try:
-            return model.model_validate(await read_body(request))
-        except ValidationError as error:
-            raise ApiError(400, "invalid_request", describe_problems(error)) from None
-
-    @app.get("/v1/killswitch")
+    @app.get("/v1/killswitch", response_model=None, responses=answers({200: SwitchState}, 503))
     async def killswitch_status() -> dict:
         return {"engaged": await node.kill_switch.status(), "categories": [*CATEGORIES, "all"]}
 
-    @app.post("/v1/killswitch")
+    @mutating("/v1/killswitch", _switch_schema(), {200: SwitchState})
     async def killswitch_set(request: Request) -> dict:
-        authorized(request)
         change = await validated(request, SwitchRequest)
         if change.category not in (*CATEGORIES, "all"):
             raise ApiError(
@@ -241,27 +301,32 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         await node.kill_switch.set(category, change.enabled, by=change.by, reason=change.reason)
         return {"engaged": await node.kill_switch.status()}
 
-    @app.get("/v1/shadow")
+    @app.get("/v1/shadow", response_model=None, responses=answers({200: ShadowState}, 503))
     async def shadow_status() -> dict:
         return {"services": await node.shadow.services()}
 
-    @app.post("/v1/shadow")
+    @mutating("/v1/shadow", ShadowRequest, {200: ShadowState})
     async def shadow_set(request: Request) -> dict:
-        authorized(request)
         change = await validated(request, ShadowRequest)
         await node.shadow.set(change.service, change.enabled)
         return {"services": await node.shadow.services()}
 
-    @app.get("/v1/shadow-report")
+    @app.get(
+        "/v1/shadow-report", response_model=None, responses=answers({200: ShadowDecisions}, 503)
+    )
     async def get_shadow_report() -> dict:
         return {"decisions": await shadow_report(control)}
 
-    @app.get("/v1/breaker")
+    @app.get("/v1/breaker", response_model=None, responses=answers({200: Breakers}, 503))
     async def breaker_status(region: str | None = None) -> dict:
         regions = [region] if region else await node.breaker.regions()
         return {"breakers": [await node.breaker.state(r) for r in regions]}
 
-    @app.get("/v1/rate-limits/{service}")
+    @app.get(
+        "/v1/rate-limits/{service}",
+        response_model=None,
+        responses=answers({200: RateLimitState}, 503),
+    )
     async def rate_limit_status(service: str) -> dict:
         now = time.time()
         key = node.rate_limit.key(service)
@@ -275,7 +340,12 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             "window_seconds": node.rate_limit.window,
         }
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        response_model=None,
+        responses={200: {"model": Health, "description": "the control store answers"},
+                   503: {"model": Health, "description": "the control store does not"}},
+    )  # fmt: skip
     async def healthz() -> JSONResponse:
         try:
             ok = bool(await control.ping())
@@ -288,3 +358,10 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         )
 
     return app
+
+
+def _switch_schema() -> dict[str, Any]:
+    """The kill switch body as published: `category` names one of the categories."""
+    schema = SwitchRequest.model_json_schema()
+    schema["properties"]["category"]["enum"] = [*CATEGORIES, "all"]
+    return schema

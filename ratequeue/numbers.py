@@ -19,6 +19,17 @@ TOLL_FREE_AREA_CODES = frozenset({"800", "833", "844", "855", "866", "877", "888
 _SEPARATORS = re.compile(r"[\s().\-]", re.ASCII)
 _E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 _SHORT_CODE = re.compile(r"^[1-9][0-9]{4,5}$")
+MAX_RAW_LENGTH = 32
+
+# What `normalize_number` accepts, as one regular expression (ECMA-262 and Python alike) for the
+# published API schema: separators anywhere, then E.164, 00 + E.164 digits, a North American
+# 10- or 1-prefixed 11-digit number, or a short code. Tests check it agrees with the code.
+_S = r"[ \t\n\r\f\v().-]*"
+_D = rf"(?:{_S}[0-9])"
+NUMBER_PATTERN = (
+    rf"^{_S}(?:\+{_S}[1-9]{_D}{{7,14}}|0{_S}0{_S}[1-9]{_D}{{7,14}}|[2-9]{_D}{{9}}|1{_D}{{10}}"
+    rf"|[1-9]{_D}{{4,5}}){_S}$"
+)
 
 
 class NumberType(StrEnum):
@@ -33,8 +44,8 @@ def normalize_number(raw: str) -> str:
     Separators (spaces, dashes, dots, parentheses) are ignored; a bare 10-digit or 1-prefixed
     11-digit number is taken as North American.
     """
-    if not isinstance(raw, str) or len(raw) > 32:
-        raise InvalidNumber("number must be a string of at most 32 characters")
+    if not isinstance(raw, str) or len(raw) > MAX_RAW_LENGTH:
+        raise InvalidNumber(f"number must be a string of at most {MAX_RAW_LENGTH} characters")
     compact = _SEPARATORS.sub("", raw)
     if compact.startswith("00"):
         compact = "+" + compact[2:]

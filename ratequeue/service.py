@@ -2,127 +2,166 @@
 
 Every error is JSON `{"error": {"code", "message"}}`: bad input is a 4xx and writes nothing, an
 unreachable or not-yet-durable shard is a 503 with Retry-After, and nothing answers with a
-traceback. Not for: queue logic (the Lua scripts) or routing (the client).
+traceback (`ratequeue.http_contract` installs the handlers and the body limits). The published
+OpenAPI declares each request body and every status an operation answers. Not for: queue logic
+(the Lua scripts) or routing (the client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ratequeue.client import AsyncRatequeueClient, validate_message_id
+from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
 from ratequeue.config import ServiceSettings
-from ratequeue.errors import (
-    DurabilityNotMet,
-    IdConflict,
-    InvalidInput,
-    QueueFull,
-    RatequeueError,
-    RetryableError,
+from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
+from ratequeue.http_contract import (
+    PROJECT_ERRORS,
+    JsonBody,
+    JsonInt,
+    answers,
+    describe_request_problems,
+    install_error_handlers,
+    json_request_body,
+    publish_contract,
+    read_json_body,
 )
 from ratequeue.metrics import ServiceMetrics
+from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
-from ratequeue.shard import ShardStats, parse_receipt
-from ratequeue.topology import topology_json
+from ratequeue.shard import RECEIPT_PATTERN, ShardStats, parse_receipt
+from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
+# The path parameter as published: the pattern only describes, `normalize_number` decides (and
+# names the accepted forms in its 400).
+Number = Annotated[
+    str,
+    Path(description="E.164, a North American number, or a short code; separators allowed",
+         json_schema_extra={"pattern": NUMBER_PATTERN, "maxLength": MAX_RAW_LENGTH}),
+]  # fmt: skip
 
-class EnqueueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    id: str | None = None
+class EnqueueRequest(JsonBody):
+    id: str | None = Field(None, json_schema_extra={"pattern": MESSAGE_ID.pattern})
     body: Any = Field(..., description="any JSON; its text (a string, or `text`) sets segments")
 
 
-class DequeueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max: int = Field(..., ge=1, strict=True)
+class DequeueRequest(JsonBody):
+    max: JsonInt = Field(..., ge=1)
     lease_seconds: float = Field(..., gt=0)
 
 
-class AckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    receipts: list[str] = Field(..., max_length=10_000)
-
-
-class RateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    per_second: float = Field(..., ge=MIN_PER_SECOND, le=MAX_PER_SECOND)
-    burst: int = Field(1, ge=1, le=MAX_BURST, strict=True)
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+class AckRequest(JsonBody):
+    receipts: list[Annotated[str, Field(json_schema_extra={"pattern": RECEIPT_PATTERN})]] = Field(
+        ..., max_length=10_000
     )
+
+
+class RateRequest(JsonBody):
+    per_second: float = Field(..., ge=MIN_PER_SECOND, le=MAX_PER_SECOND)
+    burst: JsonInt = Field(1, ge=1, le=MAX_BURST)
+
+
+# -- answers, as published -------------------------------------------------------------------
+
+
+class EnqueuedAnswer(BaseModel):
+    id: str
+    number: str
+    shard: str
+    duplicate: bool
+
+
+class LeasedAnswer(BaseModel):
+    id: str
+    number: str
+    body: Any
+    receipt: str
+    attempt: int
+
+
+class DequeuedAnswer(BaseModel):
+    messages: list[LeasedAnswer]
+
+
+class AckedAnswer(BaseModel):
+    acked: int
+
+
+class RateAnswer(BaseModel):
+    per_second: float
+    burst: int
+    source: str
+
+
+# The client's NumberInfo as JSON: its fields, but the rate with its source and the next
+# eligible time as RFC 3339 text. Derived, so a field NumberInfo gains is published (and the
+# fuzz run notices when number_info does not answer it).
+_AS_IS = {name: (kind, ...) for name, kind in get_type_hints(NumberInfo).items()
+          if name not in ("rate", "rate_source", "next_eligible_at")}  # fmt: skip
+NumberAnswer = create_model(
+    "NumberAnswer",
+    **_AS_IS,
+    rate=(RateAnswer, ...),
+    next_eligible_at=(str, Field(json_schema_extra={"format": "date-time"})),
+)
+
+
+class RateSetAnswer(BaseModel):
+    number: str
+    shard: str
+    per_second: float
+    burst: int
+
+
+class HealthCheck(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class HealthAnswer(BaseModel):
+    in_load_balancer: bool
+    checks: list[HealthCheck]
+
+
+def _smallest_rate(max_queue_seconds: float) -> float:
+    """The least per_second `set_rate` accepts: the floor, or what makes the queue hold one
+    segment (computed the way the check below computes it, float rounding and all)."""
+    rate = max(MIN_PER_SECOND, 1 / max_queue_seconds)
+    while math.floor(rate * max_queue_seconds) < 1:
+        rate = math.nextafter(rate, math.inf)
+    return rate
+
+
+def _with_bounds(model: type[BaseModel], **bounds: dict[str, Any]) -> dict[str, Any]:
+    """The model's JSON Schema with per-field keywords that depend on the settings."""
+    schema = model.model_json_schema()
+    for field, keywords in bounds.items():
+        schema["properties"][field].update(keywords)
+    return schema
 
 
 def check(name: str, ok: bool, detail: str) -> dict:
     return {"name": name, "ok": ok, "detail": detail}
-
-
-def _describe(error: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for problem in error.errors():
-        location = ".".join(str(p) for p in problem["loc"] if p != "body") or "body"
-        parts.append(f"field '{location}': {problem['msg']}")
-    return "; ".join(parts)
-
-
-# Deeper JSON is refused: the response serializer has a depth limit of its own, and a message it
-# could not serialize would fail every dequeue that leased it (and the others leased with it).
-MAX_JSON_DEPTH = 64
-
-
-def _not_json(constant: str) -> None:
-    """`json.loads` takes NaN and Infinity; JSON has neither (and they cannot be answered)."""
-    raise InvalidInput(f"request body is not valid JSON: {constant} is not a JSON value",
-                       code="bad_json")  # fmt: skip
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # e.g. 1e400, which float() makes infinite
-        raise InvalidInput(f"request body: number {text} is out of range", code="bad_json")
-    return value
-
-
-def _nesting_exceeds(value: Any, limit: int) -> bool:
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            if depth > limit:
-                return True
-            pending += [(child, depth + 1) for child in item]
-    return False
 
 
 def _iso_time(seconds: float) -> str:
@@ -135,41 +174,13 @@ def _iso_time(seconds: float) -> str:
 
 async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
     """Parse and validate a JSON request body within the size limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(
-            f"request body is {declared} bytes; the limit is {max_bytes}",
-            code="body_too_large", http_status=413,
-        )  # fmt: skip
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise InvalidInput(
-                f"request body exceeds the limit of {max_bytes} bytes",
-                code="body_too_large", http_status=413,
-            )  # fmt: skip
-    too_deep = InvalidInput(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
-    except ValueError as error:  # also bad UTF-8, and integers of over 4300 digits
-        raise InvalidInput(f"request body is not valid JSON: {error}", code="bad_json") from None
-    except RecursionError:
-        raise too_deep from None
-    if _nesting_exceeds(data, MAX_JSON_DEPTH):
-        raise too_deep
-    try:
-        # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored.
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise InvalidInput("request body holds a string with a lone UTF-16 surrogate",
-                           code="bad_json") from None  # fmt: skip
+    data = await read_json_body(request, max_bytes)
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", code="invalid_request")
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InvalidInput(_describe(error), code="invalid_request") from None
+        raise InvalidInput(describe_request_problems(error), code="invalid_request") from None
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -189,39 +200,27 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app = FastAPI(title="ratequeue", version="1", lifespan=lifespan)
     app.state.client = client
     app.state.metrics = metrics
+    publish_contract(app)
 
     # -- errors ----------------------------------------------------------------------------
-    @app.exception_handler(RatequeueError)
-    async def on_ratequeue_error(request: Request, error: RatequeueError) -> JSONResponse:
-        headers = None
-        if isinstance(error, RetryableError):
-            headers = {"Retry-After": str(error.retry_after_seconds)}
-        return error_response(error.http_status, error.code, error.message, headers)
+    install_error_handlers(app)
 
     @app.exception_handler(RedisError)
     async def on_redis_error(request: Request, error: RedisError) -> JSONResponse:
         log.warning("redis error: %s", error)
-        return error_response(
-            503, "backend_unavailable", f"storage unavailable: {error}", {"Retry-After": "1"}
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(400, "invalid_request", _describe(error))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail))
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; see the service log")
+        message = f"storage unavailable: {error}"
+        return PROJECT_ERRORS.response(503, "backend_unavailable", message,
+                                       headers={"Retry-After": "1"})  # fmt: skip
 
     # -- queue -----------------------------------------------------------------------------
-    @app.post("/v1/numbers/{number}/messages", status_code=201)
-    async def enqueue(number: str, request: Request) -> JSONResponse:
+    @app.post(
+        "/v1/numbers/{number}/messages",
+        status_code=201,
+        response_model=None,
+        openapi_extra=json_request_body(EnqueueRequest),
+        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503),
+    )
+    async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
             payload = await read_json(request, EnqueueRequest, settings.max_body_bytes)
@@ -259,7 +258,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             status_code=201,
         )
 
-    @app.post("/v1/messages:dequeue")
+    @app.post(
+        "/v1/messages:dequeue",
+        response_model=None,
+        openapi_extra=json_request_body(_with_bounds(
+            DequeueRequest,
+            max={"maximum": settings.max_dequeue},
+            lease_seconds={"maximum": settings.max_lease_seconds},
+        )),
+        responses=answers({200: DequeuedAnswer}, 400, 413, 503),
+    )  # fmt: skip
     async def dequeue(request: Request) -> dict:
         started = time.perf_counter()
         payload = await read_json(request, DequeueRequest, settings.max_body_bytes)
@@ -286,7 +294,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             ]
         }
 
-    @app.post("/v1/messages:ack")
+    @app.post(
+        "/v1/messages:ack",
+        response_model=None,
+        openapi_extra=json_request_body(AckRequest),
+        responses=answers({200: AckedAnswer}, 400, 413, 503),
+    )
     async def ack(request: Request) -> dict:
         started = time.perf_counter()
         payload = await read_json(request, AckRequest, settings.max_body_bytes)
@@ -302,8 +315,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"acked": acked}
 
     # -- numbers ---------------------------------------------------------------------------
-    @app.get("/v1/numbers/{number}")
-    async def number_info(number: str) -> dict:
+    @app.get(
+        "/v1/numbers/{number}",
+        response_model=None,
+        responses=answers({200: NumberAnswer}, 400, 503),
+    )
+    async def number_info(number: Number) -> dict:
         info = await client.number_info(number)
         return {
             "number": info.number,
@@ -320,8 +337,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             "next_eligible_at": _iso_time(info.next_eligible_at),
         }
 
-    @app.put("/v1/numbers/{number}/rate")
-    async def set_rate(number: str, request: Request) -> dict:
+    @app.put(
+        "/v1/numbers/{number}/rate",
+        response_model=None,
+        openapi_extra=json_request_body(_with_bounds(
+            RateRequest, per_second={"minimum": _smallest_rate(settings.max_queue_seconds)}
+        )),
+        responses=answers({200: RateSetAnswer}, 400, 413, 503),
+    )  # fmt: skip
+    async def set_rate(number: Number, request: Request) -> dict:
         payload = await read_json(request, RateRequest, settings.max_body_bytes)
         if math.floor(payload.per_second * settings.max_queue_seconds) < 1:
             raise InvalidInput(
@@ -334,12 +358,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"number": number, "shard": shard, "per_second": rate.per_second,
                 "burst": rate.burst}  # fmt: skip
 
-    @app.get("/v1/topology")
+    @app.get("/v1/topology", response_model=None, responses=answers({200: Topology}, 503))
     async def topology() -> dict:
         return topology_json(client.topology)
 
     # -- operations ------------------------------------------------------------------------
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        response_model=None,
+        responses={
+            200: {"model": HealthAnswer, "description": "in the load balancer"},
+            503: {"model": HealthAnswer, "description": "out of the load balancer"},
+        },
+    )
     async def healthz() -> JSONResponse:
         control_ok = await client.control_store_reachable()
         detail = "reachable" if control_ok else "unreachable; using the cached topology"
@@ -362,7 +393,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             {"in_load_balancer": serving, "checks": checks}, status_code=200 if serving else 503
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format"}})  # fmt: skip
     async def prometheus_metrics() -> Response:
         try:
             metrics.topology_epoch.set(client.topology.epoch)

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ratequeue import scripts
 from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
 from ratequeue.rates import Rate
+from ratequeue.validation import quoted
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -76,12 +77,17 @@ def make_receipt(shard_id: str, lease: str) -> str:
     return f"{shard_id}:{lease}"
 
 
+# What `parse_receipt` accepts, for the published API schema.
+RECEIPT_PATTERN = r"^[^:]+:[0-9]+:[\s\S]+$"
+
+
 def parse_receipt(receipt: str) -> tuple[str, str]:
     """Split a receipt into (shard id, lease). Raises ValueError naming what is wrong."""
     parts = receipt.split(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
-        shown = receipt if len(receipt) <= 64 else receipt[:64] + "..."  # never echo unbounded
-        raise ValueError(f"malformed receipt {shown!r}: expected one a dequeue returned")
+    # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits.
+    sequence_ok = len(parts) == 3 and parts[1].isascii() and parts[1].isdigit()
+    if not sequence_ok or not parts[0] or not parts[2]:
+        raise ValueError(f"malformed receipt {quoted(receipt)}: expected SHARD:SEQUENCE:MESSAGE")
     return parts[0], f"{parts[1]}:{parts[2]}"
 
 

@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
 import uvicorn
+from starlette.types import ASGIApp
 
 from ratequeue.client import ClientSettings, RatequeueClient, RetryPolicy
 from ratequeue.config import ServiceSettings
@@ -62,29 +64,37 @@ def client(cluster: LocalCluster, make_client: Callable[..., RatequeueClient]) -
     return make_client(cluster)
 
 
-class ServedApi:
-    """The ratequeue app served over real HTTP on a free loopback port."""
+class ServedApp:
+    """An ASGI app served by uvicorn (lifespan on) in a thread on a free loopback port."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.port = free_port((CLIENT_HOST,))
         self.url = f"http://{CLIENT_HOST}:{self.port}"
-        config = uvicorn.Config(create_app(settings), host=CLIENT_HOST, port=self.port,
-                                log_level="error", lifespan="on")  # fmt: skip
+        config = uvicorn.Config(app, host=CLIENT_HOST, port=self.port, log_level="error",
+                                lifespan="on")  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> ServedApi:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("API did not start")
+                self.__exit__(None, None, None)
+                raise RuntimeError("the app did not start")
             time.sleep(0.01)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class ServedApi(ServedApp):
+    """The ratequeue app served over real HTTP on a free loopback port."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        super().__init__(create_app(settings))
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ratequeue.config import ServiceSettings
+from ratequeue.http_contract import MAX_JSON_DEPTH
 from ratequeue.redis_processes import LocalCluster
-from ratequeue.service import MAX_JSON_DEPTH
 from tests.conftest import ServedApi, shard_key_count
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
@@ -291,7 +291,7 @@ def test_a_lease_out_of_range_is_refused_naming_lease_seconds(
     assert shard_key_count(shared_cluster) == before
 
 
-@pytest.mark.parametrize("max_messages", [0, -1, 1001, 2.0, "3"])
+@pytest.mark.parametrize("max_messages", [0, -1, 1001, 2.5, "3", True])
 def test_a_dequeue_max_out_of_range_or_not_an_integer_is_refused_naming_max(
     refusing: httpx.Client, shared_cluster: LocalCluster, max_messages: object
 ) -> None:
@@ -335,6 +335,39 @@ def test_an_unknown_route_or_method_is_a_json_error(
     refusing: httpx.Client, method: str, path: str, status: int, code: str
 ) -> None:
     assert_error(refusing.request(method, path), status, code)
+
+
+def test_a_method_a_path_does_not_serve_gets_405_with_allow_naming_the_served_ones(
+    refusing: httpx.Client,
+) -> None:
+    response = refusing.delete(f"/v1/numbers/{ON_S0}/messages")
+    assert_error(response, 405, "method_not_allowed", "DELETE")
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(("field", "payload"),
+                         [("lease_seconds", {"max": 1, "lease_seconds": "30"}),
+                          ("lease_seconds", {"max": 1, "lease_seconds": True}),
+                          ("max", {"max": "3", "lease_seconds": 30})])  # fmt: skip
+def test_a_number_written_as_text_or_a_boolean_is_refused_naming_the_field(
+    refusing: httpx.Client, shared_cluster: LocalCluster, field: str, payload: dict
+) -> None:
+    before = shard_key_count(shared_cluster)
+    response = refusing.post("/v1/messages:dequeue", json=payload)
+    assert_error(response, 400, "invalid_request", f"'{field}'")
+    assert shard_key_count(shared_cluster) == before
+
+
+def test_a_receipt_whose_sequence_is_not_ascii_digits_is_refused_naming_receipts(
+    refusing: httpx.Client,
+) -> None:
+    response = refusing.post("/v1/messages:ack", json={"receipts": ["s0:\u00b2:m-1"]})
+    assert_error(response, 400, "invalid_receipt", "receipts.0")
+
+
+def test_a_long_malformed_receipt_is_not_echoed_back_whole(refusing: httpx.Client) -> None:
+    response = refusing.post("/v1/messages:ack", json={"receipts": ["x" * 50_000]})
+    assert len(assert_error(response, 400, "invalid_receipt", "xxxx", "receipts.0")) < 300
 
 
 # -- bad input that needs a message of its own ---------------------------------------------------
@@ -416,6 +449,15 @@ def test_a_dequeue_returns_the_message_with_its_body_a_receipt_and_the_attempt(
     assert http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30}).json() == {
         "messages": []
     }
+
+
+def test_a_whole_number_written_with_a_fraction_is_taken_as_an_integer(
+    http: httpx.Client,
+) -> None:
+    enqueue(http, ON_S0, "hello", "m-1")
+    response = http.post("/v1/messages:dequeue", json={"max": 2.0, "lease_seconds": 30})
+    assert response.status_code == 200, response.text
+    assert [m["id"] for m in response.json()["messages"]] == ["m-1"]
 
 
 def test_an_ack_of_a_held_lease_answers_acked_1_and_the_message_is_gone(

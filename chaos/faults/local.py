@@ -25,9 +25,11 @@ Actions (`LocalFaultBackend.inject(action, target, **params)`):
   stops the proxy.
 
 Every signal goes through a pidfd opened before the program check, so a pid recycled between
-the check and the signal is never hit: the check reads /proc/PID/cmdline and expects
-`redis-server` and `:PORT` for Redis roles, the testbed's program for its other roles, or the
-`expect` param; anything else is refused with FaultError. `seconds` (any action with an undo)
+the check and the signal is never hit: the check reads /proc/PID/cmdline and comm and expects
+the program (argv[0]'s basename, or the script or `-m` module of a Python interpreter; never a
+word among the arguments) to be `redis-server` with `:PORT` in its command line for Redis
+roles, the testbed's program for its other roles, or the `expect` param; anything else is
+refused with FaultError. `seconds` (any action with an undo)
 rolls the fault back by itself after that long.
 
 iptables rules live in one dedicated chain per table (default `RQCHAOS`, jumped to from
@@ -61,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import FAULT_ACTIONS, FaultError, InjectedFault, NodeTarget
-from chaos.processes import process_state, read_cmdline, running
+from chaos.processes import process_state, program_names, read_cmdline, read_comm, running
 
 DEFAULT_CHAIN = "RQCHAOS"
 DEFAULT_PEER_HOST = "127.0.0.2"
@@ -76,30 +78,28 @@ _JUMPS = {"filter": ("INPUT", "OUTPUT"), "nat": ("OUTPUT",)}
 # ----------------------------------------------------------------------------- processes
 
 
-def expected_program(target: NodeTarget, expect: str | None = None) -> list[str]:
-    """Substrings the target's command line must hold."""
+def expected_program(target: NodeTarget, expect: str | None = None) -> str:
+    """The program the target's pid must run."""
     if expect:
-        return [expect]
+        return expect
     if target.role in REDIS_ROLES:
-        return ["redis-server", f":{target.port}"]
+        return "redis-server"
     if target.role in PROGRAM_OF_ROLE:
-        return [PROGRAM_OF_ROLE[target.role]]
+        return PROGRAM_OF_ROLE[target.role]
     raise FaultError(
         f"{target.name}: no known program for role {target.role!r}; pass expect=<program> "
         "so the pid can be checked before it is signalled"
     )
 
 
-def _holds(line: str, needle: str) -> bool:
-    """`needle` occurs in `line`; a `:PORT` needle only as a whole port number."""
-    if needle.startswith(":") and needle[1:].isdigit():
-        return re.search(re.escape(needle) + r"(?!\d)", line) is not None
-    return needle in line
+def _holds_port(line: str, port: int) -> bool:
+    """`:PORT` occurs in `line` as a whole port number."""
+    return re.search(rf":{port}(?!\d)", line) is not None
 
 
 class _Process:
     """A checked handle on a target's process: a pidfd (where the kernel has them) opened
-    before the command-line check, so later signals reach that process or none."""
+    before the program check, so later signals reach that process or none."""
 
     def __init__(self, target: NodeTarget, expect: str | None) -> None:
         if not target.pid:
@@ -109,16 +109,22 @@ class _Process:
         self.fd: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             self.fd = os.pidfd_open(self.pid)  # type: ignore[attr-defined]
-        needles = expected_program(target, expect)
+        program = expected_program(target, expect)
         argv = read_cmdline(self.pid)
         if argv is None:
             self.close()
             raise FaultError(f"{target.name}: pid {self.pid} is not running")
         line = " ".join(argv)
-        if not all(_holds(line, needle) for needle in needles):
+        # The program itself, never a word among its arguments: `sleep 100 redis-server` is
+        # not a Redis node. A node's own port tells it from another Redis on this machine.
+        runs = os.path.basename(program) in program_names(argv, read_comm(self.pid))
+        if runs and not expect and target.role in REDIS_ROLES:
+            runs = _holds_port(line, target.port)
+        if not runs:
             self.close()
+            port = f" :{target.port}" if not expect and target.role in REDIS_ROLES else ""
             raise FaultError(
-                f"{target.name}: pid {self.pid} runs {line[:120]!r}, not {' '.join(needles)!r}; "
+                f"{target.name}: pid {self.pid} runs {line[:120]!r}, not {program + port!r}; "
                 "refusing to signal it"
             )
 

@@ -5,8 +5,10 @@ refused with nothing done. Every attack, rule and process is removed at teardown
 
 from __future__ import annotations
 
-import threading
-import time
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
 import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -24,8 +25,10 @@ from chaos.agent import Agent, TargetSource, create_app, load_targets
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.processes import process_state
 from chaos.testbed import TestbedNode, TestbedState
 from ratequeue.redis_processes import CLIENT_HOST, RedisProcess, free_port, start_redis
+from tests.conftest import ServedApp
 
 API_KEY = f"test-key-{uuid.uuid4().hex}"
 TEAM = "team-test"
@@ -48,40 +51,38 @@ def target_of(node: RedisProcess) -> NodeTarget:
                       port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
 
 
+def redis_target(node: RedisProcess) -> dict[str, Any]:
+    return {"name": node.name, "role": node.role, "shard": node.shard, "port": node.port,
+            "peer_host": node.peer_host, "pid": node.pid}  # fmt: skip
+
+
 class ServedAgent:
     """`chaos agent`'s app on a free loopback port, its nodes, and a client for it."""
 
-    def __init__(self, tmp_path: Path, nodes: list[RedisProcess], allow: set[str]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        nodes: list[RedisProcess],
+        allow: set[str],
+        others: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.nodes = {n.name: n for n in nodes}
         path = tmp_path / "targets.yaml"
-        path.write_text(yaml.safe_dump({"targets": [
-            {"name": n.name, "role": n.role, "shard": n.shard, "port": n.port,
-             "peer_host": n.peer_host, "pid": n.pid} for n in nodes
-        ]}))  # fmt: skip
+        path.write_text(yaml.safe_dump({"targets": [*map(redis_target, nodes), *(others or [])]}))
         self.backend = LocalFaultBackend(chain=f"RQA{uuid.uuid4().hex[:10].upper()}")
         self.agent = Agent(api_key=API_KEY, allow=allow, targets=TargetSource(path),
                            backend=self.backend, team_id=TEAM)  # fmt: skip
-        self.port = free_port((CLIENT_HOST,))
-        self.url = f"http://{CLIENT_HOST}:{self.port}/v1"
-        config = uvicorn.Config(create_app(self.agent), host=CLIENT_HOST, port=self.port,
-                                log_level="warning", lifespan="on")  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = ServedApp(create_app(self.agent))
+        self.url = f"{self.app.url}/v1"
         self.client = GremlinClient(API_KEY, team_id=TEAM, base_url=self.url)
         self.gremlin = GremlinFaultBackend(self.client, poll_interval=0.05, start_timeout=10,
                                            halt_timeout=10)  # fmt: skip
 
     def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("chaos agent did not start")
-            time.sleep(0.02)
+        self.app.__enter__()
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+        self.app.__exit__(None, None, None)
         self.agent.halt_all(wait=10)
         self.client.close()
         if NO_IPTABLES is None:
@@ -254,3 +255,96 @@ def test_a_process_killer_attack_kills_the_node(served: ServedAgent) -> None:
     assert node.process is not None and node.process.wait(timeout=5) == -9
     fault.rollback()
     assert fault.details["stage"] == "Halted"
+
+
+# -- hostile requests: a 4xx in the agent's envelope, never a 5xx ---------------------------------
+
+
+def test_a_body_nested_thousands_deep_gets_400_not_500(served: ServedAgent) -> None:
+    content = b'{"command": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answer = httpx.post(f"{served.url}/attacks/new", content=content, params={"teamId": TEAM},
+                        headers={"Authorization": f"Key {API_KEY}"}, timeout=5)  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "body" and "nested deeper" in answer.json()["message"]
+    assert served.agent.attacks == {}
+
+
+def test_a_body_over_64_kib_gets_413_and_nothing_happens(served: ServedAgent) -> None:
+    body = pause_body("s0-primary")
+    body["command"]["args"] += ["-l", "1" * 70_000]
+    answer = served.post(body)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"] == "Content Too Large"
+    assert served.agent.attacks == {} and answers(served.nodes["s0-primary"])
+
+
+@pytest.mark.parametrize(("method", "path", "allow"),
+                         [("PUT", "/attacks", "DELETE, GET"), ("PATCH", "/attacks/active", "GET"),
+                          ("POST", "/attacks/some-guid", "DELETE, GET")])  # fmt: skip
+def test_a_method_a_path_does_not_serve_gets_405_with_allow(
+    served: ServedAgent, method: str, path: str, allow: str
+) -> None:
+    answer = httpx.request(method, f"{served.url}{path}", timeout=5)
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["allow"] == allow
+    assert answer.json()["error"] == "Method Not Allowed"
+
+
+def test_an_unknown_path_gets_404_in_the_agents_envelope(served: ServedAgent) -> None:
+    answer = httpx.get(f"{served.url}/nothing/here", timeout=5)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "Not Found" and "/v1/nothing/here" in answer.json()["message"]
+
+
+def test_a_long_value_is_not_echoed_back_whole(served: ServedAgent) -> None:
+    body = pause_body("s0-primary")
+    body["command"]["type"] = "x" * 50_000
+    answer = served.post(body)
+    assert answer.status_code == 400 and answer.json()["field"] == "command.type"
+    assert "xxxx" in answer.json()["message"] and len(answer.text) < 400
+
+
+def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
+    answer = httpx.get(f"{served.url}/executions", timeout=5)
+    assert answer.status_code == 401, answer.text
+
+
+# -- the program, not a word among its arguments ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        # a shell that waits for its `sleep`, with the words as its own arguments
+        {"argv": ["sh", "-c", "sleep 300; true", "redis-server", "127.0.0.1:{port}"],
+         "role": "primary"},
+        {"argv": [sys.executable, "-c", "import time; time.sleep(300)  # redis-server :{port}"],
+         "role": "replica"},
+        {"argv": ["sh", "-c", "sleep 300; true", "redis-server"], "role": "api",
+         "expect": "redis-server"},
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("attack", ["process_pause", "process_killer"])
+def test_a_process_that_only_names_the_program_in_its_arguments_is_not_signalled(
+    tmp_path: Path, decoy: dict[str, Any], attack: str
+) -> None:
+    port = free_port((CLIENT_HOST,))
+    # A session of its own, so the shell's `sleep` goes with it at the end.
+    process = subprocess.Popen([arg.format(port=port) for arg in decoy["argv"]],
+                               start_new_session=True)  # fmt: skip
+    agent: ServedAgent | None = None
+    try:
+        target = {"name": "decoy", "role": decoy["role"], "port": port, "pid": process.pid,
+                  **({"expect": decoy["expect"]} if "expect" in decoy else {})}  # fmt: skip
+        agent = ServedAgent(tmp_path, [], allow={"decoy"}, others=[target])
+        agent.start()
+        command = {"type": attack, "args": ["-l", "30", "-p", "redis-server"]}
+        guid = agent.client.create_attack(command, {"type": "Exact", "exact": ["decoy"]})
+        assert agent.client.wait_for_stage(guid, set(), timeout=10, interval=0.02) == "Failed"
+        assert "refusing to signal" in agent.client.get_attack(guid)["output"]
+        assert process.poll() is None and process_state(process.pid) not in ("T", "t")
+    finally:
+        if agent is not None:
+            agent.stop()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -1,7 +1,22 @@
+"""Phone numbers: every spelling of a number normalizes to one canonical form, malformed ones are
+refused naming the accepted forms, and the pattern the API publishes agrees with the code."""
+
+from __future__ import annotations
+
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ratequeue.errors import InvalidNumber
-from ratequeue.numbers import NumberType, normalize_number, number_type
+from ratequeue.numbers import (
+    MAX_RAW_LENGTH,
+    NUMBER_PATTERN,
+    NumberType,
+    normalize_number,
+    number_type,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +59,21 @@ def test_malformed_numbers_are_refused_with_the_expected_forms(raw: str) -> None
 def test_digits_of_other_scripts_are_refused_not_taken_as_another_number(raw: str) -> None:
     with pytest.raises(InvalidNumber, match="ASCII"):
         normalize_number(raw)
+
+
+SPELLINGS = st.text(alphabet="0123456789+ ().-\t\n", max_size=MAX_RAW_LENGTH)
+
+
+def _accepted(raw: str) -> bool:
+    try:
+        normalize_number(raw)
+    except InvalidNumber:
+        return False
+    return True
+
+
+@settings(derandomize=True, database=None, max_examples=500)
+@given(raw=st.one_of(SPELLINGS, st.from_regex(NUMBER_PATTERN, fullmatch=True)))
+def test_the_published_number_pattern_matches_exactly_what_normalize_accepts(raw: str) -> None:
+    published = len(raw) <= MAX_RAW_LENGTH and re.fullmatch(NUMBER_PATTERN, raw) is not None
+    assert published == _accepted(raw)
