@@ -32,6 +32,9 @@ class ProbeResult:
     ok: bool
     latency_s: float
     error: str | None = None
+    refused: bool = False
+    """The host answered that nothing listens (refused, or the connection reset): a process
+    that died, not one that is slow or cut off. Strong evidence, and it comes at once."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -61,6 +64,23 @@ def describe_error(error: BaseException) -> str:
         return "timed out"
     text = " ".join(str(error).split()) or type(error).__name__  # one line
     return text.rstrip(".")
+
+
+def refused_by_live_host(error: BaseException) -> bool:
+    """Did a live host refuse or reset the connection (rather than stay silent)? redis-py wraps
+    the OS error in its own ConnectionError, keeping the errno in the text."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError | ConnectionResetError | BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    return "Error 111 " in text or "Connection refused" in text or "Connection reset" in text
+
+
+def failed_probe(started: float, error: BaseException) -> ProbeResult:
+    return ProbeResult(False, time.perf_counter() - started, describe_error(error),
+                       refused=refused_by_live_host(error))  # fmt: skip
 
 
 def _connection(host: str, port: int, timeout: float) -> aioredis.Redis:
@@ -103,7 +123,7 @@ async def ping(
             return ProbeResult(False, latency, f"unexpected PING reply {answer!r}")
         return ProbeResult(True, latency, None)
     except Exception as error:
-        return ProbeResult(False, time.perf_counter() - started, describe_error(error))
+        return failed_probe(started, error)
     finally:
         await _close(connection)
 
@@ -125,7 +145,7 @@ async def _ping_from(source_host: str, host: str, port: int, timeout: float) -> 
             return ProbeResult(False, latency, f"unexpected PING reply {answer.strip()!r}")
         return ProbeResult(True, latency, None)
     except Exception as error:
-        return ProbeResult(False, time.perf_counter() - started, describe_error(error))
+        return failed_probe(started, error)
     finally:
         if writer is not None:
             writer.close()

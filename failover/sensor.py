@@ -2,13 +2,19 @@
 
 Every `interval` the sensor looks up, in the topology, the shard whose replicas include its
 replica, PINGs that shard's primary on the peer address with a short timeout, and reads its own
-replica's `INFO replication`. After `threshold` consecutive failed PINGs it publishes one
-`RedisMasterDown` for the incident (key `{service}/{shard}/RedisMasterDown/{primary}@{epoch}`,
+replica's `INFO replication`. After `threshold` consecutive failed PINGs, or at once when the
+primary's host refused the connection twice in a row (a process that died, not one that is slow
+or cut off: see `probes.ProbeResult.refused`), it publishes one `RedisMasterDown` for the
+incident (key `{service}/{shard}/RedisMasterDown/{primary}@{epoch}`,
 the same for every sensor of the shard, so the controller can correlate them); when the primary
 answers again it publishes one `RedisMasterRecovered` with the same key. Every `heartbeat_every`
 it publishes a `SensorHeartbeat`, so a sensor that went silent is itself visible. A replica that
 is not a replica of any shard in the topology (promoted, held for forensics, unknown) makes the
 sensor idle: it publishes nothing.
+
+Between cycles the sensor holds one idle connection to the primary: the moment the primary's
+host closes or resets it (the process died), the next cycle starts at once instead of after the
+interval. A stalled or cut-off primary closes nothing: silence still needs the threshold.
 
 An event that could not be published (control store or stream unreachable) is retried on the
 next cycle; no error stops the sensor.
@@ -113,6 +119,7 @@ class _Watch:
     replica: NodeRef
     failures: int = 0
     last_error: str | None = None
+    refused: bool = False  # the last failure was a refusal confirmed by a second probe
     down_reported: bool = False  # RedisMasterDown published, RedisMasterRecovered not yet
     reported_at: float = 0.0  # when the last RedisMasterDown of this incident was published
 
@@ -182,6 +189,8 @@ class Sensor:
         self._watch: _Watch | None = None
         self._last_heartbeat = -math.inf
         self.last_result: CycleResult | None = None
+        self._woken = asyncio.Event()  # the held link to the primary dropped
+        self._link: tuple[tuple[str, int], asyncio.Task] | None = None
 
     # -- the control store -------------------------------------------------------------------
 
@@ -268,6 +277,7 @@ class Sensor:
         watch.replica = replica
 
         primary_host, primary_port = _address(watch.primary)
+        self._hold_link_to(primary_host, primary_port)
         probe, (info, _) = await asyncio.gather(
             probes.ping(
                 primary_host,
@@ -287,13 +297,22 @@ class Sensor:
                     watch.down_reported = False
                     published.append(event)
         else:
+            if probe.refused:
+                # Confirm at once: a second refusal from the live host is the process's death.
+                again = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
+                                          source_host=self.config.source_host)  # fmt: skip
+                probe = again if not again.ok else probe
+                watch.refused = not again.ok and again.refused
+            else:
+                watch.refused = False
             watch.failures += 1
             watch.last_error = probe.error
             due_again = (
                 watch.down_reported
                 and cycle_started - watch.reported_at >= self.config.reemit_every
             )
-            if watch.failures >= self.config.threshold and (not watch.down_reported or due_again):
+            enough = watch.failures >= self.config.threshold or watch.refused
+            if enough and (not watch.down_reported or due_again):
                 event = self._event("RedisMasterDown", watch, probe, info)
                 # Page and tell the controller in parallel: the controller acknowledges the
                 # page only once its checks pass, and a person gets it if it does not.
@@ -353,6 +372,8 @@ class Sensor:
             "replica": watch.replica.address,
             "replica_reachable": bool(info),
             "last_error": watch.last_error if type == "RedisMasterDown" else None,
+            "evidence": ("refused" if watch.refused else "no answer")
+            if type == "RedisMasterDown" else None,
         }
         if type == "RedisMasterRecovered":
             data["latency_s"] = probe.latency_s
@@ -379,10 +400,50 @@ class Sensor:
                 log.exception("%s: check cycle failed; continuing", self.name)
             remaining = self.config.interval - (time.monotonic() - started)
             if remaining > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), remaining)
+                await self._sleep_unless_woken(stop, remaining)
+
+    async def _sleep_unless_woken(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._woken.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._woken.clear()
+
+    def _hold_link_to(self, host: str, port: int) -> None:
+        """Keep one idle connection open to the watched primary (a new one when it changes)."""
+        if self._link is not None:
+            if self._link[0] == (host, port) and not self._link[1].done():
+                return
+            self._link[1].cancel()
+        self._link = ((host, port), asyncio.ensure_future(self._hold_link(host, port)))
+
+    async def _hold_link(self, host: str, port: int) -> None:
+        local = (self.config.source_host, 0) if self.config.source_host else None
+        while True:
+            try:
+                async with asyncio.timeout(self.config.ping_timeout):
+                    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.config.interval)  # down or cut off: the cycles see it
+                continue
+            try:
+                # Redis sends nothing to an idle client: this returns only when the host closes
+                # or resets the connection (or the server's idle timeout does).
+                await reader.read(1)
+            except OSError:
+                pass
+            finally:
+                writer.close()
+            self._woken.set()
+            await asyncio.sleep(self.config.interval / 4)  # then hold a new one
 
     async def aclose(self) -> None:
+        if self._link is not None:
+            self._link[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._link[1]
         if self._owns_control:
             await self._control.aclose()
 

@@ -134,6 +134,9 @@ class AsyncRatequeueClient:
         self._nodes: dict[str, aioredis.Redis] = {}
         self._queues: dict[tuple[str, str], ShardQueue] = {}
         self._refresh_lock = asyncio.Lock()
+        # Set (and replaced) whenever a newer topology is loaded: requests held by a failover
+        # retry the moment the new primary is known, not after their backoff.
+        self._newer_topology = asyncio.Event()
         self._background: list[asyncio.Task] = []
         self._closing = False
 
@@ -194,8 +197,12 @@ class AsyncRatequeueClient:
             if loaded is not None and (
                 self._topology is None or loaded.epoch >= self._topology.epoch
             ):
+                newer = self._topology is None or loaded.epoch > self._topology.epoch
                 self._topology = loaded
                 self._topology_loaded_at = time.monotonic()
+                if newer:
+                    self._newer_topology.set()
+                    self._newer_topology = asyncio.Event()
             return self._topology
 
     async def _follow_notifications(self) -> None:
@@ -252,6 +259,8 @@ class AsyncRatequeueClient:
         deadline = time.monotonic() + policy.deadline
         attempt = 0
         while True:
+            routed_by = self._topology.epoch if self._topology is not None else 0
+            newer_topology = self._newer_topology
             try:
                 return await operation()
             except RetryableError as error:
@@ -261,7 +270,11 @@ class AsyncRatequeueClient:
                     raise
                 log.debug("retrying after %s (attempt %d)", error, attempt)
                 await self.refresh_topology()
-                await asyncio.sleep(delay)
+                if self._topology is not None and self._topology.epoch > routed_by:
+                    continue  # routed anew (a failover was published): try the new primary now
+                # Back off, but no longer than until a newer topology arrives.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(newer_topology.wait(), delay)
 
     # -- producers -------------------------------------------------------------------------
     def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:

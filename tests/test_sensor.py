@@ -89,7 +89,7 @@ async def test_a_healthy_primary_produces_only_heartbeats(
     assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
 
 
-async def test_a_killed_primary_is_reported_down_once_after_the_threshold(
+async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal(
     cluster: LocalCluster, make_sensor: MakeSensor
 ) -> None:
     shard = cluster.shard("s0")
@@ -98,8 +98,8 @@ async def test_a_killed_primary_is_reported_down_once_after_the_threshold(
     assert (await sensor.check_once()).state == "ok"
     kill(shard.primary)
 
-    states = [(await sensor.check_once()).state for _ in range(3)]
-    assert states == ["failing", "failing", "down"]
+    # Refused by a live host (confirmed by a second probe): no threshold to wait for.
+    assert (await sensor.check_once()).state == "down"
     for _ in range(20):
         assert (await sensor.check_once()).state == "down"
 
@@ -112,7 +112,7 @@ async def test_a_killed_primary_is_reported_down_once_after_the_threshold(
     assert data["replica_link_status"] in ("up", "down")  # the replica's own, raw view
     assert isinstance(data["master_last_io_seconds_ago"], int)
     assert data["slave_repl_offset"] > 0
-    assert data["consecutive_failures"] == 3
+    assert data["consecutive_failures"] == 1 and data["evidence"] == "refused"
     assert (data["primary"], data["primary_address"], data["shard_epoch"]) == (
         "s0-primary", shard.primary.ref().address, 1)  # fmt: skip
     assert data["replica"] == replica.ref().address
@@ -134,6 +134,25 @@ async def test_a_primary_that_stays_down_is_reported_again_after_the_reemit_inte
     await sensor.check_once()
     first, second = published(cluster, "RedisMasterDown")
     assert first.incident_key == second.incident_key and first.id != second.id
+
+
+async def test_a_primary_killed_between_cycles_is_reported_without_waiting_for_the_interval(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0], interval=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(sensor.run(stop))
+    try:
+        await asyncio.sleep(0.5)  # the first cycle ran; the next is 30 s away
+        killed_at = time.monotonic()
+        kill(shard.primary)
+        while not published(cluster, "RedisMasterDown"):
+            assert time.monotonic() - killed_at < 5, "the sensor waited for its interval"
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
 
 
 async def test_two_sensors_of_one_shard_report_the_same_incident(
@@ -158,13 +177,15 @@ async def test_a_paused_primary_is_reported_down_and_then_recovered(
     primary = cluster.shard("s1").primary
     sensor = await make_sensor(cluster, cluster.shard("s1").replicas[0], ping_timeout=0.2)
     primary.signal(signal.SIGSTOP)
+    states = []
     try:
         for _ in range(3):
             started = time.monotonic()
             result = await sensor.check_once()
             assert time.monotonic() - started < 1.0  # the PING timed out, it did not hang
             assert result.probe is not None and result.probe.error == "timed out"
-        assert result.state == "down"
+            states.append(result.state)
+        assert states == ["failing", "failing", "down"]  # silence: the threshold, not at once
     finally:
         primary.signal(signal.SIGCONT)
     assert (await sensor.check_once()).state == "ok"
