@@ -19,6 +19,8 @@ Key layout on a shard (`N` is a canonical number):
   rq:lease_seq      receipt counter
   rq:seen:W         hash N/id -> body fingerprint, for messages enqueued in dedup window W
                     (expires after two windows): a retry is a duplicate, another body a conflict
+  rq:ids:W          the layout before ids were per number (sets of ids; still read until they
+                    expire, two windows after an upgrade)
   rq:barrier        incremented by every enqueue and rate change: WAIT after a duplicate covers
                     the earlier write of the same id, and the count orders nodes by how much of
                     the acknowledged stream they hold (`ratequeue.membership`)
@@ -121,11 +123,25 @@ for i = 4, #ARGV, 5 do
   -- would only make a different body count as a retry.
   local fingerprint = string.sub(redis.sha1hex(body), 1, 16)
   local record = redis.call('HGET', 'rq:msg', key)
+  if not record then
+    -- Queued before ids were per number (keyed by its bare id): the same message if it is this
+    -- number's, so a retry across the upgrade neither queues it twice nor orphans it.
+    local legacy = redis.call('HGET', 'rq:msg', id)
+    if legacy then
+      local _, _, _, legacy_number = parse_record(legacy)
+      if legacy_number == number then record = legacy end
+    end
+  end
   local seen = redis.call('HGET', seen_now, key) or redis.call('HGET', seen_before, key)
   local earlier = seen
   if record then
     local _, _, _, _, earlier_body = parse_record(record)
     earlier = string.sub(redis.sha1hex(earlier_body), 1, 16)
+  elseif not seen and (redis.call('SISMEMBER', 'rq:ids:' .. w, id) == 1
+      or redis.call('SISMEMBER', 'rq:ids:' .. (w - 1), id) == 1) then
+    -- Remembered before the upgrade, per shard and without its body (those sets expire within
+    -- two windows): a retry, as it was then.
+    earlier = fingerprint
   end
   if earlier and earlier ~= fingerprint then
     results[#results + 1] = {'conflict', 'id ' .. id .. ' was used for another message to ' ..

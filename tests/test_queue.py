@@ -96,6 +96,32 @@ def test_a_message_queued_before_ids_were_per_number_is_still_delivered_and_acke
     assert client.number_info(NUMBER).held_segments == 0
 
 
+def test_a_retry_across_the_upgrade_of_a_message_queued_under_the_old_layout_is_a_duplicate(
+    client: RatequeueClient, cluster: LocalCluster
+) -> None:
+    shard = client.number_info(NUMBER).shard
+    with cluster.shard(shard).primary.client() as conn:
+        conn.hset("rq:msg", "old-2", f'0|1|{int(time.time() * 1000)}|{NUMBER}|"from before"')
+        conn.hset("rq:seg", NUMBER, 1)
+        conn.rpush(f"rq:q:{NUMBER}", "old-2")
+        conn.zadd("rq:ready", {NUMBER: 0})
+    assert client.enqueue(NUMBER, "from before", "old-2").duplicate
+    with pytest.raises(IdConflict):
+        client.enqueue(NUMBER, "something else", "old-2")
+    assert [m.id for m in client.dequeue(10, 30)] == ["old-2"]
+
+
+def test_an_id_acknowledged_under_the_old_layout_is_a_duplicate_while_remembered(
+    client: RatequeueClient, cluster: LocalCluster
+) -> None:
+    shard = client.number_info(NUMBER).shard
+    window = int(time.time() // 3600)
+    with cluster.shard(shard).primary.client() as conn:
+        conn.sadd(f"rq:ids:{window}", "old-3")
+    assert client.enqueue(NUMBER, "hello", "old-3").duplicate
+    assert client.number_info(NUMBER).depth == 0
+
+
 def test_a_queue_that_empties_leaves_no_keys_behind(
     client: RatequeueClient, cluster: LocalCluster
 ) -> None:
