@@ -147,6 +147,13 @@ def _node_named(topology: Topology, shard_id: str, name: str) -> NodeRef:
     raise LookupError(f"node {name} is not in shard {shard_id}")
 
 
+def replicas_required_after_promotion(ctx: StepContext) -> int:
+    """The new primary's write quorum: k, or fewer if fewer replicas stay listed (every replica
+    the fence parked, but the candidate)."""
+    stays_listed = sum(1 for r in ctx.output("fence_old_primary")["replicas"] if r["reachable"])
+    return membership.required_replicas(int(ctx.inputs.get("min_replicas", 1)), stays_listed - 1)
+
+
 @step("ratequeue.promote_candidate")
 async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
     """Appoint the candidate: REPLICAOF NO ONE, writable, its fence epoch; record its lineage."""
@@ -156,7 +163,7 @@ async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
     await ctx.assert_lock()
     async with connect(candidate) as conn:
         lineage = await membership.appoint_primary(
-            conn, choice["epoch"], min_replicas=int(ctx.inputs.get("min_replicas", 1))
+            conn, choice["epoch"], min_replicas=replicas_required_after_promotion(ctx)
         )
         enqueues = await membership.enqueues_applied(conn)
     return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time(),
@@ -242,7 +249,7 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
         if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
                 await membership.appoint_primary(
-                    conn, epoch, min_replicas=int(ctx.inputs.get("min_replicas", 1))
+                    conn, epoch, min_replicas=replicas_required_after_promotion(ctx)
                 )
         # Every replica parked by the fence stays listed, repointed or not: a repoint that timed
         # out may still land, and only a listed replica is read by the N - k + 1 rule

@@ -102,7 +102,35 @@ class ShardKeeper:
         settled = membership.settled_lineage(primary)
         if primary.get("role") == "master" and shard.lineage is None and settled is not None:
             done += await self._under_lock(shard, self._record_lineage)
+        if primary.get("role") == "master" and await self._write_quorum_off(shard):
+            done += await self._under_lock(shard, self._set_write_quorum)
         return done
+
+    def _needed(self, shard: Shard) -> int:
+        return membership.required_replicas(self.min_replicas, len(shard.replicas))
+
+    async def _write_quorum_off(self, shard: Shard) -> bool:
+        """Does the appointed primary ask for another number of replicas than the shard needs
+        now (replicas listed or gone since its appointment)?"""
+        try:
+            async with connect(shard.primary, timeout=0.5) as conn:
+                fence = await conn.get(FENCE_KEY)
+                setting = await conn.config_get("min-replicas-to-write")
+        except (RedisError, OSError):
+            return False
+        if fence is None or int(fence) != shard.epoch:
+            return False  # not appointed for this epoch: never make such a node writable
+        return int(setting.get("min-replicas-to-write", -1)) != self._needed(shard)
+
+    async def _set_write_quorum(self, shard: Shard, held: Any) -> list[str]:
+        if not await self._write_quorum_off(shard):
+            return []
+        needed = self._needed(shard)
+        await self.locks.assert_held(held)
+        async with connect(shard.primary) as conn:
+            for name, value in membership.write_quorum(needed).items():
+                await conn.config_set(name, value)
+        return [f"{shard.id}: primary {shard.primary.name} accepts writes with {needed} replicas"]
 
     async def _under_lock(self, shard: Shard, action: Any) -> list[str]:
         try:
@@ -169,9 +197,8 @@ class ShardKeeper:
                     return None
                 epoch = topology.epoch + 1
                 await self.locks.assert_held(held)
-                lineage = await membership.appoint_primary(
-                    conn, epoch, min_replicas=min(self.min_replicas, len(current.replicas))
-                )
+                needed = membership.required_replicas(self.min_replicas, len(current.replicas))
+                lineage = await membership.appoint_primary(conn, epoch, min_replicas=needed)
                 enqueues = await membership.enqueues_applied(conn)
                 updated = current.model_copy(
                     update={

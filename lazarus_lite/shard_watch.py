@@ -39,7 +39,7 @@ from failover.streams import EventStream
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.ratequeue_failover import connect
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
-from ratequeue.membership import REPLICA_MAX_LAG_SECONDS
+from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
 from ratequeue.topology import FENCE_KEY, Shard, TopologyStore
 from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun, read_write_failures
 
@@ -86,7 +86,7 @@ async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -
     if fence is None or int(fence) != shard.epoch:
         return Writability(True, f"primary {shard.primary.name} holds fence "
                                  f"{fence.decode() if fence else 'none'}, not epoch {shard.epoch}")
-    needed = min(min_replicas, len(shard.replicas))
+    needed = required_replicas(min_replicas, len(shard.replicas))
     following = [
         value
         for key, value in info.items()

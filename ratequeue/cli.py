@@ -190,10 +190,9 @@ async def _publish_initial_topology(
         # The order the membership argument needs (docs/membership.md): every node booted
         # parked; appoint each primary, store the map listing every replica, then attach them.
         for shard in topology.shards:
+            needed = membership.required_replicas(min_replicas, len(shard.replicas))
             async with connected(shard.primary.address) as primary:
-                await membership.appoint_primary(
-                    primary, shard.epoch, min_replicas=min(min_replicas, len(shard.replicas))
-                )
+                await membership.appoint_primary(primary, shard.epoch, min_replicas=needed)
             say(f"appointed {shard.primary.name} ({shard.primary.address}) at epoch {shard.epoch}")
         try:
             await store.compare_and_set(0, topology)

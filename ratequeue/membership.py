@@ -42,6 +42,14 @@ NO_REPLICATION_ID = "0" * 40
 REPLICA_MAX_LAG_SECONDS = 2
 
 
+def required_replicas(min_replicas: int, listed: int) -> int:
+    """How many replicas an appointed primary needs to accept writes: what `WAIT` requires, but
+    never more than the shard lists. A shard left with fewer replicas (its last failover, no
+    replacement yet) keeps delivering what it holds, though it can acknowledge no enqueue; the
+    shard keeper raises the bar again as replicas are listed (`write_quorum` of this)."""
+    return min(min_replicas, listed)
+
+
 def write_quorum(min_replicas: int) -> dict[str, int]:
     """The settings of an appointed primary: it accepts writes only while `min_replicas` replicas
     (what `WAIT` requires) acknowledged it within `REPLICA_MAX_LAG_SECONDS`."""

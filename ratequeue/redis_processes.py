@@ -25,7 +25,12 @@ from pathlib import Path
 
 import redis
 
-from ratequeue.membership import boot_arguments, settled_lineage, write_quorum
+from ratequeue.membership import (
+    boot_arguments,
+    required_replicas,
+    settled_lineage,
+    write_quorum,
+)
 from ratequeue.topology import (
     FENCE_KEY,
     TOPOLOGY_CHANNEL,
@@ -382,7 +387,9 @@ class LocalCluster:
         """Epoch 1, in the order the membership argument needs: appoint each primary (fence and
         lineage), store the map listing every replica, and only then attach the replicas."""
         for shard in self.shards:
-            shard.primary.appoint(1, min_replicas=min(self.min_replicas, len(shard.replicas)))
+            shard.primary.appoint(
+                1, min_replicas=required_replicas(self.min_replicas, len(shard.replicas))
+            )
         topology = self.initial_topology()
         with self.control.client() as conn:
             conn.set(TOPOLOGY_KEY, topology.model_dump_json())

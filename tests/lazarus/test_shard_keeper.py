@@ -121,3 +121,18 @@ def test_a_node_attached_but_not_listed_is_parked(
         assert membership.is_parked(stray.replication())
     finally:
         stray.stop()
+
+
+def test_a_primary_appointed_with_fewer_replicas_than_now_listed_asks_for_k_again(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Appointed when the shard had no replica to ask for (k = 0); one is listed now.
+    cluster = start_cluster(shards=1, replicas=1, min_replicas=0)
+    primary = cluster.shards[0].primary
+    with primary.client() as conn:
+        assert conn.config_get("min-replicas-to-write")["min-replicas-to-write"] == "0"
+    done, _ = keep_once(cluster)
+    assert any("accepts writes with 1 replicas" in line for line in done), done
+    with primary.client() as conn:
+        assert conn.config_get("min-replicas-to-write")["min-replicas-to-write"] == "1"
+    assert keep_once(cluster)[0] == []  # nothing more to do
