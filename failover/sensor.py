@@ -330,6 +330,7 @@ class Sensor:
                 region=self.config.region, service=self.config.service, shard=watch.shard,
                 host=watch.replica.address, source=self.name,
                 data={"primary": watch.primary.name, "ok": probe.ok,
+                      "heartbeat_every": self.config.heartbeat_every,
                       "consecutive_failures": watch.failures, "shard_epoch": watch.epoch,
                       "latency_s": probe.latency_s if probe.ok else None},
             )  # fmt: skip

@@ -156,6 +156,7 @@ class ControllerNode:
                 environment=settings.environment,
                 region=settings.region,
                 report_ttl=int(settings.incident_ttl),
+                reemit_every=settings.incident_retry_seconds,
             ),
         )
         self.notifier = (

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 SENSORS_KEY = "lz:sensors"
 REPORTED_KEY = "lz:watch:reported:{}"
+FLAGGED_KEY = "lz:watch:flagged:{}"  # shard -> the node that marked it unwritable (with a TTL)
+INCIDENT_KEY = "lz:incident:RedisMasterDown:{}"  # the controller's claim on an incident
+# Sensors heartbeat every 5 s unless told otherwise (their heartbeats say how often).
+DEFAULT_HEARTBEAT_EVERY = 5.0
 WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
 
 
@@ -61,6 +65,7 @@ class WatchSettings:
     environment: str = "dev"
     region: str = "local"
     report_ttl: int = 600
+    reemit_every: float = 30.0  # a self-report of a primary that stays down is filed again
 
 
 @dataclass(frozen=True)
@@ -117,18 +122,35 @@ class ShardWatch:
         self.audit = AuditLog(control)
         self._down_since: dict[str, float] = {}  # primary@epoch -> when this node first failed
         self._unwritable_since: dict[str, tuple[str, float]] = {}  # shard -> (episode, since)
+        # Wall time since which this node has read the store without a break: heartbeats it
+        # could not read are not a sensor's silence.
+        self._watching_since: float | None = None
 
     async def run_once(self) -> list[Event]:
         """One pass over every shard; returns the reports this node filed."""
-        topology = await self.topology.load()
+        try:
+            topology = await self.topology.load()
+            sensors = await self._sensor_heartbeats()
+            failing_writes = await read_write_failures(self.control)
+        except Exception:
+            self._watching_since = None
+            raise
+        if self._watching_since is None:
+            self._watching_since = time.time()
         if topology is None:
             return []
-        sensors = await self._sensor_heartbeats()
-        failing_writes = await read_write_failures(self.control)
+        watched = {f"{s.primary.name}@{s.epoch}" for s in topology.shards}
+        for target in set(self._down_since) - watched:
+            del self._down_since[target]
         filed: list[Event] = []
         for shard in topology.shards:
-            filed += await self._silent_sensors(shard, sensors)
-            filed += await self._watch_primary(shard, sensors, failing_writes.get(shard.id, []))
+            try:  # one shard's trouble must not blind the watch to the others
+                filed += await self._silent_sensors(shard, sensors)
+                filed += await self._watch_primary(
+                    shard, sensors, failing_writes.get(shard.id, [])
+                )
+            except Exception as error:
+                log.warning("%s: watching shard %s failed: %s", self.node_id, shard.id, error)
         return filed
 
     # -- sensors -----------------------------------------------------------------------------
@@ -148,7 +170,8 @@ class ShardWatch:
             # promoted or held for forensics has nothing to watch and falls silent by design.
             if heartbeat.shard != shard.id or heartbeat.host not in listed:
                 continue
-            silent_for = heartbeat.age_seconds()
+            assert self._watching_since is not None
+            silent_for = min(heartbeat.age_seconds(), time.time() - self._watching_since)
             if silent_for < self.settings.sensor_silence_after:
                 continue
             reason = (
@@ -184,7 +207,9 @@ class ShardWatch:
             self._down_since.pop(target, None)
         else:
             since = self._down_since.setdefault(target, now)
-            if now - since >= self.settings.self_report_after:
+            if now - since >= self.settings.self_report_after and not self._sensors_speak_for(
+                shard, heartbeats
+            ):
                 report = await self._self_report(shard, seen, now - since, template)
                 if report is not None:
                     filed.append(report)
@@ -206,14 +231,32 @@ class ShardWatch:
         return (f"the API's writes to it have failed {run.count} times in a row for "
                 f"{now - run.since:.0f} s (last: {run.last_error})")  # fmt: skip
 
+    def _sensors_speak_for(self, shard: Shard, heartbeats: list[Event]) -> bool:
+        """Does the shard have a live sensor (one whose heartbeats still come)? Then detection
+        is theirs: a primary they see as fine while this node cannot reach it is this node's
+        problem, not the primary's, and one they see down they report themselves."""
+        for heartbeat in heartbeats:
+            if heartbeat.shard != shard.id:
+                continue
+            period = heartbeat.data.get("heartbeat_every", DEFAULT_HEARTBEAT_EVERY)
+            if not isinstance(period, int | float) or period <= 0:
+                period = DEFAULT_HEARTBEAT_EVERY
+            if heartbeat.age_seconds() <= 2 * period + self.settings.interval:
+                return True
+        return False
+
     async def _self_report(
         self, shard: Shard, seen: Writability, down_for: float, template: Event | None
     ) -> Event | None:
-        """Report the primary down as a sensor would, unless a report about it came in."""
+        """Report the primary down as a sensor would, unless a report about it came in lately
+        (while it stays down, again every `reemit_every`: a declined decision is retried, the
+        controller collapses the rest as duplicates)."""
         service = template.service if template else RATEQUEUE_SERVICE
         key = incident_key(service, shard.id, shard.primary.name, shard.epoch)
-        if await self.control.exists(f"lz:incident:RedisMasterDown:{key}"):
-            return None  # reported already (by a sensor, or by a node of ours)
+        claim_ttl = await self.control.ttl(INCIDENT_KEY.format(key))
+        claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl > 0 else None
+        if claimed_for is not None and claimed_for < self.settings.reemit_every:
+            return None  # reported lately (by a sensor, or by a node of ours)
         event = new_event(
             "RedisMasterDown",
             environment=template.environment if template else self.settings.environment,
@@ -234,7 +277,9 @@ class ShardWatch:
                 "down_for_seconds": round(down_for, 1),
             },
         )
-        if not await self._file_once(event, claim=f"self:{key}"):
+        if not await self._file_once(
+            event, claim=f"self:{key}", ttl=int(self.settings.reemit_every)
+        ):
             return None
         log.warning("%s: %s (no sensor reported it): reported it", self.node_id, seen.problem)
         return event
@@ -244,8 +289,9 @@ class ShardWatch:
     ) -> list[Event]:
         if seen.problem is None:
             self._unwritable_since.pop(shard.id, None)
-            if shard.status == "unwritable":
+            if shard.status == "unwritable" and await self._may_clear_flag(shard):
                 await self.keeper.set_status(shard, "ok", only_from="unwritable")
+                await self.control.delete(FLAGGED_KEY.format(shard.id))
             return []
         episode = f"{shard.primary.name}@{shard.epoch}"
         if self._unwritable_since.get(shard.id, ("", 0.0))[0] != episode:
@@ -253,18 +299,38 @@ class ShardWatch:
         unwritable_for = now - self._unwritable_since[shard.id][1]
         if unwritable_for < self.settings.unwritable_after:
             return []
-        last = await self._last_decision(shard)
-        reason = (
-            f"shard {shard.id} has had no writable primary for {unwritable_for:.0f} s "
-            f"(bound {self.settings.unwritable_after:g} s): {seen.problem}; "
-            + (f"last decision: {last}" if last else "no decision about it is recorded")
-        )
-        report = self._report("ShardUnwritable", shard, shard.primary.address, episode, reason,
-                              template=template)  # fmt: skip
-        filed = [report] if await self._file_once(report) else []
+        flagger = await self.control.get(FLAGGED_KEY.format(shard.id))
+        if flagger is not None and flagger.decode() != self.node_id:
+            return []  # another node reported it and owns the flag: no flip-flopping views
+        if flagger is None:
+            claim = REPORTED_KEY.format(f"{RATEQUEUE_SERVICE}/{shard.id}/ShardUnwritable/{episode}")
+            if await self.control.exists(claim):
+                return []  # filed by another node, whose flag lapsed: it may be writable there
+            last = await self._last_decision(shard)
+            reason = (
+                f"shard {shard.id} has had no writable primary for {unwritable_for:.0f} s "
+                f"(bound {self.settings.unwritable_after:g} s): {seen.problem}; "
+                + (f"last decision: {last}" if last else "no decision about it is recorded")
+            )
+            report = self._report("ShardUnwritable", shard, shard.primary.address, episode,
+                                  reason, template=template)  # fmt: skip
+            if not await self._file_once(report):
+                return []
+            filed = [report]
+        else:
+            filed = []
+        # This node filed it: it holds the flag while it sees the shard unwritable.
+        await self.control.set(FLAGGED_KEY.format(shard.id), self.node_id,
+                               ex=max(1, int(3 * self.settings.interval + 2)))  # fmt: skip
         if shard.status == "ok":
             await self.keeper.set_status(shard, "unwritable", only_from="ok")
         return filed
+
+    async def _may_clear_flag(self, shard: Shard) -> bool:
+        """Only the node that set the flag clears it, or anyone once that node stopped holding it
+        (it died, or no longer sees the shard unwritable but could not clear it)."""
+        flagger = await self.control.get(FLAGGED_KEY.format(shard.id))
+        return flagger is None or flagger.decode() == self.node_id
 
     async def _last_decision(self, shard: Shard) -> str | None:
         """The newest decision the audit trail holds about the shard, as `outcome: reason`."""
@@ -301,10 +367,13 @@ class ShardWatch:
             data={"reason": reason, "primary": shard.primary.name, "shard_epoch": shard.epoch},
         )
 
-    async def _file_once(self, event: Event, claim: str | None = None) -> bool:
+    async def _file_once(
+        self, event: Event, claim: str | None = None, ttl: int | None = None
+    ) -> bool:
         """Publish `event` unless a controller node filed it already in this episode."""
         key = REPORTED_KEY.format(claim or event.dedup_key)
-        if not await self.control.set(key, self.node_id, nx=True, ex=self.settings.report_ttl):
+        expiry = max(1, int(ttl if ttl is not None else self.settings.report_ttl))
+        if not await self.control.set(key, self.node_id, nx=True, ex=expiry):
             return False
         try:
             await self.stream.publish(event)

@@ -102,7 +102,9 @@ class NumberInfo:
 
 
 def encode_body(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    # Canonical (keys sorted): a retry whose object keys come in another order is the same
+    # message (a duplicate), not another one under the same id (a conflict).
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def new_message_id() -> str:

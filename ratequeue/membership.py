@@ -38,7 +38,8 @@ NO_REPLICATION_ID = "0" * 40
 # How long an appointed primary goes on accepting writes after the last acknowledgement from its
 # k-th replica. Past it the primary refuses every write, dequeues included: a primary cut off
 # from its replicas (the shard failed over behind it) stops leasing messages to stale clients
-# within this plus up to a second (Redis counts the lag in whole seconds, acks come each second).
+# within this plus up to two seconds (Redis counts the lag in whole seconds from acks that come
+# each second, and refreshes its count of good replicas once a second).
 REPLICA_MAX_LAG_SECONDS = 2
 
 

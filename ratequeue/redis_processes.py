@@ -226,6 +226,10 @@ def start_redis(
             "--repl-diskless-sync-delay", "0",
             "--repl-ping-replica-period", "1",
             "--repl-timeout", "5",
+            # A dedup window's hash expires with every id of an hour in it: free it in the
+            # background, or the primary (and its replicas) stall past the write quorum's lag.
+            "--lazyfree-lazy-expire", "yes",
+            "--lazyfree-lazy-user-del", "yes",
         ]  # fmt: skip
         if role in SHARD_ROLES:
             args += boot_arguments()

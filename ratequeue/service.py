@@ -195,6 +195,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         await client.start(require_topology=False)
         yield
         await client.close()
+        await reporter.drain()
         await reporter.control.aclose()
 
     app = FastAPI(title="ratequeue", version="1", lifespan=lifespan)

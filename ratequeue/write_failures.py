@@ -11,12 +11,15 @@ Not for: deciding anything (lazarus_lite.shard_watch), or metrics (ratequeue.met
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -49,6 +52,7 @@ class WriteFailureReporter:
         self.api_id = api_id or uuid.uuid4().hex[:12]
         self._runs: dict[str, FailureRun] = {}
         self._flushed_at: dict[str, float] = {}
+        self._writes: set[asyncio.Task] = set()
 
     async def failed(self, shard: str, error: Exception) -> None:
         now = time.time()
@@ -60,22 +64,34 @@ class WriteFailureReporter:
         run.at = now
         if now - self._flushed_at.get(shard, 0.0) >= FLUSH_EVERY_SECONDS:
             self._flushed_at[shard] = now
-            await self._store(run)
+            self._in_background(self._store(run.shard, run.to_json()))
 
     async def succeeded(self, shard: str) -> None:
         if self._runs.pop(shard, None) is None:
             return
         self._flushed_at.pop(shard, None)
-        with contextlib.suppress(RedisError, OSError):
-            await self.control.hdel(WRITE_FAILURES_KEY, f"{shard}|{self.api_id}")
+        self._in_background(self._store(shard, None))
 
-    async def _store(self, run: FailureRun) -> None:
-        # The report must never make a failing write worse: a control store that is down too is
-        # only logged (the controllers see that outage themselves).
+    async def drain(self) -> None:
+        """Wait for the reports under way (tests, and a clean shutdown)."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+    def _in_background(self, write: Coroutine[Any, Any, None]) -> None:
+        # Never in the request's path: a slow or unreachable control store must not delay the
+        # answer to a write, failing or not.
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, shard: str, run_json: str | None) -> None:
+        field = f"{shard}|{self.api_id}"
         try:
-            await self.control.hset(WRITE_FAILURES_KEY, f"{run.shard}|{self.api_id}", run.to_json())
-        except (RedisError, OSError) as error:
-            log.debug("cannot report failing writes to %s: %s", run.shard, error)
+            if run_json is None:
+                await self.control.hdel(WRITE_FAILURES_KEY, field)
+            elif shard in self._runs:  # not cleared by a success in the meantime
+                await self.control.hset(WRITE_FAILURES_KEY, field, run_json)
+        except (RedisError, OSError) as error:  # the controllers see that outage themselves
+            log.debug("cannot report failing writes to %s: %s", shard, error)
 
 
 async def read_write_failures(control: aioredis.Redis) -> dict[str, list[FailureRun]]:

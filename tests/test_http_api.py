@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -666,8 +667,14 @@ def test_metrics_count_requests_by_outcome_and_report_messages_per_shard(
 def test_metrics_count_a_write_that_wait_did_not_confirm_as_a_wait_failure(
     http: httpx.Client, cluster: LocalCluster
 ) -> None:
-    cluster.shards[0].replicas[0].stop()
-    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    replica = cluster.shards[0].replicas[0]
+    # Paused, the replica is still counted by the primary for a second or more, so the write is
+    # made and WAIT is what falls short (a replica gone is refused before writing: NOREPLICAS).
+    replica.signal(signal.SIGSTOP)
+    try:
+        response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    finally:
+        replica.signal(signal.SIGCONT)
     assert_error(response, 503, "durability_not_met")
     samples = metric_samples(http.get("/metrics").text)
     assert samples[("ratequeue_wait_failures_total", ())] == 1

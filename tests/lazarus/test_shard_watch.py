@@ -8,16 +8,17 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from failover.events import Event
+from failover.events import Event, new_event
 from failover.sensor import incident_key
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
+from lazarus_lite.shard_watch import SENSORS_KEY, ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
 from ratequeue.redis_processes import LocalCluster, free_port
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
@@ -79,9 +80,45 @@ def test_a_primary_a_sensor_reported_is_not_reported_again(
 
     async def a_sensor_reported_it(control: aioredis.Redis) -> None:
         key = incident_key("ratequeue", "s0", "s0-primary", 1)
-        await control.set(f"lz:incident:RedisMasterDown:{key}", "sensor-event")
+        await control.set(f"lz:incident:RedisMasterDown:{key}", "sensor-event", ex=600)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_sensor_reported_it))
+    assert [e for e in events if e.type == "RedisMasterDown"] == []
+
+
+def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # The first report was declined (say, a gate was closed) and its sensors are dead: the
+    # controllers file again, so the decision is taken anew instead of waiting out the claim.
+    cluster = start_cluster(shards=1, replicas=1)
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+
+    async def reported_a_minute_ago(control: aioredis.Redis) -> None:
+        key = incident_key("ratequeue", "s0", "s0-primary", 1)
+        await control.set(f"lz:incident:RedisMasterDown:{key}", "declined", ex=600 - 60)
+
+    events = asyncio.run(watch_for(cluster, 1.0, before=reported_a_minute_ago))
+    assert len([e for e in events if e.type == "RedisMasterDown"]) == 1
+
+
+def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # This node cannot reach the primary, but a sensor's heartbeats still come: detection is
+    # the sensors' (they report a primary they see down), not this node's.
+    cluster = start_cluster(shards=1, replicas=1)
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+
+    async def a_live_sensor(control: aioredis.Redis) -> None:
+        heartbeat = new_event(
+            "SensorHeartbeat", environment="dev", region="local", service="ratequeue",
+            shard="s0", host=cluster.shards[0].replicas[0].ref().address, source="sensor-1",
+            data={"primary": "s0-primary", "ok": True, "heartbeat_every": 5.0},
+        )  # fmt: skip
+        await control.hset(SENSORS_KEY, "sensor-1", heartbeat.to_json())
+
+    events = asyncio.run(watch_for(cluster, 1.0, before=a_live_sensor))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
 
 
@@ -97,6 +134,7 @@ def test_a_shard_whose_api_writes_keep_failing_is_reported_unwritable_with_that_
         await asyncio.sleep(QUICK.self_report_after + 0.1)
         reporter._flushed_at.clear()
         await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
+        await reporter.drain()
 
     events = asyncio.run(watch_for(cluster, 1.5, before=writes_keep_failing))
     [report] = [e for e in events if e.type == "ShardUnwritable"]
@@ -115,8 +153,10 @@ def test_the_first_successful_write_clears_the_apis_report(
         try:
             reporter = WriteFailureReporter(control, "api-1")
             await reporter.failed("s0", ShardUnavailable("down"))
+            await reporter.drain()
             assert await control.hlen(WRITE_FAILURES_KEY) == 1
             await reporter.succeeded("s0")
+            await reporter.drain()
             return int(await control.hlen(WRITE_FAILURES_KEY))
         finally:
             await control.aclose()
@@ -146,3 +186,23 @@ def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
     asyncio.run(blind_for_a_while())
     [reason] = told
     assert "controller n1 cannot watch the shards" in reason
+
+
+def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # A controller (re)starting after an outage finds only old heartbeats: the sensors had no
+    # chance to be heard yet, so that is no silence of theirs.
+    cluster = start_cluster(shards=1, replicas=1)
+
+    async def an_old_heartbeat(control: aioredis.Redis) -> None:
+        heartbeat = new_event(
+            "SensorHeartbeat", environment="dev", region="local", service="ratequeue",
+            shard="s0", host=cluster.shards[0].replicas[0].ref().address, source="sensor-1",
+            data={"primary": "s0-primary", "ok": True, "heartbeat_every": 5.0},
+        )  # fmt: skip
+        old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
+        await control.hset(SENSORS_KEY, "sensor-1", old.to_json())
+
+    events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat))
+    assert [e for e in events if e.type == "SensorSilent"] == []
