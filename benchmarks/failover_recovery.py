@@ -45,6 +45,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -969,6 +970,24 @@ def render(document: dict[str, Any]) -> None:
         )
 
 
+@contextlib.contextmanager
+def cpu_hogs(count: int) -> Iterator[None]:
+    """`count` processes spinning at normal priority for the duration: a machine with both
+    cores busy, where the Python stages of a failover must still keep up."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    hogs = [
+        subprocess.Popen(spin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
+
+
 app = typer.Typer(add_completion=False)
 
 
@@ -981,7 +1000,23 @@ def main(
         PROBE_INTERVAL * 1000, min=1, max=1000, help="the prober starts a request this often"
     ),
     quick: bool = typer.Option(False, "--quick", help="fewer kills: a smoke run (~2 min)"),
+    busy: bool = typer.Option(
+        False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
+    ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
+) -> None:
+    with cpu_hogs((os.cpu_count() or 1) if busy else 0):
+        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output)
+
+
+def measure(
+    kills: int | None,
+    sentinel_kills: int | None,
+    workers: int,
+    interval_ms: float,
+    quick: bool,
+    busy: bool,
+    output: Path,
 ) -> None:
     kills = kills or (3 if quick else 10)
     sentinel_kills = sentinel_kills if sentinel_kills is not None else (2 if quick else 5)
@@ -1034,6 +1069,7 @@ def main(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": host | {"loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
         "quick": quick,
+        "busy": busy,
         "options": {
             "kills": kills,
             "sentinel_kills": sentinel_kills,
