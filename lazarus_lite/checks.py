@@ -41,8 +41,10 @@ class CheckContext:
     min_replicas: int = 1
     probe_timeout: float = 0.25
     control: aioredis.Redis | None = None
-    _pings: dict[str, ProbeResult] = field(default_factory=dict)
-    _infos: dict[str, dict | None] = field(default_factory=dict)
+    # One probe of each node per evaluation, shared by the checks running together: they all
+    # judge the same moment (a second look could see another offset, another answer).
+    _pings: dict[str, asyncio.Task[ProbeResult]] = field(default_factory=dict)
+    _infos: dict[str, asyncio.Task[dict | None]] = field(default_factory=dict)
 
     @property
     def shard(self) -> Shard:
@@ -54,20 +56,23 @@ class CheckContext:
 
     async def ping(self, node: NodeRef) -> ProbeResult:
         if node.peer_address not in self._pings:
-            host = node.peer_host or node.host
+            self._pings[node.peer_address] = asyncio.ensure_future(self._ping_twice(node))
+        return await self._pings[node.peer_address]
+
+    async def _ping_twice(self, node: NodeRef) -> ProbeResult:
+        host = node.peer_host or node.host
+        result = await ping(host, node.port, self.probe_timeout)
+        if not result.ok:  # one retry: a single lost packet is not a dead primary
             result = await ping(host, node.port, self.probe_timeout)
-            if not result.ok:  # one retry: a single lost packet is not a dead primary
-                result = await ping(host, node.port, self.probe_timeout)
-            self._pings[node.peer_address] = result
-        return self._pings[node.peer_address]
+        return result
 
     async def replication(self, node: NodeRef) -> dict | None:
         if node.peer_address not in self._infos:
             host = node.peer_host or node.host
-            self._infos[node.peer_address] = await replication_info(
-                host, node.port, self.probe_timeout * 2
+            self._infos[node.peer_address] = asyncio.ensure_future(
+                replication_info(host, node.port, self.probe_timeout * 2)
             )
-        return self._infos[node.peer_address]
+        return await self._infos[node.peer_address]
 
     async def enqueues_applied(self, node: NodeRef) -> int | None:
         """The node's enqueue count (`ratequeue.membership.enqueues_applied`), None if unread."""
@@ -122,13 +127,14 @@ async def run_checks(
     probe_timeout: float = 0.25,
     control: aioredis.Redis | None = None,
 ) -> list[CheckResult]:
-    """Evaluate `specs` in order, sharing probes; every check runs (the audit shows them all)."""
+    """Evaluate `specs` together, sharing probes; every check runs (the audit shows them all),
+    and the results come in the specs' order. Concurrently: a decision waits for its slowest
+    probe, not for the sum of them."""
     shared = CheckContext(
         event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, control
     )
-    results = []
-    for spec in specs:
-        context = CheckContext(
+    contexts = [
+        CheckContext(
             event,
             topology,
             spec,
@@ -138,8 +144,9 @@ async def run_checks(
             shared._pings,
             shared._infos,
         )
-        results.append(await run_check(context))
-    return results
+        for spec in specs
+    ]
+    return list(await asyncio.gather(*(run_check(context) for context in contexts)))
 
 
 @check("MasterDown")
