@@ -234,7 +234,11 @@ class ShardWatch:
     def _sensors_speak_for(self, shard: Shard, heartbeats: list[Event]) -> bool:
         """Does the shard have a live sensor (one whose heartbeats still come)? Then detection
         is theirs: a primary they see as fine while this node cannot reach it is this node's
-        problem, not the primary's, and one they see down they report themselves."""
+        problem, not the primary's, and one they see down they report themselves. Until this
+        node has listened for `sensor_silence_after`, it cannot tell: it assumes they do."""
+        assert self._watching_since is not None
+        if time.time() - self._watching_since < self.settings.sensor_silence_after:
+            return True
         for heartbeat in heartbeats:
             if heartbeat.shard != shard.id:
                 continue

@@ -23,7 +23,9 @@ from ratequeue.errors import ShardUnavailable
 from ratequeue.redis_processes import LocalCluster, free_port
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 
-QUICK = WatchSettings(interval=0.05, self_report_after=0.3, unwritable_after=0.6)
+QUICK = WatchSettings(
+    interval=0.05, sensor_silence_after=0.2, self_report_after=0.3, unwritable_after=0.6
+)
 
 
 class PublishedEvents:
@@ -38,7 +40,11 @@ class PublishedEvents:
 
 
 async def watch_for(
-    cluster: LocalCluster, seconds: float, nodes: int = 1, before: Callable | None = None
+    cluster: LocalCluster,
+    seconds: float,
+    nodes: int = 1,
+    before: Callable | None = None,
+    settings: WatchSettings = QUICK,
 ) -> list[Event]:
     """Run `nodes` controller nodes' watches for `seconds`; returns what they published."""
     control = aioredis.Redis.from_url(cluster.control.url)
@@ -48,13 +54,14 @@ async def watch_for(
             await before(control)
         keepers = [ShardKeeper(control, Locks(control), f"n{i}", "demote") for i in range(nodes)]
         watches = [
-            ShardWatch(control, stream, keeper, f"n{i}", QUICK) for i, keeper in enumerate(keepers)
+            ShardWatch(control, stream, keeper, f"n{i}", settings)
+            for i, keeper in enumerate(keepers)
         ]
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for watch in watches:
                 await watch.run_once()
-            await asyncio.sleep(QUICK.interval)
+            await asyncio.sleep(settings.interval)
         return stream.events
     finally:
         await control.aclose()
@@ -100,6 +107,17 @@ def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
 
     events = asyncio.run(watch_for(cluster, 1.0, before=reported_a_minute_ago))
     assert len([e for e in events if e.type == "RedisMasterDown"]) == 1
+
+
+def test_a_controller_that_has_not_listened_long_enough_leaves_detection_to_the_sensors(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Just started, it has heard no heartbeat yet: that is no proof the sensors are dead.
+    cluster = start_cluster(shards=1, replicas=1)
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+    listening = WatchSettings(interval=0.05, sensor_silence_after=5.0, self_report_after=0.3)
+    events = asyncio.run(watch_for(cluster, 1.0, settings=listening))
+    assert [e for e in events if e.type == "RedisMasterDown"] == []
 
 
 def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers(
@@ -204,5 +222,6 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
         old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
         await control.hset(SENSORS_KEY, "sensor-1", old.to_json())
 
-    events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat))
+    listening = WatchSettings(interval=0.05, sensor_silence_after=5.0)
+    events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat, settings=listening))
     assert [e for e in events if e.type == "SensorSilent"] == []
