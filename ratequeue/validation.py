@@ -10,8 +10,11 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Callable, Collection
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ValidationError
+from redis.connection import parse_url
 
 # What a message may show of one value, of a field's location (mapping keys are the file's own
 # text too), of one problem, and how many problems it lists.
@@ -93,19 +96,47 @@ def validated(
         raise error(f"{source}: {describe_problems(problem, hide=hide)}") from None
 
 
+def _port_problem(port: int | None) -> str | None:
+    if port is not None and not 1 <= port <= 65535:
+        return f"port {port} is out of range (1-65535)"
+    return None
+
+
 def _redis_url(value: str) -> str:
+    """A URL `redis.Redis.from_url` takes: its own parser reads it here, so a bad port or
+    option is found at load, not as redis-py's ValueError mid-run."""
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{quoted(value)} is not a redis://HOST:PORT URL")
+    try:
+        parts = parse_url(value)
+        port = urlsplit(value).port
+    except ValueError as problem:
+        raise ValueError(f"{quoted(value)} is not a usable redis URL: {problem}") from None
+    if value.startswith("unix://"):
+        if not parts.get("path"):
+            raise ValueError(f"{quoted(value)} names no socket path (unix:///PATH)")
+        return value
+    problem = "it names no host" if not parts.get("host") else _port_problem(port)
+    if problem:
+        raise ValueError(f"{quoted(value)} is not a usable redis URL: {problem}")
     return value
 
 
 def _http_url(value: str) -> str:
+    """A URL httpx takes, with a host and a port from 1 to 65535."""
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"{quoted(value)} is not an http(s):// URL")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as problem:
+        raise ValueError(f"{quoted(value)} is not a usable URL: {problem}") from None
+    problem = "it names no host" if not url.host else _port_problem(url.port)
+    if problem:
+        raise ValueError(f"{quoted(value)} is not a usable URL: {problem}")
     return value
 
 
-# Checked when the file is loaded: a wrong scheme would otherwise surface mid-run, as redis-py's
-# or httpx's error about a URL the message no longer ties to the file.
+# Checked when the file is loaded: a wrong scheme, host or port would otherwise surface mid-run,
+# as redis-py's or httpx's error about a URL the message no longer ties to the file.
 RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]

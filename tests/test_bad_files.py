@@ -240,6 +240,25 @@ def test_a_thousand_problems_are_summed_up_after_the_first_few(tmp_path: Path) -
     assert "more problems" in refused_file(tmp_path, experiments, "steady_state:\n" + probes)
 
 
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:notaport\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:99999\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:0\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://\n"),
+        ("api", "api: http://127.0.0.1:notaport\ncontrol: redis://127.0.0.1:1\n"),
+        ("api", "api: http://127.0.0.1:99999\ncontrol: redis://127.0.0.1:1\n"),
+        ("lazarus.0", "api: http://x\ncontrol: redis://x\nlazarus: ['http://:8080']\n"),
+    ],
+)  # fmt: skip
+def test_a_target_url_with_a_bad_port_or_no_host_is_refused_at_load_naming_the_field(
+    field: str, text: str, tmp_path: Path
+) -> None:
+    message = refused_file(tmp_path, loader_named("targets"), text)
+    assert f"field '{field}'" in message and "not a usable" in message
+
+
 # -- the command lines --------------------------------------------------------------------------
 
 

@@ -23,9 +23,10 @@ from chaos.journal import HypothesisOutcome, Journal, read_journals
 from chaos.processes import process_state
 from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
-from chaos.targets import TargetError, from_testbed
+from chaos.targets import Deployment, TargetError, from_testbed
 from chaos.testbed import TestbedState, process_alive, running_testbed
 from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from ratequeue.topology import TOPOLOGY_KEY
 
 PROJECT = Path(__file__).parents[2]
 SCENARIOS = PROJECT / "scenarios"
@@ -122,6 +123,38 @@ def test_a_dry_run_against_an_unreachable_control_store_names_it_without_a_trace
     assert not (tmp_path / "journals").exists()
 
 
+def test_a_dry_run_against_a_target_whose_port_is_not_a_number_is_refused_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: redis://{CLIENT_HOST}:notaport\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
+         str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    assert "refused:" in output and "field 'control'" in output
+
+
+def test_the_run_lock_on_a_control_url_redis_py_refuses_is_a_target_error() -> None:
+    # Built without validation: a deployment made in code, not loaded from a file.
+    deployment = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:99999")
+    with (
+        pytest.raises(TargetError, match=r"control store URL .* cannot be used"),
+        run_lock(deployment, "me", ttl_seconds=30),
+    ):
+        pass
+
+
+def test_the_topology_of_a_control_url_redis_py_refuses_is_a_target_error() -> None:
+    deployment = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:notaport")
+    with pytest.raises(TargetError, match=r"control store URL .* cannot be used"):
+        deployment.topology()
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A control store holding a one-shard topology: what a dry run reads."""
@@ -165,6 +198,25 @@ def test_a_dry_run_runs_no_rollbacks(
                           + "rollbacks:\n  - {action: remove_network_faults}\n")  # fmt: skip
     dry_run_against(store, tmp_path, experiment)
     assert cleanups == []  # a real run's network faults are not a plan's to remove
+
+
+def test_a_dry_run_against_a_topology_this_version_cannot_read_fails_without_a_traceback(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: {store.control.url}\n")
+    with store.control.client() as conn:
+        stored = conn.get(TOPOLOGY_KEY)
+        conn.set(TOPOLOGY_KEY, b'{"epoch": "many", "shards": 5}')
+        try:
+            result = CliRunner().invoke(app, ["run", str(SCENARIOS / "primary_kill.yaml"),
+                                              "--target", str(target), "--dry-run",
+                                              "--journal-dir", str(tmp_path / "j")])  # fmt: skip
+        finally:
+            conn.set(TOPOLOGY_KEY, stored)
+    output = " ".join(result.output.split())
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, output
+    assert "dry run) failed:" in output and "topology in the control store" in output
 
 
 def _cmdline(pid: str) -> bytes:
