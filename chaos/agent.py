@@ -54,8 +54,9 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
-from chaos.faults.gremlin import MAX_LENGTH, program_of
+from chaos.faults.gremlin import MAX_LENGTH, programs_of
 from chaos.faults.local import LocalFaultBackend
+from chaos.processes import REDIS_ROLES
 from ratequeue import input_files
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
@@ -76,7 +77,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LENGTH = 60
 PEER_HOST = "127.0.0.2"
-REDIS_ROLES = frozenset({"control", "primary", "replica"})
 LIFECYCLE = {
     "Pending": "NotStarted",
     "Distributed": "Active",
@@ -554,9 +554,10 @@ class Agent:
     def _check_plan(self, plan: Plan, target: AgentTarget) -> None:
         node = target.node
         if plan.process is not None:
-            program = target.expect or program_of(node)
-            if plan.process != program:
-                problem = f"{node.name} runs {program!r}, not {quoted(plan.process)}"
+            programs = (target.expect,) if target.expect else programs_of(node)
+            if plan.process not in programs:
+                runs = " or ".join(map(repr, programs))
+                problem = f"{node.name} runs {runs}, not {quoted(plan.process)}"
                 raise AgentError(400, problem, "command.args -p")
         if plan.action in ("blackhole", "latency"):
             bad = [p for p in plan.ports or [] if p != node.port]

@@ -320,6 +320,9 @@ def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
          "role": "primary"},
         {"argv": [sys.executable, "-c", "import time; time.sleep(300)  # redis-server :{port}"],
          "role": "replica"},
+        # -c with its code attached: the next argument is the code's, not a script
+        {"argv": [sys.executable, "-cimport time; time.sleep(300)", "redis-server",
+                  "127.0.0.1:{port}"], "role": "primary"},
         {"argv": ["sh", "-c", "sleep 300; true", "redis-server"], "role": "api",
          "expect": "redis-server"},
     ],

@@ -5,6 +5,7 @@ runs, prod targets refused, the run lock, a schedule that survives a failed run,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,11 +21,11 @@ from typer.testing import CliRunner
 from chaos import scheduler
 from chaos.cli import app
 from chaos.journal import HypothesisOutcome, Journal, read_journals
-from chaos.processes import process_state
+from chaos.processes import process_state, read_cmdline
 from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, TargetError, from_testbed
-from chaos.testbed import TestbedState, process_alive, running_testbed
+from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
 from ratequeue.topology import TOPOLOGY_KEY
 
@@ -217,6 +218,18 @@ def test_a_dry_run_against_a_topology_this_version_cannot_read_fails_without_a_t
     output = " ".join(result.output.split())
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, output
     assert "dry run) failed:" in output and "topology in the control store" in output
+
+
+def test_a_testbed_node_whose_pid_only_names_its_program_among_arguments_is_not_alive() -> None:
+    # A shell that waits for its `sleep` (in a session of its own, so both go at the end).
+    decoy = subprocess.Popen(["sh", "-c", "sleep 60; true", "python", "-m", "ratequeue"],
+                             start_new_session=True)  # fmt: skip
+    try:
+        node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=1, pid=decoy.pid)
+        assert read_cmdline(decoy.pid) is not None and not process_alive(node)
+    finally:
+        os.killpg(decoy.pid, signal.SIGKILL)
+        decoy.wait(timeout=10)
 
 
 def _cmdline(pid: str) -> bytes:
