@@ -225,6 +225,9 @@ def test_a_testbed_node_whose_pid_only_names_its_program_among_arguments_is_not_
     decoy = subprocess.Popen(["sh", "-c", "sleep 60; true", "python", "-m", "ratequeue"],
                              start_new_session=True)  # fmt: skip
     try:
+        deadline = time.monotonic() + 10
+        while read_cmdline(decoy.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # /proc shows no argv for a moment around the exec
         node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=1, pid=decoy.pid)
         assert read_cmdline(decoy.pid) is not None and not process_alive(node)
     finally:
