@@ -41,14 +41,13 @@ from ratequeue.http_contract import (
     JsonBody,
     answers,
     credential,
-    describe_request_problems,
     install_error_handlers,
     json_request_body,
     publish_contract,
     read_json_body,
     same_secret,
 )
-from ratequeue.validation import quoted
+from ratequeue.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
@@ -203,7 +202,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         try:
             return model.model_validate(await read_body(request))
         except ValidationError as error:
-            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
+            raise ApiError(400, "invalid_request", describe_problems(error)) from None
 
     @mutating("/v1/events", Event, {202: Accepted}, status_code=202)
     async def post_event(request: Request) -> JSONResponse:
@@ -275,7 +274,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             payload = EvaluateRequest.model_validate(await read_body(request))
             event = parse_event(payload.event)
         except ValidationError as error:
-            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
+            raise ApiError(400, "invalid_request", describe_problems(error)) from None
         except InvalidEvent as error:
             raise ApiError(400, "invalid_event", f"field 'event': {error.reason}") from None
         try:

@@ -36,12 +36,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ratequeue.errors import InvalidInput, RatequeueError, RetryableError
-from ratequeue.validation import quoted
+from ratequeue.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +110,6 @@ class ErrorShape:
 PROJECT_ERRORS = ErrorShape(ErrorEnvelope, project_envelope)
 
 
-def describe_request_problems(error: ValidationError | RequestValidationError) -> str:
-    """`query 'limit': <what was wrong>; field 'a.b': ...`: where each problem is and why,
-    never the value itself."""
-    parts = []
-    for problem in error.errors():
-        loc = [str(part) for part in problem["loc"]]
-        where = "field"
-        if loc and loc[0] in ("query", "path", "header", "cookie"):
-            where, loc = loc[0], loc[1:]
-        elif loc and loc[0] == "body":
-            loc = loc[1:]
-        parts.append(f"{where} '{'.'.join(loc) or 'body'}': {problem['msg']}")
-    return "; ".join(parts)
-
-
 def _allowed_methods(request: Request) -> list[str]:
     """Every method served at this path's template (Starlette's 405 names only the first
     route's), not those of another template that also matches (`/attacks/{guid}` for
@@ -152,7 +137,7 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
-        return shape.response(400, "invalid_request", describe_request_problems(error))
+        return shape.response(400, "invalid_request", describe_problems(error, request=True))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

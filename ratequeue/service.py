@@ -34,7 +34,6 @@ from ratequeue.http_contract import (
     JsonBody,
     JsonInt,
     answers,
-    describe_request_problems,
     install_error_handlers,
     json_request_body,
     publish_contract,
@@ -45,6 +44,7 @@ from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
 from ratequeue.shard import RECEIPT_PATTERN, ShardStats, parse_receipt
 from ratequeue.topology import Topology, topology_json
+from ratequeue.validation import describe_problems
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InvalidInput(describe_request_problems(error), code="invalid_request") from None
+        raise InvalidInput(describe_problems(error), code="invalid_request") from None
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:

@@ -1,6 +1,7 @@
-"""How a problem with input is told to a person: a pydantic validation error as one problem after
-another, each naming the field (or setting) and what was expected, and any value quoted in a
-message cut short. Every package's strict loaders use it, so bad input reads the same everywhere
+"""How a problem with input is told to a person: a pydantic validation error (or FastAPI's, for a
+request's parameters) as one problem after another, each naming the field (or setting, or query
+parameter) and what was expected, and any value quoted in a message cut short: the one describer
+of the project. Every package's strict loaders use it, so bad input reads the same everywhere
 and no message grows with the input (a 1 MB string in a field is quoted as its first few dozen
 characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`).
 Not for: the models themselves, or reading files (see `input_files`)."""
@@ -8,8 +9,8 @@ Not for: the models themselves, or reading files (see `input_files`)."""
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Collection
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Collection, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -62,20 +63,43 @@ def kind_of(value: object) -> str:
     return type(value).__name__
 
 
+class Problems(Protocol):
+    """What `describe_problems` reads: pydantic's ValidationError, or FastAPI's
+    RequestValidationError (which is not one)."""
+
+    def errors(self) -> Sequence[Any]: ...
+
+
+# Where FastAPI says a request's parameter was: a message names the place instead of "field".
+_PARAMETER_PLACES = frozenset({"query", "path", "header", "cookie"})
+
+
 def describe_problems(
-    error: ValidationError, what: str = "field", hide: Collection[str] = (), within: str = ""
+    error: Problems,
+    what: str = "field",
+    hide: Collection[str] = (),
+    within: str = "",
+    *,
+    request: bool = False,
 ) -> str:
     """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
     MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
-    `within` is the field the validated value came from, when it was not the whole document."""
+    `within` is the field the validated value came from, when it was not the whole document.
+    With `request`, locations are FastAPI's for a request: `query 'limit': ...`, and a body's
+    fields without the leading `body`."""
     problems = []
     for problem in error.errors():
+        where, loc = what, [str(p) for p in problem["loc"]]
+        if request and loc and loc[0] in _PARAMETER_PLACES:
+            where, loc = loc[0], loc[1:]
+        elif request and loc and loc[0] == "body":
+            loc = loc[1:]
         # pydantic's validator wrappers ("function-after[...]") are not fields either.
-        parts = [within, *(str(p) for p in problem["loc"])]
+        parts = [within, *loc]
         location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
         location = bounded(location, LOCATION_CHARS)
         message = bounded(str(problem["msg"]).removeprefix("Value error, "), PROBLEM_CHARS)
-        problems.append(f"{what} '{location}': {message}" if location else message)
+        problems.append(f"{where} '{location}': {message}" if location else message)
     more = len(problems) - MAX_PROBLEMS
     shown = "; ".join(problems[:MAX_PROBLEMS])
     return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"
