@@ -71,7 +71,7 @@ from ratequeue.http_contract import (
     same_secret,
 )
 from ratequeue.input_files import InputFileError
-from ratequeue.validation import quoted, validated
+from ratequeue.validation import header_secret_problem, quoted, validated
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +491,9 @@ class Agent:
     ) -> None:
         if not api_key:
             raise ValueError("the agent needs an API key")
+        problem = header_secret_problem(api_key)
+        if problem:
+            raise ValueError(f"the API key {problem}")
         self.api_key = api_key
         self.allow = frozenset(allow)
         self.targets = targets

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ratequeue.validation import HttpUrlText, RedisUrlText, describe_problems
+from ratequeue.validation import HeaderSecret, HttpUrlText, RedisUrlText, describe_problems
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -40,7 +40,7 @@ class ControllerSettings(BaseModel):
         20, ge=0, description="a declined incident is decided again on a report this much later"
     )
     resume_interval: float = Field(1.0, gt=0, le=60)
-    api_token: str = Field(min_length=16, description="bearer token of mutating endpoints")
+    api_token: HeaderSecret = Field(min_length=16, description="bearer token of mutating endpoints")
     region: str = Field("local", description="where this node runs")
     control_realm: list[str] | None = Field(None, description="regions this deployment controls")
     max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")

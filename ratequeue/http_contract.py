@@ -12,7 +12,8 @@ answers to a request it cannot serve, and how its published OpenAPI says so.
   deeper than `MAX_JSON_DEPTH`, no lone UTF-16 surrogate (else a 400). Body models derive
   from `JsonBody` (unknown fields refused, nothing coerced) and count with `JsonInt`.
 - Secrets: `credential` and `same_secret` compare as bytes, so a header with non-ASCII text is
-  a plain mismatch (401), not a crash.
+  a plain mismatch (401), not a crash; the secrets themselves are visible ASCII
+  (`validation.HeaderSecret`), which reads the same however a header is decoded.
 - OpenAPI: `json_request_body`, `error_responses` and `publish_contract` declare the request
   bodies the handlers parse themselves and every error status with its envelope, and replace
   FastAPI's default 422 (these services answer 400), so a schema-driven client or fuzzer sees
@@ -260,7 +261,9 @@ def credential(request: Request, scheme: str) -> str | None:
 
 
 def same_secret(given: str | None, expected: str) -> bool:
-    """Constant-time comparison; `compare_digest` on str refuses non-ASCII, bytes never do."""
+    """Constant-time comparison; `compare_digest` on str refuses non-ASCII, bytes never do.
+    `expected` is visible ASCII (the settings refuse other secrets: `HeaderSecret`), so a
+    header Starlette decoded as latin-1 compares as the bytes the client sent."""
     if given is None:
         return False
     return hmac.compare_digest(given.encode(), expected.encode())

@@ -3,7 +3,8 @@ request's parameters) as one problem after another, each naming the field (or se
 parameter) and what was expected, and any value quoted in a message cut short: the one describer
 of the project. Every package's strict loaders use it, so bad input reads the same everywhere
 and no message grows with the input (a 1 MB string in a field is quoted as its first few dozen
-characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`).
+characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`),
+and the secrets clients send in a header (`HeaderSecret`).
 Not for: the models themselves, or reading files (see `input_files`)."""
 
 from __future__ import annotations
@@ -160,7 +161,26 @@ def _http_url(value: str) -> str:
     return value
 
 
+def header_secret_problem(value: str) -> str | None:
+    """Why `value` cannot be a secret a client sends in an HTTP header (a bearer token, an API
+    key), or None. Servers decode header bytes as latin-1, clients encode text as ASCII or
+    UTF-8: only visible ASCII reads the same at both ends (a space or control character would
+    not survive the header either)."""
+    if not all("!" <= char <= "~" for char in value):
+        return "must be visible ASCII characters (no spaces): it travels in an HTTP header"
+    return None
+
+
+def _header_secret(value: str) -> str:
+    problem = header_secret_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 # Checked when the file is loaded: a wrong scheme, host or port would otherwise surface mid-run,
 # as redis-py's or httpx's error about a URL the message no longer ties to the file.
 RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+# A secret compared with one a client sends in a header (see `header_secret_problem`).
+HeaderSecret = Annotated[str, AfterValidator(_header_secret)]

@@ -20,8 +20,10 @@ import redis
 import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from typer.testing import CliRunner
 
 from chaos.agent import Agent, TargetSource, create_app, load_targets
+from chaos.cli import app as chaos_app
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
@@ -307,6 +309,19 @@ def test_a_long_value_is_not_echoed_back_whole(served: ServedAgent) -> None:
 def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
     answer = httpx.get(f"{served.url}/executions", timeout=5)
     assert answer.status_code == 401, answer.text
+
+
+def test_chaos_agent_refuses_a_non_ascii_key_naming_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("targets: [{name: n, role: primary, port: 1}]\n")
+    monkeypatch.setenv("AGENT_TEST_KEY", "clé-of-the-agent")
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the agent started"))
+    result = CliRunner().invoke(chaos_app, ["agent", "--targets", str(targets), "--allow", "n",
+                                            "--api-key-env", "AGENT_TEST_KEY"])  # fmt: skip
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
+    assert "AGENT_TEST_KEY: the API key must be visible ASCII" in " ".join(result.output.split())
 
 
 # -- the program, not a word among its arguments ------------------------------------------------

@@ -43,3 +43,10 @@ def test_a_controller_peer_whose_port_is_not_a_number_is_refused_naming_the_sett
     with pytest.raises(InvalidSetting, match=r"setting 'peers\.0': .*not a usable URL"):
         ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=TOKEN,
                                  peers=["http://127.0.0.1:port"])  # fmt: skip
+
+
+@pytest.mark.parametrize("token", ["clé-of-sixteen-chars", "a token with spaces in it"],
+                         ids=["non-ascii", "spaces"])  # fmt: skip
+def test_a_controller_token_a_header_cannot_carry_is_refused_naming_api_token(token: str) -> None:
+    with pytest.raises(InvalidSetting, match="setting 'api_token': must be visible ASCII"):
+        ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=token)
