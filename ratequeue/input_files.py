@@ -109,11 +109,14 @@ def load(
 
 def yaml_files(directory: Path, *, what: str, error: ErrorClass = InputFileError) -> list[Path]:
     """The *.yaml and *.yml files in `directory`, sorted by name; `what` names them."""
-    if not directory.exists():
-        raise error(f"{directory}: no such directory")
-    if not directory.is_dir():
-        raise error(f"{directory}: not a directory; expected a directory of {what} (*.yaml)")
-    return sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"})
+    try:
+        if not directory.exists():
+            raise error(f"{directory}: no such directory")
+        if not directory.is_dir():
+            raise error(f"{directory}: not a directory; expected a directory of {what} (*.yaml)")
+        return sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"})
+    except OSError as problem:  # not listable (permissions), a name too long, ...
+        raise error(f"{directory}: cannot read it: {problem.strerror or problem}") from None
 
 
 def _of_shape(

@@ -360,6 +360,17 @@ def test_a_command_refuses_a_directory_where_a_file_belongs_naming_it(
     assert str(path) in output and ("isadirectory" in output or "/testbed.json:nosuch" in output)
 
 
+def test_lazarus_serve_refuses_a_services_directory_it_cannot_read_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / ("d" * 300)  # longer than a file name may be: the stat fails
+    result = CliRunner().invoke(lazarus_app, [*SERVE, "--services", str(path)])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    output = "".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in output, result.output
+    assert str(tmp_path) in output and "cannotreadit:Filenametoolong" in output
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_a_command_refuses_a_field_of_the_wrong_type_naming_the_file_and_the_field(
     command: Command, tmp_path: Path
