@@ -104,39 +104,37 @@ def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> No
     assert not journals.exists()
 
 
+def dry_run_in_a_process(tmp_path: Path, target_text: str) -> tuple[int, str]:
+    """`chaos run --dry-run` against a target file of `target_text`, as its own process (what
+    a person sees, traceback or not): its exit code and its output, whitespace collapsed."""
+    target = tmp_path / "target.yaml"
+    target.write_text(target_text)
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
+         str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert not (tmp_path / "journals").exists()
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
 def test_a_dry_run_against_an_unreachable_control_store_names_it_without_a_traceback(
     tmp_path: Path,
 ) -> None:
     port = free_port((CLIENT_HOST,))  # nothing listens there
     control = f"redis://{CLIENT_HOST}:{port}/0"
-    target = tmp_path / "target.yaml"
-    target.write_text(f"api: http://{CLIENT_HOST}:{port}\ncontrol: {control}\n")
-    # The real command in its own process: what a person sees, traceback or not.
-    result = subprocess.run(
-        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
-         str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    assert f"control store {control} is unreachable" in " ".join(output.split())
-    assert not (tmp_path / "journals").exists()
+    target = f"api: http://{CLIENT_HOST}:{port}\ncontrol: {control}\n"
+    code, output = dry_run_in_a_process(tmp_path, target)
+    assert code == 1 and "Traceback" not in output, output
+    assert f"control store {control} is unreachable" in output
 
 
 def test_a_dry_run_against_a_target_whose_port_is_not_a_number_is_refused_without_a_traceback(
     tmp_path: Path,
 ) -> None:
-    target = tmp_path / "target.yaml"
-    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: redis://{CLIENT_HOST}:notaport\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
-         str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    output = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
+    target = f"api: http://{CLIENT_HOST}:1\ncontrol: redis://{CLIENT_HOST}:notaport\n"
+    code, output = dry_run_in_a_process(tmp_path, target)
+    assert code == 2 and "Traceback" not in output, output
     assert "refused:" in output and "field 'control'" in output
 
 
