@@ -121,9 +121,18 @@ def validated(
         raise error(f"{source}: {describe_problems(problem, hide=hide)}") from None
 
 
-def _port_problem(port: int | None) -> str | None:
+def _port_problem(url: str) -> str | None:
+    """What is wrong with the URL's port, if anything (none given is the scheme's default)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. "Invalid IPv6 URL"
+        return str(error)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or over 65535
+        port = -1
     if port is not None and not 1 <= port <= 65535:
-        return f"port {port} is out of range (1-65535)"
+        return "its port is not a number from 1 to 65535"
     return None
 
 
@@ -132,16 +141,18 @@ def _redis_url(value: str) -> str:
     option is found at load, not as redis-py's ValueError mid-run."""
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{quoted(value)} is not a redis://HOST:PORT URL")
-    try:
-        parts = parse_url(value)
-        port = urlsplit(value).port
-    except ValueError as problem:
-        raise ValueError(f"{quoted(value)} is not a usable redis URL: {problem}") from None
-    if value.startswith("unix://"):
-        if not parts.get("path"):
-            raise ValueError(f"{quoted(value)} names no socket path (unix:///PATH)")
-        return value
-    problem = "it names no host" if not parts.get("host") else _port_problem(port)
+    unix = value.startswith("unix://")
+    problem = None if unix else _port_problem(value)
+    if problem is None:
+        try:
+            parts = parse_url(value)
+        except ValueError as error:  # an option of the query, e.g. ?socket_timeout=x
+            problem = str(error)
+        else:
+            if unix and not parts.get("path"):
+                problem = "it names no socket path (unix:///PATH)"
+            elif not unix and not parts.get("host"):
+                problem = "it names no host"
     if problem:
         raise ValueError(f"{quoted(value)} is not a usable redis URL: {problem}")
     return value
@@ -151,11 +162,12 @@ def _http_url(value: str) -> str:
     """A URL httpx takes, with a host and a port from 1 to 65535."""
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"{quoted(value)} is not an http(s):// URL")
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL as problem:
-        raise ValueError(f"{quoted(value)} is not a usable URL: {problem}") from None
-    problem = "it names no host" if not url.host else _port_problem(url.port)
+    problem = _port_problem(value)
+    if problem is None:
+        try:
+            problem = None if httpx.URL(value).host else "it names no host"
+        except httpx.InvalidURL as error:
+            problem = str(error)
     if problem:
         raise ValueError(f"{quoted(value)} is not a usable URL: {problem}")
     return value

@@ -35,7 +35,7 @@ def test_an_http_url_with_a_host_and_a_port_in_range_is_kept_unchanged(url: str)
 
 
 def test_a_service_control_url_with_a_port_out_of_range_is_refused_naming_the_setting() -> None:
-    with pytest.raises(InvalidServiceSetting, match=r"setting 'control_url': .*out of range"):
+    with pytest.raises(InvalidServiceSetting, match=r"setting 'control_url': .* 1 to 65535"):
         ServiceSettings.parse(control_url="redis://127.0.0.1:70000")
 
 
