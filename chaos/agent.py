@@ -54,8 +54,9 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
-from chaos.faults.gremlin import MAX_LENGTH, program_of
+from chaos.faults.gremlin import MAX_LENGTH, programs_of
 from chaos.faults.local import LocalFaultBackend
+from chaos.processes import REDIS_ROLES
 from ratequeue import input_files
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
@@ -70,13 +71,12 @@ from ratequeue.http_contract import (
     same_secret,
 )
 from ratequeue.input_files import InputFileError
-from ratequeue.validation import quoted, validated
+from ratequeue.validation import header_secret_problem, quoted, validated
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LENGTH = 60
 PEER_HOST = "127.0.0.2"
-REDIS_ROLES = frozenset({"control", "primary", "replica"})
 LIFECYCLE = {
     "Pending": "NotStarted",
     "Distributed": "Active",
@@ -491,6 +491,9 @@ class Agent:
     ) -> None:
         if not api_key:
             raise ValueError("the agent needs an API key")
+        problem = header_secret_problem(api_key)
+        if problem:
+            raise ValueError(f"the API key {problem}")
         self.api_key = api_key
         self.allow = frozenset(allow)
         self.targets = targets
@@ -554,9 +557,10 @@ class Agent:
     def _check_plan(self, plan: Plan, target: AgentTarget) -> None:
         node = target.node
         if plan.process is not None:
-            program = target.expect or program_of(node)
-            if plan.process != program:
-                problem = f"{node.name} runs {program!r}, not {quoted(plan.process)}"
+            programs = (target.expect,) if target.expect else programs_of(node)
+            if plan.process not in programs:
+                runs = " or ".join(map(repr, programs))
+                problem = f"{node.name} runs {runs}, not {quoted(plan.process)}"
                 raise AgentError(400, problem, "command.args -p")
         if plan.action in ("blackhole", "latency"):
             bad = [p for p in plan.ports or [] if p != node.port]

@@ -310,8 +310,12 @@ def agent(
     unknown = sorted(names - set(source.get_all()))
     if unknown:
         console.print(f"[yellow]allowed but not in {targets}: {', '.join(unknown)}[/]")
-    service = Agent(api_key=api_key, allow=names, targets=source,
-                    backend=LocalFaultBackend(chain=chain),
-                    team_id=os.environ.get(team_id_env) or None)  # fmt: skip
+    try:
+        service = Agent(api_key=api_key, allow=names, targets=source,
+                        backend=LocalFaultBackend(chain=chain),
+                        team_id=os.environ.get(team_id_env) or None)  # fmt: skip
+    except ValueError as error:  # the key from the environment cannot be compared
+        console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
+        raise typer.Exit(2) from None
     console.print(f"chaos agent on http://{host}:{port}/v1, allowing {', '.join(sorted(names))}")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")

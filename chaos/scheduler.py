@@ -47,7 +47,11 @@ def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterato
     """Hold the deployment's run lock; raise TargetError if another run holds it, or if the
     control store cannot be reached."""
     ttl_ms = int(ttl_seconds * 1000)
-    with redis.Redis.from_url(deployment.control, socket_timeout=3) as conn:
+    try:
+        conn = redis.Redis.from_url(deployment.control, socket_timeout=3)
+    except ValueError as error:  # a URL redis-py cannot use
+        raise store_unreachable(deployment.control, error) from None
+    with conn:
         try:
             taken = conn.set(RUN_LOCK_KEY, holder, nx=True, px=ttl_ms)
             current = None if taken else conn.get(RUN_LOCK_KEY)

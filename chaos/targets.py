@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state
 from ratequeue import input_files
 from ratequeue.topology import TOPOLOGY_KEY, Topology
-from ratequeue.validation import HttpUrlText, RedisUrlText, validated
+from ratequeue.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 
 Backend = Literal["local", "docker", "gremlin"]
 
@@ -76,14 +76,21 @@ class Deployment(BaseModel):
         raise TargetError(f"node {name} is not in deployment {self.name}")
 
     def topology(self) -> Topology:
+        """The shard map in the control store; TargetError if it cannot be read or used."""
         try:
             with redis.Redis.from_url(self.control, socket_timeout=3) as conn:
                 raw = conn.get(TOPOLOGY_KEY)
-        except redis.RedisError as error:
+        except (redis.RedisError, ValueError) as error:
             raise store_unreachable(self.control, error) from None
         if raw is None:
             raise TargetError(f"no topology in the control store {self.control}")
-        return Topology.model_validate_json(raw)
+        try:
+            return Topology.model_validate_json(raw)
+        except ValidationError as error:
+            raise TargetError(
+                f"the topology in the control store {self.control} is not one this version "
+                f"reads: {describe_problems(error)}"
+            ) from None
 
     def controller_urls(self) -> list[str]:
         return self.lazarus or [n.url for n in self.nodes if n.role == "lazarus" and n.url]
@@ -126,7 +133,11 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
     )
 
 
-def store_unreachable(control: str, error: redis.RedisError) -> TargetError:
+def store_unreachable(control: str, error: Exception) -> TargetError:
+    """The TargetError for a control store that does not answer (a RedisError), or whose URL
+    redis-py refuses (a ValueError)."""
+    if isinstance(error, ValueError):
+        return TargetError(f"the control store URL {control} cannot be used: {error}")
     return TargetError(f"the control store {control} is unreachable: {error}")
 
 

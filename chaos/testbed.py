@@ -24,7 +24,7 @@ import httpx
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from chaos.processes import read_cmdline
+from chaos.processes import PROGRAMS_OF_ROLE, REDIS_ROLES, read_cmdline, read_comm, runs_program
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
 from ratequeue import input_files
@@ -85,20 +85,17 @@ def read_state(path: Path, *, error: Callable[[str], Exception]) -> TestbedState
     return validated(TestbedState, raw, str(path), error=error)
 
 
-REDIS_ROLES = {"control", "primary", "replica"}
-PROGRAM_OF_ROLE = {"api": "ratequeue", "sensor": "failover", "lazarus": "lazarus_lite"}
-
-
-def _expected_program(node: TestbedNode) -> str:
+def _expected_programs(node: TestbedNode) -> tuple[str, ...]:
     if node.program:
-        return node.program
-    return "redis-server" if node.role in REDIS_ROLES else PROGRAM_OF_ROLE[node.role]
+        return (node.program,)
+    return PROGRAMS_OF_ROLE[node.role]
 
 
 def process_alive(node: TestbedNode) -> bool:
-    """True if the node's pid still runs the program the testbed started there."""
+    """True if the node's pid still runs the program the testbed started there (the program,
+    not a word among its arguments: see `chaos.processes.program_names`)."""
     argv = read_cmdline(node.pid)  # None once it is gone or a zombie
-    return argv is not None and _expected_program(node) in " ".join(argv)
+    return argv is not None and runs_program(argv, read_comm(node.pid), _expected_programs(node))
 
 
 def _spawn(directory: Path, name: str, args: list[str]) -> subprocess.Popen:

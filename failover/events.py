@@ -8,11 +8,14 @@ reason instead of stopping a consumer. Not for: deciding what an event means (th
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ratequeue.validation import describe_problems, quoted
 
 EventType = Literal[
     "RedisMasterDown",
@@ -25,6 +28,9 @@ EventType = Literal[
     "NagiosHostAlarm",
 ]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+# RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
+# fraction, and Z or an offset.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 
 
 class InvalidEvent(ValueError):
@@ -53,9 +59,14 @@ class Event(BaseModel):
     @field_validator("occurred_at", mode="before")
     @classmethod
     def _rfc3339_text(cls, value: Any) -> Any:
-        # Left to pydantic, a number would pass as Unix time; the schema says RFC 3339 text.
-        if not isinstance(value, str | datetime):
-            raise ValueError("expected an RFC 3339 date-time string")
+        # Left to pydantic, a number (or a numeric string: "0", "1700000000") would pass as Unix
+        # time; the schema says RFC 3339 text, so its shape is checked before pydantic parses.
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            raise ValueError(
+                f"expected an RFC 3339 date-time such as 2026-01-01T00:00:00Z, not {quoted(value)}"
+            )
         return value
 
     def to_json(self) -> str:
@@ -99,17 +110,6 @@ def new_event(
     )
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    parts = []
-    for problem in error.errors():
-        location = ".".join(str(p) for p in problem["loc"]) or "event"
-        expected = problem["msg"]
-        if problem["type"] == "literal_error":
-            expected = f"expected one of {', '.join(EVENT_TYPES)}"
-        parts.append(f"field '{location}': {expected}")
-    return "; ".join(parts)
-
-
 def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
     """Validate an event from JSON text or a dict; raise InvalidEvent naming what is wrong."""
     if isinstance(raw, str | bytes):
@@ -122,4 +122,4 @@ def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
     try:
         return Event.model_validate(raw)
     except ValidationError as error:
-        raise InvalidEvent(describe_validation_error(error)) from None
+        raise InvalidEvent(describe_problems(error)) from None

@@ -125,7 +125,9 @@ class LocalProcessActuator:
             process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        program = Path(argv[2] if argv[:2] == [sys.executable, "-m"] else argv[0]).name
+        # What a process check matches: a `-m` module's top-level package, else the executable.
+        module = argv[:2] == [sys.executable, "-m"] and len(argv) > 2
+        program = argv[2].partition(".")[0] if module else Path(argv[0]).name
         self._record(
             {
                 "name": name,

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from failover.events import Event, InvalidEvent, parse_event
@@ -41,11 +41,11 @@ from ratequeue.http_contract import (
     JsonBody,
     answers,
     credential,
-    describe_request_problems,
     install_error_handlers,
     json_request_body,
     publish_contract,
     read_json_body,
+    read_json_model,
     same_secret,
 )
 from ratequeue.validation import quoted
@@ -199,12 +199,6 @@ def create_app(settings: ControllerSettings) -> FastAPI:
                         dependencies=[Depends(authorized)], openapi_extra=json_request_body(body),
                         responses=answers(success, 400, 401, 413, 503, *errors))  # fmt: skip
 
-    async def validated(request: Request, model: type[BaseModel]) -> Any:
-        try:
-            return model.model_validate(await read_body(request))
-        except ValidationError as error:
-            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
-
     @mutating("/v1/events", Event, {202: Accepted}, status_code=202)
     async def post_event(request: Request) -> JSONResponse:
         try:
@@ -259,7 +253,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @mutating("/v1/workflows/{workflow_id}/approve", ApproveRequest, {200: Approved}, 404)
     async def approve_step(workflow_id: str, request: Request) -> dict:
-        step_name = (await validated(request, ApproveRequest)).step
+        step_name = (await read_json_model(request, ApproveRequest, MAX_BODY_BYTES)).step
         found = await workflows.load(workflow_id)
         if found is None:
             raise ApiError(404, "not_found", f"no workflow {quoted(workflow_id)}")
@@ -271,11 +265,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @mutating("/v1/quorum/evaluate", EvaluateRequest, {200: NodeVerdict}, 404)
     async def evaluate(request: Request) -> dict:
+        payload = await read_json_model(request, EvaluateRequest, MAX_BODY_BYTES)
         try:
-            payload = EvaluateRequest.model_validate(await read_body(request))
             event = parse_event(payload.event)
-        except ValidationError as error:
-            raise ApiError(400, "invalid_request", describe_request_problems(error)) from None
         except InvalidEvent as error:
             raise ApiError(400, "invalid_event", f"field 'event': {error.reason}") from None
         try:
@@ -292,7 +284,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @mutating("/v1/killswitch", _switch_schema(), {200: SwitchState})
     async def killswitch_set(request: Request) -> dict:
-        change = await validated(request, SwitchRequest)
+        change = await read_json_model(request, SwitchRequest, MAX_BODY_BYTES)
         if change.category not in (*CATEGORIES, "all"):
             raise ApiError(
                 400, "invalid_request", f"field 'category': expected one of {[*CATEGORIES, 'all']}"
@@ -307,7 +299,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @mutating("/v1/shadow", ShadowRequest, {200: ShadowState})
     async def shadow_set(request: Request) -> dict:
-        change = await validated(request, ShadowRequest)
+        change = await read_json_model(request, ShadowRequest, MAX_BODY_BYTES)
         await node.shadow.set(change.service, change.enabled)
         return {"services": await node.shadow.services()}
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ratequeue.validation import describe_problems
+from ratequeue.validation import HeaderSecret, HttpUrlText, RedisUrlText, describe_problems
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -21,8 +21,8 @@ class ControllerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    control_url: str
-    peers: list[str] = Field(default_factory=list, description="URLs of the other nodes")
+    control_url: RedisUrlText
+    peers: list[HttpUrlText] = Field(default_factory=list, description="URLs of the other nodes")
     quorum: int = Field(2, ge=1, le=15)
     quorum_timeout: float = Field(2.0, gt=0, le=60)
     min_replicas: int = Field(1, ge=0, le=16, description="what ratequeue's WAIT requires")
@@ -40,7 +40,7 @@ class ControllerSettings(BaseModel):
         20, ge=0, description="a declined incident is decided again on a report this much later"
     )
     resume_interval: float = Field(1.0, gt=0, le=60)
-    api_token: str = Field(min_length=16, description="bearer token of mutating endpoints")
+    api_token: HeaderSecret = Field(min_length=16, description="bearer token of mutating endpoints")
     region: str = Field("local", description="where this node runs")
     control_realm: list[str] | None = Field(None, description="regions this deployment controls")
     max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")
@@ -67,19 +67,9 @@ class ControllerSettings(BaseModel):
         20.0, gt=0, description="a shard without a writable primary this long is escalated"
     )
 
-    @field_validator("control_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://host:port URL")
-        return value
-
     @field_validator("peers")
     @classmethod
-    def _http_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"'{url}' is not an http(s):// URL")
+    def _without_trailing_slash(cls, value: list[str]) -> list[str]:
         return [url.rstrip("/") for url in value]
 
     @classmethod

@@ -6,11 +6,11 @@ from CLI options or `RATEQUEUE_*` environment variables. Not for: per-number rat
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ratequeue.client import ClientSettings, RetryPolicy
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
-from ratequeue.validation import describe_problems
+from ratequeue.validation import RedisUrlText, describe_problems
 
 
 class InvalidSetting(ValueError):
@@ -20,7 +20,7 @@ class InvalidSetting(ValueError):
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    control_url: str = Field(description="redis:// URL of the control store")
+    control_url: RedisUrlText = Field(description="redis:// URL of the control store")
     min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
     wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
     max_body_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
@@ -30,13 +30,6 @@ class ServiceSettings(BaseModel):
     retry_deadline: float = Field(3.0, ge=0, le=60, description="seconds to retry internally")
     max_dequeue: int = Field(1000, ge=1, le=100_000)
     max_lease_seconds: float = Field(3600, gt=0)
-
-    @field_validator("control_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://host:port URL")
-        return value
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:

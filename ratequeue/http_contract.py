@@ -7,12 +7,15 @@ answers to a request it cannot serve, and how its published OpenAPI says so.
   with `Allow`, a parameter that does not parse a 400 naming it, a `RatequeueError` its own
   status (503 with `Retry-After` when retrying may help), anything unexpected a 500 that shows
   no traceback. No message is longer than `MAX_MESSAGE` characters.
-- Bodies: `read_json_body` reads at most `max_bytes` (else 413) and parses strict JSON: no
-  NaN or Infinity, no number a float cannot hold, no integer of over 4300 digits, no nesting
-  deeper than `MAX_JSON_DEPTH`, no lone UTF-16 surrogate (else a 400). Body models derive
-  from `JsonBody` (unknown fields refused, nothing coerced) and count with `JsonInt`.
+- Bodies: `read_json_body` reads at most `max_bytes` (else 413) and parses strict JSON
+  (`bounded_json`, as files are): no NaN or Infinity, no number a float cannot hold, no
+  integer of over 4300 digits, no nesting deeper than `MAX_JSON_DEPTH`, and here also no lone
+  UTF-16 surrogate (else a 400); `read_json_model` validates it as a body model (a 400 naming
+  each field). Body models derive from `JsonBody` (unknown fields refused, nothing coerced)
+  and count with `JsonInt`.
 - Secrets: `credential` and `same_secret` compare as bytes, so a header with non-ASCII text is
-  a plain mismatch (401), not a crash.
+  a plain mismatch (401), not a crash; the secrets themselves are visible ASCII
+  (`validation.HeaderSecret`), which reads the same however a header is decoded.
 - OpenAPI: `json_request_body`, `error_responses` and `publish_contract` declare the request
   bodies the handlers parse themselves and every error status with its envelope, and replace
   FastAPI's default 422 (these services answer 400), so a schema-driven client or fuzzer sees
@@ -27,10 +30,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,10 +42,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationE
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from ratequeue import bounded_json
 from ratequeue.errors import InvalidInput, RatequeueError, RetryableError
-from ratequeue.validation import quoted
+from ratequeue.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
+Body = TypeVar("Body", bound=BaseModel)
 
 # Deeper JSON is refused: the response serializer has a depth limit of its own, and a message it
 # could not serialize would fail every dequeue that leased it (and the others leased with it).
@@ -110,21 +114,6 @@ class ErrorShape:
 PROJECT_ERRORS = ErrorShape(ErrorEnvelope, project_envelope)
 
 
-def describe_request_problems(error: ValidationError | RequestValidationError) -> str:
-    """`query 'limit': <what was wrong>; field 'a.b': ...`: where each problem is and why,
-    never the value itself."""
-    parts = []
-    for problem in error.errors():
-        loc = [str(part) for part in problem["loc"]]
-        where = "field"
-        if loc and loc[0] in ("query", "path", "header", "cookie"):
-            where, loc = loc[0], loc[1:]
-        elif loc and loc[0] == "body":
-            loc = loc[1:]
-        parts.append(f"{where} '{'.'.join(loc) or 'body'}': {problem['msg']}")
-    return "; ".join(parts)
-
-
 def _allowed_methods(request: Request) -> list[str]:
     """Every method served at this path's template (Starlette's 405 names only the first
     route's), not those of another template that also matches (`/attacks/{guid}` for
@@ -152,7 +141,7 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
-        return shape.response(400, "invalid_request", describe_request_problems(error))
+        return shape.response(400, "invalid_request", describe_problems(error, request=True))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -182,43 +171,16 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
 # -- bodies ------------------------------------------------------------------------------------
 
 
-def _not_json(constant: str) -> None:
-    """`json.loads` takes NaN and Infinity; JSON has neither (and they cannot be answered)."""
-    raise InvalidInput(f"request body is not valid JSON: {constant} is not a JSON value",
-                       code="bad_json")  # fmt: skip
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # e.g. 1e400, which float() makes infinite
-        raise InvalidInput(f"request body: number {quoted(text)} is out of range", code="bad_json")
-    return value
-
-
-def _nesting_exceeds(value: Any, limit: int) -> bool:
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            if depth > limit:
-                return True
-            pending += [(child, depth + 1) for child in item]
-    return False
-
-
 def parse_json(raw: bytes) -> Any:
     """Strict JSON (see the module docstring); raises InvalidInput (400) saying what is wrong."""
-    too_deep = InvalidInput(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
-    except ValueError as error:  # also bad UTF-8, and integers of over 4300 digits
+        # What json.loads does with bytes; decoded first so the nesting is counted on text.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        data = bounded_json.loads(text, max_depth=MAX_JSON_DEPTH)
+    except bounded_json.TooDeep as problem:
+        raise InvalidInput(f"request body is {problem.problem}") from None
+    except ValueError as error:  # bad UTF-8, or a JsonProblem
         raise InvalidInput(f"request body is not valid JSON: {error}", code="bad_json") from None
-    except RecursionError:
-        raise too_deep from None
-    if _nesting_exceeds(data, MAX_JSON_DEPTH):
-        raise too_deep
     try:
         # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored.
         json.dumps(data, ensure_ascii=False).encode()
@@ -245,6 +207,18 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
                 code="body_too_large", http_status=413,
             )  # fmt: skip
     return parse_json(bytes(raw))
+
+
+async def read_json_model(request: Request, model: type[Body], max_bytes: int) -> Body:
+    """The request's JSON body (see `read_json_body`) as `model`: a body that is not a JSON
+    object, or does not validate, is an InvalidInput (400) naming each field at fault."""
+    data = await read_json_body(request, max_bytes)
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidInput(describe_problems(error), code="invalid_request") from None
 
 
 def _whole(value: Any) -> Any:
@@ -275,7 +249,9 @@ def credential(request: Request, scheme: str) -> str | None:
 
 
 def same_secret(given: str | None, expected: str) -> bool:
-    """Constant-time comparison; `compare_digest` on str refuses non-ASCII, bytes never do."""
+    """Constant-time comparison; `compare_digest` on str refuses non-ASCII, bytes never do.
+    `expected` is visible ASCII (the settings refuse other secrets: `HeaderSecret`), so a
+    header Starlette decoded as latin-1 compares as the bytes the client sent."""
     if given is None:
         return False
     return hmac.compare_digest(given.encode(), expected.encode())

@@ -13,8 +13,6 @@ each other (journals, the actuator's records), which are read where they are wri
 from __future__ import annotations
 
 import codecs
-import json
-import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ratequeue import bounded_yaml
+from ratequeue import bounded_json, bounded_yaml
 from ratequeue.validation import bounded, kind_of
 
 # Hand-written files here are a few kB; a generated testbed.json of 64 shards is under 100 kB.
@@ -111,11 +109,14 @@ def load(
 
 def yaml_files(directory: Path, *, what: str, error: ErrorClass = InputFileError) -> list[Path]:
     """The *.yaml and *.yml files in `directory`, sorted by name; `what` names them."""
-    if not directory.exists():
-        raise error(f"{directory}: no such directory")
-    if not directory.is_dir():
-        raise error(f"{directory}: not a directory; expected a directory of {what} (*.yaml)")
-    return sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"})
+    try:
+        if not directory.exists():
+            raise error(f"{directory}: no such directory")
+        if not directory.is_dir():
+            raise error(f"{directory}: not a directory; expected a directory of {what} (*.yaml)")
+        return sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"})
+    except OSError as problem:  # not listable (permissions), a name too long, ...
+        raise error(f"{directory}: cannot read it: {problem.strerror or problem}") from None
 
 
 def _of_shape(
@@ -150,32 +151,10 @@ def _yaml_problem(problem: yaml.YAMLError) -> str:
     return bounded(" ".join(str(problem).split()), 300)
 
 
-# A JSON string (escapes included; an unterminated one runs to the end, so a match never fails
-# and the scan stays linear), or one bracket outside strings.
-_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
-
-
 def _parse_json(text: str, source: str, error: ErrorClass) -> Any:
     if not text.strip():
         return None  # json.loads would say "Expecting value"; the file is empty
-    # json's decoder recurses per level: count the depth first rather than catch RecursionError.
-    depth = 0
-    for token in _JSON_NESTING.finditer(text):
-        bracket = token.group()
-        if bracket in ("[", "{"):
-            depth += 1
-            if depth > MAX_DEPTH:
-                line = text.count("\n", 0, token.start()) + 1
-                raise error(
-                    f"{source}: not valid JSON: line {line}: nested deeper than "
-                    f"{MAX_DEPTH} levels; refused"
-                )
-        elif bracket in ("]", "}"):
-            depth -= 1
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as problem:
-        raise error(
-            f"{source}: not valid JSON: line {problem.lineno}, column {problem.colno}: "
-            f"{problem.msg}"
-        ) from None
+        return bounded_json.loads(text, max_depth=MAX_DEPTH)
+    except bounded_json.JsonProblem as problem:
+        raise error(f"{source}: not valid JSON: {problem}") from None

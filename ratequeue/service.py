@@ -17,13 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
@@ -34,11 +34,10 @@ from ratequeue.http_contract import (
     JsonBody,
     JsonInt,
     answers,
-    describe_request_problems,
     install_error_handlers,
     json_request_body,
     publish_contract,
-    read_json_body,
+    read_json_model,
 )
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
@@ -48,7 +47,6 @@ from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
 
 # The path parameter as published: the pattern only describes, `normalize_number` decides (and
 # names the accepted forms in its 400).
@@ -172,17 +170,6 @@ def _iso_time(seconds: float) -> str:
         return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
-async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
-    """Parse and validate a JSON request body within the size limit."""
-    data = await read_json_body(request, max_bytes)
-    if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object", code="invalid_request")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise InvalidInput(describe_request_problems(error), code="invalid_request") from None
-
-
 def create_app(settings: ServiceSettings) -> FastAPI:
     metrics = ServiceMetrics()
     client = AsyncRatequeueClient(settings.control_url, settings.client_settings())
@@ -224,7 +211,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
-            payload = await read_json(request, EnqueueRequest, settings.max_body_bytes)
+            payload = await read_json_model(request, EnqueueRequest, settings.max_body_bytes)
             if payload.id is not None:
                 try:
                     validate_message_id(payload.id)
@@ -271,7 +258,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )  # fmt: skip
     async def dequeue(request: Request) -> dict:
         started = time.perf_counter()
-        payload = await read_json(request, DequeueRequest, settings.max_body_bytes)
+        payload = await read_json_model(request, DequeueRequest, settings.max_body_bytes)
         if payload.max > settings.max_dequeue:
             raise InvalidInput(f"field 'max': must be at most {settings.max_dequeue}")
         if payload.lease_seconds > settings.max_lease_seconds:
@@ -303,7 +290,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     async def ack(request: Request) -> dict:
         started = time.perf_counter()
-        payload = await read_json(request, AckRequest, settings.max_body_bytes)
+        payload = await read_json_model(request, AckRequest, settings.max_body_bytes)
         for index, receipt in enumerate(payload.receipts):
             try:
                 parse_receipt(receipt)
@@ -347,7 +334,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses=answers({200: RateSetAnswer}, 400, 413, 503),
     )  # fmt: skip
     async def set_rate(number: Number, request: Request) -> dict:
-        payload = await read_json(request, RateRequest, settings.max_body_bytes)
+        payload = await read_json_model(request, RateRequest, settings.max_body_bytes)
         if math.floor(payload.per_second * settings.max_queue_seconds) < 1:
             raise InvalidInput(
                 f"field 'per_second': {payload.per_second:g}/s would let the queue hold no "

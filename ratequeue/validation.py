@@ -1,17 +1,22 @@
-"""How a problem with input is told to a person: a pydantic validation error as one problem after
-another, each naming the field (or setting) and what was expected, and any value quoted in a
-message cut short. Every package's strict loaders use it, so bad input reads the same everywhere
+"""How a problem with input is told to a person: a pydantic validation error (or FastAPI's, for a
+request's parameters) as one problem after another, each naming the field (or setting, or query
+parameter) and what was expected, and any value quoted in a message cut short: the one describer
+of the project. Every package's strict loaders use it, so bad input reads the same everywhere
 and no message grows with the input (a 1 MB string in a field is quoted as its first few dozen
-characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`).
+characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`),
+and the secrets clients send in a header (`HeaderSecret`).
 Not for: the models themselves, or reading files (see `input_files`)."""
 
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Collection
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Collection, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ValidationError
+from redis.connection import parse_url
 
 # What a message may show of one value, of a field's location (mapping keys are the file's own
 # text too), of one problem, and how many problems it lists.
@@ -59,20 +64,43 @@ def kind_of(value: object) -> str:
     return type(value).__name__
 
 
+class Problems(Protocol):
+    """What `describe_problems` reads: pydantic's ValidationError, or FastAPI's
+    RequestValidationError (which is not one)."""
+
+    def errors(self) -> Sequence[Any]: ...
+
+
+# Where FastAPI says a request's parameter was: a message names the place instead of "field".
+_PARAMETER_PLACES = frozenset({"query", "path", "header", "cookie"})
+
+
 def describe_problems(
-    error: ValidationError, what: str = "field", hide: Collection[str] = (), within: str = ""
+    error: Problems,
+    what: str = "field",
+    hide: Collection[str] = (),
+    within: str = "",
+    *,
+    request: bool = False,
 ) -> str:
     """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
     MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
-    `within` is the field the validated value came from, when it was not the whole document."""
+    `within` is the field the validated value came from, when it was not the whole document.
+    With `request`, locations are FastAPI's for a request: `query 'limit': ...`, and a body's
+    fields without the leading `body`."""
     problems = []
     for problem in error.errors():
+        where, loc = what, [str(p) for p in problem["loc"]]
+        if request and loc and loc[0] in _PARAMETER_PLACES:
+            where, loc = loc[0], loc[1:]
+        elif request and loc and loc[0] == "body":
+            loc = loc[1:]
         # pydantic's validator wrappers ("function-after[...]") are not fields either.
-        parts = [within, *(str(p) for p in problem["loc"])]
+        parts = [within, *loc]
         location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
         location = bounded(location, LOCATION_CHARS)
         message = bounded(str(problem["msg"]).removeprefix("Value error, "), PROBLEM_CHARS)
-        problems.append(f"{what} '{location}': {message}" if location else message)
+        problems.append(f"{where} '{location}': {message}" if location else message)
     more = len(problems) - MAX_PROBLEMS
     shown = "; ".join(problems[:MAX_PROBLEMS])
     return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"
@@ -93,19 +121,78 @@ def validated(
         raise error(f"{source}: {describe_problems(problem, hide=hide)}") from None
 
 
+def _port_problem(url: str) -> str | None:
+    """What is wrong with the URL's port, if anything (none given is the scheme's default)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. "Invalid IPv6 URL"
+        return str(error)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or over 65535
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return "its port is not a number from 1 to 65535"
+    return None
+
+
 def _redis_url(value: str) -> str:
+    """A URL `redis.Redis.from_url` takes: its own parser reads it here, so a bad port or
+    option is found at load, not as redis-py's ValueError mid-run."""
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{quoted(value)} is not a redis://HOST:PORT URL")
+    unix = value.startswith("unix://")
+    problem = None if unix else _port_problem(value)
+    if problem is None:
+        try:
+            parts = parse_url(value)
+        except ValueError as error:  # an option of the query, e.g. ?socket_timeout=x
+            problem = str(error)
+        else:
+            if unix and not parts.get("path"):
+                problem = "it names no socket path (unix:///PATH)"
+            elif not unix and not parts.get("host"):
+                problem = "it names no host"
+    if problem:
+        raise ValueError(f"{quoted(value)} is not a usable redis URL: {problem}")
     return value
 
 
 def _http_url(value: str) -> str:
+    """A URL httpx takes, with a host and a port from 1 to 65535."""
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"{quoted(value)} is not an http(s):// URL")
+    problem = _port_problem(value)
+    if problem is None:
+        try:
+            problem = None if httpx.URL(value).host else "it names no host"
+        except httpx.InvalidURL as error:
+            problem = str(error)
+    if problem:
+        raise ValueError(f"{quoted(value)} is not a usable URL: {problem}")
     return value
 
 
-# Checked when the file is loaded: a wrong scheme would otherwise surface mid-run, as redis-py's
-# or httpx's error about a URL the message no longer ties to the file.
+def header_secret_problem(value: str) -> str | None:
+    """Why `value` cannot be a secret a client sends in an HTTP header (a bearer token, an API
+    key), or None. Servers decode header bytes as latin-1, clients encode text as ASCII or
+    UTF-8: only visible ASCII reads the same at both ends (a space or control character would
+    not survive the header either)."""
+    if not all("!" <= char <= "~" for char in value):
+        return "must be visible ASCII characters (no spaces): it travels in an HTTP header"
+    return None
+
+
+def _header_secret(value: str) -> str:
+    problem = header_secret_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# Checked when the file is loaded: a wrong scheme, host or port would otherwise surface mid-run,
+# as redis-py's or httpx's error about a URL the message no longer ties to the file.
 RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+# A secret compared with one a client sends in a header (see `header_secret_problem`).
+HeaderSecret = Annotated[str, AfterValidator(_header_secret)]

@@ -240,6 +240,25 @@ def test_a_thousand_problems_are_summed_up_after_the_first_few(tmp_path: Path) -
     assert "more problems" in refused_file(tmp_path, experiments, "steady_state:\n" + probes)
 
 
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:notaport\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:99999\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://127.0.0.1:0\n"),
+        ("control", "api: http://127.0.0.1:1\ncontrol: redis://\n"),
+        ("api", "api: http://127.0.0.1:notaport\ncontrol: redis://127.0.0.1:1\n"),
+        ("api", "api: http://127.0.0.1:99999\ncontrol: redis://127.0.0.1:1\n"),
+        ("lazarus.0", "api: http://x\ncontrol: redis://x\nlazarus: ['http://:8080']\n"),
+    ],
+)  # fmt: skip
+def test_a_target_url_with_a_bad_port_or_no_host_is_refused_at_load_naming_the_field(
+    field: str, text: str, tmp_path: Path
+) -> None:
+    message = refused_file(tmp_path, loader_named("targets"), text)
+    assert f"field '{field}'" in message and "not a usable" in message
+
+
 # -- the command lines --------------------------------------------------------------------------
 
 
@@ -339,6 +358,17 @@ def test_a_command_refuses_a_directory_where_a_file_belongs_naming_it(
     output = run_command(command, path.parent if command.loader == "rules" else path)
     # The agent reads a directory as a testbed's: it names the testbed.json it did not find.
     assert str(path) in output and ("isadirectory" in output or "/testbed.json:nosuch" in output)
+
+
+def test_lazarus_serve_refuses_a_services_directory_it_cannot_read_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / ("d" * 300)  # longer than a file name may be: the stat fails
+    result = CliRunner().invoke(lazarus_app, [*SERVE, "--services", str(path)])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    output = "".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in output, result.output
+    assert str(tmp_path) in output and "cannotreadit:Filenametoolong" in output
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)

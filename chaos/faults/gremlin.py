@@ -58,14 +58,13 @@ from typing import Any
 import httpx
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.processes import PROGRAMS_OF_ROLE
 
 DEFAULT_API_URL = "https://api.gremlin.com/v1"
 ACTIVE_STAGES = frozenset({"Running"})
 TERMINAL_STAGES = frozenset({"Successful", "Failed", "Halted", "TargetNotFound"})
 FAILED_STAGES = frozenset({"Failed", "TargetNotFound"})
 FAILED_LIFECYCLE = "Error"
-REDIS_ROLES = frozenset({"control", "primary", "replica"})
-PROGRAM_OF_ROLE = {"api": "ratequeue", "sensor": "failover", "lazarus": "lazarus_lite"}
 MAX_LENGTH = 31_449_600  # gremlin-python's bound: about one year in seconds
 
 
@@ -197,10 +196,9 @@ class GremlinClient:
             time.sleep(interval)
 
 
-def program_of(target: NodeTarget) -> str:
-    if target.role in REDIS_ROLES:
-        return "redis-server"
-    return PROGRAM_OF_ROLE.get(target.role, target.name)
+def programs_of(target: NodeTarget) -> tuple[str, ...]:
+    """The names the target's program goes by; the first is the one an attack names."""
+    return PROGRAMS_OF_ROLE.get(target.role, (target.name,))
 
 
 class GremlinFaultBackend:
@@ -242,7 +240,7 @@ class GremlinFaultBackend:
         args = ["-l", str(length)]
         peer = params.get("peer_host") or target.peer_host or "127.0.0.2"
         ports = ",".join(str(p) for p in (params.get("ports") or [target.port]))
-        process = params.get("process") or program_of(target)
+        process = params.get("process") or programs_of(target)[0]
         if action == "kill":
             return {"type": "process_killer", "args": [*args, "-i", "1", "-p", process]}
         if action == "pause":

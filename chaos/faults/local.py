@@ -26,9 +26,10 @@ Actions (`LocalFaultBackend.inject(action, target, **params)`):
 
 Every signal goes through a pidfd opened before the program check, so a pid recycled between
 the check and the signal is never hit: the check reads /proc/PID/cmdline and comm and expects
-the program (argv[0]'s basename, or the script or `-m` module of a Python interpreter; never a
+the program (argv[0]'s basename, or the script or `-m` package of a Python interpreter; never a
 word among the arguments) to be `redis-server` with `:PORT` in its command line for Redis
-roles, the testbed's program for its other roles, or the `expect` param; anything else is
+roles, one of its role's programs (`chaos.processes.PROGRAMS_OF_ROLE`) for the others, or the
+`expect` param (a program name, not a piece of the command line); anything else is
 refused with FaultError. `seconds` (any action with an undo)
 rolls the fault back by itself after that long.
 
@@ -63,14 +64,19 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import FAULT_ACTIONS, FaultError, InjectedFault, NodeTarget
-from chaos.processes import process_state, program_names, read_cmdline, read_comm, running
+from chaos.processes import (
+    PROGRAMS_OF_ROLE,
+    REDIS_ROLES,
+    process_state,
+    read_cmdline,
+    read_comm,
+    running,
+    runs_program,
+)
 
 DEFAULT_CHAIN = "RQCHAOS"
 DEFAULT_PEER_HOST = "127.0.0.2"
 COMMENT_PREFIX = "rqchaos:"
-REDIS_ROLES = frozenset({"control", "primary", "replica"})
-# Kept in step with chaos.testbed.PROGRAM_OF_ROLE (not imported: this module stays light).
-PROGRAM_OF_ROLE = {"api": "ratequeue", "sensor": "failover", "lazarus": "lazarus_lite"}
 NETWORK_ACTIONS = frozenset({"blackhole", "latency"})
 _JUMPS = {"filter": ("INPUT", "OUTPUT"), "nat": ("OUTPUT",)}
 
@@ -78,14 +84,12 @@ _JUMPS = {"filter": ("INPUT", "OUTPUT"), "nat": ("OUTPUT",)}
 # ----------------------------------------------------------------------------- processes
 
 
-def expected_program(target: NodeTarget, expect: str | None = None) -> str:
-    """The program the target's pid must run."""
+def expected_programs(target: NodeTarget, expect: str | None = None) -> tuple[str, ...]:
+    """The programs the target's pid may run (any one of them)."""
     if expect:
-        return expect
-    if target.role in REDIS_ROLES:
-        return "redis-server"
-    if target.role in PROGRAM_OF_ROLE:
-        return PROGRAM_OF_ROLE[target.role]
+        return (expect,)
+    if target.role in PROGRAMS_OF_ROLE:
+        return PROGRAMS_OF_ROLE[target.role]
     raise FaultError(
         f"{target.name}: no known program for role {target.role!r}; pass expect=<program> "
         "so the pid can be checked before it is signalled"
@@ -109,7 +113,7 @@ class _Process:
         self.fd: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             self.fd = os.pidfd_open(self.pid)  # type: ignore[attr-defined]
-        program = expected_program(target, expect)
+        programs = expected_programs(target, expect)
         argv = read_cmdline(self.pid)
         if argv is None:
             self.close()
@@ -117,14 +121,15 @@ class _Process:
         line = " ".join(argv)
         # The program itself, never a word among its arguments: `sleep 100 redis-server` is
         # not a Redis node. A node's own port tells it from another Redis on this machine.
-        runs = os.path.basename(program) in program_names(argv, read_comm(self.pid))
+        runs = runs_program(argv, read_comm(self.pid), programs)
         if runs and not expect and target.role in REDIS_ROLES:
             runs = _holds_port(line, target.port)
         if not runs:
             self.close()
             port = f" :{target.port}" if not expect and target.role in REDIS_ROLES else ""
+            wanted = " or ".join(repr(program + port) for program in programs)
             raise FaultError(
-                f"{target.name}: pid {self.pid} runs {line[:120]!r}, not {program + port!r}; "
+                f"{target.name}: pid {self.pid} runs {line[:120]!r}, not {wanted}; "
                 "refusing to signal it"
             )
 

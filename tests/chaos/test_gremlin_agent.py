@@ -20,8 +20,10 @@ import redis
 import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from typer.testing import CliRunner
 
 from chaos.agent import Agent, TargetSource, create_app, load_targets
+from chaos.cli import app as chaos_app
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
@@ -309,6 +311,19 @@ def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
     assert answer.status_code == 401, answer.text
 
 
+def test_chaos_agent_refuses_a_non_ascii_key_naming_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("targets: [{name: n, role: primary, port: 1}]\n")
+    monkeypatch.setenv("AGENT_TEST_KEY", "clé-of-the-agent")
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the agent started"))
+    result = CliRunner().invoke(chaos_app, ["agent", "--targets", str(targets), "--allow", "n",
+                                            "--api-key-env", "AGENT_TEST_KEY"])  # fmt: skip
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
+    assert "AGENT_TEST_KEY: the API key must be visible ASCII" in " ".join(result.output.split())
+
+
 # -- the program, not a word among its arguments ------------------------------------------------
 
 
@@ -320,6 +335,9 @@ def test_the_key_is_checked_before_the_query(served: ServedAgent) -> None:
          "role": "primary"},
         {"argv": [sys.executable, "-c", "import time; time.sleep(300)  # redis-server :{port}"],
          "role": "replica"},
+        # -c with its code attached: the next argument is the code's, not a script
+        {"argv": [sys.executable, "-cimport time; time.sleep(300)", "redis-server",
+                  "127.0.0.1:{port}"], "role": "primary"},
         {"argv": ["sh", "-c", "sleep 300; true", "redis-server"], "role": "api",
          "expect": "redis-server"},
     ],

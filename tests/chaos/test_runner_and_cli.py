@@ -5,6 +5,7 @@ runs, prod targets refused, the run lock, a schedule that survives a failed run,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,12 +21,13 @@ from typer.testing import CliRunner
 from chaos import scheduler
 from chaos.cli import app
 from chaos.journal import HypothesisOutcome, Journal, read_journals
-from chaos.processes import process_state
+from chaos.processes import process_state, read_cmdline
 from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
-from chaos.targets import TargetError, from_testbed
-from chaos.testbed import TestbedState, process_alive, running_testbed
+from chaos.targets import Deployment, TargetError, from_testbed
+from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from ratequeue.topology import TOPOLOGY_KEY
 
 PROJECT = Path(__file__).parents[2]
 SCENARIOS = PROJECT / "scenarios"
@@ -102,24 +104,54 @@ def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> No
     assert not journals.exists()
 
 
-def test_a_dry_run_against_an_unreachable_control_store_names_it_without_a_traceback(
-    tmp_path: Path,
-) -> None:
-    port = free_port((CLIENT_HOST,))  # nothing listens there
-    control = f"redis://{CLIENT_HOST}:{port}/0"
+def dry_run_in_a_process(tmp_path: Path, target_text: str) -> tuple[int, str]:
+    """`chaos run --dry-run` against a target file of `target_text`, as its own process (what
+    a person sees, traceback or not): its exit code and its output, whitespace collapsed."""
     target = tmp_path / "target.yaml"
-    target.write_text(f"api: http://{CLIENT_HOST}:{port}\ncontrol: {control}\n")
-    # The real command in its own process: what a person sees, traceback or not.
+    target.write_text(target_text)
     result = subprocess.run(
         [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "primary_kill.yaml"), "--target",
          str(target), "--dry-run", "--journal-dir", str(tmp_path / "journals")],
         cwd=PROJECT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    assert f"control store {control} is unreachable" in " ".join(output.split())
     assert not (tmp_path / "journals").exists()
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
+def test_a_dry_run_against_an_unreachable_control_store_names_it_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    port = free_port((CLIENT_HOST,))  # nothing listens there
+    control = f"redis://{CLIENT_HOST}:{port}/0"
+    target = f"api: http://{CLIENT_HOST}:{port}\ncontrol: {control}\n"
+    code, output = dry_run_in_a_process(tmp_path, target)
+    assert code == 1 and "Traceback" not in output, output
+    assert f"control store {control} is unreachable" in output
+
+
+def test_a_dry_run_against_a_target_whose_port_is_not_a_number_is_refused_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    target = f"api: http://{CLIENT_HOST}:1\ncontrol: redis://{CLIENT_HOST}:notaport\n"
+    code, output = dry_run_in_a_process(tmp_path, target)
+    assert code == 2 and "Traceback" not in output, output
+    assert "refused:" in output and "field 'control'" in output
+
+
+def test_the_run_lock_on_a_control_url_redis_py_refuses_is_a_target_error() -> None:
+    # Built without validation: a deployment made in code, not loaded from a file.
+    deployment = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:99999")
+    with (
+        pytest.raises(TargetError, match=r"control store URL .* cannot be used"),
+        run_lock(deployment, "me", ttl_seconds=30),
+    ):
+        pass
+
+
+def test_the_topology_of_a_control_url_redis_py_refuses_is_a_target_error() -> None:
+    deployment = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:notaport")
+    with pytest.raises(TargetError, match=r"control store URL .* cannot be used"):
+        deployment.topology()
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +197,40 @@ def test_a_dry_run_runs_no_rollbacks(
                           + "rollbacks:\n  - {action: remove_network_faults}\n")  # fmt: skip
     dry_run_against(store, tmp_path, experiment)
     assert cleanups == []  # a real run's network faults are not a plan's to remove
+
+
+def test_a_dry_run_against_a_topology_this_version_cannot_read_fails_without_a_traceback(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: {store.control.url}\n")
+    with store.control.client() as conn:
+        stored = conn.get(TOPOLOGY_KEY)
+        conn.set(TOPOLOGY_KEY, b'{"epoch": "many", "shards": 5}')
+        try:
+            result = CliRunner().invoke(app, ["run", str(SCENARIOS / "primary_kill.yaml"),
+                                              "--target", str(target), "--dry-run",
+                                              "--journal-dir", str(tmp_path / "j")])  # fmt: skip
+        finally:
+            conn.set(TOPOLOGY_KEY, stored)
+    output = " ".join(result.output.split())
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, output
+    assert "dry run) failed:" in output and "topology in the control store" in output
+
+
+def test_a_testbed_node_whose_pid_only_names_its_program_among_arguments_is_not_alive() -> None:
+    # A shell that waits for its `sleep` (in a session of its own, so both go at the end).
+    decoy = subprocess.Popen(["sh", "-c", "sleep 60; true", "python", "-m", "ratequeue"],
+                             start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while read_cmdline(decoy.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # /proc shows no argv for a moment around the exec
+        node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=1, pid=decoy.pid)
+        assert read_cmdline(decoy.pid) is not None and not process_alive(node)
+    finally:
+        os.killpg(decoy.pid, signal.SIGKILL)
+        decoy.wait(timeout=10)
 
 
 def _cmdline(pid: str) -> bytes:

@@ -100,8 +100,11 @@ def test_a_boolean_given_as_a_number_is_refused_naming_enabled(node: httpx.Clien
     assert node.get("/v1/killswitch").json()["engaged"] == {}
 
 
-def test_an_event_time_given_as_a_number_is_refused_naming_occurred_at(
-    node: httpx.Client,
+@pytest.mark.parametrize("occurred_at", [0, "0", "1700000000", "1700000000.5"],
+                         ids=["number", "digit", "unix-time", "unix-time-fraction"])  # fmt: skip
+def test_an_event_time_given_as_a_number_or_numeric_text_is_refused_naming_occurred_at(
+    node: httpx.Client, occurred_at: object
 ) -> None:
-    response = node.post("/v1/events", json=event_json(occurred_at=0), headers=AUTH)
-    assert_refused(response, 400, "invalid_event", "field 'occurred_at'")
+    response = node.post("/v1/events", json=event_json(occurred_at=occurred_at), headers=AUTH)
+    message = assert_refused(response, 400, "invalid_event", "field 'occurred_at'", "RFC 3339")
+    assert "Value error" not in message

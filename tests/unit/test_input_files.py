@@ -43,3 +43,20 @@ def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path: Path) -> None:
     path = tmp_path / "bom.json"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}')
     assert input_files.load(path, expected="a mapping") == {"a": 1}
+
+
+def test_a_directory_that_cannot_be_listed_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(self: Path) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)  # as root, a chmod would not stop the listing
+    with pytest.raises(InputFileError, match=f"{tmp_path}: cannot read it: Permission denied"):
+        input_files.yaml_files(tmp_path, what="rule files")
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "1e400"])
+def test_a_json_file_holding_a_number_json_cannot_carry_is_refused(value: str) -> None:
+    with pytest.raises(InputFileError, match=r"f\.json: not valid JSON: .*(JSON value|range)"):
+        input_files.parse(f'{{"a": {value}}}', "f.json", expected="a mapping", as_json=True)

@@ -1,0 +1,75 @@
+"""JSON from outside the process (a request body, a file someone pointed a tool at), parsed
+strictly and within bounds: nesting deeper than the caller's limit is refused before the decoder
+sees it (it recurses once per level), and so are NaN and Infinity (no JSON values), numbers a
+float cannot hold, and integers of over 4300 digits (Python's own limit). Each refusal is a
+`JsonProblem` saying where and what, for the caller to word as its own error.
+
+Not for: YAML (see `bounded_yaml`), JSON the project's programs write for each other, or what a
+document means (see `validation`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from ratequeue.validation import quoted
+
+
+class JsonProblem(ValueError):
+    """The text is not JSON this parser takes; `str()` is `line L, column C: what` (as much of
+    the place as is known)."""
+
+    def __init__(self, problem: str, line: int | None = None, column: int | None = None) -> None:
+        where = ", ".join(
+            f"{name} {value}" for name, value in (("line", line), ("column", column)) if value
+        )
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.problem = problem
+        self.line = line
+
+
+class TooDeep(JsonProblem):
+    """The document nests deeper than the limit."""
+
+
+# A JSON string (escapes included; an unterminated one runs to the end, so a match never fails
+# and the scan stays linear), or one bracket outside strings.
+_NESTING = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+
+def _not_json(constant: str) -> None:
+    """`json.loads` takes NaN and Infinity; JSON has neither (and they cannot be answered)."""
+    raise JsonProblem(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e400, which float() makes infinite
+        raise JsonProblem(f"number {quoted(text)} is out of range")
+    return value
+
+
+def loads(text: str, *, max_depth: int) -> Any:
+    """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
+    is the first); raises JsonProblem (TooDeep for the nesting)."""
+    depth = 0
+    for token in _NESTING.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > max_depth:
+                line = text.count("\n", 0, token.start()) + 1
+                raise TooDeep(f"nested deeper than {max_depth} levels; refused", line)
+        elif bracket in ("]", "}"):
+            depth -= 1
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except json.JSONDecodeError as problem:
+        raise JsonProblem(problem.msg, problem.lineno, problem.colno) from None
+    except JsonProblem:
+        raise
+    except ValueError as problem:  # an integer of over 4300 digits
+        raise JsonProblem(str(problem)) from None

@@ -1,0 +1,80 @@
+"""Which program a command line runs, read as CPython reads its own options: the program a
+process check compares (never a word among the arguments, however a flag is spelled), and the
+one map from a node's role to the names its program goes by."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.processes import PROGRAMS_OF_ROLE, program_names, runs_program
+
+
+@pytest.mark.parametrize(
+    ("argv", "program"),
+    [
+        (["/usr/bin/redis-server", "*:7001"], "redis-server"),
+        (["redis-server 127.0.0.1:7001"], "redis-server"),  # Redis' rewritten title
+        (["python3", "-m", "ratequeue", "serve"], "ratequeue"),
+        (["python3", "-mratequeue", "serve"], "ratequeue"),
+        (["python3", "-um", "failover", "sensor"], "failover"),
+        (["python3", "-m", "lazarus_lite.cli", "serve"], "lazarus_lite"),
+        (["python3", "--check-hash-based-pycs", "always", "-m", "lazarus_lite"], "lazarus_lite"),
+        (["python3", "-X", "dev", "-W", "error", "-m", "failover"], "failover"),
+        (["python3", "-Xdev", "-Werror", "-OO", "-m", "failover"], "failover"),
+        (["/venv/bin/python3.11", "-E", "/venv/bin/lazarus", "serve"], "lazarus"),
+        (["python3.13t", "-m", "ratequeue"], "ratequeue"),
+        (["python3-dbg", "-m", "ratequeue"], "ratequeue"),
+        (["pypy3", "-m", "ratequeue"], "ratequeue"),
+        (["python3", "--", "/opt/redis-server"], "redis-server"),  # `--` ends the options
+    ],
+)  # fmt: skip
+def test_the_program_is_the_executable_or_the_script_or_module_python_runs(
+    argv: list[str], program: str
+) -> None:
+    assert program in program_names(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "decoy"),
+    [
+        (["sleep", "100", "redis-server"], "redis-server"),
+        (["sh", "-c", "sleep 300", "redis-server", "127.0.0.1:7001"], "redis-server"),
+        (["python3", "-c", "import time; time.sleep(600)", "redis-server"], "redis-server"),
+        (["python3", "-cimport time; time.sleep(600)", "redis-server", "127.0.0.1:7001"],
+         "redis-server"),
+        (["python3", "-Ic", "import time; time.sleep(600)", "ratequeue"], "ratequeue"),
+        (["python3", "-Ic", "ratequeue"], "ratequeue"),  # the code itself is no program
+        (["python3", "-W", "ratequeue", "-c", "pass"], "ratequeue"),  # -W's value
+        (["python3", "-Xratequeue", "-c", "pass"], "ratequeue"),
+        (["python3", "--check-hash-based-pycs", "ratequeue", "-c", "pass"], "ratequeue"),
+        (["python3", "-", "redis-server"], "redis-server"),  # a script read from stdin
+        (["python3", "-m", "decoy", "-m", "ratequeue"], "ratequeue"),  # the module's argument
+        (["python3", "-J", "ratequeue"], "ratequeue"),  # an option CPython refuses
+        (["python3", "--unknown", "ratequeue"], "ratequeue"),
+    ],
+)  # fmt: skip
+def test_a_program_named_only_among_the_arguments_is_not_the_program(
+    argv: list[str], decoy: str
+) -> None:
+    assert decoy not in program_names(argv)
+
+
+def test_a_python_command_names_its_top_level_package_not_the_submodule() -> None:
+    assert "lazarus_lite.cli" not in program_names(["python3", "-m", "lazarus_lite.cli"])
+
+
+def test_the_kernels_name_of_the_program_counts() -> None:
+    assert "redis-server" in program_names(["/proc/self/exe", "*:7001"], comm="redis-server")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["python3", "-m", "lazarus_lite", "serve"],  # the testbed's controllers
+        ["/usr/local/bin/python3", "/usr/local/bin/lazarus", "serve"],  # staging's console script
+    ],
+)
+def test_a_controller_runs_its_roles_program_as_a_module_or_as_the_console_script(
+    argv: list[str],
+) -> None:
+    assert runs_program(argv, None, PROGRAMS_OF_ROLE["lazarus"])

@@ -1,0 +1,52 @@
+"""How input is checked and described before anything uses it: the URL fields every loader and
+settings model shares (parsed as redis-py and httpx will, at load), and the one describer of
+validation problems."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from lazarus_lite.settings import ControllerSettings, InvalidSetting
+from ratequeue.config import InvalidSetting as InvalidServiceSetting
+from ratequeue.config import ServiceSettings
+from ratequeue.validation import HttpUrlText, RedisUrlText
+
+TOKEN = "a-token-of-sixteen-chars"
+
+
+class Urls(BaseModel):
+    redis: RedisUrlText = "redis://127.0.0.1"
+    http: HttpUrlText = "http://127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://cache.example:6380", "redis://:pw@[::1]:7000/2",
+     "unix:///run/redis.sock", "redis://x"],
+)  # fmt: skip
+def test_a_redis_url_redis_py_can_use_is_kept_unchanged(url: str) -> None:
+    assert Urls(redis=url).redis == url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/v1", "https://x", "http://[::1]:1"])
+def test_an_http_url_with_a_host_and_a_port_in_range_is_kept_unchanged(url: str) -> None:
+    assert Urls(http=url).http == url
+
+
+def test_a_service_control_url_with_a_port_out_of_range_is_refused_naming_the_setting() -> None:
+    with pytest.raises(InvalidServiceSetting, match=r"setting 'control_url': .* 1 to 65535"):
+        ServiceSettings.parse(control_url="redis://127.0.0.1:70000")
+
+
+def test_a_controller_peer_whose_port_is_not_a_number_is_refused_naming_the_setting() -> None:
+    with pytest.raises(InvalidSetting, match=r"setting 'peers\.0': .*not a usable URL"):
+        ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=TOKEN,
+                                 peers=["http://127.0.0.1:port"])  # fmt: skip
+
+
+@pytest.mark.parametrize("token", ["clé-of-sixteen-chars", "a token with spaces in it"],
+                         ids=["non-ascii", "spaces"])  # fmt: skip
+def test_a_controller_token_a_header_cannot_carry_is_refused_naming_api_token(token: str) -> None:
+    with pytest.raises(InvalidSetting, match="setting 'api_token': must be visible ASCII"):
+        ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=token)
