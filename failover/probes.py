@@ -33,7 +33,7 @@ class ProbeResult:
     latency_s: float
     error: str | None = None
     refused: bool = False
-    """The host answered that nothing listens (refused, or the connection reset): a process
+    """The host answered that nothing listens on the port (connection refused): a process
     that died, not one that is slow or cut off. Strong evidence, and it comes at once."""
 
 
@@ -67,15 +67,18 @@ def describe_error(error: BaseException) -> str:
 
 
 def refused_by_live_host(error: BaseException) -> bool:
-    """Did a live host refuse or reset the connection (rather than stay silent)? redis-py wraps
-    the OS error in its own ConnectionError, keeping the errno in the text."""
+    """Did a live host refuse the connection (nothing listens on the port), rather than stay
+    silent? Only a refused connect counts: a reset can come from a live server too (a client
+    killed, a full buffer). redis-py wraps the OS error, keeping the errno in its text."""
     seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError | ConnectionResetError | BrokenPipeError):
+    chain: set[int] = set()
+    while seen is not None and id(seen) not in chain:
+        chain.add(id(seen))
+        if isinstance(seen, ConnectionRefusedError):
             return True
         seen = seen.__cause__ or seen.__context__
     text = str(error)
-    return "Error 111 " in text or "Connection refused" in text or "Connection reset" in text
+    return "Error 111 " in text or "Connection refused" in text
 
 
 def failed_probe(started: float, error: BaseException) -> ProbeResult:

@@ -109,6 +109,11 @@ class SensorConfig:
         return self.name or f"sensor@{self.replica}"
 
 
+# How long a sensor waits before confirming a refusal: long enough that a probe racing a
+# process's restart does not count twice, short next to the silence threshold.
+REFUSAL_CONFIRM_AFTER = 0.05
+
+
 @dataclass
 class _Watch:
     """What the sensor watches now; replaced when the shard, its primary or its epoch change."""
@@ -119,7 +124,7 @@ class _Watch:
     replica: NodeRef
     failures: int = 0
     last_error: str | None = None
-    refused: bool = False  # the last failure was a refusal confirmed by a second probe
+    refused: bool = False  # the last failure was a refusal, confirmed by a second probe
     down_reported: bool = False  # RedisMasterDown published, RedisMasterRecovered not yet
     reported_at: float = 0.0  # when the last RedisMasterDown of this incident was published
 
@@ -288,6 +293,13 @@ class Sensor:
             probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
         )
         published: list[Event] = []
+        if probe.refused:
+            # Confirm a moment later: a second refusal is the process's death, not a restart
+            # under way; an answer then makes this cycle a success like any other.
+            await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
+            probe = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
+                                      source_host=self.config.source_host)  # fmt: skip
+        watch.refused = probe.refused
         if probe.ok:
             watch.failures = 0
             watch.last_error = None
@@ -297,14 +309,6 @@ class Sensor:
                     watch.down_reported = False
                     published.append(event)
         else:
-            if probe.refused:
-                # Confirm at once: a second refusal from the live host is the process's death.
-                again = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
-                                          source_host=self.config.source_host)  # fmt: skip
-                probe = again if not again.ok else probe
-                watch.refused = not again.ok and again.refused
-            else:
-                watch.refused = False
             watch.failures += 1
             watch.last_error = probe.error
             due_again = (
@@ -352,6 +356,7 @@ class Sensor:
         if self._watch is not None or self.last_result is None or self.last_result.state != "idle":
             log.info("%s: idle: %s", self.name, reason)
         self._watch = None
+        self._let_go_of_link()  # nothing to watch: hold no connection to a former primary
         self.last_result = CycleResult(state="idle", reason=reason)
         return self.last_result
 
@@ -420,7 +425,20 @@ class Sensor:
             self._link[1].cancel()
         self._link = ((host, port), asyncio.ensure_future(self._hold_link(host, port)))
 
+    def _let_go_of_link(self) -> None:
+        if self._link is not None:
+            self._link[1].cancel()
+            self._link = None
+
     async def _hold_link(self, host: str, port: int) -> None:
+        try:
+            await self._hold_link_forever(host, port)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the cycles go on at their interval without it
+            log.warning("%s: holding a link to %s:%d failed: %s", self.name, host, port, error)
+
+    async def _hold_link_forever(self, host: str, port: int) -> None:
         local = (self.config.source_host, 0) if self.config.source_host else None
         while True:
             try:
@@ -438,13 +456,16 @@ class Sensor:
             finally:
                 writer.close()
             self._woken.set()
-            await asyncio.sleep(self.config.interval / 4)  # then hold a new one
+            # Then hold a new one, no sooner than a cycle: a link that keeps dropping must not
+            # run the cycles (and so the threshold's count) faster than the interval.
+            await asyncio.sleep(self.config.interval)
 
     async def aclose(self) -> None:
         if self._link is not None:
-            self._link[1].cancel()
+            task = self._link[1]
+            self._let_go_of_link()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._link[1]
+                await task
         if self._owns_control:
             await self._control.aclose()
 

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 from pydantic import BaseModel
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from failover.events import Event
 from failover.probes import ProbeResult, ping, replication_info
@@ -79,6 +81,7 @@ class CheckContext:
         connection = aioredis.Redis(
             host=node.peer_host or node.host, port=node.port,
             socket_timeout=self.probe_timeout * 2, socket_connect_timeout=self.probe_timeout * 2,
+            retry=Retry(NoBackoff(), 0),  # a probe that retries reports late
         )  # fmt: skip
         try:
             return await membership.enqueues_applied(connection)

@@ -305,12 +305,21 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
         new_shard = current_shard.model_copy(update={"replicas": [*current_shard.replicas, node]})
         return current.next_with(new_shard)
 
-    primary = (await compare_and_set_loop(ctx, change)).shard(shard_id).primary
+    listed = (await compare_and_set_loop(ctx, change)).shard(shard_id)
+    primary = listed.primary
     await ctx.assert_lock()
     try:
         async with connect(node) as replica_conn, connect(primary) as primary_conn:
             await membership.attach(replica_conn, primary)
             await membership.wait_in_sync(primary_conn, replica_conn, timeout=20)
+            # With the replacement in sync the primary needs k replicas again (it may have been
+            # appointed with fewer): a primary cut off from now on stops serving stale clients.
+            await ctx.assert_lock()
+            needed = membership.required_replicas(
+                int(ctx.inputs.get("min_replicas", 1)), len(listed.replicas)
+            )
+            for setting, value in membership.write_quorum(needed).items():
+                await primary_conn.config_set(setting, value)
     except (RedisError, OSError, TimeoutError) as error:
         if not await answers(primary):
             # A second failure: this workflow's work is done or moot; give the lock back so

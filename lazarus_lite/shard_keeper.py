@@ -74,7 +74,10 @@ class ShardKeeper:
         topology = await self.topology.load()
         done: list[str] = []
         for shard in topology.shards if topology else []:
-            done += await self.keep(shard)
+            try:  # one shard's trouble must not leave the others unkept this pass
+                done += await self.keep(shard)
+            except Exception as error:
+                done.append(f"{shard.id}: keeping it failed: {error}")
         return done
 
     async def keep(self, shard: Shard) -> list[str]:
@@ -114,10 +117,13 @@ class ShardKeeper:
         now (replicas listed or gone since its appointment)?"""
         try:
             async with connect(shard.primary, timeout=0.5) as conn:
+                info = await conn.info("replication")
                 fence = await conn.get(FENCE_KEY)
                 setting = await conn.config_get("min-replicas-to-write")
         except (RedisError, OSError):
             return False
+        if info.get("role") != "master" or membership.is_parked(info):
+            return False  # restarted (parked) since: never lift its guard
         if fence is None or int(fence) != shard.epoch:
             return False  # not appointed for this epoch: never make such a node writable
         return int(setting.get("min-replicas-to-write", -1)) != self._needed(shard)

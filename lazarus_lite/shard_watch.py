@@ -122,21 +122,21 @@ class ShardWatch:
         self.audit = AuditLog(control)
         self._down_since: dict[str, float] = {}  # primary@epoch -> when this node first failed
         self._unwritable_since: dict[str, tuple[str, float]] = {}  # shard -> (episode, since)
-        # Wall time since which this node has read the store without a break: heartbeats it
-        # could not read are not a sensor's silence.
+        # Wall time since which this node has read the store without a long break (heartbeats
+        # it could not read are not a sensor's silence), and its last good read.
         self._watching_since: float | None = None
+        self._last_read: float = 0.0
 
     async def run_once(self) -> list[Event]:
         """One pass over every shard; returns the reports this node filed."""
-        try:
-            topology = await self.topology.load()
-            sensors = await self._sensor_heartbeats()
-            failing_writes = await read_write_failures(self.control)
-        except Exception:
-            self._watching_since = None
-            raise
-        if self._watching_since is None:
-            self._watching_since = time.time()
+        topology = await self.topology.load()
+        sensors = await self._sensor_heartbeats()
+        failing_writes = await read_write_failures(self.control)
+        now_wall = time.time()
+        # A read lost now and then is no deafness; a gap of a heartbeat period or more is.
+        if self._watching_since is None or now_wall - self._last_read > DEFAULT_HEARTBEAT_EVERY:
+            self._watching_since = now_wall
+        self._last_read = now_wall
         if topology is None:
             return []
         watched = {f"{s.primary.name}@{s.epoch}" for s in topology.shards}
@@ -240,7 +240,10 @@ class ShardWatch:
         if time.time() - self._watching_since < self.settings.sensor_silence_after:
             return True
         for heartbeat in heartbeats:
-            if heartbeat.shard != shard.id:
+            # Only a sensor watching this primary in this epoch speaks for it.
+            if heartbeat.shard != shard.id or heartbeat.data.get("primary") != shard.primary.name:
+                continue
+            if heartbeat.data.get("shard_epoch", shard.epoch) != shard.epoch:
                 continue
             period = heartbeat.data.get("heartbeat_every", DEFAULT_HEARTBEAT_EVERY)
             if not isinstance(period, int | float) or period <= 0:
@@ -295,7 +298,11 @@ class ShardWatch:
             self._unwritable_since.pop(shard.id, None)
             if shard.status == "unwritable" and await self._may_clear_flag(shard):
                 await self.keeper.set_status(shard, "ok", only_from="unwritable")
-                await self.control.delete(FLAGGED_KEY.format(shard.id))
+                # The episode is over: a later one of the same primary is reported anew.
+                await self.control.delete(
+                    FLAGGED_KEY.format(shard.id),
+                    REPORTED_KEY.format(self._unwritable_key(shard)),
+                )
             return []
         episode = f"{shard.primary.name}@{shard.epoch}"
         if self._unwritable_since.get(shard.id, ("", 0.0))[0] != episode:
@@ -306,19 +313,22 @@ class ShardWatch:
         flagger = await self.control.get(FLAGGED_KEY.format(shard.id))
         if flagger is not None and flagger.decode() != self.node_id:
             return []  # another node reported it and owns the flag: no flip-flopping views
-        if flagger is None:
-            claim = REPORTED_KEY.format(f"{RATEQUEUE_SERVICE}/{shard.id}/ShardUnwritable/{episode}")
-            if await self.control.exists(claim):
-                return []  # filed by another node, whose flag lapsed: it may be writable there
+        filer = await self.control.get(REPORTED_KEY.format(self._unwritable_key(shard)))
+        if flagger is None and filer is not None and filer.decode() != self.node_id:
+            return []  # filed by another node, whose flag lapsed: it may be writable there
+        if flagger is None and filer is None:
             last = await self._last_decision(shard)
             reason = (
                 f"shard {shard.id} has had no writable primary for {unwritable_for:.0f} s "
                 f"(bound {self.settings.unwritable_after:g} s): {seen.problem}; "
                 + (f"last decision: {last}" if last else "no decision about it is recorded")
             )
-            report = self._report("ShardUnwritable", shard, shard.primary.address, episode,
+            # Its own incident each time (the controller collapses reports of one incident);
+            # one filer per episode (the claim, deleted when the episode ends).
+            started = f"{episode}@{time.time() - unwritable_for:.0f}"
+            report = self._report("ShardUnwritable", shard, shard.primary.address, started,
                                   reason, template=template)  # fmt: skip
-            if not await self._file_once(report):
+            if not await self._file_once(report, claim=self._unwritable_key(shard)):
                 return []
             filed = [report]
         else:
@@ -329,6 +339,10 @@ class ShardWatch:
         if shard.status == "ok":
             await self.keeper.set_status(shard, "unwritable", only_from="ok")
         return filed
+
+    def _unwritable_key(self, shard: Shard) -> str:
+        episode = f"{shard.primary.name}@{shard.epoch}"
+        return f"{RATEQUEUE_SERVICE}/{shard.id}/ShardUnwritable/{episode}"[:255]
 
     async def _may_clear_flag(self, shard: Shard) -> bool:
         """Only the node that set the flag clears it, or anyone once that node stopped holding it

@@ -19,8 +19,6 @@ Key layout on a shard (`N` is a canonical number):
   rq:lease_seq      receipt counter
   rq:seen:W         hash N/id -> body fingerprint, for messages enqueued in dedup window W
                     (expires after two windows): a retry is a duplicate, another body a conflict
-  rq:ids:W          the layout before ids were per number (sets of ids; still read until they
-                    expire, two windows after an upgrade)
   rq:barrier        incremented by every enqueue and rate change: WAIT after a duplicate covers
                     the earlier write of the same id, and the count orders nodes by how much of
                     the acknowledged stream they hold (`ratequeue.membership`)
@@ -137,12 +135,10 @@ for i = 4, #ARGV, 5 do
   if record then
     local _, _, _, _, earlier_body = parse_record(record)
     earlier = string.sub(redis.sha1hex(earlier_body), 1, 16)
-  elseif not seen and (redis.call('SISMEMBER', 'rq:ids:' .. w, id) == 1
-      or redis.call('SISMEMBER', 'rq:ids:' .. (w - 1), id) == 1) then
-    -- Remembered before the upgrade, per shard and without its body (those sets expire within
-    -- two windows): a retry, as it was then.
-    earlier = fingerprint
   end
+  -- Ids the layout before remembered (sets per shard, without number or body) are not read:
+  -- they cannot tell a retry from another number's message, and queuing a retry twice is a
+  -- duplicate where taking another message for a retry would lose it.
   if earlier and earlier ~= fingerprint then
     results[#results + 1] = {'conflict', 'id ' .. id .. ' was used for another message to ' ..
       number .. ' within the dedup window; use a new id for a new message'}
