@@ -225,3 +225,40 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
     listening = WatchSettings(interval=0.05, sensor_silence_after=5.0)
     events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat, settings=listening))
     assert [e for e in events if e.type == "SensorSilent"] == []
+
+
+def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+
+    async def two_episodes() -> list[Event]:
+        control = aioredis.Redis.from_url(cluster.control.url)
+        stream = PublishedEvents()
+        watch = ShardWatch(control, stream, ShardKeeper(control, Locks(control), "n1", "demote"),
+                           "n1", QUICK)  # fmt: skip
+        reporter = WriteFailureReporter(control, "api-1")
+
+        async def watch_while(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                await watch.run_once()
+                await asyncio.sleep(QUICK.interval)
+
+        try:
+            for _ in range(2):
+                await reporter.failed("s0", ShardUnavailable("primary unreachable"))
+                await asyncio.sleep(QUICK.self_report_after + 0.1)
+                reporter._flushed_at.clear()
+                await reporter.failed("s0", ShardUnavailable("primary unreachable"))
+                await reporter.drain()
+                await watch_while(1.2)  # past the bound: reported, flagged
+                await reporter.succeeded("s0")
+                await reporter.drain()
+                await watch_while(0.3)  # writable again: the flag and the claim go
+            return stream.events
+        finally:
+            await control.aclose()
+
+    reports = [e for e in asyncio.run(two_episodes()) if e.type == "ShardUnwritable"]
+    assert len(reports) == 2 and reports[0].incident_key != reports[1].incident_key
