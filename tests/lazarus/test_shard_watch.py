@@ -39,6 +39,21 @@ class PublishedEvents:
         return str(len(self.events))
 
 
+async def claim_incident(control: aioredis.Redis, seconds_ago: float) -> None:
+    """The controller's claim on s0-primary's incident, as if taken `seconds_ago`."""
+    key = incident_key("ratequeue", "s0", "s0-primary", 1)
+    await control.set(f"lz:incident:RedisMasterDown:{key}", "event", ex=int(600 - seconds_ago))
+
+
+def heartbeat_from(cluster: LocalCluster) -> Event:
+    """A heartbeat of the sensor beside s0's replica, watching s0-primary at epoch 1."""
+    return new_event(
+        "SensorHeartbeat", environment="dev", region="local", service="ratequeue", shard="s0",
+        host=cluster.shards[0].replicas[0].ref().address, source="sensor-1",
+        data={"primary": "s0-primary", "ok": True, "heartbeat_every": 5.0, "shard_epoch": 1},
+    )  # fmt: skip
+
+
 async def watch_for(
     cluster: LocalCluster,
     seconds: float,
@@ -86,8 +101,7 @@ def test_a_primary_a_sensor_reported_is_not_reported_again(
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
     async def a_sensor_reported_it(control: aioredis.Redis) -> None:
-        key = incident_key("ratequeue", "s0", "s0-primary", 1)
-        await control.set(f"lz:incident:RedisMasterDown:{key}", "sensor-event", ex=600)
+        await claim_incident(control, seconds_ago=0)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_sensor_reported_it))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
@@ -102,8 +116,7 @@ def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
     async def reported_a_minute_ago(control: aioredis.Redis) -> None:
-        key = incident_key("ratequeue", "s0", "s0-primary", 1)
-        await control.set(f"lz:incident:RedisMasterDown:{key}", "declined", ex=600 - 60)
+        await claim_incident(control, seconds_ago=60)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=reported_a_minute_ago))
     assert len([e for e in events if e.type == "RedisMasterDown"]) == 1
@@ -129,12 +142,7 @@ def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
     async def a_live_sensor(control: aioredis.Redis) -> None:
-        heartbeat = new_event(
-            "SensorHeartbeat", environment="dev", region="local", service="ratequeue",
-            shard="s0", host=cluster.shards[0].replicas[0].ref().address, source="sensor-1",
-            data={"primary": "s0-primary", "ok": True, "heartbeat_every": 5.0},
-        )  # fmt: skip
-        await control.hset(SENSORS_KEY, "sensor-1", heartbeat.to_json())
+        await control.hset(SENSORS_KEY, "sensor-1", heartbeat_from(cluster).to_json())
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_live_sensor))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
@@ -214,11 +222,7 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
     cluster = start_cluster(shards=1, replicas=1)
 
     async def an_old_heartbeat(control: aioredis.Redis) -> None:
-        heartbeat = new_event(
-            "SensorHeartbeat", environment="dev", region="local", service="ratequeue",
-            shard="s0", host=cluster.shards[0].replicas[0].ref().address, source="sensor-1",
-            data={"primary": "s0-primary", "ok": True, "heartbeat_every": 5.0},
-        )  # fmt: skip
+        heartbeat = heartbeat_from(cluster)
         old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
         await control.hset(SENSORS_KEY, "sensor-1", old.to_json())
 
