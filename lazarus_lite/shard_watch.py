@@ -264,15 +264,12 @@ class ShardWatch:
         claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl > 0 else None
         if claimed_for is not None and claimed_for < self.settings.reemit_every:
             return None  # reported lately (by a sensor, or by a node of ours)
-        event = new_event(
+        event = self._event(
             "RedisMasterDown",
-            environment=template.environment if template else self.settings.environment,
-            region=template.region if template else self.settings.region,
-            service=service,
-            shard=shard.id,
-            host=shard.primary.address,
-            source=f"lazarus:{self.node_id}",
-            incident_key=key,
+            shard,
+            shard.primary.address,
+            key,
+            template=template,
             data={
                 "master_link_status": "down",
                 "primary": shard.primary.name,
@@ -373,6 +370,25 @@ class ShardWatch:
         *,
         template: Event | None,
     ) -> Event:
+        """A report about the watchers: a person must read `reason`."""
+        return self._event(
+            type, shard, host, f"{RATEQUEUE_SERVICE}/{shard.id}/{type}/{episode}"[:255],
+            template=template,
+            data={"reason": reason, "primary": shard.primary.name, "shard_epoch": shard.epoch},
+        )  # fmt: skip
+
+    def _event(
+        self,
+        type: str,
+        shard: Shard,
+        host: str,
+        key: str,
+        *,
+        template: Event | None,
+        data: dict[str, object],
+    ) -> Event:
+        """An event from this node, in the environment, region and service its shard's sensors
+        report in (the settings' when no sensor ever spoke)."""
         return new_event(
             type,
             environment=template.environment if template else self.settings.environment,
@@ -381,8 +397,8 @@ class ShardWatch:
             shard=shard.id,
             host=host,
             source=f"lazarus:{self.node_id}",
-            incident_key=f"{RATEQUEUE_SERVICE}/{shard.id}/{type}/{episode}"[:255],
-            data={"reason": reason, "primary": shard.primary.name, "shard_epoch": shard.epoch},
+            incident_key=key,
+            data=data,
         )
 
     async def _file_once(
