@@ -1,4 +1,4 @@
-# The project image `ratequeue-testbed:local`: ratequeue API, failover sensors, lazarus_lite
+# The project image `ratequeue-testbed:local`: ratequeue API, detection (heartbeat sensors), lazarus_lite
 # controllers and the chaos runner, one image for every Python service of docker-compose.yml.
 #
 # No image can be pulled here, so the base is made locally from the host's CPython and the
@@ -20,7 +20,8 @@ RUN ["python3", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "-
      "--root-user-action=ignore", "--disable-pip-version-check", "setuptools>=68"]
 COPY pyproject.toml README.md /src/
 COPY ratequeue /src/ratequeue
-COPY failover /src/failover
+COPY common /src/common
+COPY detection /src/detection
 COPY lazarus_lite /src/lazarus_lite
 COPY chaos /src/chaos
 # --no-build-isolation: the build backend (setuptools) comes from the wheelhouse, not PyPI.
@@ -37,7 +38,7 @@ FROM ratequeue-python:local
 COPY --from=build /install /usr/local
 COPY scenarios /app/scenarios
 # Fail the build, not the deployment, if a module or one of its native libraries is missing.
-RUN ["python3", "-c", "import ratequeue.service, failover.sensor, lazarus_lite.service, \
+RUN ["python3", "-c", "import ratequeue.service, detection.sensor, lazarus_lite.service, \
      chaos.runner, chaos.faults.docker, hiredis, uvloop, httptools, pydantic_core, yaml; \
      from lazarus_lite.settings import DEFINITIONS; \
      assert (DEFINITIONS / 'rules' / 'ratequeue.yaml').is_file(), DEFINITIONS"]

@@ -57,7 +57,9 @@ from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.gremlin import MAX_LENGTH, programs_of
 from chaos.faults.local import LocalFaultBackend
 from chaos.processes import REDIS_ROLES
-from ratequeue import input_files
+from common import input_files
+from common.input_files import InputFileError
+from common.validation import header_secret_problem, quoted, validated
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
     REASONS,
@@ -70,8 +72,6 @@ from ratequeue.http_contract import (
     read_json_body,
     same_secret,
 )
-from ratequeue.input_files import InputFileError
-from ratequeue.validation import header_secret_problem, quoted, validated
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from pydantic import (
 
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
+from common import input_files
+from common.validation import validated
 from lazarus_lite.workflow import parse_duration
-from ratequeue import input_files
-from ratequeue.validation import validated
 
 
 class ExperimentError(ValueError):

@@ -23,7 +23,7 @@ REDIS_ROLES = frozenset({"control", "primary", "replica"})
 PROGRAMS_OF_ROLE: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(REDIS_ROLES, ("redis-server",)),
     "api": ("ratequeue",),
-    "sensor": ("failover",),
+    "sensor": ("detection",),
     "lazarus": ("lazarus_lite", "lazarus"),
 }
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state
-from ratequeue import input_files
+from common import input_files
+from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 from ratequeue.topology import TOPOLOGY_KEY, Topology
-from ratequeue.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 
 Backend = Literal["local", "docker", "gremlin"]
 

@@ -25,11 +25,11 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.processes import PROGRAMS_OF_ROLE, REDIS_ROLES, read_cmdline, read_comm, runs_program
+from common import input_files
+from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
-from ratequeue import input_files
 from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
-from ratequeue.validation import HttpUrlText, RedisUrlText, validated
 
 STATE_FILE = "testbed.json"
 
@@ -230,7 +230,7 @@ def start_sensor(
         directory,
         name,
         [
-            "failover",
+            "detection",
             "sensor",
             "--control",
             control_url,

@@ -158,7 +158,7 @@ class LocalProcessActuator:
                 [
                     sys.executable,
                     "-m",
-                    "failover",
+                    "detection",
                     "sensor",
                     "--control",
                     str(self.control_url),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from failover.notifications import Delivery
+from detection.notifications import Delivery
 from lazarus_lite.checks import CheckResult
 
 AUDIT_INDEX = "lz:audit:index"

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from failover.events import Event
-from failover.probes import ProbeResult, ping, replication_info
+from detection.events import Event
+from detection.probes import ProbeResult, ping, replication_info
 from lazarus_lite.rules import CheckSpec
 from lazarus_lite.service_registry import ServiceRegistry
 from ratequeue import membership

@@ -5,7 +5,8 @@ escalates; it also resumes orphaned workflows and runs the shard keeper (returni
 The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
 evaluate them on their own (`evaluate`), and needs `quorum` nodes whose every check passed.
 Anything less, or no matching rule, escalates without acting. Each decision is written to the
-audit trail as it is made. Not for: HTTP (see `service`) or the steps (see `ratequeue_failover`).
+audit trail as it is made. Not for: HTTP (see `service`) or the steps (see
+`steps.ratequeue_promotion`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from failover.events import Event
-from failover.notifications import Delivery, Notifier, PageState
-from failover.streams import EventStream, Received
+from detection.events import Event
+from detection.notifications import Delivery, Notifier, PageState
+from detection.streams import EventStream, Received
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome, note_deliveries

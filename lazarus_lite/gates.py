@@ -25,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from failover.events import Event
+from detection.events import Event
 
 KILLSWITCH_KEY = "lz:killswitch"
 SHADOW_KEY = "lz:shadow"
@@ -45,7 +45,10 @@ def is_failure(event: Event) -> bool:
     controllers' own reports about the watchers (a silent sensor, a shard left unwritable) are
     not: they must never use up the budget a real failover needs."""
     return event.type not in {
-        "SensorHeartbeat", "RedisMasterRecovered", "SensorSilent", "ShardUnwritable"
+        "SensorHeartbeat",
+        "RedisMasterRecovered",
+        "SensorSilent",
+        "ShardUnwritable",
     }
 
 

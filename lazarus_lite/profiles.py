@@ -21,11 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from common import input_files
+from common.validation import describe_problems, validated
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.rules import Rule
 from lazarus_lite.workflow import WorkflowDefinition, parse_duration, parse_workflow
-from ratequeue import input_files
-from ratequeue.validation import describe_problems, validated
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from failover.events import EVENT_TYPES, Event
-from ratequeue import input_files
-from ratequeue.validation import kind_of, quoted, validated
+from common import input_files
+from common.validation import kind_of, quoted, validated
+from detection.events import EVENT_TYPES, Event
 
 LockKind = Literal["host", "service", "shard"]
 # Bounded: a rule's name is quoted in every message about it.

@@ -25,15 +25,16 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
-from failover.events import Event, InvalidEvent, parse_event
-from failover.stream_factory import open_event_stream
-from failover.streams import EventStream
-from lazarus_lite.approval_steps import approve
+from common.validation import quoted
+from detection.events import Event, InvalidEvent, parse_event
+from detection.stream_factory import open_event_stream
+from detection.streams import EventStream
 from lazarus_lite.audit import AuditRecord, NodeVerdict
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.gates import ALL, CATEGORIES
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import shadow_report
+from lazarus_lite.steps.approval import approve
 from lazarus_lite.workflow import WorkflowStore
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
@@ -48,7 +49,6 @@ from ratequeue.http_contract import (
     read_json_model,
     same_secret,
 )
-from ratequeue.validation import quoted
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ratequeue.validation import HeaderSecret, HttpUrlText, RedisUrlText, describe_problems
+from common.validation import HeaderSecret, HttpUrlText, RedisUrlText, describe_problems
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -53,7 +53,8 @@ class ControllerSettings(BaseModel):
     services: Path | None = Field(DEFINITIONS / "services", description="service profiles (YAML)")
     forensics_interval: float = Field(2.0, gt=0, le=600)
     environment: str = Field(
-        "dev", pattern=r"^[a-z][a-z0-9_-]*$",
+        "dev",
+        pattern=r"^[a-z][a-z0-9_-]*$",
         description="environment of the controllers' own reports when no sensor ever spoke",
     )
     watch_interval: float = Field(1.0, gt=0, le=60, description="seconds between shard watches")

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from failover.probes import ping
+from detection.probes import ping
 from ratequeue.topology import TopologyStore
 
 SHADOW_DECISIONS = "lz:shadow:decisions"

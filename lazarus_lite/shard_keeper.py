@@ -12,7 +12,7 @@ refuses writes until somebody puts it back. Each controller node runs the keeper
   written before a reply or a replication byte leaves it);
 - a primary whose lineage is not recorded yet (a new primary's replication id is final only
   once its first replica synced) gets it recorded;
-- former primaries held for forensics get the forensics policy (`ratequeue_failover`).
+- former primaries held for forensics get the forensics policy (`steps.ratequeue_promotion`).
 
 Every change is made under the shard's lock, the one a failover workflow holds, so the keeper
 and a failover never interleave; a shard whose lock is busy is left alone this round.
@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lazarus_lite.locks import LockBusy, Locks
-from lazarus_lite.ratequeue_failover import (
+from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,
     detach_unlisted_replicas,

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from failover.events import Event, new_event
-from failover.probes import describe_error
-from failover.sensor import incident_key
-from failover.streams import EventStream
+from detection.events import Event, new_event
+from detection.probes import describe_error
+from detection.sensor import incident_key
+from detection.streams import EventStream
 from lazarus_lite.audit import AuditLog
-from lazarus_lite.ratequeue_failover import connect
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
+from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
 from ratequeue.topology import FENCE_KEY, Shard, TopologyStore
 from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun, read_write_failures
@@ -89,8 +89,11 @@ async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -
         return Writability(True, f"primary {shard.primary.name} is not a primary "
                                  f"(role {info.get('role')})")  # fmt: skip
     if fence is None or int(fence) != shard.epoch:
-        return Writability(True, f"primary {shard.primary.name} holds fence "
-                                 f"{fence.decode() if fence else 'none'}, not epoch {shard.epoch}")
+        return Writability(
+            True,
+            f"primary {shard.primary.name} holds fence "
+            f"{fence.decode() if fence else 'none'}, not epoch {shard.epoch}",
+        )
     needed = required_replicas(min_replicas, len(shard.replicas))
     following = [
         value
@@ -146,9 +149,7 @@ class ShardWatch:
         for shard in topology.shards:
             try:  # one shard's trouble must not blind the watch to the others
                 filed += await self._silent_sensors(shard, sensors)
-                filed += await self._watch_primary(
-                    shard, sensors, failing_writes.get(shard.id, [])
-                )
+                filed += await self._watch_primary(shard, sensors, failing_writes.get(shard.id, []))
             except Exception as error:
                 log.warning("%s: watching shard %s failed: %s", self.node_id, shard.id, error)
         return filed
@@ -351,7 +352,8 @@ class ShardWatch:
         """The newest decision the audit trail holds about the shard, as `outcome: reason`."""
         for record in await self.audit.list(limit=200):
             if record.event.get("shard") != shard.id or record.event.get("type") in {
-                "SensorHeartbeat", *WATCH_EVENT_TYPES
+                "SensorHeartbeat",
+                *WATCH_EVENT_TYPES,
             }:
                 continue
             if record.outcome in {"received", "duplicate"}:
@@ -436,8 +438,10 @@ async def watch_forever(
             log.warning("%s: shard watch pass failed: %s", watch.node_id, error)
             now = time.monotonic()
             blind_since = now if blind_since is None else blind_since
-            if on_blind is not None and not told and now - blind_since >= (
-                watch.settings.unwritable_after
+            if (
+                on_blind is not None
+                and not told
+                and now - blind_since >= (watch.settings.unwritable_after)
             ):
                 told = True
                 reason = (f"controller {watch.node_id} cannot watch the shards for "

@@ -6,7 +6,7 @@ interrupted workflow from its history, under the definition it started with (ver
 owns a running workflow through a short lease it renews; when the owner dies the lease lapses and
 another node claims and resumes it. A step fails after its retries, or raises `Escalate`: the
 workflow runs its `on_failure` step and is escalated to a person.
-Not for: the steps themselves (see `ratequeue_failover`) or deciding to start (see `controller`).
+Not for: the steps themselves (see `steps`) or deciding to start (see `controller`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common import input_files
+from common.validation import kind_of, quoted, validated
 from lazarus_lite.locks import HeldLock, Locks
-from ratequeue import input_files
-from ratequeue.validation import kind_of, quoted, validated
 
 log = logging.getLogger(__name__)
 

@@ -246,7 +246,11 @@ def topology_init(
     ),
     wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
     min_replicas: int = typer.Option(
-        1, "--min-replicas", envvar="RATEQUEUE_MIN_REPLICAS", min=0, max=16,
+        1,
+        "--min-replicas",
+        envvar="RATEQUEUE_MIN_REPLICAS",
+        min=0,
+        max=16,
         help="replicas the API's WAIT requires; a primary with fewer refuses every write",
     ),
 ) -> None:

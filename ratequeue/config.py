@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.validation import RedisUrlText, describe_problems
 from ratequeue.client import ClientSettings, RetryPolicy
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
-from ratequeue.validation import RedisUrlText, describe_problems
 
 
 class InvalidSetting(ValueError):

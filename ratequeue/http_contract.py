@@ -42,9 +42,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationE
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from ratequeue import bounded_json
+from common import bounded_json
+from common.validation import describe_problems, quoted
 from ratequeue.errors import InvalidInput, RatequeueError, RetryableError
-from ratequeue.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
@@ -155,8 +155,7 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
             return shape.response(
                 405,
                 "method_not_allowed",
-                f"{quoted(request.method)} is not served at {path}; "
-                f"allowed: {', '.join(allowed)}",
+                f"{quoted(request.method)} is not served at {path}; allowed: {', '.join(allowed)}",
                 headers={"Allow": ", ".join(allowed)},
             )
         return shape.response(error.status_code, "http_error", str(error.detail),

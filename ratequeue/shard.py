@@ -16,10 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.validation import quoted
 from ratequeue import scripts
 from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
 from ratequeue.rates import Rate
-from ratequeue.validation import quoted
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200

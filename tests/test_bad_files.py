@@ -17,8 +17,8 @@ from chaos.cli import app as chaos_app
 from chaos.experiments import ExperimentError, load_experiment
 from chaos.targets import TargetError, load_deployment
 from chaos.testbed import TestbedError, load_state
-from failover.cli import app as failover_app
-from failover.notifications import NotificationConfigError, load_notification_config
+from detection.cli import app as detection_app
+from detection.notifications import NotificationConfigError, load_notification_config
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app as lazarus_app
 from lazarus_lite.profiles import ProfileError, load_profiles
@@ -303,7 +303,7 @@ COMMANDS = [
             lambda p: [*SERVE, "--services", str(p.parent)], 2, "profiles"),
     Command("lazarus serve --notifications", lazarus_app,
             lambda p: [*SERVE, "--notifications", str(p)], 2, "notifications"),
-    Command("failover sensor --notifications", failover_app, lambda p: ["sensor", "--control",
+    Command("detection sensor --notifications", detection_app, lambda p: ["sensor", "--control",
             "redis://127.0.0.1:1/0", "--replica", "127.0.0.1:2", "--notifications", str(p)], 2,
             "notifications"),
 ]
@@ -318,7 +318,7 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.fail("the command accepted the bad file and started")
 
     monkeypatch.setattr("uvicorn.run", started)
-    monkeypatch.setattr("failover.cli._run_sensor", started)
+    monkeypatch.setattr("detection.cli._run_sensor", started)
     monkeypatch.setenv("GREMLIN_API_KEY", "a-key")
 
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from failover.events import Event, new_event
-from failover.kinesis import KinesisEventStream, parse_receipt
-from failover.stream_factory import open_event_stream
-from failover.streams import DeadLetters, Received
+from detection.events import Event, new_event
+from detection.kinesis import KinesisEventStream, parse_receipt
+from detection.stream_factory import open_event_stream
+from detection.streams import DeadLetters, Received
 from ratequeue.redis_processes import RedisProcess, start_redis
 from tests.moto_server import MotoServer
 

@@ -1,4 +1,4 @@
-"""Heartbeat sensors and `failover check` against real redis-server processes, publishing on a
+"""Heartbeat sensors and `detection check` against real redis-server processes, publishing on a
 real Redis event stream in the control store."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
 
-from failover.cli import app
-from failover.events import Event, parse_event
-from failover.sensor import Sensor, SensorConfig
-from failover.streams import EVENTS_STREAM, RedisEventStream
+from detection.cli import app
+from detection.events import Event, parse_event
+from detection.sensor import Sensor, SensorConfig
+from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.redis_processes import LocalCluster, RedisProcess, free_port
 from ratequeue.topology import TopologyStore
 
@@ -246,7 +246,7 @@ async def test_the_sensor_survives_an_unreachable_control_store(
 
 
 def failover(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "failover", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "detection", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)  # fmt: skip
 
 
@@ -275,7 +275,7 @@ def test_failover_check_is_unknown_when_the_replica_cannot_be_reached() -> None:
 def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: LocalCluster) -> None:
     replica = cluster.shard("s1").replicas[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "failover", "sensor", "--control", cluster.control.url,
+        [sys.executable, "-m", "detection", "sensor", "--control", cluster.control.url,
          "--replica", peer(replica), "--name", "cli-sensor", "--heartbeat-every", "0.2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip

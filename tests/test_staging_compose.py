@@ -192,7 +192,7 @@ def test_a_sensor_beside_every_replica(services: dict[str, dict[str, Any]]) -> N
         for replica in REPLICAS:
             name = f"sensor-{shard}-{replica}"
             args = argv(services[name])
-            assert args[:2] == ["failover", "sensor"], name
+            assert args[:2] == ["detection", "sensor"], name
             port = redis_port(services[f"{shard}-{replica}"])
             assert option(args, "--replica") == [f"127.0.0.2:{port}"], name
             assert option(args, "--name") == [name]

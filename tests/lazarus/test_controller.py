@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from chaos.testbed import TestbedState, running_testbed
-from failover.events import new_event
-from failover.streams import EVENTS_STREAM
+from detection.events import new_event
+from detection.streams import EVENTS_STREAM
 from tests.e2e.support import control_topology, send, wait_for
 
 pytestmark = pytest.mark.slow

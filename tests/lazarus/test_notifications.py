@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from failover.notifications import (
+from detection.notifications import (
     Delivery,
     NotificationConfig,
     NotificationConfigError,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from chaos.testbed import TestbedState, running_testbed
-from failover.events import new_event
+from detection.events import new_event
 from tests.e2e.support import control_topology, send, wait_for
 from tests.lazarus.recorders import HttpRecorder
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from chaos.testbed import running_testbed
-from failover.events import new_event
+from detection.events import new_event
 from lazarus_lite.profiles import ProfileError, load_profiles
 from lazarus_lite.service_registry import forensics_key, members_key
 from tests.e2e.support import send, wait_for

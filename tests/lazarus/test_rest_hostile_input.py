@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from failover.events import new_event
+from detection.events import new_event
 from tests.lazarus.served_node import served_node
 
 TOKEN = f"rest-token-{uuid.uuid4().hex}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from failover.events import new_event
+from detection.events import new_event
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app
 from lazarus_lite.rules import RuleError, load_rules, parse_rules

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from chaos.testbed import TestbedState, running_testbed
-from failover.events import new_event
+from detection.events import new_event
 from lazarus_lite.locks import lock_key
 from tests.e2e.support import control_topology, resume, send, wait_for
 

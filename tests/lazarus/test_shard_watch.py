@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from failover.events import Event, new_event
-from failover.sensor import incident_key
+from detection.events import Event, new_event
+from detection.sensor import incident_key
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import SENSORS_KEY, ShardWatch, WatchSettings, watch_forever

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from lazarus_lite import lock_steps  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.locks import Locks, lock_key
+from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow import (
     Escalate,
     StepContext,
@@ -320,8 +320,8 @@ def test_a_bad_workflow_definition_is_refused_naming_what_is_wrong(text: str, na
 
 
 def test_the_shipped_failover_workflow_loads() -> None:
-    from lazarus_lite import ratequeue_failover  # noqa: F401
     from lazarus_lite.settings import DEFINITIONS
+    from lazarus_lite.steps import ratequeue_promotion  # noqa: F401
     from lazarus_lite.workflow import load_workflows
 
     loaded = load_workflows(Path(DEFINITIONS / "workflows"))

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from chaos.experiments import ExperimentError, parse_experiment
+from common import bounded_yaml
 from lazarus_lite.rules import RuleError, parse_rules
-from ratequeue import bounded_yaml
 
 
 def alias_bomb(levels: int = 9) -> str:

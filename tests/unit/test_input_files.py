@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ratequeue import input_files
-from ratequeue.input_files import InputFileError
+from common import input_files
+from common.input_files import InputFileError
 
 
 def test_brackets_inside_json_strings_are_not_nesting() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from failover.nagios import (
+from detection.nagios import (
     CheckOutcome,
     Perfdata,
     Status,
@@ -17,7 +17,7 @@ from failover.nagios import (
     format_number,
     parse_request,
 )
-from failover.probes import ProbeResult, parse_address
+from detection.probes import ProbeResult, parse_address
 
 REPLICA = "127.0.0.2:7002"
 PRIMARY = "127.0.0.2:7001"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from common.validation import HttpUrlText, RedisUrlText
 from lazarus_lite.settings import ControllerSettings, InvalidSetting
 from ratequeue.config import InvalidSetting as InvalidServiceSetting
 from ratequeue.config import ServiceSettings
-from ratequeue.validation import HttpUrlText, RedisUrlText
 
 TOKEN = "a-token-of-sixteen-chars"
 

@@ -1,7 +1,7 @@
 """The AWS Kinesis backend of the event stream (DESIGN.md, "Real parts": boto3 against a real
 Kinesis endpoint; tests use moto's standalone server over HTTP).
 
-`KinesisEventStream` has the same async interface as `failover.streams.RedisEventStream`:
+`KinesisEventStream` has the same async interface as `detection.streams.RedisEventStream`:
 `publish`, `receive`, `ack`, `close`. Kinesis has no consumer groups, so the group's state lives
 in the Redis control store, one set of keys per (stream, group):
 
@@ -14,7 +14,7 @@ in the Redis control store, one set of keys per (stream, group):
   the group received from the shard were acknowledged. It only ever moves forward (an
   out-of-order ack never skips an unacknowledged record), so a new or restarted consumer resumes
   after it and an acknowledged record is not delivered again.
-- dead letters (`failover.streams.DeadLetters`): a malformed record is recorded with the reason
+- dead letters (`detection.streams.DeadLetters`): a malformed record is recorded with the reason
   and counts as acknowledged; `receive` never raises because of one.
 
 Receipts and positions are `"<shard id>:<sequence number>"` (sequence numbers alone are unique
@@ -22,7 +22,7 @@ per shard only). The partition key is the event's `dedup_key`, so the events of 
 in order on one shard.
 
 boto3 is synchronous: every call runs in a worker thread (`asyncio.to_thread`).
-`open_event_stream` (in `failover.stream_factory`) picks this or the Redis backend from settings.
+`open_event_stream` (in `detection.stream_factory`) picks this or the Redis backend from settings.
 Not for: deciding what an event means, resharding order (parent shards are not drained before
 their children are read), or balancing many shards across consumers (a consumer takes every
 free shard).
@@ -43,8 +43,8 @@ import redis.asyncio as aioredis
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from failover.events import Event, InvalidEvent
-from failover.streams import CONSUMER_GROUP, DeadLetters, Received, validate_entry
+from detection.events import Event, InvalidEvent
+from detection.streams import CONSUMER_GROUP, DeadLetters, Received, validate_entry
 
 DEFAULT_STREAM_NAME = "lazarus-events"  # same default as lazarus_lite.settings
 DEFAULT_REGION = "us-east-1"

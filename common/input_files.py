@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from ratequeue import bounded_json, bounded_yaml
-from ratequeue.validation import bounded, kind_of
+from common import bounded_json, bounded_yaml
+from common.validation import bounded, kind_of
 
 # Hand-written files here are a few kB; a generated testbed.json of 64 shards is under 100 kB.
 # The cap keeps a wrong path (a log, a disk image) from being read and parsed for minutes.

@@ -1,5 +1,5 @@
 """The event stream between sensors and controllers, behind one interface with two backends:
-Redis Streams on the control store (the default) and AWS Kinesis (see `failover.kinesis`).
+Redis Streams on the control store (the default) and AWS Kinesis (see `detection.kinesis`).
 
 Every entry is validated on receipt: a malformed one is written to the dead-letter stream with
 the reason and acknowledged, so it never stops a consumer. Entries a consumer took and never
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from failover.events import Event, InvalidEvent, parse_event
+from detection.events import Event, InvalidEvent, parse_event
 
 EVENTS_STREAM = "lz:events"
 DEAD_LETTER_STREAM = "lz:events:dead"

@@ -1,4 +1,4 @@
-"""The sensor's check as a Nagios plugin (`failover check`): is the primary of this replica alive,
+"""The sensor's check as a Nagios plugin (`detection check`): is the primary of this replica alive,
 and is the replica's link to it fresh?
 
 The verdict and the output line are pure functions of the probe results (`evaluate`,
@@ -13,7 +13,7 @@ the replica's last I/O from its primary (`master_last_io_seconds_ago`, or
 `master_link_down_since_seconds` while the link is down) against the warning and critical
 thresholds, and a link that is not up is at least WARNING.
 
-For: Nagios/NRPE and humans. Not for: the sensor's incident logic (failover.sensor) or any
+For: Nagios/NRPE and humans. Not for: the sensor's incident logic (detection.sensor) or any
 remediation.
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from failover import probes
-from failover.probes import ProbeResult
+from detection import probes
+from detection.probes import ProbeResult
 
 SERVICE_LABEL = "REDIS-PRIMARY"
 

@@ -1,5 +1,5 @@
-"""`failover` command line: run a heartbeat sensor beside a replica (`failover sensor`), or check a
-replica's primary once as a Nagios plugin (`failover check`).
+"""`detection` command line: run a heartbeat sensor beside a replica (`detection sensor`), or
+check a replica's primary once as a Nagios plugin (`detection check`).
 
 For: starting sensors (by hand, from the testbed, from a unit file) and Nagios/NRPE.
 Not for: remediation; that is `lazarus`.
@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from failover import nagios
-from failover.sensor import InvalidSensorConfig, Sensor, SensorConfig
+from detection import nagios
+from detection.sensor import InvalidSensorConfig, Sensor, SensorConfig
 
 app = typer.Typer(
     help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
@@ -90,7 +90,7 @@ def sensor(
                "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
     pager_config = None
     if notifications is not None:
-        from failover.notifications import NotificationConfigError, load_notification_config
+        from detection.notifications import NotificationConfigError, load_notification_config
 
         try:
             pager_config = load_notification_config(notifications)
@@ -108,7 +108,7 @@ def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) ->
     from redis.backoff import NoBackoff
 
     if backend == "redis":
-        from failover.streams import RedisEventStream
+        from detection.streams import RedisEventStream
 
         # Short timeouts, no retries: a publish that cannot finish is retried on the next cycle.
         connection = aioredis.Redis.from_url(
@@ -118,7 +118,7 @@ def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) ->
             retry=Retry(NoBackoff(), 0),
         )
         return RedisEventStream(connection)
-    from failover.stream_factory import open_event_stream
+    from detection.stream_factory import open_event_stream
 
     return open_event_stream(backend, config.control_url, **kinesis)
 
@@ -133,7 +133,7 @@ async def _run_sensor(
     event_stream = _open_stream(config, backend, kinesis)
     pager = None
     if pager_config is not None:
-        from failover.notifications import Notifier
+        from detection.notifications import Notifier
 
         # The sensor only triggers pages; deadlines are the controller's to enforce.
         pager = Notifier(pager_config, watch=False)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ratequeue.validation import describe_problems, quoted
+from common.validation import describe_problems, quoted
 
 EventType = Literal[
     "RedisMasterDown",

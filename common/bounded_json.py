@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from ratequeue.validation import quoted
+from common.validation import quoted
 
 
 class JsonProblem(ValueError):

@@ -77,8 +77,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ratequeue import input_files
-from ratequeue.validation import (
+from common import input_files
+from common.validation import (
     LOCATION_CHARS,
     QUOTE_CHARS,
     HttpUrlText,

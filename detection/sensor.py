@@ -37,11 +37,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from failover import probes
-from failover.events import Event, InvalidEvent, new_event
-from failover.notifications import Notifier
-from failover.probes import ProbeResult
-from failover.streams import EventStream
+from detection import probes
+from detection.events import Event, InvalidEvent, new_event
+from detection.notifications import Notifier
+from detection.probes import ProbeResult
+from detection.streams import EventStream
 from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,8 @@ class Sensor:
             "replica_reachable": bool(info),
             "last_error": watch.last_error if type == "RedisMasterDown" else None,
             "evidence": ("refused" if watch.refused else "no answer")
-            if type == "RedisMasterDown" else None,
+            if type == "RedisMasterDown"
+            else None,
         }
         if type == "RedisMasterRecovered":
             data["latency_s"] = probe.latency_s

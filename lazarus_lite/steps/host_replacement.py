@@ -1,7 +1,7 @@
 """Host replacement for stateless services (the stateless profile's workflow, the seed's
 replace-host runbook): take the failed host out of the load balancer, provision a replacement
 through the actuator, verify its healthcheck, put it in the balancer, hold the failed host for
-forensics. Every step is idempotent. Not for: Redis shards (see `ratequeue_failover`)."""
+forensics. Every step is idempotent. Not for: Redis shards (see `ratequeue_promotion`)."""
 
 from __future__ import annotations
 

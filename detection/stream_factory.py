@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from failover.streams import EventStream, RedisEventStream
+from detection.streams import EventStream, RedisEventStream
 
 BACKENDS = ("redis", "kinesis")
 
@@ -37,7 +37,7 @@ def open_event_stream(
             options["reclaim_idle_ms"] = reclaim_ms
         return RedisEventStream.from_url(control_url, **options)
     if name == "kinesis":
-        from failover.kinesis import DEFAULT_REGION, DEFAULT_STREAM_NAME, KinesisEventStream
+        from detection.kinesis import DEFAULT_REGION, DEFAULT_STREAM_NAME, KinesisEventStream
 
         if reclaim_ms is not None:
             options["lease_ms"] = reclaim_ms
