@@ -101,7 +101,7 @@ def demo(
 
 
 def _parse_duration_option(value: str | None, option: str) -> float | None:
-    from lazarus_lite.workflow import parse_duration
+    from common.durations import parse_duration
 
     if value is None:
         return None

@@ -24,8 +24,8 @@ from pydantic import (
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
 from common import input_files
+from common.durations import parse_duration
 from common.validation import validated
-from lazarus_lite.workflow import parse_duration
 
 
 class ExperimentError(ValueError):

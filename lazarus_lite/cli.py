@@ -118,7 +118,8 @@ def validate_rules(
     from lazarus_lite import steps  # noqa: F401  (registers the steps)
     from lazarus_lite.checks import CHECKS
     from lazarus_lite.rules import RuleError, load_rules
-    from lazarus_lite.workflow import WorkflowError, load_workflows
+    from lazarus_lite.workflow.definition import WorkflowError
+    from lazarus_lite.workflow.loading import load_workflows
 
     try:
         definitions = load_workflows(DEFINITIONS / "workflows")

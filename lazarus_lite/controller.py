@@ -51,15 +51,11 @@ from lazarus_lite.shard_watch import (
     WatchSettings,
     watch_forever,
 )
-from lazarus_lite.workflow import (
-    Escalate,
-    StepEnvironment,
-    WorkflowCancelled,
-    WorkflowDefinition,
-    WorkflowEngine,
-    WorkflowRecord,
-    load_workflows,
-)
+from lazarus_lite.workflow.context import Escalate, StepEnvironment
+from lazarus_lite.workflow.definition import WorkflowDefinition
+from lazarus_lite.workflow.engine import WorkflowCancelled, WorkflowEngine
+from lazarus_lite.workflow.loading import load_workflows
+from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import TopologyStore
 
 log = logging.getLogger(__name__)

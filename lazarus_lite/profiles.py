@@ -22,10 +22,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common import input_files
+from common.durations import parse_duration
 from common.validation import describe_problems, validated
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.rules import Rule
-from lazarus_lite.workflow import WorkflowDefinition, parse_duration, parse_workflow
+from lazarus_lite.workflow.definition import WorkflowDefinition
+from lazarus_lite.workflow.loading import parse_workflow
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 

@@ -35,7 +35,7 @@ from lazarus_lite.gates import ALL, CATEGORIES
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import shadow_report
 from lazarus_lite.steps.approval import approve
-from lazarus_lite.workflow import WorkflowStore
+from lazarus_lite.workflow.store import WorkflowStore
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
     PROJECT_ERRORS,

@@ -23,7 +23,8 @@ from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app as lazarus_app
 from lazarus_lite.profiles import ProfileError, load_profiles
 from lazarus_lite.rules import RuleError, load_rules
-from lazarus_lite.workflow import WorkflowError, load_workflows
+from lazarus_lite.workflow.definition import WorkflowError
+from lazarus_lite.workflow.loading import load_workflows
 
 SCENARIO = Path(__file__).parents[1] / "scenarios" / "primary_kill.yaml"
 TESTBED_NODE = '{"name": "n", "role": "primary", "host": "127.0.0.1", "port": %s, "pid": 1}'

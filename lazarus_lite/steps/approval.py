@@ -7,13 +7,18 @@ the workflow waits on the same approval. Not for: notifications (the pager says 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from lazarus_lite.workflow import StepContext, step
+from lazarus_lite.workflow.context import StepContext, StepOutput
+from lazarus_lite.workflow.registry import step
 
 APPROVED = b"approved"
+APPROVAL_STEP = "approval.wait"  # what a workflow file's `run` says for a gate
+
+
+class Approved(StepOutput):
+    approved: bool
 
 
 def approval_key(workflow_id: str, step_name: str) -> str:
@@ -24,11 +29,11 @@ async def approve(control: aioredis.Redis, workflow_id: str, step_name: str) -> 
     await control.set(approval_key(workflow_id, step_name), APPROVED, ex=7 * 24 * 3600)
 
 
-@step("approval.wait")
-async def wait_for_approval(ctx: StepContext) -> dict[str, Any]:
+@step(APPROVAL_STEP, output=Approved)
+async def wait_for_approval(ctx: StepContext) -> Approved:
     """Wait (within the step's timeout) until the gate is approved."""
     key = approval_key(ctx.workflow.id, ctx.step)
     poll = float(ctx.params.get("poll_seconds", 0.2))
     while await ctx.env.control.get(key) != APPROVED:
         await asyncio.sleep(poll)
-    return {"approved": True}
+    return Approved(approved=True)

@@ -21,16 +21,108 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from lazarus_lite.workflow import Escalate, StepContext, step
+from lazarus_lite.workflow.context import Escalate, StepContext, StepOutput, WorkflowInputs
+from lazarus_lite.workflow.registry import step
 from ratequeue import membership
 from ratequeue.membership import NoSafeCandidate, ReplicaPosition
 from ratequeue.topology import EpochConflict, Lineage, NodeRef, Shard, Topology, TopologyStore
 
 FORENSICS_POLICIES = ("demote", "stop")
+
+# The workflow step names whose outputs later steps read (`ratequeue_failover.yaml` uses them;
+# the load-time check refuses a copy that renames one).
+FENCE_OLD_PRIMARY = "fence_old_primary"
+CHOOSE_CANDIDATE = "choose_candidate"
+PROMOTE_CANDIDATE = "promote_candidate"
+PUBLISH_TOPOLOGY = "publish_topology"
+
+
+class ShardFailoverInputs(WorkflowInputs):
+    """What the controller says about the failed primary, and its settings."""
+
+    shard: str
+    failed_primary: str | None = None
+    failed_shard_epoch: int | None = Field(None, description="the primary's shard epoch")
+    min_replicas: int = Field(1, description="k: the write quorum")
+    target_replicas: int | None = Field(None, description="default: as many as before")
+    forensics_policy: str = Field("demote", description=f"one of {FORENSICS_POLICIES}")
+
+
+class NodeFenced(StepOutput):
+    """One node after the fence: parked at the sink with its position frozen, or unreachable."""
+
+    name: str
+    reachable: bool
+    replid: str | None = None
+    offset: int | None = None
+    enqueues: int | None = None
+    error: str | None = None
+
+
+class FenceResult(StepOutput):
+    replicas: list[NodeFenced]
+    old_primary_demoted: bool
+    topology_epoch: int
+    replica_count: int
+    lineage: Lineage | None = None
+    appointed_enqueues: int | None = None
+
+    def reached(self) -> list[NodeFenced]:
+        return [r for r in self.replicas if r.reachable]
+
+
+class CandidateChosen(StepOutput):
+    candidate: str
+    offset: int
+    offsets: dict[str, int]
+    not_comparable: dict[str, str] = Field(description="replica: why it was left out")
+    epoch: int = Field(description="the fence epoch it is appointed with")
+
+
+class CandidatePromoted(StepOutput):
+    primary: str
+    epoch: int
+    promoted_at: float
+    lineage: Lineage | None = None
+    appointed_enqueues: int | None = None
+
+
+class ReplicasRepointed(StepOutput):
+    replicas: list[str]
+    lost: list[str]
+
+
+class TopologyPublished(StepOutput):
+    epoch: int
+    primary: str
+    published_at: float
+
+
+class ReplacementProvisioned(StepOutput):
+    replica: str | None = None
+    address: str | None = None
+    skipped: str | None = Field(None, description="why no replacement was provisioned")
+
+
+class HealthVerified(StepOutput):
+    primary: str
+    replicas_confirmed: int
+    detached: list[str]
+
+
+class OldPrimaryHeld(StepOutput):
+    old_primary: str
+    state: str
+
+
+class ShardFlagged(StepOutput):
+    shard: str | None
+    status: str
 
 
 @contextlib.asynccontextmanager
@@ -57,86 +149,94 @@ async def load_topology(ctx: StepContext) -> Topology:
     return topology
 
 
-async def fence_node(node: NodeRef, *, drop_fence: bool = False) -> dict[str, Any]:
+async def fence_node(node: NodeRef, *, drop_fence: bool = False) -> NodeFenced:
     """Park a node at the sink unless it is already there; report its frozen position."""
     async with connect(node) as conn:
         info = await membership.park(conn, drop_fence=drop_fence)
         enqueues = await membership.enqueues_applied(conn)
     position = membership.position_of(node.name, info, enqueues=enqueues)
-    return {"name": node.name, "reachable": True, "replid": position.replid,
-            "offset": position.offset, "enqueues": position.enqueues}  # fmt: skip
+    return NodeFenced(
+        name=node.name,
+        reachable=True,
+        replid=position.replid,
+        offset=position.offset,
+        enqueues=position.enqueues,
+    )
 
 
-@step("ratequeue.fence_old_primary")
-async def fence_old_primary(ctx: StepContext) -> dict[str, Any]:
+@step("ratequeue.fence_old_primary", output=FenceResult, inputs=ShardFailoverInputs)
+async def fence_old_primary(ctx: StepContext) -> FenceResult:
     """Cut the old primary off from every reachable replica (so WAIT on it can never succeed
     again); if the old primary itself answers, demote it to a read-only node as well."""
+    inputs = ctx.inputs_as(ShardFailoverInputs)
     topology = await load_topology(ctx)
-    shard = topology.shard(ctx.inputs["shard"])
-    if shard.primary.name != ctx.inputs["failed_primary"]:
+    shard = topology.shard(inputs.shard)
+    if shard.primary.name != inputs.failed_primary:
         raise Escalate(
             f"shard {shard.id}'s primary is now {shard.primary.name}, not "
-            f"{ctx.inputs['failed_primary']}: the topology moved on"
+            f"{inputs.failed_primary}: the topology moved on"
         )
-    failed_epoch = ctx.inputs.get("failed_shard_epoch")
-    if failed_epoch is not None and int(failed_epoch) != shard.epoch:
+    failed_epoch = inputs.failed_shard_epoch
+    if failed_epoch is not None and failed_epoch != shard.epoch:
         raise Escalate(
             f"{shard.primary.name} was appointed again (shard epoch {shard.epoch}, the report was "
             f"about {failed_epoch}): the topology moved on"
         )
     await ctx.assert_lock()
 
-    async def fence_replica(node: NodeRef, drop_fence: bool = False) -> dict[str, Any]:
+    async def fence_replica(node: NodeRef, drop_fence: bool = False) -> NodeFenced:
         try:
             return await fence_node(node, drop_fence=drop_fence)
         except (RedisError, OSError) as error:
-            return {"name": node.name, "reachable": False, "error": str(error)}
+            return NodeFenced(name=node.name, reachable=False, error=str(error))
 
     replicas = await asyncio.gather(*(fence_replica(r) for r in shard.replicas))
     old_primary = await fence_replica(shard.primary, drop_fence=True)
-    return {
-        "replicas": list(replicas),
-        "old_primary_demoted": old_primary["reachable"],
-        "topology_epoch": topology.epoch,
-        "replica_count": len(shard.replicas),
-        "lineage": shard.lineage.model_dump() if shard.lineage else None,
-        "appointed_enqueues": shard.appointed_enqueues,
-    }
+    return FenceResult(
+        replicas=list(replicas),
+        old_primary_demoted=old_primary.reachable,
+        topology_epoch=topology.epoch,
+        replica_count=len(shard.replicas),
+        lineage=shard.lineage,
+        appointed_enqueues=shard.appointed_enqueues,
+    )
 
 
-@step("ratequeue.choose_candidate")
-async def choose_candidate(ctx: StepContext) -> dict[str, Any]:
+@step(
+    "ratequeue.choose_candidate",
+    output=CandidateChosen,
+    reads={FENCE_OLD_PRIMARY: FenceResult},
+    inputs=ShardFailoverInputs,
+)
+async def choose_candidate(ctx: StepContext) -> CandidateChosen:
     """The replica with the highest offset on the primary's lineage, provided fresh positions
     came from at least N - k + 1 listed replicas (then one of them holds every write
     acknowledged at k); see `ratequeue.membership.most_complete_replica`."""
-    fenced = ctx.output("fence_old_primary")
-    replicas = fenced["replicas"]
+    fenced = ctx.output_of(FENCE_OLD_PRIMARY, FenceResult)
     positions = [
-        ReplicaPosition(r["name"], r["replid"], int(r["offset"]), r.get("enqueues"))
-        for r in replicas
-        if r["reachable"]
+        ReplicaPosition(r.name, str(r.replid), int(r.offset or 0), r.enqueues)
+        for r in fenced.reached()
     ]
-    lineage = Lineage.model_validate(fenced["lineage"]) if fenced.get("lineage") else None
     try:
         best, ignored = membership.most_complete_replica(
             positions,
-            lineage,
-            listed=len(replicas),
-            min_replicas=int(ctx.inputs.get("min_replicas", 1)),
-            appointed_enqueues=fenced.get("appointed_enqueues"),
+            fenced.lineage,
+            listed=len(fenced.replicas),
+            min_replicas=ctx.inputs_as(ShardFailoverInputs).min_replicas,
+            appointed_enqueues=fenced.appointed_enqueues,
         )
     except NoSafeCandidate as refusal:
-        unreachable = [r["name"] for r in replicas if not r["reachable"]]
+        unreachable = [r.name for r in fenced.replicas if not r.reachable]
         raise Escalate(
             str(refusal) + (f"; unreachable: {', '.join(unreachable)}" if unreachable else "")
         ) from None
-    return {
-        "candidate": best.name,
-        "offset": best.offset,
-        "offsets": {p.name: p.offset for p in positions},
-        "not_comparable": ignored,
-        "epoch": int(fenced["topology_epoch"]) + 1,
-    }
+    return CandidateChosen(
+        candidate=best.name,
+        offset=best.offset,
+        offsets={p.name: p.offset for p in positions},
+        not_comparable=ignored,
+        epoch=fenced.topology_epoch + 1,
+    )
 
 
 def _node_named(topology: Topology, shard_id: str, name: str) -> NodeRef:
@@ -150,38 +250,53 @@ def _node_named(topology: Topology, shard_id: str, name: str) -> NodeRef:
 def replicas_required_after_promotion(ctx: StepContext) -> int:
     """The new primary's write quorum: k, or fewer if fewer replicas stay listed (every replica
     the fence parked, but the candidate)."""
-    stays_listed = sum(1 for r in ctx.output("fence_old_primary")["replicas"] if r["reachable"])
-    return membership.required_replicas(int(ctx.inputs.get("min_replicas", 1)), stays_listed - 1)
+    stays_listed = len(ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).reached())
+    k = ctx.inputs_as(ShardFailoverInputs).min_replicas
+    return membership.required_replicas(k, stays_listed - 1)
 
 
-@step("ratequeue.promote_candidate")
-async def promote_candidate(ctx: StepContext) -> dict[str, Any]:
+@step(
+    "ratequeue.promote_candidate",
+    output=CandidatePromoted,
+    reads={CHOOSE_CANDIDATE: CandidateChosen, FENCE_OLD_PRIMARY: FenceResult},
+    inputs=ShardFailoverInputs,
+)
+async def promote_candidate(ctx: StepContext) -> CandidatePromoted:
     """Appoint the candidate: REPLICAOF NO ONE, writable, its fence epoch; record its lineage."""
-    choice = ctx.output("choose_candidate")
+    choice = ctx.output_of(CHOOSE_CANDIDATE, CandidateChosen)
     topology = await load_topology(ctx)
-    candidate = _node_named(topology, ctx.inputs["shard"], choice["candidate"])
+    candidate = _node_named(topology, ctx.inputs_as(ShardFailoverInputs).shard, choice.candidate)
     await ctx.assert_lock()
     async with connect(candidate) as conn:
         lineage = await membership.appoint_primary(
-            conn, choice["epoch"], min_replicas=replicas_required_after_promotion(ctx)
+            conn, choice.epoch, min_replicas=replicas_required_after_promotion(ctx)
         )
         enqueues = await membership.enqueues_applied(conn)
-    return {"primary": candidate.name, "epoch": choice["epoch"], "promoted_at": time.time(),
-            "lineage": lineage.model_dump() if lineage else None,
-            "appointed_enqueues": enqueues}  # fmt: skip
+    return CandidatePromoted(
+        primary=candidate.name,
+        epoch=choice.epoch,
+        promoted_at=time.time(),
+        lineage=lineage,
+        appointed_enqueues=enqueues,
+    )
 
 
-@step("ratequeue.repoint_replicas")
-async def repoint_replicas(ctx: StepContext) -> dict[str, Any]:
+@step(
+    "ratequeue.repoint_replicas",
+    output=ReplicasRepointed,
+    reads={CHOOSE_CANDIDATE: CandidateChosen, FENCE_OLD_PRIMARY: FenceResult},
+    inputs=ShardFailoverInputs,
+)
+async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
     """The other reachable replicas follow the new primary (a partial resync: same history)."""
-    choice = ctx.output("choose_candidate")
+    choice = ctx.output_of(CHOOSE_CANDIDATE, CandidateChosen)
     topology = await load_topology(ctx)
-    shard_id = ctx.inputs["shard"]
-    candidate = _node_named(topology, shard_id, choice["candidate"])
+    shard_id = ctx.inputs_as(ShardFailoverInputs).shard
+    candidate = _node_named(topology, shard_id, choice.candidate)
     others = [
-        _node_named(topology, shard_id, r["name"])
-        for r in ctx.output("fence_old_primary")["replicas"]
-        if r["reachable"] and r["name"] != candidate.name
+        _node_named(topology, shard_id, r.name)
+        for r in ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).reached()
+        if r.name != candidate.name
     ]
     await ctx.assert_lock()
 
@@ -195,7 +310,8 @@ async def repoint_replicas(ctx: StepContext) -> dict[str, Any]:
             return None
 
     repointed = [n for n in await asyncio.gather(*(repoint(o) for o in others)) if n]
-    return {"replicas": repointed, "lost": [o.name for o in others if o.name not in repointed]}
+    lost = [o.name for o in others if o.name not in repointed]
+    return ReplicasRepointed(replicas=repointed, lost=lost)
 
 
 async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10) -> Topology:
@@ -229,24 +345,32 @@ async def compare_and_set_loop_on(
     raise RuntimeError("topology kept changing; could not publish")
 
 
-@step("ratequeue.publish_topology")
-async def publish_topology(ctx: StepContext) -> dict[str, Any]:
+@step(
+    "ratequeue.publish_topology",
+    output=TopologyPublished,
+    reads={
+        CHOOSE_CANDIDATE: CandidateChosen,
+        FENCE_OLD_PRIMARY: FenceResult,
+        PROMOTE_CANDIDATE: CandidatePromoted,
+    },
+    inputs=ShardFailoverInputs,
+)
+async def publish_topology(ctx: StepContext) -> TopologyPublished:
     """Epoch + 1: the candidate is the shard's primary, the other replicas the fence parked stay
     listed (repointed or not), the old primary and any replica the fence could not reach are
     held for forensics."""
-    shard_id = ctx.inputs["shard"]
-    choice = ctx.output("choose_candidate")
-    parked = {r["name"] for r in ctx.output("fence_old_primary")["replicas"] if r["reachable"]}
-    promoted = ctx.output("promote_candidate").get("lineage")
-    lineage = Lineage.model_validate(promoted) if promoted else None
+    shard_id = ctx.inputs_as(ShardFailoverInputs).shard
+    choice = ctx.output_of(CHOOSE_CANDIDATE, CandidateChosen)
+    parked = {r.name for r in ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).reached()}
+    promoted = ctx.output_of(PROMOTE_CANDIDATE, CandidatePromoted)
 
     async def change(topology: Topology) -> Topology | None:
         shard = topology.shard(shard_id)
-        if shard.primary.name == choice["candidate"]:
+        if shard.primary.name == choice.candidate:
             return None  # published by an earlier run of this step
         epoch = topology.epoch + 1
-        candidate = _node_named(topology, shard_id, choice["candidate"])
-        if epoch != choice["epoch"]:  # another change came first: fence with the epoch we get
+        candidate = _node_named(topology, shard_id, choice.candidate)
+        if epoch != choice.epoch:  # another change came first: fence with the epoch we get
             async with connect(candidate) as conn:
                 await membership.appoint_primary(
                     conn, epoch, min_replicas=replicas_required_after_promotion(ctx)
@@ -266,35 +390,43 @@ async def publish_topology(ctx: StepContext) -> dict[str, Any]:
                 "forensics": [*shard.forensics, shard.primary, *unreached],
                 "epoch": epoch,
                 "status": "ok",
-                "lineage": lineage,
-                "appointed_enqueues": ctx.output("promote_candidate").get("appointed_enqueues"),
+                "lineage": promoted.lineage,
+                "appointed_enqueues": promoted.appointed_enqueues,
             }
         )
         return topology.next_with(new_shard)
 
     published = await compare_and_set_loop(ctx, change)
     shard = published.shard(shard_id)
-    return {"epoch": published.epoch, "primary": shard.primary.name, "published_at": time.time()}
+    return TopologyPublished(
+        epoch=published.epoch, primary=shard.primary.name, published_at=time.time()
+    )
 
 
-@step("ratequeue.provision_replacement")
-async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
+@step(
+    "ratequeue.provision_replacement",
+    output=ReplacementProvisioned,
+    reads={FENCE_OLD_PRIMARY: FenceResult},
+    inputs=ShardFailoverInputs,
+)
+async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
     """Bring the shard back to its replica count: the actuator starts a parked node, the topology
     lists it (epoch + 1; the primary's shard epoch does not change), and only then does it attach
     to the primary, so `WAIT` never counts a replica the N - k + 1 rule cannot see."""
     actuator = ctx.env.collaborators.get("actuator")
     if actuator is None:
-        return {"skipped": "no actuator configured"}
-    shard_id = ctx.inputs["shard"]
-    target = int(
-        ctx.inputs.get("target_replicas") or ctx.output("fence_old_primary")["replica_count"]
-    )
+        return ReplacementProvisioned(skipped="no actuator configured")
+    inputs = ctx.inputs_as(ShardFailoverInputs)
+    shard_id = inputs.shard
+    target = inputs.target_replicas or ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).replica_count
     topology = await load_topology(ctx)
     shard = topology.shard(shard_id)
     name = f"{shard_id}-replica-e{shard.epoch}"
     listed = any(r.name == name for r in shard.replicas)
     if not listed and len(shard.replicas) >= target:
-        return {"skipped": f"shard has {len(shard.replicas)} replicas (target {target})"}
+        return ReplacementProvisioned(
+            skipped=f"shard has {len(shard.replicas)} replicas (target {target})"
+        )
     await ctx.assert_lock()
     node = await actuator.provision_replica(shard_id, name)
 
@@ -315,9 +447,7 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
             # With the replacement in sync the primary needs k replicas again (it may have been
             # appointed with fewer): a primary cut off from now on stops serving stale clients.
             await ctx.assert_lock()
-            needed = membership.required_replicas(
-                int(ctx.inputs.get("min_replicas", 1)), len(listed.replicas)
-            )
+            needed = membership.required_replicas(inputs.min_replicas, len(listed.replicas))
             for setting, value in membership.write_quorum(needed).items():
                 await primary_conn.config_set(setting, value)
     except (RedisError, OSError, TimeoutError) as error:
@@ -328,7 +458,7 @@ async def provision_replacement(ctx: StepContext) -> dict[str, Any]:
                 f"primary {primary.name} stopped answering while {node.name} was joining it"
             ) from error
         raise
-    return {"replica": node.name, "address": node.peer_address}
+    return ReplacementProvisioned(replica=node.name, address=node.peer_address)
 
 
 async def answers(node: NodeRef) -> bool:
@@ -339,18 +469,21 @@ async def answers(node: NodeRef) -> bool:
         return False
 
 
-@step("ratequeue.verify_health")
-async def verify_health(ctx: StepContext) -> dict[str, Any]:
+@step("ratequeue.verify_health", output=HealthVerified, inputs=ShardFailoverInputs)
+async def verify_health(ctx: StepContext) -> HealthVerified:
     """The new primary answers and WAIT confirms `min_replicas` replicas."""
-    shard = (await load_topology(ctx)).shard(ctx.inputs["shard"])
-    k = int(ctx.inputs.get("min_replicas", 1))
+    inputs = ctx.inputs_as(ShardFailoverInputs)
+    shard = (await load_topology(ctx)).shard(inputs.shard)
+    k = inputs.min_replicas
     detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
     async with connect(shard.primary, timeout=3) as conn:
         await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
         confirmed = int(await conn.execute_command("WAIT", k, 1000))
     if confirmed < k:
         raise RuntimeError(f"WAIT confirmed {confirmed} of {k} replicas on {shard.primary.name}")
-    return {"primary": shard.primary.name, "replicas_confirmed": confirmed, "detached": detached}
+    return HealthVerified(
+        primary=shard.primary.name, replicas_confirmed=confirmed, detached=detached
+    )
 
 
 async def write_once_replicas_follow(conn: aioredis.Redis, deadline: float) -> None:
@@ -416,23 +549,25 @@ async def hold_for_forensics(node: NodeRef, policy: str) -> str:
         return "unreachable"
 
 
-@step("ratequeue.hold_old_primary")
-async def hold_old_primary(ctx: StepContext) -> dict[str, Any]:
+@step("ratequeue.hold_old_primary", output=OldPrimaryHeld, inputs=ShardFailoverInputs)
+async def hold_old_primary(ctx: StepContext) -> OldPrimaryHeld:
+    inputs = ctx.inputs_as(ShardFailoverInputs)
     topology = await load_topology(ctx)
-    old = _node_named(topology, ctx.inputs["shard"], ctx.inputs["failed_primary"])
-    policy = ctx.inputs.get("forensics_policy", "demote")
-    return {"old_primary": old.name, "state": await hold_for_forensics(old, policy)}
+    old = _node_named(topology, inputs.shard, str(inputs.failed_primary))
+    state = await hold_for_forensics(old, inputs.forensics_policy)
+    return OldPrimaryHeld(old_primary=old.name, state=state)
 
 
-@step("ratequeue.mark_escalated")
-async def mark_escalated(ctx: StepContext) -> dict[str, Any]:
+@step("ratequeue.mark_escalated", output=ShardFlagged)
+async def mark_escalated(ctx: StepContext) -> ShardFlagged:
     """On failure: leave the shard as it is (one primary per epoch holds at every step), flag it
     for a person, and give the lock back."""
-    shard_id = ctx.inputs["shard"]
+    # Read untyped on purpose: it runs whatever went wrong, bad inputs included.
+    shard_id = ctx.workflow.inputs["shard"]
     held = ctx.held_lock()
     if held is None or not await ctx.env.locks.renew(held):
         # Not this workflow's shard to flag: it never took the lock, or lost it to another.
-        return {"shard": shard_id, "status": "unchanged: this workflow did not hold the lock"}
+        return ShardFlagged(shard=shard_id, status="unchanged: this workflow did not hold the lock")
 
     async def change(topology: Topology) -> Topology | None:
         shard = topology.shard(shard_id)
@@ -444,4 +579,4 @@ async def mark_escalated(ctx: StepContext) -> dict[str, Any]:
     with contextlib.suppress(Exception):
         await compare_and_set_loop(ctx, change, attempts=3)
     await ctx.env.locks.release(held)
-    return {"shard": shard_id, "status": "escalated"}
+    return ShardFlagged(shard=shard_id, status="escalated")

@@ -14,16 +14,11 @@ import redis.asyncio as aioredis
 
 from lazarus_lite.locks import Locks, lock_key
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
-from lazarus_lite.workflow import (
-    Escalate,
-    StepContext,
-    StepEnvironment,
-    WorkflowDefinition,
-    WorkflowEngine,
-    WorkflowError,
-    parse_workflow,
-    step,
-)
+from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment
+from lazarus_lite.workflow.definition import WorkflowDefinition, WorkflowError
+from lazarus_lite.workflow.engine import WorkflowEngine
+from lazarus_lite.workflow.loading import parse_workflow
+from lazarus_lite.workflow.registry import step
 from ratequeue.redis_processes import RedisProcess, start_redis
 
 calls: Counter[str] = Counter()
@@ -322,7 +317,7 @@ def test_a_bad_workflow_definition_is_refused_naming_what_is_wrong(text: str, na
 def test_the_shipped_failover_workflow_loads() -> None:
     from lazarus_lite.settings import DEFINITIONS
     from lazarus_lite.steps import ratequeue_promotion  # noqa: F401
-    from lazarus_lite.workflow import load_workflows
+    from lazarus_lite.workflow.loading import load_workflows
 
     loaded = load_workflows(Path(DEFINITIONS / "workflows"))
     steps = [s.name for s in loaded["ratequeue.failover"].order()]

@@ -1,0 +1,103 @@
+"""What a workflow file says: its steps, their `needs` (a DAG), retries and timeouts.
+Not for: whether the step functions exist or what they read (see `loading` and `references`),
+or running a workflow (see `engine`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.durations import parse_duration
+from common.validation import quoted
+
+
+class WorkflowError(ValueError):
+    """A workflow definition is invalid; the message names the file, the step and the field."""
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(1, ge=1, le=100)
+    backoff: float = Field(0.2, ge=0, le=600, description="seconds before the 2nd attempt")
+    factor: float = Field(2.0, ge=1, le=10)
+
+    def delay(self, attempt: int) -> float:
+        return self.backoff * self.factor ** max(0, attempt - 1)
+
+
+class StepDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,99}$")
+    run: str
+    needs: list[str] = Field(default_factory=list)
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float = Field(30.0, gt=0)
+    changes_state: bool = True
+    params: dict[str, Any] = Field(default_factory=dict, description="given to the step")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class WorkflowDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")
+    version: int = Field(1, ge=1)
+    description: str = ""
+    timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
+    category: str = Field("failover", description="kill switch category")
+    steps: list[StepDefinition] = Field(min_length=1)
+    on_failure: str | None = Field(None, description="registered step run when escalating")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _a_dag_of_known_names(self) -> WorkflowDefinition:
+        names = [s.name for s in self.steps]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"step names used twice: {sorted(duplicates)}")
+        for step in self.steps:
+            unknown = [n for n in step.needs if n not in names]
+            if unknown:
+                raise ValueError(f"step '{step.name}': needs unknown steps {quoted(unknown)}")
+        self.order()  # raises on a cycle
+        return self
+
+    def order(self) -> list[StepDefinition]:
+        """Steps in an order that respects `needs` (file order among independent steps)."""
+        done: list[str] = []
+        pending = list(self.steps)
+        while pending:
+            ready = [s for s in pending if all(n in done for n in s.needs)]
+            if not ready:
+                raise ValueError(f"steps form a cycle: {[s.name for s in pending]}")
+            done.append(ready[0].name)
+            pending.remove(ready[0])
+        by_name = {s.name: s for s in self.steps}
+        return [by_name[n] for n in done]
+
+    def step_named(self, name: str) -> StepDefinition | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def ancestors(self, name: str) -> set[str]:
+        """The steps that always finish before `name` starts: its `needs`, and theirs."""
+        by_name = {s.name: s for s in self.steps}
+        found: set[str] = set()
+        pending = list(by_name[name].needs)
+        while pending:
+            current = pending.pop()
+            if current not in found:
+                found.add(current)
+                pending += by_name[current].needs
+        return found
