@@ -12,8 +12,9 @@ import redis
 
 from chaos.testbed import running_testbed
 from detection.events import new_event
-from lazarus_lite.profiles import ProfileError, load_profiles
+from lazarus_lite.profiles import DEFINITIONS, ProfileError, load_profiles
 from lazarus_lite.service_registry import forensics_key, members_key
+from lazarus_lite.workflow.references import check_references
 from tests.e2e.support import send, wait_for
 
 REDIS_SHARD = "service: sms-queue\nprofile: redis_shard\nteam: sms-oncall\n"
@@ -26,6 +27,22 @@ def test_a_redis_shard_service_gets_its_failover_rules_and_workflow(tmp_path: Pa
     assert rules[0].criteria.service == "sms-queue" and rules[0].lock == "shard"
     assert rules[0].action.name == "sms-queue.failover"
     assert workflows["sms-queue.failover"].timeout == 1800  # the 30-minute default
+    assert check_references(workflows["sms-queue.failover"]) == []
+
+
+def test_every_generated_workflow_passes_the_load_time_check(tmp_path: Path) -> None:
+    """Every profile template, and the shipped service files, give workflows whose steps' reads
+    resolve (the templates call `parse_workflow`, which refuses any that does not)."""
+    (tmp_path / "sms.yaml").write_text(REDIS_SHARD)
+    (tmp_path / "web.yaml").write_text(
+        "service: web\nprofile: stateless\nteam: web-oncall\n"
+        "parameters: {command: ['{python}', '-m', 'web', '{port}']}\n"
+    )
+    _, workflows = load_profiles(tmp_path)
+    _, shipped = load_profiles(DEFINITIONS / "services")
+    assert {"sms-queue.failover", "web.replace_host"} <= set(workflows)
+    for workflow in [*workflows.values(), *shipped.values()]:
+        assert check_references(workflow) == [], workflow.name
 
 
 def test_overrides_change_the_generated_workflow(tmp_path: Path) -> None:

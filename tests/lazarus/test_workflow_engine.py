@@ -4,6 +4,7 @@ retries, timeouts, escalation, resume on another node, versioning and lock fenci
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,11 +15,14 @@ import redis.asyncio as aioredis
 
 from lazarus_lite.locks import Locks, lock_key
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
-from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment
+from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, StepOutput
 from lazarus_lite.workflow.definition import WorkflowDefinition, WorkflowError
 from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import parse_workflow
+from lazarus_lite.workflow.records import WorkflowRecord
+from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
+from lazarus_lite.workflow.store import ACTIVE_WORKFLOWS, record_key
 from ratequeue.redis_processes import RedisProcess, start_redis
 
 calls: Counter[str] = Counter()
@@ -69,6 +73,31 @@ async def guarded_step(ctx: StepContext) -> dict[str, Any]:
 async def cleanup_step(ctx: StepContext) -> dict[str, Any]:
     calls["cleanup"] += 1
     return {}
+
+
+class Produced(StepOutput):
+    value: int
+
+
+class SomethingElse(StepOutput):
+    other: str = ""
+
+
+@step("test.produce", output=Produced)
+async def producing_step(ctx: StepContext) -> Produced:
+    calls[ctx.step] += 1
+    return Produced(value=41)
+
+
+@step("test.something_else", output=SomethingElse)
+async def other_step(ctx: StepContext) -> SomethingElse:
+    return SomethingElse()
+
+
+@step("test.consume", output=Produced, reads={"produce": Produced})
+async def consuming_step(ctx: StepContext) -> Produced:
+    calls[ctx.step] += 1
+    return Produced(value=ctx.output_of("produce", Produced).value + 1)
 
 
 @pytest.fixture(autouse=True)
@@ -314,6 +343,100 @@ def test_a_bad_workflow_definition_is_refused_naming_what_is_wrong(text: str, na
     assert "bad.yaml" in str(refused.value) and named in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("steps", "named"),
+    [
+        (
+            "  - {name: produced, run: test.produce}\n"
+            "  - {name: consume, run: test.consume, needs: [produced]}\n",
+            "step 'consume' (test.consume) reads 'produce', which is not a step of this workflow",
+        ),
+        (
+            "  - {name: produce, run: test.produce}\n  - {name: consume, run: test.consume}\n",
+            "step 'consume' (test.consume) reads 'produce', which does not run before it",
+        ),
+        (
+            "  - {name: produce, run: test.something_else}\n"
+            "  - {name: consume, run: test.consume, needs: [produce]}\n",
+            "reads 'produce' as Produced, but 'produce' runs test.something_else, whose output "
+            "is SomethingElse",
+        ),
+        (
+            "  - {name: produce, run: test.record}\n"
+            "  - {name: consume, run: test.consume, needs: [produce]}\n",
+            "whose output is untyped",
+        ),
+    ],
+)
+def test_a_step_reading_what_its_workflow_does_not_produce_before_it_is_refused_at_load(
+    steps: str, named: str
+) -> None:
+    with pytest.raises(WorkflowError) as refused:
+        parse_workflow(f"name: reads\nsteps:\n{steps}", "reads.yaml")
+    message = str(refused.value)
+    assert "reads.yaml: workflow 'reads'" in message and named in message
+
+
+def test_reads_through_an_ancestor_several_steps_back_resolve() -> None:
+    definition("""
+name: chain
+steps:
+  - {name: produce, run: test.produce}
+  - {name: between, run: test.record, needs: [produce]}
+  - {name: consume, run: test.consume, needs: [between]}
+""")
+
+
+async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
+    control: aioredis.Redis,
+) -> None:
+    """A record as the code before typed outputs wrote it (plain dicts, no model names) is
+    resumed, and the next step reads the stored output through its model."""
+    old_record = {
+        "id": "wf-oldshape0000000",
+        "definition": {
+            "name": "old",
+            "version": 1,
+            "description": "",
+            "timeout": 1800.0,
+            "category": "failover",
+            "steps": [
+                {"name": "produce", "run": "test.produce", "needs": [], "timeout": 30.0,
+                 "retry": {"max_attempts": 1, "backoff": 0.2, "factor": 2.0},
+                 "changes_state": True, "params": {}},
+                {"name": "consume", "run": "test.consume", "needs": ["produce"],
+                 "timeout": 30.0, "retry": {"max_attempts": 1, "backoff": 0.2, "factor": 2.0},
+                 "changes_state": True, "params": {}},
+            ],
+            "on_failure": None,
+        },
+        "inputs": {"shard": "s0"},
+        "event_id": None,
+        "status": "running",
+        "created_at": 1.0,
+        "deadline": 9e12,
+        "finished_at": None,
+        "escalation": None,
+        "steps": {
+            "produce": {"status": "succeeded", "attempts": 1, "started_at": 1.0,
+                        "finished_at": 2.0, "node": "old-node", "output": {"value": 41},
+                        "error": None},
+            "consume": {"status": "pending", "attempts": 0, "started_at": None,
+                        "finished_at": None, "node": None, "output": {}, "error": None},
+        },
+        "nodes": ["old-node"],
+    }  # fmt: skip
+    await control.set(record_key(old_record["id"]), json.dumps(old_record))
+    await control.sadd(ACTIVE_WORKFLOWS, old_record["id"])
+    engine = engine_for(control, "n2")
+    await resume_on(engine)
+    await engine.wait(old_record["id"])
+    done = await engine.store.load(old_record["id"])
+    assert isinstance(done, WorkflowRecord) and done.status == "succeeded"
+    assert done.steps["consume"].output == {"value": 42}
+    assert calls["produce"] == 0 and calls["consume"] == 1
+
+
 def test_the_shipped_failover_workflow_loads() -> None:
     from lazarus_lite.settings import DEFINITIONS
     from lazarus_lite.steps import ratequeue_promotion  # noqa: F401
@@ -322,3 +445,39 @@ def test_the_shipped_failover_workflow_loads() -> None:
     loaded = load_workflows(Path(DEFINITIONS / "workflows"))
     steps = [s.name for s in loaded["ratequeue.failover"].order()]
     assert steps[:2] == ["acquire_lock", "fence_old_primary"] and steps[-1] == "release_lock"
+    assert check_references(loaded["ratequeue.failover"]) == []
+    fields = inputs_model(loaded["ratequeue.failover"]).model_fields
+    assert {"shard", "failed_primary", "min_replicas", "lock_kind", "lock_resource"} <= set(fields)
+
+
+def test_the_failover_outputs_recorded_by_the_old_code_read_as_the_step_models() -> None:
+    """Outputs as the Ratequeue steps wrote them before they were typed (plain dicts) still
+    read through the models, so a failover interrupted across the upgrade resumes."""
+    from lazarus_lite.steps.ratequeue_promotion import (
+        CandidateChosen,
+        CandidatePromoted,
+        FenceResult,
+    )
+
+    lineage = {"replid": "a" * 40, "since": 10, "previous": None}
+    fenced = FenceResult.model_validate(
+        {
+            "replicas": [
+                {"name": "s0-r1", "reachable": True, "replid": "a" * 40, "offset": 99,
+                 "enqueues": 7},
+                {"name": "s0-r2", "reachable": False, "error": "Connection refused"},
+            ],
+            "old_primary_demoted": False,
+            "topology_epoch": 4,
+            "replica_count": 2,
+            "lineage": lineage,
+            "appointed_enqueues": None,
+        }
+    )  # fmt: skip
+    assert [r.name for r in fenced.reached()] == ["s0-r1"] and fenced.lineage is not None
+    chosen = {"candidate": "s0-r1", "offset": 99, "offsets": {"s0-r1": 99},
+              "not_comparable": {}, "epoch": 5}  # fmt: skip
+    assert CandidateChosen.model_validate(chosen).model_dump(mode="json") == chosen
+    promoted = {"primary": "s0-r1", "epoch": 5, "promoted_at": 1.5, "lineage": lineage,
+                "appointed_enqueues": 7}  # fmt: skip
+    assert CandidatePromoted.model_validate(promoted).model_dump(mode="json") == promoted
