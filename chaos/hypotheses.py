@@ -23,6 +23,8 @@ from chaos.experiments import (
 from chaos.journal import HypothesisOutcome
 from chaos.ledger import Ledger
 from chaos.load import default_rates
+from lazarus_lite.audit import AuditRecord
+from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import Topology
 
 
@@ -36,8 +38,8 @@ class Observations:
     topology_before: Topology
     topology_after: Topology
     primaries_answering: dict[str, list[str]]
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    workflows: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[AuditRecord] = field(default_factory=list)
+    workflows: list[WorkflowRecord] = field(default_factory=list)
 
 
 def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
@@ -121,22 +123,22 @@ def _rate_limits_held(h: RateLimitsHeld, o: Observations) -> HypothesisOutcome:
     )
 
 
-def _shard_decisions(o: Observations) -> list[dict[str, Any]]:
+def _shard_decisions(o: Observations) -> list[AuditRecord]:
     return [
         d
         for d in o.decisions
-        if d["event"].get("shard") in o.faulted_shards and d["outcome"] != "duplicate"
+        if d.event.get("shard") in o.faulted_shards and d.outcome != "duplicate"
     ]
 
 
 def _escalated(h: Escalated, o: Observations) -> HypothesisOutcome:
     decisions = _shard_decisions(o)
-    escalated = [d for d in decisions if d["outcome"] == "escalated"]
+    escalated = [d for d in decisions if d.outcome == "escalated"]
     return HypothesisOutcome(
         hypothesis="escalated",
-        ok=bool(escalated) and not any(d["workflow_id"] for d in decisions),
+        ok=bool(escalated) and not any(d.workflow_id for d in decisions),
         expected="the incident escalated to a person, no workflow",
-        measured=[f"{d['outcome']}: {d['reason']}" for d in decisions],
+        measured=[f"{d.outcome}: {d.reason}" for d in decisions],
     )
 
 
@@ -150,17 +152,17 @@ def _not_remediated(h: NotRemediated, o: Observations) -> HypothesisOutcome:
         hypothesis="not_remediated",
         ok=not changed and not o.workflows,
         expected="no primary changed, no workflow ran",
-        measured={"promoted_shards": changed, "workflows": [w["id"] for w in o.workflows]},
+        measured={"promoted_shards": changed, "workflows": [w.id for w in o.workflows]},
     )
 
 
 def _completed_by_another_node(h: CompletedByAnotherNode, o: Observations) -> HypothesisOutcome:
-    finished = [w for w in o.workflows if w["status"] == "succeeded" and len(w["nodes"]) > 1]
+    finished = [w for w in o.workflows if w.status == "succeeded" and len(w.nodes) > 1]
     return HypothesisOutcome(
         hypothesis="completed_by_another_node",
         ok=bool(finished),
         expected="a workflow resumed and finished by another node",
-        measured=[{"id": w["id"], "status": w["status"], "nodes": w["nodes"]} for w in o.workflows],
+        measured=[{"id": w.id, "status": w.status, "nodes": w.nodes} for w in o.workflows],
     )
 
 

@@ -365,16 +365,16 @@ def test_a_step_without_backend_uses_the_targets_default(tmp_path: Path) -> None
     node = deployment.node("s1-primary")
     step = FaultStep.model_validate({"action": "kill", "target": {"role": "primary"}})
     assert step.backend is None
-    runner.inject(step, node)
+    runner.faults.inject(step, node)
     explicit = FaultStep.model_validate(
         {"action": "kill", "target": {"role": "primary"}, "backend": "local"}
     )
-    runner.inject(explicit, node)
+    runner.faults.inject(explicit, node)
     assert backends["docker"].calls == [("kill", "ratequeue-s1-primary")]
     assert backends["local"].calls == [("kill", "ratequeue-s1-primary")]
     testbed = Deployment(api="http://127.0.0.1:1", control="redis://127.0.0.1:1/0",
                          nodes=[DeploymentNode(name="x", role="primary")])  # fmt: skip
-    assert ExperimentRunner(testbed, journal_dir=tmp_path).backend_name(step) == "local"
+    assert ExperimentRunner(testbed, journal_dir=tmp_path).faults.backend_name(step) == "local"
 
 
 # -- ratequeue topology-init against real redis-server processes --------------------------------

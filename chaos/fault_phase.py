@@ -1,0 +1,194 @@
+"""The fault phase of a run: the method's steps applied at their times (faults injected through
+their backends on the nodes their selectors pick, approval gates approved), and the rollbacks,
+which always run. Not for: watching the recovery (see `recovery_watch`) or the faults'
+mechanics (see `chaos.faults`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chaos.controller_answers import ControllerAnswers, waiting_gates
+from chaos.experiments import ApproveStep, Experiment, FaultStep, Selector
+from chaos.faults.base import FaultBackend, FaultError, InjectedFault
+from chaos.halting import RunAborted, sleep_until
+from chaos.journal import Journal
+from chaos.targets import Deployment, DeploymentNode, ShardChoice, TargetError
+
+Say = Callable[[str], None]
+
+
+def open_backend(name: str) -> FaultBackend:
+    if name == "local":
+        from chaos.faults.local import LocalFaultBackend
+
+        return LocalFaultBackend()
+    if name == "docker":
+        from chaos.faults.docker import DockerFaultBackend
+
+        return DockerFaultBackend()
+    if name == "gremlin":
+        from chaos.faults.gremlin import GremlinFaultBackend
+
+        return GremlinFaultBackend.from_env()
+    raise FaultError(f"unknown fault backend {name!r}")
+
+
+class FaultPhase:
+    def __init__(
+        self,
+        deployment: Deployment,
+        controllers: ControllerAnswers,
+        *,
+        rng: random.Random,
+        stop: threading.Event,
+        say: Say,
+        backends: dict[str, FaultBackend] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.controllers = controllers
+        self.rng = rng
+        self.stop = stop
+        self.say = say
+        self._backends = dict(backends or {})
+        self.primary_faulted: set[str] = set()
+
+    def perform(
+        self,
+        experiment: Experiment,
+        choice: ShardChoice,
+        load_started: float,
+        injected: list[InjectedFault],
+        faulted: set[str],
+        journal: Journal,
+    ) -> None:
+        """Apply the method's steps at their times; `injected` and `faulted` (shards whose
+        Redis nodes were hit) are filled as it goes, so rollbacks see every fault."""
+        for step in sorted(experiment.method, key=lambda s: s.at):
+            sleep_until(self.stop, load_started + step.at)
+            self._wait_for_condition(step.when, choice, timeout=experiment.watch_seconds)
+            if isinstance(step, ApproveStep):
+                self.controllers.approve(step.approve, choice.chosen)
+                continue
+            shard = choice.resolve(step.target.shard)
+            for node in self.select(step.target, shard):
+                fault = self.inject(step, node)
+                injected.append(fault)
+                if node.role in {"primary", "replica"}:
+                    faulted.add(shard)
+                if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
+                    self.primary_faulted.add(shard)
+                journal.faults.append(fault.summary())
+                journal.mark(
+                    "fault_injected",
+                    fault.injected_at,
+                    fault.injected_at,
+                    f"{step.action} {node.name} via {self.backend_name(step)}",
+                )
+                self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+
+    def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
+        topology = self.deployment.topology()
+        if selector.role in {"primary", "replica"}:
+            entry = topology.shard(shard)
+            refs = [entry.primary] if selector.role == "primary" else list(entry.replicas)
+            nodes = [self.deployment.node(r.name) for r in refs]
+        elif selector.role == "controller":
+            nodes = [n for n in self.deployment.nodes if n.role == "lazarus"]
+            if selector.which == "coordinator":
+                owner = self.controllers.workflow_owner(shard)
+                nodes = [n for n in nodes if n.name == owner]
+        elif selector.role == "sensor":
+            # The sensors beside the shard's current replicas (after a failover, the sensor of
+            # a promoted or lost replica no longer watches this shard's primary).
+            self.deployment.refresh_nodes()
+            watching = {r.port for r in topology.shard(shard).replicas}
+            nodes = [
+                n
+                for n in self.deployment.nodes
+                if n.role == "sensor" and n.shard == shard and n.port in watching
+            ]
+        else:
+            nodes = [
+                n
+                for n in self.deployment.nodes
+                if n.role == selector.role and (n.shard in (None, shard))
+            ]
+        if not nodes:
+            raise TargetError(f"no {selector.role} node found for shard {shard}")
+        if selector.which == "all":
+            return nodes
+        return [self.rng.choice(nodes) if selector.which == "random" else nodes[0]]
+
+    def backend_name(self, step: FaultStep) -> str:
+        """The step's own backend, else the deployment's default (local for the testbed)."""
+        return step.backend or self.deployment.default_backend
+
+    def inject(self, step: FaultStep, node: DeploymentNode) -> InjectedFault:
+        name = self.backend_name(step)
+        backend = self._backends.get(name) or open_backend(name)
+        self._backends[name] = backend
+        params: dict[str, Any] = {}
+        if step.latency_ms is not None:
+            params["latency_ms"] = step.latency_ms
+        if step.from_node is not None:
+            # Cut only the path from that node (e.g. one sensor) to the target.
+            shard = node.shard or step.target.shard
+            source = self.select(step.from_node, shard)[0]
+            params["from_target"] = self.deployment.as_target(source)
+        fault = backend.inject(step.action, self.deployment.as_target(node), **params)
+        if step.duration:
+            timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))
+            timer.daemon = True
+            timer.start()
+        return fault
+
+    def roll_back(
+        self, injected: list[InjectedFault], experiment: Experiment, journal: Journal
+    ) -> None:
+        for fault in reversed(injected):
+            try:
+                fault.rollback()
+            except FaultError as error:
+                journal.errors.append(str(error))
+        for extra in experiment.rollbacks:
+            if extra.action == "resume_all":
+                for fault in injected:
+                    if fault.action == "pause":
+                        quiet_rollback(fault)
+            elif extra.action == "remove_network_faults":
+                with contextlib.suppress(FaultError, ImportError):
+                    from chaos.faults.local import LocalFaultBackend
+
+                    LocalFaultBackend().cleanup_all()
+        if injected:
+            journal.faults = [f.summary() for f in injected]
+            undone = [f.rolled_back_at for f in injected if f.rolled_back_at is not None]
+            if undone:  # when the last fault was really undone (a timed one: by its timer)
+                journal.mark("rolled_back", max(undone), journal.moment("fault_injected"))
+            permanent = sum(1 for f in injected if f.undo is None)
+            self.say(
+                f"rolled back {len(undone)} fault(s)"
+                + (f"; {permanent} cannot be undone (e.g. a kill)" if permanent else "")
+            )
+
+    def _wait_for_condition(self, when: str, choice: ShardChoice, timeout: float) -> None:
+        if when == "now":
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            workflow = self.controllers.shard_workflow(choice.chosen)
+            if workflow is not None and (when == "workflow_running" or waiting_gates(workflow)):
+                return
+            time.sleep(0.02)
+        raise RunAborted(f"condition {when} not reached within {timeout:g} s")
+
+
+def quiet_rollback(fault: InjectedFault) -> None:
+    with contextlib.suppress(FaultError):
+        fault.rollback()

@@ -1,0 +1,78 @@
+"""Placing what the controllers did on a run's timeline (the first sensor event, the decision,
+the promotion, the topology published, the first acknowledged write after the fault) and
+telling when the expected outcome is reached. Not for: reading the controllers (see
+`controller_answers`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from chaos.journal import Journal
+from chaos.load import BackgroundLoad
+from lazarus_lite.audit import AuditRecord
+from lazarus_lite.steps.ratequeue_promotion import (
+    PROMOTE_CANDIDATE,
+    PUBLISH_TOPOLOGY,
+    CandidatePromoted,
+    TopologyPublished,
+)
+from lazarus_lite.workflow.records import WorkflowRecord
+
+# Timeline marks of the Ratequeue failover's steps: (step, its output model, the mark's name).
+STEP_MARKS: tuple[tuple[str, type[CandidatePromoted] | type[TopologyPublished], str], ...] = (
+    (PROMOTE_CANDIDATE, CandidatePromoted, "promotion"),
+    (PUBLISH_TOPOLOGY, TopologyPublished, "topology_published"),
+)
+
+
+def update_timeline(
+    journal: Journal,
+    load: BackgroundLoad,
+    decisions: list[AuditRecord],
+    workflows: list[WorkflowRecord],
+    watched: set[str],
+    fault_at: float,
+) -> None:
+    """Mark on the journal what happened since the fault; `watched` are the shards whose
+    recovery counts (the ones whose primary was hit, else every faulted one)."""
+    downs = [d for d in decisions if d.event["type"] == "RedisMasterDown"]
+    if downs:
+        first = min(datetime.fromisoformat(d.event["occurred_at"]).timestamp() for d in downs)
+        journal.mark("first_sensor_event", first, fault_at, downs[0].event["source"])
+    final = [d for d in decisions if d.outcome not in ("received", "duplicate")]
+    if final and final[0].decided_at:
+        journal.mark(
+            "decision", final[0].decided_at, fault_at, f"{final[0].outcome}: {final[0].reason}"
+        )
+    for workflow in workflows:
+        for step, model, name in STEP_MARKS:
+            record = workflow.steps.get(step)
+            if record is not None and record.finished_at:
+                # A failed attempt has a finish time but no output.
+                primary = model.model_validate(record.output).primary if record.output else ""
+                journal.mark(name, record.finished_at, fault_at, primary)
+    # Recovered: every watched shard has acknowledged a write again (the slowest one counts; a
+    # shard that only lost a replica never stopped).
+    acks = {shard: load.ledger.first_ack_after(fault_at, shard) for shard in sorted(watched)}
+    if acks and all(at is not None for at in acks.values()):
+        slowest = max(acks, key=lambda shard: acks[shard] or 0.0)
+        journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
+
+
+def outcome_reached(
+    expect: str,
+    journal: Journal,
+    decisions: list[AuditRecord],
+    workflows: list[WorkflowRecord],
+    faulted: set[str],
+) -> bool:
+    if expect == "remediation":
+        done = [w for w in workflows if w.status != "running"]
+        return bool(done) and journal.moment("first_acknowledged_write") is not None
+    if expect == "escalation":
+        final = {
+            d.event.get("shard") for d in decisions if d.outcome not in ("received", "duplicate")
+        }
+        return faulted <= final
+    return False  # "nothing": watch the whole time
