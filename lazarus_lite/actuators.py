@@ -22,13 +22,8 @@ from typing import Protocol
 
 import httpx
 
-from ratequeue.redis_processes import (
-    CLIENT_HOST,
-    PEER_HOST,
-    RedisProcess,
-    free_port,
-    start_redis,
-)
+from common.nodes import CLIENT_HOST, PEER_HOST
+from ratequeue.redis_processes import RedisProcess, free_port, start_redis
 from ratequeue.topology import NodeRef
 
 PROVISIONED_FILE = "provisioned.jsonl"

@@ -1,8 +1,9 @@
 """Real `redis-server` processes on loopback: a control store, and per shard a primary with
 replicas, on free ports, torn down on error and at exit.
 
-Each node listens on two loopback addresses: `127.0.0.1` for clients and `127.0.0.2` for
-replication, sensors and controllers, so experiments can cut one path and keep the other.
+Each node listens on two loopback addresses (`common.nodes`): `CLIENT_HOST` for clients and
+`PEER_HOST` for replication, sensors and controllers, so experiments can cut one path and keep
+the other.
 Shard nodes boot parked (`ratequeue.membership`): however often one is restarted, it accepts no
 write until the topology's initialisation or a controller appoints it. Test fixtures and the
 local testbed both start nodes here. Not for: deciding topology changes.
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import redis
 
+from common.nodes import CLIENT_HOST, PEER_HOST, SHARD_ROLES, Role
 from ratequeue.membership import (
     boot_arguments,
     required_replicas,
@@ -41,10 +43,6 @@ from ratequeue.topology import (
     Topology,
     even_slot_ranges,
 )
-
-CLIENT_HOST = "127.0.0.1"
-PEER_HOST = "127.0.0.2"
-SHARD_ROLES = {"primary", "replica"}
 
 _live: set[RedisProcess] = set()
 _live_lock = threading.Lock()
@@ -92,7 +90,7 @@ def _die_with_parent() -> None:
 @dataclass(eq=False)
 class RedisProcess:
     name: str
-    role: str  # control | primary | replica
+    role: Role  # control | primary | replica
     shard: str | None
     port: int
     workdir: Path
@@ -194,7 +192,7 @@ class RedisProcess:
 
 def start_redis(
     name: str,
-    role: str,
+    role: Role,
     shard: str | None,
     workdir: Path,
     *,

@@ -12,12 +12,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from common.nodes import CLIENT_HOST
 from ratequeue import membership
 from ratequeue.client import RatequeueClient
 from ratequeue.errors import StaleEpoch
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port, redis_server_binary
+from ratequeue.redis_processes import LocalCluster, free_port, redis_server_binary
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for

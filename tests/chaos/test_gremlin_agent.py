@@ -29,7 +29,8 @@ from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBacken
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
 from chaos.processes import process_state
 from chaos.testbed import TestbedNode, TestbedState
-from ratequeue.redis_processes import CLIENT_HOST, RedisProcess, free_port, start_redis
+from common.nodes import CLIENT_HOST
+from ratequeue.redis_processes import RedisProcess, free_port, start_redis
 from tests.conftest import ServedApp
 
 API_KEY = f"test-key-{uuid.uuid4().hex}"
