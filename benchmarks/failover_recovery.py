@@ -77,8 +77,9 @@ from chaos.testbed import (
     state_path,
 )
 from common.nodes import CLIENT_HOST, REDIS_ROLES
+from common.redis_processes import RedisProcess, free_port
 from lazarus_lite.controller import SENSORS_KEY
-from ratequeue.redis_processes import LocalCluster, RedisProcess, free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.slots import slot_for
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
 

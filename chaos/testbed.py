@@ -27,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
+from common.redis_processes import free_port
 from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
-from ratequeue.redis_processes import LocalCluster, free_port
+from ratequeue.local_cluster import LocalCluster
 
 STATE_FILE = "testbed.json"
 

@@ -5,7 +5,7 @@ node answers on (`CLIENT_HOST` for clients, `PEER_HOST` for replication, sensors
 so an experiment can cut one path and keep the other).
 
 Not for: where a given node is (the topology, the testbed's state, a target file), or starting
-one (see `redis_processes`).
+one (see `common.redis_processes`).
 """
 
 from __future__ import annotations

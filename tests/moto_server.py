@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from common.nodes import CLIENT_HOST
-from ratequeue.redis_processes import free_port
+from common.redis_processes import free_port
 
 
 class MotoStartError(RuntimeError):

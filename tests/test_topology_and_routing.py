@@ -13,12 +13,13 @@ import redis
 import redis.asyncio as aioredis
 
 from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port, redis_server_binary
 from ratequeue import membership
 from ratequeue.client import RatequeueClient
 from ratequeue.errors import StaleEpoch
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster, free_port, redis_server_binary
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for

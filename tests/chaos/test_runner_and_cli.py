@@ -27,7 +27,8 @@ from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, TargetError, from_testbed
 from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from common.nodes import CLIENT_HOST
-from ratequeue.redis_processes import LocalCluster, free_port
+from common.redis_processes import free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY
 
 PROJECT = Path(__file__).parents[2]
