@@ -68,7 +68,6 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos.testbed import (
-    REDIS_ROLES,
     TestbedNode,
     TestbedState,
     down,
@@ -77,8 +76,10 @@ from chaos.testbed import (
     running_testbed,
     state_path,
 )
+from common.nodes import CLIENT_HOST, REDIS_ROLES
+from common.redis_processes import RedisProcess, free_port
 from lazarus_lite.controller import SENSORS_KEY
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, RedisProcess, free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.slots import slot_for
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
 

@@ -44,9 +44,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.redis_processes import RedisProcess
 from ratequeue.client import AsyncRatequeueClient, ClientSettings, Enqueued, RetryPolicy
+from ratequeue.local_cluster import LocalCluster, ShardNodes
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster, RedisProcess, ShardNodes
 from ratequeue.shard import ENQUEUE_BATCH
 from ratequeue.topology import FENCE_KEY
 

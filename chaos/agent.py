@@ -56,9 +56,9 @@ from pydantic import BaseModel, ConfigDict
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.gremlin import MAX_LENGTH, programs_of
 from chaos.faults.local import LocalFaultBackend
-from chaos.processes import REDIS_ROLES
 from common import input_files
 from common.input_files import InputFileError
+from common.nodes import PEER_HOST, Role, peer_host_of
 from common.validation import header_secret_problem, quoted, validated
 from ratequeue.errors import InvalidInput
 from ratequeue.http_contract import (
@@ -76,7 +76,6 @@ from ratequeue.http_contract import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LENGTH = 60
-PEER_HOST = "127.0.0.2"
 LIFECYCLE = {
     "Pending": "NotStarted",
     "Distributed": "Active",
@@ -134,7 +133,7 @@ class _TargetEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: str
+    role: Role
     shard: str | None = None
     host: str = "127.0.0.1"
     port: int
@@ -172,7 +171,7 @@ def _testbed_targets(data: dict[str, Any], path: Path) -> dict[str, AgentTarget]
     state = validated(TestbedState, data, str(path), error=InputFileError)
     targets = {}
     for node in state.nodes:
-        peer = PEER_HOST if node.role in REDIS_ROLES else None
+        peer = peer_host_of(node.role)
         targets[node.name] = AgentTarget(
             node=NodeTarget(
                 name=node.name,

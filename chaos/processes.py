@@ -1,10 +1,10 @@
-"""What runs at a pid, read from /proc: its argv, the program it runs, and its state; and which
-programs a node of each role runs (`PROGRAMS_OF_ROLE`). The testbed, the scheduler and the local
-fault backend all need to know whether a pid is still the process they started (pids are
-reused) and whether it is alive rather than a zombie; the fault backend (and so the agent)
-signals a pid only if it runs the expected program. A program is never a word among a process's
-arguments: for a Python interpreter it is the script or `-m` package, found by reading the
-command line as CPython does. Not for: starting or stopping.
+"""What runs at a pid, read from /proc: its argv, the program it runs, and its state (which
+programs a node of each role runs is `common.nodes.PROGRAMS_OF_ROLE`). The testbed, the
+scheduler and the local fault backend all need to know whether a pid is still the process they
+started (pids are reused) and whether it is alive rather than a zombie; the fault backend (and
+so the agent) signals a pid only if it runs the expected program. A program is never a word
+among a process's arguments: for a Python interpreter it is the script or `-m` package, found by
+reading the command line as CPython does. Not for: starting or stopping.
 """
 
 from __future__ import annotations
@@ -13,19 +13,6 @@ import os
 import re
 from collections.abc import Collection
 from pathlib import Path
-
-# The program names a node of each role runs under, the one home of this map (the fault
-# backends, the agent and the testbed all check pids against it). The first name is the one a
-# command names the program by (Gremlin's `process_killer -p`). A Python program is its script
-# or `-m` package: the testbed runs `python -m lazarus_lite`, the staging compose file the
-# console script `lazarus`.
-REDIS_ROLES = frozenset({"control", "primary", "replica"})
-PROGRAMS_OF_ROLE: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(REDIS_ROLES, ("redis-server",)),
-    "api": ("ratequeue",),
-    "sensor": ("detection",),
-    "lazarus": ("lazarus_lite", "lazarus"),
-}
 
 # An interpreter whose program is the script or `-m` module it runs, not itself: python,
 # python3.11, python3.13t, python3-dbg, pypy3.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state
 from common import input_files
+from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 
@@ -30,18 +31,11 @@ class TargetError(ValueError):
     the field), or a part of it (the control store, a node) cannot be reached or found."""
 
 
-class DeploymentNode(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DeploymentNode(NodeTarget):
+    """A node of a deployment: how a fault backend reaches it, and its URL if it serves HTTP.
+    Its port may be left out (0) for a node no fault addresses by port."""
 
-    name: str
-    role: str
-    shard: str | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, lt=65536)
-    peer_host: str | None = None
-    pid: int | None = None
-    container: str | None = None
-    gremlin: dict[str, Any] | None = None
+    port: int = Field(0, ge=0, lt=65536)  # type: ignore[assignment]
     url: str | None = None
 
 
@@ -66,7 +60,7 @@ class Deployment(BaseModel):
         for extra in provisioned_nodes(self.testbed_dir):
             if extra.name not in known:
                 fields = extra.model_dump(exclude={"program"})
-                self.nodes.append(DeploymentNode(**fields, peer_host="127.0.0.2"))
+                self.nodes.append(DeploymentNode(**fields, peer_host=PEER_HOST))
 
     def node(self, name: str) -> DeploymentNode:
         self.refresh_nodes()
@@ -96,17 +90,8 @@ class Deployment(BaseModel):
         return self.lazarus or [n.url for n in self.nodes if n.role == "lazarus" and n.url]
 
     def as_target(self, node: DeploymentNode) -> NodeTarget:
-        return NodeTarget(
-            name=node.name,
-            role=node.role,
-            shard=node.shard,
-            host=node.host,
-            port=node.port or 1,
-            peer_host=node.peer_host,
-            pid=node.pid,
-            container=node.container,
-            gremlin=node.gremlin,
-        )
+        fields = node.model_dump(exclude={"url"})
+        return NodeTarget(**{**fields, "port": node.port or 1})
 
 
 def from_testbed(state: TestbedState, directory: Path) -> Deployment:
@@ -118,8 +103,8 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
             host=n.host,
             port=n.port,
             pid=n.pid,
-            peer_host="127.0.0.2" if n.role in {"primary", "replica", "control"} else None,
-            url=f"http://{n.host}:{n.port}" if n.role in {"lazarus", "api"} else None,
+            peer_host=peer_host_of(n.role),
+            url=f"http://{n.host}:{n.port}" if n.role in HTTP_ROLES else None,
         )
         for n in state.nodes
     ]

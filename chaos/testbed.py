@@ -24,12 +24,14 @@ import httpx
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from chaos.processes import PROGRAMS_OF_ROLE, REDIS_ROLES, read_cmdline, read_comm, runs_program
+from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
+from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
+from common.redis_processes import free_port
 from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.service_registry import members_key
-from ratequeue.redis_processes import CLIENT_HOST, PEER_HOST, LocalCluster, free_port
+from ratequeue.local_cluster import LocalCluster
 
 STATE_FILE = "testbed.json"
 
@@ -39,7 +41,7 @@ class TestbedNode(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: str  # control | primary | replica | api | sensor | lazarus
+    role: Role
     shard: str | None = None
     host: str
     port: int = Field(gt=0, lt=65536)

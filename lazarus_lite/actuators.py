@@ -22,13 +22,9 @@ from typing import Protocol
 
 import httpx
 
-from ratequeue.redis_processes import (
-    CLIENT_HOST,
-    PEER_HOST,
-    RedisProcess,
-    free_port,
-    start_redis,
-)
+from common.nodes import CLIENT_HOST, PEER_HOST
+from common.redis_processes import RedisProcess, free_port
+from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef
 
 PROVISIONED_FILE = "provisioned.jsonl"
@@ -86,7 +82,7 @@ class LocalProcessActuator:
         # A node that died is started again where it was (port and data), so the address the
         # topology may list already stays the node's; a first start takes a free port.
         port = int(recorded[0]["port"]) if recorded is not None else None
-        replica = start_redis(name, "replica", shard, self.workdir, port=port, detached=True)
+        replica = start_node(name, "replica", shard, self.workdir, port=port, detached=True)
         self._record(
             {
                 "name": name,

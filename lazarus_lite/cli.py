@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lazarus_lite.settings import DEFINITIONS, ControllerSettings, InvalidSetting
+from common.settings import InvalidSetting
+from lazarus_lite.settings import DEFINITIONS, ControllerSettings
 
 app = typer.Typer(help="Lazarus-lite remediation controller.", no_args_is_help=True)
 rules_app = typer.Typer(help="Rule files.", no_args_is_help=True)

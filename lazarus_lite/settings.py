@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.validation import HeaderSecret, HttpUrlText, RedisUrlText, describe_problems
+from common.settings import parse_settings
+from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 
 DEFINITIONS = Path(__file__).parent / "definitions"
-
-
-class InvalidSetting(ValueError):
-    pass
 
 
 class ControllerSettings(BaseModel):
@@ -75,7 +72,5 @@ class ControllerSettings(BaseModel):
 
     @classmethod
     def parse(cls, **values: object) -> ControllerSettings:
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as error:
-            raise InvalidSetting(describe_problems(error, "setting")) from None
+        """Validate; raise `common.settings.InvalidSetting` naming each bad setting."""
+        return parse_settings(cls, values)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 import uvicorn
 
-from ratequeue.config import InvalidSetting, ServiceSettings
+from common.settings import InvalidSetting
+from ratequeue.config import ServiceSettings
 
 if TYPE_CHECKING:
     from ratequeue.topology import Topology

@@ -1,20 +1,18 @@
 """Settings of the ratequeue service, validated before anything starts.
 
-A bad value stops the service with a message naming the setting (`InvalidSetting`); settings come
-from CLI options or `RATEQUEUE_*` environment variables. Not for: per-number rates (API state).
+A bad value stops the service with a message naming the setting
+(`common.settings.InvalidSetting`); settings come from CLI options or `RATEQUEUE_*` environment
+variables. Not for: per-number rates (API state).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from common.validation import RedisUrlText, describe_problems
+from common.settings import parse_settings
+from common.validation import RedisUrlText
 from ratequeue.client import ClientSettings, RetryPolicy
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
-
-
-class InvalidSetting(ValueError):
-    pass
 
 
 class ServiceSettings(BaseModel):
@@ -33,11 +31,9 @@ class ServiceSettings(BaseModel):
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:
-        """Validate; raise InvalidSetting naming each bad setting and what was expected."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as error:
-            raise InvalidSetting(describe_problems(error, "setting")) from None
+        """Validate; raise `common.settings.InvalidSetting` naming each bad setting and what was
+        expected."""
+        return parse_settings(cls, values)
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

@@ -11,7 +11,7 @@ These are the moves that keep the zero-loss argument true (`docs/membership.md`)
 - `most_complete_replica` applies that rule on the lineage the topology recorded.
 
 Not for: deciding when to fail over or rejoin (lazarus_lite does), starting processes
-(`redis_processes` does), or routing (the client does).
+(`local_cluster` does), or routing (the client does).
 """
 
 from __future__ import annotations

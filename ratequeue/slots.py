@@ -1,30 +1,17 @@
-"""Number → slot: CRC16 (XMODEM, as Redis Cluster uses) of the canonical number mod 16384."""
+"""Number → slot: Redis Cluster's key slot (CRC16-XMODEM mod 16384) of the canonical number,
+computed by redis-py's `redis.crc.key_slot`, so a number lands in the slot `CLUSTER KEYSLOT`
+gives it. A canonical number holds no `{`, so Redis Cluster's hash tags never apply.
+
+Not for: which shard holds a slot (the topology says that).
+"""
 
 from __future__ import annotations
 
-SLOT_COUNT = 16384
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-
-def _crc16_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_TABLE = _crc16_table()
-
-
-def crc16(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+SLOT_COUNT = REDIS_CLUSTER_HASH_SLOTS
 
 
 def slot_for(number: str) -> int:
     """Slot of a canonical number (normalize first: the slot depends on the exact string)."""
-    return crc16(number.encode()) % SLOT_COUNT
+    return key_slot(number.encode(), SLOT_COUNT)

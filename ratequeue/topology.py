@@ -167,10 +167,5 @@ class TopologyStore:
             raise EpochConflict(expected_epoch, int(found))
 
 
-async def write_fence(node: aioredis.Redis, epoch: int) -> None:
-    """Record on a (new) primary the shard epoch it serves in."""
-    await node.set(FENCE_KEY, str(epoch))
-
-
 def topology_json(topology: Topology) -> dict:
     return json.loads(topology.model_dump_json())

@@ -14,9 +14,11 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port
 from ratequeue.client import ClientSettings, RatequeueClient, RetryPolicy
 from ratequeue.config import ServiceSettings
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.service import create_app
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadline=1.5)

@@ -20,7 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ratequeue.redis_processes import CLIENT_HOST, free_port
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port
 
 
 class MotoStartError(RuntimeError):

@@ -12,7 +12,7 @@ import pytest
 
 from ratequeue.client import RatequeueClient, RetryPolicy
 from ratequeue.errors import DurabilityNotMet, ShardUnavailable
-from ratequeue.redis_processes import LocalCluster, RedisProcess, wait_for_replicas_in_sync
+from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
 
 NUMBER = "+14155550100"
 # One attempt: a paused replica is still counted by the primary for a second or more
@@ -21,7 +21,7 @@ ONE_ATTEMPT = RetryPolicy(max_attempts=1, deadline=0)
 
 
 @contextmanager
-def paused(node: RedisProcess) -> Iterator[None]:
+def paused(node: ShardNode) -> Iterator[None]:
     os.kill(node.pid, signal.SIGSTOP)
     try:
         yield

@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from common.redis_processes import RedisProcess
 from detection.events import Event, new_event
 from detection.kinesis import KinesisEventStream, parse_receipt
 from detection.stream_factory import open_event_stream
 from detection.streams import DeadLetters, Received
-from ratequeue.redis_processes import RedisProcess, start_redis
+from ratequeue.local_cluster import start_node
 from tests.moto_server import MotoServer
 
 RECLAIM_MS = 400  # Redis: reclaim_idle_ms; Kinesis: shard lease
@@ -47,7 +48,7 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[RedisProcess]:
-    node = start_redis("control", "control", None, tmp_path)
+    node = start_node("control", "control", None, tmp_path)
     try:
         yield node
     finally:

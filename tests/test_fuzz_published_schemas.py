@@ -27,8 +27,10 @@ from schemathesis.schemas import BaseSchema
 from chaos.agent import Agent, TargetSource
 from chaos.agent import create_app as create_agent_app
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port
 from ratequeue.config import ServiceSettings
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi, ServedApp
 from tests.lazarus.served_node import served_node
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ratequeue.config import ServiceSettings
 from ratequeue.http_contract import MAX_JSON_DEPTH
-from ratequeue.redis_processes import LocalCluster
+from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi, shard_key_count
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two

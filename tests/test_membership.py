@@ -15,12 +15,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from common.redis_processes import RedisStartError
 from lazarus_lite.actuators import LocalProcessActuator
 from ratequeue import membership
 from ratequeue.errors import RetryableError, ShardUnavailable, StaleEpoch
+from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
 from ratequeue.membership import NoSafeCandidate, ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster, RedisProcess, RedisStartError, start_redis
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
@@ -35,7 +36,7 @@ def message(message_id: str = "m1") -> OutgoingMessage:
     )
 
 
-async def enqueue(node: RedisProcess, epoch: int, message_id: str = "m1") -> None:
+async def enqueue(node: ShardNode, epoch: int, message_id: str = "m1") -> None:
     connection = aioredis.Redis(host=node.host, port=node.port, socket_timeout=2)
     try:
         queue = ShardQueue("s0", connection)
@@ -44,7 +45,7 @@ async def enqueue(node: RedisProcess, epoch: int, message_id: str = "m1") -> Non
         await connection.aclose()
 
 
-async def dequeue(node: RedisProcess) -> list:
+async def dequeue(node: ShardNode) -> list:
     connection = aioredis.Redis(host=node.host, port=node.port, socket_timeout=2)
     try:
         return await ShardQueue("s0", connection).dequeue(10, 30_000)
@@ -52,7 +53,7 @@ async def dequeue(node: RedisProcess) -> list:
         await connection.aclose()
 
 
-def keys(node: RedisProcess) -> int:
+def keys(node: ShardNode) -> int:
     with node.client() as conn:
         return int(conn.dbsize())
 
@@ -61,7 +62,7 @@ def keys(node: RedisProcess) -> int:
 
 
 def test_a_shard_node_boots_parked_and_refuses_writes(tmp_path: Path) -> None:
-    node = start_redis("s0-primary", "primary", "s0", tmp_path)
+    node = start_node("s0-primary", "primary", "s0", tmp_path)
     try:
         info = node.replication()
         assert info["role"] == "slave" and membership.is_parked(info)
@@ -73,7 +74,7 @@ def test_a_shard_node_boots_parked_and_refuses_writes(tmp_path: Path) -> None:
 
 
 def test_a_node_made_primary_by_hand_still_refuses_every_write(tmp_path: Path) -> None:
-    node = start_redis("s0-primary", "primary", "s0", tmp_path)
+    node = start_node("s0-primary", "primary", "s0", tmp_path)
     try:
         with node.client() as conn:
             conn.execute_command("REPLICAOF", "NO", "ONE")
@@ -150,7 +151,7 @@ def test_the_actuator_starts_a_replacement_parked_and_reuses_it(
     cluster = start_cluster(shards=1, replicas=1)
     actuator = LocalProcessActuator(tmp_path / "actuator")
     node = asyncio.run(actuator.provision_replica("s0", "s0-replica-e1"))
-    replacement = RedisProcess("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=0)
+    replacement = ShardNode("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=0)
     try:
         assert membership.is_parked(replacement.replication())
         assert cluster.shards[0].primary.replication()["connected_slaves"] == 1
@@ -158,7 +159,7 @@ def test_the_actuator_starts_a_replacement_parked_and_reuses_it(
         assert again.port == node.port
     finally:
         entry = actuator.provisioned()[0]
-        RedisProcess("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=entry["pid"]).stop()
+        ShardNode("s0-replica-e1", "replica", "s0", node.port, tmp_path, pid=entry["pid"]).stop()
 
 
 # -- the candidate rule (pure logic) -----------------------------------------------------------
@@ -284,10 +285,10 @@ def test_a_replica_that_applied_writes_past_the_appointment_is_not_compared_by_c
 
 
 def test_a_node_cannot_start_on_a_port_another_redis_holds(tmp_path: Path) -> None:
-    other = start_redis("other", "primary", "s9", tmp_path)
+    other = start_node("other", "primary", "s9", tmp_path)
     try:
         with pytest.raises(RedisStartError):
-            start_redis("s0-replica-e2", "replica", "s0", tmp_path, port=other.port, timeout=3)
+            start_node("s0-replica-e2", "replica", "s0", tmp_path, port=other.port, timeout=3)
     finally:
         other.stop()
 

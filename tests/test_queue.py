@@ -10,8 +10,8 @@ import pytest
 
 from ratequeue.client import RatequeueClient
 from ratequeue.errors import IdConflict, QueueFull
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster
 
 NUMBER = "+14155550100"
 

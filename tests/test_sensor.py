@@ -18,11 +18,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
 
+from common.redis_processes import free_port
 from detection.cli import app
 from detection.events import Event, parse_event
 from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
-from ratequeue.redis_processes import LocalCluster, RedisProcess, free_port
+from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import TopologyStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +37,11 @@ def published(cluster: LocalCluster, type: str | None = None) -> list[Event]:
     return [event for event in events if type is None or event.type == type]
 
 
-def peer(node: RedisProcess) -> str:
+def peer(node: ShardNode) -> str:
     return f"{node.peer_host}:{node.port}"
 
 
-def kill(node: RedisProcess) -> None:
+def kill(node: ShardNode) -> None:
     node.signal(signal.SIGKILL)
     assert node.process is not None
     node.process.wait(timeout=5)
@@ -50,7 +51,7 @@ def kill(node: RedisProcess) -> None:
 async def make_sensor() -> AsyncIterator[MakeSensor]:
     made: list[tuple[Sensor, RedisEventStream]] = []
 
-    async def make(cluster: LocalCluster, replica: RedisProcess, **settings: object) -> Sensor:
+    async def make(cluster: LocalCluster, replica: ShardNode, **settings: object) -> Sensor:
         options: dict[str, object] = {"interval": 0.05, "heartbeat_every": 60.0,
                                       "topology_refresh": 0.0, "control_timeout": 0.5}  # fmt: skip
         options.update(settings)

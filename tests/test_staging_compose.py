@@ -30,9 +30,10 @@ from chaos.experiments import FaultStep
 from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment, DeploymentNode, load_deployment
+from common.redis_processes import RedisProcess, start_redis
 from ratequeue.cli import app as ratequeue_app
+from ratequeue.local_cluster import start_node
 from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE
-from ratequeue.redis_processes import RedisProcess, start_redis
 from ratequeue.topology import FENCE_KEY, TOPOLOGY_KEY, Topology
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def redis_port(service: dict[str, Any]) -> int:
 
 
 def redis_flags_of_the_testbed() -> dict[str, list[str]]:
-    """The literal flags ratequeue/redis_processes.start_redis gives every node, read from its
+    """The literal flags common/redis_processes.start_redis gives every node, read from its
     source, so the compose file cannot drift from the testbed unnoticed. Flags whose values are
     per process (port, dir) or deliberately different (logfile: containers log to stdout) are
     left out; `--bind` takes both loopback addresses."""
@@ -384,11 +385,11 @@ def test_a_step_without_backend_uses_the_targets_default(tmp_path: Path) -> None
 def nodes(tmp_path: Path) -> Any:
     """A control store and one shard of two parked nodes (no topology yet)."""
     started: list[RedisProcess] = []
-    control = start_redis("control", "control", None, tmp_path)
+    control = start_node("control", "control", None, tmp_path)
     started.append(control)
-    primary = start_redis("s0-primary", "primary", "s0", tmp_path)
+    primary = start_node("s0-primary", "primary", "s0", tmp_path)
     started.append(primary)
-    replica = start_redis("s0-replica1", "replica", "s0", tmp_path)
+    replica = start_node("s0-replica1", "replica", "s0", tmp_path)
     started.append(replica)
     yield control, primary, replica
     for node in reversed(started):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port, redis_server_binary
 from ratequeue import membership
 from ratequeue.client import RatequeueClient
 from ratequeue.errors import StaleEpoch
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
-from ratequeue.redis_processes import LocalCluster
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for
@@ -137,3 +142,29 @@ def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
 
     with pytest.raises(StaleEpoch, match="node=1 client=2"):
         asyncio.run(write_with_epoch(2))
+
+
+def test_a_number_lands_in_the_slot_cluster_keyslot_gives_it(tmp_path: Path) -> None:
+    port = free_port((CLIENT_HOST,))
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", CLIENT_HOST, "--save", "",
+         "--cluster-enabled", "yes", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        conn = redis.Redis(CLIENT_HOST, port, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while not _answers(conn) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for number in ["+14155550100", "+15005550006", "+447700900123", "+81312345678"]:
+            assert slot_for(number) == conn.execute_command("CLUSTER KEYSLOT", number)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def _answers(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except redis.ConnectionError:
+        return False

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.nodes import CLIENT_HOST, Role
+
 FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency"]
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
 
@@ -32,9 +34,9 @@ class NodeTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: str
+    role: Role
     shard: str | None = None
-    host: str = "127.0.0.1"
+    host: str = CLIENT_HOST
     port: int = Field(gt=0, lt=65536)
     peer_host: str | None = None
     pid: int | None = None

@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
-from chaos.processes import PROGRAMS_OF_ROLE
+from common.nodes import PEER_HOST, PROGRAMS_OF_ROLE
 
 DEFAULT_API_URL = "https://api.gremlin.com/v1"
 ACTIVE_STAGES = frozenset({"Running"})
@@ -238,7 +238,7 @@ class GremlinFaultBackend:
         if not 1 <= length <= MAX_LENGTH:
             raise FaultError(f"attack length must be 1..{MAX_LENGTH} s, not {length}")
         args = ["-l", str(length)]
-        peer = params.get("peer_host") or target.peer_host or "127.0.0.2"
+        peer = params.get("peer_host") or target.peer_host or PEER_HOST
         ports = ",".join(str(p) for p in (params.get("ports") or [target.port]))
         process = params.get("process") or programs_of(target)[0]
         if action == "kill":

@@ -28,7 +28,7 @@ Every signal goes through a pidfd opened before the program check, so a pid recy
 the check and the signal is never hit: the check reads /proc/PID/cmdline and comm and expects
 the program (argv[0]'s basename, or the script or `-m` package of a Python interpreter; never a
 word among the arguments) to be `redis-server` with `:PORT` in its command line for Redis
-roles, one of its role's programs (`chaos.processes.PROGRAMS_OF_ROLE`) for the others, or the
+roles, one of its role's programs (`common.nodes.PROGRAMS_OF_ROLE`) for the others, or the
 `expect` param (a program name, not a piece of the command line); anything else is
 refused with FaultError. `seconds` (any action with an undo)
 rolls the fault back by itself after that long.
@@ -65,17 +65,15 @@ from typing import Any
 
 from chaos.faults.base import FAULT_ACTIONS, FaultError, InjectedFault, NodeTarget
 from chaos.processes import (
-    PROGRAMS_OF_ROLE,
-    REDIS_ROLES,
     process_state,
     read_cmdline,
     read_comm,
     running,
     runs_program,
 )
+from common.nodes import PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES
 
 DEFAULT_CHAIN = "RQCHAOS"
-DEFAULT_PEER_HOST = "127.0.0.2"
 COMMENT_PREFIX = "rqchaos:"
 NETWORK_ACTIONS = frozenset({"blackhole", "latency"})
 _JUMPS = {"filter": ("INPUT", "OUTPUT"), "nat": ("OUTPUT",)}
@@ -477,7 +475,7 @@ class LocalFaultBackend:
         return start
 
     def _peer(self, target: NodeTarget, peer_host: str | None) -> str:
-        return peer_host or target.peer_host or DEFAULT_PEER_HOST
+        return peer_host or target.peer_host or PEER_HOST
 
     def _require_network(self) -> None:
         reason = self.network_unavailable_reason()

@@ -25,7 +25,7 @@ from testcontainers.core.container import DockerContainer
 
 from chaos.faults.base import FaultError, NodeTarget
 from chaos.faults.docker import DockerFaultBackend, engine_unavailable_reason
-from ratequeue.redis_processes import free_port
+from common.redis_processes import free_port
 
 _UNAVAILABLE = engine_unavailable_reason()
 if _UNAVAILABLE is not None:

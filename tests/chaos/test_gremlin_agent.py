@@ -29,7 +29,9 @@ from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBacken
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
 from chaos.processes import process_state
 from chaos.testbed import TestbedNode, TestbedState
-from ratequeue.redis_processes import CLIENT_HOST, RedisProcess, free_port, start_redis
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port
+from ratequeue.local_cluster import ShardNode, start_node
 from tests.conftest import ServedApp
 
 API_KEY = f"test-key-{uuid.uuid4().hex}"
@@ -37,7 +39,7 @@ TEAM = "team-test"
 NO_IPTABLES = iptables_unavailable_reason()
 
 
-def answers(node: RedisProcess, host: str | None = None, timeout: float = 0.5) -> bool:
+def answers(node: ShardNode, host: str | None = None, timeout: float = 0.5) -> bool:
     conn = redis.Redis(host=host or node.host, port=node.port, socket_timeout=timeout,
                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))  # fmt: skip
     try:
@@ -48,12 +50,12 @@ def answers(node: RedisProcess, host: str | None = None, timeout: float = 0.5) -
         conn.close()
 
 
-def target_of(node: RedisProcess) -> NodeTarget:
+def target_of(node: ShardNode) -> NodeTarget:
     return NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
                       port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
 
 
-def redis_target(node: RedisProcess) -> dict[str, Any]:
+def redis_target(node: ShardNode) -> dict[str, Any]:
     return {"name": node.name, "role": node.role, "shard": node.shard, "port": node.port,
             "peer_host": node.peer_host, "pid": node.pid}  # fmt: skip
 
@@ -64,7 +66,7 @@ class ServedAgent:
     def __init__(
         self,
         tmp_path: Path,
-        nodes: list[RedisProcess],
+        nodes: list[ShardNode],
         allow: set[str],
         others: list[dict[str, Any]] | None = None,
     ) -> None:
@@ -97,11 +99,11 @@ class ServedAgent:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServedAgent]:
-    nodes: list[RedisProcess] = []
+    nodes: list[ShardNode] = []
     agent: ServedAgent | None = None
     try:
-        nodes.append(start_redis("s0-primary", "primary", "s0", tmp_path))
-        nodes.append(start_redis("s1-primary", "primary", "s1", tmp_path))
+        nodes.append(start_node("s0-primary", "primary", "s0", tmp_path))
+        nodes.append(start_node("s1-primary", "primary", "s1", tmp_path))
         agent = ServedAgent(tmp_path, nodes, allow={"s0-primary"})
         agent.start()
         yield agent

@@ -21,7 +21,9 @@ from redis.retry import Retry
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
 from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason, running
-from ratequeue.redis_processes import RedisProcess, free_port, redis_server_binary, start_redis
+from common.redis_processes import free_port, redis_server_binary
+from ratequeue import local_cluster
+from ratequeue.local_cluster import ShardNode
 
 NO_IPTABLES = iptables_unavailable_reason()
 needs_iptables = pytest.mark.skipif(
@@ -57,12 +59,12 @@ def faults() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
-    started: list[RedisProcess] = []
+def start_node(tmp_path: Path) -> Iterator[Callable[..., ShardNode]]:
+    started: list[ShardNode] = []
 
-    def start(name: str = "s0-primary", replica_of: RedisProcess | None = None) -> RedisProcess:
+    def start(name: str = "s0-primary", replica_of: ShardNode | None = None) -> ShardNode:
         role = "replica" if replica_of else "primary"
-        node = start_redis(name, role, "s0", tmp_path)  # boots parked
+        node = local_cluster.start_node(name, role, "s0", tmp_path)  # boots parked
         started.append(node)
         if replica_of is None:
             node.appoint(1, min_replicas=0)  # fault tests: replicas are optional
@@ -75,7 +77,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
         node.stop()
 
 
-def target_of(node: RedisProcess) -> NodeTarget:
+def target_of(node: ShardNode) -> NodeTarget:
     return NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
                       port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
 
@@ -95,7 +97,7 @@ def ping_seconds(host: str, port: int, timeout: float = 1.0) -> float | None:
         conn.close()
 
 
-def link_status(replica: RedisProcess) -> str:
+def link_status(replica: ShardNode) -> str:
     return str(replica.replication().get("master_link_status"))
 
 
@@ -113,7 +115,7 @@ def iptables_save() -> str:
     return subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
 
 
-def test_kill_stops_the_process(faults: Recorder, start_node: Callable[..., RedisProcess]) -> None:
+def test_kill_stops_the_process(faults: Recorder, start_node: Callable[..., ShardNode]) -> None:
     node = start_node()
     fault = faults.inject("kill", target_of(node))
     assert node.process is not None and node.process.wait(timeout=5) == -9
@@ -122,7 +124,7 @@ def test_kill_stops_the_process(faults: Recorder, start_node: Callable[..., Redi
 
 
 def test_pause_makes_ping_time_out_and_rollback_resumes(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     fault = faults.inject("pause", target_of(node))
@@ -132,7 +134,7 @@ def test_pause_makes_ping_time_out_and_rollback_resumes(
 
 
 def test_pause_with_seconds_rolls_back_by_itself(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     fault = faults.inject("pause", target_of(node), seconds=0.5)
@@ -142,7 +144,7 @@ def test_pause_with_seconds_rolls_back_by_itself(
 
 
 def test_stop_without_restart_has_no_undo_and_with_restart_comes_back(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     plain = faults.inject("stop", target_of(node))
@@ -157,7 +159,7 @@ def test_stop_without_restart_has_no_undo_and_with_restart_comes_back(
 
 
 def test_a_pid_running_another_program_is_refused(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     other = subprocess.Popen(["sleep", "60"])
@@ -179,7 +181,7 @@ def test_a_pid_running_another_program_is_refused(
 
 @needs_iptables
 def test_blackhole_cuts_the_peer_path_only_and_rollback_restores_it(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     primary = start_node()
     replica = start_node("s0-replica1", replica_of=primary)
@@ -201,7 +203,7 @@ def test_blackhole_cuts_the_peer_path_only_and_rollback_restores_it(
 
 @needs_iptables
 def test_latency_delays_the_peer_path_only_and_rollback_removes_it(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     fault = faults.inject("latency", target_of(node), latency_ms=300)
@@ -221,7 +223,7 @@ def test_latency_delays_the_peer_path_only_and_rollback_removes_it(
 
 
 @needs_iptables
-def test_rollback_is_idempotent(faults: Recorder, start_node: Callable[..., RedisProcess]) -> None:
+def test_rollback_is_idempotent(faults: Recorder, start_node: Callable[..., ShardNode]) -> None:
     node = start_node()
     pause = faults.inject("pause", target_of(node))
     pause.rollback()
@@ -243,7 +245,7 @@ def test_rollback_is_idempotent(faults: Recorder, start_node: Callable[..., Redi
 
 @needs_iptables
 def test_cleanup_all_removes_every_rule_of_the_chain(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     faults.inject("blackhole", target_of(node))
@@ -256,7 +258,7 @@ def test_cleanup_all_removes_every_rule_of_the_chain(
 
 
 def test_unknown_params_and_roles_are_refused(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     node = start_node()
     with pytest.raises(FaultError, match="latency_ms"):
@@ -288,7 +290,7 @@ def test_start_runs_the_command_and_waits_for_the_port(faults: Recorder, tmp_pat
 
 @needs_iptables
 def test_a_blackhole_from_one_node_cuts_only_that_nodes_path(
-    faults: Recorder, start_node: Callable[..., RedisProcess]
+    faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:
     primary = start_node()
     cut = start_node("s0-replica1", replica_of=primary)

@@ -26,7 +26,9 @@ from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, TargetError, from_testbed
 from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
-from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, free_port
+from common.nodes import CLIENT_HOST
+from common.redis_processes import free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY
 
 PROJECT = Path(__file__).parents[2]

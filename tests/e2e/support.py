@@ -15,7 +15,7 @@ import httpx
 import redis
 
 from chaos.testbed import TestbedNode, TestbedState
-from ratequeue.redis_processes import start_redis
+from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def restart_with_boot_arguments(directory: Path, node: TestbedNode) -> int:
     """Start a node again as the testbed started it: same flags, port and data directory (the
     testbed's `down` sweeps it)."""
     assert node.shard is not None
-    again = start_redis(
+    again = start_node(
         node.name, node.role, node.shard, directory / "redis", port=node.port, detached=True
     )
     return again.pid

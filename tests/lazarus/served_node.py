@@ -11,14 +11,14 @@ from pathlib import Path
 
 from lazarus_lite.service import create_app
 from lazarus_lite.settings import ControllerSettings
-from ratequeue.redis_processes import start_redis
+from ratequeue.local_cluster import start_node
 from tests.conftest import ServedApp
 
 
 @contextmanager
 def served_node(workdir: Path, token: str) -> Iterator[str]:
     """The node's base URL while it serves; its control store and server stop after."""
-    control = start_redis("control", "control", None, workdir)
+    control = start_node("control", "control", None, workdir)
     try:
         rules = workdir / "rules"
         rules.mkdir()

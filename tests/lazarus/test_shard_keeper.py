@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
 from ratequeue import membership
-from ratequeue.redis_processes import LocalCluster, start_redis, wait_for_replicas_in_sync
+from ratequeue.local_cluster import LocalCluster, start_node, wait_for_replicas_in_sync
 from ratequeue.topology import Topology, TopologyStore
 
 
@@ -112,7 +112,7 @@ def test_a_node_attached_but_not_listed_is_parked(
 ) -> None:
     cluster = start_cluster(shards=1, replicas=1)
     primary = cluster.shards[0].primary
-    stray = start_redis("stray", "replica", "s0", primary.workdir)
+    stray = start_node("stray", "replica", "s0", primary.workdir)
     try:
         stray.attach_to(primary)
         wait_for_replicas_in_sync(primary, [stray])

@@ -14,13 +14,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from common.redis_processes import free_port
 from detection.events import Event, new_event
 from detection.sensor import incident_key
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import SENSORS_KEY, ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
-from ratequeue.redis_processes import LocalCluster, free_port
+from ratequeue.local_cluster import LocalCluster
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 
 QUICK = WatchSettings(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from common.redis_processes import RedisProcess
 from lazarus_lite.locks import Locks, lock_key
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, StepOutput
@@ -23,7 +24,7 @@ from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
 from lazarus_lite.workflow.store import ACTIVE_WORKFLOWS, record_key
-from ratequeue.redis_processes import RedisProcess, start_redis
+from ratequeue.local_cluster import start_node
 
 calls: Counter[str] = Counter()
 gates: dict[str, asyncio.Event] = {}  # one per test: an Event binds to the loop that waits on it
@@ -129,7 +130,7 @@ async def until_called(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def control_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    node = start_redis("control", "control", None, tmp_path_factory.mktemp("wf"))
+    node = start_node("control", "control", None, tmp_path_factory.mktemp("wf"))
     yield node
     node.stop()
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.processes import PROGRAMS_OF_ROLE, program_names, runs_program
+from chaos.processes import program_names, runs_program
+from common.nodes import PROGRAMS_OF_ROLE
 
 
 @pytest.mark.parametrize(

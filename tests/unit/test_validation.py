@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from common.settings import InvalidSetting
 from common.validation import HttpUrlText, RedisUrlText
-from lazarus_lite.settings import ControllerSettings, InvalidSetting
-from ratequeue.config import InvalidSetting as InvalidServiceSetting
+from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings
 
 TOKEN = "a-token-of-sixteen-chars"
@@ -35,7 +35,7 @@ def test_an_http_url_with_a_host_and_a_port_in_range_is_kept_unchanged(url: str)
 
 
 def test_a_service_control_url_with_a_port_out_of_range_is_refused_naming_the_setting() -> None:
-    with pytest.raises(InvalidServiceSetting, match=r"setting 'control_url': .* 1 to 65535"):
+    with pytest.raises(InvalidSetting, match=r"setting 'control_url': .* 1 to 65535"):
         ServiceSettings.parse(control_url="redis://127.0.0.1:70000")
 
 

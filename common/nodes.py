@@ -1,0 +1,42 @@
+"""What a node of the testbed is, the one home of these names: the role it plays (`Role`), the
+programs a node of each role runs (`PROGRAMS_OF_ROLE`: the testbed, the fault backends and the
+agent check pids against it), which roles are Redis nodes, and the two loopback addresses a local
+node answers on (`CLIENT_HOST` for clients, `PEER_HOST` for replication, sensors and controllers,
+so an experiment can cut one path and keep the other).
+
+Not for: where a given node is (the topology, the testbed's state, a target file), or starting
+one (see `common.redis_processes`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+# The Redis nodes: the control store and the shards' nodes. A shard node boots parked.
+REDIS_ROLES: frozenset[Role] = frozenset({"control", "primary", "replica"})
+SHARD_ROLES: frozenset[Role] = frozenset({"primary", "replica"})
+# The nodes that serve HTTP (the ratequeue API and the controllers).
+HTTP_ROLES: frozenset[Role] = frozenset({"api", "lazarus"})
+
+# The program names a node of each role runs under. The first name is the one a command names
+# the program by (Gremlin's `process_killer -p`). A Python program is its script or `-m`
+# package: the testbed runs `python -m lazarus_lite`, the staging compose file the console
+# script `lazarus`.
+PROGRAMS_OF_ROLE: dict[Role, tuple[str, ...]] = {
+    **dict.fromkeys(REDIS_ROLES, ("redis-server",)),
+    "api": ("ratequeue",),
+    "sensor": ("detection",),
+    "lazarus": ("lazarus_lite", "lazarus"),
+}
+
+CLIENT_HOST = "127.0.0.1"
+PEER_HOST = "127.0.0.2"
+
+
+def peer_host_of(role: Role) -> str | None:
+    """Where replicas, sensors and controllers reach a local node of `role`: the peer address
+    for a Redis node, None (its client address) for the others."""
+    return PEER_HOST if role in REDIS_ROLES else None
