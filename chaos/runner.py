@@ -38,7 +38,7 @@ class RunAborted(Exception):
 
 def open_backend(name: str) -> FaultBackend:
     if name == "local":
-        from chaos.faults.local import LocalFaultBackend
+        from chaos.faults.local.backend import LocalFaultBackend
 
         return LocalFaultBackend()
     if name == "docker":
@@ -393,7 +393,7 @@ class ExperimentRunner:
                         _quiet_rollback(fault)
             elif extra.action == "remove_network_faults":
                 with contextlib.suppress(FaultError, ImportError):
-                    from chaos.faults.local import LocalFaultBackend
+                    from chaos.faults.local.backend import LocalFaultBackend
 
                     LocalFaultBackend().cleanup_all()
         if injected:

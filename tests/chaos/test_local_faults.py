@@ -20,7 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
-from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason, running
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
+from chaos.processes import running
 from ratequeue.redis_processes import RedisProcess, free_port, redis_server_binary, start_redis
 
 NO_IPTABLES = iptables_unavailable_reason()
