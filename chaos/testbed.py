@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import httpx
 import redis
@@ -265,6 +266,17 @@ def provisioned_nodes(directory: Path) -> list[TestbedNode]:
     return nodes
 
 
+class UpOptions(TypedDict, total=False):
+    """`up`'s options, for what starts a testbed through it (`running_testbed`)."""
+
+    shards: int
+    replicas: int
+    controllers: int
+    sensors: bool
+    controller_args: list[str] | None
+    sensor_args: list[str] | None
+
+
 def up(
     directory: Path,
     *,
@@ -392,26 +404,10 @@ def status(directory: Path) -> tuple[TestbedState, dict[str, bool], dict | None]
 
 
 @contextlib.contextmanager
-def running_testbed(
-    directory: Path,
-    *,
-    shards: int = 3,
-    replicas: int = 2,
-    controllers: int = 3,
-    sensors: bool = True,
-    controller_args: list[str] | None = None,
-    sensor_args: list[str] | None = None,
-) -> Iterator[TestbedState]:
-    """A testbed for the duration of a `with` block, stopped on the way out, also on error."""
-    state = up(
-        directory,
-        shards=shards,
-        replicas=replicas,
-        controllers=controllers,
-        sensors=sensors,
-        controller_args=controller_args,
-        sensor_args=sensor_args,
-    )
+def running_testbed(directory: Path, **options: Unpack[UpOptions]) -> Iterator[TestbedState]:
+    """A testbed for the duration of a `with` block (started by `up` with `options`), stopped
+    on the way out, also on error."""
+    state = up(directory, **options)
     try:
         yield state
     finally:
