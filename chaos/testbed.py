@@ -125,6 +125,11 @@ def _wait_healthy(node: TestbedNode, process: subprocess.Popen, directory: Path)
     raise TestbedError(f"{node.name} not healthy within 20 s; see {directory}/logs")
 
 
+def _served_at(control_url: str, port: int) -> list[str]:
+    """The args every testbed service takes: its control store, and where it listens."""
+    return ["--control", control_url, "--host", CLIENT_HOST, "--port", str(port)]
+
+
 def start_api(
     directory: Path, control_url: str, extra_args: list[str] | None = None
 ) -> TestbedNode:
@@ -135,12 +140,7 @@ def start_api(
         [
             "ratequeue",
             "serve",
-            "--control",
-            control_url,
-            "--host",
-            CLIENT_HOST,
-            "--port",
-            str(port),
+            *_served_at(control_url, port),
             *(extra_args or []),
         ],
     )
@@ -186,12 +186,7 @@ def start_controllers(
                     "serve",
                     "--node-id",
                     name,
-                    "--control",
-                    control_url,
-                    "--host",
-                    CLIENT_HOST,
-                    "--port",
-                    str(port),
+                    *_served_at(control_url, port),
                     "--quorum",
                     str(min(2, count)),
                     "--actuator-dir",
