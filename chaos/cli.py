@@ -291,8 +291,10 @@ def agent(
 
     import uvicorn
 
-    from chaos.agent import Agent, TargetSource, create_app, is_loopback
-    from chaos.faults.local import LocalFaultBackend
+    from chaos.agent.app import create_app, is_loopback
+    from chaos.agent.state import Agent
+    from chaos.agent.targets import TargetSource
+    from chaos.faults.local.backend import LocalFaultBackend
 
     if not is_loopback(host):
         console.print(f"[red]chaos agent serves on loopback only, not {escape(host)}[/]")

@@ -25,7 +25,7 @@ Say = Callable[[str], None]
 
 def open_backend(name: str) -> FaultBackend:
     if name == "local":
-        from chaos.faults.local import LocalFaultBackend
+        from chaos.faults.local.backend import LocalFaultBackend
 
         return LocalFaultBackend()
     if name == "docker":
@@ -163,7 +163,7 @@ class FaultPhase:
                         quiet_rollback(fault)
             elif extra.action == "remove_network_faults":
                 with contextlib.suppress(FaultError, ImportError):
-                    from chaos.faults.local import LocalFaultBackend
+                    from chaos.faults.local.backend import LocalFaultBackend
 
                     LocalFaultBackend().cleanup_all()
         if injected:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import httpx
 import redis
@@ -126,6 +127,11 @@ def _wait_healthy(node: TestbedNode, process: subprocess.Popen, directory: Path)
     raise TestbedError(f"{node.name} not healthy within 20 s; see {directory}/logs")
 
 
+def _served_at(control_url: str, port: int) -> list[str]:
+    """The args every testbed service takes: its control store, and where it listens."""
+    return ["--control", control_url, "--host", CLIENT_HOST, "--port", str(port)]
+
+
 def start_api(
     directory: Path, control_url: str, extra_args: list[str] | None = None
 ) -> TestbedNode:
@@ -136,12 +142,7 @@ def start_api(
         [
             "ratequeue",
             "serve",
-            "--control",
-            control_url,
-            "--host",
-            CLIENT_HOST,
-            "--port",
-            str(port),
+            *_served_at(control_url, port),
             *(extra_args or []),
         ],
     )
@@ -187,12 +188,7 @@ def start_controllers(
                     "serve",
                     "--node-id",
                     name,
-                    "--control",
-                    control_url,
-                    "--host",
-                    CLIENT_HOST,
-                    "--port",
-                    str(port),
+                    *_served_at(control_url, port),
                     "--quorum",
                     str(min(2, count)),
                     "--actuator-dir",
@@ -265,6 +261,17 @@ def provisioned_nodes(directory: Path) -> list[TestbedNode]:
         with contextlib.suppress(ValueError):
             nodes.append(TestbedNode.model_validate_json(line))
     return nodes
+
+
+class UpOptions(TypedDict, total=False):
+    """`up`'s options, for what starts a testbed through it (`running_testbed`)."""
+
+    shards: int
+    replicas: int
+    controllers: int
+    sensors: bool
+    controller_args: list[str] | None
+    sensor_args: list[str] | None
 
 
 def up(
@@ -394,26 +401,10 @@ def status(directory: Path) -> tuple[TestbedState, dict[str, bool], dict | None]
 
 
 @contextlib.contextmanager
-def running_testbed(
-    directory: Path,
-    *,
-    shards: int = 3,
-    replicas: int = 2,
-    controllers: int = 3,
-    sensors: bool = True,
-    controller_args: list[str] | None = None,
-    sensor_args: list[str] | None = None,
-) -> Iterator[TestbedState]:
-    """A testbed for the duration of a `with` block, stopped on the way out, also on error."""
-    state = up(
-        directory,
-        shards=shards,
-        replicas=replicas,
-        controllers=controllers,
-        sensors=sensors,
-        controller_args=controller_args,
-        sensor_args=sensor_args,
-    )
+def running_testbed(directory: Path, **options: Unpack[UpOptions]) -> Iterator[TestbedState]:
+    """A testbed for the duration of a `with` block (started by `up` with `options`), stopped
+    on the way out, also on error."""
+    state = up(directory, **options)
     try:
         yield state
     finally:

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from chaos.agent import load_targets
+from chaos.agent.targets import load_targets
 from chaos.cli import app as chaos_app
 from chaos.experiments import ExperimentError, load_experiment
 from chaos.targets import TargetError, load_deployment

@@ -29,7 +29,8 @@ import pytest
 import redis
 
 from chaos.faults.base import NodeTarget
-from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.testbed import TestbedNode, TestbedState, _terminate, running_testbed, start_api
 from ratequeue.topology import NodeRef

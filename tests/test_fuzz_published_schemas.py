@@ -24,9 +24,11 @@ from schemathesis.core.transport import expand_status_codes
 from schemathesis.engine import events
 from schemathesis.schemas import BaseSchema
 
-from chaos.agent import Agent, TargetSource
-from chaos.agent import create_app as create_agent_app
-from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.agent.app import create_app as create_agent_app
+from chaos.agent.state import Agent
+from chaos.agent.targets import TargetSource
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
 from ratequeue.config import ServiceSettings

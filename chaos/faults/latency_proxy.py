@@ -8,7 +8,7 @@ sent `delay` after it was read, so a stream is shifted in time, not slowed down.
 says which way is delayed: `egress` (from the node to its peer, Gremlin's sense), `ingress`, or
 `both`. With `--parent-pid` it exits as soon as that process is gone, so a crashed run leaves
 no proxy behind. The iptables rule that steers traffic here is the latency fault's business
-(`chaos.faults.local`).
+(`chaos.faults.local.latency`).
 
 Not for: shaping bandwidth, dropping packets, or anything but plain TCP.
 """

@@ -22,11 +22,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from typer.testing import CliRunner
 
-from chaos.agent import Agent, TargetSource, create_app, load_targets
+from chaos.agent.app import create_app
+from chaos.agent.state import Agent
+from chaos.agent.targets import TargetSource, load_targets
 from chaos.cli import app as chaos_app
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
-from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.processes import process_state
 from chaos.testbed import TestbedNode, TestbedState
 from common.nodes import CLIENT_HOST

@@ -20,7 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chaos.faults.base import FaultError, InjectedFault, NodeTarget
-from chaos.faults.local import LocalFaultBackend, iptables_unavailable_reason, running
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
+from chaos.processes import running
 from common.redis_processes import free_port, redis_server_binary
 from ratequeue import local_cluster
 from ratequeue.local_cluster import ShardNode

@@ -190,7 +190,7 @@ def test_a_dry_run_takes_no_run_lock_and_leaves_another_runs_alone(
 def test_a_dry_run_runs_no_rollbacks(
     store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chaos.faults.local import LocalFaultBackend
+    from chaos.faults.local.backend import LocalFaultBackend
 
     cleanups: list[object] = []
     monkeypatch.setattr(LocalFaultBackend, "cleanup_all", lambda self: cleanups.append(self))

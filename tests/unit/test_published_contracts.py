@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from chaos.agent import Agent, TargetSource
-from chaos.agent import create_app as create_agent_app
+from chaos.agent.app import create_app as create_agent_app
+from chaos.agent.state import Agent
+from chaos.agent.targets import TargetSource
 from lazarus_lite.service import create_app as create_controller_app
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings

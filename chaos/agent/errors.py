@@ -1,0 +1,41 @@
+"""The agent's refusal (`AgentError`) and the Gremlin-shaped body every refusal is answered
+with: `{"error": <the status's reason>, "message", "field"?}`.
+
+Not for: deciding what to refuse (`commands`, `state` and `execution` do).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from ratequeue.errors import InvalidInput
+from ratequeue.http_contract import REASONS, ErrorShape
+
+
+class AgentError(InvalidInput):
+    """A request the agent refuses: HTTP status, the field at fault (if any), and why."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message, code=REASONS.get(status, "Error"), http_status=status)
+        self.status = status
+        self.field = field
+
+
+class AgentErrorBody(BaseModel):
+    """The agent's error envelope: the status's reason, why, and the request field at fault."""
+
+    error: str
+    message: str
+    field: str | None = None
+
+
+def _agent_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": REASONS.get(status, "Error"), "message": message}
+    if field:
+        body["field"] = field
+    return body
+
+
+AGENT_ERRORS = ErrorShape(AgentErrorBody, _agent_error)

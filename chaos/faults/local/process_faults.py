@@ -1,0 +1,165 @@
+"""Faults on a node's process, by signal: kill (SIGKILL), pause (SIGSTOP, undone by SIGCONT),
+resume (SIGCONT), stop (SIGTERM, then SIGKILL after a grace; undone by a restart when told
+how), and start (a restart callable or an argv, then wait for the client port). Every signal
+goes through a `CheckedProcess`.
+
+Not for: network faults (`blackhole`, `latency`), or which process a pid may be
+(`checked_process`).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.faults.local.checked_process import CheckedProcess, wait_state
+
+
+class ProcessFaults:
+    """The process actions of one backend (`backend` names it in every fault)."""
+
+    def __init__(self, backend: str, stop_grace: float) -> None:
+        self.backend = backend
+        self.stop_grace = stop_grace
+
+    def _new(self, action: str, target: NodeTarget, **details: Any) -> InjectedFault:
+        return InjectedFault(action=action, target=target, backend=self.backend, details=details)
+
+    def kill(self, target: NodeTarget, *, expect: str | None = None) -> InjectedFault:
+        process = CheckedProcess(target, expect)
+        try:
+            process.signal(signal.SIGKILL)
+            gone = process.wait_gone(5.0)
+        finally:
+            process.close()
+        return self._new("kill", target, pid=target.pid, signal="SIGKILL", exited=gone)
+
+    def pause(self, target: NodeTarget, *, expect: str | None = None) -> InjectedFault:
+        process = CheckedProcess(target, expect)
+        try:
+            process.signal(signal.SIGSTOP)
+            stopped = wait_state(process.pid, {"T", "t"}, 2.0)
+        except BaseException:
+            process.close()
+            raise
+        fault = self._new("pause", target, pid=target.pid, signal="SIGSTOP", stopped=stopped)
+
+        def undo() -> None:
+            try:
+                process.signal(signal.SIGCONT)
+            finally:
+                process.close()
+
+        fault.undo = undo
+        return fault
+
+    def resume(self, target: NodeTarget, *, expect: str | None = None) -> InjectedFault:
+        process = CheckedProcess(target, expect)
+        try:
+            process.signal(signal.SIGCONT)
+        finally:
+            process.close()
+        return self._new("resume", target, pid=target.pid, signal="SIGCONT")
+
+    def stop(
+        self,
+        target: NodeTarget,
+        *,
+        expect: str | None = None,
+        grace: float | None = None,
+        restart: Callable[[], None] | None = None,
+        command: Sequence[str] | None = None,
+        wait_seconds: float = 10.0,
+    ) -> InjectedFault:
+        grace = self.stop_grace if grace is None else float(grace)
+        process = CheckedProcess(target, expect)
+        try:
+            process.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+            deadline = time.monotonic() + grace
+            killed = False
+            while process.alive() and time.monotonic() < deadline:
+                process.signal(signal.SIGTERM)
+                process.wait_gone(min(0.2, max(0.0, deadline - time.monotonic())))
+            if process.alive():
+                process.signal(signal.SIGKILL)
+                killed = True
+                process.wait_gone(5.0)
+        finally:
+            process.close()
+        fault = self._new("stop", target, pid=target.pid, grace=grace, sigkill=killed)
+        starter = self._starter(target, restart, command)
+        if starter is None:
+            fault.details["undo"] = (
+                "none: no restart callable or command given, the node stays stopped"
+            )
+        else:
+            fault.details["undo"] = "restart"
+
+            def undo() -> None:
+                fault.details["restarted"] = starter(wait_seconds)
+
+            fault.undo = undo
+        return fault
+
+    def start(
+        self,
+        target: NodeTarget,
+        *,
+        restart: Callable[[], None] | None = None,
+        command: Sequence[str] | None = None,
+        wait_seconds: float = 10.0,
+    ) -> InjectedFault:
+        starter = self._starter(target, restart, command)
+        if starter is None:
+            raise FaultError(f"{target.name}: start needs a restart callable or a command")
+        return self._new("start", target, **starter(wait_seconds))
+
+    def _starter(
+        self,
+        target: NodeTarget,
+        restart: Callable[[], None] | None,
+        command: Sequence[str] | str | None,
+    ) -> Callable[[float], dict[str, Any]] | None:
+        if restart is None and not command:
+            return None
+        if isinstance(command, str):
+            raise FaultError(f"{target.name}: command must be an argv list, not a string")
+
+        def start(wait_seconds: float) -> dict[str, Any]:
+            info: dict[str, Any] = {}
+            if restart is not None:
+                restart()
+                info["via"] = "restart callable"
+            else:
+                try:
+                    child = subprocess.Popen(
+                        list(command or ()), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, start_new_session=True,
+                    )  # fmt: skip
+                except OSError as error:
+                    raise FaultError(f"{target.name}: cannot start {command!r}: {error}") from None
+                info.update(via="command", command=list(command or ()), pid=child.pid)
+            if wait_seconds and not wait_port(target.host, target.port, float(wait_seconds)):
+                raise FaultError(
+                    f"{target.name}: started, but {target.host}:{target.port} does not accept "
+                    f"connections within {wait_seconds} s"
+                )
+            return info
+
+        return start
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
