@@ -25,6 +25,7 @@ from detection.probes import ProbeResult, ping, replication_info
 from lazarus_lite.rules import CheckSpec
 from lazarus_lite.service_registry import ServiceRegistry
 from ratequeue import membership
+from ratequeue.errors import NoSafeCandidate
 from ratequeue.topology import NodeRef, Shard, Topology
 
 
@@ -221,7 +222,7 @@ async def replica_caught_up(ctx: CheckContext) -> CheckResult:
             min_replicas=ctx.min_replicas,
             appointed_enqueues=ctx.shard.appointed_enqueues,
         )
-    except membership.NoSafeCandidate as refusal:
+    except NoSafeCandidate as refusal:
         return CheckResult(
             name="ReplicaCaughtUp",
             ok=False,

@@ -3,7 +3,7 @@ the audit trail (`GET /v1/events`, `GET /v1/events/{id}`), workflows, and the pe
 coordinating node calls for the quorum (`POST /v1/quorum/evaluate`).
 
 Errors are JSON `{"error": {"code", "message"}}`; bad input is a 4xx naming the field and
-changes nothing, and no answer is a traceback (`ratequeue.http_contract` installs the handlers
+changes nothing, and no answer is a traceback (`common.http_contract` installs the handlers
 and the body limits). The published OpenAPI declares each request body, the bearer token of the
 mutating endpoints, and every status an operation answers. Not for: decisions (see
 `controller`).
@@ -25,6 +25,18 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from common.http_contract import (
+    PROJECT_ERRORS,
+    JsonBody,
+    answers,
+    credential,
+    install_error_handlers,
+    json_request_body,
+    publish_contract,
+    read_json_body,
+    read_json_model,
+    same_secret,
+)
 from common.validation import quoted
 from detection.events import Event, InvalidEvent, parse_event
 from detection.stream_factory import open_event_stream
@@ -37,18 +49,6 @@ from lazarus_lite.shadow_report import shadow_report
 from lazarus_lite.steps.approval import approve
 from lazarus_lite.workflow.store import WorkflowStore
 from ratequeue.errors import InvalidInput
-from ratequeue.http_contract import (
-    PROJECT_ERRORS,
-    JsonBody,
-    answers,
-    credential,
-    install_error_handlers,
-    json_request_body,
-    publish_contract,
-    read_json_body,
-    read_json_model,
-    same_secret,
-)
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024

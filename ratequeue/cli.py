@@ -145,7 +145,8 @@ async def _publish_initial_topology(
     from redis.exceptions import RedisError
 
     from ratequeue import membership
-    from ratequeue.topology import EpochConflict, TopologyStore
+    from ratequeue.errors import EpochConflict
+    from ratequeue.topology import TopologyStore
 
     deadline = asyncio.get_running_loop().time() + wait
 

@@ -1,45 +1,39 @@
-"""The exception hierarchy every part of ratequeue raises, and the HTTP status each maps to.
+"""The exception hierarchy every part of ratequeue raises, and the HTTP status each maps to
+(the bases are `common.service_errors`'s, which every service shares).
 
-    RatequeueError                 500
-    ├── InvalidInput               400  (the request is wrong; retrying it cannot succeed)
-    │   └── InvalidNumber          400
-    ├── QueueFull                  429  (nothing written)
-    ├── IdConflict                 409  (the id names another message of that number)
-    └── RetryableError             503  (retry later with the same message id)
-        ├── DurabilityNotMet
-        ├── ShardUnavailable
-        ├── StaleEpoch
-        └── TopologyUnavailable
+    ServiceError
+    └── RatequeueError             500
+        ├── InvalidInput           400  (the request is wrong; retrying it cannot succeed)
+        │   └── InvalidNumber      400
+        ├── QueueFull              429  (nothing written)
+        ├── IdConflict             409  (the id names another message of that number)
+        ├── RetryableError         503  (retry later with the same message id)
+        │   ├── DurabilityNotMet
+        │   ├── ShardUnavailable
+        │   ├── StaleEpoch
+        │   └── TopologyUnavailable
+        ├── EpochConflict          409  (a topology compare-and-set lost: someone changed it first)
+        └── NoSafeCandidate        409  (no replica can be shown to hold every acknowledged write)
 
 Not for: formatting HTTP responses (the service does that from `code` and `http_status`).
 """
 
 from __future__ import annotations
 
+from common.service_errors import InvalidRequest, ServiceError
 
-class RatequeueError(Exception):
-    """Base class. `code` is the stable machine-readable name used in API error bodies."""
+
+class RatequeueError(ServiceError):
+    """Base class of the queue's refusals; `code` names it in API error bodies."""
 
     code = "ratequeue_error"
-    http_status = 500
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
-class InvalidInput(RatequeueError):
+class InvalidInput(RatequeueError, InvalidRequest):
     """The request itself is wrong; retrying it unchanged cannot succeed."""
 
     code = "invalid_request"
     http_status = 400
-
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None):
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        if http_status is not None:
-            self.http_status = http_status
 
 
 class InvalidNumber(InvalidInput):
@@ -90,3 +84,22 @@ class TopologyUnavailable(RetryableError):
     """No topology could be read from the control store."""
 
     code = "topology_unavailable"
+
+
+class EpochConflict(RatequeueError):
+    """Someone else changed the topology first (a compare-and-set on its epoch lost)."""
+
+    code = "epoch_conflict"
+    http_status = 409
+
+    def __init__(self, expected: int, found: int) -> None:
+        super().__init__(f"topology epoch is {found}, expected {expected}")
+        self.expected = expected
+        self.found = found
+
+
+class NoSafeCandidate(RatequeueError):
+    """No replica can be shown to hold every acknowledged write: promote none, escalate."""
+
+    code = "no_safe_candidate"
+    http_status = 409

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ratequeue.errors import NoSafeCandidate
 from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 
 # Every enqueue and rate change increments it (`ratequeue.scripts`): how many writes acknowledged
@@ -126,10 +127,6 @@ def on_lineage(position: ReplicaPosition, lineage: Lineage) -> bool:
     if position.replid == lineage.replid:
         return True
     return position.replid == lineage.previous and 0 <= position.offset <= lineage.since
-
-
-class NoSafeCandidate(Exception):
-    """No replica can be shown to hold every acknowledged write: promote none, escalate."""
 
 
 def most_complete_replica(

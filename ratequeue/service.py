@@ -2,7 +2,7 @@
 
 Every error is JSON `{"error": {"code", "message"}}`: bad input is a 4xx and writes nothing, an
 unreachable or not-yet-durable shard is a 503 with Retry-After, and nothing answers with a
-traceback (`ratequeue.http_contract` installs the handlers and the body limits). The published
+traceback (`common.http_contract` installs the handlers and the body limits). The published
 OpenAPI declares each request body and every status an operation answers. Not for: queue logic
 (the Lua scripts) or routing (the client).
 """
@@ -26,10 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
-from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
-from ratequeue.config import ServiceSettings
-from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
-from ratequeue.http_contract import (
+from common.http_contract import (
     PROJECT_ERRORS,
     JsonBody,
     JsonInt,
@@ -39,6 +36,10 @@ from ratequeue.http_contract import (
     publish_contract,
     read_json_model,
 )
+from common.service_errors import InvalidRequest
+from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
+from ratequeue.config import ServiceSettings
+from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
@@ -219,7 +220,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
             enqueued = await client.enqueue_many([message])
-        except InvalidInput:
+        except InvalidRequest:
             metrics.enqueued.labels("invalid").inc()
             raise
         result = enqueued[0]

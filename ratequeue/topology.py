@@ -17,6 +17,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ratequeue.errors import EpochConflict
 from ratequeue.slots import SLOT_COUNT
 
 TOPOLOGY_KEY = "rq:topology"
@@ -135,15 +136,6 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return -1
 """
-
-
-class EpochConflict(Exception):
-    """Someone else changed the topology first."""
-
-    def __init__(self, expected: int, found: int) -> None:
-        super().__init__(f"topology epoch is {found}, expected {expected}")
-        self.expected = expected
-        self.found = found
 
 
 class TopologyStore:

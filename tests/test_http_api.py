@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.http_contract import MAX_JSON_DEPTH
 from ratequeue.config import ServiceSettings
-from ratequeue.http_contract import MAX_JSON_DEPTH
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi, shard_key_count
 

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from common.redis_processes import RedisStartError
 from lazarus_lite.actuators import LocalProcessActuator
 from ratequeue import membership
-from ratequeue.errors import RetryableError, ShardUnavailable, StaleEpoch
+from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
-from ratequeue.membership import NoSafeCandidate, ReplicaPosition, most_complete_replica
+from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue

@@ -16,14 +16,14 @@ from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port, redis_server_binary
 from ratequeue import membership
 from ratequeue.client import RatequeueClient
-from ratequeue.errors import StaleEpoch
+from ratequeue.errors import EpochConflict, StaleEpoch
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
 from ratequeue.scripts import message_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for
-from ratequeue.topology import EpochConflict, Topology, TopologyStore
+from ratequeue.topology import Topology, TopologyStore
 
 
 def number_on(topology: Topology, shard_id: str) -> str:

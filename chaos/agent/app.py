@@ -25,8 +25,7 @@ from chaos.agent.attacks import AttackView, Execution
 from chaos.agent.commands import ATTACK_REQUEST
 from chaos.agent.errors import AGENT_ERRORS, AgentError
 from chaos.agent.state import Agent
-from ratequeue.errors import InvalidInput
-from ratequeue.http_contract import (
+from common.http_contract import (
     credential,
     error_responses,
     install_error_handlers,
@@ -34,6 +33,7 @@ from ratequeue.http_contract import (
     publish_contract,
     read_json_body,
 )
+from common.service_errors import InvalidRequest
 
 MAX_BODY_BYTES = 64 * 1024
 KEY_HEADER = APIKeyHeader(name="Authorization", scheme_name="apiKey", auto_error=False,
@@ -108,7 +108,7 @@ async def new_attack(
 ) -> Response:
     try:
         body = await read_json_body(request, MAX_BODY_BYTES)
-    except InvalidInput as error:
+    except InvalidRequest as error:
         raise AgentError(error.http_status, error.message, "body") from None
     attack = await anyio.to_thread.run_sync(agent.create, body)
     return PlainTextResponse(attack.guid, status_code=201)

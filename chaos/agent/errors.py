@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ratequeue.errors import InvalidInput
-from ratequeue.http_contract import REASONS, ErrorShape
+from common.http_contract import REASONS, ErrorShape
+from common.service_errors import InvalidRequest
 
 
-class AgentError(InvalidInput):
+class AgentError(InvalidRequest):
     """A request the agent refuses: HTTP status, the field at fault (if any), and why."""
 
     def __init__(self, status: int, message: str, field: str | None = None) -> None:

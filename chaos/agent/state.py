@@ -19,8 +19,8 @@ from chaos.agent.errors import AgentError
 from chaos.agent.execution import carry_out, check_plan
 from chaos.agent.targets import TargetSource
 from chaos.faults.local.backend import LocalFaultBackend
+from common.http_contract import same_secret
 from common.validation import header_secret_problem, quoted
-from ratequeue.http_contract import same_secret
 
 Listing = Literal["all", "active", "completed"]
 

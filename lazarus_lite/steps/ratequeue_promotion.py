@@ -29,8 +29,9 @@ from redis.exceptions import RedisError, ResponseError
 from lazarus_lite.workflow.context import Escalate, StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
 from ratequeue import membership
-from ratequeue.membership import NoSafeCandidate, ReplicaPosition
-from ratequeue.topology import EpochConflict, Lineage, NodeRef, Shard, Topology, TopologyStore
+from ratequeue.errors import EpochConflict, NoSafeCandidate
+from ratequeue.membership import ReplicaPosition
+from ratequeue.topology import Lineage, NodeRef, Shard, Topology, TopologyStore
 
 FORENSICS_POLICIES = ("demote", "stop")
 

@@ -4,7 +4,7 @@ answers to a request it cannot serve, and how its published OpenAPI says so.
 - Errors: each service has one error envelope (`ErrorShape`; the project's is
   `{"error": {"code", "message"}}`), and `install_error_handlers` answers in it also for the
   framework's own refusals: an unknown path is a 404, another method on a known path a 405
-  with `Allow`, a parameter that does not parse a 400 naming it, a `RatequeueError` its own
+  with `Allow`, a parameter that does not parse a 400 naming it, a `ServiceError` its own
   status (503 with `Retry-After` when retrying may help), anything unexpected a 500 that shows
   no traceback. No message is longer than `MAX_MESSAGE` characters.
 - Bodies: `read_json_body` reads at most `max_bytes` (else 413) and parses strict JSON
@@ -22,7 +22,7 @@ answers to a request it cannot serve, and how its published OpenAPI says so.
   the real contract.
 
 Not for: what any service does, its settings, or checks of meaning (a phone number, an event,
-an attack command: each service validates its own and raises `InvalidInput`).
+an attack command: each service validates its own and raises `InvalidRequest`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from common import bounded_json
+from common.service_errors import InvalidRequest, ServiceError
 from common.validation import describe_problems, quoted
-from ratequeue.errors import InvalidInput, RatequeueError, RetryableError
 
 log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
@@ -131,13 +131,12 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> None:
     """Answer every refusal (the service's own and the framework's) in `shape`."""
 
-    @app.exception_handler(RatequeueError)
-    async def on_refusal(request: Request, error: RatequeueError) -> JSONResponse:
+    @app.exception_handler(ServiceError)
+    async def on_refusal(request: Request, error: ServiceError) -> JSONResponse:
         headers = None
-        if isinstance(error, RetryableError):
+        if error.retry_after_seconds is not None:
             headers = {"Retry-After": str(error.retry_after_seconds)}
-        field = getattr(error, "field", None)
-        return shape.response(error.http_status, error.code, error.message, field, headers)
+        return shape.response(error.http_status, error.code, error.message, error.field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -171,20 +170,20 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (see the module docstring); raises InvalidInput (400) saying what is wrong."""
+    """Strict JSON (see the module docstring); raises InvalidRequest (400) saying what is wrong."""
     try:
         # What json.loads does with bytes; decoded first so the nesting is counted on text.
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         data = bounded_json.loads(text, max_depth=MAX_JSON_DEPTH)
     except bounded_json.TooDeep as problem:
-        raise InvalidInput(f"request body is {problem.problem}") from None
+        raise InvalidRequest(f"request body is {problem.problem}") from None
     except ValueError as error:  # bad UTF-8, or a JsonProblem
-        raise InvalidInput(f"request body is not valid JSON: {error}", code="bad_json") from None
+        raise InvalidRequest(f"request body is not valid JSON: {error}", code="bad_json") from None
     try:
         # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored.
         json.dumps(data, ensure_ascii=False).encode()
     except UnicodeEncodeError:
-        raise InvalidInput("request body holds a string with a lone UTF-16 surrogate",
+        raise InvalidRequest("request body holds a string with a lone UTF-16 surrogate",
                            code="bad_json") from None  # fmt: skip
     return data
 
@@ -193,7 +192,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     """The request's JSON body, read to at most `max_bytes` (413 beyond) and parsed strictly."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(
+        raise InvalidRequest(
             f"request body is {quoted(declared)} bytes; the limit is {max_bytes}",
             code="body_too_large", http_status=413,
         )  # fmt: skip
@@ -201,7 +200,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > max_bytes:
-            raise InvalidInput(
+            raise InvalidRequest(
                 f"request body exceeds the limit of {max_bytes} bytes",
                 code="body_too_large", http_status=413,
             )  # fmt: skip
@@ -210,14 +209,14 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
 
 async def read_json_model(request: Request, model: type[Body], max_bytes: int) -> Body:
     """The request's JSON body (see `read_json_body`) as `model`: a body that is not a JSON
-    object, or does not validate, is an InvalidInput (400) naming each field at fault."""
+    object, or does not validate, is an InvalidRequest (400) naming each field at fault."""
     data = await read_json_body(request, max_bytes)
     if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object", code="invalid_request")
+        raise InvalidRequest("request body must be a JSON object", code="invalid_request")
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InvalidInput(describe_problems(error), code="invalid_request") from None
+        raise InvalidRequest(describe_problems(error), code="invalid_request") from None
 
 
 def _whole(value: Any) -> Any:
