@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import redis
 from pydantic import ValidationError
 
+from chaos.journal import Say
 from chaos.targets import Deployment, TargetError
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.approval import APPROVAL_STEP
 from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.store import owner_key
 
-Say = Callable[[str], None]
+Answer = TypeVar("Answer", bound=AuditRecord | WorkflowRecord)
 
 # What a run's journal keeps of each decision (the whole record stays in the control store).
 DECISION_FIELDS = (
@@ -42,6 +42,9 @@ class ControllerAnswers:
         self.deployment = deployment
         self._http = http
         self.say = say
+        # Answers that did not read as lazarus_lite's models (say, controllers of another
+        # version): the run's journal lists them, so a hypothesis that saw nothing says why.
+        self.unreadable: set[str] = set()
 
     def decisions(
         self, since: float, shards: set[str]
@@ -53,21 +56,32 @@ class ControllerAnswers:
                 answer = self._http.get(
                     f"{url}/v1/events", params={"since": since - 2, "limit": 500}
                 ).json()["events"]
-                events = [AuditRecord.model_validate(e) for e in answer]
-            except (httpx.HTTPError, ValueError, KeyError):  # ValidationError is a ValueError
+            except (httpx.HTTPError, ValueError, KeyError):  # not answering: ask the next one
                 continue
-            mine = [e for e in events if e.event.get("shard") in shards]
+            events = [self._read(AuditRecord, e, f"{url}: an audit record") for e in answer]
+            mine = [e for e in events if e is not None and e.event.get("shard") in shards]
             workflows = []
             for record in mine:
                 if record.workflow_id:
-                    with contextlib.suppress(httpx.HTTPError, ValueError, ValidationError):
-                        workflows.append(
-                            WorkflowRecord.model_validate(
-                                self._http.get(f"{url}/v1/workflows/{record.workflow_id}").json()
-                            )
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        answer = self._http.get(f"{url}/v1/workflows/{record.workflow_id}").json()
+                        workflow = self._read(
+                            WorkflowRecord, answer, f"{url}: workflow {record.workflow_id}"
                         )
+                        if workflow is not None:
+                            workflows.append(workflow)
             return sorted(mine, key=lambda e: e.received_at), workflows
         return [], []
+
+    def _read(self, model: type[Answer], data: Any, what: str) -> Answer | None:
+        try:
+            return model.model_validate(data)
+        except ValidationError as error:
+            problem = f"{what} does not read as {model.__name__}: {error.errors()[0]['msg']}"
+            if problem not in self.unreadable:
+                self.unreadable.add(problem)
+                self.say(problem)
+            return None
 
     def shard_workflow(self, shard: str) -> WorkflowRecord | None:
         """The shard's latest running workflow (within the last ten minutes)."""

@@ -10,17 +10,14 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
 from chaos.experiments import ApproveStep, Experiment, FaultStep, Selector
 from chaos.faults.base import FaultBackend, FaultError, InjectedFault
 from chaos.halting import RunAborted, sleep_until
-from chaos.journal import Journal
+from chaos.journal import Journal, Say
 from chaos.targets import Deployment, DeploymentNode, ShardChoice, TargetError
-
-Say = Callable[[str], None]
 
 
 def open_backend(name: str) -> FaultBackend:

@@ -5,6 +5,7 @@ report` can chart it). Not for: deciding the verdict (see `hypotheses`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,10 @@ TIMELINE_ORDER = (
     "rolled_back",
     "load_drained",
 )
+
+
+# How a run narrates to its operator as it goes (the console); the journal is its record.
+Say = Callable[[str], None]
 
 
 class TimelineEntry(BaseModel):

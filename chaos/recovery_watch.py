@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from chaos.journal import Journal
 from chaos.load import BackgroundLoad
 from lazarus_lite.audit import AuditRecord
@@ -49,15 +51,26 @@ def update_timeline(
         for step, model, name in STEP_MARKS:
             record = workflow.steps.get(step)
             if record is not None and record.finished_at:
-                # A failed attempt has a finish time but no output.
-                primary = model.model_validate(record.output).primary if record.output else ""
-                journal.mark(name, record.finished_at, fault_at, primary)
+                journal.mark(name, record.finished_at, fault_at, _promoted(record.output, model))
     # Recovered: every watched shard has acknowledged a write again (the slowest one counts; a
     # shard that only lost a replica never stopped).
     acks = {shard: load.ledger.first_ack_after(fault_at, shard) for shard in sorted(watched)}
     if acks and all(at is not None for at in acks.values()):
         slowest = max(acks, key=lambda shard: acks[shard] or 0.0)
         journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
+
+
+def _promoted(
+    output: dict[str, object], model: type[CandidatePromoted] | type[TopologyPublished]
+) -> str:
+    """The primary a step's output names; "" for a failed attempt (a finish time, no output).
+    An output of another version's shape still places the mark on the timeline."""
+    if not output:
+        return ""
+    try:
+        return model.model_validate(output).primary
+    except ValidationError:
+        return str(output.get("primary", ""))
 
 
 def outcome_reached(

@@ -4,8 +4,8 @@
 It reads top to bottom like the run it performs: `run()` is the whole story, the methods below
 it are its steps; its collaborators do the parts: `steady_state` probes, `fault_phase` injects
 and rolls back, `controller_answers` reads what the controllers did, `recovery_watch` places it
-on the timeline. Not for: scheduling (see `scheduler`) or the faults' mechanics (see
-`chaos.faults`).
+on the timeline, `halting` stops a run early. Not for: scheduling (see `scheduler`) or the
+faults' mechanics (see `chaos.faults`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -26,15 +25,13 @@ from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import RunAborted, sleep_until
 from chaos.hypotheses import Observations, evaluate
-from chaos.journal import Journal
+from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.recovery_watch import outcome_reached, update_timeline
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.topology import Topology
-
-Say = Callable[[str], None]
 
 
 def slug(text: str) -> str:
@@ -116,6 +113,7 @@ class ExperimentRunner:
                         ledger,
                         faulted or ({journal.shard} if journal.shard else set()),
                     )
+            journal.errors.extend(sorted(self.controllers.unreadable))
             journal.ended_at = time.time()
             journal.measure_from_fault()
             if journal.status == "running":

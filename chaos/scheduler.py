@@ -20,9 +20,9 @@ from pathlib import Path
 import redis
 
 from chaos.experiments import Experiment, load_experiment
-from chaos.journal import Journal
+from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
-from chaos.runner import ExperimentRunner, Say
+from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment, TargetError, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
 

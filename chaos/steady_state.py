@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import httpx
 import redis
 
 from chaos.experiments import Probe
-from chaos.journal import ProbeOutcome
+from chaos.journal import ProbeOutcome, Say
 from chaos.load import LoadProfile, number_pool
 from chaos.targets import Deployment, TargetError
 from ratequeue.slots import slot_for
 from ratequeue.topology import Topology
-
-Say = Callable[[str], None]
 
 
 class SteadyStateProbes:

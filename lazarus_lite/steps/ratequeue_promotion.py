@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
@@ -53,6 +53,21 @@ class ShardFailoverInputs(WorkflowInputs):
     target_replicas: int | None = Field(None, description="default: as many as before")
     forensics_policy: str = Field("demote", description=f"one of {FORENSICS_POLICIES}")
 
+    @field_validator("failed_shard_epoch", "target_replicas", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # Event data is free-form JSON: an empty value means "not said", and a number written
+        # as text or with a fraction counts as its whole part (as `int()` always read it), so
+        # an odd event still fails over instead of escalating on a type.
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, float | str):
+            with contextlib.suppress(ValueError, OverflowError):
+                return int(float(value)) if isinstance(value, str) else int(value)
+        return value
+
 
 class NodeFenced(StepOutput):
     """One node after the fence: parked at the sink with its position frozen, or unreachable."""
@@ -63,6 +78,13 @@ class NodeFenced(StepOutput):
     offset: int | None = None
     enqueues: int | None = None
     error: str | None = None
+
+    @model_validator(mode="after")
+    def _reached_nodes_have_a_position(self) -> NodeFenced:
+        # A reached node's position is what the zero-loss comparison reads: never guess it.
+        if self.reachable and (self.replid is None or self.offset is None):
+            raise ValueError(f"{self.name} is reachable but its replid or offset is missing")
+        return self
 
 
 class FenceResult(StepOutput):
@@ -215,7 +237,7 @@ async def choose_candidate(ctx: StepContext) -> CandidateChosen:
     acknowledged at k); see `ratequeue.membership.most_complete_replica`."""
     fenced = ctx.output_of(FENCE_OLD_PRIMARY, FenceResult)
     positions = [
-        ReplicaPosition(r.name, str(r.replid), int(r.offset or 0), r.enqueues)
+        ReplicaPosition(r.name, r.replid or "", r.offset or 0, r.enqueues)  # set: validated
         for r in fenced.reached()
     ]
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment
+from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, UndeclaredRead
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from lazarus_lite.workflow.registry import STEPS
@@ -222,8 +222,12 @@ class WorkflowEngine:
                 if definition.changes_state and self.env.before_state_change is not None:
                     await self.env.before_state_change(record, definition.name)
                 output = await asyncio.wait_for(spec.function(context), timeout=definition.timeout)
+                # Checked before it is recorded: a later step reads it as the declared model.
+                stored = stored_output(output, spec.output)
             except Escalate as error:
                 return await self._fail_step(record, definition, f"escalated: {error}")
+            except UndeclaredRead as error:  # a bug in the step: retrying cannot help
+                return await self._fail_step(record, definition, f"{error}")
             except TimeoutError:
                 failure = f"timed out after {definition.timeout:g} s"
             except Exception as error:
@@ -231,7 +235,7 @@ class WorkflowEngine:
             else:
                 step_record.status = "succeeded"
                 step_record.finished_at = time.time()
-                step_record.output = stored_output(output)
+                step_record.output = stored
                 await self._record(
                     record,
                     {
@@ -301,8 +305,13 @@ class WorkflowEngine:
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
 
-def stored_output(output: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
-    """A step's output as the record keeps it: JSON-compatible."""
+def stored_output(
+    output: BaseModel | dict[str, Any] | None, declared: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """A step's output as the record keeps it: JSON-compatible, and valid as the output model
+    the step declared (a ValidationError otherwise: the attempt failed)."""
+    if declared is not None and not isinstance(output, declared):
+        output = declared.model_validate(output or {})
     if isinstance(output, BaseModel):
         return output.model_dump(mode="json")
     return output or {}

@@ -20,9 +20,13 @@ def check_references(definition: WorkflowDefinition) -> list[str]:
     problems = []
     runs = {s.name: s.run for s in definition.steps}
     readers = [(s.name, s.run, definition.ancestors(s.name)) for s in definition.steps]
-    if definition.on_failure is not None:
-        # It may run after any step; a step it reads may not have run (it reads what exists).
-        readers.append(("on_failure", definition.on_failure, set(runs)))
+    if definition.on_failure is not None and STEPS[definition.on_failure].reads:
+        # It runs after whichever step failed, possibly the first: no output is sure to exist.
+        problems.append(
+            f"workflow '{definition.name}': its on_failure step ({definition.on_failure}) reads "
+            f"{', '.join(map(repr, STEPS[definition.on_failure].reads))}; an on_failure step "
+            "may run before any other step succeeded, so it may read no step's output"
+        )
     for reader, run, before in readers:
         for source, expected in STEPS[run].reads.items():
             where = f"workflow '{definition.name}': step '{reader}' ({run}) reads '{source}'"

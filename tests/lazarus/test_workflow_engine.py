@@ -101,6 +101,19 @@ async def consuming_step(ctx: StepContext) -> Produced:
     return Produced(value=ctx.output_of("produce", Produced).value + 1)
 
 
+@step("test.misreport", output=Produced)
+async def misreporting_step(ctx: StepContext) -> dict[str, Any]:
+    calls[ctx.step] += 1
+    return {"value": "not a number"}
+
+
+@step("test.read_undeclared")
+async def undeclared_reading_step(ctx: StepContext) -> dict[str, Any]:
+    calls[ctx.step] += 1
+    ctx.output_of("produce", Produced)
+    return {}
+
+
 @pytest.fixture(autouse=True)
 async def fresh_counters_and_gate() -> None:
     calls.clear()
@@ -378,6 +391,48 @@ def test_a_step_reading_what_its_workflow_does_not_produce_before_it_is_refused_
     assert "reads.yaml: workflow 'reads'" in message and named in message
 
 
+def test_an_on_failure_step_that_reads_a_step_output_is_refused_at_load() -> None:
+    with pytest.raises(WorkflowError) as refused:
+        parse_workflow(
+            "name: w\non_failure: test.consume\nsteps:\n  - {name: produce, run: test.produce}\n",
+            "w.yaml",
+        )
+    assert "on_failure step (test.consume) reads 'produce'" in str(refused.value)
+
+
+async def test_an_output_that_is_not_the_declared_model_fails_the_attempt(
+    control: aioredis.Redis,
+) -> None:
+    misreporting = definition("""
+name: misreporting
+steps:
+  - {name: report, run: test.misreport, retry: {max_attempts: 2, backoff: 0.01}}
+""")
+    engine = engine_for(control, "n1", misreporting)
+    started = await engine.start("misreporting", {})
+    await engine.wait(started.id)
+    done = await engine.store.load(started.id)
+    assert done.status == "escalated" and calls["report"] == 2
+    assert "ValidationError" in done.escalation and done.steps["report"].output == {}
+
+
+async def test_a_step_reading_what_it_did_not_declare_fails_without_retrying(
+    control: aioredis.Redis,
+) -> None:
+    sneaky = definition("""
+name: sneaky
+steps:
+  - {name: produce, run: test.produce}
+  - {name: peek, run: test.read_undeclared, needs: [produce], retry: {max_attempts: 5}}
+""")
+    engine = engine_for(control, "n1", sneaky)
+    started = await engine.start("sneaky", {})
+    await engine.wait(started.id)
+    done = await engine.store.load(started.id)
+    assert done.status == "escalated" and calls["peek"] == 1
+    assert "without declaring it" in done.escalation
+
+
 def test_reads_through_an_ancestor_several_steps_back_resolve() -> None:
     definition("""
 name: chain
@@ -482,3 +537,30 @@ def test_the_failover_outputs_recorded_by_the_old_code_read_as_the_step_models()
     promoted = {"primary": "s0-r1", "epoch": 5, "promoted_at": 1.5, "lineage": lineage,
                 "appointed_enqueues": 7}  # fmt: skip
     assert CandidatePromoted.model_validate(promoted).model_dump(mode="json") == promoted
+
+
+@pytest.mark.parametrize(
+    ("said", "read"),
+    [(None, None), ("", None), (3, 3), (3.0, 3), (3.7, 3), ("3", 3), ("2.5", 2)],
+)
+def test_failover_inputs_read_free_form_event_numbers_as_int_always_did(
+    said: object, read: int | None
+) -> None:
+    """Event data is free-form JSON: a number the old code read with `int()` still fails over."""
+    from lazarus_lite.steps.ratequeue_promotion import ShardFailoverInputs
+
+    inputs = ShardFailoverInputs.model_validate(
+        {"shard": "s0", "failed_shard_epoch": said, "target_replicas": said}
+    )
+    assert inputs.failed_shard_epoch == read and inputs.target_replicas == read
+
+
+def test_a_reached_replica_without_a_position_does_not_read_as_fenced() -> None:
+    """The candidate rule compares reached replicas' positions: one never counts as offset 0."""
+    from pydantic import ValidationError
+
+    from lazarus_lite.steps.ratequeue_promotion import NodeFenced
+
+    with pytest.raises(ValidationError, match="reachable but its replid or offset is missing"):
+        NodeFenced.model_validate({"name": "s0-r1", "reachable": True})
+    assert not NodeFenced.model_validate({"name": "s0-r1", "reachable": False}).reachable
