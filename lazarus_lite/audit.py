@@ -13,8 +13,8 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from detection.notifications import Delivery
 from lazarus_lite.checks import CheckResult
+from notifications.delivery import Delivery
 
 AUDIT_INDEX = "lz:audit:index"
 AUDIT_RETENTION_SECONDS = 30 * 24 * 3600

@@ -22,7 +22,6 @@ import httpx
 import redis.asyncio as aioredis
 
 from detection.events import Event
-from detection.notifications import Delivery, Notifier, PageState
 from detection.streams import EventStream, Received
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
@@ -39,6 +38,7 @@ from lazarus_lite.gates import (
     is_failure,
 )
 from lazarus_lite.locks import Locks
+from lazarus_lite.paging import Pager, PageState
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
@@ -60,6 +60,8 @@ from lazarus_lite.workflow import (
     WorkflowRecord,
     load_workflows,
 )
+from notifications.config import load_notification_config
+from notifications.delivery import Delivery
 from ratequeue.topology import TopologyStore
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,10 @@ class ControllerNode:
             ),
         )
         self.notifier = (
-            Notifier.from_file(settings.notifications, on_deadline=self._page_deadline_passed)
+            Pager(
+                load_notification_config(settings.notifications),
+                on_deadline=self._page_deadline_passed,
+            )
             if settings.notifications is not None
             else None
         )
