@@ -77,7 +77,7 @@ from chaos.testbed import (
     running_testbed,
     state_path,
 )
-from lazarus_lite.controller import SENSORS_KEY
+from lazarus_lite import control_keys
 from ratequeue.redis_processes import CLIENT_HOST, LocalCluster, RedisProcess, free_port
 from ratequeue.slots import slot_for
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
@@ -387,7 +387,7 @@ class RatequeueBench:
                 shard.primary.port
             ):
                 raise BenchmarkError(f"replica {replica.name} not streaming from the primary")
-            raw = await self.control.hget(SENSORS_KEY, f"sensor-{replica.name}")
+            raw = await self.control.hget(control_keys.SENSORS, f"sensor-{replica.name}")
             heartbeat = json.loads(raw) if raw else {}
             data = heartbeat.get("data", {})
             if (data.get("primary"), data.get("shard_epoch"), data.get("ok")) != (

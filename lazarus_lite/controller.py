@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from detection.events import Event
 from detection.streams import EventStream, Received
+from lazarus_lite import control_keys
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, QuorumOutcome, note_deliveries
@@ -42,10 +43,8 @@ from lazarus_lite.paging import Pager, PageState
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.rules import Rule, RuleBook, load_rules
 from lazarus_lite.settings import ControllerSettings
-from lazarus_lite.shadow_report import SHADOW_DECISIONS
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.shard_watch import (
-    SENSORS_KEY,
     WATCH_EVENT_TYPES,
     ShardWatch,
     WatchSettings,
@@ -67,18 +66,13 @@ from ratequeue.topology import TopologyStore
 log = logging.getLogger(__name__)
 
 RECORD_ONLY_ACTION = "default.record"
-ESCALATIONS_STREAM = "lz:escalations"
 
 
 UNACTED = {"escalated", "duplicate", "no_action", "stale"}
 
 
 def incident_claim_key(event: Event) -> str:
-    return f"lz:incident:{event.type}:{event.dedup_key}"
-
-
-def recovered_flag_key(claim_key: str) -> str:
-    return f"{claim_key}:recovered"
+    return control_keys.incident_claim(event.type, event.dedup_key)
 
 
 def lock_resource(rule: Rule, event: Event) -> str:
@@ -232,7 +226,7 @@ class ControllerNode:
     async def handle(self, event: Event) -> AuditRecord | None:
         """Decide one event as its coordinator; returns its audit record (None for heartbeats)."""
         if event.type == "SensorHeartbeat":
-            await self.control.hset(SENSORS_KEY, event.source, event.to_json())
+            await self.control.hset(control_keys.SENSORS, event.source, event.to_json())
             return None
         existing = await self.audit.get(event.id)
         if existing is not None and existing.outcome != "received":
@@ -356,7 +350,7 @@ class ControllerNode:
 
     async def _notify_escalation(self, record: AuditRecord, reason: str) -> None:
         await self.control.xadd(
-            ESCALATIONS_STREAM,
+            control_keys.ESCALATIONS_STREAM,
             {"event_id": record.event_id, "reason": reason, "node": self.node_id},
             maxlen=10_000,
             approximate=True,
@@ -390,7 +384,7 @@ class ControllerNode:
             except KeyError:
                 primary = None
         await self.control.rpush(
-            SHADOW_DECISIONS,
+            control_keys.SHADOW_DECISIONS,
             json.dumps(
                 {
                     "event_id": event.id,
@@ -412,7 +406,7 @@ class ControllerNode:
         as its duplicate)."""
         if not event.incident_key:
             return
-        key = f"lz:incident:RedisMasterDown:{event.incident_key}"
+        key = control_keys.incident_claim("RedisMasterDown", event.incident_key)
         with contextlib.suppress(Exception):
             first = await self.control.get(key)
             if first is None:
@@ -421,7 +415,7 @@ class ControllerNode:
             if down is None or down.outcome in UNACTED:
                 await self.control.delete(key)
             elif down.outcome == "received":
-                await self.control.set(recovered_flag_key(key), "1",
+                await self.control.set(control_keys.recovered_flag(key), "1",
                                        ex=int(self.settings.incident_ttl))  # fmt: skip
 
     async def _take_over_declined_incident(self, event: Event, first_id: str) -> bool:
@@ -441,7 +435,7 @@ class ControllerNode:
         if record.outcome not in UNACTED:
             return
         key = incident_claim_key(Event.model_validate(record.event))
-        if await self.control.delete(recovered_flag_key(key)):
+        if await self.control.delete(control_keys.recovered_flag(key)):
             await self.control.delete(key)
 
     # -- quorum ----------------------------------------------------------------------------

@@ -26,9 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from detection.events import Event
+from lazarus_lite import control_keys
 
-KILLSWITCH_KEY = "lz:killswitch"
-SHADOW_KEY = "lz:shadow"
 ALL = "*"
 CATEGORIES = ("failover", "host_replacement", "scaling")
 
@@ -83,7 +82,7 @@ class ServiceRateLimit:
         self.overrides = overrides or {}
 
     def key(self, service: str) -> str:
-        return f"lz:rate:{service}"
+        return control_keys.rate_window(service)
 
     async def record(self, event: Event) -> int:
         """Count this incident; returns the service's incidents within the window."""
@@ -119,7 +118,7 @@ class CircuitBreaker:
         self.threshold = threshold
 
     def key(self, region: str) -> str:
-        return f"lz:breaker:{region}"
+        return control_keys.breaker_window(region)
 
     async def record(self, event: Event) -> None:
         now = time.time()
@@ -146,7 +145,9 @@ class CircuitBreaker:
         }
 
     async def regions(self) -> list[str]:
-        keys = [k.decode() async for k in self._control.scan_iter(match="lz:breaker:*")]
+        keys = [
+            k.decode() async for k in self._control.scan_iter(match=control_keys.BREAKER_PATTERN)
+        ]
         return sorted(k.split(":", 2)[2] for k in keys)
 
     async def check(self, event: Event) -> GateStop | None:
@@ -170,23 +171,23 @@ class KillSwitch:
     async def set(self, category: str, enabled: bool, *, by: str = "", reason: str = "") -> None:
         """Switch one category (or `*`: all) on or off; switching `*` off clears every one."""
         if not enabled and category == ALL:
-            await self._control.delete(KILLSWITCH_KEY)
+            await self._control.delete(control_keys.KILLSWITCH)
             return
         if enabled:
             await self._control.hset(
-                KILLSWITCH_KEY,
+                control_keys.KILLSWITCH,
                 category,
                 json.dumps({"enabled_at": time.time(), "by": by, "reason": reason}),
             )
         else:
-            await self._control.hdel(KILLSWITCH_KEY, category)
+            await self._control.hdel(control_keys.KILLSWITCH, category)
 
     async def status(self) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(KILLSWITCH_KEY)
+        raw = await self._control.hgetall(control_keys.KILLSWITCH)
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     async def check(self, category: str) -> GateStop | None:
-        engaged = await self._control.hmget(KILLSWITCH_KEY, [category, ALL])
+        engaged = await self._control.hmget(control_keys.KILLSWITCH, [category, ALL])
         for name, value in zip((category, ALL), engaged, strict=True):
             if value is not None:
                 info = json.loads(value)
@@ -208,18 +209,20 @@ class ShadowMode:
     async def set(self, service: str, enabled: bool) -> None:
         """Shadow one service (or `*`: all) or not; switching `*` off clears every one."""
         if not enabled and service == ALL:
-            await self._control.delete(SHADOW_KEY)
+            await self._control.delete(control_keys.SHADOW_SERVICES)
             return
         if enabled:
-            await self._control.sadd(SHADOW_KEY, service)
+            await self._control.sadd(control_keys.SHADOW_SERVICES, service)
         else:
-            await self._control.srem(SHADOW_KEY, service)
+            await self._control.srem(control_keys.SHADOW_SERVICES, service)
 
     async def services(self) -> list[str]:
-        return sorted(m.decode() for m in await self._control.smembers(SHADOW_KEY))
+        return sorted(
+            m.decode() for m in await self._control.smembers(control_keys.SHADOW_SERVICES)
+        )
 
     async def check(self, service: str) -> GateStop | None:
-        flags = await self._control.smismember(SHADOW_KEY, [service, ALL])
+        flags = await self._control.smismember(control_keys.SHADOW_SERVICES, [service, ALL])
         if any(flags):
             scope = "globally" if flags[1] else f"for {service}"
             return GateStop("shadow", f"notification-only mode {scope}: decided, not acted on")

@@ -13,13 +13,12 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from detection.probes import ping
+from lazarus_lite import control_keys
 from ratequeue.topology import TopologyStore
-
-SHADOW_DECISIONS = "lz:shadow:decisions"
 
 
 async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[str, Any]]:
-    raw = await control.lrange(SHADOW_DECISIONS, -limit, -1)
+    raw = await control.lrange(control_keys.SHADOW_DECISIONS, -limit, -1)
     topology = await TopologyStore(control).load()
     rows = []
     for entry in raw:
