@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from detection.events import Event
 from lazarus_lite import control_keys
+from lazarus_lite.settings import ControllerSettings
 
 ALL = "*"
 CATEGORIES = ("failover", "host_replacement", "scaling")
@@ -251,3 +252,48 @@ class ControlRealm:
                 f"event region {event_region} is outside the control realm {self.realm}",
             )
         return None
+
+
+class SafetyGates:
+    """The controller's gates, consulted where it decides: `stale` on intake, `count_failure`
+    then `before_action` once a rule matched, `shadow` after the quorum, and
+    `before_execution` right before a workflow starts and before each state-changing step."""
+
+    def __init__(self, settings: ControllerSettings, control: aioredis.Redis) -> None:
+        self.stale = StaleEventFilter(settings.max_event_age)
+        self.rate_limit = ServiceRateLimit(
+            control,
+            window=settings.rate_limit_window,
+            threshold=settings.rate_limit_threshold,
+            overrides=settings.rate_limit_overrides,
+        )
+        self.breaker = CircuitBreaker(
+            control, window=settings.breaker_window, threshold=settings.breaker_threshold
+        )
+        self.kill_switch = KillSwitch(control)
+        self.shadow = ShadowMode(control)
+        self.realm = ControlRealm(settings.region, settings.control_realm)
+
+    async def count_failure(self, event: Event) -> int:
+        """Count a failure against its service's rate limit and its region's breaker; returns
+        the service's incidents within the window (0 for an event that is no failure)."""
+        if not is_failure(event):
+            return 0
+        incidents = await self.rate_limit.record(event)
+        await self.breaker.record(event)
+        return incidents
+
+    async def before_action(self, event: Event, incidents: int) -> GateStop | None:
+        # The regional breaker first: in an outage of many services every event escalates.
+        for stop in (
+            await self.breaker.check(event),
+            await self.rate_limit.check(event, incidents),
+            self.realm.check(event.region),
+        ):
+            if stop is not None:
+                return stop
+        return None
+
+    async def before_execution(self, category: str) -> GateStop | None:
+        """The seed's kill switch placement: one check, right before execution."""
+        return self.realm.check() or await self.kill_switch.check(category)
