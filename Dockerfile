@@ -21,6 +21,7 @@ RUN ["python3", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "-
 COPY pyproject.toml README.md /src/
 COPY ratequeue /src/ratequeue
 COPY common /src/common
+COPY notifications /src/notifications
 COPY detection /src/detection
 COPY lazarus_lite /src/lazarus_lite
 COPY chaos /src/chaos

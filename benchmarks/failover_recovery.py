@@ -78,7 +78,7 @@ from chaos.testbed import (
 )
 from common.nodes import CLIENT_HOST, REDIS_ROLES
 from common.redis_processes import RedisProcess, free_port
-from lazarus_lite.controller import SENSORS_KEY
+from lazarus_lite import control_keys
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.slots import slot_for
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
@@ -388,7 +388,7 @@ class RatequeueBench:
                 shard.primary.port
             ):
                 raise BenchmarkError(f"replica {replica.name} not streaming from the primary")
-            raw = await self.control.hget(SENSORS_KEY, f"sensor-{replica.name}")
+            raw = await self.control.hget(control_keys.SENSORS, f"sensor-{replica.name}")
             heartbeat = json.loads(raw) if raw else {}
             data = heartbeat.get("data", {})
             if (data.get("primary"), data.get("shard_epoch"), data.get("ok")) != (

@@ -90,7 +90,7 @@ def sensor(
                "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
     pager_config = None
     if notifications is not None:
-        from detection.notifications import NotificationConfigError, load_notification_config
+        from notifications.config import NotificationConfigError, load_notification_config
 
         try:
             pager_config = load_notification_config(notifications)
@@ -133,10 +133,10 @@ async def _run_sensor(
     event_stream = _open_stream(config, backend, kinesis)
     pager = None
     if pager_config is not None:
-        from detection.notifications import Notifier
+        from notifications.notifier import Notifier
 
         # The sensor only triggers pages; deadlines are the controller's to enforce.
-        pager = Notifier(pager_config, watch=False)
+        pager = Notifier(pager_config)
     try:
         async with Sensor(config, event_stream, pager=pager) as watcher:
             await watcher.run(stop)

@@ -39,9 +39,9 @@ from redis.backoff import NoBackoff
 
 from detection import probes
 from detection.events import Event, InvalidEvent, new_event
-from detection.notifications import Notifier
 from detection.probes import ProbeResult
 from detection.streams import EventStream
+from notifications.notifier import Notifier
 from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
 
 log = logging.getLogger(__name__)

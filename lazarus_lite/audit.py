@@ -13,10 +13,10 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from detection.notifications import Delivery
+from lazarus_lite import control_keys
 from lazarus_lite.checks import CheckResult
+from notifications.delivery import Delivery
 
-AUDIT_INDEX = "lz:audit:index"
 AUDIT_RETENTION_SECONDS = 30 * 24 * 3600
 
 Outcome = Literal[
@@ -79,10 +79,6 @@ class AuditRecord(BaseModel):
         self.notes.append(Note(at=time.time(), kind=kind, detail=detail, data=data))
 
 
-def audit_key(event_id: str) -> str:
-    return f"lz:audit:{event_id}"
-
-
 class AuditLog:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
@@ -90,24 +86,26 @@ class AuditLog:
     async def save(self, record: AuditRecord) -> None:
         async with self._control.pipeline(transaction=True) as pipe:
             pipe.set(
-                audit_key(record.event_id), record.model_dump_json(), ex=AUDIT_RETENTION_SECONDS
+                control_keys.audit_record(record.event_id),
+                record.model_dump_json(),
+                ex=AUDIT_RETENTION_SECONDS,
             )
-            pipe.zadd(AUDIT_INDEX, {record.event_id: record.received_at})
+            pipe.zadd(control_keys.AUDIT_INDEX, {record.event_id: record.received_at})
             await pipe.execute()
 
     async def get(self, event_id: str) -> AuditRecord | None:
-        raw = await self._control.get(audit_key(event_id))
+        raw = await self._control.get(control_keys.audit_record(event_id))
         return None if raw is None else AuditRecord.model_validate_json(raw)
 
     async def exists(self, event_id: str) -> bool:
-        return bool(await self._control.exists(audit_key(event_id)))
+        return bool(await self._control.exists(control_keys.audit_record(event_id)))
 
     async def list(
         self, *, service: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditRecord]:
         """Newest first."""
         ids = await self._control.zrevrangebyscore(
-            AUDIT_INDEX,
+            control_keys.AUDIT_INDEX,
             "+inf",
             since if since is not None else "-inf",
             start=0,
@@ -115,7 +113,7 @@ class AuditLog:
         )
         if not ids:
             return []
-        raws = await self._control.mget([audit_key(i.decode()) for i in ids])
+        raws = await self._control.mget([control_keys.audit_record(i.decode()) for i in ids])
         records = [AuditRecord.model_validate_json(r) for r in raws if r is not None]
         if service is not None:
             records = [r for r in records if r.service == service]

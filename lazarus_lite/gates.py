@@ -26,9 +26,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from detection.events import Event
+from lazarus_lite import control_keys
+from lazarus_lite.settings import ControllerSettings
 
-KILLSWITCH_KEY = "lz:killswitch"
-SHADOW_KEY = "lz:shadow"
 ALL = "*"
 CATEGORIES = ("failover", "host_replacement", "scaling")
 
@@ -83,7 +83,7 @@ class ServiceRateLimit:
         self.overrides = overrides or {}
 
     def key(self, service: str) -> str:
-        return f"lz:rate:{service}"
+        return control_keys.rate_window(service)
 
     async def record(self, event: Event) -> int:
         """Count this incident; returns the service's incidents within the window."""
@@ -119,7 +119,7 @@ class CircuitBreaker:
         self.threshold = threshold
 
     def key(self, region: str) -> str:
-        return f"lz:breaker:{region}"
+        return control_keys.breaker_window(region)
 
     async def record(self, event: Event) -> None:
         now = time.time()
@@ -146,7 +146,9 @@ class CircuitBreaker:
         }
 
     async def regions(self) -> list[str]:
-        keys = [k.decode() async for k in self._control.scan_iter(match="lz:breaker:*")]
+        keys = [
+            k.decode() async for k in self._control.scan_iter(match=control_keys.BREAKER_PATTERN)
+        ]
         return sorted(k.split(":", 2)[2] for k in keys)
 
     async def check(self, event: Event) -> GateStop | None:
@@ -170,23 +172,23 @@ class KillSwitch:
     async def set(self, category: str, enabled: bool, *, by: str = "", reason: str = "") -> None:
         """Switch one category (or `*`: all) on or off; switching `*` off clears every one."""
         if not enabled and category == ALL:
-            await self._control.delete(KILLSWITCH_KEY)
+            await self._control.delete(control_keys.KILLSWITCH)
             return
         if enabled:
             await self._control.hset(
-                KILLSWITCH_KEY,
+                control_keys.KILLSWITCH,
                 category,
                 json.dumps({"enabled_at": time.time(), "by": by, "reason": reason}),
             )
         else:
-            await self._control.hdel(KILLSWITCH_KEY, category)
+            await self._control.hdel(control_keys.KILLSWITCH, category)
 
     async def status(self) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(KILLSWITCH_KEY)
+        raw = await self._control.hgetall(control_keys.KILLSWITCH)
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     async def check(self, category: str) -> GateStop | None:
-        engaged = await self._control.hmget(KILLSWITCH_KEY, [category, ALL])
+        engaged = await self._control.hmget(control_keys.KILLSWITCH, [category, ALL])
         for name, value in zip((category, ALL), engaged, strict=True):
             if value is not None:
                 info = json.loads(value)
@@ -208,18 +210,20 @@ class ShadowMode:
     async def set(self, service: str, enabled: bool) -> None:
         """Shadow one service (or `*`: all) or not; switching `*` off clears every one."""
         if not enabled and service == ALL:
-            await self._control.delete(SHADOW_KEY)
+            await self._control.delete(control_keys.SHADOW_SERVICES)
             return
         if enabled:
-            await self._control.sadd(SHADOW_KEY, service)
+            await self._control.sadd(control_keys.SHADOW_SERVICES, service)
         else:
-            await self._control.srem(SHADOW_KEY, service)
+            await self._control.srem(control_keys.SHADOW_SERVICES, service)
 
     async def services(self) -> list[str]:
-        return sorted(m.decode() for m in await self._control.smembers(SHADOW_KEY))
+        return sorted(
+            m.decode() for m in await self._control.smembers(control_keys.SHADOW_SERVICES)
+        )
 
     async def check(self, service: str) -> GateStop | None:
-        flags = await self._control.smismember(SHADOW_KEY, [service, ALL])
+        flags = await self._control.smismember(control_keys.SHADOW_SERVICES, [service, ALL])
         if any(flags):
             scope = "globally" if flags[1] else f"for {service}"
             return GateStop("shadow", f"notification-only mode {scope}: decided, not acted on")
@@ -248,3 +252,48 @@ class ControlRealm:
                 f"event region {event_region} is outside the control realm {self.realm}",
             )
         return None
+
+
+class SafetyGates:
+    """The controller's gates, consulted where it decides: `stale` on intake, `count_failure`
+    then `before_action` once a rule matched, `shadow` after the quorum, and
+    `before_execution` right before a workflow starts and before each state-changing step."""
+
+    def __init__(self, settings: ControllerSettings, control: aioredis.Redis) -> None:
+        self.stale = StaleEventFilter(settings.max_event_age)
+        self.rate_limit = ServiceRateLimit(
+            control,
+            window=settings.rate_limit_window,
+            threshold=settings.rate_limit_threshold,
+            overrides=settings.rate_limit_overrides,
+        )
+        self.breaker = CircuitBreaker(
+            control, window=settings.breaker_window, threshold=settings.breaker_threshold
+        )
+        self.kill_switch = KillSwitch(control)
+        self.shadow = ShadowMode(control)
+        self.realm = ControlRealm(settings.region, settings.control_realm)
+
+    async def count_failure(self, event: Event) -> int:
+        """Count a failure against its service's rate limit and its region's breaker; returns
+        the service's incidents within the window (0 for an event that is no failure)."""
+        if not is_failure(event):
+            return 0
+        incidents = await self.rate_limit.record(event)
+        await self.breaker.record(event)
+        return incidents
+
+    async def before_action(self, event: Event, incidents: int) -> GateStop | None:
+        # The regional breaker first: in an outage of many services every event escalates.
+        for stop in (
+            await self.breaker.check(event),
+            await self.rate_limit.check(event, incidents),
+            self.realm.check(event.region),
+        ):
+            if stop is not None:
+                return stop
+        return None
+
+    async def before_execution(self, category: str) -> GateStop | None:
+        """The seed's kill switch placement: one check, right before execution."""
+        return self.realm.check() or await self.kill_switch.check(category)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-TOKEN_COUNTER = "lz:lock:tokens"
+from lazarus_lite import control_keys
 
 # Take the lock if free (or already ours); returns the token held.
 _ACQUIRE = """
@@ -63,10 +63,6 @@ class HeldLock:
         return f"{self.holder}|{self.token}"
 
 
-def lock_key(kind: str, resource: str) -> str:
-    return f"lz:lock:{kind}:{resource}"
-
-
 class Locks:
     def __init__(self, control: aioredis.Redis, ttl_ms: int = 60_000) -> None:
         self._control = control
@@ -76,8 +72,10 @@ class Locks:
         self._release = control.register_script(_RELEASE)
 
     async def acquire(self, kind: str, resource: str, holder: str) -> HeldLock:
-        key = lock_key(kind, resource)
-        token = int(await self._acquire(keys=[key, TOKEN_COUNTER], args=[holder, self.ttl_ms]))
+        key = control_keys.lock(kind, resource)
+        token = int(
+            await self._acquire(keys=[key, control_keys.LOCK_TOKENS], args=[holder, self.ttl_ms])
+        )
         if token < 0:
             current = await self._control.get(key)
             raise LockBusy(f"{key} is held by {current.decode() if current else 'someone'}")
@@ -95,5 +93,5 @@ class Locks:
         return bool(int(await self._release(keys=[lock.key], args=[lock.value])))
 
     async def holder(self, kind: str, resource: str) -> str | None:
-        value = await self._control.get(lock_key(kind, resource))
+        value = await self._control.get(control_keys.lock(kind, resource))
         return value.decode() if value else None

@@ -2,24 +2,26 @@
 afterwards, so a team can judge the automation before letting it act (the seed's way of finding
 false positives: compare what Lazarus would have done with what on-call engineers did).
 
-Not for: deciding (the controller records the shadow decisions as it makes them).
+It also records each shadow decision as the controller makes it
+(`remember_shadow_decision`). Not for: deciding (the controller does).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from detection.events import Event
 from detection.probes import ping
+from lazarus_lite import control_keys
 from ratequeue.topology import TopologyStore
-
-SHADOW_DECISIONS = "lz:shadow:decisions"
 
 
 async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[str, Any]]:
-    raw = await control.lrange(SHADOW_DECISIONS, -limit, -1)
+    raw = await control.lrange(control_keys.SHADOW_DECISIONS, -limit, -1)
     topology = await TopologyStore(control).load()
     rows = []
     for entry in raw:
@@ -46,3 +48,32 @@ async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[
                     row["agrees"] = True
         rows.append(row)
     return rows
+
+
+async def remember_shadow_decision(
+    control: aioredis.Redis, topology_store: TopologyStore, event: Event, action: str
+) -> None:
+    """Record what shadow mode would have run, with the primary and the topology epoch of the
+    moment, for the report to compare with what happened afterwards."""
+    topology = await topology_store.load()
+    primary = None
+    if topology is not None and event.shard:
+        try:
+            primary = topology.shard(event.shard).primary.name
+        except KeyError:
+            primary = None
+    await control.rpush(
+        control_keys.SHADOW_DECISIONS,
+        json.dumps(
+            {
+                "event_id": event.id,
+                "service": event.service,
+                "shard": event.shard,
+                "type": event.type,
+                "action": action,
+                "decided_at": time.time(),
+                "primary_then": primary,
+                "topology_epoch_then": topology.epoch if topology else None,
+            }
+        ),
+    )

@@ -36,6 +36,7 @@ from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
 from detection.streams import EventStream
+from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
@@ -45,10 +46,6 @@ from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun, read_write
 
 log = logging.getLogger(__name__)
 
-SENSORS_KEY = "lz:sensors"
-REPORTED_KEY = "lz:watch:reported:{}"
-FLAGGED_KEY = "lz:watch:flagged:{}"  # shard -> the node that marked it unwritable (with a TTL)
-INCIDENT_KEY = "lz:incident:RedisMasterDown:{}"  # the controller's claim on an incident
 # Sensors heartbeat every 5 s unless told otherwise (their heartbeats say how often).
 DEFAULT_HEARTBEAT_EVERY = 5.0
 WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
@@ -156,7 +153,7 @@ class ShardWatch:
 
     # -- sensors -----------------------------------------------------------------------------
     async def _sensor_heartbeats(self) -> list[Event]:
-        raw = await self.control.hgetall(SENSORS_KEY)
+        raw = await self.control.hgetall(control_keys.SENSORS)
         heartbeats = []
         for value in raw.values():
             with contextlib.suppress(ValueError):
@@ -261,7 +258,7 @@ class ShardWatch:
         controller collapses the rest as duplicates)."""
         service = template.service if template else RATEQUEUE_SERVICE
         key = incident_key(service, shard.id, shard.primary.name, shard.epoch)
-        claim_ttl = await self.control.ttl(INCIDENT_KEY.format(key))
+        claim_ttl = await self.control.ttl(control_keys.incident_claim("RedisMasterDown", key))
         claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl > 0 else None
         if claimed_for is not None and claimed_for < self.settings.reemit_every:
             return None  # reported lately (by a sensor, or by a node of ours)
@@ -298,8 +295,8 @@ class ShardWatch:
                 await self.keeper.set_status(shard, "ok", only_from="unwritable")
                 # The episode is over: a later one of the same primary is reported anew.
                 await self.control.delete(
-                    FLAGGED_KEY.format(shard.id),
-                    REPORTED_KEY.format(self._unwritable_key(shard)),
+                    control_keys.watch_flagged(shard.id),
+                    control_keys.watch_reported(self._unwritable_key(shard)),
                 )
             return []
         episode = f"{shard.primary.name}@{shard.epoch}"
@@ -308,10 +305,10 @@ class ShardWatch:
         unwritable_for = now - self._unwritable_since[shard.id][1]
         if unwritable_for < self.settings.unwritable_after:
             return []
-        flagger = await self.control.get(FLAGGED_KEY.format(shard.id))
+        flagger = await self.control.get(control_keys.watch_flagged(shard.id))
         if flagger is not None and flagger.decode() != self.node_id:
             return []  # another node reported it and owns the flag: no flip-flopping views
-        filer = await self.control.get(REPORTED_KEY.format(self._unwritable_key(shard)))
+        filer = await self.control.get(control_keys.watch_reported(self._unwritable_key(shard)))
         if flagger is None and filer is not None and filer.decode() != self.node_id:
             return []  # filed by another node, whose flag lapsed: it may be writable there
         if flagger is None and filer is None:
@@ -332,7 +329,7 @@ class ShardWatch:
         else:
             filed = []
         # This node filed it: it holds the flag while it sees the shard unwritable.
-        await self.control.set(FLAGGED_KEY.format(shard.id), self.node_id,
+        await self.control.set(control_keys.watch_flagged(shard.id), self.node_id,
                                ex=max(1, int(3 * self.settings.interval + 2)))  # fmt: skip
         if shard.status == "ok":
             await self.keeper.set_status(shard, "unwritable", only_from="ok")
@@ -345,7 +342,7 @@ class ShardWatch:
     async def _may_clear_flag(self, shard: Shard) -> bool:
         """Only the node that set the flag clears it, or anyone once that node stopped holding it
         (it died, or no longer sees the shard unwritable but could not clear it)."""
-        flagger = await self.control.get(FLAGGED_KEY.format(shard.id))
+        flagger = await self.control.get(control_keys.watch_flagged(shard.id))
         return flagger is None or flagger.decode() == self.node_id
 
     async def _last_decision(self, shard: Shard) -> str | None:
@@ -407,7 +404,7 @@ class ShardWatch:
         self, event: Event, claim: str | None = None, ttl: int | None = None
     ) -> bool:
         """Publish `event` unless a controller node filed it already in this episode."""
-        key = REPORTED_KEY.format(claim or event.dedup_key)
+        key = control_keys.watch_reported(claim or event.dedup_key)
         expiry = max(1, int(ttl if ttl is not None else self.settings.report_ttl))
         if not await self.control.set(key, self.node_id, nx=True, ex=expiry):
             return False

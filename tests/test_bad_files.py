@@ -18,13 +18,13 @@ from chaos.experiments import ExperimentError, load_experiment
 from chaos.targets import TargetError, load_deployment
 from chaos.testbed import TestbedError, load_state
 from detection.cli import app as detection_app
-from detection.notifications import NotificationConfigError, load_notification_config
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app as lazarus_app
 from lazarus_lite.profiles import ProfileError, load_profiles
 from lazarus_lite.rules import RuleError, load_rules
 from lazarus_lite.workflow.definition import WorkflowError
 from lazarus_lite.workflow.loading import load_workflows
+from notifications.config import NotificationConfigError, load_notification_config
 
 SCENARIO = Path(__file__).parents[1] / "scenarios" / "primary_kill.yaml"
 TESTBED_NODE = '{"name": "n", "role": "primary", "host": "127.0.0.1", "port": %s, "pid": 1}'

@@ -15,7 +15,7 @@ import redis
 
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.testbed import TestbedNode, TestbedState, running_testbed
-from lazarus_lite.shard_watch import SENSORS_KEY
+from lazarus_lite import control_keys
 from tests.e2e.support import (
     LOAD,
     control_topology,
@@ -53,7 +53,7 @@ def sensors_of(state: TestbedState, shard: str) -> list[TestbedNode]:
 
 def heartbeat_seen(state: TestbedState, sensor: str) -> bool:
     with redis.Redis.from_url(state.control) as control:
-        return bool(control.hexists(SENSORS_KEY, sensor))
+        return bool(control.hexists(control_keys.SENSORS, sensor))
 
 
 def decisions(state: TestbedState, event_type: str, since: float) -> list[dict]:

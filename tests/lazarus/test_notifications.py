@@ -13,16 +13,15 @@ from typing import Any
 
 import pytest
 
-from detection.notifications import (
-    Delivery,
+from lazarus_lite.audit import note_deliveries
+from lazarus_lite.paging import Pager, PageState, escalation_key
+from notifications.config import (
     NotificationConfig,
     NotificationConfigError,
-    Notifier,
-    PageState,
-    escalation_key,
     load_notification_config,
 )
-from lazarus_lite.audit import note_deliveries
+from notifications.delivery import Delivery
+from notifications.notifier import Notifier
 from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
@@ -83,8 +82,8 @@ def config_for(http: HttpRecorder, smtp_port: int, **overrides: Any) -> Notifica
 
 
 @pytest.fixture
-async def notifier(http: HttpRecorder, smtp: tuple[SmtpRecorder, int]) -> AsyncIterator[Notifier]:
-    async with Notifier(config_for(http, smtp[1])) as instance:
+async def notifier(http: HttpRecorder, smtp: tuple[SmtpRecorder, int]) -> AsyncIterator[Pager]:
+    async with Pager(config_for(http, smtp[1])) as instance:
         yield instance
 
 
@@ -94,7 +93,7 @@ def all_ok(deliveries: list[Delivery]) -> bool:
 
 # -- channels -----------------------------------------------------------------------------------
 async def test_trigger_acknowledge_resolve_carry_the_incident_key(
-    notifier: Notifier, http: HttpRecorder
+    notifier: Pager, http: HttpRecorder
 ) -> None:
     key = "ratequeue/s0/RedisMasterDown/10.0.0.5:6379"
     paged = await notifier.page(
@@ -130,7 +129,20 @@ async def test_trigger_acknowledge_resolve_carry_the_incident_key(
     assert all(ROUTING_KEY not in d.model_dump_json() for d in paged + acked + resolved)
 
 
-async def test_slack_gets_the_message_text(notifier: Notifier, http: HttpRecorder) -> None:
+async def test_the_sensors_notifier_pages_without_holding_the_page(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    key = "ratequeue/s0/RedisMasterDown/10.0.0.6:6379"
+    async with Notifier(config_for(http, smtp[1])) as notifier:
+        paged = await notifier.page(key, "ratequeue", "primary of s0 down", triggered_at=1000.0)
+    assert all_ok(paged)
+    assert {d.purpose for d in paged} == {"page"}
+    (event,) = http.pagerduty_events()
+    assert (event["event_action"], event["dedup_key"]) == ("trigger", key)
+    assert event["payload"]["timestamp"].startswith("1970-01-01T00:16:40")
+
+
+async def test_slack_gets_the_message_text(notifier: Pager, http: HttpRecorder) -> None:
     deliveries = await notifier.escalate(
         "inc-42", "ratequeue", "quorum not reached: 1 of 2 nodes passed"
     )
@@ -147,7 +159,7 @@ async def test_email_arrives_naming_the_incident(
     http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
 ) -> None:
     recorder, port = smtp
-    async with Notifier(config_for(http, port)) as notifier:  # ratequeue-http: team default
+    async with Pager(config_for(http, port)) as notifier:  # ratequeue-http: team default
         deliveries = await notifier.escalate(
             "inc-mail-7", "ratequeue-http", "workflow failed", {"workflow": "wf-9"}
         )
@@ -161,7 +173,7 @@ async def test_email_arrives_naming_the_incident(
 
 
 async def test_each_service_gets_its_own_channels_or_its_teams(
-    notifier: Notifier, http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+    notifier: Pager, http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
 ) -> None:
     own = await notifier.notify("ratequeue", "shadow mode on", incident_key="a")
     assert [d.channel for d in own] == ["slack"]  # pagerduty is for pages, not information
@@ -180,7 +192,7 @@ async def test_default_team_routes_unlisted_services(
     http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
 ) -> None:
     config = config_for(http, smtp[1], default_team="ratequeue-oncall")
-    async with Notifier(config) as notifier:
+    async with Pager(config) as notifier:
         deliveries = await notifier.page("d", "billing", "down")
     assert sorted(d.channel for d in deliveries) == ["email", "pagerduty"]
 
@@ -207,7 +219,7 @@ async def test_a_failing_channel_is_a_failed_delivery_after_bounded_retries(
     services = {"flaky": {"team": "broken"}, "gone": {"team": "gone"}}
     config = config_for(http, smtp[1], teams=teams, services=services)
     started = time.monotonic()
-    async with Notifier(config) as notifier:
+    async with Pager(config) as notifier:
         deliveries = await notifier.page("e", "flaky", "everything is broken")
         (gone,) = await notifier.notify("gone", "nobody listens")
     assert time.monotonic() - started < 10
@@ -234,7 +246,7 @@ async def test_an_acknowledged_page_not_resolved_by_the_deadline_is_escalated(
         await escalated.put((state, deliveries))
 
     config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
-    async with Notifier(config, on_deadline=on_deadline) as notifier:
+    async with Pager(config, on_deadline=on_deadline) as notifier:
         key = "held-page"
         notifier.track(key, "ratequeue", summary="primary of s1 down")  # the sensor paged
         assert all_ok(await notifier.acknowledge(key, "ratequeue"))
@@ -269,7 +281,7 @@ async def test_an_undecided_page_is_escalated_and_a_late_ack_refused(
     http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
 ) -> None:
     config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
-    async with Notifier(config, watch=False) as notifier:
+    async with Pager(config, watch=False) as notifier:
         notifier.track("late", "ratequeue", summary="s2 down", triggered_at=time.time() - 1)
         deliveries = await notifier.acknowledge("late", "ratequeue")
         refusal, *escalation = deliveries
@@ -299,7 +311,7 @@ async def test_a_page_resolved_in_time_is_not_escalated(
         fired.append(state)
 
     config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
-    async with Notifier(config, on_deadline=on_deadline) as notifier:
+    async with Pager(config, on_deadline=on_deadline) as notifier:
         await notifier.page("quick", "ratequeue", "s0 down")
         await notifier.acknowledge("quick", "ratequeue")
         await notifier.resolve("quick", "ratequeue")

@@ -16,7 +16,7 @@ import redis
 
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
-from lazarus_lite.locks import lock_key
+from lazarus_lite import control_keys
 from tests.e2e.support import control_topology, resume, send, wait_for
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_a_workflow_that_cannot_take_the_shard_lock_escalates_without_acting(
     testbed: TestbedState, paused_primary: callable
 ) -> None:
     with redis.Redis.from_url(testbed.control) as conn:
-        conn.set(lock_key("shard", "ratequeue/s2"), "someone-else|1", px=60_000)
+        conn.set(control_keys.lock("shard", "ratequeue/s2"), "someone-else|1", px=60_000)
     try:
         before = control_topology(testbed)
         paused_primary("s2")
@@ -147,7 +147,7 @@ def test_a_workflow_that_cannot_take_the_shard_lock_escalates_without_acting(
             w := httpx.get(workflow_url).json())["status"] != "running" and w)  # fmt: skip
     finally:
         with redis.Redis.from_url(testbed.control) as conn:
-            conn.delete(lock_key("shard", "ratequeue/s2"))
+            conn.delete(control_keys.lock("shard", "ratequeue/s2"))
     assert workflow["status"] == "escalated"
     assert "LockBusy" in workflow["steps"]["acquire_lock"]["error"]
     assert workflow["steps"]["fence_old_primary"]["status"] == "pending"

@@ -17,9 +17,10 @@ from redis.backoff import NoBackoff
 from common.redis_processes import free_port
 from detection.events import Event, new_event
 from detection.sensor import incident_key
+from lazarus_lite import control_keys
 from lazarus_lite.locks import Locks
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import SENSORS_KEY, ShardWatch, WatchSettings, watch_forever
+from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
@@ -143,7 +144,7 @@ def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
     async def a_live_sensor(control: aioredis.Redis) -> None:
-        await control.hset(SENSORS_KEY, "sensor-1", heartbeat_from(cluster).to_json())
+        await control.hset(control_keys.SENSORS, "sensor-1", heartbeat_from(cluster).to_json())
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_live_sensor))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
@@ -225,7 +226,7 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
     async def an_old_heartbeat(control: aioredis.Redis) -> None:
         heartbeat = heartbeat_from(cluster)
         old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
-        await control.hset(SENSORS_KEY, "sensor-1", old.to_json())
+        await control.hset(control_keys.SENSORS, "sensor-1", old.to_json())
 
     listening = WatchSettings(interval=0.05, sensor_silence_after=5.0)
     events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat, settings=listening))

@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.redis_processes import RedisProcess
-from lazarus_lite.locks import Locks, lock_key
+from lazarus_lite import control_keys
+from lazarus_lite.locks import Locks
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, StepOutput
 from lazarus_lite.workflow.definition import WorkflowDefinition, WorkflowError
@@ -334,7 +335,7 @@ steps:
     engine = engine_for(control, "n1", locked)
     started = await engine.start("locked", {"lock_kind": "shard", "lock_resource": "rq/s0"})
     await until_called("wait")
-    await control.set(lock_key("shard", "rq/s0"), "someone-else|999")  # expired and taken
+    await control.set(control_keys.lock("shard", "rq/s0"), "someone-else|999")  # expired and taken
     open_gate()
     await engine.wait(started.id)
     done = await engine.store.load(started.id)

@@ -1,0 +1,80 @@
+"""The controller node's background loops: taking events from the stream (each handled in a
+task of its own, acknowledged once decided), resuming orphaned workflows, and putting returning
+nodes back where the topology says. Each loop survives its own failures and runs until
+cancelled.
+
+Not for: what is done with an event (`controller.ControllerNode.handle`), the shard watch's
+loop (`shard_watch.watch_forever`), or what the shard keeper does (`shard_keeper`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from detection.events import Event
+from detection.streams import EventStream, Received
+from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.workflow.engine import WorkflowEngine
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[Event], Awaitable[Any]]
+
+
+async def consume_events(
+    stream: EventStream, node_id: str, handle: EventHandler, handling: set[asyncio.Task]
+) -> None:
+    """Hand each event of the stream to `handle` in a task of its own (kept in `handling`)."""
+    while True:
+        try:
+            batch = await stream.receive(node_id, count=10, block_ms=200)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: stream unavailable: %s", node_id, error)
+            await asyncio.sleep(0.5)
+            continue
+        for received in batch:
+            task = asyncio.create_task(_handle_and_ack(stream, node_id, handle, received))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+
+
+async def _handle_and_ack(
+    stream: EventStream, node_id: str, handle: EventHandler, received: Received
+) -> None:
+    try:
+        await handle(received.event)
+        await stream.ack(received)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Not acked: another node reclaims it after the stream's reclaim interval.
+        log.exception("%s: event %s not handled", node_id, received.event.id)
+
+
+async def resume_orphans(engine: WorkflowEngine, node_id: str, interval: float) -> None:
+    while True:
+        try:
+            await engine.resume_orphans()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: resume scan failed: %s", node_id, error)
+        await asyncio.sleep(interval)
+
+
+async def keep_shards(keeper: ShardKeeper, node_id: str, interval: float) -> None:
+    """Nodes that come back are put where the topology says (see `shard_keeper`)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for change in await keeper.run_once():
+                log.warning("%s: %s", node_id, change)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: shard keeper pass failed: %s", node_id, error)

@@ -1,0 +1,64 @@
+"""Where lazarus_lite keeps its state in the control store: every key name and key format the
+controller, its gates, locks, audit, shadow report and shard watch read or write, in one place,
+so two modules that share a key cannot spell it two ways.
+
+Not for: reading or writing the keys (each owning module does), the event streams' keys
+(`detection.streams`, `detection.kinesis`) or the topology's (`ratequeue.topology`).
+"""
+
+from __future__ import annotations
+
+# -- the controller's decisions ---------------------------------------------------------------
+ESCALATIONS_STREAM = "lz:escalations"  # one entry an escalation, for people and dashboards
+AUDIT_INDEX = "lz:audit:index"  # sorted set: event id -> received_at
+SHADOW_DECISIONS = "lz:shadow:decisions"  # list: what shadow mode would have run
+
+
+def audit_record(event_id: str) -> str:
+    return f"lz:audit:{event_id}"
+
+
+def incident_claim(event_type: str, dedup_key: str) -> str:
+    """The coordinator's claim on an incident (its value is the id of the event that took it)."""
+    return f"lz:incident:{event_type}:{dedup_key}"
+
+
+def recovered_flag(claim_key: str) -> str:
+    """Set while a failure is being decided and its recovery has already arrived."""
+    return f"{claim_key}:recovered"
+
+
+# -- the safety gates -------------------------------------------------------------------------
+KILLSWITCH = "lz:killswitch"  # hash: workflow category (or all) -> who engaged it
+SHADOW_SERVICES = "lz:shadow"  # set: services in shadow mode (or all)
+BREAKER_PATTERN = "lz:breaker:*"
+
+
+def rate_window(service: str) -> str:
+    return f"lz:rate:{service}"
+
+
+def breaker_window(region: str) -> str:
+    return f"lz:breaker:{region}"
+
+
+# -- locks ------------------------------------------------------------------------------------
+LOCK_TOKENS = "lz:lock:tokens"  # the fencing-token counter
+
+
+def lock(kind: str, resource: str) -> str:
+    return f"lz:lock:{kind}:{resource}"
+
+
+# -- the shard watch --------------------------------------------------------------------------
+SENSORS = "lz:sensors"  # hash: sensor -> its last heartbeat event
+
+
+def watch_reported(incident: str) -> str:
+    """Set when a controller filed the watch's report about an incident (with a TTL)."""
+    return f"lz:watch:reported:{incident}"
+
+
+def watch_flagged(shard: str) -> str:
+    """The node that marked the shard unwritable (with a TTL)."""
+    return f"lz:watch:flagged:{shard}"

@@ -1,0 +1,159 @@
+"""How a decision leaves the controller: written to the audit trail as it is made, and, when it
+hands the event to a person, put on the escalations stream and sent through the pager; also the
+ends of a decision that come later (the workflow finished, the page's deadline passed).
+
+Not for: making the decision (`controller`) or the pager policy itself (`paging`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from detection.events import Event
+from lazarus_lite import control_keys
+from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
+from lazarus_lite.gates import GateStop
+from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.paging import Pager, PageState
+from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
+from lazarus_lite.workflow.records import WorkflowRecord
+from notifications.config import NotificationConfig
+from notifications.delivery import Delivery
+
+log = logging.getLogger(__name__)
+
+
+def _incident_key(record: AuditRecord) -> str:
+    return Event.model_validate(record.event).dedup_key
+
+
+class Decisions:
+    """Records this node's decisions and tells people of the ones they must take over."""
+
+    def __init__(
+        self,
+        node_id: str,
+        control: aioredis.Redis,
+        audit: AuditLog,
+        incidents: IncidentClaims,
+        notifications: NotificationConfig | None,
+    ) -> None:
+        self.node_id = node_id
+        self.control = control
+        self.audit = audit
+        self.incidents = incidents
+        # Without a notification config nobody is paged: decisions still reach the audit trail
+        # and the escalations stream.
+        self.pager = (
+            Pager(notifications, on_deadline=self.page_deadline_passed)
+            if notifications is not None
+            else None
+        )
+        self._event_of_incident: dict[str, str] = {}
+
+    async def aclose(self) -> None:
+        if self.pager is not None:
+            await self.pager.aclose()
+
+    async def open(self, event: Event) -> AuditRecord:
+        """The event's record as received (saved before anything is decided)."""
+        record = AuditRecord(
+            event_id=event.id,
+            event=event.model_dump(mode="json"),
+            service=event.service,
+            received_at=time.time(),
+            coordinator=self.node_id,
+        )
+        await self.audit.save(record)
+        return record
+
+    def track_page(self, event: Event) -> None:
+        """The sensor paged; its acknowledgement deadline runs from when it saw the failure."""
+        if self.pager is None:
+            return
+        self.pager.track(
+            event.dedup_key,
+            event.service,
+            triggered_at=event.occurred_at,
+            summary=f"{event.type} {event.service}/{event.shard} {event.host}",
+        )
+        self._event_of_incident[event.dedup_key] = event.id
+
+    async def decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
+        record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
+        await self.audit.save(record)
+        await self.incidents.forget_if_recovered(record)
+        log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
+        return record
+
+    async def escalate(self, record: AuditRecord, reason: str) -> AuditRecord:
+        await self.notify_escalation(record, reason)
+        return await self.decide(record, "escalated", reason)
+
+    async def stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
+        """A gate stopped the action: NO_ACTION, and a person gets the event."""
+        record.gate = stop.gate
+        await self.notify_escalation(record, stop.reason)
+        return await self.decide(record, "no_action", stop.reason)
+
+    async def scheduled(self, record: AuditRecord, event: Event, workflow_id: str) -> AuditRecord:
+        """The workflow runs: the controller takes the page (acknowledges it)."""
+        record.workflow_id = workflow_id
+        if self.pager is not None:
+            note_deliveries(record, await self.pager.acknowledge(event.dedup_key, event.service))
+        return await self.decide(record, "scheduled", f"quorum reached; {workflow_id} runs")
+
+    async def notify_escalation(self, record: AuditRecord, reason: str) -> None:
+        await self.control.xadd(
+            control_keys.ESCALATIONS_STREAM,
+            {"event_id": record.event_id, "reason": reason, "node": self.node_id},
+            maxlen=10_000,
+            approximate=True,
+        )
+        record.note("escalation", reason)
+        log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
+        if self.pager is not None:
+            incident = _incident_key(record)
+            note_deliveries(record, await self.pager.escalate(incident, record.service, reason))
+
+    # -- later ends of a decision ----------------------------------------------------------
+    async def workflow_finished(self, workflow: WorkflowRecord) -> None:
+        if workflow.event_id is None:
+            return
+        record = await self.audit.get(workflow.event_id)
+        if record is None:
+            return
+        if workflow.status == "succeeded":
+            record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
+            if self.pager is not None:
+                note_deliveries(
+                    record,
+                    await self.pager.resolve(
+                        _incident_key(record), record.service, f"remediated by {workflow.id}"
+                    ),
+                )
+        else:
+            record.outcome = "escalated"
+            record.reason = f"workflow {workflow.id}: {workflow.escalation}"
+            await self.notify_escalation(record, record.reason)
+        record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        await self.audit.save(record)
+
+    async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
+        """The acknowledgement deadline passed with the page still held: it went to a person."""
+        event_id = self._event_of_incident.get(page.incident_key)
+        record = await self.audit.get(event_id) if event_id else None
+        if record is not None:
+            record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
+            note_deliveries(record, deliveries)
+            await self.audit.save(record)
+
+    async def watch_blind(self, reason: str) -> None:
+        """This node cannot watch the shards (nor file a report): tell a person directly."""
+        log.error("%s: %s", self.node_id, reason)
+        if self.pager is not None:
+            await self.pager.escalate(f"lazarus/{self.node_id}/blind", RATEQUEUE_SERVICE, reason)

@@ -1,0 +1,99 @@
+"""The quorum round: this node runs a rule's precondition checks from its own vantage point
+(`evaluate`, also what its peers ask of it over HTTP), asks every peer to do the same, and counts
+the nodes whose every check passed.
+
+Not for: what the checks are (`checks`), the peer endpoint (`routes.quorum`), or what happens
+when the quorum is (not) reached (`controller`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import redis.asyncio as aioredis
+
+from detection.events import Event
+from lazarus_lite.audit import NodeVerdict, QuorumOutcome
+from lazarus_lite.checks import run_checks
+from lazarus_lite.rules import Rule
+from lazarus_lite.settings import ControllerSettings
+from ratequeue.topology import TopologyStore
+
+
+class Quorum:
+    """One node's side of the quorum: its own verdict, and the round it coordinates."""
+
+    def __init__(
+        self, settings: ControllerSettings, control: aioredis.Redis, topology: TopologyStore
+    ) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.control = control
+        self.topology = topology
+        self._http = httpx.AsyncClient(timeout=settings.quorum_timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def evaluate(self, event: Event, rule: Rule) -> NodeVerdict:
+        """Run the rule's checks from this node's own vantage point."""
+        started = time.monotonic()
+        try:
+            topology = await self.topology.load()
+            results = await run_checks(
+                event,
+                topology,
+                rule.checks,
+                min_replicas=self.settings.min_replicas,
+                probe_timeout=self.settings.probe_timeout,
+                control=self.control,
+            )
+        except Exception as error:
+            return NodeVerdict(
+                node=self.node_id,
+                passed=False,
+                error=str(error),
+                seconds=time.monotonic() - started,
+            )
+        return NodeVerdict(
+            node=self.node_id,
+            passed=all(r.ok for r in results),
+            results=results,
+            seconds=time.monotonic() - started,
+        )
+
+    async def ask_peer(self, url: str, event: Event, rule: Rule) -> NodeVerdict:
+        started = time.monotonic()
+        try:
+            response = await self._http.post(
+                f"{url}/v1/quorum/evaluate",
+                json={"event": event.model_dump(mode="json"), "rule": rule.name},
+                headers={"Authorization": f"Bearer {self.settings.api_token}"},
+            )
+            response.raise_for_status()
+            return NodeVerdict.model_validate(response.json())
+        except Exception as error:
+            return NodeVerdict(
+                node=url,
+                passed=False,
+                error=f"no answer: {error}",
+                seconds=time.monotonic() - started,
+            )
+
+    async def gather_verdicts(
+        self, event: Event, rule: Rule
+    ) -> tuple[list[NodeVerdict], QuorumOutcome]:
+        asks = [
+            self.evaluate(event, rule),
+            *(self.ask_peer(u, event, rule) for u in self.settings.peers),
+        ]
+        verdicts = list(await asyncio.gather(*asks))
+        quorum = QuorumOutcome(
+            required=self.settings.quorum,
+            passed=[v.node for v in verdicts if v.passed],
+            failed=[v.node for v in verdicts if not v.passed and v.error is None],
+            unanswered=[v.node for v in verdicts if v.error is not None],
+        )
+        return verdicts, quorum

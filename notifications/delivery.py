@@ -1,0 +1,187 @@
+"""How one message reaches one channel: the `Delivery` record every send returns, the bounded
+`RetryPolicy`, and `deliver`, the retry loop the channels share (with the HTTP channels' base
+and how an HTTP answer becomes a retryable or a permanent failure).
+
+Not for: what a message says or which channels get it (see `notifier`), nor any one channel's
+protocol (`slack`, `pagerduty`, `mail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+ChannelName = Literal["slack", "pagerduty", "email"]
+Purpose = Literal["page", "acknowledge", "resolve", "escalate", "notify"]
+
+CHANNELS: tuple[ChannelName, ...] = ("pagerduty", "slack", "email")
+
+
+class Delivery(BaseModel):
+    """What one message to one channel came to. `channel` is slack, pagerduty or email, or
+    `notifier` when the pager policy refused to send (a late acknowledgement, no route)."""
+
+    channel: str
+    action: str  # pagerduty: its event_action; slack: "message"; email: "email"; notifier: verb
+    ok: bool
+    status: int | None = None  # HTTP status or SMTP reply code of the last attempt
+    error: str | None = None
+    attempts: int = 0
+    target: str = ""  # where it went, without secrets (no webhook path, no routing key)
+    at: float = Field(default_factory=time.time)  # when the outcome was known
+    seconds: float = 0.0
+    purpose: Purpose | None = None  # the Notifier call that sent it
+    incident_key: str | None = None
+    dedup_key: str | None = None
+
+    def describe(self) -> str:
+        what = f"{self.channel} {self.action}"
+        if self.purpose:
+            what = f"{self.purpose}: {what}"
+        if self.ok:
+            return f"{what} delivered" + (f" ({self.status})" if self.status else "")
+        return f"{what} FAILED after {self.attempts} attempt(s): {self.error}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries: `attempts` in all, waiting `backoff`, then twice that, ... at most
+    `max_backoff` between attempts; each attempt gives up after `timeout` seconds."""
+
+    attempts: int = 3
+    backoff: float = 0.25
+    max_backoff: float = 2.0
+    timeout: float = 3.0
+
+
+class Retryable(Exception):
+    """A failed attempt worth repeating (a timeout, HTTP 429 or 5xx, SMTP 4xx); `wait` is the
+    server's Retry-After, if it gave one."""
+
+    def __init__(self, message: str, status: int | None = None, wait: float | None = None):
+        super().__init__(message)
+        self.status, self.wait = status, wait
+
+
+class Permanent(Exception):
+    """A failed attempt that repeating would not fix (HTTP 4xx, SMTP 5xx, no TLS)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+Attempt = Callable[[], Awaitable[tuple[int | None, dict[str, Any]]]]
+
+
+async def deliver(
+    channel: str,
+    action: str,
+    target: str,
+    retry: RetryPolicy,
+    attempt: Attempt,
+    *,
+    redact: tuple[str, ...] = (),
+) -> Delivery:
+    """Run `attempt` until it succeeds, fails permanently or runs out of attempts; never raises
+    (except cancellation). `attempt` returns (status, extra Delivery fields) on success."""
+    started = time.monotonic()
+    status: int | None = None
+    error = "not attempted"
+    tries = 0
+    for tries in range(1, max(1, retry.attempts) + 1):
+        wait: float | None = None
+        try:
+            status, extra = await asyncio.wait_for(attempt(), timeout=retry.timeout)
+            return Delivery(
+                channel=channel,
+                action=action,
+                ok=True,
+                status=status,
+                attempts=tries,
+                target=target,
+                seconds=round(time.monotonic() - started, 3),
+                **extra,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Permanent as failure:
+            status, error = failure.status, str(failure)
+            break
+        except Retryable as failure:
+            status, error, wait = failure.status, str(failure), failure.wait
+        except (TimeoutError, httpx.TransportError, OSError, smtplib.SMTPServerDisconnected) as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except Exception as exc:  # a bug or an unexpected answer: record it, do not retry
+            status, error = None, f"{type(exc).__name__}: {exc}"
+            break
+        if tries < retry.attempts:
+            delay = min(retry.backoff * 2 ** (tries - 1), retry.max_backoff)
+            if wait is not None:
+                delay = min(max(delay, wait), retry.max_backoff)
+            await asyncio.sleep(delay)
+    for secret in redact:
+        if secret:
+            error = error.replace(secret, "***")
+    log.warning("%s %s to %s failed after %d attempt(s): %s", channel, action, target, tries, error)
+    return Delivery(
+        channel=channel,
+        action=action,
+        ok=False,
+        status=status,
+        error=error,
+        attempts=tries,
+        target=target,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def http_outcome(response: httpx.Response, what: str) -> None:
+    """Raise the right failure for a non-2xx answer (429 and 5xx are worth retrying)."""
+    if response.is_success:
+        return
+    body = response.text[:300].strip()
+    message = f"{what} answered HTTP {response.status_code}" + (f": {body}" if body else "")
+    if response.status_code == 429 or response.status_code >= 500:
+        wait = None
+        with contextlib.suppress(ValueError):
+            wait = float(response.headers.get("retry-after", ""))
+        raise Retryable(message, response.status_code, wait)
+    raise Permanent(message, response.status_code)
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class HttpChannel:
+    """A channel that posts over HTTP: it shares the notifier's client, or opens its own."""
+
+    def __init__(self, http: httpx.AsyncClient | None, retry: RetryPolicy) -> None:
+        self.retry = retry
+        self._own_http = http is None
+        self._http = http
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.retry.timeout)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None

@@ -1,0 +1,253 @@
+"""The notifier: sends a service's notifications to its channels (Slack incoming webhooks,
+PagerDuty Events API v2, SMTP email), chosen per service with team defaults.
+
+Sensors page through it directly (`page`: a PagerDuty trigger whose dedup_key is the event's
+incident key, and a message on the service's other channels) and tell the controller in
+parallel; `notify` is information that pages nobody. The controller's pager policy
+(`lazarus_lite.paging`) sends its acknowledgements, resolutions and escalations through the
+same channels, with `pagerduty`, `messages` and `gather`.
+
+Each call returns one `Delivery` per message, successful or not, so the caller can put it in
+the audit trail (`lazarus_lite.audit.note_deliveries`). Sending never raises: a failure is
+retried with bounded backoff (3 attempts within a few seconds by default) and then recorded as
+a failed `Delivery`.
+
+Not for: deciding anything, holding a page or escalating it (the controller's pager policy
+does), sensors' own paging outside Python, or persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from notifications.config import NotificationConfig, Route, load_notification_config
+from notifications.delivery import Delivery, Purpose
+from notifications.mail import Email
+from notifications.pagerduty import PagerDuty, Severity
+from notifications.slack import SlackWebhook
+
+log = logging.getLogger(__name__)
+
+TAGS: dict[Purpose, str] = {
+    "page": "PAGE",
+    "acknowledge": "ACKNOWLEDGED",
+    "resolve": "RESOLVED",
+    "escalate": "ESCALATED",
+    "notify": "INFO",
+}
+
+
+def when(epoch: float | None) -> str:
+    """An epoch as the ISO time the messages show ("-" for none)."""
+    return (
+        "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+    )
+
+
+class Notifier:
+    """Sends to the channels of a service's route (see the module doc). Every method returns
+    the deliveries it made (empty when there was nothing to send); none raises for a channel
+    failure."""
+
+    def __init__(
+        self, config: NotificationConfig, *, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self.config = config
+        self.retry = config.retry.policy()
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=self.retry.timeout)
+        self._channels: dict[tuple[str, str], SlackWebhook | PagerDuty | Email] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> Notifier:
+        return cls(load_notification_config(path), **options)
+
+    async def __aenter__(self) -> Notifier:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    # -- what callers send -----------------------------------------------------------------
+    async def page(
+        self,
+        incident_key: str,
+        service: str,
+        summary: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        severity: Severity | None = None,
+        source: str | None = None,
+        component: str | None = None,
+        event_class: str | None = None,
+        triggered_at: float | None = None,
+    ) -> list[Delivery]:
+        """Trigger a page (PagerDuty trigger with dedup_key = incident_key, stamped
+        `triggered_at`, default now) and tell the service's other channels."""
+        route = self.config.route(service)
+        if route is None:
+            return [self.no_route("page", service, incident_key)]
+        sends = []
+        if "pagerduty" in route.channels:
+            team = self.config.teams[route.team]
+            assert team.pagerduty is not None
+            sends.append(
+                self.pagerduty(route.team).trigger(
+                    incident_key,
+                    f"{service}: {summary}",
+                    source or service,
+                    severity or team.pagerduty.severity,
+                    component=component,
+                    group=service,
+                    event_class=event_class,
+                    custom_details=details,
+                    timestamp=time.time() if triggered_at is None else triggered_at,
+                    client=self.config.client,
+                )
+            )
+        return await self.gather(
+            "page",
+            incident_key,
+            [
+                *sends,
+                *self.messages(route, "page", incident_key, summary, details),
+            ],
+        )
+
+    async def notify(
+        self,
+        service: str,
+        text: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        incident_key: str | None = None,
+    ) -> list[Delivery]:
+        """Information for the service's Slack and email channels; pages nobody."""
+        route = self.config.route(service)
+        if route is None:
+            return [self.no_route("notify", service, incident_key)]
+        return await self.gather(
+            "notify", incident_key, self.messages(route, "notify", incident_key, text, details)
+        )
+
+    # -- the channels ----------------------------------------------------------------------
+    def pagerduty(self, team_name: str, *, escalation: bool = False) -> PagerDuty:
+        """The team's PagerDuty integration; `escalation` picks its escalation routing key
+        (the same integration when it has none)."""
+        config = self.config.teams[team_name].pagerduty
+        assert config is not None
+        key = (
+            (config.escalation_routing_key or config.routing_key)
+            if escalation
+            else (config.routing_key)
+        )
+        cache_key = (team_name, "pagerduty-escalation" if escalation else "pagerduty")
+        channel = self._channels.get(cache_key)
+        if channel is None:
+            channel = PagerDuty(key, config.url, http=self._http, retry=self.retry)
+            self._channels[cache_key] = channel
+        assert isinstance(channel, PagerDuty)
+        return channel
+
+    def messages(
+        self,
+        route: Route,
+        purpose: Purpose,
+        incident_key: str | None,
+        text: str,
+        details: Mapping[str, Any] | None,
+    ) -> list[Awaitable[Delivery]]:
+        """The Slack and email messages of the route (not yet sent)."""
+        team = self.config.teams[route.team]
+        tag = TAGS[purpose]
+        sends: list[Awaitable[Delivery]] = []
+        facts = {
+            "service": route.service,
+            "team": route.team,
+            **({"incident": incident_key} if incident_key else {}),
+            **{str(k): v for k, v in (details or {}).items()},
+        }
+        if "slack" in route.channels and team.slack is not None:
+            slack = self._channels.get((route.team, "slack"))
+            if slack is None:
+                slack = SlackWebhook(team.slack.webhook_url, http=self._http, retry=self.retry)
+                self._channels[(route.team, "slack")] = slack
+            assert isinstance(slack, SlackWebhook)
+            headline = f"*[{tag}]* `{route.service}` {text}"
+            if incident_key:
+                headline += f"\nincident `{incident_key}`"
+            context = [{"type": "mrkdwn", "text": f"*{k}*: {v}"} for k, v in facts.items()][:10]
+            blocks = [
+                {"type": "section", "text": {"type": "mrkdwn", "text": headline[:3000]}},
+                {"type": "context", "elements": context},
+            ]
+            sends.append(slack.post(headline, blocks))
+        if "email" in route.channels and team.email is not None:
+            mail = team.email
+            channel = self._channels.get((route.team, "email"))
+            if channel is None:
+                channel = Email(
+                    mail.smtp_host,
+                    mail.smtp_port,
+                    mail.sender,
+                    list(mail.to),
+                    mail.starttls,
+                    mail.username,
+                    mail.password,
+                    retry=self.retry,
+                )
+                self._channels[(route.team, "email")] = channel
+            assert isinstance(channel, Email)
+            subject = f"[{self.config.client}] {tag} {route.service}: {text}"
+            if incident_key:
+                subject += f" ({incident_key})"
+            body = "\n".join(
+                [
+                    f"{tag}: {text}",
+                    "",
+                    *(f"{k}: {v}" for k, v in facts.items()),
+                    f"at: {when(time.time())}",
+                    "",
+                    f"-- {self.config.client}",
+                ]
+            )
+            sends.append(channel.send(" ".join(subject.split())[:250], body))
+        return sends
+
+    async def gather(
+        self, purpose: Purpose, incident_key: str | None, sends: list[Awaitable[Delivery]]
+    ) -> list[Delivery]:
+        """Send concurrently; each delivery is marked with the call and the incident."""
+        deliveries = await asyncio.gather(*sends)
+        return [
+            d.model_copy(update={"purpose": purpose, "incident_key": incident_key})
+            for d in deliveries
+        ]
+
+    def no_route(self, purpose: Purpose, service: str, incident_key: str | None) -> Delivery:
+        """The failed delivery of a call for a service that has no route."""
+        reason = (
+            f"no notification route for service '{service}': list it under services "
+            f"or set default_team"
+        )
+        log.error(reason)
+        return Delivery(
+            channel="notifier",
+            action=purpose,
+            ok=False,
+            error=reason,
+            purpose=purpose,
+            incident_key=incident_key,
+        )

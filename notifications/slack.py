@@ -1,0 +1,46 @@
+"""The Slack channel: an incoming webhook, posted through the shared retry loop.
+
+Not for: what the message says (the notifier writes it) or Slack's Web API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from notifications.delivery import (
+    ChannelName,
+    Delivery,
+    HttpChannel,
+    RetryPolicy,
+    deliver,
+    host_of,
+    http_outcome,
+)
+
+
+class SlackWebhook(HttpChannel):
+    """A Slack incoming webhook: POST {"text", "blocks"?}; Slack answers 200 "ok"."""
+
+    name: ChannelName = "slack"
+
+    def __init__(
+        self, url: str, *, http: httpx.AsyncClient | None = None, retry: RetryPolicy = RetryPolicy()
+    ) -> None:
+        super().__init__(http, retry)
+        self.url = url
+
+    async def post(self, text: str, blocks: list[dict[str, Any]] | None = None) -> Delivery:
+        body: dict[str, Any] = {"text": text}
+        if blocks:
+            body["blocks"] = blocks
+
+        async def attempt() -> tuple[int | None, dict[str, Any]]:
+            response = await self.http.post(self.url, json=body)
+            http_outcome(response, "slack webhook")
+            return response.status_code, {}
+
+        return await deliver(
+            "slack", "message", host_of(self.url), self.retry, attempt, redact=(self.url,)
+        )
