@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
+from chaos.errors import TestbedError
 from chaos.load import LoadProfile
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
@@ -34,7 +35,7 @@ def testbed_up(
         state = testbed_module.up(
             dir, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
         )
-    except (testbed_module.TestbedError, RuntimeError) as error:
+    except (TestbedError, RuntimeError) as error:
         console.print(f"[red]testbed up failed:[/] {escape(str(error))}")
         raise typer.Exit(1) from None
     where = testbed_module.state_path(dir)
@@ -49,7 +50,7 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     """Show the testbed's processes and the API's health."""
     try:
         state, alive, health = testbed_module.status(dir)
-    except testbed_module.TestbedError as error:
+    except TestbedError as error:
         console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(1) from None
     table = Table(title=f"testbed {dir}")
@@ -76,7 +77,7 @@ def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     """Stop every process the testbed started."""
     try:
         stopped = testbed_module.down(dir)
-    except testbed_module.TestbedError as error:
+    except TestbedError as error:
         console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(1) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")
@@ -152,10 +153,11 @@ def run(
     import signal
     import threading
 
-    from chaos.experiments import ExperimentError, load_experiment
+    from chaos.errors import ExperimentError, RefusedTarget, TargetError
+    from chaos.experiments import load_experiment
     from chaos.journal import Journal
-    from chaos.scheduler import RefusedTarget, check_target_allowed, run_schedule
-    from chaos.targets import TargetError, load_deployment
+    from chaos.scheduler import check_target_allowed, run_schedule
+    from chaos.targets import load_deployment
 
     period = _parse_duration_option(every, "--every")
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
@@ -199,7 +201,7 @@ def run(
                 stop=stop,
                 on_journal=say_where_journaled,
             )
-    except (TargetError, testbed_module.TestbedError) as error:
+    except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
         what = "chaos run (dry run)" if dry_run else "chaos run"
@@ -214,7 +216,8 @@ def run(
 @app.command()
 def validate(experiments: list[Path] = typer.Argument(...)) -> None:
     """Check experiment files; name the file, field and what was expected for each mistake."""
-    from chaos.experiments import ExperimentError, load_experiment
+    from chaos.errors import ExperimentError
+    from chaos.experiments import load_experiment
 
     failed = False
     for path in experiments:

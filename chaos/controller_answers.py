@@ -14,8 +14,9 @@ import httpx
 import redis
 from pydantic import ValidationError
 
+from chaos.errors import TargetError
 from chaos.journal import Say
-from chaos.targets import Deployment, TargetError
+from chaos.targets import Deployment
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.approval import APPROVAL_STEP
 from lazarus_lite.workflow.records import WorkflowRecord

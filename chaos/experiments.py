@@ -21,15 +21,12 @@ from pydantic import (
     model_validator,
 )
 
+from chaos.errors import ExperimentError
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
 from common import input_files
 from common.durations import parse_duration
 from common.validation import validated
-
-
-class ExperimentError(ValueError):
-    """An experiment file is invalid: the message names the file, the field and the problem."""
 
 
 def _seconds(value: Any) -> float:

@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
+from chaos.errors import FaultError, RunAborted, TargetError
 from chaos.experiments import ApproveStep, Experiment, FaultStep, Selector
-from chaos.faults.base import FaultBackend, FaultError, InjectedFault
-from chaos.halting import RunAborted, sleep_until
+from chaos.faults.base import FaultBackend, InjectedFault
+from chaos.halting import sleep_until
 from chaos.journal import Journal, Say
-from chaos.targets import Deployment, DeploymentNode, ShardChoice, TargetError
+from chaos.targets import Deployment, DeploymentNode, ShardChoice
 
 
 def open_backend(name: str) -> FaultBackend:

@@ -1,14 +1,12 @@
-"""How a run stops early: `RunAborted`, and waiting that a halt (the stop event) interrupts.
-Not for: rollbacks (see `fault_phase`)."""
+"""How a run waits so that a halt (the stop event) ends it early: `sleep_until` raises
+`chaos.errors.RunAborted`. Not for: rollbacks (see `fault_phase`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-
-class RunAborted(Exception):
-    """The run stopped before its end (steady state not met, halted, or interrupted)."""
+from chaos.errors import RunAborted
 
 
 def sleep_until(stop: threading.Event, moment: float) -> None:

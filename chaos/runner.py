@@ -20,10 +20,11 @@ from pathlib import Path
 import httpx
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
+from chaos.errors import RunAborted
 from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
-from chaos.halting import RunAborted, sleep_until
+from chaos.halting import sleep_until
 from chaos.hypotheses import Observations, evaluate
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger

@@ -19,19 +19,16 @@ from pathlib import Path
 
 import redis
 
+from chaos.errors import RefusedTarget, TargetError
 from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
 from chaos.runner import ExperimentRunner
-from chaos.targets import Deployment, TargetError, from_testbed, store_unreachable
+from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
 
 RUN_LOCK_KEY = "chaos:run-lock"
 PID_FILE = "chaos-run.pid"
-
-
-class RefusedTarget(Exception):
-    pass
 
 
 def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:

@@ -11,10 +11,11 @@ import time
 import httpx
 import redis
 
+from chaos.errors import TargetError
 from chaos.experiments import Probe
 from chaos.journal import ProbeOutcome, Say
 from chaos.load import LoadProfile, number_pool
-from chaos.targets import Deployment, TargetError
+from chaos.targets import Deployment
 from ratequeue.slots import slot_for
 from ratequeue.topology import Topology
 

@@ -16,6 +16,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state
 from common import input_files
@@ -24,11 +25,6 @@ from common.validation import HttpUrlText, RedisUrlText, describe_problems, vali
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 
 Backend = Literal["local", "docker", "gremlin"]
-
-
-class TargetError(ValueError):
-    """The deployment cannot be used: its target file is invalid (the message names the file and
-    the field), or a part of it (the control store, a node) cannot be reached or found."""
 
 
 class DeploymentNode(NodeTarget):

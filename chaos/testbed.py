@@ -25,6 +25,7 @@ import httpx
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from chaos.errors import TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
@@ -62,11 +63,6 @@ class TestbedState(BaseModel):
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
-
-
-class TestbedError(RuntimeError):
-    __test__ = False
-    pass
 
 
 def state_path(directory: Path) -> Path:

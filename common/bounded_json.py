@@ -15,25 +15,8 @@ import math
 import re
 from typing import Any
 
+from common.errors import JsonProblem, JsonTooDeep
 from common.validation import quoted
-
-
-class JsonProblem(ValueError):
-    """The text is not JSON this parser takes; `str()` is `line L, column C: what` (as much of
-    the place as is known)."""
-
-    def __init__(self, problem: str, line: int | None = None, column: int | None = None) -> None:
-        where = ", ".join(
-            f"{name} {value}" for name, value in (("line", line), ("column", column)) if value
-        )
-        super().__init__(f"{where}: {problem}" if where else problem)
-        self.problem = problem
-        self.line = line
-
-
-class TooDeep(JsonProblem):
-    """The document nests deeper than the limit."""
-
 
 # A JSON string (escapes included; an unterminated one runs to the end, so a match never fails
 # and the scan stays linear), or one bracket outside strings.
@@ -54,7 +37,7 @@ def _finite(text: str) -> float:
 
 def loads(text: str, *, max_depth: int) -> Any:
     """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
-    is the first); raises JsonProblem (TooDeep for the nesting)."""
+    is the first); raises JsonProblem (JsonTooDeep for the nesting)."""
     depth = 0
     for token in _NESTING.finditer(text):
         bracket = token.group()
@@ -62,7 +45,7 @@ def loads(text: str, *, max_depth: int) -> Any:
             depth += 1
             if depth > max_depth:
                 line = text.count("\n", 0, token.start()) + 1
-                raise TooDeep(f"nested deeper than {max_depth} levels; refused", line)
+                raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)
         elif bracket in ("]", "}"):
             depth -= 1
     try:

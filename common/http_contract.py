@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from common import bounded_json
-from common.service_errors import InvalidRequest, ServiceError
+from common.errors import InvalidRequest, JsonTooDeep, ServiceError
 from common.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def parse_json(raw: bytes) -> Any:
         # What json.loads does with bytes; decoded first so the nesting is counted on text.
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         data = bounded_json.loads(text, max_depth=MAX_JSON_DEPTH)
-    except bounded_json.TooDeep as problem:
+    except JsonTooDeep as problem:
         raise InvalidRequest(f"request body is {problem.problem}") from None
     except ValueError as error:  # bad UTF-8, or a JsonProblem
         raise InvalidRequest(f"request body is not valid JSON: {error}", code="bad_json") from None

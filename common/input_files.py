@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from common import bounded_json, bounded_yaml
+from common.errors import InputFileError, JsonProblem
 from common.validation import bounded, kind_of
 
 # Hand-written files here are a few kB; a generated testbed.json of 64 shards is under 100 kB.
@@ -29,10 +30,6 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = bounded_yaml.MAX_DEPTH
 
 ErrorClass = Callable[[str], Exception]
-
-
-class InputFileError(ValueError):
-    """A file cannot be used; the message names it (for loaders without an error of their own)."""
 
 
 def read_text(path: Path, *, error: ErrorClass = InputFileError) -> str:
@@ -156,5 +153,5 @@ def _parse_json(text: str, source: str, error: ErrorClass) -> Any:
         return None  # json.loads would say "Expecting value"; the file is empty
     try:
         return bounded_json.loads(text, max_depth=MAX_DEPTH)
-    except bounded_json.JsonProblem as problem:
+    except JsonProblem as problem:
         raise error(f"{source}: not valid JSON: {problem}") from None

@@ -27,14 +27,11 @@ from typing import TypeVar
 
 import redis
 
+from common.errors import RedisStartError
 from common.nodes import CLIENT_HOST, PEER_HOST, Role
 
 _live: set[RedisProcess] = set()
 _live_lock = threading.Lock()
-
-
-class RedisStartError(RuntimeError):
-    pass
 
 
 def redis_server_binary() -> str:

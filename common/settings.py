@@ -13,12 +13,8 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
+from common.errors import InvalidSetting
 from common.validation import Model, describe_problems
-
-
-class InvalidSetting(ValueError):
-    """A setting a service cannot start with; the message names each one and what was
-    expected."""
 
 
 def parse_settings(model: type[Model], values: Mapping[str, object]) -> Model:

@@ -16,7 +16,8 @@ from typing import Any
 import typer
 
 from detection import nagios
-from detection.sensor import InvalidSensorConfig, Sensor, SensorConfig
+from detection.errors import InvalidSensorConfig, UsageProblem
+from detection.sensor import Sensor, SensorConfig
 
 app = typer.Typer(
     help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
@@ -90,7 +91,8 @@ def sensor(
                "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
     pager_config = None
     if notifications is not None:
-        from notifications.config import NotificationConfigError, load_notification_config
+        from notifications.config import load_notification_config
+        from notifications.errors import NotificationConfigError
 
         try:
             pager_config = load_notification_config(notifications)
@@ -180,7 +182,7 @@ def check(
             replica=replica, primary=primary, warning_io_seconds=warning_io_seconds,
             critical_io_seconds=critical_io_seconds, timeout=timeout, extra=ctx.args,
         )  # fmt: skip
-    except nagios.UsageProblem as problem:
+    except UsageProblem as problem:
         typer.echo(nagios.unknown(str(problem)).line())
         raise typer.Exit(int(nagios.Status.UNKNOWN)) from None
     outcome = asyncio.run(nagios.run_request(request))

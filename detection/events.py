@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.validation import describe_problems, quoted
+from detection.errors import InvalidEvent
 
 EventType = Literal[
     "RedisMasterDown",
@@ -31,14 +32,6 @@ EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 # RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
 # fraction, and Z or an offset.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
-
-
-class InvalidEvent(ValueError):
-    """The event does not follow the schema; `reason` names the fields and what was expected."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Event(BaseModel):

@@ -43,7 +43,8 @@ import redis.asyncio as aioredis
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from detection.events import Event, InvalidEvent
+from detection.errors import InvalidEvent
+from detection.events import Event
 from detection.streams import CONSUMER_GROUP, DeadLetters, Received, validate_entry
 
 DEFAULT_STREAM_NAME = "lazarus-events"  # same default as lazarus_lite.settings

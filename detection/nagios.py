@@ -27,6 +27,7 @@ from enum import IntEnum
 from typing import Any
 
 from detection import probes
+from detection.errors import UsageProblem
 from detection.probes import ProbeResult
 
 SERVICE_LABEL = "REDIS-PRIMARY"
@@ -202,10 +203,6 @@ def evaluate(
     else:
         summary = f"{answers}, link up but {io_text}{note}"
     return CheckOutcome(status, summary, perf)
-
-
-class UsageProblem(ValueError):
-    """A bad command-line value; the message names the option."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from detection import probes
-from detection.events import Event, InvalidEvent, new_event
+from detection.errors import InvalidEvent, InvalidSensorConfig
+from detection.events import Event, new_event
 from detection.probes import ProbeResult
 from detection.streams import EventStream
 from notifications.notifier import Notifier
@@ -47,15 +48,6 @@ from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
 log = logging.getLogger(__name__)
 
 SensorState = Literal["idle", "ok", "failing", "down"]
-
-
-class InvalidSensorConfig(ValueError):
-    """A setting is out of range; `setting` names it (the field name of `SensorConfig`)."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting = setting
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from detection.events import Event, InvalidEvent, parse_event
+from detection.errors import InvalidEvent
+from detection.events import Event, parse_event
 
 EVENTS_STREAM = "lz:events"
 DEAD_LETTER_STREAM = "lz:events:dead"

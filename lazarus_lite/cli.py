@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from common.settings import InvalidSetting
+from common.errors import InvalidSetting
 from lazarus_lite.settings import DEFINITIONS, ControllerSettings
 
 app = typer.Typer(help="Lazarus-lite remediation controller.", no_args_is_help=True)
@@ -118,8 +118,8 @@ def validate_rules(
     """Load rule files strictly; name the file, rule and field of every mistake."""
     from lazarus_lite import steps  # noqa: F401  (registers the steps)
     from lazarus_lite.checks import CHECKS
-    from lazarus_lite.rules import RuleError, load_rules
-    from lazarus_lite.workflow.definition import WorkflowError
+    from lazarus_lite.errors import RuleError, WorkflowError
+    from lazarus_lite.rules import load_rules
     from lazarus_lite.workflow.loading import load_workflows
 
     try:

@@ -29,6 +29,7 @@ from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.errors import Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.locks import Locks
@@ -39,9 +40,9 @@ from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shadow_report import remember_shadow_decision
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import WATCH_EVENT_TYPES, ShardWatch, WatchSettings, watch_forever
-from lazarus_lite.workflow.context import Escalate, StepEnvironment
+from lazarus_lite.workflow.context import StepEnvironment
 from lazarus_lite.workflow.definition import WorkflowDefinition
-from lazarus_lite.workflow.engine import WorkflowCancelled, WorkflowEngine
+from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import load_workflows
 from lazarus_lite.workflow.records import WorkflowRecord
 from notifications.config import load_notification_config

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from lazarus_lite import control_keys
+from lazarus_lite.errors import LockBusy, LockLost
 
 # Take the lock if free (or already ours); returns the token held.
 _ACQUIRE = """
@@ -42,14 +43,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-class LockLost(RuntimeError):
-    """The lock is no longer held with this token: the holder must not act."""
-
-
-class LockBusy(RuntimeError):
-    """Someone else holds the lock."""
 
 
 @dataclass(frozen=True)

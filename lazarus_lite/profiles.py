@@ -25,15 +25,12 @@ from common import input_files
 from common.durations import parse_duration
 from common.validation import describe_problems, validated
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
+from lazarus_lite.errors import ProfileError
 from lazarus_lite.rules import Rule
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.loading import parse_workflow
 
 DEFINITIONS = Path(__file__).parent / "definitions"
-
-
-class ProfileError(ValueError):
-    """A service file is invalid: the message names the file and the field."""
 
 
 class Overrides(BaseModel):

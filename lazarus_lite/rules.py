@@ -19,14 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from common import input_files
 from common.validation import kind_of, quoted, validated
 from detection.events import EVENT_TYPES, Event
+from lazarus_lite.errors import RuleError
 
 LockKind = Literal["host", "service", "shard"]
 # Bounded: a rule's name is quoted in every message about it.
 RULE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
-
-
-class RuleError(ValueError):
-    """A rule file is invalid; the message names the file, the rule and the field."""
 
 
 class Criteria(BaseModel):

@@ -72,5 +72,5 @@ class ControllerSettings(BaseModel):
 
     @classmethod
     def parse(cls, **values: object) -> ControllerSettings:
-        """Validate; raise `common.settings.InvalidSetting` naming each bad setting."""
+        """Validate; raise `common.errors.InvalidSetting` naming each bad setting."""
         return parse_settings(cls, values)

@@ -29,7 +29,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from lazarus_lite.locks import LockBusy, Locks
+from lazarus_lite.errors import LockBusy
+from lazarus_lite.locks import Locks
 from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,

@@ -28,11 +28,8 @@ from common.validation import (
     validated,
 )
 from notifications.delivery import CHANNELS, ChannelName, RetryPolicy
+from notifications.errors import NotificationConfigError
 from notifications.pagerduty import CLIENT_NAME, PAGERDUTY_EVENTS_URL, Severity
-
-
-class NotificationConfigError(ValueError):
-    """The notification configuration is invalid; the message names the file and the field."""
 
 
 class _Strict(BaseModel):

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
+from notifications.errors import Permanent, Retryable
+
 log = logging.getLogger(__name__)
 
 ChannelName = Literal["slack", "pagerduty", "email"]
@@ -64,23 +66,6 @@ class RetryPolicy:
     backoff: float = 0.25
     max_backoff: float = 2.0
     timeout: float = 3.0
-
-
-class Retryable(Exception):
-    """A failed attempt worth repeating (a timeout, HTTP 429 or 5xx, SMTP 4xx); `wait` is the
-    server's Retry-After, if it gave one."""
-
-    def __init__(self, message: str, status: int | None = None, wait: float | None = None):
-        super().__init__(message)
-        self.status, self.wait = status, wait
-
-
-class Permanent(Exception):
-    """A failed attempt that repeating would not fix (HTTP 4xx, SMTP 5xx, no TLS)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 Attempt = Callable[[], Awaitable[tuple[int | None, dict[str, Any]]]]

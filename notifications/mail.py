@@ -13,7 +13,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from notifications.delivery import ChannelName, Delivery, Permanent, Retryable, RetryPolicy, deliver
+from notifications.delivery import ChannelName, Delivery, RetryPolicy, deliver
+from notifications.errors import Permanent, Retryable
 
 
 class Email:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 import uvicorn
 
-from common.settings import InvalidSetting
+from common.errors import InvalidSetting
 from ratequeue.config import ServiceSettings
 
 if TYPE_CHECKING:

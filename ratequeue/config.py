@@ -1,7 +1,7 @@
 """Settings of the ratequeue service, validated before anything starts.
 
 A bad value stops the service with a message naming the setting
-(`common.settings.InvalidSetting`); settings come from CLI options or `RATEQUEUE_*` environment
+(`common.errors.InvalidSetting`); settings come from CLI options or `RATEQUEUE_*` environment
 variables. Not for: per-number rates (API state).
 """
 
@@ -31,7 +31,7 @@ class ServiceSettings(BaseModel):
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:
-        """Validate; raise `common.settings.InvalidSetting` naming each bad setting and what was
+        """Validate; raise `common.errors.InvalidSetting` naming each bad setting and what was
         expected."""
         return parse_settings(cls, values)
 

@@ -1,26 +1,27 @@
 """The exception hierarchy every part of ratequeue raises, and the HTTP status each maps to
-(the bases are `common.service_errors`'s, which every service shares).
+(its bases are `common.errors`'s, which every service shares):
 
-    ServiceError
-    └── RatequeueError             500
-        ├── InvalidInput           400  (the request is wrong; retrying it cannot succeed)
-        │   └── InvalidNumber      400
-        ├── QueueFull              429  (nothing written)
-        ├── IdConflict             409  (the id names another message of that number)
-        ├── RetryableError         503  (retry later with the same message id)
-        │   ├── DurabilityNotMet
-        │   ├── ShardUnavailable
-        │   ├── StaleEpoch
-        │   └── TopologyUnavailable
-        ├── EpochConflict          409  (a topology compare-and-set lost: someone changed it first)
-        └── NoSafeCandidate        409  (no replica can be shown to hold every acknowledged write)
+    CommonError
+    └── ServiceError
+        └── RatequeueError           500
+            ├── InvalidInput         400  the request is wrong; retrying it cannot succeed
+            │   └── InvalidNumber    400
+            ├── QueueFull            429  nothing written
+            ├── IdConflict           409  the id names another message of that number
+            ├── RetryableError       503  retry later with the same message id
+            │   ├── DurabilityNotMet
+            │   ├── ShardUnavailable
+            │   ├── StaleEpoch
+            │   └── TopologyUnavailable
+            ├── EpochConflict        409  a topology compare-and-set lost: someone changed it first
+            └── NoSafeCandidate      409  no replica can be shown to hold every acknowledged write
 
 Not for: formatting HTTP responses (the service does that from `code` and `http_status`).
 """
 
 from __future__ import annotations
 
-from common.service_errors import InvalidRequest, ServiceError
+from common.errors import InvalidRequest, ServiceError
 
 
 class RatequeueError(ServiceError):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import redis
 
+from common.errors import RedisStartError
 from common.nodes import SHARD_ROLES, Role
-from common.redis_processes import RedisProcess, RedisStartError, start_redis
+from common.redis_processes import RedisProcess, start_redis
 from ratequeue.membership import (
     boot_arguments,
     required_replicas,

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
+from common.errors import InvalidRequest
 from common.http_contract import (
     PROJECT_ERRORS,
     JsonBody,
@@ -36,7 +37,6 @@ from common.http_contract import (
     publish_contract,
     read_json_model,
 )
-from common.service_errors import InvalidRequest
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError

@@ -14,17 +14,19 @@ from typer.testing import CliRunner, Result
 
 from chaos.agent.targets import load_targets
 from chaos.cli import app as chaos_app
-from chaos.experiments import ExperimentError, load_experiment
-from chaos.targets import TargetError, load_deployment
-from chaos.testbed import TestbedError, load_state
+from chaos.errors import ExperimentError, TargetError, TestbedError
+from chaos.experiments import load_experiment
+from chaos.targets import load_deployment
+from chaos.testbed import load_state
 from detection.cli import app as detection_app
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app as lazarus_app
-from lazarus_lite.profiles import ProfileError, load_profiles
-from lazarus_lite.rules import RuleError, load_rules
-from lazarus_lite.workflow.definition import WorkflowError
+from lazarus_lite.errors import ProfileError, RuleError, WorkflowError
+from lazarus_lite.profiles import load_profiles
+from lazarus_lite.rules import load_rules
 from lazarus_lite.workflow.loading import load_workflows
-from notifications.config import NotificationConfigError, load_notification_config
+from notifications.config import load_notification_config
+from notifications.errors import NotificationConfigError
 
 SCENARIO = Path(__file__).parents[1] / "scenarios" / "primary_kill.yaml"
 TESTBED_NODE = '{"name": "n", "role": "primary", "host": "127.0.0.1", "port": %s, "pid": 1}'

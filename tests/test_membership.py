@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common.redis_processes import RedisStartError
+from common.errors import RedisStartError
 from lazarus_lite.actuators import LocalProcessActuator
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch

@@ -23,8 +23,10 @@ from pydantic import BaseModel
 
 from chaos.agent.attacks import AttackView, Execution
 from chaos.agent.commands import ATTACK_REQUEST
-from chaos.agent.errors import AGENT_ERRORS, AgentError
+from chaos.agent.error_body import AGENT_ERRORS
 from chaos.agent.state import Agent
+from chaos.errors import AgentError
+from common.errors import InvalidRequest
 from common.http_contract import (
     credential,
     error_responses,
@@ -33,7 +35,6 @@ from common.http_contract import (
     publish_contract,
     read_json_body,
 )
-from common.service_errors import InvalidRequest
 
 MAX_BODY_BYTES = 64 * 1024
 KEY_HEADER = APIKeyHeader(name="Authorization", scheme_name="apiKey", auto_error=False,

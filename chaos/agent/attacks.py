@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from chaos.agent.commands import Plan
 from chaos.agent.targets import AgentTarget
-from chaos.faults.base import FaultError, InjectedFault
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault
 
 # Gremlin's stage → stageLifecycle.
 LIFECYCLE = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.agent.errors import AgentError
+from chaos.errors import AgentError
 from chaos.faults.gremlin import MAX_LENGTH
 from common.validation import quoted
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from chaos.agent.attacks import Attack
 from chaos.agent.commands import DEFAULT_LENGTH, Plan
-from chaos.agent.errors import AgentError
 from chaos.agent.targets import AgentTarget
-from chaos.faults.base import FaultError, InjectedFault
+from chaos.errors import AgentError, FaultError
+from chaos.faults.base import InjectedFault
 from chaos.faults.gremlin import programs_of
 from chaos.faults.local.backend import LocalFaultBackend
 from common.nodes import PEER_HOST

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from chaos.agent.attacks import Attack
 from chaos.agent.commands import parse_command, parse_target
-from chaos.agent.errors import AgentError
 from chaos.agent.execution import carry_out, check_plan
 from chaos.agent.targets import TargetSource
+from chaos.errors import AgentError
 from chaos.faults.local.backend import LocalFaultBackend
 from common.http_contract import same_secret
 from common.validation import header_secret_problem, quoted

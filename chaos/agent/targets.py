@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos.faults.base import NodeTarget
 from common import input_files
-from common.input_files import InputFileError
+from common.errors import InputFileError
 from common.nodes import CLIENT_HOST, Role, peer_host_of
 from common.validation import validated
 

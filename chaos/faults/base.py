@@ -16,14 +16,11 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chaos.errors import FaultError
 from common.nodes import CLIENT_HOST, Role
 
 FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency"]
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
-
-
-class FaultError(RuntimeError):
-    """A fault could not be injected (or rolled back); the message says which and why."""
 
 
 class NodeTarget(BaseModel):

@@ -40,7 +40,8 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault, NodeTarget
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ from typing import Any
 
 import httpx
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError, GremlinError
+from chaos.faults.base import InjectedFault, NodeTarget
 from common.nodes import PEER_HOST, PROGRAMS_OF_ROLE
 
 DEFAULT_API_URL = "https://api.gremlin.com/v1"
@@ -66,14 +67,6 @@ TERMINAL_STAGES = frozenset({"Successful", "Failed", "Halted", "TargetNotFound"}
 FAILED_STAGES = frozenset({"Failed", "TargetNotFound"})
 FAILED_LIFECYCLE = "Error"
 MAX_LENGTH = 31_449_600  # gremlin-python's bound: about one year in seconds
-
-
-class GremlinError(FaultError):
-    """The Gremlin API refused or failed a request; `status` is the HTTP status (0: none)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class GremlinClient:

@@ -18,21 +18,14 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from common.http_contract import answers, credential, json_request_body, same_secret
-from common.service_errors import InvalidRequest
 from lazarus_lite.controller import ControllerNode
+from lazarus_lite.errors import ApiError
 from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.workflow.store import WorkflowStore
 
 MAX_BODY_BYTES = 256 * 1024
 BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
                     description="the node's API token (`--api-token`)")  # fmt: skip
-
-
-class ApiError(InvalidRequest):
-    """A refusal with its HTTP status and code (the error handlers answer it)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, code=code, http_status=status)
 
 
 @dataclass(frozen=True)

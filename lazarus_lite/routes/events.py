@@ -14,9 +14,11 @@ from pydantic import BaseModel
 
 from common.http_contract import answers, read_json_body
 from common.validation import quoted
-from detection.events import Event, InvalidEvent, parse_event
+from detection.errors import InvalidEvent
+from detection.events import Event, parse_event
 from lazarus_lite.audit import AuditRecord
-from lazarus_lite.routes.context import MAX_BODY_BYTES, ApiError, NodeApi, mutating, node_api
+from lazarus_lite.errors import ApiError
+from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.routes.workflows import workflow_answer
 
 router = APIRouter()

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from common.http_contract import JsonBody, answers, read_json_model
+from lazarus_lite.errors import ApiError
 from lazarus_lite.gates import ALL, CATEGORIES
-from lazarus_lite.routes.context import MAX_BODY_BYTES, ApiError, NodeApi, mutating, node_api
+from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.shadow_report import shadow_report
 
 router = APIRouter()

@@ -14,9 +14,11 @@ from pydantic import Field
 
 from common.http_contract import JsonBody, read_json_model
 from common.validation import quoted
-from detection.events import Event, InvalidEvent, parse_event
+from detection.errors import InvalidEvent
+from detection.events import Event, parse_event
 from lazarus_lite.audit import NodeVerdict
-from lazarus_lite.routes.context import MAX_BODY_BYTES, ApiError, NodeApi, mutating, node_api
+from lazarus_lite.errors import ApiError
+from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 
 router = APIRouter()
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from common.http_contract import JsonBody, answers, read_json_model
 from common.validation import quoted
-from lazarus_lite.routes.context import MAX_BODY_BYTES, ApiError, NodeApi, mutating, node_api
+from lazarus_lite.errors import ApiError
+from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.steps.approval import approve
 
 router = APIRouter()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import httpx
 from pydantic import Field
 
+from lazarus_lite.errors import Escalate
 from lazarus_lite.service_registry import ServiceRegistry
-from lazarus_lite.workflow.context import Escalate, StepContext, StepOutput, WorkflowInputs
+from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
 
 # The workflow step names the profile's template gives these steps (`lazarus_lite.profiles`).

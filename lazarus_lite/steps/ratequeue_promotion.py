@@ -26,7 +26,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from lazarus_lite.workflow.context import Escalate, StepContext, StepOutput, WorkflowInputs
+from lazarus_lite.errors import Escalate
+from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
 from ratequeue import membership
 from ratequeue.errors import EpochConflict, NoSafeCandidate

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 
+from lazarus_lite.errors import UndeclaredRead
 from lazarus_lite.locks import HeldLock, Locks
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -40,15 +41,6 @@ class LockTaken(StepOutput):
     alive while the workflow runs, and `assert_lock` checks it before a change of state."""
 
     lock: LockToken
-
-
-class Escalate(Exception):
-    """A step found that a person must decide: no retry, the workflow escalates."""
-
-
-class UndeclaredRead(RuntimeError):
-    """A step read an output or inputs it did not declare at registration: the load-time check
-    could not have vouched for it (a bug in the step, not in the workflow file)."""
 
 
 InputsT = TypeVar("InputsT", bound=WorkflowInputs)

@@ -13,10 +13,6 @@ from common.durations import parse_duration
 from common.validation import quoted
 
 
-class WorkflowError(ValueError):
-    """A workflow definition is invalid; the message names the file, the step and the field."""
-
-
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

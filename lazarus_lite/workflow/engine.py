@@ -17,18 +17,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, UndeclaredRead
+from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
+from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from lazarus_lite.workflow.registry import STEPS
-from lazarus_lite.workflow.store import OWNER_LEASE_MS, OwnershipLost, WorkflowStore
+from lazarus_lite.workflow.store import OWNER_LEASE_MS, WorkflowStore
 
 log = logging.getLogger(__name__)
-
-
-class WorkflowCancelled(Exception):
-    """The engine refused to start a workflow (kill switch, control realm): the coordinator is
-    told, marks the event NO_ACTION and escalates it."""
 
 
 class WorkflowEngine:

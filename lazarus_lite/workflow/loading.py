@@ -10,7 +10,8 @@ from pathlib import Path
 
 from common import input_files
 from common.validation import quoted, validated
-from lazarus_lite.workflow.definition import WorkflowDefinition, WorkflowError
+from lazarus_lite.errors import WorkflowError
+from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.references import check_references
 from lazarus_lite.workflow.registry import STEPS
 

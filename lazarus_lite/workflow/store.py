@@ -10,6 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from lazarus_lite.errors import OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 
 ACTIVE_WORKFLOWS = "lz:wf:active"
@@ -108,7 +109,3 @@ class WorkflowStore:
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str)
-
-
-class OwnershipLost(RuntimeError):
-    pass

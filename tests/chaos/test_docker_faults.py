@@ -23,7 +23,8 @@ from redis.retry import Retry
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 
-from chaos.faults.base import FaultError, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import NodeTarget
 from chaos.faults.docker import DockerFaultBackend, engine_unavailable_reason
 from common.redis_processes import free_port
 

@@ -26,8 +26,9 @@ from chaos.agent.app import create_app
 from chaos.agent.state import Agent
 from chaos.agent.targets import TargetSource, load_targets
 from chaos.cli import app as chaos_app
+from chaos.errors import GremlinError
 from chaos.faults.base import NodeTarget
-from chaos.faults.gremlin import GremlinClient, GremlinError, GremlinFaultBackend
+from chaos.faults.gremlin import GremlinClient, GremlinFaultBackend
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.processes import process_state

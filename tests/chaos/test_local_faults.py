@@ -19,7 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.processes import running

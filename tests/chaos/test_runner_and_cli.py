@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 
 from chaos import scheduler
 from chaos.cli import app
+from chaos.errors import TargetError
 from chaos.journal import HypothesisOutcome, Journal, read_journals
 from chaos.processes import process_state, read_cmdline
 from chaos.report import write_report
 from chaos.scheduler import run_lock, run_schedule
-from chaos.targets import Deployment, TargetError, from_testbed
+from chaos.targets import Deployment, from_testbed
 from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port

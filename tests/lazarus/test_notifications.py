@@ -15,12 +15,9 @@ import pytest
 
 from lazarus_lite.audit import note_deliveries
 from lazarus_lite.paging import Pager, PageState, escalation_key
-from notifications.config import (
-    NotificationConfig,
-    NotificationConfigError,
-    load_notification_config,
-)
+from notifications.config import NotificationConfig, load_notification_config
 from notifications.delivery import Delivery
+from notifications.errors import NotificationConfigError
 from notifications.notifier import Notifier
 from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder
 

@@ -12,7 +12,8 @@ import redis
 
 from chaos.testbed import running_testbed
 from detection.events import new_event
-from lazarus_lite.profiles import DEFINITIONS, ProfileError, load_profiles
+from lazarus_lite.errors import ProfileError
+from lazarus_lite.profiles import DEFINITIONS, load_profiles
 from lazarus_lite.service_registry import forensics_key, members_key
 from lazarus_lite.workflow.references import check_references
 from tests.e2e.support import send, wait_for

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from detection.events import new_event
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.cli import app
-from lazarus_lite.rules import RuleError, load_rules, parse_rules
+from lazarus_lite.errors import RuleError
+from lazarus_lite.rules import load_rules, parse_rules
 from lazarus_lite.settings import DEFINITIONS
 
 ACTIONS = ["ratequeue.failover", "default.record"]

@@ -15,10 +15,11 @@ import redis.asyncio as aioredis
 
 from common.redis_processes import RedisProcess
 from lazarus_lite import control_keys
+from lazarus_lite.errors import Escalate, WorkflowError
 from lazarus_lite.locks import Locks
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
-from lazarus_lite.workflow.context import Escalate, StepContext, StepEnvironment, StepOutput
-from lazarus_lite.workflow.definition import WorkflowDefinition, WorkflowError
+from lazarus_lite.workflow.context import StepContext, StepEnvironment, StepOutput
+from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord

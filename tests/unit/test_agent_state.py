@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from chaos.agent.commands import parse_command
-from chaos.agent.errors import AgentError
 from chaos.agent.state import Agent
 from chaos.agent.targets import TargetSource
+from chaos.errors import AgentError
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from chaos.experiments import ExperimentError, parse_experiment
+from chaos.errors import ExperimentError
+from chaos.experiments import parse_experiment
 from common import bounded_yaml
-from lazarus_lite.rules import RuleError, parse_rules
+from lazarus_lite.errors import RuleError
+from lazarus_lite.rules import parse_rules
 
 
 def alias_bomb(levels: int = 9) -> str:

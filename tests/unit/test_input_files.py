@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common import input_files
-from common.input_files import InputFileError
+from common.errors import InputFileError
 
 
 def test_brackets_inside_json_strings_are_not_nesting() -> None:

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from detection.errors import UsageProblem
 from detection.nagios import (
     CheckOutcome,
     Perfdata,
     Status,
     Thresholds,
-    UsageProblem,
     evaluate,
     format_number,
     parse_request,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from common.settings import InvalidSetting
+from common.errors import InvalidSetting
 from common.validation import HttpUrlText, RedisUrlText
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from chaos.faults.base import FAULT_ACTIONS, FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import FAULT_ACTIONS, InjectedFault, NodeTarget
 from chaos.faults.local.blackhole import BlackholeFaults
 from chaos.faults.local.cgroups import Cgroup, cgroup2_mount
 from chaos.faults.local.iptables import DEFAULT_CHAIN, Iptables, iptables_unavailable_reason

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.cgroups import Cgroup
 from chaos.faults.local.checked_process import CheckedProcess
 from chaos.faults.local.iptables import COMMENT_PREFIX, Iptables

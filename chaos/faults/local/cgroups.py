@@ -10,7 +10,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from chaos.faults.base import FaultError
+from chaos.errors import FaultError
 
 
 def cgroup2_mount() -> Path | None:

@@ -14,7 +14,8 @@ import re
 import signal
 import time
 
-from chaos.faults.base import FaultError, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import NodeTarget
 from chaos.processes import (
     process_state,
     read_cmdline,

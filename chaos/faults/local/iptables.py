@@ -13,7 +13,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 
-from chaos.faults.base import FaultError
+from chaos.errors import FaultError
 
 DEFAULT_CHAIN = "RQCHAOS"
 COMMENT_PREFIX = "rqchaos:"

@@ -17,7 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.iptables import COMMENT_PREFIX, Iptables
 from chaos.faults.local.peer_address import peer_address
 

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from chaos.faults.base import FaultError, InjectedFault, NodeTarget
+from chaos.errors import FaultError
+from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.checked_process import CheckedProcess, wait_state
 
 

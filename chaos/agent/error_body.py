@@ -1,4 +1,4 @@
-"""The agent's refusal (`AgentError`) and the Gremlin-shaped body every refusal is answered
+"""The Gremlin-shaped body every refusal of the agent (`chaos.errors.AgentError`) is answered
 with: `{"error": <the status's reason>, "message", "field"?}`.
 
 Not for: deciding what to refuse (`commands`, `state` and `execution` do).
@@ -11,16 +11,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from common.http_contract import REASONS, ErrorShape
-from common.service_errors import InvalidRequest
-
-
-class AgentError(InvalidRequest):
-    """A request the agent refuses: HTTP status, the field at fault (if any), and why."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message, code=REASONS.get(status, "Error"), http_status=status)
-        self.status = status
-        self.field = field
 
 
 class AgentErrorBody(BaseModel):

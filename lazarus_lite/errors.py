@@ -1,0 +1,73 @@
+"""Every exception the controller raises, in one tree with one base:
+
+    LazarusError
+    ├── definitions that cannot be loaded (ValueError; the message names the file and the field)
+    │   ├── RuleError               a rule file
+    │   ├── ProfileError            a service file (a profile's parameters and overrides)
+    │   └── WorkflowError           a workflow definition, its steps or their reads
+    ├── what a workflow step raises to the engine
+    │   ├── Escalate                a person must decide: no retry, the workflow escalates
+    │   └── UndeclaredRead          the step read what it did not declare (a bug): no retry
+    ├── WorkflowCancelled           the engine refused to start a workflow (kill switch, realm)
+    ├── OwnershipLost               another node took the workflow over: stop, save nothing
+    ├── LockBusy                    someone else holds the resource lock
+    ├── LockLost                    the lock is no longer held with this token: do not act
+    └── ApiError (InvalidRequest)   the REST API refuses a request (status, code, message;
+                                    `common.http_contract` answers it)
+
+Any other exception a step raises is a failed attempt, retried by the step's policy. Not for:
+errors of the events (`detection.errors`) or of the queue (`ratequeue.errors`).
+"""
+
+from __future__ import annotations
+
+from common.errors import InvalidRequest
+
+
+class LazarusError(Exception):
+    """Base class of every error the controller raises."""
+
+
+class RuleError(LazarusError, ValueError):
+    """A rule file is invalid; the message names the file, the rule and the field."""
+
+
+class ProfileError(LazarusError, ValueError):
+    """A service file is invalid: the message names the file and the field."""
+
+
+class WorkflowError(LazarusError, ValueError):
+    """A workflow definition is invalid; the message names the file, the step and the field."""
+
+
+class UndeclaredRead(LazarusError):
+    """A step read an output or inputs it did not declare at registration: the load-time check
+    could not have vouched for it (a bug in the step, not in the workflow file)."""
+
+
+class Escalate(LazarusError):
+    """A step found that a person must decide: no retry, the workflow escalates."""
+
+
+class WorkflowCancelled(LazarusError):
+    """The engine refused to start a workflow (kill switch, control realm): the coordinator is
+    told, marks the event NO_ACTION and escalates it."""
+
+
+class OwnershipLost(LazarusError):
+    """Another node took the workflow over (its lease lapsed): this node saves nothing more."""
+
+
+class LockBusy(LazarusError):
+    """Someone else holds the lock."""
+
+
+class LockLost(LazarusError):
+    """The lock is no longer held with this token: the holder must not act."""
+
+
+class ApiError(LazarusError, InvalidRequest):
+    """A refusal with its HTTP status and code (the error handlers answer it)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code, http_status=status)
