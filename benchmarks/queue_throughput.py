@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.redis_processes import RedisProcess
-from ratequeue.client import AsyncRatequeueClient, ClientSettings, Enqueued, RetryPolicy
+from ratequeue.client import AsyncRatequeueClient, ClientRetryPolicy, ClientSettings, Enqueued
 from ratequeue.local_cluster import LocalCluster, ShardNodes
 from ratequeue.rates import Rate
 from ratequeue.shard import ENQUEUE_BATCH
@@ -424,7 +424,9 @@ async def raw_async(
 
 # -- (b) ratequeue -----------------------------------------------------------------------------
 def client_settings() -> ClientSettings:
-    return ClientSettings(min_replicas=1, wait_timeout_ms=2000, retry=RetryPolicy(deadline=10))
+    return ClientSettings(
+        min_replicas=1, wait_timeout_ms=2000, retry=ClientRetryPolicy(deadline=10)
+    )
 
 
 async def enqueue_all(

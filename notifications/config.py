@@ -27,7 +27,7 @@ from common.validation import (
     quoted,
     validated,
 )
-from notifications.delivery import CHANNELS, ChannelName, RetryPolicy
+from notifications.delivery import CHANNELS, ChannelName, DeliveryPolicy
 from notifications.errors import NotificationConfigError
 from notifications.pagerduty import CLIENT_NAME, PAGERDUTY_EVENTS_URL, Severity
 
@@ -129,9 +129,12 @@ class RetryConfig(_Strict):
     max_backoff_seconds: float = Field(2.0, ge=0, le=60)
     timeout_seconds: float = Field(3.0, gt=0, le=60)
 
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            self.attempts, self.backoff_seconds, self.max_backoff_seconds, self.timeout_seconds
+    def policy(self) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            max_attempts=self.attempts,
+            backoff=self.backoff_seconds,
+            max_backoff=self.max_backoff_seconds,
+            timeout=self.timeout_seconds,
         )
 
 

@@ -1,5 +1,5 @@
 """How one message reaches one channel: the `Delivery` record every send returns, the bounded
-`RetryPolicy`, and `deliver`, the retry loop the channels share (with the HTTP channels' base
+`DeliveryPolicy`, and `deliver`, the retry loop the channels share (with the HTTP channels' base
 and how an HTTP answer becomes a retryable or a permanent failure).
 
 Not for: what a message says or which channels get it (see `notifier`), nor any one channel's
@@ -14,13 +14,13 @@ import logging
 import smtplib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
+from common.retry import RetryPolicy
 from notifications.errors import Permanent, Retryable
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,14 @@ class Delivery(BaseModel):
         return f"{what} FAILED after {self.attempts} attempt(s): {self.error}"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries: `attempts` in all, waiting `backoff`, then twice that, ... at most
-    `max_backoff` between attempts; each attempt gives up after `timeout` seconds."""
+class DeliveryPolicy(RetryPolicy):
+    """The retry policy of a delivery (by default: 3 attempts, waiting 0.25 s, then twice that,
+    at most 2 s), and how long one attempt may take before it counts as failed."""
 
-    attempts: int = 3
-    backoff: float = 0.25
-    max_backoff: float = 2.0
-    timeout: float = 3.0
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff: float = Field(0.25, ge=0, le=30)
+    max_backoff: float | None = Field(2.0, ge=0, le=60)
+    timeout: float = Field(3.0, gt=0, le=60, description="seconds one attempt may take")
 
 
 Attempt = Callable[[], Awaitable[tuple[int | None, dict[str, Any]]]]
@@ -75,7 +74,7 @@ async def deliver(
     channel: str,
     action: str,
     target: str,
-    retry: RetryPolicy,
+    retry: DeliveryPolicy,
     attempt: Attempt,
     *,
     redact: tuple[str, ...] = (),
@@ -86,7 +85,7 @@ async def deliver(
     status: int | None = None
     error = "not attempted"
     tries = 0
-    for tries in range(1, max(1, retry.attempts) + 1):
+    for tries in range(1, retry.max_attempts + 1):
         wait: float | None = None
         try:
             status, extra = await asyncio.wait_for(attempt(), timeout=retry.timeout)
@@ -112,10 +111,11 @@ async def deliver(
         except Exception as exc:  # a bug or an unexpected answer: record it, do not retry
             status, error = None, f"{type(exc).__name__}: {exc}"
             break
-        if tries < retry.attempts:
-            delay = min(retry.backoff * 2 ** (tries - 1), retry.max_backoff)
-            if wait is not None:
-                delay = min(max(delay, wait), retry.max_backoff)
+        if tries < retry.max_attempts:
+            delay = retry.delay(tries)
+            if wait is not None:  # the server's Retry-After, within our cap
+                delay = max(delay, wait)
+                delay = delay if retry.max_backoff is None else min(delay, retry.max_backoff)
             await asyncio.sleep(delay)
     for secret in redact:
         if secret:
@@ -155,7 +155,7 @@ def host_of(url: str) -> str:
 class HttpChannel:
     """A channel that posts over HTTP: it shares the notifier's client, or opens its own."""
 
-    def __init__(self, http: httpx.AsyncClient | None, retry: RetryPolicy) -> None:
+    def __init__(self, http: httpx.AsyncClient | None, retry: DeliveryPolicy) -> None:
         self.retry = retry
         self._own_http = http is None
         self._http = http

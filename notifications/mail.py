@@ -13,7 +13,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from notifications.delivery import ChannelName, Delivery, RetryPolicy, deliver
+from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, deliver
 from notifications.errors import Permanent, Retryable
 
 
@@ -32,7 +32,7 @@ class Email:
         username: str | None = None,
         password: str | None = None,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: DeliveryPolicy = DeliveryPolicy(),
     ) -> None:
         self.host, self.port, self.sender = host, port, sender
         self.recipients = list(recipients)

@@ -17,8 +17,8 @@ import httpx
 from notifications.delivery import (
     ChannelName,
     Delivery,
+    DeliveryPolicy,
     HttpChannel,
-    RetryPolicy,
     deliver,
     host_of,
     http_outcome,
@@ -50,7 +50,7 @@ class PagerDuty(HttpChannel):
         url: str = PAGERDUTY_EVENTS_URL,
         *,
         http: httpx.AsyncClient | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: DeliveryPolicy = DeliveryPolicy(),
     ) -> None:
         super().__init__(http, retry)
         self.routing_key = routing_key

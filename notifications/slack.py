@@ -12,8 +12,8 @@ import httpx
 from notifications.delivery import (
     ChannelName,
     Delivery,
+    DeliveryPolicy,
     HttpChannel,
-    RetryPolicy,
     deliver,
     host_of,
     http_outcome,
@@ -26,7 +26,11 @@ class SlackWebhook(HttpChannel):
     name: ChannelName = "slack"
 
     def __init__(
-        self, url: str, *, http: httpx.AsyncClient | None = None, retry: RetryPolicy = RetryPolicy()
+        self,
+        url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        retry: DeliveryPolicy = DeliveryPolicy(),
     ) -> None:
         super().__init__(http, retry)
         self.url = url

@@ -19,13 +19,15 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from pydantic import Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from common.retry import RetryPolicy
 from ratequeue.errors import (
     IdConflict,
     InvalidInput,
@@ -55,17 +57,19 @@ T = TypeVar("T")
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by attempts and by total time."""
+class ClientRetryPolicy(RetryPolicy):
+    """The queue client's retries: full jitter (a uniform wait between 0 and the policy's delay,
+    so clients that failed together do not retry together) and a `deadline` in seconds after
+    which no retry starts. By default 6 attempts, waits up to 0.1 s, then twice that, at most
+    1 s, within 4 s."""
 
     max_attempts: int = 6
-    base_delay: float = 0.05
-    max_delay: float = 1.0
-    deadline: float = 4.0
+    backoff: float = 0.1
+    max_backoff: float | None = 1.0
+    deadline: float = Field(4.0, ge=0, description="no retry starts later than this")
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        return random.uniform(0, super().delay(attempt))
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class ClientSettings:
     max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS
     refresh_interval: float = 2.0
     connect_timeout: float = 0.5
-    retry: RetryPolicy = RetryPolicy()
+    retry: ClientRetryPolicy = field(default_factory=ClientRetryPolicy)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.settings import parse_settings
 from common.validation import RedisUrlText
-from ratequeue.client import ClientSettings, RetryPolicy
+from ratequeue.client import ClientRetryPolicy, ClientSettings
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
 
 
@@ -44,5 +44,5 @@ class ServiceSettings(BaseModel):
             refresh_interval=self.refresh_interval,
             # Bounded by time, not by a count: a failover takes about a second, and six quick
             # attempts would give up long before the deadline.
-            retry=RetryPolicy(max_attempts=100, deadline=self.retry_deadline),
+            retry=ClientRetryPolicy(max_attempts=100, deadline=self.retry_deadline),
         )

@@ -16,12 +16,12 @@ from starlette.types import ASGIApp
 
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
-from ratequeue.client import ClientSettings, RatequeueClient, RetryPolicy
+from ratequeue.client import ClientRetryPolicy, ClientSettings, RatequeueClient
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.service import create_app
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.1, deadline=1.5)
+FAST_RETRY = ClientRetryPolicy(max_attempts=3, backoff=0.04, max_backoff=0.1, deadline=1.5)
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from ratequeue.client import RatequeueClient, RetryPolicy
+from ratequeue.client import ClientRetryPolicy, RatequeueClient
 from ratequeue.errors import DurabilityNotMet, ShardUnavailable
 from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
 
 NUMBER = "+14155550100"
 # One attempt: a paused replica is still counted by the primary for a second or more
 # (`membership.REPLICA_MAX_LAG_SECONDS`), so within it only WAIT tells it is not there.
-ONE_ATTEMPT = RetryPolicy(max_attempts=1, deadline=0)
+ONE_ATTEMPT = ClientRetryPolicy(max_attempts=1, deadline=0)
 
 
 @contextmanager

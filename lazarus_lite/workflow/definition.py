@@ -10,18 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.durations import parse_duration
+from common.retry import RetryPolicy
 from common.validation import quoted
-
-
-class RetryPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_attempts: int = Field(1, ge=1, le=100)
-    backoff: float = Field(0.2, ge=0, le=600, description="seconds before the 2nd attempt")
-    factor: float = Field(2.0, ge=1, le=10)
-
-    def delay(self, attempt: int) -> float:
-        return self.backoff * self.factor ** max(0, attempt - 1)
 
 
 class StepDefinition(BaseModel):
