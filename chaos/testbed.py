@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -36,6 +37,8 @@ from lazarus_lite.service_registry import members_key
 from ratequeue.local_cluster import LocalCluster
 
 STATE_FILE = "testbed.json"
+
+log = logging.getLogger(__name__)
 
 
 class TestbedNode(BaseModel):
@@ -253,9 +256,11 @@ def provisioned_nodes(directory: Path) -> list[TestbedNode]:
     if not path.exists():
         return []
     nodes = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
             nodes.append(TestbedNode.model_validate_json(line))
+        except ValueError as error:  # a line cut short by a crash, or of another version
+            log.warning("%s line %d is not a node; skipped: %s", path, number, error)
     return nodes
 
 

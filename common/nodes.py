@@ -1,4 +1,5 @@
-"""What a node of the testbed is, the one home of these names: the role it plays (`Role`), the
+"""What a node of the testbed is, the one home of these names: the role it plays (`Role` for the
+nodes the testbed starts itself, `RoleName` for the nodes a target file names), the
 programs a node of each role runs (`PROGRAMS_OF_ROLE`: the testbed, the fault backends and the
 agent check pids against it), which roles are Redis nodes, and the two loopback addresses a local
 node answers on (`CLIENT_HOST` for clients, `PEER_HOST` for replication, sensors and controllers,
@@ -10,10 +11,17 @@ one (see `common.redis_processes`).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal
 
-Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus"]
-ROLES: tuple[Role, ...] = get_args(Role)
+from pydantic import StringConstraints
+
+# The roles of the nodes the testbed starts: `instance` is a stateless service's host that the
+# controller's actuator provisions.
+Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus", "instance"]
+# A role as a target file or the fault agent's targets file names it: one of `Role`, or a role
+# of the user's own (a load balancer, a worker), whose program a fault must then be told
+# (`expect`), since `PROGRAMS_OF_ROLE` cannot know it.
+RoleName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 # The Redis nodes: the control store and the shards' nodes. A shard node boots parked.
 REDIS_ROLES: frozenset[Role] = frozenset({"control", "primary", "replica"})
@@ -36,7 +44,7 @@ CLIENT_HOST = "127.0.0.1"
 PEER_HOST = "127.0.0.2"
 
 
-def peer_host_of(role: Role) -> str | None:
+def peer_host_of(role: RoleName) -> str | None:
     """Where replicas, sensors and controllers reach a local node of `role`: the peer address
     for a Redis node, None (its client address) for the others."""
     return PEER_HOST if role in REDIS_ROLES else None

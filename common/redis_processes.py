@@ -28,7 +28,7 @@ from typing import TypeVar
 import redis
 
 from common.errors import RedisStartError
-from common.nodes import CLIENT_HOST, PEER_HOST, Role
+from common.nodes import CLIENT_HOST, PEER_HOST, SHARD_ROLES, Role
 
 _live: set[RedisProcess] = set()
 _live_lock = threading.Lock()
@@ -74,7 +74,7 @@ class RedisProcess:
     """A redis-server this process started (or found by pid: a detached one)."""
 
     name: str
-    role: Role  # control | primary | replica
+    role: Role  # a Redis role: control, primary or replica
     shard: str | None
     port: int
     workdir: Path
@@ -171,6 +171,9 @@ def start_redis(
     and return when it answers PING.
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
+    if role in SHARD_ROLES and not boot_args:
+        # A shard node that boots writable could acknowledge writes no replica holds.
+        raise ValueError(f"{name}: a shard node boots parked; start it with its boot arguments")
     binary = redis_server_binary()
     nodedir = workdir / name
     nodedir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,9 @@ class ShardNode(RedisProcess):
 
     def restart(self, *, replica_of: RedisProcess | None = None, timeout: float = 10.0) -> None:
         """Start the node again on the same port and data directory (a shard node boots
-        parked), then, with `replica_of`, attach it to that primary."""
+        parked, however it was started), then, with `replica_of`, attach it to that primary."""
+        if self.role in SHARD_ROLES:  # no shard node ever boots writable (docs/membership.md)
+            self.boot_args = tuple(boot_arguments())
         super().restart(timeout=timeout)
         if replica_of is not None:
             self.attach_to(replica_of)
@@ -142,7 +144,7 @@ class LocalCluster:
     call `stop()`; nodes not detached are also stopped at interpreter exit."""
 
     workdir: Path
-    control: ShardNode
+    control: RedisProcess
     shards: list[ShardNodes] = field(default_factory=list)
     min_replicas: int = 1
     """What clients' `WAIT` requires: an appointed primary with fewer replicas refuses writes."""
@@ -158,7 +160,7 @@ class LocalCluster:
         detached: bool = False,
     ) -> LocalCluster:
         workdir.mkdir(parents=True, exist_ok=True)
-        control = start_node("control", "control", None, workdir, detached=detached)
+        control = start_redis("control", "control", None, workdir, detached=detached)
         cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
         try:
             for index in range(shards):

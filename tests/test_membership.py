@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from common.errors import RedisStartError
+from common.redis_processes import start_redis
 from lazarus_lite.actuators import LocalProcessActuator
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
@@ -71,6 +72,25 @@ def test_a_shard_node_boots_parked_and_refuses_writes(tmp_path: Path) -> None:
         assert keys(node) == 0
     finally:
         node.stop()
+
+
+def test_a_shard_node_cannot_be_started_writable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a shard node boots parked"):
+        start_redis("s0-primary", "primary", "s0", tmp_path)
+
+
+def test_a_shard_node_known_only_by_its_port_restarts_parked(tmp_path: Path) -> None:
+    """However a shard node's handle was made (a replacement found by port), a restart through
+    it boots the node parked."""
+    started = start_node("s0-replica", "replica", "s0", tmp_path)
+    found = ShardNode("s0-replica", "replica", "s0", started.port, tmp_path, pid=started.pid)
+    try:
+        started.stop()
+        found.restart()
+        assert membership.is_parked(found.replication())
+    finally:
+        found.stop()
+        started.stop()
 
 
 def test_a_node_made_primary_by_hand_still_refuses_every_write(tmp_path: Path) -> None:

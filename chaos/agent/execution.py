@@ -19,7 +19,7 @@ from chaos.errors import AgentError, FaultError
 from chaos.faults.base import InjectedFault
 from chaos.faults.gremlin import programs_of
 from chaos.faults.local.backend import LocalFaultBackend
-from common.nodes import PEER_HOST
+from chaos.faults.local.peer_address import peer_address
 from common.validation import quoted
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def check_plan(plan: Plan, target: AgentTarget) -> None:
                 f"{node.name} listens on {node.port} only; refusing ports {bad}",
                 "command.args -p",
             )
-        peer = node.peer_host or PEER_HOST
+        peer = peer_address(node, None)
         allowed = {peer} if plan.action == "latency" else {peer, node.host}
         for host in plan.hosts or []:
             if host not in allowed:
@@ -69,7 +69,7 @@ def inject_plan(backend: LocalFaultBackend, plan: Plan, target: AgentTarget) -> 
             params["latency_ms"] = plan.params["latency_ms"]
         if plan.action == "blackhole" and plan.ports:
             params["ports"] = plan.ports
-        hosts = plan.hosts or [node.peer_host or PEER_HOST]
+        hosts = plan.hosts or [peer_address(node, None)]
         return [backend.inject(plan.action, node, peer_host=h, **params) for h in hosts]
     if plan.action == "stop" and target.command:
         params["command"] = target.command

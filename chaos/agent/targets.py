@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from chaos.faults.base import NodeTarget
 from common import input_files
 from common.errors import InputFileError
-from common.nodes import CLIENT_HOST, Role, peer_host_of
+from common.nodes import CLIENT_HOST, RoleName, peer_host_of
 from common.validation import validated
 
 
@@ -35,7 +35,7 @@ class _TargetEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: Role
+    role: RoleName
     shard: str | None = None
     host: str = CLIENT_HOST
     port: int

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.errors import FaultError
-from common.nodes import CLIENT_HOST, Role
+from common.nodes import CLIENT_HOST, RoleName
 
 FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency"]
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
@@ -31,7 +31,7 @@ class NodeTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    role: Role
+    role: RoleName
     shard: str | None = None
     host: str = CLIENT_HOST
     port: int = Field(gt=0, lt=65536)

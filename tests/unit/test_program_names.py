@@ -79,3 +79,12 @@ def test_a_controller_runs_its_roles_program_as_a_module_or_as_the_console_scrip
     argv: list[str],
 ) -> None:
     assert runs_program(argv, None, PROGRAMS_OF_ROLE["lazarus"])
+
+
+def test_a_deployment_node_of_a_role_of_the_users_own_loads_with_its_program() -> None:
+    """A target file may name roles the testbed does not start (a load balancer); a fault on
+    such a node is told the program by `expect`."""
+    from chaos.faults.base import NodeTarget
+
+    node = NodeTarget.model_validate({"name": "lb", "role": "haproxy", "port": 8080})
+    assert node.role == "haproxy"
