@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from chaos.errors import TargetError
 from chaos.journal import Say
 from chaos.targets import Deployment
+from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.approval import APPROVAL_STEP
 from lazarus_lite.workflow.records import WorkflowRecord
-from lazarus_lite.workflow.store import owner_key
 
 Answer = TypeVar("Answer", bound=AuditRecord | WorkflowRecord)
 
@@ -96,7 +96,7 @@ class ControllerAnswers:
         if workflow is None:
             return None
         with redis.Redis.from_url(self.deployment.control, socket_timeout=3) as conn:
-            owner = conn.get(owner_key(workflow.id))
+            owner = conn.get(control_keys.workflow_owner(workflow.id))
         return owner.decode() if isinstance(owner, bytes) else None
 
     def approve(self, gate: str, shard: str) -> None:

@@ -32,8 +32,8 @@ from common import input_files
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
 from common.validation import HttpUrlText, RedisUrlText, validated
+from lazarus_lite import control_keys
 from lazarus_lite.actuators import PROVISIONED_FILE
-from lazarus_lite.service_registry import members_key
 from ratequeue.local_cluster import LocalCluster
 
 STATE_FILE = "testbed.json"
@@ -154,7 +154,7 @@ def register_in_balancer(control_url: str, service: str, node: TestbedNode) -> N
     """List a stateless host in the service's balancer (the stateless profile replaces it)."""
     with redis.Redis.from_url(control_url) as conn:
         conn.hset(
-            members_key(service),
+            control_keys.service_members(service),
             f"http://{node.host}:{node.port}",
             json.dumps({"name": node.name, "added_at": time.time()}),
         )

@@ -57,6 +57,7 @@ async def _handle_and_ack(
 
 
 async def resume_orphans(engine: WorkflowEngine, node_id: str, interval: float) -> None:
+    """Every `interval` seconds, claim and resume workflows whose owner's lease lapsed."""
     while True:
         try:
             await engine.resume_orphans()

@@ -1,6 +1,7 @@
 """Where lazarus_lite keeps its state in the control store: every key name and key format the
-controller, its gates, locks, audit, shadow report and shard watch read or write, in one place,
-so two modules that share a key cannot spell it two ways.
+controller, its gates, locks, audit, shadow report, shard watch, workflows, approvals and the
+stateless services' registry read or write, in one place, so two modules that share a key
+cannot spell it two ways.
 
 Not for: reading or writing the keys (each owning module does), the event streams' keys
 (`detection.streams`, `detection.kinesis`) or the topology's (`ratequeue.topology`).
@@ -31,7 +32,6 @@ def recovered_flag(claim_key: str) -> str:
 # -- the safety gates -------------------------------------------------------------------------
 KILLSWITCH = "lz:killswitch"  # hash: workflow category (or all) -> who engaged it
 SHADOW_SERVICES = "lz:shadow"  # set: services in shadow mode (or all)
-BREAKER_PATTERN = "lz:breaker:*"
 
 
 def rate_window(service: str) -> str:
@@ -40,6 +40,9 @@ def rate_window(service: str) -> str:
 
 def breaker_window(region: str) -> str:
     return f"lz:breaker:{region}"
+
+
+BREAKER_PATTERN = breaker_window("*")
 
 
 # -- locks ------------------------------------------------------------------------------------
@@ -62,3 +65,40 @@ def watch_reported(incident: str) -> str:
 def watch_flagged(shard: str) -> str:
     """The node that marked the shard unwritable (with a TTL)."""
     return f"lz:watch:flagged:{shard}"
+
+
+# -- workflows --------------------------------------------------------------------------------
+ACTIVE_WORKFLOWS = "lz:wf:active"  # set: ids of the workflows not finished
+
+
+def workflow_record(workflow_id: str) -> str:
+    return f"lz:wf:{workflow_id}"
+
+
+def workflow_history(workflow_id: str) -> str:
+    return f"lz:wf:{workflow_id}:history"
+
+
+def workflow_owner(workflow_id: str) -> str:
+    """The node that runs the workflow now (a short lease it renews)."""
+    return f"lz:wf:{workflow_id}:owner"
+
+
+def workflow_of_event(event_id: str) -> str:
+    """The one workflow an event started (an event handled again adopts it)."""
+    return f"lz:event:{event_id}:workflow"
+
+
+def approval(workflow_id: str, step_name: str) -> str:
+    return f"lz:approval:{workflow_id}:{step_name}"
+
+
+# -- the stateless services' registry ---------------------------------------------------------
+def service_members(service: str) -> str:
+    """Set: the hosts (base URLs) behind the service's load balancer."""
+    return f"lz:lb:{service}"
+
+
+def service_forensics(service: str) -> str:
+    """Hash: hosts taken out for forensics -> when and why."""
+    return f"lz:lb:{service}:forensics"

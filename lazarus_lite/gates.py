@@ -284,6 +284,8 @@ class SafetyGates:
         return incidents
 
     async def before_action(self, event: Event, incidents: int) -> GateStop | None:
+        """The first gate that stops acting on `event` (the regional breaker, then the
+        service's rate limit, then the control realm), or None."""
         # The regional breaker first: in an outage of many services every event escalates.
         for stop in (
             await self.breaker.check(event),

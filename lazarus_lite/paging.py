@@ -429,6 +429,7 @@ class Pager:
         *,
         incident_key: str | None = None,
     ) -> list[Delivery]:
+        """A message that needs no acknowledgement, sent by the notifier (nothing to track)."""
         return await self.notifier.notify(service, text, details, incident_key=incident_key)
 
     async def enforce_ack_deadline(self, incident_key: str) -> list[Delivery]:

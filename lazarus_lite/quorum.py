@@ -65,6 +65,8 @@ class Quorum:
         )
 
     async def ask_peer(self, url: str, event: Event, rule: Rule) -> NodeVerdict:
+        """The peer's verdict on the rule's checks from its own vantage point; a peer that does
+        not answer in time counts as a failed verdict, never as a pass."""
         started = time.monotonic()
         try:
             response = await self._http.post(

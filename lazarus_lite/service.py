@@ -60,7 +60,6 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         await control.aclose()
 
     app = FastAPI(title=f"lazarus {settings.node_id}", version="1", lifespan=lifespan)
-    app.state.node = node
     app.state.api = NodeApi(settings, node, control, WorkflowStore(control))
     publish_contract(app)
     install_error_handlers(app)

@@ -10,13 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-
-def members_key(service: str) -> str:
-    return f"lz:lb:{service}"
-
-
-def forensics_key(service: str) -> str:
-    return f"lz:lb:{service}:forensics"
+from lazarus_lite import control_keys
 
 
 class ServiceRegistry:
@@ -24,22 +18,26 @@ class ServiceRegistry:
         self._control = control
 
     async def members(self, service: str) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(members_key(service))
+        raw = await self._control.hgetall(control_keys.service_members(service))
         return {url.decode(): json.loads(info) for url, info in raw.items()}
 
     async def add(self, service: str, url: str, **info: Any) -> None:
         await self._control.hset(
-            members_key(service), url, json.dumps({"added_at": time.time(), **info})
+            control_keys.service_members(service),
+            url,
+            json.dumps({"added_at": time.time(), **info}),
         )
 
     async def remove(self, service: str, url: str) -> bool:
-        return bool(await self._control.hdel(members_key(service), url))
+        return bool(await self._control.hdel(control_keys.service_members(service), url))
 
     async def hold_for_forensics(self, service: str, url: str, reason: str) -> None:
         await self._control.hset(
-            forensics_key(service), url, json.dumps({"held_at": time.time(), "reason": reason})
+            control_keys.service_forensics(service),
+            url,
+            json.dumps({"held_at": time.time(), "reason": reason}),
         )
 
     async def forensics(self, service: str) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(forensics_key(service))
+        raw = await self._control.hgetall(control_keys.service_forensics(service))
         return {url.decode(): json.loads(info) for url, info in raw.items()}

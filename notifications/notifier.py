@@ -23,12 +23,11 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from notifications.config import NotificationConfig, Route, load_notification_config
+from notifications.config import NotificationConfig, Route
 from notifications.delivery import Delivery, Purpose
 from notifications.mail import Email
 from notifications.pagerduty import PagerDuty, Severity
@@ -65,10 +64,6 @@ class Notifier:
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=self.retry.timeout)
         self._channels: dict[tuple[str, str], SlackWebhook | PagerDuty | Email] = {}
-
-    @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> Notifier:
-        return cls(load_notification_config(path), **options)
 
     async def __aenter__(self) -> Notifier:
         return self

@@ -10,6 +10,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from lazarus_lite import control_keys
 from lazarus_lite.workflow.context import StepContext, StepOutput
 from lazarus_lite.workflow.registry import step
 
@@ -21,18 +22,14 @@ class Approved(StepOutput):
     approved: bool
 
 
-def approval_key(workflow_id: str, step_name: str) -> str:
-    return f"lz:approval:{workflow_id}:{step_name}"
-
-
 async def approve(control: aioredis.Redis, workflow_id: str, step_name: str) -> None:
-    await control.set(approval_key(workflow_id, step_name), APPROVED, ex=7 * 24 * 3600)
+    await control.set(control_keys.approval(workflow_id, step_name), APPROVED, ex=7 * 24 * 3600)
 
 
 @step(APPROVAL_STEP, output=Approved)
 async def wait_for_approval(ctx: StepContext) -> Approved:
     """Wait (within the step's timeout) until the gate is approved."""
-    key = approval_key(ctx.workflow.id, ctx.step)
+    key = control_keys.approval(ctx.workflow.id, ctx.step)
     poll = float(ctx.params.get("poll_seconds", 0.2))
     while await ctx.env.control.get(key) != APPROVED:
         await asyncio.sleep(poll)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lazarus_lite import control_keys
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
@@ -56,7 +57,7 @@ class WorkflowEngine:
         if event_id is not None:
             # One workflow per event: an event handled again (its first coordinator died after
             # starting the workflow) adopts the workflow that exists.
-            key = f"lz:event:{event_id}:workflow"
+            key = control_keys.workflow_of_event(event_id)
             if not await self.env.control.set(key, workflow_id, nx=True, ex=30 * 24 * 3600):
                 existing = await self.env.control.get(key)
                 found = await self.store.load(existing.decode()) if existing else None

@@ -10,23 +10,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from lazarus_lite import control_keys
 from lazarus_lite.errors import OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 
-ACTIVE_WORKFLOWS = "lz:wf:active"
 OWNER_LEASE_MS = 3000
-
-
-def record_key(workflow_id: str) -> str:
-    return f"lz:wf:{workflow_id}"
-
-
-def history_key(workflow_id: str) -> str:
-    return f"lz:wf:{workflow_id}:history"
-
-
-def owner_key(workflow_id: str) -> str:
-    return f"lz:wf:{workflow_id}:owner"
 
 
 # Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
@@ -68,10 +56,10 @@ class WorkflowStore:
         node still holds the workflow's lease (else OwnershipLost: another node took over)."""
         written = await self._save(
             keys=[
-                record_key(record.id),
-                history_key(record.id),
-                ACTIVE_WORKFLOWS,
-                owner_key(record.id),
+                control_keys.workflow_record(record.id),
+                control_keys.workflow_history(record.id),
+                control_keys.ACTIVE_WORKFLOWS,
+                control_keys.workflow_owner(record.id),
             ],
             args=[
                 record.model_dump_json(),
@@ -85,26 +73,33 @@ class WorkflowStore:
             raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None:
-        raw = await self._control.get(record_key(workflow_id))
+        raw = await self._control.get(control_keys.workflow_record(workflow_id))
         return None if raw is None else WorkflowRecord.model_validate_json(raw)
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in await self._control.lrange(history_key(workflow_id), 0, -1)]
+        return [
+            json.loads(e)
+            for e in await self._control.lrange(control_keys.workflow_history(workflow_id), 0, -1)
+        ]
 
     async def active(self) -> list[str]:
-        return sorted(m.decode() for m in await self._control.smembers(ACTIVE_WORKFLOWS))
+        return sorted(
+            m.decode() for m in await self._control.smembers(control_keys.ACTIVE_WORKFLOWS)
+        )
 
     async def claim(self, workflow_id: str, node_id: str) -> bool:
         return bool(
-            await self._control.set(owner_key(workflow_id), node_id, nx=True, px=OWNER_LEASE_MS)
+            await self._control.set(
+                control_keys.workflow_owner(workflow_id), node_id, nx=True, px=OWNER_LEASE_MS
+            )
         )
 
     async def renew(self, workflow_id: str, node_id: str) -> bool:
-        keys = [owner_key(workflow_id)]
+        keys = [control_keys.workflow_owner(workflow_id)]
         return bool(int(await self._renew(keys=keys, args=[node_id, OWNER_LEASE_MS])))
 
     async def disown(self, workflow_id: str, node_id: str) -> None:
-        await self._disown(keys=[owner_key(workflow_id)], args=[node_id])
+        await self._disown(keys=[control_keys.workflow_owner(workflow_id)], args=[node_id])
 
 
 def _json(value: Any) -> str:

@@ -12,9 +12,9 @@ import redis
 
 from chaos.testbed import running_testbed
 from detection.events import new_event
+from lazarus_lite import control_keys
 from lazarus_lite.errors import ProfileError
 from lazarus_lite.profiles import DEFINITIONS, load_profiles
-from lazarus_lite.service_registry import forensics_key, members_key
 from lazarus_lite.workflow.references import check_references
 from tests.e2e.support import send, wait_for
 
@@ -85,8 +85,10 @@ def test_the_stateless_profile_replaces_a_dead_api_host(tmp_path: Path) -> None:
             r := httpx.get(url).json()).get("outcome") in ("remediated", "escalated") and r,
             timeout=40)  # fmt: skip
         with redis.Redis.from_url(testbed.control) as conn:
-            members = [m.decode() for m in conn.hkeys(members_key("ratequeue-api"))]
-            held = [m.decode() for m in conn.hkeys(forensics_key("ratequeue-api"))]
+            members = [
+                m.decode() for m in conn.hkeys(control_keys.service_members("ratequeue-api"))
+            ]
+            held = [m.decode() for m in conn.hkeys(control_keys.service_forensics("ratequeue-api"))]
         assert record["outcome"] == "remediated", record["reason"]
         assert old not in members and held == [old]
         assert len(members) == 1

@@ -25,7 +25,6 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
-from lazarus_lite.workflow.store import ACTIVE_WORKFLOWS, record_key
 from ratequeue.local_cluster import start_node
 
 calls: Counter[str] = Counter()
@@ -484,8 +483,8 @@ async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
         },
         "nodes": ["old-node"],
     }  # fmt: skip
-    await control.set(record_key(old_record["id"]), json.dumps(old_record))
-    await control.sadd(ACTIVE_WORKFLOWS, old_record["id"])
+    await control.set(control_keys.workflow_record(old_record["id"]), json.dumps(old_record))
+    await control.sadd(control_keys.ACTIVE_WORKFLOWS, old_record["id"])
     engine = engine_for(control, "n2")
     await resume_on(engine)
     await engine.wait(old_record["id"])
