@@ -1,1 +1,15 @@
-"""Chaos: the local testbed, load with a ledger, and (later) hypothesis-driven experiments."""
+"""Chaos: hypothesis-driven experiments against the queue, on the embedded testbed or a deployed
+one, once or on a schedule.
+
+- a fault is **injected** through `faults/` (one interface in `faults/base.py`; this machine's
+  processes and network in `faults/local/`, containers in `faults/docker.py`, Gremlin's API in
+  `faults/gremlin.py`), or asked of the Gremlin-compatible agent (`agent/`);
+- an experiment file (`experiments`) is run by `runner`: steady state (`steady_state`), load
+  with a ledger of every acknowledged message (`load`, `ledger`), the fault (`fault_phase`), what
+  the controllers did (`controller_answers`, `recovery_watch`), the hypotheses (`hypotheses`),
+  the journal and its report (`journal`, `report`); `scheduler` runs it every few hours;
+- the local testbed (`testbed`, `demo`) and the deployments a run may target (`targets`,
+  `processes`: which program a pid runs).
+
+CLI `chaos`; exceptions in `errors`. Not for: deciding remediation (`lazarus_lite`).
+"""
