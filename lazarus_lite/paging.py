@@ -4,8 +4,10 @@ policy, then acts on that page through a `Pager`:
 
 - `acknowledge` when its checks passed and it schedules the workflow;
 - `resolve` when the workflow succeeded;
-- `escalate` when no rule matched, a check failed, quorum was not reached or the workflow failed;
-- `notify` for information that pages nobody.
+- `escalate` when no rule matched, a check failed, quorum was not reached or the workflow failed.
+
+It sends none of the page itself (the sensor did, through `Notifier.page`); information that
+pages nobody goes through `Notifier.notify` (`Pager.notifier`).
 
 Each call returns the deliveries of the channels (`notifications.Notifier` sends them), plus a
 failed `Delivery` from channel "notifier" when the policy refused to send (a late
@@ -64,7 +66,7 @@ import httpx
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery, Purpose
 from notifications.notifier import Notifier, when
-from notifications.pagerduty import DEDUP_KEY_MAX, Severity
+from notifications.pagerduty import DEDUP_KEY_MAX
 
 log = logging.getLogger(__name__)
 
@@ -222,33 +224,6 @@ class Pager:
                 del self._watchers[state.incident_key]
 
     # -- the pager policy ------------------------------------------------------------------
-    async def page(
-        self,
-        incident_key: str,
-        service: str,
-        summary: str,
-        details: Mapping[str, Any] | None = None,
-        *,
-        severity: Severity | None = None,
-        source: str | None = None,
-        component: str | None = None,
-        event_class: str | None = None,
-    ) -> list[Delivery]:
-        """Trigger a page (PagerDuty trigger with dedup_key = incident_key) and tell the
-        service's other channels; starts the acknowledgement deadline."""
-        state = self._track(incident_key, service, summary, time.time())
-        return await self.notifier.page(
-            incident_key,
-            service,
-            summary,
-            details,
-            severity=severity,
-            source=source,
-            component=component,
-            event_class=event_class,
-            triggered_at=state.triggered_at,
-        )
-
     async def acknowledge(
         self,
         incident_key: str,
@@ -421,17 +396,6 @@ class Pager:
             ],
         )
 
-    async def notify(
-        self,
-        service: str,
-        text: str,
-        details: Mapping[str, Any] | None = None,
-        *,
-        incident_key: str | None = None,
-    ) -> list[Delivery]:
-        """A message that needs no acknowledgement, sent by the notifier (nothing to track)."""
-        return await self.notifier.notify(service, text, details, incident_key=incident_key)
-
     async def enforce_ack_deadline(self, incident_key: str) -> list[Delivery]:
         """Wait until the page's deadline; if the controller still holds it then (undecided, or
         acknowledged and not resolved), escalate it. Returns the escalation's deliveries, or []
@@ -458,11 +422,6 @@ class Pager:
     # -- refusals ------------------------------------------------------------------------
     def _refused(self, purpose: Purpose, incident_key: str, reason: str) -> Delivery:
         log.warning("page %s: %s", incident_key, reason)
-        return Delivery(
-            channel="notifier",
-            action=purpose,
-            ok=False,
-            error=reason,
-            purpose=purpose,
-            incident_key=incident_key,
+        return Delivery.refused(
+            "notifier", purpose, reason, purpose=purpose, incident_key=incident_key
         )

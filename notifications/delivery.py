@@ -13,7 +13,7 @@ import contextlib
 import logging
 import smtplib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,6 +47,31 @@ class Delivery(BaseModel):
     purpose: Purpose | None = None  # the Notifier call that sent it
     incident_key: str | None = None
     dedup_key: str | None = None
+
+    @classmethod
+    def refused(
+        cls,
+        channel: str,
+        action: str,
+        reason: str,
+        *,
+        target: str = "",
+        purpose: Purpose | None = None,
+        incident_key: str | None = None,
+        dedup_key: str | None = None,
+    ) -> Delivery:
+        """A message never sent: the channel refused it before any attempt (a malformed
+        event), or the pager policy refused to send (`channel` "notifier")."""
+        return cls(
+            channel=channel,
+            action=action,
+            ok=False,
+            error=reason,
+            target=target,
+            purpose=purpose,
+            incident_key=incident_key,
+            dedup_key=dedup_key,
+        )
 
     def describe(self) -> str:
         what = f"{self.channel} {self.action}"
@@ -82,6 +107,19 @@ async def deliver(
     """Run `attempt` until it succeeds, fails permanently or runs out of attempts; never raises
     (except cancellation). `attempt` returns (status, extra Delivery fields) on success."""
     started = time.monotonic()
+
+    def outcome(ok: bool, status: int | None, attempts: int, **fields: Any) -> Delivery:
+        return Delivery(
+            channel=channel,
+            action=action,
+            ok=ok,
+            status=status,
+            attempts=attempts,
+            target=target,
+            seconds=round(time.monotonic() - started, 3),
+            **fields,
+        )
+
     status: int | None = None
     error = "not attempted"
     tries = 0
@@ -89,16 +127,7 @@ async def deliver(
         wait: float | None = None
         try:
             status, extra = await asyncio.wait_for(attempt(), timeout=retry.timeout)
-            return Delivery(
-                channel=channel,
-                action=action,
-                ok=True,
-                status=status,
-                attempts=tries,
-                target=target,
-                seconds=round(time.monotonic() - started, 3),
-                **extra,
-            )
+            return outcome(True, status, tries, **extra)
         except asyncio.CancelledError:
             raise
         except Permanent as failure:
@@ -121,16 +150,7 @@ async def deliver(
         if secret:
             error = error.replace(secret, "***")
     log.warning("%s %s to %s failed after %d attempt(s): %s", channel, action, target, tries, error)
-    return Delivery(
-        channel=channel,
-        action=action,
-        ok=False,
-        status=status,
-        error=error,
-        attempts=tries,
-        target=target,
-        seconds=round(time.monotonic() - started, 3),
-    )
+    return outcome(False, status, tries, error=error)
 
 
 def http_outcome(response: httpx.Response, what: str) -> None:
@@ -153,9 +173,13 @@ def host_of(url: str) -> str:
 
 
 class HttpChannel:
-    """A channel that posts over HTTP: it shares the notifier's client, or opens its own."""
+    """A channel that posts JSON to one URL over HTTP: it shares the notifier's client, or opens
+    its own, and sends through the shared retry loop."""
 
-    def __init__(self, http: httpx.AsyncClient | None, retry: DeliveryPolicy) -> None:
+    name: ChannelName
+
+    def __init__(self, url: str, http: httpx.AsyncClient | None, retry: DeliveryPolicy) -> None:
+        self.url = url
         self.retry = retry
         self._own_http = http is None
         self._http = http
@@ -170,3 +194,20 @@ class HttpChannel:
         if self._own_http and self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    @property
+    def target(self) -> str:
+        """Where the channel posts, without secrets (the URL's scheme and host)."""
+        return host_of(self.url)
+
+    async def post_json(self, body: Mapping[str, Any], what: str) -> httpx.Response:
+        """One attempt: post `body`; a non-2xx answer raises (see `http_outcome`)."""
+        response = await self.http.post(self.url, json=body)
+        http_outcome(response, what)
+        return response
+
+    async def deliver(
+        self, action: str, attempt: Attempt, *, redact: tuple[str, ...] = ()
+    ) -> Delivery:
+        """`deliver` for this channel."""
+        return await deliver(self.name, action, self.target, self.retry, attempt, redact=redact)

@@ -238,11 +238,6 @@ class Notifier:
             f"or set default_team"
         )
         log.error(reason)
-        return Delivery(
-            channel="notifier",
-            action=purpose,
-            ok=False,
-            error=reason,
-            purpose=purpose,
-            incident_key=incident_key,
+        return Delivery.refused(
+            "notifier", purpose, reason, purpose=purpose, incident_key=incident_key
         )

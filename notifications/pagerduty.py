@@ -14,15 +14,7 @@ from typing import Any, Literal
 
 import httpx
 
-from notifications.delivery import (
-    ChannelName,
-    Delivery,
-    DeliveryPolicy,
-    HttpChannel,
-    deliver,
-    host_of,
-    http_outcome,
-)
+from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, HttpChannel
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 DEDUP_KEY_MAX = 255  # PagerDuty's limit
@@ -52,9 +44,8 @@ class PagerDuty(HttpChannel):
         http: httpx.AsyncClient | None = None,
         retry: DeliveryPolicy = DeliveryPolicy(),
     ) -> None:
-        super().__init__(http, retry)
+        super().__init__(url, http, retry)
         self.routing_key = routing_key
-        self.url = url
 
     async def trigger(
         self,
@@ -100,7 +91,6 @@ class PagerDuty(HttpChannel):
     async def send_event(
         self, action: EventAction, dedup_key: str, extra: Mapping[str, Any] | None = None
     ) -> Delivery:
-        target = host_of(self.url)
         problem = None
         if not dedup_key or len(dedup_key) > DEDUP_KEY_MAX:
             problem = f"dedup_key must be 1..{DEDUP_KEY_MAX} characters"
@@ -109,13 +99,8 @@ class PagerDuty(HttpChannel):
         ):
             problem = "payload.severity must be critical, error, warning or info"
         if problem:
-            return Delivery(
-                channel="pagerduty",
-                action=action,
-                ok=False,
-                error=problem,
-                target=target,
-                dedup_key=dedup_key,
+            return Delivery.refused(
+                self.name, action, problem, target=self.target, dedup_key=dedup_key
             )
         body = {
             "routing_key": self.routing_key,
@@ -125,16 +110,13 @@ class PagerDuty(HttpChannel):
         }
 
         async def attempt() -> tuple[int | None, dict[str, Any]]:
-            response = await self.http.post(self.url, json=body)
-            http_outcome(response, "pagerduty")
+            response = await self.post_json(body, "pagerduty")
             answered = dedup_key
             with contextlib.suppress(ValueError, AttributeError):
                 answered = response.json().get("dedup_key") or dedup_key
             return response.status_code, {"dedup_key": answered}
 
-        delivery = await deliver(
-            "pagerduty", action, target, self.retry, attempt, redact=(self.routing_key,)
-        )
+        delivery = await self.deliver(action, attempt, redact=(self.routing_key,))
         return (
             delivery if delivery.dedup_key else delivery.model_copy(update={"dedup_key": dedup_key})
         )

@@ -9,15 +9,7 @@ from typing import Any
 
 import httpx
 
-from notifications.delivery import (
-    ChannelName,
-    Delivery,
-    DeliveryPolicy,
-    HttpChannel,
-    deliver,
-    host_of,
-    http_outcome,
-)
+from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, HttpChannel
 
 
 class SlackWebhook(HttpChannel):
@@ -32,8 +24,7 @@ class SlackWebhook(HttpChannel):
         http: httpx.AsyncClient | None = None,
         retry: DeliveryPolicy = DeliveryPolicy(),
     ) -> None:
-        super().__init__(http, retry)
-        self.url = url
+        super().__init__(url, http, retry)
 
     async def post(self, text: str, blocks: list[dict[str, Any]] | None = None) -> Delivery:
         body: dict[str, Any] = {"text": text}
@@ -41,10 +32,7 @@ class SlackWebhook(HttpChannel):
             body["blocks"] = blocks
 
         async def attempt() -> tuple[int | None, dict[str, Any]]:
-            response = await self.http.post(self.url, json=body)
-            http_outcome(response, "slack webhook")
+            response = await self.post_json(body, "slack webhook")
             return response.status_code, {}
 
-        return await deliver(
-            "slack", "message", host_of(self.url), self.retry, attempt, redact=(self.url,)
-        )
+        return await self.deliver("message", attempt, redact=(self.url,))

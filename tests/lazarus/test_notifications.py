@@ -88,12 +88,23 @@ def all_ok(deliveries: list[Delivery]) -> bool:
     return bool(deliveries) and all(d.ok for d in deliveries)
 
 
+async def sensor_pages(
+    pager: Pager, incident_key: str, service: str, summary: str, *args: Any, **fields: Any
+) -> list[Delivery]:
+    """A sensor pages through the notifier and the controller tracks the page on intake."""
+    state = pager.track(incident_key, service, summary=summary)
+    return await pager.notifier.page(
+        incident_key, service, summary, *args, triggered_at=state.triggered_at, **fields
+    )
+
+
 # -- channels -----------------------------------------------------------------------------------
 async def test_trigger_acknowledge_resolve_carry_the_incident_key(
     notifier: Pager, http: HttpRecorder
 ) -> None:
     key = "ratequeue/s0/RedisMasterDown/10.0.0.5:6379"
-    paged = await notifier.page(
+    paged = await sensor_pages(
+        notifier,
         key,
         "ratequeue",
         "primary of s0 down",
@@ -172,15 +183,15 @@ async def test_email_arrives_naming_the_incident(
 async def test_each_service_gets_its_own_channels_or_its_teams(
     notifier: Pager, http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
 ) -> None:
-    own = await notifier.notify("ratequeue", "shadow mode on", incident_key="a")
+    own = await notifier.notifier.notify("ratequeue", "shadow mode on", incident_key="a")
     assert [d.channel for d in own] == ["slack"]  # pagerduty is for pages, not information
-    team_default = await notifier.page("b", "ratequeue-http", "healthz failing")
+    team_default = await notifier.notifier.page("b", "ratequeue-http", "healthz failing")
     assert sorted(d.channel for d in team_default) == ["email", "pagerduty"]
     assert all_ok(own + team_default)
     assert len(http.received("/slack/")) == 1 and len(smtp[0].messages) == 1
     assert [e["dedup_key"] for e in http.pagerduty_events()] == ["b"]
 
-    (unrouted,) = await notifier.page("c", "unknown-service", "who owns this?")
+    (unrouted,) = await notifier.notifier.page("c", "unknown-service", "who owns this?")
     assert (unrouted.channel, unrouted.ok) == ("notifier", False)
     assert "no notification route for service 'unknown-service'" in (unrouted.error or "")
 
@@ -190,7 +201,7 @@ async def test_default_team_routes_unlisted_services(
 ) -> None:
     config = config_for(http, smtp[1], default_team="ratequeue-oncall")
     async with Pager(config) as notifier:
-        deliveries = await notifier.page("d", "billing", "down")
+        deliveries = await notifier.notifier.page("d", "billing", "down")
     assert sorted(d.channel for d in deliveries) == ["email", "pagerduty"]
 
 
@@ -217,8 +228,8 @@ async def test_a_failing_channel_is_a_failed_delivery_after_bounded_retries(
     config = config_for(http, smtp[1], teams=teams, services=services)
     started = time.monotonic()
     async with Pager(config) as notifier:
-        deliveries = await notifier.page("e", "flaky", "everything is broken")
-        (gone,) = await notifier.notify("gone", "nobody listens")
+        deliveries = await notifier.notifier.page("e", "flaky", "everything is broken")
+        (gone,) = await notifier.notifier.notify("gone", "nobody listens")
     assert time.monotonic() - started < 10
     by_channel = {d.channel: d for d in deliveries}
     assert sorted(by_channel) == ["email", "pagerduty", "slack"]
@@ -309,7 +320,7 @@ async def test_a_page_resolved_in_time_is_not_escalated(
 
     config = config_for(http, smtp[1], ack_deadline_seconds=0.3)
     async with Pager(config, on_deadline=on_deadline) as notifier:
-        await notifier.page("quick", "ratequeue", "s0 down")
+        await sensor_pages(notifier, "quick", "ratequeue", "s0 down")
         await notifier.acknowledge("quick", "ratequeue")
         await notifier.resolve("quick", "ratequeue")
         assert await notifier.enforce_ack_deadline("quick") == []
