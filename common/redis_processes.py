@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import redis
 
@@ -153,6 +153,15 @@ class RedisProcess:
 
 
 Process = TypeVar("Process", bound=RedisProcess)
+
+
+class StartOptions(TypedDict, total=False):
+    """The keyword options of `start_redis` that a wrapper starting its own kind of node
+    passes through (`ratequeue.local_cluster.start_node`)."""
+
+    port: int | None
+    detached: bool
+    timeout: float
 
 
 def start_redis(

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 import redis
 
 from common.errors import RedisStartError
 from common.nodes import SHARD_ROLES, Role
-from common.redis_processes import RedisProcess, start_redis
+from common.redis_processes import RedisProcess, StartOptions, start_redis
 from ratequeue.membership import (
     boot_arguments,
     required_replicas,
@@ -74,30 +75,16 @@ class ShardNode(RedisProcess):
 
 
 def start_node(
-    name: str,
-    role: Role,
-    shard: str | None,
-    workdir: Path,
-    *,
-    port: int | None = None,
-    detached: bool = False,
-    timeout: float = 10.0,
+    name: str, role: Role, shard: str | None, workdir: Path, **options: Unpack[StartOptions]
 ) -> ShardNode:
     """Start one node of the testbed and return when it answers PING. A shard node (role
     `primary` or `replica`) boots parked: it follows nothing and refuses writes until appointed
     or attached.
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
+    boot_args = tuple(boot_arguments()) if role in SHARD_ROLES else ()
     return start_redis(
-        name,
-        role,
-        shard,
-        workdir,
-        port=port,
-        detached=detached,
-        timeout=timeout,
-        boot_args=tuple(boot_arguments()) if role in SHARD_ROLES else (),
-        node_type=ShardNode,
+        name, role, shard, workdir, boot_args=boot_args, node_type=ShardNode, **options
     )
 
 

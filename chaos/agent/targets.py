@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.faults.base import NodeTarget
+from chaos.faults.base import NodeAddress, NodeTarget
 from common import input_files
 from common.errors import InputFileError
-from common.nodes import CLIENT_HOST, RoleName, peer_host_of
+from common.nodes import peer_host_of
 from common.validation import validated
 
 
@@ -31,16 +31,10 @@ class AgentTarget(BaseModel):
     expect: str | None = None
 
 
-class _TargetEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _TargetEntry(NodeAddress):
+    """A node as the agent's targets file lists it: no container or Gremlin target (the agent
+    is the Gremlin target), and how to restart it and what it runs."""
 
-    name: str
-    role: RoleName
-    shard: str | None = None
-    host: str = CLIENT_HOST
-    port: int
-    peer_host: str | None = None
-    pid: int | None = None
     command: list[str] | None = None
     expect: str | None = None
 

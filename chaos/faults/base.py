@@ -23,10 +23,11 @@ FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
 
 
-class NodeTarget(BaseModel):
-    """A node as a fault backend reaches it: by pid (local), container (docker) or Gremlin
-    target (gremlin); `host`/`port` are where clients reach it, `peer_host` where replicas,
-    sensors and controllers do (a blackhole cuts that path and leaves the client path)."""
+class NodeAddress(BaseModel):
+    """Which node, and where: `host`/`port` are where clients reach it, `peer_host` where
+    replicas, sensors and controllers do (a blackhole cuts that path and leaves the client
+    path), `pid` the process a local fault signals. The base of every file's node entry: each
+    adds how its own tool reaches the node, and refuses any other field."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +38,12 @@ class NodeTarget(BaseModel):
     port: int = Field(gt=0, lt=65536)
     peer_host: str | None = None
     pid: int | None = None
+
+
+class NodeTarget(NodeAddress):
+    """A node as a fault backend reaches it: by pid (local), container (docker) or Gremlin
+    target (gremlin)."""
+
     container: str | None = None
     gremlin: dict[str, Any] | None = None
 
