@@ -25,13 +25,8 @@ from chaos.errors import ExperimentError
 from chaos.faults.base import FAULT_ACTIONS
 from chaos.load import LoadProfile
 from common import input_files
-from common.durations import parse_duration
+from common.durations import DurationSeconds, parse_duration
 from common.validation import validated
-
-
-def _seconds(value: Any) -> float:
-    return parse_duration(value)
-
 
 Seconds = Annotated[float, Field(ge=0)]
 
@@ -43,13 +38,10 @@ class Strict(BaseModel):
 class LoadSettings(LoadProfile):
     """The load profile plus how long producers run in all (the fault happens inside)."""
 
-    duration: float = Field(12.0, gt=0, le=24 * 3600)
-    drain_seconds: float = Field(30.0, ge=0, le=3600, description="wait for deliveries after")
-
-    @field_validator("duration", "drain_seconds", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return _seconds(value)
+    duration: DurationSeconds = Field(12.0, gt=0, le=24 * 3600)
+    drain_seconds: DurationSeconds = Field(
+        30.0, ge=0, le=3600, description="wait for deliveries after"
+    )
 
 
 class Selector(Strict):
@@ -76,7 +68,7 @@ class FaultStep(Strict):
     @field_validator("at", "duration", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
-        return None if value is None else _seconds(value)
+        return None if value is None else parse_duration(value)
 
     @model_validator(mode="after")
     def _latency_needs_ms(self) -> FaultStep:
@@ -89,13 +81,8 @@ class ApproveStep(Strict):
     """Approve a waiting workflow gate through a live controller node."""
 
     approve: str = Field(description="the gate's step name")
-    at: float = 0.0
+    at: DurationSeconds = 0.0
     when: Literal["now", "workflow_running", "workflow_waiting"] = "workflow_waiting"
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return _seconds(value)
 
 
 def _method_step_kind(value: Any) -> str:
@@ -118,22 +105,12 @@ class Probe(Strict):
         "api_healthy", "controllers_healthy", "every_shard_writable", "one_primary_per_shard"
     ]
     after: bool = True
-    timeout: float = Field(10.0, gt=0)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return _seconds(value)
+    timeout: DurationSeconds = Field(10.0, gt=0)
 
 
 class RecoveredWithin(Strict):
     type: Literal["recovered_within"]
-    seconds: float = Field(gt=0)
-
-    @field_validator("seconds", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return _seconds(value)
+    seconds: DurationSeconds = Field(gt=0)
 
 
 class AcknowledgedLost(Strict):
@@ -210,15 +187,10 @@ class Experiment(Strict):
     load: LoadSettings = LoadSettings()
     steady_state: list[Probe] = Field(default_factory=list)
     method: list[MethodStep] = Field(min_length=1)
-    watch_seconds: float = Field(20.0, gt=0, description="longest wait for the outcome")
+    watch_seconds: DurationSeconds = Field(20.0, gt=0, description="longest wait for the outcome")
     expect: Literal["remediation", "escalation", "nothing"] = "remediation"
     hypotheses: list[Hypothesis] = Field(min_length=1)
     rollbacks: list[Rollback] = Field(default_factory=list)
-
-    @field_validator("watch_seconds", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return _seconds(value)
 
     @property
     def faults(self) -> list[FaultStep]:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from common.validation import kind_of, quoted
 
@@ -28,3 +31,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{quoted(value)} is not a duration (e.g. 500ms, 5s, 10m, 4h)")
     number, unit = float(match.group(1)), match.group(2) or "s"
     return number * UNIT_SECONDS[unit]
+
+
+# A model field in seconds that a file may write as a duration (`timeout: 5s`); its bounds go
+# in the field's own `Field(...)`.
+DurationSeconds = Annotated[float, BeforeValidator(parse_duration)]

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common import input_files
-from common.durations import parse_duration
+from common.durations import DurationSeconds
 from common.validation import describe_problems, validated
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.errors import ProfileError
@@ -36,14 +36,9 @@ DEFINITIONS = Path(__file__).parent / "definitions"
 class Overrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    workflow_timeout: float = Field(1800.0, gt=0, description="default 30 minutes")
+    workflow_timeout: DurationSeconds = Field(1800.0, gt=0, description="default 30 minutes")
     min_active_hosts: int = Field(1, ge=0)
     lock: Literal["host", "service", "shard"] | None = None
-
-    @field_validator("workflow_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class StatelessParameters(BaseModel):

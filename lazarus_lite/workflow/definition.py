@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.durations import parse_duration
+from common.durations import DurationSeconds
 from common.retry import RetryPolicy
 from common.validation import quoted
 
@@ -21,14 +21,9 @@ class StepDefinition(BaseModel):
     run: str
     needs: list[str] = Field(default_factory=list)
     retry: RetryPolicy = RetryPolicy()
-    timeout: float = Field(30.0, gt=0)
+    timeout: DurationSeconds = Field(30.0, gt=0)
     changes_state: bool = True
     params: dict[str, Any] = Field(default_factory=dict, description="given to the step")
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class WorkflowDefinition(BaseModel):
@@ -37,15 +32,10 @@ class WorkflowDefinition(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")
     version: int = Field(1, ge=1)
     description: str = ""
-    timeout: float = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
+    timeout: DurationSeconds = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
     category: str = Field("failover", description="kill switch category")
     steps: list[StepDefinition] = Field(min_length=1)
     on_failure: str | None = Field(None, description="registered step run when escalating")
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
     @model_validator(mode="after")
     def _a_dag_of_known_names(self) -> WorkflowDefinition:
