@@ -22,6 +22,13 @@ app.add_typer(testbed_app, name="testbed")
 console = Console()
 
 
+def refused(error: Exception, what: str | None = None) -> typer.Exit:
+    """Print why a command cannot go on (in red, `what` first) and the exit to raise (code 1)."""
+    text = escape(str(error))
+    console.print(f"[red]{what}:[/] {text}" if what else f"[red]{text}[/]")
+    return typer.Exit(1)
+
+
 @testbed_app.command("up")
 def testbed_up(
     dir: Path = typer.Option(..., "--dir", help="directory for state, data and logs"),
@@ -36,8 +43,7 @@ def testbed_up(
             dir, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
         )
     except (TestbedError, RuntimeError) as error:
-        console.print(f"[red]testbed up failed:[/] {escape(str(error))}")
-        raise typer.Exit(1) from None
+        raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)
     console.print(
         f"testbed up: API {state.api}, control {state.control}, "
@@ -51,8 +57,7 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     try:
         state, alive, health = testbed_module.status(dir)
     except TestbedError as error:
-        console.print(f"[red]{escape(str(error))}[/]")
-        raise typer.Exit(1) from None
+        raise refused(error) from None
     table = Table(title=f"testbed {dir}")
     for column in ("name", "role", "shard", "address", "pid", "alive"):
         table.add_column(column)
@@ -78,8 +83,7 @@ def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     try:
         stopped = testbed_module.down(dir)
     except TestbedError as error:
-        console.print(f"[red]{escape(str(error))}[/]")
-        raise typer.Exit(1) from None
+        raise refused(error) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")
 
 
@@ -205,8 +209,7 @@ def run(
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
         what = "chaos run (dry run)" if dry_run else "chaos run"
-        console.print(f"[red]{what} failed:[/] {escape(str(error))}")
-        raise typer.Exit(1) from None
+        raise refused(error, f"{what} failed") from None
     for journal in journals:
         print_verdict(journal)
     if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
@@ -243,8 +246,7 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
-        console.print(f"[red]{escape(str(error))}[/]")
-        raise typer.Exit(1) from None
+        raise refused(error) from None
     if pid is None:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
@@ -264,8 +266,7 @@ def report(
     try:
         html, markdown = write_report(journal_dir, output)
     except OSError as error:
-        console.print(f"[red]cannot write the report:[/] {escape(str(error))}")
-        raise typer.Exit(1) from None
+        raise refused(error, "cannot write the report") from None
     console.print(f"report: {html}\nsummary: {markdown}")
 
 

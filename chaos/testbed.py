@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chaos.errors import TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
+from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
 from common.validation import HttpUrlText, RedisUrlText, validated
@@ -113,17 +114,12 @@ def _spawn(directory: Path, name: str, args: list[str]) -> subprocess.Popen:
 
 
 def _wait_healthy(node: TestbedNode, process: subprocess.Popen, directory: Path) -> None:
-    url = f"http://{node.host}:{node.port}/healthz"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise TestbedError(f"{node.name} exited at start; see {directory}/logs/{node.name}.log")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    _terminate(node)
-    raise TestbedError(f"{node.name} not healthy within 20 s; see {directory}/logs")
+    outcome = wait_until_healthy(process, f"http://{node.host}:{node.port}/healthz")
+    if outcome == "exited":
+        raise TestbedError(f"{node.name} exited at start; see {directory}/logs/{node.name}.log")
+    if outcome == "timed_out":
+        _terminate(node)
+        raise TestbedError(f"{node.name} not healthy within 20 s; see {directory}/logs")
 
 
 def _served_at(control_url: str, port: int) -> list[str]:

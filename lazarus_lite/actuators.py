@@ -11,17 +11,14 @@ implement the same `Actuator` protocol. Not for: deciding whether to provision (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Protocol
 
-import httpx
-
+from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST
 from common.redis_processes import RedisProcess, free_port
 from ratequeue.local_cluster import start_node
@@ -136,16 +133,13 @@ class LocalProcessActuator:
             }
         )
         url = f"http://{CLIENT_HOST}:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited at start; see {self.workdir}/{name}.log")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}{healthcheck_path}", timeout=1).status_code == 200:
-                    return url
-            time.sleep(0.1)
-        process.kill()
-        raise RuntimeError(f"{name} not healthy within 20 s")
+        outcome = wait_until_healthy(process, f"{url}{healthcheck_path}")
+        if outcome == "exited":
+            raise RuntimeError(f"{name} exited at start; see {self.workdir}/{name}.log")
+        if outcome == "timed_out":
+            process.kill()
+            raise RuntimeError(f"{name} not healthy within 20 s")
+        return url
 
     def _start_sensor(self, shard: str, replica: RedisProcess) -> None:
         log = self.workdir / f"sensor-{replica.name}.log"

@@ -66,6 +66,19 @@ class StaleEventFilter:
         return None
 
 
+async def record_in_window(control: aioredis.Redis, key: str, member: str, window: float) -> int:
+    """Note `member` now in the rolling window kept at `key` (a sorted set by time), forget
+    what fell out of the window; returns how many members the window holds."""
+    now = time.time()
+    async with control.pipeline(transaction=True) as pipe:
+        pipe.zadd(key, {member: now})
+        pipe.zremrangebyscore(key, "-inf", now - window)
+        pipe.zcard(key)
+        pipe.expire(key, int(window) + 60)
+        _, _, count, _ = await pipe.execute()
+    return int(count)
+
+
 class ServiceRateLimit:
     """Incidents per service over a rolling window (a sorted set of incident keys by time)."""
 
@@ -87,15 +100,9 @@ class ServiceRateLimit:
 
     async def record(self, event: Event) -> int:
         """Count this incident; returns the service's incidents within the window."""
-        now = time.time()
-        key = self.key(event.service)
-        async with self._control.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {event.dedup_key: now})
-            pipe.zremrangebyscore(key, "-inf", now - self.window)
-            pipe.zcard(key)
-            pipe.expire(key, int(self.window) + 60)
-            _, _, count, _ = await pipe.execute()
-        return int(count)
+        return await record_in_window(
+            self._control, self.key(event.service), event.dedup_key, self.window
+        )
 
     async def check(self, event: Event, count: int) -> GateStop | None:
         limit = self.overrides.get(event.service, self.threshold)
@@ -122,13 +129,8 @@ class CircuitBreaker:
         return control_keys.breaker_window(region)
 
     async def record(self, event: Event) -> None:
-        now = time.time()
-        key = self.key(event.region)
-        async with self._control.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {event.service: now})
-            pipe.zremrangebyscore(key, "-inf", now - self.window)
-            pipe.expire(key, int(self.window) + 60)
-            await pipe.execute()
+        """Count the event's service as failing in its region."""
+        await record_in_window(self._control, self.key(event.region), event.service, self.window)
 
     async def failing_services(self, region: str) -> list[str]:
         now = time.time()

@@ -206,14 +206,8 @@ class WorkflowEngine:
             step_record.started_at = time.time()
             step_record.node = self.env.node_id
             step_record.error = None
-            await self._record(
-                record,
-                {
-                    "kind": "step_started",
-                    "step": definition.name,
-                    "attempt": step_record.attempts,
-                    "node": self.env.node_id,
-                },
+            await self._record_step(
+                record, "step_started", definition.name, attempt=step_record.attempts
             )
             try:
                 if definition.changes_state and self.env.before_state_change is not None:
@@ -233,28 +227,25 @@ class WorkflowEngine:
                 step_record.status = "succeeded"
                 step_record.finished_at = time.time()
                 step_record.output = stored
-                await self._record(
+                await self._record_step(
                     record,
-                    {
-                        "kind": "step_succeeded",
-                        "step": definition.name,
-                        "node": self.env.node_id,
-                        "seconds": step_record.finished_at - step_record.started_at,
-                    },
+                    "step_succeeded",
+                    definition.name,
+                    seconds=step_record.finished_at - step_record.started_at,
                 )
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
                 return await self._fail_step(record, definition, failure)
-            await self._record(
-                record,
-                {
-                    "kind": "step_retrying",
-                    "step": definition.name,
-                    "error": failure,
-                    "node": self.env.node_id,
-                },
-            )
+            await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    async def _record_step(
+        self, record: WorkflowRecord, kind: str, step: str, **details: Any
+    ) -> None:
+        """Write one step's start, result, retry or failure to the workflow's history."""
+        await self._record(
+            record, {"kind": kind, "step": step, "node": self.env.node_id, **details}
+        )
 
     async def _fail_step(
         self, record: WorkflowRecord, definition: StepDefinition, failure: str
@@ -263,15 +254,7 @@ class WorkflowEngine:
         step_record.status = "failed"
         step_record.finished_at = time.time()
         step_record.error = failure
-        await self._record(
-            record,
-            {
-                "kind": "step_failed",
-                "step": definition.name,
-                "error": failure,
-                "node": self.env.node_id,
-            },
-        )
+        await self._record_step(record, "step_failed", definition.name, error=failure)
         return failure
 
     async def _escalate(
