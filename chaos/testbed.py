@@ -24,7 +24,7 @@ from typing import TypedDict, Unpack
 
 import httpx
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chaos.errors import TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
@@ -53,6 +53,12 @@ class TestbedNode(BaseModel):
     port: int = Field(gt=0, lt=65536)
     pid: int
     program: str | None = None  # what its command line runs, when its role does not say
+
+    @model_validator(mode="after")
+    def _program_known(self) -> TestbedNode:
+        if self.program is None and self.role not in PROGRAMS_OF_ROLE:
+            raise ValueError(f"{self.name}: a node of role {self.role!r} must name its program")
+        return self
 
 
 class TestbedState(BaseModel):

@@ -11,17 +11,35 @@ one (see `common.redis_processes`).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 
 # The roles of the nodes the testbed starts: `instance` is a stateless service's host that the
 # controller's actuator provisions.
 Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus", "instance"]
+# Names people reach for when they mean one of the testbed's roles.
+_SYNONYMS = {"master": "primary", "slave": "replica", "controller": "lazarus", "sentinel": "sensor"}
+
+
+def _not_a_misspelt_role(name: str) -> str:
+    """A role of one's own is fine; one that looks like a built-in role is a typo, refused at
+    load rather than found out when a fault cannot tell which program to check."""
+    folded = name.lower().replace("-", "_").replace(" ", "_")
+    meant = _SYNONYMS.get(folded) or next((r for r in get_args(Role) if r == folded), None)
+    if meant is not None and meant != name:
+        raise ValueError(f"role {name!r} is not a role; did you mean {meant!r}?")
+    return name
+
+
 # A role as a target file or the fault agent's targets file names it: one of `Role`, or a role
 # of the user's own (a load balancer, a worker), whose program a fault must then be told
 # (`expect`), since `PROGRAMS_OF_ROLE` cannot know it.
-RoleName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+RoleName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(_not_a_misspelt_role),
+]
 
 # The Redis nodes: the control store and the shards' nodes. A shard node boots parked.
 REDIS_ROLES: frozenset[Role] = frozenset({"control", "primary", "replica"})

@@ -182,7 +182,9 @@ def start_redis(
     `detached` nodes outlive this Python process (the testbed); others die with it."""
     if role in SHARD_ROLES and not boot_args:
         # A shard node that boots writable could acknowledge writes no replica holds.
-        raise ValueError(f"{name}: a shard node boots parked; start it with its boot arguments")
+        raise RedisStartError(
+            f"{name}: a shard node boots parked; start it with its boot arguments"
+        )
     binary = redis_server_binary()
     nodedir = workdir / name
     nodedir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(1, ge=1, le=1000, description="attempts in all, the first included")
+    max_attempts: int = Field(1, ge=1, le=100, description="attempts in all, the first included")
     backoff: float = Field(0.2, ge=0, le=600, description="seconds before the 2nd attempt")
     factor: float = Field(2.0, ge=1, le=10, description="each wait is this many times the last")
     # Left out of the stored form when unset, so records written with it read as before.

@@ -95,7 +95,7 @@ def approval(workflow_id: str, step_name: str) -> str:
 
 # -- the stateless services' registry ---------------------------------------------------------
 def service_members(service: str) -> str:
-    """Set: the hosts (base URLs) behind the service's load balancer."""
+    """Hash: the hosts (base URLs) behind the service's load balancer."""
     return f"lz:lb:{service}"
 
 

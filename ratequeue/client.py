@@ -63,9 +63,9 @@ class ClientRetryPolicy(RetryPolicy):
     which no retry starts. By default 6 attempts, waits up to 0.1 s, then twice that, at most
     1 s, within 4 s."""
 
-    max_attempts: int = 6
-    backoff: float = 0.1
-    max_backoff: float | None = 1.0
+    max_attempts: int = Field(6, ge=1, le=1000)
+    backoff: float = Field(0.1, ge=0, le=60)
+    max_backoff: float | None = Field(1.0, ge=0, le=60, exclude_if=lambda cap: cap is None)
     deadline: float = Field(4.0, ge=0, description="no retry starts later than this")
 
     def delay(self, attempt: int) -> float:

@@ -170,7 +170,7 @@ class LocalCluster:
             raise
         return cluster
 
-    def nodes(self) -> list[ShardNode]:
+    def nodes(self) -> list[RedisProcess]:
         return [self.control] + [
             node for shard in self.shards for node in [shard.primary, *shard.replicas]
         ]

@@ -75,7 +75,7 @@ def test_a_shard_node_boots_parked_and_refuses_writes(tmp_path: Path) -> None:
 
 
 def test_a_shard_node_cannot_be_started_writable(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="a shard node boots parked"):
+    with pytest.raises(RedisStartError, match="a shard node boots parked"):
         start_redis("s0-primary", "primary", "s0", tmp_path)
 
 

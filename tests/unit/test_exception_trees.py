@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 
 import pytest
 
@@ -18,7 +19,8 @@ BASES = {
     "chaos": "ChaosError",
 }
 # Raised inside PyYAML's loader as YAML errors (callers see InputFileError); not the package's.
-YAML_INTERNALS = {"AliasBomb", "TooDeep"}
+YAML_INTERNALS = {"common.bounded_yaml.AliasBomb", "common.bounded_yaml.TooDeep"}
+WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 def exceptions_defined_in(package: str) -> list[type[BaseException]]:
@@ -34,7 +36,7 @@ def exceptions_defined_in(package: str) -> list[type[BaseException]]:
                 and issubclass(value, BaseException)
                 and value.__module__ == info.name
                 and not name.startswith("_")
-                and name not in YAML_INTERNALS
+                and f"{info.name}.{name}" not in YAML_INTERNALS
             ):
                 found.append(value)
     return found
@@ -53,11 +55,45 @@ def test_every_exception_of_a_package_lives_in_its_errors_module_under_one_base(
         assert issubclass(error, base), f"{error.__qualname__} is not a {base.__name__}"
 
 
+def drawn_parents(drawing: str, classes: set[str]) -> dict[str, str | None]:
+    """Each class on the drawing and the class drawn above it (None for the root). A line whose
+    first word is not a class (a heading grouping some) passes its parent on to its children."""
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str | None]] = []  # (column of the branch, class or heading's parent)
+    for line in drawing.splitlines():
+        branch = max(line.find("├── "), line.find("└── "))
+        if branch >= 0:
+            depth, rest = branch + 1, line[branch + 4 :]
+        elif line.strip() in classes:
+            depth, rest = 0, line.strip()
+        else:
+            continue
+        name = WORD.match(rest)
+        if name is None:
+            continue
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        above = stack[-1][1] if stack else None
+        if name.group() in classes:
+            parents[name.group()] = above
+            stack.append((depth, name.group()))
+        else:
+            stack.append((depth, above))
+    return parents
+
+
 @pytest.mark.parametrize("package", sorted(BASES))
-def test_the_tree_in_the_errors_docstring_names_every_exception(package: str) -> None:
+def test_the_tree_in_the_errors_docstring_draws_every_exception_under_its_base_class(
+    package: str,
+) -> None:
     errors = importlib.import_module(f"{package}.errors")
-    drawing = errors.__doc__ or ""
-    for error in exceptions_defined_in(package):
-        assert f" {error.__name__} " in drawing or f" {error.__name__}\n" in drawing, (
-            f"{package}/errors.py's drawing does not show {error.__name__}"
-        )
+    defined = {error.__name__: error for error in exceptions_defined_in(package)}
+    drawn = drawn_parents(errors.__doc__ or "", set(defined) | {"CommonError", "ServiceError"})
+    for name, error in defined.items():
+        assert name in drawn, f"{package}/errors.py's drawing does not show {name}"
+        parent = drawn[name]
+        if parent is not None:
+            assert parent in [base.__name__ for base in error.__bases__], (
+                f"{package}/errors.py draws {name} under {parent}; its bases are "
+                f"{[base.__name__ for base in error.__bases__]}"
+            )

@@ -81,10 +81,31 @@ def test_a_controller_runs_its_roles_program_as_a_module_or_as_the_console_scrip
     assert runs_program(argv, None, PROGRAMS_OF_ROLE["lazarus"])
 
 
-def test_a_deployment_node_of_a_role_of_the_users_own_loads_with_its_program() -> None:
+def test_a_deployment_node_of_a_role_of_the_users_own_loads() -> None:
     """A target file may name roles the testbed does not start (a load balancer); a fault on
     such a node is told the program by `expect`."""
     from chaos.faults.base import NodeTarget
 
     node = NodeTarget.model_validate({"name": "lb", "role": "haproxy", "port": 8080})
     assert node.role == "haproxy"
+
+
+@pytest.mark.parametrize("typo", ["Primary", "master", "controller", "REPLICA", "slave"])
+def test_a_role_that_looks_like_a_built_in_one_is_refused_as_a_typo(typo: str) -> None:
+    from pydantic import ValidationError
+
+    from chaos.faults.base import NodeTarget
+
+    with pytest.raises(ValidationError, match="did you mean"):
+        NodeTarget.model_validate({"name": "n", "role": typo, "port": 6379})
+
+
+def test_a_testbed_node_of_a_role_without_known_programs_must_name_its_program() -> None:
+    from pydantic import ValidationError
+
+    from chaos.testbed import TestbedNode
+
+    fields = {"name": "web-1", "role": "instance", "host": "127.0.0.1", "port": 8080, "pid": 1}
+    with pytest.raises(ValidationError, match="must name its program"):
+        TestbedNode.model_validate(fields)
+    assert TestbedNode.model_validate({**fields, "program": "http.server"}).program
