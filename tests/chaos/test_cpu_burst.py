@@ -50,13 +50,23 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
     return True
 
 
+def wait_loops(pids: list[int], tag: str, timeout: float = 5.0) -> bool:
+    """Until every pid runs the loop (a child reads as its parent until it has exec'd)."""
+    deadline = time.monotonic() + timeout
+    while not all(is_loop(read_cmdline(pid), tag) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_a_burst_keeps_n_loops_busy_until_its_rollback_stops_them(
     backend: LocalFaultBackend,
 ) -> None:
     fault = backend.inject("cpu", PRIMARY, cores=2, length=30)
     pids = fault.details["pids"]
     assert len(pids) == 2 and fault.details["cores"] == 2
-    assert all(is_loop(read_cmdline(pid), backend.cpu_bursts.tag) for pid in pids)
+    assert wait_loops(pids, backend.cpu_bursts.tag)
     before = {pid: cpu_ticks(pid) for pid in pids}
     time.sleep(0.5)
     assert all(cpu_ticks(pid) > before[pid] for pid in pids)  # they spin, they do not sleep
@@ -77,6 +87,7 @@ def test_cleanup_all_stops_the_loops_a_crashed_run_left_and_nothing_else(
 ) -> None:
     fault = backend.inject("cpu", PRIMARY, cores=2, length=30)
     pids = fault.details["pids"]
+    assert wait_loops(pids, backend.cpu_bursts.tag)
     # Not a loop: the same marker and program, other code.
     decoy = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)", f"{backend.cpu_bursts.tag}:x", "30"]

@@ -166,8 +166,13 @@ def test_a_cpu_attack_keeps_cores_busy_until_halted(served: ServedAgent) -> None
     fault = served.gremlin.inject("cpu", target_of(served.nodes["s0-primary"]), cores=1, length=30)
     assert fault.details["command"] == {"type": "cpu", "args": ["-l", "30", "-c", "1"]}
     assert fault.details["stage"] == "Running"
+    pids = served.agent.attacks[fault.details["attack"]].faults[0].details["pids"]
+    deadline = time.monotonic() + 5  # a child reads as its parent until it has exec'd
+    while not is_loop(read_cmdline(pids[0]), served.backend.cpu_bursts.tag):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     loops = served.backend.cpu_bursts.leftovers()  # the agent's loops, found in /proc
-    assert len(loops) == 1 and is_loop(read_cmdline(loops[0]), served.backend.cpu_bursts.tag)
+    assert loops == pids
     fault.rollback()
     assert fault.details["stage"] == "Halted"
     deadline = time.monotonic() + 5
