@@ -64,6 +64,9 @@ class FaultStep(Strict):
     when: Literal["now", "workflow_running", "workflow_waiting"] = "now"
     latency_ms: int | None = Field(None, gt=0, le=60_000)
     from_node: Selector | None = Field(None, description="blackhole: cut only this node's path")
+    cores: int | None = Field(
+        None, ge=1, le=256, description="cpu: how many cores to keep busy (default: all)"
+    )
 
     @field_validator("at", "duration", mode="before")
     @classmethod
@@ -74,6 +77,14 @@ class FaultStep(Strict):
     def _latency_needs_ms(self) -> FaultStep:
         if self.action == "latency" and self.latency_ms is None:
             raise ValueError("a latency fault needs latency_ms")
+        return self
+
+    @model_validator(mode="after")
+    def _cpu_params(self) -> FaultStep:
+        if self.cores is not None and self.action != "cpu":
+            raise ValueError(f"cores is for a cpu fault, not {self.action}")
+        if self.action == "cpu" and not self.duration:
+            raise ValueError("a cpu fault needs a duration (how long the cores stay busy)")
         return self
 
 
@@ -102,7 +113,11 @@ class Probe(Strict):
     `after: true`, once more after recovery."""
 
     probe: Literal[
-        "api_healthy", "controllers_healthy", "every_shard_writable", "one_primary_per_shard"
+        "api_healthy",
+        "controllers_healthy",
+        "every_shard_writable",
+        "one_primary_per_shard",
+        "replicas_attached",
     ]
     after: bool = True
     timeout: DurationSeconds = Field(10.0, gt=0)

@@ -139,6 +139,14 @@ class FaultPhase:
             shard = node.shard or step.target.shard
             source = self.select(step.from_node, shard)[0]
             params["from_target"] = self.deployment.as_target(source)
+        if step.action == "cpu":
+            # The loops end by themselves after the step's duration, also if the run crashes.
+            params["length"] = step.duration
+            if step.cores is not None:
+                params["cores"] = step.cores
+        if step.action in {"stop", "start"} and name == "local" and node.command:
+            # Stop's rollback (and start) boots the node again with its own command line.
+            params["command"] = node.command
         fault = backend.inject(step.action, self.deployment.as_target(node), **params)
         if step.duration:
             timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))

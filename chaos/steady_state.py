@@ -1,6 +1,7 @@
 """The steady-state probes a run checks before the fault and after the recovery (the API is
-healthy, every controller answers, every shard acknowledges a write, one primary per shard), and
-which nodes answer as primaries. Not for: the fault or the hypotheses.
+healthy, every controller answers, every shard acknowledges a write, one primary per shard,
+every listed replica follows its primary), and which nodes answer as primaries. Not for: the
+fault or the hypotheses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from chaos.experiments import Probe
 from chaos.journal import ProbeOutcome, Say
 from chaos.load import LoadProfile, number_pool
 from chaos.targets import Deployment
+from ratequeue.membership import points_at
 from ratequeue.slots import slot_for
 from ratequeue.topology import Topology
 
@@ -57,6 +59,9 @@ class SteadyStateProbes:
                 return len(healthy) == len(urls) and bool(urls), f"{len(healthy)}/{len(urls)}"
             if name == "every_shard_writable":
                 return self.every_shard_writable()
+            if name == "replicas_attached":
+                detached = replicas_not_following(self.deployment.topology())
+                return not detached, f"not following: {detached}" if detached else "all follow"
             if name == "one_primary_per_shard":
                 counts = primaries_answering(self.deployment.topology())
                 wrong = {s: n for s, n in counts.items() if len(n) != 1}
@@ -96,3 +101,27 @@ def primaries_answering(topology: Topology) -> dict[str, list[str]]:
                 continue
         answer[shard.id] = masters
     return answer
+
+
+def replicas_not_following(topology: Topology) -> list[str]:
+    """The listed replicas that do not answer, or do not follow their shard's primary (at its
+    peer address) over a link that is up: what the shard keeper puts right after a restart."""
+    wrong = []
+    for shard in topology.shards:
+        primary = shard.primary
+        for node in shard.replicas:
+            try:
+                with redis.Redis(
+                    host=node.host, port=node.port, socket_timeout=1, socket_connect_timeout=1
+                ) as conn:
+                    info = conn.info("replication")
+            except (redis.RedisError, OSError):
+                wrong.append(f"{node.name}: no answer")
+                continue
+            primary_host = primary.peer_host or primary.host
+            if not points_at(info, primary_host, primary.port):
+                leader = f"{info.get('master_host')}:{info.get('master_port')}"
+                wrong.append(f"{node.name}: follows {leader}")
+            elif info.get("master_link_status") != "up":
+                wrong.append(f"{node.name}: link {info.get('master_link_status')}")
+    return wrong

@@ -33,6 +33,9 @@ class DeploymentNode(NodeTarget):
 
     port: int = Field(0, ge=0, lt=65536)  # type: ignore[assignment]
     url: str | None = None
+    command: list[str] | None = Field(
+        None, description="the argv that boots it again on this machine (local stop and start)"
+    )
 
 
 class Deployment(BaseModel):
@@ -86,7 +89,7 @@ class Deployment(BaseModel):
         return self.lazarus or [n.url for n in self.nodes if n.role == "lazarus" and n.url]
 
     def as_target(self, node: DeploymentNode) -> NodeTarget:
-        fields = node.model_dump(exclude={"url"})
+        fields = node.model_dump(exclude={"url", "command"})
         return NodeTarget(**{**fields, "port": node.port or 1})
 
 
@@ -99,6 +102,7 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
             host=n.host,
             port=n.port,
             pid=n.pid,
+            command=n.command,
             peer_host=peer_host_of(n.role),
             url=f"http://{n.host}:{n.port}" if n.role in HTTP_ROLES else None,
         )

@@ -53,6 +53,8 @@ class TestbedNode(BaseModel):
     port: int = Field(gt=0, lt=65536)
     pid: int
     program: str | None = None  # what its command line runs, when its role does not say
+    # The argv it was started with (Redis nodes), so a fault can boot it again as it was.
+    command: list[str] | None = None
 
     @model_validator(mode="after")
     def _program_known(self) -> TestbedNode:
@@ -301,9 +303,10 @@ def up(
         directory / "redis", shards=shards, replicas=replicas, detached=True
     )
     nodes = [
-        TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid)
+        TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
+                    command=list(n.argv) or None)
         for n in cluster.nodes()
-    ]
+    ]  # fmt: skip
     started: list[TestbedNode] = []
     token = secrets.token_urlsafe(24)
     try:

@@ -84,6 +84,8 @@ class RedisProcess:
     peer_host: str = PEER_HOST
     boot_args: tuple[str, ...] = ()
     """Arguments it was started with beyond the common ones; a restart gives them again."""
+    argv: tuple[str, ...] = ()
+    """Its whole command line as started (redis-server rewrites the one /proc shows)."""
 
     @property
     def url(self) -> str:
@@ -145,7 +147,7 @@ class RedisProcess:
             timeout=timeout,
             boot_args=self.boot_args,
         )
-        self.process, self.pid = fresh.process, fresh.pid
+        self.process, self.pid, self.argv = fresh.process, fresh.pid, fresh.argv
 
     def replication(self) -> dict:
         with self.client() as conn:
@@ -220,6 +222,7 @@ def start_redis(
         node = node_type(
             name=name, role=role, shard=shard, port=chosen, workdir=workdir,
             process=None if detached else process, pid=process.pid, boot_args=boot_args,
+            argv=tuple(args),
         )  # fmt: skip
         if not detached:
             with _live_lock:

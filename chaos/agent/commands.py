@@ -61,6 +61,13 @@ _FLAGS: dict[str, dict[str, tuple[str, bool]]] = {
         "-P": ("protocol", True), "--protocol": ("protocol", True),
         "-d": ("device", True), "--device": ("device", True),
     },
+    # gremlin-python `GremlinCPUAttack`: -c cores, -a all cores, -p capacity (percent).
+    "cpu": {
+        **_COMMON,
+        "-c": ("cores", True), "--cores": ("cores", True),
+        "-a": ("all_cores", False), "--all_cores": ("all_cores", False),
+        "-p": ("capacity", True), "--percent": ("capacity", True),
+    },
     "latency": {
         **_COMMON,
         "-m": ("ms", True), "--ms": ("ms", True),
@@ -77,6 +84,7 @@ _ACTION = {
     "shutdown": "stop",
     "blackhole": "blackhole",
     "latency": "latency",
+    "cpu": "cpu",
 }
 
 
@@ -164,6 +172,17 @@ def parse_command(command: Any) -> Plan:
             raise AgentError(400, "process_killer needs -p PROCESS", "command.args -p")
         if arg("interval") is not None:
             _int(arg("interval") or "", where("interval"), 1, MAX_LENGTH)
+    elif kind == "cpu":
+        # The local busy loops take a whole core each: no fraction of one.
+        capacity = arg("capacity")
+        if capacity is not None and _int(capacity, where("capacity"), 1, 100) != 100:
+            raise AgentError(400, "only whole cores (-p 100) can be loaded here", where("capacity"))
+        cores = arg("cores")
+        if cores is not None and values.get("all_cores"):
+            raise AgentError(400, "-c and -a exclude each other", where("cores"))
+        # Gremlin's default is one core; -a, every core of the host (the backend's default).
+        if not values.get("all_cores"):
+            plan.params["cores"] = _int(cores or "1", where("cores"), 1, 256)
     elif kind == "shutdown":
         delay = _int(arg("delay") or "0", where("delay"), 0, 60 * 24)
         plan.params["delay_minutes"] = delay

@@ -73,6 +73,11 @@ def inject_plan(backend: LocalFaultBackend, plan: Plan, target: AgentTarget) -> 
         return [backend.inject(plan.action, node, peer_host=h, **params) for h in hosts]
     if plan.action == "stop" and target.command:
         params["command"] = target.command
+    if plan.action == "cpu":
+        # The loops end with the attack's length by themselves, also if the agent dies.
+        params["length"] = plan.length or DEFAULT_LENGTH
+        if "cores" in plan.params:
+            params["cores"] = plan.params["cores"]
     return [backend.inject(plan.action, node, **params)]
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chaos.errors import FaultError
 from common.nodes import CLIENT_HOST, RoleName
 
-FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency"]
+FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency", "cpu"]
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
 
 
@@ -93,4 +93,4 @@ class FaultBackend(Protocol):
 
     def inject(self, action: str, target: NodeTarget, **params: Any) -> InjectedFault:
         """Apply `action` to `target` now. Params: `seconds` (pause/stop: undo after this long,
-        optional), `latency_ms` (latency). Raises FaultError."""
+        optional), `latency_ms` (latency), `cores` and `length` (cpu). Raises FaultError."""

@@ -1,7 +1,7 @@
-"""The Docker fault backend: kill, pause/resume, stop/start and blackhole a node that runs as a
-container on a real Docker engine, through the Docker SDK (`docker` package). `NodeTarget.container`
-is the container's name (or id); the engine is found the usual way (`DOCKER_HOST`, else the local
-socket) unless a `base_url` or client is given.
+"""The Docker fault backend: kill, pause/resume, stop/start, blackhole and load the CPU of a node
+that runs as a container on a real Docker engine, through the Docker SDK (`docker` package).
+`NodeTarget.container` is the container's name (or id); the engine is found the usual way
+(`DOCKER_HOST`, else the local socket) unless a `base_url` or client is given.
 
 Actions and their rollbacks:
 - `kill`: `container.kill()` (SIGKILL, or `signal=`), waits until the container has exited. No
@@ -15,6 +15,11 @@ Actions and their rollbacks:
   engine accepts that). Host-network containers (how this project runs Redis) share the host's
   network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
   points to the local backend's iptables blackhole, which cuts a port on loopback.
+- `cpu`: `exec`s a shell in the container that starts `cores` busy loops (default: as many
+  as the container sees cores, `nproc`), each under `timeout LENGTH` so it ends by itself
+  (param `length`, default 60 s), and notes their pids in a file in the container's /tmp; undo
+  kills them (and so their `sh` loops) through that file. The load is on the container's
+  host, at normal priority (the container's own CPU limit applies).
 - `latency` is not supported (use the local backend's TCP proxy).
 `seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
 long from a timer thread; an earlier `rollback()` cancels the timer.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,8 +52,9 @@ from chaos.faults.base import InjectedFault, NodeTarget
 log = logging.getLogger(__name__)
 
 DOCKER_ACTIONS: frozenset[str] = frozenset(
-    {"kill", "pause", "resume", "stop", "start", "blackhole"}
+    {"kill", "pause", "resume", "stop", "start", "blackhole", "cpu"}
 )
+CPU_DEFAULT_LENGTH = 60  # seconds, Gremlin's default attack length
 EXITED_STATES = frozenset({"exited", "dead"})
 # Network modes that have no network of the container's own to disconnect.
 _SHARED_NETWORK_MODES = ("host", "none")
@@ -231,6 +238,38 @@ class DockerFaultBackend:
         if container.status != "running":
             container.start()
         return self._fault("start", target, {}, None)
+
+    def _cpu(
+        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+    ) -> InjectedFault:
+        cores = params.get("cores")
+        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
+                                  or not 1 <= cores <= 256):  # fmt: skip
+            raise FaultError(f"{what}: cores must be a whole number in 1..256, not {cores!r}")
+        length = int(float(params.get("length", params.get("seconds", CPU_DEFAULT_LENGTH))))
+        if length < 1:
+            raise FaultError(f"{what}: length must be 1 s or more, not {length}")
+        pidfile = f"/tmp/rqchaos-cpu-{uuid.uuid4().hex[:12]}.pids"
+        count = str(cores) if cores is not None else "$(nproc)"
+        # Each loop runs under `timeout`, so it ends by itself even if nobody rolls it back.
+        script = (
+            f"for i in $(seq 1 {count}); do "
+            f"timeout {length} sh -c 'while :; do :; done' & echo $! >> {pidfile}; "
+            f"done; wait; rm -f {pidfile}"
+        )
+        result = container.exec_run(["sh", "-c", script], detach=True)
+        details = {"cores": cores or "all", "length": length, "pidfile": pidfile,
+                   "exec": getattr(result, "exit_code", None)}  # fmt: skip
+        container_id = container.id
+
+        def undo() -> None:
+            with self._engine(f"rollback of {what}"):
+                running = self.client.containers.get(container_id)
+                running.exec_run(
+                    ["sh", "-c", f"[ -f {pidfile} ] && kill $(cat {pidfile}); rm -f {pidfile}"]
+                )
+
+        return self._fault("cpu", target, details, undo)
 
     def _blackhole(
         self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]

@@ -17,7 +17,12 @@ The API as used here, and where it comes from:
   `NetworkAttacks.java` / `StateAttacks.java`): every attack `-l LENGTH` (seconds, 1..31449600,
   default 60); `latency -m MS`, `-p` egress ports, `-h` hostnames, `-i` IP addresses, `-s`
   source ports; `blackhole -p` egress ports, `-n` ingress ports, `-h`, `-i`; `process_killer
-  -p PROCESS -i INTERVAL` (`--exact`, `--full`, ...); `shutdown -d DELAY` (`-r`: reboot).
+  -p PROCESS -i INTERVAL` (`--exact`, `--full`, ...); `shutdown -d DELAY` (`-r`: reboot);
+  `cpu -c CORES` (default 1) or `-a` (all cores), `-p CAPACITY` (percent of each core, 1..100,
+  default 100) (gremlin-python `attack_helpers.py` `GremlinCPUAttack`: shortType `cpu`,
+  `_cores` `['-c', int]`, `_all_cores` `['-a']`, `_capacity` `['-p', int]`; Gremlin's docs page
+  "CPU Experiment", gremlin.com/docs/infrastructure-layer/attacks/cpu: one thread per targeted
+  core, at normal priority, so the OS scheduler still balances it with every other process).
 - `GET /attacks/{guid}` gives the attack, `DELETE /attacks/{guid}` halts it (202 in concord's
   `Utils.halt`), `DELETE /attacks` halts all (gremlin-python `attacks.py`). Per-target status
   comes from `GET /executions?taskId={guid}` as `[{guid, stage, stageLifecycle, endTime,
@@ -39,6 +44,8 @@ Action mapping (`GremlinFaultBackend.inject`):
   attack, so against the real API this fails with the API's 400.
 - blackhole → `blackhole -p PORTS -n PORTS -h PEER_HOST` (params `ports`, `peer_host`).
 - latency → `latency -m MS -p PORTS -h PEER_HOST` (param `latency_ms`).
+- cpu → `cpu -c CORES` (param `cores`), or `cpu -a` (every core) without it; the load is on
+  the target's host, whichever node of it is named.
 
 Every attack but shutdown gets `-l` from `length` or `seconds` (default `default_length`,
 300 s), so a forgotten attack ends by itself. The target is `NodeTarget.gremlin` or
@@ -198,7 +205,7 @@ class GremlinFaultBackend:
     """Faults as Gremlin attacks: create, wait until Running, halt on rollback."""
 
     name = "gremlin"
-    ACTIONS = frozenset({"kill", "pause", "stop", "blackhole", "latency"})
+    ACTIONS = frozenset({"kill", "pause", "stop", "blackhole", "latency", "cpu"})
 
     def __init__(
         self,
@@ -248,6 +255,13 @@ class GremlinFaultBackend:
                 raise FaultError("latency needs latency_ms")
             ms = int(float(params["latency_ms"]))
             return {"type": "latency", "args": [*args, "-m", str(ms), "-p", ports, "-h", peer]}
+        if action == "cpu":
+            cores = params.get("cores")
+            if cores is None:
+                return {"type": "cpu", "args": [*args, "-a"]}
+            if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+                raise FaultError(f"cpu: cores must be a whole number of 1 or more, not {cores!r}")
+            return {"type": "cpu", "args": [*args, "-c", str(cores)]}
         raise FaultError(f"gremlin backend: unsupported action {action!r}")
 
     def target_for(self, target: NodeTarget) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,9 @@ from chaos.errors import GremlinError
 from chaos.faults.base import NodeTarget
 from chaos.faults.gremlin import GremlinClient, GremlinFaultBackend
 from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.cpu_burst import is_loop
 from chaos.faults.local.iptables import iptables_unavailable_reason
-from chaos.processes import process_state
+from chaos.processes import process_state, read_cmdline, running
 from chaos.testbed import TestbedNode, TestbedState
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
@@ -160,6 +162,25 @@ def test_a_length_rolls_the_attack_back_by_itself(served: ServedAgent) -> None:
     assert answers(node)
 
 
+def test_a_cpu_attack_keeps_cores_busy_until_halted(served: ServedAgent) -> None:
+    fault = served.gremlin.inject("cpu", target_of(served.nodes["s0-primary"]), cores=1, length=30)
+    assert fault.details["command"] == {"type": "cpu", "args": ["-l", "30", "-c", "1"]}
+    assert fault.details["stage"] == "Running"
+    pids = served.agent.attacks[fault.details["attack"]].faults[0].details["pids"]
+    deadline = time.monotonic() + 5  # a child reads as its parent until it has exec'd
+    while not is_loop(read_cmdline(pids[0]), served.backend.cpu_bursts.tag):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    loops = served.backend.cpu_bursts.leftovers()  # the agent's loops, found in /proc
+    assert loops == pids
+    fault.rollback()
+    assert fault.details["stage"] == "Halted"
+    deadline = time.monotonic() + 5
+    while running(loops[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not running(loops[0])
+
+
 def test_a_wrong_api_key_gets_401_and_nothing_happens(served: ServedAgent) -> None:
     answer = served.post(pause_body("s0-primary"), key="not-the-key")
     assert answer.status_code == 401
@@ -194,7 +215,7 @@ def test_a_target_outside_the_allowlist_gets_403_and_nothing_happens(
     [
         ({"command": {"type": "latency", "args": ["-l", "10"]},
           "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -m"),
-        ({"command": {"type": "cpu", "args": ["-c", "1"]},
+        ({"command": {"type": "memory", "args": ["-g", "1"]},
           "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.type"),
         ({"command": {"type": "process_pause", "args": "-l 10"},
           "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args"),

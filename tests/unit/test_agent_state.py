@@ -18,6 +18,8 @@ from chaos.agent.commands import parse_command
 from chaos.agent.state import Agent
 from chaos.agent.targets import TargetSource
 from chaos.errors import AgentError
+from chaos.faults.base import NodeTarget
+from chaos.faults.gremlin import GremlinFaultBackend
 
 
 @pytest.fixture
@@ -90,3 +92,29 @@ def test_a_command_becomes_a_plan() -> None:
         400,
         "command.args -m",
     )
+
+
+def test_a_gremlin_cpu_command_becomes_a_cpu_plan() -> None:
+    # The shape the gremlin backend sends (gremlin-python's GremlinCPUAttack flags).
+    sent = GremlinFaultBackend(client=object()).command_for(  # type: ignore[arg-type]
+        "cpu", NodeTarget(name="s0-primary", role="primary", port=7000), cores=2, length=4
+    )
+    assert sent == {"type": "cpu", "args": ["-l", "4", "-c", "2"]}
+    plan = parse_command(sent)
+    assert (plan.action, plan.length, plan.params) == ("cpu", 4, {"cores": 2})
+    every_core = parse_command({"type": "cpu", "args": ["-l", "9", "-a", "-p", "100"]})
+    assert (every_core.action, every_core.length, every_core.params) == ("cpu", 9, {})
+    assert parse_command({"type": "cpu", "args": []}).params == {"cores": 1}  # Gremlin's default
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["-p", "50"], "command.args -p"),
+        (["-c", "0"], "command.args -c"),
+        (["-c", "2", "-a"], "command.args -c"),
+        (["-m", "5"], "command.args[0]"),
+    ],
+)
+def test_a_cpu_command_this_agent_cannot_carry_out_is_refused(args: list[str], field: str) -> None:
+    assert refusal(parse_command, {"type": "cpu", "args": args}) == (400, field)

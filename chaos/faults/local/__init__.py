@@ -6,6 +6,7 @@ Where each part lives (the backend, `backend.LocalFaultBackend`, only dispatches
 - `checked_process`: which process a signal may reach (the pidfd and the program check).
 - `blackhole`: cut a node's peer path (or one process's path to it) with DROP rules.
 - `latency`: slow a node's peer path down through a latency proxy and a DNAT rule.
+- `cpu_burst`: keep cores of this machine busy with busy-loop processes.
 - `iptables`: the dedicated chains and their tagged rules; `cgroups`: one process moved into
   a cgroup of its own so a rule can match its sockets; `peer_address`: where peers reach a
   node.
@@ -33,6 +34,10 @@ Actions (`LocalFaultBackend.inject(action, target, **params)`):
   `nat` OUTPUT DNAT rule that sends new connections to peer_host:port through it. Connections
   already open when the fault starts keep their direct path. Undo removes the rule, then
   stops the proxy.
+- `cpu`: start `cores` (default: every core of this machine) busy-loop Python processes at
+  normal priority that end by themselves after `length` seconds (default 60); undo kills them.
+  A burst loads the host, not the target: on the embedded testbed every node shares this
+  machine. `cleanup_all()` also kills the loops a crashed run left.
 
 Every signal goes through a pidfd opened before the program check, so a pid recycled between
 the check and the signal is never hit: the check reads /proc/PID/cmdline and comm and expects

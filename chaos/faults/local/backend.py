@@ -1,6 +1,7 @@
 """`LocalFaultBackend`: the local backend as the experiment runner and the agent see it. It
 checks an action's params, refuses network actions where iptables does not work, hands the
-action to the module that carries it out (`process_faults`, `blackhole`, `latency`), rolls a
+action to the module that carries it out (`process_faults`, `blackhole`, `latency`,
+`cpu_burst`), rolls a
 fault back by itself after `seconds`, and cleans up what a crashed run left.
 
 Not for: how any fault is done (the modules named above), remote machines or containers.
@@ -21,6 +22,7 @@ from chaos.errors import FaultError
 from chaos.faults.base import FAULT_ACTIONS, InjectedFault, NodeTarget
 from chaos.faults.local.blackhole import BlackholeFaults
 from chaos.faults.local.cgroups import Cgroup, cgroup2_mount
+from chaos.faults.local.cpu_burst import CpuBurstFaults
 from chaos.faults.local.iptables import DEFAULT_CHAIN, Iptables, iptables_unavailable_reason
 from chaos.faults.local.latency import LatencyFaults
 from chaos.faults.local.process_faults import ProcessFaults
@@ -47,6 +49,7 @@ class LocalFaultBackend:
         self.latencies = LatencyFaults(
             self.name, self.iptables, python=python, proxy_start_timeout=proxy_start_timeout
         )
+        self.cpu_bursts = CpuBurstFaults(self.name, python=python, tag=f"{chain.lower()}-cpu")
         self._actions: dict[str, Callable[..., InjectedFault]] = {
             "kill": self.processes.kill,
             "pause": self.processes.pause,
@@ -55,6 +58,7 @@ class LocalFaultBackend:
             "start": self.processes.start,
             "blackhole": self.blackholes.blackhole,
             "latency": self.latencies.latency,
+            "cpu": self.cpu_bursts.cpu,
         }
         self._network_reason: str | None = None
         self._network_checked = False
@@ -79,6 +83,8 @@ class LocalFaultBackend:
         if action not in FAULT_ACTIONS or handler is None:
             raise FaultError(f"local backend: unknown action {action!r}")
         seconds = params.pop("seconds", None)
+        if action == "cpu" and seconds is not None:
+            params.setdefault("length", seconds)  # the loops end by themselves then, too
         try:
             inspect.signature(handler).bind(target, **params)
         except TypeError as error:
@@ -96,9 +102,11 @@ class LocalFaultBackend:
 
     def cleanup_all(self) -> int:
         """Remove every rqchaos rule (the chains and their jumps), stop the latency proxies
-        this backend started, and put processes a one-node blackhole moved into a cgroup of
-        this chain back into the root cgroup; returns how many rules there were."""
+        this backend started and the busy loops of this chain's cpu faults (also those a
+        crashed run left), and put processes a one-node blackhole moved into a cgroup of this
+        chain back into the root cgroup; returns how many rules there were."""
         self.latencies.stop_all()
+        self.cpu_bursts.stop_all()
         if shutil.which(self.iptables.binary) is None or os.geteuid() != 0:
             return 0
         count = sum(self.iptables.remove_chain(table) for table in ("filter", "nat"))
