@@ -151,6 +151,14 @@ class OtherShardsAvailability(Strict):
     min: float = Field(ge=0, le=1)
 
 
+class FaultedShardAvailability(Strict):
+    """The faulted shard keeps acknowledging writes while the fault lasts (from the fault to
+    its rollback): for a fault that must not stop the shard."""
+
+    type: Literal["faulted_shard_availability"]
+    min: float = Field(ge=0, le=1)
+
+
 class OnePrimaryPerShard(Strict):
     type: Literal["one_primary_per_shard"]
 
@@ -179,6 +187,7 @@ Hypothesis = Annotated[
     | AcknowledgedLost
     | Duplicates
     | OtherShardsAvailability
+    | FaultedShardAvailability
     | OnePrimaryPerShard
     | RateLimitsHeld
     | Escalated
