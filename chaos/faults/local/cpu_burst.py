@@ -7,9 +7,11 @@ testbed every node (primaries, replicas, sensors, controllers, the API) shares t
 as a busy neighbour on a real host would.
 
 Each loop ends by itself after `length` seconds, so a crashed runner leaves no busy core for
-long; the rollback kills the loops at once. Every loop carries a marker in its command line
-(`<tag>:<fault id>`), so `stop_all` finds and kills the loops a crashed run left behind, and
-never another process (its program and its code must be exactly the ones started here).
+long; the rollback notes each loop's CPU seconds (from /proc/PID/stat, so the journal shows
+the burst burnt CPU) and kills the loops at once. Every loop carries a marker in its command
+line (`<tag>:<fault id>`), so `stop_all` finds and kills the loops a crashed run left behind, and
+never another process (its program must be a Python interpreter and its code exactly the one
+started here).
 
 Not for: CPU load inside a container (the docker backend) or on a Gremlin target (the gremlin
 backend); process or network faults.
