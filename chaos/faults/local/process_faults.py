@@ -106,10 +106,11 @@ class ProcessFaults:
                 # One attempt only: a second would start a second process on the same port
                 # (e.g. after the first timed out waiting for it). Recorded before it starts.
                 if "restarted" in fault.details:
+                    pid = fault.details["restarted"].get("pid")
                     raise FaultError(
-                        f"{target.name}: the restart was already attempted "
-                        f"({fault.details['restarted']}) and failed: {fault.rollback_error}; "
-                        "not starting it again"
+                        f"{target.name}: the restart was already attempted"
+                        + (f" (pid {pid})" if pid else "")
+                        + f" and failed: {fault.rollback_error}; not starting it again"
                     )
                 fault.details["restarted"] = {"at": time.time()}
                 starter(wait_seconds, fault.details["restarted"])
