@@ -16,13 +16,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictInt,
     Tag,
     field_validator,
     model_validator,
 )
 
 from chaos.errors import ExperimentError
-from chaos.faults.base import FAULT_ACTIONS
+from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
 from common import input_files
 from common.durations import DurationSeconds, parse_duration
@@ -64,8 +65,9 @@ class FaultStep(Strict):
     when: Literal["now", "workflow_running", "workflow_waiting"] = "now"
     latency_ms: int | None = Field(None, gt=0, le=60_000)
     from_node: Selector | None = Field(None, description="blackhole: cut only this node's path")
-    cores: int | None = Field(
-        None, ge=1, le=256, description="cpu: how many cores to keep busy (default: all)"
+    # Strict: `true` or '2' is a typo, not a core count.
+    cores: StrictInt | None = Field(
+        None, ge=1, le=CPU_MAX_CORES, description="cpu: how many cores to keep busy (default: all)"
     )
 
     @field_validator("at", "duration", mode="before")
@@ -85,6 +87,12 @@ class FaultStep(Strict):
             raise ValueError(f"cores is for a cpu fault, not {self.action}")
         if self.action == "cpu" and not self.duration:
             raise ValueError("a cpu fault needs a duration (how long the cores stay busy)")
+        if self.action == "cpu" and not 1 <= self.duration <= CPU_MAX_LENGTH:
+            # The bounds every backend accepts (Docker and Gremlin take whole seconds).
+            raise ValueError(
+                f"a cpu fault's duration must be 1 s to {CPU_MAX_LENGTH} s (a day), "
+                f"not {self.duration:g} s"
+            )
         return self
 
 
@@ -143,6 +151,14 @@ class OtherShardsAvailability(Strict):
     min: float = Field(ge=0, le=1)
 
 
+class FaultedShardAvailability(Strict):
+    """The faulted shard keeps acknowledging writes while the fault lasts (from the fault to
+    its rollback): for a fault that must not stop the shard."""
+
+    type: Literal["faulted_shard_availability"]
+    min: float = Field(ge=0, le=1)
+
+
 class OnePrimaryPerShard(Strict):
     type: Literal["one_primary_per_shard"]
 
@@ -171,6 +187,7 @@ Hypothesis = Annotated[
     | AcknowledgedLost
     | Duplicates
     | OtherShardsAvailability
+    | FaultedShardAvailability
     | OnePrimaryPerShard
     | RateLimitsHeld
     | Escalated

@@ -148,11 +148,34 @@ class FaultPhase:
             # Stop's rollback (and start) boots the node again with its own command line.
             params["command"] = node.command
         fault = backend.inject(step.action, self.deployment.as_target(node), **params)
+        if "command" in params:
+            self._record_new_pid(fault, node)
         if step.duration:
             timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))
             timer.daemon = True
             timer.start()
         return fault
+
+    def _record_new_pid(self, fault: InjectedFault, node: DeploymentNode) -> None:
+        """A start, or a stop's restart, boots the node as a new process: its pid goes into the
+        deployment (and testbed.json), also when the restart then fails its port wait (the
+        process may still come up, and `down` must find it)."""
+        if fault.action == "start":
+            self.deployment.record_pid(node.name, fault.details["pid"])
+            return
+        restart = fault.undo
+        if restart is None:
+            return
+
+        def restart_and_record() -> None:
+            try:
+                restart()
+            finally:
+                pid = fault.details.get("restarted", {}).get("pid")
+                if pid is not None and pid != node.pid:
+                    self.deployment.record_pid(node.name, pid)
+
+        fault.undo = restart_and_record
 
     def roll_back(
         self, injected: list[InjectedFault], experiment: Experiment, journal: Journal

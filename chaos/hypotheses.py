@@ -13,6 +13,7 @@ from chaos.experiments import (
     CompletedByAnotherNode,
     Duplicates,
     Escalated,
+    FaultedShardAvailability,
     Hypothesis,
     NotRemediated,
     OnePrimaryPerShard,
@@ -40,6 +41,8 @@ class Observations:
     primaries_answering: dict[str, list[str]]
     decisions: list[AuditRecord] = field(default_factory=list)
     workflows: list[WorkflowRecord] = field(default_factory=list)
+    # When the last fault was undone; None: not undone (a kill) or still running.
+    fault_ended_at: float | None = None
 
 
 def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
@@ -95,6 +98,25 @@ def _other_shards_availability(h: OtherShardsAvailability, o: Observations) -> H
         expected=f">= {h.min:g}",
         measured=measured,
         detail="share of enqueue attempts acknowledged on the untouched shards after the fault",
+    )
+
+
+def _faulted_shard_availability(h: FaultedShardAvailability, o: Observations) -> HypothesisOutcome:
+    until = float("inf") if o.fault_ended_at is None else o.fault_ended_at
+    measured = {}
+    for shard in sorted(o.faulted_shards):
+        value = o.ledger.availability(shard, since=o.fault_at, until=until)
+        if value is not None:
+            measured[shard] = round(value, 4)
+    worst = min(measured.values(), default=None)
+    return HypothesisOutcome(
+        hypothesis="faulted_shard_availability",
+        # No attempt in the window proves nothing: the load did not reach the shard.
+        ok=worst is not None and worst >= h.min,
+        expected=f">= {h.min:g}",
+        measured=measured,
+        detail="share of enqueue attempts acknowledged on the faulted shard while the fault "
+        + ("lasted" if o.fault_ended_at is not None else "lasted (never rolled back: to the end)"),
     )
 
 
@@ -171,6 +193,7 @@ CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
     AcknowledgedLost: _acknowledged_lost,
     Duplicates: _duplicates,
     OtherShardsAvailability: _other_shards_availability,
+    FaultedShardAvailability: _faulted_shard_availability,
     OnePrimaryPerShard: _one_primary_per_shard,
     RateLimitsHeld: _rate_limits_held,
     Escalated: _escalated,

@@ -219,6 +219,7 @@ class ExperimentRunner:
             primaries_answering=primaries_answering(after),
             decisions=decisions,
             workflows=workflows,
+            fault_ended_at=journal.moment("rolled_back"),
         )
         journal.steady_state_after = self.probes.check(
             [p for p in experiment.steady_state if p.after]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
-from chaos.testbed import TestbedState, provisioned_nodes, read_state
+from chaos.testbed import TestbedState, provisioned_nodes, read_state, record_pid
 from common import input_files
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
@@ -84,6 +84,13 @@ class Deployment(BaseModel):
                 f"the topology in the control store {self.control} is not one this version "
                 f"reads: {describe_problems(error)}"
             ) from None
+
+    def record_pid(self, name: str, pid: int) -> None:
+        """Node `name` runs as `pid` now (a fault restarted it): later faults reach that
+        process, and for a testbed `testbed.json` says so too (for `status` and `down`)."""
+        self.node(name).pid = pid
+        if self.testbed_dir is not None:
+            record_pid(self.testbed_dir, name, pid)
 
     def controller_urls(self) -> list[str]:
         return self.lazarus or [n.url for n in self.nodes if n.role == "lazarus" and n.url]

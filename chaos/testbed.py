@@ -96,6 +96,22 @@ def read_state(path: Path, *, error: Callable[[str], Exception]) -> TestbedState
     return validated(TestbedState, raw, str(path), error=error)
 
 
+def record_pid(directory: Path, name: str, pid: int) -> bool:
+    """Note in `testbed.json` that node `name` now runs as `pid` (a fault restarted it), so
+    `status`, `down` and a later fault find it; False if the file lists no such node."""
+    state = load_state(directory)
+    node = next((n for n in state.nodes if n.name == name), None)
+    if node is None:
+        return False
+    node.pid = pid
+    # Replaced whole, so a reader never sees half a file.
+    path = state_path(directory)
+    fresh = path.with_name(f".{path.name}.{os.getpid()}")
+    fresh.write_text(state.model_dump_json(indent=2))
+    fresh.replace(path)
+    return True
+
+
 def _expected_programs(node: TestbedNode) -> tuple[str, ...]:
     if node.program:
         return (node.program,)

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.errors import AgentError
+from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, DEFAULT_LENGTH
 from chaos.faults.gremlin import MAX_LENGTH
 from common.validation import quoted
-
-# Gremlin's default attack length, in seconds.
-DEFAULT_LENGTH = 60
 
 
 @dataclass
@@ -61,13 +59,9 @@ _FLAGS: dict[str, dict[str, tuple[str, bool]]] = {
         "-P": ("protocol", True), "--protocol": ("protocol", True),
         "-d": ("device", True), "--device": ("device", True),
     },
-    # gremlin-python `GremlinCPUAttack`: -c cores, -a all cores, -p capacity (percent).
-    "cpu": {
-        **_COMMON,
-        "-c": ("cores", True), "--cores": ("cores", True),
-        "-a": ("all_cores", False), "--all_cores": ("all_cores", False),
-        "-p": ("capacity", True), "--percent": ("capacity", True),
-    },
+    # gremlin-python `GremlinCPUAttack`: -c cores, -a all cores, -p capacity (percent). Short
+    # flags only: no published source gives the CLI's long names for these.
+    "cpu": {**_COMMON, "-c": ("cores", True), "-a": ("all_cores", False), "-p": ("capacity", True)},
     "latency": {
         **_COMMON,
         "-m": ("ms", True), "--ms": ("ms", True),
@@ -182,7 +176,10 @@ def parse_command(command: Any) -> Plan:
             raise AgentError(400, "-c and -a exclude each other", where("cores"))
         # Gremlin's default is one core; -a, every core of the host (the backend's default).
         if not values.get("all_cores"):
-            plan.params["cores"] = _int(cores or "1", where("cores"), 1, 256)
+            plan.params["cores"] = _int(cores or "1", where("cores"), 1, CPU_MAX_CORES)
+        if plan.length is not None and plan.length > CPU_MAX_LENGTH:
+            # The cpu fault's own bound on every backend (the loops of a day at most).
+            raise AgentError(400, f"{plan.length} is outside 1..{CPU_MAX_LENGTH}", where("length"))
     elif kind == "shutdown":
         delay = _int(arg("delay") or "0", where("delay"), 0, 60 * 24)
         plan.params["delay_minutes"] = delay

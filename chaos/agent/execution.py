@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from chaos.agent.attacks import Attack
-from chaos.agent.commands import DEFAULT_LENGTH, Plan
+from chaos.agent.commands import Plan
 from chaos.agent.targets import AgentTarget
 from chaos.errors import AgentError, FaultError
-from chaos.faults.base import InjectedFault
+from chaos.faults.base import DEFAULT_LENGTH, InjectedFault
 from chaos.faults.gremlin import programs_of
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.peer_address import peer_address

@@ -8,6 +8,7 @@ Not for: choosing targets or judging results (the experiment runner does both).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,41 @@ from common.nodes import CLIENT_HOST, RoleName
 
 FaultAction = Literal["kill", "pause", "resume", "stop", "start", "blackhole", "latency", "cpu"]
 FAULT_ACTIONS: tuple[str, ...] = FaultAction.__args__  # type: ignore[attr-defined]
+
+# The cpu fault's bounds, the same on every backend (local, docker, gremlin, the agent).
+# Seconds: Gremlin's default attack length, how long a fault that ends by itself (a cpu
+# burst, an agent's attack) runs when nobody says.
+DEFAULT_LENGTH = 60
+CPU_MAX_LENGTH = 24 * 3600  # seconds: a burst longer than a day is a mistake, not a test
+CPU_MAX_CORES = 256
+
+
+def check_cores(cores: object) -> int | None:
+    """The cpu fault's `cores` param: None (every core) or a whole number in
+    1..CPU_MAX_CORES (not a bool, a float or a string); FaultError naming the field otherwise."""
+    if cores is None:
+        return None
+    if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= CPU_MAX_CORES:
+        raise FaultError(f"cpu: cores must be a whole number in 1..{CPU_MAX_CORES}, not {cores!r}")
+    return cores
+
+
+def check_length(length: object) -> float:
+    """The cpu fault's `length` param in seconds: a number more than 0 and at most
+    CPU_MAX_LENGTH (a day); FaultError naming the field otherwise."""
+    if isinstance(length, bool) or not isinstance(length, int | float):
+        raise FaultError(f"cpu: length must be a number of seconds, not {length!r}")
+    if not 0 < length <= CPU_MAX_LENGTH:
+        raise FaultError(
+            f"cpu: length must be more than 0 s and at most {CPU_MAX_LENGTH} s, not {length!r}"
+        )
+    return float(length)
+
+
+def whole_seconds(length: float) -> int:
+    """A length for a tool that takes whole seconds (`timeout`, Gremlin's `-l`): rounded up,
+    so a short burst is never truncated to 0 (which `timeout` reads as "no limit")."""
+    return math.ceil(length)
 
 
 class NodeAddress(BaseModel):

@@ -15,11 +15,13 @@ Actions and their rollbacks:
   engine accepts that). Host-network containers (how this project runs Redis) share the host's
   network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
   points to the local backend's iptables blackhole, which cuts a port on loopback.
-- `cpu`: `exec`s a shell in the container that starts `cores` busy loops (default: as many
-  as the container sees cores, `nproc`), each under `timeout LENGTH` so it ends by itself
-  (param `length`, default 60 s), and notes their pids in a file in the container's /tmp; undo
-  kills them (and so their `sh` loops) through that file. The load is on the container's
-  host, at normal priority (the container's own CPU limit applies).
+- `cpu`: `exec`s a shell in the container (and waits for it) that starts `cores` busy loops
+  in the background (default: as many as the container sees cores, `nproc`), each under
+  `timeout LENGTH` so it ends by itself (param `length`, default 60 s, rounded up to whole
+  seconds), notes their pids in a file in the container's /tmp and checks they run; no loop
+  running (e.g. an image without `sh`, as the project's own Redis image) is a FaultError
+  saying why. Undo kills them (and so their `sh` loops) through that file. The load is on
+  the container's host, at normal priority (the container's own CPU limit applies).
 - `latency` is not supported (use the local backend's TCP proxy).
 `seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
 long from a timer thread; an earlier `rollback()` cancels the timer.
@@ -47,17 +49,63 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from chaos.errors import FaultError
-from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.faults.base import (
+    DEFAULT_LENGTH,
+    InjectedFault,
+    NodeTarget,
+    check_cores,
+    check_length,
+    whole_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 DOCKER_ACTIONS: frozenset[str] = frozenset(
     {"kill", "pause", "resume", "stop", "start", "blackhole", "cpu"}
 )
-CPU_DEFAULT_LENGTH = 60  # seconds, Gremlin's default attack length
 EXITED_STATES = frozenset({"exited", "dead"})
 # Network modes that have no network of the container's own to disconnect.
 _SHARED_NETWORK_MODES = ("host", "none")
+
+
+# Exit codes of a command the container cannot run (not found, not executable).
+_NOT_RUNNABLE = frozenset({126, 127})
+
+
+def cpu_launcher(cores: int | None, length: int, pidfile: str) -> str:
+    """The sh script of the docker cpu fault: start `cores` busy loops (every core the container
+    sees when None), each under `timeout LENGTH` so it ends by itself, in the background and
+    off the exec's output (or the exec would wait for them); note their pids in `pidfile`;
+    then exit 0 only if at least one still runs a moment later (`kill -0`), printing how many.
+    POSIX sh only (no `seq`): a busybox image runs it too."""
+    count = (
+        str(cores)
+        if cores is not None
+        else ("$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo)")
+    )
+    return (
+        f": > {pidfile}; i=0; "
+        f"while [ $i -lt {count} ]; do "
+        f"timeout {length} sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & "
+        f"echo $! >> {pidfile}; i=$((i + 1)); "
+        "done; sleep 0.2; running=0; "
+        f"for pid in $(cat {pidfile}); do "
+        "kill -0 $pid 2>/dev/null && running=$((running + 1)); "
+        "done; "
+        'echo "$running busy loop(s) running"; '
+        '[ "$running" -gt 0 ] || { echo "no loop runs: is timeout in the image?" >&2; exit 1; }'
+    )
+
+
+def cpu_refusal(exit_code: int | None, output: str) -> str:
+    """Why the cpu launcher failed, from its exit code and output."""
+    if exit_code in _NOT_RUNNABLE or "executable file not found" in output:
+        return (
+            f"the image has no shell (sh) to run the loops (exit {exit_code}: {output}); the "
+            "project's own Redis image (docker/redis-image.sh) has none: use the local or "
+            "gremlin backend for a cpu fault on it"
+        )
+    return f"the launcher exited with {exit_code}: {output or 'no output'}"
 
 
 def engine_unavailable_reason(base_url: str | None = None, timeout: float = 5.0) -> str | None:
@@ -242,24 +290,18 @@ class DockerFaultBackend:
     def _cpu(
         self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
     ) -> InjectedFault:
-        cores = params.get("cores")
-        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
-                                  or not 1 <= cores <= 256):  # fmt: skip
-            raise FaultError(f"{what}: cores must be a whole number in 1..256, not {cores!r}")
-        length = int(float(params.get("length", params.get("seconds", CPU_DEFAULT_LENGTH))))
-        if length < 1:
-            raise FaultError(f"{what}: length must be 1 s or more, not {length}")
+        cores = check_cores(params.get("cores"))
+        raw_length = params.get("length", params.get("seconds", DEFAULT_LENGTH))
+        length = whole_seconds(check_length(raw_length))
         pidfile = f"/tmp/rqchaos-cpu-{uuid.uuid4().hex[:12]}.pids"
-        count = str(cores) if cores is not None else "$(nproc)"
-        # Each loop runs under `timeout`, so it ends by itself even if nobody rolls it back.
-        script = (
-            f"for i in $(seq 1 {count}); do "
-            f"timeout {length} sh -c 'while :; do :; done' & echo $! >> {pidfile}; "
-            f"done; wait; rm -f {pidfile}"
-        )
-        result = container.exec_run(["sh", "-c", script], detach=True)
+        # Synchronous, so its exit code says whether any loop runs (a detached exec has none).
+        result = container.exec_run(["sh", "-c", cpu_launcher(cores, length, pidfile)])
+        output = (result.output or b"").decode(errors="replace").strip()
+        if result.exit_code != 0:
+            reason = cpu_refusal(result.exit_code, output)
+            raise FaultError(f"{what}: no busy loop runs in the container: {reason}")
         details = {"cores": cores or "all", "length": length, "pidfile": pidfile,
-                   "exec": getattr(result, "exit_code", None)}  # fmt: skip
+                   "launcher": output}  # fmt: skip
         container_id = container.id
 
         def undo() -> None:

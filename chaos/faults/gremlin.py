@@ -48,7 +48,8 @@ Action mapping (`GremlinFaultBackend.inject`):
   the target's host, whichever node of it is named.
 
 Every attack but shutdown gets `-l` from `length` or `seconds` (default `default_length`,
-300 s), so a forgotten attack ends by itself. The target is `NodeTarget.gremlin` or
+300 s; rounded up to whole seconds, so a short fault never becomes 0 s), so a forgotten attack
+ends by itself. The target is `NodeTarget.gremlin` or
 `{"type": "Exact", "exact": [target.name]}`. inject() returns once the attack is Running (or
 already Successful); undo halts it and waits until the API reports it ended.
 
@@ -65,7 +66,7 @@ from typing import Any
 import httpx
 
 from chaos.errors import FaultError, GremlinError
-from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.faults.base import InjectedFault, NodeTarget, check_cores, check_length, whole_seconds
 from common.nodes import PEER_HOST, PROGRAMS_OF_ROLE
 
 DEFAULT_API_URL = "https://api.gremlin.com/v1"
@@ -234,7 +235,10 @@ class GremlinFaultBackend:
     def command_for(self, action: str, target: NodeTarget, **params: Any) -> dict[str, Any]:
         """The Gremlin command JSON for `action` on `target` (see the module docstring)."""
         length = params.get("length", params.get("seconds"))
-        length = self.default_length if length is None else int(float(length))
+        if action == "cpu" and length is not None:
+            length = check_length(length)  # the cpu bounds every backend shares
+        # Rounded up: Gremlin takes whole seconds, and a short fault must not become 0 s.
+        length = self.default_length if length is None else whole_seconds(float(length))
         if not 1 <= length <= MAX_LENGTH:
             raise FaultError(f"attack length must be 1..{MAX_LENGTH} s, not {length}")
         args = ["-l", str(length)]
@@ -256,11 +260,9 @@ class GremlinFaultBackend:
             ms = int(float(params["latency_ms"]))
             return {"type": "latency", "args": [*args, "-m", str(ms), "-p", ports, "-h", peer]}
         if action == "cpu":
-            cores = params.get("cores")
+            cores = check_cores(params.get("cores"))
             if cores is None:
                 return {"type": "cpu", "args": [*args, "-a"]}
-            if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-                raise FaultError(f"cpu: cores must be a whole number of 1 or more, not {cores!r}")
             return {"type": "cpu", "args": [*args, "-c", str(cores)]}
         raise FaultError(f"gremlin backend: unsupported action {action!r}")
 

@@ -72,12 +72,16 @@ def test_a_burst_keeps_n_loops_busy_until_its_rollback_stops_them(
     assert all(cpu_ticks(pid) > before[pid] for pid in pids)  # they spin, they do not sleep
     fault.rollback()
     assert wait_gone(pids)
+    # The journal shows the burst happened: each loop's CPU seconds, read at the rollback.
+    burnt = fault.details["cpu_seconds"]
+    assert set(burnt) == {str(pid) for pid in pids} and all(burnt[str(p)] > 0 for p in pids)
     fault.rollback()  # twice is fine
 
 
 def test_every_core_is_the_default(backend: LocalFaultBackend) -> None:
     fault = backend.inject("cpu", PRIMARY, length=30)
-    assert len(fault.details["pids"]) == (os.cpu_count() or 1)
+    # The cores this process may run on, not the machine's count (a cgroup may allow fewer).
+    assert len(fault.details["pids"]) == len(os.sched_getaffinity(0))
     fault.rollback()
     assert wait_gone(fault.details["pids"])
 
@@ -114,3 +118,6 @@ def test_the_marker_matches_only_this_backends_loops() -> None:
     assert is_loop(argv, "rqa-cpu")
     assert not is_loop(argv, "rqb-cpu")
     assert not is_loop([sys.executable, "-c", "pass", "rqa-cpu:1234", "5"], "rqa-cpu")
+    # The program too: another interpreter handed the same arguments is not a loop.
+    assert not is_loop(["/bin/sh", *argv[1:]], "rqa-cpu")
+    assert is_loop(["python3.11", *argv[1:]], "rqa-cpu")

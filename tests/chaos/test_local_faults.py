@@ -161,6 +161,25 @@ def test_stop_without_restart_has_no_undo_and_with_restart_comes_back(
     assert ping_seconds(node.host, node.port) is not None
 
 
+def test_a_failed_restart_is_reported_and_never_started_twice(
+    faults: Recorder, start_node: Callable[..., ShardNode]
+) -> None:
+    node = start_node()
+    # A command that starts but never opens the port: the restart's wait times out.
+    fault = faults.inject("stop", target_of(node), command=["sleep", "30"], wait_seconds=0.3)
+    try:
+        with pytest.raises(FaultError, match="does not accept connections"):
+            fault.rollback()
+        first = fault.details["restarted"]["pid"]
+        assert running(first)
+        with pytest.raises(FaultError, match="already attempted"):
+            fault.rollback()  # as the run's roll_back does after a timer's failed one
+        assert fault.details["restarted"]["pid"] == first
+    finally:
+        with contextlib.suppress(ProcessLookupError, KeyError):
+            os.kill(fault.details["restarted"]["pid"], signal.SIGKILL)
+
+
 def test_a_pid_running_another_program_is_refused(
     faults: Recorder, start_node: Callable[..., ShardNode]
 ) -> None:

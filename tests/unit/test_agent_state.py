@@ -114,6 +114,10 @@ def test_a_gremlin_cpu_command_becomes_a_cpu_plan() -> None:
         (["-c", "0"], "command.args -c"),
         (["-c", "2", "-a"], "command.args -c"),
         (["-m", "5"], "command.args[0]"),
+        (["-c", "257"], "command.args -c"),
+        (["-l", "86401"], "command.args -l"),  # the cpu fault's bound: a day
+        (["--all_cores"], "command.args[0]"),  # not a Gremlin CLI flag
+        (["--cores", "2"], "command.args[0]"),
     ],
 )
 def test_a_cpu_command_this_agent_cannot_carry_out_is_refused(args: list[str], field: str) -> None:

@@ -34,7 +34,11 @@ def test_a_cpu_step_takes_cores_and_a_duration() -> None:
         ("{action: cpu, target: {role: primary}, cores: 0, duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}, cores: 1.5, duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}, cores: 999, duration: 1s}", "cores"),
+        ("{action: cpu, target: {role: primary}, cores: true, duration: 1s}", "cores"),
+        ("{action: cpu, target: {role: primary}, cores: '2', duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}}", "needs a duration"),
+        ("{action: cpu, target: {role: primary}, duration: 0.5s}", "duration must be 1 s"),
+        ("{action: cpu, target: {role: primary}, duration: 25h}", "duration must be 1 s"),
         ("{action: pause, target: {role: primary}, cores: 2}", "cores is for a cpu fault"),
     ],
 )

@@ -34,10 +34,12 @@ Actions (`LocalFaultBackend.inject(action, target, **params)`):
   `nat` OUTPUT DNAT rule that sends new connections to peer_host:port through it. Connections
   already open when the fault starts keep their direct path. Undo removes the rule, then
   stops the proxy.
-- `cpu`: start `cores` (default: every core of this machine) busy-loop Python processes at
-  normal priority that end by themselves after `length` seconds (default 60); undo kills them.
-  A burst loads the host, not the target: on the embedded testbed every node shares this
-  machine. `cleanup_all()` also kills the loops a crashed run left.
+- `cpu`: start `cores` (default: every core this process may run on) busy-loop Python
+  processes at normal priority that end by themselves after `length` seconds (default 60;
+  more than 0, at most a day); undo notes each loop's CPU seconds so far
+  (`details["cpu_seconds"]`, by pid, from /proc/PID/stat: the journal shows the burst burnt
+  CPU), then kills them. A burst loads the host, not the target: on the embedded testbed
+  every node shares this machine. `cleanup_all()` also kills the loops a crashed run left.
 
 Every signal goes through a pidfd opened before the program check, so a pid recycled between
 the check and the signal is never hit: the check reads /proc/PID/cmdline and comm and expects

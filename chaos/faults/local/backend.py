@@ -1,8 +1,8 @@
 """`LocalFaultBackend`: the local backend as the experiment runner and the agent see it. It
 checks an action's params, refuses network actions where iptables does not work, hands the
 action to the module that carries it out (`process_faults`, `blackhole`, `latency`,
-`cpu_burst`), rolls a
-fault back by itself after `seconds`, and cleans up what a crashed run left.
+`cpu_burst`), rolls a fault back by itself after `seconds`, and cleans up what a crashed run
+left.
 
 Not for: how any fault is done (the modules named above), remote machines or containers.
 """

@@ -7,9 +7,11 @@ testbed every node (primaries, replicas, sensors, controllers, the API) shares t
 as a busy neighbour on a real host would.
 
 Each loop ends by itself after `length` seconds, so a crashed runner leaves no busy core for
-long; the rollback kills the loops at once. Every loop carries a marker in its command line
-(`<tag>:<fault id>`), so `stop_all` finds and kills the loops a crashed run left behind, and
-never another process (its program and its code must be exactly the ones started here).
+long; the rollback notes each loop's CPU seconds (from /proc/PID/stat, so the journal shows
+the burst burnt CPU) and kills the loops at once. Every loop carries a marker in its command
+line (`<tag>:<fault id>`), so `stop_all` finds and kills the loops a crashed run left behind, and
+never another process (its program must be a Python interpreter and its code exactly the one
+started here).
 
 Not for: CPU load inside a container (the docker backend) or on a Gremlin target (the gremlin
 backend); process or network faults.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -26,12 +29,18 @@ import uuid
 from pathlib import Path
 
 from chaos.errors import FaultError
-from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.faults.base import (
+    DEFAULT_LENGTH,
+    InjectedFault,
+    NodeTarget,
+    check_cores,
+    check_length,
+)
 from chaos.processes import read_cmdline
 
-# Gremlin's default attack length (seconds): the longest a loop runs when nobody says.
-DEFAULT_LENGTH = 60.0
-MAX_CORES = 256
+# The program a loop runs: a Python interpreter, by argv[0]'s basename.
+PYTHON_PROGRAM = re.compile(r"python3?(\.\d+)?")
+
 # One core's worth of work: spin until the deadline (argv: marker, length in seconds). The
 # clock is read on every turn, which keeps the loop on the CPU and lets it end on time.
 BUSY_LOOP = (
@@ -42,19 +51,11 @@ BUSY_LOOP = (
 )
 
 
-def check_cores(cores: int | None) -> int:
-    """How many loops to start: `cores`, or every core of this machine when None."""
-    if cores is None:
-        return os.cpu_count() or 1
-    if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= MAX_CORES:
-        raise FaultError(f"cpu: cores must be a whole number in 1..{MAX_CORES}, not {cores!r}")
-    return cores
-
-
-def check_length(length: float) -> float:
-    if not 0 < float(length) <= 24 * 3600:
-        raise FaultError(f"cpu: length must be more than 0 and at most a day, not {length!r} s")
-    return float(length)
+def loop_count(cores: object) -> int:
+    """How many loops to start: `cores`, or every core this process may run on when None."""
+    count = check_cores(cores)
+    # The cores this process may use (a cgroup or taskset may allow fewer than the machine has).
+    return len(os.sched_getaffinity(0)) if count is None else count
 
 
 class CpuBurstFaults:
@@ -71,7 +72,7 @@ class CpuBurstFaults:
     def cpu(
         self, target: NodeTarget, *, cores: int | None = None, length: float = DEFAULT_LENGTH
     ) -> InjectedFault:
-        count = check_cores(cores)
+        count = loop_count(cores)
         seconds = check_length(length)
         fault_id = uuid.uuid4().hex[:12]
         marker = f"{self.tag}:{fault_id}"
@@ -91,7 +92,13 @@ class CpuBurstFaults:
         details = {"id": fault_id, "cores": count, "length": seconds, "marker": marker,
                    "pids": [loop.pid for loop in loops], "host": "this machine"}  # fmt: skip
         fault = InjectedFault("cpu", target, self.backend, details=details)
-        fault.undo = lambda: self._forget(fault_id)
+
+        def undo() -> None:
+            # Read before the kill: the journal shows the burst really burnt CPU.
+            details["cpu_seconds"] = {str(loop.pid): cpu_seconds(loop.pid) for loop in loops}
+            self._forget(fault_id)
+
+        fault.undo = undo
         return fault
 
     def _forget(self, fault_id: str) -> None:
@@ -124,10 +131,13 @@ class CpuBurstFaults:
 
 
 def is_loop(argv: list[str] | None, tag: str) -> bool:
-    """Is this the command line of a busy loop of `tag`? The code must be ours, exactly."""
+    """Is this the command line of a busy loop of `tag`? The program must be a Python
+    interpreter (argv[0]'s basename `python`, `python3`, `python3.11`...) and the code ours,
+    exactly."""
     return (
         argv is not None
         and len(argv) == 5
+        and PYTHON_PROGRAM.fullmatch(os.path.basename(argv[0])) is not None
         and argv[1:3] == ["-c", BUSY_LOOP]
         and argv[3].startswith(f"{tag}:")
     )
@@ -151,7 +161,22 @@ def kill_checked(pid: int, tag: str) -> bool:
         os.close(fd)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, seconds) process `pid` has used so far, from /proc/PID/stat;
+    None once it is gone (a loop that ended by itself and was reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) in parentheses: utime is the 14th
+    # field of the line, stime the 15th, in clock ticks.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def stop_loop(loop: subprocess.Popen) -> None:
+    """Kill one loop this process started (if it still runs) and reap it, waiting at most 3 s."""
     if loop.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             loop.kill()

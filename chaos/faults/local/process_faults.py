@@ -1,6 +1,7 @@
 """Faults on a node's process, by signal: kill (SIGKILL), pause (SIGSTOP, undone by SIGCONT),
-resume (SIGCONT), stop (SIGTERM, then SIGKILL after a grace; undone by a restart when told
-how), and start (a restart callable or an argv, then wait for the client port). Every signal
+resume (SIGCONT), stop (SIGTERM, then SIGKILL after a grace; undone by one restart when told
+how, tried once: a failed one is not repeated, and the new pid is in `details["restarted"]`),
+and start (a restart callable or an argv, then wait for the client port). Every signal
 goes through a `CheckedProcess`.
 
 Not for: network faults (`blackhole`, `latency`), or which process a pid may be
@@ -102,7 +103,17 @@ class ProcessFaults:
             fault.details["undo"] = "restart"
 
             def undo() -> None:
-                fault.details["restarted"] = starter(wait_seconds)
+                # One attempt only: a second would start a second process on the same port
+                # (e.g. after the first timed out waiting for it). Recorded before it starts.
+                if "restarted" in fault.details:
+                    pid = fault.details["restarted"].get("pid")
+                    raise FaultError(
+                        f"{target.name}: the restart was already attempted"
+                        + (f" (pid {pid})" if pid else "")
+                        + f" and failed: {fault.rollback_error}; not starting it again"
+                    )
+                fault.details["restarted"] = {"at": time.time()}
+                starter(wait_seconds, fault.details["restarted"])
 
             fault.undo = undo
         return fault
@@ -118,21 +129,25 @@ class ProcessFaults:
         starter = self._starter(target, restart, command)
         if starter is None:
             raise FaultError(f"{target.name}: start needs a restart callable or a command")
-        return self._new("start", target, **starter(wait_seconds))
+        started: dict[str, Any] = {}
+        starter(wait_seconds, started)
+        return self._new("start", target, **started)
 
     def _starter(
         self,
         target: NodeTarget,
         restart: Callable[[], None] | None,
         command: Sequence[str] | str | None,
-    ) -> Callable[[float], dict[str, Any]] | None:
+    ) -> Callable[[float, dict[str, Any]], None] | None:
+        """A function that starts the node (through `restart`, else `command`) and waits for its
+        port, noting how (and the new pid) in the dict it is given as it goes, so a caller
+        knows the pid even when the wait fails."""
         if restart is None and not command:
             return None
         if isinstance(command, str):
             raise FaultError(f"{target.name}: command must be an argv list, not a string")
 
-        def start(wait_seconds: float) -> dict[str, Any]:
-            info: dict[str, Any] = {}
+        def start(wait_seconds: float, info: dict[str, Any]) -> None:
             if restart is not None:
                 restart()
                 info["via"] = "restart callable"
@@ -150,7 +165,6 @@ class ProcessFaults:
                     f"{target.name}: started, but {target.host}:{target.port} does not accept "
                     f"connections within {wait_seconds} s"
                 )
-            return info
 
         return start
 
