@@ -29,7 +29,11 @@ class ChaosError(Exception):
 
 
 class FaultError(ChaosError, RuntimeError):
-    """A fault could not be injected (or rolled back); the message says which and why."""
+    """A fault could not be injected (or rolled back); the message says which and why.
+    `started_pid`: a process the fault started before it failed (a start whose port wait
+    timed out), for whoever tracks the node."""
+
+    started_pid: int | None = None
 
 
 class GremlinError(FaultError):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
-from chaos.errors import FaultError, RunAborted, TargetError
+from chaos.errors import ChaosError, FaultError, RunAborted, TargetError
 from chaos.experiments import ApproveStep, Experiment, FaultStep, Selector
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
@@ -147,7 +147,12 @@ class FaultPhase:
         if step.action in {"stop", "start"} and name == "local" and node.command:
             # Stop's rollback (and start) boots the node again with its own command line.
             params["command"] = node.command
-        fault = backend.inject(step.action, self.deployment.as_target(node), **params)
+        try:
+            fault = backend.inject(step.action, self.deployment.as_target(node), **params)
+        except FaultError as error:
+            if error.started_pid is not None:
+                self._record_pid_quietly(node, error.started_pid)
+            raise
         if "command" in params:
             self._record_new_pid(fault, node)
         if step.duration:
@@ -161,7 +166,7 @@ class FaultPhase:
         deployment (and testbed.json), also when the restart then fails its port wait (the
         process may still come up, and `down` must find it)."""
         if fault.action == "start":
-            self.deployment.record_pid(node.name, fault.details["pid"])
+            self._record_pid_quietly(node, fault.details["pid"])
             return
         restart = fault.undo
         if restart is None:
@@ -173,9 +178,17 @@ class FaultPhase:
             finally:
                 pid = fault.details.get("restarted", {}).get("pid")
                 if pid is not None and pid != node.pid:
-                    self.deployment.record_pid(node.name, pid)
+                    self._record_pid_quietly(node, pid)
 
         fault.undo = restart_and_record
+
+    def _record_pid_quietly(self, node: DeploymentNode, pid: int) -> None:
+        """Record a restarted node's pid; a failure to write it down is said, never raised, so
+        it can neither mask the restart's own error nor fail a restart that worked."""
+        try:
+            self.deployment.record_pid(node.name, pid)
+        except (OSError, ChaosError) as error:
+            self.say(f"{node.name} now runs as pid {pid}, but that could not be recorded: {error}")
 
     def roll_back(
         self, injected: list[InjectedFault], experiment: Experiment, journal: Journal

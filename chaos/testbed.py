@@ -9,6 +9,7 @@ by command line, so a recycled pid is never killed). Not for: faults (see the fa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,19 +99,34 @@ def read_state(path: Path, *, error: Callable[[str], Exception]) -> TestbedState
     return validated(TestbedState, raw, str(path), error=error)
 
 
+# Rollbacks run on timer threads, and other processes (a second run, `down`) may write too: one
+# writer at a time, in this process (the lock) and across processes (flock on a lock file).
+_STATE_WRITE = threading.Lock()
+
+
 def record_pid(directory: Path, name: str, pid: int) -> bool:
     """Note in `testbed.json` that node `name` now runs as `pid` (a fault restarted it), so
-    `status`, `down` and a later fault find it; False if the file lists no such node."""
-    state = load_state(directory)
-    node = next((n for n in state.nodes if n.name == name), None)
-    if node is None:
-        return False
-    node.pid = pid
-    # Replaced whole, so a reader never sees half a file.
+    `status`, `down` and a later fault find it; False if the file is gone (the testbed was
+    taken down) or lists no such node."""
     path = state_path(directory)
-    fresh = path.with_name(f".{path.name}.{os.getpid()}")
-    fresh.write_text(state.model_dump_json(indent=2))
-    fresh.replace(path)
+    with _STATE_WRITE, (directory / ".testbed.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            return False
+        state = load_state(directory)
+        node = next((n for n in state.nodes if n.name == name), None)
+        if node is None:
+            return False
+        node.pid = pid
+        # Replaced whole, so a reader never sees half a file.
+        handle, fresh = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(state.model_dump_json(indent=2))
+            os.replace(fresh, path)
+        except BaseException:
+            Path(fresh).unlink(missing_ok=True)
+            raise
     return True
 
 

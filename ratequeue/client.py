@@ -65,7 +65,7 @@ class ClientRetryPolicy(RetryPolicy):
 
     max_attempts: int = Field(6, ge=1, le=1000)
     backoff: float = Field(0.1, ge=0, le=60)
-    max_backoff: float | None = Field(1.0, ge=0, le=60, exclude_if=lambda cap: cap is None)
+    max_backoff: float | None = Field(1.0, ge=0, le=60)
     deadline: float = Field(4.0, ge=0, description="no retry starts later than this")
 
     def delay(self, attempt: int) -> float:

@@ -103,3 +103,52 @@ def test_a_restart_that_fails_its_port_wait_still_records_the_pid(deployment: De
     with pytest.raises(FaultError, match="port"):
         fault.rollback()
     assert load_state(deployment.testbed_dir).node("s0-replica1").pid == NEW_PID  # type: ignore[arg-type]
+
+
+def test_restarts_recorded_at_once_from_many_threads_all_land(tmp_path: Path) -> None:
+    """Timed rollbacks run on their own threads: every pid they record must survive."""
+    from chaos.testbed import record_pid
+
+    names = [f"s{i}-replica1" for i in range(8)]
+    state = TestbedState(
+        api="http://127.0.0.1:8000",
+        control="redis://127.0.0.1:7000",
+        nodes=[
+            TestbedNode(
+                name=name,
+                role="replica",
+                shard=name[:2],
+                host="127.0.0.1",
+                port=7001 + i,
+                pid=OLD_PID,
+            )
+            for i, name in enumerate(names)
+        ],
+    )
+    state_path(tmp_path).write_text(state.model_dump_json())
+    go = threading.Barrier(len(names))
+    errors: list[BaseException] = []
+
+    def record(index: int) -> None:
+        go.wait()
+        try:
+            assert record_pid(tmp_path, names[index], NEW_PID + index)
+        except BaseException as error:  # collected: the assertion below names it
+            errors.append(error)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    after = load_state(tmp_path)
+    assert [after.node(name).pid for name in names] == [NEW_PID + i for i in range(len(names))]  # type: ignore[union-attr]
+    assert not list(tmp_path.glob(".testbed.json.*"))  # no temporary file left behind
+
+
+def test_a_testbed_taken_down_meanwhile_is_not_brought_back(tmp_path: Path) -> None:
+    from chaos.testbed import record_pid
+
+    assert record_pid(tmp_path, "s0-replica1", NEW_PID) is False
+    assert not state_path(tmp_path).exists()

@@ -130,7 +130,12 @@ class ProcessFaults:
         if starter is None:
             raise FaultError(f"{target.name}: start needs a restart callable or a command")
         started: dict[str, Any] = {}
-        starter(wait_seconds, started)
+        try:
+            starter(wait_seconds, started)
+        except FaultError as error:
+            # The process may still come up: whoever tracks the node must know its pid.
+            error.started_pid = started.get("pid")
+            raise
         return self._new("start", target, **started)
 
     def _starter(
