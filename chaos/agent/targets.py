@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict
 from chaos.faults.base import NodeAddress, NodeTarget
 from common import input_files
 from common.errors import InputFileError
-from common.nodes import peer_host_of
 from common.validation import validated
 
 
@@ -62,24 +61,12 @@ def load_targets(path: Path) -> dict[str, AgentTarget]:
 
 
 def _testbed_targets(data: dict[str, Any], path: Path) -> dict[str, AgentTarget]:
+    from chaos.targets import from_testbed
     from chaos.testbed import TestbedState
 
     state = validated(TestbedState, data, str(path), error=InputFileError)
-    targets = {}
-    for node in state.nodes:
-        peer = peer_host_of(node.role)
-        targets[node.name] = AgentTarget(
-            node=NodeTarget(
-                name=node.name,
-                role=node.role,
-                shard=node.shard,
-                host=node.host,
-                port=node.port,
-                peer_host=peer,
-                pid=node.pid,
-            )
-        )
-    return targets
+    deployment = from_testbed(state, path.parent)
+    return {n.name: AgentTarget(node=deployment.as_target(n)) for n in deployment.nodes}
 
 
 class TargetSource:
