@@ -146,9 +146,11 @@ def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
 
 def test_a_number_lands_in_the_slot_cluster_keyslot_gives_it(tmp_path: Path) -> None:
     port = free_port((CLIENT_HOST,))
+    # The cluster bus defaults to port + 10000, past 65535 for half the ephemeral range.
+    bus_port = free_port((CLIENT_HOST,))
     server = subprocess.Popen(
         [redis_server_binary(), "--port", str(port), "--bind", CLIENT_HOST, "--save", "",
-         "--cluster-enabled", "yes", "--dir", str(tmp_path)],
+         "--cluster-enabled", "yes", "--cluster-port", str(bus_port), "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
