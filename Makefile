@@ -27,11 +27,13 @@ lint: setup
 
 setup: system-packages $(STAMP)
 
-# redis-server (and redis-sentinel, iptables for the fault experiments): installed when running
-# as root and missing; otherwise the exact command to run is printed.
+# redis-server (and redis-sentinel, iptables for the fault experiments, etcd for the etcd
+# coordination store): installed when running as root and missing; otherwise the exact command
+# to run is printed.
 system-packages:
 	@missing=""; \
-	for pair in redis-server:redis-server redis-sentinel:redis-sentinel iptables:iptables; do \
+	for pair in redis-server:redis-server redis-sentinel:redis-sentinel iptables:iptables \
+	    etcd:etcd-server etcdctl:etcd-client; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /usr/bin/$$cmd ] \
 	    || missing="$$missing $$pkg"; \
@@ -45,9 +47,12 @@ system-packages:
 	    exit 1; \
 	  fi; \
 	fi
-	@# The Debian package starts a system redis on 6379; the project never uses it.
+	@# The Debian packages start a system redis on 6379 and a system etcd on 2379; the project
+	@# never uses them (its clusters are on free ports, common/etcd_processes.py).
 	@if [ "$$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then \
-	  systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+	  for unit in redis-server etcd; do systemctl disable --now $$unit >/dev/null 2>&1 || true; done; fi
+	@if [ "$$(id -u)" = 0 ] && [ -x /etc/init.d/etcd ] && ! [ -d /run/systemd/system ]; then \
+	  invoke-rc.d etcd stop >/dev/null 2>&1 || true; update-rc.d etcd disable >/dev/null 2>&1 || true; fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -10,6 +10,18 @@ their own trees on these):
     │       └── JsonTooDeep         ... because it nests deeper than the limit
     ├── RedisStartError (RuntimeError)
     │                               a `redis-server` did not start (the message has its log)
+    ├── EtcdStartError (RuntimeError)
+    │                               an etcd cluster did not start or elect a leader (with logs)
+    ├── EtcdError                   the etcd client layer (`common.etcd_client`) refuses
+    │   ├── EtcdUnreachable         no member answered within the call's timeout (dead, paused,
+    │   │   │                       cut off, or no quorum); nothing is known to have changed
+    │   │   └── EtcdOutcomeUnknown  a write was sent and no answer came: it may or may not
+    │   │                           have been applied (read before writing again)
+    │   ├── EtcdCompareFailed       a transaction's compare did not hold (lost a race)
+    │   ├── EtcdLeaseNotFound       the lease expired or was revoked
+    │   ├── EtcdHistoryCompacted    a watch cannot resume: the revisions it needs were compacted
+    │   └── EtcdBadRequest (ValueError)
+    │                               etcd refused the request itself; retrying cannot succeed
     └── ServiceError          500   an HTTP service refuses a request: a stable `code`, a
         │                           `message`, optionally the `field` at fault and
         │                           `retry_after_seconds` (answered as `Retry-After`)
@@ -61,6 +73,50 @@ class JsonTooDeep(JsonProblem):
 
 class RedisStartError(CommonError, RuntimeError):
     """A `redis-server` process did not start or did not answer in time."""
+
+
+class EtcdStartError(CommonError, RuntimeError):
+    """An etcd cluster did not start, or did not elect a leader in time."""
+
+
+class EtcdError(CommonError):
+    """Base class of what the etcd client layer raises."""
+
+
+class EtcdUnreachable(EtcdError):
+    """No member of the cluster answered within the call's timeout: every endpoint was tried
+    (dead, paused, cut off, or the members that answer have no leader). A caller that holds a
+    lock or lease must assume it may lose it."""
+
+
+class EtcdOutcomeUnknown(EtcdUnreachable):
+    """A write reached a member and no answer came back in time: it may have been applied. It
+    is never retried on another member behind the caller's back (that could apply it twice);
+    read the key (or guard the next write with a compare) to learn what happened."""
+
+
+class EtcdCompareFailed(EtcdError):
+    """A transaction's compare did not hold, so its success operations were not applied. Carries
+    the transaction's response (`response`) with the failure operations' results."""
+
+    def __init__(self, message: str, response: object = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class EtcdLeaseNotFound(EtcdError):
+    """The lease named does not exist any more (it expired or was revoked): whatever it kept
+    alive is gone."""
+
+
+class EtcdHistoryCompacted(EtcdError):
+    """A watch (or a read at a revision) needs revisions the store has compacted away: read the
+    current state and watch again from its revision."""
+
+
+class EtcdBadRequest(EtcdError, ValueError):
+    """etcd refused the request itself (a malformed key, a too-large value, an unknown field);
+    sending it again unchanged cannot succeed."""
 
 
 class ServiceError(CommonError):

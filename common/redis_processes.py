@@ -62,7 +62,7 @@ def free_port(hosts: tuple[str, ...] = (CLIENT_HOST, PEER_HOST)) -> int:
     raise RedisStartError("no free port found on loopback")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the kernel kills the child if the thread that started it dies, so even
     # a SIGKILLed test run leaves no redis-server behind.
     PR_SET_PDEATHSIG = 1
@@ -217,7 +217,7 @@ def start_redis(
         if detached:
             kwargs["start_new_session"] = True
         elif threading.current_thread() is threading.main_thread():
-            kwargs["preexec_fn"] = _die_with_parent
+            kwargs["preexec_fn"] = die_with_parent
         process = subprocess.Popen(args, **kwargs)
         node = node_type(
             name=name, role=role, shard=shard, port=chosen, workdir=workdir,
@@ -229,7 +229,7 @@ def start_redis(
                 _live.add(node)
         if _wait_until_answers(node, process, timeout):
             return node
-        log_text = _tail(nodedir / "redis.log")
+        log_text = log_tail(nodedir / "redis.log")
         node.stop()
         if "Address already in use" in log_text and port is None and attempt < 4:
             continue
@@ -253,7 +253,7 @@ def _wait_until_answers(node: RedisProcess, process: subprocess.Popen, timeout: 
     return False
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from common.etcd_processes import EtcdCluster, start_etcd_cluster
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
 from ratequeue.client import ClientRetryPolicy, ClientSettings, RatequeueClient
@@ -130,3 +131,24 @@ def shard_key_count(cluster: LocalCluster) -> int:
         with shard.primary.client() as conn:
             total += sum(1 for key in conn.scan_iter() if key not in (b"rq:fence", b"rq:barrier"))
     return total
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd members on loopback, shared by one test module (starting one takes a
+    second or two); use `etcd`, which heals it after each test."""
+    cluster = start_etcd_cluster(tmp_path_factory.mktemp("etcd"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
+    """The module's etcd cluster, whole again after the test: every member paused is resumed,
+    every member killed is restarted on its data directory, and a leader is elected."""
+    yield etcd_cluster
+    for member in etcd_cluster.members:
+        member.resume()
+        if not member.alive():
+            member.restart()
+    etcd_cluster.wait_for_leader()

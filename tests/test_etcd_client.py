@@ -1,0 +1,282 @@
+"""The async etcd client (`common.etcd_client`) against a real three-member cluster: keys,
+transactions, leases and watches, and what it does when members die, pause or lose quorum
+(another member answers; with no quorum, a bounded EtcdUnreachable, never a hang)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pydantic
+import pytest
+
+from common.errors import (
+    EtcdBadRequest,
+    EtcdCompareFailed,
+    EtcdLeaseNotFound,
+    EtcdUnreachable,
+)
+from common.etcd_client import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdClientSettings,
+    Get,
+    Put,
+    WatchEvent,
+)
+from common.etcd_processes import EtcdCluster, EtcdMember
+
+CALL_TIMEOUT = 3.0
+
+
+def client_for(cluster: EtcdCluster, first: EtcdMember | None = None) -> EtcdClient:
+    """A client whose calls go to `first` until it fails them."""
+    members = sorted(cluster.members, key=lambda m: m is not first)
+    settings = EtcdClientSettings(
+        endpoints=[m.client_url for m in members], call_timeout=CALL_TIMEOUT
+    )
+    return EtcdClient(settings)
+
+
+@pytest.fixture
+async def client(etcd: EtcdCluster) -> AsyncIterator[EtcdClient]:
+    async with client_for(etcd) as opened:
+        yield opened
+
+
+async def eventually_put(client: EtcdClient, key: str, value: bytes, within: float) -> None:
+    """Put, again while the store is electing (a write may fail once while it does)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await client.put(key, value)
+            return
+        except EtcdUnreachable:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def next_event(events: AsyncIterator[WatchEvent], within: float = 10.0) -> WatchEvent:
+    return await asyncio.wait_for(anext(events), timeout=within)
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+async def test_a_put_key_reads_back_with_its_revisions(client: EtcdClient) -> None:
+    written = await client.put("kv/one", b"1")
+    found = await client.get("kv/one")
+    assert found is not None
+    assert (found.value, found.mod_revision) == (b"1", written.revision)
+    assert found.create_revision <= found.mod_revision and found.version >= 1
+
+
+async def test_a_missing_key_reads_as_none(client: EtcdClient) -> None:
+    assert await client.get("kv/never-written") is None
+
+
+async def test_get_prefix_returns_only_keys_under_it_sorted(client: EtcdClient) -> None:
+    for key in ("pre/b", "pre/a", "prefix-not/x", "pre/c"):
+        await client.put(key, key.encode())
+    found = await client.get_prefix("pre/")
+    assert [kv.key for kv in found.kvs] == ["pre/a", "pre/b", "pre/c"]
+    assert found.revision >= max(kv.mod_revision for kv in found.kvs)
+
+
+async def test_delete_removes_the_key(client: EtcdClient) -> None:
+    await client.put("kv/gone", b"x")
+    assert (await client.delete("kv/gone")).deleted == 1
+    assert await client.get("kv/gone") is None
+
+
+async def test_an_empty_key_is_a_bad_request(client: EtcdClient) -> None:
+    with pytest.raises(EtcdBadRequest, match="key"):
+        await client.put("", b"x")
+
+
+def test_settings_refuse_an_endpoint_that_is_not_a_url() -> None:
+    with pytest.raises(pydantic.ValidationError, match="endpoint"):
+        EtcdClientSettings(endpoints=["127.0.0.1:2379"])
+
+
+# --- transactions -------------------------------------------------------------------------------
+
+
+async def test_compare_and_set_wins_once_among_concurrent_writers(client: EtcdClient) -> None:
+    async def claim(writer: int) -> int | None:
+        try:
+            await client.txn(
+                [Compare(key="txn/owner", target="version", op="==", operand=0)],
+                [Put(key="txn/owner", value=str(writer).encode())],
+            )
+        except EtcdCompareFailed:
+            return None
+        return writer
+
+    outcomes = await asyncio.gather(*(claim(writer) for writer in range(10)))
+    winners = [w for w in outcomes if w is not None]
+    assert len(winners) == 1
+    owner = await client.get("txn/owner")
+    assert owner is not None and owner.value == str(winners[0]).encode()
+
+
+async def test_a_compare_on_a_stale_mod_revision_fails_and_runs_the_failure_branch(
+    client: EtcdClient,
+) -> None:
+    first = await client.put("txn/doc", b"v1")
+    await client.put("txn/doc", b"v2")
+    result = await client.txn(
+        [Compare(key="txn/doc", target="mod_revision", op="==", operand=first.revision)],
+        [Delete(key="txn/doc")],
+        [Get(key="txn/doc")],
+        check=False,
+    )
+    assert not result.succeeded
+    assert result.responses[0].kvs[0].value == b"v2"  # type: ignore[union-attr]
+
+
+def test_a_value_compare_refuses_an_integer_operand() -> None:
+    with pytest.raises(pydantic.ValidationError, match="operand"):
+        Compare(key="k", target="value", op="==", operand=3)
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+async def test_a_lease_that_expires_deletes_its_keys(client: EtcdClient) -> None:
+    lease = await client.grant_lease(1)
+    await client.put("lease/expiring", b"x", lease=lease.id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and await client.get("lease/expiring") is not None:
+        await asyncio.sleep(0.1)
+    assert await client.get("lease/expiring") is None
+
+
+async def test_a_kept_alive_lease_keeps_its_keys_past_its_ttl(client: EtcdClient) -> None:
+    lease = await client.grant_lease(1)
+    await client.put("lease/kept", b"x", lease=lease.id)
+    async with client.kept_alive(lease) as lost:
+        await asyncio.sleep(lease.ttl * 3)
+        assert await client.get("lease/kept") is not None
+        assert not lost.is_set()
+    await client.revoke_lease(lease.id)
+
+
+async def test_revoking_a_lease_deletes_its_keys_and_ends_it(client: EtcdClient) -> None:
+    lease = await client.grant_lease(30)
+    await client.put("lease/revoked", b"x", lease=lease.id)
+    await client.revoke_lease(lease.id)
+    assert await client.get("lease/revoked") is None
+    with pytest.raises(EtcdLeaseNotFound):
+        await client.keep_alive_once(lease.id)
+
+
+async def test_a_put_on_an_unknown_lease_is_refused_as_lease_not_found(
+    client: EtcdClient,
+) -> None:
+    with pytest.raises(EtcdLeaseNotFound):
+        await client.put("lease/none", b"x", lease=123456789)
+
+
+# --- watches ------------------------------------------------------------------------------------
+
+
+async def test_a_watch_sees_a_put_and_a_delete(client: EtcdClient) -> None:
+    events = client.watch("watch/", prefix=True)
+    waiting = asyncio.ensure_future(next_event(events))
+    await asyncio.sleep(0.3)  # the stream is open before the write
+    await client.put("watch/a", b"1")
+    put_event = await waiting
+    await client.delete("watch/a")
+    delete_event = await next_event(events)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert (put_event.type, put_event.kv.key, put_event.kv.value) == ("put", "watch/a", b"1")
+    assert (delete_event.type, delete_event.kv.key) == ("delete", "watch/a")
+
+
+async def test_a_watch_from_a_revision_replays_what_changed_since(client: EtcdClient) -> None:
+    first = await client.put("replay/k", b"1")
+    await client.put("replay/k", b"2")
+    events = client.watch("replay/k", start_revision=first.revision)
+    seen = [await next_event(events), await next_event(events)]
+    await events.aclose()  # type: ignore[attr-defined]
+    assert [e.kv.value for e in seen] == [b"1", b"2"]
+
+
+# --- members dying ------------------------------------------------------------------------------
+
+
+async def test_after_the_leader_is_killed_calls_succeed_through_the_others(
+    etcd: EtcdCluster,
+) -> None:
+    leader = etcd.wait_for_leader()
+    async with client_for(etcd, first=leader) as client:
+        await client.put("failover/k", b"before")
+        leader.kill()
+        await eventually_put(client, "failover/k", b"after", within=15)
+        found = await client.get("failover/k")
+    assert found is not None and found.value == b"after"
+    assert etcd.wait_for_leader() is not leader
+
+
+async def test_a_paused_member_does_not_hang_reads_the_others_answer(etcd: EtcdCluster) -> None:
+    paused = etcd.members[0]
+    async with client_for(etcd, first=paused) as client:
+        await client.put("paused/k", b"v")
+        paused.pause()
+        found = await asyncio.wait_for(client.get("paused/k"), timeout=CALL_TIMEOUT + 1)
+    assert found is not None and found.value == b"v"
+
+
+async def test_a_watch_survives_the_death_of_the_member_streaming_it(etcd: EtcdCluster) -> None:
+    leader = etcd.wait_for_leader()
+    async with client_for(etcd, first=leader) as watcher, client_for(etcd) as writer:
+        events = watcher.watch("survive/", prefix=True)
+        waiting = asyncio.ensure_future(next_event(events, within=20))
+        await asyncio.sleep(0.3)
+        await writer.put("survive/before", b"1")
+        assert (await asyncio.wait_for(asyncio.shield(waiting), 10)).kv.key == "survive/before"
+        leader.kill()
+        await eventually_put(writer, "survive/after", b"2", within=15)
+        event = await next_event(events, within=20)
+        await events.aclose()  # type: ignore[attr-defined]
+    assert (event.kv.key, event.kv.value) == ("survive/after", b"2")
+
+
+async def test_a_watch_moves_off_a_paused_member(etcd: EtcdCluster) -> None:
+    paused = etcd.members[1]
+    async with client_for(etcd, first=paused) as watcher, client_for(etcd) as writer:
+        events = watcher.watch("paused-watch/k")
+        waiting = asyncio.ensure_future(next_event(events, within=20))
+        await asyncio.sleep(0.3)
+        paused.pause()
+        await eventually_put(writer, "paused-watch/k", b"seen", within=15)
+        event = await waiting
+        await events.aclose()  # type: ignore[attr-defined]
+    assert event.kv.value == b"seen"
+
+
+async def test_with_two_of_three_members_down_calls_fail_unreachable_within_the_timeout(
+    etcd: EtcdCluster,
+) -> None:
+    async with client_for(etcd) as client:
+        await client.put("quorum/k", b"v")
+        for member in etcd.members[:2]:
+            member.kill()
+        for call in (client.get("quorum/k"), client.put("quorum/k", b"w")):
+            with pytest.raises(EtcdUnreachable):
+                await asyncio.wait_for(call, timeout=CALL_TIMEOUT + 2)
+
+
+async def test_a_watch_without_quorum_raises_unreachable_instead_of_waiting_forever(
+    etcd: EtcdCluster,
+) -> None:
+    async with client_for(etcd) as client:
+        events = client.watch("noquorum/k")
+        for member in etcd.members[:2]:
+            member.kill()
+        with pytest.raises(EtcdUnreachable):  # a hang fails as TimeoutError
+            await asyncio.wait_for(anext(events), timeout=30)
+        await events.aclose()  # type: ignore[attr-defined]
