@@ -6,6 +6,8 @@ any other value naming the setting. Not for: what a store does (`interface`) or 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -46,3 +48,15 @@ def open_coordination_store(settings: StoreSettings, *, timeout: float = 5.0) ->
         f"coordination_backend: {settings.coordination_backend!r} is not a coordination backend "
         f"(expected one of: {', '.join(BACKENDS)})"
     )
+
+
+@asynccontextmanager
+async def opened_coordination_store(
+    settings: StoreSettings, *, timeout: float = 5.0
+) -> AsyncIterator[CoordinationStore]:
+    """The store for the length of a `with` (for tools that look once, then leave)."""
+    store = open_coordination_store(settings, timeout=timeout)
+    try:
+        yield store
+    finally:
+        await store.aclose()
