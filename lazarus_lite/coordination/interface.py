@@ -115,7 +115,7 @@ class WorkflowRecords(Protocol):
         ...
 
 
-class IncidentClaims(Protocol):
+class IncidentClaimStore(Protocol):
     """Claims on incidents (an event type and a dedup key), held for a time by the id of the
     event that decides the incident; plus the "recovered while being decided" mark."""
 
@@ -274,7 +274,7 @@ class CoordinationStore(Protocol):
 
     locks: ResourceLocks
     workflows: WorkflowRecords
-    incidents: IncidentClaims
+    incidents: IncidentClaimStore
     windows: SlidingWindows
     flags: SafetyFlags
     sensors: SensorRegistry

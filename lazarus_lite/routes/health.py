@@ -31,7 +31,7 @@ class Health(BaseModel):
 )  # fmt: skip
 async def healthz(api: NodeApi = Depends(node_api)) -> JSONResponse:
     try:
-        ok = bool(await api.control.ping())
+        ok = await api.store.ping()
     except RedisError:
         ok = False
     checks = [{"name": "control_store", "ok": ok}]
