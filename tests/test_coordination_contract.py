@@ -323,6 +323,16 @@ async def test_an_approval_is_for_its_workflow_step(store: CoordinationStore) ->
     assert not await store.approvals.is_approved("wf-1", "other")
 
 
+async def test_one_chaos_run_holds_the_run_lock(store: CoordinationStore) -> None:
+    assert await store.run_lock.take("run-a", ttl=60) is None
+    assert await store.run_lock.take("run-b", ttl=60) == "run-a"
+    assert not await store.run_lock.renew("run-b", ttl=60)
+    await store.run_lock.release("run-b")  # not run-b's to give back
+    assert await store.run_lock.renew("run-a", ttl=60)
+    await store.run_lock.release("run-a")
+    assert await store.run_lock.take("run-b", ttl=60) is None
+
+
 # -- the topology ----------------------------------------------------------------------------------
 async def test_the_first_topology_is_stored_on_epoch_zero(store: CoordinationStore) -> None:
     await store.topology.compare_and_set(0, a_topology(1))

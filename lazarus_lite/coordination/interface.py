@@ -243,6 +243,22 @@ class Approvals(Protocol):
     async def is_approved(self, workflow_id: str, step_name: str) -> bool: ...
 
 
+class RunLock(Protocol):
+    """The chaos runner's lock on a deployment: one experiment run at a time."""
+
+    async def take(self, holder: str, ttl: float) -> str | None:
+        """Take the lock for `ttl` seconds if free: None; else who holds it."""
+        ...
+
+    async def renew(self, holder: str, ttl: float) -> bool:
+        """Extend the lock only if `holder` has it."""
+        ...
+
+    async def release(self, holder: str) -> None:
+        """Give the lock back if `holder` has it."""
+        ...
+
+
 class RecordLog(Protocol):
     """Records kept for people and reports, not for deciding: the audit trail, the escalations
     stream, what shadow mode would have run, and the API's write failures."""
@@ -281,6 +297,7 @@ class CoordinationStore(Protocol):
     watch: WatchMarks
     services: ServiceMembership
     approvals: Approvals
+    run_lock: RunLock
     records: RecordLog
     topology: TopologySource
 

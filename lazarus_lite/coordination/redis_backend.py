@@ -350,6 +350,25 @@ class RedisApprovals:
         return await self._control.get(keys.approval(workflow_id, step_name)) == APPROVED
 
 
+class RedisRunLock:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+        self._renew = control.register_script(_RENEW_IF_OURS)
+        self._release = control.register_script(_DELETE_IF_OURS)
+
+    async def take(self, holder: str, ttl: float) -> str | None:
+        if await self._control.set(keys.RUN_LOCK, holder, nx=True, px=int(ttl * 1000)):
+            return None
+        return _text(await self._control.get(keys.RUN_LOCK)) or "?"
+
+    async def renew(self, holder: str, ttl: float) -> bool:
+        renewed = await self._renew(keys=[keys.RUN_LOCK], args=[holder, int(ttl * 1000)])
+        return bool(int(renewed))
+
+    async def release(self, holder: str) -> None:
+        await self._release(keys=[keys.RUN_LOCK], args=[holder])
+
+
 class RedisRecordLog:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
@@ -407,6 +426,7 @@ class RedisCoordinationStore:
         self.watch = RedisWatchMarks(control)
         self.services = RedisServiceMembership(control)
         self.approvals = RedisApprovals(control)
+        self.run_lock = RedisRunLock(control)
         self.records = RedisRecordLog(control)
         self.topology = TopologyStore(control)
 

@@ -92,6 +92,10 @@ def approval(workflow_id: str, step_name: str) -> str:
     return f"lz:approval:{workflow_id}:{step_name}"
 
 
+# -- the chaos runner -------------------------------------------------------------------------
+RUN_LOCK = "chaos:run-lock"  # the holder of the one experiment run at a time
+
+
 # -- the stateless services' registry ---------------------------------------------------------
 def service_members(service: str) -> str:
     """Hash: the hosts (base URLs) behind the service's load balancer."""
