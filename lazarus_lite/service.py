@@ -42,7 +42,7 @@ def open_stream(settings: ControllerSettings) -> EventStream:
     )
 
 
-async def on_redis_error(request: Request, error: RedisError) -> JSONResponse:
+async def on_store_unavailable(request: Request, error: Exception) -> JSONResponse:
     return PROJECT_ERRORS.response(503, "control_store_unavailable", str(error),
                                    headers={"Retry-After": "1"})  # fmt: skip
 
@@ -62,7 +62,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     app.state.api = NodeApi(settings, node, store)
     publish_contract(app)
     install_error_handlers(app)
-    app.add_exception_handler(RedisError, on_redis_error)  # type: ignore[arg-type]
+    # The coordination store's backend errors, and Redis's for the event stream kept there.
+    for unavailable in {RedisError, *store.unavailable}:
+        app.add_exception_handler(unavailable, on_store_unavailable)
     # The routes themselves, not `include_router`: FastAPI mounts an included router as one
     # opaque entry, and the 405 answer names the allowed methods by looking at the app's
     # routes. Their order is the order of the published paths.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidSetting
-from common.redis_processes import RedisProcess
+from common.redis_processes import RedisProcess, free_port
 from detection.events import Event, new_event
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
@@ -42,6 +42,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             StoreAddress(control_url=f"redis://{control.host}:{control.port}/0")
         )
         await opened.control.flushall()  # type: ignore[attr-defined]
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def unreachable_store(request: pytest.FixtureRequest) -> AsyncIterator[CoordinationStore]:
+    """A store of the backend under test whose server is not there."""
+    if request.param == "redis":
+        nobody = f"redis://127.0.0.1:{free_port(('127.0.0.1',))}/0"
+        opened = open_coordination_store(StoreAddress(control_url=nobody), timeout=0.5)
     yield opened
     await opened.aclose()
 
@@ -93,6 +103,13 @@ def test_an_unknown_backend_is_refused_naming_the_setting() -> None:
 
 async def test_the_store_answers_a_ping(store: CoordinationStore) -> None:
     assert await store.ping()
+
+
+async def test_a_store_that_cannot_answer_raises_its_unavailable_error(
+    unreachable_store: CoordinationStore,
+) -> None:
+    with pytest.raises(unreachable_store.unavailable):
+        await unreachable_store.ping()
 
 
 # -- locks ----------------------------------------------------------------------------------------

@@ -300,6 +300,9 @@ class CoordinationStore(Protocol):
     run_lock: RunLock
     records: RecordLog
     topology: TopologySource
+    # What this backend raises when the store cannot answer (the API answers it with a 503,
+    # `/healthz` reports the store unhealthy); anything else is a bug or bad data.
+    unavailable: tuple[type[Exception], ...]
 
     async def ping(self) -> bool:
         """Whether the store answers now."""

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from detection.events import Event
 from lazarus_lite.coordination import redis_keys as keys
@@ -413,6 +414,8 @@ class RedisRecordLog:
 
 class RedisCoordinationStore:
     """The coordination store on one Redis connection (closed by `aclose` when it owns it)."""
+
+    unavailable: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, control: aioredis.Redis, *, owns_connection: bool = False) -> None:
         self.control = control
