@@ -169,9 +169,12 @@ class RedisWorkflowRecords:
 
     async def bind_event(self, event_id: str, workflow_id: str) -> str | None:
         key = keys.workflow_of_event(event_id)
-        if await self._control.set(key, workflow_id, nx=True, ex=EVENT_WORKFLOW_SECONDS):
-            return None
-        return _text(await self._control.get(key)) or ""
+        while True:  # again if the binding expired between the two commands
+            if await self._control.set(key, workflow_id, nx=True, ex=EVENT_WORKFLOW_SECONDS):
+                return None
+            bound = _text(await self._control.get(key))
+            if bound is not None:
+                return bound
 
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)

@@ -58,7 +58,7 @@ class WorkflowEngine:
             # starting the workflow) adopts the workflow that exists.
             existing = await self.store.bind_event(event_id, workflow_id)
             if existing is not None:
-                found = await self.store.load(existing) if existing else None
+                found = await self.store.load(existing)
                 if found is not None:
                     return found
                 await self.store.rebind_event(event_id, workflow_id)
