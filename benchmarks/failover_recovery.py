@@ -78,10 +78,11 @@ from chaos.testbed import (
 )
 from common.nodes import CLIENT_HOST, REDIS_ROLES
 from common.redis_processes import RedisProcess, free_port
-from lazarus_lite import control_keys
+from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.slots import slot_for
-from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
+from ratequeue.topology import Shard, Topology
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_P50 = 1.5
@@ -329,23 +330,23 @@ class RatequeueBench:
         state: TestbedState,
         directory: Path,
         http: httpx.AsyncClient,
-        control: aioredis.Redis,
+        store: CoordinationStore,
         workers: int,
         interval: float,
     ) -> None:
         self.state = state
         self.directory = directory
         self.http = http
-        self.control = control
+        self.store = store
         self.workers = workers
         self.interval = interval
         self.current: KillResult | None = None
 
     async def topology(self) -> Topology:
-        raw = await self.control.get(TOPOLOGY_KEY)
-        if raw is None:
+        topology = await self.store.topology.load()
+        if topology is None:
             raise BenchmarkError("no topology in the control store")
-        return Topology.model_validate_json(raw)
+        return topology
 
     def redis_node(self, name: str) -> TestbedNode | None:
         """The testbed's or the actuator's record of a redis-server (latest record wins)."""
@@ -388,9 +389,8 @@ class RatequeueBench:
                 shard.primary.port
             ):
                 raise BenchmarkError(f"replica {replica.name} not streaming from the primary")
-            raw = await self.control.hget(control_keys.SENSORS, f"sensor-{replica.name}")
-            heartbeat = json.loads(raw) if raw else {}
-            data = heartbeat.get("data", {})
+            heartbeat = await self.store.sensors.heartbeat(f"sensor-{replica.name}")
+            data = heartbeat.data if heartbeat is not None else {}
             if (data.get("primary"), data.get("shard_epoch"), data.get("ok")) != (
                 shard.primary.name,
                 shard.epoch,
@@ -517,38 +517,37 @@ async def run_ratequeue(
 ) -> list[KillResult]:
     results: list[KillResult] = []
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=64)
-    control = aioredis.Redis.from_url(state.control, socket_timeout=5)
-    try:
-        async with httpx.AsyncClient(timeout=10, limits=limits) as http:
-            bench = RatequeueBench(state, directory, http, control, workers, interval)
-            shard_ids = [s.id for s in (await bench.topology()).shards]
-            failures = 0
-            for index in range(kills):
-                shard_id = shard_ids[index % len(shard_ids)]
-                try:
-                    result = await bench.kill_once(index + 1, shard_id)
-                except BenchmarkError as error:
-                    console.print(f"[red]kill {index + 1} ({shard_id}): {error}[/]")
-                    partial = bench.current or KillResult(
-                        index + 1, shard_id, "(not killed)", 0, 0, time.time()
-                    )
-                    partial.error, partial.total = str(error), None
-                    results.append(partial)
-                    failures += 1
-                    if failures >= 2:
-                        console.print("[red]two kills failed in a row: stopping[/]")
-                        break
-                    continue
-                failures = 0
-                results.append(result)
-                console.print(
-                    f"kill {result.index:2d}: {result.shard} {result.killed} → {result.promoted}: "
-                    f"{result.total * 1000:5.0f} ms ("
-                    + ", ".join(f"{p} {result.phases[p] * 1000:.0f}" for p in PHASES)
-                    + f") [{result.workflow_status}; {result.down_events} down events]"
+    async with (
+        opened_coordination_store(StoreAddress(control_url=state.control)) as store,
+        httpx.AsyncClient(timeout=10, limits=limits) as http,
+    ):
+        bench = RatequeueBench(state, directory, http, store, workers, interval)
+        shard_ids = [s.id for s in (await bench.topology()).shards]
+        failures = 0
+        for index in range(kills):
+            shard_id = shard_ids[index % len(shard_ids)]
+            try:
+                result = await bench.kill_once(index + 1, shard_id)
+            except BenchmarkError as error:
+                console.print(f"[red]kill {index + 1} ({shard_id}): {error}[/]")
+                partial = bench.current or KillResult(
+                    index + 1, shard_id, "(not killed)", 0, 0, time.time()
                 )
-    finally:
-        await control.aclose()
+                partial.error, partial.total = str(error), None
+                results.append(partial)
+                failures += 1
+                if failures >= 2:
+                    console.print("[red]two kills failed in a row: stopping[/]")
+                    break
+                continue
+            failures = 0
+            results.append(result)
+            console.print(
+                f"kill {result.index:2d}: {result.shard} {result.killed} → {result.promoted}: "
+                f"{result.total * 1000:5.0f} ms ("
+                + ", ".join(f"{p} {result.phases[p] * 1000:.0f}" for p in PHASES)
+                + f") [{result.workflow_status}; {result.down_events} down events]"
+            )
     return results
 
 

@@ -6,19 +6,19 @@ the workflow's owner, and the approval of a gate. Not for: judging what was read
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any, TypeVar
 
 import httpx
-import redis
 from pydantic import ValidationError
 
 from chaos.errors import TargetError
 from chaos.journal import Say
 from chaos.targets import Deployment
-from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditRecord
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from lazarus_lite.steps.approval import APPROVAL_STEP
 from lazarus_lite.workflow.records import WorkflowRecord
 
@@ -95,9 +95,12 @@ class ControllerAnswers:
         workflow = self.shard_workflow(shard)
         if workflow is None:
             return None
-        with redis.Redis.from_url(self.deployment.control, socket_timeout=3) as conn:
-            owner = conn.get(control_keys.workflow_owner(workflow.id))
-        return owner.decode() if isinstance(owner, bytes) else None
+        return asyncio.run(self._owner_of(workflow.id))
+
+    async def _owner_of(self, workflow_id: str) -> str | None:
+        address = StoreAddress(control_url=self.deployment.control)
+        async with opened_coordination_store(address, timeout=3) as store:
+            return await store.workflows.owner(workflow_id)
 
     def approve(self, gate: str, shard: str) -> None:
         """Approve the gate step `gate` of the shard's running workflow on any controller."""

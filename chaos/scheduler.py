@@ -1,21 +1,23 @@
 """Running experiments once or on a schedule (`chaos run --every 4h --jitter 10m`): no two runs
-overlap (a lock in the control store), a failed run does not stop the schedule, and SIGTERM lets
-the current run finish its rollbacks before the process exits. With no target, each run starts
-the embedded local testbed and stops it afterwards.
+overlap (the run lock in the coordination store), a failed run does not stop the schedule, and
+SIGTERM lets the current run finish its rollbacks before the process exits. With no target, each
+run starts the embedded local testbed and stops it afterwards.
 
 Not for: what happens inside a run (see `runner`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -26,8 +28,10 @@ from chaos.processes import read_cmdline, running
 from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
+from lazarus_lite.coordination.interface import RunLock
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 
-RUN_LOCK_KEY = "chaos:run-lock"
+T = TypeVar("T")
 PID_FILE = "chaos-run.pid"
 
 
@@ -43,38 +47,38 @@ def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
 def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
     """Hold the deployment's run lock; raise TargetError if another run holds it, or if the
     control store cannot be reached."""
-    ttl_ms = int(ttl_seconds * 1000)
-    try:
-        conn = redis.Redis.from_url(deployment.control, socket_timeout=3)
-    except ValueError as error:  # a URL redis-py cannot use
-        raise store_unreachable(deployment.control, error) from None
-    with conn:
+    address = StoreAddress(control_url=deployment.control)
+
+    def on_lock(use: Callable[[RunLock], Awaitable[T]]) -> T:
+        async def run() -> T:
+            async with opened_coordination_store(address, timeout=3) as store:
+                return await use(store.run_lock)
+
         try:
-            taken = conn.set(RUN_LOCK_KEY, holder, nx=True, px=ttl_ms)
-            current = None if taken else conn.get(RUN_LOCK_KEY)
-        except redis.RedisError as error:
+            return asyncio.run(run())
+        except (redis.RedisError, ValueError) as error:  # ValueError: a URL redis-py refuses
             raise store_unreachable(deployment.control, error) from None
-        if not taken:
-            raise TargetError(f"another chaos run holds {RUN_LOCK_KEY}: {current!r}")
-        released = threading.Event()
 
-        def keep_lock() -> None:
-            # Renewed while the run lasts, however long its drain or probes take.
-            while not released.wait(timeout=ttl_seconds / 3):
-                with contextlib.suppress(redis.RedisError):
-                    if conn.get(RUN_LOCK_KEY) == holder.encode():
-                        conn.pexpire(RUN_LOCK_KEY, ttl_ms)
+    current = on_lock(lambda lock: lock.take(holder, ttl_seconds))
+    if current is not None:
+        raise TargetError(f"another chaos run holds the run lock: {current!r}")
+    released = threading.Event()
 
-        renewer = threading.Thread(target=keep_lock, name="chaos-run-lock", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            released.set()
-            renewer.join(timeout=5)
-            with contextlib.suppress(redis.RedisError):
-                if conn.get(RUN_LOCK_KEY) == holder.encode():
-                    conn.delete(RUN_LOCK_KEY)
+    def keep_lock() -> None:
+        # Renewed while the run lasts, however long its drain or probes take.
+        while not released.wait(timeout=ttl_seconds / 3):
+            with contextlib.suppress(TargetError):
+                on_lock(lambda lock: lock.renew(holder, ttl_seconds))
+
+    renewer = threading.Thread(target=keep_lock, name="chaos-run-lock", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        released.set()
+        renewer.join(timeout=5)
+        with contextlib.suppress(TargetError):
+            on_lock(lambda lock: lock.release(holder))
 
 
 def resolve_controller_args(args: list[str], experiment_file: Path | None) -> list[str]:

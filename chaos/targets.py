@@ -9,6 +9,7 @@ Not for: injecting faults (see `chaos.faults`).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,8 @@ from chaos.testbed import TestbedState, provisioned_nodes, read_state, record_pi
 from common import input_files
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
-from ratequeue.topology import TOPOLOGY_KEY, Topology
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from ratequeue.topology import Topology
 
 Backend = Literal["local", "docker", "gremlin"]
 
@@ -71,19 +73,22 @@ class Deployment(BaseModel):
     def topology(self) -> Topology:
         """The shard map in the control store; TargetError if it cannot be read or used."""
         try:
-            with redis.Redis.from_url(self.control, socket_timeout=3) as conn:
-                raw = conn.get(TOPOLOGY_KEY)
-        except (redis.RedisError, ValueError) as error:
-            raise store_unreachable(self.control, error) from None
-        if raw is None:
-            raise TargetError(f"no topology in the control store {self.control}")
-        try:
-            return Topology.model_validate_json(raw)
-        except ValidationError as error:
+            found = asyncio.run(self._load_topology())
+        except ValidationError as error:  # a ValueError too: first
             raise TargetError(
                 f"the topology in the control store {self.control} is not one this version "
                 f"reads: {describe_problems(error)}"
             ) from None
+        except (redis.RedisError, ValueError) as error:
+            raise store_unreachable(self.control, error) from None
+        if found is None:
+            raise TargetError(f"no topology in the control store {self.control}")
+        return found
+
+    async def _load_topology(self) -> Topology | None:
+        address = StoreAddress(control_url=self.control)
+        async with opened_coordination_store(address, timeout=3) as store:
+            return await store.topology.load()
 
     def record_pid(self, name: str, pid: int) -> None:
         """Node `name` runs as `pid` now (a fault restarted it): later faults reach that

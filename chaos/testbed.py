@@ -8,9 +8,9 @@ by command line, so a recycled pid is never killed). Not for: faults (see the fa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 import httpx
-import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chaos.errors import TestbedError
@@ -36,8 +35,8 @@ from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
 from common.validation import HttpUrlText, RedisUrlText, validated
-from lazarus_lite import control_keys
 from lazarus_lite.actuators import PROVISIONED_FILE
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
 
 STATE_FILE = "testbed.json"
@@ -190,12 +189,12 @@ def start_api(
 
 def register_in_balancer(control_url: str, service: str, node: TestbedNode) -> None:
     """List a stateless host in the service's balancer (the stateless profile replaces it)."""
-    with redis.Redis.from_url(control_url) as conn:
-        conn.hset(
-            control_keys.service_members(service),
-            f"http://{node.host}:{node.port}",
-            json.dumps({"name": node.name, "added_at": time.time()}),
-        )
+
+    async def register() -> None:
+        async with opened_coordination_store(StoreAddress(control_url=control_url)) as store:
+            await store.services.add(service, f"http://{node.host}:{node.port}", name=node.name)
+
+    asyncio.run(register())
 
 
 def start_controllers(

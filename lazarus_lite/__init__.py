@@ -12,7 +12,7 @@ Where things happen, in the order an event meets them:
   sensors and unwritable shards, `actuators` starts replacement nodes.
 
 Also: `profiles` (a service's YAML opts it in), `service` and `routes/` (REST), `cli`
-(`lazarus`), `settings`, `control_keys` (every control-store key), `errors` (the exception
-tree), shipped YAML in `definitions/`. Not for: detecting failures (`detection`) or injecting
-them (`chaos`).
+(`lazarus`), `settings`, `coordination` (the coordination store every node shares: its
+interface and the Redis backend), `errors` (the exception tree), shipped YAML in
+`definitions/`. Not for: detecting failures (`detection`) or injecting them (`chaos`).
 """

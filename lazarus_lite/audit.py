@@ -1,6 +1,6 @@
 """The audit trail: for every event, what the controller decided and why (rule matched, each
 node's check results, the quorum outcome, the gates that stopped an action, notifications, and
-the workflow with every step), kept in the control store and served by REST and CLI.
+the workflow with every step), kept in the record log and served by REST and CLI.
 
 Not for: making decisions; records are written by the controller as it goes.
 """
@@ -10,14 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from lazarus_lite import control_keys
 from lazarus_lite.checks import CheckResult
+from lazarus_lite.coordination.interface import RecordLog
 from notifications.delivery import Delivery
-
-AUDIT_RETENTION_SECONDS = 30 * 24 * 3600
 
 Outcome = Literal[
     "received",  # being decided
@@ -80,41 +77,27 @@ class AuditRecord(BaseModel):
 
 
 class AuditLog:
-    def __init__(self, control: aioredis.Redis) -> None:
-        self._control = control
+    def __init__(self, records: RecordLog) -> None:
+        self._records = records
 
     async def save(self, record: AuditRecord) -> None:
-        async with self._control.pipeline(transaction=True) as pipe:
-            pipe.set(
-                control_keys.audit_record(record.event_id),
-                record.model_dump_json(),
-                ex=AUDIT_RETENTION_SECONDS,
-            )
-            pipe.zadd(control_keys.AUDIT_INDEX, {record.event_id: record.received_at})
-            await pipe.execute()
+        await self._records.save_audit(
+            record.event_id, record.model_dump_json(), record.received_at
+        )
 
     async def get(self, event_id: str) -> AuditRecord | None:
-        raw = await self._control.get(control_keys.audit_record(event_id))
+        raw = await self._records.audit(event_id)
         return None if raw is None else AuditRecord.model_validate_json(raw)
 
     async def exists(self, event_id: str) -> bool:
-        return bool(await self._control.exists(control_keys.audit_record(event_id)))
+        return await self._records.audit(event_id) is not None
 
     async def list(
         self, *, service: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditRecord]:
         """Newest first."""
-        ids = await self._control.zrevrangebyscore(
-            control_keys.AUDIT_INDEX,
-            "+inf",
-            since if since is not None else "-inf",
-            start=0,
-            num=max(limit * 5, limit) if service else limit,
-        )
-        if not ids:
-            return []
-        raws = await self._control.mget([control_keys.audit_record(i.decode()) for i in ids])
-        records = [AuditRecord.model_validate_json(r) for r in raws if r is not None]
+        raws = await self._records.newest_audits(since, max(limit * 5, limit) if service else limit)
+        records = [AuditRecord.model_validate_json(r) for r in raws]
         if service is not None:
             records = [r for r in records if r.service == service]
         return records[:limit]

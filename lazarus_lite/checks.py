@@ -22,8 +22,8 @@ from redis.backoff import NoBackoff
 
 from detection.events import Event
 from detection.probes import ProbeResult, ping, replication_info
+from lazarus_lite.coordination.interface import ServiceMembership
 from lazarus_lite.rules import CheckSpec
-from lazarus_lite.service_registry import ServiceRegistry
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate
 from ratequeue.topology import NodeRef, Shard, Topology
@@ -43,7 +43,7 @@ class CheckContext:
     spec: CheckSpec
     min_replicas: int = 1
     probe_timeout: float = 0.25
-    control: aioredis.Redis | None = None
+    services: ServiceMembership | None = None
     # One probe of each node per evaluation, shared by the checks running together: they all
     # judge the same moment (a second look could see another offset, another answer).
     _pings: dict[str, asyncio.Task[ProbeResult]] = field(default_factory=dict)
@@ -129,13 +129,13 @@ async def run_checks(
     *,
     min_replicas: int = 1,
     probe_timeout: float = 0.25,
-    control: aioredis.Redis | None = None,
+    services: ServiceMembership | None = None,
 ) -> list[CheckResult]:
     """Evaluate `specs` together, sharing probes; every check runs (the audit shows them all),
     and the results come in the specs' order. Concurrently: a decision waits for its slowest
     probe, not for the sum of them."""
     shared = CheckContext(
-        event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, control
+        event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, services
     )
     contexts = [
         CheckContext(
@@ -144,7 +144,7 @@ async def run_checks(
             spec,
             min_replicas,
             probe_timeout,
-            control,
+            services,
             shared._pings,
             shared._infos,
         )
@@ -301,9 +301,9 @@ async def _healthy(url: str, timeout: float) -> tuple[bool, str]:
 
 async def _balancer_health(ctx: CheckContext) -> tuple[list[str], list[str]]:
     """(healthy, unhealthy) hosts of the event's service other than the event's host."""
-    if ctx.control is None:
-        raise LookupError("no control store to read the balancer from")
-    members = await ServiceRegistry(ctx.control).members(ctx.event.service)
+    if ctx.services is None:
+        raise LookupError("no coordination store to read the balancer from")
+    members = await ctx.services.members(ctx.event.service)
     others = [url for url in members if url.rstrip("/") != ctx.event.host.rstrip("/")]
     answers = await asyncio.gather(
         *(_healthy(_healthcheck_url(u, ctx), ctx.probe_timeout * 4) for u in others)

@@ -21,6 +21,9 @@ console = Console()
 def serve(
     node_id: str = typer.Option(..., "--node-id", envvar="LAZARUS_NODE_ID"),
     control: str = typer.Option(..., envvar="LAZARUS_CONTROL_URL", help="control store URL"),
+    coordination_backend: str = typer.Option(
+        None, envvar="LAZARUS_COORDINATION_BACKEND", help="what keeps the store (redis)"
+    ),
     host: str = typer.Option("127.0.0.1", envvar="LAZARUS_HOST"),
     port: int = typer.Option(8090, envvar="LAZARUS_PORT"),
     peer: list[str] = typer.Option([], "--peer", help="URL of another node (repeat)"),
@@ -70,6 +73,7 @@ def serve(
         settings = ControllerSettings.parse(
             node_id=node_id,
             control_url=control,
+            coordination_backend=coordination_backend,
             peers=peer or None,
             quorum=quorum,
             quorum_timeout=quorum_timeout,

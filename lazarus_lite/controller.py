@@ -19,20 +19,18 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from detection.events import Event
 from detection.streams import EventStream
-from lazarus_lite import background, control_keys
+from lazarus_lite import background
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict
 from lazarus_lite.checks import CHECKS
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
-from lazarus_lite.locks import Locks
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.quorum import Quorum
 from lazarus_lite.rules import Rule, RuleBook, load_rules
@@ -46,7 +44,6 @@ from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import load_workflows
 from lazarus_lite.workflow.records import WorkflowRecord
 from notifications.config import load_notification_config
-from ratequeue.topology import TopologyStore
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +60,11 @@ def lock_resource(rule: Rule, event: Event) -> str:
 
 class ControllerNode:
     def __init__(
-        self, settings: ControllerSettings, *, control: aioredis.Redis, stream: EventStream
+        self, settings: ControllerSettings, *, store: CoordinationStore, stream: EventStream
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
-        self.control = control
+        self.store = store
         self.stream = stream
         self.definitions = load_workflows(settings.workflows)
         profile_rules: list[Rule] = []
@@ -85,27 +82,28 @@ class ControllerNode:
             if settings.actuator_dir is not None
             else None
         )
-        self.locks = Locks(control)
-        self.gates = SafetyGates(settings, control)
-        self.audit = AuditLog(control)
-        self.topology = TopologyStore(control)
+        self.locks = store.locks
+        self.gates = SafetyGates(settings, store)
+        self.audit = AuditLog(store.records)
+        self.topology = store.topology
         self.incidents = IncidentClaims(
-            control,
+            store.incidents,
             self.audit,
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
         )
-        self.quorum = Quorum(settings, control, self.topology)
+        self.quorum = Quorum(settings, store)
         notifications = (
             load_notification_config(settings.notifications)
             if settings.notifications is not None
             else None
         )
-        self.decisions = Decisions(self.node_id, control, self.audit, self.incidents, notifications)
+        self.decisions = Decisions(
+            self.node_id, store.records, self.audit, self.incidents, notifications
+        )
         self.engine = WorkflowEngine(
             StepEnvironment(
-                control,
-                self.locks,
+                store,
                 self.node_id,
                 {"actuator": actuator},
                 before_state_change=self._before_state_change,
@@ -115,10 +113,10 @@ class ControllerNode:
             on_finished=self.decisions.workflow_finished,
         )
         self.keeper = ShardKeeper(
-            control, self.locks, self.node_id, settings.forensics_policy, settings.min_replicas
+            store, self.node_id, settings.forensics_policy, settings.min_replicas
         )
         self.watch = ShardWatch(
-            control,
+            store,
             stream,
             self.keeper,
             self.node_id,
@@ -179,7 +177,7 @@ class ControllerNode:
     async def handle(self, event: Event) -> AuditRecord | None:
         """Decide one event as its coordinator; returns its audit record (None for heartbeats)."""
         if event.type == "SensorHeartbeat":
-            await self.control.hset(control_keys.SENSORS, event.source, event.to_json())
+            await self.store.sensors.record_heartbeat(event)
             return None
         existing = await self.audit.get(event.id)
         if existing is not None and existing.outcome != "received":
@@ -228,7 +226,9 @@ class ControllerNode:
         shadow = await self.gates.shadow.check(event.service)
         if shadow is not None:
             record.would_run = rule.action.name
-            await remember_shadow_decision(self.control, self.topology, event, rule.action.name)
+            await remember_shadow_decision(
+                self.store.records, self.topology, event, rule.action.name
+            )
             record.gate = shadow.gate
             return await decisions.decide(
                 record, "no_action", f"{shadow.reason}: would run {rule.action.name}"

@@ -11,11 +11,9 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from detection.events import Event
-from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
+from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.paging import Pager, PageState
@@ -37,13 +35,13 @@ class Decisions:
     def __init__(
         self,
         node_id: str,
-        control: aioredis.Redis,
+        records: RecordLog,
         audit: AuditLog,
         incidents: IncidentClaims,
         notifications: NotificationConfig | None,
     ) -> None:
         self.node_id = node_id
-        self.control = control
+        self.records = records
         self.audit = audit
         self.incidents = incidents
         # Without a notification config nobody is paged: decisions still reach the audit trail
@@ -108,12 +106,7 @@ class Decisions:
         return await self.decide(record, "scheduled", f"quorum reached; {workflow_id} runs")
 
     async def notify_escalation(self, record: AuditRecord, reason: str) -> None:
-        await self.control.xadd(
-            control_keys.ESCALATIONS_STREAM,
-            {"event_id": record.event_id, "reason": reason, "node": self.node_id},
-            maxlen=10_000,
-            approximate=True,
-        )
+        await self.records.append_escalation(record.event_id, reason, self.node_id)
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
         if self.pager is not None:

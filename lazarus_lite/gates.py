@@ -12,21 +12,18 @@ the event to a person.
   the workflow engine right before a workflow starts and before each state-changing step;
 - a control realm: a node outside the realm it controls refuses to execute;
 - shadow (notification-only) mode per service or globally: decide, record, do not act.
-All state is in the control store, so every node sees the same gates.
+All state is in the coordination store, so every node sees the same gates.
 Not for: precondition checks about the failing entity (see `checks`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from detection.events import Event
-from lazarus_lite import control_keys
+from lazarus_lite.coordination.interface import CoordinationStore, SafetyFlags, SlidingWindows
 from lazarus_lite.settings import ControllerSettings
 
 ALL = "*"
@@ -66,43 +63,31 @@ class StaleEventFilter:
         return None
 
 
-async def record_in_window(control: aioredis.Redis, key: str, member: str, window: float) -> int:
-    """Note `member` now in the rolling window kept at `key` (a sorted set by time), forget
-    what fell out of the window; returns how many members the window holds."""
-    now = time.time()
-    async with control.pipeline(transaction=True) as pipe:
-        pipe.zadd(key, {member: now})
-        pipe.zremrangebyscore(key, "-inf", now - window)
-        pipe.zcard(key)
-        pipe.expire(key, int(window) + 60)
-        _, _, count, _ = await pipe.execute()
-    return int(count)
-
-
 class ServiceRateLimit:
-    """Incidents per service over a rolling window (a sorted set of incident keys by time)."""
+    """Incidents per service over a rolling window (of their incident keys)."""
 
     def __init__(
         self,
-        control: aioredis.Redis,
+        windows: SlidingWindows,
         *,
         window: float,
         threshold: int,
         overrides: dict[str, int] | None = None,
     ) -> None:
-        self._control = control
+        self._windows = windows
         self.window = window
         self.threshold = threshold
         self.overrides = overrides or {}
 
-    def key(self, service: str) -> str:
-        return control_keys.rate_window(service)
-
     async def record(self, event: Event) -> int:
         """Count this incident; returns the service's incidents within the window."""
-        return await record_in_window(
-            self._control, self.key(event.service), event.dedup_key, self.window
+        return await self._windows.record(
+            "service_incidents", event.service, event.dedup_key, self.window
         )
+
+    async def count(self, service: str) -> int:
+        """The service's incidents within the window now."""
+        return len(await self._windows.members("service_incidents", service, self.window))
 
     async def check(self, event: Event, count: int) -> GateStop | None:
         limit = self.overrides.get(event.service, self.threshold)
@@ -120,22 +105,17 @@ class ServiceRateLimit:
 class CircuitBreaker:
     """Distinct failing services per region in a rolling window; open above the threshold."""
 
-    def __init__(self, control: aioredis.Redis, *, window: float, threshold: int) -> None:
-        self._control = control
+    def __init__(self, windows: SlidingWindows, *, window: float, threshold: int) -> None:
+        self._windows = windows
         self.window = window
         self.threshold = threshold
 
-    def key(self, region: str) -> str:
-        return control_keys.breaker_window(region)
-
     async def record(self, event: Event) -> None:
         """Count the event's service as failing in its region."""
-        await record_in_window(self._control, self.key(event.region), event.service, self.window)
+        await self._windows.record("failing_services", event.region, event.service, self.window)
 
     async def failing_services(self, region: str) -> list[str]:
-        now = time.time()
-        members = await self._control.zrangebyscore(self.key(region), now - self.window, "+inf")
-        return sorted(m.decode() for m in members)
+        return await self._windows.members("failing_services", region, self.window)
 
     async def state(self, region: str) -> dict[str, Any]:
         failing = await self.failing_services(region)
@@ -148,10 +128,7 @@ class CircuitBreaker:
         }
 
     async def regions(self) -> list[str]:
-        keys = [
-            k.decode() async for k in self._control.scan_iter(match=control_keys.BREAKER_PATTERN)
-        ]
-        return sorted(k.split(":", 2)[2] for k in keys)
+        return await self._windows.names("failing_services")
 
     async def check(self, event: Event) -> GateStop | None:
         state = await self.state(event.region)
@@ -168,32 +145,27 @@ class CircuitBreaker:
 
 
 class KillSwitch:
-    def __init__(self, control: aioredis.Redis) -> None:
-        self._control = control
+    def __init__(self, flags: SafetyFlags) -> None:
+        self._flags = flags
 
     async def set(self, category: str, enabled: bool, *, by: str = "", reason: str = "") -> None:
         """Switch one category (or `*`: all) on or off; switching `*` off clears every one."""
         if not enabled and category == ALL:
-            await self._control.delete(control_keys.KILLSWITCH)
-            return
-        if enabled:
-            await self._control.hset(
-                control_keys.KILLSWITCH,
-                category,
-                json.dumps({"enabled_at": time.time(), "by": by, "reason": reason}),
-            )
+            await self._flags.release_every_kill_switch()
+        elif enabled:
+            info = {"enabled_at": time.time(), "by": by, "reason": reason}
+            await self._flags.engage_kill_switch(category, info)
         else:
-            await self._control.hdel(control_keys.KILLSWITCH, category)
+            await self._flags.release_kill_switch(category)
 
     async def status(self) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(control_keys.KILLSWITCH)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return await self._flags.kill_switches()
 
     async def check(self, category: str) -> GateStop | None:
-        engaged = await self._control.hmget(control_keys.KILLSWITCH, [category, ALL])
-        for name, value in zip((category, ALL), engaged, strict=True):
-            if value is not None:
-                info = json.loads(value)
+        engaged = await self._flags.kill_switches()
+        for name in (category, ALL):
+            info = engaged.get(name)
+            if info is not None:
                 scope = "all categories" if name == ALL else category
                 why = f" ({info['reason']})" if info.get("reason") else ""
                 return GateStop(
@@ -206,28 +178,23 @@ class KillSwitch:
 
 
 class ShadowMode:
-    def __init__(self, control: aioredis.Redis) -> None:
-        self._control = control
+    def __init__(self, flags: SafetyFlags) -> None:
+        self._flags = flags
 
     async def set(self, service: str, enabled: bool) -> None:
         """Shadow one service (or `*`: all) or not; switching `*` off clears every one."""
         if not enabled and service == ALL:
-            await self._control.delete(control_keys.SHADOW_SERVICES)
-            return
-        if enabled:
-            await self._control.sadd(control_keys.SHADOW_SERVICES, service)
+            await self._flags.clear_shadow()
         else:
-            await self._control.srem(control_keys.SHADOW_SERVICES, service)
+            await self._flags.set_shadow(service, enabled)
 
     async def services(self) -> list[str]:
-        return sorted(
-            m.decode() for m in await self._control.smembers(control_keys.SHADOW_SERVICES)
-        )
+        return await self._flags.shadowed()
 
     async def check(self, service: str) -> GateStop | None:
-        flags = await self._control.smismember(control_keys.SHADOW_SERVICES, [service, ALL])
-        if any(flags):
-            scope = "globally" if flags[1] else f"for {service}"
+        shadowed = set(await self._flags.shadowed())
+        if service in shadowed or ALL in shadowed:
+            scope = "globally" if ALL in shadowed else f"for {service}"
             return GateStop("shadow", f"notification-only mode {scope}: decided, not acted on")
         return None
 
@@ -261,19 +228,19 @@ class SafetyGates:
     then `before_action` once a rule matched, `shadow` after the quorum, and
     `before_execution` right before a workflow starts and before each state-changing step."""
 
-    def __init__(self, settings: ControllerSettings, control: aioredis.Redis) -> None:
+    def __init__(self, settings: ControllerSettings, store: CoordinationStore) -> None:
         self.stale = StaleEventFilter(settings.max_event_age)
         self.rate_limit = ServiceRateLimit(
-            control,
+            store.windows,
             window=settings.rate_limit_window,
             threshold=settings.rate_limit_threshold,
             overrides=settings.rate_limit_overrides,
         )
         self.breaker = CircuitBreaker(
-            control, window=settings.breaker_window, threshold=settings.breaker_threshold
+            store.windows, window=settings.breaker_window, threshold=settings.breaker_threshold
         )
-        self.kill_switch = KillSwitch(control)
-        self.shadow = ShadowMode(control)
+        self.kill_switch = KillSwitch(store.flags)
+        self.shadow = ShadowMode(store.flags)
         self.realm = ControlRealm(settings.region, settings.control_realm)
 
     async def count_failure(self, event: Event) -> int:

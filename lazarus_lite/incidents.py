@@ -1,4 +1,4 @@
-"""One incident, one decision: the coordinator's claim on an incident in the control store, so
+"""One incident, one decision: the coordinator's claim on an incident in the coordination store, so
 that several sensors reporting the same failure make one decision, with the two ways a claim
 ends early (a declined incident reported again is decided afresh; a recovery releases it).
 
@@ -10,27 +10,21 @@ from __future__ import annotations
 import contextlib
 import time
 
-import redis.asyncio as aioredis
-
 from detection.events import Event
-from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditLog, AuditRecord
+from lazarus_lite.coordination.interface import IncidentClaimStore
 
 # Outcomes that took no action: the incident may be claimed again once its failure recovers.
 UNACTED = {"escalated", "duplicate", "no_action", "stale"}
-
-
-def incident_claim_key(event: Event) -> str:
-    return control_keys.incident_claim(event.type, event.dedup_key)
 
 
 class IncidentClaims:
     """Claims on incidents, held `ttl` seconds; a declined one is retaken after `retry_after`."""
 
     def __init__(
-        self, control: aioredis.Redis, audit: AuditLog, *, ttl: float, retry_after: float
+        self, claims: IncidentClaimStore, audit: AuditLog, *, ttl: float, retry_after: float
     ) -> None:
-        self.control = control
+        self.claims = claims
         self.audit = audit
         self.ttl = ttl
         self.retry_after = retry_after
@@ -38,11 +32,9 @@ class IncidentClaims:
     async def claim(self, event: Event) -> str | None:
         """Claim the event's incident; None when this event holds it now, else the id of the
         event that holds it (this one is its duplicate)."""
-        key = incident_claim_key(event)
-        if await self.control.set(key, event.id, nx=True, ex=int(self.ttl)):
+        if await self.claims.claim(event.type, event.dedup_key, event.id, self.ttl):
             return None
-        first = await self.control.get(key)
-        first_id = first.decode() if first else "?"
+        first_id = await self.claims.holder(event.type, event.dedup_key) or "?"
         if first_id == event.id or await self._take_over_declined(event, first_id):
             return None
         return first_id
@@ -56,9 +48,7 @@ class IncidentClaims:
             return False
         if time.time() - (first.decided_at or time.time()) < self.retry_after:
             return False
-        key = incident_claim_key(event)
-        taken = await self.control.set(key, event.id, xx=True, ex=int(self.ttl))
-        return bool(taken)
+        return await self.claims.take_over(event.type, event.dedup_key, event.id, self.ttl)
 
     async def release_on_recovery(self, event: Event) -> None:
         """A recovery ends the incident: a later failure of the same primary is a new one. If
@@ -67,21 +57,21 @@ class IncidentClaims:
         as its duplicate)."""
         if not event.incident_key:
             return
-        key = control_keys.incident_claim("RedisMasterDown", event.incident_key)
+        incident = ("RedisMasterDown", event.incident_key)
         with contextlib.suppress(Exception):
-            first = await self.control.get(key)
+            first = await self.claims.holder(*incident)
             if first is None:
                 return
-            down = await self.audit.get(first.decode())
+            down = await self.audit.get(first)
             if down is None or down.outcome in UNACTED:
-                await self.control.delete(key)
+                await self.claims.release(*incident)
             elif down.outcome == "received":
-                await self.control.set(control_keys.recovered_flag(key), "1", ex=int(self.ttl))
+                await self.claims.mark_recovered(*incident, self.ttl)
 
     async def forget_if_recovered(self, record: AuditRecord) -> None:
         """After a decision without action: drop the claim if the failure recovered meanwhile."""
         if record.outcome not in UNACTED:
             return
-        key = incident_claim_key(Event.model_validate(record.event))
-        if await self.control.delete(control_keys.recovered_flag(key)):
-            await self.control.delete(key)
+        event = Event.model_validate(record.event)
+        if await self.claims.take_recovered(event.type, event.dedup_key):
+            await self.claims.release(event.type, event.dedup_key)

@@ -12,26 +12,23 @@ import asyncio
 import time
 
 import httpx
-import redis.asyncio as aioredis
 
 from detection.events import Event
 from lazarus_lite.audit import NodeVerdict, QuorumOutcome
 from lazarus_lite.checks import run_checks
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.rules import Rule
 from lazarus_lite.settings import ControllerSettings
-from ratequeue.topology import TopologyStore
 
 
 class Quorum:
     """One node's side of the quorum: its own verdict, and the round it coordinates."""
 
-    def __init__(
-        self, settings: ControllerSettings, control: aioredis.Redis, topology: TopologyStore
-    ) -> None:
+    def __init__(self, settings: ControllerSettings, store: CoordinationStore) -> None:
         self.settings = settings
         self.node_id = settings.node_id
-        self.control = control
-        self.topology = topology
+        self.services = store.services
+        self.topology = store.topology
         self._http = httpx.AsyncClient(timeout=settings.quorum_timeout)
 
     async def aclose(self) -> None:
@@ -48,7 +45,7 @@ class Quorum:
                 rule.checks,
                 min_replicas=self.settings.min_replicas,
                 probe_timeout=self.settings.probe_timeout,
-                control=self.control,
+                services=self.services,
             )
         except Exception as error:
             return NodeVerdict(

@@ -16,7 +16,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
@@ -25,10 +24,10 @@ from common.http_contract import PROJECT_ERRORS, install_error_handlers, publish
 from detection.stream_factory import open_event_stream
 from detection.streams import EventStream
 from lazarus_lite.controller import ControllerNode
+from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.routes import events, gates, health, quorum, workflows
 from lazarus_lite.routes.context import NodeApi
 from lazarus_lite.settings import ControllerSettings
-from lazarus_lite.workflow.store import WorkflowStore
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +42,29 @@ def open_stream(settings: ControllerSettings) -> EventStream:
     )
 
 
-async def on_redis_error(request: Request, error: RedisError) -> JSONResponse:
+async def on_store_unavailable(request: Request, error: Exception) -> JSONResponse:
     return PROJECT_ERRORS.response(503, "control_store_unavailable", str(error),
                                    headers={"Retry-After": "1"})  # fmt: skip
 
 
 def create_app(settings: ControllerSettings) -> FastAPI:
-    control = aioredis.Redis.from_url(settings.control_url, socket_timeout=5)
-    node = ControllerNode(settings, control=control, stream=open_stream(settings))
+    store = open_coordination_store(settings)
+    node = ControllerNode(settings, store=store, stream=open_stream(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
         yield
         await node.stop()
-        await control.aclose()
+        await store.aclose()
 
     app = FastAPI(title=f"lazarus {settings.node_id}", version="1", lifespan=lifespan)
-    app.state.api = NodeApi(settings, node, control, WorkflowStore(control))
+    app.state.api = NodeApi(settings, node, store)
     publish_contract(app)
     install_error_handlers(app)
-    app.add_exception_handler(RedisError, on_redis_error)  # type: ignore[arg-type]
+    # The coordination store's backend errors, and Redis's for the event stream kept there.
+    for unavailable in {RedisError, *store.unavailable}:
+        app.add_exception_handler(unavailable, on_store_unavailable)
     # The routes themselves, not `include_router`: FastAPI mounts an included router as one
     # opaque entry, and the 405 answer names the allowed methods by looking at the app's
     # routes. Their order is the order of the published paths.

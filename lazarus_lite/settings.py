@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
+from lazarus_lite.coordination.opening import CoordinationBackend
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -19,6 +20,9 @@ class ControllerSettings(BaseModel):
 
     node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     control_url: RedisUrlText
+    coordination_backend: CoordinationBackend = Field(
+        "redis", description="what keeps the coordination store (etcd is to come)"
+    )
     peers: list[HttpUrlText] = Field(default_factory=list, description="URLs of the other nodes")
     quorum: int = Field(2, ge=1, le=15)
     quorum_timeout: float = Field(2.0, gt=0, le=60)

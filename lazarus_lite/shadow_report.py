@@ -8,24 +8,22 @@ It also records each shadow decision as the controller makes it
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from detection.events import Event
 from detection.probes import ping
-from lazarus_lite import control_keys
-from ratequeue.topology import TopologyStore
+from lazarus_lite.coordination.interface import RecordLog
+from ratequeue.topology import TopologySource
 
 
-async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[str, Any]]:
-    raw = await control.lrange(control_keys.SHADOW_DECISIONS, -limit, -1)
-    topology = await TopologyStore(control).load()
+async def shadow_report(
+    records: RecordLog, topology_store: TopologySource, limit: int = 200
+) -> list[dict[str, Any]]:
+    decisions = await records.shadow_decisions(limit)
+    topology = await topology_store.load()
     rows = []
-    for entry in raw:
-        decision = json.loads(entry)
+    for decision in decisions:
         row = {**decision, "afterwards": "unknown", "agrees": None}
         if topology is not None and decision.get("shard"):
             try:
@@ -51,7 +49,7 @@ async def shadow_report(control: aioredis.Redis, limit: int = 200) -> list[dict[
 
 
 async def remember_shadow_decision(
-    control: aioredis.Redis, topology_store: TopologyStore, event: Event, action: str
+    records: RecordLog, topology_store: TopologySource, event: Event, action: str
 ) -> None:
     """Record what shadow mode would have run, with the primary and the topology epoch of the
     moment, for the report to compare with what happened afterwards."""
@@ -62,18 +60,15 @@ async def remember_shadow_decision(
             primary = topology.shard(event.shard).primary.name
         except KeyError:
             primary = None
-    await control.rpush(
-        control_keys.SHADOW_DECISIONS,
-        json.dumps(
-            {
-                "event_id": event.id,
-                "service": event.service,
-                "shard": event.shard,
-                "type": event.type,
-                "action": action,
-                "decided_at": time.time(),
-                "primary_then": primary,
-                "topology_epoch_then": topology.epoch if topology else None,
-            }
-        ),
+    await records.append_shadow_decision(
+        {
+            "event_id": event.id,
+            "service": event.service,
+            "shard": event.shard,
+            "type": event.type,
+            "action": action,
+            "decided_at": time.time(),
+            "primary_then": primary,
+            "topology_epoch_then": topology.epoch if topology else None,
+        }
     )

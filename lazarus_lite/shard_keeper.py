@@ -29,8 +29,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.errors import LockBusy
-from lazarus_lite.locks import Locks
 from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,
@@ -39,7 +39,7 @@ from lazarus_lite.steps.ratequeue_promotion import (
     unlisted_replicas,
 )
 from ratequeue import membership
-from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology, TopologyStore
+from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,13 @@ async def _replication(node: NodeRef) -> dict[str, Any] | None:
 class ShardKeeper:
     def __init__(
         self,
-        control: aioredis.Redis,
-        locks: Locks,
+        store: CoordinationStore,
         node_id: str,
         forensics_policy: str,
         min_replicas: int = 1,
     ) -> None:
-        self.topology = TopologyStore(control)
-        self.locks = locks
+        self.topology = store.topology
+        self.locks = store.locks
         self.holder = f"shard-keeper:{node_id}"
         self.forensics_policy = forensics_policy
         self.min_replicas = min_replicas  # what the API's WAIT requires

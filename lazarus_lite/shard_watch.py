@@ -23,26 +23,24 @@ Not for: deciding or acting on a shard (the controller's rules and the failover 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
 from detection.streams import EventStream
-from lazarus_lite import control_keys
 from lazarus_lite.audit import AuditLog
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
-from ratequeue.topology import FENCE_KEY, Shard, TopologyStore
-from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun, read_write_failures
+from ratequeue.topology import FENCE_KEY, Shard
+from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +105,19 @@ async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -
 class ShardWatch:
     def __init__(
         self,
-        control: aioredis.Redis,
+        store: CoordinationStore,
         stream: EventStream,
         keeper: ShardKeeper,
         node_id: str,
         settings: WatchSettings,
     ) -> None:
-        self.control = control
+        self.store = store
         self.stream = stream
         self.keeper = keeper
         self.node_id = node_id
         self.settings = settings
-        self.topology = TopologyStore(control)
-        self.audit = AuditLog(control)
+        self.topology = store.topology
+        self.audit = AuditLog(store.records)
         self._down_since: dict[str, float] = {}  # primary@epoch -> when this node first failed
         self._unwritable_since: dict[str, tuple[str, float]] = {}  # shard -> (episode, since)
         # Wall time since which this node has read the store without a long break (heartbeats
@@ -131,7 +129,7 @@ class ShardWatch:
         """One pass over every shard; returns the reports this node filed."""
         topology = await self.topology.load()
         sensors = await self._sensor_heartbeats()
-        failing_writes = await read_write_failures(self.control)
+        failing_writes = await self.store.records.write_failures()
         now_wall = time.time()
         # A read lost now and then is no deafness; a gap of a heartbeat period or more is.
         if self._watching_since is None or now_wall - self._last_read > DEFAULT_HEARTBEAT_EVERY:
@@ -153,12 +151,7 @@ class ShardWatch:
 
     # -- sensors -----------------------------------------------------------------------------
     async def _sensor_heartbeats(self) -> list[Event]:
-        raw = await self.control.hgetall(control_keys.SENSORS)
-        heartbeats = []
-        for value in raw.values():
-            with contextlib.suppress(ValueError):
-                heartbeats.append(Event.model_validate_json(value))
-        return heartbeats
+        return await self.store.sensors.heartbeats()
 
     async def _silent_sensors(self, shard: Shard, heartbeats: list[Event]) -> list[Event]:
         listed = {r.peer_address for r in shard.replicas} | {r.address for r in shard.replicas}
@@ -258,8 +251,8 @@ class ShardWatch:
         controller collapses the rest as duplicates)."""
         service = template.service if template else RATEQUEUE_SERVICE
         key = incident_key(service, shard.id, shard.primary.name, shard.epoch)
-        claim_ttl = await self.control.ttl(control_keys.incident_claim("RedisMasterDown", key))
-        claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl > 0 else None
+        claim_ttl = await self.store.incidents.held_for("RedisMasterDown", key)
+        claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl is not None else None
         if claimed_for is not None and claimed_for < self.settings.reemit_every:
             return None  # reported lately (by a sensor, or by a node of ours)
         event = self._event(
@@ -294,10 +287,7 @@ class ShardWatch:
             if shard.status == "unwritable" and await self._may_clear_flag(shard):
                 await self.keeper.set_status(shard, "ok", only_from="unwritable")
                 # The episode is over: a later one of the same primary is reported anew.
-                await self.control.delete(
-                    control_keys.watch_flagged(shard.id),
-                    control_keys.watch_reported(self._unwritable_key(shard)),
-                )
+                await self.store.watch.end_unwritable_episode(shard.id, self._unwritable_key(shard))
             return []
         episode = f"{shard.primary.name}@{shard.epoch}"
         if self._unwritable_since.get(shard.id, ("", 0.0))[0] != episode:
@@ -305,11 +295,11 @@ class ShardWatch:
         unwritable_for = now - self._unwritable_since[shard.id][1]
         if unwritable_for < self.settings.unwritable_after:
             return []
-        flagger = await self.control.get(control_keys.watch_flagged(shard.id))
-        if flagger is not None and flagger.decode() != self.node_id:
+        flagger = await self.store.watch.unwritable_flagger(shard.id)
+        if flagger is not None and flagger != self.node_id:
             return []  # another node reported it and owns the flag: no flip-flopping views
-        filer = await self.control.get(control_keys.watch_reported(self._unwritable_key(shard)))
-        if flagger is None and filer is not None and filer.decode() != self.node_id:
+        filer = await self.store.watch.report_filer(self._unwritable_key(shard))
+        if flagger is None and filer is not None and filer != self.node_id:
             return []  # filed by another node, whose flag lapsed: it may be writable there
         if flagger is None and filer is None:
             last = await self._last_decision(shard)
@@ -329,8 +319,9 @@ class ShardWatch:
         else:
             filed = []
         # This node filed it: it holds the flag while it sees the shard unwritable.
-        await self.control.set(control_keys.watch_flagged(shard.id), self.node_id,
-                               ex=max(1, int(3 * self.settings.interval + 2)))  # fmt: skip
+        await self.store.watch.flag_unwritable(
+            shard.id, self.node_id, ttl=max(1, int(3 * self.settings.interval + 2))
+        )
         if shard.status == "ok":
             await self.keeper.set_status(shard, "unwritable", only_from="ok")
         return filed
@@ -342,8 +333,8 @@ class ShardWatch:
     async def _may_clear_flag(self, shard: Shard) -> bool:
         """Only the node that set the flag clears it, or anyone once that node stopped holding it
         (it died, or no longer sees the shard unwritable but could not clear it)."""
-        flagger = await self.control.get(control_keys.watch_flagged(shard.id))
-        return flagger is None or flagger.decode() == self.node_id
+        flagger = await self.store.watch.unwritable_flagger(shard.id)
+        return flagger is None or flagger == self.node_id
 
     async def _last_decision(self, shard: Shard) -> str | None:
         """The newest decision the audit trail holds about the shard, as `outcome: reason`."""
@@ -404,14 +395,14 @@ class ShardWatch:
         self, event: Event, claim: str | None = None, ttl: int | None = None
     ) -> bool:
         """Publish `event` unless a controller node filed it already in this episode."""
-        key = control_keys.watch_reported(claim or event.dedup_key)
+        report = claim or event.dedup_key
         expiry = max(1, int(ttl if ttl is not None else self.settings.report_ttl))
-        if not await self.control.set(key, self.node_id, nx=True, ex=expiry):
+        if not await self.store.watch.file_report(report, self.node_id, expiry):
             return False
         try:
             await self.stream.publish(event)
         except Exception:
-            await self.control.delete(key)  # let the next pass (of any node) file it
+            await self.store.watch.withdraw_report(report)  # the next pass (of any node) files it
             raise
         return True
 

@@ -49,7 +49,7 @@ from ratequeue.shard import (
     parse_receipt,
 )
 from ratequeue.slots import slot_for
-from ratequeue.topology import TOPOLOGY_CHANNEL, NodeRef, Shard, Topology, TopologyStore
+from ratequeue.topology import NodeRef, Shard, Topology, TopologyStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,25 +200,29 @@ class AsyncRatequeueClient:
             except Exception as error:
                 log.warning("topology refresh failed: %s", error)
                 return self._topology
-            if loaded is not None and (
-                self._topology is None or loaded.epoch >= self._topology.epoch
-            ):
-                newer = self._topology is None or loaded.epoch > self._topology.epoch
-                self._topology = loaded
-                self._topology_loaded_at = time.monotonic()
-                if newer:
-                    self._newer_topology.set()
-                    self._newer_topology = asyncio.Event()
+            self._accept(loaded)
             return self._topology
 
+    def _accept(self, loaded: Topology | None) -> None:
+        """Keep `loaded` unless the cached topology is newer."""
+        if loaded is not None and (self._topology is None or loaded.epoch >= self._topology.epoch):
+            newer = self._topology is None or loaded.epoch > self._topology.epoch
+            self._topology = loaded
+            self._topology_loaded_at = time.monotonic()
+            if newer:
+                self._newer_topology.set()
+                self._newer_topology = asyncio.Event()
+
     async def _follow_notifications(self) -> None:
+        """Take each newer topology the store's watch delivers."""
         while not self._closing:
             try:
-                pubsub = self._control.pubsub()
-                await pubsub.subscribe(TOPOLOGY_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        await self.refresh_topology()
+                known = self._topology.epoch if self._topology is not None else 0
+                watch = self._store.watch(
+                    after_epoch=known, refresh_every=self.settings.refresh_interval
+                )
+                async for topology in watch:
+                    self._accept(topology)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

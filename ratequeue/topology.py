@@ -1,21 +1,27 @@
 """The shard map: which node is each shard's primary, in which epoch, for which slots.
 
 The map lives in the control store as one JSON document. Every change is a compare-and-set on
-the global `epoch` and is announced on a pub/sub channel; readers also refresh periodically, so a
-missed notification only delays them. Each shard also carries the epoch in which its current
-primary was appointed; the same value is written to that primary's `rq:fence` key, and queue
-writes carry it, so a node that is no longer the primary of its shard's epoch refuses them.
+the global `epoch`; readers watch for new epochs (`TopologySource`: what any store of the map
+must do). `TopologyStore` keeps it in Redis: the change is announced on a pub/sub channel, and
+its watch also rereads periodically, so a missed notification only delays a reader.
+
+Each shard also carries the epoch in which its current primary was appointed; the same value is
+written to that primary's `rq:fence` key, and queue writes carry it, so a node that is no longer
+the primary of its shard's epoch refuses them.
 
 Not for: choosing a new primary (that is the failover workflow's job).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from redis.exceptions import RedisError
 
 from ratequeue.errors import EpochConflict
 from ratequeue.slots import SLOT_COUNT
@@ -138,8 +144,27 @@ return -1
 """
 
 
+class TopologySource(Protocol):
+    """What a store of the shard map does, whatever keeps it (Redis today, etcd next)."""
+
+    async def load(self) -> Topology | None:
+        """The stored map, or None before the first one is stored."""
+        ...
+
+    async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
+        """Store `topology` if the stored epoch is `expected_epoch` (0: none stored yet); else
+        EpochConflict naming the epoch found."""
+        ...
+
+    def watch(self, *, after_epoch: int = 0, refresh_every: float = 2.0) -> AsyncIterator[Topology]:
+        """Each map newer than the last one delivered (or than `after_epoch`), as soon as the
+        store tells of it and at the latest `refresh_every` seconds later. An unreachable store
+        delays the next map; it never ends the iteration."""
+        ...
+
+
 class TopologyStore:
-    """Reads and compare-and-sets the topology in the control store."""
+    """Reads, compare-and-sets and watches the topology in the Redis control store."""
 
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
@@ -157,6 +182,32 @@ class TopologyStore:
         )
         if int(found) != -1:
             raise EpochConflict(expected_epoch, int(found))
+
+    async def watch(
+        self, *, after_epoch: int = 0, refresh_every: float = 2.0
+    ) -> AsyncIterator[Topology]:
+        last = after_epoch
+        pubsub = self._control.pubsub()
+        try:
+            while True:
+                try:
+                    if not pubsub.subscribed:
+                        await pubsub.subscribe(TOPOLOGY_CHANNEL)
+                    # A notice ends the wait at once; none within `refresh_every`, a reread.
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_every)
+                    topology = await self.load()
+                except (RedisError, OSError):
+                    # The store is away: subscribe afresh (a notice may be lost meanwhile; the
+                    # reread after it returns finds the newer map).
+                    await pubsub.aclose()
+                    pubsub = self._control.pubsub()
+                    await asyncio.sleep(refresh_every)
+                    continue
+                if topology is not None and topology.epoch > last:
+                    last = topology.epoch
+                    yield topology
+        finally:
+            await pubsub.aclose()
 
 
 def topology_json(topology: Topology) -> dict:

@@ -11,15 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.testbed import TestbedNode, TestbedState, running_testbed
-from lazarus_lite import control_keys
 from tests.e2e.support import (
     LOAD,
     control_topology,
     failed_over,
+    in_store,
     lazarus_events,
     restart_with_boot_arguments,
     send,
@@ -52,8 +51,7 @@ def sensors_of(state: TestbedState, shard: str) -> list[TestbedNode]:
 
 
 def heartbeat_seen(state: TestbedState, sensor: str) -> bool:
-    with redis.Redis.from_url(state.control) as control:
-        return bool(control.hexists(control_keys.SENSORS, sensor))
+    return in_store(state, lambda store: store.sensors.heartbeat(sensor)) is not None
 
 
 def decisions(state: TestbedState, event_type: str, since: float) -> list[dict]:

@@ -12,16 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from common.http_contract import answers, credential, json_request_body, same_secret
 from lazarus_lite.controller import ControllerNode
+from lazarus_lite.coordination.interface import CoordinationStore, WorkflowRecords
 from lazarus_lite.errors import ApiError
 from lazarus_lite.settings import ControllerSettings
-from lazarus_lite.workflow.store import WorkflowStore
 
 MAX_BODY_BYTES = 256 * 1024
 BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
@@ -34,8 +33,11 @@ class NodeApi:
 
     settings: ControllerSettings
     node: ControllerNode
-    control: aioredis.Redis
-    workflows: WorkflowStore
+    store: CoordinationStore
+
+    @property
+    def workflows(self) -> WorkflowRecords:
+        return self.store.workflows
 
 
 def node_api(request: Request) -> NodeApi:

@@ -6,7 +6,6 @@ Not for: what the gates decide (`lazarus_lite.gates`).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -111,7 +110,7 @@ async def shadow_set(request: Request, api: NodeApi = Depends(node_api)) -> dict
     "/v1/shadow-report", response_model=None, responses=answers({200: ShadowDecisions}, 503)
 )
 async def get_shadow_report(api: NodeApi = Depends(node_api)) -> dict:
-    return {"decisions": await shadow_report(api.control)}
+    return {"decisions": await shadow_report(api.store.records, api.store.topology)}
 
 
 @router.get("/v1/breaker", response_model=None, responses=answers({200: Breakers}, 503))
@@ -127,9 +126,8 @@ async def breaker_status(region: str | None = None, api: NodeApi = Depends(node_
     responses=answers({200: RateLimitState}, 503),
 )
 async def rate_limit_status(service: str, api: NodeApi = Depends(node_api)) -> dict:
-    now = time.time()
     rate_limit = api.node.gates.rate_limit
-    count = await api.control.zcount(rate_limit.key(service), now - rate_limit.window, "+inf")
+    count = await rate_limit.count(service)
     limit = rate_limit.overrides.get(service, rate_limit.threshold)
     return {
         "service": service,

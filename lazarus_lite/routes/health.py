@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from lazarus_lite.routes.context import NodeApi, node_api
 
@@ -31,8 +30,8 @@ class Health(BaseModel):
 )  # fmt: skip
 async def healthz(api: NodeApi = Depends(node_api)) -> JSONResponse:
     try:
-        ok = bool(await api.control.ping())
-    except RedisError:
+        ok = await api.store.ping()
+    except api.store.unavailable:
         ok = False
     checks = [{"name": "control_store", "ok": ok}]
     return JSONResponse(

@@ -16,7 +16,6 @@ from common.http_contract import JsonBody, answers, read_json_model
 from common.validation import quoted
 from lazarus_lite.errors import ApiError
 from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
-from lazarus_lite.steps.approval import approve
 
 router = APIRouter()
 
@@ -64,5 +63,5 @@ async def approve_step(
     if step_name not in found.steps:
         problem = f"field 'step': {quoted(workflow_id)} has no step {quoted(step_name)}"
         raise ApiError(400, "invalid_request", problem)
-    await approve(api.control, workflow_id, step_name)
+    await api.store.approvals.approve(workflow_id, step_name)
     return {"workflow": workflow_id, "step": step_name, "approved": True}

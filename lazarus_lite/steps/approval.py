@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
-from lazarus_lite import control_keys
 from lazarus_lite.workflow.context import StepContext, StepOutput
 from lazarus_lite.workflow.registry import step
 
-APPROVED = b"approved"
 APPROVAL_STEP = "approval.wait"  # what a workflow file's `run` says for a gate
 
 
@@ -22,15 +18,10 @@ class Approved(StepOutput):
     approved: bool
 
 
-async def approve(control: aioredis.Redis, workflow_id: str, step_name: str) -> None:
-    await control.set(control_keys.approval(workflow_id, step_name), APPROVED, ex=7 * 24 * 3600)
-
-
 @step(APPROVAL_STEP, output=Approved)
 async def wait_for_approval(ctx: StepContext) -> Approved:
     """Wait (within the step's timeout) until the gate is approved."""
-    key = control_keys.approval(ctx.workflow.id, ctx.step)
     poll = float(ctx.params.get("poll_seconds", 0.2))
-    while await ctx.env.control.get(key) != APPROVED:
+    while not await ctx.env.store.approvals.is_approved(ctx.workflow.id, ctx.step):
         await asyncio.sleep(poll)
     return Approved(approved=True)

@@ -9,7 +9,6 @@ import httpx
 from pydantic import Field
 
 from lazarus_lite.errors import Escalate
-from lazarus_lite.service_registry import ServiceRegistry
 from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
 
@@ -55,7 +54,7 @@ class HostHeld(StepOutput):
 async def remove_from_load_balancer(ctx: StepContext) -> RemovedFromBalancer:
     inputs = ctx.inputs_as(HostReplacementInputs)
     await ctx.assert_lock()
-    removed = await ServiceRegistry(ctx.env.control).remove(inputs.service, inputs.failed_host)
+    removed = await ctx.env.store.services.remove(inputs.service, inputs.failed_host)
     return RemovedFromBalancer(removed=removed, host=inputs.failed_host)
 
 
@@ -103,7 +102,7 @@ async def add_to_load_balancer(ctx: StepContext) -> AddedToBalancer:
     inputs = ctx.inputs_as(HostReplacementInputs)
     await ctx.assert_lock()
     url = ctx.output_of(PROVISION_REPLACEMENT, HostProvisioned).host
-    await ServiceRegistry(ctx.env.control).add(
+    await ctx.env.store.services.add(
         inputs.service, url, replaces=inputs.failed_host, workflow=ctx.workflow.id
     )
     return AddedToBalancer(host=url)
@@ -112,7 +111,7 @@ async def add_to_load_balancer(ctx: StepContext) -> AddedToBalancer:
 @step("stateless.hold_for_forensics", output=HostHeld, inputs=HostReplacementInputs)
 async def hold_failed_host(ctx: StepContext) -> HostHeld:
     inputs = ctx.inputs_as(HostReplacementInputs)
-    await ServiceRegistry(ctx.env.control).hold_for_forensics(
+    await ctx.env.store.services.hold_for_forensics(
         inputs.service, inputs.failed_host, f"replaced by workflow {ctx.workflow.id}"
     )
     return HostHeld(host=inputs.failed_host, state="forensics")

@@ -32,7 +32,7 @@ from lazarus_lite.workflow.registry import step
 from ratequeue import membership
 from ratequeue.errors import EpochConflict, NoSafeCandidate
 from ratequeue.membership import ReplicaPosition
-from ratequeue.topology import Lineage, NodeRef, Shard, Topology, TopologyStore
+from ratequeue.topology import Lineage, NodeRef, Shard, Topology, TopologySource
 
 FORENSICS_POLICIES = ("demote", "stop")
 
@@ -167,7 +167,7 @@ async def connect(node: NodeRef, timeout: float = 1.0) -> AsyncIterator[aioredis
 
 
 async def load_topology(ctx: StepContext) -> Topology:
-    topology = await TopologyStore(ctx.env.control).load()
+    topology = await ctx.env.store.topology.load()
     if topology is None:
         raise RuntimeError("no topology in the control store")
     return topology
@@ -341,12 +341,11 @@ async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
 async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10) -> Topology:
     """Apply `change(topology) -> Topology | None` with compare-and-set, retrying on conflicts
     (another shard's failover may publish in between). None means: nothing to change."""
-    store = TopologyStore(ctx.env.control)
-    return await compare_and_set_loop_on(store, change, ctx.assert_lock, attempts)
+    return await compare_and_set_loop_on(ctx.env.store.topology, change, ctx.assert_lock, attempts)
 
 
 async def compare_and_set_loop_on(
-    store: TopologyStore,
+    store: TopologySource,
     change: Callable[[Topology], Awaitable[Topology | None]],
     assert_lock: Callable[[], Awaitable[None]],
     attempts: int = 10,

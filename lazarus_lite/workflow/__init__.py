@@ -17,7 +17,7 @@ Read in this order:
   it reads;
 - `references`: the load-time check that every step's reads resolve in its workflow;
 - `loading`: parsing and loading workflow files (the check included);
-- `store`: persistence and the owner's lease;
+- persistence and the owner's lease: `lazarus_lite.coordination` (`WorkflowRecords`);
 - `engine`: running, retrying, resuming and escalating.
 
 Not for: the steps themselves (see `lazarus_lite.steps`) or deciding to start (see

@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 
+from lazarus_lite.coordination.interface import CoordinationStore, HeldLock, ResourceLocks
 from lazarus_lite.errors import UndeclaredRead
-from lazarus_lite.locks import HeldLock, Locks
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import WorkflowRecord
 
@@ -49,15 +48,18 @@ OutputT = TypeVar("OutputT", bound=StepOutput)
 
 @dataclass
 class StepEnvironment:
-    """What steps may use: the control store, the locks, the node, and named collaborators
-    (such as the actuator) the controller provides."""
+    """What steps may use: the coordination store (its locks among it), the node, and named
+    collaborators (such as the actuator) the controller provides."""
 
-    control: aioredis.Redis
-    locks: Locks
+    store: CoordinationStore
     node_id: str
     collaborators: dict[str, Any] = field(default_factory=dict)
     before_state_change: Callable[[WorkflowRecord, str], Awaitable[None]] | None = None
     before_start: Callable[[WorkflowDefinition, dict[str, Any]], Awaitable[None]] | None = None
+
+    @property
+    def locks(self) -> ResourceLocks:
+        return self.store.locks
 
 
 @dataclass

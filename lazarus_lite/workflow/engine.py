@@ -17,13 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite import control_keys
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from lazarus_lite.workflow.registry import STEPS
-from lazarus_lite.workflow.store import OWNER_LEASE_MS, WorkflowStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class WorkflowEngine:
         on_finished: Callable[[WorkflowRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.env = env
-        self.store = WorkflowStore(env.control)
+        self.store = env.store.workflows
         self.definitions = definitions
         self.on_finished = on_finished
         self._running: dict[str, asyncio.Task] = {}
@@ -57,13 +56,12 @@ class WorkflowEngine:
         if event_id is not None:
             # One workflow per event: an event handled again (its first coordinator died after
             # starting the workflow) adopts the workflow that exists.
-            key = control_keys.workflow_of_event(event_id)
-            if not await self.env.control.set(key, workflow_id, nx=True, ex=30 * 24 * 3600):
-                existing = await self.env.control.get(key)
-                found = await self.store.load(existing.decode()) if existing else None
+            existing = await self.store.bind_event(event_id, workflow_id)
+            if existing is not None:
+                found = await self.store.load(existing)
                 if found is not None:
                     return found
-                await self.env.control.set(key, workflow_id, ex=30 * 24 * 3600)
+                await self.store.rebind_event(event_id, workflow_id)
         now = time.time()
         record = WorkflowRecord(
             id=workflow_id,

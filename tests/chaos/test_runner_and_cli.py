@@ -4,6 +4,7 @@ runs, prod targets refused, the run lock, a schedule that survives a failed run,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from chaos.targets import Deployment, from_testbed
 from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
+from lazarus_lite.coordination.interface import RunLock
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY
 
@@ -178,14 +181,18 @@ def dry_run_against(store: LocalCluster, tmp_path: Path, experiment: Path) -> st
 def test_a_dry_run_takes_no_run_lock_and_leaves_another_runs_alone(
     store: LocalCluster, tmp_path: Path
 ) -> None:
-    with store.control.client() as conn:
-        conn.set(scheduler.RUN_LOCK_KEY, "another run", px=60_000)
-        try:
-            output = dry_run_against(store, tmp_path, SCENARIOS / "primary_kill.yaml")
-            assert "kill primary of s0" in output
-            assert conn.get(scheduler.RUN_LOCK_KEY) == b"another run"
-        finally:
-            conn.delete(scheduler.RUN_LOCK_KEY)
+    async def on_run_lock(use: Callable[[RunLock], Awaitable[str | None]]) -> str | None:
+        async with opened_coordination_store(StoreAddress(control_url=store.control.url)) as s:
+            return await use(s.run_lock)
+
+    asyncio.run(on_run_lock(lambda lock: lock.take("another run", ttl=60)))
+    try:
+        output = dry_run_against(store, tmp_path, SCENARIOS / "primary_kill.yaml")
+        assert "kill primary of s0" in output
+        holder = asyncio.run(on_run_lock(lambda lock: lock.take("a probe", ttl=60)))
+        assert holder == "another run"
+    finally:
+        asyncio.run(on_run_lock(lambda lock: lock.release("another run")))
 
 
 def test_a_dry_run_runs_no_rollbacks(

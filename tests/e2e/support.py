@@ -3,11 +3,12 @@ condition, and which nodes of a shard answer as primaries."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +16,8 @@ import httpx
 import redis
 
 from chaos.testbed import TestbedNode, TestbedState
+from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
 
@@ -29,9 +32,20 @@ def topology(state: TestbedState) -> Topology:
     return Topology.model_validate(httpx.get(f"{state.api}/v1/topology", timeout=5).json())
 
 
+def in_store(state: TestbedState, use: Callable[[CoordinationStore], Awaitable[T]]) -> T:
+    """What `use` answers from the testbed's coordination store (opened for it, then closed)."""
+
+    async def run() -> T:
+        async with opened_coordination_store(StoreAddress(control_url=state.control)) as store:
+            return await use(store)
+
+    return asyncio.run(run())
+
+
 def control_topology(state: TestbedState) -> Topology:
-    with redis.Redis.from_url(state.control) as conn:
-        return Topology.model_validate_json(conn.get("rq:topology"))
+    topology = in_store(state, lambda store: store.topology.load())
+    assert topology is not None, "no topology in the control store"
+    return topology
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30,

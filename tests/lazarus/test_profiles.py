@@ -8,15 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from chaos.testbed import running_testbed
 from detection.events import new_event
-from lazarus_lite import control_keys
 from lazarus_lite.errors import ProfileError
 from lazarus_lite.profiles import DEFINITIONS, load_profiles
 from lazarus_lite.workflow.references import check_references
-from tests.e2e.support import send, wait_for
+from tests.e2e.support import in_store, send, wait_for
 
 REDIS_SHARD = "service: sms-queue\nprofile: redis_shard\nteam: sms-oncall\n"
 
@@ -84,11 +82,8 @@ def test_the_stateless_profile_replaces_a_dead_api_host(tmp_path: Path) -> None:
         record = wait_for("the host to be replaced", lambda: (
             r := httpx.get(url).json()).get("outcome") in ("remediated", "escalated") and r,
             timeout=40)  # fmt: skip
-        with redis.Redis.from_url(testbed.control) as conn:
-            members = [
-                m.decode() for m in conn.hkeys(control_keys.service_members("ratequeue-api"))
-            ]
-            held = [m.decode() for m in conn.hkeys(control_keys.service_forensics("ratequeue-api"))]
+        members = list(in_store(testbed, lambda store: store.services.members("ratequeue-api")))
+        held = list(in_store(testbed, lambda store: store.services.forensics("ratequeue-api")))
         assert record["outcome"] == "remediated", record["reason"]
         assert old not in members and held == [old]
         assert len(members) == 1

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
-from lazarus_lite import control_keys
-from tests.e2e.support import control_topology, resume, send, wait_for
+from tests.e2e.support import control_topology, in_store, resume, send, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +134,9 @@ def test_shadow_mode_decides_records_and_does_not_act(
 def test_a_workflow_that_cannot_take_the_shard_lock_escalates_without_acting(
     testbed: TestbedState, paused_primary: callable
 ) -> None:
-    with redis.Redis.from_url(testbed.control) as conn:
-        conn.set(control_keys.lock("shard", "ratequeue/s2"), "someone-else|1", px=60_000)
+    taken = in_store(
+        testbed, lambda store: store.locks.acquire("shard", "ratequeue/s2", "someone-else")
+    )
     try:
         before = control_topology(testbed)
         paused_primary("s2")
@@ -146,8 +145,7 @@ def test_a_workflow_that_cannot_take_the_shard_lock_escalates_without_acting(
         workflow = wait_for("the workflow to end", lambda: (
             w := httpx.get(workflow_url).json())["status"] != "running" and w)  # fmt: skip
     finally:
-        with redis.Redis.from_url(testbed.control) as conn:
-            conn.delete(control_keys.lock("shard", "ratequeue/s2"))
+        in_store(testbed, lambda store: store.locks.release(taken))
     assert workflow["status"] == "escalated"
     assert "LockBusy" in workflow["steps"]["acquire_lock"]["error"]
     assert workflow["steps"]["fence_old_primary"]["status"] == "pending"

@@ -9,26 +9,24 @@ import shutil
 import signal
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
-from lazarus_lite.locks import Locks
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, start_node, wait_for_replicas_in_sync
-from ratequeue.topology import Topology, TopologyStore
+from ratequeue.topology import Topology
 
 
 def keep_once(cluster: LocalCluster) -> tuple[list[str], Topology]:
     async def run() -> tuple[list[str], Topology]:
-        control = aioredis.Redis.from_url(cluster.control.url)
+        store = RedisCoordinationStore.from_url(cluster.control.url)
         try:
-            keeper = ShardKeeper(control, Locks(control), "test", "demote")
+            keeper = ShardKeeper(store, "test", "demote")
             done = await keeper.run_once()
-            topology = await TopologyStore(control).load()
+            topology = await store.topology.load()
             assert topology is not None
             return done, topology
         finally:
-            await control.aclose()
+            await store.aclose()
 
     return asyncio.run(run())
 

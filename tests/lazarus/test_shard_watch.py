@@ -17,8 +17,7 @@ from redis.backoff import NoBackoff
 from common.redis_processes import free_port
 from detection.events import Event, new_event
 from detection.sensor import incident_key
-from lazarus_lite import control_keys
-from lazarus_lite.locks import Locks
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
@@ -41,10 +40,10 @@ class PublishedEvents:
         return str(len(self.events))
 
 
-async def claim_incident(control: aioredis.Redis, seconds_ago: float) -> None:
+async def claim_incident(store: RedisCoordinationStore, seconds_ago: float) -> None:
     """The controller's claim on s0-primary's incident, as if taken `seconds_ago`."""
     key = incident_key("ratequeue", "s0", "s0-primary", 1)
-    await control.set(f"lz:incident:RedisMasterDown:{key}", "event", ex=int(600 - seconds_ago))
+    await store.incidents.claim("RedisMasterDown", key, "event", ttl=600 - seconds_ago)
 
 
 def heartbeat_from(cluster: LocalCluster) -> Event:
@@ -64,15 +63,14 @@ async def watch_for(
     settings: WatchSettings = QUICK,
 ) -> list[Event]:
     """Run `nodes` controller nodes' watches for `seconds`; returns what they published."""
-    control = aioredis.Redis.from_url(cluster.control.url)
+    store = RedisCoordinationStore.from_url(cluster.control.url)
     stream = PublishedEvents()
     try:
         if before is not None:
-            await before(control)
-        keepers = [ShardKeeper(control, Locks(control), f"n{i}", "demote") for i in range(nodes)]
+            await before(store)
+        keepers = [ShardKeeper(store, f"n{i}", "demote") for i in range(nodes)]
         watches = [
-            ShardWatch(control, stream, keeper, f"n{i}", settings)
-            for i, keeper in enumerate(keepers)
+            ShardWatch(store, stream, keeper, f"n{i}", settings) for i, keeper in enumerate(keepers)
         ]
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -81,7 +79,7 @@ async def watch_for(
             await asyncio.sleep(settings.interval)
         return stream.events
     finally:
-        await control.aclose()
+        await store.aclose()
 
 
 def test_a_primary_nobody_reported_is_reported_once_by_the_controllers(
@@ -102,8 +100,8 @@ def test_a_primary_a_sensor_reported_is_not_reported_again(
     cluster = start_cluster(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def a_sensor_reported_it(control: aioredis.Redis) -> None:
-        await claim_incident(control, seconds_ago=0)
+    async def a_sensor_reported_it(store: RedisCoordinationStore) -> None:
+        await claim_incident(store, seconds_ago=0)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_sensor_reported_it))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
@@ -117,8 +115,8 @@ def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
     cluster = start_cluster(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def reported_a_minute_ago(control: aioredis.Redis) -> None:
-        await claim_incident(control, seconds_ago=60)
+    async def reported_a_minute_ago(store: RedisCoordinationStore) -> None:
+        await claim_incident(store, seconds_ago=60)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=reported_a_minute_ago))
     assert len([e for e in events if e.type == "RedisMasterDown"]) == 1
@@ -143,8 +141,8 @@ def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers
     cluster = start_cluster(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def a_live_sensor(control: aioredis.Redis) -> None:
-        await control.hset(control_keys.SENSORS, "sensor-1", heartbeat_from(cluster).to_json())
+    async def a_live_sensor(store: RedisCoordinationStore) -> None:
+        await store.sensors.record_heartbeat(heartbeat_from(cluster))
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_live_sensor))
     assert [e for e in events if e.type == "RedisMasterDown"] == []
@@ -155,8 +153,8 @@ def test_a_shard_whose_api_writes_keep_failing_is_reported_unwritable_with_that_
 ) -> None:
     cluster = start_cluster(shards=1, replicas=1)
 
-    async def writes_keep_failing(control: aioredis.Redis) -> None:
-        reporter = WriteFailureReporter(control, "api-1")
+    async def writes_keep_failing(store: RedisCoordinationStore) -> None:
+        reporter = WriteFailureReporter(store.control, "api-1")
         await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
         # Still failing a moment later (the run is kept fresh while it lasts).
         await asyncio.sleep(QUICK.self_report_after + 0.1)
@@ -199,8 +197,9 @@ def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
         control = aioredis.Redis(
             port=free_port(("127.0.0.1",)), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        keeper = ShardKeeper(control, Locks(control), "n1", "demote")
-        watch = ShardWatch(control, PublishedEvents(), keeper, "n1", QUICK)
+        store = RedisCoordinationStore(control)
+        keeper = ShardKeeper(store, "n1", "demote")
+        watch = ShardWatch(store, PublishedEvents(), keeper, "n1", QUICK)
 
         async def tell(reason: str) -> None:
             told.append(reason)
@@ -223,10 +222,10 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
     # chance to be heard yet, so that is no silence of theirs.
     cluster = start_cluster(shards=1, replicas=1)
 
-    async def an_old_heartbeat(control: aioredis.Redis) -> None:
+    async def an_old_heartbeat(store: RedisCoordinationStore) -> None:
         heartbeat = heartbeat_from(cluster)
         old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
-        await control.hset(control_keys.SENSORS, "sensor-1", old.to_json())
+        await store.sensors.record_heartbeat(old)
 
     listening = WatchSettings(interval=0.05, sensor_silence_after=5.0)
     events = asyncio.run(watch_for(cluster, 1.0, before=an_old_heartbeat, settings=listening))
@@ -239,11 +238,10 @@ def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
     cluster = start_cluster(shards=1, replicas=1)
 
     async def two_episodes() -> list[Event]:
-        control = aioredis.Redis.from_url(cluster.control.url)
+        store = RedisCoordinationStore.from_url(cluster.control.url)
         stream = PublishedEvents()
-        watch = ShardWatch(control, stream, ShardKeeper(control, Locks(control), "n1", "demote"),
-                           "n1", QUICK)  # fmt: skip
-        reporter = WriteFailureReporter(control, "api-1")
+        watch = ShardWatch(store, stream, ShardKeeper(store, "n1", "demote"), "n1", QUICK)
+        reporter = WriteFailureReporter(store.control, "api-1")
 
         async def watch_while(seconds: float) -> None:
             deadline = time.monotonic() + seconds
@@ -264,7 +262,7 @@ def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
                 await watch_while(0.3)  # writable again: the flag and the claim go
             return stream.events
         finally:
-            await control.aclose()
+            await store.aclose()
 
     reports = [e for e in asyncio.run(two_episodes()) if e.type == "ShardUnwritable"]
     assert len(reports) == 2 and reports[0].incident_key != reports[1].incident_key

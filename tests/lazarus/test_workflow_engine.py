@@ -14,11 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.redis_processes import RedisProcess
-from lazarus_lite import control_keys
+from lazarus_lite.coordination import redis_keys
+from lazarus_lite.coordination.interface import HeldLock
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.errors import Escalate, WorkflowError
-from lazarus_lite.locks import Locks
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
-from lazarus_lite.workflow.context import StepContext, StepEnvironment, StepOutput
+from lazarus_lite.workflow.context import LockTaken, StepContext, StepEnvironment, StepOutput
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import parse_workflow
@@ -162,7 +163,7 @@ def definition(text: str) -> WorkflowDefinition:
 
 
 def engine_for(control: aioredis.Redis, node: str, *defs: WorkflowDefinition) -> WorkflowEngine:
-    env = StepEnvironment(control=control, locks=Locks(control), node_id=node)
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id=node)
     return WorkflowEngine(env, {d.name: d for d in defs})
 
 
@@ -335,7 +336,10 @@ steps:
     engine = engine_for(control, "n1", locked)
     started = await engine.start("locked", {"lock_kind": "shard", "lock_resource": "rq/s0"})
     await until_called("wait")
-    await control.set(control_keys.lock("shard", "rq/s0"), "someone-else|999")  # expired and taken
+    record = await engine.store.load(started.id)
+    ours = LockTaken.model_validate(record.steps["lock"].output).lock
+    await engine.env.locks.release(HeldLock(ours.key, ours.holder, ours.token))  # it expired,
+    await engine.env.locks.acquire("shard", "rq/s0", "someone-else")  # and was taken
     open_gate()
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -483,8 +487,9 @@ async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
         },
         "nodes": ["old-node"],
     }  # fmt: skip
-    await control.set(control_keys.workflow_record(old_record["id"]), json.dumps(old_record))
-    await control.sadd(control_keys.ACTIVE_WORKFLOWS, old_record["id"])
+    # Written as the Redis backend's keys held it then (the store's own API writes today's shape).
+    await control.set(redis_keys.workflow_record(old_record["id"]), json.dumps(old_record))
+    await control.sadd(redis_keys.ACTIVE_WORKFLOWS, old_record["id"])
     engine = engine_for(control, "n2")
     await resume_on(engine)
     await engine.wait(old_record["id"])

@@ -1,10 +1,9 @@
-"""Where lazarus_lite keeps its state in the control store: every key name and key format the
-controller, its gates, locks, audit, shadow report, shard watch, workflows, approvals and the
-stateless services' registry read or write, in one place, so two modules that share a key
-cannot spell it two ways.
+"""The Redis backend's key names: where the coordination store keeps each piece of state in a
+Redis control store (unchanged since the keys were first written, so running deployments keep
+their state). Private to `redis_backend`: nothing else builds an `lz:` key.
 
-Not for: reading or writing the keys (each owning module does), the event streams' keys
-(`detection.streams`, `detection.kinesis`) or the topology's (`ratequeue.topology`).
+Not for: the event streams' keys (`detection.streams`, `detection.kinesis`) or the topology's
+(`ratequeue.topology`).
 """
 
 from __future__ import annotations
@@ -91,6 +90,10 @@ def workflow_of_event(event_id: str) -> str:
 
 def approval(workflow_id: str, step_name: str) -> str:
     return f"lz:approval:{workflow_id}:{step_name}"
+
+
+# -- the chaos runner -------------------------------------------------------------------------
+RUN_LOCK = "chaos:run-lock"  # the holder of the one experiment run at a time
 
 
 # -- the stateless services' registry ---------------------------------------------------------
