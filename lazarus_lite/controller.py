@@ -115,7 +115,12 @@ class ControllerNode:
             on_finished=self.decisions.workflow_finished,
         )
         self.keeper = ShardKeeper(
-            control, self.locks, self.node_id, settings.forensics_policy, settings.min_replicas
+            control,
+            self.locks,
+            self.node_id,
+            settings.forensics_policy,
+            settings.min_replicas,
+            forensics=settings.forensics_rules(),
         )
         self.watch = ShardWatch(
             control,
