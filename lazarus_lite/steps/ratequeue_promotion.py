@@ -563,7 +563,8 @@ async def detach_unlisted_replicas(
 async def hold_for_forensics(node: NodeRef, policy: str) -> str:
     """Apply the forensics policy to a former primary: `demote` parks it (read-only, its fence
     dropped, its data kept for examination), `stop` shuts it down. Returns what was done. A
-    former primary that restarts boots parked already: it is simply held."""
+    former primary that restarts boots parked already: it is simply held (the shard keeper
+    rejoins a held node by the forensics rules, `lazarus_lite.forensics`)."""
     try:
         async with connect(node, timeout=0.5) as conn:
             if policy == "stop":
