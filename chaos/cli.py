@@ -5,6 +5,7 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -36,11 +37,19 @@ def testbed_up(
     replicas: int = typer.Option(2, min=1, max=8),
     controllers: int = typer.Option(3, min=0, max=9, help="Lazarus-lite nodes (0: none)"),
     sensors: bool = typer.Option(True, help="a heartbeat sensor beside every replica"),
+    supervise: bool = typer.Option(
+        True, help="a supervisor starts a killed API, controller or sensor again"
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
     try:
         state = testbed_module.up(
-            dir, shards=shards, replicas=replicas, controllers=controllers, sensors=sensors
+            dir,
+            shards=shards,
+            replicas=replicas,
+            controllers=controllers,
+            sensors=sensors,
+            supervise=supervise,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
@@ -71,6 +80,16 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
             "yes" if alive[node.name] else "[red]no[/]",
         )
     console.print(table)
+    supervisor = state.supervisor
+    if supervisor is not None:
+        running = testbed_module.supervisor_alive(dir, supervisor)
+        console.print(
+            f"supervisor pid {supervisor.pid}: " + ("running" if running else "[red]not running[/]")
+        )
+        for restart in supervisor.restarts:
+            at = time.strftime("%H:%M:%S", time.localtime(restart.at))
+            what = restart.note or f"started again as pid {restart.pid}"
+            console.print(f"  {at} {restart.name} (pid {restart.old_pid}): {what}")
     in_lb = bool(health and health.get("in_load_balancer"))
     console.print(f"API {state.api}: " + ("healthy" if in_lb else "[red]not healthy[/]"))
     if not (in_lb and all(alive.values())):
@@ -85,6 +104,14 @@ def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     except TestbedError as error:
         raise refused(error) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")
+
+
+@testbed_app.command("supervise", hidden=True)
+def testbed_supervise(dir: Path = typer.Option(..., "--dir")) -> None:
+    """Run the testbed's supervisor in the foreground (`up` starts it in the background)."""
+    from chaos.supervisor import supervise
+
+    supervise(dir)
 
 
 @app.command()

@@ -2,8 +2,10 @@
 heartbeat sensor beside every replica, three Lazarus-lite controller nodes), started in the
 background and described by `DIR/testbed.json` so other commands can find it.
 
-`up` returns with everything running; `down` stops exactly the processes `up` started (checked
-by command line, so a recycled pid is never killed). Not for: faults (see the fault backends).
+`up` returns with everything running, and (asked to) a supervisor beside it that starts a killed
+API, controller or sensor again (`chaos.supervisor`); `down` stops the supervisor first, then
+exactly the processes `up` started (checked by command line, so a recycled pid is never killed).
+Not for: faults (see the fault backends).
 """
 
 from __future__ import annotations
@@ -57,12 +59,38 @@ class TestbedNode(BaseModel):
     program: str | None = None  # what its command line runs, when its role does not say
     # The argv it was started with (Redis nodes), so a fault can boot it again as it was.
     command: list[str] | None = None
+    # The argv the supervisor starts it again with (API, controllers, sensors). Not `command`:
+    # a fault that stops such a node leaves it to the supervisor rather than racing it.
+    restart_command: list[str] | None = None
 
     @model_validator(mode="after")
     def _program_known(self) -> TestbedNode:
         if self.program is None and self.role not in PROGRAMS_OF_ROLE:
             raise ValueError(f"{self.name}: a node of role {self.role!r} must name its program")
         return self
+
+
+class Restart(BaseModel):
+    """One restart the supervisor made (or gave up on: `pid` None)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    at: float
+    old_pid: int
+    pid: int | None = None
+    note: str = ""
+
+
+class SupervisorRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int
+    restarts: list[Restart] = Field(default_factory=list, description="the latest, oldest first")
+
+
+# How many restarts `testbed.json` remembers: the supervisor's log has them all.
+RESTARTS_REMEMBERED = 50
 
 
 class TestbedState(BaseModel):
@@ -74,6 +102,7 @@ class TestbedState(BaseModel):
     nodes: list[TestbedNode]
     lazarus: list[HttpUrlText] = []
     lazarus_token: str | None = None
+    supervisor: SupervisorRecord | None = None
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
@@ -107,16 +136,44 @@ def record_pid(directory: Path, name: str, pid: int) -> bool:
     """Note in `testbed.json` that node `name` now runs as `pid` (a fault restarted it), so
     `status`, `down` and a later fault find it; False if the file is gone (the testbed was
     taken down) or lists no such node."""
+
+    def change(state: TestbedState) -> bool:
+        node = next((n for n in state.nodes if n.name == name), None)
+        if node is None:
+            return False
+        node.pid = pid
+        return True
+
+    return update_state(directory, change)
+
+
+def record_restart(directory: Path, restart: Restart) -> bool:
+    """Note a supervisor's restart: the node's new pid (as `record_pid`) and the restart among
+    the last `RESTARTS_REMEMBERED`; False if the testbed was taken down meanwhile."""
+
+    def change(state: TestbedState) -> bool:
+        node = next((n for n in state.nodes if n.name == restart.name), None)
+        if node is None or state.supervisor is None:
+            return False
+        if restart.pid is not None:
+            node.pid = restart.pid
+        state.supervisor.restarts = [*state.supervisor.restarts, restart][-RESTARTS_REMEMBERED:]
+        return True
+
+    return update_state(directory, change)
+
+
+def update_state(directory: Path, change: Callable[[TestbedState], bool]) -> bool:
+    """Apply `change` to `testbed.json` as its one writer of the moment, and store the result if
+    it returns True; False if the file is gone (the testbed was taken down) or nothing changed."""
     path = state_path(directory)
     with _STATE_WRITE, (directory / ".testbed.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             return False
         state = load_state(directory)
-        node = next((n for n in state.nodes if n.name == name), None)
-        if node is None:
+        if not change(state):
             return False
-        node.pid = pid
         # Replaced whole, so a reader never sees half a file.
         handle, fresh = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
         try:
@@ -143,15 +200,16 @@ def process_alive(node: TestbedNode) -> bool:
 
 
 def _spawn(directory: Path, name: str, args: list[str]) -> subprocess.Popen:
+    return spawn_command(directory, name, [sys.executable, "-m", *args])
+
+
+def spawn_command(directory: Path, name: str, argv: list[str]) -> subprocess.Popen:
+    """Start `argv` in a session of its own (it outlives the caller), logging to
+    `logs/NAME.log`; `Popen.args` is the argv, recorded so it can be started again."""
     log = directory / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_healthy(node: TestbedNode, process: subprocess.Popen, directory: Path) -> None:
@@ -182,7 +240,8 @@ def start_api(
             *(extra_args or []),
         ],
     )
-    node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=port, pid=process.pid)
+    node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=port, pid=process.pid,
+                       restart_command=list(process.args))  # fmt: skip
     _wait_healthy(node, process, directory)
     return node
 
@@ -233,13 +292,15 @@ def start_controllers(
                     "info",
                     "--api-token",
                     token,
+                    # Returning former primaries rejoin once their data files are copied here.
+                    "--forensics-dir",
+                    str(directory / "forensics"),
                     *peers,
                     *(extra_args or []),
                 ],
             )
-            node = TestbedNode(
-                name=name, role="lazarus", host=CLIENT_HOST, port=port, pid=process.pid
-            )
+            node = TestbedNode(name=name, role="lazarus", host=CLIENT_HOST, port=port,
+                               pid=process.pid, restart_command=list(process.args))  # fmt: skip
             started.append((node, process))
         for node, process in started:
             _wait_healthy(node, process, directory)
@@ -284,6 +345,7 @@ def start_sensor(
         host=source_host,
         port=replica.port,
         pid=process.pid,
+        restart_command=list(process.args),
     )
 
 
@@ -310,6 +372,7 @@ class UpOptions(TypedDict, total=False):
     sensors: bool
     controller_args: list[str] | None
     sensor_args: list[str] | None
+    supervise: bool
 
 
 def up(
@@ -321,9 +384,11 @@ def up(
     sensors: bool = True,
     controller_args: list[str] | None = None,
     sensor_args: list[str] | None = None,
+    supervise: bool = False,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
-    `sensors=False` it is the queue alone (no automated failover)."""
+    `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
+    supervisor starts a killed API, controller or sensor again (`chaos.supervisor`)."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -369,28 +434,48 @@ def up(
         lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
         lazarus_token=token if lazarus else None,
     )
+    if supervise:
+        where = str(directory.resolve())
+        argv = [sys.executable, "-m", "chaos", "testbed", "supervise", "--dir", where]
+        process = spawn_command(directory, "supervisor", argv)
+        state.supervisor = SupervisorRecord(pid=process.pid)
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state
 
 
+def supervisor_alive(directory: Path, record: SupervisorRecord) -> bool:
+    """True if `record.pid` still runs this testbed's supervisor (by command line)."""
+    argv = read_cmdline(record.pid)
+    return argv is not None and "supervise" in argv and str(directory.resolve()) in argv
+
+
 def _terminate(node: TestbedNode, timeout: float = 5.0) -> None:
-    if not process_alive(node):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(node.pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
-        os.kill(node.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(node) and time.monotonic() < deadline:
-        time.sleep(0.02)
     if process_alive(node):
+        _stop_pid(node.pid, lambda: process_alive(node), timeout)
+
+
+def _stop_pid(pid: int, alive: Callable[[], bool], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; `alive` says whether `pid` still runs it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if alive():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(node.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
 
 
 def down(directory: Path) -> list[str]:
     """Stop every process the testbed in `directory` started; returns their names."""
     state = load_state(directory)
     stopped = []
+    # The supervisor first, so it does not start again what is being stopped.
+    supervisor = state.supervisor
+    if supervisor is not None and supervisor_alive(directory, supervisor):
+        _stop_pid(supervisor.pid, lambda: supervisor_alive(directory, supervisor))
+        stopped.append("supervisor")
     # Controllers first (one may be provisioning a replica right now), then read what their
     # actuator started; then API and sensors, so nothing reacts to the Redis nodes going away.
     controllers = [n for n in state.nodes if n.role == "lazarus"]

@@ -113,7 +113,11 @@ class ControllerNode:
             on_finished=self.decisions.workflow_finished,
         )
         self.keeper = ShardKeeper(
-            store, self.node_id, settings.forensics_policy, settings.min_replicas
+            store,
+            self.node_id,
+            settings.forensics_policy,
+            settings.min_replicas,
+            forensics=settings.forensics_rules(),
         )
         self.watch = ShardWatch(
             store,

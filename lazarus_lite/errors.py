@@ -12,6 +12,7 @@
     ├── OwnershipLost               another node took the workflow over: stop, save nothing
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
+    ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     └── ApiError (InvalidRequest)   the REST API refuses a request (status, code, message;
                                     `common.http_contract` answers it)
 
@@ -64,6 +65,11 @@ class LockBusy(LazarusError):
 
 class LockLost(LazarusError):
     """The lock is no longer held with this token: the holder must not act."""
+
+
+class ForensicsCopyFailed(LazarusError):
+    """A returning former member's data files could not be copied for forensics: it is not
+    rejoined (a full resync would replace the only copy of what it held)."""
 
 
 class ApiError(LazarusError, InvalidRequest):

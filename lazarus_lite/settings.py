@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 from lazarus_lite.coordination.opening import CoordinationBackend
+from lazarus_lite.forensics import WEEK, ForensicsRules
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -32,6 +33,15 @@ class ControllerSettings(BaseModel):
     workflows: Path = DEFINITIONS / "workflows"
     actuator_dir: Path | None = None
     forensics_policy: Literal["demote", "stop"] = "demote"
+    rejoin_returning: bool = Field(True, description="former members that answer again rejoin")
+    forensics_hold: float = Field(
+        0, ge=0, le=WEEK, description="seconds a returning node stays parked before it rejoins"
+    )
+    forensics_keep: int = Field(5, ge=1, le=1000, description="held nodes and copies per shard")
+    forensics_max_age: float = Field(WEEK, gt=0, description="seconds a node or copy is kept")
+    forensics_dir: Path | None = Field(
+        None, description="copies of returning nodes' data files (None: rejoin without a copy)"
+    )
     stream: Literal["redis", "kinesis"] = "redis"
     kinesis_stream: str = "lazarus-events"
     kinesis_region: str = "us-east-1"
@@ -73,6 +83,15 @@ class ControllerSettings(BaseModel):
     @classmethod
     def _without_trailing_slash(cls, value: list[str]) -> list[str]:
         return [url.rstrip("/") for url in value]
+
+    def forensics_rules(self) -> ForensicsRules:
+        return ForensicsRules(
+            rejoin=self.rejoin_returning,
+            hold_seconds=self.forensics_hold,
+            keep=self.forensics_keep,
+            max_age=self.forensics_max_age,
+            copy_dir=self.forensics_dir,
+        )
 
     @classmethod
     def parse(cls, **values: object) -> ControllerSettings:

@@ -12,7 +12,14 @@ refuses writes until somebody puts it back. Each controller node runs the keeper
   written before a reply or a replication byte leaves it);
 - a primary whose lineage is not recorded yet (a new primary's replication id is final only
   once its first replica synced) gets it recorded;
-- former primaries held for forensics get the forensics policy (`steps.ratequeue_promotion`).
+- former members held for forensics get the forensics policy (`steps.ratequeue_promotion`):
+  one that answers is parked (or, with policy `stop`, shut down and never rejoined);
+- a former member that answers parked rejoins (`lazarus_lite.forensics` holds the rules): once
+  its hold time is over and its data files are copied (when a copy directory is set), one
+  topology compare-and-set lists it as a replica and takes it off the forensics list, and only
+  then does it follow the primary (a full resync replaces whatever it applied that was never
+  acknowledged); a node still dead stays held;
+- the forensics list is kept within its bound (a count and an age), and so are the copies.
 
 Every change is made under the shard's lock, the one a failover workflow holds, so the keeper
 and a failover never interleave; a shard whose lock is busy is left alone this round.
@@ -24,13 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lazarus_lite.coordination.interface import CoordinationStore
-from lazarus_lite.errors import LockBusy
+from lazarus_lite.errors import ForensicsCopyFailed, LockBusy
+from lazarus_lite.forensics import ForensicsRules, bounded, copy_data_files, prune_copies
 from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,
@@ -39,7 +48,7 @@ from lazarus_lite.steps.ratequeue_promotion import (
     unlisted_replicas,
 )
 from ratequeue import membership
-from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology
+from ratequeue.topology import FENCE_KEY, HeldNode, NodeRef, Shard, Topology
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +71,15 @@ class ShardKeeper:
         node_id: str,
         forensics_policy: str,
         min_replicas: int = 1,
+        *,
+        forensics: ForensicsRules | None = None,
     ) -> None:
         self.topology = store.topology
         self.locks = store.locks
         self.holder = f"shard-keeper:{node_id}"
         self.forensics_policy = forensics_policy
         self.min_replicas = min_replicas  # what the API's WAIT requires
+        self.forensics = forensics or ForensicsRules()
 
     async def run_once(self) -> list[str]:
         """One pass over every shard; returns what was done, one line per change."""
@@ -82,10 +94,18 @@ class ShardKeeper:
 
     async def keep(self, shard: Shard) -> list[str]:
         done = []
+        returned = []
         for node in shard.forensics:
             state = await hold_for_forensics(node, self.forensics_policy)
             if state in {"demoted", "stopped"}:
                 done.append(f"former primary {node.name} {state}")
+            if state in {"demoted", "held"}:
+                returned.append(node)
+        if self.forensics.copy_dir is not None:
+            for path in prune_copies(
+                self.forensics.copy_dir, shard.id, self.forensics, time.time()
+            ):
+                done.append(f"{shard.id}: removed forensics copy {path.name}, beyond the bound")
         primary = await _replication(shard.primary)
         if primary is None:
             return done  # down, paused or cut off: the sensors and the failover handle it
@@ -107,7 +127,112 @@ class ShardKeeper:
             done += await self._under_lock(shard, self._record_lineage)
         if primary.get("role") == "master" and await self._write_quorum_off(shard):
             done += await self._under_lock(shard, self._set_write_quorum)
+        if primary.get("role") == "master" and (
+            self._may_rejoin(returned)
+            or bounded(shard.forensics, self.forensics, time.time()) != shard.forensics
+        ):
+            done += await self._under_lock(shard, self._settle_forensics)
         return done
+
+    def _prune_copies(self, shard_id: str) -> list[str]:
+        if self.forensics.copy_dir is None:
+            return []
+        removed = prune_copies(self.forensics.copy_dir, shard_id, self.forensics, time.time())
+        return [
+            f"{shard_id}: removed forensics copy {path.name}, beyond the bound" for path in removed
+        ]
+
+    def _may_rejoin(self, returned: list[HeldNode]) -> list[HeldNode]:
+        """The returning nodes whose hold is over (none if returning nodes do not rejoin)."""
+        if not self.forensics.rejoin or self.forensics_policy != "demote":
+            return []
+        now = time.time()
+        return [
+            node
+            for node in returned
+            if node.held_at is not None and now - node.held_at >= self.forensics.hold_seconds
+        ]
+
+    async def _settle_forensics(self, shard: Shard, held: Any) -> list[str]:
+        """Rejoin the former members that answer parked and whose hold is over, then keep the
+        list within its bound."""
+        done = []
+        for node in self._may_rejoin(shard.forensics):
+            info = await _replication(node)
+            if info is None or not membership.is_parked(info):
+                continue  # still dead, or not parked yet: never attach what may be writable
+            done += await self._rejoin_former(shard, node, held)
+        topology = await self.topology.load()
+        current = topology.shard(shard.id) if topology else None
+        if current is None or current.primary.name != shard.primary.name:
+            return done
+
+        async def change(topology: Topology) -> Topology | None:
+            now_held = topology.shard(shard.id)
+            kept = bounded(now_held.forensics, self.forensics, time.time())
+            if now_held.primary.name != shard.primary.name or kept == now_held.forensics:
+                return None
+            return topology.next_with(now_held.model_copy(update={"forensics": kept}))
+
+        before = {n.name for n in current.forensics}
+        published = await compare_and_set_loop_on(
+            self.topology, change, lambda: self.locks.assert_held(held)
+        )
+        after = {n.name for n in published.shard(shard.id).forensics}
+        return done + [
+            f"{shard.id}: dropped {name} from forensics, beyond the bound"
+            for name in sorted(before - after)
+        ]
+
+    async def _rejoin_former(self, shard: Shard, node: HeldNode, held: Any) -> list[str]:
+        """Copy what `node` holds (if the rules say so), list it as a replica and take it off the
+        forensics list in one compare-and-set, then attach it to the primary and wait for its
+        full resync (a failover waits for the lock meanwhile)."""
+        async with connect(shard.primary) as conn:
+            info = await conn.info("replication")
+            fence = await conn.get(FENCE_KEY)
+        if info.get("role") != "master" or fence is None or int(fence) != shard.epoch:
+            return []  # not the appointed primary of this epoch: nothing to follow yet
+        done = []
+        if self.forensics.copy_dir is not None:
+            try:
+                copy = await copy_data_files(node, shard.id, self.forensics.copy_dir)
+            except ForensicsCopyFailed as error:
+                return [f"{shard.id}: {node.name} answers but stays held: {error}"]
+            done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
+            done += self._prune_copies(shard.id)
+
+        async def change(topology: Topology) -> Topology | None:
+            current = topology.shard(shard.id)
+            if current.primary.name != shard.primary.name or node.name not in {
+                n.name for n in current.forensics
+            }:
+                return None
+            updated = current.model_copy(
+                update={
+                    "replicas": [*current.replicas, node.node()],
+                    "forensics": [n for n in current.forensics if n.name != node.name],
+                }
+            )
+            return topology.next_with(updated)
+
+        published = await compare_and_set_loop_on(
+            self.topology, change, lambda: self.locks.assert_held(held)
+        )
+        if node.name not in {r.name for r in published.shard(shard.id).replicas}:
+            return done
+        await self.locks.assert_held(held)
+        try:
+            async with connect(node) as replica, connect(shard.primary) as primary:
+                await membership.attach(replica, shard.primary)
+                await membership.wait_in_sync(primary, replica, timeout=20)
+        except (RedisError, OSError, TimeoutError) as error:
+            # Listed: the next pass attaches it again (`_rejoin`) if the link did not hold.
+            return [*done, f"{shard.id}: {node.name} listed, not in sync yet: {error}"]
+        return [
+            *done,
+            f"{shard.id}: former member {node.name} rejoined {shard.primary.name} as a replica",
+        ]
 
     def _needed(self, shard: Shard) -> int:
         return membership.required_replicas(self.min_replicas, len(shard.replicas))

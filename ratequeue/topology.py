@@ -52,6 +52,22 @@ class NodeRef(BaseModel):
         return f"{self.peer_host or self.host}:{self.port}"
 
 
+class HeldNode(NodeRef):
+    """A former member held for forensics (`Shard.forensics`): the node, and when it was put
+    there (unix seconds; None in a map written before it was recorded), so what is held can be
+    bounded by age as well as by count."""
+
+    held_at: float | None = None
+
+    @classmethod
+    def of(cls, node: NodeRef, at: float) -> HeldNode:
+        return cls(**node.model_dump(include=set(NodeRef.model_fields)), held_at=at)
+
+    def node(self) -> NodeRef:
+        """The plain node, to list it again (as a replica)."""
+        return NodeRef(**self.model_dump(exclude={"held_at"}))
+
+
 class Lineage(BaseModel):
     """The replication stream of a shard's current primary, recorded when it was appointed.
 
@@ -74,8 +90,9 @@ class Shard(BaseModel):
     epoch: int = Field(ge=1, description="epoch in which the current primary was appointed")
     primary: NodeRef
     replicas: list[NodeRef] = Field(default_factory=list)
-    forensics: list[NodeRef] = Field(
-        default_factory=list, description="former primaries held out of service"
+    forensics: list[HeldNode] = Field(
+        default_factory=list,
+        description="former members held out of service (bounded by the controllers' settings)",
     )
     status: Literal["ok", "failing_over", "escalated", "unwritable"] = Field(
         "ok", description="unwritable: no writable primary for longer than the controllers' bound"

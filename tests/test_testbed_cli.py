@@ -1,6 +1,6 @@
 """The `chaos testbed` command line, end to end: `up` starts a whole deployment on loopback and
 describes it in DIR/testbed.json, `status` reports it healthy, its API takes messages, and `down`
-stops every process `up` started."""
+stops every process `up` started, its supervisor first."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
     directory = tmp_path / "bed"
     state_file = directory / "testbed.json"
     nodes: list[dict] = []
+    supervisor_pid = None
     down = None
     left: list[dict] = []
     try:
@@ -42,6 +43,8 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads(state_file.read_text())
         nodes = state["nodes"]
+        supervisor_pid = state["supervisor"]["pid"]
+        assert running(supervisor_pid)
 
         assert state["api"].startswith("http://127.0.0.1:")
         assert state["control"].startswith("redis://127.0.0.1:")
@@ -58,6 +61,7 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
         status = chaos("testbed", "status", "--dir", str(directory))
         assert status.returncode == 0, status.stdout + status.stderr
         assert "healthy" in status.stdout
+        assert f"supervisor pid {supervisor_pid}: running" in status.stdout
 
         response = httpx.post(f"{state['api']}/v1/numbers/+14155550100/messages",
                               json={"id": "m-1", "body": "hello"}, timeout=10)  # fmt: skip
@@ -75,8 +79,9 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
                     os.kill(node["pid"], signal.SIGKILL)
 
     assert down is not None and down.returncode == 0, down and down.stdout + down.stderr
-    assert f"stopped {len(nodes)} processes" in down.stdout
+    assert f"stopped {len(nodes) + 1} processes" in down.stdout  # the nodes and the supervisor
     assert [node["name"] for node in left] == []
+    assert supervisor_pid is not None and not running(supervisor_pid)
     assert not state_file.exists()
     after = chaos("testbed", "status", "--dir", str(directory))
     assert after.returncode == 1

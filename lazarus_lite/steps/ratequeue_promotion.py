@@ -32,7 +32,7 @@ from lazarus_lite.workflow.registry import step
 from ratequeue import membership
 from ratequeue.errors import EpochConflict, NoSafeCandidate
 from ratequeue.membership import ReplicaPosition
-from ratequeue.topology import Lineage, NodeRef, Shard, Topology, TopologySource
+from ratequeue.topology import HeldNode, Lineage, NodeRef, Shard, Topology, TopologySource
 
 FORENSICS_POLICIES = ("demote", "stop")
 
@@ -402,15 +402,20 @@ async def publish_topology(ctx: StepContext) -> TopologyPublished:
         # out may still land, and only a listed replica is read by the N - k + 1 rule
         # (docs/membership.md, M4); the shard keeper attaches it once it answers. A replica
         # the fence could not reach may still follow the old primary (and apply writes it never
-        # acknowledged): it goes to forensics with it, and no controller ever attaches it.
+        # acknowledged): it goes to forensics with it; once it answers again the shard keeper
+        # attaches it like the old primary (a full resync replaces what it applied beyond).
         unreached = [r for r in shard.replicas if r.name not in parked]
+        now = time.time()
         new_shard = shard.model_copy(
             update={
                 "primary": candidate,
                 "replicas": [
                     r for r in shard.replicas if r.name in parked and r.name != candidate.name
                 ],
-                "forensics": [*shard.forensics, shard.primary, *unreached],
+                "forensics": [
+                    *shard.forensics,
+                    *(HeldNode.of(node, now) for node in [shard.primary, *unreached]),
+                ],
                 "epoch": epoch,
                 "status": "ok",
                 "lineage": promoted.lineage,
@@ -557,7 +562,8 @@ async def detach_unlisted_replicas(
 async def hold_for_forensics(node: NodeRef, policy: str) -> str:
     """Apply the forensics policy to a former primary: `demote` parks it (read-only, its fence
     dropped, its data kept for examination), `stop` shuts it down. Returns what was done. A
-    former primary that restarts boots parked already: it is simply held."""
+    former primary that restarts boots parked already: it is simply held (the shard keeper
+    rejoins a held node by the forensics rules, `lazarus_lite.forensics`)."""
     try:
         async with connect(node, timeout=0.5) as conn:
             if policy == "stop":

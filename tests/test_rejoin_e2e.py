@@ -1,0 +1,85 @@
+"""Returning nodes on the local testbed (real redis-server processes, sensors and controllers,
+real signals): a primary killed and failed away from, then restarted with its boot arguments,
+becomes a replica of the new primary with its data copied first; a replica restarted with its
+boot arguments follows the current primary, and a later failover of its shard completes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from chaos.testbed import TestbedState, record_pid, running_testbed
+from ratequeue import membership
+from ratequeue.topology import NodeRef
+from tests.e2e.support import (
+    control_topology,
+    failed_over,
+    restart_with_boot_arguments,
+    send,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[TestbedState]:
+    with running_testbed(tmp_path / "tb", shards=1, replicas=2) as state:
+        yield state
+
+
+def follows(node: NodeRef, primary: NodeRef) -> bool:
+    try:
+        with redis.Redis(host=node.host, port=node.port, socket_timeout=1) as conn:
+            info = conn.info("replication")
+    except (redis.RedisError, OSError):
+        return False
+    host = primary.peer_host or primary.host
+    return membership.points_at(info, host, primary.port) and info["master_link_status"] == "up"
+
+
+def restart(testbed: TestbedState, directory: Path, name: str) -> None:
+    pid = restart_with_boot_arguments(directory, testbed.node(name))
+    record_pid(directory, name, pid)
+
+
+def test_a_killed_primary_restarted_with_its_boot_arguments_rejoins_as_a_replica(
+    testbed: TestbedState, tmp_path: Path
+) -> None:
+    directory = tmp_path / "tb"
+    replicas_before = len(control_topology(testbed).shard("s0").replicas)
+    send(testbed, "s0-primary", signal.SIGKILL)
+    wait_for("s0 to fail over", lambda: failed_over(testbed, "s0", "s0-primary"))
+    restart(testbed, directory, "s0-primary")
+
+    def rejoined() -> bool:
+        shard = control_topology(testbed).shard("s0")
+        mine = [r for r in shard.replicas if r.name == "s0-primary"]
+        return bool(mine) and follows(mine[0], shard.primary)
+
+    wait_for("the old primary to rejoin", rejoined, timeout=40)
+    shard = control_topology(testbed).shard("s0")
+    assert [n.name for n in shard.forensics] == []
+    assert len(shard.replicas) >= replicas_before
+    (copy,) = (directory / "forensics" / "s0").iterdir()
+    assert copy.name.startswith("s0-primary@") and (copy / "dump.rdb").exists()
+
+
+def test_a_restarted_replica_follows_the_current_primary_and_its_shard_fails_over_later(
+    testbed: TestbedState, tmp_path: Path
+) -> None:
+    directory = tmp_path / "tb"
+    send(testbed, "s0-replica1", signal.SIGKILL)
+    restart(testbed, directory, "s0-replica1")
+    primary = control_topology(testbed).shard("s0").primary
+    replica = testbed.node("s0-replica1")
+    again = NodeRef(name=replica.name, host=replica.host, port=replica.port)
+    wait_for("the replica to follow the primary", lambda: follows(again, primary), timeout=30)
+
+    send(testbed, "s0-primary", signal.SIGKILL)
+    after = wait_for("s0 to fail over", lambda: failed_over(testbed, "s0", "s0-primary"))
+    assert after.shard("s0").primary.name != "s0-primary"
