@@ -12,6 +12,8 @@
     ├── OwnershipLost               another node took the workflow over: stop, save nothing
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
+    ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
+    │                               a container it cannot create or start)
     └── ApiError (InvalidRequest)   the REST API refuses a request (status, code, message;
                                     `common.http_contract` answers it)
 
@@ -64,6 +66,10 @@ class LockBusy(LazarusError):
 
 class LockLost(LazarusError):
     """The lock is no longer held with this token: the holder must not act."""
+
+
+class ActuatorError(LazarusError):
+    """The actuator could not provision or remove a node; the message says which and why."""
 
 
 class ApiError(LazarusError, InvalidRequest):
