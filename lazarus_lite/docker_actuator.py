@@ -7,9 +7,9 @@ with an address of its own on each (clients on the client network, replication, 
 controllers on the peer network), and a heartbeat sensor container beside it on the peer
 network. Every container it starts carries the labels `LABEL_*` (deployment, shard, role, name):
 that is how a resumed step adopts the container an interrupted one started instead of starting
-a second, how the chaos runner finds it as a target, and how `remove` finds what to remove. They
-also carry Compose's project label, so `docker compose down --remove-orphans` removes them with
-the rest of the deployment.
+a second, how the chaos runner finds it as a target, and how `remove` finds what to remove.
+Compose does not know them: remove them (label `ratequeue.provisioned-by=docker-actuator`)
+before `docker compose down`, or the networks stay in use (the README's staging section).
 
 Not for: deciding whether to provision (the workflow), returning a failed node to service (the
 shard keeper), or faults on containers (`chaos.faults.docker`).
@@ -46,10 +46,6 @@ LABEL_NAME = "ratequeue.name"
 # compose file declares.
 LABEL_PROVISIONED = "ratequeue.provisioned-by"
 PROVISIONED_BY = "docker-actuator"
-# Compose's own labels: with them `docker compose down --remove-orphans` removes the containers
-# this actuator added (otherwise they would keep the deployment's networks from being removed).
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
 
 REDIS_PORT = 6379
 # The redis-server command line of every shard node in a container: the flags of
@@ -129,8 +125,6 @@ class DockerActuator:
             LABEL_ROLE: role,
             LABEL_NAME: name,
             LABEL_PROVISIONED: PROVISIONED_BY,
-            COMPOSE_PROJECT: self.settings.deployment,
-            COMPOSE_SERVICE: name,
         }
         if shard is not None:
             labels[LABEL_SHARD] = shard
