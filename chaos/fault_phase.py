@@ -104,12 +104,14 @@ class FaultPhase:
         elif selector.role == "sensor":
             # The sensors beside the shard's current replicas (after a failover, the sensor of
             # a promoted or lost replica no longer watches this shard's primary).
+            # A sensor is named for the replica it watches (testbed, actuators, compose file
+            # alike); ports do not tell them apart where every node listens on 6379.
             self.deployment.refresh_nodes()
-            watching = {r.port for r in topology.shard(shard).replicas}
+            watching = {f"sensor-{r.name}" for r in topology.shard(shard).replicas}
             nodes = [
                 n
                 for n in self.deployment.nodes
-                if n.role == "sensor" and n.shard == shard and n.port in watching
+                if n.role == "sensor" and n.shard == shard and n.name in watching
             ]
         else:
             nodes = [

@@ -1,6 +1,8 @@
 """The deployment an experiment runs against: the embedded local testbed, or an existing one
 described by `--target FILE` (API URL, control store URL, controller URLs, and how each node is
-reached: pid, container name or Gremlin target).
+reached: pid, container name or Gremlin target). A target file that sets `docker_deployment`
+may name only the endpoints: its nodes are the deployment's containers on the local Docker
+engine, found by their labels (`chaos.docker_targets`), replacements provisioned since included.
 
 Redis roles follow the live topology (after a failover the primary is another node), so a
 selector is resolved against the control store's shard map at the moment of the fault.
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
@@ -52,9 +54,19 @@ class Deployment(BaseModel):
     default_backend: Backend = "local"
     nodes: list[DeploymentNode] = Field(default_factory=list)
     testbed_dir: Path | None = Field(None, description="set for the embedded testbed")
+    _discovered: set[str] = PrivateAttr(default_factory=set)
+    docker_deployment: str | None = Field(
+        None,
+        description="the label ratequeue.deployment of its containers: nodes are discovered",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    )
 
     def refresh_nodes(self) -> None:
-        """Pick up processes the local actuator started since (replacement replicas)."""
+        """Pick up nodes started since: processes the local actuator started (replacement
+        replicas), or the deployment's containers as they are now (addresses and roles from
+        the live topology), next to the nodes the file lists."""
+        if self.docker_deployment is not None:
+            self._discover_containers()
         if self.testbed_dir is None:
             return
         known = {n.name for n in self.nodes}
@@ -62,6 +74,22 @@ class Deployment(BaseModel):
             if extra.name not in known:
                 fields = extra.model_dump(exclude={"program"})
                 self.nodes.append(DeploymentNode(**fields, peer_host=PEER_HOST))
+
+    def _discover_containers(self) -> None:
+        from chaos.docker_targets import discover_nodes  # the Docker SDK only when asked for
+
+        assert self.docker_deployment is not None
+        try:
+            topology: Topology | None = self.topology()
+        except TargetError:
+            topology = None  # the nodes are still targets; their roles are the labels'
+        found = discover_nodes(self.docker_deployment, topology)
+        # What the file lists stays its word; what an earlier discovery found is replaced by
+        # what is found now (after a failover a node's role changed; a removed one is gone).
+        listed = [n for n in self.nodes if n.name not in self._discovered]
+        names = {n.name for n in listed}
+        self._discovered = {n.name for n in found if n.name not in names}
+        self.nodes = listed + [n for n in found if n.name in self._discovered]
 
     def node(self, name: str) -> DeploymentNode:
         self.refresh_nodes()

@@ -32,7 +32,15 @@ def serve(
     min_replicas: int = typer.Option(None, envvar="LAZARUS_MIN_REPLICAS"),
     rules: list[Path] = typer.Option(None, "--rules", help="rule file or directory (repeat)"),
     workflows: Path = typer.Option(None, "--workflows"),
+    actuator: str = typer.Option(
+        None, "--actuator", envvar="LAZARUS_ACTUATOR", help="none | local | docker"
+    ),
     actuator_dir: Path = typer.Option(None, "--actuator-dir", help="local actuator's workdir"),
+    docker_deployment: str = typer.Option(None, envvar="LAZARUS_DOCKER_DEPLOYMENT"),
+    docker_client_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_CLIENT_NETWORK"),
+    docker_peer_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_PEER_NETWORK"),
+    docker_redis_image: str = typer.Option(None, envvar="LAZARUS_DOCKER_REDIS_IMAGE"),
+    docker_image: str = typer.Option(None, envvar="LAZARUS_DOCKER_IMAGE"),
     forensics_policy: str = typer.Option(None, "--forensics-policy", help="demote | stop"),
     rejoin_returning: bool = typer.Option(
         None, "--rejoin-returning/--no-rejoin-returning", help="former members rejoin"
@@ -87,7 +95,13 @@ def serve(
             min_replicas=min_replicas,
             rules=rules or None,
             workflows=workflows,
+            actuator=actuator,
             actuator_dir=actuator_dir,
+            docker_deployment=docker_deployment,
+            docker_client_network=docker_client_network,
+            docker_peer_network=docker_peer_network,
+            docker_redis_image=docker_redis_image,
+            docker_image=docker_image,
             forensics_policy=forensics_policy,
             rejoin_returning=rejoin_returning,
             forensics_hold=forensics_hold,

@@ -23,11 +23,12 @@ from detection.events import Event
 from detection.streams import EventStream
 from lazarus_lite import background
 from lazarus_lite import steps as _registers_the_steps  # noqa: F401
-from lazarus_lite.actuators import LocalProcessActuator
+from lazarus_lite.actuators import Actuator, LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict
 from lazarus_lite.checks import CHECKS
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
@@ -58,6 +59,28 @@ def lock_resource(rule: Rule, event: Event) -> str:
     return event.host
 
 
+def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
+    """The actuator the settings select; None: failovers run one replica short."""
+    match settings.chosen_actuator:
+        case "local":
+            assert settings.actuator_dir is not None  # the settings' own check
+            return LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
+        case "docker":
+            given = {
+                "deployment": settings.docker_deployment,
+                "client_network": settings.docker_client_network,
+                "peer_network": settings.docker_peer_network,
+                "redis_image": settings.docker_redis_image,
+                "sensor_image": settings.docker_image,
+            }
+            chosen = {field: value for field, value in given.items() if value is not None}
+            return DockerActuator(
+                DockerActuatorSettings(control_url=settings.control_url, **chosen)
+            )
+        case _:
+            return None
+
+
 class ControllerNode:
     def __init__(
         self, settings: ControllerSettings, *, store: CoordinationStore, stream: EventStream
@@ -77,11 +100,7 @@ class ControllerNode:
             known_actions=[*self.definitions, RECORD_ONLY_ACTION],
         )
         self.rules = RuleBook([*self.rules.rules, *profile_rules])
-        actuator = (
-            LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
-            if settings.actuator_dir is not None
-            else None
-        )
+        actuator = chosen_actuator(settings)
         self.locks = store.locks
         self.gates = SafetyGates(settings, store)
         self.audit = AuditLog(store.records)

@@ -13,6 +13,8 @@
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
+    ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
+    │                               a container it cannot create or start)
     └── ApiError (InvalidRequest)   the REST API refuses a request (status, code, message;
                                     `common.http_contract` answers it)
 
@@ -70,6 +72,10 @@ class LockLost(LazarusError):
 class ForensicsCopyFailed(LazarusError):
     """A returning former member's data files could not be copied for forensics: it is not
     rejoined (a full resync would replace the only copy of what it held)."""
+
+
+class ActuatorError(LazarusError):
+    """The actuator could not provision or remove a node; the message says which and why."""
 
 
 class ApiError(LazarusError, InvalidRequest):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
@@ -31,7 +31,17 @@ class ControllerSettings(BaseModel):
     probe_timeout: float = Field(0.25, gt=0, le=10)
     rules: list[Path] = Field(default_factory=lambda: [DEFINITIONS / "rules"])
     workflows: Path = DEFINITIONS / "workflows"
+    actuator: Literal["none", "local", "docker"] | None = Field(
+        None, description="how replacements are started (default: local with actuator_dir)"
+    )
     actuator_dir: Path | None = None
+    # The docker actuator's deployment (its labels, Compose project), networks and images; unset:
+    # docker-compose.yml's (lazarus_lite.docker_actuator.DockerActuatorSettings).
+    docker_deployment: str | None = None
+    docker_client_network: str | None = None
+    docker_peer_network: str | None = None
+    docker_redis_image: str | None = None
+    docker_image: str | None = None
     forensics_policy: Literal["demote", "stop"] = "demote"
     rejoin_returning: bool = Field(True, description="former members that answer again rejoin")
     forensics_hold: float = Field(
@@ -78,6 +88,19 @@ class ControllerSettings(BaseModel):
     unwritable_after: float = Field(
         20.0, gt=0, description="a shard without a writable primary this long is escalated"
     )
+
+    @model_validator(mode="after")
+    def _actuator_has_what_it_needs(self) -> ControllerSettings:
+        if self.actuator == "local" and self.actuator_dir is None:
+            raise ValueError("actuator: local needs actuator_dir (where its nodes live)")
+        return self
+
+    @property
+    def chosen_actuator(self) -> Literal["none", "local", "docker"]:
+        """`actuator`, or when unset: local if an actuator_dir is given, else none."""
+        if self.actuator is not None:
+            return self.actuator
+        return "local" if self.actuator_dir is not None else "none"
 
     @field_validator("peers")
     @classmethod

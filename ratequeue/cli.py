@@ -83,34 +83,42 @@ def topology(
     typer.echo(json.dumps(found, indent=2))
 
 
-def parse_shard_spec(spec: str) -> tuple[str, list[tuple[str, int]]]:
-    """`ID=HOST:PORT,HOST:PORT,...` → the shard id and its nodes (the primary first).
+def parse_shard_spec(spec: str) -> tuple[str, list[tuple[str, int, str | None]]]:
+    """`ID=HOST[/PEER_HOST]:PORT,...` → the shard id and its nodes (the primary first), each as
+    (client host, port, its own peer host or None).
 
     Raises ValueError with a message naming the spec and what was expected."""
     shard_id, sep, nodes = spec.partition("=")
     shard_id = shard_id.strip()
+    expected = "expected ID=PRIMARY_HOST[/PEER_HOST]:PORT[,REPLICA_HOST[/PEER_HOST]:PORT...]"
     if not sep or not shard_id or not nodes.strip():
-        raise ValueError(f"--shard {spec!r}: expected ID=PRIMARY_HOST:PORT[,REPLICA_HOST:PORT...]")
-    addresses: list[tuple[str, int]] = []
+        raise ValueError(f"--shard {spec!r}: {expected}")
+    addresses: list[tuple[str, int, str | None]] = []
     for item in nodes.split(","):
-        host, colon, port_text = item.strip().rpartition(":")
+        hosts, colon, port_text = item.strip().rpartition(":")
+        host, slash, peer_host = hosts.partition("/")
         if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"--shard {spec!r}: {item.strip()!r} is not HOST:PORT (port 1-65535)")
-        addresses.append((host, int(port_text)))
+            raise ValueError(
+                f"--shard {spec!r}: {item.strip()!r} is not HOST[/PEER_HOST]:PORT (port 1-65535)"
+            )
+        if slash and not peer_host:
+            raise ValueError(f"--shard {spec!r}: {item.strip()!r} has an empty PEER_HOST")
+        addresses.append((host, int(port_text), peer_host or None))
     return shard_id, addresses
 
 
 def initial_topology(
-    shards: list[tuple[str, list[tuple[str, int]]]], peer_host: str | None
+    shards: list[tuple[str, list[tuple[str, int, str | None]]]], peer_host: str | None
 ) -> Topology:
     """Epoch 1 of a deployment: per shard, the first node is the primary; nodes are named like
-    the local testbed's (`s0-primary`, `s0-replica1`, ...), which target files refer to."""
+    the local testbed's (`s0-primary`, `s0-replica1`, ...), which target files refer to. A node
+    without a peer host of its own gets `peer_host`."""
     from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
 
     ranges = even_slot_ranges(len(shards))
     entries = []
     for (shard_id, addresses), slots in zip(shards, ranges, strict=True):
-        (primary_host, primary_port), *replicas = addresses
+        (primary_host, primary_port, primary_peer), *replicas = addresses
         entries.append(
             Shard(
                 id=shard_id,
@@ -120,11 +128,11 @@ def initial_topology(
                     name=f"{shard_id}-primary",
                     host=primary_host,
                     port=primary_port,
-                    peer_host=peer_host,
+                    peer_host=primary_peer or peer_host,
                 ),
                 replicas=[
-                    NodeRef(name=f"{shard_id}-replica{i}", host=h, port=p, peer_host=peer_host)
-                    for i, (h, p) in enumerate(replicas, start=1)
+                    NodeRef(name=f"{shard_id}-replica{i}", host=h, port=p, peer_host=q or peer_host)
+                    for i, (h, p, q) in enumerate(replicas, start=1)
                 ],
             )
         )
@@ -241,10 +249,13 @@ def topology_init(
     shard: list[str] = typer.Option(
         ...,
         "--shard",
-        help="ID=PRIMARY_HOST:PORT[,REPLICA_HOST:PORT...] (repeat, in slot order)",
+        help="ID=PRIMARY_HOST[/PEER_HOST]:PORT[,REPLICA_HOST[/PEER_HOST]:PORT...] (repeat, in "
+        "slot order)",
     ),
     peer_host: str = typer.Option(
-        None, "--peer-host", help="second address of every node (replication, controllers)"
+        None,
+        "--peer-host",
+        help="second address (replication, controllers) of every node without its own",
     ),
     wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
     min_replicas: int = typer.Option(
@@ -264,7 +275,7 @@ def topology_init(
         ids = [shard_id for shard_id, _ in specs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"--shard: shard ids repeat: {ids}")
-        addresses = [address for _, nodes in specs for address in nodes]
+        addresses = [(host, port) for _, nodes in specs for host, port, _ in nodes]
         if len(set(addresses)) != len(addresses):
             raise ValueError("--shard: a HOST:PORT appears twice")
         topology = initial_topology(specs, peer_host)

@@ -12,6 +12,7 @@ Not for: starting the stack (that needs the images; see the README's staging sec
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +32,15 @@ from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment, DeploymentNode, load_deployment
 from common.redis_processes import RedisProcess, start_redis
+from lazarus_lite.docker_actuator import (
+    LABEL_DEPLOYMENT,
+    LABEL_NAME,
+    LABEL_ROLE,
+    LABEL_SHARD,
+    REDIS_NODE_ARGV,
+    REDIS_PORT,
+    DockerActuatorSettings,
+)
 from ratequeue.cli import app as ratequeue_app
 from ratequeue.local_cluster import start_node
 from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE
@@ -83,44 +93,96 @@ def option(args: list[str], name: str, count: int = 1) -> list[str]:
     return found
 
 
-def redis_port(service: dict[str, Any]) -> int:
-    (port,) = option(argv(service), "--port")
-    return int(port)
+def address(service: dict[str, Any], network: str) -> str | None:
+    """The service's static address on `network` (None: not on it, or no static address)."""
+    networks = service.get("networks") or {}
+    if isinstance(networks, list):
+        return None
+    return (networks.get(network) or {}).get("ipv4_address")
+
+
+def published(service: dict[str, Any]) -> tuple[str, int, int]:
+    """(host address, host port, container port) of the service's one published port."""
+    (mapping,) = service["ports"]
+    host, host_port, container_port = mapping.rsplit(":", 2)
+    return host, int(host_port), int(container_port)
 
 
 def redis_flags_of_the_testbed() -> dict[str, list[str]]:
     """The literal flags common/redis_processes.start_redis gives every node, read from its
     source, so the compose file cannot drift from the testbed unnoticed. Flags whose values are
-    per process (port, dir) or deliberately different (logfile: containers log to stdout) are
-    left out; `--bind` takes both loopback addresses."""
+    per process (port, dir) or per network (bind: a container listens on all of its addresses),
+    or deliberately different (logfile: containers log to stdout) are left out."""
     source = inspect.getsource(start_redis)
     flags: dict[str, list[str]] = {}
     for name, value in re.findall(r'"(--[a-z-]+)", ("[^"]*"|[A-Z_]+, [A-Z_]+)', source):
-        if name == "--logfile":
-            continue
-        if name == "--bind":
-            flags[name] = ["127.0.0.1", "127.0.0.2"]
-        else:
+        if name not in {"--logfile", "--bind"}:
             flags[name] = [value.strip('"')]
-    assert {"--appendonly", "--appendfsync", "--repl-diskless-sync", "--bind"} <= set(flags)
+    assert {"--appendonly", "--appendfsync", "--repl-diskless-sync"} <= set(flags)
     return flags
 
 
 # -- the compose file --------------------------------------------------------------------------
 
 
-def test_compose_has_every_part_of_the_testbed(services: dict[str, dict[str, Any]]) -> None:
+def test_compose_has_every_part_of_the_testbed_each_in_its_own_container(
+    services: dict[str, dict[str, Any]],
+) -> None:
     expected = {*REDIS_NODES, *SENSORS, *CONTROLLERS, "topology-init", "api", "chaos"}
     assert set(services) == expected
     for name, service in services.items():
-        assert service.get("network_mode") == "host", f"{name}: host networking, like the testbed"
+        assert "network_mode" not in service, f"{name}: its own network namespace"
+        assert service.get("networks"), f"{name}: on the deployment's networks"
         assert service.get("container_name") == f"ratequeue-{name}", name
         image = service["image"]
         want = "ratequeue-redis:local" if name in REDIS_NODES else "ratequeue-testbed:local"
         assert image == want, f"{name}: image {image}"
 
 
-def test_redis_nodes_use_the_testbed_flags(services: dict[str, dict[str, Any]]) -> None:
+def test_nodes_are_labelled_with_deployment_shard_role_and_name(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    for name in [*REDIS_NODES, *SENSORS, *CONTROLLERS, "api"]:
+        labels = services[name]["labels"]
+        assert labels[LABEL_DEPLOYMENT] == compose["name"], name
+        assert labels[LABEL_NAME] == name
+        if name not in {"control", "api", *CONTROLLERS}:
+            assert labels[LABEL_SHARD] == name.removeprefix("sensor-").split("-")[0], name
+    for shard in SHARDS:
+        assert services[f"{shard}-primary"]["labels"][LABEL_ROLE] == "primary"
+
+
+def test_networks_are_the_client_and_peer_split_with_a_dynamic_range_for_replacements(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    networks = compose["networks"]
+    assert {networks["client"]["name"], networks["peer"]["name"]} == {
+        DockerActuatorSettings.model_fields["client_network"].default,
+        DockerActuatorSettings.model_fields["peer_network"].default,
+    }
+    for network in networks.values():
+        (config,) = network["ipam"]["config"]
+        subnet = ipaddress.ip_network(config["subnet"])
+        dynamic = ipaddress.ip_network(config["ip_range"])
+        assert dynamic.subnet_of(subnet)
+    statics = [(n, net, address(s, net)) for n, s in services.items() for net in networks]
+    for name, network, static in statics:
+        if static is not None:
+            (config,) = networks[network]["ipam"]["config"]
+            assert ipaddress.ip_address(static) in ipaddress.ip_network(config["subnet"]), name
+            assert ipaddress.ip_address(static) not in ipaddress.ip_network(config["ip_range"])
+    taken = [(net, a) for _, net, a in statics if a is not None]
+    assert len(set(taken)) == len(taken), f"addresses repeat: {Counter(taken)}"
+    for name in REDIS_NODES[1:]:
+        assert address(services[name], "client") and address(services[name], "peer"), name
+    for name in [*SENSORS, *CONTROLLERS, "control"]:
+        assert address(services[name], "client") is None, f"{name}: peer network only"
+    assert address(services["api"], "client") and address(services["api"], "peer")
+
+
+def test_redis_nodes_use_the_testbed_flags_and_the_actuators_command_line(
+    services: dict[str, dict[str, Any]],
+) -> None:
     flags = redis_flags_of_the_testbed()
     for name in REDIS_NODES:
         service = services[name]
@@ -132,53 +194,60 @@ def test_redis_nodes_use_the_testbed_flags(services: dict[str, dict[str, Any]]) 
         assert any(v.endswith(":/data") for v in service.get("volumes", [])), f"{name}: volume"
         # A killed primary must not come back by itself (DESIGN.md, zero-loss argument, 3).
         assert service.get("restart") == "no", f"{name}: restart {service.get('restart')}"
+        if name != "control":
+            # What the compose file starts and what the actuator provisions boot alike.
+            assert args == list(REDIS_NODE_ARGV), name
+    assert not option(argv(services["control"]), "--replicaof")
+    assert option(list(REDIS_NODE_ARGV), "--replicaof", 2) == [str(v) for v in FENCE_SINK]
+    assert option(list(REDIS_NODE_ARGV), "--min-replicas-to-write") == [str(NEVER_WRITABLE)]
 
 
-def test_ports_are_distinct_uncommon_and_every_shard_node_boots_parked(
+def test_the_host_reaches_api_controllers_and_control_store_on_distinct_uncommon_ports(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    ports = {name: redis_port(services[name]) for name in REDIS_NODES}
-    api_port = int(option(argv(services["api"]), "--port")[0])
-    lazarus_ports = [int(option(argv(services[n]), "--port")[0]) for n in CONTROLLERS]
-    every = [*ports.values(), api_port, *lazarus_ports]
-    assert len(set(every)) == len(every), f"ports repeat: {Counter(every)}"
-    assert all(17000 <= p <= 17100 for p in every), every
-    # No node boots writable: topology-init or a controller appoints the primaries and attaches
-    # the replicas (docs/membership.md); the boot flags are the ones every testbed node gets.
-    for shard in SHARDS:
-        for node in ["primary", *REPLICAS]:
-            args = argv(services[f"{shard}-{node}"])
-            assert option(args, "--replicaof", 2) == [str(v) for v in FENCE_SINK], args
-            assert option(args, "--min-replicas-to-write") == [str(NEVER_WRITABLE)], args
-            assert option(args, "--repl-backlog-ttl") == ["0"], args
-    assert not option(argv(services["control"]), "--replicaof")
+    ports = {name: published(services[name]) for name in ["control", "api", *CONTROLLERS]}
+    host_ports = [port for _, port, _ in ports.values()]
+    assert len(set(host_ports)) == len(host_ports), f"ports repeat: {Counter(host_ports)}"
+    assert all(17000 <= p <= 17100 for p in host_ports), host_ports
+    assert ports["control"][2] == REDIS_PORT
+    assert option(argv(services["api"]), "--port") == [str(ports["api"][2])]
+    for name in CONTROLLERS:
+        assert option(argv(services[name]), "--port") == [str(ports[name][2])], name
+    for name, service in services.items():
+        if name not in ports:
+            assert "ports" not in service, f"{name}: reached on its own address, not published"
 
 
 def test_every_variable_has_one_default_everywhere() -> None:
-    """A port appears in several strings (its node, the replicas, topology-init, sensors): every
-    `${VAR:-default}` of the same variable must agree, or an override would split the stack."""
+    """A subnet or port appears in several strings (its node, topology-init, sensors, the chaos
+    service's target): every `${VAR:-default}` of the same variable must agree, or an override
+    would split the stack."""
     defaults: dict[str, set[str]] = {}
     for name, default in _VARIABLE.findall(COMPOSE_FILE.read_text()):
         defaults.setdefault(name, set()).add(default)
     split = {name: values for name, values in defaults.items() if len(values) != 1}
     assert not split, f"variables with different defaults: {split}"
-    assert "LAZARUS_API_TOKEN" in defaults and "RQ_API_PORT" in defaults
+    assert {"LAZARUS_API_TOKEN", "RQ_API_PORT", "RQ_CLIENT_NET", "RQ_PEER_NET"} <= set(defaults)
 
 
-def test_topology_init_names_every_shard_node(services: dict[str, dict[str, Any]]) -> None:
+def control_url(services: dict[str, dict[str, Any]]) -> str:
+    return f"redis://{address(services['control'], 'peer')}:{REDIS_PORT}/0"
+
+
+def test_topology_init_lists_every_shard_node_at_its_client_and_peer_address(
+    services: dict[str, dict[str, Any]],
+) -> None:
     init = services["topology-init"]
     args = argv(init)
     assert args[:2] == ["ratequeue", "topology-init"]
     assert init.get("restart") == "no"
-    assert option(args, "--peer-host") == ["127.0.0.2"]
-    (control,) = option(args, "--control")
-    assert control == f"redis://127.0.0.1:{redis_port(services['control'])}/0"
+    assert option(args, "--control") == [control_url(services)]
     specs = option(args, "--shard")
     assert specs == [
         f"{shard}="
         + ",".join(
-            f"127.0.0.1:{redis_port(services[f'{shard}-{role}'])}"
-            for role in ("primary", *REPLICAS)
+            f"{address(services[n], 'client')}/{address(services[n], 'peer')}:{REDIS_PORT}"
+            for n in [f"{shard}-{role}" for role in ("primary", *REPLICAS)]
         )
         for shard in SHARDS
     ]
@@ -187,44 +256,52 @@ def test_topology_init_names_every_shard_node(services: dict[str, dict[str, Any]
         assert condition == "service_completed_successfully", name
 
 
-def test_a_sensor_beside_every_replica(services: dict[str, dict[str, Any]]) -> None:
-    sources = []
+def test_a_sensor_beside_every_replica_watching_its_peer_address(
+    services: dict[str, dict[str, Any]],
+) -> None:
     for shard in SHARDS:
         for replica in REPLICAS:
             name = f"sensor-{shard}-{replica}"
             args = argv(services[name])
             assert args[:2] == ["detection", "sensor"], name
-            port = redis_port(services[f"{shard}-{replica}"])
-            assert option(args, "--replica") == [f"127.0.0.2:{port}"], name
+            peer = address(services[f"{shard}-{replica}"], "peer")
+            assert option(args, "--replica") == [f"{peer}:{REDIS_PORT}"], name
             assert option(args, "--name") == [name]
-            sources += option(args, "--source-host")
             environment = services[name]["environment"]
-            assert environment["FAILOVER_CONTROL_URL"].endswith(
-                f":{redis_port(services['control'])}/0"
-            )
+            assert environment["FAILOVER_CONTROL_URL"] == control_url(services)
             assert environment["FAILOVER_ENVIRONMENT"] == "stage"
-    assert len(set(sources)) == len(SENSORS), f"each sensor its own source address: {sources}"
+            assert services[name]["restart"] == "unless-stopped"
 
 
-def test_three_controllers_in_quorum(services: dict[str, dict[str, Any]]) -> None:
-    urls = {
-        name: f"http://127.0.0.1:{option(argv(services[name]), '--port')[0]}"
-        for name in CONTROLLERS
-    }
+def test_three_controllers_in_quorum_with_the_docker_actuator(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    urls = {name: f"http://{address(services[name], 'peer')}:8090" for name in CONTROLLERS}
     for name in CONTROLLERS:
         args = argv(services[name])
         assert args[:2] == ["lazarus", "serve"]
         assert option(args, "--node-id") == [name]
         assert sorted(option(args, "--peer")) == sorted(u for n, u in urls.items() if n != name)
         environment = services[name]["environment"]
+        assert environment["LAZARUS_CONTROL_URL"] == control_url(services)
         assert environment["LAZARUS_QUORUM"] == "2"
         assert len(environment["LAZARUS_API_TOKEN"]) >= 16  # the controllers' minimum
+        assert environment["LAZARUS_ACTUATOR"] == "docker"
+        assert environment["LAZARUS_DOCKER_DEPLOYMENT"] == compose["name"]
+        networks = compose["networks"]
+        assert environment["LAZARUS_DOCKER_CLIENT_NETWORK"] == networks["client"]["name"]
+        assert environment["LAZARUS_DOCKER_PEER_NETWORK"] == networks["peer"]["name"]
+        assert "/var/run/docker.sock:/var/run/docker.sock" in services[name]["volumes"]
+        assert services[name]["restart"] == "unless-stopped"
         assert "healthcheck" in services[name]
+    assert services["api"]["restart"] == "unless-stopped"
     raw = COMPOSE_FILE.read_text()
     assert "${LAZARUS_API_TOKEN:-" in raw, "the token comes from the environment"
 
 
-def test_chaos_service_runs_primary_kill_every_4h(services: dict[str, dict[str, Any]]) -> None:
+def test_chaos_service_runs_primary_kill_every_4h_against_the_deployment_it_is_in(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
     chaos = services["chaos"]
     args = argv(chaos)
     assert args[:3] == ["chaos", "run", "scenarios/primary_kill.yaml"]
@@ -235,8 +312,17 @@ def test_chaos_service_runs_primary_kill_every_4h(services: dict[str, dict[str, 
     assert option(args, "--journal-dir") == ["/journals"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in chaos["volumes"]}
     assert mounts["/var/run/docker.sock"] == "/var/run/docker.sock"
-    assert (ROOT / mounts["/deploy/target.yaml"]).resolve() == TARGET_FILE
     assert "/journals" in mounts
+    (config,) = chaos["configs"]
+    assert config["target"] == "/deploy/target.yaml"
+    inside = Deployment.model_validate(
+        yaml.safe_load(compose["configs"][config["source"]]["content"])
+    )
+    assert inside.api == f"http://{address(services['api'], 'client')}:8080"
+    assert inside.control == control_url(services)
+    assert inside.lazarus == [f"http://{address(services[n], 'peer')}:8090" for n in CONTROLLERS]
+    assert inside.docker_deployment == compose["name"]
+    assert not inside.nodes, "the nodes are discovered"
     for name in ["api", *CONTROLLERS]:
         assert chaos["depends_on"][name]["condition"] == "service_healthy"
 
@@ -280,68 +366,42 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         pytest.skip(reason)
     # Without the overriding variables, so the file's own defaults are what is checked.
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "LAZARUS_"))}
-    checked = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=environment,
-    )
+
+    def config(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, "-f", str(COMPOSE_FILE), "config", *args],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={**environment, **extra})  # fmt: skip
+
+    checked = config("-q")
     assert checked.returncode == 0, checked.stderr
-    listed = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=environment,
-    )
+    listed = config("--services")
     assert set(listed.stdout.split()) == {*REDIS_NODES, *SENSORS, *CONTROLLERS, "topology-init",
                                           "api", "chaos"}  # fmt: skip
-    overridden = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**environment, "RQ_S0_PRIMARY_PORT": "17110"},
-    )
-    resolved = json.loads(overridden.stdout)["services"]
-    assert "17110" in resolved["s0-primary"]["command"]
-    assert "17110" in " ".join(resolved["topology-init"]["command"])
+    overridden = config("--format", "json", RQ_PEER_NET="10.77.2", RQ_API_PORT="17110")
+    resolved = json.loads(overridden.stdout)
+    assert resolved["services"]["s0-primary"]["networks"]["peer"]["ipv4_address"] == "10.77.2.10"
+    assert "10.77.2.10:6379" in " ".join(resolved["services"]["topology-init"]["command"])
+    assert "redis://10.77.2.2:6379/0" in resolved["configs"]["chaos-target"]["content"]
+    assert resolved["services"]["api"]["ports"][0]["published"] == "17110"
 
 
 # -- the target file ---------------------------------------------------------------------------
 
 
-def test_target_file_describes_the_compose_containers(
-    services: dict[str, dict[str, Any]],
+def test_target_file_names_the_published_endpoints_and_the_deployment_to_discover(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     deployment = load_deployment(TARGET_FILE)
     assert deployment.environment == "stage"
     assert deployment.default_backend == "docker"
-    containers = {s["container_name"]: name for name, s in services.items()}
-    nodes = {node.name: node for node in deployment.nodes}
-    assert set(nodes) == {*REDIS_NODES, *SENSORS, *CONTROLLERS, "api"}
-    for node in deployment.nodes:
-        assert node.container in containers, f"{node.name}: no container {node.container}"
-        service = services[containers[node.container]]
-        if node.name in REDIS_NODES:
-            assert node.port == redis_port(service), node.name
-            assert (node.host, node.peer_host) == ("127.0.0.1", "127.0.0.2"), node.name
-        if node.role == "sensor":
-            assert [node.host] == option(argv(service), "--source-host"), node.name
-    for shard in SHARDS:
-        assert nodes[f"{shard}-primary"].role == "primary"
-        assert {nodes[f"{shard}-{r}"].role for r in REPLICAS} == {"replica"}
-    api_port = option(argv(services["api"]), "--port")[0]
-    assert deployment.api == f"http://127.0.0.1:{api_port}"
-    assert deployment.control == f"redis://127.0.0.1:{redis_port(services['control'])}/0"
+    assert deployment.docker_deployment == compose["name"]
+    assert not deployment.nodes, "the nodes are discovered, not listed"
+    api_host, api_port, _ = published(services["api"])
+    assert deployment.api == f"http://{api_host}:{api_port}"
+    assert deployment.control == f"redis://127.0.0.1:{published(services['control'])[1]}/0"
     assert deployment.lazarus == [
-        f"http://127.0.0.1:{option(argv(services[n]), '--port')[0]}" for n in CONTROLLERS
+        f"http://127.0.0.1:{published(services[n])[1]}" for n in CONTROLLERS
     ]
-    assert [nodes[n].url for n in CONTROLLERS] == deployment.lazarus
 
 
 class RecordingBackend:
@@ -360,7 +420,11 @@ class RecordingBackend:
 
 
 def test_a_step_without_backend_uses_the_targets_default(tmp_path: Path) -> None:
-    deployment = load_deployment(TARGET_FILE)
+    listed = DeploymentNode(name="s1-primary", role="primary", shard="s1",
+                            container="ratequeue-s1-primary")  # fmt: skip
+    deployment = load_deployment(TARGET_FILE).model_copy(
+        update={"docker_deployment": None, "nodes": [listed]}
+    )
     backends = {"docker": RecordingBackend("docker"), "local": RecordingBackend("local")}
     runner = ExperimentRunner(deployment, journal_dir=tmp_path, backends=backends)  # type: ignore[arg-type]
     node = deployment.node("s1-primary")

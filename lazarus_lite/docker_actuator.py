@@ -1,0 +1,369 @@
+"""The Docker actuator: the `Actuator` protocol on a Docker engine, for the staging deployment
+(docker-compose.yml), where the controllers reach the engine through its mounted socket.
+
+A replacement replica is a container of the Redis image that boots parked (the same flags as
+every shard node of the compose file, `REDIS_NODE_ARGV`), on both of the deployment's networks
+with an address of its own on each (clients on the client network, replication, sensors and
+controllers on the peer network), and a heartbeat sensor container beside it on the peer
+network. Every container it starts carries the labels `LABEL_*` (deployment, shard, role, name):
+that is how a resumed step adopts the container an interrupted one started instead of starting
+a second, how the chaos runner finds it as a target, and how `remove` finds what to remove.
+Compose does not know them: remove them (label `ratequeue.provisioned-by=docker-actuator`)
+before `docker compose down`, or the networks stay in use (the README's staging section).
+
+Not for: deciding whether to provision (the workflow), returning a failed node to service (the
+shard keeper), or faults on containers (`chaos.faults.docker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import docker
+import docker.errors
+import httpx
+import redis
+import requests.exceptions
+from docker.models.containers import Container
+from docker.models.networks import Network
+from docker.types import EndpointConfig, Mount
+from pydantic import BaseModel, ConfigDict, Field
+
+from lazarus_lite.errors import ActuatorError
+from ratequeue.membership import boot_arguments
+from ratequeue.topology import NodeRef
+
+LABEL_DEPLOYMENT = "ratequeue.deployment"
+LABEL_SHARD = "ratequeue.shard"
+LABEL_ROLE = "ratequeue.role"
+LABEL_NAME = "ratequeue.name"
+# Set on what this actuator started (and only that): `remove_all` never touches the nodes the
+# compose file declares.
+LABEL_PROVISIONED = "ratequeue.provisioned-by"
+PROVISIONED_BY = "docker-actuator"
+
+REDIS_PORT = 6379
+# The redis-server command line of every shard node in a container: the flags of
+# common/redis_processes.start_redis (tests/test_staging_compose.py checks both agree), listening
+# on every address of the container, data in /data, logging to stdout, booting parked.
+REDIS_NODE_ARGV: tuple[str, ...] = (
+    "/usr/bin/redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0",
+    "--dir", "/data", "--daemonize", "no", "--protected-mode", "no", "--save", "",
+    "--appendonly", "yes", "--appendfsync", "everysec",
+    "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+    "--repl-ping-replica-period", "1", "--repl-timeout", "5",
+    "--lazyfree-lazy-expire", "yes", "--lazyfree-lazy-user-del", "yes",
+    *boot_arguments(),
+)  # fmt: skip
+
+
+class DockerActuatorSettings(BaseModel):
+    """Where and how the actuator starts containers; the defaults are docker-compose.yml's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployment: str = Field("ratequeue", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    client_network: str = "ratequeue-client"
+    peer_network: str = "ratequeue-peer"
+    redis_image: str = "ratequeue-redis:local"
+    sensor_image: str = "ratequeue-testbed:local"
+    control_url: str = Field(description="the control store as the sensors reach it")
+    docker_url: str | None = Field(None, description="the engine (default: DOCKER_HOST, socket)")
+    ready_timeout: float = Field(20.0, gt=0, le=600)
+
+
+class DockerActuator:
+    """Provisions replicas (and their sensors) and stateless service hosts as containers."""
+
+    def __init__(
+        self, settings: DockerActuatorSettings, client: docker.DockerClient | None = None
+    ) -> None:
+        self.settings = settings
+        self._client = client
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with self._engine("connect to the Docker engine"):
+                self._client = (
+                    docker.DockerClient(base_url=self.settings.docker_url, timeout=60)
+                    if self.settings.docker_url
+                    else docker.from_env(timeout=60)
+                )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @contextmanager
+    def _engine(self, what: str) -> Iterator[None]:
+        """Every SDK or transport error becomes an ActuatorError saying what was being done."""
+        try:
+            yield
+        except ActuatorError:
+            raise
+        except docker.errors.APIError as error:
+            raise ActuatorError(f"docker actuator: {what}: the engine refused: {error}") from error
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            where = self.settings.docker_url or "DOCKER_HOST or the local socket"
+            raise ActuatorError(
+                f"docker actuator: {what}: Docker engine unreachable ({where}): {error}"
+            ) from error
+
+    def _labels(self, shard: str | None, role: str, name: str) -> dict[str, str]:
+        labels = {
+            LABEL_DEPLOYMENT: self.settings.deployment,
+            LABEL_ROLE: role,
+            LABEL_NAME: name,
+            LABEL_PROVISIONED: PROVISIONED_BY,
+        }
+        if shard is not None:
+            labels[LABEL_SHARD] = shard
+        return labels
+
+    def container_name(self, name: str) -> str:
+        return f"{self.settings.deployment}-{name}"
+
+    def started(self, name: str | None = None) -> list[Container]:
+        """The containers this actuator started for the deployment (under `name`, when given)."""
+        wanted = [f"{LABEL_DEPLOYMENT}={self.settings.deployment}",
+                  f"{LABEL_PROVISIONED}={PROVISIONED_BY}"]  # fmt: skip
+        if name is not None:
+            wanted.append(f"{LABEL_NAME}={name}")
+        with self._engine("list the containers it started"):
+            return list(self.client.containers.list(all=True, filters={"label": wanted}))
+
+    def _network(self, name: str) -> Network:
+        with self._engine(f"find network {name}"):
+            try:
+                return self.client.networks.get(name)
+            except docker.errors.NotFound:
+                raise ActuatorError(
+                    f"docker actuator: network {name!r} does not exist (is the deployment "
+                    f"{self.settings.deployment} up?)"
+                ) from None
+
+    def _free_address(self, network: Network) -> str:
+        """The lowest address of the network's dynamic range (`ip_range`, else its subnet) that
+        no container holds. A chosen address, not the engine's: a container restarted on a
+        user-defined network may otherwise come back on another address than the topology's."""
+        network.reload()
+        configs = network.attrs.get("IPAM", {}).get("Config") or []
+        if not configs or not configs[0].get("Subnet"):
+            raise ActuatorError(
+                f"docker actuator: network {network.name} has no configured subnet, so a node "
+                "cannot keep its address"
+            )
+        config = configs[0]
+        pool = ipaddress.ip_network(config.get("IPRange") or config["Subnet"])
+        taken = {config.get("Gateway")}
+        for endpoint in (network.attrs.get("Containers") or {}).values():
+            taken.add(endpoint.get("IPv4Address", "").partition("/")[0])
+        # Stopped containers hold their chosen address too (they get it back when started).
+        for container in self.client.containers.list(all=True):
+            settings = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+            chosen = (settings.get(network.name) or {}).get("IPAMConfig") or {}
+            taken.add(chosen.get("IPv4Address"))
+        for address in pool.hosts():
+            if str(address) not in taken:
+                return str(address)
+        raise ActuatorError(f"docker actuator: no free address left in {pool} ({network.name})")
+
+    def _address_on(self, container: Container, network: str) -> str:
+        container.reload()
+        settings = container.attrs["NetworkSettings"]["Networks"].get(network) or {}
+        chosen = (settings.get("IPAMConfig") or {}).get("IPv4Address")
+        address = chosen or settings.get("IPAddress")
+        if not address:
+            raise ActuatorError(
+                f"docker actuator: container {container.name} has no address on {network}"
+            )
+        return address
+
+    def _run(
+        self,
+        *,
+        name: str,
+        image: str,
+        command: list[str],
+        labels: dict[str, str],
+        networks: list[str],
+        **options: object,
+    ) -> Container:
+        """Create the container on the first network, connect it to the others, each with an
+        address of its own, then start it."""
+        first, *others = [self._network(n) for n in networks]
+        endpoint = EndpointConfig(self.client.api._version, ipv4_address=self._free_address(first))
+        container = self.client.containers.create(
+            image,
+            command=command,
+            name=self.container_name(name),
+            labels=labels,
+            network=first.name,
+            networking_config={first.name: endpoint},
+            **options,
+        )
+        for network in others:
+            network.connect(container, ipv4_address=self._free_address(network))
+        container.start()
+        return container
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    async def provision_replica(self, shard: str, name: str) -> NodeRef:
+        return await asyncio.to_thread(self.provision_replica_now, shard, name)
+
+    def provision_replica_now(self, shard: str, name: str) -> NodeRef:
+        """`provision_replica`, blocking: adopt the replica container started under `name` (and
+        start it again if it stopped: same addresses, same data), else start one and its sensor.
+        Returns once it answers PING on its peer address."""
+        what = f"provision replica {name} of {shard}"
+        with self._engine(what):
+            self.client.ping()
+            replicas = [c for c in self.started(name) if c.labels.get(LABEL_ROLE) == "replica"]
+            if replicas:
+                container = replicas[0]
+                if container.status != "running":
+                    container.start()
+            else:
+                container = self._run(
+                    name=name,
+                    image=self.settings.redis_image,
+                    command=list(REDIS_NODE_ARGV[1:]),
+                    labels=self._labels(shard, "replica", name),
+                    networks=[self.settings.peer_network, self.settings.client_network],
+                    entrypoint=[REDIS_NODE_ARGV[0]],
+                    # Its data lives as long as the container: kept across a restart, removed
+                    # with it. No restart policy: a returning node rejoins through the keeper.
+                    mounts=[Mount(target="/data", source=None, type="volume")],
+                    restart_policy={"Name": "no"},
+                )
+            node = NodeRef(
+                name=name,
+                host=self._address_on(container, self.settings.client_network),
+                port=REDIS_PORT,
+                peer_host=self._address_on(container, self.settings.peer_network),
+            )
+            self._wait_answers(node, container)
+            self._provision_sensor(shard, node)
+        return node
+
+    def _wait_answers(self, node: NodeRef, container: Container) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while True:
+            try:
+                with redis.Redis(host=node.peer_host, port=node.port, socket_timeout=1,
+                                 socket_connect_timeout=1) as conn:  # fmt: skip
+                    if conn.ping():
+                        return
+            except redis.RedisError:
+                pass
+            container.reload()
+            if container.status == "exited" or time.monotonic() > deadline:
+                raise ActuatorError(
+                    f"docker actuator: replica {node.name} (container {container.name}, status "
+                    f"{container.status}) does not answer PING on {node.peer_address}"
+                )
+            time.sleep(0.1)
+
+    def _provision_sensor(self, shard: str, node: NodeRef) -> None:
+        name = f"sensor-{node.name}"
+        existing = self.started(name)
+        if existing:
+            if existing[0].status != "running":
+                existing[0].start()
+            return
+        self._run(
+            name=name,
+            image=self.settings.sensor_image,
+            command=[
+                "detection",
+                "sensor",
+                "--control",
+                self.settings.control_url,
+                "--replica",
+                node.peer_address,
+                "--name",
+                name,
+            ],
+            labels=self._labels(shard, "sensor", name),
+            networks=[self.settings.peer_network],
+            init=True,
+            restart_policy={"Name": "unless-stopped"},
+        )
+
+    # -- stateless service hosts ------------------------------------------------------------
+
+    async def provision_instance(
+        self, service: str, name: str, command: list[str], healthcheck_path: str
+    ) -> str:
+        return await asyncio.to_thread(
+            self.provision_instance_now, service, name, command, healthcheck_path
+        )
+
+    def provision_instance_now(
+        self, service: str, name: str, command: list[str], healthcheck_path: str
+    ) -> str:
+        """A container of the service image on both networks running `command` ({python},
+        {host}, {port} and {control_url} filled in); its peer-network URL once healthy."""
+        values = {"python": "python3", "host": "0.0.0.0", "port": "8080",
+                  "control_url": self.settings.control_url}  # fmt: skip
+        with self._engine(f"provision instance {name} of {service}"):
+            self.client.ping()
+            existing = self.started(name)
+            container = existing[0] if existing else None
+            if container is None:
+                container = self._run(
+                    name=name,
+                    image=self.settings.sensor_image,
+                    command=[part.format(**values) for part in command],
+                    labels={**self._labels(None, "instance", name), "ratequeue.service": service},
+                    networks=[self.settings.peer_network, self.settings.client_network],
+                    init=True,
+                    restart_policy={"Name": "unless-stopped"},
+                )
+            elif container.status != "running":
+                container.start()
+            url = f"http://{self._address_on(container, self.settings.peer_network)}:8080"
+            deadline = time.monotonic() + self.settings.ready_timeout
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}{healthcheck_path}", timeout=1).status_code == 200:
+                        return url
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        raise ActuatorError(f"docker actuator: {name} not healthy at {url} within the timeout")
+
+    # -- removal ----------------------------------------------------------------------------
+
+    def remove(self, name: str) -> list[str]:
+        """Remove what this actuator started under `name` (a replica also loses its sensor),
+        with their volumes; the names of the containers removed."""
+        wanted = [*self.started(name), *self.started(f"sensor-{name}")]
+        return self._remove(wanted)
+
+    def remove_all(self) -> list[str]:
+        """Remove every container this actuator started for the deployment."""
+        return self._remove(self.started())
+
+    def _remove(self, containers: list[Container]) -> list[str]:
+        removed = []
+        for container in containers:
+            # Already gone is what was asked for.
+            with (
+                self._engine(f"remove container {container.name}"),
+                contextlib.suppress(docker.errors.NotFound),
+            ):
+                container.remove(force=True, v=True)
+            removed.append(container.name)
+        return removed

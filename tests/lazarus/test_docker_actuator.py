@@ -1,0 +1,121 @@
+"""The docker actuator against a real Docker engine: a replacement replica is a parked Redis
+container on both networks with a sensor beside it, labelled; a resumed step adopts it instead of
+starting a second; a stopped one comes back on the same addresses; `remove` removes what it
+started. With no engine reachable the module skips and says why (the refusal test needs none).
+
+Not for: the workflow that calls the actuator (tests/test_failover_e2e.py) or the local one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from chaos.faults.docker import engine_unavailable_reason
+from lazarus_lite.docker_actuator import (
+    LABEL_DEPLOYMENT,
+    LABEL_NAME,
+    LABEL_ROLE,
+    LABEL_SHARD,
+    DockerActuator,
+    DockerActuatorSettings,
+)
+from lazarus_lite.errors import ActuatorError
+from ratequeue import membership
+from tests.docker_deployment import Deployment, deployment
+
+_UNAVAILABLE = engine_unavailable_reason()
+needs_engine = pytest.mark.skipif(
+    _UNAVAILABLE is not None, reason=f"needs a Docker engine: {_UNAVAILABLE}"
+)
+
+
+@pytest.fixture
+def staged() -> Iterator[Deployment]:
+    with deployment() as made:
+        yield made
+
+
+def replication_of(host: str | None, port: int) -> dict:
+    with redis.Redis(host=host, port=port, socket_timeout=2) as conn:
+        return conn.info("replication")
+
+
+@needs_engine
+def test_a_provisioned_replica_boots_parked_on_both_networks_with_a_labelled_sensor(
+    staged: Deployment,
+) -> None:
+    node = asyncio.run(staged.actuator.provision_replica("s0", "s0-replica-e2"))
+
+    assert membership.is_parked(replication_of(node.peer_host, node.port))
+    assert replication_of(node.host, node.port)["role"] == "slave"  # the client path answers
+    assert node.host != node.peer_host
+    by_role = {c.labels[LABEL_ROLE]: c for c in staged.actuator.started()}
+    assert set(by_role) == {"replica", "sensor"}
+    for role, name in [("replica", "s0-replica-e2"), ("sensor", "sensor-s0-replica-e2")]:
+        labels = by_role[role].labels
+        assert (labels[LABEL_DEPLOYMENT], labels[LABEL_SHARD], labels[LABEL_NAME]) == (
+            staged.name, "s0", name,
+        )  # fmt: skip
+    networks = by_role["replica"].attrs["NetworkSettings"]["Networks"]
+    assert set(networks) == {staged.client_network, staged.peer_network}
+    assert set(by_role["sensor"].attrs["NetworkSettings"]["Networks"]) == {staged.peer_network}
+
+
+@needs_engine
+def test_a_resumed_provision_adopts_the_container_it_started(staged: Deployment) -> None:
+    first = staged.actuator.provision_replica_now("s1", "s1-replica-e3")
+    again = staged.actuator.provision_replica_now("s1", "s1-replica-e3")
+
+    assert again == first
+    assert sorted(c.labels[LABEL_ROLE] for c in staged.actuator.started()) == [
+        "replica", "sensor",
+    ]  # fmt: skip
+
+
+@needs_engine
+def test_a_stopped_replica_is_started_again_on_its_addresses_with_its_data(
+    staged: Deployment,
+) -> None:
+    first = staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+    with redis.Redis(host=first.peer_host, port=first.port) as conn:
+        conn.config_set("replica-read-only", "no")
+        conn.set("kept", "yes")
+        conn.execute_command("BGREWRITEAOF")
+    (replica,) = staged.actuator.started("s0-replica-e2")
+    replica.stop(timeout=5)
+
+    again = staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+
+    assert again == first
+    with redis.Redis(host=again.peer_host, port=again.port) as conn:
+        assert conn.get("kept") == b"yes"
+
+
+@needs_engine
+def test_remove_removes_the_replica_and_its_sensor_and_nothing_else(
+    staged: Deployment,
+) -> None:
+    staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+    staged.actuator.provision_replica_now("s1", "s1-replica-e2")
+
+    removed = staged.actuator.remove("s0-replica-e2")
+
+    assert sorted(removed) == [f"{staged.name}-s0-replica-e2",
+                               f"{staged.name}-sensor-s0-replica-e2"]  # fmt: skip
+    assert sorted(c.labels[LABEL_NAME] for c in staged.actuator.started()) == [
+        "s1-replica-e2", "sensor-s1-replica-e2",
+    ]  # fmt: skip
+
+
+def test_an_unreachable_engine_is_refused_naming_it() -> None:
+    actuator = DockerActuator(
+        DockerActuatorSettings(
+            control_url="redis://10.0.0.1:6379/0", docker_url="unix:///nonexistent/docker.sock"
+        )
+    )
+    with pytest.raises(ActuatorError, match=r"unreachable \(unix:///nonexistent/docker.sock\)"):
+        actuator.provision_replica_now("s0", "s0-replica-e2")
