@@ -210,7 +210,9 @@ def run(
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
 
-    def say_where_journaled(journal: Journal) -> None:
+    def say_verdict(journal: Journal) -> None:
+        # As each run ends: a schedule's runs are seen while it runs, not when it stops.
+        print_verdict(journal)
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
@@ -230,15 +232,13 @@ def run(
                 dry_run=dry_run,
                 say=say,
                 stop=stop,
-                on_journal=say_where_journaled,
+                on_journal=say_verdict,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
         what = "chaos run (dry run)" if dry_run else "chaos run"
         raise refused(error, f"{what} failed") from None
-    for journal in journals:
-        print_verdict(journal)
     if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
         raise typer.Exit(1)
 

@@ -1,7 +1,9 @@
 """Running experiments once or on a schedule (`chaos run --every 4h --jitter 10m`): no two runs
-overlap (the run lock in the coordination store), a failed run does not stop the schedule, and
-SIGTERM lets the current run finish its rollbacks before the process exits. With no target, each
-run starts the embedded local testbed and stops it afterwards.
+overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
+run's journal is handed to `on_journal` as the run ends, runs start on a fixed grid kept beside the
+journals (`schedule_grid`: no drift, missed slots skipped and said, the next run time kept
+across a restart), and SIGTERM lets the current run finish its rollbacks before the process
+exits. With no target, each run starts the embedded local testbed and stops it afterwards.
 
 Not for: what happens inside a run (see `runner`).
 """
@@ -26,6 +28,7 @@ from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
 from chaos.runner import ExperimentRunner
+from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
 from lazarus_lite.coordination.interface import RunLock
@@ -166,7 +169,11 @@ def run_schedule(
         pid_file.write_text(str(os.getpid()))
     journals: list[Journal] = []
     rng = random.Random()
+    # A dry run keeps no schedule: it plans, and a real schedule's times are not its to move.
+    grid = ScheduleGrid(journal_dir, every, time.time()) if every and not dry_run else None
     try:
+        if grid is not None:
+            wait_for_first_slot(grid, jitter, rng, say, stop)
         while not stop.is_set():
             for path, experiment in experiments:
                 if stop.is_set():
@@ -192,14 +199,39 @@ def run_schedule(
                     return journals
             if every is None:
                 break
-            pause = every + rng.uniform(-jitter, jitter)
-            say(f"next run in {pause:.0f} s")
+            if grid is None:
+                pause = every + rng.uniform(-jitter, jitter)
+            else:
+                slot = grid.advance(time.time())
+                if slot.skipped:
+                    say(f"the run overran its slot: skipped {slot.skipped} slot(s)")
+                pause = slot.at + rng.uniform(-jitter, jitter) - time.time()
+            say(f"next run at {clock(time.time() + pause)} (in {max(0.0, pause):.0f} s)")
             stop.wait(timeout=max(0.0, pause))
     finally:
         with contextlib.suppress(OSError):
             if pid_file.read_text() == str(os.getpid()):
                 pid_file.unlink()
     return journals
+
+
+def clock(stamp: float) -> str:
+    """A time as people read it in a log: local date and time to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(stamp))
+
+
+def wait_for_first_slot(
+    grid: ScheduleGrid, jitter: float, rng: random.Random, say: Say, stop: threading.Event
+) -> None:
+    """A restarted schedule waits for its kept next run (or runs at once if that passed)."""
+    slot = grid.catch_up(time.time())
+    grid.save()
+    if not grid.resumed:
+        return
+    missed = f"; {slot.skipped} slot(s) passed while it was stopped" if slot.skipped else ""
+    say(f"resuming the schedule kept in {grid.path}: next run at {clock(slot.at)}{missed}")
+    if slot.at > time.time():
+        stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
 
 
 def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:

@@ -32,6 +32,15 @@ def serve(
     max_queue_seconds: float = typer.Option(None, envvar="RATEQUEUE_MAX_QUEUE_SECONDS"),
     refresh_interval: float = typer.Option(None, envvar="RATEQUEUE_REFRESH_INTERVAL"),
     retry_deadline: float = typer.Option(None, envvar="RATEQUEUE_RETRY_DEADLINE"),
+    dedup_window_seconds: int = typer.Option(
+        None, envvar="RATEQUEUE_DEDUP_WINDOW_SECONDS", help="how long a message id is remembered"
+    ),
+    max_dequeue: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_DEQUEUE", help="the most messages one dequeue may lease"
+    ),
+    max_lease_seconds: float = typer.Option(
+        None, envvar="RATEQUEUE_MAX_LEASE_SECONDS", help="the longest lease a dequeue may ask"
+    ),
     log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
 ) -> None:
     """Serve the ratequeue HTTP API."""
@@ -44,6 +53,9 @@ def serve(
             max_queue_seconds=max_queue_seconds,
             refresh_interval=refresh_interval,
             retry_deadline=retry_deadline,
+            dedup_window_seconds=dedup_window_seconds,
+            max_dequeue=max_dequeue,
+            max_lease_seconds=max_lease_seconds,
         )
     except InvalidSetting as error:
         typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)

@@ -718,3 +718,24 @@ def test_every_bad_setting_is_named_at_once() -> None:
     result = serve_command("--control", "notaurl", "--min-replicas", "99", "--port", "1")
     assert result.returncode == 2, result.stderr
     assert "'control_url'" in result.stderr and "'min_replicas'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "bad"),
+    [("dedup_window_seconds", "0"), ("max_dequeue", "0"), ("max_lease_seconds", "0")],
+)
+@pytest.mark.parametrize("source", ["cli", "environment"])
+def test_the_queue_limits_are_settings_refused_by_name_from_either_source(
+    setting: str, bad: str, source: str
+) -> None:
+    if source == "cli":
+        result = serve_command("--control", "redis://127.0.0.1:1/0", "--port", "1",
+                               f"--{setting.replace('_', '-')}", bad)  # fmt: skip
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RATEQUEUE_")}
+        env |= {"RATEQUEUE_CONTROL_URL": "redis://127.0.0.1:1/0",
+                f"RATEQUEUE_{setting.upper()}": bad}  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "ratequeue", "serve", "--port", "1"],
+                                capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"'{setting}'" in result.stderr and "Traceback" not in result.stderr

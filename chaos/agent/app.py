@@ -95,15 +95,19 @@ def healthz(agent: Agent = Depends(agent_of)) -> Health:
     return Health(ok=True, active=len(agent.listing("active")))
 
 
-@v1(
-    "POST",
-    "/attacks/new",
-    status_code=201,
-    response_class=PlainTextResponse,
-    openapi_extra=json_request_body(ATTACK_REQUEST),
-    responses={201: {"description": "the new attack's guid", "content": GUID_TEXT},
-               **errors(400, 413)},
-)  # fmt: skip
+CREATE_OPTIONS: dict[str, Any] = {
+    "status_code": 201,
+    "response_class": PlainTextResponse,
+    "openapi_extra": json_request_body(ATTACK_REQUEST),
+    "responses": {201: {"description": "the new attack's guid", "content": GUID_TEXT},
+                  **errors(400, 413)},
+}  # fmt: skip
+
+
+# Gremlin's create endpoint; `/attacks/new` is its deprecated name (gremlin-python still posts
+# there), so both are served and the old one is published as deprecated.
+@v1("POST", "/attacks/new", deprecated=True, **CREATE_OPTIONS)
+@v1("POST", "/attacks", **CREATE_OPTIONS)
 async def new_attack(
     request: Request, teamId: str | None = TEAM, agent: Agent = Depends(agent_of)
 ) -> Response:

@@ -1,6 +1,7 @@
 """One attack's state and its lifecycle: Gremlin's stages (Pending → Distributed → Running →
-Successful, or → HaltRequested → Halted, or → Failed), the faults injected so far, how it ends,
-and the Gremlin-shaped views the API answers with (`AttackView`, `Execution`).
+Successful, or → HaltDistributed → UserHalted, or → Failed), the faults injected so far, how it
+ends, and the Gremlin-shaped views the API answers with (`AttackView`, `Execution`). The stage
+names and their lifecycles are the published ones (`chaos.faults.gremlin` says where).
 
 Not for: parsing the command (`commands`) or carrying the attack out (`execution`).
 """
@@ -18,18 +19,20 @@ from chaos.agent.commands import Plan
 from chaos.agent.targets import AgentTarget
 from chaos.errors import FaultError
 from chaos.faults.base import InjectedFault
+from chaos.faults.gremlin import COMPLETE, ERROR, SUCCESSFUL, USER_HALTED
 
-# Gremlin's stage → stageLifecycle.
+# Gremlin's stage → stageLifecycle, for the stages this agent goes through: a halted attack is
+# `UserHalted` and `Complete`; `Complete` and `Error` are the finished lifecycles.
 LIFECYCLE = {
     "Pending": "NotStarted",
     "Distributed": "Active",
     "Running": "Active",
-    "HaltRequested": "Active",
-    "Successful": "Complete",
-    "Halted": "Complete",
-    "Failed": "Error",
+    "HaltDistributed": "Active",
+    SUCCESSFUL: COMPLETE,
+    USER_HALTED: COMPLETE,
+    "Failed": ERROR,
 }
-TERMINAL = frozenset({"Successful", "Halted", "Failed"})
+TERMINAL = frozenset(stage for stage, cycle in LIFECYCLE.items() if cycle in (COMPLETE, ERROR))
 
 
 # An attack as `GET /v1/attacks…` answers it (no docstring: it would enter the published schema).

@@ -13,7 +13,7 @@ from typing import Any
 
 from chaos.errors import AgentError
 from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, DEFAULT_LENGTH
-from chaos.faults.gremlin import MAX_LENGTH
+from chaos.faults.gremlin import COMMAND_TYPES, MAX_LENGTH
 from common.validation import quoted
 
 
@@ -118,6 +118,11 @@ def parse_command(command: Any) -> Plan:
             f"unsupported attack type {quoted(kind)}; this agent runs {', '.join(sorted(_FLAGS))}",
             "command.type",
         )
+    command_type = command.get("commandType")
+    if command_type is not None and command_type != COMMAND_TYPES[kind]:
+        expected = COMMAND_TYPES[kind]
+        problem = f"{quoted(command_type)} is not the commandType of {kind}: {expected!r}"
+        raise AgentError(400, problem, "command.commandType")
     raw_args = command.get("args", [])
     if not isinstance(raw_args, list):
         raise AgentError(400, "must be a list of strings", "command.args")
@@ -216,20 +221,25 @@ def parse_command(command: Any) -> Plan:
 
 
 def parse_target(target: Any) -> list[str]:
-    """Host identifiers of an Exact target; raises AgentError(400) naming the field."""
+    """Host identifiers of an Exact target; raises AgentError(400) naming the field.
+
+    gremlin-python (`GremlinTargetHosts.api_model`, `GremlinTargetContainers.api_model`) names
+    hosts under `hosts.ids` and containers under `containers.ids`, and sends `exact` as a
+    count (a string); the Concord plugin sends the identifiers as an `exact` list."""
     if not isinstance(target, dict):
         raise AgentError(400, "must be an object", "target")
     kind = target.get("type")
     if kind != "Exact":
         problem = f"only 'Exact' targets are supported, not {quoted(kind)}"
         raise AgentError(400, problem, "target.type")
-    ids: Any = target.get("exact")
-    where = "target.exact"
-    if ids is None:
-        for key in ("hosts", "containers"):
-            if isinstance(target.get(key), dict) and "ids" in target[key]:
-                ids, where = target[key]["ids"], f"target.{key}.ids"
-                break
+    ids: Any = None
+    where = "target.hosts.ids"
+    for key in ("hosts", "containers"):
+        if isinstance(target.get(key), dict) and "ids" in target[key]:
+            ids, where = target[key]["ids"], f"target.{key}.ids"
+            break
+    if ids is None and isinstance(target.get("exact"), list):
+        ids, where = target["exact"], "target.exact"
     if not isinstance(ids, list) or not ids:
         raise AgentError(400, "must be a non-empty list of host identifiers", where)
     for index, identifier in enumerate(ids):
@@ -249,21 +259,28 @@ ATTACK_REQUEST: dict[str, Any] = {
             "required": ["type"],
             "properties": {
                 "type": {"enum": sorted(_FLAGS)},
+                "commandType": {"enum": sorted(set(COMMAND_TYPES.values())),
+                                "description": "gremlin-python's name of the type"},
                 "args": {"type": "array", "items": {"type": ["string", "number"]},
                          "description": "the Gremlin CLI flags of the attack type"},
             },
+            # A commandType, when given, is the type's own.
+            "anyOf": [{"properties": {"type": {"const": kind},
+                                      "commandType": {"const": COMMAND_TYPES[kind]}}}
+                      for kind in sorted(_FLAGS)],
         },
         "target": {
             "type": "object",
             "required": ["type"],
             "properties": {
                 "type": {"const": "Exact"},
-                "exact": _IDS,
+                "exact": {"anyOf": [_IDS, {"type": "string"}],
+                          "description": "identifiers, or gremlin-python's count (ignored)"},
                 "hosts": {"type": "object", "required": ["ids"], "properties": {"ids": _IDS}},
                 "containers": {"type": "object", "required": ["ids"], "properties": {"ids": _IDS}},
             },
-            "anyOf": [{"required": ["exact"]}, {"required": ["hosts"]},
-                      {"required": ["containers"]}],
+            "anyOf": [{"required": ["hosts"]}, {"required": ["containers"]},
+                      {"required": ["exact"], "properties": {"exact": _IDS}}],
         },
     },
 }  # fmt: skip

@@ -17,7 +17,7 @@ from chaos.agent.commands import Plan
 from chaos.agent.targets import AgentTarget
 from chaos.errors import AgentError, FaultError
 from chaos.faults.base import DEFAULT_LENGTH, InjectedFault
-from chaos.faults.gremlin import programs_of
+from chaos.faults.gremlin import SUCCESSFUL, USER_HALTED, programs_of
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.peer_address import peer_address
 from common.validation import quoted
@@ -97,7 +97,7 @@ def _run_stages(attack: Attack, backend: LocalFaultBackend) -> None:
     attack.stage = "Distributed"
     delay = plan.params.get("delay_minutes", 0) * 60
     if delay and attack.halt.wait(delay):
-        attack.finish("Halted", "halted before the shutdown")
+        attack.finish(USER_HALTED, "halted before the shutdown")
         return
     for target in attack.nodes:
         if attack.halt.is_set():
@@ -116,7 +116,7 @@ def _run_stages(attack: Attack, backend: LocalFaultBackend) -> None:
         if plan.reboot:
             for fault in attack.faults:
                 fault.rollback()
-        attack.finish("Successful", "")
+        attack.finish(SUCCESSFUL, "")
         return
     if not attack.halt.is_set():
         attack.stage = "Running"
@@ -125,4 +125,4 @@ def _run_stages(attack: Attack, backend: LocalFaultBackend) -> None:
     if error:
         attack.finish("Failed", f"rollback: {error}")
     else:
-        attack.finish("Halted" if halted else "Successful", "")
+        attack.finish(USER_HALTED if halted else SUCCESSFUL, "")

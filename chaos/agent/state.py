@@ -132,7 +132,7 @@ class Agent:
         attack = self.get(guid)
         if not attack.terminal:
             if attack.stage in ("Running", "Distributed"):
-                attack.stage = "HaltRequested"
+                attack.stage = "HaltDistributed"
             attack.halt.set()
             attack.done.wait(self.halt_wait if wait is None else wait)
         return attack

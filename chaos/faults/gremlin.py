@@ -1,57 +1,73 @@
 """The gremlin fault backend: faults as attacks through Gremlin's REST API (or through
-`chaos agent`, which serves the same shape on loopback and runs them with the local backend).
+`chaos agent`, which serves the same shapes on loopback and runs them with the local backend).
 
-The API as used here, and where it comes from:
+The API as used here, and where each part is published (SDK paths are in gremlin/gremlin-python
+at bc3483f, `gremlinapi/`):
 
 - Base URL `https://api.gremlin.com/v1`; every request carries `Authorization: Key <API key>`
-  and, with a team-scoped key, the query parameter `teamId` (chaostoolkit-gremlin
-  `chaosgremlin/__init__.py` `GREMLIN_BASE_URL` and `auth_key`, its README on
-  `GREMLIN_TEAM_ID`; walmartlabs/concord-plugins `tasks/gremlin/.../GremlinClient.java`).
-- `POST /attacks/new` with `{"command": {"type": ..., "args": [...]}, "target": {...}}` creates
-  an attack and answers 201 with the attack's guid as plain text (chaostoolkit-gremlin
-  `chaosgremlin/actions.py`; concord `Utils.createAttackOnHosts`, success code 201). Targets by
-  host identifier: `{"type": "Exact", "exact": ["<identifier>", ...]}` (concord
-  `Utils.createAttackOnHosts`); gremlin/gremlin-python `attack_helpers.py` also writes
-  `{"type": "Exact", "hosts": {"ids": [...]}}` and `{"type": "Random", "percent": N, ...}`.
-- Command args are the Gremlin CLI flags (gremlin-python `attack_helpers.py`, concord
-  `NetworkAttacks.java` / `StateAttacks.java`): every attack `-l LENGTH` (seconds, 1..31449600,
-  default 60); `latency -m MS`, `-p` egress ports, `-h` hostnames, `-i` IP addresses, `-s`
-  source ports; `blackhole -p` egress ports, `-n` ingress ports, `-h`, `-i`; `process_killer
-  -p PROCESS -i INTERVAL` (`--exact`, `--full`, ...); `shutdown -d DELAY` (`-r`: reboot);
-  `cpu -c CORES` (default 1) or `-a` (all cores), `-p CAPACITY` (percent of each core, 1..100,
-  default 100) (gremlin-python `attack_helpers.py` `GremlinCPUAttack`: shortType `cpu`,
-  `_cores` `['-c', int]`, `_all_cores` `['-a']`, `_capacity` `['-p', int]`; Gremlin's docs page
-  "CPU Experiment", gremlin.com/docs/infrastructure-layer/attacks/cpu: one thread per targeted
-  core, at normal priority, so the OS scheduler still balances it with every other process).
-- `GET /attacks/{guid}` gives the attack, `DELETE /attacks/{guid}` halts it (202 in concord's
-  `Utils.halt`), `DELETE /attacks` halts all (gremlin-python `attacks.py`). Per-target status
-  comes from `GET /executions?taskId={guid}` as `[{guid, stage, stageLifecycle, endTime,
-  output}]`, and a `stageLifecycle` of `Error` is a failure (spinnaker/orca
-  `orca-integrations-gremlin` `GremlinService` and `MonitorGremlinAttackTask`).
-- Stage names: `Pending`, `Distributed`, `Running`, `Successful`, `Failed`, `Halted` (and
-  `HaltRequested` on the way to `Halted`) are the ones this client relies on; none of the
-  sources above lists them all, so they are an assumption checked only against `chaos agent`.
-  Besides the stages in `TERMINAL_STAGES`, a `stageLifecycle` of `Error` ends the wait as a
-  failure.
+  and, with a team-scoped key, the query parameter `teamId` (`config.py`; `gremlinapi.py`
+  `_optional_team_endpoint`; https://www.gremlin.com/docs/api-reference/examples/).
+- `POST /attacks` creates an attack and answers 201 with its guid as plain text. The older
+  `POST /attacks/new` (still what gremlin-python's `attacks.py` `create_attack` posts to, and
+  what https://www.gremlin.com/docs/api-reference/examples/ shows) is deprecated in Gremlin's
+  API reference in favour of `POST /attacks` (issue 14); the body is the same.
+- The body is `{"target": ..., "command": ...}` as `attack_helpers.py` `GremlinAttackHelper.
+  api_model` writes it. A target of named hosts is `{"type": "Exact", "hosts": {"ids": [...]}}`
+  and of named containers `{"type": "Exact", "containers": {"ids": [...]}}`
+  (`GremlinTargetHosts.api_model`, `GremlinTargetContainers.api_model`). A command is
+  `{"type": <short type>, "commandType": <display name>, "args": [CLI flags]}`
+  (`GremlinAttackCommandHelper.api_model` and its `_typeMap`: `process_killer` → `Process
+  Killer`, `cpu` → `CPU`, `blackhole` → `Blackhole`, `latency` → `Latency`, `shutdown` →
+  `Shutdown`); every command starts with `-l LENGTH`, seconds, 1..31449600 (`length` setter).
+- Command args (`attack_helpers.py`): `process_killer` (`GremlinProcessKillerAttack.api_model`):
+  `-i INTERVAL` (seconds between kills, an integer of at least 1), `-p PROCESS` (required),
+  `-e` (the name matches exactly, not as a substring), `-f` (match the full command line), `-n`
+  / `-o` (newest / oldest matching process only); `shutdown -d DELAY` (minutes, at least 1) and
+  `-r` (reboot) (`GremlinShutdownAttack`); `blackhole` / `latency` `-p` egress ports, `-n`
+  ingress ports, `-h` hostnames, `-i` IPs, latency `-m MS` (`GremlinNetworkAttackHelper`,
+  `GremlinBlackholeAttack`, `GremlinLatencyAttack`); `cpu -c CORES` or `-a`, `-p CAPACITY`
+  (`GremlinCPUAttack`; Gremlin's "CPU Experiment" page: one thread per targeted core at
+  normal priority).
+- `GET /attacks/{guid}` answers the attack as Gremlin's `Task` schema: `guid`, `stage`,
+  `stageLifecycle`, `command`, `target`, `targets`, `startTime`, `endTime`, ... (the Task model
+  of Gremlin's published OpenAPI, as its generated client documents it). `DELETE
+  /attacks/{guid}` halts one attack, `DELETE /attacks` every attack (`attacks.py`
+  `halt_attack`, `halt_all_attacks`). `GET /executions?taskId={guid}` lists the attack's
+  executions, one per target (`executions.py` `list_executions`;
+  https://www.gremlin.com/docs/viewing-experiment-execution-details).
+- Stages are the Task schema's `stage` enum: `Pending`, `Distributed`, `Initializing`,
+  `Running`, `HaltDistributed`, `TearingDown`, `Successful`, `UserHalted`, `Failed`,
+  `InvalidArgument`, `TargetNotFound`, `ClientAborted`, `LostCommunication`,
+  `InitializationFailed`, `TeardownFailed`, `HaltFailed`, ... A halted attack ends in stage
+  `UserHalted`; an attack that ran its length in `Successful` (the executions page shows
+  `Pending → Distributed → Initializing → Running → TearingDown → Successful`).
+  `stageLifecycle` says where the attack is: `NotStarted`, `Active`, `Complete` or `Error`,
+  and `Complete`/`Error` mean it has finished (issue 14, from Gremlin's attacks API reference;
+  the Task schema types it as a string). This client therefore decides "finished" by the
+  lifecycle and "failed" by an `Error` lifecycle, and never waits for a stage name.
 
-Action mapping (`GremlinFaultBackend.inject`):
+Action mapping (`GremlinFaultBackend.command_for`):
 
-- kill → `process_killer -i 1 -p <program>` (param `process`, default the node's program:
-  `redis-server` for Redis roles). Gremlin keeps killing for the attack's length.
+- kill → `process_killer -l 1 -i 1 -p <program> -e` (param `process`, default the node's
+  program: `redis-server` for Redis roles): one kill of the process named exactly so, in an
+  attack one interval long, so the node is killed once and stays down (the controllers, not
+  Gremlin, decide what comes back). Gremlin matches the name on the target host, so the host
+  must run one such process; `chaos agent` checks the name against the node's program and
+  kills that node's pid only.
 - stop → `shutdown -d DELAY` (minutes, param `delay`, default 0; gremlin-python allows only 1
   or more, so pass `delay=1` against the real API).
 - pause → `process_pause -p <program>`: an extension of `chaos agent`; Gremlin has no pause
   attack, so against the real API this fails with the API's 400.
 - blackhole → `blackhole -p PORTS -n PORTS -h PEER_HOST` (params `ports`, `peer_host`).
 - latency → `latency -m MS -p PORTS -h PEER_HOST` (param `latency_ms`).
-- cpu → `cpu -c CORES` (param `cores`), or `cpu -a` (every core) without it; the load is on
-  the target's host, whichever node of it is named.
+- cpu → `cpu -c CORES` (param `cores`), or `cpu -a` (every core) without it.
 
-Every attack but shutdown gets `-l` from `length` or `seconds` (default `default_length`,
-300 s; rounded up to whole seconds, so a short fault never becomes 0 s), so a forgotten attack
-ends by itself. The target is `NodeTarget.gremlin` or
-`{"type": "Exact", "exact": [target.name]}`. inject() returns once the attack is Running (or
-already Successful); undo halts it and waits until the API reports it ended.
+Every attack but kill and shutdown gets `-l` from `length` or `seconds` (default
+`default_length`, 300 s; rounded up to whole seconds, so a short fault never becomes 0 s), so
+a forgotten attack ends by itself. The target is `NodeTarget.gremlin` or `{"type": "Exact",
+"hosts": {"ids": [target.name]}}`. inject() returns once the attack is Running or has finished
+well (a kill may be over before the first poll); undo halts it and waits, at most
+`halt_timeout`, until its lifecycle is `Complete` or `Error`. Every wait is bounded.
 
 Not for: Gremlin scenarios, templates, Kubernetes targets, or the Gremlin agent install.
 """
@@ -61,20 +77,70 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chaos.errors import FaultError, GremlinError
 from chaos.faults.base import InjectedFault, NodeTarget, check_cores, check_length, whole_seconds
 from common.nodes import PEER_HOST, PROGRAMS_OF_ROLE
 
 DEFAULT_API_URL = "https://api.gremlin.com/v1"
-ACTIVE_STAGES = frozenset({"Running"})
-TERMINAL_STAGES = frozenset({"Successful", "Failed", "Halted", "TargetNotFound"})
-FAILED_STAGES = frozenset({"Failed", "TargetNotFound"})
-FAILED_LIFECYCLE = "Error"
-MAX_LENGTH = 31_449_600  # gremlin-python's bound: about one year in seconds
+# The Task schema's `stage` values this client acts on (the rest only matter through the
+# lifecycle: see the module docstring).
+RUNNING = "Running"
+SUCCESSFUL = "Successful"
+USER_HALTED = "UserHalted"
+# `stageLifecycle` values that mean the attack has finished.
+COMPLETE = "Complete"
+ERROR = "Error"
+FINISHED_LIFECYCLES = frozenset({COMPLETE, ERROR})
+MAX_LENGTH = 31_449_600  # attack_helpers.py `length` setter: about one year in seconds
+# attack_helpers.py `GremlinAttackCommandHelper._typeMap`: short type → commandType.
+COMMAND_TYPES = {
+    "process_killer": "Process Killer",
+    "shutdown": "Shutdown",
+    "blackhole": "Blackhole",
+    "latency": "Latency",
+    "cpu": "CPU",
+    "process_pause": "Process Pause",  # chaos agent's own; Gremlin has no pause attack
+}
+
+
+class AttackState(BaseModel):
+    """Where an attack is, as `GET /attacks/{guid}` reports it (the Task schema's fields this
+    client reads; the others are kept unread)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    guid: str = ""
+    stage: str = ""
+    stageLifecycle: str = ""
+    output: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stageLifecycle in FINISHED_LIFECYCLES
+
+    @property
+    def failed(self) -> bool:
+        return self.stageLifecycle == ERROR
+
+    @property
+    def running(self) -> bool:
+        return self.stage == RUNNING and not self.finished
+
+
+def command(kind: str, args: list[str]) -> dict[str, Any]:
+    """A command as gremlin-python's `GremlinAttackCommandHelper.api_model` writes it."""
+    return {"type": kind, "commandType": COMMAND_TYPES[kind], "args": args}
+
+
+def hosts_target(*identifiers: str) -> dict[str, Any]:
+    """Named hosts as gremlin-python's `GremlinTargetHosts.api_model` writes them."""
+    return {"type": "Exact", "hosts": {"ids": list(identifiers)}}
 
 
 class GremlinClient:
@@ -118,15 +184,14 @@ class GremlinClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _params(self, **extra: str) -> dict[str, str]:
-        params = dict(extra)
+    def _request(
+        self, method: str, path: str, params: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        query = dict(params or {})
         if self.team_id:
-            params["teamId"] = self.team_id
-        return params
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+            query["teamId"] = self.team_id
         try:
-            response = self._http.request(method, path, params=self._params(), **kwargs)
+            response = self._http.request(method, path, params=query, **kwargs)
         except httpx.HTTPError as error:
             raise GremlinError(f"{method} {path}: {error}") from error
         if response.status_code >= 400:
@@ -136,43 +201,43 @@ class GremlinClient:
             )
         return response
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise GremlinError(f"{method} {path}: not JSON: {response.text[:200]}") from error
+
     def create_attack(self, command: dict[str, Any], target: dict[str, Any]) -> str:
-        """Create an attack; returns its guid."""
-        response = self._request("POST", "/attacks/new",
-                                 json={"command": command, "target": target})  # fmt: skip
+        """Create an attack (`POST /attacks`); returns its guid."""
+        response = self._request("POST", "/attacks", json={"target": target, "command": command})
         guid = response.text.strip().strip('"')
         if not guid:
-            raise GremlinError("POST /attacks/new: empty answer, no attack guid")
+            raise GremlinError("POST /attacks: empty answer, no attack guid")
         return guid
 
     def get_attack(self, guid: str) -> dict[str, Any]:
-        response = self._request("GET", f"/attacks/{guid}")
-        try:
-            body = response.json()
-        except ValueError as error:
-            raise GremlinError(f"GET /attacks/{guid}: not JSON: {response.text[:200]}") from error
+        body = self._json("GET", f"/attacks/{guid}")
         if not isinstance(body, dict):
             raise GremlinError(f"GET /attacks/{guid}: unexpected answer {body!r:.200}")
         return body
 
-    def stage(self, guid: str) -> str:
-        return str(self.get_attack(guid).get("stage", ""))
+    def state(self, guid: str) -> AttackState:
+        """The attack's stage and lifecycle."""
+        try:
+            return AttackState.model_validate(self.get_attack(guid))
+        except ValidationError as error:
+            raise GremlinError(f"GET /attacks/{guid}: {error.errors()[0]['msg']}") from None
 
-    def state(self, guid: str) -> tuple[str, str]:
-        """(stage, stageLifecycle) of an attack."""
-        attack = self.get_attack(guid)
-        return str(attack.get("stage", "")), str(attack.get("stageLifecycle", ""))
+    def stage(self, guid: str) -> str:
+        return self.state(guid).stage
 
     def executions(self, guid: str) -> list[dict[str, Any]]:
-        try:
-            response = self._http.get("/executions", params=self._params(taskId=guid))
-        except httpx.HTTPError as error:
-            raise GremlinError(f"GET /executions: {error}") from error
-        if response.status_code >= 400:
-            raise GremlinError(f"GET /executions: HTTP {response.status_code}",
-                               response.status_code)  # fmt: skip
-        body = response.json()
-        return body if isinstance(body, list) else []
+        """The attack's executions, one per target (`GET /executions?taskId=`)."""
+        body = self._json("GET", "/executions", params={"taskId": guid})
+        if not isinstance(body, list):
+            raise GremlinError(f"GET /executions: expected a list, got {body!r:.200}")
+        return body
 
     def halt_attack(self, guid: str) -> None:
         self._request("DELETE", f"/attacks/{guid}")
@@ -180,21 +245,35 @@ class GremlinClient:
     def halt_all(self) -> None:
         self._request("DELETE", "/attacks")
 
-    def wait_for_stage(
-        self, guid: str, wanted: frozenset[str] | set[str], timeout: float, interval: float = 0.2
-    ) -> str:
-        """Poll until the stage is in `wanted` or terminal; returns it. Raises GremlinError on
-        timeout."""
+    def wait_until_running(self, guid: str, timeout: float, interval: float = 0.2) -> AttackState:
+        """Poll until the attack is Running or has finished; raises GremlinError after
+        `timeout` seconds."""
+        return self._wait(guid, lambda s: s.running or s.finished, "running", timeout, interval)
+
+    def wait_until_finished(self, guid: str, timeout: float, interval: float = 0.2) -> AttackState:
+        """Poll until the attack's lifecycle is Complete or Error; raises GremlinError after
+        `timeout` seconds."""
+        return self._wait(guid, lambda s: s.finished, "finished", timeout, interval)
+
+    def _wait(
+        self,
+        guid: str,
+        done: Callable[[AttackState], bool],
+        wanted: str,
+        timeout: float,
+        interval: float,
+    ) -> AttackState:
         deadline = time.monotonic() + timeout
         while True:
-            stage, lifecycle = self.state(guid)
-            if stage in wanted or stage in TERMINAL_STAGES:
-                return stage
-            if lifecycle == FAILED_LIFECYCLE:
-                return stage or "Failed"
-            if time.monotonic() > deadline:
-                raise GremlinError(f"attack {guid}: still {stage or 'unknown'} after {timeout} s")
-            time.sleep(interval)
+            state = self.state(guid)
+            if done(state):
+                return state
+            if time.monotonic() >= deadline:
+                raise GremlinError(
+                    f"attack {guid}: not {wanted} after {timeout} s (stage "
+                    f"{state.stage or 'unknown'}, lifecycle {state.stageLifecycle or 'unknown'})"
+                )
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 def programs_of(target: NodeTarget) -> tuple[str, ...]:
@@ -234,6 +313,13 @@ class GremlinFaultBackend:
 
     def command_for(self, action: str, target: NodeTarget, **params: Any) -> dict[str, Any]:
         """The Gremlin command JSON for `action` on `target` (see the module docstring)."""
+        process = params.get("process") or programs_of(target)[0]
+        if action == "kill":
+            # One interval in a one-interval attack: a single kill (`-i` is the SDK's interval).
+            return command("process_killer", ["-l", "1", "-i", "1", "-p", process, "-e"])
+        if action == "stop":
+            # shutdown has no length in Gremlin: it ends when the target is down.
+            return command("shutdown", ["-d", str(int(params.get("delay", 0)))])
         length = params.get("length", params.get("seconds"))
         if action == "cpu" and length is not None:
             length = check_length(length)  # the cpu bounds every backend shares
@@ -244,63 +330,60 @@ class GremlinFaultBackend:
         args = ["-l", str(length)]
         peer = params.get("peer_host") or target.peer_host or PEER_HOST
         ports = ",".join(str(p) for p in (params.get("ports") or [target.port]))
-        process = params.get("process") or programs_of(target)[0]
-        if action == "kill":
-            return {"type": "process_killer", "args": [*args, "-i", "1", "-p", process]}
         if action == "pause":
-            return {"type": "process_pause", "args": [*args, "-p", process]}
-        if action == "stop":
-            # shutdown has no length in Gremlin: it ends when the target is down.
-            return {"type": "shutdown", "args": ["-d", str(int(params.get("delay", 0)))]}
+            return command("process_pause", [*args, "-p", process])
         if action == "blackhole":
-            return {"type": "blackhole", "args": [*args, "-p", ports, "-n", ports, "-h", peer]}
+            return command("blackhole", [*args, "-p", ports, "-n", ports, "-h", peer])
         if action == "latency":
             if "latency_ms" not in params:
                 raise FaultError("latency needs latency_ms")
             ms = int(float(params["latency_ms"]))
-            return {"type": "latency", "args": [*args, "-m", str(ms), "-p", ports, "-h", peer]}
+            return command("latency", [*args, "-m", str(ms), "-p", ports, "-h", peer])
         if action == "cpu":
             cores = check_cores(params.get("cores"))
             if cores is None:
-                return {"type": "cpu", "args": [*args, "-a"]}
-            return {"type": "cpu", "args": [*args, "-c", str(cores)]}
+                return command("cpu", [*args, "-a"])
+            return command("cpu", [*args, "-c", str(cores)])
         raise FaultError(f"gremlin backend: unsupported action {action!r}")
 
     def target_for(self, target: NodeTarget) -> dict[str, Any]:
-        return dict(target.gremlin) if target.gremlin else {"type": "Exact",
-                                                             "exact": [target.name]}  # fmt: skip
+        return dict(target.gremlin) if target.gremlin else hosts_target(target.name)
 
     def inject(self, action: str, target: NodeTarget, **params: Any) -> InjectedFault:
         if not self.supports(action):
             raise FaultError(f"gremlin backend: unsupported action {action!r}")
-        command = self.command_for(action, target, **params)
+        attack_command = self.command_for(action, target, **params)
         gremlin_target = self.target_for(target)
-        guid = self.client.create_attack(command, gremlin_target)
+        guid = self.client.create_attack(attack_command, gremlin_target)
         fault = InjectedFault(action=action, target=target, backend=self.name,
-                              details={"attack": guid, "command": command,
+                              details={"attack": guid, "command": attack_command,
                                        "target": gremlin_target})  # fmt: skip
         try:
-            stage = self.client.wait_for_stage(guid, ACTIVE_STAGES, self.start_timeout,
-                                               self.poll_interval)  # fmt: skip
+            state = self.client.wait_until_running(guid, self.start_timeout, self.poll_interval)
         except GremlinError:
             self._halt_quietly(guid)
             raise
-        fault.details["stage"] = stage
-        if stage in FAILED_STAGES or stage not in ACTIVE_STAGES | TERMINAL_STAGES:
-            output = self._failure_output(guid)
-            raise FaultError(f"attack {guid} ({command['type']} on {target.name}): {stage}"
-                             f"{': ' + output if output else ''}")  # fmt: skip
+        fault.details["stage"] = state.stage
+        fault.details["lifecycle"] = state.stageLifecycle
+        if state.failed or (state.finished and state.stage != SUCCESSFUL):
+            output = self._failure_output(guid, state)
+            raise FaultError(f"attack {guid} ({attack_command['type']} on {target.name}): "
+                             f"{state.stage}{': ' + output if output else ''}")  # fmt: skip
 
         def undo() -> None:
             try:
                 self.client.halt_attack(guid)
             except GremlinError as error:
-                # Halting an attack that already ended may be refused; that is done, too.
-                if not 400 <= error.status < 500 or self.client.stage(guid) not in TERMINAL_STAGES:
+                # Halting an attack that already finished may be refused; that is done, too.
+                if not 400 <= error.status < 500 or not self.client.state(guid).finished:
                     raise
-            fault.details["stage"] = self.client.wait_for_stage(
-                guid, TERMINAL_STAGES, self.halt_timeout, self.poll_interval
-            )
+            ended = self.client.wait_until_finished(guid, self.halt_timeout, self.poll_interval)
+            fault.details["stage"] = ended.stage
+            fault.details["lifecycle"] = ended.stageLifecycle
+            if ended.failed:
+                output = self._failure_output(guid, ended)
+                raise FaultError(f"attack {guid}: halting ended in {ended.stage}"
+                                 f"{': ' + output if output else ''}")  # fmt: skip
 
         fault.undo = undo
         return fault
@@ -309,9 +392,13 @@ class GremlinFaultBackend:
         with contextlib.suppress(GremlinError):
             self.client.halt_attack(guid)
 
-    def _failure_output(self, guid: str) -> str:
+    def _failure_output(self, guid: str, state: AttackState) -> str:
+        """What the attack or its executions say went wrong ("" when nothing)."""
+        if state.output:
+            return state.output[:300]
         try:
-            attack = self.client.get_attack(guid)
+            executions = self.client.executions(guid)
         except GremlinError:
             return ""
-        return str(attack.get("output") or "")[:300]
+        said = [str(e.get("output") or "") for e in executions if isinstance(e, dict)]
+        return "; ".join(s for s in said if s)[:300]

@@ -29,7 +29,7 @@ from chaos.agent.targets import TargetSource, load_targets
 from chaos.cli import app as chaos_app
 from chaos.errors import GremlinError
 from chaos.faults.base import NodeTarget
-from chaos.faults.gremlin import GremlinClient, GremlinFaultBackend
+from chaos.faults.gremlin import GremlinClient, GremlinFaultBackend, hosts_target
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.cpu_burst import is_loop
 from chaos.faults.local.iptables import iptables_unavailable_reason
@@ -99,7 +99,7 @@ class ServedAgent:
             self.backend.cleanup_all()
 
     def post(self, body: Any, key: str = API_KEY) -> httpx.Response:
-        return httpx.post(f"{self.url}/attacks/new", params={"teamId": TEAM}, json=body,
+        return httpx.post(f"{self.url}/attacks", params={"teamId": TEAM}, json=body,
                           headers={"Authorization": f"Key {key}"}, timeout=10)  # fmt: skip
 
 
@@ -122,7 +122,7 @@ def served(tmp_path: Path) -> Iterator[ServedAgent]:
 
 def pause_body(name: str, length: int = 60) -> dict[str, Any]:
     return {"command": {"type": "process_pause", "args": ["-l", str(length), "-p", "redis-server"]},
-            "target": {"type": "Exact", "exact": [name]}}  # fmt: skip
+            "target": hosts_target(name)}  # fmt: skip
 
 
 def test_pause_attack_stops_the_node_and_halting_resumes_it(served: ServedAgent) -> None:
@@ -132,7 +132,7 @@ def test_pause_attack_stops_the_node_and_halting_resumes_it(served: ServedAgent)
     assert fault.details["command"]["type"] == "process_pause"
     assert not answers(node)
     fault.rollback()
-    assert fault.details["stage"] == "Halted"
+    assert fault.details["stage"] == "UserHalted"
     assert answers(node)
 
 
@@ -140,15 +140,15 @@ def test_stage_polling_reports_running_then_halted(served: ServedAgent) -> None:
     body = pause_body("s0-primary")
     guid = served.client.create_attack(body["command"], body["target"])
     seen = [served.client.stage(guid)]
-    assert served.client.wait_for_stage(guid, {"Running"}, timeout=10, interval=0.02) == "Running"
+    assert served.client.wait_until_running(guid, timeout=10, interval=0.02).stage == "Running"
     seen.append(served.client.stage(guid))
     served.client.halt_attack(guid)
-    seen.append(served.client.wait_for_stage(guid, set(), timeout=10, interval=0.02))
-    assert seen[-2:] == ["Running", "Halted"]
+    seen.append(served.client.wait_until_finished(guid, timeout=10, interval=0.02).stage)
+    assert seen[-2:] == ["Running", "UserHalted"]
     assert seen[0] in ("Pending", "Distributed", "Running")
     attack = served.client.get_attack(guid)
     assert attack["stageLifecycle"] == "Complete" and attack["endTime"]
-    assert [e["stage"] for e in served.client.executions(guid)] == ["Halted"]
+    assert [e["stage"] for e in served.client.executions(guid)] == ["UserHalted"]
     assert answers(served.nodes["s0-primary"])
 
 
@@ -156,15 +156,16 @@ def test_a_length_rolls_the_attack_back_by_itself(served: ServedAgent) -> None:
     node = served.nodes["s0-primary"]
     body = pause_body(node.name, length=1)
     guid = served.client.create_attack(body["command"], body["target"])
-    assert served.client.wait_for_stage(guid, {"Running"}, timeout=10, interval=0.02) == "Running"
+    assert served.client.wait_until_running(guid, timeout=10, interval=0.02).stage == "Running"
     assert not answers(node, timeout=0.3)
-    assert served.client.wait_for_stage(guid, set(), timeout=10) == "Successful"
+    assert served.client.wait_until_finished(guid, timeout=10).stage == "Successful"
     assert answers(node)
 
 
 def test_a_cpu_attack_keeps_cores_busy_until_halted(served: ServedAgent) -> None:
     fault = served.gremlin.inject("cpu", target_of(served.nodes["s0-primary"]), cores=1, length=30)
-    assert fault.details["command"] == {"type": "cpu", "args": ["-l", "30", "-c", "1"]}
+    assert fault.details["command"] == {"type": "cpu", "commandType": "CPU",
+                                       "args": ["-l", "30", "-c", "1"]}  # fmt: skip
     assert fault.details["stage"] == "Running"
     pids = served.agent.attacks[fault.details["attack"]].faults[0].details["pids"]
     deadline = time.monotonic() + 5  # a child reads as its parent until it has exec'd
@@ -174,7 +175,7 @@ def test_a_cpu_attack_keeps_cores_busy_until_halted(served: ServedAgent) -> None
     loops = served.backend.cpu_bursts.leftovers()  # the agent's loops, found in /proc
     assert loops == pids
     fault.rollback()
-    assert fault.details["stage"] == "Halted"
+    assert fault.details["stage"] == "UserHalted"
     deadline = time.monotonic() + 5
     while running(loops[0]) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -214,19 +215,19 @@ def test_a_target_outside_the_allowlist_gets_403_and_nothing_happens(
     ("body", "field"),
     [
         ({"command": {"type": "latency", "args": ["-l", "10"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -m"),
+          "target": hosts_target("s0-primary")}, "command.args -m"),
         ({"command": {"type": "memory", "args": ["-g", "1"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.type"),
+          "target": hosts_target("s0-primary")}, "command.type"),
         ({"command": {"type": "process_pause", "args": "-l 10"},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args"),
+          "target": hosts_target("s0-primary")}, "command.args"),
         ({"command": {"type": "process_pause", "args": ["-l", "soon"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -l"),
+          "target": hosts_target("s0-primary")}, "command.args -l"),
         ({"command": {"type": "process_pause", "args": ["--frobnicate"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args[0]"),
+          "target": hosts_target("s0-primary")}, "command.args[0]"),
         ({"command": {"type": "process_killer", "args": ["-p", "sshd"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -p"),
+          "target": hosts_target("s0-primary")}, "command.args -p"),
         ({"command": {"type": "blackhole", "args": ["-p", "22"]},
-          "target": {"type": "Exact", "exact": ["s0-primary"]}}, "command.args -p"),
+          "target": hosts_target("s0-primary")}, "command.args -p"),
         ({"command": {"type": "process_pause", "args": []},
           "target": {"type": "Random", "percent": 100}}, "target.type"),
         ({"command": {"type": "process_pause", "args": []}}, "target"),
@@ -243,7 +244,7 @@ def test_a_malformed_command_gets_400_naming_the_field(
 
 
 def test_a_body_that_is_not_json_gets_400_and_an_unknown_attack_404(served: ServedAgent) -> None:
-    answer = httpx.post(f"{served.url}/attacks/new", content=b"{not json",
+    answer = httpx.post(f"{served.url}/attacks", content=b"{not json",
                         params={"teamId": TEAM}, headers={"Authorization": f"Key {API_KEY}"},
                         timeout=5)  # fmt: skip
     assert answer.status_code == 400 and answer.json()["field"] == "body"
@@ -280,10 +281,11 @@ def test_targets_come_from_a_testbed_state_file(tmp_path: Path) -> None:
 def test_a_process_killer_attack_kills_the_node(served: ServedAgent) -> None:
     node = served.nodes["s0-primary"]
     fault = served.gremlin.inject("kill", target_of(node))
-    assert fault.details["command"]["args"][-2:] == ["-p", "redis-server"]
+    assert fault.details["command"]["args"] == ["-l", "1", "-i", "1", "-p", "redis-server", "-e"]
     assert node.process is not None and node.process.wait(timeout=5) == -9
     fault.rollback()
-    assert fault.details["stage"] == "Halted"
+    assert fault.details["lifecycle"] == "Complete"
+    assert fault.details["stage"] in ("Successful", "UserHalted")
 
 
 # -- hostile requests: a 4xx in the agent's envelope, never a 5xx ---------------------------------
@@ -291,7 +293,7 @@ def test_a_process_killer_attack_kills_the_node(served: ServedAgent) -> None:
 
 def test_a_body_nested_thousands_deep_gets_400_not_500(served: ServedAgent) -> None:
     content = b'{"command": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    answer = httpx.post(f"{served.url}/attacks/new", content=content, params={"teamId": TEAM},
+    answer = httpx.post(f"{served.url}/attacks", content=content, params={"teamId": TEAM},
                         headers={"Authorization": f"Key {API_KEY}"}, timeout=5)  # fmt: skip
     assert answer.status_code == 400, answer.text
     assert answer.json()["field"] == "body" and "nested deeper" in answer.json()["message"]
@@ -308,7 +310,8 @@ def test_a_body_over_64_kib_gets_413_and_nothing_happens(served: ServedAgent) ->
 
 
 @pytest.mark.parametrize(("method", "path", "allow"),
-                         [("PUT", "/attacks", "DELETE, GET"), ("PATCH", "/attacks/active", "GET"),
+                         [("PUT", "/attacks", "DELETE, GET, POST"),
+                          ("PATCH", "/attacks/active", "GET"),
                           ("POST", "/attacks/some-guid", "DELETE, GET")])  # fmt: skip
 def test_a_method_a_path_does_not_serve_gets_405_with_allow(
     served: ServedAgent, method: str, path: str, allow: str
@@ -384,8 +387,9 @@ def test_a_process_that_only_names_the_program_in_its_arguments_is_not_signalled
         agent = ServedAgent(tmp_path, [], allow={"decoy"}, others=[target])
         agent.start()
         command = {"type": attack, "args": ["-l", "30", "-p", "redis-server"]}
-        guid = agent.client.create_attack(command, {"type": "Exact", "exact": ["decoy"]})
-        assert agent.client.wait_for_stage(guid, set(), timeout=10, interval=0.02) == "Failed"
+        guid = agent.client.create_attack(command, hosts_target("decoy"))
+        ended = agent.client.wait_until_finished(guid, timeout=10, interval=0.02)
+        assert (ended.stage, ended.stageLifecycle) == ("Failed", "Error")
         assert "refusing to signal" in agent.client.get_attack(guid)["output"]
         assert process.poll() is None and process_state(process.pid) not in ("T", "t")
     finally:

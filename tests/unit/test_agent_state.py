@@ -19,7 +19,7 @@ from chaos.agent.state import Agent
 from chaos.agent.targets import TargetSource
 from chaos.errors import AgentError
 from chaos.faults.base import NodeTarget
-from chaos.faults.gremlin import GremlinFaultBackend
+from chaos.faults.gremlin import GremlinFaultBackend, hosts_target
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def refusal(call: Any, *args: Any) -> tuple[int, str | None]:
 
 
 def exact(*ids: str) -> dict[str, Any]:
-    return {"type": "Exact", "exact": list(ids)}
+    return hosts_target(*ids)
 
 
 def test_the_key_comes_first_then_the_team(agent: Agent) -> None:
@@ -99,7 +99,7 @@ def test_a_gremlin_cpu_command_becomes_a_cpu_plan() -> None:
     sent = GremlinFaultBackend(client=object()).command_for(  # type: ignore[arg-type]
         "cpu", NodeTarget(name="s0-primary", role="primary", port=7000), cores=2, length=4
     )
-    assert sent == {"type": "cpu", "args": ["-l", "4", "-c", "2"]}
+    assert sent == {"type": "cpu", "commandType": "CPU", "args": ["-l", "4", "-c", "2"]}
     plan = parse_command(sent)
     assert (plan.action, plan.length, plan.params) == ("cpu", 4, {"cores": 2})
     every_core = parse_command({"type": "cpu", "args": ["-l", "9", "-a", "-p", "100"]})

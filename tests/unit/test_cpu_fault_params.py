@@ -36,6 +36,7 @@ def test_gremlin_rounds_a_cpu_length_up_and_checks_cores_like_the_others() -> No
     gremlin = GremlinFaultBackend(client=object())  # type: ignore[arg-type]
     assert gremlin.command_for("cpu", PRIMARY, length=0.4, cores=2) == {
         "type": "cpu",
+        "commandType": "CPU",
         "args": ["-l", "1", "-c", "2"],
     }
     assert gremlin.command_for("cpu", PRIMARY, length=59.2)["args"][:2] == ["-l", "60"]

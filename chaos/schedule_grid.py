@@ -1,0 +1,91 @@
+"""When a scheduled `chaos run --every` starts its runs: on a fixed grid from the first start
+(start, start + every, start + 2·every, ...), so runs do not drift by their own length; a run
+that overran its slot skips the slots it missed (and says how many) instead of running them
+back to back; and the grid and the next run time are kept in a file beside the journals, so a
+restarted scheduler keeps its times.
+
+Not for: running anything, jitter, or the run lock (`scheduler`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+SCHEDULE_FILE = "chaos-schedule.json"
+
+
+class ScheduleState(BaseModel):
+    """The grid a schedule keeps: its origin and period (unix seconds) and the next slot."""
+
+    origin: float
+    every: float
+    next_run: float
+
+
+class Slot(BaseModel):
+    """The next start on the grid, and how many slots before it were missed."""
+
+    at: float
+    skipped: int
+
+
+class ScheduleGrid:
+    """A schedule's fixed grid, kept in `directory/chaos-schedule.json`."""
+
+    def __init__(self, directory: Path, every: float, now: float) -> None:
+        if not every > 0:
+            raise ValueError(f"every must be more than 0 seconds, not {every}")
+        self.path = directory / SCHEDULE_FILE
+        self.every = every
+        self.resumed = False
+        kept = self._read()
+        if kept is not None and math.isclose(kept.every, every):
+            self.state = kept
+            self.resumed = True
+        else:
+            # A new schedule, or a new period: the grid starts now.
+            self.state = ScheduleState(origin=now, every=every, next_run=now)
+
+    def _read(self) -> ScheduleState | None:
+        try:
+            return ScheduleState.model_validate_json(self.path.read_bytes())
+        except (OSError, ValidationError):
+            return None  # none kept, or not ours to trust: a fresh grid
+
+    @property
+    def next_run(self) -> float:
+        return self.state.next_run
+
+    def advance(self, now: float) -> Slot:
+        """Move to the first slot after `now` and keep it; says how many slots after the
+        planned one were passed over (0 when the run ended within its slot)."""
+        planned = self.state.next_run
+        index = math.floor((now - self.state.origin) / self.every) + 1
+        at = self.state.origin + index * self.every
+        skipped = max(0, round((at - planned) / self.every) - 1)
+        self.state = self.state.model_copy(update={"next_run": at})
+        self.save()
+        return Slot(at=at, skipped=skipped)
+
+    def catch_up(self, now: float) -> Slot:
+        """On a restart: the kept next run if it is still ahead, else now (and how many slots
+        passed while no scheduler ran)."""
+        planned = self.state.next_run
+        if planned >= now:
+            return Slot(at=planned, skipped=0)
+        missed = math.floor((now - planned) / self.every)
+        return Slot(at=now, skipped=missed)
+
+    def save(self) -> None:
+        """Keep the grid and the next run in the schedule file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary file renamed over the old one: a crash never leaves half a file.
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".schedule-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.state.model_dump_json())
+        os.replace(temporary, self.path)

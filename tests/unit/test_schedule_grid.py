@@ -1,0 +1,68 @@
+"""A schedule's fixed grid (`chaos.schedule_grid`): runs start at origin + k·every whatever
+they last, an overrun skips the slots it covered and counts them, and a restarted scheduler
+takes up the grid and the next run time kept on disk.
+
+Not for: running experiments on it (tests/chaos/test_runner_and_cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chaos.schedule_grid import SCHEDULE_FILE, ScheduleGrid
+
+HOUR = 3600.0
+
+
+def test_a_run_that_ends_within_its_slot_starts_the_next_on_the_grid(tmp_path: Path) -> None:
+    grid = ScheduleGrid(tmp_path, 4 * HOUR, now=1000.0)
+    slot = grid.advance(now=1000.0 + 25 * 60)  # the run took 25 minutes
+    assert (slot.at, slot.skipped) == (1000.0 + 4 * HOUR, 0)
+
+
+def test_starts_do_not_drift_by_the_runs_length(tmp_path: Path) -> None:
+    grid = ScheduleGrid(tmp_path, HOUR, now=0.0)
+    starts = [grid.advance(now=k * HOUR + 0.5 * HOUR).at for k in range(5)]
+    assert starts == [(k + 1) * HOUR for k in range(5)]
+
+
+def test_a_run_that_overran_skips_the_missed_slots_and_counts_them(tmp_path: Path) -> None:
+    grid = ScheduleGrid(tmp_path, HOUR, now=0.0)
+    grid.advance(now=0.2 * HOUR)  # next run planned at 1 h
+    slot = grid.advance(now=3.5 * HOUR)  # that run lasted until 3.5 h
+    assert (slot.at, slot.skipped) == (4 * HOUR, 2)  # the 2 h and 3 h slots
+
+
+def test_the_next_run_is_kept_across_a_restart(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)
+    restarted = ScheduleGrid(tmp_path, HOUR, now=0.5 * HOUR)
+    assert restarted.resumed
+    slot = restarted.catch_up(now=0.5 * HOUR)
+    assert (slot.at, slot.skipped) == (HOUR, 0)
+    assert restarted.advance(now=1.2 * HOUR).at == 2 * HOUR  # the old grid, not a new one
+
+
+def test_a_restart_after_the_kept_time_runs_at_once_and_says_what_passed(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)  # next at 1 h
+    restarted = ScheduleGrid(tmp_path, HOUR, now=3.5 * HOUR)
+    slot = restarted.catch_up(now=3.5 * HOUR)
+    assert (slot.at, slot.skipped) == (3.5 * HOUR, 2)
+
+
+def test_a_new_period_starts_a_new_grid(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)
+    changed = ScheduleGrid(tmp_path, 2 * HOUR, now=0.5 * HOUR)
+    assert not changed.resumed and changed.next_run == 0.5 * HOUR
+
+
+def test_an_unreadable_schedule_file_starts_a_new_grid(tmp_path: Path) -> None:
+    (tmp_path / SCHEDULE_FILE).write_text("{not json")
+    grid = ScheduleGrid(tmp_path, HOUR, now=10.0)
+    assert not grid.resumed and grid.next_run == 10.0
+
+
+def test_the_kept_file_says_the_next_run(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)
+    kept = json.loads((tmp_path / SCHEDULE_FILE).read_text())
+    assert kept == {"origin": 0.0, "every": HOUR, "next_run": HOUR}
