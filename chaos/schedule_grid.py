@@ -64,10 +64,13 @@ class ScheduleGrid:
     def advance(self, now: float) -> Slot:
         """Move to the first slot after `now` and keep it; says how many slots after the
         planned one were passed over (0 when the run ended within its slot)."""
-        planned = self.state.next_run
-        index = math.floor((now - self.state.origin) / self.every) + 1
+        # The slot the run was planned for (a restart's catch-up run is off the grid: the slot
+        # before it); the next is after it even when jitter started the run early and it
+        # ended before its planned time, so no slot runs twice.
+        planned = self._slot_index(self.state.next_run)
+        index = max(planned + 1, math.floor((now - self.state.origin) / self.every) + 1)
         at = self.state.origin + index * self.every
-        skipped = max(0, round((at - planned) / self.every) - 1)
+        skipped = index - planned - 1
         self.state = self.state.model_copy(update={"next_run": at})
         self.save()
         return Slot(at=at, skipped=skipped)
@@ -79,7 +82,15 @@ class ScheduleGrid:
         if planned >= now:
             return Slot(at=planned, skipped=0)
         missed = math.floor((now - planned) / self.every)
+        # The run now stands in for the missed slots: `advance` counts from it, not from the
+        # old planned time (which would say the stopped time again as an overrun).
+        self.state = self.state.model_copy(update={"next_run": now})
         return Slot(at=now, skipped=missed)
+
+    def _slot_index(self, at: float) -> int:
+        """The grid slot at or before `at` (a slot's own time counts as that slot, whatever
+        the float rounding of origin + k·every)."""
+        return math.floor((at - self.state.origin) / self.every + 1e-9)
 
     def save(self) -> None:
         """Keep the grid and the next run in the schedule file."""

@@ -217,6 +217,18 @@ class DockerActuator:
         container.start()
         return container
 
+    def _adopt(self, container: Container, networks: list[str]) -> Container:
+        """A container an earlier step started, made whole: connected to each of `networks` it
+        is not on (a step cut short between `_run`'s create and connect left it on the first
+        only), and running."""
+        container.reload()
+        joined = container.attrs["NetworkSettings"]["Networks"] or {}
+        for network in (self._network(n) for n in networks if n not in joined):
+            network.connect(container, ipv4_address=self._free_address(network))
+        if container.status != "running":
+            container.start()
+        return container
+
     # -- replicas ---------------------------------------------------------------------------
 
     async def provision_replica(self, shard: str, name: str) -> NodeRef:
@@ -230,17 +242,16 @@ class DockerActuator:
         with self._engine(what):
             self.client.ping()
             replicas = [c for c in self.started(name) if c.labels.get(LABEL_ROLE) == "replica"]
+            networks = [self.settings.peer_network, self.settings.client_network]
             if replicas:
-                container = replicas[0]
-                if container.status != "running":
-                    container.start()
+                container = self._adopt(replicas[0], networks)
             else:
                 container = self._run(
                     name=name,
                     image=self.settings.redis_image,
                     command=list(REDIS_NODE_ARGV[1:]),
                     labels=self._labels(shard, "replica", name),
-                    networks=[self.settings.peer_network, self.settings.client_network],
+                    networks=networks,
                     entrypoint=[REDIS_NODE_ARGV[0]],
                     # Its data lives as long as the container: kept across a restart, removed
                     # with it. No restart policy: a returning node rejoins through the keeper.
@@ -279,8 +290,7 @@ class DockerActuator:
         name = f"sensor-{node.name}"
         existing = self.started(name)
         if existing:
-            if existing[0].status != "running":
-                existing[0].start()
+            self._adopt(existing[0], [self.settings.peer_network])
             return
         self._run(
             name=name,
@@ -320,19 +330,19 @@ class DockerActuator:
         with self._engine(f"provision instance {name} of {service}"):
             self.client.ping()
             existing = self.started(name)
-            container = existing[0] if existing else None
-            if container is None:
+            networks = [self.settings.peer_network, self.settings.client_network]
+            if existing:
+                container = self._adopt(existing[0], networks)
+            else:
                 container = self._run(
                     name=name,
                     image=self.settings.sensor_image,
                     command=[part.format(**values) for part in command],
                     labels={**self._labels(None, "instance", name), "ratequeue.service": service},
-                    networks=[self.settings.peer_network, self.settings.client_network],
+                    networks=networks,
                     init=True,
                     restart_policy={"Name": "unless-stopped"},
                 )
-            elif container.status != "running":
-                container.start()
             url = f"http://{self._address_on(container, self.settings.peer_network)}:8080"
             deadline = time.monotonic() + self.settings.ready_timeout
             while time.monotonic() < deadline:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import docker.errors
 import pytest
 import redis
+from docker.models.networks import Network
 
 from chaos.faults.docker import engine_unavailable_reason
 from lazarus_lite.docker_actuator import (
@@ -119,3 +121,24 @@ def test_an_unreachable_engine_is_refused_naming_it() -> None:
     )
     with pytest.raises(ActuatorError, match=r"unreachable \(unix:///nonexistent/docker.sock\)"):
         actuator.provision_replica_now("s0", "s0-replica-e2")
+
+
+@needs_engine
+def test_a_replica_left_on_one_network_by_an_interrupted_step_is_completed_on_resume(
+    staged: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step is cut short between creating the container and connecting its second network.
+    def interrupted(*_: object, **__: object) -> None:
+        raise docker.errors.APIError("the engine went away")
+
+    monkeypatch.setattr(Network, "connect", interrupted)
+    with pytest.raises(ActuatorError):
+        staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+    monkeypatch.undo()
+
+    node = staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+
+    (replica,) = staged.actuator.started("s0-replica-e2")
+    networks = replica.attrs["NetworkSettings"]["Networks"]
+    assert set(networks) == {staged.client_network, staged.peer_network}
+    assert replication_of(node.host, node.port)["role"] == "slave"

@@ -66,3 +66,28 @@ def test_the_kept_file_says_the_next_run(tmp_path: Path) -> None:
     ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)
     kept = json.loads((tmp_path / SCHEDULE_FILE).read_text())
     assert kept == {"origin": 0.0, "every": HOUR, "next_run": HOUR}
+
+
+def test_a_run_that_jitter_started_early_and_ended_before_its_slot_is_not_run_again(
+    tmp_path: Path,
+) -> None:
+    grid = ScheduleGrid(tmp_path, HOUR, now=0.0)
+    grid.advance(now=0.2 * HOUR)  # next run planned at 1 h; jitter started it at 0.9 h
+    slot = grid.advance(now=0.95 * HOUR)  # and it ended before 1 h
+    assert (slot.at, slot.skipped) == (2 * HOUR, 0)
+
+
+def test_the_run_after_a_restart_does_not_count_the_stopped_time_again(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)  # next at 1 h
+    restarted = ScheduleGrid(tmp_path, HOUR, now=3.5 * HOUR)
+    restarted.catch_up(now=3.5 * HOUR)  # runs at once; 2 slots said to have passed
+    slot = restarted.advance(now=3.7 * HOUR)  # that run ended within its slot
+    assert (slot.at, slot.skipped) == (4 * HOUR, 0)
+
+
+def test_a_run_after_a_restart_that_overran_counts_the_slots_it_covered(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, HOUR, now=0.0).advance(now=0.3 * HOUR)  # next at 1 h
+    restarted = ScheduleGrid(tmp_path, HOUR, now=3.5 * HOUR)
+    restarted.catch_up(now=3.5 * HOUR)
+    slot = restarted.advance(now=5.2 * HOUR)
+    assert (slot.at, slot.skipped) == (6 * HOUR, 2)  # the 4 h and 5 h slots
