@@ -15,8 +15,10 @@ refuses writes until somebody puts it back. Each controller node runs the keeper
 - former members held for forensics get the forensics policy (`steps.ratequeue_promotion`):
   one that answers is parked (or, with policy `stop`, shut down and never rejoined);
 - a former member that answers parked rejoins (`lazarus_lite.forensics` holds the rules): once
-  its hold time is over and its data files are copied (when a copy directory is set), one
-  topology compare-and-set lists it as a replica and takes it off the forensics list, and only
+  its hold time is over and its data files are copied (when a copy directory is set), it is
+  emptied with a replication id of its own (`membership.empty_parked`: until its full resync a
+  failover reads it as a replacement that never synced, never by what it applied unacknowledged),
+  one topology compare-and-set lists it as a replica and takes it off the forensics list, and only
   then does it follow the primary (a full resync replaces whatever it applied that was never
   acknowledged); a node still dead stays held;
 - the forensics list is kept within its bound (a count and an age), and so are the copies.
@@ -201,6 +203,14 @@ class ShardKeeper:
                 return [f"{shard.id}: {node.name} answers but stays held: {error}"]
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
             done += self._prune_copies(shard.id)
+        await self.locks.assert_held(held)
+        try:
+            # Listed before its full resync, it may be fenced and compared in a failover: what
+            # it applied that was never acknowledged must not count (the resync drops it anyway).
+            async with connect(node) as conn:
+                await membership.empty_parked(conn)
+        except (RedisError, OSError) as error:
+            return [*done, f"{shard.id}: {node.name} answers but stays held: {error}"]
 
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)

@@ -315,6 +315,27 @@ async def park(node: aioredis.Redis, *, drop_fence: bool = False) -> dict[str, A
     return info
 
 
+async def empty_parked(node: aioredis.Redis) -> None:
+    """Empty a parked node and give it a replication history of its own, so it reads exactly
+    like a replacement that never synced. For a former member about to be listed again: until
+    its full resync it may be fenced and compared with the listed replicas, and what it applied
+    beyond the acknowledged stream (its enqueue count, or an offset on the lineage's previous
+    stream that holds nothing) must never make it the candidate. Refuses a node not parked."""
+    if not is_parked(await node.info("replication")):
+        raise RuntimeError("only a parked node is emptied")
+    # A parked node is a read-only replica: lift that for the one command, in one round trip.
+    async with node.pipeline(transaction=False) as pipe:
+        pipe.config_set("replica-read-only", "no")
+        pipe.flushall()
+        pipe.config_set("replica-read-only", "yes")
+        await pipe.execute()
+    # A primary for an instant (it refuses writes: `NEVER_WRITABLE`), so Redis starts a new
+    # replication id; parked again, it keeps that id: no offset of it is on any lineage.
+    await node.config_set("min-replicas-to-write", NEVER_WRITABLE)
+    await node.execute_command("REPLICAOF", "NO", "ONE")
+    await node.execute_command("REPLICAOF", *FENCE_SINK)
+
+
 async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout: float) -> None:
     """Return once `replica`'s link is up and it has reached the primary's offset as of the
     moment the link came up (so it holds everything acknowledged before it joined)."""

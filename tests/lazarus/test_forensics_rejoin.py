@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from common.redis_processes import free_port
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.forensics import ForensicsRules
 from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
 from ratequeue.topology import TOPOLOGY_KEY, HeldNode, NodeRef, Topology
@@ -178,3 +181,48 @@ def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
     assert topology.shard("s0").forensics == [] and len(topology.shard("s0").replicas) == 1
     with node(cluster, returned[-1]).client() as conn:
         assert conn.info("replication")["master_link_status"] == "up"
+
+
+def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candidate(
+    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old primary applied writes nobody acknowledged; it comes back, is listed, and the new
+    # primary dies before it could follow it. A failover now reads it among the listed replicas:
+    # what it applied must not outrank the replica that holds the write the new primary acked.
+    cluster = start_cluster(shards=1, replicas=2)
+    write_some(cluster, 5)
+    old = fail_over_by_hand(cluster)
+    topology = topology_of(cluster)
+    shard = topology.shard("s0")
+    store(cluster, topology.next_with(shard.model_copy(update={"appointed_enqueues": 5})))
+    keep_once(cluster, ForensicsRules())  # the other replica follows the new primary
+    write_some(cluster, 1)  # acknowledged: on the new primary and its replica
+    node(cluster, old).restart()
+    with node(cluster, old).client() as conn:  # what it held beyond the acknowledged stream
+        conn.config_set("replica-read-only", "no")
+        for _ in range(3):
+            conn.incr(membership.BARRIER_KEY)
+        conn.config_set("replica-read-only", "yes")
+
+    async def primary_died(node: object, primary: object) -> None:
+        raise ConnectionError("the new primary died before the returning node followed it")
+
+    monkeypatch.setattr(membership, "attach", primary_died)
+    done, topology = keep_once(cluster, ForensicsRules())
+    shard = topology.shard("s0")
+    assert old in [r.name for r in shard.replicas], done
+
+    async def fence_listed() -> list[membership.ReplicaPosition]:
+        fenced = [await fence_node(r) for r in shard.replicas]
+        return [membership.ReplicaPosition(f.name, f.replid or "", f.offset or 0, f.enqueues)
+                for f in fenced]  # fmt: skip
+
+    best, _ = membership.most_complete_replica(
+        asyncio.run(fence_listed()),
+        shard.lineage,
+        listed=len(shard.replicas),
+        min_replicas=1,
+        appointed_enqueues=shard.appointed_enqueues,
+    )
+    (follower,) = [r.name for r in shard.replicas if r.name != old]
+    assert best.name == follower
