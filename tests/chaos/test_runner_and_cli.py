@@ -374,3 +374,16 @@ def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run
     assert events == ["run", "verdict passed"] * 3
     kept = json.loads((tmp_path / "chaos-schedule.json").read_text())
     assert kept["every"] == 0.01 and kept["next_run"] >= kept["origin"]
+
+
+def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalCluster) -> None:
+    deployment = Deployment.model_construct(name="d", control=store.control.url)
+    with run_lock(deployment, "long run", ttl_seconds=0.6):
+        time.sleep(1.5)  # more than twice the TTL: only the renewals keep it
+        with (
+            pytest.raises(TargetError, match="another chaos run"),
+            run_lock(deployment, "second", ttl_seconds=30),
+        ):
+            pass
+    with run_lock(deployment, "after", ttl_seconds=30):
+        pass  # given back when the run ended

@@ -1,0 +1,74 @@
+"""The Redis backend of the coordination store where its own process matters: what the contract
+tests (tests/test_coordination_contract.py) cannot show without stopping or racing the real
+`redis-server` under it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.redis_processes import RedisProcess
+from lazarus_lite.coordination import redis_keys
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from ratequeue.local_cluster import start_node
+from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[RedisProcess]:
+    node = start_node("control", "control", None, tmp_path)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def a_topology(epoch: int, primary: str = "p") -> Topology:
+    (slots,) = even_slot_ranges(1)
+    node = NodeRef(name=primary, host="127.0.0.1", port=7000)
+    return Topology(epoch=epoch, shards=[Shard(id="s0", slots=slots, epoch=epoch, primary=node)])
+
+
+async def test_a_watch_outlives_its_store_going_away_and_delivers_the_next_epoch(
+    control: RedisProcess,
+) -> None:
+    store = RedisCoordinationStore.from_url(control.url, timeout=1)
+    try:
+        await store.topology.compare_and_set(0, a_topology(1))
+        watch = store.topology.watch(after_epoch=1, refresh_every=0.2)
+        delivered = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.3)
+        control.stop()
+        await asyncio.sleep(1.0)  # several rereads fail meanwhile
+        assert not delivered.done(), delivered
+        control.restart()
+        await store.topology.compare_and_set(1, a_topology(2, primary="q"))
+        topology = await asyncio.wait_for(delivered, timeout=10)
+        assert topology.epoch == 2 and topology.shards[0].primary.name == "q"
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.aclose()
+
+
+async def test_an_event_binding_that_expires_between_its_two_commands_is_taken_anew(
+    control: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisCoordinationStore.from_url(control.url)
+    try:
+        binding = redis_keys.workflow_of_event("ev-1")
+        await store.control.set(binding, "wf-old")
+        read = store.control.get
+
+        async def expiring_first(key: str) -> bytes | None:
+            await store.control.delete(binding)  # its TTL ran out right after the SET NX
+            monkeypatch.setattr(store.control, "get", read)
+            return await read(key)
+
+        monkeypatch.setattr(store.control, "get", expiring_first)
+        assert await store.workflows.bind_event("ev-1", "wf-new") is None
+        assert await store.control.get(binding) == b"wf-new"
+    finally:
+        await store.aclose()
