@@ -179,6 +179,13 @@ def run(
     journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
     allow_prod: bool = typer.Option(False, "--allow-prod", help="allow a prod target"),
+    runs: int = typer.Option(None, "--runs", min=1, help="stop after this many runs ended"),
+    notifications: Path = typer.Option(
+        None, "--notifications", help="channels (YAML) announcing each run's start and verdict"
+    ),
+    notify_service: str = typer.Option(
+        "chaos", "--notify-service", help="the service whose route in --notifications is used"
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
     import signal
@@ -189,8 +196,11 @@ def run(
     from chaos.journal import Journal
     from chaos.scheduler import check_target_allowed, run_schedule
     from chaos.targets import load_deployment
+    from notifications.config import NotificationConfig, load_notification_config
+    from notifications.errors import NotificationConfigError
 
     period = _parse_duration_option(every, "--every")
+    channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
         for path in experiments:
@@ -198,7 +208,9 @@ def run(
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
-    except (ExperimentError, TargetError, RefusedTarget) as error:
+        if notifications is not None:
+            channels = load_notification_config(notifications)
+    except (ExperimentError, TargetError, RefusedTarget, NotificationConfigError) as error:
         console.print(f"[red]refused:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
     stop = threading.Event()
@@ -223,6 +235,12 @@ def run(
                 status.update(f"[bold]{message}")
                 console.log(message)
 
+            watchers = []
+            if channels is not None:
+                from chaos.announcements import RunAnnouncer
+
+                watchers.append(RunAnnouncer(channels, notify_service, journal_dir, say))
+
             journals = run_schedule(
                 experiments,
                 target=deployment,
@@ -233,6 +251,8 @@ def run(
                 say=say,
                 stop=stop,
                 on_journal=say_verdict,
+                max_runs=runs,
+                watchers=watchers,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
