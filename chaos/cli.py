@@ -186,6 +186,10 @@ def run(
     notify_service: str = typer.Option(
         "chaos", "--notify-service", help="the service whose route in --notifications is used"
     ),
+    metrics_port: int = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="serve Prometheus /metrics on this port"
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for /metrics"),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
     import signal
@@ -194,6 +198,8 @@ def run(
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
     from chaos.experiments import load_experiment
     from chaos.journal import Journal
+    from chaos.run_watchers import RunWatcher
+    from chaos.schedule_metrics import ScheduleMetrics
     from chaos.scheduler import check_target_allowed, run_schedule
     from chaos.targets import load_deployment
     from notifications.config import NotificationConfig, load_notification_config
@@ -228,6 +234,14 @@ def run(
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
+    metrics: ScheduleMetrics | None = None
+    if metrics_port is not None and not dry_run:
+        metrics = ScheduleMetrics()
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as error:
+            console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
+            raise typer.Exit(2) from None
     try:
         with console.status("chaos run") as status:
 
@@ -235,11 +249,13 @@ def run(
                 status.update(f"[bold]{message}")
                 console.log(message)
 
-            watchers = []
+            watchers: list[RunWatcher] = []
             if channels is not None:
                 from chaos.announcements import RunAnnouncer
 
                 watchers.append(RunAnnouncer(channels, notify_service, journal_dir, say))
+            if metrics is not None:
+                watchers.append(metrics)
 
             journals = run_schedule(
                 experiments,
@@ -259,6 +275,9 @@ def run(
         # sentence, not a traceback (a run that started reports its errors in its journal).
         what = "chaos run (dry run)" if dry_run else "chaos run"
         raise refused(error, f"{what} failed") from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
         raise typer.Exit(1)
 

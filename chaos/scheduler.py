@@ -109,9 +109,11 @@ def run_one(
     say: Say,
     stop: threading.Event,
     seed: int | None = None,
+    on_fault: Callable[[bool], None] = lambda active: None,
 ) -> Journal:
-    """One experiment against `target`, or against a fresh embedded testbed. A dry run only
-    plans: it takes no run lock and starts nothing (see `ExperimentRunner.dry_run`)."""
+    """One experiment against `target`, or against a fresh embedded testbed (`on_fault`: see
+    `ExperimentRunner`). A dry run only plans: it takes no run lock and starts nothing (see
+    `ExperimentRunner.dry_run`)."""
     options = experiment.testbed
     if dry_run:
         # Without a target, plan against the testbed the run would start, without starting it.
@@ -129,7 +131,7 @@ def run_one(
         budget = experiment.load.duration + experiment.watch_seconds + 120
         with run_lock(target, f"{os.uname().nodename}:{os.getpid()}", budget):
             runner = ExperimentRunner(
-                target, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+                target, journal_dir=journal_dir, say=say, stop=stop, seed=seed, on_fault=on_fault
             )
             return runner.run(experiment, str(path))
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
@@ -143,7 +145,12 @@ def run_one(
         ) as state:
             deployment = from_testbed(state, Path(scratch))
             runner = ExperimentRunner(
-                deployment, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+                deployment,
+                journal_dir=journal_dir,
+                say=say,
+                stop=stop,
+                seed=seed,
+                on_fault=on_fault,
             )
             return runner.run(experiment, str(path))
 
@@ -167,6 +174,11 @@ def run_schedule(
     raises; a dry run writes nothing (no pid file either: nothing to halt) and tells no one."""
     experiments = [(p, load_experiment(p)) for p in paths]  # all validated before any run
     watchers = () if dry_run else watchers
+
+    def tell_fault(active: bool) -> None:
+        for watcher in watchers:
+            watcher.fault_active(active)
+
     pid_file = journal_dir / PID_FILE
     if not dry_run:
         journal_dir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +205,7 @@ def run_schedule(
                         dry_run=dry_run,
                         say=say,
                         stop=stop,
+                        on_fault=tell_fault,
                     )
                 except Exception as error:  # a failed run must not stop the schedule
                     for watcher in watchers:
