@@ -179,6 +179,17 @@ def run(
     journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
     allow_prod: bool = typer.Option(False, "--allow-prod", help="allow a prod target"),
+    runs: int = typer.Option(None, "--runs", min=1, help="stop after this many runs ended"),
+    notifications: Path = typer.Option(
+        None, "--notifications", help="channels (YAML) announcing each run's start and verdict"
+    ),
+    notify_service: str = typer.Option(
+        "chaos", "--notify-service", help="the service whose route in --notifications is used"
+    ),
+    metrics_port: int = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="serve Prometheus /metrics on this port"
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for /metrics"),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
     import signal
@@ -187,10 +198,15 @@ def run(
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
     from chaos.experiments import load_experiment
     from chaos.journal import Journal
+    from chaos.run_watchers import RunWatcher
+    from chaos.schedule_metrics import ScheduleMetrics
     from chaos.scheduler import check_target_allowed, run_schedule
     from chaos.targets import load_deployment
+    from notifications.config import NotificationConfig, load_notification_config
+    from notifications.errors import NotificationConfigError
 
     period = _parse_duration_option(every, "--every")
+    channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
         for path in experiments:
@@ -198,7 +214,9 @@ def run(
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
-    except (ExperimentError, TargetError, RefusedTarget) as error:
+        if notifications is not None:
+            channels = load_notification_config(notifications)
+    except (ExperimentError, TargetError, RefusedTarget, NotificationConfigError) as error:
         console.print(f"[red]refused:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
     stop = threading.Event()
@@ -216,12 +234,28 @@ def run(
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
+    metrics: ScheduleMetrics | None = None
+    if metrics_port is not None and not dry_run:
+        metrics = ScheduleMetrics()
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as error:
+            console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
+            raise typer.Exit(2) from None
     try:
         with console.status("chaos run") as status:
 
             def say(message: str) -> None:
                 status.update(f"[bold]{message}")
                 console.log(message)
+
+            watchers: list[RunWatcher] = []
+            if channels is not None:
+                from chaos.announcements import RunAnnouncer
+
+                watchers.append(RunAnnouncer(channels, notify_service, journal_dir, say))
+            if metrics is not None:
+                watchers.append(metrics)
 
             journals = run_schedule(
                 experiments,
@@ -233,12 +267,17 @@ def run(
                 say=say,
                 stop=stop,
                 on_journal=say_verdict,
+                max_runs=runs,
+                watchers=watchers,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
         what = "chaos run (dry run)" if dry_run else "chaos run"
         raise refused(error, f"{what} failed") from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
         raise typer.Exit(1)
 

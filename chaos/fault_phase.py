@@ -10,6 +10,7 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
@@ -47,8 +48,10 @@ class FaultPhase:
         stop: threading.Event,
         say: Say,
         backends: dict[str, FaultBackend] | None = None,
+        on_fault: Callable[[bool], None] = lambda active: None,
     ) -> None:
         self.deployment = deployment
+        self.on_fault = on_fault
         self.controllers = controllers
         self.rng = rng
         self.stop = stop
@@ -77,6 +80,7 @@ class FaultPhase:
             for node in self.select(step.target, shard):
                 fault = self.inject(step, node)
                 injected.append(fault)
+                self.on_fault(True)
                 if node.role in {"primary", "replica"}:
                     faulted.add(shard)
                 if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
@@ -211,6 +215,7 @@ class FaultPhase:
 
                     LocalFaultBackend().cleanup_all()
         if injected:
+            self.on_fault(False)
             journal.faults = [f.summary() for f in injected]
             undone = [f.rolled_back_at for f in injected if f.rolled_back_at is not None]
             if undone:  # when the last fault was really undone (a timed one: by its timer)

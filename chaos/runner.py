@@ -14,6 +14,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class ExperimentRunner:
         stop: threading.Event | None = None,
         seed: int | None = None,
         backends: dict[str, FaultBackend] | None = None,
+        on_fault: Callable[[bool], None] = lambda active: None,
     ) -> None:
+        """`on_fault(True)` as a fault is injected, `on_fault(False)` once all are rolled back."""
         self.deployment = deployment
         self.journal_dir = journal_dir
         self.say = say
@@ -59,7 +62,13 @@ class ExperimentRunner:
         self.controllers = ControllerAnswers(deployment, self._http, say)
         self.probes = SteadyStateProbes(deployment, self._http, self.stop, say)
         self.faults = FaultPhase(
-            deployment, self.controllers, rng=self.rng, stop=self.stop, say=say, backends=backends
+            deployment,
+            self.controllers,
+            rng=self.rng,
+            stop=self.stop,
+            say=say,
+            backends=backends,
+            on_fault=on_fault,
         )
         self._topology_before: Topology | None = None
 

@@ -17,7 +17,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from chaos.errors import RefusedTarget, TargetError
 from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
+from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
@@ -108,9 +109,11 @@ def run_one(
     say: Say,
     stop: threading.Event,
     seed: int | None = None,
+    on_fault: Callable[[bool], None] = lambda active: None,
 ) -> Journal:
-    """One experiment against `target`, or against a fresh embedded testbed. A dry run only
-    plans: it takes no run lock and starts nothing (see `ExperimentRunner.dry_run`)."""
+    """One experiment against `target`, or against a fresh embedded testbed (`on_fault`: see
+    `ExperimentRunner`). A dry run only plans: it takes no run lock and starts nothing (see
+    `ExperimentRunner.dry_run`)."""
     options = experiment.testbed
     if dry_run:
         # Without a target, plan against the testbed the run would start, without starting it.
@@ -128,7 +131,7 @@ def run_one(
         budget = experiment.load.duration + experiment.watch_seconds + 120
         with run_lock(target, f"{os.uname().nodename}:{os.getpid()}", budget):
             runner = ExperimentRunner(
-                target, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+                target, journal_dir=journal_dir, say=say, stop=stop, seed=seed, on_fault=on_fault
             )
             return runner.run(experiment, str(path))
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
@@ -142,7 +145,12 @@ def run_one(
         ) as state:
             deployment = from_testbed(state, Path(scratch))
             runner = ExperimentRunner(
-                deployment, journal_dir=journal_dir, say=say, stop=stop, seed=seed
+                deployment,
+                journal_dir=journal_dir,
+                say=say,
+                stop=stop,
+                seed=seed,
+                on_fault=on_fault,
             )
             return runner.run(experiment, str(path))
 
@@ -159,10 +167,18 @@ def run_schedule(
     stop: threading.Event,
     on_journal: Callable[[Journal], None] = lambda _: None,
     max_runs: int | None = None,
+    watchers: Sequence[RunWatcher] = (),
 ) -> list[Journal]:
-    """Run every experiment once, or (with `every`) again and again until `stop` is set. A
-    failed single run raises; a dry run writes nothing (no pid file either: nothing to halt)."""
+    """Run every experiment once, or (with `every`) again and again until `stop` is set (or
+    `max_runs` runs ended). `watchers` are told of each run as it happens. A failed single run
+    raises; a dry run writes nothing (no pid file either: nothing to halt) and tells no one."""
     experiments = [(p, load_experiment(p)) for p in paths]  # all validated before any run
+    watchers = () if dry_run else watchers
+
+    def tell_fault(active: bool) -> None:
+        for watcher in watchers:
+            watcher.fault_active(active)
+
     pid_file = journal_dir / PID_FILE
     if not dry_run:
         journal_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +194,8 @@ def run_schedule(
             for path, experiment in experiments:
                 if stop.is_set():
                     break
+                for watcher in watchers:
+                    watcher.started(path, experiment)
                 try:
                     journal = run_one(
                         path,
@@ -187,14 +205,19 @@ def run_schedule(
                         dry_run=dry_run,
                         say=say,
                         stop=stop,
+                        on_fault=tell_fault,
                     )
                 except Exception as error:  # a failed run must not stop the schedule
+                    for watcher in watchers:
+                        watcher.broke(path, experiment, error)
                     if every is None:
                         raise  # the caller says it, once
                     say(f"run of {path} failed: {type(error).__name__}: {error}")
                     continue
                 journals.append(journal)
                 on_journal(journal)
+                for watcher in watchers:
+                    watcher.ended(journal)
                 if max_runs is not None and len(journals) >= max_runs:
                     return journals
             if every is None:
@@ -207,6 +230,8 @@ def run_schedule(
                     say(f"the run overran its slot: skipped {slot.skipped} slot(s)")
                 pause = slot.at + rng.uniform(-jitter, jitter) - time.time()
             say(f"next run at {clock(time.time() + pause)} (in {max(0.0, pause):.0f} s)")
+            for watcher in watchers:
+                watcher.next_run(time.time() + max(0.0, pause))
             stop.wait(timeout=max(0.0, pause))
     finally:
         with contextlib.suppress(OSError):

@@ -30,6 +30,9 @@ def serve(
     quorum: int = typer.Option(None, envvar="LAZARUS_QUORUM"),
     quorum_timeout: float = typer.Option(None),
     min_replicas: int = typer.Option(None, envvar="LAZARUS_MIN_REPLICAS"),
+    probe_timeout: float = typer.Option(
+        None, envvar="LAZARUS_PROBE_TIMEOUT", help="seconds a check's probe of a host may take"
+    ),
     rules: list[Path] = typer.Option(None, "--rules", help="rule file or directory (repeat)"),
     workflows: Path = typer.Option(None, "--workflows"),
     actuator: str = typer.Option(
@@ -57,10 +60,27 @@ def serve(
     region: str = typer.Option(None, envvar="LAZARUS_REGION"),
     control_realm: list[str] = typer.Option(None, "--control-realm", help="controlled region"),
     max_event_age: float = typer.Option(None, help="seconds; older events are stale"),
+    incident_ttl: float = typer.Option(
+        None, envvar="LAZARUS_INCIDENT_TTL", help="seconds duplicate alarms collapse"
+    ),
     incident_retry_seconds: float = typer.Option(
         None, help="a declined incident is decided again on a report this much later"
     ),
+    resume_interval: float = typer.Option(
+        None,
+        envvar="LAZARUS_RESUME_INTERVAL",
+        help="seconds between looks for workflows a stopped node left",
+    ),
+    forensics_interval: float = typer.Option(
+        None, envvar="LAZARUS_FORENSICS_INTERVAL", help="seconds between the shard keeper's rounds"
+    ),
     rate_limit_threshold: int = typer.Option(None, help="incidents per service per window"),
+    rate_limit_override: list[str] = typer.Option(
+        None,
+        "--rate-limit-override",
+        envvar="LAZARUS_RATE_LIMIT_OVERRIDES",
+        help="SERVICE=N: N incidents per window for that service (repeat; env: space-separated)",
+    ),
     rate_limit_window: float = typer.Option(None, help="seconds"),
     breaker_threshold: int = typer.Option(None, help="failing services per region"),
     breaker_window: float = typer.Option(None, help="seconds"),
@@ -93,6 +113,7 @@ def serve(
             quorum=quorum,
             quorum_timeout=quorum_timeout,
             min_replicas=min_replicas,
+            probe_timeout=probe_timeout,
             rules=rules or None,
             workflows=workflows,
             actuator=actuator,
@@ -116,8 +137,12 @@ def serve(
             region=region,
             control_realm=control_realm or None,
             max_event_age=max_event_age,
+            incident_ttl=incident_ttl,
             incident_retry_seconds=incident_retry_seconds,
+            resume_interval=resume_interval,
+            forensics_interval=forensics_interval,
             rate_limit_threshold=rate_limit_threshold,
+            rate_limit_overrides=rate_limit_override or None,
             rate_limit_window=rate_limit_window,
             breaker_threshold=breaker_threshold,
             breaker_window=breaker_window,

@@ -4,7 +4,7 @@ message naming the setting. Not for: rules or workflows (YAML files, see `rules`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -67,7 +67,9 @@ class ControllerSettings(BaseModel):
     max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")
     rate_limit_window: float = Field(600, gt=0)
     rate_limit_threshold: int = Field(10, ge=1, description="incidents per service per window")
-    rate_limit_overrides: dict[str, int] = Field(default_factory=dict)
+    rate_limit_overrides: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="incidents per window for named services"
+    )
     breaker_window: float = Field(600, gt=0)
     breaker_threshold: int = Field(3, ge=1, description="distinct failing services per region")
     notifications: Path | None = Field(None, description="notification channels (YAML)")
@@ -101,6 +103,20 @@ class ControllerSettings(BaseModel):
         if self.actuator is not None:
             return self.actuator
         return "local" if self.actuator_dir is not None else "none"
+
+    @field_validator("rate_limit_overrides", mode="before")
+    @classmethod
+    def _overrides_from_pairs(cls, value: object) -> object:
+        # The CLI and the environment give SERVICE=N pairs; YAML and code give a mapping.
+        if not isinstance(value, list | tuple):
+            return value
+        overrides: dict[str, str] = {}
+        for pair in value:
+            service, equals, threshold = str(pair).partition("=")
+            if not equals or not service.strip():
+                raise ValueError(f"expected SERVICE=N (N incidents per window), got {pair!r}")
+            overrides[service.strip()] = threshold.strip()
+        return overrides
 
     @field_validator("peers")
     @classmethod

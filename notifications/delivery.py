@@ -26,7 +26,7 @@ from notifications.errors import Permanent, Retryable
 log = logging.getLogger(__name__)
 
 ChannelName = Literal["slack", "pagerduty", "email"]
-Purpose = Literal["page", "acknowledge", "resolve", "escalate", "notify"]
+Purpose = Literal["page", "acknowledge", "resolve", "escalate", "notify", "change"]
 
 CHANNELS: tuple[ChannelName, ...] = ("pagerduty", "slack", "email")
 

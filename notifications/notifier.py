@@ -3,9 +3,10 @@ PagerDuty Events API v2, SMTP email), chosen per service with team defaults.
 
 Sensors page through it directly (`page`: a PagerDuty trigger whose dedup_key is the event's
 incident key, and a message on the service's other channels) and tell the controller in
-parallel; `notify` is information that pages nobody. The controller's pager policy
-(`lazarus_lite.paging`) sends its acknowledgements, resolutions and escalations through the
-same channels, with `pagerduty`, `messages` and `gather`.
+parallel; `notify` is information that pages nobody; `change` is a change that is no problem
+(a chaos run started or passed): a PagerDuty change event and a message, paging nobody. The
+controller's pager policy (`lazarus_lite.paging`) sends its acknowledgements, resolutions and
+escalations through the same channels, with `pagerduty`, `messages` and `gather`.
 
 Each call returns one `Delivery` per message, successful or not, so the caller can put it in
 the audit trail (`lazarus_lite.audit.note_deliveries`). Sending never raises: a failure is
@@ -41,6 +42,7 @@ TAGS: dict[Purpose, str] = {
     "resolve": "RESOLVED",
     "escalate": "ESCALATED",
     "notify": "INFO",
+    "change": "CHANGE",
 }
 
 
@@ -135,6 +137,33 @@ class Notifier:
             return [self.no_route("notify", service, incident_key)]
         return await self.gather(
             "notify", incident_key, self.messages(route, "notify", incident_key, text, details)
+        )
+
+    async def change(
+        self,
+        service: str,
+        text: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+    ) -> list[Delivery]:
+        """A change that is no problem: a PagerDuty change event (it pages nobody) and a
+        message on the service's Slack and email channels."""
+        route = self.config.route(service)
+        if route is None:
+            return [self.no_route("change", service, None)]
+        sends = []
+        if "pagerduty" in route.channels:
+            sends.append(
+                self.pagerduty(route.team).change(
+                    f"{service}: {text}",
+                    source or service,
+                    custom_details=details,
+                    timestamp=time.time(),
+                )
+            )
+        return await self.gather(
+            "change", None, [*sends, *self.messages(route, "change", None, text, details)]
         )
 
     # -- the channels ----------------------------------------------------------------------

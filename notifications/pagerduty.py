@@ -1,5 +1,6 @@
-"""The PagerDuty channel: alert events of the Events API v2 (trigger, acknowledge, resolve),
-posted through the shared retry loop, and the API's limits.
+"""The PagerDuty channel: alert events of the Events API v2 (trigger, acknowledge, resolve) and
+its change events (something changed that is no problem: they page nobody), posted through the
+shared retry loop, and the API's limits.
 
 Not for: when to trigger, acknowledge or escalate (the controller's pager policy,
 `lazarus_lite.paging`), or the PagerDuty REST API (reassigning incidents, escalation levels).
@@ -11,12 +12,21 @@ import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
-from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, HttpChannel
+from notifications.delivery import (
+    ChannelName,
+    Delivery,
+    DeliveryPolicy,
+    HttpChannel,
+    http_outcome,
+)
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+# Change events have their own endpoint beside the alert events' one.
+CHANGE_EVENTS_PATH = "/v2/change/enqueue"
 DEDUP_KEY_MAX = 255  # PagerDuty's limit
 SUMMARY_MAX = 1024  # PagerDuty's limit
 CLIENT_NAME = "lazarus-lite"
@@ -81,6 +91,32 @@ class PagerDuty(HttpChannel):
         if client:
             event["client"] = client
         return await self.send_event("trigger", dedup_key, event)
+
+    async def change(
+        self,
+        summary: str,
+        source: str,
+        *,
+        custom_details: Mapping[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Delivery:
+        """A change event (POST /v2/change/enqueue on the events URL's host: routing_key and
+        payload.summary required, payload.source, .timestamp and .custom_details optional);
+        PagerDuty answers 202 and shows it on the service's recent changes."""
+        payload: dict[str, Any] = {"summary": summary[:SUMMARY_MAX], "source": source}
+        if timestamp is not None:
+            payload["timestamp"] = datetime.fromtimestamp(timestamp, UTC).isoformat()
+        if custom_details:
+            payload["custom_details"] = dict(custom_details)
+        body = {"routing_key": self.routing_key, "payload": payload}
+        url = urlsplit(self.url)._replace(path=CHANGE_EVENTS_PATH, query="").geturl()
+
+        async def attempt() -> tuple[int | None, dict[str, Any]]:
+            response = await self.http.post(url, json=body)
+            http_outcome(response, "pagerduty change events")
+            return response.status_code, {}
+
+        return await self.deliver("change", attempt, redact=(self.routing_key,))
 
     async def acknowledge(self, dedup_key: str) -> Delivery:
         return await self.send_event("acknowledge", dedup_key)

@@ -17,8 +17,9 @@ from aiosmtpd.controller import Controller
 
 
 class HttpRecorder:
-    """Slack webhook at /slack/..., PagerDuty Events API v2 at /v2/enqueue, HTTP 500 at /fail/...,
-    404 at /gone/... Every request is recorded as (path, JSON body)."""
+    """Slack webhook at /slack/..., PagerDuty Events API v2 at /v2/enqueue (its change events at
+    /v2/change/enqueue), HTTP 500 at /fail/..., 404 at /gone/... Every request is recorded as
+    (path, JSON body)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
@@ -41,6 +42,8 @@ class HttpRecorder:
                     self.answer(200, b"ok", "text/plain")
                 elif self.path == "/v2/enqueue":
                     self.pagerduty(body)
+                elif self.path == "/v2/change/enqueue":
+                    self.change(body)
                 elif self.path.startswith("/fail/"):
                     self.answer(500, b"internal error", "text/plain")
                 else:
@@ -58,6 +61,17 @@ class HttpRecorder:
                     return
                 key = event.get("dedup_key") or uuid.uuid4().hex
                 answer = {"status": "success", "message": "Event processed", "dedup_key": key}
+                self.answer(202, json.dumps(answer).encode(), "application/json")
+
+            def change(self, event: Any) -> None:
+                payload = event.get("payload") if isinstance(event, dict) else None
+                if not (isinstance(event, dict) and event.get("routing_key")) or not (
+                    isinstance(payload, dict) and payload.get("summary")
+                ):
+                    answer = {"status": "invalid event", "message": "Event object is invalid"}
+                    self.answer(400, json.dumps(answer).encode(), "application/json")
+                    return
+                answer = {"status": "success", "message": "Change event processed"}
                 self.answer(202, json.dumps(answer).encode(), "application/json")
 
             def answer(self, status: int, body: bytes, kind: str) -> None:
