@@ -75,6 +75,11 @@ async def _replication(node: NodeRef) -> dict[str, Any] | None:
         return None
 
 
+def _still_holds(shard: Shard, primary: NodeRef, node: HeldNode) -> bool:
+    """Does `shard`, as stored now, still have `primary` and hold `node` for forensics?"""
+    return shard.primary.name == primary.name and node.name in {n.name for n in shard.forensics}
+
+
 class ShardKeeper:
     def __init__(
         self,
@@ -242,9 +247,7 @@ class ShardKeeper:
 
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)
-            if current.primary.name != shard.primary.name or node.name not in {
-                n.name for n in current.forensics
-            }:
+            if not _still_holds(current, shard.primary, node):
                 return None
             updated = current.model_copy(
                 update={
@@ -273,9 +276,7 @@ class ShardKeeper:
 
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)
-            if current.primary.name != shard.primary.name or node.name not in {
-                n.name for n in current.forensics
-            }:
+            if not _still_holds(current, shard.primary, node):
                 return None
             kept = [n for n in current.forensics if n.name != node.name]
             return topology.next_with(current.model_copy(update={"forensics": kept}))
