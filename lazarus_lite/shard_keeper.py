@@ -199,12 +199,12 @@ class ShardKeeper:
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
             done += self._prune_copies(shard.id)
         released: list[HeldNode] = []
+        decided: list[HeldNode] = []
 
         async def settle(current: Shard, held: Any) -> list[str]:
             if node.name not in {n.name for n in current.forensics}:
-                if copy is not None:  # another keeper took it first; this copy may be empty
-                    shutil.rmtree(copy, ignore_errors=True)
-                return []
+                return []  # another keeper took it first
+            decided.append(node)
             if current.replica_target is not None and (
                 len(current.replicas) >= current.replica_target
             ):
@@ -213,6 +213,11 @@ class ShardKeeper:
             return await self._list_returning(current, node, held)
 
         done += await self._under_lock(shard, settle)
+        if copy is not None and not decided:
+            # Lock busy, primary changed, or taken by another keeper: the node is copied again
+            # on the pass that settles it; one copy per return keeps the others within the bound.
+            shutil.rmtree(copy, ignore_errors=True)
+            done.append(f"{shard.id}: {node.name} not settled this pass; its copy {copy} removed")
         if released and self.actuator is not None:
             # Outside the lock: removing a container takes the engine seconds.
             done += await self._remove_released(shard, node)

@@ -319,3 +319,24 @@ def test_a_released_node_the_actuator_started_is_stopped(
         assert not runs_redis(entry["pid"])
     finally:
         started.stop()
+
+
+def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_copy(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+
+    async def lock_held_by_a_failover() -> None:
+        store = RedisCoordinationStore.from_url(cluster.control.url)
+        try:
+            await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
+        finally:
+            await store.aclose()
+
+    asyncio.run(lock_held_by_a_failover())
+    done, topology = keep_once(cluster, ForensicsRules(copy_dir=tmp_path / "forensics"))
+
+    assert [n.name for n in topology.shard("s0").forensics] == [old], done
+    assert copies(tmp_path / "forensics") == []
