@@ -11,7 +11,10 @@ implement the same `Actuator` protocol. Not for: deciding whether to provision (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +39,10 @@ class Actuator(Protocol):
         self, service: str, name: str, command: list[str], healthcheck_path: str
     ) -> str:
         """Start a host of a stateless service; return its base URL once it is healthy."""
+
+    def remove(self, name: str) -> list[str]:
+        """Stop what this actuator started under `name` (a replica with its sensor); the names
+        of what it stopped, none if it started nothing under that name (blocking)."""
 
 
 class LocalProcessActuator:
@@ -68,6 +75,24 @@ class LocalProcessActuator:
                 return entry, False
             return entry, b"redis-server" in cmdline
         return None
+
+    def remove(self, name: str) -> list[str]:
+        """Stop the processes recorded under `name` and `sensor-name` that still run what was
+        started (a pid reused by another program is left alone); their data stays on disk."""
+        stopped = []
+        for entry in self.provisioned():
+            if entry.get("name") not in {name, f"sensor-{name}"}:
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone already: what was asked for
+            started = b"redis-server" if entry.get("role") == "replica" else b"detection"
+            if started in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry["pid"]), signal.SIGTERM)
+                stopped.append(str(entry["name"]))
+        return stopped
 
     def _provision_replica(self, shard: str, name: str) -> NodeRef:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,7 @@ class ControllerNode:
             settings.forensics_policy,
             settings.min_replicas,
             forensics=settings.forensics_rules(),
+            actuator=actuator,
         )
         self.watch = ShardWatch(
             store,

@@ -14,17 +14,23 @@ refuses writes until somebody puts it back. Each controller node runs the keeper
   once its first replica synced) gets it recorded;
 - former members held for forensics get the forensics policy (`steps.ratequeue_promotion`):
   one that answers is parked (or, with policy `stop`, shut down and never rejoined);
-- a former member that answers parked rejoins (`lazarus_lite.forensics` holds the rules): once
-  its hold time is over and its data files are copied (when a copy directory is set), it is
-  emptied with a replication id of its own (`membership.empty_parked`: until its full resync a
-  failover reads it as a replacement that never synced, never by what it applied unacknowledged),
-  one topology compare-and-set lists it as a replica and takes it off the forensics list, and only
-  then does it follow the primary (a full resync replaces whatever it applied that was never
-  acknowledged); a node still dead stays held;
+- a former member that answers parked rejoins (`lazarus_lite.forensics` holds the rules), one
+  per pass: once its hold time is over, its data files are copied (when a copy directory is
+  set; outside the lock, as nothing can write to a parked node listed nowhere); then, if the
+  shard is below its replica target (`Shard.replica_target`), it is emptied with a replication
+  id of its own (`membership.empty_parked`: until its full resync a failover reads it as a
+  replacement that never synced, never by what it applied unacknowledged), one topology
+  compare-and-set lists it as a replica and takes it off the forensics list, and only then is it
+  pointed at the primary (a full resync, not waited for, replaces whatever it applied that was
+  never acknowledged). A shard at its target (a replacement took its place) releases it
+  instead: dropped from the list, parked, and removed if the actuator started it. A node still
+  dead stays held;
 - the forensics list is kept within its bound (a count and an age), and so are the copies.
 
 Every change is made under the shard's lock, the one a failover workflow holds, so the keeper
-and a failover never interleave; a shard whose lock is busy is left alone this round.
+and a failover never interleave; the lock is held only for short steps (reads, compare-and-sets,
+`REPLICAOF`), never for a copy or a resync, so a failover waiting on it is delayed, not refused.
+A shard whose lock is busy is left alone this round.
 Not for: failing over (the failover workflow) or provisioning replicas (the actuator).
 """
 
@@ -33,12 +39,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lazarus_lite.actuators import Actuator
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.errors import ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import ForensicsRules, bounded, copy_data_files, prune_copies
@@ -66,6 +75,11 @@ async def _replication(node: NodeRef) -> dict[str, Any] | None:
         return None
 
 
+def _still_holds(shard: Shard, primary: NodeRef, node: HeldNode) -> bool:
+    """Does `shard`, as stored now, still have `primary` and hold `node` for forensics?"""
+    return shard.primary.name == primary.name and node.name in {n.name for n in shard.forensics}
+
+
 class ShardKeeper:
     def __init__(
         self,
@@ -75,6 +89,7 @@ class ShardKeeper:
         min_replicas: int = 1,
         *,
         forensics: ForensicsRules | None = None,
+        actuator: Actuator | None = None,
     ) -> None:
         self.topology = store.topology
         self.locks = store.locks
@@ -82,6 +97,7 @@ class ShardKeeper:
         self.forensics_policy = forensics_policy
         self.min_replicas = min_replicas  # what the API's WAIT requires
         self.forensics = forensics or ForensicsRules()
+        self.actuator = actuator  # removes a released node it started (None: left parked)
 
     async def run_once(self) -> list[str]:
         """One pass over every shard; returns what was done, one line per change."""
@@ -129,11 +145,12 @@ class ShardKeeper:
             done += await self._under_lock(shard, self._record_lineage)
         if primary.get("role") == "master" and await self._write_quorum_off(shard):
             done += await self._under_lock(shard, self._set_write_quorum)
+        if primary.get("role") == "master" and (ready := self._hold_over(returned)):
+            done += await self._settle_returning(shard, ready)
         if primary.get("role") == "master" and (
-            self._may_rejoin(returned)
-            or bounded(shard.forensics, self.forensics, time.time()) != shard.forensics
+            bounded(shard.forensics, self.forensics, time.time()) != shard.forensics
         ):
-            done += await self._under_lock(shard, self._settle_forensics)
+            done += await self._under_lock(shard, self._bound_forensics)
         return done
 
     def _prune_copies(self, shard_id: str) -> list[str]:
@@ -144,7 +161,7 @@ class ShardKeeper:
             f"{shard_id}: removed forensics copy {path.name}, beyond the bound" for path in removed
         ]
 
-    def _may_rejoin(self, returned: list[HeldNode]) -> list[HeldNode]:
+    def _hold_over(self, returned: list[HeldNode]) -> list[HeldNode]:
         """The returning nodes whose hold is over (none if returning nodes do not rejoin)."""
         if not self.forensics.rejoin or self.forensics_policy != "demote":
             return []
@@ -155,47 +172,25 @@ class ShardKeeper:
             if node.held_at is not None and now - node.held_at >= self.forensics.hold_seconds
         ]
 
-    async def _settle_forensics(self, shard: Shard, held: Any) -> list[str]:
-        """Rejoin the former members that answer parked and whose hold is over, then keep the
-        list within its bound."""
-        done = []
-        for node in self._may_rejoin(shard.forensics):
+    async def _settle_returning(self, shard: Shard, ready: list[HeldNode]) -> list[str]:
+        """Take the first of the `ready` returning nodes that answers parked (one per pass, so
+        each lock is short), copy what it holds (when the rules say so), then, under the shard's
+        lock, rejoin it if the shard is below its replica target, else release it.
+
+        The copy runs outside the lock (a `BGSAVE` takes up to 30 s; a failover gives up on the
+        lock after about 6 s): nothing writes to the node meanwhile, it is parked (a read-only
+        replica of a sink that refuses writes even if promoted) and listed nowhere a failover,
+        the API or `attach` would reach it."""
+        if not await self._appointed(shard):
+            return []  # nothing to follow yet, and nothing to decide against
+        for node in ready:
             info = await _replication(node)
-            if info is None or not membership.is_parked(info):
-                continue  # still dead, or not parked yet: never attach what may be writable
-            done += await self._rejoin_former(shard, node, held)
-        topology = await self.topology.load()
-        current = topology.shard(shard.id) if topology else None
-        if current is None or current.primary.name != shard.primary.name:
-            return done
-
-        async def change(topology: Topology) -> Topology | None:
-            now_held = topology.shard(shard.id)
-            kept = bounded(now_held.forensics, self.forensics, time.time())
-            if now_held.primary.name != shard.primary.name or kept == now_held.forensics:
-                return None
-            return topology.next_with(now_held.model_copy(update={"forensics": kept}))
-
-        before = {n.name for n in current.forensics}
-        published = await compare_and_set_loop_on(
-            self.topology, change, lambda: self.locks.assert_held(held)
-        )
-        after = {n.name for n in published.shard(shard.id).forensics}
-        return done + [
-            f"{shard.id}: dropped {name} from forensics, beyond the bound"
-            for name in sorted(before - after)
-        ]
-
-    async def _rejoin_former(self, shard: Shard, node: HeldNode, held: Any) -> list[str]:
-        """Copy what `node` holds (if the rules say so), list it as a replica and take it off the
-        forensics list in one compare-and-set, then attach it to the primary and wait for its
-        full resync (a failover waits for the lock meanwhile)."""
-        async with connect(shard.primary) as conn:
-            info = await conn.info("replication")
-            fence = await conn.get(FENCE_KEY)
-        if info.get("role") != "master" or fence is None or int(fence) != shard.epoch:
-            return []  # not the appointed primary of this epoch: nothing to follow yet
-        done = []
+            if info is not None and membership.is_parked(info):
+                break
+        else:
+            return []  # still dead, or not parked yet: never attach what may be writable
+        done: list[str] = []
+        copy: Path | None = None
         if self.forensics.copy_dir is not None:
             try:
                 copy = await copy_data_files(node, shard.id, self.forensics.copy_dir)
@@ -203,20 +198,61 @@ class ShardKeeper:
                 return [f"{shard.id}: {node.name} answers but stays held: {error}"]
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
             done += self._prune_copies(shard.id)
+        released: list[HeldNode] = []
+        decided: list[HeldNode] = []
+
+        async def settle(current: Shard, held: Any) -> list[str]:
+            if node.name not in {n.name for n in current.forensics}:
+                return []  # another keeper took it first
+            decided.append(node)
+            if current.replica_target is not None and (
+                len(current.replicas) >= current.replica_target
+            ):
+                released.append(node)
+                return await self._release(current, node, held)
+            return await self._list_returning(current, node, held)
+
+        done += await self._under_lock(shard, settle)
+        if copy is not None and not decided:
+            # Lock busy, primary changed, or taken by another keeper: the node is copied again
+            # on the pass that settles it; one copy per return keeps the others within the bound.
+            shutil.rmtree(copy, ignore_errors=True)
+            done.append(f"{shard.id}: {node.name} not settled this pass; its copy {copy} removed")
+        if released and self.actuator is not None:
+            # Outside the lock: removing a container takes the engine seconds.
+            done += await self._remove_released(shard, node)
+        elif released:
+            done.append(f"{shard.id}: {node.name} stays parked (no actuator to remove it)")
+        return done
+
+    async def _appointed(self, shard: Shard) -> bool:
+        """Is the listed primary the appointed one of the shard's epoch?"""
+        try:
+            async with connect(shard.primary) as conn:
+                info = await conn.info("replication")
+                fence = await conn.get(FENCE_KEY)
+        except (RedisError, OSError):
+            return False
+        return info.get("role") == "master" and fence is not None and int(fence) == shard.epoch
+
+    async def _list_returning(self, shard: Shard, node: HeldNode, held: Any) -> list[str]:
+        """Empty the parked `node`, list it as a replica and take it off the forensics list in
+        one compare-and-set, then point it at the primary. Its full resync is not waited for:
+        listed with a replication id of its own (`membership.empty_parked`), a failover reads
+        it as a replacement that never synced, and `_rejoin` attaches it again next pass if the
+        link did not hold."""
+        if not await self._appointed(shard):
+            return []
         await self.locks.assert_held(held)
         try:
-            # Listed before its full resync, it may be fenced and compared in a failover: what
-            # it applied that was never acknowledged must not count (the resync drops it anyway).
             async with connect(node) as conn:
                 await membership.empty_parked(conn)
-        except (RedisError, OSError) as error:
-            return [*done, f"{shard.id}: {node.name} answers but stays held: {error}"]
+        except (RedisError, OSError, RuntimeError) as error:
+            return [f"{shard.id}: {node.name} answers but stays held: {error}"]
 
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)
-            if current.primary.name != shard.primary.name or node.name not in {
-                n.name for n in current.forensics
-            }:
+            if not _still_holds(current, shard.primary, node):
                 return None
             updated = current.model_copy(
                 update={
@@ -230,18 +266,62 @@ class ShardKeeper:
             self.topology, change, lambda: self.locks.assert_held(held)
         )
         if node.name not in {r.name for r in published.shard(shard.id).replicas}:
-            return done
+            return []
         await self.locks.assert_held(held)
         try:
-            async with connect(node) as replica, connect(shard.primary) as primary:
+            async with connect(node) as replica:
                 await membership.attach(replica, shard.primary)
-                await membership.wait_in_sync(primary, replica, timeout=20)
-        except (RedisError, OSError, TimeoutError) as error:
-            # Listed: the next pass attaches it again (`_rejoin`) if the link did not hold.
-            return [*done, f"{shard.id}: {node.name} listed, not in sync yet: {error}"]
+        except (RedisError, OSError) as error:
+            return [f"{shard.id}: {node.name} listed, not attached yet: {error}"]
+        return [f"{shard.id}: former member {node.name} rejoined {shard.primary.name} as a replica"]
+
+    async def _release(self, shard: Shard, node: HeldNode, held: Any) -> list[str]:
+        """Drop the returning `node` from the forensics list: the shard is at its replica target
+        (a replacement took its place), so it stays parked and out of the shard."""
+
+        async def change(topology: Topology) -> Topology | None:
+            current = topology.shard(shard.id)
+            if not _still_holds(current, shard.primary, node):
+                return None
+            kept = [n for n in current.forensics if n.name != node.name]
+            return topology.next_with(current.model_copy(update={"forensics": kept}))
+
+        await compare_and_set_loop_on(self.topology, change, lambda: self.locks.assert_held(held))
         return [
-            *done,
-            f"{shard.id}: former member {node.name} rejoined {shard.primary.name} as a replica",
+            f"{shard.id}: released {node.name} from forensics, the shard is at its "
+            f"{shard.replica_target} replicas"
+        ]
+
+    async def _remove_released(self, shard: Shard, node: HeldNode) -> list[str]:
+        assert self.actuator is not None
+        try:
+            removed = await asyncio.to_thread(self.actuator.remove, node.name)
+        except Exception as error:  # an engine away: the node stays parked, listed nowhere
+            return [f"{shard.id}: {node.name} stays parked; removing it failed: {error}"]
+        if removed:
+            return [f"{shard.id}: removed {', '.join(removed)}, started by the actuator"]
+        line = f"{shard.id}: {node.name} stays parked, not started by the actuator"
+        log.info(line)
+        return [line]
+
+    async def _bound_forensics(self, shard: Shard, held: Any) -> list[str]:
+        """Keep the forensics list within its bound (a count and an age)."""
+
+        async def change(topology: Topology) -> Topology | None:
+            now_held = topology.shard(shard.id)
+            kept = bounded(now_held.forensics, self.forensics, time.time())
+            if now_held.primary.name != shard.primary.name or kept == now_held.forensics:
+                return None
+            return topology.next_with(now_held.model_copy(update={"forensics": kept}))
+
+        before = {n.name for n in shard.forensics}
+        published = await compare_and_set_loop_on(
+            self.topology, change, lambda: self.locks.assert_held(held)
+        )
+        after = {n.name for n in published.shard(shard.id).forensics}
+        return [
+            f"{shard.id}: dropped {name} from forensics, beyond the bound"
+            for name in sorted(before - after)
         ]
 
     def _needed(self, shard: Shard) -> int:

@@ -146,6 +146,7 @@ def initial_topology(
                     NodeRef(name=f"{shard_id}-replica{i}", host=h, port=p, peer_host=q or peer_host)
                     for i, (h, p, q) in enumerate(replicas, start=1)
                 ],
+                replica_target=len(replicas),
             )
         )
     return Topology(epoch=1, shards=entries)

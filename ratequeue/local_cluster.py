@@ -189,6 +189,7 @@ class LocalCluster:
                     epoch=1,
                     primary=shard.primary.ref(),
                     replicas=[r.ref() for r in shard.replicas],
+                    replica_target=len(shard.replicas),
                     lineage=(lineages or {}).get(shard.id),
                     appointed_enqueues=0,  # appointed empty
                 )

@@ -90,6 +90,13 @@ class Shard(BaseModel):
     epoch: int = Field(ge=1, description="epoch in which the current primary was appointed")
     primary: NodeRef
     replicas: list[NodeRef] = Field(default_factory=list)
+    replica_target: int | None = Field(
+        None,
+        ge=0,
+        description="replicas the shard is kept at (recorded when it is created): a returning "
+        "former member rejoins only below it (None: a map written before it was recorded; "
+        "every returning member rejoins)",
+    )
     forensics: list[HeldNode] = Field(
         default_factory=list,
         description="former members held out of service (bounded by the controllers' settings)",

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from common.redis_processes import free_port
+from lazarus_lite import shard_keeper
+from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
-from lazarus_lite.forensics import ForensicsRules
+from lazarus_lite.errors import LockBusy
+from lazarus_lite.forensics import ForensicsRules, copy_data_files
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
@@ -21,11 +24,13 @@ from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_i
 from ratequeue.topology import TOPOLOGY_KEY, HeldNode, NodeRef, Topology
 
 
-def keep_once(cluster: LocalCluster, rules: ForensicsRules) -> tuple[list[str], Topology]:
+def keep_once(
+    cluster: LocalCluster, rules: ForensicsRules, actuator: LocalProcessActuator | None = None
+) -> tuple[list[str], Topology]:
     async def run() -> tuple[list[str], Topology]:
         store = RedisCoordinationStore.from_url(cluster.control.url)
         try:
-            keeper = ShardKeeper(store, "test", "demote", forensics=rules)
+            keeper = ShardKeeper(store, "test", "demote", forensics=rules, actuator=actuator)
             done = await keeper.run_once()
             return done, topology_of(cluster)
         finally:
@@ -76,6 +81,14 @@ def write_some(cluster: LocalCluster, count: int) -> None:
     wait_for_replicas_in_sync(primary, [node(cluster, r.name) for r in shard.replicas])
 
 
+def runs_redis(pid: int) -> bool:
+    """Does `pid` still run redis-server (a stopped child awaiting its reaping does not)?"""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def copies(directory: Path) -> list[Path]:
     """The shard's copies, oldest first (each is named `node@unix-seconds`)."""
     found = (directory / "s0").iterdir() if (directory / "s0").exists() else []
@@ -98,6 +111,7 @@ def test_a_former_primary_that_answers_again_is_copied_and_rejoins_the_new_prima
     assert [r.name for r in shard.replicas] == [old] and shard.forensics == []
     primary = node(cluster, shard.primary.name)
     assert membership.points_at(node(cluster, old).replication(), primary.peer_host, primary.port)
+    wait_for_replicas_in_sync(primary, [node(cluster, old)])  # the keeper does not wait for it
     (copy,) = copies(tmp_path / "forensics")
     assert copy.name.startswith(f"{old}@")
     assert (copy / "dump.rdb").stat().st_size > 0 and (copy / "appendonlydir").is_dir()
@@ -175,6 +189,8 @@ def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
         done, topology = keep_once(cluster, rules)
         assert any("rejoined" in line for line in done), done
         returned.append(old)
+        shard = topology.shard("s0")
+        wait_for_replicas_in_sync(node(cluster, shard.primary.name), [node(cluster, old)])
 
     assert len(copies(tmp_path / "forensics")) == 2
     assert [c.name.partition("@")[0] for c in copies(tmp_path / "forensics")] == returned[1:]
@@ -226,3 +242,101 @@ def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candida
     )
     (follower,) = [r.name for r in shard.replicas if r.name != old]
     assert best.name == follower
+
+
+def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_lock(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    write_some(cluster, 5)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+    failover_took_the_lock: list[bool] = []
+
+    async def copy_while_a_failover_starts(*args: object, **kwargs: object) -> Path:
+        # What the failover's `lock.acquire` step does, from another controller node.
+        store = RedisCoordinationStore.from_url(cluster.control.url)
+        try:
+            held = await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
+            failover_took_the_lock.append(True)
+            await store.locks.release(held)
+        except LockBusy:
+            failover_took_the_lock.append(False)
+        finally:
+            await store.aclose()
+        return await copy_data_files(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shard_keeper, "copy_data_files", copy_while_a_failover_starts)
+    done, topology = keep_once(cluster, ForensicsRules(copy_dir=tmp_path / "forensics"))
+
+    assert failover_took_the_lock == [True], done
+    assert [r.name for r in topology.shard("s0").replicas] == [old], done
+
+
+def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    old = fail_over_by_hand(cluster)
+    topology = topology_of(cluster)
+    # A replacement took the old primary's place: the shard lists its target of replicas.
+    shard = topology.shard("s0").model_copy(update={"replica_target": 1})
+    store(cluster, topology.next_with(shard))
+    node(cluster, old).restart()
+
+    done, topology = keep_once(cluster, ForensicsRules())
+
+    shard = topology.shard("s0")
+    assert any(f"released {old}" in line for line in done), done
+    assert len(shard.replicas) == 1 and old not in [r.name for r in shard.replicas]
+    assert shard.forensics == []
+    assert membership.is_parked(node(cluster, old).replication())
+
+
+def test_a_released_node_the_actuator_started_is_stopped(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    actuator = LocalProcessActuator(tmp_path / "actuator")
+    spare = asyncio.run(actuator.provision_replica("s0", "s0-spare"))
+    (entry,) = actuator.provisioned()
+    started = ShardNode("s0-spare", "replica", "s0", spare.port, tmp_path, pid=entry["pid"])
+    try:
+        topology = topology_of(cluster)
+        held = HeldNode.of(spare, time.time())  # a former member the actuator had provisioned
+        store(cluster, topology.next_with(
+            topology.shard("s0").model_copy(update={"forensics": [held]})
+        ))  # fmt: skip
+
+        done, topology = keep_once(cluster, ForensicsRules(), actuator)
+
+        assert any("removed s0-spare" in line for line in done), done
+        assert topology.shard("s0").forensics == []
+        assert [r.name for r in topology.shard("s0").replicas] == ["s0-replica1"]
+        deadline = time.monotonic() + 10
+        while runs_redis(entry["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not runs_redis(entry["pid"])
+    finally:
+        started.stop()
+
+
+def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_copy(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+
+    async def lock_held_by_a_failover() -> None:
+        store = RedisCoordinationStore.from_url(cluster.control.url)
+        try:
+            await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
+        finally:
+            await store.aclose()
+
+    asyncio.run(lock_held_by_a_failover())
+    done, topology = keep_once(cluster, ForensicsRules(copy_dir=tmp_path / "forensics"))
+
+    assert [n.name for n in topology.shard("s0").forensics] == [old], done
+    assert copies(tmp_path / "forensics") == []

@@ -3,6 +3,7 @@ import itertools
 import pytest
 from pydantic import ValidationError
 
+from ratequeue.cli import initial_topology, parse_shard_spec
 from ratequeue.slots import SLOT_COUNT, slot_for
 from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
 
@@ -43,3 +44,12 @@ def test_slots_route_to_the_shard_whose_range_holds_them() -> None:
     topology = Topology(epoch=1, shards=[_shard("s0", (0, 8191)), _shard("s1", (8192, 16383))])
     assert topology.shard_for_slot(8191).id == "s0"
     assert topology.shard_for_slot(8192).id == "s1"
+
+
+def test_a_new_deployment_records_each_shards_replica_count_as_its_target() -> None:
+    specs = [parse_shard_spec("s0=10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379"),
+             parse_shard_spec("s1=10.0.0.4:6379")]  # fmt: skip
+
+    topology = initial_topology(specs, peer_host=None)
+
+    assert [s.replica_target for s in topology.shards] == [2, 0]
