@@ -1,7 +1,8 @@
 """Building the coordination store a deployment is configured for: `open_coordination_store`
-reads the `coordination_backend` setting (only `redis` for now, on `control_url`) and refuses
-any other value naming the setting. Not for: what a store does (`interface`) or how
-(`redis_backend`).
+reads the `coordination_backend` setting (`redis` on `control_url`, or `etcd` on the members
+listed in `etcd_endpoints`, comma-separated, with the record log in the Redis on `control_url`)
+and refuses any other value, or an etcd backend without usable endpoints, naming the setting.
+Not for: what a store does (`interface`) or how (`redis_backend`, `etcd_backend`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.errors import InvalidSetting
+from common.etcd_client import EtcdClientSettings
+from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 
-CoordinationBackend = Literal["redis"]
-BACKENDS: tuple[str, ...] = ("redis",)
+CoordinationBackend = Literal["redis", "etcd"]
+BACKENDS: tuple[str, ...] = ("redis", "etcd")
 
 
 class StoreSettings(Protocol):
@@ -29,6 +32,11 @@ class StoreSettings(Protocol):
     @property
     def coordination_backend(self) -> str: ...
 
+    @property
+    def etcd_endpoints(self) -> str | None:
+        """Comma-separated client URLs of the etcd members (read for the etcd backend)."""
+        ...
+
 
 class StoreAddress(BaseModel):
     """Where a tool that is no controller (the chaos runner, the testbed, a benchmark) finds
@@ -38,16 +46,35 @@ class StoreAddress(BaseModel):
 
     control_url: str
     coordination_backend: CoordinationBackend = "redis"
+    etcd_endpoints: str | None = None
 
 
 def open_coordination_store(settings: StoreSettings, *, timeout: float = 5.0) -> CoordinationStore:
     """The store `settings.coordination_backend` names; the caller closes it (`aclose`)."""
     if settings.coordination_backend == "redis":
         return RedisCoordinationStore.from_url(settings.control_url, timeout=timeout)
+    if settings.coordination_backend == "etcd":
+        endpoints = etcd_endpoint_list(settings.etcd_endpoints)
+        return EtcdCoordinationStore.open(endpoints, settings.control_url, timeout=timeout)
     raise InvalidSetting(
         f"coordination_backend: {settings.coordination_backend!r} is not a coordination backend "
         f"(expected one of: {', '.join(BACKENDS)})"
     )
+
+
+def etcd_endpoint_list(endpoints: str | None) -> list[str]:
+    """The `etcd_endpoints` setting as a list of member URLs, or InvalidSetting naming it."""
+    listed = [url.strip() for url in (endpoints or "").split(",") if url.strip()]
+    if not listed:
+        raise InvalidSetting(
+            "etcd_endpoints: required with coordination_backend etcd "
+            "(comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:2381)"
+        )
+    try:
+        return EtcdClientSettings(endpoints=listed).endpoints
+    except ValidationError as error:
+        problem = "; ".join(str(e["msg"]) for e in error.errors())
+        raise InvalidSetting(f"etcd_endpoints: {problem}") from None
 
 
 @asynccontextmanager
