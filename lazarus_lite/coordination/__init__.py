@@ -21,7 +21,7 @@ Where each piece lives, by backend:
 | piece | `redis` | `etcd` |
 |---|---|---|
 | topology, locks, workflows, claims, windows, flags, marks, run lock | control Redis | etcd |
-| record log (audit, escalations, shadow decisions, write failures) | control Redis | control Redis |
+| record log (audit, escalations, shadow decisions, write failures) | control Redis | same |
 | `unavailable` | `RedisError` | `EtcdUnreachable` (etcd), `RedisError` (record log) |
 
 What must be linearizable is what decides a failover: the topology and its epoch, the locks and
