@@ -18,6 +18,7 @@ from common.etcd_client import (
     Compare,
     EtcdClient,
     EtcdClientSettings,
+    Lease,
     Operation,
     TxnResult,
 )
@@ -41,9 +42,19 @@ def records_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPro
 
 class AnswerLostClient(EtcdClient):
     """A real client whose next `lose` transactions reach etcd and are applied, and whose
-    answers are then lost (what a leader dying after the commit looks like to the caller)."""
+    answers are then lost (what a leader dying after the commit looks like to the caller); and
+    whose next `expire` leases are gone by the time they are used (a slow write of a short
+    lease)."""
 
     lose = 0
+    expire = 0
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        lease = await super().grant_lease(ttl)
+        if self.expire > 0:
+            self.expire -= 1
+            await self.revoke_lease(lease.id)
+        return lease
 
     async def txn(
         self,
@@ -118,6 +129,15 @@ async def test_a_lock_whose_answer_was_lost_is_taken_once(store: EtcdCoordinatio
     assert (found.version, found.create_revision) == (1, held.token)
     with pytest.raises(LockBusy):
         await store.locks.acquire("shard", "rq/s0", "wf-b")
+
+
+async def test_a_lock_whose_lease_expired_before_its_write_is_taken_under_a_fresh_one(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.client.expire = 1  # type: ignore[attr-defined]
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    found = await store.client.get(held.key)
+    assert found is not None and await store.client.lease_ttl(found.lease) > 0
 
 
 async def test_a_workflow_save_whose_answer_was_lost_is_saved_once(

@@ -34,12 +34,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.errors import EtcdOutcomeUnknown, EtcdUnreachable
+from common.errors import EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
 from common.etcd_client import (
     Compare,
     Delete,
@@ -67,6 +68,7 @@ from ratequeue.etcd_topology import EtcdTopologyStore
 # Rounds of "lost a race or an answer, read and try again" before giving up as unreachable: a
 # round is lost only to another writer of the same key, so a handful is plenty.
 _MAX_ROUNDS = 5
+T = TypeVar("T")
 
 
 def _seconds(ttl: float) -> int:
@@ -100,10 +102,23 @@ class _Writes:
     async def lease(self, ttl: float) -> int:
         return (await self.client.grant_lease(_seconds(ttl))).id
 
+    async def leased(self, ttl: float, write: Callable[[int], Awaitable[T]]) -> T:
+        """`write` under a fresh lease of `ttl`, granted again when it expired before the write
+        reached etcd (a one-second lease, and an election in between)."""
+        for _ in range(_MAX_ROUNDS):
+            lease = await self.lease(ttl)
+            try:
+                return await write(lease)
+            except EtcdLeaseNotFound:
+                continue
+        raise EtcdUnreachable(f"{_MAX_ROUNDS} leases of {ttl:g}s expired before their write")
+
     async def create(self, key: str, value: str, ttl: float) -> tuple[bool, KeyValue]:
         """Create `key` if absent: whether we created it, and the key as it is now (ours or the
         one that was there). A lease not used expires by itself."""
-        lease = await self.lease(ttl)
+        return await self.leased(ttl, lambda lease: self._create(key, value, lease))
+
+    async def _create(self, key: str, value: str, lease: int) -> tuple[bool, KeyValue]:
         for _ in range(_MAX_ROUNDS):
             try:
                 result = await self.client.txn(
@@ -127,7 +142,9 @@ class _Writes:
     async def replace(self, key: str, value: str, ttl: float, guard: list[Compare]) -> bool:
         """Put `key` under a fresh lease of `ttl` only if every compare of `guard` holds (a put
         on an existing key keeps its create_revision)."""
-        lease = await self.lease(ttl)
+        return await self.leased(ttl, lambda lease: self._replace(key, value, lease, guard))
+
+    async def _replace(self, key: str, value: str, lease: int, guard: list[Compare]) -> bool:
         try:
             result = await self.client.txn(
                 guard, [Put(key=key, value=value.encode(), lease=lease)], check=False
@@ -151,8 +168,12 @@ class _Writes:
         raise EtcdUnreachable(f"{key}: no answer to a delete in {_MAX_ROUNDS} rounds")
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
-        lease = 0 if ttl is None else await self.lease(ttl)
-        await self.apply([Put(key=key, value=value.encode(), lease=lease)])
+        if ttl is None:
+            await self.apply([Put(key=key, value=value.encode())])
+        else:
+            await self.leased(
+                ttl, lambda lease: self.apply([Put(key=key, value=value.encode(), lease=lease)])
+            )
 
     async def apply(self, operations: list[Operation]) -> list[Any]:
         """Apply idempotent operations as one transaction, sent again when its answer is lost."""
@@ -341,10 +362,14 @@ class EtcdSlidingWindows:
     async def record(self, kind: WindowKind, name: str, member: str, window: float) -> int:
         prefix = keys.window(kind, name)
         now = time.time()
-        lease = await self._writes.lease(window)
-        entry = Put(key=prefix + keys.part(member), value=repr(now).encode(), lease=lease)
-        # The put and the count in one transaction: the count includes this member.
-        _, counted = await self._writes.apply([entry, Get(key=prefix, prefix=True)])
+        entry = prefix + keys.part(member)
+
+        async def note(lease: int) -> list[Any]:
+            # The put and the count in one transaction: the count includes this member.
+            put = Put(key=entry, value=repr(now).encode(), lease=lease)
+            return await self._writes.apply([put, Get(key=prefix, prefix=True)])
+
+        _, counted = await self._writes.leased(window, note)
         return len(_within(counted, prefix, now - window))
 
     async def members(self, kind: WindowKind, name: str, window: float) -> list[str]:
