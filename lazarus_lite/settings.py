@@ -8,9 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.etcd_client import endpoints_setting
 from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
-from lazarus_lite.coordination.opening import CoordinationBackend, etcd_endpoint_list
+from lazarus_lite.coordination.opening import CoordinationBackend
 from lazarus_lite.forensics import WEEK, ForensicsRules
 
 DEFINITIONS = Path(__file__).parent / "definitions"
@@ -101,5 +102,5 @@ class ControllerSettings(BaseModel):
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting."""
         settings = parse_settings(cls, values)
         if settings.coordination_backend == "etcd":
-            etcd_endpoint_list(settings.etcd_endpoints)  # refused here, before the node starts
+            endpoints_setting(settings.etcd_endpoints)  # refused here, before the node starts
         return settings

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from common.errors import InvalidSetting
-from common.etcd_client import EtcdClientSettings
+from common.etcd_client import endpoints_setting
 from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
@@ -54,27 +54,12 @@ def open_coordination_store(settings: StoreSettings, *, timeout: float = 5.0) ->
     if settings.coordination_backend == "redis":
         return RedisCoordinationStore.from_url(settings.control_url, timeout=timeout)
     if settings.coordination_backend == "etcd":
-        endpoints = etcd_endpoint_list(settings.etcd_endpoints)
+        endpoints = endpoints_setting(settings.etcd_endpoints)
         return EtcdCoordinationStore.open(endpoints, settings.control_url, timeout=timeout)
     raise InvalidSetting(
         f"coordination_backend: {settings.coordination_backend!r} is not a coordination backend "
         f"(expected one of: {', '.join(BACKENDS)})"
     )
-
-
-def etcd_endpoint_list(endpoints: str | None) -> list[str]:
-    """The `etcd_endpoints` setting as a list of member URLs, or InvalidSetting naming it."""
-    listed = [url.strip() for url in (endpoints or "").split(",") if url.strip()]
-    if not listed:
-        raise InvalidSetting(
-            "etcd_endpoints: required with coordination_backend etcd "
-            "(comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:2381)"
-        )
-    try:
-        return EtcdClientSettings(endpoints=listed).endpoints
-    except ValidationError as error:
-        problem = "; ".join(str(e["msg"]) for e in error.errors())
-        raise InvalidSetting(f"etcd_endpoints: {problem}") from None
 
 
 @asynccontextmanager
