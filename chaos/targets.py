@@ -21,6 +21,7 @@ from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state, record_pid
 from common import input_files
+from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
@@ -47,11 +48,23 @@ class Deployment(BaseModel):
     environment: str = "dev"
     api: HttpUrlText
     control: RedisUrlText
+    etcd_endpoints: str | None = Field(
+        None,
+        description="the etcd members' client URLs, comma-separated, when etcd is the "
+        "coordination store (the event stream and record log stay on `control`)",
+    )
     lazarus: list[HttpUrlText] = Field(default_factory=list)
     lazarus_token: str | None = Field(None, description="bearer token for approvals")
     default_backend: Backend = "local"
     nodes: list[DeploymentNode] = Field(default_factory=list)
     testbed_dir: Path | None = Field(None, description="set for the embedded testbed")
+
+    def store_address(self) -> StoreAddress:
+        """Where the deployment's coordination store is."""
+        if self.etcd_endpoints is None:
+            return StoreAddress(control_url=self.control)
+        return StoreAddress(control_url=self.control, coordination_backend="etcd",
+                            etcd_endpoints=self.etcd_endpoints)  # fmt: skip
 
     def refresh_nodes(self) -> None:
         """Pick up processes the local actuator started since (replacement replicas)."""
@@ -79,15 +92,14 @@ class Deployment(BaseModel):
                 f"the topology in the control store {self.control} is not one this version "
                 f"reads: {describe_problems(error)}"
             ) from None
-        except (redis.RedisError, ValueError) as error:
-            raise store_unreachable(self.control, error) from None
+        except (redis.RedisError, EtcdUnreachable, ValueError) as error:
+            raise store_unreachable(self.etcd_endpoints or self.control, error) from None
         if found is None:
             raise TargetError(f"no topology in the control store {self.control}")
         return found
 
     async def _load_topology(self) -> Topology | None:
-        address = StoreAddress(control_url=self.control)
-        async with opened_coordination_store(address, timeout=3) as store:
+        async with opened_coordination_store(self.store_address(), timeout=3) as store:
             return await store.topology.load()
 
     def record_pid(self, name: str, pid: int) -> None:
@@ -123,6 +135,7 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
     return Deployment(
         api=state.api,
         control=state.control,
+        etcd_endpoints=state.etcd_endpoints,
         lazarus=state.lazarus,
         lazarus_token=state.lazarus_token,
         nodes=nodes,

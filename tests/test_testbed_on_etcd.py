@@ -1,0 +1,66 @@
+"""`chaos testbed up --control etcd`, end to end: a three-member etcd cluster beside the Redis
+that carries the event stream, the topology moved there, the API routing by it and the
+controllers deciding on it; `down` stops the members with the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from chaos import testbed
+from chaos.processes import running
+from chaos.targets import from_testbed
+from lazarus_lite.coordination.opening import opened_coordination_store
+from ratequeue.topology import TOPOLOGY_KEY, Topology
+from tests.test_testbed_cli import chaos
+
+
+async def _topology_and_balancer(state: testbed.TestbedState) -> tuple[Topology | None, list]:
+    address = from_testbed(state, Path()).store_address()
+    async with opened_coordination_store(address) as store:
+        return await store.topology.load(), list(await store.services.members("ratequeue-api"))
+
+
+@pytest.mark.slow  # `up` starts three etcd members besides the redis nodes and services
+def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "bed"
+    state_file = directory / "testbed.json"
+    nodes: list[dict] = []
+    try:
+        up = chaos("testbed", "up", "--dir", str(directory), "--shards", "1", "--replicas", "1",
+                   "--control", "etcd", "--no-supervise")  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = testbed.TestbedState.model_validate(json.loads(state_file.read_text()))
+        nodes = [node.model_dump() for node in state.nodes]
+        members = [node for node in state.nodes if node.role == "etcd"]
+        assert len(members) == 3 and all(testbed.process_alive(m) for m in members)
+        assert state.etcd_endpoints is not None
+
+        topology, balanced = asyncio.run(_topology_and_balancer(state))
+        assert topology is not None and balanced == [state.api]
+        with redis.Redis.from_url(state.control) as control:
+            assert not control.exists(TOPOLOGY_KEY)
+        answer = httpx.post(f"{state.api}/v1/numbers/+14155550100/messages",
+                            json={"id": "m-1", "body": "hello"}, timeout=10)  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        for url in state.lazarus:
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        if state_file.exists():
+            chaos("testbed", "down", "--dir", str(directory))
+        left = [node for node in nodes if running(node["pid"])]
+        for node in left:  # should `down` fail, still stop what `up` started
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                if testbed.process_alive(testbed.TestbedNode.model_validate(node)):
+                    os.kill(node["pid"], signal.SIGKILL)
+    assert not left, left
