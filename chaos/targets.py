@@ -61,10 +61,7 @@ class Deployment(BaseModel):
 
     def store_address(self) -> StoreAddress:
         """Where the deployment's coordination store is."""
-        if self.etcd_endpoints is None:
-            return StoreAddress(control_url=self.control)
-        return StoreAddress(control_url=self.control, coordination_backend="etcd",
-                            etcd_endpoints=self.etcd_endpoints)  # fmt: skip
+        return StoreAddress.of(self.control, self.etcd_endpoints)
 
     def refresh_nodes(self) -> None:
         """Pick up processes the local actuator started since (replacement replicas)."""

@@ -114,6 +114,10 @@ class TestbedState(BaseModel):
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
 
+    def store_address(self) -> StoreAddress:
+        """Where the testbed's coordination store is."""
+        return StoreAddress.of(self.control, self.etcd_endpoints)
+
 
 def state_path(directory: Path) -> Path:
     return directory / STATE_FILE
@@ -478,8 +482,7 @@ def up(
 def move_topology_to_etcd(cluster: LocalCluster, endpoints: str) -> StoreAddress:
     """Publish the cluster's first topology in etcd and take it out of the control Redis (so
     nothing can route by a map that no longer changes); the store's address on etcd."""
-    address = StoreAddress(control_url=cluster.control.url, coordination_backend="etcd",
-                           etcd_endpoints=endpoints)  # fmt: skip
+    address = StoreAddress.of(cluster.control.url, endpoints)
     with cluster.control.client() as control:
         topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
 

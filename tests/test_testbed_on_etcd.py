@@ -17,15 +17,13 @@ import redis
 
 from chaos import testbed
 from chaos.processes import running
-from chaos.targets import from_testbed
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 from tests.test_testbed_cli import chaos
 
 
 async def _topology_and_balancer(state: testbed.TestbedState) -> tuple[Topology | None, list]:
-    address = from_testbed(state, Path()).store_address()
-    async with opened_coordination_store(address) as store:
+    async with opened_coordination_store(state.store_address()) as store:
         return await store.topology.load(), list(await store.services.members("ratequeue-api"))
 
 

@@ -48,6 +48,14 @@ class StoreAddress(BaseModel):
     coordination_backend: CoordinationBackend = "redis"
     etcd_endpoints: str | None = None
 
+    @classmethod
+    def of(cls, control_url: str, etcd_endpoints: str | None) -> StoreAddress:
+        """The store on etcd when its members are given, else in the control Redis."""
+        if etcd_endpoints is None:
+            return cls(control_url=control_url)
+        return cls(control_url=control_url, coordination_backend="etcd",
+                   etcd_endpoints=etcd_endpoints)  # fmt: skip
+
 
 def open_coordination_store(settings: StoreSettings, *, timeout: float = 5.0) -> CoordinationStore:
     """The store `settings.coordination_backend` names; the caller closes it (`aclose`)."""
