@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,12 @@ import pytest
 import redis
 
 from chaos import testbed
+from chaos.load import BackgroundLoad, LoadProfile
 from chaos.processes import running
+from chaos.testbed import running_testbed
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.topology import TOPOLOGY_KEY, Topology
+from tests.e2e.support import LOAD, failed_over, send, wait_for
 from tests.test_testbed_cli import chaos
 
 
@@ -62,3 +66,23 @@ def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
                 if testbed.process_alive(testbed.TestbedNode.model_validate(node)):
                     os.kill(node["pid"], signal.SIGKILL)
     assert not left, left
+
+
+@pytest.mark.slow  # a whole testbed on etcd, under load, through a failover
+def test_on_etcd_a_killed_primary_is_replaced_and_no_acknowledged_message_is_lost(
+    tmp_path: Path,
+) -> None:
+    with running_testbed(tmp_path / "tb", shards=2, replicas=2, control="etcd") as state:
+        load = BackgroundLoad(state.api, LoadProfile(**LOAD)).start()
+        time.sleep(2)
+        killed_at = time.time()
+        send(state, "s0-primary", signal.SIGKILL)
+        after = wait_for("s0 to fail over", lambda: failed_over(state, "s0", "s0-primary"))
+        first_ack = load.ledger.first_ack_after
+        wait_for("an acknowledged write on s0 after the kill",
+                 lambda: first_ack(killed_at + 0.5, "s0"), timeout=20)  # fmt: skip
+        time.sleep(2)
+        ledger = load.join()
+    assert ledger.lost() == set()
+    assert len(ledger.acknowledged) > 100
+    assert after.shard("s0").forensics[0].name == "s0-primary"
