@@ -68,13 +68,32 @@ def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
     assert not left, left
 
 
+def etcd_leader(state: testbed.TestbedState) -> str:
+    """The name of the etcd member that leads, as the members' status says."""
+    members = [node for node in state.nodes if node.role == "etcd"]
+    ids = {}
+    leader = "0"
+    for member in members:
+        status = httpx.post(f"http://{member.host}:{member.port}/v3/maintenance/status",
+                            json={}, timeout=2).json()  # fmt: skip
+        ids[str(status["header"]["member_id"])] = member.name
+        leader = str(status.get("leader", leader))
+    return ids[leader]
+
+
 @pytest.mark.slow  # a whole testbed on etcd, under load, through a failover
+@pytest.mark.parametrize(
+    "etcd_leader_killed_first", [False, True], ids=["etcd-whole", "etcd-leader-dead"]
+)
 def test_on_etcd_a_killed_primary_is_replaced_and_no_acknowledged_message_is_lost(
-    tmp_path: Path,
+    tmp_path: Path, etcd_leader_killed_first: bool
 ) -> None:
     with running_testbed(tmp_path / "tb", shards=2, replicas=2, control="etcd") as state:
         load = BackgroundLoad(state.api, LoadProfile(**LOAD)).start()
         time.sleep(2)
+        if etcd_leader_killed_first:
+            send(state, etcd_leader(state), signal.SIGKILL)
+            time.sleep(1)
         killed_at = time.time()
         send(state, "s0-primary", signal.SIGKILL)
         after = wait_for("s0 to fail over", lambda: failed_over(state, "s0", "s0-primary"))
