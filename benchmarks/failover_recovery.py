@@ -79,7 +79,7 @@ from chaos.testbed import (
 from common.nodes import CLIENT_HOST, REDIS_ROLES
 from common.redis_processes import RedisProcess, free_port
 from lazarus_lite.coordination.interface import CoordinationStore
-from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.slots import slot_for
 from ratequeue.topology import Shard, Topology
@@ -518,7 +518,7 @@ async def run_ratequeue(
     results: list[KillResult] = []
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=64)
     async with (
-        opened_coordination_store(StoreAddress(control_url=state.control)) as store,
+        opened_coordination_store(state.store_address()) as store,
         httpx.AsyncClient(timeout=10, limits=limits) as http,
     ):
         bench = RatequeueBench(state, directory, http, store, workers, interval)

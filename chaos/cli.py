@@ -6,6 +6,7 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -30,6 +31,11 @@ def refused(error: Exception, what: str | None = None) -> typer.Exit:
     return typer.Exit(1)
 
 
+class ControlChoice(StrEnum):
+    redis = "redis"
+    etcd = "etcd"
+
+
 @testbed_app.command("up")
 def testbed_up(
     dir: Path = typer.Option(..., "--dir", help="directory for state, data and logs"),
@@ -39,6 +45,9 @@ def testbed_up(
     sensors: bool = typer.Option(True, help="a heartbeat sensor beside every replica"),
     supervise: bool = typer.Option(
         True, help="a supervisor starts a killed API, controller or sensor again"
+    ),
+    control: ControlChoice = typer.Option(
+        ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
@@ -50,12 +59,14 @@ def testbed_up(
             controllers=controllers,
             sensors=sensors,
             supervise=supervise,
+            control=control.value,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)
+    store = f", etcd {state.etcd_endpoints}" if state.etcd_endpoints else ""
     console.print(
-        f"testbed up: API {state.api}, control {state.control}, "
+        f"testbed up: API {state.api}, control {state.control}{store}, "
         f"{len(state.nodes)} processes; state in {where}"
     )
 

@@ -18,7 +18,7 @@ from chaos.errors import TargetError
 from chaos.journal import Say
 from chaos.targets import Deployment
 from lazarus_lite.audit import AuditRecord
-from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from lazarus_lite.coordination.opening import opened_coordination_store
 from lazarus_lite.steps.approval import APPROVAL_STEP
 from lazarus_lite.workflow.records import WorkflowRecord
 
@@ -98,8 +98,7 @@ class ControllerAnswers:
         return asyncio.run(self._owner_of(workflow.id))
 
     async def _owner_of(self, workflow_id: str) -> str | None:
-        address = StoreAddress(control_url=self.deployment.control)
-        async with opened_coordination_store(address, timeout=3) as store:
+        async with opened_coordination_store(self.deployment.store_address(), timeout=3) as store:
             return await store.workflows.owner(workflow_id)
 
     def approve(self, gate: str, shard: str) -> None:

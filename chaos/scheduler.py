@@ -32,8 +32,9 @@ from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import running_testbed
+from common.errors import EtcdUnreachable
 from lazarus_lite.coordination.interface import RunLock
-from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from lazarus_lite.coordination.opening import opened_coordination_store
 
 T = TypeVar("T")
 PID_FILE = "chaos-run.pid"
@@ -51,7 +52,7 @@ def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
 def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
     """Hold the deployment's run lock; raise TargetError if another run holds it, or if the
     control store cannot be reached."""
-    address = StoreAddress(control_url=deployment.control)
+    address = deployment.store_address()
 
     def on_lock(use: Callable[[RunLock], Awaitable[T]]) -> T:
         async def run() -> T:
@@ -60,8 +61,10 @@ def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterato
 
         try:
             return asyncio.run(run())
-        except (redis.RedisError, ValueError) as error:  # ValueError: a URL redis-py refuses
-            raise store_unreachable(deployment.control, error) from None
+        except (redis.RedisError, EtcdUnreachable, ValueError) as error:  # ValueError: a bad URL
+            raise store_unreachable(
+                deployment.etcd_endpoints or deployment.control, error
+            ) from None
 
     current = on_lock(lambda lock: lock.take(holder, ttl_seconds))
     if current is not None:

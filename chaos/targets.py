@@ -23,6 +23,7 @@ from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
 from chaos.testbed import TestbedState, provisioned_nodes, read_state, record_pid
 from common import input_files
+from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
@@ -49,6 +50,11 @@ class Deployment(BaseModel):
     environment: str = "dev"
     api: HttpUrlText
     control: RedisUrlText
+    etcd_endpoints: str | None = Field(
+        None,
+        description="the etcd members' client URLs, comma-separated, when etcd is the "
+        "coordination store (the event stream and record log stay on `control`)",
+    )
     lazarus: list[HttpUrlText] = Field(default_factory=list)
     lazarus_token: str | None = Field(None, description="bearer token for approvals")
     default_backend: Backend = "local"
@@ -60,6 +66,10 @@ class Deployment(BaseModel):
         description="the label ratequeue.deployment of its containers: nodes are discovered",
         pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
     )
+
+    def store_address(self) -> StoreAddress:
+        """Where the deployment's coordination store is."""
+        return StoreAddress.of(self.control, self.etcd_endpoints)
 
     def refresh_nodes(self) -> None:
         """Pick up nodes started since: processes the local actuator started (replacement
@@ -107,15 +117,14 @@ class Deployment(BaseModel):
                 f"the topology in the control store {self.control} is not one this version "
                 f"reads: {describe_problems(error)}"
             ) from None
-        except (redis.RedisError, ValueError) as error:
-            raise store_unreachable(self.control, error) from None
+        except (redis.RedisError, EtcdUnreachable, ValueError) as error:
+            raise store_unreachable(self.etcd_endpoints or self.control, error) from None
         if found is None:
             raise TargetError(f"no topology in the control store {self.control}")
         return found
 
     async def _load_topology(self) -> Topology | None:
-        address = StoreAddress(control_url=self.control)
-        async with opened_coordination_store(address, timeout=3) as store:
+        async with opened_coordination_store(self.store_address(), timeout=3) as store:
             return await store.topology.load()
 
     def record_pid(self, name: str, pid: int) -> None:
@@ -151,6 +160,7 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
     return Deployment(
         api=state.api,
         control=state.control,
+        etcd_endpoints=state.etcd_endpoints,
         lazarus=state.lazarus,
         lazarus_token=state.lazarus_token,
         nodes=nodes,

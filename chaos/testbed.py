@@ -1,6 +1,8 @@
 """The local testbed: a whole deployment on loopback (control store, shards, ratequeue API, a
 heartbeat sensor beside every replica, three Lazarus-lite controller nodes), started in the
-background and described by `DIR/testbed.json` so other commands can find it.
+background and described by `DIR/testbed.json` so other commands can find it. With
+`control="etcd"` the coordination store (topology included) is a three-member etcd cluster
+started beside the Redis that keeps carrying the event stream and the record log.
 
 `up` returns with everything running, and (asked to) a supervisor beside it that starts a killed
 API, controller or sensor again (`chaos.supervisor`); `down` stops the supervisor first, then
@@ -25,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Literal, TypedDict, Unpack
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from chaos.errors import TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
+from common.etcd_processes import EtcdCluster, start_etcd_cluster
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
@@ -40,8 +43,11 @@ from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.topology import TOPOLOGY_KEY, Topology
 
 STATE_FILE = "testbed.json"
+# What keeps the coordination store: the control Redis, or a three-member etcd cluster.
+ControlBackend = Literal["redis", "etcd"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,7 @@ class TestbedState(BaseModel):
 
     api: HttpUrlText
     control: RedisUrlText
+    etcd_endpoints: str | None = None  # the coordination store's members, when it is etcd
     nodes: list[TestbedNode]
     lazarus: list[HttpUrlText] = []
     lazarus_token: str | None = None
@@ -106,6 +113,10 @@ class TestbedState(BaseModel):
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
+
+    def store_address(self) -> StoreAddress:
+        """Where the testbed's coordination store is."""
+        return StoreAddress.of(self.control, self.etcd_endpoints)
 
 
 def state_path(directory: Path) -> Path:
@@ -246,11 +257,11 @@ def start_api(
     return node
 
 
-def register_in_balancer(control_url: str, service: str, node: TestbedNode) -> None:
+def register_in_balancer(address: StoreAddress, service: str, node: TestbedNode) -> None:
     """List a stateless host in the service's balancer (the stateless profile replaces it)."""
 
     async def register() -> None:
-        async with opened_coordination_store(StoreAddress(control_url=control_url)) as store:
+        async with opened_coordination_store(address) as store:
             await store.services.add(service, f"http://{node.host}:{node.port}", name=node.name)
 
     asyncio.run(register())
@@ -373,6 +384,7 @@ class UpOptions(TypedDict, total=False):
     controller_args: list[str] | None
     sensor_args: list[str] | None
     supervise: bool
+    control: ControlBackend
 
 
 def up(
@@ -385,10 +397,12 @@ def up(
     controller_args: list[str] | None = None,
     sensor_args: list[str] | None = None,
     supervise: bool = False,
+    control: ControlBackend = "redis",
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
-    supervisor starts a killed API, controller or sensor again (`chaos.supervisor`)."""
+    supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
+    `control="etcd"`, the coordination store is a three-member etcd cluster."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -407,10 +421,29 @@ def up(
     ]  # fmt: skip
     started: list[TestbedNode] = []
     token = secrets.token_urlsafe(24)
+    etcd: EtcdCluster | None = None
+    address = StoreAddress(control_url=cluster.control.url)
+    api_args: list[str] = []
     try:
-        api = start_api(directory, cluster.control.url)
+        if control == "etcd":
+            etcd = start_etcd_cluster(directory / "etcd", detached=True)
+            started += [
+                TestbedNode(name=m.name, role="etcd", host=CLIENT_HOST, port=m.client_port,
+                            pid=m.pid, command=list(m.argv))
+                for m in etcd.members
+            ]  # fmt: skip
+            address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
+            endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
+            api_args = ["--topology-backend", "etcd", *endpoints]
+            controller_args = [
+                "--coordination-backend",
+                "etcd",
+                *endpoints,
+                *(controller_args or []),
+            ]
+        api = start_api(directory, cluster.control.url, api_args)
         started.append(api)
-        register_in_balancer(cluster.control.url, "ratequeue-api", api)
+        register_in_balancer(address, "ratequeue-api", api)
         lazarus = start_controllers(
             directory, cluster.control.url, controllers, controller_args, token
         )
@@ -424,12 +457,15 @@ def up(
     except BaseException:
         for node in started:
             _terminate(node)
+        if etcd is not None:
+            etcd.stop()
         cluster.stop()
         raise
     nodes += started
     state = TestbedState(
         api=f"http://{api.host}:{api.port}",
         control=cluster.control.url,
+        etcd_endpoints=address.etcd_endpoints,
         nodes=nodes,
         lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
         lazarus_token=token if lazarus else None,
@@ -441,6 +477,23 @@ def up(
         state.supervisor = SupervisorRecord(pid=process.pid)
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state
+
+
+def move_topology_to_etcd(cluster: LocalCluster, endpoints: str) -> StoreAddress:
+    """Publish the cluster's first topology in etcd and take it out of the control Redis (so
+    nothing can route by a map that no longer changes); the store's address on etcd."""
+    address = StoreAddress.of(cluster.control.url, endpoints)
+    with cluster.control.client() as control:
+        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+
+    async def publish() -> None:
+        async with opened_coordination_store(address) as store:
+            await store.topology.compare_and_set(0, topology)
+
+    asyncio.run(publish())
+    with cluster.control.client() as control:
+        control.delete(TOPOLOGY_KEY)
+    return address
 
 
 def supervisor_alive(directory: Path, record: SupervisorRecord) -> bool:

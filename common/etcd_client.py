@@ -26,7 +26,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from common.errors import (
     EtcdBadRequest,
@@ -36,6 +43,7 @@ from common.errors import (
     EtcdLeaseNotFound,
     EtcdOutcomeUnknown,
     EtcdUnreachable,
+    InvalidSetting,
 )
 
 # Sent with every request: a member that has lost its leader answers "no leader" at once (gRPC
@@ -72,6 +80,22 @@ class EtcdClientSettings(BaseModel):
             if parsed.scheme not in ("http", "https") or not parsed.host or not parsed.port:
                 raise ValueError(f"endpoint {url!r} is not an http://host:port URL")
         return [url.rstrip("/") for url in endpoints]
+
+
+def endpoints_setting(endpoints: str | None, setting: str = "etcd_endpoints") -> list[str]:
+    """A service's etcd endpoints setting (comma-separated client URLs) as a list, or
+    InvalidSetting naming `setting` when it is missing or a URL is not http://host:port."""
+    listed = [url.strip() for url in (endpoints or "").split(",") if url.strip()]
+    if not listed:
+        raise InvalidSetting(
+            f"{setting}: required with an etcd backend "
+            "(comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:2381)"
+        )
+    try:
+        return EtcdClientSettings(endpoints=listed).endpoints
+    except ValidationError as error:
+        problem = "; ".join(str(e["msg"]) for e in error.errors())
+        raise InvalidSetting(f"{setting}: {problem}") from None
 
 
 class KeyValue(BaseModel):
@@ -640,4 +664,5 @@ __all__ = [
     "TxnResult",
     "WatchEvent",
     "WriteResult",
+    "endpoints_setting",
 ]

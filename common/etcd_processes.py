@@ -2,7 +2,8 @@
 cluster of three members (`start_etcd_cluster`), wait until it has a leader, say which member
 leads, and kill, pause, resume or restart one member with its own data directory. A member
 started here dies with the Python process that started it (the kernel's parent-death signal,
-and `atexit`), as `common.redis_processes` does for Redis.
+and `atexit`), as `common.redis_processes` does for Redis, unless the cluster is started
+detached (the testbed's members outlive the command that started them).
 
 Each member serves clients (the v3 gRPC API and its JSON gateway) on both loopback addresses
 (`CLIENT_HOST` and `PEER_HOST`, so an experiment can cut one path and keep the other) and talks
@@ -79,6 +80,8 @@ class EtcdMember:
     data_dir: Path
     argv: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
+    detached: bool = False
+    """In a session of its own, outliving this Python process (the testbed's members)."""
 
     @property
     def client_url(self) -> str:
@@ -165,13 +168,16 @@ class EtcdMember:
 
     def _launch(self) -> None:
         kwargs: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
-        if threading.current_thread() is threading.main_thread():
+        if self.detached:
+            kwargs["start_new_session"] = True
+        elif threading.current_thread() is threading.main_thread():
             kwargs["preexec_fn"] = die_with_parent
         with self.log_path.open("ab") as log:
             kwargs["stderr"] = log
             self.process = subprocess.Popen(self.argv, **kwargs)
-        with _live_lock:
-            _live.add(self)
+        if not self.detached:
+            with _live_lock:
+                _live.add(self)
 
 
 @dataclass(eq=False)
@@ -260,10 +266,11 @@ def start_etcd_cluster(
     timings: EtcdTimings | None = None,
     name_prefix: str = "etcd",
     timeout: float = 15.0,
+    detached: bool = False,
 ) -> EtcdCluster:
     """Start `size` members under `workdir` (one data directory and log each) and return once
     the cluster has a leader. On failure every member started is stopped and EtcdStartError
-    says why, with the members' logs."""
+    says why, with the members' logs. `detached` members outlive this Python process."""
     if size < 1:
         raise EtcdStartError(f"size must be at least 1, not {size}")
     timings = timings or EtcdTimings()
@@ -275,6 +282,7 @@ def start_etcd_cluster(
         initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
         for member in members:
             member.argv = _member_argv(binary, member, initial, token, timings)
+            member.detached = detached
             member.log_path.unlink(missing_ok=True)
         cluster = EtcdCluster(members=members, workdir=workdir, timings=timings, token=token)
         try:

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, StringConstraints
 
 # The roles of the nodes the testbed starts: `instance` is a stateless service's host that the
 # controller's actuator provisions.
-Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus", "instance"]
+Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus", "instance", "etcd"]
 # Names people reach for when they mean one of the testbed's roles.
 _SYNONYMS = {"master": "primary", "slave": "replica", "controller": "lazarus", "sentinel": "sensor"}
 
@@ -56,6 +56,7 @@ PROGRAMS_OF_ROLE: dict[Role, tuple[str, ...]] = {
     "api": ("ratequeue",),
     "sensor": ("detection",),
     "lazarus": ("lazarus_lite", "lazarus"),
+    "etcd": ("etcd",),
 }
 
 CLIENT_HOST = "127.0.0.1"

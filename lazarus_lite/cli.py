@@ -22,7 +22,10 @@ def serve(
     node_id: str = typer.Option(..., "--node-id", envvar="LAZARUS_NODE_ID"),
     control: str = typer.Option(..., envvar="LAZARUS_CONTROL_URL", help="control store URL"),
     coordination_backend: str = typer.Option(
-        None, envvar="LAZARUS_COORDINATION_BACKEND", help="what keeps the store (redis)"
+        None, envvar="LAZARUS_COORDINATION_BACKEND", help="what keeps the store: redis | etcd"
+    ),
+    etcd_endpoints: str = typer.Option(
+        None, "--etcd-endpoints", envvar="LAZARUS_ETCD_ENDPOINTS", help="etcd member URLs, a,b,c"
     ),
     host: str = typer.Option("127.0.0.1", envvar="LAZARUS_HOST"),
     port: int = typer.Option(8090, envvar="LAZARUS_PORT"),
@@ -109,6 +112,7 @@ def serve(
             node_id=node_id,
             control_url=control,
             coordination_backend=coordination_backend,
+            etcd_endpoints=etcd_endpoints,
             peers=peer or None,
             quorum=quorum,
             quorum_timeout=quorum_timeout,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.etcd_client import endpoints_setting
 from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 from lazarus_lite.coordination.opening import CoordinationBackend
@@ -22,7 +23,10 @@ class ControllerSettings(BaseModel):
     node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     control_url: RedisUrlText
     coordination_backend: CoordinationBackend = Field(
-        "redis", description="what keeps the coordination store (etcd is to come)"
+        "redis", description="what keeps the coordination store: redis (control_url) or etcd"
+    )
+    etcd_endpoints: str | None = Field(
+        None, description="comma-separated client URLs of the etcd members (backend etcd)"
     )
     peers: list[HttpUrlText] = Field(default_factory=list, description="URLs of the other nodes")
     quorum: int = Field(2, ge=1, le=15)
@@ -135,4 +139,7 @@ class ControllerSettings(BaseModel):
     @classmethod
     def parse(cls, **values: object) -> ControllerSettings:
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting."""
-        return parse_settings(cls, values)
+        settings = parse_settings(cls, values)
+        if settings.coordination_backend == "etcd":
+            endpoints_setting(settings.etcd_endpoints)  # refused here, before the node starts
+        return settings

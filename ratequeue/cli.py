@@ -24,6 +24,12 @@ app = typer.Typer(help="Per-number rate-limited queues on sharded Redis.", no_ar
 @app.command()
 def serve(
     control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
+    topology_backend: str = typer.Option(
+        None, envvar="RATEQUEUE_TOPOLOGY_BACKEND", help="where the topology is: redis | etcd"
+    ),
+    etcd_endpoints: str = typer.Option(
+        None, "--etcd-endpoints", envvar="RATEQUEUE_ETCD_ENDPOINTS", help="etcd URLs, a,b,c"
+    ),
     host: str = typer.Option("127.0.0.1", envvar="RATEQUEUE_HOST"),
     port: int = typer.Option(8080, envvar="RATEQUEUE_PORT"),
     min_replicas: int = typer.Option(None, envvar="RATEQUEUE_MIN_REPLICAS"),
@@ -47,6 +53,8 @@ def serve(
     try:
         settings = ServiceSettings.parse(
             control_url=control,
+            topology_backend=topology_backend,
+            etcd_endpoints=etcd_endpoints,
             min_replicas=min_replicas,
             wait_timeout_ms=wait_timeout_ms,
             max_body_bytes=max_body_bytes,

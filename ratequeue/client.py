@@ -49,7 +49,7 @@ from ratequeue.shard import (
     parse_receipt,
 )
 from ratequeue.slots import slot_for
-from ratequeue.topology import NodeRef, Shard, Topology, TopologyStore
+from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, TopologyStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,7 +126,15 @@ def validate_message_id(message_id: str) -> str:
 
 
 class AsyncRatequeueClient:
-    def __init__(self, control_url: str, settings: ClientSettings | None = None) -> None:
+    def __init__(
+        self,
+        control_url: str,
+        settings: ClientSettings | None = None,
+        *,
+        topology: TopologySource | None = None,
+    ) -> None:
+        """`topology`: where the map is read and watched, when not in the control store (the
+        caller closes it)."""
         self.settings = settings or ClientSettings()
         self._control = aioredis.Redis.from_url(
             control_url,
@@ -134,7 +142,7 @@ class AsyncRatequeueClient:
             socket_timeout=2.0,
             retry=Retry(NoBackoff(), 0),
         )
-        self._store = TopologyStore(self._control)
+        self._store: TopologySource = topology or TopologyStore(self._control)
         self._topology: Topology | None = None
         self._topology_loaded_at = 0.0
         self._nodes: dict[str, aioredis.Redis] = {}
@@ -472,10 +480,12 @@ class AsyncRatequeueClient:
         return {shard.id: stat for shard, stat in zip(shards, stats, strict=True)}
 
     async def control_store_reachable(self) -> bool:
+        """Whether the store the topology is read from answers (within a second)."""
         try:
-            return bool(await asyncio.wait_for(self._control.ping(), timeout=1.0))
+            await asyncio.wait_for(self._store.load(), timeout=1.0)
         except Exception:
             return False
+        return True
 
 
 class RatequeueClient:

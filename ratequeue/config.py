@@ -7,8 +7,11 @@ variables. Not for: per-number rates (API state).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.etcd_client import endpoints_setting
 from common.settings import parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
@@ -19,6 +22,12 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     control_url: RedisUrlText = Field(description="redis:// URL of the control store")
+    topology_backend: Literal["redis", "etcd"] = Field(
+        "redis", description="where the topology is read and watched: the control store or etcd"
+    )
+    etcd_endpoints: str | None = Field(
+        None, description="comma-separated client URLs of the etcd members (topology on etcd)"
+    )
     min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
     wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
     max_body_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
@@ -33,7 +42,10 @@ class ServiceSettings(BaseModel):
     def parse(cls, **values: object) -> ServiceSettings:
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting and what was
         expected."""
-        return parse_settings(cls, values)
+        settings = parse_settings(cls, values)
+        if settings.topology_backend == "etcd":
+            endpoints_setting(settings.etcd_endpoints)  # refused here, before the service starts
+        return settings
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

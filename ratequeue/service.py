@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
 from common.errors import InvalidRequest
+from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from common.http_contract import (
     PROJECT_ERRORS,
     JsonBody,
@@ -40,6 +41,7 @@ from common.http_contract import (
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
+from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
@@ -173,7 +175,16 @@ def _iso_time(seconds: float) -> str:
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     metrics = ServiceMetrics()
-    client = AsyncRatequeueClient(settings.control_url, settings.client_settings())
+    etcd = (
+        EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(settings.etcd_endpoints)))
+        if settings.topology_backend == "etcd"
+        else None
+    )
+    client = AsyncRatequeueClient(
+        settings.control_url,
+        settings.client_settings(),
+        topology=EtcdTopologyStore(etcd) if etcd is not None else None,
+    )
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -183,6 +194,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         await client.start(require_topology=False)
         yield
         await client.close()
+        if etcd is not None:
+            await etcd.aclose()
         await reporter.drain()
         await reporter.control.aclose()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import InvalidSetting
+from common.etcd_processes import EtcdCluster
 from common.redis_processes import RedisProcess, free_port
 from detection.events import Event, new_event
 from lazarus_lite.coordination.interface import CoordinationStore
@@ -23,7 +24,7 @@ from ratequeue.errors import EpochConflict
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
 
-BACKENDS = ["redis"]
+BACKENDS = ["redis", "etcd"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             StoreAddress(control_url=f"redis://{control.host}:{control.port}/0")
         )
         await opened.control.flushall()  # type: ignore[attr-defined]
+    if request.param == "etcd":
+        cluster: EtcdCluster = request.getfixturevalue("etcd")
+        control = request.getfixturevalue("redis_control")
+        opened = open_coordination_store(
+            StoreAddress(
+                control_url=f"redis://{control.host}:{control.port}/0",
+                coordination_backend="etcd",
+                etcd_endpoints=",".join(cluster.endpoints),
+            )
+        )
+        await opened.client.delete("/", prefix=True)  # type: ignore[attr-defined]
+        await opened.records_connection.flushall()  # type: ignore[attr-defined]
     yield opened
     await opened.aclose()
 
@@ -52,6 +65,14 @@ async def unreachable_store(request: pytest.FixtureRequest) -> AsyncIterator[Coo
     if request.param == "redis":
         nobody = f"redis://127.0.0.1:{free_port(('127.0.0.1',))}/0"
         opened = open_coordination_store(StoreAddress(control_url=nobody), timeout=0.5)
+    if request.param == "etcd":
+        ports = [free_port(("127.0.0.1",)) for _ in range(3)]
+        address = StoreAddress(
+            control_url=f"redis://127.0.0.1:{free_port(('127.0.0.1',))}/0",
+            coordination_backend="etcd",
+            etcd_endpoints=",".join(f"http://127.0.0.1:{port}" for port in ports),
+        )
+        opened = open_coordination_store(address, timeout=0.5)
     yield opened
     await opened.aclose()
 
@@ -99,6 +120,19 @@ def test_an_unknown_backend_is_refused_naming_the_setting() -> None:
 
     with pytest.raises(InvalidSetting, match=r"coordination_backend.*zookeeper"):
         open_coordination_store(Settings())
+
+
+@pytest.mark.parametrize(
+    "endpoints", [None, "", " , ", "127.0.0.1:2379", "http://127.0.0.1:2379,ftp://h:1"]
+)
+def test_an_etcd_backend_without_usable_endpoints_is_refused_naming_the_setting(
+    endpoints: str | None,
+) -> None:
+    address = StoreAddress(
+        control_url="redis://127.0.0.1:1/0", coordination_backend="etcd", etcd_endpoints=endpoints
+    )
+    with pytest.raises(InvalidSetting, match=r"^etcd_endpoints: "):
+        open_coordination_store(address)
 
 
 async def test_the_store_answers_a_ping(store: CoordinationStore) -> None:

@@ -10,7 +10,19 @@ store (etcd) without any caller knowing which.
   `ratequeue.topology.TopologySource` (the queue does not depend on the controller);
 - `redis_backend` with its private `redis_keys`: all of it in one Redis control store, with
   the keys and scripts the controller always used;
+- `etcd_backend` with its private `etcd_keys`: all of it but the record log in an etcd cluster
+  (leases for TTLs, a transaction for every "only if", the lock key's create_revision as the
+  fencing token), the topology under `ratequeue.etcd_topology`, and the record log in the Redis
+  on `control_url` (the one that carries the event stream);
 - `opening`: `open_coordination_store`, the store the `coordination_backend` setting names.
+
+Where each piece lives, by backend:
+
+| piece | `redis` | `etcd` |
+|---|---|---|
+| topology, locks, workflows, claims, windows, flags, marks, run lock | control Redis | etcd |
+| record log (audit, escalations, shadow decisions, write failures) | control Redis | same |
+| `unavailable` | `RedisError` | `EtcdUnreachable` (etcd), `RedisError` (record log) |
 
 What must be linearizable is what decides a failover: the topology and its epoch, the locks and
 their fencing tokens, workflow records and owner leases, incident claims, the kill switch,

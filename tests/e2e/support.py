@@ -17,7 +17,7 @@ import redis
 
 from chaos.testbed import TestbedNode, TestbedState
 from lazarus_lite.coordination.interface import CoordinationStore
-from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
 
@@ -36,7 +36,7 @@ def in_store(state: TestbedState, use: Callable[[CoordinationStore], Awaitable[T
     """What `use` answers from the testbed's coordination store (opened for it, then closed)."""
 
     async def run() -> T:
-        async with opened_coordination_store(StoreAddress(control_url=state.control)) as store:
+        async with opened_coordination_store(state.store_address()) as store:
             return await use(store)
 
     return asyncio.run(run())

@@ -50,3 +50,17 @@ def test_a_controller_peer_whose_port_is_not_a_number_is_refused_naming_the_sett
 def test_a_controller_token_a_header_cannot_carry_is_refused_naming_api_token(token: str) -> None:
     with pytest.raises(InvalidSetting, match="setting 'api_token': must be visible ASCII"):
         ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=token)
+
+
+def test_a_controller_on_etcd_without_endpoints_is_refused_naming_etcd_endpoints() -> None:
+    with pytest.raises(InvalidSetting, match=r"^etcd_endpoints: required"):
+        ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=TOKEN,
+                                 coordination_backend="etcd")  # fmt: skip
+
+
+def test_a_controller_on_etcd_keeps_its_endpoints() -> None:
+    endpoints = "http://127.0.0.1:2379,http://127.0.0.1:2381"
+    settings = ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1",
+                                        api_token=TOKEN, coordination_backend="etcd",
+                                        etcd_endpoints=endpoints)  # fmt: skip
+    assert settings.etcd_endpoints == endpoints

@@ -1,0 +1,576 @@
+"""The coordination store on etcd v3 (three members for the testbed and staging), through
+`common.etcd_client`, with the key layout of `etcd_keys`:
+
+- every TTL is a lease of its own, granted with the key (etcd counts whole seconds, at least
+  one: a shorter TTL lasts a second);
+- every "only if" is one transaction: create-if-absent compares the key's version with 0,
+  renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
+  also compares the record's version, so two saves cannot interleave;
+- a lock's fencing token is the lock key's create_revision. etcd's revision grows by one with
+  every write to the whole store and never goes back (not even on compaction), so each new lock
+  key gets a revision higher than every lock granted before, without a counter key that every
+  acquire would have to read and compare first (two round trips and a hot key); renewing puts
+  the same key again, which keeps its create_revision, hence the token;
+- the listings (active workflows, kill switches, shadowed services, sensors, balancer members,
+  sliding windows) are one key per member under a prefix, read with one range read; a sliding
+  window's entry holds the time it was noted, under a lease of the window's length;
+- a write whose answer was lost (`EtcdOutcomeUnknown`) is resolved by reading the key: a new
+  lease is granted for each write, so the key carrying our lease id proves our write applied;
+  idempotent writes (plain puts and deletes) are simply sent again.
+
+The record log (`interface.RecordLog`: audit, escalations, shadow decisions, write failures)
+stays in the Redis that carries the event stream (`RedisRecordLog` on `control_url`): nothing
+decides on it, and the API's write failures are written there by the queue's nodes.
+
+What it promises when it fails: with one member of three dead, paused or cut off, every call
+goes to the others; a write acknowledged by etcd survives any single member's crash. Without a
+quorum nothing here answers: calls raise `EtcdUnreachable` within the client's call timeout
+(never hang); the record log raises `redis.exceptions.RedisError` when its Redis is away.
+Not for: the topology's key and watch (`ratequeue.etcd_topology`) or the client itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.errors import EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
+from common.etcd_client import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdClientSettings,
+    Get,
+    KeyValue,
+    Operation,
+    Put,
+    RangeResult,
+)
+from detection.events import Event
+from lazarus_lite.coordination import etcd_keys as keys
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, WindowKind
+from lazarus_lite.coordination.redis_backend import (
+    APPROVAL_SECONDS,
+    APPROVED,
+    EVENT_WORKFLOW_SECONDS,
+    RedisRecordLog,
+)
+from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
+from lazarus_lite.workflow.records import WorkflowRecord
+from ratequeue.etcd_topology import EtcdTopologyStore
+
+# Rounds of "lost a race or an answer, read and try again" before giving up as unreachable: a
+# round is lost only to another writer of the same key, so a handful is plenty.
+_MAX_ROUNDS = 5
+T = TypeVar("T")
+
+
+def _seconds(ttl: float) -> int:
+    return max(1, math.ceil(ttl))
+
+
+def _text(found: KeyValue | None) -> str | None:
+    return None if found is None else found.value.decode()
+
+
+def _names(found: RangeResult, prefix: str) -> list[str]:
+    """The members of a listing: each key's last segment after `prefix`, decoded, sorted."""
+    return sorted(keys.name_of(kv.key[len(prefix) :]) for kv in found.kvs)
+
+
+def _absent(key: str) -> Compare:
+    return Compare(key=key, target="version", op="==", operand=0)
+
+
+def _holds(key: str, value: str) -> Compare:
+    return Compare(key=key, target="value", op="==", operand=value.encode())
+
+
+class _Writes:
+    """The writes every protocol here is made of, each one transaction, each resolved by a read
+    when its answer is lost."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+
+    async def lease(self, ttl: float) -> int:
+        return (await self.client.grant_lease(_seconds(ttl))).id
+
+    async def leased(self, ttl: float, write: Callable[[int], Awaitable[T]]) -> T:
+        """`write` under a fresh lease of `ttl`, granted again when it expired before the write
+        reached etcd (a one-second lease, and an election in between)."""
+        for _ in range(_MAX_ROUNDS):
+            lease = await self.lease(ttl)
+            try:
+                return await write(lease)
+            except EtcdLeaseNotFound:
+                continue
+        raise EtcdUnreachable(f"{_MAX_ROUNDS} leases of {ttl:g}s expired before their write")
+
+    async def create(self, key: str, value: str, ttl: float) -> tuple[bool, KeyValue]:
+        """Create `key` if absent: whether we created it, and the key as it is now (ours or the
+        one that was there). A lease not used expires by itself."""
+        return await self.leased(ttl, lambda lease: self._create(key, value, lease))
+
+    async def _create(self, key: str, value: str, lease: int) -> tuple[bool, KeyValue]:
+        for _ in range(_MAX_ROUNDS):
+            try:
+                result = await self.client.txn(
+                    [_absent(key)],
+                    [Put(key=key, value=value.encode(), lease=lease), Get(key=key)],
+                    [Get(key=key)],
+                    check=False,
+                )
+            except EtcdOutcomeUnknown:
+                found = await self.client.get(key)
+                if found is None:
+                    continue  # not applied (or applied and already expired): send it again
+                return found.lease == lease, found
+            read = result.responses[-1]
+            assert isinstance(read, RangeResult)
+            if read.kvs:
+                return result.succeeded, read.kvs[0]
+            # The key expired between the compare and the read of the failure branch: again.
+        raise EtcdUnreachable(f"{key}: could not be created or read in {_MAX_ROUNDS} rounds")
+
+    async def replace(self, key: str, value: str, ttl: float, guard: list[Compare]) -> bool:
+        """Put `key` under a fresh lease of `ttl` only if every compare of `guard` holds (a put
+        on an existing key keeps its create_revision)."""
+        return await self.leased(ttl, lambda lease: self._replace(key, value, lease, guard))
+
+    async def _replace(self, key: str, value: str, lease: int, guard: list[Compare]) -> bool:
+        try:
+            result = await self.client.txn(
+                guard, [Put(key=key, value=value.encode(), lease=lease)], check=False
+            )
+        except EtcdOutcomeUnknown:
+            found = await self.client.get(key)
+            return found is not None and found.lease == lease
+        return result.succeeded
+
+    async def delete_if(self, key: str, guard: list[Compare]) -> bool:
+        """Delete `key` only if every compare holds. A lost answer is resolved by sending it
+        again; a key gone by then was released (by us, or by its lease)."""
+        for _ in range(_MAX_ROUNDS):
+            try:
+                result = await self.client.txn(guard, [Delete(key=key)], check=False)
+            except EtcdOutcomeUnknown:
+                if await self.client.get(key) is None:
+                    return True
+                continue
+            return result.succeeded
+        raise EtcdUnreachable(f"{key}: no answer to a delete in {_MAX_ROUNDS} rounds")
+
+    async def put(self, key: str, value: str, ttl: float | None = None) -> None:
+        if ttl is None:
+            await self.apply([Put(key=key, value=value.encode())])
+        else:
+            await self.leased(
+                ttl, lambda lease: self.apply([Put(key=key, value=value.encode(), lease=lease)])
+            )
+
+    async def apply(self, operations: list[Operation]) -> list[Any]:
+        """Apply idempotent operations as one transaction, sent again when its answer is lost."""
+        for _ in range(_MAX_ROUNDS):
+            try:
+                return (await self.client.txn([], operations)).responses
+            except EtcdOutcomeUnknown:
+                continue
+        raise EtcdUnreachable(f"no answer to {len(operations)} operations in {_MAX_ROUNDS} rounds")
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        """How many keys were deleted (as the answer that came said)."""
+        (deleted,) = await self.apply([Delete(key=key, prefix=prefix)])
+        return int(deleted.deleted)
+
+
+class EtcdLocks:
+    def __init__(self, writes: _Writes, ttl_ms: int = 60_000) -> None:
+        self._writes = writes
+        self._client = writes.client
+        self.ttl_ms = ttl_ms
+
+    async def acquire(self, kind: str, resource: str, holder: str) -> HeldLock:
+        key = keys.lock(kind, resource)
+        created, current = await self._writes.create(key, holder, self.ttl_ms / 1000)
+        if created:
+            return HeldLock(key, holder, current.create_revision)
+        held = HeldLock(key, current.value.decode(), current.create_revision)
+        if held.holder == holder and await self.renew(held):
+            return held
+        raise LockBusy(f"{key} is held by {held.value}")
+
+    async def assert_held(self, lock: HeldLock) -> None:
+        if not await self.renew(lock):
+            raise LockLost(f"{lock.key} is no longer held by {lock.holder} with token {lock.token}")
+
+    def _guard(self, lock: HeldLock) -> list[Compare]:
+        return [
+            _holds(lock.key, lock.holder),
+            Compare(key=lock.key, target="create_revision", op="==", operand=lock.token),
+        ]
+
+    async def renew(self, lock: HeldLock) -> bool:
+        return await self._writes.replace(
+            lock.key, lock.holder, self.ttl_ms / 1000, self._guard(lock)
+        )
+
+    async def release(self, lock: HeldLock) -> bool:
+        return await self._writes.delete_if(lock.key, self._guard(lock))
+
+    async def holder(self, kind: str, resource: str) -> str | None:
+        found = await self._client.get(keys.lock(kind, resource))
+        return None if found is None else f"{found.value.decode()}|{found.create_revision}"
+
+
+class EtcdWorkflowRecords:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        entry: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        """One transaction: the record, its history entry (numbered by the record's version it
+        comes with, so entries sort in the order they were saved) and the active mark, guarded
+        by the record's version (no interleaved save) and, with `owner`, the owner lease."""
+        record_key = keys.workflow_record(record.id)
+        owner_key = keys.workflow_owner(record.id)
+        document = record.model_dump_json().encode()
+        active = keys.active_workflow(record.id)
+        for _ in range(_MAX_ROUNDS):
+            current = await self._client.get(record_key)
+            version = 0 if current is None else current.version
+            guard = [Compare(key=record_key, target="version", op="==", operand=version)]
+            if owner is not None:
+                guard.append(_holds(owner_key, owner))
+            operations: list[Operation] = [Put(key=record_key, value=document)]
+            if entry is not None:
+                line = json.dumps({"at": time.time(), **entry}, default=str).encode()
+                number = f"{version + 1:012d}"
+                operations.append(Put(key=keys.workflow_history(record.id) + number, value=line))
+            running = record.status == "running"
+            operations.append(Put(key=active, value=b"1") if running else Delete(key=active))
+            try:
+                result = await self._client.txn(guard, operations, check=False)
+            except EtcdOutcomeUnknown:
+                after = await self._client.get(record_key)
+                if after is not None and after.version == version + 1 and after.value == document:
+                    return
+                continue  # not applied, or someone saved since: the guard decides again
+            if result.succeeded:
+                return
+            if owner is not None and await self.owner(record.id) != owner:
+                raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
+        raise EtcdUnreachable(f"workflow {record.id}: not saved in {_MAX_ROUNDS} rounds")
+
+    async def load(self, workflow_id: str) -> WorkflowRecord | None:
+        found = await self._client.get(keys.workflow_record(workflow_id))
+        return None if found is None else WorkflowRecord.model_validate_json(found.value)
+
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        found = await self._client.get_prefix(keys.workflow_history(workflow_id))
+        return [json.loads(kv.value) for kv in found.kvs]
+
+    async def active(self) -> list[str]:
+        found = await self._client.get_prefix(keys.ACTIVE_WORKFLOWS)
+        return _names(found, keys.ACTIVE_WORKFLOWS)
+
+    async def claim(self, workflow_id: str, node_id: str) -> bool:
+        key = keys.workflow_owner(workflow_id)
+        created, _ = await self._writes.create(key, node_id, OWNER_LEASE_MS / 1000)
+        return created
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        key = keys.workflow_owner(workflow_id)
+        return await self._writes.replace(
+            key, node_id, OWNER_LEASE_MS / 1000, [_holds(key, node_id)]
+        )
+
+    async def disown(self, workflow_id: str, node_id: str) -> None:
+        key = keys.workflow_owner(workflow_id)
+        await self._writes.delete_if(key, [_holds(key, node_id)])
+
+    async def owner(self, workflow_id: str) -> str | None:
+        return _text(await self._client.get(keys.workflow_owner(workflow_id)))
+
+    async def bind_event(self, event_id: str, workflow_id: str) -> str | None:
+        key = keys.workflow_of_event(event_id)
+        created, bound = await self._writes.create(key, workflow_id, EVENT_WORKFLOW_SECONDS)
+        return None if created else bound.value.decode()
+
+    async def rebind_event(self, event_id: str, workflow_id: str) -> None:
+        key = keys.workflow_of_event(event_id)
+        await self._writes.put(key, workflow_id, EVENT_WORKFLOW_SECONDS)
+
+
+class EtcdIncidentClaims:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def claim(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        created, _ = await self._writes.create(key, event_id, ttl)
+        return created
+
+    async def holder(self, event_type: str, dedup_key: str) -> str | None:
+        return _text(await self._client.get(keys.incident_claim(event_type, dedup_key)))
+
+    async def take_over(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        exists = Compare(key=key, target="version", op=">", operand=0)
+        return await self._writes.replace(key, event_id, ttl, [exists])
+
+    async def release(self, event_type: str, dedup_key: str) -> None:
+        await self._writes.delete(keys.incident_claim(event_type, dedup_key))
+
+    async def held_for(self, event_type: str, dedup_key: str) -> float | None:
+        found = await self._client.get(keys.incident_claim(event_type, dedup_key))
+        if found is None or not found.lease:
+            return None
+        left = await self._client.lease_ttl(found.lease)
+        return float(left) if left > 0 else None
+
+    async def mark_recovered(self, event_type: str, dedup_key: str, ttl: float) -> None:
+        await self._writes.put(keys.recovered_mark(event_type, dedup_key), "1", ttl)
+
+    async def take_recovered(self, event_type: str, dedup_key: str) -> bool:
+        # Not resent on a lost answer: a second delete would say "was not there".
+        key = keys.recovered_mark(event_type, dedup_key)
+        return (await self._client.delete(key)).deleted > 0
+
+
+class EtcdSlidingWindows:
+    """Each window is a prefix of keys, one per member, holding the time it was last noted,
+    under a lease of the window's length (so forgotten members go by themselves)."""
+
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def record(self, kind: WindowKind, name: str, member: str, window: float) -> int:
+        prefix = keys.window(kind, name)
+        now = time.time()
+        entry = prefix + keys.part(member)
+
+        async def note(lease: int) -> list[Any]:
+            # The put and the count in one transaction: the count includes this member.
+            put = Put(key=entry, value=repr(now).encode(), lease=lease)
+            return await self._writes.apply([put, Get(key=prefix, prefix=True)])
+
+        _, counted = await self._writes.leased(window, note)
+        return len(_within(counted, prefix, now - window))
+
+    async def members(self, kind: WindowKind, name: str, window: float) -> list[str]:
+        prefix = keys.window(kind, name)
+        found = await self._client.get_prefix(prefix)
+        return sorted(_within(found, prefix, time.time() - window))
+
+    async def names(self, kind: WindowKind) -> list[str]:
+        prefix = keys.windows(kind)
+        found = await self._client.get_prefix(prefix)
+        return sorted({keys.name_of(kv.key[len(prefix) :].split("/")[0]) for kv in found.kvs})
+
+
+def _within(found: RangeResult, prefix: str, since: float) -> list[str]:
+    """Members noted at or after `since` (a lease lasts whole seconds, so its expiry alone is
+    not the window)."""
+    return [keys.name_of(kv.key[len(prefix) :]) for kv in found.kvs if float(kv.value) >= since]
+
+
+class EtcdSafetyFlags:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def engage_kill_switch(self, category: str, info: dict[str, Any]) -> None:
+        await self._writes.put(keys.KILLSWITCH + keys.part(category), json.dumps(info))
+
+    async def release_kill_switch(self, category: str) -> None:
+        await self._writes.delete(keys.KILLSWITCH + keys.part(category))
+
+    async def release_every_kill_switch(self) -> None:
+        await self._writes.delete(keys.KILLSWITCH, prefix=True)
+
+    async def kill_switches(self) -> dict[str, dict[str, Any]]:
+        found = await self._client.get_prefix(keys.KILLSWITCH)
+        start = len(keys.KILLSWITCH)
+        return {keys.name_of(kv.key[start:]): json.loads(kv.value) for kv in found.kvs}
+
+    async def set_shadow(self, service: str, shadowed: bool) -> None:
+        key = keys.SHADOW_SERVICES + keys.part(service)
+        if shadowed:
+            await self._writes.put(key, "1")
+        else:
+            await self._writes.delete(key)
+
+    async def clear_shadow(self) -> None:
+        await self._writes.delete(keys.SHADOW_SERVICES, prefix=True)
+
+    async def shadowed(self) -> list[str]:
+        found = await self._client.get_prefix(keys.SHADOW_SERVICES)
+        return _names(found, keys.SHADOW_SERVICES)
+
+
+class EtcdSensorRegistry:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def record_heartbeat(self, event: Event) -> None:
+        await self._writes.put(keys.SENSORS + keys.part(event.source), event.to_json())
+
+    async def heartbeat(self, sensor: str) -> Event | None:
+        found = await self._client.get(keys.SENSORS + keys.part(sensor))
+        return None if found is None else Event.model_validate_json(found.value)
+
+    async def heartbeats(self) -> list[Event]:
+        heartbeats = []
+        for kv in (await self._client.get_prefix(keys.SENSORS)).kvs:
+            try:
+                heartbeats.append(Event.model_validate_json(kv.value))
+            except ValueError:
+                continue  # one unreadable heartbeat does not hide the others
+        return heartbeats
+
+
+class EtcdWatchMarks:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def file_report(self, report: str, node_id: str, ttl: float) -> bool:
+        created, _ = await self._writes.create(keys.watch_reported(report), node_id, ttl)
+        return created
+
+    async def report_filer(self, report: str) -> str | None:
+        return _text(await self._client.get(keys.watch_reported(report)))
+
+    async def withdraw_report(self, report: str) -> None:
+        await self._writes.delete(keys.watch_reported(report))
+
+    async def flag_unwritable(self, shard: str, node_id: str, ttl: float) -> None:
+        await self._writes.put(keys.watch_flagged(shard), node_id, ttl)
+
+    async def unwritable_flagger(self, shard: str) -> str | None:
+        return _text(await self._client.get(keys.watch_flagged(shard)))
+
+    async def end_unwritable_episode(self, shard: str, report: str) -> None:
+        flag, mark = keys.watch_flagged(shard), keys.watch_reported(report)
+        await self._writes.apply([Delete(key=flag), Delete(key=mark)])
+
+
+class EtcdServiceMembership:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def _listing(self, prefix: str) -> dict[str, dict[str, Any]]:
+        found = await self._client.get_prefix(prefix)
+        return {keys.name_of(kv.key[len(prefix) :]): json.loads(kv.value) for kv in found.kvs}
+
+    async def members(self, service: str) -> dict[str, dict[str, Any]]:
+        return await self._listing(keys.service_members(service))
+
+    async def add(self, service: str, url: str, **info: Any) -> None:
+        entry = json.dumps({"added_at": time.time(), **info})
+        await self._writes.put(keys.service_members(service) + keys.part(url), entry)
+
+    async def remove(self, service: str, url: str) -> bool:
+        key = keys.service_members(service) + keys.part(url)
+        return (await self._client.delete(key)).deleted > 0
+
+    async def hold_for_forensics(self, service: str, url: str, reason: str) -> None:
+        entry = json.dumps({"held_at": time.time(), "reason": reason})
+        await self._writes.put(keys.service_forensics(service) + keys.part(url), entry)
+
+    async def forensics(self, service: str) -> dict[str, dict[str, Any]]:
+        return await self._listing(keys.service_forensics(service))
+
+
+class EtcdApprovals:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+        self._client = writes.client
+
+    async def approve(self, workflow_id: str, step_name: str) -> None:
+        key = keys.approval(workflow_id, step_name)
+        await self._writes.put(key, APPROVED.decode(), APPROVAL_SECONDS)
+
+    async def is_approved(self, workflow_id: str, step_name: str) -> bool:
+        found = await self._client.get(keys.approval(workflow_id, step_name))
+        return found is not None and found.value == APPROVED
+
+
+class EtcdRunLock:
+    def __init__(self, writes: _Writes) -> None:
+        self._writes = writes
+
+    async def take(self, holder: str, ttl: float) -> str | None:
+        created, current = await self._writes.create(keys.RUN_LOCK, holder, ttl)
+        return None if created else current.value.decode() or "?"
+
+    async def renew(self, holder: str, ttl: float) -> bool:
+        return await self._writes.replace(
+            keys.RUN_LOCK, holder, ttl, [_holds(keys.RUN_LOCK, holder)]
+        )
+
+    async def release(self, holder: str) -> None:
+        await self._writes.delete_if(keys.RUN_LOCK, [_holds(keys.RUN_LOCK, holder)])
+
+
+class EtcdCoordinationStore:
+    """The coordination store on an etcd cluster, with its record log in the Redis on
+    `records` (each closed by `aclose` when the store owns them)."""
+
+    unavailable: tuple[type[Exception], ...] = (EtcdUnreachable, RedisError)
+
+    def __init__(
+        self, client: EtcdClient, records: aioredis.Redis, *, owns_connections: bool = False
+    ) -> None:
+        self.client = client
+        self.records_connection = records
+        self._owns_connections = owns_connections
+        writes = _Writes(client)
+        self.locks = EtcdLocks(writes)
+        self.workflows = EtcdWorkflowRecords(writes)
+        self.incidents = EtcdIncidentClaims(writes)
+        self.windows = EtcdSlidingWindows(writes)
+        self.flags = EtcdSafetyFlags(writes)
+        self.sensors = EtcdSensorRegistry(writes)
+        self.watch = EtcdWatchMarks(writes)
+        self.services = EtcdServiceMembership(writes)
+        self.approvals = EtcdApprovals(writes)
+        self.run_lock = EtcdRunLock(writes)
+        self.records = RedisRecordLog(records)
+        self.topology = EtcdTopologyStore(client)
+
+    @classmethod
+    def open(
+        cls, endpoints: list[str], records_url: str, *, timeout: float = 5.0
+    ) -> EtcdCoordinationStore:
+        client = EtcdClient(EtcdClientSettings(endpoints=endpoints, call_timeout=timeout))
+        records = aioredis.Redis.from_url(records_url, socket_timeout=timeout)
+        return cls(client, records, owns_connections=True)
+
+    async def ping(self) -> bool:
+        """Whether etcd answers (a linearizable read); the record log's Redis decides nothing,
+        so it is not asked."""
+        await self.client.get(keys.RUN_LOCK)
+        return True
+
+    async def aclose(self) -> None:
+        if self._owns_connections:
+            await self.client.aclose()
+            await self.records_connection.aclose()

@@ -1,0 +1,187 @@
+"""What the etcd backend of the coordination store promises beyond the shared contract
+(`test_coordination_contract.py`), on a real three-member cluster: a lock and the topology's
+watch outlive the leader's death, and a write whose answer was lost is resolved by reading,
+never applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+
+from common.errors import EtcdOutcomeUnknown, EtcdUnreachable
+from common.etcd_client import (
+    Compare,
+    EtcdClient,
+    EtcdClientSettings,
+    Lease,
+    Operation,
+    TxnResult,
+)
+from common.etcd_processes import EtcdCluster, EtcdMember
+from common.redis_processes import RedisProcess
+from lazarus_lite.coordination import etcd_keys
+from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
+from lazarus_lite.errors import LockBusy
+from ratequeue.local_cluster import start_node
+from tests.test_coordination_contract import a_topology, a_workflow
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def records_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    node = start_node("records", "records", None, tmp_path_factory.mktemp("records"))
+    yield node
+    node.stop()
+
+
+class AnswerLostClient(EtcdClient):
+    """A real client whose next `lose` transactions reach etcd and are applied, and whose
+    answers are then lost (what a leader dying after the commit looks like to the caller); and
+    whose next `expire` leases are gone by the time they are used (a slow write of a short
+    lease)."""
+
+    lose = 0
+    expire = 0
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        lease = await super().grant_lease(ttl)
+        if self.expire > 0:
+            self.expire -= 1
+            await self.revoke_lease(lease.id)
+        return lease
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Operation] = (),
+        failure: Sequence[Operation] = (),
+        *,
+        check: bool = True,
+    ) -> TxnResult:
+        result = await super().txn(compare, success, failure, check=check)
+        if self.lose > 0:
+            self.lose -= 1
+            raise EtcdOutcomeUnknown("txn sent, the answer was lost (test)")
+        return result
+
+
+def store_on(
+    cluster: EtcdCluster, records: RedisProcess, first: EtcdMember | None = None
+) -> EtcdCoordinationStore:
+    """A store whose calls go to `first` until it fails them."""
+    members = sorted(cluster.members, key=lambda m: m is not first)
+    settings = EtcdClientSettings(endpoints=[m.client_url for m in members], call_timeout=3)
+    client = AnswerLostClient(settings)
+    connection = aioredis.Redis(host=records.host, port=records.port)
+    return EtcdCoordinationStore(client, connection, owns_connections=True)
+
+
+@pytest.fixture
+async def store(
+    etcd: EtcdCluster, records_redis: RedisProcess
+) -> AsyncIterator[EtcdCoordinationStore]:
+    opened = store_on(etcd, records_redis)
+    await opened.client.delete("/", prefix=True)
+    yield opened
+    await opened.aclose()
+
+
+async def while_electing(call: Callable[[], Awaitable[T]], within: float = 15) -> T:
+    """`call`, again while no leader is there to answer it."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except EtcdUnreachable:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_a_lock_keeps_its_token_and_exclusivity_through_the_leaders_death(
+    etcd: EtcdCluster, records_redis: RedisProcess
+) -> None:
+    leader = etcd.wait_for_leader()
+    store = store_on(etcd, records_redis, first=leader)
+    try:
+        held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+        leader.kill()
+        assert await while_electing(lambda: store.locks.renew(held))
+        assert await store.locks.holder("shard", "rq/s0") == held.value
+        with pytest.raises(LockBusy):
+            await store.locks.acquire("shard", "rq/s0", "wf-b")
+        again = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    finally:
+        await store.aclose()
+    assert again.token == held.token
+
+
+async def test_a_lock_whose_answer_was_lost_is_taken_once(store: EtcdCoordinationStore) -> None:
+    store.client.lose = 1  # type: ignore[attr-defined]
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    found = await store.client.get(etcd_keys.lock("shard", "rq/s0"))
+    assert found is not None
+    assert (found.version, found.create_revision) == (1, held.token)
+    with pytest.raises(LockBusy):
+        await store.locks.acquire("shard", "rq/s0", "wf-b")
+
+
+async def test_a_lock_whose_lease_expired_before_its_write_is_taken_under_a_fresh_one(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.client.expire = 1  # type: ignore[attr-defined]
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    found = await store.client.get(held.key)
+    assert found is not None and await store.client.lease_ttl(found.lease) > 0
+
+
+async def test_a_workflow_save_whose_answer_was_lost_is_saved_once(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    store.client.lose = 1  # type: ignore[attr-defined]
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "started"}, owner="n1")
+    assert [e["kind"] for e in await store.workflows.history("wf-1")] == ["started"]
+
+
+async def test_a_topology_change_whose_answer_was_lost_is_stored_once(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    store.client.lose = 1  # type: ignore[attr-defined]
+    await store.topology.compare_and_set(1, a_topology(2, primary="q"))
+    found = await store.client.get("/ratequeue/topology")
+    assert found is not None and found.version == 2
+
+
+async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(
+    etcd: EtcdCluster, records_redis: RedisProcess
+) -> None:
+    # A follower streams (its death leaves the quorum whole, so the write below is certain).
+    leader = etcd.wait_for_leader()
+    streaming = next(m for m in etcd.members if m is not leader)
+    watcher = store_on(etcd, records_redis, first=streaming)
+    writer = store_on(etcd, records_redis)
+    try:
+        await writer.client.delete("/", prefix=True)
+        await writer.topology.compare_and_set(0, a_topology(1))
+        watch = watcher.topology.watch(after_epoch=1, refresh_every=60)
+        delivered = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.3)  # the watch streams from `streaming`
+        streaming.kill()
+        await writer.topology.compare_and_set(1, a_topology(2, "q"))
+        topology = await asyncio.wait_for(delivered, timeout=20)
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await watcher.aclose()
+        await writer.aclose()
+    assert topology.epoch == 2 and topology.shards[0].primary.name == "q"
+
+
+def test_lock_keys_of_resources_with_slashes_stay_apart() -> None:
+    assert etcd_keys.lock("shard", "rq/s0") != etcd_keys.lock("shard/rq", "s0")
