@@ -15,8 +15,10 @@
   sliding windows) are one key per member under a prefix, read with one range read; a sliding
   window's entry holds the time it was noted, under a lease of the window's length;
 - a write whose answer was lost (`EtcdOutcomeUnknown`) is resolved by reading the key: a new
-  lease is granted for each write, so the key carrying our lease id proves our write applied;
-  idempotent writes (plain puts and deletes) are simply sent again.
+  lease is granted for each write, so the key carrying our lease id proves our write applied
+  (also when it committed after the read: a later round finds it), and a lease that did not
+  take its key is revoked at once (it could outlive a dedup by days); idempotent writes (plain
+  puts and deletes) are simply sent again.
 
 The record log (`interface.RecordLog`: audit, escalations, shadow decisions, write failures)
 stays in the Redis that carries the event stream (`RedisRecordLog` on `control_url`): nothing
@@ -31,6 +33,7 @@ Not for: the topology's key and watch (`ratequeue.etcd_topology`) or the client 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -131,13 +134,29 @@ class _Writes:
                 found = await self.client.get(key)
                 if found is None:
                     continue  # not applied (or applied and already expired): send it again
-                return found.lease == lease, found
+                return await self._ours(found, lease), found
             read = result.responses[-1]
             assert isinstance(read, RangeResult)
             if read.kvs:
-                return result.succeeded, read.kvs[0]
+                # A compare that failed on our own key: an earlier round's write whose answer
+                # was lost committed after its read back. The lease says whose key it is.
+                return await self._ours(read.kvs[0], lease), read.kvs[0]
             # The key expired between the compare and the read of the failure branch: again.
         raise EtcdUnreachable(f"{key}: could not be created or read in {_MAX_ROUNDS} rounds")
+
+    async def _ours(self, found: KeyValue, lease: int) -> bool:
+        """Whether `found` was written under `lease`; if not, the lease is revoked, so it does
+        not outlive its use (a claim's lease may last days) and a write of ours still in flight
+        cannot take the key later."""
+        if found.lease == lease:
+            return True
+        await self.revoke(lease)
+        return False
+
+    async def revoke(self, lease: int) -> None:
+        """Revoke a lease no key of ours needs; when no member answers it expires by itself."""
+        with contextlib.suppress(EtcdUnreachable):
+            await self.client.revoke_lease(lease)
 
     async def replace(self, key: str, value: str, ttl: float, guard: list[Compare]) -> bool:
         """Put `key` under a fresh lease of `ttl` only if every compare of `guard` holds (a put
@@ -151,7 +170,12 @@ class _Writes:
             )
         except EtcdOutcomeUnknown:
             found = await self.client.get(key)
-            return found is not None and found.lease == lease
+            if found is not None and found.lease == lease:
+                return True
+            await self.revoke(lease)
+            return False
+        if not result.succeeded:
+            await self.revoke(lease)
         return result.succeeded
 
     async def delete_if(self, key: str, guard: list[Compare]) -> bool:
@@ -248,9 +272,14 @@ class EtcdWorkflowRecords:
         owner_key = keys.workflow_owner(record.id)
         document = record.model_dump_json().encode()
         active = keys.active_workflow(record.id)
+        # Versions a save was sent on and its answer lost: such a save may commit after the
+        # read that follows, so a later round that finds our document one version on is done.
+        answer_lost_at: set[int] = set()
         for _ in range(_MAX_ROUNDS):
             current = await self._client.get(record_key)
             version = 0 if current is None else current.version
+            if current is not None and current.value == document and version - 1 in answer_lost_at:
+                return
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
@@ -264,6 +293,7 @@ class EtcdWorkflowRecords:
             try:
                 result = await self._client.txn(guard, operations, check=False)
             except EtcdOutcomeUnknown:
+                answer_lost_at.add(version)
                 after = await self._client.get(record_key)
                 if after is not None and after.version == version + 1 and after.value == document:
                     return
