@@ -200,6 +200,24 @@ async def test_a_claim_that_lost_to_another_leaves_no_lease_behind(
     assert await store.client.lease_ttl(unused) == -1
 
 
+async def test_renewing_a_lock_revokes_the_lease_it_replaced(
+    store: EtcdCoordinationStore,
+) -> None:
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    before = await store.client.get(held.key)
+    assert before is not None and await store.locks.renew(held)
+    assert await store.client.lease_ttl(before.lease) == -1
+
+
+async def test_binding_an_event_again_revokes_the_lease_of_the_old_binding(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    before = await store.client.get(etcd_keys.workflow_of_event("ev-1"))
+    await store.workflows.rebind_event("ev-1", "wf-2")
+    assert before is not None and await store.client.lease_ttl(before.lease) == -1
+
+
 async def test_a_workflow_save_that_committed_after_its_read_back_is_saved_once(
     store: EtcdCoordinationStore,
 ) -> None:

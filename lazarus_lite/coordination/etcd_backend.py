@@ -166,7 +166,9 @@ class _Writes:
     async def _replace(self, key: str, value: str, lease: int, guard: list[Compare]) -> bool:
         try:
             result = await self.client.txn(
-                guard, [Put(key=key, value=value.encode(), lease=lease)], check=False
+                guard,
+                [Get(key=key), Put(key=key, value=value.encode(), lease=lease)],
+                check=False,
             )
         except EtcdOutcomeUnknown:
             found = await self.client.get(key)
@@ -176,7 +178,17 @@ class _Writes:
             return False
         if not result.succeeded:
             await self.revoke(lease)
-        return result.succeeded
+            return False
+        await self.retire(result.responses[0], lease)
+        return True
+
+    async def retire(self, before: Any, lease: int) -> None:
+        """Revoke the lease a key carried before we put it under `lease`: no key is left on it
+        (each lease is granted for one write), and a renewal every few seconds would otherwise
+        keep a trail of idle leases for as long as their TTL."""
+        assert isinstance(before, RangeResult)
+        if before.kvs and before.kvs[0].lease not in (0, lease):
+            await self.revoke(before.kvs[0].lease)
 
     async def delete_if(self, key: str, guard: list[Compare]) -> bool:
         """Delete `key` only if every compare holds. A lost answer is resolved by sending it
@@ -194,10 +206,14 @@ class _Writes:
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         if ttl is None:
             await self.apply([Put(key=key, value=value.encode())])
-        else:
-            await self.leased(
-                ttl, lambda lease: self.apply([Put(key=key, value=value.encode(), lease=lease)])
-            )
+            return
+        # Under a fresh lease each round, never sent twice under one: the old lease a put
+        # finds is revoked, and a lease put again after another writer's put could be theirs
+        # to find, and revoke with the key on it.
+        for _ in range(_MAX_ROUNDS):
+            if await self.replace(key, value, ttl, []):
+                return
+        raise EtcdUnreachable(f"{key}: no answer to a put in {_MAX_ROUNDS} rounds")
 
     async def apply(self, operations: list[Operation]) -> list[Any]:
         """Apply idempotent operations as one transaction, sent again when its answer is lost."""
