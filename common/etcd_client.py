@@ -402,11 +402,15 @@ class EtcdClient:
                         # Every change up to `payload` has been sent.
                         next_revision = max(next_revision or 0, payload + 1)
                         continue
-                    event: WatchEvent = payload
-                    if next_revision is not None and event.revision < next_revision:
-                        continue  # already yielded before the stream moved
-                    next_revision = event.revision + 1
-                    yield event
+                    # One response holds every event of a revision (etcd never splits one),
+                    # several keys of a transaction or a prefix delete among them: the resume
+                    # point moves past a revision only once all its events are out.
+                    events: list[WatchEvent] = payload
+                    floor = next_revision or 0
+                    for event in events:
+                        if event.revision >= floor:  # else yielded before the stream moved
+                            yield event
+                    next_revision = max(floor, events[-1].revision + 1)
             except _StreamBroken:
                 pass
             finally:
@@ -486,7 +490,7 @@ class _StreamBroken(Exception):
 
 class _WatchStream:
     """One watch stream on one member: messages as ("created", revision), ("progress",
-    revision) and ("event", WatchEvent)."""
+    revision) and ("events", the WatchEvents of one response, in revision order)."""
 
     def __init__(self, url: str, request: dict[str, Any], settings: EtcdClientSettings) -> None:
         self.url = url
@@ -523,14 +527,15 @@ class _WatchStream:
                 )
             if result.get("canceled"):
                 raise _StreamBroken  # e.g. the member lost its leader ("hasleader")
-            for event in result.get("events", []):
-                yield (
-                    "event",
-                    WatchEvent(
-                        type="delete" if event.get("type") == "DELETE" else "put",
-                        kv=_key_value(event["kv"]),
-                    ),
+            events = [
+                WatchEvent(
+                    type="delete" if event.get("type") == "DELETE" else "put",
+                    kv=_key_value(event["kv"]),
                 )
+                for event in result.get("events", [])
+            ]
+            if events:
+                yield "events", events
             if result.get("created"):
                 yield "created", _revision(result)
             elif not result.get("events"):

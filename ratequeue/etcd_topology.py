@@ -42,11 +42,15 @@ class EtcdTopologyStore:
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
         """Store `topology` if the stored epoch is `expected_epoch` (0: none stored yet). A write
         whose answer was lost is resolved by reading the key again: our document there means it
-        applied; the revision we compared against still there means it did not (and is sent
-        again); anything else is someone else's newer map (EpochConflict)."""
+        applied (then or on a later round: a proposal in flight may commit after the read); the
+        revision we compared against still there means it did not (and is sent again); anything
+        else is someone else's newer map (EpochConflict)."""
         document = topology.model_dump_json().encode()
+        answer_lost = False
         for _ in range(_MAX_ROUNDS):
             found = await self._client.get(self._key)
+            if answer_lost and found is not None and found.value == document:
+                return  # the write whose answer was lost committed after the read back
             epoch = _epoch_of(found)
             if epoch != expected_epoch:
                 raise EpochConflict(expected_epoch, epoch)
@@ -57,6 +61,7 @@ class EtcdTopologyStore:
                     [unchanged], [Put(key=self._key, value=document)], check=False
                 )
             except EtcdOutcomeUnknown:
+                answer_lost = True
                 after = await self._client.get(self._key)
                 if after is not None and after.value == document:
                     return

@@ -18,6 +18,7 @@ from common.etcd_client import (
     Compare,
     EtcdClient,
     EtcdClientSettings,
+    KeyValue,
     Lease,
     Operation,
     TxnResult,
@@ -42,19 +43,38 @@ def records_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPro
 
 class AnswerLostClient(EtcdClient):
     """A real client whose next `lose` transactions reach etcd and are applied, and whose
-    answers are then lost (what a leader dying after the commit looks like to the caller); and
-    whose next `expire` leases are gone by the time they are used (a slow write of a short
-    lease)."""
+    answers are then lost (what a leader dying after the commit looks like to the caller);
+    whose next `delay` transactions lose their answer and commit only after the read that
+    follows (a proposal still in flight when the caller reads to learn its fate); and whose
+    next `expire` leases are gone by the time they are used (a slow write of a short lease)."""
 
     lose = 0
     expire = 0
+    delay = 0
+    granted: list[int]
+    _delayed: tuple[Sequence[Compare], Sequence[Operation], Sequence[Operation]] | None = None
+
+    def __init__(self, settings: EtcdClientSettings) -> None:
+        super().__init__(settings)
+        self.granted = []
 
     async def grant_lease(self, ttl: int) -> Lease:
         lease = await super().grant_lease(ttl)
+        self.granted.append(lease.id)
         if self.expire > 0:
             self.expire -= 1
             await self.revoke_lease(lease.id)
         return lease
+
+    async def get(self, key: str) -> KeyValue | None:
+        """The key now; then a transaction left in flight is applied (the read was served
+        before its commit)."""
+        found = await super().get(key)
+        if self._delayed is not None:
+            compare, success, failure = self._delayed
+            self._delayed = None
+            await super().txn(compare, success, failure, check=False)
+        return found
 
     async def txn(
         self,
@@ -64,6 +84,10 @@ class AnswerLostClient(EtcdClient):
         *,
         check: bool = True,
     ) -> TxnResult:
+        if self.delay > 0:
+            self.delay -= 1
+            self._delayed = (compare, success, failure)
+            raise EtcdOutcomeUnknown("txn sent, still in flight (test)")
         result = await super().txn(compare, success, failure, check=check)
         if self.lose > 0:
             self.lose -= 1
@@ -157,6 +181,60 @@ async def test_a_topology_change_whose_answer_was_lost_is_stored_once(
     await store.topology.compare_and_set(1, a_topology(2, primary="q"))
     found = await store.client.get("/ratequeue/topology")
     assert found is not None and found.version == 2
+
+
+async def test_a_claim_whose_write_committed_after_its_read_back_is_reported_as_ours(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.client.delay = 1  # type: ignore[attr-defined]
+    claimed = await store.incidents.claim("PrimaryDown", "rq/s0", "ev-1", ttl=30)
+    assert claimed and await store.incidents.holder("PrimaryDown", "rq/s0") == "ev-1"
+
+
+async def test_a_claim_that_lost_to_another_leaves_no_lease_behind(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+    unused = store.client.granted[-1]  # type: ignore[attr-defined]
+    assert await store.client.lease_ttl(unused) == -1
+
+
+async def test_renewing_a_lock_revokes_the_lease_it_replaced(
+    store: EtcdCoordinationStore,
+) -> None:
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    before = await store.client.get(held.key)
+    assert before is not None and await store.locks.renew(held)
+    assert await store.client.lease_ttl(before.lease) == -1
+
+
+async def test_binding_an_event_again_revokes_the_lease_of_the_old_binding(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    before = await store.client.get(etcd_keys.workflow_of_event("ev-1"))
+    await store.workflows.rebind_event("ev-1", "wf-2")
+    assert before is not None and await store.client.lease_ttl(before.lease) == -1
+
+
+async def test_a_workflow_save_that_committed_after_its_read_back_is_saved_once(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    store.client.delay = 1  # type: ignore[attr-defined]
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "started"}, owner="n1")
+    assert [e["kind"] for e in await store.workflows.history("wf-1")] == ["started"]
+
+
+async def test_a_topology_change_that_committed_after_its_read_back_is_a_success(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    store.client.delay = 1  # type: ignore[attr-defined]
+    await store.topology.compare_and_set(1, a_topology(2, primary="q"))
+    found = await store.topology.load()
+    assert found is not None and found.epoch == 2
 
 
 async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(

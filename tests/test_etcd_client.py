@@ -205,6 +205,20 @@ async def test_a_watch_from_a_revision_replays_what_changed_since(client: EtcdCl
     assert [e.kv.value for e in seen] == [b"1", b"2"]
 
 
+async def test_a_prefix_watch_yields_every_key_changed_in_one_revision(
+    client: EtcdClient,
+) -> None:
+    both = [Put(key="batch/a", value=b"1"), Put(key="batch/b", value=b"2")]
+    written = await client.txn([], both)
+    events = client.watch("batch/", prefix=True, start_revision=written.revision)
+    seen = [await next_event(events), await next_event(events, within=3)]
+    await events.aclose()  # type: ignore[attr-defined]
+    assert [(e.kv.key, e.revision) for e in seen] == [
+        ("batch/a", written.revision),
+        ("batch/b", written.revision),
+    ]
+
+
 # --- members dying ------------------------------------------------------------------------------
 
 

@@ -15,8 +15,10 @@
   sliding windows) are one key per member under a prefix, read with one range read; a sliding
   window's entry holds the time it was noted, under a lease of the window's length;
 - a write whose answer was lost (`EtcdOutcomeUnknown`) is resolved by reading the key: a new
-  lease is granted for each write, so the key carrying our lease id proves our write applied;
-  idempotent writes (plain puts and deletes) are simply sent again.
+  lease is granted for each write, so the key carrying our lease id proves our write applied
+  (also when it committed after the read: a later round finds it), and a lease that did not
+  take its key is revoked at once (it could outlive a dedup by days); idempotent writes (plain
+  puts and deletes) are simply sent again.
 
 The record log (`interface.RecordLog`: audit, escalations, shadow decisions, write failures)
 stays in the Redis that carries the event stream (`RedisRecordLog` on `control_url`): nothing
@@ -31,6 +33,7 @@ Not for: the topology's key and watch (`ratequeue.etcd_topology`) or the client 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -131,13 +134,29 @@ class _Writes:
                 found = await self.client.get(key)
                 if found is None:
                     continue  # not applied (or applied and already expired): send it again
-                return found.lease == lease, found
+                return await self._ours(found, lease), found
             read = result.responses[-1]
             assert isinstance(read, RangeResult)
             if read.kvs:
-                return result.succeeded, read.kvs[0]
+                # A compare that failed on our own key: an earlier round's write whose answer
+                # was lost committed after its read back. The lease says whose key it is.
+                return await self._ours(read.kvs[0], lease), read.kvs[0]
             # The key expired between the compare and the read of the failure branch: again.
         raise EtcdUnreachable(f"{key}: could not be created or read in {_MAX_ROUNDS} rounds")
+
+    async def _ours(self, found: KeyValue, lease: int) -> bool:
+        """Whether `found` was written under `lease`; if not, the lease is revoked, so it does
+        not outlive its use (a claim's lease may last days) and a write of ours still in flight
+        cannot take the key later."""
+        if found.lease == lease:
+            return True
+        await self.revoke(lease)
+        return False
+
+    async def revoke(self, lease: int) -> None:
+        """Revoke a lease no key of ours needs; when no member answers it expires by itself."""
+        with contextlib.suppress(EtcdUnreachable):
+            await self.client.revoke_lease(lease)
 
     async def replace(self, key: str, value: str, ttl: float, guard: list[Compare]) -> bool:
         """Put `key` under a fresh lease of `ttl` only if every compare of `guard` holds (a put
@@ -147,12 +166,29 @@ class _Writes:
     async def _replace(self, key: str, value: str, lease: int, guard: list[Compare]) -> bool:
         try:
             result = await self.client.txn(
-                guard, [Put(key=key, value=value.encode(), lease=lease)], check=False
+                guard,
+                [Get(key=key), Put(key=key, value=value.encode(), lease=lease)],
+                check=False,
             )
         except EtcdOutcomeUnknown:
             found = await self.client.get(key)
-            return found is not None and found.lease == lease
-        return result.succeeded
+            if found is not None and found.lease == lease:
+                return True
+            await self.revoke(lease)
+            return False
+        if not result.succeeded:
+            await self.revoke(lease)
+            return False
+        await self.retire(result.responses[0], lease)
+        return True
+
+    async def retire(self, before: Any, lease: int) -> None:
+        """Revoke the lease a key carried before we put it under `lease`: no key is left on it
+        (each lease is granted for one write), and a renewal every few seconds would otherwise
+        keep a trail of idle leases for as long as their TTL."""
+        assert isinstance(before, RangeResult)
+        if before.kvs and before.kvs[0].lease not in (0, lease):
+            await self.revoke(before.kvs[0].lease)
 
     async def delete_if(self, key: str, guard: list[Compare]) -> bool:
         """Delete `key` only if every compare holds. A lost answer is resolved by sending it
@@ -170,10 +206,14 @@ class _Writes:
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         if ttl is None:
             await self.apply([Put(key=key, value=value.encode())])
-        else:
-            await self.leased(
-                ttl, lambda lease: self.apply([Put(key=key, value=value.encode(), lease=lease)])
-            )
+            return
+        # Under a fresh lease each round, never sent twice under one: the old lease a put
+        # finds is revoked, and a lease put again after another writer's put could be theirs
+        # to find, and revoke with the key on it.
+        for _ in range(_MAX_ROUNDS):
+            if await self.replace(key, value, ttl, []):
+                return
+        raise EtcdUnreachable(f"{key}: no answer to a put in {_MAX_ROUNDS} rounds")
 
     async def apply(self, operations: list[Operation]) -> list[Any]:
         """Apply idempotent operations as one transaction, sent again when its answer is lost."""
@@ -248,9 +288,14 @@ class EtcdWorkflowRecords:
         owner_key = keys.workflow_owner(record.id)
         document = record.model_dump_json().encode()
         active = keys.active_workflow(record.id)
+        # Versions a save was sent on and its answer lost: such a save may commit after the
+        # read that follows, so a later round that finds our document one version on is done.
+        answer_lost_at: set[int] = set()
         for _ in range(_MAX_ROUNDS):
             current = await self._client.get(record_key)
             version = 0 if current is None else current.version
+            if current is not None and current.value == document and version - 1 in answer_lost_at:
+                return
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
@@ -264,6 +309,7 @@ class EtcdWorkflowRecords:
             try:
                 result = await self._client.txn(guard, operations, check=False)
             except EtcdOutcomeUnknown:
+                answer_lost_at.add(version)
                 after = await self._client.get(record_key)
                 if after is not None and after.version == version + 1 and after.value == document:
                     return
