@@ -76,6 +76,9 @@ class FaultPhase:
     ) -> None:
         """Apply the method's steps at their times; `injected` and `faulted` (shards whose
         Redis nodes were hit) are filled as it goes, so rollbacks see every fault."""
+        # A shard map to fall back on should a step take the store away (`_topology`).
+        with contextlib.suppress(TargetError):
+            self._last_topology = self.deployment.topology()
         for step in sorted(experiment.method, key=lambda s: s.at):
             sleep_until(self.stop, load_started + step.at)
             self._wait_for_condition(step.when, choice, timeout=experiment.watch_seconds)
