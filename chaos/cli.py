@@ -201,6 +201,9 @@ def run(
         None, "--metrics-port", min=0, max=65535, help="serve Prometheus /metrics on this port"
     ),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for /metrics"),
+    control: ControlChoice = typer.Option(
+        None, "--control", help="the embedded testbed's store, over each file's `control`"
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
     import signal
@@ -220,8 +223,9 @@ def run(
     channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
+        backend = control.value if control is not None else None
         for path in experiments:
-            load_experiment(path)
+            load_experiment(path, backend)
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
@@ -280,6 +284,7 @@ def run(
                 on_journal=say_verdict,
                 max_runs=runs,
                 watchers=watchers,
+                control=backend,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a

@@ -25,6 +25,7 @@ from pydantic import (
 from chaos.errors import ExperimentError
 from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
+from chaos.testbed import ControlBackend
 from common import input_files
 from common.durations import DurationSeconds, parse_duration
 from common.validation import validated
@@ -47,11 +48,24 @@ class LoadSettings(LoadProfile):
 
 class Selector(Strict):
     """Which node a step acts on. `shard: random` picks one shard for the whole run (one shard
-    at a time); `other` picks a different one; `same` is the run's shard."""
+    at a time); `other` picks a different one; `same` is the run's shard. The coordination
+    store's own nodes: `control_store` is the control Redis; `etcd_member` one etcd member,
+    by the part it plays at the moment of the fault (`member`: leader, follower or random)."""
 
-    role: Literal["primary", "replica", "controller", "sensor", "api"]
+    role: Literal[
+        "primary", "replica", "controller", "sensor", "api", "etcd_member", "control_store"
+    ]
     shard: str = "random"
     which: Literal["first", "random", "coordinator", "all"] = "first"
+    member: Literal["leader", "follower", "random"] | None = Field(
+        None, description="etcd_member only: which member (default: random)"
+    )
+
+    @model_validator(mode="after")
+    def _member_is_for_etcd(self) -> Selector:
+        if self.member is not None and self.role != "etcd_member":
+            raise ValueError(f"member is for an etcd_member target, not {self.role}")
+        return self
 
 
 class FaultStep(Strict):
@@ -176,6 +190,20 @@ class NotRemediated(Strict):
     type: Literal["not_remediated"]
 
 
+class OneWorkflowPerIncident(Strict):
+    """Each faulted shard's incident was handled once: at most one failover workflow, and it
+    ended (succeeded or escalated), or the incident was escalated without one."""
+
+    type: Literal["one_workflow_per_incident"]
+
+
+class EscalatedThenRemediated(Strict):
+    """The incident was first escalated to a person without a workflow (the store was away),
+    then remediated by a workflow that succeeded (once the store was back)."""
+
+    type: Literal["escalated_then_remediated"]
+
+
 class CompletedByAnotherNode(Strict):
     """The failover workflow was resumed and finished by a node other than its coordinator."""
 
@@ -192,7 +220,9 @@ Hypothesis = Annotated[
     | RateLimitsHeld
     | Escalated
     | NotRemediated
-    | CompletedByAnotherNode,
+    | CompletedByAnotherNode
+    | OneWorkflowPerIncident
+    | EscalatedThenRemediated,
     Field(discriminator="type"),
 ]
 
@@ -223,19 +253,38 @@ class Experiment(Strict):
     expect: Literal["remediation", "escalation", "nothing"] = "remediation"
     hypotheses: list[Hypothesis] = Field(min_length=1)
     rollbacks: list[Rollback] = Field(default_factory=list)
+    control: ControlBackend = Field(
+        "redis", description="the embedded testbed's coordination store (ignored with --target)"
+    )
+
+    @model_validator(mode="after")
+    def _etcd_targets_need_etcd(self) -> Experiment:
+        roles = [s.target.role for s in self.faults] + [
+            s.from_node.role for s in self.faults if s.from_node is not None
+        ]
+        if "etcd_member" in roles and self.control != "etcd":
+            raise ValueError(
+                f"an etcd_member target needs control: etcd, not control: {self.control}"
+            )
+        return self
 
     @property
     def faults(self) -> list[FaultStep]:
         return [s for s in self.method if isinstance(s, FaultStep)]
 
 
-def parse_experiment(text: str, source: str) -> Experiment:
+def parse_experiment(text: str, source: str, control: ControlBackend | None = None) -> Experiment:
+    """The experiment in `text`; `control` (`chaos run --control`) overrides the file's, and is
+    checked with it (an etcd_member target on a Redis-only testbed is refused)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )
+    if control is not None and isinstance(raw, dict):
+        raw = {**raw, "control": control}
     # The method's union tags are not fields a person wrote.
     return validated(Experiment, raw, source, error=ExperimentError, hide={"fault", "approve"})
 
 
-def load_experiment(path: Path) -> Experiment:
-    return parse_experiment(input_files.read_text(path, error=ExperimentError), str(path))
+def load_experiment(path: Path, control: ControlBackend | None = None) -> Experiment:
+    text = input_files.read_text(path, error=ExperimentError)
+    return parse_experiment(text, str(path), control)

@@ -19,7 +19,12 @@ from chaos.experiments import ApproveStep, Experiment, FaultStep, Selector
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
 from chaos.journal import Journal, Say
+from chaos.store_members import control_store, etcd_member
 from chaos.targets import Deployment, DeploymentNode, ShardChoice
+from ratequeue.topology import Topology
+
+# The coordination store's own nodes (the control Redis, etcd members).
+STORE_ROLES = frozenset({"control", "etcd"})
 
 
 def open_backend(name: str) -> FaultBackend:
@@ -58,6 +63,7 @@ class FaultPhase:
         self.say = say
         self._backends = dict(backends or {})
         self.primary_faulted: set[str] = set()
+        self._last_topology: Topology | None = None
 
     def perform(
         self,
@@ -70,6 +76,9 @@ class FaultPhase:
     ) -> None:
         """Apply the method's steps at their times; `injected` and `faulted` (shards whose
         Redis nodes were hit) are filled as it goes, so rollbacks see every fault."""
+        # A shard map to fall back on should a step take the store away (`_topology`).
+        with contextlib.suppress(TargetError):
+            self._last_topology = self.deployment.topology()
         for step in sorted(experiment.method, key=lambda s: s.at):
             sleep_until(self.stop, load_started + step.at)
             self._wait_for_condition(step.when, choice, timeout=experiment.watch_seconds)
@@ -95,7 +104,11 @@ class FaultPhase:
                 self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
-        topology = self.deployment.topology()
+        if selector.role == "etcd_member":
+            return [etcd_member(self.deployment.nodes, selector.member or "random", self.rng)]
+        if selector.role == "control_store":
+            return [control_store(self.deployment.nodes)]
+        topology = self._topology()
         if selector.role in {"primary", "replica"}:
             entry = topology.shard(shard)
             refs = [entry.primary] if selector.role == "primary" else list(entry.replicas)
@@ -129,6 +142,17 @@ class FaultPhase:
             return nodes
         return [self.rng.choice(nodes) if selector.which == "random" else nodes[0]]
 
+    def _topology(self) -> Topology:
+        """The live shard map; while an earlier step keeps the store down (a killed control
+        store), the last one read, said so: the nodes have not moved without the store."""
+        try:
+            self._last_topology = self.deployment.topology()
+        except TargetError as error:
+            if self._last_topology is None:
+                raise
+            self.say(f"targets from the last topology read: {error}")
+        return self._last_topology
+
     def backend_name(self, step: FaultStep) -> str:
         """The step's own backend, else the deployment's default (local for the testbed)."""
         return step.backend or self.deployment.default_backend
@@ -152,6 +176,12 @@ class FaultPhase:
                 params["cores"] = step.cores
         if step.action in {"stop", "start"} and name == "local" and node.command:
             # Stop's rollback (and start) boots the node again with its own command line.
+            params["command"] = node.command
+        if step.action == "kill" and name == "local" and node.role in STORE_ROLES:
+            # A killed store node comes back at rollback, from its own data directory: the
+            # run is about the store's absence, not a store lost for good.
+            if not node.command:
+                raise TargetError(f"{node.name}: no command line to restart it at rollback")
             params["command"] = node.command
         try:
             fault = backend.inject(step.action, self.deployment.as_target(node), **params)

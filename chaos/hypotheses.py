@@ -13,10 +13,12 @@ from chaos.experiments import (
     CompletedByAnotherNode,
     Duplicates,
     Escalated,
+    EscalatedThenRemediated,
     FaultedShardAvailability,
     Hypothesis,
     NotRemediated,
     OnePrimaryPerShard,
+    OneWorkflowPerIncident,
     OtherShardsAvailability,
     RateLimitsHeld,
     RecoveredWithin,
@@ -188,6 +190,59 @@ def _completed_by_another_node(h: CompletedByAnotherNode, o: Observations) -> Hy
     )
 
 
+def _one_workflow_per_incident(h: OneWorkflowPerIncident, o: Observations) -> HypothesisOutcome:
+    decisions = _shard_decisions(o)
+    started: dict[str, set[str]] = {}
+    for decision in decisions:
+        if decision.workflow_id:
+            started.setdefault(decision.event.get("shard") or "", set()).add(decision.workflow_id)
+    twice = {shard: sorted(ids) for shard, ids in started.items() if len(ids) > 1}
+    # A workflow whose record could not be read might still be running: not proven ended.
+    unfinished = sorted(
+        {w.id for w in o.workflows if w.status == "running"}
+        | ({i for ids in started.values() for i in ids} - {w.id for w in o.workflows})
+    )
+    # Handled: its workflow ended, or it was escalated without one (a decision said so).
+    handled = all(
+        (shard in started) or any(d.outcome == "escalated" for d in decisions
+                                  if d.event.get("shard") == shard)
+        for shard in o.faulted_shards
+    )  # fmt: skip
+    return HypothesisOutcome(
+        hypothesis="one_workflow_per_incident",
+        ok=not twice and not unfinished and handled and bool(o.faulted_shards),
+        expected="per faulted shard: one workflow that ended, or an escalation without one",
+        measured={
+            "workflows": {s: sorted(ids) for s, ids in started.items()},
+            "statuses": {w.id: w.status for w in o.workflows},
+        },
+        detail=(f"started twice: {twice}; " if twice else "")
+        + (f"not seen to end: {unfinished}; " if unfinished else "")
+        + ("" if handled else "a faulted shard was neither remediated nor escalated"),
+    )
+
+
+def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> HypothesisOutcome:
+    decisions = sorted(_shard_decisions(o), key=lambda d: d.received_at)
+    first_escalation = next(
+        (d.received_at for d in decisions if d.outcome == "escalated" and not d.workflow_id), None
+    )
+    succeeded = {w.id for w in o.workflows if w.status == "succeeded"}
+    remediated_after = [
+        d
+        for d in decisions
+        if d.workflow_id in succeeded
+        and first_escalation is not None
+        and d.received_at >= first_escalation
+    ]
+    return HypothesisOutcome(
+        hypothesis="escalated_then_remediated",
+        ok=bool(remediated_after),
+        expected="an escalation without a workflow, then a workflow that succeeded",
+        measured=[f"{d.outcome}: {d.workflow_id or d.reason}" for d in decisions],
+    )
+
+
 CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
     RecoveredWithin: _recovered_within,
     AcknowledgedLost: _acknowledged_lost,
@@ -199,6 +254,8 @@ CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
     Escalated: _escalated,
     NotRemediated: _not_remediated,
     CompletedByAnotherNode: _completed_by_another_node,
+    OneWorkflowPerIncident: _one_workflow_per_incident,
+    EscalatedThenRemediated: _escalated_then_remediated,
 }
 
 

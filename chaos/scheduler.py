@@ -31,7 +31,7 @@ from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
-from chaos.testbed import running_testbed
+from chaos.testbed import ControlBackend, running_testbed
 from common.errors import EtcdUnreachable
 from lazarus_lite.coordination.interface import RunLock
 from lazarus_lite.coordination.opening import opened_coordination_store
@@ -140,11 +140,15 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
-            f"{options.replicas} replicas, 3 controllers)"
+            f"{options.replicas} replicas, 3 controllers, control store on {experiment.control})"
         )
         args = resolve_controller_args(options.controller_args, path)
         with running_testbed(
-            Path(scratch), shards=options.shards, replicas=options.replicas, controller_args=args
+            Path(scratch),
+            shards=options.shards,
+            replicas=options.replicas,
+            controller_args=args,
+            control=experiment.control,
         ) as state:
             deployment = from_testbed(state, Path(scratch))
             runner = ExperimentRunner(
@@ -171,11 +175,13 @@ def run_schedule(
     on_journal: Callable[[Journal], None] = lambda _: None,
     max_runs: int | None = None,
     watchers: Sequence[RunWatcher] = (),
+    control: ControlBackend | None = None,
 ) -> list[Journal]:
     """Run every experiment once, or (with `every`) again and again until `stop` is set (or
     `max_runs` runs ended). `watchers` are told of each run as it happens. A failed single run
     raises; a dry run writes nothing (no pid file either: nothing to halt) and tells no one."""
-    experiments = [(p, load_experiment(p)) for p in paths]  # all validated before any run
+    # All validated before any run; `control` overrides each file's testbed backend.
+    experiments = [(p, load_experiment(p, control)) for p in paths]
     watchers = () if dry_run else watchers
 
     def tell_fault(active: bool) -> None:

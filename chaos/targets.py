@@ -82,7 +82,8 @@ class Deployment(BaseModel):
         known = {n.name for n in self.nodes}
         for extra in provisioned_nodes(self.testbed_dir):
             if extra.name not in known:
-                fields = extra.model_dump(exclude={"program"})
+                # The supervisor's argv is the testbed's business, not a fault target's.
+                fields = extra.model_dump(exclude={"program", "restart_command"})
                 self.nodes.append(DeploymentNode(**fields, peer_host=PEER_HOST))
 
     def _discover_containers(self) -> None:

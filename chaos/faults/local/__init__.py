@@ -13,7 +13,8 @@ Where each part lives (the backend, `backend.LocalFaultBackend`, only dispatches
 
 Actions (`LocalFaultBackend.inject(action, target, **params)`):
 
-- `kill`: SIGKILL the node's pid. No undo.
+- `kill`: SIGKILL the node's pid. No undo, unless told how to boot it again (`restart` or
+  `command`, as for `stop`): then the undo restarts it once.
 - `pause`: SIGSTOP; undo SIGCONT. `resume`: SIGCONT, no undo.
 - `stop`: SIGTERM (repeated: Redis ignores it while writing its first AOF), SIGKILL after
   `grace` seconds (default 5). The undo restarts the node only if told how: `restart` (a

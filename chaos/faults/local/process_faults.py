@@ -1,4 +1,5 @@
-"""Faults on a node's process, by signal: kill (SIGKILL), pause (SIGSTOP, undone by SIGCONT),
+"""Faults on a node's process, by signal: kill (SIGKILL; undone by one restart when told how,
+as stop is), pause (SIGSTOP, undone by SIGCONT),
 resume (SIGCONT), stop (SIGTERM, then SIGKILL after a grace; undone by one restart when told
 how, tried once: a failed one is not repeated, and the new pid is in `details["restarted"]`),
 and start (a restart callable or an argv, then wait for the client port). Every signal
@@ -32,14 +33,28 @@ class ProcessFaults:
     def _new(self, action: str, target: NodeTarget, **details: Any) -> InjectedFault:
         return InjectedFault(action=action, target=target, backend=self.backend, details=details)
 
-    def kill(self, target: NodeTarget, *, expect: str | None = None) -> InjectedFault:
+    def kill(
+        self,
+        target: NodeTarget,
+        *,
+        expect: str | None = None,
+        restart: Callable[[], None] | None = None,
+        command: Sequence[str] | None = None,
+        wait_seconds: float = 10.0,
+    ) -> InjectedFault:
         process = CheckedProcess(target, expect)
         try:
             process.signal(signal.SIGKILL)
             gone = process.wait_gone(5.0)
         finally:
             process.close()
-        return self._new("kill", target, pid=target.pid, signal="SIGKILL", exited=gone)
+        fault = self._new("kill", target, pid=target.pid, signal="SIGKILL", exited=gone)
+        starter = self._starter(target, restart, command)
+        if starter is not None:
+            # Told how to boot it again (a store node): the rollback restarts it.
+            fault.details["undo"] = "restart"
+            fault.undo = self._restart_once(fault, target, starter, wait_seconds)
+        return fault
 
     def pause(self, target: NodeTarget, *, expect: str | None = None) -> InjectedFault:
         process = CheckedProcess(target, expect)
@@ -101,22 +116,33 @@ class ProcessFaults:
             )
         else:
             fault.details["undo"] = "restart"
-
-            def undo() -> None:
-                # One attempt only: a second would start a second process on the same port
-                # (e.g. after the first timed out waiting for it). Recorded before it starts.
-                if "restarted" in fault.details:
-                    pid = fault.details["restarted"].get("pid")
-                    raise FaultError(
-                        f"{target.name}: the restart was already attempted"
-                        + (f" (pid {pid})" if pid else "")
-                        + f" and failed: {fault.rollback_error}; not starting it again"
-                    )
-                fault.details["restarted"] = {"at": time.time()}
-                starter(wait_seconds, fault.details["restarted"])
-
-            fault.undo = undo
+            fault.undo = self._restart_once(fault, target, starter, wait_seconds)
         return fault
+
+    def _restart_once(
+        self,
+        fault: InjectedFault,
+        target: NodeTarget,
+        starter: Callable[[float, dict[str, Any]], None],
+        wait_seconds: float,
+    ) -> Callable[[], None]:
+        """The undo that boots a stopped or killed node again, the new pid noted in
+        `details["restarted"]`."""
+
+        def undo() -> None:
+            # One attempt only: a second would start a second process on the same port
+            # (e.g. after the first timed out waiting for it). Recorded before it starts.
+            if "restarted" in fault.details:
+                pid = fault.details["restarted"].get("pid")
+                raise FaultError(
+                    f"{target.name}: the restart was already attempted"
+                    + (f" (pid {pid})" if pid else "")
+                    + f" and failed: {fault.rollback_error}; not starting it again"
+                )
+            fault.details["restarted"] = {"at": time.time()}
+            starter(wait_seconds, fault.details["restarted"])
+
+        return undo
 
     def start(
         self,
