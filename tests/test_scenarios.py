@@ -11,12 +11,28 @@ import pytest
 from chaos.experiments import load_experiment
 from chaos.scheduler import run_one
 
-SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+# A scenario whose expectation the code does not meet yet runs anyway, as a strict xfail: it
+# shows in every run, and the day it passes the suite fails until the mark is removed.
+NOT_MET_YET = {
+    "control_store_kill": "issue 10: while the Redis control store is down the controllers "
+    "record no escalation (their audit and event stream live in that Redis too); the failover "
+    "after the store returns does happen, with 0 acknowledged lost",
+}
+SCENARIOS = [
+    pytest.param(
+        path,
+        id=path.stem,
+        marks=[pytest.mark.xfail(reason=NOT_MET_YET[path.stem], strict=True)]
+        if path.stem in NOT_MET_YET
+        else [],
+    )
+    for path in sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+]
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+@pytest.mark.parametrize("path", SCENARIOS)
 def test_the_scenario_passes_on_the_embedded_testbed(path: Path, tmp_path: Path) -> None:
     journal = run_one(path, load_experiment(path), target=None, journal_dir=tmp_path,
                       dry_run=False, say=print, stop=threading.Event(), seed=11)  # fmt: skip
