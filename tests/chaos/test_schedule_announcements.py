@@ -17,7 +17,7 @@ from chaos import scheduler
 from chaos.cli import app
 from chaos.experiments import Experiment
 from chaos.journal import Journal
-from tests.lazarus.recorders import HttpRecorder
+from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "replica_kill.yaml"
 VERDICTS = ["passed", "failed", "passed"]
@@ -25,12 +25,8 @@ VERDICTS = ["passed", "failed", "passed"]
 
 @pytest.fixture
 def http() -> Iterator[HttpRecorder]:
-    recorder = HttpRecorder()
-    recorder.thread.start()
-    yield recorder
-    recorder.server.shutdown()
-    recorder.server.server_close()
-    recorder.thread.join(5)
+    with serving_http_recorder() as recorder:
+        yield recorder
 
 
 @pytest.fixture

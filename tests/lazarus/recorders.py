@@ -9,11 +9,26 @@ import email.policy
 import json
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+
+@contextmanager
+def serving_http_recorder() -> Iterator[HttpRecorder]:
+    """An HttpRecorder serving on loopback for the block; stopped and closed after it."""
+    recorder = HttpRecorder()
+    recorder.thread.start()
+    try:
+        yield recorder
+    finally:
+        recorder.server.shutdown()
+        recorder.server.server_close()
+        recorder.thread.join(5)
 
 
 class HttpRecorder:

@@ -19,7 +19,7 @@ from notifications.config import NotificationConfig, load_notification_config
 from notifications.delivery import Delivery
 from notifications.errors import NotificationConfigError
 from notifications.notifier import Notifier
-from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder
+from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder, serving_http_recorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
 ESCALATION_ROUTING_KEY = "R0UT1NGKEY00000000000000000000E5"
@@ -28,12 +28,8 @@ FAST_RETRY = {"attempts": 3, "backoff_seconds": 0.05, "timeout_seconds": 2}
 
 @pytest.fixture
 def http() -> Iterator[HttpRecorder]:
-    recorder = HttpRecorder()
-    recorder.thread.start()
-    yield recorder
-    recorder.server.shutdown()
-    recorder.server.server_close()
-    recorder.thread.join(5)
+    with serving_http_recorder() as recorder:
+        yield recorder
 
 
 @pytest.fixture

@@ -15,18 +15,15 @@ import yaml
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
 from tests.e2e.support import control_topology, send, wait_for
-from tests.lazarus.recorders import HttpRecorder
+from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[HttpRecorder]:
-    server = HttpRecorder()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with serving_http_recorder() as recorder:
+        yield recorder
 
 
 @pytest.fixture(scope="module")
