@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint setup system-packages clean
 
 demo: setup
-	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
+	$(BIN)/ratequeue-chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
 # The compound fault schedules run in a pytest process of their own, so nothing an earlier test
 # leaves in the process (the chaos CLI installs SIGTERM/SIGINT handlers; fault auto-rollback
@@ -57,7 +57,7 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,load]'
+	$(BIN)/pip install -q -e '.[test,load,ctk]'
 	touch $(STAMP)
 
 clean:

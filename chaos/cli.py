@@ -352,6 +352,39 @@ def report(
     console.print(f"report: {html}\nsummary: {markdown}")
 
 
+@app.command("export-journal")
+def export_journal(
+    journal: Path = typer.Argument(..., help="a run journal (JOURNAL_DIR/RUN_ID.json)"),
+    output: Path = typer.Option(None, "--output", help="default: print to stdout"),
+) -> None:
+    """Write a run journal in Chaos Toolkit's journal shape (what `chaostoolkit run` writes)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from chaos.ctk.journals import to_ctk
+    from chaos.journal import Journal
+    from common.validation import describe_problems
+
+    try:
+        ours = Journal.model_validate_json(journal.read_text())
+    except OSError as error:
+        raise refused(error, "cannot read the journal") from None
+    except ValidationError as error:
+        raise refused(
+            ValueError(f"{journal}: not a chaos run journal: {describe_problems(error)}")
+        ) from None
+    text = json.dumps(to_ctk(ours), indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+        return
+    try:
+        output.write_text(text + "\n")
+    except OSError as error:
+        raise refused(error, "cannot write the CTK journal") from None
+    console.print(f"CTK journal: {output}")
+
+
 @app.command()
 def agent(
     targets: Path = typer.Option(

@@ -88,6 +88,23 @@ def blackhole(
     return _inject("blackhole", role, shard, which, backend, configuration, **extra)
 
 
+def inject(
+    action: str,
+    role: str = "primary",
+    shard: str = "random",
+    which: str = "first",
+    seconds: float | None = None,
+    latency_ms: int | None = None,
+    cores: int | None = None,
+    backend: str | None = None,
+    configuration: Configuration = None,
+) -> list[dict[str, Any]]:
+    """Any fault `chaos run` knows (kill, pause, resume, stop, start, blackhole, latency, cpu),
+    with a YAML step's fields; `seconds` is the step's `duration`."""
+    extra = {"duration": seconds, "latency_ms": latency_ms, "cores": cores}
+    return _inject(action, role, shard, which, backend, configuration, **extra)
+
+
 def resume(configuration: Configuration = None) -> list[dict[str, Any]]:
     """Rollback of `pause`: every node this experiment paused runs again."""
     return _roll_back(session_for(configuration), {"pause"})
@@ -155,5 +172,4 @@ def _summary(fault: InjectedFault) -> dict[str, Any]:
     summary = fault.summary()
     summary["details"] = {k: v for k, v in summary["details"].items()
                           if isinstance(v, str | int | float | bool | None)}  # fmt: skip
-    summary["shard"] = fault.target.shard
     return summary
