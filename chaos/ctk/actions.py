@@ -133,10 +133,10 @@ def _inject(
     configuration: Configuration,
     **fields: Any,
 ) -> list[dict[str, Any]]:
-    session = session_for(configuration)
     raw = {"action": action, "target": {"role": role, "shard": shard, "which": which},
            "backend": backend, **{k: v for k, v in fields.items() if v is not None}}  # fmt: skip
     step = validated(FaultStep, raw, f"chaos.ctk.actions.{action}", error=ExperimentError)
+    session = session_for(configuration)  # bad arguments are refused before anything is opened
     choice = session.shard_choice()
     target_shard = choice.resolve(step.target.shard)
     injected = []

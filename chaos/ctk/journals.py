@@ -118,8 +118,9 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
         status=_STATUS.get(status, "error"),
         verdict=verdict,
         steady_state_before=_probe_outcomes(before),
-        steady_state_after=_probe_outcomes(after),
     )
+    # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
+    # by its tolerance (not listed again as after-probes).
     journal.hypotheses = [
         HypothesisOutcome(
             hypothesis=run["activity"].get("name", "?"),
@@ -205,6 +206,13 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         {**_run(activity, [fault], None, fault["injected_at"], ""), "status": "succeeded"}
         for activity, fault in zip(method, journal.faults, strict=True)
     ]
+    recovery = journal.recovery_seconds()
+    if fault_at is not None and recovery is not None:
+        # What CTK's `recovery_seconds` probe would have returned, ended when it was measured.
+        probe = {"type": "probe", "name": "recovery-seconds",
+                 "provider": {"type": "python", "module": PROBES_MODULE,
+                              "func": "recovery_seconds"}}  # fmt: skip
+        runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery, ""))
     undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
     rollbacks = [_rollback_run(f) for f in undone]
     deviated = journal.verdict == "failed" and journal.status == "completed"
