@@ -58,6 +58,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,load,ctk]'
+	@# A venv where this project once installed a `chaos` script: upgrading it removed that file
+	@# after Chaos Toolkit wrote its own there; `chaos` is Chaos Toolkit's (README).
+	grep -qs chaostoolkit $(BIN)/chaos || $(BIN)/pip install -q --force-reinstall --no-deps chaostoolkit
 	touch $(STAMP)
 
 clean:
