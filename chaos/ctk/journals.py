@@ -48,6 +48,7 @@ _STATUS = {
     "interrupted": "interrupted",
     None: "running",
 }
+_CTK_STATUS = {ours: theirs for theirs, ours in _STATUS.items()}
 
 
 def is_ctk_journal(raw: object) -> bool:
@@ -216,13 +217,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
     rollbacks = [_rollback_run(f) for f in undone]
     deviated = journal.verdict == "failed" and journal.status == "completed"
-    status = {
-        "running": None,
-        "completed": "completed",
-        "aborted": "aborted",
-        "interrupted": "interrupted",
-        "error": "failed",
-    }[journal.status]
+    status = _CTK_STATUS[journal.status]
     if journal.verdict == "aborted" and journal.status == "aborted" and not journal.faults:
         status = "failed"  # steady state not met before the method: CTK says failed
     return {
