@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos.ctk.session import Configuration, Session, session_for
-from chaos.errors import ExperimentError, FaultError
+from chaos.ctk.session import Configuration, Session, guard_faults, session_for
+from chaos.errors import ExperimentError
 from chaos.experiments import FaultStep, LoadSettings
 from chaos.faults.base import InjectedFault
 from chaos.load import BackgroundLoad, LoadProfile
@@ -137,14 +137,12 @@ def _inject(
            "backend": backend, **{k: v for k, v in fields.items() if v is not None}}  # fmt: skip
     step = validated(FaultStep, raw, f"chaos.ctk.actions.{action}", error=ExperimentError)
     session = session_for(configuration)  # bad arguments are refused before anything is opened
+    guard_faults()
     choice = session.shard_choice()
     target_shard = choice.resolve(step.target.shard)
-    injected = []
-    for node in session.faults.select(step.target, target_shard):
-        fault = session.faults.inject(step, node)
-        session.injected.append(fault)
-        injected.append(fault)
-        if node.role in {"primary", "replica"}:
+    injected = session.faults.inject_step(step, target_shard, session.injected)
+    for fault in injected:
+        if fault.target.role in {"primary", "replica"}:
             session.faulted_shards.add(target_shard)
             if session.fault_at is None:
                 session.fault_at = fault.injected_at
@@ -152,18 +150,7 @@ def _inject(
 
 
 def _roll_back(session: Session, actions: set[str] | None) -> list[dict[str, Any]]:
-    """Undo the session's faults of `actions` (None: all), newest first; every one is tried,
-    then the first failure is raised (CTK records the rollback as failed)."""
-    chosen = [f for f in session.injected if actions is None or f.action in actions]
-    errors: list[FaultError] = []
-    for fault in reversed(chosen):
-        try:
-            fault.rollback()
-        except FaultError as error:
-            errors.append(error)
-    if errors:
-        raise errors[0]
-    return [_summary(f) for f in chosen]
+    return [_summary(f) for f in session.roll_back(actions)]
 
 
 def _summary(fault: InjectedFault) -> dict[str, Any]:

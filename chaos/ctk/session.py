@@ -9,6 +9,7 @@ Not for: the faults' mechanics (the runner's `FaultPhase` and the fault backends
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 
 from chaos.controller_answers import ControllerAnswers
-from chaos.errors import TargetError
+from chaos.errors import FaultError, TargetError
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import InjectedFault
 from chaos.ledger import Ledger
@@ -57,6 +58,20 @@ class Session:
         if self.choice is None:
             self.choice = ShardChoice([s.id for s in self.first_topology().shards], self.rng)
         return self.choice
+
+    def roll_back(self, actions: set[str] | None) -> list[InjectedFault]:
+        """Undo the session's faults of `actions` (None: all), newest first; every one is
+        tried, then the first failure is raised (CTK records the rollback as failed)."""
+        chosen = [f for f in self.injected if actions is None or f.action in actions]
+        errors: list[FaultError] = []
+        for fault in reversed(chosen):
+            try:
+                fault.rollback()
+            except FaultError as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+        return chosen
 
     def first_topology(self) -> Topology:
         """The shard map as the run first saw it (what `promoted_shards` compares with)."""
@@ -110,6 +125,38 @@ def _open(deployment: Deployment) -> Session:
         http=http,
         rng=rng,
     )
+
+
+def guard_faults() -> None:
+    """Before the first fault of the process: an exit hook that undoes every session's faults
+    and stops its load. CTK's default rollback strategy skips the experiment's rollbacks when
+    the run failed (a probe raised, which ours do on purpose) or was interrupted (Ctrl-C,
+    SIGTERM, SIGUSR2), which would leave a primary frozen or a path cut after CTK exits."""
+    global _GUARDED
+    with _LOCK:
+        if not _GUARDED:
+            atexit.register(_roll_back_at_exit)
+            _GUARDED = True
+
+
+_GUARDED = False
+
+
+def _roll_back_at_exit() -> None:
+    log = logging.getLogger("chaostoolkit")
+    with _LOCK:
+        sessions = list(_SESSIONS.values())
+    for session in sessions:
+        if session.load is not None:
+            session.load.stop_producing()
+        left = [f for f in session.injected if f.undo is not None and f.rolled_back_at is None]
+        if not left:
+            continue
+        log.warning("rolling back %d fault(s) the experiment left in place", len(left))
+        try:
+            session.roll_back(None)
+        except FaultError as error:
+            log.error("rollback at exit: %s", error)
 
 
 def forget_sessions() -> None:
