@@ -1,7 +1,8 @@
 """The real Chaos Toolkit (`chaostoolkit run`, the venv's `chaos`) runs
 scenarios/ctk/primary_kill.json against an embedded testbed through the extension `chaos.ctk`:
 the steady state holds before and after a primary kill under load; a tolerance that the kill
-breaks makes CTK report the run deviated; and `ratequeue-chaos report` reads CTK's journal."""
+breaks makes CTK report the run deviated; `ratequeue-chaos report` reads CTK's journal; and a
+fault outlives no run, also one whose rollbacks CTK skipped."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from chaos.journal import read_journals
-from chaos.testbed import running_testbed
+from chaos.targets import load_deployment
+from chaos.testbed import STATE_FILE, running_testbed
 
 ROOT = Path(__file__).parents[1]
 EXPERIMENT = ROOT / "scenarios" / "ctk" / "primary_kill.json"
@@ -96,5 +99,40 @@ def test_a_tolerance_the_kill_breaks_makes_chaostoolkit_report_deviated(tmp_path
     after = probes_after(journal)
     assert after["promoted-shards"]["output"] == 1
     assert after["promoted-shards"]["tolerance_met"] is False
+    # The deviation is the promotion's alone: the kill lost nothing and left one primary.
+    assert after["acknowledged-lost"]["tolerance_met"] is True
+    assert after["one-primary-per-shard"]["tolerance_met"] is True
     [ours] = read_journals(tmp_path)
     assert ours.verdict == "failed"
+
+
+def test_a_paused_primary_runs_again_after_a_failed_run_whose_rollbacks_chaostoolkit_skipped(
+    tmp_path: Path,
+) -> None:
+    experiment = {
+        "title": "pause a primary, then a probe that cannot measure",
+        "description": "CTK's default rollback strategy skips rollbacks of a failed run.",
+        "configuration": json.loads(EXPERIMENT.read_text())["configuration"],
+        # The hypothesis only after the method, so the pause happens and the run then fails.
+        "runtime": {"hypothesis": {"strategy": "after-method-only"},
+                    "rollbacks": {"strategy": "default"}},
+        "steady-state-hypothesis": {"title": "recovered", "probes": [
+            {"type": "probe", "name": "recovery-seconds", "tolerance": {"type": "range",
+             "range": [0, 60]}, "provider": {"type": "python", "module": "chaos.ctk.probes",
+             "func": "recovery_seconds", "arguments": {"timeout": 1}}}]},
+        "method": [{"type": "action", "name": "pause-primary", "provider": {"type": "python",
+                    "module": "chaos.ctk.actions", "func": "pause"}}],
+        "rollbacks": [{"type": "action", "name": "resume", "provider": {"type": "python",
+                       "module": "chaos.ctk.actions", "func": "resume"}}],
+    }  # fmt: skip
+    path = tmp_path / "pause_then_fail.json"
+    path.write_text(json.dumps(experiment))
+    with running_testbed(tmp_path / "testbed", shards=1, replicas=1):
+        journal = chaostoolkit_run(path, tmp_path / "testbed", tmp_path)
+        [pause] = journal["run"]
+        assert pause["status"] == "succeeded", pause
+        assert (journal["status"], journal["rollbacks"]) == ("failed", [])
+        [fault] = pause["output"]
+        node = load_deployment(tmp_path / "testbed" / STATE_FILE).node(fault["target"])
+        with redis.Redis(host=node.host, port=node.port, socket_timeout=5) as conn:
+            assert conn.ping()
