@@ -416,7 +416,7 @@ def agent(
     from chaos.faults.local.backend import LocalFaultBackend
 
     if not is_loopback(host):
-        console.print(f"[red]chaos agent serves on loopback only, not {escape(host)}[/]")
+        console.print(f"[red]ratequeue-chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
     api_key = os.environ.get(api_key_env, "")
     if not api_key:
@@ -438,5 +438,6 @@ def agent(
     except ValueError as error:  # the key from the environment cannot be compared
         console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
         raise typer.Exit(2) from None
-    console.print(f"chaos agent on http://{host}:{port}/v1, allowing {', '.join(sorted(names))}")
+    allowed = ", ".join(sorted(names))
+    console.print(f"ratequeue-chaos agent on http://{host}:{port}/v1, allowing {allowed}")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")

@@ -1,6 +1,6 @@
 """Chaos Toolkit actions (python provider, module `chaos.ctk.actions`): faults injected through
-the same fault phase and backends `chaos run` uses (a selector picks the node from the live
-topology; `backend` as in a YAML step), their rollbacks, and the background load a run
+the same fault phase and backends `ratequeue-chaos run` uses (a selector picks the node from the
+live topology; `backend` as in a YAML step), their rollbacks, and the background load a run
 measures. Each returns a plain summary for the CTK journal. The deployment comes from the
 experiment's `configuration` (`ratequeue_deployment`, see `chaos.ctk.session`).
 
@@ -99,8 +99,8 @@ def inject(
     backend: str | None = None,
     configuration: Configuration = None,
 ) -> list[dict[str, Any]]:
-    """Any fault `chaos run` knows (kill, pause, resume, stop, start, blackhole, latency, cpu),
-    with a YAML step's fields; `seconds` is the step's `duration`."""
+    """Any fault `ratequeue-chaos run` knows (kill, pause, resume, stop, start, blackhole, latency,
+    cpu), with a YAML step's fields; `seconds` is the step's `duration`."""
     extra = {"duration": seconds, "latency_ms": latency_ms, "cores": cores}
     return _inject(action, role, shard, which, backend, configuration, **extra)
 
@@ -116,8 +116,8 @@ def remove_blackholes(configuration: Configuration = None) -> list[dict[str, Any
 
 
 def roll_back_all(configuration: Configuration = None) -> list[dict[str, Any]]:
-    """Every fault this experiment injected undone (what `chaos run` does after each run), and
-    the load stopped."""
+    """Every fault this experiment injected undone (what `ratequeue-chaos run` does after each run),
+    and the load stopped."""
     session = session_for(configuration)
     if session.load is not None:
         session.load.stop_producing()

@@ -1,8 +1,9 @@
 """Journals in Chaos Toolkit's shape, both ways: `from_ctk` reads a `journal.json` as
 `chaostoolkit run` writes it (chaoslib's `initialize_run_journal` and `execute_activity`: status,
 deviated, steady_states before/after with each probe's output and tolerance_met, run[],
-rollbacks[], start/end as ISO times, duration) into our `Journal`, so `chaos report` charts it
-next to our own runs; `to_ctk` writes one of our journals in that shape (`chaos export-journal`).
+rollbacks[], start/end as ISO times, duration) into our `Journal`, so `ratequeue-chaos report`
+charts it next to our own runs; `to_ctk` writes one of our journals in that shape (`ratequeue-chaos
+export-journal`).
 
 Not for: running anything, or the report's drawing (see `chaos.report`).
 """

@@ -1,6 +1,6 @@
 """Chaos Toolkit probes (python provider, module `chaos.ctk.probes`): the steady-state checks
-and the hypotheses' measurements of `chaos run`, returned as plain values (a bool, a count,
-seconds) so CTK tolerances judge them: `acknowledged_lost` with tolerance 0,
+and the hypotheses' measurements of `ratequeue-chaos run`, returned as plain values (a bool, a
+count, seconds) so CTK tolerances judge them: `acknowledged_lost` with tolerance 0,
 `recovery_seconds` with a range, `one_primary_per_shard` with `true`...
 
 A measurement that cannot be made (no load ran, nothing was acknowledged, no write after the

@@ -31,7 +31,7 @@ from chaos.testbed import STATE_FILE
 from ratequeue.topology import Topology
 
 # The CTK configuration key that names the deployment: a testbed directory, its testbed.json,
-# or a target file (`chaos run --target`).
+# or a target file (`ratequeue-chaos run --target`).
 DEPLOYMENT_KEY = "ratequeue_deployment"
 
 # What CTK passes a python provider that takes `configuration`.
