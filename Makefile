@@ -59,8 +59,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,load,ctk]'
 	@# A venv where this project once installed a `chaos` script: upgrading it removed that file
-	@# after Chaos Toolkit wrote its own there; `chaos` is Chaos Toolkit's (README).
-	grep -qs chaostoolkit $(BIN)/chaos || $(BIN)/pip install -q --force-reinstall --no-deps chaostoolkit
+	@# after Chaos Toolkit wrote its own there; `chaos` is Chaos Toolkit's (README). The same
+	@# version is reinstalled, so this puts the script back without upgrading anything.
+	grep -qs chaostoolkit $(BIN)/chaos || $(BIN)/pip install -q --force-reinstall --no-deps \
+	  "chaostoolkit==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("chaostoolkit"))')"
 	touch $(STAMP)
 
 clean:
