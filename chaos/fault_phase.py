@@ -203,6 +203,7 @@ class FaultPhase:
         if "command" in params:
             self._record_new_pid(fault, node)
         if step.duration:
+            fault.details["duration"] = step.duration  # the journal says how long it lasted
             timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))
             timer.daemon = True
             timer.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,11 @@ PROBE_OF = {
     "rate_limits_held": "rate_overshoot_seconds",
     "not_remediated": "promoted_shards",
 }
+# The extension's probes that return a bool (CTK tolerance `true`); the others return a number.
+BOOL_PROBES = frozenset(
+    {"api_healthy", "controllers_healthy", "every_shard_writable", "one_primary_per_shard",
+     "replicas_attached"}
+)  # fmt: skip
 
 # chaoslib's run statuses, as ours.
 _STATUS = {
@@ -108,7 +114,9 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     elif status == "completed":
         verdict = "failed" if raw.get("deviated") else "passed"
     else:
-        verdict = "failed" if status == "failed" else "aborted"
+        # CTK's `failed`: a probe raised or the steady state did not hold before the method;
+        # nothing was judged against the hypothesis, as our aborted run.
+        verdict = "aborted"
     journal = Journal(
         run_id=f"{source.stem}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%S}",
         experiment=raw["experiment"].get("title", source.name),
@@ -123,11 +131,13 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     )
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
     # by its tolerance (not listed again as after-probes).
+    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
     journal.hypotheses = [
         HypothesisOutcome(
             hypothesis=run["activity"].get("name", "?"),
             ok=_probe_ok(run),
-            expected=json.dumps(run["activity"].get("tolerance")),
+            expected=run["activity"].get("expected")
+            or json.dumps(run["activity"].get("tolerance")),
             measured=run.get("output"),
             detail=_failure(run),
         )
@@ -178,8 +188,12 @@ def _read_activities(journal: Journal, raw: dict[str, Any]) -> None:
         fault_at = journal.moment("fault_injected")
         if provider.get("module") == PROBES_MODULE and func == "recovery_seconds" and fault_at:
             journal.mark("first_acknowledged_write", fault_at + float(run["output"]), fault_at)
-    for run in (raw["steady_states"].get("after") or {}).get("probes", []):
-        if _provider(run).get("func") == "acknowledged_lost" and run.get("status") == "succeeded":
+    steady_states = raw["steady_states"]
+    for run in [*(steady_states.get("before") or {}).get("probes", []),
+                *(steady_states.get("after") or {}).get("probes", [])]:  # fmt: skip
+        if run.get("status") != "succeeded":
+            journal.errors.append(f"{run['activity'].get('name', '?')}: {_failure(run)}")
+        elif _provider(run).get("func") == "acknowledged_lost":
             journal.load["lost"] = run["output"]
     journal.timeline.sort(key=lambda e: e.at)
 
@@ -196,8 +210,8 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         return _run(activity, outcome.ok, outcome.ok, at, outcome.detail)
 
     def hypothesis_run(outcome: HypothesisOutcome) -> dict[str, Any]:
-        activity = _probe_activity(outcome.hypothesis, outcome.expected)
-        return _run(activity, outcome.measured, outcome.ok, ended, outcome.detail)
+        activity, output = _hypothesis_activity(outcome)
+        return _run(activity, output, outcome.ok, ended, outcome.detail)
 
     before = [probe_run(p, started) for p in journal.steady_state_before]
     after = [probe_run(p, ended) for p in journal.steady_state_after] + [
@@ -272,14 +286,25 @@ def _chaoslib_version() -> str | None:
 
 def _probe_activity(name: str, tolerance: Any) -> dict[str, Any]:
     """A probe activity: the extension's probe that measures `name` (a steady-state probe, or
-    the probe behind a hypothesis); a hypothesis with no such probe names our evaluator."""
-    func = PROBE_OF.get(name)
-    provider = (
-        {"type": "python", "module": PROBES_MODULE, "func": func}
-        if func is not None
-        else {"type": "python", "module": "chaos.hypotheses", "func": "evaluate"}
-    )
+    the probe behind a hypothesis), judged by `tolerance`."""
+    provider = {"type": "python", "module": PROBES_MODULE, "func": PROBE_OF[name]}
     return {"type": "probe", "name": name, "tolerance": tolerance, "provider": provider}
+
+
+def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], Any]:
+    """The activity and output of a hypothesis in CTK's after steady state: the extension's
+    probe with the tolerance CTK would judge its value by where one measures it; else a record
+    of our judgement (no provider to call, `expected` in our words, no tolerance to apply)."""
+    name, measured = outcome.hypothesis, outcome.measured
+    if PROBE_OF.get(name) in BOOL_PROBES:
+        return _probe_activity(name, True), outcome.ok
+    bound = re.match(r"<= (\d+(?:\.\d+)?)", outcome.expected)
+    numeric = isinstance(measured, int | float) and not isinstance(measured, bool)
+    if name in PROBE_OF and bound is not None and numeric:
+        upper = float(bound.group(1))
+        tolerance = 0 if upper == 0 else {"type": "range", "range": [0, upper]}
+        return _probe_activity(name, tolerance), measured
+    return {"type": "probe", "name": name, "expected": outcome.expected}, measured
 
 
 def _action(func: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +321,9 @@ def _fault_activity(fault: dict[str, Any]) -> dict[str, Any]:
         "shard": fault.get("shard") or "random",
         "backend": fault.get("backend"),
     }
+    duration = (fault.get("details") or {}).get("duration")
+    if duration:
+        arguments["seconds"] = duration
     return _action("inject", f"{fault['action']} {fault['target']}", arguments)
 
 

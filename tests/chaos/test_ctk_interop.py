@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from chaoslib.experiment import ensure_experiment_is_valid
+from chaoslib.hypothesis import within_tolerance
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -145,6 +146,47 @@ def test_a_failed_run_exports_as_deviated_and_reads_back_as_failed() -> None:
                 if p["activity"]["name"] == "acknowledged_lost")  # fmt: skip
     assert (lost["output"], lost["tolerance_met"]) == (3, False)
     assert from_ctk(exported, Path("run.ctk.json")).verdict == "failed"
+
+
+@pytest.mark.parametrize("verdict", ["passed", "failed"])
+def test_an_exported_hypothesis_with_a_probe_is_judged_by_chaoslib_as_we_judged_it(
+    verdict: str,
+) -> None:
+    after = to_ctk(a_run(verdict))["steady_states"]["after"]["probes"]
+    lost = next(p for p in after if p["activity"]["name"] == "acknowledged_lost")
+    assert lost["activity"]["provider"]["module"] == "chaos.ctk.probes"
+    assert lost["activity"]["tolerance"] == 0
+    assert within_tolerance(lost["activity"]["tolerance"], lost["output"]) is lost["tolerance_met"]
+
+
+def test_an_exported_hypothesis_no_probe_measures_is_a_record_without_a_provider() -> None:
+    after = to_ctk(a_run())["steady_states"]["after"]["probes"]
+    workflows = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
+    assert workflows["activity"] == {
+        "type": "probe", "name": "one_workflow_per_incident", "expected": "one workflow",
+    }  # fmt: skip
+    back = from_ctk(to_ctk(a_run()), Path("run.ctk.json"))
+    assert back.hypotheses[-1].expected == "one workflow"
+
+
+def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
+    run = a_run()
+    run.faults[0]["details"]["duration"] = 5.0
+    [fault] = to_ctk(run)["experiment"]["method"]
+    assert fault["provider"]["arguments"]["seconds"] == 5.0
+
+
+def test_a_chaostoolkit_run_failed_by_a_probe_that_raised_reads_as_aborted_with_the_error(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    probe = raw["steady_states"]["after"]["probes"][0]
+    probe.update(status="failed", output=None,
+                 exception=["RunAborted: recovery_seconds: no load is running\n"])  # fmt: skip
+    raw["status"] = "failed"
+    journal = from_ctk(raw, Path("journal.json"))
+    assert journal.verdict == "aborted"
+    assert "exists: RunAborted: recovery_seconds: no load is running" in journal.errors
 
 
 def test_the_report_charts_a_chaostoolkit_journal_next_to_ours(
