@@ -7,8 +7,6 @@ experiment's `configuration` (`ratequeue_deployment`, see `chaos.ctk.session`).
 Not for: measuring (see `chaos.ctk.probes`).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from chaos.ctk.session import Configuration, Session, guard_faults, session_for
@@ -17,6 +15,18 @@ from chaos.experiments import FaultStep, LoadSettings
 from chaos.faults.base import InjectedFault
 from chaos.load import BackgroundLoad, LoadProfile
 from common.validation import validated
+
+# What CTK's discovery lists as this module's actions.
+__all__ = [
+    "blackhole",
+    "inject",
+    "kill",
+    "pause",
+    "remove_blackholes",
+    "resume",
+    "roll_back_all",
+    "start_load",
+]  # fmt: skip
 
 
 def start_load(

@@ -8,8 +8,6 @@ fault) raises, so CTK records the probe as failed instead of judging a value tha
 nothing. Not for: injecting faults (see `chaos.ctk.actions`).
 """
 
-from __future__ import annotations
-
 import time
 
 from chaos.ctk.session import Configuration, Session, session_for
@@ -17,6 +15,20 @@ from chaos.errors import RunAborted
 from chaos.experiments import Probe
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile, default_rates
+
+# What CTK's discovery lists as this module's probes.
+__all__ = [
+    "acknowledged_lost",
+    "api_healthy",
+    "controllers_healthy",
+    "duplicates",
+    "every_shard_writable",
+    "one_primary_per_shard",
+    "promoted_shards",
+    "rate_overshoot_seconds",
+    "recovery_seconds",
+    "replicas_attached",
+]  # fmt: skip
 
 
 def api_healthy(timeout: float = 10, configuration: Configuration = None) -> bool:

@@ -5,6 +5,7 @@ report, the two CLIs side by side in one venv, and the extension refusing bad ar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sysconfig
 import tomllib
@@ -231,6 +232,23 @@ def test_chaos_is_chaos_toolkits_command_and_ratequeue_chaos_is_ours_in_one_venv
     ours = subprocess.run([str(SCRIPTS / "ratequeue-chaos"), "--help"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert ours.returncode == 0 and "testbed" in ours.stdout and "export-journal" in ours.stdout
+
+
+def test_chaostoolkits_discover_lists_the_extensions_actions_and_probes(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whatever the venv points at
+    subprocess.run(
+        [str(SCRIPTS / "chaos"), "--no-version-check", "--no-log-file", "discover", "--no-install",
+         "--no-system-info", "ratequeue-testbed"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    discovery = json.loads((tmp_path / "discovery.json").read_text())
+    assert discovery["extension"]["name"] == "chaos.ctk"
+    found = {(a["type"], a["mod"], a["name"]) for a in discovery["activities"]}
+    assert found == {("action", "chaos.ctk.actions", name) for name in actions.__all__} | {
+        ("probe", "chaos.ctk.probes", name) for name in probes.__all__
+    }
+    kill = next(a for a in discovery["activities"] if a["name"] == "kill")
+    assert {"name": "role", "default": "primary", "type": "string"} in kill["arguments"]
 
 
 def test_an_activity_without_the_deployment_in_its_configuration_names_the_key() -> None:
