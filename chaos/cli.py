@@ -258,7 +258,7 @@ def run(
             console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
             raise typer.Exit(2) from None
     try:
-        with console.status("chaos run") as status:
+        with console.status("ratequeue-chaos run") as status:
 
             def say(message: str) -> None:
                 status.update(f"[bold]{message}")
@@ -289,7 +289,7 @@ def run(
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
-        what = "chaos run (dry run)" if dry_run else "chaos run"
+        what = "ratequeue-chaos run (dry run)" if dry_run else "ratequeue-chaos run"
         raise refused(error, f"{what} failed") from None
     finally:
         if metrics is not None:
