@@ -258,7 +258,7 @@ def run(
             console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
             raise typer.Exit(2) from None
     try:
-        with console.status("chaos run") as status:
+        with console.status("ratequeue-chaos run") as status:
 
             def say(message: str) -> None:
                 status.update(f"[bold]{message}")
@@ -289,7 +289,7 @@ def run(
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
-        what = "chaos run (dry run)" if dry_run else "chaos run"
+        what = "ratequeue-chaos run (dry run)" if dry_run else "ratequeue-chaos run"
         raise refused(error, f"{what} failed") from None
     finally:
         if metrics is not None:
@@ -352,6 +352,39 @@ def report(
     console.print(f"report: {html}\nsummary: {markdown}")
 
 
+@app.command("export-journal")
+def export_journal(
+    journal: Path = typer.Argument(..., help="a run journal (JOURNAL_DIR/RUN_ID.json)"),
+    output: Path = typer.Option(None, "--output", help="default: print to stdout"),
+) -> None:
+    """Write a run journal in Chaos Toolkit's journal shape (what `chaostoolkit run` writes)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from chaos.ctk.journals import to_ctk
+    from chaos.journal import Journal
+    from common.validation import describe_problems
+
+    try:
+        ours = Journal.model_validate_json(journal.read_text())
+    except OSError as error:
+        raise refused(error, "cannot read the journal") from None
+    except ValidationError as error:
+        raise refused(
+            ValueError(f"{journal}: not a chaos run journal: {describe_problems(error)}")
+        ) from None
+    text = json.dumps(to_ctk(ours), indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+        return
+    try:
+        output.write_text(text + "\n")
+    except OSError as error:
+        raise refused(error, "cannot write the CTK journal") from None
+    console.print(f"CTK journal: {output}")
+
+
 @app.command()
 def agent(
     targets: Path = typer.Option(
@@ -383,7 +416,7 @@ def agent(
     from chaos.faults.local.backend import LocalFaultBackend
 
     if not is_loopback(host):
-        console.print(f"[red]chaos agent serves on loopback only, not {escape(host)}[/]")
+        console.print(f"[red]ratequeue-chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
     api_key = os.environ.get(api_key_env, "")
     if not api_key:
@@ -405,5 +438,6 @@ def agent(
     except ValueError as error:  # the key from the environment cannot be compared
         console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
         raise typer.Exit(2) from None
-    console.print(f"chaos agent on http://{host}:{port}/v1, allowing {', '.join(sorted(names))}")
+    allowed = ", ".join(sorted(names))
+    console.print(f"ratequeue-chaos agent on http://{host}:{port}/v1, allowing {allowed}")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")

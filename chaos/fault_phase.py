@@ -86,22 +86,33 @@ class FaultPhase:
                 self.controllers.approve(step.approve, choice.chosen)
                 continue
             shard = choice.resolve(step.target.shard)
-            for node in self.select(step.target, shard):
-                fault = self.inject(step, node)
-                injected.append(fault)
-                self.on_fault(True)
-                if node.role in {"primary", "replica"}:
+            for fault in self.inject_step(step, shard, injected):
+                if fault.target.role in {"primary", "replica"}:
                     faulted.add(shard)
-                if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
-                    self.primary_faulted.add(shard)
                 journal.faults.append(fault.summary())
                 journal.mark(
                     "fault_injected",
                     fault.injected_at,
                     fault.injected_at,
-                    f"{step.action} {node.name} via {self.backend_name(step)}",
+                    f"{step.action} {fault.target.name} via {self.backend_name(step)}",
                 )
-                self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+
+    def inject_step(
+        self, step: FaultStep, shard: str, injected: list[InjectedFault]
+    ) -> list[InjectedFault]:
+        """Inject `step` on every node its selector picks in `shard`; the step's faults.
+        Each is appended to `injected` as soon as it is in, so should a later node's injection
+        fail, the rollback still finds the earlier ones."""
+        faults = []
+        for node in self.select(step.target, shard):
+            fault = self.inject(step, node)
+            injected.append(fault)
+            faults.append(fault)
+            self.on_fault(True)
+            if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
+                self.primary_faulted.add(shard)
+            self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+        return faults
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
         if selector.role == "etcd_member":
@@ -192,6 +203,7 @@ class FaultPhase:
         if "command" in params:
             self._record_new_pid(fault, node)
         if step.duration:
+            fault.details["duration"] = step.duration  # the journal says how long it lasted
             timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))
             timer.daemon = True
             timer.start()

@@ -1,5 +1,5 @@
-"""When a scheduled `chaos run --every` starts its runs: on a fixed grid from the first start
-(start, start + every, start + 2·every, ...), so runs do not drift by their own length; a run
+"""When a scheduled `ratequeue-chaos run --every` starts its runs: on a fixed grid from the first
+start (start, start + every, start + 2·every, ...), so runs do not drift by their own length; a run
 that overran its slot skips the slots it missed (and says how many) instead of running them
 back to back; and the grid and the next run time are kept in a file beside the journals, so a
 restarted scheduler keeps its times.

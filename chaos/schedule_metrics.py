@@ -1,6 +1,6 @@
-"""Prometheus metrics of a `chaos run` schedule (`--metrics-port N`), served on /metrics while it
-runs: runs by verdict, the last run's recovery seconds and acknowledged messages lost, when the
-last run ended and the next is due, and whether a fault is active now.
+"""Prometheus metrics of a `ratequeue-chaos run` schedule (`--metrics-port N`), served on /metrics
+while it runs: runs by verdict, the last run's recovery seconds and acknowledged messages lost, when
+the last run ended and the next is due, and whether a fault is active now.
 
 Not for: the API's, controllers' or sensors' metrics (each serves its own), or running anything.
 """

@@ -1,5 +1,5 @@
-"""Running experiments once or on a schedule (`chaos run --every 4h --jitter 10m`): no two runs
-overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
+"""Running experiments once or on a schedule (`ratequeue-chaos run --every 4h --jitter 10m`): no two
+runs overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
 run's journal is handed to `on_journal` as the run ends, runs start on a fixed grid kept beside the
 journals (`schedule_grid`: no drift, missed slots skipped and said, the next run time kept
 across a restart), and SIGTERM lets the current run finish its rollbacks before the process
@@ -269,7 +269,8 @@ def wait_for_first_slot(
 
 
 def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
-    """Ask the running `chaos run` to stop and roll back; returns its pid (None: none ran)."""
+    """Ask the running `ratequeue-chaos run` to stop and roll back; returns its pid (None: none
+    ran)."""
     import signal
 
     pid_file = journal_dir / PID_FILE

@@ -3,10 +3,10 @@ ack, over a pool of long codes, toll-free numbers and short codes.
 
 Run headless against a running API, e.g. the local testbed:
 
-    chaos testbed up --dir /tmp/lt
+    ratequeue-chaos testbed up --dir /tmp/lt
     locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 20s \\
         --host "$(jq -r .api /tmp/lt/testbed.json)"
-    chaos testbed down --dir /tmp/lt
+    ratequeue-chaos testbed down --dir /tmp/lt
 
 Configured by environment variables (defaults in brackets):
   RATEQUEUE_NUMBERS [200]              size of the number pool

@@ -1,5 +1,5 @@
-"""`chaos testbed up --control etcd`, end to end: a three-member etcd cluster beside the Redis
-that carries the event stream, the topology moved there, the API routing by it and the
+"""`ratequeue-chaos testbed up --control etcd`, end to end: a three-member etcd cluster beside the
+Redis that carries the event stream, the topology moved there, the API routing by it and the
 controllers deciding on it; `down` stops the members with the rest."""
 
 from __future__ import annotations
