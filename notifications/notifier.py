@@ -32,7 +32,7 @@ from notifications.config import NotificationConfig, Route
 from notifications.delivery import Delivery, Purpose
 from notifications.mail import Email
 from notifications.pagerduty import PagerDuty, Severity
-from notifications.slack import SlackWebhook
+from notifications.slack import SlackWebhook, escape
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +209,13 @@ class Notifier:
                 slack = SlackWebhook(team.slack.webhook_url, http=self._http, retry=self.retry)
                 self._channels[(route.team, "slack")] = slack
             assert isinstance(slack, SlackWebhook)
-            headline = f"*[{tag}]* `{route.service}` {text}"
+            # Our own markup (*bold*, `code`) stays; every text from elsewhere is escaped.
+            headline = f"*[{tag}]* `{escape(route.service)}` {escape(text)}"
             if incident_key:
-                headline += f"\nincident `{incident_key}`"
-            context = [{"type": "mrkdwn", "text": f"*{k}*: {v}"} for k, v in facts.items()][:10]
+                headline += f"\nincident `{escape(incident_key)}`"
+            context = [
+                {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
+            ][:10]
             blocks = [
                 {"type": "section", "text": {"type": "mrkdwn", "text": headline[:3000]}},
                 {"type": "context", "elements": context},

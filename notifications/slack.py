@@ -12,6 +12,14 @@ import httpx
 from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, HttpChannel
 
 
+def escape(text: object) -> str:
+    """Text for a Slack message, with Slack's three control characters escaped: `&`, `<` and
+    `>` become `&amp;`, `&lt;` and `&gt;` (Slack's formatting rules: these alone, so a `<` in a
+    reason cannot open a link or a mention such as `<!channel>`, and nothing is HTML-escaped
+    twice)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class SlackWebhook(HttpChannel):
     """A Slack incoming webhook: POST {"text", "blocks"?}; Slack answers 200 "ok"."""
 

@@ -444,3 +444,14 @@ def test_the_example_config_loads() -> None:
     assert (ratequeue.ack_deadline, http_route.ack_deadline) == (60, 120)
     assert config.route("lazarus") is not None and config.route("lazarus").team == "platform"
     assert config.route("unlisted") is not None  # default_team
+
+
+async def test_slack_text_escapes_ampersand_and_angle_brackets(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    await notifier.notifier.notify("ratequeue", "lag <5s & <!channel> > 0", {"reason": "a<b & c>d"})
+    (message,) = http.received("/slack/")
+    assert "lag &lt;5s &amp; &lt;!channel&gt; &gt; 0" in message["text"]
+    assert "<" not in message["text"].replace("*[INFO]*", "")
+    context = message["blocks"][1]["elements"]
+    assert {"type": "mrkdwn", "text": "*reason*: a&lt;b &amp; c&gt;d"} in context
