@@ -17,10 +17,12 @@ from rich.table import Table
 from chaos import testbed as testbed_module
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from common.version import add_version_option
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+add_version_option(app, "chaos")
 console = Console()
 
 

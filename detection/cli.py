@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from common.version import add_version_option
 from detection import nagios
 from detection.errors import InvalidSensorConfig, UsageProblem
 from detection.sensor import Sensor, SensorConfig
@@ -23,6 +24,7 @@ app = typer.Typer(
     help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
     no_args_is_help=True,
 )
+add_version_option(app, "detection")
 
 STREAM_BACKENDS = ("redis", "kinesis")
 

@@ -9,11 +9,13 @@ import typer
 from rich.console import Console
 
 from common.errors import InvalidSetting
+from common.version import add_version_option
 from lazarus_lite.settings import DEFINITIONS, ControllerSettings
 
 app = typer.Typer(help="Lazarus-lite remediation controller.", no_args_is_help=True)
 rules_app = typer.Typer(help="Rule files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+add_version_option(app, "lazarus")
 console = Console()
 
 
