@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from typing import Any
 
 import typer
 
-from common.version import add_version_option
+from common.version import add_version_option, testbed_version
 from detection import nagios
 from detection.errors import InvalidSensorConfig, UsageProblem
 from detection.sensor import Sensor, SensorConfig
@@ -155,8 +156,16 @@ async def _run_sensor(
 
 # Nagios plugin guidelines: bad arguments are UNKNOWN (3), never CRITICAL (2, "the primary is
 # down"). So every option is taken as text and parsed here, and unknown options are collected
-# instead of being refused by the option parser (which would exit 2).
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+# instead of being refused by the option parser (which would exit 2). The Monitoring Plugins
+# Interface (02.Input.md) also fixes -h/--help and -V/--version: print, then exit UNKNOWN (3),
+# so click's own --help (exit 0) is replaced.
+@app.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 def check(
     ctx: typer.Context,
     replica: str = typer.Option(
@@ -175,18 +184,39 @@ def check(
     critical_io_seconds: str = typer.Option(
         "5", metavar="SECONDS", help="CRITICAL when it is this old"
     ),
-    timeout: str = typer.Option("1", metavar="SECONDS", help="seconds each probe may take"),
+    timeout: str = typer.Option(
+        "10",
+        "-t",
+        "--timeout",
+        metavar="DURATION",
+        help="the whole check's limit (10, 10s, 500ms); UNKNOWN when it is reached",
+    ),
+    probe_timeout: str = typer.Option(
+        "1",
+        metavar="DURATION",
+        help="how long each probe may take; a primary that does not answer PING in it is CRITICAL",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="one JSON document (status, summary, perfdata) instead of the line"
+    ),
+    show_help: bool = typer.Option(False, "-h", "--help", help="show this help; exits 3"),
+    show_version: bool = typer.Option(False, "-V", "--version", help="show the version; exits 3"),
 ) -> None:
     """Check the primary of a replica once, as a Nagios plugin: exit 0 OK, 1 WARNING,
-    2 CRITICAL, 3 UNKNOWN (also for bad options), and one status line with perfdata."""
+    2 CRITICAL, 3 UNKNOWN (also for bad options, -h and -V), and one status line with
+    perfdata."""
+    if show_help or show_version:
+        typer.echo(ctx.get_help() if show_help else f"detection check {testbed_version()}")
+        raise typer.Exit(int(nagios.Status.UNKNOWN))
     try:
         request = nagios.parse_request(
             replica=replica, primary=primary, warning_io_seconds=warning_io_seconds,
-            critical_io_seconds=critical_io_seconds, timeout=timeout, extra=ctx.args,
+            critical_io_seconds=critical_io_seconds, timeout=timeout,
+            probe_timeout=probe_timeout, extra=ctx.args,
         )  # fmt: skip
     except UsageProblem as problem:
-        typer.echo(nagios.unknown(str(problem)).line())
-        raise typer.Exit(int(nagios.Status.UNKNOWN)) from None
-    outcome = asyncio.run(nagios.run_request(request))
-    typer.echo(outcome.line())
+        outcome = nagios.unknown(str(problem))
+    else:
+        outcome = asyncio.run(nagios.run_request(request))
+    typer.echo(json.dumps(outcome.as_json()) if json_output else outcome.line())
     raise typer.Exit(outcome.exit_code)

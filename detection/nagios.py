@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from common.durations import parse_duration
 from detection import probes
 from detection.errors import UsageProblem
 from detection.probes import ProbeResult
@@ -113,6 +114,21 @@ class CheckOutcome:
     @property
     def exit_code(self) -> int:
         return int(self.status)
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as one JSON document (`detection check --json`): the same verdict, the
+        status line and the perfdata as fields (a value of None is perfdata's 'U')."""
+        return {
+            "status": self.status.name,
+            "exit_code": self.exit_code,
+            "summary": self.summary,
+            "line": self.line(),
+            "perfdata": [
+                {"label": p.label, "value": p.value, "uom": p.uom, "warn": p.warn,
+                 "crit": p.crit, "min": p.min, "max": p.max}
+                for p in self.perfdata
+            ],
+        }  # fmt: skip
 
 
 def _number(value: Any) -> float | None:
@@ -205,19 +221,33 @@ def evaluate(
     return CheckOutcome(status, summary, perf)
 
 
+# The Monitoring Plugins Interface (monitoring-plugins/monitoring-plugin-guidelines,
+# 02.Input.md): -t/--timeout limits the whole run, "integer (meaning seconds) or a time duration
+# string", and a run it ends exits UNKNOWN with a message. Each probe has its own, shorter limit
+# (--probe-timeout): a primary that does not answer within it is the CRITICAL the check is for.
+DEFAULT_PLUGIN_TIMEOUT = 10.0
+DEFAULT_PROBE_TIMEOUT = 1.0
+
+
 @dataclass(frozen=True)
 class CheckRequest:
     replica: str
     primary: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
-    timeout: float = 1.0
+    timeout: float = DEFAULT_PROBE_TIMEOUT
+    plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
+
+
+def timed_out(plugin_timeout: float) -> CheckOutcome:
+    return unknown(f"the check did not finish within its -t/--timeout of "
+                   f"{format_number(plugin_timeout)} s")  # fmt: skip
 
 
 def _seconds(option: str, text: str, *, minimum_exclusive: bool) -> float:
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"invalid value for {option}: {text!r} is not a number") from None
+        value = parse_duration(text)
+    except ValueError as error:
+        raise UsageProblem(f"invalid value for {option}: {error}") from None
     bad = value <= 0 if minimum_exclusive else value < 0
     if bad or not math.isfinite(value):
         bound = "> 0" if minimum_exclusive else ">= 0"
@@ -231,7 +261,8 @@ def parse_request(
     primary: str | None = None,
     warning_io_seconds: str = "2",
     critical_io_seconds: str = "5",
-    timeout: str = "1",
+    timeout: str = "10",
+    probe_timeout: str = "1",
     extra: list[str] | None = None,
 ) -> CheckRequest:
     """The check's options from their command-line text; raises UsageProblem naming the
@@ -257,13 +288,23 @@ def parse_request(
         replica=replica.strip(),
         primary=None if primary is None else primary.strip(),
         thresholds=Thresholds(warning, critical),
-        timeout=_seconds("--timeout", timeout, minimum_exclusive=True),
+        timeout=_seconds("--probe-timeout", probe_timeout, minimum_exclusive=True),
+        plugin_timeout=_seconds("--timeout", timeout, minimum_exclusive=True),
     )
 
 
 async def run_request(request: CheckRequest) -> CheckOutcome:
-    return await run_check(request.replica, primary=request.primary,
-                           thresholds=request.thresholds, timeout=request.timeout)  # fmt: skip
+    """The check, or UNKNOWN when it outlasts the request's plugin timeout."""
+    try:
+        async with asyncio.timeout(request.plugin_timeout):
+            return await run_check(
+                request.replica,
+                primary=request.primary,
+                thresholds=request.thresholds,
+                timeout=request.timeout,
+            )
+    except TimeoutError:
+        return timed_out(request.plugin_timeout)
 
 
 async def run_check(

@@ -4,12 +4,15 @@ real Redis event stream in the control store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -271,6 +274,46 @@ def test_failover_check_is_unknown_when_the_replica_cannot_be_reached() -> None:
     done = failover("check", "--replica", f"127.0.0.2:{free_port()}", "--timeout", "0.5")
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stdout.startswith("REDIS-PRIMARY UNKNOWN - replica 127.0.0.2:")
+
+
+def test_failover_check_json_is_one_document_with_the_verdict(cluster: LocalCluster) -> None:
+    shard = cluster.shard("s0")
+    done = failover("check", "--replica", peer(shard.replicas[0]), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert (document["status"], document["exit_code"]) == ("OK", 0)
+    assert document["line"].startswith("REDIS-PRIMARY OK - ")
+    assert [p["label"] for p in document["perfdata"]] == ["latency", "last_io", "offset"]
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_failover_check_help_prints_usage_and_exits_unknown(option: str) -> None:
+    done = failover("check", option, "--replica", "not-an-address")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "--probe-timeout" in done.stdout and "-t" in done.stdout
+
+
+@pytest.mark.parametrize("option", ["-V", "--version"])
+def test_failover_check_version_prints_the_version_and_exits_unknown(option: str) -> None:
+    done = failover("check", option)
+    assert (done.returncode, done.stdout) == (
+        3,
+        f"detection check {version('ratequeue-testbed')}\n",
+    )
+
+
+def test_failover_check_that_outlasts_its_timeout_is_unknown_with_a_message() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = failover("check", "--replica", address, "--probe-timeout", "60", "-t", "500ms")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout == (
+        "REDIS-PRIMARY UNKNOWN - the check did not finish within its -t/--timeout of 0.5 s\n"
+    )
+    assert time.monotonic() - started < 30  # not the 60 s probe timeout
 
 
 def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: LocalCluster) -> None:

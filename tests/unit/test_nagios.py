@@ -114,12 +114,15 @@ def test_perfdata_syntax() -> None:
 
 def test_options_are_parsed_and_bad_ones_named() -> None:
     request = parse_request(replica=REPLICA, primary=PRIMARY, warning_io_seconds="1.5",
-                            critical_io_seconds="3", timeout="0.5")  # fmt: skip
-    assert (request.thresholds, request.timeout) == (Thresholds(1.5, 3), 0.5)
+                            critical_io_seconds="3", timeout="1m",
+                            probe_timeout="500ms")  # fmt: skip
+    assert request.thresholds == Thresholds(1.5, 3)
+    assert (request.timeout, request.plugin_timeout) == (0.5, 60)
     problems = {
         "--replica": dict(replica="nope"),
         "--primary": dict(replica=REPLICA, primary="host:99999"),
         "--timeout": dict(replica=REPLICA, timeout="0"),
+        "--probe-timeout": dict(replica=REPLICA, probe_timeout="soon"),
         "--critical-io-seconds": dict(replica=REPLICA, critical_io_seconds="soon"),
         "--warning-io-seconds": dict(replica=REPLICA, warning_io_seconds="9"),
         "missing option --replica": dict(replica=None),
