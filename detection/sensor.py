@@ -234,7 +234,7 @@ class Sensor:
                 event.dedup_key, event.service,
                 f"{event.service} shard {event.shard}: primary {event.host} down "
                 f"(seen from {self.name})",
-                details=event.data, source=self.name,
+                details=event.data, source=self.name, event_id=event.id,
             )  # fmt: skip
         except Exception as error:  # paging must never stop detection
             log.warning("%s: paging failed: %s", self.name, error)

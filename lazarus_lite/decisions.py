@@ -78,6 +78,7 @@ class Decisions:
             event.service,
             triggered_at=event.occurred_at,
             summary=f"{event.type} {event.service}/{event.shard} {event.host}",
+            event_id=event.id,
         )
         self._event_of_incident[event.dedup_key] = event.id
 

@@ -25,13 +25,14 @@ import time
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from notifications.config import NotificationConfig, Route
 from notifications.delivery import Delivery, Purpose
 from notifications.mail import Email
-from notifications.pagerduty import PagerDuty, Severity
+from notifications.pagerduty import Link, PagerDuty, Severity
 from notifications.slack import SlackWebhook, escape
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,11 @@ class Notifier:
         component: str | None = None,
         event_class: str | None = None,
         triggered_at: float | None = None,
+        event_id: str | None = None,
     ) -> list[Delivery]:
         """Trigger a page (PagerDuty trigger with dedup_key = incident_key, stamped
-        `triggered_at`, default now) and tell the service's other channels."""
+        `triggered_at`, default now, linking to the audit record of `event_id`) and tell the
+        service's other channels."""
         route = self.config.route(service)
         if route is None:
             return [self.no_route("page", service, incident_key)]
@@ -112,6 +115,7 @@ class Notifier:
                     custom_details=details,
                     timestamp=time.time() if triggered_at is None else triggered_at,
                     client=self.config.client,
+                    links=self.audit_links(event_id),
                 )
             )
         return await self.gather(
@@ -165,6 +169,14 @@ class Notifier:
         return await self.gather(
             "change", None, [*sends, *self.messages(route, "change", None, text, details)]
         )
+
+    def audit_links(self, event_id: str | None) -> list[Link]:
+        """The PagerDuty link to the audit record of `event_id` on the controllers' API (none
+        when the event or the config's `audit_url` is unknown)."""
+        if event_id is None or self.config.audit_url is None:
+            return []
+        href = f"{self.config.audit_url.rstrip('/')}/v1/events/{quote(event_id, safe='')}"
+        return [{"href": href, "text": f"audit record of event {event_id}"}]
 
     # -- the channels ----------------------------------------------------------------------
     def pagerduty(self, team_name: str, *, escalation: bool = False) -> PagerDuty:

@@ -146,6 +146,41 @@ async def test_the_sensors_notifier_pages_without_holding_the_page(
     assert event["payload"]["timestamp"].startswith("1970-01-01T00:16:40")
 
 
+AUDIT_URL = "http://lazarus.example:8090"
+
+
+async def test_a_page_links_to_the_audit_record_of_its_event(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], audit_url=AUDIT_URL)
+    async with Notifier(config) as notifier:
+        assert all_ok(await notifier.page("inc-7", "ratequeue", "s0 down", event_id="ev/7"))
+    (event,) = http.pagerduty_events()
+    assert event["links"] == [
+        {"href": f"{AUDIT_URL}/v1/events/ev%2F7", "text": "audit record of event ev/7"}
+    ]
+
+
+async def test_a_page_without_an_audit_url_carries_no_links(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    async with Notifier(config_for(http, smtp[1])) as notifier:
+        assert all_ok(await notifier.page("inc-8", "ratequeue", "s0 down", event_id="ev-8"))
+    (event,) = http.pagerduty_events()
+    assert "links" not in event
+
+
+async def test_an_escalation_links_to_the_audit_record_of_the_tracked_event(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], audit_url=f"{AUDIT_URL}/")
+    async with Pager(config, watch=False) as pager:
+        pager.track("inc-9", "ratequeue", summary="s1 down", event_id="ev-9")
+        assert all_ok(await pager.escalate("inc-9", "ratequeue", "quorum not reached"))
+    (trigger,) = [e for e in http.pagerduty_events() if e["event_action"] == "trigger"]
+    assert [link["href"] for link in trigger["links"]] == [f"{AUDIT_URL}/v1/events/ev-9"]
+
+
 async def test_slack_gets_the_message_text(notifier: Pager, http: HttpRecorder) -> None:
     deliveries = await notifier.escalate(
         "inc-42", "ratequeue", "quorum not reached: 1 of 2 nodes passed"
