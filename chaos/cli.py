@@ -185,6 +185,7 @@ def print_verdict(journal: object) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
     target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
     every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
@@ -206,10 +207,21 @@ def run(
     control: ControlChoice = typer.Option(
         None, "--control", help="the embedded testbed's store, over each file's `control`"
     ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="print the journals as one JSON document on stdout when the runs end "
+        "(everything else goes to stderr)",
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
+    import json
     import signal
     import threading
+
+    if json_output:  # stdout carries the one JSON document and nothing else
+        console.stderr = True
+        ctx.call_on_close(lambda: setattr(console, "stderr", False))
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
     from chaos.experiments import load_experiment
@@ -296,7 +308,11 @@ def run(
     finally:
         if metrics is not None:
             metrics.close()
-    if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
+    failed = any(j.verdict not in ("passed", "not_run") for j in journals)
+    if json_output:
+        runs = [json.loads(journal.model_dump_json()) for journal in journals]
+        typer.echo(json.dumps({"failed": failed, "runs": runs}))
+    if period is None and failed:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,27 @@
+"""`chaos run --json`: stdout carries one JSON document (the runs' journals) and nothing else;
+the progress and the verdict tables go to stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).parents[2]
+SCENARIOS = PROJECT / "scenarios"
+
+
+def test_run_json_prints_one_document_with_each_runs_journal(tmp_path: Path) -> None:
+    experiments = [SCENARIOS / "replica_kill.yaml", SCENARIOS / "primary_kill.yaml"]
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", *map(str, experiments), "--dry-run", "--json",
+         "--journal-dir", str(tmp_path / "journals")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)  # raises if anything else shares stdout
+    assert document["failed"] is False
+    assert [run["experiment_file"] for run in document["runs"]] == [str(e) for e in experiments]
+    assert {(run["dry_run"], run["verdict"]) for run in document["runs"]} == {(True, "not_run")}
+    assert "hypothesis" in done.stderr  # the verdict tables are still shown, on stderr
