@@ -16,6 +16,7 @@ from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
 from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.paging import Pager, PageState
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -39,8 +40,10 @@ class Decisions:
         audit: AuditLog,
         incidents: IncidentClaims,
         notifications: NotificationConfig | None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics or ControllerMetrics()
         self.records = records
         self.audit = audit
         self.incidents = incidents
@@ -85,6 +88,7 @@ class Decisions:
     async def decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
         await self.audit.save(record)
+        self.metrics.decided(outcome)
         await self.incidents.forget_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
         return record
@@ -96,6 +100,7 @@ class Decisions:
     async def stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
         """A gate stopped the action: NO_ACTION, and a person gets the event."""
         record.gate = stop.gate
+        self.metrics.gate_stopped(stop.gate)
         await self.notify_escalation(record, stop.reason)
         return await self.decide(record, "no_action", stop.reason)
 
@@ -108,6 +113,7 @@ class Decisions:
 
     async def notify_escalation(self, record: AuditRecord, reason: str) -> None:
         await self.records.append_escalation(record.event_id, reason, self.node_id)
+        self.metrics.escalations_published.inc()
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
         if self.pager is not None:
@@ -136,6 +142,7 @@ class Decisions:
             await self.notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
         await self.audit.save(record)
+        self.metrics.decided(record.outcome)  # the decision's later end
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
         """The acknowledgement deadline passed with the page still held: it went to a person."""
