@@ -89,6 +89,8 @@ class Decisions:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
         await self.audit.save(record)
         self.metrics.decided(outcome)
+        if record.gate is not None:  # stale, shadow, and every gate before the action
+            self.metrics.gate_stopped(record.gate)
         await self.incidents.forget_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
         return record
@@ -100,7 +102,6 @@ class Decisions:
     async def stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
         """A gate stopped the action: NO_ACTION, and a person gets the event."""
         record.gate = stop.gate
-        self.metrics.gate_stopped(stop.gate)
         await self.notify_escalation(record, stop.reason)
         return await self.decide(record, "no_action", stop.reason)
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.testbed import TestbedNode, TestbedState
 from lazarus_lite.coordination.interface import CoordinationStore
@@ -91,6 +92,22 @@ def failed_over(state: TestbedState, shard_id: str, old_primary: str) -> Topolog
 def lazarus_events(state: TestbedState, **params: object) -> list[dict]:
     answer = httpx.get(f"{state.lazarus[0]}/v1/events", params=params, timeout=5)
     return answer.json()["events"]
+
+
+def controllers_metric(state: TestbedState, sample_name: str, **labels: str) -> float:
+    """A sample of the controllers' /metrics (read with prometheus_client's text parser) with
+    these labels, summed over every node."""
+    total = 0.0
+    for url in state.lazarus:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        total += sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == sample_name
+            and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+    return total
 
 
 def resume(state: TestbedState, name: str) -> None:

@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.redis_processes import RedisProcess
 from lazarus_lite.coordination import redis_keys
 from lazarus_lite.coordination.interface import HeldLock
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.errors import Escalate, WorkflowError
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow.context import LockTaken, StepContext, StepEnvironment, StepOutput
 from lazarus_lite.workflow.definition import WorkflowDefinition
@@ -207,6 +210,30 @@ steps:
     done = await engine.store.load(started.id)
     assert done.status == "succeeded"
     assert done.steps["try_it"].attempts == 3
+
+
+async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
+    control: aioredis.Redis,
+) -> None:
+    flaky = definition("""
+name: flaky
+steps:
+  - name: try_it
+    run: test.flaky
+    params: {succeed_on: 2}
+    retry: {max_attempts: 2, backoff: 0.01}
+""")
+    metrics = ControllerMetrics()
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    engine = WorkflowEngine(env, {"flaky": flaky}, metrics=metrics)
+    started = await engine.start("flaky", {})
+    await engine.wait(started.id)
+    exposition = generate_latest(metrics.registry).decode()
+    (family,) = [f for f in text_string_to_metric_families(exposition)
+                 if f.name == "lazarus_workflow_step_seconds"]  # fmt: skip
+    counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
+              for s in family.samples if s.name.endswith("_count")}  # fmt: skip
+    assert counts == {("flaky", "try_it", "retried"): 1, ("flaky", "try_it", "succeeded"): 1}
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
