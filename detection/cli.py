@@ -19,6 +19,7 @@ import typer
 from common.version import add_version_option, testbed_version
 from detection import nagios
 from detection.errors import InvalidSensorConfig, UsageProblem
+from detection.metrics import SensorMetrics
 from detection.sensor import Sensor, SensorConfig
 
 app = typer.Typer(
@@ -72,6 +73,16 @@ def sensor(
     kinesis_region: str = typer.Option(None, envvar="FAILOVER_KINESIS_REGION"),
     kinesis_endpoint: str = typer.Option(None, envvar="FAILOVER_KINESIS_ENDPOINT"),
     log_level: str = typer.Option("info", envvar="FAILOVER_LOG_LEVEL"),
+    metrics_port: int = typer.Option(
+        None,
+        envvar="FAILOVER_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="serve Prometheus /metrics (probe latency, events published) on this port",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", envvar="FAILOVER_METRICS_HOST", help="address for /metrics"
+    ),
 ) -> None:
     """Watch the primary of one replica and publish RedisMasterDown / RedisMasterRecovered /
     SensorHeartbeat events. Runs until SIGTERM or SIGINT."""
@@ -101,10 +112,18 @@ def sensor(
             pager_config = load_notification_config(notifications)
         except NotificationConfigError as error:
             raise _bad_option("sensor", "--notifications", str(error), 2) from None
+    metrics = SensorMetrics()
+    if metrics_port is not None:
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as error:
+            raise _bad_option("sensor", "--metrics-port", str(error), 2) from None
     try:
-        asyncio.run(_run_sensor(config, backend, kinesis, pager_config))
+        asyncio.run(_run_sensor(config, backend, kinesis, pager_config, metrics))
     except ValueError as error:  # a control URL redis-py refuses
         raise _bad_option("sensor", "--control", str(error), 2) from None
+    finally:
+        metrics.close()
 
 
 def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) -> Any:
@@ -129,7 +148,11 @@ def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) ->
 
 
 async def _run_sensor(
-    config: SensorConfig, backend: str, kinesis: dict[str, Any], pager_config: Any = None
+    config: SensorConfig,
+    backend: str,
+    kinesis: dict[str, Any],
+    pager_config: Any = None,
+    metrics: SensorMetrics | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,7 +166,7 @@ async def _run_sensor(
         # The sensor only triggers pages; deadlines are the controller's to enforce.
         pager = Notifier(pager_config)
     try:
-        async with Sensor(config, event_stream, pager=pager) as watcher:
+        async with Sensor(config, event_stream, pager=pager, metrics=metrics) as watcher:
             await watcher.run(stop)
     finally:
         with contextlib.suppress(Exception):

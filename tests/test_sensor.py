@@ -4,6 +4,7 @@ real Redis event stream in the control store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,8 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
@@ -91,6 +95,26 @@ async def test_a_healthy_primary_produces_only_heartbeats(
     assert (heartbeat.host, heartbeat.shard, heartbeat.source) == (
         replica.ref().address, "s0", f"sensor@{peer(replica)}")  # fmt: skip
     assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
+
+
+def samples(registry_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, read with prometheus_client's text parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(registry_text)
+        for sample in family.samples
+    }
+
+
+async def test_each_ping_of_the_primary_is_timed_in_the_sensors_metrics(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    sensor = await make_sensor(cluster, cluster.shard("s0").replicas[0])
+    for _ in range(3):
+        assert (await sensor.check_once()).state == "ok"
+    seen = samples(generate_latest(sensor.metrics.registry).decode())
+    assert seen[("sensor_probe_seconds_count", (("result", "ok"),))] == 3
+    assert 0 < seen[("sensor_probe_seconds_sum", (("result", "ok"),))] < 3
 
 
 async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal(
@@ -314,6 +338,36 @@ def test_failover_check_that_outlasts_its_timeout_is_unknown_with_a_message() ->
         "REDIS-PRIMARY UNKNOWN - the check did not finish within its -t/--timeout of 0.5 s\n"
     )
     assert time.monotonic() - started < 30  # not the 60 s probe timeout
+
+
+def test_failover_sensor_serves_events_published_on_its_metrics_port(
+    cluster: LocalCluster,
+) -> None:
+    replica = cluster.shard("s1").replicas[0]
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detection", "sensor", "--control", cluster.control.url,
+         "--replica", peer(replica), "--heartbeat-every", "0.2", "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    heartbeats = ("sensor_events_published_total", (("type", "SensorHeartbeat"),))
+    try:
+        deadline = time.monotonic() + 20
+        seen: dict = {}
+        while seen.get(heartbeats, 0) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(httpx.HTTPError):
+                seen = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+            time.sleep(0.1)
+        assert seen[("sensor_events_published_total", (("type", "RedisMasterDown"),))] == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: LocalCluster) -> None:
