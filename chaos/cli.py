@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
+from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
 from common.version import add_version_option
@@ -157,6 +158,19 @@ def _parse_duration_option(value: str | None, option: str) -> float | None:
         raise typer.Exit(2) from None
 
 
+def _parse_cron_option(value: str | None, period: float | None) -> CronSchedule | None:
+    if value is None:
+        return None
+    if period is not None:
+        console.print("[red]invalid value for --cron:[/] give --every or --cron, not both")
+        raise typer.Exit(2)
+    try:
+        return CronSchedule(value)
+    except ValueError as error:
+        console.print(f"[red]invalid value for --cron:[/] {escape(str(error))}")
+        raise typer.Exit(2) from None
+
+
 def print_verdict(journal: object) -> None:
     from chaos.journal import Journal
 
@@ -189,6 +203,9 @@ def run(
     experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
     target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
     every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
+    cron: str = typer.Option(
+        None, "--cron", help="run at the times a cron expression names, in UTC ('0 */4 * * *')"
+    ),
     jitter: str = typer.Option(None, "--jitter", help="random +/- DURATION around --every"),
     journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
@@ -234,6 +251,7 @@ def run(
     from notifications.errors import NotificationConfigError
 
     period = _parse_duration_option(every, "--every")
+    cron_schedule = _parse_cron_option(cron, period)
     channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
@@ -299,6 +317,7 @@ def run(
                 max_runs=runs,
                 watchers=watchers,
                 control=backend,
+                cron=cron_schedule,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
@@ -312,7 +331,7 @@ def run(
     if json_output:
         runs = [json.loads(journal.model_dump_json()) for journal in journals]
         typer.echo(json.dumps({"failed": failed, "runs": runs}))
-    if period is None and failed:
+    if period is None and cron_schedule is None and failed:
         raise typer.Exit(1)
 
 

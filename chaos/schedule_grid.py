@@ -1,5 +1,6 @@
 """When a scheduled `chaos run --every` starts its runs: on a fixed grid from the first start
-(start, start + every, start + 2·every, ...), so runs do not drift by their own length; a run
+(start, start + every, start + 2·every, ...), so runs do not drift by their own length, or, with
+`--cron`, at the times a cron expression names (`cron_schedule`); a run
 that overran its slot skips the slots it missed (and says how many) instead of running them
 back to back; and the grid and the next run time are kept in a file beside the journals, so a
 restarted scheduler keeps its times.
@@ -16,14 +17,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from chaos.cron_schedule import CronSchedule
+
 SCHEDULE_FILE = "chaos-schedule.json"
 
 
 class ScheduleState(BaseModel):
-    """The grid a schedule keeps: its origin and period (unix seconds) and the next slot."""
+    """The grid a schedule keeps: its origin and period (unix seconds) or its cron expression,
+    and the next slot."""
 
     origin: float
-    every: float
+    every: float | None = None
+    cron: str | None = None
     next_run: float
 
 
@@ -34,22 +39,54 @@ class Slot(BaseModel):
     skipped: int
 
 
-class ScheduleGrid:
-    """A schedule's fixed grid, kept in `directory/chaos-schedule.json`."""
+# How many cron slots are counted as missed at most (a schedule stopped for years says so).
+MAX_COUNTED_SLOTS = 100_000
 
-    def __init__(self, directory: Path, every: float, now: float) -> None:
-        if not every > 0:
+
+class ScheduleGrid:
+    """A schedule's fixed grid (a period, or a cron expression's times), kept in
+    `directory/chaos-schedule.json`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        every: float | None,
+        now: float,
+        cron: CronSchedule | None = None,
+    ) -> None:
+        if (every is None) == (cron is None):
+            raise ValueError("a schedule has either a period or a cron expression")
+        if every is not None and not every > 0:
             raise ValueError(f"every must be more than 0 seconds, not {every}")
         self.path = directory / SCHEDULE_FILE
         self.every = every
+        self.cron = cron
         self.resumed = False
         kept = self._read()
-        if kept is not None and math.isclose(kept.every, every):
+        if kept is not None and self._same_cadence(kept):
             self.state = kept
             self.resumed = True
+        elif cron is not None:
+            # A cron schedule's first run is the expression's next time, as cron's is.
+            self.state = ScheduleState(origin=now, cron=cron.expression,
+                                       next_run=cron.next_after(now))  # fmt: skip
         else:
             # A new schedule, or a new period: the grid starts now.
             self.state = ScheduleState(origin=now, every=every, next_run=now)
+
+    def _same_cadence(self, kept: ScheduleState) -> bool:
+        if self.cron is not None:
+            return kept.cron == self.cron.expression
+        return kept.every is not None and math.isclose(kept.every, self.every or 0)
+
+    def _cron_slots_between(self, after: float, before: float) -> int:
+        """Cron times strictly after `after` and strictly before `before` (at most
+        MAX_COUNTED_SLOTS)."""
+        assert self.cron is not None
+        count, moment = 0, self.cron.next_after(after)
+        while moment < before and count < MAX_COUNTED_SLOTS:
+            count, moment = count + 1, self.cron.next_after(moment)
+        return count
 
     def _read(self) -> ScheduleState | None:
         try:
@@ -67,9 +104,17 @@ class ScheduleGrid:
         # The slot the run was planned for (a restart's catch-up run is off the grid: the slot
         # before it); the next is after it even when jitter started the run early and it
         # ended before its planned time, so no slot runs twice.
+        if self.cron is not None:
+            at = self.cron.next_after(max(now, self.state.next_run))
+            skipped = self._cron_slots_between(self.state.next_run, at)
+            self.state = self.state.model_copy(update={"next_run": at})
+            self.save()
+            return Slot(at=at, skipped=skipped)
+        every = self.every
+        assert every is not None
         planned = self._slot_index(self.state.next_run)
-        index = max(planned + 1, math.floor((now - self.state.origin) / self.every) + 1)
-        at = self.state.origin + index * self.every
+        index = max(planned + 1, math.floor((now - self.state.origin) / every) + 1)
+        at = self.state.origin + index * every
         skipped = index - planned - 1
         self.state = self.state.model_copy(update={"next_run": at})
         self.save()
@@ -81,7 +126,10 @@ class ScheduleGrid:
         planned = self.state.next_run
         if planned >= now:
             return Slot(at=planned, skipped=0)
-        missed = math.floor((now - planned) / self.every)
+        if self.cron is not None:
+            missed = self._cron_slots_between(planned, now + 1e-6)
+        else:
+            missed = math.floor((now - planned) / (self.every or 1))
         # The run now stands in for the missed slots: `advance` counts from it, not from the
         # old planned time (which would say the stopped time again as an overrun).
         self.state = self.state.model_copy(update={"next_run": now})
@@ -90,7 +138,7 @@ class ScheduleGrid:
     def _slot_index(self, at: float) -> int:
         """The grid slot at or before `at` (a slot's own time counts as that slot, whatever
         the float rounding of origin + k·every)."""
-        return math.floor((at - self.state.origin) / self.every + 1e-9)
+        return math.floor((at - self.state.origin) / (self.every or 1) + 1e-9)
 
     def save(self) -> None:
         """Keep the grid and the next run in the schedule file."""
@@ -98,5 +146,5 @@ class ScheduleGrid:
         # A unique temporary file renamed over the old one: a crash never leaves half a file.
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".schedule-")
         with os.fdopen(fd, "w") as handle:
-            handle.write(self.state.model_dump_json())
+            handle.write(self.state.model_dump_json(exclude_none=True))
         os.replace(temporary, self.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from chaos.cron_schedule import CronSchedule
 from chaos.schedule_grid import SCHEDULE_FILE, ScheduleGrid
 
 HOUR = 3600.0
@@ -91,3 +92,38 @@ def test_a_run_after_a_restart_that_overran_counts_the_slots_it_covered(tmp_path
     restarted.catch_up(now=3.5 * HOUR)
     slot = restarted.advance(now=5.2 * HOUR)
     assert (slot.at, slot.skipped) == (6 * HOUR, 2)  # the 4 h and 5 h slots
+
+
+# -- cron schedules (`chaos run --cron`) ---------------------------------------------------------
+EVERY_FOUR_HOURS = CronSchedule("0 */4 * * *")  # 00:00, 04:00, ... UTC
+MIDNIGHT = 1_796_256_000.0  # 2026-12-03T00:00:00Z
+
+
+def test_a_new_cron_schedule_first_runs_at_the_expressions_next_time(tmp_path: Path) -> None:
+    grid = ScheduleGrid(tmp_path, None, now=MIDNIGHT + 60, cron=EVERY_FOUR_HOURS)
+    assert grid.next_run == MIDNIGHT + 4 * HOUR and not grid.resumed
+
+
+def test_a_cron_run_that_overran_skips_the_times_it_covered_and_counts_them(
+    tmp_path: Path,
+) -> None:
+    grid = ScheduleGrid(tmp_path, None, now=MIDNIGHT - 60, cron=EVERY_FOUR_HOURS)
+    slot = grid.advance(now=MIDNIGHT + 9 * HOUR)  # the 00:00 run lasted past 04:00 and 08:00
+    assert (slot.at, slot.skipped) == (MIDNIGHT + 12 * HOUR, 2)
+
+
+def test_a_restarted_cron_schedule_keeps_its_next_run_and_a_new_expression_does_not(
+    tmp_path: Path,
+) -> None:
+    ScheduleGrid(tmp_path, None, now=MIDNIGHT + 60, cron=EVERY_FOUR_HOURS).save()
+    again = ScheduleGrid(tmp_path, None, now=MIDNIGHT + HOUR, cron=EVERY_FOUR_HOURS)
+    assert again.resumed and again.catch_up(MIDNIGHT + HOUR).at == MIDNIGHT + 4 * HOUR
+    hourly = ScheduleGrid(tmp_path, None, now=MIDNIGHT + HOUR, cron=CronSchedule("0 * * * *"))
+    assert not hourly.resumed and hourly.next_run == MIDNIGHT + 2 * HOUR
+
+
+def test_a_cron_schedule_stopped_over_several_times_counts_them_missed(tmp_path: Path) -> None:
+    ScheduleGrid(tmp_path, None, now=MIDNIGHT + 60, cron=EVERY_FOUR_HOURS).save()
+    again = ScheduleGrid(tmp_path, None, now=MIDNIGHT + 13 * HOUR, cron=EVERY_FOUR_HOURS)
+    slot = again.catch_up(MIDNIGHT + 13 * HOUR)  # 04:00 was due; 08:00 and 12:00 passed too
+    assert (slot.at, slot.skipped) == (MIDNIGHT + 13 * HOUR, 2)
