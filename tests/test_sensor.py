@@ -20,7 +20,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
@@ -32,6 +31,7 @@ from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import TopologyStore
+from tests.prometheus_samples import metric_samples
 
 REPO = Path(__file__).resolve().parents[1]
 MakeSensor = Callable[..., Awaitable[Sensor]]
@@ -97,22 +97,13 @@ async def test_a_healthy_primary_produces_only_heartbeats(
     assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
 
 
-def samples(registry_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus exposition, read with prometheus_client's text parser."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(registry_text)
-        for sample in family.samples
-    }
-
-
 async def test_each_ping_of_the_primary_is_timed_in_the_sensors_metrics(
     cluster: LocalCluster, make_sensor: MakeSensor
 ) -> None:
     sensor = await make_sensor(cluster, cluster.shard("s0").replicas[0])
     for _ in range(3):
         assert (await sensor.check_once()).state == "ok"
-    seen = samples(generate_latest(sensor.metrics.registry).decode())
+    seen = metric_samples(generate_latest(sensor.metrics.registry).decode())
     assert seen[("sensor_probe_seconds_count", (("result", "ok"),))] == 3
     assert 0 < seen[("sensor_probe_seconds_sum", (("result", "ok"),))] < 3
 
@@ -357,7 +348,7 @@ def test_failover_sensor_serves_events_published_on_its_metrics_port(
         while seen.get(heartbeats, 0) < 2:
             assert process.poll() is None and time.monotonic() < deadline, seen
             with contextlib.suppress(httpx.HTTPError):
-                seen = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+                seen = metric_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
             time.sleep(0.1)
         assert seen[("sensor_events_published_total", (("type", "RedisMasterDown"),))] == 0
         process.send_signal(signal.SIGTERM)

@@ -14,13 +14,13 @@ from typing import TypeVar
 
 import httpx
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.testbed import TestbedNode, TestbedState
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
+from tests.prometheus_samples import metric_samples
 
 T = TypeVar("T")
 
@@ -95,17 +95,15 @@ def lazarus_events(state: TestbedState, **params: object) -> list[dict]:
 
 
 def controllers_metric(state: TestbedState, sample_name: str, **labels: str) -> float:
-    """A sample of the controllers' /metrics (read with prometheus_client's text parser) with
-    these labels, summed over every node."""
+    """A sample of the controllers' /metrics with these labels, summed over every node."""
     total = 0.0
     for url in state.lazarus:
-        text = httpx.get(f"{url}/metrics", timeout=5).text
+        samples = metric_samples(httpx.get(f"{url}/metrics", timeout=5).text)
         total += sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == sample_name
-            and all(sample.labels.get(k) == v for k, v in labels.items())
+            value
+            for (name, sample_labels), value in samples.items()
+            if name == sample_name
+            and all(dict(sample_labels).get(k) == v for k, v in labels.items())
         )
     return total
 

@@ -9,24 +9,20 @@ import uuid
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from detection.events import new_event
 from tests.lazarus.served_node import served_node
+from tests.prometheus_samples import Samples, metric_samples
 
 TOKEN = f"metrics-token-{uuid.uuid4().hex}"
 
 
-def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scraped(url: str) -> Samples:
     """Every sample of the node's /metrics, by name and labels."""
     answer = httpx.get(f"{url}/metrics", timeout=10)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(answer.text)
-        for sample in family.samples
-    }
+    return metric_samples(answer.text)
 
 
 def test_an_escalated_event_counts_as_a_decision_and_a_published_escalation(
