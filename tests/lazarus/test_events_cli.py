@@ -9,13 +9,11 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
-from detection.events import new_event
 from lazarus_lite.cli import app
-from tests.lazarus.served_node import served_node
+from tests.lazarus.served_node import post_unmatched_event, served_node
 
 TOKEN = f"events-token-{uuid.uuid4().hex}"
 WIDE = {"COLUMNS": "300"}  # so the table folds no cell
@@ -25,16 +23,7 @@ WIDE = {"COLUMNS": "300"}  # so the table folds no cell
 def node_with_an_event(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A node's URL and the id of one event in its audit trail."""
     with served_node(tmp_path_factory.mktemp("events"), TOKEN) as url:
-        event = new_event("HealthcheckDown", environment="dev", region="local",
-                          service="billing", host="10.0.0.9", source="nagios")  # fmt: skip
-        posted = httpx.post(f"{url}/v1/events", json=event.model_dump(mode="json"),
-                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
-        assert posted.status_code == 202, posted.text
-        deadline = time.monotonic() + 30
-        while not httpx.get(f"{url}/v1/events", timeout=10).json()["events"]:
-            assert time.monotonic() < deadline, "the event never reached the audit trail"
-            time.sleep(0.1)
-        yield url, event.id
+        yield url, post_unmatched_event(url, TOKEN)
 
 
 def lazarus_events(*args: str) -> tuple[int, str]:
