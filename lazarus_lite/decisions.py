@@ -87,10 +87,12 @@ class Decisions:
 
     async def decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
-        await self.audit.save(record)
+        # Counted before the record is saved, so whoever reads the decision in the audit trail
+        # finds it counted (a save that fails has the event decided, and counted, again).
         self.metrics.decided(outcome)
         if record.gate is not None:  # stale, shadow, and every gate before the action
             self.metrics.gate_stopped(record.gate)
+        await self.audit.save(record)
         await self.incidents.forget_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
         return record
@@ -142,8 +144,8 @@ class Decisions:
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self.notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        self.metrics.decided(record.outcome)  # the decision's later end (before it is saved)
         await self.audit.save(record)
-        self.metrics.decided(record.outcome)  # the decision's later end
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
         """The acknowledgement deadline passed with the page still held: it went to a person."""
