@@ -193,10 +193,8 @@ async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
     assert (await engine.store.load(started.id)).status == "succeeded"
 
 
-async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
-    control: aioredis.Redis,
-) -> None:
-    flaky = definition("""
+# Fails twice, then succeeds: within its three attempts.
+FLAKY = definition("""
 name: flaky
 steps:
   - name: try_it
@@ -204,7 +202,12 @@ steps:
     params: {succeed_on: 3}
     retry: {max_attempts: 3, backoff: 0.01}
 """)
-    engine = engine_for(control, "n1", flaky)
+
+
+async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", FLAKY)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -215,17 +218,9 @@ steps:
 async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
     control: aioredis.Redis,
 ) -> None:
-    flaky = definition("""
-name: flaky
-steps:
-  - name: try_it
-    run: test.flaky
-    params: {succeed_on: 2}
-    retry: {max_attempts: 2, backoff: 0.01}
-""")
     metrics = ControllerMetrics()
     env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
-    engine = WorkflowEngine(env, {"flaky": flaky}, metrics=metrics)
+    engine = WorkflowEngine(env, {"flaky": FLAKY}, metrics=metrics)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
     exposition = generate_latest(metrics.registry).decode()
@@ -233,7 +228,7 @@ steps:
                  if f.name == "lazarus_workflow_step_seconds"]  # fmt: skip
     counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
               for s in family.samples if s.name.endswith("_count")}  # fmt: skip
-    assert counts == {("flaky", "try_it", "retried"): 1, ("flaky", "try_it", "succeeded"): 1}
+    assert counts == {("flaky", "try_it", "retried"): 2, ("flaky", "try_it", "succeeded"): 1}
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
