@@ -52,11 +52,17 @@ import gevent
 from locust import FastHttpUser, between, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
-from locust.runners import WorkerRunner
+from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
 log = logging.getLogger("ratequeue.loadtest")
 
 TALLY_KEY = "ratequeue_tally"  # the tally's entry in a worker's report to the master
+# Custom messages at the end of a distributed run: the master asks every worker to stop its
+# users (each finishes its enqueue and its retries, up to --stop-timeout), and each worker answers
+# with what it counted since its last report.
+STOP_AND_TALLY = "ratequeue_stop_and_tally"
+TALLY_FINAL = "ratequeue_tally_final"
+FINAL_TALLY_GRACE = 10.0  # seconds past --stop-timeout the master waits for the final tallies
 ENQUEUE = "enqueue /v1/numbers/[number]/messages"
 ENQUEUE_RETRIED = "enqueue /v1/numbers/[number]/messages (503, retried with the same id)"
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0
@@ -326,9 +332,77 @@ def _add_worker_tally(client_id: str, data: dict[str, Any]) -> None:
     TALLY.add(**data.get(TALLY_KEY, {}))
 
 
+class FinalTallies:
+    """The master's side of the end of a distributed run. Left to itself, a headless master quits
+    its workers and stops listening half a second later, while each worker is still letting its
+    users finish (a 503 retried for up to --ratequeue-retry-seconds): the counts of those last
+    enqueues would arrive after the summary was written, or never. So when the master's test
+    stops, it asks each worker to stop its users and send its final tally, and waits for them
+    all (at most --stop-timeout plus FINAL_TALLY_GRACE seconds) before locust quits the workers."""
+
+    def __init__(self) -> None:
+        self.received: set[str] = set()
+
+    def start(self) -> None:
+        self.received.clear()
+
+    def add(self, environment: Environment, msg: Any) -> None:
+        TALLY.add(**(msg.data or {}))
+        self.received.add(msg.node_id)
+
+    def wait(self, runner: MasterRunner, stop_timeout: float) -> None:
+        workers = {client.id for client in runner.clients.all if client.state != STATE_MISSING}
+        for worker in workers - self.received:
+            runner.send_message(STOP_AND_TALLY, None, client_id=worker)
+        deadline = time.monotonic() + stop_timeout + FINAL_TALLY_GRACE
+        while not workers <= self.received:
+            if time.monotonic() >= deadline:
+                missing = ", ".join(sorted(workers - self.received))
+                log.warning("no final message tally from worker(s) %s: the tally is short", missing)
+                return
+            gevent.sleep(0.1)
+
+
+FINAL_TALLIES = FinalTallies()
+
+
+def _stop_and_send_tally(environment: Environment, msg: Any) -> None:
+    """A worker asked by the master for its final tally: its users finish their tasks, and the
+    test_stop listener sends the tally; a worker already stopped sends it at once."""
+    runner = environment.runner
+    assert runner is not None
+    if runner.state == STATE_STOPPED:
+        runner.send_message(TALLY_FINAL, TALLY.take())
+    else:
+        runner.stop()
+
+
+@events.init.add_listener
+def _register_tally_messages(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(TALLY_FINAL, FINAL_TALLIES.add)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(STOP_AND_TALLY, _stop_and_send_tally)
+
+
+@events.test_start.add_listener
+def _forget_final_tallies(environment: Environment, **_: Any) -> None:
+    FINAL_TALLIES.start()
+
+
+@events.test_stop.add_listener
+def _collect_final_tallies(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(TALLY_FINAL, TALLY.take())  # its users have finished their tasks
+    elif isinstance(runner, MasterRunner):
+        FINAL_TALLIES.wait(runner, environment.stop_timeout or 0.0)
+
+
 @events.quit.add_listener
 def _on_quit(exit_code: int, **_: Any) -> None:
-    # After the workers' final reports (sent when the master quits them), so the sum is whole.
+    # After the workers' final tallies (see FinalTallies), so the sum is whole.
     environment = _environment
     if environment is None or isinstance(environment.runner, WorkerRunner):
         return

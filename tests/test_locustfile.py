@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,34 +98,65 @@ def test_a_503_is_retried_with_the_same_id_so_the_run_passes_and_counts_each_mes
     assert tally["enqueued"] == stored_messages(api) > 0  # no message counted twice
 
 
-def test_the_master_sums_the_tally_of_its_workers(
+class Lines:
+    """A process's stderr read line by line in the background, so a test can wait for one."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert process.stderr is not None
+        self.reader = threading.Thread(
+            target=self.lines.extend, args=(process.stderr,), daemon=True
+        )
+        self.reader.start()
+
+    def contains(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def text(self) -> str:
+        self.reader.join(timeout=30)
+        return "".join(self.lines)
+
+
+def test_the_master_sums_the_tally_of_its_workers_including_retries_still_running_at_the_end(
     cluster: LocalCluster, serve_api: Callable[..., ServedApi], tmp_path: Path
 ) -> None:
     api = serve_api(cluster)
     summary = tmp_path / "summary.json"
     port = free_port()
     master = subprocess.Popen(
-        locust("--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-               "--headless", "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "5s",
-               "--host", api.url, *PRODUCERS_ONLY, "--ratequeue-summary", str(summary)),
+        [*locust("--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                 "--headless", "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "4s",
+                 "--host", api.url, *PRODUCERS_ONLY, "--ratequeue-summary", str(summary)),
+         "--loglevel", "INFO"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=PROJECT,
     )  # fmt: skip
+    master_log = Lines(master)
     worker = locust("--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
     workers = [
         subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=PROJECT)
         for _ in range(2)
     ]
+    replica = cluster.shards[0].replicas[0]
     try:
-        code, stderr = finished(master)
+        wait_until("the first enqueues", lambda: stored_messages(api) > 0, timeout=60)
+        # The run time ends while enqueues are refused: their retries land after the end.
+        replica.signal(signal.SIGSTOP)
+        try:
+            wait_until("a 503", lambda: refused_as_unavailable(api) > 0)
+            wait_until("the run time's end", lambda: master_log.contains("limit reached"), 60)
+        finally:
+            replica.signal(signal.SIGCONT)
+        code = master.wait(timeout=120)
     finally:
-        for worker in workers:
+        for process in (master, *workers):
             try:
-                worker.wait(timeout=30)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-    assert code == 0, stderr[-3000:]
+                process.kill()
+                process.wait()
+    assert code == 0, master_log.text()[-3000:]
     tally = json.loads(summary.read_text())
+    assert tally["retried"] > 0
     assert tally["enqueued"] == stored_messages(api) > 0
 
 
