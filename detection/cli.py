@@ -15,6 +15,7 @@ import signal
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from common.version import add_version_option, testbed_version
 from detection import nagios
@@ -182,12 +183,33 @@ async def _run_sensor(
 # instead of being refused by the option parser (which would exit 2). The Monitoring Plugins
 # Interface (02.Input.md) also fixes -h/--help and -V/--version: print, then exit UNKNOWN (3),
 # so click's own --help (exit 0) is replaced.
+# click's UsageError (a missing value, an option given twice wrongly...): typer exports only its
+# subclass BadParameter, and recent typer vendors its own click, so `click.UsageError` would be
+# the wrong class.
+OPTION_PARSER_ERROR: type[Exception] = typer.BadParameter.__base__  # type: ignore[assignment]
+
+
+class NagiosCheckCommand(TyperCommand):
+    """The check's options, parsed so that what the option parser itself refuses (an option
+    missing its value, e.g. `-t` last) is UNKNOWN with a status line too, not click's exit 2."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        as_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except OPTION_PARSER_ERROR as problem:
+            outcome = nagios.unknown(problem.format_message())  # type: ignore[attr-defined]
+            typer.echo(json.dumps(outcome.as_json()) if as_json else outcome.line())
+            raise typer.Exit(outcome.exit_code) from None
+
+
 @app.command(
+    cls=NagiosCheckCommand,
     context_settings={
         "ignore_unknown_options": True,
         "allow_extra_args": True,
         "help_option_names": [],
-    }
+    },
 )
 def check(
     ctx: typer.Context,

@@ -331,6 +331,15 @@ def test_failover_check_of_a_silent_primary_is_critical_within_its_timeout(
     assert done.stdout.startswith(f"REDIS-PRIMARY CRITICAL - primary {primary} ")
 
 
+@pytest.mark.parametrize("option", ["-t", "--probe-timeout", "--replica"])
+def test_failover_check_option_without_its_value_is_unknown_with_a_status_line(
+    option: str,
+) -> None:
+    done = failover("check", "--replica", "127.0.0.1:9", option)
+    assert (done.returncode, done.stderr) == (3, ""), done.stdout + done.stderr
+    assert done.stdout == f"REDIS-PRIMARY UNKNOWN - Option '{option}' requires an argument.\n"
+
+
 def test_failover_check_refuses_probes_that_cannot_finish_within_its_timeout() -> None:
     # `--timeout 0.5` once meant 0.5 s per probe; now it is the whole check's limit, and the
     # 1 s probes would always end UNKNOWN.
