@@ -7,23 +7,23 @@ controllers' metrics (`lazarus_lite.metrics`) or deciding anything.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from common.metrics_server import MetricsServer
+from detection.probe_latency import ProbeLatency
 from detection.probes import ProbeResult
 
-PROBE_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 SENSOR_EVENT_TYPES = ("RedisMasterDown", "RedisMasterRecovered", "SensorHeartbeat")
 
 
 class SensorMetrics(MetricsServer):
     def __init__(self) -> None:
         super().__init__(CollectorRegistry())
-        self.probe_seconds = Histogram(
+        self.probe_seconds = ProbeLatency(
             "sensor_probe_seconds",
             "PINGs of the watched primary: round trip when answered, time spent when not",
-            ["result"], registry=self.registry, buckets=PROBE_SECONDS_BUCKETS,
-        )  # fmt: skip
+            self.registry,
+        )
         self.published = Counter(
             "sensor_events_published", "Events put on the event stream, by type",
             ["type"], registry=self.registry,
@@ -37,7 +37,7 @@ class SensorMetrics(MetricsServer):
             self.publish_failures.labels(event_type)
 
     def probed(self, probe: ProbeResult) -> None:
-        self.probe_seconds.labels("ok" if probe.ok else "failed").observe(probe.latency_s)
+        self.probe_seconds.observe(probe)
 
     def publish_ended(self, event_type: str, ok: bool) -> None:
         (self.published if ok else self.publish_failures).labels(event_type).inc()

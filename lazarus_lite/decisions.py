@@ -144,7 +144,9 @@ class Decisions:
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self.notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
-        self.metrics.decided(record.outcome)  # the decision's later end (before it is saved)
+        # The decision's later end (counted before it is saved, as decide() does); the event's
+        # decision itself was counted when the workflow was scheduled.
+        self.metrics.workflow_ended(record.outcome)
         await self.audit.save(record)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:

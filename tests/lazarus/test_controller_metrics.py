@@ -34,4 +34,4 @@ def test_an_escalated_event_counts_as_a_decision_and_a_published_escalation(
         after = scraped(url)
     assert after[ESCALATED] == 1
     assert after[("lazarus_escalations_published_total", ())] == 1
-    assert after[("lazarus_decisions_total", (("outcome", "remediated"),))] == 0
+    assert after[("lazarus_workflow_outcomes_total", (("outcome", "remediated"),))] == 0

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.redis_processes import RedisProcess
+from detection.events import Event
+from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
 from lazarus_lite.coordination.interface import HeldLock
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowError
+from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow.context import LockTaken, StepContext, StepEnvironment, StepOutput
@@ -30,6 +35,7 @@ from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
 from ratequeue.local_cluster import start_node
+from tests.prometheus_samples import metric_samples
 
 calls: Counter[str] = Counter()
 gates: dict[str, asyncio.Event] = {}  # one per test: an Event binds to the loop that waits on it
@@ -229,6 +235,39 @@ async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
     counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
               for s in family.samples if s.name.endswith("_count")}  # fmt: skip
     assert counts == {("flaky", "try_it", "retried"): 2, ("flaky", "try_it", "succeeded"): 1}
+
+
+def decision_event(event_id: str) -> Event:
+    return Event(id=event_id, type="RedisMasterDown", environment="dev", region="local",
+                 service="ratequeue", shard="s0", host="127.0.0.2:7001", source="test",
+                 occurred_at=datetime.now(UTC))  # fmt: skip
+
+
+async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
+    control: aioredis.Redis,
+) -> None:
+    metrics = ControllerMetrics()
+    store = RedisCoordinationStore(control)
+    audit = AuditLog(store.records)
+    incidents = IncidentClaims(store.incidents, audit, ttl=60, retry_after=5)
+    decisions = Decisions("n1", store.records, audit, incidents, None, metrics)
+    engine = WorkflowEngine(StepEnvironment(store=store, node_id="n1"), {"flaky": FLAKY},
+                            on_finished=decisions.workflow_finished, metrics=metrics)  # fmt: skip
+    remediated = decision_event("remediated-event")
+    record = await decisions.open(remediated)
+    started = await engine.start("flaky", {}, event_id=remediated.id)
+    await decisions.scheduled(record, remediated, started.id)
+    await engine.wait(started.id)
+    await decisions.escalate(await decisions.open(decision_event("escalated-event")), "no rule")
+
+    samples = metric_samples(generate_latest(metrics.registry).decode())
+    decided = {labels: value for (name, labels), value in samples.items()
+               if name == "lazarus_decisions_total"}  # fmt: skip
+    assert sum(decided.values()) == 2  # two events
+    assert decided[(("outcome", "scheduled"),)] == decided[(("outcome", "escalated"),)] == 1
+    assert samples[("lazarus_workflow_outcomes_total", (("outcome", "remediated"),))] == 1
+    assert samples[("lazarus_workflow_outcomes_total", (("outcome", "escalated"),))] == 0
+    assert (await audit.get(remediated.id)).outcome == "remediated"  # type: ignore[union-attr]
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
