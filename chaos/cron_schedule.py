@@ -39,6 +39,18 @@ class CronSchedule:
         except ValueError:
             raise ValueError(f"{expression!r} {NEVER}") from None
 
+    def times_between(self, after: float, before: float, cap: int) -> int:
+        """How many times the expression names strictly after `after` and before `before`,
+        counted up to `cap` (one iterator walked forward, not a new one per time)."""
+        times = croniter(self.expression, after)
+        count = 0
+        try:
+            while count < cap and times.get_next(float) < before:
+                count += 1
+        except (CroniterBadDateError, CroniterError):
+            pass  # no further time: the count is whole
+        return count
+
     def next_after(self, moment: float) -> float:
         """The first time after `moment` (unix seconds) that the expression names."""
         try:

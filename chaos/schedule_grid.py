@@ -33,14 +33,21 @@ class ScheduleState(BaseModel):
 
 
 class Slot(BaseModel):
-    """The next start on the grid, and how many slots before it were missed."""
+    """The next start on the grid, and how many slots before it were missed (at least that
+    many when `skipped_uncounted`: counting stopped at MAX_COUNTED_SLOTS)."""
 
     at: float
     skipped: int
+    skipped_uncounted: bool = False
+
+    def skipped_text(self) -> str:
+        """`3`, or `at least 10000` when the count was cut short."""
+        return f"at least {self.skipped}" if self.skipped_uncounted else str(self.skipped)
 
 
-# How many cron slots are counted as missed at most (a schedule stopped for years says so).
-MAX_COUNTED_SLOTS = 100_000
+# How many cron slots are counted as missed at most: a `* * * * *` schedule stopped for months
+# says "at least" this many instead of walking every minute of the gap.
+MAX_COUNTED_SLOTS = 10_000
 
 
 class ScheduleGrid:
@@ -79,14 +86,12 @@ class ScheduleGrid:
             return kept.cron == self.cron.expression
         return kept.every is not None and math.isclose(kept.every, self.every or 0)
 
-    def _cron_slots_between(self, after: float, before: float) -> int:
-        """Cron times strictly after `after` and strictly before `before` (at most
-        MAX_COUNTED_SLOTS)."""
+    def _cron_slots_between(self, after: float, before: float) -> tuple[int, bool]:
+        """Cron times strictly after `after` and strictly before `before`, and whether there
+        may be more than counted (the count reached MAX_COUNTED_SLOTS)."""
         assert self.cron is not None
-        count, moment = 0, self.cron.next_after(after)
-        while moment < before and count < MAX_COUNTED_SLOTS:
-            count, moment = count + 1, self.cron.next_after(moment)
-        return count
+        count = self.cron.times_between(after, before, MAX_COUNTED_SLOTS)
+        return count, count >= MAX_COUNTED_SLOTS
 
     def _read(self) -> ScheduleState | None:
         try:
@@ -106,10 +111,10 @@ class ScheduleGrid:
         # ended before its planned time, so no slot runs twice.
         if self.cron is not None:
             at = self.cron.next_after(max(now, self.state.next_run))
-            skipped = self._cron_slots_between(self.state.next_run, at)
+            skipped, uncounted = self._cron_slots_between(self.state.next_run, at)
             self.state = self.state.model_copy(update={"next_run": at})
             self.save()
-            return Slot(at=at, skipped=skipped)
+            return Slot(at=at, skipped=skipped, skipped_uncounted=uncounted)
         every = self.every
         assert every is not None
         planned = self._slot_index(self.state.next_run)
@@ -126,14 +131,15 @@ class ScheduleGrid:
         planned = self.state.next_run
         if planned >= now:
             return Slot(at=planned, skipped=0)
+        uncounted = False
         if self.cron is not None:
-            missed = self._cron_slots_between(planned, now + 1e-6)
+            missed, uncounted = self._cron_slots_between(planned, now + 1e-6)
         else:
             missed = math.floor((now - planned) / (self.every or 1))
         # The run now stands in for the missed slots: `advance` counts from it, not from the
         # old planned time (which would say the stopped time again as an overrun).
         self.state = self.state.model_copy(update={"next_run": now})
-        return Slot(at=now, skipped=missed)
+        return Slot(at=now, skipped=missed, skipped_uncounted=uncounted)
 
     def _slot_index(self, at: float) -> int:
         """The grid slot at or before `at` (a slot's own time counts as that slot, whatever

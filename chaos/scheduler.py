@@ -243,7 +243,7 @@ def run_schedule(
             else:
                 slot = grid.advance(time.time())
                 if slot.skipped:
-                    say(f"the run overran its slot: skipped {slot.skipped} slot(s)")
+                    say(f"the run overran its slot: skipped {slot.skipped_text()} slot(s)")
                 pause = slot.at + rng.uniform(-jitter, jitter) - time.time()
             say(f"next run at {clock(time.time() + pause)} (in {max(0.0, pause):.0f} s)")
             for watcher in watchers:
@@ -279,7 +279,7 @@ def wait_for_first_slot(
             say(f"first run at {clock(slot.at)} ({grid.cron.expression}, UTC)")
             stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
         return
-    missed = f"; {slot.skipped} slot(s) passed while it was stopped" if slot.skipped else ""
+    missed = f"; {slot.skipped_text()} slot(s) passed while it was stopped" if slot.skipped else ""
     say(f"resuming the schedule kept in {grid.path}: next run at {clock(slot.at)}{missed}")
     if slot.at > time.time():
         stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))

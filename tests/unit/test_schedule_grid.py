@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from chaos.cron_schedule import CronSchedule
-from chaos.schedule_grid import SCHEDULE_FILE, ScheduleGrid
+from chaos.schedule_grid import MAX_COUNTED_SLOTS, SCHEDULE_FILE, ScheduleGrid
 
 HOUR = 3600.0
 
@@ -127,3 +127,25 @@ def test_a_cron_schedule_stopped_over_several_times_counts_them_missed(tmp_path:
     again = ScheduleGrid(tmp_path, None, now=MIDNIGHT + 13 * HOUR, cron=EVERY_FOUR_HOURS)
     slot = again.catch_up(MIDNIGHT + 13 * HOUR)  # 04:00 was due; 08:00 and 12:00 passed too
     assert (slot.at, slot.skipped) == (MIDNIGHT + 13 * HOUR, 2)
+
+
+def test_a_cron_schedule_stopped_for_months_says_at_least_the_slots_it_counted(
+    tmp_path: Path,
+) -> None:
+    every_minute = CronSchedule("* * * * *")
+    ScheduleGrid(tmp_path, None, now=MIDNIGHT, cron=every_minute).save()
+    eighty_days_on = MIDNIGHT + 80 * 24 * HOUR
+    slot = ScheduleGrid(tmp_path, None, now=eighty_days_on, cron=every_minute).catch_up(
+        eighty_days_on
+    )
+    assert (slot.skipped, slot.skipped_uncounted) == (MAX_COUNTED_SLOTS, True)
+    assert slot.skipped_text() == f"at least {MAX_COUNTED_SLOTS}"
+
+
+def test_missed_cron_slots_below_the_cap_are_counted_exactly(tmp_path: Path) -> None:
+    every_minute = CronSchedule("* * * * *")
+    ScheduleGrid(tmp_path, None, now=MIDNIGHT, cron=every_minute).save()  # next at 00:01
+    slot = ScheduleGrid(tmp_path, None, now=MIDNIGHT + HOUR, cron=every_minute).catch_up(
+        MIDNIGHT + HOUR + 30
+    )
+    assert (slot.skipped, slot.skipped_text()) == (59, "59")  # 00:02 ... 01:00
