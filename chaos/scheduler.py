@@ -34,6 +34,7 @@ from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import ControlBackend, running_testbed
 from common.errors import EtcdUnreachable
+from common.points_in_time import iso_utc
 from lazarus_lite.coordination.interface import RunLock
 from lazarus_lite.coordination.opening import opened_coordination_store
 
@@ -204,7 +205,7 @@ def run_schedule(
     )
     try:
         if grid is not None:
-            wait_for_first_slot(grid, jitter, rng, say, stop)
+            wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
             for path, experiment in experiments:
                 if stop.is_set():
@@ -269,19 +270,29 @@ def clock(stamp: float) -> str:
 
 
 def wait_for_first_slot(
-    grid: ScheduleGrid, jitter: float, rng: random.Random, say: Say, stop: threading.Event
+    grid: ScheduleGrid,
+    jitter: float,
+    rng: random.Random,
+    say: Say,
+    stop: threading.Event,
+    watchers: Sequence[RunWatcher] = (),
 ) -> None:
-    """A restarted schedule waits for its kept next run (or runs at once if that passed)."""
+    """A restarted schedule waits for its kept next run (or runs at once if that passed), a new
+    cron schedule for its first time; watchers are told when that is."""
     slot = grid.catch_up(time.time())
     grid.save()
     if not grid.resumed:
         if grid.cron is not None:  # a new cron schedule waits for its first time
-            say(f"first run at {clock(slot.at)} ({grid.cron.expression}, UTC)")
+            say(f"first run at {iso_utc(slot.at)} ({grid.cron.expression}, UTC)")
+            for watcher in watchers:
+                watcher.next_run(slot.at)
             stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
         return
     missed = f"; {slot.skipped_text()} slot(s) passed while it was stopped" if slot.skipped else ""
     say(f"resuming the schedule kept in {grid.path}: next run at {clock(slot.at)}{missed}")
     if slot.at > time.time():
+        for watcher in watchers:
+            watcher.next_run(slot.at)
         stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
 
 

@@ -8,10 +8,16 @@ Not for: running experiments on it (tests/chaos/test_runner_and_cli.py).
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
 from pathlib import Path
 
 from chaos.cron_schedule import CronSchedule
+from chaos.run_watchers import RunWatcher
 from chaos.schedule_grid import MAX_COUNTED_SLOTS, SCHEDULE_FILE, ScheduleGrid
+from chaos.scheduler import wait_for_first_slot
+from common.points_in_time import iso_utc
 
 HOUR = 3600.0
 
@@ -149,3 +155,24 @@ def test_missed_cron_slots_below_the_cap_are_counted_exactly(tmp_path: Path) -> 
         MIDNIGHT + HOUR + 30
     )
     assert (slot.skipped, slot.skipped_text()) == (59, "59")  # 00:02 ... 01:00
+
+
+class NextRuns(RunWatcher):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def next_run(self, at: float) -> None:
+        self.times.append(at)
+
+
+def test_a_new_cron_schedule_says_its_first_run_in_utc_and_tells_its_watchers(
+    tmp_path: Path,
+) -> None:
+    grid = ScheduleGrid(tmp_path, None, now=time.time(), cron=CronSchedule("0 0 1 1 *"))
+    said: list[str] = []
+    watcher = NextRuns()
+    stopped = threading.Event()
+    stopped.set()  # the wait for the first time returns at once
+    wait_for_first_slot(grid, 0.0, random.Random(0), said.append, stopped, [watcher])
+    assert watcher.times == [grid.next_run]
+    assert said == [f"first run at {iso_utc(grid.next_run)} (0 0 1 1 *, UTC)"]
