@@ -33,7 +33,9 @@ from notifications.config import NotificationConfig, Route
 from notifications.delivery import Delivery, Purpose
 from notifications.mail import Email
 from notifications.pagerduty import Link, PagerDuty, Severity
-from notifications.slack import SlackWebhook, escape
+from notifications.slack import SlackWebhook, cut_escaped, escape
+
+SLACK_SECTION_TEXT_LIMIT = 3000  # Block Kit: a section's text is at most 3000 characters
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +230,9 @@ class Notifier:
             context = [
                 {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
             ][:10]
+            section = cut_escaped(headline, SLACK_SECTION_TEXT_LIMIT)
             blocks = [
-                {"type": "section", "text": {"type": "mrkdwn", "text": headline[:3000]}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": section}},
                 {"type": "context", "elements": context},
             ]
             sends.append(slack.post(headline, blocks))

@@ -19,6 +19,7 @@ from notifications.config import NotificationConfig, load_notification_config
 from notifications.delivery import Delivery
 from notifications.errors import NotificationConfigError
 from notifications.notifier import Notifier
+from notifications.slack import cut_escaped, escape
 from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder, serving_http_recorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
@@ -490,3 +491,21 @@ async def test_slack_text_escapes_ampersand_and_angle_brackets(
     assert "<" not in message["text"].replace("*[INFO]*", "")
     context = message["blocks"][1]["elements"]
     assert {"type": "mrkdwn", "text": "*reason*: a&lt;b &amp; c&gt;d"} in context
+
+
+async def test_a_long_slack_headline_is_cut_without_splitting_an_escaped_character(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    await notifier.notifier.notify("ratequeue", "&" * 1000)  # escaped: 5000 characters
+    (message,) = http.received("/slack/")
+    section = message["blocks"][0]["text"]["text"]
+    assert 3000 - len("&amp;") < len(section) <= 3000
+    assert section.endswith("&amp;") and "&" not in section.replace("&amp;", "")
+
+
+@pytest.mark.parametrize("limit", range(20, 30))
+def test_escaped_text_is_cut_only_between_entities(limit: int) -> None:
+    cut = cut_escaped(escape("ab<&>" * 10), limit)
+    assert len(cut) <= limit
+    assert cut == escape("ab<&>" * 10)[: len(cut)]
+    assert "&" not in cut.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
