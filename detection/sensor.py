@@ -290,13 +290,14 @@ class Sensor:
             probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
         )
         published: list[Event] = []
+        self.metrics.probed(probe)  # the refused PING too: both were sent
         if probe.refused:
             # Confirm a moment later: a second refusal is the process's death, not a restart
             # under way; an answer then makes this cycle a success like any other.
             await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
             probe = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
                                       source_host=self.config.source_host)  # fmt: skip
-        self.metrics.probed(probe)
+            self.metrics.probed(probe)
         watch.refused = probe.refused
         if probe.ok:
             watch.failures = 0

@@ -108,6 +108,17 @@ async def test_each_ping_of_the_primary_is_timed_in_the_sensors_metrics(
     assert 0 < seen[("sensor_probe_seconds_sum", (("result", "ok"),))] < 3
 
 
+async def test_a_refused_ping_and_its_confirming_ping_are_both_timed(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0])
+    kill(shard.primary)
+    assert (await sensor.check_once()).state == "down"
+    seen = metric_samples(generate_latest(sensor.metrics.registry).decode())
+    assert seen[("sensor_probe_seconds_count", (("result", "failed"),))] == 2
+
+
 async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal(
     cluster: LocalCluster, make_sensor: MakeSensor
 ) -> None:
