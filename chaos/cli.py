@@ -227,8 +227,9 @@ def run(
     json_output: bool = typer.Option(
         False,
         "--json",
-        help="print the journals as one JSON document on stdout when the runs end "
-        "(everything else goes to stderr)",
+        help="print the journals as JSON on stdout (everything else goes to stderr): one "
+        "document when the runs end, or, on a schedule (--every, --cron), one line per run as "
+        "it ends (JSON Lines)",
     ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
@@ -275,9 +276,14 @@ def run(
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
 
+    scheduled = period is not None or cron_schedule is not None
+
     def say_verdict(journal: Journal) -> None:
-        # As each run ends: a schedule's runs are seen while it runs, not when it stops.
+        # As each run ends: a schedule's runs are seen while it runs, not when it stops (it
+        # may run for weeks), so its JSON is a line per run.
         print_verdict(journal)
+        if json_output and scheduled:
+            typer.echo(journal.model_dump_json())
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
@@ -328,10 +334,10 @@ def run(
         if metrics is not None:
             metrics.close()
     failed = any(j.verdict not in ("passed", "not_run") for j in journals)
-    if json_output:
+    if json_output and not scheduled:
         runs = [json.loads(journal.model_dump_json()) for journal in journals]
         typer.echo(json.dumps({"failed": failed, "runs": runs}))
-    if period is None and cron_schedule is None and failed:
+    if not scheduled and failed:
         raise typer.Exit(1)
 
 
