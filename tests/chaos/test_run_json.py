@@ -41,4 +41,4 @@ def test_a_scheduled_run_json_prints_one_journal_per_line_as_each_run_ends(
     assert len(lines) == 2
     journals = [json.loads(line) for line in lines]  # raises if anything else shares stdout
     assert [j["verdict"] for j in journals] == ["not_run", "not_run"]
-    assert journals[0]["run_id"] != journals[1]["run_id"]
+    assert {j["experiment_file"] for j in journals} == {str(SCENARIOS / "replica_kill.yaml")}
