@@ -9,7 +9,8 @@ Run headless against a running API, e.g. the local testbed:
     chaos testbed down --dir /tmp/lt
 
 or distributed (`--master` and any number of `--worker`s): the message tally is summed on the
-master from every worker's reports.
+master from every worker's reports, and at the end the master waits (up to --stop-timeout + 10 s)
+for each worker's final tally, sent once its users finished their enqueues and retries.
 
 Settings are locust command-line options (`locust -f loadtest/locustfile.py --help` lists them
 with their defaults), each also read from the environment variable in brackets:
