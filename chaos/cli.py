@@ -15,12 +15,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
+from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from common.version import add_version_option
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+add_version_option(app, "chaos")
 console = Console()
 
 
@@ -155,6 +158,19 @@ def _parse_duration_option(value: str | None, option: str) -> float | None:
         raise typer.Exit(2) from None
 
 
+def _parse_cron_option(value: str | None, period: float | None) -> CronSchedule | None:
+    if value is None:
+        return None
+    if period is not None:
+        console.print("[red]invalid value for --cron:[/] give --every or --cron, not both")
+        raise typer.Exit(2)
+    try:
+        return CronSchedule(value)
+    except ValueError as error:
+        console.print(f"[red]invalid value for --cron:[/] {escape(str(error))}")
+        raise typer.Exit(2) from None
+
+
 def print_verdict(journal: object) -> None:
     from chaos.journal import Journal
 
@@ -183,9 +199,13 @@ def print_verdict(journal: object) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
     target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
     every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
+    cron: str = typer.Option(
+        None, "--cron", help="run at the times a cron expression names, in UTC ('0 */4 * * *')"
+    ),
     jitter: str = typer.Option(None, "--jitter", help="random +/- DURATION around --every"),
     journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
@@ -204,10 +224,22 @@ def run(
     control: ControlChoice = typer.Option(
         None, "--control", help="the embedded testbed's store, over each file's `control`"
     ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="print the journals as JSON on stdout (everything else goes to stderr): one "
+        "document when the runs end, or, on a schedule (--every, --cron), one line per run as "
+        "it ends (JSON Lines)",
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
+    import json
     import signal
     import threading
+
+    if json_output:  # stdout carries the one JSON document and nothing else
+        console.stderr = True
+        ctx.call_on_close(lambda: setattr(console, "stderr", False))
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
     from chaos.experiments import load_experiment
@@ -220,6 +252,7 @@ def run(
     from notifications.errors import NotificationConfigError
 
     period = _parse_duration_option(every, "--every")
+    cron_schedule = _parse_cron_option(cron, period)
     channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
@@ -243,9 +276,14 @@ def run(
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
 
+    scheduled = period is not None or cron_schedule is not None
+
     def say_verdict(journal: Journal) -> None:
-        # As each run ends: a schedule's runs are seen while it runs, not when it stops.
+        # As each run ends: a schedule's runs are seen while it runs, not when it stops (it
+        # may run for weeks), so its JSON is a line per run.
         print_verdict(journal)
+        if json_output and scheduled:
+            typer.echo(journal.model_dump_json())
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
@@ -285,6 +323,7 @@ def run(
                 max_runs=runs,
                 watchers=watchers,
                 control=backend,
+                cron=cron_schedule,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
@@ -294,7 +333,11 @@ def run(
     finally:
         if metrics is not None:
             metrics.close()
-    if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
+    failed = any(j.verdict not in ("passed", "not_run") for j in journals)
+    if json_output and not scheduled:
+        runs = [json.loads(journal.model_dump_json()) for journal in journals]
+        typer.echo(json.dumps({"failed": failed, "runs": runs}))
+    if not scheduled and failed:
         raise typer.Exit(1)
 
 

@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from detection import probes
 from detection.errors import InvalidEvent, InvalidSensorConfig
 from detection.events import Event, new_event
+from detection.metrics import SensorMetrics
 from detection.probes import ProbeResult
 from detection.streams import EventStream
 from notifications.notifier import Notifier
@@ -166,9 +167,11 @@ class Sensor:
         *,
         control: aioredis.Redis | None = None,
         pager: Notifier | None = None,
+        metrics: SensorMetrics | None = None,
     ) -> None:
         self.config = config
         self.stream = stream
+        self.metrics = metrics or SensorMetrics()
         self.pager = pager  # pages the on-call directly when the primary goes down
         self.name = config.source
         self._host, self._port = probes.parse_address(config.replica)
@@ -234,7 +237,7 @@ class Sensor:
                 event.dedup_key, event.service,
                 f"{event.service} shard {event.shard}: primary {event.host} down "
                 f"(seen from {self.name})",
-                details=event.data, source=self.name,
+                details=event.data, source=self.name, event_id=event.id,
             )  # fmt: skip
         except Exception as error:  # paging must never stop detection
             log.warning("%s: paging failed: %s", self.name, error)
@@ -244,8 +247,10 @@ class Sensor:
             async with asyncio.timeout(self.config.control_timeout):
                 await self.stream.publish(event)
         except Exception as error:
+            self.metrics.publish_ended(event.type, ok=False)
             self._control_trouble(f"cannot publish {event.type}: {probes.describe_error(error)}")
             return False
+        self.metrics.publish_ended(event.type, ok=True)
         level = logging.DEBUG if event.type == "SensorHeartbeat" else logging.WARNING
         log.log(level, "%s: published %s %s", self.name, event.type,
                 event.incident_key or event.host)  # fmt: skip
@@ -285,12 +290,14 @@ class Sensor:
             probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
         )
         published: list[Event] = []
+        self.metrics.probed(probe)  # the refused PING too: both were sent
         if probe.refused:
             # Confirm a moment later: a second refusal is the process's death, not a restart
             # under way; an answer then makes this cycle a success like any other.
             await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
             probe = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
                                       source_host=self.config.source_host)  # fmt: skip
+            self.metrics.probed(probe)
         watch.refused = probe.refused
         if probe.ok:
             watch.failures = 0

@@ -32,6 +32,7 @@ from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.quorum import Quorum
 from lazarus_lite.rules import Rule, RuleBook, load_rules
@@ -111,14 +112,15 @@ class ControllerNode:
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
         )
-        self.quorum = Quorum(settings, store)
+        self.metrics = ControllerMetrics()
+        self.quorum = Quorum(settings, store, self.metrics)
         notifications = (
             load_notification_config(settings.notifications)
             if settings.notifications is not None
             else None
         )
         self.decisions = Decisions(
-            self.node_id, store.records, self.audit, self.incidents, notifications
+            self.node_id, store.records, self.audit, self.incidents, notifications, self.metrics
         )
         self.engine = WorkflowEngine(
             StepEnvironment(
@@ -130,6 +132,7 @@ class ControllerNode:
             ),
             self.definitions,
             on_finished=self.decisions.workflow_finished,
+            metrics=self.metrics,
         )
         self.keeper = ShardKeeper(
             store,

@@ -16,6 +16,7 @@ from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
 from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.paging import Pager, PageState
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -39,8 +40,10 @@ class Decisions:
         audit: AuditLog,
         incidents: IncidentClaims,
         notifications: NotificationConfig | None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics or ControllerMetrics()
         self.records = records
         self.audit = audit
         self.incidents = incidents
@@ -78,11 +81,17 @@ class Decisions:
             event.service,
             triggered_at=event.occurred_at,
             summary=f"{event.type} {event.service}/{event.shard} {event.host}",
+            event_id=event.id,
         )
         self._event_of_incident[event.dedup_key] = event.id
 
     async def decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
+        # Counted before the record is saved, so whoever reads the decision in the audit trail
+        # finds it counted (a save that fails has the event decided, and counted, again).
+        self.metrics.decided(outcome)
+        if record.gate is not None:  # stale, shadow, and every gate before the action
+            self.metrics.gate_stopped(record.gate)
         await self.audit.save(record)
         await self.incidents.forget_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
@@ -107,6 +116,7 @@ class Decisions:
 
     async def notify_escalation(self, record: AuditRecord, reason: str) -> None:
         await self.records.append_escalation(record.event_id, reason, self.node_id)
+        self.metrics.escalations_published.inc()
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
         if self.pager is not None:
@@ -134,6 +144,9 @@ class Decisions:
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self.notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        # The decision's later end (counted before it is saved, as decide() does); the event's
+        # decision itself was counted when the workflow was scheduled.
+        self.metrics.workflow_ended(record.outcome)
         await self.audit.save(record)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:

@@ -13,12 +13,14 @@ import typer
 import uvicorn
 
 from common.errors import InvalidSetting
+from common.version import add_version_option
 from ratequeue.config import ServiceSettings
 
 if TYPE_CHECKING:
     from ratequeue.topology import Topology
 
 app = typer.Typer(help="Per-number rate-limited queues on sharded Redis.", no_args_is_help=True)
+add_version_option(app, "ratequeue")
 
 
 @app.command()

@@ -14,12 +14,12 @@ from datetime import datetime
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from common.http_contract import MAX_JSON_DEPTH
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi, shard_key_count
+from tests.prometheus_samples import metric_samples
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
 ON_S1 = "+14155550102"  # slot 10386: shard s1 of two
@@ -69,15 +69,6 @@ def nested(levels: int) -> object:
     for _ in range(levels):
         value = [value]
     return value
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text → {(sample name, sorted labels): value}."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.fixture(scope="module")

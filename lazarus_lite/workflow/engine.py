@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
@@ -34,8 +35,10 @@ class WorkflowEngine:
         definitions: dict[str, WorkflowDefinition],
         *,
         on_finished: Callable[[WorkflowRecord], Awaitable[None]] | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.env = env
+        self.metrics = metrics
         self.store = env.store.workflows
         self.definitions = definitions
         self.on_finished = on_finished
@@ -224,6 +227,7 @@ class WorkflowEngine:
             else:
                 step_record.status = "succeeded"
                 step_record.finished_at = time.time()
+                self._step_ended(record, definition.name, "succeeded", step_record)
                 step_record.output = stored
                 await self._record_step(
                     record,
@@ -234,8 +238,22 @@ class WorkflowEngine:
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
                 return await self._fail_step(record, definition, failure)
+            self._step_ended(record, definition.name, "retried", step_record, time.time())
             await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    def _step_ended(
+        self,
+        record: WorkflowRecord,
+        step: str,
+        result: str,
+        step_record: StepRecord,
+        at: float | None = None,
+    ) -> None:
+        if self.metrics is not None and step_record.started_at is not None:
+            ended = at if at is not None else step_record.finished_at or time.time()
+            seconds = ended - step_record.started_at
+            self.metrics.step_ended(record.definition.name, step, result, seconds)
 
     async def _record_step(
         self, record: WorkflowRecord, kind: str, step: str, **details: Any
@@ -251,6 +269,7 @@ class WorkflowEngine:
         step_record = record.steps[definition.name]
         step_record.status = "failed"
         step_record.finished_at = time.time()
+        self._step_ended(record, definition.name, "failed", step_record)
         step_record.error = failure
         await self._record_step(record, "step_failed", definition.name, error=failure)
         return failure
