@@ -177,6 +177,11 @@ class FaultPhase:
         if step.action in {"stop", "start"} and name == "local" and node.command:
             # Stop's rollback (and start) boots the node again with its own command line.
             params["command"] = node.command
+        whole = step.action == "blackhole" and step.from_node is None
+        if whole and name == "local" and node.role in STORE_ROLES:
+            # Clients and peers reach a store node the same way: cutting it off cuts every
+            # path of its process, not a peer path it does not have.
+            params["whole_node"] = True
         if step.action == "kill" and name == "local" and node.role in STORE_ROLES:
             # A killed store node comes back at rollback, from its own data directory: the
             # run is about the store's absence, not a store lost for good.

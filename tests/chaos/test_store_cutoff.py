@@ -1,0 +1,100 @@
+"""Cutting a store node off (`blackhole` with `whole_node`, what the chaos runner does to a
+`control_store` or `etcd_member` target on the local backend), on real processes: the node
+runs on, but nobody reaches it and it reaches nobody, until the rollback.
+
+Not for: the peer-path blackhole of shard nodes (tests/chaos/test_local_faults.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from chaos.faults.base import NodeTarget
+from chaos.processes import running
+from common.etcd_client import EtcdClient, EtcdClientSettings
+from common.etcd_processes import EtcdCluster, EtcdMember
+from common.redis_processes import RedisProcess
+from ratequeue.local_cluster import start_node
+from tests.chaos.test_local_faults import (
+    Recorder,
+    faults,  # noqa: F401 (the fixture)
+    iptables_save,
+    needs_iptables,
+    ping_seconds,
+    wait_until,
+)
+
+pytestmark = needs_iptables
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[RedisProcess]:
+    node = start_node("control", "control", None, tmp_path)
+    yield node
+    node.stop()
+
+
+def control_target(node: RedisProcess) -> NodeTarget:
+    return NodeTarget(name=node.name, role="control", port=node.port, pid=node.pid)
+
+
+def member_target(member: EtcdMember) -> NodeTarget:
+    return NodeTarget(name=member.name, role="etcd", port=member.client_port, pid=member.pid)
+
+
+def test_a_cut_off_control_redis_answers_no_client_held_or_new_until_rolled_back(
+    faults: Recorder,  # noqa: F811
+    control: RedisProcess,
+) -> None:
+    held = redis.Redis(port=control.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    held.ping()
+    fault = faults.inject("blackhole", control_target(control), whole_node=True)
+    try:
+        assert fault.details["ports"] == [control.port]
+        assert ping_seconds("127.0.0.1", control.port, timeout=0.5) is None
+        with pytest.raises(redis.TimeoutError):  # silence, not a refusal: it runs on
+            held.ping()
+        assert running(control.pid)
+
+        fault.rollback()
+        assert fault.details["comment"] not in iptables_save()
+        wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
+    finally:
+        held.close()
+
+
+async def _put(endpoints: list[str], key: str) -> None:
+    async with EtcdClient(EtcdClientSettings(endpoints=endpoints, call_timeout=5.0)) as client:
+        await client.put(key, b"written while it was cut off")
+
+
+async def _read(endpoint: str, key: str) -> bytes | None:
+    async with EtcdClient(EtcdClientSettings(endpoints=[endpoint], call_timeout=2.0)) as client:
+        found = await client.get(key)
+        return None if found is None else found.value
+
+
+def test_a_cut_off_etcd_leader_loses_its_lead_and_catches_up_after_the_rollback(
+    faults: Recorder,  # noqa: F811
+    etcd: EtcdCluster,
+) -> None:
+    leader = etcd.wait_for_leader()
+    fault = faults.inject("blackhole", member_target(leader), whole_node=True)
+    assert leader.status() is None and running(leader.pid)
+    # Its heartbeats no longer reach the others either: they elect one of their own.
+    etcd.wait_for_leader(other_than=leader)
+    others = [m.client_url for m in etcd.members if m is not leader]
+    asyncio.run(_put(others, "/cut-off/probe"))
+
+    fault.rollback()
+    wait_until(lambda: leader.status() is not None, timeout=10)
+    written = b"written while it was cut off"
+    wait_until(lambda: asyncio.run(_read(leader.client_url, "/cut-off/probe")) == written,
+               timeout=10)  # fmt: skip
