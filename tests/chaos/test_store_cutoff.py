@@ -8,6 +8,8 @@ Not for: the peer-path blackhole of shard nodes (tests/chaos/test_local_faults.p
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +18,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from chaos.experiments import FaultStep, Selector
+from chaos.fault_phase import FaultPhase
 from chaos.faults.base import NodeTarget
 from chaos.processes import running
+from chaos.targets import from_testbed
+from chaos.testbed import TestbedNode, TestbedState
 from common.etcd_client import EtcdClient, EtcdClientSettings
 from common.etcd_processes import EtcdCluster, EtcdMember
 from common.redis_processes import RedisProcess
@@ -68,6 +74,24 @@ def test_a_cut_off_control_redis_answers_no_client_held_or_new_until_rolled_back
         wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
     finally:
         held.close()
+
+
+def test_a_blackhole_step_on_the_control_store_cuts_the_whole_node(
+    faults: Recorder,  # noqa: F811
+    control: RedisProcess,
+    tmp_path: Path,
+) -> None:
+    node = TestbedNode(name="control", role="control", host="127.0.0.1", port=control.port,
+                       pid=control.pid, command=["redis-server"])  # fmt: skip
+    state = TestbedState(api="http://127.0.0.1:1", control=control.url, nodes=[node])
+    deployment = from_testbed(state, tmp_path)
+    phase = FaultPhase(deployment, None, rng=random.Random(0), stop=threading.Event(),  # type: ignore[arg-type]
+                       say=lambda _: None, backends={"local": faults.backend})  # fmt: skip
+    step = FaultStep(action="blackhole", target=Selector(role="control_store"))
+    fault = phase.inject(step, deployment.node("control"))
+    faults.faults.append(fault)
+    assert fault.details["whole_node"] and fault.details["ports"] == [control.port]
+    assert ping_seconds("127.0.0.1", control.port, timeout=0.5) is None
 
 
 async def _put(endpoints: list[str], key: str) -> None:
