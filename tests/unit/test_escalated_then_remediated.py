@@ -8,6 +8,8 @@ Not for: how a run gathers its decisions (chaos.runner), or the scenario itself
 
 from __future__ import annotations
 
+import pytest
+
 from chaos.experiments import EscalatedThenRemediated
 from chaos.hypotheses import Observations, evaluate
 from chaos.journal import HypothesisOutcome
@@ -54,42 +56,32 @@ def test_an_escalation_while_the_store_was_away_then_a_remediation_after_passes(
     assert outcome.ok, outcome.detail
 
 
-def test_an_escalation_recorded_only_after_the_store_returned_fails() -> None:
-    outcome = judged(
-        [decision(108.5, "escalated"), decision(109.0, "remediated", "wf-1")],
-        [workflow("wf-1", "succeeded")],
-    )
-    assert not outcome.ok and "no escalation was recorded while the fault lasted" in outcome.detail
+SUCCEEDED = [workflow("wf-1", "succeeded")]
 
 
-def test_an_escalation_about_another_shard_does_not_count() -> None:
-    outcome = judged(
-        [decision(104.0, "escalated", shard="s0"), decision(109.0, "remediated", "wf-1")],
-        [workflow("wf-1", "succeeded")],
-    )
-    assert not outcome.ok
-
-
-def test_a_workflow_started_while_the_store_was_away_fails() -> None:
-    outcome = judged(
-        [decision(104.0, "escalated"), decision(105.0, "remediated", "wf-1")],
-        [workflow("wf-1", "succeeded")],
-    )
-    assert not outcome.ok and "acted while the fault lasted" in outcome.detail
-
-
-def test_no_successful_workflow_after_the_store_returned_fails() -> None:
-    outcome = judged(
-        [decision(104.0, "escalated"), decision(109.0, "escalated", "wf-1")],
-        [workflow("wf-1", "escalated")],
-    )
-    assert not outcome.ok and "no workflow succeeded" in outcome.detail
-
-
-def test_a_fault_never_undone_fails() -> None:
-    outcome = judged(
-        [decision(104.0, "escalated"), decision(109.0, "remediated", "wf-1")],
-        [workflow("wf-1", "succeeded")],
-        ended=None,
-    )
-    assert not outcome.ok and "never undone" in outcome.detail
+@pytest.mark.parametrize(
+    ("decisions", "workflows", "ended", "problem"),
+    [
+        pytest.param([decision(108.5, "escalated"), decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "no escalation was recorded while the fault lasted",
+                     id="escalated-only-after-the-store-returned"),
+        pytest.param([decision(104.0, "escalated", shard="s0"),
+                      decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "no escalation was recorded while the fault lasted",
+                     id="escalated-about-another-shard"),
+        pytest.param([decision(104.0, "escalated"), decision(105.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "acted while the fault lasted",
+                     id="a-workflow-started-while-the-store-was-away"),
+        pytest.param([decision(104.0, "escalated"), decision(109.0, "escalated", "wf-1")],
+                     [workflow("wf-1", "escalated")], STORE_BACK_AT, "no workflow succeeded",
+                     id="no-success-after-the-store-returned"),
+        pytest.param([decision(104.0, "escalated"), decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, None, "never undone", id="the-fault-never-undone"),
+    ],
+)  # fmt: skip
+def test_it_fails_naming_what_was_missing(
+    decisions: list[AuditRecord], workflows: list[WorkflowRecord], ended: float | None,
+    problem: str,
+) -> None:  # fmt: skip
+    outcome = judged(decisions, workflows, ended=ended)
+    assert not outcome.ok and problem in outcome.detail
