@@ -87,5 +87,11 @@ async def write_held_records(decisions: Decisions, interval: float) -> None:
     """Every `interval` seconds, write what was decided while the record log was away."""
     while True:
         await asyncio.sleep(interval)
-        if len(decisions.held):
-            await decisions.write_held()  # never raises: what it cannot write stays held
+        if not len(decisions.held):
+            continue
+        try:
+            await decisions.write_held()  # what it cannot write stays held
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: writing held records failed: %s", decisions.node_id, error)

@@ -13,6 +13,7 @@ these records to act: see `coordination`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 
@@ -29,6 +30,9 @@ class HeldRecords:
         self.node_id = node_id
         self._held: deque[AuditRecord] = deque()
         self.limit = limit
+        # Two writers (an escalation's own attempt, the periodic loop) would otherwise both
+        # write the oldest record and both pop it: one record twice, the next never.
+        self._writing = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -43,19 +47,22 @@ class HeldRecords:
     async def write(self, audit: AuditLog, records: RecordLog) -> int:
         """Write what is held, oldest first, until the log fails; returns how many were
         written. A record whose write failed stays held (a retry saves the same audit key
-        again, so a half-written one is completed, not doubled)."""
+        again, so a half-written one is completed, not doubled). One writer at a time."""
         written = 0
-        while self._held:
-            record = self._held[0]
-            try:
-                await audit.save(record)
-                await records.append_escalation(record.event_id, record.reason, self.node_id)
-            except Exception as error:  # whatever the backend raises: still away, try later
-                log.info("%s: %d held records wait for the record log: %s",
-                         self.node_id, len(self._held), error)  # fmt: skip
-                break
-            self._held.popleft()
-            written += 1
+        async with self._writing:
+            while self._held:
+                record = self._held[0]
+                try:
+                    await audit.save(record)
+                    await records.append_escalation(record.event_id, record.reason, self.node_id)
+                except Exception as error:  # whatever the backend raises: still away, try later
+                    log.info("%s: %d held records wait for the record log: %s",
+                             self.node_id, len(self._held), error)  # fmt: skip
+                    break
+                # `hold` may have dropped it (the limit) while it was being written.
+                if self._held and self._held[0] is record:
+                    self._held.popleft()
+                written += 1
         if written:
             log.warning("%s: wrote %d records held while the store was unreachable",
                         self.node_id, written)  # fmt: skip
