@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,39 @@ def test_a_cut_off_control_redis_answers_no_client_held_or_new_until_rolled_back
         wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
     finally:
         held.close()
+
+
+def test_a_cut_off_node_leaves_another_processs_connection_from_the_same_port_number_alone(
+    faults: Recorder,  # noqa: F811
+    control: RedisProcess,
+) -> None:
+    # The control Redis opens a connection of its own (to a "primary" that is this test)...
+    primary, elsewhere = (
+        socket.create_server(("127.0.0.1", 0)),
+        socket.create_server(("127.0.0.1", 0)),
+    )
+    with primary, elsewhere:
+        control.client().replicaof("127.0.0.1", primary.getsockname()[1])
+        primary.settimeout(5)
+        held, (_, opened_port) = primary.accept()
+        # ...and another process uses the same local port number, from another address.
+        bystander = socket.create_connection(
+            elsewhere.getsockname(), source_address=("127.0.0.3", opened_port)
+        )
+        peer, _ = elsewhere.accept()
+        with held, bystander, peer:
+            fault = faults.inject("blackhole", control_target(control), whole_node=True)
+
+            primary_port = primary.getsockname()[1]
+            assert fault.details["opened"] == [f"127.0.0.1:{opened_port}->127.0.0.1:{primary_port}"]
+            bystander.sendall(b"still here")
+            peer.settimeout(2)
+            assert peer.recv(16) == b"still here"
+            peer.sendall(b"and back")
+            bystander.settimeout(2)
+            assert bystander.recv(16) == b"and back"
+            fault.rollback()
+            control.client().replicaof("no", "one")
 
 
 def test_a_blackhole_step_on_the_control_store_cuts_the_whole_node(

@@ -3,8 +3,9 @@ connections too) while its client address keeps working; or, with `from_target`,
 process's path to it (that process moved into a cgroup of its own, its held connections
 matched by their local ports); or, with `whole_node`, every path of the node's process, for a
 store node every client and peer reaches the same way (the control Redis, an etcd member): its
-listening ports both ways on loopback, the connections it opened by their local ports, and
-those it opens meanwhile by its cgroup. Undo deletes exactly those rules and moves the process
+listening ports both ways on loopback, the connections it opened by their address pairs (not
+their local ports alone, which another process may use toward another peer), and those it
+opens meanwhile by its cgroup. Undo deletes exactly those rules and moves the process
 back.
 
 Not for: slowing a path down (`latency`), or the chains the rules live in (`iptables`).
@@ -88,21 +89,32 @@ class BlackholeFaults:
         """Every path of the target's process, whoever is at the other end."""
         process = CheckedProcess(target, None)
         process.close()
-        sockets = _sockets(process.pid)
-        listening = sorted({s.local_port for s in sockets if s.state == _LISTEN})
-        if not listening:
-            raise FaultError(f"{target.name}: pid {process.pid} listens on no TCP port")
-        opened = sorted({s.local_port for s in sockets
-                         if s.state == _ESTABLISHED and s.local_port not in listening})  # fmt: skip
         fault_id = uuid.uuid4().hex[:12]
         comment = ["-m", "comment", "--comment", f"{COMMENT_PREFIX}{fault_id}"]
+        # Into the cgroup first: a connection opened after the sockets are read is its rule's.
         group = Cgroup.move(process.pid, f"{self.iptables.chain.lower()}-{fault_id}")
+        try:
+            sockets = _sockets(process.pid)
+            listening = sorted({s.local_port for s in sockets if s.state == _LISTEN})
+            if not listening:
+                raise FaultError(f"{target.name}: pid {process.pid} listens on no TCP port")
+        except BaseException:
+            group.restore()
+            raise
+        opened = sorted({s for s in sockets if s.state == _ESTABLISHED
+                         and s.local_port not in listening}, key=str)  # fmt: skip
         drop = [*comment, "-j", "DROP"]
         rules = [["-m", "cgroup", "--path", group.name, *drop]]
-        for port in [*listening, *opened]:
+        for port in listening:
             rules.append(["-p", "tcp", "-d", LOOPBACK, "--dport", str(port), *drop])
             rules.append(["-p", "tcp", "-s", LOOPBACK, "--sport", str(port), *drop])
-        details = {"id": fault_id, "whole_node": True, "ports": listening, "opened": opened,
+        for held in opened:
+            # By the whole address pair: another process may use the same local port number.
+            local, remote = held.local_address(), held.remote_address()
+            rules.append(_connection_rule(local, remote, drop))
+            rules.append(_connection_rule(remote, local, drop))
+        details = {"id": fault_id, "whole_node": True, "ports": listening,
+                   "opened": [s.pair() for s in opened],
                    "cgroup": group.name, **self.iptables.tag(fault_id)}  # fmt: skip
         return self._installed(target, rules, group, details)
 
@@ -144,9 +156,37 @@ _LISTEN, _ESTABLISHED = "0A", "01"  # the states as /proc/net/tcp writes them
 
 @dataclass(frozen=True)
 class _Socket:
-    local_port: int
-    remote: str  # as /proc/net/tcp writes it: address and port in hex
+    local: str  # as /proc/net/tcp writes it: address and port in hex
+    remote: str
     state: str
+
+    @property
+    def local_port(self) -> int:
+        return int(self.local.split(":")[1], 16)
+
+    def local_address(self) -> tuple[str, int]:
+        return _address(self.local)
+
+    def remote_address(self) -> tuple[str, int]:
+        return _address(self.remote)
+
+    def pair(self) -> str:
+        """ "host:port->host:port", for people."""
+        (local, local_port), (remote, remote_port) = self.local_address(), self.remote_address()
+        return f"{local}:{local_port}->{remote}:{remote_port}"
+
+
+def _address(written: str) -> tuple[str, int]:
+    """A /proc/net/tcp IPv4 address ("0100007F:1F90": host-order hex) as host and port."""
+    host, port = written.split(":")
+    return socket.inet_ntoa(int(host, 16).to_bytes(4, "little")), int(port, 16)
+
+
+def _connection_rule(
+    source: tuple[str, int], destination: tuple[str, int], drop: list[str]
+) -> list[str]:
+    return ["-p", "tcp", "-s", source[0], "--sport", str(source[1]),
+            "-d", destination[0], "--dport", str(destination[1]), *drop]  # fmt: skip
 
 
 def _sockets(pid: int) -> list[_Socket]:
@@ -163,8 +203,7 @@ def _sockets(pid: int) -> list[_Socket]:
         for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
             if len(fields) > 9 and fields[9] in inodes:
-                port = int(fields[1].split(":")[1], 16)
-                found.append(_Socket(port, fields[2], fields[3]))
+                found.append(_Socket(fields[1], fields[2], fields[3]))
     return found
 
 
