@@ -9,6 +9,8 @@ Not for: making the decision (`controller`) or the pager policy itself (`paging`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -24,6 +26,10 @@ from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.records import WorkflowRecord
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery
+
+# How long an escalation made without the store waits for the record log before it is left to
+# the periodic writer (`background.write_held_records`).
+HELD_WRITE_TIMEOUT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +180,10 @@ class Decisions:
                 record, await self.pager.escalate(event.dedup_key, event.service, reason)
             )
         self.held.hold(record)
-        await self.write_held()  # on etcd the record log is in Redis, which may well answer
+        # On etcd the record log is in Redis, which may well answer; a silent one must not hold
+        # up the watch pass that called (the periodic writer tries again).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.write_held(), HELD_WRITE_TIMEOUT)
         return record
 
     async def write_held(self) -> int:

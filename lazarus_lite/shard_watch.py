@@ -20,9 +20,13 @@ is filed once per episode across all controller nodes (a claim in the control st
 
 While the coordination store is unreachable no report can be filed and no controller can take a
 lock, so nothing may act; the node keeps probing the primaries of the last topology it read,
-and a primary down for `self_report_after` is handed to a person at once (`on_store_away`: a
-page with the reason, recorded once the store is back), once per primary and epoch. When the
-store answers again the watch goes on as before, and the incident is decided as usual.
+and a primary down for `self_report_after`, the store unreachable as long (a connection error
+or a read longer than `store_timeout`; a store that answers something unreadable is a bug to
+log, not an outage), is handed to a person at once (`on_store_away`: a page with the reason,
+recorded once the store is back), once per primary and epoch. When the store answers again the
+watch goes on as before, and the incident is decided as usual. A node started while the store
+is away has read no topology, so it knows no primary to probe and sends no such page: only its
+blind-watch page (`watch_blind`, after `unwritable_after` of failed passes) tells a person.
 Not for: deciding or acting on a shard (the controller's rules and the failover workflow).
 """
 
@@ -35,8 +39,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.errors import EtcdUnreachable
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
@@ -59,6 +66,15 @@ WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
 # the watch would have reported it) and why nothing is done about it.
 StoreAwayHandler = Callable[[Event, str], Awaitable[Any]]
 
+# What says the store is away (not that it answered something wrong, nor a bug of ours): only
+# these make a node act as if it were.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,  # TimeoutError too: a read that outlived `store_timeout`
+    EtcdUnreachable,
+)
+
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -72,6 +88,7 @@ class WatchSettings:
     region: str = "local"
     report_ttl: int = 600
     reemit_every: float = 30.0  # a self-report of a primary that stays down is filed again
+    store_timeout: float = 2.0  # a topology read longer than this counts as the store away
 
 
 @dataclass(frozen=True)
@@ -143,16 +160,20 @@ class ShardWatch:
         self._last_topology: Topology | None = None
         self._templates: dict[str, Event] = {}
         self._escalated_without_store: set[str] = set()
+        self._store_away_since: float | None = None  # monotonic; None while it answers
 
     async def run_once(self) -> list[Event]:
         """One pass over every shard; returns the reports this node filed. Raises when the
         store cannot be read (after probing the last topology's primaries without it)."""
         try:
-            topology = await self.topology.load()
-        except Exception as error:
+            topology = await asyncio.wait_for(self.topology.load(), self.settings.store_timeout)
+        except STORE_UNREACHABLE as error:
+            if self._store_away_since is None:
+                self._store_away_since = time.monotonic()
             if self._last_topology is not None and self.on_store_away is not None:
                 await self._watch_without_store(self._last_topology, error)
             raise
+        self._store_away_since = None
         sensors = await self._sensor_heartbeats()
         failing_writes = await self.store.records.write_failures()
         self._last_topology = topology or self._last_topology
@@ -316,10 +337,12 @@ class ShardWatch:
 
     async def _watch_without_store(self, topology: Topology, store_error: Exception) -> None:
         """The store is unreachable: no lock can be taken, so nothing may act. A primary of the
-        last topology read that stays down for `self_report_after` goes to a person, once per
-        primary and epoch, saying why nothing is done."""
-        assert self.on_store_away is not None
+        last topology read that stays down for `self_report_after`, the store away as long,
+        goes to a person, once per primary and epoch, saying why nothing is done. (A blip of
+        the store, a pass or two while a workflow promotes, pages nobody.)"""
+        assert self.on_store_away is not None and self._store_away_since is not None
         now = time.monotonic()
+        store_away = now - self._store_away_since >= self.settings.self_report_after
         for shard in topology.shards:
             target = f"{shard.primary.name}@{shard.epoch}"
             seen = await primary_writability(
@@ -330,7 +353,7 @@ class ShardWatch:
                 self._escalated_without_store.discard(target)
                 continue
             down_for = now - self._down_since.setdefault(target, now)
-            if down_for < self.settings.self_report_after:
+            if down_for < self.settings.self_report_after or not store_away:
                 continue
             if target in self._escalated_without_store:
                 continue
