@@ -153,6 +153,24 @@ class FaultPhase:
             self.say(f"targets from the last topology read: {error}")
         return self._last_topology
 
+    def remove_leftovers(self, journal: Journal) -> None:
+        """Before a run: undo what a run that died left on this deployment's processes (the
+        local backend's blackholes: see `LocalFaultBackend.remove_leftovers`), named in the
+        journal's timeline."""
+        if self.deployment.default_backend != "local" and "local" not in self._backends:
+            return
+        pids = [n.pid for n in self.deployment.nodes if n.pid is not None]
+        try:
+            backend = self._backends.get("local") or open_backend("local")
+            self._backends["local"] = backend
+            undone = backend.remove_leftovers(pids)  # type: ignore[attr-defined]
+        except FaultError as error:
+            journal.errors.append(f"removing an earlier run's leftovers failed: {error}")
+            return
+        if undone:
+            journal.mark("leftovers_removed", time.time(), None, "; ".join(undone))
+            self.say(f"removed what an earlier run left: {'; '.join(undone)}")
+
     def backend_name(self, step: FaultStep) -> str:
         """The step's own backend, else the deployment's default (local for the testbed)."""
         return step.backend or self.deployment.default_backend

@@ -22,6 +22,8 @@ from redis.retry import Retry
 from chaos.experiments import FaultStep, Selector
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import NodeTarget
+from chaos.faults.local.cgroups import cgroup2_mount
+from chaos.journal import Journal
 from chaos.processes import running
 from chaos.targets import from_testbed
 from chaos.testbed import TestbedNode, TestbedState
@@ -56,15 +58,28 @@ def member_target(member: EtcdMember) -> NodeTarget:
     return NodeTarget(name=member.name, role="etcd", port=member.client_port, pid=member.pid)
 
 
+def cgroup_of(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line[3:] for line in lines if line.startswith("0::"))
+
+
+def cgroup_exists(name: str) -> bool:
+    root = cgroup2_mount()
+    assert root is not None
+    return (root / name).exists()
+
+
 def test_a_cut_off_control_redis_answers_no_client_held_or_new_until_rolled_back(
     faults: Recorder,  # noqa: F811
     control: RedisProcess,
 ) -> None:
     held = redis.Redis(port=control.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
     held.ping()
+    original = cgroup_of(control.pid)
     fault = faults.inject("blackhole", control_target(control), whole_node=True)
     try:
         assert fault.details["ports"] == [control.port]
+        assert cgroup_of(control.pid) == f"/{fault.details['cgroup']}"
         assert ping_seconds("127.0.0.1", control.port, timeout=0.5) is None
         with pytest.raises(redis.TimeoutError):  # silence, not a refusal: it runs on
             held.ping()
@@ -72,9 +87,44 @@ def test_a_cut_off_control_redis_answers_no_client_held_or_new_until_rolled_back
 
         fault.rollback()
         assert fault.details["comment"] not in iptables_save()
+        assert cgroup_of(control.pid) == original
+        assert not cgroup_exists(fault.details["cgroup"])
         wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
     finally:
         held.close()
+
+
+def test_before_a_run_the_cut_offs_a_dead_run_left_on_its_deployment_are_undone_and_named(
+    faults: Recorder,  # noqa: F811
+    control: RedisProcess,
+    tmp_path: Path,
+) -> None:
+    other = start_node("other-control", "control", None, tmp_path / "other")
+    try:
+        # A run died with both cut off; the next run's deployment has only `control`.
+        mine = faults.inject("blackhole", control_target(control), whole_node=True)
+        not_mine = faults.inject("blackhole", control_target(other), whole_node=True)
+        node = TestbedNode(name="control", role="control", host="127.0.0.1", port=control.port,
+                           pid=control.pid, command=["redis-server"])  # fmt: skip
+        state = TestbedState(api="http://127.0.0.1:1", control=control.url, nodes=[node])
+        phase = FaultPhase(from_testbed(state, tmp_path), None, rng=random.Random(0),  # type: ignore[arg-type]
+                           stop=threading.Event(), say=lambda _: None,
+                           backends={"local": faults.backend})  # fmt: skip
+        journal = Journal(run_id="r", experiment="e", deployment="d", environment="dev",
+                          started_at=0.0)  # fmt: skip
+
+        phase.remove_leftovers(journal)
+
+        [entry] = [e for e in journal.timeline if e.name == "leftovers_removed"]
+        assert mine.details["comment"] in entry.detail
+        assert mine.details["comment"] not in iptables_save()
+        assert not cgroup_exists(mine.details["cgroup"])
+        wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
+        assert not_mine.details["comment"] in iptables_save()
+        assert ping_seconds("127.0.0.1", other.port, timeout=0.5) is None
+    finally:
+        faults.close()
+        other.stop()
 
 
 def test_a_cut_off_node_leaves_another_processs_connection_from_the_same_port_number_alone(
