@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from chaos.faults.base import InjectedFault, NodeTarget
 from common.etcd_processes import EtcdCluster
 from detection.sensor import incident_key
 from lazarus_lite.audit import AuditLog, AuditRecord
@@ -29,6 +30,11 @@ from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ShardWatch, WatchSettings
 from notifications.config import NotificationConfig
 from ratequeue.local_cluster import LocalCluster
+from tests.chaos.test_local_faults import (
+    Recorder,
+    faults,  # noqa: F401 (the fixture)
+    needs_iptables,
+)
 from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 QUICK = WatchSettings(interval=0.05, sensor_silence_after=0.2, self_report_after=0.3,
@@ -157,6 +163,50 @@ def test_the_escalation_is_held_until_the_control_redis_is_back_then_recorded(
     assert record.event["shard"] == "s0" and record.workflow_id is None
     assert "coordination store is unreachable" in record.reason
     assert [n.kind for n in record.notes if n.kind == "store_unreachable"] == ["store_unreachable"]
+    assert len(node.decisions.held) == 0
+
+
+@pytest.fixture
+def redis_cutoff(
+    start_cluster: Callable[..., LocalCluster],
+    http: HttpRecorder,
+    faults: Recorder,  # noqa: F811
+) -> Iterator[tuple[InjectedFault, Controller]]:
+    """The control Redis cut off (it runs on; nothing reaches it, no call is refused: each
+    waits for its timeout), then s0's primary killed; the controller watched for a while."""
+    cluster = start_cluster(shards=1, replicas=1)
+    # The controllers' socket timeout: longer than a watch pass may wait for the store.
+    store = RedisCoordinationStore.from_url(cluster.control.url, timeout=5.0)
+    control = cluster.control
+    target = NodeTarget(name=control.name, role="control", port=control.port, pid=control.pid)
+    with controller(store, http) as node:
+        fault = faults.inject("blackhole", target, whole_node=True)
+        kill_primary(cluster)
+        node.run(node.watch_for(6.0))
+        yield fault, node
+        fault.rollback()
+
+
+@needs_iptables
+def test_a_primary_down_while_the_control_redis_is_cut_off_pages_a_person_once_saying_why(
+    redis_cutoff: tuple[InjectedFault, Controller], http: HttpRecorder
+) -> None:
+    [page] = escalation_pages(http)
+    reason = page["payload"]["custom_details"]["escalation_reason"]
+    assert "s0-primary unreachable" in reason and "nothing is promoted" in reason
+
+
+@needs_iptables
+def test_the_escalation_made_while_the_control_redis_was_cut_off_is_recorded_once_after(
+    redis_cutoff: tuple[InjectedFault, Controller],
+) -> None:
+    fault, node = redis_cutoff
+    assert len(node.decisions.held) == 1
+    fault.rollback()
+
+    assert node.run(node.decisions.write_held()) == 1
+    [record] = node.run(node.escalations())
+    assert "coordination store is unreachable" in record.reason
     assert len(node.decisions.held) == 0
 
 
