@@ -34,6 +34,13 @@ HELD_WRITE_TIMEOUT = 2.0
 log = logging.getLogger(__name__)
 
 
+def store_away_record_id(event: Event) -> str:
+    """The record id of an escalation made without the store: one per incident (its key names
+    the primary and epoch), whichever node made it and from whichever event, so the nodes that
+    each escalated it save one record, not one each."""
+    return "store-away:" + event.dedup_key.replace("/", ":")
+
+
 def _incident_key(record: AuditRecord) -> str:
     return Event.model_validate(record.event).dedup_key
 
@@ -158,10 +165,11 @@ class Decisions:
     async def escalate_without_store(self, event: Event, reason: str) -> AuditRecord:
         """No controller can act on `event` (the store that grants locks is unreachable): a
         person is paged now, under the incident's own key (the sensors' page, re-triggered
-        with the reason), and the decision is recorded as soon as the record log takes it."""
+        with the reason), and the decision is recorded as soon as the record log takes it, under
+        the incident's record id (`store_away_record_id`: the nodes share one record)."""
         now = time.time()
         record = AuditRecord(
-            event_id=event.id,
+            event_id=store_away_record_id(event),
             event=event.model_dump(mode="json"),
             service=event.service,
             received_at=now,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from detection.events import new_event
 from lazarus_lite.audit import AuditLog, AuditRecord
+from lazarus_lite.decisions import Decisions
 from lazarus_lite.held_records import HeldRecords
 
 
@@ -88,3 +90,21 @@ def test_a_record_whose_stream_entry_failed_stays_held_with_its_audit_saved() ->
     log.stream_refuses = False
     assert asyncio.run(records.write(AuditLog(log), log)) == 1  # type: ignore[arg-type]
     assert (log.escalations, len(records)) == (["e0"], 0)
+
+
+def test_the_nodes_that_each_escalated_an_incident_without_the_store_record_it_once() -> None:
+    log = SlowRecordLog()
+    incident = "ratequeue/s0/RedisMasterDown/s0-primary@1"
+
+    async def three_nodes() -> None:
+        for node in ("n1", "n2", "n3"):
+            decisions = Decisions(node, log, AuditLog(log), None, None)  # type: ignore[arg-type]
+            event = new_event("RedisMasterDown", environment="dev", region="local",
+                              service="ratequeue", host="127.0.0.1:7000", source=f"lazarus:{node}",
+                              shard="s0", incident_key=incident)  # fmt: skip
+            await decisions.escalate_without_store(event, "store away")
+
+    asyncio.run(three_nodes())
+
+    # One audit record, and one record id for the stream (which appends an id once).
+    assert (len(log.audits), len(set(log.escalations))) == (1, 1)
