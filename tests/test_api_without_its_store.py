@@ -5,18 +5,15 @@ the instance stays in the load balancer."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from common.etcd_client import EtcdClient, EtcdClientSettings
 from common.etcd_processes import EtcdCluster
-from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
-from ratequeue.topology import TOPOLOGY_KEY, Topology
 from tests.conftest import ServedApi
+from tests.etcd_topology import topology_moved_to_etcd
 
 CACHED = {"name": "control_store", "ok": False,
           "detail": "unreachable; using the cached topology"}  # fmt: skip
@@ -47,22 +44,13 @@ def etcd_goes_away(
     cluster: LocalCluster, serve_api: Callable[..., ServedApi], etcd: EtcdCluster
 ) -> ServedApi:
     """An API reading its topology from etcd, which then loses its quorum."""
-    with cluster.control.client() as control:
-        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
-        control.delete(TOPOLOGY_KEY)  # only etcd has it: the API cannot be reading Redis's
-    asyncio.run(_topology_into_etcd(etcd, topology))
+    topology_moved_to_etcd(cluster, etcd)  # only etcd has it: the API cannot be reading Redis's
     api = serve_api(cluster, topology_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
     with httpx.Client(base_url=api.url, timeout=10) as session:
         assert enqueue(session, "before") == 201
     for member in etcd.members[:2]:
         member.kill()
     return api
-
-
-async def _topology_into_etcd(etcd: EtcdCluster, topology: Topology) -> None:
-    async with EtcdClient(EtcdClientSettings(endpoints=etcd.endpoints)) as client:
-        await client.delete("/", prefix=True)  # what an earlier test left
-        await EtcdTopologyStore(client).compare_and_set(0, topology)
 
 
 @pytest.fixture(params=["redis", "etcd"])

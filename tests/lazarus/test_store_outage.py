@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from tests.chaos.test_local_faults import (
     faults,  # noqa: F401 (the fixture)
     needs_iptables,
 )
+from tests.etcd_topology import topology_moved_to_etcd
 from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 QUICK = WatchSettings(interval=0.05, sensor_silence_after=0.2, self_report_after=0.3,
@@ -219,7 +220,7 @@ def etcd_outage(
 ) -> Iterator[Controller]:
     """The topology in etcd, etcd without its quorum, then s0's primary killed."""
     cluster = start_cluster(shards=1, replicas=1)
-    asyncio.run(topology_in_etcd(cluster, etcd))
+    topology_moved_to_etcd(cluster, etcd)
     store = EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url, timeout=1.0)
     with controller(store, http) as node:
         for member in etcd.members[:2]:
@@ -227,28 +228,6 @@ def etcd_outage(
         kill_primary(cluster)
         node.run(node.watch_for(4.0))
         yield node
-
-
-async def topology_in_etcd(cluster: LocalCluster, etcd: EtcdCluster) -> None:
-    """The cluster's topology (published in its control Redis) copied into an emptied etcd."""
-    async with _redis_store(cluster) as redis_store:
-        topology = await redis_store.topology.load()
-    assert topology is not None
-    store = EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url)
-    try:
-        await store.client.delete("/", prefix=True)
-        await store.topology.compare_and_set(0, topology)
-    finally:
-        await store.aclose()
-
-
-@asynccontextmanager
-async def _redis_store(cluster: LocalCluster) -> AsyncIterator[RedisCoordinationStore]:
-    store = RedisCoordinationStore.from_url(cluster.control.url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 def test_a_primary_down_while_etcd_has_no_quorum_pages_a_person_once_saying_why(
