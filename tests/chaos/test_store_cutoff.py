@@ -148,14 +148,14 @@ def test_a_cut_off_node_leaves_another_processs_connection_from_the_same_port_nu
         with held, bystander, peer:
             fault = faults.inject("blackhole", control_target(control), whole_node=True)
 
-            primary_port = primary.getsockname()[1]
-            assert fault.details["opened"] == [f"127.0.0.1:{opened_port}->127.0.0.1:{primary_port}"]
             bystander.sendall(b"still here")
             peer.settimeout(2)
             assert peer.recv(16) == b"still here"
             peer.sendall(b"and back")
             bystander.settimeout(2)
             assert bystander.recv(16) == b"and back"
+            primary_port = primary.getsockname()[1]
+            assert fault.details["opened"] == [f"127.0.0.1:{opened_port}->127.0.0.1:{primary_port}"]
             fault.rollback()
             control.client().replicaof("no", "one")
 
