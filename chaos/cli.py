@@ -114,7 +114,7 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
 def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     """Stop every process the testbed started."""
     try:
-        stopped = testbed_module.down(dir)
+        stopped = testbed_module.down(dir, say=lambda undone: console.print(f"undone: {undone}"))
     except TestbedError as error:
         raise refused(error) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")

@@ -164,6 +164,24 @@ class FaultPhase:
             self.say(f"targets from the last topology read: {error}")
         return self._last_topology
 
+    def remove_leftovers(self, journal: Journal) -> None:
+        """Before a run: undo what a run that died left on this deployment's processes (the
+        local backend's blackholes: see `LocalFaultBackend.remove_leftovers`), named in the
+        journal's timeline."""
+        if self.deployment.default_backend != "local" and "local" not in self._backends:
+            return
+        pids = [n.pid for n in self.deployment.nodes if n.pid is not None]
+        try:
+            backend = self._backends.get("local") or open_backend("local")
+            self._backends["local"] = backend
+            undone = backend.remove_leftovers(pids)  # type: ignore[attr-defined]
+        except FaultError as error:
+            journal.errors.append(f"removing an earlier run's leftovers failed: {error}")
+            return
+        if undone:
+            journal.mark("leftovers_removed", time.time(), None, "; ".join(undone))
+            self.say(f"removed what an earlier run left: {'; '.join(undone)}")
+
     def backend_name(self, step: FaultStep) -> str:
         """The step's own backend, else the deployment's default (local for the testbed)."""
         return step.backend or self.deployment.default_backend
@@ -188,6 +206,11 @@ class FaultPhase:
         if step.action in {"stop", "start"} and name == "local" and node.command:
             # Stop's rollback (and start) boots the node again with its own command line.
             params["command"] = node.command
+        whole = step.action == "blackhole" and step.from_node is None
+        if whole and name == "local" and node.role in STORE_ROLES:
+            # Clients and peers reach a store node the same way: cutting it off cuts every
+            # path of its process, not a peer path it does not have.
+            params["whole_node"] = True
         if step.action == "kill" and name == "local" and node.role in STORE_ROLES:
             # A killed store node comes back at rollback, from its own data directory: the
             # run is about the store's absence, not a store lost for good.

@@ -32,7 +32,7 @@ from typing import Literal, TypedDict, Unpack
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chaos.errors import TestbedError
+from chaos.errors import FaultError, TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
 from common.etcd_processes import EtcdCluster, start_etcd_cluster
@@ -520,9 +520,17 @@ def _stop_pid(pid: int, alive: Callable[[], bool], timeout: float = 5.0) -> None
             os.kill(pid, signal.SIGKILL)
 
 
-def down(directory: Path) -> list[str]:
-    """Stop every process the testbed in `directory` started; returns their names."""
+def down(directory: Path, say: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Stop every process the testbed in `directory` started; returns their names. First the
+    blackholes a chaos run that died left on them are undone (`say` names each), so no rule or
+    cgroup of theirs outlives them to catch whatever takes their ports next."""
     state = load_state(directory)
+    from chaos.faults.local.backend import LocalFaultBackend
+
+    with contextlib.suppress(FaultError):
+        pids = [n.pid for n in state.nodes if n.pid is not None and process_alive(n)]
+        for undone in LocalFaultBackend().remove_leftovers(pids):
+            say(undone)
     stopped = []
     # The supervisor first, so it does not start again what is being stopped.
     supervisor = state.supervisor

@@ -5,7 +5,9 @@ passed the rule's precondition checks (`quorum`, `checks`) → shadow mode aside
 workflow is scheduled (`workflow`), or the event is escalated to a person. Each decision is
 written to the audit trail and escalations reach people (`decisions`, through the pager policy
 of `paging`). The node's background loops (`background`) take events from the stream, resume
-orphaned workflows and run the shard keeper; the shard watch runs beside them.
+orphaned workflows, run the shard keeper and write the escalations held while the store was
+unreachable; the shard watch runs beside them (and, without the store, escalates instead of
+acting: no lock, no action).
 
 The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
 evaluate them on their own, and needs `quorum` nodes whose every check passed. Anything less,
@@ -159,6 +161,7 @@ class ControllerNode:
                 report_ttl=int(settings.incident_ttl),
                 reemit_every=settings.incident_retry_seconds,
             ),
+            on_store_away=self.decisions.escalate_without_store,
         )
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
@@ -185,6 +188,10 @@ class ControllerNode:
             asyncio.create_task(
                 watch_forever(self.watch, on_blind=self.decisions.watch_blind),
                 name=f"{node}-shard-watch",
+            ),
+            asyncio.create_task(
+                background.write_held_records(self.decisions, settings.watch_interval),
+                name=f"{node}-held-records",
             ),
         ]
 

@@ -138,19 +138,31 @@ class WorkflowEngine:
 
     async def _keep_ownership(self, workflow_id: str) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
-        Without a successful renewal for most of a lease, assume it lost (self-fencing)."""
+        Without a successful renewal for most of a lease, assume it lost (self-fencing): a
+        renewal that neither answers nor fails (a store cut off, not refusing) is given only
+        the time left before then, so the step stops before another node may claim it."""
+        lease = OWNER_LEASE_MS / 1000
+        fence_after = lease * 0.6
         last_renewed = time.monotonic()
         while True:
-            await asyncio.sleep(OWNER_LEASE_MS / 3000)
+            left = last_renewed + fence_after - time.monotonic()
+            await asyncio.sleep(min(lease / 3, max(left, 0.0)))
+            left = last_renewed + fence_after - time.monotonic()
+            if left <= 0:
+                log.error("workflow %s: no lease renewal for %.1f s", workflow_id, fence_after)
+                return
             try:
-                if not await self.store.renew(workflow_id, self.env.node_id):
+                renewed = await asyncio.wait_for(
+                    self.store.renew(workflow_id, self.env.node_id), left
+                )
+                if not renewed:
                     return
                 last_renewed = time.monotonic()
-                await self._renew_lock(workflow_id)
+                await asyncio.wait_for(self._renew_lock(workflow_id), fence_after)
+            except TimeoutError:
+                log.warning("workflow %s: lease renewal did not answer in time", workflow_id)
             except Exception as error:  # the control store blinked
                 log.warning("workflow %s: lease renewal failed: %s", workflow_id, error)
-                if time.monotonic() - last_renewed > OWNER_LEASE_MS * 0.6 / 1000:
-                    return
 
     async def _renew_lock(self, workflow_id: str) -> None:
         """A long step (an approval gate) must not let the workflow's lock expire."""
