@@ -47,6 +47,9 @@ def serve(
     max_lease_seconds: float = typer.Option(
         None, envvar="RATEQUEUE_MAX_LEASE_SECONDS", help="the longest lease a dequeue may ask"
     ),
+    workers: int = typer.Option(
+        None, envvar="RATEQUEUE_WORKERS", help="API worker processes (1: serve in this process)"
+    ),
     log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
 ) -> None:
     """Serve the ratequeue HTTP API."""
@@ -64,6 +67,7 @@ def serve(
             dedup_window_seconds=dedup_window_seconds,
             max_dequeue=max_dequeue,
             max_lease_seconds=max_lease_seconds,
+            workers=workers,
         )
     except InvalidSetting as error:
         typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)
@@ -72,9 +76,14 @@ def serve(
         typer.echo(f"ratequeue serve: refusing to start: setting 'port': {port} is not 1-65535",
                    err=True)  # fmt: skip
         raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper())
+    if settings.workers > 1:
+        from ratequeue.workers import serve_with_workers
+
+        serve_with_workers(settings, host=host, port=port, log_level=log_level)
+        return
     from ratequeue.service import create_app
 
-    logging.basicConfig(level=log_level.upper())
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                 access_log=False)  # fmt: skip
 

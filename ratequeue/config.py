@@ -37,6 +37,9 @@ class ServiceSettings(BaseModel):
     retry_deadline: float = Field(3.0, ge=0, le=60, description="seconds to retry internally")
     max_dequeue: int = Field(1000, ge=1, le=100_000)
     max_lease_seconds: float = Field(3600, gt=0)
+    workers: int = Field(
+        1, ge=1, le=64, description="API worker processes, each with its own connections"
+    )
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:

@@ -17,12 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any, get_type_hints
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
@@ -173,8 +174,10 @@ def _iso_time(seconds: float) -> str:
         return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
-    metrics = ServiceMetrics()
+def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None) -> FastAPI:
+    """The API over its own client (connections and topology watch). `metrics_dir`: the
+    directory every worker process writes its metrics to (`ratequeue.workers`)."""
+    metrics = ServiceMetrics(metrics_dir)
     etcd = (
         EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(settings.etcd_endpoints)))
         if settings.topology_backend == "etcd"
@@ -409,6 +412,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if up:
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
