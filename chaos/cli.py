@@ -49,6 +49,9 @@ def testbed_up(
     control: ControlChoice = typer.Option(
         ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
+    api_workers: int = typer.Option(
+        1, "--api-workers", min=1, max=64, help="worker processes of the ratequeue API"
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
     try:
@@ -60,6 +63,7 @@ def testbed_up(
             sensors=sensors,
             supervise=supervise,
             control=control.value,
+            api_workers=api_workers,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None

@@ -385,6 +385,7 @@ class UpOptions(TypedDict, total=False):
     sensor_args: list[str] | None
     supervise: bool
     control: ControlBackend
+    api_workers: int
 
 
 def up(
@@ -398,11 +399,14 @@ def up(
     sensor_args: list[str] | None = None,
     supervise: bool = False,
     control: ControlBackend = "redis",
+    api_workers: int = 1,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
     supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
-    `control="etcd"`, the coordination store is a three-member etcd cluster."""
+    `control="etcd"`, the coordination store is a three-member etcd cluster; `api_workers` is
+    the API's worker processes (1 by default: two cores are shared by every process of the
+    testbed, and one API process is what the experiments' kill and restart faults target)."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -423,7 +427,7 @@ def up(
     token = secrets.token_urlsafe(24)
     etcd: EtcdCluster | None = None
     address = StoreAddress(control_url=cluster.control.url)
-    api_args: list[str] = []
+    api_args: list[str] = ["--workers", str(api_workers)]
     try:
         if control == "etcd":
             etcd = start_etcd_cluster(directory / "etcd", detached=True)
@@ -434,7 +438,7 @@ def up(
             ]  # fmt: skip
             address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
             endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
-            api_args = ["--topology-backend", "etcd", *endpoints]
+            api_args += ["--topology-backend", "etcd", *endpoints]
             controller_args = [
                 "--coordination-backend",
                 "etcd",

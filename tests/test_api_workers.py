@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chaos.testbed import running_testbed
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST
 from common.redis_processes import die_with_parent, free_port
@@ -180,3 +181,15 @@ def test_a_worker_count_out_of_range_stops_serve_with_exit_2_naming_workers() ->
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=run_env)
         assert result.returncode == 2, result.stderr
         assert "'workers'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_testbed_serves_its_api_with_the_workers_asked_and_down_stops_them(
+    tmp_path: Path,
+) -> None:
+    options = {"shards": 1, "replicas": 1, "controllers": 0, "sensors": False}
+    with running_testbed(tmp_path / "bed", **options, api_workers=WORKERS) as state:
+        api = state.node("api")
+        workers = [pid for pid in children(api.pid) if is_worker(pid)]
+        assert len(workers) == WORKERS
+        assert httpx.get(f"{state.api}/healthz", timeout=30).status_code == 200
+    assert not any(alive(w) for w in workers)
