@@ -17,6 +17,7 @@ from rich.table import Table
 from chaos import testbed as testbed_module
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from ratequeue.membership import boot_arguments
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
@@ -52,8 +53,17 @@ def testbed_up(
     api_workers: int = typer.Option(
         1, "--api-workers", min=1, max=64, help="worker processes of the ratequeue API"
     ),
+    shard_maxmemory: str = typer.Option(
+        testbed_module.TESTBED_SHARD_MAXMEMORY,
+        "--shard-maxmemory",
+        help="each shard node's memory limit (e.g. 512mb); full, a shard refuses writes",
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
+    try:
+        boot_arguments(shard_maxmemory)
+    except ValueError as error:
+        raise refused(error, "testbed up refused: --shard-maxmemory") from None
     try:
         state = testbed_module.up(
             dir,
@@ -64,6 +74,7 @@ def testbed_up(
             supervise=supervise,
             control=control.value,
             api_workers=api_workers,
+            shard_maxmemory=shard_maxmemory,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None

@@ -386,6 +386,12 @@ class UpOptions(TypedDict, total=False):
     supervise: bool
     control: ControlBackend
     api_workers: int
+    shard_maxmemory: str | None
+
+
+# Each shard node's memory limit in the testbed (`--shard-maxmemory`): far above what an
+# experiment queues, low enough that a runaway load fills a shard, not the machine.
+TESTBED_SHARD_MAXMEMORY = "1gb"
 
 
 def up(
@@ -400,13 +406,15 @@ def up(
     supervise: bool = False,
     control: ControlBackend = "redis",
     api_workers: int = 1,
+    shard_maxmemory: str | None = TESTBED_SHARD_MAXMEMORY,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
     supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
     `control="etcd"`, the coordination store is a three-member etcd cluster; `api_workers` is
     the API's worker processes (1 by default: two cores are shared by every process of the
-    testbed, and one API process is what the experiments' kill and restart faults target)."""
+    testbed, and one API process is what the experiments' kill and restart faults target);
+    `shard_maxmemory` caps each shard node's memory (a full shard refuses writes, never evicts)."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -416,8 +424,9 @@ def up(
     # messages) must not leak into the next experiment.
     shutil.rmtree(directory / "redis", ignore_errors=True)
     cluster = LocalCluster.start(
-        directory / "redis", shards=shards, replicas=replicas, detached=True
-    )
+        directory / "redis", shards=shards, replicas=replicas, detached=True,
+        maxmemory=shard_maxmemory,
+    )  # fmt: skip
     nodes = [
         TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
                     command=list(n.argv) or None)

@@ -36,6 +36,12 @@ def serve(
     wait_timeout_ms: int = typer.Option(None, envvar="RATEQUEUE_WAIT_TIMEOUT_MS"),
     max_body_bytes: int = typer.Option(None, envvar="RATEQUEUE_MAX_BODY_BYTES"),
     max_queue_seconds: float = typer.Option(None, envvar="RATEQUEUE_MAX_QUEUE_SECONDS"),
+    max_number_segments: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_NUMBER_SEGMENTS", help="the most segments one number may hold"
+    ),
+    max_message_bytes: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_MESSAGE_BYTES", help="the largest message body (compact JSON)"
+    ),
     refresh_interval: float = typer.Option(None, envvar="RATEQUEUE_REFRESH_INTERVAL"),
     retry_deadline: float = typer.Option(None, envvar="RATEQUEUE_RETRY_DEADLINE"),
     dedup_window_seconds: int = typer.Option(
@@ -62,6 +68,8 @@ def serve(
             wait_timeout_ms=wait_timeout_ms,
             max_body_bytes=max_body_bytes,
             max_queue_seconds=max_queue_seconds,
+            max_number_segments=max_number_segments,
+            max_message_bytes=max_message_bytes,
             refresh_interval=refresh_interval,
             retry_deadline=retry_deadline,
             dedup_window_seconds=dedup_window_seconds,

@@ -5,8 +5,10 @@
     └── ServiceError
         └── RatequeueError           500
             ├── InvalidInput         400  the request is wrong; retrying it cannot succeed
-            │   └── InvalidNumber    400
+            │   ├── InvalidNumber    400
+            │   └── MessageTooLarge  413  a body over the per-message limit; nothing written
             ├── QueueFull            429  nothing written
+            ├── ShardFull            507  the shard is at its maxmemory; nothing written
             ├── IdConflict           409  the id names another message of that number
             ├── RetryableError       503  retry later with the same message id
             │   ├── DurabilityNotMet
@@ -41,11 +43,28 @@ class InvalidNumber(InvalidInput):
     code = "invalid_number"
 
 
+class MessageTooLarge(InvalidInput):
+    """A message body (as stored: compact JSON) is over the per-message limit."""
+
+    code = "message_too_large"
+    http_status = 413
+
+
 class QueueFull(RatequeueError):
     """The number's queue already holds its maximum hours of sending; nothing was written."""
 
     code = "queue_full"
     http_status = 429
+
+
+class ShardFull(RatequeueError):
+    """The shard's primary is at its `maxmemory` and refuses writes (policy `noeviction`: no
+    queued message is ever evicted to make room); nothing was written. Not retried within the
+    request: room comes back only as consumers acknowledge messages."""
+
+    code = "shard_full"
+    http_status = 507
+    retry_after_seconds = 5
 
 
 class IdConflict(RatequeueError):

@@ -41,7 +41,14 @@ from common.http_contract import (
 )
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
 from ratequeue.config import ServiceSettings
-from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
+from ratequeue.errors import (
+    DurabilityNotMet,
+    IdConflict,
+    InvalidInput,
+    QueueFull,
+    RatequeueError,
+    ShardFull,
+)
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
@@ -223,7 +230,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         status_code=201,
         response_model=None,
         openapi_extra=json_request_body(EnqueueRequest),
-        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503),
+        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503, 507),
     )
     async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -242,6 +249,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         result = enqueued[0]
         if isinstance(result, QueueFull | IdConflict):
             metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
+            raise result
+        if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
+            metrics.enqueued.labels("shard_full").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
@@ -348,7 +358,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         openapi_extra=json_request_body(_with_bounds(
             RateRequest, per_second={"minimum": _smallest_rate(settings.max_queue_seconds)}
         )),
-        responses=answers({200: RateSetAnswer}, 400, 413, 503),
+        responses=answers({200: RateSetAnswer}, 400, 413, 503, 507),
     )  # fmt: skip
     async def set_rate(number: Number, request: Request) -> dict:
         payload = await read_json_model(request, RateRequest, settings.max_body_bytes)

@@ -13,13 +13,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.validation import quoted
 from ratequeue import scripts
-from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
-from ratequeue.rates import Rate
+from ratequeue.errors import (
+    DurabilityNotMet,
+    RatequeueError,
+    ShardFull,
+    ShardUnavailable,
+    StaleEpoch,
+)
+from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -114,6 +120,12 @@ def _translate(error: Exception, shard_id: str) -> Exception:
         return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
     if isinstance(error, ReadOnlyError):  # redis-py strips the READONLY prefix from its text
         return ShardUnavailable(f"shard {shard_id}: node is a replica now ({error})")
+    if isinstance(error, OutOfMemoryError):
+        # Redis refuses a script at its first write only, so nothing of it was written.
+        return ShardFull(
+            f"shard {shard_id} is full (its maxmemory is reached): nothing was written; it "
+            "takes writes again as consumers acknowledge messages"
+        )
     if isinstance(error, ResponseError):
         text = str(error)
         if text.startswith("STALEEPOCH") or "STALEEPOCH" in text:
@@ -135,11 +147,13 @@ class ShardQueue:
         *,
         dedup_window_seconds: int = 3600,
         max_queue_seconds: float = 36_000,
+        max_number_segments: int = DEFAULT_MAX_NUMBER_SEGMENTS,
     ) -> None:
         self.shard_id = shard_id
         self.primary = primary
         self.dedup_window_seconds = dedup_window_seconds
         self.max_queue_seconds = max_queue_seconds
+        self.max_number_segments = max_number_segments
         self._scripts_loaded = False
 
     async def _load_scripts(self) -> None:
@@ -194,7 +208,9 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
-        args: list[Any] = [epoch, self.dedup_window_seconds, self.max_queue_seconds]
+        args: list[Any] = [
+            epoch, self.dedup_window_seconds, self.max_queue_seconds, self.max_number_segments,
+        ]  # fmt: skip
         for message in messages:
             args += [
                 message.id,

@@ -722,7 +722,14 @@ def test_every_bad_setting_is_named_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "bad"),
-    [("dedup_window_seconds", "0"), ("max_dequeue", "0"), ("max_lease_seconds", "0")],
+    [
+        ("dedup_window_seconds", "0"),
+        ("max_dequeue", "0"),
+        ("max_lease_seconds", "0"),
+        ("max_number_segments", "0"),
+        ("max_message_bytes", "0"),
+        ("workers", "0"),
+    ],
 )
 @pytest.mark.parametrize("source", ["cli", "environment"])
 def test_the_queue_limits_are_settings_refused_by_name_from_either_source(

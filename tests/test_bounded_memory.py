@@ -1,0 +1,112 @@
+"""Bounded memory, over real HTTP and real redis-server shards: a message body and a number's
+queue have documented maximums, refused with a 4xx naming the limit and nothing written; shard
+nodes boot with a `maxmemory` and the `noeviction` policy, and a full shard answers 507
+`shard_full` (nothing half-written) while consumers can still drain it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from ratequeue.local_cluster import LocalCluster
+from ratequeue.membership import boot_arguments
+from tests.conftest import ServedApi, shard_key_count
+from tests.test_http_api import ON_S0, assert_error, enqueue, messages_url
+
+# A body with no text costs one segment, whatever its size.
+BIG_BODY = {"data": "x" * 60_000}
+
+
+def test_a_body_over_the_per_message_limit_answers_413_naming_the_limit_and_writes_nothing(
+    cluster: LocalCluster, serve_api: Callable[..., ServedApi]
+) -> None:
+    api = serve_api(cluster, max_message_bytes=100)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        before = shard_key_count(cluster)
+        response = http.post(messages_url(ON_S0), json={"id": "big", "body": "a" * 99})
+        assert_error(response, 413, "message_too_large", "'body'", "101 bytes", "at most 100")
+        assert shard_key_count(cluster) == before
+
+
+def test_a_body_of_exactly_the_per_message_limit_is_accepted(
+    cluster: LocalCluster, serve_api: Callable[..., ServedApi]
+) -> None:
+    api = serve_api(cluster, max_message_bytes=100)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        body = "é" * 49  # 98 bytes of UTF-8 and two quotes: the limit exactly
+        assert len(json.dumps(body, ensure_ascii=False).encode()) == 100
+        assert enqueue(http, ON_S0, body, "exact")["duplicate"] is False
+
+
+def test_a_number_at_its_segment_maximum_answers_429_naming_it_and_writes_nothing(
+    cluster: LocalCluster, serve_api: Callable[..., ServedApi]
+) -> None:
+    api = serve_api(cluster, max_number_segments=2)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        http.put(f"/v1/numbers/{ON_S0}/rate", json={"per_second": 1000}).raise_for_status()
+        enqueue(http, ON_S0, "one", "m-1")
+        enqueue(http, ON_S0, "two", "m-2")
+        before = shard_key_count(cluster)
+        response = http.post(messages_url(ON_S0), json={"id": "m-3", "body": "three"})
+        assert_error(response, 429, "queue_full", "limit of 2", "most segments one number")
+        assert shard_key_count(cluster) == before
+        info = http.get(f"/v1/numbers/{ON_S0}").json()
+        assert (info["depth"], info["capacity_segments"]) == (2, 2)
+
+
+def test_shard_nodes_boot_with_their_maxmemory_and_never_evict_also_after_a_restart(
+    start_cluster: Callable[..., LocalCluster], tmp_path: pytest.TempPathFactory
+) -> None:
+    cluster = LocalCluster.start(tmp_path / "limited", shards=1, replicas=1, maxmemory="64mb")
+    try:
+        replica = cluster.shards[0].replicas[0]
+        replica.restart(replica_of=cluster.shards[0].primary)
+        for node in [cluster.shards[0].primary, replica]:
+            with node.client() as conn:
+                assert conn.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+                assert conn.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    finally:
+        cluster.stop()
+
+
+def test_a_memory_limit_that_is_not_a_size_is_refused_naming_maxmemory() -> None:
+    with pytest.raises(ValueError, match="maxmemory 'lots'"):
+        boot_arguments("lots")
+
+
+def test_a_full_shard_answers_507_shard_full_writes_nothing_and_drains_to_take_writes_again(
+    tmp_path: pytest.TempPathFactory, serve_api: Callable[..., ServedApi]
+) -> None:
+    cluster = LocalCluster.start(tmp_path / "tiny", shards=1, replicas=1, maxmemory="4mb")
+    try:
+        api = serve_api(cluster)
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            # Fast enough that one dequeue can drain the number.
+            rate = {"per_second": 1000, "burst": 1000}
+            http.put(f"/v1/numbers/{ON_S0}/rate", json=rate).raise_for_status()
+            accepted = 0
+            for index in range(200):  # 12 MB of bodies: far past the limit
+                response = http.post(messages_url(ON_S0),
+                                     json={"id": f"m-{index}", "body": BIG_BODY})  # fmt: skip
+                if response.status_code != 201:
+                    break
+                accepted += 1
+            message = assert_error(response, 507, "shard_full", "s0", "maxmemory")
+            assert "Traceback" not in message
+            assert int(response.headers["retry-after"]) >= 1
+            assert accepted > 0
+            # Nothing of the refused message was written: its number holds what was accepted.
+            assert http.get(f"/v1/numbers/{ON_S0}").json()["depth"] == accepted
+            # Consumers still drain a full shard, and room comes back as they acknowledge.
+            leased = http.post("/v1/messages:dequeue", json={"max": 1000, "lease_seconds": 60})
+            assert leased.status_code == 200, leased.text
+            receipts = [m["receipt"] for m in leased.json()["messages"]]
+            assert len(receipts) == accepted
+            acked = http.post("/v1/messages:ack", json={"receipts": receipts})
+            assert acked.json() == {"acked": accepted}
+            assert enqueue(http, ON_S0, "room again", f"m-{accepted}")["duplicate"] is False
+    finally:
+        cluster.stop()
