@@ -60,7 +60,19 @@ class Round:
     p50_ms: float
     p99_ms: float
     server_cpu_seconds: float
+    redis_cpu_seconds: float
     load_cpu_seconds: float
+
+
+def redis_cpu_seconds(cluster: LocalCluster) -> float:
+    """CPU the shard's primary and replicas have used so far (`INFO cpu`)."""
+    total = 0.0
+    for shard in cluster.shards:
+        for node in [shard.primary, *shard.replicas]:
+            with node.client() as conn:
+                cpu = conn.info("cpu")
+            total += cpu["used_cpu_sys"] + cpu["used_cpu_user"]
+    return total
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -151,9 +163,11 @@ async def drive(
 def run_round(cluster: LocalCluster, workers: int, tag: str, options: dict) -> Round:
     with served_api(cluster, workers) as (pid, port):
         server_before = process_tree_cpu_seconds(pid)
+        redis_before = redis_cpu_seconds(cluster)
         load_before = time.process_time()
         completions, latencies, others = asyncio.run(drive(port, tag=tag, **options))
         server_cpu = process_tree_cpu_seconds(pid) - server_before
+        redis_cpu = redis_cpu_seconds(cluster) - redis_before
         load_cpu = time.process_time() - load_before
     latencies.sort()
     count = len(completions)
@@ -166,6 +180,7 @@ def run_round(cluster: LocalCluster, workers: int, tag: str, options: dict) -> R
         p50_ms=latencies[count // 2] if count else 0.0,
         p99_ms=latencies[min(count - 1, int(count * 0.99))] if count else 0.0,
         server_cpu_seconds=server_cpu,
+        redis_cpu_seconds=redis_cpu,
         load_cpu_seconds=load_cpu,
     )
 
@@ -204,7 +219,8 @@ def main(
             cluster.stop()
     table = Table(title="unbatched enqueues through HTTP (201 = WAIT-acknowledged)")
     for column in ["workers", "per second (median of rounds)", "rounds", "p50 ms", "p99 ms",
-                   "server CPU ms/req", "load CPU ms/req", "not 201"]:  # fmt: skip
+                   "API CPU ms/req", "Redis CPU ms/req", "load CPU ms/req",
+                   "not 201"]:  # fmt: skip
         table.add_column(column, justify="right")
     summary = {}
     for count in counts:
@@ -217,6 +233,7 @@ def main(
             f"{statistics.median(r.p50_ms for r in mine):.1f}",
             f"{statistics.median(r.p99_ms for r in mine):.1f}",
             f"{1000 * sum(r.server_cpu_seconds for r in mine) / acknowledged:.2f}",
+            f"{1000 * sum(r.redis_cpu_seconds for r in mine) / acknowledged:.3f}",
             f"{1000 * sum(r.load_cpu_seconds for r in mine) / acknowledged:.2f}",
             str(sum(sum(r.other_statuses.values()) for r in mine)),
         )  # fmt: skip

@@ -40,6 +40,7 @@ from common.http_contract import (
     read_json_model,
 )
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
+from ratequeue.coalescing import EnqueueCoalescer
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
     DurabilityNotMet,
@@ -195,6 +196,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         settings.client_settings(),
         topology=EtcdTopologyStore(etcd) if etcd is not None else None,
     )
+    coalescer = EnqueueCoalescer(client)
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -242,11 +244,10 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 except InvalidInput as error:
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
-            enqueued = await client.enqueue_many([message])
         except InvalidRequest:
             metrics.enqueued.labels("invalid").inc()
             raise
-        result = enqueued[0]
+        result = await coalescer.enqueue(message)
         if isinstance(result, QueueFull | IdConflict):
             metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
             raise result
