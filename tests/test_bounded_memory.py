@@ -6,7 +6,10 @@ nodes boot with a `maxmemory` and the `noeviction` policy, and a full shard answ
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,7 +61,7 @@ def test_a_number_at_its_segment_maximum_answers_429_naming_it_and_writes_nothin
 
 
 def test_shard_nodes_boot_with_their_maxmemory_and_never_evict_also_after_a_restart(
-    start_cluster: Callable[..., LocalCluster], tmp_path: pytest.TempPathFactory
+    tmp_path: Path,
 ) -> None:
     cluster = LocalCluster.start(tmp_path / "limited", shards=1, replicas=1, maxmemory="64mb")
     try:
@@ -78,7 +81,7 @@ def test_a_memory_limit_that_is_not_a_size_is_refused_naming_maxmemory() -> None
 
 
 def test_a_full_shard_answers_507_shard_full_writes_nothing_and_drains_to_take_writes_again(
-    tmp_path: pytest.TempPathFactory, serve_api: Callable[..., ServedApi]
+    tmp_path: Path, serve_api: Callable[..., ServedApi]
 ) -> None:
     cluster = LocalCluster.start(tmp_path / "tiny", shards=1, replicas=1, maxmemory="4mb")
     try:
@@ -110,3 +113,17 @@ def test_a_full_shard_answers_507_shard_full_writes_nothing_and_drains_to_take_w
             assert enqueue(http, ON_S0, "room again", f"m-{accepted}")["duplicate"] is False
     finally:
         cluster.stop()
+
+
+def test_the_testbed_refuses_a_shard_memory_limit_that_is_not_a_size_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from chaos.cli import app; app()", "testbed", "up", "--dir",
+         str(tmp_path / "bed"), "--shard-maxmemory", "lots"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "--shard-maxmemory" in result.stdout and "'lots'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "bed" / "testbed.json").exists()
