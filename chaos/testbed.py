@@ -436,6 +436,8 @@ def up(
     token = secrets.token_urlsafe(24)
     etcd: EtcdCluster | None = None
     address = StoreAddress(control_url=cluster.control.url)
+    if shard_maxmemory is not None:  # the replacements the controllers start get it too
+        controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
     api_args: list[str] = ["--workers", str(api_workers)]
     try:
         if control == "etcd":

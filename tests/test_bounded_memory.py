@@ -5,6 +5,7 @@ nodes boot with a `maxmemory` and the `noeviction` policy, and a full shard answ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ratequeue.local_cluster import LocalCluster
+from common.errors import InvalidSetting
+from lazarus_lite.actuators import LocalProcessActuator
+from lazarus_lite.settings import ControllerSettings
+from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.membership import boot_arguments
 from tests.conftest import ServedApi, shard_key_count
 from tests.test_http_api import ON_S0, assert_error, enqueue, messages_url
@@ -127,3 +131,24 @@ def test_the_testbed_refuses_a_shard_memory_limit_that_is_not_a_size_and_starts_
     assert "--shard-maxmemory" in result.stdout and "'lots'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "bed" / "testbed.json").exists()
+
+
+def test_a_replacement_the_local_actuator_starts_has_the_shard_s_memory_limit(
+    tmp_path: Path,
+) -> None:
+    actuator = LocalProcessActuator(tmp_path / "actuator", maxmemory="64mb")
+    node = asyncio.run(actuator.provision_replica("s0", "s0-replica-e1"))
+    replacement = ShardNode("s0-replica-e1", "replica", "s0", node.port, tmp_path,
+                            pid=actuator.provisioned()[0]["pid"])  # fmt: skip
+    try:
+        with replacement.client() as conn:
+            assert conn.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+            assert conn.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    finally:
+        replacement.stop()
+
+
+def test_a_controller_refuses_a_replica_memory_limit_that_is_not_a_size_naming_it() -> None:
+    with pytest.raises(InvalidSetting, match="replica_maxmemory"):
+        ControllerSettings.parse(node_id="n1", control_url="redis://127.0.0.1:1/0",
+                                 replica_maxmemory="lots")  # fmt: skip
