@@ -27,6 +27,13 @@ from tests.test_http_api import ON_S0, assert_error, enqueue, messages_url
 BIG_BODY = {"data": "x" * 60_000}
 
 
+def memory_settings(node: ShardNode) -> tuple[str, str]:
+    """The node's (maxmemory in bytes, maxmemory-policy), as it runs."""
+    with node.client() as conn:
+        return (conn.config_get("maxmemory")["maxmemory"],
+                conn.config_get("maxmemory-policy")["maxmemory-policy"])  # fmt: skip
+
+
 def test_a_body_over_the_per_message_limit_answers_413_naming_the_limit_and_writes_nothing(
     cluster: LocalCluster, serve_api: Callable[..., ServedApi]
 ) -> None:
@@ -72,9 +79,7 @@ def test_shard_nodes_boot_with_their_maxmemory_and_never_evict_also_after_a_rest
         replica = cluster.shards[0].replicas[0]
         replica.restart(replica_of=cluster.shards[0].primary)
         for node in [cluster.shards[0].primary, replica]:
-            with node.client() as conn:
-                assert conn.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
-                assert conn.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+            assert memory_settings(node) == (str(64 * 1024 * 1024), "noeviction")
     finally:
         cluster.stop()
 
@@ -141,9 +146,7 @@ def test_a_replacement_the_local_actuator_starts_has_the_shard_s_memory_limit(
     replacement = ShardNode("s0-replica-e1", "replica", "s0", node.port, tmp_path,
                             pid=actuator.provisioned()[0]["pid"])  # fmt: skip
     try:
-        with replacement.client() as conn:
-            assert conn.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
-            assert conn.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert memory_settings(replacement) == (str(64 * 1024 * 1024), "noeviction")
     finally:
         replacement.stop()
 
