@@ -31,6 +31,12 @@ from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 # after `WAIT` a node has applied.
 BARRIER_KEY = "rq:barrier"
 
+# The failover's own writes (the fence, the barrier a health check waits on) go through these
+# scripts: flagged `allow-oom` (Redis 7 shebang), Redis runs them on a node over its maxmemory,
+# which a promoted replica of a full shard is, where a plain SET or INCR is refused (OOM).
+FENCE_WRITE = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1])"
+BARRIER_WRITE = "#!lua flags=allow-oom\nreturn redis.call('INCR', KEYS[1])"
+
 # Where a parked node points: nothing listens on port 1, so it replicates from nobody, keeps its
 # data, offset and replication id, and refuses writes (a replica is read-only).
 FENCE_SINK = ("127.0.0.1", 1)
@@ -300,7 +306,7 @@ async def appoint_primary(node: aioredis.Redis, epoch: int, *, min_replicas: int
         info = await node.info("replication")
     # The fence is written before any replica follows: for that one write, ask for none.
     await node.config_set("min-replicas-to-write", 0)
-    await node.set(FENCE_KEY, str(epoch))
+    await node.eval(FENCE_WRITE, 1, FENCE_KEY, str(epoch))
     for name, value in write_quorum(min_replicas).items():
         await node.config_set(name, value)
     return settled_lineage(info)
@@ -377,3 +383,8 @@ async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout
                 f"replica not in sync after {timeout:g} s (link {info.get('master_link_status')})"
             )
         await asyncio.sleep(0.05)
+
+
+async def bump_barrier(node: aioredis.Redis) -> int:
+    """One write on the shard's primary for `WAIT` to cover, taken also when it is full."""
+    return int(await node.eval(BARRIER_WRITE, 1, BARRIER_KEY))

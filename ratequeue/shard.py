@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,23 @@ SHARD_STATS = _Script(scripts.SHARD_STATS)
 ALL_SCRIPTS = (ENQUEUE_BATCH, DEQUEUE, ACK, SET_RATE, NUMBER_STATUS, SHARD_STATS)
 
 
+def enqueue_batch_arguments(
+    epoch: int | str,
+    messages: Iterable[OutgoingMessage],
+    *,
+    dedup_window_seconds: int,
+    max_queue_seconds: float,
+    max_number_segments: int,
+) -> list[Any]:
+    """The ENQUEUE_BATCH script's arguments: its header (the epoch and the shard's limits), then
+    five values per message. The one place that knows the script's argument order."""
+    args: list[Any] = [epoch, dedup_window_seconds, max_queue_seconds, max_number_segments]
+    for message in messages:
+        args += [message.id, message.number, message.segments, message.default_rate.encode(),
+                 message.body_json]  # fmt: skip
+    return args
+
+
 def _translate(error: Exception, shard_id: str) -> Exception:
     if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
         return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
@@ -208,17 +226,10 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
-        args: list[Any] = [
-            epoch, self.dedup_window_seconds, self.max_queue_seconds, self.max_number_segments,
-        ]  # fmt: skip
-        for message in messages:
-            args += [
-                message.id,
-                message.number,
-                message.segments,
-                message.default_rate.encode(),
-                message.body_json,
-            ]
+        args = enqueue_batch_arguments(
+            epoch, messages, dedup_window_seconds=self.dedup_window_seconds,
+            max_queue_seconds=self.max_queue_seconds, max_number_segments=self.max_number_segments,
+        )  # fmt: skip
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]

@@ -7,21 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from common.errors import InvalidSetting
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.settings import ControllerSettings
+from lazarus_lite.steps.ratequeue_promotion import write_once_replicas_follow
+from ratequeue.errors import ShardFull
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.membership import boot_arguments
+from ratequeue.rates import Rate
+from ratequeue.shard import OutgoingMessage, ShardQueue
 from tests.conftest import ServedApi, shard_key_count
 from tests.test_http_api import ON_S0, assert_error, enqueue, messages_url
+from tests.test_topology_and_routing import promote_replica_by_hand
 
 # A body with no text costs one segment, whatever its size.
 BIG_BODY = {"data": "x" * 60_000}
@@ -155,3 +163,48 @@ def test_a_controller_refuses_a_replica_memory_limit_that_is_not_a_size_naming_i
     with pytest.raises(InvalidSetting, match="replica_maxmemory"):
         ControllerSettings.parse(node_id="n1", control_url="redis://127.0.0.1:1/0",
                                  replica_maxmemory="lots")  # fmt: skip
+
+
+def fill_to_shard_full(primary: ShardNode, epoch: int) -> int:
+    """Enqueue big messages on `primary` until it answers ShardFull; returns how many it took."""
+
+    async def fill() -> int:
+        async with aioredis.Redis.from_url(primary.url) as conn:
+            queue = ShardQueue("s0", conn)
+            for index in range(1000):
+                message = OutgoingMessage(f"m-{index}", ON_S0, 1, Rate(per_second=1000, burst=1000),
+                                          json.dumps(BIG_BODY))  # fmt: skip
+                try:
+                    await queue.enqueue_batch(
+                        epoch, [message], min_replicas=1, wait_timeout_ms=2000
+                    )
+                except ShardFull:
+                    return index
+        raise AssertionError("the shard never filled up")
+
+    return asyncio.run(fill())
+
+
+def test_a_full_shard_fails_over_and_its_new_primary_serves_dequeues(tmp_path: Path) -> None:
+    cluster = LocalCluster.start(tmp_path / "full", shards=1, replicas=2, maxmemory="2mb")
+    try:
+        shard = cluster.shards[0]
+        accepted = fill_to_shard_full(shard.primary, cluster.publish_initial_topology().epoch)
+        assert accepted > 0
+        shard.primary.signal(signal.SIGKILL)
+        assert shard.primary.process is not None
+        shard.primary.process.wait(timeout=5)
+
+        promote_replica_by_hand(cluster, "s0")  # writes the fence, over maxmemory
+        new_primary = shard.replicas[0]
+
+        async def verify_and_drain() -> list[str]:
+            async with aioredis.Redis.from_url(new_primary.url) as conn:
+                await write_once_replicas_follow(conn, deadline=time.monotonic() + 10)
+                assert int(await conn.execute_command("WAIT", 1, 2000)) == 1
+                leased = await ShardQueue("s0", conn).dequeue(1000, 60_000)
+                return [message.id for message in leased]
+
+        assert len(asyncio.run(verify_and_drain())) == accepted
+    finally:
+        cluster.stop()
