@@ -166,20 +166,24 @@ def test_a_controller_refuses_a_replica_memory_limit_that_is_not_a_size_naming_i
 
 
 def fill_to_shard_full(primary: ShardNode, epoch: int) -> int:
-    """Enqueue big messages on `primary` until it answers ShardFull; returns how many it took."""
+    """Enqueue batches on `primary` until it answers ShardFull; returns how many messages it took.
+    Redis checks the limit before a script, which then writes its whole batch: the last batch
+    accepted takes the data (and so every replica's copy of it) past maxmemory. One shard: every
+    number is on it."""
 
     async def fill() -> int:
+        rate = Rate(per_second=1000, burst=1000)
         async with aioredis.Redis.from_url(primary.url) as conn:
             queue = ShardQueue("s0", conn)
-            for index in range(1000):
-                message = OutgoingMessage(f"m-{index}", ON_S0, 1, Rate(per_second=1000, burst=1000),
-                                          json.dumps(BIG_BODY))  # fmt: skip
+            for batch in range(1000):
+                # Small messages on many numbers: what they cost stored is many times their size.
+                messages = [OutgoingMessage(f"m-{batch}-{index}", f"+1415{batch:03d}{index:04d}",
+                                            1, rate, '"x"')
+                            for index in range(500)]  # fmt: skip
                 try:
-                    await queue.enqueue_batch(
-                        epoch, [message], min_replicas=1, wait_timeout_ms=2000
-                    )
+                    await queue.enqueue_batch(epoch, messages, min_replicas=1, wait_timeout_ms=2000)
                 except ShardFull:
-                    return index
+                    return batch * len(messages)
         raise AssertionError("the shard never filled up")
 
     return asyncio.run(fill())
