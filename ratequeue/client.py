@@ -34,7 +34,6 @@ from ratequeue.errors import (
     MessageTooLarge,
     QueueFull,
     RetryableError,
-    ShardFull,
     ShardUnavailable,
     TopologyUnavailable,
 )
@@ -340,7 +339,8 @@ class AsyncRatequeueClient:
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
         """Queue prepared messages in one batch per shard, shards in parallel. Each entry of the
         result is the message's acknowledgement or the error that refused it (QueueFull,
-        IdConflict, or a RetryableError)."""
+        IdConflict, ShardFull, a RetryableError, or whatever else its shard's batch raised: an
+        error of one shard is never the answer of a message of another)."""
         messages = list(messages)
         by_shard: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
@@ -363,7 +363,7 @@ class AsyncRatequeueClient:
 
             try:
                 shard, outcomes = await self._with_retries(attempt)
-            except (RetryableError, ShardFull) as error:
+            except Exception as error:  # this shard's alone: the other shards' outcomes stand
                 for i in indexes:
                     results[i] = error
                 return

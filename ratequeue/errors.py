@@ -14,6 +14,7 @@
             │   ├── DurabilityNotMet
             │   ├── ShardUnavailable
             │   ├── StaleEpoch
+            │   ├── EnqueueBacklogFull  the API holds its most enqueues for a shard
             │   └── TopologyUnavailable
             ├── EpochConflict        409  a topology compare-and-set lost: someone changed it first
             └── NoSafeCandidate      409  no replica can be shown to hold every acknowledged write
@@ -98,6 +99,13 @@ class StaleEpoch(RetryableError):
     """The node's fence epoch differs from the topology the client routed by."""
 
     code = "stale_topology"
+
+
+class EnqueueBacklogFull(RetryableError):
+    """The API holds as many enqueues for the shard as it takes while its batches are on their
+    way (e.g. mid-failover); nothing was written."""
+
+    code = "enqueue_backlog_full"
 
 
 class TopologyUnavailable(RetryableError):

@@ -44,6 +44,7 @@ from ratequeue.coalescing import EnqueueCoalescer
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
     DurabilityNotMet,
+    EnqueueBacklogFull,
     IdConflict,
     InvalidInput,
     QueueFull,
@@ -253,6 +254,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             raise result
         if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
             metrics.enqueued.labels("shard_full").inc()
+            raise result
+        if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
+            metrics.enqueued.labels("backlog_full").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
