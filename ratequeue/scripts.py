@@ -182,8 +182,14 @@ return results
 """
 )
 
+# Consumers must drain a full shard (Redis refuses an unflagged script at its first write past
+# maxmemory, which may be a dequeue's reschedule): the scripts that lease and acknowledge run
+# also then. What they write is bounded by the messages already stored; an ack frees room.
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 DEQUEUE = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: max, lease_ms, requeue_limit
 -- Returns {now_ms, {lease, id, number, attempt, body}...}; a receipt names its lease.
@@ -268,7 +274,8 @@ return {now, out}
 )
 
 ACK = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: leases ("seq:N/id", as named by receipts). Returns the number of leases acknowledged.
 -- A pair that no longer matches a live lease (expired, whether or not a dequeue has returned it

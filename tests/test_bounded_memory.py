@@ -42,6 +42,13 @@ def memory_settings(node: ShardNode) -> tuple[str, str]:
                 conn.config_get("maxmemory-policy")["maxmemory-policy"])  # fmt: skip
 
 
+def stored_state(cluster: LocalCluster) -> tuple[int, int, int, bytes | None]:
+    """(keys, message records, dedup entries of the window, write barrier) on s0's primary."""
+    with cluster.shards[0].primary.client() as conn:
+        seen = sum(conn.hlen(key) for key in conn.scan_iter("rq:seen:*"))
+        return shard_key_count(cluster), conn.hlen("rq:msg"), seen, conn.get("rq:barrier")
+
+
 def test_a_body_over_the_per_message_limit_answers_413_naming_the_limit_and_writes_nothing(
     cluster: LocalCluster, serve_api: Callable[..., ServedApi]
 ) -> None:
@@ -109,12 +116,14 @@ def test_a_full_shard_answers_507_shard_full_writes_nothing_and_drains_to_take_w
             http.put(f"/v1/numbers/{ON_S0}/rate", json=rate).raise_for_status()
             accepted = 0
             for index in range(200):  # 12 MB of bodies: far past the limit
+                stored_before = stored_state(cluster)
                 response = http.post(messages_url(ON_S0),
                                      json={"id": f"m-{index}", "body": BIG_BODY})  # fmt: skip
                 if response.status_code != 201:
                     break
                 accepted += 1
             message = assert_error(response, 507, "shard_full", "s0", "maxmemory")
+            assert stored_state(cluster) == stored_before
             assert "Traceback" not in message
             assert int(response.headers["retry-after"]) >= 1
             assert accepted > 0
@@ -210,5 +219,33 @@ def test_a_full_shard_fails_over_and_its_new_primary_serves_dequeues(tmp_path: P
                 return [message.id for message in leased]
 
         assert len(asyncio.run(verify_and_drain())) == accepted
+    finally:
+        cluster.stop()
+
+
+def test_a_full_shard_leases_and_acks_also_when_a_dequeue_first_reschedules_a_number(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster.start(tmp_path / "full", shards=1, replicas=1, maxmemory="2mb")
+    try:
+        epoch = cluster.publish_initial_topology().epoch
+        primary = cluster.shards[0].primary
+        with primary.client() as conn:
+            # ON_S0 is due by its ready time, but its rate was lowered since it was scheduled:
+            # the dequeue's first write is the number's reschedule.
+            conn.hset("rq:rates", ON_S0, Rate(per_second=1, burst=1).encode())
+            conn.zadd("rq:ready", {ON_S0: 0})
+            conn.set(f"rq:tat:{ON_S0}", int(time.time() * 1000) + 3_600_000)
+        accepted = fill_to_shard_full(primary, epoch)
+        keys_before = shard_key_count(cluster)
+
+        async def drain() -> tuple[int, int]:
+            async with aioredis.Redis.from_url(primary.url) as conn:
+                queue = ShardQueue("s0", conn)
+                leased = await queue.dequeue(2000, 60_000)
+                return len(leased), await queue.ack([message.receipt for message in leased])
+
+        assert asyncio.run(drain()) == (accepted, accepted)
+        assert shard_key_count(cluster) < keys_before  # acknowledged messages are gone
     finally:
         cluster.stop()
