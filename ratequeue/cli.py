@@ -56,6 +56,11 @@ def serve(
     workers: int = typer.Option(
         None, envvar="RATEQUEUE_WORKERS", help="API worker processes (1: serve in this process)"
     ),
+    worker_healthcheck_seconds: int = typer.Option(
+        None,
+        envvar="RATEQUEUE_WORKER_HEALTHCHECK_SECONDS",
+        help="seconds a worker may not answer before it is killed and started again",
+    ),
     log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
 ) -> None:
     """Serve the ratequeue HTTP API."""
@@ -76,6 +81,7 @@ def serve(
             max_dequeue=max_dequeue,
             max_lease_seconds=max_lease_seconds,
             workers=workers,
+            worker_healthcheck_seconds=worker_healthcheck_seconds,
         )
     except InvalidSetting as error:
         typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)

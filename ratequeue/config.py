@@ -52,6 +52,11 @@ class ServiceSettings(BaseModel):
     workers: int = Field(
         1, ge=1, le=64, description="API worker processes, each with its own connections"
     )
+    worker_healthcheck_seconds: int = Field(
+        5, ge=1, le=3600,
+        description="how long a worker may not answer uvicorn's health check before it is killed "
+        "and started again",
+    )  # fmt: skip
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:

@@ -111,10 +111,15 @@ def enqueue_on_new_connection(url: str, number: str, message_id: str) -> None:
     assert response.status_code == 201, response.text
 
 
+# The tests pause a worker (SIGSTOP) to route requests to the other: long enough on a busy
+# machine that uvicorn's default 5 s health check would kill and replace the paused one.
+PAUSABLE = ("--workers", str(WORKERS), "--worker-healthcheck-seconds", "300")
+
+
 def test_requests_served_by_different_workers_add_up_in_one_scrape(
     serve: Callable[..., ServeProcess],
 ) -> None:
-    api = serve("--workers", str(WORKERS))
+    api = serve(*PAUSABLE)
     first, second = api.workers(WORKERS)
     served_by = {first: 3, second: 2}
     for worker, count in served_by.items():
@@ -126,6 +131,7 @@ def test_requests_served_by_different_workers_add_up_in_one_scrape(
                 enqueue_on_new_connection(api.url, ON_S0, f"{worker}-{index}")
         finally:
             os.kill(paused, signal.SIGCONT)
+    assert sorted(api.workers(WORKERS)) == sorted(served_by)  # neither was replaced meanwhile
     samples = metric_samples(httpx.get(f"{api.url}/metrics", timeout=30).text)
     assert samples[("ratequeue_enqueue_total", (("outcome", "acknowledged"),))] == 5
     assert samples[("ratequeue_request_seconds_count", (("operation", "enqueue"),))] == 5
@@ -135,7 +141,7 @@ def test_requests_served_by_different_workers_add_up_in_one_scrape(
 def test_each_worker_serves_the_whole_api_on_its_own_connections(
     serve: Callable[..., ServeProcess],
 ) -> None:
-    api = serve("--workers", str(WORKERS))
+    api = serve(*PAUSABLE)
     workers = api.workers(WORKERS)
     for worker in workers:
         others = [w for w in workers if w != worker]

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.http_contract import MAX_JSON_DEPTH
+from common.redis_processes import RedisProcess
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi, shard_key_count
@@ -422,16 +423,25 @@ def test_an_enqueue_answers_201_with_the_id_the_canonical_number_and_the_shard(
     assert enqueue(http, ON_S1, "hi")["shard"] == "s1"
 
 
+def script_calls(node: RedisProcess) -> int:
+    """How many EVALSHA the node has run (`INFO commandstats`)."""
+    with node.client() as conn:
+        return int(conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 def test_concurrent_enqueues_sent_together_each_get_their_own_answer(
-    http: httpx.Client,
+    cluster: LocalCluster, http: httpx.Client
 ) -> None:
     payloads = [{"id": f"m-{i}", "body": "hello"} for i in range(16)]
     payloads += [{"id": "same", "body": "retry"}] * 2 + [
         {"id": "clash", "body": "first"},
         {"id": "clash", "body": "second"},
     ]
+    calls_before = script_calls(cluster.shard("s0").primary)
     with ThreadPoolExecutor(len(payloads)) as pool:
         answers = list(pool.map(lambda p: http.post(messages_url(ON_S0), json=p), payloads))
+    # Sent together: fewer script calls than requests (each alone would be one call).
+    assert script_calls(cluster.shard("s0").primary) - calls_before < len(payloads)
     statuses = [a.status_code for a in answers]
     assert statuses[:18] == [201] * 18
     assert sorted(statuses[18:]) == [201, 409]
