@@ -19,6 +19,7 @@ from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
 from common.version import add_version_option
+from ratequeue.membership import boot_arguments
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
@@ -52,8 +53,20 @@ def testbed_up(
     control: ControlChoice = typer.Option(
         ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
+    api_workers: int = typer.Option(
+        1, "--api-workers", min=1, max=64, help="worker processes of the ratequeue API"
+    ),
+    shard_maxmemory: str = typer.Option(
+        testbed_module.TESTBED_SHARD_MAXMEMORY,
+        "--shard-maxmemory",
+        help="each shard node's memory limit (e.g. 512mb); full, a shard refuses writes",
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
+    try:
+        boot_arguments(shard_maxmemory)
+    except ValueError as error:
+        raise refused(error, "testbed up refused: --shard-maxmemory") from None
     try:
         state = testbed_module.up(
             dir,
@@ -63,6 +76,8 @@ def testbed_up(
             sensors=sensors,
             supervise=supervise,
             control=control.value,
+            api_workers=api_workers,
+            shard_maxmemory=shard_maxmemory,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None

@@ -46,9 +46,13 @@ class Actuator(Protocol):
 
 
 class LocalProcessActuator:
-    def __init__(self, workdir: Path, *, control_url: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, control_url: str | None = None, maxmemory: str | None = None
+    ) -> None:
+        """`maxmemory`: each replacement's memory limit (as its shard's other nodes have)."""
         self.workdir = workdir
         self.control_url = control_url
+        self.maxmemory = maxmemory
         self._lock = threading.Lock()
 
     def provisioned(self) -> list[dict]:
@@ -104,7 +108,8 @@ class LocalProcessActuator:
         # A node that died is started again where it was (port and data), so the address the
         # topology may list already stays the node's; a first start takes a free port.
         port = int(recorded[0]["port"]) if recorded is not None else None
-        replica = start_node(name, "replica", shard, self.workdir, port=port, detached=True)
+        replica = start_node(name, "replica", shard, self.workdir, port=port, detached=True,
+                             maxmemory=self.maxmemory)  # fmt: skip
         self._record(
             {
                 "name": name,

@@ -44,6 +44,9 @@ def serve(
         None, "--actuator", envvar="LAZARUS_ACTUATOR", help="none | local | docker"
     ),
     actuator_dir: Path = typer.Option(None, "--actuator-dir", help="local actuator's workdir"),
+    replica_maxmemory: str = typer.Option(
+        None, "--replica-maxmemory", help="local actuator's replacements' maxmemory (e.g. 1gb)"
+    ),
     docker_deployment: str = typer.Option(None, envvar="LAZARUS_DOCKER_DEPLOYMENT"),
     docker_client_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_CLIENT_NETWORK"),
     docker_peer_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_PEER_NETWORK"),
@@ -124,6 +127,7 @@ def serve(
             workflows=workflows,
             actuator=actuator,
             actuator_dir=actuator_dir,
+            replica_maxmemory=replica_maxmemory,
             docker_deployment=docker_deployment,
             docker_client_network=docker_client_network,
             docker_peer_network=docker_peer_network,

@@ -67,7 +67,8 @@ def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
     match settings.chosen_actuator:
         case "local":
             assert settings.actuator_dir is not None  # the settings' own check
-            return LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
+            return LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url,
+                                        maxmemory=settings.replica_maxmemory)  # fmt: skip
         case "docker":
             given = {
                 "deployment": settings.docker_deployment,

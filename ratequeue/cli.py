@@ -38,6 +38,12 @@ def serve(
     wait_timeout_ms: int = typer.Option(None, envvar="RATEQUEUE_WAIT_TIMEOUT_MS"),
     max_body_bytes: int = typer.Option(None, envvar="RATEQUEUE_MAX_BODY_BYTES"),
     max_queue_seconds: float = typer.Option(None, envvar="RATEQUEUE_MAX_QUEUE_SECONDS"),
+    max_number_segments: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_NUMBER_SEGMENTS", help="the most segments one number may hold"
+    ),
+    max_message_bytes: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_MESSAGE_BYTES", help="the largest message body (compact JSON)"
+    ),
     refresh_interval: float = typer.Option(None, envvar="RATEQUEUE_REFRESH_INTERVAL"),
     retry_deadline: float = typer.Option(None, envvar="RATEQUEUE_RETRY_DEADLINE"),
     dedup_window_seconds: int = typer.Option(
@@ -48,6 +54,14 @@ def serve(
     ),
     max_lease_seconds: float = typer.Option(
         None, envvar="RATEQUEUE_MAX_LEASE_SECONDS", help="the longest lease a dequeue may ask"
+    ),
+    workers: int = typer.Option(
+        None, envvar="RATEQUEUE_WORKERS", help="API worker processes (1: serve in this process)"
+    ),
+    worker_healthcheck_seconds: int = typer.Option(
+        None,
+        envvar="RATEQUEUE_WORKER_HEALTHCHECK_SECONDS",
+        help="seconds a worker may not answer before it is killed and started again",
     ),
     log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
 ) -> None:
@@ -61,11 +75,15 @@ def serve(
             wait_timeout_ms=wait_timeout_ms,
             max_body_bytes=max_body_bytes,
             max_queue_seconds=max_queue_seconds,
+            max_number_segments=max_number_segments,
+            max_message_bytes=max_message_bytes,
             refresh_interval=refresh_interval,
             retry_deadline=retry_deadline,
             dedup_window_seconds=dedup_window_seconds,
             max_dequeue=max_dequeue,
             max_lease_seconds=max_lease_seconds,
+            workers=workers,
+            worker_healthcheck_seconds=worker_healthcheck_seconds,
         )
     except InvalidSetting as error:
         typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)
@@ -74,9 +92,14 @@ def serve(
         typer.echo(f"ratequeue serve: refusing to start: setting 'port': {port} is not 1-65535",
                    err=True)  # fmt: skip
         raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper())
+    if settings.workers > 1:
+        from ratequeue.workers import serve_with_workers
+
+        serve_with_workers(settings, host=host, port=port, log_level=log_level)
+        return
     from ratequeue.service import create_app
 
-    logging.basicConfig(level=log_level.upper())
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                 access_log=False)  # fmt: skip
 
