@@ -2,7 +2,9 @@
 `common.etcd_client`, with the key layout of `etcd_keys`:
 
 - every TTL is a lease of its own, granted with the key (etcd counts whole seconds, at least
-  one: a shorter TTL lasts a second);
+  one: a shorter TTL lasts a second), except the event bindings' (30 days): those written within
+  the same hour share one lease (`_SharedLease`), so a busy controller does not keep a
+  30-day lease alive per event;
 - every "only if" is one transaction: create-if-absent compares the key's version with 0,
   renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
   also compares the record's version, so two saves cannot interleave;
@@ -33,6 +35,7 @@ Not for: the topology's key and watch (`ratequeue.etcd_topology`) or the client 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -71,6 +74,9 @@ from ratequeue.etcd_topology import EtcdTopologyStore
 # Rounds of "lost a race or an answer, read and try again" before giving up as unreachable: a
 # round is lost only to another writer of the same key, so a handful is plenty.
 _MAX_ROUNDS = 5
+# Event bindings written within this long share one lease (each lives 30 days to 30 days and
+# an hour): a lease per hour, not one per event.
+BINDING_BUCKET = 3600.0
 T = TypeVar("T")
 
 
@@ -230,6 +236,34 @@ class _Writes:
         return int(deleted.deleted)
 
 
+class _SharedLease:
+    """One lease for every key of a kind written within `bucket` seconds: each key lives at
+    least `ttl` (the lease lasts `ttl + bucket` from its grant) and at most `bucket` longer.
+    Only for keys whose value says whose write it is (an event binding names a fresh workflow
+    id): with a shared lease, the lease cannot tell, and it is never revoked for one key."""
+
+    def __init__(self, client: EtcdClient, ttl: float, bucket: float) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._bucket = bucket
+        self._lease: int | None = None
+        self._replace_at = 0.0
+        self._granting = asyncio.Lock()  # concurrent writes wait for one grant, not one each
+
+    async def id(self) -> int:
+        async with self._granting:
+            now = time.monotonic()
+            if self._lease is None or now >= self._replace_at:
+                granted = await self._client.grant_lease(_seconds(self._ttl + self._bucket))
+                self._lease, self._replace_at = granted.id, now + self._bucket
+            return self._lease
+
+    def forget(self, lease: int) -> None:
+        """`lease` is gone (revoked, or the store was wiped): the next write gets a new one."""
+        if self._lease == lease:
+            self._lease = None
+
+
 class EtcdLocks:
     def __init__(self, writes: _Writes, ttl_ms: int = 60_000) -> None:
         self._writes = writes
@@ -273,6 +307,7 @@ class EtcdWorkflowRecords:
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
         self._client = writes.client
+        self._bindings = _SharedLease(writes.client, EVENT_WORKFLOW_SECONDS, BINDING_BUCKET)
 
     async def save(
         self,
@@ -351,13 +386,46 @@ class EtcdWorkflowRecords:
         return _text(await self._client.get(keys.workflow_owner(workflow_id)))
 
     async def bind_event(self, event_id: str, workflow_id: str) -> str | None:
+        """Create the binding under the shared lease; a lost answer is resolved by the value
+        (the workflow id is new, so finding it bound proves the write was ours)."""
         key = keys.workflow_of_event(event_id)
-        created, bound = await self._writes.create(key, workflow_id, EVENT_WORKFLOW_SECONDS)
-        return None if created else bound.value.decode()
+        value = workflow_id.encode()
+        for _ in range(_MAX_ROUNDS):
+            lease = await self._bindings.id()
+            try:
+                result = await self._client.txn(
+                    [_absent(key)],
+                    [Put(key=key, value=value, lease=lease)],
+                    [Get(key=key)],
+                    check=False,
+                )
+            except EtcdLeaseNotFound:
+                self._bindings.forget(lease)
+                continue
+            except EtcdOutcomeUnknown:
+                found = await self._client.get(key)
+                if found is None:
+                    continue  # not applied: send it again
+                return None if found.value == value else found.value.decode()
+            if result.succeeded:
+                return None
+            read = result.responses[-1]
+            assert isinstance(read, RangeResult)
+            if read.kvs:  # bound already (by an earlier round of ours whose answer was lost?)
+                return None if read.kvs[0].value == value else read.kvs[0].value.decode()
+            # The binding expired between the compare and the read: again.
+        raise EtcdUnreachable(f"{key}: could not be bound or read in {_MAX_ROUNDS} rounds")
 
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)
-        await self._writes.put(key, workflow_id, EVENT_WORKFLOW_SECONDS)
+        for _ in range(_MAX_ROUNDS):
+            lease = await self._bindings.id()
+            try:
+                await self._writes.apply([Put(key=key, value=workflow_id.encode(), lease=lease)])
+                return
+            except EtcdLeaseNotFound:
+                self._bindings.forget(lease)
+        raise EtcdUnreachable(f"{key}: {_MAX_ROUNDS} shared leases were gone before the write")
 
 
 class EtcdIncidentClaims:
