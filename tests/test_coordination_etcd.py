@@ -200,13 +200,22 @@ async def test_a_claim_that_lost_to_another_leaves_no_lease_behind(
     assert await store.client.lease_ttl(unused) == -1
 
 
+async def eventually_revoked(store: EtcdCoordinationStore, lease: int, within: float = 10) -> None:
+    """The lease is revoked within `within` s (a renewal revokes the one it replaced after it
+    returns)."""
+    deadline = time.monotonic() + within
+    while await store.client.lease_ttl(lease) != -1:
+        assert time.monotonic() < deadline, f"lease {lease} still alive after {within:g} s"
+        await asyncio.sleep(0.02)
+
+
 async def test_renewing_a_lock_revokes_the_lease_it_replaced(
     store: EtcdCoordinationStore,
 ) -> None:
     held = await store.locks.acquire("shard", "rq/s0", "wf-a")
     before = await store.client.get(held.key)
     assert before is not None and await store.locks.renew(held)
-    assert await store.client.lease_ttl(before.lease) == -1
+    await eventually_revoked(store, before.lease)
 
 
 async def test_event_bindings_share_one_lease_that_outlives_their_30_days(

@@ -107,6 +107,10 @@ class _Writes:
 
     def __init__(self, client: EtcdClient) -> None:
         self.client = client
+        # Revocations of leases a renewal replaced, sent after the renewal returned: a revoke
+        # is a raft write of its own, and the renewal it follows (a lock asserted before an
+        # action, an owner lease) is on a failover's critical path.
+        self._retiring: set[asyncio.Task] = set()
 
     async def lease(self, ttl: float) -> int:
         return (await self.client.grant_lease(_seconds(ttl))).id
@@ -189,12 +193,19 @@ class _Writes:
         return True
 
     async def retire(self, before: Any, lease: int) -> None:
-        """Revoke the lease a key carried before we put it under `lease`: no key is left on it
-        (each lease is granted for one write), and a renewal every few seconds would otherwise
-        keep a trail of idle leases for as long as their TTL."""
+        """Revoke, in the background, the lease a key carried before we put it under `lease`:
+        no key is left on it (each lease is granted for one write), and a renewal every few
+        seconds would otherwise keep a trail of idle leases for as long as their TTL."""
         assert isinstance(before, RangeResult)
         if before.kvs and before.kvs[0].lease not in (0, lease):
-            await self.revoke(before.kvs[0].lease)
+            task = asyncio.ensure_future(self.revoke(before.kvs[0].lease))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def settle(self) -> None:
+        """Wait for the revocations still under way (before the client is closed)."""
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=self.client.settings.call_timeout)
 
     async def delete_if(self, key: str, guard: list[Compare]) -> bool:
         """Delete `key` only if every compare holds. A lost answer is resolved by sending it
@@ -308,6 +319,7 @@ class EtcdWorkflowRecords:
         self._writes = writes
         self._client = writes.client
         self._bindings = _SharedLease(writes.client, EVENT_WORKFLOW_SECONDS, BINDING_BUCKET)
+        self._saved_versions: dict[str, int] = {}  # running workflows' records we saved last
 
     async def save(
         self,
@@ -326,11 +338,21 @@ class EtcdWorkflowRecords:
         # Versions a save was sent on and its answer lost: such a save may commit after the
         # read that follows, so a later round that finds our document one version on is done.
         answer_lost_at: set[int] = set()
+        # The version our last save left: the compare checks it, so the read that would learn
+        # it is only needed when another writer (or none of ours) came first.
+        guess = self._saved_versions.pop(record.id, None)
         for _ in range(_MAX_ROUNDS):
-            current = await self._client.get(record_key)
-            version = 0 if current is None else current.version
-            if current is not None and current.value == document and version - 1 in answer_lost_at:
-                return
+            if guess is not None:
+                version, guess = guess, None
+            else:
+                current = await self._client.get(record_key)
+                version = 0 if current is None else current.version
+                if (
+                    current is not None
+                    and current.value == document
+                    and version - 1 in answer_lost_at
+                ):
+                    return
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
@@ -347,13 +369,21 @@ class EtcdWorkflowRecords:
                 answer_lost_at.add(version)
                 after = await self._client.get(record_key)
                 if after is not None and after.version == version + 1 and after.value == document:
+                    self._remember(record, version + 1)
                     return
                 continue  # not applied, or someone saved since: the guard decides again
             if result.succeeded:
+                self._remember(record, version + 1)
                 return
             if owner is not None and await self.owner(record.id) != owner:
                 raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
         raise EtcdUnreachable(f"workflow {record.id}: not saved in {_MAX_ROUNDS} rounds")
+
+    def _remember(self, record: WorkflowRecord, version: int) -> None:
+        """The version our save left, while the workflow runs (a finished one is not saved
+        again, and is forgotten)."""
+        if record.status == "running":
+            self._saved_versions[record.id] = version
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None:
         found = await self._client.get(keys.workflow_record(workflow_id))
@@ -656,7 +686,7 @@ class EtcdCoordinationStore:
         self.client = client
         self.records_connection = records
         self._owns_connections = owns_connections
-        writes = _Writes(client)
+        self._writes = writes = _Writes(client)
         self.locks = EtcdLocks(writes)
         self.workflows = EtcdWorkflowRecords(writes)
         self.incidents = EtcdIncidentClaims(writes)
@@ -685,6 +715,7 @@ class EtcdCoordinationStore:
         return True
 
     async def aclose(self) -> None:
+        await self._writes.settle()
         if self._owns_connections:
             await self.client.aclose()
             await self.records_connection.aclose()
