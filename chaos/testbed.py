@@ -456,6 +456,7 @@ def up(
                 *endpoints,
                 *(controller_args or []),
             ]
+            sensor_args = [*endpoints, *(sensor_args or [])]
         api = start_api(directory, cluster.control.url, api_args)
         started.append(api)
         register_in_balancer(address, "ratequeue-api", api)

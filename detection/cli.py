@@ -49,6 +49,13 @@ def sensor(
     replica: str = typer.Option(
         ..., envvar="FAILOVER_REPLICA", help="the watched replica, HOST:PORT on its peer address"
     ),
+    etcd_endpoints: str = typer.Option(
+        None,
+        "--etcd-endpoints",
+        envvar="FAILOVER_ETCD_ENDPOINTS",
+        help="the topology is in etcd: its members' client URLs, a,b,c (default: in the control "
+        "store)",
+    ),
     name: str = typer.Option(
         None,
         envvar="FAILOVER_SENSOR_NAME",
@@ -92,6 +99,7 @@ def sensor(
             control_url=control, replica=replica, environment=environment, region=region,
             service=service, interval=interval, threshold=threshold, ping_timeout=ping_timeout,
             heartbeat_every=heartbeat_every, name=name, source_host=source_host,
+            etcd_endpoints=etcd_endpoints,
         )  # fmt: skip
     except InvalidSensorConfig as error:
         raise _bad_option("sensor", _option_name(error.setting), error.message, 2) from None

@@ -67,8 +67,14 @@ def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
     match settings.chosen_actuator:
         case "local":
             assert settings.actuator_dir is not None  # the settings' own check
-            return LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url,
-                                        maxmemory=settings.replica_maxmemory)  # fmt: skip
+            # Its sensors read the topology where the controllers keep it.
+            etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
+            return LocalProcessActuator(
+                settings.actuator_dir,
+                control_url=settings.control_url,
+                maxmemory=settings.replica_maxmemory,
+                etcd_endpoints=etcd,
+            )
         case "docker":
             given = {
                 "deployment": settings.docker_deployment,

@@ -27,6 +27,7 @@ from pydantic import Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from common.cancellation import cancel_until_done
 from common.retry import RetryPolicy
 from ratequeue.errors import (
     IdConflict,
@@ -178,16 +179,8 @@ class AsyncRatequeueClient:
         return self
 
     async def close(self) -> None:
-        self._closing = True
-        pending = set(self._background)
-        for task in pending:
-            task.cancel()
-        while pending:
-            # On Python 3.11 a wait_for inside redis-py can swallow a cancellation; ask again
-            # rather than wait forever (the loops also stop at their next turn via _closing).
-            _, pending = await asyncio.wait(pending, timeout=0.5)
-            for task in pending:
-                task.cancel()
+        self._closing = True  # the loops also stop at their next turn
+        await cancel_until_done(self._background)
         for node in self._nodes.values():
             await node.aclose()
         await self._control.aclose()

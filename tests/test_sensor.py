@@ -416,7 +416,8 @@ def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: Loca
 def test_bad_sensor_options_are_named_and_exit_2() -> None:
     runner = CliRunner()
     for option, value in (("--threshold", "0"), ("--interval", "-1"), ("--replica", "nope"),
-                          ("--environment", "Prod"), ("--stream", "kafka")):  # fmt: skip
+                          ("--environment", "Prod"), ("--stream", "kafka"),
+                          ("--etcd-endpoints", "127.0.0.1:2379")):  # fmt: skip
         args = {"--control": "redis://127.0.0.1:1/0", "--replica": "127.0.0.2:1", option: value}
         result = runner.invoke(app, ["sensor", *[x for pair in args.items() for x in pair]])
         assert result.exit_code == 2, (option, result.output)
