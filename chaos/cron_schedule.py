@@ -1,6 +1,7 @@
 """Cron expressions for `ratequeue-chaos run --cron`: the five standard fields (minute, hour,
-day of month, month, day of week), read in UTC, checked field by field so a mistake is refused naming the
-field, and the next time an expression names after a given time (the `croniter` package).
+day of month, month, day of week), read in UTC, checked field by field so a mistake is
+refused naming the field, and the next time an expression names after a given time
+(the `croniter` package).
 
 Not for: keeping the schedule or counting missed slots (`schedule_grid`), or running anything.
 """

@@ -56,7 +56,8 @@ class LocalProcessActuator:
         etcd_endpoints: str | None = None,
     ) -> None:
         """`maxmemory`: each replacement's memory limit (as its shard's other nodes have);
-        `etcd_endpoints`: where its sensors read the topology when the controllers keep it in etcd."""
+        `etcd_endpoints`: where its sensors read the topology when the controllers keep it
+        in etcd."""
         self.workdir = workdir
         self.control_url = control_url
         self.maxmemory = maxmemory
