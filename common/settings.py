@@ -1,26 +1,55 @@
 """The one way a service's settings (CLI options and environment variables) are validated before
 anything starts: `parse_settings` builds the settings model, leaving out the options not given,
-and a bad value raises `InvalidSetting` naming each bad setting and what was expected, so the
-API and the controller refuse to start with the same kind of message.
+and a bad value raises `InvalidSetting` naming each bad setting, where its value came from, and
+what was expected, so every service refuses to start with the same kind of message. Also
+`Setting`, what a model field says about its flag and variable when its name alone does not.
 
-Not for: the settings models themselves (each service owns its own), or files people write
-(see `input_files`).
+Not for: the settings models themselves (each service owns its own), making CLI options from
+them (`settings_options`), or files people write (see `input_files`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from common.errors import InvalidSetting
 from common.validation import Model, describe_problems
 
 
-def parse_settings(model: type[Model], values: Mapping[str, object]) -> Model:
+@dataclass(frozen=True)
+class Setting:
+    """A settings field's flag and environment variable when they are not made from its name
+    (`--control` for `control_url`, kept from before deployments used it), and whether its
+    value is a secret (`--help` and the README never show a secret's value or default).
+    Put it in the field's annotation: `control_url: Annotated[RedisUrlText, Setting("--control")]`.
+    """
+
+    flag: str | None = None
+    env: str | None = None
+    secret: bool = False
+
+
+def _lowercase(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+# What `logging` and uvicorn both take, in any case (WARNING, warning).
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lowercase)
+]
+
+
+def parse_settings(
+    model: type[Model], values: Mapping[str, object], origins: Mapping[str, str] | None = None
+) -> Model:
     """`model` from `values`, those that are None left to their defaults (an option not given);
-    raises InvalidSetting naming each bad setting."""
+    raises InvalidSetting naming each bad setting, and after it where its value came from
+    (`origins`: a flag or an environment variable per setting)."""
     try:
         return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as error:
-        raise InvalidSetting(describe_problems(error, "setting")) from None
+        raise InvalidSetting(describe_problems(error, "setting", origins=origins)) from None

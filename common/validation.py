@@ -10,7 +10,7 @@ Not for: the models themselves, or reading files (see `input_files`)."""
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -82,12 +82,14 @@ def describe_problems(
     within: str = "",
     *,
     request: bool = False,
+    origins: Mapping[str, str] | None = None,
 ) -> str:
     """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
     MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
     `within` is the field the validated value came from, when it was not the whole document.
     With `request`, locations are FastAPI's for a request: `query 'limit': ...`, and a body's
-    fields without the leading `body`."""
+    fields without the leading `body`. `origins` says where a top-level field's value came from
+    (a service's flag or environment variable), shown after its name."""
     problems = []
     for problem in error.errors():
         where, loc = what, [str(p) for p in problem["loc"]]
@@ -100,7 +102,8 @@ def describe_problems(
         location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
         location = bounded(location, LOCATION_CHARS)
         message = bounded(str(problem["msg"]).removeprefix("Value error, "), PROBLEM_CHARS)
-        problems.append(f"{where} '{location}': {message}" if location else message)
+        origin = f" ({origins[loc[0]]})" if origins and loc and loc[0] in origins else ""
+        problems.append(f"{where} '{location}'{origin}: {message}" if location else message)
     more = len(problems) - MAX_PROBLEMS
     shown = "; ".join(problems[:MAX_PROBLEMS])
     return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"
