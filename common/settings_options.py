@@ -161,6 +161,13 @@ def setting_options(
             if only is None or name in only]  # fmt: skip
 
 
+def setting_named(model: type[BaseModel], env_prefix: str, name: str) -> str:
+    """`setting 'NAME' (--flag or VARIABLE)`: how a message names a setting found bad after its
+    model accepted it (by a check only the service can make)."""
+    option = setting_option(name, model.model_fields[name], env_prefix)
+    return f"setting '{name}' ({option.flag} or {option.env})"
+
+
 def _origin(option: SettingOption, source: Enum | None) -> str:
     # click's ParameterSource (typer vendors its own click, so compared by name).
     if source is not None and source.name == "COMMANDLINE":

@@ -1,0 +1,92 @@
+"""Settings of a heartbeat sensor process, validated before it starts: every field is a
+`detection sensor` option and a `FAILOVER_*` environment variable (`common.settings_options`);
+a bad value stops the sensor with a message naming the setting.
+
+Not for: what the sensor checks while it runs (`SensorConfig`, which these build and which
+checks what only the sensor knows, e.g. that its events pass the schema), or the Nagios
+check's options (`detection check` takes its own, by the plugin guidelines).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.settings import LogLevel, Setting
+from common.validation import RedisUrlText
+from detection.sensor import SensorConfig
+
+# The sensor's defaults are SensorConfig's (the testbed and tests build one directly).
+DEFAULTS = SensorConfig
+
+
+class SensorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    control_url: Annotated[RedisUrlText, Setting("--control")] = Field(
+        description="control store URL (topology; Redis event stream)"
+    )
+    replica: str = Field(description="the watched replica, HOST:PORT on its peer address")
+    etcd_endpoints: str | None = Field(
+        None,
+        description="the topology is in etcd: its members' client URLs, a,b,c (unset: in the "
+        "control store)",
+    )
+    name: Annotated[str | None, Setting(env="FAILOVER_SENSOR_NAME")] = Field(
+        None, description="sensor name, the events' source (unset: sensor@REPLICA)"
+    )
+    environment: str = Field(DEFAULTS.environment, description="the events' environment")
+    region: str = Field(DEFAULTS.region, description="the events' region")
+    service: str = Field(DEFAULTS.service, description="the watched service")
+    interval: float = Field(DEFAULTS.interval, gt=0, description="seconds between checks")
+    threshold: int = Field(
+        DEFAULTS.threshold, ge=1, description="consecutive failed PINGs that make the primary down"
+    )
+    ping_timeout: float = Field(
+        DEFAULTS.ping_timeout, gt=0, description="seconds a PING of the primary may take"
+    )
+    heartbeat_every: float = Field(
+        DEFAULTS.heartbeat_every, gt=0, description="seconds between SensorHeartbeat events"
+    )
+    reemit_every: float = Field(
+        DEFAULTS.reemit_every, gt=0, description="seconds between reports of a primary still down"
+    )
+    info_timeout: float = Field(
+        DEFAULTS.info_timeout, gt=0, description="seconds an INFO of the replica may take"
+    )
+    control_timeout: float = Field(
+        DEFAULTS.control_timeout, gt=0, description="seconds a topology read or publish may take"
+    )
+    topology_refresh: float = Field(
+        DEFAULTS.topology_refresh,
+        ge=0,
+        description="seconds between topology re-reads while its watch is broken",
+    )
+    source_host: str | None = Field(None, description="local address the PINGs leave from")
+    notifications: Path | None = Field(None, description="page on-call directly (channels YAML)")
+    stream: Literal["redis", "kinesis"] = Field("redis", description="event stream backend")
+    kinesis_stream: str | None = Field(None, description="the Kinesis stream's name")
+    kinesis_region: str | None = Field(None, description="the Kinesis stream's region")
+    kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
+    log_level: LogLevel = "info"
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus /metrics (probe latency, events published) on this port",
+    )
+    metrics_host: str = Field("127.0.0.1", description="address for /metrics")
+
+    def sensor_config(self) -> SensorConfig:
+        """The sensor's own configuration; raises `InvalidSensorConfig` naming a setting."""
+        return SensorConfig(
+            control_url=self.control_url, replica=self.replica, environment=self.environment,
+            region=self.region, service=self.service, interval=self.interval,
+            threshold=self.threshold, ping_timeout=self.ping_timeout,
+            heartbeat_every=self.heartbeat_every, reemit_every=self.reemit_every,
+            name=self.name, info_timeout=self.info_timeout,
+            control_timeout=self.control_timeout, topology_refresh=self.topology_refresh,
+            source_host=self.source_host, etcd_endpoints=self.etcd_endpoints,
+        )  # fmt: skip
