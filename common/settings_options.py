@@ -100,11 +100,15 @@ class SettingOption:
             notes.append(f"[default: {self.default}]")
         return " ".join(notes)
 
+    @property
+    def declaration(self) -> str:
+        """The flag as click declares it: `--x/--no-x` for a switch."""
+        return f"{self.flag}/--no-{self.flag[2:]}" if self.switch else self.flag
+
     def typer_option(self) -> Any:
-        declarations = [f"{self.flag}/--no-{self.flag[2:]}"] if self.switch else [self.flag]
         return typer.Option(
             None,
-            *declarations,
+            self.declaration,
             envvar=self.env,
             show_envvar=True,
             show_default=False,  # the default is None (not given); the model's is in the help
@@ -244,6 +248,9 @@ def with_settings(
                 raise refuse_to_start(command_name, error) from None
             return command(**{parameter: settings}, **values)
 
+        # What README's settings table lists (`settings_reference`), stacked decorators' too.
+        listed = [*getattr(command, "setting_options", []), *options]
+        run.setting_options = listed  # type: ignore[attr-defined]
         parameters = [*own, *made]
         run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in parameters}

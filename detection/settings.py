@@ -70,7 +70,7 @@ class SensorSettings(BaseModel):
     kinesis_stream: str | None = Field(None, description="the Kinesis stream's name")
     kinesis_region: str | None = Field(None, description="the Kinesis stream's region")
     kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
-    log_level: LogLevel = "info"
+    log_level: LogLevel = Field("info", description="the least severe messages logged")
     metrics_port: int | None = Field(
         None,
         ge=0,

@@ -121,7 +121,7 @@ class ControllerSettings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="address the node's API listens on")
     port: int = Field(8090, ge=1, le=65535, description="port the node's API listens on")
-    log_level: LogLevel = "warning"
+    log_level: LogLevel = Field("warning", description="the least severe messages logged")
 
     @model_validator(mode="after")
     def _actuator_has_what_it_needs(self) -> ControllerSettings:

@@ -78,7 +78,7 @@ class ServiceSettings(BaseModel):
     )  # fmt: skip
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8080, ge=1, le=65535, description="port the API listens on")
-    log_level: LogLevel = "warning"
+    log_level: LogLevel = Field("warning", description="the least severe messages logged")
 
     @classmethod
     def parse(
