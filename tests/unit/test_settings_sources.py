@@ -1,0 +1,272 @@
+"""Every setting of every service is a command-line flag and an environment variable, made from
+the service's settings model: each field below is taken from the model itself, so a field added
+without either fails here. A flag wins over its variable, which wins over the default; `--help`
+shows defaults and variables and never a secret; a bad value refuses to start naming the setting
+and where it came from; README's table is the models'. Nothing is started: the settings each
+command would start with are kept."""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import NoneType, UnionType
+
+import annotated_types
+import pytest
+import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from typer.testing import CliRunner
+
+from common import settings_options
+from common.settings import parse_settings
+from common.settings_options import SettingOption, setting_option
+from common.settings_reference import README, readme_with_table
+from detection.cli import app as detection_app
+from detection.settings import SensorSettings
+from lazarus_lite.cli import app as lazarus_app
+from lazarus_lite.settings import ControllerSettings
+from ratequeue.cli import app as ratequeue_app
+from ratequeue.config import InitialTopologySettings, ServiceSettings
+
+CONTROL = "redis://127.0.0.1:1/0"
+TOKEN = "a-token-of-sixteen-chars"
+# Given to every service that can keep its state in etcd: its etcd backend needs endpoints.
+ETCD = "http://127.0.0.1:2379"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    app: typer.Typer
+    command: str
+    model: type[BaseModel]
+    env_prefix: str
+    needs: dict[str, str | list[str]] = field(default_factory=dict)  # what every start needs
+
+    def __str__(self) -> str:
+        return self.name
+
+    def option(self, name: str) -> SettingOption:
+        return setting_option(name, self.model.model_fields[name], self.env_prefix)
+
+
+SERVICES = [
+    Service("ratequeue serve", ratequeue_app, "serve", ServiceSettings, "RATEQUEUE_",
+            {"control_url": CONTROL, "etcd_endpoints": ETCD}),
+    Service("ratequeue topology-init", ratequeue_app, "topology-init", InitialTopologySettings,
+            "RATEQUEUE_", {"shards": ["s0=127.0.0.1:7000"]}),
+    Service("lazarus serve", lazarus_app, "serve", ControllerSettings, "LAZARUS_",
+            {"node_id": "n1", "control_url": CONTROL, "api_token": TOKEN, "etcd_endpoints": ETCD}),
+    Service("detection sensor", detection_app, "sensor", SensorSettings, "FAILOVER_",
+            {"control_url": CONTROL, "replica": "127.0.0.2:7001"}),
+]  # fmt: skip
+# Other settings `topology-init` needs (its store is `ServiceSettings`').
+ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL]}
+
+# Values a model accepts for fields whose type alone does not say one.
+EXAMPLES: dict[str, str | list[str]] = {
+    "control_url": "redis://127.0.0.1:7/1",
+    "etcd_endpoints": "http://127.0.0.1:2381",
+    "replica": "127.0.0.2:7002",
+    "peers": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"],
+    "api_token": "another-token-of-sixteen",
+    "replica_maxmemory": "1gb",
+    "rate_limit_overrides": ["sms=3", "voice=40"],
+    "shards": ["s0=127.0.0.1:7000", "s1=127.0.0.1:7001"],
+}
+
+
+def _bare(annotation: object) -> object:
+    if typing.get_origin(annotation) in (typing.Union, UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not NoneType]
+    return annotation
+
+
+def _number(info: FieldInfo, kind: type) -> str:
+    """A number within the field's bounds that is not its default."""
+    low, high = float("-inf"), float("inf")
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
+            low = getattr(bound, "ge", getattr(bound, "gt", low))
+        if isinstance(bound, annotated_types.Le | annotated_types.Lt):
+            high = getattr(bound, "le", getattr(bound, "lt", high))
+    default = info.default if isinstance(info.default, int | float) else max(low, 0)
+    for candidate in (default + 1, default - 1, (low + default) / 2):
+        if low < candidate < high or (candidate != low and low <= candidate <= high):
+            return str(kind(candidate))
+    raise AssertionError(f"no example for {info}")
+
+
+def example(name: str, info: FieldInfo) -> str | list[str]:
+    """A value the field takes that is not its default, as a flag or variable gives it."""
+    if name in EXAMPLES:
+        return EXAMPLES[name]
+    annotation = _bare(info.annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return next(str(c) for c in typing.get_args(annotation) if c != info.default)
+    if annotation is bool:
+        return "false" if info.default else "true"
+    if annotation in (int, float):
+        return _number(info, annotation)
+    if typing.get_origin(annotation) in (list, dict):
+        return [f"{name}-1", f"{name}-2"]
+    return f"{name}-example"
+
+
+def as_flags(option: SettingOption, value: str | list[str]) -> list[str]:
+    if option.switch:
+        return [option.flag if value == "true" else f"--no-{option.flag[2:]}"]
+    values = value if isinstance(value, list) else [value]
+    return [part for item in values for part in (option.flag, item)]
+
+
+def as_variable(value: str | list[str]) -> str:
+    return " ".join(value) if isinstance(value, list) else value
+
+
+# Runs a service's command: the settings it would start with, or (exit code, output).
+Start = Callable[..., BaseModel | tuple[int, str]]
+
+
+class Started(Exception):
+    """The command validated its settings and would start now."""
+
+    def __init__(self, settings: BaseModel) -> None:
+        self.settings = settings
+
+
+@pytest.fixture(autouse=True)
+def no_service_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith(("RATEQUEUE_", "LAZARUS_", "FAILOVER_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def start(monkeypatch: pytest.MonkeyPatch) -> Start:
+    """Run a service's command with the given flags and variables; the settings it would start
+    with (raised as `Started` before anything starts), or its exit code and output."""
+    parse = settings_options._parse
+
+    def run(
+        service: Service, flags: list[str], env: dict[str, str] | None = None, leave: str = ""
+    ) -> BaseModel | tuple[int, str]:
+        def parsed(model: type[BaseModel], values: dict, origins: dict) -> BaseModel:
+            settings = parse(model, values, origins)
+            if model is service.model:
+                raise Started(settings)
+            return settings
+
+        monkeypatch.setattr(settings_options, "_parse", parsed)
+        needed = [part for name, value in service.needs.items() if name != leave
+                  for part in as_flags(service.option(name), value)]  # fmt: skip
+        args = [service.command, *needed, *ALSO_NEEDED.get(service.name, []), *flags]
+        result = CliRunner().invoke(service.app, args, env=env)
+        if isinstance(result.exception, Started):
+            return result.exception.settings
+        assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+        return result.exit_code, result.output
+
+    return run
+
+
+def every_field() -> list[tuple[Service, str]]:
+    return [pytest.param(service, name, id=f"{service}-{name}")
+            for service in SERVICES for name in service.model.model_fields]  # fmt: skip
+
+
+def numeric_field(service: Service) -> str:
+    return next(name for name, info in service.model.model_fields.items()
+                if _bare(info.annotation) in (int, float) and not info.is_required())  # fmt: skip
+
+
+def given_directly(service: Service, name: str, value: str | list[str]) -> object:
+    """What the model itself makes of `value` (the value of a flag or variable)."""
+    if service.option(name).many and not isinstance(value, list):
+        value = value.split()
+    return getattr(parse_settings(service.model, {**service.needs, name: value}), name)
+
+
+@pytest.mark.parametrize(("service", "name"), every_field())
+def test_every_setting_is_taken_from_its_flag(start: Start, service: Service, name: str) -> None:
+    value = example(name, service.model.model_fields[name])
+    settings = start(service, as_flags(service.option(name), value), leave=name)
+    assert isinstance(settings, BaseModel), settings
+    assert getattr(settings, name) == given_directly(service, name, value)
+    assert getattr(settings, name) != service.model.model_fields[name].get_default(
+        call_default_factory=True
+    )
+
+
+@pytest.mark.parametrize(("service", "name"), every_field())
+def test_every_setting_is_taken_from_its_environment_variable(
+    start: Start, service: Service, name: str
+) -> None:
+    value = example(name, service.model.model_fields[name])
+    option = service.option(name)
+    settings = start(service, [], env={option.env: as_variable(value)}, leave=name)
+    assert isinstance(settings, BaseModel), settings
+    assert getattr(settings, name) == given_directly(service, name, value)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=str)
+def test_a_flag_wins_over_its_variable(start: Start, service: Service) -> None:
+    name = numeric_field(service)
+    option = service.option(name)
+    flag_value = example(name, service.model.model_fields[name])
+    settings = start(service, [option.flag, flag_value], env={option.env: "not-a-number"})
+    assert isinstance(settings, BaseModel), settings
+    assert getattr(settings, name) == given_directly(service, name, flag_value)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=str)
+def test_a_setting_given_neither_way_is_the_models_default(start: Start, service: Service) -> None:
+    settings = start(service, [])
+    assert isinstance(settings, BaseModel), settings
+    assert settings == parse_settings(service.model, service.needs)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=str)
+def test_a_bad_variable_refuses_to_start_naming_the_setting_and_the_variable(
+    start: Start, service: Service
+) -> None:
+    name = numeric_field(service)
+    outcome = start(service, [], env={service.option(name).env: "not-a-number"})
+    assert not isinstance(outcome, BaseModel), "started with a bad setting"
+    code, output = outcome
+    assert code == 2 and "Traceback" not in output, output
+    assert f"refusing to start: setting '{name}' ({service.option(name).env}): " in output
+
+
+def help_text(service: Service, env: dict[str, str] | None = None) -> str:
+    """`--help` without the layout: no spaces, line breaks or box lines."""
+    wide = {"COLUMNS": "240", "TERMINAL_WIDTH": "240"}
+    result = CliRunner().invoke(service.app, [service.command, "--help"], env=wide | (env or {}))
+    assert result.exit_code == 0, result.output
+    return "".join(result.output.replace("│", "").split())
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=str)
+def test_help_shows_every_settings_flag_variable_and_default(service: Service) -> None:
+    shown = help_text(service)
+    for name in service.model.model_fields:
+        option = service.option(name)
+        assert option.flag in shown and f"[envvar:{option.env}]" in shown, name
+        if not (option.required or option.secret):
+            assert f"[default:{''.join(option.default.split())}]" in shown, name
+
+
+def test_help_never_shows_a_secret_nor_its_value_from_the_environment() -> None:
+    (lazarus,) = [service for service in SERVICES if service.name == "lazarus serve"]
+    secret = "the-value-nobody-may-see-1234"
+    shown = help_text(lazarus, env={"LAZARUS_API_TOKEN": secret})
+    assert lazarus.option("api_token").secret
+    assert secret not in shown
+
+
+def test_the_readme_settings_table_is_the_models() -> None:
+    current = README.read_text()
+    assert readme_with_table(current) == current, "run: python -m common.settings_reference"
