@@ -15,9 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
+from chaos.agent.settings import AgentSettings
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from common.settings_options import with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
 
@@ -444,25 +446,8 @@ def export_journal(
 
 
 @app.command()
-def agent(
-    targets: Path = typer.Option(
-        ..., "--targets", help="testbed.json (or its directory) or a targets YAML/JSON file"
-    ),
-    allow: list[str] = typer.Option(
-        ..., "--allow", help="a target identifier attacks may name (repeat, or comma-separate)"
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="a loopback address"),
-    port: int = typer.Option(9090, "--port", min=1, max=65535),
-    api_key_env: str = typer.Option(
-        "GREMLIN_API_KEY", "--api-key-env", help="environment variable holding the API key"
-    ),
-    team_id_env: str = typer.Option(
-        "GREMLIN_TEAM_ID",
-        "--team-id-env",
-        help="environment variable with the teamId to require (unset: any)",
-    ),
-    chain: str = typer.Option("RQCHAOS", "--chain", help="iptables chain for network attacks"),
-) -> None:
+@with_settings(AgentSettings, env_prefix="CHAOS_AGENT_", command_name="ratequeue-chaos agent")
+def agent(settings: AgentSettings) -> None:
     """Serve a Gremlin-compatible attacks API on loopback; attacks run on this machine."""
     import os
 
@@ -473,6 +458,7 @@ def agent(
     from chaos.agent.targets import TargetSource
     from chaos.faults.local.backend import LocalFaultBackend
 
+    host, port, api_key_env = settings.host, settings.port, settings.api_key_env
     if not is_loopback(host):
         console.print(f"[red]ratequeue-chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
@@ -480,19 +466,19 @@ def agent(
     if not api_key:
         console.print(f"[red]no API key: set {api_key_env}[/]")
         raise typer.Exit(2)
-    names = {name.strip() for item in allow for name in item.split(",") if name.strip()}
+    names = {name.strip() for item in settings.allow for name in item.split(",") if name.strip()}
     try:
-        source = TargetSource(targets)
+        source = TargetSource(settings.targets)
     except ValueError as error:
         console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(2) from None
     unknown = sorted(names - set(source.get_all()))
     if unknown:
-        console.print(f"[yellow]allowed but not in {targets}: {', '.join(unknown)}[/]")
+        console.print(f"[yellow]allowed but not in {settings.targets}: {', '.join(unknown)}[/]")
     try:
         service = Agent(api_key=api_key, allow=names, targets=source,
-                        backend=LocalFaultBackend(chain=chain),
-                        team_id=os.environ.get(team_id_env) or None)  # fmt: skip
+                        backend=LocalFaultBackend(chain=settings.chain),
+                        team_id=os.environ.get(settings.team_id_env) or None)  # fmt: skip
     except ValueError as error:  # the key from the environment cannot be compared
         console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
         raise typer.Exit(2) from None

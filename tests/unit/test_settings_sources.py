@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from typer.testing import CliRunner
 
+from chaos.agent.settings import AgentSettings
+from chaos.cli import app as chaos_app
 from common import settings_options
 from common.settings import parse_settings
 from common.settings_options import SettingOption, setting_option
@@ -62,6 +64,8 @@ SERVICES = [
             {"node_id": "n1", "control_url": CONTROL, "api_token": TOKEN, "etcd_endpoints": ETCD}),
     Service("detection sensor", detection_app, "sensor", SensorSettings, "FAILOVER_",
             {"control_url": CONTROL, "replica": "127.0.0.2:7001"}),
+    Service("ratequeue-chaos agent", chaos_app, "agent", AgentSettings, "CHAOS_AGENT_",
+            {"targets": "targets.yaml", "allow": ["s0-primary"]}),
 ]  # fmt: skip
 # Other settings `topology-init` needs (its store is `ServiceSettings`').
 ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL]}
