@@ -67,8 +67,12 @@ class SensorSettings(BaseModel):
     source_host: str | None = Field(None, description="local address the PINGs leave from")
     notifications: Path | None = Field(None, description="page on-call directly (channels YAML)")
     stream: Literal["redis", "kinesis"] = Field("redis", description="event stream backend")
-    kinesis_stream: str | None = Field(None, description="the Kinesis stream's name")
-    kinesis_region: str | None = Field(None, description="the Kinesis stream's region")
+    kinesis_stream: str | None = Field(
+        None, description="the Kinesis stream's name (unset: lazarus-events)"
+    )
+    kinesis_region: str | None = Field(
+        None, description="the Kinesis stream's region (unset: us-east-1)"
+    )
     kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
     log_level: LogLevel = Field("info", description="the least severe messages logged")
     metrics_port: int | None = Field(
