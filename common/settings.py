@@ -33,13 +33,14 @@ class Setting:
     secret: bool = False
 
 
-def _lowercase(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
+def lowercase_text(value: object) -> object:
+    """A before-validator: text in any case for a setting whose choices are lowercase."""
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 # What `logging` and uvicorn both take, in any case (WARNING, warning).
 LogLevel = Annotated[
-    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lowercase)
+    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(lowercase_text)
 ]
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from common.settings import LogLevel, Setting
+from common.settings import LogLevel, Setting, lowercase_text
 from common.validation import RedisUrlText
 from detection.sensor import SensorConfig
 
@@ -66,7 +66,10 @@ class SensorSettings(BaseModel):
     )
     source_host: str | None = Field(None, description="local address the PINGs leave from")
     notifications: Path | None = Field(None, description="page on-call directly (channels YAML)")
-    stream: Literal["redis", "kinesis"] = Field("redis", description="event stream backend")
+    # Any case, as before the settings were a model (`--stream Kinesis`).
+    stream: Annotated[Literal["redis", "kinesis"], BeforeValidator(lowercase_text)] = Field(
+        "redis", description="event stream backend"
+    )
     kinesis_stream: str | None = Field(
         None, description="the Kinesis stream's name (unset: lazarus-events)"
     )
