@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, ValidationError
 
-from common.errors import InvalidSetting
+from common.errors import InvalidSetting, SettingProblem
 from common.validation import Model, describe_problems
 
 
@@ -38,10 +38,38 @@ def lowercase_text(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-# What `logging` and uvicorn both take, in any case (WARNING, warning).
+# `logging`'s other names for two of its levels.
+LOG_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+
+
+def log_level_text(value: object) -> object:
+    """A before-validator: a level name in any case, `logging`'s aliases (WARN, FATAL) mapped."""
+    value = lowercase_text(value)
+    return LOG_LEVEL_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+# What `logging` and uvicorn both take, in any case (WARNING, warning, WARN).
 LogLevel = Annotated[
-    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(lowercase_text)
+    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(log_level_text)
 ]
+# What `logging` alone takes (a service without uvicorn): NOTSET too, which logs everything.
+LoggingLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug", "notset"],
+    BeforeValidator(log_level_text),
+]
+
+
+def etcd_endpoints_checked(endpoints: str | None) -> None:
+    """An etcd backend's `etcd_endpoints` checked from a model's check across fields: raises
+    `SettingProblem` blaming it (so the message says where its value came from)."""
+    from common.etcd_client import endpoints_setting
+
+    try:
+        endpoints_setting(endpoints)
+    except InvalidSetting as error:
+        raise SettingProblem(
+            "etcd_endpoints", str(error).removeprefix("etcd_endpoints: ")
+        ) from None
 
 
 def parse_settings(

@@ -18,10 +18,11 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from types import NoneType, UnionType
+from types import MappingProxyType, NoneType, UnionType
 from typing import Any, Literal, TypeVar
 
 import typer
@@ -31,12 +32,16 @@ from rich.markup import escape
 
 from common.errors import InvalidSetting
 from common.settings import Setting, parse_settings
+from common.validation import without_passwords
 
 Model = TypeVar("Model", bound=BaseModel)
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 # Defaults under the project are shown relative to it: the same text on every machine.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# An absolute default inside the project is a file shipped with it, not one in the working
+# directory: shown as `(bundled) lazarus_lite/definitions/rules`.
+BUNDLED = "(bundled)"
 # How click splits a repeatable option's variable: on whitespace (`"sms=3 voice=40"`).
 MANY_IN_ENV = "repeat; environment: space-separated"
 # The click context parameter a decorated command gets when it has none of its own.
@@ -60,16 +65,16 @@ def _default_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Path):
-        resolved = value.resolve()
-        return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(
-            PROJECT_ROOT) else str(value)  # fmt: skip
+        if value.is_absolute() and value.resolve().is_relative_to(PROJECT_ROOT):
+            return f"{BUNDLED} {value.resolve().relative_to(PROJECT_ROOT)}"
+        return str(value)
     if isinstance(value, list | tuple):
         return " ".join(_default_text(item) for item in value) or "none"
     if isinstance(value, dict):
         return " ".join(f"{key}={item}" for key, item in value.items()) or "none"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return without_passwords(str(value))
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,9 @@ class SettingOption:
         return f"{self.flag}/--no-{self.flag[2:]}" if self.switch else self.flag
 
     def typer_option(self) -> Any:
+        # A switch's variable reaches the model as text (`maybe` is refused by the model, in
+        # the one refusal shape, not by click's usage box); its flags give True or False.
+        parser = {"parser": _as_given} if self.switch else {}
         return typer.Option(
             None,
             self.declaration,
@@ -115,6 +123,7 @@ class SettingOption:
             # typer renders help as rich markup: `[/PEER_HOST]` in a description is text.
             help=escape(self.help),
             metavar=self.metavar,
+            **parser,
         )
 
     @property
@@ -122,6 +131,10 @@ class SettingOption:
         if self.switch:
             return bool | None
         return list[str] | None if self.many else str | None
+
+
+def _as_given(value: object) -> object:
+    return value
 
 
 def _metavar(annotation: Any) -> str | None:
@@ -165,11 +178,19 @@ def setting_options(
             if only is None or name in only]  # fmt: skip
 
 
+# Where each setting of the running command came from (`--flag`, `VARIABLE`), set by
+# `with_settings` before the command runs: what `setting_named` says.
+_ORIGINS: ContextVar[Mapping[str, str]] = ContextVar(
+    "setting_origins", default=MappingProxyType({})
+)
+
+
 def setting_named(model: type[BaseModel], env_prefix: str, name: str) -> str:
-    """`setting 'NAME' (--flag or VARIABLE)`: how a message names a setting found bad after its
-    model accepted it (by a check only the service can make)."""
+    """`setting 'NAME' (--flag)` (or its variable, whichever gave the value; both ways to give
+    it when neither did): how a message names a setting found bad after its model accepted it
+    (by a check only the service can make)."""
     option = setting_option(name, model.model_fields[name], env_prefix)
-    return f"setting '{name}' ({option.flag} or {option.env})"
+    return f"setting '{name}' ({_ORIGINS.get().get(name) or _origin(option, None)})"
 
 
 def _origin(option: SettingOption, source: Enum | None) -> str:
@@ -246,7 +267,11 @@ def with_settings(
                 settings = _parse(model, given, origins)
             except InvalidSetting as error:
                 raise refuse_to_start(command_name, error) from None
-            return command(**{parameter: settings}, **values)
+            known = _ORIGINS.set({**_ORIGINS.get(), **origins})
+            try:
+                return command(**{parameter: settings}, **values)
+            finally:
+                _ORIGINS.reset(known)
 
         # What README's settings table lists (`settings_reference`), stacked decorators' too.
         listed = [*getattr(command, "setting_options", []), *options]

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperCommand
 
 from common.settings_options import refuse_to_start, setting_named, with_settings
+from common.validation import without_passwords
 from common.version import add_version_option, testbed_version
 from detection import nagios
 from detection.errors import InvalidSensorConfig, UsageProblem
@@ -32,9 +33,9 @@ app = typer.Typer(
 add_version_option(app, "detection")
 
 
-def _bad_option(command: str, option: str, message: str, code: int) -> typer.Exit:
-    typer.echo(f"failover {command}: invalid value for {option}: {message}", err=True)
-    return typer.Exit(code)
+def _refuse(setting: str, problem: object) -> typer.Exit:
+    named = setting_named(SensorSettings, "FAILOVER_", setting)
+    return refuse_to_start("detection sensor", f"{named}: {problem}")
 
 
 @app.command()
@@ -45,8 +46,7 @@ def sensor(settings: SensorSettings) -> None:
     try:
         config = settings.sensor_config()
     except InvalidSensorConfig as error:
-        named = setting_named(SensorSettings, "FAILOVER_", error.setting)
-        raise refuse_to_start("detection sensor", f"{named}: {error.message}") from None
+        raise _refuse(error.setting, error.message) from None
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     kinesis = {"kinesis_stream": settings.kinesis_stream, "kinesis_region": settings.kinesis_region,
@@ -59,17 +59,17 @@ def sensor(settings: SensorSettings) -> None:
         try:
             pager_config = load_notification_config(settings.notifications)
         except NotificationConfigError as error:
-            raise _bad_option("sensor", "--notifications", str(error), 2) from None
+            raise _refuse("notifications", error) from None
     metrics = SensorMetrics()
     if settings.metrics_port is not None:
         try:
             metrics.serve(settings.metrics_port, settings.metrics_host)
         except OSError as error:
-            raise _bad_option("sensor", "--metrics-port", str(error), 2) from None
+            raise _refuse("metrics_port", error) from None
     try:
         asyncio.run(_run_sensor(config, settings.stream, kinesis, pager_config, metrics))
     except ValueError as error:  # a control URL redis-py refuses
-        raise _bad_option("sensor", "--control", str(error), 2) from None
+        raise _refuse("control_url", without_passwords(str(error))) from None
     finally:
         metrics.close()
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from common.settings import LogLevel, Setting, lowercase_text
+from common.settings import LoggingLevel, Setting, lowercase_text
 from common.validation import RedisUrlText
 from detection.sensor import SensorConfig
 
@@ -77,7 +77,7 @@ class SensorSettings(BaseModel):
         None, description="the Kinesis stream's region (unset: us-east-1)"
     )
     kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
-    log_level: LogLevel = Field("info", description="the least severe messages logged")
+    log_level: LoggingLevel = Field("info", description="the least severe messages logged")
     metrics_port: int | None = Field(
         None,
         ge=0,

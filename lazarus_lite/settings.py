@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.etcd_client import endpoints_setting
-from common.settings import LogLevel, Setting, parse_settings
+from common.errors import SettingProblem
+from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 from lazarus_lite.coordination.opening import CoordinationBackend
 from lazarus_lite.forensics import WEEK, ForensicsRules
@@ -126,7 +126,11 @@ class ControllerSettings(BaseModel):
     @model_validator(mode="after")
     def _actuator_has_what_it_needs(self) -> ControllerSettings:
         if self.actuator == "local" and self.actuator_dir is None:
-            raise ValueError("actuator: local needs actuator_dir (where its nodes live)")
+            raise SettingProblem(
+                "actuator_dir", "required with actuator local (where its nodes live)"
+            )
+        if self.coordination_backend == "etcd":
+            etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the node starts
         return self
 
     @property
@@ -177,7 +181,4 @@ class ControllerSettings(BaseModel):
     ) -> ControllerSettings:
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting (and where its
         value came from: `origins`)."""
-        settings = parse_settings(cls, values, origins)
-        if settings.coordination_backend == "etcd":
-            endpoints_setting(settings.etcd_endpoints)  # refused here, before the node starts
-        return settings
+        return parse_settings(cls, values, origins)

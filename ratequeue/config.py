@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.etcd_client import endpoints_setting
-from common.settings import LogLevel, Setting, parse_settings
+from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
 from ratequeue.rates import (
@@ -86,10 +85,13 @@ class ServiceSettings(BaseModel):
     ) -> ServiceSettings:
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting (and where its
         value came from: `origins`) and what was expected."""
-        settings = parse_settings(cls, values, origins)
-        if settings.topology_backend == "etcd":
-            endpoints_setting(settings.etcd_endpoints)  # refused here, before the service starts
-        return settings
+        return parse_settings(cls, values, origins)
+
+    @model_validator(mode="after")
+    def _etcd_has_endpoints(self) -> ServiceSettings:
+        if self.topology_backend == "etcd":
+            etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the service starts
+        return self
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

@@ -11,6 +11,7 @@ import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import NoneType, UnionType
 
 import annotated_types
@@ -24,8 +25,9 @@ from chaos.agent.settings import AgentSettings
 from chaos.cli import app as chaos_app
 from common import settings_options
 from common.settings import parse_settings
-from common.settings_options import SettingOption, setting_option
+from common.settings_options import SettingOption, setting_named, setting_option
 from common.settings_reference import README, readme_with_table
+from common.validation import quoted, without_passwords
 from detection.cli import app as detection_app
 from detection.settings import SensorSettings
 from lazarus_lite.cli import app as lazarus_app
@@ -277,3 +279,142 @@ def test_help_never_shows_a_secret_nor_its_value_from_the_environment() -> None:
 def test_the_readme_settings_table_is_the_models() -> None:
     current = README.read_text()
     assert readme_with_table(current) == current, "run: python -m common.settings_reference"
+
+
+def service_named(name: str) -> Service:
+    (found,) = [service for service in SERVICES if service.name == name]
+    return found
+
+
+def test_a_bad_true_false_variable_refuses_to_start_in_the_one_shape(start: Start) -> None:
+    outcome = start(service_named("lazarus serve"), [], env={"LAZARUS_REJOIN_RETURNING": "maybe"})
+    assert not isinstance(outcome, BaseModel), "started with a bad setting"
+    code, output = outcome
+    assert code == 2 and "Usage:" not in output, output
+    assert "lazarus serve: refusing to start: setting 'rejoin_returning' " in output
+    assert "(LAZARUS_REJOIN_RETURNING): " in output
+
+
+def test_a_true_false_variable_is_read_as_the_model_reads_it(start: Start) -> None:
+    settings = start(service_named("lazarus serve"), [], env={"LAZARUS_REJOIN_RETURNING": "no"})
+    assert isinstance(settings, ControllerSettings), settings
+    assert settings.rejoin_returning is False
+
+
+@pytest.mark.parametrize(
+    ("service", "backend"),
+    [("ratequeue serve", "RATEQUEUE_TOPOLOGY_BACKEND"),
+     ("lazarus serve", "LAZARUS_COORDINATION_BACKEND")],
+)  # fmt: skip
+def test_etcd_without_endpoints_is_refused_naming_the_setting_and_how_to_give_it(
+    start: Start, service: str, backend: str
+) -> None:
+    outcome = start(service_named(service), [], env={backend: "etcd"}, leave="etcd_endpoints")
+    assert not isinstance(outcome, BaseModel), "started without etcd endpoints"
+    code, output = outcome
+    option = service_named(service).option("etcd_endpoints")
+    assert code == 2, output
+    assert f"setting 'etcd_endpoints' ({option.flag} or {option.env}): required" in output
+
+
+def test_a_local_actuator_without_its_directory_names_the_directory_setting(start: Start) -> None:
+    outcome = start(service_named("lazarus serve"), ["--actuator", "local"])
+    assert not isinstance(outcome, BaseModel), "started a local actuator without a directory"
+    code, output = outcome
+    assert code == 2, output
+    assert "setting 'actuator_dir' (--actuator-dir or LAZARUS_ACTUATOR_DIR): required" in output
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [("WARN", "warning"), ("fatal", "critical"), ("NOTSET", "notset"), ("Debug", "debug")],
+)
+def test_the_sensor_takes_every_level_name_logging_takes(
+    start: Start, given: str, level: str
+) -> None:
+    settings = start(service_named("detection sensor"), ["--log-level", given])
+    assert isinstance(settings, SensorSettings), settings
+    assert settings.log_level == level
+
+
+def test_a_bundled_path_default_is_labelled_as_bundled() -> None:
+    rules = service_named("lazarus serve").option("rules")
+    assert rules.default == "(bundled) lazarus_lite/definitions/rules"
+    assert "[default: (bundled) lazarus_lite/definitions/rules]" in rules.help
+
+
+def test_a_relative_path_default_is_shown_as_given() -> None:
+    assert settings_options._default_text(Path("chaos-journals")) == "chaos-journals"
+
+
+def test_a_bad_control_url_is_refused_without_its_password(start: Start) -> None:
+    secret = "hunter2-password"
+    url = f"redis://:{secret}@127.0.0.1:70000/0"
+    outcome = start(service_named("ratequeue serve"), [], env={"RATEQUEUE_CONTROL_URL": url},
+                    leave="control_url")  # fmt: skip
+    assert not isinstance(outcome, BaseModel), "started with a bad control URL"
+    code, output = outcome
+    assert code == 2 and "setting 'control_url' (RATEQUEUE_CONTROL_URL)" in output, output
+    assert secret not in output
+
+
+def test_a_quoted_url_hides_its_password_and_keeps_the_rest() -> None:
+    assert quoted("redis://user:pw@host:6379/0") == "'redis://user:***@host:6379/0'"
+    assert without_passwords("see http://a:b@h:1/x and redis://:c@h") == (
+        "see http://a:***@h:1/x and redis://:***@h"
+    )
+
+
+def test_a_default_url_in_help_hides_its_password() -> None:
+    assert settings_options._default_text("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+
+
+def test_a_check_after_start_names_the_source_the_value_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`setting_named` inside a command says the flag or variable that gave the value."""
+    seen: list[str] = []
+
+    def sensor_settings_checked(self: SensorSettings) -> None:
+        seen.append(setting_named(SensorSettings, "FAILOVER_", "metrics_port"))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(SensorSettings, "sensor_config", sensor_settings_checked)
+    needs = ["--control", CONTROL, "--replica", "127.0.0.2:7001"]
+    CliRunner().invoke(detection_app, ["sensor", *needs, "--metrics-port", "9"])
+    CliRunner().invoke(detection_app, ["sensor", *needs], env={"FAILOVER_METRICS_PORT": "9"})
+    CliRunner().invoke(detection_app, ["sensor", *needs])
+    assert seen == [
+        "setting 'metrics_port' (--metrics-port)",
+        "setting 'metrics_port' (FAILOVER_METRICS_PORT)",
+        "setting 'metrics_port' (--metrics-port or FAILOVER_METRICS_PORT)",
+    ]
+
+
+def test_a_sensor_metrics_port_in_use_is_refused_in_the_one_shape(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        needs = ["--control", CONTROL, "--replica", "127.0.0.2:7001"]
+        result = CliRunner().invoke(detection_app, ["sensor", *needs, "--metrics-port", port])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        "detection sensor: refusing to start: setting 'metrics_port' (--metrics-port): "
+    ), result.output
+
+
+def test_sensor_notifications_that_do_not_load_are_refused_in_the_one_shape(
+    tmp_path: Path,
+) -> None:
+    channels = tmp_path / "channels.yaml"
+    channels.write_text("not: [a, channels, file\n")
+    result = CliRunner().invoke(detection_app, ["sensor", "--control", CONTROL, "--replica",
+                                                "127.0.0.2:7001"],
+                                env={"FAILOVER_NOTIFICATIONS": str(channels)})  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        "detection sensor: refusing to start: setting 'notifications' (FAILOVER_NOTIFICATIONS): "
+    ), result.output
