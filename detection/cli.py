@@ -21,7 +21,7 @@ from common.settings_options import refuse_to_start, setting_named, with_setting
 from common.validation import without_passwords
 from common.version import add_version_option, testbed_version
 from detection import nagios
-from detection.errors import InvalidSensorConfig, UsageProblem
+from detection.errors import UsageProblem
 from detection.metrics import SensorMetrics
 from detection.sensor import Sensor, SensorConfig
 from detection.settings import SensorSettings
@@ -43,10 +43,7 @@ def _refuse(setting: str, problem: object) -> typer.Exit:
 def sensor(settings: SensorSettings) -> None:
     """Watch the primary of one replica and publish RedisMasterDown / RedisMasterRecovered /
     SensorHeartbeat events. Runs until SIGTERM or SIGINT."""
-    try:
-        config = settings.sensor_config()
-    except InvalidSensorConfig as error:
-        raise _refuse(error.setting, error.message) from None
+    config = settings.sensor_config()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     kinesis = {"kinesis_stream": settings.kinesis_stream, "kinesis_region": settings.kinesis_region,

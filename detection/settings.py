@@ -9,17 +9,22 @@ check's options (`detection check` takes its own, by the plugin guidelines).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from common.errors import SettingProblem
 from common.settings import LoggingLevel, Setting, lowercase_text
 from common.validation import RedisUrlText
+from detection.errors import InvalidSensorConfig
 from detection.sensor import SensorConfig
 
 # The sensor's defaults are SensorConfig's (the testbed and tests build one directly).
 DEFAULTS = SensorConfig
+# What `sensor_config` passes on: all of SensorConfig, so none can be left out.
+SENSOR_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(SensorConfig))
 
 
 class SensorSettings(BaseModel):
@@ -40,28 +45,27 @@ class SensorSettings(BaseModel):
     environment: str = Field(DEFAULTS.environment, description="the events' environment")
     region: str = Field(DEFAULTS.region, description="the events' region")
     service: str = Field(DEFAULTS.service, description="the watched service")
-    interval: float = Field(DEFAULTS.interval, gt=0, description="seconds between checks")
+    interval: float = Field(DEFAULTS.interval, description="seconds between checks")
     threshold: int = Field(
-        DEFAULTS.threshold, ge=1, description="consecutive failed PINGs that make the primary down"
+        DEFAULTS.threshold, description="consecutive failed PINGs that make the primary down"
     )
     ping_timeout: float = Field(
-        DEFAULTS.ping_timeout, gt=0, description="seconds a PING of the primary may take"
+        DEFAULTS.ping_timeout, description="seconds a PING of the primary may take"
     )
     heartbeat_every: float = Field(
-        DEFAULTS.heartbeat_every, gt=0, description="seconds between SensorHeartbeat events"
+        DEFAULTS.heartbeat_every, description="seconds between SensorHeartbeat events"
     )
     reemit_every: float = Field(
-        DEFAULTS.reemit_every, gt=0, description="seconds between reports of a primary still down"
+        DEFAULTS.reemit_every, description="seconds between reports of a primary still down"
     )
     info_timeout: float = Field(
-        DEFAULTS.info_timeout, gt=0, description="seconds an INFO of the replica may take"
+        DEFAULTS.info_timeout, description="seconds an INFO of the replica may take"
     )
     control_timeout: float = Field(
-        DEFAULTS.control_timeout, gt=0, description="seconds a topology read or publish may take"
+        DEFAULTS.control_timeout, description="seconds a topology read or publish may take"
     )
     topology_refresh: float = Field(
         DEFAULTS.topology_refresh,
-        ge=0,
         description="seconds between topology re-reads while its watch is broken",
     )
     source_host: str | None = Field(None, description="local address the PINGs leave from")
@@ -86,14 +90,16 @@ class SensorSettings(BaseModel):
     )
     metrics_host: str = Field("127.0.0.1", description="address for /metrics")
 
+    @model_validator(mode="after")
+    def _the_sensor_takes_them(self) -> SensorSettings:
+        # The sensor's own checks are the only bounds (the testbed builds a SensorConfig
+        # directly): refused here, naming the setting and where its value came from.
+        try:
+            self.sensor_config()
+        except InvalidSensorConfig as error:
+            raise SettingProblem(error.setting, error.message) from None
+        return self
+
     def sensor_config(self) -> SensorConfig:
-        """The sensor's own configuration; raises `InvalidSensorConfig` naming a setting."""
-        return SensorConfig(
-            control_url=self.control_url, replica=self.replica, environment=self.environment,
-            region=self.region, service=self.service, interval=self.interval,
-            threshold=self.threshold, ping_timeout=self.ping_timeout,
-            heartbeat_every=self.heartbeat_every, reemit_every=self.reemit_every,
-            name=self.name, info_timeout=self.info_timeout,
-            control_timeout=self.control_timeout, topology_refresh=self.topology_refresh,
-            source_host=self.source_host, etcd_endpoints=self.etcd_endpoints,
-        )  # fmt: skip
+        """The sensor's own configuration: every field of it is a setting of the same name."""
+        return SensorConfig(**{name: getattr(self, name) for name in SENSOR_CONFIG_FIELDS})

@@ -7,6 +7,7 @@ command would start with are kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import typing
 from collections.abc import Callable
@@ -28,8 +29,11 @@ from common.settings import parse_settings
 from common.settings_options import SettingOption, setting_named, setting_option
 from common.settings_reference import README, readme_with_table
 from common.validation import quoted, without_passwords
+from detection import cli as detection_cli
 from detection.cli import app as detection_app
-from detection.settings import SensorSettings
+from detection.errors import InvalidSensorConfig
+from detection.sensor import SensorConfig
+from detection.settings import SENSOR_CONFIG_FIELDS, SensorSettings
 from lazarus_lite.cli import app as lazarus_app
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.cli import app as ratequeue_app
@@ -375,11 +379,11 @@ def test_a_check_after_start_names_the_source_the_value_came_from(
     """`setting_named` inside a command says the flag or variable that gave the value."""
     seen: list[str] = []
 
-    def sensor_settings_checked(self: SensorSettings) -> None:
+    def metrics_checked() -> None:  # stands in for SensorMetrics: a check the command makes
         seen.append(setting_named(SensorSettings, "FAILOVER_", "metrics_port"))
         raise typer.Exit(0)
 
-    monkeypatch.setattr(SensorSettings, "sensor_config", sensor_settings_checked)
+    monkeypatch.setattr(detection_cli, "SensorMetrics", metrics_checked)
     needs = ["--control", CONTROL, "--replica", "127.0.0.2:7001"]
     CliRunner().invoke(detection_app, ["sensor", *needs, "--metrics-port", "9"])
     CliRunner().invoke(detection_app, ["sensor", *needs], env={"FAILOVER_METRICS_PORT": "9"})
@@ -418,3 +422,38 @@ def test_sensor_notifications_that_do_not_load_are_refused_in_the_one_shape(
     assert result.output.startswith(
         "detection sensor: refusing to start: setting 'notifications' (FAILOVER_NOTIFICATIONS): "
     ), result.output
+
+
+def test_the_sensor_gets_every_setting_its_configuration_has() -> None:
+    """No field of SensorConfig can be left out: each is a sensor setting, passed on as given."""
+    sensor = service_named("detection sensor")
+    given = {name: example(name, SensorSettings.model_fields[name])
+             for name in SENSOR_CONFIG_FIELDS if name not in ("name", "environment")}  # fmt: skip
+    config = parse_settings(SensorSettings, {**sensor.needs, **given}).sensor_config()
+    for name in SENSOR_CONFIG_FIELDS:
+        assert name in SensorSettings.model_fields, name
+    for name, value in given.items():
+        assert getattr(config, name) == given_directly(sensor, name, value), name
+
+
+def test_every_sensor_setting_defaults_to_the_sensors_own_default() -> None:
+    for config_field in dataclasses.fields(SensorConfig):
+        if config_field.default is not dataclasses.MISSING:
+            info = SensorSettings.model_fields[config_field.name]
+            assert info.default == config_field.default, config_field.name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("interval", "0"), ("threshold", "0"), ("topology_refresh", "-1")]
+)
+def test_a_sensor_bound_is_the_sensors_own_and_refused_naming_its_variable(
+    start: Start, name: str, value: str
+) -> None:
+    sensor = service_named("detection sensor")
+    outcome = start(sensor, [], env={sensor.option(name).env: value})
+    assert not isinstance(outcome, BaseModel), "started with a value out of bounds"
+    code, output = outcome
+    assert code == 2, output
+    assert f"refusing to start: setting '{name}' ({sensor.option(name).env}): {value}" in output
+    with pytest.raises(InvalidSensorConfig):
+        SensorConfig(control_url=CONTROL, replica="127.0.0.2:7001", **{name: float(value)})
