@@ -31,6 +31,7 @@ class Setting:
     flag: str | None = None
     env: str | None = None
     secret: bool = False
+    metavar: str | None = None  # what `--help` shows the value as, when not its type's name
 
 
 def lowercase_text(value: object) -> object:

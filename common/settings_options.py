@@ -165,7 +165,7 @@ def setting_option(name: str, field: FieldInfo, env_prefix: str) -> SettingOptio
         secret=given.secret,
         many=many,
         switch=switch,
-        metavar=None if switch else _metavar(_bare(item)),
+        metavar=None if switch else given.metavar or _metavar(_bare(item)),
     )
 
 

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from chaos.agent.settings import AgentSettings
 from chaos.cli import app as chaos_app
+from chaos.schedule_settings import ScheduleSettings
 from common import settings_options
 from common.settings import parse_settings
 from common.settings_options import SettingOption, setting_named, setting_option
@@ -72,9 +73,11 @@ SERVICES = [
             {"control_url": CONTROL, "replica": "127.0.0.2:7001"}),
     Service("ratequeue-chaos agent", chaos_app, "agent", AgentSettings, "CHAOS_AGENT_",
             {"targets": "targets.yaml", "allow": ["s0-primary"]}),
+    Service("ratequeue-chaos run", chaos_app, "run", ScheduleSettings, "CHAOS_"),
 ]  # fmt: skip
-# Other settings `topology-init` needs (its store is `ServiceSettings`').
-ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL]}
+# What else a command needs: `topology-init`'s store (`ServiceSettings`'), `run`'s experiment.
+ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL],
+               "ratequeue-chaos run": ["scenarios/replica_kill.yaml"]}  # fmt: skip
 
 # Values a model accepts for fields whose type alone does not say one.
 EXAMPLES: dict[str, str | list[str]] = {
@@ -86,6 +89,7 @@ EXAMPLES: dict[str, str | list[str]] = {
     "replica_maxmemory": "1gb",
     "rate_limit_overrides": ["sms=3", "voice=40"],
     "shards": ["s0=127.0.0.1:7000", "s1=127.0.0.1:7001"],
+    "cron": "0 */4 * * *",
 }
 
 
@@ -150,10 +154,14 @@ class Started(Exception):
         self.settings = settings
 
 
+# Every service's variables (CHAOS_ covers the agent's CHAOS_AGENT_ too).
+SERVICE_VARIABLES = ("RATEQUEUE_", "LAZARUS_", "FAILOVER_", "CHAOS_")
+
+
 @pytest.fixture(autouse=True)
 def no_service_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in os.environ:
-        if name.startswith(("RATEQUEUE_", "LAZARUS_", "FAILOVER_")):
+        if name.startswith(SERVICE_VARIABLES):
             monkeypatch.delenv(name)
 
 
@@ -457,3 +465,35 @@ def test_a_sensor_bound_is_the_sensors_own_and_refused_naming_its_variable(
     assert f"refusing to start: setting '{name}' ({sensor.option(name).env}): {value}" in output
     with pytest.raises(InvalidSensorConfig):
         SensorConfig(control_url=CONTROL, replica="127.0.0.2:7001", **{name: float(value)})
+
+
+def test_no_scheduler_variable_is_taken_for_one_of_the_agents() -> None:
+    run, agent = service_named("ratequeue-chaos run"), service_named("ratequeue-chaos agent")
+    scheduler = {run.option(name).env for name in ScheduleSettings.model_fields}
+    agents = {agent.option(name).env for name in AgentSettings.model_fields}
+    assert not {env for env in scheduler if env.startswith("CHAOS_AGENT_")}
+    assert not scheduler & agents
+
+
+def test_what_one_chaos_run_asks_stays_an_argument_not_a_setting() -> None:
+    for per_invocation in ("experiments", "dry_run", "json_output"):
+        assert per_invocation not in ScheduleSettings.model_fields
+    shown = help_text(service_named("ratequeue-chaos run"))
+    assert "CHAOS_DRY_RUN" not in shown and "CHAOS_JSON" not in shown
+
+
+def test_the_scheduler_takes_its_schedule_from_its_variables(start: Start) -> None:
+    env = {"CHAOS_EVERY": "4h", "CHAOS_JITTER": "10m", "CHAOS_JOURNAL_DIR": "/journals"}
+    settings = start(service_named("ratequeue-chaos run"), [], env=env)
+    assert isinstance(settings, ScheduleSettings), settings
+    assert (settings.every, settings.jitter, settings.journal_dir) == (
+        4 * 3600.0, 600.0, Path("/journals"))  # fmt: skip
+
+
+def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -> None:
+    outcome = start(service_named("ratequeue-chaos run"), [], env={"CHAOS_EVERY": "often"})
+    assert not isinstance(outcome, BaseModel), "started with a bad duration"
+    code, output = outcome
+    assert code == 2, output
+    assert output.startswith("ratequeue-chaos run: refusing to start: setting 'every' "
+                             "(CHAOS_EVERY): "), output  # fmt: skip
