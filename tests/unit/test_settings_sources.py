@@ -497,3 +497,47 @@ def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -
     assert code == 2, output
     assert output.startswith("ratequeue-chaos run: refusing to start: setting 'every' "
                              "(CHAOS_EVERY): "), output  # fmt: skip
+
+
+# The names deployments and launchers use, listed as they use them (not made from the models, so
+# renaming a field cannot quietly break them): docker-compose.yml's environment and commands,
+# and the command lines chaos/testbed.py, lazarus_lite/actuators.py and docker_actuator.py run.
+DEPENDED_ON = [
+    pytest.param(ratequeue_app, "serve",
+                 ["--control", "--host", "--port", "--log-level", "--workers",
+                  "--topology-backend", "--etcd-endpoints"],
+                 ["RATEQUEUE_CONTROL_URL"], id="ratequeue serve"),
+    pytest.param(ratequeue_app, "topology-init",
+                 ["--control", "--shard", "--wait", "--peer-host", "--etcd-endpoints"], [],
+                 id="ratequeue topology-init"),
+    pytest.param(lazarus_app, "serve",
+                 ["--control", "--node-id", "--host", "--port", "--peer", "--quorum",
+                  "--actuator-dir", "--log-level", "--api-token", "--forensics-dir",
+                  "--replica-maxmemory", "--coordination-backend", "--etcd-endpoints",
+                  "--rate-limit-override"],
+                 ["LAZARUS_CONTROL_URL", "LAZARUS_API_TOKEN", "LAZARUS_QUORUM", "LAZARUS_REGION",
+                  "LAZARUS_LOG_LEVEL", "LAZARUS_ACTUATOR", "LAZARUS_DOCKER_DEPLOYMENT",
+                  "LAZARUS_DOCKER_CLIENT_NETWORK", "LAZARUS_DOCKER_PEER_NETWORK",
+                  "LAZARUS_DOCKER_REDIS_IMAGE", "LAZARUS_DOCKER_IMAGE"],
+                 id="lazarus serve"),
+    pytest.param(detection_app, "sensor",
+                 ["--control", "--replica", "--name", "--source-host", "--etcd-endpoints",
+                  "--ping-timeout"],
+                 ["FAILOVER_CONTROL_URL", "FAILOVER_ENVIRONMENT", "FAILOVER_REGION",
+                  "FAILOVER_LOG_LEVEL"],
+                 id="detection sensor"),
+    pytest.param(chaos_app, "run", ["--target", "--every", "--jitter", "--journal-dir"], [],
+                 id="ratequeue-chaos run"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("app", "command", "flags", "variables"), DEPENDED_ON)
+def test_the_flags_and_variables_deployments_use_still_exist(
+    app: typer.Typer, command: str, flags: list[str], variables: list[str]
+) -> None:
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    declared = {flag for param in click_command.params
+                for flag in (*param.opts, *param.secondary_opts)}  # fmt: skip
+    read = {param.envvar for param in click_command.params if param.envvar}
+    assert not set(flags) - declared, "flags a launcher passes are gone"
+    assert not set(variables) - read, "variables a deployment sets are gone"
