@@ -541,3 +541,10 @@ def test_the_flags_and_variables_deployments_use_still_exist(
     read = {param.envvar for param in click_command.params if param.envvar}
     assert not set(flags) - declared, "flags a launcher passes are gone"
     assert not set(variables) - read, "variables a deployment sets are gone"
+
+
+def test_help_never_shows_a_control_urls_password_from_the_environment() -> None:
+    secret = "pw-nobody-may-see-5678"
+    url = f"redis://:{secret}@127.0.0.1:6379/0"
+    shown = help_text(service_named("lazarus serve"), env={"LAZARUS_CONTROL_URL": url})
+    assert "LAZARUS_CONTROL_URL" in shown and secret not in shown
