@@ -54,6 +54,15 @@ class InvalidSetting(InputError):
     expected."""
 
 
+class SettingProblem(ValueError):
+    """Raised by a settings model's check across fields, blaming one of them (`setting`), so
+    the message names it and where its value came from like any other bad setting."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class JsonProblem(InputError):
     """The text is not JSON this parser takes; `str()` is `line L, column C: what` (as much of
     the place as is known)."""
