@@ -6,6 +6,7 @@ their own trees on these):
     │   │                           where and what was expected
     │   ├── InputFileError          a file (rules, workflows, experiments, targets, settings)
     │   ├── InvalidSetting          a service's setting (a flag or environment variable)
+    │   ├── SettingProblem          a settings model's check across fields, blaming one field
     │   └── JsonProblem             text that is not strict JSON (`line L, column C: what`)
     │       └── JsonTooDeep         ... because it nests deeper than the limit
     ├── RedisStartError (RuntimeError)
@@ -54,7 +55,7 @@ class InvalidSetting(InputError):
     expected."""
 
 
-class SettingProblem(ValueError):
+class SettingProblem(InputError):
     """Raised by a settings model's check across fields, blaming one of them (`setting`), so
     the message names it and where its value came from like any other bad setting."""
 
