@@ -1,0 +1,157 @@
+"""Compound faults against the API's group commit (`ratequeue.coalescing`): real redis-server
+shards with replicas, the real API served by uvicorn, the failover done by the workflow's own
+steps, and a ledger of every 201 checked against what the shard holds once it settles.
+
+The guarantees each schedule holds the group commit to:
+- a 201 only for a message that `WAIT` confirmed on the primary of the current epoch: a batch
+  whose primary dies, stalls or is failed away from in its `WAIT` is answered 503 (or, retried
+  inside the API, 201 from the new primary), never 201 from the old one;
+- after the shard settles, its primary holds every acknowledged id exactly once (no loss, no
+  second copy), whichever batches, retries and API instances carried it;
+- every request is answered within its deadline: none is left hanging by a failover, a
+  stalled primary, a client that went away, or a full backlog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.faults.local.backend import LocalFaultBackend
+from chaos.faults.local.iptables import iptables_unavailable_reason
+from ratequeue.coalescing import MAX_IN_FLIGHT
+from ratequeue.local_cluster import LocalCluster, ShardNode
+from tests.conftest import ServedApi
+from tests.group_commit.support import (
+    Producer,
+    assert_each_acknowledged_message_held_once,
+    blocked_clients,
+    drain,
+    fail_over,
+    messages,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(
+    iptables_unavailable_reason() is not None,
+    reason=f"needs iptables: {iptables_unavailable_reason()}",
+)
+
+HELD = 40  # messages of one wave: several batches of the group commit
+
+
+@pytest.fixture
+def cut_replication() -> Iterator[Callable[[ShardNode], InjectedFault]]:
+    """Cut a node's replication links (its peer address, both ways; clients still reach it):
+    its writes stay on it alone and `WAIT` on it waits. Every cut is undone at teardown."""
+    backend = LocalFaultBackend()
+    cuts: list[InjectedFault] = []
+
+    def cut(node: ShardNode) -> InjectedFault:
+        target = NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
+                            port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
+        fault = backend.inject("blackhole", target)
+        cuts.append(fault)
+        return fault
+
+    yield cut
+    for fault in reversed(cuts):
+        with contextlib.suppress(Exception):
+            fault.rollback()
+
+
+@pytest.fixture
+def producers() -> Iterator[Callable[..., Producer]]:
+    made: list[Producer] = []
+
+    def make(api: ServedApi, **options: float) -> Producer:
+        producer = Producer(api.url, **options)
+        made.append(producer)
+        return producer
+
+    yield make
+    for producer in made:
+        producer.close()
+
+
+def kill(node: ShardNode) -> None:
+    node.signal(signal.SIGKILL)
+    assert node.process is not None
+    node.process.wait(timeout=10)
+
+
+def holds(node: ShardNode, count: int) -> bool:
+    with node.client() as conn:
+        return conn.hlen("rq:msg") >= count
+
+
+def primary_of(cluster: LocalCluster) -> ShardNode:
+    return cluster.shards[0].primary
+
+
+# -- the primary fails in a batch's WAIT ---------------------------------------------------------
+
+
+def test_a_batch_whose_wait_fell_short_is_acknowledged_only_after_the_failover_and_held_once(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    api = serve_api(cluster, wait_timeout_ms=300, retry_deadline=1)
+    producer = producers(api)
+    primary = primary_of(cluster)
+    cut_replication(primary)
+    producer.send(messages("short", HELD))
+    # Written on the primary alone, and answered: WAIT confirmed no replica (503, retried).
+    wait_for("the wave on the primary alone", lambda: holds(primary, HELD))
+    wave = [i for _, i in messages("short", HELD)]
+    wait_for("a 503 for every message", lambda: all(503 in producer.statuses(i) for i in wave))
+    killed_at = time.time()
+    kill(primary)
+    fail_over(cluster)
+    producer.wait(timeout=40)
+
+    acknowledged = producer.acknowledged()
+    assert sorted(acknowledged) == sorted(wave)
+    assert min(acknowledged.values()) > killed_at, "a 201 from the primary WAIT fell short on"
+    assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
+
+
+def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_the_new_one(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    # WAIT outlasts the schedule: the batches are still in it when the primary dies.
+    api = serve_api(cluster, wait_timeout_ms=8000, retry_deadline=10)
+    producer = producers(api)
+    primary = primary_of(cluster)
+    producer.send(messages("before", 10))
+    producer.wait(timeout=20)
+    cut_replication(primary)
+    producer.send(messages("in-wait", HELD))
+    # As many batches in their WAIT as a lane lets out; the rest of the wave waits in the lane.
+    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    assert holds(primary, 10 + MAX_IN_FLIGHT)
+    assert not any(a.id.startswith("in-wait") for a in producer.answers)
+    killed_at = time.time()
+    kill(primary)
+    fail_over(cluster)
+    producer.wait(timeout=40)
+
+    acknowledged = producer.acknowledged()
+    in_wait = {i: at for i, at in acknowledged.items() if i.startswith("in-wait")}
+    assert len(in_wait) == HELD
+    assert min(in_wait.values()) > killed_at
+    assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
