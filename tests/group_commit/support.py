@@ -34,6 +34,7 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
+from tests.prometheus_samples import metric_samples
 
 T = TypeVar("T")
 
@@ -244,3 +245,11 @@ def blocked_clients(node: ShardNode) -> int:
     """Clients blocked on the node (a `WAIT` waiting for replicas is one)."""
     with redis.Redis(host=node.host, port=node.port, socket_timeout=2) as conn:
         return int(conn.info("clients")["blocked_clients"])
+
+
+def enqueues_answered(api: str) -> int:
+    """How many enqueue requests the API instance has finished handling, by its own metrics
+    (every outcome, a 201 or a refusal, is counted when the handler returns)."""
+    text = httpx.get(f"{api}/metrics", timeout=10).text
+    return int(sum(value for (name, _), value in metric_samples(text).items()
+                   if name == "ratequeue_enqueue_total"))  # fmt: skip

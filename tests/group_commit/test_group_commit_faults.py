@@ -32,8 +32,10 @@ from tests.group_commit.support import (
     assert_each_acknowledged_message_held_once,
     blocked_clients,
     drain,
+    enqueues_answered,
     fail_over,
     messages,
+    node_of,
     wait_for,
 )
 
@@ -154,4 +156,105 @@ def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_
     assert len(in_wait) == HELD
     assert min(in_wait.values()) > killed_at
     assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
+
+
+# -- a second failure: the new primary stalls in a batch's WAIT ----------------------------------
+
+
+def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowledges_nothing(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=3)
+    api = serve_api(cluster, wait_timeout_ms=5000, retry_deadline=12)
+    producer = producers(api)
+    producer.send(messages("first", 10))
+    producer.wait(timeout=20)
+    kill(primary_of(cluster))
+    second = node_of(cluster, fail_over(cluster).primary.name)
+    producer.send(messages("second", 10))
+    producer.wait(timeout=20)
+    cut_replication(second)
+    producer.send(messages("in-wait", HELD))
+    wait_for("every batch in the new primary's WAIT",
+             lambda: blocked_clients(second) == MAX_IN_FLIGHT)  # fmt: skip
+    second.signal(signal.SIGSTOP)
+    try:
+        third = fail_over(cluster)  # the stalled primary unreachable: its replicas are fenced
+        failed_over_at = time.time()
+    finally:
+        second.signal(signal.SIGCONT)
+    producer.wait(timeout=40)
+
+    acknowledged = producer.acknowledged()
+    assert len(acknowledged) == 20 + HELD
+    in_wait = [at for i, at in acknowledged.items() if i.startswith("in-wait")]
+    assert min(in_wait) > failed_over_at, f"a 201 from {second.name}, failed away from"
+    assert third.primary.name not in (second.name, cluster.shards[0].primary.name)
+    assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
+
+
+# -- a client that goes away mid-batch -----------------------------------------------------------
+
+
+def test_requests_whose_clients_left_mid_batch_are_finished_and_a_retry_is_acknowledged_once(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    api = serve_api(cluster, wait_timeout_ms=5000, retry_deadline=10)
+    impatient, patient = producers(api, give_up_after=0.5), producers(api)
+    primary = primary_of(cluster)
+    cut_replication(primary)
+    wave = messages("left", HELD)
+    impatient.send(wave, retry=False)  # each gives up (disconnects) after half a second
+    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    impatient.wait(timeout=10)
+    assert {a.status for a in impatient.answers} == {None}, "every client left unanswered"
+    kill(primary)
+    fail_over(cluster)
+    patient.send(wave)  # the producers try again, with the same ids
+    patient.wait(timeout=40)
+
+    assert sorted(patient.acknowledged()) == sorted(i for _, i in wave)
+    # Each request the clients left was still handled to its end: none hangs in the lane.
+    wait_for("every request handled", lambda: enqueues_answered(api.url) == 2 * HELD)
+    assert_each_acknowledged_message_held_once(cluster, patient.acknowledged())
+    assert set(drain(cluster).values()) == {1}
+
+
+# -- two API instances coalescing the same messages ----------------------------------------------
+
+
+def test_two_api_instances_batching_the_same_ids_through_a_failover_queue_each_once(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    apis = [serve_api(cluster, wait_timeout_ms=8000, retry_deadline=10) for _ in range(2)]
+    # A producer that sends each message to both instances (a retry through the balancer).
+    both = [producers(api) for api in apis]
+    primary = primary_of(cluster)
+    cut_replication(primary)
+    wave = messages("twice", HELD)
+    for producer in both:
+        producer.send(wave)
+    wait_for("every batch of both instances in its WAIT",
+             lambda: blocked_clients(primary) == 2 * MAX_IN_FLIGHT)  # fmt: skip
+    kill(primary)
+    fail_over(cluster)
+    for producer in both:
+        producer.wait(timeout=40)
+
+    for producer in both:
+        assert sorted(producer.acknowledged()) == sorted(i for _, i in wave)
+    assert_each_acknowledged_message_held_once(cluster, [i for _, i in wave])
     assert set(drain(cluster).values()) == {1}
