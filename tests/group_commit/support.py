@@ -72,16 +72,18 @@ class Answer:
     status: int | None  # None: no HTTP answer (transport error)
     at: float
     duplicate: bool = False
+    code: str | None = None  # an error's code
 
 
 @dataclass
 class Producer:
     """Sends messages through one API instance, each on its own thread, retrying a 503 or a
     transport error with the same id until a 201 or `give_up_after` seconds: what a producer
-    must do. Every answer is kept."""
+    must do; `timeout` is how long one request may take. Every answer is kept."""
 
     api: str
     give_up_after: float = 30.0
+    timeout: float = 30.0
     answers: list[Answer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(64))
@@ -95,17 +97,19 @@ class Producer:
 
     def _deliver(self, number: str, message_id: str, retry: bool) -> None:
         deadline = time.monotonic() + self.give_up_after
-        with httpx.Client(base_url=self.api, timeout=self.give_up_after) as http:
+        with httpx.Client(base_url=self.api, timeout=self.timeout) as http:
             while True:
                 try:
                     body = {"id": message_id, "body": {"id": message_id}}
                     response = http.post(f"/v1/numbers/{number}/messages", json=body)
                     status: int | None = response.status_code
-                    duplicate = status == 201 and response.json()["duplicate"]
+                    answer = response.json()
+                    duplicate = status == 201 and answer["duplicate"]
+                    code = answer["error"]["code"] if status != 201 else None
                 except httpx.HTTPError:
-                    status, duplicate = None, False
+                    status, duplicate, code = None, False, None
                 with self._lock:
-                    self.answers.append(Answer(message_id, status, time.time(), duplicate))
+                    self.answers.append(Answer(message_id, status, time.time(), duplicate, code))
                 if status not in (503, None) or not retry or time.monotonic() > deadline:
                     return
                 time.sleep(0.05)

@@ -18,14 +18,18 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.iptables import iptables_unavailable_reason
+from common.redis_processes import RedisProcess, start_redis
 from ratequeue.coalescing import MAX_IN_FLIGHT
+from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.topology import TOPOLOGY_KEY
 from tests.conftest import ServedApi
 from tests.group_commit.support import (
     Producer,
@@ -209,11 +213,11 @@ def test_requests_whose_clients_left_mid_batch_are_finished_and_a_retry_is_ackno
 ) -> None:
     cluster = start_cluster(shards=1, replicas=2)
     api = serve_api(cluster, wait_timeout_ms=5000, retry_deadline=10)
-    impatient, patient = producers(api, give_up_after=0.5), producers(api)
+    impatient, patient = producers(api, timeout=0.5), producers(api)
     primary = primary_of(cluster)
     cut_replication(primary)
     wave = messages("left", HELD)
-    impatient.send(wave, retry=False)  # each gives up (disconnects) after half a second
+    impatient.send(wave, retry=False)  # each leaves (disconnects) after half a second
     wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
     impatient.wait(timeout=10)
     assert {a.status for a in impatient.answers} == {None}, "every client left unanswered"
@@ -257,4 +261,76 @@ def test_two_api_instances_batching_the_same_ids_through_a_failover_queue_each_o
     for producer in both:
         assert sorted(producer.acknowledged()) == sorted(i for _, i in wave)
     assert_each_acknowledged_message_held_once(cluster, [i for _, i in wave])
+    assert set(drain(cluster).values()) == {1}
+
+
+# -- a stale API instance: its topology still names the old primary ------------------------------
+
+
+@pytest.fixture
+def serve_stale_api(tmp_path: Path) -> Iterator[Callable[..., ServedApi]]:
+    """An API instance whose control store is a frozen copy of the cluster's as it is now: it
+    keeps the topology of this epoch whatever is published later (an instance cut off from the
+    control store keeps its cached topology the same way)."""
+    started: list[tuple[RedisProcess, ServedApi]] = []
+
+    def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
+        frozen = start_redis("frozen-control", "control", None, tmp_path / "frozen")
+        with cluster.control.client() as live, frozen.client() as copy:
+            copy.set(TOPOLOGY_KEY, live.get(TOPOLOGY_KEY))
+        options: dict[str, object] = {"refresh_interval": 0.5, **settings}
+        api = ServedApi(ServiceSettings(control_url=frozen.url, **options))  # type: ignore[arg-type]
+        started.append((frozen, api.__enter__()))
+        return api
+
+    yield serve
+    for frozen, api in started:
+        api.__exit__(None, None, None)
+        frozen.stop()
+
+
+@pytest.mark.parametrize("old_primary", ["stalled_in_its_wait", "fenced"])
+def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_from(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    serve_stale_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+    old_primary: str,
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    current = producers(serve_api(cluster, wait_timeout_ms=300, retry_deadline=2))
+    stale_api = serve_stale_api(cluster, wait_timeout_ms=3000, retry_deadline=2)
+    stale = producers(stale_api, give_up_after=6)
+    primary = primary_of(cluster)
+    stale.send(messages("early", 10))
+    stale.wait(timeout=20)
+    if old_primary == "stalled_in_its_wait":
+        # The stale instance's batches are in their WAIT when the primary stalls and the shard
+        # fails over without reaching it: it keeps its fence epoch, and its replicas are gone.
+        cut_replication(primary)
+        stale.send(messages("stale", HELD))
+        wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+        primary.signal(signal.SIGSTOP)
+        try:
+            fail_over(cluster)
+        finally:
+            primary.signal(signal.SIGCONT)
+    else:
+        # The old primary answered the failover: it is parked and its fence dropped. The stale
+        # instance writes to it only afterwards.
+        fail_over(cluster)
+        stale.send(messages("stale", HELD))
+    failed_over_at = time.time()
+    current.send(messages("current", HELD))
+    current.wait(timeout=40)
+    stale.wait(timeout=40)
+
+    stale_answers = [a for a in stale.answers if a.id.startswith("stale")]
+    assert [a for a in stale_answers if a.status == 201] == []
+    assert {a.status for a in stale_answers} == {503}
+    assert stale_answers[-1].at > failed_over_at + 3  # refused for as long as it was asked
+    acknowledged = {**stale.acknowledged(), **current.acknowledged()}
+    assert len(acknowledged) == 10 + HELD
+    assert_each_acknowledged_message_held_once(cluster, acknowledged)
     assert set(drain(cluster).values()) == {1}
