@@ -257,3 +257,46 @@ def enqueues_answered(api: str) -> int:
     text = httpx.get(f"{api}/metrics", timeout=10).text
     return int(sum(value for (name, _), value in metric_samples(text).items()
                    if name == "ratequeue_enqueue_total"))  # fmt: skip
+
+
+class Flood:
+    """Many enqueues at once, each sent once, from one event loop on a thread of its own (a
+    thread per request cannot hold thousands open): to fill an API instance's backlog."""
+
+    def __init__(self, api: str, wave: list[tuple[str, str]], timeout: float = 60) -> None:
+        self.api = api
+        self.wave = wave
+        self.timeout = timeout
+        self.answers: dict[str, Answer] = {}
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._send()), daemon=True)
+
+    async def _send(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=self.api, timeout=self.timeout,
+                                     limits=limits) as http:  # fmt: skip
+
+            async def one(number: str, message_id: str) -> None:
+                try:
+                    body = {"id": message_id, "body": {"id": message_id}}
+                    response = await http.post(f"/v1/numbers/{number}/messages", json=body)
+                    answer = response.json()
+                    code = answer["error"]["code"] if response.status_code != 201 else None
+                    status: int | None = response.status_code
+                except httpx.HTTPError:
+                    status, code = None, None
+                self.answers[message_id] = Answer(message_id, status, time.time(), code=code)
+
+            await asyncio.gather(*(one(number, message_id) for number, message_id in self.wave))
+
+    def start(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), (
+            f"{len(self.wave) - len(self.answers)} requests unanswered after {timeout:g} s"
+        )
+
+    def with_code(self, code: str) -> set[str]:
+        return {i for i, answer in list(self.answers.items()) if answer.code == code}

@@ -26,12 +26,13 @@ from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.iptables import iptables_unavailable_reason
 from common.redis_processes import RedisProcess, start_redis
-from ratequeue.coalescing import MAX_IN_FLIGHT
+from ratequeue.coalescing import MAX_IN_FLIGHT, MAX_PENDING
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import TOPOLOGY_KEY
 from tests.conftest import ServedApi
 from tests.group_commit.support import (
+    Flood,
     Producer,
     assert_each_acknowledged_message_held_once,
     blocked_clients,
@@ -333,4 +334,40 @@ def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_fr
     acknowledged = {**stale.acknowledged(), **current.acknowledged()}
     assert len(acknowledged) == 10 + HELD
     assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
+
+
+# -- a full backlog at the moment of the failover ------------------------------------------------
+
+
+def test_with_the_backlog_full_when_the_shard_fails_over_every_request_is_answered(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+    cut_replication: Callable[[ShardNode], InjectedFault],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    api = serve_api(cluster, wait_timeout_ms=15_000, retry_deadline=10)
+    primary = primary_of(cluster)
+    cut_replication(primary)
+    first = producers(api)
+    first.send(messages("in-flight", HELD), retry=False)
+    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    excess = 100
+    flood = Flood(api.url, messages("flood", MAX_PENDING + excess)).start()
+    # Refused at once: the lane holds MAX_PENDING (and a few of the first wave wait in it too).
+    wait_for("the backlog full", lambda: len(flood.with_code("enqueue_backlog_full")) >= excess,
+             timeout=60)  # fmt: skip
+    kill(primary)
+    fail_over(cluster)
+    first.wait(timeout=60)
+    flood.wait(timeout=60)
+
+    refused = flood.with_code("enqueue_backlog_full")
+    answers = {**{a.id: a for a in first.answers}, **flood.answers}
+    assert {a.status for a in answers.values()} <= {201, 503}, "a request without an answer"
+    acknowledged = {i for i, a in answers.items() if a.status == 201}
+    assert acknowledged == set(answers) - refused, "after the failover every queued one is 201"
+    held = assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert refused & set(held) == set(), "a request refused for the backlog was written"
     assert set(drain(cluster).values()) == {1}
