@@ -89,6 +89,15 @@ class Producer:
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(64))
     _sent: list[Future[None]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # One client for all threads, made now: making one per request (an SSL context each)
+        # on a loaded machine delays a wave by seconds, past the moments a schedule aims at.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        self._http = httpx.Client(base_url=self.api, timeout=self.timeout, limits=limits)
+        # Every thread started now, for the same reason.
+        for started in [self._pool.submit(time.sleep, 0.01) for _ in range(64)]:
+            started.result()
+
     def send(self, messages: Iterable[tuple[str, str]], *, retry: bool = True) -> None:
         """(number, id) pairs, sent at once; each is retried in the background unless not
         `retry`."""
@@ -97,22 +106,21 @@ class Producer:
 
     def _deliver(self, number: str, message_id: str, retry: bool) -> None:
         deadline = time.monotonic() + self.give_up_after
-        with httpx.Client(base_url=self.api, timeout=self.timeout) as http:
-            while True:
-                try:
-                    body = {"id": message_id, "body": {"id": message_id}}
-                    response = http.post(f"/v1/numbers/{number}/messages", json=body)
-                    status: int | None = response.status_code
-                    answer = response.json()
-                    duplicate = status == 201 and answer["duplicate"]
-                    code = answer["error"]["code"] if status != 201 else None
-                except httpx.HTTPError:
-                    status, duplicate, code = None, False, None
-                with self._lock:
-                    self.answers.append(Answer(message_id, status, time.time(), duplicate, code))
-                if status not in (503, None) or not retry or time.monotonic() > deadline:
-                    return
-                time.sleep(0.05)
+        while True:
+            try:
+                body = {"id": message_id, "body": {"id": message_id}}
+                response = self._http.post(f"/v1/numbers/{number}/messages", json=body)
+                status: int | None = response.status_code
+                answer = response.json()
+                duplicate = status == 201 and answer["duplicate"]
+                code = answer["error"]["code"] if status != 201 else None
+            except httpx.HTTPError:
+                status, duplicate, code = None, False, None
+            with self._lock:
+                self.answers.append(Answer(message_id, status, time.time(), duplicate, code))
+            if status not in (503, None) or not retry or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def wait(self, timeout: float) -> None:
         """Return once every message got its last answer; fail if one is still unanswered."""
@@ -122,6 +130,7 @@ class Producer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._http.close()
 
     def acknowledged(self) -> dict[str, float]:
         """id -> when its first 201 came."""
