@@ -32,8 +32,9 @@ from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.engine import WorkflowEngine
 from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
+from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode
-from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology
+from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology, TopologyStore
 from tests.prometheus_samples import metric_samples
 
 T = TypeVar("T")
@@ -309,3 +310,35 @@ class Flood:
 
     def with_code(self, code: str) -> set[str]:
         return {i for i, answer in list(self.answers.items()) if answer.code == code}
+
+
+def rejoin(cluster: LocalCluster, name: str, shard_id: str = "s0", min_replicas: int = 1) -> None:
+    """List a node held for forensics (parked by a failover's fence) again as a replica of the
+    shard's primary and attach it, as the shard keeper does for a node that came back: emptied
+    first, listed, attached, in sync, and the primary's write quorum raised again."""
+    node = node_of(cluster, name)
+
+    async def run() -> None:
+        async with (
+            aioredis.Redis(host=cluster.control.host, port=cluster.control.port) as control,
+            aioredis.Redis(host=node.host, port=node.port) as conn,
+        ):
+            await membership.empty_parked(conn)
+            store = TopologyStore(control)
+            current = await store.load()
+            assert current is not None
+            shard = current.shard(shard_id)
+            held = next(n for n in shard.forensics if n.name == name)
+            listed = shard.model_copy(update={
+                "forensics": [n for n in shard.forensics if n.name != name],
+                "replicas": [*shard.replicas, held.node()],
+            })  # fmt: skip
+            await store.compare_and_set(current.epoch, current.next_with(listed))
+            async with aioredis.Redis(host=shard.primary.host, port=shard.primary.port) as primary:
+                await membership.attach(conn, shard.primary)
+                await membership.wait_in_sync(primary, conn, timeout=15)
+                quorum = membership.required_replicas(min_replicas, len(listed.replicas))
+                for setting, value in membership.write_quorum(quorum).items():
+                    await primary.config_set(setting, value)
+
+    asyncio.run(run())

@@ -41,6 +41,7 @@ from tests.group_commit.support import (
     fail_over,
     messages,
     node_of,
+    rejoin,
     wait_for,
 )
 
@@ -373,4 +374,34 @@ def test_with_the_backlog_full_when_the_shard_fails_over_every_request_is_answer
     acknowledged = flood_acknowledged | set(first.acknowledged())
     held = assert_each_acknowledged_message_held_once(cluster, acknowledged)
     assert refused & set(held) == set(), "a request refused for the backlog was written"
+    assert set(drain(cluster).values()) == {1}
+
+
+def test_a_stale_api_instance_is_refused_by_the_fence_of_its_old_primary_appointed_again(
+    start_cluster: Callable[..., LocalCluster],
+    serve_api: Callable[..., ServedApi],
+    serve_stale_api: Callable[..., ServedApi],
+    producers: Callable[..., Producer],
+) -> None:
+    # The shard fails over and back: the node the stale instance names is the primary again,
+    # with a replica, so only the fence (its epoch, not the instance's) refuses the batches.
+    cluster = start_cluster(shards=1, replicas=1)
+    stale = producers(serve_stale_api(cluster, wait_timeout_ms=300, retry_deadline=1),
+                      give_up_after=3)  # fmt: skip
+    current = producers(serve_api(cluster, wait_timeout_ms=300, retry_deadline=2))
+    old = primary_of(cluster)
+    first = fail_over(cluster)
+    rejoin(cluster, old.name)
+    back = fail_over(cluster)
+    rejoin(cluster, first.primary.name)
+    assert back.primary.name == old.name and back.epoch > 1
+    stale.send(messages("stale", HELD))
+    current.send(messages("current", HELD))
+    stale.wait(timeout=30)
+    current.wait(timeout=30)
+
+    assert {(a.status, a.code) for a in stale.answers} == {(503, "stale_topology")}
+    assert len(current.acknowledged()) == HELD
+    held = assert_each_acknowledged_message_held_once(cluster, current.acknowledged())
+    assert not any(i.startswith("stale") for i in held), "the fence let a stale batch write"
     assert set(drain(cluster).values()) == {1}
