@@ -45,11 +45,6 @@ from tests.group_commit.support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.skipif(
-    iptables_unavailable_reason() is not None,
-    reason=f"needs iptables: {iptables_unavailable_reason()}",
-)
-
 HELD = 40  # messages of one wave: several batches of the group commit
 
 
@@ -57,6 +52,8 @@ HELD = 40  # messages of one wave: several batches of the group commit
 def cut_replication() -> Iterator[Callable[[ShardNode], InjectedFault]]:
     """Cut a node's replication links (its peer address, both ways; clients still reach it):
     its writes stay on it alone and `WAIT` on it waits. Every cut is undone at teardown."""
+    if iptables_unavailable_reason() is not None:
+        pytest.skip(f"needs iptables: {iptables_unavailable_reason()}")
     backend = LocalFaultBackend()
     cuts: list[InjectedFault] = []
 
