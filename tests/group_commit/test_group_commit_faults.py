@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -48,40 +50,58 @@ from tests.group_commit.support import (
 HELD = 40  # messages of one wave: several batches of the group commit
 
 
-@pytest.fixture
-def cut_replication() -> Iterator[Callable[[ShardNode], InjectedFault]]:
-    """Cut a node's replication links (its peer address, both ways; clients still reach it):
-    its writes stay on it alone and `WAIT` on it waits. Every cut is undone at teardown."""
-    if iptables_unavailable_reason() is not None:
-        pytest.skip(f"needs iptables: {iptables_unavailable_reason()}")
-    backend = LocalFaultBackend()
-    cuts: list[InjectedFault] = []
+@dataclass
+class Rig:
+    """What a schedule is built of, all stopped or undone at teardown: one-shard clusters,
+    API instances on them, producers, and cuts of a node's replication links."""
 
-    def cut(node: ShardNode) -> InjectedFault:
+    start_cluster: Callable[..., LocalCluster]
+    serve_api: Callable[..., ServedApi]
+    cuts: list[InjectedFault] = field(default_factory=list)
+    producers: list[Producer] = field(default_factory=list)
+
+    def cluster(self, replicas: int) -> LocalCluster:
+        return self.start_cluster(shards=1, replicas=replicas)
+
+    def api(self, cluster: LocalCluster, **settings: object) -> ServedApi:
+        return self.serve_api(cluster, **settings)
+
+    def producer(self, api: ServedApi, **options: float) -> Producer:
+        self.producers.append(Producer(api.url, **options))
+        return self.producers[-1]
+
+    def cut(self, node: ShardNode) -> InjectedFault:
+        """Cut the node's replication links (its peer address, both ways; clients still reach
+        it): its writes stay on it alone and `WAIT` on it waits."""
+        if iptables_unavailable_reason() is not None:
+            pytest.skip(f"needs iptables: {iptables_unavailable_reason()}")
         target = NodeTarget(name=node.name, role=node.role, shard=node.shard, host=node.host,
                             port=node.port, peer_host=node.peer_host, pid=node.pid)  # fmt: skip
-        fault = backend.inject("blackhole", target)
-        cuts.append(fault)
-        return fault
+        self.cuts.append(LocalFaultBackend().inject("blackhole", target))
+        return self.cuts[-1]
 
-    yield cut
-    for fault in reversed(cuts):
-        with contextlib.suppress(Exception):
-            fault.rollback()
+    def close(self) -> None:
+        for fault in reversed(self.cuts):
+            with contextlib.suppress(Exception):
+                fault.rollback()
+        for producer in self.producers:
+            producer.close()
 
 
 @pytest.fixture
-def producers() -> Iterator[Callable[..., Producer]]:
-    made: list[Producer] = []
+def rig(
+    start_cluster: Callable[..., LocalCluster], serve_api: Callable[..., ServedApi]
+) -> Iterator[Rig]:
+    made = Rig(start_cluster, serve_api)
+    yield made
+    made.close()
 
-    def make(api: ServedApi, **options: float) -> Producer:
-        producer = Producer(api.url, **options)
-        made.append(producer)
-        return producer
 
-    yield make
-    for producer in made:
-        producer.close()
+def assert_ledger(cluster: LocalCluster, acknowledged: Iterable[str]) -> Counter[str]:
+    """Every acknowledged id held once by the settled shard, and leased once from it."""
+    held = assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    assert set(drain(cluster).values()) == {1}
+    return held
 
 
 def kill(node: ShardNode) -> None:
@@ -103,16 +123,13 @@ def primary_of(cluster: LocalCluster) -> ShardNode:
 
 
 def test_a_batch_whose_wait_fell_short_is_acknowledged_only_after_the_failover_and_held_once(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    api = serve_api(cluster, wait_timeout_ms=300, retry_deadline=1)
-    producer = producers(api)
+    cluster = rig.cluster(replicas=2)
+    api = rig.api(cluster, wait_timeout_ms=300, retry_deadline=1)
+    producer = rig.producer(api)
     primary = primary_of(cluster)
-    cut_replication(primary)
+    rig.cut(primary)
     producer.send(messages("short", HELD))
     # Answered 503: WAIT confirmed no replica (or, once the replicas' acknowledgements are
     # older than the write quorum allows, the primary refused the write).
@@ -127,24 +144,20 @@ def test_a_batch_whose_wait_fell_short_is_acknowledged_only_after_the_failover_a
     acknowledged = producer.acknowledged()
     assert sorted(acknowledged) == sorted(wave)
     assert min(acknowledged.values()) > killed_at, "a 201 from the primary WAIT fell short on"
-    assert_each_acknowledged_message_held_once(cluster, acknowledged)
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, acknowledged)
 
 
 def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_the_new_one(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = rig.cluster(replicas=2)
     # WAIT outlasts the schedule: the batches are still in it when the primary dies.
-    api = serve_api(cluster, wait_timeout_ms=8000, retry_deadline=10)
-    producer = producers(api)
+    api = rig.api(cluster, wait_timeout_ms=8000, retry_deadline=10)
+    producer = rig.producer(api)
     primary = primary_of(cluster)
     producer.send(messages("before", 10))
     producer.wait(timeout=20)
-    cut_replication(primary)
+    rig.cut(primary)
     producer.send(messages("in-wait", HELD))
     # As many batches in their WAIT as a lane lets out; the rest of the wave waits in the lane.
     wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
@@ -159,29 +172,25 @@ def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_
     in_wait = {i: at for i, at in acknowledged.items() if i.startswith("in-wait")}
     assert len(in_wait) == HELD
     assert min(in_wait.values()) > killed_at
-    assert_each_acknowledged_message_held_once(cluster, acknowledged)
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, acknowledged)
 
 
 # -- a second failure: the new primary stalls in a batch's WAIT ----------------------------------
 
 
 def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowledges_nothing(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=3)
-    api = serve_api(cluster, wait_timeout_ms=5000, retry_deadline=12)
-    producer = producers(api)
+    cluster = rig.cluster(replicas=3)
+    api = rig.api(cluster, wait_timeout_ms=5000, retry_deadline=12)
+    producer = rig.producer(api)
     producer.send(messages("first", 10))
     producer.wait(timeout=20)
     kill(primary_of(cluster))
     second = node_of(cluster, fail_over(cluster).primary.name)
     producer.send(messages("second", 10))
     producer.wait(timeout=20)
-    cut_replication(second)
+    rig.cut(second)
     producer.send(messages("in-wait", HELD))
     wait_for("every batch in the new primary's WAIT",
              lambda: blocked_clients(second) == MAX_IN_FLIGHT)  # fmt: skip
@@ -198,24 +207,20 @@ def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowled
     in_wait = [at for i, at in acknowledged.items() if i.startswith("in-wait")]
     assert min(in_wait) > failed_over_at, f"a 201 from {second.name}, failed away from"
     assert third.primary.name not in (second.name, cluster.shards[0].primary.name)
-    assert_each_acknowledged_message_held_once(cluster, acknowledged)
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, acknowledged)
 
 
 # -- a client that goes away mid-batch -----------------------------------------------------------
 
 
 def test_requests_whose_clients_left_mid_batch_are_finished_and_a_retry_is_acknowledged_once(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    api = serve_api(cluster, wait_timeout_ms=5000, retry_deadline=10)
-    impatient, patient = producers(api, timeout=0.5), producers(api)
+    cluster = rig.cluster(replicas=2)
+    api = rig.api(cluster, wait_timeout_ms=5000, retry_deadline=10)
+    impatient, patient = rig.producer(api, timeout=0.5), rig.producer(api)
     primary = primary_of(cluster)
-    cut_replication(primary)
+    rig.cut(primary)
     wave = messages("left", HELD)
     impatient.send(wave, retry=False)  # each leaves (disconnects) after half a second
     wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
@@ -229,25 +234,21 @@ def test_requests_whose_clients_left_mid_batch_are_finished_and_a_retry_is_ackno
     assert sorted(patient.acknowledged()) == sorted(i for _, i in wave)
     # Each request the clients left was still handled to its end: none hangs in the lane.
     wait_for("every request handled", lambda: enqueues_answered(api.url) == 2 * HELD)
-    assert_each_acknowledged_message_held_once(cluster, patient.acknowledged())
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, patient.acknowledged())
 
 
 # -- two API instances coalescing the same messages ----------------------------------------------
 
 
 def test_two_api_instances_batching_the_same_ids_through_a_failover_queue_each_once(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    apis = [serve_api(cluster, wait_timeout_ms=8000, retry_deadline=10) for _ in range(2)]
+    cluster = rig.cluster(replicas=2)
+    apis = [rig.api(cluster, wait_timeout_ms=8000, retry_deadline=10) for _ in range(2)]
     # A producer that sends each message to both instances (a retry through the balancer).
-    both = [producers(api) for api in apis]
+    both = [rig.producer(api) for api in apis]
     primary = primary_of(cluster)
-    cut_replication(primary)
+    rig.cut(primary)
     wave = messages("twice", HELD)
     for producer in both:
         producer.send(wave)
@@ -260,8 +261,7 @@ def test_two_api_instances_batching_the_same_ids_through_a_failover_queue_each_o
 
     for producer in both:
         assert sorted(producer.acknowledged()) == sorted(i for _, i in wave)
-    assert_each_acknowledged_message_held_once(cluster, [i for _, i in wave])
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, [i for _, i in wave])
 
 
 # -- a stale API instance: its topology still names the old primary ------------------------------
@@ -291,24 +291,21 @@ def serve_stale_api(tmp_path: Path) -> Iterator[Callable[..., ServedApi]]:
 
 @pytest.mark.parametrize("old_primary", ["stalled_in_its_wait", "fenced"])
 def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_from(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
+    rig: Rig,
     serve_stale_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
     old_primary: str,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    current = producers(serve_api(cluster, wait_timeout_ms=300, retry_deadline=2))
+    cluster = rig.cluster(replicas=2)
+    current = rig.producer(rig.api(cluster, wait_timeout_ms=300, retry_deadline=2))
     stale_api = serve_stale_api(cluster, wait_timeout_ms=3000, retry_deadline=2)
-    stale = producers(stale_api, give_up_after=6)
+    stale = rig.producer(stale_api, give_up_after=6)
     primary = primary_of(cluster)
     stale.send(messages("early", 10))
     stale.wait(timeout=20)
     if old_primary == "stalled_in_its_wait":
         # The stale instance's batches are in their WAIT when the primary stalls and the shard
         # fails over without reaching it: it keeps its fence epoch, and its replicas are gone.
-        cut_replication(primary)
+        rig.cut(primary)
         stale.send(messages("stale", HELD))
         wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
         primary.signal(signal.SIGSTOP)
@@ -332,24 +329,20 @@ def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_fr
     assert stale_answers[-1].at > failed_over_at + 3  # refused for as long as it was asked
     acknowledged = {**stale.acknowledged(), **current.acknowledged()}
     assert len(acknowledged) == 10 + HELD
-    assert_each_acknowledged_message_held_once(cluster, acknowledged)
-    assert set(drain(cluster).values()) == {1}
+    assert_ledger(cluster, acknowledged)
 
 
 # -- a full backlog at the moment of the failover ------------------------------------------------
 
 
 def test_with_the_backlog_full_when_the_shard_fails_over_every_request_is_answered(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
-    cut_replication: Callable[[ShardNode], InjectedFault],
+    rig: Rig,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    api = serve_api(cluster, wait_timeout_ms=20_000, retry_deadline=30)
+    cluster = rig.cluster(replicas=2)
+    api = rig.api(cluster, wait_timeout_ms=20_000, retry_deadline=30)
     primary = primary_of(cluster)
-    cut_replication(primary)
-    first = producers(api, timeout=60)
+    rig.cut(primary)
+    first = rig.producer(api, timeout=60)
     first.send(messages("in-flight", HELD), retry=False)
     wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
     excess = 100
@@ -369,23 +362,20 @@ def test_with_the_backlog_full_when_the_shard_fails_over_every_request_is_answer
     flood_acknowledged = {i for i, a in flood.answers.items() if a.status == 201}
     assert flood_acknowledged == set(flood.answers) - refused
     acknowledged = flood_acknowledged | set(first.acknowledged())
-    held = assert_each_acknowledged_message_held_once(cluster, acknowledged)
+    held = assert_ledger(cluster, acknowledged)
     assert refused & set(held) == set(), "a request refused for the backlog was written"
-    assert set(drain(cluster).values()) == {1}
 
 
 def test_a_stale_api_instance_is_refused_by_the_fence_of_its_old_primary_appointed_again(
-    start_cluster: Callable[..., LocalCluster],
-    serve_api: Callable[..., ServedApi],
+    rig: Rig,
     serve_stale_api: Callable[..., ServedApi],
-    producers: Callable[..., Producer],
 ) -> None:
     # The shard fails over and back: the node the stale instance names is the primary again,
     # with a replica, so only the fence (its epoch, not the instance's) refuses the batches.
-    cluster = start_cluster(shards=1, replicas=1)
-    stale = producers(serve_stale_api(cluster, wait_timeout_ms=300, retry_deadline=1),
+    cluster = rig.cluster(replicas=1)
+    stale = rig.producer(serve_stale_api(cluster, wait_timeout_ms=300, retry_deadline=1),
                       give_up_after=3)  # fmt: skip
-    current = producers(serve_api(cluster, wait_timeout_ms=300, retry_deadline=2))
+    current = rig.producer(rig.api(cluster, wait_timeout_ms=300, retry_deadline=2))
     old = primary_of(cluster)
     first = fail_over(cluster)
     rejoin(cluster, old.name)
@@ -399,6 +389,5 @@ def test_a_stale_api_instance_is_refused_by_the_fence_of_its_old_primary_appoint
 
     assert {(a.status, a.code) for a in stale.answers} == {(503, "stale_topology")}
     assert len(current.acknowledged()) == HELD
-    held = assert_each_acknowledged_message_held_once(cluster, current.acknowledged())
+    held = assert_ledger(cluster, current.acknowledged())
     assert not any(i.startswith("stale") for i in held), "the fence let a stale batch write"
-    assert set(drain(cluster).values()) == {1}
