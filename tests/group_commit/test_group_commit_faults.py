@@ -80,6 +80,18 @@ class Rig:
         self.cuts.append(LocalFaultBackend().inject("blackhole", target))
         return self.cuts[-1]
 
+    def hold_in_wait(self, node: ShardNode, wave: list[tuple[str, str]], *producers: Producer,
+                     retry: bool = True) -> None:  # fmt: skip
+        """Cut the node's replication, then send `wave` through each producer (each of its own
+        API instance); return once every batch the instances may have on their way (their
+        lane's MAX_IN_FLIGHT) waits in its `WAIT` on the node. The rest waits in the lanes."""
+        self.cut(node)
+        for producer in producers:
+            producer.send(wave, retry=retry)
+        batches = len(producers) * MAX_IN_FLIGHT
+        wait_for(f"{batches} batches in their WAIT on {node.name}",
+                 lambda: blocked_clients(node) == batches)  # fmt: skip
+
     def close(self) -> None:
         for fault in reversed(self.cuts):
             with contextlib.suppress(Exception):
@@ -157,10 +169,7 @@ def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_
     primary = primary_of(cluster)
     producer.send(messages("before", 10))
     producer.wait(timeout=20)
-    rig.cut(primary)
-    producer.send(messages("in-wait", HELD))
-    # As many batches in their WAIT as a lane lets out; the rest of the wave waits in the lane.
-    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    rig.hold_in_wait(primary, messages("in-wait", HELD), producer)
     assert holds(primary, 10 + MAX_IN_FLIGHT)
     assert not any(a.id.startswith("in-wait") for a in producer.answers)
     killed_at = time.time()
@@ -190,10 +199,7 @@ def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowled
     second = node_of(cluster, fail_over(cluster).primary.name)
     producer.send(messages("second", 10))
     producer.wait(timeout=20)
-    rig.cut(second)
-    producer.send(messages("in-wait", HELD))
-    wait_for("every batch in the new primary's WAIT",
-             lambda: blocked_clients(second) == MAX_IN_FLIGHT)  # fmt: skip
+    rig.hold_in_wait(second, messages("in-wait", HELD), producer)
     second.signal(signal.SIGSTOP)
     try:
         third = fail_over(cluster)  # the stalled primary unreachable: its replicas are fenced
@@ -220,10 +226,9 @@ def test_requests_whose_clients_left_mid_batch_are_finished_and_a_retry_is_ackno
     api = rig.api(cluster, wait_timeout_ms=5000, retry_deadline=10)
     impatient, patient = rig.producer(api, timeout=0.5), rig.producer(api)
     primary = primary_of(cluster)
-    rig.cut(primary)
     wave = messages("left", HELD)
-    impatient.send(wave, retry=False)  # each leaves (disconnects) after half a second
-    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    # Each client leaves (disconnects) after half a second.
+    rig.hold_in_wait(primary, wave, impatient, retry=False)
     impatient.wait(timeout=10)
     assert {a.status for a in impatient.answers} == {None}, "every client left unanswered"
     kill(primary)
@@ -248,12 +253,8 @@ def test_two_api_instances_batching_the_same_ids_through_a_failover_queue_each_o
     # A producer that sends each message to both instances (a retry through the balancer).
     both = [rig.producer(api) for api in apis]
     primary = primary_of(cluster)
-    rig.cut(primary)
     wave = messages("twice", HELD)
-    for producer in both:
-        producer.send(wave)
-    wait_for("every batch of both instances in its WAIT",
-             lambda: blocked_clients(primary) == 2 * MAX_IN_FLIGHT)  # fmt: skip
+    rig.hold_in_wait(primary, wave, *both)
     kill(primary)
     fail_over(cluster)
     for producer in both:
@@ -305,9 +306,7 @@ def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_fr
     if old_primary == "stalled_in_its_wait":
         # The stale instance's batches are in their WAIT when the primary stalls and the shard
         # fails over without reaching it: it keeps its fence epoch, and its replicas are gone.
-        rig.cut(primary)
-        stale.send(messages("stale", HELD))
-        wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+        rig.hold_in_wait(primary, messages("stale", HELD), stale)
         primary.signal(signal.SIGSTOP)
         try:
             fail_over(cluster)
@@ -341,10 +340,8 @@ def test_with_the_backlog_full_when_the_shard_fails_over_every_request_is_answer
     cluster = rig.cluster(replicas=2)
     api = rig.api(cluster, wait_timeout_ms=20_000, retry_deadline=30)
     primary = primary_of(cluster)
-    rig.cut(primary)
     first = rig.producer(api, timeout=60)
-    first.send(messages("in-flight", HELD), retry=False)
-    wait_for("every batch in its WAIT", lambda: blocked_clients(primary) == MAX_IN_FLIGHT)
+    rig.hold_in_wait(primary, messages("in-flight", HELD), first, retry=False)
     excess = 100
     flood = Flood(api.url, messages("flood", MAX_PENDING + excess)).start()
     # Refused at once: the lane holds MAX_PENDING (and a few of the first wave wait in it too).
