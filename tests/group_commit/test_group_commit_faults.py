@@ -41,6 +41,7 @@ from tests.group_commit.support import (
     drain,
     enqueues_answered,
     fail_over,
+    held_ids,
     messages,
     node_of,
     rejoin,
@@ -388,3 +389,39 @@ def test_a_stale_api_instance_is_refused_by_the_fence_of_its_old_primary_appoint
     assert len(current.acknowledged()) == HELD
     held = assert_ledger(cluster, current.acknowledged())
     assert not any(i.startswith("stale") for i in held), "the fence let a stale batch write"
+
+
+# -- WAIT confirms fewer replicas than the write quorum ------------------------------------------
+
+
+def test_a_batch_confirmed_by_fewer_replicas_than_required_is_never_acknowledged(
+    rig: Rig,
+) -> None:
+    # k = 2 of 2 replicas: WAIT counts one of them for the wave. A failover reads N - k + 1 = 1
+    # replica, and may promote the other, which never got the wave: acknowledged, it would be
+    # lost.
+    cluster = rig.start_cluster(shards=1, replicas=2, min_replicas=2)
+    api = rig.api(cluster, min_replicas=2, wait_timeout_ms=300, retry_deadline=1)
+    producer = rig.producer(api, give_up_after=4)
+    primary, confirming, lagging = primary_of(cluster), *cluster.shards[0].replicas
+    producer.send(messages("both", 10))
+    producer.wait(timeout=20)
+    lagging.signal(signal.SIGSTOP)
+    try:
+        wave = [i for _, i in messages("partial", HELD)]
+        producer.send(messages("partial", HELD))
+        wait_for("a 503 for every message", lambda: all(503 in producer.statuses(i) for i in wave))
+        assert set(wave) & set(held_ids(confirming)), "WAIT counted no replica for the wave"
+        kill(primary)
+        confirming.signal(signal.SIGSTOP)
+    finally:
+        lagging.signal(signal.SIGCONT)
+    try:
+        promoted = fail_over(cluster, min_replicas=2)
+    finally:
+        confirming.signal(signal.SIGCONT)
+    producer.wait(timeout=30)
+
+    assert promoted.primary.name == lagging.name
+    assert [i for i in producer.acknowledged() if i.startswith("partial")] == []
+    assert_ledger(cluster, producer.acknowledged())
