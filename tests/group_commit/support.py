@@ -123,6 +123,11 @@ class Producer:
                 return
             time.sleep(0.05)
 
+    def acknowledge(self, messages: Iterable[tuple[str, str]], timeout: float = 20) -> None:
+        """Send and wait for every answer: a wave before the faults (201 expected)."""
+        self.send(messages)
+        self.wait(timeout)
+
     def wait(self, timeout: float) -> None:
         """Return once every message got its last answer; fail if one is still unanswered."""
         deadline = time.monotonic() + timeout

@@ -169,8 +169,7 @@ def test_a_batch_in_its_wait_when_its_primary_is_killed_is_acknowledged_once_by_
     api = rig.api(cluster, wait_timeout_ms=8000, retry_deadline=10)
     producer = rig.producer(api)
     primary = primary_of(cluster)
-    producer.send(messages("before", 10))
-    producer.wait(timeout=20)
+    producer.acknowledge(messages("before", 10))
     rig.hold_in_wait(primary, messages("in-wait", HELD), producer)
     assert holds(primary, 10 + MAX_IN_FLIGHT)
     assert not any(a.id.startswith("in-wait") for a in producer.answers)
@@ -195,12 +194,10 @@ def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowled
     cluster = rig.cluster(replicas=3)
     api = rig.api(cluster, wait_timeout_ms=5000, retry_deadline=12)
     producer = rig.producer(api)
-    producer.send(messages("first", 10))
-    producer.wait(timeout=20)
+    producer.acknowledge(messages("first", 10))
     kill(primary_of(cluster))
     second = node_of(cluster, fail_over(cluster).primary.name)
-    producer.send(messages("second", 10))
-    producer.wait(timeout=20)
+    producer.acknowledge(messages("second", 10))
     rig.hold_in_wait(second, messages("in-wait", HELD), producer)
     second.signal(signal.SIGSTOP)
     try:
@@ -303,8 +300,7 @@ def test_a_stale_api_instance_gets_503_never_201_from_the_primary_failed_away_fr
     stale_api = serve_stale_api(cluster, wait_timeout_ms=3000, retry_deadline=2)
     stale = rig.producer(stale_api, give_up_after=6)
     primary = primary_of(cluster)
-    stale.send(messages("early", 10))
-    stale.wait(timeout=20)
+    stale.acknowledge(messages("early", 10))
     if old_primary == "stalled_in_its_wait":
         # The stale instance's batches are in their WAIT when the primary stalls and the shard
         # fails over without reaching it: it keeps its fence epoch, and its replicas are gone.
@@ -405,8 +401,7 @@ def test_a_batch_confirmed_by_fewer_replicas_than_required_is_never_acknowledged
     api = rig.api(cluster, min_replicas=2, wait_timeout_ms=300, retry_deadline=1)
     producer = rig.producer(api, give_up_after=4)
     primary, confirming, lagging = primary_of(cluster), *cluster.shards[0].replicas
-    producer.send(messages("both", 10))
-    producer.wait(timeout=20)
+    producer.acknowledge(messages("both", 10))
     lagging.signal(signal.SIGSTOP)
     try:
         wave = [i for _, i in messages("partial", HELD)]
