@@ -1,6 +1,7 @@
 """A small typed async client for etcd's v3 API over its gRPC-JSON gateway (HTTP/1.1 + JSON,
-served by every etcd member on its client port), with what a coordination-store backend needs:
-get and get by prefix, put (with a lease), delete, transactions (compare on value, version,
+served by every etcd member on its client port; unary calls on kept-alive connections of our
+own, see `_GatewayConnections`, watches through httpx), with what a coordination-store backend
+needs: get and get by prefix, put (with a lease), delete, transactions (compare on value, version,
 create or mod revision; success and failure operations), leases (grant, keep alive, revoke) and
 watches that survive a member's death. Why our own and not a library: docs/etcd-client.md.
 
@@ -241,10 +242,7 @@ class EtcdClient:
     def __init__(self, settings: EtcdClientSettings) -> None:
         self.settings = settings
         self._preferred = 0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.attempt_timeout, connect=settings.connect_timeout),
-            headers=_REQUIRE_LEADER,
-        )
+        self._members = {url: _GatewayConnections(url) for url in settings.endpoints}
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -253,7 +251,8 @@ class EtcdClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for member in self._members.values():
+            member.close()
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -440,33 +439,33 @@ class EtcdClient:
                     f"{path}: no etcd member answered within {self.settings.call_timeout:.1f}s "
                     f"({'; '.join(tried)})"
                 )
-            timeout = httpx.Timeout(
-                min(self.settings.attempt_timeout, remaining),
-                connect=min(self.settings.connect_timeout, remaining),
-            )
             try:
-                answer = await self._http.post(url + path, json=body, timeout=timeout)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                tried.append(f"{url}: {type(error).__name__}")  # never reached it: safe to retry
-            except httpx.HTTPError as error:
+                status, text = await self._members[url].post(
+                    path,
+                    json.dumps(body).encode(),
+                    connect_timeout=min(self.settings.connect_timeout, remaining),
+                    timeout=min(self.settings.attempt_timeout, remaining),
+                )
+            except _NotSent as error:
+                tried.append(f"{url}: {error}")  # never reached it: safe to retry
+            except _NoAnswer as error:
                 if write:
                     self._move_past(index)
                     raise EtcdOutcomeUnknown(
-                        f"{path} sent to {url}, no answer ({type(error).__name__}); "
-                        "it may have been applied"
+                        f"{path} sent to {url}, no answer ({error}); it may have been applied"
                     ) from error
-                tried.append(f"{url}: {type(error).__name__}")
+                tried.append(f"{url}: {error}")
             else:
-                payload = _json_of(answer)
-                if answer.status_code == 200 and "code" not in payload:
+                payload = _json_payload(status, text)
+                if status == 200 and "code" not in payload:
                     return payload
                 code = int(payload.get("code", 0))
-                message = str(payload.get("message") or payload.get("error") or answer.text)
+                message = str(payload.get("message") or payload.get("error") or text[:200])
                 if code == _NOT_FOUND and "lease not found" in message:
                     raise EtcdLeaseNotFound(f"{path}: {message}")
                 if code == _OUT_OF_RANGE and "compacted" in message:
                     raise EtcdHistoryCompacted(f"{path}: {message}")
-                if code not in (_UNAVAILABLE, _DEADLINE_EXCEEDED) and answer.status_code < 500:
+                if code not in (_UNAVAILABLE, _DEADLINE_EXCEEDED) and status < 500:
                     raise EtcdBadRequest(f"{path}: etcd refused the request: {message}")
                 if write and "no leader" not in message:
                     # "request timed out", "leader changed": proposed, outcome not known.
@@ -482,6 +481,115 @@ class EtcdClient:
         """The next call starts at the member after `index` (unless another call moved on)."""
         if self._preferred == index:
             self._preferred = (index + 1) % len(self.settings.endpoints)
+
+
+# What a request sent on a connection that broke, timed out or answered garbage raises.
+_BROKEN_ANSWER = (
+    TimeoutError,
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    ValueError,
+)
+# Idle connections kept per member (as many as calls ran at once, up to this).
+_IDLE_AT_MOST = 8
+
+
+class _NotSent(Exception):
+    """The request never reached the member (no connection): safe to send elsewhere."""
+
+
+class _NoAnswer(Exception):
+    """The request was sent, no whole answer came back: it may have been applied."""
+
+
+class _GatewayConnections:
+    """Keep-alive HTTP/1.1 connections to one member's JSON gateway, for the unary calls: a
+    POST with a JSON body, answered with a status and a body of Content-Length bytes (or
+    chunks). Why not httpx here: its client and httpcore's pool cost ~1.5 ms of CPU per call
+    on this machine (a range read took 2.1 ms through httpx, 0.6 ms on a bare connection), and
+    a failover makes dozens of calls one after another while the members share the cores; on a
+    busy machine that CPU is what made each workflow step 30-60 ms (docs/benchmarks.md). The
+    watch streams, few and long-lived, keep httpx. asyncio sets TCP_NODELAY on its sockets."""
+
+    def __init__(self, url: str) -> None:
+        parsed = httpx.URL(url)
+        self.host, self.port = parsed.host, parsed.port or 80
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.head = (
+            "POST {path} HTTP/1.1\r\nHost: " + f"{self.host}:{self.port}\r\n"
+            "Content-Type: application/json\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in _REQUIRE_LEADER.items())
+            + "Content-Length: {length}\r\n\r\n"
+        )
+
+    async def post(
+        self, path: str, body: bytes, *, connect_timeout: float, timeout: float
+    ) -> tuple[int, str]:
+        reader, writer = await self._connection(connect_timeout)
+        request = self.head.format(path=path, length=len(body)).encode() + body
+        try:
+            async with asyncio.timeout(timeout):
+                writer.write(request)
+                await writer.drain()
+                status, keep, text = await _read_answer(reader)
+        except BaseException as error:
+            writer.close()  # half a request or half an answer: never reused
+            if isinstance(error, _BROKEN_ANSWER):
+                raise _NoAnswer(type(error).__name__) from error
+            raise
+        if keep and len(self.idle) < _IDLE_AT_MOST:
+            self.idle.append((reader, writer))
+        else:
+            writer.close()
+        return status, text
+
+    async def _connection(
+        self, connect_timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer = self.idle.pop()
+            # Closed by the member since (it died, or restarted): a write on it would be
+            # lost without knowing whether it was applied.
+            if not (reader.at_eof() or writer.is_closing()):
+                return reader, writer
+            writer.close()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                return await asyncio.open_connection(self.host, self.port)
+        except (TimeoutError, OSError) as error:
+            raise _NotSent(type(error).__name__) from error
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool, str]:
+    """Status, whether the connection stays open, and the body of one HTTP/1.1 answer."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status_line = head[0].split(" ", 2)
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP status line: {head[0][:80]!r}")
+    status = int(status_line[1])
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailers (the gateway sends Grpc-Trailer-*): not needed
+        body = b"".join(chunks)
+    else:
+        return status, False, (await reader.read()).decode()
+    return status, headers.get("connection") != "close", body.decode()
 
 
 class _StreamBroken(Exception):
@@ -614,14 +722,16 @@ def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
 
 
 def _json_of(answer: httpx.Response) -> dict[str, Any]:
+    return _json_payload(answer.status_code, answer.text)
+
+
+def _json_payload(status: int, text: str) -> dict[str, Any]:
     try:
-        payload = answer.json()
+        payload = json.loads(text)
     except ValueError as error:
-        raise EtcdError(
-            f"etcd answered {answer.status_code} without JSON: {answer.text[:200]}"
-        ) from error
+        raise EtcdError(f"etcd answered {status} without JSON: {text[:200]}") from error
     if not isinstance(payload, dict):
-        raise EtcdError(f"etcd answered {answer.status_code} with {type(payload).__name__}")
+        raise EtcdError(f"etcd answered {status} with {type(payload).__name__}")
     return payload
 
 

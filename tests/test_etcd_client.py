@@ -294,3 +294,34 @@ async def test_a_watch_without_quorum_raises_unreachable_instead_of_waiting_fore
         with pytest.raises(EtcdUnreachable):  # a hang fails as TimeoutError
             await asyncio.wait_for(anext(events), timeout=30)
         await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_refusal_answered_in_chunks_with_trailers_leaves_the_connection_in_use(
+    etcd: EtcdCluster,
+) -> None:
+    """The gateway sends its errors chunked, with gRPC trailers; the next call on the same
+    connection reads its own answer, not the rest of the refusal."""
+    async with client_for(etcd) as client:
+        with pytest.raises(EtcdLeaseNotFound):
+            await client.keep_alive_once(7_777_777)
+        with pytest.raises(EtcdLeaseNotFound):
+            await client.put("chunked/k", b"v", lease=7_777_777)
+        await client.put("chunked/k", b"v")
+        found = await client.get("chunked/k")
+    assert found is not None and found.value == b"v"
+
+
+async def test_a_write_after_its_member_restarted_goes_through_on_a_new_connection(
+    etcd: EtcdCluster,
+) -> None:
+    """A kept-alive connection the member closed when it died is not used for the next call
+    (which would lose its answer and leave a write's outcome unknown)."""
+    first = etcd.members[0]
+    async with client_for(etcd, first=first) as client:
+        await client.put("restart/k", b"before")
+        await asyncio.to_thread(first.kill)
+        await asyncio.to_thread(first.restart)
+        etcd.wait_for_leader()
+        await client.put("restart/k", b"after")
+        found = await client.get("restart/k")
+    assert found is not None and found.value == b"after"
