@@ -1,9 +1,9 @@
 """A small typed async client for etcd's v3 API over its gRPC-JSON gateway (HTTP/1.1 + JSON,
-served by every etcd member on its client port; unary calls on kept-alive connections of our
-own, see `_GatewayConnections`, watches through httpx), with what a coordination-store backend
+served by every etcd member on its client port; unary calls through aiohttp on kept-alive
+connections, see `_GatewayCalls`, watches through httpx), with what a coordination-store backend
 needs: get and get by prefix, put (with a lease), delete, transactions (compare on value, version,
 create or mod revision; success and failure operations), leases (grant, keep alive, revoke) and
-watches that survive a member's death. Why our own and not a library: docs/etcd-client.md.
+watches that survive a member's death. Why our own client and aiohttp: docs/etcd-client.md.
 
 Every call has a bounded deadline (`EtcdClientSettings.call_timeout`) and fails over between the
 members: a call goes to the member that last answered, and on a refused connection, a member
@@ -12,8 +12,9 @@ timeout, moves on to the next. Reads are retried on the next member until the de
 is retried only when it certainly was not applied (connection refused, no leader), otherwise
 `EtcdOutcomeUnknown` says so and the caller reads before it writes again.
 
-Not for: what the keys mean (the coordination store's etcd backend), TLS or auth (the testbed's
-etcd is on loopback), or starting etcd (`common.etcd_processes`).
+Not for: what the keys mean (the coordination store's etcd backend), TLS (https endpoints are
+refused by name) or auth (the testbed's etcd is on loopback), or starting etcd
+(`common.etcd_processes`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
+import aiohttp
 import httpx
 from pydantic import (
     BaseModel,
@@ -51,6 +53,7 @@ from common.errors import (
 # code 14) instead of holding the request until its own request timeout, and drops watch streams
 # after three election timeouts without one.
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+_UNARY_HEADERS = {"Content-Type": "application/json", **_REQUIRE_LEADER}
 # gRPC status codes the gateway passes on in its error bodies.
 _UNAVAILABLE, _DEADLINE_EXCEEDED, _NOT_FOUND, _OUT_OF_RANGE = 14, 4, 5, 11
 
@@ -78,7 +81,12 @@ class EtcdClientSettings(BaseModel):
     def _http_urls(cls, endpoints: list[str]) -> list[str]:
         for url in endpoints:
             parsed = httpx.URL(url)
-            if parsed.scheme not in ("http", "https") or not parsed.host or not parsed.port:
+            if parsed.scheme == "https":
+                raise ValueError(
+                    f"endpoint {url!r}: https is not supported (no TLS settings here; the "
+                    "testbed's etcd serves plain http on loopback), use http://host:port"
+                )
+            if parsed.scheme != "http" or not parsed.host or not parsed.port:
                 raise ValueError(f"endpoint {url!r} is not an http://host:port URL")
         return [url.rstrip("/") for url in endpoints]
 
@@ -242,7 +250,7 @@ class EtcdClient:
     def __init__(self, settings: EtcdClientSettings) -> None:
         self.settings = settings
         self._preferred = 0
-        self._members = {url: _GatewayConnections(url) for url in settings.endpoints}
+        self._gateway = _GatewayCalls()
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -251,8 +259,7 @@ class EtcdClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for member in self._members.values():
-            member.close()
+        await self._gateway.aclose()
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -440,8 +447,8 @@ class EtcdClient:
                     f"({'; '.join(tried)})"
                 )
             try:
-                status, text = await self._members[url].post(
-                    path,
+                status, text = await self._gateway.post(
+                    url + path,
                     json.dumps(body).encode(),
                     connect_timeout=min(self.settings.connect_timeout, remaining),
                     timeout=min(self.settings.attempt_timeout, remaining),
@@ -483,16 +490,8 @@ class EtcdClient:
             self._preferred = (index + 1) % len(self.settings.endpoints)
 
 
-# What a request sent on a connection that broke, timed out or answered garbage raises.
-_BROKEN_ANSWER = (
-    TimeoutError,
-    OSError,
-    asyncio.IncompleteReadError,
-    asyncio.LimitOverrunError,
-    ValueError,
-)
-# Idle connections kept per member (as many as calls ran at once, up to this).
-_IDLE_AT_MOST = 8
+# Idle kept-alive connections per member (as many as calls ran at once, up to this).
+_CONNECTIONS_PER_MEMBER = 8
 
 
 class _NotSent(Exception):
@@ -503,93 +502,49 @@ class _NoAnswer(Exception):
     """The request was sent, no whole answer came back: it may have been applied."""
 
 
-class _GatewayConnections:
-    """Keep-alive HTTP/1.1 connections to one member's JSON gateway, for the unary calls: a
-    POST with a JSON body, answered with a status and a body of Content-Length bytes (or
-    chunks). Why not httpx here: its client and httpcore's pool cost ~1.5 ms of CPU per call
-    on this machine (a range read took 2.1 ms through httpx, 0.6 ms on a bare connection), and
-    a failover makes dozens of calls one after another while the members share the cores; on a
-    busy machine that CPU is what made each workflow step 30-60 ms (docs/benchmarks.md). The
-    watch streams, few and long-lived, keep httpx. asyncio sets TCP_NODELAY on its sockets."""
+class _GatewayCalls:
+    """The unary calls (a POST with a JSON body) to every member's JSON gateway, through one
+    aiohttp session with kept-alive connections. Why aiohttp and not httpx here: httpx's client
+    and httpcore's pool cost ~1.5 ms of CPU per call on this machine (a range read took
+    1.8-2.4 ms through httpx, 0.78-0.97 ms through aiohttp), and a failover makes dozens of calls
+    one after another while the members share the cores (docs/etcd-client.md). The watch
+    streams, few and long-lived, keep httpx.
 
-    def __init__(self, url: str) -> None:
-        parsed = httpx.URL(url)
-        self.host, self.port = parsed.host, parsed.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.head = (
-            "POST {path} HTTP/1.1\r\nHost: " + f"{self.host}:{self.port}\r\n"
-            "Content-Type: application/json\r\n"
-            + "".join(f"{name}: {value}\r\n" for name, value in _REQUIRE_LEADER.items())
-            + "Content-Length: {length}\r\n\r\n"
-        )
+    aiohttp drops a connection whose answer was not read whole (a cancelled or timed-out call)
+    and one the member closed, and never resends a POST on its own, so a write is sent once."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
 
     async def post(
-        self, path: str, body: bytes, *, connect_timeout: float, timeout: float
+        self, url: str, body: bytes, *, connect_timeout: float, timeout: float
     ) -> tuple[int, str]:
-        reader, writer = await self._connection(connect_timeout)
-        request = self.head.format(path=path, length=len(body)).encode() + body
+        # The total bound only starts to count once connected, so a connect that times out is
+        # always the connect timeout's (not sent), never the total's (may have been applied).
+        bounds = aiohttp.ClientTimeout(total=connect_timeout + timeout, connect=connect_timeout)
         try:
-            async with asyncio.timeout(timeout):
-                writer.write(request)
-                await writer.drain()
-                status, keep, text = await _read_answer(reader)
-        except BaseException as error:
-            writer.close()  # half a request or half an answer: never reused
-            if isinstance(error, _BROKEN_ANSWER):
-                raise _NoAnswer(type(error).__name__) from error
-            raise
-        if keep and len(self.idle) < _IDLE_AT_MOST:
-            self.idle.append((reader, writer))
-        else:
-            writer.close()
-        return status, text
+            async with self._open_session().post(
+                url, data=body, headers=_UNARY_HEADERS, timeout=bounds
+            ) as answer:
+                return answer.status, await answer.text()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            raise _NotSent(f"{type(error).__name__}: {error}") from error
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as error:
+            raise _NoAnswer(f"{type(error).__name__}: {error}") from error
 
-    async def _connection(
-        self, connect_timeout: float
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        while self.idle:
-            reader, writer = self.idle.pop()
-            # Closed by the member since (it died, or restarted): a write on it would be
-            # lost without knowing whether it was applied.
-            if not (reader.at_eof() or writer.is_closing()):
-                return reader, writer
-            writer.close()
-        try:
-            async with asyncio.timeout(connect_timeout):
-                return await asyncio.open_connection(self.host, self.port)
-        except (TimeoutError, OSError) as error:
-            raise _NotSent(type(error).__name__) from error
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Made on the first call: aiohttp needs the running event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=_CONNECTIONS_PER_MEMBER),
+                auto_decompress=False,
+            )
+        return self._session
 
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
-        self.idle.clear()
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool, str]:
-    """Status, whether the connection stays open, and the body of one HTTP/1.1 answer."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    status_line = head[0].split(" ", 2)
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError(f"not an HTTP status line: {head[0][:80]!r}")
-    status = int(status_line[1])
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip().lower()
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding") == "chunked":
-        chunks = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        while await reader.readuntil(b"\r\n") != b"\r\n":
-            pass  # trailers (the gateway sends Grpc-Trailer-*): not needed
-        body = b"".join(chunks)
-    else:
-        return status, False, (await reader.read()).decode()
-    return status, headers.get("connection") != "close", body.decode()
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class _StreamBroken(Exception):

@@ -5,6 +5,8 @@ transactions, leases and watches, and what it does when members die, pause or lo
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -325,3 +327,65 @@ async def test_a_write_after_its_member_restarted_goes_through_on_a_new_connecti
         await client.put("restart/k", b"after")
         found = await client.get("restart/k")
     assert found is not None and found.value == b"after"
+
+
+def range_answer(key: str, value: bytes) -> bytes:
+    """What the gateway answers a range read that found `key`."""
+    kv = {
+        "key": base64.b64encode(key.encode()).decode(),
+        "value": base64.b64encode(value).decode(),
+        "mod_revision": "2",
+    }
+    return json.dumps({"header": {"revision": "2"}, "kvs": [kv], "count": "1"}).encode()
+
+
+async def test_a_call_cancelled_mid_answer_leaves_no_broken_connection_for_the_next() -> None:
+    """A gateway that stalls halfway through its first answer, then sends the rest: the call
+    is cancelled mid-answer, and the next call reads its own answer on a fresh connection,
+    not the rest of the cancelled one's."""
+    first_answer_started, call_cancelled = asyncio.Event(), asyncio.Event()
+    rest_sent = asyncio.Event()
+    connections = 0
+
+    async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                body = range_answer("k", b"fresh" if connections > 1 else b"stale")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+                if connections == 1:
+                    writer.write(body[:10])
+                    await writer.drain()
+                    first_answer_started.set()
+                    await call_cancelled.wait()
+                    writer.write(body[10:])
+                    await writer.drain()
+                    rest_sent.set()
+                else:
+                    writer.write(body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(gateway, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with EtcdClient(EtcdClientSettings(endpoints=[url])) as client:
+            cancelled = asyncio.create_task(client.get("k"))
+            await asyncio.wait_for(first_answer_started.wait(), timeout=5)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            call_cancelled.set()
+            await asyncio.wait_for(rest_sent.wait(), timeout=5)
+            found = await client.get("k")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert found is not None and found.value == b"fresh"
+    assert connections == 2
