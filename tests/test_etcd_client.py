@@ -103,6 +103,11 @@ def test_settings_refuse_an_endpoint_that_is_not_a_url() -> None:
         EtcdClientSettings(endpoints=["127.0.0.1:2379"])
 
 
+def test_settings_refuse_an_https_endpoint_by_name() -> None:
+    with pytest.raises(pydantic.ValidationError, match="https is not supported"):
+        EtcdClientSettings(endpoints=["https://127.0.0.1:2379"])
+
+
 # --- transactions -------------------------------------------------------------------------------
 
 
