@@ -263,6 +263,43 @@ async def test_an_owner_lease_whose_key_was_deleted_is_not_renewed(
     assert not await store.workflows.renew("wf-1", "n1")
 
 
+async def test_a_lock_its_holder_took_again_after_a_deletion_renews_only_by_the_new_token(
+    store: EtcdCoordinationStore,
+) -> None:
+    old = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    await store.client.delete(old.key)
+    new = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    assert new.token != old.token
+    assert not await store.locks.renew(old)
+    assert await store.locks.renew(new)
+
+
+async def test_a_lock_that_expired_and_was_taken_again_is_not_renewed_by_the_old_token(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.locks.ttl_ms = 1000  # etcd's shortest lease: whole seconds
+    old = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    deadline = time.monotonic() + 15
+    while await store.client.get(old.key) is not None:
+        assert time.monotonic() < deadline, "the lock's lease did not expire"
+        await asyncio.sleep(0.1)
+    new = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    assert not await store.locks.renew(old)
+    assert await store.locks.renew(new)
+
+
+async def test_an_owner_lease_whose_lease_was_revoked_is_not_renewed_once_another_claims(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    owned = await store.client.get(etcd_keys.workflow_owner("wf-1"))
+    assert owned is not None and owned.lease
+    await store.client.revoke_lease(owned.lease)
+    assert await store.workflows.claim("wf-1", "n2")
+    assert not await store.workflows.renew("wf-1", "n1")
+    assert await store.workflows.owner("wf-1") == "n2"
+
+
 async def test_event_bindings_share_one_lease_that_outlives_their_30_days(
     store: EtcdCoordinationStore,
 ) -> None:

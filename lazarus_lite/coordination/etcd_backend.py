@@ -353,8 +353,11 @@ class EtcdLocks:
         return await self._writes.refresh(lock.key, self._guard(lock))
 
     async def release(self, lock: HeldLock) -> bool:
-        self._writes.forget(lock.key)
-        return await self._writes.delete_if(lock.key, self._guard(lock))
+        released = await self._writes.delete_if(lock.key, self._guard(lock))
+        if released:
+            # Only now: a release that found no member leaves the lock held, still renewable.
+            self._writes.forget(lock.key)
+        return released
 
     async def holder(self, kind: str, resource: str) -> str | None:
         found = await self._client.get(keys.lock(kind, resource))
@@ -457,8 +460,8 @@ class EtcdWorkflowRecords:
 
     async def disown(self, workflow_id: str, node_id: str) -> None:
         key = keys.workflow_owner(workflow_id)
-        self._writes.forget(key)
-        await self._writes.delete_if(key, [_holds(key, node_id)])
+        if await self._writes.delete_if(key, [_holds(key, node_id)]):
+            self._writes.forget(key)
 
     async def owner(self, workflow_id: str) -> str | None:
         return _text(await self._client.get(keys.workflow_owner(workflow_id)))
