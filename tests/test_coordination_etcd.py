@@ -244,13 +244,17 @@ async def test_a_lock_is_renewed_by_a_store_that_did_not_take_it(
         await other.aclose()
 
 
-async def test_a_lock_taken_again_after_its_deletion_is_not_renewed_on_the_new_holders_lease(
-    store: EtcdCoordinationStore,
+@pytest.mark.parametrize("taken_by", ["wf-b", "wf-a"], ids=["another", "the-same-holder"])
+async def test_a_lock_taken_again_after_its_deletion_renews_only_by_the_new_token(
+    store: EtcdCoordinationStore, taken_by: str
 ) -> None:
+    """The same holder taking it again gets a new token (create_revision): the old one, kept
+    by a workflow that lost the lock meanwhile, no longer renews it."""
     held = await store.locks.acquire("shard", "rq/s0", "wf-a")
     await store.client.delete(held.key)
-    taken = await store.locks.acquire("shard", "rq/s0", "wf-b")
+    taken = await store.locks.acquire("shard", "rq/s0", taken_by)
     assert not await store.locks.renew(held)
+    assert await store.locks.renew(taken)
     assert await store.locks.holder("shard", "rq/s0") == taken.value
 
 
@@ -261,17 +265,6 @@ async def test_an_owner_lease_whose_key_was_deleted_is_not_renewed(
     assert await store.workflows.renew("wf-1", "n1")
     await store.client.delete(etcd_keys.workflow_owner("wf-1"))
     assert not await store.workflows.renew("wf-1", "n1")
-
-
-async def test_a_lock_its_holder_took_again_after_a_deletion_renews_only_by_the_new_token(
-    store: EtcdCoordinationStore,
-) -> None:
-    old = await store.locks.acquire("shard", "rq/s0", "wf-a")
-    await store.client.delete(old.key)
-    new = await store.locks.acquire("shard", "rq/s0", "wf-a")
-    assert new.token != old.token
-    assert not await store.locks.renew(old)
-    assert await store.locks.renew(new)
 
 
 async def test_a_lock_that_expired_and_was_taken_again_is_not_renewed_by_the_old_token(
