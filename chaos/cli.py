@@ -322,14 +322,21 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 
 @app.command()
 def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
-    """Stop the running experiment; it rolls back its faults before exiting."""
+    """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
+    killed run left in force are undone too, each named."""
+    from chaos.faults.docker_leftovers import undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
 
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
         raise refused(error) from None
+    leftovers = undo_docker_leftovers(journal_dir)
+    for line in leftovers:
+        console.print(f"leftover fault of a killed run: {escape(line)}")
     if pid is None:
+        if leftovers:
+            return
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
     console.print(f"halted chaos run {pid}; its faults were rolled back")

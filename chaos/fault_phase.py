@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
@@ -27,15 +28,19 @@ from ratequeue.topology import Topology
 STORE_ROLES = frozenset({"control", "etcd"})
 
 
-def open_backend(name: str) -> FaultBackend:
+def open_backend(name: str, journal_dir: Path | None = None) -> FaultBackend:
+    """The backend called `name`; the docker one writes its faults down in `journal_dir` while
+    they are in force (see `chaos.faults.docker_leftovers`)."""
     if name == "local":
         from chaos.faults.local.backend import LocalFaultBackend
 
         return LocalFaultBackend()
     if name == "docker":
         from chaos.faults.docker import DockerFaultBackend
+        from chaos.faults.docker_leftovers import PendingDockerFaults
 
-        return DockerFaultBackend()
+        pending = PendingDockerFaults(journal_dir) if journal_dir is not None else None
+        return DockerFaultBackend(pending=pending)
     if name == "gremlin":
         from chaos.faults.gremlin import GremlinFaultBackend
 
@@ -54,8 +59,10 @@ class FaultPhase:
         say: Say,
         backends: dict[str, FaultBackend] | None = None,
         on_fault: Callable[[bool], None] = lambda active: None,
+        journal_dir: Path | None = None,
     ) -> None:
         self.deployment = deployment
+        self.journal_dir = journal_dir
         self.on_fault = on_fault
         self.controllers = controllers
         self.rng = rng
@@ -159,7 +166,7 @@ class FaultPhase:
 
     def inject(self, step: FaultStep, node: DeploymentNode) -> InjectedFault:
         name = self.backend_name(step)
-        backend = self._backends.get(name) or open_backend(name)
+        backend = self._backends.get(name) or open_backend(name, self.journal_dir)
         self._backends[name] = backend
         params: dict[str, Any] = {}
         if step.latency_ms is not None:

@@ -70,6 +70,10 @@ class Journal(BaseModel):
     load: dict[str, Any] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    leftovers: list[str] = Field(
+        default_factory=list,
+        description="faults an earlier, killed run left in force, undone before this one",
+    )
 
     def mark(self, name: str, at: float, fault_at: float | None, detail: str = "") -> None:
         if any(entry.name == name for entry in self.timeline):

@@ -10,11 +10,13 @@ Actions and their rollbacks:
 - `pause` (freezer cgroup: the process stops answering, its sockets stay open): undo unpauses.
 - `resume`, `start`: the plain inverse actions, no undo.
 - `stop`: `container.stop(timeout=)` (SIGTERM, then SIGKILL after `timeout` s): undo starts it.
-- `blackhole`: disconnects the container from every network it is on (or only `network=`),
-  undo reconnects it with its aliases (and its old address on user-defined networks, when the
-  engine accepts that). Host-network containers (how this project runs Redis) share the host's
-  network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
-  points to the local backend's iptables blackhole, which cuts a port on loopback.
+- `blackhole`: disconnects the container from every network it is on (or only `network=`;
+  or, when the target has a `peer_host` and the container is on several networks, only the
+  network where it has that address: its peer path, as on staging, so clients still reach
+  it), undo reconnects it with its aliases (and its old address on user-defined networks,
+  when the engine accepts that). Host-network containers share the host's network stack, so
+  there is nothing to disconnect: blackhole is refused with a FaultError that points to the
+  local backend's iptables blackhole, which cuts a port on loopback.
 - `cpu`: `exec`s a shell in the container (and waits for it) that starts `cores` busy loops
   in the background (default: as many as the container sees cores, `nproc`), each under
   `timeout LENGTH` so it ends by itself (param `length`, default 60 s, rounded up to whole
@@ -24,7 +26,10 @@ Actions and their rollbacks:
   the container's host, at normal priority (the container's own CPU limit applies).
 - `latency` is not supported (use the local backend's TCP proxy).
 `seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
-long from a timer thread; an earlier `rollback()` cancels the timer.
+long from a timer thread; an earlier `rollback()` cancels the timer. With `pending=` (the runner
+passes its journal directory's file), every fault with an undo is written down until it is
+rolled back, so one left by a runner that died is undone by the next `chaos run` or `chaos
+halt` (`chaos.faults.docker_leftovers`).
 
 Every engine or container problem (engine unreachable, container missing, API error) surfaces as
 a FaultError naming the container and the cause.
@@ -36,6 +41,7 @@ Not for: building the image (`docker/redis-image.sh`), starting containers for a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -56,6 +62,13 @@ from chaos.faults.base import (
     check_cores,
     check_length,
     whole_seconds,
+)
+from chaos.faults.docker_leftovers import (
+    PendingDockerFaults,
+    PendingFault,
+    Undo,
+    cpu_loops_killer,
+    reconnect,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +150,7 @@ class DockerFaultBackend:
         client: docker.DockerClient | None = None,
         *,
         base_url: str | None = None,
+        pending: PendingDockerFaults | None = None,
         stop_timeout: int = 10,
         api_timeout: float = 60.0,
         settle_timeout: float = 10.0,
@@ -147,6 +161,7 @@ class DockerFaultBackend:
         self._api_timeout = api_timeout
         self._settle_timeout = settle_timeout
         self._client_lock = threading.Lock()
+        self._pending = pending
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -230,9 +245,43 @@ class DockerFaultBackend:
         fault.details.setdefault("container", container.name)
         fault.details.setdefault("container_id", container.id)
         seconds = params.get("seconds")
+        if self._pending is not None and fault.undo is not None:
+            self._write_down(fault, container, None if seconds is None else float(seconds))
         if seconds is not None and fault.undo is not None:
             self._schedule_rollback(fault, float(seconds))
         return fault
+
+    def _write_down(
+        self, fault: InjectedFault, container: Container, seconds: float | None
+    ) -> None:
+        """Keep the fault in the pending file until it is rolled back, so a runner that dies
+        before then leaves it for the next run or halt to undo."""
+        assert self._pending is not None and fault.undo is not None
+        pending = self._pending
+        undo_kind: Undo = _UNDO_OF[fault.action]
+        entry = PendingFault(
+            id=uuid.uuid4().hex,
+            action=fault.action,
+            target=fault.target.name,
+            container=container.name,
+            container_id=container.id,
+            undo=undo_kind,
+            networks=[tuple(n) for n in fault.details.get("reconnect", [])],
+            pidfile=fault.details.get("pidfile"),
+            injected_at=fault.injected_at,
+            due_at=None if seconds is None else fault.injected_at + seconds,
+            runner_host=os.uname().nodename,
+            runner_pid=os.getpid(),
+        )
+        pending.add(entry)
+        fault.details["pending_id"] = entry.id
+        original = fault.undo
+
+        def undo() -> None:
+            original()
+            pending.remove(entry.id)
+
+        fault.undo = undo
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -307,9 +356,7 @@ class DockerFaultBackend:
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
                 running = self.client.containers.get(container_id)
-                running.exec_run(
-                    ["sh", "-c", f"[ -f {pidfile} ] && kill $(cat {pidfile}); rm -f {pidfile}"]
-                )
+                running.exec_run(["sh", "-c", cpu_loops_killer(pidfile)])
 
         return self._fault("cpu", target, details, undo)
 
@@ -329,6 +376,13 @@ class DockerFaultBackend:
             container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         )
         wanted = params.get("network")
+        if wanted is None and target.peer_host and len(attached) > 1:
+            # A node on a client and a peer network (staging): cut only its peer path, as the
+            # local blackhole does, so clients still reach it.
+            wanted = next(
+                (name for name, s in attached.items() if s.get("IPAddress") == target.peer_host),
+                None,
+            )
         if wanted is not None:
             if wanted not in attached:
                 raise FaultError(
@@ -345,15 +399,16 @@ class DockerFaultBackend:
                 disconnected.append((network_name, settings))
         except Exception:
             # Leave nothing half-done: put back what was already cut, then report.
-            self._reconnect(container.id, disconnected)
+            reconnect(self.client, container.id, disconnected)
             raise
         details = {
             "networks": {name: s.get("IPAddress") or None for name, s in disconnected},
+            "reconnect": [[name, _endpoint(s)] for name, s in disconnected],
         }
 
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
-                self._reconnect(container.id, disconnected)
+                reconnect(self.client, container.id, disconnected)
 
         return self._fault("blackhole", target, details, undo)
 
@@ -373,29 +428,6 @@ class DockerFaultBackend:
                     raise ValueError(method)
 
         return undo
-
-    def _reconnect(self, container_id: str, networks: list[tuple[str, dict[str, Any]]]) -> None:
-        for network_name, settings in networks:
-            network = self.client.networks.get(network_name)
-            network.reload()
-            if any(c.id == container_id for c in network.containers):
-                continue  # already back (rollback twice, or never fully cut)
-            aliases = [a for a in settings.get("Aliases") or [] if not container_id.startswith(a)]
-            options: dict[str, Any] = {"aliases": aliases or None}
-            links = settings.get("Links")
-            if links:
-                options["links"] = links
-            address = settings.get("IPAddress")
-            if address and network_name != "bridge":
-                # Keep the old address where the engine allows a chosen one (user-defined
-                # networks with a configured subnet); otherwise take any.
-                try:
-                    network.connect(container_id, ipv4_address=address, **options)
-                    continue
-                except docker.errors.APIError as error:
-                    log.info("reconnect %s to %s without its old address: %s",
-                             container_id[:12], network_name, _explain(error))  # fmt: skip
-            network.connect(container_id, **options)
 
     def _schedule_rollback(self, fault: InjectedFault, seconds: float) -> None:
         def fire() -> None:
@@ -418,6 +450,21 @@ class DockerFaultBackend:
         fault.undo = undo
         fault.details["rollback_after_s"] = seconds
         timer.start()
+
+
+# What undoes each action that has an undo, without the process that injected it.
+_UNDO_OF: dict[str, Undo] = {
+    "pause": "unpause",
+    "stop": "start",
+    "kill": "start",  # only with restart=True (a plain kill has no undo)
+    "blackhole": "reconnect",
+    "cpu": "kill_loops",
+}
+
+
+def _endpoint(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a reconnect needs of a network endpoint's settings (JSON-safe)."""
+    return {key: settings.get(key) for key in ("Aliases", "Links", "IPAddress")}
 
 
 def _explain(error: docker.errors.APIError | docker.errors.NotFound) -> str:

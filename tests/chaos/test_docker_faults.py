@@ -9,13 +9,17 @@ Not for: the local or gremlin backends, or experiments (tests of the runner).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import docker.types
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -24,8 +28,12 @@ from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 
 from chaos.errors import FaultError
+from chaos.experiments import load_experiment
 from chaos.faults.base import NodeTarget
 from chaos.faults.docker import DockerFaultBackend, engine_unavailable_reason
+from chaos.faults.docker_leftovers import PendingDockerFaults
+from chaos.runner import ExperimentRunner
+from chaos.targets import Deployment
 from common.redis_processes import free_port
 
 _UNAVAILABLE = engine_unavailable_reason()
@@ -36,7 +44,8 @@ if _UNAVAILABLE is not None:
 testcontainers_config.ryuk_disabled = True  # the reaper's image cannot be pulled (no registry)
 
 IMAGE = "ratequeue-redis:local"
-IMAGE_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "redis-image.sh"
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_SCRIPT = REPO / "docker" / "redis-image.sh"
 LABEL = {"ratequeue.test": "docker-faults"}
 
 
@@ -258,3 +267,198 @@ def test_unreachable_engine_is_a_fault_error() -> None:
     assert not backend.supports("latency")
     with pytest.raises(FaultError, match="does not support 'latency'"):
         backend.inject("latency", target)
+
+
+# -- a node on a client and a peer network (as on staging) -----------------------------------
+
+
+@pytest.fixture
+def two_networks() -> Iterator[tuple[str, str]]:
+    """A client and a peer bridge network with subnets of their own (so a reconnect can ask
+    for the old address), removed at teardown."""
+    client = docker.from_env()
+    made = []
+    try:
+        for role in ("client", "peer"):
+            for _ in range(20):
+                third = int(uuid.uuid4().int % 200) + 20
+                pool = docker.types.IPAMPool(subnet=f"10.{third}.{uuid.uuid4().int % 250}.0/24")
+                try:
+                    network = client.networks.create(
+                        f"rq-test-{role}-{uuid.uuid4().hex[:8]}",
+                        driver="bridge",
+                        ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+                        labels=LABEL,
+                    )
+                    break
+                except docker.errors.APIError:
+                    continue  # the subnet overlaps one in use: another
+            else:
+                pytest.fail("no free subnet for a test network")
+            made.append(network)
+        yield made[0].name, made[1].name
+    finally:
+        for network in made:
+            network.reload()
+            for container in network.containers:
+                network.disconnect(container, force=True)
+            network.remove()
+        client.close()
+
+
+@dataclass
+class TwoNetworkNode:
+    name: str
+    client_address: str
+    peer_address: str
+    peer_network: str
+
+    def target(self) -> NodeTarget:
+        return NodeTarget(name=self.name, role="primary", shard="s0", port=6379,
+                          host=self.client_address, peer_host=self.peer_address,
+                          container=self.name)  # fmt: skip
+
+
+def _networks_of(name: str) -> dict[str, str]:
+    client = docker.from_env()
+    try:
+        settings = client.containers.get(name).attrs["NetworkSettings"]["Networks"]
+        return {network: s.get("IPAddress") or "" for network, s in settings.items()}
+    finally:
+        client.close()
+
+
+def _wait_ping_at(host: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if _ping(6379, host=host):
+                return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def two_network_node(
+    image: str, two_networks: tuple[str, str]
+) -> Iterator[Callable[[], TwoNetworkNode]]:
+    client = docker.from_env()
+    started = []
+
+    def start() -> TwoNetworkNode:
+        client_net, peer_net = two_networks
+        name = f"rq-docker-fault-{uuid.uuid4().hex[:10]}"
+        container = client.containers.create(
+            image,
+            ["--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            name=name,
+            labels=LABEL,
+            network=client_net,
+        )
+        started.append(container)
+        client.networks.get(peer_net).connect(container)
+        container.start()
+        addresses = _networks_of(name)
+        if not all(addresses.values()):
+            pytest.skip("this Docker engine gives bridge containers no address")
+        _wait_ping_at(addresses[client_net])
+        _wait_ping_at(addresses[peer_net])
+        return TwoNetworkNode(name, addresses[client_net], addresses[peer_net], peer_net)
+
+    yield start
+    for container in started:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True, v=True)
+    client.close()
+
+
+def test_blackhole_of_a_node_with_a_peer_address_cuts_only_its_peer_network(
+    two_network_node: Callable[[], TwoNetworkNode], backend: DockerFaultBackend
+) -> None:
+    node = two_network_node()
+    fault = backend.inject("blackhole", node.target())
+    assert fault.details["networks"] == {node.peer_network: node.peer_address}
+    assert node.peer_network not in _networks_of(node.name)
+    assert _ping(6379, host=node.client_address)  # clients still reach it
+    with pytest.raises(redis.RedisError):
+        _ping(6379, host=node.peer_address)
+    fault.rollback()
+    assert _networks_of(node.name)[node.peer_network] == node.peer_address  # the same address
+    _wait_ping_at(node.peer_address)
+
+
+def test_a_rolled_back_fault_leaves_nothing_pending(
+    two_network_node: Callable[[], TwoNetworkNode], tmp_path: Path
+) -> None:
+    node = two_network_node()
+    pending = PendingDockerFaults(tmp_path)
+    backend = DockerFaultBackend(pending=pending, stop_timeout=2)
+    try:
+        fault = backend.inject("blackhole", node.target())
+        assert [e.target for e in pending.entries()] == [node.name]
+        fault.rollback()
+        assert pending.entries() == []
+    finally:
+        backend.close()
+
+
+_KILLED_RUNNER = """
+import os, sys
+from pathlib import Path
+from chaos.faults.base import NodeTarget
+from chaos.faults.docker import DockerFaultBackend
+from chaos.faults.docker_leftovers import PendingDockerFaults
+backend = DockerFaultBackend(pending=PendingDockerFaults(Path(sys.argv[1])))
+target = NodeTarget.model_validate_json(sys.argv[3])
+backend.inject(sys.argv[2], target, seconds=300)
+os.kill(os.getpid(), 9)  # dies with the fault in force and its timer never fired
+"""
+
+
+def _inject_and_die(journal_dir: Path, action: str, target: NodeTarget) -> None:
+    died = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUNNER, str(journal_dir), action, target.model_dump_json()],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert died.returncode == -9, died.stderr
+
+
+def test_a_blackhole_left_by_a_killed_runner_is_undone_by_chaos_halt(
+    two_network_node: Callable[[], TwoNetworkNode], tmp_path: Path
+) -> None:
+    node = two_network_node()
+    _inject_and_die(tmp_path, "blackhole", node.target())
+    assert node.peer_network not in _networks_of(node.name)  # the runner died; the cut stayed
+    halted = subprocess.run(
+        [sys.executable, "-m", "chaos", "halt", "--journal-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert halted.returncode == 0, halted.stdout + halted.stderr
+    said = " ".join(halted.stdout.split())
+    assert f"leftover fault of a killed run: blackhole of {node.name}" in said
+    assert f"reconnected to {node.peer_network}" in said
+    assert _networks_of(node.name)[node.peer_network] == node.peer_address
+    _wait_ping_at(node.peer_address)
+    assert PendingDockerFaults(tmp_path).entries() == []
+
+
+def test_a_pause_left_by_a_killed_runner_is_undone_and_named_in_the_next_runs_journal(
+    start_redis: Callable[..., RedisContainer], tmp_path: Path
+) -> None:
+    node = start_redis()
+    _inject_and_die(tmp_path, "pause", node.target())
+    assert _status(node.name) == "paused"
+    # The next run undoes it before anything else; this one then stops at its unreachable
+    # control store, which does not matter here.
+    nowhere = f"redis://127.0.0.1:{free_port(('127.0.0.1',))}/0"
+    deployment = Deployment(name="t", api="http://127.0.0.1:1", control=nowhere)
+    journal = ExperimentRunner(deployment, journal_dir=tmp_path).run(
+        load_experiment(REPO / "scenarios" / "primary_pause.yaml")
+    )
+    assert len(journal.leftovers) == 1
+    assert journal.leftovers[0].startswith(f"pause of {node.name}")
+    assert journal.leftovers[0].endswith("unpaused")
+    assert _status(node.name) == "running"
+    assert _ping(node.port)
