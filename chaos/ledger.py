@@ -27,10 +27,18 @@ class Attempt:
 @dataclass(frozen=True)
 class Delivery:
     at: float
+    """When the consumer had it (the dequeue's answer arrived)."""
     id: str
     number: str
     attempt: int
     segments: int
+    requested_at: float | None = None
+    """When the dequeue that leased it was sent: the lease happened between the two (None:
+    not known, taken as `at`)."""
+
+    @property
+    def earliest(self) -> float:
+        return self.at if self.requested_at is None else self.requested_at
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,12 @@ class Ledger:
 
     def rate_checks(self, rates: dict[str, Rate]) -> list[RateCheck]:
         """Replay each number's deliveries through GCRA at its rate: the worst lead over what
-        the rate allows is the overshoot (observation jitter included)."""
+        the rate allows is the overshoot. The queue leased each message at some moment
+        between its dequeue's request and its answer; the replay gives the queue the benefit
+        of that doubt: earlier deliveries advance the rate's clock from their request, the one
+        judged is taken at its answer. So a slow answer (a dequeue that waited on a shard that
+        does not answer) is not read as an early delivery; what is left is a lead no
+        observation delay explains: a real overshoot."""
         by_number: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in self.deliveries:
             by_number[delivery.number].append(delivery)
@@ -117,9 +130,8 @@ class Ledger:
             tolerance = (rate.burst - 1) * interval
             tat = float("-inf")
             worst = 0.0
-            for delivery in sorted(deliveries, key=lambda d: d.at):
-                tat = max(tat, delivery.at)
+            for delivery in sorted(deliveries, key=lambda d: (d.earliest, d.at)):
                 worst = max(worst, tat - delivery.at - tolerance)
-                tat += delivery.segments * interval
+                tat = max(tat, delivery.earliest) + delivery.segments * interval
             checks.append(RateCheck(number, len(deliveries), worst))
         return checks

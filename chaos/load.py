@@ -179,6 +179,7 @@ class LoadRun:
 
     async def _consume(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            requested = time.time()
             try:
                 response = await http.post(
                     "/v1/messages:dequeue",
@@ -201,6 +202,7 @@ class LoadRun:
                         message["number"],
                         message["attempt"],
                         segments_for_body(message["body"]),
+                        requested_at=requested,
                     )
                 )
             if messages:
