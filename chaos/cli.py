@@ -343,6 +343,79 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
 
 
 @app.command()
+def soak(
+    cycles: int = typer.Option(30, "--cycles", min=1, help="experiments to run, one per cycle"),
+    compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file"),
+    scenarios: Path = typer.Option(Path("scenarios"), "--scenarios", help="the templates"),
+    journal_dir: Path = typer.Option(Path("soak-journals"), "--journal-dir"),
+    up: bool = typer.Option(True, help="bring staging up first (docker compose up --wait)"),
+    down: bool = typer.Option(True, help="take staging down at the end"),
+    gap: str = typer.Option("5s", "--gap", help="pause between cycles (the compressed schedule)"),
+    settle: str = typer.Option("120s", "--settle", help="longest wait for every shard whole"),
+    memory_allowance_mib: float = typer.Option(
+        8.0, "--memory-allowance-mib", help="control store growth allowed over the first cycle"
+    ),
+) -> None:
+    """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
+    every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
+    container count within its bound and the control store's memory flat. One table; exit 1
+    on any miss. Ports and subnets: the compose file's variables (RQ_API_PORT, ...)."""
+    import threading
+
+    from chaos.errors import ChaosError
+    from chaos.soak import StagingEndpoints
+    from chaos.soak import soak as run_soak
+
+    gap_seconds = _parse_duration_option(gap, "--gap") or 0.0
+    settle_seconds = _parse_duration_option(settle, "--settle") or 0.0
+    stop = threading.Event()
+
+    def say(text: str) -> None:
+        console.log(escape(text))
+
+    try:
+        results = run_soak(
+            cycles,
+            compose_file=compose_file,
+            scenarios=scenarios,
+            journal_dir=journal_dir,
+            endpoints=StagingEndpoints.from_environment(),
+            bring_up=up,
+            take_down=down,
+            gap_seconds=gap_seconds,
+            settle_seconds=settle_seconds,
+            memory_allowance=int(memory_allowance_mib * 1024 * 1024),
+            say=say,
+            stop=stop,
+        )
+    except (ChaosError, OSError) as error:
+        raise refused(error, "soak") from None
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    table = Table(title=f"soak: {len(results)} of {cycles} cycles")
+    for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
+                   "containers", "control MiB", "ok"):  # fmt: skip
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            str(r.cycle),
+            r.fault,
+            r.shard,
+            r.verdict,
+            str(r.acknowledged),
+            str(r.lost),
+            "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
+            f"{r.containers} / {r.container_bound}",
+            f"{r.control_memory / 2**20:.2f}",
+            "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
+        )
+    console.print(table)
+    if len(results) < cycles or not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def report(
     journal_dir: Path = typer.Argument(
         ..., help="directory of run journals", exists=True, file_okay=False
