@@ -410,7 +410,7 @@ def soak(
             f"{r.control_memory / 2**20:.2f}",
             "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
         )
-    console.print(table)
+    Console(width=max(console.width, 150)).print(table)
     if len(results) < cycles or not all(r.ok for r in results):
         raise typer.Exit(1)
 

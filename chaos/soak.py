@@ -243,14 +243,24 @@ def container_bound(staging: Staging, topology: Topology) -> int:
 
 
 def settle(
-    deployment: Deployment, within: float, stop: threading.Event
+    deployment: Deployment,
+    within: float,
+    stop: threading.Event,
+    staging: Staging | None = None,
 ) -> tuple[float | None, str]:
-    """Wait until every shard is whole; (seconds it took or None, what is still wrong)."""
+    """Wait until every shard is whole (and, with `staging`, its containers within their
+    bound: a released replacement is removed a moment after it leaves the topology); (seconds
+    it took or None, what is still wrong)."""
     started = time.monotonic()
     problems = ["not checked"]
     while not stop.is_set():
         try:
-            problems = shards_whole(deployment.topology())
+            topology = deployment.topology()
+            problems = shards_whole(topology)
+            if staging is not None and not problems:
+                count, bound = len(staging.containers()), container_bound(staging, topology)
+                if count > bound:
+                    problems = [f"{count} containers, bound {bound}"]
         except TargetError as error:
             problems = [str(error)]
         if not problems:
@@ -283,7 +293,9 @@ def run_cycle(
         runner = ExperimentRunner(deployment, journal_dir=journal_dir, say=say, stop=stop)
         journal: Journal = runner.run(experiment, f"soak cycle {cycle}")
     restarted = staging.start_exited_shard_nodes()
-    settled, shards_state = settle(deployment, settle_seconds, stop)
+    if restarted:
+        say(f"started again (the host came back): {', '.join(restarted)}")
+    settled, shards_state = settle(deployment, settle_seconds, stop, staging)
     topology = deployment.topology()
     containers = len(staging.containers())
     bound = container_bound(staging, topology)
