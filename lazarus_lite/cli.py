@@ -54,7 +54,9 @@ def serve(
     forensics_hold: float = typer.Option(None, help="seconds a returning node stays parked"),
     forensics_keep: int = typer.Option(None, help="held nodes and copies kept per shard"),
     forensics_max_age: float = typer.Option(None, help="seconds a held node or copy is kept"),
-    forensics_dir: Path = typer.Option(None, "--forensics-dir", help="copies of data files"),
+    forensics_dir: Path = typer.Option(
+        None, "--forensics-dir", envvar="LAZARUS_FORENSICS_DIR", help="copies of data files"
+    ),
     stream: str = typer.Option(None, "--stream", help="redis | kinesis"),
     kinesis_stream: str = typer.Option(None),
     kinesis_region: str = typer.Option(None),

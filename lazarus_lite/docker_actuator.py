@@ -20,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -355,6 +358,32 @@ class DockerActuator:
         raise ActuatorError(f"docker actuator: {name} not healthy at {url} within the timeout")
 
     # -- removal ----------------------------------------------------------------------------
+
+    def copy_data_out(self, node: str, data_dir: Path, names: list[str], into: Path) -> None:
+        """The `DataCopier` of the forensics copy: the files `names` of `data_dir` in the
+        deployment's container of `node` (compose's or one it started: found by its labels),
+        copied out through the engine (`GET /containers/{id}/archive`) into `into`."""
+        wanted = [f"{LABEL_DEPLOYMENT}={self.settings.deployment}", f"{LABEL_NAME}={node}"]
+        with self._engine(f"copy the data of {node} out of its container"):
+            found = self.client.containers.list(all=True, filters={"label": wanted})
+            if not found:
+                raise ActuatorError(f"docker actuator: no container of {node} to copy data from")
+            into.mkdir(parents=True)
+            for index, name in enumerate(names):
+                try:
+                    stream, _ = found[0].get_archive(str(data_dir / name))
+                except docker.errors.NotFound:
+                    if index == 0:
+                        raise FileNotFoundError(f"{node}: {data_dir / name} is not there") from None
+                    continue
+                with tempfile.TemporaryFile() as archive:
+                    for chunk in stream:
+                        archive.write(chunk)
+                    archive.seek(0)
+                    with tarfile.open(fileobj=archive) as tar:
+                        # Only plain files and directories under `into` (no links, no paths
+                        # out of it, no owners or modes beyond the safe ones).
+                        tar.extractall(into, filter="data")
 
     def remove(self, name: str) -> list[str]:
         """Remove what this actuator started under `name` (a replica also loses its sensor),
