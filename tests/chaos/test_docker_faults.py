@@ -35,6 +35,7 @@ from chaos.faults.docker_leftovers import PendingDockerFaults
 from chaos.runner import ExperimentRunner
 from chaos.targets import Deployment
 from common.redis_processes import free_port
+from tests.docker_deployment import bridge_network
 
 _UNAVAILABLE = engine_unavailable_reason()
 if _UNAVAILABLE is not None:
@@ -84,11 +85,11 @@ def _ping(port: int, timeout: float = 0.5, host: str = "127.0.0.1") -> bool:
         connection.close()
 
 
-def _wait_ping(port: int, within: float = 10.0) -> None:
+def _wait_ping(port: int, within: float = 10.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + within
     while True:
         try:
-            if _ping(port):
+            if _ping(port, host=host):
                 return
         except redis.RedisError:
             if time.monotonic() > deadline:
@@ -277,28 +278,13 @@ def two_networks() -> Iterator[tuple[str, str]]:
     """A client and a peer bridge network with subnets of their own (so a reconnect can ask
     for the old address), removed at teardown."""
     client = docker.from_env()
-    made = []
+    names = [f"rq-test-{role}-{uuid.uuid4().hex[:8]}" for role in ("client", "peer")]
     try:
-        for role in ("client", "peer"):
-            for _ in range(20):
-                third = int(uuid.uuid4().int % 200) + 20
-                pool = docker.types.IPAMPool(subnet=f"10.{third}.{uuid.uuid4().int % 250}.0/24")
-                try:
-                    network = client.networks.create(
-                        f"rq-test-{role}-{uuid.uuid4().hex[:8]}",
-                        driver="bridge",
-                        ipam=docker.types.IPAMConfig(pool_configs=[pool]),
-                        labels=LABEL,
-                    )
-                    break
-                except docker.errors.APIError:
-                    continue  # the subnet overlaps one in use: another
-            else:
-                pytest.fail("no free subnet for a test network")
-            made.append(network)
-        yield made[0].name, made[1].name
+        for name in names:
+            bridge_network(client, name, LABEL)
+        yield names[0], names[1]
     finally:
-        for network in made:
+        for network in client.networks.list(names=names):
             network.reload()
             for container in network.containers:
                 network.disconnect(container, force=True)
@@ -328,18 +314,6 @@ def _networks_of(name: str) -> dict[str, str]:
         client.close()
 
 
-def _wait_ping_at(host: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if _ping(6379, host=host):
-                return
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def two_network_node(
     image: str, two_networks: tuple[str, str]
@@ -363,8 +337,8 @@ def two_network_node(
         addresses = _networks_of(name)
         if not all(addresses.values()):
             pytest.skip("this Docker engine gives bridge containers no address")
-        _wait_ping_at(addresses[client_net])
-        _wait_ping_at(addresses[peer_net])
+        _wait_ping(6379, host=addresses[client_net])
+        _wait_ping(6379, host=addresses[peer_net])
         return TwoNetworkNode(name, addresses[client_net], addresses[peer_net], peer_net)
 
     yield start
@@ -386,7 +360,7 @@ def test_blackhole_of_a_node_with_a_peer_address_cuts_only_its_peer_network(
         _ping(6379, host=node.peer_address)
     fault.rollback()
     assert _networks_of(node.name)[node.peer_network] == node.peer_address  # the same address
-    _wait_ping_at(node.peer_address)
+    _wait_ping(6379, host=node.peer_address)
 
 
 def test_a_rolled_back_fault_leaves_nothing_pending(
@@ -440,7 +414,7 @@ def test_a_blackhole_left_by_a_killed_runner_is_undone_by_chaos_halt(
     assert f"leftover fault of a killed run: blackhole of {node.name}" in said
     assert f"reconnected to {node.peer_network}" in said
     assert _networks_of(node.name)[node.peer_network] == node.peer_address
-    _wait_ping_at(node.peer_address)
+    _wait_ping(6379, host=node.peer_address)
     assert PendingDockerFaults(tmp_path).entries() == []
 
 
