@@ -49,6 +49,10 @@ LABEL_NAME = "ratequeue.name"
 # compose file declares.
 LABEL_PROVISIONED = "ratequeue.provisioned-by"
 PROVISIONED_BY = "docker-actuator"
+# `ratequeue.address.<network>`: the address a started container was given on that network, for
+# life. The engine frees an address when a container is disconnected (a partition fault): the
+# label keeps a newcomer from taking it, so the node comes back where the topology says it is.
+LABEL_ADDRESS = "ratequeue.address."
 
 REDIS_PORT = 6379
 # The redis-server command line of every shard node in a container: the flags of
@@ -171,11 +175,13 @@ class DockerActuator:
         taken = {config.get("Gateway")}
         for endpoint in (network.attrs.get("Containers") or {}).values():
             taken.add(endpoint.get("IPv4Address", "").partition("/")[0])
-        # Stopped containers hold their chosen address too (they get it back when started).
+        # Stopped containers hold their chosen address too (they get it back when started), and
+        # disconnected ones the address their label records.
         for container in self.client.containers.list(all=True):
             settings = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
             chosen = (settings.get(network.name) or {}).get("IPAMConfig") or {}
             taken.add(chosen.get("IPv4Address"))
+            taken.add(container.labels.get(LABEL_ADDRESS + network.name))
         for address in pool.hosts():
             if str(address) not in taken:
                 return str(address)
@@ -205,7 +211,12 @@ class DockerActuator:
         """Create the container on the first network, connect it to the others, each with an
         address of its own, then start it."""
         first, *others = [self._network(n) for n in networks]
-        endpoint = EndpointConfig(self.client.api._version, ipv4_address=self._free_address(first))
+        addresses = {}
+        for network in (first, *others):
+            address = self._free_address(network)
+            labels = {**labels, LABEL_ADDRESS + network.name: address}
+            addresses[network.name] = address
+        endpoint = EndpointConfig(self.client.api._version, ipv4_address=addresses[first.name])
         container = self.client.containers.create(
             image,
             command=command,
@@ -216,7 +227,7 @@ class DockerActuator:
             **options,
         )
         for network in others:
-            network.connect(container, ipv4_address=self._free_address(network))
+            network.connect(container, ipv4_address=addresses[network.name])
         container.start()
         return container
 
@@ -227,7 +238,8 @@ class DockerActuator:
         container.reload()
         joined = container.attrs["NetworkSettings"]["Networks"] or {}
         for network in (self._network(n) for n in networks if n not in joined):
-            network.connect(container, ipv4_address=self._free_address(network))
+            recorded = container.labels.get(LABEL_ADDRESS + network.name)
+            network.connect(container, ipv4_address=recorded or self._free_address(network))
         if container.status != "running":
             container.start()
         return container

@@ -20,6 +20,7 @@ from docker.models.networks import Network
 
 from chaos.faults.docker import engine_unavailable_reason
 from lazarus_lite.docker_actuator import (
+    LABEL_ADDRESS,
     LABEL_DEPLOYMENT,
     LABEL_NAME,
     LABEL_ROLE,
@@ -174,3 +175,19 @@ def test_a_forensics_copy_of_a_node_with_no_container_fails_naming_it(
 ) -> None:
     with pytest.raises(ActuatorError, match="no container of s0-ghost"):
         staged.actuator.copy_data_out("s0-ghost", Path("/data"), ["dump.rdb"], tmp_path / "c")
+
+
+@needs_engine
+def test_a_disconnected_replica_keeps_its_address_from_a_newcomer(staged: Deployment) -> None:
+    first = staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+    [container] = [c for c in staged.actuator.started("s0-replica-e2")
+                   if c.labels[LABEL_ROLE] == "replica"]  # fmt: skip
+    # A partition fault disconnects it: the engine frees its peer address.
+    staged.client.networks.get(staged.peer_network).disconnect(container, force=True)
+
+    second = staged.actuator.provision_replica_now("s0", "s0-replica-e3")
+
+    assert second.peer_host != first.peer_host
+    assert container.labels[LABEL_ADDRESS + staged.peer_network] == first.peer_host
+    # ...so it can come back where the topology says it is.
+    staged.client.networks.get(staged.peer_network).connect(container, ipv4_address=first.peer_host)
