@@ -229,6 +229,20 @@ def shards_whole(topology: Topology) -> list[str]:
     return problems
 
 
+def stray_primaries(staging: Staging, topology: Topology) -> list[str]:
+    """Shard nodes the topology does not list as a primary that answer as one (a partitioned
+    old primary that was never parked, say): each a second writer in waiting."""
+    listed = {s.primary.name for s in topology.shards}
+    problems = []
+    for node in discover_nodes(staging.endpoints.deployment, topology, staging.engine):
+        if node.role not in SHARD_ROLES or node.name in listed:
+            continue
+        info = replication_of(NodeRef(name=node.name, host=node.host, port=node.port or 6379))
+        if info is not None and info.get("role") == "master":
+            problems.append(f"{node.name} answers as a primary the topology does not list")
+    return problems
+
+
 def container_bound(staging: Staging, topology: Topology) -> int:
     """The containers the deployment may have: the compose file's own, plus a node and its
     sensor for each node the controllers provisioned that the topology still lists or holds."""
@@ -248,15 +262,17 @@ def settle(
     stop: threading.Event,
     staging: Staging | None = None,
 ) -> tuple[float | None, str]:
-    """Wait until every shard is whole (and, with `staging`, its containers within their
-    bound: a released replacement is removed a moment after it leaves the topology); (seconds
-    it took or None, what is still wrong)."""
+    """Wait until every shard is whole (and, with `staging`, no other shard node answers as a
+    primary and the containers are within their bound: a released replacement is removed a
+    moment after it leaves the topology); (seconds it took or None, what is still wrong)."""
     started = time.monotonic()
     problems = ["not checked"]
     while not stop.is_set():
         try:
             topology = deployment.topology()
             problems = shards_whole(topology)
+            if staging is not None and not problems:
+                problems = stray_primaries(staging, topology)
             if staging is not None and not problems:
                 count, bound = len(staging.containers()), container_bound(staging, topology)
                 if count > bound:
