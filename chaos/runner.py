@@ -25,7 +25,6 @@ from chaos.errors import RunAborted
 from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
-from chaos.faults.docker_leftovers import undo_docker_leftovers
 from chaos.halting import sleep_until
 from chaos.hypotheses import Observations, evaluate
 from chaos.journal import Journal, Say
@@ -81,7 +80,7 @@ class ExperimentRunner:
         faulted: set[str] = set()
         load: BackgroundLoad | None = None
         try:
-            self._undo_leftovers(journal)
+            self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
             shard_ids = [s.id for s in before.shards]
             named = next((f.target.shard for f in experiment.faults
@@ -171,12 +170,6 @@ class ExperimentRunner:
         )
 
     # -- steps -----------------------------------------------------------------------------
-    def _undo_leftovers(self, journal: Journal) -> None:
-        """Docker faults a killed runner left in force here are undone first, each named."""
-        journal.leftovers = undo_docker_leftovers(self.journal_dir)
-        for line in journal.leftovers:
-            self.say(f"leftover fault of an earlier run: {line}")
-
     def _plan_into(self, journal: Journal, experiment: Experiment, choice: ShardChoice) -> None:
         journal.shard = choice.chosen
         journal.plan = self.plan(experiment, choice)

@@ -1,15 +1,16 @@
-"""The staging soak (`chaos soak`): bring the compose staging deployment up, run one experiment per
-cycle on a compressed schedule over kill, pause and partition of primaries and replicas across
-every shard, and after each cycle check what weeks of `chaos run --every 4h` need to hold:
-nothing acknowledged lost, every shard back to a primary and its full replica count in sync, the
-number of the deployment's containers within its bound, the control store's memory flat.
+"""The staging soak (`ratequeue-chaos soak`): bring the compose staging deployment up, run one
+experiment per cycle on a compressed schedule over kill, pause and partition of primaries and
+replicas across every shard, and after each cycle check what weeks of `ratequeue-chaos run
+--every 4h` need to hold: nothing acknowledged lost, every shard back to a primary and its full
+replica count in sync, the number of the deployment's containers within its bound, the control
+store's memory flat.
 
 Between a cycle's run and its checks, containers a kill left exited are started again (the
 machine comes back): the controllers' shard keeper must then rejoin or release them, as it would
 for a host that rebooted. Nothing else is touched by hand.
 
-Not for: running one experiment (`chaos run`), building images (`deploy/build-images.sh`), or
-judging a run's hypotheses (`chaos.hypotheses`).
+Not for: running one experiment (`ratequeue-chaos run`), building images
+(`deploy/build-images.sh`), or judging a run's hypotheses (`chaos.hypotheses`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The staging soak, short: `chaos soak --cycles 3` brings the compose staging deployment up,
-kills a primary, pauses a replica and partitions a primary (the first three faults of its
+"""The staging soak, short: `ratequeue-chaos soak --cycles 3` brings the compose staging deployment
+up, kills a primary, pauses a replica and partitions a primary (the first three faults of its
 rotation), checks after each cycle that nothing acknowledged was lost, every shard is back to a
 primary and its full replica count in sync, the containers within their bound and the control
 store's memory flat, and takes staging down. Published ports are free ones (the compose file's

@@ -28,8 +28,8 @@ Actions and their rollbacks:
 `seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
 long from a timer thread; an earlier `rollback()` cancels the timer. With `pending=` (the runner
 passes its journal directory's file), every fault with an undo is written down until it is
-rolled back, so one left by a runner that died is undone by the next `chaos run` or `chaos
-halt` (`chaos.faults.docker_leftovers`).
+rolled back, so one left by a runner that died is undone by the next `ratequeue-chaos run`
+or `ratequeue-chaos halt` (`chaos.faults.docker_leftovers`).
 
 Every engine or container problem (engine unreachable, container missing, API error) surfaces as
 a FaultError naming the container and the cause.

@@ -1,14 +1,14 @@
 """Docker faults that outlive their runner: every Docker fault with an undo is written down in the
 journal directory (`chaos-docker-faults.json`) while it is in force, and struck off when it is
-rolled back. A runner killed with `kill -9` leaves its entries behind; the next `chaos run` or
-`chaos halt` on that journal directory undoes them (unpause, start, reconnect to the networks
-with the old address, kill the cpu loops) and names each in its journal or output. This is the
-Docker counterpart of the local backend's tagged iptables rules and busy loops, which
-`cleanup_all()` finds on the machine itself: a disconnected network leaves no trace on the engine
-to find, so the trace is kept beside the journals.
+rolled back. A runner killed with `kill -9` leaves its entries behind; the next
+`ratequeue-chaos run` or `ratequeue-chaos halt` on that journal directory undoes them (unpause,
+start, reconnect to the networks with the old address, kill the cpu loops) and names each in its
+journal or output. This is the Docker counterpart of the local backend's tagged iptables rules
+and busy loops, which `cleanup_all()` finds on the machine itself: a disconnected network leaves
+no trace on the engine to find, so the trace is kept beside the journals.
 
-An entry whose runner still lives (same host, that pid a running `chaos run`) is left alone: its
-own rollback or timer will undo it.
+An entry whose runner still lives (same host, that pid a running `ratequeue-chaos run`) is left
+alone: its own rollback or timer will undo it.
 
 Not for: injecting faults (`chaos.faults.docker`) or the local backend's leftovers.
 """
