@@ -97,11 +97,15 @@ class FaultPhase:
                 if fault.target.role in {"primary", "replica"}:
                     faulted.add(shard)
                 journal.faults.append(fault.summary())
+                # A backend's note says how the fault differs from what the step asked for
+                # (a blackhole that cut more than the peer path, say).
+                note = fault.details.get("note")
                 journal.mark(
                     "fault_injected",
                     fault.injected_at,
                     fault.injected_at,
-                    f"{step.action} {fault.target.name} via {self.backend_name(step)}",
+                    f"{step.action} {fault.target.name} via {self.backend_name(step)}"
+                    + (f": {note}" if note else ""),
                 )
 
     def inject_step(
@@ -118,7 +122,11 @@ class FaultPhase:
             self.on_fault(True)
             if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
                 self.primary_faulted.add(shard)
-            self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+            note = fault.details.get("note")
+            self.say(
+                f"fault: {step.action} {node.name} ({self.backend_name(step)})"
+                + (f": {note}" if note else "")
+            )
         return faults
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:

@@ -41,7 +41,6 @@ Not for: building the image (`docker/redis-image.sh`), starting containers for a
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -64,9 +63,8 @@ from chaos.faults.base import (
     whole_seconds,
 )
 from chaos.faults.docker_leftovers import (
+    FaultIntent,
     PendingDockerFaults,
-    PendingFault,
-    Undo,
     cpu_loops_killer,
     reconnect,
 )
@@ -237,51 +235,24 @@ class DockerFaultBackend:
             raise FaultError(f"docker backend does not support {action!r}{hint}")
         container = self._container(target)
         what = f"docker {action} on {target.name} (container {container.name})"
-        handler: Callable[[Container, NodeTarget, str, dict[str, Any]], InjectedFault] = getattr(
-            self, f"_{action}"
-        )
-        with self._engine(what):
-            fault = handler(container, target, what, params)
+        handler: Callable[
+            [Container, NodeTarget, str, dict[str, Any], FaultIntent], InjectedFault
+        ] = getattr(self, f"_{action}")
+        seconds = params.get("seconds")
+        intent = FaultIntent(self._pending, action, target, container, what,
+                             None if seconds is None else float(seconds))  # fmt: skip
+        try:
+            with self._engine(what):
+                fault = handler(container, target, what, params, intent)
+        except Exception:
+            intent.abandon(self.client)
+            raise
         fault.details.setdefault("container", container.name)
         fault.details.setdefault("container_id", container.id)
-        seconds = params.get("seconds")
-        if self._pending is not None and fault.undo is not None:
-            self._write_down(fault, container, None if seconds is None else float(seconds))
+        intent.applied(fault)
         if seconds is not None and fault.undo is not None:
             self._schedule_rollback(fault, float(seconds))
         return fault
-
-    def _write_down(
-        self, fault: InjectedFault, container: Container, seconds: float | None
-    ) -> None:
-        """Keep the fault in the pending file until it is rolled back, so a runner that dies
-        before then leaves it for the next run or halt to undo."""
-        assert self._pending is not None and fault.undo is not None
-        pending = self._pending
-        undo_kind: Undo = _UNDO_OF[fault.action]
-        entry = PendingFault(
-            id=uuid.uuid4().hex,
-            action=fault.action,
-            target=fault.target.name,
-            container=container.name,
-            container_id=container.id,
-            undo=undo_kind,
-            networks=[tuple(n) for n in fault.details.get("reconnect", [])],
-            pidfile=fault.details.get("pidfile"),
-            injected_at=fault.injected_at,
-            due_at=None if seconds is None else fault.injected_at + seconds,
-            runner_host=os.uname().nodename,
-            runner_pid=os.getpid(),
-        )
-        pending.add(entry)
-        fault.details["pending_id"] = entry.id
-        original = fault.undo
-
-        def undo() -> None:
-            original()
-            pending.remove(entry.id)
-
-        fault.undo = undo
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -297,22 +268,40 @@ class DockerFaultBackend:
         )
 
     def _kill(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         signal = params.get("signal", "SIGKILL")
+        if params.get("restart"):
+            intent.write("start")
         container.kill(signal=signal)
         status = self._wait_status(container, EXITED_STATES) if signal == "SIGKILL" else None
         undo = self._undo(what, container.id, "start") if params.get("restart") else None
         return self._fault("kill", target, {"signal": signal, "status": status}, undo)
 
     def _pause(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
+        intent.write("unpause")
         container.pause()
         return self._fault("pause", target, {}, self._undo(what, container.id, "unpause"))
 
     def _resume(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         container.reload()
         if container.status == "paused":
@@ -320,16 +309,28 @@ class DockerFaultBackend:
         return self._fault("resume", target, {}, None)
 
     def _stop(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         timeout = int(params.get("timeout", self._stop_timeout))
+        # Written down first: the stop itself takes up to `timeout` seconds.
+        intent.write("start")
         container.stop(timeout=timeout)
         status = self._wait_status(container, EXITED_STATES)
         undo = self._undo(what, container.id, "start")
         return self._fault("stop", target, {"timeout": timeout, "status": status}, undo)
 
     def _start(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         container.reload()
         if container.status != "running":
@@ -337,12 +338,18 @@ class DockerFaultBackend:
         return self._fault("start", target, {}, None)
 
     def _cpu(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         cores = check_cores(params.get("cores"))
         raw_length = params.get("length", params.get("seconds", DEFAULT_LENGTH))
         length = whole_seconds(check_length(raw_length))
         pidfile = f"/tmp/rqchaos-cpu-{uuid.uuid4().hex[:12]}.pids"
+        intent.write("kill_loops", pidfile=pidfile)
         # Synchronous, so its exit code says whether any loop runs (a detached exec has none).
         result = container.exec_run(["sh", "-c", cpu_launcher(cores, length, pidfile)])
         output = (result.output or b"").decode(errors="replace").strip()
@@ -361,7 +368,12 @@ class DockerFaultBackend:
         return self._fault("cpu", target, details, undo)
 
     def _blackhole(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
+        self,
+        container: Container,
+        target: NodeTarget,
+        what: str,
+        params: dict[str, Any],
+        intent: FaultIntent,
     ) -> InjectedFault:
         container.reload()
         mode = container.attrs.get("HostConfig", {}).get("NetworkMode") or "default"
@@ -376,6 +388,7 @@ class DockerFaultBackend:
             container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         )
         wanted = params.get("network")
+        note = None
         if wanted is None and target.peer_host and len(attached) > 1:
             # A node on a client and a peer network (staging): cut only its peer path, as the
             # local blackhole does, so clients still reach it.
@@ -383,6 +396,13 @@ class DockerFaultBackend:
                 (name for name, s in attached.items() if s.get("IPAddress") == target.peer_host),
                 None,
             )
+            if wanted is None:
+                note = (
+                    f"no network of the container has its peer address {target.peer_host}: "
+                    f"every network cut ({', '.join(sorted(attached))}), its clients' too"
+                )
+        elif wanted is None and target.peer_host:
+            note = "the container is on one network only: its clients are cut off too"
         if wanted is not None:
             if wanted not in attached:
                 raise FaultError(
@@ -392,6 +412,7 @@ class DockerFaultBackend:
             attached = {wanted: attached[wanted]}
         if not attached:
             raise FaultError(f"{what}: container is on no network; nothing to disconnect")
+        intent.write("reconnect", networks=[(name, _endpoint(s)) for name, s in attached.items()])
         disconnected: list[tuple[str, dict[str, Any]]] = []
         try:
             for network_name, settings in attached.items():
@@ -401,14 +422,15 @@ class DockerFaultBackend:
             # Leave nothing half-done: put back what was already cut, then report.
             reconnect(self.client, container.id, disconnected)
             raise
-        details = {
+        details: dict[str, Any] = {
             "networks": {name: s.get("IPAddress") or None for name, s in disconnected},
-            "reconnect": [[name, _endpoint(s)] for name, s in disconnected],
         }
+        if note is not None:
+            details["note"] = note
 
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
-                reconnect(self.client, container.id, disconnected)
+                details["reconnected"] = reconnect(self.client, container.id, disconnected)
 
         return self._fault("blackhole", target, details, undo)
 
@@ -450,16 +472,6 @@ class DockerFaultBackend:
         fault.undo = undo
         fault.details["rollback_after_s"] = seconds
         timer.start()
-
-
-# What undoes each action that has an undo, without the process that injected it.
-_UNDO_OF: dict[str, Undo] = {
-    "pause": "unpause",
-    "stop": "start",
-    "kill": "start",  # only with restart=True (a plain kill has no undo)
-    "blackhole": "reconnect",
-    "cpu": "kill_loops",
-}
 
 
 def _endpoint(settings: dict[str, Any]) -> dict[str, Any]:

@@ -436,3 +436,122 @@ def test_a_pause_left_by_a_killed_runner_is_undone_and_named_in_the_next_runs_jo
     assert journal.leftovers[0].endswith("unpaused")
     assert _status(node.name) == "running"
     assert _ping(node.port)
+
+
+# -- written down before it is applied ---------------------------------------------------------
+
+_DIES_DURING_STOP = """
+import os, sys
+from pathlib import Path
+from docker.models.containers import Container
+from chaos.faults.base import NodeTarget
+from chaos.faults.docker import DockerFaultBackend
+from chaos.faults.docker_leftovers import PendingDockerFaults
+
+def stop_and_die(self, **kwargs):
+    if self.status == "running":
+        self.kill()  # the stop took effect ...
+    os.kill(os.getpid(), 9)  # ... and the runner died before the engine answered
+
+Container.stop = stop_and_die
+backend = DockerFaultBackend(pending=PendingDockerFaults(Path(sys.argv[1])))
+backend.inject("stop", NodeTarget.model_validate_json(sys.argv[2]), timeout=20)
+"""
+
+
+def test_a_runner_killed_while_its_stop_is_under_way_leaves_the_stop_written_down(
+    start_redis: Callable[..., RedisContainer], tmp_path: Path
+) -> None:
+    node = start_redis()
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_DURING_STOP, str(tmp_path), node.target().model_dump_json()],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert died.returncode == -9, died.stderr
+    assert _status(node.name) == "exited"
+    [line] = PendingDockerFaults(tmp_path).undo_leftovers()
+    assert line.startswith(f"stop of {node.name}")
+    assert "written down before it was applied" in line and line.endswith("started")
+    _wait_ping(node.port)
+    assert PendingDockerFaults(tmp_path).entries() == []
+
+
+def test_a_fault_that_cannot_be_written_down_is_refused_and_not_applied(
+    start_redis: Callable[..., RedisContainer], tmp_path: Path
+) -> None:
+    node = start_redis()
+    (tmp_path / "journals").write_text("a file where the journal directory should be")
+    backend = DockerFaultBackend(pending=PendingDockerFaults(tmp_path / "journals"))
+    try:
+        with pytest.raises(FaultError, match="not applied: it could not be written down first"):
+            backend.inject("pause", node.target())
+    finally:
+        backend.close()
+    assert _status(node.name) == "running"
+
+
+def test_undoing_a_stop_written_down_for_a_container_already_exited_leaves_it_exited(
+    start_redis: Callable[..., RedisContainer], tmp_path: Path
+) -> None:
+    node = start_redis()
+    backend = DockerFaultBackend(stop_timeout=2)
+    try:
+        backend.inject("kill", node.target())  # down before any stop was asked for
+    finally:
+        backend.close()
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_DURING_STOP, str(tmp_path), node.target().model_dump_json()],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert died.returncode == -9, died.stderr
+    [line] = PendingDockerFaults(tmp_path).undo_leftovers()
+    assert line.endswith("left exited: it was exited before the fault")
+    assert _status(node.name) == "exited"
+
+
+def test_a_rollback_refuses_to_reconnect_under_another_address_when_the_old_one_is_taken(
+    two_network_node: Callable[[], TwoNetworkNode], image: str, tmp_path: Path
+) -> None:
+    node = two_network_node()
+    pending = PendingDockerFaults(tmp_path)
+    backend = DockerFaultBackend(pending=pending, stop_timeout=2)
+    client = docker.from_env()
+    squatter = None
+    try:
+        fault = backend.inject("blackhole", node.target())
+        squatter = client.containers.create(image, ["--port", "6379"], labels=LABEL,
+                                            name=f"rq-squatter-{uuid.uuid4().hex[:8]}")  # fmt: skip
+        client.networks.get(node.peer_network).connect(squatter, ipv4_address=node.peer_address)
+        squatter.start()
+        with pytest.raises(FaultError, match=f"its old address {node.peer_address} cannot be had"):
+            fault.rollback()
+        # Off the peer network (the engine may keep the network listed, with no address).
+        assert _networks_of(node.name).get(node.peer_network, "") == ""
+        assert [e.target for e in pending.entries()] == [node.name]  # kept for a later try
+    finally:
+        if squatter is not None:
+            squatter.remove(force=True)
+        backend.close()
+        client.close()
+    assert fault.rollback() is None  # the address is free again: the rollback goes through
+    assert _networks_of(node.name)[node.peer_network] == node.peer_address
+    assert fault.details["reconnected"] == [
+        f"{node.peer_network} with its old address {node.peer_address}"
+    ]
+    assert pending.entries() == []
+
+
+def test_a_blackhole_that_cuts_more_than_the_peer_path_says_so(
+    two_network_node: Callable[[], TwoNetworkNode], backend: DockerFaultBackend
+) -> None:
+    node = two_network_node()
+    every = set(_networks_of(node.name))
+    target = node.target().model_copy(update={"peer_host": "10.0.0.254"})  # on no network of it
+    fault = backend.inject("blackhole", target)
+    try:
+        assert set(fault.details["networks"]) == every
+        assert (
+            "no network of the container has its peer address 10.0.0.254" in (fault.details["note"])
+        )
+    finally:
+        fault.rollback()
