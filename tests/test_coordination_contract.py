@@ -17,6 +17,10 @@ from common.redis_processes import RedisProcess, free_port
 from detection.events import Event, new_event
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
+from lazarus_lite.coordination.redis_backend import (
+    AUDIT_RETENTION_SECONDS,
+    WORKFLOW_RETENTION_SECONDS,
+)
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
@@ -426,3 +430,37 @@ async def test_shadow_decisions_keep_the_newest(store: CoordinationStore) -> Non
     for n in range(3):
         await store.records.append_shadow_decision({"n": n})
     assert await store.records.shadow_decisions(limit=2) == [{"n": 1}, {"n": 2}]
+
+
+# -- retention (the Redis store: what weeks of scheduled runs leave) ------------------------------
+@pytest.fixture
+async def redis_store(redis_control: RedisProcess) -> AsyncIterator[CoordinationStore]:
+    opened = open_coordination_store(
+        StoreAddress(control_url=f"redis://{redis_control.host}:{redis_control.port}/0")
+    )
+    await opened.control.flushall()  # type: ignore[attr-defined]
+    yield opened
+    await opened.aclose()
+
+
+async def test_a_finished_workflow_expires_after_the_retention(
+    redis_store: CoordinationStore,
+) -> None:
+    control = redis_store.control  # type: ignore[attr-defined]
+    await redis_store.workflows.save(a_workflow("wf-1"), {"step": "a"}, owner=None)
+    assert await control.pttl("lz:wf:wf-1") == -1  # running: kept
+    await redis_store.workflows.save(a_workflow("wf-1", status="succeeded"), {"step": "b"},
+                                     owner=None)  # fmt: skip
+    retention_ms = WORKFLOW_RETENTION_SECONDS * 1000
+    for key in ("lz:wf:wf-1", "lz:wf:wf-1:history"):
+        assert retention_ms - 60_000 < await control.pttl(key) <= retention_ms
+
+
+async def test_the_audit_index_keeps_only_what_the_retention_keeps(
+    redis_store: CoordinationStore,
+) -> None:
+    await redis_store.records.save_audit("ev-old", '{"n": 1}', received_at=100)
+    later = 100 + AUDIT_RETENTION_SECONDS + 1
+    await redis_store.records.save_audit("ev-new", '{"n": 2}', received_at=later)
+    control = redis_store.control  # type: ignore[attr-defined]
+    assert await control.zrange("lz:audit:index", 0, -1) == [b"ev-new"]

@@ -29,6 +29,9 @@ from ratequeue.write_failures import FailureRun, read_write_failures
 EVENT_WORKFLOW_SECONDS = 30 * 24 * 3600
 APPROVAL_SECONDS = 7 * 24 * 3600
 AUDIT_RETENTION_SECONDS = 30 * 24 * 3600
+# A finished workflow's record and history are kept this long after its last save, then expire:
+# weeks of scheduled chaos runs (a failover each) would otherwise keep every one forever.
+WORKFLOW_RETENTION_SECONDS = 30 * 24 * 3600
 APPROVED = b"approved"
 
 # Take the lock if free (or already ours); returns the token held.
@@ -70,13 +73,19 @@ return 0
 """
 
 # Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
-# owner's record.
+# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[6] ms.
 _SAVE_WORKFLOW = """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[5])
-else redis.call('SREM', KEYS[3], ARGV[5]) end
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[5])
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 return 1
 """
 
@@ -146,6 +155,7 @@ class RedisWorkflowRecords:
                 "1" if record.status == "running" else "0",
                 owner or "",
                 record.id,
+                WORKFLOW_RETENTION_SECONDS * 1000,
             ],
         )
         if not int(written):
@@ -391,6 +401,10 @@ class RedisRecordLog:
         async with self._control.pipeline(transaction=True) as pipe:
             pipe.set(keys.audit_record(event_id), record_json, ex=AUDIT_RETENTION_SECONDS)
             pipe.zadd(keys.AUDIT_INDEX, {event_id: received_at})
+            # The index keeps what the records keep: entries a retention older than this one
+            # go, as their records have.
+            oldest_kept = received_at - AUDIT_RETENTION_SECONDS
+            pipe.zremrangebyscore(keys.AUDIT_INDEX, "-inf", f"({oldest_kept}")
             await pipe.execute()
 
     async def audit(self, event_id: str) -> str | None:
