@@ -3,7 +3,10 @@ experiment per cycle on a compressed schedule over kill, pause and partition of 
 replicas across every shard, and after each cycle check what weeks of `ratequeue-chaos run
 --every 4h` need to hold: nothing acknowledged lost, every shard back to a primary and its full
 replica count in sync, the number of the deployment's containers within its bound, the control
-store's memory flat.
+store not growing from cycle to cycle (`chaos.soak_growth`).
+
+A cycle that fails on the way (the engine or a store refusing for a moment) is recorded as a
+failed cycle, with the error, and the soak goes on to the next.
 
 Between a cycle's run and its checks, containers a kill left exited are started again (the
 machine comes back): the controllers' shard keeper must then rejoin or release them, as it would
@@ -27,6 +30,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import redis
+import requests.exceptions
 
 from chaos.docker_targets import discover_nodes
 from chaos.errors import ChaosError, TargetError
@@ -34,6 +38,7 @@ from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.runner import ExperimentRunner
 from chaos.scheduler import run_lock
+from chaos.soak_growth import Census, judge_growth, take_census
 from chaos.targets import Deployment
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
 from ratequeue.topology import NodeRef, Topology
@@ -76,6 +81,8 @@ class CycleResult:
     containers: int
     container_bound: int
     control_memory: int
+    census: Census | None = None
+    growth: str = ""
     restarted: list[str] = field(default_factory=list)
     journal: str = ""
     misses: list[str] = field(default_factory=list)
@@ -190,10 +197,10 @@ class Staging:
                 started.append(container.labels.get(LABEL_NAME, container.name))
         return started
 
-    def control_memory(self) -> int:
+    def control_census(self) -> Census:
         control = redis.Redis(port=self.endpoints.control_port, socket_timeout=5)
         try:
-            return int(control.info("memory")["used_memory"])
+            return take_census(control)
         finally:
             control.close()
 
@@ -296,8 +303,6 @@ def run_cycle(
     scenarios: Path,
     journal_dir: Path,
     settle_seconds: float,
-    memory_allowance: int,
-    baseline_memory: int | None,
     say: Say,
     stop: threading.Event,
 ) -> CycleResult:
@@ -316,7 +321,7 @@ def run_cycle(
     topology = deployment.topology()
     containers = len(staging.containers())
     bound = container_bound(staging, topology)
-    memory = staging.control_memory()
+    census = staging.control_census()
     result = CycleResult(
         cycle=cycle,
         fault=f"{action} {role}",
@@ -328,7 +333,8 @@ def run_cycle(
         shards=shards_state,
         containers=containers,
         container_bound=bound,
-        control_memory=memory,
+        control_memory=census.used_memory,
+        census=census,
         restarted=restarted,
         journal=journal.run_id,
     )
@@ -343,12 +349,26 @@ def run_cycle(
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
     if containers > bound:
         result.misses.append(f"{containers} containers, bound {bound}")
-    if baseline_memory is not None and memory > baseline_memory + memory_allowance:
-        result.misses.append(
-            f"control store memory {memory} B, more than the first cycle's {baseline_memory} B "
-            f"+ {memory_allowance} B"
-        )
     return result
+
+
+# What a cycle may meet that passes (an engine, a store or a node refusing for a moment): the
+# cycle is recorded as failed with it, and the soak goes on.
+CYCLE_ERRORS = (
+    ChaosError,
+    OSError,
+    redis.RedisError,
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+)
+
+
+def failed_cycle(cycle: int, shards: list[str], error: Exception) -> CycleResult:
+    action, role, shard = fault_of_cycle(cycle, shards) if shards else ("?", "?", "?")
+    return CycleResult(cycle=cycle, fault=f"{action} {role}", shard=shard, verdict="error",
+                       acknowledged=0, lost=-1, settled_seconds=None, shards="not checked",
+                       containers=0, container_bound=0, control_memory=0,
+                       misses=[f"the cycle failed: {type(error).__name__}: {error}"])  # fmt: skip
 
 
 def soak(
@@ -362,12 +382,13 @@ def soak(
     take_down: bool,
     gap_seconds: float,
     settle_seconds: float,
-    memory_allowance: int,
+    growth_bytes_per_cycle: float,
     say: Say,
     stop: threading.Event,
     on_cycle: Callable[[CycleResult], None] = lambda result: None,
 ) -> list[CycleResult]:
-    """Run the cycles (all of them, also after a miss: the table shows every one)."""
+    """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
+    one); from the fourth on, each cycle's misses include the control store's growth so far."""
     staging = Staging(compose_file, endpoints, say)
     deployment = endpoints.target()
     results: list[CycleResult] = []
@@ -380,24 +401,30 @@ def soak(
             raise ChaosError(f"staging is not whole before the first cycle: {state}")
         nodes = discover_nodes(endpoints.deployment, deployment.topology(), staging.engine)
         say(f"staging whole: {len(nodes)} containers found by their labels")
-        baseline: int | None = None
+        shards = [s.id for s in deployment.topology().shards]
+        censuses: list[Census] = []
         for cycle in range(1, cycles + 1):
             if stop.is_set():
                 break
-            result = run_cycle(
-                cycle,
-                staging,
-                deployment,
-                scenarios=scenarios,
-                journal_dir=journal_dir,
-                settle_seconds=settle_seconds,
-                memory_allowance=memory_allowance,
-                baseline_memory=baseline,
-                say=say,
-                stop=stop,
-            )
-            if baseline is None:
-                baseline = result.control_memory
+            try:
+                result = run_cycle(
+                    cycle,
+                    staging,
+                    deployment,
+                    scenarios=scenarios,
+                    journal_dir=journal_dir,
+                    settle_seconds=settle_seconds,
+                    say=say,
+                    stop=stop,
+                )
+            except CYCLE_ERRORS as error:
+                result = failed_cycle(cycle, shards, error)
+                say(f"cycle {cycle} failed: {error}")
+            if result.census is not None:
+                censuses.append(result.census)
+                growth = judge_growth(censuses, bytes_per_cycle=growth_bytes_per_cycle)
+                result.growth = growth.describe()
+                result.misses.extend(growth.misses)
             results.append(result)
             on_cycle(result)
             stop.wait(gap_seconds)
