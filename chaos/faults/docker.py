@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker
 import docker.errors
@@ -136,6 +136,17 @@ def engine_unavailable_reason(base_url: str | None = None, timeout: float = 5.0)
     finally:
         client.close()
     return None
+
+
+class FaultCall(NamedTuple):
+    """What an action's handler is given: the container, its target, what is being done (for
+    messages), the step's params and the fault's intent (see `FaultIntent`)."""
+
+    container: Container
+    target: NodeTarget
+    what: str
+    params: dict[str, Any]
+    intent: FaultIntent
 
 
 class DockerFaultBackend:
@@ -235,15 +246,13 @@ class DockerFaultBackend:
             raise FaultError(f"docker backend does not support {action!r}{hint}")
         container = self._container(target)
         what = f"docker {action} on {target.name} (container {container.name})"
-        handler: Callable[
-            [Container, NodeTarget, str, dict[str, Any], FaultIntent], InjectedFault
-        ] = getattr(self, f"_{action}")
+        handler: Callable[[FaultCall], InjectedFault] = getattr(self, f"_{action}")
         seconds = params.get("seconds")
         intent = FaultIntent(self._pending, action, target, container, what,
                              None if seconds is None else float(seconds))  # fmt: skip
         try:
             with self._engine(what):
-                fault = handler(container, target, what, params, intent)
+                fault = handler(FaultCall(container, target, what, params, intent))
         except Exception:
             intent.abandon(self.client)
             raise
@@ -267,14 +276,8 @@ class DockerFaultBackend:
             action=action, target=target, backend=self.name, details=details, undo=undo
         )
 
-    def _kill(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _kill(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         signal = params.get("signal", "SIGKILL")
         if params.get("restart"):
             intent.write("start")
@@ -283,39 +286,21 @@ class DockerFaultBackend:
         undo = self._undo(what, container.id, "start") if params.get("restart") else None
         return self._fault("kill", target, {"signal": signal, "status": status}, undo)
 
-    def _pause(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _pause(self, call: FaultCall) -> InjectedFault:
+        container, target, what, _, intent = call
         intent.write("unpause")
         container.pause()
         return self._fault("pause", target, {}, self._undo(what, container.id, "unpause"))
 
-    def _resume(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _resume(self, call: FaultCall) -> InjectedFault:
+        container, target, _, _, _ = call
         container.reload()
         if container.status == "paused":
             container.unpause()
         return self._fault("resume", target, {}, None)
 
-    def _stop(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _stop(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         timeout = int(params.get("timeout", self._stop_timeout))
         # Written down first: the stop itself takes up to `timeout` seconds.
         intent.write("start")
@@ -324,27 +309,15 @@ class DockerFaultBackend:
         undo = self._undo(what, container.id, "start")
         return self._fault("stop", target, {"timeout": timeout, "status": status}, undo)
 
-    def _start(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _start(self, call: FaultCall) -> InjectedFault:
+        container, target, _, _, _ = call
         container.reload()
         if container.status != "running":
             container.start()
         return self._fault("start", target, {}, None)
 
-    def _cpu(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _cpu(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         cores = check_cores(params.get("cores"))
         raw_length = params.get("length", params.get("seconds", DEFAULT_LENGTH))
         length = whole_seconds(check_length(raw_length))
@@ -367,14 +340,8 @@ class DockerFaultBackend:
 
         return self._fault("cpu", target, details, undo)
 
-    def _blackhole(
-        self,
-        container: Container,
-        target: NodeTarget,
-        what: str,
-        params: dict[str, Any],
-        intent: FaultIntent,
-    ) -> InjectedFault:
+    def _blackhole(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         container.reload()
         mode = container.attrs.get("HostConfig", {}).get("NetworkMode") or "default"
         if mode in _SHARED_NETWORK_MODES or mode.startswith("container:"):

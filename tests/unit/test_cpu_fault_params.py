@@ -14,7 +14,7 @@ import pytest
 
 from chaos.errors import FaultError
 from chaos.faults.base import CPU_MAX_CORES, NodeTarget, check_cores, check_length
-from chaos.faults.docker import DockerFaultBackend, cpu_launcher
+from chaos.faults.docker import DockerFaultBackend, FaultCall, cpu_launcher
 from chaos.faults.docker_leftovers import FaultIntent
 from chaos.faults.gremlin import GremlinFaultBackend
 
@@ -66,7 +66,7 @@ def docker_cpu(container: ExecOnly, **params: Any) -> Any:
     backend = DockerFaultBackend(client=object())  # type: ignore[arg-type]
     what = "docker cpu on s0-primary"
     unrecorded = FaultIntent(None, "cpu", PRIMARY, container, what, None)  # type: ignore[arg-type]
-    return backend._cpu(container, PRIMARY, what, params, unrecorded)  # type: ignore[arg-type]
+    return backend._cpu(FaultCall(container, PRIMARY, what, params, unrecorded))  # type: ignore[arg-type]
 
 
 def test_docker_cpu_waits_for_its_launcher_and_rounds_the_length_up() -> None:
