@@ -357,6 +357,7 @@ def run_cycle(
 CYCLE_ERRORS = (
     ChaosError,
     OSError,
+    subprocess.SubprocessError,
     redis.RedisError,
     docker.errors.DockerException,
     requests.exceptions.RequestException,
