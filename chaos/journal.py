@@ -72,7 +72,8 @@ class Journal(BaseModel):
     errors: list[str] = Field(default_factory=list)
     leftovers: list[str] = Field(
         default_factory=list,
-        description="faults an earlier, killed run left in force, undone before this one",
+        description="Docker faults an earlier, killed run left in force: each undone before "
+        "this run, or why not (another host's, the engine refused)",
     )
 
     def mark(self, name: str, at: float, fault_at: float | None, detail: str = "") -> None:
