@@ -10,13 +10,14 @@ Actions and their rollbacks:
 - `pause` (freezer cgroup: the process stops answering, its sockets stay open): undo unpauses.
 - `resume`, `start`: the plain inverse actions, no undo.
 - `stop`: `container.stop(timeout=)` (SIGTERM, then SIGKILL after `timeout` s): undo starts it.
-- `blackhole`: disconnects the container from every network it is on (or only `network=`;
-  or, when the target has a `peer_host` and the container is on several networks, only the
-  network where it has that address: its peer path, as on staging, so clients still reach
-  it), undo reconnects it with its aliases (and its old address on user-defined networks,
-  when the engine accepts that). Host-network containers share the host's network stack, so
-  there is nothing to disconnect: blackhole is refused with a FaultError that points to the
-  local backend's iptables blackhole, which cuts a port on loopback.
+- `blackhole`: disconnects the container from every network it is on (or only `network=`; or, when
+  the target has a `peer_host` and the container is on several networks, only the network where it
+  has that address: its peer path, as on staging, so clients still reach it; a cut wider than the
+  peer path says why in the fault's `note`, which the journal shows), undo reconnects it with its
+  aliases and its old address (refused, with a FaultError, when the address is taken meanwhile; a
+  new one only where the engine picks every address). Host-network containers share the host's
+  network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
+  points to the local backend's iptables blackhole, which cuts a port on loopback.
 - `cpu`: `exec`s a shell in the container (and waits for it) that starts `cores` busy loops
   in the background (default: as many as the container sees cores, `nproc`), each under
   `timeout LENGTH` so it ends by itself (param `length`, default 60 s, rounded up to whole
@@ -25,11 +26,11 @@ Actions and their rollbacks:
   saying why. Undo kills them (and so their `sh` loops) through that file. The load is on
   the container's host, at normal priority (the container's own CPU limit applies).
 - `latency` is not supported (use the local backend's TCP proxy).
-`seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
-long from a timer thread; an earlier `rollback()` cancels the timer. With `pending=` (the runner
-passes its journal directory's file), every fault with an undo is written down until it is
-rolled back, so one left by a runner that died is undone by the next `ratequeue-chaos run`
-or `ratequeue-chaos halt` (`chaos.faults.docker_leftovers`).
+`seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that long
+from a timer thread; an earlier `rollback()` cancels the timer. With `pending=` (the runner passes
+its journal directory's file), every fault with an undo is written down before it is applied and
+struck off when it is rolled back, so one left by a runner that died is undone by the next
+`ratequeue-chaos run` or `ratequeue-chaos halt` (`chaos.faults.docker_leftovers`).
 
 Every engine or container problem (engine unreachable, container missing, API error) surfaces as
 a FaultError naming the container and the cause.
