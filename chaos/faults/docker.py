@@ -255,6 +255,8 @@ class DockerFaultBackend:
             with self._engine(what):
                 fault = handler(FaultCall(container, target, what, params, intent))
         except Exception:
+            # Not on an interrupt: the engine may still be applying it, so its entry stays for
+            # the next run or halt, whose undo is harmless if it never took effect.
             intent.abandon(self.client)
             raise
         fault.details.setdefault("container", container.name)
