@@ -464,3 +464,30 @@ async def test_the_audit_index_keeps_only_what_the_retention_keeps(
     await redis_store.records.save_audit("ev-new", '{"n": 2}', received_at=later)
     control = redis_store.control  # type: ignore[attr-defined]
     assert await control.zrange("lz:audit:index", 0, -1) == [b"ev-new"]
+
+
+async def test_a_finished_workflow_expires_after_the_retention_on_etcd(
+    etcd: EtcdCluster, redis_control: RedisProcess
+) -> None:
+    opened = open_coordination_store(
+        StoreAddress(control_url=f"redis://{redis_control.host}:{redis_control.port}/0",
+                     coordination_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
+    )  # fmt: skip
+    client = opened.client  # type: ignore[attr-defined]
+    try:
+        await client.delete("/", prefix=True)
+        await opened.workflows.save(a_workflow("wf-1"), {"step": "a"}, owner=None)
+        await opened.workflows.save(a_workflow("wf-1"), {"step": "b"}, owner=None)
+        kept = await client.get_prefix("/")
+        assert kept.kvs and all(kv.lease == 0 for kv in kept.kvs)  # running: kept
+        await opened.workflows.save(a_workflow("wf-1", status="succeeded"), {"step": "c"},
+                                    owner=None)  # fmt: skip
+        finished = [kv for kv in (await client.get_prefix("/")).kvs if "wf-1" in kv.key]
+        assert len(finished) == 4  # the record and three history entries
+        [lease] = {kv.lease for kv in finished}
+        assert await client.lease_ttl(lease) >= WORKFLOW_RETENTION_SECONDS
+        assert await opened.workflows.history("wf-1") == [
+            {"at": pytest.approx(time.time(), abs=60), "step": s} for s in "abc"
+        ]
+    finally:
+        await opened.aclose()
