@@ -18,6 +18,7 @@ from chaos import testbed as testbed_module
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from chaos.soak_growth import BYTES_PER_CYCLE
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
 
@@ -411,7 +412,7 @@ def soak(
     gap: str = typer.Option("5s", "--gap", help="pause between cycles (the compressed schedule)"),
     settle: str = typer.Option("120s", "--settle", help="longest wait for every shard whole"),
     growth_allowance: float = typer.Option(
-        2048.0,
+        BYTES_PER_CYCLE,
         "--growth-allowance-bytes",
         min=0,
         help="control store bytes a cycle its keys without expiry may grow by (slope)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from common.errors import InvalidSetting
 from common.etcd_processes import EtcdCluster
 from common.redis_processes import RedisProcess, free_port
 from detection.events import Event, new_event
-from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.interface import SENSOR_HEARTBEAT_RETENTION, CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
 from lazarus_lite.coordination.redis_backend import (
     AUDIT_RETENTION_SECONDS,
@@ -340,6 +341,17 @@ async def test_a_sensor_keeps_its_last_heartbeat(store: CoordinationStore) -> No
     await store.sensors.record_heartbeat(last)
     assert await store.sensors.heartbeat("sensor-a") == last
     assert [h.id for h in await store.sensors.heartbeats()] == [last.id]
+
+
+async def test_a_heartbeat_older_than_the_retention_is_forgotten(store: CoordinationStore) -> None:
+    # A replaced replica's sensor: its name is never heard again.
+    gone = a_heartbeat("sensor-s0-replica-e3")
+    long_ago = gone.occurred_at - timedelta(seconds=SENSOR_HEARTBEAT_RETENTION + 60)
+    await store.sensors.record_heartbeat(gone.model_copy(update={"occurred_at": long_ago}))
+    live = a_heartbeat("sensor-a")
+    await store.sensors.record_heartbeat(live)
+    assert [h.id for h in await store.sensors.heartbeats()] == [live.id]
+    assert await store.sensors.heartbeat("sensor-s0-replica-e3") is None
 
 
 async def test_a_report_is_filed_by_one_node(store: CoordinationStore) -> None:

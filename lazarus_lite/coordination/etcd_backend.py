@@ -62,7 +62,12 @@ from common.etcd_client import (
 )
 from detection.events import Event
 from lazarus_lite.coordination import etcd_keys as keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, WindowKind
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    SENSOR_HEARTBEAT_RETENTION,
+    HeldLock,
+    WindowKind,
+)
 from lazarus_lite.coordination.redis_backend import (
     APPROVAL_SECONDS,
     APPROVED,
@@ -618,9 +623,13 @@ class EtcdSensorRegistry:
         heartbeats = []
         for kv in (await self._client.get_prefix(keys.SENSORS)).kvs:
             try:
-                heartbeats.append(Event.model_validate_json(kv.value))
+                heartbeat = Event.model_validate_json(kv.value)
             except ValueError:
                 continue  # one unreadable heartbeat does not hide the others
+            if heartbeat.age_seconds() > SENSOR_HEARTBEAT_RETENTION:
+                await self._writes.delete(kv.key)
+            else:
+                heartbeats.append(heartbeat)
         return heartbeats
 
 

@@ -20,7 +20,12 @@ from redis.exceptions import RedisError
 
 from detection.events import Event
 from lazarus_lite.coordination import redis_keys as keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, WindowKind
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    SENSOR_HEARTBEAT_RETENTION,
+    HeldLock,
+    WindowKind,
+)
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import TopologyStore
@@ -305,11 +310,15 @@ class RedisSensorRegistry:
 
     async def heartbeats(self) -> list[Event]:
         heartbeats = []
-        for value in (await self._control.hgetall(keys.SENSORS)).values():
+        for sensor, value in (await self._control.hgetall(keys.SENSORS)).items():
             try:
-                heartbeats.append(Event.model_validate_json(value))
+                heartbeat = Event.model_validate_json(value)
             except ValueError:
                 continue  # one unreadable heartbeat does not hide the others
+            if heartbeat.age_seconds() > SENSOR_HEARTBEAT_RETENTION:
+                await self._control.hdel(keys.SENSORS, sensor)
+            else:
+                heartbeats.append(heartbeat)
         return heartbeats
 
 

@@ -7,6 +7,7 @@ Not for: the soak's cycles (tests/test_staging_soak.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,32 @@ def test_the_census_counts_only_keys_nothing_bounds(control: redis.Redis) -> Non
     census = take_census(control)
     assert census.families == {"lz:wf:*": 2}
     assert 200 < census.unbounded_bytes < 1000
+
+
+def _keys(series: list[int]) -> list[Census]:
+    return _series(series, [9000] * len(series))
+
+
+def test_a_key_leaked_every_other_cycle_fails_the_judge() -> None:
+    # One key a failover, a failover every other cycle: a slope of exactly 0.5.
+    verdict = judge_growth(_keys([math.ceil(c / 2) for c in range(1, 7)]))
+    assert verdict.judged and [m.split(":")[0:3] for m in verdict.misses] == [["lz", "wf", "*"]]
+
+
+def test_a_key_leaked_every_third_cycle_fails_the_judge() -> None:
+    verdict = judge_growth(_keys([c // 3 for c in range(1, 11)]))
+    [miss] = verdict.misses
+    assert miss.startswith("lz:wf:*: ") and "no plateau" in miss
+
+
+def test_a_hundred_bytes_leaked_every_other_cycle_fail_the_judge() -> None:
+    leaking = [9000 + 100 * math.ceil(c / 2) for c in range(1, 8)]
+    verdict = judge_growth(_series([3] * 7, leaking))
+    [miss] = verdict.misses
+    assert miss.startswith("control store keys without expiry grow")
+
+
+def test_a_family_that_fills_up_early_and_stays_passes() -> None:
+    # Created over the first cycles (a record per shard), then reused: a plateau.
+    verdict = judge_growth(_series([0, 1, 2, 3, 3, 3, 2, 3, 3, 3], [9000] * 10))
+    assert verdict.judged and verdict.misses == []
