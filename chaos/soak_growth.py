@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import redis
 
 from detection.streams import DEAD_LETTER_STREAM, EVENTS_STREAM
+from lazarus_lite.coordination import redis_keys
 
 # Written with a cap on every write: the writer's contract bounds them, not the soak.
 CAPPED: dict[str, str] = {
@@ -40,6 +41,9 @@ CAPPED: dict[str, str] = {
     DEAD_LETTER_STREAM: "XADD MAXLEN ~ 100000",
     "lz:escalations": "XADD MAXLEN ~ 10000",
     "lz:audit:index": "entries a retention older than the newest dropped on each save",
+    # A field a replacement replica's sensor (a new name each failover): bounded by age, not by
+    # the soak's cycles, as expiring keys are.
+    redis_keys.SENSORS: "heartbeats older than SENSOR_HEARTBEAT_RETENTION removed on each read",
 }
 # Allowed byte growth a cycle (slope), beside the plateau.
 BYTES_PER_CYCLE = 256.0
