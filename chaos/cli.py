@@ -382,8 +382,9 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 @app.command()
 def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
     """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
-    killed run left in force are undone too, each named."""
-    from chaos.faults.docker_leftovers import undo_docker_leftovers
+    killed run left in force are undone too, each named; exit 1 when one is left in force (the
+    engine refused or was unreachable, or another host wrote it)."""
+    from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
 
     try:
@@ -393,12 +394,14 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
     leftovers = undo_docker_leftovers(journal_dir)
     for line in leftovers:
         console.print(f"leftover fault of a killed run: {escape(line)}")
-    if pid is None:
-        if leftovers:
-            return
+    if pid is not None:
+        console.print(f"halted chaos run {pid}; its faults were rolled back")
+    if in_force := PendingDockerFaults(journal_dir).unsettled():
+        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
+        raise typer.Exit(1)
+    if pid is None and not leftovers:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
-    console.print(f"halted chaos run {pid}; its faults were rolled back")
 
 
 @app.command()

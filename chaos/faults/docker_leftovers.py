@@ -138,6 +138,12 @@ class PendingDockerFaults:
         with self._locked() as entries:
             return list(entries)
 
+    def unsettled(self) -> list[PendingFault]:
+        """Entries no runner of this host will undo: a dead runner's (left after
+        `undo_leftovers` only when it could not undo them) and other hosts'."""
+        here = os.uname().nodename
+        return [e for e in self.entries() if e.runner_host != here or not _runner_alive(e)]
+
     def undo_leftovers(self, client: docker.DockerClient | None = None) -> list[str]:
         """Undo every entry whose runner is gone; one line per entry (what it was, and what
         was done, or why it could not be). An entry that could not be undone for a reason
