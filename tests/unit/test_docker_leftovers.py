@@ -57,7 +57,7 @@ def test_halt_exits_0_when_every_leftover_is_undone(tmp_path: Path) -> None:
     class EngineWithoutIt:
         """An engine on which the fault's container was removed since."""
 
-        class containers:  # noqa: N801 (the SDK's attribute)
+        class containers:  # the SDK client's attribute
             @staticmethod
             def get(container_id: str) -> object:
                 raise docker.errors.NotFound(f"no such container: {container_id}")
