@@ -68,6 +68,7 @@ from chaos.faults.docker_leftovers import (
     PendingDockerFaults,
     cpu_loops_killer,
     reconnect,
+    undo_on_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -286,14 +287,14 @@ class DockerFaultBackend:
             intent.write("start")
         container.kill(signal=signal)
         status = self._wait_status(container, EXITED_STATES) if signal == "SIGKILL" else None
-        undo = self._undo(what, container.id, "start") if params.get("restart") else None
+        undo = self._undo(what, intent) if params.get("restart") else None
         return self._fault("kill", target, {"signal": signal, "status": status}, undo)
 
     def _pause(self, call: FaultCall) -> InjectedFault:
         container, target, what, _, intent = call
         intent.write("unpause")
         container.pause()
-        return self._fault("pause", target, {}, self._undo(what, container.id, "unpause"))
+        return self._fault("pause", target, {}, self._undo(what, intent))
 
     def _resume(self, call: FaultCall) -> InjectedFault:
         container, target, _, _, _ = call
@@ -309,7 +310,7 @@ class DockerFaultBackend:
         intent.write("start")
         container.stop(timeout=timeout)
         status = self._wait_status(container, EXITED_STATES)
-        undo = self._undo(what, container.id, "start")
+        undo = self._undo(what, intent)
         return self._fault("stop", target, {"timeout": timeout, "status": status}, undo)
 
     def _start(self, call: FaultCall) -> InjectedFault:
@@ -406,18 +407,15 @@ class DockerFaultBackend:
 
     # -- rollbacks --------------------------------------------------------------------------
 
-    def _undo(self, what: str, container_id: str, method: str) -> Callable[[], None]:
+    def _undo(self, what: str, intent: FaultIntent) -> Callable[[], None]:
+        """The rollback of a fault written down by `intent`: what a later run would do with its
+        entry (`undo_on_engine`), so it brings back only what the fault changed."""
+        entry = intent.entry
+        assert entry is not None, "a fault's intent is written before it is applied"
+
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
-                container = self.client.containers.get(container_id)
-                if method == "unpause":
-                    if container.status == "paused":
-                        container.unpause()
-                elif method == "start":
-                    if container.status != "running":
-                        container.start()
-                else:  # pragma: no cover - programming error
-                    raise ValueError(method)
+                undo_on_engine(self.client, entry)
 
         return undo
 

@@ -181,8 +181,9 @@ class PendingDockerFaults:
 
 
 class FaultIntent:
-    """One Docker fault on its way in, in the pending file (with `pending`; else a no-op):
-    `write` before the engine is asked to apply it, `applied` once it is (the rollback then
+    """One Docker fault on its way in, in the pending file (with `pending`; else only in memory):
+    `write` before the engine is asked to apply it (the entry its rollback undoes, by
+    `undo_on_engine`, with the status it had before), `applied` once it is (the rollback then
     strikes it off), `abandon` when applying failed."""
 
     def __init__(
@@ -211,8 +212,6 @@ class FaultIntent:
     ) -> None:
         """Write the fault down; a file that cannot be written refuses the fault (FaultError),
         nothing applied."""
-        if self.pending is None:
-            return
         now = time.time()
         entry = PendingFault(
             id=uuid.uuid4().hex,
@@ -229,6 +228,9 @@ class FaultIntent:
             runner_host=os.uname().nodename,
             runner_pid=os.getpid(),
         )
+        self.entry = entry  # the in-process rollback undoes it too, written down or not
+        if self.pending is None:
+            return
         try:
             self.pending.add(entry)
         except OSError as error:
@@ -237,7 +239,6 @@ class FaultIntent:
                 f"{self.pending.path} (a runner that died with it in force would leave it "
                 f"unrecorded): {error}"
             ) from error
-        self.entry = entry
 
     def applied(self, fault: InjectedFault) -> None:
         """Mark the entry applied and have the fault's rollback strike it off. The fault is in

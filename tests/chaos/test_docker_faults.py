@@ -195,6 +195,17 @@ def test_stop_then_rollback_starts_it_again(
     assert _status(node.name) == "running"
 
 
+def test_rolling_back_a_stop_of_a_container_already_exited_leaves_it_exited(
+    start_redis: Callable[..., RedisContainer], backend: DockerFaultBackend
+) -> None:
+    # A killed old primary must not come back because a stop of it "succeeded" (304).
+    node = start_redis()
+    backend.inject("kill", node.target())
+    fault = backend.inject("stop", node.target(), timeout=2)
+    fault.rollback()
+    assert _status(node.name) == "exited"
+
+
 def test_missing_container_is_a_fault_error(backend: DockerFaultBackend) -> None:
     target = NodeTarget(name="ghost", role="primary", port=6399, container="rq-no-such-container")
     with pytest.raises(FaultError, match=r"rq-no-such-container.*does not exist"):
