@@ -9,7 +9,8 @@ RQ_*_PORT variables); the subnets are the file's own (10.231.1/24, 10.231.2/24).
 Skips, saying why, on a vfs storage driver (CI's fallback engine: too slow for a dozen
 containers), without a Docker engine, Compose v2 or the three staging images
 (`deploy/build-images.sh`, which .ci/run calls), or while a staging deployment already runs on
-this engine. Whatever the soak leaves behind (it was killed at its timeout) is removed at
+this engine; fails instead with RATEQUEUE_REQUIRE_STAGING=1, which .ci/run sets once it built
+the images. Whatever the soak leaves behind (it was killed at its timeout) is removed at
 teardown. The long soak is run by hand and recorded in docs/staging-runs.md.
 """
 
@@ -72,7 +73,10 @@ def _unavailable() -> str | None:
 def staging_environment() -> Iterator[dict[str, str]]:
     reason = _unavailable()
     if reason is not None:
-        pytest.skip(f"the staging soak needs Docker and the staging images: {reason}")
+        reason = f"the staging soak needs Docker and the staging images: {reason}"
+        if os.environ.get("RATEQUEUE_REQUIRE_STAGING") == "1":
+            pytest.fail(f"{reason} (RATEQUEUE_REQUIRE_STAGING=1: .ci/run built the images)")
+        pytest.skip(reason)
     ports = {name: str(free_port(("127.0.0.1",))) for name in PORT_VARIABLES}
     environment = {**os.environ, **ports, "LAZARUS_API_TOKEN": "soak-test-token-0123456789"}
     try:
