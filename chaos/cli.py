@@ -19,6 +19,7 @@ from chaos.agent.settings import AgentSettings
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
 from chaos.schedule_settings import ScheduleSettings
+from chaos.soak_growth import BYTES_PER_CYCLE
 from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
@@ -340,17 +341,111 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 
 @app.command()
 def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
-    """Stop the running experiment; it rolls back its faults before exiting."""
+    """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
+    killed run left in force are undone too, each named; exit 1 when one is left in force (the
+    engine refused or was unreachable, or another host wrote it)."""
+    from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
 
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
         raise refused(error) from None
-    if pid is None:
+    leftovers = undo_docker_leftovers(journal_dir)
+    for line in leftovers:
+        console.print(f"leftover fault of a killed run: {escape(line)}")
+    if pid is not None:
+        console.print(f"halted chaos run {pid}; its faults were rolled back")
+    if in_force := PendingDockerFaults(journal_dir).unsettled():
+        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
+        raise typer.Exit(1)
+    if pid is None and not leftovers:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
-    console.print(f"halted chaos run {pid}; its faults were rolled back")
+
+
+@app.command()
+def soak(
+    cycles: int = typer.Option(30, "--cycles", min=1, help="experiments to run, one per cycle"),
+    compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file"),
+    scenarios: Path = typer.Option(Path("scenarios"), "--scenarios", help="the templates"),
+    journal_dir: Path = typer.Option(Path("soak-journals"), "--journal-dir"),
+    up: bool = typer.Option(True, help="bring staging up first (docker compose up --wait)"),
+    down: bool = typer.Option(True, help="take staging down at the end"),
+    gap: str = typer.Option("5s", "--gap", help="pause between cycles (the compressed schedule)"),
+    settle: str = typer.Option("120s", "--settle", help="longest wait for every shard whole"),
+    growth_allowance: float = typer.Option(
+        BYTES_PER_CYCLE,
+        "--growth-allowance-bytes",
+        min=0,
+        help="control store bytes a cycle its keys without expiry may grow by (slope)",
+    ),
+) -> None:
+    """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
+    every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
+    container count within its bound and the control store not growing from cycle to cycle
+    (judged from the fourth cycle on). One table; exit 1 on any miss. Ports and subnets: the
+    compose file's variables (RQ_API_PORT, ...)."""
+    import threading
+
+    from chaos.soak import CYCLE_ERRORS, StagingEndpoints
+    from chaos.soak import soak as run_soak
+    from common.durations import parse_duration
+
+    def duration(value: str, option: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise refuse_to_start("ratequeue-chaos soak", f"{option}: {error}") from None
+
+    gap_seconds = duration(gap, "--gap")
+    settle_seconds = duration(settle, "--settle")
+    stop = threading.Event()
+
+    def say(text: str) -> None:
+        console.log(escape(text))
+
+    try:
+        results = run_soak(
+            cycles,
+            compose_file=compose_file,
+            scenarios=scenarios,
+            journal_dir=journal_dir,
+            endpoints=StagingEndpoints.from_environment(),
+            bring_up=up,
+            take_down=down,
+            gap_seconds=gap_seconds,
+            settle_seconds=settle_seconds,
+            growth_bytes_per_cycle=growth_allowance,
+            say=say,
+            stop=stop,
+        )
+    except CYCLE_ERRORS as error:
+        raise refused(error, "soak") from None
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    table = Table(title=f"soak: {len(results)} of {cycles} cycles")
+    for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
+                   "containers", "control MiB", "growth", "ok"):  # fmt: skip
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            str(r.cycle),
+            r.fault,
+            r.shard,
+            r.verdict,
+            str(r.acknowledged),
+            str(r.lost),
+            "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
+            f"{r.containers} / {r.container_bound}",
+            f"{r.control_memory / 2**20:.2f}",
+            r.growth,
+            "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
+        )
+    Console(width=max(console.width, 150)).print(table)
+    if len(results) < cycles or not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
