@@ -51,6 +51,7 @@ class ExecOnly:
 
     id = "c0ffee"
     name = "redis-0"
+    status = "running"
 
     def __init__(self, exit_code: int, output: bytes) -> None:
         self.result = SimpleNamespace(exit_code=exit_code, output=output)
