@@ -39,15 +39,22 @@ from common.etcd_processes import EtcdCluster, start_etcd_cluster
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
+from common.sentinel_processes import SentinelTimers, start_sentinels
 from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.membership import write_quorum
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 
 STATE_FILE = "testbed.json"
 # What keeps the coordination store: the control Redis, or a three-member etcd cluster.
 ControlBackend = Literal["redis", "etcd"]
+# What fails a shard over: the Lazarus-lite controllers, or three Redis Sentinels.
+FailoverManager = Literal["lazarus", "sentinel"]
+# When an enqueue is acknowledged: once a replica holds it (`WAIT`, and a primary refuses writes
+# without a replica), or at once (Sentinel's usual asynchronous replication).
+AckMode = Literal["wait", "async"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,9 @@ class TestbedState(BaseModel):
     lazarus: list[HttpUrlText] = []
     lazarus_token: str | None = None
     supervisor: SupervisorRecord | None = None
+    failover: FailoverManager = "lazarus"
+    ack: AckMode = "wait"
+    sentinels: list[str] = Field(default_factory=list, description="host:port of each sentinel")
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
@@ -385,6 +395,9 @@ class UpOptions(TypedDict, total=False):
     sensor_args: list[str] | None
     supervise: bool
     control: ControlBackend
+    failover: FailoverManager
+    ack: AckMode
+    sentinel_timers: SentinelTimers | None
 
 
 def up(
@@ -398,11 +411,20 @@ def up(
     sensor_args: list[str] | None = None,
     supervise: bool = False,
     control: ControlBackend = "redis",
+    failover: FailoverManager = "lazarus",
+    ack: AckMode = "wait",
+    sentinel_timers: SentinelTimers | None = None,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
     supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
-    `control="etcd"`, the coordination store is a three-member etcd cluster."""
+    `control="etcd"`, the coordination store is a three-member etcd cluster. With
+    `failover="sentinel"` three Redis Sentinels (`sentinel_timers`) manage the shards instead
+    of controllers and sensors (none is started), and the API routes by what they decide;
+    `ack="async"` acknowledges enqueues without waiting for a replica."""
+    if failover == "sentinel" and control != "redis":
+        raise TestbedError("failover sentinel keeps the map in the control Redis: control redis")
+    min_replicas = 1 if ack == "wait" else 0
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -412,7 +434,12 @@ def up(
     # messages) must not leak into the next experiment.
     shutil.rmtree(directory / "redis", ignore_errors=True)
     cluster = LocalCluster.start(
-        directory / "redis", shards=shards, replicas=replicas, detached=True
+        directory / "redis",
+        shards=shards,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        detached=True,
+        node_args=sentinel_managed_args(min_replicas) if failover == "sentinel" else (),
     )
     nodes = [
         TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
@@ -423,8 +450,15 @@ def up(
     token = secrets.token_urlsafe(24)
     etcd: EtcdCluster | None = None
     address = StoreAddress(control_url=cluster.control.url)
-    api_args: list[str] = []
+    api_args: list[str] = ["--min-replicas", str(min_replicas)]
+    sentinels: list[TestbedNode] = []
     try:
+        if failover == "sentinel":
+            sentinels = start_testbed_sentinels(directory, cluster, sentinel_timers)
+            started += sentinels
+            addresses = ",".join(f"{n.host}:{n.port}" for n in sentinels)
+            api_args += ["--topology-backend", "sentinel", "--sentinels", addresses]
+            controllers, sensors = 0, False
         if control == "etcd":
             etcd = start_etcd_cluster(directory / "etcd", detached=True)
             started += [
@@ -434,7 +468,7 @@ def up(
             ]  # fmt: skip
             address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
             endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
-            api_args = ["--topology-backend", "etcd", *endpoints]
+            api_args += ["--topology-backend", "etcd", *endpoints]
             controller_args = [
                 "--coordination-backend",
                 "etcd",
@@ -469,6 +503,9 @@ def up(
         nodes=nodes,
         lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
         lazarus_token=token if lazarus else None,
+        failover=failover,
+        ack=ack,
+        sentinels=[f"{n.host}:{n.port}" for n in sentinels],
     )
     if supervise:
         where = str(directory.resolve())
@@ -477,6 +514,30 @@ def up(
         state.supervisor = SupervisorRecord(pid=process.pid)
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state
+
+
+def sentinel_managed_args(min_replicas: int) -> tuple[str, ...]:
+    """The flags of a shard node Sentinel manages: it announces its peer address to the
+    primary (so Sentinel and the replicas it reconfigures use the peer path, the one partition
+    experiments cut), and it carries the write quorum already, since Sentinel promotes a replica
+    as it is (it lifts no boot-time guard)."""
+    quorum = [arg for name, value in write_quorum(min_replicas).items()
+              for arg in (f"--{name}", str(value))]  # fmt: skip
+    return ("--replica-announce-ip", PEER_HOST, *quorum)
+
+
+def start_testbed_sentinels(
+    directory: Path, cluster: LocalCluster, timers: SentinelTimers | None
+) -> list[TestbedNode]:
+    """Three sentinels monitoring each shard (master name: the shard id) at its primary's peer
+    address, as the controllers would reach it."""
+    masters = {s.id: (s.primary.peer_host, s.primary.port) for s in cluster.shards}
+    started = start_sentinels(directory / "sentinel", masters, timers, detached=True)
+    return [
+        TestbedNode(name=s.name, role="sentinel", host=s.host, port=s.port, pid=s.pid,
+                    command=list(s.argv))
+        for s in started
+    ]  # fmt: skip
 
 
 def move_topology_to_etcd(cluster: LocalCluster, endpoints: str) -> StoreAddress:

@@ -25,7 +25,12 @@ app = typer.Typer(help="Per-number rate-limited queues on sharded Redis.", no_ar
 def serve(
     control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
     topology_backend: str = typer.Option(
-        None, envvar="RATEQUEUE_TOPOLOGY_BACKEND", help="where the topology is: redis | etcd"
+        None,
+        envvar="RATEQUEUE_TOPOLOGY_BACKEND",
+        help="where the topology is: redis | etcd | sentinel",
+    ),
+    sentinels: str = typer.Option(
+        None, "--sentinels", envvar="RATEQUEUE_SENTINELS", help="sentinels, host:port,host:port"
     ),
     etcd_endpoints: str = typer.Option(
         None, "--etcd-endpoints", envvar="RATEQUEUE_ETCD_ENDPOINTS", help="etcd URLs, a,b,c"
@@ -55,6 +60,7 @@ def serve(
             control_url=control,
             topology_backend=topology_backend,
             etcd_endpoints=etcd_endpoints,
+            sentinels=sentinels,
             min_replicas=min_replicas,
             wait_timeout_ms=wait_timeout_ms,
             max_body_bytes=max_body_bytes,

@@ -11,22 +11,29 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.errors import InvalidSetting
 from common.etcd_client import endpoints_setting
 from common.settings import parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
 from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
+from ratequeue.sentinel_topology import parse_sentinel_addresses
 
 
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     control_url: RedisUrlText = Field(description="redis:// URL of the control store")
-    topology_backend: Literal["redis", "etcd"] = Field(
-        "redis", description="where the topology is read and watched: the control store or etcd"
+    topology_backend: Literal["redis", "etcd", "sentinel"] = Field(
+        "redis",
+        description="where the topology is read and watched: the control store, etcd, or the "
+        "control store's map with the primaries Redis Sentinel names",
     )
     etcd_endpoints: str | None = Field(
         None, description="comma-separated client URLs of the etcd members (topology on etcd)"
+    )
+    sentinels: str | None = Field(
+        None, description="comma-separated host:port of the sentinels (topology on sentinel)"
     )
     min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
     wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
@@ -45,7 +52,18 @@ class ServiceSettings(BaseModel):
         settings = parse_settings(cls, values)
         if settings.topology_backend == "etcd":
             endpoints_setting(settings.etcd_endpoints)  # refused here, before the service starts
+        if settings.topology_backend == "sentinel":
+            settings.sentinel_addresses()
         return settings
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels to follow; InvalidSetting naming `sentinels` if they are not usable."""
+        try:
+            return parse_sentinel_addresses(self.sentinels or "")
+        except ValueError as error:
+            raise InvalidSetting(
+                f"sentinels: {error} (expected host:port,host:port for topology_backend sentinel)"
+            ) from None
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

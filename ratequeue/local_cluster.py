@@ -75,14 +75,19 @@ class ShardNode(RedisProcess):
 
 
 def start_node(
-    name: str, role: Role, shard: str | None, workdir: Path, **options: Unpack[StartOptions]
+    name: str,
+    role: Role,
+    shard: str | None,
+    workdir: Path,
+    extra_args: tuple[str, ...] = (),
+    **options: Unpack[StartOptions],
 ) -> ShardNode:
     """Start one node of the testbed and return when it answers PING. A shard node (role
     `primary` or `replica`) boots parked: it follows nothing and refuses writes until appointed
-    or attached.
+    or attached. `extra_args` follow the boot arguments (a later flag wins over an earlier one).
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
-    boot_args = tuple(boot_arguments()) if role in SHARD_ROLES else ()
+    boot_args = (*boot_arguments(), *extra_args) if role in SHARD_ROLES else extra_args
     return start_redis(
         name, role, shard, workdir, boot_args=boot_args, node_type=ShardNode, **options
     )
@@ -145,7 +150,9 @@ class LocalCluster:
         replicas: int = 2,
         min_replicas: int = 1,
         detached: bool = False,
+        node_args: tuple[str, ...] = (),
     ) -> LocalCluster:
+        """`node_args`: flags every shard node boots with after its boot arguments."""
         workdir.mkdir(parents=True, exist_ok=True)
         control = start_redis("control", "control", None, workdir, detached=detached)
         cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
@@ -153,15 +160,16 @@ class LocalCluster:
             for index in range(shards):
                 shard_id = f"s{index}"
                 primary = start_node(
-                    f"{shard_id}-primary", "primary", shard_id, workdir, detached=detached
-                )
+                    f"{shard_id}-primary", "primary", shard_id, workdir, node_args,
+                    detached=detached,
+                )  # fmt: skip
                 shard = ShardNodes(shard_id, primary, [])
                 cluster.shards.append(shard)
                 for r in range(replicas):
                     shard.replicas.append(
                         start_node(
                             f"{shard_id}-replica{r + 1}", "replica", shard_id, workdir,
-                            detached=detached,
+                            node_args, detached=detached,
                         )
                     )  # fmt: skip
             cluster.publish_initial_topology()

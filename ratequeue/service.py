@@ -45,6 +45,7 @@ from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
+from ratequeue.sentinel_topology import SentinelTopologySource
 from ratequeue.shard import RECEIPT_PATTERN, ShardStats, parse_receipt
 from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
@@ -180,10 +181,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if settings.topology_backend == "etcd"
         else None
     )
+    sentinel = (
+        SentinelTopologySource.over_control_store(
+            settings.control_url, settings.sentinel_addresses()
+        )
+        if settings.topology_backend == "sentinel"
+        else None
+    )
     client = AsyncRatequeueClient(
         settings.control_url,
         settings.client_settings(),
-        topology=EtcdTopologyStore(etcd) if etcd is not None else None,
+        topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
@@ -196,6 +204,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         await client.close()
         if etcd is not None:
             await etcd.aclose()
+        if sentinel is not None:
+            await sentinel.aclose()
         await reporter.drain()
         await reporter.control.aclose()
 
