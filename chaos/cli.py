@@ -36,6 +36,16 @@ class ControlChoice(StrEnum):
     etcd = "etcd"
 
 
+class FailoverChoice(StrEnum):
+    lazarus = "lazarus"
+    sentinel = "sentinel"
+
+
+class AckChoice(StrEnum):
+    wait = "wait"
+    async_ = "async"
+
+
 @testbed_app.command("up")
 def testbed_up(
     dir: Path = typer.Option(..., "--dir", help="directory for state, data and logs"),
@@ -49,8 +59,39 @@ def testbed_up(
     control: ControlChoice = typer.Option(
         ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
+    failover: FailoverChoice = typer.Option(
+        FailoverChoice.lazarus,
+        "--failover",
+        help="who fails shards over: the Lazarus controllers, or 3 Redis Sentinels (quorum 2; "
+        "then no controllers or sensors are started)",
+    ),
+    ack: AckChoice = typer.Option(
+        AckChoice.wait,
+        "--ack",
+        help="acknowledge an enqueue once a replica holds it (wait), or at once (async)",
+    ),
+    down_after_ms: int = typer.Option(
+        1000, "--down-after-ms", min=100, max=600_000, help="sentinel down-after-milliseconds"
+    ),
+    failover_timeout_ms: int = typer.Option(
+        10_000,
+        "--failover-timeout-ms",
+        min=1000,
+        max=3_600_000,
+        help="sentinel failover-timeout (ms)",
+    ),
+    parallel_syncs: int = typer.Option(
+        1, "--parallel-syncs", min=1, max=16, help="sentinel parallel-syncs"
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
+    from common.sentinel_processes import SentinelTimers
+
+    timers = SentinelTimers(
+        down_after_ms=down_after_ms,
+        failover_timeout_ms=failover_timeout_ms,
+        parallel_syncs=parallel_syncs,
+    )
     try:
         state = testbed_module.up(
             dir,
@@ -60,11 +101,16 @@ def testbed_up(
             sensors=sensors,
             supervise=supervise,
             control=control.value,
+            failover=failover.value,
+            ack=ack.value,
+            sentinel_timers=timers,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)
     store = f", etcd {state.etcd_endpoints}" if state.etcd_endpoints else ""
+    if state.sentinels:
+        store += f", sentinels {','.join(state.sentinels)} (ack {state.ack})"
     console.print(
         f"testbed up: API {state.api}, control {state.control}{store}, "
         f"{len(state.nodes)} processes; state in {where}"
@@ -163,6 +209,9 @@ def print_verdict(journal: object) -> None:
     for column in ("hypothesis", "expected", "measured", "ok"):
         table.add_column(column)
     for outcome in journal.hypotheses:
+        if outcome.skipped:
+            table.add_row(outcome.hypothesis, "", escape(outcome.skipped), "[yellow]SKIPPED[/]")
+            continue
         table.add_row(
             outcome.hypothesis,
             outcome.expected,
@@ -204,13 +253,19 @@ def run(
     control: ControlChoice = typer.Option(
         None, "--control", help="the embedded testbed's store, over each file's `control`"
     ),
+    failover: FailoverChoice = typer.Option(
+        None, "--failover", help="the embedded testbed's failover manager, over each file's"
+    ),
+    ack: AckChoice = typer.Option(
+        None, "--ack", help="the embedded testbed's enqueue acknowledgement, over each file's"
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
     import signal
     import threading
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
-    from chaos.experiments import load_experiment
+    from chaos.experiments import TestbedOverrides, load_experiment
     from chaos.journal import Journal
     from chaos.run_watchers import RunWatcher
     from chaos.schedule_metrics import ScheduleMetrics
@@ -223,9 +278,13 @@ def run(
     channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
-        backend = control.value if control is not None else None
+        overrides = TestbedOverrides(
+            control=control.value if control is not None else None,
+            failover=failover.value if failover is not None else None,
+            ack=ack.value if ack is not None else None,
+        )
         for path in experiments:
-            load_experiment(path, backend)
+            load_experiment(path, overrides)
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
@@ -284,7 +343,7 @@ def run(
                 on_journal=say_verdict,
                 max_runs=runs,
                 watchers=watchers,
-                control=backend,
+                overrides=overrides,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a

@@ -25,7 +25,7 @@ from pydantic import (
 from chaos.errors import ExperimentError
 from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
-from chaos.testbed import ControlBackend
+from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common import input_files
 from common.durations import DurationSeconds, parse_duration
 from common.validation import validated
@@ -233,6 +233,10 @@ class Rollback(Strict):
     action: Literal["resume_all", "remove_network_faults"]
 
 
+# Nodes a Sentinel-managed testbed does not have (nor an etcd cluster: its map is in Redis).
+SENTINEL_ABSENT_ROLES = frozenset({"controller", "sensor", "etcd_member"})
+
+
 class TestbedOptions(Strict):
     """How the embedded testbed is started for this experiment (ignored with --target)."""
 
@@ -256,6 +260,41 @@ class Experiment(Strict):
     control: ControlBackend = Field(
         "redis", description="the embedded testbed's coordination store (ignored with --target)"
     )
+    failover: FailoverManager = Field(
+        "lazarus",
+        description="who fails the embedded testbed's shards over: the Lazarus controllers or "
+        "Redis Sentinel (ignored with --target)",
+    )
+    ack: AckMode = Field(
+        "wait",
+        description="the embedded testbed's enqueue acknowledgement: once a replica holds it, "
+        "or at once (async; ignored with --target)",
+    )
+
+    @model_validator(mode="after")
+    def _sentinel_has_no_controllers(self) -> Experiment:
+        if self.failover != "sentinel":
+            return self
+        if self.control != "redis":
+            raise ValueError(
+                f"failover: sentinel keeps the map in the control Redis: it needs control: "
+                f"redis, not control: {self.control}"
+            )
+        selectors = [s.target for s in self.faults] + [
+            s.from_node for s in self.faults if s.from_node is not None
+        ]
+        absent = sorted({s.role for s in selectors} & SENTINEL_ABSENT_ROLES)
+        if absent:
+            raise ValueError(
+                f"failover: sentinel starts no {' or '.join(absent)}: a target of that role "
+                "needs failover: lazarus"
+            )
+        if any(isinstance(s, ApproveStep) or s.when != "now" for s in self.method):
+            raise ValueError(
+                "failover: sentinel runs no workflow: an approve step or a step `when` a "
+                "workflow runs or waits needs failover: lazarus"
+            )
+        return self
 
     @model_validator(mode="after")
     def _etcd_targets_need_etcd(self) -> Experiment:
@@ -273,18 +312,29 @@ class Experiment(Strict):
         return [s for s in self.method if isinstance(s, FaultStep)]
 
 
-def parse_experiment(text: str, source: str, control: ControlBackend | None = None) -> Experiment:
-    """The experiment in `text`; `control` (`chaos run --control`) overrides the file's, and is
-    checked with it (an etcd_member target on a Redis-only testbed is refused)."""
+class TestbedOverrides(Strict):
+    """What `chaos run` options set over every file's own (None: the file's)."""
+
+    control: ControlBackend | None = None
+    failover: FailoverManager | None = None
+    ack: AckMode | None = None
+
+
+def parse_experiment(
+    text: str, source: str, overrides: TestbedOverrides | None = None
+) -> Experiment:
+    """The experiment in `text`; `overrides` (`chaos run --control/--failover/--ack`) replace
+    the file's, and are checked with it (an etcd_member target on a Redis-only testbed, a
+    controller target under Sentinel, are refused)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )
-    if control is not None and isinstance(raw, dict):
-        raw = {**raw, "control": control}
+    if overrides is not None and isinstance(raw, dict):
+        raw = {**raw, **overrides.model_dump(exclude_none=True)}
     # The method's union tags are not fields a person wrote.
     return validated(Experiment, raw, source, error=ExperimentError, hide={"fault", "approve"})
 
 
-def load_experiment(path: Path, control: ControlBackend | None = None) -> Experiment:
+def load_experiment(path: Path, overrides: TestbedOverrides | None = None) -> Experiment:
     text = input_files.read_text(path, error=ExperimentError)
-    return parse_experiment(text, str(path), control)
+    return parse_experiment(text, str(path), overrides)

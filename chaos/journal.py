@@ -39,6 +39,9 @@ class ProbeOutcome(BaseModel):
     probe: str
     ok: bool
     detail: str
+    skipped: str | None = Field(
+        None, description="why it was not checked (then ok is False and no verdict counts it)"
+    )
 
 
 class HypothesisOutcome(BaseModel):
@@ -47,6 +50,13 @@ class HypothesisOutcome(BaseModel):
     expected: str
     measured: Any
     detail: str = ""
+    skipped: str | None = Field(
+        None, description="why it was not judged (then ok is False and the verdict leaves it out)"
+    )
+
+    @property
+    def judged(self) -> bool:
+        return self.skipped is None
 
 
 class Journal(BaseModel):
@@ -55,6 +65,12 @@ class Journal(BaseModel):
     experiment_file: str | None = None
     deployment: str
     environment: str
+    failover: Literal["lazarus", "sentinel"] = Field(
+        "lazarus", description="who failed the deployment's shards over"
+    )
+    ack: Literal["wait", "async"] | None = Field(
+        None, description="the enqueue acknowledgement (None: a target that does not say)"
+    )
     started_at: float
     ended_at: float | None = None
     dry_run: bool = False

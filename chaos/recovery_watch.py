@@ -1,11 +1,12 @@
 """Placing what the controllers did on a run's timeline (the first sensor event, the decision,
-the promotion, the topology published, the first acknowledged write after the fault) and
-telling when the expected outcome is reached. Not for: reading the controllers (see
-`controller_answers`).
+the promotion, the topology published, the first acknowledged write after the fault), or, under
+Sentinel, the promotion the map shows, and telling when the expected outcome is reached. Not
+for: reading the controllers (see `controller_answers`).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from lazarus_lite.steps.ratequeue_promotion import (
     TopologyPublished,
 )
 from lazarus_lite.workflow.records import WorkflowRecord
+from ratequeue.topology import Topology
 
 # Timeline marks of the Ratequeue failover's steps: (step, its output model, the mark's name).
 STEP_MARKS: tuple[tuple[str, type[CandidatePromoted] | type[TopologyPublished], str], ...] = (
@@ -73,13 +75,29 @@ def _promoted(
         return str(output.get("primary", ""))
 
 
+def mark_sentinel_switch(
+    journal: Journal, before: Topology, now: Topology, watched: set[str], fault_at: float
+) -> None:
+    """Under Sentinel there is no workflow to read: the promotion is seen when every watched
+    shard's primary in the map (the one Sentinel names) is another node than before."""
+    switched = {s: now.shard(s).primary.name for s in watched
+                if now.shard(s).primary.name != before.shard(s).primary.name}  # fmt: skip
+    if watched and len(switched) == len(watched):
+        detail = ", ".join(f"{shard}: {name}" for shard, name in sorted(switched.items()))
+        journal.mark("promotion", time.time(), fault_at, detail)
+
+
 def outcome_reached(
     expect: str,
     journal: Journal,
     decisions: list[AuditRecord],
     workflows: list[WorkflowRecord],
     faulted: set[str],
+    failover: str = "lazarus",
 ) -> bool:
+    if expect == "remediation" and failover == "sentinel":
+        promoted = journal.moment("promotion") is not None
+        return promoted and journal.moment("first_acknowledged_write") is not None
     if expect == "remediation":
         done = [w for w in workflows if w.status != "running"]
         return bool(done) and journal.moment("first_acknowledged_write") is not None

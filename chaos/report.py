@@ -127,7 +127,10 @@ def render_html(journals: list[Journal]) -> str:
     runs = []
     for j in reversed(journals):
         hypotheses = "".join(
-            f"<li class='{'passed' if h.ok else 'failed'}'>{html.escape(h.hypothesis)}: "
+            f"<li class='skipped'>{html.escape(h.hypothesis)}: SKIPPED — "
+            f"{html.escape(h.skipped)}</li>"
+            if h.skipped
+            else f"<li class='{'passed' if h.ok else 'failed'}'>{html.escape(h.hypothesis)}: "
             f"measured {html.escape(str(h.measured))}, expected {html.escape(h.expected)}"
             f"{' — ' + html.escape(h.detail) if h.detail else ''}</li>"
             for h in j.hypotheses
@@ -154,8 +157,9 @@ def render_html(journals: list[Journal]) -> str:
             for f in j.faults
         )
         probes = "".join(
-            f"<li>{stage}: {html.escape(p.probe)} {'ok' if p.ok else 'FAILED'} "
-            f"({html.escape(p.detail)})</li>"
+            f"<li>{stage}: {html.escape(p.probe)} "
+            f"{'SKIPPED' if p.skipped else 'ok' if p.ok else 'FAILED'} "
+            f"({html.escape(p.skipped or p.detail)})</li>"
             for stage, outcomes in (
                 ("before", j.steady_state_before),
                 ("after", j.steady_state_after),
@@ -168,6 +172,7 @@ def render_html(journals: list[Journal]) -> str:
         runs.append(
             f"<section><h2>{html.escape(j.experiment)} <small>{_when(j.started_at)} · "
             f"{html.escape(j.run_id)} · shard {html.escape(j.shard or '-')} · "
+            f"failover {j.failover}{f' (ack {j.ack})' if j.ack else ''} · "
             f"<span class='{j.verdict}'>{j.verdict}</span></small></h2>"
             + (f"<h3>Plan</h3><ul>{plan}</ul>" if plan else "")
             + (f"<h3>Faults</h3><ul>{faults}</ul>" if faults else "")
@@ -185,6 +190,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 960px; }}
 table {{ border-collapse: collapse; }}
 td, th {{ padding: 4px 10px; border-bottom: 1px solid #eee; }}
 .passed {{ color: #2ca02c; }} .failed, .aborted {{ color: #d62728; }}
+.skipped {{ color: #888; }}
 section {{ border-top: 2px solid #eee; margin-top: 2em; }}
 small {{ color: #666; font-weight: normal; }}
 </style></head><body>
@@ -220,7 +226,7 @@ def render_markdown(journals: list[Journal]) -> str:
     if failed:
         lines += ["", "## Runs that did not pass", ""]
         for j in failed:
-            bad = [h for h in j.hypotheses if not h.ok]
+            bad = [h for h in j.hypotheses if h.judged and not h.ok]
             reasons = "; ".join(
                 f"{h.hypothesis} measured {h.measured} (expected {h.expected})" for h in bad
             ) or "; ".join(j.errors)

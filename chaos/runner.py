@@ -10,6 +10,7 @@ faults' mechanics (see `chaos.faults`).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
@@ -21,16 +22,16 @@ from pathlib import Path
 import httpx
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
-from chaos.errors import RunAborted
+from chaos.errors import RunAborted, TargetError
 from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
-from chaos.hypotheses import Observations, evaluate
+from chaos.hypotheses import Observations, evaluate, verdict_ok
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
-from chaos.recovery_watch import outcome_reached, update_timeline
+from chaos.recovery_watch import mark_sentinel_switch, outcome_reached, update_timeline
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.topology import Topology
@@ -83,7 +84,7 @@ class ExperimentRunner:
             choice = ShardChoice([s.id for s in before.shards], self.rng)
             self._plan_into(journal, experiment, choice)
             journal.steady_state_before = self.probes.check(experiment.steady_state)
-            if not all(p.ok for p in journal.steady_state_before):
+            if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
 
             profile = LoadProfile(
@@ -160,6 +161,8 @@ class ExperimentRunner:
             experiment_file=source,
             deployment=self.deployment.name,
             environment=self.deployment.environment,
+            failover=self.deployment.failover,
+            ack=self.deployment.ack,
             started_at=started,
             dry_run=dry_run,
         )
@@ -204,7 +207,12 @@ class ExperimentRunner:
             decisions, workflows = self.controllers.decisions(fault_at, faulted)
             watched = self.faults.primary_faulted or faulted
             update_timeline(journal, load, decisions, workflows, watched, fault_at)
-            if outcome_reached(experiment.expect, journal, decisions, workflows, faulted):
+            failover = self.deployment.failover
+            if failover == "sentinel" and self._topology_before is not None:
+                with contextlib.suppress(TargetError):  # Sentinel unreachable: look again
+                    now = self.deployment.topology()
+                    mark_sentinel_switch(journal, self._topology_before, now, watched, fault_at)
+            if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)
         if self.stop.is_set():
@@ -233,10 +241,15 @@ class ExperimentRunner:
         journal.steady_state_after = self.probes.check(
             [p for p in experiment.steady_state if p.after]
         )
-        journal.hypotheses = evaluate(experiment.hypotheses, observations)
-        ok = all(h.ok for h in journal.hypotheses) and all(p.ok for p in journal.steady_state_after)
+        journal.hypotheses = evaluate(experiment.hypotheses, observations, self.deployment.failover)
+        ok = verdict_ok(journal.hypotheses) and all(
+            p.ok or p.skipped for p in journal.steady_state_after
+        )
         journal.verdict = "passed" if ok else "failed"
         for outcome in journal.hypotheses:
+            if outcome.skipped:
+                self.say(f"hypothesis {outcome.hypothesis}: SKIPPED ({outcome.skipped})")
+                continue
             self.say(
                 f"hypothesis {outcome.hypothesis}: {'ok' if outcome.ok else 'FAILED'} "
                 f"(measured {outcome.measured}, expected {outcome.expected})"

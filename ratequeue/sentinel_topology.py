@@ -26,18 +26,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ratequeue.errors import RatequeueError
+from ratequeue.errors import ManagedBySentinel
 from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, TopologyStore
 
 log = logging.getLogger(__name__)
 SWITCH_MASTER = "+switch-master"
-
-
-class ManagedBySentinel(RatequeueError):
-    """A change to a map whose primaries Sentinel chooses."""
-
-    code = "managed_by_sentinel"
-    http_status = 409
 
 
 def parse_sentinel_addresses(text: str) -> list[tuple[str, int]]:
