@@ -315,6 +315,8 @@ class Experiment(Strict):
 class TestbedOverrides(Strict):
     """What `chaos run` options set over every file's own (None: the file's)."""
 
+    __test__ = False  # not a pytest test class
+
     control: ControlBackend | None = None
     failover: FailoverManager | None = None
     ack: AckMode | None = None
