@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import RedisStartError
 from common.nodes import CLIENT_HOST
-from common.redis_processes import die_with_parent, free_port, log_tail, redis_server_binary
+from common.redis_processes import free_port, log_tail, redis_server_binary, spawn_server
 
 # Masters are agreed down by two of the three sentinels a deployment runs.
 QUORUM = 2
@@ -121,12 +120,7 @@ def start_sentinel(
         port = free_port((CLIENT_HOST,))
         config.write_text(sentinel_config(port, directory, masters, timers or SentinelTimers()))
         argv = sentinel_command(config)
-        kwargs: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        if detached:
-            kwargs["start_new_session"] = True
-        elif threading.current_thread() is threading.main_thread():
-            kwargs["preexec_fn"] = die_with_parent
-        process = subprocess.Popen(argv, **kwargs)
+        process = spawn_server(argv, detached=detached)
         sentinel = SentinelProcess(name, port, directory, process.pid, tuple(argv), process)
         if _answers(sentinel, process, timeout):
             if detached:

@@ -5,12 +5,7 @@ async` acknowledges enqueues that no replica holds yet; `down` stops the sentine
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,26 +13,14 @@ import pytest
 import redis
 
 from chaos import testbed
-from chaos.processes import running
-from chaos.testbed import TestbedState, running_testbed
+from chaos.testbed import AckMode, TestbedState, running_testbed
 from common.sentinel_processes import QUORUM, SentinelTimers
-from tests.e2e.support import send, topology, wait_for
+from tests.e2e.support import cli_testbed, send, topology, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 # Small timers, so Sentinel agrees and promotes within seconds (down-after + an election).
 FAST = SentinelTimers(down_after_ms=500, failover_timeout_ms=5000)
 
 pytestmark = pytest.mark.slow  # each test starts a testbed: redis nodes, sentinels, the API
-
-
-def chaos(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "chaos", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
 
 
 def sentinel_view(address: str, shard: str) -> dict:
@@ -57,28 +40,9 @@ def enqueue(state: TestbedState, number: str, message_id: str) -> httpx.Response
 def test_a_sentinel_testbed_runs_three_sentinels_and_no_controllers_and_down_stops_them(
     tmp_path: Path,
 ) -> None:
-    directory = tmp_path / "bed"
-    state_file = directory / "testbed.json"
-    nodes: list[dict] = []
-    try:
-        up = chaos(
-            "testbed",
-            "up",
-            "--dir",
-            str(directory),
-            "--shards",
-            "2",
-            "--replicas",
-            "2",
-            "--failover",
-            "sentinel",
-            "--down-after-ms",
-            "700",
-            "--no-supervise",
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        state = TestbedState.model_validate(json.loads(state_file.read_text()))
-        nodes = [node.model_dump() for node in state.nodes]
+    options = ["--shards", "2", "--replicas", "2", "--no-supervise"]
+    sentinel = ["--failover", "sentinel", "--down-after-ms", "700"]
+    with cli_testbed(tmp_path / "bed", *options, *sentinel) as state:
         sentinels = [n for n in state.nodes if n.role == "sentinel"]
         assert len(sentinels) == 3 and all(testbed.process_alive(n) for n in sentinels)
         assert not [n for n in state.nodes if n.role in {"lazarus", "sensor"}]
@@ -98,16 +62,6 @@ def test_a_sentinel_testbed_runs_three_sentinels_and_no_controllers_and_down_sto
                 assert (view["port"], view["quorum"]) == (shard.primary.port, QUORUM)
                 assert view["down-after-milliseconds"] == 700
         assert enqueue(state, "+14155550100", "m-1").status_code == 201
-    finally:
-        if state_file.exists():
-            down = chaos("testbed", "down", "--dir", str(directory))
-            assert down.returncode == 0, down.stdout + down.stderr
-        left = [node for node in nodes if running(node["pid"])]
-        for node in left:  # should `down` fail, still stop what `up` started
-            with contextlib.suppress(ValueError, ProcessLookupError):
-                if testbed.process_alive(testbed.TestbedNode.model_validate(node)):
-                    os.kill(node["pid"], signal.SIGKILL)
-    assert not left, left
 
 
 def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_one(
@@ -142,36 +96,18 @@ def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_
             assert new_primary.info("replication")["role"] == "master"
 
 
-def test_async_acknowledgement_takes_an_enqueue_no_replica_holds(tmp_path: Path) -> None:
-    with running_testbed(
-        tmp_path / "bed",
-        shards=1,
-        replicas=1,
-        failover="sentinel",
-        ack="async",
-        sentinel_timers=SentinelTimers(down_after_ms=60_000),
-    ) as state:
+@pytest.mark.parametrize(("ack", "status"), [("async", 201), ("wait", 503)])
+def test_an_enqueue_no_replica_holds_is_acknowledged_only_with_async_acknowledgement(
+    tmp_path: Path, ack: AckMode, status: int
+) -> None:
+    # Sentinel must not fail over meanwhile: its down-after is far longer than the test.
+    calm = SentinelTimers(down_after_ms=60_000)
+    with running_testbed(tmp_path / "bed", shards=1, replicas=1, failover="sentinel", ack=ack,
+                         sentinel_timers=calm) as state:  # fmt: skip
         replica = topology(state).shard("s0").replicas[0]
         send(state, replica.name, signal.SIGSTOP)  # it acknowledges nothing now
         try:
             answer = enqueue(state, "+14155550100", "unreplicated")
         finally:
             send(state, replica.name, signal.SIGCONT)
-        assert answer.status_code == 201, answer.text
-
-
-def test_wait_acknowledgement_refuses_an_enqueue_no_replica_holds(tmp_path: Path) -> None:
-    with running_testbed(
-        tmp_path / "bed",
-        shards=1,
-        replicas=1,
-        failover="sentinel",
-        sentinel_timers=SentinelTimers(down_after_ms=60_000),
-    ) as state:
-        replica = topology(state).shard("s0").replicas[0]
-        send(state, replica.name, signal.SIGSTOP)
-        try:
-            answer = enqueue(state, "+14155550100", "unreplicated")
-        finally:
-            send(state, replica.name, signal.SIGCONT)
-        assert answer.status_code == 503, answer.text
+        assert answer.status_code == status, answer.text
