@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import RedisStartError
 from common.nodes import CLIENT_HOST
-from common.redis_processes import free_port, log_tail, redis_server_binary, spawn_server
+from common.redis_processes import free_port, log_tail, spawn_server
 
 # Masters are agreed down by two of the three sentinels a deployment runs.
 QUORUM = 2
@@ -79,10 +79,15 @@ class SentinelProcess:
 
 
 def sentinel_command(config: Path) -> list[str]:
+    """`redis-sentinel CONFIG`: that program name (not `redis-server --sentinel`) is what the
+    testbed checks a sentinel's pid against (`common.nodes.PROGRAMS_OF_ROLE`)."""
     binary = shutil.which("redis-sentinel")
-    if binary is not None:
-        return [binary, str(config)]
-    return [redis_server_binary(), str(config), "--sentinel"]
+    if binary is None:
+        raise RedisStartError(
+            "redis-sentinel not found: install the Debian package 'redis-sentinel' "
+            "(apt-get install redis-sentinel)"
+        )
+    return [binary, str(config)]
 
 
 def sentinel_config(
