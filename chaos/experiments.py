@@ -274,6 +274,11 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _sentinel_has_no_controllers(self) -> Experiment:
         if self.failover != "sentinel":
+            if self.ack == "async":
+                raise ValueError(
+                    "ack: async is Sentinel's acknowledgement: it needs failover: sentinel "
+                    "(the Lazarus controllers appoint every primary with the write quorum)"
+                )
             return self
         if self.control != "redis":
             raise ValueError(

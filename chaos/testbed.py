@@ -424,6 +424,9 @@ def up(
     `ack="async"` acknowledges enqueues without waiting for a replica."""
     if failover == "sentinel" and control != "redis":
         raise TestbedError("failover sentinel keeps the map in the control Redis: control redis")
+    if ack == "async" and failover != "sentinel":
+        # The controllers appoint every primary with the write quorum: they would restore it.
+        raise TestbedError("ack async is Sentinel's acknowledgement: it needs failover sentinel")
     min_replicas = 1 if ack == "wait" else 0
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():

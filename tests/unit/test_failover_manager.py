@@ -9,9 +9,12 @@ tests/test_scenarios_on_both_managers.py start real sentinels).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from chaos.errors import ExperimentError
+from chaos import testbed
+from chaos.errors import ExperimentError, TestbedError
 from chaos.experiments import (
     Escalated,
     NotRemediated,
@@ -50,6 +53,7 @@ def test_the_run_s_options_override_the_file_s_manager_and_acknowledgement() -> 
     [
         (experiment(failover="zookeeper"), "failover"),
         (experiment(ack="sometimes"), "ack"),
+        (experiment(ack="async"), "needs failover: sentinel"),
         (experiment(failover="sentinel", control="etcd"), "needs control: redis"),
         (experiment("{action: kill, target: {role: controller}}", failover="sentinel"),
          "starts no controller"),
@@ -122,3 +126,18 @@ def test_the_api_refuses_to_follow_sentinel_without_usable_addresses(sentinels: 
         ServiceSettings.parse(
             control_url="redis://127.0.0.1:6379/0", topology_backend="sentinel", sentinels=sentinels
         )
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"failover": "sentinel", "control": "etcd"}, "control redis"),
+        ({"failover": "lazarus", "ack": "async"}, "needs failover sentinel"),
+    ],
+)
+def test_a_testbed_sentinel_cannot_manage_is_refused_before_anything_starts(
+    tmp_path: Path, options: dict, problem: str
+) -> None:
+    with pytest.raises(TestbedError, match=problem):
+        testbed.up(tmp_path, **options)
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "testbed.json").exists()
