@@ -1,5 +1,6 @@
 """`chaos report DIR`: one self-contained HTML page (a timeline chart per run, drawn as inline
-SVG, and the recovery-time trend across runs) and a markdown summary, from the run journals, so
+SVG, the recovery-time trend across runs, and experiments run under both failover managers side
+by side: `comparison`) and a markdown summary, from the run journals, so
 someone who was not there can read what happened. Not for: running anything."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import html
 from datetime import UTC, datetime
 from pathlib import Path
 
+from chaos.comparison import comparison_html, comparison_markdown
 from chaos.journal import TIMELINE_ORDER, Journal, read_journals
 
 COLOURS = {
@@ -199,6 +201,7 @@ small {{ color: #666; font-weight: normal; }}
 acknowledged write on the shard whose primary was hit (blank: the run measured none, e.g. an
 experiment where nothing was expected to fail over).</p>
 <h2>Recovery time across runs</h2>{trend_svg(journals)}
+{comparison_html(journals, COLOURS)}
 <h2>Runs</h2><table><tr><th>started</th><th>experiment</th><th>shard</th><th>verdict</th>
 <th>recovery</th><th>acknowledged</th><th>lost</th></tr>{rows}</table>
 {"".join(runs)}
@@ -222,6 +225,7 @@ def render_markdown(journals: list[Journal]) -> str:
             f"| {recovery} | {j.load.get('acknowledged', '')} | "
             f"{j.load.get('lost', '')} |"
         )
+    lines += comparison_markdown(journals)
     failed = [j for j in journals if j.verdict != "passed"]
     if failed:
         lines += ["", "## Runs that did not pass", ""]

@@ -1,0 +1,78 @@
+"""`chaos report`'s side-by-side section: an experiment run under more than one failover manager
+gets a row per manager (its latest completed run) with lost, recovery, duplicates, the rate's
+overshoot and one primary per shard, and the managers' timelines on one axis; a skipped
+hypothesis is never shown as held.
+
+Not for: producing the journals (tests/test_scenarios_on_both_managers.py runs both managers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chaos.comparison import side_by_side
+from chaos.journal import HypothesisOutcome, Journal
+from chaos.report import write_report
+
+PARTITION = "Cut a shard primary off"
+
+
+def run(run_id: str, started: float, failover: str, ack: str | None, lost: int,
+        experiment: str = PARTITION, status: str = "completed") -> Journal:  # fmt: skip
+    journal = Journal(run_id=run_id, experiment=experiment, deployment="local", environment="dev",
+                      started_at=started, failover=failover, ack=ack, status=status,
+                      verdict="passed" if lost == 0 else "failed")  # fmt: skip
+    journal.mark("fault_injected", started, started)
+    journal.mark("promotion", started + 2.5, started, "s0: s0-replica1")
+    journal.mark("first_acknowledged_write", started + 0.05, started, "s0")
+    journal.load = {"acknowledged": 400, "lost": lost, "duplicates": 0}
+    journal.hypotheses = [
+        HypothesisOutcome(hypothesis="acknowledged_lost", ok=lost == 0, expected="<= 0",
+                          measured=lost),
+        HypothesisOutcome(hypothesis="one_primary_per_shard", ok=True, expected="1",
+                          measured={"s0": ["x"]}),
+        HypothesisOutcome(hypothesis="rate_limits_held", ok=False, expected="-", measured=None,
+                          skipped="not judged here"),
+    ]  # fmt: skip
+    return journal
+
+
+def test_each_manager_s_latest_completed_run_of_an_experiment_is_compared() -> None:
+    journals = [
+        run("old-lazarus", 1.0, "lazarus", "wait", lost=3),
+        run("lazarus", 2.0, "lazarus", "wait", lost=0),
+        run("sentinel", 3.0, "sentinel", "async", lost=16),
+        run("aborted", 4.0, "sentinel", "async", lost=0, status="aborted"),
+        run("alone", 5.0, "lazarus", "wait", lost=0, experiment="Kill a primary"),
+    ]
+    compared = side_by_side(journals)
+    assert list(compared) == [PARTITION]  # one manager only: nothing to compare
+    rows = compared[PARTITION]
+    assert [(r.manager, r.journal.run_id) for r in rows] == [
+        ("lazarus, ack wait", "lazarus"),
+        ("sentinel, ack async", "sentinel"),
+    ]
+    lazarus, sentinel = (r.cells() for r in rows)
+    assert lazarus[3] == "0" and sentinel[3] == "16"  # lost
+    assert sentinel[4] == "0.05"  # recovery: the cut-off primary kept acknowledging
+    assert sentinel[6] == "-"  # a skipped hypothesis is shown as not measured
+    assert sentinel[7] == "yes"
+
+
+def test_the_report_shows_the_managers_side_by_side_with_one_timeline_axis(tmp_path: Path) -> None:
+    run("lazarus", 2.0, "lazarus", "wait", lost=0).write(tmp_path)
+    run("sentinel", 3.0, "sentinel", "async", lost=16).write(tmp_path)
+    page_path, summary_path = write_report(tmp_path)
+    page = page_path.read_text()
+    assert "Failover managers side by side" in page
+    assert 'aria-label="timelines of the managers on one axis"' in page
+    assert "sentinel, ack async" in page and "lazarus, ack wait" in page
+    summary = summary_path.read_text()
+    assert "| sentinel, ack async | failed | 400 | 16 |" in summary
+    assert "| lazarus, ack wait | passed | 400 | 0 |" in summary
+
+
+def test_a_report_of_one_manager_has_no_side_by_side_section(tmp_path: Path) -> None:
+    run("lazarus", 2.0, "lazarus", "wait", lost=0).write(tmp_path)
+    page_path, summary_path = write_report(tmp_path)
+    assert "side by side" not in page_path.read_text() + summary_path.read_text()
