@@ -2,7 +2,7 @@
 under more than one manager (Lazarus, Sentinel with either acknowledgement), its latest run under
 each, with what differs where it matters (acknowledged writes lost, recovery time, duplicates,
 how much earlier than its rate a delivery came, one primary per shard) and the runs' timelines
-drawn on one axis. `chaos report` puts it on its page and in its summary.
+drawn on one axis. `ratequeue-chaos report` puts it on its page and in its summary.
 
 Not for: one run's own page (`report`), or running anything.
 """

@@ -318,7 +318,7 @@ class Experiment(Strict):
 
 
 class TestbedOverrides(Strict):
-    """What `chaos run` options set over every file's own (None: the file's)."""
+    """What `ratequeue-chaos run` options set over every file's own (None: the file's)."""
 
     __test__ = False  # not a pytest test class
 
@@ -330,9 +330,9 @@ class TestbedOverrides(Strict):
 def parse_experiment(
     text: str, source: str, overrides: TestbedOverrides | None = None
 ) -> Experiment:
-    """The experiment in `text`; `overrides` (`chaos run --control/--failover/--ack`) replace
-    the file's, and are checked with it (an etcd_member target on a Redis-only testbed, a
-    controller target under Sentinel, are refused)."""
+    """The experiment in `text`; `overrides` (`ratequeue-chaos run --control/--failover/--ack`)
+    replace the file's, and are checked with it (an etcd_member target on a Redis-only testbed,
+    a controller target under Sentinel, are refused)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )

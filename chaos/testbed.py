@@ -32,7 +32,7 @@ from typing import Literal, TypedDict, Unpack
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chaos.errors import TestbedError
+from chaos.errors import FaultError, TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
 from common.etcd_processes import EtcdCluster, start_etcd_cluster
@@ -398,6 +398,13 @@ class UpOptions(TypedDict, total=False):
     failover: FailoverManager
     ack: AckMode
     sentinel_timers: SentinelTimers | None
+    api_workers: int
+    shard_maxmemory: str | None
+
+
+# Each shard node's memory limit in the testbed (`--shard-maxmemory`): far above what an
+# experiment queues, low enough that a runaway load fills a shard, not the machine.
+TESTBED_SHARD_MAXMEMORY = "1gb"
 
 
 def up(
@@ -414,14 +421,19 @@ def up(
     failover: FailoverManager = "lazarus",
     ack: AckMode = "wait",
     sentinel_timers: SentinelTimers | None = None,
+    api_workers: int = 1,
+    shard_maxmemory: str | None = TESTBED_SHARD_MAXMEMORY,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
     supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
-    `control="etcd"`, the coordination store is a three-member etcd cluster. With
-    `failover="sentinel"` three Redis Sentinels (`sentinel_timers`) manage the shards instead
-    of controllers and sensors (none is started), and the API routes by what they decide;
-    `ack="async"` acknowledges enqueues without waiting for a replica."""
+    `control="etcd"`, the coordination store is a three-member etcd cluster; `api_workers` is
+    the API's worker processes (1 by default: two cores are shared by every process of the
+    testbed, and one API process is what the experiments' kill and restart faults target);
+    `shard_maxmemory` caps each shard node's memory (a full shard refuses writes, never evicts).
+    With `failover="sentinel"` three Redis Sentinels (`sentinel_timers`) manage the shards
+    instead of controllers and sensors (none is started), and the API routes by what they
+    decide; `ack="async"` acknowledges enqueues without waiting for a replica."""
     if failover == "sentinel" and control != "redis":
         raise TestbedError("failover sentinel keeps the map in the control Redis: control redis")
     if ack == "async" and failover != "sentinel":
@@ -442,6 +454,7 @@ def up(
         replicas=replicas,
         min_replicas=min_replicas,
         detached=True,
+        maxmemory=shard_maxmemory,
         node_args=sentinel_managed_args(min_replicas) if failover == "sentinel" else (),
     )
     nodes = [
@@ -453,7 +466,9 @@ def up(
     token = secrets.token_urlsafe(24)
     etcd: EtcdCluster | None = None
     address = StoreAddress(control_url=cluster.control.url)
-    api_args: list[str] = ["--min-replicas", str(min_replicas)]
+    if shard_maxmemory is not None:  # the replacements the controllers start get it too
+        controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
+    api_args: list[str] = ["--workers", str(api_workers), "--min-replicas", str(min_replicas)]
     sentinels: list[TestbedNode] = []
     try:
         if failover == "sentinel":
@@ -478,6 +493,7 @@ def up(
                 *endpoints,
                 *(controller_args or []),
             ]
+            sensor_args = [*endpoints, *(sensor_args or [])]
         api = start_api(directory, cluster.control.url, api_args)
         started.append(api)
         register_in_balancer(address, "ratequeue-api", api)
@@ -584,9 +600,17 @@ def _stop_pid(pid: int, alive: Callable[[], bool], timeout: float = 5.0) -> None
             os.kill(pid, signal.SIGKILL)
 
 
-def down(directory: Path) -> list[str]:
-    """Stop every process the testbed in `directory` started; returns their names."""
+def down(directory: Path, say: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Stop every process the testbed in `directory` started; returns their names. First the
+    blackholes a chaos run that died left on them are undone (`say` names each), so no rule or
+    cgroup of theirs outlives them to catch whatever takes their ports next."""
     state = load_state(directory)
+    from chaos.faults.local.backend import LocalFaultBackend
+
+    with contextlib.suppress(FaultError):
+        pids = [n.pid for n in state.nodes if n.pid is not None and process_alive(n)]
+        for undone in LocalFaultBackend().remove_leftovers(pids):
+            say(undone)
     stopped = []
     # The supervisor first, so it does not start again what is being stopped.
     supervisor = state.supervisor

@@ -22,6 +22,7 @@ from common.nodes import SHARD_ROLES, Role
 from common.redis_processes import RedisProcess, StartOptions, start_redis
 from ratequeue.membership import (
     boot_arguments,
+    memory_limit,
     required_replicas,
     settled_lineage,
     write_quorum,
@@ -49,7 +50,7 @@ class ShardNode(RedisProcess):
         """Start the node again on the same port and data directory (a shard node boots
         parked, however it was started), then, with `replica_of`, attach it to that primary."""
         if self.role in SHARD_ROLES:  # no shard node ever boots writable (docs/membership.md)
-            self.boot_args = tuple(boot_arguments())
+            self.boot_args = tuple(boot_arguments(memory_limit(self.boot_args)))
         super().restart(timeout=timeout)
         if replica_of is not None:
             self.attach_to(replica_of)
@@ -79,15 +80,18 @@ def start_node(
     role: Role,
     shard: str | None,
     workdir: Path,
+    *,
+    maxmemory: str | None = None,
     extra_args: tuple[str, ...] = (),
     **options: Unpack[StartOptions],
 ) -> ShardNode:
     """Start one node of the testbed and return when it answers PING. A shard node (role
     `primary` or `replica`) boots parked: it follows nothing and refuses writes until appointed
-    or attached. `extra_args` follow the boot arguments (a later flag wins over an earlier one).
+    or attached; with `maxmemory` it refuses writes at that size (it never evicts). `extra_args`
+    follow the boot arguments (a later flag wins over an earlier one).
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
-    boot_args = (*boot_arguments(), *extra_args) if role in SHARD_ROLES else extra_args
+    boot_args = (*boot_arguments(maxmemory), *extra_args) if role in SHARD_ROLES else extra_args
     return start_redis(
         name, role, shard, workdir, boot_args=boot_args, node_type=ShardNode, **options
     )
@@ -150,9 +154,12 @@ class LocalCluster:
         replicas: int = 2,
         min_replicas: int = 1,
         detached: bool = False,
+        maxmemory: str | None = None,
         node_args: tuple[str, ...] = (),
     ) -> LocalCluster:
-        """`node_args`: flags every shard node boots with after its boot arguments."""
+        """`maxmemory`: each shard node's memory limit (`membership.boot_arguments`); None for
+        none (benchmarks load data sets of a gigabyte). `node_args`: flags every shard node
+        boots with after its boot arguments."""
         workdir.mkdir(parents=True, exist_ok=True)
         control = start_redis("control", "control", None, workdir, detached=detached)
         cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
@@ -160,8 +167,8 @@ class LocalCluster:
             for index in range(shards):
                 shard_id = f"s{index}"
                 primary = start_node(
-                    f"{shard_id}-primary", "primary", shard_id, workdir, node_args,
-                    detached=detached,
+                    f"{shard_id}-primary", "primary", shard_id, workdir, detached=detached,
+                    maxmemory=maxmemory, extra_args=node_args,
                 )  # fmt: skip
                 shard = ShardNodes(shard_id, primary, [])
                 cluster.shards.append(shard)
@@ -169,7 +176,7 @@ class LocalCluster:
                     shard.replicas.append(
                         start_node(
                             f"{shard_id}-replica{r + 1}", "replica", shard_id, workdir,
-                            node_args, detached=detached,
+                            detached=detached, maxmemory=maxmemory, extra_args=node_args,
                         )
                     )  # fmt: skip
             cluster.publish_initial_topology()

@@ -102,7 +102,7 @@ end
 ENQUEUE_BATCH = (
     _PRELUDE
     + r"""
--- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, then per message:
+-- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, max_number_segments, then per message:
 --       id, number, segments, default_rate ("rate:burst"), body
 -- Returns per message {status, detail}: status ok | duplicate | conflict | full.
 local refused = check_fence(ARGV[1])
@@ -110,10 +110,11 @@ if refused then return refused end
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local max_queue_seconds = tonumber(ARGV[3])
+local max_number_segments = tonumber(ARGV[4])
 local w = math.floor(now / 1000 / window)
 local seen_now, seen_before = 'rq:seen:' .. w, 'rq:seen:' .. (w - 1)
 local results = {}
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local id, number, segments, default_raw, body =
     ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   local key = number .. '/' .. id
@@ -148,10 +149,14 @@ for i = 4, #ARGV, 5 do
     local per_second, burst = rate_of(number, default_raw)
     local held = tonumber(redis.call('HGET', 'rq:seg', number) or '0')
     local capacity = math.floor(per_second * max_queue_seconds)
+    local limit = max_queue_seconds .. ' s of sending at ' .. per_second .. '/s'
+    if capacity > max_number_segments then
+      capacity, limit = max_number_segments, 'the most segments one number may hold'
+    end
     if held + segments > capacity then
       results[#results + 1] = {'full', 'queue for ' .. number .. ' holds ' .. held ..
         ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
-        ' (' .. max_queue_seconds .. ' s of sending at ' .. per_second .. '/s)'}
+        ' (' .. limit .. ')'}
     else
       redis.call('HSET', 'rq:msg', key,
         '0|' .. segments .. '|' .. now .. '|' .. number .. '|' .. body)
@@ -177,8 +182,14 @@ return results
 """
 )
 
+# Consumers must drain a full shard (Redis refuses an unflagged script at its first write past
+# maxmemory, which may be a dequeue's reschedule): the scripts that lease and acknowledge run
+# also then. What they write is bounded by the messages already stored; an ack frees room.
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 DEQUEUE = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: max, lease_ms, requeue_limit
 -- Returns {now_ms, {lease, id, number, attempt, body}...}; a receipt names its lease.
@@ -263,7 +274,8 @@ return {now, out}
 )
 
 ACK = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: leases ("seq:N/id", as named by receipts). Returns the number of leases acknowledged.
 -- A pair that no longer matches a live lease (expired, whether or not a dequeue has returned it

@@ -17,12 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any, get_type_hints
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, create_model
 from redis.exceptions import RedisError
 
@@ -39,8 +40,17 @@ from common.http_contract import (
     read_json_model,
 )
 from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
+from ratequeue.coalescing import EnqueueCoalescer
 from ratequeue.config import ServiceSettings
-from ratequeue.errors import DurabilityNotMet, IdConflict, InvalidInput, QueueFull, RatequeueError
+from ratequeue.errors import (
+    DurabilityNotMet,
+    EnqueueBacklogFull,
+    IdConflict,
+    InvalidInput,
+    QueueFull,
+    RatequeueError,
+    ShardFull,
+)
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
@@ -174,8 +184,10 @@ def _iso_time(seconds: float) -> str:
         return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
-    metrics = ServiceMetrics()
+def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None) -> FastAPI:
+    """The API over its own client (connections and topology watch). `metrics_dir`: the
+    directory every worker process writes its metrics to (`ratequeue.workers`)."""
+    metrics = ServiceMetrics(metrics_dir)
     etcd = (
         EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(settings.etcd_endpoints)))
         if settings.topology_backend == "etcd"
@@ -193,6 +205,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings.client_settings(),
         topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
+    coalescer = EnqueueCoalescer(client)
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -230,7 +243,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         status_code=201,
         response_model=None,
         openapi_extra=json_request_body(EnqueueRequest),
-        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503),
+        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503, 507),
     )
     async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -242,13 +255,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 except InvalidInput as error:
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
-            enqueued = await client.enqueue_many([message])
         except InvalidRequest:
             metrics.enqueued.labels("invalid").inc()
             raise
-        result = enqueued[0]
+        result = await coalescer.enqueue(message)
         if isinstance(result, QueueFull | IdConflict):
             metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
+            raise result
+        if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
+            metrics.enqueued.labels("shard_full").inc()
+            raise result
+        if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
+            metrics.enqueued.labels("backlog_full").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
@@ -355,7 +373,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         openapi_extra=json_request_body(_with_bounds(
             RateRequest, per_second={"minimum": _smallest_rate(settings.max_queue_seconds)}
         )),
-        responses=answers({200: RateSetAnswer}, 400, 413, 503),
+        responses=answers({200: RateSetAnswer}, 400, 413, 503, 507),
     )  # fmt: skip
     async def set_rate(number: Number, request: Request) -> dict:
         payload = await read_json_model(request, RateRequest, settings.max_body_bytes)
@@ -419,6 +437,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if up:
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

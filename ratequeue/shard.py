@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.validation import quoted
 from ratequeue import scripts
-from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
-from ratequeue.rates import Rate
+from ratequeue.errors import (
+    DurabilityNotMet,
+    RatequeueError,
+    ShardFull,
+    ShardUnavailable,
+    StaleEpoch,
+)
+from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -109,11 +116,34 @@ SHARD_STATS = _Script(scripts.SHARD_STATS)
 ALL_SCRIPTS = (ENQUEUE_BATCH, DEQUEUE, ACK, SET_RATE, NUMBER_STATUS, SHARD_STATS)
 
 
+def enqueue_batch_arguments(
+    epoch: int | str,
+    messages: Iterable[OutgoingMessage],
+    *,
+    dedup_window_seconds: int,
+    max_queue_seconds: float,
+    max_number_segments: int,
+) -> list[Any]:
+    """The ENQUEUE_BATCH script's arguments: its header (the epoch and the shard's limits), then
+    five values per message. The one place that knows the script's argument order."""
+    args: list[Any] = [epoch, dedup_window_seconds, max_queue_seconds, max_number_segments]
+    for message in messages:
+        args += [message.id, message.number, message.segments, message.default_rate.encode(),
+                 message.body_json]  # fmt: skip
+    return args
+
+
 def _translate(error: Exception, shard_id: str) -> Exception:
     if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
         return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
     if isinstance(error, ReadOnlyError):  # redis-py strips the READONLY prefix from its text
         return ShardUnavailable(f"shard {shard_id}: node is a replica now ({error})")
+    if isinstance(error, OutOfMemoryError):
+        # Redis refuses a script at its first write only, so nothing of it was written.
+        return ShardFull(
+            f"shard {shard_id} is full (its maxmemory is reached): nothing was written; it "
+            "takes writes again as consumers acknowledge messages"
+        )
     if isinstance(error, ResponseError):
         text = str(error)
         if text.startswith("STALEEPOCH") or "STALEEPOCH" in text:
@@ -135,11 +165,13 @@ class ShardQueue:
         *,
         dedup_window_seconds: int = 3600,
         max_queue_seconds: float = 36_000,
+        max_number_segments: int = DEFAULT_MAX_NUMBER_SEGMENTS,
     ) -> None:
         self.shard_id = shard_id
         self.primary = primary
         self.dedup_window_seconds = dedup_window_seconds
         self.max_queue_seconds = max_queue_seconds
+        self.max_number_segments = max_number_segments
         self._scripts_loaded = False
 
     async def _load_scripts(self) -> None:
@@ -194,15 +226,10 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
-        args: list[Any] = [epoch, self.dedup_window_seconds, self.max_queue_seconds]
-        for message in messages:
-            args += [
-                message.id,
-                message.number,
-                message.segments,
-                message.default_rate.encode(),
-                message.body_json,
-            ]
+        args = enqueue_batch_arguments(
+            epoch, messages, dedup_window_seconds=self.dedup_window_seconds,
+            max_queue_seconds=self.max_queue_seconds, max_number_segments=self.max_number_segments,
+        )  # fmt: skip
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]

@@ -1,7 +1,8 @@
-"""`chaos testbed up --failover sentinel`, end to end on real redis-server and redis-sentinel
-processes: three sentinels (quorum 2) watch every shard, no controller or sensor runs, the API
-routes by the primaries Sentinel names and follows the one it promotes after a kill; `--ack
-async` acknowledges enqueues that no replica holds yet; `down` stops the sentinels too."""
+"""`ratequeue-chaos testbed up --failover sentinel`, end to end on real redis-server and
+redis-sentinel processes: three sentinels (quorum 2) watch every shard, no controller or sensor
+runs, the API routes by the primaries Sentinel names and follows the one it promotes after a
+kill; `--ack async` acknowledges enqueues that no replica holds yet; `down` stops the sentinels
+too."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`chaos report`'s side-by-side section: an experiment run under more than one failover manager
-gets a row per manager (its latest completed run) with lost, recovery, duplicates, the rate's
-overshoot and one primary per shard, and the managers' timelines on one axis; a skipped
+"""`ratequeue-chaos report`'s side-by-side section: an experiment run under more than one failover
+manager gets a row per manager (its latest completed run) with lost, recovery, duplicates, the
+rate's overshoot and one primary per shard, and the managers' timelines on one axis; a skipped
 hypothesis is never shown as held.
 
 Not for: producing the journals (tests/test_scenarios_on_both_managers.py runs both managers).
