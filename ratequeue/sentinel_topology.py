@@ -1,15 +1,28 @@
 """The shard map as Redis Sentinel has it (`TopologySource` for a deployment whose failovers
 Sentinel makes, not the Lazarus controllers): the shards, their slots and members come from the
-map published at set-up (the `base` source, the control store); each shard's primary is the node
-Sentinel names for the master of the shard's id (`SENTINEL MASTER`, the answer with the highest
-`config-epoch` among the sentinels: one that has not yet heard of a failover answers with an
-older one). `watch` wakes on each sentinel's `+switch-master` and rereads periodically.
+map published at set-up (the `base` source, the control store); each shard's primary is the
+node a majority of the sentinels name for the master of the shard's id. `watch` wakes on each
+sentinel's `+switch-master` and rereads periodically.
 
-The map's epoch is the base epoch plus the sum of the masters' config epochs, so every switch
-Sentinel makes is a newer map. Each shard keeps the base's shard epoch: Sentinel sets no fence
-(`rq:fence` is replicated, so every node holds the same value) and so a primary cut off on the
-clients' side keeps accepting writes until they route elsewhere: the difference the Sentinel
-experiments measure.
+Which primary, and why it is safe to route to it:
+
+- The address comes from `SENTINEL GET-MASTER-ADDR-BY-NAME`, never from `SENTINEL MASTER`'s
+  ip and port: the sentinel leading a failover raises the master's `config-epoch` when the
+  promoted replica confirms its role, but moves `SENTINEL MASTER`'s address only at
+  `+switch-master`, after the replicas are reconfigured; in between, only
+  GET-MASTER-ADDR-BY-NAME names the new primary with the new epoch.
+- A claim (config-epoch, address) counts only when a majority of all the sentinels configured
+  (2 of 3) make it; one sentinel, informed or not, decides nothing.
+- Per shard the source keeps the claim it followed and moves only to a claim of a higher
+  config-epoch: a sentinel that has not heard of a failover, or a majority read before the news
+  spread, never sends a shard back to its old primary.
+- The map's epoch is the base epoch plus the kept config-epochs: every change of any shard's
+  primary raises it (its shard's config-epoch rose), and it never goes down (a base map that
+  lost a shard still gives a higher epoch than the last map issued).
+
+Each shard keeps the base's shard epoch: Sentinel sets no fence (`rq:fence` is replicated, so
+every node holds the same value) and so a primary cut off on the clients' side keeps accepting
+writes until they route elsewhere: the difference the Sentinel experiments measure.
 
 Not for: changing the map (Sentinel does; `compare_and_set` refuses), or starting sentinels
 (`common.sentinel_processes`).
@@ -20,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -46,26 +61,161 @@ def parse_sentinel_addresses(text: str) -> list[tuple[str, int]]:
     return addresses
 
 
+@dataclass(frozen=True, order=True)
+class MasterClaim:
+    """What one sentinel says of one master: the config-epoch of its current configuration and
+    the address it gives for the master (GET-MASTER-ADDR-BY-NAME)."""
+
+    config_epoch: int
+    host: str
+    port: int
+
+
+# One sentinel's answer: master name → its claim (a master it does not know is absent).
+SentinelAnswer = dict[str, MasterClaim]
+
+
+def majority(sentinels: int) -> int:
+    return sentinels // 2 + 1
+
+
+def agreed_claim(claims: Sequence[MasterClaim], sentinels: int) -> MasterClaim | None:
+    """The claim a majority of the `sentinels` configured make, else None."""
+    counted = Counter(claims).most_common(1)
+    if counted and counted[0][1] >= majority(sentinels):
+        return counted[0][0]
+    return None
+
+
+class FollowedPrimaries:
+    """Per shard, the claim followed (agreed by a majority, never replaced by one of a lower or
+    equal config-epoch), and the maps built from them (their epoch never goes down)."""
+
+    def __init__(self, sentinels: int) -> None:
+        self.sentinels = sentinels
+        self.kept: dict[str, MasterClaim] = {}
+        self._issued: Topology | None = None
+
+    def decided(self, names: Sequence[str], answers: Sequence[SentinelAnswer]) -> bool:
+        """Whether `answers` already give a majority's claim for every master in `names`."""
+        return all(self._agreed(name, answers) is not None for name in names)
+
+    def observe(self, names: Sequence[str], answers: Sequence[SentinelAnswer]) -> None:
+        """Follow each master's agreed claim when it is newer than the one kept."""
+        for name in names:
+            agreed = self._agreed(name, answers)
+            kept = self.kept.get(name)
+            if agreed is None or (kept is not None and agreed.config_epoch <= kept.config_epoch):
+                if agreed is not None and kept is not None and agreed != kept:
+                    log.warning("master %s: %s ignored, %s followed (not newer)", name, agreed,
+                                kept)  # fmt: skip
+                continue
+            self.kept[name] = agreed
+
+    def _agreed(self, name: str, answers: Sequence[SentinelAnswer]) -> MasterClaim | None:
+        return agreed_claim([a[name] for a in answers if name in a], self.sentinels)
+
+    def topology(self, base: Topology) -> Topology:
+        """`base` with each shard's followed primary; RedisError naming a shard none is agreed
+        for yet."""
+        missing = [s.id for s in base.shards if s.id not in self.kept]
+        if missing:
+            raise RedisError(
+                f"no majority of the {self.sentinels} sentinels agrees on master "
+                f"{', '.join(missing)}"
+            )
+        shards = [_with_primary(shard, self.kept[shard.id]) for shard in base.shards]
+        epoch = base.epoch + sum(self.kept[s.id].config_epoch for s in base.shards)
+        issued = self._issued
+        if issued is not None and epoch <= issued.epoch:
+            # A new base map with fewer shards lowers the sum: a changed map still rises.
+            epoch = issued.epoch if shards == issued.shards else issued.epoch + 1
+        self._issued = Topology(epoch=epoch, shards=shards)
+        return self._issued
+
+
+class SentinelLink(Protocol):
+    """One sentinel, as the source asks it."""
+
+    async def claims(self, names: Sequence[str]) -> SentinelAnswer:
+        """Its claim for each master of `names` it knows; raises if it does not answer."""
+        ...
+
+    async def follow_switches(self, switched: asyncio.Event, pause: float) -> None:
+        """Set `switched` at each `+switch-master` it publishes, for ever."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class RedisSentinelLink:
+    """A real sentinel at (host, port)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.address = f"{host}:{port}"
+        self._redis = aioredis.Redis(
+            host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+    async def claims(self, names: Sequence[str]) -> SentinelAnswer:
+        # One round trip. Per master the config-epoch is asked before the address: should the
+        # sentinel's state move between the two, the pair is (old epoch, new address), which is
+        # never followed over the kept claim, never (new epoch, old address).
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.execute_command("SENTINEL", "MASTER", name)
+            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
+        replies = await pipe.execute(raise_on_error=False)
+        answer: SentinelAnswer = {}
+        for index, name in enumerate(names):
+            state, address = replies[2 * index], replies[2 * index + 1]
+            if isinstance(state, Exception) or isinstance(address, Exception) or not address:
+                continue  # a master this sentinel does not know
+            answer[name] = MasterClaim(
+                config_epoch=int(_text(_fields(state)["config-epoch"])),
+                host=_text(address[0]),
+                port=int(_text(address[1])),
+            )
+        return answer
+
+    async def follow_switches(self, switched: asyncio.Event, pause: float) -> None:
+        """Reconnects after an error (a switch told meanwhile is found by the periodic
+        reread)."""
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(SWITCH_MASTER)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        switched.set()
+            except (RedisError, OSError):
+                await asyncio.sleep(pause)
+            finally:
+                await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
 class SentinelTopologySource:
-    """Follows Sentinel's choice of primary for each shard of the `base` map."""
+    """Follows the primary a majority of the sentinels name for each shard of the `base` map."""
 
     def __init__(
         self,
         base: TopologySource,
-        sentinels: Sequence[tuple[str, int]],
+        links: Sequence[SentinelLink],
         *,
         timeout: float = 1.0,
         owned: Sequence[aioredis.Redis] = (),
     ) -> None:
-        """`owned`: connections `aclose` closes with the sentinels' (the base's store)."""
+        """`timeout`: the longest wait for the sentinels' answers (one slow sentinel is waited
+        for only while the others do not agree); `owned`: connections `aclose` closes with
+        the sentinels' (the base's store)."""
         self._base = base
+        self._links = list(links)
+        self._timeout = timeout
         self._owned = list(owned)
-        self._sentinels = [
-            aioredis.Redis(
-                host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-            for host, port in sentinels
-        ]
+        self.followed = FollowedPrimaries(len(self._links))
 
     @classmethod
     def over_control_store(
@@ -75,36 +225,46 @@ class SentinelTopologySource:
         control = aioredis.Redis.from_url(
             control_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        return cls(TopologyStore(control), sentinels, timeout=timeout, owned=[control])
+        links = [RedisSentinelLink(host, port, timeout) for host, port in sentinels]
+        return cls(TopologyStore(control), links, timeout=timeout, owned=[control])
 
     async def aclose(self) -> None:
-        for connection in [*self._sentinels, *self._owned]:
+        for link in self._links:
+            await link.aclose()
+        for connection in self._owned:
             await connection.aclose()
 
     async def load(self) -> Topology | None:
-        """The base map with Sentinel's primaries; raises RedisError if no sentinel answers
-        for a shard (the caller keeps the map it has)."""
+        """The base map with the followed primaries; raises RedisError while no majority of
+        the sentinels agrees on a shard's first primary (the caller keeps the map it has)."""
         base = await self._base.load()
         if base is None:
             return None
-        masters = await asyncio.gather(*(self._master(s.id) for s in base.shards))
-        shards = [
-            _with_primary(shard, ip, port)
-            for shard, (ip, port, _) in zip(base.shards, masters, strict=True)
-        ]
-        epoch = base.epoch + sum(config_epoch for _, _, config_epoch in masters)
-        return Topology(epoch=epoch, shards=shards)
+        names = [shard.id for shard in base.shards]
+        self.followed.observe(names, await self._answers(names))
+        return self.followed.topology(base)
 
-    async def _master(self, name: str) -> tuple[str, int, int]:
-        """(ip, port, config-epoch) of master `name` per the most informed sentinel."""
-        answers = await asyncio.gather(
-            *(_ask_master(s, name) for s in self._sentinels), return_exceptions=True
-        )
-        known = [a for a in answers if isinstance(a, tuple)]
-        if not known:
-            errors = "; ".join(str(a) for a in answers)
-            raise RedisError(f"no sentinel knows master {name}: {errors}")
-        return max(known, key=lambda answer: answer[2])
+    async def _answers(self, names: Sequence[str]) -> list[SentinelAnswer]:
+        """The sentinels' answers, returned as soon as a majority agrees on every master (a
+        slow or paused sentinel is not waited for), else when all answered or `timeout`."""
+        asked = [asyncio.ensure_future(link.claims(names)) for link in self._links]
+        answers: list[SentinelAnswer] = []
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    for next_answer in asyncio.as_completed(asked):
+                        try:
+                            answers.append(await next_answer)
+                        except (RedisError, OSError) as error:
+                            log.debug("a sentinel did not answer: %s", error)
+                            continue
+                        if self.followed.decided(names, answers):
+                            break
+        finally:
+            for task in asked:
+                task.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)
+        return answers
 
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
         raise ManagedBySentinel("Sentinel chooses the primaries of this deployment")
@@ -115,9 +275,10 @@ class SentinelTopologySource:
         last = after_epoch
         switched = asyncio.Event()
         listeners = [
-            asyncio.create_task(_listen(s, switched, refresh_every), name="sentinel-switches")
-            for s in self._sentinels
-        ]
+            asyncio.create_task(link.follow_switches(switched, refresh_every),
+                                name="sentinel-switches")
+            for link in self._links
+        ]  # fmt: skip
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -137,34 +298,30 @@ class SentinelTopologySource:
             await asyncio.gather(*listeners, return_exceptions=True)
 
 
-async def _ask_master(sentinel: aioredis.Redis, name: str) -> tuple[str, int, int]:
-    state: dict[str, Any] = await sentinel.sentinel_master(name)
-    return str(state["ip"]), int(state["port"]), int(state["config-epoch"])
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _listen(sentinel: aioredis.Redis, switched: asyncio.Event, pause: float) -> None:
-    """Set `switched` on each `+switch-master` this sentinel publishes, reconnecting after an
-    error (a switch told meanwhile is found by the periodic reread)."""
-    while True:
-        pubsub = sentinel.pubsub()
-        try:
-            await pubsub.subscribe(SWITCH_MASTER)
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    switched.set()
-        except (RedisError, OSError):
-            await asyncio.sleep(pause)
-        finally:
-            await pubsub.aclose()
+def _fields(state: object) -> dict[str, object]:
+    """SENTINEL MASTER's fields by name, as redis-py gives them (a dict, parsed) or as the
+    server sends them (a flat list of names and values)."""
+    if isinstance(state, dict):
+        return {_text(key): value for key, value in state.items()}
+    assert isinstance(state, list), f"SENTINEL MASTER answered {state!r}"
+    return {_text(key): value for key, value in zip(state[::2], state[1::2], strict=True)}
 
 
-def _with_primary(shard: Shard, ip: str, port: int) -> Shard:
-    """`shard` with the member at `port` as its primary and the others as replicas. Ports are
-    unique on this machine's loopback addresses, and Sentinel may name a member by either of
-    them (its client or its peer address), so the port says which member it is."""
+def _with_primary(shard: Shard, claim: MasterClaim) -> Shard:
+    """`shard` with the member `claim` names as its primary and the others as replicas.
+    Sentinel names a member by the address it reached it on (its client or its peer
+    address); a port no other member has also names it."""
     members = [shard.primary, *shard.replicas]
-    primary = next((m for m in members if m.port == port), None)
-    if primary is None:  # a node the base map does not list: route to it as Sentinel names it
-        primary = NodeRef(name=f"{ip}:{port}", host=ip, port=port)
-    replicas = [m for m in members if m.port != port]
+    on_port = [m for m in members if m.port == claim.port]
+    named = [m for m in on_port if claim.host in (m.host, m.peer_host)]
+    chosen = named or (on_port if len(on_port) == 1 else [])
+    if chosen:
+        primary = chosen[0]
+    else:  # a node the base map does not list: route to it as Sentinel names it
+        primary = NodeRef(name=f"{claim.host}:{claim.port}", host=claim.host, port=claim.port)
+    replicas = [m for m in members if m is not primary]
     return shard.model_copy(update={"primary": primary, "replicas": replicas})

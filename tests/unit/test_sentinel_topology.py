@@ -1,28 +1,50 @@
-"""The topology source that follows Redis Sentinel, where no sentinel is needed to tell: it never
-writes the map (Sentinel picks the primaries), a store without a map gives none, and when no
-sentinel answers it raises rather than guess (the client keeps the map it has).
+"""How the topology source that follows Redis Sentinel routes, from tables of what each sentinel
+answers: a primary is followed only when a majority of the sentinels name it, a shard never goes
+back to a claim of a lower config-epoch, the map's epoch rises at every change of a primary and
+never falls, a slow sentinel is not waited for while the others agree, and the map is never
+written (Sentinel picks the primaries).
 
-Not for: following a real failover (tests/test_testbed_on_sentinel.py kills a primary).
+Not for: what real sentinels answer during a failover (tests/test_sentinel_topology_source.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 import pytest
 from redis.exceptions import RedisError
 
-from common.redis_processes import free_port
 from ratequeue.errors import ManagedBySentinel
-from ratequeue.sentinel_topology import SentinelTopologySource
+from ratequeue.sentinel_topology import (
+    MasterClaim,
+    SentinelAnswer,
+    SentinelTopologySource,
+)
 from ratequeue.topology import NodeRef, Shard, Topology
 
 T = TypeVar("T")
 
-PRIMARY = NodeRef(name="p", host="127.0.0.1", port=7000)
-MAP = Topology(epoch=3, shards=[Shard(id="s0", slots=(0, 16383), epoch=1, primary=PRIMARY)])
+
+def node(name: str, port: int) -> NodeRef:
+    return NodeRef(name=name, host="127.0.0.1", port=port, peer_host="127.0.0.2")
+
+
+OLD = {"s0": node("s0-primary", 7000), "s1": node("s1-primary", 7100)}
+NEW = {"s0": node("s0-replica1", 7001), "s1": node("s1-replica1", 7101)}
+MAP = Topology(
+    epoch=3,
+    shards=[
+        Shard(id="s0", slots=(0, 8191), epoch=1, primary=OLD["s0"], replicas=[NEW["s0"]]),
+        Shard(id="s1", slots=(8192, 16383), epoch=1, primary=OLD["s1"], replicas=[NEW["s1"]]),
+    ],
+)
+
+
+def claim(config_epoch: int, member: NodeRef) -> MasterClaim:
+    """As Sentinel names a member: by its peer address (the one it monitors)."""
+    return MasterClaim(config_epoch, member.peer_host or member.host, member.port)
 
 
 class FixedMap:
@@ -35,29 +57,177 @@ class FixedMap:
         return self.topology
 
 
-def nobody_listening() -> list[tuple[str, int]]:
-    return [("127.0.0.1", free_port(("127.0.0.1",)))]
+class TableSentinel:
+    """A sentinel that answers from a table (set `answer` between loads), never answers
+    (`silent`), or refuses the connection (`down`)."""
+
+    def __init__(self, answer: SentinelAnswer | None = None, *, silent: bool = False) -> None:
+        self.answer = answer or {}
+        self.silent = silent
+        self.down = False
+
+    async def claims(self, names: Sequence[str]) -> SentinelAnswer:
+        if self.silent:
+            await asyncio.Event().wait()
+        if self.down:
+            raise ConnectionRefusedError("sentinel down")
+        return {name: c for name, c in self.answer.items() if name in names}
+
+    async def follow_switches(self, switched: asyncio.Event, pause: float) -> None:
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        pass
 
 
-async def closed_after(source: SentinelTopologySource, call: Awaitable[T]) -> T:
-    try:
-        return await call
-    finally:
-        await source.aclose()
+def all_old() -> SentinelAnswer:
+    return {"s0": claim(0, OLD["s0"]), "s1": claim(0, OLD["s1"])}
+
+
+def sentinels(*answers: SentinelAnswer) -> list[TableSentinel]:
+    return [TableSentinel(dict(a)) for a in answers]
+
+
+def source_over(links: list[TableSentinel], base: Topology | None = MAP,
+                timeout: float = 30.0) -> SentinelTopologySource:  # fmt: skip
+    return SentinelTopologySource(FixedMap(base), links, timeout=timeout)
+
+
+async def loads(source: SentinelTopologySource, count: int = 1) -> Topology | None:
+    found = None
+    for _ in range(count):
+        found = await asyncio.wait_for(source.load(), 10)
+    return found
+
+
+def run(call: Awaitable[T]) -> T:
+    return asyncio.run(call)
+
+
+def primaries(topology: Topology | None) -> dict[str, str]:
+    assert topology is not None
+    return {shard.id: shard.primary.name for shard in topology.shards}
+
+
+def test_the_primaries_a_majority_names_are_routed_to() -> None:
+    links = sentinels(all_old(), all_old(), {"s0": claim(1, NEW["s0"]), "s1": claim(0, OLD["s1"])})
+    found = run(loads(source_over(links)))
+    assert primaries(found) == {"s0": "s0-primary", "s1": "s1-primary"}
+
+
+def test_one_sentinel_naming_a_newer_primary_alone_moves_nothing() -> None:
+    # The leader of a failover knows first; one sentinel is no majority.
+    links = sentinels(all_old(), all_old(), all_old())
+    source = source_over(links)
+    first = run(loads(source))
+    links[0].answer["s0"] = claim(1, NEW["s0"])
+    again = run(loads(source))
+    assert primaries(again) == primaries(first) and again is not None and first is not None
+    assert again.epoch == first.epoch
+
+
+def test_a_newer_primary_two_of_three_name_is_followed_and_the_epoch_rises() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    source = source_over(links)
+    first = run(loads(source))
+    for link in links[:2]:
+        link.answer["s0"] = claim(1, NEW["s0"])
+    after = run(loads(source))
+    assert primaries(after) == {"s0": "s0-replica1", "s1": "s1-primary"}
+    assert after is not None and first is not None and after.epoch > first.epoch
+    shard = after.shard("s0")
+    assert shard.epoch == 1  # the base's: Sentinel sets no fence of its own
+    assert {r.name for r in shard.replicas} == {"s0-primary"}
+
+
+def test_a_shard_never_goes_back_to_a_claim_of_a_lower_config_epoch() -> None:
+    newer = {"s0": claim(2, NEW["s0"]), "s1": claim(0, OLD["s1"])}
+    links = sentinels(newer, newer, newer)
+    source = source_over(links)
+    first = run(loads(source))
+    # A majority answering from before the failover (restarted, or read before the news
+    # spread) while s1 really fails over: s1 moves, s0 stays where it was.
+    stale = {"s0": claim(1, OLD["s0"]), "s1": claim(1, NEW["s1"])}
+    for link in links[:2]:
+        link.answer = dict(stale)
+    after = run(loads(source))
+    assert primaries(after) == {"s0": "s0-replica1", "s1": "s1-replica1"}
+    assert after is not None and first is not None and after.epoch > first.epoch
+
+
+def test_an_equal_config_epoch_naming_another_address_changes_nothing() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    source = source_over(links)
+    first = run(loads(source))
+    for link in links:
+        link.answer["s0"] = claim(0, NEW["s0"])
+    after = run(loads(source))
+    assert primaries(after) == primaries(first)
+    assert after is not None and first is not None and after.epoch == first.epoch
+
+
+def test_the_map_epoch_rises_at_every_change_of_any_shard_and_never_falls() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    source = source_over(links)
+    epochs = [run(loads(source)).epoch]  # type: ignore[union-attr]
+    steps = [{"s0": claim(1, NEW["s0"])}, {"s1": claim(2, NEW["s1"])},
+             {"s0": claim(3, OLD["s0"])}]  # fmt: skip
+    for step in steps:
+        for link in links:
+            link.answer.update(step)
+        epochs.append(run(loads(source)).epoch)  # type: ignore[union-attr]
+    assert epochs == sorted(set(epochs)), epochs
+    assert primaries(run(loads(source))) == {"s0": "s0-primary", "s1": "s1-replica1"}
+
+
+def test_a_base_map_with_fewer_shards_still_gives_a_higher_epoch() -> None:
+    newer = {"s0": claim(0, OLD["s0"]), "s1": claim(5, NEW["s1"])}
+    links = sentinels(newer, newer, newer)
+    base = FixedMap(MAP)
+    source = SentinelTopologySource(base, links, timeout=30)
+    first = run(loads(source))
+    whole = MAP.shards[0].model_copy(update={"slots": (0, 16383)})
+    base.topology = Topology(epoch=4, shards=[whole])
+    after = run(loads(source))
+    assert after is not None and first is not None and after.epoch > first.epoch
+
+
+def test_a_silent_sentinel_is_not_waited_for_while_the_other_two_agree() -> None:
+    links = [*sentinels(all_old(), all_old()), TableSentinel(silent=True)]
+    # With a 30 s timeout, waiting for the silent one would outlast the 10 s the load gets.
+    found = run(loads(source_over(links, timeout=30)))
+    assert primaries(found) == {"s0": "s0-primary", "s1": "s1-primary"}
+
+
+def test_with_one_sentinel_answering_the_first_map_is_refused_naming_the_shards() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    links[0].down = links[1].down = True
+    with pytest.raises(RedisError, match="no majority of the 3 sentinels agrees on master s0, s1"):
+        run(loads(source_over(links)))
+
+
+def test_with_one_sentinel_answering_the_followed_primaries_are_kept() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    source = source_over(links)
+    first = run(loads(source))
+    links[0].down = links[1].down = True
+    links[2].answer["s0"] = claim(4, NEW["s0"])
+    assert run(loads(source)) == first
+
+
+def test_a_primary_sentinel_names_outside_the_map_is_routed_to_as_named() -> None:
+    stranger = MasterClaim(1, "10.0.0.9", 7999)
+    links = sentinels(*[{"s0": stranger, "s1": claim(0, OLD["s1"])}] * 3)
+    shard = run(loads(source_over(links))).shard("s0")  # type: ignore[union-attr]
+    assert (shard.primary.host, shard.primary.port) == ("10.0.0.9", 7999)
+    assert {r.name for r in shard.replicas} == {"s0-primary", "s0-replica1"}
 
 
 def test_it_refuses_to_change_the_map() -> None:
-    source = SentinelTopologySource(FixedMap(MAP), nobody_listening())
+    source = source_over(sentinels(all_old()))
     with pytest.raises(ManagedBySentinel):
-        asyncio.run(closed_after(source, source.compare_and_set(3, MAP)))
+        run(source.compare_and_set(3, MAP))
 
 
 def test_without_a_map_in_the_store_there_is_none_to_follow() -> None:
-    source = SentinelTopologySource(FixedMap(None), nobody_listening())
-    assert asyncio.run(closed_after(source, source.load())) is None
-
-
-def test_when_no_sentinel_answers_it_raises_naming_the_shard() -> None:
-    source = SentinelTopologySource(FixedMap(MAP), nobody_listening(), timeout=0.5)
-    with pytest.raises(RedisError, match="no sentinel knows master s0"):
-        asyncio.run(closed_after(source, source.load()))
+    assert run(loads(source_over(sentinels(all_old()), base=None))) is None
