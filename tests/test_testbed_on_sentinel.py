@@ -1,8 +1,8 @@
 """`ratequeue-chaos testbed up --failover sentinel`, end to end on real redis-server and
 redis-sentinel processes: three sentinels (quorum 2) watch every shard, no controller or sensor
 runs, the API routes by the primaries Sentinel names and follows the one it promotes after a
-kill; `--ack async` acknowledges enqueues that no replica holds yet; `down` stops the sentinels
-too."""
+kill; one paused sentinel leaves the API healthy; `--ack async` acknowledges enqueues that no
+replica holds yet; `down` stops the sentinels too."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def test_a_sentinel_testbed_runs_three_sentinels_and_no_controllers_and_down_sto
                 assert (view["port"], view["quorum"]) == (shard.primary.port, QUORUM)
                 assert view["down-after-milliseconds"] == 700
         assert enqueue(state, "+14155550100", "m-1").status_code == 201
+
+        # One sentinel paused: the other two agree, so the API stays healthy and routes.
+        send(state, sentinels[0].name, signal.SIGSTOP)
+        try:
+            health = httpx.get(f"{state.api}/healthz", timeout=10)
+            assert enqueue(state, "+14155550101", "m-2").status_code == 201
+        finally:
+            send(state, sentinels[0].name, signal.SIGCONT)
+        assert health.status_code == 200, health.text
+        checks = {c["name"]: c for c in health.json()["checks"]}
+        assert checks["control_store"]["ok"], checks
 
 
 def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_one(
