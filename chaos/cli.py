@@ -312,7 +312,7 @@ def run(
         ctx.call_on_close(lambda: setattr(console, "stderr", False))
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
-    from chaos.experiments import TestbedOverrides, load_experiment
+    from chaos.experiments import TestbedOverrides, applicable_experiments
     from chaos.journal import Journal
     from chaos.run_watchers import RunWatcher
     from chaos.schedule_metrics import ScheduleMetrics
@@ -331,8 +331,10 @@ def run(
             failover=failover.value if failover is not None else None,
             ack=ack.value if ack is not None else None,
         )
-        for path in experiments:
-            load_experiment(path, overrides)
+        runnable, skipped = applicable_experiments(experiments, overrides)
+        if not runnable:
+            reasons = "; ".join(reason for _, reason in skipped)  # each names its file
+            raise ExperimentError(f"none of the experiments can run with these options: {reasons}")
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)

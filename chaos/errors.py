@@ -53,6 +53,11 @@ class ExperimentError(ChaosError, ValueError):
     """An experiment file is invalid: the message names the file, the field and the problem."""
 
 
+class NotApplicable(ExperimentError):
+    """A valid experiment file the run's overrides cannot run (`--failover sentinel` over one
+    that needs controllers or sensors): skipped with this reason, not refused."""
+
+
 class TestbedError(ChaosError, RuntimeError):
     """The local testbed could not be started, found or stopped; the message says why."""
 

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from chaos.errors import ExperimentError
+from chaos.errors import ExperimentError, NotApplicable
 from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
 from chaos.testbed import AckMode, ControlBackend, FailoverManager
@@ -331,17 +331,44 @@ def parse_experiment(
     text: str, source: str, overrides: TestbedOverrides | None = None
 ) -> Experiment:
     """The experiment in `text`; `overrides` (`ratequeue-chaos run --control/--failover/--ack`)
-    replace the file's, and are checked with it (an etcd_member target on a Redis-only testbed,
-    a controller target under Sentinel, are refused)."""
+    replace the file's. ExperimentError for a file that is wrong on its own; NotApplicable for
+    one that is right but that the overrides cannot run (an etcd_member target on a Redis-only
+    testbed, a controller target under Sentinel)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )
-    if overrides is not None and isinstance(raw, dict):
-        raw = {**raw, **overrides.model_dump(exclude_none=True)}
-    # The method's union tags are not fields a person wrote.
-    return validated(Experiment, raw, source, error=ExperimentError, hide={"fault", "approve"})
+
+    def checked(fields: object) -> Experiment:
+        # The method's union tags are not fields a person wrote.
+        return validated(Experiment, fields, source, error=ExperimentError,
+                         hide={"fault", "approve"})  # fmt: skip
+
+    own = checked(raw)
+    replaced = {} if overrides is None else overrides.model_dump(exclude_none=True)
+    if not replaced or not isinstance(raw, dict):
+        return own
+    try:
+        return checked({**raw, **replaced})
+    except ExperimentError as error:
+        raise NotApplicable(str(error)) from None
 
 
 def load_experiment(path: Path, overrides: TestbedOverrides | None = None) -> Experiment:
     text = input_files.read_text(path, error=ExperimentError)
     return parse_experiment(text, str(path), overrides)
+
+
+def applicable_experiments(
+    paths: list[Path], overrides: TestbedOverrides | None = None
+) -> tuple[list[tuple[Path, Experiment]], list[tuple[Path, str]]]:
+    """The experiments the overrides can run, and the files they cannot with the reason (a
+    directory run under `--failover sentinel` skips the ones that need controllers). A file
+    wrong on its own raises ExperimentError."""
+    runnable: list[tuple[Path, Experiment]] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            runnable.append((path, load_experiment(path, overrides)))
+        except NotApplicable as reason:
+            skipped.append((path, str(reason)))
+    return runnable, skipped

@@ -45,6 +45,8 @@ class Observations:
     workflows: list[WorkflowRecord] = field(default_factory=list)
     # When the last fault was undone; None: not undone (a kill) or still running.
     fault_ended_at: float | None = None
+    # What `recovered_at` is the time of (ack async: an acknowledgement alone can be lost).
+    recovered_by: str = "first acknowledged write on the shard"
 
 
 def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
@@ -54,9 +56,9 @@ def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
         ok=measured is not None and measured <= h.seconds,
         expected=f"<= {h.seconds:g} s",
         measured=measured,
-        detail="fault to first acknowledged write on the shard"
+        detail=f"fault to {o.recovered_by}"
         if measured is not None
-        else "no acknowledged write on the shard after the fault",
+        else f"no {o.recovered_by} after the fault",
     )
 
 

@@ -19,6 +19,7 @@ TIMELINE_ORDER = (
     "promotion",
     "topology_published",
     "first_acknowledged_write",
+    "first_kept_write",
     "rolled_back",
     "load_drained",
 )
@@ -107,8 +108,15 @@ class Journal(BaseModel):
         return next((e.at for e in self.timeline if e.name == name), None)
 
     def recovery_seconds(self) -> float | None:
-        fault, recovered = self.moment("fault_injected"), self.moment("first_acknowledged_write")
+        """Fault to the first acknowledged write on the faulted shard; with asynchronous
+        acknowledgement, to the first one that was kept (delivered, not lost)."""
+        fault, recovered = self.moment("fault_injected"), self.moment(self.recovery_mark)
         return None if fault is None or recovered is None else recovered - fault
+
+    @property
+    def recovery_mark(self) -> str:
+        """The timeline mark recovery is measured to."""
+        return "first_kept_write" if self.ack == "async" else "first_acknowledged_write"
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

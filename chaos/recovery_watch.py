@@ -1,7 +1,8 @@
 """Placing what the controllers did on a run's timeline (the first sensor event, the decision,
 the promotion, the topology published, the first acknowledged write after the fault), or, under
-Sentinel, the promotion the map shows, and telling when the expected outcome is reached. Not
-for: reading the controllers (see `controller_answers`).
+Sentinel, the promotion the map shows (and, with asynchronous acknowledgement, the first write
+acknowledged after the fault that was kept), and telling when the expected outcome is reached.
+Not for: reading the controllers (see `controller_answers`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from chaos.journal import Journal
+from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.ratequeue_promotion import (
@@ -28,6 +30,13 @@ STEP_MARKS: tuple[tuple[str, type[CandidatePromoted] | type[TopologyPublished], 
     (PROMOTE_CANDIDATE, CandidatePromoted, "promotion"),
     (PUBLISH_TOPOLOGY, TopologyPublished, "topology_published"),
 )
+
+# What recovery is measured to, by the journal's recovery mark (`Journal.recovery_mark`).
+RECOVERED_BY = {
+    "first_acknowledged_write": "first acknowledged write on the shard",
+    "first_kept_write": "first write acknowledged on the shard that was kept (delivered): with "
+    "ack async an acknowledgement alone can be lost",
+}
 
 
 def update_timeline(
@@ -62,6 +71,19 @@ def update_timeline(
         journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
 
 
+def mark_kept_recovery(
+    journal: Journal, ledger: Ledger, watched: set[str], fault_at: float
+) -> None:
+    """With asynchronous acknowledgement, once the load is drained: when every watched shard
+    had acknowledged a write that was kept (delivered), the slowest one counting. A primary
+    cut off on the clients' side acknowledges at once what its demotion discards, so the first
+    acknowledgement alone would show a recovery that did not happen."""
+    kept = {shard: ledger.first_kept_ack_after(fault_at, shard) for shard in sorted(watched)}
+    if kept and all(at is not None for at in kept.values()):
+        slowest = max(kept, key=lambda shard: kept[shard] or 0.0)
+        journal.mark("first_kept_write", kept[slowest] or 0.0, fault_at, slowest)
+
+
 def _promoted(
     output: dict[str, object], model: type[CandidatePromoted] | type[TopologyPublished]
 ) -> str:
@@ -76,15 +98,22 @@ def _promoted(
 
 
 def mark_sentinel_switch(
-    journal: Journal, before: Topology, now: Topology, watched: set[str], fault_at: float
+    journal: Journal,
+    before: Topology,
+    now: Topology,
+    watched: set[str],
+    fault_at: float,
+    mark: str = "promotion",
 ) -> None:
     """Under Sentinel there is no workflow to read: the promotion is seen when every watched
-    shard's primary in the map (the one Sentinel names) is another node than before."""
+    shard's primary in the map Sentinel's majority names (`now`) is another node than before;
+    with `mark` topology_published, when the API's own map (`now`) names them, so the API is
+    seen to follow."""
     switched = {s: now.shard(s).primary.name for s in watched
                 if now.shard(s).primary.name != before.shard(s).primary.name}  # fmt: skip
     if watched and len(switched) == len(watched):
         detail = ", ".join(f"{shard}: {name}" for shard, name in sorted(switched.items()))
-        journal.mark("promotion", time.time(), fault_at, detail)
+        journal.mark(mark, time.time(), fault_at, detail)
 
 
 def outcome_reached(
@@ -96,8 +125,10 @@ def outcome_reached(
     failover: str = "lazarus",
 ) -> bool:
     if expect == "remediation" and failover == "sentinel":
-        promoted = journal.moment("promotion") is not None
-        return promoted and journal.moment("first_acknowledged_write") is not None
+        # Sentinel promoted, and the API routes there (with async acks the first acknowledged
+        # write may be the cut-off primary's: it says nothing of the switch).
+        marks = ("promotion", "topology_published", "first_acknowledged_write")
+        return all(journal.moment(mark) is not None for mark in marks)
     if expect == "remediation":
         done = [w for w in workflows if w.status != "running"]
         return bool(done) and journal.moment("first_acknowledged_write") is not None

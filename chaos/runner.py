@@ -31,7 +31,13 @@ from chaos.hypotheses import Observations, evaluate, verdict_ok
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
-from chaos.recovery_watch import mark_sentinel_switch, outcome_reached, update_timeline
+from chaos.recovery_watch import (
+    RECOVERED_BY,
+    mark_kept_recovery,
+    mark_sentinel_switch,
+    outcome_reached,
+    update_timeline,
+)
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.topology import Topology
@@ -210,9 +216,15 @@ class ExperimentRunner:
             update_timeline(journal, load, decisions, workflows, watched, fault_at)
             failover = self.deployment.failover
             if failover == "sentinel" and self._topology_before is not None:
+                before = self._topology_before
                 with contextlib.suppress(TargetError):  # Sentinel unreachable: look again
                     now = self.deployment.topology()
-                    mark_sentinel_switch(journal, self._topology_before, now, watched, fault_at)
+                    mark_sentinel_switch(journal, before, now, watched, fault_at)
+                with contextlib.suppress(httpx.HTTPError, ValueError):  # the API: look again
+                    routed = self._http.get(f"{self.deployment.api}/v1/topology")
+                    api = Topology.model_validate(routed.raise_for_status().json())
+                    mark_sentinel_switch(journal, before, api, watched, fault_at,
+                                         "topology_published")  # fmt: skip
             if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)
@@ -226,12 +238,16 @@ class ExperimentRunner:
         decisions, workflows = self.controllers.decisions(fault_at, faulted)
         journal.decisions = [decision_summary(d) for d in decisions]
         after = self.deployment.topology()
+        if journal.ack == "async":
+            watched = self.faults.primary_faulted or faulted
+            mark_kept_recovery(journal, ledger, watched, fault_at)
         observations = Observations(
             ledger=ledger,
             shard=journal.shard or "",
             faulted_shards=faulted,
             fault_at=fault_at,
-            recovered_at=journal.moment("first_acknowledged_write"),
+            recovered_at=journal.moment(journal.recovery_mark),
+            recovered_by=RECOVERED_BY[journal.recovery_mark],
             topology_before=self._topology_before or after,
             topology_after=after,
             primaries_answering=primaries_answering(after),

@@ -25,7 +25,7 @@ import redis
 
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import RefusedTarget, TargetError
-from chaos.experiments import Experiment, TestbedOverrides, load_experiment
+from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
 from chaos.run_watchers import RunWatcher
@@ -193,8 +193,11 @@ def run_schedule(
     again until `stop` is set (or `max_runs` runs ended). `watchers` are told of each run as
     it happens. A failed single run raises; a dry run writes nothing (no pid file either:
     nothing to halt) and tells no one."""
-    # All validated before any run; `overrides` replace each file's testbed settings.
-    experiments = [(p, load_experiment(p, overrides)) for p in paths]
+    # All validated before any run; `overrides` replace each file's testbed settings, and the
+    # files they cannot run are skipped, saying why.
+    experiments, skipped = applicable_experiments(paths, overrides)
+    for _, reason in skipped:
+        say(f"skipped {reason}")  # the reason names the file
     watchers = () if dry_run else watchers
 
     def tell_fault(active: bool) -> None:

@@ -1,9 +1,10 @@
 """The partition scenario (scenarios/primary_partition.yaml) under both failover managers, each
 on its own embedded testbed: under Lazarus (acknowledged once a replica holds it) nothing
 acknowledged is lost; under Redis Sentinel with asynchronous acknowledgement the cut-off primary
-keeps acknowledging writes its replicas never get, Sentinel promotes a replica, and the ledger
-counts the acknowledged writes lost (the check is that the ledger sees them, not that they are
-none).
+keeps acknowledging writes its replicas never get, Sentinel promotes a replica, the API follows
+it (writes after the failover are the new primary's, and recovery is measured to the first of
+them), and the ledger counts the acknowledged writes lost (the check is that the ledger sees
+them, not that they are none).
 
 Not for: the rest of the suite under Lazarus (tests/test_scenarios.py).
 """
@@ -47,6 +48,17 @@ def test_under_sentinel_with_async_acks_the_ledger_counts_the_acknowledged_write
     journal = run(TestbedOverrides(failover="sentinel", ack="async"), tmp_path)
     assert (journal.failover, journal.ack, journal.status) == ("sentinel", "async", "completed")
     assert journal.moment("promotion") is not None, journal.timeline  # Sentinel did fail over
+    # The API followed: its own map named the primary Sentinel promoted...
+    promoted = next(e.detail for e in journal.timeline if e.name == "promotion")
+    routed = next((e.detail for e in journal.timeline if e.name == "topology_published"), None)
+    assert routed == promoted, journal.timeline
+    # ...and writes went there: everything the cut-off primary acknowledged after the cut was
+    # discarded, so a write acknowledged after the fault and kept was the new primary's.
+    kept = journal.moment("first_kept_write")
+    assert kept is not None and kept > journal.moment("fault_injected"), journal.timeline
+    recovered = outcome(journal, "recovered_within")
+    assert recovered.measured == pytest.approx(journal.recovery_seconds(), abs=0.001)
+    assert "kept" in recovered.detail
     lost = outcome(journal, "acknowledged_lost")
     assert journal.load["lost"] > 0, journal.load
     assert lost.measured == journal.load["lost"] and not lost.ok

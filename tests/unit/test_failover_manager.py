@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from chaos import testbed
-from chaos.errors import ExperimentError, TestbedError
+from chaos.errors import ExperimentError, NotApplicable, TestbedError
 from chaos.experiments import (
     Escalated,
     NotRemediated,
     OneWorkflowPerIncident,
     TestbedOverrides,
+    applicable_experiments,
     parse_experiment,
 )
 from chaos.hypotheses import Observations, evaluate, verdict_ok
@@ -28,6 +29,7 @@ from common.errors import InvalidSetting
 from ratequeue.config import ServiceSettings
 from ratequeue.sentinel_topology import parse_sentinel_addresses
 from ratequeue.topology import NodeRef, Shard, Topology
+from tests.e2e.support import REPO, chaos_command
 
 KILL_PRIMARY = "{action: kill, target: {role: primary}}"
 
@@ -71,7 +73,7 @@ def test_what_sentinel_cannot_do_is_refused_naming_the_field(text: str, problem:
 
 def test_an_override_is_checked_with_the_file() -> None:
     text = experiment("{action: kill, target: {role: controller}}")
-    with pytest.raises(ExperimentError, match="starts no controller"):
+    with pytest.raises(NotApplicable, match="starts no controller"):
         parse_experiment(text, "x.yaml", TestbedOverrides(failover="sentinel"))
 
 
@@ -141,3 +143,46 @@ def test_a_testbed_sentinel_cannot_manage_is_refused_before_anything_starts(
     with pytest.raises(TestbedError, match=problem):
         testbed.up(tmp_path, **options)
     assert not (tmp_path / "redis").exists() and not (tmp_path / "testbed.json").exists()
+
+
+def test_over_a_directory_sentinel_skips_the_files_that_need_controllers_and_keeps_the_others(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "kill.yaml").write_text(experiment())
+    needs = tmp_path / "controller.yaml"
+    needs.write_text(experiment("{action: kill, target: {role: controller}}"))
+    runnable, skipped = applicable_experiments(
+        sorted(tmp_path.glob("*.yaml")), TestbedOverrides(failover="sentinel")
+    )
+    assert [(p.name, e.failover) for p, e in runnable] == [("kill.yaml", "sentinel")]
+    [(path, reason)] = skipped
+    assert path == needs and "controller.yaml" in reason and "starts no controller" in reason
+
+
+def test_a_file_wrong_on_its_own_is_refused_not_skipped(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(experiment("{action: kill, target: {role: controller}}", failover="sentinel"))
+    with pytest.raises(ExperimentError, match="starts no controller") as refused:
+        applicable_experiments([wrong], TestbedOverrides(failover="sentinel"))
+    assert not isinstance(refused.value, NotApplicable)
+
+
+def test_run_over_the_scenarios_under_sentinel_plans_the_others_and_says_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    scenarios = sorted(str(p) for p in (REPO / "scenarios").glob("*.yaml"))
+    ran = chaos_command("run", "--dry-run", "--failover", "sentinel", "--journal-dir",
+                        str(tmp_path), *scenarios)  # fmt: skip
+    said = "".join((ran.stdout + ran.stderr).split())  # the console wraps lines anywhere
+    assert ran.returncode == 0, said
+    assert "sensor_false_positive.yaml:failover:sentinelstartsnosensor" in said
+    assert said.count("skipped") == 4  # controllers, a sensor, etcd twice
+    assert "plan:t+" in said  # the others were planned
+
+
+def test_run_refuses_when_the_options_leave_no_experiment_to_run(tmp_path: Path) -> None:
+    only = tmp_path / "controller.yaml"
+    only.write_text(experiment("{action: kill, target: {role: controller}}"))
+    ran = chaos_command("run", "--dry-run", "--failover", "sentinel", str(only))
+    assert ran.returncode == 2
+    assert "none of the experiments can run" in " ".join(ran.stdout.split())
