@@ -24,7 +24,9 @@ from chaos.experiments import (
     parse_experiment,
 )
 from chaos.hypotheses import Observations, evaluate, verdict_ok
+from chaos.journal import Journal
 from chaos.ledger import Ledger
+from chaos.recovery_watch import outcome_reached
 from common.errors import InvalidSetting
 from ratequeue.config import ServiceSettings
 from ratequeue.sentinel_topology import parse_sentinel_addresses
@@ -186,3 +188,15 @@ def test_run_refuses_when_the_options_leave_no_experiment_to_run(tmp_path: Path)
     ran = chaos_command("run", "--dry-run", "--failover", "sentinel", str(only))
     assert ran.returncode == 2
     assert "none of the experiments can run" in " ".join(ran.stdout.split())
+
+
+def test_under_sentinel_a_remediation_is_reached_only_once_the_api_routes_to_the_promoted_node() -> (
+    None
+):
+    run = Journal(run_id="r", experiment="e", deployment="d", environment="dev",
+                  failover="sentinel", ack="async", started_at=0.0)  # fmt: skip
+    for mark in ("fault_injected", "promotion", "first_acknowledged_write"):
+        run.mark(mark, 1.0, 1.0)
+    assert not outcome_reached("remediation", run, [], [], {"s0"}, "sentinel")
+    run.mark("topology_published", 2.0, 1.0, "s0: s0-replica1")
+    assert outcome_reached("remediation", run, [], [], {"s0"}, "sentinel")
