@@ -190,9 +190,7 @@ def test_run_refuses_when_the_options_leave_no_experiment_to_run(tmp_path: Path)
     assert "none of the experiments can run" in " ".join(ran.stdout.split())
 
 
-def test_under_sentinel_a_remediation_is_reached_only_once_the_api_routes_to_the_promoted_node() -> (
-    None
-):
+def test_under_sentinel_a_remediation_is_reached_once_the_api_routes_to_the_promoted_node() -> None:
     run = Journal(run_id="r", experiment="e", deployment="d", environment="dev",
                   failover="sentinel", ack="async", started_at=0.0)  # fmt: skip
     for mark in ("fault_injected", "promotion", "first_acknowledged_write"):
