@@ -343,13 +343,13 @@ def parse_experiment(
         return validated(Experiment, fields, source, error=ExperimentError,
                          hide={"fault", "approve"})  # fmt: skip
 
-    own = checked(raw)
     replaced = {} if overrides is None else overrides.model_dump(exclude_none=True)
     if not replaced or not isinstance(raw, dict):
-        return own
+        return checked(raw)
     try:
         return checked({**raw, **replaced})
     except ExperimentError as error:
+        checked(raw)  # a file wrong on its own is refused for that
         raise NotApplicable(str(error)) from None
 
 
