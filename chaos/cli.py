@@ -471,6 +471,52 @@ def report(
     console.print(f"report: {html}\nsummary: {markdown}")
 
 
+@app.command()
+def compare(
+    journal_dir: Path = typer.Argument(
+        ..., help="directory of run journals", exists=True, file_okay=False
+    ),
+    scenarios: list[Path] = typer.Argument(..., help="the experiment files the table lists"),
+    output: Path = typer.Option(..., "--output", help="the markdown file to write"),
+) -> None:
+    """Write a markdown table of every scenario under every failover manager: the latest run
+    of each in JOURNAL_DIR, or why that manager cannot run it."""
+    from chaos.comparison import scenario_table
+    from chaos.errors import ExperimentError
+    from chaos.journal import read_journals
+    from common.points_in_time import iso_utc
+
+    journals = read_journals(journal_dir)
+    try:
+        table = scenario_table(journals, scenarios)
+    except ExperimentError as error:
+        raise refused(error, "compare refused") from None
+    runs = [j for j in journals if not j.dry_run and j.status == "completed"]
+    when = (
+        f"{len(runs)} runs from {iso_utc(runs[0].started_at)} to "
+        f"{iso_utc(runs[-1].ended_at or runs[-1].started_at)}"
+        if runs
+        else "no completed runs"
+    )
+    command = "ratequeue-chaos compare JOURNAL_DIR " + " ".join(str(p) for p in scenarios)
+    lines = [
+        "# Every scenario under each failover manager",
+        "",
+        f"Written by `{command} --output {output}` ({when}). Each cell is the latest completed "
+        "run of the scenario under that manager: its verdict, the acknowledged writes lost of "
+        "those acknowledged, the recovery (fault to the first acknowledged write on the "
+        "faulted shard; with ack async, to the first one that was kept), and the hypotheses it "
+        "broke or skipped; or why that manager cannot run it; or `not run`.",
+        "",
+        *table,
+    ]
+    try:
+        output.write_text("\n".join(lines) + "\n")
+    except OSError as error:
+        raise refused(error, "cannot write the table") from None
+    console.print(f"table: {output}")
+
+
 @app.command("export-journal")
 def export_journal(
     journal: Path = typer.Argument(..., help="a run journal (JOURNAL_DIR/RUN_ID.json)"),

@@ -2,7 +2,9 @@
 under more than one manager (Lazarus, Sentinel with either acknowledgement), its latest run under
 each, with what differs where it matters (acknowledged writes lost, recovery time, duplicates,
 how much earlier than its rate a delivery came, one primary per shard) and the runs' timelines
-drawn on one axis. `ratequeue-chaos report` puts it on its page and in its summary.
+drawn on one axis. `ratequeue-chaos report` puts it on its page and in its summary;
+`ratequeue-chaos compare` writes the table of every scenario file under every manager
+(`scenario_table`: a run, or why that manager cannot run it).
 
 Not for: one run's own page (`report`), or running anything.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 
+from chaos.experiments import TestbedOverrides, applicable_experiments, load_experiment
 from chaos.journal import Journal
 
 # Where a manager's marks sit on the shared axis, and their colours (the report's, by moment).
@@ -151,4 +155,55 @@ def comparison_markdown(journals: list[Journal]) -> list[str]:
                   "|" + " --- |" * len(COLUMNS)]  # fmt: skip
         lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
         lines.append("")
+    return lines
+
+
+# The managers a scenario table has a column for (besides any its journals name), and the run
+# options that select each.
+TABLE_MANAGERS: dict[str, TestbedOverrides] = {
+    "lazarus, ack wait": TestbedOverrides(failover="lazarus", ack="wait"),
+    "sentinel, ack async": TestbedOverrides(failover="sentinel", ack="async"),
+    "sentinel, ack wait": TestbedOverrides(failover="sentinel", ack="wait"),
+}
+DEFAULT_TABLE_MANAGERS = ("lazarus, ack wait", "sentinel, ack async")
+
+
+def _run_cell(journal: Journal) -> str:
+    """A run in a cell: verdict, acknowledged writes lost, recovery, the hypotheses it broke."""
+    load, recovery = journal.load, journal.recovery_seconds()
+    failed = [h.hypothesis for h in journal.hypotheses if h.judged and not h.ok]
+    skipped = [h.hypothesis for h in journal.hypotheses if not h.judged]
+    parts = [journal.verdict, f"lost {load.get('lost', '-')} of {load.get('acknowledged', '-')}",
+             "recovery -" if recovery is None else f"recovery {recovery:.2f} s"]  # fmt: skip
+    if failed:
+        parts.append("broke " + ", ".join(failed))
+    if skipped:
+        parts.append("skipped " + ", ".join(skipped))
+    return "; ".join(parts)
+
+
+def scenario_table(journals: list[Journal], scenarios: list[Path]) -> list[str]:
+    """Markdown: a row per scenario file and a column per failover manager, each cell the
+    latest completed run of that scenario under that manager, or why the manager cannot run it
+    (the reason `ratequeue-chaos run` skips it with), or `not run`."""
+    latest: dict[tuple[str, str], Journal] = {}
+    for journal in sorted(journals, key=lambda j: j.started_at):
+        if not journal.dry_run and journal.status == "completed":
+            latest[(journal.experiment, manager_of(journal))] = journal
+    managers = sorted({m for _, m in latest} | set(DEFAULT_TABLE_MANAGERS))
+    lines = ["| scenario | " + " | ".join(managers) + " |", "|" + " --- |" * (len(managers) + 1)]
+    for path in scenarios:
+        title = load_experiment(path).title
+        cells = []
+        for manager in managers:
+            run = latest.get((title, manager))
+            if run is not None:
+                cells.append(_run_cell(run))
+                continue
+            overrides = TABLE_MANAGERS.get(manager)
+            _, skipped = applicable_experiments([path], overrides) if overrides else ([], [])
+            # The reason names the file first: the row does already.
+            cells.append(f"skipped: {skipped[0][1].split(': ', 1)[-1]}" if skipped else "not run")
+        row = [f"`{path.name}` {title}", *cells]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     return lines

@@ -1,7 +1,8 @@
 """`ratequeue-chaos report`'s side-by-side section: an experiment run under more than one failover
 manager gets a row per manager (its latest completed run) with lost, recovery, duplicates, the
 rate's overshoot and one primary per shard, and the managers' timelines on one axis; a skipped
-hypothesis is never shown as held.
+hypothesis is never shown as held. `ratequeue-chaos compare` tables every scenario file under
+every manager: its latest run, or why that manager cannot run it.
 
 Not for: producing the journals (tests/test_scenarios_on_both_managers.py runs both managers).
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chaos.comparison import side_by_side
+from chaos.comparison import scenario_table, side_by_side
 from chaos.journal import HypothesisOutcome, Journal
 from chaos.report import write_report
+from tests.e2e.support import chaos_command
 
 PARTITION = "Cut a shard primary off"
 
@@ -79,3 +81,39 @@ def test_a_report_of_one_manager_has_no_side_by_side_section(tmp_path: Path) -> 
     run("lazarus", 2.0, "lazarus", "wait", lost=0).write(tmp_path)
     page_path, summary_path = write_report(tmp_path)
     assert "side by side" not in page_path.read_text() + summary_path.read_text()
+
+
+def scenario(directory: Path, name: str, title: str, target: str = "primary") -> Path:
+    path = directory / name
+    path.write_text(f"title: {title}\nmethod:\n  - {{action: kill, target: {{role: {target}}}}}\n"
+                    "hypotheses:\n  - {type: recovered_within, seconds: 10}\n")  # fmt: skip
+    return path
+
+
+def test_the_scenario_table_has_a_run_or_the_reason_a_manager_cannot_run_it(
+    tmp_path: Path,
+) -> None:
+    files = [scenario(tmp_path, "partition.yaml", PARTITION),
+             scenario(tmp_path, "controller.yaml", "Kill a controller", "controller"),
+             scenario(tmp_path, "pause.yaml", "Pause a primary")]  # fmt: skip
+    journals = [run("lazarus", 2.0, "lazarus", "wait", lost=0),
+                run("sentinel", 3.0, "sentinel", "async", lost=16)]  # fmt: skip
+    header, _, partition, controller, pause = scenario_table(journals, files)
+    assert header == "| scenario | lazarus, ack wait | sentinel, ack async |"
+    assert "| passed; lost 0 of 400; recovery 0.05 s; skipped rate_limits_held |" in partition
+    assert "| failed; lost 16 of 400; recovery 3.10 s; broke acknowledged_lost;" in partition
+    assert controller.endswith("| not run | skipped: failover: sentinel starts no controller: a "
+                               "target of that role needs failover: lazarus |")  # fmt: skip
+    assert pause.endswith("| not run | not run |")
+
+
+def test_compare_writes_the_table_saying_how_it_was_made(tmp_path: Path) -> None:
+    journals = tmp_path / "journals"
+    run("lazarus", 2.0, "lazarus", "wait", lost=0).write(journals)
+    files = [scenario(tmp_path, "partition.yaml", PARTITION)]
+    table = tmp_path / "table.md"
+    made = chaos_command("compare", str(journals), *map(str, files), "--output", str(table))
+    assert made.returncode == 0, made.stdout + made.stderr
+    text = table.read_text()
+    assert "ratequeue-chaos compare JOURNAL_DIR" in text and "1 runs from" in text
+    assert f"| `partition.yaml` {PARTITION} | passed; lost 0 of 400" in text
