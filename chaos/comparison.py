@@ -138,9 +138,9 @@ def comparison_html(journals: list[Journal], colours: dict[str, str]) -> str:
     return (
         "<h2>Failover managers side by side</h2><p>The latest completed run of each experiment "
         "under each manager. Recovery: fault to the first acknowledged write on the faulted "
-        "shard; with asynchronous acknowledgement, to the first one that was kept (delivered): "
-        "a primary cut off on the clients' side acknowledges writes its demotion discards.</p>"
-        + "".join(sections)
+        "shard; with asynchronous acknowledgement and a promotion, to the first one sent after the "
+        "API routed to the promoted primary: a primary cut off on the clients' side "
+        "acknowledges writes its demotion discards.</p>" + "".join(sections)
     )
 
 

@@ -19,7 +19,7 @@ TIMELINE_ORDER = (
     "promotion",
     "topology_published",
     "first_acknowledged_write",
-    "first_kept_write",
+    "first_write_after_switch",
     "rolled_back",
     "load_drained",
 )
@@ -109,14 +109,20 @@ class Journal(BaseModel):
 
     def recovery_seconds(self) -> float | None:
         """Fault to the first acknowledged write on the faulted shard; with asynchronous
-        acknowledgement, to the first one that was kept (delivered, not lost)."""
+        acknowledgement and a promotion, to the first one sent after the API routed to the
+        promoted primary."""
         fault, recovered = self.moment("fault_injected"), self.moment(self.recovery_mark)
         return None if fault is None or recovered is None else recovered - fault
 
     @property
     def recovery_mark(self) -> str:
-        """The timeline mark recovery is measured to."""
-        return "first_kept_write" if self.ack == "async" else "first_acknowledged_write"
+        """The timeline mark recovery is measured to. With asynchronous acknowledgement a
+        primary cut off on the clients' side acknowledges at once what its demotion discards
+        (and consumers may even receive it first): once a replica was promoted, only a write
+        sent after the API routes there shows a recovery."""
+        if self.ack == "async" and self.moment("promotion") is not None:
+            return "first_write_after_switch"
+        return "first_acknowledged_write"
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

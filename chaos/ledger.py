@@ -94,15 +94,6 @@ class Ledger:
         ]  # fmt: skip
         return min(times, default=None)
 
-    def first_kept_ack_after(self, moment: float, shard: str) -> float | None:
-        """When the first message acknowledged on `shard` at or after `moment` that was also
-        delivered (kept, not lost) was acknowledged: with asynchronous acknowledgement an
-        acknowledgement alone proves nothing (a cut-off primary keeps giving them)."""
-        delivered = self.delivered_ids
-        times = [at for message_id, (_, on, at) in self.acknowledged.items()
-                 if on == shard and at >= moment and message_id in delivered]  # fmt: skip
-        return min(times, default=None)
-
     def latency_percentiles(self, shard: str | None = None) -> dict[str, float]:
         values = sorted(a.latency for a in self.attempts
                         if a.ok and (shard is None or a.shard == shard))  # fmt: skip

@@ -1,7 +1,7 @@
 """Placing what the controllers did on a run's timeline (the first sensor event, the decision,
 the promotion, the topology published, the first acknowledged write after the fault), or, under
-Sentinel, the promotion the map shows (and, with asynchronous acknowledgement, the first write
-acknowledged after the fault that was kept), and telling when the expected outcome is reached.
+Sentinel, the promotion the map shows, the API following it, and the first write sent after that),
+and telling when the expected outcome is reached.
 Not for: reading the controllers (see `controller_answers`).
 """
 
@@ -34,8 +34,9 @@ STEP_MARKS: tuple[tuple[str, type[CandidatePromoted] | type[TopologyPublished], 
 # What recovery is measured to, by the journal's recovery mark (`Journal.recovery_mark`).
 RECOVERED_BY = {
     "first_acknowledged_write": "first acknowledged write on the shard",
-    "first_kept_write": "first write acknowledged on the shard that was kept (delivered): with "
-    "ack async an acknowledgement alone can be lost",
+    "first_write_after_switch": "first write acknowledged on the shard that was sent after the "
+    "API routed to the promoted primary (ack async: the cut-off primary's acknowledgements are "
+    "discarded)",
 }
 
 
@@ -71,17 +72,18 @@ def update_timeline(
         journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
 
 
-def mark_kept_recovery(
+def mark_write_after_switch(
     journal: Journal, ledger: Ledger, watched: set[str], fault_at: float
 ) -> None:
-    """With asynchronous acknowledgement, once the load is drained: when every watched shard
-    had acknowledged a write that was kept (delivered), the slowest one counting. A primary
-    cut off on the clients' side acknowledges at once what its demotion discards, so the first
-    acknowledgement alone would show a recovery that did not happen."""
-    kept = {shard: ledger.first_kept_ack_after(fault_at, shard) for shard in sorted(watched)}
-    if kept and all(at is not None for at in kept.values()):
-        slowest = max(kept, key=lambda shard: kept[shard] or 0.0)
-        journal.mark("first_kept_write", kept[slowest] or 0.0, fault_at, slowest)
+    """Once the API routes to the promoted primaries (`topology_published`): when every watched
+    shard acknowledged a write sent after that, the slowest one counting."""
+    switched_at = journal.moment("topology_published")
+    if switched_at is None:
+        return
+    acks = {shard: ledger.first_ack_after(switched_at, shard) for shard in sorted(watched)}
+    if acks and all(at is not None for at in acks.values()):
+        slowest = max(acks, key=lambda shard: acks[shard] or 0.0)
+        journal.mark("first_write_after_switch", acks[slowest] or 0.0, fault_at, slowest)
 
 
 def _promoted(

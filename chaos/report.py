@@ -20,7 +20,7 @@ COLOURS = {
     "promotion": "#1f77b4",
     "topology_published": "#17becf",
     "first_acknowledged_write": "#2ca02c",
-    "first_kept_write": "#bcbd22",
+    "first_write_after_switch": "#bcbd22",
     "rolled_back": "#8c564b",
     "load_drained": "#7f7f7f",
 }

@@ -33,8 +33,8 @@ from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.recovery_watch import (
     RECOVERED_BY,
-    mark_kept_recovery,
     mark_sentinel_switch,
+    mark_write_after_switch,
     outcome_reached,
     update_timeline,
 )
@@ -238,9 +238,9 @@ class ExperimentRunner:
         decisions, workflows = self.controllers.decisions(fault_at, faulted)
         journal.decisions = [decision_summary(d) for d in decisions]
         after = self.deployment.topology()
-        if journal.ack == "async":
+        if self.deployment.failover == "sentinel":
             watched = self.faults.primary_faulted or faulted
-            mark_kept_recovery(journal, ledger, watched, fault_at)
+            mark_write_after_switch(journal, ledger, watched, fault_at)
         observations = Observations(
             ledger=ledger,
             shard=journal.shard or "",

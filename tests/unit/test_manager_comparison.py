@@ -27,8 +27,8 @@ def run(run_id: str, started: float, failover: str, ack: str | None, lost: int,
     journal.mark("fault_injected", started, started)
     journal.mark("promotion", started + 2.5, started, "s0: s0-replica1")
     journal.mark("first_acknowledged_write", started + 0.05, started, "s0")
-    if ack == "async":  # the cut-off primary acknowledged at once; the first kept write later
-        journal.mark("first_kept_write", started + 3.1, started, "s0")
+    if ack == "async":  # the cut-off primary acknowledged at once; the API switched later
+        journal.mark("first_write_after_switch", started + 3.1, started, "s0")
     journal.load = {"acknowledged": 400, "lost": lost, "duplicates": 0}
     journal.hypotheses = [
         HypothesisOutcome(hypothesis="acknowledged_lost", ok=lost == 0, expected="<= 0",
@@ -59,7 +59,7 @@ def test_each_manager_s_latest_completed_run_of_an_experiment_is_compared() -> N
     lazarus, sentinel = (r.cells() for r in rows)
     assert lazarus[3] == "0" and sentinel[3] == "16"  # lost
     assert lazarus[4] == "0.05"
-    assert sentinel[4] == "3.10"  # recovery: to the first kept write, not the cut-off primary's
+    assert sentinel[4] == "3.10"  # recovery: after the API switched, not the cut-off primary's
     assert sentinel[6] == "-"  # a skipped hypothesis is shown as not measured
     assert sentinel[7] == "yes"
 
