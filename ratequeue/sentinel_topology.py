@@ -2,7 +2,8 @@
 Sentinel makes, not the Lazarus controllers): the shards, their slots and members come from the
 map published at set-up (the `base` source, the control store); each shard's primary is the
 node a majority of the sentinels name for the master of the shard's id. `watch` wakes on each
-sentinel's `+switch-master` and rereads periodically.
+sentinel's `+switch-master` and rereads periodically; with the control store away it follows
+Sentinel over the map it last read (`load` then raises, so a health check sees the store away).
 
 Which primary, and why it is safe to route to it:
 
@@ -216,6 +217,7 @@ class SentinelTopologySource:
         self._timeout = timeout
         self._owned = list(owned)
         self.followed = FollowedPrimaries(len(self._links))
+        self._last_base: Topology | None = None
 
     @classmethod
     def over_control_store(
@@ -238,6 +240,11 @@ class SentinelTopologySource:
         """The base map with the followed primaries; raises RedisError while no majority of
         the sentinels agrees on a shard's first primary (the caller keeps the map it has)."""
         base = await self._base.load()
+        if base is not None:
+            self._last_base = base
+        return await self._follow(base)
+
+    async def _follow(self, base: Topology | None) -> Topology | None:
         if base is None:
             return None
         names = [shard.id for shard in base.shards]
@@ -266,6 +273,21 @@ class SentinelTopologySource:
             await asyncio.gather(*asked, return_exceptions=True)
         return answers
 
+    async def _load_even_without_the_store(self) -> Topology | None:
+        """As `load`, but with the control store away the base map last read is used, so a
+        promotion Sentinel makes meanwhile is still followed (`load` itself raises then: the
+        API's health check says the store is unreachable)."""
+        try:
+            base = await self._base.load()
+        except (RedisError, OSError) as error:
+            if self._last_base is None:
+                raise
+            log.debug("control store away (%s): the last map read is followed", error)
+            base = self._last_base
+        else:
+            self._last_base = base or self._last_base
+        return await self._follow(base)
+
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
         raise ManagedBySentinel("Sentinel chooses the primaries of this deployment")
 
@@ -285,7 +307,7 @@ class SentinelTopologySource:
                     await asyncio.wait_for(switched.wait(), refresh_every)
                 switched.clear()
                 try:
-                    topology = await self.load()
+                    topology = await self._load_even_without_the_store()
                 except (RedisError, OSError) as error:
                     log.debug("sentinel topology not read: %s", error)
                     continue

@@ -231,3 +231,36 @@ def test_it_refuses_to_change_the_map() -> None:
 
 def test_without_a_map_in_the_store_there_is_none_to_follow() -> None:
     assert run(loads(source_over(sentinels(all_old()), base=None))) is None
+
+
+class StoreThatGoesAway(FixedMap):
+    """Holds the map until `away` is set, then refuses every read."""
+
+    away = False
+
+    async def load(self) -> Topology | None:
+        if self.away:
+            raise ConnectionRefusedError("control store down")
+        return self.topology
+
+
+def test_with_the_control_store_away_the_watch_still_follows_a_promotion() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    store = StoreThatGoesAway(MAP)
+    source = SentinelTopologySource(store, links, timeout=30)
+
+    async def follow() -> Topology:
+        first = await source.load()
+        assert first is not None
+        store.away = True
+        for link in links:
+            link.answer["s0"] = claim(1, NEW["s0"])
+        with pytest.raises(ConnectionRefusedError):
+            await source.load()  # the health check sees the store away
+        watch = source.watch(after_epoch=first.epoch, refresh_every=0.05)
+        try:
+            return await asyncio.wait_for(anext(watch), 10)
+        finally:
+            await watch.aclose()
+
+    assert primaries(run(follow())) == {"s0": "s0-replica1", "s1": "s1-primary"}
