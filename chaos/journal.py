@@ -108,19 +108,19 @@ class Journal(BaseModel):
         return next((e.at for e in self.timeline if e.name == name), None)
 
     def recovery_seconds(self) -> float | None:
-        """Fault to the first acknowledged write on the faulted shard; with asynchronous
-        acknowledgement and a promotion, to the first one sent after the API routed to the
-        promoted primary."""
+        """Fault to the first acknowledged write on the faulted shard; under Sentinel once it
+        promoted, to the first one sent after the API routed to the promoted primary."""
         fault, recovered = self.moment("fault_injected"), self.moment(self.recovery_mark)
         return None if fault is None or recovered is None else recovered - fault
 
     @property
     def recovery_mark(self) -> str:
-        """The timeline mark recovery is measured to. With asynchronous acknowledgement a
-        primary cut off on the clients' side acknowledges at once what its demotion discards
-        (and consumers may even receive it first): once a replica was promoted, only a write
-        sent after the API routes there shows a recovery."""
-        if self.ack == "async" and self.moment("promotion") is not None:
+        """The timeline mark recovery is measured to. Under Sentinel a primary cut off on the
+        clients' side may acknowledge what its demotion discards (at once with asynchronous
+        acknowledgement, and consumers may even receive it first; a target that does not say
+        its `ack` may be either): once a replica was promoted, only a write sent after the API
+        routes there shows a recovery, whatever the acknowledgement."""
+        if self.failover == "sentinel" and self.moment("promotion") is not None:
             return "first_write_after_switch"
         return "first_acknowledged_write"
 

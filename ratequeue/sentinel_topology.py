@@ -19,7 +19,11 @@ Which primary, and why it is safe to route to it:
   spread, never sends a shard back to its old primary.
 - The map's epoch is the base epoch plus the kept config-epochs: every change of any shard's
   primary raises it (its shard's config-epoch rose), and it never goes down (a base map that
-  lost a shard still gives a higher epoch than the last map issued).
+  lost a shard still gives a higher epoch than the last map issued, nor does an older base map
+  an overlapping load read late).
+- That epoch is per API process: each worker (`ratequeue.workers`) runs its own source and
+  follows Sentinel itself, so two workers may number the same map differently; nothing compares
+  epochs across processes (Sentinel writes no map to compare with).
 
 Each shard keeps the base's shard epoch: Sentinel sets no fence (`rq:fence` is replicated, so
 every node holds the same value) and so a primary cut off on the clients' side keeps accepting
@@ -239,17 +243,26 @@ class SentinelTopologySource:
     async def load(self) -> Topology | None:
         """The base map with the followed primaries; raises RedisError while no majority of
         the sentinels agrees on a shard's first primary (the caller keeps the map it has)."""
-        base = await self._base.load()
-        if base is not None:
+        return await self._follow(self._newest_base(await self._base.load()))
+
+    def _newest_base(self, base: Topology | None) -> Topology | None:
+        """`base`, or the newer map an overlapping load read meanwhile: an older map read
+        late never replaces it (it would be issued at a higher epoch than the newer one)."""
+        if base is None:
+            return None
+        if self._last_base is None or base.epoch >= self._last_base.epoch:
             self._last_base = base
-        return await self._follow(base)
+        return self._last_base
 
     async def _follow(self, base: Topology | None) -> Topology | None:
         if base is None:
             return None
         names = [shard.id for shard in base.shards]
         self.followed.observe(names, await self._answers(names))
-        return self.followed.topology(base)
+        # Another load may have read a newer map while the sentinels were asked.
+        newest = self._newest_base(base)
+        assert newest is not None
+        return self.followed.topology(newest)
 
     async def _answers(self, names: Sequence[str]) -> list[SentinelAnswer]:
         """The sentinels' answers, returned as soon as a majority agrees on every master (a
@@ -285,7 +298,7 @@ class SentinelTopologySource:
             log.debug("control store away (%s): the last map read is followed", error)
             base = self._last_base
         else:
-            self._last_base = base or self._last_base
+            base = self._newest_base(base) or self._last_base
         return await self._follow(base)
 
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:

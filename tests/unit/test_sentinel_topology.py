@@ -233,6 +233,51 @@ def test_without_a_map_in_the_store_there_is_none_to_follow() -> None:
     assert run(loads(source_over(sentinels(all_old()), base=None))) is None
 
 
+class MapsInTurn:
+    """A base store answering each load with the next of `maps`."""
+
+    def __init__(self, *maps: Topology) -> None:
+        self.maps = list(maps)
+
+    async def load(self) -> Topology | None:
+        return self.maps.pop(0)
+
+
+class HeldSentinel(TableSentinel):
+    """Answers its first question only once `release` is set, the others at once."""
+
+    def __init__(self, answer: SentinelAnswer) -> None:
+        super().__init__(answer)
+        self.release = asyncio.Event()
+        self.asked = 0
+
+    async def claims(self, names: Sequence[str]) -> SentinelAnswer:
+        self.asked += 1
+        if self.asked == 1:
+            await self.release.wait()
+        return await super().claims(names)
+
+
+def test_an_older_map_read_by_an_overlapping_load_never_outranks_the_newer_one() -> None:
+    whole = Topology(epoch=4, shards=[MAP.shards[0].model_copy(update={"slots": (0, 16383)})])
+    links = [HeldSentinel(all_old()) for _ in range(3)]
+    source = SentinelTopologySource(MapsInTurn(MAP, whole), links, timeout=30)
+
+    async def overlap() -> tuple[Topology | None, Topology | None]:
+        older = asyncio.ensure_future(source.load())  # reads MAP, then waits for the sentinels
+        while not all(link.asked for link in links):
+            await asyncio.sleep(0)
+        newer = await asyncio.wait_for(source.load(), 10)  # reads `whole`, answered at once
+        for link in links:
+            link.release.set()
+        return await asyncio.wait_for(older, 10), newer
+
+    late, newer = run(overlap())
+    assert newer is not None and late is not None
+    assert late.shards == newer.shards == [MAP.shards[0].model_copy(update={"slots": (0, 16383)})]
+    assert late.epoch == newer.epoch
+
+
 class StoreThatGoesAway(FixedMap):
     """Holds the map until `away` is set, then refuses every read."""
 
