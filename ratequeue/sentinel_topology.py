@@ -142,12 +142,18 @@ class FollowedPrimaries:
 class SentinelLink(Protocol):
     """One sentinel, as the source asks it."""
 
+    address: str  # host:port, as a health check names it
+
     async def claims(self, names: Sequence[str]) -> SentinelAnswer:
         """Its claim for each master of `names` it knows; raises if it does not answer."""
         ...
 
     async def follow_switches(self, switched: asyncio.Event, pause: float) -> None:
         """Set `switched` at each `+switch-master` it publishes, for ever."""
+        ...
+
+    async def ping(self) -> None:
+        """Returns when it answers; raises if it does not."""
         ...
 
     async def aclose(self) -> None: ...
@@ -161,6 +167,9 @@ class RedisSentinelLink:
         self._redis = aioredis.Redis(
             host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        # Its own connection for the events, with no read timeout: a subscription is idle
+        # between failovers, and a read timeout would drop it (and the event told meanwhile).
+        self._events = aioredis.Redis(host=host, port=port, socket_connect_timeout=timeout)
 
     async def claims(self, names: Sequence[str]) -> SentinelAnswer:
         # One round trip. Per master the config-epoch is asked before the address: should the
@@ -187,7 +196,7 @@ class RedisSentinelLink:
         """Reconnects after an error (a switch told meanwhile is found by the periodic
         reread)."""
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._events.pubsub()
             try:
                 await pubsub.subscribe(SWITCH_MASTER)
                 async for message in pubsub.listen():
@@ -198,8 +207,12 @@ class RedisSentinelLink:
             finally:
                 await pubsub.aclose()
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def aclose(self) -> None:
         await self._redis.aclose()
+        await self._events.aclose()
 
 
 class SentinelTopologySource:
@@ -300,6 +313,31 @@ class SentinelTopologySource:
         else:
             base = self._newest_base(base) or self._last_base
         return await self._follow(base)
+
+    async def base_reachable(self) -> bool:
+        """Whether the store of the base map answers (within `timeout`), the sentinels aside."""
+        try:
+            await asyncio.wait_for(self._base.load(), self._timeout)
+        except Exception:  # whatever the store raises, it did not answer
+            return False
+        return True
+
+    async def silent_sentinels(self) -> list[str]:
+        """The addresses of the sentinels that do not answer a PING within `timeout`."""
+
+        async def answers(link: SentinelLink) -> bool:
+            try:
+                await asyncio.wait_for(link.ping(), self._timeout)
+            except (RedisError, OSError, TimeoutError):
+                return False
+            return True
+
+        answered = await asyncio.gather(*(answers(link) for link in self._links))
+        return [link.address for link, ok in zip(self._links, answered, strict=True) if not ok]
+
+    @property
+    def sentinel_count(self) -> int:
+        return len(self._links)
 
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
         raise ManagedBySentinel("Sentinel chooses the primaries of this deployment")

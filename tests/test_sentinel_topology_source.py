@@ -1,7 +1,8 @@
 """The topology source that follows Redis Sentinel, against three real redis-sentinel processes
 (quorum 2) watching one shard of real redis-server nodes: read all through a failover, no map
 ever names the old primary under a newer epoch, the epochs never fall, and the primary it moves
-to answers as a master; with one sentinel paused it still answers at once.
+to answers as a master; with one sentinel paused it still answers at once; a `+switch-master`
+told after the subscription sat idle for longer than the read timeout is still heard.
 
 Not for: the routing rules case by case (tests/unit/test_sentinel_topology.py), or the API on a
 whole testbed (tests/test_testbed_on_sentinel.py).
@@ -22,7 +23,7 @@ import redis
 from chaos.testbed import sentinel_managed_args
 from common.sentinel_processes import SentinelProcess, SentinelTimers, start_sentinels
 from ratequeue.local_cluster import LocalCluster
-from ratequeue.sentinel_topology import SentinelTopologySource
+from ratequeue.sentinel_topology import RedisSentinelLink, SentinelTopologySource
 from ratequeue.topology import Topology
 from tests.e2e.support import wait_for
 
@@ -129,3 +130,30 @@ def test_with_one_sentinel_paused_the_map_is_read_at_once(
     found = asyncio.run(read())
     assert found is not None
     assert found.shard("s0").primary.name == cluster.shard("s0").primary.name
+
+
+def test_a_switch_told_after_the_subscription_sat_idle_is_heard(
+    watched_shard: tuple[LocalCluster, list[SentinelProcess]],
+) -> None:
+    _, sentinels = watched_shard
+    wait_for("every sentinel to see both replicas",
+             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+    told = sentinels[0]
+
+    async def hear() -> bool:
+        # A read timeout of 0.5 s; after an error the link would wait 60 s to subscribe again.
+        link = RedisSentinelLink(told.host, told.port, timeout=0.5)
+        switched = asyncio.Event()
+        listening = asyncio.create_task(link.follow_switches(switched, pause=60))
+        try:
+            await asyncio.sleep(2.5)  # idle: no failover yet
+            with told.client(timeout=5) as conn:
+                conn.execute_command("SENTINEL", "FAILOVER", "s0")
+            await asyncio.wait_for(switched.wait(), 30)
+            return True
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+            await link.aclose()
+
+    assert asyncio.run(hear())

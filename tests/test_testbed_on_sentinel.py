@@ -74,6 +74,9 @@ def test_a_sentinel_testbed_runs_three_sentinels_and_no_controllers_and_down_sto
         assert health.status_code == 200, health.text
         checks = {c["name"]: c for c in health.json()["checks"]}
         assert checks["control_store"]["ok"], checks
+        # The store and the sentinels are checked apart: the paused one is named.
+        assert checks["sentinels"]["ok"], checks
+        assert checks["sentinels"]["detail"].startswith("2 of 3 answer; not answering: "), checks
 
 
 def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_one(

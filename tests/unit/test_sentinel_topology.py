@@ -65,6 +65,10 @@ class TableSentinel:
         self.answer = answer or {}
         self.silent = silent
         self.down = False
+        self.address = f"127.0.0.1:{26379 + id(self) % 1000}"
+
+    async def ping(self) -> None:
+        await self.claims([])
 
     async def claims(self, names: Sequence[str]) -> SentinelAnswer:
         if self.silent:
@@ -309,3 +313,19 @@ def test_with_the_control_store_away_the_watch_still_follows_a_promotion() -> No
             await watch.aclose()
 
     assert primaries(run(follow())) == {"s0": "s0-replica1", "s1": "s1-primary"}
+
+
+def test_health_names_a_sentinel_that_does_not_answer_and_the_store_apart() -> None:
+    links = sentinels(all_old(), all_old(), all_old())
+    links[1].down = True
+    source = SentinelTopologySource(FixedMap(MAP), links, timeout=0.2)
+    assert run(source.silent_sentinels()) == [links[1].address]
+    assert run(source.base_reachable())
+
+
+def test_health_says_the_store_is_away_while_every_sentinel_answers() -> None:
+    store = StoreThatGoesAway(MAP)
+    store.away = True
+    source = SentinelTopologySource(store, sentinels(all_old(), all_old(), all_old()), timeout=0.2)
+    assert not run(source.base_reachable())
+    assert run(source.silent_sentinels()) == []
