@@ -457,7 +457,7 @@ def compare(
         f"Written by `{command} --output {output}` ({when}). Each cell is the latest completed "
         "run of the scenario under that manager: its verdict, the acknowledged writes lost of "
         "those acknowledged, the recovery (fault to the first acknowledged write on the "
-        "faulted shard; with ack async and a promotion, to the first one sent after the API "
+        "faulted shard; under Sentinel once it promoted, to the first one sent after the API "
         "routed to the promoted primary), and the hypotheses it "
         "broke or skipped; or why that manager cannot run it; or `not run`.",
         "",

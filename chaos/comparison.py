@@ -138,9 +138,11 @@ def comparison_html(journals: list[Journal], colours: dict[str, str]) -> str:
     return (
         "<h2>Failover managers side by side</h2><p>The latest completed run of each experiment "
         "under each manager. Recovery: fault to the first acknowledged write on the faulted "
-        "shard; with asynchronous acknowledgement and a promotion, to the first one sent after the "
-        "API routed to the promoted primary: a primary cut off on the clients' side "
-        "acknowledges writes its demotion discards.</p>" + "".join(sections)
+        "shard; under Sentinel once it promoted, to the first one sent after the API routed to "
+        "the promoted primary: a primary cut off on the clients' side may acknowledge writes "
+        "its demotion discards. Sentinel's promotion and topology_published are stamped when "
+        "the run polls (every 0.1 s and a read of the sentinels), so they, and its recovery, "
+        "may read up to about 0.1-1 s late.</p>" + "".join(sections)
     )
 
 
