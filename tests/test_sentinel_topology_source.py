@@ -2,7 +2,8 @@
 (quorum 2) watching one shard of real redis-server nodes: read all through a failover, no map
 ever names the old primary under a newer epoch, the epochs never fall, and the primary it moves
 to answers as a master; with one sentinel paused it still answers at once; a `+switch-master`
-told after the subscription sat idle for longer than the read timeout is still heard.
+told after the subscription sat idle for longer than the read timeout is still heard;
+`ratequeue topology --topology-backend sentinel` prints the map with Sentinel's primaries.
 
 Not for: the routing rules case by case (tests/unit/test_sentinel_topology.py), or the API on a
 whole testbed (tests/test_testbed_on_sentinel.py).
@@ -11,6 +12,7 @@ whole testbed (tests/test_testbed_on_sentinel.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from chaos.testbed import sentinel_managed_args
 from common.sentinel_processes import SentinelProcess, SentinelTimers, start_sentinels
+from ratequeue.cli import app as ratequeue_app
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.sentinel_topology import RedisSentinelLink, SentinelTopologySource
 from ratequeue.topology import Topology
@@ -157,3 +161,27 @@ def test_a_switch_told_after_the_subscription_sat_idle_is_heard(
             await link.aclose()
 
     assert asyncio.run(hear())
+
+
+def test_the_topology_command_prints_the_primaries_sentinel_names(
+    watched_shard: tuple[LocalCluster, list[SentinelProcess]],
+) -> None:
+    cluster, sentinels = watched_shard
+    wait_for("every sentinel to see both replicas",
+             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+    with sentinels[0].client(timeout=5) as conn:
+        conn.execute_command("SENTINEL", "FAILOVER", "s0")
+    old = cluster.shard("s0").primary.name
+    addresses = ",".join(f"{s.host}:{s.port}" for s in sentinels)
+    command = ["topology", "--control", cluster.control.url, "--topology-backend", "sentinel",
+               "--sentinels", addresses]  # fmt: skip
+
+    def primary_printed() -> str | None:
+        result = CliRunner().invoke(ratequeue_app, command)
+        if result.exit_code != 0:
+            return None
+        primary = json.loads(result.stdout)["shards"][0]["primary"]["name"]
+        return primary if primary != old else None
+
+    promoted = wait_for("the command to print the promoted primary", primary_printed, timeout=60)
+    assert promoted in {r.name for r in cluster.shard("s0").replicas}
