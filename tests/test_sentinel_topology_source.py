@@ -58,6 +58,11 @@ def replicas_seen(sentinel: SentinelProcess) -> int:
         return int(conn.sentinel_master("s0")["num-slaves"])
 
 
+def every_sentinel_sees_both_replicas(sentinels: list[SentinelProcess]) -> None:
+    wait_for("every sentinel to see both replicas",
+             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+
+
 async def maps_through_a_failover(source: SentinelTopologySource, cluster: LocalCluster,
                                   deadline: float) -> list[Topology]:  # fmt: skip
     """Every map read every 20 ms from before the primary's kill until one names another
@@ -89,8 +94,7 @@ def test_through_a_failover_no_map_names_the_old_primary_under_a_newer_epoch(
     watched_shard: tuple[LocalCluster, list[SentinelProcess]],
 ) -> None:
     cluster, sentinels = watched_shard
-    wait_for("every sentinel to see both replicas",
-             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+    every_sentinel_sees_both_replicas(sentinels)
     old = cluster.shard("s0").primary.name
     addresses = [(s.host, s.port) for s in sentinels]
 
@@ -140,8 +144,7 @@ def test_a_switch_told_after_the_subscription_sat_idle_is_heard(
     watched_shard: tuple[LocalCluster, list[SentinelProcess]],
 ) -> None:
     _, sentinels = watched_shard
-    wait_for("every sentinel to see both replicas",
-             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+    every_sentinel_sees_both_replicas(sentinels)
     told = sentinels[0]
 
     async def hear() -> bool:
@@ -167,8 +170,7 @@ def test_the_topology_command_prints_the_primaries_sentinel_names(
     watched_shard: tuple[LocalCluster, list[SentinelProcess]],
 ) -> None:
     cluster, sentinels = watched_shard
-    wait_for("every sentinel to see both replicas",
-             lambda: all(replicas_seen(s) == 2 for s in sentinels))  # fmt: skip
+    every_sentinel_sees_both_replicas(sentinels)
     with sentinels[0].client(timeout=5) as conn:
         conn.execute_command("SENTINEL", "FAILOVER", "s0")
     old = cluster.shard("s0").primary.name

@@ -330,22 +330,20 @@ def test_etcd_without_endpoints_is_refused_naming_the_setting_and_how_to_give_it
     assert f"setting 'etcd_endpoints' ({option.flag} or {option.env}): required" in output
 
 
-def test_sentinel_without_sentinels_is_refused_naming_the_setting(start: Start) -> None:
-    outcome = start(service_named("ratequeue serve"), ["--topology-backend", "sentinel"],
-                    leave="sentinels")  # fmt: skip
-    assert not isinstance(outcome, BaseModel), "started following no sentinel"
-    code, output = outcome
-    assert code == 2, output
-    assert "setting 'sentinels' (--sentinels or RATEQUEUE_SENTINELS): required" in output
-
-
-def test_garbage_sentinels_are_refused_with_the_redis_backend_too(start: Start) -> None:
-    outcome = start(service_named("ratequeue serve"), ["--sentinels", "garbage"],
-                    leave="sentinels")  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [(["--topology-backend", "sentinel"],
+      "setting 'sentinels' (--sentinels or RATEQUEUE_SENTINELS): required"),
+     (["--sentinels", "garbage"],  # with the redis backend: refused, not ignored
+      "setting 'sentinels' (--sentinels): 'garbage' is not host:port")],
+)  # fmt: skip
+def test_sentinels_the_api_cannot_follow_are_refused_naming_the_setting(
+    start: Start, flags: list[str], refusal: str
+) -> None:
+    outcome = start(service_named("ratequeue serve"), flags, leave="sentinels")
     assert not isinstance(outcome, BaseModel), "started with sentinels it cannot follow"
     code, output = outcome
-    assert code == 2, output
-    assert "setting 'sentinels' (--sentinels): 'garbage' is not host:port" in output
+    assert code == 2 and refusal in output, output
 
 
 def test_a_local_actuator_without_its_directory_names_the_directory_setting(start: Start) -> None:
