@@ -43,6 +43,11 @@ class EnqueueOutcome:
     detail: str = ""
 
 
+# ENQUEUE_BATCH answers one letter per message; reasons come only with `conflict` and `full`.
+_OUTCOME_OF_CODE = {"o": EnqueueOutcome("ok"), "d": EnqueueOutcome("duplicate")}
+_STATUS_OF_CODE = {"c": "conflict", "f": "full"}
+
+
 @dataclass(frozen=True)
 class LeasedMessage:
     id: str
@@ -204,8 +209,14 @@ class ShardQueue:
                 message.body_json,
             ]
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
-        rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
-        outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]
+        (codes, details), replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
+        reasons = iter(details)
+        outcomes = [
+            _OUTCOME_OF_CODE[code]
+            if code in _OUTCOME_OF_CODE
+            else EnqueueOutcome(_STATUS_OF_CODE[code], next(reasons).decode())
+            for code in codes.decode()
+        ]
         written = any(outcome.status in ("ok", "duplicate") for outcome in outcomes)
         if wait is not None and replicas < min_replicas and written:
             raise DurabilityNotMet(
@@ -215,16 +226,16 @@ class ShardQueue:
         return outcomes
 
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
-        result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        flat, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
         leased = []
-        for lease, message_id, number, attempt, body in result[1]:
+        for i in range(0, len(flat), 5):
             leased.append(
                 LeasedMessage(
-                    id=message_id.decode(),
-                    number=number.decode(),
-                    body=json.loads(body),
-                    receipt=make_receipt(self.shard_id, lease.decode()),
-                    attempt=int(attempt),
+                    id=flat[i + 1].decode(),
+                    number=flat[i + 2].decode(),
+                    body=json.loads(flat[i + 4]),
+                    receipt=make_receipt(self.shard_id, flat[i].decode()),
+                    attempt=flat[i + 3],
                     shard=self.shard_id,
                 )
             )
