@@ -39,6 +39,8 @@ apply the same values.
 
 from __future__ import annotations
 
+import redis
+
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
 
 
@@ -59,6 +61,14 @@ def entry_id(entry: bytes | str) -> str:
     """The message id of a queue entry or a lease field's value (`attempt|segments|id|body`)."""
     text = entry.decode() if isinstance(entry, bytes) else entry
     return text.split("|", 3)[2]
+
+
+def held_ids(conn: redis.Redis, number: str) -> set[str]:
+    """Ids of the messages `number` holds on the node behind `conn` (queued or leased): for
+    tests and forensics, which look into a node without running a script."""
+    queued = conn.lrange(queue_key(number), 0, -1)
+    leased = [v for f, v in conn.hgetall(state_key(number)).items() if f.isdigit()]
+    return {entry_id(entry) for entry in [*queued, *leased]}
 
 
 # Longest a message converted from layout 1 is remembered for deduplication: as long as a queue

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.http_contract import MAX_JSON_DEPTH
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.scripts import held_ids, state_key
 from tests.conftest import ServedApi, shard_key_count
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
@@ -508,16 +509,16 @@ def test_a_rate_stored_out_of_range_poisons_no_queue_and_loses_no_message(
     for number, message_id in ((ON_S0, "tiny-rate"), (ON_S0_OTHER, "neighbour")):
         assert enqueue(http, number, "hi", message_id)["id"] == message_id
     with cluster.shard("s0").primary.client() as conn:
-        conn.hset("rq:rates", ON_S0, "1e-15:1")
-        conn.hset("rq:rates", ON_S0_OTHER, "5e-324:1")
+        for number, rate in ((ON_S0, "1e-15:1"), (ON_S0_OTHER, "5e-324:1")):
+            conn.hset("rq:rates", number, rate)
+            conn.hset(state_key(number), "r", rate)  # the rate in force for its queued messages
     for _ in range(3):
         answer = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
         assert answer.status_code == 200, answer.text
     leased = {m["id"] for m in answer.json()["messages"]}
     with cluster.shard("s0").primary.client() as conn:
-        queued = {i.decode() for n in (ON_S0, ON_S0_OTHER) for i in conn.lrange(f"rq:q:{n}", 0, -1)}
-        leases = {m.decode().split("/", 1)[1] for m in conn.zrange("rq:leases", 0, -1)}
-    assert {"tiny-rate", "neighbour"} <= queued | leases | leased
+        held = held_ids(conn, ON_S0) | held_ids(conn, ON_S0_OTHER)
+    assert {"tiny-rate", "neighbour"} <= held | leased
     for number in (ON_S0, ON_S0_OTHER):
         info = http.get(f"/v1/numbers/{number}")
         assert info.status_code == 200, info.text
