@@ -121,7 +121,7 @@ def test_a_restarted_primary_comes_back_parked_with_its_data(
     with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert not "m2" in held_ids(conn, "+14155550100")
+        assert "m2" not in held_ids(conn, "+14155550100")
 
 
 # -- the fence ---------------------------------------------------------------------------------

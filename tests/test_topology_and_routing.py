@@ -110,7 +110,7 @@ def test_after_an_epoch_change_writes_go_to_the_new_primary(
     with new_primary.client() as conn:
         assert "after-failover" in held_ids(conn, number)
     with old_primary.client() as conn:
-        assert not "after-failover" in held_ids(conn, number)
+        assert "after-failover" not in held_ids(conn, number)
 
 
 def test_a_stale_client_is_rerouted_when_the_old_primary_cannot_acknowledge(
