@@ -21,6 +21,8 @@ from ratequeue import scripts
 from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
 from ratequeue.rates import Rate
 
+_decode_json = json.JSONDecoder().decode
+
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
 
@@ -199,15 +201,11 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
-        args: list[Any] = [epoch, self.dedup_window_seconds, self.max_queue_seconds]
-        for message in messages:
-            args += [
-                message.id,
-                message.number,
-                message.segments,
-                message.default_rate.encode(),
-                message.body_json,
-            ]
+        lines = "\n".join(
+            f"{m.number}|{m.default_rate.encode()}|{m.segments}|{m.id}|{m.body_json}"
+            for m in messages
+        )
+        args = [epoch, self.dedup_window_seconds, self.max_queue_seconds, lines]
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         (codes, details), replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         reasons = iter(details)
@@ -233,7 +231,7 @@ class ShardQueue:
                 LeasedMessage(
                     id=flat[i + 1].decode(),
                     number=flat[i + 2].decode(),
-                    body=json.loads(flat[i + 4]),
+                    body=_decode_json(flat[i + 4].decode()),
                     receipt=make_receipt(self.shard_id, flat[i].decode()),
                     attempt=flat[i + 3],
                     shard=self.shard_id,
@@ -243,10 +241,12 @@ class ShardQueue:
 
     async def ack(self, receipts: list[str]) -> int:
         """Acknowledge leases of this shard. A receipt whose lease expired acknowledges nothing."""
-        args = [parse_receipt(receipt)[1] for receipt in receipts]
-        if not args:
+        # Sent space-separated: a lease holding whitespace names no lease (numbers and ids hold
+        # none), so it is left out rather than split into pieces that might.
+        leases = [lease for r in receipts if (lease := parse_receipt(r)[1]).split() == [lease]]
+        if not leases:
             return 0
-        acked, _ = await self._run(ACK, *args)
+        acked, _ = await self._run(ACK, " ".join(leases))
         return int(acked)
 
     async def set_rate(
