@@ -90,14 +90,16 @@ class BatchMessage(JsonBody):
 
 
 class BatchRequest(JsonBody):
-    """As published. Read as `BatchEnvelope`: each message is checked on its own, so a bad one
-    is refused in its own result (422) and the others are queued."""
+    """The batch as published and read: its messages are any JSON values here because each is
+    checked on its own (as `BatchMessage`), so a malformed one is refused in its own result
+    (422) and the others are queued."""
 
-    messages: list[BatchMessage] = Field(..., min_length=1)
-
-
-class BatchEnvelope(JsonBody):
-    messages: list[Any] = Field(..., min_length=1)
+    messages: list[Any] = Field(
+        ...,
+        min_length=1,
+        description='messages, each {"number", "id"?, "body"} as the single enqueue takes them; '
+        "results[i] answers messages[i]",
+    )
 
 
 class DequeueRequest(JsonBody):
@@ -357,7 +359,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Queue up to `max_batch` messages, each answered on its own (`results[i]` for
         `messages[i]`); Retry-After is set when any result is a 503."""
         started = time.perf_counter()
-        payload = await read_json_model(request, BatchEnvelope, settings.max_batch_body_bytes)
+        payload = await read_json_model(request, BatchRequest, settings.max_batch_body_bytes)
         count = len(payload.messages)
         if count > settings.max_batch:
             limit = f"at most {settings.max_batch} per request"
