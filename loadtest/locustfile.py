@@ -17,6 +17,9 @@ Configured by environment variables (defaults in brackets):
   RATEQUEUE_PRODUCER_WEIGHT [3]        relative number of Producer users
   RATEQUEUE_CONSUMER_WEIGHT [1]        relative number of Consumer users
   RATEQUEUE_PRODUCER_WAIT [0]          seconds a producer waits between enqueues
+  RATEQUEUE_BATCH [0]                  messages per producer request: 0 sends each on its own
+                                       (POST /v1/numbers/{n}/messages), more sends that many in
+                                       one POST /v1/messages:batch (at most the API's max_batch)
   RATEQUEUE_DEQUEUE_MAX [100]          `max` of each dequeue
   RATEQUEUE_LEASE_SECONDS [30]         `lease_seconds` of each dequeue
   RATEQUEUE_CONSUMER_IDLE [0.2]        seconds a consumer waits after an empty dequeue
@@ -68,6 +71,7 @@ SEED: int = _env("RATEQUEUE_SEED", 7, low=0, high=2**31, integer=True)
 PRODUCER_WEIGHT: int = _env("RATEQUEUE_PRODUCER_WEIGHT", 3, low=0, high=1000, integer=True)
 CONSUMER_WEIGHT: int = _env("RATEQUEUE_CONSUMER_WEIGHT", 1, low=0, high=1000, integer=True)
 PRODUCER_WAIT: float = _env("RATEQUEUE_PRODUCER_WAIT", 0, low=0, high=3600)
+BATCH: int = _env("RATEQUEUE_BATCH", 0, low=0, high=100_000, integer=True)
 DEQUEUE_MAX: int = _env("RATEQUEUE_DEQUEUE_MAX", 100, low=1, high=1000, integer=True)
 LEASE_SECONDS: float = _env("RATEQUEUE_LEASE_SECONDS", 30, low=0.001, high=3600)
 CONSUMER_IDLE: float = _env("RATEQUEUE_CONSUMER_IDLE", 0.2, low=0, high=60)
@@ -123,20 +127,29 @@ def error_text(response: Any) -> str:
     return f"{response.status_code} {code}".strip()
 
 
+def new_message() -> dict[str, Any]:
+    """A message on a random number of the pool, with a fresh id and a 20-character text."""
+    text = f"Your code is {random.randrange(10**6):06d}."  # one segment
+    return {"number": random.choice(POOL), "id": uuid.uuid4().hex, "body": {"text": text}}
+
+
 class Producer(FastHttpUser):
-    """Enqueues one message at a time on a random number of the pool."""
+    """Enqueues one message at a time on a random number of the pool, or RATEQUEUE_BATCH of them
+    per request."""
 
     weight = PRODUCER_WEIGHT
     wait_time = constant(PRODUCER_WAIT)
 
     @task
     def enqueue(self) -> None:
-        number = random.choice(POOL)
-        text = f"Your code is {random.randrange(10**6):06d}."  # 20 characters, one segment
-        payload = {"id": uuid.uuid4().hex, "body": {"text": text}}
+        if BATCH:
+            self.enqueue_batch()
+            return
+        message = new_message()
+        number = message.pop("number")
         with self.client.post(
             f"/v1/numbers/{number}/messages",
-            json=payload,
+            json=message,
             name="enqueue /v1/numbers/[number]/messages",
             catch_response=True,
         ) as response:
@@ -147,6 +160,29 @@ class Producer(FastHttpUser):
                 # 503 (not durable yet: the producer should retry with the same id), 429 (queue
                 # full), 4xx (bad input): all count as failures here.
                 response.failure(error_text(response))
+
+    def enqueue_batch(self) -> None:
+        messages = [new_message() for _ in range(BATCH)]
+        with self.client.post(
+            "/v1/messages:batch",
+            json={"messages": messages},
+            name="enqueue /v1/messages:batch",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(error_text(response))
+                return
+            try:
+                statuses = [r["status"] for r in response.json()["results"]]
+            except (ValueError, KeyError, TypeError) as error:
+                response.failure(f"unexpected batch body: {error!r}")
+                return
+            TALLY.add(enqueued=statuses.count(201))
+            refused = len(statuses) - statuses.count(201)
+            if refused:
+                response.failure(f"{refused} of {len(statuses)} messages not acknowledged")
+            else:
+                response.success()
 
 
 class Consumer(FastHttpUser):
