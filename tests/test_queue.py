@@ -111,6 +111,21 @@ def test_a_retry_across_the_upgrade_of_a_message_queued_under_the_old_layout_is_
     assert [m.id for m in client.dequeue(10, 30)] == ["old-2"]
 
 
+def test_a_message_leased_under_layout_1_is_acknowledged_by_its_receipt_after_the_upgrade(
+    client: RatequeueClient, cluster: LocalCluster
+) -> None:
+    shard = client.number_info(NUMBER).shard
+    now_ms = int(time.time() * 1000)
+    with cluster.shard(shard).primary.client() as conn:  # layout 1: record in rq:msg, leased
+        conn.hset("rq:msg", f"{NUMBER}/old-4", f'0|1|{now_ms}|{NUMBER}|"leased before"')
+        conn.hset("rq:seg", NUMBER, 1)
+        conn.zadd("rq:leases", {f"7:{NUMBER}/old-4": now_ms + 30_000})
+    assert client.ack([f"{shard}:7:{NUMBER}/old-4"]) == 1
+    assert client.number_info(NUMBER).held_segments == 0
+    with cluster.shard(shard).primary.client() as conn:
+        assert not conn.exists("rq:msg", "rq:seg", "rq:msg:unreferenced")
+
+
 def test_an_id_the_old_layout_remembered_is_queued_again_rather_than_lost(
     client: RatequeueClient, cluster: LocalCluster
 ) -> None:
