@@ -127,6 +127,19 @@ def error_text(response: Any) -> str:
     return f"{response.status_code} {code}".strip()
 
 
+def answered_items(response: Any, field: str, key: str) -> list[Any] | None:
+    """`key` of each item of the 200 answer's `field` list; None once the response is marked
+    failed (another status, or a body without that shape)."""
+    if response.status_code != 200:
+        response.failure(error_text(response))
+        return None
+    try:
+        return [item[key] for item in response.json()[field]]
+    except (ValueError, KeyError, TypeError) as error:
+        response.failure(f"unexpected answer, no {field}[].{key}: {error!r}")
+        return None
+
+
 def new_message() -> dict[str, Any]:
     """A message on a random number of the pool, with a fresh id and a 20-character text."""
     text = f"Your code is {random.randrange(10**6):06d}."  # one segment
@@ -169,13 +182,8 @@ class Producer(FastHttpUser):
             name="enqueue /v1/messages:batch",
             catch_response=True,
         ) as response:
-            if response.status_code != 200:
-                response.failure(error_text(response))
-                return
-            try:
-                statuses = [r["status"] for r in response.json()["results"]]
-            except (ValueError, KeyError, TypeError) as error:
-                response.failure(f"unexpected batch body: {error!r}")
+            statuses = answered_items(response, "results", "status")
+            if statuses is None:
                 return
             TALLY.add(enqueued=statuses.count(201))
             refused = len(statuses) - statuses.count(201)
@@ -199,13 +207,8 @@ class Consumer(FastHttpUser):
             name="dequeue /v1/messages:dequeue",
             catch_response=True,
         ) as response:
-            if response.status_code != 200:
-                response.failure(error_text(response))
-                return
-            try:
-                receipts = [m["receipt"] for m in response.json()["messages"]]
-            except (ValueError, KeyError, TypeError) as error:
-                response.failure(f"unexpected dequeue body: {error!r}")
+            receipts = answered_items(response, "messages", "receipt")
+            if receipts is None:
                 return
             response.success()
         if not receipts:
