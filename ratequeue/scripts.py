@@ -282,7 +282,9 @@ while position <= #blob do
         raw = redis.call('HGET', 'rq:rates', number) or default_raw
       end
       local per_second, burst = parse_rate(raw)
+      -- A number that holds nothing has a hash only while its GCRA time limits (expiring).
       state = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
+        expiring = row[3] and not row[2],
         held = tonumber(row[2] or '0'), added = 0, tat = tonumber(row[3] or '0'), entries = {}}
       states[number] = state
     end
@@ -311,7 +313,7 @@ for _, number in ipairs(touched) do
   local key = 'rq:n:' .. number
   if state.empty then
     redis.call('HSET', key, 'r', state.raw, 's', state.held)
-    redis.call('PERSIST', key)  -- it may have been left to expire with its GCRA time
+    if state.expiring then redis.call('PERSIST', key) end
   else
     redis.call('HINCRBY', key, 's', state.added)
   end

@@ -157,6 +157,19 @@ def test_a_queue_that_empties_leaves_no_keys_behind(
     assert leftovers == []
 
 
+def test_a_number_given_a_message_while_its_rate_still_limits_it_keeps_its_state(
+    client: RatequeueClient,
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=5, burst=1))
+    client.enqueue(NUMBER, "first", "p1")
+    assert client.ack([m.receipt for m in client.dequeue(1, 30)]) == 1
+    # Emptied: its state now lives only until its GCRA time (0.2 s ahead) no longer limits.
+    client.enqueue(NUMBER, "second", "p2")
+    time.sleep(0.3)
+    assert client.number_info(NUMBER).held_segments == 1
+    assert [m.id for m in client.dequeue(1, 30)] == ["p2"]
+
+
 def test_messages_of_one_number_leave_in_order_one_per_interval(client: RatequeueClient) -> None:
     client.set_rate(NUMBER, Rate(per_second=10, burst=1))
     for i in range(5):
