@@ -238,6 +238,18 @@ def test_an_expired_lease_acknowledges_nothing_even_before_any_dequeue_returns_i
     assert [(m.id, m.attempt) for m in client.dequeue(1, 30)] == [("a", 1)]
 
 
+def test_a_receipt_holding_whitespace_acknowledges_nothing_not_even_the_leases_it_spells(
+    client: RatequeueClient,
+) -> None:
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "first", "a")
+    client.enqueue(NUMBER, "second", "b")
+    first, second = client.dequeue(2, 30)
+    lease_of_second = second.receipt.split(":", 1)[1]
+    assert client.ack([f"{first.receipt} {lease_of_second}"]) == 0
+    assert client.ack([first.receipt, second.receipt]) == 2
+
+
 def test_a_full_queue_refuses_with_a_reason_and_writes_nothing(
     cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
 ) -> None:
