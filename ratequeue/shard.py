@@ -201,6 +201,9 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
+        if any("\n" in m.body_json for m in messages):
+            # encode_body never writes one (JSON escapes it in strings): a line per message.
+            raise ValueError("body_json holds a raw newline: encode bodies with encode_body")
         lines = "\n".join(
             f"{m.number}|{m.default_rate.encode()}|{m.segments}|{m.id}|{m.body_json}"
             for m in messages
