@@ -48,6 +48,13 @@ def test_an_acked_id_enqueued_again_within_the_dedup_window_is_not_requeued(
     assert client.number_info(NUMBER).depth == 0
 
 
+def queue_two_fast(client: RatequeueClient) -> None:
+    """Messages `a` then `b` on NUMBER, whose rate (1,000/s, burst 10) holds neither back."""
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "first", "a")
+    client.enqueue(NUMBER, "second", "b")
+
+
 def test_an_id_reused_for_another_body_of_the_same_number_is_refused_as_a_conflict(
     client: RatequeueClient,
 ) -> None:
@@ -206,9 +213,7 @@ def test_a_dequeue_serves_every_due_number_before_any_number_twice(
 def test_an_expired_lease_returns_the_message_to_the_head_with_attempt_plus_one(
     client: RatequeueClient,
 ) -> None:
-    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
-    client.enqueue(NUMBER, "first", "a")
-    client.enqueue(NUMBER, "second", "b")
+    queue_two_fast(client)
     leased = client.dequeue(1, 0.2)
     assert [(m.id, m.attempt) for m in leased] == [("a", 0)]
     time.sleep(0.25)
@@ -241,9 +246,7 @@ def test_an_expired_lease_acknowledges_nothing_even_before_any_dequeue_returns_i
 def test_a_receipt_holding_whitespace_acknowledges_nothing_not_even_the_leases_it_spells(
     client: RatequeueClient,
 ) -> None:
-    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
-    client.enqueue(NUMBER, "first", "a")
-    client.enqueue(NUMBER, "second", "b")
+    queue_two_fast(client)
     first, second = client.dequeue(2, 30)
     lease_of_second = second.receipt.split(":", 1)[1]
     assert client.ack([f"{first.receipt} {lease_of_second}"]) == 0
