@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint setup system-packages clean
 
 demo: setup
-	$(BIN)/chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
+	$(BIN)/ratequeue-chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
 
 # The compound fault schedules run in a pytest process of their own, so nothing an earlier test
 # leaves in the process (the chaos CLI installs SIGTERM/SIGINT handlers; fault auto-rollback
@@ -57,7 +57,12 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,load]'
+	$(BIN)/pip install -q -e '.[test,load,ctk]'
+	@# A venv where this project once installed a `chaos` script: upgrading it removed that file
+	@# after Chaos Toolkit wrote its own there; `chaos` is Chaos Toolkit's (README). The same
+	@# version is reinstalled, so this puts the script back without upgrading anything.
+	grep -qs chaostoolkit $(BIN)/chaos || $(BIN)/pip install -q --force-reinstall --no-deps \
+	  "chaostoolkit==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("chaostoolkit"))')"
 	touch $(STAMP)
 
 clean:

@@ -25,9 +25,14 @@ acknowledged again, and compare with Redis Sentinel on the same machine in the s
     replica between kills. Phases from the sentinels' own pub/sub events (+sdown, +odown,
     +promoted-slave).
 
-Prints tables, the ratio of the p50s, and writes benchmarks/results/failover-<timestamp>.json
-(and a Markdown rendering next to it). Run from the repository root:
-`python -m benchmarks.failover_recovery [--kills 10] [--quick]`.
+(1) runs once per coordination store, in the same run (`--control both`, the default): the
+embedded Redis control store, then a three-member etcd cluster (`chaos testbed up --control
+etcd`: topology, locks, workflow records, claims and the sensors' registry in etcd; the event
+stream and audit in Redis). The target for etcd: its total p50 at most 100 ms over Redis'.
+
+Prints tables, the ratios of the p50s (each backend to Sentinel, etcd to Redis), and writes
+benchmarks/results/failover-<timestamp>.json (and a Markdown rendering next to it). Run from the
+repository root: `python -m benchmarks.failover_recovery [--kills 10] [--quick] [--control X]`.
 
 Not for: CI (timings depend on the machine and its load), zero-loss checking (the end-to-end
 tests and chaos experiments do that), or partitions and paused processes (only clean SIGKILLs).
@@ -68,6 +73,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos.testbed import (
+    ControlBackend,
     TestbedNode,
     TestbedState,
     down,
@@ -87,6 +93,9 @@ from ratequeue.topology import Shard, Topology
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_P50 = 1.5
 TARGET_P95 = 3.0
+# What etcd may cost over the Redis control store at p50 (kill → first acknowledged write).
+TARGET_ETCD_OVER_REDIS_P50 = 0.1
+BACKENDS = ("redis", "etcd")
 REPLICAS = 2
 PROBE_INTERVAL = 0.02
 MAX_IN_FLIGHT = 400
@@ -884,8 +893,8 @@ def summary_table(title: str, summary: dict[str, dict], names: tuple[str, ...]) 
     return table
 
 
-def kills_table(kills: list[KillResult]) -> Table:
-    table = Table(title="ratequeue + Lazarus-lite, per kill (ms)")
+def kills_table(kills: list[KillResult], control: str) -> Table:
+    table = Table(title=f"ratequeue + Lazarus-lite on {control}, per kill (ms)")
     for column in ("#", "shard", "killed → promoted", *PHASES, "total", "workflow"):
         table.add_column(PHASE_LABELS.get(column, column), justify="right")
     for k in kills:
@@ -901,7 +910,7 @@ def kills_table(kills: list[KillResult]) -> Table:
 
 def markdown(document: dict[str, Any]) -> str:
     """The report as Markdown (for docs/benchmarks.md)."""
-    rq, sn = document["ratequeue"], document["sentinel"]
+    sn = document["sentinel"]
     lines = []
 
     def summary_md(summary: dict[str, dict], names: tuple[str, ...]) -> None:
@@ -912,37 +921,66 @@ def markdown(document: dict[str, Any]) -> str:
             label = f"**{PHASE_LABELS[name]}**" if name == "total" else PHASE_LABELS[name]
             lines.append(f"| {label} | {ms(s['p50'])} | {ms(s['p95'])} | {ms(s['max'])} |")
 
-    lines.append(f"ratequeue + Lazarus-lite, {rq['summary']['total']['n']} kills measured:\n")
-    summary_md(rq["summary"], PHASES)
-    lines.append("\nPer kill (ms):\n")
-    header = " | ".join(PHASE_LABELS[p] for p in PHASES)
-    lines.append(f"| # | shard | killed → promoted | {header} | total |")
-    lines.append("|---:|---|---|" + "---:|" * (len(PHASES) + 1))
-    for k in rq["kills"]:
-        if k["total"] is None:
-            lines.append(f"| {k['index']} | {k['shard']} | failed: {k['error']} |")
-            continue
-        cells = " | ".join(ms(k["phases"].get(p)) for p in PHASES)
+    for control, rq in document["ratequeue"].items():
+        n = rq["summary"]["total"]["n"]
+        lines.append(f"ratequeue + Lazarus-lite on the {control} control store, {n} kills:\n")
+        summary_md(rq["summary"], PHASES)
+        lines.append("\nPer kill (ms):\n")
+        header = " | ".join(PHASE_LABELS[p] for p in PHASES)
+        lines.append(f"| # | shard | killed → promoted | {header} | total |")
+        lines.append("|---:|---|---|" + "---:|" * (len(PHASES) + 1))
+        for k in rq["kills"]:
+            if k["total"] is None:
+                lines.append(f"| {k['index']} | {k['shard']} | failed: {k['error']} |")
+                continue
+            cells = " | ".join(ms(k["phases"].get(p)) for p in PHASES)
+            lines.append(
+                f"| {k['index']} | {k['shard']} | {k['killed']} → {k['promoted']} | {cells} | "
+                f"{ms(k['total'])} |"
+            )
+        lines.append("")
+    versus = document.get("etcd_vs_redis")
+    if versus is not None:
         lines.append(
-            f"| {k['index']} | {k['shard']} | {k['killed']} → {k['promoted']} | {cells} | "
-            f"{ms(k['total'])} |"
+            f"etcd / redis p50 = {versus['p50_ratio']:.2f}; etcd - redis p50 = "
+            f"{ms(versus['p50_difference_s'])} ms (target <= "
+            f"{TARGET_ETCD_OVER_REDIS_P50 * 1000:.0f} ms: "
+            f"{'met' if versus['target_met'] else 'missed'})\n"
         )
-    lines.append(f"\nRedis Sentinel, {sn['summary']['total']['n']} kills measured:\n")
+    lines.append(f"Redis Sentinel, {sn['summary']['total']['n']} kills measured:\n")
     summary_md(sn["summary"], SENTINEL_PHASES)
     return "\n".join(lines) + "\n"
 
 
 def render(document: dict[str, Any]) -> None:
-    rq, sn = document["ratequeue"], document["sentinel"]
-    console.print(kills_table([KillResult(**k) for k in rq["kills"]]))
-    console.print(
-        summary_table(
-            f"ratequeue + Lazarus-lite: SIGKILL → first acknowledged enqueue "
-            f"({rq['summary']['total']['n']} kills)",
-            rq["summary"],
-            PHASES,
+    sn = document["sentinel"]
+
+    def verdict(ok: bool) -> str:
+        return "[green]met[/]" if ok else "[red]missed[/]"
+
+    for control, rq in document["ratequeue"].items():
+        console.print(kills_table([KillResult(**k) for k in rq["kills"]], control))
+        total = rq["summary"]["total"]
+        console.print(
+            summary_table(
+                f"ratequeue + Lazarus-lite on {control}: SIGKILL → first acknowledged enqueue "
+                f"({total['n']} kills)",
+                rq["summary"],
+                PHASES,
+            )
         )
-    )
+        v = rq["verdict"]
+        console.print(
+            f"{control}: p50 {ms(total['p50'])} ms <= {TARGET_P50 * 1000:.0f}: "
+            f"{verdict(v['p50_met'])}; p95 {ms(total['p95'])} ms <= {TARGET_P95 * 1000:.0f}: "
+            f"{verdict(v['p95_met'])}; largest phase (p50): {v['dominant_phase_p50']}"
+        )
+        if rq.get("ratio_to_sentinel_p50") is not None:
+            console.print(
+                f"ratequeue-lazarus on {control} / sentinel p50 = "
+                f"{rq['ratio_to_sentinel_p50']:.2f} ({ms(total['p50'])} ms / "
+                f"{ms(sn['summary']['total']['p50'])} ms)"
+            )
     if sn["kills"]:
         console.print(
             summary_table(
@@ -952,21 +990,12 @@ def render(document: dict[str, Any]) -> None:
                 SENTINEL_PHASES,
             )
         )
-    v = rq["verdict"]
-
-    def verdict(ok: bool) -> str:
-        return "[green]met[/]" if ok else "[red]missed[/]"
-
-    total = rq["summary"]["total"]
-    console.print(
-        f"targets: p50 {ms(total['p50'])} ms <= {TARGET_P50 * 1000:.0f}: {verdict(v['p50_met'])}; "
-        f"p95 {ms(total['p95'])} ms <= {TARGET_P95 * 1000:.0f}: {verdict(v['p95_met'])}; "
-        f"largest phase (p50): {v['dominant_phase_p50']}"
-    )
-    if document.get("ratio_p50") is not None:
+    versus = document.get("etcd_vs_redis")
+    if versus is not None:
         console.print(
-            f"ratequeue-lazarus / sentinel p50 = {document['ratio_p50']:.2f} "
-            f"({ms(total['p50'])} ms / {ms(sn['summary']['total']['p50'])} ms)"
+            f"etcd / redis p50 = {versus['p50_ratio']:.2f}; etcd - redis p50 = "
+            f"{ms(versus['p50_difference_s'])} ms <= {TARGET_ETCD_OVER_REDIS_P50 * 1000:.0f}: "
+            f"{verdict(versus['target_met'])}"
         )
 
 
@@ -1004,9 +1033,73 @@ def main(
         False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
     ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
+    control: str = typer.Option(
+        "both", help="the coordination store(s) to measure: redis | etcd | both"
+    ),
 ) -> None:
+    if control not in (*BACKENDS, "both"):
+        raise typer.BadParameter(f"{control!r} is not redis, etcd or both", param_hint="--control")
+    controls = BACKENDS if control == "both" else (control,)
     with cpu_hogs((os.cpu_count() or 1) if busy else 0):
-        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output)
+        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls)
+
+
+def run_backend(
+    control: ControlBackend,
+    workdir: Path,
+    output: Path,
+    started: datetime,
+    kills: int,
+    workers: int,
+    interval_ms: float,
+) -> list[KillResult]:
+    """`kills` kills on a fresh testbed whose coordination store is `control`."""
+    directory = workdir / f"testbed-{control}"
+    console.print(f"starting the testbed on {control} in {directory} (3 shards x 1 + {REPLICAS})")
+    results: list[KillResult] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            # A Ctrl-C while the testbed starts waits until it is up (and then stops it): cut
+            # short, the start could leave a process it had just spawned behind.
+            with interrupts_deferred():
+                state = stack.enter_context(
+                    running_testbed(
+                        directory,
+                        shards=3,
+                        replicas=REPLICAS,
+                        controller_args=["--rate-limit-threshold", str(max(10, kills + 5))],
+                        control=control,
+                    )
+                )
+            results = asyncio.run(
+                run_ratequeue(state, directory, kills, workers, interval_ms / 1000)
+            )
+    finally:
+        finish_teardown(directory)
+        if any(k.error for k in results) and (directory / "logs").is_dir():
+            kept = output / f"failover-{started.strftime('%Y%m%dT%H%M%SZ')}-{control}-logs"
+            shutil.copytree(directory / "logs", kept / "logs", dirs_exist_ok=True)
+            for log in (directory / "redis").glob("*.log"):
+                shutil.copy(log, kept / "logs" / log.name)
+            console.print(f"[yellow]kills failed: testbed logs kept in {kept}[/]")
+    return results
+
+
+def etcd_vs_redis(sections: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The etcd backend's total p50 against the Redis one's, when both were measured."""
+    if not all(control in sections for control in BACKENDS):
+        return None
+    redis_p50 = sections["redis"]["summary"]["total"]["p50"]
+    etcd_p50 = sections["etcd"]["summary"]["total"]["p50"]
+    if not (
+        sections["redis"]["summary"]["total"]["n"] and sections["etcd"]["summary"]["total"]["n"]
+    ):
+        return None
+    return {
+        "p50_ratio": etcd_p50 / redis_p50,
+        "p50_difference_s": etcd_p50 - redis_p50,
+        "target_met": etcd_p50 - redis_p50 <= TARGET_ETCD_OVER_REDIS_P50,
+    }
 
 
 def measure(
@@ -1017,6 +1110,7 @@ def measure(
     quick: bool,
     busy: bool,
     output: Path,
+    controls: tuple[ControlBackend, ...] = BACKENDS,
 ) -> None:
     kills = kills or (3 if quick else 10)
     sentinel_kills = sentinel_kills if sentinel_kills is not None else (2 if quick else 5)
@@ -1027,43 +1121,29 @@ def measure(
         f"{host['kernel']}; redis-server {host['redis_server']}; {host['python']}, "
         f"redis-py {host['redis_py']}"
     )
-    rq_kills: list[KillResult] = []
+    rq_kills: dict[str, list[KillResult]] = {}
     sn_kills: list[SentinelKill] = []
     with tempfile.TemporaryDirectory(prefix="rq-failover-") as tmp:
-        directory = Path(tmp) / "testbed"
-        console.print(f"starting the testbed in {directory} (3 shards x 1 + {REPLICAS})")
-        try:
-            with contextlib.ExitStack() as stack:
-                # A Ctrl-C while the testbed starts waits until it is up (and then stops it):
-                # cut short, the start could leave a process it had just spawned behind.
-                with interrupts_deferred():
-                    state = stack.enter_context(
-                        running_testbed(
-                            directory,
-                            shards=3,
-                            replicas=REPLICAS,
-                            controller_args=["--rate-limit-threshold", str(max(10, kills + 5))],
-                        )
-                    )
-                rq_kills = asyncio.run(
-                    run_ratequeue(state, directory, kills, workers, interval_ms / 1000)
-                )
-        finally:
-            finish_teardown(directory)
-            if any(k.error for k in rq_kills) and (directory / "logs").is_dir():
-                kept = output / f"failover-{started.strftime('%Y%m%dT%H%M%SZ')}-logs"
-                shutil.copytree(directory / "logs", kept / "logs", dirs_exist_ok=True)
-                for log in (directory / "redis").glob("*.log"):
-                    shutil.copy(log, kept / "logs" / log.name)
-                console.print(f"[yellow]kills failed: testbed logs kept in {kept}[/]")
+        for control in controls:
+            rq_kills[control] = run_backend(
+                control, Path(tmp), output, started, kills, workers, interval_ms
+            )
         if sentinel_kills:
             console.print("starting Redis Sentinel: 1 primary + 2 replicas, 3 sentinels")
             sn_kills = run_sentinel(Path(tmp) / "sentinel", sentinel_kills)
-    rq_summary = phase_summary(rq_kills, PHASES)
     sn_summary = phase_summary(sn_kills, SENTINEL_PHASES)
-    ratio = None
-    if rq_summary["total"]["n"] and sn_summary["total"]["n"]:
-        ratio = rq_summary["total"]["p50"] / sn_summary["total"]["p50"]
+    sections: dict[str, dict[str, Any]] = {}
+    for control, results in rq_kills.items():
+        summary = phase_summary(results, PHASES)
+        ratio = None
+        if summary["total"]["n"] and sn_summary["total"]["n"]:
+            ratio = summary["total"]["p50"] / sn_summary["total"]["p50"]
+        sections[control] = {
+            "kills": [asdict(k) for k in results],
+            "summary": summary,
+            "verdict": verdicts(summary),
+            "ratio_to_sentinel_p50": ratio,
+        }
     document = {
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1075,13 +1155,14 @@ def measure(
             "sentinel_kills": sentinel_kills,
             "workers": workers,
             "probe_interval_s": interval_ms / 1000,
+            "controls": list(controls),
         },
-        "targets": {"total_p50_s": TARGET_P50, "total_p95_s": TARGET_P95},
-        "ratequeue": {
-            "kills": [asdict(k) for k in rq_kills],
-            "summary": rq_summary,
-            "verdict": verdicts(rq_summary),
+        "targets": {
+            "total_p50_s": TARGET_P50,
+            "total_p95_s": TARGET_P95,
+            "etcd_over_redis_p50_s": TARGET_ETCD_OVER_REDIS_P50,
         },
+        "ratequeue": sections,
         "sentinel": {
             "config": {
                 "quorum": 2,
@@ -1093,7 +1174,7 @@ def measure(
             "kills": [asdict(k) for k in sn_kills],
             "summary": sn_summary,
         },
-        "ratio_p50": ratio,
+        "etcd_vs_redis": etcd_vs_redis(sections),
     }
     render(document)
     output.mkdir(parents=True, exist_ok=True)

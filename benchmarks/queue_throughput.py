@@ -48,8 +48,8 @@ from rich.table import Table
 from common.redis_processes import RedisProcess
 from ratequeue.client import AsyncRatequeueClient, ClientRetryPolicy, ClientSettings, Enqueued
 from ratequeue.local_cluster import LocalCluster, ShardNodes
-from ratequeue.rates import Rate
-from ratequeue.shard import ENQUEUE_BATCH
+from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
+from ratequeue.shard import ENQUEUE_BATCH, OutgoingMessage, enqueue_batch_arguments
 from ratequeue.topology import FENCE_KEY
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -294,7 +294,6 @@ def bulk_load(
     EVALSHA of the enqueue script, `load_batch` messages per call, no WAIT. Every message
     carries the UNLIMITED rate as its number's default rate (stored per number like any default
     rate; no override is written). Returns (messages queued, seconds)."""
-    rate = UNLIMITED.encode()
     queued = 0
     started = time.perf_counter()
     with primary.client(timeout=120) as conn:
@@ -309,11 +308,16 @@ def bulk_load(
             return ok
 
         for start, count in chunk_sizes(len(sequence), load_batch):
-            lines = "\n".join(
-                f"{sequence[i]}|{rate}|1|{uuid.uuid4().hex}|{json.dumps(body_text(i))}"
+            messages = [
+                OutgoingMessage(
+                    uuid.uuid4().hex, sequence[i], 1, UNLIMITED, json.dumps(body_text(i))
+                )
                 for i in range(start, start + count)
-            )
-            args: list[Any] = ["1", 3600, 36_000, lines]
+            ]
+            args = enqueue_batch_arguments(
+                "1", messages, dedup_window_seconds=3600, max_queue_seconds=36_000,
+                max_number_segments=DEFAULT_MAX_NUMBER_SEGMENTS,
+            )  # fmt: skip
             pipe.execute_command("EVALSHA", ENQUEUE_BATCH.sha, 0, *args)
             pending += 1
             if pending == depth:

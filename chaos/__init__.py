@@ -11,5 +11,17 @@ one, once or on a schedule.
 - the local testbed (`testbed`, `demo`) and the deployments a run may target (`targets`,
   `processes`: which program a pid runs).
 
-CLI `chaos`; exceptions in `errors`. Not for: deciding remediation (`lazarus_lite`).
+CLI `ratequeue-chaos`; exceptions in `errors`; the Chaos Toolkit extension in `ctk`. Not for:
+deciding remediation (`lazarus_lite`).
 """
+
+from typing import Any
+
+
+def discover(discover_system: bool = True) -> dict[str, Any]:
+    """`chaos discover ratequeue-testbed` (Chaos Toolkit) imports this package and calls its
+    `discover`: the extension's (`chaos.ctk.discover`), imported only then, so the runner never
+    loads chaoslib."""
+    from chaos.ctk import discover as discover_extension
+
+    return discover_extension(discover_system)

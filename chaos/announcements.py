@@ -1,8 +1,8 @@
-"""Announcing each scheduled chaos run through the notification channels (`chaos run --every ...
---notifications FILE`): its start, then its verdict. A failed verdict triggers a PagerDuty alert
-(dedup key per deployment and experiment) and tells Slack and email; any other verdict and the
-start are change events (they page nobody), and a passed verdict also resolves the alert a
-failed run of the same experiment raised. Each message names the experiment, the verdict and
+"""Announcing each scheduled chaos run through the notification channels (`ratequeue-chaos run
+--every ... --notifications FILE`): its start, then its verdict. A failed verdict triggers a
+PagerDuty alert (dedup key per deployment and experiment) and tells Slack and email; any other
+verdict and the start are change events (they page nobody), and a passed verdict also resolves the
+alert a failed run of the same experiment raised. Each message names the experiment, the verdict and
 the journal's path.
 
 Not for: sending (`notifications`), what channels a service has (the notification config), or

@@ -15,12 +15,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
+from chaos.cron_schedule import CronSchedule
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from common.version import add_version_option
+from ratequeue.membership import boot_arguments
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+add_version_option(app, "chaos")
 console = Console()
 
 
@@ -49,8 +53,20 @@ def testbed_up(
     control: ControlChoice = typer.Option(
         ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
+    api_workers: int = typer.Option(
+        1, "--api-workers", min=1, max=64, help="worker processes of the ratequeue API"
+    ),
+    shard_maxmemory: str = typer.Option(
+        testbed_module.TESTBED_SHARD_MAXMEMORY,
+        "--shard-maxmemory",
+        help="each shard node's memory limit (e.g. 512mb); full, a shard refuses writes",
+    ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
+    try:
+        boot_arguments(shard_maxmemory)
+    except ValueError as error:
+        raise refused(error, "testbed up refused: --shard-maxmemory") from None
     try:
         state = testbed_module.up(
             dir,
@@ -60,6 +76,8 @@ def testbed_up(
             sensors=sensors,
             supervise=supervise,
             control=control.value,
+            api_workers=api_workers,
+            shard_maxmemory=shard_maxmemory,
         )
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
@@ -111,7 +129,7 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
 def testbed_down(dir: Path = typer.Option(..., "--dir")) -> None:
     """Stop every process the testbed started."""
     try:
-        stopped = testbed_module.down(dir)
+        stopped = testbed_module.down(dir, say=lambda undone: console.print(f"undone: {undone}"))
     except TestbedError as error:
         raise refused(error) from None
     console.print(f"testbed down: stopped {len(stopped)} processes")
@@ -155,6 +173,19 @@ def _parse_duration_option(value: str | None, option: str) -> float | None:
         raise typer.Exit(2) from None
 
 
+def _parse_cron_option(value: str | None, period: float | None) -> CronSchedule | None:
+    if value is None:
+        return None
+    if period is not None:
+        console.print("[red]invalid value for --cron:[/] give --every or --cron, not both")
+        raise typer.Exit(2)
+    try:
+        return CronSchedule(value)
+    except ValueError as error:
+        console.print(f"[red]invalid value for --cron:[/] {escape(str(error))}")
+        raise typer.Exit(2) from None
+
+
 def print_verdict(journal: object) -> None:
     from chaos.journal import Journal
 
@@ -183,9 +214,13 @@ def print_verdict(journal: object) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
     target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
     every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
+    cron: str = typer.Option(
+        None, "--cron", help="run at the times a cron expression names, in UTC ('0 */4 * * *')"
+    ),
     jitter: str = typer.Option(None, "--jitter", help="random +/- DURATION around --every"),
     journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
@@ -204,10 +239,22 @@ def run(
     control: ControlChoice = typer.Option(
         None, "--control", help="the embedded testbed's store, over each file's `control`"
     ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="print the journals as JSON on stdout (everything else goes to stderr): one "
+        "document when the runs end, or, on a schedule (--every, --cron), one line per run as "
+        "it ends (JSON Lines)",
+    ),
 ) -> None:
     """Run experiments once, or on a schedule; exit 1 when a hypothesis fails (single run)."""
+    import json
     import signal
     import threading
+
+    if json_output:  # stdout carries the one JSON document and nothing else
+        console.stderr = True
+        ctx.call_on_close(lambda: setattr(console, "stderr", False))
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
     from chaos.experiments import load_experiment
@@ -220,6 +267,7 @@ def run(
     from notifications.errors import NotificationConfigError
 
     period = _parse_duration_option(every, "--every")
+    cron_schedule = _parse_cron_option(cron, period)
     channels: NotificationConfig | None = None
     spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
@@ -243,9 +291,14 @@ def run(
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
 
+    scheduled = period is not None or cron_schedule is not None
+
     def say_verdict(journal: Journal) -> None:
-        # As each run ends: a schedule's runs are seen while it runs, not when it stops.
+        # As each run ends: a schedule's runs are seen while it runs, not when it stops (it
+        # may run for weeks), so its JSON is a line per run.
         print_verdict(journal)
+        if json_output and scheduled:
+            typer.echo(journal.model_dump_json())
         if not journal.dry_run:  # a plan is not journaled
             console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
 
@@ -258,7 +311,7 @@ def run(
             console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
             raise typer.Exit(2) from None
     try:
-        with console.status("chaos run") as status:
+        with console.status("ratequeue-chaos run") as status:
 
             def say(message: str) -> None:
                 status.update(f"[bold]{message}")
@@ -285,16 +338,21 @@ def run(
                 max_runs=runs,
                 watchers=watchers,
                 control=backend,
+                cron=cron_schedule,
             )
     except (TargetError, TestbedError) as error:
         # The deployment could not be reached or locked, or the testbed would not start: a
         # sentence, not a traceback (a run that started reports its errors in its journal).
-        what = "chaos run (dry run)" if dry_run else "chaos run"
+        what = "ratequeue-chaos run (dry run)" if dry_run else "ratequeue-chaos run"
         raise refused(error, f"{what} failed") from None
     finally:
         if metrics is not None:
             metrics.close()
-    if period is None and any(j.verdict not in ("passed", "not_run") for j in journals):
+    failed = any(j.verdict not in ("passed", "not_run") for j in journals)
+    if json_output and not scheduled:
+        runs = [json.loads(journal.model_dump_json()) for journal in journals]
+        typer.echo(json.dumps({"failed": failed, "runs": runs}))
+    if not scheduled and failed:
         raise typer.Exit(1)
 
 
@@ -352,6 +410,39 @@ def report(
     console.print(f"report: {html}\nsummary: {markdown}")
 
 
+@app.command("export-journal")
+def export_journal(
+    journal: Path = typer.Argument(..., help="a run journal (JOURNAL_DIR/RUN_ID.json)"),
+    output: Path = typer.Option(None, "--output", help="default: print to stdout"),
+) -> None:
+    """Write a run journal in Chaos Toolkit's journal shape (what `chaostoolkit run` writes)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from chaos.ctk.journals import to_ctk
+    from chaos.journal import Journal
+    from common.validation import describe_problems
+
+    try:
+        ours = Journal.model_validate_json(journal.read_text())
+    except OSError as error:
+        raise refused(error, "cannot read the journal") from None
+    except ValidationError as error:
+        raise refused(
+            ValueError(f"{journal}: not a chaos run journal: {describe_problems(error)}")
+        ) from None
+    text = json.dumps(to_ctk(ours), indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+        return
+    try:
+        output.write_text(text + "\n")
+    except OSError as error:
+        raise refused(error, "cannot write the CTK journal") from None
+    console.print(f"CTK journal: {output}")
+
+
 @app.command()
 def agent(
     targets: Path = typer.Option(
@@ -383,7 +474,7 @@ def agent(
     from chaos.faults.local.backend import LocalFaultBackend
 
     if not is_loopback(host):
-        console.print(f"[red]chaos agent serves on loopback only, not {escape(host)}[/]")
+        console.print(f"[red]ratequeue-chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
     api_key = os.environ.get(api_key_env, "")
     if not api_key:
@@ -405,5 +496,6 @@ def agent(
     except ValueError as error:  # the key from the environment cannot be compared
         console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
         raise typer.Exit(2) from None
-    console.print(f"chaos agent on http://{host}:{port}/v1, allowing {', '.join(sorted(names))}")
+    allowed = ", ".join(sorted(names))
+    console.print(f"ratequeue-chaos agent on http://{host}:{port}/v1, allowing {allowed}")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")

@@ -274,8 +274,8 @@ class Experiment(Strict):
 
 
 def parse_experiment(text: str, source: str, control: ControlBackend | None = None) -> Experiment:
-    """The experiment in `text`; `control` (`chaos run --control`) overrides the file's, and is
-    checked with it (an etcd_member target on a Redis-only testbed is refused)."""
+    """The experiment in `text`; `control` (`ratequeue-chaos run --control`) overrides the file's,
+    and is checked with it (an etcd_member target on a Redis-only testbed is refused)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )

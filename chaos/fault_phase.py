@@ -86,22 +86,33 @@ class FaultPhase:
                 self.controllers.approve(step.approve, choice.chosen)
                 continue
             shard = choice.resolve(step.target.shard)
-            for node in self.select(step.target, shard):
-                fault = self.inject(step, node)
-                injected.append(fault)
-                self.on_fault(True)
-                if node.role in {"primary", "replica"}:
+            for fault in self.inject_step(step, shard, injected):
+                if fault.target.role in {"primary", "replica"}:
                     faulted.add(shard)
-                if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
-                    self.primary_faulted.add(shard)
                 journal.faults.append(fault.summary())
                 journal.mark(
                     "fault_injected",
                     fault.injected_at,
                     fault.injected_at,
-                    f"{step.action} {node.name} via {self.backend_name(step)}",
+                    f"{step.action} {fault.target.name} via {self.backend_name(step)}",
                 )
-                self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+
+    def inject_step(
+        self, step: FaultStep, shard: str, injected: list[InjectedFault]
+    ) -> list[InjectedFault]:
+        """Inject `step` on every node its selector picks in `shard`; the step's faults.
+        Each is appended to `injected` as soon as it is in, so should a later node's injection
+        fail, the rollback still finds the earlier ones."""
+        faults = []
+        for node in self.select(step.target, shard):
+            fault = self.inject(step, node)
+            injected.append(fault)
+            faults.append(fault)
+            self.on_fault(True)
+            if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
+                self.primary_faulted.add(shard)
+            self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+        return faults
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
         if selector.role == "etcd_member":
@@ -153,6 +164,24 @@ class FaultPhase:
             self.say(f"targets from the last topology read: {error}")
         return self._last_topology
 
+    def remove_leftovers(self, journal: Journal) -> None:
+        """Before a run: undo what a run that died left on this deployment's processes (the
+        local backend's blackholes: see `LocalFaultBackend.remove_leftovers`), named in the
+        journal's timeline."""
+        if self.deployment.default_backend != "local" and "local" not in self._backends:
+            return
+        pids = [n.pid for n in self.deployment.nodes if n.pid is not None]
+        try:
+            backend = self._backends.get("local") or open_backend("local")
+            self._backends["local"] = backend
+            undone = backend.remove_leftovers(pids)  # type: ignore[attr-defined]
+        except FaultError as error:
+            journal.errors.append(f"removing an earlier run's leftovers failed: {error}")
+            return
+        if undone:
+            journal.mark("leftovers_removed", time.time(), None, "; ".join(undone))
+            self.say(f"removed what an earlier run left: {'; '.join(undone)}")
+
     def backend_name(self, step: FaultStep) -> str:
         """The step's own backend, else the deployment's default (local for the testbed)."""
         return step.backend or self.deployment.default_backend
@@ -177,6 +206,11 @@ class FaultPhase:
         if step.action in {"stop", "start"} and name == "local" and node.command:
             # Stop's rollback (and start) boots the node again with its own command line.
             params["command"] = node.command
+        whole = step.action == "blackhole" and step.from_node is None
+        if whole and name == "local" and node.role in STORE_ROLES:
+            # Clients and peers reach a store node the same way: cutting it off cuts every
+            # path of its process, not a peer path it does not have.
+            params["whole_node"] = True
         if step.action == "kill" and name == "local" and node.role in STORE_ROLES:
             # A killed store node comes back at rollback, from its own data directory: the
             # run is about the store's absence, not a store lost for good.
@@ -192,6 +226,7 @@ class FaultPhase:
         if "command" in params:
             self._record_new_pid(fault, node)
         if step.duration:
+            fault.details["duration"] = step.duration  # the journal says how long it lasted
             timer = threading.Timer(step.duration, quiet_rollback, args=(fault,))
             timer.daemon = True
             timer.start()

@@ -223,23 +223,37 @@ def _one_workflow_per_incident(h: OneWorkflowPerIncident, o: Observations) -> Hy
 
 
 def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> HypothesisOutcome:
+    """While the faults lasted (the store away) the incident went to a person and nothing
+    acted; after they were undone a workflow remediated it."""
     decisions = sorted(_shard_decisions(o), key=lambda d: d.received_at)
-    first_escalation = next(
-        (d.received_at for d in decisions if d.outcome == "escalated" and not d.workflow_id), None
-    )
+    ended = o.fault_ended_at
+    during = [] if ended is None else [
+        d for d in decisions if o.fault_at <= d.received_at <= ended
+    ]  # fmt: skip
+    escalated = [d for d in during if d.outcome == "escalated" and not d.workflow_id]
+    acted = [d for d in decisions if d.workflow_id and (ended is None or d.received_at < ended)]
     succeeded = {w.id for w in o.workflows if w.status == "succeeded"}
-    remediated_after = [
-        d
-        for d in decisions
-        if d.workflow_id in succeeded
-        and first_escalation is not None
-        and d.received_at >= first_escalation
+    remediated = [
+        d for d in decisions
+        if ended is not None and d.received_at >= ended and d.workflow_id in succeeded
+    ]  # fmt: skip
+    problems = [
+        *([] if ended is not None else ["the fault was never undone (no 'after' to remediate in)"]),
+        *([] if escalated else ["no escalation was recorded while the fault lasted"]),
+        *([f"acted while the fault lasted: {[d.workflow_id for d in acted]}"] if acted else []),
+        *([] if remediated else ["no workflow succeeded after the fault was undone"]),
     ]
     return HypothesisOutcome(
         hypothesis="escalated_then_remediated",
-        ok=bool(remediated_after),
-        expected="an escalation without a workflow, then a workflow that succeeded",
-        measured=[f"{d.outcome}: {d.workflow_id or d.reason}" for d in decisions],
+        ok=not problems,
+        expected="while the fault lasted: an escalation and no workflow; after it: a workflow "
+        "that succeeded",
+        measured={
+            "escalated_during": [f"{d.event_id}: {d.reason}" for d in escalated],
+            "workflows_during": [d.workflow_id for d in acted],
+            "remediated_after": [d.workflow_id for d in remediated],
+        },
+        detail="; ".join(problems),
     )
 
 

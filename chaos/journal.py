@@ -104,10 +104,18 @@ class Journal(BaseModel):
 
 
 def read_journals(directory: Path) -> list[Journal]:
+    """Every journal in `directory`: ours, and Chaos Toolkit's (`journal.json` as `chaostoolkit
+    run` writes it, read by `chaos.ctk.journals`); other JSON files are skipped."""
+    from chaos.ctk.journals import from_ctk, is_ctk_journal
+
     journals = []
     for path in sorted(directory.glob("*.json")):
         try:
-            journals.append(Journal.model_validate_json(path.read_text()))
-        except (OSError, ValueError):
+            raw = json.loads(path.read_text())
+            if is_ctk_journal(raw):
+                journals.append(from_ctk(raw, path))
+            else:
+                journals.append(Journal.model_validate(raw))
+        except (OSError, ValueError, KeyError, TypeError):
             continue  # not a journal (or not a file: a directory named *.json)
     return sorted(journals, key=lambda j: j.started_at)

@@ -1,6 +1,6 @@
-"""`chaos report DIR`: one self-contained HTML page (a timeline chart per run, drawn as inline
-SVG, and the recovery-time trend across runs) and a markdown summary, from the run journals, so
-someone who was not there can read what happened. Not for: running anything."""
+"""`ratequeue-chaos report DIR`: one self-contained HTML page (a timeline chart per run, drawn as
+inline SVG, and the recovery-time trend across runs) and a markdown summary, from the run journals,
+so someone who was not there can read what happened. Not for: running anything."""
 
 from __future__ import annotations
 

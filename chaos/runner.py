@@ -79,6 +79,7 @@ class ExperimentRunner:
         faulted: set[str] = set()
         load: BackgroundLoad | None = None
         try:
+            self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
             choice = ShardChoice([s.id for s in before.shards], self.rng)
             self._plan_into(journal, experiment, choice)

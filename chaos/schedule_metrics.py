@@ -1,6 +1,6 @@
-"""Prometheus metrics of a `chaos run` schedule (`--metrics-port N`), served on /metrics while it
-runs: runs by verdict, the last run's recovery seconds and acknowledged messages lost, when the
-last run ended and the next is due, and whether a fault is active now.
+"""Prometheus metrics of a `ratequeue-chaos run` schedule (`--metrics-port N`), served on /metrics
+while it runs: runs by verdict, the last run's recovery seconds and acknowledged messages lost, when
+the last run ended and the next is due, and whether a fault is active now.
 
 Not for: the API's, controllers' or sensors' metrics (each serves its own), or running anything.
 """
@@ -10,22 +10,22 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from chaos.experiments import Experiment
 from chaos.journal import Journal
 from chaos.run_watchers import RunWatcher
+from common.metrics_server import MetricsServer
 
 VERDICTS = ("passed", "failed", "aborted", "not_run")
 
 
-class ScheduleMetrics(RunWatcher):
+class ScheduleMetrics(MetricsServer, RunWatcher):
     """The schedule's metrics in a registry of their own; `serve` exposes them over HTTP."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         self.runs = Counter(
             "chaos_runs", "Runs ended, by verdict (not_run: the run could not be made)",
             ["verdict"], registry=self.registry,
@@ -52,16 +52,6 @@ class ScheduleMetrics(RunWatcher):
             "chaos_fault_active", "1 while a run's fault is injected and not rolled back",
             registry=self.registry,
         )  # fmt: skip
-        self._server: WSGIServer | None = None
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def ended(self, journal: Journal) -> None:
         self.runs.labels(journal.verdict).inc()

@@ -1,5 +1,5 @@
-"""Running experiments once or on a schedule (`chaos run --every 4h --jitter 10m`): no two runs
-overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
+"""Running experiments once or on a schedule (`ratequeue-chaos run --every 4h --jitter 10m`): no two
+runs overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
 run's journal is handed to `on_journal` as the run ends, runs start on a fixed grid kept beside the
 journals (`schedule_grid`: no drift, missed slots skipped and said, the next run time kept
 across a restart), and SIGTERM lets the current run finish its rollbacks before the process
@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import redis
 
+from chaos.cron_schedule import CronSchedule
 from chaos.errors import RefusedTarget, TargetError
 from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
@@ -33,6 +34,7 @@ from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
 from chaos.testbed import ControlBackend, running_testbed
 from common.errors import EtcdUnreachable
+from common.points_in_time import iso_utc
 from lazarus_lite.coordination.interface import RunLock
 from lazarus_lite.coordination.opening import opened_coordination_store
 
@@ -176,10 +178,12 @@ def run_schedule(
     max_runs: int | None = None,
     watchers: Sequence[RunWatcher] = (),
     control: ControlBackend | None = None,
+    cron: CronSchedule | None = None,
 ) -> list[Journal]:
-    """Run every experiment once, or (with `every`) again and again until `stop` is set (or
-    `max_runs` runs ended). `watchers` are told of each run as it happens. A failed single run
-    raises; a dry run writes nothing (no pid file either: nothing to halt) and tells no one."""
+    """Run every experiment once, or (with `every`, or at the times `cron` names) again and
+    again until `stop` is set (or `max_runs` runs ended). `watchers` are told of each run as
+    it happens. A failed single run raises; a dry run writes nothing (no pid file either:
+    nothing to halt) and tells no one."""
     # All validated before any run; `control` overrides each file's testbed backend.
     experiments = [(p, load_experiment(p, control)) for p in paths]
     watchers = () if dry_run else watchers
@@ -195,10 +199,13 @@ def run_schedule(
     journals: list[Journal] = []
     rng = random.Random()
     # A dry run keeps no schedule: it plans, and a real schedule's times are not its to move.
-    grid = ScheduleGrid(journal_dir, every, time.time()) if every and not dry_run else None
+    scheduled = every is not None or cron is not None
+    grid = (
+        ScheduleGrid(journal_dir, every, time.time(), cron) if scheduled and not dry_run else None
+    )
     try:
         if grid is not None:
-            wait_for_first_slot(grid, jitter, rng, say, stop)
+            wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
             for path, experiment in experiments:
                 if stop.is_set():
@@ -219,7 +226,7 @@ def run_schedule(
                 except Exception as error:  # a failed run must not stop the schedule
                     for watcher in watchers:
                         watcher.broke(path, experiment, error)
-                    if every is None:
+                    if not scheduled:
                         raise  # the caller says it, once
                     say(f"run of {path} failed: {type(error).__name__}: {error}")
                     continue
@@ -229,14 +236,15 @@ def run_schedule(
                     watcher.ended(journal)
                 if max_runs is not None and len(journals) >= max_runs:
                     return journals
-            if every is None:
+            if not scheduled:
                 break
             if grid is None:
-                pause = every + rng.uniform(-jitter, jitter)
+                period = every if every is not None else _cron_wait(cron)
+                pause = period + rng.uniform(-jitter, jitter)
             else:
                 slot = grid.advance(time.time())
                 if slot.skipped:
-                    say(f"the run overran its slot: skipped {slot.skipped} slot(s)")
+                    say(f"the run overran its slot: skipped {slot.skipped_text()} slot(s)")
                 pause = slot.at + rng.uniform(-jitter, jitter) - time.time()
             say(f"next run at {clock(time.time() + pause)} (in {max(0.0, pause):.0f} s)")
             for watcher in watchers:
@@ -249,27 +257,48 @@ def run_schedule(
     return journals
 
 
+def _cron_wait(cron: CronSchedule | None) -> float:
+    """Seconds from now to the next time `cron` names."""
+    assert cron is not None
+    now = time.time()
+    return cron.next_after(now) - now
+
+
 def clock(stamp: float) -> str:
     """A time as people read it in a log: local date and time to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(stamp))
 
 
 def wait_for_first_slot(
-    grid: ScheduleGrid, jitter: float, rng: random.Random, say: Say, stop: threading.Event
+    grid: ScheduleGrid,
+    jitter: float,
+    rng: random.Random,
+    say: Say,
+    stop: threading.Event,
+    watchers: Sequence[RunWatcher] = (),
 ) -> None:
-    """A restarted schedule waits for its kept next run (or runs at once if that passed)."""
+    """A restarted schedule waits for its kept next run (or runs at once if that passed), a new
+    cron schedule for its first time; watchers are told when that is."""
     slot = grid.catch_up(time.time())
     grid.save()
     if not grid.resumed:
+        if grid.cron is not None:  # a new cron schedule waits for its first time
+            say(f"first run at {iso_utc(slot.at)} ({grid.cron.expression}, UTC)")
+            for watcher in watchers:
+                watcher.next_run(slot.at)
+            stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
         return
-    missed = f"; {slot.skipped} slot(s) passed while it was stopped" if slot.skipped else ""
+    missed = f"; {slot.skipped_text()} slot(s) passed while it was stopped" if slot.skipped else ""
     say(f"resuming the schedule kept in {grid.path}: next run at {clock(slot.at)}{missed}")
     if slot.at > time.time():
+        for watcher in watchers:
+            watcher.next_run(slot.at)
         stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
 
 
 def halt(journal_dir: Path, wait_seconds: float = 120) -> int | None:
-    """Ask the running `chaos run` to stop and roll back; returns its pid (None: none ran)."""
+    """Ask the running `ratequeue-chaos run` to stop and roll back; returns its pid (None: none
+    ran)."""
     import signal
 
     pid_file = journal_dir / PID_FILE

@@ -1,7 +1,7 @@
 """The local testbed's supervisor: starts a killed API, controller or sensor process again with
 its recorded command line (`TestbedNode.restart_command`), the way a restart policy does for
 containers, and records each restart in `testbed.json` (the node's new pid, and the restart for
-`chaos testbed status`).
+`ratequeue-chaos testbed status`).
 
 A node that keeps dying is started again after a growing delay (0.5 s, doubling up to 30 s),
 and at most `MAX_RESTARTS` times in `WINDOW` seconds: a crash loop does not spin. A paused

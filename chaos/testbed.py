@@ -32,7 +32,7 @@ from typing import Literal, TypedDict, Unpack
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chaos.errors import TestbedError
+from chaos.errors import FaultError, TestbedError
 from chaos.processes import read_cmdline, read_comm, runs_program
 from common import input_files
 from common.etcd_processes import EtcdCluster, start_etcd_cluster
@@ -385,6 +385,13 @@ class UpOptions(TypedDict, total=False):
     sensor_args: list[str] | None
     supervise: bool
     control: ControlBackend
+    api_workers: int
+    shard_maxmemory: str | None
+
+
+# Each shard node's memory limit in the testbed (`--shard-maxmemory`): far above what an
+# experiment queues, low enough that a runaway load fills a shard, not the machine.
+TESTBED_SHARD_MAXMEMORY = "1gb"
 
 
 def up(
@@ -398,11 +405,16 @@ def up(
     sensor_args: list[str] | None = None,
     supervise: bool = False,
     control: ControlBackend = "redis",
+    api_workers: int = 1,
+    shard_maxmemory: str | None = TESTBED_SHARD_MAXMEMORY,
 ) -> TestbedState:
     """Start a testbed in `directory` and leave it running. With `controllers=0` and
     `sensors=False` it is the queue alone (no automated failover); with `supervise`, a
     supervisor starts a killed API, controller or sensor again (`chaos.supervisor`); with
-    `control="etcd"`, the coordination store is a three-member etcd cluster."""
+    `control="etcd"`, the coordination store is a three-member etcd cluster; `api_workers` is
+    the API's worker processes (1 by default: two cores are shared by every process of the
+    testbed, and one API process is what the experiments' kill and restart faults target);
+    `shard_maxmemory` caps each shard node's memory (a full shard refuses writes, never evicts)."""
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -412,8 +424,9 @@ def up(
     # messages) must not leak into the next experiment.
     shutil.rmtree(directory / "redis", ignore_errors=True)
     cluster = LocalCluster.start(
-        directory / "redis", shards=shards, replicas=replicas, detached=True
-    )
+        directory / "redis", shards=shards, replicas=replicas, detached=True,
+        maxmemory=shard_maxmemory,
+    )  # fmt: skip
     nodes = [
         TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
                     command=list(n.argv) or None)
@@ -423,7 +436,9 @@ def up(
     token = secrets.token_urlsafe(24)
     etcd: EtcdCluster | None = None
     address = StoreAddress(control_url=cluster.control.url)
-    api_args: list[str] = []
+    if shard_maxmemory is not None:  # the replacements the controllers start get it too
+        controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
+    api_args: list[str] = ["--workers", str(api_workers)]
     try:
         if control == "etcd":
             etcd = start_etcd_cluster(directory / "etcd", detached=True)
@@ -434,13 +449,14 @@ def up(
             ]  # fmt: skip
             address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
             endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
-            api_args = ["--topology-backend", "etcd", *endpoints]
+            api_args += ["--topology-backend", "etcd", *endpoints]
             controller_args = [
                 "--coordination-backend",
                 "etcd",
                 *endpoints,
                 *(controller_args or []),
             ]
+            sensor_args = [*endpoints, *(sensor_args or [])]
         api = start_api(directory, cluster.control.url, api_args)
         started.append(api)
         register_in_balancer(address, "ratequeue-api", api)
@@ -520,9 +536,17 @@ def _stop_pid(pid: int, alive: Callable[[], bool], timeout: float = 5.0) -> None
             os.kill(pid, signal.SIGKILL)
 
 
-def down(directory: Path) -> list[str]:
-    """Stop every process the testbed in `directory` started; returns their names."""
+def down(directory: Path, say: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Stop every process the testbed in `directory` started; returns their names. First the
+    blackholes a chaos run that died left on them are undone (`say` names each), so no rule or
+    cgroup of theirs outlives them to catch whatever takes their ports next."""
     state = load_state(directory)
+    from chaos.faults.local.backend import LocalFaultBackend
+
+    with contextlib.suppress(FaultError):
+        pids = [n.pid for n in state.nodes if n.pid is not None and process_alive(n)]
+        for undone in LocalFaultBackend().remove_leftovers(pids):
+            say(undone)
     stopped = []
     # The supervisor first, so it does not start again what is being stopped.
     supervisor = state.supervisor

@@ -35,6 +35,10 @@ def _finite(text: str) -> float:
     return value
 
 
+# One decoder for every call (`json.loads` with hooks builds a new one each time).
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
 def loads(text: str, *, max_depth: int) -> Any:
     """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
     is the first); raises JsonProblem (JsonTooDeep for the nesting)."""
@@ -49,7 +53,7 @@ def loads(text: str, *, max_depth: int) -> Any:
         elif bracket in ("]", "}"):
             depth -= 1
     try:
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as problem:
         raise JsonProblem(problem.msg, problem.lineno, problem.colno) from None
     except JsonProblem:

@@ -68,6 +68,7 @@ REASONS = {
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
@@ -180,8 +181,12 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as error:  # bad UTF-8, or a JsonProblem
         raise InvalidRequest(f"request body is not valid JSON: {error}", code="bad_json") from None
     try:
-        # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored.
-        json.dumps(data, ensure_ascii=False).encode()
+        # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored. It comes
+        # in as raw bytes (kept by `surrogatepass`) or as an escape; only for an escape is the
+        # parsed value encoded again (the request path of every enqueue runs this).
+        text.encode()
+        if "\\u" in text:
+            json.dumps(data, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise InvalidRequest("request body holds a string with a lone UTF-16 surrogate",
                            code="bad_json") from None  # fmt: skip

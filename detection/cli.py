@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
+from common.version import add_version_option, testbed_version
 from detection import nagios
 from detection.errors import InvalidSensorConfig, UsageProblem
+from detection.metrics import SensorMetrics
 from detection.sensor import Sensor, SensorConfig
 
 app = typer.Typer(
     help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
     no_args_is_help=True,
 )
+add_version_option(app, "detection")
 
 STREAM_BACKENDS = ("redis", "kinesis")
 
@@ -43,6 +48,13 @@ def sensor(
     ),
     replica: str = typer.Option(
         ..., envvar="FAILOVER_REPLICA", help="the watched replica, HOST:PORT on its peer address"
+    ),
+    etcd_endpoints: str = typer.Option(
+        None,
+        "--etcd-endpoints",
+        envvar="FAILOVER_ETCD_ENDPOINTS",
+        help="the topology is in etcd: its members' client URLs, a,b,c (default: in the control "
+        "store)",
     ),
     name: str = typer.Option(
         None,
@@ -69,6 +81,16 @@ def sensor(
     kinesis_region: str = typer.Option(None, envvar="FAILOVER_KINESIS_REGION"),
     kinesis_endpoint: str = typer.Option(None, envvar="FAILOVER_KINESIS_ENDPOINT"),
     log_level: str = typer.Option("info", envvar="FAILOVER_LOG_LEVEL"),
+    metrics_port: int = typer.Option(
+        None,
+        envvar="FAILOVER_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="serve Prometheus /metrics (probe latency, events published) on this port",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", envvar="FAILOVER_METRICS_HOST", help="address for /metrics"
+    ),
 ) -> None:
     """Watch the primary of one replica and publish RedisMasterDown / RedisMasterRecovered /
     SensorHeartbeat events. Runs until SIGTERM or SIGINT."""
@@ -77,6 +99,7 @@ def sensor(
             control_url=control, replica=replica, environment=environment, region=region,
             service=service, interval=interval, threshold=threshold, ping_timeout=ping_timeout,
             heartbeat_every=heartbeat_every, name=name, source_host=source_host,
+            etcd_endpoints=etcd_endpoints,
         )  # fmt: skip
     except InvalidSensorConfig as error:
         raise _bad_option("sensor", _option_name(error.setting), error.message, 2) from None
@@ -98,10 +121,18 @@ def sensor(
             pager_config = load_notification_config(notifications)
         except NotificationConfigError as error:
             raise _bad_option("sensor", "--notifications", str(error), 2) from None
+    metrics = SensorMetrics()
+    if metrics_port is not None:
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as error:
+            raise _bad_option("sensor", "--metrics-port", str(error), 2) from None
     try:
-        asyncio.run(_run_sensor(config, backend, kinesis, pager_config))
+        asyncio.run(_run_sensor(config, backend, kinesis, pager_config, metrics))
     except ValueError as error:  # a control URL redis-py refuses
         raise _bad_option("sensor", "--control", str(error), 2) from None
+    finally:
+        metrics.close()
 
 
 def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) -> Any:
@@ -126,7 +157,11 @@ def _open_stream(config: SensorConfig, backend: str, kinesis: dict[str, Any]) ->
 
 
 async def _run_sensor(
-    config: SensorConfig, backend: str, kinesis: dict[str, Any], pager_config: Any = None
+    config: SensorConfig,
+    backend: str,
+    kinesis: dict[str, Any],
+    pager_config: Any = None,
+    metrics: SensorMetrics | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,7 +175,7 @@ async def _run_sensor(
         # The sensor only triggers pages; deadlines are the controller's to enforce.
         pager = Notifier(pager_config)
     try:
-        async with Sensor(config, event_stream, pager=pager) as watcher:
+        async with Sensor(config, event_stream, pager=pager, metrics=metrics) as watcher:
             await watcher.run(stop)
     finally:
         with contextlib.suppress(Exception):
@@ -153,8 +188,37 @@ async def _run_sensor(
 
 # Nagios plugin guidelines: bad arguments are UNKNOWN (3), never CRITICAL (2, "the primary is
 # down"). So every option is taken as text and parsed here, and unknown options are collected
-# instead of being refused by the option parser (which would exit 2).
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+# instead of being refused by the option parser (which would exit 2). The Monitoring Plugins
+# Interface (02.Input.md) also fixes -h/--help and -V/--version: print, then exit UNKNOWN (3),
+# so click's own --help (exit 0) is replaced.
+# click's UsageError (a missing value, an option given twice wrongly...): typer exports only its
+# subclass BadParameter, and recent typer vendors its own click, so `click.UsageError` would be
+# the wrong class.
+OPTION_PARSER_ERROR: type[Exception] = typer.BadParameter.__base__  # type: ignore[assignment]
+
+
+class NagiosCheckCommand(TyperCommand):
+    """The check's options, parsed so that what the option parser itself refuses (an option
+    missing its value, e.g. `-t` last) is UNKNOWN with a status line too, not click's exit 2."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        as_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except OPTION_PARSER_ERROR as problem:
+            outcome = nagios.unknown(problem.format_message())  # type: ignore[attr-defined]
+            typer.echo(json.dumps(outcome.as_json()) if as_json else outcome.line())
+            raise typer.Exit(outcome.exit_code) from None
+
+
+@app.command(
+    cls=NagiosCheckCommand,
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
 def check(
     ctx: typer.Context,
     replica: str = typer.Option(
@@ -173,18 +237,39 @@ def check(
     critical_io_seconds: str = typer.Option(
         "5", metavar="SECONDS", help="CRITICAL when it is this old"
     ),
-    timeout: str = typer.Option("1", metavar="SECONDS", help="seconds each probe may take"),
+    timeout: str = typer.Option(
+        "10",
+        "-t",
+        "--timeout",
+        metavar="DURATION",
+        help="the whole check's limit (10, 10s, 500ms); UNKNOWN when it is reached",
+    ),
+    probe_timeout: str = typer.Option(
+        "1",
+        metavar="DURATION",
+        help="how long each probe may take; a primary that does not answer PING in it is CRITICAL",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="one JSON document (status, summary, perfdata) instead of the line"
+    ),
+    show_help: bool = typer.Option(False, "-h", "--help", help="show this help; exits 3"),
+    show_version: bool = typer.Option(False, "-V", "--version", help="show the version; exits 3"),
 ) -> None:
     """Check the primary of a replica once, as a Nagios plugin: exit 0 OK, 1 WARNING,
-    2 CRITICAL, 3 UNKNOWN (also for bad options), and one status line with perfdata."""
+    2 CRITICAL, 3 UNKNOWN (also for bad options, -h and -V), and one status line with
+    perfdata."""
+    if show_help or show_version:
+        typer.echo(ctx.get_help() if show_help else f"detection check {testbed_version()}")
+        raise typer.Exit(int(nagios.Status.UNKNOWN))
     try:
         request = nagios.parse_request(
             replica=replica, primary=primary, warning_io_seconds=warning_io_seconds,
-            critical_io_seconds=critical_io_seconds, timeout=timeout, extra=ctx.args,
+            critical_io_seconds=critical_io_seconds, timeout=timeout,
+            probe_timeout=probe_timeout, extra=ctx.args,
         )  # fmt: skip
     except UsageProblem as problem:
-        typer.echo(nagios.unknown(str(problem)).line())
-        raise typer.Exit(int(nagios.Status.UNKNOWN)) from None
-    outcome = asyncio.run(nagios.run_request(request))
-    typer.echo(outcome.line())
+        outcome = nagios.unknown(str(problem))
+    else:
+        outcome = asyncio.run(nagios.run_request(request))
+    typer.echo(json.dumps(outcome.as_json()) if json_output else outcome.line())
     raise typer.Exit(outcome.exit_code)

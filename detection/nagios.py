@@ -22,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
+from common.durations import parse_duration
 from detection import probes
 from detection.errors import UsageProblem
 from detection.probes import ProbeResult
 
 SERVICE_LABEL = "REDIS-PRIMARY"
+T = TypeVar("T")
 
 
 class Status(IntEnum):
@@ -113,6 +116,21 @@ class CheckOutcome:
     @property
     def exit_code(self) -> int:
         return int(self.status)
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as one JSON document (`detection check --json`): the same verdict, the
+        status line and the perfdata as fields (a value of None is perfdata's 'U')."""
+        return {
+            "status": self.status.name,
+            "exit_code": self.exit_code,
+            "summary": self.summary,
+            "line": self.line(),
+            "perfdata": [
+                {"label": p.label, "value": p.value, "uom": p.uom, "warn": p.warn,
+                 "crit": p.crit, "min": p.min, "max": p.max}
+                for p in self.perfdata
+            ],
+        }  # fmt: skip
 
 
 def _number(value: Any) -> float | None:
@@ -205,19 +223,52 @@ def evaluate(
     return CheckOutcome(status, summary, perf)
 
 
+# The Monitoring Plugins Interface (monitoring-plugins/monitoring-plugin-guidelines,
+# 02.Input.md): -t/--timeout limits the whole run, "integer (meaning seconds) or a time duration
+# string", and a run it ends exits UNKNOWN with a message. Each probe has its own, shorter limit
+# (--probe-timeout): a primary that does not answer within it is the CRITICAL the check is for.
+DEFAULT_PLUGIN_TIMEOUT = 10.0
+DEFAULT_PROBE_TIMEOUT = 1.0
+
+
 @dataclass(frozen=True)
 class CheckRequest:
     replica: str
     primary: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
-    timeout: float = 1.0
+    timeout: float = DEFAULT_PROBE_TIMEOUT
+    plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
+
+
+REPLICA_INFO = "the replica's INFO"
+PRIMARY_PING = "the primary's PING"
+
+
+@dataclass
+class PendingProbes:
+    """The probes a check is waiting for, so a check cut short by -t/--timeout can say where
+    it was."""
+
+    names: list[str] = field(default_factory=list)
+
+    async def wait_for(self, name: str, probe: Awaitable[T]) -> T:
+        self.names.append(name)
+        answer = await probe  # a probe cancelled by -t stays pending, for the message
+        self.names.remove(name)
+        return answer
+
+
+def timed_out(plugin_timeout: float, waiting_for: list[str] | None = None) -> CheckOutcome:
+    where = f", waiting for {' and '.join(waiting_for)}" if waiting_for else ""
+    return unknown(f"the check did not finish within its -t/--timeout of "
+                   f"{format_number(plugin_timeout)} s{where}")  # fmt: skip
 
 
 def _seconds(option: str, text: str, *, minimum_exclusive: bool) -> float:
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"invalid value for {option}: {text!r} is not a number") from None
+        value = parse_duration(text)
+    except ValueError as error:
+        raise UsageProblem(f"invalid value for {option}: {error}") from None
     bad = value <= 0 if minimum_exclusive else value < 0
     if bad or not math.isfinite(value):
         bound = "> 0" if minimum_exclusive else ">= 0"
@@ -231,7 +282,8 @@ def parse_request(
     primary: str | None = None,
     warning_io_seconds: str = "2",
     critical_io_seconds: str = "5",
-    timeout: str = "1",
+    timeout: str = "10",
+    probe_timeout: str = "1",
     extra: list[str] | None = None,
 ) -> CheckRequest:
     """The check's options from their command-line text; raises UsageProblem naming the
@@ -253,17 +305,43 @@ def parse_request(
             f"invalid value for --warning-io-seconds: {format_number(warning)} is above "
             f"--critical-io-seconds {format_number(critical)}"
         )
+    per_probe = _seconds("--probe-timeout", probe_timeout, minimum_exclusive=True)
+    whole = _seconds("--timeout", timeout, minimum_exclusive=True)
+    # Without --primary the probes run one after the other (INFO names the primary to PING).
+    # Probes that cannot all time out within -t would turn a silent primary (CRITICAL) into
+    # UNKNOWN. -t/--timeout used to be the per-probe limit, so the message names both.
+    in_sequence = 1 if primary is not None else 2
+    if in_sequence * per_probe >= whole:
+        probes_text = "the probe" if in_sequence == 1 else "2 probes in sequence (INFO, PING)"
+        raise UsageProblem(
+            f"invalid value for --probe-timeout: {probes_text} of {format_number(per_probe)} s "
+            f"each cannot finish within -t/--timeout {format_number(whole)} s, which limits the "
+            f"whole check; give a shorter --probe-timeout or a longer -t/--timeout"
+        )
     return CheckRequest(
         replica=replica.strip(),
         primary=None if primary is None else primary.strip(),
         thresholds=Thresholds(warning, critical),
-        timeout=_seconds("--timeout", timeout, minimum_exclusive=True),
+        timeout=per_probe,
+        plugin_timeout=whole,
     )
 
 
 async def run_request(request: CheckRequest) -> CheckOutcome:
-    return await run_check(request.replica, primary=request.primary,
-                           thresholds=request.thresholds, timeout=request.timeout)  # fmt: skip
+    """The check, or UNKNOWN (naming the probes it waited for) when it outlasts the request's
+    plugin timeout."""
+    pending = PendingProbes()
+    try:
+        async with asyncio.timeout(request.plugin_timeout):
+            return await run_check(
+                request.replica,
+                primary=request.primary,
+                thresholds=request.thresholds,
+                timeout=request.timeout,
+                pending=pending,
+            )
+    except TimeoutError:
+        return timed_out(request.plugin_timeout, pending.names)
 
 
 async def run_check(
@@ -272,23 +350,28 @@ async def run_check(
     primary: str | None = None,
     thresholds: Thresholds | None = None,
     timeout: float = 1.0,
+    pending: PendingProbes | None = None,
 ) -> CheckOutcome:
     """Probe `replica` (INFO replication) and its primary (PING: `primary`, or the
-    master_host:master_port the replica reports). Each probe waits at most `timeout`."""
+    master_host:master_port the replica reports). Each probe waits at most `timeout`; `pending`
+    holds the probes not yet answered."""
     thresholds = thresholds or Thresholds()
+    pending = pending or PendingProbes()
     replica_host, replica_port = probes.parse_address(replica)
+    replica_info = probes.replication_info_or_error(replica_host, replica_port, timeout)
     if primary is not None:
         primary_host, primary_port = probes.parse_address(primary)
         (info, error), probe = await asyncio.gather(
-            probes.replication_info_or_error(replica_host, replica_port, timeout),
-            probes.ping(primary_host, primary_port, timeout),
+            pending.wait_for(REPLICA_INFO, replica_info),
+            pending.wait_for(PRIMARY_PING, probes.ping(primary_host, primary_port, timeout)),
         )
     else:
-        info, error = await probes.replication_info_or_error(replica_host, replica_port, timeout)
+        info, error = await pending.wait_for(REPLICA_INFO, replica_info)
         primary = probes.replica_master(info) if info else None
         probe = None
         if primary is not None:
-            probe = await probes.ping(*probes.parse_address(primary), timeout)
+            ping = probes.ping(*probes.parse_address(primary), timeout)
+            probe = await pending.wait_for(PRIMARY_PING, ping)
     return evaluate(
         replica=replica, replica_info=info, replica_error=error, primary=primary, probe=probe,
         thresholds=thresholds, timeout=timeout,

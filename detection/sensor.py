@@ -16,6 +16,11 @@ Between cycles the sensor holds one idle connection to the primary: the moment t
 host closes or resets it (the process died), the next cycle starts at once instead of after the
 interval. A stalled or cut-off primary closes nothing: silence still needs the threshold.
 
+The topology comes from a `TopologySource`: the control store's (Redis) or etcd's, when the
+sensor is given the etcd members. The sensor follows the source's watch, so a new epoch (a
+failover's new primary) starts a cycle at once; while that watch is broken (it raised) the
+cycles poll the source every `topology_refresh` instead, until the watch delivers again.
+
 An event that could not be published (control store or stream unreachable) is retried on the
 next cycle; no error stops the sensor.
 
@@ -37,13 +42,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from common.cancellation import cancel_until_done
+from common.errors import InvalidSetting
+from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from detection import probes
 from detection.errors import InvalidEvent, InvalidSensorConfig
 from detection.events import Event, new_event
+from detection.metrics import SensorMetrics
 from detection.probes import ProbeResult
 from detection.streams import EventStream
 from notifications.notifier import Notifier
-from ratequeue.topology import TOPOLOGY_KEY, NodeRef, Shard, Topology
+from ratequeue.etcd_topology import EtcdTopologyStore
+from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, TopologyStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,9 @@ class SensorConfig:
     name: str | None = None  # default: sensor@<replica>
     info_timeout: float = 0.5
     control_timeout: float = 1.0  # bound on a topology read or a publish
-    topology_refresh: float = 1.0  # re-read the topology at most this often
+    # While the topology watch is broken, re-read the topology at most this often.
+    topology_refresh: float = 1.0
+    etcd_endpoints: str | None = None  # the topology is in etcd (comma-separated member URLs)
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +97,11 @@ class SensorConfig:
             raise InvalidSensorConfig("topology_refresh", f"{self.topology_refresh!r} is not >= 0")
         if not isinstance(self.threshold, int) or self.threshold < 1:
             raise InvalidSensorConfig("threshold", f"{self.threshold!r} is not an integer >= 1")
+        if self.etcd_endpoints is not None:
+            try:
+                endpoints_setting(self.etcd_endpoints)
+            except InvalidSetting as error:
+                raise InvalidSensorConfig("etcd_endpoints", str(error)) from None
         # Every event the sensor will publish must pass the schema: refuse now, not per event.
         try:
             new_event("SensorHeartbeat", environment=self.environment, region=self.region,
@@ -104,6 +121,10 @@ class SensorConfig:
 # How long a sensor waits before confirming a refusal: long enough that a probe racing a
 # process's restart does not count twice, short next to the silence threshold.
 REFUSAL_CONFIRM_AFTER = 0.05
+# The least time between a broken topology watch and the next one, and the longest the watch
+# itself goes without re-reading (Redis) or re-watching (etcd) when the store is away: a
+# `topology_refresh` of 0 (poll every cycle) must not make the watch spin.
+WATCH_REFRESH_FLOOR = 0.5
 
 
 @dataclass
@@ -165,10 +186,15 @@ class Sensor:
         stream: EventStream,
         *,
         control: aioredis.Redis | None = None,
+        topology: TopologySource | None = None,
         pager: Notifier | None = None,
+        metrics: SensorMetrics | None = None,
     ) -> None:
+        """`topology`: where the map is read and watched (the caller's; default: etcd when
+        `config.etcd_endpoints` names members, else the control store)."""
         self.config = config
         self.stream = stream
+        self.metrics = metrics or SensorMetrics()
         self.pager = pager  # pages the on-call directly when the primary goes down
         self.name = config.source
         self._host, self._port = probes.parse_address(config.replica)
@@ -179,9 +205,17 @@ class Sensor:
             socket_connect_timeout=config.control_timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        self._etcd: EtcdClient | None = None
+        if topology is None and config.etcd_endpoints is not None:
+            endpoints = endpoints_setting(config.etcd_endpoints)
+            self._etcd = EtcdClient(EtcdClientSettings(endpoints=endpoints))
+            topology = EtcdTopologyStore(self._etcd)
+        self._source: TopologySource = topology or TopologyStore(self._control)
         self._topology: Topology | None = None
-        self._topology_raw: bytes | None = None
+        self._invalid_reported = False  # the stored map is invalid, and was logged as such
         self._topology_read_at = -math.inf
+        self._following: asyncio.Task | None = None  # the watch's task, started by a cycle
+        self._watch_delivers = False  # the watch delivered a map and has not broken since
         self._control_ok = True
         self._watch: _Watch | None = None
         self._last_heartbeat = -math.inf
@@ -192,27 +226,65 @@ class Sensor:
     # -- the control store -------------------------------------------------------------------
 
     async def _refresh_topology(self) -> Topology | None:
-        """The topology, re-read at most every `topology_refresh` s; on a failed read the last
-        one read (the sensor keeps watching what it knew)."""
+        """The topology: as the watch last delivered it while the watch works; else re-read,
+        at most every `topology_refresh` s. On a failed read, the last one known (the sensor
+        keeps watching what it knew)."""
+        self._follow_topology()
+        if self._watch_delivers:
+            return self._topology
         now = time.monotonic()
         if now - self._topology_read_at < self.config.topology_refresh:
             return self._topology
         self._topology_read_at = now
         try:
             async with asyncio.timeout(self.config.control_timeout):
-                raw = await self._control.get(TOPOLOGY_KEY)
+                read = await self._source.load()
+        except ValueError as error:  # an invalid document: reported once, not every cycle
+            if not self._invalid_reported:
+                log.error("%s: the stored topology is invalid, keeping the last one: %s",
+                          self.name, error)  # fmt: skip
+            self._invalid_reported = True
+            return self._topology
         except Exception as error:
             self._control_trouble(f"cannot read the topology: {probes.describe_error(error)}")
             return self._topology
         self._control_back()
-        if raw != self._topology_raw:
-            self._topology_raw = raw  # an invalid document is reported once, not every cycle
-            try:
-                self._topology = None if raw is None else Topology.model_validate_json(raw)
-            except ValueError as error:
-                log.error("%s: the stored topology is invalid, keeping the last one: %s",
-                          self.name, error)  # fmt: skip
+        self._invalid_reported = False
+        self._topology = read
         return self._topology
+
+    def _follow_topology(self) -> None:
+        """Start following the source's watch (once; again after it broke)."""
+        if self._following is None or self._following.done():
+            self._following = asyncio.ensure_future(self._follow_watch())
+
+    async def _follow_watch(self) -> None:
+        refresh = max(self.config.topology_refresh, WATCH_REFRESH_FLOOR)
+        known = self._topology.epoch if self._topology is not None else 0
+        changes = self._source.watch(after_epoch=known, refresh_every=refresh)
+        try:
+            async with contextlib.aclosing(changes):  # type: ignore[type-var]
+                async for topology in changes:
+                    self._take_watched(topology)
+        except Exception as error:
+            # Once per breakdown: a watch that breaks again at once is not news.
+            level = logging.WARNING if self._watch_delivers else logging.DEBUG
+            log.log(level, "%s: the topology watch broke (%s); polling every %.3g s until it "
+                    "delivers again", self.name, probes.describe_error(error),
+                    self.config.topology_refresh)  # fmt: skip
+        finally:
+            self._watch_delivers = False
+        # The next cycle starts a new watch; not sooner than this, so a watch that breaks at
+        # once does not spin.
+        await asyncio.sleep(refresh)
+
+    def _take_watched(self, topology: Topology) -> None:
+        """A map the watch delivered: newer than any known, it replaces it and the next cycle
+        starts now (a failover's new primary is watched without waiting for the interval)."""
+        self._watch_delivers = True
+        if self._topology is None or topology.epoch > self._topology.epoch:
+            self._topology = topology
+            self._woken.set()
 
     def _control_trouble(self, message: str) -> None:
         if self._control_ok:
@@ -234,7 +306,7 @@ class Sensor:
                 event.dedup_key, event.service,
                 f"{event.service} shard {event.shard}: primary {event.host} down "
                 f"(seen from {self.name})",
-                details=event.data, source=self.name,
+                details=event.data, source=self.name, event_id=event.id,
             )  # fmt: skip
         except Exception as error:  # paging must never stop detection
             log.warning("%s: paging failed: %s", self.name, error)
@@ -244,8 +316,10 @@ class Sensor:
             async with asyncio.timeout(self.config.control_timeout):
                 await self.stream.publish(event)
         except Exception as error:
+            self.metrics.publish_ended(event.type, ok=False)
             self._control_trouble(f"cannot publish {event.type}: {probes.describe_error(error)}")
             return False
+        self.metrics.publish_ended(event.type, ok=True)
         level = logging.DEBUG if event.type == "SensorHeartbeat" else logging.WARNING
         log.log(level, "%s: published %s %s", self.name, event.type,
                 event.incident_key or event.host)  # fmt: skip
@@ -285,12 +359,14 @@ class Sensor:
             probes.replication_info_or_error(self._host, self._port, self.config.info_timeout),
         )
         published: list[Event] = []
+        self.metrics.probed(probe)  # the refused PING too: both were sent
         if probe.refused:
             # Confirm a moment later: a second refusal is the process's death, not a restart
             # under way; an answer then makes this cycle a success like any other.
             await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
             probe = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
                                       source_host=self.config.source_host)  # fmt: skip
+            self.metrics.probed(probe)
         watch.refused = probe.refused
         if probe.ok:
             watch.failures = 0
@@ -454,11 +530,13 @@ class Sensor:
             await asyncio.sleep(self.config.interval)
 
     async def aclose(self) -> None:
-        if self._link is not None:
-            task = self._link[1]
-            self._let_go_of_link()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        tasks = [self._link[1]] if self._link is not None else []
+        self._let_go_of_link()
+        if self._following is not None:
+            tasks.append(self._following)
+        await cancel_until_done(tasks)
+        if self._etcd is not None:
+            await self._etcd.aclose()
         if self._owns_control:
             await self._control.aclose()
 

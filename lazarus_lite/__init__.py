@@ -9,7 +9,10 @@ Where things happen, in the order an event meets them:
 - a replica is **promoted** by the workflow `ratequeue_failover`, whose steps are in
   `steps/ratequeue_promotion.py`, run by the durable engine in `workflow/`;
 - around the shard: `shard_keeper` puts returning nodes back, `shard_watch` reports silent
-  sensors and unwritable shards, `actuators` starts replacement nodes.
+  sensors and unwritable shards, `actuators` starts replacement nodes;
+- while the coordination store is unreachable nothing acts: `shard_watch` hands a primary it
+  sees down to a person (`decisions`), and `held_records` keeps that escalation until the
+  record log takes it.
 
 Also: `profiles` (a service's YAML opts it in), `service` and `routes/` (REST), `cli`
 (`lazarus`), `settings`, `coordination` (the coordination store every node shares: its

@@ -2,7 +2,8 @@
 
 `LocalProcessActuator` starts a real `redis-server` node on loopback, parked (it follows nobody
 and refuses writes: the workflow lists it in the topology before attaching it to the primary),
-with a heartbeat sensor beside it when told the control store, and records every process it
+with a heartbeat sensor beside it when told the control store (and etcd's members, when the
+topology is kept there), and records every process it
 started in
 `WORKDIR/provisioned.jsonl`, so the testbed's `down` stops them too. A cloud actuator would
 implement the same `Actuator` protocol. Not for: deciding whether to provision (the workflow).
@@ -46,9 +47,21 @@ class Actuator(Protocol):
 
 
 class LocalProcessActuator:
-    def __init__(self, workdir: Path, *, control_url: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        control_url: str | None = None,
+        maxmemory: str | None = None,
+        etcd_endpoints: str | None = None,
+    ) -> None:
+        """`maxmemory`: each replacement's memory limit (as its shard's other nodes have);
+        `etcd_endpoints`: where its sensors read the topology when the controllers keep it
+        in etcd."""
         self.workdir = workdir
         self.control_url = control_url
+        self.maxmemory = maxmemory
+        self.etcd_endpoints = etcd_endpoints
         self._lock = threading.Lock()
 
     def provisioned(self) -> list[dict]:
@@ -104,7 +117,8 @@ class LocalProcessActuator:
         # A node that died is started again where it was (port and data), so the address the
         # topology may list already stays the node's; a first start takes a free port.
         port = int(recorded[0]["port"]) if recorded is not None else None
-        replica = start_node(name, "replica", shard, self.workdir, port=port, detached=True)
+        replica = start_node(name, "replica", shard, self.workdir, port=port, detached=True,
+                             maxmemory=self.maxmemory)  # fmt: skip
         self._record(
             {
                 "name": name,
@@ -181,6 +195,7 @@ class LocalProcessActuator:
                     f"{PEER_HOST}:{replica.port}",
                     "--name",
                     f"sensor-{replica.name}",
+                    *(["--etcd-endpoints", self.etcd_endpoints] if self.etcd_endpoints else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

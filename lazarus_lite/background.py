@@ -1,6 +1,7 @@
 """The controller node's background loops: taking events from the stream (each handled in a
-task of its own, acknowledged once decided), resuming orphaned workflows, and putting returning
-nodes back where the topology says. Each loop survives its own failures and runs until
+task of its own, acknowledged once decided), resuming orphaned workflows, putting returning
+nodes back where the topology says, and writing the escalations made while the store was
+unreachable once it answers. Each loop survives its own failures and runs until
 cancelled.
 
 Not for: what is done with an event (`controller.ControllerNode.handle`), the shard watch's
@@ -16,6 +17,7 @@ from typing import Any
 
 from detection.events import Event
 from detection.streams import EventStream, Received
+from lazarus_lite.decisions import Decisions
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.workflow.engine import WorkflowEngine
 
@@ -79,3 +81,17 @@ async def keep_shards(keeper: ShardKeeper, node_id: str, interval: float) -> Non
             raise
         except Exception as error:
             log.warning("%s: shard keeper pass failed: %s", node_id, error)
+
+
+async def write_held_records(decisions: Decisions, interval: float) -> None:
+    """Every `interval` seconds, write what was decided while the record log was away."""
+    while True:
+        await asyncio.sleep(interval)
+        if not len(decisions.held):
+            continue
+        try:
+            await decisions.write_held()  # what it cannot write stays held
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: writing held records failed: %s", decisions.node_id, error)

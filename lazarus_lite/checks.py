@@ -44,6 +44,7 @@ class CheckContext:
     min_replicas: int = 1
     probe_timeout: float = 0.25
     services: ServiceMembership | None = None
+    observe_probe: Callable[[ProbeResult], None] | None = None  # each PING, as it ends
     # One probe of each node per evaluation, shared by the checks running together: they all
     # judge the same moment (a second look could see another offset, another answer).
     _pings: dict[str, asyncio.Task[ProbeResult]] = field(default_factory=dict)
@@ -64,9 +65,15 @@ class CheckContext:
 
     async def _ping_twice(self, node: NodeRef) -> ProbeResult:
         host = node.peer_host or node.host
-        result = await ping(host, node.port, self.probe_timeout)
+        result = await self._ping(host, node.port)
         if not result.ok:  # one retry: a single lost packet is not a dead primary
-            result = await ping(host, node.port, self.probe_timeout)
+            result = await self._ping(host, node.port)
+        return result
+
+    async def _ping(self, host: str, port: int) -> ProbeResult:
+        result = await ping(host, port, self.probe_timeout)
+        if self.observe_probe is not None:
+            self.observe_probe(result)
         return result
 
     async def replication(self, node: NodeRef) -> dict | None:
@@ -130,13 +137,15 @@ async def run_checks(
     min_replicas: int = 1,
     probe_timeout: float = 0.25,
     services: ServiceMembership | None = None,
+    observe_probe: Callable[[ProbeResult], None] | None = None,
 ) -> list[CheckResult]:
     """Evaluate `specs` together, sharing probes; every check runs (the audit shows them all),
     and the results come in the specs' order. Concurrently: a decision waits for its slowest
     probe, not for the sum of them."""
     shared = CheckContext(
-        event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, services
-    )
+        event, topology, CheckSpec(checkName="-"), min_replicas, probe_timeout, services,
+        observe_probe,
+    )  # fmt: skip
     contexts = [
         CheckContext(
             event,
@@ -145,6 +154,7 @@ async def run_checks(
             min_replicas,
             probe_timeout,
             services,
+            observe_probe,
             shared._pings,
             shared._infos,
         )

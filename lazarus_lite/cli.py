@@ -9,11 +9,13 @@ import typer
 from rich.console import Console
 
 from common.errors import InvalidSetting
+from common.version import add_version_option
 from lazarus_lite.settings import DEFINITIONS, ControllerSettings
 
 app = typer.Typer(help="Lazarus-lite remediation controller.", no_args_is_help=True)
 rules_app = typer.Typer(help="Rule files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+add_version_option(app, "lazarus")
 console = Console()
 
 
@@ -42,6 +44,9 @@ def serve(
         None, "--actuator", envvar="LAZARUS_ACTUATOR", help="none | local | docker"
     ),
     actuator_dir: Path = typer.Option(None, "--actuator-dir", help="local actuator's workdir"),
+    replica_maxmemory: str = typer.Option(
+        None, "--replica-maxmemory", help="local actuator's replacements' maxmemory (e.g. 1gb)"
+    ),
     docker_deployment: str = typer.Option(None, envvar="LAZARUS_DOCKER_DEPLOYMENT"),
     docker_client_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_CLIENT_NETWORK"),
     docker_peer_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_PEER_NETWORK"),
@@ -122,6 +127,7 @@ def serve(
             workflows=workflows,
             actuator=actuator,
             actuator_dir=actuator_dir,
+            replica_maxmemory=replica_maxmemory,
             docker_deployment=docker_deployment,
             docker_client_network=docker_client_network,
             docker_peer_network=docker_peer_network,
@@ -197,27 +203,47 @@ def validate_rules(
 def events(
     url: str = typer.Option("http://127.0.0.1:8090", "--url", envvar="LAZARUS_URL"),
     service: str = typer.Option(None, "--service"),
-    since: float = typer.Option(None, "--since", help="unix time"),
+    since: str = typer.Option(
+        None,
+        "--since",
+        metavar="TIME|DURATION",
+        help="only events received since an ISO 8601 time (2026-12-03T04:00:00Z, UTC when no "
+        "offset) or a duration ago (10m, 4h)",
+    ),
     limit: int = typer.Option(50, "--limit"),
+    json_output: bool = typer.Option(
+        False, "--json", help="print the API's answer as one JSON document instead of a table"
+    ),
 ) -> None:
-    """The audit trail, newest first."""
-    from datetime import datetime
+    """The audit trail, newest first; times are ISO 8601 UTC."""
+    import time
 
     from rich.table import Table
 
+    from common.points_in_time import iso_utc, parse_since
+
+    since_epoch = None
+    if since is not None:
+        try:
+            since_epoch = parse_since(since, now=time.time())
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="'--since'") from None
     params = {
         k: v
-        for k, v in {"service": service, "since": since, "limit": limit}.items()
+        for k, v in {"service": service, "since": since_epoch, "limit": limit}.items()
         if v is not None
     }
     answer = _call("GET", f"{url}/v1/events", params=params)
+    if json_output:
+        typer.echo(json.dumps(answer))
+        return
     table = Table(title="lazarus events")
-    for column in ("received", "event", "type", "shard", "outcome", "rule", "reason"):
+    for column in ("received (UTC)", "event", "type", "shard", "outcome", "rule", "reason"):
         table.add_column(column, overflow="fold")
     for record in answer.get("events", []):
         event = record["event"]
         table.add_row(
-            datetime.fromtimestamp(record["received_at"]).strftime("%H:%M:%S"),
+            iso_utc(record["received_at"]),
             record["event_id"],
             event["type"],
             event.get("shard") or "",

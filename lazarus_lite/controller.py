@@ -5,7 +5,9 @@ passed the rule's precondition checks (`quorum`, `checks`) → shadow mode aside
 workflow is scheduled (`workflow`), or the event is escalated to a person. Each decision is
 written to the audit trail and escalations reach people (`decisions`, through the pager policy
 of `paging`). The node's background loops (`background`) take events from the stream, resume
-orphaned workflows and run the shard keeper; the shard watch runs beside them.
+orphaned workflows, run the shard keeper and write the escalations held while the store was
+unreachable; the shard watch runs beside them (and, without the store, escalates instead of
+acting: no lock, no action).
 
 The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
 evaluate them on their own, and needs `quorum` nodes whose every check passed. Anything less,
@@ -32,6 +34,7 @@ from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.profiles import load_profiles
 from lazarus_lite.quorum import Quorum
 from lazarus_lite.rules import Rule, RuleBook, load_rules
@@ -64,7 +67,14 @@ def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
     match settings.chosen_actuator:
         case "local":
             assert settings.actuator_dir is not None  # the settings' own check
-            return LocalProcessActuator(settings.actuator_dir, control_url=settings.control_url)
+            # Its sensors read the topology where the controllers keep it.
+            etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
+            return LocalProcessActuator(
+                settings.actuator_dir,
+                control_url=settings.control_url,
+                maxmemory=settings.replica_maxmemory,
+                etcd_endpoints=etcd,
+            )
         case "docker":
             given = {
                 "deployment": settings.docker_deployment,
@@ -111,14 +121,15 @@ class ControllerNode:
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
         )
-        self.quorum = Quorum(settings, store)
+        self.metrics = ControllerMetrics()
+        self.quorum = Quorum(settings, store, self.metrics)
         notifications = (
             load_notification_config(settings.notifications)
             if settings.notifications is not None
             else None
         )
         self.decisions = Decisions(
-            self.node_id, store.records, self.audit, self.incidents, notifications
+            self.node_id, store.records, self.audit, self.incidents, notifications, self.metrics
         )
         self.engine = WorkflowEngine(
             StepEnvironment(
@@ -130,6 +141,7 @@ class ControllerNode:
             ),
             self.definitions,
             on_finished=self.decisions.workflow_finished,
+            metrics=self.metrics,
         )
         self.keeper = ShardKeeper(
             store,
@@ -156,6 +168,7 @@ class ControllerNode:
                 report_ttl=int(settings.incident_ttl),
                 reemit_every=settings.incident_retry_seconds,
             ),
+            on_store_away=self.decisions.escalate_without_store,
         )
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
@@ -182,6 +195,10 @@ class ControllerNode:
             asyncio.create_task(
                 watch_forever(self.watch, on_blind=self.decisions.watch_blind),
                 name=f"{node}-shard-watch",
+            ),
+            asyncio.create_task(
+                background.write_held_records(self.decisions, settings.watch_interval),
+                name=f"{node}-held-records",
             ),
         ]
 

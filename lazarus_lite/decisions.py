@@ -1,12 +1,16 @@
 """How a decision leaves the controller: written to the audit trail as it is made, and, when it
 hands the event to a person, put on the escalations stream and sent through the pager; also the
-ends of a decision that come later (the workflow finished, the page's deadline passed).
+ends of a decision that come later (the workflow finished, the page's deadline passed), and the
+escalations made while the coordination store is unreachable (paged at once, since the channels
+do not need the store; recorded once the record log answers, see `held_records`).
 
 Not for: making the decision (`controller`) or the pager policy itself (`paging`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -15,14 +19,27 @@ from detection.events import Event
 from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
 from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
+from lazarus_lite.held_records import HeldRecords
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.paging import Pager, PageState
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.records import WorkflowRecord
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery
 
+# How long an escalation made without the store waits for the record log before it is left to
+# the periodic writer (`background.write_held_records`).
+HELD_WRITE_TIMEOUT = 2.0
+
 log = logging.getLogger(__name__)
+
+
+def store_away_record_id(event: Event) -> str:
+    """The record id of an escalation made without the store: one per incident (its key names
+    the primary and epoch), whichever node made it and from whichever event, so the nodes that
+    each escalated it save one record, not one each."""
+    return "store-away:" + event.dedup_key.replace("/", ":")
 
 
 def _incident_key(record: AuditRecord) -> str:
@@ -39,8 +56,10 @@ class Decisions:
         audit: AuditLog,
         incidents: IncidentClaims,
         notifications: NotificationConfig | None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics or ControllerMetrics()
         self.records = records
         self.audit = audit
         self.incidents = incidents
@@ -52,6 +71,7 @@ class Decisions:
             else None
         )
         self._event_of_incident: dict[str, str] = {}
+        self.held = HeldRecords(node_id)
 
     async def aclose(self) -> None:
         if self.pager is not None:
@@ -78,11 +98,17 @@ class Decisions:
             event.service,
             triggered_at=event.occurred_at,
             summary=f"{event.type} {event.service}/{event.shard} {event.host}",
+            event_id=event.id,
         )
         self._event_of_incident[event.dedup_key] = event.id
 
     async def decide(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
         record.outcome, record.reason, record.decided_at = outcome, reason, time.time()
+        # Counted before the record is saved, so whoever reads the decision in the audit trail
+        # finds it counted (a save that fails has the event decided, and counted, again).
+        self.metrics.decided(outcome)
+        if record.gate is not None:  # stale, shadow, and every gate before the action
+            self.metrics.gate_stopped(record.gate)
         await self.audit.save(record)
         await self.incidents.forget_if_recovered(record)
         log.info("%s: event %s %s: %s", self.node_id, record.event_id, outcome, reason)
@@ -107,6 +133,7 @@ class Decisions:
 
     async def notify_escalation(self, record: AuditRecord, reason: str) -> None:
         await self.records.append_escalation(record.event_id, reason, self.node_id)
+        self.metrics.escalations_published.inc()
         record.note("escalation", reason)
         log.warning("%s: event %s escalated: %s", self.node_id, record.event_id, reason)
         if self.pager is not None:
@@ -134,6 +161,9 @@ class Decisions:
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self.notify_escalation(record, record.reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        # The decision's later end (counted before it is saved, as decide() does); the event's
+        # decision itself was counted when the workflow was scheduled.
+        self.metrics.workflow_ended(record.outcome)
         await self.audit.save(record)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
@@ -144,6 +174,43 @@ class Decisions:
             record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
             note_deliveries(record, deliveries)
             await self.audit.save(record)
+
+    async def escalate_without_store(self, event: Event, reason: str) -> AuditRecord:
+        """No controller can act on `event` (the store that grants locks is unreachable): a
+        person is paged now, under the incident's own key (the sensors' page, re-triggered
+        with the reason), and the decision is recorded as soon as the record log takes it, under
+        the incident's record id (`store_away_record_id`: the nodes share one record)."""
+        now = time.time()
+        record = AuditRecord(
+            event_id=store_away_record_id(event),
+            event=event.model_dump(mode="json"),
+            service=event.service,
+            received_at=now,
+            coordinator=self.node_id,
+            outcome="escalated",
+            reason=reason,
+            decided_at=now,
+        )
+        record.note("escalation", reason)
+        record.note("store_unreachable", "decided while the coordination store was unreachable; "
+                    "written to the trail once it answered")  # fmt: skip
+        log.error("%s: event %s escalated: %s", self.node_id, event.id, reason)
+        if self.pager is not None:
+            self.track_page(event)
+            note_deliveries(
+                record, await self.pager.escalate(event.dedup_key, event.service, reason)
+            )
+        self.held.hold(record)
+        # On etcd the record log is in Redis, which may well answer; a silent one must not hold
+        # up the watch pass that called (the periodic writer tries again).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.write_held(), HELD_WRITE_TIMEOUT)
+        return record
+
+    async def write_held(self) -> int:
+        """Write the escalations held while the record log was unreachable (see
+        `held_records`); returns how many were written."""
+        return await self.held.write(self.audit, self.records)
 
     async def watch_blind(self, reason: str) -> None:
         """This node cannot watch the shards (nor file a report): tell a person directly."""

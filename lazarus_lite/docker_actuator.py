@@ -51,6 +51,8 @@ REDIS_PORT = 6379
 # The redis-server command line of every shard node in a container: the flags of
 # common/redis_processes.start_redis (tests/test_staging_compose.py checks both agree), listening
 # on every address of the container, data in /data, logging to stdout, booting parked.
+# Each shard node's memory limit on staging (docker-compose.yml gives its nodes the same).
+STAGING_SHARD_MAXMEMORY = "512mb"
 REDIS_NODE_ARGV: tuple[str, ...] = (
     "/usr/bin/redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0",
     "--dir", "/data", "--daemonize", "no", "--protected-mode", "no", "--save", "",
@@ -58,7 +60,7 @@ REDIS_NODE_ARGV: tuple[str, ...] = (
     "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
     "--repl-ping-replica-period", "1", "--repl-timeout", "5",
     "--lazyfree-lazy-expire", "yes", "--lazyfree-lazy-user-del", "yes",
-    *boot_arguments(),
+    *boot_arguments(STAGING_SHARD_MAXMEMORY),
 )  # fmt: skip
 
 

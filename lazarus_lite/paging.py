@@ -88,6 +88,7 @@ class PageState:
     resolved_at: float | None = None
     escalation_key: str | None = None
     reason: str = ""
+    event_id: str | None = None  # the event whose audit record the page links to
 
     @property
     def held(self) -> bool:
@@ -165,11 +166,14 @@ class Pager:
         *,
         summary: str = "",
         triggered_at: float | datetime | None = None,
+        event_id: str | None = None,
     ) -> PageState:
         """Start the deadline of a page a sensor triggered directly (call it on intake, with
-        the event's occurred_at). An open page keeps its first trigger time: re-triggering
-        never extends the deadline. Returns a copy of the state."""
-        return replace(self._track(incident_key, service, summary, _epoch(triggered_at)))
+        the event's occurred_at and id). An open page keeps its first trigger time:
+        re-triggering never extends the deadline. Returns a copy of the state."""
+        state = self._track(incident_key, service, summary, _epoch(triggered_at))
+        state.event_id = state.event_id or event_id
+        return replace(state)
 
     def _track(
         self, incident_key: str, service: str, summary: str, triggered_at: float
@@ -369,6 +373,7 @@ class Pager:
                         event_class="escalation",
                         custom_details=custom,
                         client=self.config.client,
+                        links=self.notifier.audit_links(state.event_id),
                     )
                 )
             if new_alert or team.pagerduty.escalation_routing_key:
@@ -383,6 +388,7 @@ class Pager:
                         event_class="escalation",
                         custom_details=custom,
                         client=self.config.client,
+                        links=self.notifier.audit_links(state.event_id),
                     )
                 )
         return await self.notifier.gather(

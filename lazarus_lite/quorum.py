@@ -17,6 +17,7 @@ from detection.events import Event
 from lazarus_lite.audit import NodeVerdict, QuorumOutcome
 from lazarus_lite.checks import run_checks
 from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.rules import Rule
 from lazarus_lite.settings import ControllerSettings
 
@@ -24,8 +25,14 @@ from lazarus_lite.settings import ControllerSettings
 class Quorum:
     """One node's side of the quorum: its own verdict, and the round it coordinates."""
 
-    def __init__(self, settings: ControllerSettings, store: CoordinationStore) -> None:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        store: CoordinationStore,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.node_id = settings.node_id
         self.services = store.services
         self.topology = store.topology
@@ -46,6 +53,7 @@ class Quorum:
                 min_replicas=self.settings.min_replicas,
                 probe_timeout=self.settings.probe_timeout,
                 services=self.services,
+                observe_probe=self.metrics.probed if self.metrics is not None else None,
             )
         except Exception as error:
             return NodeVerdict(

@@ -25,7 +25,7 @@ from detection.stream_factory import open_event_stream
 from detection.streams import EventStream
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.coordination.opening import open_coordination_store
-from lazarus_lite.routes import events, gates, health, quorum, workflows
+from lazarus_lite.routes import events, gates, health, metrics, quorum, workflows
 from lazarus_lite.routes.context import NodeApi
 from lazarus_lite.settings import ControllerSettings
 
@@ -68,6 +68,6 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     # The routes themselves, not `include_router`: FastAPI mounts an included router as one
     # opaque entry, and the 405 answer names the allowed methods by looking at the app's
     # routes. Their order is the order of the published paths.
-    for area in (events, workflows, quorum, gates, health):
+    for area in (events, workflows, quorum, gates, health, metrics):
         app.router.routes.extend(area.router.routes)
     return app

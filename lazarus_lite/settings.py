@@ -13,6 +13,7 @@ from common.settings import parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 from lazarus_lite.coordination.opening import CoordinationBackend
 from lazarus_lite.forensics import WEEK, ForensicsRules
+from ratequeue.membership import boot_arguments
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 
@@ -39,6 +40,9 @@ class ControllerSettings(BaseModel):
         None, description="how replacements are started (default: local with actuator_dir)"
     )
     actuator_dir: Path | None = None
+    replica_maxmemory: str | None = Field(
+        None, description="the local actuator's replacements' maxmemory (their shard's own)"
+    )
     # The docker actuator's deployment (its labels, Compose project), networks and images; unset:
     # docker-compose.yml's (lazarus_lite.docker_actuator.DockerActuatorSettings).
     docker_deployment: str | None = None
@@ -121,6 +125,13 @@ class ControllerSettings(BaseModel):
                 raise ValueError(f"expected SERVICE=N (N incidents per window), got {pair!r}")
             overrides[service.strip()] = threshold.strip()
         return overrides
+
+    @field_validator("replica_maxmemory")
+    @classmethod
+    def _a_memory_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            boot_arguments(value)  # raises ValueError saying what was expected
+        return value
 
     @field_validator("peers")
     @classmethod

@@ -17,6 +17,16 @@ topology it:
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
 is filed once per episode across all controller nodes (a claim in the control store).
+
+While the coordination store is unreachable no report can be filed and no controller can take a
+lock, so nothing may act; the node keeps probing the primaries of the last topology it read,
+and a primary down for `self_report_after`, the store unreachable as long (a connection error
+or a read longer than `store_timeout`; a store that answers something unreadable is a bug to
+log, not an outage), is handed to a person at once (`on_store_away`: a page with the reason,
+recorded once the store is back), once per primary and epoch. When the store answers again the
+watch goes on as before, and the incident is decided as usual. A node started while the store
+is away has read no topology, so it knows no primary to probe and sends no such page: only its
+blind-watch page (`watch_blind`, after `unwritable_after` of failed passes) tells a person.
 Not for: deciding or acting on a shard (the controller's rules and the failover workflow).
 """
 
@@ -27,9 +37,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.errors import EtcdUnreachable
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
@@ -39,7 +53,7 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
-from ratequeue.topology import FENCE_KEY, Shard
+from ratequeue.topology import FENCE_KEY, Shard, Topology
 from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun
 
 log = logging.getLogger(__name__)
@@ -47,6 +61,19 @@ log = logging.getLogger(__name__)
 # Sensors heartbeat every 5 s unless told otherwise (their heartbeats say how often).
 DEFAULT_HEARTBEAT_EVERY = 5.0
 WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
+
+# What a node does with a primary it sees down while the store is unreachable: the event (as
+# the watch would have reported it) and why nothing is done about it.
+StoreAwayHandler = Callable[[Event, str], Awaitable[Any]]
+
+# What says the store is away (not that it answered something wrong, nor a bug of ours): only
+# these make a node act as if it were.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,  # TimeoutError too: a read that outlived `store_timeout`
+    EtcdUnreachable,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,7 @@ class WatchSettings:
     region: str = "local"
     report_ttl: int = 600
     reemit_every: float = 30.0  # a self-report of a primary that stays down is filed again
+    store_timeout: float = 2.0  # a topology read longer than this counts as the store away
 
 
 @dataclass(frozen=True)
@@ -110,8 +138,11 @@ class ShardWatch:
         keeper: ShardKeeper,
         node_id: str,
         settings: WatchSettings,
+        *,
+        on_store_away: StoreAwayHandler | None = None,
     ) -> None:
         self.store = store
+        self.on_store_away = on_store_away
         self.stream = stream
         self.keeper = keeper
         self.node_id = node_id
@@ -124,12 +155,29 @@ class ShardWatch:
         # it could not read are not a sensor's silence), and its last good read.
         self._watching_since: float | None = None
         self._last_read: float = 0.0
+        # What the store said last (topology, a heartbeat per shard), for when it is away; and
+        # the primaries (primary@epoch) already handed to a person while it was.
+        self._last_topology: Topology | None = None
+        self._templates: dict[str, Event] = {}
+        self._escalated_without_store: set[str] = set()
+        self._store_away_since: float | None = None  # monotonic; None while it answers
 
     async def run_once(self) -> list[Event]:
-        """One pass over every shard; returns the reports this node filed."""
-        topology = await self.topology.load()
+        """One pass over every shard; returns the reports this node filed. Raises when the
+        store cannot be read (after probing the last topology's primaries without it)."""
+        try:
+            topology = await asyncio.wait_for(self.topology.load(), self.settings.store_timeout)
+        except STORE_UNREACHABLE as error:
+            if self._store_away_since is None:
+                self._store_away_since = time.monotonic()
+            if self._last_topology is not None and self.on_store_away is not None:
+                await self._watch_without_store(self._last_topology, error)
+            raise
+        self._store_away_since = None
         sensors = await self._sensor_heartbeats()
         failing_writes = await self.store.records.write_failures()
+        self._last_topology = topology or self._last_topology
+        self._templates.update({h.shard: h for h in sensors if h.shard is not None})
         now_wall = time.time()
         # A read lost now and then is no deafness; a gap of a heartbeat period or more is.
         if self._watching_since is None or now_wall - self._last_read > DEFAULT_HEARTBEAT_EVERY:
@@ -140,6 +188,7 @@ class ShardWatch:
         watched = {f"{s.primary.name}@{s.epoch}" for s in topology.shards}
         for target in set(self._down_since) - watched:
             del self._down_since[target]
+        self._escalated_without_store &= watched
         filed: list[Event] = []
         for shard in topology.shards:
             try:  # one shard's trouble must not blind the watch to the others
@@ -196,6 +245,7 @@ class ShardWatch:
         target = f"{shard.primary.name}@{shard.epoch}"
         if seen.reachable:
             self._down_since.pop(target, None)
+            self._escalated_without_store.discard(target)
         else:
             since = self._down_since.setdefault(target, now)
             if now - since >= self.settings.self_report_after and not self._sensors_speak_for(
@@ -249,17 +299,29 @@ class ShardWatch:
         """Report the primary down as a sensor would, unless a report about it came in lately
         (while it stays down, again every `reemit_every`: a declined decision is retried, the
         controller collapses the rest as duplicates)."""
-        service = template.service if template else RATEQUEUE_SERVICE
-        key = incident_key(service, shard.id, shard.primary.name, shard.epoch)
+        event = self._primary_down(shard, seen, down_for, template)
+        key = event.dedup_key
         claim_ttl = await self.store.incidents.held_for("RedisMasterDown", key)
         claimed_for = self.settings.report_ttl - claim_ttl if claim_ttl is not None else None
         if claimed_for is not None and claimed_for < self.settings.reemit_every:
             return None  # reported lately (by a sensor, or by a node of ours)
-        event = self._event(
+        if not await self._file_once(
+            event, claim=f"self:{key}", ttl=int(self.settings.reemit_every)
+        ):
+            return None
+        log.warning("%s: %s (no sensor reported it): reported it", self.node_id, seen.problem)
+        return event
+
+    def _primary_down(
+        self, shard: Shard, seen: Writability, down_for: float, template: Event | None
+    ) -> Event:
+        """The primary down, reported as a sensor would (the same incident key)."""
+        service = template.service if template else RATEQUEUE_SERVICE
+        return self._event(
             "RedisMasterDown",
             shard,
             shard.primary.address,
-            key,
+            incident_key(service, shard.id, shard.primary.name, shard.epoch),
             template=template,
             data={
                 "master_link_status": "down",
@@ -272,12 +334,43 @@ class ShardWatch:
                 "down_for_seconds": round(down_for, 1),
             },
         )
-        if not await self._file_once(
-            event, claim=f"self:{key}", ttl=int(self.settings.reemit_every)
-        ):
-            return None
-        log.warning("%s: %s (no sensor reported it): reported it", self.node_id, seen.problem)
-        return event
+
+    async def _watch_without_store(self, topology: Topology, store_error: Exception) -> None:
+        """The store is unreachable: no lock can be taken, so nothing may act. A primary of the
+        last topology read that stays down for `self_report_after`, the store away as long,
+        goes to a person, once per primary and epoch, saying why nothing is done. (A blip of
+        the store, a pass or two while a workflow promotes, pages nobody.)"""
+        assert self.on_store_away is not None and self._store_away_since is not None
+        now = time.monotonic()
+        store_away = now - self._store_away_since >= self.settings.self_report_after
+        for shard in topology.shards:
+            target = f"{shard.primary.name}@{shard.epoch}"
+            seen = await primary_writability(
+                shard, self.settings.min_replicas, self.settings.probe_timeout
+            )
+            if seen.reachable:
+                self._down_since.pop(target, None)
+                self._escalated_without_store.discard(target)
+                continue
+            down_for = now - self._down_since.setdefault(target, now)
+            if down_for < self.settings.self_report_after or not store_away:
+                continue
+            if target in self._escalated_without_store:
+                continue
+            self._escalated_without_store.add(target)
+            event = self._primary_down(shard, seen, down_for, self._templates.get(shard.id))
+            reason = (
+                f"{seen.problem}, down for {down_for:.0f} s, while the coordination store is "
+                f"unreachable ({describe_error(store_error)}): no controller can take the "
+                f"shard's lock or change its topology, so nothing is promoted. A person must "
+                f"look now; the controllers fail the shard over by themselves once the store "
+                f"answers again"
+            )
+            try:
+                await self.on_store_away(event, reason)
+            except Exception as failure:  # telling must never stop watching
+                log.error("%s: %s; and telling a person failed: %s", self.node_id, reason,
+                          failure)  # fmt: skip
 
     async def _watch_outcome(
         self, shard: Shard, seen: Writability, now: float, template: Event | None

@@ -151,6 +151,11 @@ class Route:
 class NotificationConfig(_Strict):
     ack_deadline_seconds: float = Field(60.0, gt=0, le=86400)
     client: str = Field(CLIENT_NAME, min_length=1, description="who sends (PagerDuty client)")
+    audit_url: HttpUrlText | None = Field(
+        None,
+        description="the controllers' API base URL: a page links to the audit record of its "
+        "event there (GET /v1/events/{event id})",
+    )
     default_team: str | None = Field(None, description="for services not listed")
     retry: RetryConfig = RetryConfig()
     teams: dict[str, TeamConfig] = Field(min_length=1)

@@ -25,14 +25,17 @@ import time
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from notifications.config import NotificationConfig, Route
 from notifications.delivery import Delivery, Purpose
 from notifications.mail import Email
-from notifications.pagerduty import PagerDuty, Severity
-from notifications.slack import SlackWebhook
+from notifications.pagerduty import Link, PagerDuty, Severity
+from notifications.slack import SlackWebhook, cut_escaped, escape
+
+SLACK_SECTION_TEXT_LIMIT = 3000  # Block Kit: a section's text is at most 3000 characters
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,11 @@ class Notifier:
         component: str | None = None,
         event_class: str | None = None,
         triggered_at: float | None = None,
+        event_id: str | None = None,
     ) -> list[Delivery]:
         """Trigger a page (PagerDuty trigger with dedup_key = incident_key, stamped
-        `triggered_at`, default now) and tell the service's other channels."""
+        `triggered_at`, default now, linking to the audit record of `event_id`) and tell the
+        service's other channels."""
         route = self.config.route(service)
         if route is None:
             return [self.no_route("page", service, incident_key)]
@@ -112,6 +117,7 @@ class Notifier:
                     custom_details=details,
                     timestamp=time.time() if triggered_at is None else triggered_at,
                     client=self.config.client,
+                    links=self.audit_links(event_id),
                 )
             )
         return await self.gather(
@@ -166,6 +172,14 @@ class Notifier:
             "change", None, [*sends, *self.messages(route, "change", None, text, details)]
         )
 
+    def audit_links(self, event_id: str | None) -> list[Link]:
+        """The PagerDuty link to the audit record of `event_id` on the controllers' API (none
+        when the event or the config's `audit_url` is unknown)."""
+        if event_id is None or self.config.audit_url is None:
+            return []
+        href = f"{self.config.audit_url.rstrip('/')}/v1/events/{quote(event_id, safe='')}"
+        return [{"href": href, "text": f"audit record of event {event_id}"}]
+
     # -- the channels ----------------------------------------------------------------------
     def pagerduty(self, team_name: str, *, escalation: bool = False) -> PagerDuty:
         """The team's PagerDuty integration; `escalation` picks its escalation routing key
@@ -209,12 +223,16 @@ class Notifier:
                 slack = SlackWebhook(team.slack.webhook_url, http=self._http, retry=self.retry)
                 self._channels[(route.team, "slack")] = slack
             assert isinstance(slack, SlackWebhook)
-            headline = f"*[{tag}]* `{route.service}` {text}"
+            # Our own markup (*bold*, `code`) stays; every text from elsewhere is escaped.
+            headline = f"*[{tag}]* `{escape(route.service)}` {escape(text)}"
             if incident_key:
-                headline += f"\nincident `{incident_key}`"
-            context = [{"type": "mrkdwn", "text": f"*{k}*: {v}"} for k, v in facts.items()][:10]
+                headline += f"\nincident `{escape(incident_key)}`"
+            context = [
+                {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
+            ][:10]
+            section = cut_escaped(headline, SLACK_SECTION_TEXT_LIMIT)
             blocks = [
-                {"type": "section", "text": {"type": "mrkdwn", "text": headline[:3000]}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": section}},
                 {"type": "context", "elements": context},
             ]
             sends.append(slack.post(headline, blocks))

@@ -9,9 +9,9 @@ Not for: when to trigger, acknowledge or escalate (the controller's pager policy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +35,13 @@ Severity = Literal["critical", "error", "warning", "info"]
 EventAction = Literal["trigger", "acknowledge", "resolve"]
 
 SEVERITIES: tuple[Severity, ...] = ("critical", "error", "warning", "info")
+
+
+class Link(TypedDict):
+    """One element of an alert's `links`: a URL and, optionally, the text to show for it."""
+
+    href: str
+    text: NotRequired[str]
 
 
 class PagerDuty(HttpChannel):
@@ -70,7 +77,10 @@ class PagerDuty(HttpChannel):
         custom_details: Mapping[str, Any] | None = None,
         timestamp: float | datetime | None = None,
         client: str | None = CLIENT_NAME,
+        links: Sequence[Link] = (),
     ) -> Delivery:
+        """`links` go on the alert as the Events API v2 `links` array (`href` required, `text`
+        optional)."""
         payload: dict[str, Any] = {
             "summary": (summary or dedup_key)[:SUMMARY_MAX],
             "source": source,
@@ -90,6 +100,8 @@ class PagerDuty(HttpChannel):
         event: dict[str, Any] = {"payload": payload}
         if client:
             event["client"] = client
+        if links:
+            event["links"] = [dict(link) for link in links]
         return await self.send_event("trigger", dedup_key, event)
 
     async def change(

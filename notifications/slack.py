@@ -12,6 +12,31 @@ import httpx
 from notifications.delivery import ChannelName, Delivery, DeliveryPolicy, HttpChannel
 
 
+def escape(text: object) -> str:
+    """Text for a Slack message, with Slack's three control characters escaped: `&`, `<` and
+    `>` become `&amp;`, `&lt;` and `&gt;` (Slack's formatting rules: these alone, so a `<` in a
+    reason cannot open a link or a mention such as `<!channel>`, and nothing is HTML-escaped
+    twice)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# The longest entity `escape` writes (`&amp;`); a cut within the last few characters before it
+# could leave `&am`, which Slack shows as is.
+LONGEST_ENTITY = len("&amp;")
+
+
+def cut_escaped(mrkdwn: str, limit: int) -> str:
+    """Escaped text cut to at most `limit` characters, without cutting an entity (`&amp;`,
+    `&lt;`, `&gt;`) in half: once escaped, every `&` in the text starts one."""
+    if len(mrkdwn) <= limit:
+        return mrkdwn
+    cut = mrkdwn[:limit]
+    last_ampersand = cut.rfind("&", max(0, limit - LONGEST_ENTITY + 1))
+    if last_ampersand != -1 and ";" not in cut[last_ampersand:]:
+        cut = cut[:last_ampersand]
+    return cut
+
+
 class SlackWebhook(HttpChannel):
     """A Slack incoming webhook: POST {"text", "blocks"?}; Slack answers 200 "ok"."""
 

@@ -13,29 +13,74 @@ import typer
 import uvicorn
 
 from common.errors import InvalidSetting
+from common.version import add_version_option
 from ratequeue.config import ServiceSettings
 
 if TYPE_CHECKING:
-    from ratequeue.topology import Topology
+    from ratequeue.topology import Topology, TopologySource
 
 app = typer.Typer(help="Per-number rate-limited queues on sharded Redis.", no_args_is_help=True)
+add_version_option(app, "ratequeue")
+
+# Where the topology is, for every command that reads or writes it (the same settings and
+# environment variables as `serve`).
+TOPOLOGY_BACKEND = typer.Option(
+    None, envvar="RATEQUEUE_TOPOLOGY_BACKEND", help="where the topology is: redis | etcd"
+)
+ETCD_ENDPOINTS = typer.Option(
+    None, "--etcd-endpoints", envvar="RATEQUEUE_ETCD_ENDPOINTS", help="etcd URLs, a,b,c"
+)
+
+
+def _store_settings(command: str, **values: object) -> ServiceSettings:
+    """The settings naming where the topology is; exit 2 naming a bad one."""
+    try:
+        return ServiceSettings.parse(**values)
+    except InvalidSetting as error:
+        typer.echo(f"ratequeue {command}: refusing to start: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextlib.asynccontextmanager
+async def _topology_source(settings: ServiceSettings) -> AsyncIterator[TopologySource]:
+    """The store of the map `settings` names (the control store's Redis, or etcd's members),
+    closed on the way out."""
+    import redis.asyncio as aioredis
+
+    from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
+    from ratequeue.etcd_topology import EtcdTopologyStore
+    from ratequeue.topology import TopologyStore
+
+    if settings.topology_backend == "etcd":
+        endpoints = endpoints_setting(settings.etcd_endpoints)
+        async with EtcdClient(EtcdClientSettings(endpoints=endpoints)) as client:
+            yield EtcdTopologyStore(client)
+        return
+    control = aioredis.Redis.from_url(settings.control_url, socket_timeout=5,
+                                      socket_connect_timeout=2)  # fmt: skip
+    try:
+        yield TopologyStore(control)
+    finally:
+        await control.aclose()
 
 
 @app.command()
 def serve(
     control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
-    topology_backend: str = typer.Option(
-        None, envvar="RATEQUEUE_TOPOLOGY_BACKEND", help="where the topology is: redis | etcd"
-    ),
-    etcd_endpoints: str = typer.Option(
-        None, "--etcd-endpoints", envvar="RATEQUEUE_ETCD_ENDPOINTS", help="etcd URLs, a,b,c"
-    ),
+    topology_backend: str = TOPOLOGY_BACKEND,
+    etcd_endpoints: str = ETCD_ENDPOINTS,
     host: str = typer.Option("127.0.0.1", envvar="RATEQUEUE_HOST"),
     port: int = typer.Option(8080, envvar="RATEQUEUE_PORT"),
     min_replicas: int = typer.Option(None, envvar="RATEQUEUE_MIN_REPLICAS"),
     wait_timeout_ms: int = typer.Option(None, envvar="RATEQUEUE_WAIT_TIMEOUT_MS"),
     max_body_bytes: int = typer.Option(None, envvar="RATEQUEUE_MAX_BODY_BYTES"),
     max_queue_seconds: float = typer.Option(None, envvar="RATEQUEUE_MAX_QUEUE_SECONDS"),
+    max_number_segments: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_NUMBER_SEGMENTS", help="the most segments one number may hold"
+    ),
+    max_message_bytes: int = typer.Option(
+        None, envvar="RATEQUEUE_MAX_MESSAGE_BYTES", help="the largest message body (compact JSON)"
+    ),
     refresh_interval: float = typer.Option(None, envvar="RATEQUEUE_REFRESH_INTERVAL"),
     retry_deadline: float = typer.Option(None, envvar="RATEQUEUE_RETRY_DEADLINE"),
     dedup_window_seconds: int = typer.Option(
@@ -46,6 +91,14 @@ def serve(
     ),
     max_lease_seconds: float = typer.Option(
         None, envvar="RATEQUEUE_MAX_LEASE_SECONDS", help="the longest lease a dequeue may ask"
+    ),
+    workers: int = typer.Option(
+        None, envvar="RATEQUEUE_WORKERS", help="API worker processes (1: serve in this process)"
+    ),
+    worker_healthcheck_seconds: int = typer.Option(
+        None,
+        envvar="RATEQUEUE_WORKER_HEALTHCHECK_SECONDS",
+        help="seconds a worker may not answer before it is killed and started again",
     ),
     log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
 ) -> None:
@@ -59,11 +112,15 @@ def serve(
             wait_timeout_ms=wait_timeout_ms,
             max_body_bytes=max_body_bytes,
             max_queue_seconds=max_queue_seconds,
+            max_number_segments=max_number_segments,
+            max_message_bytes=max_message_bytes,
             refresh_interval=refresh_interval,
             retry_deadline=retry_deadline,
             dedup_window_seconds=dedup_window_seconds,
             max_dequeue=max_dequeue,
             max_lease_seconds=max_lease_seconds,
+            workers=workers,
+            worker_healthcheck_seconds=worker_healthcheck_seconds,
         )
     except InvalidSetting as error:
         typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)
@@ -72,9 +129,14 @@ def serve(
         typer.echo(f"ratequeue serve: refusing to start: setting 'port': {port} is not 1-65535",
                    err=True)  # fmt: skip
         raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper())
+    if settings.workers > 1:
+        from ratequeue.workers import serve_with_workers
+
+        serve_with_workers(settings, host=host, port=port, log_level=log_level)
+        return
     from ratequeue.service import create_app
 
-    logging.basicConfig(level=log_level.upper())
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                 access_log=False)  # fmt: skip
 
@@ -82,23 +144,31 @@ def serve(
 @app.command()
 def topology(
     control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
+    topology_backend: str = TOPOLOGY_BACKEND,
+    etcd_endpoints: str = ETCD_ENDPOINTS,
 ) -> None:
     """Print the current topology as JSON."""
-    import redis.asyncio as aioredis
+    from ratequeue.topology import topology_json
 
-    from ratequeue.topology import TopologyStore, topology_json
+    settings = _store_settings("topology", control_url=control, topology_backend=topology_backend,
+                               etcd_endpoints=etcd_endpoints)  # fmt: skip
 
     async def load() -> dict | None:
-        connection = aioredis.Redis.from_url(control)
-        try:
-            found = await TopologyStore(connection).load()
-        finally:
-            await connection.aclose()
+        async with _topology_source(settings) as store:
+            found = await store.load()
         return None if found is None else topology_json(found)
 
-    found = asyncio.run(load())
+    from redis.exceptions import RedisError
+
+    from common.errors import EtcdUnreachable
+
+    try:
+        found = asyncio.run(load())
+    except (RedisError, OSError, EtcdUnreachable) as error:
+        typer.echo(f"ratequeue topology: the topology store did not answer: {error}", err=True)
+        raise typer.Exit(1) from None
     if found is None:
-        typer.echo("no topology in the control store", err=True)
+        typer.echo(f"no topology in the {settings.topology_backend} store", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(found, indent=2))
 
@@ -161,7 +231,7 @@ def initial_topology(
 
 
 async def _publish_initial_topology(
-    control_url: str,
+    settings: ServiceSettings,
     topology: Topology,
     wait: float,
     min_replicas: int,
@@ -173,9 +243,9 @@ async def _publish_initial_topology(
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from common.errors import EtcdUnreachable
     from ratequeue import membership
     from ratequeue.errors import EpochConflict
-    from ratequeue.topology import TopologyStore
 
     deadline = asyncio.get_running_loop().time() + wait
 
@@ -208,11 +278,20 @@ async def _publish_initial_topology(
     def link_up(info: dict) -> bool:
         return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
-    await answer(control_url, "control store")
-    control = aioredis.Redis.from_url(control_url, socket_timeout=5)
-    try:
-        store = TopologyStore(control)
-        existing = await store.load()
+    async def stored(store: TopologySource) -> Topology | None:
+        last = "no answer"
+        while True:
+            try:
+                return await store.load()
+            except (RedisError, OSError, EtcdUnreachable) as error:
+                last = str(error)
+            if asyncio.get_running_loop().time() > deadline:
+                where = settings.etcd_endpoints or settings.control_url
+                raise TimeoutError(f"topology store ({where}): {last} after {wait:g} s")
+            await asyncio.sleep(0.5)
+
+    async with _topology_source(settings) as store:
+        existing = await stored(store)
         if existing is not None:
             return False, existing.epoch  # restarted nodes are put back by the controllers
         for shard in topology.shards:
@@ -260,13 +339,13 @@ async def _publish_initial_topology(
                 ),
             )
         return True, topology.epoch
-    finally:
-        await control.aclose()
 
 
 @app.command("topology-init")
 def topology_init(
     control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
+    topology_backend: str = TOPOLOGY_BACKEND,
+    etcd_endpoints: str = ETCD_ENDPOINTS,
     shard: list[str] = typer.Option(
         ...,
         "--shard",
@@ -291,6 +370,9 @@ def topology_init(
     """Make the first primaries and write the initial topology (epoch 1), once: an existing
     topology is never overwritten (exit 0, nothing touched). Nodes boot parked; this appoints
     each shard's first node, lists the others, then attaches them and waits for their links."""
+    settings = _store_settings("topology-init", control_url=control,
+                               topology_backend=topology_backend, etcd_endpoints=etcd_endpoints,
+                               min_replicas=min_replicas)  # fmt: skip
     try:
         specs = [parse_shard_spec(spec) for spec in shard]
         ids = [shard_id for shard_id, _ in specs]
@@ -305,7 +387,7 @@ def topology_init(
         raise typer.Exit(2) from None
     try:
         published, epoch = asyncio.run(
-            _publish_initial_topology(control, topology, wait, min_replicas, typer.echo)
+            _publish_initial_topology(settings, topology, wait, min_replicas, typer.echo)
         )
     except TimeoutError as error:
         typer.echo(f"ratequeue topology-init: not reachable: {error}", err=True)

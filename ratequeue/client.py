@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 import uuid
@@ -27,19 +26,28 @@ from pydantic import Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from common.cancellation import cancel_until_done
 from common.retry import RetryPolicy
 from ratequeue.errors import (
     IdConflict,
     InvalidInput,
+    MessageTooLarge,
     QueueFull,
     RetryableError,
     ShardUnavailable,
     TopologyUnavailable,
 )
 from ratequeue.numbers import normalize_number, number_type
-from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS, DEFAULT_RATES, Rate
+from ratequeue.rates import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_NUMBER_SEGMENTS,
+    DEFAULT_MAX_QUEUE_SECONDS,
+    DEFAULT_RATES,
+    Rate,
+)
 from ratequeue.segments import segments_for_body
 from ratequeue.shard import (
+    MESSAGE_ID,
     EnqueueOutcome,
     LeasedMessage,
     NumberState,
@@ -53,8 +61,6 @@ from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, Topolog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class ClientRetryPolicy(RetryPolicy):
@@ -78,6 +84,8 @@ class ClientSettings:
     wait_timeout_ms: int = 1000
     dedup_window_seconds: int = 3600
     max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS
+    max_number_segments: int = DEFAULT_MAX_NUMBER_SEGMENTS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     refresh_interval: float = 2.0
     connect_timeout: float = 0.5
     retry: ClientRetryPolicy = field(default_factory=ClientRetryPolicy)
@@ -116,7 +124,7 @@ def new_message_id() -> str:
 
 
 def validate_message_id(message_id: str) -> str:
-    if not isinstance(message_id, str) or not MESSAGE_ID.match(message_id):
+    if not isinstance(message_id, str) or not MESSAGE_ID.fullmatch(message_id):
         raise InvalidInput(
             "id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit",
@@ -169,16 +177,8 @@ class AsyncRatequeueClient:
         return self
 
     async def close(self) -> None:
-        self._closing = True
-        pending = set(self._background)
-        for task in pending:
-            task.cancel()
-        while pending:
-            # On Python 3.11 a wait_for inside redis-py can swallow a cancellation; ask again
-            # rather than wait forever (the loops also stop at their next turn via _closing).
-            _, pending = await asyncio.wait(pending, timeout=0.5)
-            for task in pending:
-                task.cancel()
+        self._closing = True  # the loops also stop at their next turn
+        await cancel_until_done(self._background)
         for node in self._nodes.values():
             await node.aclose()
         await self._control.aclose()
@@ -264,6 +264,7 @@ class AsyncRatequeueClient:
                 self._node(shard.primary),
                 dedup_window_seconds=self.settings.dedup_window_seconds,
                 max_queue_seconds=self.settings.max_queue_seconds,
+                max_number_segments=self.settings.max_number_segments,
             )
         return queue
 
@@ -296,14 +297,23 @@ class AsyncRatequeueClient:
 
     # -- producers -------------------------------------------------------------------------
     def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
-        """Validate and encode one message (raises InvalidInput / InvalidNumber)."""
+        """Validate and encode one message (raises InvalidInput / InvalidNumber, or
+        MessageTooLarge for a body over `max_message_bytes` as stored)."""
         canonical = normalize_number(number)
+        body_json = encode_body(body)
+        limit = self.settings.max_message_bytes
+        # Counted in characters first: no text of fewer characters than the limit is over it.
+        if len(body_json) > limit // 4 and len(body_json.encode()) > limit:
+            raise MessageTooLarge(
+                f"field 'body': {len(body_json.encode())} bytes as stored (compact JSON); a "
+                f"message body may have at most {limit}"
+            )
         return OutgoingMessage(
             id=validate_message_id(message_id) if message_id is not None else new_message_id(),
             number=canonical,
             segments=segments_for_body(body),
             default_rate=DEFAULT_RATES[number_type(canonical)],
-            body_json=encode_body(body),
+            body_json=body_json,
         )
 
     async def enqueue(self, number: str, body: Any, message_id: str | None = None) -> Enqueued:
@@ -320,7 +330,8 @@ class AsyncRatequeueClient:
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
         """Queue prepared messages in one batch per shard, shards in parallel. Each entry of the
         result is the message's acknowledgement or the error that refused it (QueueFull,
-        IdConflict, or a RetryableError)."""
+        IdConflict, ShardFull, a RetryableError, or whatever else its shard's batch raised: an
+        error of one shard is never the answer of a message of another)."""
         messages = list(messages)
         by_shard: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
@@ -343,7 +354,7 @@ class AsyncRatequeueClient:
 
             try:
                 shard, outcomes = await self._with_retries(attempt)
-            except RetryableError as error:
+            except Exception as error:  # this shard's alone: the other shards' outcomes stand
                 for i in indexes:
                     results[i] = error
                 return
@@ -353,6 +364,8 @@ class AsyncRatequeueClient:
                     results[i] = QueueFull(outcome.detail)
                 elif outcome.status == "conflict":
                     results[i] = IdConflict(outcome.detail)
+                elif outcome.status == "invalid":
+                    results[i] = InvalidInput(outcome.detail, code="invalid_message")
                 else:
                     results[i] = Enqueued(
                         id=message.id,
@@ -455,7 +468,10 @@ class AsyncRatequeueClient:
             shard=shard.id,
             depth=state.depth,
             held_segments=state.held_segments,
-            capacity_segments=int(state.rate.per_second * self.settings.max_queue_seconds),
+            capacity_segments=min(
+                int(state.rate.per_second * self.settings.max_queue_seconds),
+                self.settings.max_number_segments,
+            ),
             rate=state.rate,
             rate_source=state.rate_source,
             next_eligible_at=time.time() + eligible_in,

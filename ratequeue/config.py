@@ -15,7 +15,11 @@ from common.etcd_client import endpoints_setting
 from common.settings import parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
-from ratequeue.rates import DEFAULT_MAX_QUEUE_SECONDS
+from ratequeue.rates import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_NUMBER_SEGMENTS,
+    DEFAULT_MAX_QUEUE_SECONDS,
+)
 
 
 class ServiceSettings(BaseModel):
@@ -32,6 +36,14 @@ class ServiceSettings(BaseModel):
     wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
     max_body_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     max_queue_seconds: float = Field(DEFAULT_MAX_QUEUE_SECONDS, gt=0)
+    max_number_segments: int = Field(
+        DEFAULT_MAX_NUMBER_SEGMENTS, ge=1, le=1_000_000_000,
+        description="the most segments one number's queue may hold, whatever its rate",
+    )  # fmt: skip
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=16, le=16 * 1024 * 1024,
+        description="the largest message body, as stored (compact JSON)",
+    )  # fmt: skip
     dedup_window_seconds: int = Field(3600, ge=1)
     refresh_interval: float = Field(2.0, gt=0, le=300)
     retry_deadline: float = Field(3.0, ge=0, le=60, description="seconds to retry internally")
@@ -46,6 +58,14 @@ class ServiceSettings(BaseModel):
         description="bytes of one POST /v1/messages:batch request body",
     )
     max_lease_seconds: float = Field(3600, gt=0)
+    workers: int = Field(
+        1, ge=1, le=64, description="API worker processes, each with its own connections"
+    )
+    worker_healthcheck_seconds: int = Field(
+        5, ge=1, le=3600,
+        description="how long a worker may not answer uvicorn's health check before it is killed "
+        "and started again",
+    )  # fmt: skip
 
     @classmethod
     def parse(cls, **values: object) -> ServiceSettings:
@@ -62,6 +82,8 @@ class ServiceSettings(BaseModel):
             wait_timeout_ms=self.wait_timeout_ms,
             dedup_window_seconds=self.dedup_window_seconds,
             max_queue_seconds=self.max_queue_seconds,
+            max_number_segments=self.max_number_segments,
+            max_message_bytes=self.max_message_bytes,
             refresh_interval=self.refresh_interval,
             # Bounded by time, not by a count: a failover takes about a second, and six quick
             # attempts would give up long before the deadline.

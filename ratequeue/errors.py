@@ -5,13 +5,16 @@
     └── ServiceError
         └── RatequeueError           500
             ├── InvalidInput         400  the request is wrong; retrying it cannot succeed
-            │   └── InvalidNumber    400
+            │   ├── InvalidNumber    400
+            │   └── MessageTooLarge  413  a body over the per-message limit; nothing written
             ├── QueueFull            429  nothing written
+            ├── ShardFull            507  the shard is at its maxmemory; nothing written
             ├── IdConflict           409  the id names another message of that number
             ├── RetryableError       503  retry later with the same message id
             │   ├── DurabilityNotMet
             │   ├── ShardUnavailable
             │   ├── StaleEpoch
+            │   ├── EnqueueBacklogFull  the API holds its most enqueues for a shard
             │   └── TopologyUnavailable
             ├── EpochConflict        409  a topology compare-and-set lost: someone changed it first
             └── NoSafeCandidate      409  no replica can be shown to hold every acknowledged write
@@ -41,11 +44,28 @@ class InvalidNumber(InvalidInput):
     code = "invalid_number"
 
 
+class MessageTooLarge(InvalidInput):
+    """A message body (as stored: compact JSON) is over the per-message limit."""
+
+    code = "message_too_large"
+    http_status = 413
+
+
 class QueueFull(RatequeueError):
     """The number's queue already holds its maximum hours of sending; nothing was written."""
 
     code = "queue_full"
     http_status = 429
+
+
+class ShardFull(RatequeueError):
+    """The shard's primary is at its `maxmemory` and refuses writes (policy `noeviction`: no
+    queued message is ever evicted to make room); nothing was written. Not retried within the
+    request: room comes back only as consumers acknowledge messages."""
+
+    code = "shard_full"
+    http_status = 507
+    retry_after_seconds = 5
 
 
 class IdConflict(RatequeueError):
@@ -79,6 +99,13 @@ class StaleEpoch(RetryableError):
     """The node's fence epoch differs from the topology the client routed by."""
 
     code = "stale_topology"
+
+
+class EnqueueBacklogFull(RetryableError):
+    """The API holds as many enqueues for the shard as it takes while its batches are on their
+    way (e.g. mid-failover); nothing was written."""
+
+    code = "enqueue_backlog_full"
 
 
 class TopologyUnavailable(RetryableError):

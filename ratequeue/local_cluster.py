@@ -22,6 +22,7 @@ from common.nodes import SHARD_ROLES, Role
 from common.redis_processes import RedisProcess, StartOptions, start_redis
 from ratequeue.membership import (
     boot_arguments,
+    memory_limit,
     required_replicas,
     settled_lineage,
     write_quorum,
@@ -49,7 +50,7 @@ class ShardNode(RedisProcess):
         """Start the node again on the same port and data directory (a shard node boots
         parked, however it was started), then, with `replica_of`, attach it to that primary."""
         if self.role in SHARD_ROLES:  # no shard node ever boots writable (docs/membership.md)
-            self.boot_args = tuple(boot_arguments())
+            self.boot_args = tuple(boot_arguments(memory_limit(self.boot_args)))
         super().restart(timeout=timeout)
         if replica_of is not None:
             self.attach_to(replica_of)
@@ -75,14 +76,20 @@ class ShardNode(RedisProcess):
 
 
 def start_node(
-    name: str, role: Role, shard: str | None, workdir: Path, **options: Unpack[StartOptions]
+    name: str,
+    role: Role,
+    shard: str | None,
+    workdir: Path,
+    *,
+    maxmemory: str | None = None,
+    **options: Unpack[StartOptions],
 ) -> ShardNode:
     """Start one node of the testbed and return when it answers PING. A shard node (role
     `primary` or `replica`) boots parked: it follows nothing and refuses writes until appointed
-    or attached.
+    or attached; with `maxmemory` it refuses writes at that size (it never evicts).
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
-    boot_args = tuple(boot_arguments()) if role in SHARD_ROLES else ()
+    boot_args = tuple(boot_arguments(maxmemory)) if role in SHARD_ROLES else ()
     return start_redis(
         name, role, shard, workdir, boot_args=boot_args, node_type=ShardNode, **options
     )
@@ -145,7 +152,10 @@ class LocalCluster:
         replicas: int = 2,
         min_replicas: int = 1,
         detached: bool = False,
+        maxmemory: str | None = None,
     ) -> LocalCluster:
+        """`maxmemory`: each shard node's memory limit (`membership.boot_arguments`); None for
+        none (benchmarks load data sets of a gigabyte)."""
         workdir.mkdir(parents=True, exist_ok=True)
         control = start_redis("control", "control", None, workdir, detached=detached)
         cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
@@ -153,15 +163,16 @@ class LocalCluster:
             for index in range(shards):
                 shard_id = f"s{index}"
                 primary = start_node(
-                    f"{shard_id}-primary", "primary", shard_id, workdir, detached=detached
-                )
+                    f"{shard_id}-primary", "primary", shard_id, workdir, detached=detached,
+                    maxmemory=maxmemory,
+                )  # fmt: skip
                 shard = ShardNodes(shard_id, primary, [])
                 cluster.shards.append(shard)
                 for r in range(replicas):
                     shard.replicas.append(
                         start_node(
                             f"{shard_id}-replica{r + 1}", "replica", shard_id, workdir,
-                            detached=detached,
+                            detached=detached, maxmemory=maxmemory,
                         )
                     )  # fmt: skip
             cluster.publish_initial_topology()

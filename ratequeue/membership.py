@@ -17,6 +17,8 @@ Not for: deciding when to fail over or rejoin (lazarus_lite does), starting proc
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,12 @@ from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 # after `WAIT` a node has applied.
 BARRIER_KEY = "rq:barrier"
 
+# The failover's own writes (the fence, the barrier a health check waits on) go through these
+# scripts: flagged `allow-oom` (Redis 7 shebang), Redis runs them on a node over its maxmemory,
+# which a promoted replica of a full shard is, where a plain SET or INCR is refused (OOM).
+FENCE_WRITE = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1])"
+BARRIER_WRITE = "#!lua flags=allow-oom\nreturn redis.call('INCR', KEYS[1])"
+
 # Where a parked node points: nothing listens on port 1, so it replicates from nobody, keeps its
 # data, offset and replication id, and refuses writes (a replica is read-only).
 FENCE_SINK = ("127.0.0.1", 1)
@@ -36,6 +44,8 @@ FENCE_SINK = ("127.0.0.1", 1)
 # has, so even a node made primary by hand (`REPLICAOF NO ONE`) refuses every write.
 NEVER_WRITABLE = 1_000_000
 NO_REPLICATION_ID = "0" * 40
+# What redis-server takes as `maxmemory`.
+MEMORY_SIZE = re.compile(r"[1-9][0-9]{0,15}(?:[kmg]b?)?", re.IGNORECASE)
 # How long an appointed primary goes on accepting writes after the last acknowledgement from its
 # k-th replica. Past it the primary refuses every write, dequeues included: a primary cut off
 # from its replicas (the shard failed over behind it) stops leasing messages to stale clients
@@ -61,13 +71,31 @@ def write_quorum(min_replicas: int) -> dict[str, int]:
     }
 
 
-def boot_arguments() -> list[str]:
-    """The redis-server flags every shard node starts with (processes, containers, compose)."""
+def boot_arguments(maxmemory: str | None = None) -> list[str]:
+    """The redis-server flags every shard node starts with (processes, containers, compose);
+    `maxmemory` (bytes, or with a unit: `512mb`, `2gb`) caps the memory of the node's data set.
+
+    Raises ValueError naming `maxmemory` if it is not such a size."""
     host, port = FENCE_SINK
     # A primary with no replica for `repl-backlog-ttl` frees its backlog and later starts a new
     # replication id, which would orphan the lineage the topology recorded: never free it.
-    return ["--replicaof", host, str(port), "--min-replicas-to-write", str(NEVER_WRITABLE),
-            "--repl-backlog-ttl", "0"]  # fmt: skip
+    arguments = ["--replicaof", host, str(port), "--min-replicas-to-write", str(NEVER_WRITABLE),
+                 "--repl-backlog-ttl", "0",
+                 # At its maxmemory a node refuses writes: it never evicts a queued message.
+                 "--maxmemory-policy", "noeviction"]  # fmt: skip
+    if maxmemory is not None:
+        if not MEMORY_SIZE.fullmatch(maxmemory):
+            raise ValueError(
+                f"maxmemory {maxmemory!r}: expected a size in bytes, or with a unit (kb, mb, gb)"
+            )
+        arguments += ["--maxmemory", maxmemory]
+    return arguments
+
+
+def memory_limit(arguments: Iterable[str]) -> str | None:
+    """The `--maxmemory` among a node's boot arguments, if any."""
+    listed = list(arguments)
+    return listed[listed.index("--maxmemory") + 1] if "--maxmemory" in listed else None
 
 
 def points_at(info: dict[str, Any], host: str, port: int) -> bool:
@@ -278,7 +306,7 @@ async def appoint_primary(node: aioredis.Redis, epoch: int, *, min_replicas: int
         info = await node.info("replication")
     # The fence is written before any replica follows: for that one write, ask for none.
     await node.config_set("min-replicas-to-write", 0)
-    await node.set(FENCE_KEY, str(epoch))
+    await node.eval(FENCE_WRITE, 1, FENCE_KEY, str(epoch))
     for name, value in write_quorum(min_replicas).items():
         await node.config_set(name, value)
     return settled_lineage(info)
@@ -355,3 +383,8 @@ async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout
                 f"replica not in sync after {timeout:g} s (link {info.get('master_link_status')})"
             )
         await asyncio.sleep(0.05)
+
+
+async def bump_barrier(node: aioredis.Redis) -> int:
+    """One write on the shard's primary for `WAIT` to cover, taken also when it is full."""
+    return int(await node.eval(BARRIER_WRITE, 1, BARRIER_KEY))

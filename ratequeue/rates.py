@@ -43,5 +43,10 @@ DEFAULT_RATES: dict[NumberType, Rate] = {
     NumberType.SHORT_CODE: Rate(per_second=100, burst=100),
 }
 
-# A number's queue holds at most this much of its own sending (10 hours).
+# A number's queue holds at most this much of its own sending (10 hours)...
 DEFAULT_MAX_QUEUE_SECONDS = 36_000
+# ... and at most this many segments, whatever its rate, so one number cannot take a shard's
+# memory (with messages of at most `DEFAULT_MAX_MESSAGE_BYTES` each).
+DEFAULT_MAX_NUMBER_SEGMENTS = 1_000_000
+# The largest message body, as stored (compact JSON).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024

@@ -4,34 +4,41 @@ Each operation is a single script so it costs one round trip and is atomic on th
 computed inside the scripts: a shard is a standalone primary (never Redis Cluster), so every key
 of a shard lives on the same node and no hash tags are needed.
 
-Key layout on a shard, version 2 (`N` is a canonical number). A number's state lives in one
-small hash next to its list, so serving a message touches two keys of its number; each script
-reads a number's hash once per call and writes it once per number (multi-field writes):
-  rq:fence          the shard epoch this node was made primary in; writes carry the epoch the
-                    client routed by and are refused on a mismatch (fencing after a failover)
-  rq:q:N            list of queued messages, head first, each entry the whole message
+Key layout on a shard, version 2 (`N` is a canonical number). Its keys carry the version in their
+prefix (`rq:v2:`), so code of layout 1 (mid rolling upgrade) never reads them as its own, nor
+this code layout 1's. A number's state lives in one small hash next to its list, so serving a
+message touches two keys of its number; each script reads a number's hash once per call and
+writes it once per number (multi-field writes):
+  rq:v2:q:N         list of queued messages, head first, each entry the whole message
                     `attempt|segments|id|body` (ids never hold `|`); Redis deletes it when empty
-  rq:n:N            hash, the number's state: `r` the rate in force (`rate:burst`, taken from
+  rq:v2:n:N         hash, the number's state: `r` the rate in force (`rate:burst`, taken from
                     rq:rates or the message's default when the number's first message is held,
                     changed by SET_RATE), `s` segments held (queued + leased: the capacity
-                    check), `t` the GCRA theoretical arrival time (ms), and one field per lease,
-                    named by its sequence number, holding the leased message's entry. Exists
-                    while N holds messages, then expires once `t` no longer limits
-  rq:rates          hash N -> override `rate:burst` (configuration, set by the API)
-  rq:ready          zset N -> ms when N may send next; holds exactly the numbers with queued
+                    check), `t` the GCRA theoretical arrival time (ms, full precision), `@id`
+                    the body fingerprint of each message held (queued or leased: enqueue is
+                    idempotent by id while the message is held), and one field per lease, named
+                    by its sequence number, holding the leased message's entry. Exists while N
+                    holds messages, then expires once `t` no longer limits
+  rq:v2:ready       zset N -> ms when N may send next; holds exactly the numbers with queued
                     messages
-  rq:leases         zset "seq:N/id" -> lease expiry (ms); a receipt names its member
+  rq:v2:leases      zset "seq:N/id" -> lease expiry (ms); a receipt names its member
+  rq:v2:count       messages held on the shard (queued + leased), for the statistics
+  rq:v2:seen:W      hash N/id -> body fingerprint of messages acknowledged in dedup window W
+                    (expires after two windows): a retry after delivery is still a duplicate
+  rq:v2:legacy      set while layout 1 data was converted in the last 10 hours: enqueues then
+                    also read layout 1's dedup hashes and GCRA times
+Shared by both layouts (same meaning in each):
+  rq:fence          the shard epoch this node was made primary in; writes carry the epoch the
+                    client routed by and are refused on a mismatch (fencing after a failover)
+  rq:rates          hash N -> override `rate:burst` (configuration, set by the API)
   rq:lease_seq      receipt counter
-  rq:count          messages held on the shard (queued + leased), for the statistics
-  rq:seen:W         hash N/id -> body fingerprint, for messages enqueued in dedup window W
-                    (expires after two windows): a retry is a duplicate, another body a conflict
-  rq:seen:legacy    the same for messages converted from layout 1 (kept 10 hours)
   rq:barrier        incremented by every enqueue and rate change: WAIT after a duplicate covers
                     the earlier write of the same id, and the count orders nodes by how much of
                     the acknowledged stream they hold (`ratequeue.membership`)
 
-Layout 1 (before this one: `rq:msg`, `rq:seg`, `rq:dr`, `rq:tat:N`, lists of ids) is converted
-in place by the first script call that finds it (`migrate_legacy`), see docs/upgrading.md.
+Layout 1 (`rq:msg`, `rq:seg`, `rq:dr`, `rq:tat:N`, `rq:q:N` lists of ids, `rq:ready`,
+`rq:leases`, `rq:seen:W`) is converted number by number, each all or nothing, by every script
+call that finds some (`migrate_legacy`), see docs/upgrading.md.
 
 Times come from the shard's own clock (`TIME`); scripts are replicated by effects, so replicas
 apply the same values.
@@ -43,18 +50,26 @@ import redis
 
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
 
+PREFIX = "rq:v2:"
+READY_KEY = PREFIX + "ready"
+LEASES_KEY = PREFIX + "leases"
+COUNT_KEY = PREFIX + "count"
+# The fields of a number's hash that are not per message (`@id` fingerprints, lease sequence
+# numbers): the number holds nothing once the hash has no more than these.
+STATE_FIELDS = ("r", "s", "t")
+
 
 def message_key(number: str, message_id: str) -> str:
-    """How `rq:leases` and `rq:seen:W` name a message: message ids are per number."""
+    """How `rq:v2:leases` and `rq:v2:seen:W` name a message: message ids are per number."""
     return f"{number}/{message_id}"
 
 
 def queue_key(number: str) -> str:
-    return f"rq:q:{number}"
+    return f"{PREFIX}q:{number}"
 
 
 def state_key(number: str) -> str:
-    return f"rq:n:{number}"
+    return f"{PREFIX}n:{number}"
 
 
 def entry_id(entry: bytes | str) -> str:
@@ -71,14 +86,16 @@ def held_ids(conn: redis.Redis, number: str) -> set[str]:
     return {entry_id(entry) for entry in [*queued, *leased]}
 
 
-# Longest a message converted from layout 1 is remembered for deduplication: as long as a queue
-# can hold it (the 10-hour cap).
-LEGACY_SEEN_MS = 36_000_000
+# How long after a conversion of layout 1 enqueues still read its dedup hashes and GCRA times:
+# as long as a queue can hold a message (the 10-hour cap).
+LEGACY_MS = 36_000_000
 
 # Helpers shared by the scripts (prepended to each; Lua has no imports inside Redis).
 _PRELUDE = (
     f"local MIN_PER_SECOND, MAX_PER_SECOND, MAX_BURST = {MIN_PER_SECOND!r}, {MAX_PER_SECOND!r}, "
-    f"{MAX_BURST!r}\nlocal LEGACY_SEEN_MS = {LEGACY_SEEN_MS}\n"
+    f"{MAX_BURST!r}\nlocal LEGACY_MS = {LEGACY_MS}\n"
+    f"local P = '{PREFIX}'\nlocal READY, LEASES, COUNT = P .. 'ready', P .. 'leases', "
+    f"P .. 'count'\nlocal STATE_FIELDS = {len(STATE_FIELDS)}\n"
     + r"""
 local function now_ms()
   local t = redis.call('TIME')
@@ -108,10 +125,22 @@ local function parse_rate(raw)
   return per_second, burst
 end
 
+-- What an id may be (the client's MESSAGE_ID): nothing that separates a batch's fields
+-- (`|`, whitespace) or names a message (`/`).
+local function valid_id(id)
+  return id ~= nil and #id >= 1 and #id <= 128 and string.match(id, '^[%w][%w._:-]*$') ~= nil
+end
+
 -- A queue entry (also a lease field's value): attempt|segments|id|body.
 local function parse_entry(entry)
   local attempt, segments, id, body = string.match(entry, '^(%d+)|(%d+)|([^|]*)|(.*)$')
   return tonumber(attempt), tonumber(segments), id, body
+end
+
+local function fingerprint(body)
+  -- 16 hex digits of SHA-1 tell a retry from another message under the same id; a collision
+  -- would only make a different body count as a retry.
+  return string.sub(redis.sha1hex(body), 1, 16)
 end
 
 -- Commands with one argument per item, split so no call unpacks more than Lua's stack allows.
@@ -130,9 +159,22 @@ local function eligible_after(tat, now, per_second, burst)
   return at
 end
 
--- A number that holds no message any more keeps its state only while its GCRA time limits.
-local function release_number(number, now)
-  local key = 'rq:n:' .. number
+-- A number's GCRA time; a number without state may still be limited by layout 1's time for a
+-- while after a conversion.
+local function stored_tat(t, number, legacy)
+  if not t and legacy then
+    t = redis.call('GET', 'rq:tat:' .. number)
+  end
+  return tonumber(t or '0')
+end
+
+-- A number whose hash holds nothing but its own fields (no fingerprint, no lease) and whose
+-- queue is empty holds no message: its state is kept only while its GCRA time limits.
+local function release_if_empty(number, now)
+  local key = P .. 'n:' .. number
+  if redis.call('HLEN', key) > STATE_FIELDS or redis.call('EXISTS', P .. 'q:' .. number) == 1 then
+    return
+  end
   local tat = tonumber(redis.call('HGET', key, 't') or '0')
   if tat > now then
     redis.call('HDEL', key, 's', 'r')
@@ -143,85 +185,137 @@ local function release_number(number, now)
 end
 
 -- Layout 1 kept messages in the shard-wide hash rq:msg (`N/id`, or a bare id before ids were
--- per number, -> attempt|segments|enqueued|number|body), lists of ids, held segments and default
--- rates in rq:seg and rq:dr, GCRA times in rq:tat:N. Converted in one go by the first script
--- call that finds any of it, so no message of it is stranded; retries of converted messages stay
--- duplicates through rq:seen:legacy.
+-- per number, -> attempt|segments|enqueued|number|body), lists of ids rq:q:N, held segments and
+-- default rates in rq:seg and rq:dr, GCRA times in rq:tat:N, due numbers in rq:ready and leases
+-- in rq:leases. Each number is converted all or nothing: every record it holds is parsed and
+-- checked before anything of it is written or deleted; a number with a record that does not
+-- parse is left in layout 1 whole (its records stay for a person to look at).
 local function migrate_legacy()
-  if redis.call('EXISTS', 'rq:msg', 'rq:seg', 'rq:dr') == 0 then return end
-  local converted = 0
-  local function take(key)
+  if redis.call('EXISTS', 'rq:seg', 'rq:leases', 'rq:lease') == 0 then return end
+  local now = now_ms()
+  local function parse_record(key, number)
     local rec = redis.call('HGET', 'rq:msg', key)
     if not rec then return nil end
-    redis.call('HDEL', 'rq:msg', key)
-    local attempt, segments, _, number, body =
+    local attempt, segments, _, owner, body =
       string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
     local id = string.match(key, '/(.*)$') or key
-    redis.call('HSET', 'rq:seen:legacy', number .. '/' .. id,
-      string.sub(redis.sha1hex(body), 1, 16))
-    converted = converted + 1
-    return attempt .. '|' .. segments .. '|' .. id .. '|' .. body, number, id
+    if not attempt or not valid_id(id) then return false end
+    if number and owner ~= number then return nil end
+    return {key = key, number = owner, id = id, segments = tonumber(segments), body = body,
+      entry = attempt .. '|' .. segments .. '|' .. id .. '|' .. body}
+  end
+  -- Leases first (grouped by number); an older member is the bare sequence number, its message
+  -- key in rq:lease.
+  local leased, numbers, seen_number = {}, {}, {}
+  local function add_number(number)
+    if not seen_number[number] then
+      seen_number[number] = true
+      numbers[#numbers + 1] = number
+      leased[number] = leased[number] or {}
+    end
+  end
+  local lease_members = redis.call('ZRANGE', 'rq:leases', 0, -1, 'WITHSCORES')
+  local orphan_leases = {}
+  for i = 1, #lease_members, 2 do
+    local member, score = lease_members[i], lease_members[i + 1]
+    local seq, key = string.match(member, '^(%d+):(.*)$')
+    if not seq then
+      seq, key = member, redis.call('HGET', 'rq:lease', member)
+    end
+    local message = key and parse_record(key, nil)
+    if message == nil then
+      orphan_leases[#orphan_leases + 1] = member  -- names no record: acknowledges nothing
+    else
+      local number = message and message.number or string.match(key, '^([^/]*)/')
+      if number then
+        add_number(number)
+        local group = leased[number]
+        group[#group + 1] = {seq = seq, member = member, score = score, message = message}
+      end
+    end
   end
   local held = redis.call('HGETALL', 'rq:seg')
-  for i = 1, #held, 2 do
-    local number = held[i]
-    local queue = 'rq:q:' .. number
-    local entries = {}
-    for _, item in ipairs(redis.call('LRANGE', queue, 0, -1)) do
-      if string.find(item, '|', 1, true) then
-        entries[#entries + 1] = item  -- already an entry of layout 2
-      else
-        local entry = take(number .. '/' .. item) or take(item)
-        if entry then entries[#entries + 1] = entry end
-      end
+  for i = 1, #held, 2 do add_number(held[i]) end
+  local converted = 0
+  for _, number in ipairs(numbers) do
+    local ok = true
+    local queued = {}
+    for _, item in ipairs(redis.call('LRANGE', 'rq:q:' .. number, 0, -1)) do
+      local message = parse_record(number .. '/' .. item, number)
+      if message == nil then message = parse_record(item, number) end
+      if message == false then ok = false break end
+      if message then queued[#queued + 1] = message end
     end
-    redis.call('DEL', queue)
-    call_chunked('RPUSH', queue, entries)
-    local rate = redis.call('HGET', 'rq:rates', number) or redis.call('HGET', 'rq:dr', number)
-    local fields = {'r', rate or '1:1', 's', held[i + 1]}
-    local tat = redis.call('GET', 'rq:tat:' .. number)
-    if tat then
-      fields[5], fields[6] = 't', tat
-      redis.call('DEL', 'rq:tat:' .. number)
+    for _, lease in ipairs(leased[number]) do
+      if not lease.message then ok = false end
     end
-    redis.call('HSET', 'rq:n:' .. number, unpack(fields))
-  end
-  -- What is left in rq:msg is leased: move each record to its number's state under its lease.
-  local function lease_moved(seq, key, score)
-    local entry, number, id = take(key)
-    if not entry then return end
-    redis.call('HSET', 'rq:n:' .. number, seq, entry)
-    local member = seq .. ':' .. number .. '/' .. id
-    if score then redis.call('ZADD', 'rq:leases', score, member) end
-  end
-  for _, lease in ipairs(redis.call('ZRANGE', 'rq:leases', 0, -1)) do
-    local seq, key = string.match(lease, '^(%d+):(.*)$')
-    if seq then
-      local score = nil
-      if not string.find(key, '/', 1, true) then  -- named by bare id: rename to seq:N/id
-        score = redis.call('ZSCORE', 'rq:leases', lease)
-        redis.call('ZREM', 'rq:leases', lease)
+    if ok then
+      local key = P .. 'n:' .. number
+      local row = redis.call('HMGET', key, 'r', 's', 't')
+      local fields = {}
+      local held_segments = tonumber(row[2] or '0')
+      local fresh = {}  -- queue entries (head first) not already held under layout 2
+      local records = {}
+      local function take(message)
+        records[#records + 1] = message.key
+        local field = '@' .. message.id
+        local print = fingerprint(message.body)
+        if redis.call('HGET', key, field) == print then return false end  -- held already
+        fields[#fields + 1] = field
+        fields[#fields + 1] = print
+        held_segments = held_segments + message.segments
+        converted = converted + 1
+        return true
       end
-      lease_moved(seq, key, score)
-    else
-      -- Older still: the member is the bare sequence number, its message key in rq:lease.
-      local key = redis.call('HGET', 'rq:lease', lease)
-      if key then
-        local score = redis.call('ZSCORE', 'rq:leases', lease)
-        redis.call('ZREM', 'rq:leases', lease)
-        lease_moved(lease, key, score)
+      for _, message in ipairs(queued) do
+        if take(message) then fresh[#fresh + 1] = message.entry end
       end
+      local leases = {}
+      for _, lease in ipairs(leased[number]) do
+        if take(lease.message) then
+          fields[#fields + 1] = lease.seq
+          fields[#fields + 1] = lease.message.entry
+          leases[#leases + 1] = lease.score
+          leases[#leases + 1] = lease.seq .. ':' .. number .. '/' .. lease.message.id
+        end
+        redis.call('ZREM', 'rq:leases', lease.member)
+        redis.call('HDEL', 'rq:lease', lease.seq)
+      end
+      if #fields > 0 then
+        local rate = row[1] or redis.call('HGET', 'rq:rates', number)
+          or redis.call('HGET', 'rq:dr', number) or '1:1'
+        local old_tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
+        local tat = math.max(tonumber(row[3] or '0'), old_tat)
+        fields[#fields + 1] = 'r'
+        fields[#fields + 1] = rate
+        fields[#fields + 1] = 's'
+        fields[#fields + 1] = held_segments
+        fields[#fields + 1] = 't'
+        fields[#fields + 1] = tat
+        call_chunked('HSET', key, fields)
+        redis.call('PERSIST', key)
+        call_chunked('ZADD', LEASES, leases)
+        if #fresh > 0 then
+          -- Layout 1's messages were queued first: they go ahead of the number's newer ones.
+          local reversed = {}
+          for j = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[j] end
+          call_chunked('LPUSH', P .. 'q:' .. number, reversed)
+          if not redis.call('ZSCORE', READY, number) then
+            local per_second, burst = parse_rate(rate)
+            redis.call('ZADD', READY, eligible_after(tat, now, per_second, burst), number)
+          end
+        end
+      end
+      call_chunked('HDEL', 'rq:msg', records)
+      redis.call('DEL', 'rq:q:' .. number, 'rq:tat:' .. number)
+      redis.call('HDEL', 'rq:seg', number)
+      redis.call('HDEL', 'rq:dr', number)
+      redis.call('ZREM', 'rq:ready', number)
     end
   end
-  if converted > 0 then
-    redis.call('INCRBY', 'rq:count', converted)
-    redis.call('PEXPIRE', 'rq:seen:legacy', LEGACY_SEEN_MS)
-  end
-  -- Records no list or lease names could not be delivered in layout 1 either; kept for people.
-  if redis.call('EXISTS', 'rq:msg') == 1 then
-    redis.call('RENAME', 'rq:msg', 'rq:msg:unreferenced')
-  end
-  redis.call('DEL', 'rq:seg', 'rq:dr', 'rq:lease')
+  call_chunked('ZREM', 'rq:leases', orphan_leases)
+  if converted > 0 then redis.call('INCRBY', COUNT, converted) end
+  redis.call('SET', P .. 'legacy', '1', 'PX', LEGACY_MS)
 end
 """
 )
@@ -229,79 +323,91 @@ end
 ENQUEUE_BATCH = (
     _PRELUDE
     + r"""
--- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, messages: one line per message,
---       `number|default_rate|segments|id|body` (a body is JSON, which holds no raw newline; one
---       argument for the batch costs the client one encoding instead of five per message)
+-- ARGV: fence_epoch, dedup_window_s, max_queue_seconds, max_number_segments, messages: one line
+--       per message, `number|default_rate|segments|id|body` (a body is JSON, which holds no raw
+--       newline; one argument for the batch costs the client one encoding instead of five per
+--       message)
 -- Returns {codes, details}: codes has one letter per message, o (queued), d (duplicate),
--- c (conflict) or f (full); details holds the reason of each c and f, in order.
+-- c (conflict), f (full) or x (malformed line: nothing of it read, the others unaffected);
+-- details holds the reason of each c, f and x, in order.
 local refused = check_fence(ARGV[1])
 if refused then return refused end
 migrate_legacy()
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local max_queue_seconds = tonumber(ARGV[3])
+local max_number_segments = tonumber(ARGV[4])
 local w = math.floor(now / 1000 / window)
-local seen_now, seen_before = 'rq:seen:' .. w, 'rq:seen:' .. (w - 1)
-local legacy = redis.call('EXISTS', 'rq:seen:legacy') == 1
+local seen_now, seen_before = P .. 'seen:' .. w, P .. 'seen:' .. (w - 1)
+local legacy = redis.call('EXISTS', P .. 'legacy') == 1
 local states, touched = {}, {}
-local batch_seen, seen_writes = {}, {}
 local codes, details = {}, {}
 local queued = 0
-local blob = ARGV[4]
+local blob = ARGV[5]
 local position = 1
 while position <= #blob do
   local stop = string.find(blob, '\n', position, true) or (#blob + 1)
-  local number, default_raw, rest = string.match(string.sub(blob, position, stop - 1),
-    '^([^|]*)|([^|]*)|(.*)$')
+  local line = string.sub(blob, position, stop - 1)
   position = stop + 1
-  local segments, id, body = string.match(rest, '^(%d+)|([^|]*)|(.*)$')
+  local number, default_raw, segments, id, body =
+    string.match(line, '^([%w+]+)|([^|]*)|(%d+)|([^|]*)|(.+)$')
   segments = tonumber(segments)
-  local key = number .. '/' .. id
-  -- 16 hex digits of SHA-1 tell a retry from another message under the same id; a collision
-  -- would only make a different body count as a retry.
-  local fingerprint = string.sub(redis.sha1hex(body), 1, 16)
-  local earlier = batch_seen[key] or redis.call('HGET', seen_now, key)
-    or redis.call('HGET', seen_before, key)
-    or (legacy and redis.call('HGET', 'rq:seen:legacy', key))
-  -- Ids the layouts before remembered in sets (without number or body) are not read: they
-  -- cannot tell a retry from another number's message, and queuing a retry twice is a
-  -- duplicate where taking another message for a retry would lose it.
-  if earlier and earlier ~= fingerprint then
-    codes[#codes + 1] = 'c'
-    details[#details + 1] = 'id ' .. id .. ' was used for another message to ' .. number ..
-      ' within the dedup window; use a new id for a new message'
-  elseif earlier then
-    codes[#codes + 1] = 'd'
+  if not number or not valid_id(id) or not segments or segments < 1 then
+    codes[#codes + 1] = 'x'
+    details[#details + 1] = 'malformed message: expected number|rate|segments|id|body with an '
+      .. 'id of letters, digits, ".", "_", ":" or "-"'
   else
+    local key = number .. '/' .. id
+    local print = fingerprint(body)
     local state = states[number]
     if not state then
-      local row = redis.call('HMGET', 'rq:n:' .. number, 'r', 's', 't')
+      local row = redis.call('HMGET', P .. 'n:' .. number, 'r', 's', 't')
       local raw = row[1]
       if not row[2] then
         -- The number's first held message sets the rate in force (kept until the last ack).
         raw = redis.call('HGET', 'rq:rates', number) or default_raw
       end
       local per_second, burst = parse_rate(raw)
+      local tat = stored_tat(row[3], number, legacy)
+      local capacity = math.floor(per_second * max_queue_seconds)
+      local limit = max_queue_seconds .. ' s of sending at ' .. per_second .. '/s'
+      if capacity > max_number_segments then
+        capacity, limit = max_number_segments, 'the most segments one number may hold'
+      end
       -- A number that holds nothing has a hash only while its GCRA time limits (expiring).
       state = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
-        expiring = row[3] and not row[2],
-        held = tonumber(row[2] or '0'), added = 0, tat = tonumber(row[3] or '0'), entries = {}}
+        expiring = row[3] and not row[2], legacy_tat = not row[3] and tat > 0,
+        held = tonumber(row[2] or '0'), tat = tat, capacity = capacity, limit = limit,
+        entries = {}, fields = {}, batch = {}}
       states[number] = state
     end
-    local capacity = math.floor(state.per_second * max_queue_seconds)
-    if state.held + segments > capacity then
+    -- Held messages first (a message is held as long as it may be delivered), then the ones
+    -- acknowledged within the dedup window.
+    local earlier = state.batch[id]
+      or (not state.empty and redis.call('HGET', P .. 'n:' .. number, '@' .. id))
+      or redis.call('HGET', seen_now, key) or redis.call('HGET', seen_before, key)
+      or (legacy and (redis.call('HGET', 'rq:seen:' .. w, key)
+        or redis.call('HGET', 'rq:seen:' .. (w - 1), key)))
+    if earlier and earlier ~= print then
+      codes[#codes + 1] = 'c'
+      details[#details + 1] = 'id ' .. id .. ' was used for another message to ' .. number ..
+        ' that is still held or was delivered within the dedup window; use a new id for a ' ..
+        'new message'
+    elseif earlier then
+      codes[#codes + 1] = 'd'
+    elseif state.held + segments > state.capacity then
       codes[#codes + 1] = 'f'
       details[#details + 1] = 'queue for ' .. number .. ' holds ' .. state.held ..
-        ' segments; adding ' .. segments .. ' would exceed its limit of ' .. capacity ..
-        ' (' .. max_queue_seconds .. ' s of sending at ' .. state.per_second .. '/s)'
+        ' segments; adding ' .. segments .. ' would exceed its limit of ' .. state.capacity ..
+        ' (' .. state.limit .. ')'
     else
       if #state.entries == 0 then touched[#touched + 1] = number end
-      state.entries[#state.entries + 1] = '0|' .. rest
+      state.entries[#state.entries + 1] = '0|' .. segments .. '|' .. id .. '|' .. body
+      local fields = state.fields
+      fields[#fields + 1] = '@' .. id
+      fields[#fields + 1] = print
       state.held = state.held + segments
-      state.added = state.added + segments
-      batch_seen[key] = fingerprint
-      seen_writes[#seen_writes + 1] = key
-      seen_writes[#seen_writes + 1] = fingerprint
+      state.batch[id] = print
       queued = queued + 1
       codes[#codes + 1] = 'o'
     end
@@ -310,17 +416,26 @@ end
 local ready = {}
 for _, number in ipairs(touched) do
   local state = states[number]
-  local key = 'rq:n:' .. number
+  local key = P .. 'n:' .. number
+  -- One write of the hash per number: the held segments as now counted (read in this script),
+  -- the rate in force for a number that held nothing, and the new messages' fingerprints.
+  local fields = state.fields
+  fields[#fields + 1] = 's'
+  fields[#fields + 1] = state.held
   if state.empty then
-    redis.call('HSET', key, 'r', state.raw, 's', state.held)
-    if state.expiring then redis.call('PERSIST', key) end
-  else
-    redis.call('HINCRBY', key, 's', state.added)
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = state.raw
   end
+  if state.legacy_tat then
+    fields[#fields + 1] = 't'
+    fields[#fields + 1] = state.tat
+  end
+  call_chunked('HSET', key, fields)
+  if state.expiring then redis.call('PERSIST', key) end
   local length = 0
   local entries = state.entries
   for first = 1, #entries, 4000 do
-    length = redis.call('RPUSH', 'rq:q:' .. number,
+    length = redis.call('RPUSH', P .. 'q:' .. number,
       unpack(entries, first, math.min(first + 3999, #entries)))
   end
   if length == #entries then  -- the queue was empty: the number joins the ready set
@@ -328,10 +443,8 @@ for _, number in ipairs(touched) do
     ready[#ready + 1] = number
   end
 end
-call_chunked('ZADD', 'rq:ready', ready)
-call_chunked('HSET', seen_now, seen_writes)
-redis.call('PEXPIRE', seen_now, window * 2000)
-if queued > 0 then redis.call('INCRBY', 'rq:count', queued) end
+call_chunked('ZADD', READY, ready)
+if queued > 0 then redis.call('INCRBY', COUNT, queued) end
 -- Always write, so the WAIT that follows on this connection covers this node's replication
 -- offset as of now: a duplicate of an unacknowledged earlier write is then acknowledged only
 -- once that earlier write has reached the replicas too.
@@ -340,8 +453,14 @@ return {table.concat(codes), details}
 """
 )
 
+# Consumers must drain a full shard (Redis refuses an unflagged script at its first write past
+# maxmemory, which may be a dequeue's reschedule): the scripts that lease and acknowledge run
+# also then. What they write is bounded by the messages already stored; an ack frees room.
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 DEQUEUE = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: max, lease_ms, requeue_limit
 -- Returns a flat list, five items per leased message: lease, id, number, attempt, body; a
@@ -352,17 +471,17 @@ local max = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 
 -- Expired leases go back to the head of their queue with attempt + 1.
-local expired = redis.call('ZRANGEBYSCORE', 'rq:leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-call_chunked('ZREM', 'rq:leases', expired)
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+call_chunked('ZREM', LEASES, expired)
 local rejoined = {}
 for _, lease in ipairs(expired) do
   local seq, number = string.match(lease, '^(%d+):([^/]*)/')
-  local key = seq and 'rq:n:' .. number
+  local key = seq and P .. 'n:' .. number
   local entry = key and redis.call('HGET', key, seq)
   if entry then
     redis.call('HDEL', key, seq)
     local attempt, rest = string.match(entry, '^(%d+)|(.*)$')
-    if redis.call('LPUSH', 'rq:q:' .. number, (tonumber(attempt) + 1) .. '|' .. rest) == 1 then
+    if redis.call('LPUSH', P .. 'q:' .. number, (tonumber(attempt) + 1) .. '|' .. rest) == 1 then
       local row = redis.call('HMGET', key, 'r', 't')
       local per_second, burst = parse_rate(row[1])
       rejoined[#rejoined + 1] = eligible_after(tonumber(row[2]), now, per_second, burst)
@@ -370,18 +489,18 @@ for _, lease in ipairs(expired) do
     end
   end
 end
-call_chunked('ZADD', 'rq:ready', rejoined)
+call_chunked('ZADD', READY, rejoined)
 
 -- Serve due numbers in rounds, one message per number per round, longest-waiting first.
 local out = {}
 local served = 0
 local next_seq = nil
 while served < max do
-  local due = redis.call('ZRANGEBYSCORE', 'rq:ready', '-inf', now, 'LIMIT', 0, max - served)
+  local due = redis.call('ZRANGEBYSCORE', READY, '-inf', now, 'LIMIT', 0, max - served)
   if #due == 0 then break end
   local later, gone, leases = {}, {}, {}
   for _, number in ipairs(due) do
-    local key = 'rq:n:' .. number
+    local key = P .. 'n:' .. number
     local row = redis.call('HMGET', key, 'r', 't')
     local per_second, burst = parse_rate(row[1])
     local interval = 1000.0 / per_second
@@ -393,7 +512,7 @@ while served < max do
       later[#later + 1] = tat - tau
       later[#later + 1] = number
     else
-      local entry = redis.call('LPOP', 'rq:q:' .. number)
+      local entry = redis.call('LPOP', P .. 'q:' .. number)
       if not entry then
         gone[#gone + 1] = number
       else
@@ -406,11 +525,12 @@ while served < max do
         end
         next_seq = next_seq + 1
         local seq = string.format('%.0f', next_seq)
-        redis.call('HSET', key, 't', string.format('%.3f', new_tat), seq, entry)
+        -- A Lua number is passed to Redis at full precision (%.17g): no rounding of the time.
+        redis.call('HSET', key, 't', new_tat, seq, entry)
         local lease = seq .. ':' .. number .. '/' .. id
         leases[#leases + 1] = now + lease_ms
         leases[#leases + 1] = lease
-        if redis.call('LLEN', 'rq:q:' .. number) > 0 then
+        if redis.call('LLEN', P .. 'q:' .. number) > 0 then
           local at = new_tat - tau
           if at < now then at = now end
           later[#later + 1] = at
@@ -427,30 +547,39 @@ while served < max do
       end
     end
   end
-  call_chunked('ZADD', 'rq:leases', leases)
-  call_chunked('ZADD', 'rq:ready', later)
-  call_chunked('ZREM', 'rq:ready', gone)
+  call_chunked('ZADD', LEASES, leases)
+  call_chunked('ZADD', READY, later)
+  call_chunked('ZREM', READY, gone)
 end
 return out
 """
 )
 
 ACK = (
-    _PRELUDE
+    _ALLOW_OOM
+    + _PRELUDE
     + r"""
 -- ARGV: leases ("seq:N/id", as named by receipts), separated by spaces (one argument: one
--- encoding on the client). Returns the number of leases acknowledged.
+-- encoding on the client), dedup_window_s. Returns the number of leases acknowledged.
 -- A pair that no longer matches a live lease (expired, whether or not a dequeue has returned it
 -- to its queue yet, or issued by a primary that died before replicating it) acknowledges
--- nothing: an expired lease belongs to the next consumer.
+-- nothing: an expired lease belongs to the next consumer. A lease named twice, in one call or
+-- in two, is acknowledged once.
 migrate_legacy()
 local now = now_ms()
-local asked = {}
-for lease in string.gmatch(ARGV[1] or '', '%S+') do asked[#asked + 1] = lease end
+local window = tonumber(ARGV[2])
+local seen_now = P .. 'seen:' .. math.floor(now / 1000 / window)
+local asked, named = {}, {}
+for lease in string.gmatch(ARGV[1] or '', '%S+') do
+  if not named[lease] then
+    named[lease] = true
+    asked[#asked + 1] = lease
+  end
+end
 local live, numbers, by_number = {}, {}, {}
 for first = 1, #asked, 4000 do
   local last = math.min(first + 3999, #asked)
-  local scores = redis.call('ZMSCORE', 'rq:leases', unpack(asked, first, last))
+  local scores = redis.call('ZMSCORE', LEASES, unpack(asked, first, last))
   for i = first, last do
     local expires = scores[i - first + 1]
     if expires and tonumber(expires) >= now then
@@ -458,38 +587,55 @@ for first = 1, #asked, 4000 do
       local seq, number = string.match(lease, '^(%d+):([^/]*)/')
       live[#live + 1] = lease
       if seq then
-        local group = by_number[number]
-        if not group then
-          group = {seqs = {}, segments = 0}
-          by_number[number] = group
+        local seqs = by_number[number]
+        if not seqs then
+          seqs = {}
+          by_number[number] = seqs
           numbers[#numbers + 1] = number
         end
-        group.seqs[#group.seqs + 1] = seq
+        seqs[#seqs + 1] = seq
       end
     end
   end
 end
 if #live == 0 then return 0 end
-call_chunked('ZREM', 'rq:leases', live)
+call_chunked('ZREM', LEASES, live)
 local done = 0
+local seen_writes = {}
 for _, number in ipairs(numbers) do
-  local key = 'rq:n:' .. number
-  local group = by_number[number]
-  local found = {}
-  for _, seq in ipairs(group.seqs) do
-    local entry = redis.call('HGET', key, seq)
-    if entry then
-      found[#found + 1] = seq
-      group.segments = group.segments + tonumber(string.match(entry, '^%d+|(%d+)|'))
+  local key = P .. 'n:' .. number
+  local seqs = by_number[number]
+  local entries = {}
+  for first = 1, #seqs, 4000 do
+    local last = math.min(first + 3999, #seqs)
+    for i, entry in ipairs(redis.call('HMGET', key, unpack(seqs, first, last))) do
+      entries[first + i - 1] = entry
     end
   end
-  if #found > 0 then
-    call_chunked('HDEL', key, found)
-    done = done + #found
-    if redis.call('HINCRBY', key, 's', -group.segments) <= 0 then release_number(number, now) end
+  local gone, segments = {}, 0
+  for i = 1, #seqs do
+    local entry = entries[i]
+    if entry then
+      local _, message_segments, id, body = parse_entry(entry)
+      gone[#gone + 1] = seqs[i]
+      gone[#gone + 1] = '@' .. id
+      segments = segments + message_segments
+      seen_writes[#seen_writes + 1] = number .. '/' .. id
+      seen_writes[#seen_writes + 1] = fingerprint(body)
+    end
+  end
+  if #gone > 0 then
+    call_chunked('HDEL', key, gone)
+    done = done + #gone / 2
+    if redis.call('HINCRBY', key, 's', -segments) <= 0 then release_if_empty(number, now) end
   end
 end
-if done > 0 and redis.call('DECRBY', 'rq:count', done) <= 0 then redis.call('DEL', 'rq:count') end
+if #seen_writes > 0 then
+  -- Remembered from delivery on: a retry of a delivered message stays a duplicate.
+  call_chunked('HSET', seen_now, seen_writes)
+  redis.call('PEXPIRE', seen_now, window * 2000)
+end
+if done > 0 and redis.call('DECRBY', COUNT, done) <= 0 then redis.call('DEL', COUNT) end
 return #live
 """
 )
@@ -502,15 +648,15 @@ local refused = check_fence(ARGV[1])
 if refused then return refused end
 migrate_legacy()
 local number = ARGV[2]
-local key = 'rq:n:' .. number
+local key = P .. 'n:' .. number
 local per_second, burst = parse_rate(ARGV[3])
 local row = redis.call('HMGET', key, 's', 't')
 redis.call('HSET', 'rq:rates', number, ARGV[3])
 if row[1] then
   redis.call('HSET', key, 'r', ARGV[3])  -- the rate in force for the messages it holds
 end
-if redis.call('ZSCORE', 'rq:ready', number) then
-  redis.call('ZADD', 'rq:ready', eligible_after(tonumber(row[2]), now_ms(), per_second, burst),
+if redis.call('ZSCORE', READY, number) then
+  redis.call('ZADD', READY, eligible_after(tonumber(row[2]), now_ms(), per_second, burst),
     number)
 end
 redis.call('INCR', 'rq:barrier')  -- acknowledged after WAIT, like an enqueue: counted like one
@@ -532,15 +678,18 @@ local stored_rate, stored_burst = string.match(rate, '^([^:]+):(%d+)$')
 if tonumber(stored_rate) ~= per_second or tonumber(stored_burst) ~= burst then
   rate = per_second .. ':' .. burst  -- the rate in force, clamped into the allowed range
 end
-local row = redis.call('HMGET', 'rq:n:' .. number, 's', 't')
-return {now, redis.call('LLEN', 'rq:q:' .. number), tonumber(row[1] or '0'), rate,
+local row = redis.call('HMGET', P .. 'n:' .. number, 's', 't')
+return {now, redis.call('LLEN', P .. 'q:' .. number), tonumber(row[1] or '0'), rate,
   override and 'override' or 'default',
-  tostring(eligible_after(tonumber(row[2]), now, per_second, burst))}
+  tostring(eligible_after(stored_tat(row[2], number, redis.call('EXISTS', P .. 'legacy') == 1),
+    now, per_second, burst))}
 """
 )
 
 SHARD_STATS = r"""
--- Returns {messages (queued + leased), leased, ready numbers}; layout 1's count until converted
-local messages = redis.call('GET', 'rq:count') or redis.call('HLEN', 'rq:msg')
-return {tonumber(messages), redis.call('ZCARD', 'rq:leases'), redis.call('ZCARD', 'rq:ready')}
+-- Returns {messages (queued + leased), leased, ready numbers}; layout 1's not yet converted
+-- are counted too.
+local messages = tonumber(redis.call('GET', 'rq:v2:count') or '0') + redis.call('HLEN', 'rq:msg')
+return {messages, redis.call('ZCARD', 'rq:v2:leases') + redis.call('ZCARD', 'rq:leases'),
+  redis.call('ZCARD', 'rq:v2:ready') + redis.call('ZCARD', 'rq:ready')}
 """

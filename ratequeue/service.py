@@ -17,12 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any, get_type_hints
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 
@@ -47,15 +48,19 @@ from ratequeue.client import (
     NumberInfo,
     validate_message_id,
 )
+from ratequeue.coalescing import EnqueueCoalescer
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
     DurabilityNotMet,
+    EnqueueBacklogFull,
     IdConflict,
     InvalidInput,
     InvalidNumber,
+    MessageTooLarge,
     QueueFull,
     RatequeueError,
     RetryableError,
+    ShardFull,
 )
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
@@ -130,7 +135,8 @@ class EnqueuedAnswer(BaseModel):
 
 class BatchResult(BaseModel):
     """One message's result: 201 with what the single enqueue answers, or its own error: 409
-    id_conflict, 422 for a malformed message, 429 queue_full, 503 (retry it with the same id)."""
+    id_conflict, 413 message_too_large, 422 for a malformed message, 429 queue_full, 503 (retry
+    it with the same id), 507 shard_full."""
 
     index: int
     status: int
@@ -215,6 +221,14 @@ def _with_bounds(model: type[BaseModel], **bounds: dict[str, Any]) -> dict[str, 
     return schema
 
 
+# The enqueue metric's label for a message its shard refused (anything else: "invalid").
+_REFUSAL_LABEL: dict[type[RatequeueError], str] = {
+    QueueFull: "full",
+    IdConflict: "conflict",
+    ShardFull: "shard_full",
+}
+
+
 def check(name: str, ok: bool, detail: str) -> dict:
     return {"name": name, "ok": ok, "detail": detail}
 
@@ -227,8 +241,10 @@ def _iso_time(seconds: float) -> str:
         return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
-    metrics = ServiceMetrics()
+def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None) -> FastAPI:
+    """The API over its own client (connections and topology watch). `metrics_dir`: the
+    directory every worker process writes its metrics to (`ratequeue.workers`)."""
+    metrics = ServiceMetrics(metrics_dir)
     etcd = (
         EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(settings.etcd_endpoints)))
         if settings.topology_backend == "etcd"
@@ -239,6 +255,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings.client_settings(),
         topology=EtcdTopologyStore(etcd) if etcd is not None else None,
     )
+    coalescer = EnqueueCoalescer(client)
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -274,7 +291,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         status_code=201,
         response_model=None,
         openapi_extra=json_request_body(EnqueueRequest),
-        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503),
+        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503, 507),
     )
     async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -286,13 +303,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 except InvalidInput as error:
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
-            enqueued = await client.enqueue_many([message])
         except InvalidRequest:
             metrics.enqueued.labels("invalid").inc()
             raise
-        result = enqueued[0]
+        result = await coalescer.enqueue(message)
         if isinstance(result, QueueFull | IdConflict):
             metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
+            raise result
+        if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
+            metrics.enqueued.labels("shard_full").inc()
+            raise result
+        if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
+            metrics.enqueued.labels("backlog_full").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
@@ -331,19 +353,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 message = f"field '{where}.id': {error.message}"
                 raise InvalidInput(message, code=error.code) from None
         try:
-            message = client.prepare(parsed.number, parsed.body, parsed.id)
+            return client.prepare(parsed.number, parsed.body, parsed.id)
         except InvalidNumber as error:
             raise InvalidNumber(f"field '{where}.number': {error.message}") from None
-        size = len(message.body_json.encode())
-        if size > settings.max_body_bytes:
-            raise InvalidInput(
-                f"field '{where}.body': {size} bytes as JSON; the limit per message is "
-                f"{settings.max_body_bytes}", code="body_too_large",
-            )  # fmt: skip
-        return message
+        except MessageTooLarge as error:  # its message names field 'body'
+            raise MessageTooLarge(error.message.replace("'body'", f"'{where}.body'", 1)) from None
 
     def refusal(index: int, error: RatequeueError | InvalidRequest) -> dict[str, Any]:
+        # A malformed message is 422 (the request as a whole was well formed); a body over the
+        # limit keeps its 413, as the single enqueue answers it.
         status = 422 if isinstance(error, InvalidRequest) else error.http_status
+        if isinstance(error, MessageTooLarge):
+            status = error.http_status
         return {"index": index, "status": status,
                 "error": {"code": error.code, "message": error.message}}  # fmt: skip
 
@@ -390,8 +411,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                     failed.setdefault(client.shard_for(message.number).id, outcome)
             elif isinstance(outcome, RatequeueError):
-                refused = "full" if isinstance(outcome, QueueFull) else "conflict"
-                metrics.enqueued.labels(refused).inc()
+                metrics.enqueued.labels(_REFUSAL_LABEL.get(type(outcome), "invalid")).inc()
             else:
                 raise outcome
             results[index] = refusal(index, outcome)
@@ -489,7 +509,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         openapi_extra=json_request_body(_with_bounds(
             RateRequest, per_second={"minimum": _smallest_rate(settings.max_queue_seconds)}
         )),
-        responses=answers({200: RateSetAnswer}, 400, 413, 503),
+        responses=answers({200: RateSetAnswer}, 400, 413, 503, 507),
     )  # fmt: skip
     async def set_rate(number: Number, request: Request) -> dict:
         payload = await read_json_model(request, RateRequest, settings.max_body_bytes)
@@ -553,6 +573,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if up:
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

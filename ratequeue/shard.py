@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.validation import quoted
 from ratequeue import scripts
-from ratequeue.errors import DurabilityNotMet, RatequeueError, ShardUnavailable, StaleEpoch
-from ratequeue.rates import Rate
+from ratequeue.errors import (
+    DurabilityNotMet,
+    RatequeueError,
+    ShardFull,
+    ShardUnavailable,
+    StaleEpoch,
+)
+from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
 
 _decode_json = json.JSONDecoder().decode
+
+# What a message id may be (the published schema's pattern too); anchored for the schema, so
+# checked with fullmatch (`$` alone also matches before a trailing newline). No `|`, `/` or
+# whitespace: those separate a batch's fields, a message's number from its id, and receipts.
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -38,8 +51,9 @@ class OutgoingMessage:
 
 @dataclass(frozen=True)
 class EnqueueOutcome:
-    """`status` is `ok` (queued now), `duplicate` (the same message was queued before),
-    `conflict` (its number used the id for another body within the dedup window) or `full`."""
+    """`status` is `ok` (queued now), `duplicate` (the same message is held, or was delivered
+    within the dedup window), `conflict` (its number used the id for another body then), `full`
+    or `invalid` (a message no line of a batch can carry; nothing written)."""
 
     status: str
     detail: str = ""
@@ -47,7 +61,7 @@ class EnqueueOutcome:
 
 # ENQUEUE_BATCH answers one letter per message; reasons come only with `conflict` and `full`.
 _OUTCOME_OF_CODE = {"o": EnqueueOutcome("ok"), "d": EnqueueOutcome("duplicate")}
-_STATUS_OF_CODE = {"c": "conflict", "f": "full"}
+_STATUS_OF_CODE = {"c": "conflict", "f": "full", "x": "invalid"}
 
 
 @dataclass(frozen=True)
@@ -116,11 +130,56 @@ SHARD_STATS = _Script(scripts.SHARD_STATS)
 ALL_SCRIPTS = (ENQUEUE_BATCH, DEQUEUE, ACK, SET_RATE, NUMBER_STATUS, SHARD_STATS)
 
 
+def enqueue_batch_arguments(
+    epoch: int | str,
+    messages: Iterable[OutgoingMessage],
+    *,
+    dedup_window_seconds: int,
+    max_queue_seconds: float,
+    max_number_segments: int,
+) -> list[Any]:
+    """The ENQUEUE_BATCH script's arguments: its header (the epoch and the shard's limits), then
+    the messages as one argument, a line per message (`number|rate|segments|id|body`). The one
+    place that knows the script's argument order.
+
+    A message that cannot be one line (a field holding a newline, or a separator in its number
+    or id: `prepare` refuses those, this guards the callers that build messages by hand) is sent
+    as a line the script refuses on its own (`invalid`), so the other messages of the batch,
+    often other callers' (`ratequeue.coalescing`), keep their lines and their answers."""
+    lines = [
+        f"{m.number}|{m.default_rate.encode()}|{m.segments}|{m.id}|{m.body_json}"
+        if _fits_one_line(m)
+        else _INVALID_LINE
+        for m in messages
+    ]
+    return [epoch, dedup_window_seconds, max_queue_seconds, max_number_segments, "\n".join(lines)]
+
+
+# A line ENQUEUE_BATCH refuses (`x`) without reading anything.
+_INVALID_LINE = "!"
+_NUMBER_TEXT = re.compile(r"\+?[0-9]+")
+
+
+def _fits_one_line(message: OutgoingMessage) -> bool:
+    return (
+        _NUMBER_TEXT.fullmatch(message.number) is not None
+        and MESSAGE_ID.fullmatch(message.id) is not None
+        and "\n" not in message.body_json
+        and message.body_json != ""
+    )
+
+
 def _translate(error: Exception, shard_id: str) -> Exception:
     if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
         return ShardUnavailable(f"shard {shard_id}: primary unreachable ({error})")
     if isinstance(error, ReadOnlyError):  # redis-py strips the READONLY prefix from its text
         return ShardUnavailable(f"shard {shard_id}: node is a replica now ({error})")
+    if isinstance(error, OutOfMemoryError):
+        # Redis refuses a script at its first write only, so nothing of it was written.
+        return ShardFull(
+            f"shard {shard_id} is full (its maxmemory is reached): nothing was written; it "
+            "takes writes again as consumers acknowledge messages"
+        )
     if isinstance(error, ResponseError):
         text = str(error)
         if text.startswith("STALEEPOCH") or "STALEEPOCH" in text:
@@ -142,11 +201,13 @@ class ShardQueue:
         *,
         dedup_window_seconds: int = 3600,
         max_queue_seconds: float = 36_000,
+        max_number_segments: int = DEFAULT_MAX_NUMBER_SEGMENTS,
     ) -> None:
         self.shard_id = shard_id
         self.primary = primary
         self.dedup_window_seconds = dedup_window_seconds
         self.max_queue_seconds = max_queue_seconds
+        self.max_number_segments = max_number_segments
         self._scripts_loaded = False
 
     async def _load_scripts(self) -> None:
@@ -201,14 +262,10 @@ class ShardQueue:
         Raises DurabilityNotMet when WAIT falls short: the writes may persist (WAIT does not roll
         back) and a retry with the same ids is then a no-op that is acknowledged once durable.
         """
-        if any("\n" in m.body_json for m in messages):
-            # encode_body never writes one (JSON escapes it in strings): a line per message.
-            raise ValueError("body_json holds a raw newline: encode bodies with encode_body")
-        lines = "\n".join(
-            f"{m.number}|{m.default_rate.encode()}|{m.segments}|{m.id}|{m.body_json}"
-            for m in messages
-        )
-        args = [epoch, self.dedup_window_seconds, self.max_queue_seconds, lines]
+        args = enqueue_batch_arguments(
+            epoch, messages, dedup_window_seconds=self.dedup_window_seconds,
+            max_queue_seconds=self.max_queue_seconds, max_number_segments=self.max_number_segments,
+        )  # fmt: skip
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
         (codes, details), replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
         reasons = iter(details)
@@ -249,7 +306,7 @@ class ShardQueue:
         leases = [lease for r in receipts if (lease := parse_receipt(r)[1]).split() == [lease]]
         if not leases:
             return 0
-        acked, _ = await self._run(ACK, " ".join(leases))
+        acked, _ = await self._run(ACK, " ".join(leases), self.dedup_window_seconds)
         return int(acked)
 
     async def set_rate(

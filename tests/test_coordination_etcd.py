@@ -194,10 +194,19 @@ async def test_a_claim_whose_write_committed_after_its_read_back_is_reported_as_
 async def test_a_claim_that_lost_to_another_leaves_no_lease_behind(
     store: EtcdCoordinationStore,
 ) -> None:
-    assert await store.workflows.bind_event("ev-1", "wf-1") is None
-    assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+    assert await store.incidents.claim("PrimaryDown", "rq/s0", "ev-1", ttl=30)
+    assert not await store.incidents.claim("PrimaryDown", "rq/s0", "ev-2", ttl=30)
     unused = store.client.granted[-1]  # type: ignore[attr-defined]
     assert await store.client.lease_ttl(unused) == -1
+
+
+async def eventually_revoked(store: EtcdCoordinationStore, lease: int, within: float = 10) -> None:
+    """The lease is revoked within `within` s (a renewal revokes the one it replaced after it
+    returns)."""
+    deadline = time.monotonic() + within
+    while await store.client.lease_ttl(lease) != -1:
+        assert time.monotonic() < deadline, f"lease {lease} still alive after {within:g} s"
+        await asyncio.sleep(0.02)
 
 
 async def test_renewing_a_lock_revokes_the_lease_it_replaced(
@@ -206,16 +215,37 @@ async def test_renewing_a_lock_revokes_the_lease_it_replaced(
     held = await store.locks.acquire("shard", "rq/s0", "wf-a")
     before = await store.client.get(held.key)
     assert before is not None and await store.locks.renew(held)
-    assert await store.client.lease_ttl(before.lease) == -1
+    await eventually_revoked(store, before.lease)
 
 
-async def test_binding_an_event_again_revokes_the_lease_of_the_old_binding(
+async def test_event_bindings_share_one_lease_that_outlives_their_30_days(
+    store: EtcdCoordinationStore,
+) -> None:
+    for index in range(5):
+        assert await store.workflows.bind_event(f"ev-{index}", f"wf-{index}") is None
+    await store.workflows.rebind_event("ev-0", "wf-new")
+    assert len(store.client.granted) == 1  # type: ignore[attr-defined]
+    bound = [await store.client.get(etcd_keys.workflow_of_event(f"ev-{i}")) for i in range(5)]
+    assert {kv.lease for kv in bound if kv is not None} == {store.client.granted[0]}  # type: ignore[attr-defined]
+    assert await store.client.lease_ttl(store.client.granted[0]) >= 30 * 24 * 3600  # type: ignore[attr-defined]
+
+
+async def test_an_event_binding_whose_answer_was_lost_is_ours_by_its_workflow_id(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.client.lose = 1  # type: ignore[attr-defined]
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+
+
+async def test_an_event_binding_whose_shared_lease_is_gone_is_made_under_a_new_one(
     store: EtcdCoordinationStore,
 ) -> None:
     assert await store.workflows.bind_event("ev-1", "wf-1") is None
-    before = await store.client.get(etcd_keys.workflow_of_event("ev-1"))
-    await store.workflows.rebind_event("ev-1", "wf-2")
-    assert before is not None and await store.client.lease_ttl(before.lease) == -1
+    await store.client.revoke_lease(store.client.granted[0])  # type: ignore[attr-defined]
+    assert await store.workflows.bind_event("ev-2", "wf-2") is None
+    found = await store.client.get(etcd_keys.workflow_of_event("ev-2"))
+    assert found is not None and found.lease == store.client.granted[-1]  # type: ignore[attr-defined]
 
 
 async def test_a_workflow_save_that_committed_after_its_read_back_is_saved_once(

@@ -10,17 +10,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from common.http_contract import MAX_JSON_DEPTH
+from common.redis_processes import RedisProcess
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.scripts import held_ids, state_key
 from tests.conftest import ServedApi, shard_key_count
+from tests.prometheus_samples import metric_samples
 
 ON_S0 = "+14155550100"  # slot 2256: shard s0 of two
 ON_S1 = "+14155550102"  # slot 10386: shard s1 of two
@@ -70,15 +72,6 @@ def nested(levels: int) -> object:
     for _ in range(levels):
         value = [value]
     return value
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text → {(sample name, sorted labels): value}."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +192,13 @@ def test_json_nested_deeper_than_the_limit_is_refused_with_400_not_500(
     assert shard_key_count(shared_cluster) == before
 
 
+# As an escape, and as the raw bytes UTF-8 would give U+D800 (no valid UTF-8 holds them).
+@pytest.mark.parametrize("surrogate", [b"\\ud800", b"\xed\xa0\x80"], ids=["escape", "raw"])
 def test_a_lone_surrogate_in_a_json_string_is_refused_with_400_not_500(
-    refusing: httpx.Client, shared_cluster: LocalCluster
+    refusing: httpx.Client, shared_cluster: LocalCluster, surrogate: bytes
 ) -> None:
     before = shard_key_count(shared_cluster)
-    response = refusing.post(messages_url(ON_S0), content=b'{"body": "half \\ud800 a pair"}',
+    response = refusing.post(messages_url(ON_S0), content=b'{"body": "half %s a pair"}' % surrogate,
                              headers=JSON)  # fmt: skip
     assert_error(response, 400, "bad_json", "surrogate")
     assert shard_key_count(shared_cluster) == before
@@ -418,6 +413,32 @@ def test_an_enqueue_answers_201_with_the_id_the_canonical_number_and_the_shard(
     assert response.status_code == 201, response.text
     assert response.json() == {"id": "m-1", "number": ON_S0, "shard": "s0", "duplicate": False}
     assert enqueue(http, ON_S1, "hi")["shard"] == "s1"
+
+
+def script_calls(node: RedisProcess) -> int:
+    """How many EVALSHA the node has run (`INFO commandstats`)."""
+    with node.client() as conn:
+        return int(conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_concurrent_enqueues_sent_together_each_get_their_own_answer(
+    cluster: LocalCluster, http: httpx.Client
+) -> None:
+    payloads = [{"id": f"m-{i}", "body": "hello"} for i in range(16)]
+    payloads += [{"id": "same", "body": "retry"}] * 2 + [
+        {"id": "clash", "body": "first"},
+        {"id": "clash", "body": "second"},
+    ]
+    calls_before = script_calls(cluster.shard("s0").primary)
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        answers = list(pool.map(lambda p: http.post(messages_url(ON_S0), json=p), payloads))
+    # Sent together: fewer script calls than requests (each alone would be one call).
+    assert script_calls(cluster.shard("s0").primary) - calls_before < len(payloads)
+    statuses = [a.status_code for a in answers]
+    assert statuses[:18] == [201] * 18
+    assert sorted(statuses[18:]) == [201, 409]
+    assert sorted(a.json()["duplicate"] for a in answers[16:18]) == [False, True]
+    assert http.get(f"/v1/numbers/{ON_S0}").json()["depth"] == 18
 
 
 def test_an_id_reused_for_another_body_answers_409_and_keeps_the_first(
@@ -723,7 +744,14 @@ def test_every_bad_setting_is_named_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "bad"),
-    [("dedup_window_seconds", "0"), ("max_dequeue", "0"), ("max_lease_seconds", "0")],
+    [
+        ("dedup_window_seconds", "0"),
+        ("max_dequeue", "0"),
+        ("max_lease_seconds", "0"),
+        ("max_number_segments", "0"),
+        ("max_message_bytes", "0"),
+        ("workers", "0"),
+    ],
 )
 @pytest.mark.parametrize("source", ["cli", "environment"])
 def test_the_queue_limits_are_settings_refused_by_name_from_either_source(

@@ -11,30 +11,18 @@ import httpx
 import pytest
 
 from common.errors import InvalidSetting
-from common.etcd_client import EtcdClient, EtcdClientSettings
 from common.etcd_processes import EtcdCluster
 from ratequeue.config import ServiceSettings
-from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
-from ratequeue.topology import TOPOLOGY_KEY, Topology
+from ratequeue.topology import Topology
 from tests.conftest import ServedApi
-
-
-async def _publish(etcd: EtcdCluster, expected_epoch: int, topology: Topology) -> None:
-    async with EtcdClient(EtcdClientSettings(endpoints=etcd.endpoints)) as client:
-        if expected_epoch == 0:
-            await client.delete("/", prefix=True)  # what an earlier test left
-        await EtcdTopologyStore(client).compare_and_set(expected_epoch, topology)
+from tests.etcd_topology import publish_in_etcd, topology_moved_to_etcd
 
 
 @pytest.fixture
 def topology_in_etcd(cluster: LocalCluster, etcd: EtcdCluster) -> Topology:
     """The cluster's map moved from its control store to etcd."""
-    with cluster.control.client() as control:
-        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
-        control.delete(TOPOLOGY_KEY)
-    asyncio.run(_publish(etcd, 0, topology))
-    return topology
+    return topology_moved_to_etcd(cluster, etcd)
 
 
 @pytest.fixture
@@ -65,7 +53,7 @@ def test_a_new_epoch_in_etcd_reaches_the_api_by_its_watch(
     http: httpx.Client, etcd: EtcdCluster, topology_in_etcd: Topology
 ) -> None:
     newer = topology_in_etcd.next_with(topology_in_etcd.shards[0])
-    asyncio.run(_publish(etcd, topology_in_etcd.epoch, newer))
+    asyncio.run(publish_in_etcd(etcd, topology_in_etcd.epoch, newer))
     # The refresh interval is a minute: only the watch can deliver within the wait.
     eventually("the new epoch", lambda: http.get("/v1/topology").json()["epoch"] == newer.epoch)
 

@@ -145,18 +145,18 @@ def test_a_batch_body_over_its_byte_limit_is_refused_whole_with_413(
     assert shard_key_count(cluster) == 0
 
 
-def test_a_message_body_over_the_per_message_limit_is_422_in_its_own_result(
+def test_a_message_body_over_the_per_message_limit_is_413_in_its_own_result(
     cluster: LocalCluster, serve_api: Callable
 ) -> None:
-    api = serve_api(cluster, max_body_bytes=256)
+    api = serve_api(cluster, max_message_bytes=256)
     with httpx.Client(base_url=api.url, timeout=10) as http:
         results = batch(
             http,
             {"number": ON_S0, "id": "big", "body": "x" * 300},
             {"number": ON_S0, "id": "small", "body": "x"},
         )
-        assert [r["status"] for r in results] == [422, 201]
-        assert results[0]["error"]["code"] == "body_too_large"
+        assert [r["status"] for r in results] == [413, 201]
+        assert results[0]["error"]["code"] == "message_too_large"
         assert "messages.0.body" in results[0]["error"]["message"]
 
 
@@ -181,3 +181,33 @@ def test_the_published_contract_declares_the_batch_limit(
     schema = body["application/json"]["schema"]
     assert schema["properties"]["messages"]["maxItems"] == 250
     assert set(spec["paths"]["/v1/messages:batch"]["post"]["responses"]) >= {"200", "400", "413"}
+
+
+def test_an_id_holding_a_batch_separator_is_422_in_its_own_result_and_the_others_are_queued(
+    http: httpx.Client,
+) -> None:
+    results = batch(
+        http,
+        {"number": ON_S0, "id": "before", "body": "a"},
+        {"number": ON_S0, "id": "tail\n", "body": "x"},
+        {"number": ON_S0, "id": "a|b", "body": "x"},
+        {"number": ON_S0, "id": "a b", "body": "x"},
+        {"number": ON_S0, "id": "tab\t", "body": "x"},
+        {"number": ON_S0, "id": "after", "body": "b"},
+    )
+    assert [r["status"] for r in results] == [201, 422, 422, 422, 422, 201]
+    for result in results[1:5]:
+        assert result["error"]["code"] == "invalid_id"
+        assert f"field 'messages.{result['index']}.id'" in result["error"]["message"]
+    leased = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30}).json()
+    assert [m["id"] for m in leased["messages"]] == ["before"]  # one per number per interval
+    assert depth(http, ON_S0) == 1
+
+
+def test_a_single_enqueue_with_an_id_ending_in_a_newline_is_refused_naming_the_id(
+    http: httpx.Client,
+) -> None:
+    response = http.post(f"/v1/numbers/{ON_S0}/messages", json={"id": "tail\n", "body": "x"})
+    assert_error(response, 400, "invalid_id")
+    assert "field 'id'" in response.json()["error"]["message"]
+    assert depth(http, ON_S0) == 0

@@ -23,7 +23,7 @@ from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, 
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
 from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
-from ratequeue.scripts import held_ids
+from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
 
@@ -341,7 +341,7 @@ def test_a_primary_whose_replicas_stopped_acknowledging_refuses_dequeues_and_lea
         with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
             asyncio.run(dequeue(primary))
         with primary.client() as conn:
-            assert conn.llen("rq:q:+14155550100") == 1 and conn.zcard("rq:leases") == 0
+            assert conn.llen(queue_key("+14155550100")) == 1 and conn.zcard(LEASES_KEY) == 0
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     deadline = time.monotonic() + 10

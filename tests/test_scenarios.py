@@ -13,11 +13,7 @@ from chaos.scheduler import run_one
 
 # A scenario whose expectation the code does not meet yet runs anyway, as a strict xfail: it
 # shows in every run, and the day it passes the suite fails until the mark is removed.
-NOT_MET_YET = {
-    "control_store_kill": "issue 10: while the Redis control store is down the controllers "
-    "record no escalation (their audit and event stream live in that Redis too); the failover "
-    "after the store returns does happen, with 0 acknowledged lost",
-}
+NOT_MET_YET: dict[str, str] = {}
 SCENARIOS = [
     pytest.param(
         path,

@@ -4,16 +4,22 @@ real Redis event stream in the control store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
@@ -25,6 +31,7 @@ from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import TopologyStore
+from tests.prometheus_samples import metric_samples
 
 REPO = Path(__file__).resolve().parents[1]
 MakeSensor = Callable[..., Awaitable[Sensor]]
@@ -88,6 +95,28 @@ async def test_a_healthy_primary_produces_only_heartbeats(
     assert (heartbeat.host, heartbeat.shard, heartbeat.source) == (
         replica.ref().address, "s0", f"sensor@{peer(replica)}")  # fmt: skip
     assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
+
+
+async def test_each_ping_of_the_primary_is_timed_in_the_sensors_metrics(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    sensor = await make_sensor(cluster, cluster.shard("s0").replicas[0])
+    for _ in range(3):
+        assert (await sensor.check_once()).state == "ok"
+    seen = metric_samples(generate_latest(sensor.metrics.registry).decode())
+    assert seen[("sensor_probe_seconds_count", (("result", "ok"),))] == 3
+    assert 0 < seen[("sensor_probe_seconds_sum", (("result", "ok"),))] < 3
+
+
+async def test_a_refused_ping_and_its_confirming_ping_are_both_timed(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0])
+    kill(shard.primary)
+    assert (await sensor.check_once()).state == "down"
+    seen = metric_samples(generate_latest(sensor.metrics.registry).decode())
+    assert seen[("sensor_probe_seconds_count", (("result", "failed"),))] == 2
 
 
 async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal(
@@ -268,9 +297,97 @@ def test_failover_check_is_critical_when_the_primary_is_killed(cluster: LocalClu
 
 
 def test_failover_check_is_unknown_when_the_replica_cannot_be_reached() -> None:
-    done = failover("check", "--replica", f"127.0.0.2:{free_port()}", "--timeout", "0.5")
+    done = failover("check", "--replica", f"127.0.0.2:{free_port()}", "--probe-timeout", "0.5")
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stdout.startswith("REDIS-PRIMARY UNKNOWN - replica 127.0.0.2:")
+
+
+def test_failover_check_json_is_one_document_with_the_verdict(cluster: LocalCluster) -> None:
+    shard = cluster.shard("s0")
+    done = failover("check", "--replica", peer(shard.replicas[0]), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert (document["status"], document["exit_code"]) == ("OK", 0)
+    assert document["line"].startswith("REDIS-PRIMARY OK - ")
+    assert [p["label"] for p in document["perfdata"]] == ["latency", "last_io", "offset"]
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_failover_check_help_prints_usage_and_exits_unknown(option: str) -> None:
+    done = failover("check", option, "--replica", "not-an-address")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "--probe-timeout" in done.stdout and "-t" in done.stdout
+
+
+@pytest.mark.parametrize("option", ["-V", "--version"])
+def test_failover_check_version_prints_the_version_and_exits_unknown(option: str) -> None:
+    done = failover("check", option)
+    assert (done.returncode, done.stdout) == (
+        3,
+        f"detection check {version('ratequeue-testbed')}\n",
+    )
+
+
+def test_failover_check_of_a_silent_primary_is_critical_within_its_timeout(
+    cluster: LocalCluster,
+) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        primary = f"127.0.0.1:{silent.getsockname()[1]}"
+        replica = peer(cluster.shard("s0").replicas[0])
+        done = failover("check", "--replica", replica, "--primary", primary,
+                        "--probe-timeout", "500ms", "-t", "5")  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith(f"REDIS-PRIMARY CRITICAL - primary {primary} ")
+
+
+@pytest.mark.parametrize("option", ["-t", "--probe-timeout", "--replica"])
+def test_failover_check_option_without_its_value_is_unknown_with_a_status_line(
+    option: str,
+) -> None:
+    done = failover("check", "--replica", "127.0.0.1:9", option)
+    assert (done.returncode, done.stderr) == (3, ""), done.stdout + done.stderr
+    assert done.stdout == f"REDIS-PRIMARY UNKNOWN - Option '{option}' requires an argument.\n"
+
+
+def test_failover_check_refuses_probes_that_cannot_finish_within_its_timeout() -> None:
+    # `--timeout 0.5` once meant 0.5 s per probe; now it is the whole check's limit, and the
+    # 1 s probes would always end UNKNOWN.
+    done = failover("check", "--replica", "127.0.0.1:9", "--timeout", "0.5")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith("REDIS-PRIMARY UNKNOWN - invalid value for --probe-timeout: ")
+    assert "-t/--timeout 0.5 s" in done.stdout
+
+
+def test_failover_sensor_serves_events_published_on_its_metrics_port(
+    cluster: LocalCluster,
+) -> None:
+    replica = cluster.shard("s1").replicas[0]
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detection", "sensor", "--control", cluster.control.url,
+         "--replica", peer(replica), "--heartbeat-every", "0.2", "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    heartbeats = ("sensor_events_published_total", (("type", "SensorHeartbeat"),))
+    try:
+        deadline = time.monotonic() + 20
+        seen: dict = {}
+        while seen.get(heartbeats, 0) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(httpx.HTTPError):
+                seen = metric_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+            time.sleep(0.1)
+        assert seen[("sensor_events_published_total", (("type", "RedisMasterDown"),))] == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: LocalCluster) -> None:
@@ -299,7 +416,8 @@ def test_failover_sensor_publishes_heartbeats_and_stops_on_sigterm(cluster: Loca
 def test_bad_sensor_options_are_named_and_exit_2() -> None:
     runner = CliRunner()
     for option, value in (("--threshold", "0"), ("--interval", "-1"), ("--replica", "nope"),
-                          ("--environment", "Prod"), ("--stream", "kafka")):  # fmt: skip
+                          ("--environment", "Prod"), ("--stream", "kafka"),
+                          ("--etcd-endpoints", "127.0.0.1:2379")):  # fmt: skip
         args = {"--control": "redis://127.0.0.1:1/0", "--replica": "127.0.0.2:1", option: value}
         result = runner.invoke(app, ["sensor", *[x for pair in args.items() for x in pair]])
         assert result.exit_code == 2, (option, result.output)

@@ -304,7 +304,7 @@ def test_chaos_service_runs_primary_kill_every_4h_against_the_deployment_it_is_i
 ) -> None:
     chaos = services["chaos"]
     args = argv(chaos)
-    assert args[:3] == ["chaos", "run", "scenarios/primary_kill.yaml"]
+    assert args[:3] == ["ratequeue-chaos", "run", "scenarios/primary_kill.yaml"]
     assert (ROOT / args[2]).is_file()
     assert option(args, "--target") == ["/deploy/target.yaml"]
     assert option(args, "--every") == ["4h"]

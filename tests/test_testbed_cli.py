@@ -1,6 +1,6 @@
-"""The `chaos testbed` command line, end to end: `up` starts a whole deployment on loopback and
-describes it in DIR/testbed.json, `status` reports it healthy, its API takes messages, and `down`
-stops every process `up` started, its supervisor first."""
+"""The `ratequeue-chaos testbed` command line, end to end: `up` starts a whole deployment on
+loopback and describes it in DIR/testbed.json, `status` reports it healthy, its API takes messages,
+and `down` stops every process `up` started, its supervisor first."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ NODE_FIELDS = {"name", "role", "shard", "host", "port", "pid"}
 
 
 def chaos(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run the `chaos` console script's app (`chaos = chaos.cli:app`) in a fresh interpreter."""
+    """Run the `ratequeue-chaos` console script's app (`chaos.cli:app`) in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", "from chaos.cli import app; app()", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""`chaos testbed up --control etcd`, end to end: a three-member etcd cluster beside the Redis
-that carries the event stream, the topology moved there, the API routing by it and the
+"""`ratequeue-chaos testbed up --control etcd`, end to end: a three-member etcd cluster beside the
+Redis that carries the event stream, the topology moved there, the API routing by it and the
 controllers deciding on it; `down` stops the members with the rest."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from chaos import testbed
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.processes import running
 from chaos.testbed import running_testbed
+from detection.events import Event
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 from tests.e2e.support import LOAD, failed_over, send, wait_for
@@ -29,6 +30,12 @@ from tests.test_testbed_cli import chaos
 async def _topology_and_balancer(state: testbed.TestbedState) -> tuple[Topology | None, list]:
     async with opened_coordination_store(state.store_address()) as store:
         return await store.topology.load(), list(await store.services.members("ratequeue-api"))
+
+
+async def _sensor_heartbeat(state: testbed.TestbedState, sensor: str) -> Event | None:
+    async with opened_coordination_store(state.store_address()) as store:
+        heartbeat = await store.sensors.heartbeat(sensor)
+    return heartbeat if heartbeat is not None and heartbeat.data.get("primary") else None
 
 
 @pytest.mark.slow  # `up` starts three etcd members besides the redis nodes and services
@@ -57,6 +64,11 @@ def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
         assert answer.status_code == 201, answer.text
         for url in state.lazarus:
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        # The sensor reads the map in etcd: it watches the primary listed there.
+        heartbeat = wait_for("the sensor's heartbeat naming its primary",
+                             lambda: asyncio.run(_sensor_heartbeat(state, "sensor-s0-replica1")),
+                             timeout=30)  # fmt: skip
+        assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
     finally:
         if state_file.exists():
             chaos("testbed", "down", "--dir", str(directory))

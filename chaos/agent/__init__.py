@@ -1,4 +1,4 @@
-"""`chaos agent`: a Gremlin-compatible attacks API on loopback that runs attacks on this
+"""`ratequeue-chaos agent`: a Gremlin-compatible attacks API on loopback that runs attacks on this
 machine's nodes through the local fault backend, so experiments written for Gremlin (and the
 gremlin fault backend) run against the local testbed unchanged.
 

@@ -172,7 +172,10 @@ async def _halt_on_shutdown(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(agent: Agent) -> FastAPI:
     """The HTTP API around `agent`; halts every active attack when the app shuts down."""
-    app = FastAPI(title="chaos agent (Gremlin-compatible attacks API)", lifespan=_halt_on_shutdown)
+    app = FastAPI(
+        title="ratequeue-chaos agent (Gremlin-compatible attacks API)",
+        lifespan=_halt_on_shutdown,
+    )
     app.state.agent = agent
     publish_contract(app, AGENT_ERRORS)
     install_error_handlers(app, AGENT_ERRORS)

@@ -114,6 +114,8 @@ class InjectedFault:
         return {
             "action": self.action,
             "target": self.target.name,
+            "role": self.target.role,
+            "shard": self.target.shard,
             "backend": self.backend,
             "injected_at": self.injected_at,
             "rolled_back_at": self.rolled_back_at,

@@ -1,5 +1,6 @@
 """The gremlin fault backend: faults as attacks through Gremlin's REST API (or through
-`chaos agent`, which serves the same shapes on loopback and runs them with the local backend).
+`ratequeue-chaos agent`, which serves the same shapes on loopback and runs them with the local
+backend).
 
 The API as used here, and where each part is published (SDK paths are in gremlin/gremlin-python
 at bc3483f, `gremlinapi/`):
@@ -52,12 +53,12 @@ Action mapping (`GremlinFaultBackend.command_for`):
   program: `redis-server` for Redis roles): one kill of the process named exactly so, in an
   attack one interval long, so the node is killed once and stays down (the controllers, not
   Gremlin, decide what comes back). Gremlin matches the name on the target host, so the host
-  must run one such process; `chaos agent` checks the name against the node's program and
+  must run one such process; `ratequeue-chaos agent` checks the name against the node's program and
   kills that node's pid only.
 - stop → `shutdown -d DELAY` (minutes, param `delay`, default 0; gremlin-python allows only 1
   or more, so pass `delay=1` against the real API).
-- pause → `process_pause -p <program>`: an extension of `chaos agent`; Gremlin has no pause
-  attack, so against the real API this fails with the API's 400.
+- pause → `process_pause -p <program>`: an extension of `ratequeue-chaos agent`; Gremlin has no
+  pause attack, so against the real API this fails with the API's 400.
 - blackhole → `blackhole -p PORTS -n PORTS -h PEER_HOST` (params `ports`, `peer_host`).
 - latency → `latency -m MS -p PORTS -h PEER_HOST` (param `latency_ms`).
 - cpu → `cpu -c CORES` (param `cores`), or `cpu -a` (every core) without it.

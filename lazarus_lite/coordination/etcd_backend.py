@@ -2,7 +2,9 @@
 `common.etcd_client`, with the key layout of `etcd_keys`:
 
 - every TTL is a lease of its own, granted with the key (etcd counts whole seconds, at least
-  one: a shorter TTL lasts a second);
+  one: a shorter TTL lasts a second), except the event bindings' (30 days): those written within
+  the same hour share one lease (`_SharedLease`), so a busy controller does not keep a
+  30-day lease alive per event;
 - every "only if" is one transaction: create-if-absent compares the key's version with 0,
   renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
   also compares the record's version, so two saves cannot interleave;
@@ -33,6 +35,7 @@ Not for: the topology's key and watch (`ratequeue.etcd_topology`) or the client 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -71,6 +74,9 @@ from ratequeue.etcd_topology import EtcdTopologyStore
 # Rounds of "lost a race or an answer, read and try again" before giving up as unreachable: a
 # round is lost only to another writer of the same key, so a handful is plenty.
 _MAX_ROUNDS = 5
+# Event bindings written within this long share one lease (each lives 30 days to 30 days and
+# an hour): a lease per hour, not one per event.
+BINDING_BUCKET = 3600.0
 T = TypeVar("T")
 
 
@@ -101,6 +107,10 @@ class _Writes:
 
     def __init__(self, client: EtcdClient) -> None:
         self.client = client
+        # Revocations of leases a renewal replaced, sent after the renewal returned: a revoke
+        # is a raft write of its own, and the renewal it follows (a lock asserted before an
+        # action, an owner lease) is on a failover's critical path.
+        self._retiring: set[asyncio.Task] = set()
 
     async def lease(self, ttl: float) -> int:
         return (await self.client.grant_lease(_seconds(ttl))).id
@@ -183,12 +193,19 @@ class _Writes:
         return True
 
     async def retire(self, before: Any, lease: int) -> None:
-        """Revoke the lease a key carried before we put it under `lease`: no key is left on it
-        (each lease is granted for one write), and a renewal every few seconds would otherwise
-        keep a trail of idle leases for as long as their TTL."""
+        """Revoke, in the background, the lease a key carried before we put it under `lease`:
+        no key is left on it (each lease is granted for one write), and a renewal every few
+        seconds would otherwise keep a trail of idle leases for as long as their TTL."""
         assert isinstance(before, RangeResult)
         if before.kvs and before.kvs[0].lease not in (0, lease):
-            await self.revoke(before.kvs[0].lease)
+            task = asyncio.ensure_future(self.revoke(before.kvs[0].lease))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def settle(self) -> None:
+        """Wait for the revocations still under way (before the client is closed)."""
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=self.client.settings.call_timeout)
 
     async def delete_if(self, key: str, guard: list[Compare]) -> bool:
         """Delete `key` only if every compare holds. A lost answer is resolved by sending it
@@ -228,6 +245,34 @@ class _Writes:
         """How many keys were deleted (as the answer that came said)."""
         (deleted,) = await self.apply([Delete(key=key, prefix=prefix)])
         return int(deleted.deleted)
+
+
+class _SharedLease:
+    """One lease for every key of a kind written within `bucket` seconds: each key lives at
+    least `ttl` (the lease lasts `ttl + bucket` from its grant) and at most `bucket` longer.
+    Only for keys whose value says whose write it is (an event binding names a fresh workflow
+    id): with a shared lease, the lease cannot tell, and it is never revoked for one key."""
+
+    def __init__(self, client: EtcdClient, ttl: float, bucket: float) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._bucket = bucket
+        self._lease: int | None = None
+        self._replace_at = 0.0
+        self._granting = asyncio.Lock()  # concurrent writes wait for one grant, not one each
+
+    async def id(self) -> int:
+        async with self._granting:
+            now = time.monotonic()
+            if self._lease is None or now >= self._replace_at:
+                granted = await self._client.grant_lease(_seconds(self._ttl + self._bucket))
+                self._lease, self._replace_at = granted.id, now + self._bucket
+            return self._lease
+
+    def forget(self, lease: int) -> None:
+        """`lease` is gone (revoked, or the store was wiped): the next write gets a new one."""
+        if self._lease == lease:
+            self._lease = None
 
 
 class EtcdLocks:
@@ -273,6 +318,8 @@ class EtcdWorkflowRecords:
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
         self._client = writes.client
+        self._bindings = _SharedLease(writes.client, EVENT_WORKFLOW_SECONDS, BINDING_BUCKET)
+        self._saved_versions: dict[str, int] = {}  # running workflows' records we saved last
 
     async def save(
         self,
@@ -291,11 +338,21 @@ class EtcdWorkflowRecords:
         # Versions a save was sent on and its answer lost: such a save may commit after the
         # read that follows, so a later round that finds our document one version on is done.
         answer_lost_at: set[int] = set()
+        # The version our last save left: the compare checks it, so the read that would learn
+        # it is only needed when another writer (or none of ours) came first.
+        guess = self._saved_versions.pop(record.id, None)
         for _ in range(_MAX_ROUNDS):
-            current = await self._client.get(record_key)
-            version = 0 if current is None else current.version
-            if current is not None and current.value == document and version - 1 in answer_lost_at:
-                return
+            if guess is not None:
+                version, guess = guess, None
+            else:
+                current = await self._client.get(record_key)
+                version = 0 if current is None else current.version
+                if (
+                    current is not None
+                    and current.value == document
+                    and version - 1 in answer_lost_at
+                ):
+                    return
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
@@ -312,13 +369,21 @@ class EtcdWorkflowRecords:
                 answer_lost_at.add(version)
                 after = await self._client.get(record_key)
                 if after is not None and after.version == version + 1 and after.value == document:
+                    self._remember(record, version + 1)
                     return
                 continue  # not applied, or someone saved since: the guard decides again
             if result.succeeded:
+                self._remember(record, version + 1)
                 return
             if owner is not None and await self.owner(record.id) != owner:
                 raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
         raise EtcdUnreachable(f"workflow {record.id}: not saved in {_MAX_ROUNDS} rounds")
+
+    def _remember(self, record: WorkflowRecord, version: int) -> None:
+        """The version our save left, while the workflow runs (a finished one is not saved
+        again, and is forgotten)."""
+        if record.status == "running":
+            self._saved_versions[record.id] = version
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None:
         found = await self._client.get(keys.workflow_record(workflow_id))
@@ -351,13 +416,46 @@ class EtcdWorkflowRecords:
         return _text(await self._client.get(keys.workflow_owner(workflow_id)))
 
     async def bind_event(self, event_id: str, workflow_id: str) -> str | None:
+        """Create the binding under the shared lease; a lost answer is resolved by the value
+        (the workflow id is new, so finding it bound proves the write was ours)."""
         key = keys.workflow_of_event(event_id)
-        created, bound = await self._writes.create(key, workflow_id, EVENT_WORKFLOW_SECONDS)
-        return None if created else bound.value.decode()
+        value = workflow_id.encode()
+        for _ in range(_MAX_ROUNDS):
+            lease = await self._bindings.id()
+            try:
+                result = await self._client.txn(
+                    [_absent(key)],
+                    [Put(key=key, value=value, lease=lease)],
+                    [Get(key=key)],
+                    check=False,
+                )
+            except EtcdLeaseNotFound:
+                self._bindings.forget(lease)
+                continue
+            except EtcdOutcomeUnknown:
+                found = await self._client.get(key)
+                if found is None:
+                    continue  # not applied: send it again
+                return None if found.value == value else found.value.decode()
+            if result.succeeded:
+                return None
+            read = result.responses[-1]
+            assert isinstance(read, RangeResult)
+            if read.kvs:  # bound already (by an earlier round of ours whose answer was lost?)
+                return None if read.kvs[0].value == value else read.kvs[0].value.decode()
+            # The binding expired between the compare and the read: again.
+        raise EtcdUnreachable(f"{key}: could not be bound or read in {_MAX_ROUNDS} rounds")
 
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)
-        await self._writes.put(key, workflow_id, EVENT_WORKFLOW_SECONDS)
+        for _ in range(_MAX_ROUNDS):
+            lease = await self._bindings.id()
+            try:
+                await self._writes.apply([Put(key=key, value=workflow_id.encode(), lease=lease)])
+                return
+            except EtcdLeaseNotFound:
+                self._bindings.forget(lease)
+        raise EtcdUnreachable(f"{key}: {_MAX_ROUNDS} shared leases were gone before the write")
 
 
 class EtcdIncidentClaims:
@@ -588,7 +686,7 @@ class EtcdCoordinationStore:
         self.client = client
         self.records_connection = records
         self._owns_connections = owns_connections
-        writes = _Writes(client)
+        self._writes = writes = _Writes(client)
         self.locks = EtcdLocks(writes)
         self.workflows = EtcdWorkflowRecords(writes)
         self.incidents = EtcdIncidentClaims(writes)
@@ -617,6 +715,7 @@ class EtcdCoordinationStore:
         return True
 
     async def aclose(self) -> None:
+        await self._writes.settle()
         if self._owns_connections:
             await self.client.aclose()
             await self.records_connection.aclose()

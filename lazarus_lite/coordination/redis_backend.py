@@ -48,6 +48,15 @@ return token
 """
 
 # Renew or release only when the stored value is exactly ours.
+# The stream entry and its marker in one step: a retried XADD whose reply was lost adds nothing.
+_APPEND_ESCALATION_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', '10000', '*',
+                    'event_id', ARGV[1], 'reason', ARGV[2], 'node', ARGV[3])
+end
+return false
+"""
+
 _RENEW_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -376,6 +385,7 @@ class RedisRunLock:
 class RedisRecordLog:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
+        self._append_escalation = control.register_script(_APPEND_ESCALATION_ONCE)
 
     async def save_audit(self, event_id: str, record_json: str, received_at: float) -> None:
         async with self._control.pipeline(transaction=True) as pipe:
@@ -396,11 +406,9 @@ class RedisRecordLog:
         return [r.decode() for r in raws if r is not None]
 
     async def append_escalation(self, event_id: str, reason: str, node_id: str) -> None:
-        await self._control.xadd(
-            keys.ESCALATIONS_STREAM,
-            {"event_id": event_id, "reason": reason, "node": node_id},
-            maxlen=10_000,
-            approximate=True,
+        await self._append_escalation(
+            keys=[keys.ESCALATIONS_STREAM, keys.escalation_appended(event_id)],
+            args=[event_id, reason, node_id, AUDIT_RETENTION_SECONDS],
         )
 
     async def append_shadow_decision(self, decision: dict[str, Any]) -> None:

@@ -18,6 +18,11 @@ def audit_record(event_id: str) -> str:
     return f"lz:audit:{event_id}"
 
 
+def escalation_appended(event_id: str) -> str:
+    """Set once the event's entry is in the escalations stream (it is added once)."""
+    return f"lz:escalations:appended:{event_id}"
+
+
 def incident_claim(event_type: str, dedup_key: str) -> str:
     """The coordinator's claim on an incident (its value is the id of the event that took it)."""
     return f"lz:incident:{event_type}:{dedup_key}"

@@ -519,7 +519,7 @@ async def write_once_replicas_follow(conn: aioredis.Redis, deadline: float) -> N
     `min_replicas` replicas follow it, which takes a moment after a repoint."""
     while True:
         try:
-            await conn.incr("rq:barrier")
+            await membership.bump_barrier(conn)
             return
         except ResponseError as error:
             if not str(error).startswith("NOREPLICAS") or time.monotonic() >= deadline:

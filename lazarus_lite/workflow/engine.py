@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
@@ -34,8 +35,10 @@ class WorkflowEngine:
         definitions: dict[str, WorkflowDefinition],
         *,
         on_finished: Callable[[WorkflowRecord], Awaitable[None]] | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.env = env
+        self.metrics = metrics
         self.store = env.store.workflows
         self.definitions = definitions
         self.on_finished = on_finished
@@ -135,19 +138,31 @@ class WorkflowEngine:
 
     async def _keep_ownership(self, workflow_id: str) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
-        Without a successful renewal for most of a lease, assume it lost (self-fencing)."""
+        Without a successful renewal for most of a lease, assume it lost (self-fencing): a
+        renewal that neither answers nor fails (a store cut off, not refusing) is given only
+        the time left before then, so the step stops before another node may claim it."""
+        lease = OWNER_LEASE_MS / 1000
+        fence_after = lease * 0.6
         last_renewed = time.monotonic()
         while True:
-            await asyncio.sleep(OWNER_LEASE_MS / 3000)
+            left = last_renewed + fence_after - time.monotonic()
+            await asyncio.sleep(min(lease / 3, max(left, 0.0)))
+            left = last_renewed + fence_after - time.monotonic()
+            if left <= 0:
+                log.error("workflow %s: no lease renewal for %.1f s", workflow_id, fence_after)
+                return
             try:
-                if not await self.store.renew(workflow_id, self.env.node_id):
+                renewed = await asyncio.wait_for(
+                    self.store.renew(workflow_id, self.env.node_id), left
+                )
+                if not renewed:
                     return
                 last_renewed = time.monotonic()
-                await self._renew_lock(workflow_id)
+                await asyncio.wait_for(self._renew_lock(workflow_id), fence_after)
+            except TimeoutError:
+                log.warning("workflow %s: lease renewal did not answer in time", workflow_id)
             except Exception as error:  # the control store blinked
                 log.warning("workflow %s: lease renewal failed: %s", workflow_id, error)
-                if time.monotonic() - last_renewed > OWNER_LEASE_MS * 0.6 / 1000:
-                    return
 
     async def _renew_lock(self, workflow_id: str) -> None:
         """A long step (an approval gate) must not let the workflow's lock expire."""
@@ -224,6 +239,7 @@ class WorkflowEngine:
             else:
                 step_record.status = "succeeded"
                 step_record.finished_at = time.time()
+                self._step_ended(record, definition.name, "succeeded", step_record)
                 step_record.output = stored
                 await self._record_step(
                     record,
@@ -234,8 +250,22 @@ class WorkflowEngine:
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
                 return await self._fail_step(record, definition, failure)
+            self._step_ended(record, definition.name, "retried", step_record, time.time())
             await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    def _step_ended(
+        self,
+        record: WorkflowRecord,
+        step: str,
+        result: str,
+        step_record: StepRecord,
+        at: float | None = None,
+    ) -> None:
+        if self.metrics is not None and step_record.started_at is not None:
+            ended = at if at is not None else step_record.finished_at or time.time()
+            seconds = ended - step_record.started_at
+            self.metrics.step_ended(record.definition.name, step, result, seconds)
 
     async def _record_step(
         self, record: WorkflowRecord, kind: str, step: str, **details: Any
@@ -251,6 +281,7 @@ class WorkflowEngine:
         step_record = record.steps[definition.name]
         step_record.status = "failed"
         step_record.finished_at = time.time()
+        self._step_ended(record, definition.name, "failed", step_record)
         step_record.error = failure
         await self._record_step(record, "step_failed", definition.name, error=failure)
         return failure

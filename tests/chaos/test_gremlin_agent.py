@@ -1,5 +1,5 @@
-"""The gremlin fault backend against `chaos agent` over real HTTP (uvicorn in a thread on a
-free loopback port), with real redis-server processes as targets: attacks pause and resume a
+"""The gremlin fault backend against `ratequeue-chaos agent` over real HTTP (uvicorn in a thread on
+a free loopback port), with real redis-server processes as targets: attacks pause and resume a
 node, stages are polled, and a bad key, a target off the allowlist or a malformed command is
 refused with nothing done. Every attack, rule and process is removed at teardown."""
 
@@ -67,7 +67,7 @@ def redis_target(node: ShardNode) -> dict[str, Any]:
 
 
 class ServedAgent:
-    """`chaos agent`'s app on a free loopback port, its nodes, and a client for it."""
+    """`ratequeue-chaos agent`'s app on a free loopback port, its nodes, and a client for it."""
 
     def __init__(
         self,

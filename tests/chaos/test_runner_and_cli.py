@@ -111,8 +111,8 @@ def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> No
 
 
 def dry_run_in_a_process(tmp_path: Path, target_text: str) -> tuple[int, str]:
-    """`chaos run --dry-run` against a target file of `target_text`, as its own process (what
-    a person sees, traceback or not): its exit code and its output, whitespace collapsed."""
+    """`ratequeue-chaos run --dry-run` against a target file of `target_text`, as its own process
+    (what a person sees, traceback or not): its exit code and its output, whitespace collapsed."""
     target = tmp_path / "target.yaml"
     target.write_text(target_text)
     result = subprocess.run(

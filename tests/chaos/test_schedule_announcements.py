@@ -1,5 +1,5 @@
-"""`chaos run --every ... --notifications FILE` announces each run as it starts and with its
-verdict, through the project's notification channels: Slack and PagerDuty (a change event for a
+"""`ratequeue-chaos run --every ... --notifications FILE` announces each run as it starts and with
+its verdict, through the project's notification channels: Slack and PagerDuty (a change event for a
 start or a pass, a trigger for a failure, a resolve after a pass), served here on loopback. The
 runs themselves are stand-ins (an experiment against a testbed takes minutes); the schedule,
 the CLI, the notifier and HTTP are real."""
@@ -58,7 +58,8 @@ def channels_file(tmp_path: Path, url: str) -> Path:
 
 
 def three_cycles(tmp_path: Path, http: HttpRecorder) -> Path:
-    """`chaos run --every 200ms --runs 3` announcing to `http`; returns its journal directory."""
+    """`ratequeue-chaos run --every 200ms --runs 3` announcing to `http`; returns its journal
+    directory."""
     journals = tmp_path / "journals"
     channels = channels_file(tmp_path, http.url)
     result = CliRunner().invoke(app, ["run", str(SCENARIO), "--every", "200ms", "--runs", "3",

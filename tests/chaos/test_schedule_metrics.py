@@ -1,5 +1,5 @@
-"""`chaos run --every ... --metrics-port N` serves Prometheus metrics while the schedule runs:
-runs by verdict, the last run's recovery seconds and acknowledged lost, the last and next run
+"""`ratequeue-chaos run --every ... --metrics-port N` serves Prometheus metrics while the schedule
+runs: runs by verdict, the last run's recovery seconds and acknowledged lost, the last and next run
 times, and whether a fault is active. The runs are stand-ins that report a fault as the runner
 does (an experiment against a testbed takes minutes); the schedule, the CLI and the HTTP
 endpoint are real, and the metrics are scraped over HTTP while the third run's fault is on."""

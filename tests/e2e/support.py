@@ -20,6 +20,7 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
+from tests.prometheus_samples import metric_samples
 
 T = TypeVar("T")
 
@@ -91,6 +92,20 @@ def failed_over(state: TestbedState, shard_id: str, old_primary: str) -> Topolog
 def lazarus_events(state: TestbedState, **params: object) -> list[dict]:
     answer = httpx.get(f"{state.lazarus[0]}/v1/events", params=params, timeout=5)
     return answer.json()["events"]
+
+
+def controllers_metric(state: TestbedState, sample_name: str, **labels: str) -> float:
+    """A sample of the controllers' /metrics with these labels, summed over every node."""
+    total = 0.0
+    for url in state.lazarus:
+        samples = metric_samples(httpx.get(f"{url}/metrics", timeout=5).text)
+        total += sum(
+            value
+            for (name, sample_labels), value in samples.items()
+            if name == sample_name
+            and all(dict(sample_labels).get(k) == v for k, v in labels.items())
+        )
+    return total
 
 
 def resume(state: TestbedState, name: str) -> None:

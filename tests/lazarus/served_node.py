@@ -5,10 +5,14 @@ published contract). Not for: decisions, quorum or workflows (the testbed tests)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
+from detection.events import new_event
 from lazarus_lite.service import create_app
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.local_cluster import start_node
@@ -28,3 +32,21 @@ def served_node(workdir: Path, token: str) -> Iterator[str]:
             yield served.url
     finally:
         control.stop()
+
+
+def post_unmatched_event(url: str, token: str) -> str:
+    """Send the node an event no rule matches (so it is escalated) and wait until its decision
+    is in the audit trail; returns the event's id."""
+    event = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
+                      host="10.0.0.9", source="nagios")  # fmt: skip
+    posted = httpx.post(f"{url}/v1/events", json=event.model_dump(mode="json"),
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    assert posted.status_code == 202, posted.text
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/v1/events/{event.id}", timeout=10).json().get("outcome") in (
+        None,
+        "received",
+    ):
+        assert time.monotonic() < deadline, f"event {event.id} was never decided"
+        time.sleep(0.1)
+    return event.id

@@ -15,7 +15,7 @@ import redis
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
 from detection.streams import EVENTS_STREAM
-from tests.e2e.support import control_topology, send, wait_for
+from tests.e2e.support import control_topology, controllers_metric, send, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,17 @@ def test_a_down_report_for_a_healthy_primary_is_refused_by_the_quorum(
         assert not master_down["ok"] and "answers" in master_down["detail"]
     assert record["workflow_id"] is None
     assert control_topology(testbed) == before
+
+
+def test_the_quorums_pings_show_in_every_nodes_probe_latency_metrics(
+    testbed: TestbedState,
+) -> None:
+    before = controllers_metric(testbed, "lazarus_probe_seconds_count", result="ok")
+    event = master_down_event(testbed, "s1", tag="probed")
+    httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event, headers=auth(testbed))
+    decided(testbed, event["id"])
+    # Each of the three nodes PINGs the healthy primary at least once for MasterDown.
+    assert controllers_metric(testbed, "lazarus_probe_seconds_count", result="ok") >= before + 3
 
 
 def test_a_report_about_a_former_primary_is_stale_and_not_acted_on(testbed: TestbedState) -> None:

@@ -19,6 +19,7 @@ from notifications.config import NotificationConfig, load_notification_config
 from notifications.delivery import Delivery
 from notifications.errors import NotificationConfigError
 from notifications.notifier import Notifier
+from notifications.slack import cut_escaped, escape
 from tests.lazarus.recorders import HttpRecorder, LoopbackSmtp, SmtpRecorder, serving_http_recorder
 
 ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
@@ -144,6 +145,41 @@ async def test_the_sensors_notifier_pages_without_holding_the_page(
     (event,) = http.pagerduty_events()
     assert (event["event_action"], event["dedup_key"]) == ("trigger", key)
     assert event["payload"]["timestamp"].startswith("1970-01-01T00:16:40")
+
+
+AUDIT_URL = "http://lazarus.example:8090"
+
+
+async def test_a_page_links_to_the_audit_record_of_its_event(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], audit_url=AUDIT_URL)
+    async with Notifier(config) as notifier:
+        assert all_ok(await notifier.page("inc-7", "ratequeue", "s0 down", event_id="ev/7"))
+    (event,) = http.pagerduty_events()
+    assert event["links"] == [
+        {"href": f"{AUDIT_URL}/v1/events/ev%2F7", "text": "audit record of event ev/7"}
+    ]
+
+
+async def test_a_page_without_an_audit_url_carries_no_links(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    async with Notifier(config_for(http, smtp[1])) as notifier:
+        assert all_ok(await notifier.page("inc-8", "ratequeue", "s0 down", event_id="ev-8"))
+    (event,) = http.pagerduty_events()
+    assert "links" not in event
+
+
+async def test_an_escalation_links_to_the_audit_record_of_the_tracked_event(
+    http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    config = config_for(http, smtp[1], audit_url=f"{AUDIT_URL}/")
+    async with Pager(config, watch=False) as pager:
+        pager.track("inc-9", "ratequeue", summary="s1 down", event_id="ev-9")
+        assert all_ok(await pager.escalate("inc-9", "ratequeue", "quorum not reached"))
+    (trigger,) = [e for e in http.pagerduty_events() if e["event_action"] == "trigger"]
+    assert [link["href"] for link in trigger["links"]] == [f"{AUDIT_URL}/v1/events/ev-9"]
 
 
 async def test_slack_gets_the_message_text(notifier: Pager, http: HttpRecorder) -> None:
@@ -444,3 +480,32 @@ def test_the_example_config_loads() -> None:
     assert (ratequeue.ack_deadline, http_route.ack_deadline) == (60, 120)
     assert config.route("lazarus") is not None and config.route("lazarus").team == "platform"
     assert config.route("unlisted") is not None  # default_team
+
+
+async def test_slack_text_escapes_ampersand_and_angle_brackets(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    await notifier.notifier.notify("ratequeue", "lag <5s & <!channel> > 0", {"reason": "a<b & c>d"})
+    (message,) = http.received("/slack/")
+    assert "lag &lt;5s &amp; &lt;!channel&gt; &gt; 0" in message["text"]
+    assert "<" not in message["text"].replace("*[INFO]*", "")
+    context = message["blocks"][1]["elements"]
+    assert {"type": "mrkdwn", "text": "*reason*: a&lt;b &amp; c&gt;d"} in context
+
+
+async def test_a_long_slack_headline_is_cut_without_splitting_an_escaped_character(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    await notifier.notifier.notify("ratequeue", "&" * 1000)  # escaped: 5000 characters
+    (message,) = http.received("/slack/")
+    section = message["blocks"][0]["text"]["text"]
+    assert 3000 - len("&amp;") < len(section) <= 3000
+    assert section.endswith("&amp;") and "&" not in section.replace("&amp;", "")
+
+
+@pytest.mark.parametrize("limit", range(20, 30))
+def test_escaped_text_is_cut_only_between_entities(limit: int) -> None:
+    cut = cut_escaped(escape("ab<&>" * 10), limit)
+    assert len(cut) <= limit
+    assert cut == escape("ab<&>" * 10)[: len(cut)]
+    assert "&" not in cut.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")

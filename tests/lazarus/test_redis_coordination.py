@@ -72,3 +72,17 @@ async def test_an_event_binding_that_expires_between_its_two_commands_is_taken_a
         assert await store.control.get(binding) == b"wf-new"
     finally:
         await store.aclose()
+
+
+async def test_an_escalation_appended_again_after_a_lost_reply_is_in_the_stream_once(
+    control: RedisProcess,
+) -> None:
+    store = RedisCoordinationStore.from_url(control.url)
+    try:
+        await store.records.append_escalation("ev-1", "store away", "n1")
+        await store.records.append_escalation("ev-1", "store away", "n1")  # the retry
+        await store.records.append_escalation("ev-2", "store away", "n1")
+        entries = await store.control.xrange(redis_keys.ESCALATIONS_STREAM)
+        assert [fields[b"event_id"] for _, fields in entries] == [b"ev-1", b"ev-2"]
+    finally:
+        await store.aclose()

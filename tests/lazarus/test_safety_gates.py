@@ -15,7 +15,7 @@ import pytest
 
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
-from tests.e2e.support import control_topology, in_store, resume, send, wait_for
+from tests.e2e.support import control_topology, controllers_metric, in_store, resume, send, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +92,15 @@ def test_an_event_older_than_the_limit_is_dropped_as_stale(testbed: TestbedState
     record = decided(testbed, event["id"])
     assert record["outcome"] == "stale" and record["gate"] == "stale"
     assert "older than 60 s" in record["reason"]
+
+
+def test_a_stale_event_counts_as_a_refusal_of_the_stale_gate(testbed: TestbedState) -> None:
+    before = controllers_metric(testbed, "lazarus_gate_refusals_total", gate="stale")
+    event = master_down(testbed, "s2", "stale-metrics")
+    event["occurred_at"] = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    assert post(testbed, "/v1/events", event).status_code == 202
+    assert decided(testbed, event["id"])["gate"] == "stale"
+    assert controllers_metric(testbed, "lazarus_gate_refusals_total", gate="stale") == before + 1
 
 
 def test_the_kill_switch_stops_a_failover_before_it_starts(

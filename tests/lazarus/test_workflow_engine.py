@@ -7,17 +7,25 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.redis_processes import RedisProcess
+from detection.events import Event
+from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
 from lazarus_lite.coordination.interface import HeldLock
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowError
+from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
 from lazarus_lite.workflow.context import LockTaken, StepContext, StepEnvironment, StepOutput
 from lazarus_lite.workflow.definition import WorkflowDefinition
@@ -27,6 +35,7 @@ from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
 from ratequeue.local_cluster import start_node
+from tests.prometheus_samples import metric_samples
 
 calls: Counter[str] = Counter()
 gates: dict[str, asyncio.Event] = {}  # one per test: an Event binds to the loop that waits on it
@@ -190,10 +199,8 @@ async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
     assert (await engine.store.load(started.id)).status == "succeeded"
 
 
-async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
-    control: aioredis.Redis,
-) -> None:
-    flaky = definition("""
+# Fails twice, then succeeds: within its three attempts.
+FLAKY = definition("""
 name: flaky
 steps:
   - name: try_it
@@ -201,12 +208,66 @@ steps:
     params: {succeed_on: 3}
     retry: {max_attempts: 3, backoff: 0.01}
 """)
-    engine = engine_for(control, "n1", flaky)
+
+
+async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", FLAKY)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
     assert done.status == "succeeded"
     assert done.steps["try_it"].attempts == 3
+
+
+async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
+    control: aioredis.Redis,
+) -> None:
+    metrics = ControllerMetrics()
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    engine = WorkflowEngine(env, {"flaky": FLAKY}, metrics=metrics)
+    started = await engine.start("flaky", {})
+    await engine.wait(started.id)
+    exposition = generate_latest(metrics.registry).decode()
+    (family,) = [f for f in text_string_to_metric_families(exposition)
+                 if f.name == "lazarus_workflow_step_seconds"]  # fmt: skip
+    counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
+              for s in family.samples if s.name.endswith("_count")}  # fmt: skip
+    assert counts == {("flaky", "try_it", "retried"): 2, ("flaky", "try_it", "succeeded"): 1}
+
+
+def decision_event(event_id: str) -> Event:
+    return Event(id=event_id, type="RedisMasterDown", environment="dev", region="local",
+                 service="ratequeue", shard="s0", host="127.0.0.2:7001", source="test",
+                 occurred_at=datetime.now(UTC))  # fmt: skip
+
+
+async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
+    control: aioredis.Redis,
+) -> None:
+    metrics = ControllerMetrics()
+    store = RedisCoordinationStore(control)
+    audit = AuditLog(store.records)
+    incidents = IncidentClaims(store.incidents, audit, ttl=60, retry_after=5)
+    decisions = Decisions("n1", store.records, audit, incidents, None, metrics)
+    engine = WorkflowEngine(StepEnvironment(store=store, node_id="n1"), {"flaky": FLAKY},
+                            on_finished=decisions.workflow_finished, metrics=metrics)  # fmt: skip
+    remediated = decision_event("remediated-event")
+    record = await decisions.open(remediated)
+    started = await engine.start("flaky", {}, event_id=remediated.id)
+    await decisions.scheduled(record, remediated, started.id)
+    await engine.wait(started.id)
+    await decisions.escalate(await decisions.open(decision_event("escalated-event")), "no rule")
+
+    samples = metric_samples(generate_latest(metrics.registry).decode())
+    decided = {labels: value for (name, labels), value in samples.items()
+               if name == "lazarus_decisions_total"}  # fmt: skip
+    assert sum(decided.values()) == 2  # two events
+    assert decided[(("outcome", "scheduled"),)] == decided[(("outcome", "escalated"),)] == 1
+    assert samples[("lazarus_workflow_outcomes_total", (("outcome", "remediated"),))] == 1
+    assert samples[("lazarus_workflow_outcomes_total", (("outcome", "escalated"),))] == 0
+    assert (await audit.get(remediated.id)).outcome == "remediated"  # type: ignore[union-attr]
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(

@@ -1,5 +1,5 @@
-"""The gremlin client and `chaos agent` against what Gremlin publishes, not against each other:
-the requests the client sends are the ones gremlin-python writes, its reading of attacks,
+"""The gremlin client and `ratequeue-chaos agent` against what Gremlin publishes, not against each
+other: the requests the client sends are the ones gremlin-python writes, its reading of attacks,
 halts and executions is checked on response bodies in the published shapes (fixtures in
 `gremlin_published/`, whose README says where each comes from), and the agent takes the SDK's
 bodies as they are.

@@ -3,19 +3,23 @@ Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from detection import probes
 from detection.errors import UsageProblem
 from detection.nagios import (
     CheckOutcome,
+    CheckRequest,
     Perfdata,
     Status,
     Thresholds,
     evaluate,
     format_number,
     parse_request,
+    run_request,
 )
 from detection.probes import ProbeResult, parse_address
 
@@ -114,12 +118,15 @@ def test_perfdata_syntax() -> None:
 
 def test_options_are_parsed_and_bad_ones_named() -> None:
     request = parse_request(replica=REPLICA, primary=PRIMARY, warning_io_seconds="1.5",
-                            critical_io_seconds="3", timeout="0.5")  # fmt: skip
-    assert (request.thresholds, request.timeout) == (Thresholds(1.5, 3), 0.5)
+                            critical_io_seconds="3", timeout="1m",
+                            probe_timeout="500ms")  # fmt: skip
+    assert request.thresholds == Thresholds(1.5, 3)
+    assert (request.timeout, request.plugin_timeout) == (0.5, 60)
     problems = {
         "--replica": dict(replica="nope"),
         "--primary": dict(replica=REPLICA, primary="host:99999"),
         "--timeout": dict(replica=REPLICA, timeout="0"),
+        "--probe-timeout": dict(replica=REPLICA, probe_timeout="soon"),
         "--critical-io-seconds": dict(replica=REPLICA, critical_io_seconds="soon"),
         "--warning-io-seconds": dict(replica=REPLICA, warning_io_seconds="9"),
         "missing option --replica": dict(replica=None),
@@ -128,6 +135,48 @@ def test_options_are_parsed_and_bad_ones_named() -> None:
     for expected, options in problems.items():
         with pytest.raises(UsageProblem, match=expected):
             parse_request(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("primary", "probe_timeout", "timeout"),
+    [(None, "1", "2"), (None, "1", "0.5"), (PRIMARY, "1", "1"), (PRIMARY, "2s", "1500ms")],
+)
+def test_probes_that_cannot_finish_within_the_check_timeout_are_refused(
+    primary: str | None, probe_timeout: str, timeout: str
+) -> None:
+    with pytest.raises(UsageProblem, match=r"--probe-timeout: .* -t/--timeout"):
+        parse_request(replica=REPLICA, primary=primary, probe_timeout=probe_timeout,
+                      timeout=timeout)  # fmt: skip
+
+
+def test_probes_that_finish_within_the_check_timeout_are_accepted() -> None:
+    assert parse_request(replica=REPLICA, probe_timeout="1", timeout="2.5").timeout == 1
+    assert parse_request(replica=REPLICA, primary=PRIMARY, probe_timeout="1", timeout="1.5")
+
+
+def hangs(*_: Any) -> Any:
+    return asyncio.sleep(3600)
+
+
+async def answers_info(*_: Any) -> tuple[dict[str, Any], None]:
+    return replica_info(), None
+
+
+@pytest.mark.parametrize(
+    ("replication_info", "waiting_for"),
+    [(hangs, "the replica's INFO"), (answers_info, "the primary's PING")],
+)
+def test_a_check_cut_short_by_its_timeout_says_which_probe_it_waited_for(
+    monkeypatch: pytest.MonkeyPatch, replication_info: Any, waiting_for: str
+) -> None:
+    monkeypatch.setattr(probes, "replication_info_or_error", replication_info)
+    monkeypatch.setattr(probes, "ping", hangs)
+    request = CheckRequest(replica=REPLICA, timeout=60, plugin_timeout=0.05)
+    outcome = asyncio.run(run_request(request))
+    assert outcome.line() == (
+        "REDIS-PRIMARY UNKNOWN - the check did not finish within its -t/--timeout of 0.05 s, "
+        f"waiting for {waiting_for}"
+    )
 
 
 def test_addresses() -> None:

@@ -1,6 +1,6 @@
 """A node a fault boots again (a stop's restart, a start) runs as a new process: the deployment,
-and a testbed's `testbed.json`, must carry its new pid, so `chaos testbed status`, `down` and
-a later fault reach it. The backend here is a stand-in; tests/chaos/test_local_faults.py
+and a testbed's `testbed.json`, must carry its new pid, so `ratequeue-chaos testbed status`, `down`
+and a later fault reach it. The backend here is a stand-in; tests/chaos/test_local_faults.py
 restarts real processes.
 
 Not for: how the local backend stops and starts a process (tests/chaos/test_local_faults.py).

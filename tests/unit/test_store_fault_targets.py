@@ -1,6 +1,7 @@
 """Faults on the coordination store itself as an experiment file gives them: the
 `etcd_member` and `control_store` targets, the `member` field, and the testbed's `control`
-backend (the file's, or `chaos run --control`'s), checked up front with the field and reason.
+backend (the file's, or `ratequeue-chaos run --control`'s), checked up front with the field and
+reason.
 
 Not for: carrying the faults out (tests/test_scenarios.py runs them on real testbeds).
 """

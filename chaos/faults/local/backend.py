@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import shlex
 import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from chaos.errors import FaultError
@@ -23,7 +24,12 @@ from chaos.faults.base import FAULT_ACTIONS, InjectedFault, NodeTarget
 from chaos.faults.local.blackhole import BlackholeFaults
 from chaos.faults.local.cgroups import Cgroup, cgroup2_mount
 from chaos.faults.local.cpu_burst import CpuBurstFaults
-from chaos.faults.local.iptables import DEFAULT_CHAIN, Iptables, iptables_unavailable_reason
+from chaos.faults.local.iptables import (
+    COMMENT_PREFIX,
+    DEFAULT_CHAIN,
+    Iptables,
+    iptables_unavailable_reason,
+)
 from chaos.faults.local.latency import LatencyFaults
 from chaos.faults.local.process_faults import ProcessFaults
 
@@ -116,6 +122,34 @@ class LocalFaultBackend:
                 with contextlib.suppress(FaultError):
                     Cgroup(root, group.name, 0, "/").restore()
         return count
+
+    def remove_leftovers(self, pids: Collection[int]) -> list[str]:
+        """Undo the blackholes a run that died (its runner killed, no rollback) left on the
+        processes `pids`: each cgroup of this chain holding one of them, with the rules of its
+        fault, goes; the process is moved back into the root cgroup (where it came from died
+        with the runner). Other faults, of other deployments on this machine, are left alone.
+        Returns a line per fault undone."""
+        root = cgroup2_mount()
+        if root is None or shutil.which(self.iptables.binary) is None or os.geteuid() != 0:
+            return []
+        prefix = f"{self.iptables.chain.lower()}-"
+        undone = []
+        for group in sorted(root.glob(f"{prefix}*")):
+            try:
+                held = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+            except OSError:
+                continue
+            if not held & set(pids):
+                continue
+            comment = f"{COMMENT_PREFIX}{group.name[len(prefix) :]}"
+            rules = [shlex.split(r)[2:] for r in self.iptables.rules("filter") if comment in r]
+            for rule in rules:
+                self.iptables.delete("filter", rule)
+            Cgroup(root, group.name, 0, "/").restore()
+            pid_list = ", ".join(str(p) for p in sorted(held))
+            undone.append(f"blackhole {comment} left by an earlier run: {len(rules)} rules, "
+                          f"pid {pid_list} moved out of cgroup {group.name}")  # fmt: skip
+        return undone
 
     def rules(self) -> list[str]:
         """The rules currently in this backend's chains (filter, then nat)."""

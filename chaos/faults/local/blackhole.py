@@ -1,7 +1,12 @@
 """The blackhole fault: DROP rules that cut a node's peer path (both directions, established
 connections too) while its client address keeps working; or, with `from_target`, only one
 process's path to it (that process moved into a cgroup of its own, its held connections
-matched by their local ports). Undo deletes exactly those rules and moves the process back.
+matched by their local ports); or, with `whole_node`, every path of the node's process, for a
+store node every client and peer reaches the same way (the control Redis, an etcd member): its
+listening ports both ways on loopback, the connections it opened by their address pairs (not
+their local ports alone, which another process may use toward another peer), and those it
+opens meanwhile by its cgroup. Undo deletes exactly those rules and moves the process
+back.
 
 Not for: slowing a path down (`latency`), or the chains the rules live in (`iptables`).
 """
@@ -13,6 +18,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,10 @@ class BlackholeFaults:
         ports: Sequence[int] | None = None,
         from_target: NodeTarget | None = None,
         from_expect: str | None = None,
+        whole_node: bool = False,
     ) -> InjectedFault:
+        if whole_node:
+            return self._cut_off(target)
         host = peer_address(target, peer_host)
         port_list = sorted({int(p) for p in (ports or [target.port])})
         fault_id = uuid.uuid4().hex[:12]
@@ -72,6 +81,51 @@ class BlackholeFaults:
                                   "--sport", str(local_port), *comment, "-j", "DROP"])  # fmt: skip
                     rules.append(["-p", "tcp", "-s", host, "--sport", str(port),
                                   "--dport", str(local_port), *comment, "-j", "DROP"])  # fmt: skip
+        details = {"id": fault_id, "peer_host": host, "ports": port_list,
+                   **self.iptables.tag(fault_id), **one_process}  # fmt: skip
+        return self._installed(target, rules, group, details)
+
+    def _cut_off(self, target: NodeTarget) -> InjectedFault:
+        """Every path of the target's process, whoever is at the other end."""
+        process = CheckedProcess(target, None)
+        process.close()
+        fault_id = uuid.uuid4().hex[:12]
+        comment = ["-m", "comment", "--comment", f"{COMMENT_PREFIX}{fault_id}"]
+        # Into the cgroup first: a connection opened after the sockets are read is its rule's.
+        group = Cgroup.move(process.pid, f"{self.iptables.chain.lower()}-{fault_id}")
+        try:
+            sockets = _sockets(process.pid)
+            listening = sorted({s.local_port for s in sockets if s.state == _LISTEN})
+            if not listening:
+                raise FaultError(f"{target.name}: pid {process.pid} listens on no TCP port")
+        except BaseException:
+            group.restore()
+            raise
+        opened = sorted({s for s in sockets if s.state == _ESTABLISHED
+                         and s.local_port not in listening}, key=str)  # fmt: skip
+        drop = [*comment, "-j", "DROP"]
+        rules = [["-m", "cgroup", "--path", group.name, *drop]]
+        for port in listening:
+            rules.append(["-p", "tcp", "-d", LOOPBACK, "--dport", str(port), *drop])
+            rules.append(["-p", "tcp", "-s", LOOPBACK, "--sport", str(port), *drop])
+        for held in opened:
+            # By the whole address pair: another process may use the same local port number.
+            local, remote = held.local_address(), held.remote_address()
+            rules.append(_connection_rule(local, remote, drop))
+            rules.append(_connection_rule(remote, local, drop))
+        details = {"id": fault_id, "whole_node": True, "ports": listening,
+                   "opened": [s.pair() for s in opened],
+                   "cgroup": group.name, **self.iptables.tag(fault_id)}  # fmt: skip
+        return self._installed(target, rules, group, details)
+
+    def _installed(
+        self,
+        target: NodeTarget,
+        rules: list[list[str]],
+        group: Cgroup | None,
+        details: dict[str, Any],
+    ) -> InjectedFault:
+        """The rules in place (all, or none and the process moved back), as one fault."""
         added: list[list[str]] = []
         try:
             for rule in rules:
@@ -84,8 +138,6 @@ class BlackholeFaults:
             if group is not None:
                 group.restore()
             raise
-        details = {"id": fault_id, "peer_host": host, "ports": port_list,
-                   **self.iptables.tag(fault_id), **one_process}  # fmt: skip
         fault = InjectedFault("blackhole", target, self.backend, details=details)
 
         def undo() -> None:
@@ -98,8 +150,47 @@ class BlackholeFaults:
         return fault
 
 
-def _connected_ports(pid: int, host: str, port: int) -> list[int]:
-    """Local ports of the TCP connections `pid` holds to host:port (IPv4)."""
+LOOPBACK = "127.0.0.0/8"
+_LISTEN, _ESTABLISHED = "0A", "01"  # the states as /proc/net/tcp writes them
+
+
+@dataclass(frozen=True)
+class _Socket:
+    local: str  # as /proc/net/tcp writes it: address and port in hex
+    remote: str
+    state: str
+
+    @property
+    def local_port(self) -> int:
+        return int(self.local.split(":")[1], 16)
+
+    def local_address(self) -> tuple[str, int]:
+        return _address(self.local)
+
+    def remote_address(self) -> tuple[str, int]:
+        return _address(self.remote)
+
+    def pair(self) -> str:
+        """ "host:port->host:port", for people."""
+        (local, local_port), (remote, remote_port) = self.local_address(), self.remote_address()
+        return f"{local}:{local_port}->{remote}:{remote_port}"
+
+
+def _address(written: str) -> tuple[str, int]:
+    """A /proc/net/tcp IPv4 address ("0100007F:1F90": host-order hex) as host and port."""
+    host, port = written.split(":")
+    return socket.inet_ntoa(int(host, 16).to_bytes(4, "little")), int(port, 16)
+
+
+def _connection_rule(
+    source: tuple[str, int], destination: tuple[str, int], drop: list[str]
+) -> list[str]:
+    return ["-p", "tcp", "-s", source[0], "--sport", str(source[1]),
+            "-d", destination[0], "--dport", str(destination[1]), *drop]  # fmt: skip
+
+
+def _sockets(pid: int) -> list[_Socket]:
+    """The IPv4 TCP sockets `pid` holds."""
     inodes = set()
     with contextlib.suppress(OSError):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -107,11 +198,16 @@ def _connected_ports(pid: int, host: str, port: int) -> list[int]:
                 link = os.readlink(fd)
                 if link.startswith("socket:["):
                     inodes.add(link[8:-1])
-    remote = "{:08X}:{:04X}".format(int.from_bytes(socket.inet_aton(host), "little"), port)
     found = []
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if len(fields) > 9 and fields[2] == remote and fields[9] in inodes:
-                found.append(int(fields[1].split(":")[1], 16))
-    return sorted(set(found))
+            if len(fields) > 9 and fields[9] in inodes:
+                found.append(_Socket(fields[1], fields[2], fields[3]))
+    return found
+
+
+def _connected_ports(pid: int, host: str, port: int) -> list[int]:
+    """Local ports of the TCP connections `pid` holds to host:port (IPv4)."""
+    remote = "{:08X}:{:04X}".format(int.from_bytes(socket.inet_aton(host), "little"), port)
+    return sorted({s.local_port for s in _sockets(pid) if s.remote == remote})

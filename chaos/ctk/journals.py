@@ -1,0 +1,354 @@
+"""Journals in Chaos Toolkit's shape, both ways: `from_ctk` reads a `journal.json` as
+`chaostoolkit run` writes it (chaoslib's `initialize_run_journal` and `execute_activity`: status,
+deviated, steady_states before/after with each probe's output and tolerance_met, run[],
+rollbacks[], start/end as ISO times, duration) into our `Journal`, so `ratequeue-chaos report`
+charts it next to our own runs; `to_ctk` writes one of our journals in that shape (`ratequeue-chaos
+export-journal`).
+
+Not for: running anything, or the report's drawing (see `chaos.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, TimelineEntry
+
+ACTIONS_MODULE = "chaos.ctk.actions"
+PROBES_MODULE = "chaos.ctk.probes"
+FAULT_FUNCS = frozenset({"kill", "pause", "blackhole", "inject"})
+# Our steady-state probes and hypotheses, by the extension's probe that measures each.
+PROBE_OF = {
+    **{
+        name: name
+        for name in (
+            "api_healthy",
+            "controllers_healthy",
+            "every_shard_writable",
+            "one_primary_per_shard",
+            "replicas_attached",
+            "acknowledged_lost",
+            "duplicates",
+        )
+    },
+    "recovered_within": "recovery_seconds",
+    "rate_limits_held": "rate_overshoot_seconds",
+    "not_remediated": "promoted_shards",
+}
+# The extension's probes that return a bool (CTK tolerance `true`); the others return a number.
+BOOL_PROBES = frozenset(
+    {"api_healthy", "controllers_healthy", "every_shard_writable", "one_primary_per_shard",
+     "replicas_attached"}
+)  # fmt: skip
+
+# chaoslib's run statuses, as ours.
+_STATUS = {
+    "completed": "completed",
+    "failed": "error",
+    "aborted": "aborted",
+    "interrupted": "interrupted",
+    None: "running",
+}
+_CTK_STATUS = {ours: theirs for theirs, ours in _STATUS.items()}
+
+
+def is_ctk_journal(raw: object) -> bool:
+    """Whether `raw` is a journal chaoslib wrote (the keys its `initialize_run_journal` sets)."""
+    return (
+        isinstance(raw, dict)
+        and isinstance(raw.get("experiment"), dict)
+        and isinstance(raw.get("steady_states"), dict)
+        and isinstance(raw.get("run"), list)
+        and "deviated" in raw
+    )
+
+
+def _timestamp(iso: str) -> float:
+    moment = datetime.fromisoformat(iso)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _provider(run: dict[str, Any]) -> dict[str, Any]:
+    return run.get("activity", {}).get("provider", {}) or {}
+
+
+def _failure(run: dict[str, Any]) -> str:
+    exception = run.get("exception") or []
+    return str(exception[-1]).strip() if exception else ""
+
+
+def _probe_ok(run: dict[str, Any]) -> bool:
+    return run.get("status") == "succeeded" and run.get("tolerance_met", True) is not False
+
+
+def _probe_outcomes(state: dict[str, Any] | None) -> list[ProbeOutcome]:
+    outcomes = []
+    for run in (state or {}).get("probes", []):
+        tolerance = run.get("activity", {}).get("tolerance")
+        detail = _failure(run) or f"returned {run.get('output')!r}, tolerance {tolerance!r}"
+        outcomes.append(
+            ProbeOutcome(probe=run["activity"].get("name", "?"), ok=_probe_ok(run), detail=detail)
+        )
+    return outcomes
+
+
+def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
+    """Our journal of the run a CTK journal records; the verdict is CTK's (passed: completed,
+    steady state met before, not deviated)."""
+    started = _timestamp(raw["start"])
+    status = raw.get("status")
+    before = raw["steady_states"].get("before") or {}
+    after = raw["steady_states"].get("after")
+    if status == "completed" and before.get("steady_state_met") is False:
+        verdict = "aborted"  # steady state not met before the method: nothing was touched
+    elif status == "completed":
+        verdict = "failed" if raw.get("deviated") else "passed"
+    else:
+        # CTK's `failed`: a probe raised or the steady state did not hold before the method;
+        # nothing was judged against the hypothesis, as our aborted run.
+        verdict = "aborted"
+    journal = Journal(
+        run_id=f"{source.stem}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%S}",
+        experiment=raw["experiment"].get("title", source.name),
+        experiment_file=str(source),
+        deployment=raw.get("node") or "chaostoolkit",
+        environment="chaostoolkit",
+        started_at=started,
+        ended_at=_timestamp(raw["end"]) if raw.get("end") else None,
+        status=_STATUS.get(status, "error"),
+        verdict=verdict,
+        steady_state_before=_probe_outcomes(before),
+    )
+    # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
+    # by its tolerance (not listed again as after-probes).
+    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
+    journal.hypotheses = [
+        HypothesisOutcome(
+            hypothesis=run["activity"].get("name", "?"),
+            ok=_probe_ok(run),
+            expected=run["activity"].get("expected")
+            or json.dumps(run["activity"].get("tolerance")),
+            measured=run.get("output"),
+            detail=_failure(run),
+        )
+        for run in (after or {}).get("probes", [])
+    ]
+    _read_activities(journal, raw)
+    journal.measure_from_fault()
+    return journal
+
+
+def _read_activities(journal: Journal, raw: dict[str, Any]) -> None:
+    """The method's and rollbacks' activities on the timeline; our actions' faults and our
+    probes' measurements where they say more (fault moment, recovery, lost count)."""
+    rolled_back: dict[tuple[str, float], float] = {}
+    for run in raw.get("rollbacks", []):
+        if _provider(run).get("module") != ACTIONS_MODULE:
+            continue
+        for fault in run.get("output") or []:
+            if isinstance(fault, dict) and fault.get("rolled_back_at"):
+                rolled_back[(fault["target"], fault["injected_at"])] = fault["rolled_back_at"]
+    for run in [*raw.get("run", []), *raw.get("rollbacks", [])]:
+        activity, provider = run.get("activity", {}), _provider(run)
+        name = activity.get("name", "?")
+        journal.timeline.append(
+            TimelineEntry(
+                name=name,
+                at=_timestamp(run["start"]),
+                offset=0.0,
+                detail=f"{activity.get('type')} {run.get('status')}",
+            )
+        )
+        if run.get("status") != "succeeded":
+            journal.errors.append(f"{name}: {_failure(run) or run.get('status')}")
+            continue
+        func = provider.get("func")
+        if provider.get("module") == ACTIONS_MODULE and func in FAULT_FUNCS:
+            for fault in run.get("output") or []:
+                key = (fault["target"], fault["injected_at"])
+                fault["rolled_back_at"] = fault.get("rolled_back_at") or rolled_back.get(key)
+                journal.faults.append(fault)
+                journal.shard = journal.shard or fault.get("shard")
+                journal.mark(
+                    "fault_injected",
+                    fault["injected_at"],
+                    None,
+                    f"{fault['action']} {fault['target']}",
+                )
+        fault_at = journal.moment("fault_injected")
+        if provider.get("module") == PROBES_MODULE and func == "recovery_seconds" and fault_at:
+            journal.mark("first_acknowledged_write", fault_at + float(run["output"]), fault_at)
+    steady_states = raw["steady_states"]
+    for run in [*(steady_states.get("before") or {}).get("probes", []),
+                *(steady_states.get("after") or {}).get("probes", [])]:  # fmt: skip
+        if run.get("status") != "succeeded":
+            journal.errors.append(f"{run['activity'].get('name', '?')}: {_failure(run)}")
+        elif _provider(run).get("func") == "acknowledged_lost":
+            journal.load["lost"] = run["output"]
+    journal.timeline.sort(key=lambda e: e.at)
+
+
+def to_ctk(journal: Journal) -> dict[str, Any]:
+    """`journal` in the shape chaoslib writes, its activities named as the CTK extension's
+    (`chaos.ctk.actions`, `chaos.ctk.probes`) so the experiment part is one CTK accepts."""
+    started = journal.started_at
+    ended = journal.ended_at or started
+    fault_at = journal.moment("fault_injected")
+
+    def probe_run(outcome: ProbeOutcome, at: float) -> dict[str, Any]:
+        activity = _probe_activity(outcome.probe, True)
+        return _run(activity, outcome.ok, outcome.ok, at, outcome.detail)
+
+    def hypothesis_run(outcome: HypothesisOutcome) -> dict[str, Any]:
+        activity, output = _hypothesis_activity(outcome)
+        return _run(activity, output, outcome.ok, ended, outcome.detail)
+
+    before = [probe_run(p, started) for p in journal.steady_state_before]
+    after = [probe_run(p, ended) for p in journal.steady_state_after] + [
+        hypothesis_run(h) for h in journal.hypotheses
+    ]
+    method = [_fault_activity(f) for f in journal.faults]
+    runs = [
+        {**_run(activity, [fault], None, fault["injected_at"], ""), "status": "succeeded"}
+        for activity, fault in zip(method, journal.faults, strict=True)
+    ]
+    recovery = journal.recovery_seconds()
+    if fault_at is not None and recovery is not None:
+        # What CTK's `recovery_seconds` probe would have returned, ended when it was measured.
+        probe = {"type": "probe", "name": "recovery-seconds",
+                 "provider": {"type": "python", "module": PROBES_MODULE,
+                              "func": "recovery_seconds"}}  # fmt: skip
+        runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery, ""))
+    undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
+    rollbacks = [_rollback_run(f) for f in undone]
+    deviated = journal.verdict == "failed" and journal.status == "completed"
+    status = _CTK_STATUS[journal.status]
+    if journal.verdict == "aborted" and journal.status == "aborted" and not journal.faults:
+        status = "failed"  # steady state not met before the method: CTK says failed
+    return {
+        "chaoslib-version": _chaoslib_version(),
+        "platform": platform.platform(),
+        "node": platform.node(),
+        "experiment": {
+            "title": journal.experiment,
+            "description": "; ".join(journal.plan) or journal.experiment,
+            "tags": ["ratequeue", journal.environment],
+            "steady-state-hypothesis": {
+                "title": "steady state",
+                "probes": [_probe_activity(p.probe, True) for p in journal.steady_state_before],
+            },
+            "method": method or [_action("roll_back_all", "nothing-injected", {})],
+            "rollbacks": [_action("roll_back_all", "roll-back-all", {})],
+        },
+        "start": _iso(started),
+        "status": status,
+        "deviated": deviated,
+        "steady_states": {
+            "before": {
+                "steady_state_met": all(p.ok for p in journal.steady_state_before),
+                "probes": before,
+            },
+            "after": {"steady_state_met": all(r["tolerance_met"] for r in after), "probes": after}
+            if after
+            else None,
+            "during": [],
+        },
+        "run": runs,
+        "rollbacks": rollbacks,
+        "end": _iso(ended),
+        "duration": ended - started,
+        "ratequeue": {
+            "run_id": journal.run_id,
+            "verdict": journal.verdict,
+            "recovery_seconds": journal.recovery_seconds(),
+            "fault_at": fault_at,
+            "load": journal.load,
+        },
+    }
+
+
+def _chaoslib_version() -> str | None:
+    try:
+        return metadata.version("chaostoolkit-lib")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _probe_activity(name: str, tolerance: Any) -> dict[str, Any]:
+    """A probe activity: the extension's probe that measures `name` (a steady-state probe, or
+    the probe behind a hypothesis), judged by `tolerance`."""
+    provider = {"type": "python", "module": PROBES_MODULE, "func": PROBE_OF[name]}
+    return {"type": "probe", "name": name, "tolerance": tolerance, "provider": provider}
+
+
+def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], Any]:
+    """The activity and output of a hypothesis in CTK's after steady state: the extension's
+    probe with the tolerance CTK would judge its value by where one measures it; else a record
+    of our judgement (no provider to call, `expected` in our words, no tolerance to apply)."""
+    name, measured = outcome.hypothesis, outcome.measured
+    if PROBE_OF.get(name) in BOOL_PROBES:
+        return _probe_activity(name, True), outcome.ok
+    bound = re.match(r"<= (\d+(?:\.\d+)?)", outcome.expected)
+    numeric = isinstance(measured, int | float) and not isinstance(measured, bool)
+    if name in PROBE_OF and bound is not None and numeric:
+        upper = float(bound.group(1))
+        tolerance = 0 if upper == 0 else {"type": "range", "range": [0, upper]}
+        return _probe_activity(name, tolerance), measured
+    return {"type": "probe", "name": name, "expected": outcome.expected}, measured
+
+
+def _action(func: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    provider: dict[str, Any] = {"type": "python", "module": ACTIONS_MODULE, "func": func}
+    if arguments:
+        provider["arguments"] = arguments
+    return {"type": "action", "name": name, "provider": provider}
+
+
+def _fault_activity(fault: dict[str, Any]) -> dict[str, Any]:
+    arguments = {
+        "action": fault["action"],
+        "role": fault.get("role") or "primary",
+        "shard": fault.get("shard") or "random",
+        "backend": fault.get("backend"),
+    }
+    duration = (fault.get("details") or {}).get("duration")
+    if duration:
+        arguments["seconds"] = duration
+    return _action("inject", f"{fault['action']} {fault['target']}", arguments)
+
+
+def _rollback_run(fault: dict[str, Any]) -> dict[str, Any]:
+    at = fault.get("rolled_back_at") or fault["injected_at"]
+    run = _run(_action("roll_back_all", "roll-back-all", {}), [fault], None, at, "")
+    if fault.get("rollback_error"):
+        run["status"] = "failed"
+        run["exception"] = [f"FaultError: {fault['rollback_error']}\n"]
+    return run
+
+
+def _run(
+    activity: dict[str, Any], output: Any, ok: bool | None, at: float, detail: str
+) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "activity": activity,
+        "output": output,
+        "start": _iso(at),
+        "status": "succeeded",
+        "end": _iso(at),
+        "duration": 0.0,
+    }
+    if ok is not None:
+        run["tolerance_met"] = ok
+    if ok is False and detail:
+        run["exception"] = [f"{detail}\n"]
+    return run

@@ -1,0 +1,23 @@
+"""Stopping background tasks for good: `cancel_until_done` cancels tasks and waits for them,
+cancelling again whatever still runs, because on Python 3.11 a `wait_for` inside redis-py can
+swallow a cancellation (the task then carries on to its next await).
+
+Not for: deciding what to stop, or logging what a task raised (their owners do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+# How long a cancelled task is given before it is cancelled again.
+ASK_AGAIN_AFTER = 0.5
+
+
+async def cancel_until_done(tasks: Iterable[asyncio.Task | asyncio.Future]) -> None:
+    """Cancel every task and return once all are done (their results and errors dropped)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=ASK_AGAIN_AFTER)

@@ -1,0 +1,119 @@
+"""Concurrent single-message enqueues of one API process, sent to their shard together (a group
+commit): each request waits for its own message's result, but the messages for a shard that
+arrive while earlier batches of that shard are on their way go out in one `enqueue_many`, i.e.
+one script call and one `WAIT` for all of them, instead of one each. A message alone (a quiet
+API) goes out at once.
+
+Each shard has its own lane (pending messages, batches in flight): a shard that is slow or
+failing over holds only its own requests, and a request is answered as soon as its shard's
+batch returns. A lane holds at most `MAX_PENDING` waiting messages; past that a request is
+refused at once with `EnqueueBacklogFull` (503, retry later), nothing written.
+
+What each message gets is what `enqueue_many` gives it: its own ok, duplicate, conflict or full;
+an error of the shard's batch is every message's of that batch, each request its own instance of
+it. A message is written before its request is answered, so a producer that waits for each answer
+keeps its order (concurrent requests had no order before either). Not for: batches a producer
+sends in one request (those call `enqueue_many` themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass, field
+
+from ratequeue.client import AsyncRatequeueClient, Enqueued
+from ratequeue.errors import EnqueueBacklogFull, RatequeueError, ShardUnavailable
+from ratequeue.shard import OutgoingMessage
+
+# Batches of one shard on their way at once: enough to keep the shard busy while the next gathers.
+MAX_IN_FLIGHT = 4
+# The most messages one batch carries (one script call runs them all).
+MAX_BATCH = 256
+# The most messages a shard's lane holds waiting for a batch: 8 full batches behind the ones in
+# flight, so a stalled shard costs bounded memory and its producers hear about it at once.
+MAX_PENDING = 8 * MAX_BATCH
+
+Waiting = tuple[OutgoingMessage, "asyncio.Future[Enqueued | Exception]"]
+
+
+@dataclass
+class ShardLane:
+    """One shard's messages waiting to go out, and how many of its batches are on their way."""
+
+    pending: list[Waiting] = field(default_factory=list)
+    in_flight: int = 0
+
+
+class EnqueueCoalescer:
+    def __init__(self, client: AsyncRatequeueClient, *, max_pending: int = MAX_PENDING) -> None:
+        self.client = client
+        self.max_pending = max_pending
+        self._lanes: dict[str, ShardLane] = {}
+        # The loop keeps only weak references to tasks: a batch on its way must not be collected.
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, message: OutgoingMessage) -> Enqueued | Exception:
+        """The message's acknowledgement, or the error that refused it (as `enqueue_many`)."""
+        try:
+            shard_id = self.client.shard_for(message.number).id
+        except RatequeueError as error:  # e.g. no topology yet
+            return error
+        lane = self._lanes.setdefault(shard_id, ShardLane())
+        if len(lane.pending) >= self.max_pending:
+            return EnqueueBacklogFull(
+                f"shard {shard_id}: {len(lane.pending)} enqueues already wait for it (at most "
+                f"{self.max_pending}); nothing was written, retry later with the same id"
+            )
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Enqueued | Exception] = loop.create_future()
+        lane.pending.append((message, result))
+        if lane.in_flight < MAX_IN_FLIGHT:
+            lane.in_flight += 1
+            # Started on the next turn of the loop: the requests read in this turn join it.
+            batch = loop.create_task(self._send_pending(shard_id, lane))
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+        return await result
+
+    async def _send_pending(self, shard_id: str, lane: ShardLane) -> None:
+        batch: list[Waiting] = []
+        try:
+            while lane.pending:
+                batch = lane.pending[:MAX_BATCH]
+                del lane.pending[:MAX_BATCH]
+                try:
+                    results = await self.client.enqueue_many(message for message, _ in batch)
+                except Exception as error:  # e.g. no topology: every message of the batch
+                    results = [error] * len(batch)
+                for (_, waiting), outcome in zip(batch, results, strict=True):
+                    answer(waiting, outcome)
+                batch = []
+        finally:
+            lane.in_flight -= 1
+            # Cancelled on its way (e.g. the API shutting down): answer, never leave a request
+            # hanging; with no batch of the lane left, the waiting messages would never go out.
+            left = batch + (lane.pending if lane.in_flight == 0 else [])
+            if lane.in_flight == 0:
+                lane.pending = []
+            for _, waiting in left:
+                answer(waiting, ShardUnavailable(
+                    f"shard {shard_id}: the batch carrying this message was cancelled; it may "
+                    "or may not be written, retry with the same id"))  # fmt: skip
+
+
+def answer(waiting: asyncio.Future[Enqueued | Exception], outcome: Enqueued | Exception) -> None:
+    """Give a request its result. An error shared by a batch is copied: an exception raised by
+    many handlers would gather every one's traceback and keep all their frames alive."""
+    if waiting.done():  # its request was cancelled meanwhile
+        return
+    waiting.set_result(own_instance(outcome) if isinstance(outcome, Exception) else outcome)
+
+
+def own_instance(error: Exception) -> Exception:
+    """A fresh copy of `error` (same class, text and attributes, no traceback); `error` itself
+    when its class cannot be rebuilt from its text."""
+    try:
+        return copy.copy(error)
+    except TypeError:
+        return error

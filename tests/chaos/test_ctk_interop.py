@@ -1,0 +1,265 @@
+"""Chaos Toolkit interop without a testbed: our journals exported in the shape chaoslib writes
+(compared with a journal the real `chaostoolkit run` wrote) and read back, CTK journals in the
+report, the two CLIs side by side in one venv, and the extension refusing bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sysconfig
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaoslib.experiment import ensure_experiment_is_valid
+from chaoslib.hypothesis import within_tolerance
+from typer.testing import CliRunner
+
+from chaos.cli import app
+from chaos.ctk import actions, probes
+from chaos.ctk.journals import from_ctk, is_ctk_journal, to_ctk
+from chaos.errors import ExperimentError, TargetError
+from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, read_journals
+from chaos.report import write_report
+
+ROOT = Path(__file__).parents[2]
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+
+EXISTS = {"type": "python", "module": "os.path", "func": "exists", "arguments": {"path": "."}}
+TRIVIAL_EXPERIMENT = {
+    "title": "the working directory exists",
+    "description": "a run of the real chaostoolkit that needs no testbed",
+    "steady-state-hypothesis": {
+        "title": "it exists",
+        "probes": [{"type": "probe", "name": "exists", "tolerance": True, "provider": EXISTS}],
+    },
+    "method": [{"type": "action", "name": "look", "provider": EXISTS}],
+    "rollbacks": [{"type": "action", "name": "look-again", "provider": EXISTS}],
+}
+
+
+@pytest.fixture(scope="module")
+def chaostoolkit_journal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A journal exactly as `chaostoolkit run` writes it."""
+    directory = tmp_path_factory.mktemp("ctk")
+    (directory / "experiment.json").write_text(json.dumps(TRIVIAL_EXPERIMENT))
+    subprocess.run(
+        [str(SCRIPTS / "chaos"), "--no-version-check", "--no-log-file", "run",
+         "--journal-path", "journal.json", "experiment.json"],
+        cwd=directory, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return json.loads((directory / "journal.json").read_text())
+
+
+def a_run(verdict: str = "passed") -> Journal:
+    """One of our journals: a primary killed at t=100, writes again at 101.5, all measured."""
+    journal = Journal(
+        run_id="20261203T031621-kill-a-shard-primary-under-load",
+        experiment="Kill a shard primary under load",
+        deployment="local-testbed",
+        environment="dev",
+        started_at=95.0,
+        ended_at=130.0,
+        status="completed",
+        verdict=verdict,
+        shard="s1",
+        steady_state_before=[ProbeOutcome(probe="api_healthy", ok=True, detail="all pass")],
+        steady_state_after=[ProbeOutcome(probe="api_healthy", ok=True, detail="all pass")],
+        plan=["deployment local-testbed (dev); shard s1", "t+3s kill primary of s1 via local"],
+        faults=[{"action": "pause", "target": "s1-primary", "role": "primary", "shard": "s1",
+                 "backend": "local", "injected_at": 100.0, "rolled_back_at": 104.0,
+                 "rollback_error": None, "details": {"pid": 4242}}],
+        hypotheses=[
+            HypothesisOutcome(hypothesis="acknowledged_lost", ok=verdict == "passed",
+                              expected="<= 0 (of > 0 acknowledged)",
+                              measured=0 if verdict == "passed" else 3),
+            HypothesisOutcome(hypothesis="one_workflow_per_incident", ok=True,
+                              expected="one workflow", measured={"workflows": {}}),
+        ],
+        load={"acknowledged": 400, "lost": 0},
+    )  # fmt: skip
+    journal.mark("fault_injected", 100.0, 100.0, "pause s1-primary via local")
+    journal.mark("first_acknowledged_write", 101.5, 100.0, "s1")
+    return journal
+
+
+def shape(value: Any) -> Any:
+    """Keys and value types, recursively (lists by their first item)."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_an_exported_journal_has_every_key_chaostoolkit_writes_with_the_same_types(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    reference, exported = shape(chaostoolkit_journal), shape(to_ctk(a_run()))
+    for key, kind in reference.items():
+        if key in {"experiment", "steady_states", "run", "rollbacks"}:
+            continue
+        assert exported[key] == kind, key
+    for stage in ("before", "after"):
+        assert set(exported["steady_states"][stage]) == set(reference["steady_states"][stage])
+        probe, ours = (
+            reference["steady_states"][stage]["probes"][0],
+            exported["steady_states"][stage]["probes"][0],
+        )
+        assert set(ours) == set(probe)
+        assert {k: ours[k] for k in probe if k not in {"activity", "output"}} == {
+            k: v for k, v in probe.items() if k not in {"activity", "output"}
+        }
+    for part in ("run", "rollbacks"):
+        assert set(exported[part][0]) == set(reference[part][0]), part
+        assert set(exported[part][0]["activity"]) == set(reference[part][0]["activity"]), part
+
+
+def test_the_exported_experiment_is_one_chaostoolkit_accepts() -> None:
+    exported = to_ctk(a_run())
+    ensure_experiment_is_valid(exported["experiment"])  # raises InvalidExperiment otherwise
+    [fault] = exported["experiment"]["method"]
+    assert fault["provider"]["module"] == "chaos.ctk.actions"
+    assert fault["provider"]["arguments"]["action"] == "pause"
+
+
+def test_a_passed_run_exports_as_completed_not_deviated_and_reads_back_the_same() -> None:
+    exported = to_ctk(a_run())
+    assert (exported["status"], exported["deviated"]) == ("completed", False)
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert (back.experiment, back.verdict, back.shard) == (
+        "Kill a shard primary under load", "passed", "s1",
+    )  # fmt: skip
+    assert back.recovery_seconds() == pytest.approx(1.5)
+    assert back.faults[0]["rolled_back_at"] == 104.0
+    # CTK's steady state after the method is its hypothesis: our after-probes are judged too.
+    assert [h.hypothesis for h in back.hypotheses] == [
+        "api_healthy", "acknowledged_lost", "one_workflow_per_incident",
+    ]  # fmt: skip
+
+
+def test_a_failed_run_exports_as_deviated_and_reads_back_as_failed() -> None:
+    exported = to_ctk(a_run("failed"))
+    assert (exported["status"], exported["deviated"]) == ("completed", True)
+    lost = next(p for p in exported["steady_states"]["after"]["probes"]
+                if p["activity"]["name"] == "acknowledged_lost")  # fmt: skip
+    assert (lost["output"], lost["tolerance_met"]) == (3, False)
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "failed"
+
+
+@pytest.mark.parametrize("verdict", ["passed", "failed"])
+def test_an_exported_hypothesis_with_a_probe_is_judged_by_chaoslib_as_we_judged_it(
+    verdict: str,
+) -> None:
+    after = to_ctk(a_run(verdict))["steady_states"]["after"]["probes"]
+    lost = next(p for p in after if p["activity"]["name"] == "acknowledged_lost")
+    assert lost["activity"]["provider"]["module"] == "chaos.ctk.probes"
+    assert lost["activity"]["tolerance"] == 0
+    assert within_tolerance(lost["activity"]["tolerance"], lost["output"]) is lost["tolerance_met"]
+
+
+def test_an_exported_hypothesis_no_probe_measures_is_a_record_without_a_provider() -> None:
+    after = to_ctk(a_run())["steady_states"]["after"]["probes"]
+    workflows = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
+    assert workflows["activity"] == {
+        "type": "probe", "name": "one_workflow_per_incident", "expected": "one workflow",
+    }  # fmt: skip
+    back = from_ctk(to_ctk(a_run()), Path("run.ctk.json"))
+    assert back.hypotheses[-1].expected == "one workflow"
+
+
+def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
+    run = a_run()
+    run.faults[0]["details"]["duration"] = 5.0
+    [fault] = to_ctk(run)["experiment"]["method"]
+    assert fault["provider"]["arguments"]["seconds"] == 5.0
+
+
+def test_a_chaostoolkit_run_failed_by_a_probe_that_raised_reads_as_aborted_with_the_error(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    probe = raw["steady_states"]["after"]["probes"][0]
+    probe.update(status="failed", output=None,
+                 exception=["RunAborted: recovery_seconds: no load is running\n"])  # fmt: skip
+    raw["status"] = "failed"
+    journal = from_ctk(raw, Path("journal.json"))
+    assert journal.verdict == "aborted"
+    assert "exists: RunAborted: recovery_seconds: no load is running" in journal.errors
+
+
+def test_the_report_charts_a_chaostoolkit_journal_next_to_ours(
+    chaostoolkit_journal: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "journal.json").write_text(json.dumps(chaostoolkit_journal))
+    a_run("failed").write(tmp_path)
+    assert is_ctk_journal(chaostoolkit_journal)
+    journals = read_journals(tmp_path)
+    assert {(j.experiment, j.verdict) for j in journals} == {
+        ("the working directory exists", "passed"),
+        ("Kill a shard primary under load", "failed"),
+    }
+    html, markdown = write_report(tmp_path)
+    assert "the working directory exists" in html.read_text()
+    assert "| the working directory exists |" in markdown.read_text()
+
+
+def test_export_journal_writes_the_ctk_shape_and_refuses_a_file_that_is_not_a_journal(
+    tmp_path: Path,
+) -> None:
+    path = a_run().write(tmp_path)
+    output = tmp_path / "run.ctk.json"
+    done = CliRunner().invoke(app, ["export-journal", str(path), "--output", str(output)])
+    assert done.exit_code == 0, done.output
+    assert is_ctk_journal(json.loads(output.read_text()))
+    other = tmp_path / "other.json"
+    other.write_text('{"title": "not a run"}')
+    refused = CliRunner().invoke(app, ["export-journal", str(other)])
+    assert refused.exit_code == 1
+    said = " ".join(refused.output.split())  # the console wraps long lines
+    assert "not a chaos run journal" in said and "run_id" in said
+
+
+def test_chaos_is_chaos_toolkits_command_and_ratequeue_chaos_is_ours_in_one_venv() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "chaos" not in scripts and scripts["ratequeue-chaos"] == "chaos.cli:app"
+    theirs = subprocess.run([str(SCRIPTS / "chaos"), "--help"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert theirs.returncode == 0 and "chaostoolkit" in theirs.stdout, theirs
+    assert "testbed" not in theirs.stdout
+    ours = subprocess.run([str(SCRIPTS / "ratequeue-chaos"), "--help"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert ours.returncode == 0 and "testbed" in ours.stdout and "export-journal" in ours.stdout
+
+
+def test_chaostoolkits_discover_lists_the_extensions_actions_and_probes(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whatever the venv points at
+    subprocess.run(
+        [str(SCRIPTS / "chaos"), "--no-version-check", "--no-log-file", "discover", "--no-install",
+         "--no-system-info", "ratequeue-testbed"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    discovery = json.loads((tmp_path / "discovery.json").read_text())
+    assert discovery["extension"]["name"] == "chaos.ctk"
+    found = {(a["type"], a["mod"], a["name"]) for a in discovery["activities"]}
+    assert found == {("action", "chaos.ctk.actions", name) for name in actions.__all__} | {
+        ("probe", "chaos.ctk.probes", name) for name in probes.__all__
+    }
+    kill = next(a for a in discovery["activities"] if a["name"] == "kill")
+    assert {"name": "role", "default": "primary", "type": "string"} in kill["arguments"]
+
+
+def test_an_activity_without_the_deployment_in_its_configuration_names_the_key() -> None:
+    with pytest.raises(TargetError, match="ratequeue_deployment"):
+        probes.api_healthy(configuration={})
+    with pytest.raises(TargetError, match="does not exist"):
+        probes.api_healthy(configuration={"ratequeue_deployment": "/nonexistent/testbed.json"})
+
+
+def test_a_fault_with_a_bad_selector_is_refused_naming_the_field_before_anything_is_opened() -> (
+    None
+):
+    with pytest.raises(ExperimentError, match="role"):
+        actions.kill(role="primry", configuration={"ratequeue_deployment": "/nonexistent"})

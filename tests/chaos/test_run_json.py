@@ -1,0 +1,44 @@
+"""`chaos run --json`: stdout carries one JSON document (the runs' journals), or on a schedule
+one journal per line as each run ends, and nothing else; the progress and the verdict tables go
+to stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).parents[2]
+SCENARIOS = PROJECT / "scenarios"
+
+
+def test_run_json_prints_one_document_with_each_runs_journal(tmp_path: Path) -> None:
+    experiments = [SCENARIOS / "replica_kill.yaml", SCENARIOS / "primary_kill.yaml"]
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", *map(str, experiments), "--dry-run", "--json",
+         "--journal-dir", str(tmp_path / "journals")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)  # raises if anything else shares stdout
+    assert document["failed"] is False
+    assert [run["experiment_file"] for run in document["runs"]] == [str(e) for e in experiments]
+    assert {(run["dry_run"], run["verdict"]) for run in document["runs"]} == {(True, "not_run")}
+    assert "hypothesis" in done.stderr  # the verdict tables are still shown, on stderr
+
+
+def test_a_scheduled_run_json_prints_one_journal_per_line_as_each_run_ends(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "replica_kill.yaml"), "--dry-run",
+         "--json", "--every", "100ms", "--runs", "2", "--journal-dir", str(tmp_path / "j")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    journals = [json.loads(line) for line in lines]  # raises if anything else shares stdout
+    assert [j["verdict"] for j in journals] == ["not_run", "not_run"]
+    assert {j["experiment_file"] for j in journals} == {str(SCENARIOS / "replica_kill.yaml")}

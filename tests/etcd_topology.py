@@ -1,0 +1,34 @@
+"""Putting a test cluster's topology into etcd, for tests whose API or controllers read it from
+there: the one way the tests do it.
+
+Not for: the topology store itself (`ratequeue.etcd_topology`), which this only calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.etcd_client import EtcdClient, EtcdClientSettings
+from common.etcd_processes import EtcdCluster
+from ratequeue.etcd_topology import EtcdTopologyStore
+from ratequeue.local_cluster import LocalCluster
+from ratequeue.topology import TOPOLOGY_KEY, Topology
+
+
+async def publish_in_etcd(etcd: EtcdCluster, expected_epoch: int, topology: Topology) -> None:
+    """`topology` written over epoch `expected_epoch`; over 0, into an emptied etcd (what an
+    earlier test left goes)."""
+    async with EtcdClient(EtcdClientSettings(endpoints=etcd.endpoints)) as client:
+        if expected_epoch == 0:
+            await client.delete("/", prefix=True)
+        await EtcdTopologyStore(client).compare_and_set(expected_epoch, topology)
+
+
+def topology_moved_to_etcd(cluster: LocalCluster, etcd: EtcdCluster) -> Topology:
+    """The cluster's topology moved from its control Redis into an emptied etcd: only etcd has
+    it then, so whatever routes by it must be reading etcd's."""
+    with cluster.control.client() as control:
+        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+        control.delete(TOPOLOGY_KEY)
+    asyncio.run(publish_in_etcd(etcd, 0, topology))
+    return topology

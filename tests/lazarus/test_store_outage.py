@@ -1,0 +1,246 @@
+"""A controller whose coordination store is unreachable when a shard primary dies, on both
+backends (the control Redis killed; etcd without its quorum), on real redis-server and etcd
+processes: it takes no lock and acts on nothing, pages a person through PagerDuty and Slack
+(which do not need the store) saying why, and the escalation reaches the audit trail: at once
+on etcd (the record log is in Redis, which answers), once the control Redis is back on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+from chaos.faults.base import InjectedFault, NodeTarget
+from common.etcd_processes import EtcdCluster
+from detection.sensor import incident_key
+from lazarus_lite.audit import AuditLog, AuditRecord
+from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.decisions import Decisions
+from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.shard_keeper import ShardKeeper
+from lazarus_lite.shard_watch import ShardWatch, WatchSettings
+from notifications.config import NotificationConfig
+from ratequeue.local_cluster import LocalCluster
+from tests.chaos.test_local_faults import (
+    Recorder,
+    faults,  # noqa: F401 (the fixture)
+    needs_iptables,
+)
+from tests.etcd_topology import topology_moved_to_etcd
+from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
+
+QUICK = WatchSettings(interval=0.05, sensor_silence_after=0.2, self_report_after=0.3,
+                      unwritable_after=60.0)  # fmt: skip
+INCIDENT = incident_key("ratequeue", "s0", "s0-primary", 1)
+T = TypeVar("T")
+
+
+class NoStream:
+    """The event stream, unreachable like the store (nothing may be filed through it)."""
+
+    async def publish(self, event: Any) -> str:
+        raise ConnectionError("the stream is unreachable")
+
+
+def notifications(http: HttpRecorder) -> NotificationConfig:
+    return NotificationConfig.parse({
+        "retry": {"attempts": 1, "backoff_seconds": 0.01, "timeout_seconds": 2},
+        "teams": {"oncall": {
+            "slack": {"webhook_url": f"{http.url}/slack/T000/B000/secret"},
+            "pagerduty": {"routing_key": "R" * 32, "url": f"{http.url}/v2/enqueue"},
+            "channels": ["pagerduty", "slack"],
+        }},
+        "services": {"ratequeue": {"team": "oncall"}},
+    })  # fmt: skip
+
+
+@dataclass
+class Controller:
+    """The parts of a controller node that act without the store (its watch and decisions),
+    on the event loop its connections belong to."""
+
+    loop: asyncio.AbstractEventLoop
+    watch: ShardWatch
+    decisions: Decisions
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(work)
+
+    async def watch_for(self, seconds: float) -> None:
+        """Pass after pass for `seconds`; a pass that cannot read the store raises, as the
+        node's own loop expects."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            # The store is away: the loop goes on (as `watch_forever` does).
+            with contextlib.suppress(Exception):
+                await self.watch.run_once()
+            await asyncio.sleep(QUICK.interval)
+
+    async def escalations(self) -> list[AuditRecord]:
+        return [r for r in await self.decisions.audit.list() if r.outcome == "escalated"]
+
+
+@contextmanager
+def controller(store: CoordinationStore, http: HttpRecorder) -> Iterator[Controller]:
+    """A controller node's watch and decisions on `store`, once it has read the topology."""
+    loop = asyncio.new_event_loop()
+    audit = AuditLog(store.records)
+    claims = IncidentClaims(store.incidents, audit, ttl=600, retry_after=30)
+    decisions = Decisions("n1", store.records, audit, claims, notifications(http))
+    keeper = ShardKeeper(store, "n1", "demote")
+    watch = ShardWatch(store, NoStream(), keeper, "n1", QUICK,  # type: ignore[arg-type]
+                       on_store_away=decisions.escalate_without_store)  # fmt: skip
+    node = Controller(loop, watch, decisions)
+    try:
+        node.run(watch.run_once())
+        yield node
+    finally:
+        node.run(decisions.aclose())
+        node.run(store.aclose())
+        loop.close()
+
+
+@pytest.fixture
+def http() -> Iterator[HttpRecorder]:
+    with serving_http_recorder() as recorder:
+        yield recorder
+
+
+def escalation_pages(http: HttpRecorder) -> list[dict[str, Any]]:
+    return [e for e in http.pagerduty_events()
+            if e["event_action"] == "trigger" and e.get("dedup_key") == INCIDENT]  # fmt: skip
+
+
+def kill_primary(cluster: LocalCluster) -> None:
+    cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
+    cluster.shards[0].primary.process.wait(5)
+
+
+# -- the control store in Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_outage(
+    start_cluster: Callable[..., LocalCluster], http: HttpRecorder
+) -> Iterator[tuple[LocalCluster, Controller]]:
+    """The control Redis killed, then s0's primary; the controller watched for a while."""
+    cluster = start_cluster(shards=1, replicas=1)
+    store = RedisCoordinationStore.from_url(cluster.control.url, timeout=1.0)
+    with controller(store, http) as node:
+        cluster.control.stop()
+        kill_primary(cluster)
+        node.run(node.watch_for(1.5))
+        yield cluster, node
+
+
+def test_a_primary_down_while_the_control_redis_is_away_pages_a_person_once_saying_why(
+    redis_outage: tuple[LocalCluster, Controller], http: HttpRecorder
+) -> None:
+    [page] = escalation_pages(http)
+    reason = page["payload"]["custom_details"]["escalation_reason"]
+    assert "s0-primary unreachable" in reason
+    assert "coordination store is unreachable" in reason and "nothing is promoted" in reason
+    assert any(INCIDENT in str(message) for message in http.received("/slack/"))
+
+
+def test_the_escalation_is_held_until_the_control_redis_is_back_then_recorded(
+    redis_outage: tuple[LocalCluster, Controller],
+) -> None:
+    cluster, node = redis_outage
+    assert len(node.decisions.held) == 1
+    cluster.control.restart()
+
+    assert node.run(node.decisions.write_held()) == 1
+    [record] = node.run(node.escalations())
+    assert record.event["shard"] == "s0" and record.workflow_id is None
+    assert "coordination store is unreachable" in record.reason
+    assert [n.kind for n in record.notes if n.kind == "store_unreachable"] == ["store_unreachable"]
+    assert len(node.decisions.held) == 0
+
+
+@pytest.fixture
+def redis_cutoff(
+    start_cluster: Callable[..., LocalCluster],
+    http: HttpRecorder,
+    faults: Recorder,  # noqa: F811
+) -> Iterator[tuple[InjectedFault, Controller]]:
+    """The control Redis cut off (it runs on; nothing reaches it, no call is refused: each
+    waits for its timeout), then s0's primary killed; the controller watched for a while."""
+    cluster = start_cluster(shards=1, replicas=1)
+    # The controllers' socket timeout: longer than a watch pass may wait for the store.
+    store = RedisCoordinationStore.from_url(cluster.control.url, timeout=5.0)
+    control = cluster.control
+    target = NodeTarget(name=control.name, role="control", port=control.port, pid=control.pid)
+    with controller(store, http) as node:
+        fault = faults.inject("blackhole", target, whole_node=True)
+        kill_primary(cluster)
+        node.run(node.watch_for(6.0))
+        yield fault, node
+        fault.rollback()
+
+
+@needs_iptables
+def test_a_primary_down_while_the_control_redis_is_cut_off_pages_a_person_once_saying_why(
+    redis_cutoff: tuple[InjectedFault, Controller], http: HttpRecorder
+) -> None:
+    [page] = escalation_pages(http)
+    reason = page["payload"]["custom_details"]["escalation_reason"]
+    assert "s0-primary unreachable" in reason and "nothing is promoted" in reason
+
+
+@needs_iptables
+def test_the_escalation_made_while_the_control_redis_was_cut_off_is_recorded_once_after(
+    redis_cutoff: tuple[InjectedFault, Controller],
+) -> None:
+    fault, node = redis_cutoff
+    assert len(node.decisions.held) == 1
+    fault.rollback()
+
+    assert node.run(node.decisions.write_held()) == 1
+    [record] = node.run(node.escalations())
+    assert "coordination store is unreachable" in record.reason
+    assert len(node.decisions.held) == 0
+
+
+# -- the coordination store on etcd -----------------------------------------------------------
+
+
+@pytest.fixture
+def etcd_outage(
+    start_cluster: Callable[..., LocalCluster], etcd: EtcdCluster, http: HttpRecorder
+) -> Iterator[Controller]:
+    """The topology in etcd, etcd without its quorum, then s0's primary killed."""
+    cluster = start_cluster(shards=1, replicas=1)
+    topology_moved_to_etcd(cluster, etcd)
+    store = EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url, timeout=1.0)
+    with controller(store, http) as node:
+        for member in etcd.members[:2]:
+            member.kill()
+        kill_primary(cluster)
+        node.run(node.watch_for(4.0))
+        yield node
+
+
+def test_a_primary_down_while_etcd_has_no_quorum_pages_a_person_once_saying_why(
+    etcd_outage: Controller, http: HttpRecorder
+) -> None:
+    [page] = escalation_pages(http)
+    reason = page["payload"]["custom_details"]["escalation_reason"]
+    assert "s0-primary unreachable" in reason and "coordination store is unreachable" in reason
+
+
+def test_without_etcd_the_escalation_is_recorded_at_once_in_the_redis_record_log(
+    etcd_outage: Controller,
+) -> None:
+    assert len(etcd_outage.decisions.held) == 0
+    [record] = etcd_outage.run(etcd_outage.escalations())
+    assert record.event["shard"] == "s0" and record.workflow_id is None

@@ -1,0 +1,152 @@
+"""The API's group commit (`ratequeue.coalescing`): concurrent single-message enqueues go out
+together while earlier ones are on their way, and each request gets its own message's result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+
+from ratequeue import coalescing
+from ratequeue.client import Enqueued
+from ratequeue.coalescing import EnqueueCoalescer
+from ratequeue.errors import EnqueueBacklogFull, IdConflict, ShardUnavailable
+from ratequeue.rates import Rate
+from ratequeue.shard import OutgoingMessage
+
+
+def message(message_id: str) -> OutgoingMessage:
+    return OutgoingMessage(id=message_id, number="+14155550100", segments=1,
+                           default_rate=Rate(per_second=1, burst=1), body_json='"hi"')  # fmt: skip
+
+
+class OneShard:
+    """Routes every number to shard s0."""
+
+    def shard_for(self, number: str) -> SimpleNamespace:
+        return SimpleNamespace(id="s0")
+
+
+class HeldClient(OneShard):
+    """Stands in for the queue client: records each batch and answers it when released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list:
+        batch = [m.id for m in messages]
+        self.batches.append(batch)
+        await self.release.wait()
+        return [IdConflict(f"{i} conflicts") if i.startswith("conflict") else
+                Enqueued(id=i, number="+14155550100", shard="s0", duplicate=False)
+                for i in batch]  # fmt: skip
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), timeout=5)
+
+
+def test_messages_arriving_while_batches_are_in_flight_go_out_together_each_with_its_result() -> (
+    None
+):
+    async def scenario() -> tuple[list, list[list[str]]]:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        first = []
+        for index in range(coalescing.MAX_IN_FLIGHT):  # one at a time: a batch each
+            first.append(asyncio.create_task(coalescer.enqueue(message(f"early-{index}"))))
+            await until(lambda: len(client.batches) == len(first))
+        later = [asyncio.create_task(coalescer.enqueue(message(name)))
+                 for name in ("late-1", "conflict-2", "late-3")]  # fmt: skip
+        await asyncio.sleep(0.01)
+        assert len(client.batches) == coalescing.MAX_IN_FLIGHT  # the late ones wait...
+        client.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*first, *later), timeout=5)
+        return results, client.batches
+
+    results, batches = asyncio.run(scenario())
+    # ... then go out in one batch.
+    assert batches[coalescing.MAX_IN_FLIGHT :] == [["late-1", "conflict-2", "late-3"]]
+    assert [r.id for r in results if isinstance(r, Enqueued)] == [
+        *(f"early-{i}" for i in range(coalescing.MAX_IN_FLIGHT)),
+        "late-1",
+        "late-3",
+    ]
+    assert isinstance(results[-2], IdConflict)
+
+
+def test_an_error_of_the_whole_batch_is_every_message_s_answer_each_its_own_instance() -> None:
+    class Unrouted(OneShard):
+        async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list:
+            raise RuntimeError("no topology")
+
+    async def scenario() -> list:
+        coalescer = EnqueueCoalescer(Unrouted())  # type: ignore[arg-type]
+        sent = (coalescer.enqueue(message(f"m-{i}")) for i in range(3))
+        return await asyncio.wait_for(asyncio.gather(*sent), timeout=5)
+
+    results = asyncio.run(scenario())
+    assert [str(r) for r in results] == ["no topology"] * 3
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert len({id(r) for r in results}) == 3  # raised by three handlers: three tracebacks
+
+
+async def fill_in_flight(client: HeldClient, coalescer: EnqueueCoalescer) -> list[asyncio.Task]:
+    """One request per batch slot, each its own batch, all held by `client`."""
+    sent: list[asyncio.Task] = []
+    for index in range(coalescing.MAX_IN_FLIGHT):
+        sent.append(asyncio.create_task(coalescer.enqueue(message(f"early-{index}"))))
+        await until(lambda: len(client.batches) == len(sent))
+    return sent
+
+
+def test_a_request_over_the_shard_s_pending_limit_is_refused_at_once_retryable() -> None:
+    async def scenario() -> object:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client, max_pending=2)  # type: ignore[arg-type]
+        held = await fill_in_flight(client, coalescer)
+        waiting = [asyncio.create_task(coalescer.enqueue(message(f"w-{i}"))) for i in range(2)]
+        await asyncio.sleep(0)
+        refused = await asyncio.wait_for(coalescer.enqueue(message("over")), timeout=5)
+        client.release.set()
+        await asyncio.wait_for(asyncio.gather(*held, *waiting), timeout=5)
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert isinstance(refused, EnqueueBacklogFull)
+    assert "s0" in str(refused) and "at most 2" in str(refused)
+
+
+def test_a_request_cancelled_mid_batch_leaves_the_others_of_its_batch_answered() -> None:
+    async def scenario() -> list:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        await fill_in_flight(client, coalescer)
+        batch = [asyncio.create_task(coalescer.enqueue(message(f"b-{i}"))) for i in range(3)]
+        client.release.set()
+        await asyncio.sleep(0)
+        batch[1].cancel()
+        return await asyncio.wait_for(asyncio.gather(batch[0], batch[2]), timeout=5)
+
+    assert [r.id for r in asyncio.run(scenario())] == ["b-0", "b-2"]
+
+
+def test_a_batch_cancelled_on_its_way_answers_its_requests_retryable_instead_of_hanging() -> None:
+    async def scenario() -> list:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        held = await fill_in_flight(client, coalescer)
+        waiting = asyncio.create_task(coalescer.enqueue(message("waiting")))
+        await asyncio.sleep(0)
+        for batch in list(coalescer._batches):
+            batch.cancel()
+        return await asyncio.wait_for(asyncio.gather(*held, waiting), timeout=5)
+
+    results = asyncio.run(scenario())
+    assert len(results) == coalescing.MAX_IN_FLIGHT + 1
+    assert all(isinstance(r, ShardUnavailable) and "cancelled" in str(r) for r in results)

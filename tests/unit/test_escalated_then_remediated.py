@@ -1,0 +1,87 @@
+"""The `escalated_then_remediated` hypothesis (the control store killed, then a primary): while
+the fault lasted (from the first fault to the store's return) the faulted shard's incident went
+to a person and no workflow started; after it, a workflow remediated it.
+
+Not for: how a run gathers its decisions (chaos.runner), or the scenario itself
+(tests/test_scenarios.py runs it on the testbed).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.experiments import EscalatedThenRemediated
+from chaos.hypotheses import Observations, evaluate
+from chaos.journal import HypothesisOutcome
+from chaos.ledger import Ledger
+from lazarus_lite.audit import AuditRecord
+from lazarus_lite.workflow.records import WorkflowRecord
+
+FAULT_AT, STORE_BACK_AT = 100.0, 108.0
+
+
+def decision(
+    at: float, outcome: str, workflow_id: str | None = None, shard: str = "s1"
+) -> AuditRecord:
+    return AuditRecord(event_id=f"e{at}", event={"shard": shard}, service="ratequeue",
+                       received_at=at, coordinator="n1", outcome=outcome,  # type: ignore[arg-type]
+                       workflow_id=workflow_id)  # fmt: skip
+
+
+def workflow(workflow_id: str, status: str) -> WorkflowRecord:
+    # Only the id and the status are judged: the rest of a record is left out.
+    return WorkflowRecord.model_construct(id=workflow_id, status=status)
+
+
+def judged(
+    decisions: list[AuditRecord],
+    workflows: list[WorkflowRecord],
+    *,
+    ended: float | None = STORE_BACK_AT,
+) -> HypothesisOutcome:
+    observations = Observations(
+        ledger=Ledger(), shard="s1", faulted_shards={"s1"}, fault_at=FAULT_AT, recovered_at=None,
+        topology_before=None, topology_after=None,  # type: ignore[arg-type]
+        primaries_answering={}, decisions=decisions, workflows=workflows, fault_ended_at=ended,
+    )  # fmt: skip
+    [outcome] = evaluate([EscalatedThenRemediated(type="escalated_then_remediated")], observations)
+    return outcome
+
+
+def test_an_escalation_while_the_store_was_away_then_a_remediation_after_passes() -> None:
+    outcome = judged(
+        [decision(104.0, "escalated"), decision(109.0, "remediated", "wf-1")],
+        [workflow("wf-1", "succeeded")],
+    )
+    assert outcome.ok, outcome.detail
+
+
+SUCCEEDED = [workflow("wf-1", "succeeded")]
+
+
+@pytest.mark.parametrize(
+    ("decisions", "workflows", "ended", "problem"),
+    [
+        pytest.param([decision(108.5, "escalated"), decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "no escalation was recorded while the fault lasted",
+                     id="escalated-only-after-the-store-returned"),
+        pytest.param([decision(104.0, "escalated", shard="s0"),
+                      decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "no escalation was recorded while the fault lasted",
+                     id="escalated-about-another-shard"),
+        pytest.param([decision(104.0, "escalated"), decision(105.0, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "acted while the fault lasted",
+                     id="a-workflow-started-while-the-store-was-away"),
+        pytest.param([decision(104.0, "escalated"), decision(109.0, "escalated", "wf-1")],
+                     [workflow("wf-1", "escalated")], STORE_BACK_AT, "no workflow succeeded",
+                     id="no-success-after-the-store-returned"),
+        pytest.param([decision(104.0, "escalated"), decision(109.0, "remediated", "wf-1")],
+                     SUCCEEDED, None, "never undone", id="the-fault-never-undone"),
+    ],
+)  # fmt: skip
+def test_it_fails_naming_what_was_missing(
+    decisions: list[AuditRecord], workflows: list[WorkflowRecord], ended: float | None,
+    problem: str,
+) -> None:  # fmt: skip
+    outcome = judged(decisions, workflows, ended=ended)
+    assert not outcome.ok and problem in outcome.detail
