@@ -49,6 +49,7 @@ from common.redis_processes import RedisProcess
 from ratequeue.client import AsyncRatequeueClient, ClientRetryPolicy, ClientSettings, Enqueued
 from ratequeue.local_cluster import LocalCluster, ShardNodes
 from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
+from ratequeue.scripts import READY_KEY
 from ratequeue.shard import ENQUEUE_BATCH, OutgoingMessage, enqueue_batch_arguments
 from ratequeue.topology import FENCE_KEY
 
@@ -620,7 +621,7 @@ async def run(cluster: LocalCluster, options: Options) -> Results:
             )  # fmt: skip
         out.add(f"c_{label}", phase)
         with shard.primary.client() as conn:
-            non_empty = int(conn.zcard("rq:ready"))
+            non_empty = int(conn.zcard(READY_KEY))
         if non_empty != count:
             console.log(f"[red]    {count - non_empty:,} numbers emptied: paths differ[/]")
         f[f"c_{label}"] = {

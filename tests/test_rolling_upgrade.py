@@ -1,6 +1,7 @@
 """A rolling upgrade from layout 1 to layout 2 on real redis-server shards: code of both versions
-on one shard at once. Layout 1's scripts (tests/data/layout1_*.lua) are the ones the code before
-layout 2 ran, byte for byte, so these tests run the old code, not a model of it."""
+on one shard at once. Layout 1's scripts (tests/data/layout1_*.lua: its helpers, its DEQUEUE and
+ENQUEUE_BATCH) are the ones the code before layout 2 ran, byte for byte, so these tests run the
+old code, not a model of it."""
 
 from __future__ import annotations
 
@@ -18,15 +19,22 @@ NUMBER = "+14155550100"
 LAYOUT_1 = Path(__file__).parent / "data"
 
 
+def layout_1_script(name: str, flags: str = "") -> str:
+    """A script of layout 1 as its code sent it: flags, then the helpers, then its body."""
+    prelude = (LAYOUT_1 / "layout1_prelude.lua").read_text()
+    return flags + prelude + (LAYOUT_1 / f"layout1_{name}.lua").read_text()
+
+
 def layout_1_dequeue(conn: redis.Redis) -> list[bytes]:
     """Layout 1's DEQUEUE (max 10, 30 s leases): the ids it leased."""
-    _, out = conn.eval((LAYOUT_1 / "layout1_dequeue.lua").read_text(), 0, 10, 30_000, 200)
+    script = layout_1_script("dequeue", "#!lua flags=allow-oom\n")
+    _, out = conn.eval(script, 0, 10, 30_000, 200)
     return [out[i + 1] for i in range(0, len(out), 5)]
 
 
 def layout_1_enqueue(conn: redis.Redis, message_id: str, body_json: str) -> bytes:
     """Layout 1's ENQUEUE_BATCH of one message to NUMBER (epoch 1, 1 segment): its status."""
-    script = (LAYOUT_1 / "layout1_enqueue.lua").read_text()
+    script = layout_1_script("enqueue")
     [(status, _)] = conn.eval(script, 0, "1", 3600, 36_000, 1_000_000,
                               message_id, NUMBER, 1, "1000:10", body_json)  # fmt: skip
     return status
