@@ -69,8 +69,9 @@ class ShardFull(RatequeueError):
 
 
 class IdConflict(RatequeueError):
-    """The message's id was used for another message to the same number within the dedup window
-    (another body); nothing was written. A retry of the same message is a duplicate, not this."""
+    """The message's id names another message (another body) to the same number, one still held
+    or acknowledged within the dedup window; nothing was written. A retry of the same message is
+    a duplicate, not this."""
 
     code = "id_conflict"
     http_status = 409

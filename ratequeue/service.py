@@ -316,6 +316,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
             metrics.enqueued.labels("backlog_full").inc()
             raise result
+        if isinstance(result, InvalidInput):  # a message its shard's script could not read
+            metrics.enqueued.labels("invalid").inc()
+            raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
                 metrics.wait_failures.inc()
