@@ -253,3 +253,24 @@ def test_a_full_shard_leases_and_acks_also_when_a_dequeue_first_reschedules_a_nu
         assert shard_key_count(cluster) < keys_before  # acknowledged messages are gone
     finally:
         cluster.stop()
+
+
+def test_a_batch_to_a_full_shard_answers_507_shard_full_in_each_result_and_writes_nothing(
+    tmp_path: Path, serve_api: Callable[..., ServedApi]
+) -> None:
+    cluster = LocalCluster.start(tmp_path / "full", shards=1, replicas=1, maxmemory="2mb")
+    try:
+        fill_to_shard_full(cluster.shards[0].primary, cluster.publish_initial_topology().epoch)
+        api = serve_api(cluster)
+        stored_before = stored_state(cluster)
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            response = http.post("/v1/messages:batch", json={"messages": [
+                {"number": ON_S0, "id": "one", "body": "x"},
+                {"number": ON_S0, "id": "two", "body": "y"},
+            ]})  # fmt: skip
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [(r["status"], r["error"]["code"]) for r in results] == [(507, "shard_full")] * 2
+        assert stored_state(cluster) == stored_before
+    finally:
+        cluster.stop()
