@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -24,6 +25,8 @@ from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.topology import HeldNode
 
 WEEK = 7 * 24 * 3600.0
+# Where copies are written before they are renamed into their shard's place (beside the shards).
+INCOMING = ".incoming"
 
 
 class ForensicsRules(BaseModel):
@@ -62,12 +65,30 @@ async def copy_data_files(node: HeldNode, shard: str, directory: Path, timeout: 
     except (RedisError, OSError) as error:
         raise ForensicsCopyFailed(f"{node.name}: could not save its data: {error}") from error
     destination = directory / shard / f"{node.name}@{time.time():.3f}"
+    # Three keepers may copy the same node at once: each writes its own directory under
+    # INCOMING and renames it into place whole, so a copy in the shard's place is never partial
+    # and no keeper removes another's copy.
+    incoming = directory / INCOMING / f"{shard}-{uuid.uuid4().hex}"
     try:
-        await asyncio.to_thread(_copy, data_dir, rdb, aof, destination)
+        await asyncio.to_thread(_copy, data_dir, rdb, aof, incoming)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        incoming.rename(destination)
     except OSError as error:
-        shutil.rmtree(destination, ignore_errors=True)
+        shutil.rmtree(incoming, ignore_errors=True)
         raise ForensicsCopyFailed(f"{node.name}: could not copy {data_dir}: {error}") from error
     return destination
+
+
+def discard_copy(copy: Path) -> None:
+    """Remove a copy taken for a return another keeper settled: moved out of the shard's place
+    (`directory/shard/copy`) first, so readers of the place never see it half removed."""
+    doomed = copy.parent.parent / INCOMING / f"discarded-{uuid.uuid4().hex}"
+    try:
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        copy.rename(doomed)
+    except OSError:
+        doomed = copy
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 async def _save(conn: aioredis.Redis, name: str, deadline: float) -> None:

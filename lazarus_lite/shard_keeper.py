@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,13 @@ from redis.exceptions import RedisError
 from lazarus_lite.actuators import Actuator
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.errors import ForensicsCopyFailed, LockBusy
-from lazarus_lite.forensics import ForensicsRules, bounded, copy_data_files, prune_copies
+from lazarus_lite.forensics import (
+    ForensicsRules,
+    bounded,
+    copy_data_files,
+    discard_copy,
+    prune_copies,
+)
 from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,
@@ -216,7 +221,7 @@ class ShardKeeper:
         if copy is not None and not decided:
             # Lock busy, primary changed, or taken by another keeper: the node is copied again
             # on the pass that settles it; one copy per return keeps the others within the bound.
-            shutil.rmtree(copy, ignore_errors=True)
+            discard_copy(copy)
             done.append(f"{shard.id}: {node.name} not settled this pass; its copy {copy} removed")
         if released and self.actuator is not None:
             # Outside the lock: removing a container takes the engine seconds.

@@ -70,7 +70,11 @@ def test_a_killed_primary_restarted_after_its_replacement_is_copied_and_released
     old = testbed.node("s0-primary")
     with redis.Redis(host=old.host, port=old.port, socket_timeout=1) as conn:
         assert membership.is_parked(conn.info("replication"))
-    (copy,) = (directory / "forensics" / "s0").iterdir()
+    # The other keepers may have copied the node too; they discard their copies once they see
+    # it settled, so one copy per return remains.
+    place = directory / "forensics" / "s0"
+    wait_for("one copy to remain", lambda: len(list(place.iterdir())) == 1, timeout=40)
+    (copy,) = place.iterdir()
     assert copy.name.startswith("s0-primary@") and (copy / "dump.rdb").exists()
 
 

@@ -340,3 +340,32 @@ def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_cop
 
     assert [n.name for n in topology.shard("s0").forensics] == [old], done
     assert copies(tmp_path / "forensics") == []
+
+
+def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    write_some(cluster, 5)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+    rules = ForensicsRules(copy_dir=tmp_path / "forensics")
+
+    async def three_keepers() -> None:
+        stores = [RedisCoordinationStore.from_url(cluster.control.url) for _ in range(3)]
+        try:
+            keepers = [
+                ShardKeeper(store, f"node-{i}", "demote", forensics=rules)
+                for i, store in enumerate(stores)
+            ]
+            await asyncio.gather(*(keeper.run_once() for keeper in keepers))
+        finally:
+            for store in stores:
+                await store.aclose()
+
+    asyncio.run(three_keepers())
+
+    assert topology_of(cluster).shard("s0").forensics == []
+    (copy,) = copies(tmp_path / "forensics")
+    assert copy.name.startswith(f"{old}@") and (copy / "dump.rdb").stat().st_size > 0
+    assert list((tmp_path / "forensics" / ".incoming").iterdir()) == []
