@@ -25,6 +25,8 @@ writes it once per number (multi-field writes):
   rq:v2:count       messages held on the shard (queued + leased), for the statistics
   rq:v2:seen:W      hash N/id -> body fingerprint of messages acknowledged in dedup window W
                     (expires after two windows): a retry after delivery is still a duplicate
+  rq:v2:quarantine  hash `N/id` (layout 1's record key) -> `why|record`: layout-1 records that
+                    do not fit layout 2, set aside by the conversion for a person to look at
   rq:v2:legacy      set while layout 1 data was converted in the last 10 hours: enqueues then
                     also read layout 1's dedup hashes and GCRA times
 Shared by both layouts (same meaning in each):
@@ -37,8 +39,9 @@ Shared by both layouts (same meaning in each):
                     the acknowledged stream they hold (`ratequeue.membership`)
 
 Layout 1 (`rq:msg`, `rq:seg`, `rq:dr`, `rq:tat:N`, `rq:q:N` lists of ids, `rq:ready`,
-`rq:leases`, `rq:seen:W`) is converted number by number, each all or nothing, by every script
-call that finds some (`migrate_legacy`), see docs/upgrading.md.
+`rq:leases`, `rq:seen:W`) is converted by the write scripts, a bounded share per call: the
+numbers the call touches first, each number's queue whole (`migrate_legacy`), see
+docs/upgrading.md.
 
 Times come from the shard's own clock (`TIME`); scripts are replicated by effects, so replicas
 apply the same values.
@@ -187,134 +190,173 @@ end
 -- Layout 1 kept messages in the shard-wide hash rq:msg (`N/id`, or a bare id before ids were
 -- per number, -> attempt|segments|enqueued|number|body), lists of ids rq:q:N, held segments and
 -- default rates in rq:seg and rq:dr, GCRA times in rq:tat:N, due numbers in rq:ready and leases
--- in rq:leases. Each number is converted all or nothing: every record it holds is parsed and
--- checked before anything of it is written or deleted; a number with a record that does not
--- parse is left in layout 1 whole (its records stay for a person to look at).
-local function migrate_legacy()
+-- in rq:leases. A call converts a bounded amount (the numbers it touches itself, then at most
+-- LEGACY_BATCH leases and numbers of others), so no call blocks the shard for long: a number's
+-- queue is converted whole (all its queued records are parsed and checked before anything of it
+-- is written), a lease on its own. A record that does not fit layout 2 is moved, with what it
+-- was and why, to rq:v2:quarantine (for a person to look at); the rest of its number converts.
+local function quarantine(what, why, record)
+  redis.call('HSET', P .. 'quarantine', what, why .. '|' .. tostring(record))
+end
+
+local function legacy_record(key, number)
+  local rec = redis.call('HGET', 'rq:msg', key)
+  if not rec then return nil end
+  local attempt, segments, _, owner, body = string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  local id = string.match(key, '/(.*)$') or key
+  if not attempt then return false, 'record does not parse', rec end
+  if not valid_id(id) then return false, 'id does not fit layout 2', rec end
+  if number and owner ~= number then return nil end
+  return {key = key, number = owner, id = id, segments = tonumber(segments), body = body,
+    entry = attempt .. '|' .. segments .. '|' .. id .. '|' .. body}
+end
+
+-- The number's hash with the given messages added (fingerprints, and `extra` fields such as
+-- leases); messages it holds already under the same id and body are skipped. Returns the
+-- messages taken.
+local function legacy_adopt(number, messages, extra_of, now)
+  local key = P .. 'n:' .. number
+  local row = redis.call('HMGET', key, 'r', 's', 't')
+  local fields, taken = {}, {}
+  local held_segments = tonumber(row[2] or '0')
+  for _, message in ipairs(messages) do
+    local field = '@' .. message.id
+    local print = fingerprint(message.body)
+    if redis.call('HGET', key, field) ~= print then
+      fields[#fields + 1] = field
+      fields[#fields + 1] = print
+      local extra = extra_of(message)
+      for _, item in ipairs(extra) do fields[#fields + 1] = item end
+      held_segments = held_segments + message.segments
+      taken[#taken + 1] = message
+    end
+  end
+  local rate = row[1] or redis.call('HGET', 'rq:rates', number)
+    or redis.call('HGET', 'rq:dr', number) or '1:1'
+  local tat = math.max(tonumber(row[3] or '0'),
+    tonumber(redis.call('GET', 'rq:tat:' .. number) or '0'))
+  if #taken > 0 then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = rate
+    fields[#fields + 1] = 's'
+    fields[#fields + 1] = held_segments
+    fields[#fields + 1] = 't'
+    fields[#fields + 1] = tat
+    call_chunked('HSET', key, fields)
+    redis.call('PERSIST', key)
+    redis.call('INCRBY', COUNT, #taken)
+  end
+  return taken, rate, tat
+end
+
+-- Layout 1's held segments of a number, less what was converted; the field goes once nothing
+-- of the number is left in layout 1 (its queue converted and no layout-1 lease left anywhere).
+local function legacy_release(number, segments)
+  -- Read, not HINCRBY: a field that is not a number must not fail the script half-way.
+  local left = (tonumber(redis.call('HGET', 'rq:seg', number)) or 0) - segments
+  if redis.call('EXISTS', 'rq:q:' .. number) == 1
+      or (left > 0 and redis.call('EXISTS', 'rq:leases') == 1) then
+    redis.call('HSET', 'rq:seg', number, math.max(left, 1))
+  else
+    redis.call('HDEL', 'rq:seg', number)
+    redis.call('HDEL', 'rq:dr', number)
+    redis.call('DEL', 'rq:tat:' .. number)
+  end
+end
+
+-- A number's layout-1 queue, whole.
+local function legacy_convert_queue(number, now)
+  local queued, records, segments = {}, {}, 0
+  for _, item in ipairs(redis.call('LRANGE', 'rq:q:' .. number, 0, -1)) do
+    local key = number .. '/' .. item
+    local message, why, rec = legacy_record(key, number)
+    if message == nil then
+      key = item
+      message, why, rec = legacy_record(key, number)
+    end
+    if message == false then
+      quarantine(key, why, rec)
+      records[#records + 1] = key
+    elseif message then
+      queued[#queued + 1] = message
+    end
+  end
+  local taken, rate, tat = legacy_adopt(number, queued, function() return {} end, now)
+  for _, message in ipairs(queued) do
+    records[#records + 1] = message.key
+    segments = segments + message.segments
+  end
+  if #taken > 0 then
+    -- Layout 1's messages were queued first: they go ahead of the number's newer ones.
+    local reversed = {}
+    for j = #taken, 1, -1 do reversed[#reversed + 1] = taken[j].entry end
+    call_chunked('LPUSH', P .. 'q:' .. number, reversed)
+    if not redis.call('ZSCORE', READY, number) then
+      local per_second, burst = parse_rate(rate)
+      redis.call('ZADD', READY, eligible_after(tat, now, per_second, burst), number)
+    end
+  end
+  call_chunked('HDEL', 'rq:msg', records)
+  redis.call('DEL', 'rq:q:' .. number)
+  redis.call('ZREM', 'rq:ready', number)
+  legacy_release(number, segments)
+end
+
+-- One layout-1 lease (member `seq:N/id`, or an older bare sequence number whose message key is
+-- in rq:lease): kept as the same lease under layout 2, so its receipt still acknowledges.
+local function legacy_convert_lease(member, score, now)
+  local seq, key = string.match(member, '^(%d+):(.*)$')
+  if not seq then seq, key = member, redis.call('HGET', 'rq:lease', member) end
+  redis.call('ZREM', 'rq:leases', member)
+  redis.call('HDEL', 'rq:lease', member)
+  local message, why, rec = false, nil, nil
+  if key then message, why, rec = legacy_record(key, nil) end
+  if message == false and rec then
+    quarantine(key, why .. ' (leased as ' .. member .. ')', rec)
+    redis.call('HDEL', 'rq:msg', key)
+  end
+  if not message then return end  -- names no usable record: acknowledges nothing
+  local number = message.number
+  legacy_adopt(number, {message}, function(m) return {seq, m.entry} end, now)
+  redis.call('ZADD', LEASES, score, seq .. ':' .. number .. '/' .. message.id)
+  redis.call('HDEL', 'rq:msg', key)
+  legacy_release(number, message.segments)
+end
+
+local LEGACY_BATCH = 100
+
+-- The body fingerprint of a message layout 1 still holds under `key` (`N/id`), if any.
+local function legacy_print(key)
+  local rec = redis.call('HGET', 'rq:msg', key)
+  local body = rec and string.match(rec, '^%d+|%d+|%d+|[^|]*|(.*)$')
+  return body and fingerprint(body)
+end
+
+-- `touched` (optional) returns the numbers this call touches (converted first, whole) and the
+-- layout-1 lease members it names (an ack's, converted first too); it runs only while layout 1
+-- data remains.
+local function migrate_legacy(touched)
   if redis.call('EXISTS', 'rq:seg', 'rq:leases', 'rq:lease') == 0 then return end
   local now = now_ms()
-  local function parse_record(key, number)
-    local rec = redis.call('HGET', 'rq:msg', key)
-    if not rec then return nil end
-    local attempt, segments, _, owner, body =
-      string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
-    local id = string.match(key, '/(.*)$') or key
-    if not attempt or not valid_id(id) then return false end
-    if number and owner ~= number then return nil end
-    return {key = key, number = owner, id = id, segments = tonumber(segments), body = body,
-      entry = attempt .. '|' .. segments .. '|' .. id .. '|' .. body}
+  local numbers, leases = nil, nil
+  if touched then numbers, leases = touched() end
+  for _, member in ipairs(leases or {}) do
+    local score = redis.call('ZSCORE', 'rq:leases', member)
+    if score then legacy_convert_lease(member, score, now) end
   end
-  -- Leases first (grouped by number); an older member is the bare sequence number, its message
-  -- key in rq:lease.
-  local leased, numbers, seen_number = {}, {}, {}
-  local function add_number(number)
-    if not seen_number[number] then
-      seen_number[number] = true
-      numbers[#numbers + 1] = number
-      leased[number] = leased[number] or {}
-    end
+  for _, number in ipairs(numbers or {}) do
+    if redis.call('HEXISTS', 'rq:seg', number) == 1 then legacy_convert_queue(number, now) end
   end
-  local lease_members = redis.call('ZRANGE', 'rq:leases', 0, -1, 'WITHSCORES')
-  local orphan_leases = {}
-  for i = 1, #lease_members, 2 do
-    local member, score = lease_members[i], lease_members[i + 1]
-    local seq, key = string.match(member, '^(%d+):(.*)$')
-    if not seq then
-      seq, key = member, redis.call('HGET', 'rq:lease', member)
-    end
-    local message = key and parse_record(key, nil)
-    if message == nil then
-      orphan_leases[#orphan_leases + 1] = member  -- names no record: acknowledges nothing
-    else
-      local number = message and message.number or string.match(key, '^([^/]*)/')
-      if number then
-        add_number(number)
-        local group = leased[number]
-        group[#group + 1] = {seq = seq, member = member, score = score, message = message}
-      end
-    end
+  -- Then a bounded share of the rest: leases soonest to expire first, then numbers.
+  local budget = LEGACY_BATCH
+  local members = redis.call('ZRANGE', 'rq:leases', 0, budget - 1, 'WITHSCORES')
+  for i = 1, #members, 2 do legacy_convert_lease(members[i], members[i + 1], now) end
+  budget = budget - #members / 2
+  if budget > 0 then
+    if redis.call('EXISTS', 'rq:leases') == 0 then redis.call('DEL', 'rq:lease') end
+    local scan = redis.call('HSCAN', 'rq:seg', 0, 'COUNT', budget)[2]
+    for i = 1, math.min(#scan, budget * 2), 2 do legacy_convert_queue(scan[i], now) end
   end
-  local held = redis.call('HGETALL', 'rq:seg')
-  for i = 1, #held, 2 do add_number(held[i]) end
-  local converted = 0
-  for _, number in ipairs(numbers) do
-    local ok = true
-    local queued = {}
-    for _, item in ipairs(redis.call('LRANGE', 'rq:q:' .. number, 0, -1)) do
-      local message = parse_record(number .. '/' .. item, number)
-      if message == nil then message = parse_record(item, number) end
-      if message == false then ok = false break end
-      if message then queued[#queued + 1] = message end
-    end
-    for _, lease in ipairs(leased[number]) do
-      if not lease.message then ok = false end
-    end
-    if ok then
-      local key = P .. 'n:' .. number
-      local row = redis.call('HMGET', key, 'r', 's', 't')
-      local fields = {}
-      local held_segments = tonumber(row[2] or '0')
-      local fresh = {}  -- queue entries (head first) not already held under layout 2
-      local records = {}
-      local function take(message)
-        records[#records + 1] = message.key
-        local field = '@' .. message.id
-        local print = fingerprint(message.body)
-        if redis.call('HGET', key, field) == print then return false end  -- held already
-        fields[#fields + 1] = field
-        fields[#fields + 1] = print
-        held_segments = held_segments + message.segments
-        converted = converted + 1
-        return true
-      end
-      for _, message in ipairs(queued) do
-        if take(message) then fresh[#fresh + 1] = message.entry end
-      end
-      local leases = {}
-      for _, lease in ipairs(leased[number]) do
-        if take(lease.message) then
-          fields[#fields + 1] = lease.seq
-          fields[#fields + 1] = lease.message.entry
-          leases[#leases + 1] = lease.score
-          leases[#leases + 1] = lease.seq .. ':' .. number .. '/' .. lease.message.id
-        end
-        redis.call('ZREM', 'rq:leases', lease.member)
-        redis.call('HDEL', 'rq:lease', lease.seq)
-      end
-      if #fields > 0 then
-        local rate = row[1] or redis.call('HGET', 'rq:rates', number)
-          or redis.call('HGET', 'rq:dr', number) or '1:1'
-        local old_tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
-        local tat = math.max(tonumber(row[3] or '0'), old_tat)
-        fields[#fields + 1] = 'r'
-        fields[#fields + 1] = rate
-        fields[#fields + 1] = 's'
-        fields[#fields + 1] = held_segments
-        fields[#fields + 1] = 't'
-        fields[#fields + 1] = tat
-        call_chunked('HSET', key, fields)
-        redis.call('PERSIST', key)
-        call_chunked('ZADD', LEASES, leases)
-        if #fresh > 0 then
-          -- Layout 1's messages were queued first: they go ahead of the number's newer ones.
-          local reversed = {}
-          for j = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[j] end
-          call_chunked('LPUSH', P .. 'q:' .. number, reversed)
-          if not redis.call('ZSCORE', READY, number) then
-            local per_second, burst = parse_rate(rate)
-            redis.call('ZADD', READY, eligible_after(tat, now, per_second, burst), number)
-          end
-        end
-      end
-      call_chunked('HDEL', 'rq:msg', records)
-      redis.call('DEL', 'rq:q:' .. number, 'rq:tat:' .. number)
-      redis.call('HDEL', 'rq:seg', number)
-      redis.call('HDEL', 'rq:dr', number)
-      redis.call('ZREM', 'rq:ready', number)
-    end
-  end
-  call_chunked('ZREM', 'rq:leases', orphan_leases)
-  if converted > 0 then redis.call('INCRBY', COUNT, converted) end
   redis.call('SET', P .. 'legacy', '1', 'PX', LEGACY_MS)
 end
 """
@@ -332,7 +374,16 @@ ENQUEUE_BATCH = (
 -- details holds the reason of each c, f and x, in order.
 local refused = check_fence(ARGV[1])
 if refused then return refused end
-migrate_legacy()
+migrate_legacy(function()
+  local numbers, listed = {}, {}
+  for number in string.gmatch(ARGV[5], '%f[^\n%z]([%w+]+)|') do
+    if not listed[number] then
+      listed[number] = true
+      numbers[#numbers + 1] = number
+    end
+  end
+  return numbers, nil
+end)
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local max_queue_seconds = tonumber(ARGV[3])
@@ -386,7 +437,7 @@ while position <= #blob do
     local earlier = state.batch[id]
       or (not state.empty and redis.call('HGET', P .. 'n:' .. number, '@' .. id))
       or redis.call('HGET', seen_now, key) or redis.call('HGET', seen_before, key)
-      or (legacy and (redis.call('HGET', 'rq:seen:' .. w, key)
+      or (legacy and (legacy_print(key) or redis.call('HGET', 'rq:seen:' .. w, key)
         or redis.call('HGET', 'rq:seen:' .. (w - 1), key)))
     if earlier and earlier ~= print then
       codes[#codes + 1] = 'c'
@@ -565,7 +616,11 @@ ACK = (
 -- to its queue yet, or issued by a primary that died before replicating it) acknowledges
 -- nothing: an expired lease belongs to the next consumer. A lease named twice, in one call or
 -- in two, is acknowledged once.
-migrate_legacy()
+migrate_legacy(function()
+  local leases = {}
+  for lease in string.gmatch(ARGV[1] or '', '%S+') do leases[#leases + 1] = lease end
+  return nil, leases
+end)
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local seen_now = P .. 'seen:' .. math.floor(now / 1000 / window)
@@ -646,7 +701,7 @@ SET_RATE = (
 -- ARGV: fence_epoch, number, rate ("rate:burst")
 local refused = check_fence(ARGV[1])
 if refused then return refused end
-migrate_legacy()
+migrate_legacy(function() return {ARGV[2]}, nil end)
 local number = ARGV[2]
 local key = P .. 'n:' .. number
 local per_second, burst = parse_rate(ARGV[3])
@@ -668,7 +723,8 @@ NUMBER_STATUS = (
     _PRELUDE
     + r"""
 -- ARGV: number, default_rate. Returns {now, depth, held_segments, rate, rate_source, eligible}
-migrate_legacy()
+-- A read: it converts nothing (so it answers on a full shard too) and counts what layout 1
+-- still holds of the number beside layout 2's.
 local now = now_ms()
 local number = ARGV[1]
 local override = redis.call('HGET', 'rq:rates', number)
@@ -679,17 +735,20 @@ if tonumber(stored_rate) ~= per_second or tonumber(stored_burst) ~= burst then
   rate = per_second .. ':' .. burst  -- the rate in force, clamped into the allowed range
 end
 local row = redis.call('HMGET', P .. 'n:' .. number, 's', 't')
-return {now, redis.call('LLEN', P .. 'q:' .. number), tonumber(row[1] or '0'), rate,
+local legacy_tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
+return {now, redis.call('LLEN', P .. 'q:' .. number) + redis.call('LLEN', 'rq:q:' .. number),
+  tonumber(row[1] or '0') + (tonumber(redis.call('HGET', 'rq:seg', number)) or 0), rate,
   override and 'override' or 'default',
-  tostring(eligible_after(stored_tat(row[2], number, redis.call('EXISTS', P .. 'legacy') == 1),
-    now, per_second, burst))}
+  tostring(eligible_after(math.max(tonumber(row[2] or '0'), legacy_tat), now, per_second,
+    burst))}
 """
 )
 
 SHARD_STATS = r"""
--- Returns {messages (queued + leased), leased, ready numbers}; layout 1's not yet converted
--- are counted too.
+-- Returns {messages (queued + leased), leased, ready numbers, quarantined layout-1 records};
+-- layout 1's not yet converted are counted too.
 local messages = tonumber(redis.call('GET', 'rq:v2:count') or '0') + redis.call('HLEN', 'rq:msg')
 return {messages, redis.call('ZCARD', 'rq:v2:leases') + redis.call('ZCARD', 'rq:leases'),
-  redis.call('ZCARD', 'rq:v2:ready') + redis.call('ZCARD', 'rq:ready')}
+  redis.call('ZCARD', 'rq:v2:ready') + redis.call('ZCARD', 'rq:ready'),
+  redis.call('HLEN', 'rq:v2:quarantine')}
 """

@@ -576,6 +576,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             if up:
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
+                metrics.shard_quarantined.labels(shard_id).set(stat.quarantined)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -89,6 +89,7 @@ class ShardStats:
     messages: int
     leased: int
     ready_numbers: int
+    quarantined: int = 0  # layout-1 records the conversion set aside (docs/upgrading.md)
 
 
 def make_receipt(shard_id: str, lease: str) -> str:
@@ -333,4 +334,9 @@ class ShardQueue:
 
     async def stats(self) -> ShardStats:
         row, _ = await self._run(SHARD_STATS)
-        return ShardStats(messages=int(row[0]), leased=int(row[1]), ready_numbers=int(row[2]))
+        return ShardStats(
+            messages=int(row[0]),
+            leased=int(row[1]),
+            ready_numbers=int(row[2]),
+            quarantined=int(row[3]),
+        )
