@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from ratequeue import scripts
 from ratequeue.client import RatequeueClient
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.rates import Rate
 from ratequeue.scripts import held_ids
+from ratequeue.shard import make_receipt
 
 NUMBER = "+14155550100"
 LAYOUT_1 = Path(__file__).parent / "data"
@@ -29,7 +32,7 @@ def layout_1_dequeue(conn: redis.Redis) -> list[bytes]:
     """Layout 1's DEQUEUE (max 10, 30 s leases): the ids it leased."""
     script = layout_1_script("dequeue", "#!lua flags=allow-oom\n")
     _, out = conn.eval(script, 0, 10, 30_000, 200)
-    return [out[i + 1] for i in range(0, len(out), 5)]
+    return [leased[1] for leased in out]
 
 
 def layout_1_enqueue(conn: redis.Redis, message_id: str, body_json: str) -> bytes:
@@ -93,16 +96,90 @@ def put_layout_1(conn: redis.Redis, number: str, records: dict[str, str]) -> Non
     conn.zadd("rq:ready", {number: 0})
 
 
-def test_a_number_with_a_layout_1_record_that_does_not_parse_is_left_in_layout_1_whole(
+def test_an_unfit_layout_1_record_is_quarantined_and_the_rest_of_its_number_converts(
     client: RatequeueClient, conn: redis.Redis
 ) -> None:
-    neighbour = "+14155550101"  # same shard
     now_ms = int(time.time() * 1000)
     put_layout_1(conn, NUMBER, {"good": f'0|1|{now_ms}|{NUMBER}|"fine"', "bad": "not a record"})
-    put_layout_1(conn, neighbour, {"old-n": f'0|1|{now_ms}|{neighbour}|"converted"'})
-    before = layout_1_state(conn, NUMBER)
-    client.enqueue(neighbour, "a neighbour's message", "n1")  # runs the conversion
-    assert held_ids(conn, neighbour) == {"old-n", "n1"}  # the conversion ran...
-    assert layout_1_state(conn, neighbour) == ({}, [], None, None)
-    assert client.number_info(NUMBER).depth == 0  # ...moved nothing of NUMBER's...
-    assert layout_1_state(conn, NUMBER) == before  # ...and deleted nothing of it
+    client.enqueue(NUMBER, "new", "n1")  # the number the call touches converts first
+    assert [m.id for m in client.dequeue(10, 30)] == ["good"]  # layout 1's went ahead
+    assert held_ids(conn, NUMBER) == {"good", "n1"}
+    assert layout_1_state(conn, NUMBER) == ({}, [], None, None)
+    why, record = conn.hget("rq:v2:quarantine", f"{NUMBER}/bad").split(b"|", 1)
+    assert (why, record) == (b"record does not parse", b"not a record")
+    assert conn.eval(scripts.SHARD_STATS, 0)[3] == 1  # ratequeue_shard_quarantined
+    assert conn.exists("rq:seg", "rq:leases", "rq:lease") == 0
+
+
+def test_a_bare_sequence_lease_whose_record_does_not_parse_is_quarantined_not_kept(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    expires = int(time.time() * 1000) + 30_000
+    conn.zadd("rq:leases", {"77": expires, "78": expires})  # 78 names no record at all
+    conn.hset("rq:lease", "77", f"{NUMBER}/x")
+    conn.hset("rq:msg", f"{NUMBER}/x", "garbage")
+    client.enqueue(NUMBER, "new", "n1")
+    assert conn.exists("rq:seg", "rq:leases", "rq:lease", "rq:msg") == 0
+    assert conn.hget("rq:v2:quarantine", f"{NUMBER}/x").startswith(b"record does not parse")
+    assert held_ids(conn, NUMBER) == {"n1"}
+
+
+def put_many_layout_1(conn: redis.Redis, count: int, now_ms: int) -> list[str]:
+    """`count` numbers with one layout-1 message each (`m`): the numbers."""
+    numbers = [f"+1999{i:07d}" for i in range(count)]
+    with conn.pipeline(transaction=False) as pipe:
+        for number in numbers:
+            pipe.hset("rq:msg", f"{number}/m", f'0|1|{now_ms}|{number}|"old"')
+            pipe.rpush(f"rq:q:{number}", "m")
+            pipe.hset("rq:seg", number, 1)
+            pipe.zadd("rq:ready", {number: 0})
+        pipe.execute()
+    return numbers
+
+
+def test_a_call_converts_the_numbers_it_touches_and_at_most_100_others(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    others = put_many_layout_1(conn, 250, int(time.time() * 1000))
+    put_layout_1(conn, NUMBER, {"old": f'0|1|{int(time.time() * 1000)}|{NUMBER}|"first"'})
+    client.enqueue(NUMBER, "second", "new")
+    assert held_ids(conn, NUMBER) == {"old", "new"}  # touched: converted before it is served
+    left = conn.hlen("rq:seg")
+    assert 250 - 100 <= left < 250  # others: some converted, never more than 100
+    calls = 1
+    while conn.exists("rq:seg") and calls < 20:
+        client.set_rate(NUMBER, Rate(per_second=1, burst=1))  # any write call converts its share
+        now_left = conn.hlen("rq:seg")
+        assert left - 100 <= now_left < left
+        left, calls = now_left, calls + 1
+    assert conn.exists("rq:seg", "rq:msg", "rq:ready") == 0
+    assert all(held_ids(conn, number) == {"m"} for number in others)
+    assert conn.eval(scripts.SHARD_STATS, 0)[0] == 252
+
+
+def test_a_number_status_on_a_full_shard_reads_layout_1_without_converting(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_layout_1(
+        conn, NUMBER, {"a": f'0|1|{now_ms}|{NUMBER}|"x"', "b": f'0|1|{now_ms}|{NUMBER}|"y"'}
+    )
+    conn.config_set("maxmemory", "1")  # every write is refused (noeviction)
+    try:
+        info = client.number_info(NUMBER)
+    finally:
+        conn.config_set("maxmemory", "0")
+    assert (info.depth, info.held_segments) == (2, 2)
+    assert conn.llen(f"rq:q:{NUMBER}") == 2  # a read converts nothing
+
+
+def test_a_layout_1_receipt_acknowledges_its_message_through_layout_2_code(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    assert layout_1_enqueue(conn, "v1-1", '"old"') == b"ok"
+    assert layout_1_dequeue(conn) == [b"v1-1"]
+    [lease] = conn.zrange("rq:leases", 0, -1)
+    receipt = make_receipt(client.number_info(NUMBER).shard, lease.decode())
+    assert client.ack([receipt]) == 1
+    assert client.number_info(NUMBER).held_segments == 0
+    assert conn.exists("rq:seg", "rq:leases", "rq:msg") == 0
