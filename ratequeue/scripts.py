@@ -264,7 +264,7 @@ local function legacy_release(number, segments)
   end
 end
 
--- A number's layout-1 queue, whole.
+-- A number's layout-1 queue, whole. Returns how many records it held.
 local function legacy_convert_queue(number, now)
   local queued, records, segments = {}, {}, 0
   for _, item in ipairs(redis.call('LRANGE', 'rq:q:' .. number, 0, -1)) do
@@ -300,6 +300,7 @@ local function legacy_convert_queue(number, now)
   redis.call('DEL', 'rq:q:' .. number)
   redis.call('ZREM', 'rq:ready', number)
   legacy_release(number, segments)
+  return #records
 end
 
 -- One layout-1 lease (member `seq:N/id`, or an older bare sequence number whose message key is
@@ -323,7 +324,7 @@ local function legacy_convert_lease(member, score, now)
   legacy_release(number, message.segments)
 end
 
-local LEGACY_BATCH = 100
+local LEGACY_BATCH, LEGACY_MESSAGES = 100, 1000
 
 -- The body fingerprint of a message layout 1 still holds under `key` (`N/id`), if any.
 local function legacy_print(key)
@@ -356,14 +357,18 @@ local function migrate_legacy(touched)
     if redis.call('EXISTS', 'rq:leases') == 0 then redis.call('DEL', 'rq:lease') end
     -- Numbers with queued messages, soonest due first; then any other layout 1 still counts
     -- (HRANDFIELD: O(budget), where a scan from the start slows as the front empties).
-    local due = redis.call('ZRANGE', 'rq:ready', 0, budget - 1)
-    for _, number in ipairs(due) do legacy_convert_queue(number, now) end
-    budget = budget - #due
-    if budget > 0 then
-      for _, number in ipairs(redis.call('HRANDFIELD', 'rq:seg', budget)) do
-        legacy_convert_queue(number, now)
+    -- A number's queue converts whole, so the messages bound the call too: it stops taking
+    -- others once LEGACY_MESSAGES are converted (a number longer than that goes alone).
+    local messages = 0
+    local function convert_others(numbers)
+      for _, number in ipairs(numbers) do
+        if messages >= LEGACY_MESSAGES then return end
+        messages = messages + legacy_convert_queue(number, now)
+        budget = budget - 1
       end
     end
+    convert_others(redis.call('ZRANGE', 'rq:ready', 0, budget - 1))
+    if budget > 0 then convert_others(redis.call('HRANDFIELD', 'rq:seg', budget)) end
   end
   redis.call('SET', P .. 'legacy', '1', 'PX', LEGACY_MS)
 end

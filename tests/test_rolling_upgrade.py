@@ -183,3 +183,16 @@ def test_a_layout_1_receipt_acknowledges_its_message_through_layout_2_code(
     assert client.ack([receipt]) == 1
     assert client.number_info(NUMBER).held_segments == 0
     assert conn.exists("rq:seg", "rq:leases", "rq:msg") == 0
+
+
+def test_a_call_stops_taking_other_numbers_once_1000_messages_are_converted(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    for number in ("+19990000001", "+19990000002", "+19990000003"):
+        records = {f"m{i}": f'0|1|{now_ms}|{number}|"x"' for i in range(600)}
+        put_layout_1(conn, number, records)
+    client.enqueue(NUMBER, "new", "n1")
+    assert conn.hlen("rq:seg") == 1  # 600, then 1,200 messages: the third waits
+    client.enqueue(NUMBER, "new", "n2")
+    assert conn.exists("rq:seg", "rq:msg") == 0
