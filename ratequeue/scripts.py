@@ -318,6 +318,9 @@ local function legacy_convert_lease(member, score, now)
   end
   if not message then return end  -- names no usable record: acknowledges nothing
   local number = message.number
+  -- Its number's queue first (whole), so layout 2 never serves a number layout 1 still queues
+  -- for (an expired lease goes back to the head of a queue that is complete).
+  if redis.call('EXISTS', 'rq:q:' .. number) == 1 then legacy_convert_queue(number, now) end
   legacy_adopt(number, {message}, function(m) return {seq, m.entry} end, now)
   redis.call('ZADD', LEASES, score, seq .. ':' .. number .. '/' .. message.id)
   redis.call('HDEL', 'rq:msg', key)
