@@ -686,6 +686,19 @@ def test_metrics_count_requests_by_outcome_and_report_messages_per_shard(
     assert samples[("ratequeue_shard_messages", (("shard", "s1"),))] == 1
 
 
+def test_metrics_report_the_layout_1_records_the_upgrade_quarantined_per_shard(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shards[0].primary.client() as conn:  # a layout-1 record that does not parse
+        conn.hset("rq:msg", f"{ON_S0}/bad", "not a record")
+        conn.rpush(f"rq:q:{ON_S0}", "bad")
+        conn.hset("rq:seg", ON_S0, 1)
+    enqueue(http, ON_S0, "a", "m-1")  # converts ON_S0 first: the record goes to quarantine
+    samples = metric_samples(http.get("/metrics").text)
+    assert samples[("ratequeue_shard_quarantined", (("shard", "s0"),))] == 1
+    assert samples[("ratequeue_shard_quarantined", (("shard", "s1"),))] == 0
+
+
 def test_metrics_count_a_write_that_wait_did_not_confirm_as_a_wait_failure(
     http: httpx.Client, cluster: LocalCluster
 ) -> None:
