@@ -196,3 +196,17 @@ def test_a_call_stops_taking_other_numbers_once_1000_messages_are_converted(
     assert conn.hlen("rq:seg") == 1  # 600, then 1,200 messages: the third waits
     client.enqueue(NUMBER, "new", "n2")
     assert conn.exists("rq:seg", "rq:msg") == 0
+
+
+def test_a_batch_converts_every_number_it_names_before_the_bounded_others(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_many_layout_1(conn, 150, now_ms)
+    named = (NUMBER, "+14155550101")  # same shard
+    for number in named:
+        put_layout_1(conn, number, {"old": f'0|1|{now_ms}|{number}|"first"'})
+        conn.zadd("rq:ready", {number: now_ms + 3_600_000})  # last in the others' order
+    client.enqueue_many([client.prepare(number, "second", "new") for number in named])
+    assert [held_ids(conn, number) for number in named] == [{"old", "new"}] * 2
+    assert conn.hlen("rq:seg") == 50
