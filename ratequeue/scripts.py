@@ -305,6 +305,7 @@ end
 
 -- One layout-1 lease (member `seq:N/id`, or an older bare sequence number whose message key is
 -- in rq:lease): kept as the same lease under layout 2, so its receipt still acknowledges.
+-- Returns how many records it converted (with its number's queue).
 local function legacy_convert_lease(member, score, now)
   local seq, key = string.match(member, '^(%d+):(.*)$')
   if not seq then seq, key = member, redis.call('HGET', 'rq:lease', member) end
@@ -316,15 +317,21 @@ local function legacy_convert_lease(member, score, now)
     quarantine(key, why .. ' (leased as ' .. member .. ')', rec)
     redis.call('HDEL', 'rq:msg', key)
   end
-  if not message then return end  -- names no usable record: acknowledges nothing
+  if not message then return 1 end  -- names no usable record: acknowledges nothing
   local number = message.number
   -- Its number's queue first (whole), so layout 2 never serves a number layout 1 still queues
   -- for (an expired lease goes back to the head of a queue that is complete).
-  if redis.call('EXISTS', 'rq:q:' .. number) == 1 then legacy_convert_queue(number, now) end
-  legacy_adopt(number, {message}, function(m) return {seq, m.entry} end, now)
-  redis.call('ZADD', LEASES, score, seq .. ':' .. number .. '/' .. message.id)
+  local converted = 1
+  if redis.call('EXISTS', 'rq:q:' .. number) == 1 then
+    converted = converted + legacy_convert_queue(number, now)
+  end
+  local taken = legacy_adopt(number, {message}, function(m) return {seq, m.entry} end, now)
+  if #taken > 0 then  -- else layout 2 holds it already (a retry): one copy, not leased twice
+    redis.call('ZADD', LEASES, score, seq .. ':' .. number .. '/' .. message.id)
+  end
   redis.call('HDEL', 'rq:msg', key)
   legacy_release(number, message.segments)
+  return converted
 end
 
 local LEGACY_BATCH, LEGACY_MESSAGES = 100, 1000
@@ -349,30 +356,32 @@ local function migrate_legacy(touched)
     if score then legacy_convert_lease(member, score, now) end
   end
   for _, number in ipairs(numbers or {}) do
-    if redis.call('HEXISTS', 'rq:seg', number) == 1 then legacy_convert_queue(number, now) end
-  end
-  -- Then a bounded share of the rest: leases soonest to expire first, then numbers.
-  local budget = LEGACY_BATCH
-  local members = redis.call('ZRANGE', 'rq:leases', 0, budget - 1, 'WITHSCORES')
-  for i = 1, #members, 2 do legacy_convert_lease(members[i], members[i + 1], now) end
-  budget = budget - #members / 2
-  if budget > 0 then
-    if redis.call('EXISTS', 'rq:leases') == 0 then redis.call('DEL', 'rq:lease') end
-    -- Numbers with queued messages, soonest due first; then any other layout 1 still counts
-    -- (HRANDFIELD: O(budget), where a scan from the start slows as the front empties).
-    -- A number's queue converts whole, so the messages bound the call too: it stops taking
-    -- others once LEGACY_MESSAGES are converted (a number longer than that goes alone).
-    local messages = 0
-    local function convert_others(numbers)
-      for _, number in ipairs(numbers) do
-        if messages >= LEGACY_MESSAGES then return end
-        messages = messages + legacy_convert_queue(number, now)
-        budget = budget - 1
-      end
+    if redis.call('EXISTS', 'rq:q:' .. number) == 1
+        or redis.call('HEXISTS', 'rq:seg', number) == 1 then
+      legacy_convert_queue(number, now)
     end
-    convert_others(redis.call('ZRANGE', 'rq:ready', 0, budget - 1))
-    if budget > 0 then convert_others(redis.call('HRANDFIELD', 'rq:seg', budget)) end
   end
+  -- Then a bounded share of the rest: at most LEGACY_BATCH leases and numbers, leases soonest
+  -- to expire first, then numbers with queued messages soonest due, then any other number
+  -- rq:seg still counts (HRANDFIELD: O(budget), where a scan from the start slows as the front
+  -- empties). A number's queue converts whole, so the messages bound the call too: it stops
+  -- taking others once LEGACY_MESSAGES are converted (a number longer than that goes alone).
+  local budget, messages = LEGACY_BATCH, 0
+  local function convert_others(items, step, convert)
+    for i = 1, #items, step do
+      if messages >= LEGACY_MESSAGES then return end
+      messages = messages + convert(items[i], items[i + 1], now)
+      budget = budget - 1
+    end
+  end
+  convert_others(redis.call('ZRANGE', 'rq:leases', 0, budget - 1, 'WITHSCORES'), 2,
+    legacy_convert_lease)
+  if redis.call('EXISTS', 'rq:leases') == 0 then redis.call('DEL', 'rq:lease') end
+  local function convert_queue(number) return legacy_convert_queue(number, now) end
+  if budget > 0 then convert_others(redis.call('ZRANGE', 'rq:ready', 0, budget - 1), 1,
+    convert_queue) end
+  if budget > 0 then convert_others(redis.call('HRANDFIELD', 'rq:seg', budget), 1,
+    convert_queue) end
   redis.call('SET', P .. 'legacy', '1', 'PX', LEGACY_MS)
 end
 """
