@@ -13,6 +13,7 @@
             ├── RetryableError       503  retry later with the same message id
             │   ├── DurabilityNotMet
             │   ├── ShardUnavailable
+            │   ├── ShardScriptFailed  a shard's script failed on data it did not expect
             │   ├── StaleEpoch
             │   ├── EnqueueBacklogFull  the API holds its most enqueues for a shard
             │   └── TopologyUnavailable
@@ -94,6 +95,14 @@ class ShardUnavailable(RetryableError):
     """The shard's primary could not be reached (or is no longer the primary)."""
 
     code = "shard_unavailable"
+
+
+class ShardScriptFailed(RetryableError):
+    """A shard's script failed (e.g. on a stored value it did not expect); its writes before the
+    failure stay, as Redis does not roll a script back. Retrying may succeed once a person fixes
+    the value the error names."""
+
+    code = "shard_script_failed"
 
 
 class StaleEpoch(RetryableError):

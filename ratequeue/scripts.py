@@ -162,13 +162,14 @@ local function eligible_after(tat, now, per_second, burst)
   return at
 end
 
--- A number's GCRA time; a number without state may still be limited by layout 1's time for a
--- while after a conversion.
-local function stored_tat(t, number, legacy)
-  if not t and legacy then
+-- A number's GCRA time; a number without state may still be limited by layout 1's time, also
+-- on a shard drained before the upgrade (no layout-1 message left, so no conversion ran). A
+-- value that is not a number limits nothing rather than failing every call on the shard.
+local function stored_tat(t, number)
+  if not t then
     t = redis.call('GET', 'rq:tat:' .. number)
   end
-  return tonumber(t or '0')
+  return tonumber(t) or 0
 end
 
 -- A number whose hash holds nothing but its own fields (no fingerprint, no lease) and whose
@@ -196,7 +197,12 @@ end
 -- is written), a lease on its own. A record that does not fit layout 2 is moved, with what it
 -- was and why, to rq:v2:quarantine (for a person to look at); the rest of its number converts.
 local function quarantine(what, why, record)
-  redis.call('HSET', P .. 'quarantine', what, why .. '|' .. tostring(record))
+  -- Never over an earlier entry of the same key: a later one gets the first free `#2`, `#3`...
+  local field, n = what, 1
+  while redis.call('HSETNX', P .. 'quarantine', field, why .. '|' .. tostring(record)) == 0 do
+    n = n + 1
+    field = what .. '#' .. n
+  end
 end
 
 local function legacy_record(key, number)
@@ -206,7 +212,7 @@ local function legacy_record(key, number)
   local id = string.match(key, '/(.*)$') or key
   if not attempt then return false, 'record does not parse', rec end
   if not valid_id(id) then return false, 'id does not fit layout 2', rec end
-  if number and owner ~= number then return nil end
+  if number and owner ~= number then return false, 'record names another number', rec end
   return {key = key, number = owner, id = id, segments = tonumber(segments), body = body,
     entry = attempt .. '|' .. segments .. '|' .. id .. '|' .. body}
 end
@@ -233,8 +239,7 @@ local function legacy_adopt(number, messages, extra_of, now)
   end
   local rate = row[1] or redis.call('HGET', 'rq:rates', number)
     or redis.call('HGET', 'rq:dr', number) or '1:1'
-  local tat = math.max(tonumber(row[3] or '0'),
-    tonumber(redis.call('GET', 'rq:tat:' .. number) or '0'))
+  local tat = math.max(tonumber(row[3] or '0'), stored_tat(nil, number))
   if #taken > 0 then
     fields[#fields + 1] = 'r'
     fields[#fields + 1] = rate
@@ -444,7 +449,7 @@ while position <= #blob do
         raw = redis.call('HGET', 'rq:rates', number) or default_raw
       end
       local per_second, burst = parse_rate(raw)
-      local tat = stored_tat(row[3], number, legacy)
+      local tat = stored_tat(row[3], number)
       local capacity = math.floor(per_second * max_queue_seconds)
       local limit = max_queue_seconds .. ' s of sending at ' .. per_second .. '/s'
       if capacity > max_number_segments then
@@ -760,7 +765,7 @@ if tonumber(stored_rate) ~= per_second or tonumber(stored_burst) ~= burst then
   rate = per_second .. ':' .. burst  -- the rate in force, clamped into the allowed range
 end
 local row = redis.call('HMGET', P .. 'n:' .. number, 's', 't')
-local legacy_tat = tonumber(redis.call('GET', 'rq:tat:' .. number) or '0')
+local legacy_tat = tonumber(redis.call('GET', 'rq:tat:' .. number)) or 0
 return {now, redis.call('LLEN', P .. 'q:' .. number) + redis.call('LLEN', 'rq:q:' .. number),
   tonumber(row[1] or '0') + (tonumber(redis.call('HGET', 'rq:seg', number)) or 0), rate,
   override and 'override' or 'default',

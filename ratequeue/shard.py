@@ -24,6 +24,7 @@ from ratequeue.errors import (
     DurabilityNotMet,
     RatequeueError,
     ShardFull,
+    ShardScriptFailed,
     ShardUnavailable,
     StaleEpoch,
 )
@@ -189,6 +190,10 @@ def _translate(error: Exception, shard_id: str) -> Exception:
             return ShardUnavailable(f"shard {shard_id}: node is a replica now ({text})")
         if text.startswith(("LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS")):
             return ShardUnavailable(f"shard {shard_id}: {text}")
+        if not isinstance(error, NoScriptError):
+            # A script that failed on data it did not expect: a clean, retryable refusal that
+            # names the shard, never an unmapped error (a 500 with a traceback).
+            return ShardScriptFailed(f"shard {shard_id}: its script failed ({text})")
     return error
 
 

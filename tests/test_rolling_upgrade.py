@@ -13,6 +13,7 @@ import redis
 
 from ratequeue import scripts
 from ratequeue.client import RatequeueClient
+from ratequeue.errors import IdConflict, ShardScriptFailed
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.rates import Rate
 from ratequeue.scripts import held_ids
@@ -210,3 +211,121 @@ def test_a_batch_converts_every_number_it_names_before_the_bounded_others(
     client.enqueue_many([client.prepare(number, "second", "new") for number in named])
     assert [held_ids(conn, number) for number in named] == [{"old", "new"}] * 2
     assert conn.hlen("rq:seg") == 50
+
+
+def test_a_number_limited_just_before_a_drained_upgrade_stays_limited(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    # Drained first (docs/upgrading.md): of layout 1 only the number's GCRA time is left.
+    conn.set(f"rq:tat:{NUMBER}", int(time.time() * 1000) + 60_000, px=60_000)
+    client.enqueue(NUMBER, "new", "n1")
+    assert client.dequeue(10, 30) == []
+    assert client.number_info(NUMBER).next_eligible_at > time.time() + 30
+
+
+def test_a_layout_1_rate_time_that_is_not_a_number_limits_nothing(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    put_layout_1(conn, NUMBER, {"old": f'0|1|{int(time.time() * 1000)}|{NUMBER}|"first"'})
+    conn.set(f"rq:tat:{NUMBER}", "garbage")
+    client.enqueue(NUMBER, "new", "n1")  # converts the number, reading its layout-1 time
+    assert [m.id for m in client.dequeue(10, 30)] == ["old"]
+
+
+def test_a_failing_shard_script_is_a_retryable_refusal_naming_the_shard(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    conn.hset(f"rq:v2:n:{NUMBER}", mapping={"r": "1:1", "s": "x", "t": "0"})  # `s` not a number
+    with pytest.raises(ShardScriptFailed, match=r"shard .*: its script failed"):
+        client.enqueue(NUMBER, "new", "n1")
+
+
+def test_a_second_quarantined_record_of_the_same_key_keeps_the_first(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    conn.hset("rq:v2:quarantine", f"{NUMBER}/bad", "earlier|first")
+    put_layout_1(conn, NUMBER, {"bad": "not a record"})
+    client.enqueue(NUMBER, "new", "n1")
+    assert conn.hget("rq:v2:quarantine", f"{NUMBER}/bad") == b"earlier|first"
+    assert conn.hget("rq:v2:quarantine", f"{NUMBER}/bad#2") == b"record does not parse|not a record"
+
+
+def test_a_layout_1_record_naming_another_number_is_quarantined(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_layout_1(conn, NUMBER, {"stray": f'0|1|{now_ms}|+14155550199|"x"'})
+    client.enqueue(NUMBER, "new", "n1")
+    assert conn.exists("rq:msg", "rq:seg") == 0
+    why = conn.hget("rq:v2:quarantine", f"{NUMBER}/stray").split(b"|", 1)[0]
+    assert why == b"record names another number"
+
+
+def test_an_expired_layout_1_lease_returns_to_the_head_of_its_converted_queue(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_layout_1(conn, NUMBER, {"m2": f'0|1|{now_ms}|{NUMBER}|"two"'})
+    conn.hset("rq:msg", f"{NUMBER}/m1", f'0|1|{now_ms}|{NUMBER}|"one"')
+    conn.hset("rq:seg", NUMBER, 2)
+    conn.zadd("rq:leases", {f"7:{NUMBER}/m1": now_ms - 1})
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    assert [(m.id, m.attempt) for m in client.dequeue(10, 30)] == [("m1", 1), ("m2", 0)]
+    assert conn.exists("rq:seg", "rq:leases", "rq:msg", f"rq:q:{NUMBER}") == 0
+
+
+def test_a_retry_of_a_message_layout_1_still_leases_unconverted_is_a_duplicate(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    others = put_many_layout_1(conn, 100, now_ms)
+    conn.zadd("rq:leases", {f"{i}:{number}/m": now_ms + 10_000 for i, number in enumerate(others)})
+    conn.delete("rq:ready")
+    for number in others:
+        conn.delete(f"rq:q:{number}")
+    conn.hset("rq:msg", f"{NUMBER}/v1-1", f'0|1|{now_ms}|{NUMBER}|"old"')
+    conn.hset("rq:seg", NUMBER, 1)
+    conn.zadd("rq:leases", {f"500:{NUMBER}/v1-1": now_ms + 20_000})  # after the 100 others
+    assert client.enqueue(NUMBER, "old", "v1-1").duplicate
+    assert conn.zscore("rq:leases", f"500:{NUMBER}/v1-1") is not None  # still layout 1's lease
+    with pytest.raises(IdConflict):
+        client.enqueue(NUMBER, "changed", "v1-1")
+
+
+def test_a_layout_1_lease_of_a_message_layout_2_holds_is_not_leased_twice(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    client.enqueue(NUMBER, "same", "both")
+    conn.hset("rq:msg", f"{NUMBER}/both", f'0|1|{now_ms}|{NUMBER}|"same"')
+    conn.hset("rq:seg", NUMBER, 1)
+    conn.zadd("rq:leases", {f"9:{NUMBER}/both": now_ms + 30_000})
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    assert conn.zrange("rq:v2:leases", 0, -1) == []
+    assert [m.id for m in client.dequeue(10, 30)] == ["both"]
+    assert client.dequeue(10, 30) == []
+    assert client.number_info(NUMBER).held_segments == 1
+
+
+def test_a_touched_number_converts_its_layout_1_queue_without_its_seg_field(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_many_layout_1(conn, 150, now_ms)  # more than one call's share of others
+    put_layout_1(conn, NUMBER, {"old": f'0|1|{now_ms}|{NUMBER}|"first"'})
+    conn.hdel("rq:seg", NUMBER)
+    conn.zadd("rq:ready", {NUMBER: now_ms + 3_600_000})  # last in the others' order
+    client.enqueue(NUMBER, "second", "new")
+    assert held_ids(conn, NUMBER) == {"old", "new"}
+    assert conn.exists(f"rq:q:{NUMBER}") == 0
+
+
+def test_a_converted_number_keeps_its_layout_1_rate_limit_time(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    put_layout_1(conn, NUMBER, {"old": f'0|1|{now_ms}|{NUMBER}|"first"'})
+    conn.set(f"rq:tat:{NUMBER}", now_ms + 60_000, px=60_000)
+    client.enqueue(NUMBER, "second", "new")
+    assert client.dequeue(10, 30) == []
+    assert client.number_info(NUMBER).next_eligible_at > time.time() + 30
