@@ -594,6 +594,15 @@ def test_a_shard_whose_primary_is_down_answers_503_with_retry_after_never_500(
     assert "retry-after" in info.headers
 
 
+def test_a_shard_script_failing_on_unexpected_data_answers_503_never_500(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shards[0].primary.client() as conn:
+        conn.hset(state_key(ON_S0), mapping={"r": "1:1", "s": "not a number", "t": "0"})
+    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    assert_error(response, 503, "shard_script_failed", "s0")
+
+
 def test_numbers_on_other_shards_are_served_while_one_shard_is_down(
     http: httpx.Client, cluster: LocalCluster
 ) -> None:
