@@ -544,8 +544,8 @@ DEQUEUE = (
     + _PRELUDE
     + r"""
 -- ARGV: max, lease_ms, requeue_limit
--- Returns a flat list, five items per leased message: lease, id, number, attempt, body; a
--- receipt names its lease.
+-- Returns {now (ms, the shard's clock: when it leased them), a flat list, five items per
+-- leased message: lease, id, number, attempt, body}; a receipt names its lease.
 migrate_legacy()
 local now = now_ms()
 local max = tonumber(ARGV[1])
@@ -632,7 +632,7 @@ while served < max do
   call_chunked('ZADD', READY, later)
   call_chunked('ZREM', READY, gone)
 end
-return out
+return {now, out}
 """
 )
 

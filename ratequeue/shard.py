@@ -73,6 +73,8 @@ class LeasedMessage:
     receipt: str
     attempt: int
     shard: str
+    leased_at: float
+    """When the shard leased it, by its own clock (the DEQUEUE script's time), in seconds."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def _translate(error: Exception, shard_id: str) -> Exception:
             return ShardUnavailable(f"shard {shard_id}: node is a replica now ({text})")
         if text.startswith(("LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS")):
             return ShardUnavailable(f"shard {shard_id}: {text}")
-        if not isinstance(error, NoScriptError):
+        if "user_script" in text:  # Redis names where in the script it failed
             # A script that failed on data it did not expect: a clean, retryable refusal that
             # names the shard, never an unmapped error (a 500 with a traceback).
             return ShardScriptFailed(f"shard {shard_id}: its script failed ({text})")
@@ -290,7 +292,9 @@ class ShardQueue:
         return outcomes
 
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
-        flat, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        leased_at = int(result[0]) / 1000
+        flat = result[1]
         leased = []
         for i in range(0, len(flat), 5):
             leased.append(
@@ -301,6 +305,7 @@ class ShardQueue:
                     receipt=make_receipt(self.shard_id, flat[i].decode()),
                     attempt=flat[i + 3],
                     shard=self.shard_id,
+                    leased_at=leased_at,
                 )
             )
         return leased
