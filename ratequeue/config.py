@@ -71,6 +71,15 @@ class ServiceSettings(BaseModel):
     max_dequeue: int = Field(
         1000, ge=1, le=100_000, description="the most messages one dequeue may lease"
     )
+    max_batch: int = Field(
+        1000, ge=1, le=100_000, description="messages one POST /v1/messages:batch may carry"
+    )
+    max_batch_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=256,
+        le=256 * 1024 * 1024,
+        description="bytes of one POST /v1/messages:batch request body",
+    )
     max_lease_seconds: float = Field(
         3600, gt=0, description="the longest lease a dequeue may ask (seconds)"
     )

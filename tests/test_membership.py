@@ -23,7 +23,7 @@ from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, 
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
 from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
-from ratequeue.scripts import message_key
+from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
 
@@ -116,12 +116,12 @@ def test_a_restarted_primary_comes_back_parked_with_its_data(
     with pytest.raises(ShardUnavailable, match="replica"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert conn.hexists("rq:msg", message_key("+14155550100", "m1"))
+        assert "m1" in held_ids(conn, "+14155550100")
         conn.execute_command("REPLICAOF", "NO", "ONE")  # by hand: its old fence is still there
     with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert not conn.hexists("rq:msg", message_key("+14155550100", "m2"))
+        assert "m2" not in held_ids(conn, "+14155550100")
 
 
 # -- the fence ---------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_a_primary_whose_replicas_stopped_acknowledging_refuses_dequeues_and_lea
         with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
             asyncio.run(dequeue(primary))
         with primary.client() as conn:
-            assert conn.llen("rq:q:+14155550100") == 1 and conn.zcard("rq:leases") == 0
+            assert conn.llen(queue_key("+14155550100")) == 1 and conn.zcard(LEASES_KEY) == 0
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     deadline = time.monotonic() + 10
