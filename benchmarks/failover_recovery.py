@@ -166,7 +166,34 @@ class KillResult:
     # (started after the kill, seconds to answer, status) of those not acknowledged
     probe_refusals: list[tuple[float, float, str]] = field(default_factory=list)
     first_ack_request_started: float | None = None  # seconds after the kill
+    # stage → seconds after the kill, in the order they happened (see `kill_trace`)
+    trace: dict[str, float] = field(default_factory=dict)
+    # node → seconds its checks took in the quorum round (a peer's as it measured them)
+    quorum_seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+
+
+def kill_trace(
+    killed_at: float, downs: list[dict], ran: dict, workflow: dict, first_ack: float
+) -> dict[str, float]:
+    """One failover stage by stage, seconds after the kill: the sensors' reports, the deciding
+    controller's stages (the audit record's `stages`), each workflow step's start and end (with
+    its attempts when retried), the first acknowledged write. Where the idle waits show."""
+    marks: dict[str, float] = {}
+    for number, down in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
+        marks[f"report {number} seen"] = parse_time(down["event"]["occurred_at"])
+        marks[f"report {number} received"] = float(down["received_at"])
+    marks |= {f"decision: {stage}": at for stage, at in ran.get("stages", {}).items()}
+    marks["decided"] = float(ran["decided_at"])
+    for name, step_record in (workflow.get("steps") or {}).items():
+        retried = f" (attempt {step_record['attempts']})" if step_record["attempts"] > 1 else ""
+        if step_record.get("started_at") is not None:
+            marks[f"step {name} started{retried}"] = float(step_record["started_at"])
+        if step_record.get("finished_at") is not None:
+            marks[f"step {name} finished"] = float(step_record["finished_at"])
+    marks["first 201"] = first_ack
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    return {stage: round(at - killed_at, 4) for stage, at in ordered if at - killed_at < 10}
 
 
 @dataclass
@@ -516,6 +543,8 @@ class RatequeueBench:
         for phase in PHASES:
             result.phases[phase] = result.marks[phase] - previous
             previous = result.marks[phase]
+        result.trace = kill_trace(killed_at, downs, ran, workflow, first_ack)
+        result.quorum_seconds = {v["node"]: v["seconds"] for v in ran.get("verdicts") or []}
         if result.workflow_status != "succeeded":
             result.error = f"workflow {result.workflow_id} {result.workflow_status}"
         return result

@@ -230,6 +230,7 @@ class ControllerNode:
             record.gate = stale.gate
             return await decisions.decide(record, "stale", stale.reason)
         first_id = await self.incidents.claim(event)
+        record.stage_ended("claimed")
         if first_id is not None:
             return await decisions.decide(record, "duplicate", f"same incident as event {first_id}")
         if is_failure(event):
@@ -251,12 +252,14 @@ class ControllerNode:
 
         # -- the gates
         stop = await self.gates.before_action(event, incidents)
+        record.stage_ended("gates")
         if stop is not None:
             return await decisions.stopped_by_gate(record, stop)
 
         # -- the quorum on the rule's checks
         verdicts, quorum = await self.quorum.gather_verdicts(event, rule)
         record.verdicts, record.quorum = verdicts, quorum
+        record.stage_ended("quorum")
         if not quorum.reached:
             failing = sorted({r.name for v in verdicts for r in v.results if not r.ok})
             return await decisions.escalate(
@@ -284,6 +287,7 @@ class ControllerNode:
             stop = cancelled.args[0] if cancelled.args else GateStop("kill_switch", "cancelled")
             record.note("workflow_cancelled", stop.reason)
             return await decisions.stopped_by_gate(record, stop)
+        record.stage_ended("workflow_started")
         return await decisions.scheduled(record, event, workflow.id)
 
     def workflow_inputs(self, rule: Rule, event: Event) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The quorum round: this node runs a rule's precondition checks from its own vantage point
 (`evaluate`, also what its peers ask of it over HTTP), asks every peer to do the same, and counts
-the nodes whose every check passed.
+the nodes whose every check passed. The round ends as soon as `quorum` nodes passed (a failed or
+missing verdict vetoes nothing, so the slowest node cannot change a reached quorum); short of
+that it waits for every verdict, so a refusal shows each node's reasons.
 
 Not for: what the checks are (`checks`), the peer endpoint (`routes.quorum`), or what happens
 when the quorum is (not) reached (`controller`).
@@ -92,15 +94,31 @@ class Quorum:
     async def gather_verdicts(
         self, event: Event, rule: Rule
     ) -> tuple[list[NodeVerdict], QuorumOutcome]:
-        asks = [
-            self.evaluate(event, rule),
-            *(self.ask_peer(u, event, rule) for u in self.settings.peers),
-        ]
-        verdicts = list(await asyncio.gather(*asks))
+        """Every node's verdict, in the order asked (this node first), until `quorum` passed."""
+        started = time.monotonic()
+        peers = self.settings.peers
+        asks = {
+            asyncio.ensure_future(self.evaluate(event, rule)): self.node_id,
+            **{asyncio.ensure_future(self.ask_peer(url, event, rule)): url for url in peers},
+        }
+        answered: dict[asyncio.Future[NodeVerdict], NodeVerdict] = {}
+        pending = set(asks)
+        try:
+            while pending and sum(v.passed for v in answered.values()) < self.settings.quorum:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for ask in done:
+                    answered[ask] = ask.result()
+                    answered[ask].answered_after = time.monotonic() - started
+        finally:
+            for ask in pending:
+                ask.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        verdicts = [answered[ask] for ask in asks if ask in answered]
         quorum = QuorumOutcome(
             required=self.settings.quorum,
             passed=[v.node for v in verdicts if v.passed],
             failed=[v.node for v in verdicts if not v.passed and v.error is None],
             unanswered=[v.node for v in verdicts if v.error is not None],
+            not_awaited=[node for ask, node in asks.items() if ask not in answered],
         )
         return verdicts, quorum
