@@ -180,9 +180,9 @@ def kill_trace(
     controller's stages (the audit record's `stages`), each workflow step's start and end (with
     its attempts when retried), the first acknowledged write. Where the idle waits show."""
     marks: dict[str, float] = {}
-    for number, down in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
-        marks[f"report {number} seen"] = parse_time(down["event"]["occurred_at"])
-        marks[f"report {number} received"] = float(down["received_at"])
+    for number, report in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
+        marks[f"report {number} seen"] = parse_time(report["event"]["occurred_at"])
+        marks[f"report {number} received"] = float(report["received_at"])
     marks |= {f"decision: {stage}": at for stage, at in ran.get("stages", {}).items()}
     marks["decided"] = float(ran["decided_at"])
     for name, step_record in (workflow.get("steps") or {}).items():
