@@ -124,6 +124,41 @@ def test_a_restarted_primary_comes_back_parked_with_its_data(
         assert not conn.hexists("rq:msg", message_key("+14155550100", "m2"))
 
 
+async def promote_with_replicas(candidate: ShardNode, followers: list[ShardNode]) -> int:
+    """A failover by hand: park everyone, appoint `candidate` (write quorum 1), repoint the
+    followers; returns what `writable_with` says, and the write made right after it."""
+    conns = [aioredis.Redis(host=n.host, port=n.port) for n in [candidate, *followers]]
+    try:
+        for conn in conns:
+            await membership.park(conn)
+        await membership.appoint_primary(conns[0], 2, min_replicas=1)
+        for conn in conns[1:]:
+            await conn.execute_command("REPLICAOF", candidate.host, str(candidate.port))
+        good = await membership.writable_with(conns[0], 1, 5.0 if followers else 0.2)
+        await conns[0].set("written-at-once", "1")  # NOREPLICAS if the quorum is not there
+        return good
+    finally:
+        for conn in conns:
+            await conn.aclose()
+
+
+def test_a_new_primary_accepts_writes_as_soon_as_writable_with_returns(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    shard = start_cluster(shards=1, replicas=2).shards[0]
+    shard.primary.signal(signal.SIGKILL)
+    assert asyncio.run(promote_with_replicas(shard.replicas[1], [shard.replicas[0]])) == 1
+
+
+def test_a_new_primary_without_replicas_is_given_up_on_after_the_timeout_and_stays_refusing(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    shard = start_cluster(shards=1, replicas=2).shards[0]
+    shard.primary.signal(signal.SIGKILL)
+    with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+        asyncio.run(promote_with_replicas(shard.replicas[1], []))
+
+
 # -- the fence ---------------------------------------------------------------------------------
 
 

@@ -35,6 +35,9 @@ from ratequeue.membership import ReplicaPosition
 from ratequeue.topology import HeldNode, Lineage, NodeRef, Shard, Topology, TopologySource
 
 FORENSICS_POLICIES = ("demote", "stop")
+# How long the repoint waits for the new primary to count its replicas before the topology is
+# published anyway (a replica that died meanwhile: the shard is short until it is replaced).
+WRITABLE_WAIT_SECONDS = 0.5
 
 # The workflow step names whose outputs later steps read (`ratequeue_failover.yaml` uses them;
 # the load-time check refuses a copy that renames one).
@@ -119,6 +122,11 @@ class CandidatePromoted(StepOutput):
 class ReplicasRepointed(StepOutput):
     replicas: list[str]
     lost: list[str]
+    good_replicas: int | None = Field(
+        None,
+        description="replicas the new primary counted for its write quorum once they were "
+        "repointed (it accepts writes from `replicas_required_after_promotion` on)",
+    )
 
 
 class TopologyPublished(StepOutput):
@@ -335,7 +343,17 @@ async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
 
     repointed = [n for n in await asyncio.gather(*(repoint(o) for o in others)) if n]
     lost = [o.name for o in others if o.name not in repointed]
-    return ReplicasRepointed(replicas=repointed, lost=lost)
+    # Published only once the new primary accepts writes: clients that learn of it at once
+    # then write at once, instead of meeting NOREPLICAS and backing off (up to a second).
+    required = replicas_required_after_promotion(ctx)
+    good = None
+    if repointed and required > 0:
+        try:
+            async with connect(candidate, WRITABLE_WAIT_SECONDS + 1.0) as conn:
+                good = await membership.writable_with(conn, required, WRITABLE_WAIT_SECONDS)
+        except (RedisError, OSError):
+            good = None  # publishing goes on: the topology must name the new primary
+    return ReplicasRepointed(replicas=repointed, lost=lost, good_replicas=good)
 
 
 async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10) -> Topology:
