@@ -36,7 +36,8 @@ class NodeVerdict(BaseModel):
     error: str | None = None
     seconds: float = 0.0
     answered_after: float | None = Field(
-        None, description="seconds from the start of the quorum round to this verdict's arrival "
+        None,
+        description="seconds from the start of the quorum round to this verdict's arrival "
         "at the coordinator (the node's own `seconds` plus the round trip)",
     )
 

@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from detection.events import Event
-from detection.probes import ProbeResult, ping
+from detection.probes import ProbeResult, ping, probe_connection
 from lazarus_lite.coordination.interface import ServiceMembership
 from lazarus_lite.rules import CheckSpec
 from ratequeue import membership
@@ -110,10 +107,7 @@ async def replication_and_enqueues(node: NodeRef, timeout: float) -> tuple[dict 
     """A node's `INFO replication` and enqueue count in one round trip on one connection (the
     checks used to read the count after the INFO came back: a second connection and a second
     round trip in every decision). (None, None) if the node cannot be read within `timeout`."""
-    connection = aioredis.Redis(
-        host=node.peer_host or node.host, port=node.port, socket_timeout=timeout,
-        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),  # a retry reports late
-    )  # fmt: skip
+    connection = probe_connection(node.peer_host or node.host, node.port, timeout)
     try:
         async with asyncio.timeout(timeout), connection.pipeline(transaction=False) as pipe:
             pipe.info("replication")

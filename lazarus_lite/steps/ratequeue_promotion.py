@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from detection.probes import QUIET_DRIVER, QUIET_PROTOCOL
 from lazarus_lite.errors import Escalate
 from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
@@ -166,6 +167,9 @@ async def connect(node: NodeRef, timeout: float = 1.0) -> AsyncIterator[aioredis
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        # No greeting round trips on the failover's path (`detection.probes.QUIET_DRIVER`).
+        driver_info=QUIET_DRIVER,
+        protocol=QUIET_PROTOCOL,
     )
     try:
         yield connection

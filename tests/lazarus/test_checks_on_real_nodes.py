@@ -77,3 +77,30 @@ def test_one_evaluation_reads_each_replica_over_a_single_connection(
         for watcher in watchers:
             watcher.close()
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
+
+
+def test_the_checks_ask_the_nodes_nothing_but_their_questions(
+    killed_primary: LocalCluster,
+) -> None:
+    # Every probe is a new connection: a greeting on each (HELLO, CLIENT SETINFO and the like,
+    # some of which Redis 7.0 refuses) would add round trips to every one of them.
+    nodes = [*killed_primary.shard("s0").replicas, killed_primary.shard("s1").primary]
+    watchers = [node.client() for node in nodes]
+
+    def greetings_and_errors() -> list[tuple[int, int, int]]:
+        seen = []
+        for watcher in watchers:
+            commands = watcher.info("commandstats")
+            setinfo = commands.get("cmdstat_client|setinfo", {}).get("calls", 0)
+            hello = commands.get("cmdstat_hello", {}).get("calls", 0)
+            errors = watcher.info("errorstats").get("errorstat_ERR", {}).get("count", 0)
+            seen.append((int(setinfo), int(hello), int(errors)))
+        return seen
+
+    try:
+        before = greetings_and_errors()
+        failover_rule_checks(killed_primary)
+        assert greetings_and_errors() == before
+    finally:
+        for watcher in watchers:
+            watcher.close()
