@@ -17,6 +17,10 @@ acknowledged again, and compare with Redis Sentinel on the same machine in the s
       promote      → `promote_candidate` finished (fence, choose the candidate, REPLICAOF NO ONE)
       publish      → `publish_topology` finished (repoint the other replica, epoch + 1)
       first write  → the first HTTP 201 (the API follows the topology, WAIT confirms a replica)
+    Each kill also keeps its stage trace (`trace` in the JSON, milliseconds after the kill:
+    the sensors' reports seen and received, the decision's stages from the audit record's
+    `stages`, every workflow step's start and end, the first 201) and how long each node's
+    checks took in the quorum round (`quorum_seconds`): where the idle waits show.
     Targets for the total: p50 <= 1.5 s, p95 <= 3 s. The controllers' per-service rate limit
     (10 incidents in 10 minutes by default, which these kills are) is raised above `--kills`.
 (2) Redis Sentinel: 1 primary + 2 replicas and 3 sentinels (quorum 2, down-after 1000 ms),
