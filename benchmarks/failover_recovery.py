@@ -185,7 +185,10 @@ def kill_trace(
     its attempts when retried), the first acknowledged write. Where the idle waits show."""
     marks: dict[str, float] = {}
     for number, report in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
-        marks[f"report {number} seen"] = parse_time(report["event"]["occurred_at"])
+        data = report["event"].get("data") or {}
+        evidence = f"{data.get('evidence')}, {data.get('consecutive_failures')} failed"
+        seen = f"report {number} seen ({evidence})"
+        marks[seen] = parse_time(report["event"]["occurred_at"])
         marks[f"report {number} received"] = float(report["received_at"])
     marks |= {f"decision: {stage}": at for stage, at in ran.get("stages", {}).items()}
     marks["decided"] = float(ran["decided_at"])
