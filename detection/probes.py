@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ProbeResult:
     refused: bool = False
     """The host answered that nothing listens on the port (connection refused): a process
     that died, not one that is slow or cut off. Strong evidence, and it comes at once."""
+    silent: bool = False
+    """No answer within the timeout (a stalled process, a cut path): the only failure that
+    took the whole timeout to see."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -84,7 +88,8 @@ def refused_by_live_host(error: BaseException) -> bool:
 
 def failed_probe(started: float, error: BaseException) -> ProbeResult:
     return ProbeResult(False, time.perf_counter() - started, describe_error(error),
-                       refused=refused_by_live_host(error))  # fmt: skip
+                       refused=refused_by_live_host(error),
+                       silent=isinstance(error, TimeoutError | RedisTimeoutError))  # fmt: skip
 
 
 # A new connection asks nothing but what it is told to: redis-py 8 would otherwise open each

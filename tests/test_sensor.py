@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -148,6 +149,41 @@ async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal
     assert data["replica"] == replica.ref().address
     assert "111" in data["last_error"] or "refused" in data["last_error"].lower()
     assert published(cluster, "RedisMasterRecovered") == []
+
+
+async def test_a_primary_dying_during_the_probe_is_reported_in_the_same_cycle(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    """The process is going: the probe's connection is reset (its port is still open), and
+    its port is closed a moment later. The cycle looks again instead of waiting an interval,
+    and reports on the two refusals that follow, still counting one failure."""
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0], threshold=3)
+    assert (await sensor.check_once()).state == "ok"
+    kill(shard.primary)
+    primary = shard.primary.ref()
+    resets = 0
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        if not await reader.read(100):  # the sensor's idle link asks nothing: let it be
+            return
+        resets += 1
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )  # closed with a reset
+        writer.close()
+        server.close()  # and the port is gone
+
+    server = await asyncio.start_server(dying, primary.peer_host or primary.host, primary.port)
+    try:
+        result = await sensor.check_once()
+    finally:
+        server.close()
+    assert resets >= 1  # the probe met the dying process (a connection already queued may too)
+    assert result.state == "down"
+    [down] = published(cluster, "RedisMasterDown")
+    assert down.data["evidence"] == "refused" and down.data["consecutive_failures"] == 1
 
 
 async def test_a_primary_that_stays_down_is_reported_again_after_the_reemit_interval(
