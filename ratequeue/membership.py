@@ -396,8 +396,11 @@ async def writable_with(primary: aioredis.Redis, required: int, timeout: float) 
     deadline = loop.time() + timeout
     while True:
         left_ms = max(1, int((deadline - loop.time()) * 1000))
-        await primary.execute_command("WAIT", required, left_ms)
-        good = int((await primary.info("replication")).get("min_slaves_good_slaves", required))
+        acknowledged = int(await primary.execute_command("WAIT", required, left_ms))
+        # Redis leaves the good-replica count out of INFO when no write quorum is set
+        # (min-replicas-to-write 0): then the replicas WAIT counted are the answer.
+        info = await primary.info("replication")
+        good = int(info.get("min_slaves_good_slaves", acknowledged))
         if good >= required or loop.time() >= deadline:
             return good
         # WAIT counted a replica Redis has not yet counted as good (its count refreshes on its

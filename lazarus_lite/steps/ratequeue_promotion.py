@@ -317,6 +317,19 @@ async def promote_candidate(ctx: StepContext) -> CandidatePromoted:
     )
 
 
+async def good_replicas_of(candidate: NodeRef, required: int) -> int | None:
+    """How many replicas the new primary counts once `required` are there, or after at most
+    about WRITABLE_WAIT_SECONDS; None if it did not answer (publishing goes on regardless: the
+    topology must name the new primary). The whole wait, connecting included, is bounded, so a
+    stalled candidate holds the publication no longer than the write quorum would have."""
+    bound = WRITABLE_WAIT_SECONDS + 0.1
+    try:
+        async with asyncio.timeout(bound), connect(candidate, bound) as conn:
+            return await membership.writable_with(conn, required, WRITABLE_WAIT_SECONDS)
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
 @step(
     "ratequeue.repoint_replicas",
     output=ReplicasRepointed,
@@ -350,13 +363,7 @@ async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
     # Published only once the new primary accepts writes: clients that learn of it at once
     # then write at once, instead of meeting NOREPLICAS and backing off (up to a second).
     required = replicas_required_after_promotion(ctx)
-    good = None
-    if repointed and required > 0:
-        try:
-            async with connect(candidate, WRITABLE_WAIT_SECONDS + 1.0) as conn:
-                good = await membership.writable_with(conn, required, WRITABLE_WAIT_SECONDS)
-        except (RedisError, OSError):
-            good = None  # publishing goes on: the topology must name the new primary
+    good = await good_replicas_of(candidate, required) if repointed and required > 0 else None
     return ReplicasRepointed(replicas=repointed, lost=lost, good_replicas=good)
 
 
