@@ -188,13 +188,6 @@ async def replication_info_or_error(
         await _close(connection)
 
 
-async def replication_info(host: str, port: int, timeout: float = 0.5) -> dict[str, Any] | None:
-    """`INFO replication` of `host:port` as a dict (values typed by redis-py: offsets are
-    ints), or None when the node cannot be reached within `timeout`."""
-    info, _ = await replication_info_or_error(host, port, timeout)
-    return info
-
-
 def replica_offset(info: dict[str, Any]) -> tuple[str | None, int | None]:
     """(replication id, offset) from `INFO replication`.
 

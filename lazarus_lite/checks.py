@@ -109,7 +109,9 @@ async def replication_and_enqueues(node: NodeRef, timeout: float) -> tuple[dict 
     round trip in every decision). (None, None) if the node cannot be read within `timeout`."""
     connection = probe_connection(node.peer_host or node.host, node.port, timeout)
     try:
-        async with asyncio.timeout(timeout), connection.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: no write lands between the INFO and the GET, so the count and the
+        # offsets are of one moment.
+        async with asyncio.timeout(timeout), connection.pipeline(transaction=True) as pipe:
             pipe.info("replication")
             pipe.get(membership.BARRIER_KEY)
             info, count = await pipe.execute(raise_on_error=False)

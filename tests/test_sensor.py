@@ -186,6 +186,41 @@ async def test_a_primary_dying_during_the_probe_is_reported_in_the_same_cycle(
     assert down.data["evidence"] == "refused" and down.data["consecutive_failures"] == 1
 
 
+async def test_a_primary_that_resets_the_probe_and_then_answers_is_not_reported(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    """A restart: the probe's connection is reset, and the look again finds the process
+    answering. Nothing is reported."""
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0], threshold=3)
+    assert (await sensor.check_once()).state == "ok"
+    kill(shard.primary)
+    primary = shard.primary.ref()
+    resets = 0
+
+    async def restarting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        while request := await reader.read(100):  # the sensor's idle link asks nothing
+            if resets == 0:
+                resets += 1
+                writer.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )  # the first probe meets the old process going: a reset
+                writer.close()
+                return
+            writer.write(b"+PONG\r\n" * request.count(b"PING"))  # the new process answers
+            await writer.drain()
+
+    server = await asyncio.start_server(restarting, primary.peer_host or primary.host, primary.port)
+    try:
+        result = await sensor.check_once()
+    finally:
+        server.close()
+    assert resets == 1
+    assert result.state == "ok"
+    assert published(cluster, "RedisMasterDown") == []
+
+
 async def test_a_primary_that_stays_down_is_reported_again_after_the_reemit_interval(
     cluster: LocalCluster, make_sensor: MakeSensor
 ) -> None:

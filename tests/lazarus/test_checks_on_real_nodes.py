@@ -44,7 +44,7 @@ def killed_primary(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     with s0.primary.client() as primary:
         for _ in range(5):
             primary.incr(membership.BARRIER_KEY)
-        primary.execute_command("WAIT", 2, 5000)
+        assert primary.execute_command("WAIT", 2, 5000) == 2
     s0.primary.signal(signal.SIGKILL)
     wait_for("the primary to die", lambda: not s0.primary.alive(), timeout=10)
     return cluster
