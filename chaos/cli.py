@@ -15,9 +15,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos import testbed as testbed_module
-from chaos.cron_schedule import CronSchedule
+from chaos.agent.settings import AgentSettings
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
+from chaos.schedule_settings import ScheduleSettings
+from chaos.soak_growth import BYTES_PER_CYCLE
+from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
 
@@ -161,31 +164,6 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
-def _parse_duration_option(value: str | None, option: str) -> float | None:
-    from common.durations import parse_duration
-
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        console.print(f"[red]invalid value for {option}:[/] {escape(str(error))}")
-        raise typer.Exit(2) from None
-
-
-def _parse_cron_option(value: str | None, period: float | None) -> CronSchedule | None:
-    if value is None:
-        return None
-    if period is not None:
-        console.print("[red]invalid value for --cron:[/] give --every or --cron, not both")
-        raise typer.Exit(2)
-    try:
-        return CronSchedule(value)
-    except ValueError as error:
-        console.print(f"[red]invalid value for --cron:[/] {escape(str(error))}")
-        raise typer.Exit(2) from None
-
-
 def print_verdict(journal: object) -> None:
     from chaos.journal import Journal
 
@@ -213,32 +191,12 @@ def print_verdict(journal: object) -> None:
 
 
 @app.command()
+@with_settings(ScheduleSettings, env_prefix="CHAOS_", command_name="ratequeue-chaos run")
 def run(
     ctx: typer.Context,
+    settings: ScheduleSettings,
     experiments: list[Path] = typer.Argument(..., help="experiment files (scenarios/*.yaml)"),
-    target: Path = typer.Option(None, "--target", help="deployment file; default: embedded"),
-    every: str = typer.Option(None, "--every", help="run again every DURATION (e.g. 4h)"),
-    cron: str = typer.Option(
-        None, "--cron", help="run at the times a cron expression names, in UTC ('0 */4 * * *')"
-    ),
-    jitter: str = typer.Option(None, "--jitter", help="random +/- DURATION around --every"),
-    journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, plan, touch nothing"),
-    allow_prod: bool = typer.Option(False, "--allow-prod", help="allow a prod target"),
-    runs: int = typer.Option(None, "--runs", min=1, help="stop after this many runs ended"),
-    notifications: Path = typer.Option(
-        None, "--notifications", help="channels (YAML) announcing each run's start and verdict"
-    ),
-    notify_service: str = typer.Option(
-        "chaos", "--notify-service", help="the service whose route in --notifications is used"
-    ),
-    metrics_port: int = typer.Option(
-        None, "--metrics-port", min=0, max=65535, help="serve Prometheus /metrics on this port"
-    ),
-    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for /metrics"),
-    control: ControlChoice = typer.Option(
-        None, "--control", help="the embedded testbed's store, over each file's `control`"
-    ),
     json_output: bool = typer.Option(
         False,
         "--json",
@@ -266,12 +224,15 @@ def run(
     from notifications.config import NotificationConfig, load_notification_config
     from notifications.errors import NotificationConfigError
 
-    period = _parse_duration_option(every, "--every")
-    cron_schedule = _parse_cron_option(cron, period)
+    # The scheduler's settings (flags or CHAOS_* variables), validated before anything runs.
+    target, journal_dir, allow_prod, runs = (
+        settings.target, settings.journal_dir, settings.allow_prod, settings.runs)  # fmt: skip
+    notifications, notify_service = settings.notifications, settings.notify_service
+    metrics_port, metrics_host = settings.metrics_port, settings.metrics_host
+    period, cron_schedule, spread = settings.every, settings.cron_schedule, settings.jitter
     channels: NotificationConfig | None = None
-    spread = _parse_duration_option(jitter, "--jitter") or 0.0
     try:
-        backend = control.value if control is not None else None
+        backend = settings.control
         for path in experiments:
             load_experiment(path, backend)
         deployment = load_deployment(target) if target is not None else None
@@ -308,8 +269,8 @@ def run(
         try:
             metrics.serve(metrics_port, metrics_host)
         except OSError as error:
-            console.print(f"[red]--metrics-port {metrics_port}:[/] {escape(str(error))}")
-            raise typer.Exit(2) from None
+            named = setting_named(ScheduleSettings, "CHAOS_", "metrics_port")
+            raise refuse_to_start("ratequeue-chaos run", f"{named}: {error}") from None
     try:
         with console.status("ratequeue-chaos run") as status:
 
@@ -380,17 +341,111 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 
 @app.command()
 def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
-    """Stop the running experiment; it rolls back its faults before exiting."""
+    """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
+    killed run left in force are undone too, each named; exit 1 when one is left in force (the
+    engine refused or was unreachable, or another host wrote it)."""
+    from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
 
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
         raise refused(error) from None
-    if pid is None:
+    leftovers = undo_docker_leftovers(journal_dir)
+    for line in leftovers:
+        console.print(f"leftover fault of a killed run: {escape(line)}")
+    if pid is not None:
+        console.print(f"halted chaos run {pid}; its faults were rolled back")
+    if in_force := PendingDockerFaults(journal_dir).unsettled():
+        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
+        raise typer.Exit(1)
+    if pid is None and not leftovers:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
-    console.print(f"halted chaos run {pid}; its faults were rolled back")
+
+
+@app.command()
+def soak(
+    cycles: int = typer.Option(30, "--cycles", min=1, help="experiments to run, one per cycle"),
+    compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file"),
+    scenarios: Path = typer.Option(Path("scenarios"), "--scenarios", help="the templates"),
+    journal_dir: Path = typer.Option(Path("soak-journals"), "--journal-dir"),
+    up: bool = typer.Option(True, help="bring staging up first (docker compose up --wait)"),
+    down: bool = typer.Option(True, help="take staging down at the end"),
+    gap: str = typer.Option("5s", "--gap", help="pause between cycles (the compressed schedule)"),
+    settle: str = typer.Option("120s", "--settle", help="longest wait for every shard whole"),
+    growth_allowance: float = typer.Option(
+        BYTES_PER_CYCLE,
+        "--growth-allowance-bytes",
+        min=0,
+        help="control store bytes a cycle its keys without expiry may grow by (slope)",
+    ),
+) -> None:
+    """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
+    every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
+    container count within its bound and the control store not growing from cycle to cycle
+    (judged from the fourth cycle on). One table; exit 1 on any miss. Ports and subnets: the
+    compose file's variables (RQ_API_PORT, ...)."""
+    import threading
+
+    from chaos.soak import CYCLE_ERRORS, StagingEndpoints
+    from chaos.soak import soak as run_soak
+    from common.durations import parse_duration
+
+    def duration(value: str, option: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise refuse_to_start("ratequeue-chaos soak", f"{option}: {error}") from None
+
+    gap_seconds = duration(gap, "--gap")
+    settle_seconds = duration(settle, "--settle")
+    stop = threading.Event()
+
+    def say(text: str) -> None:
+        console.log(escape(text))
+
+    try:
+        results = run_soak(
+            cycles,
+            compose_file=compose_file,
+            scenarios=scenarios,
+            journal_dir=journal_dir,
+            endpoints=StagingEndpoints.from_environment(),
+            bring_up=up,
+            take_down=down,
+            gap_seconds=gap_seconds,
+            settle_seconds=settle_seconds,
+            growth_bytes_per_cycle=growth_allowance,
+            say=say,
+            stop=stop,
+        )
+    except CYCLE_ERRORS as error:
+        raise refused(error, "soak") from None
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    table = Table(title=f"soak: {len(results)} of {cycles} cycles")
+    for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
+                   "containers", "control MiB", "growth", "ok"):  # fmt: skip
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            str(r.cycle),
+            r.fault,
+            r.shard,
+            r.verdict,
+            str(r.acknowledged),
+            str(r.lost),
+            "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
+            f"{r.containers} / {r.container_bound}",
+            f"{r.control_memory / 2**20:.2f}",
+            r.growth,
+            "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
+        )
+    Console(width=max(console.width, 150)).print(table)
+    if len(results) < cycles or not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -444,25 +499,8 @@ def export_journal(
 
 
 @app.command()
-def agent(
-    targets: Path = typer.Option(
-        ..., "--targets", help="testbed.json (or its directory) or a targets YAML/JSON file"
-    ),
-    allow: list[str] = typer.Option(
-        ..., "--allow", help="a target identifier attacks may name (repeat, or comma-separate)"
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="a loopback address"),
-    port: int = typer.Option(9090, "--port", min=1, max=65535),
-    api_key_env: str = typer.Option(
-        "GREMLIN_API_KEY", "--api-key-env", help="environment variable holding the API key"
-    ),
-    team_id_env: str = typer.Option(
-        "GREMLIN_TEAM_ID",
-        "--team-id-env",
-        help="environment variable with the teamId to require (unset: any)",
-    ),
-    chain: str = typer.Option("RQCHAOS", "--chain", help="iptables chain for network attacks"),
-) -> None:
+@with_settings(AgentSettings, env_prefix="CHAOS_AGENT_", command_name="ratequeue-chaos agent")
+def agent(settings: AgentSettings) -> None:
     """Serve a Gremlin-compatible attacks API on loopback; attacks run on this machine."""
     import os
 
@@ -473,6 +511,7 @@ def agent(
     from chaos.agent.targets import TargetSource
     from chaos.faults.local.backend import LocalFaultBackend
 
+    host, port, api_key_env = settings.host, settings.port, settings.api_key_env
     if not is_loopback(host):
         console.print(f"[red]ratequeue-chaos agent serves on loopback only, not {escape(host)}[/]")
         raise typer.Exit(2)
@@ -480,19 +519,19 @@ def agent(
     if not api_key:
         console.print(f"[red]no API key: set {api_key_env}[/]")
         raise typer.Exit(2)
-    names = {name.strip() for item in allow for name in item.split(",") if name.strip()}
+    names = {name.strip() for item in settings.allow for name in item.split(",") if name.strip()}
     try:
-        source = TargetSource(targets)
+        source = TargetSource(settings.targets)
     except ValueError as error:
         console.print(f"[red]{escape(str(error))}[/]")
         raise typer.Exit(2) from None
     unknown = sorted(names - set(source.get_all()))
     if unknown:
-        console.print(f"[yellow]allowed but not in {targets}: {', '.join(unknown)}[/]")
+        console.print(f"[yellow]allowed but not in {settings.targets}: {', '.join(unknown)}[/]")
     try:
         service = Agent(api_key=api_key, allow=names, targets=source,
-                        backend=LocalFaultBackend(chain=chain),
-                        team_id=os.environ.get(team_id_env) or None)  # fmt: skip
+                        backend=LocalFaultBackend(chain=settings.chain),
+                        team_id=os.environ.get(settings.team_id_env) or None)  # fmt: skip
     except ValueError as error:  # the key from the environment cannot be compared
         console.print(f"[red]{escape(api_key_env)}: {escape(str(error))}[/]")
         raise typer.Exit(2) from None

@@ -70,6 +70,11 @@ class Journal(BaseModel):
     load: dict[str, Any] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    leftovers: list[str] = Field(
+        default_factory=list,
+        description="Docker faults an earlier, killed run left in force: each undone before "
+        "this run, or why not (another host's, the engine refused)",
+    )
 
     def mark(self, name: str, at: float, fault_at: float | None, detail: str = "") -> None:
         if any(entry.name == name for entry in self.timeline):

@@ -69,6 +69,7 @@ class ExperimentRunner:
             say=say,
             backends=backends,
             on_fault=on_fault,
+            journal_dir=journal_dir,
         )
         self._topology_before: Topology | None = None
 
@@ -81,7 +82,10 @@ class ExperimentRunner:
         try:
             self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
-            choice = ShardChoice([s.id for s in before.shards], self.rng)
+            shard_ids = [s.id for s in before.shards]
+            named = next((f.target.shard for f in experiment.faults
+                          if f.target.shard in shard_ids), None)  # fmt: skip
+            choice = ShardChoice(shard_ids, self.rng, named)
             self._plan_into(journal, experiment, choice)
             journal.steady_state_before = self.probes.check(experiment.steady_state)
             if not all(p.ok for p in journal.steady_state_before):

@@ -193,10 +193,11 @@ def load_deployment(path: Path) -> Deployment:
 class ShardChoice:
     """The shard a run acts on (one shard at a time), and a second one for `shard: other`."""
 
-    def __init__(self, shard_ids: list[str], rng: random.Random) -> None:
+    def __init__(self, shard_ids: list[str], rng: random.Random, named: str | None = None) -> None:
+        """`named`: the shard a step names outright; the run's shard is then that one."""
         if not shard_ids:
             raise TargetError("the topology has no shards")
-        self.chosen = rng.choice(shard_ids)
+        self.chosen = named if named in shard_ids else rng.choice(shard_ids)
         others = [s for s in shard_ids if s != self.chosen]
         self.other = rng.choice(others) if others else None
 

@@ -6,6 +6,7 @@ their own trees on these):
     │   │                           where and what was expected
     │   ├── InputFileError          a file (rules, workflows, experiments, targets, settings)
     │   ├── InvalidSetting          a service's setting (a flag or environment variable)
+    │   ├── SettingProblem          a settings model's check across fields, blaming one field
     │   └── JsonProblem             text that is not strict JSON (`line L, column C: what`)
     │       └── JsonTooDeep         ... because it nests deeper than the limit
     ├── RedisStartError (RuntimeError)
@@ -52,6 +53,15 @@ class InputFileError(InputError):
 class InvalidSetting(InputError):
     """A setting a service cannot start with; the message names each one and what was
     expected."""
+
+
+class SettingProblem(InputError):
+    """Raised by a settings model's check across fields, blaming one of them (`setting`), so
+    the message names it and where its value came from like any other bad setting."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class JsonProblem(InputError):

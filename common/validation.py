@@ -9,8 +9,9 @@ Not for: the models themselves, or reading files (see `input_files`)."""
 
 from __future__ import annotations
 
+import re
 import reprlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -33,11 +34,20 @@ _QUOTE.maxlevel = 3
 
 Model = TypeVar("Model", bound=BaseModel)
 
+# A URL's userinfo password (`redis://:pw@host`, `http://user:pw@host`): never shown in a message.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s/@'\"]+@")
+HIDDEN_PASSWORD = "***"
+
+
+def without_passwords(text: str) -> str:
+    """`text` with every URL's password replaced by ***: `redis://:***@host:6379/0`."""
+    return _URL_PASSWORD.sub(rf"\g<head>:{HIDDEN_PASSWORD}@", text)
+
 
 def quoted(value: object) -> str:
     """`value` as a message shows it: its repr, at most about QUOTE_CHARS characters (reprlib
     never builds the whole repr, so this is cheap for a huge or deeply nested value)."""
-    return _QUOTE.repr(value)
+    return without_passwords(_QUOTE.repr(value))
 
 
 def bounded(text: str, limit: int) -> str:
@@ -82,15 +92,21 @@ def describe_problems(
     within: str = "",
     *,
     request: bool = False,
+    origins: Mapping[str, str] | None = None,
 ) -> str:
     """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
     MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
     `within` is the field the validated value came from, when it was not the whole document.
     With `request`, locations are FastAPI's for a request: `query 'limit': ...`, and a body's
-    fields without the leading `body`."""
+    fields without the leading `body`. `origins` says where a top-level field's value came from
+    (a service's flag or environment variable), shown after its name."""
     problems = []
     for problem in error.errors():
         where, loc = what, [str(p) for p in problem["loc"]]
+        # A check across fields (a model validator) names the field it blames.
+        blamed = getattr(problem.get("ctx", {}).get("error"), "setting", None)
+        if not loc and isinstance(blamed, str):
+            loc = [blamed]
         if request and loc and loc[0] in _PARAMETER_PLACES:
             where, loc = loc[0], loc[1:]
         elif request and loc and loc[0] == "body":
@@ -99,8 +115,10 @@ def describe_problems(
         parts = [within, *loc]
         location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
         location = bounded(location, LOCATION_CHARS)
-        message = bounded(str(problem["msg"]).removeprefix("Value error, "), PROBLEM_CHARS)
-        problems.append(f"{where} '{location}': {message}" if location else message)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        message = bounded(without_passwords(message), PROBLEM_CHARS)
+        origin = f" ({origins[loc[0]]})" if origins and loc and loc[0] in origins else ""
+        problems.append(f"{where} '{location}'{origin}: {message}" if location else message)
     more = len(problems) - MAX_PROBLEMS
     shown = "; ".join(problems[:MAX_PROBLEMS])
     return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"

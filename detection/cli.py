@@ -17,11 +17,14 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
+from common.settings_options import refuse_to_start, setting_named, with_settings
+from common.validation import without_passwords
 from common.version import add_version_option, testbed_version
 from detection import nagios
-from detection.errors import InvalidSensorConfig, UsageProblem
+from detection.errors import UsageProblem
 from detection.metrics import SensorMetrics
 from detection.sensor import Sensor, SensorConfig
+from detection.settings import SensorSettings
 
 app = typer.Typer(
     help="Heartbeat sensors that watch Redis primaries, and the same check as a Nagios plugin.",
@@ -29,108 +32,41 @@ app = typer.Typer(
 )
 add_version_option(app, "detection")
 
-STREAM_BACKENDS = ("redis", "kinesis")
 
-
-def _option_name(setting: str) -> str:
-    return "--" + setting.replace("_", "-")
-
-
-def _bad_option(command: str, option: str, message: str, code: int) -> typer.Exit:
-    typer.echo(f"failover {command}: invalid value for {option}: {message}", err=True)
-    return typer.Exit(code)
+def _refuse(setting: str, problem: object) -> typer.Exit:
+    named = setting_named(SensorSettings, "FAILOVER_", setting)
+    return refuse_to_start("detection sensor", f"{named}: {problem}")
 
 
 @app.command()
-def sensor(
-    control: str = typer.Option(
-        ..., envvar="FAILOVER_CONTROL_URL", help="control store URL (topology; Redis event stream)"
-    ),
-    replica: str = typer.Option(
-        ..., envvar="FAILOVER_REPLICA", help="the watched replica, HOST:PORT on its peer address"
-    ),
-    etcd_endpoints: str = typer.Option(
-        None,
-        "--etcd-endpoints",
-        envvar="FAILOVER_ETCD_ENDPOINTS",
-        help="the topology is in etcd: its members' client URLs, a,b,c (default: in the control "
-        "store)",
-    ),
-    name: str = typer.Option(
-        None,
-        envvar="FAILOVER_SENSOR_NAME",
-        help="sensor name, the events' source (default: sensor@REPLICA)",
-    ),
-    environment: str = typer.Option("dev", envvar="FAILOVER_ENVIRONMENT"),
-    region: str = typer.Option("local", envvar="FAILOVER_REGION"),
-    service: str = typer.Option("ratequeue", envvar="FAILOVER_SERVICE"),
-    interval: float = typer.Option(0.25, help="seconds between checks"),
-    threshold: int = typer.Option(3, help="consecutive failed PINGs that make the primary down"),
-    ping_timeout: float = typer.Option(0.2, help="seconds a PING of the primary may take"),
-    heartbeat_every: float = typer.Option(5.0, help="seconds between SensorHeartbeat events"),
-    source_host: str = typer.Option(
-        None, envvar="FAILOVER_SOURCE_HOST", help="local address the PINGs leave from"
-    ),
-    notifications: str = typer.Option(
-        None, envvar="FAILOVER_NOTIFICATIONS", help="page on-call directly (channels YAML)"
-    ),
-    stream: str = typer.Option(
-        "redis", envvar="FAILOVER_STREAM", help="event stream backend: redis | kinesis"
-    ),
-    kinesis_stream: str = typer.Option(None, envvar="FAILOVER_KINESIS_STREAM"),
-    kinesis_region: str = typer.Option(None, envvar="FAILOVER_KINESIS_REGION"),
-    kinesis_endpoint: str = typer.Option(None, envvar="FAILOVER_KINESIS_ENDPOINT"),
-    log_level: str = typer.Option("info", envvar="FAILOVER_LOG_LEVEL"),
-    metrics_port: int = typer.Option(
-        None,
-        envvar="FAILOVER_METRICS_PORT",
-        min=0,
-        max=65535,
-        help="serve Prometheus /metrics (probe latency, events published) on this port",
-    ),
-    metrics_host: str = typer.Option(
-        "127.0.0.1", envvar="FAILOVER_METRICS_HOST", help="address for /metrics"
-    ),
-) -> None:
+@with_settings(SensorSettings, env_prefix="FAILOVER_", command_name="detection sensor")
+def sensor(settings: SensorSettings) -> None:
     """Watch the primary of one replica and publish RedisMasterDown / RedisMasterRecovered /
     SensorHeartbeat events. Runs until SIGTERM or SIGINT."""
-    try:
-        config = SensorConfig(
-            control_url=control, replica=replica, environment=environment, region=region,
-            service=service, interval=interval, threshold=threshold, ping_timeout=ping_timeout,
-            heartbeat_every=heartbeat_every, name=name, source_host=source_host,
-            etcd_endpoints=etcd_endpoints,
-        )  # fmt: skip
-    except InvalidSensorConfig as error:
-        raise _bad_option("sensor", _option_name(error.setting), error.message, 2) from None
-    backend = stream.strip().lower()
-    if backend not in STREAM_BACKENDS:
-        raise _bad_option("sensor", "--stream", f"{stream!r} is not one of redis, kinesis", 2)
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        raise _bad_option("sensor", "--log-level", f"{log_level!r} is not a logging level", 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kinesis = {"kinesis_stream": kinesis_stream, "kinesis_region": kinesis_region,
-               "kinesis_endpoint": kinesis_endpoint}  # fmt: skip
+    config = settings.sensor_config()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    kinesis = {"kinesis_stream": settings.kinesis_stream, "kinesis_region": settings.kinesis_region,
+               "kinesis_endpoint": settings.kinesis_endpoint}  # fmt: skip
     pager_config = None
-    if notifications is not None:
+    if settings.notifications is not None:
         from notifications.config import load_notification_config
         from notifications.errors import NotificationConfigError
 
         try:
-            pager_config = load_notification_config(notifications)
+            pager_config = load_notification_config(settings.notifications)
         except NotificationConfigError as error:
-            raise _bad_option("sensor", "--notifications", str(error), 2) from None
+            raise _refuse("notifications", error) from None
     metrics = SensorMetrics()
-    if metrics_port is not None:
+    if settings.metrics_port is not None:
         try:
-            metrics.serve(metrics_port, metrics_host)
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         except OSError as error:
-            raise _bad_option("sensor", "--metrics-port", str(error), 2) from None
+            raise _refuse("metrics_port", error) from None
     try:
-        asyncio.run(_run_sensor(config, backend, kinesis, pager_config, metrics))
+        asyncio.run(_run_sensor(config, settings.stream, kinesis, pager_config, metrics))
     except ValueError as error:  # a control URL redis-py refuses
-        raise _bad_option("sensor", "--control", str(error), 2) from None
+        raise _refuse("control_url", without_passwords(str(error))) from None
     finally:
         metrics.close()
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from common.errors import InvalidSetting
+from common.settings_options import refuse_to_start, with_settings
 from common.version import add_version_option
 from lazarus_lite.settings import DEFINITIONS, ControllerSettings
 
@@ -20,160 +21,25 @@ console = Console()
 
 
 @app.command()
-def serve(
-    node_id: str = typer.Option(..., "--node-id", envvar="LAZARUS_NODE_ID"),
-    control: str = typer.Option(..., envvar="LAZARUS_CONTROL_URL", help="control store URL"),
-    coordination_backend: str = typer.Option(
-        None, envvar="LAZARUS_COORDINATION_BACKEND", help="what keeps the store: redis | etcd"
-    ),
-    etcd_endpoints: str = typer.Option(
-        None, "--etcd-endpoints", envvar="LAZARUS_ETCD_ENDPOINTS", help="etcd member URLs, a,b,c"
-    ),
-    host: str = typer.Option("127.0.0.1", envvar="LAZARUS_HOST"),
-    port: int = typer.Option(8090, envvar="LAZARUS_PORT"),
-    peer: list[str] = typer.Option([], "--peer", help="URL of another node (repeat)"),
-    quorum: int = typer.Option(None, envvar="LAZARUS_QUORUM"),
-    quorum_timeout: float = typer.Option(None),
-    min_replicas: int = typer.Option(None, envvar="LAZARUS_MIN_REPLICAS"),
-    probe_timeout: float = typer.Option(
-        None, envvar="LAZARUS_PROBE_TIMEOUT", help="seconds a check's probe of a host may take"
-    ),
-    rules: list[Path] = typer.Option(None, "--rules", help="rule file or directory (repeat)"),
-    workflows: Path = typer.Option(None, "--workflows"),
-    actuator: str = typer.Option(
-        None, "--actuator", envvar="LAZARUS_ACTUATOR", help="none | local | docker"
-    ),
-    actuator_dir: Path = typer.Option(None, "--actuator-dir", help="local actuator's workdir"),
-    replica_maxmemory: str = typer.Option(
-        None, "--replica-maxmemory", help="local actuator's replacements' maxmemory (e.g. 1gb)"
-    ),
-    docker_deployment: str = typer.Option(None, envvar="LAZARUS_DOCKER_DEPLOYMENT"),
-    docker_client_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_CLIENT_NETWORK"),
-    docker_peer_network: str = typer.Option(None, envvar="LAZARUS_DOCKER_PEER_NETWORK"),
-    docker_redis_image: str = typer.Option(None, envvar="LAZARUS_DOCKER_REDIS_IMAGE"),
-    docker_image: str = typer.Option(None, envvar="LAZARUS_DOCKER_IMAGE"),
-    forensics_policy: str = typer.Option(None, "--forensics-policy", help="demote | stop"),
-    rejoin_returning: bool = typer.Option(
-        None, "--rejoin-returning/--no-rejoin-returning", help="former members rejoin"
-    ),
-    forensics_hold: float = typer.Option(None, help="seconds a returning node stays parked"),
-    forensics_keep: int = typer.Option(None, help="held nodes and copies kept per shard"),
-    forensics_max_age: float = typer.Option(None, help="seconds a held node or copy is kept"),
-    forensics_dir: Path = typer.Option(None, "--forensics-dir", help="copies of data files"),
-    stream: str = typer.Option(None, "--stream", help="redis | kinesis"),
-    kinesis_stream: str = typer.Option(None),
-    kinesis_region: str = typer.Option(None),
-    kinesis_endpoint: str = typer.Option(None),
-    api_token: str = typer.Option(None, envvar="LAZARUS_API_TOKEN", help="bearer token"),
-    region: str = typer.Option(None, envvar="LAZARUS_REGION"),
-    control_realm: list[str] = typer.Option(None, "--control-realm", help="controlled region"),
-    max_event_age: float = typer.Option(None, help="seconds; older events are stale"),
-    incident_ttl: float = typer.Option(
-        None, envvar="LAZARUS_INCIDENT_TTL", help="seconds duplicate alarms collapse"
-    ),
-    incident_retry_seconds: float = typer.Option(
-        None, help="a declined incident is decided again on a report this much later"
-    ),
-    resume_interval: float = typer.Option(
-        None,
-        envvar="LAZARUS_RESUME_INTERVAL",
-        help="seconds between looks for workflows a stopped node left",
-    ),
-    forensics_interval: float = typer.Option(
-        None, envvar="LAZARUS_FORENSICS_INTERVAL", help="seconds between the shard keeper's rounds"
-    ),
-    rate_limit_threshold: int = typer.Option(None, help="incidents per service per window"),
-    rate_limit_override: list[str] = typer.Option(
-        None,
-        "--rate-limit-override",
-        envvar="LAZARUS_RATE_LIMIT_OVERRIDES",
-        help="SERVICE=N: N incidents per window for that service (repeat; env: space-separated)",
-    ),
-    rate_limit_window: float = typer.Option(None, help="seconds"),
-    breaker_threshold: int = typer.Option(None, help="failing services per region"),
-    breaker_window: float = typer.Option(None, help="seconds"),
-    notifications: Path = typer.Option(None, "--notifications", help="channels (YAML)"),
-    services: Path = typer.Option(None, "--services", help="service profiles directory"),
-    environment: str = typer.Option(None, envvar="LAZARUS_ENVIRONMENT"),
-    watch_interval: float = typer.Option(None, envvar="LAZARUS_WATCH_INTERVAL", help="seconds"),
-    sensor_silence_after: float = typer.Option(
-        None, envvar="LAZARUS_SENSOR_SILENCE_AFTER", help="seconds without a sensor heartbeat"
-    ),
-    self_report_after: float = typer.Option(
-        None, envvar="LAZARUS_SELF_REPORT_AFTER", help="seconds a primary is down, unreported"
-    ),
-    unwritable_after: float = typer.Option(
-        None, envvar="LAZARUS_UNWRITABLE_AFTER", help="seconds a shard may stay unwritable"
-    ),
-    log_level: str = typer.Option("warning", envvar="LAZARUS_LOG_LEVEL"),
-) -> None:
+@with_settings(ControllerSettings, env_prefix="LAZARUS_", command_name="lazarus serve")
+def serve(settings: ControllerSettings) -> None:
     """Run one controller node (HTTP API + stream consumer + workflow engine)."""
     import logging
 
     import uvicorn
 
     try:
-        settings = ControllerSettings.parse(
-            node_id=node_id,
-            control_url=control,
-            coordination_backend=coordination_backend,
-            etcd_endpoints=etcd_endpoints,
-            peers=peer or None,
-            quorum=quorum,
-            quorum_timeout=quorum_timeout,
-            min_replicas=min_replicas,
-            probe_timeout=probe_timeout,
-            rules=rules or None,
-            workflows=workflows,
-            actuator=actuator,
-            actuator_dir=actuator_dir,
-            replica_maxmemory=replica_maxmemory,
-            docker_deployment=docker_deployment,
-            docker_client_network=docker_client_network,
-            docker_peer_network=docker_peer_network,
-            docker_redis_image=docker_redis_image,
-            docker_image=docker_image,
-            forensics_policy=forensics_policy,
-            rejoin_returning=rejoin_returning,
-            forensics_hold=forensics_hold,
-            forensics_keep=forensics_keep,
-            forensics_max_age=forensics_max_age,
-            forensics_dir=forensics_dir,
-            stream=stream,
-            kinesis_stream=kinesis_stream,
-            kinesis_region=kinesis_region,
-            kinesis_endpoint=kinesis_endpoint,
-            api_token=api_token,
-            region=region,
-            control_realm=control_realm or None,
-            max_event_age=max_event_age,
-            incident_ttl=incident_ttl,
-            incident_retry_seconds=incident_retry_seconds,
-            resume_interval=resume_interval,
-            forensics_interval=forensics_interval,
-            rate_limit_threshold=rate_limit_threshold,
-            rate_limit_overrides=rate_limit_override or None,
-            rate_limit_window=rate_limit_window,
-            breaker_threshold=breaker_threshold,
-            breaker_window=breaker_window,
-            notifications=notifications,
-            services=services,
-            environment=environment,
-            watch_interval=watch_interval,
-            sensor_silence_after=sensor_silence_after,
-            self_report_after=self_report_after,
-            unwritable_after=unwritable_after,
-        )
         from lazarus_lite.service import create_app
 
         application = create_app(settings)
     except (InvalidSetting, ValueError) as error:
-        typer.echo(f"lazarus serve: refusing to start: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise refuse_to_start("lazarus serve", error) from None
     logging.basicConfig(
-        level=log_level.upper(), format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)  # fmt: skip
 
 
 @rules_app.command("validate")

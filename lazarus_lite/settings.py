@@ -1,15 +1,18 @@
 """Settings of a controller node, validated before it starts: a bad value stops the node with a
-message naming the setting. Not for: rules or workflows (YAML files, see `rules`, `workflow`)."""
+message naming the setting. Every field is a `lazarus serve` option and a `LAZARUS_*` environment
+variable (`common.settings_options`). Not for: rules or workflows (YAML files, see `rules`,
+`workflow`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.etcd_client import endpoints_setting
-from common.settings import parse_settings
+from common.errors import SettingProblem
+from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
 from lazarus_lite.coordination.opening import CoordinationBackend
 from lazarus_lite.forensics import WEEK, ForensicsRules
@@ -21,36 +24,48 @@ DEFINITIONS = Path(__file__).parent / "definitions"
 class ControllerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    control_url: RedisUrlText
+    node_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="this node's name")
+    control_url: Annotated[RedisUrlText, Setting("--control")] = Field(
+        description="redis:// URL of the control store"
+    )
     coordination_backend: CoordinationBackend = Field(
         "redis", description="what keeps the coordination store: redis (control_url) or etcd"
     )
     etcd_endpoints: str | None = Field(
         None, description="comma-separated client URLs of the etcd members (backend etcd)"
     )
-    peers: list[HttpUrlText] = Field(default_factory=list, description="URLs of the other nodes")
-    quorum: int = Field(2, ge=1, le=15)
-    quorum_timeout: float = Field(2.0, gt=0, le=60)
+    peers: Annotated[list[HttpUrlText], Setting("--peer")] = Field(
+        default_factory=list, description="URLs of the other nodes"
+    )
+    quorum: int = Field(2, ge=1, le=15, description="nodes that must agree on a remediation")
+    quorum_timeout: float = Field(
+        2.0, gt=0, le=60, description="seconds to wait for the other nodes' votes"
+    )
     min_replicas: int = Field(1, ge=0, le=16, description="what ratequeue's WAIT requires")
-    probe_timeout: float = Field(0.25, gt=0, le=10)
-    rules: list[Path] = Field(default_factory=lambda: [DEFINITIONS / "rules"])
-    workflows: Path = DEFINITIONS / "workflows"
+    probe_timeout: float = Field(
+        0.25, gt=0, le=10, description="seconds a check's probe of a host may take"
+    )
+    rules: list[Path] = Field(
+        default_factory=lambda: [DEFINITIONS / "rules"], description="rule files or directories"
+    )
+    workflows: Path = Field(DEFINITIONS / "workflows", description="workflow definitions")
     actuator: Literal["none", "local", "docker"] | None = Field(
         None, description="how replacements are started (default: local with actuator_dir)"
     )
-    actuator_dir: Path | None = None
+    actuator_dir: Path | None = Field(None, description="the local actuator's working directory")
     replica_maxmemory: str | None = Field(
         None, description="the local actuator's replacements' maxmemory (their shard's own)"
     )
     # The docker actuator's deployment (its labels, Compose project), networks and images; unset:
     # docker-compose.yml's (lazarus_lite.docker_actuator.DockerActuatorSettings).
-    docker_deployment: str | None = None
-    docker_client_network: str | None = None
-    docker_peer_network: str | None = None
-    docker_redis_image: str | None = None
-    docker_image: str | None = None
-    forensics_policy: Literal["demote", "stop"] = "demote"
+    docker_deployment: str | None = Field(None, description="the docker actuator's deployment")
+    docker_client_network: str | None = Field(None, description="its clients' network")
+    docker_peer_network: str | None = Field(None, description="its peers' network")
+    docker_redis_image: str | None = Field(None, description="its Redis nodes' image")
+    docker_image: str | None = Field(None, description="its services' image")
+    forensics_policy: Literal["demote", "stop"] = Field(
+        "demote", description="what is done to a returning former primary"
+    )
     rejoin_returning: bool = Field(True, description="former members that answer again rejoin")
     forensics_hold: float = Field(
         0, ge=0, le=WEEK, description="seconds a returning node stays parked before it rejoins"
@@ -60,29 +75,35 @@ class ControllerSettings(BaseModel):
     forensics_dir: Path | None = Field(
         None, description="copies of returning nodes' data files (None: rejoin without a copy)"
     )
-    stream: Literal["redis", "kinesis"] = "redis"
-    kinesis_stream: str = "lazarus-events"
-    kinesis_region: str = "us-east-1"
-    kinesis_endpoint: str | None = None
+    stream: Literal["redis", "kinesis"] = Field("redis", description="the event stream's backend")
+    kinesis_stream: str = Field("lazarus-events", description="the Kinesis stream's name")
+    kinesis_region: str = Field("us-east-1", description="the Kinesis stream's region")
+    kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
     incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
     incident_retry_seconds: float = Field(
         20, ge=0, description="a declined incident is decided again on a report this much later"
     )
-    resume_interval: float = Field(1.0, gt=0, le=60)
-    api_token: HeaderSecret = Field(min_length=16, description="bearer token of mutating endpoints")
+    resume_interval: float = Field(
+        1.0, gt=0, le=60, description="seconds between looks for workflows a stopped node left"
+    )
+    api_token: Annotated[HeaderSecret, Setting(secret=True)] = Field(
+        min_length=16, description="bearer token of mutating endpoints"
+    )
     region: str = Field("local", description="where this node runs")
     control_realm: list[str] | None = Field(None, description="regions this deployment controls")
     max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")
-    rate_limit_window: float = Field(600, gt=0)
+    rate_limit_window: float = Field(600, gt=0, description="seconds of the incident rate limit")
     rate_limit_threshold: int = Field(10, ge=1, description="incidents per service per window")
-    rate_limit_overrides: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=dict, description="incidents per window for named services"
-    )
-    breaker_window: float = Field(600, gt=0)
+    rate_limit_overrides: Annotated[
+        dict[str, Annotated[int, Field(ge=1)]], Setting("--rate-limit-override")
+    ] = Field(default_factory=dict, description="SERVICE=N: N incidents per window for SERVICE")
+    breaker_window: float = Field(600, gt=0, description="seconds of the circuit breaker")
     breaker_threshold: int = Field(3, ge=1, description="distinct failing services per region")
     notifications: Path | None = Field(None, description="notification channels (YAML)")
     services: Path | None = Field(DEFINITIONS / "services", description="service profiles (YAML)")
-    forensics_interval: float = Field(2.0, gt=0, le=600)
+    forensics_interval: float = Field(
+        2.0, gt=0, le=600, description="seconds between the shard keeper's rounds"
+    )
     environment: str = Field(
         "dev",
         pattern=r"^[a-z][a-z0-9_-]*$",
@@ -98,11 +119,18 @@ class ControllerSettings(BaseModel):
     unwritable_after: float = Field(
         20.0, gt=0, description="a shard without a writable primary this long is escalated"
     )
+    host: str = Field("127.0.0.1", description="address the node's API listens on")
+    port: int = Field(8090, ge=1, le=65535, description="port the node's API listens on")
+    log_level: LogLevel = Field("warning", description="the least severe messages logged")
 
     @model_validator(mode="after")
     def _actuator_has_what_it_needs(self) -> ControllerSettings:
         if self.actuator == "local" and self.actuator_dir is None:
-            raise ValueError("actuator: local needs actuator_dir (where its nodes live)")
+            raise SettingProblem(
+                "actuator_dir", "required with actuator local (where its nodes live)"
+            )
+        if self.coordination_backend == "etcd":
+            etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the node starts
         return self
 
     @property
@@ -148,9 +176,9 @@ class ControllerSettings(BaseModel):
         )
 
     @classmethod
-    def parse(cls, **values: object) -> ControllerSettings:
-        """Validate; raise `common.errors.InvalidSetting` naming each bad setting."""
-        settings = parse_settings(cls, values)
-        if settings.coordination_backend == "etcd":
-            endpoints_setting(settings.etcd_endpoints)  # refused here, before the node starts
-        return settings
+    def parse(
+        cls, *, origins: Mapping[str, str] | None = None, **values: object
+    ) -> ControllerSettings:
+        """Validate; raise `common.errors.InvalidSetting` naming each bad setting (and where its
+        value came from: `origins`)."""
+        return parse_settings(cls, values, origins)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import typer
 import uvicorn
 
-from common.errors import InvalidSetting
+from common.settings_options import with_settings
 from common.version import add_version_option
-from ratequeue.config import ServiceSettings
+from ratequeue.config import InitialTopologySettings, ServiceSettings
 
 if TYPE_CHECKING:
     from ratequeue.topology import Topology, TopologySource
@@ -24,21 +24,7 @@ add_version_option(app, "ratequeue")
 
 # Where the topology is, for every command that reads or writes it (the same settings and
 # environment variables as `serve`).
-TOPOLOGY_BACKEND = typer.Option(
-    None, envvar="RATEQUEUE_TOPOLOGY_BACKEND", help="where the topology is: redis | etcd"
-)
-ETCD_ENDPOINTS = typer.Option(
-    None, "--etcd-endpoints", envvar="RATEQUEUE_ETCD_ENDPOINTS", help="etcd URLs, a,b,c"
-)
-
-
-def _store_settings(command: str, **values: object) -> ServiceSettings:
-    """The settings naming where the topology is; exit 2 naming a bad one."""
-    try:
-        return ServiceSettings.parse(**values)
-    except InvalidSetting as error:
-        typer.echo(f"ratequeue {command}: refusing to start: {error}", err=True)
-        raise typer.Exit(2) from None
+TOPOLOGY_STORE = ("control_url", "topology_backend", "etcd_endpoints")
 
 
 @contextlib.asynccontextmanager
@@ -65,93 +51,28 @@ async def _topology_source(settings: ServiceSettings) -> AsyncIterator[TopologyS
 
 
 @app.command()
-def serve(
-    control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
-    topology_backend: str = TOPOLOGY_BACKEND,
-    etcd_endpoints: str = ETCD_ENDPOINTS,
-    host: str = typer.Option("127.0.0.1", envvar="RATEQUEUE_HOST"),
-    port: int = typer.Option(8080, envvar="RATEQUEUE_PORT"),
-    min_replicas: int = typer.Option(None, envvar="RATEQUEUE_MIN_REPLICAS"),
-    wait_timeout_ms: int = typer.Option(None, envvar="RATEQUEUE_WAIT_TIMEOUT_MS"),
-    max_body_bytes: int = typer.Option(None, envvar="RATEQUEUE_MAX_BODY_BYTES"),
-    max_queue_seconds: float = typer.Option(None, envvar="RATEQUEUE_MAX_QUEUE_SECONDS"),
-    max_number_segments: int = typer.Option(
-        None, envvar="RATEQUEUE_MAX_NUMBER_SEGMENTS", help="the most segments one number may hold"
-    ),
-    max_message_bytes: int = typer.Option(
-        None, envvar="RATEQUEUE_MAX_MESSAGE_BYTES", help="the largest message body (compact JSON)"
-    ),
-    refresh_interval: float = typer.Option(None, envvar="RATEQUEUE_REFRESH_INTERVAL"),
-    retry_deadline: float = typer.Option(None, envvar="RATEQUEUE_RETRY_DEADLINE"),
-    dedup_window_seconds: int = typer.Option(
-        None, envvar="RATEQUEUE_DEDUP_WINDOW_SECONDS", help="how long a message id is remembered"
-    ),
-    max_dequeue: int = typer.Option(
-        None, envvar="RATEQUEUE_MAX_DEQUEUE", help="the most messages one dequeue may lease"
-    ),
-    max_lease_seconds: float = typer.Option(
-        None, envvar="RATEQUEUE_MAX_LEASE_SECONDS", help="the longest lease a dequeue may ask"
-    ),
-    workers: int = typer.Option(
-        None, envvar="RATEQUEUE_WORKERS", help="API worker processes (1: serve in this process)"
-    ),
-    worker_healthcheck_seconds: int = typer.Option(
-        None,
-        envvar="RATEQUEUE_WORKER_HEALTHCHECK_SECONDS",
-        help="seconds a worker may not answer before it is killed and started again",
-    ),
-    log_level: str = typer.Option("warning", envvar="RATEQUEUE_LOG_LEVEL"),
-) -> None:
+@with_settings(ServiceSettings, env_prefix="RATEQUEUE_", command_name="ratequeue serve")
+def serve(settings: ServiceSettings) -> None:
     """Serve the ratequeue HTTP API."""
-    try:
-        settings = ServiceSettings.parse(
-            control_url=control,
-            topology_backend=topology_backend,
-            etcd_endpoints=etcd_endpoints,
-            min_replicas=min_replicas,
-            wait_timeout_ms=wait_timeout_ms,
-            max_body_bytes=max_body_bytes,
-            max_queue_seconds=max_queue_seconds,
-            max_number_segments=max_number_segments,
-            max_message_bytes=max_message_bytes,
-            refresh_interval=refresh_interval,
-            retry_deadline=retry_deadline,
-            dedup_window_seconds=dedup_window_seconds,
-            max_dequeue=max_dequeue,
-            max_lease_seconds=max_lease_seconds,
-            workers=workers,
-            worker_healthcheck_seconds=worker_healthcheck_seconds,
-        )
-    except InvalidSetting as error:
-        typer.echo(f"ratequeue serve: refusing to start: {error}", err=True)
-        raise typer.Exit(2) from None
-    if not 0 < port < 65536:
-        typer.echo(f"ratequeue serve: refusing to start: setting 'port': {port} is not 1-65535",
-                   err=True)  # fmt: skip
-        raise typer.Exit(2)
-    logging.basicConfig(level=log_level.upper())
+    logging.basicConfig(level=settings.log_level.upper())
     if settings.workers > 1:
         from ratequeue.workers import serve_with_workers
 
-        serve_with_workers(settings, host=host, port=port, log_level=log_level)
+        serve_with_workers(settings, host=settings.host, port=settings.port,
+                           log_level=settings.log_level)  # fmt: skip
         return
     from ratequeue.service import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                access_log=False)  # fmt: skip
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, access_log=False)  # fmt: skip
 
 
 @app.command()
-def topology(
-    control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
-    topology_backend: str = TOPOLOGY_BACKEND,
-    etcd_endpoints: str = ETCD_ENDPOINTS,
-) -> None:
+@with_settings(ServiceSettings, env_prefix="RATEQUEUE_", command_name="ratequeue topology",
+               only=TOPOLOGY_STORE)  # fmt: skip
+def topology(settings: ServiceSettings) -> None:
     """Print the current topology as JSON."""
     from ratequeue.topology import topology_json
-
-    settings = _store_settings("topology", control_url=control, topology_backend=topology_backend,
-                               etcd_endpoints=etcd_endpoints)  # fmt: skip
 
     async def load() -> dict | None:
         async with _topology_source(settings) as store:
@@ -342,53 +263,31 @@ async def _publish_initial_topology(
 
 
 @app.command("topology-init")
-def topology_init(
-    control: str = typer.Option(..., envvar="RATEQUEUE_CONTROL_URL", help="control store URL"),
-    topology_backend: str = TOPOLOGY_BACKEND,
-    etcd_endpoints: str = ETCD_ENDPOINTS,
-    shard: list[str] = typer.Option(
-        ...,
-        "--shard",
-        help="ID=PRIMARY_HOST[/PEER_HOST]:PORT[,REPLICA_HOST[/PEER_HOST]:PORT...] (repeat, in "
-        "slot order)",
-    ),
-    peer_host: str = typer.Option(
-        None,
-        "--peer-host",
-        help="second address (replication, controllers) of every node without its own",
-    ),
-    wait: float = typer.Option(60.0, "--wait", min=0, help="seconds to wait for the nodes"),
-    min_replicas: int = typer.Option(
-        1,
-        "--min-replicas",
-        envvar="RATEQUEUE_MIN_REPLICAS",
-        min=0,
-        max=16,
-        help="replicas the API's WAIT requires; a primary with fewer refuses every write",
-    ),
-) -> None:
+@with_settings(ServiceSettings, env_prefix="RATEQUEUE_", command_name="ratequeue topology-init",
+               only=(*TOPOLOGY_STORE, "min_replicas"))  # fmt: skip
+@with_settings(InitialTopologySettings, env_prefix="RATEQUEUE_",
+               command_name="ratequeue topology-init", parameter="initial")  # fmt: skip
+def topology_init(settings: ServiceSettings, initial: InitialTopologySettings) -> None:
     """Make the first primaries and write the initial topology (epoch 1), once: an existing
     topology is never overwritten (exit 0, nothing touched). Nodes boot parked; this appoints
     each shard's first node, lists the others, then attaches them and waits for their links."""
-    settings = _store_settings("topology-init", control_url=control,
-                               topology_backend=topology_backend, etcd_endpoints=etcd_endpoints,
-                               min_replicas=min_replicas)  # fmt: skip
     try:
-        specs = [parse_shard_spec(spec) for spec in shard]
+        specs = [parse_shard_spec(spec) for spec in initial.shards]
         ids = [shard_id for shard_id, _ in specs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"--shard: shard ids repeat: {ids}")
         addresses = [(host, port) for _, nodes in specs for host, port, _ in nodes]
         if len(set(addresses)) != len(addresses):
             raise ValueError("--shard: a HOST:PORT appears twice")
-        topology = initial_topology(specs, peer_host)
+        topology = initial_topology(specs, initial.peer_host)
     except ValueError as error:
         typer.echo(f"ratequeue topology-init: {error}", err=True)
         raise typer.Exit(2) from None
     try:
-        published, epoch = asyncio.run(
-            _publish_initial_topology(settings, topology, wait, min_replicas, typer.echo)
+        publishing = _publish_initial_topology(
+            settings, topology, initial.wait, settings.min_replicas, typer.echo
         )
+        published, epoch = asyncio.run(publishing)
     except TimeoutError as error:
         typer.echo(f"ratequeue topology-init: not reachable: {error}", err=True)
         raise typer.Exit(1) from None

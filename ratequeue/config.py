@@ -1,18 +1,18 @@
 """Settings of the ratequeue service, validated before anything starts.
 
 A bad value stops the service with a message naming the setting
-(`common.errors.InvalidSetting`); settings come from CLI options or `RATEQUEUE_*` environment
-variables. Not for: per-number rates (API state).
+(`common.errors.InvalidSetting`); every field is a CLI option and a `RATEQUEUE_*` environment
+variable (`common.settings_options`). Not for: per-number rates (API state).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.etcd_client import endpoints_setting
-from common.settings import parse_settings
+from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
 from ratequeue.rates import (
@@ -25,7 +25,9 @@ from ratequeue.rates import (
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    control_url: RedisUrlText = Field(description="redis:// URL of the control store")
+    control_url: Annotated[RedisUrlText, Setting("--control")] = Field(
+        description="redis:// URL of the control store"
+    )
     topology_backend: Literal["redis", "etcd"] = Field(
         "redis", description="where the topology is read and watched: the control store or etcd"
     )
@@ -33,9 +35,17 @@ class ServiceSettings(BaseModel):
         None, description="comma-separated client URLs of the etcd members (topology on etcd)"
     )
     min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
-    wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
-    max_body_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
-    max_queue_seconds: float = Field(DEFAULT_MAX_QUEUE_SECONDS, gt=0)
+    wait_timeout_ms: int = Field(
+        1000, ge=1, le=60_000, description="milliseconds WAIT may take for the replicas"
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=256, le=16 * 1024 * 1024, description="the largest request body"
+    )
+    max_queue_seconds: float = Field(
+        DEFAULT_MAX_QUEUE_SECONDS,
+        gt=0,
+        description="seconds of its own sending one number's queue may hold",
+    )
     max_number_segments: int = Field(
         DEFAULT_MAX_NUMBER_SEGMENTS, ge=1, le=1_000_000_000,
         description="the most segments one number's queue may hold, whatever its rate",
@@ -44,11 +54,19 @@ class ServiceSettings(BaseModel):
         DEFAULT_MAX_MESSAGE_BYTES, ge=16, le=16 * 1024 * 1024,
         description="the largest message body, as stored (compact JSON)",
     )  # fmt: skip
-    dedup_window_seconds: int = Field(3600, ge=1)
-    refresh_interval: float = Field(2.0, gt=0, le=300)
+    dedup_window_seconds: int = Field(
+        3600, ge=1, description="how long a message id is remembered (seconds)"
+    )
+    refresh_interval: float = Field(
+        2.0, gt=0, le=300, description="seconds between topology re-reads"
+    )
     retry_deadline: float = Field(3.0, ge=0, le=60, description="seconds to retry internally")
-    max_dequeue: int = Field(1000, ge=1, le=100_000)
-    max_lease_seconds: float = Field(3600, gt=0)
+    max_dequeue: int = Field(
+        1000, ge=1, le=100_000, description="the most messages one dequeue may lease"
+    )
+    max_lease_seconds: float = Field(
+        3600, gt=0, description="the longest lease a dequeue may ask (seconds)"
+    )
     workers: int = Field(
         1, ge=1, le=64, description="API worker processes, each with its own connections"
     )
@@ -57,15 +75,23 @@ class ServiceSettings(BaseModel):
         description="how long a worker may not answer uvicorn's health check before it is killed "
         "and started again",
     )  # fmt: skip
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(8080, ge=1, le=65535, description="port the API listens on")
+    log_level: LogLevel = Field("warning", description="the least severe messages logged")
 
     @classmethod
-    def parse(cls, **values: object) -> ServiceSettings:
-        """Validate; raise `common.errors.InvalidSetting` naming each bad setting and what was
-        expected."""
-        settings = parse_settings(cls, values)
-        if settings.topology_backend == "etcd":
-            endpoints_setting(settings.etcd_endpoints)  # refused here, before the service starts
-        return settings
+    def parse(
+        cls, *, origins: Mapping[str, str] | None = None, **values: object
+    ) -> ServiceSettings:
+        """Validate; raise `common.errors.InvalidSetting` naming each bad setting (and where its
+        value came from: `origins`) and what was expected."""
+        return parse_settings(cls, values, origins)
+
+    @model_validator(mode="after")
+    def _etcd_has_endpoints(self) -> ServiceSettings:
+        if self.topology_backend == "etcd":
+            etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the service starts
+        return self
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(
@@ -80,3 +106,20 @@ class ServiceSettings(BaseModel):
             # attempts would give up long before the deadline.
             retry=ClientRetryPolicy(max_attempts=100, deadline=self.retry_deadline),
         )
+
+
+class InitialTopologySettings(BaseModel):
+    """What `ratequeue topology-init` makes the first topology of (besides the store's settings,
+    which are `ServiceSettings`')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: Annotated[list[str], Setting("--shard")] = Field(
+        min_length=1,
+        description="ID=PRIMARY_HOST[/PEER_HOST]:PORT[,REPLICA_HOST[/PEER_HOST]:PORT...] per "
+        "shard, in slot order",
+    )
+    peer_host: str | None = Field(
+        None, description="second address (replication, controllers) of every node without its own"
+    )
+    wait: float = Field(60.0, ge=0, description="seconds to wait for the nodes")

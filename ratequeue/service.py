@@ -107,6 +107,8 @@ class LeasedAnswer(BaseModel):
     body: Any
     receipt: str
     attempt: int
+    leased_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When its shard leased it (RFC 3339, to the millisecond): what a rate check judges."""
 
 
 class DequeuedAnswer(BaseModel):
@@ -309,6 +311,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     "body": m.body,
                     "receipt": m.receipt,
                     "attempt": m.attempt,
+                    "leased_at": _iso_time(m.leased_at),
                 }
                 for m in leased
             ]

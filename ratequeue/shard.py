@@ -58,6 +58,8 @@ class LeasedMessage:
     receipt: str
     attempt: int
     shard: str
+    leased_at: float
+    """When the shard leased it, by its own clock (the DEQUEUE script's time), in seconds."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class ShardQueue:
 
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
         result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        leased_at = int(result[0]) / 1000
         leased = []
         for lease, message_id, number, attempt, body in result[1]:
             leased.append(
@@ -253,6 +256,7 @@ class ShardQueue:
                     receipt=make_receipt(self.shard_id, lease.decode()),
                     attempt=int(attempt),
                     shard=self.shard_id,
+                    leased_at=leased_at,
                 )
             )
         return leased

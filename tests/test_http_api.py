@@ -465,8 +465,10 @@ def test_a_dequeue_returns_the_message_with_its_body_a_receipt_and_the_attempt(
     response = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
     assert response.status_code == 200, response.text
     [message] = response.json()["messages"]
-    assert set(message) == {"id", "number", "body", "receipt", "attempt"}
+    assert set(message) == {"id", "number", "body", "receipt", "attempt", "leased_at"}
     assert (message["id"], message["number"], message["body"]) == ("m-1", ON_S0, body)
+    leased_at = datetime.fromisoformat(message["leased_at"]).timestamp()
+    assert abs(leased_at - time.time()) < 60  # the shard's clock, which is this host's
     assert message["attempt"] == 0 and message["receipt"].startswith("s0:")
     assert http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30}).json() == {
         "messages": []

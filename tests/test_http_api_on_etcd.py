@@ -59,5 +59,5 @@ def test_a_new_epoch_in_etcd_reaches_the_api_by_its_watch(
 
 
 def test_a_service_on_etcd_without_endpoints_is_refused_naming_etcd_endpoints() -> None:
-    with pytest.raises(InvalidSetting, match=r"^etcd_endpoints: required"):
+    with pytest.raises(InvalidSetting, match=r"^setting 'etcd_endpoints': required"):
         ServiceSettings.parse(control_url="redis://127.0.0.1:1", topology_backend="etcd")

@@ -492,4 +492,5 @@ def test_bad_sensor_options_are_named_and_exit_2() -> None:
         args = {"--control": "redis://127.0.0.1:1/0", "--replica": "127.0.0.2:1", option: value}
         result = runner.invoke(app, ["sensor", *[x for pair in args.items() for x in pair]])
         assert result.exit_code == 2, (option, result.output)
-        assert f"invalid value for {option}" in result.output
+        setting = "control_url" if option == "--control" else option[2:].replace("-", "_")
+        assert f"refusing to start: setting '{setting}' ({option}" in result.output

@@ -129,7 +129,10 @@ def test_an_etcd_backend_without_endpoints_is_refused_naming_the_setting(
     refused = ratequeue(*command, "--control", "redis://127.0.0.1:1/0", "--topology-backend",
                         "etcd")  # fmt: skip
     assert refused.exit_code == 2
-    assert "etcd_endpoints: required with an etcd backend" in refused.output
+    assert (
+        "setting 'etcd_endpoints' (--etcd-endpoints or RATEQUEUE_ETCD_ENDPOINTS): required "
+        "with an etcd backend" in refused.output
+    )
 
 
 def test_an_unknown_topology_backend_is_refused_naming_the_setting() -> None:

@@ -460,6 +460,18 @@ async def publish_topology(ctx: StepContext) -> TopologyPublished:
     )
 
 
+def replicas_wanted(asked: int | None, shard: Shard, replicas_at_fence: int) -> int:
+    """How many replicas a failover brings the shard back to: what the workflow was asked for,
+    else the shard's own target (recorded when it was created), else as many as it had when the
+    old primary was fenced (a map written before targets were recorded). Not the count at the
+    fence when a target is known: a shard already a replica short would stay short for good."""
+    if asked is not None:
+        return asked
+    if shard.replica_target is not None:
+        return shard.replica_target
+    return replicas_at_fence
+
+
 @step(
     "ratequeue.provision_replacement",
     output=ReplacementProvisioned,
@@ -475,9 +487,10 @@ async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
         return ReplacementProvisioned(skipped="no actuator configured")
     inputs = ctx.inputs_as(ShardFailoverInputs)
     shard_id = inputs.shard
-    target = inputs.target_replicas or ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).replica_count
     topology = await load_topology(ctx)
     shard = topology.shard(shard_id)
+    fenced = ctx.output_of(FENCE_OLD_PRIMARY, FenceResult)
+    target = replicas_wanted(inputs.target_replicas, shard, fenced.replica_count)
     name = f"{shard_id}-replica-e{shard.epoch}"
     listed = any(r.name == name for r in shard.replicas)
     if not listed and len(shard.replicas) >= target:

@@ -45,7 +45,7 @@ def test_chaos_run_refuses_a_bad_cron_naming_the_option_and_the_field() -> None:
         env={"COLUMNS": "300"},
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "invalid value for --cron: field 2 (hour) '25'" in result.output
+    assert "refusing to start: setting 'cron' (--cron): field 2 (hour) '25'" in result.output
 
 
 def test_chaos_run_refuses_every_and_cron_together() -> None:
@@ -54,4 +54,4 @@ def test_chaos_run_refuses_every_and_cron_together() -> None:
         env={"COLUMNS": "300"},
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "give --every or --cron, not both" in result.output
+    assert "setting 'cron' (--cron): give --every or --cron, not both" in result.output

@@ -53,7 +53,7 @@ def test_a_controller_token_a_header_cannot_carry_is_refused_naming_api_token(to
 
 
 def test_a_controller_on_etcd_without_endpoints_is_refused_naming_etcd_endpoints() -> None:
-    with pytest.raises(InvalidSetting, match=r"^etcd_endpoints: required"):
+    with pytest.raises(InvalidSetting, match=r"^setting 'etcd_endpoints': required"):
         ControllerSettings.parse(node_id="n", control_url="redis://127.0.0.1:1", api_token=TOKEN,
                                  coordination_backend="etcd")  # fmt: skip
 

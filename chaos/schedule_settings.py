@@ -1,0 +1,71 @@
+"""Settings of `ratequeue-chaos run` as the long-running scheduler (the compose `chaos` service):
+when and how often it runs, where it journals, whom it tells, where it serves /metrics. Every
+field is an option and a `CHAOS_*` environment variable (`common.settings_options`); the
+agent's are `CHAOS_AGENT_*` (`chaos.agent.settings`), none of these starts with that.
+
+Not for: what one invocation asks (the experiment files, `--dry-run`, `--json` stay plain
+arguments of the command), or the experiments' own contents (`chaos.experiments`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from chaos.cron_schedule import CronSchedule
+from common.durations import parse_duration
+from common.errors import SettingProblem
+from common.settings import Setting
+
+
+def _cron_text(expression: str | None) -> str | None:
+    if expression is not None:
+        CronSchedule(expression)  # a ValueError naming the bad field
+    return expression
+
+
+# `90`, `500ms`, `4h`: seconds (`common.durations`).
+AS_DURATION = (BeforeValidator(parse_duration), Setting(metavar="DURATION"))
+
+
+class ScheduleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: Path | None = Field(None, description="deployment file (unset: the embedded testbed)")
+    every: Annotated[float | None, *AS_DURATION] = Field(
+        None, description="run again every DURATION (e.g. 4h)"
+    )
+    cron: Annotated[str | None, AfterValidator(_cron_text), Setting(metavar="EXPRESSION")] = Field(
+        None, description="run at the times a cron expression names, in UTC ('0 */4 * * *')"
+    )
+    jitter: Annotated[float, *AS_DURATION] = Field(
+        0.0, ge=0, description="random +/- DURATION around --every"
+    )
+    journal_dir: Path = Field(Path("chaos-journals"), description="where runs are journaled")
+    allow_prod: bool = Field(False, description="allow a prod target")
+    runs: int | None = Field(None, ge=1, description="stop after this many runs ended")
+    notifications: Path | None = Field(
+        None, description="channels (YAML) announcing each run's start and verdict"
+    )
+    notify_service: str = Field(
+        "chaos", min_length=1, description="the service whose route in --notifications is used"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus /metrics on this port"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address for /metrics")
+    control: Literal["redis", "etcd"] | None = Field(
+        None, description="the embedded testbed's store, over each file's `control`"
+    )
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ScheduleSettings:
+        if self.every is not None and self.cron is not None:
+            raise SettingProblem("cron", "give --every or --cron, not both")
+        return self
+
+    @property
+    def cron_schedule(self) -> CronSchedule | None:
+        return None if self.cron is None else CronSchedule(self.cron)
