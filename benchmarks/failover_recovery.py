@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -86,8 +85,10 @@ from chaos.testbed import (
     running_testbed,
     state_path,
 )
+from common.errors import RedisStartError
 from common.nodes import CLIENT_HOST, REDIS_ROLES
-from common.redis_processes import RedisProcess, free_port
+from common.redis_processes import RedisProcess
+from common.sentinel_processes import SentinelProcess, SentinelTimers, start_sentinel
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
@@ -618,69 +619,17 @@ def finish_teardown(directory: Path) -> None:
 
 
 # -- (2) Redis Sentinel ------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass
-class SentinelProcess:
-    port: int
-    directory: Path
-    process: subprocess.Popen
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(CLIENT_HOST, self.port, socket_timeout=1, socket_connect_timeout=1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def sentinel_command(config: Path) -> list[str]:
-    binary = shutil.which("redis-sentinel")
-    if binary is not None:
-        return [binary, str(config)]
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return [server, str(config), "--sentinel"]
-
-
-def start_sentinel(workdir: Path, index: int, primary: RedisProcess) -> SentinelProcess:
-    directory = workdir / f"sentinel{index}"
-    directory.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        port = free_port((CLIENT_HOST,))
-        config = directory / "sentinel.conf"
-        config.write_text(
-            f"port {port}\nbind {CLIENT_HOST}\nprotected-mode no\ndaemonize no\n"
-            f'dir "{directory}"\nlogfile "{directory / "sentinel.log"}"\n'
-            f"sentinel monitor {MASTER_NAME} {primary.host} {primary.port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
-            f"sentinel failover-timeout {MASTER_NAME} 10000\n"
-            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+def start_bench_sentinel(workdir: Path, index: int, primary: RedisProcess) -> SentinelProcess:
+    """One of the three sentinels (quorum 2, down-after 1000 ms) watching the bench's shard."""
+    try:
+        return start_sentinel(
+            f"sentinel{index}",
+            workdir,
+            {MASTER_NAME: (primary.host, primary.port)},
+            SentinelTimers(down_after_ms=1000, failover_timeout_ms=10_000),
         )
-        process = subprocess.Popen(
-            sentinel_command(config),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        sentinel = SentinelProcess(port, directory, process)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with sentinel.client() as conn:
-                    if conn.ping():
-                        return sentinel
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-        sentinel.stop()  # lost the port to someone else, or did not start: try another port
-    raise BenchmarkError(f"sentinel {index} did not start; see {directory}/sentinel.log")
+    except RedisStartError as error:
+        raise BenchmarkError(str(error)) from None
 
 
 class SentinelWatcher:
@@ -868,7 +817,9 @@ def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
             for replica in cluster.shards[0].replicas:
                 writable_when_promoted(replica)
             for index in range(3):
-                sentinels.append(start_sentinel(workdir, index + 1, cluster.shards[0].primary))
+                sentinels.append(
+                    start_bench_sentinel(workdir, index + 1, cluster.shards[0].primary)
+                )
         bench = SentinelBench(cluster, sentinels)
         bench.watcher.start()
         for index in range(kills):

@@ -17,6 +17,7 @@
             │   ├── EnqueueBacklogFull  the API holds its most enqueues for a shard
             │   └── TopologyUnavailable
             ├── EpochConflict        409  a topology compare-and-set lost: someone changed it first
+            ├── ManagedBySentinel    409  a topology change where Redis Sentinel picks primaries
             └── NoSafeCandidate      409  no replica can be shown to hold every acknowledged write
 
 Not for: formatting HTTP responses (the service does that from `code` and `http_status`).
@@ -124,6 +125,13 @@ class EpochConflict(RatequeueError):
         super().__init__(f"topology epoch is {found}, expected {expected}")
         self.expected = expected
         self.found = found
+
+
+class ManagedBySentinel(RatequeueError):
+    """A change to a map whose primaries Redis Sentinel chooses (no one else writes it)."""
+
+    code = "managed_by_sentinel"
+    http_status = 409
 
 
 class NoSafeCandidate(RatequeueError):

@@ -55,6 +55,7 @@ from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
+from ratequeue.sentinel_topology import SentinelTopologySource, majority
 from ratequeue.shard import RECEIPT_PATTERN, ShardStats, parse_receipt
 from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
@@ -194,10 +195,17 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         if settings.topology_backend == "etcd"
         else None
     )
+    sentinel = (
+        SentinelTopologySource.over_control_store(
+            settings.control_url, settings.sentinel_addresses()
+        )
+        if settings.topology_backend == "sentinel"
+        else None
+    )
     client = AsyncRatequeueClient(
         settings.control_url,
         settings.client_settings(),
-        topology=EtcdTopologyStore(etcd) if etcd is not None else None,
+        topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
     coalescer = EnqueueCoalescer(client)
     reporter = WriteFailureReporter(
@@ -211,6 +219,8 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         await client.close()
         if etcd is not None:
             await etcd.aclose()
+        if sentinel is not None:
+            await sentinel.aclose()
         await reporter.drain()
         await reporter.control.aclose()
 
@@ -395,9 +405,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         },
     )
     async def healthz() -> JSONResponse:
-        control_ok = await client.control_store_reachable()
-        detail = "reachable" if control_ok else "unreachable; using the cached topology"
-        checks = [check("control_store", control_ok, detail)]
+        checks = await (store_checks() if sentinel is None else sentinel_checks(sentinel))
         try:
             current = client.topology
         except RatequeueError as error:
@@ -415,6 +423,26 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         return JSONResponse(
             {"in_load_balancer": serving, "checks": checks}, status_code=200 if serving else 503
         )
+
+    async def store_checks() -> list[dict]:
+        control_ok = await client.control_store_reachable()
+        detail = "reachable" if control_ok else "unreachable; using the cached topology"
+        return [check("control_store", control_ok, detail)]
+
+    async def sentinel_checks(source: SentinelTopologySource) -> list[dict]:
+        # The map's store and the sentinels apart: either failing names itself, not the other.
+        store_ok, silent = await asyncio.gather(source.base_reachable(),
+                                                source.silent_sentinels())  # fmt: skip
+        store_detail = (
+            "reachable" if store_ok else "unreachable; Sentinel followed over the last map"
+        )
+        total = source.sentinel_count
+        answering = total - len(silent)
+        detail = f"{answering} of {total} answer" + (
+            f"; not answering: {', '.join(silent)}" if silent else ""
+        )
+        return [check("control_store", store_ok, store_detail),
+                check("sentinels", answering >= majority(total), detail)]  # fmt: skip
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format"}})  # fmt: skip
