@@ -17,6 +17,10 @@ acknowledged again, and compare with Redis Sentinel on the same machine in the s
       promote      → `promote_candidate` finished (fence, choose the candidate, REPLICAOF NO ONE)
       publish      → `publish_topology` finished (repoint the other replica, epoch + 1)
       first write  → the first HTTP 201 (the API follows the topology, WAIT confirms a replica)
+    Each kill also keeps its stage trace (`trace` in the JSON, milliseconds after the kill:
+    the sensors' reports seen and received, the decision's stages from the audit record's
+    `stages`, every workflow step's start and end, the first 201) and how long each node's
+    checks took in the quorum round (`quorum_seconds`): where the idle waits show.
     Targets for the total: p50 <= 1.5 s, p95 <= 3 s. The controllers' per-service rate limit
     (10 incidents in 10 minutes by default, which these kills are) is raised above `--kills`.
 (2) Redis Sentinel: 1 primary + 2 replicas and 3 sentinels (quorum 2, down-after 1000 ms),
@@ -167,7 +171,37 @@ class KillResult:
     # (started after the kill, seconds to answer, status) of those not acknowledged
     probe_refusals: list[tuple[float, float, str]] = field(default_factory=list)
     first_ack_request_started: float | None = None  # seconds after the kill
+    # stage → seconds after the kill, in the order they happened (see `kill_trace`)
+    trace: dict[str, float] = field(default_factory=dict)
+    # node → seconds its checks took in the quorum round (a peer's as it measured them)
+    quorum_seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+
+
+def kill_trace(
+    killed_at: float, downs: list[dict], ran: dict, workflow: dict, first_ack: float
+) -> dict[str, float]:
+    """One failover stage by stage, seconds after the kill: the sensors' reports, the deciding
+    controller's stages (the audit record's `stages`), each workflow step's start and end (with
+    its attempts when retried), the first acknowledged write. Where the idle waits show."""
+    marks: dict[str, float] = {}
+    for number, report in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
+        data = report["event"].get("data") or {}
+        evidence = f"{data.get('evidence')}, {data.get('consecutive_failures')} failed"
+        seen = f"report {number} seen ({evidence})"
+        marks[seen] = parse_time(report["event"]["occurred_at"])
+        marks[f"report {number} received"] = float(report["received_at"])
+    marks |= {f"decision: {stage}": at for stage, at in ran.get("stages", {}).items()}
+    marks["decided"] = float(ran["decided_at"])
+    for name, step_record in (workflow.get("steps") or {}).items():
+        retried = f" (attempt {step_record['attempts']})" if step_record["attempts"] > 1 else ""
+        if step_record.get("started_at") is not None:
+            marks[f"step {name} started{retried}"] = float(step_record["started_at"])
+        if step_record.get("finished_at") is not None:
+            marks[f"step {name} finished"] = float(step_record["finished_at"])
+    marks["first 201"] = first_ack
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    return {stage: round(at - killed_at, 4) for stage, at in ordered if at - killed_at < 10}
 
 
 @dataclass
@@ -517,6 +551,8 @@ class RatequeueBench:
         for phase in PHASES:
             result.phases[phase] = result.marks[phase] - previous
             previous = result.marks[phase]
+        result.trace = kill_trace(killed_at, downs, ran, workflow, first_ack)
+        result.quorum_seconds = {v["node"]: v["seconds"] for v in ran.get("verdicts") or []}
         if result.workflow_status != "succeeded":
             result.error = f"workflow {result.workflow_id} {result.workflow_status}"
         return result
