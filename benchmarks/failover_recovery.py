@@ -17,6 +17,10 @@ acknowledged again, and compare with Redis Sentinel on the same machine in the s
       promote      → `promote_candidate` finished (fence, choose the candidate, REPLICAOF NO ONE)
       publish      → `publish_topology` finished (repoint the other replica, epoch + 1)
       first write  → the first HTTP 201 (the API follows the topology, WAIT confirms a replica)
+    Each kill also keeps its stage trace (`trace` in the JSON, milliseconds after the kill:
+    the sensors' reports seen and received, the decision's stages from the audit record's
+    `stages`, every workflow step's start and end, the first 201) and how long each node's
+    checks took in the quorum round (`quorum_seconds`): where the idle waits show.
     Targets for the total: p50 <= 1.5 s, p95 <= 3 s. The controllers' per-service rate limit
     (10 incidents in 10 minutes by default, which these kills are) is raised above `--kills`.
 (2) Redis Sentinel: 1 primary + 2 replicas and 3 sentinels (quorum 2, down-after 1000 ms),
@@ -43,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -82,8 +85,10 @@ from chaos.testbed import (
     running_testbed,
     state_path,
 )
+from common.errors import RedisStartError
 from common.nodes import CLIENT_HOST, REDIS_ROLES
-from common.redis_processes import RedisProcess, free_port
+from common.redis_processes import RedisProcess
+from common.sentinel_processes import SentinelProcess, SentinelTimers, start_sentinel
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
@@ -166,7 +171,37 @@ class KillResult:
     # (started after the kill, seconds to answer, status) of those not acknowledged
     probe_refusals: list[tuple[float, float, str]] = field(default_factory=list)
     first_ack_request_started: float | None = None  # seconds after the kill
+    # stage → seconds after the kill, in the order they happened (see `kill_trace`)
+    trace: dict[str, float] = field(default_factory=dict)
+    # node → seconds its checks took in the quorum round (a peer's as it measured them)
+    quorum_seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+
+
+def kill_trace(
+    killed_at: float, downs: list[dict], ran: dict, workflow: dict, first_ack: float
+) -> dict[str, float]:
+    """One failover stage by stage, seconds after the kill: the sensors' reports, the deciding
+    controller's stages (the audit record's `stages`), each workflow step's start and end (with
+    its attempts when retried), the first acknowledged write. Where the idle waits show."""
+    marks: dict[str, float] = {}
+    for number, report in enumerate(sorted(downs, key=lambda d: d["received_at"]), 1):
+        data = report["event"].get("data") or {}
+        evidence = f"{data.get('evidence')}, {data.get('consecutive_failures')} failed"
+        seen = f"report {number} seen ({evidence})"
+        marks[seen] = parse_time(report["event"]["occurred_at"])
+        marks[f"report {number} received"] = float(report["received_at"])
+    marks |= {f"decision: {stage}": at for stage, at in ran.get("stages", {}).items()}
+    marks["decided"] = float(ran["decided_at"])
+    for name, step_record in (workflow.get("steps") or {}).items():
+        retried = f" (attempt {step_record['attempts']})" if step_record["attempts"] > 1 else ""
+        if step_record.get("started_at") is not None:
+            marks[f"step {name} started{retried}"] = float(step_record["started_at"])
+        if step_record.get("finished_at") is not None:
+            marks[f"step {name} finished"] = float(step_record["finished_at"])
+    marks["first 201"] = first_ack
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    return {stage: round(at - killed_at, 4) for stage, at in ordered if at - killed_at < 10}
 
 
 @dataclass
@@ -516,6 +551,8 @@ class RatequeueBench:
         for phase in PHASES:
             result.phases[phase] = result.marks[phase] - previous
             previous = result.marks[phase]
+        result.trace = kill_trace(killed_at, downs, ran, workflow, first_ack)
+        result.quorum_seconds = {v["node"]: v["seconds"] for v in ran.get("verdicts") or []}
         if result.workflow_status != "succeeded":
             result.error = f"workflow {result.workflow_id} {result.workflow_status}"
         return result
@@ -582,69 +619,17 @@ def finish_teardown(directory: Path) -> None:
 
 
 # -- (2) Redis Sentinel ------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass
-class SentinelProcess:
-    port: int
-    directory: Path
-    process: subprocess.Popen
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(CLIENT_HOST, self.port, socket_timeout=1, socket_connect_timeout=1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def sentinel_command(config: Path) -> list[str]:
-    binary = shutil.which("redis-sentinel")
-    if binary is not None:
-        return [binary, str(config)]
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return [server, str(config), "--sentinel"]
-
-
-def start_sentinel(workdir: Path, index: int, primary: RedisProcess) -> SentinelProcess:
-    directory = workdir / f"sentinel{index}"
-    directory.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        port = free_port((CLIENT_HOST,))
-        config = directory / "sentinel.conf"
-        config.write_text(
-            f"port {port}\nbind {CLIENT_HOST}\nprotected-mode no\ndaemonize no\n"
-            f'dir "{directory}"\nlogfile "{directory / "sentinel.log"}"\n'
-            f"sentinel monitor {MASTER_NAME} {primary.host} {primary.port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
-            f"sentinel failover-timeout {MASTER_NAME} 10000\n"
-            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+def start_bench_sentinel(workdir: Path, index: int, primary: RedisProcess) -> SentinelProcess:
+    """One of the three sentinels (quorum 2, down-after 1000 ms) watching the bench's shard."""
+    try:
+        return start_sentinel(
+            f"sentinel{index}",
+            workdir,
+            {MASTER_NAME: (primary.host, primary.port)},
+            SentinelTimers(down_after_ms=1000, failover_timeout_ms=10_000),
         )
-        process = subprocess.Popen(
-            sentinel_command(config),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        sentinel = SentinelProcess(port, directory, process)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with sentinel.client() as conn:
-                    if conn.ping():
-                        return sentinel
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-        sentinel.stop()  # lost the port to someone else, or did not start: try another port
-    raise BenchmarkError(f"sentinel {index} did not start; see {directory}/sentinel.log")
+    except RedisStartError as error:
+        raise BenchmarkError(str(error)) from None
 
 
 class SentinelWatcher:
@@ -832,7 +817,9 @@ def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
             for replica in cluster.shards[0].replicas:
                 writable_when_promoted(replica)
             for index in range(3):
-                sentinels.append(start_sentinel(workdir, index + 1, cluster.shards[0].primary))
+                sentinels.append(
+                    start_bench_sentinel(workdir, index + 1, cluster.shards[0].primary)
+                )
         bench = SentinelBench(cluster, sentinels)
         bench.watcher.start()
         for index in range(kills):

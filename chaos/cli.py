@@ -19,6 +19,7 @@ from chaos.agent.settings import AgentSettings
 from chaos.errors import TestbedError
 from chaos.load import LoadProfile
 from chaos.schedule_settings import ScheduleSettings
+from chaos.soak_growth import BYTES_PER_CYCLE
 from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
@@ -42,6 +43,16 @@ class ControlChoice(StrEnum):
     etcd = "etcd"
 
 
+class FailoverChoice(StrEnum):
+    lazarus = "lazarus"
+    sentinel = "sentinel"
+
+
+class AckChoice(StrEnum):
+    wait = "wait"
+    async_ = "async"
+
+
 @testbed_app.command("up")
 def testbed_up(
     dir: Path = typer.Option(..., "--dir", help="directory for state, data and logs"),
@@ -55,6 +66,30 @@ def testbed_up(
     control: ControlChoice = typer.Option(
         ControlChoice.redis, "--control", help="the coordination store: redis, or 3-member etcd"
     ),
+    failover: FailoverChoice = typer.Option(
+        FailoverChoice.lazarus,
+        "--failover",
+        help="who fails shards over: the Lazarus controllers, or 3 Redis Sentinels (quorum 2; "
+        "then no controllers or sensors are started)",
+    ),
+    ack: AckChoice = typer.Option(
+        AckChoice.wait,
+        "--ack",
+        help="acknowledge an enqueue once a replica holds it (wait), or at once (async)",
+    ),
+    down_after_ms: int = typer.Option(
+        1000, "--down-after-ms", min=100, max=600_000, help="sentinel down-after-milliseconds"
+    ),
+    failover_timeout_ms: int = typer.Option(
+        10_000,
+        "--failover-timeout-ms",
+        min=1000,
+        max=3_600_000,
+        help="sentinel failover-timeout (ms)",
+    ),
+    parallel_syncs: int = typer.Option(
+        1, "--parallel-syncs", min=1, max=16, help="sentinel parallel-syncs"
+    ),
     api_workers: int = typer.Option(
         1, "--api-workers", min=1, max=64, help="worker processes of the ratequeue API"
     ),
@@ -65,6 +100,13 @@ def testbed_up(
     ),
 ) -> None:
     """Start a testbed and leave it running; writes DIR/testbed.json."""
+    from common.sentinel_processes import SentinelTimers
+
+    timers = SentinelTimers(
+        down_after_ms=down_after_ms,
+        failover_timeout_ms=failover_timeout_ms,
+        parallel_syncs=parallel_syncs,
+    )
     try:
         boot_arguments(shard_maxmemory)
     except ValueError as error:
@@ -78,6 +120,9 @@ def testbed_up(
             sensors=sensors,
             supervise=supervise,
             control=control.value,
+            failover=failover.value,
+            ack=ack.value,
+            sentinel_timers=timers,
             api_workers=api_workers,
             shard_maxmemory=shard_maxmemory,
         )
@@ -85,6 +130,8 @@ def testbed_up(
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)
     store = f", etcd {state.etcd_endpoints}" if state.etcd_endpoints else ""
+    if state.sentinels:
+        store += f", sentinels {','.join(state.sentinels)} (ack {state.ack})"
     console.print(
         f"testbed up: API {state.api}, control {state.control}{store}, "
         f"{len(state.nodes)} processes; state in {where}"
@@ -171,6 +218,9 @@ def print_verdict(journal: object) -> None:
     for column in ("hypothesis", "expected", "measured", "ok"):
         table.add_column(column)
     for outcome in journal.hypotheses:
+        if outcome.skipped:
+            table.add_row(outcome.hypothesis, "", escape(outcome.skipped), "[yellow]SKIPPED[/]")
+            continue
         table.add_row(
             outcome.hypothesis,
             outcome.expected,
@@ -214,7 +264,7 @@ def run(
         ctx.call_on_close(lambda: setattr(console, "stderr", False))
 
     from chaos.errors import ExperimentError, RefusedTarget, TargetError
-    from chaos.experiments import load_experiment
+    from chaos.experiments import TestbedOverrides, applicable_experiments
     from chaos.journal import Journal
     from chaos.run_watchers import RunWatcher
     from chaos.schedule_metrics import ScheduleMetrics
@@ -231,9 +281,13 @@ def run(
     period, cron_schedule, spread = settings.every, settings.cron_schedule, settings.jitter
     channels: NotificationConfig | None = None
     try:
-        backend = settings.control
-        for path in experiments:
-            load_experiment(path, backend)
+        overrides = TestbedOverrides(
+            control=settings.control, failover=settings.failover, ack=settings.ack
+        )
+        runnable, skipped = applicable_experiments(experiments, overrides)
+        if not runnable:
+            reasons = "; ".join(reason for _, reason in skipped)  # each names its file
+            raise ExperimentError(f"none of the experiments can run with these options: {reasons}")
         deployment = load_deployment(target) if target is not None else None
         if deployment is not None:
             check_target_allowed(deployment, allow_prod)
@@ -297,7 +351,7 @@ def run(
                 on_journal=say_verdict,
                 max_runs=runs,
                 watchers=watchers,
-                control=backend,
+                overrides=overrides,
                 cron=cron_schedule,
             )
     except (TargetError, TestbedError) as error:
@@ -340,17 +394,111 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 
 @app.command()
 def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
-    """Stop the running experiment; it rolls back its faults before exiting."""
+    """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
+    killed run left in force are undone too, each named; exit 1 when one is left in force (the
+    engine refused or was unreachable, or another host wrote it)."""
+    from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
 
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
         raise refused(error) from None
-    if pid is None:
+    leftovers = undo_docker_leftovers(journal_dir)
+    for line in leftovers:
+        console.print(f"leftover fault of a killed run: {escape(line)}")
+    if pid is not None:
+        console.print(f"halted chaos run {pid}; its faults were rolled back")
+    if in_force := PendingDockerFaults(journal_dir).unsettled():
+        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
+        raise typer.Exit(1)
+    if pid is None and not leftovers:
         console.print(f"no chaos run is running (no live pid in {journal_dir})")
         raise typer.Exit(1)
-    console.print(f"halted chaos run {pid}; its faults were rolled back")
+
+
+@app.command()
+def soak(
+    cycles: int = typer.Option(30, "--cycles", min=1, help="experiments to run, one per cycle"),
+    compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file"),
+    scenarios: Path = typer.Option(Path("scenarios"), "--scenarios", help="the templates"),
+    journal_dir: Path = typer.Option(Path("soak-journals"), "--journal-dir"),
+    up: bool = typer.Option(True, help="bring staging up first (docker compose up --wait)"),
+    down: bool = typer.Option(True, help="take staging down at the end"),
+    gap: str = typer.Option("5s", "--gap", help="pause between cycles (the compressed schedule)"),
+    settle: str = typer.Option("120s", "--settle", help="longest wait for every shard whole"),
+    growth_allowance: float = typer.Option(
+        BYTES_PER_CYCLE,
+        "--growth-allowance-bytes",
+        min=0,
+        help="control store bytes a cycle its keys without expiry may grow by (slope)",
+    ),
+) -> None:
+    """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
+    every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
+    container count within its bound and the control store not growing from cycle to cycle
+    (judged from the fourth cycle on). One table; exit 1 on any miss. Ports and subnets: the
+    compose file's variables (RQ_API_PORT, ...)."""
+    import threading
+
+    from chaos.soak import CYCLE_ERRORS, StagingEndpoints
+    from chaos.soak import soak as run_soak
+    from common.durations import parse_duration
+
+    def duration(value: str, option: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise refuse_to_start("ratequeue-chaos soak", f"{option}: {error}") from None
+
+    gap_seconds = duration(gap, "--gap")
+    settle_seconds = duration(settle, "--settle")
+    stop = threading.Event()
+
+    def say(text: str) -> None:
+        console.log(escape(text))
+
+    try:
+        results = run_soak(
+            cycles,
+            compose_file=compose_file,
+            scenarios=scenarios,
+            journal_dir=journal_dir,
+            endpoints=StagingEndpoints.from_environment(),
+            bring_up=up,
+            take_down=down,
+            gap_seconds=gap_seconds,
+            settle_seconds=settle_seconds,
+            growth_bytes_per_cycle=growth_allowance,
+            say=say,
+            stop=stop,
+        )
+    except CYCLE_ERRORS as error:
+        raise refused(error, "soak") from None
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    table = Table(title=f"soak: {len(results)} of {cycles} cycles")
+    for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
+                   "containers", "control MiB", "growth", "ok"):  # fmt: skip
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            str(r.cycle),
+            r.fault,
+            r.shard,
+            r.verdict,
+            str(r.acknowledged),
+            str(r.lost),
+            "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
+            f"{r.containers} / {r.container_bound}",
+            f"{r.control_memory / 2**20:.2f}",
+            r.growth,
+            "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
+        )
+    Console(width=max(console.width, 150)).print(table)
+    if len(results) < cycles or not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -368,6 +516,53 @@ def report(
     except OSError as error:
         raise refused(error, "cannot write the report") from None
     console.print(f"report: {html}\nsummary: {markdown}")
+
+
+@app.command()
+def compare(
+    journal_dir: Path = typer.Argument(
+        ..., help="directory of run journals", exists=True, file_okay=False
+    ),
+    scenarios: list[Path] = typer.Argument(..., help="the experiment files the table lists"),
+    output: Path = typer.Option(..., "--output", help="the markdown file to write"),
+) -> None:
+    """Write a markdown table of every scenario under every failover manager: the latest run
+    of each in JOURNAL_DIR, or why that manager cannot run it."""
+    from chaos.comparison import scenario_table
+    from chaos.errors import ExperimentError
+    from chaos.journal import read_journals
+    from common.points_in_time import iso_utc
+
+    journals = read_journals(journal_dir)
+    try:
+        table = scenario_table(journals, scenarios)
+    except ExperimentError as error:
+        raise refused(error, "compare refused") from None
+    runs = [j for j in journals if not j.dry_run and j.status == "completed"]
+    when = (
+        f"{len(runs)} runs from {iso_utc(runs[0].started_at)} to "
+        f"{iso_utc(runs[-1].ended_at or runs[-1].started_at)}"
+        if runs
+        else "no completed runs"
+    )
+    command = "ratequeue-chaos compare JOURNAL_DIR " + " ".join(str(p) for p in scenarios)
+    lines = [
+        "# Every scenario under each failover manager",
+        "",
+        f"Written by `{command} --output {output}` ({when}). Each cell is the latest completed "
+        "run of the scenario under that manager: its verdict, the acknowledged writes lost of "
+        "those acknowledged, the recovery (fault to the first acknowledged write on the "
+        "faulted shard; under Sentinel once it promoted, to the first one sent after the API "
+        "routed to the promoted primary), and the hypotheses it "
+        "broke or skipped; or why that manager cannot run it; or `not run`.",
+        "",
+        *table,
+    ]
+    try:
+        output.write_text("\n".join(lines) + "\n")
+    except OSError as error:
+        raise refused(error, "cannot write the table") from None
+    console.print(f"table: {output}")
 
 
 @app.command("export-journal")

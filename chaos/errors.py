@@ -3,6 +3,8 @@
     ChaosError
     ├── files and targets that cannot be used (ValueError; the message names the file and field)
     │   ├── ExperimentError           an experiment file
+    │   │   └── NotApplicable         ... right, but not one the run's options can run
+    │   │                             (skipped, not refused)
     │   └── TargetError               a deployment: its target file, or a part of it that cannot
     │                                 be reached or found
     ├── RefusedTarget                 the run is not allowed against this deployment (production
@@ -51,6 +53,11 @@ class TargetError(ChaosError, ValueError):
 
 class ExperimentError(ChaosError, ValueError):
     """An experiment file is invalid: the message names the file, the field and the problem."""
+
+
+class NotApplicable(ExperimentError):
+    """A valid experiment file the run's overrides cannot run (`--failover sentinel` over one
+    that needs controllers or sensors): skipped with this reason, not refused."""
 
 
 class TestbedError(ChaosError, RuntimeError):

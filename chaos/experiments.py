@@ -22,10 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from chaos.errors import ExperimentError
+from chaos.errors import ExperimentError, NotApplicable
 from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
-from chaos.testbed import ControlBackend
+from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common import input_files
 from common.durations import DurationSeconds, parse_duration
 from common.validation import validated
@@ -233,6 +233,10 @@ class Rollback(Strict):
     action: Literal["resume_all", "remove_network_faults"]
 
 
+# Nodes a Sentinel-managed testbed does not have (nor an etcd cluster: its map is in Redis).
+SENTINEL_ABSENT_ROLES = frozenset({"controller", "sensor", "etcd_member"})
+
+
 class TestbedOptions(Strict):
     """How the embedded testbed is started for this experiment (ignored with --target)."""
 
@@ -256,6 +260,46 @@ class Experiment(Strict):
     control: ControlBackend = Field(
         "redis", description="the embedded testbed's coordination store (ignored with --target)"
     )
+    failover: FailoverManager = Field(
+        "lazarus",
+        description="who fails the embedded testbed's shards over: the Lazarus controllers or "
+        "Redis Sentinel (ignored with --target)",
+    )
+    ack: AckMode = Field(
+        "wait",
+        description="the embedded testbed's enqueue acknowledgement: once a replica holds it, "
+        "or at once (async; ignored with --target)",
+    )
+
+    @model_validator(mode="after")
+    def _sentinel_has_no_controllers(self) -> Experiment:
+        if self.failover != "sentinel":
+            if self.ack == "async":
+                raise ValueError(
+                    "ack: async is Sentinel's acknowledgement: it needs failover: sentinel "
+                    "(the Lazarus controllers appoint every primary with the write quorum)"
+                )
+            return self
+        if self.control != "redis":
+            raise ValueError(
+                f"failover: sentinel keeps the map in the control Redis: it needs control: "
+                f"redis, not control: {self.control}"
+            )
+        selectors = [s.target for s in self.faults] + [
+            s.from_node for s in self.faults if s.from_node is not None
+        ]
+        absent = sorted({s.role for s in selectors} & SENTINEL_ABSENT_ROLES)
+        if absent:
+            raise ValueError(
+                f"failover: sentinel starts no {' or '.join(absent)}: a target of that role "
+                "needs failover: lazarus"
+            )
+        if any(isinstance(s, ApproveStep) or s.when != "now" for s in self.method):
+            raise ValueError(
+                "failover: sentinel runs no workflow: an approve step or a step `when` a "
+                "workflow runs or waits needs failover: lazarus"
+            )
+        return self
 
     @model_validator(mode="after")
     def _etcd_targets_need_etcd(self) -> Experiment:
@@ -273,18 +317,58 @@ class Experiment(Strict):
         return [s for s in self.method if isinstance(s, FaultStep)]
 
 
-def parse_experiment(text: str, source: str, control: ControlBackend | None = None) -> Experiment:
-    """The experiment in `text`; `control` (`ratequeue-chaos run --control`) overrides the file's,
-    and is checked with it (an etcd_member target on a Redis-only testbed is refused)."""
+class TestbedOverrides(Strict):
+    """What `ratequeue-chaos run` options set over every file's own (None: the file's)."""
+
+    __test__ = False  # not a pytest test class
+
+    control: ControlBackend | None = None
+    failover: FailoverManager | None = None
+    ack: AckMode | None = None
+
+
+def parse_experiment(
+    text: str, source: str, overrides: TestbedOverrides | None = None
+) -> Experiment:
+    """The experiment in `text`; `overrides` (`ratequeue-chaos run --control/--failover/--ack`)
+    replace the file's. ExperimentError for a file that is wrong on its own; NotApplicable for
+    one that is right but that the overrides cannot run (an etcd_member target on a Redis-only
+    testbed, a controller target under Sentinel)."""
     raw = input_files.parse(
         text, source, expected="a mapping with title, method and hypotheses", error=ExperimentError
     )
-    if control is not None and isinstance(raw, dict):
-        raw = {**raw, "control": control}
-    # The method's union tags are not fields a person wrote.
-    return validated(Experiment, raw, source, error=ExperimentError, hide={"fault", "approve"})
+
+    def checked(fields: object) -> Experiment:
+        # The method's union tags are not fields a person wrote.
+        return validated(Experiment, fields, source, error=ExperimentError,
+                         hide={"fault", "approve"})  # fmt: skip
+
+    replaced = {} if overrides is None else overrides.model_dump(exclude_none=True)
+    if not replaced or not isinstance(raw, dict):
+        return checked(raw)
+    try:
+        return checked({**raw, **replaced})
+    except ExperimentError as error:
+        checked(raw)  # a file wrong on its own is refused for that
+        raise NotApplicable(str(error)) from None
 
 
-def load_experiment(path: Path, control: ControlBackend | None = None) -> Experiment:
+def load_experiment(path: Path, overrides: TestbedOverrides | None = None) -> Experiment:
     text = input_files.read_text(path, error=ExperimentError)
-    return parse_experiment(text, str(path), control)
+    return parse_experiment(text, str(path), overrides)
+
+
+def applicable_experiments(
+    paths: list[Path], overrides: TestbedOverrides | None = None
+) -> tuple[list[tuple[Path, Experiment]], list[tuple[Path, str]]]:
+    """The experiments the overrides can run, and the files they cannot with the reason (a
+    directory run under `--failover sentinel` skips the ones that need controllers). A file
+    wrong on its own raises ExperimentError."""
+    runnable: list[tuple[Path, Experiment]] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            runnable.append((path, load_experiment(path, overrides)))
+        except NotApplicable as reason:
+            skipped.append((path, str(reason)))
+    return runnable, skipped

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from chaos.controller_answers import ControllerAnswers, waiting_gates
@@ -27,15 +28,19 @@ from ratequeue.topology import Topology
 STORE_ROLES = frozenset({"control", "etcd"})
 
 
-def open_backend(name: str) -> FaultBackend:
+def open_backend(name: str, journal_dir: Path | None = None) -> FaultBackend:
+    """The backend called `name`; the docker one writes its faults down in `journal_dir` while
+    they are in force (see `chaos.faults.docker_leftovers`)."""
     if name == "local":
         from chaos.faults.local.backend import LocalFaultBackend
 
         return LocalFaultBackend()
     if name == "docker":
         from chaos.faults.docker import DockerFaultBackend
+        from chaos.faults.docker_leftovers import PendingDockerFaults
 
-        return DockerFaultBackend()
+        pending = PendingDockerFaults(journal_dir) if journal_dir is not None else None
+        return DockerFaultBackend(pending=pending)
     if name == "gremlin":
         from chaos.faults.gremlin import GremlinFaultBackend
 
@@ -54,8 +59,10 @@ class FaultPhase:
         say: Say,
         backends: dict[str, FaultBackend] | None = None,
         on_fault: Callable[[bool], None] = lambda active: None,
+        journal_dir: Path | None = None,
     ) -> None:
         self.deployment = deployment
+        self.journal_dir = journal_dir
         self.on_fault = on_fault
         self.controllers = controllers
         self.rng = rng
@@ -90,11 +97,15 @@ class FaultPhase:
                 if fault.target.role in {"primary", "replica"}:
                     faulted.add(shard)
                 journal.faults.append(fault.summary())
+                # A backend's note says how the fault differs from what the step asked for
+                # (a blackhole that cut more than the peer path, say).
+                note = fault.details.get("note")
                 journal.mark(
                     "fault_injected",
                     fault.injected_at,
                     fault.injected_at,
-                    f"{step.action} {fault.target.name} via {self.backend_name(step)}",
+                    f"{step.action} {fault.target.name} via {self.backend_name(step)}"
+                    + (f": {note}" if note else ""),
                 )
 
     def inject_step(
@@ -111,7 +122,11 @@ class FaultPhase:
             self.on_fault(True)
             if node.role == "primary" and step.action in {"kill", "pause", "stop", "blackhole"}:
                 self.primary_faulted.add(shard)
-            self.say(f"fault: {step.action} {node.name} ({self.backend_name(step)})")
+            note = fault.details.get("note")
+            self.say(
+                f"fault: {step.action} {node.name} ({self.backend_name(step)})"
+                + (f": {note}" if note else "")
+            )
         return faults
 
     def select(self, selector: Selector, shard: str) -> list[DeploymentNode]:
@@ -165,9 +180,16 @@ class FaultPhase:
         return self._last_topology
 
     def remove_leftovers(self, journal: Journal) -> None:
-        """Before a run: undo what a run that died left on this deployment's processes (the
-        local backend's blackholes: see `LocalFaultBackend.remove_leftovers`), named in the
-        journal's timeline."""
+        """Before a run: undo what a run that died left behind: the Docker faults written down
+        in the journal directory (see `chaos.faults.docker_leftovers`), named in the journal's
+        `leftovers`, and the local backend's blackholes on this deployment's processes (see
+        `LocalFaultBackend.remove_leftovers`), named in the journal's timeline."""
+        if self.journal_dir is not None:
+            from chaos.faults.docker_leftovers import undo_docker_leftovers
+
+            journal.leftovers = undo_docker_leftovers(self.journal_dir)
+            for line in journal.leftovers:
+                self.say(f"leftover fault of an earlier run: {line}")
         if self.deployment.default_backend != "local" and "local" not in self._backends:
             return
         pids = [n.pid for n in self.deployment.nodes if n.pid is not None]
@@ -188,7 +210,7 @@ class FaultPhase:
 
     def inject(self, step: FaultStep, node: DeploymentNode) -> InjectedFault:
         name = self.backend_name(step)
-        backend = self._backends.get(name) or open_backend(name)
+        backend = self._backends.get(name) or open_backend(name, self.journal_dir)
         self._backends[name] = backend
         params: dict[str, Any] = {}
         if step.latency_ms is not None:

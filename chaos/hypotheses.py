@@ -45,6 +45,8 @@ class Observations:
     workflows: list[WorkflowRecord] = field(default_factory=list)
     # When the last fault was undone; None: not undone (a kill) or still running.
     fault_ended_at: float | None = None
+    # What `recovered_at` is the time of (ack async: an acknowledgement alone can be lost).
+    recovered_by: str = "first acknowledged write on the shard"
 
 
 def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
@@ -54,9 +56,9 @@ def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
         ok=measured is not None and measured <= h.seconds,
         expected=f"<= {h.seconds:g} s",
         measured=measured,
-        detail="fault to first acknowledged write on the shard"
+        detail=f"fault to {o.recovered_by}"
         if measured is not None
-        else "no acknowledged write on the shard after the fault",
+        else f"no {o.recovered_by} after the fault",
     )
 
 
@@ -273,5 +275,36 @@ CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
 }
 
 
-def evaluate(hypotheses: list[Hypothesis], observations: Observations) -> list[HypothesisOutcome]:
-    return [CHECKERS[type(h)](h, observations) for h in hypotheses]
+# Hypotheses about what the Lazarus controllers decided and ran: under Sentinel there is no
+# decision, audit record or workflow to judge.
+LAZARUS_ONLY: dict[type, str] = {
+    Escalated: "an escalation is a Lazarus decision",
+    CompletedByAnotherNode: "workflows are run by the Lazarus controllers",
+    OneWorkflowPerIncident: "workflows are run by the Lazarus controllers",
+    EscalatedThenRemediated: "escalations and workflows are Lazarus decisions",
+}
+
+
+def evaluate(
+    hypotheses: list[Hypothesis], observations: Observations, failover: str = "lazarus"
+) -> list[HypothesisOutcome]:
+    """Each hypothesis judged; under `failover` sentinel the Lazarus-only ones are skipped
+    with the reason (reported as skipped, never as passed)."""
+    return [
+        skipped(h.type, f"{LAZARUS_ONLY[type(h)]}; failover is sentinel")
+        if failover == "sentinel" and type(h) in LAZARUS_ONLY
+        else CHECKERS[type(h)](h, observations)
+        for h in hypotheses
+    ]
+
+
+def skipped(hypothesis: str, reason: str) -> HypothesisOutcome:
+    return HypothesisOutcome(
+        hypothesis=hypothesis, ok=False, expected="(not judged)", measured=None, skipped=reason
+    )
+
+
+def verdict_ok(outcomes: list[HypothesisOutcome]) -> bool:
+    """Every judged hypothesis held, and at least one was judged (all skipped proves nothing)."""
+    judged = [o for o in outcomes if o.judged]
+    return bool(judged) and all(o.ok for o in judged)

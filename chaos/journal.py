@@ -19,6 +19,7 @@ TIMELINE_ORDER = (
     "promotion",
     "topology_published",
     "first_acknowledged_write",
+    "first_write_after_switch",
     "rolled_back",
     "load_drained",
 )
@@ -39,6 +40,9 @@ class ProbeOutcome(BaseModel):
     probe: str
     ok: bool
     detail: str
+    skipped: str | None = Field(
+        None, description="why it was not checked (then ok is False and no verdict counts it)"
+    )
 
 
 class HypothesisOutcome(BaseModel):
@@ -47,6 +51,13 @@ class HypothesisOutcome(BaseModel):
     expected: str
     measured: Any
     detail: str = ""
+    skipped: str | None = Field(
+        None, description="why it was not judged (then ok is False and the verdict leaves it out)"
+    )
+
+    @property
+    def judged(self) -> bool:
+        return self.skipped is None
 
 
 class Journal(BaseModel):
@@ -55,6 +66,12 @@ class Journal(BaseModel):
     experiment_file: str | None = None
     deployment: str
     environment: str
+    failover: Literal["lazarus", "sentinel"] = Field(
+        "lazarus", description="who failed the deployment's shards over"
+    )
+    ack: Literal["wait", "async"] | None = Field(
+        None, description="the enqueue acknowledgement (None: a target that does not say)"
+    )
     started_at: float
     ended_at: float | None = None
     dry_run: bool = False
@@ -70,6 +87,11 @@ class Journal(BaseModel):
     load: dict[str, Any] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    leftovers: list[str] = Field(
+        default_factory=list,
+        description="Docker faults an earlier, killed run left in force: each undone before "
+        "this run, or why not (another host's, the engine refused)",
+    )
 
     def mark(self, name: str, at: float, fault_at: float | None, detail: str = "") -> None:
         if any(entry.name == name for entry in self.timeline):
@@ -91,8 +113,21 @@ class Journal(BaseModel):
         return next((e.at for e in self.timeline if e.name == name), None)
 
     def recovery_seconds(self) -> float | None:
-        fault, recovered = self.moment("fault_injected"), self.moment("first_acknowledged_write")
+        """Fault to the first acknowledged write on the faulted shard; under Sentinel once it
+        promoted, to the first one sent after the API routed to the promoted primary."""
+        fault, recovered = self.moment("fault_injected"), self.moment(self.recovery_mark)
         return None if fault is None or recovered is None else recovered - fault
+
+    @property
+    def recovery_mark(self) -> str:
+        """The timeline mark recovery is measured to. Under Sentinel a primary cut off on the
+        clients' side may acknowledge what its demotion discards (at once with asynchronous
+        acknowledgement, and consumers may even receive it first; a target that does not say
+        its `ack` may be either): once a replica was promoted, only a write sent after the API
+        routes there shows a recovery, whatever the acknowledgement."""
+        if self.failover == "sentinel" and self.moment("promotion") is not None:
+            return "first_write_after_switch"
+        return "first_acknowledged_write"
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,26 @@ class Attempt:
 @dataclass(frozen=True)
 class Delivery:
     at: float
+    """When the consumer had it (the dequeue's answer arrived)."""
     id: str
     number: str
     attempt: int
     segments: int
+    requested_at: float | None = None
+    """When the dequeue that leased it was sent (None: not known)."""
+    leased_at: float | None = None
+    """When the queue leased it, as its answer says (None: an answer without it)."""
+
+    @property
+    def moment(self) -> float:
+        """The time the rate check judges it at: the lease itself when the queue said it, else
+        the dequeue's request, else its answer. Each delivery of a number is judged at the same
+        kind of moment, never at one end of its dequeue against the other end of another's:
+        a dequeue's latency (seconds, when it waited on a shard that does not answer) would
+        then hide a real overshoot as readily as it would make one up."""
+        if self.leased_at is not None:
+            return self.leased_at
+        return self.at if self.requested_at is None else self.requested_at
 
 
 @dataclass(frozen=True)
@@ -105,8 +121,8 @@ class Ledger:
         return {"p50": cuts[49], "p99": cuts[98]}
 
     def rate_checks(self, rates: dict[str, Rate]) -> list[RateCheck]:
-        """Replay each number's deliveries through GCRA at its rate: the worst lead over what
-        the rate allows is the overshoot (observation jitter included)."""
+        """Replay each number's deliveries through GCRA at its rate, each at its `moment` (the
+        queue's lease time): the worst lead over what the rate allows is the overshoot."""
         by_number: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in self.deliveries:
             by_number[delivery.number].append(delivery)
@@ -117,9 +133,9 @@ class Ledger:
             tolerance = (rate.burst - 1) * interval
             tat = float("-inf")
             worst = 0.0
-            for delivery in sorted(deliveries, key=lambda d: d.at):
-                tat = max(tat, delivery.at)
-                worst = max(worst, tat - delivery.at - tolerance)
+            for delivery in sorted(deliveries, key=lambda d: d.moment):
+                tat = max(tat, delivery.moment)
+                worst = max(worst, tat - delivery.moment - tolerance)
                 tat += delivery.segments * interval
             checks.append(RateCheck(number, len(deliveries), worst))
         return checks

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +39,15 @@ class LoadProfile(BaseModel):
     lease_seconds: float = Field(10, gt=0, le=3600)
     give_up_after: float = Field(30, gt=0, description="seconds a producer retries one message")
     in_flight: int = Field(64, ge=1, le=10_000, description="retrying messages per producer")
+
+
+def lease_time(message: dict) -> float | None:
+    """The dequeue answer's `leased_at` as epoch seconds (None when absent or not a time: an
+    API from before it was answered)."""
+    try:
+        return datetime.fromisoformat(message["leased_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def number_pool(profile: LoadProfile, seed: int = 7) -> list[str]:
@@ -179,6 +189,7 @@ class LoadRun:
 
     async def _consume(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            requested = time.time()
             try:
                 response = await http.post(
                     "/v1/messages:dequeue",
@@ -201,6 +212,8 @@ class LoadRun:
                         message["number"],
                         message["attempt"],
                         segments_for_body(message["body"]),
+                        requested_at=requested,
+                        leased_at=lease_time(message),
                     )
                 )
             if messages:

@@ -1,16 +1,19 @@
 """Placing what the controllers did on a run's timeline (the first sensor event, the decision,
-the promotion, the topology published, the first acknowledged write after the fault) and
-telling when the expected outcome is reached. Not for: reading the controllers (see
-`controller_answers`).
+the promotion, the topology published, the first acknowledged write after the fault), or, under
+Sentinel, the promotion the map shows, the API following it, and the first write sent after that),
+and telling when the expected outcome is reached.
+Not for: reading the controllers (see `controller_answers`).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from pydantic import ValidationError
 
 from chaos.journal import Journal
+from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.ratequeue_promotion import (
@@ -20,12 +23,21 @@ from lazarus_lite.steps.ratequeue_promotion import (
     TopologyPublished,
 )
 from lazarus_lite.workflow.records import WorkflowRecord
+from ratequeue.topology import Topology
 
 # Timeline marks of the Ratequeue failover's steps: (step, its output model, the mark's name).
 STEP_MARKS: tuple[tuple[str, type[CandidatePromoted] | type[TopologyPublished], str], ...] = (
     (PROMOTE_CANDIDATE, CandidatePromoted, "promotion"),
     (PUBLISH_TOPOLOGY, TopologyPublished, "topology_published"),
 )
+
+# What recovery is measured to, by the journal's recovery mark (`Journal.recovery_mark`).
+RECOVERED_BY = {
+    "first_acknowledged_write": "first acknowledged write on the shard",
+    "first_write_after_switch": "first write acknowledged on the shard that was sent after the "
+    "API routed to the promoted primary (ack async: the cut-off primary's acknowledgements are "
+    "discarded)",
+}
 
 
 def update_timeline(
@@ -60,6 +72,20 @@ def update_timeline(
         journal.mark("first_acknowledged_write", acks[slowest], fault_at, slowest)
 
 
+def mark_write_after_switch(
+    journal: Journal, ledger: Ledger, watched: set[str], fault_at: float
+) -> None:
+    """Once the API routes to the promoted primaries (`topology_published`): when every watched
+    shard acknowledged a write sent after that, the slowest one counting."""
+    switched_at = journal.moment("topology_published")
+    if switched_at is None:
+        return
+    acks = {shard: ledger.first_ack_after(switched_at, shard) for shard in sorted(watched)}
+    if acks and all(at is not None for at in acks.values()):
+        slowest = max(acks, key=lambda shard: acks[shard] or 0.0)
+        journal.mark("first_write_after_switch", acks[slowest] or 0.0, fault_at, slowest)
+
+
 def _promoted(
     output: dict[str, object], model: type[CandidatePromoted] | type[TopologyPublished]
 ) -> str:
@@ -73,13 +99,38 @@ def _promoted(
         return str(output.get("primary", ""))
 
 
+def mark_sentinel_switch(
+    journal: Journal,
+    before: Topology,
+    now: Topology,
+    watched: set[str],
+    fault_at: float,
+    mark: str = "promotion",
+) -> None:
+    """Under Sentinel there is no workflow to read: the promotion is seen when every watched
+    shard's primary in the map Sentinel's majority names (`now`) is another node than before;
+    with `mark` topology_published, when the API's own map (`now`) names them, so the API is
+    seen to follow."""
+    switched = {s: now.shard(s).primary.name for s in watched
+                if now.shard(s).primary.name != before.shard(s).primary.name}  # fmt: skip
+    if watched and len(switched) == len(watched):
+        detail = ", ".join(f"{shard}: {name}" for shard, name in sorted(switched.items()))
+        journal.mark(mark, time.time(), fault_at, detail)
+
+
 def outcome_reached(
     expect: str,
     journal: Journal,
     decisions: list[AuditRecord],
     workflows: list[WorkflowRecord],
     faulted: set[str],
+    failover: str = "lazarus",
 ) -> bool:
+    if expect == "remediation" and failover == "sentinel":
+        # Sentinel promoted, and the API routes there (with async acks the first acknowledged
+        # write may be the cut-off primary's: it says nothing of the switch).
+        marks = ("promotion", "topology_published", "first_acknowledged_write")
+        return all(journal.moment(mark) is not None for mark in marks)
     if expect == "remediation":
         done = [w for w in workflows if w.status != "running"]
         return bool(done) and journal.moment("first_acknowledged_write") is not None

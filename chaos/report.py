@@ -1,6 +1,7 @@
 """`ratequeue-chaos report DIR`: one self-contained HTML page (a timeline chart per run, drawn as
-inline SVG, and the recovery-time trend across runs) and a markdown summary, from the run journals,
-so someone who was not there can read what happened. Not for: running anything."""
+inline SVG, the recovery-time trend across runs, and experiments run under both failover managers
+side by side: `comparison`) and a markdown summary, from the run journals, so someone who was not
+there can read what happened. Not for: running anything."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import html
 from datetime import UTC, datetime
 from pathlib import Path
 
+from chaos.comparison import comparison_html, comparison_markdown
 from chaos.journal import TIMELINE_ORDER, Journal, read_journals
 
 COLOURS = {
@@ -18,6 +20,7 @@ COLOURS = {
     "promotion": "#1f77b4",
     "topology_published": "#17becf",
     "first_acknowledged_write": "#2ca02c",
+    "first_write_after_switch": "#bcbd22",
     "rolled_back": "#8c564b",
     "load_drained": "#7f7f7f",
 }
@@ -127,7 +130,10 @@ def render_html(journals: list[Journal]) -> str:
     runs = []
     for j in reversed(journals):
         hypotheses = "".join(
-            f"<li class='{'passed' if h.ok else 'failed'}'>{html.escape(h.hypothesis)}: "
+            f"<li class='skipped'>{html.escape(h.hypothesis)}: SKIPPED — "
+            f"{html.escape(h.skipped)}</li>"
+            if h.skipped
+            else f"<li class='{'passed' if h.ok else 'failed'}'>{html.escape(h.hypothesis)}: "
             f"measured {html.escape(str(h.measured))}, expected {html.escape(h.expected)}"
             f"{' — ' + html.escape(h.detail) if h.detail else ''}</li>"
             for h in j.hypotheses
@@ -154,8 +160,9 @@ def render_html(journals: list[Journal]) -> str:
             for f in j.faults
         )
         probes = "".join(
-            f"<li>{stage}: {html.escape(p.probe)} {'ok' if p.ok else 'FAILED'} "
-            f"({html.escape(p.detail)})</li>"
+            f"<li>{stage}: {html.escape(p.probe)} "
+            f"{'SKIPPED' if p.skipped else 'ok' if p.ok else 'FAILED'} "
+            f"({html.escape(p.skipped or p.detail)})</li>"
             for stage, outcomes in (
                 ("before", j.steady_state_before),
                 ("after", j.steady_state_after),
@@ -168,6 +175,7 @@ def render_html(journals: list[Journal]) -> str:
         runs.append(
             f"<section><h2>{html.escape(j.experiment)} <small>{_when(j.started_at)} · "
             f"{html.escape(j.run_id)} · shard {html.escape(j.shard or '-')} · "
+            f"failover {j.failover}{f' (ack {j.ack})' if j.ack else ''} · "
             f"<span class='{j.verdict}'>{j.verdict}</span></small></h2>"
             + (f"<h3>Plan</h3><ul>{plan}</ul>" if plan else "")
             + (f"<h3>Faults</h3><ul>{faults}</ul>" if faults else "")
@@ -185,6 +193,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 960px; }}
 table {{ border-collapse: collapse; }}
 td, th {{ padding: 4px 10px; border-bottom: 1px solid #eee; }}
 .passed {{ color: #2ca02c; }} .failed, .aborted {{ color: #d62728; }}
+.skipped {{ color: #888; }}
 section {{ border-top: 2px solid #eee; margin-top: 2em; }}
 small {{ color: #666; font-weight: normal; }}
 </style></head><body>
@@ -193,6 +202,7 @@ small {{ color: #666; font-weight: normal; }}
 acknowledged write on the shard whose primary was hit (blank: the run measured none, e.g. an
 experiment where nothing was expected to fail over).</p>
 <h2>Recovery time across runs</h2>{trend_svg(journals)}
+{comparison_html(journals, COLOURS)}
 <h2>Runs</h2><table><tr><th>started</th><th>experiment</th><th>shard</th><th>verdict</th>
 <th>recovery</th><th>acknowledged</th><th>lost</th></tr>{rows}</table>
 {"".join(runs)}
@@ -216,11 +226,12 @@ def render_markdown(journals: list[Journal]) -> str:
             f"| {recovery} | {j.load.get('acknowledged', '')} | "
             f"{j.load.get('lost', '')} |"
         )
+    lines += comparison_markdown(journals)
     failed = [j for j in journals if j.verdict != "passed"]
     if failed:
         lines += ["", "## Runs that did not pass", ""]
         for j in failed:
-            bad = [h for h in j.hypotheses if not h.ok]
+            bad = [h for h in j.hypotheses if h.judged and not h.ok]
             reasons = "; ".join(
                 f"{h.hypothesis} measured {h.measured} (expected {h.expected})" for h in bad
             ) or "; ".join(j.errors)

@@ -10,6 +10,7 @@ faults' mechanics (see `chaos.faults`).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
@@ -21,16 +22,22 @@ from pathlib import Path
 import httpx
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
-from chaos.errors import RunAborted
+from chaos.errors import RunAborted, TargetError
 from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
-from chaos.hypotheses import Observations, evaluate
+from chaos.hypotheses import Observations, evaluate, verdict_ok
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
-from chaos.recovery_watch import outcome_reached, update_timeline
+from chaos.recovery_watch import (
+    RECOVERED_BY,
+    mark_sentinel_switch,
+    mark_write_after_switch,
+    outcome_reached,
+    update_timeline,
+)
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.topology import Topology
@@ -69,6 +76,7 @@ class ExperimentRunner:
             say=say,
             backends=backends,
             on_fault=on_fault,
+            journal_dir=journal_dir,
         )
         self._topology_before: Topology | None = None
 
@@ -81,10 +89,13 @@ class ExperimentRunner:
         try:
             self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
-            choice = ShardChoice([s.id for s in before.shards], self.rng)
+            shard_ids = [s.id for s in before.shards]
+            named = next((f.target.shard for f in experiment.faults
+                          if f.target.shard in shard_ids), None)  # fmt: skip
+            choice = ShardChoice(shard_ids, self.rng, named)
             self._plan_into(journal, experiment, choice)
             journal.steady_state_before = self.probes.check(experiment.steady_state)
-            if not all(p.ok for p in journal.steady_state_before):
+            if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
 
             profile = LoadProfile(
@@ -161,6 +172,8 @@ class ExperimentRunner:
             experiment_file=source,
             deployment=self.deployment.name,
             environment=self.deployment.environment,
+            failover=self.deployment.failover,
+            ack=self.deployment.ack,
             started_at=started,
             dry_run=dry_run,
         )
@@ -205,7 +218,18 @@ class ExperimentRunner:
             decisions, workflows = self.controllers.decisions(fault_at, faulted)
             watched = self.faults.primary_faulted or faulted
             update_timeline(journal, load, decisions, workflows, watched, fault_at)
-            if outcome_reached(experiment.expect, journal, decisions, workflows, faulted):
+            failover = self.deployment.failover
+            if failover == "sentinel" and self._topology_before is not None:
+                before = self._topology_before
+                with contextlib.suppress(TargetError):  # Sentinel unreachable: look again
+                    now = self.deployment.topology()
+                    mark_sentinel_switch(journal, before, now, watched, fault_at)
+                with contextlib.suppress(httpx.HTTPError, ValueError):  # the API: look again
+                    routed = self._http.get(f"{self.deployment.api}/v1/topology")
+                    api = Topology.model_validate(routed.raise_for_status().json())
+                    mark_sentinel_switch(journal, before, api, watched, fault_at,
+                                         "topology_published")  # fmt: skip
+            if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)
         if self.stop.is_set():
@@ -218,12 +242,16 @@ class ExperimentRunner:
         decisions, workflows = self.controllers.decisions(fault_at, faulted)
         journal.decisions = [decision_summary(d) for d in decisions]
         after = self.deployment.topology()
+        if self.deployment.failover == "sentinel":
+            watched = self.faults.primary_faulted or faulted
+            mark_write_after_switch(journal, ledger, watched, fault_at)
         observations = Observations(
             ledger=ledger,
             shard=journal.shard or "",
             faulted_shards=faulted,
             fault_at=fault_at,
-            recovered_at=journal.moment("first_acknowledged_write"),
+            recovered_at=journal.moment(journal.recovery_mark),
+            recovered_by=RECOVERED_BY[journal.recovery_mark],
             topology_before=self._topology_before or after,
             topology_after=after,
             primaries_answering=primaries_answering(after),
@@ -234,10 +262,15 @@ class ExperimentRunner:
         journal.steady_state_after = self.probes.check(
             [p for p in experiment.steady_state if p.after]
         )
-        journal.hypotheses = evaluate(experiment.hypotheses, observations)
-        ok = all(h.ok for h in journal.hypotheses) and all(p.ok for p in journal.steady_state_after)
+        journal.hypotheses = evaluate(experiment.hypotheses, observations, self.deployment.failover)
+        ok = verdict_ok(journal.hypotheses) and all(
+            p.ok or p.skipped for p in journal.steady_state_after
+        )
         journal.verdict = "passed" if ok else "failed"
         for outcome in journal.hypotheses:
+            if outcome.skipped:
+                self.say(f"hypothesis {outcome.hypothesis}: SKIPPED ({outcome.skipped})")
+                continue
             self.say(
                 f"hypothesis {outcome.hypothesis}: {'ok' if outcome.ok else 'FAILED'} "
                 f"(measured {outcome.measured}, expected {outcome.expected})"

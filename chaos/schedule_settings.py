@@ -10,11 +10,12 @@ arguments of the command), or the experiments' own contents (`chaos.experiments`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from chaos.cron_schedule import CronSchedule
+from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common.durations import parse_duration
 from common.errors import SettingProblem
 from common.settings import Setting
@@ -56,8 +57,16 @@ class ScheduleSettings(BaseModel):
         None, ge=0, le=65535, description="serve Prometheus /metrics on this port"
     )
     metrics_host: str = Field("127.0.0.1", description="address for /metrics")
-    control: Literal["redis", "etcd"] | None = Field(
+    # The embedded testbed's make-up over each file's: settings of the scheduler like the
+    # others (a compose `chaos` service runs every experiment on Sentinel with CHAOS_FAILOVER).
+    control: ControlBackend | None = Field(
         None, description="the embedded testbed's store, over each file's `control`"
+    )
+    failover: FailoverManager | None = Field(
+        None, description="the embedded testbed's failover manager, over each file's `failover`"
+    )
+    ack: AckMode | None = Field(
+        None, description="the embedded testbed's enqueue acknowledgement, over each file's `ack`"
     )
 
     @model_validator(mode="after")

@@ -25,14 +25,14 @@ import redis
 
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import RefusedTarget, TargetError
-from chaos.experiments import Experiment, load_experiment
+from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
 from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
 from chaos.targets import Deployment, from_testbed, store_unreachable
-from chaos.testbed import ControlBackend, running_testbed
+from chaos.testbed import running_testbed
 from common.errors import EtcdUnreachable
 from common.points_in_time import iso_utc
 from lazarus_lite.coordination.interface import RunLock
@@ -142,7 +142,8 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
-            f"{options.replicas} replicas, 3 controllers, control store on {experiment.control})"
+            f"{options.replicas} replicas, {_manager(experiment)}, control store on "
+            f"{experiment.control})"
         )
         args = resolve_controller_args(options.controller_args, path)
         with running_testbed(
@@ -151,6 +152,8 @@ def run_one(
             replicas=options.replicas,
             controller_args=args,
             control=experiment.control,
+            failover=experiment.failover,
+            ack=experiment.ack,
         ) as state:
             deployment = from_testbed(state, Path(scratch))
             runner = ExperimentRunner(
@@ -162,6 +165,12 @@ def run_one(
                 on_fault=on_fault,
             )
             return runner.run(experiment, str(path))
+
+
+def _manager(experiment: Experiment) -> str:
+    if experiment.failover == "sentinel":
+        return f"3 Redis Sentinels, ack {experiment.ack}"
+    return f"3 controllers, ack {experiment.ack}"
 
 
 def run_schedule(
@@ -177,15 +186,18 @@ def run_schedule(
     on_journal: Callable[[Journal], None] = lambda _: None,
     max_runs: int | None = None,
     watchers: Sequence[RunWatcher] = (),
-    control: ControlBackend | None = None,
+    overrides: TestbedOverrides | None = None,
     cron: CronSchedule | None = None,
 ) -> list[Journal]:
     """Run every experiment once, or (with `every`, or at the times `cron` names) again and
     again until `stop` is set (or `max_runs` runs ended). `watchers` are told of each run as
     it happens. A failed single run raises; a dry run writes nothing (no pid file either:
     nothing to halt) and tells no one."""
-    # All validated before any run; `control` overrides each file's testbed backend.
-    experiments = [(p, load_experiment(p, control)) for p in paths]
+    # All validated before any run; `overrides` replace each file's testbed settings, and the
+    # files they cannot run are skipped, saying why.
+    experiments, skipped = applicable_experiments(paths, overrides)
+    for _, reason in skipped:
+        say(f"skipped {reason}")  # the reason names the file
     watchers = () if dry_run else watchers
 
     def tell_fault(active: bool) -> None:

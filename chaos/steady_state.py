@@ -21,6 +21,9 @@ from ratequeue.membership import points_at
 from ratequeue.slots import slot_for
 from ratequeue.topology import Topology
 
+# Probes of the Lazarus controllers, which a Sentinel-managed deployment does not run.
+LAZARUS_PROBES = frozenset({"controllers_healthy"})
+
 
 class SteadyStateProbes:
     def __init__(
@@ -35,6 +38,12 @@ class SteadyStateProbes:
         """Each probe, retried until it holds or its timeout passes."""
         outcomes = []
         for probe in probes:
+            if probe.probe in LAZARUS_PROBES and self.deployment.failover == "sentinel":
+                reason = "no Lazarus controllers: failover is sentinel"
+                outcomes.append(ProbeOutcome(probe=probe.probe, ok=False, detail="",
+                                             skipped=reason))  # fmt: skip
+                self.say(f"steady state: {probe.probe}: SKIPPED ({reason})")
+                continue
             deadline = time.monotonic() + probe.timeout
             while True:
                 ok, detail = self.probe(probe.probe)

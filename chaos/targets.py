@@ -17,16 +17,24 @@ from pathlib import Path
 from typing import Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from chaos.errors import TargetError
 from chaos.faults.base import NodeTarget
-from chaos.testbed import TestbedState, provisioned_nodes, read_state, record_pid
+from chaos.testbed import (
+    AckMode,
+    FailoverManager,
+    TestbedState,
+    provisioned_nodes,
+    read_state,
+    record_pid,
+)
 from common import input_files
 from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
+from ratequeue.sentinel_topology import SentinelTopologySource, parse_sentinel_addresses
 from ratequeue.topology import Topology
 
 Backend = Literal["local", "docker", "gremlin"]
@@ -56,7 +64,15 @@ class Deployment(BaseModel):
         "coordination store (the event stream and record log stay on `control`)",
     )
     lazarus: list[HttpUrlText] = Field(default_factory=list)
+    sentinels: list[str] = Field(
+        default_factory=list,
+        description="host:port of the Redis Sentinels, when they (not Lazarus) fail shards "
+        "over: the map's primaries are the ones they name",
+    )
     lazarus_token: str | None = Field(None, description="bearer token for approvals")
+    ack: AckMode | None = Field(
+        None, description="wait: enqueues acknowledged once a replica holds them; async: at once"
+    )
     default_backend: Backend = "local"
     nodes: list[DeploymentNode] = Field(default_factory=list)
     testbed_dir: Path | None = Field(None, description="set for the embedded testbed")
@@ -70,6 +86,18 @@ class Deployment(BaseModel):
     def store_address(self) -> StoreAddress:
         """Where the deployment's coordination store is."""
         return StoreAddress.of(self.control, self.etcd_endpoints)
+
+    @property
+    def failover(self) -> FailoverManager:
+        """Who fails its shards over."""
+        return "sentinel" if self.sentinels else "lazarus"
+
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        if value:
+            parse_sentinel_addresses(",".join(value))
+        return value
 
     def refresh_nodes(self) -> None:
         """Pick up nodes started since: processes the local actuator started (replacement
@@ -125,6 +153,13 @@ class Deployment(BaseModel):
         return found
 
     async def _load_topology(self) -> Topology | None:
+        if self.sentinels:
+            addresses = parse_sentinel_addresses(",".join(self.sentinels))
+            source = SentinelTopologySource.over_control_store(self.control, addresses)
+            try:
+                return await source.load()
+            finally:
+                await source.aclose()
         async with opened_coordination_store(self.store_address(), timeout=3) as store:
             return await store.topology.load()
 
@@ -164,6 +199,8 @@ def from_testbed(state: TestbedState, directory: Path) -> Deployment:
         etcd_endpoints=state.etcd_endpoints,
         lazarus=state.lazarus,
         lazarus_token=state.lazarus_token,
+        sentinels=state.sentinels,
+        ack=state.ack,
         nodes=nodes,
         testbed_dir=directory,
     )
@@ -193,10 +230,11 @@ def load_deployment(path: Path) -> Deployment:
 class ShardChoice:
     """The shard a run acts on (one shard at a time), and a second one for `shard: other`."""
 
-    def __init__(self, shard_ids: list[str], rng: random.Random) -> None:
+    def __init__(self, shard_ids: list[str], rng: random.Random, named: str | None = None) -> None:
+        """`named`: the shard a step names outright; the run's shard is then that one."""
         if not shard_ids:
             raise TargetError("the topology has no shards")
-        self.chosen = rng.choice(shard_ids)
+        self.chosen = named if named in shard_ids else rng.choice(shard_ids)
         others = [s for s in shard_ids if s != self.chosen]
         self.other = rng.choice(others) if others else None
 

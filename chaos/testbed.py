@@ -39,15 +39,22 @@ from common.etcd_processes import EtcdCluster, start_etcd_cluster
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST, PROGRAMS_OF_ROLE, REDIS_ROLES, Role
 from common.redis_processes import free_port
+from common.sentinel_processes import SentinelTimers, start_sentinels
 from common.validation import HttpUrlText, RedisUrlText, validated
 from lazarus_lite.actuators import PROVISIONED_FILE
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.membership import write_quorum
 from ratequeue.topology import TOPOLOGY_KEY, Topology
 
 STATE_FILE = "testbed.json"
 # What keeps the coordination store: the control Redis, or a three-member etcd cluster.
 ControlBackend = Literal["redis", "etcd"]
+# What fails a shard over: the Lazarus-lite controllers, or three Redis Sentinels.
+FailoverManager = Literal["lazarus", "sentinel"]
+# When an enqueue is acknowledged: once a replica holds it (`WAIT`, and a primary refuses writes
+# without a replica), or at once (Sentinel's usual asynchronous replication).
+AckMode = Literal["wait", "async"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,9 @@ class TestbedState(BaseModel):
     lazarus: list[HttpUrlText] = []
     lazarus_token: str | None = None
     supervisor: SupervisorRecord | None = None
+    failover: FailoverManager = "lazarus"
+    ack: AckMode = "wait"
+    sentinels: list[str] = Field(default_factory=list, description="host:port of each sentinel")
 
     def node(self, name: str) -> TestbedNode:
         return next(n for n in self.nodes if n.name == name)
@@ -385,6 +395,9 @@ class UpOptions(TypedDict, total=False):
     sensor_args: list[str] | None
     supervise: bool
     control: ControlBackend
+    failover: FailoverManager
+    ack: AckMode
+    sentinel_timers: SentinelTimers | None
     api_workers: int
     shard_maxmemory: str | None
 
@@ -405,6 +418,9 @@ def up(
     sensor_args: list[str] | None = None,
     supervise: bool = False,
     control: ControlBackend = "redis",
+    failover: FailoverManager = "lazarus",
+    ack: AckMode = "wait",
+    sentinel_timers: SentinelTimers | None = None,
     api_workers: int = 1,
     shard_maxmemory: str | None = TESTBED_SHARD_MAXMEMORY,
 ) -> TestbedState:
@@ -414,7 +430,16 @@ def up(
     `control="etcd"`, the coordination store is a three-member etcd cluster; `api_workers` is
     the API's worker processes (1 by default: two cores are shared by every process of the
     testbed, and one API process is what the experiments' kill and restart faults target);
-    `shard_maxmemory` caps each shard node's memory (a full shard refuses writes, never evicts)."""
+    `shard_maxmemory` caps each shard node's memory (a full shard refuses writes, never evicts).
+    With `failover="sentinel"` three Redis Sentinels (`sentinel_timers`) manage the shards
+    instead of controllers and sensors (none is started), and the API routes by what they
+    decide; `ack="async"` acknowledges enqueues without waiting for a replica."""
+    if failover == "sentinel" and control != "redis":
+        raise TestbedError("failover sentinel keeps the map in the control Redis: control redis")
+    if ack == "async" and failover != "sentinel":
+        # The controllers appoint every primary with the write quorum: they would restore it.
+        raise TestbedError("ack async is Sentinel's acknowledgement: it needs failover sentinel")
+    min_replicas = 1 if ack == "wait" else 0
     directory.mkdir(parents=True, exist_ok=True)
     if state_path(directory).exists():
         existing = load_state(directory)
@@ -424,9 +449,14 @@ def up(
     # messages) must not leak into the next experiment.
     shutil.rmtree(directory / "redis", ignore_errors=True)
     cluster = LocalCluster.start(
-        directory / "redis", shards=shards, replicas=replicas, detached=True,
+        directory / "redis",
+        shards=shards,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        detached=True,
         maxmemory=shard_maxmemory,
-    )  # fmt: skip
+        node_args=sentinel_managed_args(min_replicas) if failover == "sentinel" else (),
+    )
     nodes = [
         TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
                     command=list(n.argv) or None)
@@ -438,8 +468,15 @@ def up(
     address = StoreAddress(control_url=cluster.control.url)
     if shard_maxmemory is not None:  # the replacements the controllers start get it too
         controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
-    api_args: list[str] = ["--workers", str(api_workers)]
+    api_args: list[str] = ["--workers", str(api_workers), "--min-replicas", str(min_replicas)]
+    sentinels: list[TestbedNode] = []
     try:
+        if failover == "sentinel":
+            sentinels = start_testbed_sentinels(directory, cluster, sentinel_timers)
+            started += sentinels
+            addresses = ",".join(f"{n.host}:{n.port}" for n in sentinels)
+            api_args += ["--topology-backend", "sentinel", "--sentinels", addresses]
+            controllers, sensors = 0, False
         if control == "etcd":
             etcd = start_etcd_cluster(directory / "etcd", detached=True)
             started += [
@@ -485,6 +522,9 @@ def up(
         nodes=nodes,
         lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
         lazarus_token=token if lazarus else None,
+        failover=failover,
+        ack=ack,
+        sentinels=[f"{n.host}:{n.port}" for n in sentinels],
     )
     if supervise:
         where = str(directory.resolve())
@@ -493,6 +533,30 @@ def up(
         state.supervisor = SupervisorRecord(pid=process.pid)
     state_path(directory).write_text(state.model_dump_json(indent=2))
     return state
+
+
+def sentinel_managed_args(min_replicas: int) -> tuple[str, ...]:
+    """The flags of a shard node Sentinel manages: it announces its peer address to the
+    primary (so Sentinel and the replicas it reconfigures use the peer path, the one partition
+    experiments cut), and it carries the write quorum already, since Sentinel promotes a replica
+    as it is (it lifts no boot-time guard)."""
+    quorum = [arg for name, value in write_quorum(min_replicas).items()
+              for arg in (f"--{name}", str(value))]  # fmt: skip
+    return ("--replica-announce-ip", PEER_HOST, *quorum)
+
+
+def start_testbed_sentinels(
+    directory: Path, cluster: LocalCluster, timers: SentinelTimers | None
+) -> list[TestbedNode]:
+    """Three sentinels monitoring each shard (master name: the shard id) at its primary's peer
+    address, as the controllers would reach it."""
+    masters = {s.id: (s.primary.peer_host, s.primary.port) for s in cluster.shards}
+    started = start_sentinels(directory / "sentinel", masters, timers, detached=True)
+    return [
+        TestbedNode(name=s.name, role="sentinel", host=s.host, port=s.port, pid=s.pid,
+                    command=list(s.argv))
+        for s in started
+    ]  # fmt: skip
 
 
 def move_topology_to_etcd(cluster: LocalCluster, endpoints: str) -> StoreAddress:

@@ -17,9 +17,11 @@ from pydantic import AfterValidator, StringConstraints
 
 # The roles of the nodes the testbed starts: `instance` is a stateless service's host that the
 # controller's actuator provisions.
-Role = Literal["control", "primary", "replica", "api", "sensor", "lazarus", "instance", "etcd"]
+Role = Literal[
+    "control", "primary", "replica", "api", "sensor", "lazarus", "instance", "etcd", "sentinel"
+]
 # Names people reach for when they mean one of the testbed's roles.
-_SYNONYMS = {"master": "primary", "slave": "replica", "controller": "lazarus", "sentinel": "sensor"}
+_SYNONYMS = {"master": "primary", "slave": "replica", "controller": "lazarus"}
 
 
 def _not_a_misspelt_role(name: str) -> str:
@@ -57,6 +59,7 @@ PROGRAMS_OF_ROLE: dict[Role, tuple[str, ...]] = {
     "sensor": ("detection",),
     "lazarus": ("lazarus_lite", "lazarus"),
     "etcd": ("etcd",),
+    "sentinel": ("redis-sentinel",),
 }
 
 CLIENT_HOST = "127.0.0.1"

@@ -69,6 +69,17 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def spawn_server(argv: list[str], *, detached: bool) -> subprocess.Popen:
+    """Start a Redis program (its output goes to its log file): in a session of its own when
+    `detached` (it outlives this process), else dying with the thread that started it."""
+    kwargs: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    if detached:
+        kwargs["start_new_session"] = True
+    elif threading.current_thread() is threading.main_thread():
+        kwargs["preexec_fn"] = die_with_parent
+    return subprocess.Popen(argv, **kwargs)
+
+
 @dataclass(eq=False)
 class RedisProcess:
     """A redis-server this process started (or found by pid: a detached one)."""
@@ -213,12 +224,7 @@ def start_redis(
             "--lazyfree-lazy-user-del", "yes",
         ]  # fmt: skip
         args += boot_args
-        kwargs: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        if detached:
-            kwargs["start_new_session"] = True
-        elif threading.current_thread() is threading.main_thread():
-            kwargs["preexec_fn"] = die_with_parent
-        process = subprocess.Popen(args, **kwargs)
+        process = spawn_server(args, detached=detached)
         node = node_type(
             name=name, role=role, shard=shard, port=chosen, workdir=workdir,
             process=None if detached else process, pid=process.pid, boot_args=boot_args,

@@ -5,8 +5,8 @@
 #   ratequeue-testbed:local  the project's Dockerfile, FROM ratequeue-python:local
 # The Dockerfile installs the project's dependencies from a wheelhouse made here on the host
 # (`pip wheel`, through the host's package index), so `docker build` itself needs no network.
-# Versions follow the project's .venv when it exists (its `pip freeze` is used as constraints),
-# so the image runs what the tests ran.
+# Versions are the project's .venv's (its `pip freeze` is used as constraints), so the image runs
+# what the tests ran: run it after `make setup` (without a .venv it refuses, naming that).
 #
 # Usage: deploy/build-images.sh [--force] [--python PATH]
 #   --force   rebuild the two imported base images too (default: keep them when present)
@@ -27,6 +27,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+if [ ! -x .venv/bin/pip ]; then
+  echo "build-images: no .venv to take the pinned versions from: run \`make setup\` first" >&2
+  exit 1
+fi
 if [ -z "$python" ]; then
   if [ -x .venv/bin/python ]; then
     # The interpreter the venv was made from (a venv's own python is only a symlink to it).
@@ -46,14 +50,10 @@ docker/python-base-image.sh "${force[@]}" --python "$python"
 wheelhouse=build/wheelhouse
 rm -rf "$wheelhouse"
 mkdir -p "$wheelhouse"
-constraints=()
-if [ -x .venv/bin/pip ]; then
-  .venv/bin/pip freeze --exclude-editable --all 2>/dev/null \
-    | grep -v -E '^(pip|setuptools|wheel|ratequeue-testbed)==' >build/constraints.txt || true
-  constraints=(-c build/constraints.txt)
-fi
+.venv/bin/pip freeze --exclude-editable --all 2>/dev/null \
+  | grep -v -E '^(pip|setuptools|wheel|ratequeue-testbed)==' >build/constraints.txt
 "$python" -m pip wheel -q --disable-pip-version-check --wheel-dir "$wheelhouse" \
-  "${constraints[@]}" . 'setuptools>=68'
+  -c build/constraints.txt . 'setuptools>=68'
 rm -f "$wheelhouse"/ratequeue_testbed-*.whl  # built from source in the image instead
 
 docker build -t ratequeue-testbed:local .

@@ -22,6 +22,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ProbeResult:
     refused: bool = False
     """The host answered that nothing listens on the port (connection refused): a process
     that died, not one that is slow or cut off. Strong evidence, and it comes at once."""
+    silent: bool = False
+    """No answer within the timeout (a stalled process, a cut path): the only failure that
+    took the whole timeout to see."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -83,12 +88,22 @@ def refused_by_live_host(error: BaseException) -> bool:
 
 def failed_probe(started: float, error: BaseException) -> ProbeResult:
     return ProbeResult(False, time.perf_counter() - started, describe_error(error),
-                       refused=refused_by_live_host(error))  # fmt: skip
+                       refused=refused_by_live_host(error),
+                       silent=isinstance(error, TimeoutError | RedisTimeoutError))  # fmt: skip
 
 
-def _connection(host: str, port: int, timeout: float) -> aioredis.Redis:
+# A new connection asks nothing but what it is told to: redis-py 8 would otherwise open each
+# with `HELLO 3`, then name itself (`CLIENT SETINFO` twice) and ask for maintenance
+# notifications, which Redis 7.0 refuses: a round trip or two and three errors on the server
+# before every probe, and every probe is a new connection. RESP2 needs no greeting.
+QUIET_DRIVER = DriverInfo(name=None, lib_version=None)
+QUIET_PROTOCOL = 2
+
+
+def probe_connection(host: str, port: int, timeout: float) -> aioredis.Redis:
+    """One connection, opened for one probe only, that asks nothing but what it is told to."""
     # No retries: a probe that retries reports a failed node late, which is the one thing a
-    # probe must not do. One connection, opened for this probe only.
+    # probe must not do.
     return aioredis.Redis(
         host=host,
         port=port,
@@ -96,6 +111,8 @@ def _connection(host: str, port: int, timeout: float) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         single_connection_client=True,
+        driver_info=QUIET_DRIVER,
+        protocol=QUIET_PROTOCOL,
     )
 
 
@@ -115,7 +132,7 @@ async def ping(
     if source_host is not None:
         return await _ping_from(source_host, host, port, timeout)
     started = time.perf_counter()
-    connection = _connection(host, port, timeout)
+    connection = probe_connection(host, port, timeout)
     try:
         async with asyncio.timeout(timeout):
             await connection.initialize()  # connects
@@ -160,7 +177,7 @@ async def replication_info_or_error(
     host: str, port: int, timeout: float = 0.5
 ) -> tuple[dict[str, Any] | None, str | None]:
     """`INFO replication` of `host:port` as a dict, or (None, why it could not be read)."""
-    connection = _connection(host, port, timeout)
+    connection = probe_connection(host, port, timeout)
     try:
         async with asyncio.timeout(timeout):
             info = await connection.info("replication")
@@ -169,13 +186,6 @@ async def replication_info_or_error(
         return None, describe_error(error)
     finally:
         await _close(connection)
-
-
-async def replication_info(host: str, port: int, timeout: float = 0.5) -> dict[str, Any] | None:
-    """`INFO replication` of `host:port` as a dict (values typed by redis-py: offsets are
-    ints), or None when the node cannot be reached within `timeout`."""
-    info, _ = await replication_info_or_error(host, port, timeout)
-    return info
 
 
 def replica_offset(info: dict[str, Any]) -> tuple[str | None, int | None]:

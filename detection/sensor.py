@@ -360,13 +360,17 @@ class Sensor:
         )
         published: list[Event] = []
         self.metrics.probed(probe)  # the refused PING too: both were sent
+        if not (probe.ok or probe.refused or probe.silent):
+            # The host answered, but not PONG: most often a reset from a process dying between
+            # our connect and its exit (the link's drop woke this cycle that early), its port
+            # not closed yet. Look again once it is gone, as a refusal is confirmed, rather
+            # than a whole interval later; the cycle still counts one failure, and a report
+            # still needs two refusals.
+            probe = await self._ping_again(primary_host, primary_port)
         if probe.refused:
             # Confirm a moment later: a second refusal is the process's death, not a restart
             # under way; an answer then makes this cycle a success like any other.
-            await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
-            probe = await probes.ping(primary_host, primary_port, self.config.ping_timeout,
-                                      source_host=self.config.source_host)  # fmt: skip
-            self.metrics.probed(probe)
+            probe = await self._ping_again(primary_host, primary_port)
         watch.refused = probe.refused
         if probe.ok:
             watch.failures = 0
@@ -419,6 +423,14 @@ class Sensor:
             published=published,
         )  # fmt: skip
         return self.last_result
+
+    async def _ping_again(self, host: str, port: int) -> probes.ProbeResult:
+        """The primary's PING, `REFUSAL_CONFIRM_AFTER` after the one that failed."""
+        await asyncio.sleep(REFUSAL_CONFIRM_AFTER)
+        probe = await probes.ping(host, port, self.config.ping_timeout,
+                                  source_host=self.config.source_host)  # fmt: skip
+        self.metrics.probed(probe)
+        return probe
 
     def _idle(self, reason: str) -> CycleResult:
         if self._watch is not None or self.last_result is None or self.last_result.state != "idle":

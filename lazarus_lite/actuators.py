@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST, PEER_HOST
@@ -44,6 +44,16 @@ class Actuator(Protocol):
     def remove(self, name: str) -> list[str]:
         """Stop what this actuator started under `name` (a replica with its sensor); the names
         of what it stopped, none if it started nothing under that name (blocking)."""
+
+
+@runtime_checkable
+class DataCopier(Protocol):
+    def copy_data_out(self, node: str, data_dir: Path, names: list[str], into: Path) -> None:
+        """Copy the files (or directories) `names` of `data_dir` on the node called `node` into
+        the directory `into` (made here), where the controller runs (blocking). A missing
+        first name is FileNotFoundError; a missing later one is skipped. For nodes whose data
+        directory the controller cannot read itself (a container); the forensics copy uses
+        it when the actuator has it."""
 
 
 class LocalProcessActuator:

@@ -35,6 +35,11 @@ class NodeVerdict(BaseModel):
     results: list[CheckResult] = Field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    answered_after: float | None = Field(
+        None,
+        description="seconds from the start of the quorum round to this verdict's arrival "
+        "at the coordinator (the node's own `seconds` plus the round trip)",
+    )
 
 
 class QuorumOutcome(BaseModel):
@@ -42,6 +47,11 @@ class QuorumOutcome(BaseModel):
     passed: list[str]
     failed: list[str]
     unanswered: list[str]
+    not_awaited: list[str] = Field(
+        default_factory=list,
+        description="nodes still evaluating when `required` others had passed: the decision "
+        "was made without their verdict, which could not have changed it",
+    )
 
     @property
     def reached(self) -> bool:
@@ -70,7 +80,15 @@ class AuditRecord(BaseModel):
     gate: str | None = Field(None, description="the safety gate that stopped the action")
     would_run: str | None = Field(None, description="shadow mode: the action not taken")
     decided_at: float | None = None
+    stages: dict[str, float] = Field(
+        default_factory=dict,
+        description="Unix time each stage of the decision ended, in order: claimed, gates, "
+        "quorum, workflow_started (where a failover's decision spends its time)",
+    )
     notes: list[Note] = Field(default_factory=list)
+
+    def stage_ended(self, stage: str) -> None:
+        self.stages[stage] = time.time()
 
     def note(self, kind: str, detail: str, **data: Any) -> None:
         self.notes.append(Note(at=time.time(), kind=kind, detail=detail, data=data))

@@ -10,18 +10,16 @@ Not for: counting votes (see `quorum`) or acting (see `workflow`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from detection.events import Event
-from detection.probes import ProbeResult, ping, replication_info
+from detection.probes import ProbeResult, ping, probe_connection
 from lazarus_lite.coordination.interface import ServiceMembership
 from lazarus_lite.rules import CheckSpec
 from ratequeue import membership
@@ -48,7 +46,7 @@ class CheckContext:
     # One probe of each node per evaluation, shared by the checks running together: they all
     # judge the same moment (a second look could see another offset, another answer).
     _pings: dict[str, asyncio.Task[ProbeResult]] = field(default_factory=dict)
-    _infos: dict[str, asyncio.Task[dict | None]] = field(default_factory=dict)
+    _infos: dict[str, asyncio.Task[tuple[dict | None, int | None]]] = field(default_factory=dict)
 
     @property
     def shard(self) -> Shard:
@@ -77,26 +75,22 @@ class CheckContext:
         return result
 
     async def replication(self, node: NodeRef) -> dict | None:
-        if node.peer_address not in self._infos:
-            host = node.peer_host or node.host
-            self._infos[node.peer_address] = asyncio.ensure_future(
-                replication_info(host, node.port, self.probe_timeout * 2)
-            )
-        return await self._infos[node.peer_address]
+        """The node's `INFO replication`, None if it could not be read."""
+        info, _ = await self._replica_read(node)
+        return info
 
     async def enqueues_applied(self, node: NodeRef) -> int | None:
-        """The node's enqueue count (`ratequeue.membership.enqueues_applied`), None if unread."""
-        connection = aioredis.Redis(
-            host=node.peer_host or node.host, port=node.port,
-            socket_timeout=self.probe_timeout * 2, socket_connect_timeout=self.probe_timeout * 2,
-            retry=Retry(NoBackoff(), 0),  # a probe that retries reports late
-        )  # fmt: skip
-        try:
-            return await membership.enqueues_applied(connection)
-        except Exception:
-            return None
-        finally:
-            await connection.aclose()
+        """The node's enqueue count (`ratequeue.membership.enqueues_applied`), None if unread;
+        read with its `INFO replication`, so the count and the offset are of one moment."""
+        _, enqueues = await self._replica_read(node)
+        return enqueues
+
+    async def _replica_read(self, node: NodeRef) -> tuple[dict | None, int | None]:
+        if node.peer_address not in self._infos:
+            self._infos[node.peer_address] = asyncio.ensure_future(
+                replication_and_enqueues(node, self.probe_timeout * 2)
+            )
+        return await self._infos[node.peer_address]
 
     async def replica_states(self) -> list[tuple[NodeRef, dict | None]]:
         replicas = self.shard.replicas
@@ -107,6 +101,28 @@ class CheckContext:
         """Fresh offsets from N - k + 1 replicas include one holding every acknowledged write
         (each acknowledged write is on k of the N)."""
         return max(1, len(self.shard.replicas) - self.min_replicas + 1)
+
+
+async def replication_and_enqueues(node: NodeRef, timeout: float) -> tuple[dict | None, int | None]:
+    """A node's `INFO replication` and enqueue count in one round trip on one connection (the
+    checks used to read the count after the INFO came back: a second connection and a second
+    round trip in every decision). (None, None) if the node cannot be read within `timeout`."""
+    connection = probe_connection(node.peer_host or node.host, node.port, timeout)
+    try:
+        # MULTI/EXEC: no write lands between the INFO and the GET, so the count and the
+        # offsets are of one moment.
+        async with asyncio.timeout(timeout), connection.pipeline(transaction=True) as pipe:
+            pipe.info("replication")
+            pipe.get(membership.BARRIER_KEY)
+            info, count = await pipe.execute(raise_on_error=False)
+    except Exception:
+        return None, None
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.aclose()
+    if isinstance(info, Exception):
+        return None, None
+    return dict(info), (None if isinstance(count, Exception) else int(count or 0))
 
 
 CheckFunction = Callable[[CheckContext], Awaitable[CheckResult]]

@@ -172,6 +172,7 @@ class ControllerNode:
         )
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
+        self._late_notes: set[asyncio.Task] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -203,9 +204,11 @@ class ControllerNode:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._handling]:
+        for task in [*self._tasks, *self._handling, *self._late_notes]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._handling, return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks, *self._handling, *self._late_notes, return_exceptions=True
+        )
         await self.engine.stop()
         await self.quorum.aclose()
         await self.decisions.aclose()
@@ -230,6 +233,7 @@ class ControllerNode:
             record.gate = stale.gate
             return await decisions.decide(record, "stale", stale.reason)
         first_id = await self.incidents.claim(event)
+        record.stage_ended("claimed")
         if first_id is not None:
             return await decisions.decide(record, "duplicate", f"same incident as event {first_id}")
         if is_failure(event):
@@ -251,12 +255,29 @@ class ControllerNode:
 
         # -- the gates
         stop = await self.gates.before_action(event, incidents)
+        record.stage_ended("gates")
         if stop is not None:
             return await decisions.stopped_by_gate(record, stop)
 
         # -- the quorum on the rule's checks
-        verdicts, quorum = await self.quorum.gather_verdicts(event, rule)
+        verdicts, quorum, late = await self.quorum.gather_verdicts(event, rule)
         record.verdicts, record.quorum = verdicts, quorum
+        record.stage_ended("quorum")
+        try:
+            decided = await self._decide_on_quorum(record, event, rule)
+        except BaseException:
+            if late is not None:
+                late.cancel()
+            raise
+        if late is not None:
+            # After the decision is saved, so the note lands on the decided record.
+            self._follow_late_verdicts(record.event_id, late)
+        return decided
+
+    async def _decide_on_quorum(self, record: AuditRecord, event: Event, rule: Rule) -> AuditRecord:
+        decisions = self.decisions
+        quorum, verdicts = record.quorum, record.verdicts
+        assert quorum is not None
         if not quorum.reached:
             failing = sorted({r.name for v in verdicts for r in v.results if not r.ok})
             return await decisions.escalate(
@@ -284,7 +305,22 @@ class ControllerNode:
             stop = cancelled.args[0] if cancelled.args else GateStop("kill_switch", "cancelled")
             record.note("workflow_cancelled", stop.reason)
             return await decisions.stopped_by_gate(record, stop)
+        record.stage_ended("workflow_started")
         return await decisions.scheduled(record, event, workflow.id)
+
+    def _follow_late_verdicts(self, event_id: str, late: asyncio.Task[list[NodeVerdict]]) -> None:
+        async def note_them() -> None:
+            try:
+                await self.decisions.late_verdicts(event_id, await late)
+            except asyncio.CancelledError:
+                late.cancel()
+                raise
+            except Exception:  # the decision stands; only its note is missing
+                log.exception("%s: late verdicts of event %s not recorded", self.node_id, event_id)
+
+        task = asyncio.create_task(note_them(), name=f"{self.node_id}-late-verdicts-{event_id}")
+        self._late_notes.add(task)
+        task.add_done_callback(self._late_notes.discard)
 
     def workflow_inputs(self, rule: Rule, event: Event) -> dict[str, Any]:
         return {

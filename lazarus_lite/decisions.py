@@ -1,6 +1,7 @@
 """How a decision leaves the controller: written to the audit trail as it is made, and, when it
 hands the event to a person, put on the escalations stream and sent through the pager; also the
-ends of a decision that come later (the workflow finished, the page's deadline passed), and the
+ends of a decision that come later (the workflow finished, the page's deadline passed, the
+verdicts of the nodes the quorum round did not wait for), and the
 escalations made while the coordination store is unreachable (paged at once, since the channels
 do not need the store; recorded once the record log answers, see `held_records`).
 
@@ -16,7 +17,7 @@ import time
 from typing import Any
 
 from detection.events import Event
-from lazarus_lite.audit import AuditLog, AuditRecord, note_deliveries
+from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, note_deliveries
 from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
 from lazarus_lite.held_records import HeldRecords
@@ -164,6 +165,20 @@ class Decisions:
         # The decision's later end (counted before it is saved, as decide() does); the event's
         # decision itself was counted when the workflow was scheduled.
         self.metrics.workflow_ended(record.outcome)
+        await self.audit.save(record)
+
+    async def late_verdicts(self, event_id: str, verdicts: list[NodeVerdict]) -> None:
+        """The verdicts of the nodes the quorum round did not wait for, added to the decided
+        record as a note (kind `late_verdicts`): the decision stands as made."""
+        record = await self.audit.get(event_id)
+        if record is None:
+            return
+        passed = [v.node for v in verdicts if v.passed]
+        record.note(
+            "late_verdicts",
+            f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
+            verdicts=[v.model_dump(mode="json") for v in verdicts],
+        )
         await self.audit.save(record)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:

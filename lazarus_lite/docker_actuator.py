@@ -20,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -46,6 +49,10 @@ LABEL_NAME = "ratequeue.name"
 # compose file declares.
 LABEL_PROVISIONED = "ratequeue.provisioned-by"
 PROVISIONED_BY = "docker-actuator"
+# `ratequeue.address.<network>`: the address a started container was given on that network, for
+# life. The engine frees an address when a container is disconnected (a partition fault): the
+# label keeps a newcomer from taking it, so the node comes back where the topology says it is.
+LABEL_ADDRESS = "ratequeue.address."
 
 REDIS_PORT = 6379
 # The redis-server command line of every shard node in a container: the flags of
@@ -170,11 +177,13 @@ class DockerActuator:
         taken = {config.get("Gateway")}
         for endpoint in (network.attrs.get("Containers") or {}).values():
             taken.add(endpoint.get("IPv4Address", "").partition("/")[0])
-        # Stopped containers hold their chosen address too (they get it back when started).
+        # Stopped containers hold their chosen address too (they get it back when started), and
+        # disconnected ones the address their label records.
         for container in self.client.containers.list(all=True):
             settings = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
             chosen = (settings.get(network.name) or {}).get("IPAMConfig") or {}
             taken.add(chosen.get("IPv4Address"))
+            taken.add(container.labels.get(LABEL_ADDRESS + network.name))
         for address in pool.hosts():
             if str(address) not in taken:
                 return str(address)
@@ -204,7 +213,12 @@ class DockerActuator:
         """Create the container on the first network, connect it to the others, each with an
         address of its own, then start it."""
         first, *others = [self._network(n) for n in networks]
-        endpoint = EndpointConfig(self.client.api._version, ipv4_address=self._free_address(first))
+        addresses = {}
+        for network in (first, *others):
+            address = self._free_address(network)
+            labels = {**labels, LABEL_ADDRESS + network.name: address}
+            addresses[network.name] = address
+        endpoint = EndpointConfig(self.client.api._version, ipv4_address=addresses[first.name])
         container = self.client.containers.create(
             image,
             command=command,
@@ -215,7 +229,7 @@ class DockerActuator:
             **options,
         )
         for network in others:
-            network.connect(container, ipv4_address=self._free_address(network))
+            network.connect(container, ipv4_address=addresses[network.name])
         container.start()
         return container
 
@@ -226,7 +240,8 @@ class DockerActuator:
         container.reload()
         joined = container.attrs["NetworkSettings"]["Networks"] or {}
         for network in (self._network(n) for n in networks if n not in joined):
-            network.connect(container, ipv4_address=self._free_address(network))
+            recorded = container.labels.get(LABEL_ADDRESS + network.name)
+            network.connect(container, ipv4_address=recorded or self._free_address(network))
         if container.status != "running":
             container.start()
         return container
@@ -357,6 +372,32 @@ class DockerActuator:
         raise ActuatorError(f"docker actuator: {name} not healthy at {url} within the timeout")
 
     # -- removal ----------------------------------------------------------------------------
+
+    def copy_data_out(self, node: str, data_dir: Path, names: list[str], into: Path) -> None:
+        """The `DataCopier` of the forensics copy: the files `names` of `data_dir` in the
+        deployment's container of `node` (compose's or one it started: found by its labels),
+        copied out through the engine (`GET /containers/{id}/archive`) into `into`."""
+        wanted = [f"{LABEL_DEPLOYMENT}={self.settings.deployment}", f"{LABEL_NAME}={node}"]
+        with self._engine(f"copy the data of {node} out of its container"):
+            found = self.client.containers.list(all=True, filters={"label": wanted})
+            if not found:
+                raise ActuatorError(f"docker actuator: no container of {node} to copy data from")
+            into.mkdir(parents=True)
+            for index, name in enumerate(names):
+                try:
+                    stream, _ = found[0].get_archive(str(data_dir / name))
+                except docker.errors.NotFound:
+                    if index == 0:
+                        raise FileNotFoundError(f"{node}: {data_dir / name} is not there") from None
+                    continue
+                with tempfile.TemporaryFile() as archive:
+                    for chunk in stream:
+                        archive.write(chunk)
+                    archive.seek(0)
+                    with tarfile.open(fileobj=archive) as tar:
+                        # Only plain files and directories under `into` (no links, no paths
+                        # out of it, no owners or modes beyond the safe ones).
+                        tar.extractall(into, filter="data")
 
     def remove(self, name: str) -> list[str]:
         """Remove what this actuator started under `name` (a replica also loses its sensor),

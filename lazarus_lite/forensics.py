@@ -3,8 +3,9 @@ held by before it rejoins (a copy of its data files first, or a hold time), the 
 shard's forensics list (a count and an age), and the copies on disk under the same bound.
 
 A copy is taken from the node's own data directory (`CONFIG GET dir`) after a `BGSAVE`, so it
-holds the RDB of what the node held when it came back plus its AOF: the controller must be able
-to read that directory (the local testbed; a Docker actuator copies through the engine).
+holds the RDB of what the node held when it came back plus its AOF: read directly where the
+controller can read that directory (the local testbed), or through a `DataCopier` (the Docker
+actuator copies the files out of the container through the engine).
 Not for: when a node rejoins or how (`shard_keeper`), or parking it (`ratequeue.membership`).
 """
 
@@ -20,7 +21,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError, ResponseError
 
-from lazarus_lite.errors import ForensicsCopyFailed
+from lazarus_lite.actuators import DataCopier
+from lazarus_lite.errors import ActuatorError, ForensicsCopyFailed
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.topology import HeldNode
 
@@ -53,9 +55,16 @@ def bounded(held: list[HeldNode], rules: ForensicsRules, now: float) -> list[Hel
     return [n for n in dated if n in newest]  # in the list's own order
 
 
-async def copy_data_files(node: HeldNode, shard: str, directory: Path, timeout: float = 30) -> Path:
+async def copy_data_files(
+    node: HeldNode,
+    shard: str,
+    directory: Path,
+    timeout: float = 30,
+    copier: DataCopier | None = None,
+) -> Path:
     """Save what `node` holds (`BGSAVE`) and copy its RDB and AOF files to a new directory under
-    `directory/shard/`; returns it. Raises `ForensicsCopyFailed` naming what went wrong."""
+    `directory/shard/` (through `copier` when given, else from the node's directory on this
+    machine); returns it. Raises `ForensicsCopyFailed` naming what went wrong."""
     try:
         async with connect(node, timeout=5) as conn:
             await _save(conn, node.name, time.monotonic() + timeout)
@@ -70,10 +79,14 @@ async def copy_data_files(node: HeldNode, shard: str, directory: Path, timeout: 
     # and no keeper removes another's copy.
     incoming = directory / INCOMING / f"{shard}-{uuid.uuid4().hex}"
     try:
-        await asyncio.to_thread(_copy, data_dir, rdb, aof, incoming)
+        if copier is None:
+            await asyncio.to_thread(_copy, data_dir, rdb, aof, incoming)
+        else:
+            names = [rdb, aof] if aof else [rdb]
+            await asyncio.to_thread(copier.copy_data_out, node.name, data_dir, names, incoming)
         destination.parent.mkdir(parents=True, exist_ok=True)
         incoming.rename(destination)
-    except OSError as error:
+    except (OSError, ActuatorError) as error:
         shutil.rmtree(incoming, ignore_errors=True)
         raise ForensicsCopyFailed(f"{node.name}: could not copy {data_dir}: {error}") from error
     return destination

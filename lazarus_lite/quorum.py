@@ -1,6 +1,10 @@
 """The quorum round: this node runs a rule's precondition checks from its own vantage point
 (`evaluate`, also what its peers ask of it over HTTP), asks every peer to do the same, and counts
-the nodes whose every check passed.
+the nodes whose every check passed. The round ends as soon as `quorum` nodes passed (a failed or
+missing verdict vetoes nothing, so the slowest node cannot change a reached quorum); short of
+that it waits for every verdict, so a refusal shows each node's reasons. The nodes not waited
+for run on, for at most `quorum_timeout`, and their verdicts reach the audit record late, as a
+note (`late_verdicts`), without holding the decision.
 
 Not for: what the checks are (`checks`), the peer endpoint (`routes.quorum`), or what happens
 when the quorum is (not) reached (`controller`).
@@ -91,16 +95,80 @@ class Quorum:
 
     async def gather_verdicts(
         self, event: Event, rule: Rule
-    ) -> tuple[list[NodeVerdict], QuorumOutcome]:
-        asks = [
-            self.evaluate(event, rule),
-            *(self.ask_peer(u, event, rule) for u in self.settings.peers),
-        ]
-        verdicts = list(await asyncio.gather(*asks))
+    ) -> tuple[list[NodeVerdict], QuorumOutcome, asyncio.Task[list[NodeVerdict]] | None]:
+        """Every node's verdict, in the order asked (this node first), until `quorum` passed;
+        and, when the round ended before every node answered, the task in which the nodes not
+        waited for run on (for at most `quorum_timeout` more) to give their verdicts late. The
+        caller awaits or cancels that task."""
+        started = time.monotonic()
+        peers = self.settings.peers
+        asks = {
+            asyncio.ensure_future(self.evaluate(event, rule)): self.node_id,
+            **{asyncio.ensure_future(self.ask_peer(url, event, rule)): url for url in peers},
+        }
+        answered: dict[asyncio.Future[NodeVerdict], NodeVerdict] = {}
+        pending: set[asyncio.Future[NodeVerdict]] = set(asks)
+        try:
+            while pending and sum(v.passed for v in answered.values()) < self.settings.quorum:
+                pending = await _collect(pending, answered, started, None)
+        except BaseException:
+            await _cancel(pending)
+            raise
+        verdicts = [answered[ask] for ask in asks if ask in answered]
         quorum = QuorumOutcome(
             required=self.settings.quorum,
             passed=[v.node for v in verdicts if v.passed],
             failed=[v.node for v in verdicts if not v.passed and v.error is None],
             unanswered=[v.node for v in verdicts if v.error is not None],
+            not_awaited=[node for ask, node in asks.items() if ask not in answered],
         )
-        return verdicts, quorum
+        late = None
+        if pending:
+            not_awaited = {ask: node for ask, node in asks.items() if ask in pending}
+            late = asyncio.create_task(self._run_on(not_awaited, started))
+        return verdicts, quorum, late
+
+    async def _run_on(
+        self, asks: dict[asyncio.Future[NodeVerdict], str], started: float
+    ) -> list[NodeVerdict]:
+        """The verdicts of the nodes not waited for, in the order asked; one still evaluating
+        `quorum_timeout` after the round ended counts as unanswered."""
+        answered: dict[asyncio.Future[NodeVerdict], NodeVerdict] = {}
+        pending: set[asyncio.Future[NodeVerdict]] = set(asks)
+        deadline = time.monotonic() + self.settings.quorum_timeout
+        try:
+            while pending and time.monotonic() < deadline:
+                pending = await _collect(pending, answered, started, deadline - time.monotonic())
+        finally:
+            await _cancel(pending)
+        return [
+            answered.get(ask)
+            or NodeVerdict(
+                node=node,
+                passed=False,
+                error=f"no answer within {self.settings.quorum_timeout} s after the round ended",
+                seconds=time.monotonic() - started,
+            )
+            for ask, node in asks.items()
+        ]
+
+
+async def _collect(
+    pending: set[asyncio.Future[NodeVerdict]],
+    answered: dict[asyncio.Future[NodeVerdict], NodeVerdict],
+    started: float,
+    timeout: float | None,
+) -> set[asyncio.Future[NodeVerdict]]:
+    """Wait for the next verdicts (at most `timeout`), stamp their arrival into `answered`;
+    returns the asks still pending."""
+    done, still = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for ask in done:
+        answered[ask] = ask.result()
+        answered[ask].answered_after = time.monotonic() - started
+    return still
+
+
+async def _cancel(asks: set[asyncio.Future[NodeVerdict]]) -> None:
+    for ask in asks:
+        ask.cancel()
+    await asyncio.gather(*asks, return_exceptions=True)

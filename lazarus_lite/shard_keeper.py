@@ -46,7 +46,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from lazarus_lite.actuators import Actuator
+from lazarus_lite.actuators import Actuator, DataCopier
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.errors import ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import (
@@ -198,7 +198,8 @@ class ShardKeeper:
         copy: Path | None = None
         if self.forensics.copy_dir is not None:
             try:
-                copy = await copy_data_files(node, shard.id, self.forensics.copy_dir)
+                copier = self.actuator if isinstance(self.actuator, DataCopier) else None
+                copy = await copy_data_files(node, shard.id, self.forensics.copy_dir, copier=copier)
             except ForensicsCopyFailed as error:
                 return [f"{shard.id}: {node.name} answers but stays held: {error}"]
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")

@@ -66,6 +66,8 @@ TALLY_FINAL = "ratequeue_tally_final"
 FINAL_TALLY_GRACE = 10.0  # seconds past --stop-timeout the master waits for the final tallies
 ENQUEUE = "enqueue /v1/numbers/[number]/messages"
 ENQUEUE_RETRIED = "enqueue /v1/numbers/[number]/messages (503, retried with the same id)"
+ENQUEUE_BATCH = "enqueue /v1/messages:batch"
+ENQUEUE_BATCH_RETRIED = "enqueue /v1/messages:batch (503 items, retried with the same ids)"
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 2.0
 
 
@@ -101,6 +103,9 @@ OPTIONS: list[tuple[str, str, Any, Any, str]] = [
      "relative number of Consumer users"),
     ("producer-wait", "RATEQUEUE_PRODUCER_WAIT", _bounded(float, 0, 3600), 0.0,
      "seconds a producer waits between enqueues"),
+    ("batch", "RATEQUEUE_BATCH", _bounded(int, 0, 100_000), 0,
+     "messages per producer request: 0 sends each on its own (POST /v1/numbers/{n}/messages), "
+     "more sends that many in one POST /v1/messages:batch (at most the API's max_batch)"),
     ("dequeue-max", "RATEQUEUE_DEQUEUE_MAX", _bounded(int, 1, 1000), 100,
      "`max` of each dequeue"),
     ("lease-seconds", "RATEQUEUE_LEASE_SECONDS", _bounded(float, 0.001, 3600), 30.0,
@@ -127,6 +132,7 @@ class Settings:
 
     pool: list[str] = field(default_factory=list)
     producer_wait: float = 0.0
+    batch: int = 0
     dequeue_max: int = 100
     lease_seconds: float = 30.0
     consumer_idle: float = 0.2
@@ -189,6 +195,25 @@ def error_text(response: Any) -> str:
     return f"{response.status_code} {code}".strip()
 
 
+def new_message() -> dict[str, Any]:
+    """A message on a random number of the pool, with a fresh id and a 20-character text."""
+    text = f"Your code is {random.randrange(10**6):06d}."  # one segment
+    return {"number": random.choice(SETTINGS.pool), "id": uuid.uuid4().hex, "body": {"text": text}}
+
+
+def answered_items(response: Any, field: str, key: str) -> list[Any] | None:
+    """`key` of each item of the 200 answer's `field` list; None once the response is marked
+    failed (another status, or a body without that shape)."""
+    if response.status_code != 200:
+        response.failure(error_text(response))
+        return None
+    try:
+        return [item[key] for item in response.json()[field]]
+    except (ValueError, KeyError, TypeError) as error:
+        response.failure(f"unexpected answer, no {field}[].{key}: {error!r}")
+        return None
+
+
 def retry_after(response: Any, backoff: float) -> float:
     """The API's Retry-After (seconds) when it gives one, else `backoff`; at most MAX_BACKOFF."""
     try:
@@ -198,8 +223,8 @@ def retry_after(response: Any, backoff: float) -> float:
 
 
 class Producer(FastHttpUser):
-    """Enqueues one message at a time on a random number of the pool, retrying a 503 with the
-    same id."""
+    """Enqueues one message at a time on a random number of the pool, or --ratequeue-batch of
+    them per request, retrying a 503 (a batch: its 503 items) with the same id."""
 
     weight = 3
 
@@ -208,9 +233,11 @@ class Producer(FastHttpUser):
 
     @task
     def enqueue(self) -> None:
-        number = random.choice(SETTINGS.pool)
-        text = f"Your code is {random.randrange(10**6):06d}."  # 20 characters, one segment
-        payload = {"id": uuid.uuid4().hex, "body": {"text": text}}
+        if SETTINGS.batch:
+            self.enqueue_batch()
+            return
+        payload = new_message()
+        number = payload.pop("number")
         deadline = time.monotonic() + SETTINGS.retry_seconds
         backoff = FIRST_BACKOFF
         while True:
@@ -233,6 +260,33 @@ class Producer(FastHttpUser):
             gevent.sleep(pause)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
+    def enqueue_batch(self) -> None:
+        messages = [new_message() for _ in range(SETTINGS.batch)]
+        deadline = time.monotonic() + SETTINGS.retry_seconds
+        backoff = FIRST_BACKOFF
+        name = ENQUEUE_BATCH
+        while True:
+            with self.client.post("/v1/messages:batch", json={"messages": messages}, name=name,
+                                  catch_response=True) as response:  # fmt: skip
+                statuses = answered_items(response, "results", "status")
+                if statuses is None:
+                    return
+                TALLY.add(enqueued=statuses.count(201))
+                retry = [m for m, status in zip(messages, statuses, strict=True) if status == 503]
+                refused = len(statuses) - statuses.count(201) - len(retry)
+                if refused or (retry and time.monotonic() >= deadline):
+                    failed = refused + len(retry)
+                    response.failure(f"{failed} of {len(statuses)} messages not acknowledged")
+                    return
+                response.success()
+                if not retry:
+                    return
+                pause = retry_after(response, backoff)
+            messages, name = retry, ENQUEUE_BATCH_RETRIED
+            TALLY.add(retried=len(retry))
+            gevent.sleep(pause)
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
 
 class Consumer(FastHttpUser):
     """Leases up to --ratequeue-dequeue-max due messages and acks them all."""
@@ -248,13 +302,8 @@ class Consumer(FastHttpUser):
             name="dequeue /v1/messages:dequeue",
             catch_response=True,
         ) as response:
-            if response.status_code != 200:
-                response.failure(error_text(response))
-                return
-            try:
-                receipts = [m["receipt"] for m in response.json()["messages"]]
-            except (ValueError, KeyError, TypeError) as error:
-                response.failure(f"unexpected dequeue body: {error!r}")
+            receipts = answered_items(response, "messages", "receipt")
+            if receipts is None:
                 return
             response.success()
         if not receipts:
@@ -308,6 +357,7 @@ def _on_start(environment: Environment, **_: Any) -> None:
         options.ratequeue_seed,
     )
     SETTINGS.producer_wait = options.ratequeue_producer_wait
+    SETTINGS.batch = options.ratequeue_batch
     SETTINGS.dequeue_max = options.ratequeue_dequeue_max
     SETTINGS.lease_seconds = options.ratequeue_lease_seconds
     SETTINGS.consumer_idle = options.ratequeue_consumer_idle

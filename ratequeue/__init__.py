@@ -11,6 +11,7 @@ from ratequeue.errors import (
     InvalidInput,
     QueueFull,
     RatequeueError,
+    ShardScriptFailed,
     ShardUnavailable,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "QueueFull",
     "RatequeueClient",
     "RatequeueError",
+    "ShardScriptFailed",
     "ShardUnavailable",
 ]

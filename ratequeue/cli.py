@@ -24,23 +24,33 @@ add_version_option(app, "ratequeue")
 
 # Where the topology is, for every command that reads or writes it (the same settings and
 # environment variables as `serve`).
-TOPOLOGY_STORE = ("control_url", "topology_backend", "etcd_endpoints")
+TOPOLOGY_STORE = ("control_url", "topology_backend", "etcd_endpoints", "sentinels")
 
 
 @contextlib.asynccontextmanager
 async def _topology_source(settings: ServiceSettings) -> AsyncIterator[TopologySource]:
-    """The store of the map `settings` names (the control store's Redis, or etcd's members),
-    closed on the way out."""
+    """The source of the map `settings` names (the control store's Redis, etcd's members, or
+    the control store's map with the primaries the sentinels name), closed on the way out."""
     import redis.asyncio as aioredis
 
     from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
     from ratequeue.etcd_topology import EtcdTopologyStore
+    from ratequeue.sentinel_topology import SentinelTopologySource
     from ratequeue.topology import TopologyStore
 
     if settings.topology_backend == "etcd":
         endpoints = endpoints_setting(settings.etcd_endpoints)
         async with EtcdClient(EtcdClientSettings(endpoints=endpoints)) as client:
             yield EtcdTopologyStore(client)
+        return
+    if settings.topology_backend == "sentinel":
+        source = SentinelTopologySource.over_control_store(
+            settings.control_url, settings.sentinel_addresses()
+        )
+        try:
+            yield source
+        finally:
+            await source.aclose()
         return
     control = aioredis.Redis.from_url(settings.control_url, socket_timeout=5,
                                       socket_connect_timeout=2)  # fmt: skip
@@ -271,6 +281,13 @@ def topology_init(settings: ServiceSettings, initial: InitialTopologySettings) -
     """Make the first primaries and write the initial topology (epoch 1), once: an existing
     topology is never overwritten (exit 0, nothing touched). Nodes boot parked; this appoints
     each shard's first node, lists the others, then attaches them and waits for their links."""
+    if settings.topology_backend == "sentinel":
+        # Sentinel changes primaries, never the map: the first one is written to the control
+        # store, and the sentinels are told to monitor the primaries it appoints.
+        typer.echo("ratequeue topology-init: setting 'topology_backend': sentinel is refused "
+                   "(the first map goes to the control store: --topology-backend redis)",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
     try:
         specs = [parse_shard_spec(spec) for spec in initial.shards]
         ids = [shard_id for shard_id, _ in specs]

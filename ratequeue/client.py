@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 import uuid
@@ -48,6 +47,7 @@ from ratequeue.rates import (
 )
 from ratequeue.segments import segments_for_body
 from ratequeue.shard import (
+    MESSAGE_ID,
     EnqueueOutcome,
     LeasedMessage,
     NumberState,
@@ -61,8 +61,6 @@ from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, Topolog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class ClientRetryPolicy(RetryPolicy):
@@ -126,7 +124,7 @@ def new_message_id() -> str:
 
 
 def validate_message_id(message_id: str) -> str:
-    if not isinstance(message_id, str) or not MESSAGE_ID.match(message_id):
+    if not isinstance(message_id, str) or not MESSAGE_ID.fullmatch(message_id):
         raise InvalidInput(
             "id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit",
@@ -366,6 +364,8 @@ class AsyncRatequeueClient:
                     results[i] = QueueFull(outcome.detail)
                 elif outcome.status == "conflict":
                     results[i] = IdConflict(outcome.detail)
+                elif outcome.status == "invalid":
+                    results[i] = InvalidInput(outcome.detail, code="invalid_message")
                 else:
                     results[i] = Enqueued(
                         id=message.id,

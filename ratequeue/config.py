@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.errors import SettingProblem
 from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import RedisUrlText
 from ratequeue.client import ClientRetryPolicy, ClientSettings
@@ -20,6 +21,7 @@ from ratequeue.rates import (
     DEFAULT_MAX_NUMBER_SEGMENTS,
     DEFAULT_MAX_QUEUE_SECONDS,
 )
+from ratequeue.sentinel_topology import parse_sentinel_addresses
 
 
 class ServiceSettings(BaseModel):
@@ -28,11 +30,16 @@ class ServiceSettings(BaseModel):
     control_url: Annotated[RedisUrlText, Setting("--control")] = Field(
         description="redis:// URL of the control store"
     )
-    topology_backend: Literal["redis", "etcd"] = Field(
-        "redis", description="where the topology is read and watched: the control store or etcd"
+    topology_backend: Literal["redis", "etcd", "sentinel"] = Field(
+        "redis",
+        description="where the topology is read and watched: the control store, etcd, or the "
+        "control store's map with the primaries Redis Sentinel names",
     )
     etcd_endpoints: str | None = Field(
         None, description="comma-separated client URLs of the etcd members (topology on etcd)"
+    )
+    sentinels: Annotated[str | None, Setting(metavar="HOST:PORT,...")] = Field(
+        None, description="comma-separated host:port of the sentinels (topology on sentinel)"
     )
     min_replicas: int = Field(1, ge=0, le=16, description="replicas WAIT must confirm")
     wait_timeout_ms: int = Field(
@@ -64,6 +71,15 @@ class ServiceSettings(BaseModel):
     max_dequeue: int = Field(
         1000, ge=1, le=100_000, description="the most messages one dequeue may lease"
     )
+    max_batch: int = Field(
+        1000, ge=1, le=100_000, description="messages one POST /v1/messages:batch may carry"
+    )
+    max_batch_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=256,
+        le=256 * 1024 * 1024,
+        description="bytes of one POST /v1/messages:batch request body",
+    )
     max_lease_seconds: float = Field(
         3600, gt=0, description="the longest lease a dequeue may ask (seconds)"
     )
@@ -92,6 +108,26 @@ class ServiceSettings(BaseModel):
         if self.topology_backend == "etcd":
             etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the service starts
         return self
+
+    @model_validator(mode="after")
+    def _sentinels_usable(self) -> ServiceSettings:
+        # Checked whenever given, whatever the backend: a typo is refused, not ignored.
+        if self.topology_backend == "sentinel" or self.sentinels is not None:
+            self.sentinel_addresses()
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels to follow; SettingProblem blaming `sentinels` if they are not usable."""
+        if self.sentinels is None:
+            raise SettingProblem(
+                "sentinels", "required for topology_backend sentinel (host:port,host:port)"
+            )
+        try:
+            return parse_sentinel_addresses(self.sentinels)
+        except ValueError as error:
+            raise SettingProblem(
+                "sentinels", f"{error} (expected host:port,host:port of the sentinels)"
+            ) from None
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

@@ -13,10 +13,12 @@
             ├── RetryableError       503  retry later with the same message id
             │   ├── DurabilityNotMet
             │   ├── ShardUnavailable
+            │   ├── ShardScriptFailed  a shard's script failed on data it did not expect
             │   ├── StaleEpoch
             │   ├── EnqueueBacklogFull  the API holds its most enqueues for a shard
             │   └── TopologyUnavailable
             ├── EpochConflict        409  a topology compare-and-set lost: someone changed it first
+            ├── ManagedBySentinel    409  a topology change where Redis Sentinel picks primaries
             └── NoSafeCandidate      409  no replica can be shown to hold every acknowledged write
 
 Not for: formatting HTTP responses (the service does that from `code` and `http_status`).
@@ -69,8 +71,9 @@ class ShardFull(RatequeueError):
 
 
 class IdConflict(RatequeueError):
-    """The message's id was used for another message to the same number within the dedup window
-    (another body); nothing was written. A retry of the same message is a duplicate, not this."""
+    """The message's id names another message (another body) to the same number, one still held
+    or acknowledged within the dedup window; nothing was written. A retry of the same message is
+    a duplicate, not this."""
 
     code = "id_conflict"
     http_status = 409
@@ -93,6 +96,14 @@ class ShardUnavailable(RetryableError):
     """The shard's primary could not be reached (or is no longer the primary)."""
 
     code = "shard_unavailable"
+
+
+class ShardScriptFailed(RetryableError):
+    """A shard's script failed (e.g. on a stored value it did not expect); its writes before the
+    failure stay, as Redis does not roll a script back. Retrying may succeed once a person fixes
+    the value the error names."""
+
+    code = "shard_script_failed"
 
 
 class StaleEpoch(RetryableError):
@@ -124,6 +135,13 @@ class EpochConflict(RatequeueError):
         super().__init__(f"topology epoch is {found}, expected {expected}")
         self.expected = expected
         self.found = found
+
+
+class ManagedBySentinel(RatequeueError):
+    """A change to a map whose primaries Redis Sentinel chooses (no one else writes it)."""
+
+    code = "managed_by_sentinel"
+    http_status = 409
 
 
 class NoSafeCandidate(RatequeueError):

@@ -82,14 +82,16 @@ def start_node(
     workdir: Path,
     *,
     maxmemory: str | None = None,
+    extra_args: tuple[str, ...] = (),
     **options: Unpack[StartOptions],
 ) -> ShardNode:
     """Start one node of the testbed and return when it answers PING. A shard node (role
     `primary` or `replica`) boots parked: it follows nothing and refuses writes until appointed
-    or attached; with `maxmemory` it refuses writes at that size (it never evicts).
+    or attached; with `maxmemory` it refuses writes at that size (it never evicts). `extra_args`
+    follow the boot arguments (a later flag wins over an earlier one).
 
     `detached` nodes outlive this Python process (the testbed); others die with it."""
-    boot_args = tuple(boot_arguments(maxmemory)) if role in SHARD_ROLES else ()
+    boot_args = (*boot_arguments(maxmemory), *extra_args) if role in SHARD_ROLES else extra_args
     return start_redis(
         name, role, shard, workdir, boot_args=boot_args, node_type=ShardNode, **options
     )
@@ -153,9 +155,11 @@ class LocalCluster:
         min_replicas: int = 1,
         detached: bool = False,
         maxmemory: str | None = None,
+        node_args: tuple[str, ...] = (),
     ) -> LocalCluster:
         """`maxmemory`: each shard node's memory limit (`membership.boot_arguments`); None for
-        none (benchmarks load data sets of a gigabyte)."""
+        none (benchmarks load data sets of a gigabyte). `node_args`: flags every shard node
+        boots with after its boot arguments."""
         workdir.mkdir(parents=True, exist_ok=True)
         control = start_redis("control", "control", None, workdir, detached=detached)
         cluster = cls(workdir=workdir, control=control, min_replicas=min_replicas)
@@ -164,7 +168,7 @@ class LocalCluster:
                 shard_id = f"s{index}"
                 primary = start_node(
                     f"{shard_id}-primary", "primary", shard_id, workdir, detached=detached,
-                    maxmemory=maxmemory,
+                    maxmemory=maxmemory, extra_args=node_args,
                 )  # fmt: skip
                 shard = ShardNodes(shard_id, primary, [])
                 cluster.shards.append(shard)
@@ -172,7 +176,7 @@ class LocalCluster:
                     shard.replicas.append(
                         start_node(
                             f"{shard_id}-replica{r + 1}", "replica", shard_id, workdir,
-                            detached=detached, maxmemory=maxmemory,
+                            detached=detached, maxmemory=maxmemory, extra_args=node_args,
                         )
                     )  # fmt: skip
             cluster.publish_initial_topology()

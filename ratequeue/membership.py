@@ -385,6 +385,29 @@ async def wait_in_sync(primary: aioredis.Redis, replica: aioredis.Redis, timeout
         await asyncio.sleep(0.05)
 
 
+async def writable_with(primary: aioredis.Redis, required: int, timeout: float) -> int:
+    """Wait until the appointed `primary` counts `required` good replicas (its write quorum,
+    `min-replicas-to-write`, accepts writes), at most `timeout` seconds; returns how many it
+    counts. Redis' own `WAIT` ends the wait as soon as the replicas are online (a repointed
+    replica's partial resync takes a few milliseconds; a client writing meanwhile gets
+    `NOREPLICAS` and backs off for far longer). A shard short of replicas returns after
+    `timeout` with fewer: the caller goes on, it only saved its clients a refusal."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left_ms = max(1, int((deadline - loop.time()) * 1000))
+        acknowledged = int(await primary.execute_command("WAIT", required, left_ms))
+        # Redis leaves the good-replica count out of INFO when no write quorum is set
+        # (min-replicas-to-write 0): then the replicas WAIT counted are the answer.
+        info = await primary.info("replication")
+        good = int(info.get("min_slaves_good_slaves", acknowledged))
+        if good >= required or loop.time() >= deadline:
+            return good
+        # WAIT counted a replica Redis has not yet counted as good (its count refreshes on its
+        # own tick): look again shortly.
+        await asyncio.sleep(0.005)
+
+
 async def bump_barrier(node: aioredis.Redis) -> int:
     """One write on the shard's primary for `WAIT` to cover, taken also when it is full."""
     return int(await node.eval(BARRIER_WRITE, 1, BARRIER_KEY))

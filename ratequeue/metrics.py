@@ -48,6 +48,11 @@ class ServiceMetrics:
             "ratequeue_shard_leased", "Messages leased per shard", ["shard"],
             registry=self.registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
+        self.shard_quarantined = Gauge(
+            "ratequeue_shard_quarantined",
+            "Layout-1 records the upgrade set aside in rq:v2:quarantine per shard", ["shard"],
+            registry=self.registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
         self.shard_up = Gauge(
             "ratequeue_shard_up", "1 if the shard primary answers", ["shard"],
             registry=self.registry, multiprocess_mode="mostrecent",

@@ -54,9 +54,9 @@ def normalize_number(raw: str) -> str:
             compact = "+1" + compact
         elif len(compact) == 11 and compact[0] == "1":
             compact = "+" + compact
-        elif _SHORT_CODE.match(compact):
+        elif _SHORT_CODE.fullmatch(compact):
             return compact
-    if _E164.match(compact):
+    if _E164.fullmatch(compact):
         return compact
     raise InvalidNumber(
         f"number {raw!r} is not a phone number: expected E.164 (+ and 8-15 ASCII digits), "

@@ -24,13 +24,14 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 
 from common.errors import InvalidRequest
 from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from common.http_contract import (
     PROJECT_ERRORS,
+    ErrorDetail,
     JsonBody,
     JsonInt,
     answers,
@@ -39,7 +40,14 @@ from common.http_contract import (
     publish_contract,
     read_json_model,
 )
-from ratequeue.client import MESSAGE_ID, AsyncRatequeueClient, NumberInfo, validate_message_id
+from common.validation import describe_problems
+from ratequeue.client import (
+    MESSAGE_ID,
+    AsyncRatequeueClient,
+    Enqueued,
+    NumberInfo,
+    validate_message_id,
+)
 from ratequeue.coalescing import EnqueueCoalescer
 from ratequeue.config import ServiceSettings
 from ratequeue.errors import (
@@ -47,15 +55,19 @@ from ratequeue.errors import (
     EnqueueBacklogFull,
     IdConflict,
     InvalidInput,
+    InvalidNumber,
+    MessageTooLarge,
     QueueFull,
     RatequeueError,
+    RetryableError,
     ShardFull,
 )
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
 from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
-from ratequeue.shard import RECEIPT_PATTERN, ShardStats, parse_receipt
+from ratequeue.sentinel_topology import SentinelTopologySource, majority
+from ratequeue.shard import RECEIPT_PATTERN, OutgoingMessage, ShardStats, parse_receipt
 from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
@@ -73,6 +85,27 @@ Number = Annotated[
 class EnqueueRequest(JsonBody):
     id: str | None = Field(None, json_schema_extra={"pattern": MESSAGE_ID.pattern})
     body: Any = Field(..., description="any JSON; its text (a string, or `text`) sets segments")
+
+
+class BatchMessage(JsonBody):
+    number: str = Field(
+        ..., json_schema_extra={"pattern": NUMBER_PATTERN, "maxLength": MAX_RAW_LENGTH}
+    )
+    id: str | None = Field(None, json_schema_extra={"pattern": MESSAGE_ID.pattern})
+    body: Any = Field(..., description="any JSON; its text (a string, or `text`) sets segments")
+
+
+class BatchRequest(JsonBody):
+    """The batch as published and read: its messages are any JSON values here because each is
+    checked on its own (as `BatchMessage`), so a malformed one is refused in its own result
+    (422) and the others are queued."""
+
+    messages: list[Any] = Field(
+        ...,
+        min_length=1,
+        description='messages, each {"number", "id"?, "body"} as the single enqueue takes them; '
+        "results[i] answers messages[i]",
+    )
 
 
 class DequeueRequest(JsonBody):
@@ -101,12 +134,32 @@ class EnqueuedAnswer(BaseModel):
     duplicate: bool
 
 
+class BatchResult(BaseModel):
+    """One message's result: 201 with what the single enqueue answers, or its own error: 409
+    id_conflict, 413 message_too_large, 422 for a malformed message, 429 queue_full, 503 (retry
+    it with the same id), 507 shard_full."""
+
+    index: int
+    status: int
+    id: str | None = None
+    number: str | None = None
+    shard: str | None = None
+    duplicate: bool | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchAnswer(BaseModel):
+    results: list[BatchResult]
+
+
 class LeasedAnswer(BaseModel):
     id: str
     number: str
     body: Any
     receipt: str
     attempt: int
+    leased_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When its shard leased it (RFC 3339, to the millisecond): what a rate check judges."""
 
 
 class DequeuedAnswer(BaseModel):
@@ -171,6 +224,14 @@ def _with_bounds(model: type[BaseModel], **bounds: dict[str, Any]) -> dict[str, 
     return schema
 
 
+# The enqueue metric's label for a message its shard refused (anything else: "invalid").
+_REFUSAL_LABEL: dict[type[RatequeueError], str] = {
+    QueueFull: "full",
+    IdConflict: "conflict",
+    ShardFull: "shard_full",
+}
+
+
 def check(name: str, ok: bool, detail: str) -> dict:
     return {"name": name, "ok": ok, "detail": detail}
 
@@ -192,10 +253,17 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         if settings.topology_backend == "etcd"
         else None
     )
+    sentinel = (
+        SentinelTopologySource.over_control_store(
+            settings.control_url, settings.sentinel_addresses()
+        )
+        if settings.topology_backend == "sentinel"
+        else None
+    )
     client = AsyncRatequeueClient(
         settings.control_url,
         settings.client_settings(),
-        topology=EtcdTopologyStore(etcd) if etcd is not None else None,
+        topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
     coalescer = EnqueueCoalescer(client)
     reporter = WriteFailureReporter(
@@ -209,6 +277,8 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         await client.close()
         if etcd is not None:
             await etcd.aclose()
+        if sentinel is not None:
+            await sentinel.aclose()
         await reporter.drain()
         await reporter.control.aclose()
 
@@ -258,6 +328,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
             metrics.enqueued.labels("backlog_full").inc()
             raise result
+        if isinstance(result, InvalidInput):  # a message its shard's script could not read
+            metrics.enqueued.labels("invalid").inc()
+            raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
                 metrics.wait_failures.inc()
@@ -277,6 +350,94 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             },
             status_code=201,
         )
+
+    def prepare_batch_message(index: int, item: Any) -> OutgoingMessage:
+        """One message of a batch, validated and encoded; an InvalidRequest names its index."""
+        where = f"messages.{index}"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"field '{where}': must be a JSON object with number, body and "
+                               "optionally id")  # fmt: skip
+        try:
+            parsed = BatchMessage.model_validate(item)
+        except ValidationError as error:
+            raise InvalidInput(describe_problems(error, within=where)) from None
+        if parsed.id is not None:
+            try:
+                validate_message_id(parsed.id)
+            except InvalidInput as error:
+                message = f"field '{where}.id': {error.message}"
+                raise InvalidInput(message, code=error.code) from None
+        try:
+            return client.prepare(parsed.number, parsed.body, parsed.id)
+        except InvalidNumber as error:
+            raise InvalidNumber(f"field '{where}.number': {error.message}") from None
+        except MessageTooLarge as error:  # its message names field 'body'
+            raise MessageTooLarge(error.message.replace("'body'", f"'{where}.body'", 1)) from None
+
+    def refusal(index: int, error: RatequeueError | InvalidRequest) -> dict[str, Any]:
+        # A malformed message is 422 (the request as a whole was well formed); a body over the
+        # limit keeps its 413, as the single enqueue answers it.
+        status = 422 if isinstance(error, InvalidRequest) else error.http_status
+        if isinstance(error, MessageTooLarge):
+            status = error.http_status
+        return {"index": index, "status": status,
+                "error": {"code": error.code, "message": error.message}}  # fmt: skip
+
+    @app.post(
+        "/v1/messages:batch",
+        response_model=None,
+        openapi_extra=json_request_body(
+            _with_bounds(BatchRequest, messages={"maxItems": settings.max_batch})
+        ),
+        responses=answers({200: BatchAnswer}, 400, 413, 503),
+    )
+    async def enqueue_batch(request: Request) -> JSONResponse:
+        """Queue up to `max_batch` messages, each answered on its own (`results[i]` for
+        `messages[i]`); Retry-After is set when any result is a 503."""
+        started = time.perf_counter()
+        payload = await read_json_model(request, BatchRequest, settings.max_batch_body_bytes)
+        count = len(payload.messages)
+        if count > settings.max_batch:
+            limit = f"at most {settings.max_batch} per request"
+            message = f"field 'messages': {count} messages; {limit}"
+            raise InvalidInput(message, code="batch_too_large")
+        results: list[dict[str, Any]] = [{}] * count
+        indexes, prepared = [], []
+        for index, item in enumerate(payload.messages):
+            try:
+                prepared.append(prepare_batch_message(index, item))
+                indexes.append(index)
+            except InvalidRequest as error:
+                metrics.enqueued.labels("invalid").inc()
+                results[index] = refusal(index, error)
+        outcomes = await client.enqueue_many(prepared) if prepared else []
+        served: set[str] = set()
+        failed: dict[str, RetryableError] = {}
+        for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
+            if isinstance(outcome, Enqueued):
+                served.add(outcome.shard)
+                metrics.enqueued.labels("duplicate" if outcome.duplicate else "acknowledged").inc()
+                results[index] = {"index": index, "status": 201, "id": outcome.id,
+                                  "number": outcome.number, "shard": outcome.shard,
+                                  "duplicate": outcome.duplicate}  # fmt: skip
+                continue
+            if isinstance(outcome, RetryableError):
+                metrics.enqueued.labels("unavailable").inc()
+                with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
+                    failed.setdefault(client.shard_for(message.number).id, outcome)
+            elif isinstance(outcome, RatequeueError):
+                metrics.enqueued.labels(_REFUSAL_LABEL.get(type(outcome), "invalid")).inc()
+            else:
+                raise outcome
+            results[index] = refusal(index, outcome)
+        metrics.wait_failures.inc(sum(isinstance(e, DurabilityNotMet) for e in failed.values()))
+        for shard_id, error in failed.items():
+            await reporter.failed(shard_id, error)
+        for shard_id in served - set(failed):
+            await reporter.succeeded(shard_id)
+        metrics.latency.labels("enqueue_batch").observe(time.perf_counter() - started)
+        retry = any(r["status"] == 503 for r in results)
+        return JSONResponse({"results": results}, headers={"Retry-After": "1"} if retry else None)
 
     @app.post(
         "/v1/messages:dequeue",
@@ -309,6 +470,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     "body": m.body,
                     "receipt": m.receipt,
                     "attempt": m.attempt,
+                    "leased_at": _iso_time(m.leased_at),
                 }
                 for m in leased
             ]
@@ -392,9 +554,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         },
     )
     async def healthz() -> JSONResponse:
-        control_ok = await client.control_store_reachable()
-        detail = "reachable" if control_ok else "unreachable; using the cached topology"
-        checks = [check("control_store", control_ok, detail)]
+        checks = await (store_checks() if sentinel is None else sentinel_checks(sentinel))
         try:
             current = client.topology
         except RatequeueError as error:
@@ -413,6 +573,26 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             {"in_load_balancer": serving, "checks": checks}, status_code=200 if serving else 503
         )
 
+    async def store_checks() -> list[dict]:
+        control_ok = await client.control_store_reachable()
+        detail = "reachable" if control_ok else "unreachable; using the cached topology"
+        return [check("control_store", control_ok, detail)]
+
+    async def sentinel_checks(source: SentinelTopologySource) -> list[dict]:
+        # The map's store and the sentinels apart: either failing names itself, not the other.
+        store_ok, silent = await asyncio.gather(source.base_reachable(),
+                                                source.silent_sentinels())  # fmt: skip
+        store_detail = (
+            "reachable" if store_ok else "unreachable; Sentinel followed over the last map"
+        )
+        total = source.sentinel_count
+        answering = total - len(silent)
+        detail = f"{answering} of {total} answer" + (
+            f"; not answering: {', '.join(silent)}" if silent else ""
+        )
+        return [check("control_store", store_ok, store_detail),
+                check("sentinels", answering >= majority(total), detail)]  # fmt: skip
+
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format"}})  # fmt: skip
     async def prometheus_metrics() -> Response:
@@ -427,6 +607,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             if up:
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
+                metrics.shard_quarantined.labels(shard_id).set(stat.quarantined)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,18 @@ from ratequeue.errors import (
     DurabilityNotMet,
     RatequeueError,
     ShardFull,
+    ShardScriptFailed,
     ShardUnavailable,
     StaleEpoch,
 )
 from ratequeue.rates import DEFAULT_MAX_NUMBER_SEGMENTS, Rate
+
+_decode_json = json.JSONDecoder().decode
+
+# What a message id may be (the published schema's pattern too); anchored for the schema, so
+# checked with fullmatch (`$` alone also matches before a trailing newline). No `|`, `/` or
+# whitespace: those separate a batch's fields, a message's number from its id, and receipts.
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 # Expired leases returned to their queues per dequeue call: bounds the work of one call.
 REQUEUE_LIMIT = 200
@@ -43,11 +52,17 @@ class OutgoingMessage:
 
 @dataclass(frozen=True)
 class EnqueueOutcome:
-    """`status` is `ok` (queued now), `duplicate` (the same message was queued before),
-    `conflict` (its number used the id for another body within the dedup window) or `full`."""
+    """`status` is `ok` (queued now), `duplicate` (the same message is held, or was delivered
+    within the dedup window), `conflict` (its number used the id for another body then), `full`
+    or `invalid` (a message no line of a batch can carry; nothing written)."""
 
     status: str
     detail: str = ""
+
+
+# ENQUEUE_BATCH answers one letter per message; reasons come only with `conflict` and `full`.
+_OUTCOME_OF_CODE = {"o": EnqueueOutcome("ok"), "d": EnqueueOutcome("duplicate")}
+_STATUS_OF_CODE = {"c": "conflict", "f": "full", "x": "invalid"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,8 @@ class LeasedMessage:
     receipt: str
     attempt: int
     shard: str
+    leased_at: float
+    """When the shard leased it, by its own clock (the DEQUEUE script's time), in seconds."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,7 @@ class ShardStats:
     messages: int
     leased: int
     ready_numbers: int
+    quarantined: int = 0  # layout-1 records the conversion set aside (docs/upgrading.md)
 
 
 def make_receipt(shard_id: str, lease: str) -> str:
@@ -125,12 +143,34 @@ def enqueue_batch_arguments(
     max_number_segments: int,
 ) -> list[Any]:
     """The ENQUEUE_BATCH script's arguments: its header (the epoch and the shard's limits), then
-    five values per message. The one place that knows the script's argument order."""
-    args: list[Any] = [epoch, dedup_window_seconds, max_queue_seconds, max_number_segments]
-    for message in messages:
-        args += [message.id, message.number, message.segments, message.default_rate.encode(),
-                 message.body_json]  # fmt: skip
-    return args
+    the messages as one argument, a line per message (`number|rate|segments|id|body`). The one
+    place that knows the script's argument order.
+
+    A message that cannot be one line (a field holding a newline, or a separator in its number
+    or id: `prepare` refuses those, this guards the callers that build messages by hand) is sent
+    as a line the script refuses on its own (`invalid`), so the other messages of the batch,
+    often other callers' (`ratequeue.coalescing`), keep their lines and their answers."""
+    lines = [
+        f"{m.number}|{m.default_rate.encode()}|{m.segments}|{m.id}|{m.body_json}"
+        if _fits_one_line(m)
+        else _INVALID_LINE
+        for m in messages
+    ]
+    return [epoch, dedup_window_seconds, max_queue_seconds, max_number_segments, "\n".join(lines)]
+
+
+# A line ENQUEUE_BATCH refuses (`x`) without reading anything.
+_INVALID_LINE = "!"
+_NUMBER_TEXT = re.compile(r"\+?[0-9]+")
+
+
+def _fits_one_line(message: OutgoingMessage) -> bool:
+    return (
+        _NUMBER_TEXT.fullmatch(message.number) is not None
+        and MESSAGE_ID.fullmatch(message.id) is not None
+        and "\n" not in message.body_json
+        and message.body_json != ""
+    )
 
 
 def _translate(error: Exception, shard_id: str) -> Exception:
@@ -152,6 +192,10 @@ def _translate(error: Exception, shard_id: str) -> Exception:
             return ShardUnavailable(f"shard {shard_id}: node is a replica now ({text})")
         if text.startswith(("LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS")):
             return ShardUnavailable(f"shard {shard_id}: {text}")
+        if "user_script" in text:  # Redis names where in the script it failed
+            # A script that failed on data it did not expect: a clean, retryable refusal that
+            # names the shard, never an unmapped error (a 500 with a traceback).
+            return ShardScriptFailed(f"shard {shard_id}: its script failed ({text})")
     return error
 
 
@@ -231,8 +275,14 @@ class ShardQueue:
             max_queue_seconds=self.max_queue_seconds, max_number_segments=self.max_number_segments,
         )  # fmt: skip
         wait = (min_replicas, wait_timeout_ms) if min_replicas > 0 else None
-        rows, replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
-        outcomes = [EnqueueOutcome(status=row[0].decode(), detail=row[1].decode()) for row in rows]
+        (codes, details), replicas = await self._run(ENQUEUE_BATCH, *args, then_wait=wait)
+        reasons = iter(details)
+        outcomes = [
+            _OUTCOME_OF_CODE[code]
+            if code in _OUTCOME_OF_CODE
+            else EnqueueOutcome(_STATUS_OF_CODE[code], next(reasons).decode())
+            for code in codes.decode()
+        ]
         written = any(outcome.status in ("ok", "duplicate") for outcome in outcomes)
         if wait is not None and replicas < min_replicas and written:
             raise DurabilityNotMet(
@@ -243,26 +293,31 @@ class ShardQueue:
 
     async def dequeue(self, max_messages: int, lease_ms: int) -> list[LeasedMessage]:
         result, _ = await self._run(DEQUEUE, max_messages, lease_ms, REQUEUE_LIMIT)
+        leased_at = int(result[0]) / 1000
+        flat = result[1]
         leased = []
-        for lease, message_id, number, attempt, body in result[1]:
+        for i in range(0, len(flat), 5):
             leased.append(
                 LeasedMessage(
-                    id=message_id.decode(),
-                    number=number.decode(),
-                    body=json.loads(body),
-                    receipt=make_receipt(self.shard_id, lease.decode()),
-                    attempt=int(attempt),
+                    id=flat[i + 1].decode(),
+                    number=flat[i + 2].decode(),
+                    body=_decode_json(flat[i + 4].decode()),
+                    receipt=make_receipt(self.shard_id, flat[i].decode()),
+                    attempt=flat[i + 3],
                     shard=self.shard_id,
+                    leased_at=leased_at,
                 )
             )
         return leased
 
     async def ack(self, receipts: list[str]) -> int:
         """Acknowledge leases of this shard. A receipt whose lease expired acknowledges nothing."""
-        args = [parse_receipt(receipt)[1] for receipt in receipts]
-        if not args:
+        # Sent space-separated: a lease holding whitespace names no lease (numbers and ids hold
+        # none), so it is left out rather than split into pieces that might.
+        leases = [lease for r in receipts if (lease := parse_receipt(r)[1]).split() == [lease]]
+        if not leases:
             return 0
-        acked, _ = await self._run(ACK, *args)
+        acked, _ = await self._run(ACK, " ".join(leases), self.dedup_window_seconds)
         return int(acked)
 
     async def set_rate(
@@ -289,4 +344,9 @@ class ShardQueue:
 
     async def stats(self) -> ShardStats:
         row, _ = await self._run(SHARD_STATS)
-        return ShardStats(messages=int(row[0]), leased=int(row[1]), ready_numbers=int(row[2]))
+        return ShardStats(
+            messages=int(row[0]),
+            leased=int(row[1]),
+            ready_numbers=int(row[2]),
+            quarantined=int(row[3]),
+        )

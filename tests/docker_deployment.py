@@ -61,7 +61,7 @@ class Deployment:
     client: docker.DockerClient
 
 
-def _network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> None:
+def bridge_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> None:
     """A bridge network on a random 10.x.y.0/24 that no other network of the engine uses."""
     for _ in range(20):
         subnet = f"10.{random.randint(100, 250)}.{random.randint(0, 255)}"
@@ -94,7 +94,7 @@ def deployment() -> Iterator[Deployment]:
     )
     try:
         for network in networks:
-            _network(client, network, labels)
+            bridge_network(client, network, labels)
         yield Deployment(name, networks[0], networks[1], actuator, client)
     finally:
         for container in client.containers.list(

@@ -26,6 +26,7 @@ from ratequeue.errors import ShardFull
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.membership import boot_arguments
 from ratequeue.rates import Rate
+from ratequeue.scripts import COUNT_KEY, PREFIX, READY_KEY, state_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from tests.conftest import ServedApi, shard_key_count
 from tests.test_http_api import ON_S0, assert_error, enqueue, messages_url
@@ -42,11 +43,14 @@ def memory_settings(node: ShardNode) -> tuple[str, str]:
                 conn.config_get("maxmemory-policy")["maxmemory-policy"])  # fmt: skip
 
 
-def stored_state(cluster: LocalCluster) -> tuple[int, int, int, bytes | None]:
-    """(keys, message records, dedup entries of the window, write barrier) on s0's primary."""
+def stored_state(cluster: LocalCluster) -> tuple[int, bytes | None, int, int, bytes | None]:
+    """(keys, messages held, fields of the numbers' hashes, dedup entries, write barrier) on s0's
+    primary."""
     with cluster.shards[0].primary.client() as conn:
-        seen = sum(conn.hlen(key) for key in conn.scan_iter("rq:seen:*"))
-        return shard_key_count(cluster), conn.hlen("rq:msg"), seen, conn.get("rq:barrier")
+        fields = sum(conn.hlen(key) for key in conn.scan_iter(state_key("*")))
+        seen = sum(conn.hlen(key) for key in conn.scan_iter(f"{PREFIX}seen:*"))
+        return (shard_key_count(cluster), conn.get(COUNT_KEY), fields, seen,
+                conn.get("rq:barrier"))  # fmt: skip
 
 
 def test_a_body_over_the_per_message_limit_answers_413_naming_the_limit_and_writes_nothing(
@@ -234,8 +238,8 @@ def test_a_full_shard_leases_and_acks_also_when_a_dequeue_first_reschedules_a_nu
             # ON_S0 is due by its ready time, but its rate was lowered since it was scheduled:
             # the dequeue's first write is the number's reschedule.
             conn.hset("rq:rates", ON_S0, Rate(per_second=1, burst=1).encode())
-            conn.zadd("rq:ready", {ON_S0: 0})
-            conn.set(f"rq:tat:{ON_S0}", int(time.time() * 1000) + 3_600_000)
+            conn.zadd(READY_KEY, {ON_S0: 0})
+            conn.hset(state_key(ON_S0), "t", int(time.time() * 1000) + 3_600_000)
         accepted = fill_to_shard_full(primary, epoch)
         keys_before = shard_key_count(cluster)
 
@@ -247,5 +251,26 @@ def test_a_full_shard_leases_and_acks_also_when_a_dequeue_first_reschedules_a_nu
 
         assert asyncio.run(drain()) == (accepted, accepted)
         assert shard_key_count(cluster) < keys_before  # acknowledged messages are gone
+    finally:
+        cluster.stop()
+
+
+def test_a_batch_to_a_full_shard_answers_507_shard_full_in_each_result_and_writes_nothing(
+    tmp_path: Path, serve_api: Callable[..., ServedApi]
+) -> None:
+    cluster = LocalCluster.start(tmp_path / "full", shards=1, replicas=1, maxmemory="2mb")
+    try:
+        fill_to_shard_full(cluster.shards[0].primary, cluster.publish_initial_topology().epoch)
+        api = serve_api(cluster)
+        stored_before = stored_state(cluster)
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            response = http.post("/v1/messages:batch", json={"messages": [
+                {"number": ON_S0, "id": "one", "body": "x"},
+                {"number": ON_S0, "id": "two", "body": "y"},
+            ]})  # fmt: skip
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [(r["status"], r["error"]["code"]) for r in results] == [(507, "shard_full")] * 2
+        assert stored_state(cluster) == stored_before
     finally:
         cluster.stop()

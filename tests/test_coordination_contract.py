@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,12 @@ from common.errors import InvalidSetting
 from common.etcd_processes import EtcdCluster
 from common.redis_processes import RedisProcess, free_port
 from detection.events import Event, new_event
-from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.interface import SENSOR_HEARTBEAT_RETENTION, CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
+from lazarus_lite.coordination.redis_backend import (
+    AUDIT_RETENTION_SECONDS,
+    WORKFLOW_RETENTION_SECONDS,
+)
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
@@ -338,6 +343,17 @@ async def test_a_sensor_keeps_its_last_heartbeat(store: CoordinationStore) -> No
     assert [h.id for h in await store.sensors.heartbeats()] == [last.id]
 
 
+async def test_a_heartbeat_older_than_the_retention_is_forgotten(store: CoordinationStore) -> None:
+    # A replaced replica's sensor: its name is never heard again.
+    gone = a_heartbeat("sensor-s0-replica-e3")
+    long_ago = gone.occurred_at - timedelta(seconds=SENSOR_HEARTBEAT_RETENTION + 60)
+    await store.sensors.record_heartbeat(gone.model_copy(update={"occurred_at": long_ago}))
+    live = a_heartbeat("sensor-a")
+    await store.sensors.record_heartbeat(live)
+    assert [h.id for h in await store.sensors.heartbeats()] == [live.id]
+    assert await store.sensors.heartbeat("sensor-s0-replica-e3") is None
+
+
 async def test_a_report_is_filed_by_one_node(store: CoordinationStore) -> None:
     assert await store.watch.file_report("r", "n1", ttl=60)
     assert not await store.watch.file_report("r", "n2", ttl=60)
@@ -426,3 +442,64 @@ async def test_shadow_decisions_keep_the_newest(store: CoordinationStore) -> Non
     for n in range(3):
         await store.records.append_shadow_decision({"n": n})
     assert await store.records.shadow_decisions(limit=2) == [{"n": 1}, {"n": 2}]
+
+
+# -- retention (the Redis store: what weeks of scheduled runs leave) ------------------------------
+@pytest.fixture
+async def redis_store(redis_control: RedisProcess) -> AsyncIterator[CoordinationStore]:
+    opened = open_coordination_store(
+        StoreAddress(control_url=f"redis://{redis_control.host}:{redis_control.port}/0")
+    )
+    await opened.control.flushall()  # type: ignore[attr-defined]
+    yield opened
+    await opened.aclose()
+
+
+async def test_a_finished_workflow_expires_after_the_retention(
+    redis_store: CoordinationStore,
+) -> None:
+    control = redis_store.control  # type: ignore[attr-defined]
+    await redis_store.workflows.save(a_workflow("wf-1"), {"step": "a"}, owner=None)
+    assert await control.pttl("lz:wf:wf-1") == -1  # running: kept
+    await redis_store.workflows.save(a_workflow("wf-1", status="succeeded"), {"step": "b"},
+                                     owner=None)  # fmt: skip
+    retention_ms = WORKFLOW_RETENTION_SECONDS * 1000
+    for key in ("lz:wf:wf-1", "lz:wf:wf-1:history"):
+        assert retention_ms - 60_000 < await control.pttl(key) <= retention_ms
+
+
+async def test_the_audit_index_keeps_only_what_the_retention_keeps(
+    redis_store: CoordinationStore,
+) -> None:
+    await redis_store.records.save_audit("ev-old", '{"n": 1}', received_at=100)
+    later = 100 + AUDIT_RETENTION_SECONDS + 1
+    await redis_store.records.save_audit("ev-new", '{"n": 2}', received_at=later)
+    control = redis_store.control  # type: ignore[attr-defined]
+    assert await control.zrange("lz:audit:index", 0, -1) == [b"ev-new"]
+
+
+async def test_a_finished_workflow_expires_after_the_retention_on_etcd(
+    etcd: EtcdCluster, redis_control: RedisProcess
+) -> None:
+    opened = open_coordination_store(
+        StoreAddress(control_url=f"redis://{redis_control.host}:{redis_control.port}/0",
+                     coordination_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
+    )  # fmt: skip
+    client = opened.client  # type: ignore[attr-defined]
+    try:
+        await client.delete("/", prefix=True)
+        await opened.workflows.save(a_workflow("wf-1"), {"step": "a"}, owner=None)
+        await opened.workflows.save(a_workflow("wf-1"), {"step": "b"}, owner=None)
+        kept = await client.get_prefix("/")
+        assert kept.kvs and all(kv.lease == 0 for kv in kept.kvs)  # running: kept
+        await opened.workflows.save(a_workflow("wf-1", status="succeeded"), {"step": "c"},
+                                    owner=None)  # fmt: skip
+        finished = [kv for kv in (await client.get_prefix("/")).kvs if "wf-1" in kv.key]
+        assert len(finished) == 4  # the record and three history entries
+        [lease] = {kv.lease for kv in finished}
+        assert await client.lease_ttl(lease) >= WORKFLOW_RETENTION_SECONDS
+        assert await opened.workflows.history("wf-1") == [
+            {"at": pytest.approx(time.time(), abs=60), "step": s} for s in "abc"
+        ]
+    finally:
+        await opened.aclose()

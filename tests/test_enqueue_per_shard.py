@@ -4,6 +4,8 @@ shard's batch is the answer of that shard's messages only."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -13,8 +15,10 @@ import httpx
 from redis.exceptions import NoPermissionError
 
 from ratequeue import coalescing
-from ratequeue.client import Enqueued, RatequeueClient
+from ratequeue.client import AsyncRatequeueClient, ClientSettings, Enqueued, RatequeueClient
+from ratequeue.errors import InvalidInput
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.scripts import held_ids
 from tests.conftest import ServedApi
 from tests.test_http_api import ON_S0, ON_S1, enqueue, messages_url
 
@@ -52,3 +56,25 @@ def test_an_error_of_one_shard_s_batch_answers_only_that_shard_s_messages(
     assert stored == Enqueued(id="on-s0", number=ON_S0, shard="s0", duplicate=False)
     assert isinstance(refused, NoPermissionError)
     assert client.dequeue(10, 30)[0].id == "on-s0"
+
+
+def test_a_message_no_batch_line_can_carry_is_refused_alone_in_a_group_commit_of_other_callers(
+    cluster: LocalCluster,
+) -> None:
+    async def enqueue_together() -> list[Enqueued | Exception]:
+        settings = ClientSettings(wait_timeout_ms=300, refresh_interval=0.5)
+        async with AsyncRatequeueClient(cluster.control.url, settings) as client:
+            group = coalescing.EnqueueCoalescer(client)
+            good = [client.prepare(ON_S0, f"caller {i}", f"caller-{i}") for i in range(4)]
+            # Built by hand (prepare refuses the id): a caller that bypassed the checks.
+            bad = dataclasses.replace(good[0], id="evil\n", body_json='"x"')
+            # Enqueued in one turn of the loop: one group commit, one script call.
+            return await asyncio.gather(*(group.enqueue(m) for m in [good[0], bad, *good[1:]]))
+
+    results = asyncio.run(enqueue_together())
+    assert isinstance(results[1], InvalidInput)
+    assert [(r.id, r.duplicate) for r in results if isinstance(r, Enqueued)] == [
+        (f"caller-{i}", False) for i in range(4)
+    ]
+    with cluster.shard("s0").primary.client() as conn:
+        assert held_ids(conn, ON_S0) == {f"caller-{i}" for i in range(4)}

@@ -57,6 +57,23 @@ def test_a_killed_primary_is_replaced_and_no_acknowledged_message_is_lost(
     assert after.shard("s0").forensics[0].name == "s0-primary"
     assert primaries_answering(testbed, "s0") == [after.shard("s0").primary.name]
     assert len(primaries_answering(testbed, "s1")) == 1
+    wait_for("every node the quorum did not wait for to be heard late",
+             lambda: late_verdicts_complete(testbed), timeout=20)  # fmt: skip
+
+
+def late_verdicts_complete(testbed: TestbedState) -> bool:
+    """The decided failovers' records: each node not waited for has its verdict in a note
+    (a verdict names its node by id, `not_awaited` by the URL it was asked at: count them)."""
+    decided = [e for e in lazarus_events(testbed, limit=1000)
+               if e.get("workflow_id") and e.get("quorum")]  # fmt: skip
+    return bool(decided) and all(
+        len(e["quorum"]["not_awaited"]) == len(late_verdicts(e)) for e in decided
+    )
+
+
+def late_verdicts(record: dict) -> list[dict]:
+    notes = [n for n in record["notes"] if n["kind"] == "late_verdicts"]
+    return [verdict for note in notes for verdict in note["data"]["verdicts"]]
 
 
 def test_a_paused_primary_does_not_acknowledge_a_write_after_its_shard_failed_over(

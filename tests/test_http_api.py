@@ -20,6 +20,7 @@ from common.http_contract import MAX_JSON_DEPTH
 from common.redis_processes import RedisProcess
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.scripts import held_ids, state_key
 from tests.conftest import ServedApi, shard_key_count
 from tests.prometheus_samples import metric_samples
 
@@ -465,8 +466,10 @@ def test_a_dequeue_returns_the_message_with_its_body_a_receipt_and_the_attempt(
     response = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
     assert response.status_code == 200, response.text
     [message] = response.json()["messages"]
-    assert set(message) == {"id", "number", "body", "receipt", "attempt"}
+    assert set(message) == {"id", "number", "body", "receipt", "attempt", "leased_at"}
     assert (message["id"], message["number"], message["body"]) == ("m-1", ON_S0, body)
+    leased_at = datetime.fromisoformat(message["leased_at"]).timestamp()
+    assert abs(leased_at - time.time()) < 60  # the shard's clock, which is this host's
     assert message["attempt"] == 0 and message["receipt"].startswith("s0:")
     assert http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30}).json() == {
         "messages": []
@@ -529,16 +532,16 @@ def test_a_rate_stored_out_of_range_poisons_no_queue_and_loses_no_message(
     for number, message_id in ((ON_S0, "tiny-rate"), (ON_S0_OTHER, "neighbour")):
         assert enqueue(http, number, "hi", message_id)["id"] == message_id
     with cluster.shard("s0").primary.client() as conn:
-        conn.hset("rq:rates", ON_S0, "1e-15:1")
-        conn.hset("rq:rates", ON_S0_OTHER, "5e-324:1")
+        for number, rate in ((ON_S0, "1e-15:1"), (ON_S0_OTHER, "5e-324:1")):
+            conn.hset("rq:rates", number, rate)
+            conn.hset(state_key(number), "r", rate)  # the rate in force for its queued messages
     for _ in range(3):
         answer = http.post("/v1/messages:dequeue", json={"max": 10, "lease_seconds": 30})
         assert answer.status_code == 200, answer.text
     leased = {m["id"] for m in answer.json()["messages"]}
     with cluster.shard("s0").primary.client() as conn:
-        queued = {i.decode() for n in (ON_S0, ON_S0_OTHER) for i in conn.lrange(f"rq:q:{n}", 0, -1)}
-        leases = {m.decode().split("/", 1)[1] for m in conn.zrange("rq:leases", 0, -1)}
-    assert {"tiny-rate", "neighbour"} <= queued | leases | leased
+        held = held_ids(conn, ON_S0) | held_ids(conn, ON_S0_OTHER)
+    assert {"tiny-rate", "neighbour"} <= held | leased
     for number in (ON_S0, ON_S0_OTHER):
         info = http.get(f"/v1/numbers/{number}")
         assert info.status_code == 200, info.text
@@ -591,6 +594,15 @@ def test_a_shard_whose_primary_is_down_answers_503_with_retry_after_never_500(
     info = http.get(f"/v1/numbers/{ON_S0}")
     assert_error(info, 503, "shard_unavailable")
     assert "retry-after" in info.headers
+
+
+def test_a_shard_script_failing_on_unexpected_data_answers_503_never_500(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shards[0].primary.client() as conn:
+        conn.hset(state_key(ON_S0), mapping={"r": "1:1", "s": "not a number", "t": "0"})
+    response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
+    assert_error(response, 503, "shard_script_failed", "s0")
 
 
 def test_numbers_on_other_shards_are_served_while_one_shard_is_down(
@@ -683,6 +695,19 @@ def test_metrics_count_requests_by_outcome_and_report_messages_per_shard(
     assert samples[("ratequeue_wait_failures_total", ())] == 0
     assert samples[("ratequeue_shard_messages", (("shard", "s0"),))] == 2
     assert samples[("ratequeue_shard_messages", (("shard", "s1"),))] == 1
+
+
+def test_metrics_report_the_layout_1_records_the_upgrade_quarantined_per_shard(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shards[0].primary.client() as conn:  # a layout-1 record that does not parse
+        conn.hset("rq:msg", f"{ON_S0}/bad", "not a record")
+        conn.rpush(f"rq:q:{ON_S0}", "bad")
+        conn.hset("rq:seg", ON_S0, 1)
+    enqueue(http, ON_S0, "a", "m-1")  # converts ON_S0 first: the record goes to quarantine
+    samples = metric_samples(http.get("/metrics").text)
+    assert samples[("ratequeue_shard_quarantined", (("shard", "s0"),))] == 1
+    assert samples[("ratequeue_shard_quarantined", (("shard", "s1"),))] == 0
 
 
 def test_metrics_count_a_write_that_wait_did_not_confirm_as_a_wait_failure(

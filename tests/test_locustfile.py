@@ -71,14 +71,16 @@ def finished(process: subprocess.Popen[str], timeout: float = 90) -> tuple[int, 
     return process.returncode, stderr
 
 
+@pytest.mark.parametrize("batch", [0, 10], ids=["single", "batch of 10"])
 def test_a_503_is_retried_with_the_same_id_so_the_run_passes_and_counts_each_message_once(
-    cluster: LocalCluster, serve_api: Callable[..., ServedApi], tmp_path: Path
+    cluster: LocalCluster, serve_api: Callable[..., ServedApi], tmp_path: Path, batch: int
 ) -> None:
     api = serve_api(cluster)
     summary = tmp_path / "summary.json"
     run = subprocess.Popen(
         locust("--headless", "-u", "2", "-r", "2", "-t", "8s", "--host", api.url,
-               *PRODUCERS_ONLY, "--ratequeue-summary", str(summary)),
+               *PRODUCERS_ONLY, "--ratequeue-batch", str(batch),
+               "--ratequeue-summary", str(summary)),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=PROJECT,
     )  # fmt: skip
     replica = cluster.shards[0].replicas[0]

@@ -18,12 +18,13 @@ import redis.asyncio as aioredis
 from common.errors import RedisStartError
 from common.redis_processes import start_redis
 from lazarus_lite.actuators import LocalProcessActuator
+from lazarus_lite.steps.ratequeue_promotion import good_replicas_of
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
 from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
-from ratequeue.scripts import message_key
+from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
 
@@ -116,12 +117,84 @@ def test_a_restarted_primary_comes_back_parked_with_its_data(
     with pytest.raises(ShardUnavailable, match="replica"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert conn.hexists("rq:msg", message_key("+14155550100", "m1"))
+        assert "m1" in held_ids(conn, "+14155550100")
         conn.execute_command("REPLICAOF", "NO", "ONE")  # by hand: its old fence is still there
     with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
         asyncio.run(enqueue(primary, 1, "m2"))
     with primary.client() as conn:
-        assert not conn.hexists("rq:msg", message_key("+14155550100", "m2"))
+        assert "m2" not in held_ids(conn, "+14155550100")
+
+
+async def promote_with_replicas(
+    candidate: ShardNode, followers: list[ShardNode], timeout: float
+) -> tuple[int, float]:
+    """A failover by hand: park everyone, appoint `candidate` (write quorum 1), repoint the
+    followers; returns what `writable_with` says and how long it took."""
+    conns = [aioredis.Redis(host=n.host, port=n.port) for n in [candidate, *followers]]
+    try:
+        for conn in conns:
+            await membership.park(conn)
+        await membership.appoint_primary(conns[0], 2, min_replicas=1)
+        for conn in conns[1:]:
+            await conn.execute_command("REPLICAOF", candidate.host, str(candidate.port))
+        started = time.monotonic()
+        good = await membership.writable_with(conns[0], 1, timeout)
+        return good, time.monotonic() - started
+    finally:
+        for conn in conns:
+            await conn.aclose()
+
+
+def write_once(node: ShardNode) -> None:
+    with redis.Redis(host=node.host, port=node.port) as conn:
+        conn.set("written-at-once", "1")
+
+
+def test_a_new_primary_accepts_writes_as_soon_as_writable_with_returns(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    shard = start_cluster(shards=1, replicas=2).shards[0]
+    shard.primary.signal(signal.SIGKILL)
+    good, _ = asyncio.run(promote_with_replicas(shard.replicas[1], [shard.replicas[0]], 5.0))
+    assert good == 1
+    write_once(shard.replicas[1])  # NOREPLICAS if the quorum were not there
+
+
+def test_a_new_primary_without_replicas_is_given_up_on_after_the_timeout(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    shard = start_cluster(shards=1, replicas=2).shards[0]
+    shard.primary.signal(signal.SIGKILL)
+    good, took = asyncio.run(promote_with_replicas(shard.replicas[1], [], 0.2))
+    assert good == 0 and took >= 0.2
+
+
+def test_a_new_primary_without_replicas_refuses_writes(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    shard = start_cluster(shards=1, replicas=2).shards[0]
+    shard.primary.signal(signal.SIGKILL)
+    asyncio.run(promote_with_replicas(shard.replicas[1], [], 0.2))
+    with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+        write_once(shard.replicas[1])
+
+
+def test_a_stalled_new_primary_holds_the_publication_only_about_the_write_quorum_wait(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    candidate = start_cluster(shards=1, replicas=1).shards[0].replicas[0]
+    candidate.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        good = asyncio.run(good_replicas_of(candidate.ref(), required=1))
+        took = time.monotonic() - started
+    finally:
+        candidate.signal(signal.SIGCONT)
+    # None, not an error: the repoint step returns and the topology is published.
+    assert good is None
+    # The bound is WRITABLE_WAIT_SECONDS + 0.1 = 0.6 s; the room left for a busy machine stops
+    # short of the 1.5 s a connection's own timeout once held it for.
+    assert took < 1.4
 
 
 # -- the fence ---------------------------------------------------------------------------------
@@ -341,7 +414,7 @@ def test_a_primary_whose_replicas_stopped_acknowledging_refuses_dequeues_and_lea
         with pytest.raises(ShardUnavailable, match="NOREPLICAS"):
             asyncio.run(dequeue(primary))
         with primary.client() as conn:
-            assert conn.llen("rq:q:+14155550100") == 1 and conn.zcard("rq:leases") == 0
+            assert conn.llen(queue_key("+14155550100")) == 1 and conn.zcard(LEASES_KEY) == 0
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     deadline = time.monotonic() + 10

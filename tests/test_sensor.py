@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from detection.events import Event, parse_event
 from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.local_cluster import LocalCluster, ShardNode
-from ratequeue.topology import TopologyStore
+from ratequeue.topology import NodeRef, TopologyStore
 from tests.prometheus_samples import metric_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +149,81 @@ async def test_a_killed_primary_is_reported_down_once_at_its_hosts_first_refusal
     assert data["replica"] == replica.ref().address
     assert "111" in data["last_error"] or "refused" in data["last_error"].lower()
     assert published(cluster, "RedisMasterRecovered") == []
+
+
+async def sensor_of_a_killed_primary(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> tuple[Sensor, NodeRef]:
+    """A sensor of shard s0 that saw its primary answer once; then the primary is killed (its
+    address is free for a test's own server)."""
+    shard = cluster.shard("s0")
+    sensor = await make_sensor(cluster, shard.replicas[0], threshold=3)
+    assert (await sensor.check_once()).state == "ok"
+    kill(shard.primary)
+    return sensor, shard.primary.ref()
+
+
+def close_with_a_reset(writer: asyncio.StreamWriter) -> None:
+    writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    writer.close()
+
+
+async def test_a_primary_dying_during_the_probe_is_reported_in_the_same_cycle(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    """The process is going: the probe's connection is reset (its port is still open), and
+    its port is closed a moment later. The cycle looks again instead of waiting an interval,
+    and reports on the two refusals that follow, still counting one failure."""
+    sensor, primary = await sensor_of_a_killed_primary(cluster, make_sensor)
+    resets = 0
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        if not await reader.read(100):  # the sensor's idle link asks nothing: let it be
+            return
+        resets += 1
+        close_with_a_reset(writer)
+        server.close()  # and the port is gone
+
+    server = await asyncio.start_server(dying, primary.peer_host or primary.host, primary.port)
+    try:
+        result = await sensor.check_once()
+    finally:
+        server.close()
+    assert resets >= 1  # the probe met the dying process (a connection already queued may too)
+    assert result.state == "down"
+    [down] = published(cluster, "RedisMasterDown")
+    assert down.data["evidence"] == "refused" and down.data["consecutive_failures"] == 1
+
+
+async def test_a_primary_that_resets_the_probe_and_then_answers_is_not_reported(
+    cluster: LocalCluster, make_sensor: MakeSensor
+) -> None:
+    """A restart: the probe's connection is reset, and the look again finds the process
+    answering. Nothing is reported."""
+    sensor, primary = await sensor_of_a_killed_primary(cluster, make_sensor)
+    resets = 0
+
+    async def restarting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        while request := await reader.read(100):  # the sensor's idle link asks nothing
+            if resets == 0:
+                resets += 1
+                close_with_a_reset(writer)  # the first probe meets the old process going
+                return
+            writer.write(b"+PONG\r\n" * request.count(b"PING"))  # the new process answers
+            await writer.drain()
+
+    server = await asyncio.start_server(restarting, primary.peer_host or primary.host, primary.port)
+    try:
+        result = await sensor.check_once()
+    finally:
+        server.close()
+    assert resets == 1
+    assert result.state == "ok"
+    assert published(cluster, "RedisMasterDown") == []
 
 
 async def test_a_primary_that_stays_down_is_reported_again_after_the_reemit_interval(

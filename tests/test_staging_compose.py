@@ -327,6 +327,13 @@ def test_chaos_service_runs_primary_kill_every_4h_against_the_deployment_it_is_i
         assert chaos["depends_on"][name]["condition"] == "service_healthy"
 
 
+def test_the_chaos_container_keeps_its_hostname_when_recreated(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Its pending Docker faults name the host that wrote them; another host's are left alone.
+    assert services["chaos"]["hostname"] == "ratequeue-chaos"
+
+
 def test_dockerfile_pulls_no_image() -> None:
     """Every FROM is the locally imported base or an earlier stage of the same file."""
     stages: set[str] = set()

@@ -5,9 +5,6 @@ controllers deciding on it; `down` stops the members with the rest."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -18,13 +15,11 @@ import redis
 
 from chaos import testbed
 from chaos.load import BackgroundLoad, LoadProfile
-from chaos.processes import running
 from chaos.testbed import running_testbed
 from detection.events import Event
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.topology import TOPOLOGY_KEY, Topology
-from tests.e2e.support import LOAD, failed_over, send, wait_for
-from tests.test_testbed_cli import chaos
+from tests.e2e.support import LOAD, cli_testbed, failed_over, send, wait_for
 
 
 async def _topology_and_balancer(state: testbed.TestbedState) -> tuple[Topology | None, list]:
@@ -42,15 +37,8 @@ async def _sensor_heartbeat(state: testbed.TestbedState, sensor: str) -> Event |
 def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
     tmp_path: Path,
 ) -> None:
-    directory = tmp_path / "bed"
-    state_file = directory / "testbed.json"
-    nodes: list[dict] = []
-    try:
-        up = chaos("testbed", "up", "--dir", str(directory), "--shards", "1", "--replicas", "1",
-                   "--control", "etcd", "--no-supervise")  # fmt: skip
-        assert up.returncode == 0, up.stdout + up.stderr
-        state = testbed.TestbedState.model_validate(json.loads(state_file.read_text()))
-        nodes = [node.model_dump() for node in state.nodes]
+    with cli_testbed(tmp_path / "bed", "--shards", "1", "--replicas", "1",
+                          "--control", "etcd", "--no-supervise") as state:  # fmt: skip
         members = [node for node in state.nodes if node.role == "etcd"]
         assert len(members) == 3 and all(testbed.process_alive(m) for m in members)
         assert state.etcd_endpoints is not None
@@ -69,15 +57,6 @@ def test_a_testbed_on_etcd_keeps_its_topology_there_and_down_stops_the_members(
                              lambda: asyncio.run(_sensor_heartbeat(state, "sensor-s0-replica1")),
                              timeout=30)  # fmt: skip
         assert heartbeat.data["primary"] == "s0-primary" and heartbeat.data["ok"] is True
-    finally:
-        if state_file.exists():
-            chaos("testbed", "down", "--dir", str(directory))
-        left = [node for node in nodes if running(node["pid"])]
-        for node in left:  # should `down` fail, still stop what `up` started
-            with contextlib.suppress(ValueError, ProcessLookupError):
-                if testbed.process_alive(testbed.TestbedNode.model_validate(node)):
-                    os.kill(node["pid"], signal.SIGKILL)
-    assert not left, left
 
 
 def etcd_leader(state: testbed.TestbedState) -> str:

@@ -34,6 +34,12 @@ from ratequeue.topology import Topology
 # or a target file (`ratequeue-chaos run --target`).
 DEPLOYMENT_KEY = "ratequeue_deployment"
 
+# The CTK configuration key that names where Docker faults are written down while in force (as
+# `ratequeue-chaos run --journal-dir`), so a `ratequeue-chaos run` or `halt` there undoes what a
+# killed CTK run left; and its default, the CLI's.
+JOURNAL_DIR_KEY = "ratequeue_journal_dir"
+DEFAULT_JOURNAL_DIR = Path("chaos-journals")
+
 # What CTK passes a python provider that takes `configuration`.
 Configuration = dict[str, Any] | None
 
@@ -104,11 +110,22 @@ def session_for(configuration: Configuration) -> Session:
         if found is None:
             if not path.exists():
                 raise TargetError(f"configuration {DEPLOYMENT_KEY}: {path} does not exist")
-            found = _SESSIONS[str(path)] = _open(load_deployment(path))
+            found = _SESSIONS[str(path)] = _open(load_deployment(path), journal_dir(configuration))
         return found
 
 
-def _open(deployment: Deployment) -> Session:
+def journal_dir(configuration: Configuration) -> Path:
+    """Where the session's Docker faults are written down; TargetError naming the key."""
+    value = (configuration or {}).get(JOURNAL_DIR_KEY, str(DEFAULT_JOURNAL_DIR))
+    if not isinstance(value, str) or not value:
+        raise TargetError(
+            f"configuration {JOURNAL_DIR_KEY}: expected the path of a journal directory, "
+            f"not {value!r}"
+        )
+    return Path(value)
+
+
+def _open(deployment: Deployment, journals: Path) -> Session:
     http = httpx.Client(timeout=5)
     stop = threading.Event()
     rng = random.Random()
@@ -120,7 +137,9 @@ def _open(deployment: Deployment) -> Session:
     controllers = ControllerAnswers(deployment, http, say)
     return Session(
         deployment=deployment,
-        faults=FaultPhase(deployment, controllers, rng=rng, stop=stop, say=say),
+        faults=FaultPhase(
+            deployment, controllers, rng=rng, stop=stop, say=say, journal_dir=journals
+        ),
         probes=SteadyStateProbes(deployment, http, stop, say),
         http=http,
         rng=rng,

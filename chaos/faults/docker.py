@@ -10,9 +10,12 @@ Actions and their rollbacks:
 - `pause` (freezer cgroup: the process stops answering, its sockets stay open): undo unpauses.
 - `resume`, `start`: the plain inverse actions, no undo.
 - `stop`: `container.stop(timeout=)` (SIGTERM, then SIGKILL after `timeout` s): undo starts it.
-- `blackhole`: disconnects the container from every network it is on (or only `network=`),
-  undo reconnects it with its aliases (and its old address on user-defined networks, when the
-  engine accepts that). Host-network containers (how this project runs Redis) share the host's
+- `blackhole`: disconnects the container from every network it is on (or only `network=`; or, when
+  the target has a `peer_host` and the container is on several networks, only the network where it
+  has that address: its peer path, as on staging, so clients still reach it; a cut wider than the
+  peer path says why in the fault's `note`, which the journal shows), undo reconnects it with its
+  aliases and its old address (refused, with a FaultError, when the address is taken meanwhile; a
+  new one only where the engine picks every address). Host-network containers share the host's
   network stack, so there is nothing to disconnect: blackhole is refused with a FaultError that
   points to the local backend's iptables blackhole, which cuts a port on loopback.
 - `cpu`: `exec`s a shell in the container (and waits for it) that starts `cores` busy loops
@@ -23,8 +26,11 @@ Actions and their rollbacks:
   saying why. Undo kills them (and so their `sh` loops) through that file. The load is on
   the container's host, at normal priority (the container's own CPU limit applies).
 - `latency` is not supported (use the local backend's TCP proxy).
-`seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that
-long from a timer thread; an earlier `rollback()` cancels the timer.
+`seconds=` on pause/stop (and on the others that have an undo) rolls the fault back after that long
+from a timer thread; an earlier `rollback()` cancels the timer. With `pending=` (the runner passes
+its journal directory's file), every fault with an undo is written down before it is applied and
+struck off when it is rolled back, so one left by a runner that died is undone by the next
+`ratequeue-chaos run` or `ratequeue-chaos halt` (`chaos.faults.docker_leftovers`).
 
 Every engine or container problem (engine unreachable, container missing, API error) surfaces as
 a FaultError naming the container and the cause.
@@ -41,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker
 import docker.errors
@@ -56,6 +62,13 @@ from chaos.faults.base import (
     check_cores,
     check_length,
     whole_seconds,
+)
+from chaos.faults.docker_leftovers import (
+    FaultIntent,
+    PendingDockerFaults,
+    cpu_loops_killer,
+    reconnect,
+    undo_on_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +140,17 @@ def engine_unavailable_reason(base_url: str | None = None, timeout: float = 5.0)
     return None
 
 
+class FaultCall(NamedTuple):
+    """What an action's handler is given: the container, its target, what is being done (for
+    messages), the step's params and the fault's intent (see `FaultIntent`)."""
+
+    container: Container
+    target: NodeTarget
+    what: str
+    params: dict[str, Any]
+    intent: FaultIntent
+
+
 class DockerFaultBackend:
     """Faults on containers of one Docker engine (see the module docstring for each action)."""
 
@@ -137,6 +161,7 @@ class DockerFaultBackend:
         client: docker.DockerClient | None = None,
         *,
         base_url: str | None = None,
+        pending: PendingDockerFaults | None = None,
         stop_timeout: int = 10,
         api_timeout: float = 60.0,
         settle_timeout: float = 10.0,
@@ -147,6 +172,7 @@ class DockerFaultBackend:
         self._api_timeout = api_timeout
         self._settle_timeout = settle_timeout
         self._client_lock = threading.Lock()
+        self._pending = pending
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -222,14 +248,21 @@ class DockerFaultBackend:
             raise FaultError(f"docker backend does not support {action!r}{hint}")
         container = self._container(target)
         what = f"docker {action} on {target.name} (container {container.name})"
-        handler: Callable[[Container, NodeTarget, str, dict[str, Any]], InjectedFault] = getattr(
-            self, f"_{action}"
-        )
-        with self._engine(what):
-            fault = handler(container, target, what, params)
+        handler: Callable[[FaultCall], InjectedFault] = getattr(self, f"_{action}")
+        seconds = params.get("seconds")
+        intent = FaultIntent(self._pending, action, target, container, what,
+                             None if seconds is None else float(seconds))  # fmt: skip
+        try:
+            with self._engine(what):
+                fault = handler(FaultCall(container, target, what, params, intent))
+        except Exception:
+            # Not on an interrupt: the engine may still be applying it, so its entry stays for
+            # the next run or halt, whose undo is harmless if it never took effect.
+            intent.abandon(self.client)
+            raise
         fault.details.setdefault("container", container.name)
         fault.details.setdefault("container_id", container.id)
-        seconds = params.get("seconds")
+        intent.applied(fault)
         if seconds is not None and fault.undo is not None:
             self._schedule_rollback(fault, float(seconds))
         return fault
@@ -247,53 +280,53 @@ class DockerFaultBackend:
             action=action, target=target, backend=self.name, details=details, undo=undo
         )
 
-    def _kill(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _kill(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         signal = params.get("signal", "SIGKILL")
+        if params.get("restart"):
+            intent.write("start")
         container.kill(signal=signal)
         status = self._wait_status(container, EXITED_STATES) if signal == "SIGKILL" else None
-        undo = self._undo(what, container.id, "start") if params.get("restart") else None
+        undo = self._undo(what, intent) if params.get("restart") else None
         return self._fault("kill", target, {"signal": signal, "status": status}, undo)
 
-    def _pause(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _pause(self, call: FaultCall) -> InjectedFault:
+        container, target, what, _, intent = call
+        intent.write("unpause")
         container.pause()
-        return self._fault("pause", target, {}, self._undo(what, container.id, "unpause"))
+        return self._fault("pause", target, {}, self._undo(what, intent))
 
-    def _resume(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _resume(self, call: FaultCall) -> InjectedFault:
+        container, target, _, _, _ = call
         container.reload()
         if container.status == "paused":
             container.unpause()
         return self._fault("resume", target, {}, None)
 
-    def _stop(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _stop(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         timeout = int(params.get("timeout", self._stop_timeout))
+        # Written down first: the stop itself takes up to `timeout` seconds.
+        intent.write("start")
         container.stop(timeout=timeout)
         status = self._wait_status(container, EXITED_STATES)
-        undo = self._undo(what, container.id, "start")
+        undo = self._undo(what, intent)
         return self._fault("stop", target, {"timeout": timeout, "status": status}, undo)
 
-    def _start(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _start(self, call: FaultCall) -> InjectedFault:
+        container, target, _, _, _ = call
         container.reload()
         if container.status != "running":
             container.start()
         return self._fault("start", target, {}, None)
 
-    def _cpu(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _cpu(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         cores = check_cores(params.get("cores"))
         raw_length = params.get("length", params.get("seconds", DEFAULT_LENGTH))
         length = whole_seconds(check_length(raw_length))
         pidfile = f"/tmp/rqchaos-cpu-{uuid.uuid4().hex[:12]}.pids"
+        intent.write("kill_loops", pidfile=pidfile)
         # Synchronous, so its exit code says whether any loop runs (a detached exec has none).
         result = container.exec_run(["sh", "-c", cpu_launcher(cores, length, pidfile)])
         output = (result.output or b"").decode(errors="replace").strip()
@@ -307,15 +340,12 @@ class DockerFaultBackend:
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
                 running = self.client.containers.get(container_id)
-                running.exec_run(
-                    ["sh", "-c", f"[ -f {pidfile} ] && kill $(cat {pidfile}); rm -f {pidfile}"]
-                )
+                running.exec_run(["sh", "-c", cpu_loops_killer(pidfile)])
 
         return self._fault("cpu", target, details, undo)
 
-    def _blackhole(
-        self, container: Container, target: NodeTarget, what: str, params: dict[str, Any]
-    ) -> InjectedFault:
+    def _blackhole(self, call: FaultCall) -> InjectedFault:
+        container, target, what, params, intent = call
         container.reload()
         mode = container.attrs.get("HostConfig", {}).get("NetworkMode") or "default"
         if mode in _SHARED_NETWORK_MODES or mode.startswith("container:"):
@@ -329,6 +359,21 @@ class DockerFaultBackend:
             container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         )
         wanted = params.get("network")
+        note = None
+        if wanted is None and target.peer_host and len(attached) > 1:
+            # A node on a client and a peer network (staging): cut only its peer path, as the
+            # local blackhole does, so clients still reach it.
+            wanted = next(
+                (name for name, s in attached.items() if s.get("IPAddress") == target.peer_host),
+                None,
+            )
+            if wanted is None:
+                note = (
+                    f"no network of the container has its peer address {target.peer_host}: "
+                    f"every network cut ({', '.join(sorted(attached))}), its clients' too"
+                )
+        elif wanted is None and target.peer_host:
+            note = "the container is on one network only: its clients are cut off too"
         if wanted is not None:
             if wanted not in attached:
                 raise FaultError(
@@ -338,6 +383,7 @@ class DockerFaultBackend:
             attached = {wanted: attached[wanted]}
         if not attached:
             raise FaultError(f"{what}: container is on no network; nothing to disconnect")
+        intent.write("reconnect", networks=[(name, _endpoint(s)) for name, s in attached.items()])
         disconnected: list[tuple[str, dict[str, Any]]] = []
         try:
             for network_name, settings in attached.items():
@@ -345,57 +391,33 @@ class DockerFaultBackend:
                 disconnected.append((network_name, settings))
         except Exception:
             # Leave nothing half-done: put back what was already cut, then report.
-            self._reconnect(container.id, disconnected)
+            reconnect(self.client, container.id, disconnected)
             raise
-        details = {
+        details: dict[str, Any] = {
             "networks": {name: s.get("IPAddress") or None for name, s in disconnected},
         }
+        if note is not None:
+            details["note"] = note
 
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
-                self._reconnect(container.id, disconnected)
+                details["reconnected"] = reconnect(self.client, container.id, disconnected)
 
         return self._fault("blackhole", target, details, undo)
 
     # -- rollbacks --------------------------------------------------------------------------
 
-    def _undo(self, what: str, container_id: str, method: str) -> Callable[[], None]:
+    def _undo(self, what: str, intent: FaultIntent) -> Callable[[], None]:
+        """The rollback of a fault written down by `intent`: what a later run would do with its
+        entry (`undo_on_engine`), so it brings back only what the fault changed."""
+        entry = intent.entry
+        assert entry is not None, "a fault's intent is written before it is applied"
+
         def undo() -> None:
             with self._engine(f"rollback of {what}"):
-                container = self.client.containers.get(container_id)
-                if method == "unpause":
-                    if container.status == "paused":
-                        container.unpause()
-                elif method == "start":
-                    if container.status != "running":
-                        container.start()
-                else:  # pragma: no cover - programming error
-                    raise ValueError(method)
+                undo_on_engine(self.client, entry)
 
         return undo
-
-    def _reconnect(self, container_id: str, networks: list[tuple[str, dict[str, Any]]]) -> None:
-        for network_name, settings in networks:
-            network = self.client.networks.get(network_name)
-            network.reload()
-            if any(c.id == container_id for c in network.containers):
-                continue  # already back (rollback twice, or never fully cut)
-            aliases = [a for a in settings.get("Aliases") or [] if not container_id.startswith(a)]
-            options: dict[str, Any] = {"aliases": aliases or None}
-            links = settings.get("Links")
-            if links:
-                options["links"] = links
-            address = settings.get("IPAddress")
-            if address and network_name != "bridge":
-                # Keep the old address where the engine allows a chosen one (user-defined
-                # networks with a configured subnet); otherwise take any.
-                try:
-                    network.connect(container_id, ipv4_address=address, **options)
-                    continue
-                except docker.errors.APIError as error:
-                    log.info("reconnect %s to %s without its old address: %s",
-                             container_id[:12], network_name, _explain(error))  # fmt: skip
-            network.connect(container_id, **options)
 
     def _schedule_rollback(self, fault: InjectedFault, seconds: float) -> None:
         def fire() -> None:
@@ -418,6 +440,11 @@ class DockerFaultBackend:
         fault.undo = undo
         fault.details["rollback_after_s"] = seconds
         timer.start()
+
+
+def _endpoint(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a reconnect needs of a network endpoint's settings (JSON-safe)."""
+    return {key: settings.get(key) for key in ("Aliases", "Links", "IPAddress")}
 
 
 def _explain(error: docker.errors.APIError | docker.errors.NotFound) -> str:

@@ -2,9 +2,10 @@
 `common.etcd_client`, with the key layout of `etcd_keys`:
 
 - every TTL is a lease of its own, granted with the key (etcd counts whole seconds, at least
-  one: a shorter TTL lasts a second), except the event bindings' (30 days): those written within
-  the same hour share one lease (`_SharedLease`), so a busy controller does not keep a
-  30-day lease alive per event;
+  one: a shorter TTL lasts a second), except the event bindings' and finished workflows' (30
+  days): those written within the same hour share one lease (`_SharedLease`), so a busy
+  controller does not keep a 30-day lease alive per event; a finished workflow's record and
+  history entries are put under its lease, so they expire as on the Redis store;
 - every "only if" is one transaction: create-if-absent compares the key's version with 0,
   renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
   also compares the record's version, so two saves cannot interleave;
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -63,16 +65,24 @@ from common.etcd_client import (
 )
 from detection.events import Event
 from lazarus_lite.coordination import etcd_keys as keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, WindowKind
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    SENSOR_HEARTBEAT_RETENTION,
+    HeldLock,
+    WindowKind,
+)
 from lazarus_lite.coordination.redis_backend import (
     APPROVAL_SECONDS,
     APPROVED,
     EVENT_WORKFLOW_SECONDS,
+    WORKFLOW_RETENTION_SECONDS,
     RedisRecordLog,
 )
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.etcd_topology import EtcdTopologyStore
+
+log = logging.getLogger(__name__)
 
 # Rounds of "lost a race or an answer, read and try again" before giving up as unreachable: a
 # round is lost only to another writer of the same key, so a handful is plenty.
@@ -83,6 +93,8 @@ BINDING_BUCKET = 3600.0
 # Keys whose lease a store remembers for `_Writes.refresh` (a few locks and owner leases are
 # live at once; more means finished work nobody released).
 _KEPT_AT_MOST = 1024
+# Below etcd's default limit of 128 operations in one transaction.
+_HISTORY_PUTS_PER_TXN = 100
 T = TypeVar("T")
 
 
@@ -369,6 +381,8 @@ class EtcdWorkflowRecords:
         self._writes = writes
         self._client = writes.client
         self._bindings = _SharedLease(writes.client, EVENT_WORKFLOW_SECONDS, BINDING_BUCKET)
+        # Finished workflows' records and histories expire with this lease (one an hour).
+        self._finished = _SharedLease(writes.client, WORKFLOW_RETENTION_SECONDS, BINDING_BUCKET)
         self._saved_versions: dict[str, int] = {}  # running workflows' records we saved last
 
     async def save(
@@ -391,7 +405,10 @@ class EtcdWorkflowRecords:
         # The version our last save left: the compare checks it, so the read that would learn
         # it is only needed when another writer (or none of ours) came first.
         guess = self._saved_versions.pop(record.id, None)
+        running = record.status == "running"
         for _ in range(_MAX_ROUNDS):
+            # A finished workflow's record is put under the retention lease: it expires then.
+            lease = 0 if running else await self._finished.id()
             if guess is not None:
                 version, guess = guess, None
             else:
@@ -406,28 +423,51 @@ class EtcdWorkflowRecords:
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
-            operations: list[Operation] = [Put(key=record_key, value=document)]
+            operations: list[Operation] = [Put(key=record_key, value=document, lease=lease)]
             if entry is not None:
                 line = json.dumps({"at": time.time(), **entry}, default=str).encode()
                 number = f"{version + 1:012d}"
-                operations.append(Put(key=keys.workflow_history(record.id) + number, value=line))
-            running = record.status == "running"
+                history_key = keys.workflow_history(record.id) + number
+                operations.append(Put(key=history_key, value=line, lease=lease))
             operations.append(Put(key=active, value=b"1") if running else Delete(key=active))
             try:
                 result = await self._client.txn(guard, operations, check=False)
+            except EtcdLeaseNotFound:
+                self._finished.forget(lease)
+                continue
             except EtcdOutcomeUnknown:
                 answer_lost_at.add(version)
                 after = await self._client.get(record_key)
                 if after is not None and after.version == version + 1 and after.value == document:
                     self._remember(record, version + 1)
+                    await self._expire_history(record.id, lease)
                     return
                 continue  # not applied, or someone saved since: the guard decides again
             if result.succeeded:
                 self._remember(record, version + 1)
+                await self._expire_history(record.id, lease)
                 return
             if owner is not None and await self.owner(record.id) != owner:
                 raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
         raise EtcdUnreachable(f"workflow {record.id}: not saved in {_MAX_ROUNDS} rounds")
+
+    async def _expire_history(self, workflow_id: str, lease: int) -> None:
+        """Put a finished workflow's earlier history entries under its record's retention lease
+        (same values), a few at a time: a finished workflow is not saved again, so they are
+        final. Best effort: an entry left without the lease outlives the retention, no more."""
+        if not lease:
+            return
+        try:
+            found = await self._client.get_prefix(keys.workflow_history(workflow_id))
+            pending = [kv for kv in found.kvs if kv.lease != lease]
+            for start in range(0, len(pending), _HISTORY_PUTS_PER_TXN):
+                chunk = pending[start : start + _HISTORY_PUTS_PER_TXN]
+                operations: list[Operation] = [
+                    Put(key=kv.key, value=kv.value, lease=lease) for kv in chunk
+                ]
+                await self._client.txn([], operations, check=False)
+        except (EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable) as error:
+            log.warning("workflow %s: history kept without expiry: %s", workflow_id, error)
 
     def _remember(self, record: WorkflowRecord, version: int) -> None:
         """The version our save left, while the workflow runs (a finished one is not saved
@@ -634,9 +674,13 @@ class EtcdSensorRegistry:
         heartbeats = []
         for kv in (await self._client.get_prefix(keys.SENSORS)).kvs:
             try:
-                heartbeats.append(Event.model_validate_json(kv.value))
+                heartbeat = Event.model_validate_json(kv.value)
             except ValueError:
                 continue  # one unreadable heartbeat does not hide the others
+            if heartbeat.age_seconds() > SENSOR_HEARTBEAT_RETENTION:
+                await self._writes.delete(kv.key)
+            else:
+                heartbeats.append(heartbeat)
         return heartbeats
 
 

@@ -185,15 +185,22 @@ class SafetyFlags(Protocol):
         ...
 
 
+# A heartbeat older than this is forgotten when the heartbeats are read: its sensor is gone (a
+# replaced replica's: each replacement's sensor has a new name), and keeping it would grow the
+# registry by one heartbeat every failover. A listed replica's silent sensor is reported minutes in.
+SENSOR_HEARTBEAT_RETENTION = 24 * 3600.0
+
+
 class SensorRegistry(Protocol):
-    """Each sensor's last heartbeat."""
+    """Each sensor's last heartbeat (for `SENSOR_HEARTBEAT_RETENTION`)."""
 
     async def record_heartbeat(self, event: Event) -> None: ...
 
     async def heartbeat(self, sensor: str) -> Event | None: ...
 
     async def heartbeats(self) -> list[Event]:
-        """Every sensor's last heartbeat (unreadable ones skipped)."""
+        """Every sensor's last heartbeat (unreadable ones skipped); heartbeats older than
+        `SENSOR_HEARTBEAT_RETENTION` are removed instead."""
         ...
 
 

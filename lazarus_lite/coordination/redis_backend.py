@@ -20,7 +20,12 @@ from redis.exceptions import RedisError
 
 from detection.events import Event
 from lazarus_lite.coordination import redis_keys as keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, WindowKind
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    SENSOR_HEARTBEAT_RETENTION,
+    HeldLock,
+    WindowKind,
+)
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import TopologyStore
@@ -29,6 +34,9 @@ from ratequeue.write_failures import FailureRun, read_write_failures
 EVENT_WORKFLOW_SECONDS = 30 * 24 * 3600
 APPROVAL_SECONDS = 7 * 24 * 3600
 AUDIT_RETENTION_SECONDS = 30 * 24 * 3600
+# A finished workflow's record and history are kept this long after its last save, then expire:
+# weeks of scheduled chaos runs (a failover each) would otherwise keep every one forever.
+WORKFLOW_RETENTION_SECONDS = 30 * 24 * 3600
 APPROVED = b"approved"
 
 # Take the lock if free (or already ours); returns the token held.
@@ -70,13 +78,19 @@ return 0
 """
 
 # Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
-# owner's record.
+# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[6] ms.
 _SAVE_WORKFLOW = """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[5])
-else redis.call('SREM', KEYS[3], ARGV[5]) end
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[5])
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 return 1
 """
 
@@ -146,6 +160,7 @@ class RedisWorkflowRecords:
                 "1" if record.status == "running" else "0",
                 owner or "",
                 record.id,
+                WORKFLOW_RETENTION_SECONDS * 1000,
             ],
         )
         if not int(written):
@@ -295,11 +310,15 @@ class RedisSensorRegistry:
 
     async def heartbeats(self) -> list[Event]:
         heartbeats = []
-        for value in (await self._control.hgetall(keys.SENSORS)).values():
+        for sensor, value in (await self._control.hgetall(keys.SENSORS)).items():
             try:
-                heartbeats.append(Event.model_validate_json(value))
+                heartbeat = Event.model_validate_json(value)
             except ValueError:
                 continue  # one unreadable heartbeat does not hide the others
+            if heartbeat.age_seconds() > SENSOR_HEARTBEAT_RETENTION:
+                await self._control.hdel(keys.SENSORS, sensor)
+            else:
+                heartbeats.append(heartbeat)
         return heartbeats
 
 
@@ -391,6 +410,10 @@ class RedisRecordLog:
         async with self._control.pipeline(transaction=True) as pipe:
             pipe.set(keys.audit_record(event_id), record_json, ex=AUDIT_RETENTION_SECONDS)
             pipe.zadd(keys.AUDIT_INDEX, {event_id: received_at})
+            # The index keeps what the records keep: entries a retention older than this one
+            # go, as their records have.
+            oldest_kept = received_at - AUDIT_RETENTION_SECONDS
+            pipe.zremrangebyscore(keys.AUDIT_INDEX, "-inf", f"({oldest_kept}")
             await pipe.execute()
 
     async def audit(self, event_id: str) -> str | None:

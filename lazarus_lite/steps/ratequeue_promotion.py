@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from detection.probes import QUIET_DRIVER, QUIET_PROTOCOL
 from lazarus_lite.errors import Escalate
 from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
 from lazarus_lite.workflow.registry import step
@@ -35,6 +36,9 @@ from ratequeue.membership import ReplicaPosition
 from ratequeue.topology import HeldNode, Lineage, NodeRef, Shard, Topology, TopologySource
 
 FORENSICS_POLICIES = ("demote", "stop")
+# How long the repoint waits for the new primary to count its replicas before the topology is
+# published anyway (a replica that died meanwhile: the shard is short until it is replaced).
+WRITABLE_WAIT_SECONDS = 0.5
 
 # The workflow step names whose outputs later steps read (`ratequeue_failover.yaml` uses them;
 # the load-time check refuses a copy that renames one).
@@ -119,6 +123,11 @@ class CandidatePromoted(StepOutput):
 class ReplicasRepointed(StepOutput):
     replicas: list[str]
     lost: list[str]
+    good_replicas: int | None = Field(
+        None,
+        description="replicas the new primary counted for its write quorum once they were "
+        "repointed (it accepts writes from `replicas_required_after_promotion` on)",
+    )
 
 
 class TopologyPublished(StepOutput):
@@ -158,6 +167,9 @@ async def connect(node: NodeRef, timeout: float = 1.0) -> AsyncIterator[aioredis
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        # No greeting round trips on the failover's path (`detection.probes.QUIET_DRIVER`).
+        driver_info=QUIET_DRIVER,
+        protocol=QUIET_PROTOCOL,
     )
     try:
         yield connection
@@ -305,6 +317,19 @@ async def promote_candidate(ctx: StepContext) -> CandidatePromoted:
     )
 
 
+async def good_replicas_of(candidate: NodeRef, required: int) -> int | None:
+    """How many replicas the new primary counts once `required` are there, or after at most
+    about WRITABLE_WAIT_SECONDS; None if it did not answer (publishing goes on regardless: the
+    topology must name the new primary). The whole wait, connecting included, is bounded, so a
+    stalled candidate holds the publication no longer than the write quorum would have."""
+    bound = WRITABLE_WAIT_SECONDS + 0.1
+    try:
+        async with asyncio.timeout(bound), connect(candidate, bound) as conn:
+            return await membership.writable_with(conn, required, WRITABLE_WAIT_SECONDS)
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
 @step(
     "ratequeue.repoint_replicas",
     output=ReplicasRepointed,
@@ -335,7 +360,11 @@ async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
 
     repointed = [n for n in await asyncio.gather(*(repoint(o) for o in others)) if n]
     lost = [o.name for o in others if o.name not in repointed]
-    return ReplicasRepointed(replicas=repointed, lost=lost)
+    # Published only once the new primary accepts writes: clients that learn of it at once
+    # then write at once, instead of meeting NOREPLICAS and backing off (up to a second).
+    required = replicas_required_after_promotion(ctx)
+    good = await good_replicas_of(candidate, required) if repointed and required > 0 else None
+    return ReplicasRepointed(replicas=repointed, lost=lost, good_replicas=good)
 
 
 async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10) -> Topology:
@@ -431,6 +460,18 @@ async def publish_topology(ctx: StepContext) -> TopologyPublished:
     )
 
 
+def replicas_wanted(asked: int | None, shard: Shard, replicas_at_fence: int) -> int:
+    """How many replicas a failover brings the shard back to: what the workflow was asked for,
+    else the shard's own target (recorded when it was created), else as many as it had when the
+    old primary was fenced (a map written before targets were recorded). Not the count at the
+    fence when a target is known: a shard already a replica short would stay short for good."""
+    if asked is not None:
+        return asked
+    if shard.replica_target is not None:
+        return shard.replica_target
+    return replicas_at_fence
+
+
 @step(
     "ratequeue.provision_replacement",
     output=ReplacementProvisioned,
@@ -446,9 +487,10 @@ async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
         return ReplacementProvisioned(skipped="no actuator configured")
     inputs = ctx.inputs_as(ShardFailoverInputs)
     shard_id = inputs.shard
-    target = inputs.target_replicas or ctx.output_of(FENCE_OLD_PRIMARY, FenceResult).replica_count
     topology = await load_topology(ctx)
     shard = topology.shard(shard_id)
+    fenced = ctx.output_of(FENCE_OLD_PRIMARY, FenceResult)
+    target = replicas_wanted(inputs.target_replicas, shard, fenced.replica_count)
     name = f"{shard_id}-replica-e{shard.epoch}"
     listed = any(r.name == name for r in shard.replicas)
     if not listed and len(shard.replicas) >= target:

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from chaos.ctk import actions, probes
-from chaos.ctk.session import forget_sessions
-from chaos.errors import RunAborted
+from chaos.ctk.session import DEFAULT_JOURNAL_DIR, forget_sessions, session_for
+from chaos.errors import RunAborted, TargetError
 from ratequeue.local_cluster import LocalCluster
 
 
@@ -30,7 +30,8 @@ def configuration(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, s
     target = tmp_path / "target.json"
     target.write_text(json.dumps({"name": "ctk-test", "api": "http://127.0.0.1:9",
                                   "control": cluster.control.url, "nodes": nodes}))  # fmt: skip
-    configuration = {"ratequeue_deployment": str(target)}
+    configuration = {"ratequeue_deployment": str(target),
+                     "ratequeue_journal_dir": str(tmp_path / "journals")}  # fmt: skip
     yield configuration
     try:
         actions.roll_back_all(configuration=configuration)
@@ -74,3 +75,24 @@ def test_recovery_seconds_without_a_running_load_fails_rather_than_return_a_valu
 ) -> None:
     with pytest.raises(RunAborted, match="no load is running"):
         probes.recovery_seconds(timeout=1, configuration=configuration)
+
+
+def test_the_session_writes_its_docker_faults_down_in_the_configured_journal_directory(
+    configuration: dict[str, str], tmp_path: Path
+) -> None:
+    assert session_for(configuration).faults.journal_dir == tmp_path / "journals"
+
+
+def test_without_a_journal_directory_the_session_uses_the_clis_default(
+    configuration: dict[str, str],
+) -> None:
+    del configuration["ratequeue_journal_dir"]
+    assert session_for(configuration).faults.journal_dir == DEFAULT_JOURNAL_DIR
+
+
+def test_a_journal_directory_that_is_not_a_path_is_refused_naming_the_key(
+    configuration: dict[str, str],
+) -> None:
+    refused = {**configuration, "ratequeue_journal_dir": 7}
+    with pytest.raises(TargetError, match="ratequeue_journal_dir: expected the path"):
+        session_for(refused)

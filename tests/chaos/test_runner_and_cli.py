@@ -99,7 +99,9 @@ def test_a_dry_run_without_a_target_starts_no_testbed(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "kill primary" in result.output.replace("\n", " ")
     started = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()} - before
-    assert not any(b"redis-server" in _cmdline(pid) for pid in started)
+    # Only this process's descendants: other sessions on the machine start redis-servers too.
+    ours = [pid for pid in started if _descends_from(pid, os.getpid())]
+    assert not any(b"redis-server" in _cmdline(pid) for pid in ours)
 
 
 def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> None:
@@ -241,6 +243,20 @@ def test_a_testbed_node_whose_pid_only_names_its_program_among_arguments_is_not_
     finally:
         os.killpg(decoy.pid, signal.SIGKILL)
         decoy.wait(timeout=10)
+
+
+def _descends_from(pid: str, ancestor: int) -> bool:
+    """Is process `pid` (still alive) a descendant of `ancestor`?"""
+    current = pid
+    while current not in ("0", "1"):
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except OSError:
+            return False
+        current = stat.rpartition(")")[2].split()[1]  # the field after the state: the ppid
+        if current == str(ancestor):
+            return True
+    return False
 
 
 def _cmdline(pid: str) -> bytes:

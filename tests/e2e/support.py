@@ -7,15 +7,18 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import redis
 
-from chaos.testbed import TestbedNode, TestbedState
+from chaos.processes import running
+from chaos.testbed import TestbedNode, TestbedState, process_alive
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import start_node
@@ -27,6 +30,38 @@ T = TypeVar("T")
 # Load small enough for 2 cores, large enough that a failover happens mid-stream.
 LOAD = {"numbers": 40, "enqueue_per_second": 40, "producers": 4, "consumers": 2,
         "lease_seconds": 5, "give_up_after": 30}  # fmt: skip
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def chaos_command(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """`python -m chaos ARGS` in a fresh interpreter, from the repository."""
+    return subprocess.run([sys.executable, "-m", "chaos", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+@contextlib.contextmanager
+def cli_testbed(directory: Path, *up_args: str) -> Iterator[TestbedState]:
+    """`ratequeue-chaos testbed up --dir DIRECTORY UP_ARGS` for a `with` block, then `down`;
+    fails if any process `up` started is still running after it (and stops it regardless)."""
+    state_file = directory / "testbed.json"
+    nodes: list[TestbedNode] = []
+    try:
+        up = chaos_command("testbed", "up", "--dir", str(directory), *up_args)
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = TestbedState.model_validate_json(state_file.read_text())
+        nodes = list(state.nodes)
+        yield state
+    finally:
+        if state_file.exists():
+            chaos_command("testbed", "down", "--dir", str(directory))
+        left = [node for node in nodes if running(node.pid)]
+        for node in left:  # should `down` fail, still stop what `up` started
+            with contextlib.suppress(ProcessLookupError):
+                if process_alive(node):
+                    os.kill(node.pid, signal.SIGKILL)
+    assert not left, [node.name for node in left]
 
 
 def topology(state: TestbedState) -> Topology:

@@ -34,6 +34,7 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.scripts import entry_id, queue_key, state_key
 from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology, TopologyStore
 from tests.prometheus_samples import metric_samples
 
@@ -172,15 +173,14 @@ def node_of(cluster: LocalCluster, name: str) -> ShardNode:
 
 def held_ids(primary: ShardNode) -> Counter[str]:
     """Every message the node holds, leased or waiting, counted by id: the copies a consumer
-    would get. Read from the stored records, so nothing needs to be due."""
+    would get. Read from the stored queues and leases (layout 2), so nothing needs to be due."""
     with primary.client() as conn:
         copies: Counter[str] = Counter()
-        for key in conn.hkeys("rq:msg"):
-            copies[key.decode().split("/", 1)[1]] += 1
-        for queue in conn.scan_iter("rq:q:*"):
-            queued = Counter(i.decode() for i in conn.lrange(queue, 0, -1))
-            # An id queued twice in one number's list would be sent twice.
-            copies.update({i: n - 1 for i, n in queued.items() if n > 1})
+        for queue in conn.scan_iter(queue_key("*")):
+            copies.update(entry_id(entry) for entry in conn.lrange(queue, 0, -1))
+        for state in conn.scan_iter(state_key("*")):
+            leased = [v for f, v in conn.hgetall(state).items() if f.isdigit()]
+            copies.update(entry_id(entry) for entry in leased)
         return copies
 
 

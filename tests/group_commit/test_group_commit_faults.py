@@ -31,6 +31,7 @@ from common.redis_processes import RedisProcess, start_redis
 from ratequeue.coalescing import MAX_IN_FLIGHT, MAX_PENDING
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.scripts import COUNT_KEY
 from ratequeue.topology import TOPOLOGY_KEY
 from tests.conftest import ServedApi
 from tests.group_commit.support import (
@@ -125,7 +126,7 @@ def kill(node: ShardNode) -> None:
 
 def holds(node: ShardNode, count: int) -> bool:
     with node.client() as conn:
-        return conn.hlen("rq:msg") >= count
+        return int(conn.get(COUNT_KEY) or 0) >= count
 
 
 def primary_of(cluster: LocalCluster) -> ShardNode:

@@ -9,7 +9,9 @@ Not for: the workflow that calls the actuator (tests/test_failover_e2e.py) or th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -18,6 +20,7 @@ from docker.models.networks import Network
 
 from chaos.faults.docker import engine_unavailable_reason
 from lazarus_lite.docker_actuator import (
+    LABEL_ADDRESS,
     LABEL_DEPLOYMENT,
     LABEL_NAME,
     LABEL_ROLE,
@@ -26,7 +29,9 @@ from lazarus_lite.docker_actuator import (
     DockerActuatorSettings,
 )
 from lazarus_lite.errors import ActuatorError
+from lazarus_lite.forensics import copy_data_files
 from ratequeue import membership
+from ratequeue.topology import HeldNode
 from tests.docker_deployment import Deployment, deployment
 
 _UNAVAILABLE = engine_unavailable_reason()
@@ -142,3 +147,47 @@ def test_a_replica_left_on_one_network_by_an_interrupted_step_is_completed_on_re
     networks = replica.attrs["NetworkSettings"]["Networks"]
     assert set(networks) == {staged.client_network, staged.peer_network}
     assert replication_of(node.host, node.port)["role"] == "slave"
+
+
+@needs_engine
+def test_a_forensics_copy_of_a_container_is_taken_through_the_engine(
+    staged: Deployment, tmp_path: Path
+) -> None:
+    node = asyncio.run(staged.actuator.provision_replica("s0", "s0-replica-e2"))
+    with redis.Redis(host=node.peer_host, port=node.port, socket_timeout=2) as conn:
+        # Writable for a moment, so it holds something to copy (parked, it refuses writes).
+        conn.execute_command("REPLICAOF", "NO", "ONE")
+        conn.config_set("min-replicas-to-write", 0)
+        conn.set("held-for-forensics", "yes")
+    held = HeldNode.of(node, time.time())
+
+    copy = asyncio.run(copy_data_files(held, "s0", tmp_path, copier=staged.actuator))
+
+    assert copy.parent == tmp_path / "s0"
+    rdb = copy / "dump.rdb"
+    assert rdb.is_file() and b"held-for-forensics" in rdb.read_bytes()
+    assert any((copy / "appendonlydir").iterdir())  # the AOF came too
+
+
+@needs_engine
+def test_a_forensics_copy_of_a_node_with_no_container_fails_naming_it(
+    staged: Deployment, tmp_path: Path
+) -> None:
+    with pytest.raises(ActuatorError, match="no container of s0-ghost"):
+        staged.actuator.copy_data_out("s0-ghost", Path("/data"), ["dump.rdb"], tmp_path / "c")
+
+
+@needs_engine
+def test_a_disconnected_replica_keeps_its_address_from_a_newcomer(staged: Deployment) -> None:
+    first = staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+    [container] = [c for c in staged.actuator.started("s0-replica-e2")
+                   if c.labels[LABEL_ROLE] == "replica"]  # fmt: skip
+    # A partition fault disconnects it: the engine frees its peer address.
+    staged.client.networks.get(staged.peer_network).disconnect(container, force=True)
+
+    second = staged.actuator.provision_replica_now("s0", "s0-replica-e3")
+
+    assert second.peer_host != first.peer_host
+    assert container.labels[LABEL_ADDRESS + staged.peer_network] == first.peer_host
+    # ...so it can come back where the topology says it is.
+    staged.client.networks.get(staged.peer_network).connect(container, ipv4_address=first.peer_host)

@@ -5,6 +5,7 @@ dead stays held; what is held, and the copies, stay within their bound (a count 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from common.redis_processes import free_port
 from lazarus_lite import shard_keeper
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
-from lazarus_lite.errors import LockBusy
+from lazarus_lite.errors import ActuatorError, ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import ForensicsRules, copy_data_files
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import fence_node
@@ -369,3 +370,54 @@ def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
     (copy,) = copies(tmp_path / "forensics")
     assert copy.name.startswith(f"{old}@") and (copy / "dump.rdb").stat().st_size > 0
     assert list((tmp_path / "forensics" / ".incoming").iterdir()) == []
+
+
+class HalfwayCopier:
+    """A `DataCopier` (as the Docker actuator is) that writes the first file it is asked for and
+    then fails as the engine would; it records where it was asked to write."""
+
+    def __init__(self) -> None:
+        self.into: list[Path] = []
+
+    def copy_data_out(self, node: str, data_dir: Path, names: list[str], into: Path) -> None:
+        self.into.append(into)
+        into.mkdir(parents=True)
+        (into / names[0]).write_bytes((data_dir / names[0]).read_bytes())
+        raise ActuatorError(f"docker actuator: the engine went away copying {node}")
+
+
+def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into_place(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = topology_of(cluster).shard("s0").primary
+    written: list[Path] = []
+
+    class LocalCopier:
+        def copy_data_out(self, node: str, data_dir: Path, names: list[str], into: Path) -> None:
+            written.append(into)
+            into.mkdir(parents=True)
+            for name in names:
+                copy = shutil.copytree if (data_dir / name).is_dir() else shutil.copy2
+                copy(data_dir / name, into / name)
+
+    held = HeldNode.of(primary, time.time())
+    copy = asyncio.run(copy_data_files(held, "s0", tmp_path, copier=LocalCopier()))
+
+    assert [w.parent for w in written] == [tmp_path / ".incoming"]
+    assert copies(tmp_path) == [copy] and (copy / "dump.rdb").stat().st_size > 0
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_a_data_copier_that_fails_halfway_leaves_no_copy_and_a_clean_incoming(
+    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    held = HeldNode.of(topology_of(cluster).shard("s0").primary, time.time())
+    copier = HalfwayCopier()
+
+    with pytest.raises(ForensicsCopyFailed, match="engine went away"):
+        asyncio.run(copy_data_files(held, "s0", tmp_path, copier=copier))
+
+    assert [into.parent for into in copier.into] == [tmp_path / ".incoming"]
+    assert copies(tmp_path) == [] and list((tmp_path / ".incoming").iterdir()) == []

@@ -14,7 +14,8 @@ import pytest
 
 from chaos.errors import FaultError
 from chaos.faults.base import CPU_MAX_CORES, NodeTarget, check_cores, check_length
-from chaos.faults.docker import DockerFaultBackend, cpu_launcher
+from chaos.faults.docker import DockerFaultBackend, FaultCall, cpu_launcher
+from chaos.faults.docker_leftovers import FaultIntent
 from chaos.faults.gremlin import GremlinFaultBackend
 
 PRIMARY = NodeTarget(name="s0-primary", role="primary", port=7000)
@@ -50,6 +51,7 @@ class ExecOnly:
 
     id = "c0ffee"
     name = "redis-0"
+    status = "running"
 
     def __init__(self, exit_code: int, output: bytes) -> None:
         self.result = SimpleNamespace(exit_code=exit_code, output=output)
@@ -63,7 +65,9 @@ class ExecOnly:
 
 def docker_cpu(container: ExecOnly, **params: Any) -> Any:
     backend = DockerFaultBackend(client=object())  # type: ignore[arg-type]
-    return backend._cpu(container, PRIMARY, "docker cpu on s0-primary", params)  # type: ignore[arg-type]
+    what = "docker cpu on s0-primary"
+    unrecorded = FaultIntent(None, "cpu", PRIMARY, container, what, None)  # type: ignore[arg-type]
+    return backend._cpu(FaultCall(container, PRIMARY, what, params, unrecorded))  # type: ignore[arg-type]
 
 
 def test_docker_cpu_waits_for_its_launcher_and_rounds_the_length_up() -> None:

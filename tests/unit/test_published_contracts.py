@@ -79,3 +79,22 @@ def test_every_declared_error_is_the_services_json_envelope(build: Any, tmp_path
         for status, answer in operation["responses"].items():
             if status.startswith("4"):
                 assert set(answer["content"]) == {"application/json"}, (method, path, status)
+
+
+def test_the_dequeue_answer_requires_each_messages_lease_time_as_a_date_time(
+    tmp_path: Path,
+) -> None:
+    spec = queue_app(tmp_path).openapi()
+    answer = spec["paths"]["/v1/messages:dequeue"]["post"]["responses"]["200"]
+    dequeued = _resolve(spec, answer["content"]["application/json"]["schema"])
+    leased = _resolve(spec, dequeued["properties"]["messages"]["items"])
+    assert leased["properties"]["leased_at"] == {
+        "type": "string", "format": "date-time", "title": "Leased At"
+    }  # fmt: skip
+    assert {"id", "number", "body", "receipt", "attempt", "leased_at"} <= set(leased["required"])
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema a `$ref` points at in the spec's components (or `schema` itself)."""
+    ref = schema.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema

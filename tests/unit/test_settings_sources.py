@@ -83,6 +83,7 @@ ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL],
 EXAMPLES: dict[str, str | list[str]] = {
     "control_url": "redis://127.0.0.1:7/1",
     "etcd_endpoints": "http://127.0.0.1:2381",
+    "sentinels": "127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381",
     "replica": "127.0.0.2:7002",
     "peers": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"],
     "api_token": "another-token-of-sixteen",
@@ -327,6 +328,22 @@ def test_etcd_without_endpoints_is_refused_naming_the_setting_and_how_to_give_it
     option = service_named(service).option("etcd_endpoints")
     assert code == 2, output
     assert f"setting 'etcd_endpoints' ({option.flag} or {option.env}): required" in output
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [(["--topology-backend", "sentinel"],
+      "setting 'sentinels' (--sentinels or RATEQUEUE_SENTINELS): required"),
+     (["--sentinels", "garbage"],  # with the redis backend: refused, not ignored
+      "setting 'sentinels' (--sentinels): 'garbage' is not host:port")],
+)  # fmt: skip
+def test_sentinels_the_api_cannot_follow_are_refused_naming_the_setting(
+    start: Start, flags: list[str], refusal: str
+) -> None:
+    outcome = start(service_named("ratequeue serve"), flags, leave="sentinels")
+    assert not isinstance(outcome, BaseModel), "started with sentinels it cannot follow"
+    code, output = outcome
+    assert code == 2 and refusal in output, output
 
 
 def test_a_local_actuator_without_its_directory_names_the_directory_setting(start: Start) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.errors import ExperimentError
-from chaos.experiments import parse_experiment
+from chaos.experiments import TestbedOverrides, parse_experiment
 
 
 def experiment(step: str, control: str | None = None) -> str:
@@ -48,6 +48,8 @@ def test_a_store_fault_that_cannot_be_run_is_refused_naming_the_field(
 
 def test_the_run_s_control_option_overrides_the_file_s_and_is_checked_with_it() -> None:
     step = "{action: kill, target: {role: etcd_member}}"
-    assert parse_experiment(experiment(step), "x", control="etcd").control == "etcd"
+    assert (
+        parse_experiment(experiment(step), "x", TestbedOverrides(control="etcd")).control == "etcd"
+    )
     with pytest.raises(ExperimentError, match="needs control: etcd"):
-        parse_experiment(experiment(step, "etcd"), "x", control="redis")
+        parse_experiment(experiment(step, "etcd"), "x", TestbedOverrides(control="redis"))

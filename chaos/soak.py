@@ -1,0 +1,436 @@
+"""The staging soak (`ratequeue-chaos soak`): bring the compose staging deployment up, run one
+experiment per cycle on a compressed schedule over kill, pause and partition of primaries and
+replicas across every shard, and after each cycle check what weeks of `ratequeue-chaos run
+--every 4h` need to hold: nothing acknowledged lost, every shard back to a primary and its full
+replica count in sync, the number of the deployment's containers within its bound, the control
+store not growing from cycle to cycle (`chaos.soak_growth`).
+
+A cycle that fails on the way (the engine or a store refusing for a moment) is recorded as a
+failed cycle, with the error, and the soak goes on to the next.
+
+Between a cycle's run and its checks, containers a kill left exited are started again (the
+machine comes back): the controllers' shard keeper must then rejoin or release them, as it would
+for a host that rebooted. Nothing else is touched by hand.
+
+Not for: running one experiment (`ratequeue-chaos run`), building images
+(`deploy/build-images.sh`), or judging a run's hypotheses (`chaos.hypotheses`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import redis
+import requests.exceptions
+
+from chaos.docker_targets import discover_nodes
+from chaos.errors import ChaosError, TargetError
+from chaos.experiments import Experiment, load_experiment
+from chaos.journal import Journal, Say
+from chaos.runner import ExperimentRunner
+from chaos.scheduler import run_lock
+from chaos.soak_growth import Census, judge_growth, take_census
+from chaos.targets import Deployment
+from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
+from ratequeue.topology import NodeRef, Topology
+
+# The fault of each cycle, in turn: the first three cover kill, pause and partition, and
+# primaries and replicas both.
+ROTATION: tuple[tuple[str, str], ...] = (
+    ("kill", "primary"),
+    ("pause", "replica"),
+    ("blackhole", "primary"),
+    ("kill", "replica"),
+    ("pause", "primary"),
+    ("blackhole", "replica"),
+)
+# The scenario each fault is taken from (load, probes, hypotheses); the replica faults other
+# than kill reuse replica_kill's expectations (nothing promoted, nothing lost), timed.
+TEMPLATES = {
+    ("kill", "primary"): "primary_kill.yaml",
+    ("pause", "primary"): "primary_pause.yaml",
+    ("blackhole", "primary"): "primary_partition.yaml",
+    ("kill", "replica"): "replica_kill.yaml",
+    ("pause", "replica"): "replica_kill.yaml",
+    ("blackhole", "replica"): "replica_kill.yaml",
+}
+REPLICA_FAULT_SECONDS = 4.0
+PROVISIONED_BY = "ratequeue.provisioned-by"
+SHARD_ROLES = frozenset({"primary", "replica"})
+
+
+@dataclass
+class CycleResult:
+    cycle: int
+    fault: str
+    shard: str
+    verdict: str
+    acknowledged: int
+    lost: int
+    settled_seconds: float | None
+    shards: str
+    containers: int
+    container_bound: int
+    control_memory: int
+    census: Census | None = None
+    growth: str = ""
+    restarted: list[str] = field(default_factory=list)
+    journal: str = ""
+    misses: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.misses
+
+
+@dataclass
+class StagingEndpoints:
+    """Where the host reaches staging (the compose file's published ports, same variables)."""
+
+    api_port: int = 17080
+    lazarus_ports: tuple[int, int, int] = (17091, 17092, 17093)
+    control_port: int = 17000
+    deployment: str = "ratequeue"
+
+    @classmethod
+    def from_environment(cls) -> StagingEndpoints:
+        env = os.environ
+        return cls(
+            api_port=int(env.get("RQ_API_PORT", 17080)),
+            lazarus_ports=(
+                int(env.get("RQ_LAZARUS1_PORT", 17091)),
+                int(env.get("RQ_LAZARUS2_PORT", 17092)),
+                int(env.get("RQ_LAZARUS3_PORT", 17093)),
+            ),
+            control_port=int(env.get("RQ_CONTROL_PORT", 17000)),
+        )
+
+    def target(self) -> Deployment:
+        return Deployment(
+            name="staging",
+            environment="stage",
+            api=f"http://127.0.0.1:{self.api_port}",
+            control=f"redis://127.0.0.1:{self.control_port}/0",
+            lazarus=[f"http://127.0.0.1:{p}" for p in self.lazarus_ports],
+            default_backend="docker",
+            docker_deployment=self.deployment,
+        )
+
+
+def fault_of_cycle(cycle: int, shards: list[str]) -> tuple[str, str, str]:
+    """(action, role, shard) of cycle 1, 2, ...: the rotation in turn, and the shard moving on
+    by one each cycle and by one more every full rotation, so every pairing comes round."""
+    index = cycle - 1
+    action, role = ROTATION[index % len(ROTATION)]
+    shard = shards[(index + index // len(ROTATION)) % len(shards)]
+    return action, role, shard
+
+
+def experiment_of_cycle(scenarios: Path, action: str, role: str, shard: str) -> Experiment:
+    experiment = load_experiment(scenarios / TEMPLATES[(action, role)])
+    [step] = experiment.method
+    update: dict[str, object] = {
+        "action": action,
+        "target": step.target.model_copy(update={"shard": shard}),
+    }
+    if role == "replica" and action != "kill":
+        update["duration"] = REPLICA_FAULT_SECONDS
+    title = f"soak: {action} {role} of {shard}"
+    return experiment.model_copy(
+        update={"title": title, "method": [step.model_copy(update=update)]}
+    )
+
+
+class Staging:
+    """The compose deployment: up, down, and what the checks read from it."""
+
+    def __init__(self, compose_file: Path, endpoints: StagingEndpoints, say: Say) -> None:
+        self.compose_file = compose_file
+        self.endpoints = endpoints
+        self.say = say
+        self.engine = docker.from_env(timeout=60)
+
+    def _compose(self, *args: str, timeout: float = 600) -> None:
+        env = dict(os.environ)
+        env.setdefault("LAZARUS_API_TOKEN", secrets.token_urlsafe(24))
+        command = ["docker", "compose", "-f", str(self.compose_file), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise ChaosError(
+                f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-800:]}"
+            )
+
+    def up(self) -> None:
+        # The scheduled chaos service stays at 0: the soak is the only runner.
+        self._compose("up", "-d", "--wait", "--scale", "chaos=0")
+
+    def down(self) -> None:
+        for container in self.containers(provisioned_only=True):
+            container.remove(force=True, v=True)
+        self._compose("down", "-v", "--remove-orphans")
+        self.engine.close()
+
+    def containers(self, provisioned_only: bool = False) -> list:
+        labels = [f"{LABEL_DEPLOYMENT}={self.endpoints.deployment}"]
+        if provisioned_only:
+            labels.append(PROVISIONED_BY)
+        return self.engine.containers.list(all=True, filters={"label": labels})
+
+    def compose_container_count(self) -> int:
+        return sum(1 for c in self.containers() if PROVISIONED_BY not in c.labels)
+
+    def start_exited_shard_nodes(self) -> list[str]:
+        """Start the Redis containers a kill left exited (the host comes back); their names."""
+        started = []
+        for container in self.containers():
+            if container.status != "running" and container.labels.get(LABEL_ROLE) in SHARD_ROLES:
+                container.start()
+                started.append(container.labels.get(LABEL_NAME, container.name))
+        return started
+
+    def control_census(self) -> Census:
+        control = redis.Redis(port=self.endpoints.control_port, socket_timeout=5)
+        try:
+            return take_census(control)
+        finally:
+            control.close()
+
+
+def replication_of(node: NodeRef) -> dict | None:
+    connection = redis.Redis(host=node.host, port=node.port, socket_timeout=1,
+                             socket_connect_timeout=1)  # fmt: skip
+    try:
+        return dict(connection.info("replication"))
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        connection.close()
+
+
+def shards_whole(topology: Topology) -> list[str]:
+    """What keeps shards from being whole (empty: each has a primary answering as one, and its
+    full replica count, each replica online at the primary and at most 1 s behind)."""
+    problems = []
+    for shard in topology.shards:
+        info = replication_of(shard.primary)
+        if info is None or info.get("role") != "master":
+            problems.append(f"{shard.id}: primary {shard.primary.name} does not answer as one")
+            continue
+        wanted = shard.replica_target if shard.replica_target is not None else 2
+        if len(shard.replicas) != wanted:
+            problems.append(f"{shard.id}: {len(shard.replicas)} of {wanted} replicas listed")
+        followers = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        online = {f.get("ip") for f in followers if f.get("state") == "online"
+                  and int(f.get("lag", 99)) <= 1}  # fmt: skip
+        for replica in shard.replicas:
+            if (replica.peer_host or replica.host) not in online:
+                problems.append(f"{shard.id}: {replica.name} not in sync with {shard.primary.name}")
+    return problems
+
+
+def stray_primaries(staging: Staging, topology: Topology) -> list[str]:
+    """Shard nodes the topology does not list as a primary that answer as one (a partitioned
+    old primary that was never parked, say): each a second writer in waiting."""
+    listed = {s.primary.name for s in topology.shards}
+    problems = []
+    for node in discover_nodes(staging.endpoints.deployment, topology, staging.engine):
+        if node.role not in SHARD_ROLES or node.name in listed:
+            continue
+        info = replication_of(NodeRef(name=node.name, host=node.host, port=node.port or 6379))
+        if info is not None and info.get("role") == "master":
+            problems.append(f"{node.name} answers as a primary the topology does not list")
+    return problems
+
+
+def container_bound(staging: Staging, topology: Topology) -> int:
+    """The containers the deployment may have: the compose file's own, plus a node and its
+    sensor for each node the controllers provisioned that the topology still lists or holds."""
+    kept = {r.name for s in topology.shards for r in [s.primary, *s.replicas]}
+    kept |= {h.name for s in topology.shards for h in s.forensics}
+    provisioned = {
+        c.labels.get(LABEL_NAME)
+        for c in staging.containers(provisioned_only=True)
+        if c.labels.get(LABEL_ROLE) in SHARD_ROLES
+    }
+    return staging.compose_container_count() + 2 * len(provisioned & kept)
+
+
+def settle(
+    deployment: Deployment,
+    within: float,
+    stop: threading.Event,
+    staging: Staging | None = None,
+) -> tuple[float | None, str]:
+    """Wait until every shard is whole (and, with `staging`, no other shard node answers as a
+    primary and the containers are within their bound: a released replacement is removed a
+    moment after it leaves the topology); (seconds it took or None, what is still wrong)."""
+    started = time.monotonic()
+    problems = ["not checked"]
+    while not stop.is_set():
+        try:
+            topology = deployment.topology()
+            problems = shards_whole(topology)
+            if staging is not None and not problems:
+                problems = stray_primaries(staging, topology)
+            if staging is not None and not problems:
+                count, bound = len(staging.containers()), container_bound(staging, topology)
+                if count > bound:
+                    problems = [f"{count} containers, bound {bound}"]
+        except TargetError as error:
+            problems = [str(error)]
+        if not problems:
+            return time.monotonic() - started, "whole"
+        if time.monotonic() - started > within:
+            break
+        stop.wait(1.0)
+    return None, "; ".join(problems)
+
+
+def run_cycle(
+    cycle: int,
+    staging: Staging,
+    deployment: Deployment,
+    *,
+    scenarios: Path,
+    journal_dir: Path,
+    settle_seconds: float,
+    say: Say,
+    stop: threading.Event,
+) -> CycleResult:
+    shards = [s.id for s in deployment.topology().shards]
+    action, role, shard = fault_of_cycle(cycle, shards)
+    experiment = experiment_of_cycle(scenarios, action, role, shard)
+    say(f"cycle {cycle}: {experiment.title}")
+    budget = experiment.load.duration + experiment.watch_seconds + 120
+    with run_lock(deployment, f"soak:{os.getpid()}", budget):
+        runner = ExperimentRunner(deployment, journal_dir=journal_dir, say=say, stop=stop)
+        journal: Journal = runner.run(experiment, f"soak cycle {cycle}")
+    restarted = staging.start_exited_shard_nodes()
+    if restarted:
+        say(f"started again (the host came back): {', '.join(restarted)}")
+    settled, shards_state = settle(deployment, settle_seconds, stop, staging)
+    topology = deployment.topology()
+    containers = len(staging.containers())
+    bound = container_bound(staging, topology)
+    census = staging.control_census()
+    result = CycleResult(
+        cycle=cycle,
+        fault=f"{action} {role}",
+        shard=shard,
+        verdict=journal.verdict,
+        acknowledged=int(journal.load.get("acknowledged", 0)),
+        lost=int(journal.load.get("lost", -1)),
+        settled_seconds=settled,
+        shards=shards_state,
+        containers=containers,
+        container_bound=bound,
+        control_memory=census.used_memory,
+        census=census,
+        restarted=restarted,
+        journal=journal.run_id,
+    )
+    if journal.verdict != "passed":
+        failed = [h.hypothesis for h in journal.hypotheses if not h.ok]
+        result.misses.append(
+            f"run {journal.verdict} ({', '.join(failed) or '; '.join(journal.errors)})"
+        )
+    if result.lost != 0 or result.acknowledged == 0:
+        result.misses.append(f"{result.lost} lost of {result.acknowledged} acknowledged")
+    if settled is None:
+        result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
+    if containers > bound:
+        result.misses.append(f"{containers} containers, bound {bound}")
+    return result
+
+
+# What a cycle may meet that passes (an engine, a store or a node refusing for a moment): the
+# cycle is recorded as failed with it, and the soak goes on.
+CYCLE_ERRORS = (
+    ChaosError,
+    OSError,
+    subprocess.SubprocessError,
+    redis.RedisError,
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+)
+
+
+def failed_cycle(cycle: int, shards: list[str], error: Exception) -> CycleResult:
+    action, role, shard = fault_of_cycle(cycle, shards) if shards else ("?", "?", "?")
+    return CycleResult(cycle=cycle, fault=f"{action} {role}", shard=shard, verdict="error",
+                       acknowledged=0, lost=-1, settled_seconds=None, shards="not checked",
+                       containers=0, container_bound=0, control_memory=0,
+                       misses=[f"the cycle failed: {type(error).__name__}: {error}"])  # fmt: skip
+
+
+def soak(
+    cycles: int,
+    *,
+    compose_file: Path,
+    scenarios: Path,
+    journal_dir: Path,
+    endpoints: StagingEndpoints,
+    bring_up: bool,
+    take_down: bool,
+    gap_seconds: float,
+    settle_seconds: float,
+    growth_bytes_per_cycle: float,
+    say: Say,
+    stop: threading.Event,
+    on_cycle: Callable[[CycleResult], None] = lambda result: None,
+) -> list[CycleResult]:
+    """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
+    one); from the fourth on, each cycle's misses include the control store's growth so far."""
+    staging = Staging(compose_file, endpoints, say)
+    deployment = endpoints.target()
+    results: list[CycleResult] = []
+    try:
+        if bring_up:
+            say("starting staging: docker compose up -d --wait (chaos service at 0)")
+            staging.up()
+        settled, state = settle(deployment, settle_seconds, stop)
+        if settled is None:
+            raise ChaosError(f"staging is not whole before the first cycle: {state}")
+        nodes = discover_nodes(endpoints.deployment, deployment.topology(), staging.engine)
+        say(f"staging whole: {len(nodes)} containers found by their labels")
+        shards = [s.id for s in deployment.topology().shards]
+        censuses: list[Census] = []
+        for cycle in range(1, cycles + 1):
+            if stop.is_set():
+                break
+            try:
+                result = run_cycle(
+                    cycle,
+                    staging,
+                    deployment,
+                    scenarios=scenarios,
+                    journal_dir=journal_dir,
+                    settle_seconds=settle_seconds,
+                    say=say,
+                    stop=stop,
+                )
+            except CYCLE_ERRORS as error:
+                result = failed_cycle(cycle, shards, error)
+                say(f"cycle {cycle} failed: {error}")
+            if result.census is not None:
+                censuses.append(result.census)
+                growth = judge_growth(censuses, bytes_per_cycle=growth_bytes_per_cycle)
+                result.growth = growth.describe()
+                result.misses.extend(growth.misses)
+            results.append(result)
+            on_cycle(result)
+            stop.wait(gap_seconds)
+    finally:
+        if take_down:
+            say("taking staging down (the provisioned containers first)")
+            staging.down()
+    return results

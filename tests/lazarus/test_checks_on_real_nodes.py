@@ -1,0 +1,106 @@
+"""The failover rule's checks, run the way one controller node runs them, against real
+redis-server processes whose primary was killed: what they conclude, and what it costs the
+replicas (each is read once per evaluation, its offset and enqueue count in one round trip)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from detection.events import new_event
+from lazarus_lite.checks import CHECKS, CheckResult, run_checks
+from lazarus_lite.rules import load_rules
+from ratequeue import membership
+from ratequeue.local_cluster import LocalCluster
+from ratequeue.topology import TOPOLOGY_KEY, Topology
+from tests.e2e.support import wait_for
+
+RULES = Path(__file__).resolve().parents[2] / "lazarus_lite" / "definitions" / "rules"
+
+
+def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
+    with cluster.control.client() as control:
+        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+    shard = topology.shard("s0")
+    rule = load_rules([RULES / "ratequeue.yaml"], known_checks=CHECKS,
+                      known_actions=["ratequeue.failover", "default.record"]).rules[0]  # fmt: skip
+    event = new_event("RedisMasterDown", environment="dev", region="local", service="ratequeue",
+                      shard="s0", host=shard.replicas[0].address, source="test",
+                      data={"master_link_status": "down", "primary": shard.primary.name,
+                            "shard_epoch": shard.epoch})  # fmt: skip
+    return asyncio.run(run_checks(event, topology, rule.checks, min_replicas=1))
+
+
+@pytest.fixture
+def killed_primary(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    """Shard s0 (of two, two replicas each) with 5 enqueue-kind writes replicated, then its
+    primary SIGKILLed."""
+    cluster = start_cluster(shards=2, replicas=2)
+    s0 = cluster.shard("s0")
+    with s0.primary.client() as primary:
+        for _ in range(5):
+            primary.incr(membership.BARRIER_KEY)
+        assert primary.execute_command("WAIT", 2, 5000) == 2
+    s0.primary.signal(signal.SIGKILL)
+    wait_for("the primary to die", lambda: not s0.primary.alive(), timeout=10)
+    return cluster
+
+
+def test_a_killed_primary_passes_every_check_of_the_failover_rule(
+    killed_primary: LocalCluster,
+) -> None:
+    results = failover_rule_checks(killed_primary)
+    assert [(r.name, r.ok) for r in results] == [
+        ("MasterDown", True), ("ReplicasReachable", True), ("ReplicaCaughtUp", True),
+        ("PeerCheck", True), ("MinActiveHosts", True),
+    ]  # fmt: skip
+    caught_up = results[2]
+    offsets = caught_up.data["offsets"]
+    assert set(offsets) == {r.name for r in killed_primary.shard("s0").replicas}
+    assert len(set(offsets.values())) == 1  # both replicas hold every write
+
+
+def test_one_evaluation_reads_each_replica_over_a_single_connection(
+    killed_primary: LocalCluster,
+) -> None:
+    replicas = killed_primary.shard("s0").replicas
+    watchers = [replica.client() for replica in replicas]
+    try:
+        before = [int(w.info("stats")["total_connections_received"]) for w in watchers]
+        failover_rule_checks(killed_primary)
+        after = [int(w.info("stats")["total_connections_received"]) for w in watchers]
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
+
+
+def test_the_checks_ask_the_nodes_nothing_but_their_questions(
+    killed_primary: LocalCluster,
+) -> None:
+    # Every probe is a new connection: a greeting on each (HELLO, CLIENT SETINFO and the like,
+    # some of which Redis 7.0 refuses) would add round trips to every one of them.
+    nodes = [*killed_primary.shard("s0").replicas, killed_primary.shard("s1").primary]
+    watchers = [node.client() for node in nodes]
+
+    def greetings_and_errors() -> list[tuple[int, int, int]]:
+        seen = []
+        for watcher in watchers:
+            commands = watcher.info("commandstats")
+            setinfo = commands.get("cmdstat_client|setinfo", {}).get("calls", 0)
+            hello = commands.get("cmdstat_hello", {}).get("calls", 0)
+            errors = watcher.info("errorstats").get("errorstat_ERR", {}).get("count", 0)
+            seen.append((int(setinfo), int(hello), int(errors)))
+        return seen
+
+    try:
+        before = greetings_and_errors()
+        failover_rule_checks(killed_primary)
+        assert greetings_and_errors() == before
+    finally:
+        for watcher in watchers:
+            watcher.close()

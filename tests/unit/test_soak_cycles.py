@@ -1,0 +1,68 @@
+"""The soak's loop: a cycle that fails on the way (the Docker engine refusing for a moment) is a
+failed cycle in the table, with its error, and the soak goes on to the next one; growth is
+judged over the cycles that took a census.
+
+Not for: a real soak (tests/test_staging_soak.py) or the growth judge's rules
+(tests/unit/test_soak_growth.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import docker.errors
+import pytest
+
+import chaos.soak as soak_module
+from chaos.soak import CycleResult, StagingEndpoints, soak
+from chaos.soak_growth import Census
+
+
+class QuietStaging:
+    def __init__(self, *args: Any) -> None:
+        self.engine = None
+
+    def up(self) -> None: ...
+
+    def down(self) -> None: ...
+
+
+def _topology() -> SimpleNamespace:
+    """What the loop reads of the topology: the shards' ids."""
+    return SimpleNamespace(shards=[SimpleNamespace(id=f"s{i}") for i in range(3)])
+
+
+def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def run_cycle(cycle: int, *args: Any, **kwargs: Any) -> CycleResult:
+        if cycle == 1:
+            raise docker.errors.APIError("500 Server Error: engine busy")
+        return CycleResult(cycle=cycle, fault="pause replica", shard="s1", verdict="passed",
+                           acknowledged=10, lost=0, settled_seconds=1.0, shards="whole",
+                           containers=12, container_bound=12, control_memory=1,
+                           census=Census(used_memory=1, unbounded_bytes=100))  # fmt: skip
+
+    monkeypatch.setattr(soak_module, "Staging", QuietStaging)
+    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: (0.1, "whole"))
+    monkeypatch.setattr(soak_module, "discover_nodes", lambda *a, **k: [])
+    monkeypatch.setattr(StagingEndpoints, "target", lambda self: _Deployment())
+    monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
+    said: list[str] = []
+    results = soak(2, compose_file=Path("docker-compose.yml"), scenarios=Path("scenarios"),
+                   journal_dir=tmp_path, endpoints=StagingEndpoints(), bring_up=False,
+                   take_down=False, gap_seconds=0, settle_seconds=1, growth_bytes_per_cycle=2048,
+                   say=said.append, stop=threading.Event())  # fmt: skip
+    assert [r.cycle for r in results] == [1, 2]
+    assert not results[0].ok and results[0].verdict == "error"
+    assert results[0].misses == ["the cycle failed: APIError: 500 Server Error: engine busy"]
+    assert results[0].fault == "kill primary" and results[0].shard == "s0"
+    assert results[1].ok and results[1].growth.startswith("not judged")
+
+
+class _Deployment:
+    def topology(self) -> SimpleNamespace:
+        return _topology()
