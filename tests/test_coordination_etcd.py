@@ -27,7 +27,7 @@ from common.etcd_processes import EtcdCluster, EtcdMember
 from common.redis_processes import RedisProcess
 from lazarus_lite.coordination import etcd_keys
 from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
-from lazarus_lite.errors import LockBusy
+from lazarus_lite.errors import LockBusy, LockLost
 from ratequeue.local_cluster import start_node
 from tests.test_coordination_contract import a_topology, a_workflow
 
@@ -200,22 +200,97 @@ async def test_a_claim_that_lost_to_another_leaves_no_lease_behind(
     assert await store.client.lease_ttl(unused) == -1
 
 
-async def eventually_revoked(store: EtcdCoordinationStore, lease: int, within: float = 10) -> None:
-    """The lease is revoked within `within` s (a renewal revokes the one it replaced after it
-    returns)."""
-    deadline = time.monotonic() + within
-    while await store.client.lease_ttl(lease) != -1:
-        assert time.monotonic() < deadline, f"lease {lease} still alive after {within:g} s"
-        await asyncio.sleep(0.02)
-
-
-async def test_renewing_a_lock_revokes_the_lease_it_replaced(
+async def test_renewing_a_lock_restarts_its_own_lease_and_grants_none(
     store: EtcdCoordinationStore,
 ) -> None:
     held = await store.locks.acquire("shard", "rq/s0", "wf-a")
     before = await store.client.get(held.key)
-    assert before is not None and await store.locks.renew(held)
-    await eventually_revoked(store, before.lease)
+    assert before is not None
+    full = await store.client.lease_ttl(before.lease)
+    deadline = time.monotonic() + 10
+    while await store.client.lease_ttl(before.lease) >= full:  # a second of it gone
+        assert time.monotonic() < deadline, "the lock's lease did not count down"
+        await asyncio.sleep(0.1)
+    granted = list(store.client.granted)  # type: ignore[attr-defined]
+    assert await store.locks.renew(held)
+    after = await store.client.get(held.key)
+    assert after is not None
+    assert (after.lease, after.mod_revision) == (before.lease, before.mod_revision)
+    assert await store.client.lease_ttl(before.lease) >= full - 1
+    assert store.client.granted == granted  # type: ignore[attr-defined]
+
+
+async def test_a_lock_deleted_while_its_lease_lives_is_not_renewed(
+    store: EtcdCoordinationStore,
+) -> None:
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    await store.client.delete(held.key)  # the lease is still alive, without the key
+    assert not await store.locks.renew(held)
+    with pytest.raises(LockLost):
+        await store.locks.assert_held(held)
+
+
+async def test_a_lock_is_renewed_by_a_store_that_did_not_take_it(
+    store: EtcdCoordinationStore, etcd: EtcdCluster, records_redis: RedisProcess
+) -> None:
+    """A workflow resumed on another node asserts the lock its record names."""
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    other = store_on(etcd, records_redis)
+    try:
+        assert await other.locks.renew(held)
+        await store.client.delete(held.key)
+        assert not await other.locks.renew(held)
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.parametrize("taken_by", ["wf-b", "wf-a"], ids=["another", "the-same-holder"])
+async def test_a_lock_taken_again_after_its_deletion_renews_only_by_the_new_token(
+    store: EtcdCoordinationStore, taken_by: str
+) -> None:
+    """The same holder taking it again gets a new token (create_revision): the old one, kept
+    by a workflow that lost the lock meanwhile, no longer renews it."""
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    await store.client.delete(held.key)
+    taken = await store.locks.acquire("shard", "rq/s0", taken_by)
+    assert not await store.locks.renew(held)
+    assert await store.locks.renew(taken)
+    assert await store.locks.holder("shard", "rq/s0") == taken.value
+
+
+async def test_an_owner_lease_whose_key_was_deleted_is_not_renewed(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    assert await store.workflows.renew("wf-1", "n1")
+    await store.client.delete(etcd_keys.workflow_owner("wf-1"))
+    assert not await store.workflows.renew("wf-1", "n1")
+
+
+async def test_a_lock_that_expired_and_was_taken_again_is_not_renewed_by_the_old_token(
+    store: EtcdCoordinationStore,
+) -> None:
+    store.locks.ttl_ms = 1000  # etcd's shortest lease: whole seconds
+    old = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    deadline = time.monotonic() + 15
+    while await store.client.get(old.key) is not None:
+        assert time.monotonic() < deadline, "the lock's lease did not expire"
+        await asyncio.sleep(0.1)
+    new = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    assert not await store.locks.renew(old)
+    assert await store.locks.renew(new)
+
+
+async def test_an_owner_lease_whose_lease_was_revoked_is_not_renewed_once_another_claims(
+    store: EtcdCoordinationStore,
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    owned = await store.client.get(etcd_keys.workflow_owner("wf-1"))
+    assert owned is not None and owned.lease
+    await store.client.revoke_lease(owned.lease)
+    assert await store.workflows.claim("wf-1", "n2")
+    assert not await store.workflows.renew("wf-1", "n1")
+    assert await store.workflows.owner("wf-1") == "n2"
 
 
 async def test_event_bindings_share_one_lease_that_outlives_their_30_days(

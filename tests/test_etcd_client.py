@@ -5,6 +5,8 @@ transactions, leases and watches, and what it does when members die, pause or lo
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -99,6 +101,11 @@ async def test_an_empty_key_is_a_bad_request(client: EtcdClient) -> None:
 def test_settings_refuse_an_endpoint_that_is_not_a_url() -> None:
     with pytest.raises(pydantic.ValidationError, match="endpoint"):
         EtcdClientSettings(endpoints=["127.0.0.1:2379"])
+
+
+def test_settings_refuse_an_https_endpoint_by_name() -> None:
+    with pytest.raises(pydantic.ValidationError, match="https is not supported"):
+        EtcdClientSettings(endpoints=["https://127.0.0.1:2379"])
 
 
 # --- transactions -------------------------------------------------------------------------------
@@ -294,3 +301,96 @@ async def test_a_watch_without_quorum_raises_unreachable_instead_of_waiting_fore
         with pytest.raises(EtcdUnreachable):  # a hang fails as TimeoutError
             await asyncio.wait_for(anext(events), timeout=30)
         await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_refusal_answered_in_chunks_with_trailers_leaves_the_connection_in_use(
+    etcd: EtcdCluster,
+) -> None:
+    """The gateway sends its errors chunked, with gRPC trailers; the next call on the same
+    connection reads its own answer, not the rest of the refusal."""
+    async with client_for(etcd) as client:
+        with pytest.raises(EtcdLeaseNotFound):
+            await client.keep_alive_once(7_777_777)
+        with pytest.raises(EtcdLeaseNotFound):
+            await client.put("chunked/k", b"v", lease=7_777_777)
+        await client.put("chunked/k", b"v")
+        found = await client.get("chunked/k")
+    assert found is not None and found.value == b"v"
+
+
+async def test_a_write_after_its_member_restarted_goes_through_on_a_new_connection(
+    etcd: EtcdCluster,
+) -> None:
+    """A kept-alive connection the member closed when it died is not used for the next call
+    (which would lose its answer and leave a write's outcome unknown)."""
+    first = etcd.members[0]
+    async with client_for(etcd, first=first) as client:
+        await client.put("restart/k", b"before")
+        await asyncio.to_thread(first.kill)
+        await asyncio.to_thread(first.restart)
+        etcd.wait_for_leader()
+        await client.put("restart/k", b"after")
+        found = await client.get("restart/k")
+    assert found is not None and found.value == b"after"
+
+
+def range_answer(key: str, value: bytes) -> bytes:
+    """What the gateway answers a range read that found `key`."""
+    kv = {
+        "key": base64.b64encode(key.encode()).decode(),
+        "value": base64.b64encode(value).decode(),
+        "mod_revision": "2",
+    }
+    return json.dumps({"header": {"revision": "2"}, "kvs": [kv], "count": "1"}).encode()
+
+
+async def test_a_call_cancelled_mid_answer_leaves_no_broken_connection_for_the_next() -> None:
+    """A gateway that stalls halfway through its first answer, then sends the rest: the call
+    is cancelled mid-answer, and the next call reads its own answer on a fresh connection,
+    not the rest of the cancelled one's."""
+    first_answer_started, call_cancelled = asyncio.Event(), asyncio.Event()
+    rest_sent = asyncio.Event()
+    connections = 0
+
+    async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                body = range_answer("k", b"fresh" if connections > 1 else b"stale")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+                if connections == 1:
+                    writer.write(body[:10])
+                    await writer.drain()
+                    first_answer_started.set()
+                    await call_cancelled.wait()
+                    writer.write(body[10:])
+                    await writer.drain()
+                    rest_sent.set()
+                else:
+                    writer.write(body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(gateway, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with EtcdClient(EtcdClientSettings(endpoints=[url])) as client:
+            cancelled = asyncio.create_task(client.get("k"))
+            await asyncio.wait_for(first_answer_started.wait(), timeout=5)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            call_cancelled.set()
+            await asyncio.wait_for(rest_sent.wait(), timeout=5)
+            found = await client.get("k")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert found is not None and found.value == b"fresh"
+    assert connections == 2

@@ -12,8 +12,11 @@
 - a lock's fencing token is the lock key's create_revision. etcd's revision grows by one with
   every write to the whole store and never goes back (not even on compaction), so each new lock
   key gets a revision higher than every lock granted before, without a counter key that every
-  acquire would have to read and compare first (two round trips and a hot key); renewing puts
-  the same key again, which keeps its create_revision, hence the token;
+  acquire would have to read and compare first (two round trips and a hot key);
+- renewing a lock or a workflow's owner lease (once per workflow step, on a failover's critical
+  path) keeps the key's own lease alive and then reads the key under the guard (`refresh`):
+  no raft write, where a put under a fresh lease was three (grant, transaction, revocation);
+  the key is untouched, so its create_revision, hence the token, stays;
 - the listings (active workflows, kill switches, shadowed services, sensors, balancer members,
   sliding windows) are one key per member under a prefix, read with one range read; a sliding
   window's entry holds the time it was noted, under a lease of the window's length;
@@ -87,6 +90,9 @@ _MAX_ROUNDS = 5
 # Event bindings written within this long share one lease (each lives 30 days to 30 days and
 # an hour): a lease per hour, not one per event.
 BINDING_BUCKET = 3600.0
+# Keys whose lease a store remembers for `_Writes.refresh` (a few locks and owner leases are
+# live at once; more means finished work nobody released).
+_KEPT_AT_MOST = 1024
 # Below etcd's default limit of 128 operations in one transaction.
 _HISTORY_PUTS_PER_TXN = 100
 T = TypeVar("T")
@@ -123,6 +129,9 @@ class _Writes:
         # is a raft write of its own, and the renewal it follows (a lock asserted before an
         # action, an owner lease) is on a failover's critical path.
         self._retiring: set[asyncio.Task] = set()
+        # The lease each key we refresh was last seen on (`refresh`), so a refresh is a
+        # keep-alive and one read; forgotten on release, and bounded.
+        self._kept: dict[str, int] = {}
 
     async def lease(self, ttl: float) -> int:
         return (await self.client.grant_lease(_seconds(ttl))).id
@@ -203,6 +212,44 @@ class _Writes:
             return False
         await self.retire(result.responses[0], lease)
         return True
+
+    def keep(self, key: str, lease: int) -> None:
+        """`key` is ours on `lease` (just created or refreshed): the next refresh starts there."""
+        if len(self._kept) >= _KEPT_AT_MOST and key not in self._kept:
+            self._kept.clear()  # keys of finished work; a refresh reads the lease again
+        self._kept[key] = lease
+
+    def forget(self, key: str) -> None:
+        self._kept.pop(key, None)
+
+    async def refresh(self, key: str, guard: list[Compare]) -> bool:
+        """Restart the TTL of `key`'s lease if every compare of `guard` holds: a keep-alive of
+        the lease the key carries, then a read-only transaction (guard and read, served without
+        a raft write) that finds the key on that lease. Because the read follows the keep-alive,
+        True means the key was ours, on a lease whose TTL had just restarted, as the guarded put
+        under a fresh lease (`replace`) would say, without its grant, raft write and
+        revocation. Only for keys whose lease is theirs alone and whose TTL does not change
+        between renewals (locks, owner leases)."""
+        lease = self._kept.get(key)
+        for _ in range(_MAX_ROUNDS):
+            if lease is not None:
+                try:
+                    await self.client.keep_alive_once(lease)
+                except EtcdLeaseNotFound:
+                    lease = None  # expired with its key, or the key moved to another lease
+            try:
+                result = await self.client.txn(guard, [Get(key=key)], check=False)
+            except EtcdOutcomeUnknown:
+                continue  # a read: safe to send again
+            read = result.responses[0] if result.succeeded else None
+            if not isinstance(read, RangeResult) or not read.kvs or not read.kvs[0].lease:
+                self.forget(key)
+                return False
+            if read.kvs[0].lease == lease:
+                self.keep(key, lease)
+                return True
+            lease = read.kvs[0].lease  # first refresh here: keep that lease alive, read again
+        raise EtcdUnreachable(f"{key}: could not be refreshed in {_MAX_ROUNDS} rounds")
 
     async def retire(self, before: Any, lease: int) -> None:
         """Revoke, in the background, the lease a key carried before we put it under `lease`:
@@ -297,6 +344,7 @@ class EtcdLocks:
         key = keys.lock(kind, resource)
         created, current = await self._writes.create(key, holder, self.ttl_ms / 1000)
         if created:
+            self._writes.keep(key, current.lease)
             return HeldLock(key, holder, current.create_revision)
         held = HeldLock(key, current.value.decode(), current.create_revision)
         if held.holder == holder and await self.renew(held):
@@ -314,12 +362,14 @@ class EtcdLocks:
         ]
 
     async def renew(self, lock: HeldLock) -> bool:
-        return await self._writes.replace(
-            lock.key, lock.holder, self.ttl_ms / 1000, self._guard(lock)
-        )
+        return await self._writes.refresh(lock.key, self._guard(lock))
 
     async def release(self, lock: HeldLock) -> bool:
-        return await self._writes.delete_if(lock.key, self._guard(lock))
+        released = await self._writes.delete_if(lock.key, self._guard(lock))
+        if released:
+            # Only now: a release that found no member leaves the lock held, still renewable.
+            self._writes.forget(lock.key)
+        return released
 
     async def holder(self, kind: str, resource: str) -> str | None:
         found = await self._client.get(keys.lock(kind, resource))
@@ -439,18 +489,19 @@ class EtcdWorkflowRecords:
 
     async def claim(self, workflow_id: str, node_id: str) -> bool:
         key = keys.workflow_owner(workflow_id)
-        created, _ = await self._writes.create(key, node_id, OWNER_LEASE_MS / 1000)
+        created, current = await self._writes.create(key, node_id, OWNER_LEASE_MS / 1000)
+        if created:
+            self._writes.keep(key, current.lease)
         return created
 
     async def renew(self, workflow_id: str, node_id: str) -> bool:
         key = keys.workflow_owner(workflow_id)
-        return await self._writes.replace(
-            key, node_id, OWNER_LEASE_MS / 1000, [_holds(key, node_id)]
-        )
+        return await self._writes.refresh(key, [_holds(key, node_id)])
 
     async def disown(self, workflow_id: str, node_id: str) -> None:
         key = keys.workflow_owner(workflow_id)
-        await self._writes.delete_if(key, [_holds(key, node_id)])
+        if await self._writes.delete_if(key, [_holds(key, node_id)]):
+            self._writes.forget(key)
 
     async def owner(self, workflow_id: str) -> str | None:
         return _text(await self._client.get(keys.workflow_owner(workflow_id)))
