@@ -58,7 +58,8 @@ class ScheduleSettings(BaseModel):
     )
     metrics_host: str = Field("127.0.0.1", description="address for /metrics")
     # The embedded testbed's make-up over each file's: settings of the scheduler like the
-    # others (a compose `chaos` service runs every experiment on Sentinel with CHAOS_FAILOVER).
+    # others. A target deployment has its own make-up (its target file), so with `--target`
+    # they are refused: they could only skip experiments, silently.
     control: ControlBackend | None = Field(
         None, description="the embedded testbed's store, over each file's `control`"
     )
@@ -73,6 +74,14 @@ class ScheduleSettings(BaseModel):
     def _one_schedule(self) -> ScheduleSettings:
         if self.every is not None and self.cron is not None:
             raise SettingProblem("cron", "give --every or --cron, not both")
+        if self.target is not None:
+            for name in ("control", "failover", "ack"):
+                if getattr(self, name) is not None:
+                    raise SettingProblem(
+                        name,
+                        f"applies to the embedded testbed only; with --target the target "
+                        f"file says the deployment's {name}",
+                    )
         return self
 
     @property

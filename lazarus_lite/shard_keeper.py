@@ -457,7 +457,7 @@ class ShardKeeper:
         mine = await membership.enqueues_applied(primary)
         if shard.appointed_enqueues is not None and mine < shard.appointed_enqueues:
             return (
-                f"applied {mine} enqueues, fewer than the {shard.appointed_enqueues} it was "
+                f"applied {mine} enqueue calls, fewer than the {shard.appointed_enqueues} it was "
                 "appointed with"
             )
         for replica in shard.replicas:

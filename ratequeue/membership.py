@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from ratequeue.errors import NoSafeCandidate
 from ratequeue.topology import FENCE_KEY, Lineage, NodeRef
 
-# Every enqueue and rate change increments it (`ratequeue.scripts`): how many writes acknowledged
-# after `WAIT` a node has applied.
+# Every enqueue call (one message, or a whole group commit or batch) and rate change increments
+# it (`ratequeue.scripts`): how many writes acknowledged after `WAIT` a node has applied.
 BARRIER_KEY = "rq:barrier"
 
 # The failover's own writes (the fence, the barrier a health check waits on) go through these

@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from chaos import testbed
+from chaos.cli import app
 from chaos.errors import ExperimentError, NotApplicable, TestbedError
 from chaos.experiments import (
     Escalated,
@@ -200,3 +202,22 @@ def test_under_sentinel_a_remediation_is_reached_once_the_api_routes_to_the_prom
     assert not outcome_reached("remediation", run, [], [], {"s0"}, "sentinel")
     run.mark("topology_published", 2.0, 1.0, "s0: s0-replica1")
     assert outcome_reached("remediation", run, [], [], {"s0"}, "sentinel")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--failover", "sentinel"), ("--ack", "async"),
+                                               ("--control", "etcd")])  # fmt: skip
+def test_run_refuses_a_testbed_override_together_with_a_target(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    target = tmp_path / "target.yaml"
+    target.write_text("name: staging\n")
+    result = CliRunner().invoke(
+        app,
+        ["run", str(REPO / "scenarios" / "primary_kill.yaml"), "--target", str(target),
+         option, value, "--dry-run", "--journal-dir", str(tmp_path)],
+        env={"COLUMNS": "300"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "applies to the embedded testbed only; with --target the target file says" in (
+        result.output
+    )
