@@ -410,7 +410,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             except InvalidRequest as error:
                 metrics.enqueued.labels("invalid").inc()
                 results[index] = refusal(index, error)
-        outcomes = await client.enqueue_many(prepared) if prepared else []
+        outcomes = await coalescer.enqueue_many(prepared) if prepared else []
         served: set[str] = set()
         failed: dict[str, RetryableError] = {}
         for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
