@@ -421,7 +421,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                                   "number": outcome.number, "shard": outcome.shard,
                                   "duplicate": outcome.duplicate}  # fmt: skip
                 continue
-            if isinstance(outcome, RetryableError):
+            if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
+                metrics.enqueued.labels("backlog_full").inc()
+            elif isinstance(outcome, RetryableError):
                 metrics.enqueued.labels("unavailable").inc()
                 with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                     failed.setdefault(client.shard_for(message.number).id, outcome)

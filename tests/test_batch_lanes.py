@@ -14,6 +14,7 @@ import redis
 from ratequeue.coalescing import MAX_BATCH, MAX_IN_FLIGHT, MAX_PENDING
 from ratequeue.local_cluster import LocalCluster
 from tests.group_commit.support import held_ids, wait_for
+from tests.prometheus_samples import metric_samples
 from tests.test_http_api import ON_S0
 
 BATCH = "/v1/messages:batch"
@@ -85,3 +86,7 @@ def test_a_batch_past_the_shard_s_backlog_gets_503_for_what_was_not_admitted_not
         assert answers["b"].headers["retry-after"] == "1"
     held = held_ids(cluster.shard("s0").primary)
     assert set(held) == {f"a-{i}" for i in range(MAX_PENDING)} | {f"b-{i}" for i in range(admitted)}
+    counted = metric_samples(httpx.get(f"{api.url}/metrics", timeout=10).text)
+    # Refused in the API, never sent: counted as such, not as the shard's failure.
+    assert counted[("ratequeue_enqueue_total", (("outcome", "backlog_full"),))] == len(refused)
+    assert ("ratequeue_enqueue_total", (("outcome", "unavailable"),)) not in counted
