@@ -12,14 +12,20 @@ refused at once with `EnqueueBacklogFull` (503, retry later), nothing written.
 What each message gets is what `enqueue_many` gives it: its own ok, duplicate, conflict or full;
 an error of the shard's batch is every message's of that batch, each request its own instance of
 it. A message is written before its request is answered, so a producer that waits for each answer
-keeps its order (concurrent requests had no order before either). Not for: batches a producer
-sends in one request (those call `enqueue_many` themselves).
+keeps its order (concurrent requests had no order before either).
+
+A batch a producer sends in one request (`enqueue_many`) goes through the same lanes: each
+shard's part joins that shard's waiting messages, so it goes out in scripts of at most
+`MAX_BATCH` lines under the lane's in-flight limit, and it is admitted per message in the
+batch's order: the messages that find no room in their lane's backlog are refused with
+`EnqueueBacklogFull`, nothing of them written, and the others go out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ratequeue.client import AsyncRatequeueClient, Enqueued
@@ -55,6 +61,20 @@ class EnqueueCoalescer:
 
     async def enqueue(self, message: OutgoingMessage) -> Enqueued | Exception:
         """The message's acknowledgement, or the error that refused it (as `enqueue_many`)."""
+        admitted = self._admit(message)
+        return await admitted if isinstance(admitted, asyncio.Future) else admitted
+
+    async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
+        """Each message's acknowledgement or the error that refused it, in order; a message
+        that finds its lane's backlog full is refused (EnqueueBacklogFull), the others go out."""
+        admitted = [self._admit(message) for message in messages]
+        waiting = [entry for entry in admitted if isinstance(entry, asyncio.Future)]
+        answers = iter(await asyncio.gather(*waiting))
+        return [next(answers) if isinstance(entry, asyncio.Future) else entry for entry in admitted]
+
+    def _admit(self, message: OutgoingMessage) -> asyncio.Future[Enqueued | Exception] | Exception:
+        """Put the message in its shard's lane (the future answering it), or the error refusing
+        it at once, nothing written."""
         try:
             shard_id = self.client.shard_for(message.number).id
         except RatequeueError as error:  # e.g. no topology yet
@@ -74,7 +94,7 @@ class EnqueueCoalescer:
             batch = loop.create_task(self._send_pending(shard_id, lane))
             self._batches.add(batch)
             batch.add_done_callback(self._batches.discard)
-        return await result
+        return result
 
     async def _send_pending(self, shard_id: str, lane: ShardLane) -> None:
         batch: list[Waiting] = []

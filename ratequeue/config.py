@@ -72,7 +72,7 @@ class ServiceSettings(BaseModel):
         1000, ge=1, le=100_000, description="the most messages one dequeue may lease"
     )
     max_batch: int = Field(
-        1000, ge=1, le=100_000, description="messages one POST /v1/messages:batch may carry"
+        1000, ge=1, le=2048, description="messages one POST /v1/messages:batch may carry"
     )
     max_batch_body_bytes: int = Field(
         4 * 1024 * 1024,

@@ -410,7 +410,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             except InvalidRequest as error:
                 metrics.enqueued.labels("invalid").inc()
                 results[index] = refusal(index, error)
-        outcomes = await client.enqueue_many(prepared) if prepared else []
+        outcomes = await coalescer.enqueue_many(prepared) if prepared else []
         served: set[str] = set()
         failed: dict[str, RetryableError] = {}
         for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
@@ -421,7 +421,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                                   "number": outcome.number, "shard": outcome.shard,
                                   "duplicate": outcome.duplicate}  # fmt: skip
                 continue
-            if isinstance(outcome, RetryableError):
+            if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
+                metrics.enqueued.labels("backlog_full").inc()
+            elif isinstance(outcome, RetryableError):
                 metrics.enqueued.labels("unavailable").inc()
                 with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                     failed.setdefault(client.shard_for(message.number).id, outcome)

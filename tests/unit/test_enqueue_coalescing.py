@@ -150,3 +150,39 @@ def test_a_batch_cancelled_on_its_way_answers_its_requests_retryable_instead_of_
     results = asyncio.run(scenario())
     assert len(results) == coalescing.MAX_IN_FLIGHT + 1
     assert all(isinstance(r, ShardUnavailable) and "cancelled" in str(r) for r in results)
+
+
+def test_a_batch_request_goes_out_in_scripts_of_at_most_max_batch_each_with_its_result() -> None:
+    async def scenario() -> tuple[list, list[list[str]]]:
+        client = HeldClient()
+        client.release.set()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        count = 2 * coalescing.MAX_BATCH + 1
+        ids = [f"conflict-{i}" if i == 3 else f"m-{i}" for i in range(count)]
+        results = await asyncio.wait_for(coalescer.enqueue_many(message(i) for i in ids), timeout=5)
+        return results, client.batches
+
+    results, batches = asyncio.run(scenario())
+    assert max(len(batch) for batch in batches) == coalescing.MAX_BATCH
+    assert sum(len(batch) for batch in batches) == 2 * coalescing.MAX_BATCH + 1
+    assert isinstance(results[3], IdConflict)
+    assert [r.id for i, r in enumerate(results) if i != 3] == [
+        f"m-{i}" for i in range(len(results)) if i != 3
+    ]
+
+
+def test_a_batch_request_past_the_lane_s_backlog_is_refused_for_the_messages_not_admitted() -> None:
+    async def scenario() -> tuple[list, list[list[str]]]:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client, max_pending=2)  # type: ignore[arg-type]
+        held = await fill_in_flight(client, coalescer)
+        batch = asyncio.create_task(coalescer.enqueue_many(message(f"b-{i}") for i in range(3)))
+        await until(lambda: len(coalescer._lanes["s0"].pending) == 2)
+        client.release.set()
+        await asyncio.wait_for(asyncio.gather(*held), timeout=5)
+        return await asyncio.wait_for(batch, timeout=5), client.batches
+
+    results, batches = asyncio.run(scenario())
+    assert "b-2" not in [sent for batch in batches for sent in batch]
+    assert [r.id for r in results[:2]] == ["b-0", "b-1"]
+    assert isinstance(results[2], EnqueueBacklogFull)
