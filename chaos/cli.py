@@ -273,12 +273,8 @@ def run(
     from notifications.config import NotificationConfig, load_notification_config
     from notifications.errors import NotificationConfigError
 
-    # The scheduler's settings (flags or CHAOS_* variables), validated before anything runs.
-    target, journal_dir, allow_prod, runs = (
-        settings.target, settings.journal_dir, settings.allow_prod, settings.runs)  # fmt: skip
-    notifications, notify_service = settings.notifications, settings.notify_service
-    metrics_port, metrics_host = settings.metrics_port, settings.metrics_host
-    period, cron_schedule, spread = settings.every, settings.cron_schedule, settings.jitter
+    # `settings`: the scheduler's (flags or CHAOS_* variables), validated before anything runs.
+    cron_schedule = settings.cron_schedule
     channels: NotificationConfig | None = None
     try:
         overrides = TestbedOverrides(
@@ -288,11 +284,11 @@ def run(
         if not runnable:
             reasons = "; ".join(reason for _, reason in skipped)  # each names its file
             raise ExperimentError(f"none of the experiments can run with these options: {reasons}")
-        deployment = load_deployment(target) if target is not None else None
+        deployment = load_deployment(settings.target) if settings.target is not None else None
         if deployment is not None:
-            check_target_allowed(deployment, allow_prod)
-        if notifications is not None:
-            channels = load_notification_config(notifications)
+            check_target_allowed(deployment, settings.allow_prod)
+        if settings.notifications is not None:
+            channels = load_notification_config(settings.notifications)
     except (ExperimentError, TargetError, RefusedTarget, NotificationConfigError) as error:
         console.print(f"[red]refused:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
@@ -305,7 +301,7 @@ def run(
     signal.signal(signal.SIGTERM, finish_rollbacks_and_exit)
     signal.signal(signal.SIGINT, finish_rollbacks_and_exit)
 
-    scheduled = period is not None or cron_schedule is not None
+    scheduled = settings.every is not None or cron_schedule is not None
 
     def say_verdict(journal: Journal) -> None:
         # As each run ends: a schedule's runs are seen while it runs, not when it stops (it
@@ -314,13 +310,13 @@ def run(
         if json_output and scheduled:
             typer.echo(journal.model_dump_json())
         if not journal.dry_run:  # a plan is not journaled
-            console.log(f"journal: {journal_dir / (journal.run_id + '.json')}")
+            console.log(f"journal: {settings.journal_dir / (journal.run_id + '.json')}")
 
     metrics: ScheduleMetrics | None = None
-    if metrics_port is not None and not dry_run:
+    if settings.metrics_port is not None and not dry_run:
         metrics = ScheduleMetrics()
         try:
-            metrics.serve(metrics_port, metrics_host)
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         except OSError as error:
             named = setting_named(ScheduleSettings, "CHAOS_", "metrics_port")
             raise refuse_to_start("ratequeue-chaos run", f"{named}: {error}") from None
@@ -335,21 +331,23 @@ def run(
             if channels is not None:
                 from chaos.announcements import RunAnnouncer
 
-                watchers.append(RunAnnouncer(channels, notify_service, journal_dir, say))
+                watchers.append(
+                    RunAnnouncer(channels, settings.notify_service, settings.journal_dir, say)
+                )
             if metrics is not None:
                 watchers.append(metrics)
 
             journals = run_schedule(
                 experiments,
                 target=deployment,
-                journal_dir=journal_dir,
-                every=period,
-                jitter=spread,
+                journal_dir=settings.journal_dir,
+                every=settings.every,
+                jitter=settings.jitter,
                 dry_run=dry_run,
                 say=say,
                 stop=stop,
                 on_journal=say_verdict,
-                max_runs=runs,
+                max_runs=settings.runs,
                 watchers=watchers,
                 overrides=overrides,
                 cron=cron_schedule,
