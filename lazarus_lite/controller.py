@@ -64,16 +64,16 @@ def lock_resource(rule: Rule, event: Event) -> str:
 
 def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
     """The actuator the settings select; None: failovers run one replica short."""
+    # Either engine's sensors read the topology where the controllers keep it.
+    sensors_etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
     match settings.chosen_actuator:
         case "local":
             assert settings.actuator_dir is not None  # the settings' own check
-            # Its sensors read the topology where the controllers keep it.
-            etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
             return LocalProcessActuator(
                 settings.actuator_dir,
                 control_url=settings.control_url,
                 maxmemory=settings.replica_maxmemory,
-                etcd_endpoints=etcd,
+                etcd_endpoints=sensors_etcd,
             )
         case "docker":
             given = {
@@ -85,7 +85,9 @@ def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
             }
             chosen = {field: value for field, value in given.items() if value is not None}
             return DockerActuator(
-                DockerActuatorSettings(control_url=settings.control_url, **chosen)
+                DockerActuatorSettings(
+                    control_url=settings.control_url, etcd_endpoints=sensors_etcd, **chosen
+                )
             )
         case _:
             return None
