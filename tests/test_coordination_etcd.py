@@ -342,6 +342,24 @@ async def test_a_topology_change_that_committed_after_its_read_back_is_a_success
     assert found is not None and found.epoch == 2
 
 
+async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+    paths: list[str] = []
+    call = store.client._call
+
+    async def counted(path: str, body: dict, *, write: bool) -> dict:
+        paths.append(f"{path} write={write}")
+        return await call(path, body, write=write)
+
+    monkeypatch.setattr(store.client, "_call", counted)
+    reads = await store.step_reads()
+
+    assert reads.kill_switches == {"failover": {"by": "ops"}}
+    assert paths == ["/v3/kv/txn write=False"]  # a read: sent again elsewhere if unanswered
+
+
 async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(
     etcd: EtcdCluster, records_redis: RedisProcess
 ) -> None:

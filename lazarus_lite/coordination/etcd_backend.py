@@ -69,6 +69,7 @@ from lazarus_lite.coordination.interface import (
     OWNER_LEASE_MS,
     SENSOR_HEARTBEAT_RETENTION,
     HeldLock,
+    StepReads,
     WindowKind,
 )
 from lazarus_lite.coordination.redis_backend import (
@@ -81,6 +82,7 @@ from lazarus_lite.coordination.redis_backend import (
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.etcd_topology import EtcdTopologyStore
+from ratequeue.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -624,6 +626,11 @@ def _within(found: RangeResult, prefix: str, since: float) -> list[str]:
     return [keys.name_of(kv.key[len(prefix) :]) for kv in found.kvs if float(kv.value) >= since]
 
 
+def _kill_switches(found: RangeResult) -> dict[str, dict[str, Any]]:
+    start = len(keys.KILLSWITCH)
+    return {keys.name_of(kv.key[start:]): json.loads(kv.value) for kv in found.kvs}
+
+
 class EtcdSafetyFlags:
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
@@ -639,9 +646,7 @@ class EtcdSafetyFlags:
         await self._writes.delete(keys.KILLSWITCH, prefix=True)
 
     async def kill_switches(self) -> dict[str, dict[str, Any]]:
-        found = await self._client.get_prefix(keys.KILLSWITCH)
-        start = len(keys.KILLSWITCH)
-        return {keys.name_of(kv.key[start:]): json.loads(kv.value) for kv in found.kvs}
+        return _kill_switches(await self._client.get_prefix(keys.KILLSWITCH))
 
     async def set_shadow(self, service: str, shadowed: bool) -> None:
         key = keys.SHADOW_SERVICES + keys.part(service)
@@ -808,6 +813,17 @@ class EtcdCoordinationStore:
         so it is not asked."""
         await self.client.get(keys.RUN_LOCK)
         return True
+
+    async def step_reads(self) -> StepReads:
+        """One read-only transaction (no compare, two ranges): one linearizable read, one
+        revision, where two separate reads cost two round trips to the leader."""
+        reads = [Get(key=keys.KILLSWITCH, prefix=True), Get(key=self.topology.key)]
+        switches, topology = (await self.client.txn([], reads)).responses
+        assert isinstance(switches, RangeResult) and isinstance(topology, RangeResult)
+        return StepReads(
+            kill_switches=_kill_switches(switches),
+            topology=Topology.model_validate_json(topology.kvs[0].value) if topology.kvs else None,
+        )
 
     async def aclose(self) -> None:
         await self._writes.settle()

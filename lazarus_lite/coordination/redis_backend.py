@@ -24,11 +24,12 @@ from lazarus_lite.coordination.interface import (
     OWNER_LEASE_MS,
     SENSOR_HEARTBEAT_RETENTION,
     HeldLock,
+    StepReads,
     WindowKind,
 )
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
-from ratequeue.topology import TopologyStore
+from ratequeue.topology import TOPOLOGY_KEY, Topology, TopologyStore
 from ratequeue.write_failures import FailureRun, read_write_failures
 
 EVENT_WORKFLOW_SECONDS = 30 * 24 * 3600
@@ -473,6 +474,14 @@ class RedisCoordinationStore:
 
     async def ping(self) -> bool:
         return bool(await self.control.ping())
+
+    async def step_reads(self) -> StepReads:
+        async with self.control.pipeline(transaction=True) as both:
+            switches, topology = await both.hgetall(keys.KILLSWITCH).get(TOPOLOGY_KEY).execute()
+        return StepReads(
+            kill_switches={k.decode(): json.loads(v) for k, v in switches.items()},
+            topology=None if topology is None else Topology.model_validate_json(topology),
+        )
 
     async def aclose(self) -> None:
         if self._owns_connection:

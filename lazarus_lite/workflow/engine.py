@@ -223,8 +223,11 @@ class WorkflowEngine:
                 record, "step_started", definition.name, attempt=step_record.attempts
             )
             try:
+                context.store_reads = None
                 if definition.changes_state and self.env.before_state_change is not None:
-                    await self.env.before_state_change(record, definition.name)
+                    context.store_reads = await self.env.before_state_change(
+                        record, definition.name
+                    )
                 output = await asyncio.wait_for(spec.function(context), timeout=definition.timeout)
                 # Checked before it is recorded: a later step reads it as the declared model.
                 stored = stored_output(output, spec.output)

@@ -20,7 +20,7 @@ from common.redis_processes import RedisProcess
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
-from lazarus_lite.coordination.interface import HeldLock
+from lazarus_lite.coordination.interface import HeldLock, StepReads
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowError
@@ -78,6 +78,17 @@ async def gated_step(ctx: StepContext) -> dict[str, Any]:
 async def guarded_step(ctx: StepContext) -> dict[str, Any]:
     await ctx.assert_lock()
     calls[ctx.step] += 1
+    return {}
+
+
+seen_reads: list[StepReads | None] = []
+
+
+@step("test.note_store_reads")
+async def store_reads_step(ctx: StepContext) -> dict[str, Any]:
+    seen_reads.append(ctx.store_reads)
+    if len(seen_reads) == 1 and ctx.params.get("fail_first"):
+        raise RuntimeError("first attempt failed")
     return {}
 
 
@@ -235,6 +246,39 @@ async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
     counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
               for s in family.samples if s.name.endswith("_count")}  # fmt: skip
     assert counts == {("flaky", "try_it", "retried"): 2, ("flaky", "try_it", "succeeded"): 1}
+
+
+GATED = definition("""
+name: gated
+steps:
+  - name: change
+    run: test.note_store_reads
+    params: {fail_first: true}
+    retry: {max_attempts: 2, backoff: 0.01}
+  - {name: look, run: test.note_store_reads, changes_state: false}
+""")
+
+
+async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_attempt(
+    control: aioredis.Redis,
+) -> None:
+    gate_reads = [StepReads({}, None), StepReads({"other": {"by": "ops"}}, None)]
+    handed: list[StepReads] = []
+
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        handed.append(gate_reads[len(handed)])
+        return handed[-1]
+
+    seen_reads.clear()
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"gated": GATED})
+    started = await engine.start("gated", {})
+    await engine.wait(started.id)
+
+    assert (await engine.store.load(started.id)).status == "succeeded"
+    # Two attempts of `change`, each with its own gate's reads; `look` has no gate: reads itself.
+    assert seen_reads == [gate_reads[0], gate_reads[1], None]
 
 
 def decision_event(event_id: str) -> Event:
