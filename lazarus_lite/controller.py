@@ -354,8 +354,13 @@ class ControllerNode:
     async def _before_state_change(self, workflow: WorkflowRecord, step: str) -> StepReads:
         """The kill switch gate of a state-changing step; the topology read in the same round
         trip is handed to the step (on etcd, one read-only transaction instead of two reads)."""
-        reads = await self.store.step_reads()
-        stop = await self.gates.before_execution(workflow.definition.category, reads.kill_switches)
+        # A node out of the control realm stops here without reading the store at all.
+        stop = self.gates.realm.check()
+        if stop is None:
+            reads = await self.store.step_reads()
+            stop = await self.gates.before_execution(
+                workflow.definition.category, reads.kill_switches
+            )
         if stop is not None:
             raise Escalate(f"{stop.gate}: {stop.reason}")
         return reads

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.errors import EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
+from common.errors import EtcdError, EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
 from common.etcd_client import (
     Compare,
     Delete,
@@ -819,7 +819,8 @@ class EtcdCoordinationStore:
         revision, where two separate reads cost two round trips to the leader."""
         reads = [Get(key=keys.KILLSWITCH, prefix=True), Get(key=self.topology.key)]
         switches, topology = (await self.client.txn([], reads)).responses
-        assert isinstance(switches, RangeResult) and isinstance(topology, RangeResult)
+        if not (isinstance(switches, RangeResult) and isinstance(topology, RangeResult)):
+            raise EtcdError(f"a read-only transaction answered other than two ranges: {switches!r}")
         return StepReads(
             kill_switches=_kill_switches(switches),
             topology=Topology.model_validate_json(topology.kvs[0].value) if topology.kvs else None,
