@@ -24,5 +24,5 @@ async def test_a_node_outside_its_control_realm_escalates_before_reading_the_sto
         store=UnreadStore(), gates=SimpleNamespace(realm=ControlRealm("eu-west-1", ["us-east-1"]))
     )
     workflow = SimpleNamespace(definition=SimpleNamespace(category="failover"))
-    with pytest.raises(Escalate, match="control_realm: this node .* is outside"):
+    with pytest.raises(Escalate, match=r"control_realm: this node .* is outside"):
         await ControllerNode._before_state_change(node, workflow, "promote")  # type: ignore[arg-type]
