@@ -12,6 +12,7 @@ Not for: the failover as a whole (failover_recovery.py), or CI (timings depend o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -64,34 +65,34 @@ async def measure(store: CoordinationStore, calls: int) -> dict[str, list[float]
 
 
 def main(calls: int = typer.Option(600, min=10, help="calls per way and backend")) -> None:
-    with tempfile.TemporaryDirectory(prefix="step-reads-") as work:
-        control = start_node("control", "control", None, Path(work) / "control")
-        cluster = start_etcd_cluster(Path(work) / "etcd")
-        try:
-            url = f"redis://{control.host}:{control.port}/0"
-            addresses = {
-                "redis": StoreAddress(control_url=url),
-                "etcd": StoreAddress.of(url, ",".join(cluster.endpoints)),
-            }
-            for backend, address in addresses.items():
-                store = open_coordination_store(address)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="step-reads-")))
+        # Each stopped however the next start or the measurement ends.
+        control = start_node("control", "control", None, work / "control")
+        stack.callback(control.stop)
+        cluster = start_etcd_cluster(work / "etcd")
+        stack.callback(cluster.stop)
+        url = f"redis://{control.host}:{control.port}/0"
+        addresses = {
+            "redis": StoreAddress(control_url=url),
+            "etcd": StoreAddress.of(url, ",".join(cluster.endpoints)),
+        }
+        for backend, address in addresses.items():
+            store = open_coordination_store(address)
 
-                async def run(store: CoordinationStore = store) -> dict[str, list[float]]:
-                    try:
-                        return await measure(store, calls)
-                    finally:
-                        await store.aclose()
+            async def run(store: CoordinationStore = store) -> dict[str, list[float]]:
+                try:
+                    return await measure(store, calls)
+                finally:
+                    await store.aclose()
 
-                taken = asyncio.run(run())
-                p50 = {name: statistics.median(ms) for name, ms in taken.items()}
-                for name, ms in taken.items():
-                    p95 = statistics.quantiles(ms, n=20)[18]
-                    print(f"{backend:5} {name:10} p50 {p50[name]:6.2f} ms  p95 {p95:6.2f} ms")
-                print(f"{backend:5} step_reads / two reads p50 = "
-                      f"{p50['step_reads'] / p50['two reads']:.2f}")  # fmt: skip
-        finally:
-            cluster.stop()
-            control.stop()
+            taken = asyncio.run(run())
+            p50 = {name: statistics.median(ms) for name, ms in taken.items()}
+            for name, ms in taken.items():
+                p95 = statistics.quantiles(ms, n=20)[18]
+                print(f"{backend:5} {name:10} p50 {p50[name]:6.2f} ms  p95 {p95:6.2f} ms")
+            print(f"{backend:5} step_reads / two reads p50 = "
+                  f"{p50['step_reads'] / p50['two reads']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
