@@ -239,10 +239,8 @@ class _Writes:
                     await self.client.keep_alive_once(lease)
                 except EtcdLeaseNotFound:
                     lease = None  # expired with its key, or the key moved to another lease
-            try:
-                result = await self.client.txn(guard, [Get(key=key)], check=False)
-            except EtcdOutcomeUnknown:
-                continue  # a read: safe to send again
+            # Only Gets: a read, which the client sends to another member when unanswered.
+            result = await self.client.txn(guard, [Get(key=key)], check=False)
             read = result.responses[0] if result.succeeded else None
             if not isinstance(read, RangeResult) or not read.kvs or not read.kvs[0].lease:
                 self.forget(key)
