@@ -22,40 +22,26 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-docker info >/dev/null 2>&1 || { echo "etcd-image: Docker engine not reachable" >&2; exit 1; }
-if [ "$force" = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
-  echo "etcd-image: $tag already exists (use --force to rebuild)"
-  exit 0
-fi
+image_script=etcd-image
+# shellcheck source=docker/import-binaries.sh
+. "$(dirname "$0")/import-binaries.sh"
+require_engine
+exit_if_built "$tag" "$force"
 binaries=()
 for name in etcd etcdctl; do
   found="$(command -v "$name" 2>/dev/null || true)"
   [ -n "$found" ] || { echo "etcd-image: no $name on PATH (apt-get install etcd-server etcd-client)" >&2; exit 1; }
-  binaries+=("$found")
+  binaries+=("$found:$name")
 done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-root="$work/rootfs"
-mkdir -p "$root"/{usr/bin,etc,data,tmp}
-chmod 1777 "$root/tmp"
-cp -L "${binaries[@]}" "$root/usr/bin/"
-# Every library ldd resolves (Debian builds etcd against glibc), at the same absolute paths.
-for lib in $(ldd "${binaries[@]}" | awk '/=> \// {print $3} /^[[:space:]]+\// {print $1}' | sort -u); do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
-done
-printf 'root:x:0:0:root:/root:/usr/sbin/nologin\n' >"$root/etc/passwd"
-printf 'root:x:0:\n' >"$root/etc/group"
+# Debian builds etcd against glibc: its libraries come along.
+make_rootfs "$work/rootfs" "${binaries[@]}"
 
 version="$(etcd --version | sed -n 's/^etcd Version: //p')"
-tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$work/rootfs.tar" .
-docker import \
+import_rootfs "$work/rootfs" "$tag" "etcd ${version:-unknown}" \
   --change 'ENTRYPOINT ["/usr/bin/etcd"]' \
   --change 'WORKDIR /data' \
   --change 'EXPOSE 2379 2380' \
-  --change "LABEL org.opencontainers.image.title=ratequeue-etcd etcd.version=${version:-unknown}" \
-  --message "etcd ${version:-unknown} from $(hostname) via docker import" \
-  "$work/rootfs.tar" "$tag" >/dev/null
-size="$(docker image inspect --format '{{.Size}}' "$tag")"
-echo "etcd-image: built $tag (etcd ${version:-unknown}, $(awk -v b="$size" 'BEGIN {printf "%.1f MB", b / 1e6}'))"
+  --change "LABEL org.opencontainers.image.title=ratequeue-etcd etcd.version=${version:-unknown}"
