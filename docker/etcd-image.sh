@@ -10,21 +10,11 @@
 #   --tag     image name (default ratequeue-etcd:local, or $RATEQUEUE_ETCD_IMAGE)
 set -euo pipefail
 
-tag="${RATEQUEUE_ETCD_IMAGE:-ratequeue-etcd:local}"
-force=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --force) force=1 ;;
-    --tag) tag="${2:?--tag needs a value}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "etcd-image: unknown argument: $1" >&2; exit 2 ;;
-  esac
-  shift
-done
-
 image_script=etcd-image
 # shellcheck source=docker/import-binaries.sh
 . "$(dirname "$0")/import-binaries.sh"
+tag="${RATEQUEUE_ETCD_IMAGE:-ratequeue-etcd:local}"
+parse_image_options '2,10p' "$@"
 require_engine
 exit_if_built "$tag" "$force"
 binaries=()

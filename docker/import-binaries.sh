@@ -1,9 +1,31 @@
 # Sourced, not run: what docker/redis-image.sh and docker/etcd-image.sh share to make an image
-# of this host's own binaries without any container registry: the engine check, the skip when
-# the image exists, a tiny rootfs of the binaries and every library ldd resolves for them (at
-# the same absolute paths, dereferenced), and its `docker import`. Each function names the
-# calling script ($image_script) in its messages. Not for: images with a shell, a package
-# manager or a config (Dockerfile images: docker/python-base-image.sh, the project Dockerfile).
+# of this host's own binaries without any container registry: their common options, the engine
+# check, the skip when the image exists, a tiny rootfs of the binaries and every library ldd
+# resolves for them (at the same absolute paths, dereferenced), and its `docker import`. Each
+# function names the calling script ($image_script) in its messages. Not for: images with a
+# shell, a package manager or a config (Dockerfile images: docker/python-base-image.sh, the project Dockerfile).
+
+# Options every such script takes: --force (sets force=1), --tag NAME:TAG (sets tag), -h (prints
+# the lines HELP, a sed range such as '2,10p', of the script's header); the script's own options
+# that take a value, listed in $own_options, land in option[NAME].
+force=0
+declare -A option=()
+parse_image_options() {
+  local help="$1"
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --force) force=1 ;;
+      --tag) tag="${2:?--tag needs a value}"; shift ;;
+      -h|--help) sed -n "$help" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      *)
+        [[ " ${own_options:-} " == *" $1 "* ]] || { echo "$image_script: unknown argument: $1" >&2; exit 2; }
+        option[$1]="${2:?$1 needs a value}"
+        shift ;;
+    esac
+    shift
+  done
+}
 
 # Exit 1 unless the docker CLI reaches an engine.
 require_engine() {

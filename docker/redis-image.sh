@@ -12,23 +12,13 @@
 #   docker run -d --network host ratequeue-redis:local --port 7000 --bind 127.0.0.1 --save ''
 set -euo pipefail
 
-tag="${RATEQUEUE_REDIS_IMAGE:-ratequeue-redis:local}"
-force=0
-server=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --force) force=1 ;;
-    --tag) tag="${2:?--tag needs a value}"; shift ;;
-    --redis-server) server="${2:?--redis-server needs a value}"; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "redis-image: unknown argument: $1" >&2; exit 2 ;;
-  esac
-  shift
-done
-
 image_script=redis-image
 # shellcheck source=docker/import-binaries.sh
 . "$(dirname "$0")/import-binaries.sh"
+tag="${RATEQUEUE_REDIS_IMAGE:-ratequeue-redis:local}"
+own_options="--redis-server"
+parse_image_options '2,12p' "$@"
+server="${option[--redis-server]:-}"
 require_engine
 exit_if_built "$tag" "$force"
 
