@@ -3,7 +3,8 @@
 # check, the skip when the image exists, a tiny rootfs of the binaries and every library ldd
 # resolves for them (at the same absolute paths, dereferenced), and its `docker import`. Each
 # function names the calling script ($image_script) in its messages. Not for: images with a
-# shell, a package manager or a config (Dockerfile images: docker/python-base-image.sh, the project Dockerfile).
+# shell, a package manager or a config (Dockerfile images: docker/python-base-image.sh, the
+# project's Dockerfile).
 
 # Options every such script takes: --force (sets force=1), --tag NAME:TAG (sets tag), -h (prints
 # the lines HELP, a sed range such as '2,10p', of the script's header); the script's own options
