@@ -302,7 +302,9 @@ class EtcdClient:
             "success": [op.to_json() for op in success],
             "failure": [op.to_json() for op in failure],
         }
-        answer = await self._call("/v3/kv/txn", body, write=bool(success or failure))
+        # Only reads (Get) in both branches: a read, safe to send to another member again.
+        writes = any(not isinstance(op, Get) for op in (*success, *failure))
+        answer = await self._call("/v3/kv/txn", body, write=writes)
         result = TxnResult(
             succeeded=bool(answer.get("succeeded", False)),
             revision=_revision(answer),

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the three images of the staging deployment on a machine that cannot pull any image:
+# Build the images of the staging deployment on a machine that cannot pull any image:
 #   ratequeue-redis:local    docker/redis-image.sh (docker import of the host's redis-server)
+#   ratequeue-etcd:local     docker/etcd-image.sh (docker import of the host's etcd, etcdctl), for
+#                            docker-compose.etcd.yml; skipped with a note when etcd is not installed
 #   ratequeue-python:local   docker/python-base-image.sh (docker import of the host's CPython)
 #   ratequeue-testbed:local  the project's Dockerfile, FROM ratequeue-python:local
 # The Dockerfile installs the project's dependencies from a wheelhouse made here on the host
@@ -42,6 +44,11 @@ fi
 [ -n "$python" ] || { echo "build-images: no Python 3.11 found (use --python)" >&2; exit 1; }
 
 docker/redis-image.sh "${force[@]}"
+if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
+  docker/etcd-image.sh "${force[@]}"
+else
+  echo "build-images: no etcd/etcdctl on this host: ratequeue-etcd:local not built (apt-get install etcd-server etcd-client)"
+fi
 docker/python-base-image.sh "${force[@]}" --python "$python"
 
 # The wheelhouse: every runtime dependency as a wheel for this interpreter, plus setuptools to

@@ -28,7 +28,7 @@ from lazarus_lite import steps as _registers_the_steps  # noqa: F401
 from lazarus_lite.actuators import Actuator, LocalProcessActuator
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict
 from lazarus_lite.checks import CHECKS
-from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore, StepReads
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import Escalate, WorkflowCancelled
@@ -64,16 +64,16 @@ def lock_resource(rule: Rule, event: Event) -> str:
 
 def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
     """The actuator the settings select; None: failovers run one replica short."""
+    # Either engine's sensors read the topology where the controllers keep it.
+    sensors_etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
     match settings.chosen_actuator:
         case "local":
             assert settings.actuator_dir is not None  # the settings' own check
-            # Its sensors read the topology where the controllers keep it.
-            etcd = settings.etcd_endpoints if settings.coordination_backend == "etcd" else None
             return LocalProcessActuator(
                 settings.actuator_dir,
                 control_url=settings.control_url,
                 maxmemory=settings.replica_maxmemory,
-                etcd_endpoints=etcd,
+                etcd_endpoints=sensors_etcd,
             )
         case "docker":
             given = {
@@ -85,7 +85,9 @@ def chosen_actuator(settings: ControllerSettings) -> Actuator | None:
             }
             chosen = {field: value for field, value in given.items() if value is not None}
             return DockerActuator(
-                DockerActuatorSettings(control_url=settings.control_url, **chosen)
+                DockerActuatorSettings(
+                    control_url=settings.control_url, etcd_endpoints=sensors_etcd, **chosen
+                )
             )
         case _:
             return None
@@ -349,7 +351,16 @@ class ControllerNode:
         if stop is not None:
             raise WorkflowCancelled(stop)
 
-    async def _before_state_change(self, workflow: WorkflowRecord, step: str) -> None:
-        stop = await self.gates.before_execution(workflow.definition.category)
+    async def _before_state_change(self, workflow: WorkflowRecord, step: str) -> StepReads:
+        """The kill switch gate of a state-changing step; the topology read in the same round
+        trip is handed to the step (on etcd, one read-only transaction instead of two reads)."""
+        # A node out of the control realm stops here without reading the store at all.
+        stop = self.gates.realm.check()
+        if stop is None:
+            reads = await self.store.step_reads()
+            stop = await self.gates.before_execution(
+                workflow.definition.category, reads.kill_switches
+            )
         if stop is not None:
             raise Escalate(f"{stop.gate}: {stop.reason}")
+        return reads

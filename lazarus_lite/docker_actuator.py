@@ -5,7 +5,8 @@ A replacement replica is a container of the Redis image that boots parked (the s
 every shard node of the compose file, `REDIS_NODE_ARGV`), on both of the deployment's networks
 with an address of its own on each (clients on the client network, replication, sensors and
 controllers on the peer network), and a heartbeat sensor container beside it on the peer
-network. Every container it starts carries the labels `LABEL_*` (deployment, shard, role, name):
+network (reading the topology in etcd when the controllers keep it there: `etcd_endpoints`).
+Every container it starts carries the labels `LABEL_*` (deployment, shard, role, name):
 that is how a resumed step adopts the container an interrupted one started instead of starting
 a second, how the chaos runner finds it as a target, and how `remove` finds what to remove.
 Compose does not know them: remove them (label `ratequeue.provisioned-by=docker-actuator`)
@@ -82,6 +83,11 @@ class DockerActuatorSettings(BaseModel):
     redis_image: str = "ratequeue-redis:local"
     sensor_image: str = "ratequeue-testbed:local"
     control_url: str = Field(description="the control store as the sensors reach it")
+    etcd_endpoints: str | None = Field(
+        None,
+        description="the etcd members' client URLs as the sensors reach them, comma-separated, "
+        "when the controllers keep the topology in etcd (unset: in the control store)",
+    )
     docker_url: str | None = Field(None, description="the engine (default: DOCKER_HOST, socket)")
     ready_timeout: float = Field(20.0, gt=0, le=600)
 
@@ -303,6 +309,17 @@ class DockerActuator:
                 )
             time.sleep(0.1)
 
+    def sensor_command(self, node: NodeRef) -> list[str]:
+        """The command line of `node`'s sensor: it reads and watches the topology where the
+        controllers keep it (etcd, when its endpoints are set) and sends its events to the
+        stream in the control store either way."""
+        etcd = self.settings.etcd_endpoints
+        return [
+            "detection", "sensor", "--control", self.settings.control_url,
+            "--replica", node.peer_address, "--name", f"sensor-{node.name}",
+            *(["--etcd-endpoints", etcd] if etcd else []),
+        ]  # fmt: skip
+
     def _provision_sensor(self, shard: str, node: NodeRef) -> None:
         name = f"sensor-{node.name}"
         existing = self.started(name)
@@ -312,16 +329,7 @@ class DockerActuator:
         self._run(
             name=name,
             image=self.settings.sensor_image,
-            command=[
-                "detection",
-                "sensor",
-                "--control",
-                self.settings.control_url,
-                "--replica",
-                node.peer_address,
-                "--name",
-                name,
-            ],
+            command=self.sensor_command(node),
             labels=self._labels(shard, "sensor", name),
             networks=[self.settings.peer_network],
             init=True,

@@ -161,8 +161,13 @@ class KillSwitch:
     async def status(self) -> dict[str, dict[str, Any]]:
         return await self._flags.kill_switches()
 
-    async def check(self, category: str) -> GateStop | None:
-        engaged = await self._flags.kill_switches()
+    async def check(
+        self, category: str, engaged: dict[str, dict[str, Any]] | None = None
+    ) -> GateStop | None:
+        """`engaged`: the switches as just read with other keys (`CoordinationStore.step_reads`);
+        None: read them here."""
+        if engaged is None:
+            engaged = await self._flags.kill_switches()
         for name in (category, ALL):
             info = engaged.get(name)
             if info is not None:
@@ -265,6 +270,9 @@ class SafetyGates:
                 return stop
         return None
 
-    async def before_execution(self, category: str) -> GateStop | None:
-        """The seed's kill switch placement: one check, right before execution."""
-        return self.realm.check() or await self.kill_switch.check(category)
+    async def before_execution(
+        self, category: str, engaged: dict[str, dict[str, Any]] | None = None
+    ) -> GateStop | None:
+        """The seed's kill switch placement: one check, right before execution (`engaged`: the
+        kill switches already read, as `KillSwitch.check` takes them)."""
+        return self.realm.check() or await self.kill_switch.check(category, engaged)

@@ -35,6 +35,11 @@ class EtcdTopologyStore:
         self._client = client
         self._key = key
 
+    @property
+    def key(self) -> str:
+        """The key holding the map (for a transaction that reads it with other keys)."""
+        return self._key
+
     async def load(self) -> Topology | None:
         found = await self._client.get(self._key)
         return None if found is None else Topology.model_validate_json(found.value)

@@ -418,6 +418,25 @@ async def test_a_compare_and_set_on_a_stale_epoch_is_refused_and_changes_nothing
     assert loaded is not None and loaded.shards[0].primary.name == "q"
 
 
+async def test_a_steps_reads_are_the_kill_switches_and_the_topology_as_stored(
+    store: CoordinationStore,
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+
+    reads = await store.step_reads()
+
+    assert reads.kill_switches == await store.flags.kill_switches() == {"failover": {"by": "ops"}}
+    assert reads.topology == await store.topology.load()
+
+
+async def test_a_steps_reads_of_an_empty_store_are_no_switch_and_no_topology(
+    store: CoordinationStore,
+) -> None:
+    reads = await store.step_reads()
+    assert (reads.kill_switches, reads.topology) == ({}, None)
+
+
 async def test_a_watch_delivers_a_new_epoch(store: CoordinationStore) -> None:
     await store.topology.compare_and_set(0, a_topology(1))
     watch = store.topology.watch(after_epoch=1, refresh_every=30)

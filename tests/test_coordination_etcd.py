@@ -18,6 +18,7 @@ from common.etcd_client import (
     Compare,
     EtcdClient,
     EtcdClientSettings,
+    Get,
     KeyValue,
     Lease,
     Operation,
@@ -84,6 +85,9 @@ class AnswerLostClient(EtcdClient):
         *,
         check: bool = True,
     ) -> TxnResult:
+        if all(isinstance(op, Get) for op in (*success, *failure)):
+            # A read-only transaction is a read: its answer is never "lost" to the caller.
+            return await super().txn(compare, success, failure, check=check)
         if self.delay > 0:
             self.delay -= 1
             self._delayed = (compare, success, failure)
@@ -340,6 +344,72 @@ async def test_a_topology_change_that_committed_after_its_read_back_is_a_success
     await store.topology.compare_and_set(1, a_topology(2, primary="q"))
     found = await store.topology.load()
     assert found is not None and found.epoch == 2
+
+
+async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+    paths: list[str] = []
+    call = store.client._call
+
+    async def counted(path: str, body: dict, *, write: bool) -> dict:
+        paths.append(f"{path} write={write}")
+        return await call(path, body, write=write)
+
+    monkeypatch.setattr(store.client, "_call", counted)
+    reads = await store.step_reads()
+
+    assert reads.kill_switches == {"failover": {"by": "ops"}}
+    assert paths == ["/v3/kv/txn write=False"]  # a read: sent again elsewhere if unanswered
+
+
+@pytest.fixture
+async def stopped_first(
+    etcd: EtcdCluster, records_redis: RedisProcess
+) -> AsyncIterator[tuple[EtcdCoordinationStore, EtcdMember]]:
+    """A store whose calls go first to a follower (the quorum stays whole when it stops) and
+    that follower, still running; the `etcd` fixture resumes it after the test."""
+    leader = etcd.wait_for_leader()
+    follower = next(m for m in etcd.members if m is not leader)
+    opened = store_on(etcd, records_redis, first=follower)
+    await opened.client.delete("/", prefix=True)
+    yield opened, follower
+    await opened.aclose()
+
+
+async def test_a_steps_reads_answer_while_the_first_member_is_stopped(
+    stopped_first: tuple[EtcdCoordinationStore, EtcdMember],
+) -> None:
+    store, first = stopped_first
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+    first.pause()  # SIGSTOP: the connection stays open, no answer comes
+    reads = await store.step_reads()
+    assert reads.kill_switches == {"failover": {"by": "ops"}}
+    assert reads.topology is not None and reads.topology.epoch == 1
+    assert store.client._preferred != 0  # sent to the stopped member first, then on
+
+
+async def test_a_lock_renews_when_its_member_stops_between_keep_alive_and_read(
+    stopped_first: tuple[EtcdCoordinationStore, EtcdMember], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, first = stopped_first
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    assert await store.locks.renew(held)  # its lease known: the next renewal keeps it alive
+    keep_alive = store.client.keep_alive_once
+    kept_alive: list[int] = []
+
+    async def then_stop(lease_id: int) -> int:
+        ttl = await keep_alive(lease_id)
+        kept_alive.append(lease_id)
+        first.pause()  # the guarded read that follows goes to a stopped member first
+        return ttl
+
+    monkeypatch.setattr(store.client, "keep_alive_once", then_stop)
+    assert await store.locks.renew(held)
+    assert kept_alive
+    assert store.client._preferred != 0  # the read was sent to the stopped member, then on
 
 
 async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.errors import EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
+from common.errors import EtcdError, EtcdLeaseNotFound, EtcdOutcomeUnknown, EtcdUnreachable
 from common.etcd_client import (
     Compare,
     Delete,
@@ -69,6 +69,7 @@ from lazarus_lite.coordination.interface import (
     OWNER_LEASE_MS,
     SENSOR_HEARTBEAT_RETENTION,
     HeldLock,
+    StepReads,
     WindowKind,
 )
 from lazarus_lite.coordination.redis_backend import (
@@ -81,6 +82,7 @@ from lazarus_lite.coordination.redis_backend import (
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.etcd_topology import EtcdTopologyStore
+from ratequeue.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +239,8 @@ class _Writes:
                     await self.client.keep_alive_once(lease)
                 except EtcdLeaseNotFound:
                     lease = None  # expired with its key, or the key moved to another lease
-            try:
-                result = await self.client.txn(guard, [Get(key=key)], check=False)
-            except EtcdOutcomeUnknown:
-                continue  # a read: safe to send again
+            # Only Gets: a read, which the client sends to another member when unanswered.
+            result = await self.client.txn(guard, [Get(key=key)], check=False)
             read = result.responses[0] if result.succeeded else None
             if not isinstance(read, RangeResult) or not read.kvs or not read.kvs[0].lease:
                 self.forget(key)
@@ -624,6 +624,11 @@ def _within(found: RangeResult, prefix: str, since: float) -> list[str]:
     return [keys.name_of(kv.key[len(prefix) :]) for kv in found.kvs if float(kv.value) >= since]
 
 
+def _kill_switches(found: RangeResult) -> dict[str, dict[str, Any]]:
+    start = len(keys.KILLSWITCH)
+    return {keys.name_of(kv.key[start:]): json.loads(kv.value) for kv in found.kvs}
+
+
 class EtcdSafetyFlags:
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
@@ -639,9 +644,7 @@ class EtcdSafetyFlags:
         await self._writes.delete(keys.KILLSWITCH, prefix=True)
 
     async def kill_switches(self) -> dict[str, dict[str, Any]]:
-        found = await self._client.get_prefix(keys.KILLSWITCH)
-        start = len(keys.KILLSWITCH)
-        return {keys.name_of(kv.key[start:]): json.loads(kv.value) for kv in found.kvs}
+        return _kill_switches(await self._client.get_prefix(keys.KILLSWITCH))
 
     async def set_shadow(self, service: str, shadowed: bool) -> None:
         key = keys.SHADOW_SERVICES + keys.part(service)
@@ -808,6 +811,18 @@ class EtcdCoordinationStore:
         so it is not asked."""
         await self.client.get(keys.RUN_LOCK)
         return True
+
+    async def step_reads(self) -> StepReads:
+        """One read-only transaction (no compare, two ranges): one linearizable read, one
+        revision, where two separate reads cost two round trips to the leader."""
+        reads = [Get(key=keys.KILLSWITCH, prefix=True), Get(key=self.topology.key)]
+        switches, topology = (await self.client.txn([], reads)).responses
+        if not (isinstance(switches, RangeResult) and isinstance(topology, RangeResult)):
+            raise EtcdError(f"a read-only transaction answered other than two ranges: {switches!r}")
+        return StepReads(
+            kill_switches=_kill_switches(switches),
+            topology=Topology.model_validate_json(topology.kvs[0].value) if topology.kvs else None,
+        )
 
     async def aclose(self) -> None:
         await self._writes.settle()

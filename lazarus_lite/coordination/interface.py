@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 from detection.events import Event
 from lazarus_lite.workflow.records import WorkflowRecord
-from ratequeue.topology import TopologySource
+from ratequeue.topology import Topology, TopologySource
 from ratequeue.write_failures import FailureRun
 
 # How long a workflow's owner lease lasts unless renewed (the engine renews it three times as
@@ -293,6 +293,15 @@ class RecordLog(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StepReads:
+    """What a state-changing workflow step reads before it acts, read together (at one
+    revision on etcd, in one MULTI on Redis): the kill switches engaged, and the topology."""
+
+    kill_switches: dict[str, dict[str, Any]]
+    topology: Topology | None
+
+
 class CoordinationStore(Protocol):
     """Everything above, from one store; what the controller, its API and the chaos runner
     hold instead of a connection."""
@@ -315,6 +324,10 @@ class CoordinationStore(Protocol):
 
     async def ping(self) -> bool:
         """Whether the store answers now."""
+        ...
+
+    async def step_reads(self) -> StepReads:
+        """The kill switches and the topology in one round trip to the store."""
         ...
 
     async def aclose(self) -> None: ...

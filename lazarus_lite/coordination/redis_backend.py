@@ -24,11 +24,12 @@ from lazarus_lite.coordination.interface import (
     OWNER_LEASE_MS,
     SENSOR_HEARTBEAT_RETENTION,
     HeldLock,
+    StepReads,
     WindowKind,
 )
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
-from ratequeue.topology import TopologyStore
+from ratequeue.topology import TOPOLOGY_KEY, Topology, TopologyStore
 from ratequeue.write_failures import FailureRun, read_write_failures
 
 EVENT_WORKFLOW_SECONDS = 30 * 24 * 3600
@@ -267,6 +268,11 @@ class RedisSlidingWindows:
         return sorted(k[len(prefix) :] for k in found)
 
 
+def _kill_switches(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
+    """The kill switch hash as read: category -> what engaged it."""
+    return {category.decode(): json.loads(info) for category, info in raw.items()}
+
+
 class RedisSafetyFlags:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
@@ -281,8 +287,7 @@ class RedisSafetyFlags:
         await self._control.delete(keys.KILLSWITCH)
 
     async def kill_switches(self) -> dict[str, dict[str, Any]]:
-        raw = await self._control.hgetall(keys.KILLSWITCH)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return _kill_switches(await self._control.hgetall(keys.KILLSWITCH))
 
     async def set_shadow(self, service: str, shadowed: bool) -> None:
         if shadowed:
@@ -473,6 +478,14 @@ class RedisCoordinationStore:
 
     async def ping(self) -> bool:
         return bool(await self.control.ping())
+
+    async def step_reads(self) -> StepReads:
+        async with self.control.pipeline(transaction=True) as both:
+            switches, topology = await both.hgetall(keys.KILLSWITCH).get(TOPOLOGY_KEY).execute()
+        return StepReads(
+            kill_switches=_kill_switches(switches),
+            topology=None if topology is None else Topology.model_validate_json(topology),
+        )
 
     async def aclose(self) -> None:
         if self._owns_connection:

@@ -179,7 +179,12 @@ async def connect(node: NodeRef, timeout: float = 1.0) -> AsyncIterator[aioredis
 
 
 async def load_topology(ctx: StepContext) -> Topology:
-    topology = await ctx.env.store.topology.load()
+    """The topology as the step's gate read it with the kill switch (one round trip for both),
+    else read now."""
+    if ctx.store_reads is not None:
+        topology = ctx.store_reads.topology
+    else:
+        topology = await ctx.env.store.topology.load()
     if topology is None:
         raise RuntimeError("no topology in the control store")
     return topology

@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from lazarus_lite.coordination.interface import CoordinationStore, HeldLock, ResourceLocks
+from lazarus_lite.coordination.interface import (
+    CoordinationStore,
+    HeldLock,
+    ResourceLocks,
+    StepReads,
+)
 from lazarus_lite.errors import UndeclaredRead
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -54,7 +59,9 @@ class StepEnvironment:
     store: CoordinationStore
     node_id: str
     collaborators: dict[str, Any] = field(default_factory=dict)
-    before_state_change: Callable[[WorkflowRecord, str], Awaitable[None]] | None = None
+    # The gate of a state-changing step: raises to stop it, else returns what it read of the
+    # store for the step (`StepContext.store_reads`).
+    before_state_change: Callable[[WorkflowRecord, str], Awaitable[StepReads | None]] | None = None
     before_start: Callable[[WorkflowDefinition, dict[str, Any]], Awaitable[None]] | None = None
 
     @property
@@ -72,6 +79,9 @@ class StepContext:
     env: StepEnvironment
     reads: Mapping[str, type[StepOutput]] | None = None
     inputs_model: type[WorkflowInputs] | None = None
+    store_reads: StepReads | None = None
+    """What the gate before this attempt read of the store (a state-changing step's topology
+    at the revision its kill switch was checked at); None: read it yourself."""
 
     def inputs_as(self, model: type[InputsT]) -> InputsT:
         """The workflow's inputs as `model` (the one the step declared)."""

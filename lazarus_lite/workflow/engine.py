@@ -151,13 +151,17 @@ class WorkflowEngine:
             if left <= 0:
                 log.error("workflow %s: no lease renewal for %.1f s", workflow_id, fence_after)
                 return
+            # The store's lease restarts when the renewal reaches it (a keep-alive, then on
+            # etcd a guarded read that may be sent to other members): count from before the
+            # call, not from its answer, or the fence would fall after the lease's expiry.
+            started = time.monotonic()
             try:
                 renewed = await asyncio.wait_for(
                     self.store.renew(workflow_id, self.env.node_id), left
                 )
                 if not renewed:
                     return
-                last_renewed = time.monotonic()
+                last_renewed = started
                 await asyncio.wait_for(self._renew_lock(workflow_id), fence_after)
             except TimeoutError:
                 log.warning("workflow %s: lease renewal did not answer in time", workflow_id)
@@ -223,8 +227,11 @@ class WorkflowEngine:
                 record, "step_started", definition.name, attempt=step_record.attempts
             )
             try:
+                context.store_reads = None
                 if definition.changes_state and self.env.before_state_change is not None:
-                    await self.env.before_state_change(record, definition.name)
+                    context.store_reads = await self.env.before_state_change(
+                        record, definition.name
+                    )
                 output = await asyncio.wait_for(spec.function(context), timeout=definition.timeout)
                 # Checked before it is recorded: a later step reads it as the declared model.
                 stored = stored_output(output, spec.output)

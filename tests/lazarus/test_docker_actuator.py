@@ -118,6 +118,24 @@ def test_remove_removes_the_replica_and_its_sensor_and_nothing_else(
     ]  # fmt: skip
 
 
+@needs_engine
+def test_a_replica_of_controllers_on_etcd_gets_a_sensor_reading_the_topology_in_etcd(
+    staged: Deployment,
+) -> None:
+    members = "http://10.0.0.7:2379,http://10.0.0.8:2379,http://10.0.0.9:2379"
+    on_etcd = DockerActuator(
+        staged.actuator.settings.model_copy(update={"etcd_endpoints": members}), staged.client
+    )
+
+    node = on_etcd.provision_replica_now("s2", "s2-replica-e2")
+
+    (sensor,) = on_etcd.started(f"sensor-{node.name}")
+    command = sensor.attrs["Config"]["Cmd"]
+    assert command[command.index("--etcd-endpoints") + 1] == members
+    assert command[command.index("--control") + 1] == staged.actuator.settings.control_url
+    assert command[command.index("--replica") + 1] == node.peer_address
+
+
 def test_an_unreachable_engine_is_refused_naming_it() -> None:
     actuator = DockerActuator(
         DockerActuatorSettings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from common.redis_processes import RedisProcess
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
-from lazarus_lite.coordination.interface import HeldLock
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, StepReads
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowError
@@ -78,6 +79,17 @@ async def gated_step(ctx: StepContext) -> dict[str, Any]:
 async def guarded_step(ctx: StepContext) -> dict[str, Any]:
     await ctx.assert_lock()
     calls[ctx.step] += 1
+    return {}
+
+
+seen_reads: list[StepReads | None] = []
+
+
+@step("test.note_store_reads")
+async def store_reads_step(ctx: StepContext) -> dict[str, Any]:
+    seen_reads.append(ctx.store_reads)
+    if len(seen_reads) == 1 and ctx.params.get("fail_first"):
+        raise RuntimeError("first attempt failed")
     return {}
 
 
@@ -235,6 +247,39 @@ async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
     counts = {(s.labels["workflow"], s.labels["step"], s.labels["result"]): s.value
               for s in family.samples if s.name.endswith("_count")}  # fmt: skip
     assert counts == {("flaky", "try_it", "retried"): 2, ("flaky", "try_it", "succeeded"): 1}
+
+
+GATED = definition("""
+name: gated
+steps:
+  - name: change
+    run: test.note_store_reads
+    params: {fail_first: true}
+    retry: {max_attempts: 2, backoff: 0.01}
+  - {name: look, run: test.note_store_reads, changes_state: false}
+""")
+
+
+async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_attempt(
+    control: aioredis.Redis,
+) -> None:
+    gate_reads = [StepReads({}, None), StepReads({"other": {"by": "ops"}}, None)]
+    handed: list[StepReads] = []
+
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        handed.append(gate_reads[len(handed)])
+        return handed[-1]
+
+    seen_reads.clear()
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"gated": GATED})
+    started = await engine.start("gated", {})
+    await engine.wait(started.id)
+
+    assert (await engine.store.load(started.id)).status == "succeeded"
+    # Two attempts of `change`, each with its own gate's reads; `look` has no gate: reads itself.
+    assert seen_reads == [gate_reads[0], gate_reads[1], None]
 
 
 def decision_event(event_id: str) -> Event:
@@ -631,3 +676,36 @@ def test_a_reached_replica_without_a_position_does_not_read_as_fenced() -> None:
     with pytest.raises(ValidationError, match="reachable but its replid or offset is missing"):
         NodeFenced.model_validate({"name": "s0-r1", "reachable": True})
     assert not NodeFenced.model_validate({"name": "s0-r1", "reachable": False}).reachable
+
+
+class SlowRenewals:
+    """A workflow store whose first renewal reaches the store (the lease restarts) at once but
+    answers 0.7 s later (a guarded read sent to another member), and whose later renewals never
+    answer (the node cut off): when the lease restarted, and when it would expire."""
+
+    def __init__(self) -> None:
+        self.lease_restarted: list[float] = []
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        if self.lease_restarted:
+            await asyncio.Event().wait()
+        self.lease_restarted.append(time.monotonic())
+        await asyncio.sleep(0.7)
+        return True
+
+    async def load(self, workflow_id: str) -> None:
+        return None
+
+
+async def test_a_node_fences_itself_within_most_of_a_lease_of_its_last_keep_alive_not_answer(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    renewals = SlowRenewals()
+    engine.store = renewals  # type: ignore[assignment]
+    await asyncio.wait_for(engine._keep_ownership("wf"), 10)
+    fenced = time.monotonic()
+    lease = OWNER_LEASE_MS / 1000
+    # 60 % of a lease after the keep-alive (counted from the answer it would be 0.7 s later),
+    # with room for a loaded machine, and well before another node can claim the lease.
+    assert fenced - renewals.lease_restarted[0] < lease * 0.6 + 0.4 < lease

@@ -25,6 +25,27 @@ def test_docker_actuator_is_chosen_by_name_with_the_given_networks() -> None:
     assert actuator.settings.control_url == BASE["control_url"]  # its sensors' control store
 
 
+def test_docker_actuator_of_controllers_on_etcd_gives_its_sensors_the_etcd_members() -> None:
+    members = "http://10.1.2.7:2379,http://10.1.2.8:2379,http://10.1.2.9:2379"
+    settings = ControllerSettings.parse(
+        **BASE, actuator="docker", coordination_backend="etcd", etcd_endpoints=members
+    )
+    actuator = chosen_actuator(settings)
+    assert isinstance(actuator, DockerActuator)
+    assert actuator.settings.etcd_endpoints == members
+    assert actuator.settings.control_url == BASE["control_url"]  # the event stream stays there
+
+
+def test_docker_actuator_of_controllers_on_redis_gives_its_sensors_no_etcd_members() -> None:
+    # Endpoints set but unused (backend redis): the sensors read the topology in the control store.
+    settings = ControllerSettings.parse(
+        **BASE, actuator="docker", etcd_endpoints="http://10.1.2.7:2379"
+    )
+    actuator = chosen_actuator(settings)
+    assert isinstance(actuator, DockerActuator)
+    assert actuator.settings.etcd_endpoints is None
+
+
 def test_an_actuator_dir_alone_chooses_the_local_actuator(tmp_path: Path) -> None:
     settings = ControllerSettings.parse(**BASE, actuator_dir=tmp_path)
     assert isinstance(chosen_actuator(settings), LocalProcessActuator)
