@@ -12,7 +12,7 @@ set -euo pipefail
 
 image_script=etcd-image
 # shellcheck source=docker/import-binaries.sh
-. "$(dirname "$0")/import-binaries.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/import-binaries.sh"
 tag="${RATEQUEUE_ETCD_IMAGE:-ratequeue-etcd:local}"
 parse_image_options '2,10p' "$@"
 require_engine

@@ -14,7 +14,7 @@ set -euo pipefail
 
 image_script=redis-image
 # shellcheck source=docker/import-binaries.sh
-. "$(dirname "$0")/import-binaries.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/import-binaries.sh"
 tag="${RATEQUEUE_REDIS_IMAGE:-ratequeue-redis:local}"
 own_options="--redis-server"
 parse_image_options '2,12p' "$@"
