@@ -42,6 +42,22 @@ _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 def loads(text: str, *, max_depth: int) -> Any:
     """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
     is the first); raises JsonProblem (JsonTooDeep for the nesting)."""
+    # No deeper than its opening brackets (strings' included) are many: a text with few of
+    # them, such as every ordinary request body, needs no scan.
+    if text.count("[") + text.count("{") > max_depth:
+        _refuse_nesting_deeper_than(text, max_depth)
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as problem:
+        raise JsonProblem(problem.msg, problem.lineno, problem.colno) from None
+    except JsonProblem:
+        raise
+    except ValueError as problem:  # an integer of over 4300 digits
+        raise JsonProblem(str(problem)) from None
+
+
+def _refuse_nesting_deeper_than(text: str, max_depth: int) -> None:
+    """Raise JsonTooDeep, naming the line, if brackets outside strings nest past `max_depth`."""
     depth = 0
     for token in _NESTING.finditer(text):
         bracket = token.group()
@@ -52,11 +68,3 @@ def loads(text: str, *, max_depth: int) -> Any:
                 raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)
         elif bracket in ("]", "}"):
             depth -= 1
-    try:
-        return _DECODER.decode(text)
-    except json.JSONDecodeError as problem:
-        raise JsonProblem(problem.msg, problem.lineno, problem.colno) from None
-    except JsonProblem:
-        raise
-    except ValueError as problem:  # an integer of over 4300 digits
-        raise JsonProblem(str(problem)) from None

@@ -23,10 +23,12 @@ from typing import Annotated, Any, get_type_hints
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 
+from common.direct_routes import DirectRoute
 from common.errors import InvalidRequest
 from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from common.http_contract import (
@@ -72,6 +74,8 @@ from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 # The path parameter as published: the pattern only describes, `normalize_number` decides (and
 # names the accepted forms in its 400).
@@ -282,7 +286,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         await reporter.drain()
         await reporter.control.aclose()
 
-    app = FastAPI(title="ratequeue", version="1", lifespan=lifespan)
+    # No OpenTelemetry: FastAPI would otherwise look up the global providers on every request.
+    app = FastAPI(title="ratequeue", version="1", lifespan=lifespan, telemetry=NO_TELEMETRY)
+    app.router.route_class = DirectRoute
     app.state.client = client
     app.state.metrics = metrics
     publish_contract(app)
