@@ -10,6 +10,7 @@ OpenAPI declares each request body and every status an operation answers. Not fo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -408,36 +409,43 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             message = f"field 'messages': {count} messages; {limit}"
             raise InvalidInput(message, code="batch_too_large")
         results: list[dict[str, Any]] = [{}] * count
-        indexes, prepared = [], []
-        for index, item in enumerate(payload.messages):
-            try:
-                prepared.append(prepare_batch_message(index, item))
-                indexes.append(index)
-            except InvalidRequest as error:
-                metrics.enqueued.labels("invalid").inc()
-                results[index] = refusal(index, error)
-        outcomes = await coalescer.enqueue_many(prepared) if prepared else []
-        served: set[str] = set()
-        failed: dict[str, RetryableError] = {}
-        for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
-            if isinstance(outcome, Enqueued):
-                served.add(outcome.shard)
-                metrics.enqueued.labels("duplicate" if outcome.duplicate else "acknowledged").inc()
-                results[index] = {"index": index, "status": 201, "id": outcome.id,
-                                  "number": outcome.number, "shard": outcome.shard,
-                                  "duplicate": outcome.duplicate}  # fmt: skip
-                continue
-            if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
-                metrics.enqueued.labels("backlog_full").inc()
-            elif isinstance(outcome, RetryableError):
-                metrics.enqueued.labels("unavailable").inc()
-                with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
-                    failed.setdefault(client.shard_for(message.number).id, outcome)
-            elif isinstance(outcome, RatequeueError):
-                metrics.enqueued.labels(_REFUSAL_LABEL.get(type(outcome), "invalid")).inc()
-            else:
-                raise outcome
-            results[index] = refusal(index, outcome)
+        # Counted per outcome and added once each: a counter's increment costs a lock and a
+        # label lookup (and a file write with several workers), too much per message.
+        outcomes_seen: collections.Counter[str] = collections.Counter()
+        try:
+            indexes, prepared = [], []
+            for index, item in enumerate(payload.messages):
+                try:
+                    prepared.append(prepare_batch_message(index, item))
+                    indexes.append(index)
+                except InvalidRequest as error:
+                    outcomes_seen["invalid"] += 1
+                    results[index] = refusal(index, error)
+            outcomes = await coalescer.enqueue_many(prepared) if prepared else []
+            served: set[str] = set()
+            failed: dict[str, RetryableError] = {}
+            for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
+                if isinstance(outcome, Enqueued):
+                    served.add(outcome.shard)
+                    outcomes_seen["duplicate" if outcome.duplicate else "acknowledged"] += 1
+                    results[index] = {"index": index, "status": 201, "id": outcome.id,
+                                      "number": outcome.number, "shard": outcome.shard,
+                                      "duplicate": outcome.duplicate}  # fmt: skip
+                    continue
+                if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
+                    outcomes_seen["backlog_full"] += 1
+                elif isinstance(outcome, RetryableError):
+                    outcomes_seen["unavailable"] += 1
+                    with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
+                        failed.setdefault(client.shard_for(message.number).id, outcome)
+                elif isinstance(outcome, RatequeueError):
+                    outcomes_seen[_REFUSAL_LABEL.get(type(outcome), "invalid")] += 1
+                else:
+                    raise outcome
+                results[index] = refusal(index, outcome)
+        finally:
+            for label, seen in outcomes_seen.items():
+                metrics.enqueued.labels(label).inc(seen)
         metrics.wait_failures.inc(sum(isinstance(e, DurabilityNotMet) for e in failed.values()))
         for shard_id, error in failed.items():
             await reporter.failed(shard_id, error)
