@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -271,6 +272,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
     coalescer = EnqueueCoalescer(client)
+    # Each label's child looked up once: `labels()` takes a lock and checks the labels per call.
+    enqueue_outcome = functools.cache(metrics.enqueued.labels)
+    request_latency = functools.cache(metrics.latency.labels)
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -323,31 +327,31 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
         except InvalidRequest:
-            metrics.enqueued.labels("invalid").inc()
+            enqueue_outcome("invalid").inc()
             raise
         result = await coalescer.enqueue(message)
         if isinstance(result, QueueFull | IdConflict):
-            metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
+            enqueue_outcome("full" if isinstance(result, QueueFull) else "conflict").inc()
             raise result
         if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
-            metrics.enqueued.labels("shard_full").inc()
+            enqueue_outcome("shard_full").inc()
             raise result
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
-            metrics.enqueued.labels("backlog_full").inc()
+            enqueue_outcome("backlog_full").inc()
             raise result
         if isinstance(result, InvalidInput):  # a message its shard's script could not read
-            metrics.enqueued.labels("invalid").inc()
+            enqueue_outcome("invalid").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
                 metrics.wait_failures.inc()
-            metrics.enqueued.labels("unavailable").inc()
+            enqueue_outcome("unavailable").inc()
             with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                 await reporter.failed(client.shard_for(message.number).id, result)
             raise result
         await reporter.succeeded(result.shard)
-        metrics.enqueued.labels("duplicate" if result.duplicate else "acknowledged").inc()
-        metrics.latency.labels("enqueue").observe(time.perf_counter() - started)
+        enqueue_outcome("duplicate" if result.duplicate else "acknowledged").inc()
+        request_latency("enqueue").observe(time.perf_counter() - started)
         return JSONResponse(
             {
                 "id": result.id,
@@ -445,13 +449,13 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 results[index] = refusal(index, outcome)
         finally:
             for label, seen in outcomes_seen.items():
-                metrics.enqueued.labels(label).inc(seen)
+                enqueue_outcome(label).inc(seen)
         metrics.wait_failures.inc(sum(isinstance(e, DurabilityNotMet) for e in failed.values()))
         for shard_id, error in failed.items():
             await reporter.failed(shard_id, error)
         for shard_id in served - set(failed):
             await reporter.succeeded(shard_id)
-        metrics.latency.labels("enqueue_batch").observe(time.perf_counter() - started)
+        request_latency("enqueue_batch").observe(time.perf_counter() - started)
         retry = any(r["status"] == 503 for r in results)
         return JSONResponse({"results": results}, headers={"Retry-After": "1"} if retry else None)
 
@@ -477,7 +481,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             )
         leased = await client.dequeue(payload.max, payload.lease_seconds)
         metrics.dequeued.inc(len(leased))
-        metrics.latency.labels("dequeue").observe(time.perf_counter() - started)
+        request_latency("dequeue").observe(time.perf_counter() - started)
         return {
             "messages": [
                 {
@@ -509,7 +513,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                                    code="invalid_receipt") from None  # fmt: skip
         acked = await client.ack(payload.receipts)
         metrics.acked.inc(acked)
-        metrics.latency.labels("ack").observe(time.perf_counter() - started)
+        request_latency("ack").observe(time.perf_counter() - started)
         return {"acked": acked}
 
     # -- numbers ---------------------------------------------------------------------------
