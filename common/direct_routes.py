@@ -15,6 +15,12 @@ constraints (description and schema hints are fine, they validate nothing). Any 
 on a `DirectRoute` gets FastAPI's own handler, so using the class never changes what an
 endpoint receives.
 
+It trusts the return annotation: what the endpoint returns is sent as a `Response` without a
+check per request, so an endpoint annotated `-> Response` that returns data fails at Starlette
+(500) where FastAPI would have serialized it (tests/unit/test_direct_routes.py checks the queue
+API's direct endpoints). It also skips any per-route FastAPI feature it does not know of, which
+is why pyproject bounds FastAPI to the versions it was checked against.
+
 Not for: endpoints with dependencies, query, header, cookie or body parameters, a route body
 limit of their own, or returning data for FastAPI to serialize.
 """

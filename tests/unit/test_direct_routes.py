@@ -13,8 +13,9 @@ from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.responses import Response
 
-from common.direct_routes import DirectRoute, direct_handler
+from common.direct_routes import DirectRoute, Handler, direct_handler
 from common.errors import InvalidRequest
 from common.http_contract import install_error_handlers
 from ratequeue.config import ServiceSettings
@@ -110,11 +111,91 @@ def test_the_endpoints_left_to_fastapi_still_validate_and_serialize(
     assert client.get(url).status_code == status
 
 
-def test_the_published_openapi_is_the_same_as_fastapis() -> None:
-    assert app_with(DirectRoute).openapi() == app_with(APIRoute).openapi()
+# -- the queue API, built with each route class ---------------------------------------------
+# No server behind it (nothing listens on port 1): a request that gets past the checks is a 503,
+# the same from both apps; they answer from the same code unless the route class differs.
+SETTINGS = ServiceSettings(control_url="redis://127.0.0.1:1/0")
+ENQUEUE, BATCH = "/v1/numbers/%2B14155550100/messages", "/v1/messages:batch"
+JSON = {"content-type": "application/json"}
+TOO_BIG = b'{"body": "' + b"x" * (SETTINGS.max_body_bytes + 1) + b'"}'
+BRACKETED = '{"body": "' + "[{" * 100 + '", "id": "a"}'
+
+HOSTILE = {
+    "malformed-json": ("POST", ENQUEUE, b'{"body": ', JSON),
+    "empty-body": ("POST", ENQUEUE, b"", JSON),
+    "null": ("POST", ENQUEUE, b"null", JSON),
+    "wrong-content-type": ("POST", ENQUEUE, b'{"body": 1}', {"content-type": "text/plain"}),
+    "oversize-body": ("POST", ENQUEUE, TOO_BIG, JSON),
+    "deep-nesting": ("POST", ENQUEUE, b"[" * 5000, JSON),
+    "brackets-in-strings-bad-number": (
+        "POST", "/v1/numbers/not-a-number/messages", BRACKETED.encode(), JSON),
+    "nan": ("POST", ENQUEUE, b'{"body": NaN}', JSON),
+    "batch-malformed": ("POST", BATCH, b'{"messages": [', JSON),
+    "batch-null": ("POST", BATCH, b"null", JSON),
+    "batch-deep-nesting": ("POST", BATCH, b'{"messages": ' + b"[" * 5000, JSON),
+    "batch-only-refusals": (
+        "POST", BATCH,
+        ('{"messages": [{"number": "x", "body": "' + "]" * 80 + '"}, 7, null]}').encode(), JSON),
+    "wrong-method": ("GET", ENQUEUE, b"", {}),
+    "health-without-shards": ("GET", "/healthz", b"", {}),
+}  # fmt: skip
 
 
-def test_the_queue_apis_enqueue_routes_are_called_directly() -> None:
-    app = create_queue_app(ServiceSettings(control_url="redis://127.0.0.1:1/0"))
-    assert direct_handler(route(app, "/v1/numbers/{number}/messages")) is not None
-    assert direct_handler(route(app, "/v1/messages:batch")) is not None
+def queue_client(route_class: type[APIRoute], monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    monkeypatch.setattr("ratequeue.service.DirectRoute", route_class)
+    return TestClient(create_queue_app(SETTINGS), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("case", HOSTILE.values(), ids=HOSTILE.keys())
+def test_the_queue_api_answers_hostile_requests_as_fastapis_own_routes_do(
+    case: tuple[str, str, bytes, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    method, url, body, headers = case
+    answers = []
+    for route_class in (APIRoute, DirectRoute):
+        answer = queue_client(route_class, monkeypatch).request(
+            method, url, content=body, headers=headers
+        )
+        answers.append((answer.status_code, answer.headers.get("content-type"), answer.text))
+    assert answers[0][0] != 500  # a refusal or a 503, never a traceback
+    assert answers[1] == answers[0]
+
+
+def test_the_queue_apis_published_openapi_is_the_same_as_fastapis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published = [queue_client(route_class, monkeypatch).app.openapi()  # type: ignore[attr-defined]
+                 for route_class in (APIRoute, DirectRoute)]  # fmt: skip
+    assert published[1] == published[0]
+
+
+def test_every_direct_endpoint_of_the_queue_api_returns_a_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DirectRoute trusts the return annotation; a direct endpoint returning data would reach
+    # Starlette unserialized. Each direct handler's result is checked as it is returned.
+    returned: dict[str, list[object]] = {}
+
+    def recording(route: APIRoute) -> Handler | None:
+        handler = direct_handler(route)
+        if handler is None:
+            return None
+
+        async def recorded(request: Request) -> Response:
+            result = await handler(request)
+            returned.setdefault(route.path, []).append(result)
+            return result
+
+        return recorded
+
+    monkeypatch.setattr("common.direct_routes.direct_handler", recording)
+    client = TestClient(create_queue_app(SETTINGS), raise_server_exceptions=False)
+    direct = {r.path for r in client.app.routes  # type: ignore[attr-defined]
+              if isinstance(r, APIRoute) and direct_handler(r) is not None}  # fmt: skip
+    assert direct == {"/v1/numbers/{number}/messages", BATCH, "/healthz", "/metrics"}
+    for method, url, body, headers in HOSTILE.values():
+        client.request(method, url, content=body, headers=headers)
+    client.get("/metrics")
+    # The single enqueue answers only with refusals without a shard (raised, not returned).
+    assert returned.keys() == direct - {"/v1/numbers/{number}/messages"}
+    assert all(isinstance(result, Response) for results in returned.values() for result in results)
