@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
+from collections.abc import Iterator
 from itertools import accumulate
-from typing import Any
+from typing import Any, NoReturn
 
 from common.errors import JsonProblem, JsonTooDeep
 from common.validation import quoted
 
-# A JSON string (escapes included; an unterminated one runs to the end, so a match never fails
-# and the scan stays linear); with the alternative, one bracket outside strings.
-_STRING_PATTERN = r'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)'
-_NESTING = re.compile(rf"{_STRING_PATTERN}|[\[\]{{}}]", re.DOTALL)
-_STRING = re.compile(_STRING_PATTERN, re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# A JSON string (escapes included), ended by its quote, a raw newline or the end of the text, so a
+# match never fails and the scan stays linear. JSON strings hold no raw newline (the decoder
+# refuses one before reading on), so stopping there keeps every newline outside the strings cut
+# out: the line of a refusal is counted on the reduced text.
+_STRING = re.compile(r'"[^"\\\n]*(?:\\[^\n]?[^"\\\n]*)*(?:"|(?=\n)|\Z)')
+_NOT_BRACKET = re.compile(r"[^\[\]{}\n]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, "\n": 0}
+# Nesting is measured on prefixes this long, then 8 times longer, up to the whole text: a
+# refusal is found after reading at most 8 times as far as where it is (a text opening with its
+# limit's brackets, within the first 16 KiB), and a text within the limit costs at most about
+# twice one pass (the prefixes before the whole text add up to less than 8/7 of the last); a
+# body up to 16 KiB (a single enqueue, a batch of ~200 short messages) is read once.
+_FIRST_PREFIX = 16 * 1024
+_PREFIX_GROWTH = 8
 
 
 def _not_json(constant: str) -> None:
@@ -47,10 +56,7 @@ _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 def loads(text: str, *, max_depth: int) -> Any:
     """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
     is the first); raises JsonProblem (JsonTooDeep for the nesting)."""
-    # No deeper than its opening brackets (strings' included) are many: a text with few of
-    # them, such as every ordinary request body, needs no scan.
-    if text.count("[") + text.count("{") > max_depth and _deepest(text) > max_depth:
-        _refuse_nesting_deeper_than(text, max_depth)
+    _refuse_nesting_deeper_than(text, max_depth)
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as problem:
@@ -61,22 +67,36 @@ def loads(text: str, *, max_depth: int) -> Any:
         raise JsonProblem(str(problem)) from None
 
 
-def _deepest(text: str) -> int:
-    """How deep the brackets outside strings nest, counted without a Python loop per token: the
-    strings, then everything but brackets, cut out by the regular expression engine."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
-
-
 def _refuse_nesting_deeper_than(text: str, max_depth: int) -> None:
-    """Raise JsonTooDeep, naming the line, if brackets outside strings nest past `max_depth`."""
-    depth = 0
-    for token in _NESTING.finditer(text):
-        bracket = token.group()
-        if bracket in ("[", "{"):
-            depth += 1
-            if depth > max_depth:
-                line = text.count("\n", 0, token.start()) + 1
-                raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)
-        elif bracket in ("]", "}"):
-            depth -= 1
+    """Raise JsonTooDeep, naming the line, if brackets outside strings nest past `max_depth`;
+    measured on growing prefixes, each reduced to its brackets and newlines by the regular
+    expression engine (no Python loop per token). A prefix's reduction is the start of the whole
+    text's, so a prefix nesting too deep is a refusal of the text."""
+    size = _FIRST_PREFIX
+    while True:
+        prefix = text[:size]
+        # No deeper than its opening brackets (strings' included) are many: a prefix with few
+        # of them, such as every ordinary request body, needs no reduction.
+        if prefix.count("[") + prefix.count("{") > max_depth:
+            reduced = _NOT_BRACKET.sub("", _STRING.sub("", prefix))
+            if max(_depths(reduced), default=0) > max_depth:
+                _refuse(reduced, max_depth)
+        if size >= len(text):
+            return
+        size *= _PREFIX_GROWTH
+
+
+def _depths(reduced: str) -> Iterator[int]:
+    return accumulate(map(_DEPTH_STEP.__getitem__, reduced))
+
+
+def _refuse(reduced: str, max_depth: int) -> NoReturn:
+    """Raise JsonTooDeep for `reduced` (brackets and newlines), naming the line where the
+    nesting first passes `max_depth`; raises even if it does not, so a text measured too deep
+    never reaches the recursive decoder."""
+    try:
+        first = operator.indexOf(map(max_depth.__lt__, _depths(reduced)), True)
+        line: int | None = reduced.count("\n", 0, first) + 1
+    except ValueError:  # not found: the measure above disagrees; refused all the same
+        line = None
+    raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)

@@ -42,3 +42,58 @@ def test_brackets_inside_strings_are_not_nesting() -> None:
 def test_what_is_not_json_is_refused_as_a_json_problem(text: str) -> None:
     with pytest.raises(JsonProblem):
         bounded_json.loads(text, max_depth=64)
+
+
+def test_the_refusal_names_the_line_counting_only_newlines_outside_strings_cut_out() -> None:
+    text = '{"a": "[[[[\\n]]",\n "b":\n' + nested(65) + "}"
+    with pytest.raises(JsonTooDeep) as refused:
+        bounded_json.loads(text, max_depth=64)
+    assert refused.value.line == 3
+
+
+@pytest.mark.parametrize(("padding", "line"), [(" " * 20_000, 1), ("\n" * 200_000, 200_001)],
+                         ids=["spaces", "newlines"])  # fmt: skip
+def test_nesting_past_the_first_prefix_read_is_refused_naming_its_line(
+    padding: str, line: int
+) -> None:
+    with pytest.raises(JsonTooDeep) as refused:
+        bounded_json.loads("[" + padding + nested(64) + "]", max_depth=64)
+    assert refused.value.line == line
+
+
+def test_a_raw_newline_ends_a_string_for_the_nesting_measure() -> None:
+    # Not JSON either way; the brackets after the broken string are still counted, and the
+    # refusal names the line they are on.
+    with pytest.raises(JsonTooDeep) as refused:
+        bounded_json.loads('["x\n' + "[" * 100, max_depth=64)
+    assert refused.value.line == 2
+
+
+class ReadingRecorder:
+    """Stands in for the string pattern, recording how much text each scan is given."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+        self.pattern = bounded_json._STRING
+
+    def sub(self, replacement: str, text: str) -> str:
+        self.lengths.append(len(text))
+        return self.pattern.sub(replacement, text)
+
+
+def test_a_text_opening_too_deep_is_refused_without_reading_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorder = ReadingRecorder()
+    monkeypatch.setattr(bounded_json, "_STRING", recorder)
+    with pytest.raises(JsonTooDeep) as refused:
+        bounded_json.loads("[" * (4 << 20), max_depth=64)
+    assert refused.value.line == 1
+    assert max(recorder.lengths) <= 16 * 1024
+
+
+def test_a_text_measured_too_deep_is_refused_even_if_no_position_passes_the_limit() -> None:
+    # The measure and the search for the line disagreeing must not let the text through.
+    with pytest.raises(JsonTooDeep) as refused:
+        bounded_json._refuse("[]\n[]", max_depth=64)
+    assert refused.value.line is None
