@@ -12,15 +12,29 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
-from typing import Any
+from collections.abc import Iterator
+from itertools import accumulate
+from typing import Any, NoReturn
 
 from common.errors import JsonProblem, JsonTooDeep
 from common.validation import quoted
 
-# A JSON string (escapes included; an unterminated one runs to the end, so a match never fails
-# and the scan stays linear), or one bracket outside strings.
-_NESTING = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
+# A JSON string (escapes included), ended by its quote, a raw newline or the end of the text, so a
+# match never fails and the scan stays linear. JSON strings hold no raw newline (the decoder
+# refuses one before reading on), so stopping there keeps every newline outside the strings cut
+# out: the line of a refusal is counted on the reduced text.
+_STRING = re.compile(r'"[^"\\\n]*(?:\\[^\n]?[^"\\\n]*)*(?:"|(?=\n)|\Z)')
+_NOT_BRACKET = re.compile(r"[^\[\]{}\n]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, "\n": 0}
+# Nesting is measured on prefixes this long, then 8 times longer, up to the whole text: a
+# refusal is found after reading at most 8 times as far as where it is (a text opening with its
+# limit's brackets, within the first 16 KiB), and a text within the limit costs at most about
+# twice one pass (the prefixes before the whole text add up to less than 8/7 of the last); a
+# body up to 16 KiB (a single enqueue, a batch of ~200 short messages) is read once.
+_FIRST_PREFIX = 16 * 1024
+_PREFIX_GROWTH = 8
 
 
 def _not_json(constant: str) -> None:
@@ -42,16 +56,7 @@ _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 def loads(text: str, *, max_depth: int) -> Any:
     """The JSON value in `text`, nested at most `max_depth` levels (a top-level object or array
     is the first); raises JsonProblem (JsonTooDeep for the nesting)."""
-    depth = 0
-    for token in _NESTING.finditer(text):
-        bracket = token.group()
-        if bracket in ("[", "{"):
-            depth += 1
-            if depth > max_depth:
-                line = text.count("\n", 0, token.start()) + 1
-                raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)
-        elif bracket in ("]", "}"):
-            depth -= 1
+    _refuse_nesting_deeper_than(text, max_depth)
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as problem:
@@ -60,3 +65,38 @@ def loads(text: str, *, max_depth: int) -> Any:
         raise
     except ValueError as problem:  # an integer of over 4300 digits
         raise JsonProblem(str(problem)) from None
+
+
+def _refuse_nesting_deeper_than(text: str, max_depth: int) -> None:
+    """Raise JsonTooDeep, naming the line, if brackets outside strings nest past `max_depth`;
+    measured on growing prefixes, each reduced to its brackets and newlines by the regular
+    expression engine (no Python loop per token). A prefix's reduction is the start of the whole
+    text's, so a prefix nesting too deep is a refusal of the text."""
+    size = _FIRST_PREFIX
+    while True:
+        prefix = text[:size]
+        # No deeper than its opening brackets (strings' included) are many: a prefix with few
+        # of them, such as every ordinary request body, needs no reduction.
+        if prefix.count("[") + prefix.count("{") > max_depth:
+            reduced = _NOT_BRACKET.sub("", _STRING.sub("", prefix))
+            if max(_depths(reduced), default=0) > max_depth:
+                _refuse(reduced, max_depth)
+        if size >= len(text):
+            return
+        size *= _PREFIX_GROWTH
+
+
+def _depths(reduced: str) -> Iterator[int]:
+    return accumulate(map(_DEPTH_STEP.__getitem__, reduced))
+
+
+def _refuse(reduced: str, max_depth: int) -> NoReturn:
+    """Raise JsonTooDeep for `reduced` (brackets and newlines), naming the line where the
+    nesting first passes `max_depth`; raises even if it does not, so a text measured too deep
+    never reaches the recursive decoder."""
+    try:
+        first = operator.indexOf(map(max_depth.__lt__, _depths(reduced)), True)
+        line: int | None = reduced.count("\n", 0, first) + 1
+    except ValueError:  # not found: the measure above disagrees; refused all the same
+        line = None
+    raise JsonTooDeep(f"nested deeper than {max_depth} levels; refused", line)

@@ -73,8 +73,11 @@ def serve(settings: ServiceSettings) -> None:
         return
     from ratequeue.service import create_app
 
+    # httptools and uvloop named, not left to "auto": without them uvicorn would fall back
+    # silently to its pure-Python parser and asyncio's loop, which cost more CPU per request.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False)  # fmt: skip
+                log_level=settings.log_level, access_log=False, http="httptools",
+                loop="uvloop")  # fmt: skip
 
 
 @app.command()

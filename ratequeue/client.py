@@ -113,10 +113,14 @@ class NumberInfo:
     """Unix time (seconds) when the number may send next."""
 
 
+# Canonical (keys sorted): a retry whose object keys come in another order is the same message
+# (a duplicate), not another one under the same id (a conflict). One encoder for every call:
+# `json.dumps` with options builds a new one each time.
+_CANONICAL_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
 def encode_body(body: Any) -> str:
-    # Canonical (keys sorted): a retry whose object keys come in another order is the same
-    # message (a duplicate), not another one under the same id (a conflict).
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return _CANONICAL_JSON.encode(body)
 
 
 def new_message_id() -> str:

@@ -19,6 +19,19 @@ GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 
 def count_segments(text: str) -> int:
     """Segments needed to send `text` (at least 1, also for an empty message)."""
+    if GSM7_BASIC.issuperset(text):  # most texts: one septet a character, no loop in Python
+        septets = len(text)
+    else:
+        septets = _gsm7_septets(text)
+        if septets is None:
+            return _ucs2_segments(text)
+    if septets <= 160:
+        return 1
+    return math.ceil(septets / 153)
+
+
+def _gsm7_septets(text: str) -> int | None:
+    """Septets of `text` in GSM-7, or None if a character has none (the text goes as UCS-2)."""
     septets = 0
     for char in text:
         if char in GSM7_BASIC:
@@ -26,10 +39,8 @@ def count_segments(text: str) -> int:
         elif char in GSM7_EXTENSION:
             septets += 2
         else:
-            return _ucs2_segments(text)
-    if septets <= 160:
-        return 1
-    return math.ceil(septets / 153)
+            return None
+    return septets
 
 
 def _ucs2_segments(text: str) -> int:

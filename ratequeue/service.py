@@ -10,7 +10,9 @@ OpenAPI declares each request body and every status an operation answers. Not fo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -23,10 +25,12 @@ from typing import Annotated, Any, get_type_hints
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 
+from common.direct_routes import DirectRoute
 from common.errors import InvalidRequest
 from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from common.http_contract import (
@@ -72,6 +76,8 @@ from ratequeue.topology import Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 # The path parameter as published: the pattern only describes, `normalize_number` decides (and
 # names the accepted forms in its 400).
@@ -266,6 +272,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         topology=EtcdTopologyStore(etcd) if etcd is not None else sentinel,
     )
     coalescer = EnqueueCoalescer(client)
+    # Each label's child looked up once: `labels()` takes a lock and checks the labels per call.
+    enqueue_outcome = functools.cache(metrics.enqueued.labels)
+    request_latency = functools.cache(metrics.latency.labels)
     reporter = WriteFailureReporter(
         aioredis.Redis.from_url(settings.control_url, socket_timeout=1, socket_connect_timeout=1)
     )
@@ -282,7 +291,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         await reporter.drain()
         await reporter.control.aclose()
 
-    app = FastAPI(title="ratequeue", version="1", lifespan=lifespan)
+    # No OpenTelemetry: FastAPI would otherwise look up the global providers on every request.
+    app = FastAPI(title="ratequeue", version="1", lifespan=lifespan, telemetry=NO_TELEMETRY)
+    app.router.route_class = DirectRoute
     app.state.client = client
     app.state.metrics = metrics
     publish_contract(app)
@@ -316,31 +327,31 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     raise InvalidInput(f"field 'id': {error.message}", code=error.code) from None
             message = client.prepare(number, payload.body, payload.id)
         except InvalidRequest:
-            metrics.enqueued.labels("invalid").inc()
+            enqueue_outcome("invalid").inc()
             raise
         result = await coalescer.enqueue(message)
         if isinstance(result, QueueFull | IdConflict):
-            metrics.enqueued.labels("full" if isinstance(result, QueueFull) else "conflict").inc()
+            enqueue_outcome("full" if isinstance(result, QueueFull) else "conflict").inc()
             raise result
         if isinstance(result, ShardFull):  # no failover makes room: not a write failure to report
-            metrics.enqueued.labels("shard_full").inc()
+            enqueue_outcome("shard_full").inc()
             raise result
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
-            metrics.enqueued.labels("backlog_full").inc()
+            enqueue_outcome("backlog_full").inc()
             raise result
         if isinstance(result, InvalidInput):  # a message its shard's script could not read
-            metrics.enqueued.labels("invalid").inc()
+            enqueue_outcome("invalid").inc()
             raise result
         if isinstance(result, Exception):
             if isinstance(result, DurabilityNotMet):
                 metrics.wait_failures.inc()
-            metrics.enqueued.labels("unavailable").inc()
+            enqueue_outcome("unavailable").inc()
             with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                 await reporter.failed(client.shard_for(message.number).id, result)
             raise result
         await reporter.succeeded(result.shard)
-        metrics.enqueued.labels("duplicate" if result.duplicate else "acknowledged").inc()
-        metrics.latency.labels("enqueue").observe(time.perf_counter() - started)
+        enqueue_outcome("duplicate" if result.duplicate else "acknowledged").inc()
+        request_latency("enqueue").observe(time.perf_counter() - started)
         return JSONResponse(
             {
                 "id": result.id,
@@ -402,42 +413,49 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             message = f"field 'messages': {count} messages; {limit}"
             raise InvalidInput(message, code="batch_too_large")
         results: list[dict[str, Any]] = [{}] * count
-        indexes, prepared = [], []
-        for index, item in enumerate(payload.messages):
-            try:
-                prepared.append(prepare_batch_message(index, item))
-                indexes.append(index)
-            except InvalidRequest as error:
-                metrics.enqueued.labels("invalid").inc()
-                results[index] = refusal(index, error)
-        outcomes = await coalescer.enqueue_many(prepared) if prepared else []
-        served: set[str] = set()
-        failed: dict[str, RetryableError] = {}
-        for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
-            if isinstance(outcome, Enqueued):
-                served.add(outcome.shard)
-                metrics.enqueued.labels("duplicate" if outcome.duplicate else "acknowledged").inc()
-                results[index] = {"index": index, "status": 201, "id": outcome.id,
-                                  "number": outcome.number, "shard": outcome.shard,
-                                  "duplicate": outcome.duplicate}  # fmt: skip
-                continue
-            if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
-                metrics.enqueued.labels("backlog_full").inc()
-            elif isinstance(outcome, RetryableError):
-                metrics.enqueued.labels("unavailable").inc()
-                with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
-                    failed.setdefault(client.shard_for(message.number).id, outcome)
-            elif isinstance(outcome, RatequeueError):
-                metrics.enqueued.labels(_REFUSAL_LABEL.get(type(outcome), "invalid")).inc()
-            else:
-                raise outcome
-            results[index] = refusal(index, outcome)
+        # Counted per outcome and added once each: a counter's increment costs a lock and a
+        # label lookup (and a file write with several workers), too much per message.
+        outcomes_seen: collections.Counter[str] = collections.Counter()
+        try:
+            indexes, prepared = [], []
+            for index, item in enumerate(payload.messages):
+                try:
+                    prepared.append(prepare_batch_message(index, item))
+                    indexes.append(index)
+                except InvalidRequest as error:
+                    outcomes_seen["invalid"] += 1
+                    results[index] = refusal(index, error)
+            outcomes = await coalescer.enqueue_many(prepared) if prepared else []
+            served: set[str] = set()
+            failed: dict[str, RetryableError] = {}
+            for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
+                if isinstance(outcome, Enqueued):
+                    served.add(outcome.shard)
+                    outcomes_seen["duplicate" if outcome.duplicate else "acknowledged"] += 1
+                    results[index] = {"index": index, "status": 201, "id": outcome.id,
+                                      "number": outcome.number, "shard": outcome.shard,
+                                      "duplicate": outcome.duplicate}  # fmt: skip
+                    continue
+                if isinstance(outcome, EnqueueBacklogFull):  # refused here, never sent: no report
+                    outcomes_seen["backlog_full"] += 1
+                elif isinstance(outcome, RetryableError):
+                    outcomes_seen["unavailable"] += 1
+                    with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
+                        failed.setdefault(client.shard_for(message.number).id, outcome)
+                elif isinstance(outcome, RatequeueError):
+                    outcomes_seen[_REFUSAL_LABEL.get(type(outcome), "invalid")] += 1
+                else:
+                    raise outcome
+                results[index] = refusal(index, outcome)
+        finally:
+            for label, seen in outcomes_seen.items():
+                enqueue_outcome(label).inc(seen)
         metrics.wait_failures.inc(sum(isinstance(e, DurabilityNotMet) for e in failed.values()))
         for shard_id, error in failed.items():
             await reporter.failed(shard_id, error)
         for shard_id in served - set(failed):
             await reporter.succeeded(shard_id)
-        metrics.latency.labels("enqueue_batch").observe(time.perf_counter() - started)
+        request_latency("enqueue_batch").observe(time.perf_counter() - started)
         retry = any(r["status"] == 503 for r in results)
         return JSONResponse({"results": results}, headers={"Retry-After": "1"} if retry else None)
 
@@ -463,7 +481,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             )
         leased = await client.dequeue(payload.max, payload.lease_seconds)
         metrics.dequeued.inc(len(leased))
-        metrics.latency.labels("dequeue").observe(time.perf_counter() - started)
+        request_latency("dequeue").observe(time.perf_counter() - started)
         return {
             "messages": [
                 {
@@ -495,7 +513,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                                    code="invalid_receipt") from None  # fmt: skip
         acked = await client.ack(payload.receipts)
         metrics.acked.inc(acked)
-        metrics.latency.labels("ack").observe(time.perf_counter() - started)
+        request_latency("ack").observe(time.perf_counter() - started)
         return {"acked": acked}
 
     # -- numbers ---------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def serve_with_workers(settings: ServiceSettings, *, host: str, port: int, log_l
     os.environ[PARENT_VARIABLE] = str(os.getpid())
     try:
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, host=host,
-                    port=port, log_level=log_level, access_log=False,
+                    port=port, log_level=log_level, access_log=False, http="httptools",
+                    loop="uvloop",
                     timeout_worker_healthcheck=settings.worker_healthcheck_seconds)  # fmt: skip
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -11,6 +11,7 @@ import httpx
 
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import shard_key_count
+from tests.prometheus_samples import metric_samples
 from tests.test_http_api import ON_S0, ON_S0_OTHER, ON_S1, assert_error
 
 BATCH = "/v1/messages:batch"
@@ -211,3 +212,20 @@ def test_a_single_enqueue_with_an_id_ending_in_a_newline_is_refused_naming_the_i
     assert_error(response, 400, "invalid_id")
     assert "field 'id'" in response.json()["error"]["message"]
     assert depth(http, ON_S0) == 0
+
+
+def test_metrics_count_each_message_of_a_batch_by_its_outcome(http: httpx.Client) -> None:
+    batch(
+        http,
+        {"number": ON_S0, "id": "m-a", "body": "hello"},
+        {"number": ON_S1, "id": "m-b", "body": "hello"},
+        {"number": ON_S0, "id": "m-a", "body": "hello"},
+        {"number": ON_S0, "id": "m-a", "body": "goodbye"},
+        {"number": "not a number", "body": "x"},
+    )
+    samples = metric_samples(http.get("/metrics").text)
+    assert samples[("ratequeue_enqueue_total", (("outcome", "acknowledged"),))] == 2
+    assert samples[("ratequeue_enqueue_total", (("outcome", "duplicate"),))] == 1
+    assert samples[("ratequeue_enqueue_total", (("outcome", "conflict"),))] == 1
+    assert samples[("ratequeue_enqueue_total", (("outcome", "invalid"),))] == 1
+    assert samples[("ratequeue_request_seconds_count", (("operation", "enqueue_batch"),))] == 1

@@ -29,3 +29,9 @@ def test_body_text_comes_from_a_string_or_a_text_field() -> None:
     assert segments_for_body("a" * 161) == 2
     assert segments_for_body({"text": "a" * 161, "to": "x"}) == 2
     assert segments_for_body({"data": [1, 2, 3]}) == 1
+
+
+def test_a_mixed_text_counts_each_character_by_its_own_table() -> None:
+    assert count_segments("a" * 158 + "€") == 1
+    assert count_segments("a" * 159 + "€") == 2
+    assert count_segments("a" * 70 + "ж") == 2  # one character outside GSM-7: all UCS-2
