@@ -50,6 +50,8 @@ def _finite(text: str) -> float:
 
 
 # One decoder for every call (`json.loads` with hooks builds a new one each time).
+# strict (the default) must stay: the nesting check ends a string at a raw newline, which is
+# safe only because the decoder refuses a raw newline inside a string before reading past it.
 _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 

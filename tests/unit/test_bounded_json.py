@@ -97,3 +97,9 @@ def test_a_text_measured_too_deep_is_refused_even_if_no_position_passes_the_limi
     with pytest.raises(JsonTooDeep) as refused:
         bounded_json._refuse("[]\n[]", max_depth=64)
     assert refused.value.line is None
+
+
+def test_brackets_hidden_behind_a_raw_newline_in_a_string_never_reach_the_decoder_deep() -> None:
+    # A RecursionError (a 500) would escape pytest.raises and fail the test.
+    with pytest.raises(JsonProblem):
+        bounded_json.loads('"a\n" ' + "[" * 100_000, max_depth=64)
