@@ -116,33 +116,41 @@ def shard_after(state: TestbedState, primary: str) -> Shard | None:
     return shard if shard.primary.name != primary else None
 
 
+def replica_positions(state: TestbedState, seconds: float) -> list[membership.ReplicaPosition]:
+    """The positions of the shard's listed replicas, read every 0.1 s for `seconds`: a replica
+    may still be applying what its dead primary sent when it is first read."""
+    positions = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for node in control_topology(state).shard("s0").replicas:
+            with contextlib.suppress(redis.RedisError, OSError):
+                positions.append(membership.position_of(node.name, replication(node)))
+        time.sleep(0.1)
+    return positions
+
+
 def replicas_holding_what_the_primary_acknowledged(
     state: TestbedState, primary: str, old_primary: str
 ) -> tuple[list[str], str]:
-    """The listed replicas that hold every write `primary` acknowledged, read from the replicas
-    themselves once `primary` is dead (nothing reaches them after) and its appointment published
-    (at most about a second after it, even if it died meanwhile): each followed `primary`'s
-    stream (its replication id) to at least the offset where it was appointed, so it holds what
-    `old_primary` acknowledged through `primary` and, counted by `WAIT` since, what `primary`
-    acknowledged. Also the positions read, for a failure message."""
+    """The listed replicas that held every write `primary` acknowledged when it died, read from
+    the replicas themselves at once: each followed `primary`'s stream (its replication id) to at
+    least the offset where it was appointed, so it holds what `old_primary` acknowledged through
+    `primary` and, counted by `WAIT` since, what `primary` acknowledged. The appointment is read
+    from the topology (published at most about a second after it, even if `primary` died
+    meanwhile). Also what was read, for a failure message."""
+    positions = replica_positions(state, seconds=0.5)
     shard = wait_for(
         f"{primary}'s appointment published", lambda: shard_after(state, old_primary), timeout=15
     )
     if shard.primary.name != primary:
         return [], f"failed over to {shard.primary.name} already"
-    assert shard.lineage is not None
-    holding, seen = [], [f"{primary} appointed at offset {shard.lineage.since}"]
-    for node in shard.replicas:
-        try:
-            info = replication(node)
-        except (redis.RedisError, OSError) as error:
-            seen.append(f"{node.name}: unread ({error})")
-            continue
-        position = membership.position_of(node.name, info)
-        seen.append(f"{node.name}: {position.replid[:8]} at {position.offset}")
-        if position.replid == shard.lineage.replid and position.offset >= shard.lineage.since:
-            holding.append(node.name)
-    return holding, "; ".join(seen)
+    lineage = shard.lineage
+    assert lineage is not None
+    holding = sorted(
+        {p.name for p in positions if p.replid == lineage.replid and p.offset >= lineage.since}
+    )
+    read = sorted({f"{p.name}: {p.replid[:8]} at {p.offset}" for p in positions})
+    return holding, f"{primary} appointed at {lineage.since}; read: {', '.join(read)}"
 
 
 def drain_everything(api: str, seconds: float = 20) -> set[str]:
@@ -215,7 +223,6 @@ def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
             )
         os.kill(r1.pid, signal.SIGKILL)
         second_at = time.time()
-        time.sleep(0.5)  # R2 applies what R1 sent before it died; nothing reaches it after
         holding, positions = replicas_holding_what_the_primary_acknowledged(
             testbed, "s0-replica1", "s0-primary"
         )
