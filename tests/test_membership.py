@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from common.errors import RedisStartError
 from common.redis_processes import start_redis
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.steps.ratequeue_promotion import good_replicas_of
+from lazarus_lite.errors import Escalate
+from lazarus_lite.steps.ratequeue_promotion import escalate_if_gone, good_replicas_of
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
@@ -195,6 +196,23 @@ def test_a_stalled_new_primary_holds_the_publication_only_about_the_write_quorum
     # The bound is WRITABLE_WAIT_SECONDS + 0.1 = 0.6 s; the room left for a busy machine stops
     # short of the 1.5 s a connection's own timeout once held it for.
     assert took < 1.4
+
+
+def test_a_step_escalates_once_the_primary_it_appointed_is_dead(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Not retried for seconds: the failover of the dead primary waits on this workflow's lock.
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    primary.signal(signal.SIGKILL)
+    with pytest.raises(Escalate, match=f"primary {primary.name} stopped answering while"):
+        asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("gone")))
+
+
+def test_a_step_is_retried_while_the_primary_it_appointed_answers(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("a blip")))
 
 
 # -- the fence ---------------------------------------------------------------------------------

@@ -521,12 +521,7 @@ async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
             for setting, value in membership.write_quorum(needed).items():
                 await primary_conn.config_set(setting, value)
     except (RedisError, OSError, TimeoutError) as error:
-        if not await answers(primary):
-            # A second failure: this workflow's work is done or moot; give the lock back so
-            # the failover of the new primary is not kept waiting on it.
-            raise Escalate(
-                f"primary {primary.name} stopped answering while {node.name} was joining it"
-            ) from error
+        await escalate_if_gone(primary, f"{node.name} was joining it", error)
         raise
     return ReplacementProvisioned(replica=node.name, address=node.peer_address)
 
@@ -539,16 +534,29 @@ async def answers(node: NodeRef) -> bool:
         return False
 
 
+async def escalate_if_gone(primary: NodeRef, doing: str, error: BaseException) -> None:
+    """Raise `Escalate` (no retry) if the primary this workflow appointed no longer answers; else
+    return, and the step's retries go on. A second failure: this workflow's work is done or
+    moot, and it must give the shard lock back at once, since the failover of the new primary
+    waits for it only a few seconds (`acquire_lock`'s retries) before it escalates too."""
+    if not await answers(primary):
+        raise Escalate(f"primary {primary.name} stopped answering while {doing}") from error
+
+
 @step("ratequeue.verify_health", output=HealthVerified, inputs=ShardFailoverInputs)
 async def verify_health(ctx: StepContext) -> HealthVerified:
     """The new primary answers and WAIT confirms `min_replicas` replicas."""
     inputs = ctx.inputs_as(ShardFailoverInputs)
     shard = (await load_topology(ctx)).shard(inputs.shard)
     k = inputs.min_replicas
-    detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
-    async with connect(shard.primary, timeout=3) as conn:
-        await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
-        confirmed = int(await conn.execute_command("WAIT", k, 1000))
+    try:
+        detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
+        async with connect(shard.primary, timeout=3) as conn:
+            await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
+            confirmed = int(await conn.execute_command("WAIT", k, 1000))
+    except (RedisError, OSError, TimeoutError) as error:
+        await escalate_if_gone(shard.primary, "its health was verified", error)
+        raise
     if confirmed < k:
         raise RuntimeError(f"WAIT confirmed {confirmed} of {k} replicas on {shard.primary.name}")
     return HealthVerified(
