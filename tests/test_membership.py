@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,6 +19,7 @@ import redis.asyncio as aioredis
 
 from common.errors import RedisStartError
 from common.redis_processes import start_redis
+from detection import probes
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.errors import Escalate
 from lazarus_lite.steps.ratequeue_promotion import escalate_if_gone, good_replicas_of
@@ -208,14 +211,37 @@ def test_a_step_escalates_once_the_primary_it_appointed_is_dead(
         asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("gone")))
 
 
-def test_a_step_is_retried_while_the_primary_it_appointed_answers(
+def test_a_step_is_not_escalated_while_the_primary_it_appointed_is_paused_a_second(
     start_cluster: Callable[..., LocalCluster],
 ) -> None:
+    # A slow primary times out PINGs; like the sensor, one or two timeouts do not make it gone.
     primary = start_cluster(shards=1, replicas=1).shards[0].primary
-    asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("a blip")))
+    primary.signal(signal.SIGSTOP)
+    resume = threading.Timer(1.0, primary.signal, args=(signal.SIGCONT,))
+    resume.start()
+    try:
+        asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", TimeoutError()))
+    finally:
+        resume.join()
 
 
-# -- the fence ---------------------------------------------------------------------------------
+def test_a_step_is_not_escalated_for_one_dropped_connection_to_its_primary(
+    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    real_ping = probes.ping
+    pings: list[probes.ProbeResult] = []
+
+    async def first_connection_dropped(*args: Any, **kwargs: Any) -> probes.ProbeResult:
+        probe = await real_ping(*args, **kwargs)
+        if not pings:
+            probe = probes.ProbeResult(False, 0.0, "Connection reset by peer")
+        pings.append(probe)
+        return probe
+
+    monkeypatch.setattr(probes, "ping", first_connection_dropped)
+    asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("reset")))
+    assert [p.ok for p in pings] == [False, True], "the PING was not repeated after the drop"
 
 
 def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(
