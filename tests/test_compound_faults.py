@@ -34,6 +34,7 @@ from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.testbed import TestbedNode, TestbedState, _terminate, running_testbed, start_api
 from ratequeue import membership
+from ratequeue.errors import NoSafeCandidate
 from ratequeue.topology import NodeRef, Shard
 from tests.e2e.support import (
     LOAD,
@@ -116,48 +117,82 @@ def shard_after(state: TestbedState, primary: str) -> Shard | None:
     return shard if shard.primary.name != primary else None
 
 
-def replica_positions(state: TestbedState, seconds: float) -> list[membership.ReplicaPosition]:
-    """The positions of the shard's listed replicas, read every 0.1 s for `seconds`: a replica
-    may still be applying what its dead primary sent when it is first read."""
-    positions = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for node in control_topology(state).shard("s0").replicas:
-            with contextlib.suppress(redis.RedisError, OSError):
-                positions.append(membership.position_of(node.name, replication(node)))
-        time.sleep(0.1)
-    return positions
+# The testbed's write quorum k (`running_testbed`'s default `ack="wait"`), which the controllers
+# were given too.
+MIN_REPLICAS = 1
 
 
-def replicas_holding_what_the_primary_acknowledged(
-    state: TestbedState, primary: str, old_primary: str
-) -> tuple[list[str], str]:
-    """The listed replicas that held every write `primary` acknowledged when it died, read from
-    the replicas themselves at once: each followed `primary`'s stream (its replication id) to at
-    least the offset where it was appointed, so it holds what `old_primary` acknowledged through
-    `primary` and, counted by `WAIT` since, what `primary` acknowledged. The appointment is read
-    from the topology (published at most about a second after it, even if `primary` died
-    meanwhile, unless it died before its appointment was complete). Also what was read, for a
-    failure message."""
-    positions = replica_positions(state, seconds=0.5)
-    shard: Shard | None = None
+def position(node: NodeRef) -> membership.ReplicaPosition:
+    """A replica's position as the failover reads it: replication stream, offset, enqueues."""
+    with redis.Redis(host=node.host, port=node.port, socket_timeout=1) as conn:
+        enqueues = int(conn.get(membership.BARRIER_KEY) or 0)
+        return membership.position_of(node.name, conn.info("replication"), enqueues=enqueues)
+
+
+def appointment(state: TestbedState, old_primary: str, timeout: float) -> Shard | None:
+    """The shard once the topology names a primary other than `old_primary`; None if not within
+    `timeout`. The new primary's appointment is published even if it died after its promotion
+    (`publish_topology` follows the write-quorum wait, bounded by `WRITABLE_WAIT_SECONDS` + 0.1 s,
+    and `repoint_replicas`), but not if it died before its promotion was complete."""
     with contextlib.suppress(AssertionError):
-        shard = wait_for(
-            f"{primary}'s appointment published", lambda: shard_after(state, old_primary), timeout=5
+        return wait_for(
+            f"a primary other than {old_primary} published",
+            lambda: shard_after(state, old_primary),
+            timeout=timeout,
         )
+    return None
+
+
+def expected_after_second_death(
+    state: TestbedState, primary: str, old_primary: str, *, appointment_required: bool
+) -> tuple[str | None, str]:
+    """What the controllers' own rule (`membership.most_complete_replica`) allows once `primary`,
+    appointed after `old_primary`, died: "failed over" or "escalated", decided on the positions
+    of the replicas listed with `primary`'s appointment, each read every 0.1 s for half a second
+    (a replica may still be applying what `primary` sent; nothing moves them after that), the
+    last read of each counting. None: either outcome is right (`primary` was killed before its
+    appointment was published, which only `appointment_required` False allows, or a failover
+    happened before the reads). Also what was read, for a failure message."""
+    shard = appointment(state, old_primary, timeout=5)
     if shard is None:
-        # Killed before its appointment was complete: it acknowledged nothing as a primary,
-        # and what `old_primary` acknowledged through it alone is on no replica.
-        return [], f"{primary}'s appointment was not published"
+        assert not appointment_required, f"{primary}'s appointment not published within 5 s"
+        return None, f"{primary}'s appointment was not published"
     if shard.primary.name != primary:
-        return [], f"failed over to {shard.primary.name} already"
-    lineage = shard.lineage
-    assert lineage is not None
-    holding = sorted(
-        {p.name for p in positions if p.replid == lineage.replid and p.offset >= lineage.since}
-    )
-    read = sorted({f"{p.name}: {p.replid[:8]} at {p.offset}" for p in positions})
-    return holding, f"{primary} appointed at {lineage.since}; read: {', '.join(read)}"
+        return None, f"failed over to {shard.primary.name} already"
+    positions: dict[str, membership.ReplicaPosition] = {}
+    errors: dict[str, str] = {}
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        # The listing as the failover will read it: a replacement may be listed meanwhile.
+        shard = control_topology(state).shard("s0")
+        if shard.primary.name != primary:
+            # A failover during the reads repoints the replicas: what they read next is not
+            # what R1 left, and the controllers' rule has already allowed it.
+            return None, f"failed over to {shard.primary.name} while the replicas were read"
+        for node in shard.replicas:
+            try:
+                positions[node.name] = position(node)
+            except (redis.RedisError, OSError) as error:
+                errors[node.name] = str(error)
+        time.sleep(0.1)
+    listed = {n.name for n in shard.replicas}
+    unread = sorted(listed - positions.keys())
+    assert not unread, f"listed replicas never read: {unread} ({errors})"
+    counted = [p for p in positions.values() if p.name in listed]
+    read = ", ".join(f"{p.name}: {p.replid[:8]}… at {p.offset}, {p.enqueues} enqueues"
+                     for p in counted)  # fmt: skip
+    seen = f"{primary} appointed at {shard.lineage}, {shard.appointed_enqueues} enqueues; {read}"
+    try:
+        membership.most_complete_replica(
+            counted,
+            shard.lineage,
+            listed=len(shard.replicas),
+            min_replicas=MIN_REPLICAS,
+            appointed_enqueues=shard.appointed_enqueues,
+        )
+    except NoSafeCandidate as refusal:
+        return "escalated", f"{seen}; the rule refuses: {refusal}"
+    return "failed over", f"{seen}; the rule allows a failover"
 
 
 def drain_everything(api: str, seconds: float = 20) -> set[str]:
@@ -230,8 +265,11 @@ def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
             )
         os.kill(r1.pid, signal.SIGKILL)
         second_at = time.time()
-        holding, positions = replicas_holding_what_the_primary_acknowledged(
-            testbed, "s0-replica1", "s0-primary"
+        expected, evidence = expected_after_second_death(
+            testbed,
+            "s0-replica1",
+            "s0-primary",
+            appointment_required=second_kill != "at_promotion",
         )
         time.sleep(1.5)
         cut.rollback()  # R2's replication comes back a few seconds later
@@ -243,14 +281,15 @@ def test_a_lagging_replica_then_a_second_kill_loses_and_strands_nothing(
             return "escalated" if escalations_since(testbed, second_at) else None
 
         outcome = wait_for("a second failover or a refusal", settled, timeout=60, interval=0.2)
-        if holding:
-            # A listed replica held all R1 acknowledged when it died: the rule allows a second
-            # failover, and no person is needed. When none did (R2 still catching up from R1,
-            # whose promotion is published after at most WRITABLE_WAIT_SECONDS whether or not
-            # R2 has synced; the replacement not synced yet), refusing is the rule.
-            assert outcome == "failed over", (
-                f"{second_kill}: escalated although {', '.join(holding)} held every write R1 "
-                f"acknowledged ({positions}): {escalations_since(testbed, second_at)}"
+        if expected is not None:
+            # The controllers' rule on what the listed replicas held when R1 died: a failover
+            # when one of N - k + 1 comparable replicas holds every write R1 acknowledged (no
+            # person needed), else a refusal (R2 still catching up from R1, whose promotion is
+            # published after at most WRITABLE_WAIT_SECONDS whether or not R2 has synced; the
+            # replacement not synced yet).
+            assert outcome == expected, (
+                f"{second_kill}: {outcome} where the rule says {expected} ({evidence}): "
+                f"{escalations_since(testbed, second_at)}"
             )
         if outcome == "escalated":
             # Nothing listed holds what R1 held. R1 restarted (its data is on its disk) is
