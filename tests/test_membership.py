@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,8 +19,16 @@ import redis.asyncio as aioredis
 
 from common.errors import RedisStartError
 from common.redis_processes import start_redis
+from detection import probes
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.steps.ratequeue_promotion import good_replicas_of
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.errors import Escalate
+from lazarus_lite.steps import ratequeue_promotion
+from lazarus_lite.steps.ratequeue_promotion import escalate_if_gone, good_replicas_of
+from lazarus_lite.workflow.context import StepEnvironment
+from lazarus_lite.workflow.engine import WorkflowEngine
+from lazarus_lite.workflow.loading import parse_workflow
+from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
 from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
@@ -197,7 +207,104 @@ def test_a_stalled_new_primary_holds_the_publication_only_about_the_write_quorum
     assert took < 1.4
 
 
-# -- the fence ---------------------------------------------------------------------------------
+def test_a_step_escalates_once_the_primary_it_appointed_is_dead(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Not retried for seconds: the failover of the dead primary waits on this workflow's lock.
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    primary.signal(signal.SIGKILL)
+    with pytest.raises(Escalate, match=f"primary {primary.name} stopped answering while"):
+        asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("gone")))
+
+
+def test_a_step_is_not_escalated_while_the_primary_it_appointed_is_paused_a_second(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # A slow primary times out PINGs; like the sensor, one or two timeouts do not make it gone.
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    primary.signal(signal.SIGSTOP)
+    resume = threading.Timer(1.0, primary.signal, args=(signal.SIGCONT,))
+    resume.start()
+    try:
+        asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", TimeoutError()))
+    finally:
+        resume.join()
+
+
+def test_a_step_is_not_escalated_for_one_dropped_connection_to_its_primary(
+    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary = start_cluster(shards=1, replicas=1).shards[0].primary
+    real_ping = probes.ping
+    pings: list[probes.ProbeResult] = []
+
+    async def first_connection_dropped(*args: Any, **kwargs: Any) -> probes.ProbeResult:
+        probe = await real_ping(*args, **kwargs)
+        if not pings:
+            probe = probes.ProbeResult(False, 0.0, "Connection reset by peer")
+        pings.append(probe)
+        return probe
+
+    monkeypatch.setattr(probes, "ping", first_connection_dropped)
+    asyncio.run(escalate_if_gone(primary.ref(), "its health was verified", OSError("reset")))
+    assert [p.ok for p in pings] == [False, True], "the PING was not repeated after the drop"
+
+
+VERIFY_HEALTH = parse_workflow(
+    """
+name: verify
+steps:
+  - name: verify
+    run: ratequeue.verify_health
+    retry: {max_attempts: 3, backoff: 0.01}
+""",
+    "verify.yaml",
+)
+
+
+async def verified(cluster: LocalCluster) -> WorkflowRecord:
+    """`verify_health` for the cluster's shard, run by the workflow engine with its retries."""
+    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
+    try:
+        env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+        engine = WorkflowEngine(env, {"verify": VERIFY_HEALTH})
+        started = await engine.start("verify", {"shard": cluster.shards[0].id, "min_replicas": 1})
+        await engine.wait(started.id)
+        return await engine.store.load(started.id)
+    finally:
+        await control.aclose()
+
+
+def test_verify_health_escalates_at_once_when_the_new_primary_is_dead(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    primary = cluster.shards[0].primary
+    primary.signal(signal.SIGKILL)
+    record = asyncio.run(verified(cluster))
+    assert record.status == "escalated"
+    assert f"primary {primary.name} stopped answering" in (record.escalation or "")
+    assert record.steps["verify"].attempts == 1, "a dead primary's step was retried"
+
+
+def test_verify_health_is_retried_after_one_error_while_the_new_primary_answers(
+    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    real_write = ratequeue_promotion.write_once_replicas_follow
+    failures: list[int] = []
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise redis.ConnectionError("Connection reset by peer")
+        return await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(ratequeue_promotion, "write_once_replicas_follow", fails_once)
+    record = asyncio.run(verified(cluster))
+    assert record.status == "succeeded", record.escalation
+    assert failures == [1], "the error was never injected"
+    assert record.steps["verify"].attempts == 2
 
 
 def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(

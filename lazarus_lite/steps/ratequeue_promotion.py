@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from detection import probes
 from detection.probes import QUIET_DRIVER, QUIET_PROTOCOL
 from lazarus_lite.errors import Escalate
 from lazarus_lite.workflow.context import StepContext, StepOutput, WorkflowInputs
@@ -526,22 +527,45 @@ async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
             for setting, value in membership.write_quorum(needed).items():
                 await primary_conn.config_set(setting, value)
     except (RedisError, OSError, TimeoutError) as error:
-        if not await answers(primary):
-            # A second failure: this workflow's work is done or moot; give the lock back so
-            # the failover of the new primary is not kept waiting on it.
-            raise Escalate(
-                f"primary {primary.name} stopped answering while {node.name} was joining it"
-            ) from error
+        await escalate_if_gone(primary, f"{node.name} was joining it", error)
         raise
     return ReplacementProvisioned(replica=node.name, address=node.peer_address)
 
 
-async def answers(node: NodeRef) -> bool:
-    try:
-        async with connect(node, timeout=0.5) as conn:
-            return bool(await conn.ping())
-    except (RedisError, OSError):
-        return False
+# When a step's failure means the primary it appointed is gone: at least as strict as the
+# sensor's rule for a primary being down (`detection.sensor`: 3 failed PINGs 0.25 s apart, or
+# refused twice in a row), each PING on a fresh connection. A slow primary times out, and a
+# connection can drop from a live one: neither is gone, and the step is retried.
+GONE_PINGS = 3
+GONE_PING_INTERVAL = 0.25
+GONE_PING_TIMEOUT = 0.5
+GONE_REFUSALS = 2
+GONE_REFUSAL_INTERVAL = 0.05
+
+
+async def gone(node: NodeRef) -> bool:
+    """Is `node` gone: refused `GONE_REFUSALS` times in a row (its process died, its host is up),
+    or no answer to `GONE_PINGS` PINGs `GONE_PING_INTERVAL` apart? At most about 2 s."""
+    refusals = 0
+    for attempt in range(GONE_PINGS):
+        if attempt:
+            await asyncio.sleep(GONE_REFUSAL_INTERVAL if refusals else GONE_PING_INTERVAL)
+        probe = await probes.ping(node.peer_host or node.host, node.port, GONE_PING_TIMEOUT)
+        if probe.ok:
+            return False
+        refusals = refusals + 1 if probe.refused else 0
+        if refusals >= GONE_REFUSALS:
+            return True
+    return True
+
+
+async def escalate_if_gone(primary: NodeRef, doing: str, error: BaseException) -> None:
+    """Raise `Escalate` (no retry) if the primary this workflow appointed is `gone`; else
+    return, and the step's retries go on. A second failure: this workflow's work is done or
+    moot, and it must give the shard lock back at once, since the failover of the new primary
+    waits for it only a few seconds (`acquire_lock`'s retries) before it escalates too."""
+    if await gone(primary):
+        raise Escalate(f"primary {primary.name} stopped answering while {doing}") from error
 
 
 @step("ratequeue.verify_health", output=HealthVerified, inputs=ShardFailoverInputs)
@@ -550,10 +574,14 @@ async def verify_health(ctx: StepContext) -> HealthVerified:
     inputs = ctx.inputs_as(ShardFailoverInputs)
     shard = (await load_topology(ctx)).shard(inputs.shard)
     k = inputs.min_replicas
-    detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
-    async with connect(shard.primary, timeout=3) as conn:
-        await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
-        confirmed = int(await conn.execute_command("WAIT", k, 1000))
+    try:
+        detached = await detach_unlisted_replicas(shard, ctx.assert_lock)
+        async with connect(shard.primary, timeout=3) as conn:
+            await write_once_replicas_follow(conn, deadline=time.monotonic() + 3)
+            confirmed = int(await conn.execute_command("WAIT", k, 1000))
+    except (RedisError, OSError, TimeoutError) as error:
+        await escalate_if_gone(shard.primary, "its health was verified", error)
+        raise
     if confirmed < k:
         raise RuntimeError(f"WAIT confirmed {confirmed} of {k} replicas on {shard.primary.name}")
     return HealthVerified(
