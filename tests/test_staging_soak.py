@@ -108,3 +108,21 @@ def test_three_soak_cycles_lose_nothing_and_leave_staging_whole(
     for fault in ("kill", "pause", "blackh"):
         assert fault in table
     assert len(list(tmp_path.glob("*-soak-*.json"))) == 3  # one journal per cycle
+
+
+def test_killed_api_and_controller_come_back_through_their_restart_policy_losing_nothing(
+    staging_environment: dict[str, str], tmp_path: Path
+) -> None:
+    # Cycle 1 kills a primary and, 0.5 s later, the API's container; cycle 2 pauses a replica
+    # and kills lazarus1's. Each must pass its run, lose nothing acknowledged and have the
+    # container back (restarted by the engine, answering /healthz) within 60 s.
+    soak = subprocess.run(
+        [sys.executable, "-m", "chaos", "soak", "--cycles", "2", "--journal-dir", str(tmp_path),
+         "--kill-services", "api,controller", "--service-back", "60s"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=staging_environment,
+    )  # fmt: skip
+    table = soak.stdout[soak.stdout.find("soak: ") :]
+    assert soak.returncode == 0, soak.stdout[-6000:] + soak.stderr[-3000:]
+    assert "soak: 2 of 2 cycles" in table
+    assert "api back" in table
+    assert "lazarus1 back" in table
