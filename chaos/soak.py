@@ -15,9 +15,10 @@ for a host that rebooted. Nothing else is touched by hand.
 With `services` (`--kill-services api,controller`), each cycle also SIGKILLs one of those
 containers (in turn) just after its node fault is in (`chaos.soak_services`); the cycle then
 also needs that container back through its restart policy, answering, within a bound. A cycle
-that kills the API leaves out the availability hypotheses (no shard is available without the
-only API); the load retries a refused or unanswered enqueue with the same id, so what the API
-never acknowledged is not counted, and nothing acknowledged may be lost.
+that kills the API leaves out the availability and recovery-time hypotheses (no shard is
+available without the only API, and recovery is timed to a write through it). The load retries
+a refused or unanswered enqueue with the same id, so what the API never acknowledged is not
+counted, and nothing acknowledged may be lost.
 
 Not for: running one experiment (`ratequeue-chaos run`), building images
 (`deploy/build-images.sh`), or judging a run's hypotheses (`chaos.hypotheses`).
@@ -77,8 +78,12 @@ TEMPLATES = {
 }
 REPLICA_FAULT_SECONDS = 4.0
 # Hypotheses a cycle that kills the API leaves out: while the only API restarts, no shard is
-# available to clients, so they would measure the API's absence, not the node fault's reach.
-NOT_JUDGED_WITHOUT_API = frozenset({"other_shards_availability", "faulted_shard_availability"})
+# available to clients, and recovery is measured to the first write acknowledged through the
+# API, so they would measure the API's absence, not the node fault's reach or the failover
+# (which the shards being whole within the settle bound still checks).
+NOT_JUDGED_WITHOUT_API = frozenset(
+    {"other_shards_availability", "faulted_shard_availability", "recovered_within"}
+)
 PROVISIONED_BY = "ratequeue.provisioned-by"
 SHARD_ROLES = frozenset({"primary", "replica"})
 
@@ -344,7 +349,9 @@ def run_cycle(
     say(f"cycle {cycle}: {experiment.title}" + (f"; kill {victim}" if victim else ""))
     killer = ServiceKiller(staging.engine, staging.endpoints.deployment)
     kill = ServiceKill(victim, staging.health_url(victim)) if victim else None
-    on_fault = killer.kill_after_fault(kill) if kill else lambda active: None
+    on_fault = (
+        killer.kill_after_fault(kill, service_back_seconds, stop) if kill else lambda active: None
+    )
     budget = experiment.load.duration + experiment.watch_seconds + 120
     with run_lock(deployment, f"soak:{os.getpid()}", budget):
         runner = ExperimentRunner(
@@ -352,7 +359,7 @@ def run_cycle(
         )
         journal: Journal = runner.run(experiment, f"soak cycle {cycle}")
     if kill is not None:
-        killer.finish(kill, service_back_seconds, stop)
+        killer.finish(kill)
         say(f"service kill: {kill.summary}")
     restarted = staging.start_exited_shard_nodes()
     if restarted:

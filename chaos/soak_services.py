@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 import httpx
+from docker.models.containers import Container
 
 from chaos.errors import ChaosError
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME
@@ -91,34 +92,39 @@ class ServiceKiller:
         self.deployment = deployment
         self._timer: threading.Timer | None = None
 
-    def kill_after_fault(self, kill: ServiceKill) -> Callable[[bool], None]:
+    def kill_after_fault(
+        self, kill: ServiceKill, within: float, stop: threading.Event
+    ) -> Callable[[bool], None]:
         """An `ExperimentRunner` `on_fault` callback: the first fault injected sets off the kill
-        `KILL_AFTER_FAULT_SECONDS` later, on a thread of its own (the run goes on meanwhile)."""
+        `KILL_AFTER_FAULT_SECONDS` later and then the wait for the service back (at most
+        `within` seconds), on a thread of its own: the run goes on meanwhile, and the time back
+        is the service's, not the run's."""
+
+        def kill_and_wait() -> None:
+            try:
+                self.kill(kill)
+            except (ChaosError, docker.errors.DockerException, OSError) as error:
+                kill.error = f"not killed: {error}"
+                return
+            self.wait_back(kill, within, stop)
 
         def on_fault(active: bool) -> None:
             if active and self._timer is None:
-                self._timer = threading.Timer(KILL_AFTER_FAULT_SECONDS, self._kill_quietly, (kill,))
+                self._timer = threading.Timer(KILL_AFTER_FAULT_SECONDS, kill_and_wait)
                 self._timer.daemon = True
                 self._timer.start()
 
         return on_fault
 
-    def _kill_quietly(self, kill: ServiceKill) -> None:
-        try:
-            self.kill(kill)
-        except (ChaosError, docker.errors.DockerException, OSError) as error:
-            kill.error = f"not killed: {error}"
-
-    def finish(self, kill: ServiceKill, within: float, stop: threading.Event) -> None:
-        """After the run: the kill done (or why not), then the wait for the service back."""
+    def finish(self, kill: ServiceKill) -> None:
+        """After the run: wait for the kill and the wait for the service back to be over."""
         timer, self._timer = self._timer, None
         if timer is None:
             kill.error = "not killed: the run injected no fault"
             return
         timer.join()
-        self.wait_back(kill, within, stop)
 
-    def _container(self, name: str):
+    def _container(self, name: str) -> Container:
         found = self.engine.containers.list(
             all=True,
             filters={"label": [f"{LABEL_DEPLOYMENT}={self.deployment}", f"{LABEL_NAME}={name}"]},
