@@ -196,9 +196,28 @@ class Staging:
                 f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-800:]}"
             )
 
-    def up(self) -> None:
+    def up(self, healthy_within: float = 180.0) -> None:
         # The scheduled chaos service stays at 0: the soak is the only runner.
-        self._compose("up", "-d", "--wait", "--scale", "chaos=0")
+        try:
+            self._compose("up", "-d", "--wait", "--scale", "chaos=0")
+        except ChaosError as error:
+            # Everything was started; `--wait` gave up on a health check that timed out (a
+            # probe starts a Python interpreter, which a loaded host can take over its 4 s
+            # to do). Health comes back with the next check that passes: wait for that.
+            if "is unhealthy" not in str(error):
+                raise
+            self.say(f"staging started, not yet healthy; waiting up to {healthy_within:g} s")
+            if not self._healthy_within(healthy_within):
+                raise
+
+    def _healthy_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            checked = [c for c in self.containers() if c.attrs["State"].get("Health")]
+            if checked and all(c.attrs["State"]["Health"]["Status"] == "healthy" for c in checked):
+                return True
+            time.sleep(2)
+        return False
 
     def down(self) -> None:
         for container in self.containers(provisioned_only=True):
