@@ -157,8 +157,11 @@ def fault_of_cycle(cycle: int, shards: list[str]) -> tuple[str, str, str]:
 
 
 def experiment_of_cycle(
-    scenarios: Path, action: str, role: str, shard: str, *, without_api: bool = False
+    scenarios: Path, action: str, role: str, shard: str, *, api_away_up_to: float | None = None
 ) -> Experiment:
+    """The template's experiment on `shard`; with `api_away_up_to` (the API is killed in the
+    run and may take that long to come back), without what is measured through the API, and a
+    drain that long longer: what was acknowledged is delivered once the API is back."""
     experiment = load_experiment(scenarios / TEMPLATES[(action, role)])
     [step] = experiment.method
     update: dict[str, object] = {
@@ -169,11 +172,13 @@ def experiment_of_cycle(
         update["duration"] = REPLICA_FAULT_SECONDS
     title = f"soak: {action} {role} of {shard}"
     changes: dict[str, object] = {"title": title, "method": [step.model_copy(update=update)]}
-    if without_api:
+    if api_away_up_to is not None:
         changes["title"] = f"{title}, the API killed"
         changes["hypotheses"] = [
             h for h in experiment.hypotheses if h.type not in NOT_JUDGED_WITHOUT_API
         ]
+        drain = experiment.load.drain_seconds + api_away_up_to
+        changes["load"] = experiment.load.model_copy(update={"drain_seconds": drain})
     return experiment.model_copy(update=changes)
 
 
@@ -364,7 +369,8 @@ def run_cycle(
     shards = [s.id for s in deployment.topology().shards]
     action, role, shard = fault_of_cycle(cycle, shards)
     victim = service_of_cycle(cycle, services or [])
-    experiment = experiment_of_cycle(scenarios, action, role, shard, without_api=victim == "api")
+    api_away = service_back_seconds if victim == "api" else None
+    experiment = experiment_of_cycle(scenarios, action, role, shard, api_away_up_to=api_away)
     say(f"cycle {cycle}: {experiment.title}" + (f"; kill {victim}" if victim else ""))
     killer = ServiceKiller(staging.engine, staging.endpoints.deployment)
     kill = ServiceKill(victim, staging.health_url(victim)) if victim else None

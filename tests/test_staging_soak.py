@@ -115,11 +115,12 @@ def test_killed_api_and_controller_come_back_through_their_restart_policy_losing
 ) -> None:
     # Cycle 1 kills a primary and, 0.5 s later, the API's container; cycle 2 pauses a replica
     # and kills lazarus1's. Each must pass its run, lose nothing acknowledged and have the
-    # container back (restarted by the engine, answering /healthz) within 60 s. Shown to fail
+    # container back (restarted by the engine, answering /healthz) within 120 s (the API's
+    # Python took 28 s to start at a load average of 20 on 2 cores, over 60 s at 30). Shown to fail
     # with the compose file's `restart: unless-stopped` made "no" (docs/staging-runs.md).
     soak = subprocess.run(
         [sys.executable, "-m", "chaos", "soak", "--cycles", "2", "--journal-dir", str(tmp_path),
-         "--kill-services", "api,controller", "--service-back", "60s"],
+         "--kill-services", "api,controller", "--service-back", "120s"],
         capture_output=True, text=True, timeout=900, cwd=ROOT, env=staging_environment,
     )  # fmt: skip
     table = soak.stdout[soak.stdout.find("soak: ") :]

@@ -33,9 +33,15 @@ def test_kill_services_names_what_it_accepts_when_given_something_else() -> None
 
 def test_a_cycle_that_kills_the_api_does_not_judge_what_it_measures_through_the_api() -> None:
     plain = experiment_of_cycle(SCENARIOS, "kill", "primary", "s1")
-    without_api = experiment_of_cycle(SCENARIOS, "kill", "primary", "s1", without_api=True)
+    without_api = experiment_of_cycle(SCENARIOS, "kill", "primary", "s1", api_away_up_to=60)
     kept = [h.type for h in without_api.hypotheses]
     assert "other_shards_availability" in [h.type for h in plain.hypotheses]
     assert not NOT_JUDGED_WITHOUT_API & set(kept)
     assert kept == [h.type for h in plain.hypotheses if h.type not in NOT_JUDGED_WITHOUT_API]
     assert "acknowledged_lost" in kept
+
+
+def test_a_cycle_that_kills_the_api_drains_as_long_longer_as_the_api_may_be_away() -> None:
+    plain = experiment_of_cycle(SCENARIOS, "kill", "primary", "s1")
+    without_api = experiment_of_cycle(SCENARIOS, "kill", "primary", "s1", api_away_up_to=60)
+    assert without_api.load.drain_seconds == plain.load.drain_seconds + 60
