@@ -110,6 +110,16 @@ def test_three_soak_cycles_lose_nothing_and_leave_staging_whole(
     assert len(list(tmp_path.glob("*-soak-*.json"))) == 3  # one journal per cycle
 
 
+# ~165 s and not yet reliable on a loaded machine (docs/staging-runs.md): outside CI's budget.
+SERVICE_KILLS_ENV = "RATEQUEUE_SOAK_SERVICES"
+
+
+@pytest.mark.skipif(
+    os.environ.get(SERVICE_KILLS_ENV) != "1",
+    reason="the service-kill soak takes ~165 s, outside CI's budget; by hand: "
+    f"{SERVICE_KILLS_ENV}=1 .venv/bin/pytest tests/test_staging_soak.py -k restart_policy "
+    "(needs the staging images)",
+)
 def test_killed_api_and_controller_come_back_through_their_restart_policy_losing_nothing(
     staging_environment: dict[str, str], tmp_path: Path
 ) -> None:
