@@ -76,7 +76,10 @@ def _where_lost(ledger: Ledger, lost: list[str]) -> str:
         if last_delivery is None
         else f"last delivery {last_delivery - last_ack:+.1f} s from the last acknowledgement"
     )
-    return f"lost by shard {dict(sorted(by_shard.items()))}; {received}; lost ids: {lost[:10]}"
+    ended = f"; consumers ended on {ledger.consumer_failures}" if ledger.consumer_failures else ""
+    return (
+        f"lost by shard {dict(sorted(by_shard.items()))}; {received}{ended}; lost ids: {lost[:10]}"
+    )
 
 
 def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcome:

@@ -7,6 +7,8 @@ Not for: the other hypotheses, or how a run gathers its observations (chaos.runn
 
 from __future__ import annotations
 
+import asyncio
+
 from chaos.experiments import AcknowledgedLost
 from chaos.hypotheses import Observations, evaluate
 from chaos.ledger import Delivery, Ledger
@@ -36,3 +38,27 @@ def test_lost_messages_with_no_delivery_at_all_say_so() -> None:
     ledger.record_ack("a", "n1", "s1", 100.0, 1)
     [outcome] = evaluate([AcknowledgedLost(type="acknowledged_lost", max=0)], observed(ledger))
     assert "lost by shard {'s1': 1}; no delivery at all" in outcome.detail
+
+
+def test_a_consumer_that_ended_on_an_error_is_named_beside_what_was_lost() -> None:
+    async def consumer_that_breaks() -> None:
+        raise KeyError("id")
+
+    async def consumer_that_is_stopped() -> None:
+        await asyncio.sleep(3600)
+
+    async def run_consumers(ledger: Ledger) -> None:
+        broken = asyncio.create_task(consumer_that_breaks())
+        stopped = asyncio.create_task(consumer_that_is_stopped())
+        for consumer in (broken, stopped):
+            consumer.add_done_callback(ledger.record_consumer_end)
+        await asyncio.sleep(0)
+        stopped.cancel()
+        await asyncio.gather(broken, stopped, return_exceptions=True)
+
+    ledger = Ledger()
+    ledger.record_ack("a", "n1", "s0", 100.0, 1)
+    asyncio.run(run_consumers(ledger))
+    assert ledger.consumer_failures == ["KeyError('id')"]  # the cancelled one is no failure
+    [outcome] = evaluate([AcknowledgedLost(type="acknowledged_lost", max=0)], observed(ledger))
+    assert "consumers ended on [\"KeyError('id')\"]" in outcome.detail
