@@ -431,6 +431,15 @@ def soak(
         min=0,
         help="control store bytes a cycle its keys without expiry may grow by (slope)",
     ),
+    kill_services: str = typer.Option(
+        "",
+        "--kill-services",
+        help="also SIGKILL one of these containers each cycle, in turn, after the node fault: "
+        "api, controller (comma-separated; a controller cycle takes lazarus1-3 in turn)",
+    ),
+    service_back: str = typer.Option(
+        "60s", "--service-back", help="longest wait for a killed service back through its restart"
+    ),
 ) -> None:
     """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
     every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
@@ -441,6 +450,7 @@ def soak(
 
     from chaos.soak import CYCLE_ERRORS, StagingEndpoints
     from chaos.soak import soak as run_soak
+    from chaos.soak_services import parse_services
     from common.durations import parse_duration
 
     def duration(value: str, option: str) -> float:
@@ -451,6 +461,11 @@ def soak(
 
     gap_seconds = duration(gap, "--gap")
     settle_seconds = duration(settle, "--settle")
+    service_back_seconds = duration(service_back, "--service-back")
+    try:
+        services = parse_services(kill_services) if kill_services else []
+    except ValueError as error:
+        raise refuse_to_start("ratequeue-chaos soak", f"--kill-services: {error}") from None
     stop = threading.Event()
 
     def say(text: str) -> None:
@@ -470,6 +485,8 @@ def soak(
             growth_bytes_per_cycle=growth_allowance,
             say=say,
             stop=stop,
+            services=services,
+            service_back_seconds=service_back_seconds,
         )
     except CYCLE_ERRORS as error:
         raise refused(error, "soak") from None
@@ -478,7 +495,7 @@ def soak(
         raise typer.Exit(130) from None
     table = Table(title=f"soak: {len(results)} of {cycles} cycles")
     for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
-                   "containers", "control MiB", "growth", "ok"):  # fmt: skip
+                   "containers", "control MiB", "growth", "service", "ok"):  # fmt: skip
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -492,6 +509,7 @@ def soak(
             f"{r.containers} / {r.container_bound}",
             f"{r.control_memory / 2**20:.2f}",
             r.growth,
+            r.service or "-",
             "yes" if r.ok else "[red]NO[/]: " + escape("; ".join(r.misses)),
         )
     Console(width=max(console.width, 150)).print(table)

@@ -62,6 +62,26 @@ def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
     )
 
 
+def _where_lost(ledger: Ledger, lost: list[str]) -> str:
+    """Which shards the undelivered were acknowledged by and when the consumers last received
+    anything: what tells a queue that kept them from consumers that stopped asking."""
+    by_shard: dict[str, int] = {}
+    for message_id in lost:
+        shard = ledger.acknowledged[message_id][1]
+        by_shard[shard] = by_shard.get(shard, 0) + 1
+    last_ack = max(at for _, _, at in ledger.acknowledged.values())
+    last_delivery = max((d.at for d in ledger.deliveries), default=None)
+    received = (
+        "no delivery at all"
+        if last_delivery is None
+        else f"last delivery {last_delivery - last_ack:+.1f} s from the last acknowledgement"
+    )
+    ended = f"; consumers ended on {ledger.consumer_failures}" if ledger.consumer_failures else ""
+    return (
+        f"lost by shard {dict(sorted(by_shard.items()))}; {received}{ended}; lost ids: {lost[:10]}"
+    )
+
+
 def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcome:
     lost = sorted(o.ledger.lost())
     return HypothesisOutcome(
@@ -70,7 +90,7 @@ def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcom
         ok=bool(o.ledger.acknowledged) and len(lost) <= h.max,
         expected=f"<= {h.max} (of > 0 acknowledged)",
         measured=len(lost),
-        detail=f"{len(o.ledger.acknowledged)} acknowledged; lost ids: {lost[:10]}"
+        detail=f"{len(o.ledger.acknowledged)} acknowledged; {_where_lost(o.ledger, lost)}"
         if lost
         else f"{len(o.ledger.acknowledged)} acknowledged, all delivered",
     )

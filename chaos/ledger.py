@@ -7,6 +7,7 @@ Not for: generating load (see `chaos.load`).
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Ledger:
     """id -> (number, shard, time acknowledged)"""
     segments: dict[str, int] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
+    consumer_failures: list[str] = field(default_factory=list)
+    """Why a consumer stopped before the run's end (an error it did not expect), if one did."""
 
     # -- recording -------------------------------------------------------------------------
     def record_attempt(self, attempt: Attempt) -> None:
@@ -77,6 +80,12 @@ class Ledger:
 
     def record_delivery(self, delivery: Delivery) -> None:
         self.deliveries.append(delivery)
+
+    def record_consumer_end(self, consumer: asyncio.Task) -> None:
+        """A consumer task's done-callback: one that ended on an error is recorded, so what it
+        would have delivered is not silently left waiting for the drain's end."""
+        if not consumer.cancelled() and consumer.exception() is not None:
+            self.consumer_failures.append(repr(consumer.exception()))
 
     # -- verdicts --------------------------------------------------------------------------
     @property

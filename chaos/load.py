@@ -98,13 +98,19 @@ class LoadRun:
                 asyncio.create_task(self._consume(http, stop_consuming))
                 for _ in range(self.profile.consumers)
             ]
+            for consumer in consumers:
+                consumer.add_done_callback(self.ledger.record_consumer_end)
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_producing.wait(), timeout=duration)
                 stop_producing.set()
                 await asyncio.gather(*producers)
                 deadline = time.monotonic() + drain_timeout
-                while self.ledger.lost() and time.monotonic() < deadline:
+                while (
+                    self.ledger.lost()
+                    and time.monotonic() < deadline
+                    and not all(c.done() for c in consumers)
+                ):
                     await asyncio.sleep(0.2)
             finally:
                 stop_producing.set()

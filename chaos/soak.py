@@ -12,6 +12,14 @@ Between a cycle's run and its checks, containers a kill left exited are started 
 machine comes back): the controllers' shard keeper must then rejoin or release them, as it would
 for a host that rebooted. Nothing else is touched by hand.
 
+With `services` (`--kill-services api,controller`), each cycle also SIGKILLs one of those
+containers (in turn) just after its node fault is in (`chaos.soak_services`); the cycle then
+also needs that container back through its restart policy, answering, within a bound. A cycle
+that kills the API leaves out the availability and recovery-time hypotheses (no shard is
+available without the only API, and recovery is timed to a write through it). The load retries
+a refused or unanswered enqueue with the same id, so what the API never acknowledged is not
+counted, and nothing acknowledged may be lost.
+
 Not for: running one experiment (`ratequeue-chaos run`), building images
 (`deploy/build-images.sh`), or judging a run's hypotheses (`chaos.hypotheses`).
 """
@@ -39,6 +47,11 @@ from chaos.journal import Journal, Say
 from chaos.runner import ExperimentRunner
 from chaos.scheduler import run_lock
 from chaos.soak_growth import Census, judge_growth, take_census
+from chaos.soak_services import (
+    ServiceKill,
+    ServiceKiller,
+    service_of_cycle,
+)
 from chaos.targets import Deployment
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
 from ratequeue.topology import NodeRef, Topology
@@ -64,6 +77,13 @@ TEMPLATES = {
     ("blackhole", "replica"): "replica_kill.yaml",
 }
 REPLICA_FAULT_SECONDS = 4.0
+# Hypotheses a cycle that kills the API leaves out: while the only API restarts, no shard is
+# available to clients, and recovery is measured to the first write acknowledged through the
+# API, so they would measure the API's absence, not the node fault's reach or the failover
+# (which the shards being whole within the settle bound still checks).
+NOT_JUDGED_WITHOUT_API = frozenset(
+    {"other_shards_availability", "faulted_shard_availability", "recovered_within"}
+)
 PROVISIONED_BY = "ratequeue.provisioned-by"
 SHARD_ROLES = frozenset({"primary", "replica"})
 
@@ -84,6 +104,7 @@ class CycleResult:
     census: Census | None = None
     growth: str = ""
     restarted: list[str] = field(default_factory=list)
+    service: str = ""
     journal: str = ""
     misses: list[str] = field(default_factory=list)
 
@@ -135,7 +156,12 @@ def fault_of_cycle(cycle: int, shards: list[str]) -> tuple[str, str, str]:
     return action, role, shard
 
 
-def experiment_of_cycle(scenarios: Path, action: str, role: str, shard: str) -> Experiment:
+def experiment_of_cycle(
+    scenarios: Path, action: str, role: str, shard: str, *, api_away_up_to: float | None = None
+) -> Experiment:
+    """The template's experiment on `shard`; with `api_away_up_to` (the API is killed in the
+    run and may take that long to come back), without what is measured through the API, and a
+    drain that long longer: what was acknowledged is delivered once the API is back."""
     experiment = load_experiment(scenarios / TEMPLATES[(action, role)])
     [step] = experiment.method
     update: dict[str, object] = {
@@ -145,9 +171,15 @@ def experiment_of_cycle(scenarios: Path, action: str, role: str, shard: str) -> 
     if role == "replica" and action != "kill":
         update["duration"] = REPLICA_FAULT_SECONDS
     title = f"soak: {action} {role} of {shard}"
-    return experiment.model_copy(
-        update={"title": title, "method": [step.model_copy(update=update)]}
-    )
+    changes: dict[str, object] = {"title": title, "method": [step.model_copy(update=update)]}
+    if api_away_up_to is not None:
+        changes["title"] = f"{title}, the API killed"
+        changes["hypotheses"] = [
+            h for h in experiment.hypotheses if h.type not in NOT_JUDGED_WITHOUT_API
+        ]
+        drain = experiment.load.drain_seconds + api_away_up_to
+        changes["load"] = experiment.load.model_copy(update={"drain_seconds": drain})
+    return experiment.model_copy(update=changes)
 
 
 class Staging:
@@ -169,9 +201,28 @@ class Staging:
                 f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-800:]}"
             )
 
-    def up(self) -> None:
+    def up(self, healthy_within: float = 180.0) -> None:
         # The scheduled chaos service stays at 0: the soak is the only runner.
-        self._compose("up", "-d", "--wait", "--scale", "chaos=0")
+        try:
+            self._compose("up", "-d", "--wait", "--scale", "chaos=0")
+        except ChaosError as error:
+            # Everything was started; `--wait` gave up on a health check that timed out (a
+            # probe starts a Python interpreter, which a loaded host can take over its 4 s
+            # to do). Health comes back with the next check that passes: wait for that.
+            if "is unhealthy" not in str(error):
+                raise
+            self.say(f"staging started, not yet healthy; waiting up to {healthy_within:g} s")
+            if not self._healthy_within(healthy_within):
+                raise
+
+    def _healthy_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            checked = [c for c in self.containers() if c.attrs["State"].get("Health")]
+            if checked and all(c.attrs["State"]["Health"]["Status"] == "healthy" for c in checked):
+                return True
+            time.sleep(2)
+        return False
 
     def down(self) -> None:
         for container in self.containers(provisioned_only=True):
@@ -196,6 +247,13 @@ class Staging:
                 container.start()
                 started.append(container.labels.get(LABEL_NAME, container.name))
         return started
+
+    def health_url(self, name: str) -> str:
+        """Where the host asks service container `name` (api, lazarus1-3) for /healthz."""
+        if name == "api":
+            return f"http://127.0.0.1:{self.endpoints.api_port}"
+        port = self.endpoints.lazarus_ports[int(name.removeprefix("lazarus")) - 1]
+        return f"http://127.0.0.1:{port}"
 
     def control_census(self) -> Census:
         control = redis.Redis(port=self.endpoints.control_port, socket_timeout=5)
@@ -305,15 +363,29 @@ def run_cycle(
     settle_seconds: float,
     say: Say,
     stop: threading.Event,
+    services: list[str] | None = None,
+    service_back_seconds: float = 60.0,
 ) -> CycleResult:
     shards = [s.id for s in deployment.topology().shards]
     action, role, shard = fault_of_cycle(cycle, shards)
-    experiment = experiment_of_cycle(scenarios, action, role, shard)
-    say(f"cycle {cycle}: {experiment.title}")
+    victim = service_of_cycle(cycle, services or [])
+    api_away = service_back_seconds if victim == "api" else None
+    experiment = experiment_of_cycle(scenarios, action, role, shard, api_away_up_to=api_away)
+    say(f"cycle {cycle}: {experiment.title}" + (f"; kill {victim}" if victim else ""))
+    killer = ServiceKiller(staging.engine, staging.endpoints.deployment)
+    kill = ServiceKill(victim, staging.health_url(victim)) if victim else None
+    on_fault = (
+        killer.kill_after_fault(kill, service_back_seconds, stop) if kill else lambda active: None
+    )
     budget = experiment.load.duration + experiment.watch_seconds + 120
     with run_lock(deployment, f"soak:{os.getpid()}", budget):
-        runner = ExperimentRunner(deployment, journal_dir=journal_dir, say=say, stop=stop)
+        runner = ExperimentRunner(
+            deployment, journal_dir=journal_dir, say=say, stop=stop, on_fault=on_fault
+        )
         journal: Journal = runner.run(experiment, f"soak cycle {cycle}")
+    if kill is not None:
+        killer.finish(kill)
+        say(f"service kill: {kill.summary}")
     restarted = staging.start_exited_shard_nodes()
     if restarted:
         say(f"started again (the host came back): {', '.join(restarted)}")
@@ -336,6 +408,7 @@ def run_cycle(
         control_memory=census.used_memory,
         census=census,
         restarted=restarted,
+        service="" if kill is None else kill.summary,
         journal=journal.run_id,
     )
     if journal.verdict != "passed":
@@ -349,6 +422,12 @@ def run_cycle(
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
     if containers > bound:
         result.misses.append(f"{containers} containers, bound {bound}")
+    if kill is not None and kill.error:
+        result.misses.append(kill.summary)
+    elif kill is not None and kill.back_seconds is None:
+        result.misses.append(
+            f"{kill.name} not back through its restart policy within {service_back_seconds:g} s"
+        )
     return result
 
 
@@ -386,6 +465,8 @@ def soak(
     growth_bytes_per_cycle: float,
     say: Say,
     stop: threading.Event,
+    services: list[str] | None = None,
+    service_back_seconds: float = 60.0,
     on_cycle: Callable[[CycleResult], None] = lambda result: None,
 ) -> list[CycleResult]:
     """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
@@ -417,6 +498,8 @@ def soak(
                     settle_seconds=settle_seconds,
                     say=say,
                     stop=stop,
+                    services=services,
+                    service_back_seconds=service_back_seconds,
                 )
             except CYCLE_ERRORS as error:
                 result = failed_cycle(cycle, shards, error)

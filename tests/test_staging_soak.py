@@ -108,3 +108,33 @@ def test_three_soak_cycles_lose_nothing_and_leave_staging_whole(
     for fault in ("kill", "pause", "blackh"):
         assert fault in table
     assert len(list(tmp_path.glob("*-soak-*.json"))) == 3  # one journal per cycle
+
+
+# ~165 s and not yet reliable on a loaded machine (docs/staging-runs.md): outside CI's budget.
+SERVICE_KILLS_ENV = "RATEQUEUE_SOAK_SERVICES"
+
+
+@pytest.mark.skipif(
+    os.environ.get(SERVICE_KILLS_ENV) != "1",
+    reason="the service-kill soak takes ~165 s, outside CI's budget; by hand: "
+    f"{SERVICE_KILLS_ENV}=1 .venv/bin/pytest tests/test_staging_soak.py -k restart_policy "
+    "(needs the staging images)",
+)
+def test_killed_api_and_controller_come_back_through_their_restart_policy_losing_nothing(
+    staging_environment: dict[str, str], tmp_path: Path
+) -> None:
+    # Cycle 1 kills a primary and, 0.5 s later, the API's container; cycle 2 pauses a replica
+    # and kills lazarus1's. Each must pass its run, lose nothing acknowledged and have the
+    # container back (restarted by the engine, answering /healthz) within 120 s (the API's
+    # Python took 28 s to start at a load average of 20 on 2 cores, over 60 s at 30). Shown to fail
+    # with the compose file's `restart: unless-stopped` made "no" (docs/staging-runs.md).
+    soak = subprocess.run(
+        [sys.executable, "-m", "chaos", "soak", "--cycles", "2", "--journal-dir", str(tmp_path),
+         "--kill-services", "api,controller", "--service-back", "120s"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=staging_environment,
+    )  # fmt: skip
+    table = soak.stdout[soak.stdout.find("soak: ") :]
+    assert soak.returncode == 0, soak.stdout[-6000:] + soak.stderr[-3000:]
+    assert "soak: 2 of 2 cycles" in table
+    assert "service kill: api back" in soak.stdout
+    assert "service kill: lazarus1 back" in soak.stdout
