@@ -160,6 +160,9 @@ class AsyncRatequeueClient:
         # retry the moment the new primary is known, not after their backoff.
         self._newer_topology = asyncio.Event()
         self._background: list[asyncio.Task] = []
+        # Replicas being made ready to take over (see `_warm_replicas`); kept referenced, since the
+        # loop holds tasks only weakly.
+        self._warming: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -178,7 +181,7 @@ class AsyncRatequeueClient:
 
     async def close(self) -> None:
         self._closing = True  # the loops also stop at their next turn
-        await cancel_until_done(self._background)
+        await cancel_until_done([*self._background, *self._warming])
         for node in self._nodes.values():
             await node.aclose()
         await self._control.aclose()
@@ -220,6 +223,24 @@ class AsyncRatequeueClient:
             if newer:
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
+                warming = asyncio.get_running_loop().create_task(self._warm_replicas(loaded))
+                self._warming.add(warming)
+                warming.add_done_callback(self._warming.discard)
+
+    async def _warm_replicas(self, topology: Topology) -> None:
+        """Open a connection to every replica and load the scripts there, off the request path:
+        the replica a failover promotes then takes the first write held during the outage on a
+        connection already open, with its scripts already cached (Redis does not replicate the
+        script cache). Best effort: a replica that cannot be reached now is loaded on first use,
+        and one that restarted since answers NOSCRIPT, which `ShardQueue` reloads from."""
+        for shard in topology.shards:
+            for replica in shard.replicas:
+                try:
+                    await self._queue_at(shard.id, replica).load_scripts_once()
+                except Exception as error:
+                    log.debug(
+                        "replica %s of shard %s not warmed: %s", replica.address, shard.id, error
+                    )
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
@@ -256,12 +277,17 @@ class AsyncRatequeueClient:
         return connection
 
     def _queue(self, shard: Shard) -> ShardQueue:
-        key = (shard.id, shard.primary.address)
+        return self._queue_at(shard.id, shard.primary)
+
+    def _queue_at(self, shard_id: str, node: NodeRef) -> ShardQueue:
+        """The queue of `shard_id` reached through `node` (its primary, or a replica warmed
+        to become one)."""
+        key = (shard_id, node.address)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = ShardQueue(
-                shard.id,
-                self._node(shard.primary),
+                shard_id,
+                self._node(node),
                 dedup_window_seconds=self.settings.dedup_window_seconds,
                 max_queue_seconds=self.settings.max_queue_seconds,
                 max_number_segments=self.settings.max_number_segments,

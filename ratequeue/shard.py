@@ -229,12 +229,17 @@ class ShardQueue:
             raise _translate(error, self.shard_id) from error
         self._scripts_loaded = True
 
+    async def load_scripts_once(self) -> None:
+        """Load the scripts unless this queue already did (also on a replica: the script cache
+        is each node's own, and SCRIPT LOAD writes no data)."""
+        if not self._scripts_loaded:
+            await self._load_scripts()
+
     async def _run(self, script: _Script, *args: Any, then_wait: tuple[int, int] | None = None):
         """EVALSHA (loading the script if needed); with `then_wait`, follow it by WAIT on the same
         connection in the same round trip. Returns (script result, replicas acknowledged)."""
         for _ in range(2):
-            if not self._scripts_loaded:
-                await self._load_scripts()
+            await self.load_scripts_once()
             try:
                 async with self.primary.pipeline(transaction=False) as pipe:
                     pipe.execute_command("EVALSHA", script.sha, 0, *args)

@@ -127,6 +127,32 @@ def test_a_stale_client_is_rerouted_when_the_old_primary_cannot_acknowledge(
         assert "rerouted" in held_ids(conn, number)
 
 
+def scripts_loaded_and_connections(conn: redis.Redis) -> tuple[int, int]:
+    """How many SCRIPT LOAD calls and connections the node has taken so far."""
+    script_calls = conn.info("commandstats").get("cmdstat_script|load", {}).get("calls", 0)
+    return script_calls, conn.info("stats")["total_connections_received"]
+
+
+def test_the_first_write_after_a_failover_finds_the_new_primary_connected_and_its_scripts_loaded(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    client = make_client(cluster, refresh_interval=60)
+    number = number_on(client.topology, "s0")
+    successor = cluster.shard("s0").replicas[0]
+    with successor.client() as conn:
+        deadline = time.monotonic() + 5
+        while scripts_loaded_and_connections(conn)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scripts_loaded_and_connections(conn)[0] > 0  # warmed while still a replica
+        promote_replica_by_hand(cluster, "s0")
+        client.refresh_topology()
+        before = scripts_loaded_and_connections(conn)
+        client.enqueue(number, "x", "first-after-failover")
+        assert scripts_loaded_and_connections(conn) == before
+        assert "first-after-failover" in held_ids(conn, number)
+
+
 def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
     cluster: LocalCluster,
 ) -> None:
