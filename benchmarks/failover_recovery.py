@@ -39,7 +39,10 @@ benchmarks/results/failover-<timestamp>.json (and a Markdown rendering next to i
 repository root: `python -m benchmarks.failover_recovery [--kills 10] [--quick] [--control X]`.
 
 Not for: CI (timings depend on the machine and its load), zero-loss checking (the end-to-end
-tests and chaos experiments do that), or partitions and paused processes (only clean SIGKILLs).
+tests and chaos experiments do that), or partitions (not measured here).
+`--fault pause` sends SIGSTOP instead of SIGKILL (to both managers' primaries): a process that
+is stopped answers nothing, so only silence is evidence and the sensors' thresholds decide; the
+stopped process is killed once its failover is measured, and the run goes on as after a kill.
 Clocks: every timestamp is `time.time()` on this one machine, so the phases are comparable.
 """
 
@@ -106,6 +109,9 @@ PROBE_INTERVAL = 0.02
 MAX_IN_FLIGHT = 400
 SERVICE = "ratequeue"
 MASTER_NAME = "bench"
+# What each `--fault` does to the primary: a death (its host refuses at once) or a stall
+# (nothing answers; the process is killed once the failover is measured).
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP}
 PHASES = ("detect", "decide", "promote", "publish", "first_write")
 SENTINEL_PHASES = ("detect", "agree", "promote", "first_write")
 PHASE_LABELS = {
@@ -377,7 +383,9 @@ class RatequeueBench:
         store: CoordinationStore,
         workers: int,
         interval: float,
+        fault: str = "kill",
     ) -> None:
+        self.fault = fault
         self.state = state
         self.directory = directory
         self.http = http
@@ -488,7 +496,7 @@ class RatequeueBench:
 
             await wait_until(f"the API to acknowledge writes to {shard_id}", accepting, 15)
             killed_at = time.time()
-            os.kill(node.pid, signal.SIGKILL)
+            os.kill(node.pid, FAULT_SIGNALS[self.fault])
             result = self.current = KillResult(
                 index=index,
                 shard=shard_id,
@@ -537,6 +545,9 @@ class RatequeueBench:
         workflow = await wait_until(
             f"workflow {result.workflow_id} to end", workflow_done, 120, 0.5
         )
+        if self.fault != "kill":  # the stalled primary ends as a killed one would
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)
         result.workflow_status = workflow["status"]
         steps = workflow["steps"]
         result.promoted = steps["promote_candidate"].get("output", {}).get("primary")
@@ -559,7 +570,12 @@ class RatequeueBench:
 
 
 async def run_ratequeue(
-    state: TestbedState, directory: Path, kills: int, workers: int, interval: float
+    state: TestbedState,
+    directory: Path,
+    kills: int,
+    workers: int,
+    interval: float,
+    fault: str = "kill",
 ) -> list[KillResult]:
     results: list[KillResult] = []
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=64)
@@ -567,7 +583,7 @@ async def run_ratequeue(
         opened_coordination_store(state.store_address()) as store,
         httpx.AsyncClient(timeout=10, limits=limits) as http,
     ):
-        bench = RatequeueBench(state, directory, http, store, workers, interval)
+        bench = RatequeueBench(state, directory, http, store, workers, interval, fault)
         shard_ids = [s.id for s in (await bench.topology()).shards]
         failures = 0
         for index in range(kills):
@@ -685,7 +701,10 @@ class SentinelWatcher:
 
 
 class SentinelBench:
-    def __init__(self, cluster: LocalCluster, sentinels: list[SentinelProcess]) -> None:
+    def __init__(
+        self, cluster: LocalCluster, sentinels: list[SentinelProcess], fault: str = "kill"
+    ) -> None:
+        self.fault = fault
         self.cluster = cluster
         self.sentinels = sentinels
         shard = cluster.shards[0]
@@ -755,7 +774,7 @@ class SentinelBench:
         victim = self.node_at(port)
         result = SentinelKill(index, victim.name, port, killed_at=0.0)
         killed_at = time.time()
-        victim.signal(signal.SIGKILL)
+        victim.signal(FAULT_SIGNALS[self.fault])
         result.killed_at = killed_at
         deadline = time.monotonic() + 60
         acknowledged = None
@@ -788,6 +807,8 @@ class SentinelBench:
             if marks[phase] is not None:
                 result.phases[phase] = marks[phase] - previous
                 previous = marks[phase]
+        if self.fault != "kill":
+            victim.signal(signal.SIGKILL)
         # The killed node comes back as a replica of the new primary (the way sentinel would
         # reconfigure it), so the next kill starts from 1 primary + 2 replicas again.
         stand_in = RedisProcess(
@@ -806,7 +827,7 @@ def writable_when_promoted(node: RedisProcess) -> None:
         conn.config_set("min-replicas-to-write", 0)
 
 
-def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
+def run_sentinel(workdir: Path, kills: int, fault: str = "kill") -> list[SentinelKill]:
     results: list[SentinelKill] = []
     cluster: LocalCluster | None = None
     sentinels: list[SentinelProcess] = []
@@ -820,7 +841,7 @@ def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
                 sentinels.append(
                     start_bench_sentinel(workdir, index + 1, cluster.shards[0].primary)
                 )
-        bench = SentinelBench(cluster, sentinels)
+        bench = SentinelBench(cluster, sentinels, fault)
         bench.watcher.start()
         for index in range(kills):
             try:
@@ -942,6 +963,8 @@ def markdown(document: dict[str, Any]) -> str:
 def render(document: dict[str, Any]) -> None:
     sn = document["sentinel"]
 
+    fault_name = FAULT_SIGNALS[document.get("fault", "kill")].name
+
     def verdict(ok: bool) -> str:
         return "[green]met[/]" if ok else "[red]missed[/]"
 
@@ -950,7 +973,7 @@ def render(document: dict[str, Any]) -> None:
         total = rq["summary"]["total"]
         console.print(
             summary_table(
-                f"ratequeue + Lazarus-lite on {control}: SIGKILL → first acknowledged enqueue "
+                f"ratequeue + Lazarus-lite on {control}: {fault_name} → first acknowledged enqueue "
                 f"({total['n']} kills)",
                 rq["summary"],
                 PHASES,
@@ -971,7 +994,7 @@ def render(document: dict[str, Any]) -> None:
     if sn["kills"]:
         console.print(
             summary_table(
-                f"Redis Sentinel: SIGKILL → first SET + WAIT 1 ({sn['summary']['total']['n']} "
+                f"Redis Sentinel: {fault_name} → first SET + WAIT 1 ({sn['summary']['total']['n']} "
                 "kills)",
                 sn["summary"],
                 SENTINEL_PHASES,
@@ -1020,15 +1043,20 @@ def main(
         False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
     ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
+    fault: str = typer.Option(
+        "kill", help="what is done to the primary: kill (SIGKILL) | pause (SIGSTOP, then killed)"
+    ),
     control: str = typer.Option(
         "both", help="the coordination store(s) to measure: redis | etcd | both"
     ),
 ) -> None:
     if control not in (*BACKENDS, "both"):
         raise typer.BadParameter(f"{control!r} is not redis, etcd or both", param_hint="--control")
+    if fault not in FAULT_SIGNALS:
+        raise typer.BadParameter(f"{fault!r} is not kill or pause", param_hint="--fault")
     controls = BACKENDS if control == "both" else (control,)
     with cpu_hogs((os.cpu_count() or 1) if busy else 0):
-        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls)
+        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls, fault)
 
 
 def run_backend(
@@ -1039,6 +1067,7 @@ def run_backend(
     kills: int,
     workers: int,
     interval_ms: float,
+    fault: str = "kill",
 ) -> list[KillResult]:
     """`kills` kills on a fresh testbed whose coordination store is `control`."""
     directory = workdir / f"testbed-{control}"
@@ -1059,7 +1088,7 @@ def run_backend(
                     )
                 )
             results = asyncio.run(
-                run_ratequeue(state, directory, kills, workers, interval_ms / 1000)
+                run_ratequeue(state, directory, kills, workers, interval_ms / 1000, fault)
             )
     finally:
         finish_teardown(directory)
@@ -1098,6 +1127,7 @@ def measure(
     busy: bool,
     output: Path,
     controls: tuple[ControlBackend, ...] = BACKENDS,
+    fault: str = "kill",
 ) -> None:
     kills = kills or (3 if quick else 10)
     sentinel_kills = sentinel_kills if sentinel_kills is not None else (2 if quick else 5)
@@ -1113,11 +1143,11 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="rq-failover-") as tmp:
         for control in controls:
             rq_kills[control] = run_backend(
-                control, Path(tmp), output, started, kills, workers, interval_ms
+                control, Path(tmp), output, started, kills, workers, interval_ms, fault
             )
         if sentinel_kills:
             console.print("starting Redis Sentinel: 1 primary + 2 replicas, 3 sentinels")
-            sn_kills = run_sentinel(Path(tmp) / "sentinel", sentinel_kills)
+            sn_kills = run_sentinel(Path(tmp) / "sentinel", sentinel_kills, fault)
     sn_summary = phase_summary(sn_kills, SENTINEL_PHASES)
     sections: dict[str, dict[str, Any]] = {}
     for control, results in rq_kills.items():
@@ -1137,6 +1167,7 @@ def measure(
         "machine": host | {"loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
         "quick": quick,
         "busy": busy,
+        "fault": fault,
         "options": {
             "kills": kills,
             "sentinel_kills": sentinel_kills,
