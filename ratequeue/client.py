@@ -160,9 +160,9 @@ class AsyncRatequeueClient:
         # retry the moment the new primary is known, not after their backoff.
         self._newer_topology = asyncio.Event()
         self._background: list[asyncio.Task] = []
-        # Replicas being made ready to take over (see `_warm_replicas`); kept referenced, since the
-        # loop holds tasks only weakly.
-        self._warming: set[asyncio.Task[None]] = set()
+        # Work a new topology starts beside the requests (`_warm_replicas`, `_drop_deposed`);
+        # kept referenced, since the loop holds tasks only weakly.
+        self._topology_work: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class AsyncRatequeueClient:
 
     async def close(self) -> None:
         self._closing = True  # the loops also stop at their next turn
-        await cancel_until_done([*self._background, *self._warming])
+        await cancel_until_done([*self._background, *self._topology_work])
         for node in self._nodes.values():
             await node.aclose()
         await self._control.aclose()
@@ -218,14 +218,32 @@ class AsyncRatequeueClient:
         """Keep `loaded` unless the cached topology is newer."""
         if loaded is not None and (self._topology is None or loaded.epoch >= self._topology.epoch):
             newer = self._topology is None or loaded.epoch > self._topology.epoch
+            if newer and self._topology is not None:
+                self._drop_deposed(self._topology, loaded)
             self._topology = loaded
             self._topology_loaded_at = time.monotonic()
             if newer:
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
-                warming = asyncio.get_running_loop().create_task(self._warm_replicas(loaded))
-                self._warming.add(warming)
-                warming.add_done_callback(self._warming.discard)
+                self._spawn(self._warm_replicas(loaded))
+
+    def _drop_deposed(self, old: Topology, new: Topology) -> None:
+        """Close every connection to a primary the new topology deposed, those in use too: a
+        call held on a stalled or cut-off primary (which accepts the connection but answers
+        nothing) then fails at once and is retried on the new primary, instead of waiting for
+        its socket timeout, and so does each batch queued behind it. Safe: nothing is
+        acknowledged without the new primary's `WAIT`, and a retry keeps its message ids."""
+        still_primary = {shard.primary.address for shard in new.shards}
+        for shard in old.shards:
+            node = self._nodes.get(shard.primary.address)
+            if node is not None and shard.primary.address not in still_primary:
+                self._spawn(node.connection_pool.disconnect(inuse_connections=True))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the requests (kept referenced, cancelled at close)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._topology_work.add(task)
+        task.add_done_callback(self._topology_work.discard)
 
     async def _warm_replicas(self, topology: Topology) -> None:
         """Open a connection to every replica and load the scripts there, off the request path:

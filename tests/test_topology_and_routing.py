@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,41 @@ def test_the_first_write_after_a_failover_finds_the_new_primary_connected_and_it
         client.enqueue(number, "x", "first-after-failover")
         assert scripts_loaded_and_connections(conn) == before
         assert "first-after-failover" in held_ids(conn, number)
+
+
+def bytes_waiting_at(port: int) -> int:
+    """Bytes sent to the local listener on `port` that it has not read (Recv-Q, from `ss`)."""
+    rows = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    return sum(int(row.split()[0]) for row in rows)
+
+
+def test_a_write_held_by_a_stalled_primary_moves_to_the_new_primary_when_it_is_published(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    # A socket timeout far beyond the test's patience: only the new topology can free the write.
+    client = make_client(cluster, refresh_interval=60, wait_timeout_ms=30_000)
+    number = number_on(client.topology, "s0")
+    client.enqueue(number, "before", "before-stall")
+    stalled = cluster.shard("s0").primary
+    stalled.signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.enqueue, number, "held", "held-by-stall")
+            deadline = time.monotonic() + 5
+            while bytes_waiting_at(stalled.port) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert bytes_waiting_at(stalled.port) > 0  # the write is on its way to the stalled node
+            promote_replica_by_hand(cluster, "s0")
+            held.result(timeout=10)
+        assert not held.cancelled()
+        with cluster.shard("s0").replicas[0].client() as conn:
+            assert "held-by-stall" in held_ids(conn, number)
+    finally:
+        stalled.signal(signal.SIGCONT)
 
 
 def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
