@@ -115,12 +115,22 @@ def test_after_an_epoch_change_writes_go_to_the_new_primary(
         assert "after-failover" not in held_ids(conn, number)
 
 
+def one_shard_of_two_replicas(
+    start_cluster: Callable[..., LocalCluster],
+    make_client: Callable[..., RatequeueClient],
+    **settings: object,
+) -> tuple[LocalCluster, RatequeueClient, str]:
+    """A shard with two replicas (one left to confirm writes after a promotion), a client that
+    learns of topologies by notification only, and a number on the shard."""
+    cluster = start_cluster(shards=1, replicas=2)
+    client = make_client(cluster, refresh_interval=60, **settings)
+    return cluster, client, number_on(client.topology, "s0")
+
+
 def test_a_stale_client_is_rerouted_when_the_old_primary_cannot_acknowledge(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    client = make_client(cluster, refresh_interval=60)
-    number = number_on(client.topology, "s0")
+    cluster, client, number = one_shard_of_two_replicas(start_cluster, make_client)
     promote_replica_by_hand(cluster, "s0")
     # Whether or not the notification arrived first, the write ends on the new primary: on the
     # old one WAIT cannot succeed (its replica left), so the client refreshes and retries.
@@ -138,9 +148,7 @@ def scripts_loaded_and_connections(conn: redis.Redis) -> tuple[int, int]:
 def test_the_first_write_after_a_failover_finds_the_new_primary_connected_and_its_scripts_loaded(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
-    client = make_client(cluster, refresh_interval=60)
-    number = number_on(client.topology, "s0")
+    cluster, client, number = one_shard_of_two_replicas(start_cluster, make_client)
     successor = cluster.shard("s0").replicas[0]
     with successor.client() as conn:
         deadline = time.monotonic() + 5
@@ -167,10 +175,10 @@ def bytes_waiting_at(port: int) -> int:
 def test_a_write_held_by_a_stalled_primary_moves_to_the_new_primary_when_it_is_published(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
     # A socket timeout far beyond the test's patience: only the new topology can free the write.
-    client = make_client(cluster, refresh_interval=60, wait_timeout_ms=30_000)
-    number = number_on(client.topology, "s0")
+    cluster, client, number = one_shard_of_two_replicas(
+        start_cluster, make_client, wait_timeout_ms=30_000
+    )
     client.enqueue(number, "before", "before-stall")
     stalled = cluster.shard("s0").primary
     stalled.signal(signal.SIGSTOP)
