@@ -251,14 +251,20 @@ class AsyncRatequeueClient:
         connection already open, with its scripts already cached (Redis does not replicate the
         script cache). Best effort: a replica that cannot be reached now is loaded on first use,
         and one that restarted since answers NOSCRIPT, which `ShardQueue` reloads from."""
-        for shard in topology.shards:
-            for replica in shard.replicas:
-                try:
-                    await self._queue_at(shard.id, replica).load_scripts_once()
-                except Exception as error:
-                    log.debug(
-                        "replica %s of shard %s not warmed: %s", replica.address, shard.id, error
-                    )
+        replicas = [(shard.id, replica) for shard in topology.shards for replica in shard.replicas]
+        # All at once: a stalled replica holds only its own warming, not the others'.
+        outcomes = await asyncio.gather(
+            *(
+                self._queue_at(shard_id, replica).load_scripts_once()
+                for shard_id, replica in replicas
+            ),
+            return_exceptions=True,
+        )
+        for (shard_id, replica), outcome in zip(replicas, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.debug(
+                    "replica %s of shard %s not warmed: %s", replica.address, shard_id, outcome
+                )
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
