@@ -249,15 +249,12 @@ class AsyncRatequeueClient:
         """Open a connection to every replica and load the scripts there, off the request path:
         the replica a failover promotes then takes the first write held during the outage on a
         connection already open, with its scripts already cached (Redis does not replicate the
-        script cache). Best effort: a replica that cannot be reached now is loaded on first use,
-        and one that restarted since answers NOSCRIPT, which `ShardQueue` reloads from."""
+        script cache). Loaded on every topology, not once: a replica that restarted since has an
+        empty cache. Best effort: a replica that cannot be reached now is loaded on first use."""
         replicas = [(shard.id, replica) for shard in topology.shards for replica in shard.replicas]
         # All at once: a stalled replica holds only its own warming, not the others'.
         outcomes = await asyncio.gather(
-            *(
-                self._queue_at(shard_id, replica).load_scripts_once()
-                for shard_id, replica in replicas
-            ),
+            *(self._warm_replica(shard_id, replica) for shard_id, replica in replicas),
             return_exceptions=True,
         )
         for (shard_id, replica), outcome in zip(replicas, outcomes, strict=True):
@@ -265,6 +262,15 @@ class AsyncRatequeueClient:
                 log.debug(
                     "replica %s of shard %s not warmed: %s", replica.address, shard_id, outcome
                 )
+
+    async def _warm_replica(self, shard_id: str, replica: NodeRef) -> None:
+        queue = self._queue_at(shard_id, replica)
+        try:
+            await queue.load_scripts()
+        except ShardUnavailable:
+            # A pooled connection that the replica's restart closed fails once (and is dropped
+            # from the pool): the next one is new.
+            await queue.load_scripts()
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
