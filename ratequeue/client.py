@@ -61,6 +61,9 @@ from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, Topolog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Connections opened to each replica ahead of its promotion: the requests a failover held all
+# retry at the same moment, and each would otherwise open its own connection then.
+WARM_CONNECTIONS = 4
 
 
 class ClientRetryPolicy(RetryPolicy):
@@ -182,7 +185,7 @@ class AsyncRatequeueClient:
     async def close(self) -> None:
         self._closing = True  # the loops also stop at their next turn
         await cancel_until_done([*self._background, *self._topology_work])
-        for node in self._nodes.values():
+        for node in list(self._nodes.values()):
             await node.aclose()
         await self._control.aclose()
 
@@ -218,32 +221,46 @@ class AsyncRatequeueClient:
         """Keep `loaded` unless the cached topology is newer."""
         if loaded is not None and (self._topology is None or loaded.epoch >= self._topology.epoch):
             newer = self._topology is None or loaded.epoch > self._topology.epoch
-            if newer and self._topology is not None:
-                self._drop_deposed(self._topology, loaded)
             self._topology = loaded
             self._topology_loaded_at = time.monotonic()
             if newer:
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
-                self._spawn(self._warm_replicas(loaded))
+                self._drop_unlisted(loaded)
+                self._spawn(self._warm_replicas(loaded), "warming the replicas")
 
-    def _drop_deposed(self, old: Topology, new: Topology) -> None:
-        """Close every connection to a primary the new topology deposed, those in use too: a
-        call held on a stalled or cut-off primary (which accepts the connection but answers
-        nothing) then fails at once and is retried on the new primary, instead of waiting for
-        its socket timeout, and so does each batch queued behind it. Safe: nothing is
-        acknowledged without the new primary's `WAIT`, and a retry keeps its message ids."""
-        still_primary = {shard.primary.address for shard in new.shards}
-        for shard in old.shards:
-            node = self._nodes.get(shard.primary.address)
-            if node is not None and shard.primary.address not in still_primary:
-                self._spawn(node.connection_pool.disconnect(inuse_connections=True))
+    def _drop_unlisted(self, topology: Topology) -> None:
+        """Close and forget the nodes `topology` lists as neither primary nor replica (a deposed
+        primary kept for forensics, a replica replaced): nothing routes to them any more, and
+        a call still held on one (a stalled node accepts the connection but answers nothing)
+        fails at once and is retried on the new primary instead of waiting for its socket
+        timeout. Safe: nothing is acknowledged without the new primary's `WAIT`, and a retry
+        keeps its message ids."""
+        listed = {
+            node.address for shard in topology.shards for node in (shard.primary, *shard.replicas)
+        }
+        for address in [address for address in self._nodes if address not in listed]:
+            node = self._nodes.pop(address)
+            for key in [key for key in self._queues if key[1] == address]:
+                del self._queues[key]
+            self._spawn(node.aclose(), f"closing {address}")
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` beside the requests (kept referenced, cancelled at close)."""
-        task = asyncio.get_running_loop().create_task(work)
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run `work` beside the requests (kept referenced, cancelled at close; its failure
+        logged, never left unretrieved). None is started once the client is closing."""
+        if self._closing:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._logging_failure(work, what))
         self._topology_work.add(task)
         task.add_done_callback(self._topology_work.discard)
+
+    @staticmethod
+    async def _logging_failure(work: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await work
+        except Exception as error:  # best effort: the request path copes without it
+            log.debug("%s failed: %s", what, error)
 
     async def _warm_replicas(self, topology: Topology) -> None:
         """Open a connection to every replica and load the scripts there, off the request path:
@@ -271,6 +288,9 @@ class AsyncRatequeueClient:
             # A pooled connection that the replica's restart closed fails once (and is dropped
             # from the pool): the next one is new.
             await queue.load_scripts()
+        # At once, so each takes a connection of its own, which the pool then keeps open.
+        node = self._node(replica)
+        await asyncio.gather(*(node.ping() for _ in range(WARM_CONNECTIONS - 1)))
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
@@ -327,9 +347,18 @@ class AsyncRatequeueClient:
     def shard_for(self, number: str) -> Shard:
         return self.topology.shard_for_slot(slot_for(number))
 
-    async def _with_retries(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation` (which routes by the current topology on each call), retrying
-        retryable failures after refreshing the topology, within the retry policy's bounds."""
+    @staticmethod
+    def _route(number: str) -> Callable[[Topology], Shard]:
+        """How `number` is routed by a topology (for `_with_retries`)."""
+        return lambda topology: topology.shard_for_slot(slot_for(number))
+
+    async def _with_retries(
+        self, operation: Callable[[], Awaitable[T]], route: Callable[[Topology], Shard]
+    ) -> T:
+        """Run `operation` (which routes by the current topology on each call, as `route` does),
+        retrying retryable failures after refreshing the topology, within the retry policy's
+        bounds. An attempt whose shard's primary a newer topology moves is abandoned at once
+        and retried on the new primary (`_unless_primary_moves`)."""
         policy = self.settings.retry
         deadline = time.monotonic() + policy.deadline
         attempt = 0
@@ -337,7 +366,7 @@ class AsyncRatequeueClient:
             routed_by = self._topology.epoch if self._topology is not None else 0
             newer_topology = self._newer_topology
             try:
-                return await operation()
+                return await self._unless_primary_moves(operation, route)
             except RetryableError as error:
                 attempt += 1
                 delay = policy.delay(attempt)
@@ -350,6 +379,37 @@ class AsyncRatequeueClient:
                 # Back off, but no longer than until a newer topology arrives.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(newer_topology.wait(), delay)
+
+    async def _unless_primary_moves(
+        self, operation: Callable[[], Awaitable[T]], route: Callable[[Topology], Shard]
+    ) -> T:
+        """Run `operation`; if a newer topology moves its shard's primary first, cancel it and
+        raise ShardUnavailable. A call routed just before the topology arrived (held by a stalled
+        primary, or reconnecting to it) then gives way at once instead of after its socket
+        timeout. Safe: nothing is acknowledged without the new primary's `WAIT`, and a retry
+        keeps its message ids."""
+        routed_to = route(self.topology).primary.address
+        attempt = asyncio.ensure_future(operation())
+        try:
+            while True:
+                newer_topology = asyncio.ensure_future(self._newer_topology.wait())
+                try:
+                    await asyncio.wait(
+                        {attempt, newer_topology}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    newer_topology.cancel()
+                if attempt.done():
+                    return attempt.result()
+                primary = route(self.topology).primary.address
+                if primary != routed_to:
+                    raise ShardUnavailable(f"the primary moved from {routed_to} to {primary}")
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.wait({attempt})  # let it finish giving its connection up
+                if not attempt.cancelled():
+                    attempt.exception()  # its error (if any) is superseded by the move: retrieved
 
     # -- producers -------------------------------------------------------------------------
     def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
@@ -397,9 +457,12 @@ class AsyncRatequeueClient:
         async def enqueue_shard_batch(indexes: list[int]) -> None:
             batch = [messages[i] for i in indexes]
 
+            def route(topology: Topology) -> Shard:
+                return topology.shard_for_slot(slot_for(batch[0].number))
+
             async def attempt() -> tuple[Shard, list[EnqueueOutcome]]:
                 # Route again on every attempt: a failover may have moved the shard.
-                shard = self.shard_for(batch[0].number)
+                shard = route(self.topology)
                 outcomes = await self._queue(shard).enqueue_batch(
                     shard.epoch,
                     batch,
@@ -409,7 +472,7 @@ class AsyncRatequeueClient:
                 return shard, outcomes
 
             try:
-                shard, outcomes = await self._with_retries(attempt)
+                shard, outcomes = await self._with_retries(attempt, route)
             except Exception as error:  # this shard's alone: the other shards' outcomes stand
                 for i in indexes:
                     results[i] = error
@@ -484,8 +547,11 @@ class AsyncRatequeueClient:
             raise InvalidInput(f"receipts name unknown shard(s) {unknown}", code="invalid_receipt")
 
         async def ack_shard(shard_id: str, shard_receipts: list[str]) -> int:
+            def route(topology: Topology) -> Shard:
+                return topology.shard(shard_id)
+
             return await self._with_retries(
-                lambda: self._queue(self.topology.shard(shard_id)).ack(shard_receipts)
+                lambda: self._queue(route(self.topology)).ack(shard_receipts), route
             )
 
         counts = await asyncio.gather(*(ack_shard(s, r) for s, r in by_shard.items()))
@@ -506,7 +572,7 @@ class AsyncRatequeueClient:
             )
             return shard.id
 
-        return await self._with_retries(attempt)
+        return await self._with_retries(attempt, self._route(canonical))
 
     async def number_info(self, number: str) -> NumberInfo:
         canonical = normalize_number(number)
@@ -516,7 +582,7 @@ class AsyncRatequeueClient:
             shard = self.shard_for(canonical)
             return shard, await self._queue(shard).number_state(canonical, DEFAULT_RATES[kind])
 
-        shard, state = await self._with_retries(attempt)
+        shard, state = await self._with_retries(attempt, self._route(canonical))
         eligible_in = max(0.0, state.next_eligible_ms - state.now_ms) / 1000
         return NumberInfo(
             number=canonical,
