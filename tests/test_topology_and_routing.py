@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import signal
 import subprocess
 import time
@@ -17,7 +19,7 @@ import redis.asyncio as aioredis
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port, redis_server_binary
 from ratequeue import membership
-from ratequeue.client import RatequeueClient
+from ratequeue.client import WARM_CONNECTIONS, AsyncRatequeueClient, RatequeueClient
 from ratequeue.errors import EpochConflict, StaleEpoch
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.numbers import normalize_number
@@ -36,8 +38,12 @@ def number_on(topology: Topology, shard_id: str) -> str:
     raise AssertionError("no number found")
 
 
-def promote_replica_by_hand(cluster: LocalCluster, shard_id: str) -> Topology:
-    """What the failover workflow will do, reduced to its effect on routing."""
+def promote_replica_by_hand(
+    cluster: LocalCluster, shard_id: str, *, old_primary_listed_as_replica: bool = False
+) -> Topology:
+    """What the failover workflow will do, reduced to its effect on routing. With
+    `old_primary_listed_as_replica`, the deposed primary stays listed (as a replica), so a client
+    keeps its connections to it."""
     shard_nodes = cluster.shard(shard_id)
     new_primary = shard_nodes.replicas[0]
 
@@ -57,10 +63,12 @@ def promote_replica_by_hand(cluster: LocalCluster, shard_id: str) -> Topology:
             shards = []
             for shard in current.shards:
                 if shard.id == shard_id:
+                    deposed = [shard.primary]
+                    kept, held = (deposed, []) if old_primary_listed_as_replica else ([], deposed)
                     shard = shard.model_copy(update={
                         "primary": new_primary.ref(),
-                        "replicas": [r.ref() for r in shard_nodes.replicas[1:]],
-                        "epoch": current.epoch + 1, "forensics": [shard.primary]})  # fmt: skip
+                        "replicas": [r.ref() for r in shard_nodes.replicas[1:]] + kept,
+                        "epoch": current.epoch + 1, "forensics": held})  # fmt: skip
                 shards.append(shard)
             changed = Topology(epoch=current.epoch + 1, shards=shards)
             await store.compare_and_set(current.epoch, changed)
@@ -235,16 +243,103 @@ def test_a_write_held_by_a_stalled_primary_moves_to_the_new_primary_when_it_is_p
     try:
         with ThreadPoolExecutor(1) as pool:
             held = pool.submit(client.enqueue, number, "held", "held-by-stall")
-            deadline = time.monotonic() + 5
-            while bytes_waiting_at(stalled.port) == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert bytes_waiting_at(stalled.port) > 0  # the write is on its way to the stalled node
+            wait_for(lambda: bytes_waiting_at(stalled.port) > 0, "the write sent to the stalled")
             promote_replica_by_hand(cluster, "s0")
             held.result(timeout=10)
         with cluster.shard("s0").replicas[0].client() as conn:
             assert "held-by-stall" in held_ids(conn, number)
     finally:
         stalled.signal(signal.SIGCONT)
+
+
+def test_a_write_routed_to_a_primary_a_new_topology_moves_is_retried_at_once_on_the_new_one(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    # The stalled node stays listed (as a replica), so the client keeps its connections to it:
+    # only the new topology's moving the shard's primary can free the write before its timeout.
+    cluster, client, number = one_shard_of_two_replicas(
+        start_cluster, make_client, wait_timeout_ms=30_000
+    )
+    client.enqueue(number, "before", "before-stall")
+    stalled = cluster.shard("s0").primary
+    stalled.signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.enqueue, number, "held", "held-by-stall")
+            wait_for(lambda: bytes_waiting_at(stalled.port) > 0, "the write sent to the stalled")
+            promote_replica_by_hand(cluster, "s0", old_primary_listed_as_replica=True)
+            held.result(timeout=10)
+        with cluster.shard("s0").replicas[0].client() as conn:
+            assert "held-by-stall" in held_ids(conn, number)
+    finally:
+        stalled.signal(signal.SIGCONT)
+
+
+def clients_other_than(conn: redis.Redis) -> list[dict]:
+    """The node's client connections except `conn`'s own."""
+    own = str(conn.client_id())
+    return [c for c in conn.client_list() if c["id"] != own]
+
+
+def test_a_client_closes_its_connections_to_a_node_no_topology_lists(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster, client, number = one_shard_of_two_replicas(start_cluster, make_client)
+    client.enqueue(number, "x", "on-the-old-primary")
+    deposed = cluster.shard("s0").primary
+    with deposed.client() as conn:
+        assert clients_other_than(conn)  # the client's connection, open before the failover
+        promote_replica_by_hand(cluster, "s0")  # the deposed primary is listed in forensics
+        wait_for(lambda: not clients_other_than(conn), "the client's connections closed")
+
+
+def test_a_replica_is_warmed_with_a_connection_for_each_of_the_first_writes_after_promotion(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster, _client, _ = one_shard_of_two_replicas(start_cluster, make_client)
+    replica = cluster.shard("s0").replicas[0]
+    with replica.client() as conn:
+
+        def warmed() -> bool:
+            from_client = [c for c in clients_other_than(conn) if "S" not in c["flags"]]
+            return len(from_client) >= WARM_CONNECTIONS
+
+        wait_for(warmed, f"{WARM_CONNECTIONS} connections to the replica")
+
+
+def test_background_work_that_fails_is_logged_and_its_error_retrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unretrieved: list[dict] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: unretrieved.append(c))
+        client = AsyncRatequeueClient("redis://127.0.0.1:1")
+
+        async def fails() -> None:
+            raise ConnectionError("connection reset")
+
+        client._spawn(fails(), "closing 127.0.0.1:1")
+        await asyncio.gather(*client._topology_work)
+        await client.close()
+
+    with caplog.at_level(logging.DEBUG, logger="ratequeue.client"):
+        asyncio.run(scenario())
+    gc.collect()  # an unretrieved task error is reported when the task is collected
+    assert "closing 127.0.0.1:1 failed: connection reset" in caplog.text
+    assert unretrieved == []
+
+
+def test_a_closing_client_starts_no_background_work() -> None:
+    async def scenario() -> int:
+        client = AsyncRatequeueClient("redis://127.0.0.1:1")
+        await client.close()
+        work = asyncio.sleep(0)
+        client._spawn(work, "late work")
+        assert work.cr_frame is None  # closed, not left never awaited
+        return len(client._topology_work)
+
+    assert asyncio.run(scenario()) == 0
 
 
 def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
