@@ -65,6 +65,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,9 +110,20 @@ PROBE_INTERVAL = 0.02
 MAX_IN_FLIGHT = 400
 SERVICE = "ratequeue"
 MASTER_NAME = "bench"
-# What each `--fault` does to the primary: a death (its host refuses at once) or a stall
-# (nothing answers; the process is killed once the failover is measured).
-FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP}
+
+
+class Fault(StrEnum):
+    """What `--fault` does to the primary: a death (its host refuses at once) or a stall
+    (nothing answers; the process is killed once the failover is measured)."""
+
+    kill = "kill"
+    pause = "pause"
+
+    @property
+    def signal(self) -> signal.Signals:
+        return signal.SIGKILL if self is Fault.kill else signal.SIGSTOP
+
+
 PHASES = ("detect", "decide", "promote", "publish", "first_write")
 SENTINEL_PHASES = ("detect", "agree", "promote", "first_write")
 PHASE_LABELS = {
@@ -383,7 +395,7 @@ class RatequeueBench:
         store: CoordinationStore,
         workers: int,
         interval: float,
-        fault: str = "kill",
+        fault: Fault = Fault.kill,
     ) -> None:
         self.fault = fault
         self.state = state
@@ -496,7 +508,7 @@ class RatequeueBench:
 
             await wait_until(f"the API to acknowledge writes to {shard_id}", accepting, 15)
             killed_at = time.time()
-            os.kill(node.pid, FAULT_SIGNALS[self.fault])
+            os.kill(node.pid, self.fault.signal)
             result = self.current = KillResult(
                 index=index,
                 shard=shard_id,
@@ -545,7 +557,7 @@ class RatequeueBench:
         workflow = await wait_until(
             f"workflow {result.workflow_id} to end", workflow_done, 120, 0.5
         )
-        if self.fault != "kill":  # the stalled primary ends as a killed one would
+        if self.fault is not Fault.kill:  # the stalled primary ends as a killed one would
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.pid, signal.SIGKILL)
         result.workflow_status = workflow["status"]
@@ -575,7 +587,7 @@ async def run_ratequeue(
     kills: int,
     workers: int,
     interval: float,
-    fault: str = "kill",
+    fault: Fault = Fault.kill,
 ) -> list[KillResult]:
     results: list[KillResult] = []
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=64)
@@ -702,7 +714,7 @@ class SentinelWatcher:
 
 class SentinelBench:
     def __init__(
-        self, cluster: LocalCluster, sentinels: list[SentinelProcess], fault: str = "kill"
+        self, cluster: LocalCluster, sentinels: list[SentinelProcess], fault: Fault = Fault.kill
     ) -> None:
         self.fault = fault
         self.cluster = cluster
@@ -774,7 +786,7 @@ class SentinelBench:
         victim = self.node_at(port)
         result = SentinelKill(index, victim.name, port, killed_at=0.0)
         killed_at = time.time()
-        victim.signal(FAULT_SIGNALS[self.fault])
+        victim.signal(self.fault.signal)
         result.killed_at = killed_at
         deadline = time.monotonic() + 60
         acknowledged = None
@@ -807,7 +819,7 @@ class SentinelBench:
             if marks[phase] is not None:
                 result.phases[phase] = marks[phase] - previous
                 previous = marks[phase]
-        if self.fault != "kill":
+        if self.fault is not Fault.kill:
             victim.signal(signal.SIGKILL)
         # The killed node comes back as a replica of the new primary (the way sentinel would
         # reconfigure it), so the next kill starts from 1 primary + 2 replicas again.
@@ -827,7 +839,7 @@ def writable_when_promoted(node: RedisProcess) -> None:
         conn.config_set("min-replicas-to-write", 0)
 
 
-def run_sentinel(workdir: Path, kills: int, fault: str = "kill") -> list[SentinelKill]:
+def run_sentinel(workdir: Path, kills: int, fault: Fault = Fault.kill) -> list[SentinelKill]:
     results: list[SentinelKill] = []
     cluster: LocalCluster | None = None
     sentinels: list[SentinelProcess] = []
@@ -963,7 +975,7 @@ def markdown(document: dict[str, Any]) -> str:
 def render(document: dict[str, Any]) -> None:
     sn = document["sentinel"]
 
-    fault_name = FAULT_SIGNALS[document.get("fault", "kill")].name
+    fault_name = Fault(document.get("fault", Fault.kill)).signal.name
 
     def verdict(ok: bool) -> str:
         return "[green]met[/]" if ok else "[red]missed[/]"
@@ -1043,8 +1055,8 @@ def main(
         False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
     ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
-    fault: str = typer.Option(
-        "kill", help="what is done to the primary: kill (SIGKILL) | pause (SIGSTOP, then killed)"
+    fault: Fault = typer.Option(
+        Fault.kill, help="kill (SIGKILL) or pause (SIGSTOP, then killed) the primary"
     ),
     control: str = typer.Option(
         "both", help="the coordination store(s) to measure: redis | etcd | both"
@@ -1052,8 +1064,6 @@ def main(
 ) -> None:
     if control not in (*BACKENDS, "both"):
         raise typer.BadParameter(f"{control!r} is not redis, etcd or both", param_hint="--control")
-    if fault not in FAULT_SIGNALS:
-        raise typer.BadParameter(f"{fault!r} is not kill or pause", param_hint="--fault")
     controls = BACKENDS if control == "both" else (control,)
     with cpu_hogs((os.cpu_count() or 1) if busy else 0):
         measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls, fault)
@@ -1067,7 +1077,7 @@ def run_backend(
     kills: int,
     workers: int,
     interval_ms: float,
-    fault: str = "kill",
+    fault: Fault = Fault.kill,
 ) -> list[KillResult]:
     """`kills` kills on a fresh testbed whose coordination store is `control`."""
     directory = workdir / f"testbed-{control}"
@@ -1127,7 +1137,7 @@ def measure(
     busy: bool,
     output: Path,
     controls: tuple[ControlBackend, ...] = BACKENDS,
-    fault: str = "kill",
+    fault: Fault = Fault.kill,
 ) -> None:
     kills = kills or (3 if quick else 10)
     sentinel_kills = sentinel_kills if sentinel_kills is not None else (2 if quick else 5)
@@ -1167,7 +1177,7 @@ def measure(
         "machine": host | {"loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
         "quick": quick,
         "busy": busy,
-        "fault": fault,
+        "fault": fault.value,
         "options": {
             "kills": kills,
             "sentinel_kills": sentinel_kills,
