@@ -163,9 +163,14 @@ class AsyncRatequeueClient:
         # retry the moment the new primary is known, not after their backoff.
         self._newer_topology = asyncio.Event()
         self._background: list[asyncio.Task] = []
-        # Work a new topology starts beside the requests (`_warm_replicas`, `_drop_deposed`);
-        # kept referenced, since the loop holds tasks only weakly.
+        # Work a new topology starts beside the requests (`_warm_replicas`, closing the nodes
+        # `_drop_unlisted` forgets); kept referenced, since the loop holds tasks only weakly.
         self._topology_work: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None  # of the newest topology only
+        # The tasks running a call on each primary (`_on_primary`), and those of them cancelled
+        # because a newer topology moved that primary.
+        self._calls_on: dict[str, set[asyncio.Task[Any]]] = {}
+        self._moved: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -226,8 +231,12 @@ class AsyncRatequeueClient:
             if newer:
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
+                self._cancel_calls_on_moved_primaries(loaded)
                 self._drop_unlisted(loaded)
-                self._spawn(self._warm_replicas(loaded), "warming the replicas")
+                if self._warming is not None:
+                    # It would open connections to replicas `loaded` may no longer list.
+                    self._warming.cancel()
+                self._warming = self._spawn(self._warm_replicas(loaded), "warming the replicas")
 
     def _drop_unlisted(self, topology: Topology) -> None:
         """Close and forget the nodes `topology` lists as neither primary nor replica (a deposed
@@ -236,6 +245,8 @@ class AsyncRatequeueClient:
         fails at once and is retried on the new primary instead of waiting for its socket
         timeout. Safe: nothing is acknowledged without the new primary's `WAIT`, and a retry
         keeps its message ids."""
+        if self._closing:
+            return  # close() closes every node
         listed = {
             node.address for shard in topology.shards for node in (shard.primary, *shard.replicas)
         }
@@ -245,15 +256,16 @@ class AsyncRatequeueClient:
                 del self._queues[key]
             self._spawn(node.aclose(), f"closing {address}")
 
-    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None] | None:
         """Run `work` beside the requests (kept referenced, cancelled at close; its failure
         logged, never left unretrieved). None is started once the client is closing."""
         if self._closing:
             work.close()
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self._logging_failure(work, what))
         self._topology_work.add(task)
         task.add_done_callback(self._topology_work.discard)
+        return task
 
     @staticmethod
     async def _logging_failure(work: Coroutine[Any, Any, None], what: str) -> None:
@@ -271,7 +283,7 @@ class AsyncRatequeueClient:
         replicas = [(shard.id, replica) for shard in topology.shards for replica in shard.replicas]
         # All at once: a stalled replica holds only its own warming, not the others'.
         outcomes = await asyncio.gather(
-            *(self._warm_replica(shard_id, replica) for shard_id, replica in replicas),
+            *(self._warm_replica(topology, shard_id, replica) for shard_id, replica in replicas),
             return_exceptions=True,
         )
         for (shard_id, replica), outcome in zip(replicas, outcomes, strict=True):
@@ -280,7 +292,9 @@ class AsyncRatequeueClient:
                     "replica %s of shard %s not warmed: %s", replica.address, shard_id, outcome
                 )
 
-    async def _warm_replica(self, shard_id: str, replica: NodeRef) -> None:
+    async def _warm_replica(self, topology: Topology, shard_id: str, replica: NodeRef) -> None:
+        if self._superseded(topology):
+            return  # `replica` may be unlisted now, and must not be reconnected
         queue = self._queue_at(shard_id, replica)
         try:
             await queue.load_scripts()
@@ -288,9 +302,14 @@ class AsyncRatequeueClient:
             # A pooled connection that the replica's restart closed fails once (and is dropped
             # from the pool): the next one is new.
             await queue.load_scripts()
+        if self._superseded(topology):
+            return
         # At once, so each takes a connection of its own, which the pool then keeps open.
         node = self._node(replica)
-        await asyncio.gather(*(node.ping() for _ in range(WARM_CONNECTIONS - 1)))
+        await asyncio.gather(*(node.ping() for _ in range(WARM_CONNECTIONS)))
+
+    def _superseded(self, topology: Topology) -> bool:
+        return self._topology is None or self._topology.epoch != topology.epoch
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
@@ -353,12 +372,12 @@ class AsyncRatequeueClient:
         return lambda topology: topology.shard_for_slot(slot_for(number))
 
     async def _with_retries(
-        self, operation: Callable[[], Awaitable[T]], route: Callable[[Topology], Shard]
+        self, operation: Callable[[Shard], Awaitable[T]], route: Callable[[Topology], Shard]
     ) -> T:
-        """Run `operation` (which routes by the current topology on each call, as `route` does),
-        retrying retryable failures after refreshing the topology, within the retry policy's
-        bounds. An attempt whose shard's primary a newer topology moves is abandoned at once
-        and retried on the new primary (`_unless_primary_moves`)."""
+        """Run `operation` on the shard `route` picks in the current topology, retrying
+        retryable failures after refreshing the topology, within the retry policy's bounds. An
+        attempt whose shard's primary a newer topology moves is abandoned at once and retried on
+        the new primary (`_on_primary`)."""
         policy = self.settings.retry
         deadline = time.monotonic() + policy.deadline
         attempt = 0
@@ -366,7 +385,7 @@ class AsyncRatequeueClient:
             routed_by = self._topology.epoch if self._topology is not None else 0
             newer_topology = self._newer_topology
             try:
-                return await self._unless_primary_moves(operation, route)
+                return await self._on_primary(operation, route)
             except RetryableError as error:
                 attempt += 1
                 delay = policy.delay(attempt)
@@ -380,36 +399,51 @@ class AsyncRatequeueClient:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(newer_topology.wait(), delay)
 
-    async def _unless_primary_moves(
-        self, operation: Callable[[], Awaitable[T]], route: Callable[[Topology], Shard]
+    async def _on_primary(
+        self, operation: Callable[[Shard], Awaitable[T]], route: Callable[[Topology], Shard]
     ) -> T:
-        """Run `operation`; if a newer topology moves its shard's primary first, cancel it and
-        raise ShardUnavailable. A call routed just before the topology arrived (held by a stalled
-        primary, or reconnecting to it) then gives way at once instead of after its socket
-        timeout. Safe: nothing is acknowledged without the new primary's `WAIT`, and a retry
-        keeps its message ids."""
-        routed_to = route(self.topology).primary.address
-        attempt = asyncio.ensure_future(operation())
+        """Run `operation` on its shard's primary; if a newer topology moves that primary first,
+        `_accept` cancels the call and this raises ShardUnavailable. A call routed just before
+        the topology arrived (held by a stalled primary, or reconnecting to it) then gives way
+        at once instead of after its socket timeout. Safe: nothing is acknowledged without the
+        new primary's `WAIT`, and a retry keeps its message ids. The call runs in the caller's
+        task (no task of its own: this is the enqueue hot path)."""
         try:
-            while True:
-                newer_topology = asyncio.ensure_future(self._newer_topology.wait())
-                try:
-                    await asyncio.wait(
-                        {attempt, newer_topology}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    newer_topology.cancel()
-                if attempt.done():
-                    return attempt.result()
-                primary = route(self.topology).primary.address
-                if primary != routed_to:
-                    raise ShardUnavailable(f"the primary moved from {routed_to} to {primary}")
+            shard = route(self.topology)
+        except KeyError as error:  # a newer topology no longer lists the shard
+            epoch = self.topology.epoch
+            raise ShardUnavailable(f"shard {error} is not in topology {epoch}") from error
+        address = shard.primary.address
+        task = asyncio.current_task()
+        assert task is not None  # _with_retries is awaited in a task
+        calls = self._calls_on.setdefault(address, set())
+        calls.add(task)
+        try:
+            return await operation(shard)
+        except asyncio.CancelledError:
+            if task not in self._moved:
+                raise
+            self._moved.discard(task)
+            if task.uncancel() > 0:
+                raise  # cancelled from outside as well: that cancellation stands
+            raise ShardUnavailable(f"the primary {address} of shard {shard.id} moved") from None
         finally:
-            if not attempt.done():
-                attempt.cancel()
-                await asyncio.wait({attempt})  # let it finish giving its connection up
-                if not attempt.cancelled():
-                    attempt.exception()  # its error (if any) is superseded by the move: retrieved
+            calls.discard(task)
+            if not calls and self._calls_on.get(address) is calls:
+                del self._calls_on[address]
+            if task in self._moved:  # the call swallowed its cancellation and finished
+                self._moved.discard(task)
+                task.uncancel()
+
+    def _cancel_calls_on_moved_primaries(self, topology: Topology) -> None:
+        """Cancel the calls `_on_primary` runs on a node `topology` lists as no shard's primary
+        (flagged as moved, so they are retried rather than the caller cancelled)."""
+        primaries = {shard.primary.address for shard in topology.shards}
+        for address, calls in self._calls_on.items():
+            if address not in primaries:
+                for task in calls - self._moved:
+                    self._moved.add(task)
+                    task.cancel()
 
     # -- producers -------------------------------------------------------------------------
     def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
@@ -460,9 +494,7 @@ class AsyncRatequeueClient:
             def route(topology: Topology) -> Shard:
                 return topology.shard_for_slot(slot_for(batch[0].number))
 
-            async def attempt() -> tuple[Shard, list[EnqueueOutcome]]:
-                # Route again on every attempt: a failover may have moved the shard.
-                shard = route(self.topology)
+            async def attempt(shard: Shard) -> tuple[Shard, list[EnqueueOutcome]]:
                 outcomes = await self._queue(shard).enqueue_batch(
                     shard.epoch,
                     batch,
@@ -551,7 +583,7 @@ class AsyncRatequeueClient:
                 return topology.shard(shard_id)
 
             return await self._with_retries(
-                lambda: self._queue(route(self.topology)).ack(shard_receipts), route
+                lambda shard: self._queue(shard).ack(shard_receipts), route
             )
 
         counts = await asyncio.gather(*(ack_shard(s, r) for s, r in by_shard.items()))
@@ -561,8 +593,7 @@ class AsyncRatequeueClient:
     async def set_rate(self, number: str, rate: Rate) -> str:
         canonical = normalize_number(number)
 
-        async def attempt() -> str:
-            shard = self.shard_for(canonical)
+        async def attempt(shard: Shard) -> str:
             await self._queue(shard).set_rate(
                 shard.epoch,
                 canonical,
@@ -578,8 +609,7 @@ class AsyncRatequeueClient:
         canonical = normalize_number(number)
         kind = number_type(canonical)
 
-        async def attempt() -> tuple[Shard, NumberState]:
-            shard = self.shard_for(canonical)
+        async def attempt(shard: Shard) -> tuple[Shard, NumberState]:
             return shard, await self._queue(shard).number_state(canonical, DEFAULT_RATES[kind])
 
         shard, state = await self._with_retries(attempt, self._route(canonical))

@@ -298,7 +298,7 @@ def test_a_replica_is_warmed_with_a_connection_for_each_of_the_first_writes_afte
     with replica.client() as conn:
 
         def warmed() -> bool:
-            from_client = [c for c in clients_other_than(conn) if "S" not in c["flags"]]
+            from_client = [c for c in clients_other_than(conn) if c["flags"] == "N"]
             return len(from_client) >= WARM_CONNECTIONS
 
         wait_for(warmed, f"{WARM_CONNECTIONS} connections to the replica")
