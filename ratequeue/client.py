@@ -262,16 +262,17 @@ class AsyncRatequeueClient:
         if self._closing:
             work.close()
             return None
-        task = asyncio.get_running_loop().create_task(self._logging_failure(work, what))
+        # The coroutine itself is the task: one cancelled before it starts is closed, not left
+        # never awaited.
+        task = asyncio.get_running_loop().create_task(work, name=what)
         self._topology_work.add(task)
-        task.add_done_callback(self._topology_work.discard)
+        task.add_done_callback(lambda done: self._settle(done, what))
         return task
 
-    @staticmethod
-    async def _logging_failure(work: Coroutine[Any, Any, None], what: str) -> None:
-        try:
-            await work
-        except Exception as error:  # best effort: the request path copes without it
+    def _settle(self, task: asyncio.Task[None], what: str) -> None:
+        self._topology_work.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Best effort: the request path copes without it.
             log.debug("%s failed: %s", what, error)
 
     async def _warm_replicas(self, topology: Topology) -> None:

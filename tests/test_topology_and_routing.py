@@ -19,15 +19,21 @@ import redis.asyncio as aioredis
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port, redis_server_binary
 from ratequeue import membership
-from ratequeue.client import WARM_CONNECTIONS, AsyncRatequeueClient, RatequeueClient
-from ratequeue.errors import EpochConflict, StaleEpoch
+from ratequeue.client import (
+    WARM_CONNECTIONS,
+    AsyncRatequeueClient,
+    ClientRetryPolicy,
+    ClientSettings,
+    RatequeueClient,
+)
+from ratequeue.errors import EpochConflict, ShardUnavailable, StaleEpoch
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
 from ratequeue.scripts import held_ids
 from ratequeue.shard import ALL_SCRIPTS, OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for
-from ratequeue.topology import Topology, TopologyStore
+from ratequeue.topology import NodeRef, Shard, Topology, TopologyStore
 
 
 def number_on(topology: Topology, shard_id: str) -> str:
@@ -317,7 +323,7 @@ def test_background_work_that_fails_is_logged_and_its_error_retrieved(
             raise ConnectionError("connection reset")
 
         client._spawn(fails(), "closing 127.0.0.1:1")
-        await asyncio.gather(*client._topology_work)
+        await asyncio.wait(client._topology_work)
         await client.close()
 
     with caplog.at_level(logging.DEBUG, logger="ratequeue.client"):
@@ -337,6 +343,50 @@ def test_a_closing_client_starts_no_background_work() -> None:
         return len(client._topology_work)
 
     assert asyncio.run(scenario()) == 0
+
+
+def one_shard_on(port: int, epoch: int) -> Topology:
+    primary = NodeRef(name=f"n{port}", host="127.0.0.1", port=port)
+    return Topology(
+        epoch=epoch, shards=[Shard(id="s0", slots=(0, 16383), epoch=epoch, primary=primary)]
+    )
+
+
+def test_a_call_cancelled_from_outside_stays_cancelled_when_its_primary_also_moves() -> None:
+    async def scenario() -> None:
+        client = AsyncRatequeueClient("redis://127.0.0.1:1")
+        client._accept(one_shard_on(1, epoch=1))
+        started = asyncio.Event()
+
+        async def held(_shard: Shard) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        call = asyncio.create_task(client._with_retries(held, lambda t: t.shard("s0")))
+        await started.wait()
+        call.cancel()
+        client._accept(one_shard_on(2, epoch=2))
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_routed_to_a_shard_a_newer_topology_drops_is_retryable() -> None:
+    async def scenario() -> None:
+        settings = ClientSettings(retry=ClientRetryPolicy(max_attempts=1))
+        client = AsyncRatequeueClient("redis://127.0.0.1:1", settings)
+        client._accept(one_shard_on(1, epoch=1))
+
+        async def never(_shard: Shard) -> None:
+            raise AssertionError("routed to a shard the topology does not list")
+
+        with pytest.raises(ShardUnavailable, match="s9"):
+            await client._with_retries(never, lambda t: t.shard("s9"))
+        await client.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_node_refuses_writes_for_an_epoch_it_was_not_made_primary_in(
