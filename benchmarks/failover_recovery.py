@@ -39,7 +39,10 @@ benchmarks/results/failover-<timestamp>.json (and a Markdown rendering next to i
 repository root: `python -m benchmarks.failover_recovery [--kills 10] [--quick] [--control X]`.
 
 Not for: CI (timings depend on the machine and its load), zero-loss checking (the end-to-end
-tests and chaos experiments do that), or partitions and paused processes (only clean SIGKILLs).
+tests and chaos experiments do that), or partitions (not measured here).
+`--fault pause` sends SIGSTOP instead of SIGKILL (to both managers' primaries): a process that
+is stopped answers nothing, so only silence is evidence and the sensors' thresholds decide; the
+stopped process is killed once its failover is measured, and the run goes on as after a kill.
 Clocks: every timestamp is `time.time()` on this one machine, so the phases are comparable.
 """
 
@@ -62,6 +65,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +110,20 @@ PROBE_INTERVAL = 0.02
 MAX_IN_FLIGHT = 400
 SERVICE = "ratequeue"
 MASTER_NAME = "bench"
+
+
+class Fault(StrEnum):
+    """What `--fault` does to the primary: a death (its host refuses at once) or a stall
+    (nothing answers; the process is killed once the failover is measured)."""
+
+    kill = "kill"
+    pause = "pause"
+
+    @property
+    def signal(self) -> signal.Signals:
+        return signal.SIGKILL if self is Fault.kill else signal.SIGSTOP
+
+
 PHASES = ("detect", "decide", "promote", "publish", "first_write")
 SENTINEL_PHASES = ("detect", "agree", "promote", "first_write")
 PHASE_LABELS = {
@@ -377,7 +395,9 @@ class RatequeueBench:
         store: CoordinationStore,
         workers: int,
         interval: float,
+        fault: Fault = Fault.kill,
     ) -> None:
+        self.fault = fault
         self.state = state
         self.directory = directory
         self.http = http
@@ -488,7 +508,7 @@ class RatequeueBench:
 
             await wait_until(f"the API to acknowledge writes to {shard_id}", accepting, 15)
             killed_at = time.time()
-            os.kill(node.pid, signal.SIGKILL)
+            os.kill(node.pid, self.fault.signal)
             result = self.current = KillResult(
                 index=index,
                 shard=shard_id,
@@ -537,6 +557,9 @@ class RatequeueBench:
         workflow = await wait_until(
             f"workflow {result.workflow_id} to end", workflow_done, 120, 0.5
         )
+        if self.fault is not Fault.kill:  # the stalled primary ends as a killed one would
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)
         result.workflow_status = workflow["status"]
         steps = workflow["steps"]
         result.promoted = steps["promote_candidate"].get("output", {}).get("primary")
@@ -559,7 +582,12 @@ class RatequeueBench:
 
 
 async def run_ratequeue(
-    state: TestbedState, directory: Path, kills: int, workers: int, interval: float
+    state: TestbedState,
+    directory: Path,
+    kills: int,
+    workers: int,
+    interval: float,
+    fault: Fault = Fault.kill,
 ) -> list[KillResult]:
     results: list[KillResult] = []
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=64)
@@ -567,7 +595,7 @@ async def run_ratequeue(
         opened_coordination_store(state.store_address()) as store,
         httpx.AsyncClient(timeout=10, limits=limits) as http,
     ):
-        bench = RatequeueBench(state, directory, http, store, workers, interval)
+        bench = RatequeueBench(state, directory, http, store, workers, interval, fault)
         shard_ids = [s.id for s in (await bench.topology()).shards]
         failures = 0
         for index in range(kills):
@@ -685,7 +713,10 @@ class SentinelWatcher:
 
 
 class SentinelBench:
-    def __init__(self, cluster: LocalCluster, sentinels: list[SentinelProcess]) -> None:
+    def __init__(
+        self, cluster: LocalCluster, sentinels: list[SentinelProcess], fault: Fault = Fault.kill
+    ) -> None:
+        self.fault = fault
         self.cluster = cluster
         self.sentinels = sentinels
         shard = cluster.shards[0]
@@ -755,7 +786,7 @@ class SentinelBench:
         victim = self.node_at(port)
         result = SentinelKill(index, victim.name, port, killed_at=0.0)
         killed_at = time.time()
-        victim.signal(signal.SIGKILL)
+        victim.signal(self.fault.signal)
         result.killed_at = killed_at
         deadline = time.monotonic() + 60
         acknowledged = None
@@ -788,6 +819,8 @@ class SentinelBench:
             if marks[phase] is not None:
                 result.phases[phase] = marks[phase] - previous
                 previous = marks[phase]
+        if self.fault is not Fault.kill:
+            victim.signal(signal.SIGKILL)
         # The killed node comes back as a replica of the new primary (the way sentinel would
         # reconfigure it), so the next kill starts from 1 primary + 2 replicas again.
         stand_in = RedisProcess(
@@ -806,7 +839,7 @@ def writable_when_promoted(node: RedisProcess) -> None:
         conn.config_set("min-replicas-to-write", 0)
 
 
-def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
+def run_sentinel(workdir: Path, kills: int, fault: Fault = Fault.kill) -> list[SentinelKill]:
     results: list[SentinelKill] = []
     cluster: LocalCluster | None = None
     sentinels: list[SentinelProcess] = []
@@ -820,7 +853,7 @@ def run_sentinel(workdir: Path, kills: int) -> list[SentinelKill]:
                 sentinels.append(
                     start_bench_sentinel(workdir, index + 1, cluster.shards[0].primary)
                 )
-        bench = SentinelBench(cluster, sentinels)
+        bench = SentinelBench(cluster, sentinels, fault)
         bench.watcher.start()
         for index in range(kills):
             try:
@@ -942,6 +975,8 @@ def markdown(document: dict[str, Any]) -> str:
 def render(document: dict[str, Any]) -> None:
     sn = document["sentinel"]
 
+    fault_name = Fault(document.get("fault", Fault.kill)).signal.name
+
     def verdict(ok: bool) -> str:
         return "[green]met[/]" if ok else "[red]missed[/]"
 
@@ -950,7 +985,7 @@ def render(document: dict[str, Any]) -> None:
         total = rq["summary"]["total"]
         console.print(
             summary_table(
-                f"ratequeue + Lazarus-lite on {control}: SIGKILL → first acknowledged enqueue "
+                f"ratequeue + Lazarus-lite on {control}: {fault_name} → first acknowledged enqueue "
                 f"({total['n']} kills)",
                 rq["summary"],
                 PHASES,
@@ -971,7 +1006,7 @@ def render(document: dict[str, Any]) -> None:
     if sn["kills"]:
         console.print(
             summary_table(
-                f"Redis Sentinel: SIGKILL → first SET + WAIT 1 ({sn['summary']['total']['n']} "
+                f"Redis Sentinel: {fault_name} → first SET + WAIT 1 ({sn['summary']['total']['n']} "
                 "kills)",
                 sn["summary"],
                 SENTINEL_PHASES,
@@ -1020,6 +1055,9 @@ def main(
         False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
     ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
+    fault: Fault = typer.Option(
+        Fault.kill, help="kill (SIGKILL) or pause (SIGSTOP, then killed) the primary"
+    ),
     control: str = typer.Option(
         "both", help="the coordination store(s) to measure: redis | etcd | both"
     ),
@@ -1028,7 +1066,7 @@ def main(
         raise typer.BadParameter(f"{control!r} is not redis, etcd or both", param_hint="--control")
     controls = BACKENDS if control == "both" else (control,)
     with cpu_hogs((os.cpu_count() or 1) if busy else 0):
-        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls)
+        measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls, fault)
 
 
 def run_backend(
@@ -1039,6 +1077,7 @@ def run_backend(
     kills: int,
     workers: int,
     interval_ms: float,
+    fault: Fault = Fault.kill,
 ) -> list[KillResult]:
     """`kills` kills on a fresh testbed whose coordination store is `control`."""
     directory = workdir / f"testbed-{control}"
@@ -1059,7 +1098,7 @@ def run_backend(
                     )
                 )
             results = asyncio.run(
-                run_ratequeue(state, directory, kills, workers, interval_ms / 1000)
+                run_ratequeue(state, directory, kills, workers, interval_ms / 1000, fault)
             )
     finally:
         finish_teardown(directory)
@@ -1098,6 +1137,7 @@ def measure(
     busy: bool,
     output: Path,
     controls: tuple[ControlBackend, ...] = BACKENDS,
+    fault: Fault = Fault.kill,
 ) -> None:
     kills = kills or (3 if quick else 10)
     sentinel_kills = sentinel_kills if sentinel_kills is not None else (2 if quick else 5)
@@ -1113,11 +1153,11 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="rq-failover-") as tmp:
         for control in controls:
             rq_kills[control] = run_backend(
-                control, Path(tmp), output, started, kills, workers, interval_ms
+                control, Path(tmp), output, started, kills, workers, interval_ms, fault
             )
         if sentinel_kills:
             console.print("starting Redis Sentinel: 1 primary + 2 replicas, 3 sentinels")
-            sn_kills = run_sentinel(Path(tmp) / "sentinel", sentinel_kills)
+            sn_kills = run_sentinel(Path(tmp) / "sentinel", sentinel_kills, fault)
     sn_summary = phase_summary(sn_kills, SENTINEL_PHASES)
     sections: dict[str, dict[str, Any]] = {}
     for control, results in rq_kills.items():
@@ -1137,6 +1177,7 @@ def measure(
         "machine": host | {"loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
         "quick": quick,
         "busy": busy,
+        "fault": fault.value,
         "options": {
             "kills": kills,
             "sentinel_kills": sentinel_kills,

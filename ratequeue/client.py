@@ -61,6 +61,9 @@ from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, Topolog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Connections opened to each replica ahead of its promotion: the requests a failover held all
+# retry at the same moment, and each would otherwise open its own connection then.
+WARM_CONNECTIONS = 4
 
 
 class ClientRetryPolicy(RetryPolicy):
@@ -164,6 +167,14 @@ class AsyncRatequeueClient:
         # retry the moment the new primary is known, not after their backoff.
         self._newer_topology = asyncio.Event()
         self._background: list[asyncio.Task] = []
+        # Work a new topology starts beside the requests (`_warm_replicas`, closing the nodes
+        # `_drop_unlisted` forgets); kept referenced, since the loop holds tasks only weakly.
+        self._topology_work: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None  # of the newest topology only
+        # The tasks running a call on each primary (`_on_primary`), and those of them cancelled
+        # because a newer topology moved that primary.
+        self._calls_on: dict[str, set[asyncio.Task[Any]]] = {}
+        self._moved: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -182,8 +193,8 @@ class AsyncRatequeueClient:
 
     async def close(self) -> None:
         self._closing = True  # the loops also stop at their next turn
-        await cancel_until_done(self._background)
-        for node in self._nodes.values():
+        await cancel_until_done([*self._background, *self._topology_work])
+        for node in list(self._nodes.values()):
             await node.aclose()
         await self._control.aclose()
 
@@ -224,6 +235,86 @@ class AsyncRatequeueClient:
             if newer:
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
+                self._cancel_calls_on_moved_primaries(loaded)
+                self._drop_unlisted(loaded)
+                if self._warming is not None:
+                    # It would open connections to replicas `loaded` may no longer list.
+                    self._warming.cancel()
+                self._warming = self._spawn(self._warm_replicas(loaded), "warming the replicas")
+
+    def _drop_unlisted(self, topology: Topology) -> None:
+        """Close and forget the nodes `topology` lists as neither primary nor replica (a deposed
+        primary kept for forensics, a replica replaced): nothing routes to them any more, and
+        a call still held on one (a stalled node accepts the connection but answers nothing)
+        fails at once and is retried on the new primary instead of waiting for its socket
+        timeout. Safe: nothing is acknowledged without the new primary's `WAIT`, and a retry
+        keeps its message ids."""
+        if self._closing:
+            return  # close() closes every node
+        listed = {
+            node.address for shard in topology.shards for node in (shard.primary, *shard.replicas)
+        }
+        for address in [address for address in self._nodes if address not in listed]:
+            node = self._nodes.pop(address)
+            for key in [key for key in self._queues if key[1] == address]:
+                del self._queues[key]
+            self._spawn(node.aclose(), f"closing {address}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None] | None:
+        """Run `work` beside the requests (kept referenced, cancelled at close; its failure
+        logged, never left unretrieved). None is started once the client is closing."""
+        if self._closing:
+            work.close()
+            return None
+        # The coroutine itself is the task: one cancelled before it starts is closed, not left
+        # never awaited.
+        task = asyncio.get_running_loop().create_task(work, name=what)
+        self._topology_work.add(task)
+        task.add_done_callback(lambda done: self._settle(done, what))
+        return task
+
+    def _settle(self, task: asyncio.Task[None], what: str) -> None:
+        self._topology_work.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Best effort: the request path copes without it.
+            log.debug("%s failed: %s", what, error)
+
+    async def _warm_replicas(self, topology: Topology) -> None:
+        """Open a connection to every replica and load the scripts there, off the request path:
+        the replica a failover promotes then takes the first write held during the outage on a
+        connection already open, with its scripts already cached (Redis does not replicate the
+        script cache). Loaded on every topology, not once: a replica that restarted since has an
+        empty cache. Best effort: a replica that cannot be reached now is loaded on first use."""
+        replicas = [(shard.id, replica) for shard in topology.shards for replica in shard.replicas]
+        # All at once: a stalled replica holds only its own warming, not the others'.
+        outcomes = await asyncio.gather(
+            *(self._warm_replica(topology, shard_id, replica) for shard_id, replica in replicas),
+            return_exceptions=True,
+        )
+        for (shard_id, replica), outcome in zip(replicas, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.debug(
+                    "replica %s of shard %s not warmed: %s", replica.address, shard_id, outcome
+                )
+
+    async def _warm_replica(self, topology: Topology, shard_id: str, replica: NodeRef) -> None:
+        if self._superseded(topology):
+            return  # `replica` may be unlisted now, and must not be reconnected
+        queue = self._queue_at(shard_id, replica)
+        try:
+            await queue.load_scripts()
+        except ShardUnavailable:
+            # A pooled connection that the replica's restart closed fails once (and is dropped
+            # from the pool): the next one is new.
+            await queue.load_scripts()
+        if self._superseded(topology):
+            return
+        # At once, so each takes a connection of its own, which the pool then keeps open.
+        node = self._node(replica)
+        await asyncio.gather(*(node.ping() for _ in range(WARM_CONNECTIONS)))
+
+    def _superseded(self, topology: Topology) -> bool:
+        return self._topology is None or self._topology.epoch != topology.epoch
 
     async def _follow_notifications(self) -> None:
         """Take each newer topology the store's watch delivers."""
@@ -260,12 +351,17 @@ class AsyncRatequeueClient:
         return connection
 
     def _queue(self, shard: Shard) -> ShardQueue:
-        key = (shard.id, shard.primary.address)
+        return self._queue_at(shard.id, shard.primary)
+
+    def _queue_at(self, shard_id: str, node: NodeRef) -> ShardQueue:
+        """The queue of `shard_id` reached through `node` (its primary, or a replica warmed
+        to become one)."""
+        key = (shard_id, node.address)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = ShardQueue(
-                shard.id,
-                self._node(shard.primary),
+                shard_id,
+                self._node(node),
                 dedup_window_seconds=self.settings.dedup_window_seconds,
                 max_queue_seconds=self.settings.max_queue_seconds,
                 max_number_segments=self.settings.max_number_segments,
@@ -275,9 +371,18 @@ class AsyncRatequeueClient:
     def shard_for(self, number: str) -> Shard:
         return self.topology.shard_for_slot(slot_for(number))
 
-    async def _with_retries(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation` (which routes by the current topology on each call), retrying
-        retryable failures after refreshing the topology, within the retry policy's bounds."""
+    @staticmethod
+    def _route(number: str) -> Callable[[Topology], Shard]:
+        """How `number` is routed by a topology (for `_with_retries`)."""
+        return lambda topology: topology.shard_for_slot(slot_for(number))
+
+    async def _with_retries(
+        self, operation: Callable[[Shard], Awaitable[T]], route: Callable[[Topology], Shard]
+    ) -> T:
+        """Run `operation` on the shard `route` picks in the current topology, retrying
+        retryable failures after refreshing the topology, within the retry policy's bounds. An
+        attempt whose shard's primary a newer topology moves is abandoned at once and retried on
+        the new primary (`_on_primary`)."""
         policy = self.settings.retry
         deadline = time.monotonic() + policy.deadline
         attempt = 0
@@ -285,7 +390,7 @@ class AsyncRatequeueClient:
             routed_by = self._topology.epoch if self._topology is not None else 0
             newer_topology = self._newer_topology
             try:
-                return await operation()
+                return await self._on_primary(operation, route)
             except RetryableError as error:
                 attempt += 1
                 delay = policy.delay(attempt)
@@ -298,6 +403,52 @@ class AsyncRatequeueClient:
                 # Back off, but no longer than until a newer topology arrives.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(newer_topology.wait(), delay)
+
+    async def _on_primary(
+        self, operation: Callable[[Shard], Awaitable[T]], route: Callable[[Topology], Shard]
+    ) -> T:
+        """Run `operation` on its shard's primary; if a newer topology moves that primary first,
+        `_accept` cancels the call and this raises ShardUnavailable. A call routed just before
+        the topology arrived (held by a stalled primary, or reconnecting to it) then gives way
+        at once instead of after its socket timeout. Safe: nothing is acknowledged without the
+        new primary's `WAIT`, and a retry keeps its message ids. The call runs in the caller's
+        task (no task of its own: this is the enqueue hot path)."""
+        try:
+            shard = route(self.topology)
+        except KeyError as error:  # a newer topology no longer lists the shard
+            epoch = self.topology.epoch
+            raise ShardUnavailable(f"shard {error} is not in topology {epoch}") from error
+        address = shard.primary.address
+        task = asyncio.current_task()
+        assert task is not None  # _with_retries is awaited in a task
+        calls = self._calls_on.setdefault(address, set())
+        calls.add(task)
+        try:
+            return await operation(shard)
+        except asyncio.CancelledError:
+            if task not in self._moved:
+                raise
+            self._moved.discard(task)
+            if task.uncancel() > 0:
+                raise  # cancelled from outside as well: that cancellation stands
+            raise ShardUnavailable(f"the primary {address} of shard {shard.id} moved") from None
+        finally:
+            calls.discard(task)
+            if not calls and self._calls_on.get(address) is calls:
+                del self._calls_on[address]
+            if task in self._moved:  # the call swallowed its cancellation and finished
+                self._moved.discard(task)
+                task.uncancel()
+
+    def _cancel_calls_on_moved_primaries(self, topology: Topology) -> None:
+        """Cancel the calls `_on_primary` runs on a node `topology` lists as no shard's primary
+        (flagged as moved, so they are retried rather than the caller cancelled)."""
+        primaries = {shard.primary.address for shard in topology.shards}
+        for address, calls in self._calls_on.items():
+            if address not in primaries:
+                for task in calls - self._moved:
+                    self._moved.add(task)
+                    task.cancel()
 
     # -- producers -------------------------------------------------------------------------
     def prepare(self, number: str, body: Any, message_id: str | None = None) -> OutgoingMessage:
@@ -345,9 +496,10 @@ class AsyncRatequeueClient:
         async def enqueue_shard_batch(indexes: list[int]) -> None:
             batch = [messages[i] for i in indexes]
 
-            async def attempt() -> tuple[Shard, list[EnqueueOutcome]]:
-                # Route again on every attempt: a failover may have moved the shard.
-                shard = self.shard_for(batch[0].number)
+            def route(topology: Topology) -> Shard:
+                return topology.shard_for_slot(slot_for(batch[0].number))
+
+            async def attempt(shard: Shard) -> tuple[Shard, list[EnqueueOutcome]]:
                 outcomes = await self._queue(shard).enqueue_batch(
                     shard.epoch,
                     batch,
@@ -357,7 +509,7 @@ class AsyncRatequeueClient:
                 return shard, outcomes
 
             try:
-                shard, outcomes = await self._with_retries(attempt)
+                shard, outcomes = await self._with_retries(attempt, route)
             except Exception as error:  # this shard's alone: the other shards' outcomes stand
                 for i in indexes:
                     results[i] = error
@@ -432,8 +584,11 @@ class AsyncRatequeueClient:
             raise InvalidInput(f"receipts name unknown shard(s) {unknown}", code="invalid_receipt")
 
         async def ack_shard(shard_id: str, shard_receipts: list[str]) -> int:
+            def route(topology: Topology) -> Shard:
+                return topology.shard(shard_id)
+
             return await self._with_retries(
-                lambda: self._queue(self.topology.shard(shard_id)).ack(shard_receipts)
+                lambda shard: self._queue(shard).ack(shard_receipts), route
             )
 
         counts = await asyncio.gather(*(ack_shard(s, r) for s, r in by_shard.items()))
@@ -443,8 +598,7 @@ class AsyncRatequeueClient:
     async def set_rate(self, number: str, rate: Rate) -> str:
         canonical = normalize_number(number)
 
-        async def attempt() -> str:
-            shard = self.shard_for(canonical)
+        async def attempt(shard: Shard) -> str:
             await self._queue(shard).set_rate(
                 shard.epoch,
                 canonical,
@@ -454,17 +608,16 @@ class AsyncRatequeueClient:
             )
             return shard.id
 
-        return await self._with_retries(attempt)
+        return await self._with_retries(attempt, self._route(canonical))
 
     async def number_info(self, number: str) -> NumberInfo:
         canonical = normalize_number(number)
         kind = number_type(canonical)
 
-        async def attempt() -> tuple[Shard, NumberState]:
-            shard = self.shard_for(canonical)
+        async def attempt(shard: Shard) -> tuple[Shard, NumberState]:
             return shard, await self._queue(shard).number_state(canonical, DEFAULT_RATES[kind])
 
-        shard, state = await self._with_retries(attempt)
+        shard, state = await self._with_retries(attempt, self._route(canonical))
         eligible_in = max(0.0, state.next_eligible_ms - state.now_ms) / 1000
         return NumberInfo(
             number=canonical,

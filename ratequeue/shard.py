@@ -218,7 +218,10 @@ class ShardQueue:
         self.max_number_segments = max_number_segments
         self._scripts_loaded = False
 
-    async def _load_scripts(self) -> None:
+    async def load_scripts(self) -> None:
+        """Load the scripts into this node's script cache, even if this queue did before (the
+        node may have restarted since; SCRIPT LOAD of a cached script is cheap and writes no
+        data, so this is also safe on a replica)."""
         # Loaded up front: a NOSCRIPT inside an EVALSHA+WAIT pipeline would also cost the WAIT.
         try:
             async with self.primary.pipeline(transaction=False) as pipe:
@@ -234,7 +237,7 @@ class ShardQueue:
         connection in the same round trip. Returns (script result, replicas acknowledged)."""
         for _ in range(2):
             if not self._scripts_loaded:
-                await self._load_scripts()
+                await self.load_scripts()
             try:
                 async with self.primary.pipeline(transaction=False) as pipe:
                     pipe.execute_command("EVALSHA", script.sha, 0, *args)

@@ -235,6 +235,13 @@ def failover_definition() -> WorkflowDefinition:
 def fail_over(cluster: LocalCluster, shard_id: str = "s0", *, min_replicas: int = 1) -> Shard:
     """Fail the shard over from its listed primary by the workflow's own steps; returns the shard
     as published. Fails if the workflow escalates."""
+    return fail_over_recorded(cluster, shard_id, min_replicas=min_replicas)[0]
+
+
+def fail_over_recorded(
+    cluster: LocalCluster, shard_id: str = "s0", *, min_replicas: int = 1
+) -> tuple[Shard, WorkflowRecord]:
+    """`fail_over`, also returning the workflow's record (when each step ran)."""
     definition = failover_definition()
     failed = current_topology(cluster).shard(shard_id)
 
@@ -257,7 +264,7 @@ def fail_over(cluster: LocalCluster, shard_id: str = "s0", *, min_replicas: int 
     record = asyncio.run(run())
     failures = {n: s.error for n, s in record.steps.items() if s.status != "succeeded"}
     assert record.status == "succeeded", f"the failover escalated: {failures}"
-    return current_topology(cluster).shard(shard_id)
+    return current_topology(cluster).shard(shard_id), record
 
 
 def blocked_clients(node: ShardNode) -> int:

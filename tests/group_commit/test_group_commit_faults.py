@@ -42,6 +42,7 @@ from tests.group_commit.support import (
     drain,
     enqueues_answered,
     fail_over,
+    fail_over_recorded,
     held_ids,
     messages,
     node_of,
@@ -199,19 +200,28 @@ def test_a_new_primary_paused_in_its_batches_wait_and_failed_away_from_acknowled
     kill(primary_of(cluster))
     second = node_of(cluster, fail_over(cluster).primary.name)
     producer.acknowledge(messages("second", 10))
-    rig.hold_in_wait(second, messages("in-wait", HELD), producer)
+    held = messages("in-wait", HELD)
+    rig.hold_in_wait(second, held, producer)
     second.signal(signal.SIGSTOP)
+    in_wait_ids = [i for _, i in held]
     try:
-        third = fail_over(cluster)  # the stalled primary unreachable: its replicas are fenced
-        failed_over_at = time.time()
+        # The stalled primary unreachable: its replicas are fenced.
+        third, record = fail_over_recorded(cluster)
+        # Before the new epoch's compare-and-set: no 201 from its primary can precede it.
+        published_at = record.steps["publish_topology"].started_at
+        assert published_at is not None
+        # Resumed only once every held message is acknowledged: each 201 then came while the
+        # second primary was stopped, so from the primary of the epoch published meanwhile.
+        wait_for(f"the held messages acknowledged while {second.name} is stopped",
+                 lambda: set(in_wait_ids) <= set(producer.acknowledged()))  # fmt: skip
     finally:
         second.signal(signal.SIGCONT)
     producer.wait(timeout=40)
 
     acknowledged = producer.acknowledged()
     assert len(acknowledged) == 20 + HELD
-    in_wait = [at for i, at in acknowledged.items() if i.startswith("in-wait")]
-    assert min(in_wait) > failed_over_at, f"a 201 from {second.name}, failed away from"
+    in_wait = [acknowledged[i] for i in in_wait_ids]
+    assert min(in_wait) >= published_at, f"a 201 from {second.name} before it was failed away from"
     assert third.primary.name not in (second.name, cluster.shards[0].primary.name)
     assert_ledger(cluster, acknowledged)
 
