@@ -120,6 +120,8 @@ class ControllerNode:
             self.audit,
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
+            # A decision is one quorum round (at most `quorum_timeout`) and a few store calls.
+            decision_wait=3 * settings.quorum_timeout,
         )
         self.metrics = ControllerMetrics()
         self.quorum = Quorum(settings, store, self.metrics)
@@ -232,10 +234,19 @@ class ControllerNode:
         if stale is not None:
             record.gate = stale.gate
             return await decisions.decide(record, "stale", stale.reason)
-        first_id = await self.incidents.claim(event)
+        claim = await self.incidents.claim(event)
         record.stage_ended("claimed")
-        if first_id is not None:
-            return await decisions.decide(record, "duplicate", f"same incident as event {first_id}")
+        if claim.duplicate_of is not None:
+            return await decisions.decide(
+                record, "duplicate", f"same incident as event {claim.duplicate_of}"
+            )
+        if claim.took_over_from is not None:
+            record.note(
+                "decided_afresh",
+                f"event {claim.took_over_from} of this incident was refused without action; "
+                "this report is decided on its own",
+                refused_event=claim.took_over_from,
+            )
         if is_failure(event):
             decisions.track_page(event)
         incidents = await self.gates.count_failure(event)

@@ -127,8 +127,11 @@ class IncidentClaimStore(Protocol):
         """The id of the event holding the claim, or None."""
         ...
 
-    async def take_over(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
-        """Give an existing claim to `event_id` (False when there is no claim any more)."""
+    async def take_over(
+        self, event_type: str, dedup_key: str, held_by: str, event_id: str, ttl: float
+    ) -> bool:
+        """Give the claim to `event_id` if `held_by` still holds it (False otherwise: no claim
+        any more, or another event took it first; of two events taking one claim, one wins)."""
         ...
 
     async def release(self, event_type: str, dedup_key: str) -> None: ...
