@@ -38,6 +38,7 @@ from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.runner import ExperimentRunner
 from chaos.scheduler import run_lock
+from chaos.soak_deliveries import Undelivered, describe_counts, drain_leftovers
 from chaos.soak_growth import Census, judge_growth, take_census
 from chaos.targets import Deployment
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
@@ -86,6 +87,8 @@ class CycleResult:
     restarted: list[str] = field(default_factory=list)
     journal: str = ""
     misses: list[str] = field(default_factory=list)
+    late: dict[int, int] = field(default_factory=dict)
+    """Earlier cycles' acknowledged messages this cycle delivered: cycle -> how many."""
 
     @property
     def ok(self) -> bool:
@@ -305,7 +308,11 @@ def run_cycle(
     settle_seconds: float,
     say: Say,
     stop: threading.Event,
+    undelivered: Undelivered | None = None,
 ) -> CycleResult:
+    """One cycle and its checks; `undelivered` carries the acknowledged ids not delivered
+    within their run's drain from cycle to cycle (`chaos.soak_deliveries`)."""
+    undelivered = undelivered if undelivered is not None else Undelivered()
     shards = [s.id for s in deployment.topology().shards]
     action, role, shard = fault_of_cycle(cycle, shards)
     experiment = experiment_of_cycle(scenarios, action, role, shard)
@@ -343,8 +350,14 @@ def run_cycle(
         result.misses.append(
             f"run {journal.verdict} ({', '.join(failed) or '; '.join(journal.errors)})"
         )
+    # Earlier cycles' messages this one delivered first: none of this cycle's own is foreign.
+    result.late = undelivered.delivered(journal.load.get("foreign_ids", []))
+    undelivered.left_by(cycle, journal.load.get("lost_ids", []))
     if result.lost != 0 or result.acknowledged == 0:
-        result.misses.append(f"{result.lost} lost of {result.acknowledged} acknowledged")
+        result.misses.append(
+            f"{result.lost} of {result.acknowledged} acknowledged not delivered within the "
+            "run's drain"
+        )
     if settled is None:
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
     if containers > bound:
@@ -370,6 +383,26 @@ def failed_cycle(cycle: int, shards: list[str], error: Exception) -> CycleResult
                        acknowledged=0, lost=-1, settled_seconds=None, shards="not checked",
                        containers=0, container_bound=0, control_memory=0,
                        misses=[f"the cycle failed: {type(error).__name__}: {error}"])  # fmt: skip
+
+
+def judge_leftovers(
+    last: CycleResult,
+    deployment: Deployment,
+    undelivered: Undelivered,
+    within: float,
+    say: Say,
+) -> None:
+    """After the last cycle: deliver what earlier cycles left in the queues; what is still not
+    delivered then is lost, a miss of the last cycle's row (where the table ends)."""
+    say(f"final drain: {describe_counts(undelivered.by_cycle())} not delivered yet")
+    late = drain_leftovers(deployment.api, undelivered, within)
+    for cycle, count in late.items():
+        last.late[cycle] = last.late.get(cycle, 0) + count
+    if undelivered.waiting:
+        last.misses.append(
+            f"lost after the final drain: {describe_counts(undelivered.by_cycle())} "
+            f"(e.g. {sorted(undelivered.waiting)[:5]})"
+        )
 
 
 def soak(
@@ -404,6 +437,7 @@ def soak(
         say(f"staging whole: {len(nodes)} containers found by their labels")
         shards = [s.id for s in deployment.topology().shards]
         censuses: list[Census] = []
+        undelivered = Undelivered()
         for cycle in range(1, cycles + 1):
             if stop.is_set():
                 break
@@ -417,6 +451,7 @@ def soak(
                     settle_seconds=settle_seconds,
                     say=say,
                     stop=stop,
+                    undelivered=undelivered,
                 )
             except CYCLE_ERRORS as error:
                 result = failed_cycle(cycle, shards, error)
@@ -429,6 +464,8 @@ def soak(
             results.append(result)
             on_cycle(result)
             stop.wait(gap_seconds)
+        if results and undelivered.waiting:
+            judge_leftovers(results[-1], deployment, undelivered, settle_seconds, say)
     finally:
         if take_down:
             say("taking staging down (the provisioned containers first)")
