@@ -81,7 +81,10 @@ class ControllerSettings(BaseModel):
     kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
     incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
     incident_retry_seconds: float = Field(
-        20, ge=0, description="a declined incident is decided again on a report this much later"
+        20,
+        ge=0,
+        description="an incident whose workflow failed is decided again on a report this much "
+        "later (a refused one on the next report)",
     )
     resume_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between looks for workflows a stopped node left"
