@@ -6,35 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import pytest
 import redis.asyncio as aioredis
 
-from common.redis_processes import RedisProcess
 from detection.events import Event
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.incidents import Claim, IncidentClaims
-from ratequeue.local_cluster import start_node
 
 KEY = "ratequeue/s0/RedisMasterDown/s0-primary@1"
-
-
-@pytest.fixture(scope="module")
-def control_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    node = start_node("control", "control", None, tmp_path_factory.mktemp("claims"))
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-async def control(control_node: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis(host=control_node.host, port=control_node.port)
-    await connection.flushall()
-    yield connection
-    await connection.aclose()
 
 
 @pytest.fixture
@@ -74,20 +56,29 @@ async def decided(audit: AuditLog, record: AuditRecord, outcome: str, **fields: 
     await audit.save(record)
 
 
-async def still_waiting(task: asyncio.Task[Claim]) -> None:
+async def holding(claims: IncidentClaims, audit: AuditLog, event_id: str) -> AuditRecord:
+    """The record of a report that claimed the incident and is being decided."""
+    event = report(event_id)
+    record = await opened(audit, event)
+    assert await claims.claim(event) == Claim()
+    return record
+
+
+async def waiting(claims: IncidentClaims, audit: AuditLog, event_id: str) -> asyncio.Task[Claim]:
+    """A later report's claim, waiting for the decision of the one holding the incident."""
+    event = report(event_id)
+    await opened(audit, event)
+    task = asyncio.create_task(claims.claim(event))
     await asyncio.sleep(0.3)
     assert not task.done()
+    return task
 
 
 async def test_a_report_during_a_decision_waits_and_is_decided_on_its_own_after_a_refusal(
     claims: IncidentClaims, audit: AuditLog
 ) -> None:
-    false_alarm, real = report("false-alarm"), report("real-kill")
-    first = await opened(audit, false_alarm)
-    assert await claims.claim(false_alarm) == Claim()
-    await opened(audit, real)
-    later = asyncio.create_task(claims.claim(real))
-    await still_waiting(later)
+    first = await holding(claims, audit, "false-alarm")
+    later = await waiting(claims, audit, "real-kill")
     await decided(audit, first, "escalated", reason="quorum not reached")
     claim = await later
     assert claim.duplicate_of is None and claim.took_over_from == "false-alarm"
@@ -97,10 +88,9 @@ async def test_a_report_during_a_decision_waits_and_is_decided_on_its_own_after_
 async def test_a_report_after_a_refusal_is_decided_on_its_own_at_once(
     claims: IncidentClaims, audit: AuditLog
 ) -> None:
-    false_alarm, real = report("false-alarm"), report("real-kill")
-    first = await opened(audit, false_alarm)
-    await claims.claim(false_alarm)
+    first = await holding(claims, audit, "false-alarm")
     await decided(audit, first, "no_action", gate="rate_limit")
+    real = report("real-kill")
     await opened(audit, real)
     assert await claims.claim(real) == Claim(took_over_from="false-alarm")
 
@@ -108,12 +98,8 @@ async def test_a_report_after_a_refusal_is_decided_on_its_own_at_once(
 async def test_a_report_during_a_decision_that_acts_is_its_duplicate(
     claims: IncidentClaims, audit: AuditLog
 ) -> None:
-    kill, second_sensor = report("kill"), report("second-sensor")
-    first = await opened(audit, kill)
-    await claims.claim(kill)
-    await opened(audit, second_sensor)
-    later = asyncio.create_task(claims.claim(second_sensor))
-    await still_waiting(later)
+    first = await holding(claims, audit, "kill")
+    later = await waiting(claims, audit, "second-sensor")
     await decided(audit, first, "scheduled", workflow_id="wf-1")
     assert (await later).duplicate_of == "kill"
     assert await claims.claims.holder("RedisMasterDown", KEY) == "kill"
@@ -122,9 +108,7 @@ async def test_a_report_during_a_decision_that_acts_is_its_duplicate(
 async def test_of_two_reports_after_a_refusal_one_decides_and_the_other_is_its_duplicate(
     claims: IncidentClaims, audit: AuditLog
 ) -> None:
-    false_alarm = report("false-alarm")
-    first = await opened(audit, false_alarm)
-    await claims.claim(false_alarm)
+    first = await holding(claims, audit, "false-alarm")
     await decided(audit, first, "escalated", reason="quorum not reached")
     reports = [report("sensor-1"), report("sensor-2")]
     records = {event.id: await opened(audit, event) for event in reports}
@@ -143,9 +127,8 @@ async def test_a_report_is_merged_once_the_decision_it_waits_for_outlasts_the_wa
 ) -> None:
     store = RedisCoordinationStore(control)
     claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.5)
-    stuck, later = report("coordinator-died"), report("later")
-    await opened(audit, stuck)
-    await claims.claim(stuck)
+    await holding(claims, audit, "coordinator-died")
+    later = report("later")
     await opened(audit, later)
     claim = await claims.claim(later)
     assert claim.duplicate_of == "coordinator-died" and claim.waited >= 0.5
