@@ -74,15 +74,27 @@ async def waiting(claims: IncidentClaims, audit: AuditLog, event_id: str) -> asy
     return task
 
 
-async def test_a_report_during_a_decision_waits_and_is_decided_on_its_own_after_a_refusal(
-    claims: IncidentClaims, audit: AuditLog
+@pytest.mark.parametrize(
+    ("outcome", "fields", "claimed", "holder"),
+    [
+        ("escalated", {"reason": "quorum not reached"}, Claim(took_over_from="first"), "later"),
+        ("scheduled", {"workflow_id": "wf-1"}, Claim(duplicate_of="first"), "first"),
+    ],
+    ids=["refused: decided on its own", "acted: its duplicate"],
+)
+async def test_a_report_during_a_decision_waits_for_it_and_is_judged_by_its_outcome(
+    claims: IncidentClaims,
+    audit: AuditLog,
+    outcome: str,
+    fields: dict,
+    claimed: Claim,
+    holder: str,
 ) -> None:
-    first = await holding(claims, audit, "false-alarm")
-    later = await waiting(claims, audit, "real-kill")
-    await decided(audit, first, "escalated", reason="quorum not reached")
-    claim = await later
-    assert claim.duplicate_of is None and claim.took_over_from == "false-alarm"
-    assert await claims.claims.holder("RedisMasterDown", KEY) == "real-kill"
+    first = await holding(claims, audit, "first")
+    later = await waiting(claims, audit, "later")
+    await decided(audit, first, outcome, **fields)
+    assert await later == claimed
+    assert await claims.claims.holder("RedisMasterDown", KEY) == holder
 
 
 async def test_a_report_after_a_refusal_is_decided_on_its_own_at_once(
@@ -93,16 +105,6 @@ async def test_a_report_after_a_refusal_is_decided_on_its_own_at_once(
     real = report("real-kill")
     await opened(audit, real)
     assert await claims.claim(real) == Claim(took_over_from="false-alarm")
-
-
-async def test_a_report_during_a_decision_that_acts_is_its_duplicate(
-    claims: IncidentClaims, audit: AuditLog
-) -> None:
-    first = await holding(claims, audit, "kill")
-    later = await waiting(claims, audit, "second-sensor")
-    await decided(audit, first, "scheduled", workflow_id="wf-1")
-    assert (await later).duplicate_of == "kill"
-    assert await claims.claims.holder("RedisMasterDown", KEY) == "kill"
 
 
 async def test_of_two_reports_after_a_refusal_one_decides_and_the_other_is_its_duplicate(
