@@ -52,6 +52,8 @@ from notifications.config import load_notification_config
 log = logging.getLogger(__name__)
 
 RECORD_ONLY_ACTION = "default.record"
+# A report that waited this long for an earlier report's decision says so in its record.
+CLAIM_WAIT_NOTED = 0.05
 
 
 def lock_resource(rule: Rule, event: Event) -> str:
@@ -236,6 +238,12 @@ class ControllerNode:
             return await decisions.decide(record, "stale", stale.reason)
         claim = await self.incidents.claim(event)
         record.stage_ended("claimed")
+        if claim.waited >= CLAIM_WAIT_NOTED:
+            record.note(
+                "waited_for_decision",
+                f"waited {claim.waited:.2f} s for the decision of an earlier report",
+                seconds=round(claim.waited, 3),
+            )
         if claim.duplicate_of is not None:
             return await decisions.decide(
                 record, "duplicate", f"same incident as event {claim.duplicate_of}"
