@@ -100,6 +100,8 @@ class IncidentClaims:
                 continue
             if verdict == "decide_afresh":
                 if await self.claims.take_over(kind, key, holder_id, event.id, self.ttl):
+                    # A recovery of the refused decision's failure is not this report's.
+                    await self.claims.take_recovered(kind, key)
                     return Claim(took_over_from=holder_id, waited=waited)
                 continue  # another report took it first: judge against its decision
             # Merged; or still undecided after `decision_wait` (its coordinator died, and the
@@ -120,14 +122,19 @@ class IncidentClaims:
                 return
             down = await self.audit.get(first)
             if down is None or down.outcome in UNACTED:
-                await self.claims.release(*incident)
+                await self.claims.release(*incident, held_by=first)
             elif down.outcome == "received":
                 await self.claims.mark_recovered(*incident, self.ttl)
 
     async def forget_if_recovered(self, record: AuditRecord) -> None:
-        """After a decision without action: drop the claim if the failure recovered meanwhile."""
+        """After a decision without action: drop the claim if the failure recovered meanwhile,
+        and only while this record's event holds it (a report that took it over meanwhile
+        decides on; dropping its claim would let a third report decide too)."""
         if record.outcome not in UNACTED:
             return
         event = Event.model_validate(record.event)
-        if await self.claims.take_recovered(event.type, event.dedup_key):
-            await self.claims.release(event.type, event.dedup_key)
+        incident = (event.type, event.dedup_key)
+        if await self.claims.holder(*incident) != record.event_id:
+            return  # a duplicate, or its claim was taken over: the mark is not its to take
+        if await self.claims.take_recovered(*incident):
+            await self.claims.release(*incident, held_by=record.event_id)

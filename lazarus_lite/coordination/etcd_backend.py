@@ -568,8 +568,9 @@ class EtcdIncidentClaims:
         key = keys.incident_claim(event_type, dedup_key)
         return await self._writes.replace(key, event_id, ttl, [_holds(key, held_by)])
 
-    async def release(self, event_type: str, dedup_key: str) -> None:
-        await self._writes.delete(keys.incident_claim(event_type, dedup_key))
+    async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        return await self._writes.delete_if(key, [_holds(key, held_by)])
 
     async def held_for(self, event_type: str, dedup_key: str) -> float | None:
         found = await self._client.get(keys.incident_claim(event_type, dedup_key))

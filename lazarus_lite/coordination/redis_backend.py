@@ -216,6 +216,7 @@ return 1
 class RedisIncidentClaims:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
+        self._release = control.register_script(_DELETE_IF_OURS)
 
     async def claim(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
         key = keys.incident_claim(event_type, dedup_key)
@@ -231,8 +232,9 @@ class RedisIncidentClaims:
         taken = await self._control.eval(_TAKE_OVER, 1, key, held_by, event_id, int(ttl))
         return bool(taken)
 
-    async def release(self, event_type: str, dedup_key: str) -> None:
-        await self._control.delete(keys.incident_claim(event_type, dedup_key))
+    async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        return bool(await self._release(keys=[key], args=[held_by]))
 
     async def held_for(self, event_type: str, dedup_key: str) -> float | None:
         left = await self._control.ttl(keys.incident_claim(event_type, dedup_key))

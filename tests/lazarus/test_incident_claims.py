@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
-from detection.events import Event
+from detection.events import Event, EventType
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.incidents import Claim, IncidentClaims
@@ -30,8 +30,8 @@ def claims(control: aioredis.Redis, audit: AuditLog) -> IncidentClaims:
     return IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=5)
 
 
-def report(event_id: str) -> Event:
-    return Event(id=event_id, type="RedisMasterDown", environment="dev", region="local",
+def report(event_id: str, kind: EventType = "RedisMasterDown") -> Event:
+    return Event(id=event_id, type=kind, environment="dev", region="local",
                  service="ratequeue", shard="s0", host="127.0.0.2:7001", source="sensor",
                  incident_key=KEY, occurred_at=datetime.now(UTC))  # fmt: skip
 
@@ -122,6 +122,24 @@ async def test_of_two_reports_after_a_refusal_one_decides_and_the_other_is_its_d
     assert tasks[winner].result() == Claim(took_over_from="false-alarm")
     await decided(audit, records[winner], "scheduled", workflow_id="wf-1")
     assert (await tasks[loser]).duplicate_of == winner
+
+
+async def test_a_recovery_of_a_refused_false_alarm_does_not_free_the_claim_a_kill_took_over(
+    claims: IncidentClaims, audit: AuditLog
+) -> None:
+    false_alarm = await holding(claims, audit, "false-alarm")
+    kill_reports = [await waiting(claims, audit, name) for name in ("kill-1", "kill-2")]
+    await claims.release_on_recovery(report("flap-recovered", "RedisMasterRecovered"))
+    await decided(audit, false_alarm, "escalated", reason="quorum not reached")
+    done, pending = await asyncio.wait(kill_reports, timeout=3)
+    assert len(done) == 1 and len(pending) == 1
+    (taker,) = done
+    winner = await claims.claims.holder("RedisMasterDown", KEY)
+    assert taker.result() == Claim(took_over_from="false-alarm") and winner != "false-alarm"
+    await claims.forget_if_recovered(false_alarm)  # the false alarm's decision ends
+    assert await claims.claims.holder("RedisMasterDown", KEY) == winner
+    await asyncio.sleep(0.3)
+    assert not pending.pop().done()  # still waits on the winner: one decision, one failover
 
 
 async def test_a_report_is_merged_once_the_decision_it_waits_for_outlasts_the_wait(
