@@ -18,6 +18,7 @@ from typing import Any
 from detection.events import Event
 from detection.streams import EventStream, Received
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.errors import DecisionPending
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.workflow.engine import WorkflowEngine
 
@@ -53,6 +54,8 @@ async def _handle_and_ack(
         await stream.ack(received)
     except asyncio.CancelledError:
         raise
+    except DecisionPending as pending:
+        log.warning("%s: %s", node_id, pending)
     except Exception:
         # Not acked: another node reclaims it after the stream's reclaim interval.
         log.exception("%s: event %s not handled", node_id, received.event.id)

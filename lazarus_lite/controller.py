@@ -229,6 +229,7 @@ class ControllerNode:
             return None
         existing = await self.audit.get(event.id)
         if existing is not None and existing.outcome != "received":
+            await self.decisions.finish_escalation(existing)
             return existing  # decided already (a reclaimed entry)
         decisions = self.decisions
         record = await decisions.open(event)

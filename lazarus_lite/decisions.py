@@ -33,6 +33,9 @@ from notifications.delivery import Delivery
 # the periodic writer (`background.write_held_records`).
 HELD_WRITE_TIMEOUT = 2.0
 
+# The note a refusal is saved with before its person is paged (`Decisions.finish_escalation`).
+ESCALATION_DUE = "escalation_due"
+
 log = logging.getLogger(__name__)
 
 
@@ -116,14 +119,30 @@ class Decisions:
         return record
 
     async def escalate(self, record: AuditRecord, reason: str) -> AuditRecord:
-        await self.notify_escalation(record, reason)
-        return await self.decide(record, "escalated", reason)
+        return await self._refused(record, "escalated", reason)
 
     async def stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
         """A gate stopped the action: NO_ACTION, and a person gets the event."""
         record.gate = stop.gate
-        await self.notify_escalation(record, stop.reason)
-        return await self.decide(record, "no_action", stop.reason)
+        return await self._refused(record, "no_action", stop.reason)
+
+    async def _refused(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
+        """A refusal is saved before a person is paged: a later report of the incident waiting
+        on this decision is judged by it at once, not after the pager's retries (~10 s)."""
+        record.note(ESCALATION_DUE, reason)
+        await self.decide(record, outcome, reason)
+        await self.finish_escalation(record)
+        return record
+
+    async def finish_escalation(self, record: AuditRecord) -> None:
+        """Page the person a saved refusal is due to, unless it was done (a redelivered event
+        whose node stopped, or whose store failed, between saving the refusal and paging)."""
+        kinds = {note.kind for note in record.notes}
+        if ESCALATION_DUE not in kinds or "escalation" in kinds:
+            return
+        due = next(note for note in record.notes if note.kind == ESCALATION_DUE)
+        await self.notify_escalation(record, due.detail)
+        await self.audit.save(record)  # with the escalation's note and deliveries
 
     async def scheduled(self, record: AuditRecord, event: Event, workflow_id: str) -> AuditRecord:
         """The workflow runs: the controller takes the page (acknowledges it)."""

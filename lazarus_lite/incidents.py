@@ -5,7 +5,9 @@ early (a refused incident absorbs no later report; a recovery releases it).
 Which later report of an incident is merged into the claim's decision, and which is decided on
 its own (`merge_verdict`, pure):
 - the claim's decision is still being made: the report waits for it (at most `decision_wait`),
-  then is judged by that decision's outcome, as below;
+  then is judged by that decision's outcome, as below; a decision not made by then raises
+  `DecisionPending`: the report is left unacknowledged and judged when the stream hands it out
+  again (merging it would swallow a real failure behind a slow refusal);
 - the decision acted (a workflow was scheduled or remediated the failure): a duplicate, so one
   failure is failed over once;
 - the decision refused to act without running anything (quorum not reached, a gate, no rule):
@@ -30,6 +32,7 @@ from typing import Literal
 from detection.events import Event
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.coordination.interface import IncidentClaimStore
+from lazarus_lite.errors import DecisionPending
 
 # Outcomes that took no action: the incident may be claimed again once its failure recovers.
 UNACTED = {"escalated", "duplicate", "no_action", "stale"}
@@ -104,8 +107,13 @@ class IncidentClaims:
                     await self.claims.take_recovered(kind, key)
                     return Claim(took_over_from=holder_id, waited=waited)
                 continue  # another report took it first: judge against its decision
-            # Merged; or still undecided after `decision_wait` (its coordinator died, and the
-            # stream hands the event to another node): merged too, the next report decides.
+            if verdict == "wait":
+                # Merging it could swallow a real failure behind a slow refusal; its
+                # coordinator may also have died (the stream hands that event out again).
+                raise DecisionPending(
+                    f"event {event.id}: event {holder_id} holding its incident is still "
+                    f"undecided after {waited:.1f} s; left for the stream to hand out again"
+                )
             return Claim(duplicate_of=holder_id, waited=waited)
 
     async def release_on_recovery(self, event: Event) -> None:

@@ -1,6 +1,7 @@
 """Incident claims on a real redis-server control store: a later report waits for the decision
-holding its incident, is decided on its own after a refusal, and is a duplicate of a decision
-that acted; of two reports after a refusal, one decides (no double failover)."""
+holding its incident, is decided on its own after a refusal, is a duplicate of a decision
+that acted, and is left pending when that decision outlasts the wait; of two reports after a
+refusal, one decides (no double failover)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from detection.events import Event, EventType
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.errors import DecisionPending
 from lazarus_lite.incidents import Claim, IncidentClaims
 
 KEY = "ratequeue/s0/RedisMasterDown/s0-primary@1"
@@ -142,13 +144,16 @@ async def test_a_recovery_of_a_refused_false_alarm_does_not_free_the_claim_a_kil
     assert not pending.pop().done()  # still waits on the winner: one decision, one failover
 
 
-async def test_a_report_is_merged_once_the_decision_it_waits_for_outlasts_the_wait(
+async def test_a_report_still_waiting_when_the_wait_ends_is_left_pending_not_merged(
     control: aioredis.Redis, audit: AuditLog
 ) -> None:
     store = RedisCoordinationStore(control)
     claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.5)
-    await holding(claims, audit, "coordinator-died")
-    later = report("later")
+    await holding(claims, audit, "slow-refusal")
+    later = report("real-kill")
     await opened(audit, later)
-    claim = await claims.claim(later)
-    assert claim.duplicate_of == "coordinator-died" and claim.waited >= 0.5
+    started = time.monotonic()
+    with pytest.raises(DecisionPending, match="slow-refusal"):
+        await claims.claim(later)
+    assert time.monotonic() - started >= 0.5
+    assert await claims.claims.holder("RedisMasterDown", KEY) == "slow-refusal"
