@@ -122,8 +122,7 @@ class ControllerNode:
             self.audit,
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
-            # A decision is one quorum round (at most `quorum_timeout`) and a few store calls.
-            decision_wait=3 * settings.quorum_timeout,
+            decision_wait=settings.decision_wait,
         )
         self.metrics = ControllerMetrics()
         self.quorum = Quorum(settings, store, self.metrics)

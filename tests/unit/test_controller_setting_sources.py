@@ -86,3 +86,27 @@ def test_a_bad_value_is_refused_naming_the_setting_and_what_was_expected(
     assert code == 2 and "Traceback" not in output, output
     assert f"setting'{setting}" in output and expected in output, output
     assert not built_with
+
+
+def test_a_quorum_timeout_whose_decisions_outlast_the_event_reclaim_is_refused_naming_both(
+    built_with: list[ControllerSettings],
+) -> None:
+    code, output = serve("--quorum-timeout", "5", "--event-reclaim-seconds", "10")
+    assert code == 2 and "Traceback" not in output, output
+    assert "setting'event_reclaim_seconds" in output and "quorum_timeout" in output, output
+    assert not built_with
+
+
+@pytest.mark.parametrize(("quorum_timeout", "wait"), [(2.0, 6.0), (3.5, 5.5)])
+def test_a_report_waits_for_a_decision_only_as_long_as_its_own_still_ends_before_the_reclaim(
+    quorum_timeout: float, wait: float
+) -> None:
+    settings = ControllerSettings(
+        node_id="n1",
+        control_url="redis://127.0.0.1:1/0",
+        api_token="a-token-of-sixteen-chars",
+        quorum_timeout=quorum_timeout,
+        event_reclaim_seconds=10,
+    )
+    assert settings.decision_wait == wait
+    assert settings.decision_wait + settings.decision_budget <= settings.event_reclaim_seconds
