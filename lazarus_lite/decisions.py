@@ -180,6 +180,7 @@ class Decisions:
             record.outcome = "escalated"
             record.reason = f"workflow {workflow.id}: {workflow.escalation}"
             await self.notify_escalation(record, record.reason)
+        record.workflow_ended_at = workflow.finished_at or time.time()
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
         # The decision's later end (counted before it is saved, as decide() does); the event's
         # decision itself was counted when the workflow was scheduled.

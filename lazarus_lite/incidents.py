@@ -15,8 +15,8 @@ its own (`merge_verdict`, pure):
   its checks saw it; a report that came after them may be the real failure a false alarm came
   just before (staging soak run B: a heartbeat timed out 0.17 s before a real kill, the kill's
   reports were merged into the refused false alarm, and nothing failed the shard over);
-- a workflow ran and failed: decided afresh once `retry_after` has passed since (a failover
-  that just failed is not re-run on the next report at once).
+- a workflow ran and failed: decided afresh once `retry_after` has passed since it ended (a
+  failover that just failed is not re-run on the next report at once).
 
 Not for: deciding the incident (`controller`) or the watch's own reports (`shard_watch`).
 """
@@ -50,7 +50,10 @@ def merge_verdict(holder: AuditRecord | None, now: float, retry_after: float) ->
         return "wait"
     if holder.outcome in {"escalated", "no_action"} and holder.workflow_id is None:
         return "decide_afresh"  # refused without acting: it absorbs nothing
-    if holder.outcome == "escalated" and now - (holder.decided_at or now) >= retry_after:
+    # A failed workflow's retry delay runs from its end, not from when it was scheduled (a
+    # failover that ran for longer than the delay is not re-run at once).
+    failed_at = holder.workflow_ended_at or holder.decided_at or now
+    if holder.outcome == "escalated" and now - failed_at >= retry_after:
         return "decide_afresh"  # its workflow failed a while ago: try again
     return "merge"
 

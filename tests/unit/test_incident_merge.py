@@ -50,6 +50,12 @@ def test_a_report_well_after_a_failed_workflow_is_decided_afresh() -> None:
     assert merge_verdict(failed, NOW, RETRY_AFTER) == "decide_afresh"
 
 
+def test_a_report_soon_after_a_long_workflow_failed_is_its_duplicate() -> None:
+    failed = decision("escalated", workflow_id="wf-1", ago=RETRY_AFTER * 3)
+    failed.workflow_ended_at = NOW - RETRY_AFTER / 2  # ran for 2.5 x the delay, then failed
+    assert merge_verdict(failed, NOW, RETRY_AFTER) == "merge"
+
+
 def test_a_repeated_recovery_is_a_duplicate_of_its_record() -> None:
     assert merge_verdict(decision("recorded"), NOW, RETRY_AFTER) == "merge"
 

@@ -1,10 +1,12 @@
-"""Specification of how a refusal leaves the controller: it is saved before its person is paged
-(a report waiting on the decision learns it at once, not after the pager's retries), and an
-escalation that did not go out after the save goes out when the event is handled again."""
+"""Specification of how `Decisions` saves a decision's record: a refusal is saved before its
+person is paged (a report waiting on the decision learns it at once, not after the pager's
+retries), an escalation that did not go out after the save goes out when the event is handled
+again, and a workflow's end is recorded with the time it ended."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -73,3 +75,22 @@ def test_an_escalation_that_failed_after_its_refusal_was_saved_goes_out_once_on_
         assert again is not None
         asyncio.run(decisions.finish_escalation(again))
     assert log.escalations == [(event_id, "escalated")]
+
+
+def test_a_failed_workflow_is_recorded_with_the_time_it_ended() -> None:
+    log = RecordLogInMemory()
+    decisions = decisions_on(log)
+
+    async def schedule_then_fail() -> AuditRecord | None:
+        event = new_event("RedisMasterDown", environment="dev", region="r", service="ratequeue",
+                          shard="s0", host="h:1", source="test")  # fmt: skip
+        record = await decisions.open(event)
+        await decisions.scheduled(record, event, "wf-1")
+        workflow = SimpleNamespace(id="wf-1", event_id=event.id, status="escalated",
+                                   escalation="promotion failed", finished_at=1_000.0)  # fmt: skip
+        await decisions.workflow_finished(workflow)  # type: ignore[arg-type]
+        return await decisions.audit.get(event.id)
+
+    record = asyncio.run(schedule_then_fail())
+    assert record is not None and record.outcome == "escalated"
+    assert record.workflow_ended_at == 1_000.0 and record.decided_at != 1_000.0
