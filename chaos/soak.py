@@ -393,14 +393,17 @@ def judge_leftovers(
     say: Say,
 ) -> None:
     """After the last cycle: deliver what earlier cycles left in the queues; what is still not
-    delivered then is lost, a miss of the last cycle's row (where the table ends)."""
+    delivered within `within` seconds is a miss of the last cycle's row (where the table ends),
+    worded as what was measured: not delivered within the drain (lost, or stuck behind a
+    backlog the drain did not outlast)."""
     say(f"final drain: {describe_counts(undelivered.by_cycle())} not delivered yet")
     late = drain_leftovers(deployment.api, undelivered, within)
     for cycle, count in late.items():
         last.late[cycle] = last.late.get(cycle, 0) + count
     if undelivered.waiting:
         last.misses.append(
-            f"lost after the final drain: {describe_counts(undelivered.by_cycle())} "
+            f"not delivered within the final drain ({within:g} s): "
+            f"{describe_counts(undelivered.by_cycle())} "
             f"(e.g. {sorted(undelivered.waiting)[:5]})"
         )
 

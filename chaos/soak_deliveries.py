@@ -7,7 +7,8 @@ a message counts as lost where it was only late (staging soak run B, cycle 6: 46
 delivered within the drain, gone from the queues afterwards; cycle 7 delivered 72 ids it had
 not acknowledged, where other cycles deliver 0-11). Here the ids a cycle left undelivered are
 matched against the later cycles' foreign deliveries and a final drain after the last cycle;
-only what none of them delivered is lost.
+what none of them delivered is a miss, "not delivered within the final drain" (lost, or not
+yet delivered when the drain's time ran out: the drain cannot tell them apart).
 
 Not for: judging one run (its `acknowledged_lost` hypothesis does, within its drain) or
 generating load (`chaos.load`).

@@ -103,12 +103,14 @@ def test_what_the_final_drain_delivers_is_late_in_the_last_row_not_lost(
     assert results[-1].ok and results[-1].late == {1: 2}
 
 
-def test_what_no_cycle_nor_the_final_drain_delivers_is_lost(
+def test_what_no_cycle_nor_the_final_drain_delivers_is_a_miss_naming_the_drain_time(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     results = _soak_leaving(monkeypatch, tmp_path, left=["a", "b"], drained=["a"])
     assert results[-1].late == {1: 1}
-    assert results[-1].misses == ["lost after the final drain: 1 of cycle 1 (e.g. ['b'])"]
+    assert results[-1].misses == [
+        "not delivered within the final drain (1 s): 1 of cycle 1 (e.g. ['b'])"
+    ]
 
 
 class _FinalDrainDeployment(_Deployment):
