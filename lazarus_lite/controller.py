@@ -185,7 +185,13 @@ class ControllerNode:
         node, settings = self.node_id, self.settings
         self._tasks = [
             asyncio.create_task(
-                background.consume_events(self.stream, node, self.handle, self._handling),
+                background.consume_events(
+                    self.stream,
+                    node,
+                    self.handle,
+                    self._handling,
+                    keep_every=settings.event_reclaim_seconds / 3,
+                ),
                 name=f"{node}-consume",
             ),
             asyncio.create_task(

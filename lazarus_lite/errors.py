@@ -13,7 +13,7 @@
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
     ├── DecisionPending             an earlier report's decision outlasted the wait: the event
-    │                               is left unacknowledged, to be judged when handed out again
+    │                               is published again, to be judged when handed out again
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
     │                               a container it cannot create or start)
@@ -73,8 +73,9 @@ class LockLost(LazarusError):
 
 class DecisionPending(LazarusError):
     """The decision of the event holding an incident's claim was not made within the wait: the
-    later report is neither merged nor decided now, but left unacknowledged so the stream hands
-    it out again (by then that decision is made, or its own event is decided again)."""
+    later report is neither merged nor decided now: the consuming loop publishes it again and
+    acknowledges this copy (by the time it comes round, that decision is made, or its own event
+    is decided again)."""
 
 
 class ForensicsCopyFailed(LazarusError):

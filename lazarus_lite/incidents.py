@@ -6,8 +6,8 @@ Which later report of an incident is merged into the claim's decision, and which
 its own (`merge_verdict`, pure):
 - the claim's decision is still being made: the report waits for it (at most `decision_wait`),
   then is judged by that decision's outcome, as below; a decision not made by then raises
-  `DecisionPending`: the report is left unacknowledged and judged when the stream hands it out
-  again (merging it would swallow a real failure behind a slow refusal);
+  `DecisionPending`: the report is published again (its copy acknowledged) and judged when
+  the stream hands it out (merging it would swallow a real failure behind a slow refusal);
 - the decision acted (a workflow was scheduled or remediated the failure): a duplicate, so one
   failure is failed over once;
 - the decision refused to act without running anything (quorum not reached, a gate, no rule):
@@ -115,7 +115,7 @@ class IncidentClaims:
                 # coordinator may also have died (the stream hands that event out again).
                 raise DecisionPending(
                     f"event {event.id}: event {holder_id} holding its incident is still "
-                    f"undecided after {waited:.1f} s; left for the stream to hand out again"
+                    f"undecided after {waited:.1f} s; published again to be judged later"
                 )
             return Claim(duplicate_of=holder_id, waited=waited)
 

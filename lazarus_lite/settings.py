@@ -42,7 +42,11 @@ class ControllerSettings(BaseModel):
     )
     quorum: int = Field(2, ge=1, le=15, description="nodes that must agree on a remediation")
     quorum_timeout: float = Field(
-        2.0, gt=0, le=60, description="seconds to wait for the other nodes' votes"
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds to wait for the other nodes' votes; event_reclaim_seconds must "
+        "hold two such rounds and their store calls (settings that break it are refused)",
     )
     min_replicas: int = Field(1, ge=0, le=16, description="what ratequeue's WAIT requires")
     probe_timeout: float = Field(
@@ -94,8 +98,10 @@ class ControllerSettings(BaseModel):
         10,
         gt=0,
         le=600,
-        description="seconds an event taken and not acknowledged stays with its node before "
-        "another node is handed it (the stream's reclaim idle, or Kinesis lease)",
+        description="seconds an event taken and not acknowledged stays with its node once the "
+        "node stops keeping it (a node keeps the events it is handling every third of this) "
+        "before another node is handed it: the Redis stream's reclaim idle; on Kinesis, the "
+        "shard lease, which the holder's receives renew (a live holder keeps its shard)",
     )
     resume_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between looks for workflows a stopped node left"
