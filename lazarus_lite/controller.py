@@ -31,7 +31,7 @@ from lazarus_lite.checks import CHECKS
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
-from lazarus_lite.errors import Escalate, WorkflowCancelled
+from lazarus_lite.errors import DecisionPending, Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
@@ -123,6 +123,7 @@ class ControllerNode:
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
             decision_wait=settings.decision_wait,
+            abandoned_after=settings.event_reclaim_seconds + settings.decision_budget,
         )
         self.metrics = ControllerMetrics()
         self.quorum = Quorum(settings, store, self.metrics)
@@ -242,7 +243,11 @@ class ControllerNode:
         if stale is not None:
             record.gate = stale.gate
             return await decisions.decide(record, "stale", stale.reason)
-        claim = await self.incidents.claim(event)
+        try:
+            claim = await self.incidents.claim(event)
+        except DecisionPending:
+            self.metrics.reports_held_back.inc()
+            raise
         record.stage_ended("claimed")
         if claim.waited >= CLAIM_WAIT_NOTED:
             record.note(
@@ -254,7 +259,14 @@ class ControllerNode:
             return await decisions.decide(
                 record, "duplicate", f"same incident as event {claim.duplicate_of}"
             )
-        if claim.took_over_from is not None:
+        if claim.abandoned:
+            record.note(
+                "took_over_undecided",
+                f"event {claim.took_over_from} of this incident stayed undecided past "
+                "reclaim and a decision; this report is decided on its own",
+                undecided_event=claim.took_over_from,
+            )
+        elif claim.took_over_from is not None:
             record.note(
                 "decided_afresh",
                 f"event {claim.took_over_from} of this incident was refused without action; "

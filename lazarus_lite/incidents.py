@@ -8,6 +8,9 @@ its own (`merge_verdict`, pure):
   then is judged by that decision's outcome, as below; a decision not made by then raises
   `DecisionPending`: the report is published again (its copy acknowledged) and judged when
   the stream hands it out (merging it would swallow a real failure behind a slow refusal);
+  once the claim's record has stayed undecided for `abandoned_after` seconds (its coordinator
+  died, or lost the event), the report takes the claim over (compare-and-set) and is decided
+  on its own instead of waiting again;
 - the decision acted (a workflow was scheduled or remediated the failure): a duplicate, so one
   failure is failed over once;
 - the decision refused to act without running anything (quorum not reached, a gate, no rule):
@@ -65,6 +68,7 @@ class Claim:
 
     duplicate_of: str | None = None
     took_over_from: str | None = None
+    abandoned: bool = False  # took it from a decision never made, not from a refusal
     waited: float = field(default=0.0, compare=False)  # seconds waiting on the holder
 
 
@@ -79,12 +83,14 @@ class IncidentClaims:
         ttl: float,
         retry_after: float,
         decision_wait: float = 6.0,
+        abandoned_after: float = float("inf"),
     ) -> None:
         self.claims = claims
         self.audit = audit
         self.ttl = ttl
         self.retry_after = retry_after
         self.decision_wait = decision_wait
+        self.abandoned_after = abandoned_after
 
     async def claim(self, event: Event) -> Claim:
         """Claim the event's incident, or say which event's decision it is a duplicate of."""
@@ -104,11 +110,16 @@ class IncidentClaims:
             if verdict == "wait" and waited < self.decision_wait:
                 await asyncio.sleep(DECISION_POLL)
                 continue
-            if verdict == "decide_afresh":
+            abandoned = (
+                verdict == "wait"
+                and holder is not None
+                and time.time() - holder.received_at >= self.abandoned_after
+            )
+            if verdict == "decide_afresh" or abandoned:
                 if await self.claims.take_over(kind, key, holder_id, event.id, self.ttl):
-                    # A recovery of the refused decision's failure is not this report's.
+                    # A recovery of the earlier report's failure is not this report's.
                     await self.claims.take_recovered(kind, key)
-                    return Claim(took_over_from=holder_id, waited=waited)
+                    return Claim(took_over_from=holder_id, abandoned=abandoned, waited=waited)
                 continue  # another report took it first: judge against its decision
             if verdict == "wait":
                 # Merging it could swallow a real failure behind a slow refusal; its

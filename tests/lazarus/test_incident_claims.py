@@ -157,3 +157,22 @@ async def test_a_report_still_waiting_when_the_wait_ends_is_left_pending_not_mer
         await claims.claim(later)
     assert time.monotonic() - started >= 0.5
     assert await claims.claims.holder("RedisMasterDown", KEY) == "slow-refusal"
+
+
+async def test_a_report_takes_over_a_claim_whose_decision_stayed_undecided_too_long(
+    control: aioredis.Redis, audit: AuditLog
+) -> None:
+    store = RedisCoordinationStore(control)
+    claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.2,
+                            abandoned_after=0.5)  # fmt: skip
+    await holding(claims, audit, "coordinator-died")
+    later = report("real-kill")
+    await opened(audit, later)
+    with pytest.raises(DecisionPending):
+        await claims.claim(later)  # undecided for less than abandoned_after: held back
+    await asyncio.sleep(0.5)
+
+    claimed = await claims.claim(later)
+
+    assert claimed == Claim(took_over_from="coordinator-died", abandoned=True)
+    assert await claims.claims.holder("RedisMasterDown", KEY) == "real-kill"
