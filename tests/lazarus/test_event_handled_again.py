@@ -1,0 +1,81 @@
+"""`ControllerNode.handle` with an event handed out again: a refusal saved whose person was never
+paged (its node stopped, or the pager failed, between the two) is paged once, however often the
+event comes; a report held back by an undecided claim is counted. The node is built on a real
+control redis-server and not started."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from detection.events import Event, new_event
+from detection.streams import RedisEventStream
+from lazarus_lite.audit import AuditRecord
+from lazarus_lite.controller import ControllerNode
+from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.redis_keys import ESCALATIONS_STREAM
+from lazarus_lite.decisions import ESCALATION_DUE
+from lazarus_lite.errors import DecisionPending
+from lazarus_lite.incidents import Claim
+from lazarus_lite.settings import ControllerSettings
+
+
+@pytest.fixture
+async def node(control: aioredis.Redis) -> AsyncIterator[ControllerNode]:
+    address = control.connection_pool.connection_kwargs
+    url = f"redis://{address['host']}:{address['port']}/0"
+    # Quick rounds: a report waits 0.3 s for an earlier report's decision.
+    settings = ControllerSettings(node_id="n1", control_url=url, quorum_timeout=0.1,
+                                  api_token="a-token-of-sixteen-chars")  # fmt: skip
+    built = ControllerNode(
+        settings, store=RedisCoordinationStore(control), stream=RedisEventStream(control)
+    )
+    yield built
+    await built.quorum.aclose()
+    await built.decisions.aclose()
+
+
+def report(source: str = "sensor") -> Event:
+    return new_event("RedisMasterDown", environment="dev", region="local", service="ratequeue",
+                     shard="s0", host="127.0.0.2:7001", source=source,
+                     incident_key="ratequeue/s0/RedisMasterDown/s0-primary@1")  # fmt: skip
+
+
+async def refused_unpaged(node: ControllerNode) -> Event:
+    """An event whose refusal is saved with its page due and not yet sent."""
+    event = report()
+    record = AuditRecord(event_id=event.id, event=event.model_dump(mode="json"),
+                         service=event.service, received_at=time.time(), coordinator="n1",
+                         outcome="escalated", reason="quorum not reached",
+                         decided_at=time.time())  # fmt: skip
+    record.note(ESCALATION_DUE, "quorum not reached")
+    await node.audit.save(record)
+    return event
+
+
+async def test_a_refusal_saved_but_not_paged_is_paged_exactly_once_when_handled_again(
+    node: ControllerNode, control: aioredis.Redis
+) -> None:
+    event = await refused_unpaged(node)
+
+    for _ in range(2):  # handed out again, twice
+        record = await node.handle(event)
+        assert record is not None and record.outcome == "escalated"
+
+    escalations = await control.xrange(ESCALATIONS_STREAM)
+    assert [fields[b"event_id"].decode() for _, fields in escalations] == [event.id]
+
+
+async def test_a_report_held_back_by_an_undecided_claim_is_counted(node: ControllerNode) -> None:
+    undecided = report("sensor-1")
+    await node.decisions.open(undecided)
+    assert await node.incidents.claim(undecided) == Claim()
+
+    with pytest.raises(DecisionPending):
+        await node.handle(report("sensor-2"))
+
+    held_back = node.metrics.registry.get_sample_value("lazarus_reports_held_back_total")
+    assert held_back == 1
