@@ -5,6 +5,7 @@ control redis-server and not started."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from detection.events import Event, new_event
 from detection.streams import RedisEventStream
 from lazarus_lite.audit import AuditRecord
+from lazarus_lite.background import consume_events
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.coordination.redis_keys import ESCALATIONS_STREAM
@@ -21,6 +23,8 @@ from lazarus_lite.decisions import ESCALATION_DUE
 from lazarus_lite.errors import DecisionPending
 from lazarus_lite.incidents import Claim
 from lazarus_lite.settings import ControllerSettings
+
+RECLAIM_MS = 300
 
 
 @pytest.fixture
@@ -30,9 +34,8 @@ async def node(control: aioredis.Redis) -> AsyncIterator[ControllerNode]:
     # Quick rounds: a report waits 0.3 s for an earlier report's decision.
     settings = ControllerSettings(node_id="n1", control_url=url, quorum_timeout=0.1,
                                   api_token="a-token-of-sixteen-chars")  # fmt: skip
-    built = ControllerNode(
-        settings, store=RedisCoordinationStore(control), stream=RedisEventStream(control)
-    )
+    stream = RedisEventStream(control, reclaim_idle_ms=RECLAIM_MS)
+    built = ControllerNode(settings, store=RedisCoordinationStore(control), stream=stream)
     yield built
     await built.quorum.aclose()
     await built.decisions.aclose()
@@ -79,3 +82,32 @@ async def test_a_report_held_back_by_an_undecided_claim_is_counted(node: Control
 
     held_back = node.metrics.registry.get_sample_value("lazarus_reports_held_back_total")
     assert held_back == 1
+
+
+async def test_an_event_handed_out_again_mid_page_is_paged_once(node: ControllerNode) -> None:
+    event = await refused_unpaged(node)
+    pages: list[str] = []
+    page = node.decisions.notify_escalation
+
+    async def slow_page(record: AuditRecord, reason: str) -> None:
+        pages.append(record.event_id)
+        await asyncio.sleep(RECLAIM_MS * 5 / 1000)  # the pager's retries, past the reclaim
+        await page(record, reason)
+
+    node.decisions.notify_escalation = slow_page  # type: ignore[method-assign]
+    await node.stream.publish(event)
+    handling: set[asyncio.Task] = set()
+    keep_every = RECLAIM_MS / 3000
+    consumers = [asyncio.create_task(consume_events(node.stream, name, node.handle, handling,
+                                                    keep_every=keep_every))
+                 for name in ("n1", "n2")]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not pages or await node.stream.pending():
+            assert time.monotonic() < deadline, "the event was not handled"
+            await asyncio.sleep(0.05)
+    finally:
+        for task in consumers:
+            task.cancel()
+        await asyncio.gather(*consumers, *handling, return_exceptions=True)
+    assert pages == [event.id]
