@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from detection.events import Event
@@ -76,6 +78,12 @@ class Decisions:
         )
         self._event_of_incident: dict[str, str] = {}
         self.held = HeldRecords(node_id)
+        # One read-modify-write of a record at a time on this node (a page's deadline note and
+        # a late escalation's note would otherwise overwrite each other).
+        # Weak: a record's lock is gone once no amendment of it holds or awaits it.
+        self._amending: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def aclose(self) -> None:
         if self.pager is not None:
@@ -141,8 +149,19 @@ class Decisions:
         if ESCALATION_DUE not in kinds or "escalation" in kinds:
             return
         due = next(note for note in record.notes if note.kind == ESCALATION_DUE)
+        before = len(record.notes)
         await self.notify_escalation(record, due.detail)
-        await self.audit.save(record)  # with the escalation's note and deliveries
+        added = record.notes[before:]  # the escalation's note and deliveries
+        await self._amend(record, lambda saved: saved.notes.extend(added))
+
+    async def _amend(self, record: AuditRecord, change: Callable[[AuditRecord], Any]) -> None:
+        """Apply `change` to the record as saved now (or to `record` if none is) and save it,
+        one amendment of a record at a time on this node."""
+        lock = self._amending.setdefault(record.event_id, asyncio.Lock())
+        async with lock:
+            saved = await self.audit.get(record.event_id) or record
+            change(saved)
+            await self.audit.save(saved)
 
     async def scheduled(self, record: AuditRecord, event: Event, workflow_id: str) -> AuditRecord:
         """The workflow runs: the controller takes the page (acknowledges it)."""
@@ -194,21 +213,28 @@ class Decisions:
         if record is None:
             return
         passed = [v.node for v in verdicts if v.passed]
-        record.note(
-            "late_verdicts",
-            f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
-            verdicts=[v.model_dump(mode="json") for v in verdicts],
+        await self._amend(
+            record,
+            lambda saved: saved.note(
+                "late_verdicts",
+                f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
+                verdicts=[v.model_dump(mode="json") for v in verdicts],
+            ),
         )
-        await self.audit.save(record)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
         """The acknowledgement deadline passed with the page still held: it went to a person."""
         event_id = self._event_of_incident.get(page.incident_key)
         record = await self.audit.get(event_id) if event_id else None
         if record is not None:
-            record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
-            note_deliveries(record, deliveries)
-            await self.audit.save(record)
+
+            def held_past_deadline(saved: AuditRecord) -> None:
+                saved.note(
+                    "page_deadline", f"page held past its deadline: escalated ({page.reason})"
+                )
+                note_deliveries(saved, deliveries)
+
+            await self._amend(record, held_past_deadline)
 
     async def escalate_without_store(self, event: Event, reason: str) -> AuditRecord:
         """No controller can act on `event` (the store that grants locks is unreachable): a

@@ -13,6 +13,7 @@ import pytest
 from detection.events import new_event
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.paging import PageState
 
 
 class RecordLogInMemory:
@@ -94,3 +95,39 @@ def test_a_failed_workflow_is_recorded_with_the_time_it_ended() -> None:
     record = asyncio.run(schedule_then_fail())
     assert record is not None and record.outcome == "escalated"
     assert record.workflow_ended_at == 1_000.0 and record.decided_at != 1_000.0
+
+
+class RecordLogPagingSlowly(RecordLogInMemory):
+    """Its escalation appends wait until `go` is set (a pager's retries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paging = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def append_escalation(self, event_id: str, reason: str, node_id: str) -> None:
+        self.paging.set()
+        await self.go.wait()
+        await super().append_escalation(event_id, reason, node_id)
+
+
+def test_a_page_deadline_noted_while_the_refusal_is_paged_is_kept() -> None:
+    async def scenario() -> AuditRecord | None:
+        log = RecordLogPagingSlowly()
+        decisions = decisions_on(log)
+        event = new_event("RedisMasterDown", environment="dev", region="r", service="ratequeue",
+                          shard="s0", host="h:1", source="test")  # fmt: skip
+        decisions._event_of_incident[event.dedup_key] = event.id  # as track_page with a pager
+        record = await decisions.open(event)
+        refusing = asyncio.create_task(decisions.escalate(record, "quorum not reached"))
+        await log.paging.wait()
+        page = PageState(incident_key=event.dedup_key, service="ratequeue", summary="down",
+                         triggered_at=0, deadline_at=1, reason="not acknowledged")  # fmt: skip
+        await decisions.page_deadline_passed(page, [])
+        log.go.set()
+        await refusing
+        return await decisions.audit.get(event.id)
+
+    saved = asyncio.run(scenario())
+    assert saved is not None
+    assert {"page_deadline", "escalation"} <= {note.kind for note in saved.notes}
