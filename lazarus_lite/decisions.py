@@ -4,6 +4,8 @@ ends of a decision that come later (the workflow finished, the page's deadline p
 verdicts of the nodes the quorum round did not wait for), and the
 escalations made while the coordination store is unreachable (paged at once, since the channels
 do not need the store; recorded once the record log answers, see `held_records`).
+Paging is at least once: a refusal is saved before its person is paged, and the page is noted
+after it is sent, so a node stopping in between has the page sent again on redelivery.
 
 Not for: making the decision (`controller`) or the pager policy itself (`paging`).
 """
@@ -144,7 +146,9 @@ class Decisions:
 
     async def finish_escalation(self, record: AuditRecord) -> None:
         """Page the person a saved refusal is due to, unless it was done (a redelivered event
-        whose node stopped, or whose store failed, between saving the refusal and paging)."""
+        whose node stopped, or whose store failed, between saving the refusal and paging).
+        At least once: a node that stops after paging and before saving the escalation's note
+        pages again when the event is handed out again."""
         kinds = {note.kind for note in record.notes}
         if ESCALATION_DUE not in kinds or "escalation" in kinds:
             return
