@@ -334,6 +334,14 @@ class ControllerNode:
             )
 
         # -- the workflow
+        taker = await self.incidents.taken_over_by(event)
+        if taker is not None:
+            # Its claim was taken over as abandoned: the taker decides; acting too would fail
+            # the shard over twice.
+            record.note("claim_taken_over", f"event {taker} took this incident over", by=taker)
+            return await decisions.decide(
+                record, "duplicate", f"same incident as event {taker}, which took its claim over"
+            )
         try:
             workflow = await self.engine.start(
                 rule.action.name, self.workflow_inputs(rule, event), event_id=event.id

@@ -130,6 +130,12 @@ class IncidentClaims:
                 )
             return Claim(duplicate_of=holder_id, waited=waited)
 
+    async def taken_over_by(self, event: Event) -> str | None:
+        """The event that took this event's claim over while it was being decided (a slow
+        decision looks abandoned past `abandoned_after`), or None while it still holds it."""
+        holder = await self.claims.holder(event.type, event.dedup_key)
+        return holder if holder not in (None, event.id) else None
+
     async def release_on_recovery(self, event: Event) -> None:
         """A recovery ends the incident: a later failure of the same primary is a new one. If
         the failure is still being decided, it is released as soon as that decision is made

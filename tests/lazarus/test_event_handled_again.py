@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from detection.events import Event, new_event
 from detection.streams import RedisEventStream
-from lazarus_lite.audit import AuditRecord
+from lazarus_lite.audit import AuditRecord, QuorumOutcome
 from lazarus_lite.background import consume_events
 from lazarus_lite.controller import ControllerNode
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
@@ -111,3 +111,29 @@ async def test_an_event_handed_out_again_mid_page_is_paged_once(node: Controller
             task.cancel()
         await asyncio.gather(*consumers, *handling, return_exceptions=True)
     assert pages == [event.id]
+
+
+async def test_a_slow_decision_whose_claim_was_taken_over_starts_no_workflow(
+    node: ControllerNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = report("sensor-1")
+    record = await node.decisions.open(slow)
+    assert await node.incidents.claim(slow) == Claim()
+    # Slowed past abandoned_after: its record was received that long ago.
+    record.received_at -= node.incidents.abandoned_after + 1
+    await node.audit.save(record)
+    taker = report("sensor-2")
+    await node.decisions.open(taker)
+    assert (await node.incidents.claim(taker)).abandoned
+    started: list[str] = []
+
+    async def start(*args: object, **kwargs: object) -> None:
+        started.append(slow.id)
+
+    monkeypatch.setattr(node.engine, "start", start)
+    rule = node.rules.get("ratequeue_master_down")
+    record.quorum = QuorumOutcome(required=1, passed=["n1"], failed=[], unanswered=[])
+
+    decided = await node._decide_on_quorum(record, slow, rule)
+
+    assert started == [] and decided.outcome == "duplicate" and taker.id in decided.reason
