@@ -10,7 +10,8 @@ its own (`merge_verdict`, pure):
   the stream hands it out (merging it would swallow a real failure behind a slow refusal);
   once the claim's record has stayed undecided for `abandoned_after` seconds (its coordinator
   died, or lost the event), the report takes the claim over (compare-and-set) and is decided
-  on its own instead of waiting again;
+  on its own instead of waiting again (a holder that was only slow finds its claim taken
+  before it acts, `taken_over_by`, and is decided a duplicate);
 - the decision acted (a workflow was scheduled or remediated the failure): a duplicate, so one
   failure is failed over once;
 - the decision refused to act without running anything (quorum not reached, a gate, no rule):
