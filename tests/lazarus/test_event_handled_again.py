@@ -1,8 +1,8 @@
 """`ControllerNode.handle` with an event handed out again: a refusal saved whose person was never
 paged (its node stopped, or the pager failed, between the two) is paged once, however often the
-event comes; a report held back by an undecided claim is counted; a slow decision whose claim was taken over
-starts no workflow. The node is built on a real
-control redis-server and not started."""
+event comes; a report held back by an undecided claim is counted; a slow decision whose claim
+was taken over starts no workflow. The node is built on a real control redis-server and not
+started."""
 
 from __future__ import annotations
 
