@@ -25,7 +25,7 @@ from lazarus_lite.errors import DecisionPending
 from lazarus_lite.incidents import Claim
 from lazarus_lite.settings import ControllerSettings
 
-RECLAIM_MS = 300
+RECLAIM_MS = 1200
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ async def test_an_event_handed_out_again_mid_page_is_paged_once(node: Controller
 
     async def slow_page(record: AuditRecord, reason: str) -> None:
         pages.append(record.event_id)
-        await asyncio.sleep(RECLAIM_MS * 5 / 1000)  # the pager's retries, past the reclaim
+        await asyncio.sleep(RECLAIM_MS * 2 / 1000)  # the pager's retries, past the reclaim
         await page(record, reason)
 
     node.decisions.notify_escalation = slow_page  # type: ignore[method-assign]

@@ -164,13 +164,14 @@ async def test_a_report_takes_over_a_claim_whose_decision_stayed_undecided_too_l
 ) -> None:
     store = RedisCoordinationStore(control)
     claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.2,
-                            abandoned_after=0.5)  # fmt: skip
-    await holding(claims, audit, "coordinator-died")
+                            abandoned_after=60)  # fmt: skip
+    died = await holding(claims, audit, "coordinator-died")
     later = report("real-kill")
     await opened(audit, later)
     with pytest.raises(DecisionPending):
         await claims.claim(later)  # undecided for less than abandoned_after: held back
-    await asyncio.sleep(0.5)
+    died.received_at -= 61  # undecided past abandoned_after, without sleeping that long
+    await audit.save(died)
 
     claimed = await claims.claim(later)
 
