@@ -159,12 +159,16 @@ class Decisions:
         await self._amend(record, lambda saved: saved.notes.extend(added))
 
     async def _amend(self, record: AuditRecord, change: Callable[[AuditRecord], Any]) -> None:
-        """Apply `change` to the record as saved now (or to `record` if none is) and save it,
-        one amendment of a record at a time on this node."""
+        """Save `change` made to the record as saved now, one amendment of a record at a time
+        on this node. `record`, this node's copy, carries the change already: it is saved as
+        it is if no record is saved (the change is not made twice)."""
         lock = self._amending.setdefault(record.event_id, asyncio.Lock())
         async with lock:
-            saved = await self.audit.get(record.event_id) or record
-            change(saved)
+            saved = await self.audit.get(record.event_id)
+            if saved is None:
+                saved = record
+            else:
+                change(saved)
             await self.audit.save(saved)
 
     async def scheduled(self, record: AuditRecord, event: Event, workflow_id: str) -> AuditRecord:
@@ -190,8 +194,9 @@ class Decisions:
         record = await self.audit.get(workflow.event_id)
         if record is None:
             return
+        before = len(record.notes)
         if workflow.status == "succeeded":
-            record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
+            outcome, reason = "remediated", f"workflow {workflow.id} succeeded"
             if self.pager is not None:
                 note_deliveries(
                     record,
@@ -200,15 +205,23 @@ class Decisions:
                     ),
                 )
         else:
-            record.outcome = "escalated"
-            record.reason = f"workflow {workflow.id}: {workflow.escalation}"
-            await self.notify_escalation(record, record.reason)
-        record.workflow_ended_at = workflow.finished_at or time.time()
+            outcome, reason = "escalated", f"workflow {workflow.id}: {workflow.escalation}"
+            await self.notify_escalation(record, reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        added = record.notes[before:]  # deliveries, escalation, the workflow's end
+        ended_at = workflow.finished_at or time.time()
+
+        def finished(saved: AuditRecord) -> None:
+            saved.outcome, saved.reason = outcome, reason  # type: ignore[assignment]
+            saved.workflow_ended_at = ended_at
+            saved.notes.extend(added)
+
+        del record.notes[before:]  # made again by `finished`, as on the record saved now
+        finished(record)
         # The decision's later end (counted before it is saved, as decide() does); the event's
         # decision itself was counted when the workflow was scheduled.
-        self.metrics.workflow_ended(record.outcome)
-        await self.audit.save(record)
+        self.metrics.workflow_ended(outcome)
+        await self._amend(record, finished)
 
     async def late_verdicts(self, event_id: str, verdicts: list[NodeVerdict]) -> None:
         """The verdicts of the nodes the quorum round did not wait for, added to the decided
@@ -217,14 +230,16 @@ class Decisions:
         if record is None:
             return
         passed = [v.node for v in verdicts if v.passed]
-        await self._amend(
-            record,
-            lambda saved: saved.note(
+
+        def noted(saved: AuditRecord) -> None:
+            saved.note(
                 "late_verdicts",
                 f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
                 verdicts=[v.model_dump(mode="json") for v in verdicts],
-            ),
-        )
+            )
+
+        noted(record)
+        await self._amend(record, noted)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
         """The acknowledgement deadline passed with the page still held: it went to a person."""
@@ -238,6 +253,7 @@ class Decisions:
                 )
                 note_deliveries(saved, deliveries)
 
+            held_past_deadline(record)
             await self._amend(record, held_past_deadline)
 
     async def escalate_without_store(self, event: Event, reason: str) -> AuditRecord:

@@ -64,8 +64,8 @@ class ControllerMetrics:
         )
         self.reports_held_back = Counter(
             "lazarus_reports_held_back",
-            "reports published again because the decision of their incident's claim was not "
-            "made within the wait",
+            "reports held back because the decision of their incident's claim was not made "
+            "within the wait (each is then published again; a failed publish is logged)",
             registry=self.registry,
         )
 
