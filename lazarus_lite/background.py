@@ -80,8 +80,6 @@ async def _handle_and_ack(
         log.exception("%s: event %s not handled", node_id, received.event.id)
     finally:
         keeping.cancel()
-        # Ended before this returns: a keep still under way must not hold the entry afterwards.
-        await asyncio.gather(keeping, return_exceptions=True)
 
 
 async def _keep_while_handled(
