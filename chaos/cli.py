@@ -451,6 +451,7 @@ def soak(
     from chaos.soak import CYCLE_ERRORS, StagingEndpoints
     from chaos.soak import soak as run_soak
     from chaos.soak_services import parse_services
+    from chaos.soak_deliveries import describe_counts
     from common.durations import parse_duration
 
     def duration(value: str, option: str) -> float:
@@ -494,8 +495,8 @@ def soak(
         stop.set()
         raise typer.Exit(130) from None
     table = Table(title=f"soak: {len(results)} of {cycles} cycles")
-    for column in ("cycle", "fault", "shard", "run", "acked", "lost", "whole after",
-                   "containers", "control MiB", "growth", "service", "ok"):  # fmt: skip
+    for column in ("cycle", "fault", "shard", "run", "acked", "undelivered", "late here",
+                   "whole after", "containers", "control MiB", "growth", "service", "ok"):  # fmt: skip
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -505,6 +506,7 @@ def soak(
             r.verdict,
             str(r.acknowledged),
             str(r.lost),
+            describe_counts(r.late) or "-",
             "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
             f"{r.containers} / {r.container_bound}",
             f"{r.control_memory / 2**20:.2f}",

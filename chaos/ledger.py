@@ -67,6 +67,14 @@ class Ledger:
     deliveries: list[Delivery] = field(default_factory=list)
     consumer_failures: list[str] = field(default_factory=list)
     """Why a consumer stopped before the run's end (an error it did not expect), if one did."""
+    unanswered_enqueues: int = 0
+    """Enqueue requests still awaiting their answer when producing stopped (cancelled: written
+    or not, never acknowledged to this run; one that was written is delivered as foreign)."""
+    failed_dequeues: int = 0
+    """Dequeues that got no answer (an error, a timeout, not 200): what one of them leased
+    returns to its queue only when the lease expires."""
+    slowest_dequeue: float = 0.0
+    """Seconds the slowest dequeue took to answer (or to fail)."""
 
     # -- recording -------------------------------------------------------------------------
     def record_attempt(self, attempt: Attempt) -> None:
@@ -95,6 +103,11 @@ class Ledger:
     def lost(self) -> set[str]:
         """Acknowledged and never delivered."""
         return set(self.acknowledged) - self.delivered_ids
+
+    def foreign_ids(self) -> set[str]:
+        """Delivered ids this run never acknowledged: an earlier run's messages that its drain
+        did not see delivered, or messages whose acknowledgement this run never read."""
+        return self.delivered_ids - set(self.acknowledged)
 
     def duplicates(self) -> int:
         """Deliveries beyond the first of each id (redeliveries after a lease or a failover)."""

@@ -170,6 +170,9 @@ class LoadRun:
                 payload = response.json()
             except (httpx.HTTPError, ValueError) as error:
                 code, payload = 0, {"error": {"code": type(error).__name__}}
+            except asyncio.CancelledError:
+                self.ledger.unanswered_enqueues += 1
+                raise
             latency = time.monotonic() - started
             if code == 201:
                 outcome = "duplicate" if payload.get("duplicate") else "acknowledged"
@@ -208,8 +211,11 @@ class LoadRun:
                     response.json().get("messages", []) if response.status_code == 200 else []
                 )
             except (httpx.HTTPError, ValueError):
-                messages = []
+                response, messages = None, []
             now = time.time()
+            self.ledger.slowest_dequeue = max(self.ledger.slowest_dequeue, now - requested)
+            if response is None or response.status_code != 200:
+                self.ledger.failed_dequeues += 1
             for message in messages:
                 self.ledger.record_delivery(
                     Delivery(

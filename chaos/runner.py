@@ -42,6 +42,9 @@ from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.topology import Topology
 
+# The most ids a journal lists of those lost or delivered from elsewhere (a bound on its size).
+LISTED_IDS = 10_000
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
@@ -286,6 +289,13 @@ class ExperimentRunner:
             "lost": len(ledger.lost()),
             "duplicates": ledger.duplicates(),
             "attempts": len(ledger.attempts),
+            # Which ids, so a later run's foreign deliveries can be matched to them (a message
+            # delivered after its run's drain is late, not lost: see chaos.soak_deliveries).
+            "lost_ids": sorted(ledger.lost())[:LISTED_IDS],
+            "foreign_ids": sorted(ledger.foreign_ids())[:LISTED_IDS],
+            "unanswered_enqueues": ledger.unanswered_enqueues,
+            "failed_dequeues": ledger.failed_dequeues,
+            "slowest_dequeue_seconds": round(ledger.slowest_dequeue, 3),
             "availability": {
                 s: ledger.availability(s) for s in sorted({a.shard for a in ledger.attempts})
             },

@@ -46,6 +46,7 @@ from chaos.experiments import Experiment, load_experiment
 from chaos.journal import Journal, Say
 from chaos.runner import ExperimentRunner
 from chaos.scheduler import run_lock
+from chaos.soak_deliveries import Undelivered, describe_counts, drain_leftovers
 from chaos.soak_growth import Census, judge_growth, take_census
 from chaos.soak_services import (
     ServiceKill,
@@ -107,6 +108,8 @@ class CycleResult:
     service: str = ""
     journal: str = ""
     misses: list[str] = field(default_factory=list)
+    late: dict[int, int] = field(default_factory=dict)
+    """Earlier cycles' acknowledged messages this cycle delivered: cycle -> how many."""
 
     @property
     def ok(self) -> bool:
@@ -365,7 +368,11 @@ def run_cycle(
     stop: threading.Event,
     services: list[str] | None = None,
     service_back_seconds: float = 60.0,
+    undelivered: Undelivered | None = None,
 ) -> CycleResult:
+    """One cycle and its checks; `undelivered` carries the acknowledged ids not delivered
+    within their run's drain from cycle to cycle (`chaos.soak_deliveries`)."""
+    undelivered = undelivered if undelivered is not None else Undelivered()
     shards = [s.id for s in deployment.topology().shards]
     action, role, shard = fault_of_cycle(cycle, shards)
     victim = service_of_cycle(cycle, services or [])
@@ -416,8 +423,14 @@ def run_cycle(
         result.misses.append(
             f"run {journal.verdict} ({', '.join(failed) or '; '.join(journal.errors)})"
         )
+    # Earlier cycles' messages this one delivered first: none of this cycle's own is foreign.
+    result.late = undelivered.delivered(journal.load.get("foreign_ids", []))
+    undelivered.left_by(cycle, journal.load.get("lost_ids", []))
     if result.lost != 0 or result.acknowledged == 0:
-        result.misses.append(f"{result.lost} lost of {result.acknowledged} acknowledged")
+        result.misses.append(
+            f"{result.lost} of {result.acknowledged} acknowledged not delivered within the "
+            "run's drain"
+        )
     if settled is None:
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
     if containers > bound:
@@ -449,6 +462,29 @@ def failed_cycle(cycle: int, shards: list[str], error: Exception) -> CycleResult
                        acknowledged=0, lost=-1, settled_seconds=None, shards="not checked",
                        containers=0, container_bound=0, control_memory=0,
                        misses=[f"the cycle failed: {type(error).__name__}: {error}"])  # fmt: skip
+
+
+def judge_leftovers(
+    last: CycleResult,
+    deployment: Deployment,
+    undelivered: Undelivered,
+    within: float,
+    say: Say,
+) -> None:
+    """After the last cycle: deliver what earlier cycles left in the queues; what is still not
+    delivered within `within` seconds is a miss of the last cycle's row (where the table ends),
+    worded as what was measured: not delivered within the drain (lost, or stuck behind a
+    backlog the drain did not outlast)."""
+    say(f"final drain: {describe_counts(undelivered.by_cycle())} not delivered yet")
+    late = drain_leftovers(deployment.api, undelivered, within)
+    for cycle, count in late.items():
+        last.late[cycle] = last.late.get(cycle, 0) + count
+    if undelivered.waiting:
+        last.misses.append(
+            f"not delivered within the final drain ({within:g} s): "
+            f"{describe_counts(undelivered.by_cycle())} "
+            f"(e.g. {sorted(undelivered.waiting)[:5]})"
+        )
 
 
 def soak(
@@ -485,6 +521,7 @@ def soak(
         say(f"staging whole: {len(nodes)} containers found by their labels")
         shards = [s.id for s in deployment.topology().shards]
         censuses: list[Census] = []
+        undelivered = Undelivered()
         for cycle in range(1, cycles + 1):
             if stop.is_set():
                 break
@@ -500,6 +537,7 @@ def soak(
                     stop=stop,
                     services=services,
                     service_back_seconds=service_back_seconds,
+                    undelivered=undelivered,
                 )
             except CYCLE_ERRORS as error:
                 result = failed_cycle(cycle, shards, error)
@@ -512,6 +550,8 @@ def soak(
             results.append(result)
             on_cycle(result)
             stop.wait(gap_seconds)
+        if results and undelivered.waiting:
+            judge_leftovers(results[-1], deployment, undelivered, settle_seconds, say)
     finally:
         if take_down:
             say("taking staging down (the provisioned containers first)")

@@ -360,6 +360,9 @@ class KinesisEventStream:
         held.in_flight[sequence_number] = True
         await self._advance(held)
 
+    async def keep(self, consumer: str, received: Received) -> None:
+        """Nothing to do per event: the shard's lease, renewed by every `receive`, keeps it."""
+
     async def _advance(self, held: _HeldShard) -> None:
         new_checkpoint = None
         while held.in_flight and next(iter(held.in_flight.values())):

@@ -3,7 +3,8 @@ Redis Streams on the control store (the default) and AWS Kinesis (see `detection
 
 Every entry is validated on receipt: a malformed one is written to the dead-letter stream with
 the reason and acknowledged, so it never stops a consumer. Entries a consumer took and never
-acknowledged (it died) are reclaimed by the others after `reclaim_idle_ms`.
+acknowledged (it died) are reclaimed by the others after `reclaim_idle_ms`; a consumer handling an
+entry for longer keeps it with `keep`.
 Not for: deciding what to do with an event (lazarus_lite does that).
 """
 
@@ -22,6 +23,15 @@ EVENTS_STREAM = "lz:events"
 DEAD_LETTER_STREAM = "lz:events:dead"
 CONSUMER_GROUP = "lazarus"
 STREAM_MAX_LENGTH = 100_000
+
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id. Resets the entry's idle
+# time only while `consumer` still holds it (one that lost it must not take it back).
+_KEEP_ENTRY = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if held[1] == nil or held[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,10 @@ class EventStream(Protocol):
 
     async def ack(self, received: Received) -> None:
         """Mark an event handled, so no other consumer reclaims it."""
+
+    async def keep(self, consumer: str, received: Received) -> None:
+        """Keep an event still being handled with `consumer`: call it more often than the
+        reclaim interval, or another consumer is handed the event meanwhile."""
 
     async def close(self) -> None: ...
 
@@ -94,6 +108,7 @@ class RedisEventStream:
         self._reclaim_idle_ms = reclaim_idle_ms
         self._group_ready = False
         self.dead_letters = DeadLetters(control)
+        self._keep_entry = control.register_script(_KEEP_ENTRY)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisEventStream:
@@ -150,6 +165,9 @@ class RedisEventStream:
 
     async def ack(self, received: Received) -> None:
         await self._control.xack(self._stream, self._group, received.receipt)
+
+    async def keep(self, consumer: str, received: Received) -> None:
+        await self._keep_entry(keys=[self._stream], args=[self._group, consumer, received.receipt])
 
     async def pending(self) -> int:
         await self._ensure_group()

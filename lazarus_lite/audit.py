@@ -80,6 +80,9 @@ class AuditRecord(BaseModel):
     gate: str | None = Field(None, description="the safety gate that stopped the action")
     would_run: str | None = Field(None, description="shadow mode: the action not taken")
     decided_at: float | None = None
+    workflow_ended_at: float | None = Field(
+        None, description="Unix time the decision's workflow ended (succeeded or escalated)"
+    )
     stages: dict[str, float] = Field(
         default_factory=dict,
         description="Unix time each stage of the decision ended, in order: claimed, gates, "

@@ -18,6 +18,7 @@ from typing import Any
 from detection.events import Event
 from detection.streams import EventStream, Received
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.errors import DecisionPending
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.workflow.engine import WorkflowEngine
 
@@ -27,9 +28,16 @@ EventHandler = Callable[[Event], Awaitable[Any]]
 
 
 async def consume_events(
-    stream: EventStream, node_id: str, handle: EventHandler, handling: set[asyncio.Task]
+    stream: EventStream,
+    node_id: str,
+    handle: EventHandler,
+    handling: set[asyncio.Task],
+    *,
+    keep_every: float,
 ) -> None:
-    """Hand each event of the stream to `handle` in a task of its own (kept in `handling`)."""
+    """Hand each event of the stream to `handle` in a task of its own (kept in `handling`),
+    keeping the event with this node every `keep_every` seconds while it is handled (a third
+    of the stream's reclaim interval)."""
     while True:
         try:
             batch = await stream.receive(node_id, count=10, block_ms=200)
@@ -40,22 +48,62 @@ async def consume_events(
             await asyncio.sleep(0.5)
             continue
         for received in batch:
-            task = asyncio.create_task(_handle_and_ack(stream, node_id, handle, received))
+            task = asyncio.create_task(
+                _handle_and_ack(stream, node_id, handle, received, keep_every)
+            )
             handling.add(task)
             task.add_done_callback(handling.discard)
 
 
 async def _handle_and_ack(
-    stream: EventStream, node_id: str, handle: EventHandler, received: Received
+    stream: EventStream,
+    node_id: str,
+    handle: EventHandler,
+    received: Received,
+    keep_every: float,
 ) -> None:
+    # However long the handling takes (a quorum round, then paging with retries), the stream
+    # must not hand the event out again meanwhile: a second copy would decide or page again.
+    keeping = asyncio.create_task(_keep_while_handled(stream, node_id, received, keep_every))
     try:
         await handle(received.event)
         await stream.ack(received)
     except asyncio.CancelledError:
         raise
+    except DecisionPending as pending:
+        log.warning("%s: %s", node_id, pending)
+        # Handed out again explicitly (a Kinesis shard's holder never re-reads what it took):
+        # the same event, published again, then this copy acknowledged.
+        await _publish_again(stream, node_id, received)
     except Exception:
         # Not acked: another node reclaims it after the stream's reclaim interval.
         log.exception("%s: event %s not handled", node_id, received.event.id)
+    finally:
+        keeping.cancel()
+
+
+async def _keep_while_handled(
+    stream: EventStream, node_id: str, received: Received, every: float
+) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await stream.keep(node_id, received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: event %s not kept: %s", node_id, received.event.id, error)
+
+
+async def _publish_again(stream: EventStream, node_id: str, received: Received) -> None:
+    try:
+        await stream.publish(received.event)
+        await stream.ack(received)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Left unacknowledged: the stream's reclaim (or a new shard holder) hands it out.
+        log.exception("%s: event %s not published again", node_id, received.event.id)
 
 
 async def resume_orphans(engine: WorkflowEngine, node_id: str, interval: float) -> None:

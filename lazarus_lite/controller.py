@@ -31,7 +31,7 @@ from lazarus_lite.checks import CHECKS
 from lazarus_lite.coordination.interface import CoordinationStore, StepReads
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
-from lazarus_lite.errors import Escalate, WorkflowCancelled
+from lazarus_lite.errors import DecisionPending, Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
@@ -52,6 +52,8 @@ from notifications.config import load_notification_config
 log = logging.getLogger(__name__)
 
 RECORD_ONLY_ACTION = "default.record"
+# A report that waited this long for an earlier report's decision says so in its record.
+CLAIM_WAIT_NOTED = 0.05
 
 
 def lock_resource(rule: Rule, event: Event) -> str:
@@ -122,6 +124,8 @@ class ControllerNode:
             self.audit,
             ttl=settings.incident_ttl,
             retry_after=settings.incident_retry_seconds,
+            decision_wait=settings.decision_wait,
+            abandoned_after=settings.event_reclaim_seconds + settings.decision_budget,
         )
         self.metrics = ControllerMetrics()
         self.quorum = Quorum(settings, store, self.metrics)
@@ -184,7 +188,13 @@ class ControllerNode:
         node, settings = self.node_id, self.settings
         self._tasks = [
             asyncio.create_task(
-                background.consume_events(self.stream, node, self.handle, self._handling),
+                background.consume_events(
+                    self.stream,
+                    node,
+                    self.handle,
+                    self._handling,
+                    keep_every=settings.event_reclaim_seconds / 3,
+                ),
                 name=f"{node}-consume",
             ),
             asyncio.create_task(
@@ -227,6 +237,7 @@ class ControllerNode:
             return None
         existing = await self.audit.get(event.id)
         if existing is not None and existing.outcome != "received":
+            await self.decisions.finish_escalation(existing)
             return existing  # decided already (a reclaimed entry)
         decisions = self.decisions
         record = await decisions.open(event)
@@ -234,10 +245,36 @@ class ControllerNode:
         if stale is not None:
             record.gate = stale.gate
             return await decisions.decide(record, "stale", stale.reason)
-        first_id = await self.incidents.claim(event)
+        try:
+            claim = await self.incidents.claim(event)
+        except DecisionPending:
+            self.metrics.reports_held_back.inc()
+            raise
         record.stage_ended("claimed")
-        if first_id is not None:
-            return await decisions.decide(record, "duplicate", f"same incident as event {first_id}")
+        if claim.waited >= CLAIM_WAIT_NOTED:
+            record.note(
+                "waited_for_decision",
+                f"waited {claim.waited:.2f} s for the decision of an earlier report",
+                seconds=round(claim.waited, 3),
+            )
+        if claim.duplicate_of is not None:
+            return await decisions.decide(
+                record, "duplicate", f"same incident as event {claim.duplicate_of}"
+            )
+        if claim.abandoned:
+            record.note(
+                "took_over_undecided",
+                f"event {claim.took_over_from} of this incident stayed undecided past "
+                "reclaim and a decision; this report is decided on its own",
+                undecided_event=claim.took_over_from,
+            )
+        elif claim.took_over_from is not None:
+            record.note(
+                "decided_afresh",
+                f"event {claim.took_over_from} of this incident was refused without action; "
+                "this report is decided on its own",
+                refused_event=claim.took_over_from,
+            )
         if is_failure(event):
             decisions.track_page(event)
         incidents = await self.gates.count_failure(event)
@@ -299,6 +336,14 @@ class ControllerNode:
             )
 
         # -- the workflow
+        taker = await self.incidents.taken_over_by(event)
+        if taker is not None:
+            # Its claim was taken over as abandoned: the taker decides; acting too would fail
+            # the shard over twice.
+            record.note("claim_taken_over", f"event {taker} took this incident over", by=taker)
+            return await decisions.decide(
+                record, "duplicate", f"same incident as event {taker}, which took its claim over"
+            )
         try:
             workflow = await self.engine.start(
                 rule.action.name, self.workflow_inputs(rule, event), event_id=event.id

@@ -4,6 +4,8 @@ ends of a decision that come later (the workflow finished, the page's deadline p
 verdicts of the nodes the quorum round did not wait for), and the
 escalations made while the coordination store is unreachable (paged at once, since the channels
 do not need the store; recorded once the record log answers, see `held_records`).
+Paging is at least once: a refusal is saved before its person is paged, and the page is noted
+after it is sent, so a node stopping in between has the page sent again on redelivery.
 
 Not for: making the decision (`controller`) or the pager policy itself (`paging`).
 """
@@ -14,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from detection.events import Event
@@ -32,6 +36,9 @@ from notifications.delivery import Delivery
 # How long an escalation made without the store waits for the record log before it is left to
 # the periodic writer (`background.write_held_records`).
 HELD_WRITE_TIMEOUT = 2.0
+
+# The note a refusal is saved with before its person is paged (`Decisions.finish_escalation`).
+ESCALATION_DUE = "escalation_due"
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,12 @@ class Decisions:
         )
         self._event_of_incident: dict[str, str] = {}
         self.held = HeldRecords(node_id)
+        # One read-modify-write of a record at a time on this node (a page's deadline note and
+        # a late escalation's note would otherwise overwrite each other).
+        # Weak: a record's lock is gone once no amendment of it holds or awaits it.
+        self._amending: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def aclose(self) -> None:
         if self.pager is not None:
@@ -116,14 +129,47 @@ class Decisions:
         return record
 
     async def escalate(self, record: AuditRecord, reason: str) -> AuditRecord:
-        await self.notify_escalation(record, reason)
-        return await self.decide(record, "escalated", reason)
+        return await self._refused(record, "escalated", reason)
 
     async def stopped_by_gate(self, record: AuditRecord, stop: GateStop) -> AuditRecord:
         """A gate stopped the action: NO_ACTION, and a person gets the event."""
         record.gate = stop.gate
-        await self.notify_escalation(record, stop.reason)
-        return await self.decide(record, "no_action", stop.reason)
+        return await self._refused(record, "no_action", stop.reason)
+
+    async def _refused(self, record: AuditRecord, outcome: Any, reason: str) -> AuditRecord:
+        """A refusal is saved before a person is paged: a later report of the incident waiting
+        on this decision is judged by it at once, not after the pager's retries (~10 s)."""
+        record.note(ESCALATION_DUE, reason)
+        await self.decide(record, outcome, reason)
+        await self.finish_escalation(record)
+        return record
+
+    async def finish_escalation(self, record: AuditRecord) -> None:
+        """Page the person a saved refusal is due to, unless it was done (a redelivered event
+        whose node stopped, or whose store failed, between saving the refusal and paging).
+        At least once: a node that stops after paging and before saving the escalation's note
+        pages again when the event is handed out again."""
+        kinds = {note.kind for note in record.notes}
+        if ESCALATION_DUE not in kinds or "escalation" in kinds:
+            return
+        due = next(note for note in record.notes if note.kind == ESCALATION_DUE)
+        before = len(record.notes)
+        await self.notify_escalation(record, due.detail)
+        added = record.notes[before:]  # the escalation's note and deliveries
+        await self._amend(record, lambda saved: saved.notes.extend(added))
+
+    async def _amend(self, record: AuditRecord, change: Callable[[AuditRecord], Any]) -> None:
+        """Save `change` made to the record as saved now, one amendment of a record at a time
+        on this node. `record`, this node's copy, carries the change already: it is saved as
+        it is if no record is saved (the change is not made twice)."""
+        lock = self._amending.setdefault(record.event_id, asyncio.Lock())
+        async with lock:
+            saved = await self.audit.get(record.event_id)
+            if saved is None:
+                saved = record
+            else:
+                change(saved)
+            await self.audit.save(saved)
 
     async def scheduled(self, record: AuditRecord, event: Event, workflow_id: str) -> AuditRecord:
         """The workflow runs: the controller takes the page (acknowledges it)."""
@@ -148,8 +194,9 @@ class Decisions:
         record = await self.audit.get(workflow.event_id)
         if record is None:
             return
+        before = len(record.notes)
         if workflow.status == "succeeded":
-            record.outcome, record.reason = "remediated", f"workflow {workflow.id} succeeded"
+            outcome, reason = "remediated", f"workflow {workflow.id} succeeded"
             if self.pager is not None:
                 note_deliveries(
                     record,
@@ -158,14 +205,23 @@ class Decisions:
                     ),
                 )
         else:
-            record.outcome = "escalated"
-            record.reason = f"workflow {workflow.id}: {workflow.escalation}"
-            await self.notify_escalation(record, record.reason)
+            outcome, reason = "escalated", f"workflow {workflow.id}: {workflow.escalation}"
+            await self.notify_escalation(record, reason)
         record.note("workflow", f"{workflow.id} {workflow.status}", node=self.node_id)
+        added = record.notes[before:]  # deliveries, escalation, the workflow's end
+        ended_at = workflow.finished_at or time.time()
+
+        def finished(saved: AuditRecord) -> None:
+            saved.outcome, saved.reason = outcome, reason  # type: ignore[assignment]
+            saved.workflow_ended_at = ended_at
+            saved.notes.extend(added)
+
+        del record.notes[before:]  # made again by `finished`, as on the record saved now
+        finished(record)
         # The decision's later end (counted before it is saved, as decide() does); the event's
         # decision itself was counted when the workflow was scheduled.
-        self.metrics.workflow_ended(record.outcome)
-        await self.audit.save(record)
+        self.metrics.workflow_ended(outcome)
+        await self._amend(record, finished)
 
     async def late_verdicts(self, event_id: str, verdicts: list[NodeVerdict]) -> None:
         """The verdicts of the nodes the quorum round did not wait for, added to the decided
@@ -174,21 +230,31 @@ class Decisions:
         if record is None:
             return
         passed = [v.node for v in verdicts if v.passed]
-        record.note(
-            "late_verdicts",
-            f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
-            verdicts=[v.model_dump(mode="json") for v in verdicts],
-        )
-        await self.audit.save(record)
+
+        def noted(saved: AuditRecord) -> None:
+            saved.note(
+                "late_verdicts",
+                f"{len(verdicts)} node(s) answered after the decision; passed: {passed or 'none'}",
+                verdicts=[v.model_dump(mode="json") for v in verdicts],
+            )
+
+        noted(record)
+        await self._amend(record, noted)
 
     async def page_deadline_passed(self, page: PageState, deliveries: list[Delivery]) -> None:
         """The acknowledgement deadline passed with the page still held: it went to a person."""
         event_id = self._event_of_incident.get(page.incident_key)
         record = await self.audit.get(event_id) if event_id else None
         if record is not None:
-            record.note("page_deadline", f"page held past its deadline: escalated ({page.reason})")
-            note_deliveries(record, deliveries)
-            await self.audit.save(record)
+
+            def held_past_deadline(saved: AuditRecord) -> None:
+                saved.note(
+                    "page_deadline", f"page held past its deadline: escalated ({page.reason})"
+                )
+                note_deliveries(saved, deliveries)
+
+            held_past_deadline(record)
+            await self._amend(record, held_past_deadline)
 
     async def escalate_without_store(self, event: Event, reason: str) -> AuditRecord:
         """No controller can act on `event` (the store that grants locks is unreachable): a

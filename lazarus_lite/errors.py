@@ -12,6 +12,8 @@
     ├── OwnershipLost               another node took the workflow over: stop, save nothing
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
+    ├── DecisionPending             an earlier report's decision outlasted the wait: the event
+    │                               is published again, to be judged when handed out again
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
     │                               a container it cannot create or start)
@@ -67,6 +69,13 @@ class LockBusy(LazarusError):
 
 class LockLost(LazarusError):
     """The lock is no longer held with this token: the holder must not act."""
+
+
+class DecisionPending(LazarusError):
+    """The decision of the event holding an incident's claim was not made within the wait: the
+    later report is neither merged nor decided now: the consuming loop publishes it again and
+    acknowledges this copy (by the time it comes round, that decision is made, or its own event
+    is decided again)."""
 
 
 class ForensicsCopyFailed(LazarusError):

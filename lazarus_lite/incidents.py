@@ -1,54 +1,141 @@
 """One incident, one decision: the coordinator's claim on an incident in the coordination store, so
-that several sensors reporting the same failure make one decision, with the two ways a claim
-ends early (a declined incident reported again is decided afresh; a recovery releases it).
+that several sensors reporting the same failure make one decision, and the ways a claim ends
+early (a refused incident absorbs no later report; a recovery releases it).
+
+Which later report of an incident is merged into the claim's decision, and which is decided on
+its own (`merge_verdict`, pure):
+- the claim's decision is still being made: the report waits for it (at most `decision_wait`),
+  then is judged by that decision's outcome, as below; a decision not made by then raises
+  `DecisionPending`: the report is published again (its copy acknowledged) and judged when
+  the stream hands it out (merging it would swallow a real failure behind a slow refusal);
+  once the claim's record has stayed undecided for `abandoned_after` seconds (its coordinator
+  died, or lost the event), the report takes the claim over (compare-and-set) and is decided
+  on its own instead of waiting again (a holder that was only slow finds its claim taken
+  before it acts, `taken_over_by`, and is decided a duplicate);
+- the decision acted (a workflow was scheduled or remediated the failure): a duplicate, so one
+  failure is failed over once;
+- the decision refused to act without running anything (quorum not reached, a gate, no rule):
+  the report is decided on its own, with its own quorum and gates. A refusal judged the world as
+  its checks saw it; a report that came after them may be the real failure a false alarm came
+  just before (staging soak run B: a heartbeat timed out 0.17 s before a real kill, the kill's
+  reports were merged into the refused false alarm, and nothing failed the shard over);
+- a workflow ran and failed: decided afresh once `retry_after` has passed since it ended (a
+  failover that just failed is not re-run on the next report at once).
 
 Not for: deciding the incident (`controller`) or the watch's own reports (`shard_watch`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
+from typing import Literal
 
 from detection.events import Event
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.coordination.interface import IncidentClaimStore
+from lazarus_lite.errors import DecisionPending
 
 # Outcomes that took no action: the incident may be claimed again once its failure recovers.
 UNACTED = {"escalated", "duplicate", "no_action", "stale"}
+# How often a report waiting on an undecided claim looks at its decision again.
+DECISION_POLL = 0.05
+
+MergeVerdict = Literal["wait", "merge", "decide_afresh"]
+
+
+def merge_verdict(holder: AuditRecord | None, now: float, retry_after: float) -> MergeVerdict:
+    """What a later report of an incident does with the decision that holds its claim."""
+    if holder is None:
+        return "merge"  # its record is gone (expired): the claim stands for what it decided
+    if holder.outcome == "received":
+        return "wait"
+    if holder.outcome in {"escalated", "no_action"} and holder.workflow_id is None:
+        return "decide_afresh"  # refused without acting: it absorbs nothing
+    # A failed workflow's retry delay runs from its end, not from when it was scheduled (a
+    # failover that ran for longer than the delay is not re-run at once).
+    failed_at = holder.workflow_ended_at or holder.decided_at or now
+    if holder.outcome == "escalated" and now - failed_at >= retry_after:
+        return "decide_afresh"  # its workflow failed a while ago: try again
+    return "merge"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How an event stands to its incident: it decides it (`duplicate_of` None), having taken
+    the claim from a refused decision (`took_over_from`) or not; or it is a duplicate."""
+
+    duplicate_of: str | None = None
+    took_over_from: str | None = None
+    abandoned: bool = False  # took it from a decision never made, not from a refusal
+    waited: float = field(default=0.0, compare=False)  # seconds waiting on the holder
 
 
 class IncidentClaims:
-    """Claims on incidents, held `ttl` seconds; a declined one is retaken after `retry_after`."""
+    """Claims on incidents, held `ttl` seconds; see the module docstring for what is merged."""
 
     def __init__(
-        self, claims: IncidentClaimStore, audit: AuditLog, *, ttl: float, retry_after: float
+        self,
+        claims: IncidentClaimStore,
+        audit: AuditLog,
+        *,
+        ttl: float,
+        retry_after: float,
+        decision_wait: float = 6.0,
+        abandoned_after: float = float("inf"),
     ) -> None:
         self.claims = claims
         self.audit = audit
         self.ttl = ttl
         self.retry_after = retry_after
+        self.decision_wait = decision_wait
+        self.abandoned_after = abandoned_after
 
-    async def claim(self, event: Event) -> str | None:
-        """Claim the event's incident; None when this event holds it now, else the id of the
-        event that holds it (this one is its duplicate)."""
-        if await self.claims.claim(event.type, event.dedup_key, event.id, self.ttl):
-            return None
-        first_id = await self.claims.holder(event.type, event.dedup_key) or "?"
-        if first_id == event.id or await self._take_over_declined(event, first_id):
-            return None
-        return first_id
+    async def claim(self, event: Event) -> Claim:
+        """Claim the event's incident, or say which event's decision it is a duplicate of."""
+        kind, key = event.type, event.dedup_key
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            if await self.claims.claim(kind, key, event.id, self.ttl):
+                return Claim(waited=waited)
+            holder_id = await self.claims.holder(kind, key)
+            if holder_id is None:
+                continue  # released or expired in between: claim it again
+            if holder_id == event.id:
+                return Claim(waited=waited)  # this event's own claim (handled again)
+            holder = await self.audit.get(holder_id)
+            verdict = merge_verdict(holder, time.time(), self.retry_after)
+            if verdict == "wait" and waited < self.decision_wait:
+                await asyncio.sleep(DECISION_POLL)
+                continue
+            abandoned = (
+                verdict == "wait"
+                and holder is not None
+                and time.time() - holder.received_at >= self.abandoned_after
+            )
+            if verdict == "decide_afresh" or abandoned:
+                if await self.claims.take_over(kind, key, holder_id, event.id, self.ttl):
+                    # A recovery of the earlier report's failure is not this report's.
+                    await self.claims.take_recovered(kind, key)
+                    return Claim(took_over_from=holder_id, abandoned=abandoned, waited=waited)
+                continue  # another report took it first: judge against its decision
+            if verdict == "wait":
+                # Merging it could swallow a real failure behind a slow refusal; its
+                # coordinator may also have died (the stream hands that event out again).
+                raise DecisionPending(
+                    f"event {event.id}: event {holder_id} holding its incident is still "
+                    f"undecided after {waited:.1f} s; published again to be judged later"
+                )
+            return Claim(duplicate_of=holder_id, waited=waited)
 
-    async def _take_over_declined(self, event: Event, first_id: str) -> bool:
-        """A later report of an incident whose first report was declined (escalated, stopped by
-        a gate) more than `incident_retry_seconds` ago is decided afresh: the sensors report a
-        primary that stays down again, and conditions (a raced check, a closed gate) change."""
-        first = await self.audit.get(first_id)
-        if first is None or first.outcome not in {"escalated", "no_action"}:
-            return False
-        if time.time() - (first.decided_at or time.time()) < self.retry_after:
-            return False
-        return await self.claims.take_over(event.type, event.dedup_key, event.id, self.ttl)
+    async def taken_over_by(self, event: Event) -> str | None:
+        """The event that took this event's claim over while it was being decided (a slow
+        decision looks abandoned past `abandoned_after`), or None while it still holds it."""
+        holder = await self.claims.holder(event.type, event.dedup_key)
+        return holder if holder not in (None, event.id) else None
 
     async def release_on_recovery(self, event: Event) -> None:
         """A recovery ends the incident: a later failure of the same primary is a new one. If
@@ -64,14 +151,19 @@ class IncidentClaims:
                 return
             down = await self.audit.get(first)
             if down is None or down.outcome in UNACTED:
-                await self.claims.release(*incident)
+                await self.claims.release(*incident, held_by=first)
             elif down.outcome == "received":
                 await self.claims.mark_recovered(*incident, self.ttl)
 
     async def forget_if_recovered(self, record: AuditRecord) -> None:
-        """After a decision without action: drop the claim if the failure recovered meanwhile."""
+        """After a decision without action: drop the claim if the failure recovered meanwhile,
+        and only while this record's event holds it (a report that took it over meanwhile
+        decides on; dropping its claim would let a third report decide too)."""
         if record.outcome not in UNACTED:
             return
         event = Event.model_validate(record.event)
-        if await self.claims.take_recovered(event.type, event.dedup_key):
-            await self.claims.release(event.type, event.dedup_key)
+        incident = (event.type, event.dedup_key)
+        if await self.claims.holder(*incident) != record.event_id:
+            return  # a duplicate, or its claim was taken over: the mark is not its to take
+        if await self.claims.take_recovered(*incident):
+            await self.claims.release(*incident, held_by=record.event_id)

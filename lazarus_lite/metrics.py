@@ -62,6 +62,12 @@ class ControllerMetrics:
             "Escalations this node put on the escalations stream",
             registry=self.registry,
         )
+        self.reports_held_back = Counter(
+            "lazarus_reports_held_back",
+            "reports held back because the decision of their incident's claim was not made "
+            "within the wait (each is then published again; a failed publish is logged)",
+            registry=self.registry,
+        )
 
     def decided(self, outcome: str) -> None:
         self.decisions.labels(outcome).inc()

@@ -39,6 +39,7 @@ def open_stream(settings: ControllerSettings) -> EventStream:
         kinesis_stream=settings.kinesis_stream,
         kinesis_region=settings.kinesis_region,
         kinesis_endpoint=settings.kinesis_endpoint,
+        reclaim_ms=int(settings.event_reclaim_seconds * 1000),
     )
 
 

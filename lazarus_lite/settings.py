@@ -19,6 +19,9 @@ from lazarus_lite.forensics import WEEK, ForensicsRules
 from ratequeue.membership import boot_arguments
 
 DEFINITIONS = Path(__file__).parent / "definitions"
+# What a decision's store calls (claim, gates, records, the workflow's start) may take beside its
+# quorum round.
+DECISION_STORE_SECONDS = 1.0
 
 
 class ControllerSettings(BaseModel):
@@ -39,7 +42,11 @@ class ControllerSettings(BaseModel):
     )
     quorum: int = Field(2, ge=1, le=15, description="nodes that must agree on a remediation")
     quorum_timeout: float = Field(
-        2.0, gt=0, le=60, description="seconds to wait for the other nodes' votes"
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds to wait for the other nodes' votes; event_reclaim_seconds must "
+        "hold two such rounds and their store calls (settings that break it are refused)",
     )
     min_replicas: int = Field(1, ge=0, le=16, description="what ratequeue's WAIT requires")
     probe_timeout: float = Field(
@@ -81,7 +88,20 @@ class ControllerSettings(BaseModel):
     kinesis_endpoint: str | None = Field(None, description="a Kinesis endpoint URL (e.g. moto)")
     incident_ttl: float = Field(600, gt=0, description="seconds duplicate alarms collapse")
     incident_retry_seconds: float = Field(
-        20, ge=0, description="a declined incident is decided again on a report this much later"
+        20,
+        ge=0,
+        description="an incident whose workflow failed is decided again on a report this much "
+        "later (a refused one on the next report); also how often the shard watch reports a "
+        "primary that stays down again",
+    )
+    event_reclaim_seconds: float = Field(
+        10,
+        gt=0,
+        le=600,
+        description="seconds an event taken and not acknowledged stays with its node once the "
+        "node stops keeping it (a node keeps the events it is handling every third of this) "
+        "before another node is handed it: the Redis stream's reclaim idle; on Kinesis, the "
+        "shard lease, which the holder's receives renew (a live holder keeps its shard)",
     )
     resume_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between looks for workflows a stopped node left"
@@ -132,6 +152,32 @@ class ControllerSettings(BaseModel):
         if self.coordination_backend == "etcd":
             etcd_endpoints_checked(self.etcd_endpoints)  # refused here, before the node starts
         return self
+
+    @model_validator(mode="after")
+    def _a_waiting_report_is_decided_before_its_event_is_reclaimed(self) -> ControllerSettings:
+        least = 2 * self.decision_budget
+        if self.event_reclaim_seconds < least:
+            raise SettingProblem(
+                "event_reclaim_seconds",
+                f"{self.event_reclaim_seconds:g} s is shorter than two decisions of quorum_timeout "
+                f"{self.quorum_timeout:g} s plus {DECISION_STORE_SECONDS:g} s of store calls each "
+                f"({least:g} s): a report waits for an earlier report's decision, then is decided "
+                "itself, before its event is handed to another node; raise "
+                "event_reclaim_seconds or lower quorum_timeout",
+            )
+        return self
+
+    @property
+    def decision_budget(self) -> float:
+        """Seconds one decision may take: a quorum round and its store calls."""
+        return self.quorum_timeout + DECISION_STORE_SECONDS
+
+    @property
+    def decision_wait(self) -> float:
+        """How long a report waits for an earlier report's decision of its incident: three
+        quorum rounds, cut so that its own decision still ends before the stream hands its
+        event to another node (which would decide it again)."""
+        return min(3 * self.quorum_timeout, self.event_reclaim_seconds - self.decision_budget)
 
     @property
     def chosen_actuator(self) -> Literal["none", "local", "docker"]:

@@ -297,8 +297,8 @@ class ShardWatch:
         self, shard: Shard, seen: Writability, down_for: float, template: Event | None
     ) -> Event | None:
         """Report the primary down as a sensor would, unless a report about it came in lately
-        (while it stays down, again every `reemit_every`: a declined decision is retried, the
-        controller collapses the rest as duplicates)."""
+        (while it stays down, again every `reemit_every`: after a refusal the controller decides a
+        report on its own, and collapses the rest as duplicates)."""
         event = self._primary_down(shard, seen, down_for, template)
         key = event.dedup_key
         claim_ttl = await self.store.incidents.held_for("RedisMasterDown", key)

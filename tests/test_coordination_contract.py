@@ -272,16 +272,32 @@ async def test_a_claim_expires(store: CoordinationStore) -> None:
 
 
 async def test_only_an_existing_claim_is_taken_over(store: CoordinationStore) -> None:
-    assert not await store.incidents.take_over("RedisMasterDown", "k", "ev-2", ttl=60)
+    assert not await store.incidents.take_over("RedisMasterDown", "k", "ev-1", "ev-2", ttl=60)
     await store.incidents.claim("RedisMasterDown", "k", "ev-1", ttl=60)
-    assert await store.incidents.take_over("RedisMasterDown", "k", "ev-2", ttl=60)
+    assert await store.incidents.take_over("RedisMasterDown", "k", "ev-1", "ev-2", ttl=60)
+    assert await store.incidents.holder("RedisMasterDown", "k") == "ev-2"
+
+
+async def test_of_two_events_taking_over_one_claim_only_one_wins(store: CoordinationStore) -> None:
+    await store.incidents.claim("RedisMasterDown", "k", "ev-1", ttl=60)
+    assert await store.incidents.take_over("RedisMasterDown", "k", "ev-1", "ev-2", ttl=60)
+    assert not await store.incidents.take_over("RedisMasterDown", "k", "ev-1", "ev-3", ttl=60)
     assert await store.incidents.holder("RedisMasterDown", "k") == "ev-2"
 
 
 async def test_a_released_claim_is_free(store: CoordinationStore) -> None:
     await store.incidents.claim("RedisMasterDown", "k", "ev-1", ttl=60)
-    await store.incidents.release("RedisMasterDown", "k")
+    assert await store.incidents.release("RedisMasterDown", "k", held_by="ev-1")
     assert await store.incidents.held_for("RedisMasterDown", "k") is None
+
+
+async def test_a_claim_taken_over_is_not_released_by_its_former_holder(
+    store: CoordinationStore,
+) -> None:
+    await store.incidents.claim("RedisMasterDown", "k", "ev-1", ttl=60)
+    await store.incidents.take_over("RedisMasterDown", "k", "ev-1", "ev-2", ttl=60)
+    assert not await store.incidents.release("RedisMasterDown", "k", held_by="ev-1")
+    assert await store.incidents.holder("RedisMasterDown", "k") == "ev-2"
 
 
 async def test_the_recovered_mark_is_taken_once(store: CoordinationStore) -> None:

@@ -26,10 +26,12 @@ from detection.events import Event, new_event
 from detection.kinesis import KinesisEventStream, parse_receipt
 from detection.stream_factory import open_event_stream
 from detection.streams import DeadLetters, Received
+from lazarus_lite.background import consume_events
+from lazarus_lite.errors import DecisionPending
 from ratequeue.local_cluster import start_node
 from tests.moto_server import MotoServer
 
-RECLAIM_MS = 400  # Redis: reclaim_idle_ms; Kinesis: shard lease
+RECLAIM_MS = 1200  # Redis: reclaim_idle_ms; Kinesis: shard lease
 POLL_MS = 20
 REGION = "us-east-1"
 
@@ -274,3 +276,96 @@ async def test_kinesis_stream_is_created_once_and_active(kinesis: Streams) -> No
 def test_open_event_stream_rejects_an_unknown_backend(control: RedisProcess) -> None:
     with pytest.raises(ValueError, match="kafka"):
         open_event_stream("kafka", control.url)
+
+
+# -- the controller's consuming loop on each backend ------------------------------------------
+
+
+class Handler:
+    """A controller's event handling that takes `seconds` (a slow pager's retries) and, for the
+    first `pending` calls, raises DecisionPending; counts the calls per event."""
+
+    def __init__(self, seconds: float = 0.0, pending: int = 0) -> None:
+        self.seconds = seconds
+        self.pending = pending
+        self.calls: dict[str, int] = {}
+
+    async def __call__(self, event: Event) -> None:
+        self.calls[event.id] = self.calls.get(event.id, 0) + 1
+        await asyncio.sleep(self.seconds)
+        if self.pending:
+            self.pending -= 1
+            raise DecisionPending(f"event {event.id}: still undecided")
+
+
+async def consuming(stream: Any, node: str, handler: Handler) -> asyncio.Task:
+    handling: set[asyncio.Task] = set()
+    loop = consume_events(stream, node, handler, handling, keep_every=RECLAIM_MS / 3000)
+    return asyncio.create_task(loop)
+
+
+async def wait_until(what: str, condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def stop(*tasks: asyncio.Task) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_an_event_handled_longer_than_the_reclaim_interval_is_handled_once(
+    streams: Streams,
+) -> None:
+    handler = Handler(seconds=RECLAIM_MS * 2 / 1000)
+    first, second = streams.open(), streams.open()
+    event = sample_event()
+    await first.publish(event)
+    node_1 = await consuming(first, "node-1", handler)
+    await wait_until("node-1 to take the event", lambda: _true(handler.calls))
+    node_2 = await consuming(second, "node-2", handler)
+    try:
+        await wait_until("the handling to end", lambda: _nothing_in_flight(first))
+        assert handler.calls == {event.id: 1}
+    finally:
+        await stop(node_1, node_2)
+
+
+async def test_an_event_whose_decision_is_pending_is_handed_out_again_and_acknowledged(
+    streams: Streams,
+) -> None:
+    handler = Handler(pending=1)
+    stream = streams.open()
+    event = sample_event()
+    await stream.publish(event)
+    copies: list[str] = []
+    publish = stream.publish
+
+    async def publish_copy(copy: Event) -> str:
+        copies.append(copy.id)
+        return await publish(copy)
+
+    # Handed out again as a copy, not by the stream's reclaim of the unacknowledged original.
+    stream.publish = publish_copy
+    node = await consuming(stream, "node-1", handler)  # the consumer lives on throughout
+    try:
+        await wait_until(
+            "the event to be handled again", lambda: _true(handler.calls.get(event.id, 0) >= 2)
+        )
+        await wait_until("nothing left unacknowledged", lambda: _nothing_in_flight(stream))
+        assert handler.calls == {event.id: 2} and copies == [event.id]
+    finally:
+        await stop(node)
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+async def _nothing_in_flight(stream: Any) -> bool:
+    if isinstance(stream, KinesisEventStream):
+        return stream.in_flight() == 0
+    return await stream.pending() == 0

@@ -562,13 +562,15 @@ class EtcdIncidentClaims:
     async def holder(self, event_type: str, dedup_key: str) -> str | None:
         return _text(await self._client.get(keys.incident_claim(event_type, dedup_key)))
 
-    async def take_over(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
+    async def take_over(
+        self, event_type: str, dedup_key: str, held_by: str, event_id: str, ttl: float
+    ) -> bool:
         key = keys.incident_claim(event_type, dedup_key)
-        exists = Compare(key=key, target="version", op=">", operand=0)
-        return await self._writes.replace(key, event_id, ttl, [exists])
+        return await self._writes.replace(key, event_id, ttl, [_holds(key, held_by)])
 
-    async def release(self, event_type: str, dedup_key: str) -> None:
-        await self._writes.delete(keys.incident_claim(event_type, dedup_key))
+    async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        return await self._writes.delete_if(key, [_holds(key, held_by)])
 
     async def held_for(self, event_type: str, dedup_key: str) -> float | None:
         found = await self._client.get(keys.incident_claim(event_type, dedup_key))

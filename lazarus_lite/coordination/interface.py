@@ -127,11 +127,17 @@ class IncidentClaimStore(Protocol):
         """The id of the event holding the claim, or None."""
         ...
 
-    async def take_over(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
-        """Give an existing claim to `event_id` (False when there is no claim any more)."""
+    async def take_over(
+        self, event_type: str, dedup_key: str, held_by: str, event_id: str, ttl: float
+    ) -> bool:
+        """Give the claim to `event_id` if `held_by` still holds it (False otherwise: no claim
+        any more, or another event took it first; of two events taking one claim, one wins)."""
         ...
 
-    async def release(self, event_type: str, dedup_key: str) -> None: ...
+    async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:
+        """Drop the claim if `held_by` still holds it (False otherwise: a claim another event
+        took over is that event's, and dropping it would let a third decide too)."""
+        ...
 
     async def held_for(self, event_type: str, dedup_key: str) -> float | None:
         """Seconds the claim has left, or None when nobody holds it."""

@@ -206,9 +206,18 @@ class RedisWorkflowRecords:
         await self._control.set(key, workflow_id, ex=EVENT_WORKFLOW_SECONDS)
 
 
+# Compare and set in one step: two events taking over one claim at once, one wins.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
 class RedisIncidentClaims:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
+        self._release = control.register_script(_DELETE_IF_OURS)
 
     async def claim(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
         key = keys.incident_claim(event_type, dedup_key)
@@ -217,12 +226,16 @@ class RedisIncidentClaims:
     async def holder(self, event_type: str, dedup_key: str) -> str | None:
         return _text(await self._control.get(keys.incident_claim(event_type, dedup_key)))
 
-    async def take_over(self, event_type: str, dedup_key: str, event_id: str, ttl: float) -> bool:
+    async def take_over(
+        self, event_type: str, dedup_key: str, held_by: str, event_id: str, ttl: float
+    ) -> bool:
         key = keys.incident_claim(event_type, dedup_key)
-        return bool(await self._control.set(key, event_id, xx=True, ex=int(ttl)))
+        taken = await self._control.eval(_TAKE_OVER, 1, key, held_by, event_id, int(ttl))
+        return bool(taken)
 
-    async def release(self, event_type: str, dedup_key: str) -> None:
-        await self._control.delete(keys.incident_claim(event_type, dedup_key))
+    async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:
+        key = keys.incident_claim(event_type, dedup_key)
+        return bool(await self._release(keys=[key], args=[held_by]))
 
     async def held_for(self, event_type: str, dedup_key: str) -> float | None:
         left = await self._control.ttl(keys.incident_claim(event_type, dedup_key))

@@ -157,3 +157,20 @@ def restart_with_boot_arguments(directory: Path, node: TestbedNode) -> int:
         node.name, node.role, node.shard, directory / "redis", port=node.port, detached=True
     )
     return again.pid
+
+
+def auth(state: TestbedState) -> dict[str, str]:
+    """The header of the controllers' mutating endpoints."""
+    return {"Authorization": f"Bearer {state.lazarus_token}"}
+
+
+def decided(state: TestbedState, event_id: str, timeout: float = 20) -> dict:
+    """The event's audit record once a controller decided it."""
+
+    def probe() -> dict | None:
+        answer = httpx.get(f"{state.lazarus[0]}/v1/events/{event_id}", timeout=5)
+        if answer.status_code == 200 and answer.json()["outcome"] != "received":
+            return answer.json()
+        return None
+
+    return wait_for(f"event {event_id} to be decided", probe, timeout=timeout)

@@ -15,7 +15,7 @@ import redis
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
 from detection.streams import EVENTS_STREAM
-from tests.e2e.support import control_topology, controllers_metric, send, wait_for
+from tests.e2e.support import auth, control_topology, controllers_metric, decided, send, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,25 +28,11 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestbedState]:
         yield state
 
 
-def auth(state: TestbedState) -> dict[str, str]:
-    return {"Authorization": f"Bearer {state.lazarus_token}"}
-
-
 def stream_length(state: TestbedState) -> int:
     """Entries in the event stream other than the sensors' periodic heartbeats."""
     with redis.Redis.from_url(state.control) as conn:
         entries = conn.xrange(EVENTS_STREAM)
     return sum(1 for _, fields in entries if b'"SensorHeartbeat"' not in fields[b"event"])
-
-
-def decided(state: TestbedState, event_id: str) -> dict:
-    def probe() -> dict | None:
-        answer = httpx.get(f"{state.lazarus[1]}/v1/events/{event_id}", timeout=5)
-        if answer.status_code == 200 and answer.json()["outcome"] != "received":
-            return answer.json()
-        return None
-
-    return wait_for(f"event {event_id} to be decided", probe, timeout=20)
 
 
 def master_down_event(state: TestbedState, shard_id: str, **changes: object) -> dict:

@@ -15,27 +15,22 @@ import pytest
 
 from chaos.testbed import TestbedState, running_testbed
 from detection.events import new_event
-from tests.e2e.support import control_topology, controllers_metric, in_store, resume, send, wait_for
+from tests.e2e.support import (
+    auth,
+    control_topology,
+    controllers_metric,
+    decided,
+    in_store,
+    resume,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def auth(state: TestbedState) -> dict[str, str]:
-    return {"Authorization": f"Bearer {state.lazarus_token}"}
-
-
 def post(state: TestbedState, path: str, body: dict, node: int = 0) -> httpx.Response:
     return httpx.post(f"{state.lazarus[node]}{path}", json=body, headers=auth(state), timeout=5)
-
-
-def decided(state: TestbedState, event_id: str) -> dict:
-    def probe() -> dict | None:
-        answer = httpx.get(f"{state.lazarus[0]}/v1/events/{event_id}", timeout=5)
-        if answer.status_code == 200 and answer.json()["outcome"] != "received":
-            return answer.json()
-        return None
-
-    return wait_for(f"event {event_id} to be decided", probe, timeout=20)
 
 
 def first_decision_for(state: TestbedState, shard: str) -> dict:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.redis_processes import RedisProcess
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
@@ -35,7 +33,6 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from lazarus_lite.workflow.references import check_references, inputs_model
 from lazarus_lite.workflow.registry import step
-from ratequeue.local_cluster import start_node
 from tests.prometheus_samples import metric_samples
 
 calls: Counter[str] = Counter()
@@ -162,21 +159,6 @@ async def until_called(name: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"step {name} never ran")
-
-
-@pytest.fixture(scope="module")
-def control_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    node = start_node("control", "control", None, tmp_path_factory.mktemp("wf"))
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-async def control(control_node: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis(host=control_node.host, port=control_node.port)
-    await connection.flushall()
-    yield connection
-    await connection.aclose()
 
 
 def definition(text: str) -> WorkflowDefinition:

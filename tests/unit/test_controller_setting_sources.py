@@ -4,10 +4,14 @@ node is built. The node is not started: the settings it would have been built wi
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from typer.testing import CliRunner
 
+from detection.streams import RedisEventStream
 from lazarus_lite.cli import app
+from lazarus_lite.service import open_stream
 from lazarus_lite.settings import ControllerSettings
 
 SERVE = ["serve", "--node-id", "n1", "--control", "redis://127.0.0.1:1/0",
@@ -86,3 +90,41 @@ def test_a_bad_value_is_refused_naming_the_setting_and_what_was_expected(
     assert code == 2 and "Traceback" not in output, output
     assert f"setting'{setting}" in output and expected in output, output
     assert not built_with
+
+
+def test_a_quorum_timeout_whose_decisions_outlast_the_event_reclaim_is_refused_naming_both(
+    built_with: list[ControllerSettings],
+) -> None:
+    code, output = serve("--quorum-timeout", "5", "--event-reclaim-seconds", "10")
+    assert code == 2 and "Traceback" not in output, output
+    assert "setting'event_reclaim_seconds" in output and "quorum_timeout" in output, output
+    assert not built_with
+
+
+def settings_with(**given: float) -> ControllerSettings:
+    return ControllerSettings(
+        node_id="n1",
+        control_url="redis://127.0.0.1:1/0",
+        api_token="a-token-of-sixteen-chars",
+        **given,  # type: ignore[arg-type]
+    )
+
+
+# 3.5 s: three rounds (10.5 s) would outlast the reclaim; cut to 10 - (3.5 + store calls).
+@pytest.mark.parametrize(
+    ("quorum_timeout", "wait"), [(2.0, 6.0), (3.5, 5.5)], ids=["three rounds", "cut"]
+)
+def test_a_report_waits_for_a_decision_only_as_long_as_its_own_still_ends_before_the_reclaim(
+    quorum_timeout: float, wait: float
+) -> None:
+    settings = settings_with(quorum_timeout=quorum_timeout, event_reclaim_seconds=10)
+    assert settings.decision_wait == wait
+
+
+def test_the_controllers_event_stream_reclaims_after_event_reclaim_seconds() -> None:
+    stream = open_stream(settings_with(event_reclaim_seconds=7.5))
+    try:
+        assert isinstance(stream, RedisEventStream)
+        assert stream._reclaim_idle_ms == 7500
+    finally:
+        asyncio.run(stream.close())

@@ -66,3 +66,52 @@ def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
 class _Deployment:
     def topology(self) -> SimpleNamespace:
         return _topology()
+
+
+def _soak_leaving(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, left: list[str], drained: list[str]
+) -> list[CycleResult]:
+    """Two passing cycles, the first leaving `left` undelivered; the final drain delivers
+    `drained`."""
+
+    def run_cycle(cycle: int, *args: Any, undelivered: Any, **kwargs: Any) -> CycleResult:
+        if cycle == 1:
+            undelivered.left_by(1, left)
+        return CycleResult(cycle=cycle, fault="pause replica", shard="s1", verdict="passed",
+                           acknowledged=10, lost=0, settled_seconds=1.0, shards="whole",
+                           containers=12, container_bound=12, control_memory=1)  # fmt: skip
+
+    def drain_leftovers(api: str, undelivered: Any, timeout: float) -> dict[int, int]:
+        return undelivered.delivered(drained)
+
+    monkeypatch.setattr(soak_module, "Staging", QuietStaging)
+    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: (0.1, "whole"))
+    monkeypatch.setattr(soak_module, "discover_nodes", lambda *a, **k: [])
+    monkeypatch.setattr(StagingEndpoints, "target", lambda self: _FinalDrainDeployment())
+    monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
+    monkeypatch.setattr(soak_module, "drain_leftovers", drain_leftovers)
+    return soak(2, compose_file=Path("docker-compose.yml"), scenarios=Path("scenarios"),
+                journal_dir=tmp_path, endpoints=StagingEndpoints(), bring_up=False,
+                take_down=False, gap_seconds=0, settle_seconds=1, growth_bytes_per_cycle=2048,
+                say=lambda text: None, stop=threading.Event())  # fmt: skip
+
+
+def test_what_the_final_drain_delivers_is_late_in_the_last_row_not_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    results = _soak_leaving(monkeypatch, tmp_path, left=["a", "b"], drained=["a", "b"])
+    assert results[-1].ok and results[-1].late == {1: 2}
+
+
+def test_what_no_cycle_nor_the_final_drain_delivers_is_a_miss_naming_the_drain_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    results = _soak_leaving(monkeypatch, tmp_path, left=["a", "b"], drained=["a"])
+    assert results[-1].late == {1: 1}
+    assert results[-1].misses == [
+        "not delivered within the final drain (1 s): 1 of cycle 1 (e.g. ['b'])"
+    ]
+
+
+class _FinalDrainDeployment(_Deployment):
+    api = "http://127.0.0.1:9"
