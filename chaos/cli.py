@@ -450,8 +450,8 @@ def soak(
 
     from chaos.soak import CYCLE_ERRORS, StagingEndpoints
     from chaos.soak import soak as run_soak
-    from chaos.soak_services import parse_services
     from chaos.soak_deliveries import describe_counts
+    from chaos.soak_services import parse_services
     from common.durations import parse_duration
 
     def duration(value: str, option: str) -> float:
