@@ -496,7 +496,8 @@ def soak(
         raise typer.Exit(130) from None
     table = Table(title=f"soak: {len(results)} of {cycles} cycles")
     for column in ("cycle", "fault", "shard", "run", "acked", "undelivered", "late here",
-                   "whole after", "containers", "control MiB", "growth", "service", "ok"):  # fmt: skip
+                   "whole after", "containers", "control MiB", "growth", "service",
+                   "ok"):  # fmt: skip
         table.add_column(column)
     for r in results:
         table.add_row(
