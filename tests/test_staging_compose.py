@@ -45,6 +45,7 @@ from ratequeue.cli import app as ratequeue_app
 from ratequeue.local_cluster import start_node
 from ratequeue.membership import FENCE_SINK, NEVER_WRITABLE
 from ratequeue.topology import FENCE_KEY, TOPOLOGY_KEY, Topology
+from tests.e2e.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -503,6 +504,13 @@ def test_topology_init_appoints_the_first_primary_and_writes_epoch_1_once(nodes:
     with control.client() as conn:
         conn.set(TOPOLOGY_KEY, moved.model_dump_json())
     with primary.client() as conn:
+        # The primary writes only while it counts a good replica (min-replicas-to-write 1): a
+        # replica's first acknowledgement can come a moment after its link is up.
+        wait_for(
+            "the primary to count its replica",
+            lambda: conn.info("replication").get("min_slaves_good_slaves", 0) >= 1,
+            timeout=15,
+        )
         conn.set(FENCE_KEY, "4")
     again = _init(control, spec)
     assert again.exit_code == 0, again.output
