@@ -496,9 +496,6 @@ class AsyncRatequeueClient:
         async def enqueue_shard_batch(indexes: list[int]) -> None:
             batch = [messages[i] for i in indexes]
 
-            def route(topology: Topology) -> Shard:
-                return topology.shard_for_slot(slot_for(batch[0].number))
-
             async def attempt(shard: Shard) -> tuple[Shard, list[EnqueueOutcome]]:
                 outcomes = await self._queue(shard).enqueue_batch(
                     shard.epoch,
@@ -509,7 +506,7 @@ class AsyncRatequeueClient:
                 return shard, outcomes
 
             try:
-                shard, outcomes = await self._with_retries(attempt, route)
+                shard, outcomes = await self._with_retries(attempt, self._route(batch[0].number))
             except Exception as error:  # this shard's alone: the other shards' outcomes stand
                 for i in indexes:
                     results[i] = error
