@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -33,10 +34,12 @@ from common import input_files
 from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.sentinel_topology import SentinelTopologySource, parse_sentinel_addresses
 from ratequeue.topology import Topology
 
+T = TypeVar("T")
 Backend = Literal["local", "docker", "gremlin"]
 
 
@@ -136,6 +139,19 @@ class Deployment(BaseModel):
             if node.name == name:
                 return node
         raise TargetError(f"node {name} is not in deployment {self.name}")
+
+    def on_store(self, use: Callable[[CoordinationStore], Awaitable[T]]) -> T:
+        """`use` on the deployment's coordination store, opened for that call alone;
+        TargetError when the store does not answer or its URL cannot be used."""
+
+        async def call() -> T:
+            async with opened_coordination_store(self.store_address(), timeout=3) as store:
+                return await use(store)
+
+        try:
+            return asyncio.run(call())
+        except (redis.RedisError, EtcdUnreachable, ValueError) as error:  # ValueError: a bad URL
+            raise store_unreachable(self.etcd_endpoints or self.control, error) from None
 
     def topology(self) -> Topology:
         """The shard map in the control store; TargetError if it cannot be read or used."""

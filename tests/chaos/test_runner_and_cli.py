@@ -392,6 +392,63 @@ def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run
     assert kept["every"] == 0.01 and kept["next_run"] >= kept["origin"]
 
 
+def passing_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stand-in runs that pass at once; returns the list they append "run" to."""
+    runs: list[str] = []
+
+    def run(path: Path, experiment: object, **_: object) -> Journal:
+        runs.append("run")
+        return Journal(run_id=f"r{len(runs)}", experiment="x", deployment="d",
+                       environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
+
+    monkeypatch.setattr(scheduler, "run_one", run)
+    return runs
+
+
+def test_a_schedule_against_a_deployment_keeps_its_next_run_in_the_control_store(
+    store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    deployment = Deployment.model_construct(name="d", control=store.control.url)
+    stop = threading.Event()
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment,
+                 journal_dir=tmp_path / "first-host", every=3600, jitter=0, dry_run=False,
+                 say=lambda _: None, stop=stop, on_journal=lambda _: stop.set())  # fmt: skip
+    kept = json.loads(redis.Redis.from_url(store.control.url).get("chaos:schedule:replica_kill"))
+    assert runs == ["run"] and kept["every"] == 3600
+    assert kept["next_run"] == pytest.approx(kept["origin"] + 3600)
+    assert not (tmp_path / "first-host" / "chaos-schedule.json").exists()
+
+    # Restarted elsewhere, without the first host's disk: it waits for the kept time.
+    said: list[str] = []
+    again = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("resuming"):
+            again.set()  # stop instead of waiting an hour for the kept run
+
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment,
+                 journal_dir=tmp_path / "second-host", every=3600, jitter=0, dry_run=False,
+                 say=say, stop=again)  # fmt: skip
+    assert runs == ["run"], said
+    assert any("kept in the control store" in line for line in said), said
+
+
+def test_a_control_store_that_does_not_answer_does_not_stop_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    gone = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:{free_port()}")
+    said: list[str] = []
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=gone, journal_dir=tmp_path,
+                 every=0.01, jitter=0, dry_run=False, say=said.append,
+                 stop=threading.Event(), max_runs=2)  # fmt: skip
+    assert runs == ["run", "run"]
+    assert any(line.startswith("the kept schedule cannot be read") for line in said), said
+    assert any(line.startswith("the schedule could not be kept") for line in said), said
+
+
 def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalCluster) -> None:
     deployment = Deployment.model_construct(name="d", control=store.control.url)
     with run_lock(deployment, "long run", ttl_seconds=0.6):
