@@ -3,7 +3,8 @@
 PagerDuty alert (dedup key per deployment and experiment) and tells Slack and email; any other
 verdict and the start are change events (they page nobody), and a passed verdict also resolves the
 alert a failed run of the same experiment raised. Each message names the experiment, the verdict and
-the journal's path.
+the journal's path; with the URL the journal directory is served at (`--journal-url`), a verdict's
+PagerDuty event and messages link the run's journal there.
 
 Not for: sending (`notifications`), what channels a service has (the notification config), or
 deciding a verdict (`runner`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from chaos.experiments import Experiment
 from chaos.journal import Journal, Say
@@ -22,6 +24,7 @@ from chaos.runner import slug
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery
 from notifications.notifier import Notifier
+from notifications.pagerduty import Link
 
 SOURCE = "chaos run"
 
@@ -30,12 +33,26 @@ class RunAnnouncer(RunWatcher):
     """Announces runs for `service` (its route in `config`); says each failed delivery."""
 
     def __init__(
-        self, config: NotificationConfig, service: str, journal_dir: Path, say: Say
+        self,
+        config: NotificationConfig,
+        service: str,
+        journal_dir: Path,
+        say: Say,
+        journal_url: str | None = None,
     ) -> None:
         self.config = config
         self.service = service
         self.journal_dir = journal_dir
         self.say = say
+        self.journal_url = journal_url
+
+    def journal_links(self, run_id: str) -> list[Link]:
+        """The link to the run's journal where the journal directory is served (none when
+        that is not said)."""
+        if self.journal_url is None:
+            return []
+        href = f"{self.journal_url.rstrip('/')}/{quote(run_id, safe='')}.json"
+        return [{"href": href, "text": f"journal of run {run_id}"}]
 
     def started(self, path: Path, experiment: Experiment) -> None:
         self._send(
@@ -62,6 +79,7 @@ class RunAnnouncer(RunWatcher):
             "deployment": journal.deployment,
         }
         key = self.incident_key(journal.deployment, journal.experiment)
+        links = self.journal_links(journal.run_id)
         if journal.verdict == "failed":
             self._send(
                 lambda notifier: notifier.page(
@@ -71,12 +89,13 @@ class RunAnnouncer(RunWatcher):
                     details,
                     source=SOURCE,
                     event_class="chaos_experiment",
+                    links=links,
                 )
             )
             return
 
         async def change_and_resolve(notifier: Notifier) -> list[Delivery]:
-            sent = await notifier.change(self.service, text, details, source=SOURCE)
+            sent = await notifier.change(self.service, text, details, source=SOURCE, links=links)
             route = self.config.route(self.service)
             if journal.verdict == "passed" and route and "pagerduty" in route.channels:
                 sent += await notifier.gather(

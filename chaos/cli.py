@@ -332,7 +332,13 @@ def run(
                 from chaos.announcements import RunAnnouncer
 
                 watchers.append(
-                    RunAnnouncer(channels, settings.notify_service, settings.journal_dir, say)
+                    RunAnnouncer(
+                        channels,
+                        settings.notify_service,
+                        settings.journal_dir,
+                        say,
+                        settings.journal_url,
+                    )
                 )
             if metrics is not None:
                 watchers.append(metrics)

@@ -57,14 +57,14 @@ def channels_file(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def three_cycles(tmp_path: Path, http: HttpRecorder) -> Path:
-    """`ratequeue-chaos run --every 200ms --runs 3` announcing to `http`; returns its journal
-    directory."""
+def three_cycles(tmp_path: Path, http: HttpRecorder, *options: str) -> Path:
+    """`ratequeue-chaos run --every 200ms --runs 3 OPTIONS` announcing to `http`; returns its
+    journal directory."""
     journals = tmp_path / "journals"
     channels = channels_file(tmp_path, http.url)
     result = CliRunner().invoke(app, ["run", str(SCENARIO), "--every", "200ms", "--runs", "3",
                                       "--journal-dir", str(journals),
-                                      "--notifications", str(channels)])  # fmt: skip
+                                      "--notifications", str(channels), *options])  # fmt: skip
     assert result.exit_code == 0, result.output
     return journals
 
@@ -95,3 +95,27 @@ def test_pagerduty_is_told_a_failure_by_a_trigger_and_the_rest_by_change_events(
     (trigger,) = [b for b in http.pagerduty_events() if b["event_action"] == "trigger"]
     assert trigger["payload"]["custom_details"]["verdict"] == "failed"
     assert trigger["payload"]["custom_details"]["journal"].endswith("r2.json")
+
+
+def test_with_a_journal_url_each_verdict_links_its_runs_journal(
+    tmp_path: Path, http: HttpRecorder, three_runs: list[str]
+) -> None:
+    three_cycles(tmp_path, http, "--journal-url", "https://chaos.example/journals/")
+    href = "https://chaos.example/journals/{}.json"
+    verdicts = [b for b in http.received("/v2/change/enqueue") if "starting" not in str(b)]
+    assert [b["links"] for b in verdicts] == [
+        [{"href": href.format(run), "text": f"journal of run {run}"}] for run in ("r1", "r3")
+    ]
+    (trigger,) = [b for b in http.pagerduty_events() if b["event_action"] == "trigger"]
+    assert trigger["links"] == [{"href": href.format("r2"), "text": "journal of run r2"}]
+    ends = http.received("/slack/")[1::2]
+    assert [f"<{href.format(run)}|journal of run {run}>" in end["text"] for run, end in
+            zip(three_runs, ends, strict=True)] == [True] * 3  # fmt: skip
+
+
+def test_without_a_journal_url_no_announcement_carries_links(
+    tmp_path: Path, http: HttpRecorder, three_runs: list[str]
+) -> None:
+    three_cycles(tmp_path, http)
+    sent = [*http.received("/v2/change/enqueue"), *http.pagerduty_events()]
+    assert sent and not any("links" in body for body in sent)
