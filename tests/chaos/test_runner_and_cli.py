@@ -372,26 +372,6 @@ def test_a_journal_round_trips_as_json(tmp_path: Path) -> None:
     assert redis  # imported for the lock test's deployment
 
 
-def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[str] = []
-
-    def run(path: Path, experiment: object, **_: object) -> Journal:
-        events.append("run")
-        return Journal(run_id=f"r{len(events)}", experiment="x", deployment="d",
-                       environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
-
-    monkeypatch.setattr(scheduler, "run_one", run)
-    run_schedule([SCENARIOS / "replica_kill.yaml"], target=None, journal_dir=tmp_path,
-                 every=0.01, jitter=0, dry_run=False, say=lambda _: None,
-                 stop=threading.Event(), max_runs=3,
-                 on_journal=lambda j: events.append(f"verdict {j.verdict}"))  # fmt: skip
-    assert events == ["run", "verdict passed"] * 3
-    kept = json.loads((tmp_path / "chaos-schedule.json").read_text())
-    assert kept["every"] == 0.01 and kept["next_run"] >= kept["origin"]
-
-
 def passing_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Stand-in runs that pass at once; returns the list they append "run" to."""
     runs: list[str] = []
@@ -403,6 +383,19 @@ def passing_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(scheduler, "run_one", run)
     return runs
+
+
+def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = passing_runs(monkeypatch)  # the verdicts go into the same list
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=None, journal_dir=tmp_path,
+                 every=0.01, jitter=0, dry_run=False, say=lambda _: None,
+                 stop=threading.Event(), max_runs=3,
+                 on_journal=lambda j: events.append(f"verdict {j.verdict}"))  # fmt: skip
+    assert events == ["run", "verdict passed"] * 3
+    kept = json.loads((tmp_path / "chaos-schedule.json").read_text())
+    assert kept["every"] == 0.01 and kept["next_run"] >= kept["origin"]
 
 
 def test_a_schedule_against_a_deployment_keeps_its_next_run_in_the_control_store(
