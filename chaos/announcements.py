@@ -1,8 +1,9 @@
 """Announcing each scheduled chaos run through the notification channels (`ratequeue-chaos run
---every ... --notifications FILE`): its start, then its verdict. A failed verdict triggers a
-PagerDuty alert (dedup key per deployment and experiment) and tells Slack and email; any other
-verdict and the start are change events (they page nobody), and a passed verdict also resolves the
-alert a failed run of the same experiment raised. Each message names the experiment, the verdict and
+--every ... --notifications FILE`): its start as a PagerDuty change event only, then its verdict,
+the one Slack and email message of the run. A failed verdict triggers a PagerDuty alert (dedup key
+per deployment and experiment) and tells Slack and email; any other verdict is a change event (it
+pages nobody) and a message, and a passed verdict also resolves the alert a failed run of the same
+experiment raised. Each message names the experiment, the verdict and
 the journal's path; with the URL the journal directory is served at (`--journal-url`), a verdict's
 PagerDuty event and messages link the run's journal there.
 
@@ -13,6 +14,7 @@ deciding a verdict (`runner`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -55,17 +57,28 @@ class RunAnnouncer(RunWatcher):
         return [{"href": href, "text": f"journal of run {run_id}"}]
 
     def started(self, path: Path, experiment: Experiment) -> None:
+        # A PagerDuty change event alone (what change events are for: a change that may
+        # explain what follows); Slack and email get one message per run, its verdict.
+        route = self.config.route(self.service)
+        if route is None or "pagerduty" not in route.channels:
+            return
         self._send(
-            lambda notifier: notifier.change(
-                self.service,
-                f"chaos experiment '{experiment.title}' starting",
-                {
-                    "experiment": experiment.title,
-                    "file": str(path),
-                    "verdict": "running",
-                    "journals": str(self.journal_dir),
-                },
-                source=SOURCE,
+            lambda notifier: notifier.gather(
+                "change",
+                None,
+                [
+                    notifier.pagerduty(route.team).change(
+                        f"{self.service}: chaos experiment '{experiment.title}' starting",
+                        SOURCE,
+                        custom_details={
+                            "experiment": experiment.title,
+                            "file": str(path),
+                            "verdict": "running",
+                            "journals": str(self.journal_dir),
+                        },
+                        timestamp=time.time(),
+                    )
+                ],
             )
         )
 

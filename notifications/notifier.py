@@ -212,7 +212,7 @@ class Notifier:
         links: Sequence[Link] = (),
     ) -> list[Awaitable[Delivery]]:
         """The Slack and email messages of the route (not yet sent), `links` on lines of
-        their own."""
+        their own (in Slack, a block of their own)."""
         team = self.config.teams[route.team]
         tag = TAGS[purpose]
         sends: list[Awaitable[Delivery]] = []
@@ -232,18 +232,23 @@ class Notifier:
             headline = f"*[{tag}]* `{escape(route.service)}` {escape(text)}"
             if incident_key:
                 headline += f"\nincident `{escape(incident_key)}`"
-            for link in links:  # Slack's link markup: <URL|text>, both escaped
-                shown = link.get("text") or link["href"]
-                headline += f"\n<{escape(link['href'])}|{escape(shown)}>"
+            # Slack's link markup, <URL|text>, both escaped; in a block of their own, so a
+            # headline cut to the section limit never cuts a link.
+            link_lines = "\n".join(
+                f"<{escape(link['href'])}|{escape(link.get('text') or link['href'])}>"
+                for link in links
+            )
             context = [
                 {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
             ][:10]
             section = cut_escaped(headline, SLACK_SECTION_TEXT_LIMIT)
-            blocks = [
-                {"type": "section", "text": {"type": "mrkdwn", "text": section}},
-                {"type": "context", "elements": context},
-            ]
-            sends.append(slack.post(headline, blocks))
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": section}}]
+            if link_lines:
+                blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link_lines}})
+            blocks.append({"type": "context", "elements": context})
+            # The notification's text (Slack shows it where blocks cannot be) is not cut.
+            fallback = f"{headline}\n{link_lines}" if link_lines else headline
+            sends.append(slack.post(fallback, blocks))
         if "email" in route.channels and team.email is not None:
             mail = team.email
             channel = self._channels.get((route.team, "email"))
