@@ -61,7 +61,8 @@ class ScheduleKeeper(Protocol):
         ...
 
     def read(self) -> str | None:
-        """The state as last kept, or None (none kept, or it cannot be read now)."""
+        """The state as last kept, or None when none is kept (a keeper whose store may not
+        answer waits for it, or raises: None would start a new grid and move the kept times)."""
         ...
 
     def write(self, state_json: str) -> None:

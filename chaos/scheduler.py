@@ -29,7 +29,7 @@ from chaos.processes import read_cmdline, running
 from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
-from chaos.schedule_store import StoreScheduleKeeper, schedule_name
+from chaos.schedule_store import ScheduleNotRead, StoreScheduleKeeper, schedule_name
 from chaos.targets import Deployment, from_testbed
 from chaos.testbed import running_testbed
 from common.points_in_time import iso_utc
@@ -200,17 +200,25 @@ def run_schedule(
     # A dry run keeps no schedule: it plans, and a real schedule's times are not its to move.
     scheduled = every is not None or cron is not None
     grid = None
-    if scheduled and not dry_run:
-        # Against a deployment, kept in its control store (a restarted scheduler needs no disk
-        # of its own); the embedded testbed's store lasts one run, so beside the journals.
-        keeper = (
-            journal_dir
-            if target is None
-            else StoreScheduleKeeper(target, schedule_name([p for p, _ in experiments]), say)
-        )
-        grid = ScheduleGrid(keeper, every, time.time(), cron)
     try:
-        if grid is not None:
+        if scheduled and not dry_run:
+            # Against a deployment, kept in its control store (a restarted scheduler needs no
+            # disk of its own); the embedded testbed's store lasts one run: beside the journals.
+            keeper = (
+                journal_dir
+                if target is None
+                else StoreScheduleKeeper(
+                    target,
+                    schedule_name([p for p, _ in experiments], every, cron),
+                    say,
+                    stop,
+                    journal_dir,
+                )
+            )
+            try:
+                grid = ScheduleGrid(keeper, every, time.time(), cron)
+            except ScheduleNotRead:
+                return journals  # stopped while the store did not answer: nothing ran
             wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
             for path, experiment in experiments:
