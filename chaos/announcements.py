@@ -1,9 +1,11 @@
 """Announcing each scheduled chaos run through the notification channels (`ratequeue-chaos run
---every ... --notifications FILE`): its start, then its verdict. A failed verdict triggers a
-PagerDuty alert (dedup key per deployment and experiment) and tells Slack and email; any other
-verdict and the start are change events (they page nobody), and a passed verdict also resolves the
-alert a failed run of the same experiment raised. Each message names the experiment, the verdict and
-the journal's path.
+--every ... --notifications FILE`): its start as a PagerDuty change event only, then its verdict,
+the one Slack and email message of the run. A failed verdict triggers a PagerDuty alert (dedup key
+per deployment and experiment) and tells Slack and email; any other verdict is a change event (it
+pages nobody) and a message, and a passed verdict also resolves the alert a failed run of the same
+experiment raised. Each message names the experiment, the verdict and
+the journal's path; with the URL the journal directory is served at (`--journal-url`), a verdict's
+PagerDuty event and messages link the run's journal there.
 
 Not for: sending (`notifications`), what channels a service has (the notification config), or
 deciding a verdict (`runner`).
@@ -12,8 +14,10 @@ deciding a verdict (`runner`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from chaos.experiments import Experiment
 from chaos.journal import Journal, Say
@@ -22,6 +26,7 @@ from chaos.runner import slug
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery
 from notifications.notifier import Notifier
+from notifications.pagerduty import Link
 
 SOURCE = "chaos run"
 
@@ -30,25 +35,50 @@ class RunAnnouncer(RunWatcher):
     """Announces runs for `service` (its route in `config`); says each failed delivery."""
 
     def __init__(
-        self, config: NotificationConfig, service: str, journal_dir: Path, say: Say
+        self,
+        config: NotificationConfig,
+        service: str,
+        journal_dir: Path,
+        say: Say,
+        journal_url: str | None = None,
     ) -> None:
         self.config = config
         self.service = service
         self.journal_dir = journal_dir
         self.say = say
+        self.journal_url = journal_url
+
+    def journal_links(self, run_id: str) -> list[Link]:
+        """The link to the run's journal where the journal directory is served (none when
+        that is not said)."""
+        if self.journal_url is None:
+            return []
+        href = f"{self.journal_url.rstrip('/')}/{quote(run_id, safe='')}.json"
+        return [{"href": href, "text": f"journal of run {run_id}"}]
 
     def started(self, path: Path, experiment: Experiment) -> None:
+        # A PagerDuty change event alone (what change events are for: a change that may
+        # explain what follows); Slack and email get one message per run, its verdict.
+        route = self.config.route(self.service)
+        if route is None or "pagerduty" not in route.channels:
+            return
         self._send(
-            lambda notifier: notifier.change(
-                self.service,
-                f"chaos experiment '{experiment.title}' starting",
-                {
-                    "experiment": experiment.title,
-                    "file": str(path),
-                    "verdict": "running",
-                    "journals": str(self.journal_dir),
-                },
-                source=SOURCE,
+            lambda notifier: notifier.gather(
+                "change",
+                None,
+                [
+                    notifier.pagerduty(route.team).change(
+                        f"{self.service}: chaos experiment '{experiment.title}' starting",
+                        SOURCE,
+                        custom_details={
+                            "experiment": experiment.title,
+                            "file": str(path),
+                            "verdict": "running",
+                            "journals": str(self.journal_dir),
+                        },
+                        timestamp=time.time(),
+                    )
+                ],
             )
         )
 
@@ -62,6 +92,7 @@ class RunAnnouncer(RunWatcher):
             "deployment": journal.deployment,
         }
         key = self.incident_key(journal.deployment, journal.experiment)
+        links = self.journal_links(journal.run_id)
         if journal.verdict == "failed":
             self._send(
                 lambda notifier: notifier.page(
@@ -71,12 +102,13 @@ class RunAnnouncer(RunWatcher):
                     details,
                     source=SOURCE,
                     event_class="chaos_experiment",
+                    links=links,
                 )
             )
             return
 
         async def change_and_resolve(notifier: Notifier) -> list[Delivery]:
-            sent = await notifier.change(self.service, text, details, source=SOURCE)
+            sent = await notifier.change(self.service, text, details, source=SOURCE, links=links)
             route = self.config.route(self.service)
             if journal.verdict == "passed" and route and "pagerduty" in route.channels:
                 sent += await notifier.gather(

@@ -27,7 +27,7 @@ from ratequeue.membership import boot_arguments
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
-add_version_option(app, "chaos")
+add_version_option(app, "ratequeue-chaos")  # `chaos` is Chaos Toolkit's
 console = Console()
 
 
@@ -332,7 +332,13 @@ def run(
                 from chaos.announcements import RunAnnouncer
 
                 watchers.append(
-                    RunAnnouncer(channels, settings.notify_service, settings.journal_dir, say)
+                    RunAnnouncer(
+                        channels,
+                        settings.notify_service,
+                        settings.journal_dir,
+                        say,
+                        settings.journal_url,
+                    )
                 )
             if metrics is not None:
                 watchers.append(metrics)

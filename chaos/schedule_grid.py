@@ -2,8 +2,9 @@
 start (start, start + every, start + 2·every, ...), so runs do not drift by their own length, or,
 with `--cron`, at the times a cron expression names (`cron_schedule`); a run
 that overran its slot skips the slots it missed (and says how many) instead of running them
-back to back; and the grid and the next run time are kept in a file beside the journals, so a
-restarted scheduler keeps its times.
+back to back; and the grid and the next run time are kept, so a restarted scheduler keeps its
+times: in the target deployment's control store (`schedule_store`), or, for runs on the
+embedded testbed (whose store lasts one run), in a file beside the journals (`ScheduleFile`).
 
 Not for: running anything, jitter, or the run lock (`scheduler`).
 """
@@ -14,6 +15,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -50,13 +52,56 @@ class Slot(BaseModel):
 MAX_COUNTED_SLOTS = 10_000
 
 
+class ScheduleKeeper(Protocol):
+    """Where a schedule's state is kept between runs of the scheduler."""
+
+    @property
+    def where(self) -> str:
+        """Where that is, as a person would look for it."""
+        ...
+
+    def read(self) -> str | None:
+        """The state as last kept, or None when none is kept (a keeper whose store may not
+        answer waits for it, or raises: None would start a new grid and move the kept times)."""
+        ...
+
+    def write(self, state_json: str) -> None:
+        """Keep the state, replacing what was kept."""
+        ...
+
+
+class ScheduleFile:
+    """A schedule kept in `directory/chaos-schedule.json`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / SCHEDULE_FILE
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def read(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write(self, state_json: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary file renamed over the old one: a crash never leaves half a file.
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".schedule-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(state_json)
+        os.replace(temporary, self.path)
+
+
 class ScheduleGrid:
-    """A schedule's fixed grid (a period, or a cron expression's times), kept in
-    `directory/chaos-schedule.json`."""
+    """A schedule's fixed grid (a period, or a cron expression's times), kept by `keeper` (a
+    directory: in its `chaos-schedule.json`)."""
 
     def __init__(
         self,
-        directory: Path,
+        keeper: ScheduleKeeper | Path,
         every: float | None,
         now: float,
         cron: CronSchedule | None = None,
@@ -65,7 +110,7 @@ class ScheduleGrid:
             raise ValueError("a schedule has either a period or a cron expression")
         if every is not None and not every > 0:
             raise ValueError(f"every must be more than 0 seconds, not {every}")
-        self.path = directory / SCHEDULE_FILE
+        self.keeper = ScheduleFile(keeper) if isinstance(keeper, Path) else keeper
         self.every = every
         self.cron = cron
         self.resumed = False
@@ -94,10 +139,13 @@ class ScheduleGrid:
         return count, count >= MAX_COUNTED_SLOTS
 
     def _read(self) -> ScheduleState | None:
+        kept = self.keeper.read()
+        if kept is None:
+            return None
         try:
-            return ScheduleState.model_validate_json(self.path.read_bytes())
-        except (OSError, ValidationError):
-            return None  # none kept, or not ours to trust: a fresh grid
+            return ScheduleState.model_validate_json(kept)
+        except ValidationError:
+            return None  # not ours to trust: a fresh grid
 
     @property
     def next_run(self) -> float:
@@ -147,10 +195,5 @@ class ScheduleGrid:
         return math.floor((at - self.state.origin) / (self.every or 1) + 1e-9)
 
     def save(self) -> None:
-        """Keep the grid and the next run in the schedule file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temporary file renamed over the old one: a crash never leaves half a file.
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".schedule-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.state.model_dump_json(exclude_none=True))
-        os.replace(temporary, self.path)
+        """Keep the grid and the next run."""
+        self.keeper.write(self.state.model_dump_json(exclude_none=True))

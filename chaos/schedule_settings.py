@@ -19,6 +19,7 @@ from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common.durations import parse_duration
 from common.errors import SettingProblem
 from common.settings import Setting
+from common.validation import HttpUrlText
 
 
 def _cron_text(expression: str | None) -> str | None:
@@ -49,6 +50,11 @@ class ScheduleSettings(BaseModel):
     runs: int | None = Field(None, ge=1, description="stop after this many runs ended")
     notifications: Path | None = Field(
         None, description="channels (YAML) announcing each run's start and verdict"
+    )
+    journal_url: HttpUrlText | None = Field(
+        None,
+        description="URL the journal directory is served at: each run's announcement links "
+        "its journal there (JOURNAL_URL/RUN_ID.json)",
     )
     notify_service: str = Field(
         "chaos", min_length=1, description="the service whose route in --notifications is used"

@@ -1,16 +1,16 @@
 """Running experiments once or on a schedule (`ratequeue-chaos run --every 4h --jitter 10m`): no two
 runs overlap (the run lock in the coordination store), a failed run does not stop the schedule, each
-run's journal is handed to `on_journal` as the run ends, runs start on a fixed grid kept beside the
-journals (`schedule_grid`: no drift, missed slots skipped and said, the next run time kept
-across a restart), and SIGTERM lets the current run finish its rollbacks before the process
-exits. With no target, each run starts the embedded local testbed and stops it afterwards.
+run's journal is handed to `on_journal` as the run ends, runs start on a fixed grid kept in the
+target's control store, or beside the journals for the embedded testbed (`schedule_grid`: no
+drift, missed slots skipped and said, the next run time kept across a restart), and SIGTERM
+lets the current run finish its rollbacks before the process exits. With no target, each run
+starts the embedded local testbed and stops it afterwards.
 
 Not for: what happens inside a run (see `runner`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import redis
-
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import RefusedTarget, TargetError
 from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
@@ -31,12 +29,11 @@ from chaos.processes import read_cmdline, running
 from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
-from chaos.targets import Deployment, from_testbed, store_unreachable
+from chaos.schedule_store import ScheduleNotRead, StoreScheduleKeeper, schedule_name
+from chaos.targets import Deployment, from_testbed
 from chaos.testbed import running_testbed
-from common.errors import EtcdUnreachable
 from common.points_in_time import iso_utc
 from lazarus_lite.coordination.interface import RunLock
-from lazarus_lite.coordination.opening import opened_coordination_store
 
 T = TypeVar("T")
 PID_FILE = "chaos-run.pid"
@@ -54,19 +51,9 @@ def check_target_allowed(deployment: Deployment, allow_prod: bool) -> None:
 def run_lock(deployment: Deployment, holder: str, ttl_seconds: float) -> Iterator[None]:
     """Hold the deployment's run lock; raise TargetError if another run holds it, or if the
     control store cannot be reached."""
-    address = deployment.store_address()
 
     def on_lock(use: Callable[[RunLock], Awaitable[T]]) -> T:
-        async def run() -> T:
-            async with opened_coordination_store(address, timeout=3) as store:
-                return await use(store.run_lock)
-
-        try:
-            return asyncio.run(run())
-        except (redis.RedisError, EtcdUnreachable, ValueError) as error:  # ValueError: a bad URL
-            raise store_unreachable(
-                deployment.etcd_endpoints or deployment.control, error
-            ) from None
+        return deployment.on_store(lambda store: use(store.run_lock))
 
     current = on_lock(lambda lock: lock.take(holder, ttl_seconds))
     if current is not None:
@@ -212,11 +199,26 @@ def run_schedule(
     rng = random.Random()
     # A dry run keeps no schedule: it plans, and a real schedule's times are not its to move.
     scheduled = every is not None or cron is not None
-    grid = (
-        ScheduleGrid(journal_dir, every, time.time(), cron) if scheduled and not dry_run else None
-    )
+    grid = None
     try:
-        if grid is not None:
+        if scheduled and not dry_run:
+            # Against a deployment, kept in its control store (a restarted scheduler needs no
+            # disk of its own); the embedded testbed's store lasts one run: beside the journals.
+            keeper = (
+                journal_dir
+                if target is None
+                else StoreScheduleKeeper(
+                    target,
+                    schedule_name([p for p, _ in experiments], every, cron),
+                    say,
+                    stop,
+                    journal_dir,
+                )
+            )
+            try:
+                grid = ScheduleGrid(keeper, every, time.time(), cron)
+            except ScheduleNotRead:
+                return journals  # stopped while the store did not answer: nothing ran
             wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
             for path, experiment in experiments:
@@ -301,7 +303,7 @@ def wait_for_first_slot(
             stop.wait(timeout=max(0.0, slot.at + rng.uniform(-jitter, jitter) - time.time()))
         return
     missed = f"; {slot.skipped_text()} slot(s) passed while it was stopped" if slot.skipped else ""
-    say(f"resuming the schedule kept in {grid.path}: next run at {clock(slot.at)}{missed}")
+    say(f"resuming the schedule kept in {grid.keeper.where}: next run at {clock(slot.at)}{missed}")
     if slot.at > time.time():
         for watcher in watchers:
             watcher.next_run(slot.at)

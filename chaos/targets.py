@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -33,10 +34,12 @@ from common import input_files
 from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
 from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.sentinel_topology import SentinelTopologySource, parse_sentinel_addresses
 from ratequeue.topology import Topology
 
+T = TypeVar("T")
 Backend = Literal["local", "docker", "gremlin"]
 
 
@@ -137,31 +140,50 @@ class Deployment(BaseModel):
                 return node
         raise TargetError(f"node {name} is not in deployment {self.name}")
 
+    def on_store(self, use: Callable[[CoordinationStore], Awaitable[T]]) -> T:
+        """`use` on the deployment's coordination store, opened for that call alone;
+        TargetError when the store does not answer or its URL cannot be used (a
+        ValidationError of what it holds is raised as is)."""
+
+        async def call() -> T:
+            async with opened_coordination_store(self.store_address(), timeout=3) as store:
+                return await use(store)
+
+        return self._answered(call)
+
+    def _answered(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`call` run to its end; TargetError when the control store does not answer."""
+        try:
+            return asyncio.run(call())
+        except ValidationError:
+            raise  # what the store holds, not the store: the caller says what it is
+        except (redis.RedisError, EtcdUnreachable, ValueError) as error:  # ValueError: a bad URL
+            raise store_unreachable(self.etcd_endpoints or self.control, error) from None
+
     def topology(self) -> Topology:
         """The shard map in the control store; TargetError if it cannot be read or used."""
         try:
-            found = asyncio.run(self._load_topology())
-        except ValidationError as error:  # a ValueError too: first
+            found = (
+                self._answered(self._sentinel_topology)
+                if self.sentinels
+                else self.on_store(lambda store: store.topology.load())
+            )
+        except ValidationError as error:
             raise TargetError(
                 f"the topology in the control store {self.control} is not one this version "
                 f"reads: {describe_problems(error)}"
             ) from None
-        except (redis.RedisError, EtcdUnreachable, ValueError) as error:
-            raise store_unreachable(self.etcd_endpoints or self.control, error) from None
         if found is None:
             raise TargetError(f"no topology in the control store {self.control}")
         return found
 
-    async def _load_topology(self) -> Topology | None:
-        if self.sentinels:
-            addresses = parse_sentinel_addresses(",".join(self.sentinels))
-            source = SentinelTopologySource.over_control_store(self.control, addresses)
-            try:
-                return await source.load()
-            finally:
-                await source.aclose()
-        async with opened_coordination_store(self.store_address(), timeout=3) as store:
-            return await store.topology.load()
+    async def _sentinel_topology(self) -> Topology | None:
+        addresses = parse_sentinel_addresses(",".join(self.sentinels))
+        source = SentinelTopologySource.over_control_store(self.control, addresses)
+        try:
+            return await source.load()
+        finally:
+            await source.aclose()
 
     def record_pid(self, name: str, pid: int) -> None:
         """Node `name` runs as `pid` now (a fault restarted it): later faults reach that

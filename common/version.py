@@ -1,5 +1,5 @@
 """The testbed's one version, read from the installed package's metadata, and the `--version`
-option every command line (chaos, lazarus, ratequeue, detection) shares.
+option every command line (ratequeue-chaos, lazarus, ratequeue, detection) shares.
 
 Not for: the Nagios plugin's `-V` (`detection check` answers it itself, exiting UNKNOWN as the
 plugin guidelines ask) or any version negotiation between services.

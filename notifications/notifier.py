@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -94,10 +94,11 @@ class Notifier:
         event_class: str | None = None,
         triggered_at: float | None = None,
         event_id: str | None = None,
+        links: Sequence[Link] = (),
     ) -> list[Delivery]:
         """Trigger a page (PagerDuty trigger with dedup_key = incident_key, stamped
-        `triggered_at`, default now, linking to the audit record of `event_id`) and tell the
-        service's other channels."""
+        `triggered_at`, default now, linking to the audit record of `event_id` and to `links`)
+        and tell the service's other channels (with `links`)."""
         route = self.config.route(service)
         if route is None:
             return [self.no_route("page", service, incident_key)]
@@ -117,7 +118,7 @@ class Notifier:
                     custom_details=details,
                     timestamp=time.time() if triggered_at is None else triggered_at,
                     client=self.config.client,
-                    links=self.audit_links(event_id),
+                    links=[*self.audit_links(event_id), *links],
                 )
             )
         return await self.gather(
@@ -125,7 +126,7 @@ class Notifier:
             incident_key,
             [
                 *sends,
-                *self.messages(route, "page", incident_key, summary, details),
+                *self.messages(route, "page", incident_key, summary, details, links),
             ],
         )
 
@@ -152,9 +153,10 @@ class Notifier:
         details: Mapping[str, Any] | None = None,
         *,
         source: str | None = None,
+        links: Sequence[Link] = (),
     ) -> list[Delivery]:
         """A change that is no problem: a PagerDuty change event (it pages nobody) and a
-        message on the service's Slack and email channels."""
+        message on the service's Slack and email channels, each with `links`."""
         route = self.config.route(service)
         if route is None:
             return [self.no_route("change", service, None)]
@@ -166,10 +168,11 @@ class Notifier:
                     source or service,
                     custom_details=details,
                     timestamp=time.time(),
+                    links=links,
                 )
             )
         return await self.gather(
-            "change", None, [*sends, *self.messages(route, "change", None, text, details)]
+            "change", None, [*sends, *self.messages(route, "change", None, text, details, links)]
         )
 
     def audit_links(self, event_id: str | None) -> list[Link]:
@@ -206,8 +209,10 @@ class Notifier:
         incident_key: str | None,
         text: str,
         details: Mapping[str, Any] | None,
+        links: Sequence[Link] = (),
     ) -> list[Awaitable[Delivery]]:
-        """The Slack and email messages of the route (not yet sent)."""
+        """The Slack and email messages of the route (not yet sent), `links` on lines of
+        their own (in Slack, a block of their own)."""
         team = self.config.teams[route.team]
         tag = TAGS[purpose]
         sends: list[Awaitable[Delivery]] = []
@@ -227,15 +232,23 @@ class Notifier:
             headline = f"*[{tag}]* `{escape(route.service)}` {escape(text)}"
             if incident_key:
                 headline += f"\nincident `{escape(incident_key)}`"
+            # Slack's link markup, <URL|text>, both escaped; in a block of their own, so a
+            # headline cut to the section limit never cuts a link.
+            link_lines = "\n".join(
+                f"<{escape(link['href'])}|{escape(link.get('text') or link['href'])}>"
+                for link in links
+            )
             context = [
                 {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
             ][:10]
             section = cut_escaped(headline, SLACK_SECTION_TEXT_LIMIT)
-            blocks = [
-                {"type": "section", "text": {"type": "mrkdwn", "text": section}},
-                {"type": "context", "elements": context},
-            ]
-            sends.append(slack.post(headline, blocks))
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": section}}]
+            if link_lines:
+                blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link_lines}})
+            blocks.append({"type": "context", "elements": context})
+            # The notification's text (Slack shows it where blocks cannot be) is not cut.
+            fallback = f"{headline}\n{link_lines}" if link_lines else headline
+            sends.append(slack.post(fallback, blocks))
         if "email" in route.channels and team.email is not None:
             mail = team.email
             channel = self._channels.get((route.team, "email"))
@@ -260,6 +273,7 @@ class Notifier:
                     f"{tag}: {text}",
                     "",
                     *(f"{k}: {v}" for k, v in facts.items()),
+                    *(f"{link.get('text') or 'link'}: {link['href']}" for link in links),
                     f"at: {when(time.time())}",
                     "",
                     f"-- {self.config.client}",

@@ -111,16 +111,20 @@ class PagerDuty(HttpChannel):
         *,
         custom_details: Mapping[str, Any] | None = None,
         timestamp: float | None = None,
+        links: Sequence[Link] = (),
     ) -> Delivery:
         """A change event (POST /v2/change/enqueue on the events URL's host: routing_key and
-        payload.summary required, payload.source, .timestamp and .custom_details optional);
-        PagerDuty answers 202 and shows it on the service's recent changes."""
+        payload.summary required, payload.source, .timestamp and .custom_details optional, and
+        `links` beside the payload as in a trigger); PagerDuty answers 202 and shows it on the
+        service's recent changes."""
         payload: dict[str, Any] = {"summary": summary[:SUMMARY_MAX], "source": source}
         if timestamp is not None:
             payload["timestamp"] = datetime.fromtimestamp(timestamp, UTC).isoformat()
         if custom_details:
             payload["custom_details"] = dict(custom_details)
-        body = {"routing_key": self.routing_key, "payload": payload}
+        body: dict[str, Any] = {"routing_key": self.routing_key, "payload": payload}
+        if links:
+            body["links"] = [dict(link) for link in links]
         url = urlsplit(self.url)._replace(path=CHANGE_EVENTS_PATH, query="").geturl()
 
         async def attempt() -> tuple[int | None, dict[str, Any]]:

@@ -416,6 +416,15 @@ async def test_one_chaos_run_holds_the_run_lock(store: CoordinationStore) -> Non
     assert await store.run_lock.take("run-b", ttl=60) is None
 
 
+async def test_a_chaos_schedule_is_kept_by_name_until_replaced(store: CoordinationStore) -> None:
+    assert await store.schedules.kept("nightly") is None
+    await store.schedules.keep("nightly", '{"next_run": 1.0}')
+    await store.schedules.keep("nightly", '{"next_run": 2.0}')
+    await store.schedules.keep("hourly/a b", '{"next_run": 3.0}')
+    assert await store.schedules.kept("nightly") == '{"next_run": 2.0}'
+    assert await store.schedules.kept("hourly/a b") == '{"next_run": 3.0}'
+
+
 # -- the topology ----------------------------------------------------------------------------------
 async def test_the_first_topology_is_stored_on_epoch_zero(store: CoordinationStore) -> None:
     await store.topology.compare_and_set(0, a_topology(1))

@@ -438,3 +438,11 @@ async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(
 
 def test_lock_keys_of_resources_with_slashes_stay_apart() -> None:
     assert etcd_keys.lock("shard", "rq/s0") != etcd_keys.lock("shard/rq", "s0")
+
+
+def test_a_chaos_schedule_key_is_its_name_percent_encoded() -> None:
+    # As README says: a comma, which a schedule of several experiments has, as %2C.
+    name = "kill,replica_kill-0123456789ab"
+    assert etcd_keys.chaos_schedule(name) == (
+        "/lazarus/chaos/schedules/kill%2Creplica_kill-0123456789ab"
+    )

@@ -774,6 +774,18 @@ class EtcdRunLock:
         await self._writes.delete_if(keys.RUN_LOCK, [_holds(keys.RUN_LOCK, holder)])
 
 
+class EtcdChaosSchedules:
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+
+    async def kept(self, name: str) -> str | None:
+        found = await self._client.get(keys.chaos_schedule(name))
+        return None if found is None else found.value.decode()
+
+    async def keep(self, name: str, state_json: str) -> None:
+        await self._client.put(keys.chaos_schedule(name), state_json.encode())
+
+
 class EtcdCoordinationStore:
     """The coordination store on an etcd cluster, with its record log in the Redis on
     `records` (each closed by `aclose` when the store owns them)."""
@@ -797,6 +809,7 @@ class EtcdCoordinationStore:
         self.services = EtcdServiceMembership(writes)
         self.approvals = EtcdApprovals(writes)
         self.run_lock = EtcdRunLock(writes)
+        self.schedules = EtcdChaosSchedules(client)
         self.records = RedisRecordLog(records)
         self.topology = EtcdTopologyStore(client)
 

@@ -103,3 +103,8 @@ def service_forensics(service: str) -> str:
 
 # -- the chaos runner -------------------------------------------------------------------------
 RUN_LOCK = f"{ROOT}chaos/run-lock"
+
+
+def chaos_schedule(name: str) -> str:
+    """A scheduled run's grid and next run time (`chaos.schedule_grid`)."""
+    return f"{ROOT}chaos/schedules/{part(name)}"

@@ -272,6 +272,19 @@ class RunLock(Protocol):
         ...
 
 
+class ChaosSchedules(Protocol):
+    """Where a scheduled chaos run keeps its grid and next run time (`chaos.schedule_grid`), so
+    a scheduler restarted anywhere, without the disk it ran on, keeps its times."""
+
+    async def kept(self, name: str) -> str | None:
+        """The schedule `name` as last kept (its JSON), or None."""
+        ...
+
+    async def keep(self, name: str, state_json: str) -> None:
+        """Keep the schedule `name` (its JSON), replacing what was kept."""
+        ...
+
+
 class RecordLog(Protocol):
     """Records kept for people and reports, not for deciding: the audit trail, the escalations
     stream, what shadow mode would have run, and the API's write failures."""
@@ -322,6 +335,7 @@ class CoordinationStore(Protocol):
     services: ServiceMembership
     approvals: Approvals
     run_lock: RunLock
+    schedules: ChaosSchedules
     records: RecordLog
     topology: TopologySource
     # What this backend raises when the store cannot answer (the API answers it with a 503,

@@ -419,6 +419,17 @@ class RedisRunLock:
         await self._release(keys=[keys.RUN_LOCK], args=[holder])
 
 
+class RedisChaosSchedules:
+    def __init__(self, control: aioredis.Redis) -> None:
+        self._control = control
+
+    async def kept(self, name: str) -> str | None:
+        return _text(await self._control.get(keys.chaos_schedule(name)))
+
+    async def keep(self, name: str, state_json: str) -> None:
+        await self._control.set(keys.chaos_schedule(name), state_json)
+
+
 class RedisRecordLog:
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
@@ -482,6 +493,7 @@ class RedisCoordinationStore:
         self.services = RedisServiceMembership(control)
         self.approvals = RedisApprovals(control)
         self.run_lock = RedisRunLock(control)
+        self.schedules = RedisChaosSchedules(control)
         self.records = RedisRecordLog(control)
         self.topology = TopologyStore(control)
 

@@ -101,6 +101,11 @@ def approval(workflow_id: str, step_name: str) -> str:
 RUN_LOCK = "chaos:run-lock"  # the holder of the one experiment run at a time
 
 
+def chaos_schedule(name: str) -> str:
+    """A scheduled run's grid and next run time (`chaos.schedule_grid`)."""
+    return f"chaos:schedule:{name}"
+
+
 # -- the stateless services' registry ---------------------------------------------------------
 def service_members(service: str) -> str:
     """Hash: the hosts (base URLs) behind the service's load balancer."""

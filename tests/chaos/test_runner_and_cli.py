@@ -21,15 +21,17 @@ from typer.testing import CliRunner
 
 from chaos import scheduler
 from chaos.cli import app
+from chaos.cron_schedule import CronSchedule
 from chaos.errors import TargetError
 from chaos.journal import HypothesisOutcome, Journal, read_journals
 from chaos.processes import process_state, read_cmdline
 from chaos.report import write_report
+from chaos.schedule_store import schedule_name
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, from_testbed
 from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
 from common.nodes import CLIENT_HOST
-from common.redis_processes import free_port
+from common.redis_processes import RedisProcess, free_port, start_redis
 from lazarus_lite.coordination.interface import RunLock
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.local_cluster import LocalCluster
@@ -372,17 +374,23 @@ def test_a_journal_round_trips_as_json(tmp_path: Path) -> None:
     assert redis  # imported for the lock test's deployment
 
 
-def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[str] = []
+def passing_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stand-in runs that pass at once; returns the list they append "run" to."""
+    runs: list[str] = []
 
     def run(path: Path, experiment: object, **_: object) -> Journal:
-        events.append("run")
-        return Journal(run_id=f"r{len(events)}", experiment="x", deployment="d",
+        runs.append("run")
+        return Journal(run_id=f"r{len(runs)}", experiment="x", deployment="d",
                        environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
 
     monkeypatch.setattr(scheduler, "run_one", run)
+    return runs
+
+
+def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = passing_runs(monkeypatch)  # the verdicts go into the same list
     run_schedule([SCENARIOS / "replica_kill.yaml"], target=None, journal_dir=tmp_path,
                  every=0.01, jitter=0, dry_run=False, say=lambda _: None,
                  stop=threading.Event(), max_runs=3,
@@ -390,6 +398,150 @@ def test_a_schedule_hands_each_verdict_on_as_its_run_ends_and_keeps_its_next_run
     assert events == ["run", "verdict passed"] * 3
     kept = json.loads((tmp_path / "chaos-schedule.json").read_text())
     assert kept["every"] == 0.01 and kept["next_run"] >= kept["origin"]
+
+
+def test_a_schedule_against_a_deployment_keeps_its_next_run_in_the_control_store(
+    store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    deployment = Deployment.model_construct(name="d", control=store.control.url)
+    stop = threading.Event()
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment,
+                 journal_dir=tmp_path / "first-host", every=3600, jitter=0, dry_run=False,
+                 say=lambda _: None, stop=stop, on_journal=lambda _: stop.set())  # fmt: skip
+    name = schedule_name([SCENARIOS / "replica_kill.yaml"], 3600)
+    kept = json.loads(redis.Redis.from_url(store.control.url).get(f"chaos:schedule:{name}"))
+    assert runs == ["run"] and kept["every"] == 3600
+    assert kept["next_run"] == pytest.approx(kept["origin"] + 3600)
+    assert not (tmp_path / "first-host" / "chaos-schedule.json").exists()
+
+    # Restarted elsewhere, without the first host's disk: it waits for the kept time.
+    said: list[str] = []
+    again = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("resuming"):
+            again.set()  # stop instead of waiting an hour for the kept run
+
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment,
+                 journal_dir=tmp_path / "second-host", every=3600, jitter=0, dry_run=False,
+                 say=say, stop=again)  # fmt: skip
+    assert runs == ["run"], said
+    assert any("kept in the control store" in line for line in said), said
+
+
+def test_a_schedule_waits_for_a_store_that_cannot_be_read_instead_of_replacing_its_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    experiment = SCENARIOS / "replica_kill.yaml"
+    port = free_port()
+    key = f"chaos:schedule:{schedule_name([experiment], 3600)}"
+    origin = time.time() - 1800  # kept half an hour ago: the next run is half an hour ahead
+    seeded = json.dumps({"origin": origin, "every": 3600, "next_run": origin + 3600})
+    started: list[RedisProcess] = []
+    said: list[str] = []
+    stop = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("the kept schedule cannot be read") and not started:
+            # The store comes up, holding the schedule, while the scheduler asks again.
+            started.append(start_redis("control", "control", None, tmp_path, port=port))
+            started[0].client().set(key, seeded)
+        if line.startswith("resuming"):
+            stop.set()  # instead of waiting half an hour for the kept run
+
+    deployment = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:{port}")
+    try:
+        run_schedule([experiment], target=deployment, journal_dir=tmp_path / "j", every=3600,
+                     jitter=0, dry_run=False, say=say, stop=stop, max_runs=1)  # fmt: skip
+        kept = json.loads(started[0].client().get(key))
+    finally:
+        for node in started:
+            node.stop()
+    assert runs == [], said
+    assert (kept["origin"], kept["next_run"]) == pytest.approx((origin, origin + 3600))
+
+
+def test_a_schedule_whose_store_never_answers_runs_nothing_and_asks_again_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    gone = Deployment.model_construct(name="d", control=f"redis://{CLIENT_HOST}:{free_port()}")
+    said: list[str] = []
+    stop = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if len(said) == 2:
+            stop.set()
+
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=gone, journal_dir=tmp_path,
+                 every=0.01, jitter=0, dry_run=False, say=say, stop=stop,
+                 max_runs=1)  # fmt: skip
+    assert runs == []
+    assert ["asked again in 1 s" in said[0], "asked again in 2 s" in said[1]] == [True, True], said
+
+
+def test_a_control_store_that_stops_answering_does_not_stop_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control = start_redis("control", "control", None, tmp_path)
+    runs: list[str] = []
+
+    def run(path: Path, experiment: object, **_: object) -> Journal:
+        runs.append("run")
+        control.stop()  # gone once the schedule was read: its next run cannot be kept
+        return Journal(run_id=f"r{len(runs)}", experiment="x", deployment="d",
+                       environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
+
+    monkeypatch.setattr(scheduler, "run_one", run)
+    deployment = Deployment.model_construct(name="d", control=control.url)
+    said: list[str] = []
+    try:
+        run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment,
+                     journal_dir=tmp_path / "j", every=0.01, jitter=0, dry_run=False,
+                     say=said.append, stop=threading.Event(), max_runs=2)  # fmt: skip
+    finally:
+        control.stop()
+    assert runs == ["run", "run"]
+    assert any(line.startswith("the schedule could not be kept") for line in said), said
+
+
+def test_a_schedule_kept_by_an_earlier_version_in_the_journal_directory_is_adopted(
+    store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    origin = time.time() - 600
+    earlier = {"origin": origin, "every": 5400.0, "next_run": origin + 5400}
+    (tmp_path / "chaos-schedule.json").write_text(json.dumps(earlier))
+    stop = threading.Event()
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("resuming"):
+            stop.set()  # instead of waiting for the adopted next run
+
+    deployment = Deployment.model_construct(name="d", control=store.control.url)
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment, journal_dir=tmp_path,
+                 every=5400, jitter=0, dry_run=False, say=say, stop=stop,
+                 max_runs=1)  # fmt: skip
+    name = schedule_name([SCENARIOS / "replica_kill.yaml"], 5400)
+    kept = json.loads(redis.Redis.from_url(store.control.url).get(f"chaos:schedule:{name}"))
+    assert runs == [], said
+    assert kept == pytest.approx(earlier)  # now kept in the control store
+
+
+def test_a_schedule_is_named_for_its_files_paths_and_cadence() -> None:
+    kill = [Path("a/kill.yaml")]
+    assert schedule_name(kill, 3600) == schedule_name([Path("a/../a/kill.yaml")], 3600)
+    assert schedule_name(kill, 3600).startswith("kill-")
+    assert schedule_name(kill, 3600) != schedule_name([Path("b/kill.yaml")], 3600)
+    assert schedule_name(kill, 3600) != schedule_name(kill, 7200)
+    assert schedule_name(kill, None, CronSchedule("0 * * * *")) != schedule_name(kill, 3600)
 
 
 def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalCluster) -> None:

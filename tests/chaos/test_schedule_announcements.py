@@ -1,6 +1,7 @@
-"""`ratequeue-chaos run --every ... --notifications FILE` announces each run as it starts and with
-its verdict, through the project's notification channels: Slack and PagerDuty (a change event for a
-start or a pass, a trigger for a failure, a resolve after a pass), served here on loopback. The
+"""`ratequeue-chaos run --every ... --notifications FILE` announces each run through the project's
+notification channels: its start as a PagerDuty change event only, its verdict as the run's one
+Slack message and a PagerDuty change event for a pass (a trigger for a failure, a resolve after a
+pass), served here on loopback. The
 runs themselves are stand-ins (an experiment against a testbed takes minutes); the schedule,
 the CLI, the notifier and HTTP are real."""
 
@@ -57,30 +58,28 @@ def channels_file(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def three_cycles(tmp_path: Path, http: HttpRecorder) -> Path:
-    """`ratequeue-chaos run --every 200ms --runs 3` announcing to `http`; returns its journal
-    directory."""
+def three_cycles(tmp_path: Path, http: HttpRecorder, *options: str) -> Path:
+    """`ratequeue-chaos run --every 200ms --runs 3 OPTIONS` announcing to `http`; returns its
+    journal directory."""
     journals = tmp_path / "journals"
     channels = channels_file(tmp_path, http.url)
     result = CliRunner().invoke(app, ["run", str(SCENARIO), "--every", "200ms", "--runs", "3",
                                       "--journal-dir", str(journals),
-                                      "--notifications", str(channels)])  # fmt: skip
+                                      "--notifications", str(channels), *options])  # fmt: skip
     assert result.exit_code == 0, result.output
     return journals
 
 
-def test_a_scheduled_run_is_announced_as_it_starts_and_with_its_verdict_and_journal(
+def test_each_scheduled_run_posts_one_slack_message_its_verdict_with_its_journal(
     tmp_path: Path, http: HttpRecorder, three_runs: list[str]
 ) -> None:
     journals = three_cycles(tmp_path, http)
     assert three_runs == ["r1", "r2", "r3"]
     messages = http.received("/slack/")
-    assert len(messages) == 6, messages
-    for run, verdict, start, end in zip(three_runs, VERDICTS, messages[::2], messages[1::2],
-                                        strict=True):  # fmt: skip
-        assert "'Kill a replica' starting" in start["text"]
-        assert f"'Kill a replica': {verdict.upper()}" in end["text"]
-        assert str(journals / f"{run}.json") in str(end["blocks"])
+    assert len(messages) == 3, messages
+    for run, verdict, message in zip(three_runs, VERDICTS, messages, strict=True):
+        assert f"'Kill a replica': {verdict.upper()}" in message["text"]
+        assert str(journals / f"{run}.json") in str(message["blocks"])
 
 
 def test_pagerduty_is_told_a_failure_by_a_trigger_and_the_rest_by_change_events(
@@ -95,3 +94,27 @@ def test_pagerduty_is_told_a_failure_by_a_trigger_and_the_rest_by_change_events(
     (trigger,) = [b for b in http.pagerduty_events() if b["event_action"] == "trigger"]
     assert trigger["payload"]["custom_details"]["verdict"] == "failed"
     assert trigger["payload"]["custom_details"]["journal"].endswith("r2.json")
+
+
+def test_with_a_journal_url_each_verdict_links_its_runs_journal(
+    tmp_path: Path, http: HttpRecorder, three_runs: list[str]
+) -> None:
+    three_cycles(tmp_path, http, "--journal-url", "https://chaos.example/journals/")
+    href = "https://chaos.example/journals/{}.json"
+    verdicts = [b for b in http.received("/v2/change/enqueue") if "starting" not in str(b)]
+    assert [b["links"] for b in verdicts] == [
+        [{"href": href.format(run), "text": f"journal of run {run}"}] for run in ("r1", "r3")
+    ]
+    (trigger,) = [b for b in http.pagerduty_events() if b["event_action"] == "trigger"]
+    assert trigger["links"] == [{"href": href.format("r2"), "text": "journal of run r2"}]
+    ends = http.received("/slack/")
+    assert [f"<{href.format(run)}|journal of run {run}>" in end["text"] for run, end in
+            zip(three_runs, ends, strict=True)] == [True] * 3  # fmt: skip
+
+
+def test_without_a_journal_url_no_announcement_carries_links(
+    tmp_path: Path, http: HttpRecorder, three_runs: list[str]
+) -> None:
+    three_cycles(tmp_path, http)
+    sent = [*http.received("/v2/change/enqueue"), *http.pagerduty_events()]
+    assert sent and not any("links" in body for body in sent)

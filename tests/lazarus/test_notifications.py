@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from chaos.announcements import RunAnnouncer
+from chaos.journal import Journal
 from lazarus_lite.audit import note_deliveries
 from lazarus_lite.paging import Pager, PageState, escalation_key
 from notifications.config import NotificationConfig, load_notification_config
@@ -210,6 +212,23 @@ async def test_email_arrives_naming_the_incident(
     assert "ESCALATED" in message["Subject"] and "inc-mail-7" in message["Subject"]
     body = message.get_content()
     assert "incident: inc-mail-7" in body and "workflow failed" in body and "wf-9" in body
+
+
+def test_a_chaos_verdict_email_carries_the_link_to_its_journal(
+    tmp_path: Path, http: HttpRecorder, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp
+    config = config_for(http, port)
+    announcer = RunAnnouncer(
+        config, "ratequeue-http", tmp_path, say=print, journal_url="https://chaos.example/journals"
+    )
+    journal = Journal(run_id="run-7", experiment="Kill a replica", deployment="staging",
+                      environment="dev", started_at=time.time(), verdict="passed")  # fmt: skip
+    announcer.ended(journal)
+    ((_, _, message),) = recorder.messages
+    body = message.get_content()
+    assert "PASSED" in message["Subject"]
+    assert "journal of run run-7: https://chaos.example/journals/run-7.json" in body
 
 
 async def test_each_service_gets_its_own_channels_or_its_teams(
@@ -501,6 +520,19 @@ async def test_a_long_slack_headline_is_cut_without_splitting_an_escaped_charact
     section = message["blocks"][0]["text"]["text"]
     assert 3000 - len("&amp;") < len(section) <= 3000
     assert section.endswith("&amp;") and "&" not in section.replace("&amp;", "")
+
+
+async def test_slack_links_stay_whole_in_a_block_of_their_own_after_a_long_headline(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    link = {"href": "https://chaos.example/journals/r1.json?a=1&b=2", "text": "journal of r1"}
+    await notifier.notifier.change("ratequeue", "x" * 4000, links=[link])
+    (message,) = http.received("/slack/")
+    headline, links, context = message["blocks"]
+    assert len(headline["text"]["text"]) == 3000 and "chaos.example" not in str(headline)
+    whole = "<https://chaos.example/journals/r1.json?a=1&amp;b=2|journal of r1>"
+    assert links == {"type": "section", "text": {"type": "mrkdwn", "text": whole}}
+    assert context["type"] == "context" and whole in message["text"]
 
 
 @pytest.mark.parametrize("limit", range(20, 30))

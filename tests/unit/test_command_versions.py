@@ -16,7 +16,7 @@ from ratequeue.cli import app as ratequeue_app
 
 @pytest.mark.parametrize(
     ("app", "program"),
-    [(chaos_app, "chaos"), (lazarus_app, "lazarus"), (ratequeue_app, "ratequeue"),
+    [(chaos_app, "ratequeue-chaos"), (lazarus_app, "lazarus"), (ratequeue_app, "ratequeue"),
      (detection_app, "detection")],
 )  # fmt: skip
 def test_version_prints_the_package_metadata_version_and_exits_0(

@@ -91,6 +91,7 @@ EXAMPLES: dict[str, str | list[str]] = {
     "rate_limit_overrides": ["sms=3", "voice=40"],
     "shards": ["s0=127.0.0.1:7000", "s1=127.0.0.1:7001"],
     "cron": "0 */4 * * *",
+    "journal_url": "https://chaos.example/journals",
 }
 
 
