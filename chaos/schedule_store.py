@@ -12,6 +12,7 @@ run: their schedule is kept in a file), or the run lock (`scheduler`).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,13 +38,16 @@ def schedule_name(
     paths: Sequence[Path], every: float | None, cron: CronSchedule | None = None
 ) -> str:
     """The experiments' file names without their suffixes (sorted, joined by commas, for people)
-    and 12 hex digits of a SHA-256 of their resolved paths and the period or cron expression:
+    and 12 hex digits of a SHA-256 of their absolute paths and the period or cron expression:
     `replica_kill-0123456789ab`. Files of one name in two directories, or one set of files on
-    two cadences, are two schedules."""
+    two cadences, are two schedules. The paths are made absolute and normalised (`..` taken
+    out) but symlinks are not followed: a release deployed as `current -> releases/N` keeps its
+    schedule's name across deploys."""
     stems = ",".join(sorted({path.stem for path in paths}))
-    cadence = f"cron {cron.expression}" if cron is not None else f"every {every!r}"
-    resolved = sorted({str(path.resolve()) for path in paths})
-    digest = hashlib.sha256("\n".join([*resolved, cadence]).encode()).hexdigest()
+    # float(): a period of 3600 and of 3600.0 is one cadence.
+    cadence = f"cron {cron.expression}" if cron is not None else f"every {float(every or 0)!r}"
+    absolute = sorted({os.path.normpath(path.absolute()) for path in paths})
+    digest = hashlib.sha256("\n".join([*absolute, cadence]).encode()).hexdigest()
     return f"{stems}-{digest[:12]}"
 
 
@@ -53,7 +57,9 @@ class StoreScheduleKeeper:
     LONGEST_RETRY_SECONDS) until it answers, or raises ScheduleNotRead once `stop` is set; a
     write that fails is said and tried again at the next run. With nothing kept in the store,
     the schedule a scheduler of an earlier version kept in `journal_dir`'s `chaos-schedule.json`
-    is adopted (the grid keeps it if its cadence is the same)."""
+    is adopted (the grid keeps it if its cadence is the same), and once the store keeps the
+    schedule that file is renamed `chaos-schedule.json.adopted`, so no later schedule adopts it
+    again."""
 
     def __init__(
         self,
@@ -68,6 +74,7 @@ class StoreScheduleKeeper:
         self.say = say
         self.stop = stop
         self.earlier_file = None if journal_dir is None else ScheduleFile(journal_dir)
+        self.read_from_earlier_file = False
 
     @property
     def where(self) -> str:
@@ -95,6 +102,7 @@ class StoreScheduleKeeper:
                         f"nothing kept in {self.where}: reading the schedule an earlier "
                         f"version kept in {self.earlier_file.where}"
                     )
+                    self.read_from_earlier_file = True
                     return earlier
             return kept
 
@@ -103,3 +111,13 @@ class StoreScheduleKeeper:
             self.deployment.on_store(lambda store: store.schedules.keep(self.name, state_json))
         except TargetError as error:
             self.say(f"the schedule could not be kept (kept again after the next run): {error}")
+            return
+        if self.read_from_earlier_file and self.earlier_file is not None:
+            self.read_from_earlier_file = False
+            retired = self.earlier_file.path.with_name(self.earlier_file.path.name + ".adopted")
+            try:
+                self.earlier_file.path.replace(retired)
+            except OSError as error:
+                self.say(f"{self.earlier_file.where} could not be renamed {retired.name}: {error}")
+            else:
+                self.say(f"{self.earlier_file.where} is in the store now: renamed {retired.name}")

@@ -217,8 +217,9 @@ def run_schedule(
             )
             try:
                 grid = ScheduleGrid(keeper, every, time.time(), cron)
-            except ScheduleNotRead:
-                return journals  # stopped while the store did not answer: nothing ran
+            except ScheduleNotRead as stopped:
+                say(f"nothing ran: {stopped}")
+                return journals
             wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
             for path, experiment in experiments:

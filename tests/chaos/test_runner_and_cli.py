@@ -533,6 +533,9 @@ def test_a_schedule_kept_by_an_earlier_version_in_the_journal_directory_is_adopt
     kept = json.loads(redis.Redis.from_url(store.control.url).get(f"chaos:schedule:{name}"))
     assert runs == [], said
     assert kept == pytest.approx(earlier)  # now kept in the control store
+    # ... and retired, so no other schedule adopts it again
+    assert not (tmp_path / "chaos-schedule.json").exists()
+    assert (tmp_path / "chaos-schedule.json.adopted").exists()
 
 
 def test_a_schedule_is_named_for_its_files_paths_and_cadence() -> None:
@@ -542,6 +545,24 @@ def test_a_schedule_is_named_for_its_files_paths_and_cadence() -> None:
     assert schedule_name(kill, 3600) != schedule_name([Path("b/kill.yaml")], 3600)
     assert schedule_name(kill, 3600) != schedule_name(kill, 7200)
     assert schedule_name(kill, None, CronSchedule("0 * * * *")) != schedule_name(kill, 3600)
+
+
+def test_a_schedule_keeps_its_name_when_a_symlinked_release_directory_moves(
+    tmp_path: Path,
+) -> None:
+    for release in ("r1", "r2"):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "kill.yaml").write_text("")
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "r1")
+    before = schedule_name([current / "kill.yaml"], 3600.0)
+    current.unlink()
+    current.symlink_to(tmp_path / "r2")
+    assert schedule_name([current / "kill.yaml"], 3600.0) == before
+
+
+def test_a_period_in_whole_seconds_and_as_a_decimal_is_one_schedule() -> None:
+    assert schedule_name([Path("kill.yaml")], 3600) == schedule_name([Path("kill.yaml")], 3600.0)
 
 
 def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalCluster) -> None:
