@@ -250,15 +250,6 @@ def _served_at(control_url: str, port: int) -> list[str]:
 def start_api(
     directory: Path, control_url: str, extra_args: list[str] | None = None
 ) -> TestbedNode:
-    node, process = spawn_api(directory, control_url, extra_args)
-    _wait_healthy(node, process, directory)
-    return node
-
-
-def spawn_api(
-    directory: Path, control_url: str, extra_args: list[str] | None = None
-) -> tuple[TestbedNode, subprocess.Popen]:
-    """The API's process, started and not yet waited for (`_wait_healthy`)."""
     port = free_port((CLIENT_HOST,))
     process = _spawn(
         directory,
@@ -272,7 +263,8 @@ def spawn_api(
     )
     node = TestbedNode(name="api", role="api", host=CLIENT_HOST, port=port, pid=process.pid,
                        restart_command=list(process.args))  # fmt: skip
-    return node, process
+    _wait_healthy(node, process, directory)
+    return node
 
 
 def register_in_balancer(address: StoreAddress, service: str, node: TestbedNode) -> None:
@@ -285,15 +277,14 @@ def register_in_balancer(address: StoreAddress, service: str, node: TestbedNode)
     asyncio.run(register())
 
 
-def spawn_controllers(
+def start_controllers(
     directory: Path,
     control_url: str,
     count: int,
     extra_args: list[str] | None = None,
     token: str = "",
-) -> list[tuple[TestbedNode, subprocess.Popen]]:
-    """`count` Lazarus-lite nodes, each knowing the others as its quorum peers: started, not
-    yet waited for (`_wait_healthy`)."""
+) -> list[TestbedNode]:
+    """`count` Lazarus-lite nodes, each knowing the others as its quorum peers."""
     ports = []
     while len(ports) < count:
         port = free_port((CLIENT_HOST,))
@@ -301,37 +292,44 @@ def spawn_controllers(
             ports.append(port)
     urls = [f"http://{CLIENT_HOST}:{p}" for p in ports]
     started: list[tuple[TestbedNode, subprocess.Popen]] = []
-    for index, port in enumerate(ports):
-        name = f"lazarus{index + 1}"
-        peers = [arg for url in urls if url != urls[index] for arg in ("--peer", url)]
-        process = _spawn(
-            directory,
-            name,
-            [
-                "lazarus_lite",
-                "serve",
-                "--node-id",
+    try:
+        for index, port in enumerate(ports):
+            name = f"lazarus{index + 1}"
+            peers = [arg for url in urls if url != urls[index] for arg in ("--peer", url)]
+            process = _spawn(
+                directory,
                 name,
-                *_served_at(control_url, port),
-                "--quorum",
-                str(min(2, count)),
-                "--actuator-dir",
-                str(directory / "redis"),
-                "--log-level",
-                "info",
-                "--api-token",
-                token,
-                # Returning former primaries rejoin once their data files are copied here.
-                "--forensics-dir",
-                str(directory / "forensics"),
-                *peers,
-                *(extra_args or []),
-            ],
-        )
-        node = TestbedNode(name=name, role="lazarus", host=CLIENT_HOST, port=port,
-                           pid=process.pid, restart_command=list(process.args))  # fmt: skip
-        started.append((node, process))
-    return started
+                [
+                    "lazarus_lite",
+                    "serve",
+                    "--node-id",
+                    name,
+                    *_served_at(control_url, port),
+                    "--quorum",
+                    str(min(2, count)),
+                    "--actuator-dir",
+                    str(directory / "redis"),
+                    "--log-level",
+                    "info",
+                    "--api-token",
+                    token,
+                    # Returning former primaries rejoin once their data files are copied here.
+                    "--forensics-dir",
+                    str(directory / "forensics"),
+                    *peers,
+                    *(extra_args or []),
+                ],
+            )
+            node = TestbedNode(name=name, role="lazarus", host=CLIENT_HOST, port=port,
+                               pid=process.pid, restart_command=list(process.args))  # fmt: skip
+            started.append((node, process))
+        for node, process in started:
+            _wait_healthy(node, process, directory)
+    except BaseException:
+        for node, _ in started:
+            _terminate(node)
+        raise
+    return [node for node, _ in started]
 
 
 def start_sensor(
@@ -496,19 +494,13 @@ def up(
                 *(controller_args or []),
             ]
             sensor_args = [*endpoints, *(sensor_args or [])]
-        # The API and the controllers start together and are then waited for: their Python
-        # start-up is most of a testbed's, and neither needs the other to start.
-        api, api_process = spawn_api(directory, cluster.control.url, api_args)
+        api = start_api(directory, cluster.control.url, api_args)
         started.append(api)
-        spawned = spawn_controllers(
+        register_in_balancer(address, "ratequeue-api", api)
+        lazarus = start_controllers(
             directory, cluster.control.url, controllers, controller_args, token
         )
-        lazarus = [node for node, _ in spawned]
         started += lazarus
-        _wait_healthy(api, api_process, directory)
-        register_in_balancer(address, "ratequeue-api", api)
-        for node, process in spawned:
-            _wait_healthy(node, process, directory)
         if sensors:
             replicas_started = [n for n in nodes if n.role == "replica"]
             started += [
