@@ -57,8 +57,17 @@ pytestmark = [
     ),
 ]
 
-# Once each in CI (its time budget); more by hand (the module docstring).
-RUNS = range(int(os.environ.get("RATEQUEUE_COMPOUND_RUNS", "1")))
+
+def compound_runs() -> range:
+    """Once each in CI (its time budget); more by hand (the module docstring). A value that is
+    not a whole number of at least 1 is refused by name: 0 would skip every schedule silently."""
+    text = os.environ.get("RATEQUEUE_COMPOUND_RUNS", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise pytest.UsageError(f"RATEQUEUE_COMPOUND_RUNS={text!r}: expected a whole number >= 1")
+    return range(int(text))
+
+
+RUNS = compound_runs()
 
 
 @pytest.fixture
