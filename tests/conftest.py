@@ -1,5 +1,6 @@
-"""Fixtures: real redis-server clusters on free loopback ports, a sync client, and the HTTP API
-served by uvicorn in a thread. Everything started here is stopped at teardown, also on failure."""
+"""Fixtures: real redis-server clusters on free loopback ports, a sync client, the HTTP API
+served by uvicorn in a thread, and scenario runs on embedded testbeds (each run once per session).
+Everything started here is stopped at teardown, also on failure."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from chaos.experiments import TestbedOverrides, load_experiment
+from chaos.journal import Journal
+from chaos.scheduler import run_one
 from common.etcd_processes import EtcdCluster, start_etcd_cluster
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port
@@ -152,3 +156,37 @@ def etcd(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
         if not member.alive():
             member.restart()
     etcd_cluster.wait_for_leader()
+
+
+ScenarioRun = Callable[..., tuple[Journal, Path]]
+
+
+@pytest.fixture(scope="session")
+def scenario_journal(tmp_path_factory: pytest.TempPathFactory) -> ScenarioRun:
+    """`scenario_journal(path, overrides=None)`: the journal of the scenario file run on its own
+    fresh embedded testbed (seed 11), and the directory it was written to. Each distinct
+    experiment (the file as `overrides` leave it) runs once per session: tests that assert
+    different things about the same run (the CI scenario suite, and the partition under the
+    Lazarus controllers, the files' default manager) share it rather than start a second
+    identical one."""
+    runs: dict[tuple[Path, str], tuple[Journal, Path]] = {}
+
+    def journal_of(path: Path, overrides: TestbedOverrides | None = None) -> tuple[Journal, Path]:
+        experiment = load_experiment(path, overrides)
+        key = (path.resolve(), experiment.model_dump_json())
+        if key not in runs:
+            journal_dir = tmp_path_factory.mktemp(f"journal-{path.stem}")
+            journal = run_one(
+                path,
+                experiment,
+                target=None,
+                journal_dir=journal_dir,
+                dry_run=False,
+                say=print,
+                stop=threading.Event(),
+                seed=11,
+            )
+            runs[key] = (journal, journal_dir)
+        return runs[key]
+
+    return journal_of

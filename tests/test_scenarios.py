@@ -1,15 +1,15 @@
 """The CI scenario suite: every experiment in scenarios/ runs on its own embedded local testbed
-(real redis-server processes, sensors, three controllers) and must pass its hypotheses."""
+(real redis-server processes, sensors, three controllers) and must pass its hypotheses. The runs
+are the session's `scenario_journal` ones: tests/test_scenarios_on_both_managers.py asserts more
+on the same primary_partition run."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
-from chaos.experiments import load_experiment
-from chaos.scheduler import run_one
+from tests.conftest import ScenarioRun
 
 # A scenario whose expectation the code does not meet yet runs anyway, as a strict xfail: it
 # shows in every run, and the day it passes the suite fails until the mark is removed.
@@ -29,9 +29,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("path", SCENARIOS)
-def test_the_scenario_passes_on_the_embedded_testbed(path: Path, tmp_path: Path) -> None:
-    journal = run_one(path, load_experiment(path), target=None, journal_dir=tmp_path,
-                      dry_run=False, say=print, stop=threading.Event(), seed=11)  # fmt: skip
+def test_the_scenario_passes_on_the_embedded_testbed(
+    path: Path, scenario_journal: ScenarioRun
+) -> None:
+    journal, journal_dir = scenario_journal(path)
     failed = [h for h in journal.hypotheses if not h.ok]
     assert journal.verdict == "passed", (journal.errors, failed, journal.steady_state_after)
-    assert (tmp_path / f"{journal.run_id}.json").exists()
+    assert (journal_dir / f"{journal.run_id}.json").exists()

@@ -6,46 +6,44 @@ it (writes after the failover are the new primary's, and recovery is measured to
 them), and the ledger counts the acknowledged writes lost (the check is that the ledger sees
 them, not that they are none).
 
+The Lazarus run is the files' default experiment, the very run tests/test_scenarios.py makes:
+both assert on one journal (the session's `scenario_journal`).
+
 Not for: the rest of the suite under Lazarus (tests/test_scenarios.py).
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
-from chaos.experiments import TestbedOverrides, load_experiment
+from chaos.experiments import TestbedOverrides
 from chaos.journal import Journal
-from chaos.scheduler import run_one
+from tests.conftest import ScenarioRun
 
 PARTITION = Path(__file__).parents[1] / "scenarios" / "primary_partition.yaml"
 
 pytestmark = pytest.mark.slow  # a testbed and a 12 s load each
 
 
-def run(overrides: TestbedOverrides, journal_dir: Path) -> Journal:
-    experiment = load_experiment(PARTITION, overrides)
-    return run_one(PARTITION, experiment, target=None, journal_dir=journal_dir, dry_run=False,
-                   say=print, stop=threading.Event(), seed=11)  # fmt: skip
-
-
 def outcome(journal: Journal, hypothesis: str) -> object:
     return next(h for h in journal.hypotheses if h.hypothesis == hypothesis)
 
 
-def test_under_lazarus_a_partitioned_primary_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    journal = run(TestbedOverrides(failover="lazarus"), tmp_path)
+def test_under_lazarus_a_partitioned_primary_loses_no_acknowledged_write(
+    scenario_journal: ScenarioRun,
+) -> None:
+    journal, _ = scenario_journal(PARTITION, TestbedOverrides(failover="lazarus"))
     assert journal.failover == "lazarus"
     assert journal.verdict == "passed", (journal.errors, journal.hypotheses)
     assert journal.load["acknowledged"] > 0 and journal.load["lost"] == 0
 
 
 def test_under_sentinel_with_async_acks_the_ledger_counts_the_acknowledged_writes_lost(
-    tmp_path: Path,
+    scenario_journal: ScenarioRun,
 ) -> None:
-    journal = run(TestbedOverrides(failover="sentinel", ack="async"), tmp_path)
+    journal, _ = scenario_journal(PARTITION, TestbedOverrides(failover="sentinel", ack="async"))
     assert (journal.failover, journal.ack, journal.status) == ("sentinel", "async", "completed")
     assert journal.moment("promotion") is not None, journal.timeline  # Sentinel did fail over
     # The API followed: its own map named the primary Sentinel promoted...
