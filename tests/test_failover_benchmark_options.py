@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from benchmarks.failover_recovery import app
 
 
-def test_a_fault_other_than_kill_or_pause_is_refused_naming_the_choices() -> None:
+def test_a_fault_other_than_kill_pause_or_partition_is_refused_naming_the_choices() -> None:
     result = CliRunner().invoke(app, ["--fault", "stall"])
     assert result.exit_code == 2
     assert "--fault" in result.output
-    assert "'kill'" in result.output and "'pause'" in result.output
+    assert all(f"'{name}'" in result.output for name in ("kill", "pause", "partition"))

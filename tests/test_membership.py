@@ -31,7 +31,7 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
-from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
+from ratequeue.local_cluster import LocalCluster, ShardNode, ShardNodes, start_node
 from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
 from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
@@ -305,6 +305,82 @@ def test_verify_health_is_retried_after_one_error_while_the_new_primary_answers(
     assert record.status == "succeeded", record.escalation
     assert failures == [1], "the error was never injected"
     assert record.steps["verify"].attempts == 2
+
+
+FENCE = parse_workflow(
+    """
+name: fence
+steps:
+  - name: fence_old_primary
+    run: ratequeue.fence_old_primary
+""",
+    "fence.yaml",
+)
+
+
+@pytest.fixture
+def fenced_while_stopped(start_cluster: Callable[..., LocalCluster]) -> tuple[ShardNodes, dict]:
+    """A shard (two replicas) whose primary was SIGSTOPped while `fence_old_primary` ran, run
+    by the workflow engine; the primary resumed afterwards. The shard and the step's output."""
+    cluster = start_cluster(shards=1, replicas=2)
+    shard = cluster.shards[0]
+    inputs = {"shard": shard.id, "failed_primary": shard.primary.name, "min_replicas": 1}
+
+    async def fence() -> WorkflowRecord:
+        control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
+        try:
+            env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+            engine = WorkflowEngine(env, {"fence": FENCE})
+            started = await engine.start("fence", inputs)
+            await engine.wait(started.id)
+            return await engine.store.load(started.id)
+        finally:
+            await control.aclose()
+
+    shard.primary.signal(signal.SIGSTOP)
+    try:
+        record = asyncio.run(fence())
+    finally:
+        shard.primary.signal(signal.SIGCONT)
+    assert record.status == "succeeded", record.escalation
+    return shard, record.steps["fence_old_primary"].output
+
+
+def test_the_fence_parks_the_replicas_and_gives_up_on_a_silent_old_primary_at_its_own_bound(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, output = fenced_while_stopped
+    assert [r["reachable"] for r in output["replicas"]] == [True, True]
+    assert all(membership.is_parked(replica.replication()) for replica in shard.replicas)
+    # Given up on after the fence's own short wait, not after a connection's timeout: the
+    # promotion waits for the replicas' fence only.
+    assert not output["old_primary_demoted"]
+    wait = ratequeue_promotion.OLD_PRIMARY_DEMOTION_WAIT
+    assert output["old_primary_error"] == f"no answer within {wait} s"
+
+
+def test_an_old_primary_the_fence_gave_up_on_acknowledges_nothing_once_it_answers_again(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, _ = fenced_while_stopped
+    with shard.primary.client() as conn:
+        assert conn.info("replication")["role"] == "master"  # never demoted
+        try:
+            conn.incr(membership.BARRIER_KEY)
+        except redis.exceptions.ResponseError as error:
+            assert str(error).startswith("NOREPLICAS")
+        else:  # written, but no replica can confirm it: never acknowledged
+            assert conn.execute_command("WAIT", 1, 200) == 0
+
+
+def test_an_old_primary_the_fence_gave_up_on_is_demoted_when_it_is_held_for_forensics(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, _ = fenced_while_stopped
+    assert asyncio.run(ratequeue_promotion.hold_for_forensics(shard.primary.ref(), "demote")) == (
+        "demoted"
+    )
+    assert membership.is_parked(shard.primary.replication())
 
 
 def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(

@@ -64,6 +64,23 @@ def test_a_killed_primary_passes_every_check_of_the_failover_rule(
     assert len(set(offsets.values())) == 1  # both replicas hold every write
 
 
+def test_a_stopped_primary_passes_every_check_of_the_failover_rule(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Silence, not a refusal: both attempts at the primary wait out their timeout.
+    cluster = start_cluster(shards=2, replicas=2)
+    primary = cluster.shard("s0").primary
+    primary.signal(signal.SIGSTOP)
+    try:
+        results = failover_rule_checks(cluster)
+    finally:
+        primary.signal(signal.SIGCONT)
+    assert [(r.name, r.ok) for r in results] == [
+        ("MasterDown", True), ("ReplicasReachable", True), ("ReplicaCaughtUp", True),
+        ("PeerCheck", True), ("MinActiveHosts", True),
+    ], [r.detail for r in results]  # fmt: skip
+
+
 def test_one_evaluation_reads_each_replica_over_a_single_connection(
     killed_primary: LocalCluster,
 ) -> None:
