@@ -6,27 +6,18 @@ it behind, also when the run fails in between. Not for the measurements (the ben
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from benchmarks.primary_faults import Fault, PrimaryFault, network_faults
 from chaos.faults.base import NodeTarget
 from chaos.faults.local.backend import LocalFaultBackend
-from chaos.faults.local.iptables import iptables_unavailable_reason
 from chaos.processes import running
 from ratequeue import local_cluster
 from ratequeue.local_cluster import ShardNode
-
-NO_IPTABLES = iptables_unavailable_reason()
-needs_iptables = pytest.mark.skipif(
-    NO_IPTABLES is not None, reason=f"network faults need iptables: {NO_IPTABLES}"
-)
+from tests.chaos.test_local_faults import iptables_save, needs_iptables, ping_seconds
 
 
 @pytest.fixture
@@ -50,21 +41,6 @@ def killed(node: ShardNode) -> bool:
     return node.process is not None and node.process.wait(timeout=5) == -signal.SIGKILL
 
 
-def answers(host: str, port: int) -> bool:
-    conn = redis.Redis(host=host, port=port, socket_timeout=0.5, socket_connect_timeout=0.5,
-                       retry=Retry(NoBackoff(), 0))  # fmt: skip
-    try:
-        return bool(conn.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        conn.close()
-
-
-def iptables_save() -> str:
-    return subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-
-
 @needs_iptables
 def test_a_partition_cuts_the_peer_path_while_clients_still_reach_the_primary(
     primary: ShardNode,
@@ -73,8 +49,8 @@ def test_a_partition_cuts_the_peer_path_while_clients_still_reach_the_primary(
         fault = fault_on(primary, Fault.partition, network)
         try:
             fault.inject()
-            assert not answers(primary.peer_host, primary.port)
-            assert answers(primary.host, primary.port)
+            assert ping_seconds(primary.peer_host, primary.port, timeout=0.5) is None
+            assert ping_seconds(primary.host, primary.port) is not None
         finally:
             fault.end()
 
@@ -107,6 +83,6 @@ def test_a_run_that_fails_while_a_path_is_cut_leaves_no_rule_behind(primary: Sha
 def test_ending_a_pause_kills_the_stopped_primary(primary: ShardNode) -> None:
     fault = fault_on(primary, Fault.pause)
     fault.inject()
-    assert not answers(primary.host, primary.port)
+    assert ping_seconds(primary.host, primary.port, timeout=0.5) is None
     fault.end()
     assert killed(primary)
