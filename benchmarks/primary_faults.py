@@ -40,7 +40,14 @@ class Fault(StrEnum):
 
     @property
     def label(self) -> str:
+        """What was done to a ratequeue primary."""
         return {"kill": "SIGKILL", "pause": "SIGSTOP", "partition": "peer path cut"}[self.value]
+
+    @property
+    def sentinel_label(self) -> str:
+        """What was done to a Sentinel primary: a partition cuts both of its addresses (its
+        sentinels watch it where its clients reach it)."""
+        return "both addresses cut" if self is Fault.partition else self.label
 
 
 class BenchmarkFaultError(RuntimeError):
