@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from common.errors import RedisStartError
-from common.redis_processes import start_redis
+from common.redis_processes import free_port, start_redis
 from detection import probes
 from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
@@ -31,7 +32,7 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue import membership
 from ratequeue.errors import NoSafeCandidate, RetryableError, ShardUnavailable, StaleEpoch
-from ratequeue.local_cluster import LocalCluster, ShardNode, start_node
+from ratequeue.local_cluster import LocalCluster, ShardNode, ShardNodes, start_node
 from ratequeue.membership import ReplicaPosition, most_complete_replica
 from ratequeue.rates import Rate
 from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
@@ -305,6 +306,152 @@ def test_verify_health_is_retried_after_one_error_while_the_new_primary_answers(
     assert record.status == "succeeded", record.escalation
     assert failures == [1], "the error was never injected"
     assert record.steps["verify"].attempts == 2
+
+
+FENCE = parse_workflow(
+    """
+name: fence
+steps:
+  - name: fence_old_primary
+    run: ratequeue.fence_old_primary
+""",
+    "fence.yaml",
+)
+
+
+def command_bytes(*args: str) -> bytes:
+    """A command as a client sends it (RESP), for a raw socket: redis-py would wait for the
+    reply of a stopped server before the test could go on."""
+    return "".join([f"*{len(args)}\r\n", *(f"${len(a)}\r\n{a}\r\n" for a in args)]).encode()
+
+
+async def run_fence(cluster: LocalCluster, shard: ShardNodes, min_replicas: int) -> dict:
+    """`fence_old_primary` of `shard`, run by the workflow engine; the step's output."""
+    inputs = {"shard": shard.id, "failed_primary": shard.primary.name,
+              "min_replicas": min_replicas}  # fmt: skip
+    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
+    try:
+        env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+        engine = WorkflowEngine(env, {"fence": FENCE})
+        started = await engine.start("fence", inputs)
+        await engine.wait(started.id)
+        record = await engine.store.load(started.id)
+    finally:
+        await control.aclose()
+    assert record.status == "succeeded", record.escalation
+    return record.steps["fence_old_primary"].output
+
+
+def fence_while_stopped(
+    cluster: LocalCluster, *, min_replicas: int = 1, in_flight: tuple[bytes, ...] = ()
+) -> tuple[dict, list[bytes]]:
+    """The fence of the first shard, run while its primary is SIGSTOPped; `in_flight` commands
+    sent to the primary after the stop, before the fence (a client's write the primary reads
+    only once resumed). The step's output and the primary's replies to `in_flight`."""
+    shard = cluster.shards[0]
+    shard.primary.signal(signal.SIGSTOP)
+    try:
+        with socket.create_connection((shard.primary.host, shard.primary.port), 2) as client:
+            client.sendall(b"".join(in_flight))
+            output = asyncio.run(run_fence(cluster, shard, min_replicas))
+            shard.primary.signal(signal.SIGCONT)
+            client.settimeout(5)
+            replies = b""
+            while replies.count(b"\r\n") < len(in_flight):  # each reply here is one line
+                replies += client.recv(4096)
+    finally:
+        shard.primary.signal(signal.SIGCONT)
+    return output, replies.splitlines()
+
+
+@pytest.fixture
+def fenced_while_stopped(start_cluster: Callable[..., LocalCluster]) -> tuple[ShardNodes, dict]:
+    """A shard (two replicas) whose primary was SIGSTOPped while `fence_old_primary` ran; the
+    primary resumed afterwards. The shard and the step's output."""
+    cluster = start_cluster(shards=1, replicas=2)
+    output, _ = fence_while_stopped(cluster)
+    return cluster.shards[0], output
+
+
+def test_the_fence_parks_the_replicas_and_gives_up_on_a_silent_old_primary_at_its_own_bound(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, output = fenced_while_stopped
+    assert [r["reachable"] for r in output["replicas"]] == [True, True]
+    assert all(membership.is_parked(replica.replication()) for replica in shard.replicas)
+    # Given up on after the fence's own short wait, not after a connection's timeout: the
+    # promotion waits for the replicas' fence only.
+    assert not output["old_primary_demoted"]
+    wait = ratequeue_promotion.OLD_PRIMARY_DEMOTION_WAIT
+    assert output["old_primary_error"] == f"no answer within {wait} s"
+
+
+def test_an_old_primary_the_fence_gave_up_on_acknowledges_nothing_once_it_answers_again(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, _ = fenced_while_stopped
+    with shard.primary.client() as conn:
+        assert conn.info("replication")["role"] == "master"  # never demoted
+        try:
+            conn.incr(membership.BARRIER_KEY)
+        except redis.exceptions.ResponseError as error:
+            assert str(error).startswith("NOREPLICAS")
+        else:  # written, but no replica can confirm it: never acknowledged
+            assert conn.execute_command("WAIT", 1, 200) == 0
+
+
+def test_an_old_primary_the_fence_gave_up_on_is_demoted_when_it_is_held_for_forensics(
+    fenced_while_stopped: tuple[ShardNodes, dict],
+) -> None:
+    shard, _ = fenced_while_stopped
+    assert asyncio.run(ratequeue_promotion.hold_for_forensics(shard.primary.ref(), "demote")) == (
+        "demoted"
+    )
+    assert membership.is_parked(shard.primary.replication())
+
+
+def test_a_write_in_flight_on_a_stopped_primary_is_not_acknowledged_after_the_fence(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Sent before the fence, read by the primary only after it: k = 1, both replicas parked.
+    cluster = start_cluster(shards=1, replicas=2)
+    write = command_bytes("INCR", membership.BARRIER_KEY)
+    _, (incr, wait) = fence_while_stopped(
+        cluster, in_flight=(write, command_bytes("WAIT", "1", "500"))
+    )
+    assert incr.startswith(b"-NOREPLICAS") or wait == b":0", (incr, wait)
+
+
+def test_an_old_primary_followed_by_a_replica_the_fence_cannot_reach_acknowledges_nothing(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # k = 2 of 3 replicas; the third is listed at an address where nothing answers, so the
+    # fence cannot park it and it still follows the old primary: one replica, fewer than k.
+    cluster = start_cluster(shards=1, replicas=3, min_replicas=2)
+    shard = cluster.shards[0]
+
+    async def hide_third_replica() -> None:
+        control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
+        try:
+            topology = await RedisCoordinationStore(control).topology.load()
+            listed = topology.shard(shard.id)
+            replicas = list(listed.replicas)
+            replicas[2] = replicas[2].model_copy(update={"port": free_port(("127.0.0.1",))})
+            changed = listed.model_copy(update={"replicas": replicas})
+            await RedisCoordinationStore(control).topology.compare_and_set(
+                topology.epoch, topology.next_with(changed)
+            )
+        finally:
+            await control.aclose()
+
+    asyncio.run(hide_third_replica())
+    write = command_bytes("INCR", membership.BARRIER_KEY)
+    output, (incr, wait) = fence_while_stopped(
+        cluster, min_replicas=2, in_flight=(write, command_bytes("WAIT", "2", "500"))
+    )
+    assert [r["reachable"] for r in output["replicas"]] == [True, True, False]
+    assert shard.replicas[2].replication()["master_port"] == shard.primary.port  # still follows
+    assert incr.startswith(b"-NOREPLICAS") or wait in (b":0", b":1"), (incr, wait)
 
 
 def test_a_write_of_an_older_epoch_is_refused_by_the_primary_of_a_newer_one(

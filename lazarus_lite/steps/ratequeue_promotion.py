@@ -41,6 +41,11 @@ FORENSICS_POLICIES = ("demote", "stop")
 # published anyway (a replica that died meanwhile: the shard is short until it is replaced).
 WRITABLE_WAIT_SECONDS = 0.5
 
+# How long the fence waits for the old primary's own demotion, once its replicas are parked: a
+# node that answers does it in a few round trips; a silent one (stopped, cut off) would hold
+# the promotion for its connection timeout, for nothing (see `fence_old_primary`).
+OLD_PRIMARY_DEMOTION_WAIT = 0.1
+
 # The workflow step names whose outputs later steps read (`ratequeue_failover.yaml` uses them;
 # the load-time check refuses a copy that renames one).
 FENCE_OLD_PRIMARY = "fence_old_primary"
@@ -96,6 +101,7 @@ class NodeFenced(StepOutput):
 class FenceResult(StepOutput):
     replicas: list[NodeFenced]
     old_primary_demoted: bool
+    old_primary_error: str | None = Field(None, description="why it was not demoted")
     topology_epoch: int
     replica_count: int
     lineage: Lineage | None = None
@@ -209,7 +215,7 @@ async def fence_node(node: NodeRef, *, drop_fence: bool = False) -> NodeFenced:
 @step("ratequeue.fence_old_primary", output=FenceResult, inputs=ShardFailoverInputs)
 async def fence_old_primary(ctx: StepContext) -> FenceResult:
     """Cut the old primary off from every reachable replica (so WAIT on it can never succeed
-    again); if the old primary itself answers, demote it to a read-only node as well."""
+    again); if the old primary itself answers at once, demote it to a read-only node as well."""
     inputs = ctx.inputs_as(ShardFailoverInputs)
     topology = await load_topology(ctx)
     shard = topology.shard(inputs.shard)
@@ -233,10 +239,21 @@ async def fence_old_primary(ctx: StepContext) -> FenceResult:
             return NodeFenced(name=node.name, reachable=False, error=str(error))
 
     replicas = await asyncio.gather(*(fence_replica(r) for r in shard.replicas))
-    old_primary = await fence_replica(shard.primary, drop_fence=True)
+    # From here the old primary can acknowledge nothing (its reachable replicas are parked:
+    # `WAIT` has at most k - 1 replicas to count, docs/membership.md "What a write of an older
+    # epoch meets"), so its own demotion is no condition of the promotion: the quorum found it
+    # silent, and it is not waited for longer than a live node takes to answer.
+    # `hold_old_primary` demotes it later if it is still a primary.
+    try:
+        async with asyncio.timeout(OLD_PRIMARY_DEMOTION_WAIT):
+            old_primary = await fence_replica(shard.primary, drop_fence=True)
+    except TimeoutError:
+        silent = f"no answer within {OLD_PRIMARY_DEMOTION_WAIT} s"
+        old_primary = NodeFenced(name=shard.primary.name, reachable=False, error=silent)
     return FenceResult(
         replicas=list(replicas),
         old_primary_demoted=old_primary.reachable,
+        old_primary_error=old_primary.error,
         topology_epoch=topology.epoch,
         replica_count=len(shard.replicas),
         lineage=shard.lineage,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from detection.events import new_event
+from detection.events import Event, new_event
 from lazarus_lite.checks import CHECKS, CheckResult, run_checks
-from lazarus_lite.rules import load_rules
+from lazarus_lite.rules import CheckSpec, load_rules
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY, Topology
@@ -22,17 +22,52 @@ from tests.e2e.support import wait_for
 RULES = Path(__file__).resolve().parents[2] / "lazarus_lite" / "definitions" / "rules"
 
 
-def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
+def published_topology(cluster: LocalCluster) -> Topology:
     with cluster.control.client() as control:
-        topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+        return Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+
+
+def primary_down_event(topology: Topology) -> Event:
+    """A replica's report that s0's primary is down, as a sensor sends it."""
     shard = topology.shard("s0")
+    return new_event("RedisMasterDown", environment="dev", region="local", service="ratequeue",
+                     shard="s0", host=shard.replicas[0].address, source="test",
+                     data={"master_link_status": "down", "primary": shard.primary.name,
+                           "shard_epoch": shard.epoch})  # fmt: skip
+
+
+def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
+    topology = published_topology(cluster)
     rule = load_rules([RULES / "ratequeue.yaml"], known_checks=CHECKS,
                       known_actions=["ratequeue.failover", "default.record"]).rules[0]  # fmt: skip
-    event = new_event("RedisMasterDown", environment="dev", region="local", service="ratequeue",
-                      shard="s0", host=shard.replicas[0].address, source="test",
-                      data={"master_link_status": "down", "primary": shard.primary.name,
-                            "shard_epoch": shard.epoch})  # fmt: skip
+    event = primary_down_event(topology)
     return asyncio.run(run_checks(event, topology, rule.checks, min_replicas=1))
+
+
+def master_down_during_a_stall(cluster: LocalCluster, seconds: float) -> CheckResult:
+    """MasterDown as one controller evaluates it, on s0's primary SIGSTOPped as the check starts
+    and resumed `seconds` later."""
+    topology = published_topology(cluster)
+    primary = cluster.shard("s0").primary
+
+    async def check() -> CheckResult:
+        resumed = asyncio.Event()
+
+        def resume() -> None:
+            primary.signal(signal.SIGCONT)
+            resumed.set()
+
+        primary.signal(signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(seconds, resume)
+        spec = CheckSpec(checkName="MasterDown")
+        (result,) = await run_checks(primary_down_event(topology), topology, [spec])
+        await resumed.wait()
+        return result
+
+    try:
+        return asyncio.run(check())
+    finally:
+        primary.signal(signal.SIGCONT)
 
 
 @pytest.fixture
@@ -62,6 +97,40 @@ def test_a_killed_primary_passes_every_check_of_the_failover_rule(
     offsets = caught_up.data["offsets"]
     assert set(offsets) == {r.name for r in killed_primary.shard("s0").replicas}
     assert len(set(offsets.values())) == 1  # both replicas hold every write
+
+
+def test_a_stopped_primary_passes_every_check_of_the_failover_rule(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Silence, not a refusal: both attempts at the primary wait out their timeout.
+    cluster = start_cluster(shards=2, replicas=2)
+    primary = cluster.shard("s0").primary
+    primary.signal(signal.SIGSTOP)
+    try:
+        results = failover_rule_checks(cluster)
+    finally:
+        primary.signal(signal.SIGCONT)
+    assert [(r.name, r.ok) for r in results] == [
+        ("MasterDown", True), ("ReplicasReachable", True), ("ReplicaCaughtUp", True),
+        ("PeerCheck", True), ("MinActiveHosts", True),
+    ], [r.detail for r in results]  # fmt: skip
+
+
+# MasterDown's window for silence: a first PING with a 0.25 s timeout and a second sent 50 ms
+# after it (`checks.SECOND_ATTEMPT_AFTER`), so a primary silent for ~0.3 s is down. The margins
+# are wide for a loaded CI machine: 0.1 s and 0.6 s.
+def test_a_primary_stalled_well_within_master_downs_window_is_not_down(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    result = master_down_during_a_stall(start_cluster(shards=1, replicas=1), 0.1)
+    assert not result.ok, result.detail
+
+
+def test_a_primary_stalled_well_beyond_master_downs_window_is_down(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    result = master_down_during_a_stall(start_cluster(shards=1, replicas=1), 0.6)
+    assert result.ok, result.detail
 
 
 def test_one_evaluation_reads_each_replica_over_a_single_connection(
