@@ -21,6 +21,7 @@ from common.redis_processes import RedisProcess
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.scripts import held_ids, state_key
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER
 from tests.conftest import ServedApi, shard_key_count
 from tests.prometheus_samples import metric_samples
 
@@ -562,6 +563,20 @@ def test_the_topology_has_an_epoch_and_shards_with_id_primary_and_replicas(
             nodes.primary.port,
         )
         assert [r["port"] for r in shard["replicas"]] == [r.port for r in nodes.replicas]
+
+
+def test_the_topology_answer_says_when_the_api_began_routing_by_its_epoch(
+    cluster: LocalCluster, serve_api: Callable
+) -> None:
+    before = time.time()
+    api = serve_api(cluster)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        first = http.get("/v1/topology")
+        time.sleep(0.6)  # past a periodic reread (refresh_interval 0.5 s) of the same epoch
+        again = http.get("/v1/topology")
+    taken = float(first.headers[EPOCH_TAKEN_AT_HEADER])
+    assert before <= taken <= time.time()
+    assert again.headers[EPOCH_TAKEN_AT_HEADER] == first.headers[EPOCH_TAKEN_AT_HEADER]
 
 
 # -- a full queue ---------------------------------------------------------------------------------
