@@ -140,9 +140,10 @@ def comparison_html(journals: list[Journal], colours: dict[str, str]) -> str:
         "under each manager. Recovery: fault to the first acknowledged write on the faulted "
         "shard; under Sentinel once it promoted, to the first one sent after the API routed to "
         "the promoted primary: a primary cut off on the clients' side may acknowledge writes "
-        "its demotion discards. Sentinel's promotion and topology_published are stamped when "
-        "the run polls (every 0.1 s and a read of the sentinels), so they, and its recovery, "
-        "may read up to about 0.1-1 s late.</p>" + "".join(sections)
+        "its demotion discards. Sentinel's promotion is placed when the sentinels announced "
+        "it, topology_published when the API took that map (each detail names its source; "
+        "one that names none was placed when the run's poll saw it, up to about 0.1-1 s "
+        "late).</p>" + "".join(sections)
     )
 
 

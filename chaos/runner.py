@@ -38,9 +38,11 @@ from chaos.recovery_watch import (
     outcome_reached,
     update_timeline,
 )
+from chaos.sentinel_announcements import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
-from ratequeue.topology import Topology
+from ratequeue.sentinel_topology import parse_sentinel_addresses
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology
 
 # The most ids a journal lists of those lost or delivered from elsewhere (a bound on its size).
 LISTED_IDS = 10_000
@@ -82,6 +84,8 @@ class ExperimentRunner:
             journal_dir=journal_dir,
         )
         self._topology_before: Topology | None = None
+        # Under Sentinel: its announcements, heard from before the fault to the run's end.
+        self._announcements: SentinelAnnouncements | None = None
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, experiment: Experiment, source: str | None = None) -> Journal:
@@ -97,6 +101,9 @@ class ExperimentRunner:
                           if f.target.shard in shard_ids), None)  # fmt: skip
             choice = ShardChoice(shard_ids, self.rng, named)
             self._plan_into(journal, experiment, choice)
+            if self.deployment.failover == "sentinel":
+                addresses = parse_sentinel_addresses(",".join(self.deployment.sentinels))
+                self._announcements = SentinelAnnouncements(addresses).start()
             journal.steady_state_before = self.probes.check(experiment.steady_state)
             if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
@@ -145,6 +152,9 @@ class ExperimentRunner:
                 journal.status = "completed"
             journal.write(self.journal_dir)
             self._http.close()
+            if self._announcements is not None:
+                self._announcements.close()
+                self._announcements = None
         return journal
 
     def dry_run(
@@ -226,12 +236,15 @@ class ExperimentRunner:
                 before = self._topology_before
                 with contextlib.suppress(TargetError):  # Sentinel unreachable: look again
                     now = self.deployment.topology()
-                    mark_sentinel_switch(journal, before, now, watched, fault_at)
+                    mark_sentinel_switch(journal, before, now, watched, fault_at,
+                                         announcements=self._announcements)  # fmt: skip
                 with contextlib.suppress(httpx.HTTPError, ValueError):  # the API: look again
                     routed = self._http.get(f"{self.deployment.api}/v1/topology")
                     api = Topology.model_validate(routed.raise_for_status().json())
+                    taken = routed.headers.get(EPOCH_TAKEN_AT_HEADER)  # an older API: none
                     mark_sentinel_switch(journal, before, api, watched, fault_at,
-                                         "topology_published")  # fmt: skip
+                                         "topology_published",
+                                         taken_at=float(taken) if taken else None)  # fmt: skip
             if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)
