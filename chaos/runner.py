@@ -27,7 +27,7 @@ from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
-from chaos.hypotheses import Observations, evaluate, verdict_ok
+from chaos.hypotheses import Observations, comparable_measures, evaluate, verdict_ok
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
@@ -279,6 +279,7 @@ class ExperimentRunner:
             [p for p in experiment.steady_state if p.after]
         )
         journal.hypotheses = evaluate(experiment.hypotheses, observations, self.deployment.failover)
+        journal.measures = comparable_measures(observations)
         ok = verdict_ok(journal.hypotheses) and all(
             p.ok or p.skipped for p in journal.steady_state_after
         )
