@@ -151,9 +151,9 @@ def comparison_html(journals: list[Journal], colours: dict[str, str]) -> str:
         "shard; under Sentinel once it promoted, to the first one sent after the API routed to "
         "the promoted primary: a primary cut off on the clients' side may acknowledge writes "
         "its demotion discards. Sentinel's promotion is placed when the sentinels announced "
-        "it, topology_published when the API took that map (each detail names its source; "
-        "one that names none was placed when the run's poll saw it, up to about 0.1-1 s "
-        "late).</p>" + "".join(sections)
+        "it, topology_published when the API took that map, by the API's clock and only if "
+        "that falls after the promotion (each detail names its source and how much later "
+        "the run's poll saw it; one placed by the poll says so).</p>" + "".join(sections)
     )
 
 

@@ -38,7 +38,7 @@ from chaos.recovery_watch import (
     outcome_reached,
     update_timeline,
 )
-from chaos.sentinel_announcements import SentinelAnnouncements
+from chaos.sentinel_switch_marks import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
 from ratequeue.sentinel_topology import parse_sentinel_addresses
@@ -238,13 +238,16 @@ class ExperimentRunner:
                     now = self.deployment.topology()
                     mark_sentinel_switch(journal, before, now, watched, fault_at,
                                          announcements=self._announcements)  # fmt: skip
-                with contextlib.suppress(httpx.HTTPError, ValueError):  # the API: look again
-                    routed = self._http.get(f"{self.deployment.api}/v1/topology")
-                    api = Topology.model_validate(routed.raise_for_status().json())
-                    taken = routed.headers.get(EPOCH_TAKEN_AT_HEADER)  # an older API: none
-                    mark_sentinel_switch(journal, before, api, watched, fault_at,
-                                         "topology_published",
-                                         taken_at=float(taken) if taken else None)  # fmt: skip
+                # The API's switch only once the promotion is placed: the API's clock is
+                # trusted only after it (mark_sentinel_switch).
+                if journal.moment("promotion") is not None:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):  # look again
+                        routed = self._http.get(f"{self.deployment.api}/v1/topology")
+                        api = Topology.model_validate(routed.raise_for_status().json())
+                        taken = routed.headers.get(EPOCH_TAKEN_AT_HEADER)  # an older API: none
+                        mark_sentinel_switch(journal, before, api, watched, fault_at,
+                                             "topology_published",
+                                             taken_at=float(taken) if taken else None)  # fmt: skip
             if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)

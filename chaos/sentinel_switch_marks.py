@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import redis
 
+from ratequeue.sentinel_topology import SWITCH_MASTER
 from ratequeue.topology import NodeRef
 
 log = logging.getLogger(__name__)
 
 PROMOTED = "+promoted-slave"
-SWITCHED = "+switch-master"
-CHANNELS = (PROMOTED, SWITCHED)
+CHANNELS = (PROMOTED, SWITCH_MASTER)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Announcement:
 
     at: float  # when this process received it (Unix time)
     sentinel: str  # host:port of the sentinel that published it
-    event: str  # PROMOTED or SWITCHED
+    event: str  # PROMOTED or SWITCH_MASTER
     master: str
     host: str
     port: int
@@ -51,7 +51,7 @@ class Announcement:
 def parse_announcement(channel: str, payload: str, sentinel: str, at: float) -> Announcement | None:
     """The announcement in one message, or None for a message of another shape."""
     parts = payload.split()
-    if channel == SWITCHED and len(parts) == 5 and parts[4].isdigit():
+    if channel == SWITCH_MASTER and len(parts) == 5 and parts[4].isdigit():
         master, _, _, host, port = parts
     elif channel == PROMOTED and len(parts) == 8 and parts[0] == "slave" and parts[4] == "@":
         _, _, host, port, _, master, _, _ = parts
