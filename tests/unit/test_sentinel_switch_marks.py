@@ -156,7 +156,8 @@ def test_a_map_whose_watched_shard_has_not_switched_places_no_mark() -> None:
 
 def test_a_switch_master_message_in_the_documented_shape_names_the_new_primary() -> None:
     # "+switch-master <master name> <oldip> <oldport> <newip> <newport>" (Sentinel's docs)
-    found = parse_announcement(SWITCH_MASTER, "s0 127.0.0.2 7000 127.0.0.2 7001", "127.0.0.1:1", 9.0)
+    payload = "s0 127.0.0.2 7000 127.0.0.2 7001"
+    found = parse_announcement(SWITCH_MASTER, payload, "127.0.0.1:1", 9.0)
     assert found == Announcement(at=9.0, sentinel="127.0.0.1:1", event=SWITCH_MASTER, master="s0",
                                  host="127.0.0.2", port=7001)  # fmt: skip
     assert found.names(NEW) and not found.names(OLD)
