@@ -65,22 +65,23 @@ def polled_later(detail: str) -> float:
     return float(found.group(1))
 
 
-def test_the_promotion_is_placed_when_the_sentinels_announced_it_not_when_the_run_saw_it() -> None:
-    fault_at = time.time() - 5
+def promotion_announced(fault_at: float, after_fault: float) -> tuple[float, str]:
+    """The promotion mark of a run that heard it announced `after_fault` s after the fault."""
     run = watching(fault_at)
     mark_sentinel_switch(run, BEFORE, AFTER, {"s0"}, fault_at,
-                         announcements=heard(fault_at + 1.5))  # fmt: skip
-    at, detail = entry(run, "promotion")
+                         announcements=heard(fault_at + after_fault))  # fmt: skip
+    return entry(run, "promotion")
+
+
+def test_the_promotion_is_placed_when_the_sentinels_announced_it_not_when_the_run_saw_it() -> None:
+    fault_at = time.time() - 5
+    at, detail = promotion_announced(fault_at, 1.5)
     assert at == fault_at + 1.5
     assert detail.startswith("s0: s0-replica1 (+promoted-slave from sentinel 127.0.0.1:26379; ")
 
 
 def test_the_promotions_detail_records_how_much_later_the_poll_saw_it() -> None:
-    fault_at = time.time() - 5
-    run = watching(fault_at)
-    mark_sentinel_switch(run, BEFORE, AFTER, {"s0"}, fault_at,
-                         announcements=heard(fault_at + 1.5))  # fmt: skip
-    at, detail = entry(run, "promotion")
+    at, detail = promotion_announced(time.time() - 5, 1.5)
     assert 3.5 - 0.01 <= polled_later(detail) <= time.time() - at + 0.001
 
 
