@@ -42,10 +42,20 @@ class ManagerRow:
         return None if found is None else (found.ok, found.measured)
 
     def cells(self) -> list[str]:
-        load = self.journal.load
+        load, measures = self.journal.load, self.journal.measures
         recovery = self.journal.recovery_seconds()
-        overshoot = self.hypothesis("rate_limits_held")
-        primaries = self.hypothesis("one_primary_per_shard")
+        # Every run measures these (`measures`); a journal written before that has them only
+        # from its hypotheses, when it had those and judged them.
+        overshoot = measures.get("earliest_delivery_before_rate_seconds")
+        if "earliest_delivery_before_rate_seconds" not in measures:
+            judged = self.hypothesis("rate_limits_held")
+            overshoot = None if judged is None else judged[1]
+        answering = measures.get("primaries_answering")
+        if answering is not None:
+            one_each: bool | None = all(len(names) == 1 for names in answering.values())
+        else:
+            judged = self.hypothesis("one_primary_per_shard")
+            one_each = None if judged is None else judged[0]
         return [
             self.manager,
             self.journal.verdict,
@@ -53,8 +63,8 @@ class ManagerRow:
             str(load.get("lost", "-")),
             "-" if recovery is None else f"{recovery:.2f}",
             str(load.get("duplicates", "-")),
-            "-" if overshoot is None else f"{overshoot[1]}",
-            "-" if primaries is None else ("yes" if primaries[0] else "NO"),
+            "-" if overshoot is None else f"{overshoot}",
+            "-" if one_each is None else ("yes" if one_each else "NO"),
         ]
 
 
@@ -140,9 +150,10 @@ def comparison_html(journals: list[Journal], colours: dict[str, str]) -> str:
         "under each manager. Recovery: fault to the first acknowledged write on the faulted "
         "shard; under Sentinel once it promoted, to the first one sent after the API routed to "
         "the promoted primary: a primary cut off on the clients' side may acknowledge writes "
-        "its demotion discards. Sentinel's promotion and topology_published are stamped when "
-        "the run polls (every 0.1 s and a read of the sentinels), so they, and its recovery, "
-        "may read up to about 0.1-1 s late.</p>" + "".join(sections)
+        "its demotion discards. Sentinel's promotion is placed when the sentinels announced "
+        "it, topology_published when the API took that map, by the API's clock and only if "
+        "that falls after the promotion (each detail names its source and how much later "
+        "the run's poll saw it; one placed by the poll says so).</p>" + "".join(sections)
     )
 
 

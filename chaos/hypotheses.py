@@ -24,7 +24,7 @@ from chaos.experiments import (
     RecoveredWithin,
 )
 from chaos.journal import HypothesisOutcome
-from chaos.ledger import Ledger
+from chaos.ledger import Ledger, RateCheck
 from chaos.load import default_rates
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -155,18 +155,38 @@ def _one_primary_per_shard(h: OnePrimaryPerShard, o: Observations) -> Hypothesis
     )
 
 
-def _rate_limits_held(h: RateLimitsHeld, o: Observations) -> HypothesisOutcome:
+def _worst_early_delivery(o: Observations) -> tuple[RateCheck | None, int]:
+    """The number whose delivery came earliest before its rate allowed, and how many numbers
+    were checked (each at its default rate)."""
     numbers = sorted({d.number for d in o.ledger.deliveries})
     checks = o.ledger.rate_checks(default_rates(numbers))
-    worst = max(checks, key=lambda c: c.max_early_seconds, default=None)
+    return max(checks, key=lambda c: c.max_early_seconds, default=None), len(checks)
+
+
+def _rate_limits_held(h: RateLimitsHeld, o: Observations) -> HypothesisOutcome:
+    worst, checked = _worst_early_delivery(o)
     early = 0.0 if worst is None else round(worst.max_early_seconds, 4)
     return HypothesisOutcome(
         hypothesis="rate_limits_held",
-        ok=bool(checks) and early <= h.tolerance_seconds,
+        ok=bool(checked) and early <= h.tolerance_seconds,
         expected=f"no delivery earlier than its rate allows by > {h.tolerance_seconds:g} s",
         measured=early,
-        detail=f"{len(checks)} numbers; worst {worst.number}" if worst else "no deliveries",
+        detail=f"{checked} numbers; worst {worst.number}" if worst else "no deliveries",
     )
+
+
+def comparable_measures(o: Observations) -> dict[str, Any]:
+    """What every run measures whatever hypotheses its experiment has, so that runs of it under
+    different failover managers compare on the same figures: the earliest a delivery came before
+    its number's rate allowed (s; None: nothing delivered), and the primaries answering per
+    shard after the run."""
+    worst, _ = _worst_early_delivery(o)
+    return {
+        "earliest_delivery_before_rate_seconds": None
+        if worst is None
+        else round(worst.max_early_seconds, 4),
+        "primaries_answering": o.primaries_answering,
+    }
 
 
 def _shard_decisions(o: Observations) -> list[AuditRecord]:

@@ -84,6 +84,12 @@ class Journal(BaseModel):
     faults: list[dict[str, Any]] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
     hypotheses: list[HypothesisOutcome] = Field(default_factory=list)
+    measures: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what every completed run measures whatever its hypotheses, for the "
+        "side-by-side report: earliest_delivery_before_rate_seconds, primaries_answering "
+        "(`chaos.hypotheses.comparable_measures`)",
+    )
     load: dict[str, Any] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)

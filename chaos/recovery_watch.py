@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from chaos.journal import Journal
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad
+from chaos.sentinel_switch_marks import SentinelAnnouncements
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.steps.ratequeue_promotion import (
     PROMOTE_CANDIDATE,
@@ -106,16 +107,65 @@ def mark_sentinel_switch(
     watched: set[str],
     fault_at: float,
     mark: str = "promotion",
+    *,
+    announcements: SentinelAnnouncements | None = None,
+    taken_at: float | None = None,
 ) -> None:
     """Under Sentinel there is no workflow to read: the promotion is seen when every watched
     shard's primary in the map Sentinel's majority names (`now`) is another node than before;
     with `mark` topology_published, when the API's own map (`now`) names them, so the API is
-    seen to follow."""
-    switched = {s: now.shard(s).primary.name for s in watched
+    seen to follow.
+
+    The mark is placed at the moment it happened when that is known, else when the run's poll
+    saw it (the slowest shard counting): the promotion at the sentinels' first announcement that
+    each shard's primary is the node the majority names (`announcements`), the API's switch when
+    it took the map it answered with (`taken_at`, its `Ratequeue-Epoch-Taken-At`). The detail
+    names the source and how much later the poll saw it, so every run measures what polling
+    alone would have added."""
+    switched = {s: now.shard(s).primary for s in watched
                 if now.shard(s).primary.name != before.shard(s).primary.name}  # fmt: skip
-    if watched and len(switched) == len(watched):
-        detail = ", ".join(f"{shard}: {name}" for shard, name in sorted(switched.items()))
-        journal.mark(mark, time.time(), fault_at, detail)
+    if not watched or len(switched) < len(watched):
+        return
+    seen = time.time()
+    at, source = seen, "the run's poll"
+    if announcements is not None:
+        heard = [announcements.first_naming(s, node, fault_at) for s, node in switched.items()]
+        if all(a is not None for a in heard):
+            last = max((a for a in heard if a is not None), key=lambda a: a.at)
+            if last.at < seen:
+                at, source = last.at, f"{last.event} from sentinel {last.sentinel}"
+    if taken_at is not None:
+        at, source = _api_switch(journal, now.epoch, taken_at, fault_at, seen, (at, source))
+    if at < seen:
+        source += f"; the run's poll saw it {seen - at:.3f} s later"
+    detail = ", ".join(f"{shard}: {node.name}" for shard, node in sorted(switched.items()))
+    journal.mark(mark, at, fault_at, f"{detail} ({source})")
+
+
+def _api_switch(
+    journal: Journal,
+    epoch: int,
+    taken_at: float,
+    fault_at: float,
+    seen: float,
+    otherwise: tuple[float, str],
+) -> tuple[float, str]:
+    """When the API switched: `taken_at` is the API host's clock, trusted only where it can
+    be (after the fault and the promotion, before the run saw the switch); outside that a
+    clock off the runner's would move the API's switch, and with it the first write counted
+    after it, to where the cut-off primary still acknowledged; `otherwise` then stands."""
+    promoted = journal.moment("promotion")
+    earliest = max(fault_at, promoted) if promoted is not None else fault_at
+    if earliest <= taken_at < seen:
+        return taken_at, f"the API took epoch {epoch}"
+    when, source = otherwise
+    if taken_at >= seen:
+        why = f"{taken_at - seen:.3f} s after the run saw it"
+    elif taken_at < fault_at:
+        why = f"{fault_at - taken_at:.3f} s before the fault"
+    else:
+        why = f"{earliest - taken_at:.3f} s before the promotion"
+    return when, f"{source}: the API's Ratequeue-Epoch-Taken-At, {why}, not used"
 
 
 def outcome_reached(

@@ -199,8 +199,9 @@ small {{ color: #666; font-weight: normal; }}
 </style></head><body>
 <h1>Chaos runs</h1>
 <p>{len(journals)} run(s), {passed} passed. Recovery is the time from the fault to the first
-acknowledged write on the shard whose primary was hit (blank: the run measured none, e.g. an
-experiment where nothing was expected to fail over).</p>
+acknowledged write on the shard whose primary was hit; under Sentinel, once it promoted, to the
+first one sent after the API routed to the promoted primary (blank: the run measured none, e.g.
+an experiment where nothing was expected to fail over).</p>
 <h2>Recovery time across runs</h2>{trend_svg(journals)}
 {comparison_html(journals, COLOURS)}
 <h2>Runs</h2><table><tr><th>started</th><th>experiment</th><th>shard</th><th>verdict</th>

@@ -27,7 +27,7 @@ from chaos.experiments import Experiment, FaultStep
 from chaos.fault_phase import FaultPhase
 from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
-from chaos.hypotheses import Observations, evaluate, verdict_ok
+from chaos.hypotheses import Observations, comparable_measures, evaluate, verdict_ok
 from chaos.journal import Journal, Say
 from chaos.ledger import Ledger
 from chaos.load import BackgroundLoad, LoadProfile
@@ -38,9 +38,11 @@ from chaos.recovery_watch import (
     outcome_reached,
     update_timeline,
 )
+from chaos.sentinel_switch_marks import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
-from ratequeue.topology import Topology
+from ratequeue.sentinel_topology import parse_sentinel_addresses
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology
 
 # The most ids a journal lists of those lost or delivered from elsewhere (a bound on its size).
 LISTED_IDS = 10_000
@@ -82,6 +84,8 @@ class ExperimentRunner:
             journal_dir=journal_dir,
         )
         self._topology_before: Topology | None = None
+        # Under Sentinel: its announcements, heard from before the fault to the run's end.
+        self._announcements: SentinelAnnouncements | None = None
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, experiment: Experiment, source: str | None = None) -> Journal:
@@ -97,6 +101,9 @@ class ExperimentRunner:
                           if f.target.shard in shard_ids), None)  # fmt: skip
             choice = ShardChoice(shard_ids, self.rng, named)
             self._plan_into(journal, experiment, choice)
+            if self.deployment.failover == "sentinel":
+                addresses = parse_sentinel_addresses(",".join(self.deployment.sentinels))
+                self._announcements = SentinelAnnouncements(addresses).start()
             journal.steady_state_before = self.probes.check(experiment.steady_state)
             if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
@@ -145,6 +152,9 @@ class ExperimentRunner:
                 journal.status = "completed"
             journal.write(self.journal_dir)
             self._http.close()
+            if self._announcements is not None:
+                self._announcements.close()
+                self._announcements = None
         return journal
 
     def dry_run(
@@ -226,12 +236,18 @@ class ExperimentRunner:
                 before = self._topology_before
                 with contextlib.suppress(TargetError):  # Sentinel unreachable: look again
                     now = self.deployment.topology()
-                    mark_sentinel_switch(journal, before, now, watched, fault_at)
-                with contextlib.suppress(httpx.HTTPError, ValueError):  # the API: look again
-                    routed = self._http.get(f"{self.deployment.api}/v1/topology")
-                    api = Topology.model_validate(routed.raise_for_status().json())
-                    mark_sentinel_switch(journal, before, api, watched, fault_at,
-                                         "topology_published")  # fmt: skip
+                    mark_sentinel_switch(journal, before, now, watched, fault_at,
+                                         announcements=self._announcements)  # fmt: skip
+                # The API's switch only once the promotion is placed: the API's clock is
+                # trusted only after it (mark_sentinel_switch).
+                if journal.moment("promotion") is not None:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):  # look again
+                        routed = self._http.get(f"{self.deployment.api}/v1/topology")
+                        api = Topology.model_validate(routed.raise_for_status().json())
+                        taken = routed.headers.get(EPOCH_TAKEN_AT_HEADER)  # an older API: none
+                        mark_sentinel_switch(journal, before, api, watched, fault_at,
+                                             "topology_published",
+                                             taken_at=float(taken) if taken else None)  # fmt: skip
             if outcome_reached(experiment.expect, journal, decisions, workflows, faulted, failover):
                 return
             time.sleep(0.1)
@@ -266,6 +282,7 @@ class ExperimentRunner:
             [p for p in experiment.steady_state if p.after]
         )
         journal.hypotheses = evaluate(experiment.hypotheses, observations, self.deployment.failover)
+        journal.measures = comparable_measures(observations)
         ok = verdict_ok(journal.hypotheses) and all(
             p.ok or p.skipped for p in journal.steady_state_after
         )

@@ -160,6 +160,7 @@ class AsyncRatequeueClient:
         self._store: TopologySource = topology or TopologyStore(self._control)
         self._topology: Topology | None = None
         self._topology_loaded_at = 0.0
+        self._epoch_taken_at: float | None = None
         self._nodes: dict[str, aioredis.Redis] = {}
         self._queues: dict[tuple[str, str], ShardQueue] = {}
         self._refresh_lock = asyncio.Lock()
@@ -215,6 +216,12 @@ class AsyncRatequeueClient:
     def topology_age(self) -> float:
         return time.monotonic() - self._topology_loaded_at
 
+    @property
+    def epoch_taken_at(self) -> float | None:
+        """When (Unix time) this client began routing by the epoch it has: a rereading of the
+        same epoch does not move it; None before any topology."""
+        return self._epoch_taken_at
+
     async def refresh_topology(self) -> Topology | None:
         """Read the topology; keep the cached one if the control store cannot be reached."""
         async with self._refresh_lock:
@@ -233,6 +240,7 @@ class AsyncRatequeueClient:
             self._topology = loaded
             self._topology_loaded_at = time.monotonic()
             if newer:
+                self._epoch_taken_at = time.time()
                 self._newer_topology.set()
                 self._newer_topology = asyncio.Event()
                 self._cancel_calls_on_moved_primaries(loaded)

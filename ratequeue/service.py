@@ -72,7 +72,7 @@ from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
 from ratequeue.sentinel_topology import SentinelTopologySource, majority
 from ratequeue.shard import RECEIPT_PATTERN, OutgoingMessage, ShardStats, parse_receipt
-from ratequeue.topology import Topology, topology_json
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology, topology_json
 from ratequeue.write_failures import WriteFailureReporter
 
 log = logging.getLogger(__name__)
@@ -561,8 +561,14 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 "burst": rate.burst}  # fmt: skip
 
     @app.get("/v1/topology", response_model=None, responses=answers({200: Topology}, 503))
-    async def topology() -> dict:
-        return topology_json(client.topology)
+    async def topology() -> JSONResponse:
+        # When this process began routing by the epoch it answers with: a chaos run places
+        # the API's switch there, not at the moment it happened to ask (Sentinel writes no
+        # record of when the API followed it).
+        current = topology_json(client.topology)
+        return JSONResponse(
+            current, headers={EPOCH_TAKEN_AT_HEADER: f"{client.epoch_taken_at:.6f}"}
+        )
 
     # -- operations ------------------------------------------------------------------------
     @app.get(

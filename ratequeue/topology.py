@@ -234,5 +234,10 @@ class TopologyStore:
             await pubsub.aclose()
 
 
+# The header of `GET /v1/topology` saying when (Unix time, seconds) the answering API process
+# began routing by the epoch it answers with.
+EPOCH_TAKEN_AT_HEADER = "Ratequeue-Epoch-Taken-At"
+
+
 def topology_json(topology: Topology) -> dict:
     return json.loads(topology.model_dump_json())

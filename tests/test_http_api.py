@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from common.redis_processes import RedisProcess
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.scripts import held_ids, state_key
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER
 from tests.conftest import ServedApi, shard_key_count
 from tests.prometheus_samples import metric_samples
 
@@ -562,6 +564,37 @@ def test_the_topology_has_an_epoch_and_shards_with_id_primary_and_replicas(
             nodes.primary.port,
         )
         assert [r["port"] for r in shard["replicas"]] == [r.port for r in nodes.replicas]
+
+
+def test_the_topology_answer_says_when_the_api_began_routing_by_its_epoch(
+    cluster: LocalCluster, serve_api: Callable
+) -> None:
+    before = time.time()
+    api = serve_api(cluster)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        first = http.get("/v1/topology")
+        wait_for_a_reread(http)
+        again = http.get("/v1/topology")
+    taken = float(first.headers[EPOCH_TAKEN_AT_HEADER])
+    assert before <= taken <= time.time()
+    assert again.headers[EPOCH_TAKEN_AT_HEADER] == first.headers[EPOCH_TAKEN_AT_HEADER]
+
+
+def wait_for_a_reread(http: httpx.Client, timeout: float = 10) -> None:
+    """Until the API reread its topology (its periodic refresh): /healthz gives the topology's
+    age, which only a reread makes smaller."""
+    ages: list[float] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        checks = http.get("/healthz").json()["checks"]
+        detail = next(c["detail"] for c in checks if c["name"] == "topology")
+        age = re.fullmatch(r"epoch \d+, ([0-9.]+) s old", detail)
+        assert age is not None, detail
+        ages.append(float(age.group(1)))
+        if len(ages) > 1 and ages[-1] < ages[-2]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no reread of the topology within {timeout} s (ages seen: {ages})")
 
 
 # -- a full queue ---------------------------------------------------------------------------------

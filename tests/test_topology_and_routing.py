@@ -432,3 +432,23 @@ def _answers(conn: redis.Redis) -> bool:
         return bool(conn.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_a_client_says_since_when_it_routes_by_its_epoch_and_a_reread_does_not_move_it() -> None:
+    async def scenario() -> None:
+        client = AsyncRatequeueClient("redis://127.0.0.1:1")
+        assert client.epoch_taken_at is None
+        before_first = time.time()
+        client._accept(one_shard_on(1, epoch=1))
+        first = client.epoch_taken_at
+        assert first is not None and before_first <= first <= time.time()
+        await asyncio.sleep(0.02)
+        client._accept(one_shard_on(1, epoch=1))  # the same epoch read again
+        assert client.epoch_taken_at == first
+        before_newer = time.time()
+        client._accept(one_shard_on(2, epoch=2))
+        taken = client.epoch_taken_at
+        assert taken is not None and first < before_newer <= taken <= time.time()
+        await client.close()
+
+    asyncio.run(scenario())

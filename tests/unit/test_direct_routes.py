@@ -20,6 +20,7 @@ from common.errors import InvalidRequest
 from common.http_contract import install_error_handlers
 from ratequeue.config import ServiceSettings
 from ratequeue.service import create_app as create_queue_app
+from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, NodeRef, Shard, Topology, topology_json
 
 Described = Annotated[str, Path(description="any text", json_schema_extra={"pattern": "^a"})]
 
@@ -138,12 +139,28 @@ HOSTILE = {
         ('{"messages": [{"number": "x", "body": "' + "]" * 80 + '"}, 7, null]}').encode(), JSON),
     "wrong-method": ("GET", ENQUEUE, b"", {}),
     "health-without-shards": ("GET", "/healthz", b"", {}),
+    "topology-not-loaded": ("GET", "/v1/topology", b"", {}),
 }  # fmt: skip
 
 
 def queue_client(route_class: type[APIRoute], monkeypatch: pytest.MonkeyPatch) -> TestClient:
     monkeypatch.setattr("ratequeue.service.DirectRoute", route_class)
     return TestClient(create_queue_app(SETTINGS), raise_server_exceptions=False)
+
+
+ROUTED = Topology(epoch=4, shards=[
+    Shard(id="s0", slots=(0, 16383), epoch=4, primary=NodeRef(name="n1", host="127.0.0.1", port=1)),
+])  # fmt: skip
+TAKEN_AT = 1_764_000_000.25
+
+
+def routing_by_a_map(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    """The app's client holding ROUTED since TAKEN_AT, as if it had loaded it (no control store
+    answers here to load it from, and the same moment makes two apps' answers comparable)."""
+    queue = client.app.state.client  # type: ignore[attr-defined]
+    monkeypatch.setattr(queue, "_topology", ROUTED)
+    monkeypatch.setattr(queue, "_epoch_taken_at", TAKEN_AT)
+    return client
 
 
 @pytest.mark.parametrize("case", HOSTILE.values(), ids=HOSTILE.keys())
@@ -169,6 +186,21 @@ def test_the_queue_apis_published_openapi_is_the_same_as_fastapis(
     assert published[1] == published[0]
 
 
+def test_the_topology_answers_from_a_direct_route_as_from_fastapis_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = []
+    for route_class in (APIRoute, DirectRoute):
+        client = routing_by_a_map(queue_client(route_class, monkeypatch), monkeypatch)
+        answer = client.get("/v1/topology")
+        answers.append((answer.status_code, dict(answer.headers), answer.json()))
+    assert answers[1] == answers[0]
+    status, headers, body = answers[0]
+    assert (status, headers["content-type"], body) == (200, "application/json",
+                                                       topology_json(ROUTED))  # fmt: skip
+    assert headers[EPOCH_TAKEN_AT_HEADER.lower()] == "1764000000.250000"
+
+
 def test_every_direct_endpoint_of_the_queue_api_returns_a_response(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -192,10 +224,12 @@ def test_every_direct_endpoint_of_the_queue_api_returns_a_response(
     client = TestClient(create_queue_app(SETTINGS), raise_server_exceptions=False)
     direct = {r.path for r in client.app.routes  # type: ignore[attr-defined]
               if isinstance(r, APIRoute) and direct_handler(r) is not None}  # fmt: skip
-    assert direct == {"/v1/numbers/{number}/messages", BATCH, "/healthz", "/metrics"}
+    assert direct == {"/v1/numbers/{number}/messages", BATCH, "/healthz", "/metrics",
+                      "/v1/topology"}  # fmt: skip
     for method, url, body, headers in HOSTILE.values():
         client.request(method, url, content=body, headers=headers)
     client.get("/metrics")
+    routing_by_a_map(client, monkeypatch).get("/v1/topology")
     # The single enqueue answers only with refusals without a shard (raised, not returned).
     assert returned.keys() == direct - {"/v1/numbers/{number}/messages"}
     assert all(isinstance(result, Response) for results in returned.values() for result in results)

@@ -64,6 +64,17 @@ def test_each_manager_s_latest_completed_run_of_an_experiment_is_compared() -> N
     assert sentinel[7] == "yes"
 
 
+def test_rate_overshoot_and_primaries_show_though_the_experiment_judges_neither() -> None:
+    lazarus = run("lazarus", 2.0, "lazarus", "wait", lost=0)
+    sentinel = run("sentinel", 3.0, "sentinel", "async", lost=16)
+    sentinel.hypotheses = [h for h in sentinel.hypotheses if h.hypothesis == "acknowledged_lost"]
+    sentinel.measures = {"earliest_delivery_before_rate_seconds": 0.12,
+                         "primaries_answering": {"s0": ["a"], "s1": ["b", "c"]}}  # fmt: skip
+    [(_, rows)] = side_by_side([lazarus, sentinel]).items()
+    cells = rows[1].cells()
+    assert (cells[6], cells[7]) == ("0.12", "NO")
+
+
 def test_the_report_shows_the_managers_side_by_side_with_one_timeline_axis(tmp_path: Path) -> None:
     run("lazarus", 2.0, "lazarus", "wait", lost=0).write(tmp_path)
     run("sentinel", 3.0, "sentinel", "async", lost=16).write(tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.experiments import RateLimitsHeld
-from chaos.hypotheses import Observations, evaluate
+from chaos.hypotheses import Observations, comparable_measures, evaluate
 from chaos.ledger import Delivery, Ledger
 from chaos.load import default_rates, lease_time
 
@@ -63,3 +63,21 @@ def test_a_lease_time_is_read_from_the_answer_as_rfc_3339() -> None:
     assert lease_time({"leased_at": "2026-12-03T04:00:00.250000+00:00"}) == 1796270400.25
     assert lease_time({"leased_at": "yesterday"}) is None
     assert lease_time({}) is None
+
+
+def test_every_run_measures_its_earliest_delivery_whatever_its_hypotheses() -> None:
+    ledger = _ledger((0.0, 5.0, 5.0), (4.9, 9.9, 5.01))
+    observations = Observations(ledger=ledger, shard="s0", faulted_shards={"s0"}, fault_at=0.0,
+                                recovered_at=None, topology_before=None, topology_after=None,  # type: ignore[arg-type]
+                                primaries_answering={"s0": ["p"], "s1": ["a", "b"]})  # fmt: skip
+    assert comparable_measures(observations) == {
+        "earliest_delivery_before_rate_seconds": 0.99,
+        "primaries_answering": {"s0": ["p"], "s1": ["a", "b"]},
+    }
+
+
+def test_a_run_that_delivered_nothing_measures_no_earliest_delivery() -> None:
+    observations = Observations(ledger=Ledger(), shard="s0", faulted_shards={"s0"}, fault_at=0.0,
+                                recovered_at=None, topology_before=None, topology_after=None,  # type: ignore[arg-type]
+                                primaries_answering={})  # fmt: skip
+    assert comparable_measures(observations)["earliest_delivery_before_rate_seconds"] is None
