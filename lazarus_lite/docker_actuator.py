@@ -217,27 +217,73 @@ class DockerActuator:
         **options: object,
     ) -> Container:
         """Create the container on the first network, connect it to the others, each with an
-        address of its own, then start it."""
+        address of its own, then start it; or, when the engine refuses the name because a
+        container with this provision's labels holds it, adopt that one."""
         first, *others = [self._network(n) for n in networks]
         addresses = {}
+        owned = labels
         for network in (first, *others):
             address = self._free_address(network)
             labels = {**labels, LABEL_ADDRESS + network.name: address}
             addresses[network.name] = address
         endpoint = EndpointConfig(self.client.api._version, ipv4_address=addresses[first.name])
-        container = self.client.containers.create(
-            image,
-            command=command,
-            name=self.container_name(name),
-            labels=labels,
-            network=first.name,
-            networking_config={first.name: endpoint},
-            **options,
-        )
-        for network in others:
-            network.connect(container, ipv4_address=addresses[network.name])
-        container.start()
-        return container
+        # A refusal for the name means a step that was not listed when this one looked (one
+        # racing it, or a blocking call that ran on after its controller lost the lease: the
+        # orphan of issue 11) created it meanwhile: adopt it if it is ours. The engine reserves
+        # the name before the container can be looked up, and its holder may go away after the
+        # refusal: while none is found, the create is tried again.
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while True:
+            try:
+                container = self.client.containers.create(
+                    image,
+                    command=command,
+                    name=self.container_name(name),
+                    labels=labels,
+                    network=first.name,
+                    networking_config={first.name: endpoint},
+                    **options,
+                )
+                break
+            except docker.errors.APIError as error:
+                if error.status_code != 409:
+                    raise
+            holder = self._holder_of(self.container_name(name), owned)
+            if holder is not None:
+                return self._adopt(holder, networks)
+            if time.monotonic() > deadline:
+                raise ActuatorError(
+                    f"docker actuator: the name {self.container_name(name)} stayed refused as in "
+                    f"use for {self.settings.ready_timeout}s while no container could be found "
+                    "under it"
+                )
+            time.sleep(0.1)
+        # Connected to the others (at the addresses its labels record) and started as a resumed
+        # step would: a step adopting it meanwhile may be doing the same, and either may win.
+        return self._adopt(container, networks)
+
+    def _holder_of(self, container_name: str, owned: dict[str, str]) -> Container | None:
+        """The container holding `container_name`, if its labels are `owned` (the ones this
+        provision would set); None when none holds it. Any other holder is refused, named with
+        the labels that differ, and left alone."""
+        try:
+            holder = self.client.containers.get(container_name)
+        except docker.errors.NotFound:
+            return None
+        differ = {
+            key: (holder.labels.get(key), wanted)
+            for key, wanted in owned.items()
+            if holder.labels.get(key) != wanted
+        }
+        if differ:
+            found = ", ".join(
+                f"{key}={have!r} (expected {wanted!r})" for key, (have, wanted) in differ.items()
+            )
+            raise ActuatorError(
+                f"docker actuator: container {container_name} holds the name but is not this "
+                f"provision's, so it is left alone: {found}"
+            )
+        return holder
 
     def _adopt(self, container: Container, networks: list[str]) -> Container:
         """A container an earlier step started, made whole: connected to each of `networks` it
@@ -247,7 +293,13 @@ class DockerActuator:
         joined = container.attrs["NetworkSettings"]["Networks"] or {}
         for network in (self._network(n) for n in networks if n not in joined):
             recorded = container.labels.get(LABEL_ADDRESS + network.name)
-            network.connect(container, ipv4_address=recorded or self._free_address(network))
+            try:
+                network.connect(container, ipv4_address=recorded or self._free_address(network))
+            except docker.errors.APIError:
+                # The step that created it may be connecting it at this moment: joined is done.
+                container.reload()
+                if network.name not in (container.attrs["NetworkSettings"]["Networks"] or {}):
+                    raise
         if container.status != "running":
             container.start()
         return container

@@ -1,7 +1,9 @@
 """The docker actuator against a real Docker engine: a replacement replica is a parked Redis
 container on both networks with a sensor beside it, labelled; a resumed step adopts it instead of
-starting a second; a stopped one comes back on the same addresses; `remove` removes what it
-started. With no engine reachable the module skips and says why (the refusal test needs none).
+starting a second, and so does a step whose create is refused for the name, when the holder's
+labels are its own (any other holder is refused and left alone); a stopped one comes back on the
+same addresses; `remove` removes what it started. With no engine reachable the module skips and
+says why (the refusal test needs none).
 
 Not for: the workflow that calls the actuator (tests/test_failover_e2e.py) or the local one.
 """
@@ -9,13 +11,16 @@ Not for: the workflow that calls the actuator (tests/test_failover_e2e.py) or th
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker.errors
 import pytest
 import redis
+from docker.models.containers import Container
 from docker.models.networks import Network
 
 from chaos.faults.docker import engine_unavailable_reason
@@ -209,3 +214,53 @@ def test_a_disconnected_replica_keeps_its_address_from_a_newcomer(staged: Deploy
     assert container.labels[LABEL_ADDRESS + staged.peer_network] == first.peer_host
     # ...so it can come back where the topology says it is.
     staged.client.networks.get(staged.peer_network).connect(container, ipv4_address=first.peer_host)
+
+
+@needs_engine
+def test_two_provisions_of_one_name_at_once_both_return_the_same_container(
+    staged: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both look before either creates (as the next owner did while the last one's blocking call
+    # ran on: issue 11), so one create is refused for the name and must adopt the other's.
+    both_looked = threading.Barrier(2, timeout=30)
+    listed = staged.actuator.started
+
+    def look_then_wait(name: str | None = None) -> list[Container]:
+        found = listed(name)
+        both_looked.wait()
+        return found
+
+    monkeypatch.setattr(staged.actuator, "started", look_then_wait)
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(staged.actuator.provision_replica_now, "s1", "s1-replica-e8")
+                 for _ in range(2)]  # fmt: skip
+        first, second = (call.result(timeout=60) for call in calls)
+    monkeypatch.undo()
+
+    assert first == second
+    assert sorted(c.labels[LABEL_ROLE] for c in staged.actuator.started()) == [
+        "replica", "sensor",
+    ]  # fmt: skip
+    assert replication_of(first.host, first.port)["role"] == "slave"
+
+
+@needs_engine
+def test_a_foreign_container_holding_the_name_is_refused_and_left_alone(
+    staged: Deployment,
+) -> None:
+    foreign_labels = {LABEL_DEPLOYMENT: staged.name, LABEL_ROLE: "probe"}
+    foreign = staged.client.containers.create(
+        staged.actuator.settings.redis_image,
+        name=staged.actuator.container_name("s0-replica-e2"),
+        labels=foreign_labels,
+    )
+    labels_before = foreign.labels  # the image's labels too
+
+    with pytest.raises(ActuatorError, match=rf"container {foreign.name} holds the name") as refused:
+        staged.actuator.provision_replica_now("s0", "s0-replica-e2")
+
+    assert f"{LABEL_ROLE}='probe' (expected 'replica')" in str(refused.value)
+    assert f"{LABEL_SHARD}=None (expected 's0')" in str(refused.value)
+    foreign.reload()
+    assert (foreign.status, foreign.labels) == ("created", labels_before)
+    assert set(foreign.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
