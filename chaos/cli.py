@@ -496,8 +496,8 @@ def soak(
         raise typer.Exit(130) from None
     table = Table(title=f"soak: {len(results)} of {cycles} cycles")
     for column in ("cycle", "fault", "shard", "run", "acked", "undelivered", "late here",
-                   "whole after", "containers", "control MiB", "growth", "service",
-                   "ok"):  # fmt: skip
+                   "dequeues failed", "whole after", "containers", "control MiB", "growth",
+                   "service", "ok"):  # fmt: skip
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -508,6 +508,7 @@ def soak(
             str(r.acknowledged),
             str(r.lost),
             describe_counts(r.late) or "-",
+            r.dequeue_failures or "-",
             "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
             f"{r.containers} / {r.container_bound}",
             f"{r.control_memory / 2**20:.2f}",

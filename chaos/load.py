@@ -199,6 +199,7 @@ class LoadRun:
     async def _consume(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
             requested = time.time()
+            messages: list[dict] = []
             try:
                 response = await http.post(
                     "/v1/messages:dequeue",
@@ -207,15 +208,14 @@ class LoadRun:
                         "lease_seconds": self.profile.lease_seconds,
                     },
                 )
-                messages = (
-                    response.json().get("messages", []) if response.status_code == 200 else []
-                )
-            except (httpx.HTTPError, ValueError):
-                response, messages = None, []
+                if response.status_code == 200:
+                    messages = response.json().get("messages", [])
+                else:
+                    self.ledger.record_failed_dequeue(refusal_kind(response), requested)
+            except (httpx.HTTPError, ValueError) as error:
+                self.ledger.record_failed_dequeue(type(error).__name__, requested)
             now = time.time()
             self.ledger.slowest_dequeue = max(self.ledger.slowest_dequeue, now - requested)
-            if response is None or response.status_code != 200:
-                self.ledger.failed_dequeues += 1
             for message in messages:
                 self.ledger.record_delivery(
                     Delivery(
@@ -229,12 +229,30 @@ class LoadRun:
                     )
                 )
             if messages:
-                with contextlib.suppress(httpx.HTTPError):
-                    await http.post(
-                        "/v1/messages:ack", json={"receipts": [m["receipt"] for m in messages]}
-                    )
+                await self._ack(http, [m["receipt"] for m in messages])
             else:
                 await asyncio.sleep(0.05)
+
+    async def _ack(self, http: httpx.AsyncClient, receipts: list[str]) -> None:
+        # Not retried: a lease not acknowledged expires and its message is delivered again.
+        sent = time.time()
+        try:
+            response = await http.post("/v1/messages:ack", json={"receipts": receipts})
+        except httpx.HTTPError as error:
+            self.ledger.record_failed_ack(type(error).__name__, sent)
+            return
+        if response.status_code != 200:
+            self.ledger.record_failed_ack(refusal_kind(response), sent)
+
+
+def refusal_kind(response: httpx.Response) -> str:
+    """An answer other than the one asked for, as "STATUS ERROR-CODE" (the API's error body's
+    `code`; "no error code" when the body names none: a proxy's answer, say)."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "no error code"
+    return f"{response.status_code} {code}"
 
 
 class BackgroundLoad:

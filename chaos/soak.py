@@ -110,6 +110,8 @@ class CycleResult:
     misses: list[str] = field(default_factory=list)
     late: dict[int, int] = field(default_factory=dict)
     """Earlier cycles' acknowledged messages this cycle delivered: cycle -> how many."""
+    dequeue_failures: str = ""
+    """How the load's dequeues failed in the run, and when from the fault (the journal's)."""
 
     @property
     def ok(self) -> bool:
@@ -417,6 +419,7 @@ def run_cycle(
         restarted=restarted,
         service="" if kill is None else kill.summary,
         journal=journal.run_id,
+        dequeue_failures=str(journal.load.get("dequeue_failures", "")),
     )
     if journal.verdict != "passed":
         failed = [h.hypothesis for h in journal.hypotheses if not h.ok]
@@ -429,7 +432,7 @@ def run_cycle(
     if result.lost != 0 or result.acknowledged == 0:
         result.misses.append(
             f"{result.lost} of {result.acknowledged} acknowledged not delivered within the "
-            "run's drain"
+            f"run's drain (dequeues failed: {result.dequeue_failures or 'none'})"
         )
     if settled is None:
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
