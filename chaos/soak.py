@@ -26,6 +26,8 @@ Not for: running one experiment (`ratequeue-chaos run`), building images
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import secrets
 import subprocess
@@ -490,6 +492,18 @@ def judge_leftovers(
         )
 
 
+CENSUS_FILE = "soak-censuses.jsonl"
+
+
+def record_census(journal_dir: Path, cycle: int, census: Census) -> None:
+    """Append the cycle's census to `CENSUS_FILE` beside the journals: the growth judge's input,
+    kept so a soak's series can be read (and judged again) after the run."""
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"cycle": cycle, **dataclasses.asdict(census)}, sort_keys=True)
+    with open(journal_dir / CENSUS_FILE, "a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
 def soak(
     cycles: int,
     *,
@@ -547,6 +561,7 @@ def soak(
                 say(f"cycle {cycle} failed: {error}")
             if result.census is not None:
                 censuses.append(result.census)
+                record_census(journal_dir, cycle, result.census)
                 growth = judge_growth(censuses, bytes_per_cycle=growth_bytes_per_cycle)
                 result.growth = growth.describe()
                 result.misses.extend(growth.misses)

@@ -66,6 +66,8 @@ class Census:
     """MEMORY USAGE summed over the keys without an expiry that are not CAPPED."""
     families: dict[str, int] = field(default_factory=dict)
     """Key family -> keys without an expiry (CAPPED left out)."""
+    family_bytes: dict[str, int] = field(default_factory=dict)
+    """Key family -> the bytes of those keys (what `unbounded_bytes` is made of)."""
 
 
 def take_census(control: redis.Redis) -> Census:
@@ -76,15 +78,16 @@ def take_census(control: redis.Redis) -> Census:
         pipe.memory_usage(key)
     answers = pipe.execute()
     families: Counter[str] = Counter()
-    unbounded = 0
+    family_bytes: Counter[str] = Counter()
     for index, key in enumerate(keys):
         ttl, size = answers[2 * index], answers[2 * index + 1]
         if ttl != -1 or key in CAPPED:  # expiring, capped, or gone since the scan (-2)
             continue
         families[key_family(key)] += 1
-        unbounded += int(size or 0)
+        family_bytes[key_family(key)] += int(size or 0)
     used = int(control.info("memory")["used_memory"])
-    return Census(used_memory=used, unbounded_bytes=unbounded, families=dict(families))
+    return Census(used_memory=used, unbounded_bytes=sum(family_bytes.values()),
+                  families=dict(families), family_bytes=dict(family_bytes))  # fmt: skip
 
 
 def slope(values: Sequence[float]) -> float:
