@@ -56,7 +56,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -79,6 +78,7 @@ from redis.sentinel import Sentinel
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu_hogs import cpu_hogs, every_core
 from chaos.testbed import (
     ControlBackend,
     TestbedNode,
@@ -1021,24 +1021,6 @@ def render(document: dict[str, Any]) -> None:
         )
 
 
-@contextlib.contextmanager
-def cpu_hogs(count: int) -> Iterator[None]:
-    """`count` processes spinning at normal priority for the duration: a machine with both
-    cores busy, where the Python stages of a failover must still keep up."""
-    spin = [sys.executable, "-c", "while True: pass"]
-    hogs = [
-        subprocess.Popen(spin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(count)
-    ]
-    try:
-        yield
-    finally:
-        for hog in hogs:
-            hog.kill()
-        for hog in hogs:
-            hog.wait()
-
-
 app = typer.Typer(add_completion=False)
 
 
@@ -1065,7 +1047,7 @@ def main(
     if control not in (*BACKENDS, "both"):
         raise typer.BadParameter(f"{control!r} is not redis, etcd or both", param_hint="--control")
     controls = BACKENDS if control == "both" else (control,)
-    with cpu_hogs((os.cpu_count() or 1) if busy else 0):
+    with cpu_hogs(every_core() if busy else 0):
         measure(kills, sentinel_kills, workers, interval_ms, quick, busy, output, controls, fault)
 
 

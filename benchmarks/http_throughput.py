@@ -47,6 +47,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu_hogs import cpu_hogs, every_core
 from common.http_processes import wait_until_healthy
 from common.nodes import CLIENT_HOST
 from common.redis_processes import die_with_parent, free_port
@@ -322,6 +323,9 @@ def main(
         4, min=1, max=64, help="connections (client: calls in flight) for the batched runs"
     ),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
+    busy: bool = typer.Option(
+        False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
+    ),
 ) -> None:
     try:
         counts = [int(w) for w in workers.split(",")]
@@ -335,28 +339,31 @@ def main(
     with tempfile.TemporaryDirectory(prefix="http-bench-") as workdir:
         cluster = LocalCluster.start(Path(workdir), shards=1, replicas=1)
         try:
-            for round_index in range(rounds):
-                runs: list[tuple[str, Callable[[], Round]]] = [
-                    (f"{count} worker(s)", functools.partial(
-                        run_http_round, cluster, count, 0, f"r{round_index}w{count}", single))
-                    for count in counts
-                ]  # fmt: skip
-                if batch:
-                    runs += [
-                        (f"batches of {batch}, {count} worker(s)", functools.partial(
-                            run_http_round, cluster, count, batch, f"r{round_index}b{count}",
-                            batched))
+            with cpu_hogs(every_core() if busy else 0):
+                for round_index in range(rounds):
+                    runs: list[tuple[str, Callable[[], Round]]] = [
+                        (f"{count} worker(s)", functools.partial(
+                            run_http_round, cluster, count, 0, f"r{round_index}w{count}", single))
                         for count in counts
                     ]  # fmt: skip
-                    client = functools.partial(
-                        run_client_round, cluster, batch, f"r{round_index}c", batched
-                    )
-                    runs.append((f"client library, batches of {batch}", client))
-                for label, run in runs:
-                    result = run()
-                    console.print(f"round {round_index + 1}, {label}: {result.per_second:,.0f}/s "
-                                  f"(load average {os.getloadavg()[0]:.1f})")  # fmt: skip
-                    results.append(result)
+                    if batch:
+                        runs += [
+                            (f"batches of {batch}, {count} worker(s)", functools.partial(
+                                run_http_round, cluster, count, batch, f"r{round_index}b{count}",
+                                batched))
+                            for count in counts
+                        ]  # fmt: skip
+                        client = functools.partial(
+                            run_client_round, cluster, batch, f"r{round_index}c", batched
+                        )
+                        runs.append((f"client library, batches of {batch}", client))
+                    for label, run in runs:
+                        result = run()
+                        console.print(
+                            f"round {round_index + 1}, {label}: {result.per_second:,.0f}/s "
+                            f"(load average {os.getloadavg()[0]:.1f})"
+                        )
+                        results.append(result)
         finally:
             cluster.stop()
     table = Table(title="acknowledged enqueues (201 = WAIT-acknowledged), per message")
@@ -394,7 +401,8 @@ def main(
     path = output / f"http-{stamp}.json"
     path.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+                    "busy": busy, "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
         "options": {**single, "batch": batch, "batch_connections": batch_connections},
         "rounds": [asdict(r) for r in results],
         "median_per_second": summary,

@@ -45,6 +45,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu_hogs import cpu_hogs, every_core
 from common.redis_processes import RedisProcess
 from ratequeue.client import AsyncRatequeueClient, ClientRetryPolicy, ClientSettings, Enqueued
 from ratequeue.local_cluster import LocalCluster, ShardNodes
@@ -787,6 +788,9 @@ def main(
     quick: bool = typer.Option(False, "--quick", help="smoke run (~20 s): small fixed counts"),
     output: Path = typer.Option(RESULTS_DIR, help="directory for the JSON result"),
     profile: bool = typer.Option(False, "--profile", help="also print the per-command table"),
+    busy: bool = typer.Option(
+        False, "--busy", help="keep every core busy with a CPU hog (normal priority) throughout"
+    ),
 ) -> None:
     options = (
         QUICK
@@ -806,7 +810,8 @@ def main(
                 f"{host['memory_gib']} GiB, {host['kernel']}; redis-server "
                 f"{host['redis_server']}; {host['python']}, redis-py {host['redis_py']}"
             )
-            out = asyncio.run(run(cluster, options))
+            with cpu_hogs(every_core() if busy else 0):
+                out = asyncio.run(run(cluster, options))
         finally:
             cluster.stop()
     host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -821,6 +826,7 @@ def main(
         "machine": host,
         "options": asdict(options),
         "quick": quick,
+        "busy": busy,
         "figures": out.figures,
         "phases": {
             key: phase.summary() | {"name": phase.name} for key, phase in out.phases.items()
