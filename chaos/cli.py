@@ -508,7 +508,7 @@ def soak(
             str(r.acknowledged),
             str(r.lost),
             describe_counts(r.late) or "-",
-            r.dequeue_failures or "-",
+            str(r.failed_dequeues),
             "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
             f"{r.containers} / {r.container_bound}",
             f"{r.control_memory / 2**20:.2f}",

@@ -112,6 +112,7 @@ class CycleResult:
     misses: list[str] = field(default_factory=list)
     late: dict[int, int] = field(default_factory=dict)
     """Earlier cycles' acknowledged messages this cycle delivered: cycle -> how many."""
+    failed_dequeues: int = 0
     dequeue_failures: str = ""
     """How the load's dequeues failed in the run, and when from the fault (the journal's)."""
 
@@ -421,6 +422,7 @@ def run_cycle(
         restarted=restarted,
         service="" if kill is None else kill.summary,
         journal=journal.run_id,
+        failed_dequeues=int(journal.load.get("failed_dequeues", 0)),
         dequeue_failures=str(journal.load.get("dequeue_failures", "")),
     )
     if journal.verdict != "passed":
@@ -428,6 +430,8 @@ def run_cycle(
         result.misses.append(
             f"run {journal.verdict} ({', '.join(failed) or '; '.join(journal.errors)})"
         )
+    if result.dequeue_failures:
+        say(f"dequeues failed (from the fault): {result.dequeue_failures}")
     # Earlier cycles' messages this one delivered first: none of this cycle's own is foreign.
     result.late = undelivered.delivered(journal.load.get("foreign_ids", []))
     undelivered.left_by(cycle, journal.load.get("lost_ids", []))
