@@ -444,7 +444,7 @@ def soak(
     """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
     every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
     container count within its bound and the control store not growing from cycle to cycle
-    (judged from the fourth cycle on). One table; exit 1 on any miss. Ports and subnets: the
+    (judged from the seventh cycle on). One table; exit 1 on any miss. Ports and subnets: the
     compose file's variables (RQ_API_PORT, ...)."""
     import threading
 

@@ -527,7 +527,7 @@ def soak(
     on_cycle: Callable[[CycleResult], None] = lambda result: None,
 ) -> list[CycleResult]:
     """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
-    one); from the fourth on, each cycle's misses include the control store's growth so far."""
+    one); from the seventh on, each cycle's misses include the control store's growth so far."""
     staging = Staging(compose_file, endpoints, say)
     deployment = endpoints.target()
     results: list[CycleResult] = []
