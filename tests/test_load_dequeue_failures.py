@@ -40,13 +40,21 @@ def test_a_dequeue_without_an_answer_is_counted_by_its_transport_error(
     ledger = Ledger()
     load = LoadRun(served.url, PROFILE, ledger)
 
+    async def api_goes_away() -> None:
+        # Once the load has read its topology and had an enqueue answered: from then on no
+        # enqueue or dequeue is answered.
+        while not ledger.acknowledged:
+            await asyncio.sleep(0.02)
+        served.server.should_exit = True
+        await asyncio.sleep(1.5)
+        assert load.stop_producing is not None
+        load.stop_producing.set()
+
     async def run() -> None:
         load.stop_producing = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        # The API goes away after the load read its topology; no enqueue or dequeue is answered.
-        loop.call_later(0.3, setattr, served.server, "should_exit", True)
-        loop.call_later(1.5, load.stop_producing.set)
+        going = asyncio.create_task(api_goes_away())
         await load.run(duration=60, drain_timeout=0.5)
+        await going
 
     asyncio.run(run())
     assert ledger.dequeue_failures.get("ConnectError") is not None, ledger.dequeue_failures
