@@ -15,6 +15,7 @@ from chaos.ledger import Ledger
 from chaos.load import LoadProfile, LoadRun
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi
+from tests.load_turns import run_with_a_turn
 
 PROFILE = LoadProfile(numbers=4, toll_free_share=0, short_code_share=1, enqueue_per_second=20,
                       producers=1, consumers=1)  # fmt: skip
@@ -40,21 +41,8 @@ def test_a_dequeue_without_an_answer_is_counted_by_its_transport_error(
     ledger = Ledger()
     load = LoadRun(served.url, PROFILE, ledger)
 
-    async def api_goes_away() -> None:
-        # Once the load has read its topology and had an enqueue answered: from then on no
-        # enqueue or dequeue is answered.
-        while not ledger.acknowledged:
-            await asyncio.sleep(0.02)
-        served.server.should_exit = True
-        await asyncio.sleep(1.5)
-        assert load.stop_producing is not None
-        load.stop_producing.set()
-
-    async def run() -> None:
-        load.stop_producing = asyncio.Event()
-        going = asyncio.create_task(api_goes_away())
-        await load.run(duration=60, drain_timeout=0.5)
-        await going
-
-    asyncio.run(run())
+    # Once the load has read its topology and had an enqueue answered, the API stops: from then
+    # on no enqueue or dequeue is answered.
+    run_with_a_turn(load, after_acknowledged=1, drain=0.5, stop_after=1.5,
+                    turn=lambda: setattr(served.server, "should_exit", True))  # fmt: skip
     assert ledger.dequeue_failures.get("ConnectError") is not None, ledger.dequeue_failures

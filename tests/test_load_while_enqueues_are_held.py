@@ -9,9 +9,7 @@ Not for: the queue's own behaviour with its replicas away (tests/test_durability
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -20,6 +18,7 @@ from chaos.ledger import Ledger
 from chaos.load import LoadProfile, LoadRun
 from ratequeue.local_cluster import LocalCluster
 from tests.conftest import ServedApi
+from tests.load_turns import run_with_a_turn
 
 # Long codes (1 message a second each): what is acknowledged before the hold is due over the
 # seconds after it. 200 retrying messages for one producer: far more than its connections.
@@ -57,25 +56,8 @@ def test_consumers_receive_while_every_enqueue_is_held_by_the_api(
     api = serve_api(cluster, wait_timeout_ms=20_000).url
     ledger = Ledger()
     load = LoadRun(api, PROFILE, ledger)
-    held_at = 0.0
-
-    async def hold_then_stop() -> None:
-        nonlocal held_at
-        while len(ledger.acknowledged) < ACKNOWLEDGED_BEFORE_THE_HOLD:
-            await asyncio.sleep(0.05)
-        stop_replicas()
-        held_at = time.time()
-        await asyncio.sleep(HOLD_SECONDS)
-        assert load.stop_producing is not None
-        load.stop_producing.set()
-
-    async def run() -> None:
-        load.stop_producing = asyncio.Event()
-        holding = asyncio.create_task(hold_then_stop())
-        await load.run(duration=60, drain_timeout=0)
-        await holding
-
-    asyncio.run(run())
+    held_at = run_with_a_turn(load, after_acknowledged=ACKNOWLEDGED_BEFORE_THE_HOLD,
+                              turn=stop_replicas, stop_after=HOLD_SECONDS, drain=0)  # fmt: skip
     # From a second into the hold (a dequeue sent before it may still be answered).
     received_while_held = [d for d in ledger.deliveries
                            if held_at + 1 < d.at < held_at + HOLD_SECONDS]  # fmt: skip
