@@ -93,8 +93,10 @@ def test_a_key_leaked_every_third_cycle_fails_the_judge() -> None:
 
 
 def test_a_hundred_bytes_leaked_every_other_cycle_fail_the_judge() -> None:
-    leaking = [9000 + 100 * math.ceil(c / 2) for c in range(1, 8)]
-    verdict = judge_growth(_series([3] * 7, leaking))
+    # Within a few cycles such a leak hides in one allocator step's allowance (BYTES_NOISE);
+    # over a soak's length it cannot.
+    leaking = [9000 + 100 * math.ceil(c / 2) for c in range(1, 26)]
+    verdict = judge_growth(_series([3] * 25, leaking))
     [miss] = verdict.misses
     assert miss.startswith("control store keys without expiry grow")
 
@@ -119,3 +121,18 @@ def test_a_topology_that_swings_and_keeps_a_node_every_other_cycle_fails_the_jud
     verdict = judge_growth(_series([1] * len(leaking), leaking))
     [miss] = verdict.misses
     assert miss.startswith("control store keys without expiry grow")
+
+
+def test_a_topology_that_steps_up_one_size_class_after_the_first_third_passes() -> None:
+    # rq:topology's MEMORY USAGE in a staging soak: low for a few cycles, then one allocator size
+    # class higher for good (its length crosses a class boundary), at a cycle that varies.
+    stepped = [1904] + [1648] * 3 + [1904] * 8
+    verdicts = [judge_growth(_series([1] * n, stepped[:n])) for n in range(7, len(stepped) + 1)]
+    assert all(v.judged and v.misses == [] for v in verdicts), [v.misses for v in verdicts]
+
+
+def test_fifty_bytes_leaked_every_cycle_fail_the_judge_over_a_long_soak() -> None:
+    leaking = [1848 + 50 * cycle for cycle in range(25)]
+    verdict = judge_growth(_series([1] * len(leaking), leaking))
+    [miss] = verdict.misses
+    assert "no plateau" in miss
