@@ -450,7 +450,7 @@ def soak(
     """Soak the compose staging deployment: kill, pause and partition primaries and replicas of
     every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
     container count within its bound and the control store not growing from cycle to cycle
-    (judged from the fourth cycle on). One table; exit 1 on any miss. Ports and subnets: the
+    (judged from the seventh cycle on). One table; exit 1 on any miss. Ports and subnets: the
     compose file's variables (RQ_API_PORT, ...)."""
     import threading
 
@@ -502,8 +502,8 @@ def soak(
         raise typer.Exit(130) from None
     table = Table(title=f"soak: {len(results)} of {cycles} cycles")
     for column in ("cycle", "fault", "shard", "run", "acked", "undelivered", "late here",
-                   "whole after", "containers", "control MiB", "growth", "service",
-                   "ok"):  # fmt: skip
+                   "dequeues failed", "whole after", "containers", "control MiB", "growth",
+                   "service", "ok"):  # fmt: skip
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -514,6 +514,7 @@ def soak(
             str(r.acknowledged),
             str(r.lost),
             describe_counts(r.late) or "-",
+            str(r.failed_dequeues),
             "never" if r.settled_seconds is None else f"{r.settled_seconds:.1f} s",
             f"{r.containers} / {r.container_bound}",
             f"{r.control_memory / 2**20:.2f}",

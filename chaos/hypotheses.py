@@ -24,7 +24,7 @@ from chaos.experiments import (
     RecoveredWithin,
 )
 from chaos.journal import HypothesisOutcome
-from chaos.ledger import Ledger, RateCheck
+from chaos.ledger import Ledger, RateCheck, describe_failed_calls
 from chaos.load import default_rates
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -62,9 +62,10 @@ def _recovered_within(h: RecoveredWithin, o: Observations) -> HypothesisOutcome:
     )
 
 
-def _where_lost(ledger: Ledger, lost: list[str]) -> str:
-    """Which shards the undelivered were acknowledged by and when the consumers last received
-    anything: what tells a queue that kept them from consumers that stopped asking."""
+def _where_lost(ledger: Ledger, lost: list[str], fault_at: float) -> str:
+    """Which shards the undelivered were acknowledged by, when the consumers last received
+    anything and how their dequeues failed: what tells a queue that kept them from consumers
+    whose dequeues were refused, and those from consumers whose dequeues never arrived."""
     by_shard: dict[str, int] = {}
     for message_id in lost:
         shard = ledger.acknowledged[message_id][1]
@@ -77,8 +78,11 @@ def _where_lost(ledger: Ledger, lost: list[str]) -> str:
         else f"last delivery {last_delivery - last_ack:+.1f} s from the last acknowledgement"
     )
     ended = f"; consumers ended on {ledger.consumer_failures}" if ledger.consumer_failures else ""
+    failed = describe_failed_calls(ledger.dequeue_failures, fault_at)
+    dequeues = f"; dequeues failed: {failed}" if failed else "; no dequeue failed"
     return (
-        f"lost by shard {dict(sorted(by_shard.items()))}; {received}{ended}; lost ids: {lost[:10]}"
+        f"lost by shard {dict(sorted(by_shard.items()))}; {received}{ended}{dequeues}; "
+        f"lost ids: {lost[:10]}"
     )
 
 
@@ -90,7 +94,9 @@ def _acknowledged_lost(h: AcknowledgedLost, o: Observations) -> HypothesisOutcom
         ok=bool(o.ledger.acknowledged) and len(lost) <= h.max,
         expected=f"<= {h.max} (of > 0 acknowledged)",
         measured=len(lost),
-        detail=f"{len(o.ledger.acknowledged)} acknowledged; {_where_lost(o.ledger, lost)}"
+        detail=(
+            f"{len(o.ledger.acknowledged)} acknowledged; {_where_lost(o.ledger, lost, o.fault_at)}"
+        )
         if lost
         else f"{len(o.ledger.acknowledged)} acknowledged, all delivered",
     )

@@ -59,6 +59,30 @@ class RateCheck:
 
 
 @dataclass
+class FailedCalls:
+    """The load's calls that failed one way (an HTTP status with its error code, or a transport
+    error): how many, and when the first and the last of them were sent."""
+
+    count: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+
+    def add(self, at: float) -> None:
+        self.first_at = at if self.count == 0 else min(self.first_at, at)
+        self.last_at = max(self.last_at, at)
+        self.count += 1
+
+
+def describe_failed_calls(failures: dict[str, FailedCalls], since: float) -> str:
+    """`{"503 shard_unavailable": ...}` as "503 shard_unavailable x12 (+3.1 to +9.8 s)", the
+    times from `since` (the fault); "" when nothing failed."""
+    return ", ".join(
+        f"{kind} x{calls.count} ({calls.first_at - since:+.1f} to {calls.last_at - since:+.1f} s)"
+        for kind, calls in sorted(failures.items(), key=lambda item: item[1].first_at)
+    )
+
+
+@dataclass
 class Ledger:
     attempts: list[Attempt] = field(default_factory=list)
     acknowledged: dict[str, tuple[str, str, float]] = field(default_factory=dict)
@@ -70,9 +94,14 @@ class Ledger:
     unanswered_enqueues: int = 0
     """Enqueue requests still awaiting their answer when producing stopped (cancelled: written
     or not, never acknowledged to this run; one that was written is delivered as foreign)."""
-    failed_dequeues: int = 0
-    """Dequeues that got no answer (an error, a timeout, not 200): what one of them leased
-    returns to its queue only when the lease expires."""
+    dequeue_failures: dict[str, FailedCalls] = field(default_factory=dict)
+    """Dequeues answered other than 200 (by status and error code: a refusal) or not answered
+    at all (by transport error: what one of them leased returns to its queue only when the lease
+    expires). The consumer takes either as "nothing now" and asks again; kept apart here, so a
+    queue that was asked and refused reads differently from one that was never asked."""
+    ack_failures: dict[str, FailedCalls] = field(default_factory=dict)
+    """Acks answered other than 200 or not answered (their messages are delivered again after
+    their lease: duplicates, not losses)."""
     slowest_dequeue: float = 0.0
     """Seconds the slowest dequeue took to answer (or to fail)."""
 
@@ -85,6 +114,16 @@ class Ledger:
     ) -> None:
         self.acknowledged.setdefault(message_id, (number, shard, at))
         self.segments[message_id] = segments
+
+    def record_failed_dequeue(self, kind: str, sent_at: float) -> None:
+        self.dequeue_failures.setdefault(kind, FailedCalls()).add(sent_at)
+
+    def record_failed_ack(self, kind: str, sent_at: float) -> None:
+        self.ack_failures.setdefault(kind, FailedCalls()).add(sent_at)
+
+    @property
+    def failed_dequeues(self) -> int:
+        return sum(calls.count for calls in self.dequeue_failures.values())
 
     def record_delivery(self, delivery: Delivery) -> None:
         self.deliveries.append(delivery)

@@ -81,8 +81,25 @@ class LoadRun:
 
     async def run(self, duration: float, drain_timeout: float = 60.0) -> Ledger:
         numbers = number_pool(self.profile)
-        limits = httpx.Limits(max_connections=self.profile.producers + self.profile.consumers + 4)
-        async with httpx.AsyncClient(base_url=self.api, timeout=10, limits=limits) as http:
+        # Two connection pools, the consumers' never shared with the producers'. Shared, the
+        # consumers starve whenever the API holds enqueues (away, restarting, or waiting on a
+        # shard's WAIT): up to `in_flight` retrying messages per producer queue for the same
+        # connections, ahead of every dequeue, and a dequeue that waits 10 s for one fails as
+        # PoolTimeout. Worse, those enqueues are cancelled when producing stops, and httpcore
+        # 1.0.9 (encode/httpcore#1093) leaks the slot of a request cancelled after the pool gave
+        # it a new connection it had not used yet: one stop under that contention can leak
+        # every slot, and every later dequeue through the pool fails, although the API answers
+        # again (staging soak run 10: 42 acknowledged undelivered, no dequeue reaching the API
+        # for 150 s after its restart). The consumers are cancelled only when the run ends, and
+        # each uses one connection at a time, so their pool never has a request waiting.
+        producing_limits = httpx.Limits(max_connections=self.profile.producers + 4)
+        consuming_limits = httpx.Limits(max_connections=self.profile.consumers)
+        async with (
+            httpx.AsyncClient(base_url=self.api, timeout=10, limits=producing_limits) as http,
+            httpx.AsyncClient(
+                base_url=self.api, timeout=10, limits=consuming_limits
+            ) as consuming_http,
+        ):
             topology = Topology.model_validate((await http.get("/v1/topology")).json())
             shard_of = {n: topology.shard_for_slot(slot_for(n)).id for n in numbers}
             stop_producing = self.stop_producing or asyncio.Event()
@@ -95,7 +112,7 @@ class LoadRun:
                 for _ in range(self.profile.producers)
             ]
             consumers = [
-                asyncio.create_task(self._consume(http, stop_consuming))
+                asyncio.create_task(self._consume(consuming_http, stop_consuming))
                 for _ in range(self.profile.consumers)
             ]
             for consumer in consumers:
@@ -199,6 +216,7 @@ class LoadRun:
     async def _consume(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
             requested = time.time()
+            messages: list[dict] = []
             try:
                 response = await http.post(
                     "/v1/messages:dequeue",
@@ -207,15 +225,14 @@ class LoadRun:
                         "lease_seconds": self.profile.lease_seconds,
                     },
                 )
-                messages = (
-                    response.json().get("messages", []) if response.status_code == 200 else []
-                )
-            except (httpx.HTTPError, ValueError):
-                response, messages = None, []
+                if response.status_code == 200:
+                    messages = response.json().get("messages", [])
+                else:
+                    self.ledger.record_failed_dequeue(refusal_kind(response), requested)
+            except (httpx.HTTPError, ValueError) as error:
+                self.ledger.record_failed_dequeue(type(error).__name__, requested)
             now = time.time()
             self.ledger.slowest_dequeue = max(self.ledger.slowest_dequeue, now - requested)
-            if response is None or response.status_code != 200:
-                self.ledger.failed_dequeues += 1
             for message in messages:
                 self.ledger.record_delivery(
                     Delivery(
@@ -229,12 +246,30 @@ class LoadRun:
                     )
                 )
             if messages:
-                with contextlib.suppress(httpx.HTTPError):
-                    await http.post(
-                        "/v1/messages:ack", json={"receipts": [m["receipt"] for m in messages]}
-                    )
+                await self._ack(http, [m["receipt"] for m in messages])
             else:
                 await asyncio.sleep(0.05)
+
+    async def _ack(self, http: httpx.AsyncClient, receipts: list[str]) -> None:
+        # Not retried: a lease not acknowledged expires and its message is delivered again.
+        sent = time.time()
+        try:
+            response = await http.post("/v1/messages:ack", json={"receipts": receipts})
+        except httpx.HTTPError as error:
+            self.ledger.record_failed_ack(type(error).__name__, sent)
+            return
+        if response.status_code != 200:
+            self.ledger.record_failed_ack(refusal_kind(response), sent)
+
+
+def refusal_kind(response: httpx.Response) -> str:
+    """An answer other than the one asked for, as "STATUS ERROR-CODE" (the API's error body's
+    `code`; "no error code" when the body names none: a proxy's answer, say)."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "no error code"
+    return f"{response.status_code} {code}"
 
 
 class BackgroundLoad:

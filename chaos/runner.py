@@ -29,7 +29,7 @@ from chaos.faults.base import FaultBackend, InjectedFault
 from chaos.halting import sleep_until
 from chaos.hypotheses import Observations, comparable_measures, evaluate, verdict_ok
 from chaos.journal import Journal, Say
-from chaos.ledger import Ledger
+from chaos.ledger import Ledger, describe_failed_calls
 from chaos.load import BackgroundLoad, LoadProfile
 from chaos.recovery_watch import (
     RECOVERED_BY,
@@ -300,6 +300,7 @@ class ExperimentRunner:
         self.say("draining: waiting for every acknowledged message to be delivered")
         ledger = load.join()
         journal.mark("load_drained", time.time(), journal.moment("fault_injected"))
+        since = journal.moment("fault_injected") or journal.moment("load_started") or 0.0
         journal.load = {
             "acknowledged": len(ledger.acknowledged),
             "delivered": len(ledger.delivered_ids),
@@ -312,6 +313,10 @@ class ExperimentRunner:
             "foreign_ids": sorted(ledger.foreign_ids())[:LISTED_IDS],
             "unanswered_enqueues": ledger.unanswered_enqueues,
             "failed_dequeues": ledger.failed_dequeues,
+            # How they failed and when (from the fault): a refusal by the API (status and error
+            # code) reads apart from a dequeue that never got an answer (transport error).
+            "dequeue_failures": describe_failed_calls(ledger.dequeue_failures, since),
+            "ack_failures": describe_failed_calls(ledger.ack_failures, since),
             "slowest_dequeue_seconds": round(ledger.slowest_dequeue, 3),
             "availability": {
                 s: ledger.availability(s) for s in sorted({a.shard for a in ledger.attempts})

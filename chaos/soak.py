@@ -26,6 +26,8 @@ Not for: running one experiment (`ratequeue-chaos run`), building images
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import secrets
 import subprocess
@@ -110,6 +112,9 @@ class CycleResult:
     misses: list[str] = field(default_factory=list)
     late: dict[int, int] = field(default_factory=dict)
     """Earlier cycles' acknowledged messages this cycle delivered: cycle -> how many."""
+    failed_dequeues: int = 0
+    dequeue_failures: str = ""
+    """How the load's dequeues failed in the run, and when from the fault (the journal's)."""
 
     @property
     def ok(self) -> bool:
@@ -417,19 +422,23 @@ def run_cycle(
         restarted=restarted,
         service="" if kill is None else kill.summary,
         journal=journal.run_id,
+        failed_dequeues=int(journal.load.get("failed_dequeues", 0)),
+        dequeue_failures=str(journal.load.get("dequeue_failures", "")),
     )
     if journal.verdict != "passed":
         failed = [h.hypothesis for h in journal.hypotheses if not h.ok]
         result.misses.append(
             f"run {journal.verdict} ({', '.join(failed) or '; '.join(journal.errors)})"
         )
+    if result.dequeue_failures:
+        say(f"dequeues failed (from the fault): {result.dequeue_failures}")
     # Earlier cycles' messages this one delivered first: none of this cycle's own is foreign.
     result.late = undelivered.delivered(journal.load.get("foreign_ids", []))
     undelivered.left_by(cycle, journal.load.get("lost_ids", []))
     if result.lost != 0 or result.acknowledged == 0:
         result.misses.append(
             f"{result.lost} of {result.acknowledged} acknowledged not delivered within the "
-            "run's drain"
+            f"run's drain (dequeues failed: {result.dequeue_failures or 'none'})"
         )
     if settled is None:
         result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
@@ -487,6 +496,18 @@ def judge_leftovers(
         )
 
 
+CENSUS_FILE = "soak-censuses.jsonl"
+
+
+def record_census(journal_dir: Path, cycle: int, census: Census) -> None:
+    """Append the cycle's census to `CENSUS_FILE` beside the journals: the growth judge's input,
+    kept so a soak's series can be read (and judged again) after the run."""
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"cycle": cycle, **dataclasses.asdict(census)}, sort_keys=True)
+    with open(journal_dir / CENSUS_FILE, "a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
 def soak(
     cycles: int,
     *,
@@ -506,7 +527,7 @@ def soak(
     on_cycle: Callable[[CycleResult], None] = lambda result: None,
 ) -> list[CycleResult]:
     """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
-    one); from the fourth on, each cycle's misses include the control store's growth so far."""
+    one); from the seventh on, each cycle's misses include the control store's growth so far."""
     staging = Staging(compose_file, endpoints, say)
     deployment = endpoints.target()
     results: list[CycleResult] = []
@@ -544,6 +565,7 @@ def soak(
                 say(f"cycle {cycle} failed: {error}")
             if result.census is not None:
                 censuses.append(result.census)
+                record_census(journal_dir, cycle, result.census)
                 growth = judge_growth(censuses, bytes_per_cycle=growth_bytes_per_cycle)
                 result.growth = growth.describe()
                 result.misses.extend(growth.misses)
