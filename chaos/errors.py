@@ -14,6 +14,8 @@
     ├── TestbedError (RuntimeError)   the local testbed could not be started, found or stopped
     ├── RunAborted                    a run stopped before its end (steady state not met, halted,
     │                                 interrupted); its journal says why
+    ├── ScheduleNotRead               stop was asked for before the control store answered a
+    │                                 scheduled run's kept schedule (nothing ran)
     └── AgentError (InvalidRequest)   the fault agent refuses a request (status, field at fault);
                                       answered in Gremlin's error shape (`agent.error_body`)
 
@@ -81,3 +83,7 @@ class AgentError(ChaosError, InvalidRequest):
         super().__init__(message, code=REASONS.get(status, "Error"), http_status=status)
         self.status = status
         self.field = field
+
+
+class ScheduleNotRead(ChaosError):
+    """Stop was asked for before the control store answered the kept schedule's read."""

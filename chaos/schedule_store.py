@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos.cron_schedule import CronSchedule
-from chaos.errors import TargetError
+from chaos.errors import ScheduleNotRead, TargetError
 from chaos.journal import Say
 from chaos.schedule_grid import ScheduleFile
 from chaos.targets import Deployment
@@ -28,10 +28,6 @@ from common.validation import without_passwords
 # the longest: a store back within seconds is read at once, one down for long is not hammered.
 FIRST_RETRY_SECONDS = 1.0
 LONGEST_RETRY_SECONDS = 30.0
-
-
-class ScheduleNotRead(Exception):
-    """Stop was asked for before the control store answered the kept schedule's read."""
 
 
 def schedule_name(

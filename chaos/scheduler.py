@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from chaos.cron_schedule import CronSchedule
-from chaos.errors import RefusedTarget, TargetError
+from chaos.errors import RefusedTarget, ScheduleNotRead, TargetError
 from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
 from chaos.journal import Journal, Say
 from chaos.processes import read_cmdline, running
 from chaos.run_watchers import RunWatcher
 from chaos.runner import ExperimentRunner
 from chaos.schedule_grid import ScheduleGrid
-from chaos.schedule_store import ScheduleNotRead, StoreScheduleKeeper, schedule_name
+from chaos.schedule_store import StoreScheduleKeeper, schedule_name
 from chaos.targets import Deployment, from_testbed
 from chaos.testbed import running_testbed
 from common.points_in_time import iso_utc
