@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 
 def every_core() -> int:
+    """How many hogs keep every core of this machine busy."""
     return os.cpu_count() or 1
 
 
@@ -23,11 +24,11 @@ def every_core() -> int:
 def cpu_hogs(count: int) -> Iterator[None]:
     """`count` processes spinning at normal priority for the duration; 0 starts nothing."""
     spin = [sys.executable, "-c", "while True: pass"]
-    hogs = [
-        subprocess.Popen(spin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(count)
-    ]
-    try:
+    hogs: list[subprocess.Popen[bytes]] = []
+    try:  # the ones started are stopped also when a later one cannot start
+        for _ in range(count):
+            quiet = subprocess.DEVNULL
+            hogs.append(subprocess.Popen(spin, stdout=quiet, stderr=quiet))
         yield
     finally:
         for hog in hogs:

@@ -51,7 +51,9 @@ class Fault(StrEnum):
 
 
 class BenchmarkFaultError(RuntimeError):
-    """A fault could not be put in place or undone (the message says which and why)."""
+    """A fault could not be put in place or undone (the message says which and why). Not a
+    `failover_recovery.BenchmarkError` (one kill not measured, the run goes on) on purpose: a
+    cut that cannot be healed would skew every later measurement, so it ends the run."""
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ run: their schedule is kept in a file), or the run lock (`scheduler`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -70,7 +71,10 @@ class StoreScheduleKeeper:
         self.say = say
         self.stop = stop
         self.earlier_file = None if journal_dir is None else ScheduleFile(journal_dir)
-        self.read_from_earlier_file = False
+        # The grid origin of the earlier version's file this keeper read, if it read one: the
+        # file is retired only once a kept state carries that origin (the grid resumed from it;
+        # one of another cadence starts its own grid and leaves the file to its schedule).
+        self.earlier_origin: float | None = None
 
     @property
     def where(self) -> str:
@@ -98,7 +102,7 @@ class StoreScheduleKeeper:
                         f"nothing kept in {self.where}: reading the schedule an earlier "
                         f"version kept in {self.earlier_file.where}"
                     )
-                    self.read_from_earlier_file = True
+                    self.earlier_origin = _origin(earlier)
                     return earlier
             return kept
 
@@ -108,8 +112,9 @@ class StoreScheduleKeeper:
         except TargetError as error:
             self.say(f"the schedule could not be kept (kept again after the next run): {error}")
             return
-        if self.read_from_earlier_file and self.earlier_file is not None:
-            self.read_from_earlier_file = False
+        adopted = self.earlier_origin is not None and _origin(state_json) == self.earlier_origin
+        if adopted and self.earlier_file is not None:
+            self.earlier_origin = None
             retired = self.earlier_file.path.with_name(self.earlier_file.path.name + ".adopted")
             try:
                 self.earlier_file.path.replace(retired)
@@ -117,3 +122,12 @@ class StoreScheduleKeeper:
                 self.say(f"{self.earlier_file.where} could not be renamed {retired.name}: {error}")
             else:
                 self.say(f"{self.earlier_file.where} is in the store now: renamed {retired.name}")
+
+
+def _origin(state_json: str) -> float | None:
+    """A kept schedule's grid origin; None for a text that is not one (the grid refuses it)."""
+    try:
+        origin = json.loads(state_json).get("origin")
+    except (ValueError, AttributeError):
+        return None
+    return float(origin) if isinstance(origin, int | float) else None

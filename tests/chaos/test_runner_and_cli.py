@@ -547,6 +547,22 @@ def test_a_schedule_is_named_for_its_files_paths_and_cadence() -> None:
     assert schedule_name(kill, None, CronSchedule("0 * * * *")) != schedule_name(kill, 3600)
 
 
+def test_an_earlier_schedule_file_of_another_cadence_is_left_to_its_own_schedule(
+    store: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = passing_runs(monkeypatch)
+    origin = time.time() - 600
+    earlier = json.dumps({"origin": origin, "every": 5400.0, "next_run": origin + 5400})
+    (tmp_path / "chaos-schedule.json").write_text(earlier)
+    deployment = Deployment.model_construct(name="d", control=store.control.url)
+    run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment, journal_dir=tmp_path,
+                 every=3600, jitter=0, dry_run=False, say=lambda _: None,
+                 stop=threading.Event(), max_runs=1)  # fmt: skip
+    assert runs == ["run"]  # a grid of its own, starting now
+    assert (tmp_path / "chaos-schedule.json").read_text() == earlier
+    assert not (tmp_path / "chaos-schedule.json.adopted").exists()
+
+
 def test_a_schedule_keeps_its_name_when_a_symlinked_release_directory_moves(
     tmp_path: Path,
 ) -> None:
