@@ -89,9 +89,11 @@ class LoadRun:
         # 1.0.9 (encode/httpcore#1093) leaks the slot of a request cancelled after the pool gave
         # it a new connection it had not used yet: one stop under that contention can leak
         # every slot, and every later dequeue through the pool fails, although the API answers
-        # again (staging soak run 10: 42 acknowledged undelivered, no dequeue reaching the API
-        # for 150 s after its restart). The consumers are cancelled only when the run ends, and
-        # each uses one connection at a time, so their pool never has a request waiting.
+        # again (the probable cause of staging soak run 10's 42 acknowledged undelivered, no
+        # dequeue reaching the API for 150 s after its restart: the leak was reproduced
+        # in-process, not caught on staging). The consumers are cancelled only when the run
+        # ends, and each uses one connection at a time, so their pool never has a request
+        # waiting.
         producing_limits = httpx.Limits(max_connections=self.profile.producers + 4)
         consuming_limits = httpx.Limits(max_connections=self.profile.consumers)
         async with (

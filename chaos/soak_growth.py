@@ -19,7 +19,8 @@ highest of the first third, which a family that fills up early (a record per sha
 leak of any steady rate does not (what is capped by design is a single key, in `CAPPED`, or
 expires: no family of keys without expiry grows to a cap); the bytes must rise
 by at most their allowance a cycle and plateau too (the last third not wholly above the first
-third by more than `BYTES_NOISE`: a re-encoded hash moves a little both ways, a leak only up).
+third by more than `BYTES_NOISE`: a re-encoded hash moves a little both ways, and the topology
+steps up one allocator size class once; a leak keeps going up).
 
 Not for: running the cycles (`chaos.soak`) or the shard checks.
 """
