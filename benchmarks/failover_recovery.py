@@ -1024,9 +1024,14 @@ def markdown(document: dict[str, Any]) -> str:
             label = f"**{PHASE_LABELS[name]}**" if name == "total" else PHASE_LABELS[name]
             lines.append(f"| {label} | {ms(s['p50'])} | {ms(s['p95'])} | {ms(s['max'])} |")
 
+    fault = Fault(document.get("fault", Fault.kill))
+    mode = "both cores busy" if document.get("busy") else "quiet"
     for control, rq in document["ratequeue"].items():
         n = rq["summary"]["total"]["n"]
-        lines.append(f"ratequeue + Lazarus-lite on the {control} control store, {n} kills:\n")
+        lines.append(
+            f"ratequeue + Lazarus-lite on the {control} control store, {n} faults "
+            f"({fault.label}, {mode}):\n"
+        )
         summary_md(rq["summary"], PHASES)
         lines.append("\nPer kill (ms):\n")
         header = " | ".join(PHASE_LABELS[p] for p in PHASES)
@@ -1050,7 +1055,9 @@ def markdown(document: dict[str, Any]) -> str:
             f"{TARGET_ETCD_OVER_REDIS_P50 * 1000:.0f} ms: "
             f"{'met' if versus['target_met'] else 'missed'})\n"
         )
-    lines.append(f"Redis Sentinel, {sn['summary']['total']['n']} kills measured:\n")
+    lines.append(
+        f"Redis Sentinel, {sn['summary']['total']['n']} faults measured ({fault.sentinel_label}):\n"
+    )
     summary_md(sn["summary"], SENTINEL_PHASES)
     return "\n".join(lines) + "\n"
 
