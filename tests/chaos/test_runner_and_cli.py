@@ -555,9 +555,14 @@ def test_an_earlier_schedule_file_of_another_cadence_is_left_to_its_own_schedule
     earlier = json.dumps({"origin": origin, "every": 5400.0, "next_run": origin + 5400})
     (tmp_path / "chaos-schedule.json").write_text(earlier)
     deployment = Deployment.model_construct(name="d", control=store.control.url)
+    stop = threading.Event()
+    guard = threading.Timer(20, stop.set)  # never hangs the suite, whatever the store keeps
+    guard.start()
+    # A period no other test keeps in the module's store: nothing kept, so a grid of its own.
     run_schedule([SCENARIOS / "replica_kill.yaml"], target=deployment, journal_dir=tmp_path,
-                 every=3600, jitter=0, dry_run=False, say=lambda _: None,
-                 stop=threading.Event(), max_runs=1)  # fmt: skip
+                 every=4321, jitter=0, dry_run=False, say=lambda _: None, stop=stop,
+                 max_runs=1)  # fmt: skip
+    guard.cancel()
     assert runs == ["run"]  # a grid of its own, starting now
     assert (tmp_path / "chaos-schedule.json").read_text() == earlier
     assert not (tmp_path / "chaos-schedule.json.adopted").exists()
