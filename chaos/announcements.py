@@ -14,7 +14,6 @@ deciding a verdict (`runner`).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -63,22 +62,17 @@ class RunAnnouncer(RunWatcher):
         if route is None or "pagerduty" not in route.channels:
             return
         self._send(
-            lambda notifier: notifier.gather(
-                "change",
-                None,
-                [
-                    notifier.pagerduty(route.team).change(
-                        f"{self.service}: chaos experiment '{experiment.title}' starting",
-                        SOURCE,
-                        custom_details={
-                            "experiment": experiment.title,
-                            "file": str(path),
-                            "verdict": "running",
-                            "journals": str(self.journal_dir),
-                        },
-                        timestamp=time.time(),
-                    )
-                ],
+            lambda notifier: notifier.change(
+                self.service,
+                f"chaos experiment '{experiment.title}' starting",
+                {
+                    "experiment": experiment.title,
+                    "file": str(path),
+                    "verdict": "running",
+                    "journals": str(self.journal_dir),
+                },
+                source=SOURCE,
+                messages=False,
             )
         )
 

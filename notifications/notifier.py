@@ -154,9 +154,11 @@ class Notifier:
         *,
         source: str | None = None,
         links: Sequence[Link] = (),
+        messages: bool = True,
     ) -> list[Delivery]:
-        """A change that is no problem: a PagerDuty change event (it pages nobody) and a
-        message on the service's Slack and email channels, each with `links`."""
+        """A change that is no problem: a PagerDuty change event (it pages nobody) and, unless
+        `messages` is False, a message on the service's Slack and email channels, each with
+        `links`."""
         route = self.config.route(service)
         if route is None:
             return [self.no_route("change", service, None)]
@@ -171,9 +173,9 @@ class Notifier:
                     links=links,
                 )
             )
-        return await self.gather(
-            "change", None, [*sends, *self.messages(route, "change", None, text, details, links)]
-        )
+        if messages:
+            sends += self.messages(route, "change", None, text, details, links)
+        return await self.gather("change", None, sends)
 
     def audit_links(self, event_id: str | None) -> list[Link]:
         """The PagerDuty link to the audit record of `event_id` on the controllers' API (none
