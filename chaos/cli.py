@@ -78,7 +78,12 @@ def testbed_up(
         help="acknowledge an enqueue once a replica holds it (wait), or at once (async)",
     ),
     down_after_ms: int = typer.Option(
-        1000, "--down-after-ms", min=100, max=600_000, help="sentinel down-after-milliseconds"
+        2000,
+        "--down-after-ms",
+        min=100,
+        max=600_000,
+        help="sentinel down-after-milliseconds (at 1000 or less Sentinel may fail a shard over "
+        "again right after a failover: README)",
     ),
     failover_timeout_ms: int = typer.Option(
         10_000,
