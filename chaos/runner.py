@@ -41,6 +41,7 @@ from chaos.recovery_watch import (
 from chaos.sentinel_switch_marks import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
+from chaos.undelivered_whereabouts import find_undelivered
 from ratequeue.sentinel_topology import parse_sentinel_addresses
 from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology
 
@@ -322,4 +323,19 @@ class ExperimentRunner:
                 s: ledger.availability(s) for s in sorted({a.shard for a in ledger.attempts})
             },
         }
+        if ledger.lost():
+            whereabouts = self._undelivered_whereabouts(ledger)
+            journal.load["undelivered_whereabouts"] = whereabouts
+            self.say(f"undelivered: {len(ledger.lost())}; at the end {whereabouts['described']}")
         return ledger
+
+    def _undelivered_whereabouts(self, ledger: Ledger) -> dict:
+        """Where the acknowledged writes not delivered are now: still held by a node of their
+        shard (a shard left without a primary), or gone (`chaos.undelivered_whereabouts`)."""
+        topologies = [t for t in [self._topology_before] if t is not None]
+        # The store away: the map before the fault lists the nodes.
+        with contextlib.suppress(TargetError):
+            topologies.append(self.deployment.topology())
+        undelivered = {i: ledger.acknowledged[i][:2] for i in sorted(ledger.lost())[:LISTED_IDS]}
+        found = find_undelivered(undelivered, topologies)
+        return {**found.model_dump(), "looked_for": len(undelivered), "described": found.describe()}

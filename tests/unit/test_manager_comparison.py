@@ -128,3 +128,15 @@ def test_compare_writes_the_table_saying_how_it_was_made(tmp_path: Path) -> None
     text = table.read_text()
     assert "ratequeue-chaos compare JOURNAL_DIR" in text and "1 runs from" in text
     assert f"| `partition.yaml` {PARTITION} | passed; lost 0 of 400" in text
+
+
+def test_undelivered_writes_say_how_many_were_still_held_at_the_run_s_end() -> None:
+    lazarus = run("lazarus", 2.0, "lazarus", "wait", lost=14)
+    lazarus.load["undelivered_whereabouts"] = {"held": 14, "gone": 0, "unknown": 0}
+    sentinel = run("sentinel", 3.0, "sentinel", "async", lost=16)
+    sentinel.load["undelivered_whereabouts"] = {"held": 0, "gone": 12, "unknown": 4}
+    rows = side_by_side([lazarus, sentinel])[PARTITION]
+    assert [r.cells()[3] for r in rows] == [
+        "14 (14 still held, 0 gone)",
+        "16 (0 still held, 12 gone, 4 not known)",
+    ]
