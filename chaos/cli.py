@@ -581,11 +581,14 @@ def compare(
         "# Every scenario under each failover manager",
         "",
         f"Written by `{command} --output {output}` ({when}). Each cell is the latest completed "
-        "run of the scenario under that manager: its verdict, the acknowledged writes lost of "
-        "those acknowledged, the recovery (fault to the first acknowledged write on the "
-        "faulted shard; under Sentinel once it promoted, to the first one sent after the API "
-        "routed to the promoted primary), and the hypotheses it "
-        "broke or skipped; or why that manager cannot run it; or `not run`.",
+        "run of the scenario under that manager: its verdict, the acknowledged writes not "
+        "delivered of those acknowledged (with, for a run that looked, how many of them were "
+        "still held by a node of their shard at its end and how many gone), the recovery "
+        "(fault to the first acknowledged write on the faulted shard; under Sentinel once it "
+        "promoted, to the first one sent after the API routed to the promoted primary), and "
+        "the hypotheses it broke or skipped; or why that manager cannot run it; or `not run`. "
+        "A Sentinel column names the down-after its runs reported (Sentinel's own default is "
+        "30 s).",
         "",
         *table,
     ]

@@ -23,9 +23,12 @@ ROW_HEIGHT, LABEL_WIDTH = 34, 190
 
 
 def manager_of(journal: Journal) -> str:
-    """`lazarus`, `sentinel, ack async`...: who failed over, and how enqueues were acknowledged
-    (when the journal says)."""
-    return journal.failover + (f", ack {journal.ack}" if journal.ack else "")
+    """`lazarus`, `sentinel, ack async, down-after 2000 ms`...: who failed over, how enqueues
+    were acknowledged and how long Sentinel waited before it suspected a primary (when the
+    journal says): runs of other timers are other configurations, not the same one again."""
+    timers = journal.sentinel_timers or {}
+    down_after = f", down-after {timers['down_after_ms']} ms" if "down_after_ms" in timers else ""
+    return journal.failover + (f", ack {journal.ack}" if journal.ack else "") + down_after
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import redis
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
 from chaos.errors import RunAborted, TargetError
@@ -51,6 +52,20 @@ LISTED_IDS = 10_000
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+def sentinel_timers(addresses: list[tuple[str, int]], master: str) -> dict[str, int] | None:
+    """Sentinel's down-after and failover-timeout for `master`, from the first sentinel that
+    answers (None if none does): a comparison names the timers Sentinel ran with."""
+    for host, port in addresses:
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            redis.Redis(host, port, socket_timeout=2, socket_connect_timeout=2) as conn,
+        ):
+            view = conn.sentinel_master(master)
+            return {"down_after_ms": int(view["down-after-milliseconds"]),
+                    "failover_timeout_ms": int(view["failover-timeout"])}  # fmt: skip
+    return None
 
 
 class ExperimentRunner:
@@ -105,6 +120,7 @@ class ExperimentRunner:
             if self.deployment.failover == "sentinel":
                 addresses = parse_sentinel_addresses(",".join(self.deployment.sentinels))
                 self._announcements = SentinelAnnouncements(addresses).start()
+                journal.sentinel_timers = sentinel_timers(addresses, shard_ids[0])
             journal.steady_state_before = self.probes.check(experiment.steady_state)
             if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")

@@ -140,3 +140,13 @@ def test_undelivered_writes_say_how_many_were_still_held_at_the_run_s_end() -> N
         "14 (14 still held, 0 gone)",
         "16 (0 still held, 12 gone, 4 not known)",
     ]
+
+
+def test_a_sentinel_column_names_the_down_after_its_runs_reported() -> None:
+    sentinel = run("sentinel", 3.0, "sentinel", "async", lost=16)
+    sentinel.sentinel_timers = {"down_after_ms": 2000, "failover_timeout_ms": 10_000}
+    rows = side_by_side([run("lazarus", 2.0, "lazarus", "wait", lost=0), sentinel])[PARTITION]
+    assert [r.manager for r in rows] == [
+        "lazarus, ack wait",
+        "sentinel, ack async, down-after 2000 ms",
+    ]
