@@ -587,8 +587,8 @@ def compare(
         "(fault to the first acknowledged write on the faulted shard; under Sentinel once it "
         "promoted, to the first one sent after the API routed to the promoted primary), and "
         "the hypotheses it broke or skipped; or why that manager cannot run it; or `not run`. "
-        "A Sentinel column names the down-after its runs reported (Sentinel's own default is "
-        "30 s).",
+        "Sentinel's down-after, as its runs reported it (Sentinel's own default is 30 s), is "
+        "a line under the table for a column whose runs all agree, else in each cell.",
         "",
         *table,
     ]
