@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
 from chaos.errors import RunAborted, TargetError
@@ -56,11 +58,18 @@ def slug(text: str) -> str:
 
 def sentinel_timers(addresses: list[tuple[str, int]], master: str) -> dict[str, int] | None:
     """Sentinel's down-after and failover-timeout for `master`, from the first sentinel that
-    answers (None if none does): a comparison names the timers Sentinel ran with."""
+    answers (None if none does): a comparison names the timers Sentinel ran with. Each sentinel
+    is asked once with short timeouts (no retry with backoff): a paused one costs 0.5 s."""
     for host, port in addresses:
         with (
             contextlib.suppress(redis.RedisError, OSError),
-            redis.Redis(host, port, socket_timeout=2, socket_connect_timeout=2) as conn,
+            redis.Redis(
+                host,
+                port,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                retry=Retry(NoBackoff(), 0),
+            ) as conn,  # fmt: skip
         ):
             view = conn.sentinel_master(master)
             return {"down_after_ms": int(view["down-after-milliseconds"]),

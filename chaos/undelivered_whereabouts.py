@@ -3,7 +3,9 @@ node of the shard that acknowledged it (primary, replicas, held former primaries
 before and after the fault), in the number's queue and leases (`ratequeue.scripts.held_ids`).
 Held somewhere, it is undelivered but still there (a shard left without a primary delivers
 nothing: `two_shards_down` under Lazarus escalates and promotes nobody); held on no node that
-answered, it is gone; with a node of its shard unread, it is not known.
+answered, it is gone; with a node of its shard unread, it is not known. A node is asked once,
+with no retry and short timeouts: a dead or paused one is not known in about `timeout`, not
+after redis-py's retries with backoff (seconds per node).
 
 Not for: judging loss (`acknowledged_lost` counts every acknowledged write not delivered,
 held or not), or looking into a node for anything else.
@@ -16,6 +18,8 @@ from collections.abc import Iterable
 
 import redis
 from pydantic import BaseModel, Field
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ratequeue.scripts import held_ids
 from ratequeue.topology import NodeRef, Topology
@@ -58,7 +62,7 @@ def shard_nodes(topologies: Iterable[Topology]) -> dict[str, list[NodeRef]]:
 
 
 def find_undelivered(
-    undelivered: dict[str, tuple[str, str]], topologies: Iterable[Topology], timeout: float = 2.0
+    undelivered: dict[str, tuple[str, str]], topologies: Iterable[Topology], timeout: float = 0.5
 ) -> Whereabouts:
     """Where each of `undelivered` (id -> (number, shard)) is held among its shard's nodes."""
     nodes = shard_nodes(topologies)
@@ -71,7 +75,8 @@ def find_undelivered(
         for node in nodes.get(shard, []):
             try:
                 with redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
-                                 socket_connect_timeout=timeout) as conn:  # fmt: skip
+                                 socket_connect_timeout=timeout,
+                                 retry=Retry(NoBackoff(), 0)) as conn:  # fmt: skip
                     for number in shard_numbers:
                         for message_id in held_ids(conn, number):
                             holders[message_id].add(node.name)
