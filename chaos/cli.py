@@ -78,7 +78,12 @@ def testbed_up(
         help="acknowledge an enqueue once a replica holds it (wait), or at once (async)",
     ),
     down_after_ms: int = typer.Option(
-        1000, "--down-after-ms", min=100, max=600_000, help="sentinel down-after-milliseconds"
+        2000,
+        "--down-after-ms",
+        min=100,
+        max=600_000,
+        help="sentinel down-after-milliseconds (at 1000 or less Sentinel may fail a shard over "
+        "again right after a failover: README)",
     ),
     failover_timeout_ms: int = typer.Option(
         10_000,
@@ -576,11 +581,14 @@ def compare(
         "# Every scenario under each failover manager",
         "",
         f"Written by `{command} --output {output}` ({when}). Each cell is the latest completed "
-        "run of the scenario under that manager: its verdict, the acknowledged writes lost of "
-        "those acknowledged, the recovery (fault to the first acknowledged write on the "
-        "faulted shard; under Sentinel once it promoted, to the first one sent after the API "
-        "routed to the promoted primary), and the hypotheses it "
-        "broke or skipped; or why that manager cannot run it; or `not run`.",
+        "run of the scenario under that manager: its verdict, the acknowledged writes not "
+        "delivered of those acknowledged (with, for a run that looked, how many of them were "
+        "still held by a node of their shard at its end and how many gone), the recovery "
+        "(fault to the first acknowledged write on the faulted shard; under Sentinel once it "
+        "promoted, to the first one sent after the API routed to the promoted primary), and "
+        "the hypotheses it broke or skipped; or why that manager cannot run it; or `not run`. "
+        "Sentinel's down-after, as its runs reported it (Sentinel's own default is 30 s), is "
+        "a line under the table for a column whose runs all agree, else in each cell.",
         "",
         *table,
     ]

@@ -23,9 +23,17 @@ ROW_HEIGHT, LABEL_WIDTH = 34, 190
 
 
 def manager_of(journal: Journal) -> str:
-    """`lazarus`, `sentinel, ack async`...: who failed over, and how enqueues were acknowledged
-    (when the journal says)."""
+    """`lazarus, ack wait`, `sentinel, ack async`: who failed over and how enqueues were
+    acknowledged, the key a run's column or row is matched on (Sentinel's timers are a note on
+    it, `down_after_of`: a run with other timers is still that manager's run)."""
     return journal.failover + (f", ack {journal.ack}" if journal.ack else "")
+
+
+def down_after_of(journal: Journal) -> str | None:
+    """`down-after 2000 ms`: how long Sentinel waited before it suspected a primary, as the run
+    recorded it (None: not Sentinel, or a run that did not record it)."""
+    timers = journal.sentinel_timers or {}
+    return f"down-after {timers['down_after_ms']} ms" if "down_after_ms" in timers else None
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,12 @@ class ManagerRow:
         else:
             judged = self.hypothesis("one_primary_per_shard")
             one_each = None if judged is None else judged[0]
+        down_after = down_after_of(self.journal)
         return [
-            self.manager,
+            self.manager + (f" ({down_after})" if down_after else ""),
             self.journal.verdict,
             str(load.get("acknowledged", "-")),
-            str(load.get("lost", "-")),
+            lost_count(load),
             "-" if recovery is None else f"{recovery:.2f}",
             str(load.get("duplicates", "-")),
             "-" if overshoot is None else f"{overshoot}",
@@ -181,12 +190,25 @@ TABLE_MANAGERS: dict[str, TestbedOverrides] = {
 DEFAULT_TABLE_MANAGERS = ("lazarus, ack wait", "sentinel, ack async")
 
 
+def lost_count(load: dict) -> str:
+    """The acknowledged writes not delivered, and where they were at the run's end when the run
+    looked (`14 (14 still held, 0 gone)`): undelivered on a shard with no primary is not lost."""
+    lost = str(load.get("lost", "-"))
+    found = load.get("undelivered_whereabouts")
+    if not found:
+        return lost
+    where = f"{found['held']} still held, {found['gone']} gone"
+    if found.get("unknown"):
+        where += f", {found['unknown']} not known"
+    return f"{lost} ({where})"
+
+
 def _run_cell(journal: Journal) -> str:
     """A run in a cell: verdict, acknowledged writes lost, recovery, the hypotheses it broke."""
     load, recovery = journal.load, journal.recovery_seconds()
     failed = [h.hypothesis for h in journal.hypotheses if h.judged and not h.ok]
     skipped = [h.hypothesis for h in journal.hypotheses if not h.judged]
-    parts = [journal.verdict, f"lost {load.get('lost', '-')} of {load.get('acknowledged', '-')}",
+    parts = [journal.verdict, f"lost {lost_count(load)} of {load.get('acknowledged', '-')}",
              "recovery -" if recovery is None else f"recovery {recovery:.2f} s"]  # fmt: skip
     if failed:
         parts.append("broke " + ", ".join(failed))
@@ -198,20 +220,25 @@ def _run_cell(journal: Journal) -> str:
 def scenario_table(journals: list[Journal], scenarios: list[Path]) -> list[str]:
     """Markdown: a row per scenario file and a column per failover manager, each cell the
     latest completed run of that scenario under that manager, or why the manager cannot run it
-    (the reason `ratequeue-chaos run` skips it with), or `not run`."""
+    (the reason `ratequeue-chaos run` skips it with), or `not run`. Sentinel's down-after is a
+    line under the table for a column whose runs all recorded the same, else in each cell."""
     latest: dict[tuple[str, str], Journal] = {}
     for journal in sorted(journals, key=lambda j: j.started_at):
         if not journal.dry_run and journal.status == "completed":
             latest[(journal.experiment, manager_of(journal))] = journal
     managers = sorted({m for _, m in latest} | set(DEFAULT_TABLE_MANAGERS))
+    titles = [load_experiment(path).title for path in scenarios]
+    shown = {m: [latest[(t, m)] for t in titles if (t, m) in latest] for m in managers}
+    down_afters = {m: {down_after_of(j) for j in runs} for m, runs in shown.items()}
+    per_cell = {m for m, values in down_afters.items() if len(values) > 1}
     lines = ["| scenario | " + " | ".join(managers) + " |", "|" + " --- |" * (len(managers) + 1)]
-    for path in scenarios:
-        title = load_experiment(path).title
+    for path, title in zip(scenarios, titles, strict=True):
         cells = []
         for manager in managers:
             run = latest.get((title, manager))
             if run is not None:
-                cells.append(_run_cell(run))
+                note = down_after_of(run) or "down-after not recorded"
+                cells.append(_run_cell(run) + (f"; {note}" if manager in per_cell else ""))
                 continue
             overrides = TABLE_MANAGERS.get(manager)
             _, skipped = applicable_experiments([path], overrides) if overrides else ([], [])
@@ -219,4 +246,9 @@ def scenario_table(journals: list[Journal], scenarios: list[Path]) -> list[str]:
             cells.append(f"skipped: {skipped[0][1].split(': ', 1)[-1]}" if skipped else "not run")
         row = [f"`{path.name}` {title}", *cells]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    agreed = [f"{m}: {next(iter(v))}" for m, v in down_afters.items()
+              if len(v) == 1 and None not in v]  # fmt: skip
+    if agreed:
+        lines += ["", "Sentinel's timer, the same in every run of its column: "
+                  + "; ".join(agreed) + "."]  # fmt: skip
     return lines

@@ -72,6 +72,11 @@ class Journal(BaseModel):
     ack: Literal["wait", "async"] | None = Field(
         None, description="the enqueue acknowledgement (None: a target that does not say)"
     )
+    sentinel_timers: dict[str, int] | None = Field(
+        None,
+        description="under Sentinel, its down_after_ms and failover_timeout_ms for the first "
+        "shard, as a sentinel answered at the run's start (None: not Sentinel, or none answered)",
+    )
     started_at: float
     ended_at: float | None = None
     dry_run: bool = False

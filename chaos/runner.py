@@ -20,6 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chaos.controller_answers import ControllerAnswers, decision_summary
 from chaos.errors import RunAborted, TargetError
@@ -41,6 +44,7 @@ from chaos.recovery_watch import (
 from chaos.sentinel_switch_marks import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
 from chaos.targets import Deployment, ShardChoice
+from chaos.undelivered_whereabouts import find_undelivered
 from ratequeue.sentinel_topology import parse_sentinel_addresses
 from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology
 
@@ -50,6 +54,27 @@ LISTED_IDS = 10_000
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+def sentinel_timers(addresses: list[tuple[str, int]], master: str) -> dict[str, int] | None:
+    """Sentinel's down-after and failover-timeout for `master`, from the first sentinel that
+    answers (None if none does): a comparison names the timers Sentinel ran with. Each sentinel
+    is asked once with short timeouts (no retry with backoff): a paused one costs 0.5 s."""
+    for host, port in addresses:
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            redis.Redis(
+                host,
+                port,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                retry=Retry(NoBackoff(), 0),
+            ) as conn,  # fmt: skip
+        ):
+            view = conn.sentinel_master(master)
+            return {"down_after_ms": int(view["down-after-milliseconds"]),
+                    "failover_timeout_ms": int(view["failover-timeout"])}  # fmt: skip
+    return None
 
 
 class ExperimentRunner:
@@ -104,6 +129,7 @@ class ExperimentRunner:
             if self.deployment.failover == "sentinel":
                 addresses = parse_sentinel_addresses(",".join(self.deployment.sentinels))
                 self._announcements = SentinelAnnouncements(addresses).start()
+                journal.sentinel_timers = sentinel_timers(addresses, shard_ids[0])
             journal.steady_state_before = self.probes.check(experiment.steady_state)
             if not all(p.ok or p.skipped for p in journal.steady_state_before):
                 raise RunAborted("steady state not met before the fault; nothing was touched")
@@ -322,4 +348,19 @@ class ExperimentRunner:
                 s: ledger.availability(s) for s in sorted({a.shard for a in ledger.attempts})
             },
         }
+        if ledger.lost():
+            whereabouts = self._undelivered_whereabouts(ledger)
+            journal.load["undelivered_whereabouts"] = whereabouts
+            self.say(f"undelivered: {len(ledger.lost())}; at the end {whereabouts['described']}")
         return ledger
+
+    def _undelivered_whereabouts(self, ledger: Ledger) -> dict:
+        """Where the acknowledged writes not delivered are now: still held by a node of their
+        shard (a shard left without a primary), or gone (`chaos.undelivered_whereabouts`)."""
+        topologies = [t for t in [self._topology_before] if t is not None]
+        # The store away: the map before the fault lists the nodes.
+        with contextlib.suppress(TargetError):
+            topologies.append(self.deployment.topology())
+        undelivered = {i: ledger.acknowledged[i][:2] for i in sorted(ledger.lost())[:LISTED_IDS]}
+        found = find_undelivered(undelivered, topologies)
+        return {**found.model_dump(), "looked_for": len(undelivered), "described": found.describe()}

@@ -31,12 +31,17 @@ QUORUM = 2
 
 class SentinelTimers(BaseModel):
     """Sentinel's per-master timers. The defaults suit a loopback testbed (a failover in about
-    two seconds), not Sentinel's own (30 s down-after, 3 min failover-timeout)."""
+    three seconds), not Sentinel's own (30 s down-after, 3 min failover-timeout).
+
+    A down-after at or below Sentinel's fixed 1 s ping and reconnection period lets a sentinel
+    fail a shard over again right after a failover (README, "Under Redis Sentinel"): after
+    `+switch-master` it counts from its switch, reconnects to the promoted replica up to 1 s
+    later, and the stale "down" answers about the dead primary make its suspicion a quorum."""
 
     model_config = ConfigDict(extra="forbid")
 
     down_after_ms: int = Field(
-        1000, ge=100, le=600_000, description="no valid answer this long: subjectively down"
+        2000, ge=100, le=600_000, description="no valid answer this long: subjectively down"
     )
     failover_timeout_ms: int = Field(
         10_000, ge=1000, le=3_600_000, description="how long a failover may take before retried"

@@ -5,7 +5,8 @@ keeps acknowledging writes its replicas never get, Sentinel promotes a replica (
 timeline when the sentinels announced it), the API follows it (placed when it took that map;
 writes after the failover are the new primary's, and recovery is measured to the first of
 them), and the ledger counts the acknowledged writes lost (the check is that the ledger sees
-them, not that they are none).
+them, not that they are none) and the run looks for them on their shard's nodes at its end; the
+journal records the timers the testbed's sentinels reported.
 
 The Lazarus run is the files' default experiment, the very run tests/test_scenarios.py makes:
 both assert on one journal (the session's `scenario_journal`).
@@ -22,6 +23,7 @@ import pytest
 
 from chaos.experiments import TestbedOverrides
 from chaos.journal import Journal
+from common.sentinel_processes import SentinelTimers
 from tests.conftest import ScenarioRun
 
 PARTITION = Path(__file__).parents[1] / "scenarios" / "primary_partition.yaml"
@@ -47,6 +49,9 @@ def test_under_sentinel_with_async_acks_the_ledger_counts_the_acknowledged_write
 ) -> None:
     journal, _ = scenario_journal(PARTITION, TestbedOverrides(failover="sentinel", ack="async"))
     assert (journal.failover, journal.ack, journal.status) == ("sentinel", "async", "completed")
+    # The timers the testbed started its sentinels with, as a sentinel reported them.
+    started_with = SentinelTimers().model_dump(include={"down_after_ms", "failover_timeout_ms"})
+    assert journal.sentinel_timers == started_with
     assert journal.moment("promotion") is not None, journal.timeline  # Sentinel did fail over
     # Placed when the sentinels announced it, and the API's switch when the API took the map,
     # not when the run's poll saw them (their details name the source)...
@@ -67,6 +72,10 @@ def test_under_sentinel_with_async_acks_the_ledger_counts_the_acknowledged_write
     lost = outcome(journal, "acknowledged_lost")
     assert journal.load["lost"] > 0, journal.load
     assert lost.measured == journal.load["lost"] and not lost.ok
+    # Each lost write was looked for on its shard's nodes at the run's end, and placed.
+    found = journal.load["undelivered_whereabouts"]
+    assert found["looked_for"] == journal.load["lost"], found
+    assert found["held"] + found["gone"] + found["unknown"] == found["looked_for"], found
     # Everything else the scenario expects holds: the loss is the one difference.
     others = [h for h in journal.hypotheses if h.hypothesis != "acknowledged_lost"]
     assert all(h.ok for h in others), others

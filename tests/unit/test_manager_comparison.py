@@ -128,3 +128,66 @@ def test_compare_writes_the_table_saying_how_it_was_made(tmp_path: Path) -> None
     text = table.read_text()
     assert "ratequeue-chaos compare JOURNAL_DIR" in text and "1 runs from" in text
     assert f"| `partition.yaml` {PARTITION} | passed; lost 0 of 400" in text
+
+
+def test_undelivered_writes_say_how_many_were_still_held_at_the_run_s_end() -> None:
+    lazarus = run("lazarus", 2.0, "lazarus", "wait", lost=14)
+    lazarus.load["undelivered_whereabouts"] = {"held": 14, "gone": 0, "unknown": 0}
+    sentinel = run("sentinel", 3.0, "sentinel", "async", lost=16)
+    sentinel.load["undelivered_whereabouts"] = {"held": 0, "gone": 12, "unknown": 4}
+    rows = side_by_side([lazarus, sentinel])[PARTITION]
+    assert [r.cells()[3] for r in rows] == [
+        "14 (14 still held, 0 gone)",
+        "16 (0 still held, 12 gone, 4 not known)",
+    ]
+
+
+def test_a_sentinel_row_names_the_down_after_its_run_reported() -> None:
+    sentinel = run("sentinel", 3.0, "sentinel", "async", lost=16)
+    sentinel.sentinel_timers = {"down_after_ms": 2000, "failover_timeout_ms": 10_000}
+    older = run("older-sentinel", 2.5, "sentinel", "async", lost=3)  # before runs recorded it
+    rows = side_by_side([run("lazarus", 2.0, "lazarus", "wait", lost=0), older, sentinel])
+    assert [(r.manager, r.journal.run_id, r.cells()[0]) for r in rows[PARTITION]] == [
+        ("lazarus, ack wait", "lazarus", "lazarus, ack wait"),
+        ("sentinel, ack async", "sentinel", "sentinel, ack async (down-after 2000 ms)"),
+    ]
+
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = [REPO / "scenarios" / "primary_partition.yaml",
+             REPO / "scenarios" / "controller_crash_mid_failover.yaml"]  # fmt: skip
+PARTITION_FILE = "Cut a shard primary off from its replicas and the controllers"
+
+
+def sentinel_run(run_id: str, started: float, down_after_ms: int | None) -> Journal:
+    journal = run(run_id, started, "sentinel", "async", lost=16, experiment=PARTITION_FILE)
+    if down_after_ms is not None:
+        journal.sentinel_timers = {"down_after_ms": down_after_ms, "failover_timeout_ms": 10_000}
+    return journal
+
+
+def test_sentinel_runs_with_timers_fill_the_sentinel_column_and_it_keeps_its_skips() -> None:
+    journals = [run("lazarus", 2.0, "lazarus", "wait", lost=0, experiment=PARTITION_FILE),
+                sentinel_run("sentinel", 3.0, down_after_ms=2000)]  # fmt: skip
+    lines = scenario_table(journals, SCENARIOS)
+    header, _, partition, controller, blank, note = lines
+    assert header == "| scenario | lazarus, ack wait | sentinel, ack async |"
+    assert partition.endswith("| failed; lost 16 of 400; recovery 3.10 s; broke "
+                              "acknowledged_lost; skipped rate_limits_held |")  # fmt: skip
+    assert controller.endswith("| not run | skipped: failover: sentinel starts no controller: a "
+                               "target of that role needs failover: lazarus |")  # fmt: skip
+    assert (blank, note) == ("", "Sentinel's timer, the same in every run of its column: "
+                                 "sentinel, ack async: down-after 2000 ms.")  # fmt: skip
+
+
+def test_a_sentinel_column_whose_runs_differ_in_down_after_says_it_in_each_cell(
+    tmp_path: Path,
+) -> None:
+    kill = scenario(tmp_path, "kill.yaml", "Kill a primary")
+    unrecorded = run("kill", 4.0, "sentinel", "async", lost=0, experiment="Kill a primary")
+    journals = [sentinel_run("partition", 3.0, down_after_ms=2000), unrecorded]
+    lines = scenario_table(journals, [SCENARIOS[0], kill])
+    assert lines[0] == "| scenario | lazarus, ack wait | sentinel, ack async |"
+    assert lines[2].endswith("; down-after 2000 ms |")
+    assert lines[3].endswith("; down-after not recorded |")
+    assert len(lines) == 4  # no line under the table
