@@ -5,7 +5,9 @@
   one: a shorter TTL lasts a second), except the event bindings' and finished workflows' (30
   days): those written within the same hour share one lease (`_SharedLease`), so a busy
   controller does not keep a 30-day lease alive per event; a finished workflow's record and
-  history entries are put under its lease, so they expire as on the Redis store;
+  history entries are put under its lease, so they expire as on the Redis store; and the
+  sliding windows' notes, which share a lease per window length (their time, not their lease,
+  says whether they count);
 - every "only if" is one transaction: create-if-absent compares the key's version with 0,
   renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
   also compares the record's version, so two saves cannot interleave;
@@ -386,15 +388,12 @@ class EtcdWorkflowRecords:
         self._saved_versions: dict[str, int] = {}  # running workflows' records we saved last
 
     async def save(
-        self,
-        record: WorkflowRecord,
-        entry: dict[str, Any] | None = None,
-        *,
-        owner: str | None = None,
+        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None = None
     ) -> None:
-        """One transaction: the record, its history entry (numbered by the record's version it
-        comes with, so entries sort in the order they were saved) and the active mark, guarded
-        by the record's version (no interleaved save) and, with `owner`, the owner lease."""
+        """One transaction: the record, its history entries (numbered by the record's version
+        they come with, then by their place among the save's entries, so entries sort in the
+        order they were saved) and the active mark, guarded by the record's version (no
+        interleaved save) and, with `owner`, the owner lease."""
         record_key = keys.workflow_record(record.id)
         owner_key = keys.workflow_owner(record.id)
         document = record.model_dump_json().encode()
@@ -424,9 +423,11 @@ class EtcdWorkflowRecords:
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
             operations: list[Operation] = [Put(key=record_key, value=document, lease=lease)]
-            if entry is not None:
-                line = json.dumps({"at": time.time(), **entry}, default=str).encode()
-                number = f"{version + 1:012d}"
+            now = time.time()
+            for place, entry in enumerate(entries):
+                line = json.dumps({"at": now, **entry}, default=str).encode()
+                # "…05" < "…05.001" < "…05.002" < "…06": the first keeps the one-entry name.
+                number = f"{version + 1:012d}" + (f".{place:03d}" if place else "")
                 history_key = keys.workflow_history(record.id) + number
                 operations.append(Put(key=history_key, value=line, lease=lease))
             operations.append(Put(key=active, value=b"1") if running else Delete(key=active))
@@ -590,24 +591,39 @@ class EtcdIncidentClaims:
 
 class EtcdSlidingWindows:
     """Each window is a prefix of keys, one per member, holding the time it was last noted,
-    under a lease of the window's length (so forgotten members go by themselves)."""
+    under a lease shared by the notes of windows of one length written within that length
+    (`_SharedLease`), so forgotten members go by themselves after one to two windows. The
+    entry's time decides membership, not its lease; so a note is one transaction on a failover's
+    decision path, where a lease of its own was a grant and a transaction, two raft writes."""
 
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
         self._client = writes.client
+        self._leases: dict[float, _SharedLease] = {}
+
+    def _lease_for(self, window: float) -> _SharedLease:
+        shared = self._leases.get(window)
+        if shared is None:
+            bucket = min(window, BINDING_BUCKET)
+            shared = self._leases[window] = _SharedLease(self._client, window, bucket)
+        return shared
 
     async def record(self, kind: WindowKind, name: str, member: str, window: float) -> int:
         prefix = keys.window(kind, name)
         now = time.time()
         entry = prefix + keys.part(member)
-
-        async def note(lease: int) -> list[Any]:
+        shared = self._lease_for(window)
+        for _ in range(_MAX_ROUNDS):
+            lease = await shared.id()
             # The put and the count in one transaction: the count includes this member.
             put = Put(key=entry, value=repr(now).encode(), lease=lease)
-            return await self._writes.apply([put, Get(key=prefix, prefix=True)])
-
-        _, counted = await self._writes.leased(window, note)
-        return len(_within(counted, prefix, now - window))
+            try:
+                _, counted = await self._writes.apply([put, Get(key=prefix, prefix=True)])
+            except EtcdLeaseNotFound:
+                shared.forget(lease)  # revoked, or the store was wiped: a new one
+                continue
+            return len(_within(counted, prefix, now - window))
+        raise EtcdUnreachable(f"{entry}: {_MAX_ROUNDS} shared leases were gone before the note")
 
     async def members(self, kind: WindowKind, name: str, window: float) -> list[str]:
         prefix = keys.window(kind, name)

@@ -75,10 +75,11 @@ class WorkflowRecords(Protocol):
     (the node running it), and the one workflow each event started."""
 
     async def save(
-        self, record: WorkflowRecord, entry: dict[str, Any] | None = None, *, owner: str | None
+        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None
     ) -> None:
-        """Write the record and append `entry` to its history in one step; with `owner`, only
-        while that node holds the owner lease (else OwnershipLost)."""
+        """Write the record and append `entries` (none, one or several, in order) to its
+        history in one step; with `owner`, only while that node holds the owner lease (else
+        OwnershipLost). An entry's own `at` is kept; one without gets the time of the save."""
         ...
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None: ...

@@ -79,18 +79,19 @@ return 0
 """
 
 # Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
-# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[6] ms.
+# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[5] ms.
+# ARGV[6] onwards: the history entries, appended in order.
 _SAVE_WORKFLOW = """
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-if ARGV[3] == '1' then
-  redis.call('SADD', KEYS[3], ARGV[5])
+if #ARGV > 5 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 6)) end
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[4])
   redis.call('PERSIST', KEYS[2])
 else
-  redis.call('SREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('SREM', KEYS[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 return 1
 """
@@ -142,12 +143,9 @@ class RedisWorkflowRecords:
         self._disown = control.register_script(_DELETE_IF_OURS)
 
     async def save(
-        self,
-        record: WorkflowRecord,
-        entry: dict[str, Any] | None = None,
-        *,
-        owner: str | None = None,
+        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None = None
     ) -> None:
+        now = time.time()
         written = await self._save(
             keys=[
                 keys.workflow_record(record.id),
@@ -157,11 +155,11 @@ class RedisWorkflowRecords:
             ],
             args=[
                 record.model_dump_json(),
-                _json({"at": time.time(), **entry}) if entry is not None else "",
                 "1" if record.status == "running" else "0",
                 owner or "",
                 record.id,
                 WORKFLOW_RETENTION_SECONDS * 1000,
+                *(_json({"at": now, **entry}) for entry in entries),
             ],
         )
         if not int(written):

@@ -43,10 +43,22 @@ class WorkflowEngine:
         self.definitions = definitions
         self.on_finished = on_finished
         self._running: dict[str, asyncio.Task] = {}
+        # History entries whose save waits for the workflow's next one (`_record_later`).
+        self._unsaved: dict[str, list[dict[str, Any]]] = {}
 
-    async def _record(self, record: WorkflowRecord, entry: dict[str, Any] | None = None) -> None:
-        """Save as this workflow's owner (raises OwnershipLost once another node took over)."""
-        await self.store.save(record, entry, owner=self.env.node_id)
+    async def _record(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
+        """Save as this workflow's owner (raises OwnershipLost once another node took over),
+        with the entries `_record_later` held back, in order."""
+        held = self._unsaved.pop(record.id, [])
+        await self.store.save(record, *held, entry, owner=self.env.node_id)
+
+    def _record_later(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
+        """Append `entry` with the workflow's next save, which every path takes at once (the
+        next step's start, the workflow's end): on etcd each save is a raft write on a
+        failover's critical path, and a step's result and the next one's start were two in a
+        row. Still saved before anything else is done; a crash in between leaves the step to
+        be run again by whoever resumes, as a crash just before its result was saved did."""
+        self._unsaved.setdefault(record.id, []).append({"at": time.time(), **entry})
 
     async def start(
         self, name: str, inputs: dict[str, Any], *, event_id: str | None = None
@@ -135,6 +147,9 @@ class WorkflowEngine:
             for task in (heartbeat, running):
                 task.cancel()
             await asyncio.gather(heartbeat, running, return_exceptions=True)
+            # Entries of a run that stopped before its next save: whoever resumes the workflow
+            # starts from the stored record, which does not have them.
+            self._unsaved.pop(workflow_id, None)
 
     async def _keep_ownership(self, workflow_id: str) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
@@ -185,7 +200,7 @@ class WorkflowEngine:
             return record
         if not record.nodes or record.nodes[-1] != self.env.node_id:
             record.nodes.append(self.env.node_id)
-            await self._record(
+            self._record_later(
                 record,
                 {
                     "kind": "workflow_resumed" if len(record.nodes) > 1 else "workflow_running",
@@ -248,11 +263,14 @@ class WorkflowEngine:
                 step_record.finished_at = time.time()
                 self._step_ended(record, definition.name, "succeeded", step_record)
                 step_record.output = stored
-                await self._record_step(
+                self._record_later(
                     record,
-                    "step_succeeded",
-                    definition.name,
-                    seconds=step_record.finished_at - step_record.started_at,
+                    {
+                        "kind": "step_succeeded",
+                        "step": definition.name,
+                        "node": self.env.node_id,
+                        "seconds": step_record.finished_at - step_record.started_at,
+                    },
                 )
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
