@@ -29,6 +29,7 @@ from common.redis_processes import RedisProcess
 from lazarus_lite.coordination import etcd_keys
 from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.errors import LockBusy, LockLost
+from ratequeue.errors import EpochConflict
 from ratequeue.local_cluster import start_node
 from tests.test_coordination_contract import a_topology, a_workflow
 
@@ -309,6 +310,28 @@ async def test_event_bindings_share_one_lease_that_outlives_their_30_days(
     assert await store.client.lease_ttl(store.client.granted[0]) >= 30 * 24 * 3600  # type: ignore[attr-defined]
 
 
+async def test_window_notes_of_one_length_share_one_lease_that_outlives_the_window(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.windows.record("failing_services", "eu", "ratequeue", window=60)
+    await store.windows.record("service_incidents", "ratequeue", "s0", window=60)
+    assert await store.windows.record("failing_services", "eu", "api", window=60) == 2
+    granted = store.client.granted  # type: ignore[attr-defined]
+    assert len(granted) == 1
+    noted = await store.client.get_prefix(etcd_keys.windows("failing_services"))
+    assert {kv.lease for kv in noted.kvs} == {granted[0]}
+    assert await store.client.lease_ttl(granted[0]) >= 60
+
+
+async def test_a_window_note_whose_shared_lease_is_gone_is_made_under_a_new_one(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.windows.record("failing_services", "eu", "ratequeue", window=60)
+    await store.client.revoke_lease(store.client.granted[0])  # type: ignore[attr-defined]
+    assert await store.windows.record("failing_services", "eu", "api", window=60) == 1
+    assert len(store.client.granted) == 2  # type: ignore[attr-defined]
+
+
 async def test_an_event_binding_whose_answer_was_lost_is_ours_by_its_workflow_id(
     store: EtcdCoordinationStore,
 ) -> None:
@@ -346,10 +369,8 @@ async def test_a_topology_change_that_committed_after_its_read_back_is_a_success
     assert found is not None and found.epoch == 2
 
 
-async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
-    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+def count_calls(store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path and kind of every call `store`'s client makes from now on."""
     paths: list[str] = []
     call = store.client._call
 
@@ -358,10 +379,47 @@ async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
         return await call(path, body, write=write)
 
     monkeypatch.setattr(store.client, "_call", counted)
+    return paths
+
+
+async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+    paths = count_calls(store, monkeypatch)
     reads = await store.step_reads()
 
     assert reads.kill_switches == {"failover": {"by": "ops"}}
     assert paths == ["/v3/kv/txn write=False"]  # a read: sent again elsewhere if unanswered
+
+
+async def test_a_topology_change_after_the_steps_reads_is_one_transaction(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.step_reads()
+    paths = count_calls(store, monkeypatch)
+    await store.topology.compare_and_set(1, a_topology(2, primary="q"))
+    assert paths == ["/v3/kv/txn write=True"]
+    found = await store.topology.load()
+    assert found is not None and found.epoch == 2
+
+
+async def test_a_topology_change_on_a_stale_read_is_refused_with_the_epoch_stored(
+    etcd: EtcdCluster, records_redis: RedisProcess, store: EtcdCoordinationStore
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.topology.load()
+    other = store_on(etcd, records_redis)
+    try:
+        await other.topology.compare_and_set(1, a_topology(2, primary="q"))
+    finally:
+        await other.aclose()
+    with pytest.raises(EpochConflict) as refused:
+        await store.topology.compare_and_set(1, a_topology(2, primary="r"))
+    assert (refused.value.expected, refused.value.found) == (1, 2)
+    found = await store.topology.load()
+    assert found is not None and found.shard("s0").primary.name == "q"
 
 
 @pytest.fixture

@@ -850,6 +850,7 @@ class EtcdCoordinationStore:
         switches, topology = (await self.client.txn([], reads)).responses
         if not (isinstance(switches, RangeResult) and isinstance(topology, RangeResult)):
             raise EtcdError(f"a read-only transaction answered other than two ranges: {switches!r}")
+        self.topology.seen(topology.kvs[0] if topology.kvs else None)
         return StepReads(
             kill_switches=_kill_switches(switches),
             topology=Topology.model_validate_json(topology.kvs[0].value) if topology.kvs else None,

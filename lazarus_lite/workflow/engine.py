@@ -68,13 +68,22 @@ class WorkflowEngine:
         if self.env.before_start is not None:
             await self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
         workflow_id = f"wf-{uuid.uuid4().hex[:16]}"
-        if event_id is not None:
+        # The owner lease of the new id is taken side by side with the event's binding (on
+        # etcd a lease grant and a transaction, raft writes both, on the decision's path);
+        # nothing is recorded under the id before both are done.
+        claiming = self.store.claim(workflow_id, self.env.node_id)
+        if event_id is None:
+            await claiming
+        else:
             # One workflow per event: an event handled again (its first coordinator died after
             # starting the workflow) adopts the workflow that exists.
-            existing = await self.store.bind_event(event_id, workflow_id)
+            existing, _ = await asyncio.gather(
+                self.store.bind_event(event_id, workflow_id), claiming
+            )
             if existing is not None:
                 found = await self.store.load(existing)
                 if found is not None:
+                    await self.store.disown(workflow_id, self.env.node_id)  # never recorded
                     return found
                 await self.store.rebind_event(event_id, workflow_id)
         now = time.time()
@@ -87,7 +96,6 @@ class WorkflowEngine:
             deadline=now + definition.timeout,
             steps={s.name: StepRecord() for s in definition.steps},
         )
-        await self.store.claim(record.id, self.env.node_id)
         await self._record(
             record,
             {

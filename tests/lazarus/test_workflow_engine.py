@@ -193,6 +193,42 @@ async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
     assert (await engine.store.load(started.id)).status == "succeeded"
 
 
+async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
+    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    saves: list[list[str]] = []
+    save = engine.store.save
+
+    async def counted(record: WorkflowRecord, *entries: dict[str, Any], owner: str | None) -> None:
+        saves.append([entry["kind"] for entry in entries])
+        await save(record, *entries, owner=owner)
+
+    monkeypatch.setattr(engine.store, "save", counted)
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
+    assert saves == [["workflow_started"],
+                     ["workflow_running", "step_started"],
+                     ["step_succeeded", "step_started"],
+                     ["step_succeeded", "step_started"],
+                     ["step_succeeded", "workflow_succeeded"]]  # fmt: skip
+    history = await engine.store.history(started.id)
+    assert [h["kind"] for h in history] == [kind for kinds in saves for kind in kinds]
+
+
+async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when_saved(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
+    record = await engine.store.load(started.id)
+    history = await engine.store.history(started.id)
+    succeeded = {h["step"]: h["at"] for h in history if h["kind"] == "step_succeeded"}
+    assert succeeded == {name: pytest.approx(step_record.finished_at, abs=0.005)
+                         for name, step_record in record.steps.items()}  # fmt: skip
+
+
 # Fails twice, then succeeds: within its three attempts.
 FLAKY = definition("""
 name: flaky
