@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
@@ -105,11 +105,13 @@ class WorkflowEngine:
                 "version": definition.version,
             },
         )
-        self._spawn(record.id)
+        # The run starts from a copy of the record just saved instead of reading it back; the
+        # caller keeps this one, which the run does not change.
+        self._spawn(record.id, record.model_copy(deep=True))
         return record
 
-    def _spawn(self, workflow_id: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id))
+    def _spawn(self, workflow_id: str, record: WorkflowRecord | None = None) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id, record))
         self._running[workflow_id] = task
         task.add_done_callback(lambda _: self._running.pop(workflow_id, None))
         return task
@@ -131,12 +133,12 @@ class WorkflowEngine:
                 resumed.append(workflow_id)
         return resumed
 
-    async def _run_owned(self, workflow_id: str) -> None:
+    async def _run_owned(self, workflow_id: str, record: WorkflowRecord | None = None) -> None:
         """Run while holding the lease; if the lease is lost (another node may have taken the
         workflow over), the step in flight is cancelled: two nodes never go on side by side."""
         loop = asyncio.get_running_loop()
         heartbeat = loop.create_task(self._keep_ownership(workflow_id))
-        running = loop.create_task(self.run(workflow_id))
+        running = loop.create_task(self.run(workflow_id, record))
         try:
             await asyncio.wait({running, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
             if not running.done():
@@ -200,8 +202,10 @@ class WorkflowEngine:
         if held is not None:
             await self.env.locks.renew(held)
 
-    async def run(self, workflow_id: str) -> WorkflowRecord:
-        record = await self.store.load(workflow_id)
+    async def run(self, workflow_id: str, record: WorkflowRecord | None = None) -> WorkflowRecord:
+        """Run the workflow's remaining steps; `record`: as this node just saved it (else read)."""
+        if record is None:
+            record = await self.store.load(workflow_id)
         if record is None:
             raise LookupError(workflow_id)
         if record.status != "running":
@@ -246,15 +250,21 @@ class WorkflowEngine:
             step_record.started_at = time.time()
             step_record.node = self.env.node_id
             step_record.error = None
-            await self._record_step(
-                record, "step_started", definition.name, attempt=step_record.attempts
+            # The gate reads beside the start's save (on etcd a read and a raft write, a round
+            # trip each, on a failover's critical path); the step acts only after both.
+            saved, gated = await asyncio.gather(
+                self._record_step(
+                    record, "step_started", definition.name, attempt=step_record.attempts
+                ),
+                self._gate(record, definition),
+                return_exceptions=True,
             )
+            if isinstance(saved, BaseException):
+                raise saved
             try:
-                context.store_reads = None
-                if definition.changes_state and self.env.before_state_change is not None:
-                    context.store_reads = await self.env.before_state_change(
-                        record, definition.name
-                    )
+                if isinstance(gated, BaseException):
+                    raise gated
+                context.store_reads = gated
                 output = await asyncio.wait_for(spec.function(context), timeout=definition.timeout)
                 # Checked before it is recorded: a later step reads it as the declared model.
                 stored = stored_output(output, spec.output)
@@ -286,6 +296,13 @@ class WorkflowEngine:
             self._step_ended(record, definition.name, "retried", step_record, time.time())
             await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    async def _gate(self, record: WorkflowRecord, definition: StepDefinition) -> StepReads | None:
+        """What the gate of a state-changing step read (it raises to stop the step); None for
+        a step without one."""
+        if definition.changes_state and self.env.before_state_change is not None:
+            return await self.env.before_state_change(record, definition.name)
+        return None
 
     def _step_ended(
         self,

@@ -229,6 +229,54 @@ async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when
                          for name, step_record in record.steps.items()}  # fmt: skip
 
 
+async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
+    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate_entered = asyncio.Event()
+
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        gate_entered.set()
+        return StepReads({}, None)
+
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    save = engine.store.save
+
+    async def save_once_the_gate_read(
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None
+    ) -> None:
+        if entries[-1]["kind"] == "step_started":  # one after the other, this would time out
+            await asyncio.wait_for(gate_entered.wait(), 2)
+            gate_entered.clear()
+        await save(record, *entries, owner=owner)
+
+    monkeypatch.setattr(engine.store, "save", save_once_the_gate_read)
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
+    assert (await engine.store.load(started.id)).status == "succeeded"
+
+
+async def test_a_step_stopped_by_its_gate_has_its_start_and_failure_recorded(
+    control: aioredis.Redis,
+) -> None:
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        raise Escalate("kill_switch: on for failover")
+
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
+    history = await engine.store.history(started.id)
+    assert [(h["kind"], h.get("step")) for h in history][-3:] == [
+        ("step_started", "a"),
+        ("step_failed", "a"),
+        ("workflow_escalated", None),
+    ]
+    assert calls["a"] == 0
+
+
 # Fails twice, then succeeds: within its three attempts.
 FLAKY = definition("""
 name: flaky
