@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -449,7 +449,27 @@ async def test_a_steps_reads_answer_while_the_first_member_is_stopped(
     assert store.client._preferred != 0  # sent to the stopped member first, then on
 
 
-async def test_a_lock_renews_when_its_member_stops_between_keep_alive_and_read(
+async def test_a_known_locks_renewal_sends_its_keep_alive_and_guarded_read_side_by_side(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    read_sent = asyncio.Event()
+    txn, keep_alive = store.client.txn, store.client.keep_alive_once
+
+    async def noted_txn(*args: Any, **kwargs: Any) -> TxnResult:
+        read_sent.set()
+        return await txn(*args, **kwargs)
+
+    async def keep_alive_once_the_read_is_sent(lease_id: int) -> int:
+        await asyncio.wait_for(read_sent.wait(), 2)  # one after the other, this times out
+        return await keep_alive(lease_id)
+
+    monkeypatch.setattr(store.client, "txn", noted_txn)
+    monkeypatch.setattr(store.client, "keep_alive_once", keep_alive_once_the_read_is_sent)
+    assert await store.locks.renew(held)
+
+
+async def test_a_lock_renews_when_its_member_stops_as_the_renewal_starts(
     stopped_first: tuple[EtcdCoordinationStore, EtcdMember], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, first = stopped_first
@@ -458,16 +478,16 @@ async def test_a_lock_renews_when_its_member_stops_between_keep_alive_and_read(
     keep_alive = store.client.keep_alive_once
     kept_alive: list[int] = []
 
-    async def then_stop(lease_id: int) -> int:
+    async def stop_then_keep_alive(lease_id: int) -> int:
+        first.pause()  # the keep-alive and the guarded read beside it go to a stopped member
         ttl = await keep_alive(lease_id)
         kept_alive.append(lease_id)
-        first.pause()  # the guarded read that follows goes to a stopped member first
         return ttl
 
-    monkeypatch.setattr(store.client, "keep_alive_once", then_stop)
+    monkeypatch.setattr(store.client, "keep_alive_once", stop_then_keep_alive)
     assert await store.locks.renew(held)
     assert kept_alive
-    assert store.client._preferred != 0  # the read was sent to the stopped member, then on
+    assert store.client._preferred != 0  # both were sent to the stopped member, then on
 
 
 async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(

@@ -16,8 +16,9 @@
   key gets a revision higher than every lock granted before, without a counter key that every
   acquire would have to read and compare first (two round trips and a hot key);
 - renewing a lock or a workflow's owner lease (once per workflow step, on a failover's critical
-  path) keeps the key's own lease alive and then reads the key under the guard (`refresh`):
-  no raft write, where a put under a fresh lease was three (grant, transaction, revocation);
+  path) keeps the key's own lease alive and reads the key under the guard, side by side
+  (`refresh`): no raft write, where a put under a fresh lease was three (grant, transaction,
+  revocation), and one round trip;
   the key is untouched, so its create_revision, hence the token, stays;
 - the listings (active workflows, kill switches, shadowed services, sensors, balancer members,
   sliding windows) are one key per member under a prefix, read with one range read; a sliding
@@ -228,21 +229,33 @@ class _Writes:
 
     async def refresh(self, key: str, guard: list[Compare]) -> bool:
         """Restart the TTL of `key`'s lease if every compare of `guard` holds: a keep-alive of
-        the lease the key carries, then a read-only transaction (guard and read, served without
-        a raft write) that finds the key on that lease. Because the read follows the keep-alive,
-        True means the key was ours, on a lease whose TTL had just restarted, as the guarded put
-        under a fresh lease (`replace`) would say, without its grant, raft write and
-        revocation. Only for keys whose lease is theirs alone and whose TTL does not change
-        between renewals (locks, owner leases)."""
+        the lease the key carries and, side by side with it, a read-only transaction (guard and
+        read, served without a raft write) that finds the key on that lease. True means the key
+        was ours when read, on a lease whose TTL restarted at about that time, as the guarded
+        put under a fresh lease (`replace`) would say, without its grant, raft write and
+        revocation. Whichever of the two etcd served first: a key leaves its lease only when
+        the lease ends (then the keep-alive fails) or by a guarded write of its holder, so a key
+        read on a lease that was alive after the read was still on it when the TTL restarted;
+        a keep-alive that failed is settled by the sequential round below. Only for keys whose
+        lease is theirs alone and whose TTL does not change between renewals (locks, owner
+        leases)."""
         lease = self._kept.get(key)
         for _ in range(_MAX_ROUNDS):
-            if lease is not None:
-                try:
-                    await self.client.keep_alive_once(lease)
-                except EtcdLeaseNotFound:
-                    lease = None  # expired with its key, or the key moved to another lease
             # Only Gets: a read, which the client sends to another member when unanswered.
-            result = await self.client.txn(guard, [Get(key=key)], check=False)
+            reading = self.client.txn(guard, [Get(key=key)], check=False)
+            if lease is None:
+                result = await reading
+            else:
+                kept, answered = await asyncio.gather(
+                    self.client.keep_alive_once(lease), reading, return_exceptions=True
+                )
+                if isinstance(answered, BaseException):
+                    raise answered
+                if isinstance(kept, EtcdLeaseNotFound):
+                    lease = None  # expired with its key, or the key moved to another lease
+                elif isinstance(kept, BaseException):
+                    raise kept
+                result = answered
             read = result.responses[0] if result.succeeded else None
             if not isinstance(read, RangeResult) or not read.kvs or not read.kvs[0].lease:
                 self.forget(key)
@@ -250,7 +263,9 @@ class _Writes:
             if read.kvs[0].lease == lease:
                 self.keep(key, lease)
                 return True
-            lease = read.kvs[0].lease  # first refresh here: keep that lease alive, read again
+            # First refresh here, or a lease that ended: keep the key's lease alive, read again
+            # (a key read on a lease that has since ended is gone by the next read).
+            lease = read.kvs[0].lease
         raise EtcdUnreachable(f"{key}: could not be refreshed in {_MAX_ROUNDS} rounds")
 
     async def retire(self, before: Any, lease: int) -> None:
