@@ -161,6 +161,17 @@ async def until_called(name: str) -> None:
     raise AssertionError(f"step {name} never ran")
 
 
+async def run_to_the_end(
+    engine: WorkflowEngine, name: str
+) -> tuple[WorkflowRecord, list[dict[str, Any]]]:
+    """Start workflow `name` and wait for its end: its record and history as stored."""
+    started = await engine.start(name, {})
+    await engine.wait(started.id)
+    record = await engine.store.load(started.id)
+    assert record is not None
+    return record, await engine.store.history(started.id)
+
+
 def definition(text: str) -> WorkflowDefinition:
     return parse_workflow(text, "test.yaml")
 
@@ -182,15 +193,12 @@ steps:
 async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
     control: aioredis.Redis,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
-    started = await engine.start("three", {})
-    await engine.wait(started.id)
-    history = await engine.store.history(started.id)
+    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
     step_entries = [(h["kind"], h["step"]) for h in history if "step" in h]
     assert step_entries == [("step_started", "a"), ("step_succeeded", "a"),
                             ("step_started", "b"), ("step_succeeded", "b"),
                             ("step_started", "c"), ("step_succeeded", "c")]  # fmt: skip
-    assert (await engine.store.load(started.id)).status == "succeeded"
+    assert record.status == "succeeded"
 
 
 async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
@@ -205,25 +213,19 @@ async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
         await save(record, *entries, owner=owner)
 
     monkeypatch.setattr(engine.store, "save", counted)
-    started = await engine.start("three", {})
-    await engine.wait(started.id)
+    _, history = await run_to_the_end(engine, "three")
     assert saves == [["workflow_started"],
                      ["workflow_running", "step_started"],
                      ["step_succeeded", "step_started"],
                      ["step_succeeded", "step_started"],
                      ["step_succeeded", "workflow_succeeded"]]  # fmt: skip
-    history = await engine.store.history(started.id)
     assert [h["kind"] for h in history] == [kind for kinds in saves for kind in kinds]
 
 
 async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when_saved(
     control: aioredis.Redis,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
-    started = await engine.start("three", {})
-    await engine.wait(started.id)
-    record = await engine.store.load(started.id)
-    history = await engine.store.history(started.id)
+    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
     succeeded = {h["step"]: h["at"] for h in history if h["kind"] == "step_succeeded"}
     assert succeeded == {name: pytest.approx(step_record.finished_at, abs=0.005)
                          for name, step_record in record.steps.items()}  # fmt: skip
