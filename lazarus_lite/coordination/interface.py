@@ -14,10 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.errors import EtcdUnreachable
 from detection.events import Event
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import Topology, TopologySource
 from ratequeue.write_failures import FailureRun
+
+# What says the store is away (not that it answered something wrong, nor a bug of ours): only
+# these make a node act as if it were.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,  # TimeoutError too: a read that outlived `store_timeout`
+    EtcdUnreachable,
+)
 
 # How long a workflow's owner lease lasts unless renewed (the engine renews it three times as
 # often; a node silent this long loses its workflows to a node that resumes them).

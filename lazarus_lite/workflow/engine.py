@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, STORE_UNREACHABLE, StepReads
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
@@ -71,19 +71,24 @@ class WorkflowEngine:
         # The owner lease of the new id is taken side by side with the event's binding (on
         # etcd a lease grant and a transaction, raft writes both, on the decision's path);
         # nothing is recorded under the id before both are done.
-        claiming = self.store.claim(workflow_id, self.env.node_id)
         if event_id is None:
-            await claiming
+            await self.store.claim(workflow_id, self.env.node_id)
         else:
             # One workflow per event: an event handled again (its first coordinator died after
             # starting the workflow) adopts the workflow that exists.
-            existing, _ = await asyncio.gather(
-                self.store.bind_event(event_id, workflow_id), claiming
+            bound, claimed = await asyncio.gather(
+                self.store.bind_event(event_id, workflow_id),
+                self.store.claim(workflow_id, self.env.node_id),
+                return_exceptions=True,
             )
-            if existing is not None:
-                found = await self.store.load(existing)
+            if isinstance(bound, BaseException) or isinstance(claimed, BaseException):
+                if not isinstance(claimed, BaseException):
+                    await self._drop_spare_claim(workflow_id)
+                raise bound if isinstance(bound, BaseException) else claimed
+            if bound is not None:
+                found = await self.store.load(bound)
                 if found is not None:
-                    await self.store.disown(workflow_id, self.env.node_id)  # never recorded
+                    await self._drop_spare_claim(workflow_id)
                     return found
                 await self.store.rebind_event(event_id, workflow_id)
         now = time.time()
@@ -109,6 +114,21 @@ class WorkflowEngine:
         # caller keeps this one, which the run does not change.
         self._spawn(record.id, record.model_copy(deep=True))
         return record
+
+    async def _drop_spare_claim(self, workflow_id: str) -> None:
+        """Drop the owner claim of an id that was never recorded (its event is bound to another
+        workflow, or its binding failed). Best effort: if the store is away the claim lapses
+        with its lease, so the caller goes on (an adopted workflow is still returned, a failed
+        binding's own error is raised)."""
+        try:
+            await self.store.disown(workflow_id, self.env.node_id)
+        except STORE_UNREACHABLE as error:
+            log.warning(
+                "node %s: the unused claim of %s was not dropped (%s); it lapses with its lease",
+                self.env.node_id,
+                workflow_id,
+                error,
+            )
 
     def _spawn(self, workflow_id: str, record: WorkflowRecord | None = None) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id, record))

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
@@ -381,6 +382,64 @@ async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
     assert samples[("lazarus_workflow_outcomes_total", (("outcome", "remediated"),))] == 1
     assert samples[("lazarus_workflow_outcomes_total", (("outcome", "escalated"),))] == 0
     assert (await audit.get(remediated.id)).outcome == "remediated"  # type: ignore[union-attr]
+
+
+def claims_made(engine: WorkflowEngine) -> list[str]:
+    """The workflow ids `engine` claims from now on, in order."""
+    claimed: list[str] = []
+    claim = engine.store.claim
+
+    async def recording(workflow_id: str, node_id: str) -> bool:
+        claimed.append(workflow_id)
+        return await claim(workflow_id, node_id)
+
+    engine.store.claim = recording  # type: ignore[method-assign]
+    return claimed
+
+
+async def test_an_event_started_again_adopts_its_workflow_and_drops_the_unused_claim(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    first = await engine.start("three", {}, event_id="ev-again")
+    claimed = claims_made(engine)
+    again = await engine.start("three", {}, event_id="ev-again")
+    await engine.wait(first.id)
+    assert again.id == first.id
+    assert len(claimed) == 1 and claimed[0] != first.id
+    assert await engine.store.owner(claimed[0]) is None
+
+
+async def test_an_adopted_workflow_is_returned_when_its_unused_claim_cannot_be_dropped(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    first = await engine.start("three", {}, event_id="ev-again")
+    await engine.wait(first.id)
+
+    async def store_away(workflow_id: str, node_id: str) -> None:
+        raise RedisConnectionError("control store away")
+
+    engine.store.disown = store_away  # type: ignore[method-assign]
+    again = await engine.start("three", {}, event_id="ev-again")
+    assert again.id == first.id and again.status == "succeeded"
+
+
+async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
+    control: aioredis.Redis,
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    claimed = claims_made(engine)
+
+    async def store_away(event_id: str, workflow_id: str) -> str | None:
+        raise RedisConnectionError("control store away")
+
+    engine.store.bind_event = store_away  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError, match="control store away"):
+        await engine.start("three", {}, event_id="ev-unbound")
+    assert len(claimed) == 1
+    assert await engine.store.owner(claimed[0]) is None
+    assert await engine.store.load(claimed[0]) is None
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
