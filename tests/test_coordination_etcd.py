@@ -382,6 +382,30 @@ def count_calls(store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch) -
     return paths
 
 
+async def test_a_new_records_first_save_is_one_transaction_without_a_read(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await store.workflows.claim("wf-new", "n1")
+    paths = count_calls(store, monkeypatch)
+    await store.workflows.save(a_workflow("wf-new"), {"kind": "started"}, owner="n1", new=True)
+
+    assert paths == ["/v3/kv/txn write=True"]
+    assert [e["kind"] for e in await store.workflows.history("wf-new")] == ["started"]
+
+
+async def test_a_save_wrongly_told_its_record_is_new_reads_it_and_saves_once(
+    etcd: EtcdCluster, records_redis: RedisProcess, store: EtcdCoordinationStore
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "started"}, owner="n1")
+    other = store_on(etcd, records_redis)  # knows no version it saved
+    try:
+        await other.workflows.save(a_workflow("wf-1"), {"kind": "again"}, owner="n1", new=True)
+    finally:
+        await other.aclose()
+    assert [e["kind"] for e in await store.workflows.history("wf-1")] == ["started", "again"]
+
+
 async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
     store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -403,7 +403,11 @@ class EtcdWorkflowRecords:
         self._saved_versions: dict[str, int] = {}  # running workflows' records we saved last
 
     async def save(
-        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None = None
+        self,
+        record: WorkflowRecord,
+        *entries: dict[str, Any],
+        owner: str | None = None,
+        new: bool = False,
     ) -> None:
         """One transaction: the record, its history entries (numbered by the record's version
         they come with, then by their place among the save's entries, so entries sort in the
@@ -418,7 +422,9 @@ class EtcdWorkflowRecords:
         answer_lost_at: set[int] = set()
         # The version our last save left: the compare checks it, so the read that would learn
         # it is only needed when another writer (or none of ours) came first.
-        guess = self._saved_versions.pop(record.id, None)
+        # A new record's first save compares against its absence (version 0): a read less on
+        # the decision's path.
+        guess = self._saved_versions.pop(record.id, 0 if new else None)
         running = record.status == "running"
         for _ in range(_MAX_ROUNDS):
             # A finished workflow's record is put under the retention lease: it expires then.

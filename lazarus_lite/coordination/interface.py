@@ -88,11 +88,17 @@ class WorkflowRecords(Protocol):
     (the node running it), and the one workflow each event started."""
 
     async def save(
-        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None
+        self,
+        record: WorkflowRecord,
+        *entries: dict[str, Any],
+        owner: str | None,
+        new: bool = False,
     ) -> None:
         """Write the record and append `entries` (none, one or several, in order) to its
         history in one step; with `owner`, only while that node holds the owner lease (else
-        OwnershipLost). An entry's own `at` is kept; one without gets the time of the save."""
+        OwnershipLost). An entry's own `at` is kept; one without gets the time of the save.
+        `new`: the record's first save under an id just made, a hint that lets a store skip
+        reading what is there (a wrong hint costs the read, never a lost save)."""
         ...
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None: ...

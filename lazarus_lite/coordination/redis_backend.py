@@ -143,7 +143,11 @@ class RedisWorkflowRecords:
         self._disown = control.register_script(_DELETE_IF_OURS)
 
     async def save(
-        self, record: WorkflowRecord, *entries: dict[str, Any], owner: str | None = None
+        self,
+        record: WorkflowRecord,
+        *entries: dict[str, Any],
+        owner: str | None = None,
+        new: bool = False,  # one script either way: nothing to skip
     ) -> None:
         now = time.time()
         written = await self._save(

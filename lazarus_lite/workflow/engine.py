@@ -46,11 +46,13 @@ class WorkflowEngine:
         # History entries whose save waits for the workflow's next one (`_record_later`).
         self._unsaved: dict[str, list[dict[str, Any]]] = {}
 
-    async def _record(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
+    async def _record(
+        self, record: WorkflowRecord, entry: dict[str, Any], *, new: bool = False
+    ) -> None:
         """Save as this workflow's owner (raises OwnershipLost once another node took over),
-        with the entries `_record_later` held back, in order."""
+        with the entries `_record_later` held back, in order (`new`: its first save)."""
         held = self._unsaved.pop(record.id, [])
-        await self.store.save(record, *held, entry, owner=self.env.node_id)
+        await self.store.save(record, *held, entry, owner=self.env.node_id, new=new)
 
     def _record_later(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
         """Append `entry` with the workflow's next save, which every path takes at once (the
@@ -65,32 +67,42 @@ class WorkflowEngine:
     ) -> WorkflowRecord:
         """Record a new workflow, claim it, and run it in the background."""
         definition = self.definitions[name]
-        if self.env.before_start is not None:
-            await self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
         workflow_id = f"wf-{uuid.uuid4().hex[:16]}"
-        # The owner lease of the new id is taken side by side with the event's binding (on
-        # etcd a lease grant and a transaction, raft writes both, on the decision's path);
-        # nothing is recorded under the id before both are done.
-        if event_id is None:
-            await self.store.claim(workflow_id, self.env.node_id)
-        else:
-            # One workflow per event: an event handled again (its first coordinator died after
-            # starting the workflow) adopts the workflow that exists.
-            bound, claimed = await asyncio.gather(
-                self.store.bind_event(event_id, workflow_id),
-                self.store.claim(workflow_id, self.env.node_id),
-                return_exceptions=True,
-            )
-            if isinstance(bound, BaseException) or isinstance(claimed, BaseException):
-                if not isinstance(claimed, BaseException):
-                    await self._drop_spare_claim(workflow_id)
-                raise bound if isinstance(bound, BaseException) else claimed
-            if bound is not None:
-                found = await self.store.load(bound)
-                if found is not None:
-                    await self._drop_spare_claim(workflow_id)
-                    return found
-                await self.store.rebind_event(event_id, workflow_id)
+        # The last word before a workflow starts (`before_start`, e.g. the kill switch), the
+        # owner lease of the new id and the event's binding go side by side (on etcd a read,
+        # then a lease grant and a transaction each, on the decision's path). Nothing is
+        # recorded under the id, and nothing run, before all three are done: a refusal, or a
+        # failure of either write, drops the claim; a binding to the never-recorded id is
+        # replaced when its event is handled again (`rebind_event` below).
+        checking = (
+            self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
+            if self.env.before_start is not None
+            else asyncio.sleep(0)  # nothing to wait for
+        )
+        binding = (
+            self.store.bind_event(event_id, workflow_id)
+            if event_id is not None
+            else asyncio.sleep(0)  # no event to bind
+        )
+        checked, bound, claimed = await asyncio.gather(
+            checking,
+            binding,
+            self.store.claim(workflow_id, self.env.node_id),
+            return_exceptions=True,
+        )
+        failed = [r for r in (checked, bound, claimed) if isinstance(r, BaseException)]
+        if failed:
+            if not isinstance(claimed, BaseException):
+                await self._drop_spare_claim(workflow_id)
+            raise failed[0]
+        # One workflow per event: an event handled again (its first coordinator died after
+        # starting the workflow) adopts the workflow that exists.
+        if event_id is not None and bound is not None:
+            found = await self.store.load(bound)
+            if found is not None:
+                await self._drop_spare_claim(workflow_id)
+                return found
+            await self.store.rebind_event(event_id, workflow_id)
         now = time.time()
         record = WorkflowRecord(
             id=workflow_id,
@@ -109,6 +121,7 @@ class WorkflowEngine:
                 "definition": definition.name,
                 "version": definition.version,
             },
+            new=True,
         )
         # The run starts from a copy of the record just saved instead of reading it back; the
         # caller keeps this one, which the run does not change.

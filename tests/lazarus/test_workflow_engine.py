@@ -23,7 +23,8 @@ from lazarus_lite.coordination import redis_keys
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, StepReads
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
-from lazarus_lite.errors import Escalate, WorkflowError
+from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError
+from lazarus_lite.gates import GateStop
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
@@ -209,9 +210,11 @@ async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
     saves: list[list[str]] = []
     save = engine.store.save
 
-    async def counted(record: WorkflowRecord, *entries: dict[str, Any], owner: str | None) -> None:
+    async def counted(
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
+    ) -> None:
         saves.append([entry["kind"] for entry in entries])
-        await save(record, *entries, owner=owner)
+        await save(record, *entries, owner=owner, new=new)
 
     monkeypatch.setattr(engine.store, "save", counted)
     _, history = await run_to_the_end(engine, "three")
@@ -247,12 +250,12 @@ async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
     save = engine.store.save
 
     async def save_once_the_gate_read(
-        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
     ) -> None:
         if entries[-1]["kind"] == "step_started":  # one after the other, this would time out
             await asyncio.wait_for(gate_entered.wait(), 2)
             gate_entered.clear()
-        await save(record, *entries, owner=owner)
+        await save(record, *entries, owner=owner, new=new)
 
     monkeypatch.setattr(engine.store, "save", save_once_the_gate_read)
     started = await engine.start("three", {})
@@ -440,6 +443,25 @@ async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
     assert len(claimed) == 1
     assert await engine.store.owner(claimed[0]) is None
     assert await engine.store.load(claimed[0]) is None
+
+
+async def test_a_workflow_its_last_check_refuses_records_nothing_and_leaves_no_claim(
+    control: aioredis.Redis,
+) -> None:
+    async def kill_switch_engaged(definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
+        raise WorkflowCancelled(GateStop("kill_switch", "failover switched off"))
+
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_start=kill_switch_engaged)  # fmt: skip
+    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    claimed = claims_made(engine)
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    assert len(claimed) == 1
+    assert await engine.store.owner(claimed[0]) is None
+    assert await engine.store.load(claimed[0]) is None
+    assert await engine.store.active() == []
+    assert calls == Counter()
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
