@@ -46,7 +46,8 @@ from detection.probes import describe_error
 from detection.sensor import incident_key
 from detection.streams import EventStream
 from lazarus_lite.audit import AuditLog
-from lazarus_lite.coordination.interface import STORE_UNREACHABLE, CoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas

@@ -271,6 +271,16 @@ async def test_an_event_starts_one_workflow(store: CoordinationStore) -> None:
     assert await store.workflows.bind_event("ev-1", "wf-4") == "wf-3"
 
 
+async def test_an_events_binding_is_dropped_only_while_it_names_the_workflow_given(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    await store.workflows.unbind_event("ev-1", "wf-other")
+    assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+    await store.workflows.unbind_event("ev-1", "wf-1")
+    assert await store.workflows.bind_event("ev-1", "wf-3") is None
+
+
 # -- incident claims -------------------------------------------------------------------------------
 async def test_the_first_claim_of_an_incident_holds_it(store: CoordinationStore) -> None:
     assert await store.incidents.claim("RedisMasterDown", "k", "ev-1", ttl=60)

@@ -326,8 +326,11 @@ class _Writes:
 class _SharedLease:
     """One lease for every key of a kind written within `bucket` seconds: each key lives at
     least `ttl` (the lease lasts `ttl + bucket` from its grant) and at most `bucket` longer.
-    Only for keys whose value says whose write it is (an event binding names a fresh workflow
-    id): with a shared lease, the lease cannot tell, and it is never revoked for one key."""
+    Only for keys that need no lease of their own: a lease shared cannot say whose write a key
+    is nor when it was made, and it is never revoked for one key. An event binding names a fresh
+    workflow id (the value says whose write it is), a finished workflow's record and history
+    only have to go some day, and a window's note holds the time it was noted (that time, not
+    the lease, says whether it counts)."""
 
     def __init__(self, client: EtcdClient, ttl: float, bucket: float) -> None:
         self._client = client
@@ -569,6 +572,10 @@ class EtcdWorkflowRecords:
             except EtcdLeaseNotFound:
                 self._bindings.forget(lease)
         raise EtcdUnreachable(f"{key}: {_MAX_ROUNDS} shared leases were gone before the write")
+
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        key = keys.workflow_of_event(event_id)
+        await self._writes.delete_if(key, [_holds(key, workflow_id)])
 
 
 class EtcdIncidentClaims:

@@ -14,23 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from common.errors import EtcdUnreachable
 from detection.events import Event
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import Topology, TopologySource
 from ratequeue.write_failures import FailureRun
-
-# What says the store is away (not that it answered something wrong, nor a bug of ours): only
-# these make a node act as if it were.
-STORE_UNREACHABLE: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,  # TimeoutError too: a read that outlived `store_timeout`
-    EtcdUnreachable,
-)
 
 # How long a workflow's owner lease lasts unless renewed (the engine renews it three times as
 # often; a node silent this long loses its workflows to a node that resumes them).
@@ -98,7 +85,9 @@ class WorkflowRecords(Protocol):
         history in one step; with `owner`, only while that node holds the owner lease (else
         OwnershipLost). An entry's own `at` is kept; one without gets the time of the save.
         `new`: the record's first save under an id just made, a hint that lets a store skip
-        reading what is there (a wrong hint costs the read, never a lost save)."""
+        reading what is there. A wrong hint never loses a save; it costs what a failed guess
+        costs (on etcd a failed transaction, then the owner read and the record read before
+        the transaction again), not only the read it meant to skip."""
         ...
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None: ...
@@ -132,6 +121,11 @@ class WorkflowRecords(Protocol):
 
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         """Point `event_id` at `workflow_id` whatever it started before (its record is gone)."""
+        ...
+
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        """Drop `event_id`'s binding if it still names `workflow_id` (a workflow refused before
+        anything was recorded under its id); a binding to another workflow stays."""
         ...
 
 

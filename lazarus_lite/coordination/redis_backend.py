@@ -140,7 +140,7 @@ class RedisWorkflowRecords:
         self._control = control
         self._save = control.register_script(_SAVE_WORKFLOW)
         self._renew = control.register_script(_RENEW_IF_OURS)
-        self._disown = control.register_script(_DELETE_IF_OURS)
+        self._delete_if_ours = control.register_script(_DELETE_IF_OURS)
 
     async def save(
         self,
@@ -189,7 +189,7 @@ class RedisWorkflowRecords:
         return bool(int(await self._renew(keys=owner, args=[node_id, OWNER_LEASE_MS])))
 
     async def disown(self, workflow_id: str, node_id: str) -> None:
-        await self._disown(keys=[keys.workflow_owner(workflow_id)], args=[node_id])
+        await self._delete_if_ours(keys=[keys.workflow_owner(workflow_id)], args=[node_id])
 
     async def owner(self, workflow_id: str) -> str | None:
         return _text(await self._control.get(keys.workflow_owner(workflow_id)))
@@ -206,6 +206,9 @@ class RedisWorkflowRecords:
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)
         await self._control.set(key, workflow_id, ex=EVENT_WORKFLOW_SECONDS)
+
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        await self._delete_if_ours(keys=[keys.workflow_of_event(event_id)], args=[workflow_id])
 
 
 # Compare and set in one step: two events taking over one claim at once, one wins.

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, STORE_UNREACHABLE, StepReads
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
+from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
@@ -54,6 +55,13 @@ class WorkflowEngine:
         held = self._unsaved.pop(record.id, [])
         await self.store.save(record, *held, entry, owner=self.env.node_id, new=new)
 
+    async def _save_held(self, record: WorkflowRecord) -> None:
+        """Save the entries `_record_later` holds, if any, before something that is not a
+        save acts."""
+        held = self._unsaved.pop(record.id, [])
+        if held:
+            await self.store.save(record, *held, owner=self.env.node_id)
+
     def _record_later(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
         """Append `entry` with the workflow's next save, which every path takes at once (the
         next step's start, the workflow's end): on etcd each save is a raft write on a
@@ -71,9 +79,7 @@ class WorkflowEngine:
         # The last word before a workflow starts (`before_start`, e.g. the kill switch), the
         # owner lease of the new id and the event's binding go side by side (on etcd a read,
         # then a lease grant and a transaction each, on the decision's path). Nothing is
-        # recorded under the id, and nothing run, before all three are done: a refusal, or a
-        # failure of either write, drops the claim; a binding to the never-recorded id is
-        # replaced when its event is handled again (`rebind_event` below).
+        # recorded under the id, and nothing run, before all three are done.
         checking = (
             self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
             if self.env.before_start is not None
@@ -90,21 +96,59 @@ class WorkflowEngine:
             self.store.claim(workflow_id, self.env.node_id),
             return_exceptions=True,
         )
+        claim_taken = not isinstance(claimed, BaseException)
         failed = [r for r in (checked, bound, claimed) if isinstance(r, BaseException)]
         if failed:
-            if not isinstance(claimed, BaseException):
+            # A refusal, or a failed write: what was taken for the id is given back (nothing
+            # is recorded under it), so the event is started afresh when it comes again.
+            # The binding is ours, or its write failed and may be: dropped only if it names
+            # this id (a binding to another workflow is never touched).
+            if event_id is not None and not isinstance(bound, str):
+                await self._best_effort(self.store.unbind_event(event_id, workflow_id), "binding")
+            if claim_taken:
                 await self._drop_spare_claim(workflow_id)
             raise failed[0]
-        # One workflow per event: an event handled again (its first coordinator died after
-        # starting the workflow) adopts the workflow that exists.
-        if event_id is not None and bound is not None:
-            found = await self.store.load(bound)
-            if found is not None:
-                await self._drop_spare_claim(workflow_id)
-                return found
-            await self.store.rebind_event(event_id, workflow_id)
+        try:
+            # One workflow per event: an event handled again (its first coordinator died
+            # after starting the workflow) adopts the workflow that exists.
+            if event_id is not None and bound is not None:
+                found = await self.store.load(bound)
+                if found is not None:
+                    await self._drop_spare_claim(workflow_id)
+                    return found
+                await self.store.rebind_event(event_id, workflow_id)
+            record = self._new_record(workflow_id, definition, inputs, event_id)
+            await self._record(
+                record,
+                {
+                    "kind": "workflow_started",
+                    "node": self.env.node_id,
+                    "definition": definition.name,
+                    "version": definition.version,
+                },
+                new=True,
+            )
+        except BaseException:
+            # Nothing runs the id, so nothing would renew its claim: dropped now (the save's
+            # outcome may be unknown; a record saved after all is an orphan the next
+            # `resume_orphans` takes). The binding stays: it may name that record, and one
+            # to a record that is not there is replaced when the event comes again.
+            await self._drop_spare_claim(workflow_id)
+            raise
+        # The run starts from a copy of the record just saved instead of reading it back; the
+        # caller keeps this one, which the run does not change.
+        self._spawn(record.id, record.model_copy(deep=True))
+        return record
+
+    def _new_record(
+        self,
+        workflow_id: str,
+        definition: WorkflowDefinition,
+        inputs: dict[str, Any],
+        event_id: str | None,
+    ) -> WorkflowRecord:
         now = time.time()
-        record = WorkflowRecord(
+        return WorkflowRecord(
             id=workflow_id,
             definition=definition,
             inputs=inputs,
@@ -113,33 +157,24 @@ class WorkflowEngine:
             deadline=now + definition.timeout,
             steps={s.name: StepRecord() for s in definition.steps},
         )
-        await self._record(
-            record,
-            {
-                "kind": "workflow_started",
-                "node": self.env.node_id,
-                "definition": definition.name,
-                "version": definition.version,
-            },
-            new=True,
-        )
-        # The run starts from a copy of the record just saved instead of reading it back; the
-        # caller keeps this one, which the run does not change.
-        self._spawn(record.id, record.model_copy(deep=True))
-        return record
 
     async def _drop_spare_claim(self, workflow_id: str) -> None:
         """Drop the owner claim of an id that was never recorded (its event is bound to another
-        workflow, or its binding failed). Best effort: if the store is away the claim lapses
+        workflow, or its start failed). Best effort: if the store is away the claim lapses
         with its lease, so the caller goes on (an adopted workflow is still returned, a failed
-        binding's own error is raised)."""
+        start's own error is raised)."""
+        await self._best_effort(self.store.disown(workflow_id, self.env.node_id), "claim")
+
+    async def _best_effort(self, dropping: Awaitable[None], what: str) -> None:
+        """Give back what a start that did not happen took (`what`: for the log); the store
+        away, it lapses with its lease instead."""
         try:
-            await self.store.disown(workflow_id, self.env.node_id)
+            await dropping
         except STORE_UNREACHABLE as error:
             log.warning(
-                "node %s: the unused claim of %s was not dropped (%s); it lapses with its lease",
+                "node %s: an unused %s was not dropped (%s); it lapses with its lease",
                 self.env.node_id,
-                workflow_id,
+                what,
                 error,
             )
 
@@ -372,6 +407,10 @@ class WorkflowEngine:
     async def _escalate(
         self, record: WorkflowRecord, step_name: str, reason: str
     ) -> WorkflowRecord:
+        if record.definition.on_failure is not None:
+            # The cleanup step acts (on a shard: its topology, its lock) on what the record
+            # says: a result `_record_later` holds is saved before it runs, not after.
+            await self._save_held(record)
         record.escalation = f"step {step_name}: {reason}"
         if record.definition.on_failure is not None:
             spec = STEPS[record.definition.on_failure]

@@ -445,23 +445,75 @@ async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
     assert await engine.store.load(claimed[0]) is None
 
 
+@pytest.mark.parametrize("failing", ["load", "rebind_event", "save"])
+async def test_a_start_that_fails_after_its_binding_leaves_no_owner_claim(
+    control: aioredis.Redis, failing: str
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    await engine.store.bind_event("ev-gone", "wf-never-recorded")  # handled again
+    claimed = claims_made(engine)
+
+    async def store_away(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("control store away")
+
+    setattr(engine.store, failing, store_away)
+    with pytest.raises(RedisConnectionError, match="control store away"):
+        await engine.start("three", {}, event_id="ev-gone")
+    assert all([await engine.store.owner(id) is None for id in claimed])
+    assert calls == Counter()
+
+
+class KillSwitch:
+    """`before_start` as the kill switch answers it: refuses while `engaged`."""
+
+    def __init__(self) -> None:
+        self.engaged = True
+
+    async def __call__(self, definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
+        if self.engaged:
+            raise WorkflowCancelled(GateStop("kill_switch", "failover switched off"))
+
+
+def refusing_engine(control: aioredis.Redis, switch: KillSwitch) -> WorkflowEngine:
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_start=switch)  # fmt: skip
+    return WorkflowEngine(env, {"three": THREE_STEPS})
+
+
 async def test_a_workflow_its_last_check_refuses_records_nothing_and_leaves_no_claim(
     control: aioredis.Redis,
 ) -> None:
-    async def kill_switch_engaged(definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
-        raise WorkflowCancelled(GateStop("kill_switch", "failover switched off"))
-
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
-                          before_start=kill_switch_engaged)  # fmt: skip
-    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    engine = refusing_engine(control, KillSwitch())
     claimed = claims_made(engine)
     with pytest.raises(WorkflowCancelled):
         await engine.start("three", {}, event_id="ev-refused")
-    assert len(claimed) == 1
-    assert await engine.store.owner(claimed[0]) is None
-    assert await engine.store.load(claimed[0]) is None
+    assert all([await engine.store.owner(id) is None for id in claimed])
+    assert all([await engine.store.load(id) is None for id in claimed])
     assert await engine.store.active() == []
     assert calls == Counter()
+
+
+async def test_a_refused_workflow_leaves_its_event_unbound(control: aioredis.Redis) -> None:
+    engine = refusing_engine(control, KillSwitch())
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    assert await engine.store.bind_event("ev-refused", "wf-probe") is None
+
+
+async def test_an_event_refused_then_started_once_the_switch_is_off_runs_its_workflow(
+    control: aioredis.Redis,
+) -> None:
+    switch = KillSwitch()
+    engine = refusing_engine(control, switch)
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    switch.engaged = False
+    started = await engine.start("three", {}, event_id="ev-refused")
+    await engine.wait(started.id)
+    done = await engine.store.load(started.id)
+    assert done is not None and done.status == "succeeded"
+    assert done.event_id == "ev-refused"
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
@@ -525,6 +577,37 @@ steps:
     done = await engine.store.load(started.id)
     assert done.status == "escalated" and "workflow timed out" in done.escalation
     assert calls["after"] == 0
+
+
+cleanup_saw: list[str] = []
+
+
+@step("test.cleanup_reading_the_record")
+async def cleanup_reading_the_record(ctx: StepContext) -> dict[str, Any]:
+    stored = await ctx.env.store.workflows.load(ctx.workflow.id)
+    assert stored is not None
+    cleanup_saw.append(stored.steps["wait"].status)
+    return {}
+
+
+async def test_a_cleanup_after_the_workflow_timed_out_finds_the_last_steps_result_saved(
+    control: aioredis.Redis,
+) -> None:
+    short = definition("""
+name: short
+timeout: 200ms
+on_failure: test.cleanup_reading_the_record
+steps:
+  - {name: wait, run: test.wait_for_gate}
+  - {name: after, run: test.record, needs: [wait]}
+""")
+    cleanup_saw.clear()
+    engine = engine_for(control, "n1", short)
+    started = await engine.start("short", {})
+    await asyncio.sleep(0.4)
+    open_gate()
+    await engine.wait(started.id)
+    assert cleanup_saw == ["succeeded"]
 
 
 async def test_another_node_resumes_a_workflow_whose_owner_died_without_redoing_steps(
