@@ -66,8 +66,9 @@ class WorkflowEngine:
         """Append `entry` with the workflow's next save, which every path takes at once (the
         next step's start, the workflow's end): on etcd each save is a raft write on a
         failover's critical path, and a step's result and the next one's start were two in a
-        row. Still saved before anything else is done; a crash in between leaves the step to
-        be run again by whoever resumes, as a crash just before its result was saved did."""
+        row. Still saved before anything else is done (`_save_held` before a cleanup step
+        that would come first); a crash in between leaves the step to be run again by whoever
+        resumes, as a crash just before its result was saved did."""
         self._unsaved.setdefault(record.id, []).append({"at": time.time(), **entry})
 
     async def start(
