@@ -324,7 +324,11 @@ class ControllerNode:
                 f"quorum not reached: {len(quorum.passed)} of {quorum.required} nodes passed "
                 f"every check" + (f" (failed: {', '.join(failing)})" if failing else ""),
             )
-        shadow = await self.gates.shadow.check(event.service)
+        # Both read before either decides (each a linearizable read of its own key on etcd, one
+        # round trip for the two): shadow mode first, then a claim taken over.
+        shadow, taker = await asyncio.gather(
+            self.gates.shadow.check(event.service), self.incidents.taken_over_by(event)
+        )
         if shadow is not None:
             record.would_run = rule.action.name
             await remember_shadow_decision(
@@ -336,7 +340,6 @@ class ControllerNode:
             )
 
         # -- the workflow
-        taker = await self.incidents.taken_over_by(event)
         if taker is not None:
             # Its claim was taken over as abandoned: the taker decides; acting too would fail
             # the shard over twice.

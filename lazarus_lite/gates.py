@@ -18,6 +18,7 @@ Not for: precondition checks about the failing entity (see `checks`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -253,8 +254,11 @@ class SafetyGates:
         the service's incidents within the window (0 for an event that is no failure)."""
         if not is_failure(event):
             return 0
-        incidents = await self.rate_limit.record(event)
-        await self.breaker.record(event)
+        # Two windows of their own keys: noted side by side (on etcd each note is a raft write,
+        # on a failover's decision path).
+        incidents, _ = await asyncio.gather(
+            self.rate_limit.record(event), self.breaker.record(event)
+        )
         return incidents
 
     async def before_action(self, event: Event, incidents: int) -> GateStop | None:

@@ -39,17 +39,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import EtcdUnreachable
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
 from detection.streams import EventStream
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
@@ -65,15 +63,6 @@ WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
 # What a node does with a primary it sees down while the store is unreachable: the event (as
 # the watch would have reported it) and why nothing is done about it.
 StoreAwayHandler = Callable[[Event, str], Awaitable[Any]]
-
-# What says the store is away (not that it answered something wrong, nor a bug of ours): only
-# these make a node act as if it were.
-STORE_UNREACHABLE: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,  # TimeoutError too: a read that outlived `store_timeout`
-    EtcdUnreachable,
-)
 
 
 @dataclass(frozen=True)

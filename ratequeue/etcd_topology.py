@@ -34,6 +34,14 @@ class EtcdTopologyStore:
     def __init__(self, client: EtcdClient, key: str = ETCD_TOPOLOGY_KEY) -> None:
         self._client = client
         self._key = key
+        # The key as last read here or by a caller (`seen`), with its map's epoch: a
+        # compare-and-set on that epoch compares against its mod_revision without reading it
+        # again; the transaction's compare says whether it is still current.
+        self._seen: tuple[int, KeyValue] | None = None
+
+    def seen(self, found: KeyValue | None) -> None:
+        """The key as a caller's read found it (a transaction that read it with other keys)."""
+        self._seen = None if found is None else (_epoch_of(found), found)
 
     @property
     def key(self) -> str:
@@ -42,18 +50,31 @@ class EtcdTopologyStore:
 
     async def load(self) -> Topology | None:
         found = await self._client.get(self._key)
-        return None if found is None else Topology.model_validate_json(found.value)
+        if found is None:
+            self._seen = None
+            return None
+        topology = Topology.model_validate_json(found.value)
+        self._seen = (topology.epoch, found)
+        return topology
 
     async def compare_and_set(self, expected_epoch: int, topology: Topology) -> None:
         """Store `topology` if the stored epoch is `expected_epoch` (0: none stored yet). A write
         whose answer was lost is resolved by reading the key again: our document there means it
         applied (then or on a later round: a proposal in flight may commit after the read); the
         revision we compared against still there means it did not (and is sent again); anything
-        else is someone else's newer map (EpochConflict)."""
+        else is someone else's newer map (EpochConflict). The first round compares against
+        the key as last read (`load`, `seen`) when its epoch is `expected_epoch`: a failover
+        step has just read it, and a stale one fails the compare and is read again."""
         document = topology.model_dump_json().encode()
         answer_lost = False
+        known = (
+            self._seen[1] if self._seen is not None and self._seen[0] == expected_epoch else None
+        )
         for _ in range(_MAX_ROUNDS):
-            found = await self._client.get(self._key)
+            if known is not None:
+                found, known = known, None
+            else:
+                found = await self._client.get(self._key)
             if answer_lost and found is not None and found.value == document:
                 return  # the write whose answer was lost committed after the read back
             epoch = _epoch_of(found)

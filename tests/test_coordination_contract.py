@@ -215,6 +215,25 @@ async def test_a_save_by_the_lease_owner_is_kept(store: CoordinationStore) -> No
     assert [e["kind"] for e in await store.workflows.history("wf-1")] == ["started"]
 
 
+async def test_a_save_appends_its_entries_to_the_history_in_their_order(
+    store: CoordinationStore,
+) -> None:
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "first"}, owner=None)
+    await store.workflows.save(a_workflow("wf-1"), owner=None)
+    many = [{"kind": f"entry-{number}"} for number in range(12)]  # 10 and 11 sort after 9
+    await store.workflows.save(a_workflow("wf-1"), *many, owner=None)
+    kinds = [e["kind"] for e in await store.workflows.history("wf-1")]
+    assert kinds == ["first", *(entry["kind"] for entry in many)]
+
+
+async def test_a_history_entry_keeps_its_own_time(store: CoordinationStore) -> None:
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "a", "at": 5.0}, {"kind": "b"},
+                               owner=None)  # fmt: skip
+    first, second = await store.workflows.history("wf-1")
+    assert first["at"] == 5.0
+    assert second["at"] == pytest.approx(time.time(), abs=5)
+
+
 async def test_a_save_by_a_node_without_the_lease_is_refused_and_changes_nothing(
     store: CoordinationStore,
 ) -> None:
@@ -250,6 +269,16 @@ async def test_an_event_starts_one_workflow(store: CoordinationStore) -> None:
     assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
     await store.workflows.rebind_event("ev-1", "wf-3")
     assert await store.workflows.bind_event("ev-1", "wf-4") == "wf-3"
+
+
+async def test_an_events_binding_is_dropped_only_while_it_names_the_workflow_given(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    await store.workflows.unbind_event("ev-1", "wf-other")
+    assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+    await store.workflows.unbind_event("ev-1", "wf-1")
+    assert await store.workflows.bind_event("ev-1", "wf-3") is None
 
 
 # -- incident claims -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,6 +29,7 @@ from common.redis_processes import RedisProcess
 from lazarus_lite.coordination import etcd_keys
 from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.errors import LockBusy, LockLost
+from ratequeue.errors import EpochConflict
 from ratequeue.local_cluster import start_node
 from tests.test_coordination_contract import a_topology, a_workflow
 
@@ -309,6 +310,28 @@ async def test_event_bindings_share_one_lease_that_outlives_their_30_days(
     assert await store.client.lease_ttl(store.client.granted[0]) >= 30 * 24 * 3600  # type: ignore[attr-defined]
 
 
+async def test_window_notes_of_one_length_share_one_lease_that_outlives_the_window(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.windows.record("failing_services", "eu", "ratequeue", window=60)
+    await store.windows.record("service_incidents", "ratequeue", "s0", window=60)
+    assert await store.windows.record("failing_services", "eu", "api", window=60) == 2
+    granted = store.client.granted  # type: ignore[attr-defined]
+    assert len(granted) == 1
+    noted = await store.client.get_prefix(etcd_keys.windows("failing_services"))
+    assert {kv.lease for kv in noted.kvs} == {granted[0]}
+    assert await store.client.lease_ttl(granted[0]) >= 60
+
+
+async def test_a_window_note_whose_shared_lease_is_gone_is_made_under_a_new_one(
+    store: EtcdCoordinationStore,
+) -> None:
+    await store.windows.record("failing_services", "eu", "ratequeue", window=60)
+    await store.client.revoke_lease(store.client.granted[0])  # type: ignore[attr-defined]
+    assert await store.windows.record("failing_services", "eu", "api", window=60) == 1
+    assert len(store.client.granted) == 2  # type: ignore[attr-defined]
+
+
 async def test_an_event_binding_whose_answer_was_lost_is_ours_by_its_workflow_id(
     store: EtcdCoordinationStore,
 ) -> None:
@@ -346,10 +369,8 @@ async def test_a_topology_change_that_committed_after_its_read_back_is_a_success
     assert found is not None and found.epoch == 2
 
 
-async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
-    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+def count_calls(store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path and kind of every call `store`'s client makes from now on."""
     paths: list[str] = []
     call = store.client._call
 
@@ -358,10 +379,71 @@ async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
         return await call(path, body, write=write)
 
     monkeypatch.setattr(store.client, "_call", counted)
+    return paths
+
+
+async def test_a_new_records_first_save_is_one_transaction_without_a_read(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await store.workflows.claim("wf-new", "n1")
+    paths = count_calls(store, monkeypatch)
+    await store.workflows.save(a_workflow("wf-new"), {"kind": "started"}, owner="n1", new=True)
+
+    assert paths == ["/v3/kv/txn write=True"]
+    assert [e["kind"] for e in await store.workflows.history("wf-new")] == ["started"]
+
+
+async def test_a_save_wrongly_told_its_record_is_new_reads_it_and_saves_once(
+    etcd: EtcdCluster, records_redis: RedisProcess, store: EtcdCoordinationStore
+) -> None:
+    assert await store.workflows.claim("wf-1", "n1")
+    await store.workflows.save(a_workflow("wf-1"), {"kind": "started"}, owner="n1")
+    other = store_on(etcd, records_redis)  # knows no version it saved
+    try:
+        await other.workflows.save(a_workflow("wf-1"), {"kind": "again"}, owner="n1", new=True)
+    finally:
+        await other.aclose()
+    assert [e["kind"] for e in await store.workflows.history("wf-1")] == ["started", "again"]
+
+
+async def test_a_steps_kill_switches_and_topology_are_one_call_to_etcd(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.flags.engage_kill_switch("failover", {"by": "ops"})
+    paths = count_calls(store, monkeypatch)
     reads = await store.step_reads()
 
     assert reads.kill_switches == {"failover": {"by": "ops"}}
     assert paths == ["/v3/kv/txn write=False"]  # a read: sent again elsewhere if unanswered
+
+
+async def test_a_topology_change_after_the_steps_reads_is_one_transaction(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.step_reads()
+    paths = count_calls(store, monkeypatch)
+    await store.topology.compare_and_set(1, a_topology(2, primary="q"))
+    assert paths == ["/v3/kv/txn write=True"]
+    found = await store.topology.load()
+    assert found is not None and found.epoch == 2
+
+
+async def test_a_topology_change_on_a_stale_read_is_refused_with_the_epoch_stored(
+    etcd: EtcdCluster, records_redis: RedisProcess, store: EtcdCoordinationStore
+) -> None:
+    await store.topology.compare_and_set(0, a_topology(1))
+    await store.topology.load()
+    other = store_on(etcd, records_redis)
+    try:
+        await other.topology.compare_and_set(1, a_topology(2, primary="q"))
+    finally:
+        await other.aclose()
+    with pytest.raises(EpochConflict) as refused:
+        await store.topology.compare_and_set(1, a_topology(2, primary="r"))
+    assert (refused.value.expected, refused.value.found) == (1, 2)
+    found = await store.topology.load()
+    assert found is not None and found.shard("s0").primary.name == "q"
 
 
 @pytest.fixture
@@ -391,7 +473,27 @@ async def test_a_steps_reads_answer_while_the_first_member_is_stopped(
     assert store.client._preferred != 0  # sent to the stopped member first, then on
 
 
-async def test_a_lock_renews_when_its_member_stops_between_keep_alive_and_read(
+async def test_a_known_locks_renewal_sends_its_keep_alive_and_guarded_read_side_by_side(
+    store: EtcdCoordinationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = await store.locks.acquire("shard", "rq/s0", "wf-a")
+    read_sent = asyncio.Event()
+    txn, keep_alive = store.client.txn, store.client.keep_alive_once
+
+    async def noted_txn(*args: Any, **kwargs: Any) -> TxnResult:
+        read_sent.set()
+        return await txn(*args, **kwargs)
+
+    async def keep_alive_once_the_read_is_sent(lease_id: int) -> int:
+        await asyncio.wait_for(read_sent.wait(), 2)  # one after the other, this times out
+        return await keep_alive(lease_id)
+
+    monkeypatch.setattr(store.client, "txn", noted_txn)
+    monkeypatch.setattr(store.client, "keep_alive_once", keep_alive_once_the_read_is_sent)
+    assert await store.locks.renew(held)
+
+
+async def test_a_lock_renews_when_its_member_stops_as_the_renewal_starts(
     stopped_first: tuple[EtcdCoordinationStore, EtcdMember], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, first = stopped_first
@@ -400,16 +502,16 @@ async def test_a_lock_renews_when_its_member_stops_between_keep_alive_and_read(
     keep_alive = store.client.keep_alive_once
     kept_alive: list[int] = []
 
-    async def then_stop(lease_id: int) -> int:
+    async def stop_then_keep_alive(lease_id: int) -> int:
+        first.pause()  # the keep-alive and the guarded read beside it go to a stopped member
         ttl = await keep_alive(lease_id)
         kept_alive.append(lease_id)
-        first.pause()  # the guarded read that follows goes to a stopped member first
         return ttl
 
-    monkeypatch.setattr(store.client, "keep_alive_once", then_stop)
+    monkeypatch.setattr(store.client, "keep_alive_once", stop_then_keep_alive)
     assert await store.locks.renew(held)
     assert kept_alive
-    assert store.client._preferred != 0  # the read was sent to the stopped member, then on
+    assert store.client._preferred != 0  # both were sent to the stopped member, then on
 
 
 async def test_the_topology_watch_delivers_after_the_member_streaming_it_dies(

@@ -14,7 +14,8 @@ store (etcd) without any caller knowing which.
   (leases for TTLs, a transaction for every "only if", the lock key's create_revision as the
   fencing token), the topology under `ratequeue.etcd_topology`, and the record log in the Redis
   on `control_url` (the one that carries the event stream);
-- `opening`: `open_coordination_store`, the store the `coordination_backend` setting names.
+- `opening`: `open_coordination_store`, the store the `coordination_backend` setting names;
+- `unreachable`: `STORE_UNREACHABLE`, the errors of either backend that say its store is away.
 
 Where each piece lives, by backend:
 

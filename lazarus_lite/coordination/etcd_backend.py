@@ -5,7 +5,9 @@
   one: a shorter TTL lasts a second), except the event bindings' and finished workflows' (30
   days): those written within the same hour share one lease (`_SharedLease`), so a busy
   controller does not keep a 30-day lease alive per event; a finished workflow's record and
-  history entries are put under its lease, so they expire as on the Redis store;
+  history entries are put under its lease, so they expire as on the Redis store; and the
+  sliding windows' notes, which share a lease per window length (their time, not their lease,
+  says whether they count);
 - every "only if" is one transaction: create-if-absent compares the key's version with 0,
   renew/release/guarded saves compare the key's value (the holder or owner), and a workflow save
   also compares the record's version, so two saves cannot interleave;
@@ -14,8 +16,9 @@
   key gets a revision higher than every lock granted before, without a counter key that every
   acquire would have to read and compare first (two round trips and a hot key);
 - renewing a lock or a workflow's owner lease (once per workflow step, on a failover's critical
-  path) keeps the key's own lease alive and then reads the key under the guard (`refresh`):
-  no raft write, where a put under a fresh lease was three (grant, transaction, revocation);
+  path) keeps the key's own lease alive and reads the key under the guard, side by side
+  (`refresh`): no raft write, where a put under a fresh lease was three (grant, transaction,
+  revocation), and one round trip;
   the key is untouched, so its create_revision, hence the token, stays;
 - the listings (active workflows, kill switches, shadowed services, sensors, balancer members,
   sliding windows) are one key per member under a prefix, read with one range read; a sliding
@@ -226,21 +229,33 @@ class _Writes:
 
     async def refresh(self, key: str, guard: list[Compare]) -> bool:
         """Restart the TTL of `key`'s lease if every compare of `guard` holds: a keep-alive of
-        the lease the key carries, then a read-only transaction (guard and read, served without
-        a raft write) that finds the key on that lease. Because the read follows the keep-alive,
-        True means the key was ours, on a lease whose TTL had just restarted, as the guarded put
-        under a fresh lease (`replace`) would say, without its grant, raft write and
-        revocation. Only for keys whose lease is theirs alone and whose TTL does not change
-        between renewals (locks, owner leases)."""
+        the lease the key carries and, side by side with it, a read-only transaction (guard and
+        read, served without a raft write) that finds the key on that lease. True means the key
+        was ours when read, on a lease whose TTL restarted at about that time, as the guarded
+        put under a fresh lease (`replace`) would say, without its grant, raft write and
+        revocation. Whichever of the two etcd served first: a key leaves its lease only when
+        the lease ends (then the keep-alive fails) or by a guarded write of its holder, so a key
+        read on a lease that was alive after the read was still on it when the TTL restarted;
+        a keep-alive that failed is settled by the sequential round below. Only for keys whose
+        lease is theirs alone and whose TTL does not change between renewals (locks, owner
+        leases)."""
         lease = self._kept.get(key)
         for _ in range(_MAX_ROUNDS):
-            if lease is not None:
-                try:
-                    await self.client.keep_alive_once(lease)
-                except EtcdLeaseNotFound:
-                    lease = None  # expired with its key, or the key moved to another lease
             # Only Gets: a read, which the client sends to another member when unanswered.
-            result = await self.client.txn(guard, [Get(key=key)], check=False)
+            reading = self.client.txn(guard, [Get(key=key)], check=False)
+            if lease is None:
+                result = await reading
+            else:
+                kept, answered = await asyncio.gather(
+                    self.client.keep_alive_once(lease), reading, return_exceptions=True
+                )
+                if isinstance(answered, BaseException):
+                    raise answered
+                if isinstance(kept, EtcdLeaseNotFound):
+                    lease = None  # expired with its key, or the key moved to another lease
+                elif isinstance(kept, BaseException):
+                    raise kept
+                result = answered
             read = result.responses[0] if result.succeeded else None
             if not isinstance(read, RangeResult) or not read.kvs or not read.kvs[0].lease:
                 self.forget(key)
@@ -248,7 +263,9 @@ class _Writes:
             if read.kvs[0].lease == lease:
                 self.keep(key, lease)
                 return True
-            lease = read.kvs[0].lease  # first refresh here: keep that lease alive, read again
+            # First refresh here, or a lease that ended: keep the key's lease alive, read again
+            # (a key read on a lease that has since ended is gone by the next read).
+            lease = read.kvs[0].lease
         raise EtcdUnreachable(f"{key}: could not be refreshed in {_MAX_ROUNDS} rounds")
 
     async def retire(self, before: Any, lease: int) -> None:
@@ -309,8 +326,11 @@ class _Writes:
 class _SharedLease:
     """One lease for every key of a kind written within `bucket` seconds: each key lives at
     least `ttl` (the lease lasts `ttl + bucket` from its grant) and at most `bucket` longer.
-    Only for keys whose value says whose write it is (an event binding names a fresh workflow
-    id): with a shared lease, the lease cannot tell, and it is never revoked for one key."""
+    Only for keys that need no lease of their own: a lease shared cannot say whose write a key
+    is nor when it was made, and it is never revoked for one key. An event binding names a fresh
+    workflow id (the value says whose write it is), a finished workflow's record and history
+    only have to go some day, and a window's note holds the time it was noted (that time, not
+    the lease, says whether it counts)."""
 
     def __init__(self, client: EtcdClient, ttl: float, bucket: float) -> None:
         self._client = client
@@ -388,13 +408,14 @@ class EtcdWorkflowRecords:
     async def save(
         self,
         record: WorkflowRecord,
-        entry: dict[str, Any] | None = None,
-        *,
+        *entries: dict[str, Any],
         owner: str | None = None,
+        new: bool = False,
     ) -> None:
-        """One transaction: the record, its history entry (numbered by the record's version it
-        comes with, so entries sort in the order they were saved) and the active mark, guarded
-        by the record's version (no interleaved save) and, with `owner`, the owner lease."""
+        """One transaction: the record, its history entries (numbered by the record's version
+        they come with, then by their place among the save's entries, so entries sort in the
+        order they were saved) and the active mark, guarded by the record's version (no
+        interleaved save) and, with `owner`, the owner lease."""
         record_key = keys.workflow_record(record.id)
         owner_key = keys.workflow_owner(record.id)
         document = record.model_dump_json().encode()
@@ -404,7 +425,9 @@ class EtcdWorkflowRecords:
         answer_lost_at: set[int] = set()
         # The version our last save left: the compare checks it, so the read that would learn
         # it is only needed when another writer (or none of ours) came first.
-        guess = self._saved_versions.pop(record.id, None)
+        # A new record's first save compares against its absence (version 0): a read less on
+        # the decision's path.
+        guess = self._saved_versions.pop(record.id, 0 if new else None)
         running = record.status == "running"
         for _ in range(_MAX_ROUNDS):
             # A finished workflow's record is put under the retention lease: it expires then.
@@ -424,9 +447,11 @@ class EtcdWorkflowRecords:
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
             operations: list[Operation] = [Put(key=record_key, value=document, lease=lease)]
-            if entry is not None:
-                line = json.dumps({"at": time.time(), **entry}, default=str).encode()
-                number = f"{version + 1:012d}"
+            now = time.time()
+            for place, entry in enumerate(entries):
+                line = json.dumps({"at": now, **entry}, default=str).encode()
+                # "…05" < "…05.001" < "…05.002" < "…06": the first keeps the one-entry name.
+                number = f"{version + 1:012d}" + (f".{place:03d}" if place else "")
                 history_key = keys.workflow_history(record.id) + number
                 operations.append(Put(key=history_key, value=line, lease=lease))
             operations.append(Put(key=active, value=b"1") if running else Delete(key=active))
@@ -548,6 +573,10 @@ class EtcdWorkflowRecords:
                 self._bindings.forget(lease)
         raise EtcdUnreachable(f"{key}: {_MAX_ROUNDS} shared leases were gone before the write")
 
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        key = keys.workflow_of_event(event_id)
+        await self._writes.delete_if(key, [_holds(key, workflow_id)])
+
 
 class EtcdIncidentClaims:
     def __init__(self, writes: _Writes) -> None:
@@ -590,24 +619,39 @@ class EtcdIncidentClaims:
 
 class EtcdSlidingWindows:
     """Each window is a prefix of keys, one per member, holding the time it was last noted,
-    under a lease of the window's length (so forgotten members go by themselves)."""
+    under a lease shared by the notes of windows of one length written within that length
+    (`_SharedLease`), so forgotten members go by themselves after one to two windows. The
+    entry's time decides membership, not its lease; so a note is one transaction on a failover's
+    decision path, where a lease of its own was a grant and a transaction, two raft writes."""
 
     def __init__(self, writes: _Writes) -> None:
         self._writes = writes
         self._client = writes.client
+        self._leases: dict[float, _SharedLease] = {}
+
+    def _lease_for(self, window: float) -> _SharedLease:
+        shared = self._leases.get(window)
+        if shared is None:
+            bucket = min(window, BINDING_BUCKET)
+            shared = self._leases[window] = _SharedLease(self._client, window, bucket)
+        return shared
 
     async def record(self, kind: WindowKind, name: str, member: str, window: float) -> int:
         prefix = keys.window(kind, name)
         now = time.time()
         entry = prefix + keys.part(member)
-
-        async def note(lease: int) -> list[Any]:
+        shared = self._lease_for(window)
+        for _ in range(_MAX_ROUNDS):
+            lease = await shared.id()
             # The put and the count in one transaction: the count includes this member.
             put = Put(key=entry, value=repr(now).encode(), lease=lease)
-            return await self._writes.apply([put, Get(key=prefix, prefix=True)])
-
-        _, counted = await self._writes.leased(window, note)
-        return len(_within(counted, prefix, now - window))
+            try:
+                _, counted = await self._writes.apply([put, Get(key=prefix, prefix=True)])
+            except EtcdLeaseNotFound:
+                shared.forget(lease)  # revoked, or the store was wiped: a new one
+                continue
+            return len(_within(counted, prefix, now - window))
+        raise EtcdUnreachable(f"{entry}: {_MAX_ROUNDS} shared leases were gone before the note")
 
     async def members(self, kind: WindowKind, name: str, window: float) -> list[str]:
         prefix = keys.window(kind, name)
@@ -834,6 +878,7 @@ class EtcdCoordinationStore:
         switches, topology = (await self.client.txn([], reads)).responses
         if not (isinstance(switches, RangeResult) and isinstance(topology, RangeResult)):
             raise EtcdError(f"a read-only transaction answered other than two ranges: {switches!r}")
+        self.topology.seen(topology.kvs[0] if topology.kvs else None)
         return StepReads(
             kill_switches=_kill_switches(switches),
             topology=Topology.model_validate_json(topology.kvs[0].value) if topology.kvs else None,

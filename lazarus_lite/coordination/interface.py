@@ -75,10 +75,19 @@ class WorkflowRecords(Protocol):
     (the node running it), and the one workflow each event started."""
 
     async def save(
-        self, record: WorkflowRecord, entry: dict[str, Any] | None = None, *, owner: str | None
+        self,
+        record: WorkflowRecord,
+        *entries: dict[str, Any],
+        owner: str | None,
+        new: bool = False,
     ) -> None:
-        """Write the record and append `entry` to its history in one step; with `owner`, only
-        while that node holds the owner lease (else OwnershipLost)."""
+        """Write the record and append `entries` (none, one or several, in order) to its
+        history in one step; with `owner`, only while that node holds the owner lease (else
+        OwnershipLost). An entry's own `at` is kept; one without gets the time of the save.
+        `new`: the record's first save under an id just made, a hint that lets a store skip
+        reading what is there. A wrong hint never loses a save; it costs what a failed guess
+        costs (on etcd a failed transaction, then the owner read and the record read before
+        the transaction again), not only the read it meant to skip."""
         ...
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None: ...
@@ -112,6 +121,11 @@ class WorkflowRecords(Protocol):
 
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         """Point `event_id` at `workflow_id` whatever it started before (its record is gone)."""
+        ...
+
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        """Drop `event_id`'s binding if it still names `workflow_id` (a workflow refused before
+        anything was recorded under its id); a binding to another workflow stays."""
         ...
 
 

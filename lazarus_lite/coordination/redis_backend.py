@@ -79,18 +79,19 @@ return 0
 """
 
 # Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
-# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[6] ms.
+# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[5] ms.
+# ARGV[6] onwards: the history entries, appended in order.
 _SAVE_WORKFLOW = """
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-if ARGV[3] == '1' then
-  redis.call('SADD', KEYS[3], ARGV[5])
+if #ARGV > 5 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 6)) end
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[4])
   redis.call('PERSIST', KEYS[2])
 else
-  redis.call('SREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('SREM', KEYS[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 return 1
 """
@@ -139,15 +140,16 @@ class RedisWorkflowRecords:
         self._control = control
         self._save = control.register_script(_SAVE_WORKFLOW)
         self._renew = control.register_script(_RENEW_IF_OURS)
-        self._disown = control.register_script(_DELETE_IF_OURS)
+        self._delete_if_ours = control.register_script(_DELETE_IF_OURS)
 
     async def save(
         self,
         record: WorkflowRecord,
-        entry: dict[str, Any] | None = None,
-        *,
+        *entries: dict[str, Any],
         owner: str | None = None,
+        new: bool = False,  # one script either way: nothing to skip
     ) -> None:
+        now = time.time()
         written = await self._save(
             keys=[
                 keys.workflow_record(record.id),
@@ -157,11 +159,11 @@ class RedisWorkflowRecords:
             ],
             args=[
                 record.model_dump_json(),
-                _json({"at": time.time(), **entry}) if entry is not None else "",
                 "1" if record.status == "running" else "0",
                 owner or "",
                 record.id,
                 WORKFLOW_RETENTION_SECONDS * 1000,
+                *(_json({"at": now, **entry}) for entry in entries),
             ],
         )
         if not int(written):
@@ -187,7 +189,7 @@ class RedisWorkflowRecords:
         return bool(int(await self._renew(keys=owner, args=[node_id, OWNER_LEASE_MS])))
 
     async def disown(self, workflow_id: str, node_id: str) -> None:
-        await self._disown(keys=[keys.workflow_owner(workflow_id)], args=[node_id])
+        await self._delete_if_ours(keys=[keys.workflow_owner(workflow_id)], args=[node_id])
 
     async def owner(self, workflow_id: str) -> str | None:
         return _text(await self._control.get(keys.workflow_owner(workflow_id)))
@@ -204,6 +206,9 @@ class RedisWorkflowRecords:
     async def rebind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)
         await self._control.set(key, workflow_id, ex=EVENT_WORKFLOW_SECONDS)
+
+    async def unbind_event(self, event_id: str, workflow_id: str) -> None:
+        await self._delete_if_ours(keys=[keys.workflow_of_event(event_id)], args=[workflow_id])
 
 
 # Compare and set in one step: two events taking over one claim at once, one wins.

@@ -392,8 +392,12 @@ async def repoint_replicas(ctx: StepContext) -> ReplicasRepointed:
 
 async def compare_and_set_loop(ctx: StepContext, change: Any, attempts: int = 10) -> Topology:
     """Apply `change(topology) -> Topology | None` with compare-and-set, retrying on conflicts
-    (another shard's failover may publish in between). None means: nothing to change."""
-    return await compare_and_set_loop_on(ctx.env.store.topology, change, ctx.assert_lock, attempts)
+    (another shard's failover may publish in between). None means: nothing to change. The
+    first round starts from the topology the step's gate read, when it read one."""
+    first = ctx.store_reads.topology if ctx.store_reads is not None else None
+    return await compare_and_set_loop_on(
+        ctx.env.store.topology, change, ctx.assert_lock, attempts, first=first
+    )
 
 
 async def compare_and_set_loop_on(
@@ -401,11 +405,17 @@ async def compare_and_set_loop_on(
     change: Callable[[Topology], Awaitable[Topology | None]],
     assert_lock: Callable[[], Awaitable[None]],
     attempts: int = 10,
+    *,
+    first: Topology | None = None,
 ) -> Topology:
     """`compare_and_set_loop` for any holder of the shard's lock (`assert_lock` raises once it
-    is lost, before anything is stored)."""
+    is lost, before anything is stored). `first`: the topology as just read, for the first
+    round (a stale one loses the compare-and-set, and the next round reads it)."""
     for _ in range(attempts):
-        current = await store.load()
+        if first is not None:
+            current, first = first, None
+        else:
+            current = await store.load()
         if current is None:
             raise RuntimeError("no topology in the control store")
         updated = await change(current)

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS
+from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
+from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
@@ -43,30 +44,112 @@ class WorkflowEngine:
         self.definitions = definitions
         self.on_finished = on_finished
         self._running: dict[str, asyncio.Task] = {}
+        # History entries whose save waits for the workflow's next one (`_record_later`).
+        self._unsaved: dict[str, list[dict[str, Any]]] = {}
 
-    async def _record(self, record: WorkflowRecord, entry: dict[str, Any] | None = None) -> None:
-        """Save as this workflow's owner (raises OwnershipLost once another node took over)."""
-        await self.store.save(record, entry, owner=self.env.node_id)
+    async def _record(
+        self, record: WorkflowRecord, entry: dict[str, Any], *, new: bool = False
+    ) -> None:
+        """Save as this workflow's owner (raises OwnershipLost once another node took over),
+        with the entries `_record_later` held back, in order (`new`: its first save)."""
+        held = self._unsaved.pop(record.id, [])
+        await self.store.save(record, *held, entry, owner=self.env.node_id, new=new)
+
+    async def _save_held(self, record: WorkflowRecord) -> None:
+        """Save the entries `_record_later` holds, if any, before something that is not a
+        save acts."""
+        held = self._unsaved.pop(record.id, [])
+        if held:
+            await self.store.save(record, *held, owner=self.env.node_id)
+
+    def _record_later(self, record: WorkflowRecord, entry: dict[str, Any]) -> None:
+        """Append `entry` with the workflow's next save, which every path takes at once (the
+        next step's start, the workflow's end): on etcd each save is a raft write on a
+        failover's critical path, and a step's result and the next one's start were two in a
+        row. Still saved before anything else is done (`_save_held` before a cleanup step
+        that would come first); a crash in between leaves the step to be run again by whoever
+        resumes, as a crash just before its result was saved did."""
+        self._unsaved.setdefault(record.id, []).append({"at": time.time(), **entry})
 
     async def start(
         self, name: str, inputs: dict[str, Any], *, event_id: str | None = None
     ) -> WorkflowRecord:
         """Record a new workflow, claim it, and run it in the background."""
         definition = self.definitions[name]
-        if self.env.before_start is not None:
-            await self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
         workflow_id = f"wf-{uuid.uuid4().hex[:16]}"
-        if event_id is not None:
-            # One workflow per event: an event handled again (its first coordinator died after
-            # starting the workflow) adopts the workflow that exists.
-            existing = await self.store.bind_event(event_id, workflow_id)
-            if existing is not None:
-                found = await self.store.load(existing)
+        # The last word before a workflow starts (`before_start`, e.g. the kill switch), the
+        # owner lease of the new id and the event's binding go side by side (on etcd a read,
+        # then a lease grant and a transaction each, on the decision's path). Nothing is
+        # recorded under the id, and nothing run, before all three are done.
+        checking = (
+            self.env.before_start(definition, inputs)  # may raise WorkflowCancelled
+            if self.env.before_start is not None
+            else asyncio.sleep(0)  # nothing to wait for
+        )
+        binding = (
+            self.store.bind_event(event_id, workflow_id)
+            if event_id is not None
+            else asyncio.sleep(0)  # no event to bind
+        )
+        checked, bound, claimed = await asyncio.gather(
+            checking,
+            binding,
+            self.store.claim(workflow_id, self.env.node_id),
+            return_exceptions=True,
+        )
+        claim_taken = not isinstance(claimed, BaseException)
+        failed = [r for r in (checked, bound, claimed) if isinstance(r, BaseException)]
+        if failed:
+            # A refusal, or a failed write: what was taken for the id is given back (nothing
+            # is recorded under it), so the event is started afresh when it comes again.
+            # The binding is ours, or its write failed and may be: dropped only if it names
+            # this id (a binding to another workflow is never touched).
+            if event_id is not None and not isinstance(bound, str):
+                await self._best_effort(self.store.unbind_event(event_id, workflow_id), "binding")
+            if claim_taken:
+                await self._drop_spare_claim(workflow_id)
+            raise failed[0]
+        try:
+            # One workflow per event: an event handled again (its first coordinator died
+            # after starting the workflow) adopts the workflow that exists.
+            if event_id is not None and bound is not None:
+                found = await self.store.load(bound)
                 if found is not None:
+                    await self._drop_spare_claim(workflow_id)
                     return found
                 await self.store.rebind_event(event_id, workflow_id)
+            record = self._new_record(workflow_id, definition, inputs, event_id)
+            await self._record(
+                record,
+                {
+                    "kind": "workflow_started",
+                    "node": self.env.node_id,
+                    "definition": definition.name,
+                    "version": definition.version,
+                },
+                new=True,
+            )
+        except BaseException:
+            # Nothing runs the id, so nothing would renew its claim: dropped now (the save's
+            # outcome may be unknown; a record saved after all is an orphan the next
+            # `resume_orphans` takes). The binding stays: it may name that record, and one
+            # to a record that is not there is replaced when the event comes again.
+            await self._drop_spare_claim(workflow_id)
+            raise
+        # The run starts from a copy of the record just saved instead of reading it back; the
+        # caller keeps this one, which the run does not change.
+        self._spawn(record.id, record.model_copy(deep=True))
+        return record
+
+    def _new_record(
+        self,
+        workflow_id: str,
+        definition: WorkflowDefinition,
+        inputs: dict[str, Any],
+        event_id: str | None,
+    ) -> WorkflowRecord:
         now = time.time()
-        record = WorkflowRecord(
+        return WorkflowRecord(
             id=workflow_id,
             definition=definition,
             inputs=inputs,
@@ -75,21 +158,29 @@ class WorkflowEngine:
             deadline=now + definition.timeout,
             steps={s.name: StepRecord() for s in definition.steps},
         )
-        await self.store.claim(record.id, self.env.node_id)
-        await self._record(
-            record,
-            {
-                "kind": "workflow_started",
-                "node": self.env.node_id,
-                "definition": definition.name,
-                "version": definition.version,
-            },
-        )
-        self._spawn(record.id)
-        return record
 
-    def _spawn(self, workflow_id: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id))
+    async def _drop_spare_claim(self, workflow_id: str) -> None:
+        """Drop the owner claim of an id that was never recorded (its event is bound to another
+        workflow, or its start failed). Best effort: if the store is away the claim lapses
+        with its lease, so the caller goes on (an adopted workflow is still returned, a failed
+        start's own error is raised)."""
+        await self._best_effort(self.store.disown(workflow_id, self.env.node_id), "claim")
+
+    async def _best_effort(self, dropping: Awaitable[None], what: str) -> None:
+        """Give back what a start that did not happen took (`what`: for the log); the store
+        away, it lapses with its lease instead."""
+        try:
+            await dropping
+        except STORE_UNREACHABLE as error:
+            log.warning(
+                "node %s: an unused %s was not dropped (%s); it lapses with its lease",
+                self.env.node_id,
+                what,
+                error,
+            )
+
+    def _spawn(self, workflow_id: str, record: WorkflowRecord | None = None) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id, record))
         self._running[workflow_id] = task
         task.add_done_callback(lambda _: self._running.pop(workflow_id, None))
         return task
@@ -111,12 +202,12 @@ class WorkflowEngine:
                 resumed.append(workflow_id)
         return resumed
 
-    async def _run_owned(self, workflow_id: str) -> None:
+    async def _run_owned(self, workflow_id: str, record: WorkflowRecord | None = None) -> None:
         """Run while holding the lease; if the lease is lost (another node may have taken the
         workflow over), the step in flight is cancelled: two nodes never go on side by side."""
         loop = asyncio.get_running_loop()
         heartbeat = loop.create_task(self._keep_ownership(workflow_id))
-        running = loop.create_task(self.run(workflow_id))
+        running = loop.create_task(self.run(workflow_id, record))
         try:
             await asyncio.wait({running, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
             if not running.done():
@@ -135,6 +226,9 @@ class WorkflowEngine:
             for task in (heartbeat, running):
                 task.cancel()
             await asyncio.gather(heartbeat, running, return_exceptions=True)
+            # Entries of a run that stopped before its next save: whoever resumes the workflow
+            # starts from the stored record, which does not have them.
+            self._unsaved.pop(workflow_id, None)
 
     async def _keep_ownership(self, workflow_id: str) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
@@ -177,15 +271,17 @@ class WorkflowEngine:
         if held is not None:
             await self.env.locks.renew(held)
 
-    async def run(self, workflow_id: str) -> WorkflowRecord:
-        record = await self.store.load(workflow_id)
+    async def run(self, workflow_id: str, record: WorkflowRecord | None = None) -> WorkflowRecord:
+        """Run the workflow's remaining steps; `record`: as this node just saved it (else read)."""
+        if record is None:
+            record = await self.store.load(workflow_id)
         if record is None:
             raise LookupError(workflow_id)
         if record.status != "running":
             return record
         if not record.nodes or record.nodes[-1] != self.env.node_id:
             record.nodes.append(self.env.node_id)
-            await self._record(
+            self._record_later(
                 record,
                 {
                     "kind": "workflow_resumed" if len(record.nodes) > 1 else "workflow_running",
@@ -223,15 +319,21 @@ class WorkflowEngine:
             step_record.started_at = time.time()
             step_record.node = self.env.node_id
             step_record.error = None
-            await self._record_step(
-                record, "step_started", definition.name, attempt=step_record.attempts
+            # The gate reads beside the start's save (on etcd a read and a raft write, a round
+            # trip each, on a failover's critical path); the step acts only after both.
+            saved, gated = await asyncio.gather(
+                self._record_step(
+                    record, "step_started", definition.name, attempt=step_record.attempts
+                ),
+                self._gate(record, definition),
+                return_exceptions=True,
             )
+            if isinstance(saved, BaseException):
+                raise saved
             try:
-                context.store_reads = None
-                if definition.changes_state and self.env.before_state_change is not None:
-                    context.store_reads = await self.env.before_state_change(
-                        record, definition.name
-                    )
+                if isinstance(gated, BaseException):
+                    raise gated
+                context.store_reads = gated
                 output = await asyncio.wait_for(spec.function(context), timeout=definition.timeout)
                 # Checked before it is recorded: a later step reads it as the declared model.
                 stored = stored_output(output, spec.output)
@@ -248,11 +350,14 @@ class WorkflowEngine:
                 step_record.finished_at = time.time()
                 self._step_ended(record, definition.name, "succeeded", step_record)
                 step_record.output = stored
-                await self._record_step(
+                self._record_later(
                     record,
-                    "step_succeeded",
-                    definition.name,
-                    seconds=step_record.finished_at - step_record.started_at,
+                    {
+                        "kind": "step_succeeded",
+                        "step": definition.name,
+                        "node": self.env.node_id,
+                        "seconds": step_record.finished_at - step_record.started_at,
+                    },
                 )
                 return None
             if step_record.attempts >= definition.retry.max_attempts:
@@ -260,6 +365,13 @@ class WorkflowEngine:
             self._step_ended(record, definition.name, "retried", step_record, time.time())
             await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+
+    async def _gate(self, record: WorkflowRecord, definition: StepDefinition) -> StepReads | None:
+        """What the gate of a state-changing step read (it raises to stop the step); None for
+        a step without one."""
+        if definition.changes_state and self.env.before_state_change is not None:
+            return await self.env.before_state_change(record, definition.name)
+        return None
 
     def _step_ended(
         self,
@@ -296,6 +408,10 @@ class WorkflowEngine:
     async def _escalate(
         self, record: WorkflowRecord, step_name: str, reason: str
     ) -> WorkflowRecord:
+        if record.definition.on_failure is not None:
+            # The cleanup step acts (on a shard: its topology, its lock) on what the record
+            # says: a result `_record_later` holds is saved before it runs, not after.
+            await self._save_held(record)
         record.escalation = f"step {step_name}: {reason}"
         if record.definition.on_failure is not None:
             spec = STEPS[record.definition.on_failure]

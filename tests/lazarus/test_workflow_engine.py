@@ -1,5 +1,6 @@
 """The durable workflow engine against a real redis-server control store: order, history,
-retries, timeouts, escalation, resume on another node, versioning and lock fencing."""
+retries, timeouts, escalation, resume on another node, versioning and lock fencing; what a
+start takes and gives back also against a real etcd cluster."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,24 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from common.etcd_processes import EtcdCluster
+from common.redis_processes import RedisProcess
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, StepReads
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    CoordinationStore,
+    HeldLock,
+    StepReads,
+)
+from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
-from lazarus_lite.errors import Escalate, WorkflowError
+from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError
+from lazarus_lite.gates import GateStop
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
@@ -161,6 +173,17 @@ async def until_called(name: str) -> None:
     raise AssertionError(f"step {name} never ran")
 
 
+async def run_to_the_end(
+    engine: WorkflowEngine, name: str
+) -> tuple[WorkflowRecord, list[dict[str, Any]]]:
+    """Start workflow `name` and wait for its end: its record and history as stored."""
+    started = await engine.start(name, {})
+    await engine.wait(started.id)
+    record = await engine.store.load(started.id)
+    assert record is not None
+    return record, await engine.store.history(started.id)
+
+
 def definition(text: str) -> WorkflowDefinition:
     return parse_workflow(text, "test.yaml")
 
@@ -182,15 +205,92 @@ steps:
 async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
     control: aioredis.Redis,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
-    started = await engine.start("three", {})
-    await engine.wait(started.id)
-    history = await engine.store.history(started.id)
+    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
     step_entries = [(h["kind"], h["step"]) for h in history if "step" in h]
     assert step_entries == [("step_started", "a"), ("step_succeeded", "a"),
                             ("step_started", "b"), ("step_succeeded", "b"),
                             ("step_started", "c"), ("step_succeeded", "c")]  # fmt: skip
+    assert record.status == "succeeded"
+
+
+async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
+    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_for(control, "n1", THREE_STEPS)
+    saves: list[list[str]] = []
+    save = engine.store.save
+
+    async def counted(
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
+    ) -> None:
+        saves.append([entry["kind"] for entry in entries])
+        await save(record, *entries, owner=owner, new=new)
+
+    monkeypatch.setattr(engine.store, "save", counted)
+    _, history = await run_to_the_end(engine, "three")
+    assert saves == [["workflow_started"],
+                     ["workflow_running", "step_started"],
+                     ["step_succeeded", "step_started"],
+                     ["step_succeeded", "step_started"],
+                     ["step_succeeded", "workflow_succeeded"]]  # fmt: skip
+    assert [h["kind"] for h in history] == [kind for kinds in saves for kind in kinds]
+
+
+async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when_saved(
+    control: aioredis.Redis,
+) -> None:
+    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
+    succeeded = {h["step"]: h["at"] for h in history if h["kind"] == "step_succeeded"}
+    assert succeeded == {name: pytest.approx(step_record.finished_at, abs=0.005)
+                         for name, step_record in record.steps.items()}  # fmt: skip
+
+
+async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
+    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate_entered = asyncio.Event()
+
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        gate_entered.set()
+        return StepReads({}, None)
+
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    save = engine.store.save
+
+    async def save_once_the_gate_read(
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
+    ) -> None:
+        if entries[-1]["kind"] == "step_started":  # one after the other, this would time out
+            await asyncio.wait_for(gate_entered.wait(), 2)
+            gate_entered.clear()
+        await save(record, *entries, owner=owner, new=new)
+
+    monkeypatch.setattr(engine.store, "save", save_once_the_gate_read)
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
     assert (await engine.store.load(started.id)).status == "succeeded"
+
+
+async def test_a_step_stopped_by_its_gate_has_its_start_and_failure_recorded(
+    control: aioredis.Redis,
+) -> None:
+    async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
+        raise Escalate("kill_switch: on for failover")
+
+    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+                          before_state_change=gate)  # fmt: skip
+    engine = WorkflowEngine(env, {"three": THREE_STEPS})
+    started = await engine.start("three", {})
+    await engine.wait(started.id)
+    history = await engine.store.history(started.id)
+    assert [(h["kind"], h.get("step")) for h in history][-3:] == [
+        ("step_started", "a"),
+        ("step_failed", "a"),
+        ("workflow_escalated", None),
+    ]
+    assert calls["a"] == 0
 
 
 # Fails twice, then succeeds: within its three attempts.
@@ -297,6 +397,165 @@ async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
     assert (await audit.get(remediated.id)).outcome == "remediated"  # type: ignore[union-attr]
 
 
+def claims_made(engine: WorkflowEngine) -> list[str]:
+    """The workflow ids `engine` claims from now on, in order."""
+    claimed: list[str] = []
+    claim = engine.store.claim
+
+    async def recording(workflow_id: str, node_id: str) -> bool:
+        claimed.append(workflow_id)
+        return await claim(workflow_id, node_id)
+
+    engine.store.claim = recording  # type: ignore[method-assign]
+    return claimed
+
+
+# -- starting a workflow, on both backends: what a start takes, and gives back when it stops
+@pytest.fixture(params=["redis", "etcd"])
+async def coordination(
+    request: pytest.FixtureRequest, control_node: RedisProcess
+) -> AsyncIterator[CoordinationStore]:
+    """An empty coordination store of either backend."""
+    control_url = f"redis://{control_node.host}:{control_node.port}/0"
+    if request.param == "redis":
+        opened = open_coordination_store(StoreAddress(control_url=control_url))
+        await opened.control.flushall()  # type: ignore[attr-defined]
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd")
+        opened = open_coordination_store(
+            StoreAddress(
+                control_url=control_url,
+                coordination_backend="etcd",
+                etcd_endpoints=",".join(cluster.endpoints),
+            )
+        )
+        await opened.client.delete("/", prefix=True)  # type: ignore[attr-defined]
+    yield opened
+    await opened.aclose()
+
+
+def engine_on(
+    store: CoordinationStore,
+    *defs: WorkflowDefinition,
+    before_start: Callable[[WorkflowDefinition, dict[str, Any]], Awaitable[None]] | None = None,
+) -> WorkflowEngine:
+    env = StepEnvironment(store=store, node_id="n1", before_start=before_start)
+    return WorkflowEngine(env, {d.name: d for d in defs})
+
+
+async def test_an_event_started_again_adopts_its_workflow_and_drops_the_unused_claim(
+    coordination: CoordinationStore,
+) -> None:
+    engine = engine_on(coordination, THREE_STEPS)
+    first = await engine.start("three", {}, event_id="ev-again")
+    claimed = claims_made(engine)
+    again = await engine.start("three", {}, event_id="ev-again")
+    await engine.wait(first.id)
+    assert again.id == first.id
+    assert len(claimed) == 1 and claimed[0] != first.id
+    assert await engine.store.owner(claimed[0]) is None
+
+
+async def test_an_adopted_workflow_is_returned_when_its_unused_claim_cannot_be_dropped(
+    coordination: CoordinationStore,
+) -> None:
+    engine = engine_on(coordination, THREE_STEPS)
+    first = await engine.start("three", {}, event_id="ev-again")
+    await engine.wait(first.id)
+
+    async def store_away(workflow_id: str, node_id: str) -> None:
+        raise RedisConnectionError("control store away")
+
+    engine.store.disown = store_away  # type: ignore[method-assign]
+    again = await engine.start("three", {}, event_id="ev-again")
+    assert again.id == first.id and again.status == "succeeded"
+
+
+async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
+    coordination: CoordinationStore,
+) -> None:
+    engine = engine_on(coordination, THREE_STEPS)
+    claimed = claims_made(engine)
+
+    async def store_away(event_id: str, workflow_id: str) -> str | None:
+        raise RedisConnectionError("control store away")
+
+    engine.store.bind_event = store_away  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError, match="control store away"):
+        await engine.start("three", {}, event_id="ev-unbound")
+    assert all([await engine.store.owner(id) is None for id in claimed])
+    assert all([await engine.store.load(id) is None for id in claimed])
+
+
+@pytest.mark.parametrize("failing", ["load", "rebind_event", "save"])
+async def test_a_start_that_fails_after_its_binding_leaves_no_owner_claim(
+    coordination: CoordinationStore, failing: str
+) -> None:
+    engine = engine_on(coordination, THREE_STEPS)
+    await engine.store.bind_event("ev-gone", "wf-never-recorded")  # handled again
+    claimed = claims_made(engine)
+
+    async def store_away(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("control store away")
+
+    setattr(engine.store, failing, store_away)
+    with pytest.raises(RedisConnectionError, match="control store away"):
+        await engine.start("three", {}, event_id="ev-gone")
+    assert all([await engine.store.owner(id) is None for id in claimed])
+    assert calls == Counter()
+
+
+class KillSwitch:
+    """`before_start` as the kill switch answers it: refuses while `engaged`."""
+
+    def __init__(self) -> None:
+        self.engaged = True
+
+    async def __call__(self, definition: WorkflowDefinition, inputs: dict[str, Any]) -> None:
+        if self.engaged:
+            raise WorkflowCancelled(GateStop("kill_switch", "failover switched off"))
+
+
+def refusing_engine(coordination: CoordinationStore, switch: KillSwitch) -> WorkflowEngine:
+    return engine_on(coordination, THREE_STEPS, before_start=switch)
+
+
+async def test_a_workflow_its_last_check_refuses_records_nothing_and_leaves_no_claim(
+    coordination: CoordinationStore,
+) -> None:
+    engine = refusing_engine(coordination, KillSwitch())
+    claimed = claims_made(engine)
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    assert all([await engine.store.owner(id) is None for id in claimed])
+    assert all([await engine.store.load(id) is None for id in claimed])
+    assert await engine.store.active() == []
+    assert calls == Counter()
+
+
+async def test_a_refused_workflow_leaves_its_event_unbound(coordination: CoordinationStore) -> None:
+    engine = refusing_engine(coordination, KillSwitch())
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    assert await engine.store.bind_event("ev-refused", "wf-probe") is None
+
+
+async def test_an_event_refused_then_started_once_the_switch_is_off_runs_its_workflow(
+    coordination: CoordinationStore,
+) -> None:
+    switch = KillSwitch()
+    engine = refusing_engine(coordination, switch)
+    with pytest.raises(WorkflowCancelled):
+        await engine.start("three", {}, event_id="ev-refused")
+    switch.engaged = False
+    started = await engine.start("three", {}, event_id="ev-refused")
+    await engine.wait(started.id)
+    done = await engine.store.load(started.id)
+    assert done is not None and done.status == "succeeded"
+    assert done.event_id == "ev-refused"
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
+
+
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
     control: aioredis.Redis,
 ) -> None:
@@ -358,6 +617,37 @@ steps:
     done = await engine.store.load(started.id)
     assert done.status == "escalated" and "workflow timed out" in done.escalation
     assert calls["after"] == 0
+
+
+cleanup_saw: list[str] = []
+
+
+@step("test.cleanup_reading_the_record")
+async def cleanup_reading_the_record(ctx: StepContext) -> dict[str, Any]:
+    stored = await ctx.env.store.workflows.load(ctx.workflow.id)
+    assert stored is not None
+    cleanup_saw.append(stored.steps["wait"].status)
+    return {}
+
+
+async def test_a_cleanup_after_the_workflow_timed_out_finds_the_last_steps_result_saved(
+    control: aioredis.Redis,
+) -> None:
+    short = definition("""
+name: short
+timeout: 200ms
+on_failure: test.cleanup_reading_the_record
+steps:
+  - {name: wait, run: test.wait_for_gate}
+  - {name: after, run: test.record, needs: [wait]}
+""")
+    cleanup_saw.clear()
+    engine = engine_for(control, "n1", short)
+    started = await engine.start("short", {})
+    await asyncio.sleep(0.4)
+    open_gate()
+    await engine.wait(started.id)
+    assert cleanup_saw == ["succeeded"]
 
 
 async def test_another_node_resumes_a_workflow_whose_owner_died_without_redoing_steps(
