@@ -1,8 +1,10 @@
 """A failover that escalates after it provisioned a replacement gives back what it started and
 the topology lists nowhere, and keeps what the topology lists. Real redis-server processes (a
-shard, its replicas, the control store), the real failover workflow and the local actuator; the
-actuator's failure after it started the node (its sensor refused, as a Docker engine can refuse
-the sensor's container) is the one thing put in by the test."""
+shard, its replicas, the control store), the real failover workflow, and the local actuator or
+the docker actuator against a real Docker engine (skipped without one). The one thing put in by
+the test is the local actuator's failure after it started the node (its sensor refused); the
+docker actuator's is real (the engine refuses the sensor's container: its image is missing).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
-from lazarus_lite.actuators import LocalProcessActuator
+from chaos.faults.docker import engine_unavailable_reason
+from lazarus_lite.actuators import Actuator, LocalProcessActuator
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.docker_actuator import DockerActuator
 from lazarus_lite.errors import ActuatorError
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.context import StepEnvironment
@@ -24,6 +29,9 @@ from lazarus_lite.workflow.loading import parse_workflow
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import NodeRef, Topology
+from tests.docker_deployment import deployment
+
+_UNAVAILABLE = engine_unavailable_reason()
 
 FAILOVER = parse_workflow(
     (
@@ -72,7 +80,7 @@ def running(actuator: LocalProcessActuator, name: str) -> bool:
 
 
 async def fail_over(
-    cluster: LocalCluster, actuator: LocalProcessActuator
+    cluster: LocalCluster, actuator: Actuator
 ) -> tuple[WorkflowRecord, list[dict[str, Any]]]:
     """Kill the shard's primary and run the failover workflow to its end: its record and
     history."""
@@ -157,3 +165,22 @@ def test_an_escalation_keeps_a_replacement_the_topology_lists(
     shard = asyncio.run(topology_of(cluster)).shard("s0")
     assert name in {r.name for r in shard.replicas}, "the replacement was not listed"
     assert running(actuator, name), f"{name}, listed as a replica, was removed"
+
+
+@pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"needs a Docker engine: {_UNAVAILABLE}")
+def test_an_escalation_removes_the_replica_container_whose_sensor_the_engine_refused(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(shards=1, replicas=2)
+    with deployment() as staged:
+        settings = staged.actuator.settings.model_copy(
+            update={"sensor_image": f"{staged.name}-no-such-image:local"}
+        )
+        actuator = DockerActuator(settings, client=staged.client)
+        record, history = asyncio.run(fail_over(cluster, actuator))
+
+        assert "engine refused" in (record.escalation or ""), record.escalation
+        left = [container.name for container in actuator.started()]
+        assert left == [], f"the escalated workflow left {left}"
+        (escalated,) = [entry for entry in history if entry["kind"] == "workflow_escalated"]
+        assert escalated["on_failure"]["replacement"].startswith("removed "), escalated
