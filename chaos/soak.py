@@ -33,7 +33,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,13 @@ REPLICA_FAULT_SECONDS = 4.0
 NOT_JUDGED_WITHOUT_API = frozenset(
     {"other_shards_availability", "faulted_shard_availability", "recovered_within"}
 )
+# The controllers' incident rate-limit window the soak brings staging up with (unless
+# RQ_RATE_LIMIT_WINDOW is set): every other cycle fails a primary, a cycle takes 30-60 s, so the
+# default 600 s held more than the limit's 10 incidents by about the 19th cycle and suspended
+# every failover after (the 30-cycle run of 2026-12-03 17:00, docs/staging-runs.md). 120 s
+# holds two or three cycles' incidents, as the default holds a 4 h schedule's, and still stops
+# a runaway (more than 10 in 2 minutes).
+SOAK_RATE_LIMIT_WINDOW = 120.0
 PROVISIONED_BY = "ratequeue.provisioned-by"
 SHARD_ROLES = frozenset({"primary", "replica"})
 
@@ -190,6 +197,15 @@ def experiment_of_cycle(
     return experiment.model_copy(update=changes)
 
 
+def compose_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the soak's `docker compose`: `environ`, with a fresh API token and the
+    soak's rate-limit window where `environ` sets none."""
+    env = dict(environ)
+    env.setdefault("LAZARUS_API_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("RQ_RATE_LIMIT_WINDOW", f"{SOAK_RATE_LIMIT_WINDOW:g}")
+    return env
+
+
 class Staging:
     """The compose deployment: up, down, and what the checks read from it."""
 
@@ -200,8 +216,7 @@ class Staging:
         self.engine = docker.from_env(timeout=60)
 
     def _compose(self, *args: str, timeout: float = 600) -> None:
-        env = dict(os.environ)
-        env.setdefault("LAZARUS_API_TOKEN", secrets.token_urlsafe(24))
+        env = compose_environment(os.environ)
         command = ["docker", "compose", "-f", str(self.compose_file), *args]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
