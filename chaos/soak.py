@@ -257,7 +257,9 @@ class Staging:
         labels = [f"{LABEL_DEPLOYMENT}={self.endpoints.deployment}"]
         if provisioned_only:
             labels.append(PROVISIONED_BY)
-        return self.engine.containers.list(all=True, filters={"label": labels})
+        # ignore_removed: the keeper removes a released replacement at any moment (one removed
+        # between the listing and its inspection failed cycle 25 of run E with a 404).
+        return self.engine.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
 
     def compose_container_count(self) -> int:
         return sum(1 for c in self.containers() if PROVISIONED_BY not in c.labels)
