@@ -90,7 +90,7 @@ NOT_JUDGED_WITHOUT_API = frozenset(
 # The controllers' incident rate-limit window the soak brings staging up with (unless
 # RQ_RATE_LIMIT_WINDOW is set): every other cycle fails a primary, a cycle takes 30-60 s, so the
 # default 600 s held more than the limit's 10 incidents by about the 19th cycle and suspended
-# every failover after (the 30-cycle run of 2026-12-03 17:00, docs/staging-runs.md). 120 s
+# every failover after (run E, docs/staging-runs.md). 120 s
 # holds two or three cycles' incidents, as the default holds a 4 h schedule's, and still stops
 # a runaway (more than 10 in 2 minutes).
 SOAK_RATE_LIMIT_WINDOW = 120.0
