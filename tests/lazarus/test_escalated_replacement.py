@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ class PrimaryDiesActuator(LocalProcessActuator):
             signal.SIGKILL
         )
         return node
+
+
+@pytest.fixture
+def actuator_dir(tmp_path: Path) -> Iterator[Path]:
+    """The local actuator's working directory; what it started there is stopped afterwards
+    (a kept replacement, or one an old build left running)."""
+    workdir = tmp_path / "actuator"
+    yield workdir
+    cleaner = LocalProcessActuator(workdir)
+    for name in {entry["name"] for entry in cleaner.provisioned()}:
+        cleaner.remove(name)
 
 
 def running(actuator: LocalProcessActuator, name: str) -> bool:
@@ -131,10 +142,10 @@ def listed_names(topology: Topology) -> set[str]:
 
 
 def test_an_escalation_removes_the_replacement_it_started_that_no_topology_lists(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
     cluster = start_cluster(shards=1, replicas=2)
-    actuator = SensorRefusedActuator(tmp_path / "actuator")
+    actuator = SensorRefusedActuator(actuator_dir)
     record, _ = asyncio.run(fail_over(cluster, actuator))
     assert record.status == "escalated", record.escalation
     assert "provision_replacement" in (record.escalation or "")
@@ -146,19 +157,19 @@ def test_an_escalation_removes_the_replacement_it_started_that_no_topology_lists
 
 
 def test_an_escalation_says_in_the_history_that_it_removed_the_replacement(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
     cluster = start_cluster(shards=1, replicas=2)
-    _, history = asyncio.run(fail_over(cluster, SensorRefusedActuator(tmp_path / "actuator")))
+    _, history = asyncio.run(fail_over(cluster, SensorRefusedActuator(actuator_dir)))
     (escalated,) = [entry for entry in history if entry["kind"] == "workflow_escalated"]
     assert escalated["on_failure"]["replacement"].startswith("removed s0-replica-e"), escalated
 
 
 def test_an_escalation_keeps_a_replacement_the_topology_lists(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
     cluster = start_cluster(shards=1, replicas=2)
-    actuator = PrimaryDiesActuator(tmp_path / "actuator", cluster)
+    actuator = PrimaryDiesActuator(actuator_dir, cluster)
     record, _ = asyncio.run(fail_over(cluster, actuator))
     assert record.status == "escalated", record.escalation
     (name,) = {entry["name"] for entry in actuator.provisioned()}
