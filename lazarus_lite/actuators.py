@@ -107,8 +107,9 @@ class LocalProcessActuator:
 
     def remove(self, name: str) -> list[str]:
         """Stop the processes recorded under `name` and `sensor-name` that still run what was
-        started (a pid reused by another program is left alone), and return once they have
-        ended (SIGTERM, then SIGKILL after `REMOVE_GRACE_SECONDS`); their data stays on disk."""
+        started (a pid reused by another program is left alone), and wait for them to end: SIGTERM,
+        then, after `REMOVE_GRACE_SECONDS`, SIGKILL to those still running (not waited for:
+        the kernel ends them); their data stays on disk."""
         stopping: list[tuple[int, bytes]] = []
         stopped = []
         for entry in self.provisioned():

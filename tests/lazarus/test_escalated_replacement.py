@@ -1,9 +1,10 @@
 """A failover that escalates after it provisioned a replacement gives back what it started and
 the topology lists nowhere, and keeps what the topology lists. Real redis-server processes (a
 shard, its replicas, the control store), the real failover workflow, and the local actuator or
-the docker actuator against a real Docker engine (skipped without one). The one thing put in by
-the test is the local actuator's failure after it started the node (its sensor refused); the
-docker actuator's is real (the engine refuses the sensor's container: its image is missing).
+the docker actuator against a real Docker engine (skipped without one). What the tests put in:
+the local actuator's failure after it started the node (its sensor refused), and, for the kept
+replacement, the promoted primary's death (`PrimaryDiesActuator`); the docker actuator's failure
+is real (the engine refuses the sensor's container: its image is missing).
 """
 
 from __future__ import annotations
