@@ -29,8 +29,11 @@ def discover_nodes(
     try:
         engine = client or docker.from_env(timeout=30)
         try:
+            # A replacement the controllers remove while this lists is not a target.
             containers = engine.containers.list(
-                all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"}
+                all=True,
+                filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"},
+                ignore_removed=True,
             )
         finally:
             if own:

@@ -33,7 +33,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,13 @@ REPLICA_FAULT_SECONDS = 4.0
 NOT_JUDGED_WITHOUT_API = frozenset(
     {"other_shards_availability", "faulted_shard_availability", "recovered_within"}
 )
+# The controllers' incident rate-limit window the soak brings staging up with (unless
+# RQ_RATE_LIMIT_WINDOW is set): every other cycle fails a primary and a cycle takes 30-60 s, so
+# over the default 600 s about one incident a cycle keeps the window at 9-11 incidents, at the
+# limit of 10: run E's cycle 19 was refused its failover (docs/staging-runs.md). 120 s holds two
+# or three cycles' incidents, far from the limit, and still stops a runaway (more than 10 in 2
+# minutes). A 4-hourly schedule never comes near either window.
+SOAK_RATE_LIMIT_WINDOW = 120.0
 PROVISIONED_BY = "ratequeue.provisioned-by"
 SHARD_ROLES = frozenset({"primary", "replica"})
 
@@ -190,6 +197,15 @@ def experiment_of_cycle(
     return experiment.model_copy(update=changes)
 
 
+def compose_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the soak's `docker compose`: `environ`, with a fresh API token and the
+    soak's rate-limit window where `environ` sets none."""
+    env = dict(environ)
+    env.setdefault("LAZARUS_API_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("RQ_RATE_LIMIT_WINDOW", f"{SOAK_RATE_LIMIT_WINDOW:g}")
+    return env
+
+
 class Staging:
     """The compose deployment: up, down, and what the checks read from it."""
 
@@ -200,8 +216,7 @@ class Staging:
         self.engine = docker.from_env(timeout=60)
 
     def _compose(self, *args: str, timeout: float = 600) -> None:
-        env = dict(os.environ)
-        env.setdefault("LAZARUS_API_TOKEN", secrets.token_urlsafe(24))
+        env = compose_environment(os.environ)
         command = ["docker", "compose", "-f", str(self.compose_file), *args]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
@@ -242,7 +257,9 @@ class Staging:
         labels = [f"{LABEL_DEPLOYMENT}={self.endpoints.deployment}"]
         if provisioned_only:
             labels.append(PROVISIONED_BY)
-        return self.engine.containers.list(all=True, filters={"label": labels})
+        # ignore_removed: the keeper removes a released replacement at any moment (one removed
+        # between the listing and its inspection failed cycle 25 of run E with a 404).
+        return self.engine.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
 
     def compose_container_count(self) -> int:
         return sum(1 for c in self.containers() if PROVISIONED_BY not in c.labels)
@@ -330,17 +347,30 @@ def container_bound(staging: Staging, topology: Topology) -> int:
     return staging.compose_container_count() + 2 * len(provisioned & kept)
 
 
+@dataclass
+class Settled:
+    """What `settle` found: the seconds it took (None: not whole in time), what is still wrong,
+    and the container count and bound it judged last (None without `staging`)."""
+
+    seconds: float | None
+    state: str
+    containers: int | None = None
+    container_bound: int | None = None
+
+
 def settle(
     deployment: Deployment,
     within: float,
     stop: threading.Event,
     staging: Staging | None = None,
-) -> tuple[float | None, str]:
+) -> Settled:
     """Wait until every shard is whole (and, with `staging`, no other shard node answers as a
     primary and the containers are within their bound: a released replacement is removed a
-    moment after it leaves the topology); (seconds it took or None, what is still wrong)."""
+    moment after it leaves the topology)."""
     started = time.monotonic()
     problems = ["not checked"]
+    count: int | None = None
+    bound: int | None = None
     while not stop.is_set():
         try:
             topology = deployment.topology()
@@ -354,11 +384,11 @@ def settle(
         except TargetError as error:
             problems = [str(error)]
         if not problems:
-            return time.monotonic() - started, "whole"
+            return Settled(time.monotonic() - started, "whole", count, bound)
         if time.monotonic() - started > within:
             break
         stop.wait(1.0)
-    return None, "; ".join(problems)
+    return Settled(None, "; ".join(problems), count, bound)
 
 
 def run_cycle(
@@ -401,10 +431,13 @@ def run_cycle(
     restarted = staging.start_exited_shard_nodes()
     if restarted:
         say(f"started again (the host came back): {', '.join(restarted)}")
-    settled, shards_state = settle(deployment, settle_seconds, stop, staging)
-    topology = deployment.topology()
-    containers = len(staging.containers())
-    bound = container_bound(staging, topology)
+    settled = settle(deployment, settle_seconds, stop, staging)
+    # The count the settle judged, not a second one: a released replacement's container may be
+    # on its way out between two listings (run F's cycle 25 counted it once more, 40 of 38).
+    containers, bound = settled.containers, settled.container_bound
+    if containers is None or bound is None:
+        containers = len(staging.containers())
+        bound = container_bound(staging, deployment.topology())
     census = staging.control_census()
     result = CycleResult(
         cycle=cycle,
@@ -413,8 +446,8 @@ def run_cycle(
         verdict=journal.verdict,
         acknowledged=int(journal.load.get("acknowledged", 0)),
         lost=int(journal.load.get("lost", -1)),
-        settled_seconds=settled,
-        shards=shards_state,
+        settled_seconds=settled.seconds,
+        shards=settled.state,
         containers=containers,
         container_bound=bound,
         control_memory=census.used_memory,
@@ -440,8 +473,8 @@ def run_cycle(
             f"{result.lost} of {result.acknowledged} acknowledged not delivered within the "
             f"run's drain (dequeues failed: {result.dequeue_failures or 'none'})"
         )
-    if settled is None:
-        result.misses.append(f"not whole within {settle_seconds:g} s: {shards_state}")
+    if settled.seconds is None:
+        result.misses.append(f"not whole within {settle_seconds:g} s: {settled.state}")
     if containers > bound:
         result.misses.append(f"{containers} containers, bound {bound}")
     if kill is not None and kill.error:
@@ -535,9 +568,9 @@ def soak(
         if bring_up:
             say("starting staging: docker compose up -d --wait (chaos service at 0)")
             staging.up()
-        settled, state = settle(deployment, settle_seconds, stop)
-        if settled is None:
-            raise ChaosError(f"staging is not whole before the first cycle: {state}")
+        before = settle(deployment, settle_seconds, stop)
+        if before.seconds is None:
+            raise ChaosError(f"staging is not whole before the first cycle: {before.state}")
         nodes = discover_nodes(endpoints.deployment, deployment.topology(), staging.engine)
         say(f"staging whole: {len(nodes)} containers found by their labels")
         shards = [s.id for s in deployment.topology().shards]

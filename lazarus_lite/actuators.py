@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +30,16 @@ from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef
 
 PROVISIONED_FILE = "provisioned.jsonl"
+# How long `remove` lets a process end on SIGTERM (a replica saving its data) before SIGKILL.
+REMOVE_GRACE_SECONDS = 5.0
+
+
+def _runs(pid: int, program: bytes) -> bool:
+    """Does `pid` still run `program` (not ended, not a zombie, not reused by another)?"""
+    try:
+        return program in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 class Actuator(Protocol):
@@ -90,31 +101,35 @@ class LocalProcessActuator:
     def _recorded_replica(self, name: str) -> tuple[dict, bool] | None:
         """The last node this actuator started under `name`, and whether it still runs."""
         for entry in reversed(self.provisioned()):
-            if entry.get("name") != name or entry.get("role") != "replica":
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes()
-            except OSError:
-                return entry, False
-            return entry, b"redis-server" in cmdline
+            if entry.get("name") == name and entry.get("role") == "replica":
+                return entry, _runs(int(entry["pid"]), b"redis-server")
         return None
 
     def remove(self, name: str) -> list[str]:
         """Stop the processes recorded under `name` and `sensor-name` that still run what was
-        started (a pid reused by another program is left alone); their data stays on disk."""
+        started (a pid reused by another program is left alone), and wait for them to end: SIGTERM,
+        then, after `REMOVE_GRACE_SECONDS`, SIGKILL to those still running (not waited for:
+        the kernel ends them); their data stays on disk."""
+        stopping: list[tuple[int, bytes]] = []
         stopped = []
         for entry in self.provisioned():
             if entry.get("name") not in {name, f"sensor-{name}"}:
                 continue
-            try:
-                cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes()
-            except OSError:
-                continue  # gone already: what was asked for
             started = b"redis-server" if entry.get("role") == "replica" else b"detection"
-            if started in cmdline:
+            if _runs(int(entry["pid"]), started):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry["pid"]), signal.SIGTERM)
+                stopping.append((int(entry["pid"]), started))
                 stopped.append(str(entry["name"]))
+        deadline = time.monotonic() + REMOVE_GRACE_SECONDS
+        while any(_runs(pid, started) for pid, started in stopping):
+            if time.monotonic() > deadline:
+                for pid, started in stopping:
+                    if _runs(pid, started):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
         return stopped
 
     def _provision_replica(self, shard: str, name: str) -> NodeRef:

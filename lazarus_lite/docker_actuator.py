@@ -155,7 +155,12 @@ class DockerActuator:
         if name is not None:
             wanted.append(f"{LABEL_NAME}={name}")
         with self._engine("list the containers it started"):
-            return list(self.client.containers.list(all=True, filters={"label": wanted}))
+            # Another controller's keeper may remove one while this lists: it is not started.
+            return list(
+                self.client.containers.list(
+                    all=True, filters={"label": wanted}, ignore_removed=True
+                )
+            )
 
     def _network(self, name: str) -> Network:
         with self._engine(f"find network {name}"):
@@ -185,7 +190,7 @@ class DockerActuator:
             taken.add(endpoint.get("IPv4Address", "").partition("/")[0])
         # Stopped containers hold their chosen address too (they get it back when started), and
         # disconnected ones the address their label records.
-        for container in self.client.containers.list(all=True):
+        for container in self.client.containers.list(all=True, ignore_removed=True):
             settings = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
             chosen = (settings.get(network.name) or {}).get("IPAMConfig") or {}
             taken.add(chosen.get("IPv4Address"))
@@ -439,7 +444,9 @@ class DockerActuator:
         copied out through the engine (`GET /containers/{id}/archive`) into `into`."""
         wanted = [f"{LABEL_DEPLOYMENT}={self.settings.deployment}", f"{LABEL_NAME}={node}"]
         with self._engine(f"copy the data of {node} out of its container"):
-            found = self.client.containers.list(all=True, filters={"label": wanted})
+            found = self.client.containers.list(
+                all=True, filters={"label": wanted}, ignore_removed=True
+            )
             if not found:
                 raise ActuatorError(f"docker actuator: no container of {node} to copy data from")
             into.mkdir(parents=True)

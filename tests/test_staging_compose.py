@@ -286,6 +286,7 @@ def test_three_controllers_in_quorum_with_the_docker_actuator(
         environment = services[name]["environment"]
         assert environment["LAZARUS_CONTROL_URL"] == control_url(services)
         assert environment["LAZARUS_QUORUM"] == "2"
+        assert environment["LAZARUS_RATE_LIMIT_WINDOW"] == "600"  # the soak's is shorter
         assert len(environment["LAZARUS_API_TOKEN"]) >= 16  # the controllers' minimum
         assert environment["LAZARUS_ACTUATOR"] == "docker"
         assert environment["LAZARUS_DOCKER_DEPLOYMENT"] == compose["name"]

@@ -163,6 +163,9 @@ class OldPrimaryHeld(StepOutput):
 class ShardFlagged(StepOutput):
     shard: str | None
     status: str
+    replacement: str | None = Field(
+        None, description="what became of a replacement this workflow may have started"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -505,6 +508,13 @@ def replicas_wanted(asked: int | None, shard: Shard, replicas_at_fence: int) -> 
     return replicas_at_fence
 
 
+def replacement_name(shard_id: str, shard_epoch: int) -> str:
+    """The name of the replacement a failover provisions: one per shard epoch, so a retried or
+    resumed step adopts the node an earlier attempt started instead of starting a second, and
+    an escalation can tell which node its workflow may have started."""
+    return f"{shard_id}-replica-e{shard_epoch}"
+
+
 @step(
     "ratequeue.provision_replacement",
     output=ReplacementProvisioned,
@@ -524,7 +534,7 @@ async def provision_replacement(ctx: StepContext) -> ReplacementProvisioned:
     shard = topology.shard(shard_id)
     fenced = ctx.output_of(FENCE_OLD_PRIMARY, FenceResult)
     target = replicas_wanted(inputs.target_replicas, shard, fenced.replica_count)
-    name = f"{shard_id}-replica-e{shard.epoch}"
+    name = replacement_name(shard_id, shard.epoch)
     listed = any(r.name == name for r in shard.replicas)
     if not listed and len(shard.replicas) >= target:
         return ReplacementProvisioned(
@@ -709,5 +719,57 @@ async def mark_escalated(ctx: StepContext) -> ShardFlagged:
 
     with contextlib.suppress(Exception):
         await compare_and_set_loop(ctx, change, attempts=3)
+    unlisted: str | None = None
+    with contextlib.suppress(Exception):  # the store away: nothing proves the node unlisted
+        unlisted = await unlisted_replacement(ctx, shard_id)
     await ctx.env.locks.release(held)
-    return ShardFlagged(shard=shard_id, status="escalated")
+    replacement = await remove_replacement(ctx, unlisted) if unlisted else None
+    return ShardFlagged(shard=shard_id, status="escalated", replacement=replacement)
+
+
+def _step_running(ctx: StepContext, run: str) -> str | None:
+    """The name of this workflow's step that runs `run`, if it has one."""
+    return next((s.name for s in ctx.workflow.definition.steps if s.run == run), None)
+
+
+async def unlisted_replacement(ctx: StepContext, shard_id: str) -> str | None:
+    """The replacement this escalating workflow may have started and no topology lists, if
+    any; read while the workflow still holds the shard's lock (call it only then).
+
+    Only a node listed nowhere is given back: a listed replica may already count for `WAIT`
+    (the primary counts whatever follows it), so a later failover may need it, and unlisting
+    it is a person's call on an escalated shard. The name is the one `provision_replacement`
+    used: this shard's epoch, which only the lock's holder changes, as long as the primary is
+    still the one this workflow published."""
+    provision = _step_running(ctx, "ratequeue.provision_replacement")
+    publish = _step_running(ctx, "ratequeue.publish_topology")
+    if provision is None or publish is None or not ctx.workflow.steps[provision].attempts:
+        return None  # the workflow failed before anything was provisioned
+    published = ctx.workflow.steps[publish]
+    topology = await load_topology(ctx)
+    shard = topology.shard(shard_id)
+    if published.status != "succeeded" or shard.primary.name != published.output.get("primary"):
+        return None  # not the epoch this workflow published: no name to trust
+    name = replacement_name(shard_id, shard.epoch)
+    listed = {
+        node.name
+        for each in topology.shards
+        for node in [each.primary, *each.replicas, *each.forensics]
+    }
+    return None if name in listed else name
+
+
+async def remove_replacement(ctx: StepContext, name: str) -> str:
+    """Have the actuator remove what it started under `name` (idempotent: nothing started is
+    nothing removed); says what happened. Outside the lock: the node is listed nowhere, and
+    only a workflow of this shard epoch would list a node of that name."""
+    actuator = ctx.env.collaborators.get("actuator")
+    if actuator is None:
+        return f"{name}: no actuator to remove it"
+    try:
+        removed = await asyncio.to_thread(actuator.remove, name)
+    except Exception as error:  # an engine away: the node stays parked, listed nowhere
+        return f"{name}: listed nowhere, removing it failed: {error}"
+    if removed:
+        return f"removed {', '.join(removed)}: started by this workflow, listed nowhere"
+    return f"{name}: nothing started under that name"

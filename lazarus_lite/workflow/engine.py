@@ -413,19 +413,19 @@ class WorkflowEngine:
             # says: a result `_record_later` holds is saved before it runs, not after.
             await self._save_held(record)
         record.escalation = f"step {step_name}: {reason}"
+        entry: dict[str, Any] = {"kind": "workflow_escalated", "node": self.env.node_id}
         if record.definition.on_failure is not None:
             spec = STEPS[record.definition.on_failure]
             context = spec.context(record, "on_failure", self.env)
             try:
-                await asyncio.wait_for(spec.function(context), timeout=30)
+                outcome = await asyncio.wait_for(spec.function(context), timeout=30)
+                # What the clean-up did (say, a replacement removed) is read in the history.
+                entry["on_failure"] = stored_output(outcome, spec.output)
             except Exception as error:
                 record.escalation += f"; on_failure step failed: {error}"
         record.status = "escalated"
         record.finished_at = time.time()
-        await self._record(
-            record,
-            {"kind": "workflow_escalated", "reason": record.escalation, "node": self.env.node_id},
-        )
+        await self._record(record, {**entry, "reason": record.escalation})
         await self.store.disown(record.id, self.env.node_id)
         if self.on_finished is not None:
             await self.on_finished(record)

@@ -1,6 +1,6 @@
 """The soak's loop: a cycle that fails on the way (the Docker engine refusing for a moment) is a
 failed cycle in the table, with its error, and the soak goes on to the next one; growth is
-judged over the cycles that took a census.
+judged over the cycles that took a census; the settle reports the container count it judged.
 
 Not for: a real soak (tests/test_staging_soak.py) or the growth judge's rules
 (tests/unit/test_soak_growth.py).
@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 import chaos.soak as soak_module
-from chaos.soak import CycleResult, StagingEndpoints, soak
+from chaos.soak import CycleResult, Settled, StagingEndpoints, settle, soak
 from chaos.soak_growth import Census
 
 
@@ -47,7 +47,7 @@ def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
                            census=Census(used_memory=1, unbounded_bytes=100))  # fmt: skip
 
     monkeypatch.setattr(soak_module, "Staging", QuietStaging)
-    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: (0.1, "whole"))
+    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: Settled(0.1, "whole"))
     monkeypatch.setattr(soak_module, "discover_nodes", lambda *a, **k: [])
     monkeypatch.setattr(StagingEndpoints, "target", lambda self: _Deployment())
     monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
@@ -85,7 +85,7 @@ def _soak_leaving(
         return undelivered.delivered(drained)
 
     monkeypatch.setattr(soak_module, "Staging", QuietStaging)
-    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: (0.1, "whole"))
+    monkeypatch.setattr(soak_module, "settle", lambda *a, **k: Settled(0.1, "whole"))
     monkeypatch.setattr(soak_module, "discover_nodes", lambda *a, **k: [])
     monkeypatch.setattr(StagingEndpoints, "target", lambda self: _FinalDrainDeployment())
     monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
@@ -115,3 +115,26 @@ def test_what_no_cycle_nor_the_final_drain_delivers_is_a_miss_naming_the_drain_t
 
 class _FinalDrainDeployment(_Deployment):
     api = "http://127.0.0.1:9"
+
+
+class _ShrinkingStaging:
+    """A released replacement's container on its way out: listed once more, then gone."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+
+    def containers(self) -> list[object]:
+        count = self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+        return [object()] * count
+
+
+def test_the_settle_reports_the_container_count_it_judged_whole_not_a_later_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(soak_module, "shards_whole", lambda topology: [])
+    monkeypatch.setattr(soak_module, "stray_primaries", lambda staging, topology: [])
+    monkeypatch.setattr(soak_module, "container_bound", lambda staging, topology: 38)
+    staging = _ShrinkingStaging([40, 38])
+    settled = settle(_Deployment(), 5.0, threading.Event(), staging)  # type: ignore[arg-type]
+    assert settled.seconds is not None and settled.state == "whole"
+    assert (settled.containers, settled.container_bound) == (38, 38)
