@@ -26,6 +26,7 @@ from ratequeue.client import ClientRetryPolicy, ClientSettings, RatequeueClient
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.service import create_app
+from tests.etcd_topology import topology_moved_to_etcd
 from tests.suite_control import REDIS_ONLY_MARKER, SUITE_CONTROL_ENV, suite_control
 
 FAST_RETRY = ClientRetryPolicy(max_attempts=3, backoff=0.04, max_backoff=0.1, deadline=1.5)
@@ -154,12 +155,22 @@ class ServedApi(ServedApp):
 
 
 @pytest.fixture
-def serve_api() -> Iterator[Callable[..., ServedApi]]:
+def serve_api(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServedApi]]:
+    """`serve_api(cluster, **settings)`: the API over `cluster`, stopped at teardown. On etcd
+    (`tests/suite_control.py`), unless `settings` name a topology backend, the cluster's map is
+    moved into the module's etcd cluster (emptied first) and the API reads it there."""
     served: list[ServedApi] = []
+    moved: list[LocalCluster] = []
 
     def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
         options: dict[str, object] = {"wait_timeout_ms": 300, "retry_deadline": 0.5,
                                       "refresh_interval": 0.5}  # fmt: skip
+        if suite_control() == "etcd" and "topology_backend" not in settings:
+            etcd: EtcdCluster = request.getfixturevalue("etcd")
+            if not any(cluster is already for already in moved):
+                topology_moved_to_etcd(cluster, etcd)
+                moved.append(cluster)
+            options.update(topology_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
         options.update(settings)
         api = ServedApi(ServiceSettings(control_url=cluster.control.url, **options))  # type: ignore[arg-type]
         served.append(api.__enter__())
