@@ -1,5 +1,6 @@
-"""The durable workflow engine against a real redis-server control store: order, history,
-retries, timeouts, escalation, resume on another node, versioning and lock fencing."""
+"""The durable workflow engine against a real coordination store (the suite's: a redis-server
+control store, or etcd): order, history, retries, timeouts, escalation, resume on another node,
+versioning and lock fencing."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from detection.events import Event
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination import redis_keys
-from lazarus_lite.coordination.interface import OWNER_LEASE_MS, HeldLock, StepReads
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.interface import (
+    OWNER_LEASE_MS,
+    CoordinationStore,
+    HeldLock,
+    StepReads,
+)
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowError
 from lazarus_lite.incidents import IncidentClaims
@@ -165,8 +170,8 @@ def definition(text: str) -> WorkflowDefinition:
     return parse_workflow(text, "test.yaml")
 
 
-def engine_for(control: aioredis.Redis, node: str, *defs: WorkflowDefinition) -> WorkflowEngine:
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id=node)
+def engine_for(store: CoordinationStore, node: str, *defs: WorkflowDefinition) -> WorkflowEngine:
+    env = StepEnvironment(store=store, node_id=node)
     return WorkflowEngine(env, {d.name: d for d in defs})
 
 
@@ -180,9 +185,9 @@ steps:
 
 
 async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
+    engine = engine_for(coordination, "n1", THREE_STEPS)
     started = await engine.start("three", {})
     await engine.wait(started.id)
     history = await engine.store.history(started.id)
@@ -205,9 +210,9 @@ steps:
 
 
 async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    engine = engine_for(control, "n1", FLAKY)
+    engine = engine_for(coordination, "n1", FLAKY)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -216,10 +221,10 @@ async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
 
 
 async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     metrics = ControllerMetrics()
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    env = StepEnvironment(store=coordination, node_id="n1")
     engine = WorkflowEngine(env, {"flaky": FLAKY}, metrics=metrics)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
@@ -243,7 +248,7 @@ steps:
 
 
 async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_attempt(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     gate_reads = [StepReads({}, None), StepReads({"other": {"by": "ops"}}, None)]
     handed: list[StepReads] = []
@@ -253,7 +258,7 @@ async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_atte
         return handed[-1]
 
     seen_reads.clear()
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+    env = StepEnvironment(store=coordination, node_id="n1",
                           before_state_change=gate)  # fmt: skip
     engine = WorkflowEngine(env, {"gated": GATED})
     started = await engine.start("gated", {})
@@ -271,10 +276,10 @@ def decision_event(event_id: str) -> Event:
 
 
 async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     metrics = ControllerMetrics()
-    store = RedisCoordinationStore(control)
+    store = coordination
     audit = AuditLog(store.records)
     incidents = IncidentClaims(store.incidents, audit, ttl=60, retry_after=5)
     decisions = Decisions("n1", store.records, audit, incidents, None, metrics)
@@ -298,7 +303,7 @@ async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     failing = definition("""
 name: failing
@@ -308,7 +313,7 @@ steps:
   - {name: try_it, run: test.flaky, needs: [first], retry: {max_attempts: 2, backoff: 0.01}}
   - {name: never, run: test.record, needs: [try_it]}
 """)
-    engine = engine_for(control, "n1", failing)
+    engine = engine_for(coordination, "n1", failing)
     started = await engine.start("failing", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -317,13 +322,13 @@ steps:
     assert calls["never"] == 0 and calls["cleanup"] == 1
 
 
-async def test_a_step_that_raises_escalate_is_not_retried(control: aioredis.Redis) -> None:
+async def test_a_step_that_raises_escalate_is_not_retried(coordination: CoordinationStore) -> None:
     escalating = definition("""
 name: escalating
 steps:
   - {name: judge, run: test.escalate, retry: {max_attempts: 5, backoff: 0.01}}
 """)
-    engine = engine_for(control, "n1", escalating)
+    engine = engine_for(coordination, "n1", escalating)
     started = await engine.start("escalating", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -331,9 +336,9 @@ steps:
     assert "a person must look" in done.escalation
 
 
-async def test_a_step_past_its_timeout_fails(control: aioredis.Redis) -> None:
+async def test_a_step_past_its_timeout_fails(coordination: CoordinationStore) -> None:
     slow = definition("name: slow\nsteps:\n  - {name: crawl, run: test.slow, timeout: 100ms}\n")
-    engine = engine_for(control, "n1", slow)
+    engine = engine_for(coordination, "n1", slow)
     started = await engine.start("slow", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -341,7 +346,7 @@ async def test_a_step_past_its_timeout_fails(control: aioredis.Redis) -> None:
 
 
 async def test_a_workflow_past_its_timeout_escalates_before_the_next_step(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     short = definition("""
 name: short
@@ -350,7 +355,7 @@ steps:
   - {name: wait, run: test.wait_for_gate}
   - {name: after, run: test.record, needs: [wait]}
 """)
-    engine = engine_for(control, "n1", short)
+    engine = engine_for(coordination, "n1", short)
     started = await engine.start("short", {})
     await asyncio.sleep(0.4)
     open_gate()
@@ -361,7 +366,7 @@ steps:
 
 
 async def test_another_node_resumes_a_workflow_whose_owner_died_without_redoing_steps(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     gated = definition("""
 name: gated
@@ -370,11 +375,11 @@ steps:
   - {name: wait, run: test.wait_for_gate, needs: [before]}
   - {name: after, run: test.record, needs: [wait]}
 """)
-    first = engine_for(control, "n1", gated)
+    first = engine_for(coordination, "n1", gated)
     started = await first.start("gated", {})
     await until_called("wait")
     await first.stop()  # n1 dies: its lease on the workflow lapses
-    second = engine_for(control, "n2", gated)
+    second = engine_for(coordination, "n2", gated)
     open_gate()
     await resume_on(second)
     await second.wait(started.id)
@@ -385,7 +390,7 @@ steps:
 
 
 async def test_a_resumed_workflow_finishes_under_the_definition_it_started_with(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     version_one = definition("""
 name: versioned
@@ -400,11 +405,11 @@ version: 2
 steps:
   - {name: new_step, run: test.record}
 """)
-    first = engine_for(control, "n1", version_one)
+    first = engine_for(coordination, "n1", version_one)
     started = await first.start("versioned", {})
     await until_called("wait")
     await first.stop()
-    second = engine_for(control, "n2", version_two)
+    second = engine_for(coordination, "n2", version_two)
     open_gate()
     await resume_on(second)
     await second.wait(started.id)
@@ -413,7 +418,9 @@ steps:
     assert calls["old_step"] == 1 and calls["new_step"] == 0
 
 
-async def test_a_step_cannot_act_once_its_workflow_lost_the_lock(control: aioredis.Redis) -> None:
+async def test_a_step_cannot_act_once_its_workflow_lost_the_lock(
+    coordination: CoordinationStore,
+) -> None:
     locked = definition("""
 name: locked
 steps:
@@ -421,7 +428,7 @@ steps:
   - {name: wait, run: test.wait_for_gate, needs: [lock]}
   - {name: act, run: test.guarded, needs: [wait]}
 """)
-    engine = engine_for(control, "n1", locked)
+    engine = engine_for(coordination, "n1", locked)
     started = await engine.start("locked", {"lock_kind": "shard", "lock_resource": "rq/s0"})
     await until_called("wait")
     record = await engine.store.load(started.id)
@@ -494,14 +501,14 @@ def test_an_on_failure_step_that_reads_a_step_output_is_refused_at_load() -> Non
 
 
 async def test_an_output_that_is_not_the_declared_model_fails_the_attempt(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     misreporting = definition("""
 name: misreporting
 steps:
   - {name: report, run: test.misreport, retry: {max_attempts: 2, backoff: 0.01}}
 """)
-    engine = engine_for(control, "n1", misreporting)
+    engine = engine_for(coordination, "n1", misreporting)
     started = await engine.start("misreporting", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -510,7 +517,7 @@ steps:
 
 
 async def test_a_step_reading_what_it_did_not_declare_fails_without_retrying(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     sneaky = definition("""
 name: sneaky
@@ -518,7 +525,7 @@ steps:
   - {name: produce, run: test.produce}
   - {name: peek, run: test.read_undeclared, needs: [produce], retry: {max_attempts: 5}}
 """)
-    engine = engine_for(control, "n1", sneaky)
+    engine = engine_for(coordination, "n1", sneaky)
     started = await engine.start("sneaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -536,8 +543,11 @@ steps:
 """)
 
 
+@pytest.mark.redis_control_store(
+    "the old record shape is written as the Redis backend's keys held it"
+)
 async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
-    control: aioredis.Redis,
+    control: aioredis.Redis, coordination: CoordinationStore
 ) -> None:
     """A record as the code before typed outputs wrote it (plain dicts, no model names) is
     resumed, and the next step reads the stored output through its model."""
@@ -578,7 +588,7 @@ async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
     # Written as the Redis backend's keys held it then (the store's own API writes today's shape).
     await control.set(redis_keys.workflow_record(old_record["id"]), json.dumps(old_record))
     await control.sadd(redis_keys.ACTIVE_WORKFLOWS, old_record["id"])
-    engine = engine_for(control, "n2")
+    engine = engine_for(coordination, "n2")
     await resume_on(engine)
     await engine.wait(old_record["id"])
     done = await engine.store.load(old_record["id"])
@@ -680,9 +690,9 @@ class SlowRenewals:
 
 
 async def test_a_node_fences_itself_within_most_of_a_lease_of_its_last_keep_alive_not_answer(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
+    engine = engine_for(coordination, "n1", THREE_STEPS)
     renewals = SlowRenewals()
     engine.store = renewals  # type: ignore[assignment]
     await asyncio.wait_for(engine._keep_ownership("wf"), 10)
