@@ -233,10 +233,12 @@ def scenario_journal(tmp_path_factory: pytest.TempPathFactory) -> ScenarioRun:
 
     def journal_of(path: Path, overrides: TestbedOverrides | None = None) -> tuple[Journal, Path]:
         experiment = load_experiment(path, overrides)
+        # On etcd, a file that names no control store (nor Sentinel) runs there; one that
+        # names its store (control_store_kill: the control Redis), or is given one, keeps it.
         if (
             suite_control() == "etcd"
             and experiment.failover != "sentinel"
-            and (overrides is None or overrides.control is None)
+            and "control" not in experiment.model_fields_set
         ):
             experiment = experiment.model_copy(update={"control": "etcd"})
         key = (path.resolve(), experiment.model_dump_json())
