@@ -380,8 +380,20 @@ class StaleProducer:
 @pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("first_back", ["old_primary", "replica"])
 def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
-    testbed: TestbedState, faults: LocalFaultBackend, tmp_path: Path, first_back: str, run: int
+    testbed: TestbedState,
+    faults: LocalFaultBackend,
+    tmp_path: Path,
+    first_back: str,
+    run: int,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if testbed.etcd_endpoints is not None:
+        # Seen 2026-12-03 (docs/suite-on-etcd.md): the blackhole from the stale API to the etcd
+        # members does not cut it off (it learned every epoch, its /healthz said the store was
+        # reachable), so it is no stale API and its writes to the new primary are legitimate.
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "on etcd the stale API is not cut off from the members by the blackhole (open)"
+        )))  # fmt: skip
     directory = tmp_path / "tb"
     primary = testbed.node("s0-primary")
     control = TestbedNode(
@@ -391,17 +403,25 @@ def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
         port=int(testbed.control.rsplit(":", 1)[1].split("/")[0]),
         pid=0,
     )
-    stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5"])
+    # The stale API reads the map where the testbed keeps it, and is cut off from there: the
+    # control Redis, or every etcd member (the suite's switch, tests/suite_control.py).
+    store_nodes = [control]
+    store_args: list[str] = []
+    if testbed.etcd_endpoints is not None:
+        store_nodes = [node for node in testbed.nodes if node.role == "etcd"]
+        store_args = ["--topology-backend", "etcd", "--etcd-endpoints", testbed.etcd_endpoints]
+    stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5", *store_args])
     load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
     stale = StaleProducer(f"http://{stale_api.host}:{stale_api.port}").start()
     try:
         time.sleep(1.5)
-        faults.inject(
-            "blackhole",
-            target(control, peer_host="127.0.0.1"),
-            from_target=target(stale_api),
-            from_expect="ratequeue",
-        )
+        for store_node in store_nodes:
+            faults.inject(
+                "blackhole",
+                target(store_node, peer_host="127.0.0.1"),
+                from_target=target(stale_api),
+                from_expect="ratequeue",
+            )
         time.sleep(2.5)  # the stale API keeps its cached topology
         send(testbed, "s0-primary", signal.SIGKILL)
         wait_for(
