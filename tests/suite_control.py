@@ -5,7 +5,10 @@ Redis that carries the event stream), read once and checked at collection (`make
 What follows the switch: every testbed the suite starts in process (`chaos.testbed.up`, so
 `running_testbed`), on the command line (`tests.e2e.support.cli_testbed`) and for a scenario
 (`scenario_journal`), unless the test names its control store itself, or the testbed is
-managed by Redis Sentinel (which keeps its map in the control Redis: those stay on Redis).
+managed by Redis Sentinel (which keeps its map in the control Redis: those stay on Redis);
+the API over a local cluster (`serve_api`), the sensor tests' sensors, the controller tests'
+`coordination` store and served node. The full list, and what does not follow yet, is in
+docs/suite-on-etcd.md.
 Tests about the Redis store alone (its keys, its outage) carry the `redis_control_store`
 marker and are skipped on etcd with the marker's reason. Not for: tests that are about etcd
 or about both stores (they choose their backend themselves, whatever the switch says).
