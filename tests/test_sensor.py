@@ -349,7 +349,8 @@ async def test_the_sensor_survives_an_unreachable_control_store(
     assert (await sensor.check_once()).state == "ok"
     cluster.control.stop()
     kill(shard.primary)
-    for _ in range(5):  # the publish fails (and, on the Redis store, the topology read); the sensor goes on
+    # The publish fails (and, on the Redis store, the topology read); the sensor goes on.
+    for _ in range(5):
         result = await sensor.check_once()
         assert result.state == "failing" and result.consecutive_failures >= 1
     cluster.control.restart()
