@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint setup system-packages clean
+.PHONY: demo test test-etcd suite lint setup system-packages clean
 
 demo: setup
 	$(BIN)/ratequeue-chaos run scenarios/primary_kill.yaml --journal-dir chaos-journals
@@ -18,6 +18,15 @@ demo: setup
 # leaves in the process (the chaos CLI installs SIGTERM/SIGINT handlers; fault auto-rollback
 # timers) can act during them.
 test: setup
+	$(MAKE) --no-print-directory suite
+
+# The same suite with its testbeds, controllers, sensors and APIs on a three-member etcd
+# cluster (tests/suite_control.py; which files pass there: docs/suite-on-etcd.md).
+test-etcd: setup
+	RATEQUEUE_SUITE_CONTROL=etcd $(MAKE) --no-print-directory suite
+
+# The suite itself, on the control store RATEQUEUE_SUITE_CONTROL names (redis when unset).
+suite:
 	$(BIN)/ruff check .
 	$(BIN)/pytest --ignore=tests/test_compound_faults.py
 	$(BIN)/pytest tests/test_compound_faults.py

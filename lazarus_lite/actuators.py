@@ -42,6 +42,22 @@ def _runs(pid: int, program: bytes) -> bool:
         return False
 
 
+def store_environment(etcd_endpoints: str | None) -> dict[str, str]:
+    """The environment that points a service host an actuator starts (an API, a controller, a
+    sensor) at the coordination store on etcd, in each program's own settings family: a
+    profile's command names only the control Redis, and on etcd the topology is not there.
+    Empty when the store is the control Redis (every program's default)."""
+    if etcd_endpoints is None:
+        return {}
+    return {
+        "RATEQUEUE_TOPOLOGY_BACKEND": "etcd",
+        "RATEQUEUE_ETCD_ENDPOINTS": etcd_endpoints,
+        "LAZARUS_COORDINATION_BACKEND": "etcd",
+        "LAZARUS_ETCD_ENDPOINTS": etcd_endpoints,
+        "FAILOVER_ETCD_ENDPOINTS": etcd_endpoints,
+    }
+
+
 class Actuator(Protocol):
     async def provision_replica(self, shard: str, name: str) -> NodeRef:
         """Start a parked node named `name` for `shard` (or find the one an earlier call started)
@@ -77,8 +93,8 @@ class LocalProcessActuator:
         etcd_endpoints: str | None = None,
     ) -> None:
         """`maxmemory`: each replacement's memory limit (as its shard's other nodes have);
-        `etcd_endpoints`: where its sensors read the topology when the controllers keep it
-        in etcd."""
+        `etcd_endpoints`: where its sensors, and the service hosts it starts, read the
+        topology (and the coordination store) when the controllers keep it in etcd."""
         self.workdir = workdir
         self.control_url = control_url
         self.maxmemory = maxmemory
@@ -168,7 +184,8 @@ class LocalProcessActuator:
     def _provision_instance(
         self, service: str, name: str, command: list[str], healthcheck_path: str
     ) -> str:
-        """`command` may use {python}, {host}, {port} and {control_url}."""
+        """`command` may use {python}, {host}, {port} and {control_url}; on etcd the process's
+        environment names the members (`store_environment`)."""
         port = free_port((CLIENT_HOST,))
         values = {
             "python": sys.executable,
@@ -180,7 +197,11 @@ class LocalProcessActuator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with (self.workdir / f"{name}.log").open("ab") as out:
             process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **store_environment(self.etcd_endpoints)},
             )
         # What a process check matches: a `-m` module's top-level package, else the executable.
         module = argv[:2] == [sys.executable, "-m"] and len(argv) > 2

@@ -38,6 +38,7 @@ from docker.models.networks import Network
 from docker.types import EndpointConfig, Mount
 from pydantic import BaseModel, ConfigDict, Field
 
+from lazarus_lite.actuators import store_environment
 from lazarus_lite.errors import ActuatorError
 from ratequeue.membership import boot_arguments
 from ratequeue.topology import NodeRef
@@ -406,7 +407,8 @@ class DockerActuator:
         self, service: str, name: str, command: list[str], healthcheck_path: str
     ) -> str:
         """A container of the service image on both networks running `command` ({python},
-        {host}, {port} and {control_url} filled in); its peer-network URL once healthy."""
+        {host}, {port} and {control_url} filled in; on etcd its environment names the members:
+        `store_environment`); its peer-network URL once healthy."""
         values = {"python": "python3", "host": "0.0.0.0", "port": "8080",
                   "control_url": self.settings.control_url}  # fmt: skip
         with self._engine(f"provision instance {name} of {service}"):
@@ -424,6 +426,7 @@ class DockerActuator:
                     networks=networks,
                     init=True,
                     restart_policy={"Name": "unless-stopped"},
+                    environment=store_environment(self.settings.etcd_endpoints),
                 )
             url = f"http://{self._address_on(container, self.settings.peer_network)}:8080"
             deadline = time.monotonic() + self.settings.ready_timeout

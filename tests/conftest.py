@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from chaos import testbed
 from chaos.experiments import TestbedOverrides, load_experiment
 from chaos.journal import Journal
 from chaos.scheduler import run_one
@@ -25,8 +26,57 @@ from ratequeue.client import ClientRetryPolicy, ClientSettings, RatequeueClient
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.service import create_app
+from tests.etcd_topology import topology_moved_to_etcd
+from tests.suite_control import REDIS_ONLY_MARKER, SUITE_CONTROL_ENV, suite_control
 
 FAST_RETRY = ClientRetryPolicy(max_attempts=3, backoff=0.04, max_backoff=0.1, deadline=1.5)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        suite_control()
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.addinivalue_line(
+        "markers",
+        f"{REDIS_ONLY_MARKER}(reason): about the Redis control store alone (its keys, its "
+        f"outage); skipped when {SUITE_CONTROL_ENV}=etcd",
+    )
+
+
+def pytest_report_header() -> str:
+    return f"control store: {suite_control()} ({SUITE_CONTROL_ENV})"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if suite_control() == "redis":
+        return
+    for item in items:
+        marker = item.get_closest_marker(REDIS_ONLY_MARKER)
+        if marker is not None:
+            why = marker.args[0] if marker.args else "about the Redis control store alone"
+            item.add_marker(pytest.mark.skip(reason=f"{SUITE_CONTROL_ENV}=etcd: {why}"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def testbeds_on_suite_control() -> Iterator[None]:
+    """On etcd, every testbed the suite starts in process gets `control="etcd"` unless its
+    test names the store or Sentinel manages it (`tests/suite_control.py`)."""
+    if suite_control() == "redis":
+        yield
+        return
+    original = testbed.up
+
+    def up_on_etcd(directory: Path, **options: object) -> testbed.TestbedState:
+        if "control" not in options and options.get("failover", "lazarus") != "sentinel":
+            options["control"] = "etcd"
+        return original(directory, **options)  # type: ignore[arg-type]
+
+    testbed.up = up_on_etcd  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        testbed.up = original
 
 
 @pytest.fixture
@@ -105,12 +155,22 @@ class ServedApi(ServedApp):
 
 
 @pytest.fixture
-def serve_api() -> Iterator[Callable[..., ServedApi]]:
+def serve_api(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServedApi]]:
+    """`serve_api(cluster, **settings)`: the API over `cluster`, stopped at teardown. On etcd
+    (`tests/suite_control.py`), unless `settings` name a topology backend, the cluster's map is
+    moved into the module's etcd cluster (emptied first) and the API reads it there."""
     served: list[ServedApi] = []
+    moved: list[LocalCluster] = []
 
     def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
         options: dict[str, object] = {"wait_timeout_ms": 300, "retry_deadline": 0.5,
                                       "refresh_interval": 0.5}  # fmt: skip
+        if suite_control() == "etcd" and "topology_backend" not in settings:
+            etcd: EtcdCluster = request.getfixturevalue("etcd")
+            if not any(cluster is already for already in moved):
+                topology_moved_to_etcd(cluster, etcd)
+                moved.append(cluster)
+            options.update(topology_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
         options.update(settings)
         api = ServedApi(ServiceSettings(control_url=cluster.control.url, **options))  # type: ignore[arg-type]
         served.append(api.__enter__())
@@ -173,6 +233,14 @@ def scenario_journal(tmp_path_factory: pytest.TempPathFactory) -> ScenarioRun:
 
     def journal_of(path: Path, overrides: TestbedOverrides | None = None) -> tuple[Journal, Path]:
         experiment = load_experiment(path, overrides)
+        # On etcd, a file that names no control store (nor Sentinel) runs there; one that
+        # names its store (control_store_kill: the control Redis), or is given one, keeps it.
+        if (
+            suite_control() == "etcd"
+            and experiment.failover != "sentinel"
+            and "control" not in experiment.model_fields_set
+        ):
+            experiment = experiment.model_copy(update={"control": "etcd"})
         key = (path.resolve(), experiment.model_dump_json())
         if key not in runs:
             journal_dir = tmp_path_factory.mktemp(f"journal-{path.stem}")

@@ -10,6 +10,7 @@ import asyncio
 
 from common.etcd_client import EtcdClient, EtcdClientSettings
 from common.etcd_processes import EtcdCluster
+from lazarus_lite.coordination.opening import StoreAddress
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY, Topology
@@ -24,6 +25,11 @@ async def publish_in_etcd(etcd: EtcdCluster, expected_epoch: int, topology: Topo
         await EtcdTopologyStore(client).compare_and_set(expected_epoch, topology)
 
 
+# The clusters whose map a test moved into etcd, with the members' endpoints (by the cluster's
+# id; the cluster is kept with them so no other object takes its id meanwhile).
+_MOVED: dict[int, tuple[LocalCluster, str]] = {}
+
+
 def topology_moved_to_etcd(cluster: LocalCluster, etcd: EtcdCluster) -> Topology:
     """The cluster's topology moved from its control Redis into an emptied etcd: only etcd has
     it then, so whatever routes by it must be reading etcd's."""
@@ -31,4 +37,13 @@ def topology_moved_to_etcd(cluster: LocalCluster, etcd: EtcdCluster) -> Topology
         topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
         control.delete(TOPOLOGY_KEY)
     asyncio.run(publish_in_etcd(etcd, 0, topology))
+    _MOVED[id(cluster)] = (cluster, ",".join(etcd.endpoints))
     return topology
+
+
+def store_address_of(cluster: LocalCluster) -> StoreAddress:
+    """Where the cluster's coordination store is: etcd once its map was moved there (by
+    `topology_moved_to_etcd`), else its control Redis."""
+    moved = _MOVED.get(id(cluster))
+    endpoints = moved[1] if moved is not None and moved[0] is cluster else None
+    return StoreAddress.of(cluster.control.url, endpoints)

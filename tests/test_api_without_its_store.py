@@ -33,7 +33,7 @@ def enqueue(session: httpx.Client, message_id: str) -> int:
 
 def redis_goes_away(cluster: LocalCluster, serve_api: Callable[..., ServedApi]) -> ServedApi:
     """An API reading its topology from the control Redis, which then stops."""
-    api = serve_api(cluster)
+    api = serve_api(cluster, topology_backend="redis")  # named: whatever the suite's store
     with httpx.Client(base_url=api.url, timeout=10) as session:
         assert enqueue(session, "before") == 201  # the topology is read and cached
     cluster.control.stop()

@@ -380,7 +380,11 @@ class StaleProducer:
 @pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("first_back", ["old_primary", "replica"])
 def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
-    testbed: TestbedState, faults: LocalFaultBackend, tmp_path: Path, first_back: str, run: int
+    testbed: TestbedState,
+    faults: LocalFaultBackend,
+    tmp_path: Path,
+    first_back: str,
+    run: int,
 ) -> None:
     directory = tmp_path / "tb"
     primary = testbed.node("s0-primary")
@@ -391,14 +395,24 @@ def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
         port=int(testbed.control.rsplit(":", 1)[1].split("/")[0]),
         pid=0,
     )
-    stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5"])
+    # The stale API reads the map where the testbed keeps it, and is cut off from there: the
+    # control Redis, or every etcd member (the suite's switch, tests/suite_control.py).
+    store_nodes = [control]
+    store_args: list[str] = []
+    if testbed.etcd_endpoints is not None:
+        store_nodes = [node for node in testbed.nodes if node.role == "etcd"]
+        store_args = ["--topology-backend", "etcd", "--etcd-endpoints", testbed.etcd_endpoints]
+    stale_api = start_api(directory, testbed.control, ["--retry-deadline", "0.5", *store_args])
     load = BackgroundLoad(testbed.api, LoadProfile(**LOAD), drain_timeout=90).start()
     stale = StaleProducer(f"http://{stale_api.host}:{stale_api.port}").start()
     try:
         time.sleep(1.5)
+        # One fault over every store port: a process is cut off by one fault from it at a time
+        # (a second would move it out of the first's cgroup; the backend refuses that).
         faults.inject(
             "blackhole",
-            target(control, peer_host="127.0.0.1"),
+            target(store_nodes[0], peer_host="127.0.0.1"),
+            ports=[node.port for node in store_nodes],
             from_target=target(stale_api),
             from_expect="ratequeue",
         )

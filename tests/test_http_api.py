@@ -651,6 +651,10 @@ def test_numbers_on_other_shards_are_served_while_one_shard_is_down(
     assert acked.json() == {"acked": 1}
 
 
+@pytest.mark.redis_control_store(
+    "the control Redis stopped under the API; on etcd its store is etcd, and "
+    "tests/test_api_without_its_store.py takes quorum away on both backends"
+)
 def test_with_the_control_store_down_the_api_serves_from_its_cached_topology(
     http: httpx.Client, cluster: LocalCluster
 ) -> None:

@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
 
+from common.etcd_processes import EtcdCluster
 from common.redis_processes import free_port
 from detection.cli import app
 from detection.events import Event, parse_event
@@ -32,7 +33,9 @@ from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import NodeRef, TopologyStore
+from tests.etcd_topology import topology_moved_to_etcd
 from tests.prometheus_samples import metric_samples
+from tests.suite_control import suite_control
 
 REPO = Path(__file__).resolve().parents[1]
 MakeSensor = Callable[..., Awaitable[Sensor]]
@@ -56,12 +59,22 @@ def kill(node: ShardNode) -> None:
 
 
 @pytest.fixture
-async def make_sensor() -> AsyncIterator[MakeSensor]:
+async def make_sensor(request: pytest.FixtureRequest) -> AsyncIterator[MakeSensor]:
+    """`make_sensor(cluster, replica, **settings)`: a sensor beside `replica`, its events on the
+    control Redis's stream; on etcd (`tests/suite_control.py`) the cluster's map is moved into
+    the module's etcd cluster (emptied first) and the sensor reads and watches it there."""
     made: list[tuple[Sensor, RedisEventStream]] = []
+    moved: list[LocalCluster] = []
 
     async def make(cluster: LocalCluster, replica: ShardNode, **settings: object) -> Sensor:
         options: dict[str, object] = {"interval": 0.05, "heartbeat_every": 60.0,
                                       "topology_refresh": 0.0, "control_timeout": 0.5}  # fmt: skip
+        if suite_control() == "etcd":
+            etcd: EtcdCluster = request.getfixturevalue("etcd")
+            if not any(cluster is already for already in moved):
+                await asyncio.to_thread(topology_moved_to_etcd, cluster, etcd)
+                moved.append(cluster)
+            options["etcd_endpoints"] = ",".join(etcd.endpoints)
         options.update(settings)
         connection = aioredis.Redis.from_url(cluster.control.url, socket_timeout=0.5,
                                              socket_connect_timeout=0.5,
@@ -336,7 +349,8 @@ async def test_the_sensor_survives_an_unreachable_control_store(
     assert (await sensor.check_once()).state == "ok"
     cluster.control.stop()
     kill(shard.primary)
-    for _ in range(5):  # the topology read and the publish fail; the sensor goes on
+    # The publish fails (and, on the Redis store, the topology read); the sensor goes on.
+    for _ in range(5):
         result = await sensor.check_once()
         assert result.state == "failing" and result.consecutive_failures >= 1
     cluster.control.restart()

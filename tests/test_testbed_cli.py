@@ -17,6 +17,7 @@ import pytest
 
 from chaos import testbed
 from chaos.processes import running
+from tests.suite_control import up_args_on_suite_control
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_FIELDS = {"name", "role", "shard", "host", "port", "pid"}
@@ -39,7 +40,8 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
     down = None
     left: list[dict] = []
     try:
-        up = chaos("testbed", "up", "--dir", str(directory), "--shards", "2", "--replicas", "1")
+        up_args = up_args_on_suite_control(("--shards", "2", "--replicas", "1"))
+        up = chaos("testbed", "up", "--dir", str(directory), *up_args)
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads(state_file.read_text())
         nodes = state["nodes"]

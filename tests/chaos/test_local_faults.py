@@ -330,3 +330,23 @@ def test_a_blackhole_from_one_node_cuts_only_that_nodes_path(
     assert group not in Path(f"/proc/{cut.pid}/cgroup").read_text()
     assert fault.details["comment"] not in iptables_save()
     wait_until(lambda: link_status(cut) == "up", timeout=20)
+
+
+@needs_iptables
+def test_a_second_blackhole_from_a_process_already_cut_off_is_refused_and_the_first_holds(
+    faults: Recorder, start_node: Callable[..., ShardNode]
+) -> None:
+    # A second group would take the process out of the first's, whose cgroup rule would then
+    # match none of its new connections: the first fault silently disarmed.
+    primary = start_node()
+    other = start_node("s1-primary")
+    cut = start_node("s0-replica1", replica_of=primary)
+    wait_until(lambda: link_status(cut) == "up", timeout=15)
+
+    first = faults.inject("blackhole", target_of(primary), from_target=target_of(cut))
+    with pytest.raises(FaultError, match="already cut off by another fault"):
+        faults.inject("blackhole", target_of(other), from_target=target_of(cut))
+    assert first.details["cgroup"] in Path(f"/proc/{cut.pid}/cgroup").read_text()
+    wait_until(lambda: link_status(cut) != "up", timeout=5 + 3)
+    first.rollback()
+    wait_until(lambda: link_status(cut) == "up", timeout=20)

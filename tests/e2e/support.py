@@ -24,6 +24,7 @@ from lazarus_lite.coordination.opening import opened_coordination_store
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Topology
 from tests.prometheus_samples import metric_samples
+from tests.suite_control import up_args_on_suite_control
 
 T = TypeVar("T")
 
@@ -43,11 +44,13 @@ def chaos_command(*args: str, timeout: float = 90) -> subprocess.CompletedProces
 
 @contextlib.contextmanager
 def cli_testbed(directory: Path, *up_args: str) -> Iterator[TestbedState]:
-    """`ratequeue-chaos testbed up --dir DIRECTORY UP_ARGS` for a `with` block, then `down`;
+    """`ratequeue-chaos testbed up --dir DIRECTORY UP_ARGS` (on the suite's control store,
+    `tests/suite_control.py`) for a `with` block, then `down`;
     fails if any process `up` started is still running after it (and stops it regardless)."""
     state_file = directory / "testbed.json"
     nodes: list[TestbedNode] = []
     try:
+        up_args = up_args_on_suite_control(up_args)
         up = chaos_command("testbed", "up", "--dir", str(directory), *up_args)
         assert up.returncode == 0, up.stdout + up.stderr
         state = TestbedState.model_validate_json(state_file.read_text())

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import yaml
 
 import lazarus_lite.steps  # noqa: F401  (registers the failover steps)
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import opened_coordination_store
 from lazarus_lite.workflow.context import StepEnvironment
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.engine import WorkflowEngine
@@ -35,7 +35,8 @@ from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.scripts import entry_id, queue_key, state_key
-from ratequeue.topology import TOPOLOGY_KEY, Shard, Topology, TopologyStore
+from ratequeue.topology import Shard, Topology
+from tests.etcd_topology import store_address_of
 from tests.prometheus_samples import metric_samples
 
 T = TypeVar("T")
@@ -163,8 +164,15 @@ def messages(prefix: str, count: int) -> list[tuple[str, str]]:
 
 
 def current_topology(cluster: LocalCluster) -> Topology:
-    with cluster.control.client() as conn:
-        return Topology.model_validate_json(conn.get(TOPOLOGY_KEY))
+    """The map as the cluster's coordination store holds it (etcd, once moved there)."""
+
+    async def load() -> Topology | None:
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            return await store.topology.load()
+
+    topology = asyncio.run(load())
+    assert topology is not None, "no topology in the cluster's store"
+    return topology
 
 
 def node_of(cluster: LocalCluster, name: str) -> ShardNode:
@@ -246,9 +254,7 @@ def fail_over_recorded(
     failed = current_topology(cluster).shard(shard_id)
 
     async def run() -> WorkflowRecord:
-        async with aioredis.Redis(host=cluster.control.host, port=cluster.control.port,
-                                  socket_timeout=5) as control:  # fmt: skip
-            store = RedisCoordinationStore(control)
+        async with opened_coordination_store(store_address_of(cluster)) as store:
             engine = WorkflowEngine(StepEnvironment(store=store, node_id="test"),
                                     {definition.name: definition})  # fmt: skip
             started = await engine.start(definition.name, {
@@ -332,11 +338,11 @@ def rejoin(cluster: LocalCluster, name: str, shard_id: str = "s0", min_replicas:
 
     async def run() -> None:
         async with (
-            aioredis.Redis(host=cluster.control.host, port=cluster.control.port) as control,
+            opened_coordination_store(store_address_of(cluster)) as coordination,
             aioredis.Redis(host=node.host, port=node.port) as conn,
         ):
             await membership.empty_parked(conn)
-            store = TopologyStore(control)
+            store = coordination.topology
             current = await store.load()
             assert current is not None
             shard = current.shard(shard_id)

@@ -39,6 +39,7 @@ from tests.group_commit.support import (
     Producer,
     assert_each_acknowledged_message_held_once,
     blocked_clients,
+    current_topology,
     drain,
     enqueues_answered,
     fail_over,
@@ -287,8 +288,8 @@ def serve_stale_api(tmp_path: Path) -> Iterator[Callable[..., ServedApi]]:
 
     def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
         frozen = start_redis("frozen-control", "control", None, tmp_path / "frozen")
-        with cluster.control.client() as live, frozen.client() as copy:
-            copy.set(TOPOLOGY_KEY, live.get(TOPOLOGY_KEY))
+        with frozen.client() as copy:
+            copy.set(TOPOLOGY_KEY, current_topology(cluster).model_dump_json())
         options: dict[str, object] = {"refresh_interval": 0.5, **settings}
         api = ServedApi(ServiceSettings(control_url=frozen.url, **options))  # type: ignore[arg-type]
         started.append((frozen, api.__enter__()))

@@ -1,5 +1,6 @@
-"""One controller node's REST app served over real HTTP against a real redis-server control
-store, with no rules and no service profiles: every event escalates unmatched, so nothing it is
+"""One controller node's REST app served over real HTTP against a real coordination store (the
+suite's, `tests/suite_control.py`: a redis-server control store, or three etcd members beside
+it), with no rules and no service profiles: every event escalates unmatched, so nothing it is
 sent makes it probe a host or act. For tests of the REST surface itself (hostile input, the
 published contract). Not for: decisions, quorum or workflows (the testbed tests)."""
 
@@ -12,25 +13,34 @@ from pathlib import Path
 
 import httpx
 
+from common.etcd_processes import start_etcd_cluster
 from detection.events import new_event
 from lazarus_lite.service import create_app
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.local_cluster import start_node
 from tests.conftest import ServedApp
+from tests.suite_control import suite_control
 
 
 @contextmanager
 def served_node(workdir: Path, token: str) -> Iterator[str]:
     """The node's base URL while it serves; its control store and server stop after."""
     control = start_node("control", "control", None, workdir)
+    etcd = start_etcd_cluster(workdir / "etcd") if suite_control() == "etcd" else None
     try:
         rules = workdir / "rules"
         rules.mkdir()
+        store: dict[str, object] = {}
+        if etcd is not None:
+            store = {"coordination_backend": "etcd", "etcd_endpoints": ",".join(etcd.endpoints)}
         settings = ControllerSettings(node_id="rest", control_url=control.url, api_token=token,
-                                      rules=[rules], services=None, quorum=1)  # fmt: skip
+                                      rules=[rules], services=None, quorum=1,
+                                      **store)  # type: ignore[arg-type]  # fmt: skip
         with ServedApp(create_app(settings)) as served:
             yield served.url
     finally:
+        if etcd is not None:
+            etcd.stop()
         control.stop()
 
 

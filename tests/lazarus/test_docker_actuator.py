@@ -141,6 +141,28 @@ def test_a_replica_of_controllers_on_etcd_gets_a_sensor_reading_the_topology_in_
     assert command[command.index("--replica") + 1] == node.peer_address
 
 
+@needs_engine
+def test_a_service_host_provisioned_on_etcd_gets_the_members_in_its_environment(
+    staged: Deployment,
+) -> None:
+    """A profile's command names the control Redis alone; on etcd the replacement API (or
+    controller) finds the topology through the environment the actuator gives it."""
+    members = "http://10.0.0.7:2379,http://10.0.0.8:2379,http://10.0.0.9:2379"
+    on_etcd = DockerActuator(
+        staged.actuator.settings.model_copy(update={"etcd_endpoints": members}), staged.client
+    )
+
+    on_etcd.provision_instance_now(
+        "web", "web-e2", ["{python}", "-m", "http.server", "{port}"], "/"
+    )
+
+    (container,) = on_etcd.started("web-e2")
+    environment = set(container.attrs["Config"]["Env"])
+    assert {"RATEQUEUE_TOPOLOGY_BACKEND=etcd", f"RATEQUEUE_ETCD_ENDPOINTS={members}",
+            "LAZARUS_COORDINATION_BACKEND=etcd", f"LAZARUS_ETCD_ENDPOINTS={members}",
+            f"FAILOVER_ETCD_ENDPOINTS={members}"} <= environment  # fmt: skip
+
+
 def test_an_unreachable_engine_is_refused_naming_it() -> None:
     actuator = DockerActuator(
         DockerActuatorSettings(

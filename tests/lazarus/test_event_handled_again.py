@@ -1,8 +1,8 @@
 """`ControllerNode.handle` with an event handed out again: a refusal saved whose person was never
 paged (its node stopped, or the pager failed, between the two) is paged once, however often the
 event comes; a report held back by an undecided claim is counted; a slow decision whose claim
-was taken over starts no workflow. The node is built on a real control redis-server and not
-started."""
+was taken over starts no workflow. The node is built on a real coordination store (the
+suite's: the control Redis, or etcd) and not started."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from detection.streams import RedisEventStream
 from lazarus_lite.audit import AuditRecord, QuorumOutcome
 from lazarus_lite.background import consume_events
 from lazarus_lite.controller import ControllerNode
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.redis_keys import ESCALATIONS_STREAM
 from lazarus_lite.decisions import ESCALATION_DUE
 from lazarus_lite.errors import DecisionPending
@@ -29,14 +29,16 @@ RECLAIM_MS = 1200
 
 
 @pytest.fixture
-async def node(control: aioredis.Redis) -> AsyncIterator[ControllerNode]:
+async def node(
+    control: aioredis.Redis, coordination: CoordinationStore
+) -> AsyncIterator[ControllerNode]:
     address = control.connection_pool.connection_kwargs
     url = f"redis://{address['host']}:{address['port']}/0"
     # Quick rounds: a report waits 0.3 s for an earlier report's decision.
     settings = ControllerSettings(node_id="n1", control_url=url, quorum_timeout=0.1,
                                   api_token="a-token-of-sixteen-chars")  # fmt: skip
     stream = RedisEventStream(control, reclaim_idle_ms=RECLAIM_MS)
-    built = ControllerNode(settings, store=RedisCoordinationStore(control), stream=stream)
+    built = ControllerNode(settings, store=coordination, stream=stream)
     yield built
     await built.quorum.aclose()
     await built.decisions.aclose()

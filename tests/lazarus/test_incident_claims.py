@@ -1,7 +1,7 @@
-"""Incident claims on a real redis-server control store: a later report waits for the decision
-holding its incident, is decided on its own after a refusal, is a duplicate of a decision
-that acted, and is left pending when that decision outlasts the wait; of two reports after a
-refusal, one decides (no double failover)."""
+"""Incident claims on a real coordination store (the suite's: the control Redis, or etcd): a
+later report waits for the decision holding its incident, is decided on its own after a
+refusal, is a duplicate of a decision that acted, and is left pending when that decision
+outlasts the wait; of two reports after a refusal, one decides (no double failover)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-import redis.asyncio as aioredis
 
 from detection.events import Event, EventType
 from lazarus_lite.audit import AuditLog, AuditRecord
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.errors import DecisionPending
 from lazarus_lite.incidents import Claim, IncidentClaims
 
@@ -22,13 +21,13 @@ KEY = "ratequeue/s0/RedisMasterDown/s0-primary@1"
 
 
 @pytest.fixture
-def audit(control: aioredis.Redis) -> AuditLog:
-    return AuditLog(RedisCoordinationStore(control).records)
+def audit(coordination: CoordinationStore) -> AuditLog:
+    return AuditLog(coordination.records)
 
 
 @pytest.fixture
-def claims(control: aioredis.Redis, audit: AuditLog) -> IncidentClaims:
-    store = RedisCoordinationStore(control)
+def claims(coordination: CoordinationStore, audit: AuditLog) -> IncidentClaims:
+    store = coordination
     return IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=5)
 
 
@@ -145,9 +144,9 @@ async def test_a_recovery_of_a_refused_false_alarm_does_not_free_the_claim_a_kil
 
 
 async def test_a_report_still_waiting_when_the_wait_ends_is_left_pending_not_merged(
-    control: aioredis.Redis, audit: AuditLog
+    coordination: CoordinationStore, audit: AuditLog
 ) -> None:
-    store = RedisCoordinationStore(control)
+    store = coordination
     claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.5)
     await holding(claims, audit, "slow-refusal")
     later = report("real-kill")
@@ -160,9 +159,9 @@ async def test_a_report_still_waiting_when_the_wait_ends_is_left_pending_not_mer
 
 
 async def test_a_report_takes_over_a_claim_whose_decision_stayed_undecided_too_long(
-    control: aioredis.Redis, audit: AuditLog
+    coordination: CoordinationStore, audit: AuditLog
 ) -> None:
-    store = RedisCoordinationStore(control)
+    store = coordination
     claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.2,
                             abandoned_after=60)  # fmt: skip
     died = await holding(claims, audit, "coordinator-died")

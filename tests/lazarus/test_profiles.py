@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chaos.testbed import running_testbed
+from chaos.testbed import ControlBackend, running_testbed
 from detection.events import new_event
 from lazarus_lite.errors import ProfileError
 from lazarus_lite.profiles import DEFINITIONS, load_profiles
@@ -69,8 +69,13 @@ def test_a_bad_service_file_is_refused_naming_the_field(
 
 
 @pytest.mark.slow
-def test_the_stateless_profile_replaces_a_dead_api_host(tmp_path: Path) -> None:
-    with running_testbed(tmp_path / "tb", shards=1, replicas=1) as testbed:
+@pytest.mark.parametrize("control", ["redis", "etcd"])
+def test_the_stateless_profile_replaces_a_dead_api_host(
+    tmp_path: Path, control: ControlBackend
+) -> None:
+    """On etcd the replacement gets the members' endpoints the rest has: the topology is in
+    etcd only, so an API started with the control Redis alone would have no map to route by."""
+    with running_testbed(tmp_path / "tb", shards=1, replicas=1, control=control) as testbed:
         old = testbed.api
         send(testbed, "api", signal.SIGKILL)
         event = new_event("HealthcheckDown", environment="dev", region="local",
@@ -89,3 +94,6 @@ def test_the_stateless_profile_replaces_a_dead_api_host(tmp_path: Path) -> None:
         assert len(members) == 1
         assert httpx.get(f"{members[0]}/healthz").status_code == 200
         assert httpx.get(f"{members[0]}/v1/topology").json()["epoch"] == 1
+        answer = httpx.post(f"{members[0]}/v1/numbers/+14155550100/messages",
+                            json={"id": "m-1", "body": "hello"}, timeout=10)  # fmt: skip
+        assert answer.status_code == 201, answer.text

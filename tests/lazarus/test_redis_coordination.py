@@ -16,6 +16,10 @@ from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from ratequeue.local_cluster import start_node
 from ratequeue.topology import NodeRef, Shard, Topology, even_slot_ranges
 
+pytestmark = pytest.mark.redis_control_store(
+    "the Redis backend's own process under the store (etcd's is tests/test_coordination_etcd.py)"
+)
+
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[RedisProcess]:

@@ -15,6 +15,11 @@ from lazarus_lite.settings import ControllerSettings
 from ratequeue.local_cluster import start_node
 from tests.conftest import ServedApp
 
+pytestmark = pytest.mark.redis_control_store(
+    "the control redis-server stopped under the node; etcd without its quorum is in "
+    "tests/lazarus/test_store_outage.py"
+)
+
 TOKEN = "store-unavailable-token"
 
 

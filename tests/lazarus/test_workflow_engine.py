@@ -1,6 +1,7 @@
-"""The durable workflow engine against a real redis-server control store: order, history,
-retries, timeouts, escalation, resume on another node, versioning and lock fencing; what a
-start takes and gives back also against a real etcd cluster."""
+"""The durable workflow engine against a real coordination store (the suite's: a redis-server
+control store, or etcd): order, history, retries, timeouts, escalation, resume on another node,
+versioning and lock fencing; what a start takes and gives back against both backends in every
+run."""
 
 from __future__ import annotations
 
@@ -188,8 +189,8 @@ def definition(text: str) -> WorkflowDefinition:
     return parse_workflow(text, "test.yaml")
 
 
-def engine_for(control: aioredis.Redis, node: str, *defs: WorkflowDefinition) -> WorkflowEngine:
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id=node)
+def engine_for(store: CoordinationStore, node: str, *defs: WorkflowDefinition) -> WorkflowEngine:
+    env = StepEnvironment(store=store, node_id=node)
     return WorkflowEngine(env, {d.name: d for d in defs})
 
 
@@ -203,9 +204,9 @@ steps:
 
 
 async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
+    record, history = await run_to_the_end(engine_for(coordination, "n1", THREE_STEPS), "three")
     step_entries = [(h["kind"], h["step"]) for h in history if "step" in h]
     assert step_entries == [("step_started", "a"), ("step_succeeded", "a"),
                             ("step_started", "b"), ("step_succeeded", "b"),
@@ -214,9 +215,9 @@ async def test_steps_run_in_needs_order_with_each_start_and_result_recorded(
 
 
 async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
-    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    coordination: CoordinationStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
+    engine = engine_for(coordination, "n1", THREE_STEPS)
     saves: list[list[str]] = []
     save = engine.store.save
 
@@ -237,9 +238,9 @@ async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
 
 
 async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when_saved(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    record, history = await run_to_the_end(engine_for(control, "n1", THREE_STEPS), "three")
+    record, history = await run_to_the_end(engine_for(coordination, "n1", THREE_STEPS), "three")
     succeeded = {h["step"]: h["at"] for h in history if h["kind"] == "step_succeeded"}
     assert succeeded == {name: pytest.approx(step_record.finished_at, abs=0.005)
                          for name, step_record in record.steps.items()}  # fmt: skip
@@ -305,9 +306,9 @@ steps:
 
 
 async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    engine = engine_for(control, "n1", FLAKY)
+    engine = engine_for(coordination, "n1", FLAKY)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -316,10 +317,10 @@ async def test_a_failing_step_is_retried_and_succeeds_within_its_attempts(
 
 
 async def test_each_step_attempt_is_timed_in_the_metrics_by_result(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     metrics = ControllerMetrics()
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    env = StepEnvironment(store=coordination, node_id="n1")
     engine = WorkflowEngine(env, {"flaky": FLAKY}, metrics=metrics)
     started = await engine.start("flaky", {})
     await engine.wait(started.id)
@@ -343,7 +344,7 @@ steps:
 
 
 async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_attempt(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     gate_reads = [StepReads({}, None), StepReads({"other": {"by": "ops"}}, None)]
     handed: list[StepReads] = []
@@ -353,7 +354,7 @@ async def test_a_state_changing_step_gets_what_its_gate_read_fresh_for_each_atte
         return handed[-1]
 
     seen_reads.clear()
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+    env = StepEnvironment(store=coordination, node_id="n1",
                           before_state_change=gate)  # fmt: skip
     engine = WorkflowEngine(env, {"gated": GATED})
     started = await engine.start("gated", {})
@@ -371,10 +372,10 @@ def decision_event(event_id: str) -> Event:
 
 
 async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     metrics = ControllerMetrics()
-    store = RedisCoordinationStore(control)
+    store = coordination
     audit = AuditLog(store.records)
     incidents = IncidentClaims(store.incidents, audit, ttl=60, retry_after=5)
     decisions = Decisions("n1", store.records, audit, incidents, None, metrics)
@@ -412,7 +413,7 @@ def claims_made(engine: WorkflowEngine) -> list[str]:
 
 # -- starting a workflow, on both backends: what a start takes, and gives back when it stops
 @pytest.fixture(params=["redis", "etcd"])
-async def coordination(
+async def either_store(
     request: pytest.FixtureRequest, control_node: RedisProcess
 ) -> AsyncIterator[CoordinationStore]:
     """An empty coordination store of either backend."""
@@ -444,9 +445,9 @@ def engine_on(
 
 
 async def test_an_event_started_again_adopts_its_workflow_and_drops_the_unused_claim(
-    coordination: CoordinationStore,
+    either_store: CoordinationStore,
 ) -> None:
-    engine = engine_on(coordination, THREE_STEPS)
+    engine = engine_on(either_store, THREE_STEPS)
     first = await engine.start("three", {}, event_id="ev-again")
     claimed = claims_made(engine)
     again = await engine.start("three", {}, event_id="ev-again")
@@ -457,9 +458,9 @@ async def test_an_event_started_again_adopts_its_workflow_and_drops_the_unused_c
 
 
 async def test_an_adopted_workflow_is_returned_when_its_unused_claim_cannot_be_dropped(
-    coordination: CoordinationStore,
+    either_store: CoordinationStore,
 ) -> None:
-    engine = engine_on(coordination, THREE_STEPS)
+    engine = engine_on(either_store, THREE_STEPS)
     first = await engine.start("three", {}, event_id="ev-again")
     await engine.wait(first.id)
 
@@ -472,9 +473,9 @@ async def test_an_adopted_workflow_is_returned_when_its_unused_claim_cannot_be_d
 
 
 async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
-    coordination: CoordinationStore,
+    either_store: CoordinationStore,
 ) -> None:
-    engine = engine_on(coordination, THREE_STEPS)
+    engine = engine_on(either_store, THREE_STEPS)
     claimed = claims_made(engine)
 
     async def store_away(event_id: str, workflow_id: str) -> str | None:
@@ -489,9 +490,9 @@ async def test_a_binding_that_fails_leaves_no_owner_claim_and_records_nothing(
 
 @pytest.mark.parametrize("failing", ["load", "rebind_event", "save"])
 async def test_a_start_that_fails_after_its_binding_leaves_no_owner_claim(
-    coordination: CoordinationStore, failing: str
+    either_store: CoordinationStore, failing: str
 ) -> None:
-    engine = engine_on(coordination, THREE_STEPS)
+    engine = engine_on(either_store, THREE_STEPS)
     await engine.store.bind_event("ev-gone", "wf-never-recorded")  # handled again
     claimed = claims_made(engine)
 
@@ -516,14 +517,14 @@ class KillSwitch:
             raise WorkflowCancelled(GateStop("kill_switch", "failover switched off"))
 
 
-def refusing_engine(coordination: CoordinationStore, switch: KillSwitch) -> WorkflowEngine:
-    return engine_on(coordination, THREE_STEPS, before_start=switch)
+def refusing_engine(either_store: CoordinationStore, switch: KillSwitch) -> WorkflowEngine:
+    return engine_on(either_store, THREE_STEPS, before_start=switch)
 
 
 async def test_a_workflow_its_last_check_refuses_records_nothing_and_leaves_no_claim(
-    coordination: CoordinationStore,
+    either_store: CoordinationStore,
 ) -> None:
-    engine = refusing_engine(coordination, KillSwitch())
+    engine = refusing_engine(either_store, KillSwitch())
     claimed = claims_made(engine)
     with pytest.raises(WorkflowCancelled):
         await engine.start("three", {}, event_id="ev-refused")
@@ -533,18 +534,18 @@ async def test_a_workflow_its_last_check_refuses_records_nothing_and_leaves_no_c
     assert calls == Counter()
 
 
-async def test_a_refused_workflow_leaves_its_event_unbound(coordination: CoordinationStore) -> None:
-    engine = refusing_engine(coordination, KillSwitch())
+async def test_a_refused_workflow_leaves_its_event_unbound(either_store: CoordinationStore) -> None:
+    engine = refusing_engine(either_store, KillSwitch())
     with pytest.raises(WorkflowCancelled):
         await engine.start("three", {}, event_id="ev-refused")
     assert await engine.store.bind_event("ev-refused", "wf-probe") is None
 
 
 async def test_an_event_refused_then_started_once_the_switch_is_off_runs_its_workflow(
-    coordination: CoordinationStore,
+    either_store: CoordinationStore,
 ) -> None:
     switch = KillSwitch()
-    engine = refusing_engine(coordination, switch)
+    engine = refusing_engine(either_store, switch)
     with pytest.raises(WorkflowCancelled):
         await engine.start("three", {}, event_id="ev-refused")
     switch.engaged = False
@@ -557,7 +558,7 @@ async def test_an_event_refused_then_started_once_the_switch_is_off_runs_its_wor
 
 
 async def test_a_step_that_keeps_failing_escalates_and_runs_on_failure(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     failing = definition("""
 name: failing
@@ -567,7 +568,7 @@ steps:
   - {name: try_it, run: test.flaky, needs: [first], retry: {max_attempts: 2, backoff: 0.01}}
   - {name: never, run: test.record, needs: [try_it]}
 """)
-    engine = engine_for(control, "n1", failing)
+    engine = engine_for(coordination, "n1", failing)
     started = await engine.start("failing", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -576,13 +577,13 @@ steps:
     assert calls["never"] == 0 and calls["cleanup"] == 1
 
 
-async def test_a_step_that_raises_escalate_is_not_retried(control: aioredis.Redis) -> None:
+async def test_a_step_that_raises_escalate_is_not_retried(coordination: CoordinationStore) -> None:
     escalating = definition("""
 name: escalating
 steps:
   - {name: judge, run: test.escalate, retry: {max_attempts: 5, backoff: 0.01}}
 """)
-    engine = engine_for(control, "n1", escalating)
+    engine = engine_for(coordination, "n1", escalating)
     started = await engine.start("escalating", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -590,9 +591,9 @@ steps:
     assert "a person must look" in done.escalation
 
 
-async def test_a_step_past_its_timeout_fails(control: aioredis.Redis) -> None:
+async def test_a_step_past_its_timeout_fails(coordination: CoordinationStore) -> None:
     slow = definition("name: slow\nsteps:\n  - {name: crawl, run: test.slow, timeout: 100ms}\n")
-    engine = engine_for(control, "n1", slow)
+    engine = engine_for(coordination, "n1", slow)
     started = await engine.start("slow", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -600,7 +601,7 @@ async def test_a_step_past_its_timeout_fails(control: aioredis.Redis) -> None:
 
 
 async def test_a_workflow_past_its_timeout_escalates_before_the_next_step(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     short = definition("""
 name: short
@@ -609,7 +610,7 @@ steps:
   - {name: wait, run: test.wait_for_gate}
   - {name: after, run: test.record, needs: [wait]}
 """)
-    engine = engine_for(control, "n1", short)
+    engine = engine_for(coordination, "n1", short)
     started = await engine.start("short", {})
     await asyncio.sleep(0.4)
     open_gate()
@@ -631,7 +632,7 @@ async def cleanup_reading_the_record(ctx: StepContext) -> dict[str, Any]:
 
 
 async def test_a_cleanup_after_the_workflow_timed_out_finds_the_last_steps_result_saved(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     short = definition("""
 name: short
@@ -642,7 +643,7 @@ steps:
   - {name: after, run: test.record, needs: [wait]}
 """)
     cleanup_saw.clear()
-    engine = engine_for(control, "n1", short)
+    engine = engine_for(coordination, "n1", short)
     started = await engine.start("short", {})
     await asyncio.sleep(0.4)
     open_gate()
@@ -651,7 +652,7 @@ steps:
 
 
 async def test_another_node_resumes_a_workflow_whose_owner_died_without_redoing_steps(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     gated = definition("""
 name: gated
@@ -660,11 +661,11 @@ steps:
   - {name: wait, run: test.wait_for_gate, needs: [before]}
   - {name: after, run: test.record, needs: [wait]}
 """)
-    first = engine_for(control, "n1", gated)
+    first = engine_for(coordination, "n1", gated)
     started = await first.start("gated", {})
     await until_called("wait")
     await first.stop()  # n1 dies: its lease on the workflow lapses
-    second = engine_for(control, "n2", gated)
+    second = engine_for(coordination, "n2", gated)
     open_gate()
     await resume_on(second)
     await second.wait(started.id)
@@ -675,7 +676,7 @@ steps:
 
 
 async def test_a_resumed_workflow_finishes_under_the_definition_it_started_with(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     version_one = definition("""
 name: versioned
@@ -690,11 +691,11 @@ version: 2
 steps:
   - {name: new_step, run: test.record}
 """)
-    first = engine_for(control, "n1", version_one)
+    first = engine_for(coordination, "n1", version_one)
     started = await first.start("versioned", {})
     await until_called("wait")
     await first.stop()
-    second = engine_for(control, "n2", version_two)
+    second = engine_for(coordination, "n2", version_two)
     open_gate()
     await resume_on(second)
     await second.wait(started.id)
@@ -703,7 +704,9 @@ steps:
     assert calls["old_step"] == 1 and calls["new_step"] == 0
 
 
-async def test_a_step_cannot_act_once_its_workflow_lost_the_lock(control: aioredis.Redis) -> None:
+async def test_a_step_cannot_act_once_its_workflow_lost_the_lock(
+    coordination: CoordinationStore,
+) -> None:
     locked = definition("""
 name: locked
 steps:
@@ -711,7 +714,7 @@ steps:
   - {name: wait, run: test.wait_for_gate, needs: [lock]}
   - {name: act, run: test.guarded, needs: [wait]}
 """)
-    engine = engine_for(control, "n1", locked)
+    engine = engine_for(coordination, "n1", locked)
     started = await engine.start("locked", {"lock_kind": "shard", "lock_resource": "rq/s0"})
     await until_called("wait")
     record = await engine.store.load(started.id)
@@ -784,14 +787,14 @@ def test_an_on_failure_step_that_reads_a_step_output_is_refused_at_load() -> Non
 
 
 async def test_an_output_that_is_not_the_declared_model_fails_the_attempt(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     misreporting = definition("""
 name: misreporting
 steps:
   - {name: report, run: test.misreport, retry: {max_attempts: 2, backoff: 0.01}}
 """)
-    engine = engine_for(control, "n1", misreporting)
+    engine = engine_for(coordination, "n1", misreporting)
     started = await engine.start("misreporting", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -800,7 +803,7 @@ steps:
 
 
 async def test_a_step_reading_what_it_did_not_declare_fails_without_retrying(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     sneaky = definition("""
 name: sneaky
@@ -808,7 +811,7 @@ steps:
   - {name: produce, run: test.produce}
   - {name: peek, run: test.read_undeclared, needs: [produce], retry: {max_attempts: 5}}
 """)
-    engine = engine_for(control, "n1", sneaky)
+    engine = engine_for(coordination, "n1", sneaky)
     started = await engine.start("sneaky", {})
     await engine.wait(started.id)
     done = await engine.store.load(started.id)
@@ -826,8 +829,11 @@ steps:
 """)
 
 
+@pytest.mark.redis_control_store(
+    "the old record shape is written as the Redis backend's keys held it"
+)
 async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
-    control: aioredis.Redis,
+    control: aioredis.Redis, coordination: CoordinationStore
 ) -> None:
     """A record as the code before typed outputs wrote it (plain dicts, no model names) is
     resumed, and the next step reads the stored output through its model."""
@@ -868,7 +874,7 @@ async def test_a_record_written_in_the_old_shape_resumes_with_typed_outputs(
     # Written as the Redis backend's keys held it then (the store's own API writes today's shape).
     await control.set(redis_keys.workflow_record(old_record["id"]), json.dumps(old_record))
     await control.sadd(redis_keys.ACTIVE_WORKFLOWS, old_record["id"])
-    engine = engine_for(control, "n2")
+    engine = engine_for(coordination, "n2")
     await resume_on(engine)
     await engine.wait(old_record["id"])
     done = await engine.store.load(old_record["id"])
@@ -970,9 +976,9 @@ class SlowRenewals:
 
 
 async def test_a_node_fences_itself_within_most_of_a_lease_of_its_last_keep_alive_not_answer(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
-    engine = engine_for(control, "n1", THREE_STEPS)
+    engine = engine_for(coordination, "n1", THREE_STEPS)
     renewals = SlowRenewals()
     engine.store = renewals  # type: ignore[assignment]
     await asyncio.wait_for(engine._keep_ownership("wf"), 10)

@@ -31,6 +31,10 @@ from tests.chaos.test_local_faults import (
     needs_iptables,
 )
 
+pytestmark = pytest.mark.redis_control_store(
+    "a control redis-server killed, restarted from its AOF or cut off under a workflow"
+)
+
 runs: dict[str, int] = {}
 stopped_at: dict[str, float] = {}
 

@@ -68,7 +68,8 @@ class BlackholeFaults:
         else:
             process = CheckedProcess(from_target, from_expect)
             process.close()
-            group = Cgroup.move(process.pid, f"{self.iptables.chain.lower()}-{fault_id}")
+            prefix = f"{self.iptables.chain.lower()}-"
+            group = Cgroup.move(process.pid, f"{prefix}{fault_id}", ours=prefix)
             one_process.update(from_node=from_target.name, from_pid=process.pid, cgroup=group.name)
             for port in port_list:
                 # New connections of that process: by its cgroup (sockets made from now on).
@@ -92,7 +93,8 @@ class BlackholeFaults:
         fault_id = uuid.uuid4().hex[:12]
         comment = ["-m", "comment", "--comment", f"{COMMENT_PREFIX}{fault_id}"]
         # Into the cgroup first: a connection opened after the sockets are read is its rule's.
-        group = Cgroup.move(process.pid, f"{self.iptables.chain.lower()}-{fault_id}")
+        prefix = f"{self.iptables.chain.lower()}-"
+        group = Cgroup.move(process.pid, f"{prefix}{fault_id}", ours=prefix)
         try:
             sockets = _sockets(process.pid)
             listening = sorted({s.local_port for s in sockets if s.state == _LISTEN})

@@ -31,7 +31,10 @@ class Cgroup:
         self.root, self.name, self.pid, self.original = root, name, pid, original
 
     @classmethod
-    def move(cls, pid: int, name: str) -> Cgroup:
+    def move(cls, pid: int, name: str, ours: str = "") -> Cgroup:
+        """Move `pid` into a new group `name`. A process already in a group whose name starts
+        with `ours` (another fault's) is refused: moving it again would silently disarm the
+        rules that match the first group."""
         root = cgroup2_mount()
         if root is None:
             raise FaultError("a blackhole from one node needs the cgroup v2 hierarchy mounted")
@@ -40,6 +43,11 @@ class Cgroup:
             original = next(line[3:] for line in lines if line.startswith("0::"))
         except (OSError, StopIteration):
             raise FaultError(f"pid {pid}: no cgroup v2 membership to read") from None
+        if ours and original.rstrip("/").rsplit("/", 1)[-1].startswith(ours):
+            raise FaultError(
+                f"pid {pid} is already cut off by another fault from one process (cgroup "
+                f"{original}): name every port in one fault, or roll that one back first"
+            )
         group = root / name
         try:
             group.mkdir()
