@@ -372,6 +372,7 @@ def settle(
     count: int | None = None
     bound: int | None = None
     while not stop.is_set():
+        count = bound = None  # only what this pass judged
         try:
             topology = deployment.topology()
             problems = shards_whole(topology)

@@ -408,7 +408,9 @@ def test_an_old_pair_restarted_with_its_boot_arguments_acknowledges_nothing(
     try:
         time.sleep(1.5)
         # One fault over every store port: a process is cut off by one fault from it at a time
-        # (a second would move it out of the first's cgroup; the backend refuses that).
+        # (a second would move it out of the first's cgroup; the backend refuses that). One
+        # fault has one peer host: the testbed's etcd members all listen on 127.0.0.1.
+        assert {node.host for node in store_nodes} == {"127.0.0.1"}
         faults.inject(
             "blackhole",
             target(store_nodes[0], peer_host="127.0.0.1"),

@@ -32,7 +32,6 @@ from lazarus_lite.coordination.interface import (
     StepReads,
 )
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError
 from lazarus_lite.gates import GateStop
@@ -247,7 +246,7 @@ async def test_a_steps_result_in_the_history_is_timed_when_it_succeeded_not_when
 
 
 async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
-    control: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    coordination: CoordinationStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate_entered = asyncio.Event()
 
@@ -255,7 +254,7 @@ async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
         gate_entered.set()
         return StepReads({}, None)
 
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+    env = StepEnvironment(store=coordination, node_id="n1",
                           before_state_change=gate)  # fmt: skip
     engine = WorkflowEngine(env, {"three": THREE_STEPS})
     save = engine.store.save
@@ -275,12 +274,12 @@ async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
 
 
 async def test_a_step_stopped_by_its_gate_has_its_start_and_failure_recorded(
-    control: aioredis.Redis,
+    coordination: CoordinationStore,
 ) -> None:
     async def gate(record: WorkflowRecord, step_name: str) -> StepReads:
         raise Escalate("kill_switch: on for failover")
 
-    env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1",
+    env = StepEnvironment(store=coordination, node_id="n1",
                           before_state_change=gate)  # fmt: skip
     engine = WorkflowEngine(env, {"three": THREE_STEPS})
     started = await engine.start("three", {})

@@ -29,7 +29,9 @@ Actions (`LocalFaultBackend.inject(action, target, **params)`):
   `from_expect` overrides the program) only that process's path to the node is cut: it is
   moved into a cgroup v2 group of its own (`<chain>-<fault id>`), new connections are matched
   with `-m cgroup --path`, the connections it already holds by their local ports; undo also
-  moves it back and removes the group.
+  moves it back and removes the group. One such fault per process at a time: a second would
+  move it out of the first's group and silently disarm its rule, so it is refused (cut several
+  ports from one process with one fault and `ports`).
 - `latency`: start `python -m chaos.faults.latency_proxy` in front of the node's client address
   with `latency_ms` added per chunk (`direction`: egress (default), ingress or both), and a
   `nat` OUTPUT DNAT rule that sends new connections to peer_host:port through it. Connections

@@ -46,7 +46,9 @@ class Cgroup:
         if ours and original.rstrip("/").rsplit("/", 1)[-1].startswith(ours):
             raise FaultError(
                 f"pid {pid} is already cut off by another fault from one process (cgroup "
-                f"{original}): name every port in one fault, or roll that one back first"
+                f"{original}): name every port in one fault, roll that one back, or, if its run "
+                "died, clear what it left (`ratequeue-chaos run` does before it injects; "
+                "`ratequeue-chaos testbed down`; `LocalFaultBackend.remove_leftovers`)"
             )
         group = root / name
         try:
