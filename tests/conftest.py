@@ -123,6 +123,22 @@ def map_on_suite_control(request: pytest.FixtureRequest) -> MapOnSuiteControl:
 
 
 @pytest.fixture
+def start_cluster_on_suite_control(
+    start_cluster: Callable[..., LocalCluster], map_on_suite_control: MapOnSuiteControl
+) -> Callable[..., LocalCluster]:
+    """`start_cluster`, with the cluster's map where the suite's control store keeps it from
+    the start (on etcd, moved there at once): for tests that change the map, or run steps and
+    controllers over it, before (or without) any client, through `store_address_of(cluster)`."""
+
+    def start(**options: int) -> LocalCluster:
+        cluster = start_cluster(**options)
+        map_on_suite_control(cluster)
+        return cluster
+
+    return start
+
+
+@pytest.fixture
 def make_client(
     map_on_suite_control: MapOnSuiteControl,
 ) -> Iterator[Callable[..., RatequeueClient]]:
