@@ -15,25 +15,28 @@ import pytest
 from common.redis_processes import free_port
 from lazarus_lite import shard_keeper
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store, opened_coordination_store
 from lazarus_lite.errors import ActuatorError, ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import ForensicsRules, copy_data_files
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
-from ratequeue.topology import TOPOLOGY_KEY, HeldNode, NodeRef, Topology
+from ratequeue.topology import HeldNode, NodeRef, Shard, Topology
+from tests.etcd_topology import store_address_of
 
 
 def keep_once(
     cluster: LocalCluster, rules: ForensicsRules, actuator: LocalProcessActuator | None = None
 ) -> tuple[list[str], Topology]:
     async def run() -> tuple[list[str], Topology]:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             keeper = ShardKeeper(store, "test", "demote", forensics=rules, actuator=actuator)
             done = await keeper.run_once()
-            return done, topology_of(cluster)
+            topology = await store.topology.load()
+            assert topology is not None
+            return done, topology
         finally:
             await store.aclose()
 
@@ -41,13 +44,25 @@ def keep_once(
 
 
 def topology_of(cluster: LocalCluster) -> Topology:
-    with cluster.control.client() as conn:
-        return Topology.model_validate_json(conn.get(TOPOLOGY_KEY))
+    """The map, from the store it is in (`store_address_of`: the suite's)."""
+
+    async def load() -> Topology:
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            topology = await store.topology.load()
+        assert topology is not None
+        return topology
+
+    return asyncio.run(load())
 
 
-def store(cluster: LocalCluster, topology: Topology) -> None:
-    with cluster.control.client() as conn:
-        conn.set(TOPOLOGY_KEY, topology.model_dump_json())
+def change_map(cluster: LocalCluster, current: Topology, changed: Shard) -> None:
+    """`current`'s next epoch with `changed` in it, compare-and-set over `current`'s epoch."""
+
+    async def publish() -> None:
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            await store.topology.compare_and_set(current.epoch, current.next_with(changed))
+
+    asyncio.run(publish())
 
 
 def node(cluster: LocalCluster, name: str) -> ShardNode:
@@ -63,13 +78,13 @@ def fail_over_by_hand(cluster: LocalCluster, held_at: float | None = None) -> st
     old.stop()
     epoch = topology.epoch + 1
     new.appoint(epoch, min_replicas=0)
-    store(cluster, topology.next_with(shard.model_copy(update={
+    change_map(cluster, topology, shard.model_copy(update={
         "primary": shard.replicas[0],
         "replicas": shard.replicas[1:],
         "forensics": [*shard.forensics, HeldNode.of(shard.primary, held_at or time.time())],
         "epoch": epoch,
         "lineage": new.lineage(),
-    })))  # fmt: skip
+    }))  # fmt: skip
     return old.name
 
 
@@ -97,9 +112,9 @@ def copies(directory: Path) -> list[Path]:
 
 
 def test_a_former_primary_that_answers_again_is_copied_and_rejoins_the_new_primary(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()  # with its boot arguments: it answers parked
@@ -121,9 +136,9 @@ def test_a_former_primary_that_answers_again_is_copied_and_rejoins_the_new_prima
 
 
 def test_a_former_primary_still_dead_stays_held(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
 
     done, topology = keep_once(cluster, ForensicsRules())
@@ -133,9 +148,9 @@ def test_a_former_primary_still_dead_stays_held(
 
 
 def test_a_returning_node_is_not_rejoined_when_the_settings_say_no(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
 
@@ -146,9 +161,9 @@ def test_a_returning_node_is_not_rejoined_when_the_settings_say_no(
 
 
 def test_a_returning_node_stays_parked_until_its_hold_time_is_over(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster, held_at=time.time())
     node(cluster, old).restart()
 
@@ -161,16 +176,16 @@ def test_a_returning_node_stays_parked_until_its_hold_time_is_over(
 
 
 def test_the_forensics_list_keeps_the_newest_within_its_count_and_age(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     topology = topology_of(cluster)
     now = time.time()
     dead = [  # nobody listens on these ports
         HeldNode.of(NodeRef(name=f"gone{i}", host="127.0.0.1", port=free_port()), now - age)
         for i, age in enumerate([10_000, 50, 40, 30, 20])
     ]
-    store(cluster, topology.next_with(topology.shard("s0").model_copy(update={"forensics": dead})))
+    change_map(cluster, topology, topology.shard("s0").model_copy(update={"forensics": dead}))
 
     done, after = keep_once(cluster, ForensicsRules(keep=3, max_age=1_000))
 
@@ -179,9 +194,9 @@ def test_the_forensics_list_keeps_the_newest_within_its_count_and_age(
 
 
 def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     rules = ForensicsRules(keep=2, copy_dir=tmp_path / "forensics")
     returned = []
     for _ in range(3):  # the two nodes take turns: each failover's old primary comes back
@@ -201,17 +216,17 @@ def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
 
 
 def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candidate(
-    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+    start_cluster_on_suite_control: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The old primary applied writes nobody acknowledged; it comes back, is listed, and the new
     # primary dies before it could follow it. A failover now reads it among the listed replicas:
     # what it applied must not outrank the replica that holds the write the new primary acked.
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     topology = topology_of(cluster)
     shard = topology.shard("s0")
-    store(cluster, topology.next_with(shard.model_copy(update={"appointed_enqueues": 5})))
+    change_map(cluster, topology, shard.model_copy(update={"appointed_enqueues": 5}))
     keep_once(cluster, ForensicsRules())  # the other replica follows the new primary
     write_some(cluster, 1)  # acknowledged: on the new primary and its replica
     node(cluster, old).restart()
@@ -246,9 +261,11 @@ def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candida
 
 
 def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_lock(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
@@ -256,7 +273,7 @@ def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_
 
     async def copy_while_a_failover_starts(*args: object, **kwargs: object) -> Path:
         # What the failover's `lock.acquire` step does, from another controller node.
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             held = await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
             failover_took_the_lock.append(True)
@@ -275,14 +292,14 @@ def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_
 
 
 def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     old = fail_over_by_hand(cluster)
     topology = topology_of(cluster)
     # A replacement took the old primary's place: the shard lists its target of replicas.
     shard = topology.shard("s0").model_copy(update={"replica_target": 1})
-    store(cluster, topology.next_with(shard))
+    change_map(cluster, topology, shard)
     node(cluster, old).restart()
 
     done, topology = keep_once(cluster, ForensicsRules())
@@ -295,9 +312,9 @@ def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
 
 
 def test_a_released_node_the_actuator_started_is_stopped(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     actuator = LocalProcessActuator(tmp_path / "actuator")
     spare = asyncio.run(actuator.provision_replica("s0", "s0-spare"))
     (entry,) = actuator.provisioned()
@@ -305,9 +322,7 @@ def test_a_released_node_the_actuator_started_is_stopped(
     try:
         topology = topology_of(cluster)
         held = HeldNode.of(spare, time.time())  # a former member the actuator had provisioned
-        store(cluster, topology.next_with(
-            topology.shard("s0").model_copy(update={"forensics": [held]})
-        ))  # fmt: skip
+        change_map(cluster, topology, topology.shard("s0").model_copy(update={"forensics": [held]}))
 
         done, topology = keep_once(cluster, ForensicsRules(), actuator)
 
@@ -323,14 +338,14 @@ def test_a_released_node_the_actuator_started_is_stopped(
 
 
 def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_copy(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
 
     async def lock_held_by_a_failover() -> None:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
         finally:
@@ -344,16 +359,16 @@ def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_cop
 
 
 def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
     rules = ForensicsRules(copy_dir=tmp_path / "forensics")
 
     async def three_keepers() -> None:
-        stores = [RedisCoordinationStore.from_url(cluster.control.url) for _ in range(3)]
+        stores = [open_coordination_store(store_address_of(cluster)) for _ in range(3)]
         try:
             keepers = [
                 ShardKeeper(store, f"node-{i}", "demote", forensics=rules)
@@ -387,9 +402,9 @@ class HalfwayCopier:
 
 
 def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into_place(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     primary = topology_of(cluster).shard("s0").primary
     written: list[Path] = []
 
@@ -410,9 +425,9 @@ def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into
 
 
 def test_a_data_copier_that_fails_halfway_leaves_no_copy_and_a_clean_incoming(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     held = HeldNode.of(topology_of(cluster).shard("s0").primary, time.time())
     copier = HalfwayCopier()
 
