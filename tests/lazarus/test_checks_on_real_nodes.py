@@ -13,27 +13,14 @@ import pytest
 
 from detection.events import Event, new_event
 from lazarus_lite.checks import CHECKS, CheckResult, run_checks
-from lazarus_lite.coordination.opening import opened_coordination_store
 from lazarus_lite.rules import CheckSpec, load_rules
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import Topology
 from tests.e2e.support import wait_for
-from tests.etcd_topology import store_address_of
+from tests.etcd_topology import map_in_store_of
 
 RULES = Path(__file__).resolve().parents[2] / "lazarus_lite" / "definitions" / "rules"
-
-
-def published_topology(cluster: LocalCluster) -> Topology:
-    """The map as the controllers read it: from the store it is in (`store_address_of`)."""
-
-    async def load() -> Topology:
-        async with opened_coordination_store(store_address_of(cluster)) as store:
-            topology = await store.topology.load()
-        assert topology is not None
-        return topology
-
-    return asyncio.run(load())
 
 
 def primary_down_event(topology: Topology) -> Event:
@@ -46,7 +33,7 @@ def primary_down_event(topology: Topology) -> Event:
 
 
 def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
-    topology = published_topology(cluster)
+    topology = map_in_store_of(cluster)
     rule = load_rules([RULES / "ratequeue.yaml"], known_checks=CHECKS,
                       known_actions=["ratequeue.failover", "default.record"]).rules[0]  # fmt: skip
     event = primary_down_event(topology)
@@ -56,7 +43,7 @@ def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
 def master_down_during_a_stall(cluster: LocalCluster, seconds: float) -> CheckResult:
     """MasterDown as one controller evaluates it, on s0's primary SIGSTOPped as the check starts
     and resumed `seconds` later."""
-    topology = published_topology(cluster)
+    topology = map_in_store_of(cluster)
     primary = cluster.shard("s0").primary
 
     async def check() -> CheckResult:

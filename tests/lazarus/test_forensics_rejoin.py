@@ -23,7 +23,7 @@ from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
 from ratequeue.topology import HeldNode, NodeRef, Shard, Topology
-from tests.etcd_topology import store_address_of
+from tests.etcd_topology import map_in_store_of, store_address_of
 
 
 def keep_once(
@@ -43,18 +43,6 @@ def keep_once(
     return asyncio.run(run())
 
 
-def topology_of(cluster: LocalCluster) -> Topology:
-    """The map, from the store it is in (`store_address_of`: the suite's)."""
-
-    async def load() -> Topology:
-        async with opened_coordination_store(store_address_of(cluster)) as store:
-            topology = await store.topology.load()
-        assert topology is not None
-        return topology
-
-    return asyncio.run(load())
-
-
 def change_map(cluster: LocalCluster, current: Topology, changed: Shard) -> None:
     """`current`'s next epoch with `changed` in it, compare-and-set over `current`'s epoch."""
 
@@ -72,7 +60,7 @@ def node(cluster: LocalCluster, name: str) -> ShardNode:
 def fail_over_by_hand(cluster: LocalCluster, held_at: float | None = None) -> str:
     """What the failover workflow leaves behind when shard s0's primary died: its first replica
     appointed in a new epoch, the old primary (stopped) held for forensics. Returns its name."""
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     shard = topology.shard("s0")
     old, new = node(cluster, shard.primary.name), node(cluster, shard.replicas[0].name)
     old.stop()
@@ -89,7 +77,7 @@ def fail_over_by_hand(cluster: LocalCluster, held_at: float | None = None) -> st
 
 
 def write_some(cluster: LocalCluster, count: int) -> None:
-    shard = topology_of(cluster).shard("s0")
+    shard = map_in_store_of(cluster).shard("s0")
     primary = node(cluster, shard.primary.name)
     with primary.client() as conn:
         for _ in range(count):
@@ -156,7 +144,7 @@ def test_a_returning_node_is_not_rejoined_when_the_settings_say_no(
 
     keep_once(cluster, ForensicsRules(rejoin=False))
 
-    assert [n.name for n in topology_of(cluster).shard("s0").forensics] == [old]
+    assert [n.name for n in map_in_store_of(cluster).shard("s0").forensics] == [old]
     assert membership.is_parked(node(cluster, old).replication())
 
 
@@ -168,18 +156,18 @@ def test_a_returning_node_stays_parked_until_its_hold_time_is_over(
     node(cluster, old).restart()
 
     keep_once(cluster, ForensicsRules(hold_seconds=3600))
-    assert [n.name for n in topology_of(cluster).shard("s0").forensics] == [old]
+    assert [n.name for n in map_in_store_of(cluster).shard("s0").forensics] == [old]
     assert membership.is_parked(node(cluster, old).replication())
 
     keep_once(cluster, ForensicsRules(hold_seconds=0))
-    assert [r.name for r in topology_of(cluster).shard("s0").replicas] == [old]
+    assert [r.name for r in map_in_store_of(cluster).shard("s0").replicas] == [old]
 
 
 def test_the_forensics_list_keeps_the_newest_within_its_count_and_age(
     start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     cluster = start_cluster_on_suite_control(shards=1, replicas=1)
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     now = time.time()
     dead = [  # nobody listens on these ports
         HeldNode.of(NodeRef(name=f"gone{i}", host="127.0.0.1", port=free_port()), now - age)
@@ -224,7 +212,7 @@ def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candida
     cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     shard = topology.shard("s0")
     change_map(cluster, topology, shard.model_copy(update={"appointed_enqueues": 5}))
     keep_once(cluster, ForensicsRules())  # the other replica follows the new primary
@@ -296,7 +284,7 @@ def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
 ) -> None:
     cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     old = fail_over_by_hand(cluster)
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     # A replacement took the old primary's place: the shard lists its target of replicas.
     shard = topology.shard("s0").model_copy(update={"replica_target": 1})
     change_map(cluster, topology, shard)
@@ -320,7 +308,7 @@ def test_a_released_node_the_actuator_started_is_stopped(
     (entry,) = actuator.provisioned()
     started = ShardNode("s0-spare", "replica", "s0", spare.port, tmp_path, pid=entry["pid"])
     try:
-        topology = topology_of(cluster)
+        topology = map_in_store_of(cluster)
         held = HeldNode.of(spare, time.time())  # a former member the actuator had provisioned
         change_map(cluster, topology, topology.shard("s0").model_copy(update={"forensics": [held]}))
 
@@ -381,7 +369,7 @@ def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
 
     asyncio.run(three_keepers())
 
-    assert topology_of(cluster).shard("s0").forensics == []
+    assert map_in_store_of(cluster).shard("s0").forensics == []
     (copy,) = copies(tmp_path / "forensics")
     assert copy.name.startswith(f"{old}@") and (copy / "dump.rdb").stat().st_size > 0
     assert list((tmp_path / "forensics" / ".incoming").iterdir()) == []
@@ -405,7 +393,7 @@ def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into
     start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
     cluster = start_cluster_on_suite_control(shards=1, replicas=1)
-    primary = topology_of(cluster).shard("s0").primary
+    primary = map_in_store_of(cluster).shard("s0").primary
     written: list[Path] = []
 
     class LocalCopier:
@@ -428,7 +416,7 @@ def test_a_data_copier_that_fails_halfway_leaves_no_copy_and_a_clean_incoming(
     start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
     cluster = start_cluster_on_suite_control(shards=1, replicas=1)
-    held = HeldNode.of(topology_of(cluster).shard("s0").primary, time.time())
+    held = HeldNode.of(map_in_store_of(cluster).shard("s0").primary, time.time())
     copier = HalfwayCopier()
 
     with pytest.raises(ForensicsCopyFailed, match="engine went away"):
