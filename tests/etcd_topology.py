@@ -49,13 +49,14 @@ def store_address_of(cluster: LocalCluster) -> StoreAddress:
     return StoreAddress.of(cluster.control.url, endpoints)
 
 
-def map_in_store_of(cluster: LocalCluster) -> Topology:
+async def map_in_store(cluster: LocalCluster) -> Topology:
     """The cluster's map as its controllers read it: from the store `store_address_of` names."""
+    async with opened_coordination_store(store_address_of(cluster)) as store:
+        topology = await store.topology.load()
+    assert topology is not None, f"no map in {store_address_of(cluster)}"
+    return topology
 
-    async def load() -> Topology:
-        async with opened_coordination_store(store_address_of(cluster)) as store:
-            topology = await store.topology.load()
-        assert topology is not None, f"no map in {store_address_of(cluster)}"
-        return topology
 
-    return asyncio.run(load())
+def map_in_store_of(cluster: LocalCluster) -> Topology:
+    """`map_in_store`, for a caller outside an event loop."""
+    return asyncio.run(map_in_store(cluster))
