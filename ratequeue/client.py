@@ -687,16 +687,17 @@ class RatequeueClient:
             if etcd_endpoints is None
             else EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(etcd_endpoints)))
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="ratequeue-client", daemon=True
-        )
-        self._thread.start()
+        # Built before the loop's thread starts, so a bad control_url leaves nothing running.
         self._client = AsyncRatequeueClient(
             control_url,
             settings,
             topology=None if self._etcd is None else EtcdTopologyStore(self._etcd),
         )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="ratequeue-client", daemon=True
+        )
+        self._thread.start()
         try:
             self._call(self._client.start())
         except BaseException:

@@ -54,3 +54,10 @@ def test_a_client_given_unusable_etcd_endpoints_is_refused_naming_them(endpoints
     with pytest.raises(InvalidSetting, match="etcd_endpoints"):
         RatequeueClient("redis://127.0.0.1:1", etcd_endpoints=endpoints)
     assert threading.active_count() == threads  # no loop thread left behind
+
+
+def test_a_client_given_an_unusable_control_url_leaves_no_thread_behind() -> None:
+    threads = threading.active_count()
+    with pytest.raises(ValueError):
+        RatequeueClient("nope://x")
+    assert threading.active_count() == threads

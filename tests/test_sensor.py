@@ -34,6 +34,7 @@ from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import NodeRef, TopologyStore
 from tests.conftest import MapOnSuiteControl
 from tests.prometheus_samples import metric_samples
+from tests.suite_control import suite_control
 
 REPO = Path(__file__).resolve().parents[1]
 MakeSensor = Callable[..., Awaitable[Sensor]]
@@ -57,11 +58,17 @@ def kill(node: ShardNode) -> None:
 
 
 @pytest.fixture
-async def make_sensor(map_on_suite_control: MapOnSuiteControl) -> AsyncIterator[MakeSensor]:
+async def make_sensor(
+    request: pytest.FixtureRequest, map_on_suite_control: MapOnSuiteControl
+) -> AsyncIterator[MakeSensor]:
     """`make_sensor(cluster, replica, **settings)`: a sensor beside `replica`, its events on the
     control Redis's stream, reading and watching the map where the suite's control store keeps
     it (`map_on_suite_control`: on etcd, moved into the module's etcd cluster)."""
     made: list[tuple[Sensor, RedisEventStream]] = []
+    if suite_control() == "etcd":
+        # Started here, on the main thread, so its members die with pytest (PDEATHSIG is set
+        # only from the main thread); the move below runs in a worker thread.
+        request.getfixturevalue("etcd")
 
     async def make(cluster: LocalCluster, replica: ShardNode, **settings: object) -> Sensor:
         options: dict[str, object] = {"interval": 0.05, "heartbeat_every": 60.0,
