@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common.cancellation import cancel_until_done
+from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
 from common.retry import RetryPolicy
 from ratequeue.errors import (
     IdConflict,
@@ -37,6 +38,7 @@ from ratequeue.errors import (
     ShardUnavailable,
     TopologyUnavailable,
 )
+from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.numbers import normalize_number, number_type
 from ratequeue.rates import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -669,13 +671,33 @@ class AsyncRatequeueClient:
 class RatequeueClient:
     """Synchronous facade: each call runs the async client on a private loop thread."""
 
-    def __init__(self, control_url: str, settings: ClientSettings | None = None) -> None:
+    def __init__(
+        self,
+        control_url: str,
+        settings: ClientSettings | None = None,
+        *,
+        etcd_endpoints: str | None = None,
+    ) -> None:
+        """`etcd_endpoints`: the comma-separated client URLs of the etcd members that hold the
+        map (read and watched there, as `serve` does with `topology_backend=etcd`); None: the
+        map is in the control store. Bad endpoints are an InvalidSetting naming the argument."""
+        # Checked before the loop starts, so a bad value leaves nothing running.
+        self._etcd = (
+            None
+            if etcd_endpoints is None
+            else EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(etcd_endpoints)))
+        )
+        # Built before the loop's thread starts, so a bad control_url leaves nothing running.
+        self._client = AsyncRatequeueClient(
+            control_url,
+            settings,
+            topology=None if self._etcd is None else EtcdTopologyStore(self._etcd),
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ratequeue-client", daemon=True
         )
         self._thread.start()
-        self._client = AsyncRatequeueClient(control_url, settings)
         try:
             self._call(self._client.start())
         except BaseException:
@@ -717,6 +739,9 @@ class RatequeueClient:
         if self._loop.is_running():
             with contextlib.suppress(Exception):
                 self._call(self._client.close())
+            if self._etcd is not None:  # its connections live on this loop: closed there
+                with contextlib.suppress(Exception):
+                    self._call(self._etcd.aclose())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
         self._loop.close()

@@ -26,7 +26,7 @@ from ratequeue.client import ClientRetryPolicy, ClientSettings, RatequeueClient
 from ratequeue.config import ServiceSettings
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.service import create_app
-from tests.etcd_topology import topology_moved_to_etcd
+from tests.etcd_topology import store_address_of, topology_moved_to_etcd
 from tests.suite_control import REDIS_ONLY_MARKER, SUITE_CONTROL_ENV, suite_control
 
 FAST_RETRY = ClientRetryPolicy(max_attempts=3, backoff=0.04, max_backoff=0.1, deadline=1.5)
@@ -100,14 +100,57 @@ def cluster(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     return start_cluster(shards=2, replicas=1)
 
 
+MapOnSuiteControl = Callable[[LocalCluster], str | None]
+
+
 @pytest.fixture
-def make_client() -> Iterator[Callable[..., RatequeueClient]]:
+def map_on_suite_control(request: pytest.FixtureRequest) -> MapOnSuiteControl:
+    """`map_on_suite_control(cluster)`: where the clients and APIs a test starts over `cluster`
+    read its map. On Redis, None: in its control store. On etcd (`tests/suite_control.py`), the
+    members' endpoints: the first call moves the map into the module's etcd cluster (emptied
+    first), so only etcd has it; a test that changes the map then does so through the store
+    `tests.etcd_topology.store_address_of(cluster)` names, which is etcd's from then on."""
+
+    def endpoints(cluster: LocalCluster) -> str | None:
+        if suite_control() == "redis":
+            return None
+        etcd: EtcdCluster = request.getfixturevalue("etcd")
+        if store_address_of(cluster).coordination_backend != "etcd":
+            topology_moved_to_etcd(cluster, etcd)
+        return ",".join(etcd.endpoints)
+
+    return endpoints
+
+
+@pytest.fixture
+def start_cluster_on_suite_control(
+    start_cluster: Callable[..., LocalCluster], map_on_suite_control: MapOnSuiteControl
+) -> Callable[..., LocalCluster]:
+    """`start_cluster`, with the cluster's map where the suite's control store keeps it from
+    the start (on etcd, moved there at once): for tests that change the map, or run steps and
+    controllers over it, before (or without) any client, through `store_address_of(cluster)`."""
+
+    def start(**options: int) -> LocalCluster:
+        cluster = start_cluster(**options)
+        map_on_suite_control(cluster)
+        return cluster
+
+    return start
+
+
+@pytest.fixture
+def make_client(
+    map_on_suite_control: MapOnSuiteControl,
+) -> Iterator[Callable[..., RatequeueClient]]:
+    """`make_client(cluster, **settings)`: a client over `cluster` reading its map where the
+    suite's control store keeps it (`map_on_suite_control`), closed at teardown."""
     clients: list[RatequeueClient] = []
 
     def make(cluster: LocalCluster, **settings: object) -> RatequeueClient:
         options = {"wait_timeout_ms": 300, "retry": FAST_RETRY, "refresh_interval": 0.5}
         options.update(settings)
-        client = RatequeueClient(cluster.control.url, ClientSettings(**options))  # type: ignore[arg-type]
+        client = RatequeueClient(cluster.control.url, ClientSettings(**options),  # type: ignore[arg-type]
+                                 etcd_endpoints=map_on_suite_control(cluster))  # fmt: skip
         clients.append(client)
         return client
 
@@ -155,22 +198,19 @@ class ServedApi(ServedApp):
 
 
 @pytest.fixture
-def serve_api(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServedApi]]:
-    """`serve_api(cluster, **settings)`: the API over `cluster`, stopped at teardown. On etcd
-    (`tests/suite_control.py`), unless `settings` name a topology backend, the cluster's map is
-    moved into the module's etcd cluster (emptied first) and the API reads it there."""
+def serve_api(map_on_suite_control: MapOnSuiteControl) -> Iterator[Callable[..., ServedApi]]:
+    """`serve_api(cluster, **settings)`: the API over `cluster`, stopped at teardown. Unless
+    `settings` name a topology backend, it reads the map where the suite's control store keeps
+    it (`map_on_suite_control`: on etcd, moved into the module's etcd cluster)."""
     served: list[ServedApi] = []
-    moved: list[LocalCluster] = []
 
     def serve(cluster: LocalCluster, **settings: object) -> ServedApi:
         options: dict[str, object] = {"wait_timeout_ms": 300, "retry_deadline": 0.5,
                                       "refresh_interval": 0.5}  # fmt: skip
-        if suite_control() == "etcd" and "topology_backend" not in settings:
-            etcd: EtcdCluster = request.getfixturevalue("etcd")
-            if not any(cluster is already for already in moved):
-                topology_moved_to_etcd(cluster, etcd)
-                moved.append(cluster)
-            options.update(topology_backend="etcd", etcd_endpoints=",".join(etcd.endpoints))
+        if "topology_backend" not in settings:
+            endpoints = map_on_suite_control(cluster)
+            if endpoints is not None:
+                options.update(topology_backend="etcd", etcd_endpoints=endpoints)
         options.update(settings)
         api = ServedApi(ServiceSettings(control_url=cluster.control.url, **options))  # type: ignore[arg-type]
         served.append(api.__enter__())

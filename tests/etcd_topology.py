@@ -10,7 +10,7 @@ import asyncio
 
 from common.etcd_client import EtcdClient, EtcdClientSettings
 from common.etcd_processes import EtcdCluster
-from lazarus_lite.coordination.opening import StoreAddress
+from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY, Topology
@@ -47,3 +47,16 @@ def store_address_of(cluster: LocalCluster) -> StoreAddress:
     moved = _MOVED.get(id(cluster))
     endpoints = moved[1] if moved is not None and moved[0] is cluster else None
     return StoreAddress.of(cluster.control.url, endpoints)
+
+
+async def map_in_store(cluster: LocalCluster) -> Topology:
+    """The cluster's map as its controllers read it: from the store `store_address_of` names."""
+    async with opened_coordination_store(store_address_of(cluster)) as store:
+        topology = await store.topology.load()
+    assert topology is not None, f"no map in {store_address_of(cluster)}"
+    return topology
+
+
+def map_in_store_of(cluster: LocalCluster) -> Topology:
+    """`map_in_store`, for a caller outside an event loop."""
+    return asyncio.run(map_in_store(cluster))

@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from redis.exceptions import NoPermissionError
 
+from common.etcd_client import EtcdClient, EtcdClientSettings
 from ratequeue import coalescing
 from ratequeue.client import AsyncRatequeueClient, ClientSettings, Enqueued, RatequeueClient
 from ratequeue.errors import InvalidInput
+from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.scripts import held_ids
-from tests.conftest import ServedApi
+from tests.conftest import MapOnSuiteControl, ServedApi
 from tests.test_http_api import ON_S0, ON_S1, enqueue, messages_url
 
 
@@ -59,17 +61,31 @@ def test_an_error_of_one_shard_s_batch_answers_only_that_shard_s_messages(
 
 
 def test_a_message_no_batch_line_can_carry_is_refused_alone_in_a_group_commit_of_other_callers(
-    cluster: LocalCluster,
+    cluster: LocalCluster, map_on_suite_control: MapOnSuiteControl
 ) -> None:
+    endpoints = map_on_suite_control(cluster)
+
     async def enqueue_together() -> list[Enqueued | Exception]:
         settings = ClientSettings(wait_timeout_ms=300, refresh_interval=0.5)
-        async with AsyncRatequeueClient(cluster.control.url, settings) as client:
-            group = coalescing.EnqueueCoalescer(client)
-            good = [client.prepare(ON_S0, f"caller {i}", f"caller-{i}") for i in range(4)]
-            # Built by hand (prepare refuses the id): a caller that bypassed the checks.
-            bad = dataclasses.replace(good[0], id="evil\n", body_json='"x"')
-            # Enqueued in one turn of the loop: one group commit, one script call.
-            return await asyncio.gather(*(group.enqueue(m) for m in [good[0], bad, *good[1:]]))
+        etcd = (
+            None
+            if endpoints is None
+            else EtcdClient(EtcdClientSettings(endpoints=endpoints.split(",")))
+        )
+        topology = None if etcd is None else EtcdTopologyStore(etcd)
+        try:
+            async with AsyncRatequeueClient(
+                cluster.control.url, settings, topology=topology
+            ) as client:
+                group = coalescing.EnqueueCoalescer(client)
+                good = [client.prepare(ON_S0, f"caller {i}", f"caller-{i}") for i in range(4)]
+                # Built by hand (prepare refuses the id): a caller that bypassed the checks.
+                bad = dataclasses.replace(good[0], id="evil\n", body_json='"x"')
+                # Enqueued in one turn of the loop: one group commit, one script call.
+                return await asyncio.gather(*(group.enqueue(m) for m in [good[0], bad, *good[1:]]))
+        finally:
+            if etcd is not None:
+                await etcd.aclose()
 
     results = asyncio.run(enqueue_together())
     assert isinstance(results[1], InvalidInput)

@@ -22,7 +22,7 @@ from common.errors import RedisStartError
 from common.redis_processes import free_port, start_redis
 from detection import probes
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import opened_coordination_store
 from lazarus_lite.errors import Escalate
 from lazarus_lite.steps import ratequeue_promotion
 from lazarus_lite.steps.ratequeue_promotion import escalate_if_gone, good_replicas_of
@@ -38,6 +38,7 @@ from ratequeue.rates import Rate
 from ratequeue.scripts import LEASES_KEY, held_ids, queue_key
 from ratequeue.shard import OutgoingMessage, ShardQueue
 from ratequeue.topology import Lineage
+from tests.etcd_topology import store_address_of
 
 H, H_PREV, OTHER = "a" * 40, "b" * 40, "c" * 40
 LINEAGE = Lineage(replid=H, since=1000, previous=H_PREV)
@@ -265,21 +266,18 @@ steps:
 
 async def verified(cluster: LocalCluster) -> WorkflowRecord:
     """`verify_health` for the cluster's shard, run by the workflow engine with its retries."""
-    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
-    try:
-        env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    async with opened_coordination_store(store_address_of(cluster)) as store:
+        env = StepEnvironment(store=store, node_id="n1")
         engine = WorkflowEngine(env, {"verify": VERIFY_HEALTH})
         started = await engine.start("verify", {"shard": cluster.shards[0].id, "min_replicas": 1})
         await engine.wait(started.id)
         return await engine.store.load(started.id)
-    finally:
-        await control.aclose()
 
 
 def test_verify_health_escalates_at_once_when_the_new_primary_is_dead(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     primary = cluster.shards[0].primary
     primary.signal(signal.SIGKILL)
     record = asyncio.run(verified(cluster))
@@ -289,9 +287,9 @@ def test_verify_health_escalates_at_once_when_the_new_primary_is_dead(
 
 
 def test_verify_health_is_retried_after_one_error_while_the_new_primary_answers(
-    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+    start_cluster_on_suite_control: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     real_write = ratequeue_promotion.write_once_replicas_follow
     failures: list[int] = []
 
@@ -329,15 +327,12 @@ async def run_fence(cluster: LocalCluster, shard: ShardNodes, min_replicas: int)
     """`fence_old_primary` of `shard`, run by the workflow engine; the step's output."""
     inputs = {"shard": shard.id, "failed_primary": shard.primary.name,
               "min_replicas": min_replicas}  # fmt: skip
-    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
-    try:
-        env = StepEnvironment(store=RedisCoordinationStore(control), node_id="n1")
+    async with opened_coordination_store(store_address_of(cluster)) as store:
+        env = StepEnvironment(store=store, node_id="n1")
         engine = WorkflowEngine(env, {"fence": FENCE})
         started = await engine.start("fence", inputs)
         await engine.wait(started.id)
         record = await engine.store.load(started.id)
-    finally:
-        await control.aclose()
     assert record.status == "succeeded", record.escalation
     return record.steps["fence_old_primary"].output
 
@@ -365,10 +360,12 @@ def fence_while_stopped(
 
 
 @pytest.fixture
-def fenced_while_stopped(start_cluster: Callable[..., LocalCluster]) -> tuple[ShardNodes, dict]:
+def fenced_while_stopped(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> tuple[ShardNodes, dict]:
     """A shard (two replicas) whose primary was SIGSTOPped while `fence_old_primary` ran; the
     primary resumed afterwards. The shard and the step's output."""
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     output, _ = fence_while_stopped(cluster)
     return cluster.shards[0], output
 
@@ -411,10 +408,10 @@ def test_an_old_primary_the_fence_gave_up_on_is_demoted_when_it_is_held_for_fore
 
 
 def test_a_write_in_flight_on_a_stopped_primary_is_not_acknowledged_after_the_fence(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # Sent before the fence, read by the primary only after it: k = 1, both replicas parked.
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     write = command_bytes("INCR", membership.BARRIER_KEY)
     _, (incr, wait) = fence_while_stopped(
         cluster, in_flight=(write, command_bytes("WAIT", "1", "500"))
@@ -423,26 +420,22 @@ def test_a_write_in_flight_on_a_stopped_primary_is_not_acknowledged_after_the_fe
 
 
 def test_an_old_primary_followed_by_a_replica_the_fence_cannot_reach_acknowledges_nothing(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # k = 2 of 3 replicas; the third is listed at an address where nothing answers, so the
     # fence cannot park it and it still follows the old primary: one replica, fewer than k.
-    cluster = start_cluster(shards=1, replicas=3, min_replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=3, min_replicas=2)
     shard = cluster.shards[0]
 
     async def hide_third_replica() -> None:
-        control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
-        try:
-            topology = await RedisCoordinationStore(control).topology.load()
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            topology = await store.topology.load()
+            assert topology is not None
             listed = topology.shard(shard.id)
             replicas = list(listed.replicas)
             replicas[2] = replicas[2].model_copy(update={"port": free_port(("127.0.0.1",))})
             changed = listed.model_copy(update={"replicas": replicas})
-            await RedisCoordinationStore(control).topology.compare_and_set(
-                topology.epoch, topology.next_with(changed)
-            )
-        finally:
-            await control.aclose()
+            await store.topology.compare_and_set(topology.epoch, topology.next_with(changed))
 
     asyncio.run(hide_third_replica())
     write = command_bytes("INCR", membership.BARRIER_KEY)

@@ -25,7 +25,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from typer.testing import CliRunner
 
-from common.etcd_processes import EtcdCluster
 from common.redis_processes import free_port
 from detection.cli import app
 from detection.events import Event, parse_event
@@ -33,7 +32,7 @@ from detection.sensor import Sensor, SensorConfig
 from detection.streams import EVENTS_STREAM, RedisEventStream
 from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.topology import NodeRef, TopologyStore
-from tests.etcd_topology import topology_moved_to_etcd
+from tests.conftest import MapOnSuiteControl
 from tests.prometheus_samples import metric_samples
 from tests.suite_control import suite_control
 
@@ -59,22 +58,25 @@ def kill(node: ShardNode) -> None:
 
 
 @pytest.fixture
-async def make_sensor(request: pytest.FixtureRequest) -> AsyncIterator[MakeSensor]:
+async def make_sensor(
+    request: pytest.FixtureRequest, map_on_suite_control: MapOnSuiteControl
+) -> AsyncIterator[MakeSensor]:
     """`make_sensor(cluster, replica, **settings)`: a sensor beside `replica`, its events on the
-    control Redis's stream; on etcd (`tests/suite_control.py`) the cluster's map is moved into
-    the module's etcd cluster (emptied first) and the sensor reads and watches it there."""
+    control Redis's stream, reading and watching the map where the suite's control store keeps
+    it (`map_on_suite_control`: on etcd, moved into the module's etcd cluster)."""
     made: list[tuple[Sensor, RedisEventStream]] = []
-    moved: list[LocalCluster] = []
+    if suite_control() == "etcd":
+        # Started here, on the main thread, so its members die with pytest (PDEATHSIG is set
+        # only from the main thread); the move below runs in a worker thread.
+        request.getfixturevalue("etcd")
 
     async def make(cluster: LocalCluster, replica: ShardNode, **settings: object) -> Sensor:
         options: dict[str, object] = {"interval": 0.05, "heartbeat_every": 60.0,
                                       "topology_refresh": 0.0, "control_timeout": 0.5}  # fmt: skip
-        if suite_control() == "etcd":
-            etcd: EtcdCluster = request.getfixturevalue("etcd")
-            if not any(cluster is already for already in moved):
-                await asyncio.to_thread(topology_moved_to_etcd, cluster, etcd)
-                moved.append(cluster)
-            options["etcd_endpoints"] = ",".join(etcd.endpoints)
+        # In a thread: the move runs a loop of its own.
+        endpoints = await asyncio.to_thread(map_on_suite_control, cluster)
+        if endpoints is not None:
+            options["etcd_endpoints"] = endpoints
         options.update(settings)
         connection = aioredis.Redis.from_url(cluster.control.url, socket_timeout=0.5,
                                              socket_connect_timeout=0.5,

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from common.nodes import CLIENT_HOST
 from common.redis_processes import free_port, redis_server_binary
+from lazarus_lite.coordination.opening import open_coordination_store, opened_coordination_store
 from ratequeue import membership
 from ratequeue.client import (
     WARM_CONNECTIONS,
@@ -33,7 +34,9 @@ from ratequeue.rates import Rate
 from ratequeue.scripts import held_ids
 from ratequeue.shard import ALL_SCRIPTS, OutgoingMessage, ShardQueue
 from ratequeue.slots import slot_for
-from ratequeue.topology import NodeRef, Shard, Topology, TopologyStore
+from ratequeue.topology import NodeRef, Shard, Topology
+from tests.conftest import MapOnSuiteControl
+from tests.etcd_topology import store_address_of
 
 
 def number_on(topology: Topology, shard_id: str) -> str:
@@ -54,10 +57,10 @@ def promote_replica_by_hand(
     new_primary = shard_nodes.replicas[0]
 
     async def publish() -> Topology:
-        control = aioredis.Redis.from_url(cluster.control.url)
+        coordination = open_coordination_store(store_address_of(cluster))
         node = aioredis.Redis.from_url(new_primary.url)
         try:
-            store = TopologyStore(control)
+            store = coordination.topology
             current = await store.load()
             assert current is not None
             await membership.appoint_primary(
@@ -80,7 +83,7 @@ def promote_replica_by_hand(
             await store.compare_and_set(current.epoch, changed)
             return changed
         finally:
-            await control.aclose()
+            await coordination.aclose()
             await node.aclose()
 
     return asyncio.run(publish())
@@ -90,30 +93,26 @@ def republish_unchanged(cluster: LocalCluster) -> Topology:
     """Publish the current topology again under the next epoch (same nodes in the same roles)."""
 
     async def publish() -> Topology:
-        control = aioredis.Redis.from_url(cluster.control.url)
-        try:
-            store = TopologyStore(control)
-            current = await store.load()
+        async with opened_coordination_store(store_address_of(cluster)) as coordination:
+            current = await coordination.topology.load()
             assert current is not None
             again = current.model_copy(update={"epoch": current.epoch + 1})
-            await store.compare_and_set(current.epoch, again)
+            await coordination.topology.compare_and_set(current.epoch, again)
             return again
-        finally:
-            await control.aclose()
 
     return asyncio.run(publish())
 
 
-def test_a_topology_change_with_a_stale_epoch_is_refused(cluster: LocalCluster) -> None:
+def test_a_topology_change_with_a_stale_epoch_is_refused(
+    cluster: LocalCluster, map_on_suite_control: MapOnSuiteControl
+) -> None:
+    map_on_suite_control(cluster)
     newer = republish_unchanged(cluster)  # epoch 1 -> 2
 
     async def attempt() -> None:
-        control = aioredis.Redis.from_url(cluster.control.url)
-        try:
+        async with opened_coordination_store(store_address_of(cluster)) as coordination:
             with pytest.raises(EpochConflict, match="is 2, expected 1"):
-                await TopologyStore(control).compare_and_set(1, newer)
-        finally:
-            await control.aclose()
+                await coordination.topology.compare_and_set(1, newer)
 
     asyncio.run(attempt())
 

@@ -16,15 +16,11 @@ from lazarus_lite.checks import CHECKS, CheckResult, run_checks
 from lazarus_lite.rules import CheckSpec, load_rules
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster
-from ratequeue.topology import TOPOLOGY_KEY, Topology
+from ratequeue.topology import Topology
 from tests.e2e.support import wait_for
+from tests.etcd_topology import map_in_store_of
 
 RULES = Path(__file__).resolve().parents[2] / "lazarus_lite" / "definitions" / "rules"
-
-
-def published_topology(cluster: LocalCluster) -> Topology:
-    with cluster.control.client() as control:
-        return Topology.model_validate_json(control.get(TOPOLOGY_KEY))
 
 
 def primary_down_event(topology: Topology) -> Event:
@@ -37,7 +33,7 @@ def primary_down_event(topology: Topology) -> Event:
 
 
 def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
-    topology = published_topology(cluster)
+    topology = map_in_store_of(cluster)
     rule = load_rules([RULES / "ratequeue.yaml"], known_checks=CHECKS,
                       known_actions=["ratequeue.failover", "default.record"]).rules[0]  # fmt: skip
     event = primary_down_event(topology)
@@ -47,7 +43,7 @@ def failover_rule_checks(cluster: LocalCluster) -> list[CheckResult]:
 def master_down_during_a_stall(cluster: LocalCluster, seconds: float) -> CheckResult:
     """MasterDown as one controller evaluates it, on s0's primary SIGSTOPped as the check starts
     and resumed `seconds` later."""
-    topology = published_topology(cluster)
+    topology = map_in_store_of(cluster)
     primary = cluster.shard("s0").primary
 
     async def check() -> CheckResult:
@@ -71,10 +67,10 @@ def master_down_during_a_stall(cluster: LocalCluster, seconds: float) -> CheckRe
 
 
 @pytest.fixture
-def killed_primary(start_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+def killed_primary(start_cluster_on_suite_control: Callable[..., LocalCluster]) -> LocalCluster:
     """Shard s0 (of two, two replicas each) with 5 enqueue-kind writes replicated, then its
     primary SIGKILLed."""
-    cluster = start_cluster(shards=2, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=2, replicas=2)
     s0 = cluster.shard("s0")
     with s0.primary.client() as primary:
         for _ in range(5):
@@ -100,10 +96,10 @@ def test_a_killed_primary_passes_every_check_of_the_failover_rule(
 
 
 def test_a_stopped_primary_passes_every_check_of_the_failover_rule(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # Silence, not a refusal: both attempts at the primary wait out their timeout.
-    cluster = start_cluster(shards=2, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=2, replicas=2)
     primary = cluster.shard("s0").primary
     primary.signal(signal.SIGSTOP)
     try:
@@ -120,16 +116,16 @@ def test_a_stopped_primary_passes_every_check_of_the_failover_rule(
 # after it (`checks.SECOND_ATTEMPT_AFTER`), so a primary silent for ~0.3 s is down. The margins
 # are wide for a loaded CI machine: 0.1 s and 0.6 s.
 def test_a_primary_stalled_well_within_master_downs_window_is_not_down(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    result = master_down_during_a_stall(start_cluster(shards=1, replicas=1), 0.1)
+    result = master_down_during_a_stall(start_cluster_on_suite_control(shards=1, replicas=1), 0.1)
     assert not result.ok, result.detail
 
 
 def test_a_primary_stalled_well_beyond_master_downs_window_is_down(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    result = master_down_during_a_stall(start_cluster(shards=1, replicas=1), 0.6)
+    result = master_down_during_a_stall(start_cluster_on_suite_control(shards=1, replicas=1), 0.6)
     assert result.ok, result.detail
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from chaos.faults.docker import engine_unavailable_reason
 from lazarus_lite.actuators import Actuator, LocalProcessActuator
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.docker_actuator import DockerActuator
 from lazarus_lite.errors import ActuatorError
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
@@ -31,6 +30,7 @@ from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import NodeRef, Topology
 from tests.docker_deployment import deployment
+from tests.etcd_topology import map_in_store, store_address_of
 
 _UNAVAILABLE = engine_unavailable_reason()
 
@@ -60,7 +60,7 @@ class PrimaryDiesActuator(LocalProcessActuator):
 
     async def provision_replica(self, shard: str, name: str) -> NodeRef:
         node = await super().provision_replica(shard, name)
-        promoted = (await topology_of(self.cluster)).shard(shard).primary.name
+        promoted = (await map_in_store(self.cluster)).shard(shard).primary.name
         next(r for r in self.cluster.shards[0].replicas if r.name == promoted).signal(
             signal.SIGKILL
         )
@@ -98,10 +98,10 @@ async def fail_over(
     history."""
     shard = cluster.shards[0]
     shard.primary.signal(signal.SIGKILL)
-    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
+    store = open_coordination_store(store_address_of(cluster))
     try:
         env = StepEnvironment(
-            store=RedisCoordinationStore(control),
+            store=store,
             node_id="n1",
             collaborators={"actuator": actuator},
         )
@@ -121,17 +121,7 @@ async def fail_over(
         assert record is not None
         return record, await engine.store.history(started.id)
     finally:
-        await control.aclose()
-
-
-async def topology_of(cluster: LocalCluster) -> Topology:
-    control = aioredis.Redis(host=cluster.control.host, port=cluster.control.port)
-    try:
-        topology = await RedisCoordinationStore(control).topology.load()
-        assert topology is not None
-        return topology
-    finally:
-        await control.aclose()
+        await store.aclose()
 
 
 def listed_names(topology: Topology) -> set[str]:
@@ -143,9 +133,9 @@ def listed_names(topology: Topology) -> set[str]:
 
 
 def test_an_escalation_removes_the_replacement_it_started_that_no_topology_lists(
-    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     actuator = SensorRefusedActuator(actuator_dir)
     record, _ = asyncio.run(fail_over(cluster, actuator))
     assert record.status == "escalated", record.escalation
@@ -153,37 +143,37 @@ def test_an_escalation_removes_the_replacement_it_started_that_no_topology_lists
     started = {entry["name"] for entry in actuator.provisioned()}
     assert len(started) == 1, started
     (name,) = started
-    assert name not in listed_names(asyncio.run(topology_of(cluster)))
+    assert name not in listed_names(asyncio.run(map_in_store(cluster)))
     assert not running(actuator, name), f"{name} still runs after its workflow escalated"
 
 
 def test_an_escalation_says_in_the_history_that_it_removed_the_replacement(
-    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     _, history = asyncio.run(fail_over(cluster, SensorRefusedActuator(actuator_dir)))
     (escalated,) = [entry for entry in history if entry["kind"] == "workflow_escalated"]
     assert escalated["on_failure"]["replacement"].startswith("removed s0-replica-e"), escalated
 
 
 def test_an_escalation_keeps_a_replacement_the_topology_lists(
-    start_cluster: Callable[..., LocalCluster], actuator_dir: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], actuator_dir: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     actuator = PrimaryDiesActuator(actuator_dir, cluster)
     record, _ = asyncio.run(fail_over(cluster, actuator))
     assert record.status == "escalated", record.escalation
     (name,) = {entry["name"] for entry in actuator.provisioned()}
-    shard = asyncio.run(topology_of(cluster)).shard("s0")
+    shard = asyncio.run(map_in_store(cluster)).shard("s0")
     assert name in {r.name for r in shard.replicas}, "the replacement was not listed"
     assert running(actuator, name), f"{name}, listed as a replica, was removed"
 
 
 @pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"needs a Docker engine: {_UNAVAILABLE}")
 def test_an_escalation_removes_the_replica_container_whose_sensor_the_engine_refused(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     with deployment() as staged:
         settings = staged.actuator.settings.model_copy(
             update={"sensor_image": f"{staged.name}-no-such-image:local"}

@@ -15,39 +15,42 @@ import pytest
 from common.redis_processes import free_port
 from lazarus_lite import shard_keeper
 from lazarus_lite.actuators import LocalProcessActuator
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store, opened_coordination_store
 from lazarus_lite.errors import ActuatorError, ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import ForensicsRules, copy_data_files
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
-from ratequeue.topology import TOPOLOGY_KEY, HeldNode, NodeRef, Topology
+from ratequeue.topology import HeldNode, NodeRef, Shard, Topology
+from tests.etcd_topology import map_in_store_of, store_address_of
 
 
 def keep_once(
     cluster: LocalCluster, rules: ForensicsRules, actuator: LocalProcessActuator | None = None
 ) -> tuple[list[str], Topology]:
     async def run() -> tuple[list[str], Topology]:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             keeper = ShardKeeper(store, "test", "demote", forensics=rules, actuator=actuator)
             done = await keeper.run_once()
-            return done, topology_of(cluster)
+            topology = await store.topology.load()
+            assert topology is not None
+            return done, topology
         finally:
             await store.aclose()
 
     return asyncio.run(run())
 
 
-def topology_of(cluster: LocalCluster) -> Topology:
-    with cluster.control.client() as conn:
-        return Topology.model_validate_json(conn.get(TOPOLOGY_KEY))
+def change_map(cluster: LocalCluster, current: Topology, changed: Shard) -> None:
+    """`current`'s next epoch with `changed` in it, compare-and-set over `current`'s epoch."""
 
+    async def publish() -> None:
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            await store.topology.compare_and_set(current.epoch, current.next_with(changed))
 
-def store(cluster: LocalCluster, topology: Topology) -> None:
-    with cluster.control.client() as conn:
-        conn.set(TOPOLOGY_KEY, topology.model_dump_json())
+    asyncio.run(publish())
 
 
 def node(cluster: LocalCluster, name: str) -> ShardNode:
@@ -57,24 +60,24 @@ def node(cluster: LocalCluster, name: str) -> ShardNode:
 def fail_over_by_hand(cluster: LocalCluster, held_at: float | None = None) -> str:
     """What the failover workflow leaves behind when shard s0's primary died: its first replica
     appointed in a new epoch, the old primary (stopped) held for forensics. Returns its name."""
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     shard = topology.shard("s0")
     old, new = node(cluster, shard.primary.name), node(cluster, shard.replicas[0].name)
     old.stop()
     epoch = topology.epoch + 1
     new.appoint(epoch, min_replicas=0)
-    store(cluster, topology.next_with(shard.model_copy(update={
+    change_map(cluster, topology, shard.model_copy(update={
         "primary": shard.replicas[0],
         "replicas": shard.replicas[1:],
         "forensics": [*shard.forensics, HeldNode.of(shard.primary, held_at or time.time())],
         "epoch": epoch,
         "lineage": new.lineage(),
-    })))  # fmt: skip
+    }))  # fmt: skip
     return old.name
 
 
 def write_some(cluster: LocalCluster, count: int) -> None:
-    shard = topology_of(cluster).shard("s0")
+    shard = map_in_store_of(cluster).shard("s0")
     primary = node(cluster, shard.primary.name)
     with primary.client() as conn:
         for _ in range(count):
@@ -97,9 +100,9 @@ def copies(directory: Path) -> list[Path]:
 
 
 def test_a_former_primary_that_answers_again_is_copied_and_rejoins_the_new_primary(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()  # with its boot arguments: it answers parked
@@ -121,9 +124,9 @@ def test_a_former_primary_that_answers_again_is_copied_and_rejoins_the_new_prima
 
 
 def test_a_former_primary_still_dead_stays_held(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
 
     done, topology = keep_once(cluster, ForensicsRules())
@@ -133,44 +136,44 @@ def test_a_former_primary_still_dead_stays_held(
 
 
 def test_a_returning_node_is_not_rejoined_when_the_settings_say_no(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
 
     keep_once(cluster, ForensicsRules(rejoin=False))
 
-    assert [n.name for n in topology_of(cluster).shard("s0").forensics] == [old]
+    assert [n.name for n in map_in_store_of(cluster).shard("s0").forensics] == [old]
     assert membership.is_parked(node(cluster, old).replication())
 
 
 def test_a_returning_node_stays_parked_until_its_hold_time_is_over(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster, held_at=time.time())
     node(cluster, old).restart()
 
     keep_once(cluster, ForensicsRules(hold_seconds=3600))
-    assert [n.name for n in topology_of(cluster).shard("s0").forensics] == [old]
+    assert [n.name for n in map_in_store_of(cluster).shard("s0").forensics] == [old]
     assert membership.is_parked(node(cluster, old).replication())
 
     keep_once(cluster, ForensicsRules(hold_seconds=0))
-    assert [r.name for r in topology_of(cluster).shard("s0").replicas] == [old]
+    assert [r.name for r in map_in_store_of(cluster).shard("s0").replicas] == [old]
 
 
 def test_the_forensics_list_keeps_the_newest_within_its_count_and_age(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
-    topology = topology_of(cluster)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    topology = map_in_store_of(cluster)
     now = time.time()
     dead = [  # nobody listens on these ports
         HeldNode.of(NodeRef(name=f"gone{i}", host="127.0.0.1", port=free_port()), now - age)
         for i, age in enumerate([10_000, 50, 40, 30, 20])
     ]
-    store(cluster, topology.next_with(topology.shard("s0").model_copy(update={"forensics": dead})))
+    change_map(cluster, topology, topology.shard("s0").model_copy(update={"forensics": dead}))
 
     done, after = keep_once(cluster, ForensicsRules(keep=3, max_age=1_000))
 
@@ -179,9 +182,9 @@ def test_the_forensics_list_keeps_the_newest_within_its_count_and_age(
 
 
 def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     rules = ForensicsRules(keep=2, copy_dir=tmp_path / "forensics")
     returned = []
     for _ in range(3):  # the two nodes take turns: each failover's old primary comes back
@@ -201,17 +204,17 @@ def test_more_returns_than_the_bound_leave_as_many_copies_as_the_bound(
 
 
 def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candidate(
-    start_cluster: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
+    start_cluster_on_suite_control: Callable[..., LocalCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The old primary applied writes nobody acknowledged; it comes back, is listed, and the new
     # primary dies before it could follow it. A failover now reads it among the listed replicas:
     # what it applied must not outrank the replica that holds the write the new primary acked.
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     shard = topology.shard("s0")
-    store(cluster, topology.next_with(shard.model_copy(update={"appointed_enqueues": 5})))
+    change_map(cluster, topology, shard.model_copy(update={"appointed_enqueues": 5}))
     keep_once(cluster, ForensicsRules())  # the other replica follows the new primary
     write_some(cluster, 1)  # acknowledged: on the new primary and its replica
     node(cluster, old).restart()
@@ -246,9 +249,11 @@ def test_a_former_primary_listed_before_its_resync_is_never_the_failover_candida
 
 
 def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_lock(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
@@ -256,7 +261,7 @@ def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_
 
     async def copy_while_a_failover_starts(*args: object, **kwargs: object) -> Path:
         # What the failover's `lock.acquire` step does, from another controller node.
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             held = await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
             failover_took_the_lock.append(True)
@@ -275,14 +280,14 @@ def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_
 
 
 def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=2)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
     old = fail_over_by_hand(cluster)
-    topology = topology_of(cluster)
+    topology = map_in_store_of(cluster)
     # A replacement took the old primary's place: the shard lists its target of replicas.
     shard = topology.shard("s0").model_copy(update={"replica_target": 1})
-    store(cluster, topology.next_with(shard))
+    change_map(cluster, topology, shard)
     node(cluster, old).restart()
 
     done, topology = keep_once(cluster, ForensicsRules())
@@ -295,19 +300,17 @@ def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(
 
 
 def test_a_released_node_the_actuator_started_is_stopped(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     actuator = LocalProcessActuator(tmp_path / "actuator")
     spare = asyncio.run(actuator.provision_replica("s0", "s0-spare"))
     (entry,) = actuator.provisioned()
     started = ShardNode("s0-spare", "replica", "s0", spare.port, tmp_path, pid=entry["pid"])
     try:
-        topology = topology_of(cluster)
+        topology = map_in_store_of(cluster)
         held = HeldNode.of(spare, time.time())  # a former member the actuator had provisioned
-        store(cluster, topology.next_with(
-            topology.shard("s0").model_copy(update={"forensics": [held]})
-        ))  # fmt: skip
+        change_map(cluster, topology, topology.shard("s0").model_copy(update={"forensics": [held]}))
 
         done, topology = keep_once(cluster, ForensicsRules(), actuator)
 
@@ -323,14 +326,14 @@ def test_a_released_node_the_actuator_started_is_stopped(
 
 
 def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_copy(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
 
     async def lock_held_by_a_failover() -> None:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             await store.locks.acquire("shard", "ratequeue/s0", "failover-workflow")
         finally:
@@ -344,16 +347,16 @@ def test_a_returning_node_the_keeper_cannot_settle_for_a_busy_lock_leaves_no_cop
 
 
 def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     old = fail_over_by_hand(cluster)
     node(cluster, old).restart()
     rules = ForensicsRules(copy_dir=tmp_path / "forensics")
 
     async def three_keepers() -> None:
-        stores = [RedisCoordinationStore.from_url(cluster.control.url) for _ in range(3)]
+        stores = [open_coordination_store(store_address_of(cluster)) for _ in range(3)]
         try:
             keepers = [
                 ShardKeeper(store, f"node-{i}", "demote", forensics=rules)
@@ -366,7 +369,7 @@ def test_three_keepers_settling_one_return_at_once_leave_one_whole_copy(
 
     asyncio.run(three_keepers())
 
-    assert topology_of(cluster).shard("s0").forensics == []
+    assert map_in_store_of(cluster).shard("s0").forensics == []
     (copy,) = copies(tmp_path / "forensics")
     assert copy.name.startswith(f"{old}@") and (copy / "dump.rdb").stat().st_size > 0
     assert list((tmp_path / "forensics" / ".incoming").iterdir()) == []
@@ -387,10 +390,10 @@ class HalfwayCopier:
 
 
 def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into_place(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
-    primary = topology_of(cluster).shard("s0").primary
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    primary = map_in_store_of(cluster).shard("s0").primary
     written: list[Path] = []
 
     class LocalCopier:
@@ -410,10 +413,10 @@ def test_a_copy_through_a_data_copier_is_written_under_incoming_and_renamed_into
 
 
 def test_a_data_copier_that_fails_halfway_leaves_no_copy_and_a_clean_incoming(
-    start_cluster: Callable[..., LocalCluster], tmp_path: Path
+    start_cluster_on_suite_control: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
-    held = HeldNode.of(topology_of(cluster).shard("s0").primary, time.time())
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    held = HeldNode.of(map_in_store_of(cluster).shard("s0").primary, time.time())
     copier = HalfwayCopier()
 
     with pytest.raises(ForensicsCopyFailed, match="engine went away"):

@@ -9,16 +9,20 @@ import shutil
 import signal
 from collections.abc import Callable
 
-from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.shard_keeper import ShardKeeper
 from ratequeue import membership
 from ratequeue.local_cluster import LocalCluster, start_node, wait_for_replicas_in_sync
 from ratequeue.topology import Topology
+from tests.etcd_topology import store_address_of
 
 
 def keep_once(cluster: LocalCluster) -> tuple[list[str], Topology]:
+    """One round of the keeper, on the store `cluster`'s map is in (`store_address_of`): what
+    it did, and the map after it."""
+
     async def run() -> tuple[list[str], Topology]:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         try:
             keeper = ShardKeeper(store, "test", "demote")
             done = await keeper.run_once()
@@ -40,9 +44,9 @@ def write_some(cluster: LocalCluster, count: int) -> None:
 
 
 def test_a_restarted_replica_rejoins_its_primary(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     replica = cluster.shards[0].replicas[0]
     replica.restart()
     assert membership.is_parked(replica.replication())
@@ -52,9 +56,9 @@ def test_a_restarted_replica_rejoins_its_primary(
 
 
 def test_a_restarted_primary_nobody_replaced_is_appointed_again_in_a_new_epoch(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     primary = cluster.shards[0].primary
     primary.restart()
@@ -70,9 +74,9 @@ def test_a_restarted_primary_nobody_replaced_is_appointed_again_in_a_new_epoch(
 
 
 def test_a_primary_that_came_back_with_less_than_its_replica_is_not_appointed(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     primary = cluster.shards[0].primary
     primary.stop()
@@ -87,9 +91,9 @@ def test_a_primary_that_came_back_with_less_than_its_replica_is_not_appointed(
 
 
 def test_a_restarted_primary_is_not_appointed_while_a_replica_cannot_say_what_it_holds(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     write_some(cluster, 5)
     primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
     primary.restart()
@@ -106,9 +110,9 @@ def test_a_restarted_primary_is_not_appointed_while_a_replica_cannot_say_what_it
 
 
 def test_a_node_attached_but_not_listed_is_parked(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     primary = cluster.shards[0].primary
     stray = start_node("stray", "replica", "s0", primary.workdir)
     try:
@@ -122,10 +126,10 @@ def test_a_node_attached_but_not_listed_is_parked(
 
 
 def test_a_primary_appointed_with_fewer_replicas_than_now_listed_asks_for_k_again(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # Appointed when the shard had no replica to ask for (k = 0); one is listed now.
-    cluster = start_cluster(shards=1, replicas=1, min_replicas=0)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1, min_replicas=0)
     primary = cluster.shards[0].primary
     with primary.client() as conn:
         assert conn.config_get("min-replicas-to-write")["min-replicas-to-write"] == "0"

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -17,12 +18,15 @@ from redis.backoff import NoBackoff
 from common.redis_processes import free_port
 from detection.events import Event, new_event
 from detection.sensor import incident_key
+from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
+from tests.etcd_topology import store_address_of
 
 QUICK = WatchSettings(
     interval=0.05, sensor_silence_after=0.2, self_report_after=0.3, unwritable_after=0.6
@@ -40,10 +44,16 @@ class PublishedEvents:
         return str(len(self.events))
 
 
-async def claim_incident(store: RedisCoordinationStore, seconds_ago: float) -> None:
+async def claim_incident(store: CoordinationStore, seconds_ago: float) -> None:
     """The controller's claim on s0-primary's incident, as if taken `seconds_ago`."""
     key = incident_key("ratequeue", "s0", "s0-primary", 1)
     await store.incidents.claim("RedisMasterDown", key, "event", ttl=600 - seconds_ago)
+
+
+def api_reporter(cluster: LocalCluster) -> WriteFailureReporter:
+    """An API node's reporter of failed writes: into the control Redis on both backends (the
+    record log stays there); the caller closes its connection (`reporter.control`)."""
+    return WriteFailureReporter(aioredis.Redis.from_url(cluster.control.url), "api-1")
 
 
 def heartbeat_from(cluster: LocalCluster) -> Event:
@@ -62,8 +72,9 @@ async def watch_for(
     before: Callable | None = None,
     settings: WatchSettings = QUICK,
 ) -> list[Event]:
-    """Run `nodes` controller nodes' watches for `seconds`; returns what they published."""
-    store = RedisCoordinationStore.from_url(cluster.control.url)
+    """Run `nodes` controller nodes' watches for `seconds`, on the store `cluster`'s map is in
+    (`store_address_of`); returns what they published."""
+    store = open_coordination_store(store_address_of(cluster))
     stream = PublishedEvents()
     try:
         if before is not None:
@@ -83,9 +94,9 @@ async def watch_for(
 
 
 def test_a_primary_nobody_reported_is_reported_once_by_the_controllers(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
     events = asyncio.run(watch_for(cluster, 1.5, nodes=3))
     [report] = [e for e in events if e.type == "RedisMasterDown"]
@@ -95,12 +106,12 @@ def test_a_primary_nobody_reported_is_reported_once_by_the_controllers(
 
 
 def test_a_primary_a_sensor_reported_is_not_reported_again(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def a_sensor_reported_it(store: RedisCoordinationStore) -> None:
+    async def a_sensor_reported_it(store: CoordinationStore) -> None:
         await claim_incident(store, seconds_ago=0)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_sensor_reported_it))
@@ -108,14 +119,14 @@ def test_a_primary_a_sensor_reported_is_not_reported_again(
 
 
 def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # The first report was declined (say, a gate was closed) and its sensors are dead: the
     # controllers file again, so the decision is taken anew instead of waiting out the claim.
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def reported_a_minute_ago(store: RedisCoordinationStore) -> None:
+    async def reported_a_minute_ago(store: CoordinationStore) -> None:
         await claim_incident(store, seconds_ago=60)
 
     events = asyncio.run(watch_for(cluster, 1.0, before=reported_a_minute_ago))
@@ -123,10 +134,10 @@ def test_a_primary_that_stays_down_after_a_report_long_ago_is_reported_again(
 
 
 def test_a_controller_that_has_not_listened_long_enough_leaves_detection_to_the_sensors(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # Just started, it has heard no heartbeat yet: that is no proof the sensors are dead.
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
     listening = WatchSettings(interval=0.05, sensor_silence_after=5.0, self_report_after=0.3)
     events = asyncio.run(watch_for(cluster, 1.0, settings=listening))
@@ -134,14 +145,14 @@ def test_a_controller_that_has_not_listened_long_enough_leaves_detection_to_the_
 
 
 def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # This node cannot reach the primary, but a sensor's heartbeats still come: detection is
     # the sensors' (they report a primary they see down), not this node's.
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
     cluster.shards[0].primary.process.send_signal(signal.SIGKILL)
 
-    async def a_live_sensor(store: RedisCoordinationStore) -> None:
+    async def a_live_sensor(store: CoordinationStore) -> None:
         await store.sensors.record_heartbeat(heartbeat_from(cluster))
 
     events = asyncio.run(watch_for(cluster, 1.0, before=a_live_sensor))
@@ -149,18 +160,21 @@ def test_a_primary_its_live_sensors_speak_for_is_not_reported_by_the_controllers
 
 
 def test_a_shard_whose_api_writes_keep_failing_is_reported_unwritable_with_that_evidence(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
 
-    async def writes_keep_failing(store: RedisCoordinationStore) -> None:
-        reporter = WriteFailureReporter(store.control, "api-1")
-        await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
-        # Still failing a moment later (the run is kept fresh while it lasts).
-        await asyncio.sleep(QUICK.self_report_after + 0.1)
-        reporter._flushed_at.clear()
-        await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
-        await reporter.drain()
+    async def writes_keep_failing(store: CoordinationStore) -> None:
+        reporter = api_reporter(cluster)
+        try:
+            await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
+            # Still failing a moment later (the run is kept fresh while it lasts).
+            await asyncio.sleep(QUICK.self_report_after + 0.1)
+            reporter._flushed_at.clear()
+            await reporter.failed("s0", ShardUnavailable("shard s0: primary unreachable"))
+            await reporter.drain()
+        finally:
+            await reporter.control.aclose()
 
     events = asyncio.run(watch_for(cluster, 1.5, before=writes_keep_failing))
     [report] = [e for e in events if e.type == "ShardUnwritable"]
@@ -170,9 +184,9 @@ def test_a_shard_whose_api_writes_keep_failing_is_reported_unwritable_with_that_
 
 
 def test_the_first_successful_write_clears_the_apis_report(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=0)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=0)
 
     async def fail_then_succeed() -> int:
         control = aioredis.Redis.from_url(cluster.control.url)
@@ -190,6 +204,9 @@ def test_the_first_successful_write_clears_the_apis_report(
     assert asyncio.run(fail_then_succeed()) == 0
 
 
+@pytest.mark.redis_control_store(
+    "the control Redis unreachable from the start; etcd's loss of quorum is in test_store_outage.py"
+)
 def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
     told: list[str] = []
 
@@ -216,13 +233,13 @@ def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
 
 
 def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
     # A controller (re)starting after an outage finds only old heartbeats: the sensors had no
     # chance to be heard yet, so that is no silence of theirs.
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
 
-    async def an_old_heartbeat(store: RedisCoordinationStore) -> None:
+    async def an_old_heartbeat(store: CoordinationStore) -> None:
         heartbeat = heartbeat_from(cluster)
         old = heartbeat.model_copy(update={"occurred_at": heartbeat.occurred_at - timedelta(60)})
         await store.sensors.record_heartbeat(old)
@@ -233,15 +250,15 @@ def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(
 
 
 def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
-    start_cluster: Callable[..., LocalCluster],
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(shards=1, replicas=1)
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
 
     async def two_episodes() -> list[Event]:
-        store = RedisCoordinationStore.from_url(cluster.control.url)
+        store = open_coordination_store(store_address_of(cluster))
         stream = PublishedEvents()
         watch = ShardWatch(store, stream, ShardKeeper(store, "n1", "demote"), "n1", QUICK)
-        reporter = WriteFailureReporter(store.control, "api-1")
+        reporter = api_reporter(cluster)
 
         async def watch_while(seconds: float) -> None:
             deadline = time.monotonic() + seconds
@@ -263,6 +280,7 @@ def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
             return stream.events
         finally:
             await store.aclose()
+            await reporter.control.aclose()
 
     reports = [e for e in asyncio.run(two_episodes()) if e.type == "ShardUnwritable"]
     assert len(reports) == 2 and reports[0].incident_key != reports[1].incident_key
