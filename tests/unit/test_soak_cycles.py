@@ -64,6 +64,8 @@ def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
 
 
 class _Deployment:
+    etcd_endpoints = None  # a staging on Redis
+
     def topology(self) -> SimpleNamespace:
         return _topology()
 
