@@ -420,7 +420,7 @@ def settle(
     primary and the containers are within their bound: a released replacement is removed a
     moment after it leaves the topology); on etcd, also until every member answers with one
     leader."""
-    members = (deployment.etcd_endpoints or "").split(",") if deployment.etcd_endpoints else []
+    members = deployment.etcd_endpoints.split(",") if deployment.etcd_endpoints else []
     started = time.monotonic()
     problems = ["not checked"]
     count: int | None = None
