@@ -2,7 +2,7 @@
 up, kills a primary, pauses a replica and partitions a primary (the first three faults of its
 rotation), checks after each cycle that nothing acknowledged was lost, every shard is back to a
 primary and its full replica count in sync and the containers within their bound, shows the
-control store's growth (judged from the fourth cycle: `chaos.soak_growth`, tested on its own),
+control store's growth (judged from the seventh cycle: `chaos.soak_growth`, tested on its own),
 and takes staging down. Published ports are free ones (the compose file's
 RQ_*_PORT variables); the subnets are the file's own (10.231.1/24, 10.231.2/24).
 
