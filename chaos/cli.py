@@ -486,6 +486,7 @@ def soak(
         raise refuse_to_start("ratequeue-chaos soak", f"--kill-services: {error}") from None
     try:
         compose_files = staging_compose_files(compose_file, control.value)
+        endpoints = StagingEndpoints.from_environment(control.value)
     except ChaosError as error:
         raise refuse_to_start("ratequeue-chaos soak", str(error)) from None
     stop = threading.Event()
@@ -499,7 +500,7 @@ def soak(
             compose_files=compose_files,
             scenarios=scenarios,
             journal_dir=journal_dir,
-            endpoints=StagingEndpoints.from_environment(control.value),
+            endpoints=endpoints,
             bring_up=up,
             take_down=down,
             gap_seconds=gap_seconds,

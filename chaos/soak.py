@@ -67,6 +67,7 @@ from chaos.soak_services import (
 from chaos.store_members import members_not_serving
 from chaos.targets import Deployment
 from chaos.testbed import ControlBackend
+from common.errors import EtcdError
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
 from ratequeue.topology import NodeRef, Topology
 
@@ -156,20 +157,36 @@ class StagingEndpoints:
 
     @classmethod
     def from_environment(cls, control: ControlBackend = "redis") -> StagingEndpoints:
-        env = os.environ
+        """The ports the compose file's variables name (its defaults when unset); a value that
+        is not a port is a ChaosError naming the variable. The etcd members' ports are read only
+        on etcd."""
+
+        def port(name: str, default: int) -> int:
+            text = os.environ.get(name)
+            if text is None:
+                return default
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if not 0 < value < 65536:
+                raise ChaosError(f"{name}: expected a TCP port (1-65535), got {text!r}")
+            return value
+
+        etcd_defaults = (17001, 17002, 17003)
         return cls(
-            api_port=int(env.get("RQ_API_PORT", 17080)),
+            api_port=port("RQ_API_PORT", 17080),
             lazarus_ports=(
-                int(env.get("RQ_LAZARUS1_PORT", 17091)),
-                int(env.get("RQ_LAZARUS2_PORT", 17092)),
-                int(env.get("RQ_LAZARUS3_PORT", 17093)),
+                port("RQ_LAZARUS1_PORT", 17091),
+                port("RQ_LAZARUS2_PORT", 17092),
+                port("RQ_LAZARUS3_PORT", 17093),
             ),
-            control_port=int(env.get("RQ_CONTROL_PORT", 17000)),
+            control_port=port("RQ_CONTROL_PORT", 17000),
             control=control,
             etcd_ports=(
-                int(env.get("RQ_ETCD1_PORT", 17001)),
-                int(env.get("RQ_ETCD2_PORT", 17002)),
-                int(env.get("RQ_ETCD3_PORT", 17003)),
+                tuple(port(f"RQ_ETCD{i}_PORT", d) for i, d in enumerate(etcd_defaults, 1))  # type: ignore[arg-type]
+                if control == "etcd"
+                else etcd_defaults
             ),
         )
 
@@ -547,6 +564,7 @@ def run_cycle(
 # cycle is recorded as failed with it, and the soak goes on.
 CYCLE_ERRORS = (
     ChaosError,
+    EtcdError,  # the etcd members' census or settle after quorum was lost: a failed cycle
     OSError,
     subprocess.SubprocessError,
     redis.RedisError,

@@ -70,3 +70,32 @@ def test_a_control_store_the_soak_does_not_know_is_refused_naming_the_option() -
     assert result.exit_code == 2
     assert "--control" in result.output
     assert "'zookeeper' is not one of 'redis', 'etcd'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("RQ_API_PORT", "abc"), ("RQ_ETCD2_PORT", "99999")]
+)
+def test_a_port_variable_that_is_not_a_port_is_refused_naming_it_before_staging_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(
+        app,
+        ["soak", "--control", "etcd", "--no-up", "--no-down", "--journal-dir", str(tmp_path)],
+        env={"COLUMNS": "300"},
+    )
+    assert result.exit_code != 0
+    assert f"{variable}: expected a TCP port (1-65535), got {value!r}" in result.output
+    assert not any(tmp_path.iterdir())  # refused before the soak wrote anything
+
+
+def test_on_redis_the_etcd_port_variables_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RQ_ETCD1_PORT", "abc")
+    assert StagingEndpoints.from_environment("redis").control == "redis"
+
+
+def test_an_etcd_error_is_a_failed_cycle_not_the_end_of_the_soak() -> None:
+    from chaos.soak import CYCLE_ERRORS
+    from common.errors import EtcdUnreachable
+
+    assert isinstance(EtcdUnreachable("no member answered"), CYCLE_ERRORS)
