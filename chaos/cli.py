@@ -16,7 +16,7 @@ from rich.table import Table
 
 from chaos import testbed as testbed_module
 from chaos.agent.settings import AgentSettings
-from chaos.errors import TestbedError
+from chaos.errors import ChaosError, TestbedError
 from chaos.load import LoadProfile
 from chaos.schedule_settings import ScheduleSettings
 from chaos.soak_growth import BYTES_PER_CYCLE
@@ -430,6 +430,12 @@ def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir
 def soak(
     cycles: int = typer.Option(30, "--cycles", min=1, help="experiments to run, one per cycle"),
     compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file"),
+    control: ControlChoice = typer.Option(
+        ControlChoice.redis,
+        "--control",
+        help="staging's coordination store: redis, or etcd (three members: the etcd override "
+        "beside the compose file, and the target deploy/staging-etcd-target.yaml describes)",
+    ),
     scenarios: Path = typer.Option(Path("scenarios"), "--scenarios", help="the templates"),
     journal_dir: Path = typer.Option(Path("soak-journals"), "--journal-dir"),
     up: bool = typer.Option(True, help="bring staging up first (docker compose up --wait)"),
@@ -456,10 +462,10 @@ def soak(
     every shard in turn; after each cycle check 0 acknowledged lost, every shard whole, the
     container count within its bound and the control store not growing from cycle to cycle
     (judged from the seventh cycle on). One table; exit 1 on any miss. Ports and subnets: the
-    compose file's variables (RQ_API_PORT, ...)."""
+    compose file's variables (RQ_API_PORT, ...; on etcd also RQ_ETCD1_PORT..RQ_ETCD3_PORT)."""
     import threading
 
-    from chaos.soak import CYCLE_ERRORS, StagingEndpoints
+    from chaos.soak import CYCLE_ERRORS, StagingEndpoints, staging_compose_files
     from chaos.soak import soak as run_soak
     from chaos.soak_deliveries import describe_counts
     from chaos.soak_services import parse_services
@@ -478,6 +484,11 @@ def soak(
         services = parse_services(kill_services) if kill_services else []
     except ValueError as error:
         raise refuse_to_start("ratequeue-chaos soak", f"--kill-services: {error}") from None
+    try:
+        compose_files = staging_compose_files(compose_file, control.value)
+        endpoints = StagingEndpoints.from_environment(control.value)
+    except ChaosError as error:
+        raise refuse_to_start("ratequeue-chaos soak", str(error)) from None
     stop = threading.Event()
 
     def say(text: str) -> None:
@@ -486,10 +497,10 @@ def soak(
     try:
         results = run_soak(
             cycles,
-            compose_file=compose_file,
+            compose_files=compose_files,
             scenarios=scenarios,
             journal_dir=journal_dir,
-            endpoints=StagingEndpoints.from_environment(),
+            endpoints=endpoints,
             bring_up=up,
             take_down=down,
             gap_seconds=gap_seconds,

@@ -20,12 +20,21 @@ available without the only API, and recovery is timed to a write through it). Th
 a refused or unanswered enqueue with the same id, so what the API never acknowledged is not
 counted, and nothing acknowledged may be lost.
 
+With `control` etcd (`--control etcd`), staging is brought up (and taken down) with the etcd
+override beside the compose file (`docker-compose.etcd.yml`: three etcd members hold the
+coordination store; the control Redis keeps the event stream and the record log), the cycles
+run against the target `deploy/staging-etcd-target.yaml` describes (the etcd members at their
+published ports, RQ_ETCD{1,2,3}_PORT), every settle also needs the three members answering with
+one leader, and the census counts etcd's keys without a lease beside the control Redis's. The
+members are staging's own containers (in the compose count, never faulted by the rotation).
+
 Not for: running one experiment (`ratequeue-chaos run`), building images
 (`deploy/build-images.sh`), or judging a run's hypotheses (`chaos.hypotheses`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -49,13 +58,16 @@ from chaos.journal import Journal, Say
 from chaos.runner import ExperimentRunner
 from chaos.scheduler import run_lock
 from chaos.soak_deliveries import Undelivered, describe_counts, drain_leftovers
-from chaos.soak_growth import Census, judge_growth, take_census
+from chaos.soak_growth import Census, judge_growth, take_census, take_etcd_census, with_etcd
 from chaos.soak_services import (
     ServiceKill,
     ServiceKiller,
     service_of_cycle,
 )
+from chaos.store_members import members_not_serving
 from chaos.targets import Deployment
+from chaos.testbed import ControlBackend
+from common.errors import EtcdError
 from lazarus_lite.docker_actuator import LABEL_DEPLOYMENT, LABEL_NAME, LABEL_ROLE
 from ratequeue.topology import NodeRef, Topology
 
@@ -95,6 +107,9 @@ NOT_JUDGED_WITHOUT_API = frozenset(
 # minutes). A 4-hourly schedule never comes near either window.
 SOAK_RATE_LIMIT_WINDOW = 120.0
 PROVISIONED_BY = "ratequeue.provisioned-by"
+# The override that puts staging's coordination store on three etcd members, beside the compose
+# file (`--control etcd`).
+ETCD_OVERRIDE = "docker-compose.etcd.yml"
 SHARD_ROLES = frozenset({"primary", "replica"})
 
 
@@ -136,30 +151,78 @@ class StagingEndpoints:
     lazarus_ports: tuple[int, int, int] = (17091, 17092, 17093)
     control_port: int = 17000
     deployment: str = "ratequeue"
+    control: ControlBackend = "redis"
+    etcd_ports: tuple[int, int, int] = (17001, 17002, 17003)
+    """The etcd members' published client ports (docker-compose.etcd.yml), with `control` etcd."""
 
     @classmethod
-    def from_environment(cls) -> StagingEndpoints:
-        env = os.environ
+    def from_environment(cls, control: ControlBackend = "redis") -> StagingEndpoints:
+        """The ports the compose file's variables name (its defaults when unset); a value that
+        is not a port is a ChaosError naming the variable. The etcd members' ports are read only
+        on etcd."""
+
+        def port(name: str, default: int) -> int:
+            text = os.environ.get(name)
+            if text is None:
+                return default
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if not 0 < value < 65536:
+                raise ChaosError(f"{name}: expected a TCP port (1-65535), got {text!r}")
+            return value
+
+        etcd_defaults = (17001, 17002, 17003)
         return cls(
-            api_port=int(env.get("RQ_API_PORT", 17080)),
+            api_port=port("RQ_API_PORT", 17080),
             lazarus_ports=(
-                int(env.get("RQ_LAZARUS1_PORT", 17091)),
-                int(env.get("RQ_LAZARUS2_PORT", 17092)),
-                int(env.get("RQ_LAZARUS3_PORT", 17093)),
+                port("RQ_LAZARUS1_PORT", 17091),
+                port("RQ_LAZARUS2_PORT", 17092),
+                port("RQ_LAZARUS3_PORT", 17093),
             ),
-            control_port=int(env.get("RQ_CONTROL_PORT", 17000)),
+            control_port=port("RQ_CONTROL_PORT", 17000),
+            control=control,
+            etcd_ports=(
+                tuple(port(f"RQ_ETCD{i}_PORT", d) for i, d in enumerate(etcd_defaults, 1))  # type: ignore[arg-type]
+                if control == "etcd"
+                else etcd_defaults
+            ),
         )
 
+    def etcd_endpoints(self) -> list[str]:
+        """The members' client URLs from the host (none with `control` redis)."""
+        if self.control != "etcd":
+            return []
+        return [f"http://127.0.0.1:{port}" for port in self.etcd_ports]
+
     def target(self) -> Deployment:
+        """What deploy/staging-target.yaml (or, on etcd, deploy/staging-etcd-target.yaml)
+        says, at these ports."""
         return Deployment(
             name="staging",
             environment="stage",
             api=f"http://127.0.0.1:{self.api_port}",
             control=f"redis://127.0.0.1:{self.control_port}/0",
+            etcd_endpoints=",".join(self.etcd_endpoints()) or None,
             lazarus=[f"http://127.0.0.1:{p}" for p in self.lazarus_ports],
             default_backend="docker",
             docker_deployment=self.deployment,
         )
+
+
+def staging_compose_files(compose_file: Path, control: ControlBackend) -> list[Path]:
+    """The compose files staging is brought up with: `compose_file`, and on etcd the etcd
+    override beside it; ChaosError naming `--control` when that override is not there."""
+    if control != "etcd":
+        return [compose_file]
+    override = compose_file.parent / ETCD_OVERRIDE
+    if not override.is_file():
+        raise ChaosError(
+            f"--control etcd: no {ETCD_OVERRIDE} beside {compose_file} (the override that "
+            "adds staging's three etcd members)"
+        )
+    return [compose_file, override]
 
 
 def fault_of_cycle(cycle: int, shards: list[str]) -> tuple[str, str, str]:
@@ -209,15 +272,16 @@ def compose_environment(environ: Mapping[str, str]) -> dict[str, str]:
 class Staging:
     """The compose deployment: up, down, and what the checks read from it."""
 
-    def __init__(self, compose_file: Path, endpoints: StagingEndpoints, say: Say) -> None:
-        self.compose_file = compose_file
+    def __init__(self, compose_files: list[Path], endpoints: StagingEndpoints, say: Say) -> None:
+        self.compose_files = compose_files
         self.endpoints = endpoints
         self.say = say
         self.engine = docker.from_env(timeout=60)
 
     def _compose(self, *args: str, timeout: float = 600) -> None:
         env = compose_environment(os.environ)
-        command = ["docker", "compose", "-f", str(self.compose_file), *args]
+        files = [arg for path in self.compose_files for arg in ("-f", str(path))]
+        command = ["docker", "compose", *files, *args]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise ChaosError(
@@ -281,11 +345,16 @@ class Staging:
         return f"http://127.0.0.1:{port}"
 
     def control_census(self) -> Census:
+        """The control Redis's census, and on etcd the members' keys without a lease with it."""
         control = redis.Redis(port=self.endpoints.control_port, socket_timeout=5)
         try:
-            return take_census(control)
+            census = take_census(control)
         finally:
             control.close()
+        if self.endpoints.control != "etcd":
+            return census
+        families, family_bytes = asyncio.run(take_etcd_census(self.endpoints.etcd_endpoints()))
+        return with_etcd(census, families, family_bytes)
 
 
 def replication_of(node: NodeRef) -> dict | None:
@@ -366,7 +435,9 @@ def settle(
 ) -> Settled:
     """Wait until every shard is whole (and, with `staging`, no other shard node answers as a
     primary and the containers are within their bound: a released replacement is removed a
-    moment after it leaves the topology)."""
+    moment after it leaves the topology); on etcd, also until every member answers with one
+    leader."""
+    members = deployment.etcd_endpoints.split(",") if deployment.etcd_endpoints else []
     started = time.monotonic()
     problems = ["not checked"]
     count: int | None = None
@@ -376,6 +447,8 @@ def settle(
         try:
             topology = deployment.topology()
             problems = shards_whole(topology)
+            if members and not problems:
+                problems = members_not_serving(members)
             if staging is not None and not problems:
                 problems = stray_primaries(staging, topology)
             if staging is not None and not problems:
@@ -491,6 +564,7 @@ def run_cycle(
 # cycle is recorded as failed with it, and the soak goes on.
 CYCLE_ERRORS = (
     ChaosError,
+    EtcdError,  # the etcd members' census or settle after quorum was lost: a failed cycle
     OSError,
     subprocess.SubprocessError,
     redis.RedisError,
@@ -545,7 +619,7 @@ def record_census(journal_dir: Path, cycle: int, census: Census) -> None:
 def soak(
     cycles: int,
     *,
-    compose_file: Path,
+    compose_files: list[Path],
     scenarios: Path,
     journal_dir: Path,
     endpoints: StagingEndpoints,
@@ -562,7 +636,7 @@ def soak(
 ) -> list[CycleResult]:
     """Run the cycles (all of them, also after a miss or a failed cycle: the table shows every
     one); from the seventh on, each cycle's misses include the control store's growth so far."""
-    staging = Staging(compose_file, endpoints, say)
+    staging = Staging(compose_files, endpoints, say)
     deployment = endpoints.target()
     results: list[CycleResult] = []
     try:

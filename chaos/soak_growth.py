@@ -22,6 +22,12 @@ by at most their allowance a cycle and plateau too (the last third not wholly ab
 third by more than `BYTES_NOISE`: a re-encoded hash moves a little both ways, and the topology
 steps up one allocator size class once; a leak keeps going up).
 
+On etcd (`soak --control etcd`) the census takes both stores: the control Redis (the event
+stream and the record log stay there) and etcd, where a key without a lease is what nothing
+bounds (a lease is etcd's expiry: a finished workflow's record, a lock, a claim), counted by
+family in the same way (`/lazarus/wf/*/record`), its bytes the key's and the value's length.
+The sensor registry (`/lazarus/sensor/`, one key a sensor) is left out as its Redis hash is.
+
 Not for: running the cycles (`chaos.soak`) or the shard checks.
 """
 
@@ -34,8 +40,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from common.etcd_client import EtcdClient, EtcdClientSettings
 from detection.streams import DEAD_LETTER_STREAM, EVENTS_STREAM
-from lazarus_lite.coordination import redis_keys
+from lazarus_lite.coordination import etcd_keys, redis_keys
 
 # Written with a cap on every write: the writer's contract bounds them, not the soak.
 CAPPED: dict[str, str] = {
@@ -47,6 +54,13 @@ CAPPED: dict[str, str] = {
     # the soak's cycles, as expiring keys are.
     redis_keys.SENSORS: "heartbeats older than SENSOR_HEARTBEAT_RETENTION removed on each read",
 }
+# The same on etcd, where the registry is a prefix of keys, one a sensor, not one hash.
+CAPPED_ETCD_PREFIXES: dict[str, str] = {
+    etcd_keys.SENSORS: "heartbeats older than SENSOR_HEARTBEAT_RETENTION removed on each read",
+}
+# Every key of the store on etcd: the coordination store's (`/lazarus/`) and the topology's
+# (`/ratequeue/topology`).
+ETCD_KEYSPACE = "/"
 # Allowed byte growth a cycle (slope), beside the plateau.
 BYTES_PER_CYCLE = 256.0
 # How far the last third of the byte censuses may sit above the first third: re-encoding noise
@@ -68,9 +82,11 @@ JUDGED_FROM_SAMPLES = 6
 _ID_PART = re.compile(r"\d")
 
 
-def key_family(key: str) -> str:
-    """`lz:wf:7f3a...:history` -> `lz:wf:*:history`: each part holding a digit is an id."""
-    return ":".join("*" if _ID_PART.search(part) else part for part in key.split(":"))
+def key_family(key: str, separator: str = ":") -> str:
+    """`lz:wf:7f3a...:history` -> `lz:wf:*:history` (and, with separator `/`, etcd's
+    `/lazarus/wf/7f3a.../record` -> `/lazarus/wf/*/record`): each part holding a digit is an id."""
+    parts = key.split(separator)
+    return separator.join("*" if _ID_PART.search(part) else part for part in parts)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,33 @@ def take_census(control: redis.Redis) -> Census:
     used = int(control.info("memory")["used_memory"])
     return Census(used_memory=used, unbounded_bytes=sum(family_bytes.values()),
                   families=dict(families), family_bytes=dict(family_bytes))  # fmt: skip
+
+
+async def take_etcd_census(endpoints: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """The keys without a lease in etcd, by family, and their bytes (key and value): one range
+    read of the whole keyspace at one revision."""
+    families: Counter[str] = Counter()
+    family_bytes: Counter[str] = Counter()
+    async with EtcdClient(EtcdClientSettings(endpoints=endpoints, call_timeout=5.0)) as client:
+        found = await client.get_prefix(ETCD_KEYSPACE)
+    for kv in found.kvs:
+        if kv.lease or kv.key.startswith(tuple(CAPPED_ETCD_PREFIXES)):
+            continue
+        family = key_family(kv.key, "/")
+        families[family] += 1
+        family_bytes[family] += len(kv.key.encode()) + len(kv.value)
+    return dict(families), dict(family_bytes)
+
+
+def with_etcd(census: Census, families: dict[str, int], family_bytes: dict[str, int]) -> Census:
+    """The control Redis's census and etcd's together (their families never share a name: the
+    Redis keys are `:`-separated, etcd's start with `/`); `used_memory` stays the Redis's."""
+    return Census(
+        used_memory=census.used_memory,
+        unbounded_bytes=census.unbounded_bytes + sum(family_bytes.values()),
+        families={**census.families, **families},
+        family_bytes={**census.family_bytes, **family_bytes},
+    )
 
 
 def slope(values: Sequence[float]) -> float:

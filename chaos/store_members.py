@@ -71,6 +71,35 @@ def etcd_member(
     return rng.choice(followers)
 
 
+def members_of(endpoints: list[str]) -> list[DeploymentNode]:
+    """The members at `endpoints` (client URLs) as nodes, each named for its URL."""
+    nodes = []
+    for url in endpoints:
+        parsed = httpx.URL(url)
+        nodes.append(DeploymentNode(name=url, role="etcd", host=parsed.host,
+                                    port=parsed.port or 2379))  # fmt: skip
+    return nodes
+
+
+def members_not_serving(endpoints: list[str]) -> list[str]:
+    """What keeps the etcd members at `endpoints` from serving as one cluster (empty: every
+    member answers and each names the same leader, one of them). A member restarting, paused
+    or cut off, or an election under way, is named."""
+    problems = []
+    leaders: set[str] = set()
+    ids: set[str] = set()
+    for node in members_of(endpoints):
+        status = member_status(node, timeout=2.0)
+        if status is None:
+            problems.append(f"etcd member {node.name} does not answer")
+            continue
+        ids.add(str(status["header"]["member_id"]))
+        leaders.add(str(status.get("leader", "0")))
+    if not problems and (len(leaders) != 1 or not leaders <= ids):
+        problems.append(f"the etcd members name no one leader among them ({sorted(leaders)})")
+    return problems
+
+
 def control_store(nodes: list[DeploymentNode]) -> DeploymentNode:
     """The control Redis node."""
     for node in nodes:

@@ -343,6 +343,11 @@ def _member_argv(
         # restarted member catches up from a snapshot rather than a long log.
         "--quota-backend-bytes", str(256 * 1024 * 1024),
         "--snapshot-count", "10000",
+        # Every write keeps an old revision until compacted, and nothing else compacts here
+        # (Kubernetes' API server does it for its etcd): without this a store under steady
+        # heartbeats and workflow saves grows to its quota and then refuses writes.
+        "--auto-compaction-mode", "periodic",
+        "--auto-compaction-retention", "5m",
         "--logger", "zap",
         "--log-outputs", "stderr",
         # Watchers learn about progress every few seconds, so a watch on a quiet key can tell

@@ -4,6 +4,10 @@ docker-compose.yml, each with a configured subnet whose upper half is the engine
 range) and the names the actuator derives from it. Everything it creates is removed at teardown,
 also on failure: the containers the actuator started, then the networks.
 
+The actuator follows the suite's switch (`RATEQUEUE_SUITE_CONTROL`, tests/suite_control.py): on
+etcd it is configured as the controllers of an etcd deployment configure theirs (members named,
+not run here, like the control store), so every replica and service host it starts carries them.
+
 Not for: the compose file itself (tests/test_staging_compose.py) or images (docker/*.sh).
 """
 
@@ -26,9 +30,12 @@ from lazarus_lite.docker_actuator import (
     DockerActuator,
     DockerActuatorSettings,
 )
+from tests.suite_control import suite_control
 
 REDIS_IMAGE = "ratequeue-redis:local"
 PROJECT_IMAGE = "ratequeue-testbed:local"
+# The etcd members the actuator names on etcd: not run here, as the control store is not.
+ETCD_MEMBERS = "http://10.0.0.7:2379,http://10.0.0.8:2379,http://10.0.0.9:2379"
 IMAGE_SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "redis-image.sh"
 
 
@@ -90,6 +97,7 @@ def deployment() -> Iterator[Deployment]:
             redis_image=redis_image(client),
             sensor_image=sensor_image(client),
             control_url="redis://10.0.0.1:6379/0",  # the sensors' control store: not run here
+            etcd_endpoints=ETCD_MEMBERS if suite_control() == "etcd" else None,
         )
     )
     try:

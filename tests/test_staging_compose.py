@@ -3,7 +3,8 @@ store, 3 shards of primary + 2 replicas with the testbed's Redis flags, a sensor
 three controllers in quorum, the API, the scheduled chaos service), deploy/staging-target.yaml
 describes exactly those containers, `docker compose config` accepts the file (skipped without
 a compose binary, unless RATEQUEUE_REQUIRE_COMPOSE=1, which .ci/run sets once it installed one),
-`ratequeue topology-init` writes epoch 1 once and never overwrites, and a fault step without a
+`ratequeue topology-init` writes epoch 1 once and never overwrites (in the control Redis: skipped
+on etcd, where tests/test_topology_cli_on_etcd.py has it), and a fault step without a
 backend uses the target's default backend.
 
 Not for: starting the stack (that needs the images; see the README's staging section).
@@ -476,6 +477,13 @@ def _init(control: RedisProcess, *specs: str, wait: str = "15") -> Any:
     return CliRunner().invoke(ratequeue_app, args)
 
 
+REDIS_TOPOLOGY_ONLY = (
+    "topology-init's map in the control Redis (its key, its fences); on etcd: "
+    "tests/test_topology_cli_on_etcd.py"
+)
+
+
+@pytest.mark.redis_control_store(REDIS_TOPOLOGY_ONLY)
 def test_topology_init_appoints_the_first_primary_and_writes_epoch_1_once(nodes: Any) -> None:
     control, primary, replica = nodes
     spec = f"s0=127.0.0.1:{primary.port},127.0.0.1:{replica.port}"
@@ -522,6 +530,7 @@ def test_topology_init_appoints_the_first_primary_and_writes_epoch_1_once(nodes:
         assert conn.get(FENCE_KEY) == b"4"
 
 
+@pytest.mark.redis_control_store(REDIS_TOPOLOGY_ONLY)
 def test_topology_init_refuses_bad_specs_and_unreachable_nodes(nodes: Any) -> None:
     control, primary, _ = nodes
     for bad in ("s0", "s0=", "s0=127.0.0.1", "s0=127.0.0.1:0", "s0=host:port"):

@@ -2,9 +2,13 @@
 up, kills a primary, pauses a replica and partitions a primary (the first three faults of its
 rotation), checks after each cycle that nothing acknowledged was lost, every shard is back to a
 primary and its full replica count in sync and the containers within their bound, shows the
-control store's growth (judged from the fourth cycle: `chaos.soak_growth`, tested on its own),
+control store's growth (judged from the seventh cycle: `chaos.soak_growth`, tested on its own),
 and takes staging down. Published ports are free ones (the compose file's
 RQ_*_PORT variables); the subnets are the file's own (10.231.1/24, 10.231.2/24).
+
+The soak follows the suite's switch (`RATEQUEUE_SUITE_CONTROL`, tests/suite_control.py): on
+etcd it runs `soak --control etcd` (staging with docker-compose.etcd.yml's three members, the
+same cycles), needs the etcd image too, and takes down both files at teardown.
 
 Skips, saying why, on a vfs storage driver (CI's fallback engine: too slow for a dozen
 containers), without a Docker engine, Compose v2 or the three staging images
@@ -28,14 +32,30 @@ import docker.errors
 import pytest
 
 from chaos.faults.docker import engine_unavailable_reason
+from chaos.soak import ETCD_OVERRIDE
 from common.redis_processes import free_port
+from tests.suite_control import suite_control
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ("ratequeue-redis:local", "ratequeue-python:local", "ratequeue-testbed:local")
+ETCD_IMAGE = "ratequeue-etcd:local"  # docker-compose.etcd.yml's members
 DEPLOYMENT_LABEL = "ratequeue.deployment=ratequeue"
 # The compose file's published ports, each set to a free one.
 PORT_VARIABLES = ("RQ_API_PORT", "RQ_LAZARUS1_PORT", "RQ_LAZARUS2_PORT", "RQ_LAZARUS3_PORT",
-                  "RQ_CONTROL_PORT")  # fmt: skip
+                  "RQ_CONTROL_PORT", "RQ_ETCD1_PORT", "RQ_ETCD2_PORT", "RQ_ETCD3_PORT")  # fmt: skip
+
+
+def compose_files() -> list[str]:
+    """`-f` arguments of staging on the suite's control store."""
+    files = [ROOT / "docker-compose.yml"]
+    if suite_control() == "etcd":
+        files.append(ROOT / ETCD_OVERRIDE)
+    return [arg for path in files for arg in ("-f", str(path))]
+
+
+def soak_command(*args: str) -> list[str]:
+    """`ratequeue-chaos soak ARGS` on the suite's control store."""
+    return [sys.executable, "-m", "chaos", "soak", "--control", suite_control(), *args]
 
 
 def _unavailable() -> str | None:
@@ -55,7 +75,7 @@ def _unavailable() -> str | None:
                 "cycle; the soak runs on overlay2"
             )
         missing = []
-        for image in IMAGES:
+        for image in (*IMAGES, ETCD_IMAGE) if suite_control() == "etcd" else IMAGES:
             try:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
@@ -90,16 +110,15 @@ def staging_environment() -> Iterator[dict[str, str]]:
                 if container.labels.get("ratequeue.deployment") == "ratequeue":
                     container.remove(force=True, v=True)
         client.close()
-        subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "down", "-v",
-                        "--remove-orphans"], env=environment, capture_output=True,
-                       timeout=300)  # fmt: skip
+        subprocess.run(["docker", "compose", *compose_files(), "down", "-v", "--remove-orphans"],
+                       env=environment, capture_output=True, timeout=300)  # fmt: skip
 
 
 def test_three_soak_cycles_lose_nothing_and_leave_staging_whole(
     staging_environment: dict[str, str], tmp_path: Path
 ) -> None:
     soak = subprocess.run(
-        [sys.executable, "-m", "chaos", "soak", "--cycles", "3", "--journal-dir", str(tmp_path)],
+        soak_command("--cycles", "3", "--journal-dir", str(tmp_path)),
         capture_output=True, text=True, timeout=1200, cwd=ROOT, env=staging_environment,
     )  # fmt: skip
     table = soak.stdout[soak.stdout.find("soak: ") :]
@@ -129,8 +148,8 @@ def test_killed_api_and_controller_come_back_through_their_restart_policy_losing
     # Python took 28 s to start at a load average of 20 on 2 cores, over 60 s at 30). Shown to fail
     # with the compose file's `restart: unless-stopped` made "no" (docs/staging-runs.md).
     soak = subprocess.run(
-        [sys.executable, "-m", "chaos", "soak", "--cycles", "2", "--journal-dir", str(tmp_path),
-         "--kill-services", "api,controller", "--service-back", "120s"],
+        soak_command("--cycles", "2", "--journal-dir", str(tmp_path),
+                     "--kill-services", "api,controller", "--service-back", "120s"),
         capture_output=True, text=True, timeout=900, cwd=ROOT, env=staging_environment,
     )  # fmt: skip
     table = soak.stdout[soak.stdout.find("soak: ") :]

@@ -37,7 +37,7 @@ from lazarus_lite.errors import ActuatorError
 from lazarus_lite.forensics import copy_data_files
 from ratequeue import membership
 from ratequeue.topology import HeldNode
-from tests.docker_deployment import Deployment, deployment
+from tests.docker_deployment import ETCD_MEMBERS, Deployment, deployment
 
 _UNAVAILABLE = engine_unavailable_reason()
 needs_engine = pytest.mark.skipif(
@@ -127,7 +127,7 @@ def test_remove_removes_the_replica_and_its_sensor_and_nothing_else(
 def test_a_replica_of_controllers_on_etcd_gets_a_sensor_reading_the_topology_in_etcd(
     staged: Deployment,
 ) -> None:
-    members = "http://10.0.0.7:2379,http://10.0.0.8:2379,http://10.0.0.9:2379"
+    members = ETCD_MEMBERS
     on_etcd = DockerActuator(
         staged.actuator.settings.model_copy(update={"etcd_endpoints": members}), staged.client
     )
@@ -147,7 +147,7 @@ def test_a_service_host_provisioned_on_etcd_gets_the_members_in_its_environment(
 ) -> None:
     """A profile's command names the control Redis alone; on etcd the replacement API (or
     controller) finds the topology through the environment the actuator gives it."""
-    members = "http://10.0.0.7:2379,http://10.0.0.8:2379,http://10.0.0.9:2379"
+    members = ETCD_MEMBERS
     on_etcd = DockerActuator(
         staged.actuator.settings.model_copy(update={"etcd_endpoints": members}), staged.client
     )

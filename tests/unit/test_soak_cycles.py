@@ -52,7 +52,7 @@ def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
     monkeypatch.setattr(StagingEndpoints, "target", lambda self: _Deployment())
     monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
     said: list[str] = []
-    results = soak(2, compose_file=Path("docker-compose.yml"), scenarios=Path("scenarios"),
+    results = soak(2, compose_files=[Path("docker-compose.yml")], scenarios=Path("scenarios"),
                    journal_dir=tmp_path, endpoints=StagingEndpoints(), bring_up=False,
                    take_down=False, gap_seconds=0, settle_seconds=1, growth_bytes_per_cycle=2048,
                    say=said.append, stop=threading.Event())  # fmt: skip
@@ -64,6 +64,8 @@ def test_a_cycle_the_engine_fails_is_a_failed_cycle_and_the_soak_goes_on(
 
 
 class _Deployment:
+    etcd_endpoints = None  # a staging on Redis
+
     def topology(self) -> SimpleNamespace:
         return _topology()
 
@@ -90,7 +92,7 @@ def _soak_leaving(
     monkeypatch.setattr(StagingEndpoints, "target", lambda self: _FinalDrainDeployment())
     monkeypatch.setattr(soak_module, "run_cycle", run_cycle)
     monkeypatch.setattr(soak_module, "drain_leftovers", drain_leftovers)
-    return soak(2, compose_file=Path("docker-compose.yml"), scenarios=Path("scenarios"),
+    return soak(2, compose_files=[Path("docker-compose.yml")], scenarios=Path("scenarios"),
                 journal_dir=tmp_path, endpoints=StagingEndpoints(), bring_up=False,
                 take_down=False, gap_seconds=0, settle_seconds=1, growth_bytes_per_cycle=2048,
                 say=lambda text: None, stop=threading.Event())  # fmt: skip
