@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[Event], Awaitable[Any]]
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when this task has been asked to stop. Every loop here survives its
+    own failures, so a cancellation swallowed below it would leave it running forever: seen
+    with redis-py 8.1, whose `XREADGROUP` (or `XAUTOCLAIM`) sometimes returned or failed
+    normally after the task was cancelled, its task still `cancelling()`; the node's stop then
+    waited on the loop for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def consume_events(
     stream: EventStream,
     node_id: str,
@@ -44,9 +55,11 @@ async def consume_events(
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            stop_if_cancelled()
             log.warning("%s: stream unavailable: %s", node_id, error)
             await asyncio.sleep(0.5)
             continue
+        stop_if_cancelled()  # the batch is left pending: another node reclaims it
         for received in batch:
             task = asyncio.create_task(
                 _handle_and_ack(stream, node_id, handle, received, keep_every)
@@ -87,6 +100,7 @@ async def _keep_while_handled(
 ) -> None:
     while True:
         await asyncio.sleep(every)
+        stop_if_cancelled()
         try:
             await stream.keep(node_id, received)
         except asyncio.CancelledError:
@@ -115,6 +129,7 @@ async def resume_orphans(engine: WorkflowEngine, node_id: str, interval: float) 
             raise
         except Exception as error:
             log.warning("%s: resume scan failed: %s", node_id, error)
+        stop_if_cancelled()
         await asyncio.sleep(interval)
 
 
@@ -122,6 +137,7 @@ async def keep_shards(keeper: ShardKeeper, node_id: str, interval: float) -> Non
     """Nodes that come back are put where the topology says (see `shard_keeper`)."""
     while True:
         await asyncio.sleep(interval)
+        stop_if_cancelled()
         try:
             for change in await keeper.run_once():
                 log.warning("%s: %s", node_id, change)
@@ -135,6 +151,7 @@ async def write_held_records(decisions: Decisions, interval: float) -> None:
     """Every `interval` seconds, write what was decided while the record log was away."""
     while True:
         await asyncio.sleep(interval)
+        stop_if_cancelled()
         if not len(decisions.held):
             continue
         try:
