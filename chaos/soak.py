@@ -173,7 +173,6 @@ class StagingEndpoints:
                 raise ChaosError(f"{name}: expected a TCP port (1-65535), got {text!r}")
             return value
 
-        etcd_defaults = (17001, 17002, 17003)
         return cls(
             api_port=port("RQ_API_PORT", 17080),
             lazarus_ports=(
@@ -184,9 +183,9 @@ class StagingEndpoints:
             control_port=port("RQ_CONTROL_PORT", 17000),
             control=control,
             etcd_ports=(
-                tuple(port(f"RQ_ETCD{i}_PORT", d) for i, d in enumerate(etcd_defaults, 1))  # type: ignore[arg-type]
+                tuple(port(f"RQ_ETCD{i}_PORT", d) for i, d in enumerate(cls.etcd_ports, 1))  # type: ignore[arg-type]
                 if control == "etcd"
-                else etcd_defaults
+                else cls.etcd_ports
             ),
         )
 
