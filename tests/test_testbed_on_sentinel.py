@@ -16,7 +16,7 @@ import redis
 
 from chaos import testbed
 from chaos.testbed import AckMode, TestbedState, running_testbed
-from common.sentinel_processes import QUORUM, SentinelTimers
+from common.sentinel_processes import QUORUM, SentinelTimers, promotable_replicas
 from ratequeue.topology import Shard
 from tests.e2e.support import cli_testbed, role, send, topology, wait_for
 
@@ -33,6 +33,12 @@ def sentinel_view(address: str, shard: str) -> dict:
     host, port = address.split(":")
     with redis.Redis(host, int(port), socket_timeout=2) as conn:
         return conn.sentinel_master(shard)
+
+
+def replicas_promotable(address: str, shard: str) -> int:
+    host, port = address.split(":")
+    with redis.Redis(host, int(port), socket_timeout=2) as conn:
+        return promotable_replicas(conn, shard)
 
 
 def enqueue(state: TestbedState, number: str, message_id: str) -> httpx.Response:
@@ -92,8 +98,8 @@ def test_a_killed_primary_is_replaced_by_sentinel_and_the_api_routes_to_the_new_
     ) as state:
         before = topology(state).shard("s0")
         wait_for(
-            "every sentinel to see both replicas",
-            lambda: all(sentinel_view(a, "s0")["num-slaves"] == 2 for a in state.sentinels),
+            "every sentinel to be able to promote both replicas",
+            lambda: all(replicas_promotable(a, "s0") == 2 for a in state.sentinels),
         )
         assert enqueue(state, "+14155550100", "before").status_code == 201
 
