@@ -103,7 +103,8 @@ def endpoints_setting(endpoints: str | None, setting: str = "etcd_endpoints") ->
     try:
         return EtcdClientSettings(endpoints=listed).endpoints
     except ValidationError as error:
-        problem = "; ".join(str(e["msg"]) for e in error.errors())
+        # A validator's own words, without pydantic's "Value error, " before them.
+        problem = "; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in error.errors())
         raise InvalidSetting(f"{setting}: {problem}") from None
 
 
@@ -251,6 +252,12 @@ class EtcdClient:
         self.settings = settings
         self._preferred = 0
         self._gateway = _GatewayCalls()
+
+    @classmethod
+    def from_setting(cls, endpoints: str | None, setting: str = "etcd_endpoints") -> EtcdClient:
+        """A client of a service's endpoints setting (comma-separated client URLs); an
+        InvalidSetting naming `setting` when it is missing or malformed (`endpoints_setting`)."""
+        return cls(EtcdClientSettings(endpoints=endpoints_setting(endpoints, setting)))
 
     async def __aenter__(self) -> EtcdClient:
         return self

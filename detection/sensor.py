@@ -42,9 +42,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from common.cancellation import cancel_until_done
+from common.cancellation import cancel_until_done, stop_if_cancelled
 from common.errors import InvalidSetting
-from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
+from common.etcd_client import EtcdClient, endpoints_setting
 from detection import probes
 from detection.errors import InvalidEvent, InvalidSensorConfig
 from detection.events import Event, new_event
@@ -207,8 +207,7 @@ class Sensor:
         )
         self._etcd: EtcdClient | None = None
         if topology is None and config.etcd_endpoints is not None:
-            endpoints = endpoints_setting(config.etcd_endpoints)
-            self._etcd = EtcdClient(EtcdClientSettings(endpoints=endpoints))
+            self._etcd = EtcdClient.from_setting(config.etcd_endpoints)
             topology = EtcdTopologyStore(self._etcd)
         self._source: TopologySource = topology or TopologyStore(self._control)
         self._topology: Topology | None = None
@@ -484,7 +483,9 @@ class Sensor:
             try:
                 await self.check_once()
             except Exception:
+                stop_if_cancelled()
                 log.exception("%s: check cycle failed; continuing", self.name)
+            stop_if_cancelled()
             remaining = self.config.interval - (time.monotonic() - started)
             if remaining > 0:
                 await self._sleep_unless_woken(stop, remaining)
@@ -526,6 +527,7 @@ class Sensor:
                 async with asyncio.timeout(self.config.ping_timeout):
                     reader, writer = await asyncio.open_connection(host, port, local_addr=local)
             except (OSError, TimeoutError):
+                stop_if_cancelled()
                 await asyncio.sleep(self.config.interval)  # down or cut off: the cycles see it
                 continue
             try:

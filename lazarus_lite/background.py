@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from common.cancellation import stop_if_cancelled
 from detection.events import Event
 from detection.streams import EventStream, Received
 from lazarus_lite.decisions import Decisions
@@ -25,17 +26,6 @@ from lazarus_lite.workflow.engine import WorkflowEngine
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Event], Awaitable[Any]]
-
-
-def stop_if_cancelled() -> None:
-    """Raise CancelledError when this task has been asked to stop. Every loop here survives its
-    own failures, so a cancellation swallowed below it would leave it running forever: seen
-    with redis-py 8.1, whose `XREADGROUP` (or `XAUTOCLAIM`) sometimes returned or failed
-    normally after the task was cancelled, its task still `cancelling()`; the node's stop then
-    waited on the loop for ever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def consume_events(

@@ -41,6 +41,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.cancellation import stop_if_cancelled
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
@@ -505,6 +506,7 @@ async def watch_forever(
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            stop_if_cancelled()
             log.warning("%s: shard watch pass failed: %s", watch.node_id, error)
             now = time.monotonic()
             blind_since = now if blind_since is None else blind_since
@@ -521,4 +523,5 @@ async def watch_forever(
                 except Exception as failure:  # telling must never stop watching
                     log.error("%s: %s; and telling a person failed: %s", watch.node_id, reason,
                               failure)  # fmt: skip
+        stop_if_cancelled()
         await asyncio.sleep(watch.settings.interval)

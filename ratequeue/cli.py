@@ -33,14 +33,13 @@ async def _topology_source(settings: ServiceSettings) -> AsyncIterator[TopologyS
     the control store's map with the primaries the sentinels name), closed on the way out."""
     import redis.asyncio as aioredis
 
-    from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
+    from common.etcd_client import EtcdClient
     from ratequeue.etcd_topology import EtcdTopologyStore
     from ratequeue.sentinel_topology import SentinelTopologySource
     from ratequeue.topology import TopologyStore
 
     if settings.topology_backend == "etcd":
-        endpoints = endpoints_setting(settings.etcd_endpoints)
-        async with EtcdClient(EtcdClientSettings(endpoints=endpoints)) as client:
+        async with EtcdClient.from_setting(settings.etcd_endpoints) as client:
             yield EtcdTopologyStore(client)
         return
     if settings.topology_backend == "sentinel":

@@ -26,8 +26,8 @@ from pydantic import Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from common.cancellation import cancel_until_done
-from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
+from common.cancellation import cancel_until_done, stop_if_cancelled
+from common.etcd_client import EtcdClient
 from common.retry import RetryPolicy
 from ratequeue.errors import (
     IdConflict,
@@ -339,6 +339,7 @@ class AsyncRatequeueClient:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                stop_if_cancelled()
                 log.debug("topology notifications interrupted: %s", error)
                 await asyncio.sleep(self.settings.refresh_interval)
 
@@ -346,6 +347,7 @@ class AsyncRatequeueClient:
         while not self._closing:
             await asyncio.sleep(self.settings.refresh_interval)
             await self.refresh_topology()
+            stop_if_cancelled()
 
     def _node(self, node: NodeRef) -> aioredis.Redis:
         connection = self._nodes.get(node.address)
@@ -682,11 +684,7 @@ class RatequeueClient:
         map (read and watched there, as `serve` does with `topology_backend=etcd`); None: the
         map is in the control store. Bad endpoints are an InvalidSetting naming the argument."""
         # Checked before the loop starts, so a bad value leaves nothing running.
-        self._etcd = (
-            None
-            if etcd_endpoints is None
-            else EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(etcd_endpoints)))
-        )
+        self._etcd = None if etcd_endpoints is None else EtcdClient.from_setting(etcd_endpoints)
         # Built before the loop's thread starts, so a bad control_url leaves nothing running.
         self._client = AsyncRatequeueClient(
             control_url,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from common.cancellation import stop_if_cancelled
 from common.errors import EtcdHistoryCompacted, EtcdOutcomeUnknown, EtcdUnreachable
 from common.etcd_client import Compare, EtcdClient, KeyValue, Put
 from ratequeue.errors import EpochConflict
@@ -110,6 +111,7 @@ class EtcdTopologyStore:
             try:
                 read = await self._client.get_range(self._key)
             except EtcdUnreachable:
+                stop_if_cancelled()
                 await asyncio.sleep(refresh_every)
                 continue
             if read.kvs:
@@ -128,4 +130,5 @@ class EtcdTopologyStore:
                             last = topology.epoch
                             yield topology
             except (EtcdUnreachable, EtcdHistoryCompacted):
+                stop_if_cancelled()
                 await asyncio.sleep(refresh_every)

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from common.direct_routes import DirectRoute
 from common.errors import InvalidRequest
-from common.etcd_client import EtcdClient, EtcdClientSettings, endpoints_setting
+from common.etcd_client import EtcdClient
 from common.http_contract import (
     PROJECT_ERRORS,
     ErrorDetail,
@@ -255,7 +255,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
     directory every worker process writes its metrics to (`ratequeue.workers`)."""
     metrics = ServiceMetrics(metrics_dir)
     etcd = (
-        EtcdClient(EtcdClientSettings(endpoints=endpoints_setting(settings.etcd_endpoints)))
+        EtcdClient.from_setting(settings.etcd_endpoints)
         if settings.topology_backend == "etcd"
         else None
     )

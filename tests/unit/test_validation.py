@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from common.errors import InvalidSetting
+from common.etcd_client import EtcdClient
 from common.validation import HttpUrlText, RedisUrlText
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings
@@ -64,3 +65,13 @@ def test_a_controller_on_etcd_keeps_its_endpoints() -> None:
                                         api_token=TOKEN, coordination_backend="etcd",
                                         etcd_endpoints=endpoints)  # fmt: skip
     assert settings.etcd_endpoints == endpoints
+
+
+def test_an_etcd_client_of_a_malformed_endpoints_setting_is_refused_naming_the_setting() -> None:
+    with pytest.raises(InvalidSetting, match=r"^etcd_endpoints: endpoint 'ftp://x:1'"):
+        EtcdClient.from_setting("http://127.0.0.1:2379,ftp://x:1")
+
+
+def test_an_etcd_client_of_an_endpoints_setting_uses_every_endpoint() -> None:
+    client = EtcdClient.from_setting(" http://127.0.0.1:2379/, http://127.0.0.1:2381 ")
+    assert client.settings.endpoints == ["http://127.0.0.1:2379", "http://127.0.0.1:2381"]
