@@ -5,6 +5,7 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 
 from __future__ import annotations
 
+import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -402,27 +403,62 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
 
 
 @app.command()
-def halt(journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir")) -> None:
-    """Stop the running experiment; it rolls back its faults before exiting. Docker faults a
-    killed run left in force are undone too, each named; exit 1 when one is left in force (the
-    engine refused or was unreachable, or another host wrote it)."""
+def halt(
+    journal_dir: Path = typer.Option(Path("chaos-journals"), "--journal-dir"),
+    target: Path | None = typer.Option(
+        None,
+        "--target",
+        help="the deployment a killed run was against (its target file or testbed.json): the "
+        "local backend's cut-offs it left on that deployment's processes are undone too",
+    ),
+) -> None:
+    """Stop the running experiment; it rolls back its faults before exiting. Faults a killed
+    run left in force are undone too, each named: Docker ones always, the local backend's on
+    the processes of `--target`. Exit 1 when one is left in force (the engine refused or was
+    unreachable, or another host wrote it), or when nothing was running or left."""
+    from chaos.errors import FaultError, TargetError
+    from chaos.fault_phase import undo_local_leftovers
     from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
+    from chaos.processes import live_fault_makers
     from chaos.scheduler import halt as halt_run
+    from chaos.targets import load_deployment
 
+    try:
+        deployment = load_deployment(target) if target is not None else None
+    except TargetError as error:
+        raise refused(error) from None
     try:
         pid = halt_run(journal_dir)
     except TimeoutError as error:
         raise refused(error) from None
     leftovers = undo_docker_leftovers(journal_dir)
+    local_failed: Exception | None = None
+    if deployment is not None:
+        # Local faults are made by processes on this host: while another chaos command runs
+        # here, a cut-off on the deployment may be its own, in force by design.
+        if makers := live_fault_makers(exclude={os.getpid()}):
+            local_failed = FaultError(
+                "not undoing the local backend's faults on the deployment: chaos commands "
+                f"still run on this host and may own them ({'; '.join(makers)})"
+            )
+        else:
+            try:
+                leftovers += undo_local_leftovers(deployment)
+            except FaultError as error:
+                local_failed = error
     for line in leftovers:
         console.print(f"leftover fault of a killed run: {escape(line)}")
     if pid is not None:
         console.print(f"halted chaos run {pid}; its faults were rolled back")
+    if local_failed is not None:
+        console.print(f"[red]local leftovers:[/] {escape(str(local_failed))}")
+        raise typer.Exit(1)
     if in_force := PendingDockerFaults(journal_dir).unsettled():
         console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
         raise typer.Exit(1)
     if pid is None and not leftovers:
-        console.print(f"no chaos run is running (no live pid in {journal_dir})")
+        console.print(f"no chaos run is running (no live pid in {journal_dir}), and none left "
+                      "a fault behind")  # fmt: skip
         raise typer.Exit(1)
 
 

@@ -192,11 +192,10 @@ class FaultPhase:
                 self.say(f"leftover fault of an earlier run: {line}")
         if self.deployment.default_backend != "local" and "local" not in self._backends:
             return
-        pids = [n.pid for n in self.deployment.nodes if n.pid is not None]
         try:
             backend = self._backends.get("local") or open_backend("local")
             self._backends["local"] = backend
-            undone = backend.remove_leftovers(pids)  # type: ignore[attr-defined]
+            undone = undo_local_leftovers(self.deployment, backend)
         except FaultError as error:
             journal.errors.append(f"removing an earlier run's leftovers failed: {error}")
             return
@@ -328,3 +327,11 @@ class FaultPhase:
 def quiet_rollback(fault: InjectedFault) -> None:
     with contextlib.suppress(FaultError):
         fault.rollback()
+
+
+def undo_local_leftovers(deployment: Deployment, backend: FaultBackend | None = None) -> list[str]:
+    """Undo the local backend's cut-offs a killed run left on `deployment`'s processes; a line
+    per fault undone. FaultError when the local backend cannot be opened or an undo fails."""
+    pids = [n.pid for n in deployment.nodes if n.pid is not None]
+    local = backend or open_backend("local")
+    return local.remove_leftovers(pids)  # type: ignore[attr-defined]

@@ -115,3 +115,34 @@ def process_state(pid: int) -> str | None:
 
 def running(pid: int) -> bool:
     return process_state(pid) not in (None, "Z", "X")
+
+
+# The chaos commands that inject faults (the local backend's among them) and keep them in force
+# while they run.
+FAULT_MAKING_COMMANDS = frozenset({"run", "demo", "soak", "agent", "compare"})
+
+
+def live_fault_makers(exclude: Collection[int] = ()) -> list[str]:
+    """`pid: command line` of each live `ratequeue-chaos` (or `python -m chaos`) process on
+    this host running a command that injects faults, except `exclude`: while one runs, a fault
+    in force on this host may be its own, not a leftover."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        argv = read_cmdline(int(entry.name))
+        if argv is None or not runs_program(argv, None, ("ratequeue-chaos", "chaos")):
+            continue
+        if _chaos_command(argv) in FAULT_MAKING_COMMANDS:
+            found.append(f"{entry.name}: {' '.join(argv)}")
+    return found
+
+
+def _chaos_command(argv: list[str]) -> str | None:
+    """The command a chaos command line runs: the first word after the program that is not an
+    option (`ratequeue-chaos run ...`, `python -m chaos run ...`)."""
+    names = [os.path.basename(arg) for arg in argv]
+    for at, name in enumerate(names):
+        if name in {"ratequeue-chaos", "chaos"}:
+            return next((arg for arg in argv[at + 1 :] if not arg.startswith("-")), None)
+    return None

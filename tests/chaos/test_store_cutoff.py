@@ -1,6 +1,7 @@
 """Cutting a store node off (`blackhole` with `whole_node`, what the chaos runner does to a
 `control_store` or `etcd_member` target on the local backend), on real processes: the node
-runs on, but nobody reaches it and it reaches nobody, until the rollback.
+runs on, but nobody reaches it and it reaches nobody, until the rollback; a cut-off a killed run
+left is undone by the next run or by `chaos halt --target`, not while a chaos run lives here.
 
 Not for: the peer-path blackhole of shard nodes (tests/chaos/test_local_faults.py).
 """
@@ -8,8 +9,11 @@ Not for: the peer-path blackhole of shard nodes (tests/chaos/test_local_faults.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +22,14 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from typer.testing import CliRunner, Result
 
+from chaos.cli import app as chaos_app
+from chaos.errors import FaultError
 from chaos.experiments import FaultStep, Selector
 from chaos.fault_phase import FaultPhase
-from chaos.faults.base import NodeTarget
+from chaos.faults.base import InjectedFault, NodeTarget
+from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.cgroups import cgroup2_mount
 from chaos.journal import Journal
 from chaos.processes import running
@@ -206,3 +214,64 @@ def test_a_cut_off_etcd_leader_loses_its_lead_and_catches_up_after_the_rollback(
     written = b"written while it was cut off"
     wait_until(lambda: asyncio.run(_read(leader.client_url, "/cut-off/probe")) == written,
                timeout=10)  # fmt: skip
+
+
+def _target_file(control: RedisProcess, directory: Path) -> Path:
+    """A testbed.json naming `control` (with its pid): what `chaos halt --target` reads."""
+    node = TestbedNode(name="control", role="control", host="127.0.0.1", port=control.port,
+                       pid=control.pid, command=["redis-server"])  # fmt: skip
+    state = TestbedState(api="http://127.0.0.1:1", control=control.url, nodes=[node])
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "testbed.json"
+    path.write_text(state.model_dump_json())
+    return path
+
+
+def halt_with_target(control: RedisProcess, tmp_path: Path) -> Result:
+    target = _target_file(control, tmp_path / "bed")
+    journals = tmp_path / "journals"
+    return CliRunner().invoke(chaos_app, ["halt", "--journal-dir", str(journals),
+                                          "--target", str(target)])  # fmt: skip
+
+
+@pytest.fixture
+def left_cut_off(control: RedisProcess) -> Iterator[InjectedFault]:
+    """The control store cut off by a run on the default chain that was killed: no rollback
+    ran (the test's clean-up does it, if the test did not)."""
+    left = LocalFaultBackend().inject("blackhole", control_target(control), whole_node=True)
+    yield left
+    with contextlib.suppress(FaultError):
+        left.rollback()
+
+
+def test_chaos_halt_with_the_target_undoes_a_killed_runs_cut_off_on_it_and_names_it(
+    control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
+) -> None:
+    halted = halt_with_target(control, tmp_path)
+
+    assert halted.exit_code == 0, halted.output
+    said = " ".join(halted.output.split())
+    assert f"leftover fault of a killed run: blackhole {left_cut_off.details['comment']}" in said
+    assert left_cut_off.details["comment"] not in iptables_save()
+    assert not cgroup_exists(left_cut_off.details["cgroup"])
+    wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
+
+
+def test_chaos_halt_leaves_a_cut_off_alone_while_a_chaos_run_lives_on_this_host(
+    control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
+) -> None:
+    # What `ratequeue-chaos run` looks like in /proc: the cut-off may be its own, by design.
+    script = tmp_path / "ratequeue-chaos"
+    script.write_text("import time\ntime.sleep(60)\n")
+    other_run = subprocess.Popen([sys.executable, str(script), "run", "primary_kill.yaml"])
+    try:
+        halted = halt_with_target(control, tmp_path)
+    finally:
+        other_run.kill()
+        other_run.wait()
+
+    assert halted.exit_code == 1, halted.output
+    said = " ".join(halted.output.split())
+    assert f"chaos commands still run on this host and may own them ({other_run.pid}:" in said
+    assert left_cut_off.details["comment"] in iptables_save()
+    assert ping_seconds("127.0.0.1", control.port, timeout=0.5) is None
