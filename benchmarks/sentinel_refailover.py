@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from chaos.testbed import TestbedNode, TestbedState, running_testbed
 from common import sentinel_processes
-from common.sentinel_processes import SentinelTimers
+from common.sentinel_processes import SentinelTimers, promotable_replicas
 
 # `+switch-master s0 127.0.0.2 5000 127.0.0.2 5001`, `+sdown master s0 127.0.0.2 5001`...
 EVENT = re.compile(
@@ -80,12 +80,15 @@ def masters(nodes: list[TestbedNode]) -> int:
 def wait_until_sentinels_see_everything(state: TestbedState, shards: list[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        views = []
+        views, promotable = [], []
         for address in state.sentinels:
             host, port = address.split(":")
             with client(host, int(port)) as conn:
                 views += [conn.sentinel_master(shard) for shard in shards]
-        if all(v["num-slaves"] >= 2 and v["num-other-sentinels"] == 2 for v in views):
+                promotable += [promotable_replicas(conn, shard) for shard in shards]
+        # Replicas it could promote, not only knows of: else its first failover may find no
+        # good replica and be retried only after twice the failover timeout.
+        if all(v["num-other-sentinels"] == 2 for v in views) and min(promotable) >= 2:
             return
         time.sleep(0.2)
     raise SystemExit("the sentinels did not see every replica and each other within 60 s")

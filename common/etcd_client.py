@@ -103,8 +103,7 @@ def endpoints_setting(endpoints: str | None, setting: str = "etcd_endpoints") ->
     try:
         return EtcdClientSettings(endpoints=listed).endpoints
     except ValidationError as error:
-        # A validator's own words, without pydantic's "Value error, " before them.
-        problem = "; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in error.errors())
+        problem = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
         raise InvalidSetting(f"{setting}: {problem}") from None
 
 

@@ -172,25 +172,27 @@ def start_sentinels(
     return started
 
 
-# Sentinel's own bounds for a replica it may promote (`sentinelSelectSlave` in sentinel.c): a
-# ping answered within 5 ping periods and an INFO within 3 info periods (5 s once the master is
-# down). A replica it has only heard of from the master's INFO fails both until its first
-# answers, and `SENTINEL FAILOVER` then answers NOGOODSLAVE.
-PROMOTABLE_WITHIN_MS = 5000
+# A replica `SENTINEL FAILOVER` may promote (`sentinelSelectSlave` in sentinel.c) is connected,
+# not down, of non-zero priority, answered a ping within 5 s and an INFO within 30 s (5 s once
+# the master is down), and its master link is not down for long. One the sentinel has only
+# heard of from the master's INFO is still `disconnected`, and its master-link-status stays
+# `err` until its own first INFO (info-refresh then reads 0, not "never"): NOGOODSLAVE. The
+# bounds here are stricter than Sentinel's, so they still hold when the command arrives.
+PING_WITHIN_MS = 2000
+INFO_WITHIN_MS = 20_000
 
 
 def promotable_replicas(conn: redis.Redis, master: str) -> int:
-    """How many of `master`'s replicas the sentinel behind `conn` would promote now: connected,
-    not down, in sync with the master, of non-zero priority, and heard from (ping and INFO)
-    within the bounds above. "num-slaves" counts replicas it merely knows of."""
+    """How many of `master`'s replicas the sentinel behind `conn` would promote now, by the
+    rules above. "num-slaves" counts replicas it merely knows of."""
     return sum(
         1
         for replica in conn.sentinel_slaves(master)
         if not any(replica.get(flag) for flag in ("is_sdown", "is_odown", "is_disconnected"))
         and replica.get("master-link-status") == "ok"
         and int(replica.get("slave-priority", 0)) > 0
-        and int(replica.get("last-ok-ping-reply", PROMOTABLE_WITHIN_MS)) < PROMOTABLE_WITHIN_MS
-        and int(replica.get("info-refresh", PROMOTABLE_WITHIN_MS)) < PROMOTABLE_WITHIN_MS
+        and int(replica.get("last-ok-ping-reply", PING_WITHIN_MS)) < PING_WITHIN_MS
+        and int(replica.get("info-refresh", INFO_WITHIN_MS)) < INFO_WITHIN_MS
     )
 
 

@@ -506,7 +506,6 @@ async def watch_forever(
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            stop_if_cancelled()
             log.warning("%s: shard watch pass failed: %s", watch.node_id, error)
             now = time.monotonic()
             blind_since = now if blind_since is None else blind_since

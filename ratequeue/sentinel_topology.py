@@ -46,6 +46,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.cancellation import cancel_until_done, stop_if_cancelled
 from ratequeue.errors import ManagedBySentinel
 from ratequeue.topology import NodeRef, Shard, Topology, TopologySource, TopologyStore
 
@@ -203,6 +204,7 @@ class RedisSentinelLink:
                     if message.get("type") == "message":
                         switched.set()
             except (RedisError, OSError):
+                stop_if_cancelled()
                 await asyncio.sleep(pause)
             finally:
                 await pubsub.aclose()
@@ -366,9 +368,7 @@ class SentinelTopologySource:
                     last = topology.epoch
                     yield topology
         finally:
-            for task in listeners:
-                task.cancel()
-            await asyncio.gather(*listeners, return_exceptions=True)
+            await cancel_until_done(listeners)
 
 
 def _text(value: object) -> str:

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
+from common.cancellation import stop_if_cancelled
 from ratequeue.errors import EpochConflict
 from ratequeue.slots import SLOT_COUNT
 
@@ -221,6 +222,7 @@ class TopologyStore:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_every)
                     topology = await self.load()
                 except (RedisError, OSError):
+                    stop_if_cancelled()
                     # The store is away: subscribe afresh (a notice may be lost meanwhile; the
                     # reread after it returns finds the newer map).
                     await pubsub.aclose()

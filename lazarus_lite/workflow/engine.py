@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from common.cancellation import cancel_until_done, stop_if_cancelled
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
 from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
@@ -223,9 +224,7 @@ class WorkflowEngine:
         except Exception:
             log.exception("workflow %s crashed on node %s", workflow_id, self.env.node_id)
         finally:
-            for task in (heartbeat, running):
-                task.cancel()
-            await asyncio.gather(heartbeat, running, return_exceptions=True)
+            await cancel_until_done((heartbeat, running))
             # Entries of a run that stopped before its next save: whoever resumes the workflow
             # starts from the stored record, which does not have them.
             self._unsaved.pop(workflow_id, None)
@@ -241,6 +240,7 @@ class WorkflowEngine:
         while True:
             left = last_renewed + fence_after - time.monotonic()
             await asyncio.sleep(min(lease / 3, max(left, 0.0)))
+            stop_if_cancelled()
             left = last_renewed + fence_after - time.monotonic()
             if left <= 0:
                 log.error("workflow %s: no lease renewal for %.1f s", workflow_id, fence_after)
@@ -261,6 +261,9 @@ class WorkflowEngine:
                 log.warning("workflow %s: lease renewal did not answer in time", workflow_id)
             except Exception as error:  # the control store blinked
                 log.warning("workflow %s: lease renewal failed: %s", workflow_id, error)
+            # A cancellation `wait_for` dropped as the renewal answered (Python 3.11) would
+            # otherwise keep renewing a lease its node stopped using.
+            stop_if_cancelled()
 
     async def _renew_lock(self, workflow_id: str) -> None:
         """A long step (an approval gate) must not let the workflow's lock expire."""
@@ -365,6 +368,7 @@ class WorkflowEngine:
             self._step_ended(record, definition.name, "retried", step_record, time.time())
             await self._record_step(record, "step_retrying", definition.name, error=failure)
             await asyncio.sleep(definition.retry.delay(step_record.attempts))
+            stop_if_cancelled()
 
     async def _gate(self, record: WorkflowRecord, definition: StepDefinition) -> StepReads | None:
         """What the gate of a state-changing step read (it raises to stop the step); None for

@@ -15,6 +15,7 @@ from common.cancellation import cancel_until_done
 from detection.streams import Received
 from lazarus_lite.background import consume_events
 from lazarus_lite.shard_watch import watch_forever
+from lazarus_lite.workflow.engine import WorkflowEngine
 from ratequeue.client import AsyncRatequeueClient, ClientSettings
 
 
@@ -120,3 +121,33 @@ async def test_an_api_client_whose_topology_watch_swallows_its_cancellation_stil
     following = asyncio.create_task(client._follow_notifications())
     assert await stops_within(following), "the topology follower kept running after cancel"
     await client.close()
+
+
+class LeasesRenewedAtOnce:
+    """Workflow leases whose renewal answers at once: a cancel that arrives as it answers is
+    dropped by Python 3.11's `wait_for` (it returns the answer), as a store that answers just
+    then would have it."""
+
+    def __init__(self) -> None:
+        self.renewed = asyncio.Event()
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        self.renewed.set()
+        return True
+
+    async def load(self, workflow_id: str) -> None:
+        return None  # no record: no resource lock to renew
+
+
+async def test_a_workflow_lease_keeper_whose_cancel_wait_for_dropped_still_stops() -> None:
+    leases = LeasesRenewedAtOnce()
+    env = SimpleNamespace(store=SimpleNamespace(workflows=leases), node_id="n1")
+    engine = WorkflowEngine(env, {})  # type: ignore[arg-type]
+    keeping = asyncio.create_task(engine._keep_ownership("wf-1"))
+    await leases.renewed.wait()  # woken as the renewal answers, before its waiter is told
+
+    keeping.cancel()
+    done, _ = await asyncio.wait({keeping}, timeout=0.6)  # before its next renewal is due
+    stopped = keeping in done
+    await cancel_until_done([keeping])
+    assert stopped, "the lease keeper kept renewing after it was cancelled"
