@@ -5,7 +5,6 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 
 from __future__ import annotations
 
-import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -413,48 +412,38 @@ def halt(
     ),
 ) -> None:
     """Stop the running experiment; it rolls back its faults before exiting. Faults a killed
-    run left in force are undone too, each named: Docker ones always, the local backend's on
-    the processes of `--target`. Exit 1 when one is left in force (the engine refused or was
-    unreachable, or another host wrote it), or when nothing was running or left."""
-    from chaos.errors import FaultError, TargetError
-    from chaos.fault_phase import undo_local_leftovers
+    run left in force are undone too, each named: Docker ones always, the local backend's
+    cut-offs on the processes of `--target`. Exit 1 when one is left in force (the engine
+    refused or was unreachable, another host wrote it, or a chaos command still running here
+    may own it), or when nothing was running or left."""
+    from chaos.errors import TargetError
+    from chaos.fault_phase import undo_local_cut_offs
     from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
-    from chaos.processes import live_fault_makers
     from chaos.scheduler import halt as halt_run
     from chaos.targets import load_deployment
 
     try:
-        deployment = load_deployment(target) if target is not None else None
-    except TargetError as error:
-        raise refused(error) from None
-    try:
+        if target is not None:
+            load_deployment(target)  # a bad file is refused before anything is halted
         pid = halt_run(journal_dir)
-    except TimeoutError as error:
+    except (TargetError, TimeoutError) as error:
         raise refused(error) from None
     leftovers = undo_docker_leftovers(journal_dir)
-    local_failed: Exception | None = None
-    if deployment is not None:
-        # Local faults are made by processes on this host: while another chaos command runs
-        # here, a cut-off on the deployment may be its own, in force by design.
-        if makers := live_fault_makers(exclude={os.getpid()}):
-            local_failed = FaultError(
-                "not undoing the local backend's faults on the deployment: chaos commands "
-                f"still run on this host and may own them ({'; '.join(makers)})"
-            )
-        else:
-            try:
-                leftovers += undo_local_leftovers(deployment)
-            except FaultError as error:
-                local_failed = error
+    local_left = None
+    if target is not None:
+        # Read again: the halted run may have restarted a node (a new pid in testbed.json).
+        local_undone, local_left = undo_local_cut_offs(load_deployment(target))
+        leftovers += local_undone
     for line in leftovers:
         console.print(f"leftover fault of a killed run: {escape(line)}")
     if pid is not None:
         console.print(f"halted chaos run {pid}; its faults were rolled back")
-    if local_failed is not None:
-        console.print(f"[red]local leftovers:[/] {escape(str(local_failed))}")
-        raise typer.Exit(1)
-    if in_force := PendingDockerFaults(journal_dir).unsettled():
-        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
+    in_force = PendingDockerFaults(journal_dir).unsettled()
+    if in_force:
+        console.print(f"{len(in_force)} Docker fault(s) still in force, not undone (see above)")
+    if local_left is not None:
+        console.print(f"[red]local cut-offs left in force:[/] {escape(local_left)}")
+    if in_force or local_left is not None:
         raise typer.Exit(1)
     if pid is None and not leftovers:
         console.print(f"no chaos run is running (no live pid in {journal_dir}), and none left "

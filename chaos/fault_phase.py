@@ -335,3 +335,23 @@ def undo_local_leftovers(deployment: Deployment, backend: FaultBackend | None = 
     pids = [n.pid for n in deployment.nodes if n.pid is not None]
     local = backend or open_backend("local")
     return local.remove_leftovers(pids)  # type: ignore[attr-defined]
+
+
+def undo_local_cut_offs(deployment: Deployment) -> tuple[list[str], str | None]:
+    """For `chaos halt --target`: undo the local backend's cut-offs on `deployment`'s
+    processes, unless one may still be in use: the lines of those undone, and why some were
+    left (None: none was). Local faults are made by processes on this host, so while a chaos
+    command that may hold one runs here (`live_fault_makers`), none is touched."""
+    from chaos.faults.local.backend import LocalFaultBackend
+    from chaos.processes import live_fault_makers
+
+    backend = LocalFaultBackend()
+    pids = [n.pid for n in deployment.nodes if n.pid is not None]
+    if not backend.cut_offs_holding(pids):
+        return [], None
+    if makers := live_fault_makers():
+        return [], f"chaos commands still run on this host and may own them ({'; '.join(makers)})"
+    try:
+        return undo_local_leftovers(deployment, backend), None
+    except FaultError as error:
+        return [], f"undoing them failed: {error}"

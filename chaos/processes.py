@@ -117,32 +117,32 @@ def running(pid: int) -> bool:
     return process_state(pid) not in (None, "Z", "X")
 
 
-# The chaos commands that inject faults (the local backend's among them) and keep them in force
-# while they run.
-FAULT_MAKING_COMMANDS = frozenset({"run", "demo", "soak", "agent", "compare"})
+# Chaos programs: ours, and Chaos Toolkit's (its `chaos run` drives our activities, which inject
+# through the local backend without the run lock).
+CHAOS_PROGRAMS = ("ratequeue-chaos", "chaos", "chaostoolkit")
+# Their commands that never inject a fault; any other command (or one not recognised, e.g. after
+# an option taking a value) is taken to make faults, which errs on the side of leaving a fault.
+HARMLESS_CHAOS_COMMANDS = frozenset(
+    {"halt", "validate", "report", "export-journal", "testbed", "compare", "demo",
+     "discover", "info", "init", "settings"}
+)  # fmt: skip
 
 
-def live_fault_makers(exclude: Collection[int] = ()) -> list[str]:
-    """`pid: command line` of each live `ratequeue-chaos` (or `python -m chaos`) process on
-    this host running a command that injects faults, except `exclude`: while one runs, a fault
-    in force on this host may be its own, not a leftover."""
+def may_hold_faults(argv: list[str]) -> bool:
+    """True if the command line runs a chaos program (`CHAOS_PROGRAMS`) that may hold a fault
+    in force: any but a harmless command, `--help` or a dry run."""
+    if not runs_program(argv, None, CHAOS_PROGRAMS):
+        return False
+    command = next((arg for arg in argv[1:] if arg in HARMLESS_CHAOS_COMMANDS | {"run"}), None)
+    return command not in HARMLESS_CHAOS_COMMANDS and not {"--help", "--dry-run"} & set(argv)
+
+
+def live_fault_makers() -> list[str]:
+    """`pid: command line` of each live process on this host that `may_hold_faults`: while
+    one lives, a local fault on this host may be its own, not a leftover."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in exclude:
-            continue
-        argv = read_cmdline(int(entry.name))
-        if argv is None or not runs_program(argv, None, ("ratequeue-chaos", "chaos")):
-            continue
-        if _chaos_command(argv) in FAULT_MAKING_COMMANDS:
+        argv = read_cmdline(int(entry.name)) if entry.name.isdigit() else None
+        if argv is not None and may_hold_faults(argv):
             found.append(f"{entry.name}: {' '.join(argv)}")
     return found
-
-
-def _chaos_command(argv: list[str]) -> str | None:
-    """The command a chaos command line runs: the first word after the program that is not an
-    option (`ratequeue-chaos run ...`, `python -m chaos run ...`)."""
-    names = [os.path.basename(arg) for arg in argv]
-    for at, name in enumerate(names):
-        if name in {"ratequeue-chaos", "chaos"}:
-            return next((arg for arg in argv[at + 1 :] if not arg.startswith("-")), None)
-    return None

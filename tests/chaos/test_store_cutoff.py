@@ -32,7 +32,7 @@ from chaos.faults.base import InjectedFault, NodeTarget
 from chaos.faults.local.backend import LocalFaultBackend
 from chaos.faults.local.cgroups import cgroup2_mount
 from chaos.journal import Journal
-from chaos.processes import running
+from chaos.processes import live_fault_makers, running
 from chaos.targets import from_testbed
 from chaos.testbed import TestbedNode, TestbedState
 from common.etcd_client import EtcdClient, EtcdClientSettings
@@ -237,13 +237,38 @@ def halt_with_target(control: RedisProcess, tmp_path: Path) -> Result:
 @pytest.fixture
 def left_cut_off(control: RedisProcess) -> Iterator[InjectedFault]:
     """The control store cut off by a run on the default chain that was killed: no rollback
-    ran (the test's clean-up does it, if the test did not)."""
-    left = LocalFaultBackend().inject("blackhole", control_target(control), whole_node=True)
+    ran (the test's clean-up does it, if the test did not; and removes the chain if the test
+    made it)."""
+    backend = LocalFaultBackend()
+    chain_was_there = (
+        bool(backend.rules())
+        or backend.iptables.run("filter", "-S", backend.iptables.chain, check=False).returncode == 0
+    )
+    left = backend.inject("blackhole", control_target(control), whole_node=True)
     yield left
     with contextlib.suppress(FaultError):
         left.rollback()
+    if not chain_was_there:
+        backend.cleanup_all()
 
 
+@pytest.fixture
+def no_other_chaos_command() -> None:
+    """Another chaos command on this host (a second suite's soak) would rightly stop `halt`
+    from undoing anything: such a test cannot tell its case then."""
+    if makers := live_fault_makers():
+        pytest.skip(f"another chaos command runs on this host: {makers[0]}")
+
+
+def running_as(tmp_path: Path, program: str, *args: str) -> subprocess.Popen:
+    """A process whose command line reads `python .../PROGRAM ARGS` (what a console script's
+    does), sleeping."""
+    script = tmp_path / program
+    script.write_text("import time\ntime.sleep(60)\n")
+    return subprocess.Popen([sys.executable, str(script), *args])
+
+
+@pytest.mark.usefixtures("no_other_chaos_command")
 def test_chaos_halt_with_the_target_undoes_a_killed_runs_cut_off_on_it_and_names_it(
     control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
 ) -> None:
@@ -257,13 +282,17 @@ def test_chaos_halt_with_the_target_undoes_a_killed_runs_cut_off_on_it_and_names
     wait_until(lambda: ping_seconds("127.0.0.1", control.port) is not None, timeout=5)
 
 
+@pytest.mark.parametrize(
+    ("program", "args"),
+    [("ratequeue-chaos", ["run", "primary_kill.yaml"]),
+     ("chaos", ["--log-file", "ctk.log", "run", "experiment.json"])],  # Chaos Toolkit's
+    ids=["ratequeue-chaos run", "chaostoolkit run"],
+)  # fmt: skip
 def test_chaos_halt_leaves_a_cut_off_alone_while_a_chaos_run_lives_on_this_host(
-    control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
-) -> None:
-    # What `ratequeue-chaos run` looks like in /proc: the cut-off may be its own, by design.
-    script = tmp_path / "ratequeue-chaos"
-    script.write_text("import time\ntime.sleep(60)\n")
-    other_run = subprocess.Popen([sys.executable, str(script), "run", "primary_kill.yaml"])
+    control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path, program: str,
+    args: list[str],
+) -> None:  # fmt: skip
+    other_run = running_as(tmp_path, program, *args)  # the cut-off may be its own, by design
     try:
         halted = halt_with_target(control, tmp_path)
     finally:
@@ -272,6 +301,22 @@ def test_chaos_halt_leaves_a_cut_off_alone_while_a_chaos_run_lives_on_this_host(
 
     assert halted.exit_code == 1, halted.output
     said = " ".join(halted.output.split())
-    assert f"chaos commands still run on this host and may own them ({other_run.pid}:" in said
+    assert "chaos commands still run on this host and may own them (" in said
+    assert f"{other_run.pid}: {sys.executable} {tmp_path / program} {' '.join(args)}" in said
     assert left_cut_off.details["comment"] in iptables_save()
     assert ping_seconds("127.0.0.1", control.port, timeout=0.5) is None
+
+
+@pytest.mark.usefixtures("no_other_chaos_command")
+def test_chaos_halt_undoes_a_cut_off_while_only_a_harmless_chaos_command_lives_here(
+    control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
+) -> None:
+    validating = running_as(tmp_path, "ratequeue-chaos", "validate", "primary_kill.yaml")
+    try:
+        halted = halt_with_target(control, tmp_path)
+    finally:
+        validating.kill()
+        validating.wait()
+
+    assert halted.exit_code == 0, halted.output
+    assert left_cut_off.details["comment"] not in iptables_save()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.processes import program_names, runs_program
+from chaos.processes import may_hold_faults, program_names, runs_program
 from common.nodes import PROGRAMS_OF_ROLE
 
 
@@ -109,3 +109,37 @@ def test_a_testbed_node_of_a_role_without_known_programs_must_name_its_program()
     with pytest.raises(ValidationError, match="must name its program"):
         TestbedNode.model_validate(fields)
     assert TestbedNode.model_validate({**fields, "program": "http.server"}).program
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "run", "scenarios/primary_kill.yaml"],
+        ["python3", "-m", "chaos", "run", "--target", "t.yaml", "x.yaml"],
+        ["python3", "-mchaos", "soak", "--cycles", "3"],
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "agent"],
+        ["/venv/bin/python3", "/venv/bin/chaos", "run", "experiment.json"],  # Chaos Toolkit
+        ["/venv/bin/python3", "/venv/bin/chaos", "--log-file", "ctk.log", "run", "e.json"],
+        ["python3", "-m", "chaostoolkit", "run", "e.json"],
+        ["/venv/bin/python3", "/venv/bin/chaos", "--settings", "s.yaml"],  # not understood
+    ],
+)
+def test_a_chaos_command_that_may_hold_a_fault_is_one(argv: list[str]) -> None:
+    assert may_hold_faults(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "halt", "--journal-dir", "run"],
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "validate", "scenarios/a.yaml"],
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "testbed", "up"],
+        ["/venv/bin/python3", "/venv/bin/ratequeue-chaos", "run", "--dry-run", "a.yaml"],
+        ["/venv/bin/python3", "/venv/bin/chaos", "validate", "e.json"],
+        ["/venv/bin/python3", "/venv/bin/chaos", "run", "--help"],
+        ["python3", "-m", "ratequeue", "serve"],  # not a chaos program
+        ["/usr/bin/sleep", "100", "chaos", "run"],  # a word among the arguments
+    ],
+)
+def test_a_command_that_makes_no_fault_is_not_one(argv: list[str]) -> None:
+    assert not may_hold_faults(argv)

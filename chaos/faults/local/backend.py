@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 from chaos.errors import FaultError
@@ -123,6 +124,22 @@ class LocalFaultBackend:
                     Cgroup(root, group.name, 0, "/").restore()
         return count
 
+    def cut_offs_holding(self, pids: Collection[int]) -> list[tuple[Path, set[int]]]:
+        """The cgroups of this chain's one-process blackholes (cut-offs) holding one of `pids`,
+        each with the pids it holds: what `remove_leftovers` would undo."""
+        root = cgroup2_mount()
+        if root is None:
+            return []
+        found = []
+        for group in sorted(root.glob(f"{self.iptables.chain.lower()}-*")):
+            try:
+                held = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+            except OSError:
+                continue
+            if held & set(pids):
+                found.append((group, held))
+        return found
+
     def remove_leftovers(self, pids: Collection[int]) -> list[str]:
         """Undo the blackholes a run that died (its runner killed, no rollback) left on the
         processes `pids`: each cgroup of this chain holding one of them, with the rules of its
@@ -134,13 +151,7 @@ class LocalFaultBackend:
             return []
         prefix = f"{self.iptables.chain.lower()}-"
         undone = []
-        for group in sorted(root.glob(f"{prefix}*")):
-            try:
-                held = {int(p) for p in (group / "cgroup.procs").read_text().split()}
-            except OSError:
-                continue
-            if not held & set(pids):
-                continue
+        for group, held in self.cut_offs_holding(pids):
             comment = f"{COMMENT_PREFIX}{group.name[len(prefix) :]}"
             rules = [shlex.split(r)[2:] for r in self.iptables.rules("filter") if comment in r]
             for rule in rules:
