@@ -260,12 +260,19 @@ def no_other_chaos_command() -> None:
         pytest.skip(f"another chaos command runs on this host: {makers[0]}")
 
 
-def running_as(tmp_path: Path, program: str, *args: str) -> subprocess.Popen:
-    """A process whose command line reads `python .../PROGRAM ARGS` (what a console script's
-    does), sleeping."""
+def halt_while_running(
+    control: RedisProcess, tmp_path: Path, program: str, *args: str
+) -> tuple[Result, subprocess.Popen]:
+    """`chaos halt --target` while a process lives whose command line reads
+    `python .../PROGRAM ARGS` (as a console script's does); the process, stopped since."""
     script = tmp_path / program
     script.write_text("import time\ntime.sleep(60)\n")
-    return subprocess.Popen([sys.executable, str(script), *args])
+    other = subprocess.Popen([sys.executable, str(script), *args])
+    try:
+        return halt_with_target(control, tmp_path), other
+    finally:
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.usefixtures("no_other_chaos_command")
@@ -292,12 +299,8 @@ def test_chaos_halt_leaves_a_cut_off_alone_while_a_chaos_run_lives_on_this_host(
     control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path, program: str,
     args: list[str],
 ) -> None:  # fmt: skip
-    other_run = running_as(tmp_path, program, *args)  # the cut-off may be its own, by design
-    try:
-        halted = halt_with_target(control, tmp_path)
-    finally:
-        other_run.kill()
-        other_run.wait()
+    # The cut-off may be that run's own, by design.
+    halted, other_run = halt_while_running(control, tmp_path, program, *args)
 
     assert halted.exit_code == 1, halted.output
     said = " ".join(halted.output.split())
@@ -311,12 +314,7 @@ def test_chaos_halt_leaves_a_cut_off_alone_while_a_chaos_run_lives_on_this_host(
 def test_chaos_halt_undoes_a_cut_off_while_only_a_harmless_chaos_command_lives_here(
     control: RedisProcess, left_cut_off: InjectedFault, tmp_path: Path
 ) -> None:
-    validating = running_as(tmp_path, "ratequeue-chaos", "validate", "primary_kill.yaml")
-    try:
-        halted = halt_with_target(control, tmp_path)
-    finally:
-        validating.kill()
-        validating.wait()
+    halted, _ = halt_while_running(control, tmp_path, "ratequeue-chaos", "validate", "a.yaml")
 
     assert halted.exit_code == 0, halted.output
     assert left_cut_off.details["comment"] not in iptables_save()
