@@ -440,7 +440,7 @@ def halt(
         console.print(f"halted chaos run {pid}; its faults were rolled back")
     in_force = PendingDockerFaults(journal_dir).unsettled()
     if in_force:
-        console.print(f"{len(in_force)} Docker fault(s) still in force, not undone (see above)")
+        console.print(f"{len(in_force)} fault(s) still in force, not undone (see above)")
     if local_left is not None:
         console.print(f"[red]local cut-offs left in force:[/] {escape(local_left)}")
     if in_force or local_left is not None:
