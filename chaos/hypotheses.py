@@ -270,20 +270,27 @@ def _one_workflow_per_incident(h: OneWorkflowPerIncident, o: Observations) -> Hy
     )
 
 
+def _decided(decision: AuditRecord) -> float:
+    return decision.decided_at if decision.decided_at is not None else decision.received_at
+
+
 def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> HypothesisOutcome:
     """While the faults lasted (the store away) the incident went to a person and nothing
-    acted; after they were undone a workflow remediated it."""
+    acted; after they were undone a workflow remediated it (decided after, wherever its event
+    waited meanwhile)."""
     decisions = sorted(_shard_decisions(o), key=lambda d: d.received_at)
     ended = o.fault_ended_at
     during = [] if ended is None else [
         d for d in decisions if o.fault_at <= d.received_at <= ended
     ]  # fmt: skip
     escalated = [d for d in during if d.outcome == "escalated" and not d.workflow_id]
-    acted = [d for d in decisions if d.workflow_id and (ended is None or d.received_at < ended)]
+    # A workflow counts by when it was decided: an event received while the store was away
+    # may wait for it (the event stream outlives an etcd quorum) and be decided once it is back.
+    acted = [d for d in decisions if d.workflow_id and (ended is None or _decided(d) < ended)]
     succeeded = {w.id for w in o.workflows if w.status == "succeeded"}
     remediated = [
         d for d in decisions
-        if ended is not None and d.received_at >= ended and d.workflow_id in succeeded
+        if ended is not None and _decided(d) >= ended and d.workflow_id in succeeded
     ]  # fmt: skip
     problems = [
         *([] if ended is not None else ["the fault was never undone (no 'after' to remediate in)"]),

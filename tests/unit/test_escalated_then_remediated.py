@@ -1,6 +1,7 @@
-"""The `escalated_then_remediated` hypothesis (the control store killed, then a primary): while
-the fault lasted (from the first fault to the store's return) the faulted shard's incident went
-to a person and no workflow started; after it, a workflow remediated it.
+"""The `escalated_then_remediated` hypothesis (the control store killed, or etcd's quorum lost,
+then a primary): while the fault lasted (from the first fault to the store's return) the
+faulted shard's incident went to a person and no workflow was decided; after it, a workflow
+remediated it.
 
 Not for: how a run gathers its decisions (chaos.runner), or the scenario itself
 (tests/test_scenarios.py runs it on the testbed).
@@ -21,11 +22,16 @@ FAULT_AT, STORE_BACK_AT = 100.0, 108.0
 
 
 def decision(
-    at: float, outcome: str, workflow_id: str | None = None, shard: str = "s1"
+    at: float,
+    outcome: str,
+    workflow_id: str | None = None,
+    shard: str = "s1",
+    decided_at: float | None = None,
 ) -> AuditRecord:
+    """Received at `at`; decided then too, unless `decided_at` says later."""
     return AuditRecord(event_id=f"e{at}", event={"shard": shard}, service="ratequeue",
                        received_at=at, coordinator="n1", outcome=outcome,  # type: ignore[arg-type]
-                       workflow_id=workflow_id)  # fmt: skip
+                       workflow_id=workflow_id, decided_at=decided_at or at)  # fmt: skip
 
 
 def workflow(workflow_id: str, status: str) -> WorkflowRecord:
@@ -59,6 +65,16 @@ def test_an_escalation_while_the_store_was_away_then_a_remediation_after_passes(
 SUCCEEDED = [workflow("wf-1", "succeeded")]
 
 
+def test_an_event_received_while_the_store_was_away_and_decided_after_it_is_a_remediation() -> None:
+    # On etcd the event stream outlives the lost quorum: the event waits, and is decided once
+    # the quorum is back.
+    outcome = judged(
+        [decision(104.0, "escalated"), decision(106.0, "remediated", "wf-1", decided_at=109.0)],
+        SUCCEEDED,
+    )
+    assert outcome.ok, outcome.detail
+
+
 @pytest.mark.parametrize(
     ("decisions", "workflows", "ended", "problem"),
     [
@@ -72,6 +88,10 @@ SUCCEEDED = [workflow("wf-1", "succeeded")]
         pytest.param([decision(104.0, "escalated"), decision(105.0, "remediated", "wf-1")],
                      SUCCEEDED, STORE_BACK_AT, "acted while the fault lasted",
                      id="a-workflow-started-while-the-store-was-away"),
+        pytest.param([decision(104.0, "escalated"),
+                      decision(101.0, "remediated", "wf-1", decided_at=107.0)],
+                     SUCCEEDED, STORE_BACK_AT, "acted while the fault lasted",
+                     id="a-workflow-decided-while-the-store-was-away-of-an-event-received-before"),
         pytest.param([decision(104.0, "escalated"), decision(109.0, "escalated", "wf-1")],
                      [workflow("wf-1", "escalated")], STORE_BACK_AT, "no workflow succeeded",
                      id="no-success-after-the-store-returned"),
