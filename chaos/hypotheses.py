@@ -280,17 +280,24 @@ def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> H
     waited meanwhile)."""
     decisions = sorted(_shard_decisions(o), key=lambda d: d.received_at)
     ended = o.fault_ended_at
+    # Each decision counts by when it was made, and a workflow by when it was created (its
+    # steps may run before the decision's record is saved, a page acknowledged first): an event
+    # received while the store was away may wait for it (the event stream outlives an etcd
+    # quorum) and be decided once it is back; `received_at` is the last time it was taken up.
+    created = {w.id: w.created_at for w in o.workflows}
+
+    def acted_at(d: AuditRecord) -> float:
+        return created.get(d.workflow_id or "") or d.stages.get("workflow_started") or _decided(d)
+
     during = [] if ended is None else [
-        d for d in decisions if o.fault_at <= d.received_at <= ended
+        d for d in decisions if o.fault_at <= _decided(d) <= ended
     ]  # fmt: skip
     escalated = [d for d in during if d.outcome == "escalated" and not d.workflow_id]
-    # A workflow counts by when it was decided: an event received while the store was away
-    # may wait for it (the event stream outlives an etcd quorum) and be decided once it is back.
-    acted = [d for d in decisions if d.workflow_id and (ended is None or _decided(d) < ended)]
+    acted = [d for d in decisions if d.workflow_id and (ended is None or acted_at(d) < ended)]
     succeeded = {w.id for w in o.workflows if w.status == "succeeded"}
     remediated = [
         d for d in decisions
-        if ended is not None and _decided(d) >= ended and d.workflow_id in succeeded
+        if ended is not None and acted_at(d) >= ended and d.workflow_id in succeeded
     ]  # fmt: skip
     problems = [
         *([] if ended is not None else ["the fault was never undone (no 'after' to remediate in)"]),

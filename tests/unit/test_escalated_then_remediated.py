@@ -34,9 +34,9 @@ def decision(
                        workflow_id=workflow_id, decided_at=decided_at or at)  # fmt: skip
 
 
-def workflow(workflow_id: str, status: str) -> WorkflowRecord:
-    # Only the id and the status are judged: the rest of a record is left out.
-    return WorkflowRecord.model_construct(id=workflow_id, status=status)
+def workflow(workflow_id: str, status: str, created_at: float | None = None) -> WorkflowRecord:
+    # Only the id, the status and when it was created are judged: the rest is left out.
+    return WorkflowRecord.model_construct(id=workflow_id, status=status, created_at=created_at)
 
 
 def judged(
@@ -92,6 +92,15 @@ def test_an_event_received_while_the_store_was_away_and_decided_after_it_is_a_re
                       decision(101.0, "remediated", "wf-1", decided_at=107.0)],
                      SUCCEEDED, STORE_BACK_AT, "acted while the fault lasted",
                      id="a-workflow-decided-while-the-store-was-away-of-an-event-received-before"),
+        pytest.param([decision(104.0, "escalated"),
+                      decision(106.0, "remediated", "wf-1", decided_at=110.0)],
+                     [workflow("wf-1", "succeeded", created_at=107.5)], STORE_BACK_AT,
+                     "acted while the fault lasted",
+                     id="a-workflow-created-while-the-store-was-away-its-decision-saved-after"),
+        pytest.param([decision(104.0, "escalated", decided_at=109.0),
+                      decision(109.5, "remediated", "wf-1")],
+                     SUCCEEDED, STORE_BACK_AT, "no escalation was recorded while the fault lasted",
+                     id="an-event-received-while-away-escalated-only-after-the-store-returned"),
         pytest.param([decision(104.0, "escalated"), decision(109.0, "escalated", "wf-1")],
                      [workflow("wf-1", "escalated")], STORE_BACK_AT, "no workflow succeeded",
                      id="no-success-after-the-store-returned"),
