@@ -352,6 +352,6 @@ def undo_local_cut_offs(deployment: Deployment) -> tuple[list[str], str | None]:
     if makers := live_fault_makers():
         return [], f"chaos commands still run on this host and may own them ({'; '.join(makers)})"
     try:
-        return undo_local_leftovers(deployment, backend), None
+        return backend.remove_leftovers(pids), None
     except FaultError as error:
         return [], f"undoing them failed: {error}"
