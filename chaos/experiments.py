@@ -204,6 +204,13 @@ class EscalatedThenRemediated(Strict):
     type: Literal["escalated_then_remediated"]
 
 
+class RemediatedWhileFaultsLasted(Strict):
+    """A workflow remediated the faulted shard (it succeeded) before the faults were undone: what
+    was faulted (say, the event stream's Redis) was not needed to fail the shard over."""
+
+    type: Literal["remediated_while_faults_lasted"]
+
+
 class CompletedByAnotherNode(Strict):
     """The failover workflow was resumed and finished by a node other than its coordinator."""
 
@@ -222,7 +229,8 @@ Hypothesis = Annotated[
     | NotRemediated
     | CompletedByAnotherNode
     | OneWorkflowPerIncident
-    | EscalatedThenRemediated,
+    | EscalatedThenRemediated
+    | RemediatedWhileFaultsLasted,
     Field(discriminator="type"),
 ]
 

@@ -22,6 +22,7 @@ from chaos.experiments import (
     OtherShardsAvailability,
     RateLimitsHeld,
     RecoveredWithin,
+    RemediatedWhileFaultsLasted,
 )
 from chaos.journal import HypothesisOutcome
 from chaos.ledger import Ledger, RateCheck, describe_failed_calls
@@ -319,6 +320,38 @@ def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> H
     )
 
 
+def _remediated_while_faults_lasted(
+    h: RemediatedWhileFaultsLasted, o: Observations
+) -> HypothesisOutcome:
+    """A workflow started for a faulted shard's incident succeeded before the last fault was
+    undone (a decision's record may be written only after, if the fault held the record log)."""
+    ended = o.fault_ended_at
+    started = {d.workflow_id for d in _shard_decisions(o) if d.workflow_id}
+    succeeded = [w for w in o.workflows if w.id in started and w.status == "succeeded"]
+    finished = {w.id: w.finished_at for w in succeeded}
+    in_time = sorted(
+        i for i, at in finished.items() if ended is not None and at is not None and at < ended
+    )
+    problems = [
+        *([] if ended is not None else ["the fault was never undone (no 'while' to judge)"]),
+        *([] if started else ["no workflow was started for a faulted shard"]),
+        *([] if in_time or not started else ["no workflow succeeded before the fault ended"]),
+    ]
+    return HypothesisOutcome(
+        hypothesis="remediated_while_faults_lasted",
+        ok=not problems,
+        expected="a workflow that succeeded before the faults were undone",
+        measured={
+            "succeeded_before_end": in_time,
+            "finished_at": {
+                i: round(at - o.fault_at, 2) if at else None for i, at in finished.items()
+            },
+            "faults_ended_at": round(ended - o.fault_at, 2) if ended is not None else None,
+        },
+        detail="; ".join(problems),
+    )
+
+
 CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
     RecoveredWithin: _recovered_within,
     AcknowledgedLost: _acknowledged_lost,
@@ -332,6 +365,7 @@ CHECKERS: dict[type, Callable[[Any, Observations], HypothesisOutcome]] = {
     CompletedByAnotherNode: _completed_by_another_node,
     OneWorkflowPerIncident: _one_workflow_per_incident,
     EscalatedThenRemediated: _escalated_then_remediated,
+    RemediatedWhileFaultsLasted: _remediated_while_faults_lasted,
 }
 
 
@@ -342,6 +376,7 @@ LAZARUS_ONLY: dict[type, str] = {
     CompletedByAnotherNode: "workflows are run by the Lazarus controllers",
     OneWorkflowPerIncident: "workflows are run by the Lazarus controllers",
     EscalatedThenRemediated: "escalations and workflows are Lazarus decisions",
+    RemediatedWhileFaultsLasted: "workflows are run by the Lazarus controllers",
 }
 
 

@@ -142,7 +142,7 @@ async def write_held_records(decisions: Decisions, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         stop_if_cancelled()
-        if not len(decisions.held):
+        if not len(decisions.records):
             continue
         try:
             await decisions.write_held()  # what it cannot write stays held

@@ -7,7 +7,9 @@ written to the audit trail and escalations reach people (`decisions`, through th
 of `paging`). The node's background loops (`background`) take events from the stream, resume
 orphaned workflows, run the shard keeper and write the escalations held while the store was
 unreachable; the shard watch runs beside them (and, without the store, escalates instead of
-acting: no lock, no action).
+acting: no lock, no action). A report of the watch that the stream does not take is decided
+here all the same (`decide_own_report`), and records wait in memory while the record log is
+away (`held_records`): on etcd neither the stream's Redis nor the log's stops a failover.
 
 The node that takes an event coordinates it: it evaluates the checks itself, asks its peers to
 evaluate them on their own, and needs `quorum` nodes whose every check passed. Anything less,
@@ -33,6 +35,7 @@ from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import DecisionPending, Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
+from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.profiles import load_profiles
@@ -117,7 +120,10 @@ class ControllerNode:
         actuator = chosen_actuator(settings)
         self.locks = store.locks
         self.gates = SafetyGates(settings, store)
-        self.audit = AuditLog(store.records)
+        # Decisions must not wait on the record log (on etcd, a Redis of its own): while it is
+        # away its writes are held (`held_records`).
+        self.records = HeldRecordLog(store.records, self.node_id)
+        self.audit = AuditLog(self.records)
         self.topology = store.topology
         self.incidents = IncidentClaims(
             store.incidents,
@@ -135,7 +141,7 @@ class ControllerNode:
             else None
         )
         self.decisions = Decisions(
-            self.node_id, store.records, self.audit, self.incidents, notifications, self.metrics
+            self.node_id, self.records, self.audit, self.incidents, notifications, self.metrics
         )
         self.engine = WorkflowEngine(
             StepEnvironment(
@@ -175,6 +181,7 @@ class ControllerNode:
                 reemit_every=settings.incident_retry_seconds,
             ),
             on_store_away=self.decisions.escalate_without_store,
+            decide_unpublished=self.decide_own_report,
         )
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
@@ -216,11 +223,10 @@ class ControllerNode:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._handling, *self._late_notes]:
+        tasks = [*self._tasks, *self._handling, *self.watch.deciding, *self._late_notes]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(
-            *self._tasks, *self._handling, *self._late_notes, return_exceptions=True
-        )
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.engine.stop()
         await self.quorum.aclose()
         await self.decisions.aclose()
@@ -230,12 +236,20 @@ class ControllerNode:
         """Deposit an event into the stream (the REST intake)."""
         return await self.stream.publish(event)
 
-    async def handle(self, event: Event) -> AuditRecord | None:
-        """Decide one event as its coordinator; returns its audit record (None for heartbeats)."""
+    async def decide_own_report(self, event: Event) -> AuditRecord | None:
+        """Decide a report of this node's shard watch that the event stream did not take (its
+        Redis away): the stream is the only way to the other nodes, and what decides (claims,
+        locks, the topology) is in the coordination store, which may well answer."""
+        return await self.handle(event, from_stream=False)
+
+    async def handle(self, event: Event, *, from_stream: bool = True) -> AuditRecord | None:
+        """Decide one event as its coordinator; returns its audit record (None for heartbeats).
+        An event not `from_stream` (this node's own report, which the stream would not take)
+        was never handed out before, so no record of it can exist: none is read."""
         if event.type == "SensorHeartbeat":
             await self.store.sensors.record_heartbeat(event)
             return None
-        existing = await self.audit.get(event.id)
+        existing = await self.audit.get(event.id) if from_stream else None
         if existing is not None and existing.outcome != "received":
             await self.decisions.finish_escalation(existing)
             return existing  # decided already (a reclaimed entry)
@@ -331,9 +345,7 @@ class ControllerNode:
         )
         if shadow is not None:
             record.would_run = rule.action.name
-            await remember_shadow_decision(
-                self.store.records, self.topology, event, rule.action.name
-            )
+            await remember_shadow_decision(self.records, self.topology, event, rule.action.name)
             record.gate = shadow.gate
             return await decisions.decide(
                 record, "no_action", f"{shadow.reason}: would run {rule.action.name}"

@@ -3,7 +3,9 @@ hands the event to a person, put on the escalations stream and sent through the 
 ends of a decision that come later (the workflow finished, the page's deadline passed, the
 verdicts of the nodes the quorum round did not wait for), and the
 escalations made while the coordination store is unreachable (paged at once, since the channels
-do not need the store; recorded once the record log answers, see `held_records`).
+do not need the store). Every record goes through the node's `HeldRecordLog`: while the log is
+away it is held and written once the log answers (see `held_records`), so no decision waits on
+it.
 Paging is at least once: a refusal is saved before its person is paged, and the page is noted
 after it is sent, so a node stopping in between has the page sent again on redelivery.
 
@@ -13,7 +15,6 @@ Not for: making the decision (`controller`) or the pager policy itself (`paging`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -22,9 +23,8 @@ from typing import Any
 
 from detection.events import Event
 from lazarus_lite.audit import AuditLog, AuditRecord, NodeVerdict, note_deliveries
-from lazarus_lite.coordination.interface import RecordLog
 from lazarus_lite.gates import GateStop
-from lazarus_lite.held_records import HeldRecords
+from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.paging import Pager, PageState
@@ -32,10 +32,6 @@ from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE
 from lazarus_lite.workflow.records import WorkflowRecord
 from notifications.config import NotificationConfig
 from notifications.delivery import Delivery
-
-# How long an escalation made without the store waits for the record log before it is left to
-# the periodic writer (`background.write_held_records`).
-HELD_WRITE_TIMEOUT = 2.0
 
 # The note a refusal is saved with before its person is paged (`Decisions.finish_escalation`).
 ESCALATION_DUE = "escalation_due"
@@ -55,12 +51,13 @@ def _incident_key(record: AuditRecord) -> str:
 
 
 class Decisions:
-    """Records this node's decisions and tells people of the ones they must take over."""
+    """Records this node's decisions and tells people of the ones they must take over. `audit`
+    reads and writes through `records`, so a record held while the log is away reads back."""
 
     def __init__(
         self,
         node_id: str,
-        records: RecordLog,
+        records: HeldRecordLog,
         audit: AuditLog,
         incidents: IncidentClaims,
         notifications: NotificationConfig | None,
@@ -79,7 +76,6 @@ class Decisions:
             else None
         )
         self._event_of_incident: dict[str, str] = {}
-        self.held = HeldRecords(node_id)
         # One read-modify-write of a record at a time on this node (a page's deadline note and
         # a late escalation's note would otherwise overwrite each other).
         # Weak: a record's lock is gone once no amendment of it holds or awaits it.
@@ -281,17 +277,16 @@ class Decisions:
             note_deliveries(
                 record, await self.pager.escalate(event.dedup_key, event.service, reason)
             )
-        self.held.hold(record)
-        # On etcd the record log is in Redis, which may well answer; a silent one must not hold
-        # up the watch pass that called (the periodic writer tries again).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.write_held(), HELD_WRITE_TIMEOUT)
+        # On etcd the record log is in Redis, which may well answer; one that does not is
+        # written behind (`held_records`), not waited for by the watch pass that called.
+        await self.audit.save(record)
+        await self.records.append_escalation(record.event_id, reason, self.node_id)
         return record
 
     async def write_held(self) -> int:
-        """Write the escalations held while the record log was unreachable (see
-        `held_records`); returns how many were written."""
-        return await self.held.write(self.audit, self.records)
+        """Write what was held while the record log was unreachable (see `held_records`);
+        returns how many writes were written."""
+        return await self.records.write_held()
 
     async def watch_blind(self, reason: str) -> None:
         """This node cannot watch the shards (nor file a report): tell a person directly."""

@@ -16,7 +16,11 @@ topology it:
   the last decision about the shard) and marked `unwritable` in the topology until it writes.
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
-is filed once per episode across all controller nodes (a claim in the control store).
+is filed once per episode across all controller nodes (a claim in the control store). A report
+the stream does not take (on etcd, the stream's Redis is away while the store answers) is
+decided by the node that filed it (`decide_unpublished`), so a primary dies and is failed over
+without the stream; the sensors' reports wait in their buffers meanwhile, and their heartbeats
+stop arriving, so the watch speaks for them once they look silent.
 
 While the coordination store is unreachable no report can be filed and no controller can take a
 lock, so nothing may act; the node keeps probing the primaries of the last topology it read,
@@ -49,6 +53,7 @@ from detection.streams import EventStream
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
+from lazarus_lite.held_records import LOG_UNREACHABLE
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
@@ -64,6 +69,8 @@ WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
 # What a node does with a primary it sees down while the store is unreachable: the event (as
 # the watch would have reported it) and why nothing is done about it.
 StoreAwayHandler = Callable[[Event, str], Awaitable[Any]]
+# What a node does with a report the event stream did not take: decides it itself.
+ReportDecider = Callable[[Event], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ class WatchSettings:
     report_ttl: int = 600
     reemit_every: float = 30.0  # a self-report of a primary that stays down is filed again
     store_timeout: float = 2.0  # a topology read longer than this counts as the store away
+    # A report the stream has not taken within this is decided by the node itself (when it has
+    # a decider): a stream that does not answer must not hold up the watch of every shard.
+    publish_timeout: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -130,9 +140,12 @@ class ShardWatch:
         settings: WatchSettings,
         *,
         on_store_away: StoreAwayHandler | None = None,
+        decide_unpublished: ReportDecider | None = None,
     ) -> None:
         self.store = store
         self.on_store_away = on_store_away
+        self.decide_unpublished = decide_unpublished
+        self.deciding: set[asyncio.Task] = set()  # reports this node decides itself
         self.stream = stream
         self.keeper = keeper
         self.node_id = node_id
@@ -165,7 +178,7 @@ class ShardWatch:
             raise
         self._store_away_since = None
         sensors = await self._sensor_heartbeats()
-        failing_writes = await self.store.records.write_failures()
+        failing_writes = await self._api_write_failures()
         self._last_topology = topology or self._last_topology
         self._templates.update({h.shard: h for h in sensors if h.shard is not None})
         now_wall = time.time()
@@ -187,6 +200,15 @@ class ShardWatch:
             except Exception as error:
                 log.warning("%s: watching shard %s failed: %s", self.node_id, shard.id, error)
         return filed
+
+    async def _api_write_failures(self) -> dict[str, list[FailureRun]]:
+        """The API's failing writes, or none while the record log that keeps them is away (on
+        etcd, a Redis of its own): evidence to look, so its absence blinds nothing."""
+        try:
+            return await self.store.records.write_failures()
+        except LOG_UNREACHABLE as error:
+            log.info("%s: the API's write failures are unreadable: %s", self.node_id, error)
+            return {}
 
     # -- sensors -----------------------------------------------------------------------------
     async def _sensor_heartbeats(self) -> list[Event]:
@@ -421,7 +443,11 @@ class ShardWatch:
 
     async def _last_decision(self, shard: Shard) -> str | None:
         """The newest decision the audit trail holds about the shard, as `outcome: reason`."""
-        for record in await self.audit.list(limit=200):
+        try:
+            records = await self.audit.list(limit=200)
+        except LOG_UNREACHABLE as error:
+            return f"unknown (the audit trail is unreachable: {describe_error(error)})"
+        for record in records:
             if record.event.get("shard") != shard.id or record.event.get("type") in {
                 "SensorHeartbeat",
                 *WATCH_EVENT_TYPES,
@@ -477,17 +503,48 @@ class ShardWatch:
     async def _file_once(
         self, event: Event, claim: str | None = None, ttl: int | None = None
     ) -> bool:
-        """Publish `event` unless a controller node filed it already in this episode."""
+        """Publish `event` unless a controller node filed it already in this episode. A report
+        the stream does not take (its Redis away) is decided by this node itself when it has a
+        decider: the stream is the only way to the others, and the claim just filed (in the
+        coordination store) keeps the other nodes from deciding it too."""
         report = claim or event.dedup_key
         expiry = max(1, int(ttl if ttl is not None else self.settings.report_ttl))
         if not await self.store.watch.file_report(report, self.node_id, expiry):
             return False
         try:
-            await self.stream.publish(event)
-        except Exception:
-            await self.store.watch.withdraw_report(report)  # the next pass (of any node) files it
-            raise
+            await asyncio.wait_for(self.stream.publish(event), self.settings.publish_timeout)
+        except Exception as error:
+            if self.decide_unpublished is None:
+                await self.store.watch.withdraw_report(report)  # the next pass files it
+                raise
+            log.warning("%s: the event stream did not take %s %s (%s): deciding it here",
+                        self.node_id, event.type, event.id, describe_error(error))  # fmt: skip
+            self._decide_here(event, report)
         return True
+
+    def _decide_here(self, event: Event, report: str) -> None:
+        """Decide `event` on this node, beside the watch (a decision may wait for a quorum
+        round and a workflow's start); if it fails, the report is withdrawn so the next pass
+        (of any node) files it again. A published copy that reached the stream after all is
+        the same event: decided once (its binding to one workflow is in the store)."""
+        assert self.decide_unpublished is not None
+        decide = self.decide_unpublished
+
+        async def decide_or_withdraw() -> None:
+            try:
+                await decide(event)
+            except Exception as error:
+                log.warning("%s: deciding %s here failed: %s; filed again on a later pass",
+                            self.node_id, event.id, describe_error(error))  # fmt: skip
+                try:
+                    await self.store.watch.withdraw_report(report)
+                except Exception as withdraw_error:  # it expires by itself then
+                    log.warning("%s: withdrawing report %s failed: %s", self.node_id, report,
+                                describe_error(withdraw_error))  # fmt: skip
+
+        task = asyncio.create_task(decide_or_withdraw(), name=f"{self.node_id}-decide-{event.id}")
+        self.deciding.add(task)
+        task.add_done_callback(self.deciding.discard)
 
 
 async def watch_forever(

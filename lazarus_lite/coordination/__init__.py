@@ -36,7 +36,9 @@ audit trail, the escalations stream, the shadow decisions and the API's write fa
 are written after a decision, for people and reports; nothing reads them to decide whether to
 act, except the incident claims' "was the first report declined?" question, which only ever
 makes a retry earlier or later. Losing their last second in a crash loses a line of history,
-never a second failover. The sensor heartbeats are evidence too, but they live beside the
+never a second failover; and while their Redis is away a controller holds its writes in memory
+(`lazarus_lite.held_records`) and decides on, so on etcd that Redis is no single point of
+failure for failover. The sensor heartbeats are evidence too, but they live beside the
 watch's marks so a node's view of the sensors and its marks come from one store.
 Not for: the event stream (`detection.streams`, `detection.kinesis`).
 """

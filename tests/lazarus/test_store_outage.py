@@ -2,7 +2,9 @@
 backends (the control Redis killed; etcd without its quorum), on real redis-server and etcd
 processes: it takes no lock and acts on nothing, pages a person through PagerDuty and Slack
 (which do not need the store) saying why, and the escalation reaches the audit trail: at once
-on etcd (the record log is in Redis, which answers), once the control Redis is back on Redis."""
+on etcd (the record log is in Redis, which answers), once the control Redis is back on Redis.
+And on etcd with the Redis of the stream and the record log killed instead: the controller's own
+report of the dead primary, refused by the stream, is decided by the node that filed it."""
 
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import ShardWatch, WatchSettings
+from lazarus_lite.shard_watch import ReportDecider, ShardWatch, WatchSettings
 from notifications.config import NotificationConfig
 from ratequeue.local_cluster import LocalCluster
 from tests.chaos.test_local_faults import (
@@ -89,21 +92,32 @@ class Controller:
         return [r for r in await self.decisions.audit.list() if r.outcome == "escalated"]
 
 
+async def decisions_made(watch: ShardWatch) -> None:
+    """Wait for the reports the node is deciding itself."""
+    await asyncio.gather(*watch.deciding, return_exceptions=True)
+
+
 @contextmanager
-def controller(store: CoordinationStore, http: HttpRecorder) -> Iterator[Controller]:
-    """A controller node's watch and decisions on `store`, once it has read the topology."""
+def controller(
+    store: CoordinationStore, http: HttpRecorder, decide: ReportDecider | None = None
+) -> Iterator[Controller]:
+    """A controller node's watch and decisions on `store`, once it has read the topology; the
+    reports the stream refuses go to `decide` when given (as a node decides them itself)."""
     loop = asyncio.new_event_loop()
-    audit = AuditLog(store.records)
+    records = HeldRecordLog(store.records, "n1")
+    audit = AuditLog(records)
     claims = IncidentClaims(store.incidents, audit, ttl=600, retry_after=30)
-    decisions = Decisions("n1", store.records, audit, claims, notifications(http))
+    decisions = Decisions("n1", records, audit, claims, notifications(http))
     keeper = ShardKeeper(store, "n1", "demote")
     watch = ShardWatch(store, NoStream(), keeper, "n1", QUICK,  # type: ignore[arg-type]
-                       on_store_away=decisions.escalate_without_store)  # fmt: skip
+                       on_store_away=decisions.escalate_without_store,
+                       decide_unpublished=decide)  # fmt: skip
     node = Controller(loop, watch, decisions)
     try:
         node.run(watch.run_once())
         yield node
     finally:
+        node.run(decisions_made(watch))
         node.run(decisions.aclose())
         node.run(store.aclose())
         loop.close()
@@ -156,15 +170,15 @@ def test_the_escalation_is_held_until_the_control_redis_is_back_then_recorded(
     redis_outage: tuple[LocalCluster, Controller],
 ) -> None:
     cluster, node = redis_outage
-    assert len(node.decisions.held) == 1
+    assert len(node.decisions.records.held_events) == 1
     cluster.control.restart()
 
-    assert node.run(node.decisions.write_held()) == 1
+    assert node.run(node.decisions.write_held()) == 2  # the record, its escalations entry
     [record] = node.run(node.escalations())
     assert record.event["shard"] == "s0" and record.workflow_id is None
     assert "coordination store is unreachable" in record.reason
     assert [n.kind for n in record.notes if n.kind == "store_unreachable"] == ["store_unreachable"]
-    assert len(node.decisions.held) == 0
+    assert len(node.decisions.records) == 0
 
 
 @pytest.fixture
@@ -202,13 +216,13 @@ def test_the_escalation_made_while_the_control_redis_was_cut_off_is_recorded_onc
     redis_cutoff: tuple[InjectedFault, Controller],
 ) -> None:
     fault, node = redis_cutoff
-    assert len(node.decisions.held) == 1
+    assert len(node.decisions.records.held_events) == 1
     fault.rollback()
 
-    assert node.run(node.decisions.write_held()) == 1
+    assert node.run(node.decisions.write_held()) == 2  # the record, its escalations entry
     [record] = node.run(node.escalations())
     assert "coordination store is unreachable" in record.reason
-    assert len(node.decisions.held) == 0
+    assert len(node.decisions.records) == 0
 
 
 # -- the coordination store on etcd -----------------------------------------------------------
@@ -241,6 +255,52 @@ def test_a_primary_down_while_etcd_has_no_quorum_pages_a_person_once_saying_why(
 def test_without_etcd_the_escalation_is_recorded_at_once_in_the_redis_record_log(
     etcd_outage: Controller,
 ) -> None:
-    assert len(etcd_outage.decisions.held) == 0
+    assert len(etcd_outage.decisions.records) == 0
     [record] = etcd_outage.run(etcd_outage.escalations())
     assert record.event["shard"] == "s0" and record.workflow_id is None
+
+
+# -- etcd answers; the Redis of the event stream and the record log does not --------------------
+
+
+@pytest.fixture
+def stream_redis_outage(
+    start_cluster: Callable[..., LocalCluster], etcd: EtcdCluster, http: HttpRecorder
+) -> Iterator[tuple[Controller, list[Any]]]:
+    """The topology in etcd, the control Redis (stream, record log) killed, then s0's primary;
+    what the node decides itself is collected (a decider that fails once first)."""
+    cluster = start_cluster(shards=1, replicas=1)
+    topology_moved_to_etcd(cluster, etcd)
+    store = EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url, timeout=1.0)
+    decided: list[Any] = []
+
+    async def decide(event: Any) -> None:
+        decided.append(event)
+        if len(decided) == 1:
+            raise ConnectionError("the first decision failed (say, a quorum round)")
+
+    with controller(store, http, decide) as node:
+        cluster.control.stop()
+        kill_primary(cluster)
+        node.run(node.watch_for(2.0))
+        yield node, decided
+
+
+def test_without_the_stream_the_node_decides_its_own_report_of_the_dead_primary(
+    stream_redis_outage: tuple[Controller, list[Any]], http: HttpRecorder
+) -> None:
+    _, decided = stream_redis_outage
+    downs = [e for e in decided if e.type == "RedisMasterDown"]
+    assert downs and all(e.source == "lazarus:n1" and e.shard == "s0" for e in downs)
+    assert downs[0].data["primary"] == "s0-primary"
+    assert escalation_pages(http) == []  # etcd answers: decided, not handed to a person
+
+
+def test_a_report_whose_own_decision_failed_is_filed_again_and_decided_once_more(
+    stream_redis_outage: tuple[Controller, list[Any]],
+) -> None:
+    _, decided = stream_redis_outage
+    downs = [e for e in decided if e.type == "RedisMasterDown"]
+    # The first decision failed: its report was withdrawn, filed again on a later pass and
+    # decided again; the second stood, so no third (its claim holds for `reemit_every`).
+    assert len(downs) == 2 and downs[0].id != downs[1].id

@@ -35,6 +35,7 @@ from lazarus_lite.coordination.opening import StoreAddress, open_coordination_st
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError
 from lazarus_lite.gates import GateStop
+from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.steps import resource_locks  # noqa: F401  (registers lock.acquire / lock.release)
@@ -375,9 +376,10 @@ async def test_each_event_counts_as_one_decision_and_its_workflow_end_apart(
 ) -> None:
     metrics = ControllerMetrics()
     store = coordination
-    audit = AuditLog(store.records)
+    records = HeldRecordLog(store.records, "n1")
+    audit = AuditLog(records)
     incidents = IncidentClaims(store.incidents, audit, ttl=60, retry_after=5)
-    decisions = Decisions("n1", store.records, audit, incidents, None, metrics)
+    decisions = Decisions("n1", records, audit, incidents, None, metrics)
     engine = WorkflowEngine(StepEnvironment(store=store, node_id="n1"), {"flaky": FLAKY},
                             on_finished=decisions.workflow_finished, metrics=metrics)  # fmt: skip
     remediated = decision_event("remediated-event")

@@ -13,6 +13,7 @@ import pytest
 from detection.events import new_event
 from lazarus_lite.audit import AuditLog, AuditRecord
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.paging import PageState
 
 
@@ -20,10 +21,11 @@ class RecordLogInMemory:
     """The record log's audit trail and escalations stream, kept in memory; each escalation is
     kept with the outcome its event's saved record had when it was appended."""
 
-    def __init__(self, failing_appends: int = 0) -> None:
+    def __init__(self, failing_appends: int = 0, failure: BaseException | None = None) -> None:
         self.audits: dict[str, str] = {}
         self.escalations: list[tuple[str, str]] = []
         self.failing_appends = failing_appends
+        self.failure = failure or ConnectionError("the record log did not answer")
 
     async def save_audit(self, event_id: str, raw: str, received_at: float) -> None:
         self.audits[event_id] = raw
@@ -34,7 +36,7 @@ class RecordLogInMemory:
     async def append_escalation(self, event_id: str, reason: str, node_id: str) -> None:
         if self.failing_appends:
             self.failing_appends -= 1
-            raise ConnectionError("the record log did not answer")
+            raise self.failure
         saved = AuditRecord.model_validate_json(self.audits[event_id])
         self.escalations.append((event_id, saved.outcome))
 
@@ -45,7 +47,8 @@ class ClaimsKeepingNothing:
 
 
 def decisions_on(log: RecordLogInMemory) -> Decisions:
-    return Decisions("n1", log, AuditLog(log), ClaimsKeepingNothing(), None)  # type: ignore[arg-type]
+    records = HeldRecordLog(log, "n1")  # type: ignore[arg-type]
+    return Decisions("n1", records, AuditLog(records), ClaimsKeepingNothing(), None)  # type: ignore[arg-type]
 
 
 async def refused(decisions: Decisions) -> AuditRecord:
@@ -61,12 +64,11 @@ def test_a_refusal_is_saved_before_its_escalation_goes_out() -> None:
     assert log.escalations == [(record.event_id, "escalated")]
 
 
-def test_an_escalation_that_failed_after_its_refusal_was_saved_goes_out_once_on_redelivery() -> (
-    None
-):
-    log = RecordLogInMemory(failing_appends=1)
+def test_an_escalation_cut_short_after_its_refusal_was_saved_goes_out_once_on_redelivery() -> None:
+    # The node stops (its task cancelled) between saving the refusal and appending the escalation.
+    log = RecordLogInMemory(failing_appends=1, failure=asyncio.CancelledError())
     decisions = decisions_on(log)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(asyncio.CancelledError):
         asyncio.run(refused(decisions))
     [event_id] = log.audits
     saved = asyncio.run(decisions.audit.get(event_id))
@@ -76,6 +78,21 @@ def test_an_escalation_that_failed_after_its_refusal_was_saved_goes_out_once_on_
         assert again is not None
         asyncio.run(decisions.finish_escalation(again))
     assert log.escalations == [(event_id, "escalated")]
+
+
+def test_an_escalation_the_record_log_refused_is_held_then_appended_once() -> None:
+    log = RecordLogInMemory(failing_appends=1)
+    decisions = decisions_on(log)
+    record = asyncio.run(refused(decisions))  # not raised: held
+    assert log.escalations == [] and decisions.records.held_events == [record.event_id]
+    again = asyncio.run(decisions.audit.get(record.event_id))  # handed out again meanwhile
+    assert again is not None
+    asyncio.run(decisions.finish_escalation(again))
+
+    asyncio.run(decisions.write_held())
+
+    assert log.escalations == [(record.event_id, "escalated")]
+    assert len(decisions.records) == 0
 
 
 def test_a_failed_workflow_is_recorded_with_the_time_it_ended() -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 
 from chaos.experiments import EscalatedThenRemediated
-from chaos.hypotheses import Observations, evaluate
+from chaos.hypotheses import evaluate
 from chaos.journal import HypothesisOutcome
-from chaos.ledger import Ledger
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.workflow.records import WorkflowRecord
+from tests.unit.store_fault_observations import observed
 
 FAULT_AT, STORE_BACK_AT = 100.0, 108.0
 
@@ -45,11 +45,7 @@ def judged(
     *,
     ended: float | None = STORE_BACK_AT,
 ) -> HypothesisOutcome:
-    observations = Observations(
-        ledger=Ledger(), shard="s1", faulted_shards={"s1"}, fault_at=FAULT_AT, recovered_at=None,
-        topology_before=None, topology_after=None,  # type: ignore[arg-type]
-        primaries_answering={}, decisions=decisions, workflows=workflows, fault_ended_at=ended,
-    )  # fmt: skip
+    observations = observed(decisions, workflows, fault_at=FAULT_AT, ended=ended)
     [outcome] = evaluate([EscalatedThenRemediated(type="escalated_then_remediated")], observations)
     return outcome
 

@@ -8,6 +8,7 @@ import asyncio
 from detection.events import new_event
 from lazarus_lite.audit import AuditLog, NodeVerdict
 from lazarus_lite.decisions import Decisions
+from lazarus_lite.held_records import HeldRecordLog
 
 
 class RecordLogInMemory:
@@ -24,8 +25,8 @@ class RecordLogInMemory:
 
 
 def test_late_verdicts_are_noted_on_the_decided_record_without_changing_the_decision() -> None:
-    log = RecordLogInMemory()
-    audit = AuditLog(log)  # type: ignore[arg-type]
+    log = HeldRecordLog(RecordLogInMemory(), "n1")  # type: ignore[arg-type]
+    audit = AuditLog(log)
     decisions = Decisions("n1", log, audit, None, None)  # type: ignore[arg-type]
     event = new_event("RedisMasterDown", environment="dev", region="r", service="ratequeue",
                       shard="s0", host="h:1", source="test")  # fmt: skip
@@ -47,7 +48,8 @@ def test_late_verdicts_are_noted_on_the_decided_record_without_changing_the_deci
 
 def test_late_verdicts_of_an_event_without_a_record_are_dropped() -> None:
     log = RecordLogInMemory()
-    decisions = Decisions("n1", log, AuditLog(log), None, None)  # type: ignore[arg-type]
+    records = HeldRecordLog(log, "n1")  # type: ignore[arg-type]
+    decisions = Decisions("n1", records, AuditLog(records), None, None)  # type: ignore[arg-type]
     verdict = NodeVerdict(node="http://n3:1", passed=True)
     asyncio.run(decisions.late_verdicts("no-such-event", [verdict]))
     assert log.audits == {}
