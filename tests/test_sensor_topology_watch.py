@@ -19,7 +19,7 @@ from detection.streams import RedisEventStream
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.topology import TOPOLOGY_KEY, Topology, TopologySource, TopologyStore
-from tests.test_sensor import peer, published
+from tests.test_sensor import kill, peer, published
 
 # A poll interval no test waits for: a new epoch seen within the test came from the watch.
 NEVER = 3600.0
@@ -145,3 +145,32 @@ async def test_a_sensor_whose_topology_watch_breaks_learns_a_new_epoch_by_pollin
         heartbeat = await sensor_follows_a_promotion(cluster, broken, sensor)
 
     assert heartbeat.data["shard_epoch"] == 2
+
+
+async def first_published(cluster: LocalCluster, type: str, timeout: float) -> Event:
+    deadline = time.monotonic() + timeout
+    while not (found := published(cluster, type)):
+        assert time.monotonic() < deadline, f"no {type} published in {timeout:g} s"
+        await asyncio.sleep(0.05)
+    return found[0]
+
+
+async def test_a_sensor_on_etcd_without_its_quorum_reports_a_dead_primary_of_the_map_it_has(
+    cluster: LocalCluster, control: aioredis.Redis, etcd: EtcdCluster, etcd_client: EtcdClient
+) -> None:
+    await move_to_etcd(control, etcd_client)
+    settings = config(cluster, etcd_endpoints=",".join(etcd.endpoints))
+    async with Sensor(settings, RedisEventStream(control)) as sensor:
+        stop = asyncio.Event()
+        running = asyncio.create_task(sensor.run(stop))
+        try:
+            await heartbeat_naming(cluster, "s0-primary")
+            for member in etcd.members[:2]:  # one member left: no quorum, no read, no watch
+                member.kill()
+            kill(cluster.shard("s0").primary)
+            down = await first_published(cluster, "RedisMasterDown", timeout=15)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+
+    assert (down.shard, down.data["primary"], down.data["shard_epoch"]) == ("s0", "s0-primary", 1)

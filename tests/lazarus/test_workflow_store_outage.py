@@ -11,7 +11,6 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,51 +19,19 @@ from chaos.faults.base import NodeTarget
 from common.redis_processes import RedisProcess
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
-from lazarus_lite.workflow.context import StepContext, StepEnvironment
+from lazarus_lite.workflow.context import StepEnvironment
 from lazarus_lite.workflow.engine import WorkflowEngine
-from lazarus_lite.workflow.loading import parse_workflow
-from lazarus_lite.workflow.registry import step
 from ratequeue.local_cluster import start_node
 from tests.chaos.test_local_faults import (
     Recorder,
     faults,  # noqa: F401 (the fixture)
     needs_iptables,
 )
+from tests.lazarus.interrupted_workflow import INTERRUPTED, runs, stopped_at, until
 
 pytestmark = pytest.mark.redis_control_store(
     "a control redis-server killed, restarted from its AOF or cut off under a workflow"
 )
-
-runs: dict[str, int] = {}
-stopped_at: dict[str, float] = {}
-
-
-@step("test.outage.count")
-async def counted_step(ctx: StepContext) -> dict[str, Any]:
-    runs[ctx.step] = runs.get(ctx.step, 0) + 1
-    return {}
-
-
-@step("test.outage.long")
-async def long_step(ctx: StepContext) -> dict[str, Any]:
-    """Long on its first run (the store dies meanwhile), quick when resumed."""
-    runs[ctx.step] = runs.get(ctx.step, 0) + 1
-    if runs[ctx.step] == 1:
-        try:
-            await asyncio.sleep(60)
-        finally:
-            stopped_at[ctx.step] = time.monotonic()
-    return {}
-
-
-INTERRUPTED = parse_workflow("""
-name: interrupted
-timeout: 120
-steps:
-  - {name: before, run: test.outage.count}
-  - {name: long, run: test.outage.long, needs: [before]}
-  - {name: after, run: test.outage.count, needs: [long]}
-""", "interrupted.yaml")  # fmt: skip
 
 
 @pytest.fixture
@@ -80,14 +47,6 @@ def engine_on(connection: aioredis.Redis, node: str) -> WorkflowEngine:
     store = RedisCoordinationStore(connection)
     return WorkflowEngine(StepEnvironment(store=store, node_id=node),
                           {INTERRUPTED.name: INTERRUPTED})  # fmt: skip
-
-
-async def until(what: str, done: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        await asyncio.sleep(0.1)
 
 
 async def in_the_long_step(
