@@ -61,6 +61,23 @@ class EventStream(Protocol):
     async def close(self) -> None: ...
 
 
+def certainly_not_published(error: BaseException) -> bool:
+    """Whether a failed publish never reached the stream: its connection was refused (a Redis
+    stream's, or a Kinesis endpoint's: botocore's `EndpointConnectionError` wraps the same
+    refusal). A timeout, a reset or a closed connection may come after the stream took the
+    event, so they say nothing."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if type(current).__name__ == "EndpointConnectionError":
+            return True  # botocore: the endpoint's connection was never made
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class DeadLetters:
     """Malformed entries with the reason they were refused, kept in the control store."""
 

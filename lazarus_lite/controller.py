@@ -20,6 +20,7 @@ or no matching rule, escalates without acting. Not for: HTTP (see `service`) or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -35,7 +36,7 @@ from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
 from lazarus_lite.errors import DecisionPending, Escalate, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
-from lazarus_lite.held_records import HeldRecordLog
+from lazarus_lite.held_records import DIRECT_WRITE_TIMEOUT, HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.profiles import load_profiles
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 RECORD_ONLY_ACTION = "default.record"
 # A report that waited this long for an earlier report's decision says so in its record.
 CLAIM_WAIT_NOTED = 0.05
+# How long a stopping node tries to write the records held while the record log was away.
+STOP_WRITE_TIMEOUT = 2.0
 
 
 def lock_resource(rule: Rule, event: Event) -> str:
@@ -122,7 +125,10 @@ class ControllerNode:
         self.gates = SafetyGates(settings, store)
         # Decisions must not wait on the record log (on etcd, a Redis of its own): while it is
         # away its writes are held (`held_records`).
-        self.records = HeldRecordLog(store.records, self.node_id)
+        on_etcd = settings.coordination_backend == "etcd"
+        self.records = HeldRecordLog(
+            store.records, self.node_id, direct_timeout=DIRECT_WRITE_TIMEOUT if on_etcd else None
+        )
         self.audit = AuditLog(self.records)
         self.topology = store.topology
         self.incidents = IncidentClaims(
@@ -181,7 +187,11 @@ class ControllerNode:
                 reemit_every=settings.incident_retry_seconds,
             ),
             on_store_away=self.decisions.escalate_without_store,
-            decide_unpublished=self.decide_own_report,
+            # On the Redis store the stream is in the store's own Redis: a refusal means no
+            # claim, lock or topology can be had either, so there is nothing to decide with.
+            decide_unpublished=(
+                self.decide_own_report if settings.coordination_backend == "etcd" else None
+            ),
         )
         self._tasks: list[asyncio.Task] = []
         self._handling: set[asyncio.Task] = set()
@@ -228,6 +238,10 @@ class ControllerNode:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.engine.stop()
+        # What was held for the record log goes now if it answers (a node stopped for an
+        # upgrade should not take its decisions' records with it); it is not waited for.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.decisions.write_held(), STOP_WRITE_TIMEOUT)
         await self.quorum.aclose()
         await self.decisions.aclose()
 
@@ -237,15 +251,15 @@ class ControllerNode:
         return await self.stream.publish(event)
 
     async def decide_own_report(self, event: Event) -> AuditRecord | None:
-        """Decide a report of this node's shard watch that the event stream did not take (its
-        Redis away): the stream is the only way to the other nodes, and what decides (claims,
-        locks, the topology) is in the coordination store, which may well answer."""
+        """Decide a report of this node's shard watch that the event stream refused (its Redis
+        dead; etcd only): the stream is the only way to the other nodes, and what decides
+        (claims, locks, the topology) is in etcd, which may well answer."""
         return await self.handle(event, from_stream=False)
 
     async def handle(self, event: Event, *, from_stream: bool = True) -> AuditRecord | None:
         """Decide one event as its coordinator; returns its audit record (None for heartbeats).
-        An event not `from_stream` (this node's own report, which the stream would not take)
-        was never handed out before, so no record of it can exist: none is read."""
+        An event not `from_stream` (this node's own report, which the stream refused) was
+        never handed out, so no record of it can exist: none is read."""
         if event.type == "SensorHeartbeat":
             await self.store.sensors.record_heartbeat(event)
             return None

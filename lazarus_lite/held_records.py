@@ -4,9 +4,10 @@ record log's Redis on etcd), so a decision never waits on, or fails for, a log t
 
 `HeldRecordLog` wraps the node's `RecordLog`. Each write (an audit record saved, an escalation
 or a shadow decision appended) goes to the log at once, unless writes are held already; one
-the log refuses as unreachable, or does not answer within `direct_timeout`, is held in this
-node's memory instead. From then on every write is held behind it, so the log receives them
-in the order they were made; `write_held` (the node's periodic writer,
+the log refuses as unreachable, or does not answer within `direct_timeout` (on etcd; on the
+Redis store, whose log is the store itself, within the connection's own timeout, as before), is
+held in this node's memory instead. From then on every write is held behind it, so the log
+receives them in the order they were made; `write_held` (the node's periodic writer,
 `background.write_held_records`) writes them oldest first once the log answers. A held audit
 record is read back from memory (`audit`), so a decision made while the log is away can be
 amended (its workflow's end, a page's deadline) before the log has it.
@@ -45,8 +46,10 @@ log = logging.getLogger(__name__)
 # is a bug or bad data, and is raised to the caller, not held.
 LOG_UNREACHABLE: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
 
-# How long a write may wait for the log before it is held instead: a decision saves its record
-# three times or more, and a paused log would otherwise hold each save for the socket timeout.
+# How long a write may wait for the log before it is held instead (on etcd, where decisions go
+# on without the log): a decision saves its record three times or more, and a paused log would
+# otherwise hold each save for the socket timeout. A held record is invisible to the other
+# nodes until written: they wait on its incident meanwhile (`incidents`).
 DIRECT_WRITE_TIMEOUT = 1.0
 
 
@@ -68,7 +71,7 @@ class HeldRecordLog:
         node_id: str,
         *,
         limit: int = 1000,
-        direct_timeout: float = DIRECT_WRITE_TIMEOUT,
+        direct_timeout: float | None = DIRECT_WRITE_TIMEOUT,
     ) -> None:
         self.records = records
         self.node_id = node_id
@@ -112,7 +115,10 @@ class HeldRecordLog:
             self._hold(write)
             return
         try:
-            await asyncio.wait_for(write.apply(self.records), self.direct_timeout)
+            if self.direct_timeout is None:  # waited for as long as the log's own timeout
+                await write.apply(self.records)
+            else:
+                await asyncio.wait_for(write.apply(self.records), self.direct_timeout)
         except LOG_UNREACHABLE as error:
             log.warning("%s: the record log is unreachable (%s): its writes are held until it "
                         "answers", self.node_id, error or type(error).__name__)  # fmt: skip

@@ -8,6 +8,8 @@ its own (`merge_verdict`, pure):
   then is judged by that decision's outcome, as below; a decision not made by then raises
   `DecisionPending`: the report is published again (its copy acknowledged) and judged when
   the stream hands it out (merging it would swallow a real failure behind a slow refusal);
+  a claim whose record cannot be read (its node holds it while the record log is away, or
+  died before writing it) counts as undecided, aged from when the claim was taken;
   once the claim's record has stayed undecided for `abandoned_after` seconds (its coordinator
   died, or lost the event), the report takes the claim over (compare-and-set) and is decided
   on its own instead of waiting again (a holder that was only slow finds its claim taken
@@ -48,9 +50,10 @@ MergeVerdict = Literal["wait", "merge", "decide_afresh"]
 
 def merge_verdict(holder: AuditRecord | None, now: float, retry_after: float) -> MergeVerdict:
     """What a later report of an incident does with the decision that holds its claim."""
-    if holder is None:
-        return "merge"  # its record is gone (expired): the claim stands for what it decided
-    if holder.outcome == "received":
+    if holder is None or holder.outcome == "received":
+        # Not decided yet, or decided where the log has not seen it (its node holds the record
+        # while the log is away; it never wrote one): records outlive claims by weeks, so a
+        # missing one is not an expired decision. Merging would swallow a real failure.
         return "wait"
     if holder.outcome in {"escalated", "no_action"} and holder.workflow_id is None:
         return "decide_afresh"  # refused without acting: it absorbs nothing
@@ -113,8 +116,7 @@ class IncidentClaims:
                 continue
             abandoned = (
                 verdict == "wait"
-                and holder is not None
-                and time.time() - holder.received_at >= self.abandoned_after
+                and await self._undecided_for(holder, kind, key) >= self.abandoned_after
             )
             if verdict == "decide_afresh" or abandoned:
                 if await self.claims.take_over(kind, key, holder_id, event.id, self.ttl):
@@ -130,6 +132,14 @@ class IncidentClaims:
                     f"undecided after {waited:.1f} s; published again to be judged later"
                 )
             return Claim(duplicate_of=holder_id, waited=waited)
+
+    async def _undecided_for(self, holder: AuditRecord | None, kind: str, key: str) -> float:
+        """How long the claim's decision has gone unmade: since its record was received, or,
+        with no record to read, since the claim was taken (its age, from the time it has left)."""
+        if holder is not None:
+            return time.time() - holder.received_at
+        left = await self.claims.held_for(kind, key)
+        return 0.0 if left is None else self.ttl - left
 
     async def taken_over_by(self, event: Event) -> str | None:
         """The event that took this event's claim over while it was being decided (a slow

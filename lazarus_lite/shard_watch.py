@@ -17,8 +17,8 @@ topology it:
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
 is filed once per episode across all controller nodes (a claim in the control store). A report
-the stream does not take (on etcd, the stream's Redis is away while the store answers) is
-decided by the node that filed it (`decide_unpublished`), so a primary dies and is failed over
+the stream refuses (on etcd, the stream's Redis is dead while the store answers) is decided by
+the node that filed it (`decide_unpublished`), so a primary dies and is failed over
 without the stream; the sensors' reports wait in their buffers meanwhile, and their heartbeats
 stop arriving, so the watch speaks for them once they look silent.
 
@@ -49,7 +49,7 @@ from common.cancellation import stop_if_cancelled
 from detection.events import Event, new_event
 from detection.probes import describe_error
 from detection.sensor import incident_key
-from detection.streams import EventStream
+from detection.streams import EventStream, certainly_not_published
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
@@ -86,8 +86,8 @@ class WatchSettings:
     report_ttl: int = 600
     reemit_every: float = 30.0  # a self-report of a primary that stays down is filed again
     store_timeout: float = 2.0  # a topology read longer than this counts as the store away
-    # A report the stream has not taken within this is decided by the node itself (when it has
-    # a decider): a stream that does not answer must not hold up the watch of every shard.
+    # A stream that does not answer must not hold up the watch of every shard: a publish is
+    # given up after this (and filed again on a later pass: it may still reach the stream).
     publish_timeout: float = 1.0
 
 
@@ -514,10 +514,13 @@ class ShardWatch:
         try:
             await asyncio.wait_for(self.stream.publish(event), self.settings.publish_timeout)
         except Exception as error:
-            if self.decide_unpublished is None:
+            # Only a report the stream certainly never took is decided here: one that timed
+            # out may reach the stream later (a paused Redis runs what waited; a Kinesis put
+            # goes on in its thread) and be decided there too.
+            if self.decide_unpublished is None or not certainly_not_published(error):
                 await self.store.watch.withdraw_report(report)  # the next pass files it
                 raise
-            log.warning("%s: the event stream did not take %s %s (%s): deciding it here",
+            log.warning("%s: the event stream refused %s %s (%s): deciding it here",
                         self.node_id, event.type, event.id, describe_error(error))  # fmt: skip
             self._decide_here(event, report)
         return True
@@ -525,8 +528,7 @@ class ShardWatch:
     def _decide_here(self, event: Event, report: str) -> None:
         """Decide `event` on this node, beside the watch (a decision may wait for a quorum
         round and a workflow's start); if it fails, the report is withdrawn so the next pass
-        (of any node) files it again. A published copy that reached the stream after all is
-        the same event: decided once (its binding to one workflow is in the store)."""
+        (of any node) files it again. The stream refused it, so no copy of it is there."""
         assert self.decide_unpublished is not None
         decide = self.decide_unpublished
 

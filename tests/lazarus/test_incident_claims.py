@@ -176,3 +176,23 @@ async def test_a_report_takes_over_a_claim_whose_decision_stayed_undecided_too_l
 
     assert claimed == Claim(took_over_from="coordinator-died", abandoned=True)
     assert await claims.claims.holder("RedisMasterDown", KEY) == "real-kill"
+
+
+async def test_a_claim_whose_record_was_never_written_holds_reports_back_then_is_taken_over(
+    coordination: CoordinationStore, audit: AuditLog
+) -> None:
+    # Its coordinator decided without the record log (the record held in its memory) and died:
+    # a later report must not be merged into a decision nobody can read.
+    store = coordination
+    claims = IncidentClaims(store.incidents, audit, ttl=60, retry_after=120, decision_wait=0.2,
+                            abandoned_after=2)  # fmt: skip
+    assert await store.incidents.claim("RedisMasterDown", KEY, "decided-unseen", 60)
+    later = report("real-kill")
+    await opened(audit, later)
+    with pytest.raises(DecisionPending):
+        await claims.claim(later)  # the claim is younger than abandoned_after: held back
+    await asyncio.sleep(2.1)  # the claim's age is read from its TTL: no clock to move
+
+    claimed = await claims.claim(later)
+
+    assert claimed == Claim(took_over_from="decided-unseen", abandoned=True)

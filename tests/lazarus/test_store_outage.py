@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import pytest
@@ -48,10 +48,23 @@ T = TypeVar("T")
 
 
 class NoStream:
-    """The event stream, unreachable like the store (nothing may be filed through it)."""
+    """The event stream, unreachable like the store (nothing may be filed through it): its
+    connection refused, as a dead Redis's is."""
 
     async def publish(self, event: Any) -> str:
-        raise ConnectionError("the stream is unreachable")
+        raise ConnectionRefusedError(111, "the stream is unreachable")
+
+
+class SilentStream:
+    """The event stream, paused: a publish waits (it may reach the stream when it resumes)."""
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    async def publish(self, event: Any) -> str:
+        self.asked.append(event)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
 
 
 def notifications(http: HttpRecorder) -> NotificationConfig:
@@ -99,7 +112,10 @@ async def decisions_made(watch: ShardWatch) -> None:
 
 @contextmanager
 def controller(
-    store: CoordinationStore, http: HttpRecorder, decide: ReportDecider | None = None
+    store: CoordinationStore,
+    http: HttpRecorder,
+    decide: ReportDecider | None = None,
+    stream: Any = None,
 ) -> Iterator[Controller]:
     """A controller node's watch and decisions on `store`, once it has read the topology; the
     reports the stream refuses go to `decide` when given (as a node decides them itself)."""
@@ -109,7 +125,7 @@ def controller(
     claims = IncidentClaims(store.incidents, audit, ttl=600, retry_after=30)
     decisions = Decisions("n1", records, audit, claims, notifications(http))
     keeper = ShardKeeper(store, "n1", "demote")
-    watch = ShardWatch(store, NoStream(), keeper, "n1", QUICK,  # type: ignore[arg-type]
+    watch = ShardWatch(store, stream or NoStream(), keeper, "n1", QUICK,
                        on_store_away=decisions.escalate_without_store,
                        decide_unpublished=decide)  # fmt: skip
     node = Controller(loop, watch, decisions)
@@ -263,15 +279,45 @@ def test_without_etcd_the_escalation_is_recorded_at_once_in_the_redis_record_log
 # -- etcd answers; the Redis of the event stream and the record log does not --------------------
 
 
+def one_shard_on_etcd(
+    start_cluster: Callable[..., LocalCluster], etcd: EtcdCluster
+) -> tuple[LocalCluster, EtcdCoordinationStore]:
+    """A one-shard cluster whose topology is in etcd, and the store on it (the record log in the
+    cluster's control Redis, which also carries the stream)."""
+    cluster = start_cluster(shards=1, replicas=1)
+    topology_moved_to_etcd(cluster, etcd)
+    return cluster, EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url, timeout=1.0)
+
+
+def test_a_report_the_paused_stream_may_still_take_is_not_decided_here(
+    start_cluster: Callable[..., LocalCluster], etcd: EtcdCluster, http: HttpRecorder
+) -> None:
+    # A publish that timed out may reach the stream when it resumes, and be decided there too.
+    cluster, store = one_shard_on_etcd(start_cluster, etcd)
+    decided: list[Any] = []
+
+    async def decide(event: Any) -> None:
+        decided.append(event)
+
+    stream = SilentStream()
+    with controller(store, http, decide, stream) as node:
+        node.watch.settings = replace(QUICK, publish_timeout=0.1)
+        kill_primary(cluster)
+        node.run(node.watch_for(1.5))
+        downs = [e for e in stream.asked if e.type == "RedisMasterDown"]
+        filers = [node.run(store.watch.report_filer(f"self:{e.dedup_key}")) for e in downs]
+
+    assert downs and decided == []
+    assert filers == [None] * len(downs)  # withdrawn: a later pass files it again
+
+
 @pytest.fixture
 def stream_redis_outage(
     start_cluster: Callable[..., LocalCluster], etcd: EtcdCluster, http: HttpRecorder
 ) -> Iterator[tuple[Controller, list[Any]]]:
     """The topology in etcd, the control Redis (stream, record log) killed, then s0's primary;
     what the node decides itself is collected (a decider that fails once first)."""
-    cluster = start_cluster(shards=1, replicas=1)
-    topology_moved_to_etcd(cluster, etcd)
-    store = EtcdCoordinationStore.open(etcd.endpoints, cluster.control.url, timeout=1.0)
+    cluster, store = one_shard_on_etcd(start_cluster, etcd)
     decided: list[Any] = []
 
     async def decide(event: Any) -> None:

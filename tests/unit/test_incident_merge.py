@@ -60,5 +60,7 @@ def test_a_repeated_recovery_is_a_duplicate_of_its_record() -> None:
     assert merge_verdict(decision("recorded"), NOW, RETRY_AFTER) == "merge"
 
 
-def test_a_claim_whose_decision_record_is_gone_stands() -> None:
-    assert merge_verdict(None, NOW, RETRY_AFTER) == "merge"
+def test_a_claim_whose_decision_record_cannot_be_read_is_waited_on_not_merged_into() -> None:
+    # Held in its node's memory while the record log is away, or never written: records outlive
+    # claims by weeks, so this is no expired decision, and merging could swallow a failure.
+    assert merge_verdict(None, NOW, RETRY_AFTER) == "wait"
