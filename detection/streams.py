@@ -10,11 +10,15 @@ Not for: deciding what to do with an event (lazarus_lite does that).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from detection.errors import InvalidEvent
 from detection.events import Event, parse_event
@@ -62,17 +66,19 @@ class EventStream(Protocol):
 
 
 def certainly_not_published(error: BaseException) -> bool:
-    """Whether a failed publish never reached the stream: its connection was refused (a Redis
-    stream's, or a Kinesis endpoint's: botocore's `EndpointConnectionError` wraps the same
-    refusal). A timeout, a reset or a closed connection may come after the stream took the
-    event, so they say nothing."""
+    """Whether a failed publish to a Redis stream never reached it: its one connection attempt
+    was refused (`RedisEventStream` makes one attempt: a client that retries could have sent
+    the command before a reconnect was refused). A timeout, a cancellation, a reset or a closed
+    connection may come after the stream took the event, so they say nothing, also when a
+    refusal is further down the chain (a timeout that cancelled a retry's backoff). Kinesis is
+    never certain: botocore retries a put whose connection closed."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
+        if isinstance(current, TimeoutError | asyncio.CancelledError | RedisTimeoutError):
+            return False
         if isinstance(current, ConnectionRefusedError):
             return True
-        if type(current).__name__ == "EndpointConnectionError":
-            return True  # botocore: the endpoint's connection was never made
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
@@ -129,7 +135,10 @@ class RedisEventStream:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisEventStream:
-        return cls(aioredis.Redis.from_url(url, socket_timeout=5), **options)
+        # One attempt per call, pinned: a publish refused on a reconnect after its first
+        # attempt was sent may have reached the stream (`certainly_not_published`).
+        connection = aioredis.Redis.from_url(url, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+        return cls(connection, **options)
 
     async def publish(self, event: Event) -> str:
         entry_id = await self._control.xadd(

@@ -135,7 +135,9 @@ class IncidentClaims:
 
     async def _undecided_for(self, holder: AuditRecord | None, kind: str, key: str) -> float:
         """How long the claim's decision has gone unmade: since its record was received, or,
-        with no record to read, since the claim was taken (its age, from the time it has left)."""
+        with no record to read, since the claim was taken (its age, from the time it has left:
+        every node takes claims for the same `incident_ttl`; on etcd a new leader may renew a
+        lease in full, so an election can make the claim look younger: later, never sooner)."""
         if holder is not None:
             return time.time() - holder.received_at
         left = await self.claims.held_for(kind, key)
@@ -160,9 +162,11 @@ class IncidentClaims:
             if first is None:
                 return
             down = await self.audit.get(first)
-            if down is None or down.outcome in UNACTED:
+            if down is not None and down.outcome in UNACTED:
                 await self.claims.release(*incident, held_by=first)
-            elif down.outcome == "received":
+            elif down is None or down.outcome == "received":
+                # Undecided, or decided where this node cannot read it (held on its node while
+                # the record log is away): releasing could free a decision that acted.
                 await self.claims.mark_recovered(*incident, self.ttl)
 
     async def forget_if_recovered(self, record: AuditRecord) -> None:

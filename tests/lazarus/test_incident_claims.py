@@ -196,3 +196,17 @@ async def test_a_claim_whose_record_was_never_written_holds_reports_back_then_is
     claimed = await claims.claim(later)
 
     assert claimed == Claim(took_over_from="decided-unseen", abandoned=True)
+
+
+async def test_a_recovery_keeps_the_claim_of_a_decision_whose_record_cannot_be_read(
+    coordination: CoordinationStore, claims: IncidentClaims
+) -> None:
+    # Decided on a node that holds its record while the record log is away: it may have acted,
+    # so a recovery read elsewhere marks the incident recovered rather than free it.
+    store = coordination
+    assert await store.incidents.claim("RedisMasterDown", KEY, "decided-unseen", 60)
+
+    await claims.release_on_recovery(report("flap-recovered", "RedisMasterRecovered"))
+
+    assert await store.incidents.holder("RedisMasterDown", KEY) == "decided-unseen"
+    assert await store.incidents.take_recovered("RedisMasterDown", KEY)
