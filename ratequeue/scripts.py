@@ -14,8 +14,9 @@ writes it once per number (multi-field writes):
   rq:v2:n:N         hash, the number's state: `r` the rate in force (`rate:burst`, taken from
                     rq:rates or the message's default when the number's first message is held,
                     changed by SET_RATE), `s` segments held (queued + leased: the capacity
-                    check), `t` the GCRA theoretical arrival time (ms, full precision), `@id`
-                    the body fingerprint of each message held (queued or leased: enqueue is
+                    check), `t` the GCRA theoretical arrival time (ms, full precision; written
+                    with the number's first message, 0 if nothing limits it yet), `@id` the
+                    body fingerprint of each message held (queued or leased: enqueue is
                     idempotent by id while the message is held), and one field per lease, named
                     by its sequence number, holding the leased message's entry. Exists while N
                     holds messages, then expires once `t` no longer limits
@@ -152,6 +153,18 @@ local function call_chunked(command, key, items)
   for first = 1, #items, step do
     redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
   end
+end
+
+-- HMGET with one argument per field, split as `call_chunked` splits; one reply item per field.
+local function hmget_chunked(key, fields)
+  if #fields <= 4000 then return redis.call('HMGET', key, unpack(fields)) end
+  local row = {}
+  for first = 1, #fields, 4000 do
+    local last = math.min(first + 3999, #fields)
+    local part = redis.call('HMGET', key, unpack(fields, first, last))
+    for j = 1, last - first + 1 do row[first + j - 1] = part[j] end
+  end
+  return row
 end
 
 -- GCRA: interval T ms per segment, tolerance tau = (burst - 1) * T. A number may send when
@@ -402,6 +415,9 @@ ENQUEUE_BATCH = (
 -- Returns {codes, details}: codes has one letter per message, o (queued), d (duplicate),
 -- c (conflict), f (full) or x (malformed line: nothing of it read, the others unaffected);
 -- details holds the reason of each c, f and x, in order.
+-- In three steps, so each key is read once and written once: every line is parsed; what the
+-- decisions need is read (a number's hash in one HMGET, each dedup window in one HMGET for the
+-- whole batch); then each message is decided in order and each key written once.
 local refused = check_fence(ARGV[1])
 if refused then return refused end
 migrate_legacy(function()
@@ -421,76 +437,121 @@ local max_number_segments = tonumber(ARGV[4])
 local w = math.floor(now / 1000 / window)
 local seen_now, seen_before = P .. 'seen:' .. w, P .. 'seen:' .. (w - 1)
 local legacy = redis.call('EXISTS', P .. 'legacy') == 1
-local states, touched = {}, {}
-local codes, details = {}, {}
-local queued = 0
+
+-- 1. Parse. Message i is m_number[i] (false: a malformed line), m_id[i], ...; a number's hash
+-- fields to read are its state's, then `@id` of each of its messages, in order.
+local m_number, m_id, m_segments, m_text, m_body, m_print = {}, {}, {}, {}, {}, {}
+local numbers, fields_of, default_of = {}, {}, {}
+local count = 0
 local blob = ARGV[5]
 local position = 1
 while position <= #blob do
   local stop = string.find(blob, '\n', position, true) or (#blob + 1)
   local line = string.sub(blob, position, stop - 1)
   position = stop + 1
-  local number, default_raw, segments, id, body =
+  count = count + 1
+  local number, default_raw, segments_text, id, body =
     string.match(line, '^([%w+]+)|([^|]*)|(%d+)|([^|]*)|(.+)$')
-  segments = tonumber(segments)
+  local segments = tonumber(segments_text)
   if not number or not valid_id(id) or not segments or segments < 1 then
-    codes[#codes + 1] = 'x'
+    m_number[count] = false
+  else
+    m_number[count], m_id[count], m_segments[count] = number, id, segments
+    m_text[count], m_body[count], m_print[count] = segments_text, body, fingerprint(body)
+    local fields = fields_of[number]
+    if not fields then
+      fields = {'r', 's', 't'}
+      fields_of[number] = fields
+      default_of[number] = default_raw
+      numbers[#numbers + 1] = number
+    end
+    fields[#fields + 1] = '@' .. id
+  end
+end
+
+-- 2. Read. `earlier[N/id]`: the fingerprint of a message held under that id (queued or leased),
+-- else of one acknowledged within the dedup window.
+local states, earlier = {}, {}
+local unheld = {}
+for _, number in ipairs(numbers) do
+  local fields = fields_of[number]
+  local row = hmget_chunked(P .. 'n:' .. number, fields)
+  local raw = row[1]
+  if not row[2] then
+    -- The number's first held message sets the rate in force (kept until the last ack).
+    raw = redis.call('HGET', 'rq:rates', number) or default_of[number]
+  end
+  local per_second, burst = parse_rate(raw)
+  local capacity = math.floor(per_second * max_queue_seconds)
+  local capped = capacity > max_number_segments
+  if capped then capacity = max_number_segments end
+  -- A number that holds nothing has a hash only while its GCRA time limits (expiring). Its
+  -- time is written with its first message, so later calls do not look for layout 1's.
+  states[number] = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
+    expiring = row[3] and not row[2], write_tat = not row[3],
+    held = tonumber(row[2] or '0'), tat = stored_tat(row[3], number), capacity = capacity,
+    capped = capped,
+    entries = {}, fields = {}, batch = {}}
+  for j = 4, #fields do
+    local key = number .. '/' .. string.sub(fields[j], 2)
+    if row[j] then earlier[key] = row[j] elseif not earlier[key] then
+      unheld[#unheld + 1] = key
+    end
+  end
+end
+for _, window_key in ipairs({seen_now, seen_before}) do
+  if #unheld == 0 then break end
+  local row = hmget_chunked(window_key, unheld)
+  local still = {}
+  for j, key in ipairs(unheld) do
+    if row[j] then earlier[key] = row[j] else still[#still + 1] = key end
+  end
+  unheld = still
+end
+if legacy then
+  for _, key in ipairs(unheld) do
+    earlier[key] = legacy_print(key) or redis.call('HGET', 'rq:seen:' .. w, key)
+      or redis.call('HGET', 'rq:seen:' .. (w - 1), key)
+  end
+end
+
+-- 3. Decide, in order, then write each key once.
+local touched = {}
+local codes, details = {}, {}
+local queued = 0
+for i = 1, count do
+  local number = m_number[i]
+  if not number then
+    codes[i] = 'x'
     details[#details + 1] = 'malformed message: expected number|rate|segments|id|body with an '
       .. 'id of letters, digits, ".", "_", ":" or "-"'
   else
-    local key = number .. '/' .. id
-    local print = fingerprint(body)
-    local state = states[number]
-    if not state then
-      local row = redis.call('HMGET', P .. 'n:' .. number, 'r', 's', 't')
-      local raw = row[1]
-      if not row[2] then
-        -- The number's first held message sets the rate in force (kept until the last ack).
-        raw = redis.call('HGET', 'rq:rates', number) or default_raw
-      end
-      local per_second, burst = parse_rate(raw)
-      local tat = stored_tat(row[3], number)
-      local capacity = math.floor(per_second * max_queue_seconds)
-      local limit = max_queue_seconds .. ' s of sending at ' .. per_second .. '/s'
-      if capacity > max_number_segments then
-        capacity, limit = max_number_segments, 'the most segments one number may hold'
-      end
-      -- A number that holds nothing has a hash only while its GCRA time limits (expiring).
-      state = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
-        expiring = row[3] and not row[2], legacy_tat = not row[3] and tat > 0,
-        held = tonumber(row[2] or '0'), tat = tat, capacity = capacity, limit = limit,
-        entries = {}, fields = {}, batch = {}}
-      states[number] = state
-    end
-    -- Held messages first (a message is held as long as it may be delivered), then the ones
-    -- acknowledged within the dedup window.
-    local earlier = state.batch[id]
-      or (not state.empty and redis.call('HGET', P .. 'n:' .. number, '@' .. id))
-      or redis.call('HGET', seen_now, key) or redis.call('HGET', seen_before, key)
-      or (legacy and (legacy_print(key) or redis.call('HGET', 'rq:seen:' .. w, key)
-        or redis.call('HGET', 'rq:seen:' .. (w - 1), key)))
-    if earlier and earlier ~= print then
-      codes[#codes + 1] = 'c'
+    local id, print, segments, state = m_id[i], m_print[i], m_segments[i], states[number]
+    local before = state.batch[id] or earlier[number .. '/' .. id]
+    if before and before ~= print then
+      codes[i] = 'c'
       details[#details + 1] = 'id ' .. id .. ' was used for another message to ' .. number ..
         ' that is still held or was delivered within the dedup window; use a new id for a ' ..
         'new message'
-    elseif earlier then
-      codes[#codes + 1] = 'd'
+    elseif before then
+      codes[i] = 'd'
     elseif state.held + segments > state.capacity then
-      codes[#codes + 1] = 'f'
+      codes[i] = 'f'
+      local limit = max_queue_seconds .. ' s of sending at ' .. state.per_second .. '/s'
+      if state.capped then limit = 'the most segments one number may hold' end
       details[#details + 1] = 'queue for ' .. number .. ' holds ' .. state.held ..
         ' segments; adding ' .. segments .. ' would exceed its limit of ' .. state.capacity ..
-        ' (' .. state.limit .. ')'
+        ' (' .. limit .. ')'
     else
       if #state.entries == 0 then touched[#touched + 1] = number end
-      state.entries[#state.entries + 1] = '0|' .. segments .. '|' .. id .. '|' .. body
+      state.entries[#state.entries + 1] = '0|' .. m_text[i] .. '|' .. id .. '|' .. m_body[i]
       local fields = state.fields
       fields[#fields + 1] = '@' .. id
       fields[#fields + 1] = print
       state.held = state.held + segments
       state.batch[id] = print
       queued = queued + 1
-      codes[#codes + 1] = 'o'
+      codes[i] = 'o'
     end
   end
 end
@@ -507,7 +568,7 @@ for _, number in ipairs(touched) do
     fields[#fields + 1] = 'r'
     fields[#fields + 1] = state.raw
   end
-  if state.legacy_tat then
+  if state.write_tat then
     fields[#fields + 1] = 't'
     fields[#fields + 1] = state.tat
   end
@@ -573,6 +634,10 @@ end
 call_chunked('ZADD', READY, rejoined)
 
 -- Serve due numbers in rounds, one message per number per round, longest-waiting first.
+-- What is the same for every message of the call is worked out once: the leases' expiry, and
+-- each rate's interval and tolerance.
+local expires = string.format('%.17g', now + lease_ms)
+local rates = {}
 local out = {}
 local served = 0
 local next_seq = nil
@@ -583,9 +648,14 @@ while served < max do
   for _, number in ipairs(due) do
     local key = P .. 'n:' .. number
     local row = redis.call('HMGET', key, 'r', 't')
-    local per_second, burst = parse_rate(row[1])
-    local interval = 1000.0 / per_second
-    local tau = (burst - 1) * interval
+    local rate = rates[row[1] or '']
+    if not rate then
+      local per_second, burst = parse_rate(row[1])
+      local interval = 1000.0 / per_second
+      rate = {interval = interval, tau = (burst - 1) * interval}
+      rates[row[1] or ''] = rate
+    end
+    local interval, tau = rate.interval, rate.tau
     local tat = tonumber(row[2] or '0')
     if tat < now then tat = now end
     if tat - now > tau + 0.001 then
@@ -609,7 +679,7 @@ while served < max do
         -- A Lua number is passed to Redis at full precision (%.17g): no rounding of the time.
         redis.call('HSET', key, 't', new_tat, seq, entry)
         local lease = seq .. ':' .. number .. '/' .. id
-        leases[#leases + 1] = now + lease_ms
+        leases[#leases + 1] = expires
         leases[#leases + 1] = lease
         if redis.call('LLEN', P .. 'q:' .. number) > 0 then
           local at = new_tat - tau

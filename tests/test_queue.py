@@ -353,3 +353,42 @@ def test_an_id_ending_in_a_newline_is_refused_before_it_is_sent(client: Ratequeu
     with pytest.raises(InvalidInput, match="id must be"):
         client.enqueue(NUMBER, "x", "tail\n")
     assert client.number_info(NUMBER).depth == 0
+
+
+def test_one_batch_answers_each_message_by_what_its_number_holds_and_what_came_before_it(
+    client: RatequeueClient,
+) -> None:
+    other = "+14155550101"  # on NUMBER's shard (test_the_same_id_for_two_numbers_...): one call
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    client.enqueue(NUMBER, "delivered", "acked-1")
+    client.enqueue(NUMBER, "held", "held-1")
+    leased = {m.id: m for m in client.dequeue(10, 30)}
+    assert client.ack([leased["acked-1"].receipt]) == 1  # held-1 stays leased: still held
+    batch = [
+        (NUMBER, "held", "held-1"),  # held: a retry
+        (NUMBER, "other", "held-1"),  # held under another body
+        (NUMBER, "delivered", "acked-1"),  # delivered within the dedup window: a retry
+        (NUMBER, "changed", "acked-1"),  # delivered under another body
+        (NUMBER, "new", "new-1"),
+        (NUMBER, "new", "new-1"),  # a retry within the batch
+        (NUMBER, "newer", "new-1"),  # the batch's earlier message under another body
+        (other, "held", "held-1"),  # another number's id space
+    ]
+    results = client.enqueue_many(client.prepare(*message) for message in batch)
+    answers = [
+        type(r).__name__ if not hasattr(r, "duplicate") else ("dup" if r.duplicate else "new")
+        for r in results
+    ]
+    assert answers == ["dup", "IdConflict", "dup", "IdConflict", "new", "dup", "IdConflict", "new"]
+    assert (client.number_info(NUMBER).depth, client.number_info(other).depth) == (1, 1)
+
+
+def test_a_batch_of_more_messages_for_one_number_than_one_redis_call_takes_is_queued_once(
+    client: RatequeueClient,
+) -> None:
+    # Over 4,000 fields of one number's hash are read in more than one call (Lua's stack).
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
+    batch = [client.prepare(NUMBER, f"body {i}", f"big-{i}") for i in range(4_500)]
+    assert all(not r.duplicate for r in client.enqueue_many(batch))  # type: ignore[union-attr]
+    assert all(r.duplicate for r in client.enqueue_many(batch))  # type: ignore[union-attr]
+    assert client.number_info(NUMBER).depth == 4_500
