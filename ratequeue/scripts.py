@@ -472,7 +472,7 @@ end
 -- 2. Read. `earlier[N/id]`: the fingerprint of a message held under that id (queued or leased),
 -- else of one acknowledged within the dedup window.
 local states, earlier = {}, {}
-local unheld = {}
+local unheld, looked_up = {}, {}
 for _, number in ipairs(numbers) do
   local fields = fields_of[number]
   local row = hmget_chunked(P .. 'n:' .. number, fields)
@@ -486,15 +486,21 @@ for _, number in ipairs(numbers) do
   local capped = capacity > max_number_segments
   if capped then capacity = max_number_segments end
   -- A number that holds nothing has a hash only while its GCRA time limits (expiring). Its
-  -- time is written with its first message, so later calls do not look for layout 1's.
+  -- time is written with its first message, so later calls do not look for layout 1's; but
+  -- while layout 1 code may still run (data of it converted within LEGACY_MS), a time of 0 is
+  -- not written: layout 1's dequeuer may yet send for the number, and the next call reads it.
+  local tat = stored_tat(row[3], number)
   states[number] = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
-    expiring = row[3] and not row[2], write_tat = not row[3],
-    held = tonumber(row[2] or '0'), tat = stored_tat(row[3], number), capacity = capacity,
+    expiring = row[3] and not row[2], write_tat = not row[3] and (tat > 0 or not legacy),
+    held = tonumber(row[2] or '0'), tat = tat, capacity = capacity,
     capped = capped,
     entries = {}, fields = {}, batch = {}}
   for j = 4, #fields do
     local key = number .. '/' .. string.sub(fields[j], 2)
-    if row[j] then earlier[key] = row[j] elseif not earlier[key] then
+    if row[j] then
+      earlier[key] = row[j]
+    elseif not looked_up[key] then  -- an id the batch repeats is looked up once
+      looked_up[key] = true
       unheld[#unheld + 1] = key
     end
   end
@@ -648,12 +654,12 @@ while served < max do
   for _, number in ipairs(due) do
     local key = P .. 'n:' .. number
     local row = redis.call('HMGET', key, 'r', 't')
-    local rate = rates[row[1] or '']
+    local rate = rates[row[1]]  -- keyed by the stored text, or false for none (1/s)
     if not rate then
       local per_second, burst = parse_rate(row[1])
       local interval = 1000.0 / per_second
       rate = {interval = interval, tau = (burst - 1) * interval}
-      rates[row[1] or ''] = rate
+      rates[row[1]] = rate
     end
     local interval, tau = rate.interval, rate.tau
     local tat = tonumber(row[2] or '0')
@@ -760,13 +766,7 @@ local seen_writes = {}
 for _, number in ipairs(numbers) do
   local key = P .. 'n:' .. number
   local seqs = by_number[number]
-  local entries = {}
-  for first = 1, #seqs, 4000 do
-    local last = math.min(first + 3999, #seqs)
-    for i, entry in ipairs(redis.call('HMGET', key, unpack(seqs, first, last))) do
-      entries[first + i - 1] = entry
-    end
-  end
+  local entries = hmget_chunked(key, seqs)
   local gone, segments = {}, 0
   for i = 1, #seqs do
     local entry = entries[i]

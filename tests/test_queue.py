@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ratequeue.client import RatequeueClient
+from ratequeue.client import Enqueued, RatequeueClient
 from ratequeue.errors import IdConflict, InvalidInput, QueueFull
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.rates import Rate
@@ -355,10 +355,18 @@ def test_an_id_ending_in_a_newline_is_refused_before_it_is_sent(client: Ratequeu
     assert client.number_info(NUMBER).depth == 0
 
 
+def answer(result: object) -> str:
+    """What a batch said of one message: "new", "duplicate", or the error and its text."""
+    if isinstance(result, Enqueued):
+        return "duplicate" if result.duplicate else "new"
+    return f"{type(result).__name__}: {result}"
+
+
 def test_one_batch_answers_each_message_by_what_its_number_holds_and_what_came_before_it(
     client: RatequeueClient,
 ) -> None:
-    other = "+14155550101"  # on NUMBER's shard (test_the_same_id_for_two_numbers_...): one call
+    other = "+14155550101"
+    assert client.number_info(other).shard == client.number_info(NUMBER).shard  # one call
     client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
     client.enqueue(NUMBER, "delivered", "acked-1")
     client.enqueue(NUMBER, "held", "held-1")
@@ -374,13 +382,39 @@ def test_one_batch_answers_each_message_by_what_its_number_holds_and_what_came_b
         (NUMBER, "newer", "new-1"),  # the batch's earlier message under another body
         (other, "held", "held-1"),  # another number's id space
     ]
-    results = client.enqueue_many(client.prepare(*message) for message in batch)
-    answers = [
-        type(r).__name__ if not hasattr(r, "duplicate") else ("dup" if r.duplicate else "new")
-        for r in results
-    ]
-    assert answers == ["dup", "IdConflict", "dup", "IdConflict", "new", "dup", "IdConflict", "new"]
+    answers = [answer(r) for r in client.enqueue_many(client.prepare(*m) for m in batch)]
+    assert [a.split(":")[0] for a in answers] == [
+        "duplicate", "IdConflict", "duplicate", "IdConflict", "new", "duplicate", "IdConflict",
+        "new",
+    ]  # fmt: skip
+    # Each refusal names its own message's id.
+    refusals = {k: answers[k] for k in (1, 3, 6)}
+    assert "id held-1 " in refusals[1] and "id acked-1 " in refusals[3], refusals
+    assert "id new-1 " in refusals[6], refusals
     assert (client.number_info(NUMBER).depth, client.number_info(other).depth) == (1, 1)
+
+
+def test_a_retry_in_a_batch_of_a_message_delivered_in_the_previous_dedup_window_is_a_duplicate(
+    cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(cluster, dedup_window_seconds=1)
+    client.enqueue(NUMBER, "hello", "before")
+    [message] = client.dequeue(1, 30)
+    with cluster.shard(message.shard).primary.client() as conn:
+
+        def into_the_next_window() -> None:  # windows are whole seconds of the shard's clock
+            _, micros = conn.time()
+            time.sleep(1 - micros / 1e6 + 0.05)
+
+        if conn.time()[1] > 800_000:
+            into_the_next_window()  # acknowledged well inside one window
+        assert client.ack([message.receipt]) == 1
+        into_the_next_window()
+    results = client.enqueue_many(
+        [client.prepare(NUMBER, "hello", "before"), client.prepare(NUMBER, "bye", "before")]
+    )
+    assert [answer(r).split(":")[0] for r in results] == ["duplicate", "IdConflict"]
+    assert client.number_info(NUMBER).depth == 0
 
 
 def test_a_batch_of_more_messages_for_one_number_than_one_redis_call_takes_is_queued_once(
@@ -389,6 +423,6 @@ def test_a_batch_of_more_messages_for_one_number_than_one_redis_call_takes_is_qu
     # Over 4,000 fields of one number's hash are read in more than one call (Lua's stack).
     client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
     batch = [client.prepare(NUMBER, f"body {i}", f"big-{i}") for i in range(4_500)]
-    assert all(not r.duplicate for r in client.enqueue_many(batch))  # type: ignore[union-attr]
-    assert all(r.duplicate for r in client.enqueue_many(batch))  # type: ignore[union-attr]
+    assert {answer(r) for r in client.enqueue_many(batch)} == {"new"}
+    assert {answer(r) for r in client.enqueue_many(batch)} == {"duplicate"}
     assert client.number_info(NUMBER).depth == 4_500

@@ -329,3 +329,18 @@ def test_a_converted_number_keeps_its_layout_1_rate_limit_time(
     client.enqueue(NUMBER, "second", "new")
     assert client.dequeue(10, 30) == []
     assert client.number_info(NUMBER).next_eligible_at > time.time() + 30
+
+
+def test_a_layout_1_rate_time_set_after_a_numbers_first_layout_2_message_still_limits_it(
+    client: RatequeueClient, conn: redis.Redis
+) -> None:
+    other = "+14155550101"  # converted first: layout 1 code may still run on the shard
+    assert client.number_info(other).shard == client.number_info(NUMBER).shard
+    put_layout_1(conn, other, {"old": f'0|1|{int(time.time() * 1000)}|{other}|"first"'})
+    client.enqueue(other, "second", "new")
+    client.enqueue(NUMBER, "first", "n1")  # NUMBER's first message, none of it in layout 1
+    # Layout 1's dequeuer then sends a message of NUMBER that layout 1's enqueue had queued:
+    conn.set(f"rq:tat:{NUMBER}", int(time.time() * 1000) + 60_000, px=60_000)
+    client.enqueue(NUMBER, "second", "n2")
+    assert NUMBER not in {m.number for m in client.dequeue(10, 30)}
+    assert client.number_info(NUMBER).next_eligible_at > time.time() + 30
