@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from common.cancellation import cancel_until_done, stop_if_cancelled
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
-from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
+from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead, WorkflowStartPending
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
@@ -28,6 +28,13 @@ from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from lazarus_lite.workflow.registry import STEPS
 
 log = logging.getLogger(__name__)
+
+# How long a start that finds its event bound to a workflow another node is still starting
+# (its claim held, no record yet: the record is one write away) waits for the record before
+# refusing (`WorkflowStartPending`): a third of an owner lease, so this start's own claim,
+# renewed only once its workflow runs, is still held when it goes on.
+START_WAIT = OWNER_LEASE_MS / 1000 / 3
+START_POLL = 0.05  # how often it looks for the record meanwhile
 
 
 class WorkflowEngine:
@@ -49,12 +56,20 @@ class WorkflowEngine:
         self._unsaved: dict[str, list[dict[str, Any]]] = {}
 
     async def _record(
-        self, record: WorkflowRecord, entry: dict[str, Any], *, new: bool = False
+        self,
+        record: WorkflowRecord,
+        entry: dict[str, Any],
+        *,
+        new: bool = False,
+        while_bound: bool = False,
     ) -> None:
         """Save as this workflow's owner (raises OwnershipLost once another node took over),
-        with the entries `_record_later` held back, in order (`new`: its first save)."""
+        with the entries `_record_later` held back, in order (`new`: its first save;
+        `while_bound`: only while its event's binding names it)."""
         held = self._unsaved.pop(record.id, [])
-        await self.store.save(record, *held, entry, owner=self.env.node_id, new=new)
+        await self.store.save(
+            record, *held, entry, owner=self.env.node_id, new=new, while_bound=while_bound
+        )
 
     async def _save_held(self, record: WorkflowRecord) -> None:
         """Save the entries `_record_later` holds, if any, before something that is not a
@@ -112,14 +127,16 @@ class WorkflowEngine:
             raise failed[0]
         try:
             # One workflow per event: an event handled again (its first coordinator died
-            # after starting the workflow) adopts the workflow that exists.
+            # after starting the workflow, or handles it side by side) adopts the workflow
+            # that exists or is being saved.
             if event_id is not None and bound is not None:
-                found = await self.store.load(bound)
+                found = await self._workflow_of_event(event_id, bound, workflow_id)
                 if found is not None:
                     await self._drop_spare_claim(workflow_id)
                     return found
-                await self.store.rebind_event(event_id, workflow_id)
             record = self._new_record(workflow_id, definition, inputs, event_id)
+            # Saved only while the event's binding names it: a start that found the binding
+            # without a claim (ours had not reached the store yet) may have replaced it.
             await self._record(
                 record,
                 {
@@ -129,6 +146,7 @@ class WorkflowEngine:
                     "version": definition.version,
                 },
                 new=True,
+                while_bound=event_id is not None,
             )
         except BaseException:
             # Nothing runs the id, so nothing would renew its claim: dropped now (the save's
@@ -141,6 +159,38 @@ class WorkflowEngine:
         # caller keeps this one, which the run does not change.
         self._spawn(record.id, record.model_copy(deep=True))
         return record
+
+    async def _workflow_of_event(
+        self, event_id: str, bound: str, workflow_id: str
+    ) -> WorkflowRecord | None:
+        """The workflow the event's binding names (`bound`), to adopt; None once the binding
+        names `workflow_id` instead. A binding without a record is replaced only while no
+        claim is held on its workflow: its start stopped before its first save (its node
+        died, or the save failed) and saves nothing now, or its claim has not reached the
+        store yet and its first save, made while bound, is refused. While its starter holds
+        the claim, the record is waited for (it is one write away) for at most `START_WAIT`,
+        then WorkflowStartPending: the event comes again, and is adopted or started then."""
+        waited_until = time.monotonic() + START_WAIT
+        while True:
+            found, owner = await asyncio.gather(self.store.load(bound), self.store.owner(bound))
+            if found is not None:
+                return found
+            if owner is None:
+                if await self.store.rebind_event(event_id, workflow_id, replacing=bound):
+                    return None
+                # The record was saved meanwhile, or another start replaced the binding (or
+                # it lapsed): look at what the binding names now.
+                now_bound = await self.store.bind_event(event_id, workflow_id)
+                if now_bound is None or now_bound == workflow_id:
+                    return None
+                bound = now_bound
+                continue
+            if time.monotonic() >= waited_until:
+                raise WorkflowStartPending(
+                    f"event {event_id}: its workflow {bound} is being started by node {owner} "
+                    f"and was not saved within {START_WAIT:g} s; handled again later"
+                )
+            await asyncio.sleep(START_POLL)
 
     def _new_record(
         self,

@@ -541,13 +541,22 @@ def two_nodes(store: CoordinationStore) -> tuple[WorkflowEngine, WorkflowEngine]
     return engine_for(store, "n1", THREE_STEPS), engine_for(store, "n2", THREE_STEPS)
 
 
+async def started_up_to_its_save(
+    engine: WorkflowEngine, event_id: str
+) -> tuple[FirstCallPaused, asyncio.Task[WorkflowRecord]]:
+    """`engine`'s start of `event_id`, held once it bound the event and claimed its workflow,
+    before its record is saved (`resume()` the first to go on)."""
+    engine.store = saving = FirstCallPaused(engine.store, "save")  # type: ignore[assignment]
+    starting = asyncio.create_task(engine.start("three", {}, event_id=event_id))
+    await saving.reached.wait()
+    return saving, starting
+
+
 async def test_a_start_finding_its_event_bound_to_a_workflow_being_saved_adopts_it(
     either_store: CoordinationStore,
 ) -> None:
     first, second = two_nodes(either_store)
-    first.store = saving = FirstCallPaused(first.store, "save")  # type: ignore[assignment]
-    starting = asyncio.create_task(first.start("three", {}, event_id="ev-twice"))
-    await saving.reached.wait()  # n1 bound the event and claimed its workflow, saved nothing
+    saving, starting = await started_up_to_its_save(first, "ev-twice")
     second.store = looked = FirstCallPaused(second.store, "load", after=True)  # type: ignore[assignment]
     adopting = asyncio.create_task(second.start("three", {}, event_id="ev-twice"))
     await looked.reached.wait()  # n2 found the event bound, and no record under the id
@@ -564,9 +573,7 @@ async def test_a_start_finding_its_event_bound_to_a_workflow_unsaved_past_the_wa
     either_store: CoordinationStore,
 ) -> None:
     first, second = two_nodes(either_store)
-    first.store = saving = FirstCallPaused(first.store, "save")  # type: ignore[assignment]
-    starting = asyncio.create_task(first.start("three", {}, event_id="ev-twice"))
-    await saving.reached.wait()
+    saving, starting = await started_up_to_its_save(first, "ev-twice")
     claimed = claims_made(second)
     with pytest.raises(WorkflowStartPending):
         await second.start("three", {}, event_id="ev-twice")
