@@ -107,6 +107,10 @@ class WorkflowEngine:
             if event_id is not None
             else asyncio.sleep(0)  # no event to bind
         )
+        # The claim's lease runs from when the claim reaches the store: the run's self-fencing
+        # counts from before it is asked for, not from when the run starts (a start that waits
+        # for another's workflow, below, may run its own a second later).
+        claimed_at = time.monotonic()
         checked, bound, claimed = await asyncio.gather(
             checking,
             binding,
@@ -157,7 +161,7 @@ class WorkflowEngine:
             raise
         # The run starts from a copy of the record just saved instead of reading it back; the
         # caller keeps this one, which the run does not change.
-        self._spawn(record.id, record.model_copy(deep=True))
+        self._spawn(record.id, claimed_at, record.model_copy(deep=True))
         return record
 
     async def _workflow_of_event(
@@ -230,8 +234,14 @@ class WorkflowEngine:
                 error,
             )
 
-    def _spawn(self, workflow_id: str, record: WorkflowRecord | None = None) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id, record))
+    def _spawn(
+        self, workflow_id: str, claimed_at: float, record: WorkflowRecord | None = None
+    ) -> asyncio.Task:
+        """Run a workflow this node claimed; `claimed_at` (monotonic) is from before the claim
+        was asked for: the lease is counted from then."""
+        task = asyncio.get_running_loop().create_task(
+            self._run_owned(workflow_id, claimed_at, record)
+        )
         self._running[workflow_id] = task
         task.add_done_callback(lambda _: self._running.pop(workflow_id, None))
         return task
@@ -247,17 +257,20 @@ class WorkflowEngine:
         for workflow_id in await self.store.active():
             if workflow_id in self._running:
                 continue
+            claimed_at = time.monotonic()
             if await self.store.claim(workflow_id, self.env.node_id):
                 log.warning("node %s resumes workflow %s", self.env.node_id, workflow_id)
-                self._spawn(workflow_id)
+                self._spawn(workflow_id, claimed_at)
                 resumed.append(workflow_id)
         return resumed
 
-    async def _run_owned(self, workflow_id: str, record: WorkflowRecord | None = None) -> None:
+    async def _run_owned(
+        self, workflow_id: str, claimed_at: float, record: WorkflowRecord | None = None
+    ) -> None:
         """Run while holding the lease; if the lease is lost (another node may have taken the
         workflow over), the step in flight is cancelled: two nodes never go on side by side."""
         loop = asyncio.get_running_loop()
-        heartbeat = loop.create_task(self._keep_ownership(workflow_id))
+        heartbeat = loop.create_task(self._keep_ownership(workflow_id, claimed_at))
         running = loop.create_task(self.run(workflow_id, record))
         try:
             await asyncio.wait({running, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
@@ -279,14 +292,16 @@ class WorkflowEngine:
             # starts from the stored record, which does not have them.
             self._unsaved.pop(workflow_id, None)
 
-    async def _keep_ownership(self, workflow_id: str) -> None:
+    async def _keep_ownership(self, workflow_id: str, claimed_at: float | None = None) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
         Without a successful renewal for most of a lease, assume it lost (self-fencing): a
         renewal that neither answers nor fails (a store cut off, not refusing) is given only
-        the time left before then, so the step stops before another node may claim it."""
+        the time left before then, so the step stops before another node may claim it. The
+        first lease is counted from `claimed_at` (monotonic, from before the claim was asked
+        for; now if not given)."""
         lease = OWNER_LEASE_MS / 1000
         fence_after = lease * 0.6
-        last_renewed = time.monotonic()
+        last_renewed = time.monotonic() if claimed_at is None else claimed_at
         while True:
             left = last_renewed + fence_after - time.monotonic()
             await asyncio.sleep(min(lease / 3, max(left, 0.0)))

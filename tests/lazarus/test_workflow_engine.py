@@ -512,11 +512,12 @@ class FirstCallPaused:
     """A node's view of the workflow store whose first call of `method` pauses until
     `resume()`: before it is sent, or with `after`, once it has answered (what it answered is
     returned then). A start held between two of its writes, as a stalled node's is; `reached`
-    says it got there."""
+    says it got there, `called_again` that `method` was called a second time."""
 
     def __init__(self, store: Any, method: str, *, after: bool = False) -> None:
         self._store, self._method, self._after = store, method, after
         self.reached, self._resumed = asyncio.Event(), asyncio.Event()
+        self.called_again = asyncio.Event()
 
     def resume(self) -> None:
         self._resumed.set()
@@ -528,6 +529,7 @@ class FirstCallPaused:
 
         async def paused_once(*args: Any, **kwargs: Any) -> Any:
             if self.reached.is_set():
+                self.called_again.set()
                 return await real(*args, **kwargs)
             answer = await real(*args, **kwargs) if self._after else None
             self.reached.set()
@@ -560,8 +562,10 @@ async def test_a_start_finding_its_event_bound_to_a_workflow_being_saved_adopts_
     second.store = looked = FirstCallPaused(second.store, "load", after=True)  # type: ignore[assignment]
     adopting = asyncio.create_task(second.start("three", {}, event_id="ev-twice"))
     await looked.reached.wait()  # n2 found the event bound, and no record under the id
-    saving.resume()
     looked.resume()
+    # n2 waits for the record (n1 holds the claim): it looks again, and replaces nothing
+    await asyncio.wait_for(looked.called_again.wait(), 10)
+    saving.resume()
     started, adopted = await asyncio.gather(starting, adopting)
     await first.wait(started.id)
     await second.wait(adopted.id)
@@ -1102,3 +1106,30 @@ async def test_a_node_fences_itself_within_most_of_a_lease_of_its_last_keep_aliv
     # past the lease), with a second of room for a loaded machine, and before another node can
     # claim the lease.
     assert fenced - renewals.lease_restarted[0] < lease * 0.6 + 1.0 < lease
+
+
+class RenewalsNeverAnswer:
+    """A workflow store cut off from its node: a renewal neither answers nor fails."""
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    async def load(self, workflow_id: str) -> None:
+        return None
+
+
+async def test_a_run_whose_claim_was_taken_a_while_before_fences_itself_counting_from_the_claim(
+    coordination: CoordinationStore,
+) -> None:
+    # A start that waited for another node's workflow runs its own about a second after its
+    # claim: the lease expires a lease after the claim, not after the run's start.
+    engine = engine_for(coordination, "n1", THREE_STEPS)
+    engine.store = RenewalsNeverAnswer()  # type: ignore[assignment]
+    lease = OWNER_LEASE_MS / 1000
+    claimed_at = time.monotonic() - 1.5
+    await asyncio.wait_for(engine._keep_ownership("wf", claimed_at), 10)
+    fenced = time.monotonic()
+    # 60 % of a lease after the claim, with half a second of room for a loaded machine: before
+    # the lease, counted from the claim, lapses and another node may claim it.
+    assert fenced - claimed_at < lease * 0.6 + 0.5 < lease
