@@ -13,7 +13,9 @@
     ├── LockBusy                    someone else holds the resource lock
     ├── LockLost                    the lock is no longer held with this token: do not act
     ├── DecisionPending             an earlier report's decision outlasted the wait: the event
-    │                               is published again, to be judged when handed out again
+    │   │                           is published again, to be judged when handed out again
+    │   └── WorkflowStartPending    another start of the same event holds its binding and has
+    │                               not saved its workflow: published again, to adopt it then
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
     │                               a container it cannot create or start)
@@ -76,6 +78,15 @@ class DecisionPending(LazarusError):
     later report is neither merged nor decided now: the consuming loop publishes it again and
     acknowledges this copy (by the time it comes round, that decision is made, or its own event
     is decided again)."""
+
+
+class WorkflowStartPending(DecisionPending):
+    """Another start of the same event (the event handled on two nodes at once) owns its
+    binding: that start still holds its workflow's claim and has not saved the record within
+    the wait, or it replaced this start's binding before this start's first save (then
+    `WorkflowRecords.save` raises this, saving nothing). This start runs nothing and keeps no
+    claim; the event is published again and, handed out again, adopts the event's one
+    workflow (or, its starter gone without saving it, starts one)."""
 
 
 class ForensicsCopyFailed(LazarusError):

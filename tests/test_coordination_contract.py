@@ -22,7 +22,7 @@ from lazarus_lite.coordination.redis_backend import (
     AUDIT_RETENTION_SECONDS,
     WORKFLOW_RETENTION_SECONDS,
 )
-from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
+from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost, WorkflowStartPending
 from lazarus_lite.workflow.definition import WorkflowDefinition
 from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from ratequeue.errors import EpochConflict
@@ -91,7 +91,9 @@ async def eventually(what: str, probe: Callable[[], Awaitable[bool]], timeout: f
     raise AssertionError(f"{what} did not happen within {timeout:g} s")
 
 
-def a_workflow(workflow_id: str, status: str = "running") -> WorkflowRecord:
+def a_workflow(
+    workflow_id: str, status: str = "running", event_id: str | None = None
+) -> WorkflowRecord:
     definition = WorkflowDefinition.model_validate(
         {"name": "w", "steps": [{"name": "a", "run": "lock.acquire"}]}
     )
@@ -99,6 +101,7 @@ def a_workflow(workflow_id: str, status: str = "running") -> WorkflowRecord:
         id=workflow_id,
         definition=definition,
         inputs={},
+        event_id=event_id,
         status=status,  # type: ignore[arg-type]
         created_at=time.time(),
         deadline=time.time() + 60,
@@ -267,8 +270,55 @@ async def test_running_workflows_are_active_until_they_finish(store: Coordinatio
 async def test_an_event_starts_one_workflow(store: CoordinationStore) -> None:
     assert await store.workflows.bind_event("ev-1", "wf-1") is None
     assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
-    await store.workflows.rebind_event("ev-1", "wf-3")
-    assert await store.workflows.bind_event("ev-1", "wf-4") == "wf-3"
+
+
+async def test_an_events_binding_is_replaced_only_while_it_names_the_workflow_it_replaces(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    assert not await store.workflows.rebind_event("ev-1", "wf-2", replacing="wf-other")
+    assert await store.workflows.bind_event("ev-1", "wf-probe") == "wf-1"
+    assert await store.workflows.rebind_event("ev-1", "wf-3", replacing="wf-1")
+    assert await store.workflows.bind_event("ev-1", "wf-probe") == "wf-3"
+
+
+async def test_an_events_binding_to_a_saved_workflow_is_never_replaced(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    await store.workflows.save(a_workflow("wf-1", event_id="ev-1"), owner=None)
+    assert not await store.workflows.rebind_event("ev-1", "wf-2", replacing="wf-1")
+    assert await store.workflows.bind_event("ev-1", "wf-probe") == "wf-1"
+
+
+async def test_a_save_while_bound_is_refused_once_the_events_binding_names_another_workflow(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    assert await store.workflows.rebind_event("ev-1", "wf-2", replacing="wf-1")
+    with pytest.raises(WorkflowStartPending, match="ev-1"):
+        await store.workflows.save(
+            a_workflow("wf-1", event_id="ev-1"), owner=None, new=True, while_bound=True
+        )
+    assert await store.workflows.load("wf-1") is None
+    assert await store.workflows.active() == []
+
+
+async def test_a_save_while_bound_is_made_while_the_events_binding_names_the_workflow(
+    store: CoordinationStore,
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    saved = a_workflow("wf-1", event_id="ev-1")
+    await store.workflows.save(saved, owner=None, new=True, while_bound=True)
+    assert await store.workflows.load("wf-1") == saved
+
+
+async def test_a_save_while_bound_of_a_workflow_without_an_event_is_refused_naming_it(
+    store: CoordinationStore,
+) -> None:
+    with pytest.raises(ValueError, match="while_bound: workflow wf-1 has no event_id"):
+        await store.workflows.save(a_workflow("wf-1"), owner=None, while_bound=True)
+    assert await store.workflows.load("wf-1") is None
 
 
 async def test_an_events_binding_is_dropped_only_while_it_names_the_workflow_given(

@@ -303,7 +303,7 @@ async def test_event_bindings_share_one_lease_that_outlives_their_30_days(
 ) -> None:
     for index in range(5):
         assert await store.workflows.bind_event(f"ev-{index}", f"wf-{index}") is None
-    await store.workflows.rebind_event("ev-0", "wf-new")
+    assert await store.workflows.rebind_event("ev-0", "wf-new", replacing="wf-0")
     assert len(store.client.granted) == 1  # type: ignore[attr-defined]
     bound = [await store.client.get(etcd_keys.workflow_of_event(f"ev-{i}")) for i in range(5)]
     assert {kv.lease for kv in bound if kv is not None} == {store.client.granted[0]}  # type: ignore[attr-defined]
@@ -338,6 +338,16 @@ async def test_an_event_binding_whose_answer_was_lost_is_ours_by_its_workflow_id
     store.client.lose = 1  # type: ignore[attr-defined]
     assert await store.workflows.bind_event("ev-1", "wf-1") is None
     assert await store.workflows.bind_event("ev-1", "wf-2") == "wf-1"
+
+
+@pytest.mark.parametrize("lost", ["lose", "delay"])  # applied, or applied after its read back
+async def test_an_event_rebinding_whose_answer_was_lost_is_ours_by_its_workflow_id(
+    store: EtcdCoordinationStore, lost: str
+) -> None:
+    assert await store.workflows.bind_event("ev-1", "wf-1") is None
+    setattr(store.client, lost, 1)
+    assert await store.workflows.rebind_event("ev-1", "wf-2", replacing="wf-1")
+    assert await store.workflows.bind_event("ev-1", "wf-probe") == "wf-2"
 
 
 async def test_an_event_binding_whose_shared_lease_is_gone_is_made_under_a_new_one(

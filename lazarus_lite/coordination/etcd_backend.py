@@ -74,6 +74,8 @@ from lazarus_lite.coordination.interface import (
     HeldLock,
     StepReads,
     WindowKind,
+    bound_event,
+    rebound,
 )
 from lazarus_lite.coordination.redis_backend import (
     APPROVAL_SECONDS,
@@ -411,13 +413,16 @@ class EtcdWorkflowRecords:
         *entries: dict[str, Any],
         owner: str | None = None,
         new: bool = False,
+        while_bound: bool = False,
     ) -> None:
         """One transaction: the record, its history entries (numbered by the record's version
         they come with, then by their place among the save's entries, so entries sort in the
         order they were saved) and the active mark, guarded by the record's version (no
-        interleaved save) and, with `owner`, the owner lease."""
+        interleaved save), with `owner` by the owner lease, and `while_bound` by the event's
+        binding naming the record."""
         record_key = keys.workflow_record(record.id)
         owner_key = keys.workflow_owner(record.id)
+        binding_key = keys.workflow_of_event(bound_event(record)) if while_bound else None
         document = record.model_dump_json().encode()
         active = keys.active_workflow(record.id)
         # Versions a save was sent on and its answer lost: such a save may commit after the
@@ -446,6 +451,8 @@ class EtcdWorkflowRecords:
             guard = [Compare(key=record_key, target="version", op="==", operand=version)]
             if owner is not None:
                 guard.append(_holds(owner_key, owner))
+            if binding_key is not None:
+                guard.append(_holds(binding_key, record.id))
             operations: list[Operation] = [Put(key=record_key, value=document, lease=lease)]
             now = time.time()
             for place, entry in enumerate(entries):
@@ -474,6 +481,8 @@ class EtcdWorkflowRecords:
                 return
             if owner is not None and await self.owner(record.id) != owner:
                 raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
+            if binding_key is not None and _text(await self._client.get(binding_key)) != record.id:
+                raise rebound(record)
         raise EtcdUnreachable(f"workflow {record.id}: not saved in {_MAX_ROUNDS} rounds")
 
     async def _expire_history(self, workflow_id: str, lease: int) -> None:
@@ -562,16 +571,34 @@ class EtcdWorkflowRecords:
             # The binding expired between the compare and the read: again.
         raise EtcdUnreachable(f"{key}: could not be bound or read in {_MAX_ROUNDS} rounds")
 
-    async def rebind_event(self, event_id: str, workflow_id: str) -> None:
+    async def rebind_event(self, event_id: str, workflow_id: str, *, replacing: str) -> bool:
+        """One transaction guarded by the binding's value and the replaced record's absence,
+        under the shared lease; a lost answer, or a compare failed on a write of ours that
+        committed late, is resolved by the value (the workflow id is new, so finding it bound
+        proves the write was ours)."""
         key = keys.workflow_of_event(event_id)
+        value = workflow_id.encode()
+        guard = [_holds(key, replacing), _absent(keys.workflow_record(replacing))]
         for _ in range(_MAX_ROUNDS):
             lease = await self._bindings.id()
             try:
-                await self._writes.apply([Put(key=key, value=workflow_id.encode(), lease=lease)])
-                return
+                result = await self._client.txn(
+                    guard, [Put(key=key, value=value, lease=lease)], [Get(key=key)], check=False
+                )
             except EtcdLeaseNotFound:
                 self._bindings.forget(lease)
-        raise EtcdUnreachable(f"{key}: {_MAX_ROUNDS} shared leases were gone before the write")
+                continue
+            except EtcdOutcomeUnknown:
+                found = await self._client.get(key)
+                if found is not None and found.value == replacing.encode():
+                    continue  # not applied: send it again (the guard decides once more)
+                return found is not None and found.value == value
+            if result.succeeded:
+                return True
+            read = result.responses[-1]
+            assert isinstance(read, RangeResult)
+            return bool(read.kvs) and read.kvs[0].value == value
+        raise EtcdUnreachable(f"{key}: could not be rebound or read in {_MAX_ROUNDS} rounds")
 
     async def unbind_event(self, event_id: str, workflow_id: str) -> None:
         key = keys.workflow_of_event(event_id)

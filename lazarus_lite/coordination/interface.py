@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from detection.events import Event
+from lazarus_lite.errors import WorkflowStartPending
 from lazarus_lite.workflow.records import WorkflowRecord
 from ratequeue.topology import Topology, TopologySource
 from ratequeue.write_failures import FailureRun
@@ -80,6 +81,7 @@ class WorkflowRecords(Protocol):
         *entries: dict[str, Any],
         owner: str | None,
         new: bool = False,
+        while_bound: bool = False,
     ) -> None:
         """Write the record and append `entries` (none, one or several, in order) to its
         history in one step; with `owner`, only while that node holds the owner lease (else
@@ -87,7 +89,11 @@ class WorkflowRecords(Protocol):
         `new`: the record's first save under an id just made, a hint that lets a store skip
         reading what is there. A wrong hint never loses a save; it costs what a failed guess
         costs (on etcd a failed transaction, then the owner read and the record read before
-        the transaction again), not only the read it meant to skip."""
+        the transaction again), not only the read it meant to skip.
+        `while_bound`: also only while the binding of the record's event (`record.event_id`,
+        required then) names the record, else WorkflowStartPending, saving nothing: the first
+        save of a workflow its event started, so a binding replaced before it
+        (`rebind_event`) leaves the event one workflow, not two."""
         ...
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None: ...
@@ -119,14 +125,33 @@ class WorkflowRecords(Protocol):
         that workflow's id (and nothing changes)."""
         ...
 
-    async def rebind_event(self, event_id: str, workflow_id: str) -> None:
-        """Point `event_id` at `workflow_id` whatever it started before (its record is gone)."""
+    async def rebind_event(self, event_id: str, workflow_id: str, *, replacing: str) -> bool:
+        """Point `event_id` at `workflow_id` only while its binding names `replacing` and no
+        record of `replacing` exists (its start bound the event and stopped before its first
+        save); whether it did, in one step: of two nodes replacing one binding, one wins, and
+        of this and a first save of `replacing` made `while_bound`, the one that comes first
+        wins (the other is refused)."""
         ...
 
     async def unbind_event(self, event_id: str, workflow_id: str) -> None:
         """Drop `event_id`'s binding if it still names `workflow_id` (a workflow refused before
         anything was recorded under its id); a binding to another workflow stays."""
         ...
+
+
+def bound_event(record: WorkflowRecord) -> str:
+    """The event whose binding a save `while_bound` checks: the record's own."""
+    if record.event_id is None:
+        raise ValueError(f"while_bound: workflow {record.id} has no event_id to be bound to")
+    return record.event_id
+
+
+def rebound(record: WorkflowRecord) -> WorkflowStartPending:
+    """What a save `while_bound` raises when the event's binding names another workflow."""
+    return WorkflowStartPending(
+        f"event {record.event_id}: its binding names another workflow than {record.id}, "
+        "which was started for it side by side; not saved"
+    )
 
 
 class IncidentClaimStore(Protocol):

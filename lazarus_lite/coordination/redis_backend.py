@@ -26,6 +26,8 @@ from lazarus_lite.coordination.interface import (
     HeldLock,
     StepReads,
     WindowKind,
+    bound_event,
+    rebound,
 )
 from lazarus_lite.errors import LockBusy, LockLost, OwnershipLost
 from lazarus_lite.workflow.records import WorkflowRecord
@@ -78,11 +80,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Save only while the lease is ours: a node that lost its workflow cannot overwrite the new
-# owner's record. A running workflow's keys are kept; a finished one's expire after ARGV[5] ms.
+# Compare and set in one step (with a second key: only while that key does not exist): two
+# events taking over one claim at once, or two nodes replacing one event's binding, one wins.
+_REPLACE_IF = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #KEYS > 1 and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+# Save only while the lease is ours (else 0): a node that lost its workflow cannot overwrite the
+# new owner's record; with a fifth key, only while that event binding names the workflow (else
+# -1). A running workflow's keys are kept; a finished one's expire after ARGV[5] ms.
 # ARGV[6] onwards: the history entries, appended in order.
 _SAVE_WORKFLOW = """
 if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
+if #KEYS > 4 and redis.call('GET', KEYS[5]) ~= ARGV[4] then return -1 end
 redis.call('SET', KEYS[1], ARGV[1])
 if #ARGV > 5 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 6)) end
 if ARGV[2] == '1' then
@@ -141,6 +154,7 @@ class RedisWorkflowRecords:
         self._save = control.register_script(_SAVE_WORKFLOW)
         self._renew = control.register_script(_RENEW_IF_OURS)
         self._delete_if_ours = control.register_script(_DELETE_IF_OURS)
+        self._replace_if = control.register_script(_REPLACE_IF)
 
     async def save(
         self,
@@ -148,6 +162,7 @@ class RedisWorkflowRecords:
         *entries: dict[str, Any],
         owner: str | None = None,
         new: bool = False,  # one script either way: nothing to skip
+        while_bound: bool = False,
     ) -> None:
         now = time.time()
         written = await self._save(
@@ -156,6 +171,7 @@ class RedisWorkflowRecords:
                 keys.workflow_history(record.id),
                 keys.ACTIVE_WORKFLOWS,
                 keys.workflow_owner(record.id),
+                *([keys.workflow_of_event(bound_event(record))] if while_bound else []),
             ],
             args=[
                 record.model_dump_json(),
@@ -166,8 +182,10 @@ class RedisWorkflowRecords:
                 *(_json({"at": now, **entry}) for entry in entries),
             ],
         )
-        if not int(written):
+        if int(written) == 0:
             raise OwnershipLost(f"{owner} no longer owns workflow {record.id}; not saved")
+        if int(written) < 0:
+            raise rebound(record)
 
     async def load(self, workflow_id: str) -> WorkflowRecord | None:
         raw = await self._control.get(keys.workflow_record(workflow_id))
@@ -203,20 +221,13 @@ class RedisWorkflowRecords:
             if bound is not None:
                 return bound
 
-    async def rebind_event(self, event_id: str, workflow_id: str) -> None:
-        key = keys.workflow_of_event(event_id)
-        await self._control.set(key, workflow_id, ex=EVENT_WORKFLOW_SECONDS)
+    async def rebind_event(self, event_id: str, workflow_id: str, *, replacing: str) -> bool:
+        binding = [keys.workflow_of_event(event_id), keys.workflow_record(replacing)]
+        args = [replacing, workflow_id, EVENT_WORKFLOW_SECONDS]
+        return bool(int(await self._replace_if(keys=binding, args=args)))
 
     async def unbind_event(self, event_id: str, workflow_id: str) -> None:
         await self._delete_if_ours(keys=[keys.workflow_of_event(event_id)], args=[workflow_id])
-
-
-# Compare and set in one step: two events taking over one claim at once, one wins.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
 
 
 class RedisIncidentClaims:
@@ -235,7 +246,7 @@ class RedisIncidentClaims:
         self, event_type: str, dedup_key: str, held_by: str, event_id: str, ttl: float
     ) -> bool:
         key = keys.incident_claim(event_type, dedup_key)
-        taken = await self._control.eval(_TAKE_OVER, 1, key, held_by, event_id, int(ttl))
+        taken = await self._control.eval(_REPLACE_IF, 1, key, held_by, event_id, int(ttl))
         return bool(taken)
 
     async def release(self, event_type: str, dedup_key: str, held_by: str) -> bool:

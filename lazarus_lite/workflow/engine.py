@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from common.cancellation import cancel_until_done, stop_if_cancelled
 from lazarus_lite.coordination.interface import OWNER_LEASE_MS, StepReads
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
-from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead
+from lazarus_lite.errors import Escalate, OwnershipLost, UndeclaredRead, WorkflowStartPending
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.workflow.context import StepContext, StepEnvironment
 from lazarus_lite.workflow.definition import StepDefinition, WorkflowDefinition
@@ -28,6 +28,13 @@ from lazarus_lite.workflow.records import StepRecord, WorkflowRecord
 from lazarus_lite.workflow.registry import STEPS
 
 log = logging.getLogger(__name__)
+
+# How long a start that finds its event bound to a workflow another node is still starting
+# (its claim held, no record yet: the record is one write away) waits for the record before
+# refusing (`WorkflowStartPending`): a third of an owner lease, so this start's own claim,
+# renewed only once its workflow runs, is still held when it goes on.
+START_WAIT = OWNER_LEASE_MS / 1000 / 3
+START_POLL = 0.05  # how often it looks for the record meanwhile
 
 
 class WorkflowEngine:
@@ -49,12 +56,20 @@ class WorkflowEngine:
         self._unsaved: dict[str, list[dict[str, Any]]] = {}
 
     async def _record(
-        self, record: WorkflowRecord, entry: dict[str, Any], *, new: bool = False
+        self,
+        record: WorkflowRecord,
+        entry: dict[str, Any],
+        *,
+        new: bool = False,
+        while_bound: bool = False,
     ) -> None:
         """Save as this workflow's owner (raises OwnershipLost once another node took over),
-        with the entries `_record_later` held back, in order (`new`: its first save)."""
+        with the entries `_record_later` held back, in order (`new`: its first save;
+        `while_bound`: only while its event's binding names it)."""
         held = self._unsaved.pop(record.id, [])
-        await self.store.save(record, *held, entry, owner=self.env.node_id, new=new)
+        await self.store.save(
+            record, *held, entry, owner=self.env.node_id, new=new, while_bound=while_bound
+        )
 
     async def _save_held(self, record: WorkflowRecord) -> None:
         """Save the entries `_record_later` holds, if any, before something that is not a
@@ -92,6 +107,10 @@ class WorkflowEngine:
             if event_id is not None
             else asyncio.sleep(0)  # no event to bind
         )
+        # The claim's lease runs from when the claim reaches the store: the run's self-fencing
+        # counts from before it is asked for, not from when the run starts (a start that waits
+        # for another's workflow, below, may run its own a second later).
+        claimed_at = time.monotonic()
         checked, bound, claimed = await asyncio.gather(
             checking,
             binding,
@@ -112,14 +131,16 @@ class WorkflowEngine:
             raise failed[0]
         try:
             # One workflow per event: an event handled again (its first coordinator died
-            # after starting the workflow) adopts the workflow that exists.
+            # after starting the workflow, or handles it side by side) adopts the workflow
+            # that exists or is being saved.
             if event_id is not None and bound is not None:
-                found = await self.store.load(bound)
+                found = await self._workflow_of_event(event_id, bound, workflow_id)
                 if found is not None:
                     await self._drop_spare_claim(workflow_id)
                     return found
-                await self.store.rebind_event(event_id, workflow_id)
             record = self._new_record(workflow_id, definition, inputs, event_id)
+            # Saved only while the event's binding names it: a start that found the binding
+            # without a claim (ours had not reached the store yet) may have replaced it.
             await self._record(
                 record,
                 {
@@ -129,6 +150,7 @@ class WorkflowEngine:
                     "version": definition.version,
                 },
                 new=True,
+                while_bound=event_id is not None,
             )
         except BaseException:
             # Nothing runs the id, so nothing would renew its claim: dropped now (the save's
@@ -139,8 +161,40 @@ class WorkflowEngine:
             raise
         # The run starts from a copy of the record just saved instead of reading it back; the
         # caller keeps this one, which the run does not change.
-        self._spawn(record.id, record.model_copy(deep=True))
+        self._spawn(record.id, claimed_at, record.model_copy(deep=True))
         return record
+
+    async def _workflow_of_event(
+        self, event_id: str, bound: str, workflow_id: str
+    ) -> WorkflowRecord | None:
+        """The workflow the event's binding names (`bound`), to adopt; None once the binding
+        names `workflow_id` instead. A binding without a record is replaced only while no
+        claim is held on its workflow: its start stopped before its first save (its node
+        died, or the save failed) and saves nothing now, or its claim has not reached the
+        store yet and its first save, made while bound, is refused. While its starter holds
+        the claim, the record is waited for (it is one write away) for at most `START_WAIT`,
+        then WorkflowStartPending: the event comes again, and is adopted or started then."""
+        waited_until = time.monotonic() + START_WAIT
+        while True:
+            found, owner = await asyncio.gather(self.store.load(bound), self.store.owner(bound))
+            if found is not None:
+                return found
+            if owner is None:
+                if await self.store.rebind_event(event_id, workflow_id, replacing=bound):
+                    return None
+                # The record was saved meanwhile, or another start replaced the binding (or
+                # it lapsed): look at what the binding names now.
+                now_bound = await self.store.bind_event(event_id, workflow_id)
+                if now_bound is None or now_bound == workflow_id:
+                    return None
+                bound = now_bound
+                continue
+            if time.monotonic() >= waited_until:
+                raise WorkflowStartPending(
+                    f"event {event_id}: its workflow {bound} is being started by node {owner} "
+                    f"and was not saved within {START_WAIT:g} s; handled again later"
+                )
+            await asyncio.sleep(START_POLL)
 
     def _new_record(
         self,
@@ -180,8 +234,14 @@ class WorkflowEngine:
                 error,
             )
 
-    def _spawn(self, workflow_id: str, record: WorkflowRecord | None = None) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(self._run_owned(workflow_id, record))
+    def _spawn(
+        self, workflow_id: str, claimed_at: float, record: WorkflowRecord | None = None
+    ) -> asyncio.Task:
+        """Run a workflow this node claimed; `claimed_at` (monotonic) is from before the claim
+        was asked for: the lease is counted from then."""
+        task = asyncio.get_running_loop().create_task(
+            self._run_owned(workflow_id, claimed_at, record)
+        )
         self._running[workflow_id] = task
         task.add_done_callback(lambda _: self._running.pop(workflow_id, None))
         return task
@@ -197,17 +257,20 @@ class WorkflowEngine:
         for workflow_id in await self.store.active():
             if workflow_id in self._running:
                 continue
+            claimed_at = time.monotonic()
             if await self.store.claim(workflow_id, self.env.node_id):
                 log.warning("node %s resumes workflow %s", self.env.node_id, workflow_id)
-                self._spawn(workflow_id)
+                self._spawn(workflow_id, claimed_at)
                 resumed.append(workflow_id)
         return resumed
 
-    async def _run_owned(self, workflow_id: str, record: WorkflowRecord | None = None) -> None:
+    async def _run_owned(
+        self, workflow_id: str, claimed_at: float, record: WorkflowRecord | None = None
+    ) -> None:
         """Run while holding the lease; if the lease is lost (another node may have taken the
         workflow over), the step in flight is cancelled: two nodes never go on side by side."""
         loop = asyncio.get_running_loop()
-        heartbeat = loop.create_task(self._keep_ownership(workflow_id))
+        heartbeat = loop.create_task(self._keep_ownership(workflow_id, claimed_at))
         running = loop.create_task(self.run(workflow_id, record))
         try:
             await asyncio.wait({running, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
@@ -229,14 +292,16 @@ class WorkflowEngine:
             # starts from the stored record, which does not have them.
             self._unsaved.pop(workflow_id, None)
 
-    async def _keep_ownership(self, workflow_id: str) -> None:
+    async def _keep_ownership(self, workflow_id: str, claimed_at: float | None = None) -> None:
         """Renew the lease (and the workflow's resource lock) until it is lost; returns then.
         Without a successful renewal for most of a lease, assume it lost (self-fencing): a
         renewal that neither answers nor fails (a store cut off, not refusing) is given only
-        the time left before then, so the step stops before another node may claim it."""
+        the time left before then, so the step stops before another node may claim it. The
+        first lease is counted from `claimed_at` (monotonic, from before the claim was asked
+        for; now if not given)."""
         lease = OWNER_LEASE_MS / 1000
         fence_after = lease * 0.6
-        last_renewed = time.monotonic()
+        last_renewed = time.monotonic() if claimed_at is None else claimed_at
         while True:
             left = last_renewed + fence_after - time.monotonic()
             await asyncio.sleep(min(lease / 3, max(left, 0.0)))

@@ -33,7 +33,7 @@ from lazarus_lite.coordination.interface import (
 )
 from lazarus_lite.coordination.opening import StoreAddress, open_coordination_store
 from lazarus_lite.decisions import Decisions
-from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError
+from lazarus_lite.errors import Escalate, WorkflowCancelled, WorkflowError, WorkflowStartPending
 from lazarus_lite.gates import GateStop
 from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
@@ -222,10 +222,10 @@ async def test_a_steps_result_is_saved_with_the_next_steps_start_in_one_save(
     save = engine.store.save
 
     async def counted(
-        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, **flags: bool
     ) -> None:
         saves.append([entry["kind"] for entry in entries])
-        await save(record, *entries, owner=owner, new=new)
+        await save(record, *entries, owner=owner, **flags)
 
     monkeypatch.setattr(engine.store, "save", counted)
     _, history = await run_to_the_end(engine, "three")
@@ -261,12 +261,12 @@ async def test_a_state_changing_steps_gate_reads_while_its_start_is_being_saved(
     save = engine.store.save
 
     async def save_once_the_gate_read(
-        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, new: bool = False
+        record: WorkflowRecord, *entries: dict[str, Any], owner: str | None, **flags: bool
     ) -> None:
         if entries[-1]["kind"] == "step_started":  # one after the other, this would time out
             await asyncio.wait_for(gate_entered.wait(), 2)
             gate_entered.clear()
-        await save(record, *entries, owner=owner, new=new)
+        await save(record, *entries, owner=owner, **flags)
 
     monkeypatch.setattr(engine.store, "save", save_once_the_gate_read)
     started = await engine.start("three", {})
@@ -505,6 +505,123 @@ async def test_a_start_that_fails_after_its_binding_leaves_no_owner_claim(
         await engine.start("three", {}, event_id="ev-gone")
     assert all([await engine.store.owner(id) is None for id in claimed])
     assert calls == Counter()
+
+
+# -- one event started on two nodes at once (redelivered, handled side by side): one workflow
+class FirstCallPaused:
+    """A node's view of the workflow store whose first call of `method` pauses until
+    `resume()`: before it is sent, or with `after`, once it has answered (what it answered is
+    returned then). A start held between two of its writes, as a stalled node's is; `reached`
+    says it got there, `called_again` that `method` was called a second time."""
+
+    def __init__(self, store: Any, method: str, *, after: bool = False) -> None:
+        self._store, self._method, self._after = store, method, after
+        self.reached, self._resumed = asyncio.Event(), asyncio.Event()
+        self.called_again = asyncio.Event()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._store, name)
+        if name != self._method:
+            return real
+
+        async def paused_once(*args: Any, **kwargs: Any) -> Any:
+            if self.reached.is_set():
+                self.called_again.set()
+                return await real(*args, **kwargs)
+            answer = await real(*args, **kwargs) if self._after else None
+            self.reached.set()
+            await self._resumed.wait()
+            return answer if self._after else await real(*args, **kwargs)
+
+        return paused_once
+
+
+def two_nodes(store: CoordinationStore) -> tuple[WorkflowEngine, WorkflowEngine]:
+    return engine_for(store, "n1", THREE_STEPS), engine_for(store, "n2", THREE_STEPS)
+
+
+async def started_up_to_its_save(
+    engine: WorkflowEngine, event_id: str
+) -> tuple[FirstCallPaused, asyncio.Task[WorkflowRecord]]:
+    """`engine`'s start of `event_id`, held once it bound the event and claimed its workflow,
+    before its record is saved (`resume()` the first to go on)."""
+    engine.store = saving = FirstCallPaused(engine.store, "save")  # type: ignore[assignment]
+    starting = asyncio.create_task(engine.start("three", {}, event_id=event_id))
+    await saving.reached.wait()
+    return saving, starting
+
+
+async def test_a_start_finding_its_event_bound_to_a_workflow_being_saved_adopts_it(
+    either_store: CoordinationStore,
+) -> None:
+    first, second = two_nodes(either_store)
+    saving, starting = await started_up_to_its_save(first, "ev-twice")
+    second.store = looked = FirstCallPaused(second.store, "load", after=True)  # type: ignore[assignment]
+    adopting = asyncio.create_task(second.start("three", {}, event_id="ev-twice"))
+    await looked.reached.wait()  # n2 found the event bound, and no record under the id
+    looked.resume()
+    # n2 waits for the record (n1 holds the claim): it looks again, and replaces nothing
+    await asyncio.wait_for(looked.called_again.wait(), 10)
+    saving.resume()
+    started, adopted = await asyncio.gather(starting, adopting)
+    await first.wait(started.id)
+    await second.wait(adopted.id)
+    assert adopted.id == started.id
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
+
+
+async def test_a_start_finding_its_event_bound_to_a_workflow_unsaved_past_the_wait_runs_nothing(
+    either_store: CoordinationStore,
+) -> None:
+    first, second = two_nodes(either_store)
+    saving, starting = await started_up_to_its_save(first, "ev-twice")
+    claimed = claims_made(second)
+    with pytest.raises(WorkflowStartPending):
+        await second.start("three", {}, event_id="ev-twice")
+    saving.resume()
+    started = await starting
+    await first.wait(started.id)
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
+    assert await either_store.workflows.owner(claimed[0]) is None
+    assert await either_store.workflows.load(claimed[0]) is None
+
+
+async def test_a_start_whose_binding_was_replaced_before_its_first_save_runs_nothing(
+    either_store: CoordinationStore,
+) -> None:
+    """n1's claim reaches the store after its binding (they go side by side), so n2 finds
+    the binding with no claim and no record, as after a dead starter, and replaces it."""
+    first, second = two_nodes(either_store)
+    claiming = FirstCallPaused(first.store, "claim")
+    first.store = binding = FirstCallPaused(claiming, "bind_event", after=True)  # type: ignore[assignment]
+    starting = asyncio.create_task(first.start("three", {}, event_id="ev-twice"))
+    await binding.reached.wait()
+    await claiming.reached.wait()
+    binding.resume()  # n1's binding is made; its claim is not sent yet
+    replacing = await second.start("three", {}, event_id="ev-twice")
+    claiming.resume()
+    with pytest.raises(WorkflowStartPending):
+        await starting
+    await second.wait(replacing.id)
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
+    assert await either_store.workflows.bind_event("ev-twice", "wf-probe") == replacing.id
+    assert await either_store.workflows.active() == []
+
+
+async def test_an_event_bound_to_a_workflow_never_saved_whose_starter_is_gone_starts_anew(
+    either_store: CoordinationStore,
+) -> None:
+    await either_store.workflows.bind_event("ev-orphaned", "wf-never-saved")  # no claim: gone
+    engine = engine_for(either_store, "n2", THREE_STEPS)
+    started = await engine.start("three", {}, event_id="ev-orphaned")
+    await engine.wait(started.id)
+    done = await either_store.workflows.load(started.id)
+    assert done is not None and done.status == "succeeded"
+    assert await either_store.workflows.bind_event("ev-orphaned", "wf-probe") == started.id
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
 
 
 class KillSwitch:
@@ -989,3 +1106,30 @@ async def test_a_node_fences_itself_within_most_of_a_lease_of_its_last_keep_aliv
     # past the lease), with a second of room for a loaded machine, and before another node can
     # claim the lease.
     assert fenced - renewals.lease_restarted[0] < lease * 0.6 + 1.0 < lease
+
+
+class RenewalsNeverAnswer:
+    """A workflow store cut off from its node: a renewal neither answers nor fails."""
+
+    async def renew(self, workflow_id: str, node_id: str) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    async def load(self, workflow_id: str) -> None:
+        return None
+
+
+async def test_a_run_whose_claim_was_taken_a_while_before_fences_itself_counting_from_the_claim(
+    coordination: CoordinationStore,
+) -> None:
+    # A start that waited for another node's workflow runs its own about a second after its
+    # claim: the lease expires a lease after the claim, not after the run's start.
+    engine = engine_for(coordination, "n1", THREE_STEPS)
+    engine.store = RenewalsNeverAnswer()  # type: ignore[assignment]
+    lease = OWNER_LEASE_MS / 1000
+    claimed_at = time.monotonic() - 1.5
+    await asyncio.wait_for(engine._keep_ownership("wf", claimed_at), 10)
+    fenced = time.monotonic()
+    # 60 % of a lease after the claim, with half a second of room for a loaded machine: before
+    # the lease, counted from the claim, lapses and another node may claim it.
+    assert fenced - claimed_at < lease * 0.6 + 0.5 < lease
