@@ -624,6 +624,22 @@ async def test_an_event_bound_to_a_workflow_never_saved_whose_starter_is_gone_st
     assert calls == Counter({"a": 1, "b": 1, "c": 1})
 
 
+async def test_a_start_whose_replacement_of_an_orphaned_binding_lost_to_another_adopts_its_workflow(
+    either_store: CoordinationStore,
+) -> None:
+    await either_store.workflows.bind_event("ev-orphaned", "wf-never-saved")  # no claim: gone
+    first, second = two_nodes(either_store)
+    first.store = replacing = FirstCallPaused(first.store, "rebind_event")  # type: ignore[assignment]
+    late = asyncio.create_task(first.start("three", {}, event_id="ev-orphaned"))
+    await replacing.reached.wait()  # n1 is about to replace the orphaned binding
+    started = await second.start("three", {}, event_id="ev-orphaned")  # n2 replaces it first
+    replacing.resume()  # n1's replacement is refused: it follows the binding to n2's workflow
+    adopted = await late
+    await second.wait(started.id)
+    assert adopted.id == started.id
+    assert calls == Counter({"a": 1, "b": 1, "c": 1})
+
+
 class KillSwitch:
     """`before_start` as the kill switch answers it: refuses while `engaged`."""
 
