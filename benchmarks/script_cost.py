@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.cpu_hogs import cpu_hogs, every_core
+from benchmarks.queue_throughput import node_cpu
 from ratequeue.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,11 +163,6 @@ def scripts_module(rev: str | None) -> ModuleType:
     return module
 
 
-def primary_cpu(conn: redis.Redis) -> float:
-    info = conn.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 def message_lines(numbers: list[str], messages: int, round_: int) -> list[str]:
     return [
         f'{numbers[i % len(numbers)]}|{UNLIMITED_RATE}|1|m-{round_}-{i:08d}|"message body {i:08d}"'
@@ -176,12 +172,12 @@ def message_lines(numbers: list[str], messages: int, round_: int) -> list[str]:
 
 def enqueue_cost(conn: redis.Redis, script: str, lines: list[str], batch: int) -> float:
     enqueue = conn.register_script(script)
-    began = primary_cpu(conn)
+    began = node_cpu(conn)
     for start in range(0, len(lines), batch):
         header = [EPOCH, DEDUP_WINDOW_S, 36_000, 1_000_000]
         enqueue(args=[*header, "\n".join(lines[start : start + batch])])
         conn.wait(1, 2000)
-    return 1e6 * (primary_cpu(conn) - began) / len(lines)
+    return 1e6 * (node_cpu(conn) - began) / len(lines)
 
 
 def one_round(
@@ -194,9 +190,9 @@ def one_round(
     dequeue_cpu = ack_cpu = 0.0
     delivered = empty_calls = 0
     while delivered < len(lines):
-        began = primary_cpu(conn)
+        began = node_cpu(conn)
         _, leased = dequeue(args=[batch, LEASE_MS, REQUEUE_LIMIT])
-        leased_at = primary_cpu(conn)
+        leased_at = node_cpu(conn)
         receipts = leased[0::5]
         empty_calls = 0 if receipts else empty_calls + 1
         if empty_calls > 3:  # a call may find only numbers it then drops as empty, not three
@@ -204,7 +200,7 @@ def one_round(
         acked = ack(args=[b" ".join(receipts), DEDUP_WINDOW_S])
         if acked != len(receipts):
             raise RuntimeError(f"acknowledged {acked} of {len(receipts)} leases")
-        ack_cpu += primary_cpu(conn) - leased_at
+        ack_cpu += node_cpu(conn) - leased_at
         dequeue_cpu += leased_at - began
         delivered += len(receipts)
     costs.dequeue.append(1e6 * dequeue_cpu / len(lines))
