@@ -10,6 +10,12 @@ in calls of `--batch`, reading the primary's CPU (`INFO cpu`) around every call.
 the primary's CPU per message by script; the median of the rounds is printed and the rounds
 beside it, so drift on the machine shows. Rates are far above what a shard serves.
 
+`--native` adds the floor pass as module commands in C (benchmarks/native/native_floor.c,
+compiled with `cc` and loaded on both nodes), made three ways: through command calls as a
+script makes them, on the keys directly, and replicated once per call instead of once per
+write: how much of a pass Lua costs and how much the commands and their replication do. The
+replica's CPU for the whole pass is printed beside (on two cores it competes with the primary).
+
 What it is for: telling whether a script change makes the primary's work per message smaller
 (queue_throughput's (b) ratio is that work seen through the wall clock, with the client and the
 network in it). Not for: throughput, the client's share, memory (queue_throughput.py), or CI.
@@ -21,9 +27,11 @@ import importlib.util
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import redis
 import typer
@@ -124,6 +132,37 @@ return #leases
 
 
 @dataclass(frozen=True)
+class NativeFloor:
+    """The floor pass as module commands (benchmarks/native/native_floor.c): the same commands
+    per message, each made through `RedisModule_Call` (as a script's `redis.call`), without the
+    script interpreter around them."""
+
+    ENQUEUE_BATCH: str = "command:rqfloor.enqueue"
+    DEQUEUE: str = "command:rqfloor.dequeue"
+    ACK: str = "command:rqfloor.ack"
+
+
+@dataclass(frozen=True)
+class NativeFloorOnKeys:
+    """As `NativeFloor`, each per-message command's effect made on the key itself (the module
+    key API) and replicated as that command: no command call per message."""
+
+    ENQUEUE_BATCH: str = "command:rqfloor.enqueue_keys"
+    DEQUEUE: str = "command:rqfloor.dequeue_keys"
+    ACK: str = "command:rqfloor.ack_keys"
+
+
+@dataclass(frozen=True)
+class NativeFloorVerbatim:
+    """As `NativeFloorOnKeys`, replicated as the module command itself, once per call (the
+    replica runs it too), instead of one command per write."""
+
+    ENQUEUE_BATCH: str = "command:rqfloor.enqueue_verbatim"
+    DEQUEUE: str = "command:rqfloor.dequeue_verbatim"
+    ACK: str = "command:rqfloor.ack_verbatim"
+
+
+@dataclass(frozen=True)
 class FloorScripts:
     """Stands where a scripts module does: the floor pass."""
 
@@ -137,11 +176,13 @@ console = Console()
 
 @dataclass
 class Costs:
-    """µs of the primary's CPU per message, one entry per round."""
+    """µs of the primary's CPU per message, one entry per round; `replica`: the replica's for
+    the whole pass (on two cores it competes with the primary and the client)."""
 
     enqueue: list[float] = field(default_factory=list)
     dequeue: list[float] = field(default_factory=list)
     ack: list[float] = field(default_factory=list)
+    replica: list[float] = field(default_factory=list)
 
 
 def scripts_module(rev: str | None) -> ModuleType:
@@ -170,8 +211,16 @@ def message_lines(numbers: list[str], messages: int, round_: int) -> list[str]:
     ]
 
 
+def runner(conn: redis.Redis, code: str) -> Callable[..., Any]:
+    """A script, or a module command (`command:NAME`), called as `runner(args=[...])`."""
+    if code.startswith("command:"):
+        name = code.removeprefix("command:")
+        return lambda args: conn.execute_command(name, *args)
+    return conn.register_script(code)
+
+
 def enqueue_cost(conn: redis.Redis, script: str, lines: list[str], batch: int) -> float:
-    enqueue = conn.register_script(script)
+    enqueue = runner(conn, script)
     began = node_cpu(conn)
     for start in range(0, len(lines), batch):
         header = [EPOCH, DEDUP_WINDOW_S, 36_000, 1_000_000]
@@ -181,12 +230,18 @@ def enqueue_cost(conn: redis.Redis, script: str, lines: list[str], batch: int) -
 
 
 def one_round(
-    conn: redis.Redis, module: ModuleType | FloorScripts, lines: list[str], batch: int
+    conn: redis.Redis,
+    replica: redis.Redis,
+    module: ModuleType | FloorScripts | NativeFloor | NativeFloorOnKeys | NativeFloorVerbatim,
+    lines: list[str],
+    batch: int,
 ) -> Costs:
     conn.flushall()
     conn.set("rq:fence", EPOCH)
+    conn.wait(1, 5000)
+    replica_began = node_cpu(replica)
     costs = Costs(enqueue=[enqueue_cost(conn, module.ENQUEUE_BATCH, lines, batch)])
-    dequeue, ack = conn.register_script(module.DEQUEUE), conn.register_script(module.ACK)
+    dequeue, ack = runner(conn, module.DEQUEUE), runner(conn, module.ACK)
     dequeue_cpu = ack_cpu = 0.0
     delivered = empty_calls = 0
     while delivered < len(lines):
@@ -203,9 +258,21 @@ def one_round(
         ack_cpu += node_cpu(conn) - leased_at
         dequeue_cpu += leased_at - began
         delivered += len(receipts)
+    conn.wait(1, 5000)
+    costs.replica.append(1e6 * (node_cpu(replica) - replica_began) / len(lines))
     costs.dequeue.append(1e6 * dequeue_cpu / len(lines))
     costs.ack.append(1e6 * ack_cpu / len(lines))
     return costs
+
+
+def build_native_floor(into: Path) -> Path:
+    """Compiles benchmarks/native/native_floor.c (a C compiler is needed: `cc`)."""
+    source = ROOT / "benchmarks" / "native" / "native_floor.c"
+    library = into / "native_floor.so"
+    subprocess.run(
+        ["cc", "-O2", "-Wall", "-fPIC", "-shared", "-o", str(library), str(source)], check=True
+    )
+    return library
 
 
 def median_and_rounds(values: list[float]) -> str:
@@ -226,13 +293,22 @@ def main(
     batch: int = typer.Option(500, min=1, help="messages per enqueue and per dequeue call"),
     floors: bool = typer.Option(True, help="also measure the floors"),
     busy: bool = typer.Option(False, "--busy", help="keep every core busy with a CPU hog"),
+    native: bool = typer.Option(
+        False, help="also the floor pass as module commands in C (needs `cc`)"
+    ),
 ) -> None:
-    sides: dict[str, ModuleType | FloorScripts] = {
+    sides: dict[
+        str, ModuleType | FloorScripts | NativeFloor | NativeFloorOnKeys | NativeFloorVerbatim
+    ] = {
         f"scripts at {rev}": scripts_module(rev),
         "this checkout": scripts_module(None),
     }
     if floors:
         sides["floor pass"] = FloorScripts()
+    if native:
+        sides["floor pass, module: command calls"] = NativeFloor()
+        sides["floor pass, module: key API"] = NativeFloorOnKeys()
+        sides["floor pass, module: key API, replicated once per call"] = NativeFloorVerbatim()
     enqueue_floors = {
         f"floor enqueue: {name}": _FLOOR_ENQUEUE.replace("COMMANDS", commands)
         for name, commands in _ENQUEUE_COMMANDS.items()
@@ -240,17 +316,20 @@ def main(
     number_names = [f"+1555{i:07d}" for i in range(numbers)]
     results = {name: Costs() for name in [*sides, *enqueue_floors]}
     with tempfile.TemporaryDirectory(prefix="rq-script-cost-") as tmp:
-        cluster = LocalCluster.start(Path(tmp), shards=1, replicas=1)
+        node_args = ("--loadmodule", str(build_native_floor(Path(tmp)))) if native else ()
+        cluster = LocalCluster.start(Path(tmp), shards=1, replicas=1, node_args=node_args)
         try:
             conn = cluster.shards[0].primary.client(timeout=60)
+            replica = cluster.shards[0].replicas[0].client(timeout=60)
             with cpu_hogs(every_core() if busy else 0):
                 for round_ in range(rounds):
                     lines = message_lines(number_names, messages, round_)
                     for name, module in sides.items():
-                        costs = one_round(conn, module, lines, batch)
+                        costs = one_round(conn, replica, module, lines, batch)
                         results[name].enqueue += costs.enqueue
                         results[name].dequeue += costs.dequeue
                         results[name].ack += costs.ack
+                        results[name].replica += costs.replica
                     for name, script in enqueue_floors.items():
                         conn.flushall()
                         results[name].enqueue.append(enqueue_cost(conn, script, lines, batch))
@@ -258,7 +337,7 @@ def main(
             cluster.stop()
     table = Table(title=f"primary CPU µs per message: median (rounds), {messages:,} messages "
                   f"over {numbers:,} numbers, {batch} per call")  # fmt: skip
-    for column in ("scripts", "enqueue (+ WAIT)", "dequeue", "ack", "one pass"):
+    for column in ("scripts", "enqueue (+ WAIT)", "dequeue", "ack", "one pass", "replica, pass"):
         table.add_column(column)
     for name, costs in results.items():
         total = sum(statistics.median(v) for v in (costs.enqueue, costs.dequeue, costs.ack) if v)
@@ -268,6 +347,7 @@ def main(
             median_and_rounds(costs.dequeue),
             median_and_rounds(costs.ack),
             f"{total:.2f}" if costs.dequeue else "",
+            f"{statistics.median(costs.replica):.2f}" if costs.replica else "",
         )
     console.print(table)
 
