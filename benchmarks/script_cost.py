@@ -171,7 +171,7 @@ class FloorScripts:
     ACK: str = _FLOOR_ACK
 
 
-console = Console()
+console = Console(width=150)
 
 
 @dataclass
@@ -337,7 +337,8 @@ def main(
             cluster.stop()
     table = Table(title=f"primary CPU µs per message: median (rounds), {messages:,} messages "
                   f"over {numbers:,} numbers, {batch} per call")  # fmt: skip
-    for column in ("scripts", "enqueue (+ WAIT)", "dequeue", "ack", "one pass", "replica, pass"):
+    columns = ("scripts", "enqueue (+ WAIT)", "dequeue", "ack", "one pass", "replica, pass")
+    for column in columns:
         table.add_column(column)
     for name, costs in results.items():
         total = sum(statistics.median(v) for v in (costs.enqueue, costs.dequeue, costs.ack) if v)
