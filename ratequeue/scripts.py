@@ -175,6 +175,15 @@ local function eligible_after(tat, now, per_second, burst)
   return at
 end
 
+-- A stored time (ms) or count as a number. A value that is not a finite number (a corrupted
+-- field, or one written by hand: Lua's tonumber also reads "nan", "inf" and "1e999") counts as
+-- 0, so no score or field computed from it can make a command fail after it has written.
+local function stored_number(raw)
+  local value = tonumber(raw)
+  if not value or value ~= value or value == math.huge or value == -math.huge then return 0 end
+  return value
+end
+
 -- A number's GCRA time; a number without state may still be limited by layout 1's time, also
 -- on a shard drained before the upgrade (no layout-1 message left, so no conversion ran). A
 -- value that is not a number limits nothing rather than failing every call on the shard.
@@ -182,7 +191,7 @@ local function stored_tat(t, number)
   if not t then
     t = redis.call('GET', 'rq:tat:' .. number)
   end
-  return tonumber(t) or 0
+  return stored_number(t)
 end
 
 -- A number whose hash holds nothing but its own fields (no fingerprint, no lease) and whose
@@ -192,7 +201,7 @@ local function release_if_empty(number, now)
   if redis.call('HLEN', key) > STATE_FIELDS or redis.call('EXISTS', P .. 'q:' .. number) == 1 then
     return
   end
-  local tat = tonumber(redis.call('HGET', key, 't') or '0')
+  local tat = stored_number(redis.call('HGET', key, 't'))
   if tat > now then
     redis.call('HDEL', key, 's', 'r')
     redis.call('PEXPIRE', key, math.max(1, math.ceil(tat - now)))
@@ -237,7 +246,7 @@ local function legacy_adopt(number, messages, extra_of, now)
   local key = P .. 'n:' .. number
   local row = redis.call('HMGET', key, 'r', 's', 't')
   local fields, taken = {}, {}
-  local held_segments = tonumber(row[2] or '0')
+  local held_segments = stored_number(row[2])
   for _, message in ipairs(messages) do
     local field = '@' .. message.id
     local print = fingerprint(message.body)
@@ -252,7 +261,7 @@ local function legacy_adopt(number, messages, extra_of, now)
   end
   local rate = row[1] or redis.call('HGET', 'rq:rates', number)
     or redis.call('HGET', 'rq:dr', number) or '1:1'
-  local tat = math.max(tonumber(row[3] or '0'), stored_tat(nil, number))
+  local tat = math.max(stored_number(row[3]), stored_tat(nil, number))
   if #taken > 0 then
     fields[#fields + 1] = 'r'
     fields[#fields + 1] = rate
@@ -271,7 +280,7 @@ end
 -- of the number is left in layout 1 (its queue converted and no layout-1 lease left anywhere).
 local function legacy_release(number, segments)
   -- Read, not HINCRBY: a field that is not a number must not fail the script half-way.
-  local left = (tonumber(redis.call('HGET', 'rq:seg', number)) or 0) - segments
+  local left = stored_number(redis.call('HGET', 'rq:seg', number)) - segments
   if redis.call('EXISTS', 'rq:q:' .. number) == 1
       or (left > 0 and redis.call('EXISTS', 'rq:leases') == 1) then
     redis.call('HSET', 'rq:seg', number, math.max(left, 1))
@@ -492,7 +501,7 @@ for _, number in ipairs(numbers) do
   local tat = stored_tat(row[3], number)
   states[number] = {raw = raw, per_second = per_second, burst = burst, empty = not row[2],
     expiring = row[3] and not row[2], write_tat = not row[3] and (tat > 0 or not legacy),
-    held = tonumber(row[2] or '0'), tat = tat, capacity = capacity,
+    held = stored_number(row[2]), tat = tat, capacity = capacity,
     capped = capped,
     entries = {}, fields = {}, batch = {}}
   for j = 4, #fields do
@@ -629,10 +638,13 @@ for _, lease in ipairs(expired) do
   if entry then
     redis.call('HDEL', key, seq)
     local attempt, rest = string.match(entry, '^(%d+)|(.*)$')
-    if redis.call('LPUSH', P .. 'q:' .. number, (tonumber(attempt) + 1) .. '|' .. rest) == 1 then
+    local queue = P .. 'q:' .. number
+    if not attempt then
+      quarantine(lease, 'leased entry does not parse', entry)
+    elseif redis.call('LPUSH', queue, (tonumber(attempt) + 1) .. '|' .. rest) == 1 then
       local row = redis.call('HMGET', key, 'r', 't')
       local per_second, burst = parse_rate(row[1])
-      rejoined[#rejoined + 1] = eligible_after(tonumber(row[2]), now, per_second, burst)
+      rejoined[#rejoined + 1] = eligible_after(stored_number(row[2]), now, per_second, burst)
       rejoined[#rejoined + 1] = number
     end
   end
@@ -662,7 +674,7 @@ while served < max do
       rates[row[1]] = rate
     end
     local interval, tau = rate.interval, rate.tau
-    local tat = tonumber(row[2] or '0')
+    local tat = stored_number(row[2])
     if tat < now then tat = now end
     if tat - now > tau + 0.001 then
       -- The rate was lowered since the number was scheduled: not due yet after all.
@@ -670,11 +682,19 @@ while served < max do
       later[#later + 1] = number
     else
       local entry = redis.call('LPOP', P .. 'q:' .. number)
-      if not entry then
+      local attempt, segments, id, body
+      if entry then attempt, segments, id, body = parse_entry(entry) end
+      if entry and not attempt then
+        -- Not an entry these scripts wrote: set aside (for a person to look at), not served,
+        -- not lost; the number's next message is served on the next call.
+        quarantine(P .. 'q:' .. number, 'queue entry does not parse', entry)
+        later[#later + 1] = now
+        later[#later + 1] = number
+      elseif not entry then
         gone[#gone + 1] = number
       else
-        -- Every value is bounded by the clamped rate: nothing below can fail after the LPOP.
-        local attempt, segments, id, body = parse_entry(entry)
+        -- Every value is bounded by the clamped rate and the stored times are finite
+        -- (`stored_number`): nothing below can fail after the LPOP.
         local new_tat = tat + segments * interval
         if not next_seq then
           -- One counter write per call, not per message (unused numbers are simply skipped).
@@ -766,23 +786,35 @@ local seen_writes = {}
 for _, number in ipairs(numbers) do
   local key = P .. 'n:' .. number
   local seqs = by_number[number]
+  -- The held segments are read with the entries and written as counted: a field that is not
+  -- a number (HINCRBY would refuse it) must not fail the call after its first deletion.
+  seqs[#seqs + 1] = 's'
   local entries = hmget_chunked(key, seqs)
-  local gone, segments = {}, 0
+  local held = stored_number(entries[#seqs])
+  seqs[#seqs] = nil
+  local gone, segments, acked = {}, 0, 0
   for i = 1, #seqs do
     local entry = entries[i]
     if entry then
-      local _, message_segments, id, body = parse_entry(entry)
+      local attempt, message_segments, id, body = parse_entry(entry)
       gone[#gone + 1] = seqs[i]
-      gone[#gone + 1] = '@' .. id
-      segments = segments + message_segments
-      seen_writes[#seen_writes + 1] = number .. '/' .. id
-      seen_writes[#seen_writes + 1] = fingerprint(body)
+      acked = acked + 1
+      if attempt then
+        gone[#gone + 1] = '@' .. id
+        segments = segments + message_segments
+        seen_writes[#seen_writes + 1] = number .. '/' .. id
+        seen_writes[#seen_writes + 1] = fingerprint(body)
+      else
+        quarantine(seqs[i] .. ':' .. number, 'leased entry does not parse', entry)
+      end
     end
   end
   if #gone > 0 then
     call_chunked('HDEL', key, gone)
-    done = done + #gone / 2
-    if redis.call('HINCRBY', key, 's', -segments) <= 0 then release_if_empty(number, now) end
+    done = done + acked
+    held = math.max(held - segments, 0)
+    redis.call('HSET', key, 's', held)
+    if held <= 0 then release_if_empty(number, now) end
   end
 end
 if #seen_writes > 0 then
@@ -811,7 +843,7 @@ if row[1] then
   redis.call('HSET', key, 'r', ARGV[3])  -- the rate in force for the messages it holds
 end
 if redis.call('ZSCORE', READY, number) then
-  redis.call('ZADD', READY, eligible_after(tonumber(row[2]), now_ms(), per_second, burst),
+  redis.call('ZADD', READY, eligible_after(stored_number(row[2]), now_ms(), per_second, burst),
     number)
 end
 redis.call('INCR', 'rq:barrier')  -- acknowledged after WAIT, like an enqueue: counted like one
@@ -835,11 +867,11 @@ if tonumber(stored_rate) ~= per_second or tonumber(stored_burst) ~= burst then
   rate = per_second .. ':' .. burst  -- the rate in force, clamped into the allowed range
 end
 local row = redis.call('HMGET', P .. 'n:' .. number, 's', 't')
-local legacy_tat = tonumber(redis.call('GET', 'rq:tat:' .. number)) or 0
+local legacy_tat = stored_number(redis.call('GET', 'rq:tat:' .. number))
 return {now, redis.call('LLEN', P .. 'q:' .. number) + redis.call('LLEN', 'rq:q:' .. number),
-  tonumber(row[1] or '0') + (tonumber(redis.call('HGET', 'rq:seg', number)) or 0), rate,
+  stored_number(row[1]) + stored_number(redis.call('HGET', 'rq:seg', number)), rate,
   override and 'override' or 'default',
-  tostring(eligible_after(math.max(tonumber(row[2] or '0'), legacy_tat), now, per_second,
+  tostring(eligible_after(math.max(stored_number(row[2]), legacy_tat), now, per_second,
     burst))}
 """
 )

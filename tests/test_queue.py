@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from ratequeue.client import Enqueued, RatequeueClient
 from ratequeue.errors import IdConflict, InvalidInput, QueueFull
@@ -418,11 +419,52 @@ def test_a_retry_in_a_batch_of_a_message_delivered_in_the_previous_dedup_window_
 
 
 def test_a_batch_of_more_messages_for_one_number_than_one_redis_call_takes_is_queued_once(
-    client: RatequeueClient,
+    cluster: LocalCluster, make_client: Callable[..., RatequeueClient]
 ) -> None:
-    # Over 4,000 fields of one number's hash are read in more than one call (Lua's stack).
+    # Over 4,000 fields of one number's hash are read in more than one call (Lua's stack), in
+    # one script call.
+    client = make_client(cluster, max_messages_per_call=5_000)
     client.set_rate(NUMBER, Rate(per_second=1000, burst=10))
     batch = [client.prepare(NUMBER, f"body {i}", f"big-{i}") for i in range(4_500)]
     assert {answer(r) for r in client.enqueue_many(batch)} == {"new"}
     assert {answer(r) for r in client.enqueue_many(batch)} == {"duplicate"}
     assert client.number_info(NUMBER).depth == 4_500
+
+
+def enqueue_script_calls(conn: redis.Redis) -> int:
+    return int(conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_shards_share_larger_than_one_call_takes_goes_as_several_calls_in_order(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_messages_per_call=10)
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=100))
+    with cluster.shards[0].primary.client() as conn:
+        before = enqueue_script_calls(conn)
+        results = client.enqueue_many(client.prepare(NUMBER, f"m{i}", f"m{i}") for i in range(35))
+        assert enqueue_script_calls(conn) - before == 4
+    assert {answer(r) for r in results} == {"new"}
+    assert [m.id for m in client.dequeue(100, 30)] == [f"m{i}" for i in range(35)]
+
+
+def test_a_failed_call_answers_the_rest_of_its_shards_share_with_its_error_unsent(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_messages_per_call=2)
+    broken = "+14155550177"
+    with cluster.shards[0].primary.client() as conn:
+        conn.set(state_key(broken), "not a hash")  # its call fails before writing
+        results = client.enqueue_many(
+            [
+                client.prepare(n, "x", f"m{i}")
+                for i, n in enumerate([NUMBER, NUMBER, broken, NUMBER, NUMBER])
+            ]
+        )
+        assert [type(r).__name__ for r in results] == [
+            "Enqueued", "Enqueued", "ShardScriptFailed", "ShardScriptFailed", "ShardScriptFailed"
+        ]  # fmt: skip
+        assert results[3] is results[2] and results[4] is results[2]
+        assert held_ids(conn, NUMBER) == {"m0", "m1"}

@@ -235,7 +235,7 @@ def test_a_layout_1_rate_time_that_is_not_a_number_limits_nothing(
 def test_a_failing_shard_script_is_a_retryable_refusal_naming_the_shard(
     client: RatequeueClient, conn: redis.Redis
 ) -> None:
-    conn.hset(f"rq:v2:n:{NUMBER}", mapping={"r": "1:1", "s": "x", "t": "0"})  # `s` not a number
+    conn.set(f"rq:v2:n:{NUMBER}", "not a hash")  # the number's state of the wrong type
     with pytest.raises(ShardScriptFailed, match=r"shard .*: its script failed"):
         client.enqueue(NUMBER, "new", "n1")
 
