@@ -46,6 +46,10 @@ class Observations:
     workflows: list[WorkflowRecord] = field(default_factory=list)
     # When the last fault was undone; None: not undone (a kill) or still running.
     fault_ended_at: float | None = None
+    # When the first fault on the coordination store (an etcd member, the control Redis) was
+    # undone: the store may answer again from then on (two of three etcd members make a quorum,
+    # whichever comes back first). None: no such fault was undone.
+    store_back_at: float | None = None
     # What `recovered_at` is the time of (ack async: an acknowledgement alone can be lost).
     recovered_by: str = "first acknowledged write on the shard"
 
@@ -278,9 +282,13 @@ def _decided(decision: AuditRecord) -> float:
 def _escalated_then_remediated(h: EscalatedThenRemediated, o: Observations) -> HypothesisOutcome:
     """While the faults lasted (the store away) the incident went to a person and nothing
     acted; after they were undone a workflow remediated it (decided after, wherever its event
-    waited meanwhile)."""
+    waited meanwhile). The store is back from the first of its faulted nodes undone."""
     decisions = sorted(_shard_decisions(o), key=lambda d: d.received_at)
     ended = o.fault_ended_at
+    if ended is not None and o.store_back_at is not None:
+        # Acting once the store is back is what the controllers should do, also while the
+        # other faulted members are still starting (their ports open some time apart).
+        ended = min(ended, o.store_back_at)
     # Each decision counts by when it was made, and a workflow by when it was created (its
     # steps may run before the decision's record is saved, a page acknowledged first): an event
     # received while the store was away may wait for it (the event stream outlives an etcd

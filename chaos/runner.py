@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -43,6 +44,7 @@ from chaos.recovery_watch import (
 )
 from chaos.sentinel_switch_marks import SentinelAnnouncements
 from chaos.steady_state import SteadyStateProbes, primaries_answering
+from chaos.store_members import STORE_NODE_ROLES
 from chaos.targets import Deployment, ShardChoice
 from chaos.undelivered_whereabouts import find_undelivered
 from ratequeue.sentinel_topology import parse_sentinel_addresses
@@ -50,6 +52,16 @@ from ratequeue.topology import EPOCH_TAKEN_AT_HEADER, Topology
 
 # The most ids a journal lists of those lost or delivered from elsewhere (a bound on its size).
 LISTED_IDS = 10_000
+
+
+def store_back_at(faults: list[dict[str, Any]]) -> float | None:
+    """When the first fault on a coordination store node (journal fault summaries) was undone."""
+    undone = [
+        f["rolled_back_at"]
+        for f in faults
+        if f.get("role") in STORE_NODE_ROLES and f.get("rolled_back_at") is not None
+    ]
+    return min(undone, default=None)
 
 
 def slug(text: str) -> str:
@@ -303,6 +315,7 @@ class ExperimentRunner:
             decisions=decisions,
             workflows=workflows,
             fault_ended_at=journal.moment("rolled_back"),
+            store_back_at=store_back_at(journal.faults),
         )
         journal.steady_state_after = self.probes.check(
             [p for p in experiment.steady_state if p.after]

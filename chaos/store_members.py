@@ -100,6 +100,10 @@ def members_not_serving(endpoints: list[str]) -> list[str]:
     return problems
 
 
+# The roles of the coordination store's own nodes in a deployment.
+STORE_NODE_ROLES = frozenset({"etcd", "control"})
+
+
 def control_store(nodes: list[DeploymentNode]) -> DeploymentNode:
     """The control Redis node."""
     for node in nodes:

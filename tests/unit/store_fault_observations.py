@@ -15,9 +15,11 @@ def observed(
     *,
     fault_at: float,
     ended: float | None,
+    store_back: float | None = None,
 ) -> Observations:
     return Observations(
         ledger=Ledger(), shard="s1", faulted_shards={"s1"}, fault_at=fault_at, recovered_at=None,
         topology_before=None, topology_after=None,  # type: ignore[arg-type]
         primaries_answering={}, decisions=decisions, workflows=workflows, fault_ended_at=ended,
+        store_back_at=store_back,
     )  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 from chaos.experiments import EscalatedThenRemediated
 from chaos.hypotheses import evaluate
 from chaos.journal import HypothesisOutcome
+from chaos.runner import store_back_at
 from lazarus_lite.audit import AuditRecord
 from lazarus_lite.workflow.records import WorkflowRecord
 from tests.unit.store_fault_observations import observed
@@ -44,8 +45,11 @@ def judged(
     workflows: list[WorkflowRecord],
     *,
     ended: float | None = STORE_BACK_AT,
+    store_back: float | None = None,
 ) -> HypothesisOutcome:
-    observations = observed(decisions, workflows, fault_at=FAULT_AT, ended=ended)
+    observations = observed(
+        decisions, workflows, fault_at=FAULT_AT, ended=ended, store_back=store_back
+    )
     [outcome] = evaluate([EscalatedThenRemediated(type="escalated_then_remediated")], observations)
     return outcome
 
@@ -110,3 +114,38 @@ def test_it_fails_naming_what_was_missing(
 ) -> None:  # fmt: skip
     outcome = judged(decisions, workflows, ended=ended)
     assert not outcome.ok and problem in outcome.detail
+
+
+# etcd's quorum lost by killing two of three members: it is back with the first restarted
+# member (at 106), while the other's port may open later (the faults end at 108).
+FIRST_MEMBER_BACK_AT = 106.0
+
+
+def test_a_workflow_started_once_the_first_store_member_was_back_is_a_remediation() -> None:
+    outcome = judged(
+        [decision(104.0, "escalated"), decision(107.0, "remediated", "wf-1")],
+        SUCCEEDED,
+        store_back=FIRST_MEMBER_BACK_AT,
+    )
+    assert outcome.ok, outcome.detail
+
+
+def test_a_workflow_started_before_any_store_member_was_back_still_fails() -> None:
+    outcome = judged(
+        [decision(104.0, "escalated"), decision(105.0, "remediated", "wf-1")],
+        SUCCEEDED,
+        store_back=FIRST_MEMBER_BACK_AT,
+    )
+    assert not outcome.ok and "acted while the fault lasted" in outcome.detail
+
+
+def test_the_store_is_back_when_its_first_faulted_node_was_undone() -> None:
+    faults = [
+        {"role": "primary", "rolled_back_at": 101.0},
+        {"role": "etcd", "rolled_back_at": 108.0},
+        {"role": "etcd", "rolled_back_at": 106.5},
+        {"role": "etcd", "rolled_back_at": None},
+    ]
+    assert store_back_at(faults) == 106.5
+    assert store_back_at([{"role": "control", "rolled_back_at": 103.0}]) == 103.0
+    assert store_back_at([{"role": "primary", "rolled_back_at": 101.0}]) is None
