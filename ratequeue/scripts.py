@@ -219,12 +219,58 @@ end
 -- is written), a lease on its own. A record that does not fit layout 2 is moved, with what it
 -- was and why, to rq:v2:quarantine (for a person to look at); the rest of its number converts.
 local function quarantine(what, why, record)
-  -- Never over an earlier entry of the same key: a later one gets the first free `#2`, `#3`...
-  local field, n = what, 1
+  -- Never over an earlier entry: a later one of the same key gets `#K`, K counted from the
+  -- hash's size (so many entries of one key cost one try each, not a search from `#2`).
+  local field, n = what, nil
   while redis.call('HSETNX', P .. 'quarantine', field, why .. '|' .. tostring(record)) == 0 do
-    n = n + 1
+    n = (n or redis.call('HLEN', P .. 'quarantine')) + 1
     field = what .. '#' .. n
   end
+end
+
+-- Shard-wide keys the queue scripts write after their first write, checked before it: a
+-- counter that is not an integer, or a key of another type (written by hand or by a bug),
+-- refuses the call with nothing written and names the key, rather than failing it half-way
+-- (Redis keeps a failed script's earlier writes). `extra` adds keys of the call's own.
+local SHARED_KEYS = {{READY, 'zset'}, {LEASES, 'zset'}, {P .. 'quarantine', 'hash'}}
+local COUNTERS = {COUNT, 'rq:barrier', 'rq:lease_seq'}
+local function check_shared_keys(extra)
+  local keys = {unpack(SHARED_KEYS)}
+  for _, item in ipairs(extra or {}) do keys[#keys + 1] = item end
+  for _, item in ipairs(keys) do
+    local kind = redis.call('TYPE', item[1]).ok
+    if kind ~= 'none' and kind ~= item[2] then
+      return redis.error_reply('CORRUPTKEY ' .. item[1] .. ' is a ' .. kind .. ', expected a '
+        .. item[2] .. ' (nothing written)')
+    end
+  end
+  for _, key in ipairs(COUNTERS) do
+    local kind = redis.call('TYPE', key).ok
+    local raw = kind == 'string' and redis.call('GET', key)
+    if (kind ~= 'none' and kind ~= 'string')
+        or (raw and (not (string.match(raw, '^%-?[1-9]%d*$') or raw == '0') or #raw > 18)) then
+      return redis.error_reply('CORRUPTKEY ' .. key .. ' is not an integer counter (nothing '
+        .. 'written)')
+    end
+  end
+  return nil
+end
+
+-- A held message whose entry does not parse is set aside for a person (rq:v2:quarantine, as
+-- `what`) and no longer held: its id's fingerprint (`id` when the caller knows it, else what can
+-- be read of the entry), its segments (1 if unreadable) and the shard's count go, so it blocks
+-- neither its number's capacity nor a re-send under its id. Nothing here can fail: the shared
+-- keys were checked when the script began, and the number's hash was read before.
+local function set_aside_held(number, what, why, entry, id, now)
+  quarantine(what, why, entry)
+  local key = P .. 'n:' .. number
+  local segments = tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1
+  id = id or string.match(entry, '^[^|]*|[^|]*|([^|]*)|')
+  if id then redis.call('HDEL', key, '@' .. id) end
+  local held = stored_number(redis.call('HGET', key, 's'))
+  if held > 0 then redis.call('HSET', key, 's', math.max(held - segments, 0)) end
+  if redis.call('DECRBY', COUNT, 1) <= 0 then redis.call('DEL', COUNT) end
+  release_if_empty(number, now)
 end
 
 local function legacy_record(key, number)
@@ -426,8 +472,9 @@ ENQUEUE_BATCH = (
 -- details holds the reason of each c, f and x, in order.
 -- In three steps, so each key is read once and written once: every line is parsed; what the
 -- decisions need is read (a number's hash in one HMGET, each dedup window in one HMGET for the
--- whole batch); then each message is decided in order and each key written once.
-local refused = check_fence(ARGV[1])
+-- whole batch); then each message is decided in order and each key written once. Every key
+-- written in step 3 was read or checked before it, so no write fails half-way.
+local refused = check_fence(ARGV[1]) or check_shared_keys()
 if refused then return refused end
 migrate_legacy(function()
   local numbers, listed = {}, {}
@@ -485,6 +532,7 @@ local unheld, looked_up = {}, {}
 for _, number in ipairs(numbers) do
   local fields = fields_of[number]
   local row = hmget_chunked(P .. 'n:' .. number, fields)
+  redis.call('LLEN', P .. 'q:' .. number)  -- a queue of another type fails here, unwritten
   local raw = row[1]
   if not row[2] then
     -- The number's first held message sets the rate in force (kept until the last ack).
@@ -622,25 +670,33 @@ DEQUEUE = (
 -- ARGV: max, lease_ms, requeue_limit
 -- Returns {now (ms, the shard's clock: when it leased them), a flat list, five items per
 -- leased message: lease, id, number, attempt, body}; a receipt names its lease.
+local corrupt = check_shared_keys()
+if corrupt then return corrupt end
 migrate_legacy()
 local now = now_ms()
 local max = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 
--- Expired leases go back to the head of their queue with attempt + 1.
+-- Expired leases go back to the head of their queue with attempt + 1. Every step after the
+-- first write must not fail (Redis keeps a failed script's earlier writes): a number's key of
+-- another type is read with pcall and its lease set aside, its entry left where it is.
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 call_chunked('ZREM', LEASES, expired)
 local rejoined = {}
 for _, lease in ipairs(expired) do
-  local seq, number = string.match(lease, '^(%d+):([^/]*)/')
+  local seq, number, id = string.match(lease, '^(%d+):([^/]*)/(.*)$')
   local key = seq and P .. 'n:' .. number
-  local entry = key and redis.call('HGET', key, seq)
-  if entry then
+  local queue = seq and P .. 'q:' .. number
+  local entry = key and redis.pcall('HGET', key, seq)
+  local length = key and redis.pcall('LLEN', queue)
+  if type(entry) == 'table' or type(length) == 'table' then
+    quarantine(lease, 'a key of its number is not of its type',
+      type(entry) == 'table' and entry.err or length.err)
+  elseif entry then
     redis.call('HDEL', key, seq)
     local attempt, rest = string.match(entry, '^(%d+)|(.*)$')
-    local queue = P .. 'q:' .. number
     if not attempt then
-      quarantine(lease, 'leased entry does not parse', entry)
+      set_aside_held(number, lease, 'leased entry does not parse', entry, id, now)
     elseif redis.call('LPUSH', queue, (tonumber(attempt) + 1) .. '|' .. rest) == 1 then
       local row = redis.call('HMGET', key, 'r', 't')
       local per_second, burst = parse_rate(row[1])
@@ -658,43 +714,61 @@ local expires = string.format('%.17g', now + lease_ms)
 local rates = {}
 local out = {}
 local served = 0
+-- Entries and numbers set aside count against `max` too: a call's work stays bounded.
+local set_aside = 0
 local next_seq = nil
-while served < max do
-  local due = redis.call('ZRANGEBYSCORE', READY, '-inf', now, 'LIMIT', 0, max - served)
+while served + set_aside < max do
+  local due = redis.call('ZRANGEBYSCORE', READY, '-inf', now, 'LIMIT', 0, max - served - set_aside)
   if #due == 0 then break end
   local later, gone, leases = {}, {}, {}
   for _, number in ipairs(due) do
     local key = P .. 'n:' .. number
-    local row = redis.call('HMGET', key, 'r', 't')
-    local rate = rates[row[1]]  -- keyed by the stored text, or false for none (1/s)
-    if not rate then
-      local per_second, burst = parse_rate(row[1])
-      local interval = 1000.0 / per_second
-      rate = {interval = interval, tau = (burst - 1) * interval}
-      rates[row[1]] = rate
-    end
-    local interval, tau = rate.interval, rate.tau
-    local tat = stored_number(row[2])
-    if tat < now then tat = now end
-    if tat - now > tau + 0.001 then
-      -- The rate was lowered since the number was scheduled: not due yet after all.
-      later[#later + 1] = tat - tau
-      later[#later + 1] = number
+    local queue = P .. 'q:' .. number
+    -- Read with pcall: a key of another type (written by hand or by a bug) must not fail the
+    -- call after earlier numbers' messages were popped.
+    local row = redis.pcall('HMGET', key, 'r', 't')
+    local length = redis.pcall('LLEN', queue)
+    if row.err or type(length) == 'table' then
+      -- The number leaves the ready set, its messages stay where they are, a person is told.
+      quarantine(queue, 'a key of the number is not of its type', row.err or length.err)
+      gone[#gone + 1] = number
+      set_aside = set_aside + 1
     else
-      local entry = redis.call('LPOP', P .. 'q:' .. number)
+      local rate = rates[row[1]]  -- keyed by the stored text, or false for none (1/s)
+      if not rate then
+        local per_second, burst = parse_rate(row[1])
+        local interval = 1000.0 / per_second
+        rate = {interval = interval, tau = (burst - 1) * interval}
+        rates[row[1]] = rate
+      end
+      local interval, tau = rate.interval, rate.tau
+      local tat = stored_number(row[2])
+      if tat < now then tat = now end
+      local entry = nil
+      if tat - now <= tau + 0.001 then entry = redis.call('LPOP', queue) end
       local attempt, segments, id, body
       if entry then attempt, segments, id, body = parse_entry(entry) end
-      if entry and not attempt then
-        -- Not an entry these scripts wrote: set aside (for a person to look at), not served,
-        -- not lost; the number's next message is served on the next call.
-        quarantine(P .. 'q:' .. number, 'queue entry does not parse', entry)
-        later[#later + 1] = now
+      if tat - now > tau + 0.001 then
+        -- The rate was lowered since the number was scheduled: not due yet after all.
+        later[#later + 1] = tat - tau
         later[#later + 1] = number
       elseif not entry then
         gone[#gone + 1] = number
+      elseif not attempt then
+        -- Not an entry these scripts wrote: set aside (for a person to look at), no longer
+        -- held; the number's next message is served in the next round.
+        set_aside_held(number, queue, 'queue entry does not parse', entry, nil, now)
+        set_aside = set_aside + 1
+        if length > 1 then
+          later[#later + 1] = now
+          later[#later + 1] = number
+        else
+          gone[#gone + 1] = number
+        end
       else
-        -- Every value is bounded by the clamped rate and the stored times are finite
-        -- (`stored_number`): nothing below can fail after the LPOP.
+        -- Every value is bounded by the clamped rate, the stored times are finite
+        -- (`stored_number`), the keys' types and the counter were checked: nothing below can
+        -- fail after the LPOP.
         local new_tat = tat + segments * interval
         if not next_seq then
           -- One counter write per call, not per message (unused numbers are simply skipped).
@@ -707,7 +781,7 @@ while served < max do
         local lease = seq .. ':' .. number .. '/' .. id
         leases[#leases + 1] = expires
         leases[#leases + 1] = lease
-        if redis.call('LLEN', P .. 'q:' .. number) > 0 then
+        if length > 1 then
           local at = new_tat - tau
           if at < now then at = now end
           later[#later + 1] = at
@@ -742,14 +816,18 @@ ACK = (
 -- to its queue yet, or issued by a primary that died before replicating it) acknowledges
 -- nothing: an expired lease belongs to the next consumer. A lease named twice, in one call or
 -- in two, is acknowledged once.
+-- Everything is read before the first write, and the keys written after it were checked, so no
+-- step fails half-way (Redis keeps a failed script's earlier writes).
+local now = now_ms()
+local window = tonumber(ARGV[2])
+local seen_now = P .. 'seen:' .. math.floor(now / 1000 / window)
+local corrupt = check_shared_keys({{seen_now, 'hash'}})
+if corrupt then return corrupt end
 migrate_legacy(function()
   local leases = {}
   for lease in string.gmatch(ARGV[1] or '', '%S+') do leases[#leases + 1] = lease end
   return nil, leases
 end)
-local now = now_ms()
-local window = tonumber(ARGV[2])
-local seen_now = P .. 'seen:' .. math.floor(now / 1000 / window)
 local asked, named = {}, {}
 for lease in string.gmatch(ARGV[1] or '', '%S+') do
   if not named[lease] then
@@ -765,47 +843,55 @@ for first = 1, #asked, 4000 do
     local expires = scores[i - first + 1]
     if expires and tonumber(expires) >= now then
       local lease = asked[i]
-      local seq, number = string.match(lease, '^(%d+):([^/]*)/')
+      local seq, number, id = string.match(lease, '^(%d+):([^/]*)/(.*)$')
       live[#live + 1] = lease
       if seq then
-        local seqs = by_number[number]
-        if not seqs then
-          seqs = {}
-          by_number[number] = seqs
+        local held = by_number[number]
+        if not held then
+          held = {seqs = {}, ids = {}}
+          by_number[number] = held
           numbers[#numbers + 1] = number
         end
-        seqs[#seqs + 1] = seq
+        held.seqs[#held.seqs + 1] = seq
+        held.ids[#held.ids + 1] = id
       end
     end
   end
 end
 if #live == 0 then return 0 end
+-- Each number's leased entries and held segments, read before anything is written (a key of
+-- another type fails the call here, with nothing written). The held segments are written as
+-- counted: a field that is not a number (HINCRBY would refuse it) counts as 0.
+local entries_of = {}
+for _, number in ipairs(numbers) do
+  local seqs = by_number[number].seqs
+  seqs[#seqs + 1] = 's'
+  entries_of[number] = hmget_chunked(P .. 'n:' .. number, seqs)
+  seqs[#seqs] = nil
+end
 call_chunked('ZREM', LEASES, live)
 local done = 0
 local seen_writes = {}
 for _, number in ipairs(numbers) do
   local key = P .. 'n:' .. number
-  local seqs = by_number[number]
-  -- The held segments are read with the entries and written as counted: a field that is not
-  -- a number (HINCRBY would refuse it) must not fail the call after its first deletion.
-  seqs[#seqs + 1] = 's'
-  local entries = hmget_chunked(key, seqs)
-  local held = stored_number(entries[#seqs])
-  seqs[#seqs] = nil
+  local seqs, ids, entries = by_number[number].seqs, by_number[number].ids, entries_of[number]
+  local held = stored_number(entries[#seqs + 1])
   local gone, segments, acked = {}, 0, 0
   for i = 1, #seqs do
     local entry = entries[i]
     if entry then
       local attempt, message_segments, id, body = parse_entry(entry)
       gone[#gone + 1] = seqs[i]
+      gone[#gone + 1] = '@' .. (id or ids[i])
       acked = acked + 1
       if attempt then
-        gone[#gone + 1] = '@' .. id
         segments = segments + message_segments
         seen_writes[#seen_writes + 1] = number .. '/' .. id
         seen_writes[#seen_writes + 1] = fingerprint(body)
       else
+        -- Set aside for a person, and no longer held (its segments as far as they read).
         quarantine(seqs[i] .. ':' .. number, 'leased entry does not parse', entry)
+        segments = segments + (tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1)
       end
     end
   end
@@ -831,7 +917,7 @@ SET_RATE = (
     _PRELUDE
     + r"""
 -- ARGV: fence_epoch, number, rate ("rate:burst")
-local refused = check_fence(ARGV[1])
+local refused = check_fence(ARGV[1]) or check_shared_keys()
 if refused then return refused end
 migrate_legacy(function() return {ARGV[2]}, nil end)
 local number = ARGV[2]

@@ -139,3 +139,104 @@ def test_a_leased_entry_that_does_not_parse_is_acknowledged_and_set_aside(
             f"{seq}:{NUMBER}".encode(): b"leased entry does not parse|not an entry"
         }
     assert drain(client, {"a1"}) == ["a1"]
+
+
+def test_a_queue_entry_set_aside_is_no_longer_held_so_its_id_can_be_sent_again(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_number_segments=1)  # the bad entry filled the number
+    client.enqueue(NUMBER, "a", "a1")
+    with primary(cluster) as conn:
+        conn.lset(f"rq:v2:q:{NUMBER}", 0, 'x|1|a1|"a"')  # its attempt is not a number
+        assert drain(client, {"never"}, seconds=0.5) == []
+        assert conn.get("rq:v2:count") is None and held_ids(conn, NUMBER) == set()
+        assert client.enqueue(NUMBER, "a", "a1").duplicate is False
+    assert drain(client, {"a1"}) == ["a1"]
+
+
+@pytest.mark.parametrize("when", ["acknowledged", "its lease expired"])
+def test_a_leased_entry_set_aside_frees_the_id_its_lease_names(
+    start_cluster: Callable[..., LocalCluster],
+    make_client: Callable[..., RatequeueClient],
+    when: str,
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_number_segments=1)
+    client.enqueue(NUMBER, "a", "a1")
+    leased = client.dequeue(1, 1 if when == "its lease expired" else 30)
+    seq = parse_receipt(leased[0].receipt)[1].split(":", 1)[0]
+    with primary(cluster) as conn:
+        conn.hset(f"rq:v2:n:{NUMBER}", seq, "not an entry")
+        if when == "acknowledged":
+            assert client.ack([m.receipt for m in leased]) == 1
+        else:
+            time.sleep(1.1)
+            assert client.dequeue(10, 30) == []
+        assert conn.get("rq:v2:count") is None and held_ids(conn, NUMBER) == set()
+        assert client.enqueue(NUMBER, "a", "a1").duplicate is False
+    assert drain(client, {"a1"}) == ["a1"]
+
+
+def test_many_bad_entries_are_set_aside_at_most_max_a_call_each_under_its_own_name(
+    shard: LocalCluster, client: RatequeueClient
+) -> None:
+    client.enqueue(NUMBER, "a", "a1")
+    with primary(shard) as conn:
+        conn.lpush(f"rq:v2:q:{NUMBER}", *[f"bad {k}" for k in range(30)])
+        assert client.dequeue(10, 30) == []
+        assert conn.hlen("rq:v2:quarantine") == 10
+        assert conn.llen(f"rq:v2:q:{NUMBER}") == 21
+        assert drain(client, {"a1"}) == ["a1"]
+        assert sorted(v.split(b"|", 1)[1] for v in conn.hvals("rq:v2:quarantine")) == sorted(
+            f"bad {k}".encode() for k in range(30)
+        )
+
+
+def test_an_enqueue_finding_a_queue_of_another_type_writes_nothing_of_its_batch(
+    shard: LocalCluster, client: RatequeueClient
+) -> None:
+    with primary(shard) as conn:
+        conn.set(f"rq:v2:q:{OTHER}", "not a list")
+        results = client.enqueue_many([client.prepare(NUMBER, "a", "a1"),
+                                       client.prepare(OTHER, "b", "b1")])  # fmt: skip
+        assert [type(r).__name__ for r in results] == ["ShardScriptFailed"] * 2
+        assert conn.keys("rq:v2:n:*") == [] and conn.exists(f"rq:v2:q:{NUMBER}") == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rq:lease_seq", "garbage"), ("rq:v2:count", "1.5"), ("rq:barrier", "x"),
+     ("rq:v2:ready", "not a zset"), ("rq:v2:quarantine", "not a hash")],
+)  # fmt: skip
+def test_a_shared_key_that_is_corrupt_refuses_every_call_naming_it_with_nothing_written(
+    shard: LocalCluster, client: RatequeueClient, key: str, value: str
+) -> None:
+    client.enqueue(NUMBER, "a", "a1")
+    with primary(shard) as conn:
+        before = {k: conn.dump(k) for k in conn.keys("rq:v2:[nq]:*")}
+        saved = conn.dump(key)
+        conn.set(key, value)
+        for call in (lambda: client.enqueue(NUMBER, "b", "b1"), lambda: client.dequeue(10, 30)):
+            with pytest.raises(Exception, match=f"CORRUPTKEY {key}"):
+                call()
+        assert {k: conn.dump(k) for k in conn.keys("rq:v2:[nq]:*")} == before
+        conn.delete(key)
+        if saved is not None:  # as it was, so the queue goes on
+            conn.restore(key, 0, saved)
+    assert drain(client, {"a1"}) == ["a1"]
+
+
+def test_a_number_whose_state_is_of_another_type_is_set_aside_and_the_others_served(
+    shard: LocalCluster, client: RatequeueClient
+) -> None:
+    client.enqueue(NUMBER, "a", "a1")
+    client.enqueue(OTHER, "b", "b1")
+    with primary(shard) as conn:
+        conn.delete(f"rq:v2:n:{NUMBER}")
+        conn.set(f"rq:v2:n:{NUMBER}", "not a hash")
+        assert drain(client, {"b1"}) == ["b1"]
+        assert conn.lrange(f"rq:v2:q:{NUMBER}", 0, -1) != []  # kept where it was
+        assert conn.zscore("rq:v2:ready", NUMBER) is None
+        [why] = conn.hvals("rq:v2:quarantine")
+        assert why.startswith(b"a key of the number is not of its type|")
