@@ -204,7 +204,8 @@ local function release_if_empty(number, now)
   local tat = stored_number(redis.call('HGET', key, 't'))
   if tat > now then
     redis.call('HDEL', key, 's', 'r')
-    redis.call('PEXPIRE', key, math.max(1, math.ceil(tat - now)))
+    -- At most about 31 years: a corrupted time far off must not fail the call here.
+    redis.call('PEXPIRE', key, math.min(math.max(1, math.ceil(tat - now)), 1e12))
   else
     redis.call('DEL', key)
   end
@@ -248,7 +249,7 @@ local function check_shared_keys(extra)
     local kind = redis.call('TYPE', key).ok
     local raw = kind == 'string' and redis.call('GET', key)
     if (kind ~= 'none' and kind ~= 'string')
-        or (raw and (not (string.match(raw, '^%-?[1-9]%d*$') or raw == '0') or #raw > 18)) then
+        or (raw and (not (string.match(raw, '^%-?[1-9]%d*$') or raw == '0') or #raw > 15)) then
       return redis.error_reply('CORRUPTKEY ' .. key .. ' is not an integer counter (nothing '
         .. 'written)')
     end
@@ -256,17 +257,19 @@ local function check_shared_keys(extra)
   return nil
 end
 
--- A held message whose entry does not parse is set aside for a person (rq:v2:quarantine, as
--- `what`) and no longer held: its id's fingerprint (`id` when the caller knows it, else what can
--- be read of the entry), its segments (1 if unreadable) and the shard's count go, so it blocks
--- neither its number's capacity nor a re-send under its id. Nothing here can fail: the shared
--- keys were checked when the script began, and the number's hash was read before.
+-- An entry that does not parse is set aside for a person (rq:v2:quarantine, as `what`). If it
+-- was a held message (its id, `id` when the caller knows it from a lease, else as far as the
+-- entry reads, has a fingerprint in its number's hash), it is no longer held: the fingerprint,
+-- its segments (1 if unreadable) and the shard's count go, so it blocks neither its number's
+-- capacity nor a re-send under its id. An entry that names no held id (written by hand) is
+-- only set aside. Nothing here can fail: the shared keys were checked when the script began,
+-- and the number's hash was read before.
 local function set_aside_held(number, what, why, entry, id, now)
   quarantine(what, why, entry)
   local key = P .. 'n:' .. number
-  local segments = tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1
   id = id or string.match(entry, '^[^|]*|[^|]*|([^|]*)|')
-  if id then redis.call('HDEL', key, '@' .. id) end
+  if not id or redis.call('HDEL', key, '@' .. id) == 0 then return end
+  local segments = tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1
   local held = stored_number(redis.call('HGET', key, 's'))
   if held > 0 then redis.call('HSET', key, 's', math.max(held - segments, 0)) end
   if redis.call('DECRBY', COUNT, 1) <= 0 then redis.call('DEL', COUNT) end
@@ -689,9 +692,12 @@ for _, lease in ipairs(expired) do
   local queue = seq and P .. 'q:' .. number
   local entry = key and redis.pcall('HGET', key, seq)
   local length = key and redis.pcall('LLEN', queue)
-  if type(entry) == 'table' or type(length) == 'table' then
-    quarantine(lease, 'a key of its number is not of its type',
-      type(entry) == 'table' and entry.err or length.err)
+  if type(entry) == 'table' then
+    quarantine(lease, 'its number\'s state is not a hash', entry.err)
+  elseif entry and type(length) == 'table' then
+    -- Its queue is of another type: the entry is set aside, for a person to send again.
+    redis.call('HDEL', key, seq)
+    set_aside_held(number, lease, 'its queue is not a list', entry, id, now)
   elseif entry then
     redis.call('HDEL', key, seq)
     local attempt, rest = string.match(entry, '^(%d+)|(.*)$')

@@ -186,6 +186,8 @@ def test_many_bad_entries_are_set_aside_at_most_max_a_call_each_under_its_own_na
         conn.lpush(f"rq:v2:q:{NUMBER}", *[f"bad {k}" for k in range(30)])
         assert client.dequeue(10, 30) == []
         assert conn.hlen("rq:v2:quarantine") == 10
+        assert conn.get("rq:v2:count") == b"1"  # entries that name no held id free nothing
+        assert conn.hget(f"rq:v2:n:{NUMBER}", "s") == b"1"
         assert conn.llen(f"rq:v2:q:{NUMBER}") == 21
         assert drain(client, {"a1"}) == ["a1"]
         assert sorted(v.split(b"|", 1)[1] for v in conn.hvals("rq:v2:quarantine")) == sorted(
@@ -207,6 +209,7 @@ def test_an_enqueue_finding_a_queue_of_another_type_writes_nothing_of_its_batch(
 @pytest.mark.parametrize(
     ("key", "value"),
     [("rq:lease_seq", "garbage"), ("rq:v2:count", "1.5"), ("rq:barrier", "x"),
+     ("rq:lease_seq", str(2**53)),  # past what a lease's sequence number counts exactly
      ("rq:v2:ready", "not a zset"), ("rq:v2:quarantine", "not a hash")],
 )  # fmt: skip
 def test_a_shared_key_that_is_corrupt_refuses_every_call_naming_it_with_nothing_written(
@@ -240,3 +243,32 @@ def test_a_number_whose_state_is_of_another_type_is_set_aside_and_the_others_ser
         assert conn.zscore("rq:v2:ready", NUMBER) is None
         [why] = conn.hvals("rq:v2:quarantine")
         assert why.startswith(b"a key of the number is not of its type|")
+
+
+def test_an_ack_releases_a_number_whose_time_is_far_beyond_any_expiry(
+    shard: LocalCluster, client: RatequeueClient
+) -> None:
+    client.enqueue(NUMBER, "a", "a1")
+    leased = client.dequeue(1, 30)
+    with primary(shard) as conn:
+        conn.hset(f"rq:v2:n:{NUMBER}", "t", "1e300")
+        assert client.ack([m.receipt for m in leased]) == 1
+        assert conn.get("rq:v2:count") is None and conn.zcard("rq:v2:leases") == 0
+        assert 0 < conn.pttl(f"rq:v2:n:{NUMBER}") <= 10**12
+
+
+def test_an_expired_lease_whose_queue_is_of_another_type_is_set_aside_whole(
+    shard: LocalCluster, client: RatequeueClient
+) -> None:
+    client.enqueue(NUMBER, "a", "a1")
+    leased = client.dequeue(1, 1)
+    seq = parse_receipt(leased[0].receipt)[1].split(":", 1)[0]
+    with primary(shard) as conn:
+        entry = conn.hget(f"rq:v2:n:{NUMBER}", seq)
+        conn.set(f"rq:v2:q:{NUMBER}", "not a list")
+        time.sleep(1.1)
+        assert client.dequeue(10, 30) == []
+        assert conn.hvals("rq:v2:quarantine") == [b"its queue is not a list|" + entry]
+        state = conn.hgetall(f"rq:v2:n:{NUMBER}")
+        assert conn.get("rq:v2:count") is None and seq.encode() not in state
+        assert b"@a1" not in state
