@@ -229,27 +229,24 @@ local function quarantine(what, why, record)
   end
 end
 
--- Shard-wide keys the queue scripts write after their first write, checked before it: a
--- counter that is not an integer, or a key of another type (written by hand or by a bug),
--- refuses the call with nothing written and names the key, rather than failing it half-way
--- (Redis keeps a failed script's earlier writes). `extra` adds keys of the call's own.
-local SHARED_KEYS = {{READY, 'zset'}, {LEASES, 'zset'}, {P .. 'quarantine', 'hash'}}
-local COUNTERS = {COUNT, 'rq:barrier', 'rq:lease_seq'}
-local function check_shared_keys(extra)
-  local keys = {unpack(SHARED_KEYS)}
-  for _, item in ipairs(extra or {}) do keys[#keys + 1] = item end
-  for _, item in ipairs(keys) do
+-- The shard-wide keys a script writes after its first write, checked before it: a key of
+-- another type, or a counter that is not an integer (written by hand or by a bug), refuses the
+-- call with nothing written and names the key, rather than failing it half-way (Redis keeps a
+-- failed script's earlier writes). Each script checks only what it writes: `kinds` are
+-- {key, type} pairs, `counters` keys of integers (read with GET: one of another type fails
+-- the GET, also before anything is written).
+local function check_shared_keys(kinds, counters)
+  for _, item in ipairs(kinds) do
     local kind = redis.call('TYPE', item[1]).ok
     if kind ~= 'none' and kind ~= item[2] then
       return redis.error_reply('CORRUPTKEY ' .. item[1] .. ' is a ' .. kind .. ', expected a '
         .. item[2] .. ' (nothing written)')
     end
   end
-  for _, key in ipairs(COUNTERS) do
-    local kind = redis.call('TYPE', key).ok
-    local raw = kind == 'string' and redis.call('GET', key)
-    if (kind ~= 'none' and kind ~= 'string')
-        or (raw and (not (string.match(raw, '^%-?[1-9]%d*$') or raw == '0') or #raw > 15)) then
+  for _, key in ipairs(counters) do
+    local raw = redis.call('GET', key)
+    -- At most 15 digits: lease numbers are counted exactly only below 2^53.
+    if raw and (not (string.match(raw, '^%-?[1-9]%d*$') or raw == '0') or #raw > 15) then
       return redis.error_reply('CORRUPTKEY ' .. key .. ' is not an integer counter (nothing '
         .. 'written)')
     end
@@ -477,7 +474,8 @@ ENQUEUE_BATCH = (
 -- decisions need is read (a number's hash in one HMGET, each dedup window in one HMGET for the
 -- whole batch); then each message is decided in order and each key written once. Every key
 -- written in step 3 was read or checked before it, so no write fails half-way.
-local refused = check_fence(ARGV[1]) or check_shared_keys()
+local refused = check_fence(ARGV[1])
+  or check_shared_keys({{READY, 'zset'}}, {COUNT, 'rq:barrier'})
 if refused then return refused end
 migrate_legacy(function()
   local numbers, listed = {}, {}
@@ -673,7 +671,8 @@ DEQUEUE = (
 -- ARGV: max, lease_ms, requeue_limit
 -- Returns {now (ms, the shard's clock: when it leased them), a flat list, five items per
 -- leased message: lease, id, number, attempt, body}; a receipt names its lease.
-local corrupt = check_shared_keys()
+local corrupt = check_shared_keys(
+  {{READY, 'zset'}, {LEASES, 'zset'}, {P .. 'quarantine', 'hash'}}, {'rq:lease_seq', COUNT})
 if corrupt then return corrupt end
 migrate_legacy()
 local now = now_ms()
@@ -827,7 +826,8 @@ ACK = (
 local now = now_ms()
 local window = tonumber(ARGV[2])
 local seen_now = P .. 'seen:' .. math.floor(now / 1000 / window)
-local corrupt = check_shared_keys({{seen_now, 'hash'}})
+local corrupt = check_shared_keys(
+  {{LEASES, 'zset'}, {P .. 'quarantine', 'hash'}, {seen_now, 'hash'}}, {COUNT})
 if corrupt then return corrupt end
 migrate_legacy(function()
   local leases = {}
@@ -923,7 +923,7 @@ SET_RATE = (
     _PRELUDE
     + r"""
 -- ARGV: fence_epoch, number, rate ("rate:burst")
-local refused = check_fence(ARGV[1]) or check_shared_keys()
+local refused = check_fence(ARGV[1]) or check_shared_keys({{READY, 'zset'}}, {'rq:barrier'})
 if refused then return refused end
 migrate_legacy(function() return {ARGV[2]}, nil end)
 local number = ARGV[2]

@@ -207,22 +207,25 @@ def test_an_enqueue_finding_a_queue_of_another_type_writes_nothing_of_its_batch(
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
-    [("rq:lease_seq", "garbage"), ("rq:v2:count", "1.5"), ("rq:barrier", "x"),
-     ("rq:lease_seq", str(2**53)),  # past what a lease's sequence number counts exactly
-     ("rq:v2:ready", "not a zset"), ("rq:v2:quarantine", "not a hash")],
+    ("key", "value", "refused"),
+    [("rq:lease_seq", "garbage", "dequeue"), ("rq:v2:count", "1.5", "enqueue"),
+     ("rq:v2:count", "1.5", "dequeue"), ("rq:barrier", "x", "enqueue"),
+     ("rq:lease_seq", str(2**53), "dequeue"),  # past what a lease number counts exactly
+     ("rq:v2:ready", "not a zset", "enqueue"), ("rq:v2:ready", "not a zset", "dequeue"),
+     ("rq:v2:quarantine", "not a hash", "dequeue")],
 )  # fmt: skip
-def test_a_shared_key_that_is_corrupt_refuses_every_call_naming_it_with_nothing_written(
-    shard: LocalCluster, client: RatequeueClient, key: str, value: str
+def test_a_shared_key_that_is_corrupt_refuses_the_calls_writing_it_with_nothing_written(
+    shard: LocalCluster, client: RatequeueClient, key: str, value: str, refused: str
 ) -> None:
     client.enqueue(NUMBER, "a", "a1")
+    call = {"enqueue": lambda: client.enqueue(NUMBER, "b", "b1"),
+            "dequeue": lambda: client.dequeue(10, 30)}[refused]  # fmt: skip
     with primary(shard) as conn:
         before = {k: conn.dump(k) for k in conn.keys("rq:v2:[nq]:*")}
         saved = conn.dump(key)
         conn.set(key, value)
-        for call in (lambda: client.enqueue(NUMBER, "b", "b1"), lambda: client.dequeue(10, 30)):
-            with pytest.raises(Exception, match=f"CORRUPTKEY {key}"):
-                call()
+        with pytest.raises(Exception, match=f"CORRUPTKEY {key}"):
+            call()
         assert {k: conn.dump(k) for k in conn.keys("rq:v2:[nq]:*")} == before
         conn.delete(key)
         if saved is not None:  # as it was, so the queue goes on
