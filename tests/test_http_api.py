@@ -633,7 +633,7 @@ def test_a_shard_script_failing_on_unexpected_data_answers_503_never_500(
     http: httpx.Client, cluster: LocalCluster
 ) -> None:
     with cluster.shards[0].primary.client() as conn:
-        conn.hset(state_key(ON_S0), mapping={"r": "1:1", "s": "not a number", "t": "0"})
+        conn.set(state_key(ON_S0), "not a hash")  # the number's state of the wrong type
     response = http.post(messages_url(ON_S0), json={"id": "m-1", "body": "hello"})
     assert_error(response, 503, "shard_script_failed", "s0")
 
