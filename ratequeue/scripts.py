@@ -254,6 +254,11 @@ local function check_shared_keys(kinds, counters)
   return nil
 end
 
+-- The segments of an entry that does not parse, as far as they read (1 if they do not).
+local function readable_segments(entry)
+  return tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1
+end
+
 -- An entry that does not parse is set aside for a person (rq:v2:quarantine, as `what`). If it
 -- was a held message (its id, `id` when the caller knows it from a lease, else as far as the
 -- entry reads, has a fingerprint in its number's hash), it is no longer held: the fingerprint,
@@ -266,7 +271,7 @@ local function set_aside_held(number, what, why, entry, id, now)
   local key = P .. 'n:' .. number
   id = id or string.match(entry, '^[^|]*|[^|]*|([^|]*)|')
   if not id or redis.call('HDEL', key, '@' .. id) == 0 then return end
-  local segments = tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1
+  local segments = readable_segments(entry)
   local held = stored_number(redis.call('HGET', key, 's'))
   if held > 0 then redis.call('HSET', key, 's', math.max(held - segments, 0)) end
   if redis.call('DECRBY', COUNT, 1) <= 0 then redis.call('DEL', COUNT) end
@@ -897,7 +902,7 @@ for _, number in ipairs(numbers) do
       else
         -- Set aside for a person, and no longer held (its segments as far as they read).
         quarantine(seqs[i] .. ':' .. number, 'leased entry does not parse', entry)
-        segments = segments + (tonumber(string.match(entry, '^[^|]*|(%d+)|')) or 1)
+        segments = segments + readable_segments(entry)
       end
     end
   end
