@@ -21,6 +21,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, TypeVar
@@ -125,25 +126,7 @@ class RedisProcess:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the process (SIGCONT first, in case an experiment left it paused)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGCONT)
-        deadline = time.monotonic() + timeout
-        # Redis ignores SIGTERM while it writes its initial AOF (right after a sync), so repeat it.
-        while self.alive() and time.monotonic() < deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            for _ in range(10):
-                if not self.alive():
-                    break
-                time.sleep(0.02)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        with _live_lock:
-            _live.discard(self)
+        stop_together([self], timeout=timeout)
 
     def restart(self, *, timeout: float = 10.0) -> None:
         """Start the node again on the same port, data directory and boot arguments."""
@@ -266,9 +249,38 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def stop_together(nodes: Sequence[RedisProcess], timeout: float = 5.0) -> None:
+    """Stop every node, all signalled at once (each shutdown fsyncs its AOF: one after the
+    other, a cluster's teardown costs their sum). SIGCONT first, in case an experiment left a
+    node paused; SIGKILL for whatever still runs after `timeout`."""
+    for node in nodes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    running = [node for node in nodes if node.alive()]
+    # Redis ignores SIGTERM while it writes its initial AOF (right after a sync), so repeat it.
+    while running and time.monotonic() < deadline:
+        for node in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGTERM)
+        for _ in range(10):
+            running = [node for node in running if node.alive()]
+            if not running:
+                break
+            time.sleep(0.02)
+    for node in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, signal.SIGKILL)
+    for node in nodes:
+        if node.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=timeout)
+        with _live_lock:
+            _live.discard(node)
+
+
 @atexit.register
 def _stop_everything_left() -> None:
     with _live_lock:
         left = list(_live)
-    for node in left:
-        node.stop(timeout=2.0)
+    stop_together(left, timeout=2.0)

@@ -19,7 +19,7 @@ import redis
 
 from common.errors import RedisStartError
 from common.nodes import SHARD_ROLES, Role
-from common.redis_processes import RedisProcess, StartOptions, start_redis
+from common.redis_processes import RedisProcess, StartOptions, start_redis, stop_together
 from ratequeue.membership import (
     boot_arguments,
     memory_limit,
@@ -223,11 +223,22 @@ class LocalCluster:
         with self.control.client() as conn:
             conn.set(TOPOLOGY_KEY, topology.model_dump_json())
             conn.publish(TOPOLOGY_CHANNEL, "1")
+        # The first sync of an empty primary goes through disk. A diskless sync puts its replica
+        # online only at the replica's first REPLCONF ACK after the primary has reaped the RDB
+        # child, which the replica's immediate ACK usually precedes; its next comes a second
+        # later, and `WAIT` falls short until then. Through disk the replica is online once the
+        # file is sent. Every later sync (a replica rejoining, a failover) is diskless as booted.
+        diskless: dict[str, str] = {}
         for shard in self.shards:
+            with shard.primary.client() as conn:
+                diskless[shard.id] = conn.config_get("repl-diskless-sync")["repl-diskless-sync"]
+                conn.config_set("repl-diskless-sync", "no")
             for replica in shard.replicas:
                 replica.attach_to(shard.primary)
         for shard in self.shards:
             wait_for_replicas_in_sync(shard.primary, shard.replicas)
+            with shard.primary.client() as conn:
+                conn.config_set("repl-diskless-sync", diskless[shard.id])
         # A new primary's replication id is final once its first replica synced: record it now
         # (a controller's shard keeper would, too).
         lineages = {shard.id: shard.primary.lineage() for shard in self.shards}
@@ -237,8 +248,7 @@ class LocalCluster:
         return topology
 
     def stop(self) -> None:
-        for node in reversed(self.nodes()):
-            node.stop()
+        stop_together(self.nodes())
 
     def __enter__(self) -> LocalCluster:
         return self
