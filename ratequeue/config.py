@@ -78,7 +78,7 @@ class ServiceSettings(BaseModel):
         4 * 1024 * 1024,
         ge=256,
         le=256 * 1024 * 1024,
-        description="bytes of one POST /v1/messages:batch request body",
+        description="bytes of one POST /v1/messages:batch or :ack request body",
     )
     max_lease_seconds: float = Field(
         3600, gt=0, description="the longest lease a dequeue may ask (seconds)"

@@ -68,7 +68,7 @@ from ratequeue.errors import (
 )
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.metrics import ServiceMetrics
-from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN
+from ratequeue.numbers import MAX_RAW_LENGTH, NUMBER_PATTERN, normalize_number
 from ratequeue.rates import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, Rate
 from ratequeue.sentinel_topology import SentinelTopologySource, majority
 from ratequeue.shard import RECEIPT_PATTERN, OutgoingMessage, ShardStats, parse_receipt
@@ -504,7 +504,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
     )
     async def ack(request: Request) -> dict:
         started = time.perf_counter()
-        payload = await read_json_model(request, AckRequest, settings.max_body_bytes)
+        # An ack answers a whole dequeue (up to max_dequeue receipts of up to ~150 bytes with
+        # long ids): it is held to the batch's body limit, not a single message's.
+        payload = await read_json_model(request, AckRequest, settings.max_batch_body_bytes)
         for index, receipt in enumerate(payload.receipts):
             try:
                 parse_receipt(receipt)
@@ -557,8 +559,8 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             )
         rate = Rate(per_second=payload.per_second, burst=payload.burst)
         shard = await client.set_rate(number, rate)
-        return {"number": number, "shard": shard, "per_second": rate.per_second,
-                "burst": rate.burst}  # fmt: skip
+        return {"number": normalize_number(number), "shard": shard,
+                "per_second": rate.per_second, "burst": rate.burst}  # fmt: skip
 
     @app.get("/v1/topology", response_model=None, responses=answers({200: Topology}, 503))
     async def topology() -> JSONResponse:

@@ -499,6 +499,26 @@ def test_an_ack_of_a_held_lease_answers_acked_1_and_the_message_is_gone(
     assert (info["depth"], info["held_segments"]) == (0, 0)
 
 
+def test_one_ack_carries_every_receipt_of_a_full_dequeue_with_the_longest_ids(
+    http: httpx.Client,
+) -> None:
+    # 1,000 receipts naming 128-character ids are about 150 KB: past the single-message limit.
+    assert http.put(f"/v1/numbers/{ON_S0}/rate",
+                    json={"per_second": 100_000, "burst": 1000}).status_code == 200  # fmt: skip
+    batch = [{"number": ON_S0, "id": f"{i:0128d}", "body": "x"} for i in range(1000)]
+    queued = http.post("/v1/messages:batch", json={"messages": batch})
+    assert [r["status"] for r in queued.json()["results"]] == [201] * 1000, queued.text
+    leased = http.post("/v1/messages:dequeue", json={"max": 1000, "lease_seconds": 60}).json()
+    receipts = [message["receipt"] for message in leased["messages"]]
+    assert len(receipts) == 1000 and len(json.dumps({"receipts": receipts})) > DEFAULT_BODY_LIMIT
+
+    response = http.post("/v1/messages:ack", json={"receipts": receipts})
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"acked": 1000}
+    assert http.get(f"/v1/numbers/{ON_S0}").json()["depth"] == 0
+
+
 def test_number_info_gives_depth_rate_and_next_eligible_time(http: httpx.Client) -> None:
     for i in range(3):
         enqueue(http, ON_S0, f"m{i}", f"m-{i}")
@@ -525,6 +545,15 @@ def test_a_rate_set_by_put_is_shown_by_get(http: httpx.Client) -> None:
     assert info["capacity_segments"] == int(7.5 * 36_000)
     other = http.get(f"/v1/numbers/{ON_S1}").json()
     assert other["rate"]["source"] == "default"
+
+
+def test_a_rate_set_for_a_number_written_with_separators_answers_its_canonical_form(
+    http: httpx.Client,
+) -> None:
+    response = http.put("/v1/numbers/(415)555-0100/rate", json={"per_second": 2})
+    assert response.status_code == 200, response.text
+    assert response.json()["number"] == ON_S0
+    assert http.get(f"/v1/numbers/{ON_S0}").json()["rate"]["per_second"] == 2
 
 
 def test_a_rate_stored_out_of_range_poisons_no_queue_and_loses_no_message(
