@@ -28,7 +28,7 @@ from chaos.load import LoadProfile
 from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common import input_files
 from common.durations import DurationSeconds, seconds_within
-from common.validation import validated
+from common.validation import quoted, validated
 
 Seconds = Annotated[float, Field(ge=0)]
 
@@ -75,6 +75,12 @@ class Selector(Strict):
         if self.member is not None and self.role != "etcd_member":
             raise ValueError(f"member is for an etcd_member target, not {self.role}")
         return self
+
+
+# What a selector's `shard` says when it names no shard (see Selector).
+SHARD_WORDS = frozenset({"random", "same", "other"})
+# Nodes of the coordination store, which belong to no shard: their selector's shard is unused.
+STORE_NODE_ROLES = frozenset({"etcd_member", "control_store"})
 
 
 class FaultStep(Strict):
@@ -336,6 +342,34 @@ class Experiment(Strict):
     @property
     def faults(self) -> list[FaultStep]:
         return [s for s in self.method if isinstance(s, FaultStep)]
+
+    def named_shards(self) -> list[tuple[str, str]]:
+        """The shards the method's selectors name outright (not random, same or other), each
+        with its field (`method.2.target.shard`): which shards a deployment has is known only
+        when a run has its deployment, so a file names them unchecked."""
+        named = []
+        for index, step in enumerate(self.method):
+            if not isinstance(step, FaultStep):
+                continue
+            for place, selector in (("target", step.target), ("from_node", step.from_node)):
+                if (
+                    selector is not None
+                    and selector.shard not in SHARD_WORDS
+                    and selector.role not in STORE_NODE_ROLES
+                ):
+                    named.append((f"method.{index}.{place}.shard", selector.shard))
+        return named
+
+    def unknown_shards(self, shard_ids: list[str]) -> list[str]:
+        """What is wrong with the shards the method names, for a deployment of `shard_ids`:
+        a sentence per selector naming one it does not have, its field and the shards there
+        are (none: every named shard is there)."""
+        there = ", ".join(shard_ids) or "none"
+        return [
+            f"field '{field}': no shard {quoted(shard)} in this deployment (its shards: {there})"
+            for field, shard in self.named_shards()
+            if shard not in shard_ids
+        ]
 
 
 class TestbedOverrides(Strict):

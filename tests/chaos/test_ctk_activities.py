@@ -104,3 +104,13 @@ def test_a_pause_of_a_negative_length_is_refused_naming_the_field_and_nothing_is
     with pytest.raises(ExperimentError, match="field 'duration': must be more than 0 s and at"):
         actions.pause(role="primary", shard="s0", seconds=-3, configuration=configuration)
     assert answers(cluster, "s0")
+
+
+def test_a_fault_on_a_shard_the_cluster_lacks_is_refused_naming_the_shards_there(
+    configuration: dict[str, str], cluster: LocalCluster
+) -> None:
+    with pytest.raises(
+        TargetError, match=r"no shard 's99' in this deployment \(its shards: s0, s1"
+    ):
+        actions.kill(role="primary", shard="s99", configuration=configuration)
+    assert answers(cluster, "s0") and answers(cluster, "s1")
