@@ -397,6 +397,14 @@ def validate(experiments: list[Path] = typer.Argument(...)) -> None:
             f"ok: {escape(str(path))}: {escape(experiment.title)} ({len(experiment.method)} steps, "
             f"{len(experiment.hypotheses)} hypotheses)"
         )
+        # Which shards there are is the deployment's (a target's, or the testbed a run
+        # starts): a file alone cannot say whether a shard it names exists.
+        for field, shard in experiment.named_shards():
+            console.print(
+                f"  note: field '{field}' names shard {escape(repr(shard))}: not checked here; "
+                "a run (and `run --dry-run`) checks it against the deployment's shards before "
+                "anything starts"
+            )
     if failed:
         raise typer.Exit(1)
 

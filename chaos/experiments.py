@@ -27,10 +27,19 @@ from chaos.faults.base import CPU_MAX_CORES, CPU_MAX_LENGTH, FAULT_ACTIONS
 from chaos.load import LoadProfile
 from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common import input_files
-from common.durations import DurationSeconds, parse_duration
-from common.validation import validated
+from common.durations import DurationSeconds, seconds_within
+from common.validation import quoted, validated
 
 Seconds = Annotated[float, Field(ge=0)]
+
+# The longest a run's load lasts (`load.duration`): a step later than that, or a fault that
+# lasts longer, happens after the run has ended; more is a typo (`99999999h`), not a test.
+DAY = 24 * 3600.0
+# A step's time from the load's start: never before it, never after the longest load.
+StepTime = Annotated[DurationSeconds, seconds_within(0, DAY)]
+# How long a fault lasts before it rolls back by itself, or a wait (a probe's, the outcome's):
+# 0 s is no fault and no wait.
+Length = Annotated[DurationSeconds, seconds_within(0, DAY, above=True)]
 
 
 class Strict(BaseModel):
@@ -40,7 +49,7 @@ class Strict(BaseModel):
 class LoadSettings(LoadProfile):
     """The load profile plus how long producers run in all (the fault happens inside)."""
 
-    duration: DurationSeconds = Field(12.0, gt=0, le=24 * 3600)
+    duration: DurationSeconds = Field(12.0, gt=0, le=DAY)
     drain_seconds: DurationSeconds = Field(
         30.0, ge=0, le=3600, description="wait for deliveries after"
     )
@@ -68,14 +77,20 @@ class Selector(Strict):
         return self
 
 
+# What a selector's `shard` says when it names no shard (see Selector).
+SHARD_WORDS = frozenset({"random", "same", "other"})
+# Nodes of the coordination store, which belong to no shard: their selector's shard is unused.
+STORE_NODE_ROLES = frozenset({"etcd_member", "control_store"})
+
+
 class FaultStep(Strict):
     action: Literal[FAULT_ACTIONS]  # type: ignore[valid-type]
     target: Selector
     backend: Literal["local", "docker", "gremlin"] | None = Field(
         None, description="fault backend; default: the deployment's default_backend"
     )
-    at: float = Field(2.0, description="seconds after the load starts")
-    duration: float | None = Field(None, description="roll back by itself after this long")
+    at: StepTime = Field(2.0, description="seconds after the load starts")
+    duration: Length | None = Field(None, description="roll back by itself after this long")
     when: Literal["now", "workflow_running", "workflow_waiting"] = "now"
     latency_ms: int | None = Field(None, gt=0, le=60_000)
     from_node: Selector | None = Field(None, description="blackhole: cut only this node's path")
@@ -83,11 +98,6 @@ class FaultStep(Strict):
     cores: StrictInt | None = Field(
         None, ge=1, le=CPU_MAX_CORES, description="cpu: how many cores to keep busy (default: all)"
     )
-
-    @field_validator("at", "duration", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float | None:
-        return None if value is None else parse_duration(value)
 
     @model_validator(mode="after")
     def _latency_needs_ms(self) -> FaultStep:
@@ -114,18 +124,27 @@ class ApproveStep(Strict):
     """Approve a waiting workflow gate through a live controller node."""
 
     approve: str = Field(description="the gate's step name")
-    at: DurationSeconds = 0.0
+    at: StepTime = 0.0
     when: Literal["now", "workflow_running", "workflow_waiting"] = "workflow_waiting"
+
+    @field_validator("approve")
+    @classmethod
+    def _names_a_gate(cls, value: str) -> str:
+        # An empty name matches no gate: the step would wait out the run approving nothing.
+        if not value.strip():
+            raise ValueError("must name the gate's step (a workflow step name), not be empty")
+        return value
 
 
 def _method_step_kind(value: Any) -> str:
+    # Tags unlike any field's name: an error's location hides them, and must not hide a field.
     if isinstance(value, ApproveStep) or (isinstance(value, dict) and "approve" in value):
-        return "approve"
-    return "fault"
+        return "approve_step"
+    return "fault_step"
 
 
 MethodStep = Annotated[
-    Annotated[FaultStep, Tag("fault")] | Annotated[ApproveStep, Tag("approve")],
+    Annotated[FaultStep, Tag("fault_step")] | Annotated[ApproveStep, Tag("approve_step")],
     Discriminator(_method_step_kind),
 ]
 
@@ -142,7 +161,7 @@ class Probe(Strict):
         "replicas_attached",
     ]
     after: bool = True
-    timeout: DurationSeconds = Field(10.0, gt=0)
+    timeout: Length = 10.0
 
 
 class RecoveredWithin(Strict):
@@ -261,7 +280,7 @@ class Experiment(Strict):
     load: LoadSettings = LoadSettings()
     steady_state: list[Probe] = Field(default_factory=list)
     method: list[MethodStep] = Field(min_length=1)
-    watch_seconds: DurationSeconds = Field(20.0, gt=0, description="longest wait for the outcome")
+    watch_seconds: Length = Field(20.0, description="longest wait for the outcome")
     expect: Literal["remediation", "escalation", "nothing"] = "remediation"
     hypotheses: list[Hypothesis] = Field(min_length=1)
     rollbacks: list[Rollback] = Field(default_factory=list)
@@ -324,6 +343,34 @@ class Experiment(Strict):
     def faults(self) -> list[FaultStep]:
         return [s for s in self.method if isinstance(s, FaultStep)]
 
+    def named_shards(self) -> list[tuple[str, str]]:
+        """The shards the method's selectors name outright (not random, same or other), each
+        with its field (`method.2.target.shard`): which shards a deployment has is known only
+        when a run has its deployment, so a file names them unchecked."""
+        named = []
+        for index, step in enumerate(self.method):
+            if not isinstance(step, FaultStep):
+                continue
+            for place, selector in (("target", step.target), ("from_node", step.from_node)):
+                if (
+                    selector is not None
+                    and selector.shard not in SHARD_WORDS
+                    and selector.role not in STORE_NODE_ROLES
+                ):
+                    named.append((f"method.{index}.{place}.shard", selector.shard))
+        return named
+
+    def unknown_shards(self, shard_ids: list[str]) -> list[str]:
+        """What is wrong with the shards the method names, for a deployment of `shard_ids`:
+        a sentence per selector naming one it does not have, its field and the shards there
+        are (none: every named shard is there)."""
+        there = ", ".join(shard_ids) or "none"
+        return [
+            f"field '{field}': no shard {quoted(shard)} in this deployment (its shards: {there})"
+            for field, shard in self.named_shards()
+            if shard not in shard_ids
+        ]
+
 
 class TestbedOverrides(Strict):
     """What `ratequeue-chaos run` options set over every file's own (None: the file's)."""
@@ -349,7 +396,7 @@ def parse_experiment(
     def checked(fields: object) -> Experiment:
         # The method's union tags are not fields a person wrote.
         return validated(Experiment, fields, source, error=ExperimentError,
-                         hide={"fault", "approve"})  # fmt: skip
+                         hide={"fault_step", "approve_step"})  # fmt: skip
 
     replaced = {} if overrides is None else overrides.model_dump(exclude_none=True)
     if not replaced or not isinstance(raw, dict):

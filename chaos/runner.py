@@ -134,6 +134,11 @@ class ExperimentRunner:
             self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
             shard_ids = [s.id for s in before.shards]
+            # Before any load or fault: a step naming a shard the deployment lacks would
+            # fail half-way, with the load running and earlier faults in.
+            unknown = experiment.unknown_shards(shard_ids)
+            if unknown:
+                raise RunAborted("; ".join(unknown) + "; nothing was touched")
             named = next((f.target.shard for f in experiment.faults
                           if f.target.shard in shard_ids), None)  # fmt: skip
             choice = ShardChoice(shard_ids, self.rng, named)
@@ -201,13 +206,16 @@ class ExperimentRunner:
         """The plan and nothing else: no lock, load, fault or rollback, and no journal file (a
         plan did not happen). The shards come from the live topology, read only, or are
         `shard_ids` (a testbed the dry run does not start). An unreachable control store
-        raises TargetError naming it."""
+        raises TargetError naming it, and so does a step naming a shard not among them."""
         journal = self._new_journal(experiment, source, dry_run=True)
         try:
             if shard_ids is None:
                 shard_ids = [s.id for s in self.deployment.topology().shards]
         finally:
             self._http.close()
+        unknown = experiment.unknown_shards(shard_ids)
+        if unknown:
+            raise TargetError("; ".join(unknown))
         self._plan_into(journal, experiment, ShardChoice(shard_ids, self.rng))
         journal.status = "completed"
         journal.ended_at = time.time()

@@ -12,11 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from chaos.cron_schedule import CronSchedule
 from chaos.testbed import AckMode, ControlBackend, FailoverManager
-from common.durations import parse_duration
+from common.durations import check_within, parse_duration
 from common.errors import SettingProblem
 from common.settings import Setting
 from common.validation import HttpUrlText
@@ -31,19 +39,27 @@ def _cron_text(expression: str | None) -> str | None:
 # `90`, `500ms`, `4h`: seconds (`common.durations`).
 AS_DURATION = (BeforeValidator(parse_duration), Setting(metavar="DURATION"))
 
+# The shortest --every: a run leaves shards failing over and replicas resyncing, and the next
+# run's steady-state probes need the testbed settled; back to back (`--every 0`), each run would
+# measure the last one's aftermath. Read when a setting is checked (a test may lower it).
+MIN_EVERY = 60.0
+# The longest --every or --jitter: a schedule rarer than monthly is not one, and times far past
+# it overflow the platform's clock (`--every 99999999h` crashed the scheduler's log line).
+MAX_EVERY = 30 * 24 * 3600.0
+
 
 class ScheduleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: Path | None = Field(None, description="deployment file (unset: the embedded testbed)")
     every: Annotated[float | None, *AS_DURATION] = Field(
-        None, description="run again every DURATION (e.g. 4h)"
+        None, description="run again every DURATION (e.g. 4h; 1 min to 30 days)"
     )
     cron: Annotated[str | None, AfterValidator(_cron_text), Setting(metavar="EXPRESSION")] = Field(
         None, description="run at the times a cron expression names, in UTC ('0 */4 * * *')"
     )
     jitter: Annotated[float, *AS_DURATION] = Field(
-        0.0, ge=0, description="random +/- DURATION around --every"
+        0.0, description="random +/- DURATION around --every (at most 30 days)"
     )
     journal_dir: Path = Field(Path("chaos-journals"), description="where runs are journaled")
     allow_prod: bool = Field(False, description="allow a prod target")
@@ -75,6 +91,16 @@ class ScheduleSettings(BaseModel):
     ack: AckMode | None = Field(
         None, description="the embedded testbed's enqueue acknowledgement, over each file's `ack`"
     )
+
+    @field_validator("every")
+    @classmethod
+    def _every_in_range(cls, value: float | None) -> float | None:
+        return None if value is None else check_within(value, MIN_EVERY, MAX_EVERY)
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter_in_range(cls, value: float) -> float:
+        return check_within(value, 0, MAX_EVERY)
 
     @model_validator(mode="after")
     def _one_schedule(self) -> ScheduleSettings:

@@ -33,7 +33,7 @@ from chaos.testbed import (
 from common import input_files
 from common.errors import EtcdUnreachable
 from common.nodes import HTTP_ROLES, PEER_HOST, peer_host_of
-from common.validation import HttpUrlText, RedisUrlText, describe_problems, validated
+from common.validation import HttpUrlText, RedisUrlText, describe_problems, quoted, validated
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.sentinel_topology import SentinelTopologySource, parse_sentinel_addresses
@@ -256,6 +256,7 @@ class ShardChoice:
         """`named`: the shard a step names outright; the run's shard is then that one."""
         if not shard_ids:
             raise TargetError("the topology has no shards")
+        self.shard_ids = shard_ids
         self.chosen = named if named in shard_ids else rng.choice(shard_ids)
         others = [s for s in shard_ids if s != self.chosen]
         self.other = rng.choice(others) if others else None
@@ -267,4 +268,9 @@ class ShardChoice:
             if self.other is None:
                 raise TargetError("'shard: other' needs at least two shards")
             return self.other
+        if wanted not in self.shard_ids:
+            # A run checks its steps' shards before it starts (`Experiment.unknown_shards`);
+            # this is for a caller that did not (a CTK action with its own arguments).
+            there = ", ".join(self.shard_ids)
+            raise TargetError(f"no shard {quoted(wanted)} in this deployment (its shards: {there})")
         return wanted

@@ -1,6 +1,7 @@
 """Durations as people write them in YAML files and on command lines (`90`, `500ms`, `5s`,
-`10m`, `4h`), turned into seconds. Shared by the workflow definitions, the service profiles and
-the chaos experiments and CLI. Not for: clocks, deadlines or sleeping.
+`10m`, `4h`), turned into seconds, and their bounds said the way people read them (`at least
+0 s and at most 1 day`). Shared by the workflow definitions, the service profiles and the chaos
+experiments and CLI. Not for: clocks, deadlines or sleeping.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from common.validation import kind_of, quoted
 
@@ -36,3 +37,38 @@ def parse_duration(value: object) -> float:
 # A model field in seconds that a file may write as a duration (`timeout: 5s`); its bounds go
 # in the field's own `Field(...)`.
 DurationSeconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+# Largest first: a length is said in the largest unit that divides it.
+_SPOKEN_UNITS = (("day", 86400.0), ("h", 3600.0), ("min", 60.0))
+
+
+def spoken(seconds: float) -> str:
+    """A length as people read it: `1 day`, `30 days`, `2 h`, `1 min`, `1.5 s`."""
+    for unit, size in _SPOKEN_UNITS:
+        if abs(seconds) >= size and seconds % size == 0:
+            count = seconds / size
+            plural = "s" if unit == "day" and count != 1 else ""
+            return f"{_number(count)} {unit}{plural}"
+    return f"{_number(seconds)} s"
+
+
+def _number(value: float) -> str:
+    # Whole numbers in full: `99999999 h` says what was typed, `1e+08 h` does not.
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def check_within(seconds: float, low: float, high: float, *, above: bool = False) -> float:
+    """`seconds` if it is from `low` (more than `low` with `above`) to `high`; otherwise a
+    ValueError that says the whole range (pydantic's own bounds name one side only)."""
+    too_low = seconds <= low if above else seconds < low
+    if too_low or seconds > high:
+        lower = f"more than {spoken(low)}" if above else f"at least {spoken(low)}"
+        raise ValueError(f"must be {lower} and at most {spoken(high)}, not {spoken(seconds)}")
+    return seconds
+
+
+def seconds_within(low: float, high: float, *, above: bool = False) -> AfterValidator:
+    """The bounds of a DurationSeconds field (`Annotated[DurationSeconds, seconds_within(0,
+    DAY)]`), refused as `check_within` says."""
+    return AfterValidator(lambda seconds: check_within(seconds, low, high, above=above))

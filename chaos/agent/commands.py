@@ -8,6 +8,7 @@ Not for: whether a plan may touch a given node (`execution.check_plan`), or runn
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +83,17 @@ _ACTION = {
 }
 
 
+# Gremlin's CLI reads its numbers with Go's strconv.Atoi: ASCII digits, an optional sign, nothing
+# else. Python's int() takes more (other scripts' digits: '٨٠' is 80; '8_0'; spaces around), so a
+# flag it would take is not one Gremlin would.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _int(value: str, where: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise AgentError(400, f"{quoted(value)} is not an integer", where) from None
+    if not _INTEGER.fullmatch(value):
+        problem = f"{quoted(value)} is not an integer (ASCII digits 0-9, as Gremlin's CLI takes)"
+        raise AgentError(400, problem, where)
+    number = int(value)
     if not low <= number <= high:
         raise AgentError(400, f"{quoted(number)} is outside {low}..{high}", where)
     return number

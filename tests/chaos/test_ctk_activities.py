@@ -14,7 +14,7 @@ import redis
 
 from chaos.ctk import actions, probes
 from chaos.ctk.session import DEFAULT_JOURNAL_DIR, forget_sessions, session_for
-from chaos.errors import RunAborted, TargetError
+from chaos.errors import ExperimentError, RunAborted, TargetError
 from ratequeue.local_cluster import LocalCluster
 
 
@@ -96,3 +96,21 @@ def test_a_journal_directory_that_is_not_a_path_is_refused_naming_the_key(
     refused = {**configuration, "ratequeue_journal_dir": 7}
     with pytest.raises(TargetError, match="ratequeue_journal_dir: expected the path"):
         session_for(refused)
+
+
+def test_a_pause_of_a_negative_length_is_refused_naming_the_field_and_nothing_is_paused(
+    configuration: dict[str, str], cluster: LocalCluster
+) -> None:
+    with pytest.raises(ExperimentError, match="field 'duration': must be more than 0 s and at"):
+        actions.pause(role="primary", shard="s0", seconds=-3, configuration=configuration)
+    assert answers(cluster, "s0")
+
+
+def test_a_fault_on_a_shard_the_cluster_lacks_is_refused_naming_the_shards_there(
+    configuration: dict[str, str], cluster: LocalCluster
+) -> None:
+    with pytest.raises(
+        TargetError, match=r"no shard 's99' in this deployment \(its shards: s0, s1"
+    ):
+        actions.kill(role="primary", shard="s99", configuration=configuration)
+    assert answers(cluster, "s0") and answers(cluster, "s1")

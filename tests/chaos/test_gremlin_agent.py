@@ -243,6 +243,27 @@ def test_a_malformed_command_gets_400_naming_the_field(
     assert answers(served.nodes["s0-primary"])
 
 
+@pytest.mark.parametrize(
+    ("kind", "args", "field"),
+    [
+        ("blackhole", ["-l", "10", "-p", "\u0668\u0660"], "command.args -p"),  # Arabic-Indic 80
+        ("process_pause", ["-l", "\u0661\u0660"], "command.args -l"),  # Arabic-Indic 10
+        ("process_pause", ["-l", "1_0"], "command.args -l"),
+        ("process_pause", ["-l", " 10"], "command.args -l"),
+    ],
+)  # fmt: skip
+def test_a_number_not_in_ascii_digits_gets_400_naming_the_flag(
+    served: ServedAgent, kind: str, args: list[str], field: str
+) -> None:
+    answer = served.post({"command": {"type": kind, "args": args},
+                          "target": hosts_target("s0-primary")})  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == field
+    assert "is not an integer (ASCII digits 0-9" in answer.json()["message"], answer.text
+    assert served.agent.attacks == {}
+    assert answers(served.nodes["s0-primary"])
+
+
 def test_a_body_that_is_not_json_gets_400_and_an_unknown_attack_404(served: ServedAgent) -> None:
     answer = httpx.post(f"{served.url}/attacks", content=b"{not json",
                         params={"teamId": TEAM}, headers={"Authorization": f"Key {API_KEY}"},

@@ -11,6 +11,12 @@ from pathlib import Path
 
 PROJECT = Path(__file__).parents[2]
 SCENARIOS = PROJECT / "scenarios"
+# `python -m chaos` with the shortest --every lowered from a minute, so a schedule's runs come
+# within a second (the interval is not what these tests are about).
+QUICK_SCHEDULE = (
+    "import chaos.schedule_settings as settings; settings.MIN_EVERY = 0.05; "
+    "from chaos.cli import app; app()"
+)
 
 
 def test_run_json_prints_one_document_with_each_runs_journal(tmp_path: Path) -> None:
@@ -32,8 +38,9 @@ def test_a_scheduled_run_json_prints_one_journal_per_line_as_each_run_ends(
     tmp_path: Path,
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "replica_kill.yaml"), "--dry-run",
-         "--json", "--every", "100ms", "--runs", "2", "--journal-dir", str(tmp_path / "j")],
+        [sys.executable, "-c", QUICK_SCHEDULE, "run", str(SCENARIOS / "replica_kill.yaml"),
+         "--dry-run", "--json", "--every", "100ms", "--runs", "2",
+         "--journal-dir", str(tmp_path / "j")],
         capture_output=True, text=True, timeout=120, cwd=PROJECT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -597,3 +597,62 @@ def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalClust
             pass
     with run_lock(deployment, "after", ttl_seconds=30):
         pass  # given back when the run ended
+
+
+def naming_shard(tmp_path: Path, shard: str) -> Path:
+    """An experiment whose one step kills the primary of `shard`, named outright."""
+    experiment = tmp_path / "named_shard.yaml"
+    experiment.write_text(
+        "title: A named shard\nload: {numbers: 10, enqueue_per_second: 10, duration: 5s}\n"
+        f"method:\n  - {{action: kill, target: {{role: primary, shard: {shard}}}, at: 1s}}\n"
+        "hypotheses:\n  - {type: one_primary_per_shard}\n"
+    )
+    return experiment
+
+
+def test_a_run_naming_a_shard_the_deployment_lacks_aborts_before_the_load_naming_the_field(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    from chaos.experiments import load_experiment
+    from chaos.runner import ExperimentRunner
+
+    deployment = Deployment(api=f"http://{CLIENT_HOST}:1", control=store.control.url)
+    runner = ExperimentRunner(deployment, journal_dir=tmp_path / "j")
+    journal = runner.run(load_experiment(naming_shard(tmp_path, "s99")))
+    assert journal.status == "aborted", journal.errors
+    assert journal.errors == [
+        "field 'method.0.target.shard': no shard 's99' in this deployment (its shards: s0); "
+        "nothing was touched"
+    ]
+    assert journal.moment("load_started") is None and journal.faults == []
+
+
+def test_a_dry_run_naming_a_shard_the_target_lacks_is_refused_naming_the_field_and_shards(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: {store.control.url}\n")
+    result = CliRunner().invoke(app, ["run", str(naming_shard(tmp_path, "s99")), "--target",
+                                      str(target), "--dry-run", "--journal-dir",
+                                      str(tmp_path / "j")])  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert "dry run) failed:" in output and "kill primary of s99" not in output
+    assert "field 'method.0.target.shard': no shard 's99' in this deployment (its shards: s0)" in (
+        output
+    )
+
+
+def test_a_dry_run_naming_a_shard_the_embedded_testbed_lacks_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", str(naming_shard(tmp_path, "s99")), "--dry-run",
+                                      "--journal-dir", str(tmp_path / "j")])  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert "no shard 's99' in this deployment (its shards: s0, s1, s2)" in output
+
+
+def test_validate_says_a_named_shard_is_checked_when_the_experiment_runs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", str(naming_shard(tmp_path, "s99"))])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "field 'method.0.target.shard' names shard 's99': not checked here" in output

@@ -14,13 +14,22 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chaos import scheduler
+from chaos import schedule_settings, scheduler
 from chaos.cli import app
 from chaos.experiments import Experiment
 from chaos.journal import Journal
 from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 SCENARIO = Path(__file__).parents[2] / "scenarios" / "replica_kill.yaml"
+
+
+@pytest.fixture(autouse=True)
+def quick_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortest --every lowered from a minute: these schedules' runs are stand-ins that
+    leave nothing to settle, and come within a second."""
+    monkeypatch.setattr(schedule_settings, "MIN_EVERY", 0.05)
+
+
 VERDICTS = ["passed", "failed", "passed"]
 
 

@@ -1,5 +1,6 @@
-"""A method's fault steps as an experiment file gives them: the cpu step's own params (`cores`,
-and the duration it needs) are checked up front, with the field and the reason.
+"""A method's steps as an experiment file gives them: the cpu step's own params (`cores`, and
+the duration it needs), every step's time and length, an approval's gate, and the waits
+(`watch_seconds`, a probe's `timeout`) are checked up front, with the field and the reason.
 
 Not for: carrying the faults out (tests/chaos) or the other parts of an experiment file
 (tests/test_bad_files.py).
@@ -38,7 +39,7 @@ def test_a_cpu_step_takes_cores_and_a_duration() -> None:
         ("{action: cpu, target: {role: primary}, cores: '2', duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}}", "needs a duration"),
         ("{action: cpu, target: {role: primary}, duration: 0.5s}", "duration must be 1 s"),
-        ("{action: cpu, target: {role: primary}, duration: 25h}", "duration must be 1 s"),
+        ("{action: cpu, target: {role: primary}, duration: 25h}", "at most 1 day, not 25 h"),
         ("{action: pause, target: {role: primary}, cores: 2}", "cores is for a cpu fault"),
     ],
 )
@@ -47,3 +48,53 @@ def test_a_cpu_param_out_of_place_is_refused_naming_it(step: str, problem: str) 
         parse_experiment(experiment(step), "bad.yaml")
     message = str(refused.value)
     assert "bad.yaml" in message and problem in message, message
+
+
+@pytest.mark.parametrize(
+    ("step", "field", "bounds"),
+    [
+        ("{action: kill, target: {role: primary}, at: -5}", "method.0.at",
+         "must be at least 0 s and at most 1 day, not -5 s"),
+        ("{action: kill, target: {role: primary}, at: 25h}", "method.0.at",
+         "must be at least 0 s and at most 1 day, not 25 h"),
+        ("{action: pause, target: {role: primary}, duration: -3}", "method.0.duration",
+         "must be more than 0 s and at most 1 day, not -3 s"),
+        ("{action: pause, target: {role: primary}, duration: 0}", "method.0.duration",
+         "must be more than 0 s and at most 1 day, not 0 s"),
+        ("{action: pause, target: {role: primary}, duration: 99999999h}", "method.0.duration",
+         "must be more than 0 s and at most 1 day, not 99999999 h"),
+        ("{approve: failover, at: -1}", "method.0.at",
+         "must be at least 0 s and at most 1 day, not -1 s"),
+    ],
+)  # fmt: skip
+def test_a_step_time_or_length_out_of_range_is_refused_naming_the_field_and_the_range(
+    step: str, field: str, bounds: str
+) -> None:
+    with pytest.raises(ExperimentError) as refused:
+        parse_experiment(experiment(step), "bad.yaml")
+    assert f"field '{field}': {bounds}" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize("name", ['""', "'  '"])
+def test_an_approve_step_naming_no_gate_is_refused(name: str) -> None:
+    with pytest.raises(ExperimentError) as refused:
+        parse_experiment(experiment(f"{{approve: {name}}}"), "bad.yaml")
+    message = str(refused.value)
+    assert "field 'method.0.approve': must name the gate's step" in message, message
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ("watch_seconds: 99999999h\n", "watch_seconds"),
+        ("steady_state:\n  - {probe: api_healthy, timeout: 99999999h}\n", "steady_state.0.timeout"),
+    ],
+)
+def test_a_wait_longer_than_a_day_is_refused_naming_the_field_and_the_range(
+    fields: str, field: str
+) -> None:
+    text = experiment("{action: kill, target: {role: primary}}") + fields
+    with pytest.raises(ExperimentError) as refused:
+        parse_experiment(text, "bad.yaml")
+    message = str(refused.value)
+    assert f"field '{field}': must be more than 0 s and at most 1 day" in message, message

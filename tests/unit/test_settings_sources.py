@@ -91,6 +91,7 @@ EXAMPLES: dict[str, str | list[str]] = {
     "rate_limit_overrides": ["sms=3", "voice=40"],
     "shards": ["s0=127.0.0.1:7000", "s1=127.0.0.1:7001"],
     "cron": "0 */4 * * *",
+    "every": "4h",  # a schedule runs at most once a minute
     "journal_url": "https://chaos.example/journals",
 }
 
@@ -515,6 +516,31 @@ def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -
     assert code == 2, output
     assert output.startswith("ratequeue-chaos run: refusing to start: setting 'every' "
                              "(CHAOS_EVERY): "), output  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        (["--every", "0"], "setting 'every' (--every): must be at least 1 min and at most "
+                           "30 days, not 0 s"),
+        (["--every", "59s"], "setting 'every' (--every): must be at least 1 min and at most "
+                             "30 days, not 59 s"),
+        (["--every", "99999999h"], "setting 'every' (--every): must be at least 1 min and at "
+                                   "most 30 days, not 99999999 h"),
+        (["--every", "4h", "--jitter", "99999999h"], "setting 'jitter' (--jitter): must be at "
+                                                     "least 0 s and at most 30 days"),
+    ],
+)  # fmt: skip
+def test_a_schedule_interval_out_of_range_is_refused_naming_the_option_and_the_range(
+    start: Start, flags: list[str], refusal: str
+) -> None:
+    outcome = start(service_named("ratequeue-chaos run"), flags)
+    assert not isinstance(outcome, BaseModel), f"started with {flags}"
+    code, output = outcome
+    assert code == 2, output
+    assert " ".join(output.split()).startswith(
+        f"ratequeue-chaos run: refusing to start: {refusal}"
+    ), output
 
 
 # The names deployments and launchers use, listed as they use them (not made from the models, so
