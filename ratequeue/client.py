@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -99,6 +99,12 @@ class ClientSettings:
     # so 2,000 keep a call near 40 ms, far from the silence that counts as a stall (~0.7 s).
     # `enqueue_many` sends a larger share of one shard as calls of this size, one after another.
     max_messages_per_call: int = 2000
+    # The most message bytes one enqueue script call carries, counted as the bodies' characters
+    # (at least one message whatever its size). While a call runs, its arguments sit in the
+    # primary's memory twice (the query buffer and the script's argv) and count against
+    # maxmemory: a call of megabytes would be refused as a full shard by one that has room for
+    # each of its messages sent alone.
+    max_bytes_per_call: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -388,6 +394,24 @@ class AsyncRatequeueClient:
     def shard_for(self, number: str) -> Shard:
         return self.topology.shard_for_slot(slot_for(number))
 
+    def _calls(self, messages: list[OutgoingMessage], indexes: list[int]) -> Iterator[list[int]]:
+        """`indexes` (one shard's share of `messages`) cut, in order, into script calls of at
+        most `max_messages_per_call` messages and `max_bytes_per_call` bytes of bodies (a
+        larger message goes alone)."""
+        most_messages = max(1, self.settings.max_messages_per_call)
+        call: list[int] = []
+        size = 0
+        for i in indexes:
+            length = len(messages[i].body_json)
+            if call and (len(call) == most_messages
+                         or size + length > self.settings.max_bytes_per_call):  # fmt: skip
+                yield call
+                call, size = [], 0
+            call.append(i)
+            size += length
+        if call:
+            yield call
+
     @staticmethod
     def _route(number: str) -> Callable[[Topology], Shard]:
         """How `number` is routed by a topology (for `_with_retries`)."""
@@ -501,27 +525,28 @@ class AsyncRatequeueClient:
 
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
         """Queue prepared messages in one batch per shard, shards in parallel; a shard's share
-        larger than `settings.max_messages_per_call` goes as several calls, in order, each
-        acknowledged before the next is sent. Each entry of the result is the message's
-        acknowledgement or the error that refused it (QueueFull, IdConflict, ShardFull, a
-        RetryableError, or whatever else its shard's batch raised: an error of one shard is
-        never the answer of a message of another). A call that fails answers its messages and
-        every later message of its shard with its error (none of those was sent), so a
-        producer's retry keeps each number's order."""
+        larger than `settings.max_messages_per_call` messages or `settings.max_bytes_per_call`
+        bytes goes as several calls, in order, each acknowledged before the next is sent. Each
+        entry of the result is the message's acknowledgement or the error that refused it
+        (QueueFull, IdConflict, ShardFull, a RetryableError, or whatever else its shard's batch
+        raised: an error of one shard is never the answer of a message of another). A call that
+        fails answers its messages and every later message of its shard with its error (none of
+        those was sent), so a producer's retry keeps each number's order."""
         messages = list(messages)
         by_shard: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
             by_shard[self.shard_for(message.number).id].append(index)
         results: list[Enqueued | Exception] = [None] * len(messages)  # type: ignore[list-item]
-        per_call = max(1, self.settings.max_messages_per_call)
 
         async def enqueue_shard_share(indexes: list[int]) -> None:
-            for start in range(0, len(indexes), per_call):
-                if not await enqueue_shard_batch(indexes[start : start + per_call]):
-                    error = results[indexes[start]]
-                    for i in indexes[start + per_call :]:
+            start = 0
+            for call in self._calls(messages, indexes):
+                if not await enqueue_shard_batch(call):
+                    error = results[call[0]]
+                    for i in indexes[start + len(call) :]:
                         results[i] = error
                     return
+                start += len(call)
 
         async def enqueue_shard_batch(indexes: list[int]) -> bool:
             """One script call; False if it failed (its messages answered with the error)."""

@@ -449,6 +449,23 @@ def test_a_shards_share_larger_than_one_call_takes_goes_as_several_calls_in_orde
     assert [m.id for m in client.dequeue(100, 30)] == [f"m{i}" for i in range(35)]
 
 
+def test_a_shards_share_of_more_bytes_than_one_call_takes_goes_as_several_calls_in_order(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_bytes_per_call=1000)
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=100))
+    bodies = ["a" * 400, "b" * 400, "c" * 400, "d" * 2000, "e" * 10]  # as JSON: 402 chars and so on
+    with cluster.shards[0].primary.client() as conn:
+        before = enqueue_script_calls(conn)
+        results = client.enqueue_many(
+            client.prepare(NUMBER, b, f"m{i}") for i, b in enumerate(bodies)
+        )
+        assert enqueue_script_calls(conn) - before == 4  # a and b, c, d alone, e
+    assert {answer(r) for r in results} == {"new"}
+    assert [m.id for m in client.dequeue(100, 30)] == [f"m{i}" for i in range(5)]
+
+
 def test_a_failed_call_answers_the_rest_of_its_shards_share_with_its_error_unsent(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:
