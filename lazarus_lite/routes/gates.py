@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from common.http_contract import JsonBody, answers, read_json_model
 from lazarus_lite.errors import ApiError
-from lazarus_lite.gates import ALL, CATEGORIES
+from lazarus_lite.gates import ALL
 from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.shadow_report import shadow_report
+from lazarus_lite.workflow.definition import CATEGORIES
 
 router = APIRouter()
 
