@@ -1,14 +1,18 @@
 """YAML that people write (rules, workflows, experiments, targets, profiles, notification
 channels), parsed like `yaml.safe_load` but refusing documents whose aliases expand too far or
-whose nesting is too deep.
+refer to themselves, whose nesting is too deep, or whose mappings repeat a key.
 
 A few hundred bytes of nested aliases (a "billion laughs" file) describe a value of billions of
 nodes: PyYAML builds it as shared references in no time, but whatever walks it afterwards
 (validation, an error message that shows the value) never finishes. The size is counted on the
-parsed node graph before anything is built, in time proportional to the file. PyYAML composes
-one nested collection per level of recursion, so a few hundred `[` end in a RecursionError: the
-depth is counted while composing and refused long before that. Not for: reading files and
-reporting their problems (see `input_files`), JSON, or data that programs exchange.
+parsed node graph before anything is built, in time proportional to the file. An alias inside
+the collection it names (`a: &a [*a]`) makes a value that contains itself, which no walk ever
+finishes: it is refused while composing. PyYAML composes one nested collection per level of
+recursion, so a few hundred `[` end in a RecursionError: the depth is counted while composing
+and refused long before that. PyYAML keeps the last of two equal keys and drops the first
+silently (a second `checks: []` empties a rule's checks): a repeated key is refused, naming both
+lines. Not for: reading files and reporting their problems (see `input_files`), JSON, or data
+that programs exchange.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import Any
 
 import yaml
 
+from common.validation import bounded
+
 # Far above any hand-written file here (the largest shipped one has a few hundred nodes).
 MAX_EXPANDED_NODES = 100_000
+MERGE_TAG = "tag:yaml.org,2002:merge"
 # Shipped files nest 5 levels deep; each level costs the composer two Python frames, so this
 # stays far from the interpreter's recursion limit wherever the loader is called from.
 MAX_DEPTH = 100
@@ -33,11 +40,14 @@ class TooDeep(yaml.MarkedYAMLError):
 
 
 class _DepthBoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses to go deeper than MAX_DEPTH."""
+    """SafeLoader whose composer refuses to go deeper than MAX_DEPTH, an alias to a collection
+    that is still being composed (one that contains the alias), and a repeated mapping key."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        # Anchors of the collections being composed: an alias to one of them is a cycle.
+        self._open_anchors: dict[str, yaml.Mark] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
@@ -47,14 +57,52 @@ class _DepthBoundedLoader(yaml.SafeLoader):
                     problem=f"nested deeper than {MAX_DEPTH} levels; refused",
                     problem_mark=self.peek_event().start_mark,
                 )
-            return super().compose_node(parent, index)
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor in self._open_anchors:
+                    line = self._open_anchors[event.anchor].line + 1
+                    raise yaml.composer.ComposerError(
+                        problem=f"recursive alias *{bounded(event.anchor, 40)}: it is inside "
+                        f"the collection it names (anchored on line {line}); refused",
+                        problem_mark=event.start_mark,
+                    )
+                return super().compose_node(parent, index)
+            if event.anchor is None:
+                return super().compose_node(parent, index)
+            self._open_anchors[event.anchor] = event.start_mark
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                del self._open_anchors[event.anchor]
         finally:
             self._depth -= 1
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first_seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            # Merge keys are not data (`<<: *defaults` twice merges both); a collection as a
+            # key cannot be hashed, which the constructor refuses on its own.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+                continue
+            # Compared as built (`1` and `1.0`, `true` and `yes` are one dict key), so exactly
+            # what the built mapping would lose is refused.
+            key = self.construct_object(key_node, deep=True)
+            first = first_seen.setdefault(key, key_node)
+            if first is not key_node:
+                raise yaml.composer.ComposerError(
+                    problem=f"duplicate key {bounded(repr(key), 40)} (first on line "
+                    f"{first.start_mark.line + 1}); each key may appear once in a mapping",
+                    problem_mark=key_node.start_mark,
+                )
+        return node
 
 
 def _expanded_size(root: yaml.Node) -> int:
     sizes: dict[int, int] = {}
     # Post-order without recursion: a deep document must not exhaust the Python stack either.
+    # It ends because the composer refused cycles: a node that is its own descendant would be
+    # pushed again forever.
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()

@@ -4,7 +4,7 @@ parameter) and what was expected, and any value quoted in a message cut short: t
 of the project. Every package's strict loaders use it, so bad input reads the same everywhere
 and no message grows with the input (a 1 MB string in a field is quoted as its first few dozen
 characters). Also the URL fields that files people write share (`RedisUrlText`, `HttpUrlText`),
-and the secrets clients send in a header (`HeaderSecret`).
+the secrets clients send in a header (`HeaderSecret`), and a service's name (`ServiceName`).
 Not for: the models themselves, or reading files (see `input_files`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from redis.connection import parse_url
 
 # What a message may show of one value, of a field's location (mapping keys are the file's own
@@ -214,3 +214,23 @@ RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 # A secret compared with one a client sends in a header (see `header_secret_problem`).
 HeaderSecret = Annotated[str, AfterValidator(_header_secret)]
+
+# Blanks that may not begin or end a service's name; the published pattern says the same.
+_BLANKS = " \t\n\r\f\v"
+_SERVICE_PATTERN = r"^[^ \t\n\r\f\v]([\s\S]*[^ \t\n\r\f\v])?$"
+
+
+def _unpadded(value: str) -> str:
+    if value and (value[0] in _BLANKS or value[-1] in _BLANKS):
+        raise ValueError("must not begin or end with a space, a tab or a line break")
+    return value
+
+
+# A service's name wherever one is given: an event's `service`, and a service shadowed over
+# `/v1/shadow` (a name no event can carry would never match one). "ratequeue " is a typo, not a
+# second service: refused rather than kept apart from "ratequeue".
+ServiceName = Annotated[
+    str,
+    Field(min_length=1, max_length=128, json_schema_extra={"pattern": _SERVICE_PATTERN}),
+    AfterValidator(_unpadded),
+]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from common.validation import describe_problems, quoted
+from common.validation import ServiceName, describe_problems, quoted
 from detection.errors import InvalidEvent
 
 EventType = Literal[
@@ -41,7 +41,7 @@ class Event(BaseModel):
     type: EventType
     environment: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
     region: str = Field(min_length=1, max_length=64)
-    service: str = Field(min_length=1, max_length=128)
+    service: ServiceName
     shard: str | None = Field(None, max_length=64)
     host: str = Field(min_length=1, max_length=255, description="the entity the event is about")
     source: str = Field(min_length=1, max_length=255, description="who observed it")

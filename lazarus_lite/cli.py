@@ -12,6 +12,7 @@ from common.errors import InvalidSetting
 from common.settings_options import refuse_to_start, with_settings
 from common.version import add_version_option
 from lazarus_lite.settings import DEFINITIONS, ControllerSettings
+from lazarus_lite.workflow.definition import CATEGORIES
 
 app = typer.Typer(help="Lazarus-lite remediation controller.", no_args_is_help=True)
 rules_app = typer.Typer(help="Rule files.", no_args_is_help=True)
@@ -177,9 +178,7 @@ def _print_switches(engaged: dict) -> None:
 
 @killswitch_app.command("enable")
 def killswitch_enable(
-    category: str = typer.Option(
-        "all", "--category", help="failover | host_replacement | scaling | all"
-    ),
+    category: str = typer.Option("all", "--category", help=" | ".join([*CATEGORIES, "all"])),
     reason: str = typer.Option("", "--reason"),
     url: str = _url_option(),
     token: str = _token_option(),

@@ -28,7 +28,6 @@ from lazarus_lite.coordination.interface import CoordinationStore, SafetyFlags, 
 from lazarus_lite.settings import ControllerSettings
 
 ALL = "*"
-CATEGORIES = ("failover", "host_replacement", "scaling")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Fixtures: real redis-server clusters on free loopback ports, a sync client, the HTTP API
-served by uvicorn in a thread, and scenario runs on embedded testbeds (each run once per session).
-Everything started here is stopped at teardown, also on failure."""
+served by uvicorn in a thread, scenario runs on embedded testbeds (each run once per session), and
+a time limit for code that could loop forever. Everything started here is stopped at teardown,
+also on failure."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +80,27 @@ def testbeds_on_suite_control() -> Iterator[None]:
         yield
     finally:
         testbed.up = original
+
+
+@pytest.fixture
+def time_limit() -> Callable[[float], contextlib.AbstractContextManager[None]]:
+    """`with time_limit(seconds):` fails the test when the block runs longer: a loop that never
+    ends (in pure Python, in the main thread) fails instead of hanging the suite."""
+
+    @contextlib.contextmanager
+    def limit(seconds: float) -> Iterator[None]:
+        def expired(signum: int, frame: object) -> None:
+            pytest.fail(f"still running after {seconds} s")
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return limit
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ each command line that reads such a file (no traceback, the usual exit code, not
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,10 @@ DURATIONS = {
     "experiments": ("title: t\nwatch_seconds: V\n", "'watch_seconds'"),
 }  # fmt: skip
 MESSAGE_LIMIT = 1000  # far below what the bad files hold
+YAML_LOADERS = [loader for loader in LOADERS if not loader.filename.endswith(".json")]
+SELF_REFERENCE = "a: &a [*a]\n"  # without a bound, every walk of it loops and eats memory
+REPEATED_KEY = "a: 1\nb: 2\na: 3\n"  # PyYAML alone keeps the last `a` and drops the first
+TimeLimit = Callable[[float], AbstractContextManager[None]]
 
 
 def refused(loader: Loader, path: Path) -> str:
@@ -183,6 +188,23 @@ def test_nesting_a_thousand_levels_deep_is_refused_naming_the_file(
     json_file = loader.filename.endswith(".json")
     deep = '{"a": ' + "[" * 1000 + "]" * 1000 + "}" if json_file else "- " * 1000 + "x\n"
     assert "nested deeper than" in refused_file(tmp_path, loader, deep)
+
+
+@pytest.mark.parametrize("loader", YAML_LOADERS, ids=str)
+def test_a_self_referencing_alias_is_refused_naming_the_file(
+    loader: Loader, tmp_path: Path, time_limit: TimeLimit
+) -> None:
+    with time_limit(10):
+        message = refused_file(tmp_path, loader, SELF_REFERENCE)
+    assert "not valid YAML: line 1, column 8: recursive alias *a" in message
+
+
+@pytest.mark.parametrize("loader", YAML_LOADERS, ids=str)
+def test_a_repeated_key_is_refused_naming_the_file_the_key_and_its_lines(
+    loader: Loader, tmp_path: Path
+) -> None:
+    message = refused_file(tmp_path, loader, REPEATED_KEY)
+    assert "not valid YAML: line 3, column 1: duplicate key 'a' (first on line 1)" in message
 
 
 @pytest.mark.parametrize("loader", LOADERS, ids=str)
@@ -348,6 +370,29 @@ def test_a_command_refuses_a_file_that_is_not_utf8_naming_it(
     path = bad_file(tmp_path, loader_named(command.loader), b"name: caf\xe9\n")
     output = run_command(command, path)
     assert str(path) in output and "notUTF-8" in output
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in COMMANDS if loader_named(c.loader) in YAML_LOADERS], ids=str
+)
+def test_a_command_refuses_a_self_referencing_alias_naming_the_file(
+    command: Command, tmp_path: Path, time_limit: TimeLimit
+) -> None:
+    path = bad_file(tmp_path, loader_named(command.loader), SELF_REFERENCE)
+    with time_limit(10):
+        output = run_command(command, path)
+    assert str(path) in output and "line1,column8:recursivealias*a" in output
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in COMMANDS if loader_named(c.loader) in YAML_LOADERS], ids=str
+)
+def test_a_command_refuses_a_repeated_key_naming_the_file_and_the_key(
+    command: Command, tmp_path: Path
+) -> None:
+    path = bad_file(tmp_path, loader_named(command.loader), REPEATED_KEY)
+    output = run_command(command, path)
+    assert str(path) in output and "line3,column1:duplicatekey'a'(firstonline1)" in output
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)

@@ -12,10 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from common.http_contract import JsonBody, answers, read_json_model
+from common.validation import ServiceName
 from lazarus_lite.errors import ApiError
-from lazarus_lite.gates import ALL, CATEGORIES
+from lazarus_lite.gates import ALL
 from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.shadow_report import shadow_report
+from lazarus_lite.workflow.definition import CATEGORIES
 
 router = APIRouter()
 
@@ -29,7 +31,7 @@ class SwitchRequest(JsonBody):
 
 class ShadowRequest(JsonBody):
     enabled: bool
-    service: str = "*"
+    service: ServiceName = "*"  # one service as events name it, or * for all
 
 
 class SwitchState(BaseModel):

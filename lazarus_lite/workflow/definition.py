@@ -13,6 +13,10 @@ from common.durations import DurationSeconds
 from common.retry import RetryPolicy
 from common.validation import quoted
 
+# What the kill switch suspends (`lazarus_lite.gates`, `/v1/killswitch`): a workflow file of any
+# other category could be stopped only by switching off everything, so loading refuses it.
+CATEGORIES = ("failover", "host_replacement", "scaling")
+
 
 class StepDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,6 +37,8 @@ class WorkflowDefinition(BaseModel):
     version: int = Field(1, ge=1)
     description: str = ""
     timeout: DurationSeconds = Field(1800.0, gt=0, description="whole workflow; default 30 minutes")
+    # Checked against CATEGORIES where a file is loaded (`loading`), not here: a record started
+    # by older code keeps the category it had, and must still load and resume.
     category: str = Field("failover", description="kill switch category")
     steps: list[StepDefinition] = Field(min_length=1)
     on_failure: str | None = Field(None, description="registered step run when escalating")

@@ -11,13 +11,19 @@ from pathlib import Path
 from common import input_files
 from common.validation import quoted, validated
 from lazarus_lite.errors import WorkflowError
-from lazarus_lite.workflow.definition import WorkflowDefinition
+from lazarus_lite.workflow.definition import CATEGORIES, WorkflowDefinition
 from lazarus_lite.workflow.references import check_references
 from lazarus_lite.workflow.registry import STEPS
 
 
 def checked(definition: WorkflowDefinition, source: str) -> WorkflowDefinition:
-    """`definition` if its step functions exist and its reads resolve; else WorkflowError."""
+    """`definition` if its category is one the kill switch knows, its step functions exist and
+    its reads resolve; else WorkflowError."""
+    if definition.category not in CATEGORIES:
+        raise WorkflowError(
+            f"{source}: field 'category': {quoted(definition.category)} is not a category the "
+            f"kill switch can suspend; expected one of {list(CATEGORIES)}"
+        )
     for s in definition.steps:
         if s.run not in STEPS:
             raise WorkflowError(

@@ -100,6 +100,24 @@ def test_a_boolean_given_as_a_number_is_refused_naming_enabled(node: httpx.Clien
     assert node.get("/v1/killswitch").json()["engaged"] == {}
 
 
+@pytest.mark.parametrize("service", ["", "r" * 10_000, "ratequeue ", "\tratequeue"],
+                         ids=["empty", "10000-chars", "trailing-space", "leading-tab"])  # fmt: skip
+def test_shadowing_a_service_no_event_can_name_is_refused_naming_service(
+    node: httpx.Client, service: str
+) -> None:
+    response = node.post("/v1/shadow", json={"enabled": True, "service": service}, headers=AUTH)
+    message = assert_refused(response, 400, "invalid_request", "field 'service'")
+    assert len(message) < 200
+    assert node.get("/v1/shadow").json()["services"] == []
+
+
+def test_an_event_whose_service_ends_with_a_space_is_refused_naming_service(
+    node: httpx.Client,
+) -> None:
+    response = node.post("/v1/events", json=event_json(service="billing "), headers=AUTH)
+    assert_refused(response, 400, "invalid_event", "field 'service'", "must not begin or end")
+
+
 @pytest.mark.parametrize("occurred_at", [0, "0", "1700000000", "1700000000.5"],
                          ids=["number", "digit", "unix-time", "unix-time-fraction"])  # fmt: skip
 def test_an_event_time_given_as_a_number_or_numeric_text_is_refused_naming_occurred_at(

@@ -94,6 +94,22 @@ def test_the_shipped_rules_validate_from_the_command_line() -> None:
     assert "ok: ratequeue_master_down" in result.output
 
 
+def test_rules_validate_refuses_a_second_checks_key_that_would_drop_the_checks(
+    tmp_path: Path,
+) -> None:
+    shipped = (DEFINITIONS / "rules" / "ratequeue.yaml").read_text()
+    lines = shipped.splitlines(keepends=True)
+    lock = lines.index("lock: shard\n")  # the failover rule's, after its checks
+    bad = tmp_path / "ratequeue.yaml"
+    bad.write_text("".join([*lines[:lock], "checks: []\n", *lines[lock:]]))
+    result = CliRunner().invoke(app, ["rules", "validate", str(bad)])
+    assert result.exit_code == 1, result.output
+    output = "".join(result.output.split())  # rich wraps long lines at any column
+    first = lines.index("checks:\n") + 1
+    assert f"line{lock + 1},column1:duplicatekey'checks'(firstonline{first})" in output
+    assert "ok:" not in output
+
+
 def test_rules_validate_exits_non_zero_naming_the_mistake(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(SEED_SHAPE.replace("checkName: MasterDown", "checkName: MasterIsDown"))

@@ -877,6 +877,17 @@ def test_a_bad_workflow_definition_is_refused_naming_what_is_wrong(text: str, na
     assert "bad.yaml" in str(refused.value) and named in str(refused.value)
 
 
+def test_a_workflow_of_a_category_the_kill_switch_cannot_suspend_is_refused() -> None:
+    with pytest.raises(WorkflowError) as refused:
+        parse_workflow(
+            "name: w\ncategory: nonsense\nsteps:\n  - {name: a, run: test.record}\n", "w.yaml"
+        )
+    assert str(refused.value) == (
+        "w.yaml: field 'category': 'nonsense' is not a category the kill switch can suspend; "
+        "expected one of ['failover', 'host_replacement', 'scaling']"
+    )
+
+
 @pytest.mark.parametrize(
     ("steps", "named"),
     [

@@ -1,11 +1,15 @@
 """YAML files people write are refused, quickly and with a message, when their aliases expand
-beyond a bound (a "billion laughs" file); ordinary anchors still work."""
+beyond a bound (a "billion laughs" file) or refer to themselves, when they nest too deep, or when
+a mapping repeats a key; ordinary anchors and merge keys still work."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
+import yaml
 
 from chaos.errors import ExperimentError
 from chaos.experiments import parse_experiment
@@ -63,3 +67,73 @@ def test_nesting_as_deep_as_the_bound_still_loads() -> None:
     for _ in range(bounded_yaml.MAX_DEPTH - 1):
         (value,) = value
     assert value == []
+
+
+TimeLimit = Callable[[float], AbstractContextManager[None]]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("a: &a [*a]\n", 1, 8),
+        ("criteria: &c {event_type: *c}\n", 1, 27),
+        ("a: &a\n  b:\n    - 1\n    - {c: *a}\n", 4, 11),
+        ("a: &a {<<: *a}\n", 1, 12),
+    ],
+)
+def test_a_self_referencing_alias_is_refused_as_invalid_yaml(
+    text: str, line: int, column: int, time_limit: TimeLimit
+) -> None:
+    with time_limit(5), pytest.raises(yaml.MarkedYAMLError) as error:
+        bounded_yaml.safe_load(text)
+    problem = error.value
+    assert problem.problem is not None and problem.problem.startswith("recursive alias *")
+    assert problem.problem_mark is not None
+    assert (problem.problem_mark.line + 1, problem.problem_mark.column + 1) == (line, column)
+
+
+def test_a_self_referencing_alias_is_refused_in_any_document_of_a_stream(
+    time_limit: TimeLimit,
+) -> None:
+    with time_limit(5), pytest.raises(yaml.YAMLError, match="recursive alias \\*a"):
+        bounded_yaml.safe_load_all("a: 1\n---\nb: &a [*a]\n")
+
+
+def test_an_alias_to_a_finished_collection_inside_a_later_one_still_loads() -> None:
+    text = "base: &b [1]\nmore: &m {list: *b}\nboth: [*b, *m]\n"
+    assert bounded_yaml.safe_load(text) == {
+        "base": [1], "more": {"list": [1]}, "both": [[1], {"list": [1]}],
+    }  # fmt: skip
+
+
+def test_a_repeated_key_is_refused_naming_it_and_both_lines() -> None:
+    text = "name: r\nchecks: [ping]\naction: a\nchecks: []\n"
+    with pytest.raises(yaml.YAMLError) as error:
+        bounded_yaml.safe_load(text)
+    problem = error.value
+    assert isinstance(problem, yaml.MarkedYAMLError) and problem.problem_mark is not None
+    assert problem.problem == (
+        "duplicate key 'checks' (first on line 2); each key may appear once in a mapping"
+    )
+    assert problem.problem_mark.line + 1 == 4
+
+
+@pytest.mark.parametrize("text", ["{1: a, 1.0: b}\n", "{true: a, yes: b}\n", "{'x': a, x: b}\n"])
+def test_keys_that_build_the_same_value_are_repeated_keys(text: str) -> None:
+    with pytest.raises(yaml.YAMLError, match="duplicate key"):
+        bounded_yaml.safe_load(text)
+
+
+def test_a_repeated_key_in_a_nested_mapping_or_a_later_document_is_refused() -> None:
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'action'"):
+        bounded_yaml.safe_load("steps:\n  - {action: kill, action: pause}\n")
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a' \\(first on line 3\\)"):
+        bounded_yaml.safe_load_all("a: 1\n---\na: 1\na: 2\n")
+
+
+def test_keys_that_differ_in_type_and_a_key_that_overrides_a_merged_one_are_not_repeats() -> None:
+    assert bounded_yaml.safe_load("{1: a, '1': b}\n") == {1: "a", "1": "b"}
+    text = "d: &d {x: 1, y: 1}\ne: {<<: *d, x: 2}\nf: {<<: [*d], <<: *d}\n"
+    assert bounded_yaml.safe_load(text) == {
+        "d": {"x": 1, "y": 1}, "e": {"x": 2, "y": 1}, "f": {"x": 1, "y": 1},
+    }  # fmt: skip
