@@ -32,9 +32,9 @@ EventType = Literal[
     "NagiosHostAlarm",
 ]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
-# RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
-# fraction, and Z or an offset.
-# Deeper JSON is refused before it is decoded, as in every request body (`http_contract`).
+# Deeper JSON is refused before it is decoded: a request body's limit (`http_contract`; not
+# imported from there, which would load the web framework into every sensor), as an event is
+# served back by REST in its audit record.
 MAX_JSON_DEPTH = 64
 # How far ahead of the receiver's clock an event may be dated where no setting says
 # (`max_event_ahead` of the controllers): the sensors' clock skew. An event dated ahead looks
@@ -42,6 +42,8 @@ MAX_JSON_DEPTH = 64
 # deadline all run late by it), so it is kept well under `sensor_silence_after` (15 s), yet far
 # above what NTP leaves between hosts (milliseconds).
 MAX_EVENT_AHEAD = 5.0
+# RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
+# fraction, and Z or an offset.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 
 

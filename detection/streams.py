@@ -5,9 +5,8 @@ Every entry is validated on receipt (`validate_entry`, as `POST /v1/events` vali
 malformed one, or one dated further ahead than `max_event_ahead`, is written to the dead-letter
 stream with the reason and acknowledged, so it never stops a consumer nor holds up the valid
 events taken with it. An event a consumer refuses once it has read it (`refuse`) goes the same
-way. Entries a consumer took and never
-acknowledged (it died) are reclaimed by the others after `reclaim_idle_ms`; a consumer handling an
-entry for longer keeps it with `keep`.
+way. Entries a consumer took and never acknowledged (it died) are reclaimed by the others after
+`reclaim_idle_ms`; a consumer handling an entry for longer keeps it with `keep`.
 Not for: deciding what to do with an event (lazarus_lite does that).
 """
 
