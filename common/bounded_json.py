@@ -1,8 +1,10 @@
 """JSON from outside the process (a request body, a file someone pointed a tool at), parsed
 strictly and within bounds: nesting deeper than the caller's limit is refused before the decoder
 sees it (it recurses once per level), and so are NaN and Infinity (no JSON values), numbers a
-float cannot hold, and integers of over 4300 digits (Python's own limit). Each refusal is a
-`JsonProblem` saying where and what, for the caller to word as its own error.
+float cannot hold, and integers of over 4300 digits (Python's own limit; the refusal names the
+field holding one). `loads_bytes` also decodes the text (UTF-8, -16 or -32, as `json.loads` does)
+and refuses a string with a lone UTF-16 surrogate. Each refusal is a `JsonProblem` saying where
+and what, for the caller to word as its own error.
 
 Not for: YAML (see `bounded_yaml`), JSON the project's programs write for each other, or what a
 document means (see `validation`).
@@ -14,6 +16,7 @@ import json
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any, NoReturn
@@ -65,8 +68,69 @@ def loads(text: str, *, max_depth: int) -> Any:
         raise JsonProblem(problem.msg, problem.lineno, problem.colno) from None
     except JsonProblem:
         raise
-    except ValueError as problem:  # an integer of over 4300 digits
+    except ValueError:  # an integer of over 4300 digits (int() refuses to convert it)
+        raise _long_integer_problem(text) from None
+
+
+def loads_bytes(raw: bytes, *, max_depth: int) -> Any:
+    """The JSON value in `raw` (see `loads`), decoded as `json.loads` decodes bytes; raises
+    JsonProblem also for text that does not decode and for a string holding a lone UTF-16
+    surrogate (it parses, but can be neither counted nor stored)."""
+    try:
+        # surrogatepass: a lone surrogate's raw bytes are kept, to be refused below by name.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError as problem:
         raise JsonProblem(str(problem)) from None
+    data = loads(text, max_depth=max_depth)
+    try:
+        # It comes in as raw bytes or as an escape (`"\ud800"`); only for an escape is the parsed
+        # value encoded again (the request path of every enqueue runs this).
+        text.encode()
+        if "\\u" in text:
+            json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise JsonProblem("a string holds a lone UTF-16 surrogate") from None
+    return data
+
+
+class _LongInteger:
+    """An integer too long to convert, as the decoder met it (for `_long_integer_problem`)."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _long_integer_problem(text: str) -> JsonProblem:
+    """The refusal of a text holding an integer of more digits than Python converts, naming the
+    field that holds it (the decoder's own error names none, and tells the sender to call
+    `sys.set_int_max_str_digits()`). Only a refused text is decoded this second time."""
+    limit = sys.get_int_max_str_digits()
+
+    def parse_int(digits: str) -> int | _LongInteger:
+        length = len(digits.lstrip("-"))
+        return _LongInteger(length) if limit and length > limit else int(digits)
+
+    decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite, parse_int=parse_int)
+    expected = f"expected an integer of at most {limit} digits"
+    # In document order, without recursion (the nesting was measured, but only against the
+    # caller's limit).
+    pending: list[tuple[str, Any]] = [("", decoder.decode(text))]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _LongInteger):
+            found = f"an integer of {value.digits} digits; {expected}"
+            return JsonProblem(f"field {quoted(path)}: {found}" if path else found)
+        if isinstance(value, dict):
+            items = [(f"{path}.{key}" if path else key, v) for key, v in value.items()]
+        elif isinstance(value, list):
+            items = [
+                (f"{path}.{index}" if path else str(index), v) for index, v in enumerate(value)
+            ]
+        else:
+            continue
+        pending.extend(reversed(items))
+    # Its field was written twice and the later value kept: the text is refused all the same.
+    return JsonProblem(f"an integer of over {limit} digits; {expected}")
 
 
 def _refuse_nesting_deeper_than(text: str, max_depth: int) -> None:

@@ -28,7 +28,6 @@ an attack command: each service validates its own and raises `InvalidRequest`).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from common import bounded_json
-from common.errors import InvalidRequest, JsonTooDeep, ServiceError
+from common.errors import InvalidRequest, JsonProblem, JsonTooDeep, ServiceError
 from common.validation import describe_problems, quoted
 
 log = logging.getLogger(__name__)
@@ -173,24 +172,12 @@ def install_error_handlers(app: FastAPI, shape: ErrorShape = PROJECT_ERRORS) -> 
 def parse_json(raw: bytes) -> Any:
     """Strict JSON (see the module docstring); raises InvalidRequest (400) saying what is wrong."""
     try:
-        # What json.loads does with bytes; decoded first so the nesting is counted on text.
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
-        data = bounded_json.loads(text, max_depth=MAX_JSON_DEPTH)
+        return bounded_json.loads_bytes(raw, max_depth=MAX_JSON_DEPTH)
     except JsonTooDeep as problem:
         raise InvalidRequest(f"request body is {problem.problem}") from None
-    except ValueError as error:  # bad UTF-8, or a JsonProblem
-        raise InvalidRequest(f"request body is not valid JSON: {error}", code="bad_json") from None
-    try:
-        # A lone surrogate (`"\ud800"`) parses, but can be neither counted nor stored. It comes
-        # in as raw bytes (kept by `surrogatepass`) or as an escape; only for an escape is the
-        # parsed value encoded again (the request path of every enqueue runs this).
-        text.encode()
-        if "\\u" in text:
-            json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise InvalidRequest("request body holds a string with a lone UTF-16 surrogate",
-                           code="bad_json") from None  # fmt: skip
-    return data
+    except JsonProblem as problem:
+        raise InvalidRequest(f"request body is not valid JSON: {problem}",
+                             code="bad_json") from None  # fmt: skip
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:

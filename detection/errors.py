@@ -2,7 +2,8 @@
 
     DetectionError
     ├── InvalidEvent (ValueError)         an event does not follow the schema; `reason` names the
-    │                                     fields (a consumer dead-letters it with the reason)
+    │   │                                 fields (a consumer dead-letters it with the reason)
+    │   └── EventDatedAhead               an arriving event is dated ahead of the receiver's clock
     ├── InvalidSensorConfig (ValueError)  a sensor setting is out of range; `setting` names it
     └── UsageProblem (ValueError)         a bad `detection check` option (Nagios UNKNOWN, exit 3)
 
@@ -23,6 +24,11 @@ class InvalidEvent(DetectionError, ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class EventDatedAhead(InvalidEvent):
+    """An arriving event's `occurred_at` is further ahead of this clock than the skew allowed
+    (REST answers 422: the event is well formed, its time cannot be so)."""
 
 
 class InvalidSensorConfig(DetectionError, ValueError):

@@ -2,21 +2,24 @@
 
 One JSON shape travels the stream and `POST /v1/events`. `parse_event` validates it strictly and
 raises `InvalidEvent` naming each bad field, so a malformed event can be dead-lettered with the
-reason instead of stopping a consumer. Not for: deciding what an event means (the rules do).
+reason instead of stopping a consumer; `parse_arriving_event`, what every intake (REST, the Redis
+stream, Kinesis) calls, also refuses an event dated ahead of the receiver's clock. Not for:
+deciding what an event means (the rules do).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from common import bounded_json
+from common.errors import JsonProblem
 from common.validation import ServiceName, describe_problems, quoted
-from detection.errors import InvalidEvent
+from detection.errors import EventDatedAhead, InvalidEvent
 
 EventType = Literal[
     "RedisMasterDown",
@@ -29,6 +32,16 @@ EventType = Literal[
     "NagiosHostAlarm",
 ]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+# Deeper JSON is refused before it is decoded: a request body's limit (`http_contract`; not
+# imported from there, which would load the web framework into every sensor), as an event is
+# served back by REST in its audit record.
+MAX_JSON_DEPTH = 64
+# How far ahead of the receiver's clock an event may be dated where no setting says
+# (`max_event_ahead` of the controllers): the sensors' clock skew. An event dated ahead looks
+# younger than it is by as much (the stale gate, a sensor's silence and a page's acknowledgement
+# deadline all run late by it), so it is kept well under `sensor_silence_after` (15 s), yet far
+# above what NTP leaves between hosts (milliseconds).
+MAX_EVENT_AHEAD = 5.0
 # RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
 # fraction, and Z or an offset.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
@@ -104,15 +117,37 @@ def new_event(
 
 
 def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
-    """Validate an event from JSON text or a dict; raise InvalidEvent naming what is wrong."""
-    if isinstance(raw, str | bytes):
+    """Validate an event from JSON text or a dict; raise InvalidEvent naming what is wrong.
+    Text is parsed as strictly as a request body (`bounded_json`): no NaN or Infinity, no
+    integer of over 4300 digits, no nesting deeper than MAX_JSON_DEPTH, no lone surrogate."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")  # refused by name below, like a raw one
+    if isinstance(raw, bytes):
         try:
-            raw = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidEvent(f"event is not valid JSON: {error}") from None
+            raw = bounded_json.loads_bytes(raw, max_depth=MAX_JSON_DEPTH)
+        except JsonProblem as problem:
+            raise InvalidEvent(f"event is not valid JSON: {problem}") from None
     if not isinstance(raw, dict):
         raise InvalidEvent("event must be a JSON object")
     try:
         return Event.model_validate(raw)
     except ValidationError as error:
         raise InvalidEvent(describe_problems(error)) from None
+
+
+def parse_arriving_event(
+    raw: str | bytes | dict[str, Any], *, max_ahead: float = MAX_EVENT_AHEAD
+) -> Event:
+    """`parse_event` for an intake: an event dated more than `max_ahead` seconds ahead of this
+    clock is refused too (EventDatedAhead), since it would look younger than it is for as long
+    (no stale gate, no silent sensor, no acknowledgement deadline would ever reach a year 9999)."""
+    event = parse_event(raw)
+    now = datetime.now(UTC)
+    if event.occurred_at > now + timedelta(seconds=max_ahead):
+        ahead = (event.occurred_at - now).total_seconds()
+        raise EventDatedAhead(
+            f"field 'occurred_at': {event.occurred_at.isoformat()} is {ahead:,.0f} s ahead of "
+            f"this node's clock ({now.isoformat(timespec='seconds')}); expected a time at most "
+            f"{max_ahead:g} s ahead"
+        )
+    return event

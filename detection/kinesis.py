@@ -14,8 +14,9 @@ in the Redis control store, one set of keys per (stream, group):
   the group received from the shard were acknowledged. It only ever moves forward (an
   out-of-order ack never skips an unacknowledged record), so a new or restarted consumer resumes
   after it and an acknowledged record is not delivered again.
-- dead letters (`detection.streams.DeadLetters`): a malformed record is recorded with the reason
-  and counts as acknowledged; `receive` never raises because of one.
+- dead letters (`detection.streams.DeadLetters`): a malformed record (or one dated further ahead
+  than `max_event_ahead`) is recorded with the reason and counts as acknowledged; `receive`
+  never raises because of one. So does an event its consumer `refuse`s.
 
 Receipts and positions are `"<shard id>:<sequence number>"` (sequence numbers alone are unique
 per shard only). The partition key is the event's `dedup_key`, so the events of one incident stay
@@ -44,7 +45,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from detection.errors import InvalidEvent
-from detection.events import Event
+from detection.events import MAX_EVENT_AHEAD, Event
 from detection.streams import CONSUMER_GROUP, DeadLetters, Received, validate_entry
 
 DEFAULT_STREAM_NAME = "lazarus-events"  # same default as lazarus_lite.settings
@@ -143,6 +144,7 @@ class KinesisEventStream:
         poll_interval_ms: int = 200,
         shard_refresh_s: float = 30.0,
         client: Any | None = None,
+        max_event_ahead: float = MAX_EVENT_AHEAD,
     ) -> None:
         if lease_ms <= 0 or poll_interval_ms <= 0:
             raise ValueError("lease_ms and poll_interval_ms must be positive")
@@ -152,6 +154,7 @@ class KinesisEventStream:
         self._lease_ms = lease_ms
         self._poll_s = poll_interval_ms / 1000
         self._shard_refresh_s = shard_refresh_s
+        self._max_event_ahead = max_event_ahead
         self._kinesis = client or boto3.client(
             "kinesis",
             region_name=region_name,
@@ -326,7 +329,7 @@ class KinesisEventStream:
             receipt = make_receipt(held.shard_id, sequence_number)
             data = record["Data"]
             try:
-                event = validate_entry(data)
+                event = validate_entry(data, max_ahead=self._max_event_ahead)
             except InvalidEvent as error:
                 await self.dead_letters.record(data, error.reason, backend=self.backend,
                                                position=receipt)  # fmt: skip
@@ -362,6 +365,11 @@ class KinesisEventStream:
 
     async def keep(self, consumer: str, received: Received) -> None:
         """Nothing to do per event: the shard's lease, renewed by every `receive`, keeps it."""
+
+    async def refuse(self, received: Received, reason: str) -> None:
+        await self.dead_letters.record(received.event.to_json(), reason, backend=self.backend,
+                                       position=received.receipt)  # fmt: skip
+        await self.ack(received)
 
     async def _advance(self, held: _HeldShard) -> None:
         new_checkpoint = None

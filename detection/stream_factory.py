@@ -21,6 +21,7 @@ def open_event_stream(
     kinesis_region: str | None = None,
     kinesis_endpoint: str | None = None,
     reclaim_ms: int | None = None,
+    max_event_ahead: float | None = None,
     **options: Any,
 ) -> EventStream:
     """An event stream on `backend` ("redis" or "kinesis") whose group state, checkpoints and dead
@@ -28,10 +29,14 @@ def open_event_stream(
 
     `reclaim_ms`: how long an event taken and not acknowledged stays with its consumer before
     another one gets it (Redis: `reclaim_idle_ms`; Kinesis: the shard lease, `lease_ms`).
+    `max_event_ahead`: seconds an entry may be dated ahead of this clock before it is
+    dead-lettered (default `detection.events.MAX_EVENT_AHEAD`).
     `kinesis_*` are ignored for Redis. Other `options` go to the backend's constructor
     (e.g. `group`, `stream` for Redis, `poll_interval_ms` for Kinesis).
     """
     name = backend.strip().lower()
+    if max_event_ahead is not None:
+        options["max_event_ahead"] = max_event_ahead
     if name == "redis":
         if reclaim_ms is not None:
             options["reclaim_idle_ms"] = reclaim_ms

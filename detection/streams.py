@@ -1,16 +1,19 @@
 """The event stream between sensors and controllers, behind one interface with two backends:
 Redis Streams on the control store (the default) and AWS Kinesis (see `detection.kinesis`).
 
-Every entry is validated on receipt: a malformed one is written to the dead-letter stream with
-the reason and acknowledged, so it never stops a consumer. Entries a consumer took and never
-acknowledged (it died) are reclaimed by the others after `reclaim_idle_ms`; a consumer handling an
-entry for longer keeps it with `keep`.
+Every entry is validated on receipt (`validate_entry`, as `POST /v1/events` validates a body): a
+malformed one, or one dated further ahead than `max_event_ahead`, is written to the dead-letter
+stream with the reason and acknowledged, so it never stops a consumer nor holds up the valid
+events taken with it. An event a consumer refuses once it has read it (`refuse`) goes the same
+way. Entries a consumer took and never acknowledged (it died) are reclaimed by the others after
+`reclaim_idle_ms`; a consumer handling an entry for longer keeps it with `keep`.
 Not for: deciding what to do with an event (lazarus_lite does that).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,7 +24,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from detection.errors import InvalidEvent
-from detection.events import Event, parse_event
+from detection.events import MAX_EVENT_AHEAD, Event, parse_arriving_event
+
+log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "lz:events"
 DEAD_LETTER_STREAM = "lz:events:dead"
@@ -61,6 +66,10 @@ class EventStream(Protocol):
     async def keep(self, consumer: str, received: Received) -> None:
         """Keep an event still being handled with `consumer`: call it more often than the
         reclaim interval, or another consumer is handed the event meanwhile."""
+
+    async def refuse(self, received: Received, reason: str) -> None:
+        """Dead-letter an event its consumer cannot decide (`reason` says why), and acknowledge
+        it, so it is not handed out again."""
 
     async def close(self) -> None: ...
 
@@ -107,9 +116,17 @@ class DeadLetters:
         ]
 
 
-def validate_entry(raw: str | bytes) -> Event:
-    """Parse a stream entry's payload; raises InvalidEvent."""
-    return parse_event(raw)
+def validate_entry(raw: str | bytes, *, max_ahead: float = MAX_EVENT_AHEAD) -> Event:
+    """Parse a stream entry's payload as an arriving event; raises InvalidEvent, whatever is
+    wrong with it: an error the parser did not foresee is one too, since raised out of
+    `receive` it would hold up every event after the entry, for good."""
+    try:
+        return parse_arriving_event(raw, max_ahead=max_ahead)
+    except InvalidEvent:
+        raise
+    except Exception as error:
+        log.exception("an event stream entry failed its validation unexpectedly")
+        raise InvalidEvent(f"event could not be read: {type(error).__name__}: {error}") from None
 
 
 class RedisEventStream:
@@ -124,11 +141,13 @@ class RedisEventStream:
         stream: str = EVENTS_STREAM,
         group: str = CONSUMER_GROUP,
         reclaim_idle_ms: int = 10_000,
+        max_event_ahead: float = MAX_EVENT_AHEAD,
     ) -> None:
         self._control = control
         self._stream = stream
         self._group = group
         self._reclaim_idle_ms = reclaim_idle_ms
+        self._max_event_ahead = max_event_ahead
         self._group_ready = False
         self.dead_letters = DeadLetters(control)
         self._keep_entry = control.register_script(_KEEP_ENTRY)
@@ -180,14 +199,19 @@ class RedisEventStream:
             position = entry_id.decode()
             raw = fields.get(b"event", b"")
             try:
-                event = validate_entry(raw)
+                event = validate_entry(raw, max_ahead=self._max_event_ahead)
             except InvalidEvent as error:
-                await self.dead_letters.record(raw, error.reason, backend=self.backend,
-                                               position=position)  # fmt: skip
-                await self._control.xack(self._stream, self._group, entry_id)
+                await self._dead_letter(raw, error.reason, position)
                 continue
             received.append(Received(receipt=position, event=event))
         return received
+
+    async def _dead_letter(self, raw: str | bytes, reason: str, position: str) -> None:
+        await self.dead_letters.record(raw, reason, backend=self.backend, position=position)
+        await self._control.xack(self._stream, self._group, position)
+
+    async def refuse(self, received: Received, reason: str) -> None:
+        await self._dead_letter(received.event.to_json(), reason, received.receipt)
 
     async def ack(self, received: Received) -> None:
         await self._control.xack(self._stream, self._group, received.receipt)

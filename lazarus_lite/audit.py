@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from detection.events import Event
 from lazarus_lite.checks import CheckResult
 from lazarus_lite.coordination.interface import RecordLog
 from notifications.delivery import Delivery
@@ -89,6 +90,14 @@ class AuditRecord(BaseModel):
         "quorum, workflow_started (where a failover's decision spends its time)",
     )
     notes: list[Note] = Field(default_factory=list)
+
+    def is_of(self, event: Event) -> bool:
+        """Whether this record is of `event` itself (a retry or a redelivery of it), not of
+        another event sent with the same id; times are compared as instants."""
+        try:
+            return Event.model_validate(self.event).model_dump() == event.model_dump()
+        except ValidationError:  # a record of an event the schema no longer takes
+            return self.event == event.model_dump(mode="json")
 
     def stage_ended(self, stage: str) -> None:
         self.stages[stage] = time.time()

@@ -19,7 +19,7 @@ from common.cancellation import stop_if_cancelled
 from detection.events import Event
 from detection.streams import EventStream, Received
 from lazarus_lite.decisions import Decisions
-from lazarus_lite.errors import DecisionPending
+from lazarus_lite.errors import DecisionPending, EventIdReused
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.workflow.engine import WorkflowEngine
 
@@ -78,6 +78,10 @@ async def _handle_and_ack(
         # Handed out again explicitly (a Kinesis shard's holder never re-reads what it took):
         # the same event, published again, then this copy acknowledged.
         await _publish_again(stream, node_id, received)
+    except EventIdReused as reused:
+        # Never decidable: handed out again it would be refused again, for good.
+        log.warning("%s: %s", node_id, reused)
+        await _refuse(stream, node_id, received, str(reused))
     except Exception:
         # Not acked: another node reclaims it after the stream's reclaim interval.
         log.exception("%s: event %s not handled", node_id, received.event.id)
@@ -108,6 +112,16 @@ async def _publish_again(stream: EventStream, node_id: str, received: Received) 
     except Exception:
         # Left unacknowledged: the stream's reclaim (or a new shard holder) hands it out.
         log.exception("%s: event %s not published again", node_id, received.event.id)
+
+
+async def _refuse(stream: EventStream, node_id: str, received: Received, reason: str) -> None:
+    try:
+        await stream.refuse(received, reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Left unacknowledged: handed out again, it is refused again.
+        log.exception("%s: event %s not dead-lettered", node_id, received.event.id)
 
 
 async def resume_orphans(engine: WorkflowEngine, node_id: str, interval: float) -> None:

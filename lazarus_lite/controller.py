@@ -24,6 +24,7 @@ import contextlib
 import logging
 from typing import Any
 
+from common.validation import quoted
 from detection.events import Event
 from detection.streams import EventStream
 from lazarus_lite import background
@@ -34,7 +35,7 @@ from lazarus_lite.checks import CHECKS
 from lazarus_lite.coordination.interface import CoordinationStore, StepReads
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.docker_actuator import DockerActuator, DockerActuatorSettings
-from lazarus_lite.errors import DecisionPending, Escalate, WorkflowCancelled
+from lazarus_lite.errors import DecisionPending, Escalate, EventIdReused, WorkflowCancelled
 from lazarus_lite.gates import GateStop, SafetyGates, is_failure
 from lazarus_lite.held_records import DIRECT_WRITE_TIMEOUT, HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
@@ -247,8 +248,22 @@ class ControllerNode:
 
     # -- intake ----------------------------------------------------------------------------
     async def submit(self, event: Event) -> str:
-        """Deposit an event into the stream (the REST intake)."""
+        """Deposit an event into the stream (the REST intake); raises EventIdReused when its id
+        is another event's (the same event again is deposited: the stream's entries of one
+        event are decided once)."""
+        self._refuse_a_reused_id(event, await self.audit.get(event.id))
         return await self.stream.publish(event)
+
+    @staticmethod
+    def _refuse_a_reused_id(event: Event, existing: AuditRecord | None) -> None:
+        # An event's id is its audit record's key: taken for another event, that record would
+        # be overwritten, or this event never decided while the record of the other is shown.
+        if existing is not None and not existing.is_of(event):
+            raise EventIdReused(
+                f"event id {quoted(event.id)} is already the id of another event (a "
+                f"{existing.event.get('type')} of {existing.event.get('host')} at "
+                f"{existing.event.get('occurred_at')}); expected a new id for a new event"
+            )
 
     async def decide_own_report(self, event: Event) -> AuditRecord | None:
         """Decide a report of this node's shard watch that the event stream refused (its Redis
@@ -259,11 +274,13 @@ class ControllerNode:
     async def handle(self, event: Event, *, from_stream: bool = True) -> AuditRecord | None:
         """Decide one event as its coordinator; returns its audit record (None for heartbeats).
         An event not `from_stream` (this node's own report, which the stream refused) was
-        never handed out, so no record of it can exist: none is read."""
+        never handed out, so no record of it can exist: none is read. Raises EventIdReused
+        for an event whose id another event's record holds."""
         if event.type == "SensorHeartbeat":
             await self.store.sensors.record_heartbeat(event)
             return None
         existing = await self.audit.get(event.id) if from_stream else None
+        self._refuse_a_reused_id(event, existing)
         if existing is not None and existing.outcome != "received":
             await self.decisions.finish_escalation(existing)
             return existing  # decided already (a reclaimed entry)

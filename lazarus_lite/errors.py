@@ -16,6 +16,8 @@
     │   │                           is published again, to be judged when handed out again
     │   └── WorkflowStartPending    another start of the same event holds its binding and has
     │                               not saved its workflow: published again, to adopt it then
+    ├── EventIdReused               an event's id names another event already received: the
+    │                               event is refused (REST 409; the stream dead-letters it)
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
     │                               a container it cannot create or start)
@@ -87,6 +89,11 @@ class WorkflowStartPending(DecisionPending):
     `WorkflowRecords.save` raises this, saving nothing). This start runs nothing and keeps no
     claim; the event is published again and, handed out again, adopts the event's one
     workflow (or, its starter gone without saving it, starts one)."""
+
+
+class EventIdReused(LazarusError):
+    """An event comes with the id of another event (different content) already in the audit
+    trail; the message names the id. The same event again is no error (a retry, a redelivery)."""
 
 
 class ForensicsCopyFailed(LazarusError):

@@ -3,7 +3,8 @@ checks pass (Lazarus: "know when not to act"). Each gate answers with a `GateSto
 itself and the reason, or None; the controller records the stop in the audit trail and hands
 the event to a person.
 
-- stale events (older than `max_event_age`) are dropped;
+- stale events (older than `max_event_age`) are dropped, and so are events dated further ahead
+  than `max_event_ahead` (refused at intake already: this is the backstop of any other way in);
 - a per-service rate limit: more than N incidents of one service in a rolling window suspends
   that service's actions until the rate falls;
 - a circuit breaker per region: more than N distinct failing services in the window suspends
@@ -50,11 +51,19 @@ def is_failure(event: Event) -> bool:
 
 
 class StaleEventFilter:
-    def __init__(self, max_age_seconds: float) -> None:
+    def __init__(self, max_age_seconds: float, max_ahead_seconds: float) -> None:
         self.max_age = max_age_seconds
+        self.max_ahead = max_ahead_seconds
 
     def check(self, event: Event) -> GateStop | None:
         age = event.age_seconds()
+        if -age > self.max_ahead:
+            # Its age would never pass max_age: it must not be acted on as ever fresh.
+            return GateStop(
+                "stale",
+                f"event is dated {-age:,.0f} s ahead of this node's clock; events dated more "
+                f"than {self.max_ahead:g} s ahead are not acted on",
+            )
         if age > self.max_age:
             return GateStop(
                 "stale",
@@ -234,7 +243,7 @@ class SafetyGates:
     `before_execution` right before a workflow starts and before each state-changing step."""
 
     def __init__(self, settings: ControllerSettings, store: CoordinationStore) -> None:
-        self.stale = StaleEventFilter(settings.max_event_age)
+        self.stale = StaleEventFilter(settings.max_event_age, settings.max_event_ahead)
         self.rate_limit = ServiceRateLimit(
             store.windows,
             window=settings.rate_limit_window,

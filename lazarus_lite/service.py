@@ -40,6 +40,7 @@ def open_stream(settings: ControllerSettings) -> EventStream:
         kinesis_region=settings.kinesis_region,
         kinesis_endpoint=settings.kinesis_endpoint,
         reclaim_ms=int(settings.event_reclaim_seconds * 1000),
+        max_event_ahead=settings.max_event_ahead,
     )
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from common.errors import SettingProblem
 from common.settings import LogLevel, Setting, etcd_endpoints_checked, parse_settings
 from common.validation import HeaderSecret, HttpUrlText, RedisUrlText
+from detection.events import MAX_EVENT_AHEAD
 from lazarus_lite.coordination.opening import CoordinationBackend
 from lazarus_lite.forensics import WEEK, ForensicsRules
 from ratequeue.membership import boot_arguments
@@ -112,6 +113,15 @@ class ControllerSettings(BaseModel):
     region: str = Field("local", description="where this node runs")
     control_realm: list[str] | None = Field(None, description="regions this deployment controls")
     max_event_age: float = Field(300, gt=0, description="older events are dropped as stale")
+    max_event_ahead: float = Field(
+        MAX_EVENT_AHEAD,
+        ge=0,
+        le=60,
+        description="seconds an arriving event may be dated ahead of this node's clock (the "
+        "sensors' clock skew); one dated further ahead is refused (REST 422, the stream "
+        "dead-letters it): it would look younger than it is for as long, to the stale gate, "
+        "the sensor silence watch and the pager",
+    )
     rate_limit_window: float = Field(600, gt=0, description="seconds of the incident rate limit")
     rate_limit_threshold: int = Field(10, ge=1, description="incidents per service per window")
     rate_limit_overrides: Annotated[

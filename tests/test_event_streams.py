@@ -26,8 +26,8 @@ from detection.events import Event, new_event
 from detection.kinesis import KinesisEventStream, parse_receipt
 from detection.stream_factory import open_event_stream
 from detection.streams import DeadLetters, Received
-from lazarus_lite.background import consume_events
-from lazarus_lite.errors import DecisionPending
+from lazarus_lite.background import EventHandler, consume_events
+from lazarus_lite.errors import DecisionPending, EventIdReused
 from ratequeue.local_cluster import start_node
 from tests.moto_server import MotoServer
 
@@ -157,6 +157,12 @@ async def test_published_event_is_received_once_as_published(streams: Streams) -
 
 MISSING_HOST = {k: v for k, v in json.loads(sample_event().to_json()).items() if k != "host"}
 UNKNOWN_TYPE = {**json.loads(sample_event().to_json()), "type": "RedisOnFire"}
+NOT_A_NUMBER = {**json.loads(sample_event().to_json()), "data": {"lag": float("nan")}}
+DATED_AHEAD = {**json.loads(sample_event().to_json()), "occurred_at": "9999-12-31T23:59:59-23:59"}
+# What plain `json.loads` raises on rather than refuses: an integer Python will not convert, and
+# nesting past the decoder's recursion limit.
+LONG_INTEGER_ID = '{"id": ' + "9" * 5000 + "}"
+DEEP_NESTING = "[" * 10_000
 
 
 @pytest.mark.parametrize(
@@ -165,9 +171,14 @@ UNKNOWN_TYPE = {**json.loads(sample_event().to_json()), "type": "RedisOnFire"}
         ("{not json", "not valid JSON"),
         (json.dumps(MISSING_HOST), "'host'"),
         (json.dumps(UNKNOWN_TYPE), "'type'"),
+        (LONG_INTEGER_ID, "field 'id': an integer of 5000 digits"),
+        (DEEP_NESTING, "nested deeper than"),
+        (json.dumps(NOT_A_NUMBER), "NaN is not a JSON value"),
+        (json.dumps(DATED_AHEAD), "field 'occurred_at'"),
     ],
-    ids=["bad-json", "missing-field", "unknown-type"],
-)
+    ids=["bad-json", "missing-field", "unknown-type", "long-integer", "deep-nesting",
+         "not-a-number", "dated-ahead"],
+)  # fmt: skip
 async def test_malformed_entry_is_dead_lettered_and_consumer_moves_on(
     streams: Streams, payload: str, reason_names: str
 ) -> None:
@@ -182,6 +193,40 @@ async def test_malformed_entry_is_dead_lettered_and_consumer_moves_on(
     [dead] = await streams.dead_letters()
     assert reason_names in dead["reason"]
     assert (dead["raw"], dead["backend"], dead["position"]) == (payload, streams.backend, position)
+
+
+@pytest.mark.parametrize("unparsable", [LONG_INTEGER_ID, "[" * 100_000],
+                         ids=["long-integer", "deep-nesting"])  # fmt: skip
+async def test_the_valid_events_taken_with_an_unparsable_entry_are_handed_out(
+    streams: Streams, unparsable: str
+) -> None:
+    stream = streams.open()
+    before, after = sample_event("incident-1"), sample_event("incident-2")
+    await stream.publish(before)
+    await stream.publish_raw(unparsable)
+    await stream.publish(after)
+
+    got = await receive_n(stream, "c1", 2)  # one batch: all three are taken at once
+
+    assert [r.event for r in got] == [before, after]
+    assert len(await streams.dead_letters()) == 1
+
+
+async def test_an_event_its_consumer_refuses_is_dead_lettered_and_not_handed_out_again(
+    streams: Streams,
+) -> None:
+    stream = streams.open()
+    event = sample_event()
+    await stream.publish(event)
+    [taken] = await receive_n(stream, "c1", 1)
+
+    await stream.refuse(taken, "its id is another event's")
+
+    [dead] = await streams.dead_letters()
+    assert (dead["reason"], dead["position"]) == ("its id is another event's", taken.receipt)
+    assert json.loads(dead["raw"])["id"] == event.id
+    await asyncio.sleep(RECLAIM_MS / 1000 + 0.1)  # past the reclaim of an unacknowledged one
+    assert await streams.open().receive("c2", block_ms=RECLAIM_MS) == []
 
 
 async def test_unacked_event_is_redelivered_to_another_consumer_after_reclaim(
@@ -298,7 +343,7 @@ class Handler:
             raise DecisionPending(f"event {event.id}: still undecided")
 
 
-async def consuming(stream: Any, node: str, handler: Handler) -> asyncio.Task:
+async def consuming(stream: Any, node: str, handler: EventHandler) -> asyncio.Task:
     handling: set[asyncio.Task] = set()
     loop = consume_events(stream, node, handler, handling, keep_every=RECLAIM_MS / 3000)
     return asyncio.create_task(loop)
@@ -357,6 +402,30 @@ async def test_an_event_whose_decision_is_pending_is_handed_out_again_and_acknow
         )
         await wait_until("nothing left unacknowledged", lambda: _nothing_in_flight(stream))
         assert handler.calls == {event.id: 2} and copies == [event.id]
+    finally:
+        await stop(node)
+
+
+async def test_an_event_refused_for_another_events_id_is_dead_lettered_and_handled_once(
+    streams: Streams,
+) -> None:
+    calls: list[str] = []
+
+    async def refuse_reused_id(event: Event) -> None:
+        calls.append(event.id)
+        raise EventIdReused(f"event id {event.id!r} is already the id of another event")
+
+    stream = streams.open()
+    event = sample_event()
+    await stream.publish(event)
+    node = await consuming(stream, "node-1", refuse_reused_id)
+    try:
+        await wait_until("the event to be dead-lettered", streams.dead_letters)
+        await wait_until("nothing left unacknowledged", lambda: _nothing_in_flight(stream))
+        await asyncio.sleep(RECLAIM_MS / 1000 + 0.1)  # past the reclaim of an unacknowledged one
+        [dead] = await streams.dead_letters()
+        assert "already the id of another event" in dead["reason"]
+        assert calls == [event.id]
     finally:
         await stop(node)
 

@@ -1,4 +1,5 @@
-"""Event intake and the audit trail: `POST /v1/events` deposits an event into the stream,
+"""Event intake and the audit trail: `POST /v1/events` deposits an event into the stream (400
+for a malformed one, 422 for one dated too far ahead, 409 for one with another event's id),
 `GET /v1/events` lists the decisions, `GET /v1/events/{id}` shows one with its workflow.
 
 Not for: deciding an event (the controller does, from the stream).
@@ -14,10 +15,10 @@ from pydantic import BaseModel
 
 from common.http_contract import answers, read_json_body
 from common.validation import quoted
-from detection.errors import InvalidEvent
-from detection.events import Event, parse_event
+from detection.errors import EventDatedAhead, InvalidEvent
+from detection.events import Event, parse_arriving_event
 from lazarus_lite.audit import AuditRecord
-from lazarus_lite.errors import ApiError
+from lazarus_lite.errors import ApiError, EventIdReused
 from lazarus_lite.routes.context import MAX_BODY_BYTES, NodeApi, mutating, node_api
 from lazarus_lite.routes.workflows import workflow_answer
 
@@ -33,13 +34,19 @@ class EventList(BaseModel):
     events: list[AuditRecord]
 
 
-@mutating(router, "/v1/events", Event, {202: Accepted}, status_code=202)
+@mutating(router, "/v1/events", Event, {202: Accepted}, 409, 422, status_code=202)
 async def post_event(request: Request, api: NodeApi = Depends(node_api)) -> JSONResponse:
+    body = await read_json_body(request, MAX_BODY_BYTES)
     try:
-        event = parse_event(await read_json_body(request, MAX_BODY_BYTES))
+        event = parse_arriving_event(body, max_ahead=api.settings.max_event_ahead)
+    except EventDatedAhead as error:
+        raise ApiError(422, "event_dated_ahead", error.reason) from None
     except InvalidEvent as error:
         raise ApiError(400, "invalid_event", error.reason) from None
-    position = await api.node.submit(event)
+    try:
+        position = await api.node.submit(event)
+    except EventIdReused as error:
+        raise ApiError(409, "event_id_reused", str(error)) from None
     return JSONResponse({"id": event.id, "position": position}, status_code=202)
 
 

@@ -25,6 +25,13 @@ from tests.suite_control import suite_control
 @contextmanager
 def served_node(workdir: Path, token: str) -> Iterator[str]:
     """The node's base URL while it serves; its control store and server stop after."""
+    with served_node_and_control(workdir, token) as (url, _):
+        yield url
+
+
+@contextmanager
+def served_node_and_control(workdir: Path, token: str) -> Iterator[tuple[str, str]]:
+    """`served_node`, with its control store's URL (where its event stream is)."""
     control = start_node("control", "control", None, workdir)
     etcd = start_etcd_cluster(workdir / "etcd") if suite_control() == "etcd" else None
     try:
@@ -37,7 +44,7 @@ def served_node(workdir: Path, token: str) -> Iterator[str]:
                                       rules=[rules], services=None, quorum=1,
                                       **store)  # type: ignore[arg-type]  # fmt: skip
         with ServedApp(create_app(settings)) as served:
-            yield served.url
+            yield served.url, control.url
     finally:
         if etcd is not None:
             etcd.stop()
@@ -52,11 +59,16 @@ def post_unmatched_event(url: str, token: str) -> str:
     posted = httpx.post(f"{url}/v1/events", json=event.model_dump(mode="json"),
                         headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
     assert posted.status_code == 202, posted.text
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{url}/v1/events/{event.id}", timeout=10).json().get("outcome") in (
-        None,
-        "received",
-    ):
-        assert time.monotonic() < deadline, f"event {event.id} was never decided"
-        time.sleep(0.1)
+    wait_for_decision(url, event.id)
     return event.id
+
+
+def wait_for_decision(url: str, event_id: str, timeout: float = 30) -> dict:
+    """The event's audit record once it is decided (fails the test after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while (record := httpx.get(f"{url}/v1/events/{event_id}", timeout=10).json()).get(
+        "outcome"
+    ) in (None, "received"):
+        assert time.monotonic() < deadline, f"event {event_id} was never decided"
+        time.sleep(0.1)
+    return record

@@ -1,8 +1,8 @@
 """`ControllerNode.handle` with an event handed out again: a refusal saved whose person was never
 paged (its node stopped, or the pager failed, between the two) is paged once, however often the
 event comes; a report held back by an undecided claim is counted; a slow decision whose claim
-was taken over starts no workflow. The node is built on a real coordination store (the
-suite's: the control Redis, or etcd) and not started."""
+was taken over starts no workflow; another event given the same id is dead-lettered. The node is
+built on a real coordination store (the suite's: the control Redis, or etcd) and not started."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from detection.events import Event, new_event
-from detection.streams import RedisEventStream
+from detection.streams import DeadLetters, RedisEventStream
 from lazarus_lite.audit import AuditRecord, QuorumOutcome
 from lazarus_lite.background import consume_events
 from lazarus_lite.controller import ControllerNode
@@ -114,6 +114,31 @@ async def test_an_event_handed_out_again_mid_page_is_paged_once(node: Controller
             task.cancel()
         await asyncio.gather(*consumers, *handling, return_exceptions=True)
     assert pages == [event.id]
+
+
+async def test_an_event_with_another_events_id_is_dead_lettered_and_the_first_record_kept(
+    node: ControllerNode, control: aioredis.Redis
+) -> None:
+    first = await refused_unpaged(node)
+    other = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
+                      host="10.0.0.9", source="nagios")  # fmt: skip
+    reused = other.model_copy(update={"id": first.id})
+    await node.stream.publish(reused)
+    handling: set[asyncio.Task] = set()
+    consumer = asyncio.create_task(consume_events(node.stream, "n1", node.handle, handling,
+                                                  keep_every=RECLAIM_MS / 3000))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not (dead := await DeadLetters(control).list()) or await node.stream.pending():
+            assert time.monotonic() < deadline, "the event was not dead-lettered"
+            await asyncio.sleep(0.05)
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, *handling, return_exceptions=True)
+    [letter] = dead
+    assert f"event id '{first.id}' is already the id of another event" in letter["reason"]
+    kept = await node.audit.get(first.id)
+    assert kept is not None and kept.event["type"] == "RedisMasterDown"
 
 
 async def test_a_slow_decision_whose_claim_was_taken_over_starts_no_workflow(

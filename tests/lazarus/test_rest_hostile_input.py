@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from detection.events import new_event
-from tests.lazarus.served_node import served_node
+from tests.lazarus.served_node import post_unmatched_event, served_node
 
 TOKEN = f"rest-token-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -59,6 +59,32 @@ def test_an_integer_of_5000_digits_gets_400_not_500(node: httpx.Client) -> None:
     content = b'{"enabled": true, "reason": ' + b"7" * 5000 + b"}"
     response = node.post("/v1/killswitch", content=content, headers=AUTH)
     assert_refused(response, 400, "bad_json", "not valid JSON")
+
+
+def test_an_event_id_of_5000_digits_gets_400_naming_the_id_and_what_was_expected(
+    node: httpx.Client,
+) -> None:
+    content = b'{"id": ' + b"9" * 5000 + b', "type": "HealthcheckDown"}'
+    response = node.post("/v1/events", content=content, headers=AUTH)
+    message = assert_refused(response, 400, "bad_json", "field 'id'", "at most 4300 digits")
+    assert "set_int_max_str_digits" not in message
+
+
+def test_an_event_dated_in_the_year_9999_gets_422_naming_occurred_at(node: httpx.Client) -> None:
+    event = event_json(occurred_at="9999-12-31T23:59:59-23:59")
+    response = node.post("/v1/events", json=event, headers=AUTH)
+    assert_refused(response, 422, "event_dated_ahead", "field 'occurred_at'", "at most 5 s ahead")
+    assert node.get(f"/v1/events/{event['id']}").status_code == 404
+
+
+def test_an_event_with_the_id_of_a_decided_one_gets_409_naming_the_id(node: httpx.Client) -> None:
+    taken = post_unmatched_event(str(node.base_url), TOKEN)
+    other = new_event("RedisMasterDown", environment="dev", region="local", service="ratequeue",
+                      shard="s0", host="127.0.0.2:7001", source="sensor")  # fmt: skip
+    response = node.post("/v1/events", json={**other.model_dump(mode="json"), "id": taken},
+                         headers=AUTH)  # fmt: skip
+    assert_refused(response, 409, "event_id_reused", f"event id '{taken}'")
+    assert node.get(f"/v1/events/{taken}").json()["event"]["type"] == "HealthcheckDown"
 
 
 @pytest.mark.parametrize("since", ["nan", "inf", "-Infinity"])

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from chaos.testbed import TestbedState, running_testbed
-from detection.events import new_event
+from detection.events import new_event, parse_event
+from lazarus_lite.gates import StaleEventFilter
 from tests.e2e.support import (
     auth,
     control_topology,
@@ -87,6 +88,16 @@ def test_an_event_older_than_the_limit_is_dropped_as_stale(testbed: TestbedState
     record = decided(testbed, event["id"])
     assert record["outcome"] == "stale" and record["gate"] == "stale"
     assert "older than 60 s" in record["reason"]
+
+
+def test_an_event_dated_past_the_allowed_skew_is_stopped_by_the_stale_gate() -> None:
+    # Refused at every intake already; the gate stops one that comes in another way.
+    event = new_event("HealthcheckDown", environment="dev", region="local", service="billing",
+                      host="10.0.0.9", source="nagios").model_dump(mode="json")  # fmt: skip
+    ahead = parse_event({**event, "occurred_at": "9999-12-31T23:59:59-23:59"})
+    stop = StaleEventFilter(max_age_seconds=60, max_ahead_seconds=5).check(ahead)
+    assert stop is not None and stop.gate == "stale"
+    assert "dated more than 5 s ahead are not acted on" in stop.reason
 
 
 def test_a_stale_event_counts_as_a_refusal_of_the_stale_gate(testbed: TestbedState) -> None:

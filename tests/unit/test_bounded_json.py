@@ -103,3 +103,12 @@ def test_brackets_hidden_behind_a_raw_newline_in_a_string_never_reach_the_decode
     # A RecursionError (a 500) would escape pytest.raises and fail the test.
     with pytest.raises(JsonProblem):
         bounded_json.loads('"a\n" ' + "[" * 100_000, max_depth=64)
+
+
+def test_an_integer_too_long_to_convert_is_refused_naming_the_field_holding_it() -> None:
+    text = '{"a": [1, {"b": ' + "9" * 5000 + "}]}"
+    with pytest.raises(JsonProblem) as refused:
+        bounded_json.loads(text, max_depth=64)
+    assert str(refused.value) == (
+        "field 'a.1.b': an integer of 5000 digits; expected an integer of at most 4300 digits"
+    )

@@ -68,8 +68,12 @@ def test_every_operation_reading_a_body_declares_its_400_and_413(
 
 @APPS
 def test_no_operation_declares_fastapis_default_422(build: Any, tmp_path: Path) -> None:
+    # A 422 a handler really answers (an event dated ahead) is declared in the envelope.
     app = build(tmp_path)
-    assert all("422" not in operation["responses"] for _, _, operation in operations(app))
+    for method, path, operation in operations(app):
+        answer = operation["responses"].get("422", {}).get("content", {})
+        schema = answer.get("application/json", {}).get("schema", {})
+        assert not schema.get("$ref", "").endswith("/HTTPValidationError"), (method, path)
     assert "HTTPValidationError" not in app.openapi()["components"]["schemas"]
 
 
