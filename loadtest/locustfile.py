@@ -118,10 +118,25 @@ OPTIONS: list[tuple[str, str, Any, Any, str]] = [
 ]  # fmt: skip
 
 
+def _naming_variable(kind: Any, env_var: str) -> Any:
+    """`kind`, whose refusal also names `env_var`: argparse names only the option, though the
+    value may have come from the variable."""
+
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except argparse.ArgumentTypeError as error:
+            message = f"{error} (given as the option or as {env_var})"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
+
+
 @events.init_command_line_parser.add_listener
 def _add_options(parser: LocustArgumentParser) -> None:
     for name, env_var, kind, default, text in OPTIONS:
-        parser.add_argument(f"--ratequeue-{name}", type=kind, default=default, env_var=env_var,
+        parser.add_argument(f"--ratequeue-{name}", type=_naming_variable(kind, env_var),
+                            default=default, env_var=env_var,
                             help=f"{text} [default: {default}]")  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -170,3 +171,14 @@ def test_a_bad_setting_is_refused_naming_the_option() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "--ratequeue-toll-free-share: 'lots': expected a number" in done.stderr
+
+
+def test_a_bad_setting_from_the_environment_is_refused_naming_the_variable() -> None:
+    done = subprocess.run(
+        locust("--headless", "-t", "1s", "--host", "http://127.0.0.1:9"),
+        capture_output=True, text=True, timeout=60, cwd=PROJECT,
+        env={**os.environ, "RATEQUEUE_NUMBERS": "many"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    expected = "'many': expected an integer (given as the option or as RATEQUEUE_NUMBERS)"
+    assert expected in done.stderr
