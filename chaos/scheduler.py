@@ -253,6 +253,11 @@ def run_schedule(
                     return journals
             if not scheduled:
                 break
+            if dry_run:
+                # A dry run only plans: the schedule's times are part of the plan, not a wait.
+                say(f"a schedule would run at {planned_times(every, cron, jitter)}; a dry run "
+                    "stops here")  # fmt: skip
+                break
             if grid is None:
                 period = every if every is not None else _cron_wait(cron)
                 pause = period + rng.uniform(-jitter, jitter)
@@ -270,6 +275,25 @@ def run_schedule(
             if pid_file.read_text() == str(os.getpid()):
                 pid_file.unlink()
     return journals
+
+
+# How many of a schedule's run times a dry run shows.
+PLANNED_TIMES = 3
+
+
+def planned_times(every: float | None, cron: CronSchedule | None, jitter: float) -> str:
+    """The first `PLANNED_TIMES` times a new schedule would start its runs (`every`: now, then
+    every period; `cron`: the times it names), as a log reads them."""
+    now = time.time()
+    if every is not None:
+        times = [now + index * every for index in range(PLANNED_TIMES)]
+    else:
+        assert cron is not None
+        times = [cron.next_after(now)]
+        while len(times) < PLANNED_TIMES:
+            times.append(cron.next_after(times[-1]))
+    spread = f" (each +/- up to {jitter:g} s of jitter)" if jitter else ""
+    return ", ".join(clock(at) for at in times) + spread
 
 
 def _cron_wait(cron: CronSchedule | None) -> float:

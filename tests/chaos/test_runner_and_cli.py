@@ -114,6 +114,26 @@ def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> No
     assert not journals.exists()
 
 
+@pytest.mark.parametrize(
+    ("schedule", "times"),
+    [(["--every", "4h"], 3), (["--cron", "0 */25 * * *"], 3)],  # the latter: midnights only
+)
+def test_a_dry_run_on_a_schedule_prints_the_plan_once_with_its_next_run_times_and_exits(
+    tmp_path: Path, schedule: list[str], times: int
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "replica_kill.yaml"), *schedule,
+         "--dry-run", "--journal-dir", str(tmp_path / "journals")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0, output
+    assert output.count("kill replica") == 1, output  # one plan, not one per period
+    planned = output.split("a schedule would run at ")[1].split("; a dry run stops here")[0]
+    assert len(planned.split(", ")) == times, planned
+    assert not (tmp_path / "journals").exists()
+
+
 def dry_run_in_a_process(tmp_path: Path, target_text: str) -> tuple[int, str]:
     """`ratequeue-chaos run --dry-run` against a target file of `target_text`, as its own process
     (what a person sees, traceback or not): its exit code and its output, whitespace collapsed."""

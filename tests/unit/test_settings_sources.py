@@ -529,6 +529,8 @@ def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -
                                    "most 30 days, not 99999999 h"),
         (["--every", "4h", "--jitter", "99999999h"], "setting 'jitter' (--jitter): must be at "
                                                      "least 0 s and at most 30 days"),
+        (["--jitter", "10m"], "setting 'jitter' (--jitter): moves a schedule's run times: "
+                              "give --every or --cron"),
     ],
 )  # fmt: skip
 def test_a_schedule_interval_out_of_range_is_refused_naming_the_option_and_the_range(
