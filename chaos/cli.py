@@ -430,6 +430,12 @@ def halt(
     from chaos.scheduler import halt as halt_run
     from chaos.targets import load_deployment
 
+    if not journal_dir.is_dir():
+        # A mistyped directory: nothing can have run there, and looking must not create it.
+        raise refused(ValueError(
+            f"no journal directory {journal_dir} (a run writes its pid and faults in its "
+            "--journal-dir); nothing was halted"
+        ))  # fmt: skip
     try:
         if target is not None:
             load_deployment(target)  # a bad file is refused before anything is halted

@@ -368,6 +368,19 @@ def _process_state(pid: int) -> str:
     return process_state(pid) or ""
 
 
+@pytest.mark.parametrize("given", [["--journal-dir", "typo"], []], ids=["typo", "default"])
+def test_halt_refuses_a_journal_directory_that_does_not_exist_naming_it_and_creates_nothing(
+    tmp_path: Path, given: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["halt", *given])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    named = given[1] if given else "chaos-journals"
+    assert f"no journal directory {named}" in output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_report_has_a_timeline_per_run_and_the_recovery_trend(tmp_path: Path) -> None:
     for index, recovery in enumerate((0.7, 0.9)):
         journal = Journal(run_id=f"run-{index}", experiment="Kill a shard primary",
