@@ -5,7 +5,10 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
@@ -36,6 +39,38 @@ def refused(error: Exception, what: str | None = None) -> typer.Exit:
     text = escape(str(error))
     console.print(f"[red]{what}:[/] {text}" if what else f"[red]{text}[/]")
     return typer.Exit(1)
+
+
+# What stops a command from outside: Ctrl-C, and `kill` (or a service manager) by default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (`signum`) while a command was starting processes."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn the first SIGINT or SIGTERM into `Interrupted`, so the work unwinds and stops what
+    it started (SIGTERM would otherwise end the process on the spot); later ones are ignored
+    while it does, lest a second Ctrl-C cut that short too."""
+    caught: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        if not caught:
+            caught.append(signum)
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ControlChoice(StrEnum):
@@ -117,20 +152,26 @@ def testbed_up(
     except ValueError as error:
         raise refused(error, "testbed up refused: --shard-maxmemory") from None
     try:
-        state = testbed_module.up(
-            dir,
-            shards=shards,
-            replicas=replicas,
-            controllers=controllers,
-            sensors=sensors,
-            supervise=supervise,
-            control=control.value,
-            failover=failover.value,
-            ack=ack.value,
-            sentinel_timers=timers,
-            api_workers=api_workers,
-            shard_maxmemory=shard_maxmemory,
+        with interruptible():
+            state = testbed_module.up(
+                dir,
+                shards=shards,
+                replicas=replicas,
+                controllers=controllers,
+                sensors=sensors,
+                supervise=supervise,
+                control=control.value,
+                failover=failover.value,
+                ack=ack.value,
+                sentinel_timers=timers,
+                api_workers=api_workers,
+                shard_maxmemory=shard_maxmemory,
+            )
+    except Interrupted as interrupted:
+        console.print(
+            f"testbed up interrupted ({interrupted}): stopped every process it had started"
         )
+        raise typer.Exit(128 + interrupted.signum) from None
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)

@@ -1,6 +1,7 @@
 """The `ratequeue-chaos testbed` command line, end to end: `up` starts a whole deployment on
 loopback and describes it in DIR/testbed.json, `status` reports it healthy, its API takes messages,
-and `down` stops every process `up` started, its supervisor first."""
+and `down` stops every process `up` started, its supervisor first; an `up` interrupted part-way
+stops what it had started."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -87,3 +90,45 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
     assert not state_file.exists()
     after = chaos("testbed", "status", "--dir", str(directory))
     assert after.returncode == 1
+
+
+def _first_redis_node_started(directory: Path) -> bool:
+    return any((directory / "redis").glob("*/redis.log"))
+
+
+def _api_starting(directory: Path) -> bool:
+    return (directory / "logs" / "api.log").exists()
+
+
+@pytest.mark.slow  # 2-6 s each: `up` is stopped part-way
+@pytest.mark.parametrize("moment", [_first_redis_node_started, _api_starting],
+                         ids=["while-redis-starts", "while-the-api-starts"])  # fmt: skip
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_up_stops_every_process_it_started_and_says_so_in_one_line(
+    tmp_path: Path, moment: Callable[[Path], bool], signum: int
+) -> None:
+    directory = tmp_path / "bed"
+    up = subprocess.Popen(
+        [sys.executable, "-c", "from chaos.cli import app; app()", "testbed", "up",
+         "--dir", str(directory), "--shards", "3", "--replicas", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not moment(directory) and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert up.poll() is None, "up ended before it could be interrupted"
+        up.send_signal(signum)
+        stdout, stderr = up.communicate(timeout=60)
+
+        assert up.returncode == 128 + signum, stdout + stderr
+        assert "Traceback" not in stdout + stderr
+        assert stdout.strip().splitlines() == [
+            f"testbed up interrupted ({signal.Signals(signum).name}): stopped every process it "
+            "had started"
+        ], stdout + stderr
+        assert testbed.processes_working_in(directory) == []
+    finally:
+        up.kill()
+        up.wait()
+        testbed.sweep(directory)
