@@ -238,6 +238,18 @@ def testbed_supervise(dir: Path = typer.Option(..., "--dir")) -> None:
     supervise(dir)
 
 
+@testbed_app.command("reap", hidden=True)
+def testbed_reap(
+    dir: Path = typer.Option(..., "--dir"),
+    runner: int = typer.Option(..., "--runner"),
+    mark: Path = typer.Option(..., "--mark"),
+) -> None:
+    """Stop the embedded testbed in DIR once the run RUNNER is gone (`chaos.embedded_testbed`)."""
+    from chaos.embedded_testbed import reap
+
+    reap(dir, runner, mark)
+
+
 @app.command()
 def demo(
     shards: int = typer.Option(3, min=1, max=16),
@@ -462,9 +474,11 @@ def halt(
 ) -> None:
     """Stop the running experiment; it rolls back its faults before exiting. Faults a killed
     run left in force are undone too, each named: Docker ones always, the local backend's
-    cut-offs on the processes of `--target`. Exit 1 when one is left in force (the engine
+    cut-offs on the processes of `--target`; and the embedded testbed of a killed run, should
+    the reaper that stops it be gone too, is stopped. Exit 1 when one is left in force (the engine
     refused or was unreachable, another host wrote it, or a chaos command still running here
     may own it), or when nothing was running or left."""
+    from chaos.embedded_testbed import stop_orphaned_testbeds
     from chaos.errors import TargetError
     from chaos.fault_phase import undo_local_cut_offs
     from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
@@ -484,6 +498,8 @@ def halt(
     except (TargetError, TimeoutError) as error:
         raise refused(error) from None
     leftovers = undo_docker_leftovers(journal_dir)
+    # A killed run's embedded testbed, should its reaper have been killed too.
+    orphans = stop_orphaned_testbeds(journal_dir)
     local_left = None
     if target is not None:
         # Read again: the halted run may have restarted a node (a new pid in testbed.json).
@@ -491,6 +507,8 @@ def halt(
         leftovers += local_undone
     for line in leftovers:
         console.print(f"leftover fault of a killed run: {escape(line)}")
+    for line in orphans:
+        console.print(escape(line))
     if pid is not None:
         console.print(f"halted chaos run {pid}; its faults were rolled back")
     in_force = PendingDockerFaults(journal_dir).unsettled()
@@ -500,9 +518,9 @@ def halt(
         console.print(f"[red]local cut-offs left in force:[/] {escape(local_left)}")
     if in_force or local_left is not None:
         raise typer.Exit(1)
-    if pid is None and not leftovers:
+    if pid is None and not leftovers and not orphans:
         console.print(f"no chaos run is running (no live pid in {journal_dir}), and none left "
-                      "a fault behind")  # fmt: skip
+                      "a fault or a testbed behind")  # fmt: skip
         raise typer.Exit(1)
 
 

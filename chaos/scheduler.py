@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from chaos.cron_schedule import CronSchedule
+from chaos.embedded_testbed import embedded_testbed_dir
 from chaos.errors import RefusedTarget, ScheduleNotRead, TargetError
 from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
 from chaos.journal import Journal, Say
@@ -126,7 +126,8 @@ def run_one(
                 target, journal_dir=journal_dir, say=say, stop=stop, seed=seed, on_fault=on_fault
             )
             return runner.run(experiment, str(path))
-    with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
+    # Stopped by a reaper should this process be killed (`embedded_testbed`).
+    with embedded_testbed_dir(journal_dir) as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
             f"{options.replicas} replicas, {_manager(experiment)}, control store on "
@@ -134,7 +135,7 @@ def run_one(
         )
         args = resolve_controller_args(options.controller_args, path)
         with running_testbed(
-            Path(scratch),
+            scratch,
             shards=options.shards,
             replicas=options.replicas,
             controller_args=args,
@@ -142,7 +143,7 @@ def run_one(
             failover=experiment.failover,
             ack=experiment.ack,
         ) as state:
-            deployment = from_testbed(state, Path(scratch))
+            deployment = from_testbed(state, scratch)
             runner = ExperimentRunner(
                 deployment,
                 journal_dir=journal_dir,

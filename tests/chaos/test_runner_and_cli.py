@@ -5,6 +5,7 @@ runs, prod targets refused, the run lock, a schedule that survives a failed run,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from chaos import scheduler
+from chaos import embedded_testbed, scheduler
 from chaos.cli import app
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import TargetError
@@ -29,7 +30,13 @@ from chaos.report import write_report
 from chaos.schedule_store import schedule_name
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, from_testbed
-from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
+from chaos.testbed import (
+    TestbedNode,
+    TestbedState,
+    process_alive,
+    processes_working_in,
+    running_testbed,
+)
 from common.nodes import CLIENT_HOST
 from common.redis_processes import RedisProcess, free_port, start_redis
 from lazarus_lite.coordination.interface import RunLock
@@ -379,6 +386,73 @@ def test_halt_refuses_a_journal_directory_that_does_not_exist_naming_it_and_crea
     named = given[1] if given else "chaos-journals"
     assert f"no journal directory {named}" in output
     assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def a_run_on_its_embedded_testbed(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """`ratequeue-chaos run` of a long experiment on its embedded testbed (one shard, one
+    replica), once that testbed is up: the runner and the mark naming its testbed. Whatever of
+    it a test leaves running is stopped afterwards."""
+    experiment = tmp_path / "long.yaml"
+    text = (SCENARIOS / "replica_kill.yaml").read_text().replace("duration: 8s", "duration: 120s")
+    experiment.write_text("testbed: {shards: 1, replicas: 1}\n" + text)
+    journals = tmp_path / "journals"
+    runner = subprocess.Popen([sys.executable, "-m", "chaos", "run", str(experiment),
+                               "--journal-dir", str(journals)], cwd=PROJECT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    mark = embedded_testbed.mark_path(journals, runner.pid)
+    record: dict = {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and runner.poll() is None:
+            if mark.exists():
+                record = json.loads(mark.read_text())
+                if (Path(record["directory"]) / "testbed.json").exists():
+                    break
+            time.sleep(0.05)
+        assert runner.poll() is None and record, "the run ended before its testbed was up"
+        record["journals"] = journals
+        yield runner, record
+    finally:
+        runner.kill()
+        runner.wait()
+        if record:
+            with contextlib.suppress(ProcessLookupError):
+                if b"reap" in _cmdline(str(record["reaper_pid"])):
+                    os.kill(record["reaper_pid"], signal.SIGKILL)
+            embedded_testbed.stop_left_testbed(Path(record["directory"]))
+
+
+@pytest.mark.slow  # the embedded testbed starts: 5-15 s
+def test_an_embedded_testbed_does_not_outlive_its_run_killed_with_sigkill(tmp_path: Path) -> None:
+    with a_run_on_its_embedded_testbed(tmp_path) as (runner, record):
+        directory = Path(record["directory"])
+        assert processes_working_in(directory)
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 30
+        while directory.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_working_in(directory) == []
+        assert not directory.exists()
+        assert not embedded_testbed.mark_path(record["journals"], runner.pid).exists()
+
+
+@pytest.mark.slow  # the embedded testbed starts: 5-15 s
+def test_halt_stops_and_names_the_embedded_testbed_of_a_run_killed_with_its_reaper(
+    tmp_path: Path,
+) -> None:
+    with a_run_on_its_embedded_testbed(tmp_path) as (runner, record):
+        directory = Path(record["directory"])
+        os.kill(record["reaper_pid"], signal.SIGKILL)
+        runner.kill()
+        runner.wait()
+        halted = CliRunner().invoke(app, ["halt", "--journal-dir", str(record["journals"])])
+        said = " ".join(halted.output.split())
+        assert halted.exit_code == 0, said
+        assert f"embedded testbed of killed run {runner.pid} in {directory}: stopped" in said
+        assert processes_working_in(directory) == []
+        assert not directory.exists()
 
 
 def test_the_report_has_a_timeline_per_run_and_the_recovery_trend(tmp_path: Path) -> None:
