@@ -327,7 +327,7 @@ def run(
     from chaos.run_watchers import RunWatcher
     from chaos.schedule_metrics import ScheduleMetrics
     from chaos.scheduler import check_target_allowed, run_schedule
-    from chaos.targets import load_deployment
+    from chaos.targets import Deployment, load_deployment
     from notifications.config import NotificationConfig, load_notification_config
     from notifications.errors import NotificationConfigError
 
@@ -343,6 +343,13 @@ def run(
             reasons = "; ".join(reason for _, reason in skipped)  # each names its file
             raise ExperimentError(f"none of the experiments can run with these options: {reasons}")
         deployment = load_deployment(settings.target) if settings.target is not None else None
+        if deployment is None:
+            # Before the testbed starts: it runs processes, which a docker step cannot reach.
+            for path, experiment in runnable:
+                backend = Deployment.model_fields["default_backend"].default
+                unusable = experiment.unusable_backends(backend, False, "the embedded testbed")
+                if unusable:
+                    raise ExperimentError(f"{path}: " + "; ".join(unusable))
         if deployment is not None:
             check_target_allowed(deployment, settings.allow_prod)
         if settings.notifications is not None:

@@ -717,6 +717,51 @@ def naming_shard(tmp_path: Path, shard: str) -> Path:
     return experiment
 
 
+def docker_step(tmp_path: Path) -> Path:
+    """An experiment whose one step kills a primary with the docker backend."""
+    experiment = tmp_path / "docker_step.yaml"
+    experiment.write_text(
+        "title: A docker step\nload: {numbers: 10, enqueue_per_second: 10, duration: 5s}\n"
+        "method:\n  - {action: kill, backend: docker, target: {role: primary}, at: 1s}\n"
+        "hypotheses:\n  - {type: one_primary_per_shard}\n"
+    )
+    return experiment
+
+
+DOCKER_ON_NO_CONTAINERS = (
+    "field 'method.0.backend': docker acts on containers, and {where} has none (no node names a "
+    "container, no docker_deployment); use backend local or gremlin, or a target of a Docker "
+    "deployment"
+)
+
+
+def test_a_docker_step_on_the_embedded_testbed_is_refused_naming_the_field_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    journals = tmp_path / "j"
+    result = CliRunner().invoke(app, ["run", str(docker_step(tmp_path)), "--journal-dir",
+                                      str(journals)])  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert DOCKER_ON_NO_CONTAINERS.format(where="the embedded testbed") in output
+    assert "starting the embedded testbed" not in output and not journals.exists()
+
+
+def test_a_run_with_a_docker_step_on_a_deployment_without_containers_aborts_before_the_load(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    from chaos.experiments import load_experiment
+    from chaos.runner import ExperimentRunner
+
+    deployment = Deployment(api=f"http://{CLIENT_HOST}:1", control=store.control.url)
+    runner = ExperimentRunner(deployment, journal_dir=tmp_path / "j")
+    journal = runner.run(load_experiment(docker_step(tmp_path)))
+    assert journal.status == "aborted", journal.errors
+    where = "deployment 'local-testbed'"
+    assert journal.errors == [DOCKER_ON_NO_CONTAINERS.format(where=where) + "; nothing was touched"]
+    assert journal.moment("load_started") is None and journal.faults == []
+
+
 def test_a_run_naming_a_shard_the_deployment_lacks_aborts_before_the_load_naming_the_field(
     store: LocalCluster, tmp_path: Path
 ) -> None:
