@@ -23,6 +23,7 @@ from chaos.errors import ChaosError, TestbedError
 from chaos.load import LoadProfile
 from chaos.schedule_settings import ScheduleSettings
 from chaos.soak_growth import BYTES_PER_CYCLE
+from common.nodes import SHARD_ROLES
 from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
@@ -184,6 +185,33 @@ def testbed_up(
     )
 
 
+def roles_in_the_map(state: testbed_module.TestbedState, directory: Path) -> dict[str, str] | None:
+    """Each shard node's role in the current topology, by name (None: it could not be read)."""
+    from chaos.errors import TargetError
+    from chaos.targets import from_testbed
+
+    try:
+        topology = from_testbed(state, directory).topology()
+    except TargetError:
+        return None
+    roles = {shard.primary.name: "primary" for shard in topology.shards}
+    roles |= {node.name: "replica" for shard in topology.shards for node in shard.replicas}
+    return roles
+
+
+def role_now(name: str, started_as: str, roles: dict[str, str] | None) -> str:
+    """A node's role as `status` shows it: a shard node's is the map's now (a failover moves
+    it), with the role it was started as when that differs."""
+    if started_as not in SHARD_ROLES:
+        return started_as
+    if roles is None:
+        return f"{started_as} (as started; the map could not be read)"
+    now = roles.get(name)
+    if now is None:
+        return f"not in the map (started as {started_as})"
+    return now if now == started_as else f"{now} (started as {started_as})"
+
+
 @testbed_app.command("status")
 def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     """Show the testbed's processes and the API's health."""
@@ -191,13 +219,14 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
         state, alive, health = testbed_module.status(dir)
     except TestbedError as error:
         raise refused(error) from None
+    roles = roles_in_the_map(state, dir)
     table = Table(title=f"testbed {dir}")
     for column in ("name", "role", "shard", "address", "pid", "alive"):
         table.add_column(column)
     for node in state.nodes:
         table.add_row(
             node.name,
-            node.role,
+            role_now(node.name, node.role, roles),
             node.shard or "",
             f"{node.host}:{node.port}",
             str(node.pid),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from chaos import testbed
 from chaos.processes import running
@@ -132,3 +133,30 @@ def test_an_interrupted_up_stops_every_process_it_started_and_says_so_in_one_lin
         up.kill()
         up.wait()
         testbed.sweep(directory)
+
+
+@pytest.mark.slow  # a small testbed starts: 3-6 s
+def test_status_shows_a_shard_nodes_role_in_the_current_map_and_the_one_it_started_as(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from chaos.cli import app
+    from ratequeue.topology import TOPOLOGY_KEY, Topology
+
+    directory = tmp_path / "bed"
+    with testbed.running_testbed(directory, shards=1, replicas=1, controllers=0, sensors=False):
+        state = testbed.load_state(directory)
+        control = redis.Redis.from_url(state.control)
+        with control:
+            # What a failover leaves: the replica appointed, the old primary out of the map.
+            topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+            shard = topology.shards[0]
+            shard.primary, shard.replicas = shard.replicas[0], []
+            control.set(TOPOLOGY_KEY, topology.model_dump_json())
+        result = CliRunner().invoke(app, ["testbed", "status", "--dir", str(directory)],
+                                    env={"COLUMNS": "300"})  # fmt: skip
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in result.output.splitlines() if line.count("│") > 3}  # fmt: skip
+    assert rows["s0-primary"] == "not in the map (started as primary)", result.output
+    assert rows["s0-replica1"] == "primary (started as replica)", result.output
