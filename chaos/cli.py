@@ -5,7 +5,10 @@ name or value may look like rich markup). Not for: the work itself (see `runner`
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from chaos.errors import ChaosError, TestbedError
 from chaos.load import LoadProfile
 from chaos.schedule_settings import ScheduleSettings
 from chaos.soak_growth import BYTES_PER_CYCLE
+from common.nodes import SHARD_ROLES
 from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
@@ -36,6 +40,38 @@ def refused(error: Exception, what: str | None = None) -> typer.Exit:
     text = escape(str(error))
     console.print(f"[red]{what}:[/] {text}" if what else f"[red]{text}[/]")
     return typer.Exit(1)
+
+
+# What stops a command from outside: Ctrl-C, and `kill` (or a service manager) by default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (`signum`) while a command was starting processes."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn the first SIGINT or SIGTERM into `Interrupted`, so the work unwinds and stops what
+    it started (SIGTERM would otherwise end the process on the spot); later ones are ignored
+    while it does, lest a second Ctrl-C cut that short too."""
+    caught: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        if not caught:
+            caught.append(signum)
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ControlChoice(StrEnum):
@@ -117,20 +153,26 @@ def testbed_up(
     except ValueError as error:
         raise refused(error, "testbed up refused: --shard-maxmemory") from None
     try:
-        state = testbed_module.up(
-            dir,
-            shards=shards,
-            replicas=replicas,
-            controllers=controllers,
-            sensors=sensors,
-            supervise=supervise,
-            control=control.value,
-            failover=failover.value,
-            ack=ack.value,
-            sentinel_timers=timers,
-            api_workers=api_workers,
-            shard_maxmemory=shard_maxmemory,
+        with interruptible():
+            state = testbed_module.up(
+                dir,
+                shards=shards,
+                replicas=replicas,
+                controllers=controllers,
+                sensors=sensors,
+                supervise=supervise,
+                control=control.value,
+                failover=failover.value,
+                ack=ack.value,
+                sentinel_timers=timers,
+                api_workers=api_workers,
+                shard_maxmemory=shard_maxmemory,
+            )
+    except Interrupted as interrupted:
+        console.print(
+            f"testbed up interrupted ({interrupted}): stopped every process it had started"
         )
+        raise typer.Exit(128 + interrupted.signum) from None
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)
@@ -143,6 +185,33 @@ def testbed_up(
     )
 
 
+def roles_in_the_map(state: testbed_module.TestbedState, directory: Path) -> dict[str, str] | None:
+    """Each shard node's role in the current topology, by name (None: it could not be read)."""
+    from chaos.errors import TargetError
+    from chaos.targets import from_testbed
+
+    try:
+        topology = from_testbed(state, directory).topology()
+    except TargetError:
+        return None
+    roles = {shard.primary.name: "primary" for shard in topology.shards}
+    roles |= {node.name: "replica" for shard in topology.shards for node in shard.replicas}
+    return roles
+
+
+def role_now(name: str, started_as: str, roles: dict[str, str] | None) -> str:
+    """A node's role as `status` shows it: a shard node's is the map's now (a failover moves
+    it), with the role it was started as when that differs."""
+    if started_as not in SHARD_ROLES:
+        return started_as
+    if roles is None:
+        return f"{started_as} (as started; the map could not be read)"
+    now = roles.get(name)
+    if now is None:
+        return f"not in the map (started as {started_as})"
+    return now if now == started_as else f"{now} (started as {started_as})"
+
+
 @testbed_app.command("status")
 def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
     """Show the testbed's processes and the API's health."""
@@ -150,13 +219,14 @@ def testbed_status(dir: Path = typer.Option(..., "--dir")) -> None:
         state, alive, health = testbed_module.status(dir)
     except TestbedError as error:
         raise refused(error) from None
+    roles = roles_in_the_map(state, dir)
     table = Table(title=f"testbed {dir}")
     for column in ("name", "role", "shard", "address", "pid", "alive"):
         table.add_column(column)
     for node in state.nodes:
         table.add_row(
             node.name,
-            node.role,
+            role_now(node.name, node.role, roles),
             node.shard or "",
             f"{node.host}:{node.port}",
             str(node.pid),
@@ -195,6 +265,18 @@ def testbed_supervise(dir: Path = typer.Option(..., "--dir")) -> None:
     from chaos.supervisor import supervise
 
     supervise(dir)
+
+
+@testbed_app.command("reap", hidden=True)
+def testbed_reap(
+    dir: Path = typer.Option(..., "--dir"),
+    runner: int = typer.Option(..., "--runner"),
+    mark: Path = typer.Option(..., "--mark"),
+) -> None:
+    """Stop the embedded testbed in DIR once the run RUNNER is gone (`chaos.embedded_testbed`)."""
+    from chaos.embedded_testbed import reap
+
+    reap(dir, runner, mark)
 
 
 @app.command()
@@ -274,7 +356,7 @@ def run(
     from chaos.run_watchers import RunWatcher
     from chaos.schedule_metrics import ScheduleMetrics
     from chaos.scheduler import check_target_allowed, run_schedule
-    from chaos.targets import load_deployment
+    from chaos.targets import Deployment, load_deployment
     from notifications.config import NotificationConfig, load_notification_config
     from notifications.errors import NotificationConfigError
 
@@ -290,6 +372,13 @@ def run(
             reasons = "; ".join(reason for _, reason in skipped)  # each names its file
             raise ExperimentError(f"none of the experiments can run with these options: {reasons}")
         deployment = load_deployment(settings.target) if settings.target is not None else None
+        if deployment is None:
+            # Before the testbed starts: it runs processes, which a docker step cannot reach.
+            for path, experiment in runnable:
+                backend = Deployment.model_fields["default_backend"].default
+                unusable = experiment.unusable_backends(backend, False, "the embedded testbed")
+                if unusable:
+                    raise ExperimentError(f"{path}: " + "; ".join(unusable))
         if deployment is not None:
             check_target_allowed(deployment, settings.allow_prod)
         if settings.notifications is not None:
@@ -421,15 +510,23 @@ def halt(
 ) -> None:
     """Stop the running experiment; it rolls back its faults before exiting. Faults a killed
     run left in force are undone too, each named: Docker ones always, the local backend's
-    cut-offs on the processes of `--target`. Exit 1 when one is left in force (the engine
+    cut-offs on the processes of `--target`; and the embedded testbed of a killed run, should
+    the reaper that stops it be gone too, is stopped. Exit 1 when one is left in force (the engine
     refused or was unreachable, another host wrote it, or a chaos command still running here
     may own it), or when nothing was running or left."""
+    from chaos.embedded_testbed import stop_orphaned_testbeds
     from chaos.errors import TargetError
     from chaos.fault_phase import undo_local_cut_offs
     from chaos.faults.docker_leftovers import PendingDockerFaults, undo_docker_leftovers
     from chaos.scheduler import halt as halt_run
     from chaos.targets import load_deployment
 
+    if not journal_dir.is_dir():
+        # A mistyped directory: nothing can have run there, and looking must not create it.
+        raise refused(ValueError(
+            f"no journal directory {journal_dir} (a run writes its pid and faults in its "
+            "--journal-dir); nothing was halted"
+        ))  # fmt: skip
     try:
         if target is not None:
             load_deployment(target)  # a bad file is refused before anything is halted
@@ -437,6 +534,8 @@ def halt(
     except (TargetError, TimeoutError) as error:
         raise refused(error) from None
     leftovers = undo_docker_leftovers(journal_dir)
+    # A killed run's embedded testbed, should its reaper have been killed too.
+    orphans = stop_orphaned_testbeds(journal_dir)
     local_left = None
     if target is not None:
         # Read again: the halted run may have restarted a node (a new pid in testbed.json).
@@ -444,6 +543,8 @@ def halt(
         leftovers += local_undone
     for line in leftovers:
         console.print(f"leftover fault of a killed run: {escape(line)}")
+    for line in orphans:
+        console.print(escape(line))
     if pid is not None:
         console.print(f"halted chaos run {pid}; its faults were rolled back")
     in_force = PendingDockerFaults(journal_dir).unsettled()
@@ -453,9 +554,9 @@ def halt(
         console.print(f"[red]local cut-offs left in force:[/] {escape(local_left)}")
     if in_force or local_left is not None:
         raise typer.Exit(1)
-    if pid is None and not leftovers:
+    if pid is None and not leftovers and not orphans:
         console.print(f"no chaos run is running (no live pid in {journal_dir}), and none left "
-                      "a fault behind")  # fmt: skip
+                      "a fault or a testbed behind")  # fmt: skip
         raise typer.Exit(1)
 
 

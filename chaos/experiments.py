@@ -371,6 +371,28 @@ class Experiment(Strict):
             if shard not in shard_ids
         ]
 
+    def unusable_backends(self, default_backend: str, containers: bool, where: str) -> list[str]:
+        """What is wrong with the fault steps' backends for a deployment (`where`) whose
+        default backend is `default_backend` and that has `containers` or not: a sentence per
+        step the docker backend would fail half-way, naming its field (none: all usable)."""
+        problems = []
+        for index, step in enumerate(self.method):
+            if not isinstance(step, FaultStep) or containers:
+                continue
+            if (step.backend or default_backend) != "docker":
+                continue
+            field = (
+                f"method.{index}.backend"
+                if step.backend
+                else f"method.{index} (the deployment's default_backend)"
+            )
+            problems.append(
+                f"field '{field}': docker acts on containers, and {where} has none (no node "
+                "names a container, no docker_deployment); use backend local or gremlin, or "
+                "a target of a Docker deployment"
+            )
+        return problems
+
 
 class TestbedOverrides(Strict):
     """What `ratequeue-chaos run` options set over every file's own (None: the file's)."""

@@ -134,9 +134,11 @@ class ExperimentRunner:
             self.faults.remove_leftovers(journal)
             before = self._topology_before = self.deployment.topology()
             shard_ids = [s.id for s in before.shards]
-            # Before any load or fault: a step naming a shard the deployment lacks would
-            # fail half-way, with the load running and earlier faults in.
+            # Before any load or fault: a step naming a shard the deployment lacks, or whose
+            # backend cannot reach its nodes, would fail half-way, with the load running and
+            # earlier faults in.
             unknown = experiment.unknown_shards(shard_ids)
+            unknown += self.deployment.unusable_backends(experiment)
             if unknown:
                 raise RunAborted("; ".join(unknown) + "; nothing was touched")
             named = next((f.target.shard for f in experiment.faults
@@ -214,6 +216,7 @@ class ExperimentRunner:
         finally:
             self._http.close()
         unknown = experiment.unknown_shards(shard_ids)
+        unknown += self.deployment.unusable_backends(experiment)
         if unknown:
             raise TargetError("; ".join(unknown))
         self._plan_into(journal, experiment, ShardChoice(shard_ids, self.rng))

@@ -59,7 +59,9 @@ class ScheduleSettings(BaseModel):
         None, description="run at the times a cron expression names, in UTC ('0 */4 * * *')"
     )
     jitter: Annotated[float, *AS_DURATION] = Field(
-        0.0, description="random +/- DURATION around --every (at most 30 days)"
+        0.0,
+        description="random +/- DURATION around each run time of --every or --cron (at most "
+        "30 days)",
     )
     journal_dir: Path = Field(Path("chaos-journals"), description="where runs are journaled")
     allow_prod: bool = Field(False, description="allow a prod target")
@@ -106,6 +108,10 @@ class ScheduleSettings(BaseModel):
     def _one_schedule(self) -> ScheduleSettings:
         if self.every is not None and self.cron is not None:
             raise SettingProblem("cron", "give --every or --cron, not both")
+        if self.jitter and self.every is None and self.cron is None:
+            # Without a schedule there is no run time to move: silently dropped, it would
+            # hide a forgotten --every.
+            raise SettingProblem("jitter", "moves a schedule's run times: give --every or --cron")
         if self.target is not None:
             for name in ("control", "failover", "ack"):
                 if getattr(self, name) is not None:

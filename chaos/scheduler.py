@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from chaos.cron_schedule import CronSchedule
+from chaos.embedded_testbed import embedded_testbed_dir
 from chaos.errors import RefusedTarget, ScheduleNotRead, TargetError
 from chaos.experiments import Experiment, TestbedOverrides, applicable_experiments
 from chaos.journal import Journal, Say
@@ -126,7 +126,8 @@ def run_one(
                 target, journal_dir=journal_dir, say=say, stop=stop, seed=seed, on_fault=on_fault
             )
             return runner.run(experiment, str(path))
-    with tempfile.TemporaryDirectory(prefix="chaos-testbed-") as scratch:
+    # Stopped by a reaper should this process be killed (`embedded_testbed`).
+    with embedded_testbed_dir(journal_dir) as scratch:
         say(
             f"starting the embedded testbed ({options.shards} shards x "
             f"{options.replicas} replicas, {_manager(experiment)}, control store on "
@@ -134,7 +135,7 @@ def run_one(
         )
         args = resolve_controller_args(options.controller_args, path)
         with running_testbed(
-            Path(scratch),
+            scratch,
             shards=options.shards,
             replicas=options.replicas,
             controller_args=args,
@@ -142,7 +143,7 @@ def run_one(
             failover=experiment.failover,
             ack=experiment.ack,
         ) as state:
-            deployment = from_testbed(state, Path(scratch))
+            deployment = from_testbed(state, scratch)
             runner = ExperimentRunner(
                 deployment,
                 journal_dir=journal_dir,
@@ -253,6 +254,11 @@ def run_schedule(
                     return journals
             if not scheduled:
                 break
+            if dry_run:
+                # A dry run only plans: the schedule's times are part of the plan, not a wait.
+                say(f"a schedule would run at {planned_times(every, cron, jitter)}; a dry run "
+                    "stops here")  # fmt: skip
+                break
             if grid is None:
                 period = every if every is not None else _cron_wait(cron)
                 pause = period + rng.uniform(-jitter, jitter)
@@ -270,6 +276,25 @@ def run_schedule(
             if pid_file.read_text() == str(os.getpid()):
                 pid_file.unlink()
     return journals
+
+
+# How many of a schedule's run times a dry run shows.
+PLANNED_TIMES = 3
+
+
+def planned_times(every: float | None, cron: CronSchedule | None, jitter: float) -> str:
+    """The first `PLANNED_TIMES` times a new schedule would start its runs (`every`: now, then
+    every period; `cron`: the times it names), as a log reads them."""
+    now = time.time()
+    if every is not None:
+        times = [now + index * every for index in range(PLANNED_TIMES)]
+    else:
+        assert cron is not None
+        times = [cron.next_after(now)]
+        while len(times) < PLANNED_TIMES:
+            times.append(cron.next_after(times[-1]))
+    spread = f" (each +/- up to {jitter:g} s of jitter)" if jitter else ""
+    return ", ".join(clock(at) for at in times) + spread
 
 
 def _cron_wait(cron: CronSchedule | None) -> float:

@@ -51,6 +51,7 @@ import docker.errors
 import redis
 import requests.exceptions
 
+from chaos.docker_engine import open_engine
 from chaos.docker_targets import discover_nodes
 from chaos.errors import ChaosError, TargetError
 from chaos.experiments import Experiment, load_experiment
@@ -275,7 +276,7 @@ class Staging:
         self.compose_files = compose_files
         self.endpoints = endpoints
         self.say = say
-        self.engine = docker.from_env(timeout=60)
+        self.engine = open_engine(timeout=60)
 
     def _compose(self, *args: str, timeout: float = 600) -> None:
         env = compose_environment(os.environ)

@@ -15,7 +15,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -38,6 +38,9 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import StoreAddress, opened_coordination_store
 from ratequeue.sentinel_topology import SentinelTopologySource, parse_sentinel_addresses
 from ratequeue.topology import Topology
+
+if TYPE_CHECKING:
+    from chaos.experiments import Experiment
 
 T = TypeVar("T")
 Backend = Literal["local", "docker", "gremlin"]
@@ -89,6 +92,18 @@ class Deployment(BaseModel):
     def store_address(self) -> StoreAddress:
         """Where the deployment's coordination store is."""
         return StoreAddress.of(self.control, self.etcd_endpoints)
+
+    @property
+    def has_containers(self) -> bool:
+        """Whether the docker backend can reach its nodes: discovered by label, or named."""
+        return self.docker_deployment is not None or any(n.container for n in self.nodes)
+
+    def unusable_backends(self, experiment: Experiment) -> list[str]:
+        """The experiment's fault steps whose backend cannot act on this deployment, a
+        sentence each naming the field (see `Experiment.unusable_backends`)."""
+        return experiment.unusable_backends(
+            self.default_backend, self.has_containers, f"deployment {self.name!r}"
+        )
 
     @property
     def failover(self) -> FailoverManager:

@@ -445,94 +445,111 @@ def up(
         existing = load_state(directory)
         if any(process_alive(n) for n in existing.nodes):
             raise TestbedError(f"a testbed is already running in {directory}; run down first")
-    # A new testbed starts empty: data a stopped one left (AOF files, a kill switch, queued
-    # messages) must not leak into the next experiment.
-    shutil.rmtree(directory / "redis", ignore_errors=True)
-    cluster = LocalCluster.start(
-        directory / "redis",
-        shards=shards,
-        replicas=replicas,
-        min_replicas=min_replicas,
-        detached=True,
-        maxmemory=shard_maxmemory,
-        node_args=sentinel_managed_args(min_replicas) if failover == "sentinel" else (),
-    )
-    nodes = [
-        TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port, pid=n.pid,
-                    command=list(n.argv) or None)
-        for n in cluster.nodes()
-    ]  # fmt: skip
-    started: list[TestbedNode] = []
-    token = secrets.token_urlsafe(24)
-    etcd: EtcdCluster | None = None
-    address = StoreAddress(control_url=cluster.control.url)
-    if shard_maxmemory is not None:  # the replacements the controllers start get it too
-        controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
-    api_args: list[str] = ["--workers", str(api_workers), "--min-replicas", str(min_replicas)]
-    sentinels: list[TestbedNode] = []
-    try:
-        if failover == "sentinel":
-            sentinels = start_testbed_sentinels(directory, cluster, sentinel_timers)
-            started += sentinels
-            addresses = ",".join(f"{n.host}:{n.port}" for n in sentinels)
-            api_args += ["--topology-backend", "sentinel", "--sentinels", addresses]
-            controllers, sensors = 0, False
-        if control == "etcd":
-            etcd = start_etcd_cluster(directory / "etcd", detached=True)
-            started += [
-                TestbedNode(name=m.name, role="etcd", host=CLIENT_HOST, port=m.client_port,
-                            pid=m.pid, command=list(m.argv))
-                for m in etcd.members
-            ]  # fmt: skip
-            address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
-            endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
-            api_args += ["--topology-backend", "etcd", *endpoints]
-            controller_args = [
-                "--coordination-backend",
-                "etcd",
-                *endpoints,
-                *(controller_args or []),
-            ]
-            sensor_args = [*endpoints, *(sensor_args or [])]
-        api = start_api(directory, cluster.control.url, api_args)
-        started.append(api)
-        register_in_balancer(address, "ratequeue-api", api)
-        lazarus = start_controllers(
-            directory, cluster.control.url, controllers, controller_args, token
+    # Whatever fails or interrupts the start (an error, Ctrl-C, SIGTERM through the CLI), no
+    # process of it outlives `up`: `down` cannot stop a testbed whose testbed.json was never
+    # written, and a start cut short may have spawned processes not yet recorded anywhere.
+    with _swept_on_failure(directory):
+        # A new testbed starts empty: data a stopped one left (AOF files, a kill switch, queued
+        # messages) must not leak into the next experiment.
+        shutil.rmtree(directory / "redis", ignore_errors=True)
+        cluster = LocalCluster.start(
+            directory / "redis",
+            shards=shards,
+            replicas=replicas,
+            min_replicas=min_replicas,
+            detached=True,
+            maxmemory=shard_maxmemory,
+            node_args=sentinel_managed_args(min_replicas) if failover == "sentinel" else (),
         )
-        started += lazarus
-        if sensors:
-            replicas_started = [n for n in nodes if n.role == "replica"]
-            started += [
-                start_sensor(directory, cluster.control.url, n, f"127.0.1.{index + 1}", sensor_args)
-                for index, n in enumerate(replicas_started)
-            ]
+        nodes = [
+            TestbedNode(name=n.name, role=n.role, shard=n.shard, host=n.host, port=n.port,
+                        pid=n.pid, command=list(n.argv) or None)
+            for n in cluster.nodes()
+        ]  # fmt: skip
+        started: list[TestbedNode] = []
+        token = secrets.token_urlsafe(24)
+        etcd: EtcdCluster | None = None
+        address = StoreAddress(control_url=cluster.control.url)
+        if shard_maxmemory is not None:  # the replacements the controllers start get it too
+            controller_args = [*(controller_args or []), "--replica-maxmemory", shard_maxmemory]
+        api_args: list[str] = ["--workers", str(api_workers), "--min-replicas", str(min_replicas)]
+        sentinels: list[TestbedNode] = []
+        try:
+            if failover == "sentinel":
+                sentinels = start_testbed_sentinels(directory, cluster, sentinel_timers)
+                started += sentinels
+                addresses = ",".join(f"{n.host}:{n.port}" for n in sentinels)
+                api_args += ["--topology-backend", "sentinel", "--sentinels", addresses]
+                controllers, sensors = 0, False
+            if control == "etcd":
+                etcd = start_etcd_cluster(directory / "etcd", detached=True)
+                started += [
+                    TestbedNode(name=m.name, role="etcd", host=CLIENT_HOST, port=m.client_port,
+                                pid=m.pid, command=list(m.argv))
+                    for m in etcd.members
+                ]  # fmt: skip
+                address = move_topology_to_etcd(cluster, ",".join(etcd.endpoints))
+                endpoints = ["--etcd-endpoints", address.etcd_endpoints or ""]
+                api_args += ["--topology-backend", "etcd", *endpoints]
+                controller_args = [
+                    "--coordination-backend",
+                    "etcd",
+                    *endpoints,
+                    *(controller_args or []),
+                ]
+                sensor_args = [*endpoints, *(sensor_args or [])]
+            api = start_api(directory, cluster.control.url, api_args)
+            started.append(api)
+            register_in_balancer(address, "ratequeue-api", api)
+            lazarus = start_controllers(
+                directory, cluster.control.url, controllers, controller_args, token
+            )
+            started += lazarus
+            if sensors:
+                replicas_started = [n for n in nodes if n.role == "replica"]
+                started += [
+                    start_sensor(
+                        directory, cluster.control.url, n, f"127.0.1.{index + 1}", sensor_args
+                    )
+                    for index, n in enumerate(replicas_started)
+                ]
+            nodes += started
+            state = TestbedState(
+                api=f"http://{api.host}:{api.port}",
+                control=cluster.control.url,
+                etcd_endpoints=address.etcd_endpoints,
+                nodes=nodes,
+                lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
+                lazarus_token=token if lazarus else None,
+                failover=failover,
+                ack=ack,
+                sentinels=[f"{n.host}:{n.port}" for n in sentinels],
+            )
+            if supervise:
+                where = str(directory.resolve())
+                argv = [sys.executable, "-m", "chaos", "testbed", "supervise", "--dir", where]
+                process = spawn_command(directory, "supervisor", argv)
+                state.supervisor = SupervisorRecord(pid=process.pid)
+            state_path(directory).write_text(state.model_dump_json(indent=2))
+        except BaseException:
+            for node in started:
+                _terminate(node)
+            if etcd is not None:
+                etcd.stop()
+            cluster.stop()
+            raise
+        return state
+
+
+@contextlib.contextmanager
+def _swept_on_failure(directory: Path) -> Iterator[None]:
+    """Stop every process working in `directory` (`sweep`) if the block raises anything,
+    KeyboardInterrupt included, and raise it on."""
+    try:
+        yield
     except BaseException:
-        for node in started:
-            _terminate(node)
-        if etcd is not None:
-            etcd.stop()
-        cluster.stop()
+        sweep(directory)
         raise
-    nodes += started
-    state = TestbedState(
-        api=f"http://{api.host}:{api.port}",
-        control=cluster.control.url,
-        etcd_endpoints=address.etcd_endpoints,
-        nodes=nodes,
-        lazarus=[f"http://{n.host}:{n.port}" for n in lazarus],
-        lazarus_token=token if lazarus else None,
-        failover=failover,
-        ack=ack,
-        sentinels=[f"{n.host}:{n.port}" for n in sentinels],
-    )
-    if supervise:
-        where = str(directory.resolve())
-        argv = [sys.executable, "-m", "chaos", "testbed", "supervise", "--dir", where]
-        process = spawn_command(directory, "supervisor", argv)
-        state.supervisor = SupervisorRecord(pid=process.pid)
-    state_path(directory).write_text(state.model_dump_json(indent=2))
-    return state
 
 
 def sentinel_managed_args(min_replicas: int) -> tuple[str, ...]:
@@ -647,6 +664,17 @@ def sweep(directory: Path) -> list[str]:
     """Stop any process still working in `directory` (its working directory or an open file is
     there): what an interrupted start or a provisioning cut short left behind. The caller and
     its parents are never touched."""
+    found = []
+    for pid in processes_working_in(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        found.append(f"pid {pid}")
+    return found
+
+
+def processes_working_in(directory: Path) -> list[int]:
+    """The pids of the processes whose working directory or an open file is in `directory`,
+    but for the caller and its parent."""
     root = str(directory.resolve())
     spared = {os.getpid(), os.getppid()}
     found = []
@@ -659,10 +687,7 @@ def sweep(directory: Path) -> list[str]:
         except OSError:
             continue
         if any(place == root or place.startswith(root + "/") for place in places):
-            pid = int(entry.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            found.append(f"pid {pid}")
+            found.append(int(entry.name))
     return found
 
 

@@ -1,6 +1,7 @@
 """The `ratequeue-chaos testbed` command line, end to end: `up` starts a whole deployment on
 loopback and describes it in DIR/testbed.json, `status` reports it healthy, its API takes messages,
-and `down` stops every process `up` started, its supervisor first."""
+and `down` stops every process `up` started, its supervisor first; an `up` interrupted part-way
+stops what it had started."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from chaos import testbed
 from chaos.processes import running
@@ -87,3 +91,72 @@ def test_a_testbed_goes_up_reports_healthy_takes_messages_and_down_stops_every_p
     assert not state_file.exists()
     after = chaos("testbed", "status", "--dir", str(directory))
     assert after.returncode == 1
+
+
+def _first_redis_node_started(directory: Path) -> bool:
+    return any((directory / "redis").glob("*/redis.log"))
+
+
+def _api_starting(directory: Path) -> bool:
+    return (directory / "logs" / "api.log").exists()
+
+
+@pytest.mark.slow  # 2-6 s each: `up` is stopped part-way
+@pytest.mark.parametrize("moment", [_first_redis_node_started, _api_starting],
+                         ids=["while-redis-starts", "while-the-api-starts"])  # fmt: skip
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_up_stops_every_process_it_started_and_says_so_in_one_line(
+    tmp_path: Path, moment: Callable[[Path], bool], signum: int
+) -> None:
+    directory = tmp_path / "bed"
+    up = subprocess.Popen(
+        [sys.executable, "-c", "from chaos.cli import app; app()", "testbed", "up",
+         "--dir", str(directory), "--shards", "3", "--replicas", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not moment(directory) and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert up.poll() is None, "up ended before it could be interrupted"
+        up.send_signal(signum)
+        stdout, stderr = up.communicate(timeout=60)
+
+        assert up.returncode == 128 + signum, stdout + stderr
+        assert "Traceback" not in stdout + stderr
+        assert stdout.strip().splitlines() == [
+            f"testbed up interrupted ({signal.Signals(signum).name}): stopped every process it "
+            "had started"
+        ], stdout + stderr
+        assert testbed.processes_working_in(directory) == []
+    finally:
+        up.kill()
+        up.wait()
+        testbed.sweep(directory)
+
+
+@pytest.mark.slow  # a small testbed starts: 3-6 s
+def test_status_shows_a_shard_nodes_role_in_the_current_map_and_the_one_it_started_as(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from chaos.cli import app
+    from ratequeue.topology import TOPOLOGY_KEY, Topology
+
+    directory = tmp_path / "bed"
+    with testbed.running_testbed(directory, shards=1, replicas=1, controllers=0, sensors=False):
+        state = testbed.load_state(directory)
+        control = redis.Redis.from_url(state.control)
+        with control:
+            # What a failover leaves: the replica appointed, the old primary out of the map.
+            topology = Topology.model_validate_json(control.get(TOPOLOGY_KEY))
+            shard = topology.shards[0]
+            shard.primary, shard.replicas = shard.replicas[0], []
+            control.set(TOPOLOGY_KEY, topology.model_dump_json())
+        result = CliRunner().invoke(app, ["testbed", "status", "--dir", str(directory)],
+                                    env={"COLUMNS": "300"})  # fmt: skip
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in result.output.splitlines() if line.count("│") > 3}  # fmt: skip
+    assert rows["s0-primary"] == "not in the map (started as primary)", result.output
+    assert rows["s0-replica1"] == "primary (started as replica)", result.output

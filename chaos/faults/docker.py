@@ -54,6 +54,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
+from chaos.docker_engine import EngineUnreachable, open_engine
 from chaos.errors import FaultError
 from chaos.faults.base import (
     DEFAULT_LENGTH,
@@ -124,13 +125,9 @@ def cpu_refusal(exit_code: int | None, output: str) -> str:
 def engine_unavailable_reason(base_url: str | None = None, timeout: float = 5.0) -> str | None:
     """None when a Docker engine answers a ping, else a one-line reason (for skips and logs)."""
     try:
-        client = (
-            docker.DockerClient(base_url=base_url, timeout=int(timeout))
-            if base_url
-            else docker.from_env(timeout=int(timeout))
-        )
-    except docker.errors.DockerException as error:
-        return f"Docker engine unreachable ({base_url or 'DOCKER_HOST or local socket'}): {error}"
+        client = open_engine(timeout, base_url)
+    except EngineUnreachable as error:
+        return str(error)
     try:
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
@@ -182,17 +179,9 @@ class DockerFaultBackend:
         with self._client_lock:
             if self._client is None:
                 try:
-                    if self._base_url:
-                        self._client = docker.DockerClient(
-                            base_url=self._base_url, timeout=int(self._api_timeout)
-                        )
-                    else:
-                        self._client = docker.from_env(timeout=int(self._api_timeout))
-                except docker.errors.DockerException as error:
-                    where = self._base_url or "DOCKER_HOST or the local socket"
-                    raise FaultError(
-                        f"docker backend: Docker engine unreachable ({where}): {error}"
-                    ) from error
+                    self._client = open_engine(self._api_timeout, self._base_url)
+                except EngineUnreachable as error:
+                    raise FaultError(f"docker backend: {error}") from error
             return self._client
 
     def close(self) -> None:

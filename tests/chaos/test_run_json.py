@@ -37,10 +37,11 @@ def test_run_json_prints_one_document_with_each_runs_journal(tmp_path: Path) -> 
 def test_a_scheduled_run_json_prints_one_journal_per_line_as_each_run_ends(
     tmp_path: Path,
 ) -> None:
+    # A dry run on a schedule plans each experiment once: two files, two lines.
+    experiments = [SCENARIOS / "replica_kill.yaml", SCENARIOS / "primary_kill.yaml"]
     done = subprocess.run(
-        [sys.executable, "-c", QUICK_SCHEDULE, "run", str(SCENARIOS / "replica_kill.yaml"),
-         "--dry-run", "--json", "--every", "100ms", "--runs", "2",
-         "--journal-dir", str(tmp_path / "j")],
+        [sys.executable, "-c", QUICK_SCHEDULE, "run", *map(str, experiments),
+         "--dry-run", "--json", "--every", "100ms", "--journal-dir", str(tmp_path / "j")],
         capture_output=True, text=True, timeout=120, cwd=PROJECT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -48,4 +49,4 @@ def test_a_scheduled_run_json_prints_one_journal_per_line_as_each_run_ends(
     assert len(lines) == 2
     journals = [json.loads(line) for line in lines]  # raises if anything else shares stdout
     assert [j["verdict"] for j in journals] == ["not_run", "not_run"]
-    assert {j["experiment_file"] for j in journals} == {str(SCENARIOS / "replica_kill.yaml")}
+    assert [j["experiment_file"] for j in journals] == [str(e) for e in experiments]

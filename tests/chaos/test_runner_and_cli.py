@@ -5,6 +5,7 @@ runs, prod targets refused, the run lock, a schedule that survives a failed run,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from chaos import scheduler
+from chaos import embedded_testbed, scheduler
 from chaos.cli import app
 from chaos.cron_schedule import CronSchedule
 from chaos.errors import TargetError
@@ -29,7 +30,13 @@ from chaos.report import write_report
 from chaos.schedule_store import schedule_name
 from chaos.scheduler import run_lock, run_schedule
 from chaos.targets import Deployment, from_testbed
-from chaos.testbed import TestbedNode, TestbedState, process_alive, running_testbed
+from chaos.testbed import (
+    TestbedNode,
+    TestbedState,
+    process_alive,
+    processes_working_in,
+    running_testbed,
+)
 from common.nodes import CLIENT_HOST
 from common.redis_processes import RedisProcess, free_port, start_redis
 from lazarus_lite.coordination.interface import RunLock
@@ -112,6 +119,26 @@ def test_a_dry_run_writes_no_journal_directory_or_pid_file(tmp_path: Path) -> No
                                       "--journal-dir", str(journals)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not journals.exists()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "times"),
+    [(["--every", "4h"], 3), (["--cron", "0 */25 * * *"], 3)],  # the latter: midnights only
+)
+def test_a_dry_run_on_a_schedule_prints_the_plan_once_with_its_next_run_times_and_exits(
+    tmp_path: Path, schedule: list[str], times: int
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", str(SCENARIOS / "replica_kill.yaml"), *schedule,
+         "--dry-run", "--journal-dir", str(tmp_path / "journals")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0, output
+    assert output.count("kill replica") == 1, output  # one plan, not one per period
+    planned = output.split("a schedule would run at ")[1].split("; a dry run stops here")[0]
+    assert len(planned.split(", ")) == times, planned
+    assert not (tmp_path / "journals").exists()
 
 
 def dry_run_in_a_process(tmp_path: Path, target_text: str) -> tuple[int, str]:
@@ -346,6 +373,86 @@ def _wait_for_paused_primary(state: TestbedState) -> str:
 
 def _process_state(pid: int) -> str:
     return process_state(pid) or ""
+
+
+@pytest.mark.parametrize("given", [["--journal-dir", "typo"], []], ids=["typo", "default"])
+def test_halt_refuses_a_journal_directory_that_does_not_exist_naming_it_and_creates_nothing(
+    tmp_path: Path, given: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["halt", *given])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    named = given[1] if given else "chaos-journals"
+    assert f"no journal directory {named}" in output
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def a_run_on_its_embedded_testbed(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """`ratequeue-chaos run` of a long experiment on its embedded testbed (one shard, one
+    replica), once that testbed is up: the runner and the mark naming its testbed. Whatever of
+    it a test leaves running is stopped afterwards."""
+    experiment = tmp_path / "long.yaml"
+    text = (SCENARIOS / "replica_kill.yaml").read_text().replace("duration: 8s", "duration: 120s")
+    experiment.write_text("testbed: {shards: 1, replicas: 1}\n" + text)
+    journals = tmp_path / "journals"
+    runner = subprocess.Popen([sys.executable, "-m", "chaos", "run", str(experiment),
+                               "--journal-dir", str(journals)], cwd=PROJECT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    mark = embedded_testbed.mark_path(journals, runner.pid)
+    record: dict = {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and runner.poll() is None:
+            if mark.exists():
+                record = json.loads(mark.read_text())
+                if (Path(record["directory"]) / "testbed.json").exists():
+                    break
+            time.sleep(0.05)
+        assert runner.poll() is None and record, "the run ended before its testbed was up"
+        record["journals"] = journals
+        yield runner, record
+    finally:
+        runner.kill()
+        runner.wait()
+        if record:
+            with contextlib.suppress(ProcessLookupError):
+                if b"reap" in _cmdline(str(record["reaper_pid"])):
+                    os.kill(record["reaper_pid"], signal.SIGKILL)
+            embedded_testbed.stop_left_testbed(Path(record["directory"]))
+
+
+@pytest.mark.slow  # the embedded testbed starts: 5-15 s
+def test_an_embedded_testbed_does_not_outlive_its_run_killed_with_sigkill(tmp_path: Path) -> None:
+    with a_run_on_its_embedded_testbed(tmp_path) as (runner, record):
+        directory = Path(record["directory"])
+        assert processes_working_in(directory)
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 30
+        while directory.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_working_in(directory) == []
+        assert not directory.exists()
+        assert not embedded_testbed.mark_path(record["journals"], runner.pid).exists()
+
+
+@pytest.mark.slow  # the embedded testbed starts: 5-15 s
+def test_halt_stops_and_names_the_embedded_testbed_of_a_run_killed_with_its_reaper(
+    tmp_path: Path,
+) -> None:
+    with a_run_on_its_embedded_testbed(tmp_path) as (runner, record):
+        directory = Path(record["directory"])
+        os.kill(record["reaper_pid"], signal.SIGKILL)
+        runner.kill()
+        runner.wait()
+        halted = CliRunner().invoke(app, ["halt", "--journal-dir", str(record["journals"])])
+        said = " ".join(halted.output.split())
+        assert halted.exit_code == 0, said
+        assert f"embedded testbed of killed run {runner.pid} in {directory}: stopped" in said
+        assert processes_working_in(directory) == []
+        assert not directory.exists()
 
 
 def test_the_report_has_a_timeline_per_run_and_the_recovery_trend(tmp_path: Path) -> None:
@@ -608,6 +715,51 @@ def naming_shard(tmp_path: Path, shard: str) -> Path:
         "hypotheses:\n  - {type: one_primary_per_shard}\n"
     )
     return experiment
+
+
+def docker_step(tmp_path: Path) -> Path:
+    """An experiment whose one step kills a primary with the docker backend."""
+    experiment = tmp_path / "docker_step.yaml"
+    experiment.write_text(
+        "title: A docker step\nload: {numbers: 10, enqueue_per_second: 10, duration: 5s}\n"
+        "method:\n  - {action: kill, backend: docker, target: {role: primary}, at: 1s}\n"
+        "hypotheses:\n  - {type: one_primary_per_shard}\n"
+    )
+    return experiment
+
+
+DOCKER_ON_NO_CONTAINERS = (
+    "field 'method.0.backend': docker acts on containers, and {where} has none (no node names a "
+    "container, no docker_deployment); use backend local or gremlin, or a target of a Docker "
+    "deployment"
+)
+
+
+def test_a_docker_step_on_the_embedded_testbed_is_refused_naming_the_field_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    journals = tmp_path / "j"
+    result = CliRunner().invoke(app, ["run", str(docker_step(tmp_path)), "--journal-dir",
+                                      str(journals)])  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert DOCKER_ON_NO_CONTAINERS.format(where="the embedded testbed") in output
+    assert "starting the embedded testbed" not in output and not journals.exists()
+
+
+def test_a_run_with_a_docker_step_on_a_deployment_without_containers_aborts_before_the_load(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    from chaos.experiments import load_experiment
+    from chaos.runner import ExperimentRunner
+
+    deployment = Deployment(api=f"http://{CLIENT_HOST}:1", control=store.control.url)
+    runner = ExperimentRunner(deployment, journal_dir=tmp_path / "j")
+    journal = runner.run(load_experiment(docker_step(tmp_path)))
+    assert journal.status == "aborted", journal.errors
+    where = "deployment 'local-testbed'"
+    assert journal.errors == [DOCKER_ON_NO_CONTAINERS.format(where=where) + "; nothing was touched"]
+    assert journal.moment("load_started") is None and journal.faults == []
 
 
 def test_a_run_naming_a_shard_the_deployment_lacks_aborts_before_the_load_naming_the_field(

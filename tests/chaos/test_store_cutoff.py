@@ -230,6 +230,7 @@ def _target_file(control: RedisProcess, directory: Path) -> Path:
 def halt_with_target(control: RedisProcess, tmp_path: Path) -> Result:
     target = _target_file(control, tmp_path / "bed")
     journals = tmp_path / "journals"
+    journals.mkdir(exist_ok=True)  # the killed run's: `halt` refuses a directory not there
     return CliRunner().invoke(chaos_app, ["halt", "--journal-dir", str(journals),
                                           "--target", str(target)])  # fmt: skip
 

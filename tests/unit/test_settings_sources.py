@@ -78,6 +78,18 @@ SERVICES = [
 # What else a command needs: `topology-init`'s store (`ServiceSettings`'), `run`'s experiment.
 ALSO_NEEDED = {"ratequeue topology-init": ["--control", CONTROL],
                "ratequeue-chaos run": ["scenarios/replica_kill.yaml"]}  # fmt: skip
+# What a setting needs beside it to mean anything (a jitter moves a schedule's run times).
+COMPANIONS: dict[tuple[str, str], dict[str, str]] = {
+    ("ratequeue-chaos run", "jitter"): {"every": "4h"}
+}
+
+
+def companion_flags(service: Service, name: str) -> list[str]:
+    given = COMPANIONS.get((service.name, name), {})
+    return [
+        part for other, value in given.items() for part in as_flags(service.option(other), value)
+    ]
+
 
 # Values a model accepts for fields whose type alone does not say one.
 EXAMPLES: dict[str, str | list[str]] = {
@@ -211,13 +223,17 @@ def given_directly(service: Service, name: str, value: str | list[str]) -> objec
     """What the model itself makes of `value` (the value of a flag or variable)."""
     if service.option(name).many and not isinstance(value, list):
         value = value.split()
-    return getattr(parse_settings(service.model, {**service.needs, name: value}), name)
+    companions = COMPANIONS.get((service.name, name), {})
+    return getattr(
+        parse_settings(service.model, {**service.needs, **companions, name: value}), name
+    )
 
 
 @pytest.mark.parametrize(("service", "name"), every_field())
 def test_every_setting_is_taken_from_its_flag(start: Start, service: Service, name: str) -> None:
     value = example(name, service.model.model_fields[name])
-    settings = start(service, as_flags(service.option(name), value), leave=name)
+    companions = companion_flags(service, name)
+    settings = start(service, [*as_flags(service.option(name), value), *companions], leave=name)
     assert isinstance(settings, BaseModel), settings
     assert getattr(settings, name) == given_directly(service, name, value)
     assert getattr(settings, name) != service.model.model_fields[name].get_default(
@@ -231,7 +247,8 @@ def test_every_setting_is_taken_from_its_environment_variable(
 ) -> None:
     value = example(name, service.model.model_fields[name])
     option = service.option(name)
-    settings = start(service, [], env={option.env: as_variable(value)}, leave=name)
+    companions = companion_flags(service, name)
+    settings = start(service, companions, env={option.env: as_variable(value)}, leave=name)
     assert isinstance(settings, BaseModel), settings
     assert getattr(settings, name) == given_directly(service, name, value)
 
@@ -529,6 +546,8 @@ def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -
                                    "most 30 days, not 99999999 h"),
         (["--every", "4h", "--jitter", "99999999h"], "setting 'jitter' (--jitter): must be at "
                                                      "least 0 s and at most 30 days"),
+        (["--jitter", "10m"], "setting 'jitter' (--jitter): moves a schedule's run times: "
+                              "give --every or --cron"),
     ],
 )  # fmt: skip
 def test_a_schedule_interval_out_of_range_is_refused_naming_the_option_and_the_range(
