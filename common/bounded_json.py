@@ -114,7 +114,13 @@ def _long_integer_problem(text: str) -> JsonProblem:
     expected = f"expected an integer of at most {limit} digits"
     # In document order, without recursion (the nesting was measured, but only against the
     # caller's limit).
-    pending: list[tuple[str, Any]] = [("", decoder.decode(text))]
+    try:
+        document = decoder.decode(text)
+    except json.JSONDecodeError as problem:  # the text is also malformed after the integer
+        return JsonProblem(problem.msg, problem.lineno, problem.colno)
+    except JsonProblem as problem:  # NaN, or a float out of range, after the integer
+        return problem
+    pending: list[tuple[str, Any]] = [("", document)]
     while pending:
         path, value = pending.pop()
         if isinstance(value, _LongInteger):

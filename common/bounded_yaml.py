@@ -17,6 +17,7 @@ that programs exchange.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import yaml
@@ -79,8 +80,8 @@ class _DepthBoundedLoader(yaml.SafeLoader):
 
     def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
         node = super().compose_mapping_node(anchor)
-        first_seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
+        first_seen: dict[Any, int] = {}
+        for position, (key_node, _) in enumerate(node.value):
             # Merge keys are not data (`<<: *defaults` twice merges both); a collection as a
             # key cannot be hashed, which the constructor refuses on its own.
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
@@ -88,14 +89,33 @@ class _DepthBoundedLoader(yaml.SafeLoader):
             # Compared as built (`1` and `1.0`, `true` and `yes` are one dict key), so exactly
             # what the built mapping would lose is refused.
             key = self.construct_object(key_node, deep=True)
-            first = first_seen.setdefault(key, key_node)
-            if first is not key_node:
+            # By position, not node: a key written again as an alias (`*k : 2`) is the very
+            # node of its first appearance.
+            first = first_seen.setdefault(key, position)
+            if first != position:
+                first_line = node.value[first][0].start_mark.line + 1
                 raise yaml.composer.ComposerError(
                     problem=f"duplicate key {bounded(repr(key), 40)} (first on line "
-                    f"{first.start_mark.line + 1}); each key may appear once in a mapping",
+                    f"{first_line}); each key may appear once in a mapping",
                     problem_mark=key_node.start_mark,
                 )
         return node
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """SafeLoader's integer, or a YAMLError naming the line for one too long to convert
+    (Python's own error names no place, and tells the writer to call a function)."""
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            problem=f"an integer of {len(node.value)} characters; expected at most "
+            f"{sys.get_int_max_str_digits()} digits",
+            problem_mark=node.start_mark,
+        ) from None
+
+
+_DepthBoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _expanded_size(root: yaml.Node) -> int:

@@ -95,15 +95,27 @@ class AuditRecord(BaseModel):
         """Whether this record is of `event` itself (a retry or a redelivery of it), not of
         another event sent with the same id; times are compared as instants."""
         try:
-            return Event.model_validate(self.event).model_dump() == event.model_dump()
+            return _same(Event.model_validate(self.event).model_dump(), event.model_dump())
         except ValidationError:  # a record of an event the schema no longer takes
-            return self.event == event.model_dump(mode="json")
+            return _same(self.event, event.model_dump(mode="json"))
 
     def stage_ended(self, stage: str) -> None:
         self.stages[stage] = time.time()
 
     def note(self, kind: str, detail: str, **data: Any) -> None:
         self.notes.append(Note(at=time.time(), kind=kind, detail=detail, data=data))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: Python's `==` takes `true` for `1` and `false` for `0`, which would
+    let a different event pass for a redelivery of the first."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 class AuditLog:

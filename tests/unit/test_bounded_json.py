@@ -112,3 +112,18 @@ def test_an_integer_too_long_to_convert_is_refused_naming_the_field_holding_it()
     assert str(refused.value) == (
         "field 'a.1.b': an integer of 5000 digits; expected an integer of at most 4300 digits"
     )
+
+
+LONG = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"id": ' + LONG + ", }", "[" + LONG + "] x", "[" + LONG + ", NaN]"],
+    ids=["trailing comma", "text after", "nan after"],
+)
+def test_a_text_malformed_after_an_integer_too_long_to_convert_is_refused_as_a_json_problem(
+    text: str,
+) -> None:
+    with pytest.raises(JsonProblem):
+        bounded_json.loads(text, max_depth=64)

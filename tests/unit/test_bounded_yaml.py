@@ -124,6 +124,11 @@ def test_keys_that_build_the_same_value_are_repeated_keys(text: str) -> None:
         bounded_yaml.safe_load(text)
 
 
+def test_a_key_repeated_through_an_alias_of_itself_is_a_repeated_key() -> None:
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a'"):
+        bounded_yaml.safe_load("&k a: 1\n*k : 2\n")
+
+
 def test_a_repeated_key_in_a_nested_mapping_or_a_later_document_is_refused() -> None:
     with pytest.raises(yaml.YAMLError, match="duplicate key 'action'"):
         bounded_yaml.safe_load("steps:\n  - {action: kill, action: pause}\n")
@@ -137,3 +142,9 @@ def test_keys_that_differ_in_type_and_a_key_that_overrides_a_merged_one_are_not_
     assert bounded_yaml.safe_load(text) == {
         "d": {"x": 1, "y": 1}, "e": {"x": 2, "y": 1}, "f": {"x": 1, "y": 1},
     }  # fmt: skip
+
+
+def test_an_integer_too_long_to_convert_is_refused_as_invalid_yaml_naming_its_line() -> None:
+    with pytest.raises(yaml.YAMLError, match="expected at most 4300 digits") as refused:
+        bounded_yaml.safe_load("a: 1\nb: " + "9" * 5000 + "\n")
+    assert refused.value.problem_mark.line + 1 == 2
