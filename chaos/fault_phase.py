@@ -92,7 +92,7 @@ class FaultPhase:
             if isinstance(step, ApproveStep):
                 self.controllers.approve(step.approve, choice.chosen)
                 continue
-            shard = choice.resolve(step.target.shard)
+            shard = choice.shard_of(step.target)
             for fault in self.inject_step(step, shard, injected):
                 if fault.target.role in {"primary", "replica"}:
                     faulted.add(shard)

@@ -254,7 +254,7 @@ class ExperimentRunner:
         ]
         for step in sorted(experiment.method, key=lambda s: s.at):
             if isinstance(step, FaultStep):
-                shard = choice.resolve(step.target.shard)
+                shard = choice.shard_of(step.target)
                 lines.append(
                     f"t+{step.at:g}s {step.action} {step.target.role} of {shard} via "
                     f"{self.faults.backend_name(step)}"

@@ -9,6 +9,8 @@ arguments of the command), or the experiments' own contents (`chaos.experiments`
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +48,8 @@ MIN_EVERY = 60.0
 # The longest --every or --jitter: a schedule rarer than monthly is not one, and times far past
 # it overflow the platform's clock (`--every 99999999h` crashed the scheduler's log line).
 MAX_EVERY = 30 * 24 * 3600.0
+# A cron expression's gaps vary (`0 9 * * 1-5`): its closest runs are looked for among this many.
+CRON_GAPS_CHECKED = 20
 
 
 class ScheduleSettings(BaseModel):
@@ -61,7 +65,7 @@ class ScheduleSettings(BaseModel):
     jitter: Annotated[float, *AS_DURATION] = Field(
         0.0,
         description="random +/- DURATION around each run time of --every or --cron (at most "
-        "30 days)",
+        "30 days, and half the runs' shortest gap less 1 min)",
     )
     journal_dir: Path = Field(Path("chaos-journals"), description="where runs are journaled")
     allow_prod: bool = Field(False, description="allow a prod target")
@@ -112,6 +116,16 @@ class ScheduleSettings(BaseModel):
             # Without a schedule there is no run time to move: silently dropped, it would
             # hide a forgotten --every.
             raise SettingProblem("jitter", "moves a schedule's run times: give --every or --cron")
+        gap = self._shortest_gap()
+        if self.jitter and gap is not None and gap - 2 * self.jitter < MIN_EVERY:
+            # Two runs moved toward each other by up to --jitter each must still be MIN_EVERY
+            # apart, or a schedule with jitter runs back to back as `--every 0` did.
+            most = max(0.0, (gap - MIN_EVERY) / 2)
+            raise SettingProblem(
+                "jitter",
+                f"{self.jitter:g} s could start two runs less than {MIN_EVERY:g} s apart (the "
+                f"schedule's runs are {gap:g} s apart); at most {most:g} s",
+            )
         if self.target is not None:
             for name in ("control", "failover", "ack"):
                 if getattr(self, name) is not None:
@@ -121,6 +135,17 @@ class ScheduleSettings(BaseModel):
                         f"file says the deployment's {name}",
                     )
         return self
+
+    def _shortest_gap(self) -> float | None:
+        """Seconds between the schedule's closest runs: --every, or the cron expression's
+        shortest gap among its next runs (None without a schedule)."""
+        if self.every is not None:
+            return self.every
+        if self.cron is None:
+            return None
+        cron, at = CronSchedule(self.cron), time.time()
+        times = [at := cron.next_after(at) for _ in range(CRON_GAPS_CHECKED + 1)]
+        return min(later - earlier for earlier, later in itertools.pairwise(times))
 
     @property
     def cron_schedule(self) -> CronSchedule | None:

@@ -21,6 +21,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from chaos.errors import TargetError
+from chaos.experiments import STORE_NODE_ROLES, Selector
 from chaos.faults.base import NodeTarget
 from chaos.testbed import (
     AckMode,
@@ -275,6 +276,11 @@ class ShardChoice:
         self.chosen = named if named in shard_ids else rng.choice(shard_ids)
         others = [s for s in shard_ids if s != self.chosen]
         self.other = rng.choice(others) if others else None
+
+    def shard_of(self, selector: Selector) -> str:
+        """The shard a step's selector acts on; for a store node (no shard's own) the run's, its
+        `shard` unused whatever it says, as the run's check of named shards leaves it unchecked."""
+        return self.chosen if selector.role in STORE_NODE_ROLES else self.resolve(selector.shard)
 
     def resolve(self, wanted: str) -> str:
         if wanted in {"random", "same"}:

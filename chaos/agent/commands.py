@@ -93,6 +93,9 @@ def _int(value: str, where: str, low: int, high: int) -> int:
     if not _INTEGER.fullmatch(value):
         problem = f"{quoted(value)} is not an integer (ASCII digits 0-9, as Gremlin's CLI takes)"
         raise AgentError(400, problem, where)
+    if len(value.lstrip("+-").lstrip("0")) > 19:
+        # Past int64 (Atoi refuses it too), and Python converts no more than 4,300 digits.
+        raise AgentError(400, f"{quoted(value)} is outside {low}..{high}", where)
     number = int(value)
     if not low <= number <= high:
         raise AgentError(400, f"{quoted(number)} is outside {low}..{high}", where)

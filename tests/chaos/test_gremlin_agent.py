@@ -264,6 +264,18 @@ def test_a_number_not_in_ascii_digits_gets_400_naming_the_flag(
     assert answers(served.nodes["s0-primary"])
 
 
+@pytest.mark.parametrize("digits", [20, 5000])
+def test_a_number_of_more_digits_than_int64_gets_400_naming_the_flag(
+    served: ServedAgent, digits: int
+) -> None:
+    answer = served.post({"command": {"type": "process_pause", "args": ["-l", "1" * digits]},
+                          "target": hosts_target("s0-primary")})  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "command.args -l"
+    assert "is outside" in answer.json()["message"], answer.text
+    assert served.agent.attacks == {}
+
+
 def test_a_body_that_is_not_json_gets_400_and_an_unknown_attack_404(served: ServedAgent) -> None:
     answer = httpx.post(f"{served.url}/attacks", content=b"{not json",
                         params={"teamId": TEAM}, headers={"Authorization": f"Key {API_KEY}"},

@@ -706,12 +706,12 @@ def test_the_run_lock_is_kept_past_its_ttl_while_the_run_lasts(store: LocalClust
         pass  # given back when the run ended
 
 
-def naming_shard(tmp_path: Path, shard: str) -> Path:
-    """An experiment whose one step kills the primary of `shard`, named outright."""
+def naming_shard(tmp_path: Path, shard: str, role: str = "primary") -> Path:
+    """An experiment whose one step kills the `role` node of `shard`, named outright."""
     experiment = tmp_path / "named_shard.yaml"
     experiment.write_text(
         "title: A named shard\nload: {numbers: 10, enqueue_per_second: 10, duration: 5s}\n"
-        f"method:\n  - {{action: kill, target: {{role: primary, shard: {shard}}}, at: 1s}}\n"
+        f"method:\n  - {{action: kill, target: {{role: {role}, shard: {shard}}}, at: 1s}}\n"
         "hypotheses:\n  - {type: one_primary_per_shard}\n"
     )
     return experiment
@@ -801,6 +801,21 @@ def test_a_dry_run_naming_a_shard_the_embedded_testbed_lacks_is_refused(tmp_path
     output = " ".join(result.output.split())
     assert result.exit_code == 1, output
     assert "no shard 's99' in this deployment (its shards: s0, s1, s2)" in output
+
+
+def test_a_dry_run_of_a_store_node_step_naming_any_shard_plans_it(
+    store: LocalCluster, tmp_path: Path
+) -> None:
+    # A store node is no shard's own: the shard a step names for it is not used, nor checked.
+    target = tmp_path / "target.yaml"
+    target.write_text(f"api: http://{CLIENT_HOST}:1\ncontrol: {store.control.url}\n")
+    experiment = naming_shard(tmp_path, "s99", role="control_store")
+    journals = str(tmp_path / "j")
+    result = CliRunner().invoke(app, ["run", str(experiment), "--target", str(target),
+                                      "--dry-run", "--journal-dir", journals])  # fmt: skip
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "kill control_store of s0" in output
 
 
 def test_validate_says_a_named_shard_is_checked_when_the_experiment_runs(tmp_path: Path) -> None:

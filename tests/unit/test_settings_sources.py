@@ -548,6 +548,13 @@ def test_a_bad_scheduler_duration_is_refused_naming_its_variable(start: Start) -
                                                      "least 0 s and at most 30 days"),
         (["--jitter", "10m"], "setting 'jitter' (--jitter): moves a schedule's run times: "
                               "give --every or --cron"),
+        (["--every", "4h", "--jitter", "5h"], "setting 'jitter' (--jitter): 18000 s could start "
+                                              "two runs less than 60 s apart (the schedule's runs "
+                                              "are 14400 s apart); at most 7170 s"),
+        (["--cron", "*/5 * * * *", "--jitter", "3m"], "setting 'jitter' (--jitter): 180 s could "
+                                                     "start two runs less than 60 s apart (the "
+                                                     "schedule's runs are 300 s apart); at most "
+                                                     "120 s"),
     ],
 )  # fmt: skip
 def test_a_schedule_interval_out_of_range_is_refused_naming_the_option_and_the_range(
