@@ -12,7 +12,9 @@ refused at once with `EnqueueBacklogFull` (503, retry later), nothing written.
 What each message gets is what `enqueue_many` gives it: its own ok, duplicate, conflict or full;
 an error of the shard's batch is every message's of that batch, each request its own instance of
 it. A message is written before its request is answered, so a producer that waits for each answer
-keeps its order (concurrent requests had no order before either).
+keeps its order (concurrent requests had no order before either). A number's messages never
+travel in two batches at once (its next ones wait for its batch to return), so they are queued
+in the order they reached the lane: a batch request's messages of one number in its order.
 
 A batch a producer sends in one request (`enqueue_many`) goes through the same lanes: each
 shard's part joins that shard's waiting messages, so it goes out in scripts of at most
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -45,10 +48,34 @@ Waiting = tuple[OutgoingMessage, "asyncio.Future[Enqueued | Exception]"]
 
 @dataclass
 class ShardLane:
-    """One shard's messages waiting to go out, and how many of its batches are on their way."""
+    """One shard's messages waiting to go out, how many of its batches are on their way, and
+    the numbers those batches carry (a number's next messages wait for its batch: two batches
+    on their way at once could be queued in either order)."""
 
     pending: list[Waiting] = field(default_factory=list)
     in_flight: int = 0
+    numbers_on_their_way: Counter[str] = field(default_factory=Counter)
+
+    def take_batch(self) -> list[Waiting]:
+        """The next batch: waiting messages in order, up to MAX_BATCH, leaving every message
+        of a number another batch is carrying (and the later ones of that number) waiting."""
+        batch: list[Waiting] = []
+        waiting: list[Waiting] = []
+        held = set(self.numbers_on_their_way)
+        for entry in self.pending:
+            number = entry[0].number
+            if number in held or len(batch) == MAX_BATCH:
+                held.add(number)  # its later messages must not overtake it
+                waiting.append(entry)
+            else:
+                batch.append(entry)
+        self.pending = waiting
+        self.numbers_on_their_way.update(message.number for message, _ in batch)
+        return batch
+
+    def batch_done(self, batch: list[Waiting]) -> None:
+        self.numbers_on_their_way.subtract(message.number for message, _ in batch)
+        self.numbers_on_their_way += Counter()  # drops the numbers at zero
 
 
 class EnqueueCoalescer:
@@ -100,12 +127,17 @@ class EnqueueCoalescer:
         batch: list[Waiting] = []
         try:
             while lane.pending:
-                batch = lane.pending[:MAX_BATCH]
-                del lane.pending[:MAX_BATCH]
+                batch = lane.take_batch()
+                if not batch:
+                    # Every waiting message's number is on its way in another batch, whose
+                    # sender takes them next.
+                    break
                 try:
                     results = await self.client.enqueue_many(message for message, _ in batch)
                 except Exception as error:  # e.g. no topology: every message of the batch
                     results = [error] * len(batch)
+                finally:
+                    lane.batch_done(batch)
                 for (_, waiting), outcome in zip(batch, results, strict=True):
                     answer(waiting, outcome)
                 batch = []

@@ -4,6 +4,7 @@ together while earlier ones are on their way, and each request gets its own mess
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 
@@ -14,9 +15,14 @@ from ratequeue.errors import EnqueueBacklogFull, IdConflict, ShardUnavailable
 from ratequeue.rates import Rate
 from ratequeue.shard import OutgoingMessage
 
+_numbers = itertools.count()
 
-def message(message_id: str) -> OutgoingMessage:
-    return OutgoingMessage(id=message_id, number="+14155550100", segments=1,
+
+def message(message_id: str, number: str | None = None) -> OutgoingMessage:
+    """A message for `number`, or else for a number of its own (so it may go in any batch: a
+    number's messages never travel in two at once)."""
+    number = number or f"+1415{next(_numbers):07d}"
+    return OutgoingMessage(id=message_id, number=number, segments=1,
                            default_rate=Rate(per_second=1, burst=1), body_json='"hi"')  # fmt: skip
 
 
@@ -186,3 +192,23 @@ def test_a_batch_request_past_the_lane_s_backlog_is_refused_for_the_messages_not
     assert "b-2" not in [sent for batch in batches for sent in batch]
     assert [r.id for r in results[:2]] == ["b-0", "b-1"]
     assert isinstance(results[2], EnqueueBacklogFull)
+
+
+def test_a_numbers_messages_never_travel_in_two_batches_at_once_and_go_out_in_order() -> None:
+    async def scenario() -> list[list[str]]:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        hot = "+14155550100"
+        first = asyncio.create_task(coalescer.enqueue(message("hot-1", hot)))
+        await until(lambda: len(client.batches) == 1)
+        arriving = [("hot-2", hot), ("cold-1", None), ("hot-3", hot)]
+        later = [asyncio.create_task(coalescer.enqueue(message(name, number)))
+                 for name, number in arriving]  # fmt: skip
+        await until(lambda: len(client.batches) == 2)
+        await asyncio.sleep(0.01)
+        assert len(client.batches) == 2  # the hot number's next messages wait for its batch
+        client.release.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+        return client.batches
+
+    assert asyncio.run(scenario()) == [["hot-1"], ["cold-1"], ["hot-2", "hot-3"]]
