@@ -12,9 +12,10 @@ refused at once with `EnqueueBacklogFull` (503, retry later), nothing written.
 What each message gets is what `enqueue_many` gives it: its own ok, duplicate, conflict or full;
 an error of the shard's batch is every message's of that batch, each request its own instance of
 it. A message is written before its request is answered, so a producer that waits for each answer
-keeps its order (concurrent requests had no order before either). A number's messages never
-travel in two batches at once (its next ones wait for its batch to return), so they are queued
-in the order they reached the lane: a batch request's messages of one number in its order.
+keeps its order (concurrent requests had no order before either). A batch request's messages
+of one number never travel in two scripts at once (the later ones wait for the script carrying
+the earlier), so they are queued in the request's order; if that script fails as a whole, the
+later ones get its error unsent, so a retry of them all keeps the order too.
 
 A batch a producer sends in one request (`enqueue_many`) goes through the same lanes: each
 shard's part joins that shard's waiting messages, so it goes out in scripts of at most
@@ -32,7 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ratequeue.client import AsyncRatequeueClient, Enqueued
-from ratequeue.errors import EnqueueBacklogFull, RatequeueError, ShardUnavailable
+from ratequeue.errors import (
+    EnqueueBacklogFull,
+    RatequeueError,
+    RetryableError,
+    ShardFull,
+    ShardUnavailable,
+)
 from ratequeue.shard import OutgoingMessage
 
 # Batches of one shard on their way at once: enough to keep the shard busy while the next gathers.
@@ -43,39 +50,66 @@ MAX_BATCH = 256
 # flight, so a stalled shard costs bounded memory and its producers hear about it at once.
 MAX_PENDING = 8 * MAX_BATCH
 
-Waiting = tuple[OutgoingMessage, "asyncio.Future[Enqueued | Exception]"]
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message waiting in its lane, the future answering it, and the batch request it came in
+    (None for a single enqueue)."""
+
+    message: OutgoingMessage
+    future: asyncio.Future[Enqueued | Exception]
+    request: object | None = None
+
+    @property
+    def ordered_by(self) -> tuple[object, str] | None:
+        """What its place in line is kept within: its request's messages of its number."""
+        return None if self.request is None else (self.request, self.message.number)
+
+
+# A script call that failed as a whole (its shard unavailable, or full): a request's later
+# messages of the same numbers are answered with its error, unsent, so the producer's retry of
+# them all, with the same ids, keeps their order (as the client does within a shard's share).
+CALL_FAILURES = (RetryableError, ShardFull)
 
 
 @dataclass
 class ShardLane:
     """One shard's messages waiting to go out, how many of its batches are on their way, and
-    the numbers those batches carry (a number's next messages wait for its batch: two batches
-    on their way at once could be queued in either order)."""
+    the (request, number) pairs those batches carry: a request's next messages of a number wait
+    for the batch carrying its earlier ones, since two batches on their way at once could be
+    queued in either order."""
 
     pending: list[Waiting] = field(default_factory=list)
     in_flight: int = 0
-    numbers_on_their_way: Counter[str] = field(default_factory=Counter)
+    on_their_way: Counter[tuple[object, str]] = field(default_factory=Counter)
 
     def take_batch(self) -> list[Waiting]:
-        """The next batch: waiting messages in order, up to MAX_BATCH, leaving every message
-        of a number another batch is carrying (and the later ones of that number) waiting."""
+        """The next batch: waiting messages in order, up to MAX_BATCH, leaving waiting every
+        message whose request's earlier messages of its number are on their way or waiting."""
         batch: list[Waiting] = []
         waiting: list[Waiting] = []
-        held = set(self.numbers_on_their_way)
+        held = set(self.on_their_way)
         for entry in self.pending:
-            number = entry[0].number
-            if number in held or len(batch) == MAX_BATCH:
-                held.add(number)  # its later messages must not overtake it
+            key = entry.ordered_by
+            if (key is not None and key in held) or len(batch) == MAX_BATCH:
+                if key is not None:
+                    held.add(key)  # its later messages must not overtake it
                 waiting.append(entry)
             else:
                 batch.append(entry)
         self.pending = waiting
-        self.numbers_on_their_way.update(message.number for message, _ in batch)
+        self.on_their_way.update(e.ordered_by for e in batch if e.ordered_by is not None)
         return batch
 
     def batch_done(self, batch: list[Waiting]) -> None:
-        self.numbers_on_their_way.subtract(message.number for message, _ in batch)
-        self.numbers_on_their_way += Counter()  # drops the numbers at zero
+        self.on_their_way.subtract(e.ordered_by for e in batch if e.ordered_by is not None)
+        self.on_their_way += Counter()  # drops the pairs at zero
+
+    def take_followers(self, failed: dict[tuple[object, str], Exception]) -> list[Waiting]:
+        """Take out the waiting messages of the (request, number) pairs whose batch failed."""
+        followers = [e for e in self.pending if e.ordered_by in failed]
+        self.pending = [e for e in self.pending if e.ordered_by not in failed]
+        return followers
 
 
 class EnqueueCoalescer:
@@ -94,12 +128,15 @@ class EnqueueCoalescer:
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list[Enqueued | Exception]:
         """Each message's acknowledgement or the error that refused it, in order; a message
         that finds its lane's backlog full is refused (EnqueueBacklogFull), the others go out."""
-        admitted = [self._admit(message) for message in messages]
+        request = object()  # its messages of one number keep their order
+        admitted = [self._admit(message, request) for message in messages]
         waiting = [entry for entry in admitted if isinstance(entry, asyncio.Future)]
         answers = iter(await asyncio.gather(*waiting))
         return [next(answers) if isinstance(entry, asyncio.Future) else entry for entry in admitted]
 
-    def _admit(self, message: OutgoingMessage) -> asyncio.Future[Enqueued | Exception] | Exception:
+    def _admit(
+        self, message: OutgoingMessage, request: object | None = None
+    ) -> asyncio.Future[Enqueued | Exception] | Exception:
         """Put the message in its shard's lane (the future answering it), or the error refusing
         it at once, nothing written."""
         try:
@@ -114,7 +151,7 @@ class EnqueueCoalescer:
             )
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Enqueued | Exception] = loop.create_future()
-        lane.pending.append((message, result))
+        lane.pending.append(Waiting(message, result, request))
         if lane.in_flight < MAX_IN_FLIGHT:
             lane.in_flight += 1
             # Started on the next turn of the loop: the requests read in this turn join it.
@@ -133,13 +170,18 @@ class EnqueueCoalescer:
                     # sender takes them next.
                     break
                 try:
-                    results = await self.client.enqueue_many(message for message, _ in batch)
+                    results = await self.client.enqueue_many(entry.message for entry in batch)
                 except Exception as error:  # e.g. no topology: every message of the batch
                     results = [error] * len(batch)
                 finally:
                     lane.batch_done(batch)
-                for (_, waiting), outcome in zip(batch, results, strict=True):
-                    answer(waiting, outcome)
+                failed: dict[tuple[object, str], Exception] = {}
+                for entry, outcome in zip(batch, results, strict=True):
+                    answer(entry.future, outcome)
+                    if isinstance(outcome, CALL_FAILURES) and entry.ordered_by is not None:
+                        failed.setdefault(entry.ordered_by, outcome)
+                for follower in lane.take_followers(failed) if failed else []:
+                    answer(follower.future, failed[follower.ordered_by])  # type: ignore[index]
                 batch = []
         finally:
             lane.in_flight -= 1
@@ -148,8 +190,8 @@ class EnqueueCoalescer:
             left = batch + (lane.pending if lane.in_flight == 0 else [])
             if lane.in_flight == 0:
                 lane.pending = []
-            for _, waiting in left:
-                answer(waiting, ShardUnavailable(
+            for entry in left:
+                answer(entry.future, ShardUnavailable(
                     f"shard {shard_id}: the batch carrying this message was cancelled; it may "
                     "or may not be written, retry with the same id"))  # fmt: skip
 

@@ -194,21 +194,65 @@ def test_a_batch_request_past_the_lane_s_backlog_is_refused_for_the_messages_not
     assert isinstance(results[2], EnqueueBacklogFull)
 
 
-def test_a_numbers_messages_never_travel_in_two_batches_at_once_and_go_out_in_order() -> None:
+def test_a_batch_requests_messages_of_one_number_never_travel_in_two_scripts_at_once() -> None:
     async def scenario() -> list[list[str]]:
         client = HeldClient()
         coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
         hot = "+14155550100"
-        first = asyncio.create_task(coalescer.enqueue(message("hot-1", hot)))
-        await until(lambda: len(client.batches) == 1)
-        arriving = [("hot-2", hot), ("cold-1", None), ("hot-3", hot)]
-        later = [asyncio.create_task(coalescer.enqueue(message(name, number)))
-                 for name, number in arriving]  # fmt: skip
+        ids = [f"hot-{i}" for i in range(coalescing.MAX_BATCH + 2)]
+        batch = [message(i, hot) for i in ids] + [message("cold-1"), message("cold-2")]
+        request = asyncio.create_task(coalescer.enqueue_many(batch))
         await until(lambda: len(client.batches) == 2)
         await asyncio.sleep(0.01)
-        assert len(client.batches) == 2  # the hot number's next messages wait for its batch
+        assert len(client.batches) == 2  # the hot number's last two wait for its first script
         client.release.set()
-        await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+        await asyncio.wait_for(request, timeout=5)
         return client.batches
 
-    assert asyncio.run(scenario()) == [["hot-1"], ["cold-1"], ["hot-2", "hot-3"]]
+    batches = asyncio.run(scenario())
+    hot_ids = [f"hot-{i}" for i in range(coalescing.MAX_BATCH + 2)]
+    assert batches == [hot_ids[: coalescing.MAX_BATCH], ["cold-1", "cold-2"], hot_ids[-2:]]
+
+
+def test_single_requests_of_one_number_still_go_out_in_scripts_side_by_side() -> None:
+    async def scenario() -> int:
+        client = HeldClient()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        hot = "+14155550100"
+        sent = []
+        for index in range(coalescing.MAX_IN_FLIGHT):
+            sent.append(asyncio.create_task(coalescer.enqueue(message(f"s-{index}", hot))))
+            await until(lambda: len(client.batches) == len(sent))
+        client.release.set()
+        await asyncio.wait_for(asyncio.gather(*sent), timeout=5)
+        return len(client.batches)
+
+    assert asyncio.run(scenario()) == coalescing.MAX_IN_FLIGHT
+
+
+class FirstCallFails(OneShard):
+    """Its first script call fails as a whole; later ones succeed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list:
+        batch = [m.id for m in messages]
+        self.batches.append(batch)
+        if len(self.batches) == 1:
+            raise ShardUnavailable("s0 is failing over; retry with the same id")
+        return [Enqueued(id=i, number="+14155550100", shard="s0", duplicate=False) for i in batch]
+
+
+def test_a_failed_script_answers_its_requests_later_messages_of_its_numbers_unsent() -> None:
+    async def scenario() -> tuple[list, list[list[str]]]:
+        client = FirstCallFails()
+        coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
+        hot = "+14155550100"
+        batch = [message(f"hot-{i}", hot) for i in range(coalescing.MAX_BATCH + 5)]
+        results = await asyncio.wait_for(coalescer.enqueue_many(batch), timeout=5)
+        return results, client.batches
+
+    results, batches = asyncio.run(scenario())
+    assert len(batches) == 1  # the later five were never sent...
+    assert all(isinstance(r, ShardUnavailable) for r in results)  # ...and share its error
