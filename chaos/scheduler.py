@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from chaos import schedule_settings
 from chaos.cron_schedule import CronSchedule
 from chaos.embedded_testbed import embedded_testbed_dir
 from chaos.errors import RefusedTarget, ScheduleNotRead, TargetError
@@ -223,6 +224,7 @@ def run_schedule(
                 return journals
             wait_for_first_slot(grid, jitter, rng, say, stop, watchers)
         while not stop.is_set():
+            cycle_started = time.time()
             for path, experiment in experiments:
                 if stop.is_set():
                     break
@@ -267,6 +269,10 @@ def run_schedule(
                 if slot.skipped:
                     say(f"the run overran its slot: skipped {slot.skipped_text()} slot(s)")
                 pause = slot.at + rng.uniform(-jitter, jitter) - time.time()
+            # Jitter must not start two runs back to back: the settings refuse a jitter the
+            # schedule's gaps cannot take, but a cron's gaps vary (month ends, leap days).
+            if jitter:
+                pause = max(pause, cycle_started + schedule_settings.MIN_EVERY - time.time())
             say(f"next run at {clock(time.time() + pause)} (in {max(0.0, pause):.0f} s)")
             for watcher in watchers:
                 watcher.next_run(time.time() + max(0.0, pause))

@@ -22,6 +22,8 @@ def parse_duration(value: object) -> float:
     true, a word) is a ValueError that says what a duration looks like."""
     # bool is an int: `timeout: yes` must not quietly mean one second.
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and value.bit_length() > 1000:  # float() would overflow
+            raise ValueError(f"{quoted(value)} is out of range for a duration")
         if not math.isfinite(value):
             raise ValueError(f"{value} is not a duration (e.g. 500ms, 5s, 10m, 4h)")
         return float(value)

@@ -96,7 +96,8 @@ def _int(value: str, where: str, low: int, high: int) -> int:
     if len(value.lstrip("+-").lstrip("0")) > 19:
         # Past int64 (Atoi refuses it too), and Python converts no more than 4,300 digits.
         raise AgentError(400, f"{quoted(value)} is outside {low}..{high}", where)
-    number = int(value)
+    digits = value.lstrip("+-").lstrip("0") or "0"  # int() counts leading zeros against its limit
+    number = -int(digits) if value.startswith("-") else int(digits)
     if not low <= number <= high:
         raise AgentError(400, f"{quoted(number)} is outside {low}..{high}", where)
     return number

@@ -149,7 +149,7 @@ def _inject(
     session = session_for(configuration)  # bad arguments are refused before anything is opened
     guard_faults()
     choice = session.shard_choice()
-    target_shard = choice.resolve(step.target.shard)
+    target_shard = choice.shard_of(step.target)
     injected = session.faults.inject_step(step, target_shard, session.injected)
     for fault in injected:
         if fault.target.role in {"primary", "replica"}:

@@ -177,3 +177,9 @@ def test_the_agent_refuses_a_command_type_that_is_not_the_types() -> None:
     with pytest.raises(AgentError) as refused:
         parse_command(command)
     assert (refused.value.status, refused.value.field) == (400, "command.commandType")
+
+
+def test_the_agent_takes_a_number_with_leading_zeros_as_gremlins_cli_does() -> None:
+    # Go's Atoi reads "0...01" as 1; Python's int() refuses past 4,300 characters, zeros or not.
+    command = {"type": "process_pause", "args": ["-l", "0" * 4400 + "30"]}
+    assert parse_command(command).length == 30
