@@ -26,7 +26,16 @@ LOCATION_CHARS = 120
 PROBLEM_CHARS = 300
 MAX_PROBLEMS = 5
 
-_QUOTE = reprlib.Repr()
+
+class _BoundedRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than Python converts (a hex literal in YAML has no cap)
+            return f"<an integer of {len(format(abs(x), 'x'))} hex digits>"
+
+
+_QUOTE = _BoundedRepr()
 _QUOTE.maxstring = QUOTE_CHARS
 _QUOTE.maxother = QUOTE_CHARS
 _QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxset = _QUOTE.maxdict = 5

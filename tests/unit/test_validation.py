@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from common.errors import InvalidSetting
 from common.etcd_client import EtcdClient
-from common.validation import HttpUrlText, RedisUrlText
+from common.validation import HttpUrlText, RedisUrlText, quoted
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings
 
@@ -75,3 +75,10 @@ def test_an_etcd_client_of_a_malformed_endpoints_setting_is_refused_naming_the_s
 def test_an_etcd_client_of_an_endpoints_setting_uses_every_endpoint() -> None:
     client = EtcdClient.from_setting(" http://127.0.0.1:2379/, http://127.0.0.1:2381 ")
     assert client.settings.endpoints == ["http://127.0.0.1:2379", "http://127.0.0.1:2381"]
+
+
+def test_an_integer_too_long_to_print_is_quoted_by_its_size() -> None:
+    # A YAML hex literal has no digit cap; its decimal repr would raise ValueError mid-message.
+    assert quoted([10**5000, -(10**5000), 3]) == (
+        "[<an integer of 4153 hex digits>, <an integer of 4153 hex digits>, 3]"
+    )
