@@ -599,19 +599,21 @@ def soak(
     compose file's variables (RQ_API_PORT, ...; on etcd also RQ_ETCD1_PORT..RQ_ETCD3_PORT)."""
     import threading
 
+    from chaos.experiments import DAY
     from chaos.soak import CYCLE_ERRORS, StagingEndpoints, staging_compose_files
     from chaos.soak import soak as run_soak
     from chaos.soak_deliveries import describe_counts
     from chaos.soak_services import parse_services
-    from common.durations import parse_duration
+    from common.durations import check_within, parse_duration
 
-    def duration(value: str, option: str) -> float:
+    def duration(value: str, option: str, *, above_zero: bool = True) -> float:
+        # Up to a day, as an experiment's times: a soak waiting longer is a typo.
         try:
-            return parse_duration(value)
+            return check_within(parse_duration(value), 0, DAY, above=above_zero)
         except ValueError as error:
             raise refuse_to_start("ratequeue-chaos soak", f"{option}: {error}") from None
 
-    gap_seconds = duration(gap, "--gap")
+    gap_seconds = duration(gap, "--gap", above_zero=False)
     settle_seconds = duration(settle, "--settle")
     service_back_seconds = duration(service_back, "--service-back")
     try:

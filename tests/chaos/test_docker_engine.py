@@ -44,3 +44,23 @@ def test_soak_without_a_docker_engine_names_the_endpoint_it_tried_in_one_line(
         f"soak: no Docker engine answers at {endpoint} (DOCKER_HOST): it is not running or not "
         f"reachable there ({cause})"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [(["--settle", "0"], "--settle: must be more than 0 s and at most 1 day, not 0 s"),
+     (["--gap", "99999h"], "--gap: must be at least 0 s and at most 1 day, not 99999 h"),
+     (["--service-back", "-1s"], "--service-back: ")],
+)  # fmt: skip
+def test_soak_refuses_a_wait_out_of_range_naming_the_option_before_touching_docker(
+    tmp_path: Path, flags: list[str], refusal: str
+) -> None:
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock", "COLUMNS": "400"}
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", "soak", "--cycles", "1", *flags,
+         "--journal-dir", str(tmp_path / "journals")],
+        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert refusal in output and "Docker engine" not in output
