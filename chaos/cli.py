@@ -46,29 +46,22 @@ def refused(error: Exception, what: str | None = None) -> typer.Exit:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived (`signum`) while a command was starting processes."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Turn the first SIGINT or SIGTERM into `Interrupted`, so the work unwinds and stops what
-    it started (SIGTERM would otherwise end the process on the spot); later ones are ignored
-    while it does, lest a second Ctrl-C cut that short too."""
+def interruptible() -> Iterator[list[int]]:
+    """Turn the first SIGINT or SIGTERM into KeyboardInterrupt, so the work unwinds and stops
+    what it started (SIGTERM would otherwise end the process on the spot); later ones are
+    ignored while it does, lest a second Ctrl-C cut that short too. Yields the list the signal
+    that arrived is put in (for the exit status)."""
     caught: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
         if not caught:
             caught.append(signum)
-            raise Interrupted(signum)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
     try:
-        yield
+        yield caught
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -152,8 +145,9 @@ def testbed_up(
         boot_arguments(shard_maxmemory)
     except ValueError as error:
         raise refused(error, "testbed up refused: --shard-maxmemory") from None
+    caught: list[int] = []
     try:
-        with interruptible():
+        with interruptible() as caught:
             state = testbed_module.up(
                 dir,
                 shards=shards,
@@ -168,11 +162,13 @@ def testbed_up(
                 api_workers=api_workers,
                 shard_maxmemory=shard_maxmemory,
             )
-    except Interrupted as interrupted:
+    except KeyboardInterrupt:
+        signum = caught[0] if caught else signal.SIGINT
         console.print(
-            f"testbed up interrupted ({interrupted}): stopped every process it had started"
+            f"testbed up interrupted ({signal.Signals(signum).name}): stopped every process it "
+            "had started"
         )
-        raise typer.Exit(128 + interrupted.signum) from None
+        raise typer.Exit(128 + signum) from None
     except (TestbedError, RuntimeError) as error:
         raise refused(error, "testbed up failed") from None
     where = testbed_module.state_path(dir)

@@ -13,7 +13,7 @@ import os
 import docker
 import docker.errors
 
-from chaos.errors import ChaosError
+from chaos.errors import EngineUnreachable
 
 # Where docker-py (and the docker CLI) look when DOCKER_HOST is unset.
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -28,10 +28,6 @@ _CAUSES = (
     ("Permission denied", "permission denied"),
     ("timed out", "timed out"),
 )
-
-
-class EngineUnreachable(ChaosError):
-    """No Docker engine answers at the endpoint the message names."""
 
 
 def engine_endpoint(base_url: str | None = None) -> str:

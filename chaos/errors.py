@@ -12,6 +12,7 @@
     ├── FaultError (RuntimeError)     a fault could not be injected or rolled back
     │   └── GremlinError              ... because the Gremlin API refused or failed (`status`)
     ├── TestbedError (RuntimeError)   the local testbed could not be started, found or stopped
+    ├── EngineUnreachable             no Docker engine answers at the endpoint the message names
     ├── RunAborted                    a run stopped before its end (steady state not met, halted,
     │                                 interrupted); its journal says why
     ├── ScheduleNotRead               stop was asked for before the control store answered a
@@ -38,6 +39,10 @@ class FaultError(ChaosError, RuntimeError):
     timed out), for whoever tracks the node."""
 
     started_pid: int | None = None
+
+
+class EngineUnreachable(ChaosError):
+    """No Docker engine answers at the endpoint the message names."""
 
 
 class GremlinError(FaultError):

@@ -28,7 +28,7 @@ from ratequeue.client import (
     RatequeueClient,
 )
 from ratequeue.errors import EpochConflict, ShardUnavailable, StaleEpoch
-from ratequeue.local_cluster import LocalCluster
+from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.numbers import normalize_number
 from ratequeue.rates import Rate
 from ratequeue.scripts import held_ids
@@ -185,10 +185,18 @@ def test_the_first_write_after_a_failover_finds_the_new_primary_connected_and_it
         assert scripts_loaded_and_connections(conn)[0] > 0  # warmed while still a replica
         promote_replica_by_hand(cluster, "s0")
         client.refresh_topology()
+        # The other replica's link to it is a connection too, made some time after REPLICAOF.
+        other = cluster.shard("s0").replicas[1]
+        wait_for(lambda: follows(other, successor), "the other replica following it")
         before = scripts_loaded_and_connections(conn)
         client.enqueue(number, "x", "first-after-failover")
         assert scripts_loaded_and_connections(conn) == before
         assert "first-after-failover" in held_ids(conn, number)
+
+
+def follows(replica: ShardNode, primary: ShardNode) -> bool:
+    info = replica.replication()
+    return info.get("master_port") == primary.port and info.get("master_link_status") == "up"
 
 
 def scripts_cached(conn: redis.Redis) -> bool:

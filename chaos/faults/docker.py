@@ -54,8 +54,8 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from chaos.docker_engine import EngineUnreachable, open_engine
-from chaos.errors import FaultError
+from chaos.docker_engine import open_engine
+from chaos.errors import EngineUnreachable, FaultError
 from chaos.faults.base import (
     DEFAULT_LENGTH,
     InjectedFault,
