@@ -31,6 +31,7 @@ import copy
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ratequeue.client import AsyncRatequeueClient, Enqueued
 from ratequeue.errors import (
@@ -51,19 +52,14 @@ MAX_BATCH = 256
 MAX_PENDING = 8 * MAX_BATCH
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """A message waiting in its lane, the future answering it, and the batch request it came in
-    (None for a single enqueue)."""
+class Waiting(NamedTuple):
+    """A message waiting in its lane, the future answering it, and what its place in line is
+    kept within: its batch request's messages of its number (None for a single enqueue). A
+    tuple: the API's every enqueue makes one."""
 
     message: OutgoingMessage
     future: asyncio.Future[Enqueued | Exception]
-    request: object | None = None
-
-    @property
-    def ordered_by(self) -> tuple[object, str] | None:
-        """What its place in line is kept within: its request's messages of its number."""
-        return None if self.request is None else (self.request, self.message.number)
+    ordered_by: tuple[object, str] | None = None
 
 
 # A script call that failed as a whole (its shard unavailable, or full): a request's later
@@ -151,7 +147,8 @@ class EnqueueCoalescer:
             )
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Enqueued | Exception] = loop.create_future()
-        lane.pending.append(Waiting(message, result, request))
+        ordered_by = None if request is None else (request, message.number)
+        lane.pending.append(Waiting(message, result, ordered_by))
         if lane.in_flight < MAX_IN_FLIGHT:
             lane.in_flight += 1
             # Started on the next turn of the loop: the requests read in this turn join it.
