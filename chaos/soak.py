@@ -108,6 +108,8 @@ NOT_JUDGED_WITHOUT_API = frozenset(
 # minutes). A 4-hourly schedule never comes near either window.
 SOAK_RATE_LIMIT_WINDOW = 120.0
 PROVISIONED_BY = "ratequeue.provisioned-by"
+# The compose services that provision replacement containers (through the Docker actuator).
+CONTROLLER_SERVICES = ("lazarus1", "lazarus2", "lazarus3")
 # The override that puts staging's coordination store on three etcd members, beside the compose
 # file (`--control etcd`).
 ETCD_OVERRIDE = "docker-compose.etcd.yml"
@@ -312,6 +314,9 @@ class Staging:
         return False
 
     def down(self) -> None:
+        # The controllers first: one still running can provision a replacement between the
+        # removal below and `down`, whose network then stays in use ("has active endpoints").
+        self._compose("stop", *CONTROLLER_SERVICES)
         for container in self.containers(provisioned_only=True):
             container.remove(force=True, v=True)
         self._compose("down", "-v", "--remove-orphans")

@@ -32,7 +32,7 @@ import docker.errors
 import pytest
 
 from chaos.faults.docker import engine_unavailable_reason
-from chaos.soak import ETCD_OVERRIDE
+from chaos.soak import CONTROLLER_SERVICES, ETCD_OVERRIDE
 from common.redis_processes import free_port
 from tests.suite_control import suite_control
 
@@ -102,6 +102,9 @@ def staging_environment() -> Iterator[dict[str, str]]:
     try:
         yield environment
     finally:
+        # The controllers first, so none provisions a replacement while staging goes down.
+        subprocess.run(["docker", "compose", *compose_files(), "stop", *CONTROLLER_SERVICES],
+                       env=environment, capture_output=True, timeout=300)  # fmt: skip
         client = docker.from_env()
         with contextlib.suppress(docker.errors.DockerException):
             for container in client.containers.list(
