@@ -102,13 +102,16 @@ def describe_problems(
     *,
     request: bool = False,
     origins: Mapping[str, str] | None = None,
+    renamed: Mapping[str, str] | None = None,
 ) -> str:
     """`field 'a.b': <what was wrong>; field 'c': ...` (or `setting '...'`), at most
     MAX_PROBLEMS of them. `hide` names location parts that are not fields (union tags);
     `within` is the field the validated value came from, when it was not the whole document.
     With `request`, locations are FastAPI's for a request: `query 'limit': ...`, and a body's
     fields without the leading `body`. `origins` says where a top-level field's value came from
-    (a service's flag or environment variable), shown after its name."""
+    (a service's flag or environment variable), shown after its name. `renamed` gives a
+    location the name the person used for it, when the data was built from their arguments
+    (`{"target.role": "role"}`)."""
     problems = []
     for problem in error.errors():
         where, loc = what, [str(p) for p in problem["loc"]]
@@ -123,6 +126,7 @@ def describe_problems(
         # pydantic's validator wrappers ("function-after[...]") are not fields either.
         parts = [within, *loc]
         location = ".".join(p for p in parts if p and "[" not in p and p not in hide)
+        location = _renamed(location, renamed or {})
         location = bounded(location, LOCATION_CHARS)
         message = str(problem["msg"]).removeprefix("Value error, ")
         message = bounded(without_passwords(message), PROBLEM_CHARS)
@@ -133,6 +137,13 @@ def describe_problems(
     return shown if more <= 0 else f"{shown}; and {more} more problem{'s' * (more > 1)}"
 
 
+def _renamed(location: str, renamed: Mapping[str, str]) -> str:
+    for name, shown in renamed.items():
+        if location == name or location.startswith(f"{name}."):
+            return shown + location[len(name) :]
+    return location
+
+
 def validated(
     model: type[Model],
     data: Any,
@@ -140,12 +151,16 @@ def validated(
     *,
     error: Callable[[str], Exception],
     hide: Collection[str] = (),
+    what: str = "field",
+    renamed: Mapping[str, str] | None = None,
 ) -> Model:
-    """`model` validated from `data`; a problem raises `error("SOURCE: field '...': ...")`."""
+    """`model` validated from `data`; a problem raises `error("SOURCE: field '...': ...")`
+    (`what` instead of "field"; `renamed` as `describe_problems`)."""
     try:
         return model.model_validate(data)
     except ValidationError as problem:
-        raise error(f"{source}: {describe_problems(problem, hide=hide)}") from None
+        described = describe_problems(problem, what, hide, renamed=renamed)
+        raise error(f"{source}: {described}") from None
 
 
 def _port_problem(url: str) -> str | None:

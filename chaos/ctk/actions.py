@@ -28,6 +28,16 @@ __all__ = [
     "start_load",
 ]  # fmt: skip
 
+# A fault step's field (as a YAML step names it) by the action argument a CTK experiment set it
+# with: an error names what the person wrote.
+ARGUMENT_OF_FIELD = {
+    "duration": "seconds",
+    "target.role": "role",
+    "target.shard": "shard",
+    "target.which": "which",
+    "from_node.role": "from_role",
+}
+
 
 def start_load(
     enqueue_per_second: float = 40,
@@ -49,7 +59,7 @@ def start_load(
         "consumers": consumers,
         "drain_seconds": drain_seconds,
     }
-    settings = validated(LoadSettings, raw, "start_load", error=ExperimentError)
+    settings = validated(LoadSettings, raw, "start_load", error=ExperimentError, what="argument")
     profile = LoadProfile(**settings.model_dump(exclude={"duration", "drain_seconds"}))
     session.ledger = None
     session.load = BackgroundLoad(
@@ -145,7 +155,8 @@ def _inject(
 ) -> list[dict[str, Any]]:
     raw = {"action": action, "target": {"role": role, "shard": shard, "which": which},
            "backend": backend, **{k: v for k, v in fields.items() if v is not None}}  # fmt: skip
-    step = validated(FaultStep, raw, f"chaos.ctk.actions.{action}", error=ExperimentError)
+    step = validated(FaultStep, raw, f"chaos.ctk.actions.{action}", error=ExperimentError,
+                     what="argument", renamed=ARGUMENT_OF_FIELD)  # fmt: skip
     session = session_for(configuration)  # bad arguments are refused before anything is opened
     guard_faults()
     choice = session.shard_choice()

@@ -98,11 +98,19 @@ def test_a_journal_directory_that_is_not_a_path_is_refused_naming_the_key(
         session_for(refused)
 
 
-def test_a_pause_of_a_negative_length_is_refused_naming_the_field_and_nothing_is_paused(
+def test_a_pause_of_a_negative_length_is_refused_naming_the_argument_and_nothing_is_paused(
     configuration: dict[str, str], cluster: LocalCluster
 ) -> None:
-    with pytest.raises(ExperimentError, match="field 'duration': must be more than 0 s and at"):
+    with pytest.raises(ExperimentError, match="argument 'seconds': must be more than 0 s and at"):
         actions.pause(role="primary", shard="s0", seconds=-3, configuration=configuration)
+    assert answers(cluster, "s0")
+
+
+def test_a_cut_from_an_unknown_role_is_refused_naming_the_argument_and_nothing_is_cut(
+    configuration: dict[str, str], cluster: LocalCluster
+) -> None:
+    with pytest.raises(ExperimentError, match="argument 'from_role': Input should be 'primary'"):
+        actions.blackhole(shard="s0", from_role="router", configuration=configuration)
     assert answers(cluster, "s0")
 
 

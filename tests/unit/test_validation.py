@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from common.errors import InvalidSetting
 from common.etcd_client import EtcdClient
-from common.validation import HttpUrlText, RedisUrlText, quoted
+from common.validation import HttpUrlText, RedisUrlText, quoted, validated
 from lazarus_lite.settings import ControllerSettings
 from ratequeue.config import ServiceSettings
 
@@ -82,3 +82,21 @@ def test_an_integer_too_long_to_print_is_quoted_by_its_size() -> None:
     assert quoted([10**5000, -(10**5000), 3]) == (
         "[<an integer of 4153 hex digits>, <an integer of 4153 hex digits>, 3]"
     )
+
+
+class Step(BaseModel):
+    target: Urls
+    duration: float = 1.0
+
+
+def test_a_renamed_location_names_what_the_person_wrote_and_keeps_the_rest_of_the_path() -> None:
+    with pytest.raises(ValueError, match=r"^step: argument 'url_of_redis': .*redis://") as refused:
+        validated(Step, {"target": {"redis": "http://x"}}, "step", error=ValueError,
+                  what="argument", renamed={"target.redis": "url_of_redis"})  # fmt: skip
+    assert "target" not in str(refused.value)
+
+
+def test_a_location_not_renamed_is_named_as_the_model_has_it() -> None:
+    with pytest.raises(ValueError, match=r"^step: field 'duration': "):
+        validated(Step, {"target": {}, "duration": "x"}, "step", error=ValueError,
+                  renamed={"target": "t"})  # fmt: skip
