@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -99,11 +100,11 @@ class ClientSettings:
     # so 2,000 keep a call near 40 ms, far from the silence that counts as a stall (~0.7 s).
     # `enqueue_many` sends a larger share of one shard as calls of this size, one after another.
     max_messages_per_call: int = 2000
-    # The most message bytes one enqueue script call carries, counted as the bodies' characters
-    # (at least one message whatever its size). While a call runs, its arguments sit in the
-    # primary's memory twice (the query buffer and the script's argv) and count against
-    # maxmemory: a call of megabytes would be refused as a full shard by one that has room for
-    # each of its messages sent alone.
+    # The most message bytes one enqueue script call carries, counted as the bodies', ids' and
+    # numbers' UTF-8 bytes (at least one message whatever its size). While a call runs, its
+    # arguments sit in the primary's memory twice (the query buffer and the script's argv) and
+    # count against maxmemory: a call of megabytes would be refused as a full shard by one
+    # that has room for each of its messages sent alone.
     max_bytes_per_call: int = 256 * 1024
 
 
@@ -396,13 +397,18 @@ class AsyncRatequeueClient:
 
     def _calls(self, messages: list[OutgoingMessage], indexes: list[int]) -> Iterator[list[int]]:
         """`indexes` (one shard's share of `messages`) cut, in order, into script calls of at
-        most `max_messages_per_call` messages and `max_bytes_per_call` bytes of bodies (a
-        larger message goes alone)."""
+        most `max_messages_per_call` messages and `max_bytes_per_call` bytes of bodies, ids and
+        numbers (UTF-8; a larger message goes alone)."""
         most_messages = max(1, self.settings.max_messages_per_call)
         call: list[int] = []
         size = 0
         for i in indexes:
-            length = len(messages[i].body_json)
+            message = messages[i]
+            body = message.body_json
+            # Bytes, as the primary holds them (a character may be 4), with the line's id
+            # and number.
+            length = (len(body) if body.isascii() else len(body.encode())) + len(message.id)
+            length += len(message.number)
             if call and (len(call) == most_messages
                          or size + length > self.settings.max_bytes_per_call):  # fmt: skip
                 yield call
@@ -516,9 +522,13 @@ class AsyncRatequeueClient:
         """Queue one message; returns once `min_replicas` replicas hold it.
 
         Raises QueueFull or IdConflict (nothing written), or a RetryableError once retries are
-        exhausted: then retry later with the same id."""
-        results = await self.enqueue_many([self.prepare(number, body, message_id)])
-        result = results[0]
+        exhausted: it may be queued already, so retry later with the same id (the error's
+        `message_id`, made up here when `message_id` is None)."""
+        message = self.prepare(number, body, message_id)
+        [result] = await self.enqueue_many([message])
+        if isinstance(result, RetryableError):
+            result = copy.copy(result)  # this message's own: the id is set on it
+            result.message_id = message.id
         if isinstance(result, Exception):
             raise result
         return result

@@ -36,9 +36,10 @@ from typing import NamedTuple
 from ratequeue.client import AsyncRatequeueClient, Enqueued
 from ratequeue.errors import (
     EnqueueBacklogFull,
+    IdConflict,
+    InvalidInput,
+    QueueFull,
     RatequeueError,
-    RetryableError,
-    ShardFull,
     ShardUnavailable,
 )
 from ratequeue.shard import OutgoingMessage
@@ -62,10 +63,16 @@ class Waiting(NamedTuple):
     ordered_by: tuple[object, str] | None = None
 
 
-# A script call that failed as a whole (its shard unavailable, or full): a request's later
-# messages of the same numbers are answered with its error, unsent, so the producer's retry of
-# them all, with the same ids, keeps their order (as the client does within a shard's share).
-CALL_FAILURES = (RetryableError, ShardFull)
+# What a script call answers one message of it (the others of the call still queued). Any other
+# error failed the call as a whole (its shard unavailable or full, or an error nobody expected):
+# a request's later messages of the same numbers are answered with it, unsent, so the
+# producer's retry of them all, with the same ids, keeps their order (as the client does within
+# a shard's share).
+ONE_MESSAGE_REFUSALS = (QueueFull, IdConflict, InvalidInput)
+
+
+def failed_the_call(outcome: Enqueued | Exception) -> bool:
+    return isinstance(outcome, Exception) and not isinstance(outcome, ONE_MESSAGE_REFUSALS)
 
 
 @dataclass
@@ -175,7 +182,7 @@ class EnqueueCoalescer:
                 failed: dict[tuple[object, str], Exception] = {}
                 for entry, outcome in zip(batch, results, strict=True):
                     answer(entry.future, outcome)
-                    if isinstance(outcome, CALL_FAILURES) and entry.ordered_by is not None:
+                    if entry.ordered_by is not None and failed_the_call(outcome):
                         failed.setdefault(entry.ordered_by, outcome)
                 for follower in lane.take_followers(failed) if failed else []:
                     answer(follower.future, failed[follower.ordered_by])  # type: ignore[index]

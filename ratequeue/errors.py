@@ -80,10 +80,13 @@ class IdConflict(RatequeueError):
 
 
 class RetryableError(RatequeueError):
-    """The request may succeed if retried later with the same message id."""
+    """The request may succeed if retried later with the same message id (the message may be
+    queued already). `message_id`, set by `enqueue`: the id to retry with, made up for the
+    message when the caller gave none."""
 
     http_status = 503
     retry_after_seconds = 1
+    message_id: str | None = None
 
 
 class DurabilityNotMet(RetryableError):

@@ -34,8 +34,11 @@ from common.direct_routes import DirectRoute
 from common.errors import InvalidRequest
 from common.etcd_client import EtcdClient
 from common.http_contract import (
+    MAX_MESSAGE,
     PROJECT_ERRORS,
+    RETRY_AFTER,
     ErrorDetail,
+    ErrorEnvelope,
     JsonBody,
     JsonInt,
     answers,
@@ -44,7 +47,7 @@ from common.http_contract import (
     publish_contract,
     read_json_model,
 )
-from common.validation import describe_problems
+from common.validation import bounded, describe_problems
 from ratequeue.client import (
     MESSAGE_ID,
     AsyncRatequeueClient,
@@ -140,10 +143,33 @@ class EnqueuedAnswer(BaseModel):
     duplicate: bool
 
 
+class RetryWithTheId(ErrorEnvelope):
+    """A 503 to an enqueue: the message may be queued already. Retried with `id` (the one
+    given, or the one made up for it here), it is queued once whatever happened."""
+
+    id: str
+
+
+# An enqueue's 503, as the OpenAPI document publishes it.
+RETRY_ENQUEUE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Service Unavailable", "model": RetryWithTheId, "headers": RETRY_AFTER}
+}
+
+
+def retry_with_the_id(
+    code: str, message: str, message_id: str, retry_after_seconds: int = 1
+) -> JSONResponse:
+    """An enqueue's 503 (see RetryWithTheId)."""
+    body = {"error": {"code": code, "message": bounded(message, MAX_MESSAGE)}, "id": message_id}
+    headers = {"Retry-After": str(retry_after_seconds)}
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
 class BatchResult(BaseModel):
     """One message's result: 201 with what the single enqueue answers, or its own error: 409
-    id_conflict, 413 message_too_large, 422 for a malformed message, 429 queue_full, 503 (retry
-    it with the same id), 507 shard_full."""
+    id_conflict, 413 message_too_large, 422 for a malformed message, 429 queue_full, 503 (it
+    may be queued already: retry it with `id`, made up here when the message had none), 507
+    shard_full. Every result but a 422 names the message's `id` and canonical `number`."""
 
     index: int
     status: int
@@ -314,7 +340,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
         status_code=201,
         response_model=None,
         openapi_extra=json_request_body(EnqueueRequest),
-        responses=answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 503, 507),
+        responses={**answers({201: EnqueuedAnswer}, 400, 409, 413, 429, 507), **RETRY_ENQUEUE},
     )
     async def enqueue(number: Number, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -348,6 +374,14 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             enqueue_outcome("unavailable").inc()
             with contextlib.suppress(RatequeueError):  # no topology: no shard to report on
                 await reporter.failed(client.shard_for(message.number).id, result)
+            # It may be queued already: the answer names its id (made up here if the producer
+            # gave none), so a retry with it cannot queue it twice.
+            if isinstance(result, RetryableError):
+                return retry_with_the_id(result.code, result.message, message.id,
+                                         result.retry_after_seconds)  # fmt: skip
+            if isinstance(result, RedisError):
+                return retry_with_the_id("backend_unavailable",
+                                         f"storage unavailable: {result}", message.id)  # fmt: skip
             raise result
         await reporter.succeeded(result.shard)
         enqueue_outcome("duplicate" if result.duplicate else "acknowledged").inc()
@@ -393,6 +427,15 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             status = error.http_status
         return {"index": index, "status": status,
                 "error": {"code": error.code, "message": error.message}}  # fmt: skip
+
+    def unexpected(index: int, message: OutgoingMessage, error: Exception) -> dict[str, Any]:
+        if isinstance(error, RedisError):
+            status, code, text = 503, "backend_unavailable", f"storage unavailable: {error}"
+        else:
+            log.error("enqueue of message %s failed unexpectedly", message.id, exc_info=error)
+            status, code, text = 500, "internal", "internal error; see the service log"
+        return {"index": index, "status": status, "id": message.id, "number": message.number,
+                "error": {"code": code, "message": bounded(text, MAX_MESSAGE)}}  # fmt: skip
 
     @app.post(
         "/v1/messages:batch",
@@ -445,8 +488,15 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 elif isinstance(outcome, RatequeueError):
                     outcomes_seen[_REFUSAL_LABEL.get(type(outcome), "invalid")] += 1
                 else:
-                    raise outcome
-                results[index] = refusal(index, outcome)
+                    # Unexpected (a bug, or an error the client does not map): this message is
+                    # answered with it, never every other shard's acknowledgements with it.
+                    outcomes_seen["unavailable"] += 1
+                    results[index] = unexpected(index, message, outcome)
+                    continue
+                # Its id too, made up here if the producer gave none: a 503 may have been
+                # queued, and only a retry with the same id cannot queue it twice.
+                results[index] = {**refusal(index, outcome), "id": message.id,
+                                  "number": message.number}  # fmt: skip
         finally:
             for label, seen in outcomes_seen.items():
                 enqueue_outcome(label).inc(seen)

@@ -22,7 +22,6 @@ from common.validation import quoted
 from ratequeue import scripts
 from ratequeue.errors import (
     DurabilityNotMet,
-    RatequeueError,
     ShardFull,
     ShardScriptFailed,
     ShardUnavailable,
@@ -258,7 +257,10 @@ class ShardQueue:
                 if isinstance(replicas, Exception):
                     raise _translate(replicas, self.shard_id) from replicas
             return result, replicas
-        raise RatequeueError(f"shard {self.shard_id}: script could not be loaded")
+        raise ShardScriptFailed(
+            f"shard {self.shard_id}: its scripts were gone again as soon as "
+            "they were loaded (SCRIPT FLUSH?)"
+        )
 
     async def enqueue_batch(
         self,

@@ -78,6 +78,19 @@ def test_a_retry_with_the_same_id_is_acknowledged_once_a_replica_is_back_and_que
     assert client.number_info(NUMBER).depth == 1
 
 
+def test_a_refused_enqueue_without_an_id_names_the_id_made_up_and_a_retry_with_it_queues_once(
+    single: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(single, retry=ONE_ATTEMPT)
+    shard = single.shards[0]
+    with paused(shard.replicas[0]), pytest.raises(DurabilityNotMet) as refused:
+        client.enqueue(NUMBER, "hello")
+    assert refused.value.message_id is not None
+    wait_for_replicas_in_sync(shard.primary, shard.replicas)
+    assert client.enqueue(NUMBER, "hello", refused.value.message_id).duplicate
+    assert client.number_info(NUMBER).depth == 1
+
+
 def test_with_min_replicas_zero_no_replica_is_needed(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:

@@ -5,7 +5,9 @@ And a dequeue that fills a whole batch across numbers and shards."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
 
 import httpx
 
@@ -115,6 +117,78 @@ def test_messages_on_a_shard_that_is_down_answer_503_with_retry_after_and_the_ot
     assert (first["status"], first["error"]["code"]) == (503, "shard_unavailable")
     assert (second["status"], second["shard"]) == (201, "s1")
     assert int(response.headers["retry-after"]) >= 1
+
+
+@contextlib.contextmanager
+def replicas_paused(cluster: LocalCluster, shard: str) -> Iterator[None]:
+    """The shard's replicas stopped (SIGSTOP): its writes go through, no WAIT is met."""
+    replicas = cluster.shard(shard).replicas
+    for replica in replicas:
+        replica.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for replica in replicas:
+            replica.signal(signal.SIGCONT)
+
+
+def test_a_503_to_a_message_without_an_id_names_the_id_made_up_and_a_retry_with_it_queues_once(
+    cluster: LocalCluster, serve_api: Callable
+) -> None:
+    api = serve_api(cluster, wait_timeout_ms=200, retry_deadline=0)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        with replicas_paused(cluster, "s0"):
+            [first] = batch(http, {"number": ON_S0, "body": "hello"})
+        assert (first["status"], first["number"]) == (503, ON_S0)  # on the primary, not confirmed
+        [retried] = batch(http, {"number": ON_S0, "id": first["id"], "body": "hello"})
+        assert (retried["status"], retried["duplicate"]) == (201, True)
+        assert depth(http, ON_S0) == 1
+
+
+def test_a_503_to_a_single_enqueue_without_an_id_names_the_id_to_retry_with(
+    cluster: LocalCluster, serve_api: Callable
+) -> None:
+    api = serve_api(cluster, wait_timeout_ms=200, retry_deadline=0)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        with replicas_paused(cluster, "s0"):
+            refused = http.post(f"/v1/numbers/{ON_S0}/messages", json={"body": "hello"})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "durability_not_met"
+        message_id = refused.json()["id"]
+        retried = http.post(
+            f"/v1/numbers/{ON_S0}/messages", json={"id": message_id, "body": "hello"}
+        )
+        assert (retried.status_code, retried.json()["duplicate"]) == (201, True)
+        assert depth(http, ON_S0) == 1
+
+
+def test_a_shard_refusing_the_call_answers_its_own_messages_503_and_the_others_keep_their_201(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shard("s1").primary.client() as conn:
+        conn.set("rq:barrier", "not a counter")  # s1's script refuses every call
+    response = http.post(BATCH, json={"messages": [
+        {"number": ON_S0, "body": "to s0"},
+        {"number": ON_S1, "id": "to-s1", "body": "to s1"},
+    ]})  # fmt: skip
+    assert response.status_code == 200, response.text
+    queued, refused = response.json()["results"]
+    assert (queued["status"], queued["shard"]) == (201, "s0")
+    assert (refused["status"], refused["error"]["code"]) == (503, "backend_unavailable")
+    assert (refused["id"], refused["number"]) == ("to-s1", ON_S1)
+    assert "CORRUPTKEY rq:barrier" in refused["error"]["message"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_a_single_enqueue_its_shard_refuses_with_a_redis_error_is_503_naming_the_message_id(
+    http: httpx.Client, cluster: LocalCluster
+) -> None:
+    with cluster.shard("s0").primary.client() as conn:
+        conn.set("rq:barrier", "not a counter")
+    refused = http.post(f"/v1/numbers/{ON_S0}/messages", json={"id": "m-1", "body": "x"})
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["id"] == "m-1"
+    assert refused.json()["error"]["code"] == "backend_unavailable"
 
 
 def test_a_batch_over_the_message_limit_is_refused_whole_with_400_and_nothing_written(

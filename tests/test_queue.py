@@ -466,6 +466,25 @@ def test_a_shards_share_of_more_bytes_than_one_call_takes_goes_as_several_calls_
     assert [m.id for m in client.dequeue(100, 30)] == [f"m{i}" for i in range(5)]
 
 
+def test_the_bytes_a_call_carries_are_counted_in_utf8_with_each_message_s_id_and_number(
+    start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
+) -> None:
+    cluster = start_cluster(shards=1, replicas=1)
+    client = make_client(cluster, max_bytes_per_call=1000)
+    client.set_rate(NUMBER, Rate(per_second=1000, burst=100))
+    # 102 characters as JSON, 402 bytes: two fit a call of 1,000 bytes with their ids and
+    # number, three would not (the characters alone, 306, would have sent all five at once).
+    bodies = ["\U0001f600" * 100] * 5
+    with cluster.shards[0].primary.client() as conn:
+        before = enqueue_script_calls(conn)
+        results = client.enqueue_many(
+            client.prepare(NUMBER, b, f"m{i}") for i, b in enumerate(bodies)
+        )
+        assert enqueue_script_calls(conn) - before == 3  # m0 and m1, m2 and m3, m4
+    assert {answer(r) for r in results} == {"new"}
+    assert [m.id for m in client.dequeue(100, 30)] == [f"m{i}" for i in range(5)]
+
+
 def test_a_failed_call_answers_the_rest_of_its_shards_share_with_its_error_unsent(
     start_cluster: Callable[..., LocalCluster], make_client: Callable[..., RatequeueClient]
 ) -> None:

@@ -6,6 +6,8 @@ Not for: the queue API's answers (tests/test_http_api.py), or its speed (benchma
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Annotated
 
 import pytest
@@ -173,9 +175,19 @@ def test_the_queue_api_answers_hostile_requests_as_fastapis_own_routes_do(
         answer = queue_client(route_class, monkeypatch).request(
             method, url, content=body, headers=headers
         )
-        answers.append((answer.status_code, answer.headers.get("content-type"), answer.text))
+        answers.append((answer.status_code, answer.headers.get("content-type"),
+                        without_a_made_up_id(answer.text)))  # fmt: skip
     assert answers[0][0] != 500  # a refusal or a 503, never a traceback
     assert answers[1] == answers[0]
+
+
+def without_a_made_up_id(text: str) -> str:
+    """An enqueue's 503 names the id made up for the message: another each time."""
+    with contextlib.suppress(ValueError):
+        answer = json.loads(text)
+        if isinstance(answer, dict) and "error" in answer and "id" in answer:
+            return json.dumps({**answer, "id": "<made up>"})
+    return text
 
 
 def test_the_queue_apis_published_openapi_is_the_same_as_fastapis(
@@ -230,6 +242,5 @@ def test_every_direct_endpoint_of_the_queue_api_returns_a_response(
         client.request(method, url, content=body, headers=headers)
     client.get("/metrics")
     routing_by_a_map(client, monkeypatch).get("/v1/topology")
-    # The single enqueue answers only with refusals without a shard (raised, not returned).
-    assert returned.keys() == direct - {"/v1/numbers/{number}/messages"}
+    assert returned.keys() == direct
     assert all(isinstance(result, Response) for results in returned.values() for result in results)

@@ -8,10 +8,13 @@ import itertools
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 
+import pytest
+from redis.exceptions import ResponseError
+
 from ratequeue import coalescing
 from ratequeue.client import Enqueued
 from ratequeue.coalescing import EnqueueCoalescer
-from ratequeue.errors import EnqueueBacklogFull, IdConflict, ShardUnavailable
+from ratequeue.errors import EnqueueBacklogFull, IdConflict, ShardScriptFailed, ShardUnavailable
 from ratequeue.rates import Rate
 from ratequeue.shard import OutgoingMessage
 
@@ -231,28 +234,60 @@ def test_single_requests_of_one_number_still_go_out_in_scripts_side_by_side() ->
 
 
 class FirstCallFails(OneShard):
-    """Its first script call fails as a whole; later ones succeed."""
+    """Its first script call fails as a whole with `error` (raised, or answered for each of its
+    messages); later ones succeed."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception, *, raised: bool = True) -> None:
+        self.error, self.raised = error, raised
         self.batches: list[list[str]] = []
 
     async def enqueue_many(self, messages: Iterable[OutgoingMessage]) -> list:
         batch = [m.id for m in messages]
         self.batches.append(batch)
         if len(self.batches) == 1:
-            raise ShardUnavailable("s0 is failing over; retry with the same id")
+            if self.raised:
+                raise self.error
+            return [self.error] * len(batch)
         return [Enqueued(id=i, number="+14155550100", shard="s0", duplicate=False) for i in batch]
 
 
-def test_a_failed_script_answers_its_requests_later_messages_of_its_numbers_unsent() -> None:
+def sent_after_a_failed_first_call(client: FirstCallFails) -> tuple[list, list[list[str]]]:
     async def scenario() -> tuple[list, list[list[str]]]:
-        client = FirstCallFails()
         coalescer = EnqueueCoalescer(client)  # type: ignore[arg-type]
         hot = "+14155550100"
         batch = [message(f"hot-{i}", hot) for i in range(coalescing.MAX_BATCH + 5)]
         results = await asyncio.wait_for(coalescer.enqueue_many(batch), timeout=5)
         return results, client.batches
 
-    results, batches = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_failed_script_answers_its_requests_later_messages_of_its_numbers_unsent() -> None:
+    client = FirstCallFails(ShardUnavailable("s0 is failing over; retry with the same id"))
+    results, batches = sent_after_a_failed_first_call(client)
     assert len(batches) == 1  # the later five were never sent...
     assert all(isinstance(r, ShardUnavailable) for r in results)  # ...and share its error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ResponseError("CORRUPTKEY rq:barrier is not a counter"), RuntimeError("a bug"),
+     ShardScriptFailed("shard s0: its script failed")],
+    ids=["redis-error", "unexpected", "script-failed"],
+)  # fmt: skip
+def test_a_script_failing_with_any_error_but_a_message_s_own_answers_the_later_ones_unsent(
+    error: Exception,
+) -> None:
+    client = FirstCallFails(error, raised=False)
+    results, batches = sent_after_a_failed_first_call(client)
+    assert len(batches) == 1  # none of the later five overtook the failed ones
+    assert all(type(r) is type(error) for r in results)
+
+
+def test_a_message_s_own_refusal_in_a_script_leaves_the_request_s_later_messages_to_go_out() -> (
+    None
+):
+    client = FirstCallFails(IdConflict("the id names another message"), raised=False)
+    results, batches = sent_after_a_failed_first_call(client)
+    assert [len(b) for b in batches] == [coalescing.MAX_BATCH, 5]
+    assert all(isinstance(r, Enqueued) for r in results[coalescing.MAX_BATCH :])
