@@ -28,6 +28,7 @@ from chaos.load import LoadProfile
 from chaos.testbed import AckMode, ControlBackend, FailoverManager
 from common import input_files
 from common.durations import DurationSeconds, seconds_within
+from common.errors import SettingProblem
 from common.validation import quoted, validated
 
 Seconds = Annotated[float, Field(ge=0)]
@@ -109,13 +110,14 @@ class FaultStep(Strict):
     def _cpu_params(self) -> FaultStep:
         if self.cores is not None and self.action != "cpu":
             raise ValueError(f"cores is for a cpu fault, not {self.action}")
+        # Blamed on `duration`, so the message names it (or the argument that set it).
         if self.action == "cpu" and not self.duration:
-            raise ValueError("a cpu fault needs a duration (how long the cores stay busy)")
+            raise SettingProblem("duration", "a cpu fault needs how long the cores stay busy")
         if self.action == "cpu" and not 1 <= self.duration <= CPU_MAX_LENGTH:
             # The bounds every backend accepts (Docker and Gremlin take whole seconds).
-            raise ValueError(
-                f"a cpu fault's duration must be 1 s to {CPU_MAX_LENGTH} s (a day), "
-                f"not {self.duration:g} s"
+            raise SettingProblem(
+                "duration",
+                f"a cpu fault lasts 1 s to {CPU_MAX_LENGTH} s (a day), not {self.duration:g} s",
             )
         return self
 

@@ -117,8 +117,8 @@ def describe_problems(
         where, loc = what, [str(p) for p in problem["loc"]]
         # A check across fields (a model validator) names the field it blames.
         blamed = getattr(problem.get("ctx", {}).get("error"), "setting", None)
-        if not loc and isinstance(blamed, str):
-            loc = [blamed]
+        if isinstance(blamed, str):
+            loc = [*loc, blamed]
         if request and loc and loc[0] in _PARAMETER_PLACES:
             where, loc = loc[0], loc[1:]
         elif request and loc and loc[0] == "body":

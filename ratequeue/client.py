@@ -31,6 +31,7 @@ from common.cancellation import cancel_until_done, stop_if_cancelled
 from common.etcd_client import EtcdClient
 from common.retry import RetryPolicy
 from ratequeue.errors import (
+    MESSAGE_REFUSALS,
     IdConflict,
     InvalidInput,
     MessageTooLarge,
@@ -522,13 +523,15 @@ class AsyncRatequeueClient:
         """Queue one message; returns once `min_replicas` replicas hold it.
 
         Raises QueueFull or IdConflict (nothing written), or a RetryableError once retries are
-        exhausted: it may be queued already, so retry later with the same id (the error's
-        `message_id`, made up here when `message_id` is None)."""
+        exhausted (or a redis error the client does not map): it may be queued already, so
+        retry later with the same id, the error's `message_id` (made up here when `message_id`
+        is None)."""
         message = self.prepare(number, body, message_id)
         [result] = await self.enqueue_many([message])
-        if isinstance(result, RetryableError):
-            result = copy.copy(result)  # this message's own: the id is set on it
-            result.message_id = message.id
+        if isinstance(result, Exception) and not isinstance(result, MESSAGE_REFUSALS):
+            with contextlib.suppress(TypeError):  # a class not rebuilt from its text: shared
+                result = copy.copy(result)  # this message's own: the id is set on it
+            result.message_id = message.id  # type: ignore[union-attr]
         if isinstance(result, Exception):
             raise result
         return result

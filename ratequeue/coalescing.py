@@ -35,10 +35,8 @@ from typing import NamedTuple
 
 from ratequeue.client import AsyncRatequeueClient, Enqueued
 from ratequeue.errors import (
+    MESSAGE_REFUSALS,
     EnqueueBacklogFull,
-    IdConflict,
-    InvalidInput,
-    QueueFull,
     RatequeueError,
     ShardUnavailable,
 )
@@ -63,16 +61,12 @@ class Waiting(NamedTuple):
     ordered_by: tuple[object, str] | None = None
 
 
-# What a script call answers one message of it (the others of the call still queued). Any other
-# error failed the call as a whole (its shard unavailable or full, or an error nobody expected):
-# a request's later messages of the same numbers are answered with it, unsent, so the
-# producer's retry of them all, with the same ids, keeps their order (as the client does within
-# a shard's share).
-ONE_MESSAGE_REFUSALS = (QueueFull, IdConflict, InvalidInput)
-
-
 def failed_the_call(outcome: Enqueued | Exception) -> bool:
-    return isinstance(outcome, Exception) and not isinstance(outcome, ONE_MESSAGE_REFUSALS)
+    """An error other than a message's own refusal failed its script call as a whole (its
+    shard unavailable or full, or an error nobody expected): a request's later messages of the
+    same numbers are answered with it, unsent, so the producer's retry of them all, with the
+    same ids, keeps their order (as the client does within a shard's share)."""
+    return isinstance(outcome, Exception) and not isinstance(outcome, MESSAGE_REFUSALS)
 
 
 @dataclass

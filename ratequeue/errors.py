@@ -152,3 +152,8 @@ class NoSafeCandidate(RatequeueError):
 
     code = "no_safe_candidate"
     http_status = 409
+
+
+# What a script call answers one message of it, nothing of that message written (the others of
+# the call go on). After any other error the message may be queued already.
+MESSAGE_REFUSALS = (QueueFull, IdConflict, InvalidInput)

@@ -169,7 +169,8 @@ class BatchResult(BaseModel):
     """One message's result: 201 with what the single enqueue answers, or its own error: 409
     id_conflict, 413 message_too_large, 422 for a malformed message, 429 queue_full, 503 (it
     may be queued already: retry it with `id`, made up here when the message had none), 507
-    shard_full. Every result but a 422 names the message's `id` and canonical `number`."""
+    shard_full. Every result but a 413 or 422 (a message not read) names the message's `id`
+    and canonical `number`."""
 
     index: int
     status: int
@@ -364,7 +365,8 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             raise result
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
             enqueue_outcome("backlog_full").inc()
-            raise result
+            return retry_with_the_id(result.code, result.message, message.id,
+                                     result.retry_after_seconds)  # fmt: skip
         if isinstance(result, InvalidInput):  # a message its shard's script could not read
             enqueue_outcome("invalid").inc()
             raise result
@@ -470,7 +472,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     results[index] = refusal(index, error)
             outcomes = await coalescer.enqueue_many(prepared) if prepared else []
             served: set[str] = set()
-            failed: dict[str, RetryableError] = {}
+            failed: dict[str, Exception] = {}
             for index, message, outcome in zip(indexes, prepared, outcomes, strict=True):
                 if isinstance(outcome, Enqueued):
                     served.add(outcome.shard)
@@ -491,6 +493,9 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                     # Unexpected (a bug, or an error the client does not map): this message is
                     # answered with it, never every other shard's acknowledgements with it.
                     outcomes_seen["unavailable"] += 1
+                    if isinstance(outcome, RedisError):  # a failed write, as the single reports
+                        with contextlib.suppress(RatequeueError):
+                            failed.setdefault(client.shard_for(message.number).id, outcome)
                     results[index] = unexpected(index, message, outcome)
                     continue
                 # Its id too, made up here if the producer gave none: a 503 may have been

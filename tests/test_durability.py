@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from redis.exceptions import NoPermissionError
 
 from ratequeue.client import ClientRetryPolicy, RatequeueClient
 from ratequeue.errors import DurabilityNotMet, ShardUnavailable
@@ -89,6 +90,23 @@ def test_a_refused_enqueue_without_an_id_names_the_id_made_up_and_a_retry_with_i
     wait_for_replicas_in_sync(shard.primary, shard.replicas)
     assert client.enqueue(NUMBER, "hello", refused.value.message_id).duplicate
     assert client.number_info(NUMBER).depth == 1
+
+
+def test_a_redis_error_after_the_write_names_the_id_made_up_and_a_retry_with_it_queues_once(
+    single: LocalCluster, make_client: Callable[..., RatequeueClient]
+) -> None:
+    client = make_client(single, retry=ONE_ATTEMPT)
+    client.enqueue(NUMBER, "warm", "warm")  # scripts loaded: only WAIT is refused below
+    with single.shards[0].primary.client() as conn:
+        conn.execute_command("ACL", "SETUSER", "default", "-wait")  # the script runs, WAIT fails
+        try:
+            with pytest.raises(NoPermissionError) as refused:
+                client.enqueue(NUMBER, "hello")
+        finally:
+            conn.execute_command("ACL", "SETUSER", "default", "+wait")
+    message_id = refused.value.message_id  # type: ignore[attr-defined]
+    assert client.enqueue(NUMBER, "hello", message_id).duplicate
+    assert client.number_info(NUMBER).depth == 2
 
 
 def test_with_min_replicas_zero_no_replica_is_needed(

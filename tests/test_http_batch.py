@@ -6,12 +6,15 @@ And a dequeue that fills a whole batch across numbers and shards."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
 
 from ratequeue.local_cluster import LocalCluster
+from ratequeue.write_failures import WRITE_FAILURES_KEY
 from tests.conftest import shard_key_count
 from tests.prometheus_samples import metric_samples
 from tests.test_http_api import ON_S0, ON_S0_OTHER, ON_S1, assert_error
@@ -178,6 +181,13 @@ def test_a_shard_refusing_the_call_answers_its_own_messages_503_and_the_others_k
     assert (refused["id"], refused["number"]) == ("to-s1", ON_S1)
     assert "CORRUPTKEY rq:barrier" in refused["error"]["message"]
     assert int(response.headers["retry-after"]) >= 1
+    # Told to the controllers' shard watch as a failing write of s1, as a single enqueue is.
+    with cluster.control.client() as control:
+        deadline = time.monotonic() + 5
+        while not control.hkeys(WRITE_FAILURES_KEY) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [reported] = [json.loads(v) for v in control.hvals(WRITE_FAILURES_KEY)]
+    assert reported["shard"] == "s1"
 
 
 def test_a_single_enqueue_its_shard_refuses_with_a_redis_error_is_503_naming_the_message_id(

@@ -37,8 +37,14 @@ def test_a_cpu_step_takes_cores_and_a_duration() -> None:
         ("{action: cpu, target: {role: primary}, cores: 999, duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}, cores: true, duration: 1s}", "cores"),
         ("{action: cpu, target: {role: primary}, cores: '2', duration: 1s}", "cores"),
-        ("{action: cpu, target: {role: primary}}", "needs a duration"),
-        ("{action: cpu, target: {role: primary}, duration: 0.5s}", "duration must be 1 s"),
+        (
+            "{action: cpu, target: {role: primary}}",
+            "field 'method.0.duration': a cpu fault needs how long the cores stay busy",
+        ),
+        (
+            "{action: cpu, target: {role: primary}, duration: 0.5s}",
+            "field 'method.0.duration': a cpu fault lasts 1 s to",
+        ),
         ("{action: cpu, target: {role: primary}, duration: 25h}", "at most 1 day, not 25 h"),
         ("{action: pause, target: {role: primary}, cores: 2}", "cores is for a cpu fault"),
     ],
