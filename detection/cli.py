@@ -168,10 +168,10 @@ def check(
     warning_io_seconds: str = typer.Option(
         "2",
         metavar="SECONDS",
-        help="WARNING when the replica's last I/O from its primary is this old",
+        help="WARNING when the replica's last I/O from its primary is older than this",
     ),
     critical_io_seconds: str = typer.Option(
-        "5", metavar="SECONDS", help="CRITICAL when it is this old"
+        "5", metavar="SECONDS", help="CRITICAL when it is older than this"
     ),
     timeout: str = typer.Option(
         "10",

@@ -205,9 +205,11 @@ def evaluate(
     if age is None:
         status = Status.OK if link == "up" else Status.WARNING
         io_text = "last I/O unknown"
-    elif age >= thresholds.critical_io_seconds:
+    # Past the threshold, not at it: the perfdata's `;2;5` is the plugin guidelines' range
+    # "2", which alerts outside 0..2, its ends included (01.range_expressions.md).
+    elif age > thresholds.critical_io_seconds:
         status, io_text = Status.CRITICAL, f"last I/O {format_number(age)} s ago"
-    elif age >= thresholds.warning_io_seconds:
+    elif age > thresholds.warning_io_seconds:
         status, io_text = Status.WARNING, f"last I/O {format_number(age)} s ago"
     else:
         status, io_text = Status.OK, f"last I/O {format_number(age)} s ago"

@@ -62,10 +62,16 @@ def test_a_healthy_pair_is_ok_with_one_status_line_and_perfdata() -> None:
 
 
 def test_an_old_last_io_is_warning_then_critical() -> None:
-    assert check(replica_info(master_last_io_seconds_ago=2)).status is Status.WARNING
+    assert check(replica_info(master_last_io_seconds_ago=3)).status is Status.WARNING
     critical = check(replica_info(master_last_io_seconds_ago=7))
     assert critical.status is Status.CRITICAL
     assert "last I/O 7 s ago" in critical.line()
+
+
+def test_a_last_io_at_a_threshold_is_inside_its_range_as_the_plugin_guidelines_read_it() -> None:
+    # `last_io=2s;2;5`: the range "2" alerts on a value outside 0..2, so 2 is OK and 5 WARNING.
+    assert check(replica_info(master_last_io_seconds_ago=2)).status is Status.OK
+    assert check(replica_info(master_last_io_seconds_ago=5)).status is Status.WARNING
 
 
 def test_a_primary_that_does_not_answer_is_critical() -> None:
