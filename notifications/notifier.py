@@ -35,7 +35,9 @@ from notifications.mail import Email
 from notifications.pagerduty import Link, PagerDuty, Severity
 from notifications.slack import SlackWebhook, cut_escaped, escape
 
-SLACK_SECTION_TEXT_LIMIT = 3000  # Block Kit: a section's text is at most 3000 characters
+# Block Kit: a text object (a section's text, a context element) is at most 3000 characters; a
+# message with a longer one is refused with 400, for good.
+SLACK_TEXT_LIMIT = 3000
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +238,17 @@ class Notifier:
                 headline += f"\nincident `{escape(incident_key)}`"
             # Slack's link markup, <URL|text>, both escaped; in a block of their own, so a
             # headline cut to the section limit never cuts a link.
-            link_lines = "\n".join(
-                f"<{escape(link['href'])}|{escape(link.get('text') or link['href'])}>"
-                for link in links
-            )
+            link_lines = whole_lines_within(
+                [f"<{escape(link['href'])}|{escape(link.get('text') or link['href'])}>"
+                 for link in links],
+                SLACK_TEXT_LIMIT,
+            )  # fmt: skip
             context = [
-                {"type": "mrkdwn", "text": f"*{escape(k)}*: {escape(v)}"} for k, v in facts.items()
-            ][:10]
-            section = cut_escaped(headline, SLACK_SECTION_TEXT_LIMIT)
+                {"type": "mrkdwn",
+                 "text": cut_escaped(f"*{escape(k)}*: {escape(v)}", SLACK_TEXT_LIMIT)}
+                for k, v in facts.items()
+            ][:10]  # fmt: skip
+            section = cut_escaped(headline, SLACK_TEXT_LIMIT)
             blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": section}}]
             if link_lines:
                 blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link_lines}})
@@ -304,3 +309,22 @@ class Notifier:
         return Delivery.refused(
             "notifier", purpose, reason, purpose=purpose, incident_key=incident_key
         )
+
+
+def whole_lines_within(lines: Sequence[str], limit: int) -> str:
+    """`lines` joined, as many whole ones as `limit` characters hold with a note of how many
+    were left out (a link cut in half is no link)."""
+    whole = "\n".join(lines)
+    if len(whole) <= limit:
+        return whole
+    kept: list[str] = []
+    size = 0
+    for count, line in enumerate(lines):
+        left = len(lines) - count
+        needed = size + len(line) + (1 if kept else 0)
+        # Room for this line and, unless it is the last, for the note after it.
+        if needed > limit or (left > 1 and needed + len(f"\n(and {left - 1} more)") > limit):
+            return "\n".join([*kept, f"(and {left} more)"])
+        kept.append(line)
+        size = needed
+    return "\n".join(kept)

@@ -54,7 +54,10 @@ class HttpRecorder:
                 with recorder.lock:
                     recorder.requests.append((self.path, body))
                 if self.path.startswith("/slack/"):
-                    self.answer(200, b"ok", "text/plain")
+                    if slack_errors(body):  # what an incoming webhook answers bad blocks
+                        self.answer(400, b"invalid_blocks", "text/plain")
+                    else:
+                        self.answer(200, b"ok", "text/plain")
                 elif self.path == "/v2/enqueue":
                     self.pagerduty(body)
                 elif self.path == "/v2/change/enqueue":
@@ -108,6 +111,28 @@ class HttpRecorder:
 
     def pagerduty_events(self) -> list[dict[str, Any]]:
         return self.received("/v2/enqueue")
+
+
+# Block Kit's published limits (api.slack.com/reference/block-kit): a message holds at most 50
+# blocks; a text object's text is 1 to 3000 characters; a context block at most 10 elements.
+SLACK_MAX_BLOCKS, SLACK_MAX_TEXT, SLACK_MAX_CONTEXT_ELEMENTS = 50, 3000, 10
+
+
+def slack_errors(message: Any) -> list[str]:
+    """What Slack's incoming webhook would refuse of a Block Kit message (with 400
+    invalid_blocks)."""
+    if not isinstance(message, dict):
+        return ["body is not a JSON object"]
+    blocks = message.get("blocks", [])
+    errors = [] if len(blocks) <= SLACK_MAX_BLOCKS else [f"{len(blocks)} blocks"]
+    for number, block in enumerate(blocks):
+        texts = [block["text"]] if block.get("type") == "section" else block.get("elements", [])
+        if block.get("type") == "context" and len(texts) > SLACK_MAX_CONTEXT_ELEMENTS:
+            errors.append(f"block {number}: {len(texts)} context elements")
+        for text in texts:
+            if not 1 <= len(text.get("text", "")) <= SLACK_MAX_TEXT:
+                errors.append(f"block {number}: a text of {len(text.get('text', ''))} characters")
+    return errors
 
 
 def pagerduty_errors(event: Any) -> list[str]:

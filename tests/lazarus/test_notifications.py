@@ -535,6 +535,29 @@ async def test_slack_links_stay_whole_in_a_block_of_their_own_after_a_long_headl
     assert context["type"] == "context" and whole in message["text"]
 
 
+async def test_a_long_detail_is_cut_to_slack_s_text_limit_and_the_message_delivered(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    deliveries = await notifier.notifier.notify("ratequeue", "lag", {"reason": "<" * 4000})
+    assert [d.ok for d in deliveries if d.channel == "slack"] == [True]
+    (message,) = http.received("/slack/")
+    reason = next(e["text"] for e in message["blocks"][-1]["elements"] if "reason" in e["text"])
+    assert 3000 - len("&lt;") < len(reason) <= 3000 and reason.endswith("&lt;")
+
+
+async def test_links_past_slack_s_text_limit_are_left_out_whole_and_counted(
+    notifier: Pager, http: HttpRecorder
+) -> None:
+    links = [{"href": f"https://chaos.example/journals/{i:03}.json", "text": "x" * 60}
+             for i in range(60)]  # fmt: skip
+    deliveries = await notifier.notifier.change("ratequeue", "a run", links=links)
+    assert [d.ok for d in deliveries if d.channel == "slack"] == [True]
+    (message,) = http.received("/slack/")
+    lines = message["blocks"][1]["text"]["text"].split("\n")
+    assert all(line.startswith("<https://") and line.endswith(">") for line in lines[:-1])
+    assert lines[-1] == f"(and {60 - len(lines) + 1} more)"
+
+
 @pytest.mark.parametrize("limit", range(20, 30))
 def test_escaped_text_is_cut_only_between_entities(limit: int) -> None:
     cut = cut_escaped(escape("ab<&>" * 10), limit)
