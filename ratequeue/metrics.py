@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 
@@ -62,11 +62,11 @@ class ServiceMetrics:
             registry=self.registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
 
-    def exposition(self) -> bytes:
-        """The Prometheus text of this instance: of every worker, with workers."""
+    def scraped(self) -> CollectorRegistry:
+        """What a scrape of this instance reads: its registry, or with workers every worker's."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         # A fresh registry per scrape, as prometheus-client's multiprocess mode prescribes.
         combined = CollectorRegistry()
         MultiProcessCollector(combined, path=str(self.multiprocess_dir))
-        return generate_latest(combined)
+        return combined

@@ -26,7 +26,6 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 
@@ -47,6 +46,7 @@ from common.http_contract import (
     publish_contract,
     read_json_model,
 )
+from common.metrics_exposition import metrics_response
 from common.validation import bounded, describe_problems
 from ratequeue.client import (
     MESSAGE_ID,
@@ -678,7 +678,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format"}})  # fmt: skip
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
         try:
             metrics.topology_epoch.set(client.topology.epoch)
             stats = await asyncio.wait_for(client.shard_stats(), timeout=2.0)
@@ -691,6 +691,6 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 metrics.shard_messages.labels(shard_id).set(stat.messages)
                 metrics.shard_leased.labels(shard_id).set(stat.leased)
                 metrics.shard_quarantined.labels(shard_id).set(stat.quarantined)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(metrics.scraped(), request.headers.get("accept"))
 
     return app

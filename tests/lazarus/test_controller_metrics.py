@@ -8,6 +8,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from tests.lazarus.served_node import post_unmatched_event, served_node
 from tests.prometheus_samples import Samples, metric_samples
@@ -35,3 +38,21 @@ def test_an_escalated_event_counts_as_a_decision_and_a_published_escalation(
     assert after[ESCALATED] == 1
     assert after[("lazarus_escalations_published_total", ())] == 1
     assert after[("lazarus_workflow_outcomes_total", (("outcome", "remediated"),))] == 0
+
+
+# What Prometheus 2.5+/3 sends a target: OpenMetrics first, the text format as a fallback.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # fmt: skip
+
+
+def test_a_scraper_asking_for_openmetrics_gets_it_and_anything_else_the_text_format(
+    tmp_path: Path,
+) -> None:
+    with served_node(tmp_path, TOKEN) as url:
+        plain = httpx.get(f"{url}/metrics", timeout=10)
+        openmetrics = httpx.get(f"{url}/metrics", headers={"accept": PROMETHEUS_ACCEPT},
+                                timeout=10)  # fmt: skip
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    families = {f.name for f in openmetrics_families(openmetrics.text)}
+    assert "lazarus_decisions" in families and openmetrics.text.endswith("# EOF\n")
