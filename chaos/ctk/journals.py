@@ -213,9 +213,12 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         activity, output = _hypothesis_activity(outcome)
         return _run(activity, output, outcome.ok, ended, outcome.detail)
 
-    before = [probe_run(p, started) for p in journal.steady_state_before]
-    after = [probe_run(p, ended) for p in journal.steady_state_after] + [
-        hypothesis_run(h) for h in journal.hypotheses
+    # chaoslib has no skipped probe: what we did not check or judge is left out, as chaoslib
+    # leaves out a steady state it does not run.
+    checked_before = [p for p in journal.steady_state_before if p.skipped is None]
+    before = [probe_run(p, started) for p in checked_before]
+    after = [probe_run(p, ended) for p in journal.steady_state_after if p.skipped is None] + [
+        hypothesis_run(h) for h in journal.hypotheses if h.judged
     ]
     method = [_fault_activity(f) for f in journal.faults]
     runs = [
@@ -243,10 +246,16 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "title": journal.experiment,
             "description": "; ".join(journal.plan) or journal.experiment,
             "tags": ["ratequeue", journal.environment],
-            "steady-state-hypothesis": {
-                "title": "steady state",
-                "probes": [_probe_activity(p.probe, True) for p in journal.steady_state_before],
-            },
+            **(
+                {
+                    "steady-state-hypothesis": {
+                        "title": "steady state",
+                        "probes": [_probe_activity(p.probe, True) for p in checked_before],
+                    }
+                }
+                if checked_before
+                else {}
+            ),
             "method": method or [_action("roll_back_all", "nothing-injected", {})],
             "rollbacks": [_action("roll_back_all", "roll-back-all", {})],
         },
@@ -254,13 +263,8 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "status": status,
         "deviated": deviated,
         "steady_states": {
-            "before": {
-                "steady_state_met": all(p.ok for p in journal.steady_state_before),
-                "probes": before,
-            },
-            "after": {"steady_state_met": all(r["tolerance_met"] for r in after), "probes": after}
-            if after
-            else None,
+            "before": _steady_state(before),
+            "after": _steady_state(after),
             "during": [],
         },
         "run": runs,
@@ -275,6 +279,16 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "load": journal.load,
         },
     }
+
+
+def _steady_state(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A stage's steady state as chaoslib writes it; None for a stage with no probe to run,
+    which is what chaoslib writes for an experiment without a steady-state hypothesis (run.py:
+    `has_steady_state_hypothesis_with_probes`), or for the stage its `--hypothesis-strategy`
+    skips (before None with after written: `after-method-only`)."""
+    if not runs:
+        return None
+    return {"steady_state_met": all(r["tolerance_met"] for r in runs), "probes": runs}
 
 
 def _chaoslib_version() -> str | None:

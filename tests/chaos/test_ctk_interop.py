@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from chaoslib.experiment import ensure_experiment_is_valid
 from chaoslib.hypothesis import within_tolerance
+from chaoslib.run import has_steady_state_hypothesis_with_probes
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -82,6 +83,22 @@ def a_run(verdict: str = "passed") -> Journal:
     )  # fmt: skip
     journal.mark("fault_injected", 100.0, 100.0, "pause s1-primary via local")
     journal.mark("first_acknowledged_write", 101.5, 100.0, "s1")
+    return journal
+
+
+def a_sentinel_run(*before: ProbeOutcome) -> Journal:
+    """A passed run under Sentinel: no Lazarus controllers to check, no workflow to judge."""
+    journal = a_run()
+    journal.failover = "sentinel"
+    no_controllers = ProbeOutcome(
+        probe="controllers_healthy", ok=False, detail="", skipped="no Lazarus controllers"
+    )
+    journal.steady_state_before = [*before, no_controllers]
+    journal.steady_state_after = [*before, no_controllers]
+    journal.hypotheses[-1] = HypothesisOutcome(
+        hypothesis="one_workflow_per_incident", ok=False, expected="(not judged)",
+        measured=None, skipped="Lazarus runs workflows; failover is sentinel",
+    )  # fmt: skip
     return journal
 
 
@@ -263,3 +280,23 @@ def test_a_fault_with_a_bad_selector_is_refused_naming_the_field_before_anything
 ):
     with pytest.raises(ExperimentError, match="role"):
         actions.kill(role="primry", configuration={"ratequeue_deployment": "/nonexistent"})
+
+
+def test_a_run_whose_every_steady_state_probe_was_skipped_exports_no_steady_state_hypothesis() -> (
+    None
+):
+    exported = to_ctk(a_sentinel_run())
+    assert not has_steady_state_hypothesis_with_probes(exported["experiment"])
+    assert exported["steady_states"]["before"] is None
+    assert (exported["status"], exported["deviated"]) == ("completed", False)
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "passed"
+
+
+def test_skipped_probes_and_hypotheses_are_left_out_of_the_exported_steady_states() -> None:
+    healthy = ProbeOutcome(probe="api_healthy", ok=True, detail="all pass")
+    exported = to_ctk(a_sentinel_run(healthy))
+    before, after = exported["steady_states"]["before"], exported["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in before["probes"]] == ["api_healthy"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
+    assert before["steady_state_met"] is after["steady_state_met"] is True
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "passed"
