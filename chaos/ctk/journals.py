@@ -236,8 +236,12 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     rollbacks = [_rollback_run(f) for f in undone]
     deviated = journal.verdict == "failed" and journal.status == "completed"
     status = _CTK_STATUS[journal.status]
-    if journal.verdict == "aborted" and journal.status == "aborted" and not journal.faults:
-        status = "failed"  # steady state not met before the method: CTK says failed
+    state_before = _steady_state(before)
+    if state_before is not None and not state_before["steady_state_met"]:
+        # Steady state not met before the method: chaoslib (run.py, `run_gate_hypothesis`)
+        # says completed, failed only when a probe itself failed (raised).
+        failed = any(run["status"] != "succeeded" for run in state_before["probes"])
+        status = "failed" if failed else "completed"
     return {
         "chaoslib-version": _chaoslib_version(),
         "platform": platform.platform(),
@@ -263,7 +267,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "status": status,
         "deviated": deviated,
         "steady_states": {
-            "before": _steady_state(before),
+            "before": state_before,
             "after": _steady_state(after),
             "during": [],
         },

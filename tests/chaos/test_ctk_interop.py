@@ -54,6 +54,24 @@ def chaostoolkit_journal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return json.loads((directory / "journal.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def chaostoolkit_journal_of_a_steady_state_not_met(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """A journal as `chaostoolkit run` writes it when the steady state does not hold before
+    the method (its probe answers, out of tolerance)."""
+    directory = tmp_path_factory.mktemp("ctk-not-met")
+    experiment = json.loads(json.dumps(TRIVIAL_EXPERIMENT))
+    experiment["steady-state-hypothesis"]["probes"][0]["tolerance"] = False
+    (directory / "experiment.json").write_text(json.dumps(experiment))
+    subprocess.run(
+        [str(SCRIPTS / "chaos"), "--no-version-check", "--no-log-file", "run",
+         "--journal-path", "journal.json", "experiment.json"],
+        cwd=directory, check=False, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return json.loads((directory / "journal.json").read_text())
+
+
 def a_run(verdict: str = "passed") -> Journal:
     """One of our journals: a primary killed at t=100, writes again at 101.5, all measured."""
     journal = Journal(
@@ -83,6 +101,16 @@ def a_run(verdict: str = "passed") -> Journal:
     )  # fmt: skip
     journal.mark("fault_injected", 100.0, 100.0, "pause s1-primary via local")
     journal.mark("first_acknowledged_write", 101.5, 100.0, "s1")
+    return journal
+
+
+def an_aborted_run(*before: ProbeOutcome) -> Journal:
+    """A run whose steady state did not hold before the fault: nothing was touched."""
+    journal = a_run()
+    journal.status, journal.verdict = "aborted", "aborted"
+    journal.steady_state_before = list(before)
+    journal.steady_state_after, journal.faults, journal.hypotheses = [], [], []
+    journal.timeline, journal.load = [], {}
     return journal
 
 
@@ -300,3 +328,19 @@ def test_skipped_probes_and_hypotheses_are_left_out_of_the_exported_steady_state
     assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
     assert before["steady_state_met"] is after["steady_state_met"] is True
     assert from_ctk(exported, Path("run.ctk.json")).verdict == "passed"
+
+
+def test_a_steady_state_not_met_before_the_method_exports_as_chaostoolkit_writes_it(
+    chaostoolkit_journal_of_a_steady_state_not_met: dict[str, Any],
+) -> None:
+    reference = chaostoolkit_journal_of_a_steady_state_not_met
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    exported = to_ctk(an_aborted_run(unhealthy))
+
+    def outcome(journal: dict[str, Any]) -> tuple[Any, ...]:
+        states = journal["steady_states"]
+        return (journal["status"], journal["deviated"], states["before"]["steady_state_met"],
+                states["after"], journal["run"])  # fmt: skip
+
+    assert outcome(exported) == outcome(reference) == ("completed", False, False, None, [])
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "aborted"
