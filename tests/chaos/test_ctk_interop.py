@@ -344,3 +344,24 @@ def test_a_steady_state_not_met_before_the_method_exports_as_chaostoolkit_writes
 
     assert outcome(exported) == outcome(reference) == ("completed", False, False, None, [])
     assert from_ctk(exported, Path("run.ctk.json")).verdict == "aborted"
+
+
+def test_an_exported_probe_out_of_tolerance_has_the_keys_chaostoolkit_writes_no_exception(
+    chaostoolkit_journal_of_a_steady_state_not_met: dict[str, Any],
+) -> None:
+    [reference] = chaostoolkit_journal_of_a_steady_state_not_met["steady_states"]["before"][
+        "probes"
+    ]
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    [probe] = to_ctk(an_aborted_run(unhealthy))["steady_states"]["before"]["probes"]
+    assert set(probe) == set(reference)
+    assert (probe["status"], probe["tolerance_met"]) == ("succeeded", False)
+
+
+def test_an_exported_hypothesis_not_met_has_no_exception_only_a_failed_run_has_one() -> None:
+    run = a_run("failed")
+    run.hypotheses[0].detail = "3 of 400 acknowledged were never delivered"
+    exported = to_ctk(run)
+    entries = [*exported["steady_states"]["after"]["probes"], *exported["run"],
+               *exported["rollbacks"]]  # fmt: skip
+    assert all("exception" not in entry for entry in entries if entry["status"] != "failed")
