@@ -289,10 +289,16 @@ def _steady_state(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A stage's steady state as chaoslib writes it; None for a stage with no probe to run,
     which is what chaoslib writes for an experiment without a steady-state hypothesis (run.py:
     `has_steady_state_hypothesis_with_probes`), or for the stage its `--hypothesis-strategy`
-    skips (before None with after written: `after-method-only`)."""
+    skips (before None with after written: `after-method-only`). chaoslib stops at the first
+    probe not met (hypothesis.py, `run_steady_state_hypothesis`): the later ones are left out."""
     if not runs:
         return None
-    return {"steady_state_met": all(r["tolerance_met"] for r in runs), "probes": runs}
+    listed = []
+    for run in runs:
+        listed.append(run)
+        if not run["tolerance_met"]:
+            return {"steady_state_met": False, "probes": listed}
+    return {"steady_state_met": True, "probes": listed}
 
 
 def _chaoslib_version() -> str | None:

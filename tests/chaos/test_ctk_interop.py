@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from chaoslib.experiment import ensure_experiment_is_valid
-from chaoslib.hypothesis import within_tolerance
-from chaoslib.run import has_steady_state_hypothesis_with_probes
+from chaoslib.hypothesis import run_steady_state_hypothesis, within_tolerance
+from chaoslib.run import EventHandlerRegistry, has_steady_state_hypothesis_with_probes
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -365,3 +365,33 @@ def test_an_exported_hypothesis_not_met_has_no_exception_only_a_failed_run_has_o
     entries = [*exported["steady_states"]["after"]["probes"], *exported["run"],
                *exported["rollbacks"]]  # fmt: skip
     assert all("exception" not in entry for entry in entries if entry["status"] != "failed")
+
+
+def test_an_exported_steady_state_stops_at_its_first_probe_not_met_as_chaoslib_does() -> None:
+    probes = [
+        {"type": "probe", "name": name, "tolerance": tolerance, "provider": EXISTS}
+        for name, tolerance in (("api_healthy", False), ("replicas_attached", True))
+    ]
+    experiment = {**TRIVIAL_EXPERIMENT,
+                  "steady-state-hypothesis": {"title": "two probes", "probes": probes}}  # fmt: skip
+    theirs = run_steady_state_hypothesis(
+        experiment, {}, {}, dry=None, event_registry=EventHandlerRegistry()
+    )
+    ours = to_ctk(
+        an_aborted_run(
+            ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']"),
+            ProbeOutcome(probe="replicas_attached", ok=True, detail="all follow"),
+        )
+    )["steady_states"]["before"]
+
+    def listed(state: dict[str, Any]) -> tuple[Any, ...]:
+        return state["steady_state_met"], [p["activity"]["name"] for p in state["probes"]]
+
+    assert listed(ours) == listed(theirs) == (False, ["api_healthy"])
+
+
+def test_an_exported_after_steady_state_stops_at_the_first_hypothesis_not_met() -> None:
+    run = a_run("failed")  # acknowledged_lost not met, one_workflow_per_incident met after it
+    after = to_ctk(run)["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
+    assert from_ctk(to_ctk(run), Path("run.ctk.json")).verdict == "failed"
