@@ -22,6 +22,7 @@ from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, TimelineEntr
 
 ACTIONS_MODULE = "chaos.ctk.actions"
 PROBES_MODULE = "chaos.ctk.probes"
+JOURNALS_MODULE = "chaos.ctk.journals"
 FAULT_FUNCS = frozenset({"kill", "pause", "blackhole", "inject"})
 # Our steady-state probes and hypotheses, by the extension's probe that measures each.
 PROBE_OF = {
@@ -132,20 +133,33 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
     # by its tolerance (not listed again as after-probes).
     # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
-    journal.hypotheses = [
-        HypothesisOutcome(
-            hypothesis=run["activity"].get("name", "?"),
-            ok=_probe_ok(run),
-            expected=run["activity"].get("expected")
-            or json.dumps(run["activity"].get("tolerance")),
-            measured=run.get("output"),
-            detail=_failure(run),
-        )
-        for run in (after or {}).get("probes", [])
-    ]
+    journal.hypotheses = [_hypothesis_outcome(run) for run in (after or {}).get("probes", [])]
     _read_activities(journal, raw)
     journal.measure_from_fault()
     return journal
+
+
+def _hypothesis_outcome(run: dict[str, Any]) -> HypothesisOutcome:
+    activity, provider = run["activity"], _provider(run)
+    recorded = provider.get("module") == JOURNALS_MODULE and provider.get("func") == "judged"
+    arguments = provider.get("arguments", {}) if recorded else {}
+    return HypothesisOutcome(
+        hypothesis=activity.get("name", "?"),
+        ok=_probe_ok(run),
+        # Exports before `judged` had our expectation on the activity itself.
+        expected=arguments.get("expected")
+        or activity.get("expected")
+        or json.dumps(activity.get("tolerance")),
+        measured=arguments["measured"] if "measured" in arguments else run.get("output"),
+        detail=_failure(run),
+    )
+
+
+def judged(expected: str, measured: Any, ok: bool) -> bool:
+    """A hypothesis no extension probe measures, as an exported journal records it: what we
+    expected, what we measured and our verdict, which this returns (chaoslib requires every
+    activity to have a provider it can call; ours re-judges nothing it cannot observe)."""
+    return ok
 
 
 def _read_activities(journal: Journal, raw: dict[str, Any]) -> None:
@@ -318,7 +332,8 @@ def _probe_activity(name: str, tolerance: Any) -> dict[str, Any]:
 def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], Any]:
     """The activity and output of a hypothesis in CTK's after steady state: the extension's
     probe with the tolerance CTK would judge its value by where one measures it; else a record
-    of our judgement (no provider to call, `expected` in our words, no tolerance to apply)."""
+    of our judgement (`judged`, given our expectation in words and the measurement, returns our
+    verdict, tolerance `true`)."""
     name, measured = outcome.hypothesis, outcome.measured
     if PROBE_OF.get(name) in BOOL_PROBES:
         return _probe_activity(name, True), outcome.ok
@@ -328,7 +343,10 @@ def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], An
         upper = float(bound.group(1))
         tolerance = 0 if upper == 0 else {"type": "range", "range": [0, upper]}
         return _probe_activity(name, tolerance), measured
-    return {"type": "probe", "name": name, "expected": outcome.expected}, measured
+    arguments = {"expected": outcome.expected, "measured": measured, "ok": outcome.ok}
+    provider = {"type": "python", "module": JOURNALS_MODULE, "func": "judged",
+                "arguments": arguments}  # fmt: skip
+    return {"type": "probe", "name": name, "tolerance": True, "provider": provider}, outcome.ok
 
 
 def _action(func: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:

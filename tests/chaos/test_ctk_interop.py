@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaoslib.activity import ensure_activity_is_valid, run_activity
 from chaoslib.experiment import ensure_experiment_is_valid
 from chaoslib.hypothesis import run_steady_state_hypothesis, within_tolerance
 from chaoslib.run import EventHandlerRegistry, has_steady_state_hypothesis_with_probes
@@ -205,14 +206,32 @@ def test_an_exported_hypothesis_with_a_probe_is_judged_by_chaoslib_as_we_judged_
     assert within_tolerance(lost["activity"]["tolerance"], lost["output"]) is lost["tolerance_met"]
 
 
-def test_an_exported_hypothesis_no_probe_measures_is_a_record_without_a_provider() -> None:
+def test_an_exported_hypothesis_no_probe_measures_is_a_probe_chaoslib_accepts() -> None:
     after = to_ctk(a_run())["steady_states"]["after"]["probes"]
+    for probe in after:
+        ensure_activity_is_valid(probe["activity"])  # raises InvalidActivity otherwise
     workflows = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
-    assert workflows["activity"] == {
-        "type": "probe", "name": "one_workflow_per_incident", "expected": "one workflow",
-    }  # fmt: skip
-    back = from_ctk(to_ctk(a_run()), Path("run.ctk.json"))
-    assert back.hypotheses[-1].expected == "one workflow"
+    assert workflows["activity"]["provider"]["func"] == "judged"
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_an_exported_hypothesis_no_probe_measures_returns_our_verdict_when_chaoslib_runs_it(
+    verdict: bool,
+) -> None:
+    run = a_run()
+    run.hypotheses[-1].ok = verdict
+    after = to_ctk(run)["steady_states"]["after"]["probes"]
+    record = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
+    output = run_activity(record["activity"], {}, {})
+    assert output == record["output"]
+    assert within_tolerance(record["activity"]["tolerance"], output) is verdict
+
+
+def test_an_exported_hypothesis_no_probe_measures_reads_back_as_we_recorded_it() -> None:
+    [*_, workflows] = from_ctk(to_ctk(a_run()), Path("run.ctk.json")).hypotheses
+    assert (workflows.hypothesis, workflows.ok, workflows.expected, workflows.measured) == (
+        "one_workflow_per_incident", True, "one workflow", {"workflows": {}},
+    )  # fmt: skip
 
 
 def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
