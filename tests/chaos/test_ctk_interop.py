@@ -414,3 +414,17 @@ def test_an_exported_after_steady_state_stops_at_the_first_hypothesis_not_met() 
     after = to_ctk(run)["steady_states"]["after"]
     assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
     assert from_ctk(to_ctk(run), Path("run.ctk.json")).verdict == "failed"
+
+
+def test_the_report_charts_exported_journals_with_the_verdicts_of_the_runs(tmp_path: Path) -> None:
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    runs = {"sentinel": a_sentinel_run(), "failed": a_run("failed"),
+            "aborted": an_aborted_run(unhealthy)}  # fmt: skip
+    for name, run in runs.items():
+        run.experiment = name
+        (tmp_path / f"{name}.ctk.json").write_text(json.dumps(to_ctk(run)))
+    assert {(j.experiment, j.verdict) for j in read_journals(tmp_path)} == {
+        ("sentinel", "passed"), ("failed", "failed"), ("aborted", "aborted"),
+    }  # fmt: skip
+    html, _ = write_report(tmp_path)
+    assert all(name in html.read_text() for name in runs)
