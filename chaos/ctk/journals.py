@@ -22,6 +22,7 @@ from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, TimelineEntr
 
 ACTIONS_MODULE = "chaos.ctk.actions"
 PROBES_MODULE = "chaos.ctk.probes"
+JOURNALS_MODULE = "chaos.ctk.journals"
 FAULT_FUNCS = frozenset({"kill", "pause", "blackhole", "inject"})
 # Our steady-state probes and hypotheses, by the extension's probe that measures each.
 PROBE_OF = {
@@ -132,20 +133,33 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
     # by its tolerance (not listed again as after-probes).
     # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
-    journal.hypotheses = [
-        HypothesisOutcome(
-            hypothesis=run["activity"].get("name", "?"),
-            ok=_probe_ok(run),
-            expected=run["activity"].get("expected")
-            or json.dumps(run["activity"].get("tolerance")),
-            measured=run.get("output"),
-            detail=_failure(run),
-        )
-        for run in (after or {}).get("probes", [])
-    ]
+    journal.hypotheses = [_hypothesis_outcome(run) for run in (after or {}).get("probes", [])]
     _read_activities(journal, raw)
     journal.measure_from_fault()
     return journal
+
+
+def _hypothesis_outcome(run: dict[str, Any]) -> HypothesisOutcome:
+    activity, provider = run["activity"], _provider(run)
+    recorded = provider.get("module") == JOURNALS_MODULE and provider.get("func") == "judged"
+    arguments = provider.get("arguments", {}) if recorded else {}
+    return HypothesisOutcome(
+        hypothesis=activity.get("name", "?"),
+        ok=_probe_ok(run),
+        # Exports before `judged` had our expectation on the activity itself.
+        expected=arguments.get("expected")
+        or activity.get("expected")
+        or json.dumps(activity.get("tolerance")),
+        measured=arguments["measured"] if "measured" in arguments else run.get("output"),
+        detail=_failure(run),
+    )
+
+
+def judged(expected: str, measured: Any, ok: bool) -> bool:
+    """A hypothesis no extension probe measures, as an exported journal records it: what we
+    expected, what we measured and our verdict, which this returns (chaoslib requires every
+    activity to have a provider it can call; ours re-judges nothing it cannot observe)."""
+    return ok
 
 
 def _read_activities(journal: Journal, raw: dict[str, Any]) -> None:
@@ -207,19 +221,22 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
 
     def probe_run(outcome: ProbeOutcome, at: float) -> dict[str, Any]:
         activity = _probe_activity(outcome.probe, True)
-        return _run(activity, outcome.ok, outcome.ok, at, outcome.detail)
+        return _run(activity, outcome.ok, outcome.ok, at)
 
     def hypothesis_run(outcome: HypothesisOutcome) -> dict[str, Any]:
         activity, output = _hypothesis_activity(outcome)
-        return _run(activity, output, outcome.ok, ended, outcome.detail)
+        return _run(activity, output, outcome.ok, ended)
 
-    before = [probe_run(p, started) for p in journal.steady_state_before]
-    after = [probe_run(p, ended) for p in journal.steady_state_after] + [
-        hypothesis_run(h) for h in journal.hypotheses
+    # chaoslib has no skipped probe: what we did not check or judge is left out, as chaoslib
+    # leaves out a steady state it does not run.
+    checked_before = [p for p in journal.steady_state_before if p.skipped is None]
+    before = [probe_run(p, started) for p in checked_before]
+    after = [probe_run(p, ended) for p in journal.steady_state_after if p.skipped is None] + [
+        hypothesis_run(h) for h in journal.hypotheses if h.judged
     ]
     method = [_fault_activity(f) for f in journal.faults]
     runs = [
-        {**_run(activity, [fault], None, fault["injected_at"], ""), "status": "succeeded"}
+        {**_run(activity, [fault], None, fault["injected_at"]), "status": "succeeded"}
         for activity, fault in zip(method, journal.faults, strict=True)
     ]
     recovery = journal.recovery_seconds()
@@ -228,13 +245,17 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         probe = {"type": "probe", "name": "recovery-seconds",
                  "provider": {"type": "python", "module": PROBES_MODULE,
                               "func": "recovery_seconds"}}  # fmt: skip
-        runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery, ""))
+        runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery))
     undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
     rollbacks = [_rollback_run(f) for f in undone]
     deviated = journal.verdict == "failed" and journal.status == "completed"
     status = _CTK_STATUS[journal.status]
-    if journal.verdict == "aborted" and journal.status == "aborted" and not journal.faults:
-        status = "failed"  # steady state not met before the method: CTK says failed
+    state_before = _steady_state(before)
+    if state_before is not None and not state_before["steady_state_met"]:
+        # Steady state not met before the method: chaoslib (run.py, `run_gate_hypothesis`)
+        # says completed, failed only when a probe itself failed (raised).
+        failed = any(run["status"] != "succeeded" for run in state_before["probes"])
+        status = "failed" if failed else "completed"
     return {
         "chaoslib-version": _chaoslib_version(),
         "platform": platform.platform(),
@@ -243,10 +264,16 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "title": journal.experiment,
             "description": "; ".join(journal.plan) or journal.experiment,
             "tags": ["ratequeue", journal.environment],
-            "steady-state-hypothesis": {
-                "title": "steady state",
-                "probes": [_probe_activity(p.probe, True) for p in journal.steady_state_before],
-            },
+            **(
+                {
+                    "steady-state-hypothesis": {
+                        "title": "steady state",
+                        "probes": [_probe_activity(p.probe, True) for p in checked_before],
+                    }
+                }
+                if checked_before
+                else {}
+            ),
             "method": method or [_action("roll_back_all", "nothing-injected", {})],
             "rollbacks": [_action("roll_back_all", "roll-back-all", {})],
         },
@@ -254,13 +281,8 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "status": status,
         "deviated": deviated,
         "steady_states": {
-            "before": {
-                "steady_state_met": all(p.ok for p in journal.steady_state_before),
-                "probes": before,
-            },
-            "after": {"steady_state_met": all(r["tolerance_met"] for r in after), "probes": after}
-            if after
-            else None,
+            "before": state_before,
+            "after": _steady_state(after),
             "during": [],
         },
         "run": runs,
@@ -275,6 +297,22 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "load": journal.load,
         },
     }
+
+
+def _steady_state(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A stage's steady state as chaoslib writes it; None for a stage with no probe to run,
+    which is what chaoslib writes for an experiment without a steady-state hypothesis (run.py:
+    `has_steady_state_hypothesis_with_probes`), or for the stage its `--hypothesis-strategy`
+    skips (before None with after written: `after-method-only`). chaoslib stops at the first
+    probe not met (hypothesis.py, `run_steady_state_hypothesis`): the later ones are left out."""
+    if not runs:
+        return None
+    listed = []
+    for run in runs:
+        listed.append(run)
+        if not run["tolerance_met"]:
+            return {"steady_state_met": False, "probes": listed}
+    return {"steady_state_met": True, "probes": listed}
 
 
 def _chaoslib_version() -> str | None:
@@ -294,7 +332,8 @@ def _probe_activity(name: str, tolerance: Any) -> dict[str, Any]:
 def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], Any]:
     """The activity and output of a hypothesis in CTK's after steady state: the extension's
     probe with the tolerance CTK would judge its value by where one measures it; else a record
-    of our judgement (no provider to call, `expected` in our words, no tolerance to apply)."""
+    of our judgement (`judged`, given our expectation in words and the measurement, returns our
+    verdict, tolerance `true`)."""
     name, measured = outcome.hypothesis, outcome.measured
     if PROBE_OF.get(name) in BOOL_PROBES:
         return _probe_activity(name, True), outcome.ok
@@ -304,7 +343,10 @@ def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], An
         upper = float(bound.group(1))
         tolerance = 0 if upper == 0 else {"type": "range", "range": [0, upper]}
         return _probe_activity(name, tolerance), measured
-    return {"type": "probe", "name": name, "expected": outcome.expected}, measured
+    arguments = {"expected": outcome.expected, "measured": measured, "ok": outcome.ok}
+    provider = {"type": "python", "module": JOURNALS_MODULE, "func": "judged",
+                "arguments": arguments}  # fmt: skip
+    return {"type": "probe", "name": name, "tolerance": True, "provider": provider}, outcome.ok
 
 
 def _action(func: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -329,16 +371,16 @@ def _fault_activity(fault: dict[str, Any]) -> dict[str, Any]:
 
 def _rollback_run(fault: dict[str, Any]) -> dict[str, Any]:
     at = fault.get("rolled_back_at") or fault["injected_at"]
-    run = _run(_action("roll_back_all", "roll-back-all", {}), [fault], None, at, "")
+    run = _run(_action("roll_back_all", "roll-back-all", {}), [fault], None, at)
     if fault.get("rollback_error"):
         run["status"] = "failed"
         run["exception"] = [f"FaultError: {fault['rollback_error']}\n"]
     return run
 
 
-def _run(
-    activity: dict[str, Any], output: Any, ok: bool | None, at: float, detail: str
-) -> dict[str, Any]:
+def _run(activity: dict[str, Any], output: Any, ok: bool | None, at: float) -> dict[str, Any]:
+    """An activity's run as chaoslib writes it, succeeded: an output out of tolerance is not a
+    failure (chaoslib writes `exception` only on a failed run, one whose activity raised)."""
     run: dict[str, Any] = {
         "activity": activity,
         "output": output,
@@ -349,6 +391,4 @@ def _run(
     }
     if ok is not None:
         run["tolerance_met"] = ok
-    if ok is False and detail:
-        run["exception"] = [f"{detail}\n"]
     return run

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaoslib.activity import ensure_activity_is_valid, run_activity
 from chaoslib.experiment import ensure_experiment_is_valid
-from chaoslib.hypothesis import within_tolerance
+from chaoslib.hypothesis import run_steady_state_hypothesis, within_tolerance
+from chaoslib.run import EventHandlerRegistry, has_steady_state_hypothesis_with_probes
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -53,6 +55,24 @@ def chaostoolkit_journal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return json.loads((directory / "journal.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def chaostoolkit_journal_of_a_steady_state_not_met(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """A journal as `chaostoolkit run` writes it when the steady state does not hold before
+    the method (its probe answers, out of tolerance)."""
+    directory = tmp_path_factory.mktemp("ctk-not-met")
+    experiment = json.loads(json.dumps(TRIVIAL_EXPERIMENT))
+    experiment["steady-state-hypothesis"]["probes"][0]["tolerance"] = False
+    (directory / "experiment.json").write_text(json.dumps(experiment))
+    subprocess.run(
+        [str(SCRIPTS / "chaos"), "--no-version-check", "--no-log-file", "run",
+         "--journal-path", "journal.json", "experiment.json"],
+        cwd=directory, check=False, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return json.loads((directory / "journal.json").read_text())
+
+
 def a_run(verdict: str = "passed") -> Journal:
     """One of our journals: a primary killed at t=100, writes again at 101.5, all measured."""
     journal = Journal(
@@ -82,6 +102,32 @@ def a_run(verdict: str = "passed") -> Journal:
     )  # fmt: skip
     journal.mark("fault_injected", 100.0, 100.0, "pause s1-primary via local")
     journal.mark("first_acknowledged_write", 101.5, 100.0, "s1")
+    return journal
+
+
+def an_aborted_run(*before: ProbeOutcome) -> Journal:
+    """A run whose steady state did not hold before the fault: nothing was touched."""
+    journal = a_run()
+    journal.status, journal.verdict = "aborted", "aborted"
+    journal.steady_state_before = list(before)
+    journal.steady_state_after, journal.faults, journal.hypotheses = [], [], []
+    journal.timeline, journal.load = [], {}
+    return journal
+
+
+def a_sentinel_run(*before: ProbeOutcome) -> Journal:
+    """A passed run under Sentinel: no Lazarus controllers to check, no workflow to judge."""
+    journal = a_run()
+    journal.failover = "sentinel"
+    no_controllers = ProbeOutcome(
+        probe="controllers_healthy", ok=False, detail="", skipped="no Lazarus controllers"
+    )
+    journal.steady_state_before = [*before, no_controllers]
+    journal.steady_state_after = [*before, no_controllers]
+    journal.hypotheses[-1] = HypothesisOutcome(
+        hypothesis="one_workflow_per_incident", ok=False, expected="(not judged)",
+        measured=None, skipped="Lazarus runs workflows; failover is sentinel",
+    )  # fmt: skip
     return journal
 
 
@@ -160,14 +206,32 @@ def test_an_exported_hypothesis_with_a_probe_is_judged_by_chaoslib_as_we_judged_
     assert within_tolerance(lost["activity"]["tolerance"], lost["output"]) is lost["tolerance_met"]
 
 
-def test_an_exported_hypothesis_no_probe_measures_is_a_record_without_a_provider() -> None:
+def test_an_exported_hypothesis_no_probe_measures_is_a_probe_chaoslib_accepts() -> None:
     after = to_ctk(a_run())["steady_states"]["after"]["probes"]
+    for probe in after:
+        ensure_activity_is_valid(probe["activity"])  # raises InvalidActivity otherwise
     workflows = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
-    assert workflows["activity"] == {
-        "type": "probe", "name": "one_workflow_per_incident", "expected": "one workflow",
-    }  # fmt: skip
-    back = from_ctk(to_ctk(a_run()), Path("run.ctk.json"))
-    assert back.hypotheses[-1].expected == "one workflow"
+    assert workflows["activity"]["provider"]["func"] == "judged"
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_an_exported_hypothesis_no_probe_measures_returns_our_verdict_when_chaoslib_runs_it(
+    verdict: bool,
+) -> None:
+    run = a_run()
+    run.hypotheses[-1].ok = verdict
+    after = to_ctk(run)["steady_states"]["after"]["probes"]
+    record = next(p for p in after if p["activity"]["name"] == "one_workflow_per_incident")
+    output = run_activity(record["activity"], {}, {})
+    assert output == record["output"]
+    assert within_tolerance(record["activity"]["tolerance"], output) is verdict
+
+
+def test_an_exported_hypothesis_no_probe_measures_reads_back_as_we_recorded_it() -> None:
+    [*_, workflows] = from_ctk(to_ctk(a_run()), Path("run.ctk.json")).hypotheses
+    assert (workflows.hypothesis, workflows.ok, workflows.expected, workflows.measured) == (
+        "one_workflow_per_incident", True, "one workflow", {"workflows": {}},
+    )  # fmt: skip
 
 
 def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
@@ -263,3 +327,104 @@ def test_a_fault_with_a_bad_selector_is_refused_naming_the_field_before_anything
 ):
     with pytest.raises(ExperimentError, match="role"):
         actions.kill(role="primry", configuration={"ratequeue_deployment": "/nonexistent"})
+
+
+def test_a_run_whose_every_steady_state_probe_was_skipped_exports_no_steady_state_hypothesis() -> (
+    None
+):
+    exported = to_ctk(a_sentinel_run())
+    assert not has_steady_state_hypothesis_with_probes(exported["experiment"])
+    assert exported["steady_states"]["before"] is None
+    assert (exported["status"], exported["deviated"]) == ("completed", False)
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "passed"
+
+
+def test_skipped_probes_and_hypotheses_are_left_out_of_the_exported_steady_states() -> None:
+    healthy = ProbeOutcome(probe="api_healthy", ok=True, detail="all pass")
+    exported = to_ctk(a_sentinel_run(healthy))
+    before, after = exported["steady_states"]["before"], exported["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in before["probes"]] == ["api_healthy"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
+    assert before["steady_state_met"] is after["steady_state_met"] is True
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "passed"
+
+
+def test_a_steady_state_not_met_before_the_method_exports_as_chaostoolkit_writes_it(
+    chaostoolkit_journal_of_a_steady_state_not_met: dict[str, Any],
+) -> None:
+    reference = chaostoolkit_journal_of_a_steady_state_not_met
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    exported = to_ctk(an_aborted_run(unhealthy))
+
+    def outcome(journal: dict[str, Any]) -> tuple[Any, ...]:
+        states = journal["steady_states"]
+        return (journal["status"], journal["deviated"], states["before"]["steady_state_met"],
+                states["after"], journal["run"])  # fmt: skip
+
+    assert outcome(exported) == outcome(reference) == ("completed", False, False, None, [])
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "aborted"
+
+
+def test_an_exported_probe_out_of_tolerance_has_the_keys_chaostoolkit_writes_no_exception(
+    chaostoolkit_journal_of_a_steady_state_not_met: dict[str, Any],
+) -> None:
+    [reference] = chaostoolkit_journal_of_a_steady_state_not_met["steady_states"]["before"][
+        "probes"
+    ]
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    [probe] = to_ctk(an_aborted_run(unhealthy))["steady_states"]["before"]["probes"]
+    assert set(probe) == set(reference)
+    assert (probe["status"], probe["tolerance_met"]) == ("succeeded", False)
+
+
+def test_an_exported_hypothesis_not_met_has_no_exception_only_a_failed_run_has_one() -> None:
+    run = a_run("failed")
+    run.hypotheses[0].detail = "3 of 400 acknowledged were never delivered"
+    exported = to_ctk(run)
+    entries = [*exported["steady_states"]["after"]["probes"], *exported["run"],
+               *exported["rollbacks"]]  # fmt: skip
+    assert all("exception" not in entry for entry in entries if entry["status"] != "failed")
+
+
+def test_an_exported_steady_state_stops_at_its_first_probe_not_met_as_chaoslib_does() -> None:
+    probes = [
+        {"type": "probe", "name": name, "tolerance": tolerance, "provider": EXISTS}
+        for name, tolerance in (("api_healthy", False), ("replicas_attached", True))
+    ]
+    experiment = {**TRIVIAL_EXPERIMENT,
+                  "steady-state-hypothesis": {"title": "two probes", "probes": probes}}  # fmt: skip
+    theirs = run_steady_state_hypothesis(
+        experiment, {}, {}, dry=None, event_registry=EventHandlerRegistry()
+    )
+    ours = to_ctk(
+        an_aborted_run(
+            ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']"),
+            ProbeOutcome(probe="replicas_attached", ok=True, detail="all follow"),
+        )
+    )["steady_states"]["before"]
+
+    def listed(state: dict[str, Any]) -> tuple[Any, ...]:
+        return state["steady_state_met"], [p["activity"]["name"] for p in state["probes"]]
+
+    assert listed(ours) == listed(theirs) == (False, ["api_healthy"])
+
+
+def test_an_exported_after_steady_state_stops_at_the_first_hypothesis_not_met() -> None:
+    run = a_run("failed")  # acknowledged_lost not met, one_workflow_per_incident met after it
+    after = to_ctk(run)["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["api_healthy", "acknowledged_lost"]
+    assert from_ctk(to_ctk(run), Path("run.ctk.json")).verdict == "failed"
+
+
+def test_the_report_charts_exported_journals_with_the_verdicts_of_the_runs(tmp_path: Path) -> None:
+    unhealthy = ProbeOutcome(probe="api_healthy", ok=False, detail="failing checks: ['redis']")
+    runs = {"sentinel": a_sentinel_run(), "failed": a_run("failed"),
+            "aborted": an_aborted_run(unhealthy)}  # fmt: skip
+    for name, run in runs.items():
+        run.experiment = name
+        (tmp_path / f"{name}.ctk.json").write_text(json.dumps(to_ctk(run)))
+    assert {(j.experiment, j.verdict) for j in read_journals(tmp_path)} == {
+        ("sentinel", "passed"), ("failed", "failed"), ("aborted", "aborted"),
+    }  # fmt: skip
+    html, _ = write_report(tmp_path)
+    assert all(name in html.read_text() for name in runs)
