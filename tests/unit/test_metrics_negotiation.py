@@ -29,10 +29,21 @@ def test_a_prometheus_asking_for_openmetrics_gets_openmetrics(api: TestClient) -
     assert "ratequeue_request_seconds" in families
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "text/plain"])
-def test_a_scraper_asking_for_anything_else_gets_the_text_format_0_0_4(
-    api: TestClient, accept: str | None
+def test_a_version_given_in_quotes_is_read_as_without_them(api: TestClient) -> None:
+    accept = 'application/openmetrics-text; version="1.0.0"'
+    answer = api.get("/metrics", headers={"accept": accept})
+    assert answer.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["", "*/*", "text/plain",
+     "application/openmetrics-text;version=1.0.0;q=0, text/plain",  # q=0: not acceptable
+     "application/openmetrics-text; version=1.0.0-rc1"],  # a version it cannot compare
+)  # fmt: skip
+def test_a_scraper_asking_for_no_format_it_can_have_gets_the_text_format_0_0_4(
+    api: TestClient, accept: str
 ) -> None:
-    headers = {"accept": accept} if accept else {}
-    answer = api.get("/metrics", headers=headers)
+    answer = api.get("/metrics", headers={"accept": accept})
+    assert answer.status_code == 200
     assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
