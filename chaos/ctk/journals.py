@@ -110,13 +110,17 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     status = raw.get("status")
     before = raw["steady_states"].get("before") or {}
     after = raw["steady_states"].get("after")
-    if status == "completed" and before.get("steady_state_met") is False:
-        verdict = "aborted"  # steady state not met before the method: nothing was touched
-    elif status == "completed":
-        verdict = "failed" if raw.get("deviated") else "passed"
+    if raw.get("deviated") and status in ("completed", "failed"):
+        # chaoslib (`run_deviation_validation_hypothesis`) sets deviated when the steady state
+        # after the method is not met, status failed if one of its probes raised: either way
+        # the method ran and the hypothesis did not hold.
+        verdict = "failed"
+    elif status == "completed" and before.get("steady_state_met") is not False:
+        verdict = "passed"
     else:
-        # CTK's `failed`: a probe raised or the steady state did not hold before the method;
-        # nothing was judged against the hypothesis, as our aborted run.
+        # Steady state not met before the method (nothing was touched), or CTK's `failed` not
+        # deviated: a probe raised before the method or during it; nothing was judged against
+        # the hypothesis, as our aborted run.
         verdict = "aborted"
     journal = Journal(
         run_id=f"{source.stem}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%S}",

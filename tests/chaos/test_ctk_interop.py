@@ -16,7 +16,11 @@ import pytest
 from chaoslib.activity import ensure_activity_is_valid, run_activity
 from chaoslib.experiment import ensure_experiment_is_valid
 from chaoslib.hypothesis import run_steady_state_hypothesis, within_tolerance
-from chaoslib.run import EventHandlerRegistry, has_steady_state_hypothesis_with_probes
+from chaoslib.run import (
+    EventHandlerRegistry,
+    has_steady_state_hypothesis_with_probes,
+    run_deviation_validation_hypothesis,
+)
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -428,3 +432,17 @@ def test_the_report_charts_exported_journals_with_the_verdicts_of_the_runs(tmp_p
     }  # fmt: skip
     html, _ = write_report(tmp_path)
     assert all(name in html.read_text() for name in runs)
+
+
+def test_a_chaostoolkit_run_whose_probe_raised_after_the_method_reads_as_failed(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    raising = {"type": "python", "module": "os.path", "func": "getsize",
+               "arguments": {"filename": "/nonexistent/after-the-method"}}  # fmt: skip
+    experiment = {**TRIVIAL_EXPERIMENT, "steady-state-hypothesis": {
+        "title": "it raises", "probes": [{"type": "probe", "name": "size", "tolerance": 0,
+                                          "provider": raising}]}}  # fmt: skip
+    run_deviation_validation_hypothesis(experiment, raw, {}, {}, EventHandlerRegistry(), None)
+    assert (raw["status"], raw["deviated"]) == ("failed", True)  # as chaoslib writes it
+    assert from_ctk(raw, Path("journal.json")).verdict == "failed"
