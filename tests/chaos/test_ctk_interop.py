@@ -446,3 +446,29 @@ def test_a_chaostoolkit_run_whose_probe_raised_after_the_method_reads_as_failed(
     run_deviation_validation_hypothesis(experiment, raw, {}, {}, EventHandlerRegistry(), None)
     assert (raw["status"], raw["deviated"]) == ("failed", True)  # as chaoslib writes it
     assert from_ctk(raw, Path("journal.json")).verdict == "failed"
+
+
+@pytest.mark.parametrize(
+    ("hypothesis", "expected"),
+    [
+        ("acknowledged_lost", "<= 0 (of > 0 acknowledged)"),
+        ("duplicates", "<= 0 (of > 0 deliveries)"),
+    ],
+)
+def test_a_hypothesis_of_nothing_delivered_exports_a_probe_chaoslib_judges_not_met(
+    hypothesis: str, expected: str
+) -> None:
+    # chaos/hypotheses.py: nothing acknowledged (delivered) proves nothing, so not ok at 0.
+    run = a_run()
+    run.hypotheses[0] = HypothesisOutcome(
+        hypothesis=hypothesis, ok=False, expected=expected, measured=0
+    )
+    after = to_ctk(run)["steady_states"]["after"]["probes"]
+    probe = next(p for p in after if p["activity"]["name"] == hypothesis)
+    output = run_activity(probe["activity"], {}, {})
+    assert output == probe["output"]
+    assert within_tolerance(probe["activity"]["tolerance"], output) is probe["tolerance_met"]
+    assert probe["tolerance_met"] is False
+    back = next(h for h in from_ctk(to_ctk(run), Path("r.json")).hypotheses
+                if h.hypothesis == hypothesis)  # fmt: skip
+    assert (back.ok, back.measured, back.expected) == (False, 0, expected)
