@@ -57,6 +57,7 @@ _STATUS = {
     None: "running",
 }
 _CTK_STATUS = {ours: theirs for theirs, ours in _STATUS.items()}
+VERDICTS = frozenset({"passed", "failed", "aborted", "not_run"})
 
 
 def is_ctk_journal(raw: object) -> bool:
@@ -104,13 +105,17 @@ def _probe_outcomes(state: dict[str, Any] | None) -> list[ProbeOutcome]:
 
 
 def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
-    """Our journal of the run a CTK journal records; the verdict is CTK's (passed: completed,
-    steady state met before, not deviated)."""
+    """Our journal of the run a CTK journal records; the verdict is ours where `to_ctk` wrote
+    it (CTK's fields cannot say every verdict of ours), else CTK's (passed: completed, steady
+    state met before, not deviated)."""
     started = _timestamp(raw["start"])
     status = raw.get("status")
     before = raw["steady_states"].get("before") or {}
     after = raw["steady_states"].get("after")
-    if raw.get("deviated") and status in ("completed", "failed"):
+    ours = raw.get("ratequeue") if isinstance(raw.get("ratequeue"), dict) else {}
+    if ours.get("verdict") in VERDICTS:
+        verdict = ours["verdict"]
+    elif raw.get("deviated") and status in ("completed", "failed"):
         # chaoslib (`run_deviation_validation_hypothesis`) sets deviated when the steady state
         # after the method is not met, status failed if one of its probes raised: either way
         # the method ran and the hypothesis did not hold.

@@ -472,3 +472,13 @@ def test_a_hypothesis_of_nothing_delivered_exports_a_probe_chaoslib_judges_not_m
     back = next(h for h in from_ctk(to_ctk(run), Path("r.json")).hypotheses
                 if h.hypothesis == hypothesis)  # fmt: skip
     assert (back.ok, back.measured, back.expected) == (False, 0, expected)
+
+
+def test_a_run_that_errored_with_a_failed_verdict_reads_back_failed() -> None:
+    run = a_run("failed")
+    # chaos/runner.py: an exception in the run; nothing concluded, no hypothesis judged.
+    run.status, run.steady_state_after, run.hypotheses = "error", [], []
+    exported = to_ctk(run)
+    assert (exported["status"], exported["deviated"]) == ("failed", False)
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert (back.status, back.verdict) == ("error", "failed")
