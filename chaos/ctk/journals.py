@@ -141,9 +141,15 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     )
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
     # by its tolerance (not listed again as after-probes).
-    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
-    journal.hypotheses = [_hypothesis_outcome(run) for run in (after or {}).get("probes", [])]
+    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words; what
+    # `to_ctk` measured but chaoslib would not have listed is in our extension, after them.
+    listed = (after or {}).get("probes", [])
+    unlisted = ours.get("after_unlisted") or []
+    journal.hypotheses = [_hypothesis_outcome(run) for run in [*listed, *unlisted]]
     _read_activities(journal, raw)
+    if isinstance(ours.get("load"), dict):
+        # Our load's figures as measured, not as far as the listed probes tell them.
+        journal.load = {**journal.load, **ours["load"]}
     journal.measure_from_fault()
     return journal
 
@@ -243,6 +249,10 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     after = [probe_run(p, ended) for p in journal.steady_state_after if p.skipped is None] + [
         hypothesis_run(h) for h in journal.hypotheses if h.judged
     ]
+    state_after = _steady_state(after)
+    # What chaoslib would not have listed (after its first probe not met) we still measured:
+    # our extension carries it, so the read-back has the run's figures.
+    after_unlisted = after[len(state_after["probes"]) if state_after else 0 :]
     method = [_fault_activity(f) for f in journal.faults]
     runs = [
         {**_run(activity, [fault], None, fault["injected_at"]), "status": "succeeded"}
@@ -291,7 +301,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "deviated": deviated,
         "steady_states": {
             "before": state_before,
-            "after": _steady_state(after),
+            "after": state_after,
             "during": [],
         },
         "run": runs,
@@ -304,6 +314,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "recovery_seconds": journal.recovery_seconds(),
             "fault_at": fault_at,
             "load": journal.load,
+            "after_unlisted": after_unlisted,
         },
     }
 

@@ -482,3 +482,23 @@ def test_a_run_that_errored_with_a_failed_verdict_reads_back_failed() -> None:
     assert (exported["status"], exported["deviated"]) == ("failed", False)
     back = from_ctk(exported, Path("run.ctk.json"))
     assert (back.status, back.verdict) == ("error", "failed")
+
+
+def test_what_follows_the_first_probe_not_met_reads_back_with_the_runs_figures(
+    tmp_path: Path,
+) -> None:
+    run = a_run("failed")
+    run.steady_state_after = [ProbeOutcome(probe="replicas_attached", ok=False, detail="none")]
+    run.load = {"acknowledged": 400, "lost": 3}
+    exported = to_ctk(run)
+    after = exported["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["replicas_attached"]
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert [(h.hypothesis, h.ok, h.measured) for h in back.hypotheses] == [
+        ("replicas_attached", False, False), ("acknowledged_lost", False, 3),
+        ("one_workflow_per_incident", True, {"workflows": {}}),
+    ]  # fmt: skip
+    assert back.load == run.load
+    (tmp_path / "run.ctk.json").write_text(json.dumps(exported))
+    _, markdown = write_report(tmp_path)
+    assert "| failed | 1.50 | 400 | 3 |" in markdown.read_text()
