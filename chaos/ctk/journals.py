@@ -249,9 +249,13 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     after = [probe_run(p, ended) for p in journal.steady_state_after if p.skipped is None] + [
         hypothesis_run(h) for h in journal.hypotheses if h.judged
     ]
-    state_after = _steady_state(after)
-    # What chaoslib would not have listed (after its first probe not met) we still measured:
-    # our extension carries it, so the read-back has the run's figures.
+    state_before = _steady_state(before)
+    # chaoslib runs the steady state after the method only for an experiment with a steady-state
+    # hypothesis whose before held (run.py: `run_gate_hypothesis` returns None otherwise).
+    ran_after = state_before is not None and state_before["steady_state_met"]
+    state_after = _steady_state(after) if ran_after else None
+    # What chaoslib would not have listed (after its first probe not met, or no stage after) we
+    # still measured: our extension carries it, so the read-back has the run's figures.
     after_unlisted = after[len(state_after["probes"]) if state_after else 0 :]
     method = [_fault_activity(f) for f in journal.faults]
     runs = [
@@ -267,9 +271,10 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery))
     undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
     rollbacks = [_rollback_run(f) for f in undone]
-    deviated = journal.verdict == "failed" and journal.status == "completed"
+    # chaoslib's deviated is its after steady state not met, nothing else: a failed verdict
+    # it cannot say (an error, every hypothesis skipped) is our extension's `verdict`.
+    deviated = state_after is not None and not state_after["steady_state_met"]
     status = _CTK_STATUS[journal.status]
-    state_before = _steady_state(before)
     if state_before is not None and not state_before["steady_state_met"]:
         # Steady state not met before the method: chaoslib (run.py, `run_gate_hypothesis`)
         # says completed, failed only when a probe itself failed (raised).

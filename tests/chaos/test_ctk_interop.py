@@ -502,3 +502,25 @@ def test_what_follows_the_first_probe_not_met_reads_back_with_the_runs_figures(
     (tmp_path / "run.ctk.json").write_text(json.dumps(exported))
     _, markdown = write_report(tmp_path)
     assert "| failed | 1.50 | 400 | 3 |" in markdown.read_text()
+
+
+def test_a_failed_run_with_every_hypothesis_skipped_exports_not_deviated_reads_back_failed() -> (
+    None
+):
+    run = a_run("failed")
+    for outcome in run.hypotheses:
+        outcome.ok, outcome.skipped = False, "not observable here"
+    exported = to_ctk(run)
+    assert exported["steady_states"]["after"]["steady_state_met"] is True
+    assert (exported["status"], exported["deviated"]) == ("completed", False)
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "failed"
+
+
+def test_a_run_without_a_steady_state_hypothesis_exports_no_after_steady_state() -> None:
+    exported = to_ctk(a_sentinel_run())
+    assert not has_steady_state_hypothesis_with_probes(exported["experiment"])
+    assert exported["steady_states"]["after"] is None  # chaoslib runs no stage it has no probes for
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert [(h.hypothesis, h.ok, h.measured) for h in back.hypotheses] == [
+        ("acknowledged_lost", True, 0)
+    ]
