@@ -20,6 +20,7 @@ from chaoslib.run import (
     EventHandlerRegistry,
     has_steady_state_hypothesis_with_probes,
     run_deviation_validation_hypothesis,
+    run_gate_hypothesis,
 )
 from typer.testing import CliRunner
 
@@ -44,6 +45,20 @@ TRIVIAL_EXPERIMENT = {
     "method": [{"type": "action", "name": "look", "provider": EXISTS}],
     "rollbacks": [{"type": "action", "name": "look-again", "provider": EXISTS}],
 }
+
+
+# A steady-state probe that raises (its file does not exist), as chaoslib runs one.
+RAISING_EXPERIMENT = {
+    **TRIVIAL_EXPERIMENT,
+    "steady-state-hypothesis": {
+        "title": "it raises",
+        "probes": [
+            {"type": "probe", "name": "size", "tolerance": 0,
+             "provider": {"type": "python", "module": "os.path", "func": "getsize",
+                          "arguments": {"filename": "/nonexistent/steady-state"}}}
+        ],
+    },
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -248,14 +263,17 @@ def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
 def test_a_chaostoolkit_run_failed_by_a_probe_that_raised_reads_as_aborted_with_the_error(
     chaostoolkit_journal: dict[str, Any],
 ) -> None:
+    # A probe that raised before the method: chaoslib (`run_gate_hypothesis`) writes failed,
+    # not deviated, and runs nothing after it (one raising after the method deviates).
     raw = json.loads(json.dumps(chaostoolkit_journal))
-    probe = raw["steady_states"]["after"]["probes"][0]
-    probe.update(status="failed", output=None,
-                 exception=["RunAborted: recovery_seconds: no load is running\n"])  # fmt: skip
-    raw["status"] = "failed"
+    raw["steady_states"]["after"], raw["run"], raw["rollbacks"] = None, [], []
+    run_gate_hypothesis(RAISING_EXPERIMENT, raw, {}, {}, EventHandlerRegistry(), None)
+    assert (raw["status"], raw["deviated"]) == ("failed", False)
     journal = from_ctk(raw, Path("journal.json"))
     assert journal.verdict == "aborted"
-    assert "exists: RunAborted: recovery_seconds: no load is running" in journal.errors
+    assert any(e.startswith("size: ") and "FileNotFoundError" in e for e in journal.errors), (
+        journal.errors
+    )
 
 
 def test_the_report_charts_a_chaostoolkit_journal_next_to_ours(
@@ -438,12 +456,9 @@ def test_a_chaostoolkit_run_whose_probe_raised_after_the_method_reads_as_failed(
     chaostoolkit_journal: dict[str, Any],
 ) -> None:
     raw = json.loads(json.dumps(chaostoolkit_journal))
-    raising = {"type": "python", "module": "os.path", "func": "getsize",
-               "arguments": {"filename": "/nonexistent/after-the-method"}}  # fmt: skip
-    experiment = {**TRIVIAL_EXPERIMENT, "steady-state-hypothesis": {
-        "title": "it raises", "probes": [{"type": "probe", "name": "size", "tolerance": 0,
-                                          "provider": raising}]}}  # fmt: skip
-    run_deviation_validation_hypothesis(experiment, raw, {}, {}, EventHandlerRegistry(), None)
+    run_deviation_validation_hypothesis(
+        RAISING_EXPERIMENT, raw, {}, {}, EventHandlerRegistry(), None
+    )
     assert (raw["status"], raw["deviated"]) == ("failed", True)  # as chaoslib writes it
     assert from_ctk(raw, Path("journal.json")).verdict == "failed"
 
