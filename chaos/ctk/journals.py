@@ -57,6 +57,7 @@ _STATUS = {
     None: "running",
 }
 _CTK_STATUS = {ours: theirs for theirs, ours in _STATUS.items()}
+VERDICTS = frozenset({"passed", "failed", "aborted", "not_run"})
 
 
 def is_ctk_journal(raw: object) -> bool:
@@ -104,19 +105,27 @@ def _probe_outcomes(state: dict[str, Any] | None) -> list[ProbeOutcome]:
 
 
 def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
-    """Our journal of the run a CTK journal records; the verdict is CTK's (passed: completed,
-    steady state met before, not deviated)."""
+    """Our journal of the run a CTK journal records; the verdict is ours where `to_ctk` wrote
+    it (CTK's fields cannot say every verdict of ours), else CTK's (passed: completed, steady
+    state met before, not deviated)."""
     started = _timestamp(raw["start"])
     status = raw.get("status")
     before = raw["steady_states"].get("before") or {}
     after = raw["steady_states"].get("after")
-    if status == "completed" and before.get("steady_state_met") is False:
-        verdict = "aborted"  # steady state not met before the method: nothing was touched
-    elif status == "completed":
-        verdict = "failed" if raw.get("deviated") else "passed"
+    ours = raw.get("ratequeue") if isinstance(raw.get("ratequeue"), dict) else {}
+    if ours.get("verdict") in VERDICTS:
+        verdict = ours["verdict"]
+    elif raw.get("deviated") and status in ("completed", "failed"):
+        # chaoslib (`run_deviation_validation_hypothesis`) sets deviated when the steady state
+        # after the method is not met, status failed if one of its probes raised: either way
+        # the method ran and the hypothesis did not hold.
+        verdict = "failed"
+    elif status == "completed" and before.get("steady_state_met") is not False:
+        verdict = "passed"
     else:
-        # CTK's `failed`: a probe raised or the steady state did not hold before the method;
-        # nothing was judged against the hypothesis, as our aborted run.
+        # Steady state not met before the method (nothing was touched), or CTK's `failed` not
+        # deviated: a probe raised before the method or during it; nothing was judged against
+        # the hypothesis, as our aborted run.
         verdict = "aborted"
     journal = Journal(
         run_id=f"{source.stem}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%S}",
@@ -132,9 +141,15 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     )
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
     # by its tolerance (not listed again as after-probes).
-    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words.
-    journal.hypotheses = [_hypothesis_outcome(run) for run in (after or {}).get("probes", [])]
+    # A hypothesis exported as a record (`to_ctk`) carries our expectation in words; what
+    # `to_ctk` measured but chaoslib would not have listed is in our extension, after them.
+    listed = (after or {}).get("probes", [])
+    unlisted = ours.get("after_unlisted") or []
+    journal.hypotheses = [_hypothesis_outcome(run) for run in [*listed, *unlisted]]
     _read_activities(journal, raw)
+    if isinstance(ours.get("load"), dict):
+        # Our load's figures as measured, not as far as the listed probes tell them.
+        journal.load = {**journal.load, **ours["load"]}
     journal.measure_from_fault()
     return journal
 
@@ -234,6 +249,14 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     after = [probe_run(p, ended) for p in journal.steady_state_after if p.skipped is None] + [
         hypothesis_run(h) for h in journal.hypotheses if h.judged
     ]
+    state_before = _steady_state(before)
+    # chaoslib runs the steady state after the method only for an experiment with a steady-state
+    # hypothesis whose before held (run.py: `run_gate_hypothesis` returns None otherwise).
+    ran_after = state_before is not None and state_before["steady_state_met"]
+    state_after = _steady_state(after) if ran_after else None
+    # What chaoslib would not have listed (after its first probe not met, or no stage after) we
+    # still measured: our extension carries it, so the read-back has the run's figures.
+    after_unlisted = after[len(state_after["probes"]) if state_after else 0 :]
     method = [_fault_activity(f) for f in journal.faults]
     runs = [
         {**_run(activity, [fault], None, fault["injected_at"]), "status": "succeeded"}
@@ -248,9 +271,10 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         runs.append(_run(probe, round(recovery, 3), None, fault_at + recovery))
     undone = [f for f in journal.faults if f.get("rolled_back_at") or f.get("rollback_error")]
     rollbacks = [_rollback_run(f) for f in undone]
-    deviated = journal.verdict == "failed" and journal.status == "completed"
+    # chaoslib's deviated is its after steady state not met, nothing else: a failed verdict
+    # it cannot say (an error, every hypothesis skipped) is our extension's `verdict`.
+    deviated = state_after is not None and not state_after["steady_state_met"]
     status = _CTK_STATUS[journal.status]
-    state_before = _steady_state(before)
     if state_before is not None and not state_before["steady_state_met"]:
         # Steady state not met before the method: chaoslib (run.py, `run_gate_hypothesis`)
         # says completed, failed only when a probe itself failed (raised).
@@ -282,7 +306,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "deviated": deviated,
         "steady_states": {
             "before": state_before,
-            "after": _steady_state(after),
+            "after": state_after,
             "during": [],
         },
         "run": runs,
@@ -295,6 +319,7 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
             "recovery_seconds": journal.recovery_seconds(),
             "fault_at": fault_at,
             "load": journal.load,
+            "after_unlisted": after_unlisted,
         },
     }
 
@@ -342,7 +367,12 @@ def _hypothesis_activity(outcome: HypothesisOutcome) -> tuple[dict[str, Any], An
     if name in PROBE_OF and bound is not None and numeric:
         upper = float(bound.group(1))
         tolerance = 0 if upper == 0 else {"type": "range", "range": [0, upper]}
-        return _probe_activity(name, tolerance), measured
+        # As chaoslib's `within_tolerance` judges it (equal to an int, inside a range). Where it
+        # would judge otherwise than we did (0 lost of 0 acknowledged is not ok: nothing was
+        # proven), the probe would contradict itself: the record of our judgement says it.
+        held = measured == 0 if upper == 0 else 0 <= measured <= upper
+        if held is outcome.ok:
+            return _probe_activity(name, tolerance), measured
     arguments = {"expected": outcome.expected, "measured": measured, "ok": outcome.ok}
     provider = {"type": "python", "module": JOURNALS_MODULE, "func": "judged",
                 "arguments": arguments}  # fmt: skip

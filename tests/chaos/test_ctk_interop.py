@@ -16,7 +16,12 @@ import pytest
 from chaoslib.activity import ensure_activity_is_valid, run_activity
 from chaoslib.experiment import ensure_experiment_is_valid
 from chaoslib.hypothesis import run_steady_state_hypothesis, within_tolerance
-from chaoslib.run import EventHandlerRegistry, has_steady_state_hypothesis_with_probes
+from chaoslib.run import (
+    EventHandlerRegistry,
+    has_steady_state_hypothesis_with_probes,
+    run_deviation_validation_hypothesis,
+    run_gate_hypothesis,
+)
 from typer.testing import CliRunner
 
 from chaos.cli import app
@@ -40,6 +45,20 @@ TRIVIAL_EXPERIMENT = {
     "method": [{"type": "action", "name": "look", "provider": EXISTS}],
     "rollbacks": [{"type": "action", "name": "look-again", "provider": EXISTS}],
 }
+
+
+# A steady-state probe that raises (its file does not exist), as chaoslib runs one.
+RAISING_EXPERIMENT = {
+    **TRIVIAL_EXPERIMENT,
+    "steady-state-hypothesis": {
+        "title": "it raises",
+        "probes": [
+            {"type": "probe", "name": "size", "tolerance": 0,
+             "provider": {"type": "python", "module": "os.path", "func": "getsize",
+                          "arguments": {"filename": "/nonexistent/steady-state"}}}
+        ],
+    },
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -244,14 +263,17 @@ def test_a_timed_fault_exports_its_duration_as_the_actions_seconds() -> None:
 def test_a_chaostoolkit_run_failed_by_a_probe_that_raised_reads_as_aborted_with_the_error(
     chaostoolkit_journal: dict[str, Any],
 ) -> None:
+    # A probe that raised before the method: chaoslib (`run_gate_hypothesis`) writes failed,
+    # not deviated, and runs nothing after it (one raising after the method deviates).
     raw = json.loads(json.dumps(chaostoolkit_journal))
-    probe = raw["steady_states"]["after"]["probes"][0]
-    probe.update(status="failed", output=None,
-                 exception=["RunAborted: recovery_seconds: no load is running\n"])  # fmt: skip
-    raw["status"] = "failed"
+    raw["steady_states"]["after"], raw["run"], raw["rollbacks"] = None, [], []
+    run_gate_hypothesis(RAISING_EXPERIMENT, raw, {}, {}, EventHandlerRegistry(), None)
+    assert (raw["status"], raw["deviated"]) == ("failed", False)
     journal = from_ctk(raw, Path("journal.json"))
     assert journal.verdict == "aborted"
-    assert "exists: RunAborted: recovery_seconds: no load is running" in journal.errors
+    assert any(e.startswith("size: ") and "FileNotFoundError" in e for e in journal.errors), (
+        journal.errors
+    )
 
 
 def test_the_report_charts_a_chaostoolkit_journal_next_to_ours(
@@ -428,3 +450,92 @@ def test_the_report_charts_exported_journals_with_the_verdicts_of_the_runs(tmp_p
     }  # fmt: skip
     html, _ = write_report(tmp_path)
     assert all(name in html.read_text() for name in runs)
+
+
+def test_a_chaostoolkit_run_whose_probe_raised_after_the_method_reads_as_failed(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    run_deviation_validation_hypothesis(
+        RAISING_EXPERIMENT, raw, {}, {}, EventHandlerRegistry(), None
+    )
+    assert (raw["status"], raw["deviated"]) == ("failed", True)  # as chaoslib writes it
+    assert from_ctk(raw, Path("journal.json")).verdict == "failed"
+
+
+@pytest.mark.parametrize(
+    ("hypothesis", "expected"),
+    [
+        ("acknowledged_lost", "<= 0 (of > 0 acknowledged)"),
+        ("duplicates", "<= 0 (of > 0 deliveries)"),
+    ],
+)
+def test_a_hypothesis_of_nothing_delivered_exports_a_probe_chaoslib_judges_not_met(
+    hypothesis: str, expected: str
+) -> None:
+    # chaos/hypotheses.py: nothing acknowledged (delivered) proves nothing, so not ok at 0.
+    run = a_run()
+    run.hypotheses[0] = HypothesisOutcome(
+        hypothesis=hypothesis, ok=False, expected=expected, measured=0
+    )
+    after = to_ctk(run)["steady_states"]["after"]["probes"]
+    probe = next(p for p in after if p["activity"]["name"] == hypothesis)
+    output = run_activity(probe["activity"], {}, {})
+    assert output == probe["output"]
+    assert within_tolerance(probe["activity"]["tolerance"], output) is probe["tolerance_met"]
+    assert probe["tolerance_met"] is False
+    back = next(h for h in from_ctk(to_ctk(run), Path("r.json")).hypotheses
+                if h.hypothesis == hypothesis)  # fmt: skip
+    assert (back.ok, back.measured, back.expected) == (False, 0, expected)
+
+
+def test_a_run_that_errored_with_a_failed_verdict_reads_back_failed() -> None:
+    run = a_run("failed")
+    # chaos/runner.py: an exception in the run; nothing concluded, no hypothesis judged.
+    run.status, run.steady_state_after, run.hypotheses = "error", [], []
+    exported = to_ctk(run)
+    assert (exported["status"], exported["deviated"]) == ("failed", False)
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert (back.status, back.verdict) == ("error", "failed")
+
+
+def test_what_follows_the_first_probe_not_met_reads_back_with_the_runs_figures(
+    tmp_path: Path,
+) -> None:
+    run = a_run("failed")
+    run.steady_state_after = [ProbeOutcome(probe="replicas_attached", ok=False, detail="none")]
+    run.load = {"acknowledged": 400, "lost": 3}
+    exported = to_ctk(run)
+    after = exported["steady_states"]["after"]
+    assert [p["activity"]["name"] for p in after["probes"]] == ["replicas_attached"]
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert [(h.hypothesis, h.ok, h.measured) for h in back.hypotheses] == [
+        ("replicas_attached", False, False), ("acknowledged_lost", False, 3),
+        ("one_workflow_per_incident", True, {"workflows": {}}),
+    ]  # fmt: skip
+    assert back.load == run.load
+    (tmp_path / "run.ctk.json").write_text(json.dumps(exported))
+    _, markdown = write_report(tmp_path)
+    assert "| failed | 1.50 | 400 | 3 |" in markdown.read_text()
+
+
+def test_a_failed_run_with_every_hypothesis_skipped_exports_not_deviated_reads_back_failed() -> (
+    None
+):
+    run = a_run("failed")
+    for outcome in run.hypotheses:
+        outcome.ok, outcome.skipped = False, "not observable here"
+    exported = to_ctk(run)
+    assert exported["steady_states"]["after"]["steady_state_met"] is True
+    assert (exported["status"], exported["deviated"]) == ("completed", False)
+    assert from_ctk(exported, Path("run.ctk.json")).verdict == "failed"
+
+
+def test_a_run_without_a_steady_state_hypothesis_exports_no_after_steady_state() -> None:
+    exported = to_ctk(a_sentinel_run())
+    assert not has_steady_state_hypothesis_with_probes(exported["experiment"])
+    assert exported["steady_states"]["after"] is None  # chaoslib runs no stage it has no probes for
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert [(h.hypothesis, h.ok, h.measured) for h in back.hypotheses] == [
+        ("acknowledged_lost", True, 0)
+    ]
