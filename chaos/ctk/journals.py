@@ -16,9 +16,12 @@ import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, TimelineEntry
+from common.validation import describe_problems
 
 ACTIONS_MODULE = "chaos.ctk.actions"
 PROBES_MODULE = "chaos.ctk.probes"
@@ -57,7 +60,84 @@ _STATUS = {
     None: "running",
 }
 _CTK_STATUS = {ours: theirs for theirs, ours in _STATUS.items()}
-VERDICTS = frozenset({"passed", "failed", "aborted", "not_run"})
+
+
+class _Open(BaseModel):
+    # What the report reads is typed; anything else an export carries is let through.
+    model_config = ConfigDict(extra="allow")
+
+
+class Whereabouts(_Open):
+    # The report names both (`chaos.comparison.lost_count`).
+    held: int
+    gone: int
+    unknown: int = 0
+
+
+class Load(_Open):
+    acknowledged: int | None = None
+    lost: int | None = None
+    duplicates: int | None = None
+    undelivered_whereabouts: Whereabouts | None = None
+
+
+class Measures(_Open):
+    earliest_delivery_before_rate_seconds: float | None = None
+    primaries_answering: dict[str, list[str]] | None = None
+
+
+class JudgedArguments(_Open):
+    # A `judged` record's: our expectation in words, read back as the hypothesis's `expected`.
+    expected: str | None = None
+    ok: bool | None = None
+
+
+class Provider(_Open):
+    module: str | None = None
+    func: str | None = None
+    arguments: JudgedArguments = Field(default_factory=JudgedArguments)
+
+
+class Activity(_Open):
+    name: str = "?"
+    # Exports before `judged` had our expectation here.
+    expected: str | None = None
+    provider: Provider = Field(default_factory=Provider)
+
+
+class ProbeRun(_Open):
+    activity: Activity
+    status: str | None = None
+    tolerance_met: bool | None = None
+    exception: list[str] = Field(default_factory=list)
+
+
+class RatequeueBlock(_Open):
+    """The `ratequeue` block `to_ctk` writes: what chaoslib's fields cannot say about our run.
+    Every key is optional, so exports from before a key was added still read."""
+
+    run_id: str | None = None
+    verdict: Literal["passed", "failed", "aborted", "not_run"] | None = None
+    failover: Literal["lazarus", "sentinel"] = "lazarus"
+    ack: Literal["wait", "async"] | None = None
+    sentinel_timers: dict[str, int] | None = None
+    measures: Measures = Field(default_factory=Measures)
+    recovery_seconds: float | None = None
+    fault_at: float | None = None
+    load: Load = Field(default_factory=Load)
+    after_unlisted: list[ProbeRun] = Field(default_factory=list)
+
+
+def _ratequeue_block(raw: dict[str, Any], source: Path) -> RatequeueBlock:
+    """The journal's `ratequeue` block, validated: a hand-edited one of the wrong shape is
+    refused naming the field (ValueError), rather than crash the report or skew its figures."""
+    block = raw.get("ratequeue")
+    if block is None:
+        return RatequeueBlock()  # chaoslib's own journal: nothing of ours
+    try:
+        return RatequeueBlock.model_validate(block)
+    except ValidationError as error:
+        raise ValueError(f"{source}: {describe_problems(error, within='ratequeue')}") from None
 
 
 def is_ctk_journal(raw: object) -> bool:
@@ -112,9 +192,9 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     status = raw.get("status")
     before = raw["steady_states"].get("before") or {}
     after = raw["steady_states"].get("after")
-    ours = raw.get("ratequeue") if isinstance(raw.get("ratequeue"), dict) else {}
-    if ours.get("verdict") in VERDICTS:
-        verdict = ours["verdict"]
+    ours = _ratequeue_block(raw, source)
+    if ours.verdict is not None:
+        verdict = ours.verdict
     elif raw.get("deviated") and status in ("completed", "failed"):
         # chaoslib (`run_deviation_validation_hypothesis`) sets deviated when the steady state
         # after the method is not met, status failed if one of its probes raised: either way
@@ -137,6 +217,12 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
         ended_at=_timestamp(raw["end"]) if raw.get("end") else None,
         status=_STATUS.get(status, "error"),
         verdict=verdict,
+        # Who failed over and how enqueues were acknowledged: the report compares managers
+        # by these (`chaos.comparison.manager_of`); chaoslib's own journals say neither.
+        failover=ours.failover,
+        ack=ours.ack,
+        sentinel_timers=ours.sentinel_timers,
+        measures=ours.measures.model_dump(exclude_unset=True),
         steady_state_before=_probe_outcomes(before),
     )
     # CTK's hypothesis is its steady state after the method: our hypotheses, each probe judged
@@ -144,12 +230,11 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     # A hypothesis exported as a record (`to_ctk`) carries our expectation in words; what
     # `to_ctk` measured but chaoslib would not have listed is in our extension, after them.
     listed = (after or {}).get("probes", [])
-    unlisted = ours.get("after_unlisted") or []
+    unlisted = [run.model_dump(exclude_unset=True) for run in ours.after_unlisted]
     journal.hypotheses = [_hypothesis_outcome(run) for run in [*listed, *unlisted]]
     _read_activities(journal, raw)
-    if isinstance(ours.get("load"), dict):
-        # Our load's figures as measured, not as far as the listed probes tell them.
-        journal.load = {**journal.load, **ours["load"]}
+    # Our load's figures as measured, not as far as the listed probes tell them.
+    journal.load = {**journal.load, **ours.load.model_dump(exclude_unset=True)}
     journal.measure_from_fault()
     return journal
 
@@ -316,6 +401,10 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
         "ratequeue": {
             "run_id": journal.run_id,
             "verdict": journal.verdict,
+            "failover": journal.failover,
+            "ack": journal.ack,
+            "sentinel_timers": journal.sentinel_timers,
+            "measures": journal.measures,
             "recovery_seconds": journal.recovery_seconds(),
             "fault_at": fault_at,
             "load": journal.load,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sysconfig
 import tomllib
@@ -25,6 +26,7 @@ from chaoslib.run import (
 from typer.testing import CliRunner
 
 from chaos.cli import app
+from chaos.comparison import manager_of
 from chaos.ctk import actions, probes
 from chaos.ctk.journals import from_ctk, is_ctk_journal, to_ctk
 from chaos.errors import ExperimentError, TargetError
@@ -539,3 +541,58 @@ def test_a_run_without_a_steady_state_hypothesis_exports_no_after_steady_state()
     assert [(h.hypothesis, h.ok, h.measured) for h in back.hypotheses] == [
         ("acknowledged_lost", True, 0)
     ]
+
+
+def test_an_exported_run_reads_back_its_failover_manager_ack_timers_and_measures() -> None:
+    run = a_sentinel_run()
+    run.ack, run.sentinel_timers = "async", {"down_after_ms": 2000, "failover_timeout_ms": 6000}
+    run.measures = {"earliest_delivery_before_rate_seconds": 0.5,
+                    "primaries_answering": {"s1": ["s1-replica1"]}}  # fmt: skip
+    back = from_ctk(to_ctk(run), Path("run.ctk.json"))
+    assert (back.failover, back.ack, back.sentinel_timers, back.measures) == (
+        "sentinel", "async", run.sentinel_timers, run.measures,
+    )  # fmt: skip
+    assert manager_of(back) == "sentinel, ack async"
+
+
+def test_an_export_written_before_the_manager_was_carried_reads_as_lazarus_without_ack() -> None:
+    exported = to_ctk(a_run())
+    for key in ("failover", "ack", "sentinel_timers", "measures"):
+        exported["ratequeue"].pop(key)
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert (back.failover, back.ack, back.sentinel_timers, back.measures) == (
+        "lazarus", None, None, {},
+    )  # fmt: skip
+    assert back.verdict == "passed"
+
+
+JUDGED = {"module": "chaos.ctk.journals", "func": "judged"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("verdict", ["failed"], "ratequeue.verdict"),
+        ("failover", "consul", "ratequeue.failover"),
+        ("ack", "sometimes", "ratequeue.ack"),
+        ("measures", {"primaries_answering": ["s1-primary"]},
+         "ratequeue.measures.primaries_answering"),
+        ("load", {"undelivered_whereabouts": {"held": 1}},
+         "ratequeue.load.undelivered_whereabouts.gone"),
+        ("load", {"lost": "many"}, "ratequeue.load.lost"),
+        ("after_unlisted", "oops", "ratequeue.after_unlisted"),
+        ("after_unlisted", {}, "ratequeue.after_unlisted"),
+        ("after_unlisted", [1], "ratequeue.after_unlisted.0"),
+        ("after_unlisted", [{}], "ratequeue.after_unlisted.0.activity"),
+        ("after_unlisted",
+         [{"activity": {"name": "x", "provider": {**JUDGED, "arguments": {"expected": 5}}}}],
+         "ratequeue.after_unlisted.0.activity.provider.arguments.expected"),
+    ],
+)  # fmt: skip
+def test_a_ratequeue_block_of_the_wrong_type_is_refused_naming_the_field(
+    key: str, value: Any, field: str
+) -> None:
+    exported = to_ctk(a_run("failed"))
+    exported["ratequeue"][key] = value
+    with pytest.raises(ValueError, match=rf"run\.ctk\.json: field '{re.escape(field)}'"):
+        from_ctk(exported, Path("run.ctk.json"))
