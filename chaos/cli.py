@@ -685,11 +685,20 @@ def report(
     """Write an HTML report (timeline per run, recovery trend) and a markdown summary."""
     from chaos.report import write_report
 
+    unreadable: list[str] = []
     try:
-        html, markdown = write_report(journal_dir, output)
+        html, markdown = write_report(journal_dir, output, unreadable)
     except OSError as error:
         raise refused(error, "cannot write the report") from None
+    _say_unreadable(unreadable)
     console.print(f"report: {html}\nsummary: {markdown}")
+
+
+def _say_unreadable(unreadable: list[str]) -> None:
+    """Name the journals a command left out (a run gone from the figures without a word would
+    mislead whoever reads them)."""
+    for problem in unreadable:
+        console.print(f"[yellow]journal not read, left out:[/] {escape(problem)}")
 
 
 @app.command()
@@ -707,7 +716,9 @@ def compare(
     from chaos.journal import read_journals
     from common.points_in_time import iso_utc
 
-    journals = read_journals(journal_dir)
+    unreadable: list[str] = []
+    journals = read_journals(journal_dir, unreadable)
+    _say_unreadable(unreadable)
     try:
         table = scenario_table(journals, scenarios)
     except ExperimentError as error:

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from common.validation import describe_problems
 
 TIMELINE_ORDER = (
     "load_started",
@@ -149,19 +151,34 @@ class Journal(BaseModel):
         return path
 
 
-def read_journals(directory: Path) -> list[Journal]:
+def read_journals(directory: Path, unreadable: list[str] | None = None) -> list[Journal]:
     """Every journal in `directory`: ours, and Chaos Toolkit's (`journal.json` as `chaostoolkit
-    run` writes it, read by `chaos.ctk.journals`); other JSON files are skipped."""
+    run` writes it, read by `chaos.ctk.journals`); other JSON files are skipped. A file that is
+    a journal but cannot be read (a hand-edited field of the wrong type) is left out too, and
+    why (its path and the field) is added to `unreadable`, for the report to say: a run that
+    silently vanished would skew the figures without anyone knowing."""
     from chaos.ctk.journals import from_ctk, is_ctk_journal
 
     journals = []
     for path in sorted(directory.glob("*.json")):
         try:
             raw = json.loads(path.read_text())
-            if is_ctk_journal(raw):
-                journals.append(from_ctk(raw, path))
-            else:
-                journals.append(Journal.model_validate(raw))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a journal (or not a file: a directory named *.json)
+        except (OSError, ValueError):
+            continue  # not JSON (or not a file: a directory named *.json)
+        ctk = is_ctk_journal(raw)
+        try:
+            journals.append(from_ctk(raw, path) if ctk else Journal.model_validate(raw))
+        except (ValueError, KeyError, TypeError) as error:
+            if unreadable is None or not (ctk or _looks_like_ours(raw)):
+                continue
+            if isinstance(error, ValidationError):
+                problem = describe_problems(error)
+            else:  # from_ctk's own refusals name the file and field; a KeyError the key
+                problem = f"no {error}" if isinstance(error, KeyError) else str(error)
+            unreadable.append(problem if problem.startswith(str(path)) else f"{path}: {problem}")
     return sorted(journals, key=lambda j: j.started_at)
+
+
+def _looks_like_ours(raw: object) -> bool:
+    """Whether `raw` was meant as one of our journals (not some other JSON in the directory)."""
+    return isinstance(raw, dict) and "run_id" in raw and "started_at" in raw

@@ -6,11 +6,15 @@ there can read what happened. Not for: running anything."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos.comparison import comparison_html, comparison_markdown
 from chaos.journal import TIMELINE_ORDER, Journal, read_journals
+
+# Journals the report left out, and why: said at the top, lest its figures look complete.
+UNREADABLE_TITLE = "Journals not read (left out of every figure)"
 
 COLOURS = {
     "load_started": "#888",
@@ -118,7 +122,7 @@ def trend_svg(journals: list[Journal], width: int = 760, height: int = 220) -> s
     return "".join(parts)
 
 
-def render_html(journals: list[Journal]) -> str:
+def render_html(journals: list[Journal], unreadable: Sequence[str] = ()) -> str:
     passed = sum(j.verdict == "passed" for j in journals)
     rows = "".join(
         f"<tr><td>{_when(j.started_at)}</td><td>{html.escape(j.experiment)}</td>"
@@ -202,7 +206,7 @@ small {{ color: #666; font-weight: normal; }}
 acknowledged write on the shard whose primary was hit; under Sentinel, once it promoted, to the
 first one sent after the API routed to the promoted primary (blank: the run measured none, e.g.
 an experiment where nothing was expected to fail over).</p>
-<h2>Recovery time across runs</h2>{trend_svg(journals)}
+{_unreadable_html(unreadable)}<h2>Recovery time across runs</h2>{trend_svg(journals)}
 {comparison_html(journals, COLOURS)}
 <h2>Runs</h2><table><tr><th>started</th><th>experiment</th><th>shard</th><th>verdict</th>
 <th>recovery</th><th>acknowledged</th><th>lost</th></tr>{rows}</table>
@@ -211,12 +215,23 @@ an experiment where nothing was expected to fail over).</p>
 """
 
 
-def render_markdown(journals: list[Journal]) -> str:
+def _unreadable_html(unreadable: Sequence[str]) -> str:
+    if not unreadable:
+        return ""
+    items = "".join(f"<li>{html.escape(problem)}</li>" for problem in unreadable)
+    return f"<h2 class='failed'>{UNREADABLE_TITLE}</h2><ul>{items}</ul>"
+
+
+def render_markdown(journals: list[Journal], unreadable: Sequence[str] = ()) -> str:
     lines = [
         "# Chaos runs",
         "",
         f"{len(journals)} runs, {sum(j.verdict == 'passed' for j in journals)} passed.",
         "",
+    ]
+    if unreadable:
+        lines += [f"## {UNREADABLE_TITLE}", "", *(f"- {problem}" for problem in unreadable), ""]
+    lines += [
         "| started | experiment | shard | verdict | recovery (s) | acknowledged | lost |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -240,10 +255,15 @@ def render_markdown(journals: list[Journal]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(journal_dir: Path, output: Path | None = None) -> tuple[Path, Path]:
-    journals = read_journals(journal_dir)
+def write_report(
+    journal_dir: Path, output: Path | None = None, unreadable: list[str] | None = None
+) -> tuple[Path, Path]:
+    """The report and summary of the journals in `journal_dir`; the journals it could not read
+    are named in both, first, and added to `unreadable` (for the command to say too)."""
+    unreadable = [] if unreadable is None else unreadable
+    journals = read_journals(journal_dir, unreadable)
     html_path = output or journal_dir / "report.html"
     markdown_path = html_path.with_suffix(".md")
-    html_path.write_text(render_html(journals))
-    markdown_path.write_text(render_markdown(journals))
+    html_path.write_text(render_html(journals, unreadable))
+    markdown_path.write_text(render_markdown(journals, unreadable))
     return html_path, markdown_path

@@ -596,3 +596,33 @@ def test_a_ratequeue_block_of_the_wrong_type_is_refused_naming_the_field(
     exported["ratequeue"][key] = value
     with pytest.raises(ValueError, match=rf"run\.ctk\.json: field '{re.escape(field)}'"):
         from_ctk(exported, Path("run.ctk.json"))
+
+
+def test_the_report_names_a_journal_it_could_not_read_and_charts_the_others(
+    tmp_path: Path,
+) -> None:
+    bad = to_ctk(a_run("failed"))
+    bad["ratequeue"]["load"] = {"undelivered_whereabouts": {"held": 1}}
+    (tmp_path / "bad.ctk.json").write_text(json.dumps(bad))
+    (tmp_path / "good.ctk.json").write_text(json.dumps(to_ctk(a_sentinel_run())))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "bad.ctk.json: field 'ratequeue.load.undelivered_whereabouts.gone'" in said
+    summary = (tmp_path / "report.md").read_text()
+    assert "bad.ctk.json: field 'ratequeue.load.undelivered_whereabouts.gone'" in summary
+    assert "1 runs, 1 passed." in summary  # the good one is charted, the bad one only named
+    assert "bad.ctk.json" in (tmp_path / "report.html").read_text()
+
+
+def test_read_journals_names_a_journal_of_ours_it_cannot_read_not_other_json(
+    tmp_path: Path,
+) -> None:
+    ours = json.loads(a_run().model_dump_json())
+    ours["verdict"] = "FAILED"
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    (tmp_path / "settings.json").write_text(json.dumps({"colour": "red"}))
+    unreadable: list[str] = []
+    assert read_journals(tmp_path, unreadable) == []
+    assert len(unreadable) == 1
+    assert unreadable[0].startswith(f"{tmp_path / 'ours.json'}: field 'verdict'")
