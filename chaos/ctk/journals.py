@@ -336,8 +336,14 @@ def to_ctk(journal: Journal) -> dict[str, Any]:
     ]
     state_before = _steady_state(before)
     # chaoslib runs the steady state after the method only for an experiment with a steady-state
-    # hypothesis whose before held (run.py: `run_gate_hypothesis` returns None otherwise).
-    ran_after = state_before is not None and state_before["steady_state_met"]
+    # hypothesis whose before held (run.py: `run_gate_hypothesis` returns None otherwise), and
+    # only when the run was not interrupted or aborted on the way (run.py: `Runner._run` skips
+    # `run_deviation_validation_hypothesis` once the journal's status is either).
+    ran_after = (
+        state_before is not None
+        and state_before["steady_state_met"]
+        and journal.status not in ("interrupted", "aborted")
+    )
     state_after = _steady_state(after) if ran_after else None
     # What chaoslib would not have listed (after its first probe not met, or no stage after) we
     # still measured: our extension carries it, so the read-back has the run's figures.

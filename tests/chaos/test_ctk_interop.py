@@ -626,3 +626,20 @@ def test_read_journals_names_a_journal_of_ours_it_cannot_read_not_other_json(
     assert read_journals(tmp_path, unreadable) == []
     assert len(unreadable) == 1
     assert unreadable[0].startswith(f"{tmp_path / 'ours.json'}: field 'verdict'")
+
+
+@pytest.mark.parametrize("status", ["interrupted", "aborted"])
+def test_a_run_stopped_during_the_method_exports_no_after_steady_state_nor_deviated(
+    status: str,
+) -> None:
+    run = a_run("failed")
+    run.status = status  # chaoslib runs no steady state after the method for either
+    exported = to_ctk(run)
+    assert (exported["status"], exported["deviated"]) == (status, False)
+    assert exported["steady_states"]["after"] is None
+    back = from_ctk(exported, Path("run.ctk.json"))
+    assert (back.status, back.verdict) == (status, "failed")
+    # Still measured: carried in our extension, read back.
+    assert [(h.hypothesis, h.ok) for h in back.hypotheses] == [
+        ("api_healthy", True), ("acknowledged_lost", False), ("one_workflow_per_incident", True),
+    ]  # fmt: skip
