@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import random
@@ -39,6 +38,7 @@ from ratequeue.errors import (
     RetryableError,
     ShardUnavailable,
     TopologyUnavailable,
+    own_instance,
 )
 from ratequeue.etcd_topology import EtcdTopologyStore
 from ratequeue.numbers import normalize_number, number_type
@@ -408,8 +408,8 @@ class AsyncRatequeueClient:
             body = message.body_json
             # Bytes, as the primary holds them (a character may be 4), with the line's id
             # and number.
-            length = (len(body) if body.isascii() else len(body.encode())) + len(message.id)
-            length += len(message.number)
+            body_bytes = len(body) if body.isascii() else len(body.encode())
+            length = body_bytes + len(message.id) + len(message.number)
             if call and (len(call) == most_messages
                          or size + length > self.settings.max_bytes_per_call):  # fmt: skip
                 yield call
@@ -529,9 +529,8 @@ class AsyncRatequeueClient:
         message = self.prepare(number, body, message_id)
         [result] = await self.enqueue_many([message])
         if isinstance(result, Exception) and not isinstance(result, MESSAGE_REFUSALS):
-            with contextlib.suppress(TypeError):  # a class not rebuilt from its text: shared
-                result = copy.copy(result)  # this message's own: the id is set on it
-            result.message_id = message.id  # type: ignore[union-attr]
+            result = own_instance(result)  # this message's own: the id is set on it
+            result.message_id = message.id  # type: ignore[attr-defined]
         if isinstance(result, Exception):
             raise result
         return result

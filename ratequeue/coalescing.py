@@ -27,7 +27,6 @@ batch's order: the messages that find no room in their lane's backlog are refuse
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from ratequeue.errors import (
     EnqueueBacklogFull,
     RatequeueError,
     ShardUnavailable,
+    own_instance,
 )
 from ratequeue.shard import OutgoingMessage
 
@@ -200,12 +200,3 @@ def answer(waiting: asyncio.Future[Enqueued | Exception], outcome: Enqueued | Ex
     if waiting.done():  # its request was cancelled meanwhile
         return
     waiting.set_result(own_instance(outcome) if isinstance(outcome, Exception) else outcome)
-
-
-def own_instance(error: Exception) -> Exception:
-    """A fresh copy of `error` (same class, text and attributes, no traceback); `error` itself
-    when its class cannot be rebuilt from its text."""
-    try:
-        return copy.copy(error)
-    except TypeError:
-        return error

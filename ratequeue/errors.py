@@ -26,6 +26,8 @@ Not for: formatting HTTP responses (the service does that from `code` and `http_
 
 from __future__ import annotations
 
+import copy
+
 from common.errors import InvalidRequest, ServiceError
 
 
@@ -157,3 +159,12 @@ class NoSafeCandidate(RatequeueError):
 # What a script call answers one message of it, nothing of that message written (the others of
 # the call go on). After any other error the message may be queued already.
 MESSAGE_REFUSALS = (QueueFull, IdConflict, InvalidInput)
+
+
+def own_instance(error: Exception) -> Exception:
+    """A fresh copy of `error` (same class, text and attributes, no traceback); `error` itself
+    when its class cannot be rebuilt from its text."""
+    try:
+        return copy.copy(error)
+    except TypeError:
+        return error

@@ -156,13 +156,19 @@ RETRY_ENQUEUE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def retry_with_the_id(
-    code: str, message: str, message_id: str, retry_after_seconds: int = 1
-) -> JSONResponse:
+def storage_unavailable(error: RedisError) -> str:
+    """What a 503 `backend_unavailable` says of a redis error the client does not map."""
+    return f"storage unavailable: {error}"
+
+
+def retry_with_the_id(error: RetryableError | RedisError, message_id: str) -> JSONResponse:
     """An enqueue's 503 (see RetryWithTheId)."""
-    body = {"error": {"code": code, "message": bounded(message, MAX_MESSAGE)}, "id": message_id}
-    headers = {"Retry-After": str(retry_after_seconds)}
-    return JSONResponse(body, status_code=503, headers=headers)
+    if isinstance(error, RetryableError):
+        code, text, retry_after = error.code, error.message, error.retry_after_seconds
+    else:
+        code, text, retry_after = "backend_unavailable", storage_unavailable(error), 1
+    body = {"error": {"code": code, "message": bounded(text, MAX_MESSAGE)}, "id": message_id}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
 class BatchResult(BaseModel):
@@ -331,7 +337,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
     @app.exception_handler(RedisError)
     async def on_redis_error(request: Request, error: RedisError) -> JSONResponse:
         log.warning("redis error: %s", error)
-        message = f"storage unavailable: {error}"
+        message = storage_unavailable(error)
         return PROJECT_ERRORS.response(503, "backend_unavailable", message,
                                        headers={"Retry-After": "1"})  # fmt: skip
 
@@ -365,8 +371,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
             raise result
         if isinstance(result, EnqueueBacklogFull):  # refused here, never sent: nothing to report
             enqueue_outcome("backlog_full").inc()
-            return retry_with_the_id(result.code, result.message, message.id,
-                                     result.retry_after_seconds)  # fmt: skip
+            return retry_with_the_id(result, message.id)
         if isinstance(result, InvalidInput):  # a message its shard's script could not read
             enqueue_outcome("invalid").inc()
             raise result
@@ -378,12 +383,8 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
                 await reporter.failed(client.shard_for(message.number).id, result)
             # It may be queued already: the answer names its id (made up here if the producer
             # gave none), so a retry with it cannot queue it twice.
-            if isinstance(result, RetryableError):
-                return retry_with_the_id(result.code, result.message, message.id,
-                                         result.retry_after_seconds)  # fmt: skip
-            if isinstance(result, RedisError):
-                return retry_with_the_id("backend_unavailable",
-                                         f"storage unavailable: {result}", message.id)  # fmt: skip
+            if isinstance(result, RetryableError | RedisError):
+                return retry_with_the_id(result, message.id)
             raise result
         await reporter.succeeded(result.shard)
         enqueue_outcome("duplicate" if result.duplicate else "acknowledged").inc()
@@ -432,7 +433,7 @@ def create_app(settings: ServiceSettings, *, metrics_dir: FilePath | None = None
 
     def unexpected(index: int, message: OutgoingMessage, error: Exception) -> dict[str, Any]:
         if isinstance(error, RedisError):
-            status, code, text = 503, "backend_unavailable", f"storage unavailable: {error}"
+            status, code, text = 503, "backend_unavailable", storage_unavailable(error)
         else:
             log.error("enqueue of message %s failed unexpectedly", message.id, exc_info=error)
             status, code, text = 500, "internal", "internal error; see the service log"
