@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -27,6 +29,9 @@ from common.nodes import SHARD_ROLES
 from common.settings_options import refuse_to_start, setting_named, with_settings
 from common.version import add_version_option
 from ratequeue.membership import boot_arguments
+
+if TYPE_CHECKING:
+    from sys import UnraisableHookArgs
 
 app = typer.Typer(help="Chaos experiments against a ratequeue deployment.", no_args_is_help=True)
 testbed_app = typer.Typer(help="A whole deployment on loopback.", no_args_is_help=True)
@@ -59,12 +64,25 @@ def interruptible() -> Iterator[list[int]]:
             caught.append(signum)
             raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    previous_hook = sys.unraisablehook
+
+    def quiet_about_the_interrupt(unraisable: UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt) or not caught:
+            previous_hook(unraisable)
+
     previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    sys.unraisablehook = quiet_about_the_interrupt
     try:
         yield caught
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+    if caught:
+        # The signal came while a finalizer ran (a redis ConnectionPool's __del__, say): Python
+        # drops what a finalizer raises, so the work went on to its end. It is stopped all the
+        # same; the caller stops what the work started.
+        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
 
 
 class ControlChoice(StrEnum):
@@ -146,6 +164,7 @@ def testbed_up(
     except ValueError as error:
         raise refused(error, "testbed up refused: --shard-maxmemory") from None
     caught: list[int] = []
+    running_before = testbed_module.state_path(dir).exists()
     try:
         with interruptible() as caught:
             state = testbed_module.up(
@@ -164,6 +183,8 @@ def testbed_up(
             )
     except KeyboardInterrupt:
         signum = caught[0] if caught else signal.SIGINT
+        if testbed_module.state_path(dir).exists() and not running_before:
+            testbed_module.down(dir)  # up had finished when the signal came
         console.print(
             f"testbed up interrupted ({signal.Signals(signum).name}): stopped every process it "
             "had started"
