@@ -147,14 +147,23 @@ class NagiosCheckCommand(TyperCommand):
             raise typer.Exit(outcome.exit_code) from None
 
 
-@app.command(
-    cls=NagiosCheckCommand,
-    context_settings={
+CHECK_COMMAND_SETTINGS: dict[str, Any] = {
+    "cls": NagiosCheckCommand,
+    "context_settings": {
         "ignore_unknown_options": True,
         "allow_extra_args": True,
         "help_option_names": [],
     },
-)
+}
+
+# The check alone, as the `check_ratequeue_primary` plugin: under `detection check` a mistyped
+# option before `check` or a misspelled `check` is the group's usage error, exit 2, which Nagios
+# shows as CRITICAL (a false "primary down" page). With no group, every bad argument is UNKNOWN.
+nagios_plugin = typer.Typer(add_completion=False)
+
+
+@nagios_plugin.command(**CHECK_COMMAND_SETTINGS)
+@app.command(**CHECK_COMMAND_SETTINGS)
 def check(
     ctx: typer.Context,
     replica: str = typer.Option(
@@ -195,7 +204,8 @@ def check(
     2 CRITICAL, 3 UNKNOWN (also for bad options, -h and -V), and one status line with
     perfdata."""
     if show_help or show_version:
-        typer.echo(ctx.get_help() if show_help else f"detection check {testbed_version()}")
+        name = "detection check" if ctx.parent is not None else "check_ratequeue_primary"
+        typer.echo(ctx.get_help() if show_help else f"{name} {testbed_version()}")
         raise typer.Exit(int(nagios.Status.UNKNOWN))
     try:
         request = nagios.parse_request(

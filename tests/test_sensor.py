@@ -443,6 +443,43 @@ def test_failover_check_option_without_its_value_is_unknown_with_a_status_line(
     assert done.stdout == f"REDIS-PRIMARY UNKNOWN - Option '{option}' requires an argument.\n"
 
 
+def nagios_plugin(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `check_ratequeue_primary` script (the check without the `detection`
+    group), as Nagios would."""
+    script = Path(sys.executable).parent / "check_ratequeue_primary"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=20,
+                          cwd=REPO)  # fmt: skip
+
+
+def test_the_nagios_plugin_script_is_ok_for_a_healthy_pair(cluster: LocalCluster) -> None:
+    done = nagios_plugin("--replica", peer(cluster.shard("s0").replicas[0]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("REDIS-PRIMARY OK - "), done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--bogus", "--replica", "127.0.0.1:9"], ["check", "--replica", "127.0.0.1:9"], []],
+    ids=["unknown option", "a stray word", "nothing"],
+)
+def test_the_nagios_plugin_script_answers_every_usage_error_unknown_never_critical(
+    args: list[str],
+) -> None:
+    # Under `detection`, `detection --bogus check` or `detection chek` is the group's usage
+    # error: exit 2, which Nagios shows as CRITICAL.
+    done = nagios_plugin(*args)
+    assert (done.returncode, done.stderr) == (3, ""), done.stdout + done.stderr
+    assert done.stdout.startswith("REDIS-PRIMARY UNKNOWN - ") and done.stdout.count("\n") == 1
+
+
+def test_the_nagios_plugin_script_names_itself_in_its_version() -> None:
+    done = nagios_plugin("-V")
+    assert (done.returncode, done.stdout) == (
+        3,
+        f"check_ratequeue_primary {version('ratequeue-testbed')}\n",
+    )
+
+
 def test_failover_check_refuses_probes_that_cannot_finish_within_its_timeout() -> None:
     # `--timeout 0.5` once meant 0.5 s per probe; now it is the whole check's limit, and the
     # 1 s probes would always end UNKNOWN.
