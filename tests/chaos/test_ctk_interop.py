@@ -784,9 +784,29 @@ def test_report_charts_the_good_chaostoolkit_journal_and_names_the_bad_one_witho
     (tmp_path / "bad.json").write_text(json.dumps(edited(chaostoolkit_journal, path, value)))
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert (result.exit_code, result.exception) == (0, None), result.output
-    said = " ".join(result.output.split())  # the console wraps long lines
-    assert f"bad.json: field '{field}'" in said
+    # The console wraps a long line anywhere, even before the colon after the path.
+    assert f"bad.json:field'{field}'" in "".join(result.output.split())
     summary = (tmp_path / "report.md").read_text()
     assert f"bad.json: field '{field}'" in summary
     assert "1 runs, 1 passed." in summary  # the good one is charted, the bad one only named
     assert "the working directory exists" in summary
+
+
+def test_compare_names_a_bad_chaostoolkit_journal_and_counts_the_good_one(
+    chaostoolkit_journal: dict[str, Any], tmp_path: Path
+) -> None:
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    (journals / "good.json").write_text(json.dumps(chaostoolkit_journal))
+    bad = edited(chaostoolkit_journal, ("run", 0, "activity"), DROP)
+    (journals / "bad.json").write_text(json.dumps(bad))
+    table = tmp_path / "table.md"
+    result = CliRunner().invoke(
+        app, ["compare", str(journals), str(ROOT / "scenarios/primary_kill.yaml"),
+              "--output", str(table)],
+    )  # fmt: skip
+    assert (result.exit_code, result.exception) == (0, None), result.output
+    # The console wraps a long line anywhere, even before the colon after the path.
+    said = "".join(result.output.split())
+    assert "bad.json:field'run.0.activity':Fieldrequired" in said
+    assert "(1 runs from " in table.read_text()
