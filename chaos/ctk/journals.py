@@ -2,8 +2,9 @@
 `chaostoolkit run` writes it (chaoslib's `initialize_run_journal` and `execute_activity`: status,
 deviated, steady_states before/after with each probe's output and tolerance_met, run[],
 rollbacks[], start/end as ISO times, duration) into our `Journal`, so `ratequeue-chaos report`
-charts it next to our own runs; `to_ctk` writes one of our journals in that shape (`ratequeue-chaos
-export-journal`).
+charts it next to our own runs (a journal of another shape, hand-edited or cut short, is
+refused naming the field: `CtkJournal`); `to_ctk` writes one of our journals in that shape
+(`ratequeue-chaos export-journal`).
 
 Not for: running anything, or the report's drawing (see `chaos.report`).
 """
@@ -16,17 +17,30 @@ import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    FiniteFloat,
+    PlainValidator,
+    Strict,
+    Tag,
+    ValidationError,
+)
 
 from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, TimelineEntry
-from common.validation import describe_problems
+from common.validation import describe_problems, quoted
 
 ACTIONS_MODULE = "chaos.ctk.actions"
 PROBES_MODULE = "chaos.ctk.probes"
 JOURNALS_MODULE = "chaos.ctk.journals"
 FAULT_FUNCS = frozenset({"kill", "pause", "blackhole", "inject"})
+# Our actions that return the faults they injected or rolled back.
+FAULT_LIST_FUNCS = FAULT_FUNCS | {"resume", "remove_blackholes", "roll_back_all"}
 # Our steady-state probes and hypotheses, by the extension's probe that measures each.
 PROBE_OF = {
     **{
@@ -67,6 +81,34 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def _moment(value: float) -> float:
+    """A time in seconds since 1970 that is a date (the report shows each as one)."""
+    try:
+        datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"must be a time in seconds since 1970, not {quoted(value)}") from None
+    return value
+
+
+def _ctk_time(value: Any) -> float:
+    """A time as chaoslib writes it (`datetime.now(timezone.utc).isoformat()`), in seconds."""
+    if isinstance(value, str):
+        try:
+            return _moment(_timestamp(value))
+        except (ValueError, OverflowError):
+            pass
+    raise ValueError(
+        "must be an ISO 8601 time, as chaoslib writes it (2026-12-04T22:31:19.5+00:00), "
+        f"not {quoted(value)}"
+    )
+
+
+# chaoslib's journal and each activity's run start (and end) at one of these; our faults
+# carry theirs in seconds.
+CtkTime = Annotated[float, PlainValidator(_ctk_time)]
+Moment = Annotated[float, AfterValidator(_moment)]
+
+
 class Whereabouts(_Open):
     # The report names both (`chaos.comparison.lost_count`).
     held: int
@@ -89,27 +131,143 @@ class Measures(_Open):
 class JudgedArguments(_Open):
     # A `judged` record's: our expectation in words, read back as the hypothesis's `expected`.
     expected: str | None = None
+    measured: Any = None
     ok: bool | None = None
 
 
 class Provider(_Open):
+    # Another provider's arguments are its own (a process provider's may be a string or list).
     module: str | None = None
     func: str | None = None
+
+
+class JudgedProvider(Provider):
+    """`judged`'s, our record of a hypothesis no extension probe measures."""
+
     arguments: JudgedArguments = Field(default_factory=JudgedArguments)
+
+
+def _provider_kind(value: Any) -> str:
+    # Tags unlike any field's name: an error's location hides them, and must not hide a field.
+    if isinstance(value, JudgedProvider) or (
+        isinstance(value, dict)
+        and value.get("module") == JOURNALS_MODULE
+        and value.get("func") == "judged"
+    ):
+        return "judged_provider"
+    return "any_provider"
 
 
 class Activity(_Open):
     name: str = "?"
+    type: str | None = None
     # Exports before `judged` had our expectation here.
     expected: str | None = None
-    provider: Provider = Field(default_factory=Provider)
+    tolerance: Any = None
+    provider: Annotated[
+        Annotated[JudgedProvider, Tag("judged_provider")]
+        | Annotated[Provider, Tag("any_provider")],
+        Discriminator(_provider_kind),
+    ] = Field(default_factory=Provider)
 
 
-class ProbeRun(_Open):
+class ActivityRun(_Open):
+    """One activity's run as chaoslib writes it (activity.py, `execute_activity`): `status`
+    and `end` absent when the run was interrupted during it, `exception` only when it failed,
+    `tolerance_met` only for a steady state's probe."""
+
     activity: Activity
-    status: str | None = None
-    tolerance_met: bool | None = None
+    start: CtkTime
+    status: Literal["succeeded", "failed"] | None = None
+    output: Any = None
     exception: list[str] = Field(default_factory=list)
+    tolerance_met: bool | None = None
+
+
+class Fault(_Open):
+    """A fault as our extension's actions return it (`chaos.ctk.actions`); the report shows
+    action, target, backend and the moments."""
+
+    action: str
+    target: str
+    backend: str | None
+    injected_at: Moment
+    rolled_back_at: Moment | None = None
+    rollback_error: str | None = None
+    shard: str | None = None
+
+
+class FaultsRun(ActivityRun):
+    """A run of one of our actions that return the faults they injected or rolled back (None:
+    a dry run, or a failed one)."""
+
+    output: list[Fault] | None = None
+
+
+class RecoveryRun(ActivityRun):
+    """Our `recovery_seconds` probe's run, succeeded (None: a dry run)."""
+
+    output: Annotated[FiniteFloat, Strict()] | None = None
+
+
+class LostRun(ActivityRun):
+    """An `acknowledged_lost` probe's run, succeeded: how many acknowledged were lost."""
+
+    output: Annotated[int, Strict()] | None = None
+
+
+def _run_kind(value: Any) -> str:
+    # What a run's output is read as, by whose activity ran (tags unlike any field's name).
+    for kind, model in _RUN_KINDS.items():
+        if type(value) is model:
+            return kind
+    run = value if isinstance(value, dict) else {}
+    activity = run.get("activity")
+    provider = activity.get("provider") if isinstance(activity, dict) else None
+    provider = provider if isinstance(provider, dict) else {}
+    module, func = provider.get("module"), provider.get("func")
+    if module == ACTIONS_MODULE and func in FAULT_LIST_FUNCS:
+        return "faults_run"
+    if run.get("status") == "succeeded" and module == PROBES_MODULE and func == "recovery_seconds":
+        return "recovery_run"
+    if run.get("status") == "succeeded" and func == "acknowledged_lost":
+        return "lost_run"
+    return "any_run"
+
+
+_RUN_KINDS: dict[str, type[ActivityRun]] = {
+    "faults_run": FaultsRun,
+    "recovery_run": RecoveryRun,
+    "lost_run": LostRun,
+    "any_run": ActivityRun,
+}
+AnyRun = Annotated[
+    Annotated[FaultsRun, Tag("faults_run")]
+    | Annotated[RecoveryRun, Tag("recovery_run")]
+    | Annotated[LostRun, Tag("lost_run")]
+    | Annotated[ActivityRun, Tag("any_run")],
+    Discriminator(_run_kind),
+]
+# The unions' tags: not fields of the journal, left out of an error's location.
+_TAGS = frozenset({*_RUN_KINDS, "judged_provider", "any_provider"})
+
+
+class SteadyState(_Open):
+    """A steady state as chaoslib writes it (hypothesis.py, `run_steady_state_hypothesis`):
+    its probes up to the first one not met."""
+
+    steady_state_met: bool | None
+    probes: list[AnyRun]
+
+
+class SteadyStates(_Open):
+    # None: a stage chaoslib did not run.
+    before: SteadyState | None = None
+    after: SteadyState | None = None
+
+
+class CtkExperiment(_Open):
+    title: str | None = None
 
 
 class RatequeueBlock(_Open):
@@ -125,19 +283,34 @@ class RatequeueBlock(_Open):
     recovery_seconds: float | None = None
     fault_at: float | None = None
     load: Load = Field(default_factory=Load)
-    after_unlisted: list[ProbeRun] = Field(default_factory=list)
+    after_unlisted: list[AnyRun] = Field(default_factory=list)
 
 
-def _ratequeue_block(raw: dict[str, Any], source: Path) -> RatequeueBlock:
-    """The journal's `ratequeue` block, validated: a hand-edited one of the wrong shape is
-    refused naming the field (ValueError), rather than crash the report or skew its figures."""
-    block = raw.get("ratequeue")
-    if block is None:
-        return RatequeueBlock()  # chaoslib's own journal: nothing of ours
+class CtkJournal(_Open):
+    """What `from_ctk` reads of a CTK journal, as chaoslib writes it (run.py,
+    `initialize_run_journal`: status None until the run ends, no `end` for a run stopped before
+    it wrote one) and our `ratequeue` block where `to_ctk` wrote one."""
+
+    experiment: CtkExperiment
+    node: str | None = None
+    start: CtkTime
+    end: CtkTime | None = None
+    status: Literal["completed", "failed", "aborted", "interrupted"] | None
+    deviated: bool
+    steady_states: SteadyStates
+    run: list[AnyRun]
+    rollbacks: list[AnyRun] = Field(default_factory=list)
+    ratequeue: RatequeueBlock | None = None
+
+
+def _ctk_journal(raw: dict[str, Any], source: Path) -> CtkJournal:
+    """The journal, validated: a hand-edited or truncated one of the wrong shape is refused
+    naming the field and what was expected (ValueError), rather than crash the report or skew
+    its figures."""
     try:
-        return RatequeueBlock.model_validate(block)
+        return CtkJournal.model_validate(raw)
     except ValidationError as error:
-        raise ValueError(f"{source}: {describe_problems(error, within='ratequeue')}") from None
+        raise ValueError(f"{source}: {describe_problems(error, hide=_TAGS)}") from None
 
 
 def is_ctk_journal(raw: object) -> bool:
@@ -160,47 +333,40 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _provider(run: dict[str, Any]) -> dict[str, Any]:
-    return run.get("activity", {}).get("provider", {}) or {}
+def _failure(run: ActivityRun) -> str:
+    return run.exception[-1].strip() if run.exception else ""
 
 
-def _failure(run: dict[str, Any]) -> str:
-    exception = run.get("exception") or []
-    return str(exception[-1]).strip() if exception else ""
+def _probe_ok(run: ActivityRun) -> bool:
+    return run.status == "succeeded" and run.tolerance_met is not False
 
 
-def _probe_ok(run: dict[str, Any]) -> bool:
-    return run.get("status") == "succeeded" and run.get("tolerance_met", True) is not False
-
-
-def _probe_outcomes(state: dict[str, Any] | None) -> list[ProbeOutcome]:
+def _probe_outcomes(state: SteadyState | None) -> list[ProbeOutcome]:
     outcomes = []
-    for run in (state or {}).get("probes", []):
-        tolerance = run.get("activity", {}).get("tolerance")
-        detail = _failure(run) or f"returned {run.get('output')!r}, tolerance {tolerance!r}"
-        outcomes.append(
-            ProbeOutcome(probe=run["activity"].get("name", "?"), ok=_probe_ok(run), detail=detail)
-        )
+    for run in state.probes if state else []:
+        tolerance = run.activity.tolerance
+        detail = _failure(run) or f"returned {run.output!r}, tolerance {tolerance!r}"
+        outcomes.append(ProbeOutcome(probe=run.activity.name, ok=_probe_ok(run), detail=detail))
     return outcomes
 
 
 def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     """Our journal of the run a CTK journal records; the verdict is ours where `to_ctk` wrote
     it (CTK's fields cannot say every verdict of ours), else CTK's (passed: completed, steady
-    state met before, not deviated)."""
-    started = _timestamp(raw["start"])
-    status = raw.get("status")
-    before = raw["steady_states"].get("before") or {}
-    after = raw["steady_states"].get("after")
-    ours = _ratequeue_block(raw, source)
+    state met before, not deviated). A journal of the wrong shape is refused (ValueError)
+    naming the field."""
+    ctk = _ctk_journal(raw, source)
+    status = ctk.status
+    before, after = ctk.steady_states.before, ctk.steady_states.after
+    ours = ctk.ratequeue or RatequeueBlock()  # none in chaoslib's own journal
     if ours.verdict is not None:
         verdict = ours.verdict
-    elif raw.get("deviated") and status in ("completed", "failed"):
+    elif ctk.deviated and status in ("completed", "failed"):
         # chaoslib (`run_deviation_validation_hypothesis`) sets deviated when the steady state
         # after the method is not met, status failed if one of its probes raised: either way
         # the method ran and the hypothesis did not hold.
         verdict = "failed"
-    elif status == "completed" and before.get("steady_state_met") is not False:
+    elif status == "completed" and (before is None or before.steady_state_met is not False):
         verdict = "passed"
     else:
         # Steady state not met before the method (nothing was touched), or CTK's `failed` not
@@ -208,14 +374,14 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
         # the hypothesis, as our aborted run.
         verdict = "aborted"
     journal = Journal(
-        run_id=f"{source.stem}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%S}",
-        experiment=raw["experiment"].get("title", source.name),
+        run_id=f"{source.stem}-{datetime.fromtimestamp(ctk.start, UTC):%Y%m%dT%H%M%S}",
+        experiment=source.name if ctk.experiment.title is None else ctk.experiment.title,
         experiment_file=str(source),
-        deployment=raw.get("node") or "chaostoolkit",
+        deployment=ctk.node or "chaostoolkit",
         environment="chaostoolkit",
-        started_at=started,
-        ended_at=_timestamp(raw["end"]) if raw.get("end") else None,
-        status=_STATUS.get(status, "error"),
+        started_at=ctk.start,
+        ended_at=ctk.end,
+        status=_STATUS[status],
         verdict=verdict,
         # Who failed over and how enqueues were acknowledged: the report compares managers
         # by these (`chaos.comparison.manager_of`); chaoslib's own journals say neither.
@@ -229,28 +395,24 @@ def from_ctk(raw: dict[str, Any], source: Path) -> Journal:
     # by its tolerance (not listed again as after-probes).
     # A hypothesis exported as a record (`to_ctk`) carries our expectation in words; what
     # `to_ctk` measured but chaoslib would not have listed is in our extension, after them.
-    listed = (after or {}).get("probes", [])
-    unlisted = [run.model_dump(exclude_unset=True) for run in ours.after_unlisted]
-    journal.hypotheses = [_hypothesis_outcome(run) for run in [*listed, *unlisted]]
-    _read_activities(journal, raw)
+    listed = after.probes if after else []
+    journal.hypotheses = [_hypothesis_outcome(run) for run in [*listed, *ours.after_unlisted]]
+    _read_activities(journal, ctk)
     # Our load's figures as measured, not as far as the listed probes tell them.
     journal.load = {**journal.load, **ours.load.model_dump(exclude_unset=True)}
     journal.measure_from_fault()
     return journal
 
 
-def _hypothesis_outcome(run: dict[str, Any]) -> HypothesisOutcome:
-    activity, provider = run["activity"], _provider(run)
-    recorded = provider.get("module") == JOURNALS_MODULE and provider.get("func") == "judged"
-    arguments = provider.get("arguments", {}) if recorded else {}
+def _hypothesis_outcome(run: ActivityRun) -> HypothesisOutcome:
+    activity, provider = run.activity, run.activity.provider
+    arguments = provider.arguments if isinstance(provider, JudgedProvider) else JudgedArguments()
     return HypothesisOutcome(
-        hypothesis=activity.get("name", "?"),
+        hypothesis=activity.name,
         ok=_probe_ok(run),
         # Exports before `judged` had our expectation on the activity itself.
-        expected=arguments.get("expected")
-        or activity.get("expected")
-        or json.dumps(activity.get("tolerance")),
-        measured=arguments["measured"] if "measured" in arguments else run.get("output"),
+        expected=arguments.expected or activity.expected or json.dumps(activity.tolerance),
+        measured=arguments.measured if "measured" in arguments.model_fields_set else run.output,
         detail=_failure(run),
     )
 
@@ -262,53 +424,43 @@ def judged(expected: str, measured: Any, ok: bool) -> bool:
     return ok
 
 
-def _read_activities(journal: Journal, raw: dict[str, Any]) -> None:
+def _read_activities(journal: Journal, ctk: CtkJournal) -> None:
     """The method's and rollbacks' activities on the timeline; our actions' faults and our
     probes' measurements where they say more (fault moment, recovery, lost count)."""
     rolled_back: dict[tuple[str, float], float] = {}
-    for run in raw.get("rollbacks", []):
-        if _provider(run).get("module") != ACTIONS_MODULE:
-            continue
-        for fault in run.get("output") or []:
-            if isinstance(fault, dict) and fault.get("rolled_back_at"):
-                rolled_back[(fault["target"], fault["injected_at"])] = fault["rolled_back_at"]
-    for run in [*raw.get("run", []), *raw.get("rollbacks", [])]:
-        activity, provider = run.get("activity", {}), _provider(run)
-        name = activity.get("name", "?")
+    for run in ctk.rollbacks:
+        if isinstance(run, FaultsRun):
+            for fault in run.output or []:
+                if fault.rolled_back_at:
+                    rolled_back[(fault.target, fault.injected_at)] = fault.rolled_back_at
+    for run in [*ctk.run, *ctk.rollbacks]:
+        activity, provider = run.activity, run.activity.provider
         journal.timeline.append(
             TimelineEntry(
-                name=name,
-                at=_timestamp(run["start"]),
-                offset=0.0,
-                detail=f"{activity.get('type')} {run.get('status')}",
+                name=activity.name, at=run.start, offset=0.0, detail=f"{activity.type} {run.status}"
             )
         )
-        if run.get("status") != "succeeded":
-            journal.errors.append(f"{name}: {_failure(run) or run.get('status')}")
+        if run.status != "succeeded":
+            journal.errors.append(f"{activity.name}: {_failure(run) or run.status}")
             continue
-        func = provider.get("func")
-        if provider.get("module") == ACTIONS_MODULE and func in FAULT_FUNCS:
-            for fault in run.get("output") or []:
-                key = (fault["target"], fault["injected_at"])
-                fault["rolled_back_at"] = fault.get("rolled_back_at") or rolled_back.get(key)
-                journal.faults.append(fault)
-                journal.shard = journal.shard or fault.get("shard")
+        if isinstance(run, FaultsRun) and provider.func in FAULT_FUNCS:
+            for fault in run.output or []:
+                key = (fault.target, fault.injected_at)
+                fault.rolled_back_at = fault.rolled_back_at or rolled_back.get(key)
+                journal.faults.append(fault.model_dump(exclude_unset=True))
+                journal.shard = journal.shard or fault.shard
                 journal.mark(
-                    "fault_injected",
-                    fault["injected_at"],
-                    None,
-                    f"{fault['action']} {fault['target']}",
+                    "fault_injected", fault.injected_at, None, f"{fault.action} {fault.target}"
                 )
         fault_at = journal.moment("fault_injected")
-        if provider.get("module") == PROBES_MODULE and func == "recovery_seconds" and fault_at:
-            journal.mark("first_acknowledged_write", fault_at + float(run["output"]), fault_at)
-    steady_states = raw["steady_states"]
-    for run in [*(steady_states.get("before") or {}).get("probes", []),
-                *(steady_states.get("after") or {}).get("probes", [])]:  # fmt: skip
-        if run.get("status") != "succeeded":
-            journal.errors.append(f"{run['activity'].get('name', '?')}: {_failure(run)}")
-        elif _provider(run).get("func") == "acknowledged_lost":
-            journal.load["lost"] = run["output"]
+        if isinstance(run, RecoveryRun) and fault_at and run.output is not None:
+            journal.mark("first_acknowledged_write", fault_at + run.output, fault_at)
+    before, after = ctk.steady_states.before, ctk.steady_states.after
+    for run in [*(before.probes if before else []), *(after.probes if after else [])]:
+        if run.status != "succeeded":
+            journal.errors.append(f"{run.activity.name}: {_failure(run)}")
+        elif isinstance(run, LostRun):
+            journal.load["lost"] = run.output
     journal.timeline.sort(key=lambda e: e.at)
 
 

@@ -643,3 +643,170 @@ def test_a_run_stopped_during_the_method_exports_no_after_steady_state_nor_devia
     assert [(h.hypothesis, h.ok) for h in back.hypotheses] == [
         ("api_healthy", True), ("acknowledged_lost", False), ("one_workflow_per_incident", True),
     ]  # fmt: skip
+
+
+DROP = object()  # `edited`: remove the key
+
+
+def edited(journal: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """A copy of `journal` with the value at `path` replaced (DROP: removed), as by hand."""
+    copy = json.loads(json.dumps(journal))
+    *parents, last = path
+    place = copy
+    for key in parents:
+        place = place[key]
+    if value is DROP:
+        del place[last]
+    else:
+        place[last] = value
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("steady_states", "before"), "x", "steady_states.before"),
+        (("steady_states", "after", "probes"), {}, "steady_states.after.probes"),
+        (("steady_states", "before", "probes", 0, "activity"), None,
+         "steady_states.before.probes.0.activity"),
+        (("run", 0), "look", "run.0"),
+        (("run", 0, "activity"), DROP, "run.0.activity"),
+        (("run", 0, "start"), DROP, "run.0.start"),
+        (("run", 0, "activity", "name"), 5, "run.0.activity.name"),
+        (("rollbacks", 0, "status"), "ok", "rollbacks.0.status"),
+        (("rollbacks", 0, "exception"), "boom", "rollbacks.0.exception"),
+        (("rollbacks",), {}, "rollbacks"),
+        (("status",), "done", "status"),
+        (("experiment", "title"), ["a"], "experiment.title"),
+    ],
+)  # fmt: skip
+def test_a_chaostoolkit_journal_of_the_wrong_shape_is_refused_naming_the_field(
+    chaostoolkit_journal: dict[str, Any], path: tuple[str | int, ...], value: Any, field: str
+) -> None:
+    bad = edited(chaostoolkit_journal, path, value)
+    with pytest.raises(ValueError, match=rf"^journal\.json: field '{re.escape(field)}': "):
+        from_ctk(bad, Path("journal.json"))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("start",), "yesterday", "start"),
+        (("end",), 1733350279, "end"),
+        (("steady_states", "before", "probes", 0, "start"), "noon",
+         "steady_states.before.probes.0.start"),
+    ],
+)  # fmt: skip
+def test_a_time_that_is_not_an_iso_time_is_refused_saying_what_was_expected(
+    chaostoolkit_journal: dict[str, Any], path: tuple[str | int, ...], value: Any, field: str
+) -> None:
+    bad = edited(chaostoolkit_journal, path, value)
+    with pytest.raises(ValueError) as refused:
+        from_ctk(bad, Path("journal.json"))
+    said = str(refused.value)
+    assert said.startswith(f"journal.json: field '{field}': must be an ISO 8601 time"), said
+    assert repr(value) in said
+
+
+@pytest.mark.parametrize("key", ["target", "injected_at", "action"])
+def test_a_fault_our_action_returned_without_a_key_the_report_shows_is_refused_naming_it(
+    key: str,
+) -> None:
+    exported = to_ctk(a_run())
+    assert exported["run"][0]["activity"]["provider"]["func"] == "inject"
+    del exported["run"][0]["output"][0][key]
+    with pytest.raises(ValueError, match=rf"^run\.ctk\.json: field 'run\.0\.output\.0\.{key}'"):
+        from_ctk(exported, Path("run.ctk.json"))
+
+
+def test_a_recovery_time_that_is_not_a_number_is_refused_not_charted() -> None:
+    exported = to_ctk(a_run())
+    assert exported["run"][1]["activity"]["provider"]["func"] == "recovery_seconds"
+    exported["run"][1]["output"] = "soon"
+    with pytest.raises(ValueError, match=r"^run\.ctk\.json: field 'run\.1\.output'"):
+        from_ctk(exported, Path("run.ctk.json"))
+
+
+def test_a_lost_count_that_is_not_a_whole_number_is_refused_not_read_as_one() -> None:
+    exported = to_ctk(a_run("failed"))
+    lost = exported["steady_states"]["after"]["probes"][1]
+    assert lost["activity"]["provider"]["func"] == "acknowledged_lost"
+    lost["output"] = True  # pydantic would otherwise read it as 1 lost
+    with pytest.raises(
+        ValueError, match=r"^run\.ctk\.json: field 'steady_states\.after\.probes\.1\.output'"
+    ):
+        from_ctk(exported, Path("run.ctk.json"))
+
+
+def test_a_chaostoolkit_run_interrupted_during_an_activity_reads_without_its_end_or_status(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    # chaoslib (execute_activity) appends a run before it has a status or end, and writes the
+    # journal's end only once the run ends.
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    raw["status"], raw["steady_states"]["after"], raw["rollbacks"] = "interrupted", None, []
+    for key in ("status", "end", "duration"):
+        del raw["run"][0][key]
+    del raw["end"], raw["duration"]
+    journal = from_ctk(raw, Path("journal.json"))
+    assert (journal.status, journal.verdict, journal.ended_at) == ("interrupted", "aborted", None)
+    assert journal.errors == ["look: None"]
+
+
+def test_keys_chaoslib_or_an_extension_add_are_let_through(
+    chaostoolkit_journal: dict[str, Any],
+) -> None:
+    raw = json.loads(json.dumps(chaostoolkit_journal))
+    raw["extensions"] = [{"name": "someone-elses"}]
+    raw["run"][0]["note"] = {"by": "a control"}
+    raw["steady_states"]["before"]["probes"][0]["activity"]["provider"]["timeout"] = 3
+    assert from_ctk(raw, Path("journal.json")) == from_ctk(
+        chaostoolkit_journal, Path("journal.json")
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("steady_states", "before"), "x", "steady_states.before"),
+        (("run", 0), "look", "run.0"),
+        (("start",), "yesterday", "start"),
+    ],
+)
+def test_report_charts_the_good_chaostoolkit_journal_and_names_the_bad_one_without_a_traceback(
+    chaostoolkit_journal: dict[str, Any],
+    tmp_path: Path,
+    path: tuple[str | int, ...],
+    value: Any,
+    field: str,
+) -> None:
+    (tmp_path / "good.json").write_text(json.dumps(chaostoolkit_journal))
+    (tmp_path / "bad.json").write_text(json.dumps(edited(chaostoolkit_journal, path, value)))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert (result.exit_code, result.exception) == (0, None), result.output
+    # The console wraps a long line anywhere, even before the colon after the path.
+    assert f"bad.json:field'{field}'" in "".join(result.output.split())
+    summary = (tmp_path / "report.md").read_text()
+    assert f"bad.json: field '{field}'" in summary
+    assert "1 runs, 1 passed." in summary  # the good one is charted, the bad one only named
+    assert "the working directory exists" in summary
+
+
+def test_compare_names_a_bad_chaostoolkit_journal_and_counts_the_good_one(
+    chaostoolkit_journal: dict[str, Any], tmp_path: Path
+) -> None:
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    (journals / "good.json").write_text(json.dumps(chaostoolkit_journal))
+    bad = edited(chaostoolkit_journal, ("run", 0, "activity"), DROP)
+    (journals / "bad.json").write_text(json.dumps(bad))
+    table = tmp_path / "table.md"
+    result = CliRunner().invoke(
+        app, ["compare", str(journals), str(ROOT / "scenarios/primary_kill.yaml"),
+              "--output", str(table)],
+    )  # fmt: skip
+    assert (result.exit_code, result.exception) == (0, None), result.output
+    # The console wraps a long line anywhere, even before the colon after the path.
+    said = "".join(result.output.split())
+    assert "bad.json:field'run.0.activity':Fieldrequired" in said
+    assert "(1 runs from " in table.read_text()
