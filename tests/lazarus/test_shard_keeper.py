@@ -16,7 +16,7 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import open_coordination_store, opened_coordination_store
 from lazarus_lite.gates import ALL, KillSwitch, ShadowMode
 from lazarus_lite.metrics import ControllerMetrics
-from lazarus_lite.shadow_report import KEEPER_DECISION
+from lazarus_lite.shadow_report import KEEPER_DECISION, shadow_report
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from ratequeue import membership
 from ratequeue.local_cluster import (
@@ -250,6 +250,10 @@ def test_a_restarted_primary_is_not_appointed_again_in_shadow_mode(
         [decision] = [d for d in decisions if d["type"] == KEEPER_DECISION]
         assert decision["shard"] == "s0" and decision["primary_then"] == primary.name
         assert decision["action"].startswith("shard keeper: appoint")
+        # Not judged against the primary answering again: no failure was decided.
+        report = await shadow_report(gated.store.records, gated.store.topology)
+        row = next(r for r in report if r["type"] == KEEPER_DECISION)
+        assert row["afterwards"].startswith("not compared") and row["agrees"] is None
         await gated.shadow.set(RATEQUEUE_SERVICE, False)
         done = await gated.keeper.run_once()
         assert any("appointed again" in line for line in done), done
