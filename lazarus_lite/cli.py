@@ -250,7 +250,7 @@ def shadow_report_command(url: str = _url_option()) -> None:
     for row in _call("GET", f"{url}/v1/shadow-report")["decisions"]:
         agrees = {True: "yes", False: "[red]no[/]", None: "?"}[row["agrees"]]
         table.add_row(
-            row["event_id"],
+            row["event_id"] or "(shard keeper)",  # the keeper's changes have no event
             row["service"],
             row.get("shard") or "",
             row["action"],

@@ -169,6 +169,9 @@ class ControllerNode:
             settings.min_replicas,
             forensics=settings.forensics_rules(),
             actuator=actuator,
+            gates=self.gates.keeper,
+            records=self.records,
+            metrics=self.metrics,
         )
         self.watch = ShardWatch(
             store,

@@ -132,16 +132,22 @@ def _copy(data_dir: Path, rdb: str, aof: str, destination: Path) -> None:
         shutil.copytree(data_dir / aof, destination / aof)
 
 
-def prune_copies(directory: Path, shard: str, rules: ForensicsRules, now: float) -> list[Path]:
-    """Remove the shard's copies beyond the bound (older than `max_age`, or beyond the `keep`
-    newest); returns what was removed."""
+def copies_beyond_bound(
+    directory: Path, shard: str, rules: ForensicsRules, now: float
+) -> list[Path]:
+    """The shard's copies beyond the bound (older than `max_age`, or beyond the `keep` newest)."""
     place = directory / shard
     if not place.is_dir():
         return []
     copies = sorted((p for p in place.iterdir() if p.is_dir()), key=_copied_at)
     old = [p for p in copies if now - _copied_at(p) > rules.max_age]
     young = [p for p in copies if p not in old]
-    removed = old + young[: max(0, len(young) - rules.keep)]
+    return old + young[: max(0, len(young) - rules.keep)]
+
+
+def prune_copies(directory: Path, shard: str, rules: ForensicsRules, now: float) -> list[Path]:
+    """Remove the shard's copies beyond the bound; returns what was removed."""
+    removed = copies_beyond_bound(directory, shard, rules, now)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed

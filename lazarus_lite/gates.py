@@ -12,7 +12,9 @@ the event to a person.
 - a kill switch per event category (failover, host_replacement, scaling, or `all`), checked by
   the workflow engine right before a workflow starts and before each state-changing step;
 - a control realm: a node outside the realm it controls refuses to execute;
-- shadow (notification-only) mode per service or globally: decide, record, do not act.
+- shadow (notification-only) mode per service or globally: decide, record, do not act;
+- the shard keeper's gates (`KeeperGates`): it acts on no event, but the control realm, the kill
+  switch and shadow mode stop its changes as they stop a workflow's.
 All state is in the coordination store, so every node sees the same gates.
 Not for: precondition checks about the failing entity (see `checks`).
 """
@@ -177,17 +179,28 @@ class KillSwitch:
         None: read them here."""
         if engaged is None:
             engaged = await self._flags.kill_switches()
+        covering = self.covering(category, engaged)
+        if covering is None:
+            return None
+        scope, info = covering
+        return GateStop(
+            "kill_switch",
+            f"kill switch on for {scope}: {category} actions are suspended; escalating",
+            info,
+        )
+
+    @staticmethod
+    def covering(
+        category: str, engaged: dict[str, dict[str, Any]]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The switch among `engaged` that covers `category` (its own, else `all`): what it
+        covers, with the reason given, and its record; None if none does."""
         for name in (category, ALL):
             info = engaged.get(name)
             if info is not None:
                 scope = "all categories" if name == ALL else category
                 why = f" ({info['reason']})" if info.get("reason") else ""
-                return GateStop(
-                    "kill_switch",
-                    f"kill switch on for {scope}{why}: {category} "
-                    "actions are suspended; escalating",
-                    info,
-                )
+                return f"{scope}{why}", info
         return None
 
 
@@ -237,6 +250,34 @@ class ControlRealm:
         return None
 
 
+# The kill switch category of the shard keeper's changes: they are a failover's (roles, the
+# topology, under the failover's shard lock), so an operator who suspends failovers (or `all`)
+# for maintenance has the keeper leave the shards alone too.
+KEEPER_CATEGORY = "failover"
+
+
+class KeeperGates:
+    """What the shard keeper consults before each change it would make. It acts on no event, so
+    the gates that count events (stale, rate limit, breaker) do not apply; the control realm, the
+    kill switch (`KEEPER_CATEGORY` or `all`) and shadow mode for the shard's service do."""
+
+    def __init__(self, flags: SafetyFlags, realm: ControlRealm | None = None) -> None:
+        self.kill_switch = KillSwitch(flags)
+        self.shadow = ShadowMode(flags)
+        self.realm = realm
+
+    async def check(self, service: str) -> GateStop | None:
+        """The first gate that stops the keeper changing `service`'s shards, or None."""
+        stop = self.realm.check() if self.realm is not None else None
+        if stop is not None:
+            return stop
+        covering = KillSwitch.covering(KEEPER_CATEGORY, await self.kill_switch.status())
+        if covering is not None:
+            scope, info = covering
+            return GateStop("kill_switch", f"kill switch on for {scope}", info)
+        return await self.shadow.check(service)
+
+
 class SafetyGates:
     """The controller's gates, consulted where it decides: `stale` on intake, `count_failure`
     then `before_action` once a rule matched, `shadow` after the quorum, and
@@ -256,6 +297,7 @@ class SafetyGates:
         self.kill_switch = KillSwitch(store.flags)
         self.shadow = ShadowMode(store.flags)
         self.realm = ControlRealm(settings.region, settings.control_realm)
+        self.keeper = KeeperGates(store.flags, self.realm)
 
     async def count_failure(self, event: Event) -> int:
         """Count a failure against its service's rate limit and its region's breaker; returns

@@ -1,7 +1,7 @@
 """Prometheus metrics of one controller node, served on the node's own HTTP API as GET /metrics:
 decisions by outcome (one per event), the ends of the workflows they scheduled, actions a
 safety gate stopped (by gate), workflow step durations, the latency of the PINGs its checks
-send, and the escalations it published.
+send, the escalations it published, and the shard keeper's changes, made or withheld by a gate.
 
 A registry per node, so several nodes can live in one process (as in tests). Not for: making
 or recording decisions (`decisions`), the sensors' metrics (`detection.metrics`) or the API's
@@ -68,6 +68,19 @@ class ControllerMetrics:
             "within the wait (each is then published again; a failed publish is logged)",
             registry=self.registry,
         )
+        # The keeper acts on no event, so it has no audit record: these and its log lines are
+        # what it leaves behind.
+        self.keeper_changes = Counter(
+            "lazarus_shard_keeper_changes",
+            "Changes the shard keeper made on Redis or in the topology, by action",
+            ["action"], registry=self.registry,
+        )  # fmt: skip
+        self.keeper_withheld = Counter(
+            "lazarus_shard_keeper_withheld",
+            "Changes the shard keeper would have made but a gate (kill switch, shadow mode, "
+            "control realm) stopped, counted once while they stay withheld, by action and gate",
+            ["action", "gate"], registry=self.registry,
+        )  # fmt: skip
 
     def decided(self, outcome: str) -> None:
         self.decisions.labels(outcome).inc()

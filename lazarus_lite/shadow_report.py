@@ -3,7 +3,8 @@ afterwards, so a team can judge the automation before letting it act (the seed's
 false positives: compare what Lazarus would have done with what on-call engineers did).
 
 It also records each shadow decision as the controller makes it
-(`remember_shadow_decision`). Not for: deciding (the controller does).
+(`remember_shadow_decision`), and each change the shard keeper withheld in shadow mode
+(`remember_keeper_shadow_decision`). Not for: deciding (the controller does).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 from detection.events import Event
 from detection.probes import ping
 from lazarus_lite.coordination.interface import RecordLog
-from ratequeue.topology import TopologySource
+from ratequeue.topology import Shard, TopologySource
+
+# The `type` of a shadow decision the shard keeper made (it acts on no event).
+KEEPER_DECISION = "ShardKeeper"
 
 
 async def shadow_report(
@@ -25,6 +29,12 @@ async def shadow_report(
     rows = []
     for decision in decisions:
         row = {**decision, "afterwards": "unknown", "agrees": None}
+        if decision.get("type") == KEEPER_DECISION:
+            # No failure was judged: the keeper puts a returning node back, which happens once
+            # shadow mode is off, so there is nothing afterwards to agree with or not.
+            row["afterwards"] = "not compared: a shard keeper change, made once shadow mode is off"
+            rows.append(row)
+            continue
         if topology is not None and decision.get("shard"):
             try:
                 shard = topology.shard(decision["shard"])
@@ -70,5 +80,25 @@ async def remember_shadow_decision(
             "decided_at": time.time(),
             "primary_then": primary,
             "topology_epoch_then": topology.epoch if topology else None,
+        }
+    )
+
+
+async def remember_keeper_shadow_decision(
+    records: RecordLog, service: str, shard: Shard, action: str, node_id: str
+) -> None:
+    """Record a change the shard keeper would have made on `shard` in shadow mode, beside the
+    controller's shadow decisions (no event: `event_id` is None)."""
+    await records.append_shadow_decision(
+        {
+            "event_id": None,
+            "service": service,
+            "shard": shard.id,
+            "type": KEEPER_DECISION,
+            "action": action,
+            "decided_at": time.time(),
+            "primary_then": shard.primary.name,
+            "shard_epoch_then": shard.epoch,
+            "node": node_id,
         }
     )

@@ -27,6 +27,14 @@ refuses writes until somebody puts it back. Each controller node runs the keeper
   dead stays held;
 - the forensics list is kept within its bound (a count and an age), and so are the copies.
 
+Before each change the keeper consults its gates (`gates.KeeperGates`): while the kill switch
+(`failover` or `all`) or shadow mode for the shard's service is on, or this node is outside the
+control realm, it changes nothing on Redis, in the topology or in the forensics copies; it says
+what it would have done instead (a log line and `lazarus_shard_keeper_withheld`, once while it
+stays withheld; in shadow mode also a shadow decision, as for a workflow), and acts on the first
+pass after the gate is released. The changes it makes have no event, hence no audit record: each
+is a log line and counts in `lazarus_shard_keeper_changes`.
+
 Every change is made under the shard's lock, the one a failover workflow holds, so the keeper
 and a failover never interleave; the lock is held only for short steps (reads, compare-and-sets,
 `REPLICAOF`), never for a copy or a resync, so a failover waiting on it is delayed, not refused.
@@ -40,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +56,19 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lazarus_lite.actuators import Actuator, DataCopier
-from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.interface import CoordinationStore, RecordLog
 from lazarus_lite.errors import ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import (
     ForensicsRules,
     bounded,
+    copies_beyond_bound,
     copy_data_files,
     discard_copy,
     prune_copies,
 )
+from lazarus_lite.gates import GateStop, KeeperGates
+from lazarus_lite.metrics import ControllerMetrics
+from lazarus_lite.shadow_report import remember_keeper_shadow_decision
 from lazarus_lite.steps.ratequeue_promotion import (
     compare_and_set_loop_on,
     connect,
@@ -95,40 +108,59 @@ class ShardKeeper:
         *,
         forensics: ForensicsRules | None = None,
         actuator: Actuator | None = None,
+        gates: KeeperGates | None = None,
+        records: RecordLog | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.topology = store.topology
         self.locks = store.locks
+        self.node_id = node_id
         self.holder = f"shard-keeper:{node_id}"
         self.forensics_policy = forensics_policy
         self.min_replicas = min_replicas  # what the API's WAIT requires
         self.forensics = forensics or ForensicsRules()
         self.actuator = actuator  # removes a released node it started (None: left parked)
+        # Never ungated: without the controller's gates, the store's kill switch and shadow mode.
+        self.gates = gates or KeeperGates(store.flags)
+        self.records = records or store.records  # where shadow mode's would-haves go
+        self.metrics = metrics
+        # The would-haves reported already (shard, what, gate): reported once while they stay
+        # withheld, not every few seconds; again if they come back after being done or gone.
+        self._withheld: set[tuple[str, str, str]] = set()
+        self._withheld_now: set[tuple[str, str, str]] = set()
 
     async def run_once(self) -> list[str]:
-        """One pass over every shard; returns what was done, one line per change."""
+        """One pass over every shard; returns what was done, one line per change, and what a
+        gate withheld, one line per change it would have made (the first pass it is withheld)."""
         topology = await self.topology.load()
         done: list[str] = []
+        self._withheld_now = set()
         for shard in topology.shards if topology else []:
             try:  # one shard's trouble must not leave the others unkept this pass
                 done += await self.keep(shard)
             except Exception as error:
                 done.append(f"{shard.id}: keeping it failed: {error}")
+        self._withheld = self._withheld_now
         return done
 
     async def keep(self, shard: Shard) -> list[str]:
         done = []
         returned = []
         for node in shard.forensics:
-            state = await hold_for_forensics(node, self.forensics_policy)
-            if state in {"demoted", "stopped"}:
-                done.append(f"former primary {node.name} {state}")
-            if state in {"demoted", "held"}:
+            back, lines = await self._hold(shard, node)
+            done += lines
+            if back:
                 returned.append(node)
-        if self.forensics.copy_dir is not None:
-            for path in prune_copies(
+        if self.forensics.copy_dir is not None and (
+            beyond := copies_beyond_bound(
                 self.forensics.copy_dir, shard.id, self.forensics, time.time()
-            ):
-                done.append(f"{shard.id}: removed forensics copy {path.name}, beyond the bound")
+            )
+        ):
+            names = ", ".join(path.name for path in beyond)
+            done += await self._act(
+                shard, "prune_copies", f"remove forensics copies {names}, beyond the bound",
+                lambda: self._prune_copies(shard.id),
+            )  # fmt: skip
         primary = await _replication(shard.primary)
         if primary is None:
             return done  # down, paused or cut off: the sensors and the failover handle it
@@ -139,26 +171,115 @@ class ShardKeeper:
             for replica, info in zip(shard.replicas, infos, strict=True)
             if info is not None and not membership.points_at(info, host, port)
         ]
+        name = shard.primary.name
         if membership.is_parked(primary):
-            return done + await self._under_lock(shard, self._reappoint)
-        if primary.get("role") == "master" and unlisted_replicas(shard, primary):
-            done += await self._under_lock(shard, self._park_strays)
+            return done + await self._act(
+                shard, "reappoint",
+                f"appoint {name}, listed primary answering parked, again in a new epoch (or "
+                "flag the shard if it holds less than a replica)",
+                lambda: self._under_lock(shard, self._reappoint),
+            )  # fmt: skip
+        if primary.get("role") == "master" and (unlisted := unlisted_replicas(shard, primary)):
+            addresses = ", ".join(f"{ip}:{port}" for ip, port in unlisted)
+            done += await self._act(
+                shard, "park_strays", f"park {addresses}, attached to {name} but not listed",
+                lambda: self._under_lock(shard, self._park_strays),
+            )  # fmt: skip
         if primary.get("role") == "master" and strays:
-            done += await self._under_lock(shard, self._rejoin)
+            names = ", ".join(replica.name for replica in strays)
+            done += await self._act(
+                shard, "rejoin", f"attach listed replica {names} to {name}",
+                lambda: self._under_lock(shard, self._rejoin),
+            )  # fmt: skip
         settled = membership.settled_lineage(primary)
         if primary.get("role") == "master" and shard.lineage is None and settled is not None:
-            done += await self._under_lock(shard, self._record_lineage)
+            done += await self._act(
+                shard, "record_lineage", f"record the lineage of {name}",
+                lambda: self._under_lock(shard, self._record_lineage),
+            )  # fmt: skip
         if primary.get("role") == "master" and await self._write_quorum_off(shard):
-            done += await self._under_lock(shard, self._set_write_quorum)
+            done += await self._act(
+                shard, "write_quorum",
+                f"have {name} accept writes with {self._needed(shard)} replicas",
+                lambda: self._under_lock(shard, self._set_write_quorum),
+            )  # fmt: skip
         if primary.get("role") == "master" and (ready := self._hold_over(returned)):
-            done += await self._settle_returning(shard, ready)
+            names = ", ".join(node.name for node in ready)
+            done += await self._act(
+                shard, "settle_returning",
+                f"rejoin or release former member {names}, its hold over",
+                lambda: self._settle_returning(shard, ready),
+            )  # fmt: skip
         if primary.get("role") == "master" and (
-            bounded(shard.forensics, self.forensics, time.time()) != shard.forensics
+            (kept := bounded(shard.forensics, self.forensics, time.time())) != shard.forensics
         ):
-            done += await self._under_lock(shard, self._bound_forensics)
+            names = ", ".join(sorted({n.name for n in shard.forensics} - {n.name for n in kept}))
+            done += await self._act(
+                shard, "bound_forensics",
+                f"date the forensics list or drop {names or 'nobody'} from it, beyond the bound",
+                lambda: self._under_lock(shard, self._bound_forensics),
+            )  # fmt: skip
         return done
 
-    def _prune_copies(self, shard_id: str) -> list[str]:
+    async def _act(
+        self,
+        shard: Shard,
+        action: str,
+        would: str,
+        change: Callable[[], Awaitable[list[str]]],
+    ) -> list[str]:
+        """Make one change (`change`, named `action`), unless a gate stops the keeper for the
+        shard's service: then say what it would have done (`would`) instead. The gates are read
+        right before each change, as the workflow engine reads them before each step, so a
+        switch engaged mid-pass stops the rest of the pass."""
+        stop = await self.gates.check(RATEQUEUE_SERVICE)
+        if stop is not None:
+            return await self._withhold(shard, action, would, stop)
+        done = await change()
+        if done and self.metrics is not None:
+            self.metrics.keeper_changes.labels(action).inc(len(done))
+        return done
+
+    async def _withhold(self, shard: Shard, action: str, would: str, stop: GateStop) -> list[str]:
+        """Report a change `stop` withheld: once while it stays withheld (the keeper runs every
+        few seconds), through the log line returned, the metric and, in shadow mode, a shadow
+        decision beside the workflows' (`lazarus shadow-report`)."""
+        key = (shard.id, would, stop.gate)
+        if key in self._withheld:
+            self._withheld_now.add(key)
+            return []
+        if stop.gate == "shadow":
+            await remember_keeper_shadow_decision(
+                self.records, RATEQUEUE_SERVICE, shard, f"shard keeper: {would}", self.node_id
+            )
+        self._withheld_now.add(key)  # only once reported: a failed record is tried again
+        if self.metrics is not None:
+            self.metrics.keeper_withheld.labels(action, stop.gate).inc()
+        return [f"{shard.id}: would {would}; not done: {stop.reason}"]
+
+    async def _hold(self, shard: Shard, node: HeldNode) -> tuple[bool, list[str]]:
+        """Apply the forensics policy to the held `node` if it answers; returns whether it is
+        back (parked, for `_settle_returning`) and what was done or withheld."""
+        info = await _replication(node)
+        if info is None:
+            return False, []  # still dead (or cut off): nothing to do
+        if self.forensics_policy != "stop" and membership.is_parked(info):
+            return True, []  # parked already (a restart boots parked): simply held
+        states: list[str] = []
+
+        async def hold() -> list[str]:
+            state = await hold_for_forensics(node, self.forensics_policy)
+            states.append(state)
+            changed = state in {"demoted", "stopped"}
+            return [f"former primary {node.name} {state}"] if changed else []
+
+        verb = "shut down" if self.forensics_policy == "stop" else "park"
+        done = await self._act(
+            shard, "hold_forensics", f"{verb} former member {node.name}, answering again", hold
+        )
+        return bool(states) and states[0] in {"demoted", "held"}, done
+
+    async def _prune_copies(self, shard_id: str) -> list[str]:
         if self.forensics.copy_dir is None:
             return []
         removed = prune_copies(self.forensics.copy_dir, shard_id, self.forensics, time.time())
@@ -203,7 +324,7 @@ class ShardKeeper:
             except ForensicsCopyFailed as error:
                 return [f"{shard.id}: {node.name} answers but stays held: {error}"]
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
-            done += self._prune_copies(shard.id)
+            done += await self._prune_copies(shard.id)
         released: list[HeldNode] = []
         decided: list[HeldNode] = []
 
