@@ -128,9 +128,15 @@ class RedisProcess:
         """Stop the process (SIGCONT first, in case an experiment left it paused)."""
         stop_together([self], timeout=timeout)
 
-    def restart(self, *, timeout: float = 10.0) -> None:
-        """Start the node again on the same port, data directory and boot arguments."""
+    def restart(self, *, timeout: float = 10.0, empty: bool = False) -> None:
+        """Start the node again on the same port, data directory and boot arguments; `empty`:
+        its data files deleted first, so it comes back with nothing (a store that lost its
+        disk, or was rebuilt)."""
         self.stop()
+        if empty:
+            nodedir = self.workdir / self.name
+            shutil.rmtree(nodedir / "appendonlydir", ignore_errors=True)
+            (nodedir / "dump.rdb").unlink(missing_ok=True)
         fresh = start_redis(
             self.name,
             self.role,

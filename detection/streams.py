@@ -7,6 +7,9 @@ stream with the reason and acknowledged, so it never stops a consumer nor holds 
 events taken with it. An event a consumer refuses once it has read it (`refuse`) goes the same
 way. Entries a consumer took and never acknowledged (it died) are reclaimed by the others after
 `reclaim_idle_ms`; a consumer handling an entry for longer keeps it with `keep`.
+A consumer that finds the stream's group gone (NOGROUP: the control store restarted empty, or
+the stream or group was deleted) creates it again and goes on, counting it in
+`groups_recreated` and logging it: the store's other state (kill switch, locks) went with it.
 Not for: deciding what to do with an event (lazarus_lite does that).
 """
 
@@ -116,6 +119,12 @@ class DeadLetters:
         ]
 
 
+def is_nogroup(error: BaseException) -> bool:
+    """Whether Redis refused a stream command because the stream or its group does not exist
+    (also from inside a script: its error carries the command's)."""
+    return "NOGROUP" in str(error)
+
+
 def validate_entry(raw: str | bytes, *, max_ahead: float = MAX_EVENT_AHEAD) -> Event:
     """Parse a stream entry's payload as an arriving event; raises InvalidEvent, whatever is
     wrong with it: an error the parser did not foresee is one too, since raised out of
@@ -149,6 +158,7 @@ class RedisEventStream:
         self._reclaim_idle_ms = reclaim_idle_ms
         self._max_event_ahead = max_event_ahead
         self._group_ready = False
+        self.groups_recreated = 0  # times this consumer found the group gone and made it again
         self.dead_letters = DeadLetters(control)
         self._keep_entry = control.register_script(_KEEP_ENTRY)
 
@@ -173,27 +183,54 @@ class RedisEventStream:
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
+        await self._create_group()
+        self._group_ready = True
+
+    async def _create_group(self) -> bool:
+        """Create the group (and the stream) unless it exists; whether this call created it.
+        From id 0, the stream's first entry: when the group is created anew after the store
+        restarted empty, every entry in the stream was published since the restart and none was
+        decided yet, so `$` (only what comes later) would skip the events sensors published
+        between the restart and this call. An entry older than that (the group alone deleted)
+        is handed out again, and its event is collapsed as a duplicate or refused as stale."""
         try:
             await self._control.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except aioredis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+            return False
+        return True
+
+    async def _recreate_group(self, consumer: str, error: aioredis.ResponseError) -> None:
+        """The group is gone (NOGROUP): create it again, once for every consumer that finds
+        it gone (another may have created it first)."""
+        self._group_ready = False
+        created = await self._create_group()
         self._group_ready = True
+        if created:
+            self.groups_recreated += 1
+        log.warning(
+            "%s: the consumer group %s of stream %s was gone (%s): %s; the control store "
+            "probably restarted empty, and the kill switch, circuit breaker, shadow mode and "
+            "locks it held are gone with it",
+            consumer, self._group, self._stream, error,
+            "created it again from the stream's first entry" if created
+            else "another consumer created it again",
+        )  # fmt: skip
 
     async def receive(
         self, consumer: str, *, count: int = 10, block_ms: int = 100
     ) -> list[Received]:
         await self._ensure_group()
-        # Entries a dead consumer took first: they are older than anything new.
-        _, claimed, *_ = await self._control.xautoclaim(
-            self._stream, self._group, consumer, self._reclaim_idle_ms, start_id="0-0", count=count
-        )
-        entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
-        if not entries:
-            answer = await self._control.xreadgroup(
-                self._group, consumer, {self._stream: ">"}, count=count, block=block_ms
-            )
-            entries = answer[0][1] if answer else []
+        try:
+            entries = await self._take(consumer, count, block_ms)
+        except aioredis.ResponseError as error:
+            if not is_nogroup(error):
+                raise
+            # Remembering that the group exists is only a shortcut: without making it again,
+            # no consumer would ever take an event from this stream again.
+            await self._recreate_group(consumer, error)
+            entries = await self._take(consumer, count, block_ms)
         received = []
         for entry_id, fields in entries:
             position = entry_id.decode()
@@ -205,6 +242,20 @@ class RedisEventStream:
                 continue
             received.append(Received(receipt=position, event=event))
         return received
+
+    async def _take(self, consumer: str, count: int, block_ms: int) -> list[tuple[bytes, Any]]:
+        """Up to `count` raw entries for `consumer`: reclaimed ones, else new ones."""
+        # Entries a dead consumer took first: they are older than anything new.
+        _, claimed, *_ = await self._control.xautoclaim(
+            self._stream, self._group, consumer, self._reclaim_idle_ms, start_id="0-0", count=count
+        )
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not entries:
+            answer = await self._control.xreadgroup(
+                self._group, consumer, {self._stream: ">"}, count=count, block=block_ms
+            )
+            entries = answer[0][1] if answer else []
+        return entries
 
     async def _dead_letter(self, raw: str | bytes, reason: str, position: str) -> None:
         await self.dead_letters.record(raw, reason, backend=self.backend, position=position)

@@ -141,6 +141,7 @@ class ControllerNode:
             abandoned_after=settings.event_reclaim_seconds + settings.decision_budget,
         )
         self.metrics = ControllerMetrics()
+        self.metrics.count_groups_recreated(stream)
         self.quorum = Quorum(settings, store, self.metrics)
         notifications = (
             load_notification_config(settings.notifications)

@@ -21,6 +21,8 @@
     ├── ForensicsCopyFailed         a returning node's data could not be copied: it is held
     ├── ActuatorError               the actuator cannot change the fleet (engine unreachable,
     │                               a container it cannot create or start)
+    ├── TopologyMissing             the store answers but holds no shard map (it restarted
+    │                               empty): the shard watch watches nothing, and says so
     └── ApiError (InvalidRequest)   the REST API refuses a request (status, code, message;
                                     `common.http_contract` answers it)
 
@@ -94,6 +96,12 @@ class WorkflowStartPending(DecisionPending):
 class EventIdReused(LazarusError):
     """An event comes with the id of another event (different content) already in the audit
     trail; the message names the id. The same event again is no error (a retry, a redelivery)."""
+
+
+class TopologyMissing(LazarusError):
+    """The coordination store answers but holds no topology: nothing can be watched or failed
+    over until the map is put back. A failed pass of the shard watch, so a node that stays so
+    pages like one that cannot reach the store (`shard_watch.watch_forever`)."""
 
 
 class ForensicsCopyFailed(LazarusError):

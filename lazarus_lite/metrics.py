@@ -1,7 +1,9 @@
 """Prometheus metrics of one controller node, served on the node's own HTTP API as GET /metrics:
 decisions by outcome (one per event), the ends of the workflows they scheduled, actions a
 safety gate stopped (by gate), workflow step durations, the latency of the PINGs its checks
-send, the escalations it published, and the shard keeper's changes, made or withheld by a gate.
+send, the escalations it published, the times its event stream's consumer group was found gone
+and created again (the control store restarted empty), and the shard keeper's changes, made or
+withheld by a gate.
 
 A registry per node, so several nodes can live in one process (as in tests). Not for: making
 or recording decisions (`decisions`), the sensors' metrics (`detection.metrics`) or the API's
@@ -10,9 +12,12 @@ or recording decisions (`decisions`), the sensors' metrics (`detection.metrics`)
 
 from __future__ import annotations
 
-from typing import get_args
+from collections.abc import Iterator
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from detection.probe_latency import ProbeLatency
 from detection.probes import ProbeResult
@@ -82,6 +87,11 @@ class ControllerMetrics:
             ["action", "gate"], registry=self.registry,
         )  # fmt: skip
 
+    def count_groups_recreated(self, stream: Any) -> None:
+        """Show how often `stream` found its consumer group gone and made it again (the
+        stream counts it; a backend without groups, Kinesis, shows 0)."""
+        self.registry.register(_GroupsRecreated(stream))
+
     def decided(self, outcome: str) -> None:
         self.decisions.labels(outcome).inc()
 
@@ -96,3 +106,19 @@ class ControllerMetrics:
 
     def probed(self, probe: ProbeResult) -> None:
         self.probe_seconds.observe(probe)
+
+
+class _GroupsRecreated(Collector):
+    """The stream's own count, read at each scrape: the stream makes the group again inside
+    `receive`, where no metrics object is at hand."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "lazarus_stream_groups_recreated",
+            "Times this node found the event stream's consumer group gone (NOGROUP: the control "
+            "store restarted empty) and created it again",
+            value=getattr(self._stream, "groups_recreated", 0),
+        )

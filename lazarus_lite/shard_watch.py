@@ -31,6 +31,9 @@ recorded once the store is back), once per primary and epoch. When the store ans
 watch goes on as before, and the incident is decided as usual. A node started while the store
 is away has read no topology, so it knows no primary to probe and sends no such page: only its
 blind-watch page (`watch_blind`, after `unwritable_after` of failed passes) tells a person.
+A store that answers without a topology (it restarted empty, or the map was never published)
+fails the pass the same way (`TopologyMissing`), so it pages too instead of watching nothing
+in silence; the page says whether this node had read a map before.
 Not for: deciding or acting on a shard (the controller's rules and the failover workflow).
 """
 
@@ -53,6 +56,7 @@ from detection.streams import EventStream, certainly_not_published
 from lazarus_lite.audit import AuditLog
 from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.unreachable import STORE_UNREACHABLE
+from lazarus_lite.errors import TopologyMissing
 from lazarus_lite.held_records import LOG_UNREACHABLE
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
@@ -187,7 +191,7 @@ class ShardWatch:
             self._watching_since = now_wall
         self._last_read = now_wall
         if topology is None:
-            return []
+            raise self._topology_missing()
         watched = {f"{s.primary.name}@{s.epoch}" for s in topology.shards}
         for target in set(self._down_since) - watched:
             del self._down_since[target]
@@ -200,6 +204,21 @@ class ShardWatch:
             except Exception as error:
                 log.warning("%s: watching shard %s failed: %s", self.node_id, shard.id, error)
         return filed
+
+    def _topology_missing(self) -> TopologyMissing:
+        """Why this pass watches nothing: the store holds no map (a failed pass, so a node that
+        stays so tells a person through `watch_forever`)."""
+        last = self._last_topology
+        if last is None:
+            return TopologyMissing("the coordination store holds no topology: no shard is watched "
+                                   "until a map is published")  # fmt: skip
+        shards = ", ".join(f"{s.id} (primary {s.primary.name})" for s in last.shards)
+        return TopologyMissing(
+            f"the coordination store answers but its topology is gone (it restarted empty?); "
+            f"the map last read here was epoch {last.epoch}: {shards}. No shard is watched or "
+            f"failed over until the map is put back, and the kill switch, breaker and locks "
+            f"the store held are gone too"
+        )
 
     async def _api_write_failures(self) -> dict[str, list[FailureRun]]:
         """The API's failing writes, or none while the record log that keeps them is away (on

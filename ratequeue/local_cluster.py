@@ -46,12 +46,19 @@ class ShardNode(RedisProcess):
     def ref(self) -> NodeRef:
         return NodeRef(name=self.name, host=self.host, port=self.port, peer_host=self.peer_host)
 
-    def restart(self, *, replica_of: RedisProcess | None = None, timeout: float = 10.0) -> None:
+    def restart(
+        self,
+        *,
+        replica_of: RedisProcess | None = None,
+        timeout: float = 10.0,
+        empty: bool = False,
+    ) -> None:
         """Start the node again on the same port and data directory (a shard node boots
-        parked, however it was started), then, with `replica_of`, attach it to that primary."""
+        parked, however it was started), then, with `replica_of`, attach it to that primary;
+        `empty`: with its data files deleted first."""
         if self.role in SHARD_ROLES:  # no shard node ever boots writable (docs/membership.md)
             self.boot_args = tuple(boot_arguments(memory_limit(self.boot_args)))
-        super().restart(timeout=timeout)
+        super().restart(timeout=timeout, empty=empty)
         if replica_of is not None:
             self.attach_to(replica_of)
 

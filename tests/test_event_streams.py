@@ -318,6 +318,30 @@ async def test_kinesis_stream_is_created_once_and_active(kinesis: Streams) -> No
     assert len(await receive_n(stream, "node-1", 1)) == 1
 
 
+async def test_a_consumer_whose_group_went_with_the_store_restarted_empty_makes_it_again(
+    control: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis only: the Kinesis backend keeps no consumer group of Redis Streams.
+    streams = Streams("redis", control.url, None)
+    consumer, sensor = streams.open(), streams.open()
+    try:
+        await consumer.publish(sample_event("incident-1"))
+        [taken] = await receive_n(consumer, "node-1", 1)  # the group made, and remembered
+        await consumer.ack(taken)
+        control.restart(empty=True)
+        # Published before any consumer looks again: a group made anew from `$` would skip it.
+        after = sample_event("incident-2")
+        await sensor.publish(after)
+
+        got = await receive_n(consumer, "node-1", 1)
+
+        assert [r.event for r in got] == [after]
+        assert consumer.groups_recreated == 1
+        assert "node-1: the consumer group lazarus of stream lz:events was gone" in caplog.text
+    finally:
+        await streams.close()
+
+
 def test_open_event_stream_rejects_an_unknown_backend(control: RedisProcess) -> None:
     with pytest.raises(ValueError, match="kafka"):
         open_event_stream("kafka", control.url)

@@ -24,6 +24,7 @@ from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
+from ratequeue.etcd_topology import ETCD_TOPOLOGY_KEY
 from ratequeue.local_cluster import LocalCluster
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 from tests.etcd_topology import store_address_of
@@ -230,6 +231,45 @@ def test_a_node_that_cannot_reach_the_control_store_says_so_once() -> None:
     asyncio.run(blind_for_a_while())
     [reason] = told
     assert "controller n1 cannot watch the shards" in reason
+
+
+async def lose_the_map(cluster: LocalCluster, store: CoordinationStore) -> None:
+    """The store comes back without the topology: on Redis, the control Redis restarted empty;
+    on etcd, the map's key deleted (etcd keeps its data through a member's restart)."""
+    if store_address_of(cluster).coordination_backend == "etcd":
+        await store.client.delete(ETCD_TOPOLOGY_KEY)  # type: ignore[attr-defined]
+    else:
+        cluster.control.restart(empty=True)
+
+
+def test_a_node_whose_store_came_back_without_the_topology_says_so_once(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    told: list[str] = []
+
+    async def map_gone_for_a_while() -> None:
+        store = open_coordination_store(store_address_of(cluster))
+        watch = ShardWatch(store, PublishedEvents(), ShardKeeper(store, "n1", "demote"), "n1",
+                           QUICK)  # fmt: skip
+
+        async def tell(reason: str) -> None:
+            told.append(reason)
+
+        try:
+            await watch.run_once()  # the map read
+            await lose_the_map(cluster, store)
+            task = asyncio.create_task(watch_forever(watch, on_blind=tell))
+            await asyncio.sleep(QUICK.unwritable_after + 1.0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await store.aclose()
+
+    asyncio.run(map_gone_for_a_while())
+    [reason] = told
+    assert "controller n1 cannot watch the shards" in reason
+    assert "its topology is gone" in reason and "s0 (primary s0-primary)" in reason
 
 
 def test_sensors_are_not_reported_silent_before_the_watch_could_hear_them(

@@ -18,17 +18,24 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chaos.faults.base import InjectedFault, NodeTarget
 from common.etcd_processes import EtcdCluster
+from detection.events import Event, new_event
 from detection.sensor import incident_key
+from detection.streams import EventStream
 from lazarus_lite.audit import AuditLog, AuditRecord
+from lazarus_lite.controller import ControllerNode
 from lazarus_lite.coordination.etcd_backend import EtcdCoordinationStore
 from lazarus_lite.coordination.interface import CoordinationStore
+from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.decisions import Decisions
 from lazarus_lite.held_records import HeldRecordLog
 from lazarus_lite.incidents import IncidentClaims
+from lazarus_lite.service import open_stream
+from lazarus_lite.settings import ControllerSettings
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ReportDecider, ShardWatch, WatchSettings
 from notifications.config import NotificationConfig
@@ -38,7 +45,7 @@ from tests.chaos.test_local_faults import (
     faults,  # noqa: F401 (the fixture)
     needs_iptables,
 )
-from tests.etcd_topology import topology_moved_to_etcd
+from tests.etcd_topology import store_address_of, topology_moved_to_etcd
 from tests.lazarus.recorders import HttpRecorder, serving_http_recorder
 
 QUICK = WatchSettings(interval=0.05, sensor_silence_after=0.2, self_report_after=0.3,
@@ -350,3 +357,74 @@ def test_a_report_whose_own_decision_failed_is_filed_again_and_decided_once_more
     # The first decision failed: its report was withdrawn, filed again on a later pass and
     # decided again; the second stood, so no third (its claim holds for `reemit_every`).
     assert len(downs) == 2 and downs[0].id != downs[1].id
+
+
+# -- the control Redis restarted empty ------------------------------------------------------
+
+
+def unmatched_event(incident: str) -> Event:
+    """An event no rule matches: any node decides it (escalates it), with or without a map."""
+    return new_event("HealthcheckDown", environment="dev", region="local", service="ratequeue",
+                     shard="s0", host="127.0.0.1:1", source="sensor-test",
+                     incident_key=incident)  # fmt: skip
+
+
+async def publish_as_a_sensor(stream: EventStream, event: Event) -> None:
+    """Publish until the stream takes it, as a sensor's buffer does: its connection from
+    before the restart is refused once (the stream makes one attempt)."""
+    for _ in range(20):
+        with contextlib.suppress(RedisConnectionError):
+            await stream.publish(event)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the stream never took event {event.id}")
+
+
+async def decided(node: ControllerNode, event: Event, timeout: float) -> AuditRecord:
+    """The event's audit record once it holds a decision (waiting up to `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):  # the record log may be restarting
+            record = await node.audit.get(event.id)
+            if record is not None and record.outcome != "received":
+                return record
+        assert time.monotonic() < deadline, f"event {event.id} was not decided in {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+def test_a_running_controller_decides_the_events_published_after_the_control_redis_restarted_empty(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    # On Redis the whole store comes back empty; on etcd the Redis of the stream and the record
+    # log does. Either way the stream's consumer group is gone with it.
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    address = store_address_of(cluster)
+    settings = ControllerSettings(node_id="n1", api_token="a-token-of-sixteen-chars",
+                                  **address.model_dump())  # fmt: skip
+
+    async def restart_empty_while_running() -> tuple[AuditRecord, float | None]:
+        store = open_coordination_store(address)
+        node = ControllerNode(settings, store=store, stream=open_stream(settings))
+        sensor = open_stream(settings)
+        await node.start()
+        try:
+            before = unmatched_event("before-the-restart")
+            await sensor.publish(before)
+            await decided(node, before, 10)
+            cluster.control.restart(empty=True)
+            after = unmatched_event("after-the-restart")
+            await publish_as_a_sensor(sensor, after)
+            record = await decided(node, after, 10)
+            recreated = node.metrics.registry.get_sample_value(
+                "lazarus_stream_groups_recreated_total"
+            )
+            return record, recreated
+        finally:
+            await node.stop()
+            await store.aclose()
+            await sensor.close()
+            await node.stream.close()
+
+    record, recreated = asyncio.run(restart_empty_while_running())
+    assert record.outcome == "escalated"
+    assert recreated == 1
