@@ -3,7 +3,7 @@
     DetectionError
     ├── InvalidEvent (ValueError)         an event does not follow the schema; `reason` names the
     │   │                                 fields (a consumer dead-letters it with the reason)
-    │   └── EventDatedAhead               an arriving event is dated ahead of the receiver's clock
+    │   └── EventDatedAhead               an arriving event is dated ahead of its arrival
     ├── InvalidSensorConfig (ValueError)  a sensor setting is out of range; `setting` names it
     └── UsageProblem (ValueError)         a bad `detection check` option (Nagios UNKNOWN, exit 3)
 
@@ -27,8 +27,9 @@ class InvalidEvent(DetectionError, ValueError):
 
 
 class EventDatedAhead(InvalidEvent):
-    """An arriving event's `occurred_at` is further ahead of this clock than the skew allowed
-    (REST answers 422: the event is well formed, its time cannot be so)."""
+    """An arriving event's `occurred_at` is further ahead of its arrival (the stream's record of
+    it, or this node's clock) than the skew allowed (REST answers 422: the event is well formed,
+    its time cannot be so)."""
 
 
 class InvalidSensorConfig(DetectionError, ValueError):

@@ -3,13 +3,14 @@
 One JSON shape travels the stream and `POST /v1/events`. `parse_event` validates it strictly and
 raises `InvalidEvent` naming each bad field, so a malformed event can be dead-lettered with the
 reason instead of stopping a consumer; `parse_arriving_event`, what every intake (REST, the Redis
-stream, Kinesis) calls, also refuses an event dated ahead of the receiver's clock. Not for:
-deciding what an event means (the rules do).
+stream, Kinesis) calls, also refuses an event dated ahead of its arrival (the stream's record of
+it, or for REST the receiver's clock). Not for: deciding what an event means (the rules do).
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -36,11 +37,11 @@ EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 # imported from there, which would load the web framework into every sensor), as an event is
 # served back by REST in its audit record.
 MAX_JSON_DEPTH = 64
-# How far ahead of the receiver's clock an event may be dated where no setting says
-# (`max_event_ahead` of the controllers): the sensors' clock skew. An event dated ahead looks
-# younger than it is by as much (the stale gate, a sensor's silence and a page's acknowledgement
-# deadline all run late by it), so it is kept well under `sensor_silence_after` (15 s), yet far
-# above what NTP leaves between hosts (milliseconds).
+# How far ahead of its arrival (the stream's clock, or REST's receiver's) an event may be dated
+# where no setting says (`max_event_ahead` of the controllers): the sensors' clock skew. An
+# event dated ahead looks younger than it is by as much (the stale gate, a sensor's silence and
+# a page's acknowledgement deadline all run late by it), so it is kept well under
+# `sensor_silence_after` (15 s), yet far above what NTP leaves between hosts (milliseconds).
 MAX_EVENT_AHEAD = 5.0
 # RFC 3339's date-time (section 5.6; a space for the T, as its note allows): seconds, an optional
 # fraction, and Z or an offset.
@@ -136,18 +137,29 @@ def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
 
 
 def parse_arriving_event(
-    raw: str | bytes | dict[str, Any], *, max_ahead: float = MAX_EVENT_AHEAD
+    raw: str | bytes | dict[str, Any],
+    *,
+    max_ahead: float = MAX_EVENT_AHEAD,
+    arrived_at: datetime | None = None,
 ) -> Event:
-    """`parse_event` for an intake: an event dated more than `max_ahead` seconds ahead of this
-    clock is refused too (EventDatedAhead), since it would look younger than it is for as long
-    (no stale gate, no silent sensor, no acknowledgement deadline would ever reach a year 9999)."""
+    """`parse_event` for an intake: an event dated more than `max_ahead` seconds ahead of its
+    arrival is refused too (EventDatedAhead), since it would look younger than it is for as long
+    (no stale gate, no silent sensor, no acknowledgement deadline would ever reach a year 9999).
+
+    `arrived_at` is when a stream recorded the event (by the stream's own clock); the event is
+    judged against it, not against this node's clock, so a receiver whose clock is behind does
+    not refuse good events (nor one ahead let bad ones through). Without it (REST, a stream that
+    records no arrival) the event is judged against this node's clock."""
     event = parse_event(raw)
-    now = datetime.now(UTC)
+    if arrived_at is not None:
+        now, reference = arrived_at, "its arrival in the stream"
+    else:
+        now, reference = datetime.fromtimestamp(time.time(), UTC), "this node's clock"
     if event.occurred_at > now + timedelta(seconds=max_ahead):
         ahead = (event.occurred_at - now).total_seconds()
         raise EventDatedAhead(
             f"field 'occurred_at': {event.occurred_at.isoformat()} is {ahead:,.0f} s ahead of "
-            f"this node's clock ({now.isoformat(timespec='seconds')}); expected a time at most "
+            f"{reference} ({now.isoformat(timespec='seconds')}); expected a time at most "
             f"{max_ahead:g} s ahead"
         )
     return event

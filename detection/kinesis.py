@@ -15,8 +15,9 @@ in the Redis control store, one set of keys per (stream, group):
   out-of-order ack never skips an unacknowledged record), so a new or restarted consumer resumes
   after it and an acknowledged record is not delivered again.
 - dead letters (`detection.streams.DeadLetters`): a malformed record (or one dated further ahead
-  than `max_event_ahead`) is recorded with the reason and counts as acknowledged; `receive`
-  never raises because of one. So does an event its consumer `refuse`s.
+  than `max_event_ahead` of its `ApproximateArrivalTimestamp`) is recorded with the reason and
+  counts as acknowledged; `receive` never raises because of one. So does an event its consumer
+  `refuse`s.
 
 Receipts and positions are `"<shard id>:<sequence number>"` (sequence numbers alone are unique
 per shard only). The partition key is the event's `dedup_key`, so the events of one incident stay
@@ -37,6 +38,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -102,6 +104,16 @@ def parse_receipt(receipt: str) -> tuple[str, str]:
             f"not a Kinesis receipt (want '<shard id>:<sequence number>'): {receipt!r}"
         )
     return shard_id, sequence_number
+
+
+def record_arrival(record: dict[str, Any]) -> datetime | None:
+    """When Kinesis took a record (its `ApproximateArrivalTimestamp`, by Kinesis's clock; botocore
+    reads it as an aware datetime). None if a record lacks it, or has a naive one: the record is
+    then judged against this node's clock."""
+    arrived = record.get("ApproximateArrivalTimestamp")
+    if isinstance(arrived, datetime) and arrived.utcoffset() is not None:
+        return arrived
+    return None
 
 
 def partition_key(event: Event) -> str:
@@ -329,7 +341,11 @@ class KinesisEventStream:
             receipt = make_receipt(held.shard_id, sequence_number)
             data = record["Data"]
             try:
-                event = validate_entry(data, max_ahead=self._max_event_ahead)
+                # Judged by Kinesis's own clock, which dated the record's arrival: this node's
+                # skew must not dead-letter good events (nor pass ones dated ahead).
+                event = validate_entry(
+                    data, max_ahead=self._max_event_ahead, arrived_at=record_arrival(record)
+                )
             except InvalidEvent as error:
                 await self.dead_letters.record(data, error.reason, backend=self.backend,
                                                position=receipt)  # fmt: skip

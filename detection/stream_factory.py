@@ -29,8 +29,8 @@ def open_event_stream(
 
     `reclaim_ms`: how long an event taken and not acknowledged stays with its consumer before
     another one gets it (Redis: `reclaim_idle_ms`; Kinesis: the shard lease, `lease_ms`).
-    `max_event_ahead`: seconds an entry may be dated ahead of this clock before it is
-    dead-lettered (default `detection.events.MAX_EVENT_AHEAD`).
+    `max_event_ahead`: seconds an entry may be dated ahead of the time the stream took it (by
+    the stream's clock) before it is dead-lettered (default `detection.events.MAX_EVENT_AHEAD`).
     `kinesis_*` are ignored for Redis. Other `options` go to the backend's constructor
     (e.g. `group`, `stream` for Redis, `poll_interval_ms` for Kinesis).
     """

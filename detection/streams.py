@@ -2,11 +2,13 @@
 Redis Streams on the control store (the default) and AWS Kinesis (see `detection.kinesis`).
 
 Every entry is validated on receipt (`validate_entry`, as `POST /v1/events` validates a body): a
-malformed one, or one dated further ahead than `max_event_ahead`, is written to the dead-letter
-stream with the reason and acknowledged, so it never stops a consumer nor holds up the valid
-events taken with it. An event a consumer refuses once it has read it (`refuse`) goes the same
-way. Entries a consumer took and never acknowledged (it died) are reclaimed by the others after
-`reclaim_idle_ms`; a consumer handling an entry for longer keeps it with `keep`.
+malformed one, or one dated further ahead than `max_event_ahead` of its arrival in the stream (by
+the stream's clock, not the receiver's: an entry id's milliseconds, Kinesis's arrival timestamp),
+is written to the dead-letter stream with the reason and acknowledged, so it never stops a
+consumer nor holds up the valid events taken with it. An event a consumer refuses once it has
+read it (`refuse`) goes the same way. Entries a consumer took and never acknowledged (it died)
+are reclaimed by the others after `reclaim_idle_ms`; a consumer handling an entry for longer
+keeps it with `keep`.
 A consumer that finds the stream's group gone (NOGROUP: the control store restarted empty, or
 the stream or group was deleted) creates it again and goes on, counting it in
 `groups_recreated` and logging it: the store's other state (kill switch, locks) went with it.
@@ -19,6 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -125,17 +128,30 @@ def is_nogroup(error: BaseException) -> bool:
     return "NOGROUP" in str(error)
 
 
-def validate_entry(raw: str | bytes, *, max_ahead: float = MAX_EVENT_AHEAD) -> Event:
-    """Parse a stream entry's payload as an arriving event; raises InvalidEvent, whatever is
-    wrong with it: an error the parser did not foresee is one too, since raised out of
-    `receive` it would hold up every event after the entry, for good."""
+def validate_entry(
+    raw: str | bytes, *, max_ahead: float = MAX_EVENT_AHEAD, arrived_at: datetime | None = None
+) -> Event:
+    """Parse a stream entry's payload as an arriving event, judged against `arrived_at` (when the
+    stream recorded the entry, by its clock; this node's clock without it); raises InvalidEvent,
+    whatever is wrong with it: an error the parser did not foresee is one too, since raised out
+    of `receive` it would hold up every event after the entry, for good."""
     try:
-        return parse_arriving_event(raw, max_ahead=max_ahead)
+        return parse_arriving_event(raw, max_ahead=max_ahead, arrived_at=arrived_at)
     except InvalidEvent:
         raise
     except Exception as error:
         log.exception("an event stream entry failed its validation unexpectedly")
         raise InvalidEvent(f"event could not be read: {type(error).__name__}: {error}") from None
+
+
+def entry_arrival(entry_id: str) -> datetime | None:
+    """When the Redis server appended a stream entry: an id it generated (`XADD *`, as every
+    publisher here does) begins with the server's clock in milliseconds. None for an id that is
+    not one (the entry is then judged against this node's clock)."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    if not (milliseconds.isdigit() and sequence.isdigit()):
+        return None
+    return datetime.fromtimestamp(int(milliseconds) / 1000, UTC)
 
 
 class RedisEventStream:
@@ -236,7 +252,11 @@ class RedisEventStream:
             position = entry_id.decode()
             raw = fields.get(b"event", b"")
             try:
-                event = validate_entry(raw, max_ahead=self._max_event_ahead)
+                # Judged by the Redis server's clock, which dated the entry: this node's own
+                # skew must not dead-letter good events (nor pass ones dated ahead).
+                event = validate_entry(
+                    raw, max_ahead=self._max_event_ahead, arrived_at=entry_arrival(position)
+                )
             except InvalidEvent as error:
                 await self._dead_letter(raw, error.reason, position)
                 continue

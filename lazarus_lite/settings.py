@@ -117,10 +117,12 @@ class ControllerSettings(BaseModel):
         MAX_EVENT_AHEAD,
         ge=0,
         le=60,
-        description="seconds an arriving event may be dated ahead of this node's clock (the "
-        "sensors' clock skew); one dated further ahead is refused (REST 422, the stream "
-        "dead-letters it): it would look younger than it is for as long, to the stale gate, "
-        "the sensor silence watch and the pager",
+        description="seconds an arriving event may be dated ahead of its arrival (the "
+        "sensors' clock skew): on the stream, of the time the stream took it (a Redis entry "
+        "id's, Kinesis's ApproximateArrivalTimestamp), so this node's own clock does not "
+        "matter there; on REST, of this node's clock. One dated further ahead is refused (REST "
+        "422, the stream dead-letters it): it would look younger than it is for as long, to "
+        "the stale gate, the sensor silence watch and the pager",
     )
     rate_limit_window: float = Field(600, gt=0, description="seconds of the incident rate limit")
     rate_limit_threshold: int = Field(10, ge=1, description="incidents per service per window")

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,58 @@ async def test_malformed_entry_is_dead_lettered_and_consumer_moves_on(
     [dead] = await streams.dead_letters()
     assert reason_names in dead["reason"]
     assert (dead["raw"], dead["backend"], dead["position"]) == (payload, streams.backend, position)
+
+
+async def the_stores_clock(streams: Streams) -> datetime:
+    """The Redis server's clock, which dates a Redis stream entry (moto's, which dates a Kinesis
+    record, is this host's too)."""
+    control = aioredis.Redis.from_url(streams.control_url)
+    try:
+        seconds, micros = await control.time()
+    finally:
+        await control.aclose()
+    return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+
+def set_this_nodes_clock_off(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    true_time = time.time
+    monkeypatch.setattr(time, "time", lambda: true_time() + seconds)
+
+
+async def test_an_event_dated_at_its_arrival_is_delivered_to_a_receiver_whose_clock_is_behind(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By this node's clock the event is 30 s ahead; the stream took it as it happened.
+    stream = streams.open()
+    event = sample_event().model_copy(update={"occurred_at": await the_stores_clock(streams)})
+    await stream.publish(event)
+    set_this_nodes_clock_off(monkeypatch, -30)
+
+    got = await receive_n(stream, "c1", 1)
+
+    assert [r.event for r in got] == [event]
+    assert await streams.dead_letters() == []
+
+
+async def test_an_event_dated_ahead_of_its_arrival_is_dead_lettered_by_a_receiver_as_far_ahead(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dated 30 s ahead of when the stream took it; to a receiver whose clock is 30 s ahead too
+    # it looks fresh, yet it would look younger than it is to everyone else.
+    stream = streams.open()
+    ahead = (await the_stores_clock(streams)) + timedelta(seconds=30)
+    position = await stream.publish(sample_event().model_copy(update={"occurred_at": ahead}))
+    valid = sample_event()
+    await stream.publish(valid)
+    set_this_nodes_clock_off(monkeypatch, 30)
+
+    got = await receive_n(stream, "c1", 1)
+
+    assert [r.event for r in got] == [valid]
+    [dead] = await streams.dead_letters()
+    assert dead["position"] == position
+    assert "field 'occurred_at'" in dead["reason"]
+    assert "ahead of its arrival in the stream" in dead["reason"]
 
 
 @pytest.mark.parametrize("unparsable", [LONG_INTEGER_ID, "[" * 100_000],

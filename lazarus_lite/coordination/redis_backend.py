@@ -110,6 +110,27 @@ return 1
 """
 
 
+# A sliding window is judged by the Redis server's clock, not the caller's: a node whose clock
+# runs ahead would otherwise trim the others' entries as old (and count its own incident alone),
+# one behind would count entries long gone; the window is shared, so one node's skew was every
+# node's. TIME in a script that then writes is replicated by its effects (Redis 5 and later).
+# KEYS[1] the window; ARGV[1] member, ARGV[2] window seconds, ARGV[3] key TTL seconds.
+_RECORD_IN_WINDOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+# KEYS[1] the window; ARGV[1] window seconds. The members noted within it by the server's clock.
+_MEMBERS_IN_WINDOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
@@ -270,25 +291,22 @@ _WINDOW_KEYS = {"service_incidents": keys.rate_window, "failing_services": keys.
 
 
 class RedisSlidingWindows:
-    """Each window is a sorted set of members by the time they were last noted."""
+    """Each window is a sorted set of members by the time they were last noted, by the Redis
+    server's clock (`_RECORD_IN_WINDOW`), so the nodes' clocks do not matter."""
 
     def __init__(self, control: aioredis.Redis) -> None:
         self._control = control
+        self._record = control.register_script(_RECORD_IN_WINDOW)
+        self._members = control.register_script(_MEMBERS_IN_WINDOW)
 
     async def record(self, kind: WindowKind, name: str, member: str, window: float) -> int:
         key = _WINDOW_KEYS[kind](name)
-        now = time.time()
-        async with self._control.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {member: now})
-            pipe.zremrangebyscore(key, "-inf", now - window)
-            pipe.zcard(key)
-            pipe.expire(key, int(window) + 60)
-            _, _, count, _ = await pipe.execute()
+        count = await self._record(keys=[key], args=[member, repr(window), int(window) + 60])
         return int(count)
 
     async def members(self, kind: WindowKind, name: str, window: float) -> list[str]:
         key = _WINDOW_KEYS[kind](name)
-        found = await self._control.zrangebyscore(key, time.time() - window, "+inf")
+        found = await self._members(keys=[key], args=[repr(window)])
         return sorted(m.decode() for m in found)
 
     async def names(self, kind: WindowKind) -> list[str]:

@@ -5,8 +5,10 @@ tests (tests/test_coordination_contract.py) cannot show without stopping or raci
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -90,3 +92,41 @@ async def test_an_escalation_appended_again_after_a_lost_reply_is_in_the_stream_
         assert [fields[b"event_id"] for _, fields in entries] == [b"ev-1", b"ev-2"]
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("skew", [290.0, -700.0], ids=["ahead", "behind"])
+async def test_a_node_whose_clock_is_off_neither_trims_the_others_window_entries_nor_undercounts(
+    control: RedisProcess, skew: float
+) -> None:
+    # Ten incidents and three failing services noted 350 s ago by the server's clock (well
+    # within the 600 s windows), then an 11th incident and a 4th service noted by a node whose
+    # clock is `skew` seconds off: ahead, it used to trim the others' entries as older than its
+    # window (counting 1, the breaker closed); behind, its own entry fell out of everyone
+    # else's window at once.
+    true_node = RedisCoordinationStore.from_url(control.url)
+    skewed_node = RedisCoordinationStore.from_url(control.url)
+    try:
+        seconds, micros = await true_node.control.time()
+        long_ago = seconds + micros / 1e6 - 350
+        await true_node.control.zadd(
+            redis_keys.rate_window("ratequeue"), {f"inc-{i}": long_ago for i in range(10)}
+        )
+        await true_node.control.zadd(
+            redis_keys.breaker_window("r1"), {s: long_ago for s in ("svc-a", "svc-b", "svc-c")}
+        )
+        skewed_clock = time.time() + skew
+        with mock.patch("time.time", lambda: skewed_clock):
+            counted = await skewed_node.windows.record(
+                "service_incidents", "ratequeue", "inc-10", window=600
+            )
+            await skewed_node.windows.record("failing_services", "r1", "svc-d", window=600)
+            seen_by_skewed = await skewed_node.windows.members("failing_services", "r1", 600)
+        assert counted == 11
+        assert seen_by_skewed == ["svc-a", "svc-b", "svc-c", "svc-d"]
+        incidents = await true_node.windows.members("service_incidents", "ratequeue", 600)
+        assert incidents == sorted(f"inc-{i}" for i in range(11))
+        failing = await true_node.windows.members("failing_services", "r1", 600)
+        assert failing == ["svc-a", "svc-b", "svc-c", "svc-d"]
+    finally:
+        await true_node.aclose()
+        await skewed_node.aclose()
