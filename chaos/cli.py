@@ -85,6 +85,28 @@ def interruptible() -> Iterator[list[int]]:
         raise KeyboardInterrupt(signal.Signals(caught[0]).name)
 
 
+@contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (a teardown after an interrupt), then restored."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def written_state(directory: Path) -> tuple[int, str] | None:
+    """When the testbed state file was written and its text (None: there is none), to tell
+    whether an `up` wrote it: one left by a testbed whose processes all died is started over,
+    in place."""
+    path = testbed_module.state_path(directory)
+    try:
+        return path.stat().st_mtime_ns, path.read_text()
+    except OSError:
+        return None
+
+
 class ControlChoice(StrEnum):
     redis = "redis"
     etcd = "etcd"
@@ -164,7 +186,7 @@ def testbed_up(
     except ValueError as error:
         raise refused(error, "testbed up refused: --shard-maxmemory") from None
     caught: list[int] = []
-    running_before = testbed_module.state_path(dir).exists()
+    state_before = written_state(dir)
     try:
         with interruptible() as caught:
             state = testbed_module.up(
@@ -183,8 +205,10 @@ def testbed_up(
             )
     except KeyboardInterrupt:
         signum = caught[0] if caught else signal.SIGINT
-        if testbed_module.state_path(dir).exists() and not running_before:
-            testbed_module.down(dir)  # up had finished when the signal came
+        with stop_signals_ignored():  # a second Ctrl-C must not cut the teardown short
+            state_now = written_state(dir)
+            if state_now is not None and state_now != state_before:
+                testbed_module.down(dir)  # this up had finished when the signal came
         console.print(
             f"testbed up interrupted ({signal.Signals(signum).name}): stopped every process it "
             "had started"

@@ -163,8 +163,10 @@ def read_journals(directory: Path, unreadable: list[str] | None = None) -> list[
     for path in sorted(directory.glob("*.json")):
         try:
             raw = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # not JSON (or not a file: a directory named *.json)
+        except (OSError, ValueError, RecursionError):
+            # Not JSON (or not a file: a directory named *.json; or nested past the parser's
+            # depth, which is no journal either).
+            continue
         ctk = is_ctk_journal(raw)
         try:
             journals.append(from_ctk(raw, path) if ctk else Journal.model_validate(raw))

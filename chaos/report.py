@@ -6,6 +6,7 @@ there can read what happened. Not for: running anything."""
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from chaos.journal import TIMELINE_ORDER, Journal, read_journals
 
 # Journals the report left out, and why: said at the top, lest its figures look complete.
 UNREADABLE_TITLE = "Journals not read (left out of every figure)"
+MAX_TICKS = 30  # labels on a timeline's axis
 
 COLOURS = {
     "load_started": "#888",
@@ -77,7 +79,10 @@ def timeline_svg(journal: Journal, width: int = 760) -> str:
             f"{entry.offset:+.2f}s</text>"
         )
     axis_y = height - 12
-    for tick in range(int(low), int(high) + 1):
+    # A tick a second, or fewer over a long run (an hour's would be 3,600 labels; a time cut
+    # short or hand-edited can put a run's entries years apart).
+    every = max(1, math.ceil(span / MAX_TICKS))
+    for tick in range(int(low) // every * every, int(high) + 1, every):
         parts.append(
             f'<text x="{x(tick):.1f}" y="{axis_y}" font-size="10" '
             f'text-anchor="middle">{tick}s</text>'

@@ -162,6 +162,70 @@ def test_a_stop_signal_that_lands_in_a_finalizer_still_interrupts_the_work_and_p
     assert capsys.readouterr().err == ""  # no "Exception ignored in ... Traceback"
 
 
+def up_with_the_interrupt_dropped(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, *, writes_state: bool, then: int | None = None
+) -> tuple[list[str], object]:
+    """`testbed up` in this process, its start replaced by one that is signalled inside a
+    finalizer (the signal dropped, the start going on) and writes its state or not; its `down`
+    by one that records it ran, signalled `then` halfway. Returns the calls and the result."""
+    from typer.testing import CliRunner
+
+    from chaos import cli
+
+    calls: list[str] = []
+
+    def start(directory: Path, **options: object) -> None:
+        SignalsItselfWhenCollected(signal.SIGINT)
+        if writes_state:
+            testbed.state_path(directory).write_text('{"written": "by this up"}')
+
+    def down(directory: Path, say: object = None) -> list[str]:
+        calls.append("down")
+        if then is not None:
+            os.kill(os.getpid(), then)
+            time.sleep(0.1)
+        calls.append("down finished")
+        return []
+
+    monkeypatch.setattr(cli.testbed_module, "up", start)
+    monkeypatch.setattr(cli.testbed_module, "down", down)
+    result = CliRunner().invoke(cli.app, ["testbed", "up", "--dir", str(directory)])
+    return calls, result
+
+
+def test_an_up_that_finished_despite_a_dropped_interrupt_takes_its_testbed_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over the state a testbed whose processes all died left: `up` starts over in its place.
+    tmp_path.joinpath("testbed.json").write_text('{"written": "by a testbed long dead"}')
+    calls, result = up_with_the_interrupt_dropped(monkeypatch, tmp_path, writes_state=True)
+    assert calls == ["down", "down finished"]
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+
+
+def test_an_interrupted_up_that_wrote_no_state_takes_down_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state there is a running testbed's: only what this up started may be stopped.
+    tmp_path.joinpath("testbed.json").write_text('{"written": "by a running testbed"}')
+    calls, result = up_with_the_interrupt_dropped(monkeypatch, tmp_path, writes_state=False)
+    assert calls == []
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_does_not_cut_that_teardown_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: int
+) -> None:
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    calls, result = up_with_the_interrupt_dropped(
+        monkeypatch, tmp_path, writes_state=True, then=second
+    )
+    assert calls == ["down", "down finished"]
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
 def test_a_block_that_was_not_signalled_ends_normally_and_the_handlers_are_restored() -> None:
     from chaos.cli import interruptible
 

@@ -230,7 +230,7 @@ def _run_kind(value: Any) -> str:
         return "faults_run"
     if run.get("status") == "succeeded" and module == PROBES_MODULE and func == "recovery_seconds":
         return "recovery_run"
-    if run.get("status") == "succeeded" and func == "acknowledged_lost":
+    if run.get("status") == "succeeded" and module == PROBES_MODULE and func == "acknowledged_lost":
         return "lost_run"
     return "any_run"
 

@@ -31,7 +31,7 @@ from chaos.ctk import actions, probes
 from chaos.ctk.journals import from_ctk, is_ctk_journal, to_ctk
 from chaos.errors import ExperimentError, TargetError
 from chaos.journal import HypothesisOutcome, Journal, ProbeOutcome, read_journals
-from chaos.report import write_report
+from chaos.report import MAX_TICKS, timeline_svg, write_report
 
 ROOT = Path(__file__).parents[2]
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -736,6 +736,32 @@ def test_a_lost_count_that_is_not_a_whole_number_is_refused_not_read_as_one() ->
         ValueError, match=r"^run\.ctk\.json: field 'steady_states\.after\.probes\.1\.output'"
     ):
         from_ctk(exported, Path("run.ctk.json"))
+
+
+def test_another_extensions_probe_named_acknowledged_lost_is_not_read_as_our_lost_count() -> None:
+    exported = to_ctk(a_run("failed"))
+    del exported["ratequeue"]  # as chaoslib writes it: only the probes say what was lost
+    lost = exported["steady_states"]["after"]["probes"][1]
+    assert lost["activity"]["provider"]["func"] == "acknowledged_lost"
+    assert from_ctk(exported, Path("run.ctk.json")).load["lost"] == 3
+    lost["activity"]["provider"]["module"] = "someone_elses.probes"
+    lost["output"] = {"lost": "whatever they count"}  # theirs: not a count of ours
+    assert "lost" not in from_ctk(exported, Path("run.ctk.json")).load
+
+
+def test_the_timeline_of_a_run_whose_times_lie_years_apart_has_a_bounded_axis() -> None:
+    # A hand-edited or cut-short time once made the report write a label for every second in
+    # between (and run out of time and memory).
+    journal = a_run()
+    journal.mark("first_acknowledged_write", 100.0 + 3e9, 100.0, "s1")  # ~95 years later
+    svg = timeline_svg(journal)
+    assert svg.count('text-anchor="middle"') <= MAX_TICKS + 1
+
+
+def test_read_journals_skips_a_file_nested_past_the_parsers_depth(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    unreadable: list[str] = []
+    assert read_journals(tmp_path, unreadable) == [] and unreadable == []
 
 
 def test_a_chaostoolkit_run_interrupted_during_an_activity_reads_without_its_end_or_status(
