@@ -50,7 +50,9 @@ class ControllerSettings(BaseModel):
         default_factory=list,
         description="URLs of the other nodes, each once (this node's own address is refused)",
     )
-    quorum: int = Field(2, ge=1, le=15, description="nodes that must agree on a remediation")
+    quorum: int = Field(
+        2, ge=1, le=15, description="distinct nodes (node ids) that must agree on a remediation"
+    )
     quorum_timeout: float = Field(
         2.0,
         gt=0,
