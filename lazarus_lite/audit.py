@@ -53,10 +53,25 @@ class QuorumOutcome(BaseModel):
         description="nodes still evaluating when `required` others had passed: the decision "
         "was made without their verdict, which could not have changed it",
     )
+    not_counted: list[str] = Field(
+        default_factory=list,
+        description="answers that were not a vote (`NODE via URL: why`): this node's own id "
+        "answering through a peer, or a node already counted answering under another URL; "
+        "`passed` and `failed` count each node id once",
+    )
 
     @property
     def reached(self) -> bool:
         return len(self.passed) >= self.required
+
+    def tally(self) -> str:
+        """Who was counted and the answers that were not votes, for a person reading why."""
+        counted = f"counted: {', '.join(self.passed) or 'none'} passed"
+        if self.failed:
+            counted += f", {', '.join(self.failed)} failed"
+        if self.not_counted:
+            counted += f"; not counted: {'; '.join(self.not_counted)}"
+        return counted
 
 
 class Note(BaseModel):

@@ -371,7 +371,10 @@ class ControllerNode:
             return await decisions.escalate(
                 record,
                 f"quorum not reached: {len(quorum.passed)} of {quorum.required} nodes passed "
-                f"every check" + (f" (failed: {', '.join(failing)})" if failing else ""),
+                f"every check"
+                + (f" (failed: {', '.join(failing)})" if failing else "")
+                # Who was counted: a node that answered twice shows why it is one vote.
+                + f"; {quorum.tally()}",
             )
         # Both read before either decides (each a linearizable read of its own key on etcd, one
         # round trip for the two): shadow mode first, then a claim taken over.

@@ -1,6 +1,8 @@
 """The quorum round: this node runs a rule's precondition checks from its own vantage point
 (`evaluate`, also what its peers ask of it over HTTP), asks every peer to do the same, and counts
-the nodes whose every check passed. The round ends as soon as `quorum` nodes passed (a failed or
+the distinct nodes whose every check passed, by the node id each verdict carries: a node reached
+under two URLs, or this node reached as its own peer, is one vote (its first answer), however
+many answers it gave. The round ends as soon as `quorum` nodes passed (a failed or
 missing verdict vetoes nothing, so the slowest node cannot change a reached quorum); short of
 that it waits for every verdict, so a refusal shows each node's reasons. The nodes not waited
 for run on, for at most `quorum_timeout`, and their verdicts reach the audit record late, as a
@@ -109,24 +111,56 @@ class Quorum:
         answered: dict[asyncio.Future[NodeVerdict], NodeVerdict] = {}
         pending: set[asyncio.Future[NodeVerdict]] = set(asks)
         try:
-            while pending and sum(v.passed for v in answered.values()) < self.settings.quorum:
+            while pending and len(self._votes(asks, answered)[0]) < self.settings.quorum:
                 pending = await _collect(pending, answered, started, None)
         except BaseException:
             await _cancel(pending)
             raise
         verdicts = [answered[ask] for ask in asks if ask in answered]
+        passed, failed, not_counted = self._votes(asks, answered)
         quorum = QuorumOutcome(
             required=self.settings.quorum,
-            passed=[v.node for v in verdicts if v.passed],
-            failed=[v.node for v in verdicts if not v.passed and v.error is None],
+            passed=passed,
+            failed=failed,
             unanswered=[v.node for v in verdicts if v.error is not None],
             not_awaited=[node for ask, node in asks.items() if ask not in answered],
+            not_counted=not_counted,
         )
         late = None
         if pending:
             not_awaited = {ask: node for ask, node in asks.items() if ask in pending}
             late = asyncio.create_task(self._run_on(not_awaited, started))
         return verdicts, quorum, late
+
+    def _votes(
+        self,
+        asks: dict[asyncio.Future[NodeVerdict], str],
+        answered: dict[asyncio.Future[NodeVerdict], NodeVerdict],
+    ) -> tuple[list[str], list[str], list[str]]:
+        """The node ids that passed and that failed, one vote each, and the answers not counted
+        (`NODE via URL: why`). Counting answers would let one node vote twice: a peer listed
+        under two names, or this node listed as its own peer (the settings refuse the forms of
+        that they can tell). This node's own evaluation is its vote, so its id answering through
+        a peer is never a second one; any other node's first answer, in the order they arrived,
+        is its vote. An answer that never came names the URL, not a node: it votes for nothing."""
+        counted: dict[str, asyncio.Future[NodeVerdict]] = {}  # node id: the ask that is its vote
+        not_counted: list[str] = []
+        for ask, verdict in answered.items():  # in the order they arrived (`_collect`)
+            via = asks[ask]
+            if verdict.error is not None:
+                continue
+            if via != self.node_id and verdict.node == self.node_id:
+                not_counted.append(f"{verdict.node} via {via}: this node's own id")
+            elif verdict.node in counted:
+                not_counted.append(f"{verdict.node} via {via}: already counted")
+            else:
+                counted[verdict.node] = ask
+        votes = [answered[ask] for ask in asks if ask in counted.values()]  # in the order asked
+        return (
+            [v.node for v in votes if v.passed],
+            [v.node for v in votes if not v.passed],
+            not_counted,
+        )
 
     async def _run_on(
         self, asks: dict[asyncio.Future[NodeVerdict], str], started: float

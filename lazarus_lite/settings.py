@@ -5,10 +5,12 @@ variable (`common.settings_options`). Not for: rules or workflows (YAML files, s
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.errors import SettingProblem
@@ -23,6 +25,12 @@ DEFINITIONS = Path(__file__).parent / "definitions"
 # What a decision's store calls (claim, gates, records, the workflow's start) may take beside its
 # quorum round.
 DECISION_STORE_SECONDS = 1.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A node listening on one of these listens on every address of its family, the loopback ones too.
+_EVERY_ADDRESS = {
+    "0.0.0.0": ipaddress.ip_network("127.0.0.0/8"),
+    "::": ipaddress.ip_network("::1/128"),
+}
 
 
 class ControllerSettings(BaseModel):
@@ -39,9 +47,12 @@ class ControllerSettings(BaseModel):
         None, description="comma-separated client URLs of the etcd members (backend etcd)"
     )
     peers: Annotated[list[HttpUrlText], Setting("--peer")] = Field(
-        default_factory=list, description="URLs of the other nodes"
+        default_factory=list,
+        description="URLs of the other nodes, each once (this node's own address is refused)",
     )
-    quorum: int = Field(2, ge=1, le=15, description="nodes that must agree on a remediation")
+    quorum: int = Field(
+        2, ge=1, le=15, description="distinct nodes (node ids) that must agree on a remediation"
+    )
     quorum_timeout: float = Field(
         2.0,
         gt=0,
@@ -179,6 +190,31 @@ class ControllerSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _each_peer_is_another_node_listed_once(self) -> ControllerSettings:
+        # A peer listed twice, or this node listed as its own peer, would answer the quorum
+        # round twice: one node's verdict counted as two (the quorum also counts node ids, for
+        # a node reached under a name told apart here only by resolving it).
+        seen: dict[tuple[str, str, int, str], str] = {}
+        for url in self.peers:
+            scheme, host, port, path = peer_address(url)
+            if is_own_listen_address(host, port, self.host, self.port):
+                raise SettingProblem(
+                    "peers",
+                    f"{url} is this node's own address (host {self.host}, port {self.port}): "
+                    "its own verdict is counted once already; list only the other nodes",
+                )
+            first = seen.get((scheme, host, port, path))
+            if first is not None:
+                again = "listed twice" if url == first else f"{first} again"
+                raise SettingProblem(
+                    "peers",
+                    f"{url} is {again} (the same scheme, host, port and path): each node is "
+                    "one vote; list it once",
+                )
+            seen[(scheme, host, port, path)] = url
+        return self
+
     @property
     def decision_budget(self) -> float:
         """Seconds one decision may take: a quorum round and its store calls."""
@@ -240,3 +276,36 @@ class ControllerSettings(BaseModel):
         """Validate; raise `common.errors.InvalidSetting` naming each bad setting (and where its
         value came from: `origins`)."""
         return parse_settings(cls, values, origins)
+
+
+def peer_address(url: str) -> tuple[str, str, int, str]:
+    """What tells two peer URLs apart: scheme, host (lower case, an IP address in its one
+    written form), port (the scheme's default when none is given) and path (without a trailing
+    slash). `localhost` is not taken for 127.0.0.1: what it resolves to varies by machine."""
+    parsed = httpx.URL(url)  # the setting's own validator has taken it already
+    port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
+    return parsed.scheme, _one_form(parsed.host), port, parsed.path.rstrip("/")
+
+
+def is_own_listen_address(host: str, port: int, listen_host: str, listen_port: int) -> bool:
+    """Whether `host:port` (a `peer_address` host) is certainly the socket a node listening on
+    `listen_host:listen_port` serves: the same address or name, or a loopback address when it
+    listens on every address."""
+    listen = _one_form(listen_host)
+    if port != listen_port:
+        return False
+    if host == listen:
+        return True
+    every = _EVERY_ADDRESS.get(listen)
+    try:
+        return every is not None and ipaddress.ip_address(host) in every
+    except ValueError:  # a name: only the very same name is certain
+        return False
+
+
+def _one_form(host: str) -> str:
+    """A host in lower case, an IP address as Python writes it (`::0:1` is `::1`)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:  # a name, not an address
+        return host.lower()

@@ -3,6 +3,7 @@ where the right answer is to escalate and not act (no rule, quorum refused, seve
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -12,10 +13,26 @@ import httpx
 import pytest
 import redis
 
-from chaos.testbed import TestbedState, running_testbed
+from chaos.testbed import (
+    TestbedState,
+    process_alive,
+    record_pid,
+    running_testbed,
+    spawn_command,
+)
+from common.http_processes import wait_until_healthy
 from detection.events import new_event
 from detection.streams import EVENTS_STREAM
-from tests.e2e.support import auth, control_topology, controllers_metric, decided, send, wait_for
+from tests.e2e.support import (
+    auth,
+    control_topology,
+    controllers_metric,
+    decided,
+    lazarus_events,
+    resume,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +178,48 @@ def test_two_shards_down_at_once_is_escalated_and_nothing_is_promoted(tmp_path: 
             failed = {r["name"] for v in record["verdicts"] for r in v["results"] if not r["ok"]}
             assert failed == {"PeerCheck"}
         assert control_topology(testbed).epoch == before.epoch
+
+
+def test_a_node_reached_as_its_own_peer_is_one_vote_and_alone_fails_nothing_over(
+    tmp_path: Path,
+) -> None:
+    """lazarus2 and lazarus3 paused (two of three down), lazarus1 listing itself among its peers
+    under a name the settings cannot tell is its own (localhost, not taken for 127.0.0.1), and
+    s0's primary killed: lazarus1's two answers are one vote, the quorum of two is not reached."""
+    directory = tmp_path / "tb"
+    with running_testbed(directory, shards=1, replicas=2) as testbed:
+        lazarus1 = testbed.node("lazarus1")
+        assert lazarus1.restart_command is not None
+        itself = f"http://localhost:{lazarus1.port}"
+        os.kill(lazarus1.pid, signal.SIGTERM)
+        wait_for("lazarus1 to stop", lambda: not process_alive(lazarus1), timeout=20)
+        again = spawn_command(directory, "lazarus1", [*lazarus1.restart_command, "--peer", itself])
+        record_pid(directory, "lazarus1", again.pid)  # so that `down` stops it
+        healthz = f"{testbed.lazarus[0]}/healthz"
+        assert wait_until_healthy(again, healthz, timeout=60) == "healthy"
+        old_primary = control_topology(testbed).shard("s0").primary.name
+        since = time.time()
+        send(testbed, "lazarus2", signal.SIGSTOP)
+        send(testbed, "lazarus3", signal.SIGSTOP)
+        try:
+            send(testbed, old_primary, signal.SIGKILL)
+            event = master_down_event(testbed, "s0", tag="self-peer")
+            httpx.post(f"{testbed.lazarus[0]}/v1/events", json=event, headers=auth(testbed))
+            record = decided(testbed, event["id"], timeout=30)
+            # The sensors' and the shard watch's own reports of the kill, decided alike.
+            time.sleep(5)
+            acted = [e for e in lazarus_events(testbed, since=since, limit=100)
+                     if e["outcome"] in ("scheduled", "remediated")]  # fmt: skip
+            primary = control_topology(testbed).shard("s0").primary.name
+        finally:
+            resume(testbed, "lazarus2")
+            resume(testbed, "lazarus3")
+        assert record["outcome"] == "escalated", record["reason"]
+        assert record["quorum"]["passed"] == ["lazarus1"]
+        assert record["quorum"]["not_counted"] == [f"lazarus1 via {itself}: this node's own id"]
+        assert "quorum not reached: 1 of 2" in record["reason"]
+        assert "counted: lazarus1 passed" in record["reason"], record["reason"]
+        assert acted == [] and primary == old_primary
 
 
 def test_after_a_recovery_the_same_incident_key_is_decided_again_not_dropped(

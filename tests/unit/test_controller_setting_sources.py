@@ -30,7 +30,7 @@ def built_with(monkeypatch: pytest.MonkeyPatch) -> list[ControllerSettings]:
     monkeypatch.setattr("lazarus_lite.service.create_app", create_app)
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
     for name in ("INCIDENT_TTL", "RESUME_INTERVAL", "PROBE_TIMEOUT", "FORENSICS_INTERVAL",
-                 "RATE_LIMIT_OVERRIDES"):  # fmt: skip
+                 "RATE_LIMIT_OVERRIDES", "PEERS", "HOST", "PORT"):  # fmt: skip
         monkeypatch.delenv(f"LAZARUS_{name}", raising=False)
     return settings
 
@@ -128,3 +128,48 @@ def test_the_controllers_event_stream_reclaims_after_event_reclaim_seconds() -> 
         assert stream._reclaim_idle_ms == 7500
     finally:
         asyncio.run(stream.close())
+
+
+# A peer listed twice, under the spellings one URL has, or this node's own address as a peer:
+# its verdict would be asked twice and count as two nodes.
+@pytest.mark.parametrize(
+    ("peers", "listen", "expected"),
+    [(["http://127.0.0.1:9001", "http://127.0.0.1:9001/"], [], "listedtwice"),
+     (["http://Lazarus2:8090", "http://lazarus2:8090"], [], "ishttp://Lazarus2:8090again"),
+     (["http://lazarus2", "http://lazarus2:80/"], [], "ishttp://lazarus2again"),
+     (["https://lazarus2/", "https://lazarus2:443"], [], "ishttps://lazarus2again"),
+     (["http://127.0.0.1:9001/"], ["--port", "9001"], "thisnode'sownaddress"),
+     (["https://127.0.0.1:9001"], ["--port", "9001"], "thisnode'sownaddress"),
+     (["http://127.0.0.2:9001"], ["--host", "0.0.0.0", "--port", "9001"],
+      "thisnode'sownaddress")],
+    ids=["trailing slash", "host case", "default port", "default https port", "own address",
+         "own address, another scheme", "a loopback address of every address"],
+)  # fmt: skip
+@pytest.mark.parametrize("source", ["option", "variable"])
+def test_a_peer_listed_twice_or_this_nodes_own_address_is_refused_naming_the_peers_setting(
+    built_with: list[ControllerSettings],
+    peers: list[str],
+    listen: list[str],
+    expected: str,
+    source: str,
+) -> None:
+    if source == "option":
+        code, output = serve(*listen, *[part for url in peers for part in ("--peer", url)])
+    else:
+        code, output = serve(*listen, env={"LAZARUS_PEERS": " ".join(peers)})
+    assert code == 2 and "Traceback" not in output, output
+    where = "(--peer)" if source == "option" else "(LAZARUS_PEERS)"
+    assert f"setting'peers'{where}" in output and expected in output, output
+    assert not built_with  # nothing starts
+
+
+def test_peers_that_differ_in_port_or_path_or_only_resolve_alike_are_other_nodes(
+    built_with: list[ControllerSettings],
+) -> None:
+    # localhost is not taken for 127.0.0.1 (it may resolve otherwise): the quorum's count of
+    # distinct node ids is what keeps such a peer from voting twice.
+    peers = ["http://127.0.0.1:9002", "http://127.0.0.1:9003", "http://proxy/a", "http://proxy/b",
+             "http://localhost:9001"]  # fmt: skip
+    code, output = serve("--port", "9001", *[part for url in peers for part in ("--peer", url)])
+    assert code == 0, output
+    assert built_with[0].peers == peers

@@ -18,14 +18,18 @@ NEVER = -1.0  # a node that never answers on its own
 
 
 class GivenVerdicts(Quorum):
-    """A quorum whose nodes answer `passed` after `seconds` (NEVER: only when cancelled)."""
+    """A quorum whose nodes answer `passed` after `seconds` (NEVER: only when cancelled); a peer
+    answers with its URL as its node id, or the id `ids` gives it."""
 
-    def __init__(self, answers: dict[str, tuple[bool, float]]) -> None:
+    def __init__(
+        self, answers: dict[str, tuple[bool, float]], ids: dict[str, str] | None = None
+    ) -> None:
         settings = ControllerSettings(node_id="self", control_url="redis://127.0.0.1:1",
                                       api_token="t" * 16, peers=PEERS, quorum=2,
                                       quorum_timeout=0.5, services=None)  # fmt: skip
         super().__init__(settings, SimpleNamespace(services=None, topology=None))  # type: ignore[arg-type]
         self.answers = answers
+        self.ids = ids or {}
         self.cancelled: list[str] = []
 
     async def _answer(self, node: str) -> NodeVerdict:
@@ -41,7 +45,9 @@ class GivenVerdicts(Quorum):
         return await self._answer(self.node_id)
 
     async def ask_peer(self, url: str, event: Event, rule: Any) -> NodeVerdict:
-        return await self._answer(url)
+        verdict = await self._answer(url)
+        verdict.node = self.ids.get(url, url)
+        return verdict
 
 
 def gather(quorum: GivenVerdicts) -> tuple[list[NodeVerdict], Any, list[NodeVerdict] | None]:
@@ -114,3 +120,50 @@ def test_each_verdict_records_when_it_reached_the_coordinator() -> None:
     assert [v.node for v in verdicts] == ["self", PEERS[0]]
     assert arrivals["self"] is not None and arrivals[PEERS[0]] is not None
     assert arrivals[PEERS[0]] >= 0.5 and arrivals[PEERS[0]] >= arrivals["self"]
+
+
+def test_this_nodes_own_id_answering_through_a_peer_is_not_a_second_vote() -> None:
+    # This node listed as its own peer (under a name the settings cannot tell is its own).
+    quorum = GivenVerdicts(
+        {"self": (True, 0), PEERS[0]: (True, 0.01), PEERS[1]: (False, 0.05)},
+        ids={PEERS[0]: "self", PEERS[1]: "other"},
+    )
+    _, outcome, late = gather(quorum)
+    assert not outcome.reached and late is None
+    assert outcome.passed == ["self"] and outcome.failed == ["other"]
+    assert outcome.not_counted == [f"self via {PEERS[0]}: this node's own id"]
+    assert outcome.tally() == (
+        f"counted: self passed, other failed; not counted: self via {PEERS[0]}: this node's own id"
+    )
+
+
+def test_this_nodes_own_id_through_a_peer_before_its_own_verdict_is_still_not_a_vote() -> None:
+    quorum = GivenVerdicts(
+        {"self": (False, 0.05), PEERS[0]: (True, 0), PEERS[1]: (True, 0.1)},
+        ids={PEERS[0]: "self", PEERS[1]: "other"},
+    )
+    _, outcome, _ = gather(quorum)
+    assert not outcome.reached
+    assert outcome.passed == ["other"] and outcome.failed == ["self"]
+
+
+def test_a_node_answering_under_two_urls_is_one_vote_its_first_answer() -> None:
+    quorum = GivenVerdicts(
+        {"self": (False, 0), PEERS[0]: (True, 0.01), PEERS[1]: (True, 0.05)},
+        ids={PEERS[0]: "other", PEERS[1]: "other"},
+    )
+    verdicts, outcome, _ = gather(quorum)
+    assert not outcome.reached
+    assert outcome.passed == ["other"] and outcome.failed == ["self"]
+    assert outcome.not_counted == [f"other via {PEERS[1]}: already counted"]
+    assert [v.node for v in verdicts] == ["self", "other", "other"]  # every answer is recorded
+
+
+def test_distinct_nodes_that_pass_reach_the_quorum_whatever_urls_they_were_asked_at() -> None:
+    quorum = GivenVerdicts(
+        {"self": (True, 0), PEERS[0]: (True, 0.01), PEERS[1]: (True, NEVER)},
+        ids={PEERS[0]: "other", PEERS[1]: "third"},
+    )
+    _, outcome, _ = gather(quorum)
+    assert outcome.reached and outcome.passed == ["self", "other"]
+    assert outcome.not_counted == [] and outcome.not_awaited == [PEERS[1]]
