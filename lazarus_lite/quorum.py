@@ -15,6 +15,7 @@ when the quorum is (not) reached (`controller`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import httpx
@@ -26,6 +27,8 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.rules import Rule
 from lazarus_lite.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
 
 
 class Quorum:
@@ -43,6 +46,7 @@ class Quorum:
         self.services = store.services
         self.topology = store.topology
         self._http = httpx.AsyncClient(timeout=settings.quorum_timeout)
+        self._told: set[str] = set()  # answers not counted, logged once each
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -118,6 +122,7 @@ class Quorum:
             raise
         verdicts = [answered[ask] for ask in asks if ask in answered]
         passed, failed, not_counted = self._votes(asks, answered)
+        self._tell_of_lost_votes(not_counted)
         quorum = QuorumOutcome(
             required=self.settings.quorum,
             passed=passed,
@@ -131,6 +136,19 @@ class Quorum:
             not_awaited = {ask: node for ask, node in asks.items() if ask in pending}
             late = asyncio.create_task(self._run_on(not_awaited, started))
         return verdicts, quorum, late
+
+    def _tell_of_lost_votes(self, not_counted: list[str]) -> None:
+        """Log each answer not counted once: two URLs reaching one node, or two nodes sharing
+        an id, leave the cluster a vote short of what its peers list, which only the audit
+        records would show (a three-node cluster of quorum 2 no longer rides out a node down)."""
+        for answer in not_counted:
+            if answer not in self._told:
+                self._told.add(answer)
+                log.warning(
+                    "quorum: the answer of %s was not counted (one vote per node id): check "
+                    "--peer and --node-id; the cluster has a vote fewer than its peers list",
+                    answer,
+                )
 
     def _votes(
         self,

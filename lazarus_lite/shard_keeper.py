@@ -98,6 +98,11 @@ def _still_holds(shard: Shard, primary: NodeRef, node: HeldNode) -> bool:
     return shard.primary.name == primary.name and node.name in {n.name for n in shard.forensics}
 
 
+class NotDone(str):
+    """A line of the keeper's saying a change it tried was not made (the node answered but
+    stays held, removing it failed...): logged like the others, not counted as a change."""
+
+
 class ShardKeeper:
     def __init__(
         self,
@@ -236,8 +241,9 @@ class ShardKeeper:
         if stop is not None:
             return await self._withhold(shard, action, would, stop)
         done = await change()
-        if done and self.metrics is not None:
-            self.metrics.keeper_changes.labels(action).inc(len(done))
+        made = [line for line in done if not isinstance(line, NotDone)]
+        if made and self.metrics is not None:
+            self.metrics.keeper_changes.labels(action).inc(len(made))
         return done
 
     async def _withhold(self, shard: Shard, action: str, would: str, stop: GateStop) -> list[str]:
@@ -322,7 +328,7 @@ class ShardKeeper:
                 copier = self.actuator if isinstance(self.actuator, DataCopier) else None
                 copy = await copy_data_files(node, shard.id, self.forensics.copy_dir, copier=copier)
             except ForensicsCopyFailed as error:
-                return [f"{shard.id}: {node.name} answers but stays held: {error}"]
+                return [NotDone(f"{shard.id}: {node.name} answers but stays held: {error}")]
             done.append(f"{shard.id}: copied the data files of {node.name} to {copy}")
             done += await self._prune_copies(shard.id)
         released: list[HeldNode] = []
@@ -331,6 +337,10 @@ class ShardKeeper:
         async def settle(current: Shard, held: Any) -> list[str]:
             if node.name not in {n.name for n in current.forensics}:
                 return []  # another keeper took it first
+            if await self.gates.check(RATEQUEUE_SERVICE) is not None:
+                # Engaged during the copy (a BGSAVE takes up to 30 s): the node is neither
+                # emptied nor listed; the next pass reports what is withheld.
+                return []
             decided.append(node)
             if current.replica_target is not None and (
                 len(current.replicas) >= current.replica_target
@@ -375,7 +385,7 @@ class ShardKeeper:
             async with connect(node) as conn:
                 await membership.empty_parked(conn)
         except (RedisError, OSError, RuntimeError) as error:
-            return [f"{shard.id}: {node.name} answers but stays held: {error}"]
+            return [NotDone(f"{shard.id}: {node.name} answers but stays held: {error}")]
 
         async def change(topology: Topology) -> Topology | None:
             current = topology.shard(shard.id)
@@ -399,7 +409,7 @@ class ShardKeeper:
             async with connect(node) as replica:
                 await membership.attach(replica, shard.primary)
         except (RedisError, OSError) as error:
-            return [f"{shard.id}: {node.name} listed, not attached yet: {error}"]
+            return [NotDone(f"{shard.id}: {node.name} listed, not attached yet: {error}")]
         return [f"{shard.id}: former member {node.name} rejoined {shard.primary.name} as a replica"]
 
     async def _release(self, shard: Shard, node: HeldNode, held: Any) -> list[str]:
@@ -424,7 +434,7 @@ class ShardKeeper:
         try:
             removed = await asyncio.to_thread(self.actuator.remove, node.name)
         except Exception as error:  # an engine away: the node stays parked, listed nowhere
-            return [f"{shard.id}: {node.name} stays parked; removing it failed: {error}"]
+            return [NotDone(f"{shard.id}: {node.name} stays parked; removing it failed: {error}")]
         if removed:
             return [f"{shard.id}: removed {', '.join(removed)}, started by the actuator"]
         line = f"{shard.id}: {node.name} stays parked, not started by the actuator"

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.redis_processes import RedisProcess
+from detection import events as events_module
 from detection.events import Event, new_event
 from detection.kinesis import KinesisEventStream, parse_receipt
 from detection.stream_factory import open_event_stream
@@ -208,8 +209,17 @@ async def the_stores_clock(streams: Streams) -> datetime:
 
 
 def set_this_nodes_clock_off(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """This process's clock `seconds` off, as the event parser reads it (`time.time`, or
+    `datetime.now` as it once did: a test the old code passed could not fail)."""
     true_time = time.time
     monkeypatch.setattr(time, "time", lambda: true_time() + seconds)
+
+    class ClockOff(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> ClockOff:
+            return cls.fromtimestamp(true_time() + seconds, tz)
+
+    monkeypatch.setattr(events_module, "datetime", ClockOff)
 
 
 async def test_an_event_dated_at_its_arrival_is_delivered_to_a_receiver_whose_clock_is_behind(

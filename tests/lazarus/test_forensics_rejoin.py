@@ -18,6 +18,8 @@ from lazarus_lite.actuators import LocalProcessActuator
 from lazarus_lite.coordination.opening import open_coordination_store, opened_coordination_store
 from lazarus_lite.errors import ActuatorError, ForensicsCopyFailed, LockBusy
 from lazarus_lite.forensics import ForensicsRules, copy_data_files
+from lazarus_lite.gates import ALL, KillSwitch
+from lazarus_lite.metrics import ControllerMetrics
 from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import fence_node
 from ratequeue import membership
@@ -277,6 +279,67 @@ def test_a_failover_that_starts_while_a_returning_node_is_copied_gets_the_shard_
 
     assert failover_took_the_lock == [True], done
     assert [r.name for r in topology.shard("s0").replicas] == [old], done
+
+
+def test_a_kill_switch_engaged_while_a_returning_node_is_copied_stops_its_rejoin(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    write_some(cluster, 5)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+
+    async def copy_while_the_switch_is_engaged(*args: object, **kwargs: object) -> Path:
+        # The gates were read before the copy; a BGSAVE takes up to 30 s.
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            await KillSwitch(store.flags).set(ALL, True, reason="engaged during the copy")
+        return await copy_data_files(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shard_keeper, "copy_data_files", copy_while_the_switch_is_engaged)
+    try:
+        done, topology = keep_once(cluster, ForensicsRules(copy_dir=tmp_path / "forensics"))
+    finally:
+
+        async def release() -> None:
+            async with opened_coordination_store(store_address_of(cluster)) as store:
+                await KillSwitch(store.flags).set(ALL, False)
+
+        asyncio.run(release())
+    assert not any("rejoined" in line for line in done), done
+    assert [n.name for n in topology.shard("s0").forensics] == [old], done
+    assert membership.is_parked(node(cluster, old).replication())  # not emptied, not attached
+    assert copies(tmp_path / "forensics") == []  # the copy of a pass that settled nothing goes
+
+
+def test_a_returning_node_whose_copy_fails_counts_no_keeper_change(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    old = fail_over_by_hand(cluster)
+    node(cluster, old).restart()
+
+    async def copy_that_fails(*args: object, **kwargs: object) -> Path:
+        raise ForensicsCopyFailed("the disk is full")
+
+    monkeypatch.setattr(shard_keeper, "copy_data_files", copy_that_fails)
+    metrics = ControllerMetrics()
+
+    async def run() -> list[str]:
+        async with opened_coordination_store(store_address_of(cluster)) as store:
+            rules = ForensicsRules(copy_dir=tmp_path / "forensics")
+            keeper = ShardKeeper(store, "test", "demote", metrics=metrics, forensics=rules)
+            return [line for _ in range(2) for line in await keeper.run_once()]
+
+    done = asyncio.run(run())
+    assert sum("stays held: the disk is full" in line for line in done) == 2, done
+    changes = metrics.registry.get_sample_value(
+        "lazarus_shard_keeper_changes_total", {"action": "settle_returning"}
+    )
+    assert not changes, done
 
 
 def test_a_returning_node_does_not_rejoin_a_shard_at_its_replica_target(

@@ -5,8 +5,11 @@ The verdicts are given (no checks run): the subject is the counting and the wait
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from detection.events import Event, new_event
 from lazarus_lite.audit import NodeVerdict
@@ -157,6 +160,29 @@ def test_a_node_answering_under_two_urls_is_one_vote_its_first_answer() -> None:
     assert outcome.passed == ["other"] and outcome.failed == ["self"]
     assert outcome.not_counted == [f"other via {PEERS[1]}: already counted"]
     assert [v.node for v in verdicts] == ["self", "other", "other"]  # every answer is recorded
+
+
+def test_an_answer_not_counted_is_logged_once_however_many_rounds_lose_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Otherwise only the audit records would show a cluster a vote short of its peer list.
+    answers = {"self": (True, 0), PEERS[0]: (True, 0.01), PEERS[1]: (True, 0.02)}
+    ids = {PEERS[0]: "self", PEERS[1]: "other"}  # a peer misconfigured with this node's id
+    quorum = GivenVerdicts(answers, ids)
+    event = new_event("RedisMasterDown", environment="dev", region="r", service="ratequeue",
+                      shard="s0", host="h:1", source="test")  # fmt: skip
+
+    async def two_rounds() -> None:
+        try:
+            for _ in range(2):
+                await quorum.gather_verdicts(event, None)  # type: ignore[arg-type]
+        finally:
+            await quorum.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="lazarus_lite.quorum"):
+        asyncio.run(two_rounds())
+    [warning] = [r.getMessage() for r in caplog.records if "not counted" in r.getMessage()]
+    assert f"self via {PEERS[0]}: this node's own id" in warning and "--node-id" in warning
 
 
 def test_distinct_nodes_that_pass_reach_the_quorum_whatever_urls_they_were_asked_at() -> None:
