@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -324,3 +325,110 @@ def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
 
     reports = [e for e in asyncio.run(two_episodes()) if e.type == "ShardUnwritable"]
     assert len(reports) == 2 and reports[0].incident_key != reports[1].incident_key
+
+
+DEGRADED = replace(QUICK, degraded_after=1.0)
+
+
+class Watching:
+    """Three controller nodes' watches over `cluster`, kept between phases of a test (each node
+    keeps its own clock of what it saw missing); `published` holds each report with when it
+    was filed (monotonic)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.store = open_coordination_store(store_address_of(cluster))
+        self.stream = PublishedEvents()
+        self.watches = [
+            ShardWatch(self.store, self.stream, ShardKeeper(self.store, f"n{i}", "demote"),
+                       f"n{i}", DEGRADED)
+            for i in range(3)
+        ]  # fmt: skip
+        self.published: list[tuple[float, Event]] = []
+
+    async def run(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for watch in self.watches:
+                before = len(self.stream.events)
+                await watch.run_once()
+                now = time.monotonic()
+                self.published += [(now, e) for e in self.stream.events[before:]]
+            await asyncio.sleep(DEGRADED.interval)
+
+    def degraded(self) -> list[tuple[float, Event]]:
+        return [(at, e) for at, e in self.published if e.type == "ShardDegraded"]
+
+
+def test_a_listed_replica_killed_is_reported_degraded_once_after_degraded_after(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    dead = cluster.shards[0].replicas[1]
+
+    async def watch() -> tuple[float, Watching]:
+        watching = Watching(cluster)
+        try:
+            await watching.run(0.3)  # the shard whole: nothing to report
+            dead.process.send_signal(signal.SIGKILL)
+            dead.process.wait()
+            killed_at = time.monotonic()
+            await watching.run(DEGRADED.degraded_after + 1.5)
+            return killed_at, watching
+        finally:
+            await watching.store.aclose()
+
+    killed_at, watching = asyncio.run(watch())
+    [(filed_at, report)] = watching.degraded()
+    assert filed_at - killed_at >= DEGRADED.degraded_after
+    assert report.data["replica"] == dead.name and report.data["missing"] == [dead.name]
+    assert report.data["listed"] == 2 and report.data["healthy"] == 1
+    assert report.host == dead.ref().address and report.source.startswith("lazarus:n")
+    assert dead.name in report.data["reason"] and "1 of its 2 listed" in report.data["reason"]
+    assert time.time() - report.data["missing_since"] >= DEGRADED.degraded_after
+    assert [e for _, e in watching.published if e.type != "ShardDegraded"] == []
+
+
+def test_a_replica_that_comes_back_ends_its_degraded_episode(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+
+    async def two_losses() -> tuple[list[int], Watching]:
+        watching = Watching(cluster)
+        counts = []
+        try:
+            for _ in range(2):
+                replica.process.send_signal(signal.SIGKILL)
+                replica.process.wait()
+                await watching.run(DEGRADED.degraded_after + 1.0)  # reported
+                await asyncio.to_thread(replica.restart, replica_of=primary)
+                # Healthy again, for longer than the bound: no report while so.
+                await watching.run(DEGRADED.degraded_after + 0.5)
+                counts.append(len(watching.degraded()))
+            return counts, watching
+        finally:
+            await watching.store.aclose()
+
+    counts, watching = asyncio.run(two_losses())
+    assert counts == [1, 2]  # one per episode, none while healthy; the second loss pages anew
+    assert len(watching.published) == 2
+    first, second = (e for _, e in watching.degraded())
+    assert first.data["replica"] == second.data["replica"] == replica.name
+    assert first.incident_key != second.incident_key
+
+
+def test_a_healthy_shard_is_not_reported_degraded(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=2, replicas=2)
+
+    async def watch() -> Watching:
+        watching = Watching(cluster)
+        try:
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            return watching
+        finally:
+            await watching.store.aclose()
+
+    assert asyncio.run(watch()).published == []
