@@ -432,3 +432,30 @@ def test_a_healthy_shard_is_not_reported_degraded(
             await watching.store.aclose()
 
     assert asyncio.run(watch()).published == []
+
+
+def test_a_degraded_shard_whose_lock_a_failover_holds_is_reported_only_after_it_is_released(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    dead = cluster.shards[0].replicas[0]
+
+    async def watch() -> tuple[int, Watching]:
+        watching = Watching(cluster)
+        try:
+            # A failover workflow holds the shard's lock: it is changing the replicas.
+            lock = await watching.store.locks.acquire("shard", "ratequeue/s0", "workflow-1")
+            dead.process.send_signal(signal.SIGKILL)
+            dead.process.wait()
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            while_held = len(watching.degraded())
+            await watching.store.locks.release(lock)
+            await watching.run(0.5)  # still short of the replica: reported now
+            return while_held, watching
+        finally:
+            await watching.store.aclose()
+
+    while_held, watching = asyncio.run(watch())
+    assert while_held == 0
+    [(_, report)] = watching.degraded()
+    assert report.data["replica"] == dead.name
