@@ -26,7 +26,7 @@ from lazarus_lite.shard_keeper import ShardKeeper
 from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
 from ratequeue.errors import ShardUnavailable
 from ratequeue.etcd_topology import ETCD_TOPOLOGY_KEY
-from ratequeue.local_cluster import LocalCluster
+from ratequeue.local_cluster import LocalCluster, ShardNode
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 from tests.etcd_topology import store_address_of
 
@@ -358,6 +358,17 @@ class Watching:
     def degraded(self) -> list[tuple[float, Event]]:
         return [(at, e) for at, e in self.published if e.type == "ShardDegraded"]
 
+    async def __aenter__(self) -> Watching:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.store.aclose()
+
+
+def kill(node: ShardNode) -> None:
+    node.process.send_signal(signal.SIGKILL)
+    node.process.wait()
+
 
 def test_a_listed_replica_killed_is_reported_degraded_once_after_degraded_after(
     start_cluster_on_suite_control: Callable[..., LocalCluster],
@@ -366,16 +377,12 @@ def test_a_listed_replica_killed_is_reported_degraded_once_after_degraded_after(
     dead = cluster.shards[0].replicas[1]
 
     async def watch() -> tuple[float, Watching]:
-        watching = Watching(cluster)
-        try:
+        async with Watching(cluster) as watching:
             await watching.run(0.3)  # the shard whole: nothing to report
-            dead.process.send_signal(signal.SIGKILL)
-            dead.process.wait()
+            kill(dead)
             killed_at = time.monotonic()
             await watching.run(DEGRADED.degraded_after + 1.5)
             return killed_at, watching
-        finally:
-            await watching.store.aclose()
 
     killed_at, watching = asyncio.run(watch())
     [(filed_at, report)] = watching.degraded()
@@ -395,20 +402,16 @@ def test_a_replica_that_comes_back_ends_its_degraded_episode(
     primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
 
     async def two_losses() -> tuple[list[int], Watching]:
-        watching = Watching(cluster)
         counts = []
-        try:
+        async with Watching(cluster) as watching:
             for _ in range(2):
-                replica.process.send_signal(signal.SIGKILL)
-                replica.process.wait()
+                kill(replica)
                 await watching.run(DEGRADED.degraded_after + 1.0)  # reported
                 await asyncio.to_thread(replica.restart, replica_of=primary)
                 # Healthy again, for longer than the bound: no report while so.
                 await watching.run(DEGRADED.degraded_after + 0.5)
                 counts.append(len(watching.degraded()))
             return counts, watching
-        finally:
-            await watching.store.aclose()
 
     counts, watching = asyncio.run(two_losses())
     assert counts == [1, 2]  # one per episode, none while healthy; the second loss pages anew
@@ -424,12 +427,9 @@ def test_a_healthy_shard_is_not_reported_degraded(
     cluster = start_cluster_on_suite_control(shards=2, replicas=2)
 
     async def watch() -> Watching:
-        watching = Watching(cluster)
-        try:
+        async with Watching(cluster) as watching:
             await watching.run(DEGRADED.degraded_after + 1.0)
             return watching
-        finally:
-            await watching.store.aclose()
 
     assert asyncio.run(watch()).published == []
 
@@ -441,19 +441,15 @@ def test_a_degraded_shard_whose_lock_a_failover_holds_is_reported_only_after_it_
     dead = cluster.shards[0].replicas[0]
 
     async def watch() -> tuple[int, Watching]:
-        watching = Watching(cluster)
-        try:
+        async with Watching(cluster) as watching:
             # A failover workflow holds the shard's lock: it is changing the replicas.
             lock = await watching.store.locks.acquire("shard", "ratequeue/s0", "workflow-1")
-            dead.process.send_signal(signal.SIGKILL)
-            dead.process.wait()
+            kill(dead)
             await watching.run(DEGRADED.degraded_after + 1.0)
             while_held = len(watching.degraded())
             await watching.store.locks.release(lock)
             await watching.run(0.5)  # still short of the replica: reported now
             return while_held, watching
-        finally:
-            await watching.store.aclose()
 
     while_held, watching = asyncio.run(watch())
     assert while_held == 0
