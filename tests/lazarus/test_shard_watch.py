@@ -23,10 +23,17 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
+from lazarus_lite.shard_watch import (
+    ShardWatch,
+    WatchSettings,
+    Writability,
+    missing_replicas,
+    watch_forever,
+)
 from ratequeue.errors import ShardUnavailable
 from ratequeue.etcd_topology import ETCD_TOPOLOGY_KEY
 from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.topology import NodeRef
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 from tests.etcd_topology import store_address_of
 
@@ -455,3 +462,17 @@ def test_a_degraded_shard_whose_lock_a_failover_holds_is_reported_only_after_it_
     assert while_held == 0
     [(_, report)] = watching.degraded()
     assert report.data["replica"] == dead.name
+
+
+def test_replicas_the_primarys_info_cannot_tell_apart_are_asked_themselves(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    # As on compose: every node listens on one port, and the primary names its replicas by
+    # addresses the map does not list. One listed replica follows, the other is gone.
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    live = cluster.shards[0].replicas[0].ref()
+    gone = NodeRef(name="s0-replica-gone", host="127.0.0.9", port=live.port)
+    shard = cluster.initial_topology().shards[0].model_copy(update={"replicas": [live, gone]})
+    seen = Writability(True, None, appointed=True, followers=(("172.18.0.5", live.port),))
+    missing = asyncio.run(missing_replicas(shard, seen, timeout=0.5))
+    assert missing == [gone]
