@@ -29,6 +29,7 @@ EventType = Literal[
     "SensorHeartbeat",
     "SensorSilent",
     "ShardUnwritable",
+    "ShardDegraded",
     "HealthcheckDown",
     "NagiosHostAlarm",
 ]

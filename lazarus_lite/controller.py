@@ -184,6 +184,7 @@ class ControllerNode:
                 sensor_silence_after=settings.sensor_silence_after,
                 self_report_after=settings.self_report_after,
                 unwritable_after=settings.unwritable_after,
+                degraded_after=settings.degraded_after,
                 probe_timeout=max(settings.probe_timeout, 0.5),
                 min_replicas=settings.min_replicas,
                 environment=settings.environment,

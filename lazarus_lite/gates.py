@@ -42,13 +42,14 @@ class GateStop:
 
 def is_failure(event: Event) -> bool:
     """Events that report something broken (what rate limits and breakers count). The
-    controllers' own reports about the watchers (a silent sensor, a shard left unwritable) are
-    not: they must never use up the budget a real failover needs."""
+    controllers' own reports about the watchers (a silent sensor, a shard left unwritable or
+    short of a replica) are not: they must never use up the budget a real failover needs."""
     return event.type not in {
         "SensorHeartbeat",
         "RedisMasterRecovered",
         "SensorSilent",
         "ShardUnwritable",
+        "ShardDegraded",
     }
 
 

@@ -162,6 +162,11 @@ class ControllerSettings(BaseModel):
     unwritable_after: float = Field(
         20.0, gt=0, description="a shard without a writable primary this long is escalated"
     )
+    degraded_after: float = Field(
+        60.0,
+        gt=0,
+        description="a listed replica not following its shard's primary this long is escalated",
+    )
     host: str = Field("127.0.0.1", description="address the node's API listens on")
     port: int = Field(8090, ge=1, le=65535, description="port the node's API listens on")
     log_level: LogLevel = Field("warning", description="the least severe messages logged")

@@ -13,7 +13,20 @@ topology it:
   another fence epoch, fewer than `min_replicas` replicas acknowledging it), or whose writes
   through the API keep failing (`ratequeue.write_failures`: evidence to look, never a reason to
   act), for `unwritable_after` seconds is reported (`ShardUnwritable`, with what was seen and
-  the last decision about the shard) and marked `unwritable` in the topology until it writes.
+  the last decision about the shard) and marked `unwritable` in the topology until it writes;
+- watches the **replicas**: a listed replica that is not a healthy replica of the primary (not
+  among the `online` replicas, lag within `REPLICA_MAX_LAG_SECONDS`, the primary's INFO
+  replication shows: the same read as above) for `degraded_after` seconds is reported
+  (`ShardDegraded`, naming it and since when this node missed it): the shard still writes, but
+  one more failure stops its writes or leaves a failover without a candidate. Only a primary
+  that answers as the shard's primary in its epoch is judged (one that does not is the
+  unwritable watch's, and a failover's), each replica's clock starts anew with a new primary
+  or epoch (a failover re-points the replicas), and nothing is filed while a workflow or the
+  keeper holds the shard's lock; a replica being rejoined or provisioned that syncs within
+  `degraded_after` pages nobody. The INFO names replicas by address and port; only when it
+  shows fewer healthy ones than are listed and cannot tell which are missing (compose nodes
+  share a port) are the unaccounted replicas asked themselves whether they follow the primary.
+  One report per replica per episode; the episode ends when it is a healthy replica again.
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
 is filed once per episode across all controller nodes (a claim in the control store). A report
@@ -61,14 +74,19 @@ from lazarus_lite.held_records import LOG_UNREACHABLE
 from lazarus_lite.shard_keeper import RATEQUEUE_SERVICE, ShardKeeper
 from lazarus_lite.steps.ratequeue_promotion import connect
 from ratequeue.membership import REPLICA_MAX_LAG_SECONDS, required_replicas
-from ratequeue.topology import FENCE_KEY, Shard, Topology
+from ratequeue.topology import FENCE_KEY, NodeRef, Shard, Topology
 from ratequeue.write_failures import FLUSH_EVERY_SECONDS, FailureRun
 
 log = logging.getLogger(__name__)
 
 # Sensors heartbeat every 5 s unless told otherwise (their heartbeats say how often).
 DEFAULT_HEARTBEAT_EVERY = 5.0
-WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable"})
+WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable", "ShardDegraded"})
+
+# How long the claim on a degraded replica's report lasts: the episode ends when a node sees the
+# replica back (it withdraws the claim), so this only bounds a claim no node lived to withdraw;
+# a degraded shard is paged once, not again each `report_ttl` while it stays so.
+DEGRADED_CLAIM_TTL = 24 * 3600
 
 # What a node does with a primary it sees down while the store is unreachable: the event (as
 # the watch would have reported it) and why nothing is done about it.
@@ -83,6 +101,7 @@ class WatchSettings:
     sensor_silence_after: float = 15.0
     self_report_after: float = 3.0
     unwritable_after: float = 20.0
+    degraded_after: float = 60.0  # a listed replica not following the primary this long
     probe_timeout: float = 0.5
     min_replicas: int = 1
     environment: str = "dev"
@@ -101,6 +120,11 @@ class Writability:
 
     reachable: bool
     problem: str | None
+    # The primary answers as the shard's primary in its epoch: only then are its replicas
+    # judged (`followers` is what its INFO showed).
+    appointed: bool = False
+    # (ip, port) of each replica the primary's INFO shows online within the lag bound.
+    followers: tuple[tuple[str, int], ...] = ()
 
 
 async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -> Writability:
@@ -122,16 +146,58 @@ async def primary_writability(shard: Shard, min_replicas: int, timeout: float) -
             f"{fence.decode() if fence else 'none'}, not epoch {shard.epoch}",
         )
     needed = required_replicas(min_replicas, len(shard.replicas))
-    following = [
-        value
+    following = tuple(
+        (str(value.get("ip")), int(value.get("port", 0)))
         for key, value in info.items()
         if key.startswith("slave") and isinstance(value, dict)
         and value.get("state") == "online" and int(value.get("lag", 0)) <= REPLICA_MAX_LAG_SECONDS
-    ]  # fmt: skip
+    )  # fmt: skip
     if len(following) < needed:
         return Writability(True, f"primary {shard.primary.name} has {len(following)} of the "
-                                 f"{needed} replicas it needs to accept writes")  # fmt: skip
-    return Writability(True, None)
+                                 f"{needed} replicas it needs to accept writes",
+                           appointed=True, followers=following)  # fmt: skip
+    return Writability(True, None, appointed=True, followers=following)
+
+
+async def follows(replica: NodeRef, primary: NodeRef, timeout: float) -> bool:
+    """Does `replica` say it is a replica of `primary` with its link up? Read-only."""
+    try:
+        async with connect(replica, timeout=timeout) as conn:
+            info = await conn.info("replication")
+    except (RedisError, OSError):
+        return False
+    return (
+        info.get("role") == "slave"
+        and info.get("master_link_status") == "up"
+        and int(info.get("master_port", 0)) == primary.port
+        and str(info.get("master_host")) in {primary.host, primary.peer_host}
+    )
+
+
+async def missing_replicas(shard: Shard, seen: Writability, timeout: float) -> list[NodeRef]:
+    """The listed replicas that are not healthy replicas of the shard's appointed primary, by
+    its INFO (`seen`); a listed replica the INFO cannot tell apart from another (the same port
+    on another host name) is asked itself, only when the INFO shows fewer than are listed."""
+    if len(seen.followers) >= len(shard.replicas):
+        return []  # the keeper parks unlisted replicas: as many healthy as listed is all of them
+    by_port: dict[int, int] = {}
+    for replica in shard.replicas:
+        by_port[replica.port] = by_port.get(replica.port, 0) + 1
+    missing = []
+    for replica in shard.replicas:
+        names = {replica.host, replica.peer_host}
+        if any(port == replica.port and ip in names for ip, port in seen.followers):
+            continue
+        if by_port[replica.port] == 1 and all(port != replica.port for _, port in seen.followers):
+            missing.append(replica)  # its port alone names it, and the primary has none on it
+            continue
+        if not await follows(replica, shard.primary, timeout):
+            missing.append(replica)
+    return missing
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(wall))
 
 
 class ShardWatch:
@@ -158,6 +224,9 @@ class ShardWatch:
         self.audit = AuditLog(store.records)
         self._down_since: dict[str, float] = {}  # primary@epoch -> when this node first failed
         self._unwritable_since: dict[str, tuple[str, float]] = {}  # shard -> (episode, since)
+        # The report (its claim) of each listed replica this node sees missing -> since when
+        # (monotonic, wall): a new primary or epoch is a new report, hence a new clock.
+        self._missing_since: dict[str, tuple[float, float]] = {}
         # Wall time since which this node has read the store without a long break (heartbeats
         # it could not read are not a sensor's silence), and its last good read.
         self._watching_since: float | None = None
@@ -286,6 +355,7 @@ class ShardWatch:
                 if report is not None:
                     filed.append(report)
         filed += await self._watch_outcome(shard, seen, now, template)
+        filed += await self._watch_replicas(shard, seen, now, template)
         return filed
 
     def _api_evidence(self, runs: list[FailureRun]) -> str | None:
@@ -449,6 +519,70 @@ class ShardWatch:
         if shard.status == "ok":
             await self.keeper.set_status(shard, "unwritable", only_from="ok")
         return filed
+
+    async def _watch_replicas(
+        self, shard: Shard, seen: Writability, now: float, template: Event | None
+    ) -> list[Event]:
+        """Report each listed replica missing from the primary's healthy replicas for
+        `degraded_after`, once per episode across the nodes; end the episode when it is back."""
+        prefix = f"{RATEQUEUE_SERVICE}/{shard.id}/ShardDegraded/"
+        if not seen.appointed:
+            # No primary of this epoch to follow (dead, failing over, fenced off): the unwritable
+            # watch and the failover have the shard. Nothing is judged, ended or filed; a new
+            # primary or epoch has reports (and clocks) of its own.
+            return []
+        missing = await missing_replicas(shard, seen, self.settings.probe_timeout)
+        keys = {self._degraded_key(shard, r): r for r in missing}
+        for key in [k for k in self._missing_since if k.startswith(prefix) and k not in keys]:
+            # Back (or no longer listed, or another primary or epoch): the episode is over, and
+            # the claim goes so a later one pages again (forgotten only once it went: a failed
+            # withdrawal is tried again next pass, not left to silence the next loss for a day).
+            await self.store.watch.withdraw_report(key)
+            del self._missing_since[key]
+        for key in keys:
+            self._missing_since.setdefault(key, (now, time.time()))
+        due = [k for k in keys if now - self._missing_since[k][0] >= self.settings.degraded_after]
+        if not due:
+            return []
+        lock = await self.store.locks.holder("shard", f"{RATEQUEUE_SERVICE}/{shard.id}")
+        if lock is not None:
+            return []  # a failover or the keeper is changing the shard: filed after, if still so
+        filed = []
+        healthy = len(shard.replicas) - len(missing)
+        listing = ", ".join(
+            f"{r.name} (since {_clock(self._missing_since[k][1])})" for k, r in keys.items()
+        )
+        for key in due:
+            replica = keys[key]
+            missing_for = now - self._missing_since[key][0]
+            reason = (
+                f"shard {shard.id} runs with {healthy} of its {len(shard.replicas)} listed "
+                f"replicas: {replica.name} ({replica.address}) has not been a healthy replica of "
+                f"primary {shard.primary.name} for {missing_for:.0f} s (bound "
+                f"{self.settings.degraded_after:g} s; missing now: {listing}). It still writes, "
+                "but one more failure stops its writes or leaves a failover without a candidate"
+            )
+            # Its own incident each episode (the controller collapses reports of one incident).
+            incident = f"{key}@{self._missing_since[key][1]:.0f}"[:255]
+            report = self._event(
+                "ShardDegraded", shard, replica.address, incident, template=template,
+                data={
+                    "reason": reason, "primary": shard.primary.name, "shard_epoch": shard.epoch,
+                    "replica": replica.name, "replica_address": replica.address,
+                    "missing_since": round(self._missing_since[key][1], 3),
+                    "missing_for_seconds": round(missing_for, 1),
+                    "missing": [r.name for r in missing],
+                    "listed": len(shard.replicas), "healthy": healthy,
+                },
+            )  # fmt: skip
+            if await self._file_once(report, claim=key, ttl=DEGRADED_CLAIM_TTL):
+                log.warning("%s: %s", self.node_id, reason)
+                filed.append(report)
+        return filed
+
+    def _degraded_key(self, shard: Shard, replica: NodeRef) -> str:
+        episode = f"{shard.primary.name}@{shard.epoch}/{replica.name}"
+        return f"{RATEQUEUE_SERVICE}/{shard.id}/ShardDegraded/{episode}"[:255]
 
     def _unwritable_key(self, shard: Shard) -> str:
         episode = f"{shard.primary.name}@{shard.epoch}"

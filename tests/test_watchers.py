@@ -1,6 +1,7 @@
 """Who watches the watchers, on the local testbed: a shard whose sensors died is still failed
 over, a silent sensor is reported, and a shard left without a writable primary is escalated
-with the reason and marked in the topology, until it can write again."""
+with the reason and marked in the topology, until it can write again; a shard short of a listed
+replica is escalated once."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 SENSOR_SILENCE_AFTER = 4
 UNWRITABLE_AFTER = 6
+DEGRADED_AFTER = 4
 
 
 @pytest.fixture
@@ -41,6 +43,7 @@ def testbed(tmp_path: Path) -> Iterator[TestbedState]:
         controller_args=[
             "--sensor-silence-after", str(SENSOR_SILENCE_AFTER),
             "--unwritable-after", str(UNWRITABLE_AFTER),
+            "--degraded-after", str(DEGRADED_AFTER),
         ],
     ) as state:  # fmt: skip
         yield state
@@ -134,6 +137,26 @@ def test_a_shard_left_without_a_writable_primary_is_escalated_and_marked_until_i
         lambda: control_topology(testbed).shard("s0").status == "ok",
         timeout=30,
     )
+
+
+def test_a_shard_short_of_a_listed_replica_is_escalated_once_naming_it(
+    testbed: TestbedState,
+) -> None:
+    replica = testbed.node("s1-replica2")
+    killed_at = time.time()
+    os.kill(replica.pid, signal.SIGKILL)
+    [report] = wait_for(
+        "the degraded shard escalated",
+        lambda: decisions(testbed, "ShardDegraded", killed_at),
+        timeout=DEGRADED_AFTER + 15,
+    )
+    assert time.time() - killed_at >= DEGRADED_AFTER
+    assert report["outcome"] == "escalated"
+    assert report["event"]["data"]["replica"] == "s1-replica2", report["event"]
+    assert "1 of its 2 listed replicas" in report["reason"], report["reason"]
+    time.sleep(3)  # every controller node keeps watching: still one report
+    assert len(decisions(testbed, "ShardDegraded", killed_at)) == 1
+    assert control_topology(testbed).shard("s1").status == "ok"  # it still writes
 
 
 def test_a_second_kill_a_second_after_the_first_failover_fails_over_again_quickly(

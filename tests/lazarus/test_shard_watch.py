@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -22,10 +23,17 @@ from lazarus_lite.coordination.interface import CoordinationStore
 from lazarus_lite.coordination.opening import open_coordination_store
 from lazarus_lite.coordination.redis_backend import RedisCoordinationStore
 from lazarus_lite.shard_keeper import ShardKeeper
-from lazarus_lite.shard_watch import ShardWatch, WatchSettings, watch_forever
+from lazarus_lite.shard_watch import (
+    ShardWatch,
+    WatchSettings,
+    Writability,
+    missing_replicas,
+    watch_forever,
+)
 from ratequeue.errors import ShardUnavailable
 from ratequeue.etcd_topology import ETCD_TOPOLOGY_KEY
-from ratequeue.local_cluster import LocalCluster
+from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.topology import NodeRef
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 from tests.etcd_topology import store_address_of
 
@@ -324,3 +332,147 @@ def test_a_shard_unwritable_a_second_time_is_reported_a_second_time(
 
     reports = [e for e in asyncio.run(two_episodes()) if e.type == "ShardUnwritable"]
     assert len(reports) == 2 and reports[0].incident_key != reports[1].incident_key
+
+
+DEGRADED = replace(QUICK, degraded_after=1.0)
+
+
+class Watching:
+    """Three controller nodes' watches over `cluster`, kept between phases of a test (each node
+    keeps its own clock of what it saw missing); `published` holds each report with when it
+    was filed (monotonic)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.store = open_coordination_store(store_address_of(cluster))
+        self.stream = PublishedEvents()
+        self.watches = [
+            ShardWatch(self.store, self.stream, ShardKeeper(self.store, f"n{i}", "demote"),
+                       f"n{i}", DEGRADED)
+            for i in range(3)
+        ]  # fmt: skip
+        self.published: list[tuple[float, Event]] = []
+
+    async def run(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for watch in self.watches:
+                before = len(self.stream.events)
+                await watch.run_once()
+                now = time.monotonic()
+                self.published += [(now, e) for e in self.stream.events[before:]]
+            await asyncio.sleep(DEGRADED.interval)
+
+    def degraded(self) -> list[tuple[float, Event]]:
+        return [(at, e) for at, e in self.published if e.type == "ShardDegraded"]
+
+    async def __aenter__(self) -> Watching:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.store.aclose()
+
+
+def kill(node: ShardNode) -> None:
+    node.process.send_signal(signal.SIGKILL)
+    node.process.wait()
+
+
+def test_a_listed_replica_killed_is_reported_degraded_once_after_degraded_after(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    dead = cluster.shards[0].replicas[1]
+
+    async def watch() -> tuple[float, Watching]:
+        async with Watching(cluster) as watching:
+            await watching.run(0.3)  # the shard whole: nothing to report
+            kill(dead)
+            killed_at = time.monotonic()
+            await watching.run(DEGRADED.degraded_after + 1.5)
+            return killed_at, watching
+
+    killed_at, watching = asyncio.run(watch())
+    [(filed_at, report)] = watching.degraded()
+    assert filed_at - killed_at >= DEGRADED.degraded_after
+    assert report.data["replica"] == dead.name and report.data["missing"] == [dead.name]
+    assert report.data["listed"] == 2 and report.data["healthy"] == 1
+    assert report.host == dead.ref().address and report.source.startswith("lazarus:n")
+    assert dead.name in report.data["reason"] and "1 of its 2 listed" in report.data["reason"]
+    assert time.time() - report.data["missing_since"] >= DEGRADED.degraded_after
+    assert [e for _, e in watching.published if e.type != "ShardDegraded"] == []
+
+
+def test_a_replica_that_comes_back_ends_its_degraded_episode(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+
+    async def two_losses() -> tuple[list[int], Watching]:
+        counts = []
+        async with Watching(cluster) as watching:
+            for _ in range(2):
+                kill(replica)
+                await watching.run(DEGRADED.degraded_after + 1.0)  # reported
+                await asyncio.to_thread(replica.restart, replica_of=primary)
+                # Healthy again, for longer than the bound: no report while so.
+                await watching.run(DEGRADED.degraded_after + 0.5)
+                counts.append(len(watching.degraded()))
+            return counts, watching
+
+    counts, watching = asyncio.run(two_losses())
+    assert counts == [1, 2]  # one per episode, none while healthy; the second loss pages anew
+    assert len(watching.published) == 2
+    first, second = (e for _, e in watching.degraded())
+    assert first.data["replica"] == second.data["replica"] == replica.name
+    assert first.incident_key != second.incident_key
+
+
+def test_a_healthy_shard_is_not_reported_degraded(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=2, replicas=2)
+
+    async def watch() -> Watching:
+        async with Watching(cluster) as watching:
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            return watching
+
+    assert asyncio.run(watch()).published == []
+
+
+def test_a_degraded_shard_whose_lock_a_failover_holds_is_reported_only_after_it_is_released(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    dead = cluster.shards[0].replicas[0]
+
+    async def watch() -> tuple[int, Watching]:
+        async with Watching(cluster) as watching:
+            # A failover workflow holds the shard's lock: it is changing the replicas.
+            lock = await watching.store.locks.acquire("shard", "ratequeue/s0", "workflow-1")
+            kill(dead)
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            while_held = len(watching.degraded())
+            await watching.store.locks.release(lock)
+            await watching.run(0.5)  # still short of the replica: reported now
+            return while_held, watching
+
+    while_held, watching = asyncio.run(watch())
+    assert while_held == 0
+    [(_, report)] = watching.degraded()
+    assert report.data["replica"] == dead.name
+
+
+def test_replicas_the_primarys_info_cannot_tell_apart_are_asked_themselves(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    # As on compose: every node listens on one port, and the primary names its replicas by
+    # addresses the map does not list. One listed replica follows, the other is gone.
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+    live = cluster.shards[0].replicas[0].ref()
+    gone = NodeRef(name="s0-replica-gone", host="127.0.0.9", port=live.port)
+    shard = cluster.initial_topology().shards[0].model_copy(update={"replicas": [live, gone]})
+    seen = Writability(True, None, appointed=True, followers=(("172.18.0.5", live.port),))
+    missing = asyncio.run(missing_replicas(shard, seen, timeout=0.5))
+    assert missing == [gone]
