@@ -56,7 +56,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -87,6 +87,9 @@ WATCH_EVENT_TYPES = frozenset({"SensorSilent", "ShardUnwritable", "ShardDegraded
 # replica back (it withdraws the claim), so this only bounds a claim no node lived to withdraw;
 # a degraded shard is paged once, not again each `report_ttl` while it stays so.
 DEGRADED_CLAIM_TTL = 24 * 3600
+# A replica's return ends its episode once seen on this many passes in a row: a replica that
+# flaps (back for a pass now and then) stays one episode, paged once.
+REPLICA_BACK_PASSES = 3
 
 # What a node does with a primary it sees down while the store is unreachable: the event (as
 # the watch would have reported it) and why nothing is done about it.
@@ -177,9 +180,9 @@ async def follows(replica: NodeRef, primary: NodeRef, timeout: float) -> bool:
 async def missing_replicas(shard: Shard, seen: Writability, timeout: float) -> list[NodeRef]:
     """The listed replicas that are not healthy replicas of the shard's appointed primary, by
     its INFO (`seen`); a listed replica the INFO cannot tell apart from another (the same port
-    on another host name) is asked itself, only when the INFO shows fewer than are listed."""
-    if len(seen.followers) >= len(shard.replicas):
-        return []  # the keeper parks unlisted replicas: as many healthy as listed is all of them
+    on another host name) is asked itself. Each listed replica is looked for by name: counting
+    would let an unlisted follower (parked by the keeper, but not under a kill switch) stand in
+    for a dead listed one."""
     by_port: dict[int, int] = {}
     for replica in shard.replicas:
         by_port[replica.port] = by_port.get(replica.port, 0) + 1
@@ -227,6 +230,10 @@ class ShardWatch:
         # The report (its claim) of each listed replica this node sees missing -> since when
         # (monotonic, wall): a new primary or epoch is a new report, hence a new clock.
         self._missing_since: dict[str, tuple[float, float]] = {}
+        # Of those, each seen back on the last passes -> on how many in a row; and those whose
+        # report this node saw filed (by any node), so a claim gone means the episode ended.
+        self._back_passes: dict[str, int] = {}
+        self._seen_filed: set[str] = set()
         # Wall time since which this node has read the store without a long break (heartbeats
         # it could not read are not a sensor's silence), and its last good read.
         self._watching_since: float | None = None
@@ -339,7 +346,7 @@ class ShardWatch:
         if seen.problem is None and api_problem is not None:
             # The API cannot write where this node sees a healthy primary (another path, a
             # stale route): not a reason to act, but the shard is not writable for its users.
-            seen = Writability(seen.reachable, api_problem)
+            seen = replace(seen, problem=api_problem)
         template = next((h for h in heartbeats if h.shard == shard.id), None)
         filed = []
         target = f"{shard.primary.name}@{shard.epoch}"
@@ -534,14 +541,25 @@ class ShardWatch:
         missing = await missing_replicas(shard, seen, self.settings.probe_timeout)
         keys = {self._degraded_key(shard, r): r for r in missing}
         for key in [k for k in self._missing_since if k.startswith(prefix) and k not in keys]:
-            # Back (or no longer listed, or another primary or epoch): the episode is over, and
-            # the claim goes so a later one pages again (forgotten only once it went: a failed
-            # withdrawal is tried again next pass, not left to silence the next loss for a day).
+            # Back (or no longer listed, or another primary or epoch) on enough passes in a row:
+            # the episode is over, and the claim goes so a later one pages again (forgotten only
+            # once it went: a failed withdrawal is tried again next pass, not left to silence
+            # the next loss for a day).
+            self._back_passes[key] = self._back_passes.get(key, 0) + 1
+            if self._back_passes[key] < REPLICA_BACK_PASSES:
+                continue
             await self.store.watch.withdraw_report(key)
-            del self._missing_since[key]
+            del self._missing_since[key], self._back_passes[key]
+            self._seen_filed.discard(key)
         for key in keys:
+            self._back_passes.pop(key, None)  # missing again: the return did not last
             self._missing_since.setdefault(key, (now, time.time()))
+        if seen.problem is not None:
+            # It does not write (too few replicas, or the API's writes fail): the unwritable
+            # watch pages for that; the clocks run on for when it writes again.
+            return []
         due = [k for k in keys if now - self._missing_since[k][0] >= self.settings.degraded_after]
+        due = [k for k in due if await self._first_to_report(k, now)]
         if not due:
             return []
         lock = await self.store.locks.holder("shard", f"{RATEQUEUE_SERVICE}/{shard.id}")
@@ -579,6 +597,20 @@ class ShardWatch:
                 log.warning("%s: %s", self.node_id, reason)
                 filed.append(report)
         return filed
+
+    async def _first_to_report(self, key: str, now: float) -> bool:
+        """Whether no node has filed the report `key` this episode, so this one may. Read before
+        filing, not tried on every pass: on etcd each try grants a lease of a day. A claim seen
+        and then gone was withdrawn by a node that saw the replica back: the episode ended
+        there, so this node's clock starts again rather than paging at once."""
+        if await self.store.watch.report_filer(key) is not None:
+            self._seen_filed.add(key)
+            return False
+        if key in self._seen_filed:
+            self._seen_filed.discard(key)
+            self._missing_since[key] = (now, time.time())
+            return False
+        return True
 
     def _degraded_key(self, shard: Shard, replica: NodeRef) -> str:
         episode = f"{shard.primary.name}@{shard.epoch}/{replica.name}"

@@ -32,7 +32,7 @@ from lazarus_lite.shard_watch import (
 )
 from ratequeue.errors import ShardUnavailable
 from ratequeue.etcd_topology import ETCD_TOPOLOGY_KEY
-from ratequeue.local_cluster import LocalCluster, ShardNode
+from ratequeue.local_cluster import LocalCluster, ShardNode, wait_for_replicas_in_sync
 from ratequeue.topology import NodeRef
 from ratequeue.write_failures import WRITE_FAILURES_KEY, WriteFailureReporter
 from tests.etcd_topology import store_address_of
@@ -426,6 +426,67 @@ def test_a_replica_that_comes_back_ends_its_degraded_episode(
     first, second = (e for _, e in watching.degraded())
     assert first.data["replica"] == second.data["replica"] == replica.name
     assert first.incident_key != second.incident_key
+
+
+def test_a_replica_back_for_a_pass_now_and_then_stays_one_episode_paged_once(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+
+    async def flapping() -> Watching:
+        async with Watching(cluster) as watching:
+            kill(replica)
+            await watching.run(DEGRADED.degraded_after + 1.0)  # reported
+            for _ in range(2):
+                await asyncio.to_thread(replica.restart, replica_of=primary)
+                await asyncio.to_thread(wait_for_replicas_in_sync, primary, [replica])
+                await watching.run(0.01)  # back for one pass of every node
+                kill(replica)
+                await watching.run(DEGRADED.degraded_after + 0.5)
+            return watching
+
+    assert len(asyncio.run(flapping()).degraded()) == 1
+
+
+def test_a_report_another_node_ended_starts_this_nodes_clock_again(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    # The node that saw the replica back withdrew the claim; this one missed the return and
+    # must not page at once on a clock of the episode that ended.
+    cluster = start_cluster_on_suite_control(shards=1, replicas=2)
+    dead = cluster.shards[0].replicas[0]
+
+    async def watch() -> tuple[float, Watching]:
+        async with Watching(cluster) as watching:
+            kill(dead)
+            await watching.run(DEGRADED.degraded_after + 1.0)  # reported
+            [(_, report)] = watching.degraded()
+            await watching.store.watch.withdraw_report(report.incident_key.rpartition("@")[0])
+            ended_at = time.monotonic()
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            return ended_at, watching
+
+    ended_at, watching = asyncio.run(watch())
+    [_, (filed_at, _)] = watching.degraded()
+    assert filed_at - ended_at >= DEGRADED.degraded_after
+
+
+def test_a_shard_its_lost_replica_leaves_unwritable_is_paged_unwritable_not_degraded(
+    start_cluster_on_suite_control: Callable[..., LocalCluster],
+) -> None:
+    # One listed replica, one needed: its loss stops the writes; a degraded page would say the
+    # shard "still writes" and page twice for one fault.
+    cluster = start_cluster_on_suite_control(shards=1, replicas=1)
+
+    async def watch() -> Watching:
+        async with Watching(cluster) as watching:
+            kill(cluster.shards[0].replicas[0])
+            await watching.run(DEGRADED.degraded_after + 1.0)
+            return watching
+
+    published = asyncio.run(watch()).published
+    assert [e.type for _, e in published] == ["ShardUnwritable"]
 
 
 def test_a_healthy_shard_is_not_reported_degraded(
