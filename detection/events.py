@@ -10,7 +10,6 @@ it, or for REST the receiver's clock). Not for: deciding what an event means (th
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -155,7 +154,7 @@ def parse_arriving_event(
     if arrived_at is not None:
         now, reference = arrived_at, "its arrival in the stream"
     else:
-        now, reference = datetime.fromtimestamp(time.time(), UTC), "this node's clock"
+        now, reference = datetime.now(UTC), "this node's clock"
     if event.occurred_at > now + timedelta(seconds=max_ahead):
         ahead = (event.occurred_at - now).total_seconds()
         raise EventDatedAhead(

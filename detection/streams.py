@@ -220,9 +220,7 @@ class RedisEventStream:
     async def _recreate_group(self, consumer: str, error: aioredis.ResponseError) -> None:
         """The group is gone (NOGROUP): create it again, once for every consumer that finds
         it gone (another may have created it first)."""
-        self._group_ready = False
         created = await self._create_group()
-        self._group_ready = True
         if created:
             self.groups_recreated += 1
         log.warning(

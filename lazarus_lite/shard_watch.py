@@ -23,10 +23,11 @@ topology it:
   unwritable watch's, and a failover's), each replica's clock starts anew with a new primary
   or epoch (a failover re-points the replicas), and nothing is filed while a workflow or the
   keeper holds the shard's lock; a replica being rejoined or provisioned that syncs within
-  `degraded_after` pages nobody. The INFO names replicas by address and port; only when it
-  shows fewer healthy ones than are listed and cannot tell which are missing (compose nodes
-  share a port) are the unaccounted replicas asked themselves whether they follow the primary.
-  One report per replica per episode; the episode ends when it is a healthy replica again.
+  `degraded_after` pages nobody. The INFO names replicas by address and port; a listed replica
+  it cannot name (compose nodes share a port) is asked itself whether it follows the primary.
+  One report per replica per episode; the episode ends when it is a healthy replica again on
+  `REPLICA_BACK_PASSES` passes in a row, and a shard that cannot write is left to the
+  unwritable watch.
 
 Reports are events: the controller that takes one audits it, escalates it and pages. Each report
 is filed once per episode across all controller nodes (a claim in the control store). A report

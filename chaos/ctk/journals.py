@@ -216,6 +216,10 @@ class LostRun(ActivityRun):
     output: Annotated[int, Strict()] | None = None
 
 
+# Our probes whose succeeded output the report reads as a figure.
+_PROBE_RUN_KINDS = {"recovery_seconds": "recovery_run", "acknowledged_lost": "lost_run"}
+
+
 def _run_kind(value: Any) -> str:
     # What a run's output is read as, by whose activity ran (tags unlike any field's name).
     for kind, model in _RUN_KINDS.items():
@@ -228,10 +232,8 @@ def _run_kind(value: Any) -> str:
     module, func = provider.get("module"), provider.get("func")
     if module == ACTIONS_MODULE and func in FAULT_LIST_FUNCS:
         return "faults_run"
-    if run.get("status") == "succeeded" and module == PROBES_MODULE and func == "recovery_seconds":
-        return "recovery_run"
-    if run.get("status") == "succeeded" and module == PROBES_MODULE and func == "acknowledged_lost":
-        return "lost_run"
+    if run.get("status") == "succeeded" and module == PROBES_MODULE:
+        return _PROBE_RUN_KINDS.get(func, "any_run")
     return "any_run"
 
 

@@ -114,21 +114,27 @@ return 1
 # runs ahead would otherwise trim the others' entries as old (and count its own incident alone),
 # one behind would count entries long gone; the window is shared, so one node's skew was every
 # node's. TIME in a script that then writes is replicated by its effects (Redis 5 and later).
-# KEYS[1] the window; ARGV[1] member, ARGV[2] window seconds, ARGV[3] key TTL seconds.
-_RECORD_IN_WINDOW = """
+_SERVER_NOW = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+"""
+# KEYS[1] the window; ARGV[1] member, ARGV[2] window seconds, ARGV[3] key TTL seconds.
+_RECORD_IN_WINDOW = (
+    _SERVER_NOW
+    + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return redis.call('ZCARD', KEYS[1])
 """
+)
 # KEYS[1] the window; ARGV[1] window seconds. The members noted within it by the server's clock.
-_MEMBERS_IN_WINDOW = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+_MEMBERS_IN_WINDOW = (
+    _SERVER_NOW
+    + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
+)
 
 
 def _text(value: bytes | None) -> str | None:
